@@ -1,0 +1,39 @@
+//! Map names and sizes: the one place both sides take them from.
+//!
+//! Names carry an ABI version suffix. A change to a key or value layout must
+//! bump it, so a new agent never reads a pinned map of the old layout as its
+//! own; `ferry cleanup` removes maps of any version. BPF object names are
+//! limited to 15 characters.
+
+/// Services: (address, port, proto, scope, slot) -> frontend (slot 0) or backend id.
+pub const SERVICES_V4: &str = "ferry_svc4_v1";
+/// Backends: id -> address, port, proto, state.
+pub const BACKENDS_V4: &str = "ferry_be4_v1";
+/// Reverse NAT: rev-NAT id -> the service address and port.
+pub const REV_NAT_V4: &str = "ferry_rnat4_v1";
+/// Socket reverse translation: (socket cookie, backend) -> service, for
+/// recvmsg and getpeername.
+pub const SOCK_REV_V4: &str = "ferry_sk4_v1";
+/// Session affinity: (client, rev-NAT id) -> backend id and last use.
+pub const AFFINITY: &str = "ferry_aff_v1";
+/// Per-CPU event counters, indexed by [`crate::stats::Counter`].
+pub const STATS: &str = "ferry_stats_v1";
+
+/// Every map name of the current ABI, in load order.
+pub const ALL: &[&str] = &[SERVICES_V4, BACKENDS_V4, REV_NAT_V4, SOCK_REV_V4, AFFINITY, STATS];
+
+/// Prefix shared by every map and link ferry pins, whatever its version.
+pub const NAME_PREFIX: &str = "ferry_";
+
+/// Map capacities. The service map holds one entry per frontend plus one per
+/// (frontend, backend) pair: 10,000 services with 100,000 endpoints fit.
+pub const SERVICES_V4_MAX: u32 = 262_144;
+pub const BACKENDS_V4_MAX: u32 = 131_072;
+pub const REV_NAT_V4_MAX: u32 = 65_536;
+pub const SOCK_REV_V4_MAX: u32 = 262_144;
+pub const AFFINITY_MAX: u32 = 65_536;
+
+/// Slot 0 of a service is its frontend; backends occupy 1..=count. A service
+/// never has more backends than this (Kubernetes caps a slice at 1,000
+/// endpoints, a service can have many slices).
+pub const MAX_BACKENDS_PER_SERVICE: u16 = 65_535;

@@ -1,0 +1,56 @@
+//! Datapath event counters (a per-CPU array), read by `ferry` for metrics
+//! and by tests to prove which path the kernel took.
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// connect() to a frontend translated to a backend.
+    ConnectTranslated = 0,
+    /// connect() to a frontend with no usable backend: refused.
+    ConnectRefused = 1,
+    /// Unconnected UDP sendmsg translated.
+    SendmsgTranslated = 2,
+    /// Unconnected UDP sendmsg refused.
+    SendmsgRefused = 3,
+    /// recvmsg source rewritten back to the service.
+    RecvmsgRevNat = 4,
+    /// getpeername rewritten back to the service.
+    GetpeernameRevNat = 5,
+    /// Backend chosen from a live affinity entry.
+    AffinityHit = 6,
+    /// A slot or backend lookup missed (agent mid-update): fell back or refused.
+    BackendMiss = 7,
+    /// Recording the socket's reverse translation failed (map full).
+    SockRevUpdateFailed = 8,
+}
+
+pub const COUNTERS: u32 = 9;
+
+impl Counter {
+    pub const ALL: [Counter; COUNTERS as usize] = [
+        Counter::ConnectTranslated,
+        Counter::ConnectRefused,
+        Counter::SendmsgTranslated,
+        Counter::SendmsgRefused,
+        Counter::RecvmsgRevNat,
+        Counter::GetpeernameRevNat,
+        Counter::AffinityHit,
+        Counter::BackendMiss,
+        Counter::SockRevUpdateFailed,
+    ];
+
+    /// Stable name used in metrics and `ferry stats`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::ConnectTranslated => "connect_translated",
+            Counter::ConnectRefused => "connect_refused",
+            Counter::SendmsgTranslated => "sendmsg_translated",
+            Counter::SendmsgRefused => "sendmsg_refused",
+            Counter::RecvmsgRevNat => "recvmsg_rev_nat",
+            Counter::GetpeernameRevNat => "getpeername_rev_nat",
+            Counter::AffinityHit => "affinity_hit",
+            Counter::BackendMiss => "backend_miss",
+            Counter::SockRevUpdateFailed => "sock_rev_update_failed",
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! ferry's kernel programs.
+//!
+//! Socket-layer load balancing (cgroup sock_addr hooks): a connect() or an
+//! unconnected UDP sendmsg() to a service frontend is rewritten to a backend
+//! before any packet exists, so pod-to-service traffic needs no per-packet
+//! NAT. recvmsg() and getpeername() translate the backend back to the
+//! service, so the application only ever sees the address it dialled.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod sock_lb;
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier proves no panic path is reachable; this is never linked in.
+    loop {}
+}
+
+/// `cargo clippy --workspace` builds this crate for the host, where it is empty.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,197 @@
+//! Socket-layer load balancing for IPv4 (cgroup sock_addr hooks).
+//!
+//! Forward path (connect4, sendmsg4): look the destination up as a frontend
+//! (slot 0); refuse at once when it has no usable backend, as kube-proxy's
+//! REJECT rule does; otherwise pick a backend (affinity, else uniform random
+//! over slots 1..=count), rewrite the destination and remember, per socket,
+//! which service the backend stands for.
+//!
+//! Reverse path (recvmsg4, getpeername4): rewrite a backend source back to
+//! the service the socket dialled.
+
+use agent_common::{
+    AffinityKey, AffinityValue, Backend4, SockRev4, SockRev4Key, Svc4Key, SvcValue,
+    affinity_client, proto, scope, stats::Counter, svc_flags,
+};
+use aya_ebpf::{
+    EbpfContext as _, helpers::generated as h, macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use aya_log_ebpf::debug;
+
+use crate::maps::{AFFINITY, BACKENDS_V4, REV_NAT_V4, SERVICES_V4, SOCK_REV_V4, count};
+
+/// Hook verdicts of cgroup sock_addr programs.
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+const ECONNREFUSED: i32 = 111;
+
+#[cgroup_sock_addr(connect4)]
+pub fn ferry_conn4(ctx: SockAddrContext) -> i32 {
+    xlate_fwd(&ctx, Counter::ConnectTranslated, Counter::ConnectRefused)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn ferry_send4(ctx: SockAddrContext) -> i32 {
+    xlate_fwd(&ctx, Counter::SendmsgTranslated, Counter::SendmsgRefused)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn ferry_recv4(ctx: SockAddrContext) -> i32 {
+    xlate_rev(&ctx, Counter::RecvmsgRevNat);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn ferry_peer4(ctx: SockAddrContext) -> i32 {
+    xlate_rev(&ctx, Counter::GetpeernameRevNat);
+    ALLOW
+}
+
+#[inline(always)]
+fn now_seconds() -> u32 {
+    (unsafe { h::bpf_ktime_get_ns() } / 1_000_000_000) as u32
+}
+
+#[inline(always)]
+fn xlate_fwd(ctx: &SockAddrContext, translated: Counter, refused: Counter) -> i32 {
+    // SAFETY: the kernel hands every sock_addr program a valid context.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let l4 = sa.protocol as u8;
+    if l4 != proto::TCP && l4 != proto::UDP {
+        return ALLOW;
+    }
+    let addr = sa.user_ip4;
+    // Network order in the low 16 bits.
+    let port = sa.user_port as u16;
+    let mut key = Svc4Key { addr, port, slot: 0, proto: l4, scope: scope::EXTERNAL, _pad: [0; 2] };
+    let Some(mut svc) = lookup_svc(&key) else {
+        return ALLOW;
+    };
+    if svc.flags & svc_flags::TWO_SCOPES != 0 {
+        // externalTrafficPolicy Local: in-cluster clients use every endpoint.
+        key.scope = scope::INTERNAL;
+        svc = lookup_svc(&key).unwrap_or_default();
+    }
+    if svc.count == 0 {
+        return refuse(ctx, refused, addr, port);
+    }
+    let Some(backend) = select_backend(ctx, &key, &svc) else {
+        count(Counter::BackendMiss);
+        return refuse(ctx, refused, addr, port);
+    };
+
+    let rev_key = SockRev4Key {
+        cookie: unsafe { h::bpf_get_socket_cookie(ctx.as_ptr()) },
+        addr: backend.addr,
+        port: backend.port,
+        _pad: 0,
+    };
+    let rev = SockRev4 { addr, port, rev_nat_id: svc.rev_nat_id };
+    if SOCK_REV_V4.insert(&rev_key, &rev, 0).is_err() {
+        count(Counter::SockRevUpdateFailed);
+    }
+    // 4-byte stores: the verifier rejects narrower writes to these fields.
+    sa.user_ip4 = backend.addr;
+    sa.user_port = backend.port as u32;
+    count(translated);
+    ALLOW
+}
+
+#[inline(always)]
+fn lookup_svc(key: &Svc4Key) -> Option<SvcValue> {
+    SERVICES_V4.get_ptr(key).map(|p| unsafe { *p })
+}
+
+#[inline(always)]
+fn refuse(ctx: &SockAddrContext, c: Counter, addr: u32, port: u16) -> i32 {
+    count(c);
+    debug!(ctx, "no usable backend for {:i}:{}", u32::from_be(addr), u16::from_be(port));
+    // Makes connect()/sendmsg() fail with ECONNREFUSED instead of EPERM.
+    unsafe { h::bpf_set_retval(-ECONNREFUSED) };
+    DENY
+}
+
+#[inline(always)]
+fn lookup_backend(id: u32) -> Option<Backend4> {
+    BACKENDS_V4.get_ptr(&id).map(|p| unsafe { *p })
+}
+
+#[inline(always)]
+fn select_backend(
+    ctx: &SockAddrContext,
+    key: &Svc4Key,
+    svc: &SvcValue,
+) -> Option<Backend4> {
+    let affinity = svc.flags & svc_flags::AFFINITY != 0;
+    let now = now_seconds();
+    let aff_key = AffinityKey {
+        client: if affinity { unsafe { h::bpf_get_netns_cookie(ctx.as_ptr()) } } else { 0 },
+        rev_nat_id: svc.rev_nat_id,
+        kind: affinity_client::NETNS_COOKIE,
+        _pad: [0; 5],
+    };
+    if affinity {
+        if let Some(v) = AFFINITY.get_ptr(&aff_key) {
+            let v = unsafe { *v };
+            if now.wrapping_sub(v.last_used) <= svc.affinity_timeout {
+                if let Some(b) = lookup_backend(v.backend_id) {
+                    count(Counter::AffinityHit);
+                    let refreshed = AffinityValue { backend_id: v.backend_id, last_used: now };
+                    let _ = AFFINITY.insert(&aff_key, &refreshed, 0);
+                    return Some(b);
+                }
+            }
+        }
+    }
+
+    let slot = (unsafe { h::bpf_get_prandom_u32() } % svc.count as u32) as u16 + 1;
+    let mut slot_key = *key;
+    slot_key.slot = slot;
+    let backend_id = match lookup_svc(&slot_key) {
+        Some(s) => s.backend_id,
+        None => {
+            // The agent is shrinking this service right now: slot 1 always
+            // exists while count > 0.
+            count(Counter::BackendMiss);
+            slot_key.slot = 1;
+            lookup_svc(&slot_key)?.backend_id
+        }
+    };
+    let backend = lookup_backend(backend_id)?;
+    if affinity {
+        let v = AffinityValue { backend_id, last_used: now };
+        let _ = AFFINITY.insert(&aff_key, &v, 0);
+    }
+    Some(backend)
+}
+
+#[inline(always)]
+fn xlate_rev(ctx: &SockAddrContext, c: Counter) {
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let l4 = sa.protocol as u8;
+    if l4 != proto::TCP && l4 != proto::UDP {
+        return;
+    }
+    let key = SockRev4Key {
+        cookie: unsafe { h::bpf_get_socket_cookie(ctx.as_ptr()) },
+        addr: sa.user_ip4,
+        port: sa.user_port as u16,
+        _pad: 0,
+    };
+    let Some(rev) = SOCK_REV_V4.get_ptr(&key).map(|p| unsafe { *p }) else {
+        return;
+    };
+    // Only while the service still exists: a stale entry must not rewrite
+    // traffic from an address that has since become something else.
+    match REV_NAT_V4.get_ptr(&rev.rev_nat_id).map(|p| unsafe { *p }) {
+        Some(svc) if svc.addr == rev.addr && svc.port == rev.port => {
+            sa.user_ip4 = rev.addr;
+            sa.user_port = rev.port as u32;
+            count(c);
+        }
+        _ => {
+            let _ = SOCK_REV_V4.remove(&key);
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Command-line interface. The agent's flags follow kube-proxy's names.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::paths::DEFAULT_BPFFS;
+
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about = "An eBPF replacement for kube-proxy")]
+pub struct Cli {
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info", env = "FERRY_LOG_LEVEL")]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node agent: watch Services and EndpointSlices, program the kernel.
+    Agent(AgentArgs),
+    /// Show what the kernel holds: every frontend and its backends.
+    Services(ShowArgs),
+    /// Show the kernel programs' event counters.
+    Stats(ShowArgs),
+    /// Detach and unpin everything ferry put in the kernel.
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Static source: a YAML file or a directory of them (v1 Service,
+    /// discovery.k8s.io/v1 EndpointSlice, v1 Node); re-read on change.
+    #[arg(long, value_name = "PATH")]
+    pub manifests: Option<PathBuf>,
+    /// Kubernetes API source (without --manifests: KUBECONFIG, then in-cluster).
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name (default: $NODE_NAME, else the hostname).
+    #[arg(long, alias = "hostname-override", value_name = "NAME", env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// cgroup v2 directory the socket hooks attach to (default: the cgroup2 mount root).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// Pin directory for maps and links (must be on a bpf filesystem).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    /// Devices for the north-south programs.
+    #[arg(long, value_name = "IF[,IF..]", value_delimiter = ',')]
+    pub interfaces: Vec<String>,
+    /// Health server: GET /healthz, /readyz, /livez.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:10256")]
+    pub healthz_bind_address: SocketAddr,
+    /// Metrics server: GET /metrics (Prometheus text).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10249")]
+    pub metrics_bind_address: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    /// Also detach ferry's programs from this cgroup, even links a running
+    /// agent still holds.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}

@@ -1,0 +1,183 @@
+//! `ferry agent`: load the datapath, adopt what a previous agent left, then
+//! program every update from the source as a diff until SIGTERM — which
+//! leaves the datapath in place, as kube-proxy leaves its rules.
+
+use std::{collections::BTreeSet, time::{Duration, Instant}};
+
+use anyhow::{Context as _, bail};
+use tokio::{signal::unix::{SignalKind, signal}, sync::mpsc};
+use tracing::{info, warn};
+
+use crate::{
+    cli::AgentArgs,
+    datapath::{Datapath, LoadOptions, Maps, Programmer},
+    model::{self, Desired, Diagnostic, Severity},
+    paths::{self, PinDir},
+    server::{health::Health, http, metrics::{self, Metrics}},
+    source::{self, Update},
+};
+
+/// A sync that failed is retried after this long (kube-proxy backs off
+/// between its minimum and full sync periods).
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let node_name = match &args.node_name {
+        Some(n) => n.clone(),
+        None => hostname().context("no --node-name, no $NODE_NAME and no hostname")?,
+    };
+    let cgroup = match &args.cgroup {
+        Some(c) => c.clone(),
+        None => paths::cgroup2_mount().context("finding the cgroup2 mount (--cgroup)")?,
+    };
+    let Some(manifests) = args.manifests.clone() else {
+        bail!("the Kubernetes API source is not implemented yet: run with --manifests PATH");
+    };
+    if !args.interfaces.is_empty() {
+        warn!(interfaces = ?args.interfaces, "north-south programs are not implemented yet; --interfaces ignored");
+    }
+    info!(node = %node_name, cgroup = %cgroup.display(), bpffs = %args.bpffs.display(), "starting");
+
+    let health = Health::default();
+    let metrics = Metrics::default();
+    {
+        let h = health.clone();
+        http::serve("healthz", args.healthz_bind_address, move |path| {
+            let h = h.clone();
+            async move { h.reply(&path) }
+        })
+        .await
+        .with_context(|| format!("binding --healthz-bind-address {}", args.healthz_bind_address))?;
+    }
+
+    serve_metrics(&args, &metrics).await?;
+
+    let (_datapath, maps) =
+        Datapath::load(&LoadOptions { pin_dir: args.bpffs.clone(), cgroup: cgroup.clone() })
+            .context("loading the datapath")?;
+    let mut programmer = Programmer::adopt(maps);
+    info!(frontends = programmer.frontend_count(), "adopted the kernel's state");
+
+    let (tx, mut rx) = mpsc::channel::<Update>(4);
+    tokio::spawn(source::manifests::watch(manifests, node_name.clone(), tx));
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut reporter = DiagnosticReporter::default();
+    let mut last: Option<Desired> = None;
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    loop {
+        let retry = async {
+            match retry_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            update = rx.recv() => {
+                let Some(update) = update else { bail!("the manifests source stopped") };
+                health.queued();
+                let (desired, diags) = model::translate(&update.inputs);
+                reporter.report(update.diagnostics.iter().chain(&diags));
+                let ok = sync(&mut programmer, &desired, &health, &metrics);
+                retry_at = (!ok).then(|| tokio::time::Instant::now() + RETRY_AFTER);
+                last = Some(desired);
+            }
+            () = retry => {
+                let ok = last.as_ref().is_none_or(|d| sync(&mut programmer, d, &health, &metrics));
+                retry_at = (!ok).then(|| tokio::time::Instant::now() + RETRY_AFTER);
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    info!("stopping: the datapath stays in place (ferry cleanup removes it)");
+    Ok(())
+}
+
+/// Programs `desired`; true when every frontend made it into the kernel.
+fn sync(p: &mut Programmer, desired: &Desired, health: &Health, metrics: &Metrics) -> bool {
+    let t0 = Instant::now();
+    let report = p.apply(desired);
+    let took = t0.elapsed();
+    let programmed = metrics::Programmed {
+        frontends: p.frontend_count(),
+        backends: p.backend_count(),
+        service_entries: p.service_entries(),
+        rev_nat: p.rev_nat_count(),
+    };
+    metrics.sync_done(took, programmed, &report.error_reasons);
+    let ok = report.errors.is_empty();
+    health.synced(ok);
+    if report.changed() || !ok {
+        info!(
+            added = report.added,
+            updated = report.updated,
+            removed = report.removed,
+            unchanged = report.unchanged,
+            errors = report.errors.len(),
+            took_us = took.as_micros() as u64,
+            "synced"
+        );
+    }
+    for e in &report.errors {
+        warn!("{e}");
+    }
+    ok
+}
+
+async fn serve_metrics(args: &AgentArgs, metrics: &Metrics) -> anyhow::Result<()> {
+    let m = metrics.clone();
+    let pins = PinDir::new(&args.bpffs);
+    http::serve("metrics", args.metrics_bind_address, move |path| {
+        let m = m.clone();
+        let pins = pins.clone();
+        async move {
+            if path != "/metrics" {
+                return http::Reply::text(hyper::StatusCode::NOT_FOUND, "not found\n");
+            }
+            // Own handle on the pinned maps: scrapes never wait for a sync.
+            let counters: Vec<(&'static str, u64)> = Maps::open_pinned(&pins)
+                .map(|maps| maps.counters().into_iter().map(|(c, n)| (c.name(), n)).collect())
+                .unwrap_or_default();
+            http::Reply {
+                status: hyper::StatusCode::OK,
+                content_type: "text/plain; version=0.0.4",
+                body: m.render(&counters),
+            }
+        }
+    })
+    .await
+    .with_context(|| format!("binding --metrics-bind-address {}", args.metrics_bind_address))?;
+    Ok(())
+}
+
+/// Logs each diagnostic once while it persists, not on every update.
+#[derive(Default)]
+struct DiagnosticReporter {
+    seen: BTreeSet<String>,
+}
+
+impl DiagnosticReporter {
+    fn report<'a>(&mut self, diags: impl Iterator<Item = &'a Diagnostic>) {
+        let mut now = BTreeSet::new();
+        for d in diags {
+            let line = d.to_string();
+            if !self.seen.contains(&line) {
+                match d.severity {
+                    Severity::Warning => warn!("skipped: {line}"),
+                    Severity::Info => info!("{line}"),
+                }
+            }
+            now.insert(line);
+        }
+        self.seen = now;
+    }
+}
+
+fn hostname() -> Option<String> {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let h = h.trim();
+    (!h.is_empty()).then(|| h.to_string())
+}
+

@@ -1,0 +1,6 @@
+//! One module per `ferry` subcommand.
+
+pub mod agent;
+pub mod cleanup;
+pub mod services;
+pub mod stats;

@@ -1,0 +1,70 @@
+//! The map operations the [`super::Programmer`] needs, as a trait: the
+//! kernel maps implement it, and an in-memory model does for unit tests of
+//! the diff logic (which writes happen, in which order).
+
+use agent_common::{
+    AffinityKey, AffinityValue, Backend4, RevNat4, Svc4Key, SvcValue, maps as names,
+};
+use aya::maps::MapError;
+
+use super::Maps;
+use crate::error::{Error, Result};
+
+pub trait LbMaps {
+    fn services(&self) -> Vec<(Svc4Key, SvcValue)>;
+    fn backends(&self) -> Vec<(u32, Backend4)>;
+    fn rev_nats(&self) -> Vec<(u16, RevNat4)>;
+    fn affinity(&self) -> Vec<(AffinityKey, AffinityValue)>;
+    fn put_service(&mut self, k: Svc4Key, v: SvcValue) -> Result<()>;
+    fn del_service(&mut self, k: &Svc4Key) -> Result<()>;
+    fn put_backend(&mut self, id: u32, v: Backend4) -> Result<()>;
+    fn del_backend(&mut self, id: u32) -> Result<()>;
+    fn put_rev_nat(&mut self, id: u16, v: RevNat4) -> Result<()>;
+    fn del_rev_nat(&mut self, id: u16) -> Result<()>;
+    fn del_affinity(&mut self, k: &AffinityKey) -> Result<()>;
+}
+
+/// Deleting what is already gone is success: the goal state is reached.
+fn deleted(name: &str, r: Result<(), MapError>) -> Result<()> {
+    match r {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(Error::map(name, e)),
+    }
+}
+
+impl LbMaps for Maps {
+    fn services(&self) -> Vec<(Svc4Key, SvcValue)> {
+        self.services.iter().filter_map(Result::ok).collect()
+    }
+    fn backends(&self) -> Vec<(u32, Backend4)> {
+        self.backends.iter().filter_map(Result::ok).collect()
+    }
+    fn rev_nats(&self) -> Vec<(u16, RevNat4)> {
+        self.rev_nat.iter().filter_map(Result::ok).collect()
+    }
+    fn affinity(&self) -> Vec<(AffinityKey, AffinityValue)> {
+        self.affinity.iter().filter_map(Result::ok).collect()
+    }
+    fn put_service(&mut self, k: Svc4Key, v: SvcValue) -> Result<()> {
+        self.services.insert(&k, &v, 0).map_err(|e| Error::map(names::SERVICES_V4, e))
+    }
+    fn del_service(&mut self, k: &Svc4Key) -> Result<()> {
+        deleted(names::SERVICES_V4, self.services.remove(k))
+    }
+    fn put_backend(&mut self, id: u32, v: Backend4) -> Result<()> {
+        self.backends.insert(&id, &v, 0).map_err(|e| Error::map(names::BACKENDS_V4, e))
+    }
+    fn del_backend(&mut self, id: u32) -> Result<()> {
+        deleted(names::BACKENDS_V4, self.backends.remove(&id))
+    }
+    fn put_rev_nat(&mut self, id: u16, v: RevNat4) -> Result<()> {
+        self.rev_nat.insert(&id, &v, 0).map_err(|e| Error::map(names::REV_NAT_V4, e))
+    }
+    fn del_rev_nat(&mut self, id: u16) -> Result<()> {
+        deleted(names::REV_NAT_V4, self.rev_nat.remove(&id))
+    }
+    fn del_affinity(&mut self, k: &AffinityKey) -> Result<()> {
+        deleted(names::AFFINITY, self.affinity.remove(k))
+    }
+}

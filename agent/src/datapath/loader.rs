@@ -1,0 +1,189 @@
+//! Loads ferry's eBPF object with its maps pinned by name, and attaches the
+//! socket-layer programs to the cgroup through pinned links.
+//!
+//! A restarted agent finds the pins of its predecessor: the maps are reused
+//! as they are (so nothing programmed is lost), and each pinned link gets the
+//! new program swapped in atomically with BPF_LINK_UPDATE, so there is no
+//! moment where sockets in the cgroup go untranslated.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        CgroupAttachMode, CgroupSockAddr,
+        cgroup_sock_addr::CgroupSockAddrLink,
+        links::{FdLink, PinnedLink},
+    },
+};
+use tracing::{info, warn};
+
+use super::Maps;
+use crate::{
+    error::{Error, Result},
+    paths::{self, PinDir},
+};
+
+/// The object agent-ebpf compiled to, embedded at build time (agent/build.rs).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub pin_dir: PathBuf,
+    pub cgroup: PathBuf,
+}
+
+/// The loaded object. Dropping it leaves the datapath in place: links and
+/// maps live on in their pins.
+pub struct Datapath {
+    pub ebpf: Ebpf,
+    pub pins: PinDir,
+}
+
+/// What happened to each program's link at load time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkOutcome {
+    Attached,
+    Replaced,
+}
+
+impl Datapath {
+    pub fn load(opts: &LoadOptions) -> Result<(Self, Maps)> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(Error::MissingObject {
+                what: "eBPF object",
+                name: "agent-ebpf (built with AYA_BUILD_SKIP=1; rebuild without it)".into(),
+            });
+        }
+        prepare_pin_dir(&opts.pin_dir)?;
+        let pins = PinDir::new(&opts.pin_dir);
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&opts.pin_dir)
+            .load(EBPF_OBJECT)
+            .map_err(|e| Error::Load(Box::new(e)))?;
+        start_kernel_logs(&mut ebpf);
+
+        let cgroup = fs::File::open(&opts.cgroup)
+            .map_err(|source| Error::Cgroup { path: opts.cgroup.clone(), source })?;
+        for &(name, link_pin) in paths::SOCK_PROGRAMS {
+            let outcome = attach_sock_program(&mut ebpf, name, &cgroup, &pins.link(link_pin))?;
+            info!(program = name, cgroup = %opts.cgroup.display(), ?outcome, "socket hook");
+        }
+        let maps = Maps::take(&mut ebpf)?;
+        Ok((Datapath { ebpf, pins }, maps))
+    }
+}
+
+/// Makes sure the pin directory exists on a bpf filesystem. The default
+/// location gets a bpffs mounted at /sys/fs/bpf when none is (as Cilium
+/// does); anywhere else is the operator's choice and only checked.
+fn prepare_pin_dir(dir: &Path) -> Result<()> {
+    let on_bpffs = paths::is_on_bpffs(dir)
+        .map_err(|source| Error::PinDir { path: dir.to_path_buf(), source })?;
+    if !on_bpffs {
+        let mount = Path::new(paths::BPFFS_MOUNT);
+        if dir.starts_with(mount) && !paths::is_on_bpffs(mount).unwrap_or(false) {
+            mount_bpffs(mount)?;
+        } else {
+            return Err(Error::NotBpffs {
+                path: dir.to_path_buf(),
+                mount: paths::BPFFS_MOUNT.to_string(),
+            });
+        }
+    }
+    fs::create_dir_all(dir).map_err(|source| Error::PinDir { path: dir.to_path_buf(), source })
+}
+
+fn mount_bpffs(at: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    fs::create_dir_all(at).map_err(|source| Error::PinDir { path: at.to_path_buf(), source })?;
+    let target = std::ffi::CString::new(at.as_os_str().as_bytes()).expect("path without NUL");
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let r = unsafe {
+        libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+    };
+    if r != 0 {
+        return Err(Error::PinDir { path: at.to_path_buf(), source: std::io::Error::last_os_error() });
+    }
+    info!(path = %at.display(), "mounted a bpf filesystem");
+    Ok(())
+}
+
+fn attach_sock_program(
+    ebpf: &mut Ebpf,
+    name: &str,
+    cgroup: &fs::File,
+    link_pin: &Path,
+) -> Result<LinkOutcome> {
+    let prog: &mut CgroupSockAddr = ebpf
+        .program_mut(name)
+        .ok_or(Error::MissingObject { what: "program", name: name.to_string() })?
+        .try_into()
+        .map_err(|e| Error::program(name, e))?;
+    prog.load().map_err(|e| Error::program(name, e))?;
+
+    if link_pin.exists() {
+        match replace_in_pinned_link(prog, link_pin) {
+            Ok(()) => return Ok(LinkOutcome::Replaced),
+            // A pin we cannot use (a different link type, say) would leave the
+            // old program attached beside ours: replace the pin instead.
+            Err(detail) => {
+                warn!(program = name, pin = %link_pin.display(), %detail, "re-attaching");
+                let _ = fs::remove_file(link_pin);
+            }
+        }
+    }
+    // Links are always "multi": the kernel wants no attach flags with them.
+    let id = prog.attach(cgroup, CgroupAttachMode::Single).map_err(|e| Error::program(name, e))?;
+    let link = prog.take_link(id).map_err(|e| Error::program(name, e))?;
+    let fd_link: FdLink = link.try_into().map_err(|_| Error::KernelFeature {
+        feature: "bpf_link for cgroup programs (Linux >= 5.7)",
+        detail: format!("program {name} was attached without a link"),
+    })?;
+    fd_link.pin(link_pin).map_err(|e| Error::Link {
+        name: name.to_string(),
+        path: link_pin.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    Ok(LinkOutcome::Attached)
+}
+
+/// Swaps `prog` into the pinned link (BPF_LINK_UPDATE): atomic, no detach.
+fn replace_in_pinned_link(prog: &mut CgroupSockAddr, link_pin: &Path) -> Result<(), String> {
+    let pinned = PinnedLink::from_pin(link_pin).map_err(|e| e.to_string())?;
+    let link = CgroupSockAddrLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())?;
+    let id = prog.attach_to_link(link).map_err(|e| e.to_string())?;
+    // The pin keeps the link; our handle may go.
+    drop(prog.take_link(id).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+/// Forwards aya-log records from the kernel programs to `log` (and so to
+/// tracing) on a background task.
+fn start_kernel_logs(ebpf: &mut Ebpf) {
+    match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => {
+            tokio::spawn(async move {
+                // SAFETY: the AsyncFd owns the logger, which owns the ring
+                // buffer's descriptor: it stays open while registered.
+                let Ok(mut fd) = (unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        logger,
+                        tokio::io::Interest::READABLE,
+                    )
+                }) else {
+                    return;
+                };
+                loop {
+                    let Ok(mut guard) = fd.readable_mut().await else { return };
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            });
+        }
+        Err(e) => warn!(error = %e, "kernel program logs unavailable"),
+    }
+}

@@ -1,0 +1,81 @@
+//! Typed handles on ferry's maps, taken from a freshly loaded object or
+//! opened from their pins (for `ferry services`, `ferry stats`).
+
+use agent_common::{
+    AffinityKey, AffinityValue, Backend4, RevNat4, SockRev4, SockRev4Key, Svc4Key, SvcValue,
+    maps as names,
+};
+use aya::{
+    Ebpf,
+    maps::{HashMap, Map, MapData, PerCpuArray},
+};
+
+use crate::{
+    error::{Error, Result},
+    paths::PinDir,
+};
+
+pub struct Maps {
+    pub services: HashMap<MapData, Svc4Key, SvcValue>,
+    pub backends: HashMap<MapData, u32, Backend4>,
+    pub rev_nat: HashMap<MapData, u16, RevNat4>,
+    pub sock_rev: HashMap<MapData, SockRev4Key, SockRev4>,
+    pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    pub stats: PerCpuArray<MapData, u64>,
+}
+
+impl Maps {
+    /// Takes the maps out of a loaded object (they stay pinned).
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        let mut take = |name: &'static str| {
+            ebpf.take_map(name)
+                .ok_or(Error::MissingObject { what: "map", name: name.to_string() })
+        };
+        Ok(Self {
+            services: typed(names::SERVICES_V4, take(names::SERVICES_V4)?)?,
+            backends: typed(names::BACKENDS_V4, take(names::BACKENDS_V4)?)?,
+            rev_nat: typed(names::REV_NAT_V4, take(names::REV_NAT_V4)?)?,
+            sock_rev: typed(names::SOCK_REV_V4, take(names::SOCK_REV_V4)?)?,
+            affinity: typed(names::AFFINITY, take(names::AFFINITY)?)?,
+            stats: typed(names::STATS, take(names::STATS)?)?,
+        })
+    }
+
+    /// Opens the pinned maps of a running (or stopped) agent.
+    pub fn open_pinned(dir: &PinDir) -> Result<Self> {
+        let open = |name: &'static str| -> Result<Map> {
+            let data = MapData::from_pin(dir.map(name)).map_err(|e| Error::map(name, e))?;
+            Map::from_map_data(data).map_err(|e| Error::map(name, e))
+        };
+        Ok(Self {
+            services: typed(names::SERVICES_V4, open(names::SERVICES_V4)?)?,
+            backends: typed(names::BACKENDS_V4, open(names::BACKENDS_V4)?)?,
+            rev_nat: typed(names::REV_NAT_V4, open(names::REV_NAT_V4)?)?,
+            sock_rev: typed(names::SOCK_REV_V4, open(names::SOCK_REV_V4)?)?,
+            affinity: typed(names::AFFINITY, open(names::AFFINITY)?)?,
+            stats: typed(names::STATS, open(names::STATS)?)?,
+        })
+    }
+
+    /// Sum of each datapath counter over all CPUs, in `Counter::ALL` order.
+    pub fn counters(&self) -> Vec<(agent_common::stats::Counter, u64)> {
+        agent_common::stats::Counter::ALL
+            .iter()
+            .map(|&c| {
+                let total = self
+                    .stats
+                    .get(&(c as u32), 0)
+                    .map(|v| v.iter().copied().sum::<u64>())
+                    .unwrap_or(0);
+                (c, total)
+            })
+            .collect()
+    }
+}
+
+fn typed<T>(name: &'static str, map: Map) -> Result<T>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    T::try_from(map).map_err(|e| Error::map(name, e))
+}

@@ -1,0 +1,15 @@
+//! Everything that touches the kernel: loading and attaching the programs
+//! ([`loader`]), the typed map handles ([`maps`]), and turning a
+//! [`crate::model::Desired`] state into map writes as a diff ([`programmer`]).
+
+pub mod ids;
+pub mod lbmaps;
+pub mod loader;
+pub mod maps;
+pub mod programmer;
+pub mod snapshot;
+pub mod sys;
+
+pub use loader::{Datapath, LoadOptions};
+pub use maps::Maps;
+pub use programmer::{Programmer, SyncReport};

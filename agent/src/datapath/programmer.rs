@@ -1,0 +1,484 @@
+//! Programs a [`Desired`] state into the maps as a diff against what the
+//! kernel holds.
+//!
+//! Write order keeps every frontend usable while it changes (as Cilium's
+//! does): new backends first, then the backend slots, then slot 0 with the
+//! new count, and only then the slots and backends that fell away. Removing
+//! a frontend deletes slot 0 first, so no new connection picks a slot that
+//! is about to vanish. Frontends whose kernel content would not change are
+//! not written at all: their connections and affinity stay as they are.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::Ipv4Addr,
+};
+
+use agent_common::{
+    AffinityKey, Backend4, RevNat4, Svc4Key, SvcValue, backend_state, maps as names,
+    net::{ip4_to_raw, port_to_raw},
+    svc_flags,
+};
+use tracing::{debug, warn};
+
+use super::{Maps, ids::IdAllocator, lbmaps::LbMaps, snapshot::KernelState};
+use crate::{
+    error::{Error, Result},
+    model::{BackendAddr, Desired, Frontend, FrontendKey, FrontendKind, Protocol, Scope},
+};
+
+/// What one frontend looks like in the kernel, minus its ids.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Programmed {
+    /// Backends in slot order.
+    backends: Vec<BackendAddr>,
+    state: u8,
+    flags: u16,
+    affinity_timeout: u32,
+    rev_nat_id: u16,
+}
+
+impl Programmed {
+    fn same_content(&self, other: &Programmed) -> bool {
+        self.backends == other.backends
+            && self.state == other.state
+            && self.flags == other.flags
+            && self.affinity_timeout == other.affinity_timeout
+    }
+}
+
+#[derive(Debug)]
+struct BackendEntry {
+    id: u32,
+    refs: u32,
+    state: u8,
+}
+
+/// (address, port, protocol) of a service: one rev-NAT id, shared by the
+/// frontend's scopes.
+type RevNatKey = (Ipv4Addr, u16, Protocol);
+
+#[derive(Debug)]
+struct RevNatEntry {
+    id: u16,
+    refs: u32,
+}
+
+/// Counts of one sync, for logs and metrics.
+#[derive(Debug, Default, Clone)]
+pub struct SyncReport {
+    pub added: usize,
+    pub updated: usize,
+    pub removed: usize,
+    pub unchanged: usize,
+    pub errors: Vec<String>,
+    pub error_reasons: Vec<&'static str>,
+}
+
+impl SyncReport {
+    pub fn changed(&self) -> bool {
+        self.added + self.updated + self.removed > 0
+    }
+}
+
+pub struct Programmer<M: LbMaps = Maps> {
+    maps: M,
+    frontends: BTreeMap<FrontendKey, Programmed>,
+    /// Frontends whose last write failed or that were adopted incomplete:
+    /// rewritten on the next sync even if they look unchanged.
+    dirty: BTreeSet<FrontendKey>,
+    backends: HashMap<BackendAddr, BackendEntry>,
+    backend_ids: IdAllocator,
+    rev_nats: HashMap<RevNatKey, RevNatEntry>,
+    rev_ids: IdAllocator,
+    /// Entries in the service map (frontends + slots).
+    svc_entries: u32,
+}
+
+impl<M: LbMaps> Programmer<M> {
+    /// Takes over whatever a previous agent left in the (pinned) maps, so the
+    /// first sync is a diff and unchanged services are not touched.
+    pub fn adopt(maps: M) -> Self {
+        let st = KernelState::read(&maps);
+        let mut p = Programmer {
+            maps,
+            frontends: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            backends: HashMap::new(),
+            backend_ids: IdAllocator::new(names::BACKENDS_V4_MAX),
+            rev_nats: HashMap::new(),
+            rev_ids: IdAllocator::new(u32::from(u16::MAX)),
+            svc_entries: 0,
+        };
+        for k in &st.stray {
+            if let Err(e) = p.maps.del_service(k) {
+                warn!(error = %e, "removing a stray service-map entry");
+            }
+        }
+        let mut used_backends = BTreeSet::new();
+        for (key, f) in &st.frontends {
+            let addrs: Option<Vec<BackendAddr>> =
+                f.backend_ids.iter().map(|&id| st.backend_addr(id)).collect();
+            let complete = addrs.is_some();
+            let addrs = addrs.unwrap_or_default();
+            let state = f
+                .backend_ids
+                .first()
+                .and_then(|id| st.backends.get(id))
+                .map_or(backend_state::ACTIVE, |b| b.state);
+            for (addr, &id) in addrs.iter().zip(&f.backend_ids) {
+                let e = p.backends.entry(*addr).or_insert(BackendEntry { id, refs: 0, state });
+                e.refs += 1;
+                used_backends.insert(id);
+                p.backend_ids.reserve(id);
+            }
+            let rkey = (key.ip, key.port, key.proto);
+            let rid = f.value.rev_nat_id;
+            p.rev_nats.entry(rkey).or_insert(RevNatEntry { id: rid, refs: 0 }).refs += 1;
+            p.rev_ids.reserve(u32::from(rid));
+            p.svc_entries += 1 + u32::from(f.value.count);
+            p.frontends.insert(
+                *key,
+                Programmed {
+                    backends: addrs,
+                    state,
+                    flags: f.value.flags,
+                    affinity_timeout: f.value.affinity_timeout,
+                    rev_nat_id: rid,
+                },
+            );
+            if !complete {
+                // A slot or backend is missing: the previous agent stopped
+                // mid-update. Rewrite it whatever the source says.
+                p.dirty.insert(*key);
+            }
+        }
+        for id in st.backends.keys().filter(|id| !used_backends.contains(id)) {
+            let _ = p.maps.del_backend(*id);
+        }
+        let used_rev: BTreeSet<u16> = p.rev_nats.values().map(|r| r.id).collect();
+        for id in st.rev_nat.keys().filter(|id| !used_rev.contains(id)) {
+            let _ = p.maps.del_rev_nat(*id);
+        }
+        debug!(
+            frontends = p.frontends.len(),
+            backends = p.backends.len(),
+            stray = st.stray.len(),
+            "adopted kernel state"
+        );
+        p
+    }
+
+    pub fn maps(&self) -> &M {
+        &self.maps
+    }
+
+    pub fn frontend_count(&self) -> usize {
+        self.frontends.len()
+    }
+
+    pub fn backend_count(&self) -> usize {
+        self.backends.len()
+    }
+
+    pub fn service_entries(&self) -> u32 {
+        self.svc_entries
+    }
+
+    pub fn rev_nat_count(&self) -> usize {
+        self.rev_nats.len()
+    }
+
+    /// Brings the kernel to `desired`. Each frontend is programmed on its
+    /// own: one that fails (a full map, say) is reported and keeps its old
+    /// state; the others are programmed.
+    pub fn apply(&mut self, desired: &Desired) -> SyncReport {
+        let mut report = SyncReport::default();
+        let gone: Vec<FrontendKey> =
+            self.frontends.keys().filter(|k| !desired.frontends.contains_key(k)).copied().collect();
+        for key in gone {
+            match self.remove_frontend(&key) {
+                Ok(()) => report.removed += 1,
+                Err(e) => {
+                    warn!(frontend = %key, error = %e, "removing frontend failed");
+                    report.error_reasons.push(e.reason());
+                    report.errors.push(format!("{key}: {e}"));
+                    self.dirty.insert(key);
+                }
+            }
+        }
+        for (key, f) in &desired.frontends {
+            let old = self.frontends.get(key);
+            let want = want_of(key, f, old.map_or(0, |o| o.rev_nat_id));
+            if let Some(old) = old {
+                if old.same_content(&want) && !self.dirty.contains(key) {
+                    report.unchanged += 1;
+                    continue;
+                }
+            }
+            let is_new = old.is_none();
+            match self.program_frontend(key, f, want) {
+                Ok(()) => {
+                    self.dirty.remove(key);
+                    if is_new { report.added += 1 } else { report.updated += 1 }
+                }
+                Err(e) => {
+                    warn!(service = %f.service, frontend = %key, error = %e, "programming failed");
+                    report.error_reasons.push(e.reason());
+                    report.errors.push(format!("{} {key}: {e}", f.service));
+                    self.dirty.insert(*key);
+                }
+            }
+        }
+        report
+    }
+
+    fn program_frontend(&mut self, key: &FrontendKey, f: &Frontend, mut want: Programmed) -> Result<()> {
+        let old = self.frontends.get(key).cloned();
+        let old_count = old.as_ref().map_or(0, |o| o.backends.len() as u32);
+        let new_count = want.backends.len() as u32;
+        if new_count > u32::from(names::MAX_BACKENDS_PER_SERVICE) {
+            return Err(Error::MapFull {
+                map: names::SERVICES_V4,
+                capacity: u32::from(names::MAX_BACKENDS_PER_SERVICE),
+                object: format!("{} {key}: {new_count} backends", f.service),
+            });
+        }
+        // Capacity checks before any write, so a full map never leaves a
+        // half-programmed frontend behind.
+        let extra = u32::from(old.is_none()) + new_count.saturating_sub(old_count);
+        if self.svc_entries + extra > names::SERVICES_V4_MAX {
+            return Err(Error::MapFull {
+                map: names::SERVICES_V4,
+                capacity: names::SERVICES_V4_MAX,
+                object: format!("{} {key}", f.service),
+            });
+        }
+        let fresh = want.backends.iter().filter(|b| !self.backends.contains_key(b)).count();
+        if self.backend_ids.len() + fresh > names::BACKENDS_V4_MAX as usize {
+            return Err(Error::MapFull {
+                map: names::BACKENDS_V4,
+                capacity: names::BACKENDS_V4_MAX,
+                object: format!("{} {key}", f.service),
+            });
+        }
+
+        let rev_nat_id = match &old {
+            Some(o) => o.rev_nat_id,
+            None => self.acquire_rev_nat(key, f)?,
+        };
+        want.rev_nat_id = rev_nat_id;
+
+        let mut ids = Vec::with_capacity(want.backends.len());
+        for b in &want.backends {
+            match self.acquire_backend(b, want.state) {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    for b in &want.backends[..ids.len()] {
+                        self.release_backend(b);
+                    }
+                    if old.is_none() {
+                        self.release_rev_nat(key);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+
+        let svc_key = |slot: u16| Svc4Key {
+            addr: ip4_to_raw(key.ip.octets()),
+            port: port_to_raw(key.port),
+            slot,
+            proto: key.proto.number(),
+            scope: key.scope.number(),
+            _pad: [0; 2],
+        };
+        for (i, id) in ids.iter().enumerate() {
+            let v = SvcValue { backend_id: *id, ..Default::default() };
+            self.maps.put_service(svc_key(i as u16 + 1), v)?;
+        }
+        let frontend = SvcValue {
+            backend_id: 0,
+            count: new_count as u16,
+            rev_nat_id,
+            flags: want.flags,
+            _pad: 0,
+            affinity_timeout: want.affinity_timeout,
+        };
+        self.maps.put_service(svc_key(0), frontend)?;
+        for slot in new_count + 1..=old_count {
+            self.maps.del_service(&svc_key(slot as u16))?;
+        }
+        self.svc_entries = self.svc_entries + extra - old_count.saturating_sub(new_count);
+
+        if let Some(old) = &old {
+            let kept: BTreeSet<u32> = ids.iter().copied().collect();
+            if (old.flags | want.flags) & svc_flags::AFFINITY != 0 {
+                self.purge_affinity(rev_nat_id, &kept);
+            }
+            for b in &old.backends {
+                self.release_backend(b);
+            }
+        }
+        debug!(service = %f.service, frontend = %key, backends = new_count, "programmed");
+        self.frontends.insert(*key, want);
+        Ok(())
+    }
+
+    fn remove_frontend(&mut self, key: &FrontendKey) -> Result<()> {
+        let Some(old) = self.frontends.get(key).cloned() else { return Ok(()) };
+        let mut k = Svc4Key {
+            addr: ip4_to_raw(key.ip.octets()),
+            port: port_to_raw(key.port),
+            slot: 0,
+            proto: key.proto.number(),
+            scope: key.scope.number(),
+            _pad: [0; 2],
+        };
+        // Slot 0 first: from here on no connection picks this frontend.
+        self.maps.del_service(&k)?;
+        for slot in 1..=old.backends.len() as u16 {
+            k.slot = slot;
+            if let Err(e) = self.maps.del_service(&k) {
+                warn!(frontend = %key, slot, error = %e, "removing a backend slot");
+            }
+        }
+        self.svc_entries -= 1 + old.backends.len() as u32;
+        for b in &old.backends {
+            self.release_backend(b);
+        }
+        if old.flags & svc_flags::AFFINITY != 0 {
+            self.purge_affinity(old.rev_nat_id, &BTreeSet::new());
+        }
+        self.release_rev_nat(key);
+        self.frontends.remove(key);
+        self.dirty.remove(key);
+        debug!(frontend = %key, "removed");
+        Ok(())
+    }
+
+    fn acquire_backend(&mut self, b: &BackendAddr, state: u8) -> Result<u32> {
+        let value = Backend4 {
+            addr: ip4_to_raw(b.ip.octets()),
+            port: port_to_raw(b.port),
+            proto: b.proto.number(),
+            state,
+        };
+        if let Some(e) = self.backends.get_mut(b) {
+            if e.state != state {
+                self.maps.put_backend(e.id, value)?;
+                e.state = state;
+            }
+            e.refs += 1;
+            return Ok(e.id);
+        }
+        let id = self.backend_ids.alloc().ok_or(Error::MapFull {
+            map: names::BACKENDS_V4,
+            capacity: names::BACKENDS_V4_MAX,
+            object: format!("backend {b}"),
+        })?;
+        if let Err(e) = self.maps.put_backend(id, value) {
+            self.backend_ids.release(id);
+            return Err(e);
+        }
+        self.backends.insert(*b, BackendEntry { id, refs: 1, state });
+        Ok(id)
+    }
+
+    fn release_backend(&mut self, b: &BackendAddr) {
+        let Some(e) = self.backends.get_mut(b) else { return };
+        e.refs -= 1;
+        if e.refs == 0 {
+            let id = e.id;
+            self.backends.remove(b);
+            if let Err(e) = self.maps.del_backend(id) {
+                warn!(backend = %b, error = %e, "removing a backend");
+            }
+            self.backend_ids.release(id);
+        }
+    }
+
+    fn acquire_rev_nat(&mut self, key: &FrontendKey, f: &Frontend) -> Result<u16> {
+        let rkey = (key.ip, key.port, key.proto);
+        if let Some(e) = self.rev_nats.get_mut(&rkey) {
+            e.refs += 1;
+            return Ok(e.id);
+        }
+        let id = self.rev_ids.alloc().ok_or(Error::MapFull {
+            map: names::REV_NAT_V4,
+            capacity: u32::from(u16::MAX),
+            object: format!("{} {key}", f.service),
+        })? as u16;
+        let v = RevNat4 { addr: ip4_to_raw(key.ip.octets()), port: port_to_raw(key.port), _pad: 0 };
+        if let Err(e) = self.maps.put_rev_nat(id, v) {
+            self.rev_ids.release(u32::from(id));
+            return Err(e);
+        }
+        self.rev_nats.insert(rkey, RevNatEntry { id, refs: 1 });
+        Ok(id)
+    }
+
+    fn release_rev_nat(&mut self, key: &FrontendKey) {
+        let rkey = (key.ip, key.port, key.proto);
+        let Some(e) = self.rev_nats.get_mut(&rkey) else { return };
+        e.refs -= 1;
+        if e.refs == 0 {
+            let id = e.id;
+            self.rev_nats.remove(&rkey);
+            if let Err(e) = self.maps.del_rev_nat(id) {
+                warn!(frontend = %key, error = %e, "removing a rev-NAT entry");
+            }
+            self.rev_ids.release(u32::from(id));
+        }
+    }
+
+    /// Drops affinity entries of `rev_nat_id` that point at a backend the
+    /// frontend no longer has, so a removed backend is never chosen again.
+    fn purge_affinity(&mut self, rev_nat_id: u16, kept: &BTreeSet<u32>) {
+        let stale: Vec<AffinityKey> = self
+            .maps
+            .affinity()
+            .into_iter()
+            .filter(|(k, v)| k.rev_nat_id == rev_nat_id && !kept.contains(&v.backend_id))
+            .map(|(k, _)| k)
+            .collect();
+        for k in stale {
+            let _ = self.maps.del_affinity(&k);
+        }
+    }
+}
+
+/// The kernel content a frontend should have.
+fn want_of(key: &FrontendKey, f: &Frontend, rev_nat_id: u16) -> Programmed {
+    let mut flags = match f.kind {
+        FrontendKind::ClusterIP => svc_flags::CLUSTER_IP,
+        FrontendKind::NodePort => svc_flags::NODE_PORT,
+        FrontendKind::ExternalIP => svc_flags::EXTERNAL_IP,
+        FrontendKind::LoadBalancer => svc_flags::LOAD_BALANCER,
+    };
+    if f.affinity_timeout.is_some() {
+        flags |= svc_flags::AFFINITY;
+    }
+    if f.etp_local {
+        flags |= svc_flags::ETP_LOCAL;
+        if f.kind != FrontendKind::ClusterIP && key.scope == Scope::External {
+            flags |= svc_flags::TWO_SCOPES;
+        }
+    }
+    if f.itp_local {
+        flags |= svc_flags::ITP_LOCAL;
+    }
+    let mut backends = f.backends.clone();
+    backends.sort();
+    backends.dedup();
+    Programmed {
+        backends,
+        state: if f.terminating { backend_state::TERMINATING } else { backend_state::ACTIVE },
+        flags,
+        affinity_timeout: f.affinity_timeout.unwrap_or(0),
+        rev_nat_id,
+    }
+}
+
+#[cfg(test)]
+#[path = "programmer_tests.rs"]
+mod tests;

@@ -1,0 +1,353 @@
+//! The diff logic against an in-memory model of the maps that records every
+//! write, so the tests can say which writes happen and in which order.
+
+use std::{cell::RefCell, collections::BTreeMap, net::Ipv4Addr, rc::Rc};
+
+use agent_common::{
+    AffinityKey, AffinityValue, Backend4, RevNat4, Svc4Key, SvcValue, affinity_client, maps,
+    svc_flags,
+};
+
+use super::*;
+use crate::{
+    datapath::lbmaps::LbMaps,
+    model::{BackendAddr, Frontend, FrontendKey, FrontendKind, Protocol, Scope, ServiceName},
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Op {
+    PutSvc(Svc4Key),
+    DelSvc(Svc4Key),
+    PutBackend(u32),
+    DelBackend(u32),
+    PutRevNat(u16),
+    DelRevNat(u16),
+    DelAffinity,
+}
+
+#[derive(Default)]
+struct Inner {
+    services: BTreeMap<Svc4Key, SvcValue>,
+    backends: BTreeMap<u32, Backend4>,
+    rev_nat: BTreeMap<u16, RevNat4>,
+    affinity: Vec<(AffinityKey, AffinityValue)>,
+    ops: Vec<Op>,
+}
+
+/// Shared so a second Programmer can adopt what the first wrote.
+#[derive(Clone, Default)]
+struct FakeMaps(Rc<RefCell<Inner>>);
+
+impl FakeMaps {
+    fn take_ops(&self) -> Vec<Op> {
+        std::mem::take(&mut self.0.borrow_mut().ops)
+    }
+}
+
+impl LbMaps for FakeMaps {
+    fn services(&self) -> Vec<(Svc4Key, SvcValue)> {
+        self.0.borrow().services.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+    fn backends(&self) -> Vec<(u32, Backend4)> {
+        self.0.borrow().backends.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+    fn rev_nats(&self) -> Vec<(u16, RevNat4)> {
+        self.0.borrow().rev_nat.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+    fn affinity(&self) -> Vec<(AffinityKey, AffinityValue)> {
+        self.0.borrow().affinity.clone()
+    }
+    fn put_service(&mut self, k: Svc4Key, v: SvcValue) -> Result<()> {
+        let mut m = self.0.borrow_mut();
+        m.services.insert(k, v);
+        m.ops.push(Op::PutSvc(k));
+        Ok(())
+    }
+    fn del_service(&mut self, k: &Svc4Key) -> Result<()> {
+        let mut m = self.0.borrow_mut();
+        m.services.remove(k);
+        m.ops.push(Op::DelSvc(*k));
+        Ok(())
+    }
+    fn put_backend(&mut self, id: u32, v: Backend4) -> Result<()> {
+        let mut m = self.0.borrow_mut();
+        m.backends.insert(id, v);
+        m.ops.push(Op::PutBackend(id));
+        Ok(())
+    }
+    fn del_backend(&mut self, id: u32) -> Result<()> {
+        let mut m = self.0.borrow_mut();
+        m.backends.remove(&id);
+        m.ops.push(Op::DelBackend(id));
+        Ok(())
+    }
+    fn put_rev_nat(&mut self, id: u16, v: RevNat4) -> Result<()> {
+        let mut m = self.0.borrow_mut();
+        m.rev_nat.insert(id, v);
+        m.ops.push(Op::PutRevNat(id));
+        Ok(())
+    }
+    fn del_rev_nat(&mut self, id: u16) -> Result<()> {
+        let mut m = self.0.borrow_mut();
+        m.rev_nat.remove(&id);
+        m.ops.push(Op::DelRevNat(id));
+        Ok(())
+    }
+    fn del_affinity(&mut self, k: &AffinityKey) -> Result<()> {
+        let mut m = self.0.borrow_mut();
+        m.affinity.retain(|(a, _)| a != k);
+        m.ops.push(Op::DelAffinity);
+        Ok(())
+    }
+}
+
+fn key(ip: [u8; 4], port: u16) -> FrontendKey {
+    FrontendKey { ip: Ipv4Addr::from(ip), port, proto: Protocol::Tcp, scope: Scope::External }
+}
+
+fn be(last: u8, port: u16) -> BackendAddr {
+    BackendAddr { ip: Ipv4Addr::new(10, 244, 0, last), port, proto: Protocol::Tcp }
+}
+
+fn frontend(name: &str, backends: Vec<BackendAddr>) -> Frontend {
+    Frontend {
+        service: ServiceName { namespace: "default".into(), name: name.into() },
+        port_name: "http".into(),
+        kind: FrontendKind::ClusterIP,
+        backends,
+        terminating: false,
+        affinity_timeout: None,
+        etp_local: false,
+        itp_local: false,
+    }
+}
+
+fn desired(entries: Vec<(FrontendKey, Frontend)>) -> Desired {
+    Desired { frontends: entries.into_iter().collect() }
+}
+
+fn raw(k: &FrontendKey, slot: u16) -> Svc4Key {
+    Svc4Key {
+        addr: u32::from_ne_bytes(k.ip.octets()),
+        port: k.port.to_be(),
+        slot,
+        proto: k.proto.number(),
+        scope: k.scope.number(),
+        _pad: [0; 2],
+    }
+}
+
+fn pos(ops: &[Op], op: &Op) -> usize {
+    ops.iter().position(|o| o == op).unwrap_or_else(|| panic!("{op:?} not in {ops:?}"))
+}
+
+#[test]
+fn programs_new_frontends_and_then_writes_nothing_when_unchanged() {
+    let maps = FakeMaps::default();
+    let mut p = Programmer::adopt(maps.clone());
+    let (a, b) = (key([10, 96, 0, 1], 80), key([10, 96, 0, 2], 53));
+    let d = desired(vec![
+        (a, frontend("a", vec![be(2, 8080), be(3, 8080)])),
+        (b, frontend("b", vec![be(4, 53)])),
+    ]);
+    let r = p.apply(&d);
+    assert_eq!((r.added, r.updated, r.removed), (2, 0, 0));
+    assert!(r.errors.is_empty());
+    let ops = maps.take_ops();
+    // Backends and slots before the frontend that makes them reachable.
+    assert!(pos(&ops, &Op::PutSvc(raw(&a, 1))) < pos(&ops, &Op::PutSvc(raw(&a, 0))));
+    assert!(pos(&ops, &Op::PutRevNat(1)) < pos(&ops, &Op::PutSvc(raw(&a, 0))));
+    let m = maps.0.borrow();
+    assert_eq!(m.services.len(), 2 + 3);
+    assert_eq!(m.services[&raw(&a, 0)].count, 2);
+    assert_eq!(m.backends.len(), 3);
+    assert_eq!(m.rev_nat.len(), 2);
+    drop(m);
+
+    let r = p.apply(&d);
+    assert_eq!((r.added, r.updated, r.removed, r.unchanged), (0, 0, 0, 2));
+    assert_eq!(maps.take_ops(), vec![], "an unchanged state writes nothing");
+}
+
+#[test]
+fn a_changed_frontend_is_rewritten_alone_in_a_safe_order() {
+    let maps = FakeMaps::default();
+    let mut p = Programmer::adopt(maps.clone());
+    let (a, b) = (key([10, 96, 0, 1], 80), key([10, 96, 0, 2], 80));
+    p.apply(&desired(vec![
+        (a, frontend("a", vec![be(2, 80), be(3, 80)])),
+        (b, frontend("b", vec![be(9, 80)])),
+    ]));
+    maps.take_ops();
+    let old_id_of_3 = maps.0.borrow().services[&raw(&a, 2)].backend_id;
+
+    p.apply(&desired(vec![
+        (a, frontend("a", vec![be(2, 80)])),
+        (b, frontend("b", vec![be(9, 80)])),
+    ]));
+    let ops = maps.take_ops();
+    assert!(
+        ops.iter().all(|o| !matches!(o, Op::PutSvc(k) | Op::DelSvc(k) if k.addr == raw(&b, 0).addr)),
+        "service b untouched: {ops:?}"
+    );
+    let frontend_write = pos(&ops, &Op::PutSvc(raw(&a, 0)));
+    assert!(frontend_write < pos(&ops, &Op::DelSvc(raw(&a, 2))), "count shrinks before the slot goes");
+    assert!(frontend_write < pos(&ops, &Op::DelBackend(old_id_of_3)));
+    assert_eq!(maps.0.borrow().services[&raw(&a, 0)].count, 1);
+}
+
+#[test]
+fn removing_a_frontend_deletes_slot_zero_first_and_frees_everything() {
+    let maps = FakeMaps::default();
+    let mut p = Programmer::adopt(maps.clone());
+    let a = key([10, 96, 0, 1], 80);
+    p.apply(&desired(vec![(a, frontend("a", vec![be(2, 80), be(3, 80)]))]));
+    maps.take_ops();
+    let r = p.apply(&Desired::default());
+    assert_eq!(r.removed, 1);
+    let ops = maps.take_ops();
+    assert_eq!(ops[0], Op::DelSvc(raw(&a, 0)));
+    let m = maps.0.borrow();
+    assert!(m.services.is_empty() && m.backends.is_empty() && m.rev_nat.is_empty());
+}
+
+#[test]
+fn shared_backends_are_refcounted() {
+    let maps = FakeMaps::default();
+    let mut p = Programmer::adopt(maps.clone());
+    let (a, b) = (key([10, 96, 0, 1], 80), key([10, 96, 0, 2], 80));
+    p.apply(&desired(vec![
+        (a, frontend("a", vec![be(2, 80)])),
+        (b, frontend("b", vec![be(2, 80)])),
+    ]));
+    assert_eq!(maps.0.borrow().backends.len(), 1);
+    p.apply(&desired(vec![(b, frontend("b", vec![be(2, 80)]))]));
+    assert_eq!(maps.0.borrow().backends.len(), 1, "still used by b");
+    p.apply(&Desired::default());
+    assert!(maps.0.borrow().backends.is_empty());
+}
+
+#[test]
+fn a_restarted_agent_adopts_the_state_and_rewrites_nothing() {
+    let maps = FakeMaps::default();
+    let a = key([10, 96, 0, 1], 80);
+    let mut f = frontend("a", vec![be(2, 80), be(3, 80)]);
+    f.affinity_timeout = Some(10800);
+    let d = desired(vec![(a, f)]);
+    Programmer::adopt(maps.clone()).apply(&d);
+    maps.take_ops();
+
+    let mut second = Programmer::adopt(maps.clone());
+    assert_eq!(second.frontend_count(), 1);
+    let r = second.apply(&d);
+    assert_eq!((r.unchanged, r.added, r.updated), (1, 0, 0));
+    assert_eq!(maps.take_ops(), vec![]);
+    // New ids do not collide with adopted ones.
+    let b = key([10, 96, 0, 9], 80);
+    let mut d2 = d.clone();
+    d2.frontends.insert(b, frontend("b", vec![be(7, 80)]));
+    second.apply(&d2);
+    let m = maps.0.borrow();
+    assert_eq!(m.backends.len(), 3);
+    assert_eq!(m.rev_nat.len(), 2);
+}
+
+#[test]
+fn adoption_removes_stray_slots_and_orphans_and_repairs_incomplete_frontends() {
+    let maps = FakeMaps::default();
+    let a = key([10, 96, 0, 1], 80);
+    let d = desired(vec![(a, frontend("a", vec![be(2, 80), be(3, 80)]))]);
+    Programmer::adopt(maps.clone()).apply(&d);
+    {
+        let mut m = maps.0.borrow_mut();
+        // A slot past the count, an orphan backend, an orphan rev-NAT entry,
+        // and a frontend whose second backend vanished.
+        m.services.insert(raw(&a, 7), SvcValue { backend_id: 1, ..Default::default() });
+        m.backends.insert(99, Backend4::default());
+        m.rev_nat.insert(42, RevNat4::default());
+        let second = m.services[&raw(&a, 2)].backend_id;
+        m.backends.remove(&second);
+    }
+    maps.take_ops();
+    let mut p = Programmer::adopt(maps.clone());
+    let ops = maps.take_ops();
+    assert!(ops.contains(&Op::DelSvc(raw(&a, 7))));
+    assert!(ops.contains(&Op::DelBackend(99)));
+    assert!(ops.contains(&Op::DelRevNat(42)));
+    let r = p.apply(&d);
+    assert_eq!(r.updated, 1, "the incomplete frontend is rewritten");
+    let m = maps.0.borrow();
+    let ids: Vec<u32> = (1..=2).map(|s| m.services[&raw(&a, s)].backend_id).collect();
+    assert!(ids.iter().all(|id| m.backends.contains_key(id)));
+}
+
+#[test]
+fn affinity_to_a_removed_backend_is_forgotten() {
+    let maps = FakeMaps::default();
+    let mut p = Programmer::adopt(maps.clone());
+    let a = key([10, 96, 0, 1], 80);
+    let mut f = frontend("a", vec![be(2, 80), be(3, 80)]);
+    f.affinity_timeout = Some(60);
+    p.apply(&desired(vec![(a, f.clone())]));
+    let (rev, gone_id, kept_id) = {
+        let m = maps.0.borrow();
+        (m.services[&raw(&a, 0)].rev_nat_id, m.services[&raw(&a, 2)].backend_id, m.services[&raw(&a, 1)].backend_id)
+    };
+    assert_ne!(m_flags(&maps, &a) & svc_flags::AFFINITY, 0);
+    for (client, id) in [(1u64, gone_id), (2, kept_id)] {
+        maps.0.borrow_mut().affinity.push((
+            AffinityKey { client, rev_nat_id: rev, kind: affinity_client::NETNS_COOKIE, _pad: [0; 5] },
+            AffinityValue { backend_id: id, last_used: 0 },
+        ));
+    }
+    f.backends = vec![be(2, 80)];
+    p.apply(&desired(vec![(a, f)]));
+    let aff = maps.0.borrow().affinity.clone();
+    assert_eq!(aff.len(), 1);
+    assert_eq!(aff[0].1.backend_id, kept_id);
+}
+
+fn m_flags(maps: &FakeMaps, k: &FrontendKey) -> u16 {
+    maps.0.borrow().services[&raw(k, 0)].flags
+}
+
+#[test]
+fn a_frontend_too_large_is_refused_whole_and_the_rest_programmed() {
+    let maps = FakeMaps::default();
+    let mut p = Programmer::adopt(maps.clone());
+    let (big, small) = (key([10, 96, 0, 1], 80), key([10, 96, 0, 2], 80));
+    let many: Vec<BackendAddr> = (0..=u32::from(maps::MAX_BACKENDS_PER_SERVICE))
+        .map(|i| BackendAddr { ip: Ipv4Addr::from(0x0a00_0000 + i), port: 80, proto: Protocol::Tcp })
+        .collect();
+    let r = p.apply(&desired(vec![
+        (big, frontend("big", many)),
+        (small, frontend("small", vec![be(2, 80)])),
+    ]));
+    assert_eq!(r.added, 1);
+    assert_eq!(r.errors.len(), 1);
+    assert!(r.errors[0].contains("default/big"), "{}", r.errors[0]);
+    assert_eq!(r.error_reasons, vec!["map_full"]);
+    let m = maps.0.borrow();
+    assert!(!m.services.contains_key(&raw(&big, 0)));
+    assert!(m.services.contains_key(&raw(&small, 0)));
+    assert_eq!(m.backends.len(), 1, "nothing of the refused frontend was written");
+}
+
+#[test]
+fn etp_local_external_entry_is_flagged_two_scopes() {
+    let maps = FakeMaps::default();
+    let mut p = Programmer::adopt(maps.clone());
+    let ext = FrontendKey { scope: Scope::External, ..key([192, 0, 2, 10], 80) };
+    let int = FrontendKey { scope: Scope::Internal, ..ext };
+    let mut f = frontend("lb", vec![be(2, 80)]);
+    f.kind = FrontendKind::LoadBalancer;
+    f.etp_local = true;
+    let mut g = f.clone();
+    g.etp_local = false;
+    g.backends.push(be(3, 80));
+    p.apply(&desired(vec![(ext, f), (int, g)]));
+    assert_ne!(m_flags(&maps, &ext) & svc_flags::TWO_SCOPES, 0);
+    assert_eq!(m_flags(&maps, &int) & svc_flags::TWO_SCOPES, 0);
+    let m = maps.0.borrow();
+    assert_eq!(m.services[&raw(&ext, 0)].rev_nat_id, m.services[&raw(&int, 0)].rev_nat_id);
+}

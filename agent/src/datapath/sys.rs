@@ -1,0 +1,89 @@
+//! The few bpf(2) commands aya does not expose: walking the kernel's links to
+//! find ferry's on one cgroup (for `ferry cleanup --cgroup`, which must also
+//! remove links a hung agent still holds) and detaching them.
+
+use std::{
+    io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+};
+
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+const BPF_LINK_GET_NEXT_ID: libc::c_long = 31;
+const BPF_LINK_DETACH: libc::c_long = 34;
+pub const BPF_LINK_TYPE_CGROUP: u32 = 3;
+
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<libc::c_long> {
+    // SAFETY: attr is a zero-initialised union bpf_attr of ample size.
+    let r = unsafe {
+        libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr))
+    };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+}
+
+/// Ids of every bpf link in the kernel.
+pub fn link_ids() -> Vec<u32> {
+    let mut ids = Vec::new();
+    let mut start = 0u32;
+    loop {
+        let mut attr = [0u64; 16];
+        attr[0] = u64::from(start); // start_id
+        if bpf(BPF_LINK_GET_NEXT_ID, &mut attr).is_err() {
+            return ids;
+        }
+        start = (attr[0] >> 32) as u32; // next_id
+        ids.push(start);
+    }
+}
+
+pub fn link_fd(id: u32) -> io::Result<OwnedFd> {
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(id);
+    let fd = bpf(BPF_LINK_GET_FD_BY_ID, &mut attr)?;
+    // SAFETY: the kernel returned a new descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// (link type, program id, cgroup id for cgroup links).
+pub fn link_info(fd: &OwnedFd) -> io::Result<(u32, u32, u64)> {
+    // struct bpf_link_info { u32 type; u32 id; u32 prog_id; union { struct { u64 cgroup_id; u32 attach_type; } cgroup; ... } }
+    let mut info = [0u64; 32];
+    let mut attr = [0u64; 16];
+    attr[0] = fd.as_raw_fd() as u32 as u64 | ((std::mem::size_of_val(&info) as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let ty = info[0] as u32;
+    let prog_id = info[1] as u32;
+    Ok((ty, prog_id, info[2]))
+}
+
+/// The name the kernel holds for a program (up to 15 bytes).
+pub fn prog_name(id: u32) -> io::Result<String> {
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(id);
+    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)?;
+    // SAFETY: new descriptor owned here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // struct bpf_prog_info: name[16] is at byte offset 64.
+    let mut info = [0u8; 256];
+    let mut attr = [0u64; 16];
+    attr[0] = fd.as_raw_fd() as u32 as u64 | ((info.len() as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let name = &info[64..80];
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Ok(String::from_utf8_lossy(&name[..end]).into_owned())
+}
+
+pub fn link_detach(fd: &OwnedFd) -> io::Result<()> {
+    let mut attr = [0u64; 16];
+    attr[0] = fd.as_raw_fd() as u32 as u64;
+    bpf(BPF_LINK_DETACH, &mut attr).map(|_| ())
+}
+
+/// A cgroup v2 directory's id is its inode number.
+pub fn cgroup_id(path: &std::path::Path) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    Ok(std::fs::metadata(path)?.ino())
+}

@@ -1,0 +1,11 @@
+//! ferry: an eBPF replacement for kube-proxy. The library behind the `ferry`
+//! binary; see README.md for the design.
+
+pub mod cli;
+pub mod cmd;
+pub mod datapath;
+pub mod error;
+pub mod model;
+pub mod paths;
+pub mod server;
+pub mod source;

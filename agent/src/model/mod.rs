@@ -1,0 +1,175 @@
+//! ferry's view of the cluster, independent of where it came from (YAML
+//! manifests or the API server) and of how it is programmed.
+//!
+//! [`translate`] turns Services, EndpointSlices and this node's Node object
+//! into a [`Desired`] state: every frontend (address, port, protocol, scope)
+//! with the backends that may serve it. The datapath diffs two `Desired`
+//! values; nothing here knows about maps.
+
+pub mod translate;
+
+use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+
+pub use translate::{Inputs, translate};
+
+/// namespace/name of a Service.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct ServiceName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub enum Protocol {
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "UDP")]
+    Udp,
+}
+
+impl Protocol {
+    /// The IANA number used in map keys.
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => agent_common::proto::TCP,
+            Protocol::Udp => agent_common::proto::UDP,
+        }
+    }
+
+    pub const fn from_number(n: u8) -> Option<Self> {
+        match n {
+            agent_common::proto::TCP => Some(Protocol::Tcp),
+            agent_common::proto::UDP => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        })
+    }
+}
+
+/// Which traffic a frontend entry serves (see `agent_common::scope`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// The default entry, used by every client unless the service has
+    /// internalTrafficPolicy Local.
+    External,
+    /// The node-local entry of an internalTrafficPolicy Local service.
+    Internal,
+}
+
+impl Scope {
+    pub const fn number(self) -> u8 {
+        match self {
+            Scope::External => agent_common::scope::EXTERNAL,
+            Scope::Internal => agent_common::scope::INTERNAL,
+        }
+    }
+}
+
+/// What a frontend address is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub enum FrontendKind {
+    ClusterIP,
+    NodePort,
+    ExternalIP,
+    LoadBalancer,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct FrontendKey {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub proto: Protocol,
+    pub scope: Scope,
+}
+
+impl fmt::Display for FrontendKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.ip, self.port, self.proto)?;
+        if self.scope == Scope::Internal {
+            f.write_str(" (internal)")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct BackendAddr {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub proto: Protocol,
+}
+
+impl fmt::Display for BackendAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.ip, self.port, self.proto)
+    }
+}
+
+/// Everything the datapath needs to program one frontend.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Frontend {
+    pub service: ServiceName,
+    /// The Service port's name ("" when unnamed).
+    pub port_name: String,
+    pub kind: FrontendKind,
+    /// The usable backends, sorted and deduplicated: the ready endpoints, or
+    /// when none is ready the serving+terminating ones. Empty = reject.
+    pub backends: Vec<BackendAddr>,
+    /// The backends are terminating endpoints (KEP-1669 fallback).
+    pub terminating: bool,
+    /// sessionAffinity ClientIP timeout in seconds.
+    pub affinity_timeout: Option<u32>,
+    pub etp_local: bool,
+    pub itp_local: bool,
+}
+
+/// The complete state ferry wants in the kernel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub frontends: BTreeMap<FrontendKey, Frontend>,
+}
+
+/// A problem with one input object: reported, the object skipped, the rest
+/// programmed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// "Service", "EndpointSlice", "Node" or "manifest".
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    pub reason: String,
+    pub severity: Severity,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    /// Not supported yet or ignored on purpose (SCTP, say): informational.
+    Info,
+    /// Malformed: the object (or part of it) was skipped.
+    Warning,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}: {}", self.kind, self.name, self.reason)
+        } else {
+            write!(f, "{} {}/{}: {}", self.kind, self.namespace, self.name, self.reason)
+        }
+    }
+}

@@ -1,0 +1,1357 @@
+//! Unit tests of [`translate`], each from inline YAML manifests.
+
+use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice};
+use serde::Deserialize;
+
+use super::*;
+
+const NODE: &str = "node-a";
+
+/// Parses multi-document YAML into inputs for node `node-a` (namespace
+/// defaults to "default", as in the manifest source).
+fn inputs(yaml: &str) -> Inputs {
+    let mut inputs = Inputs {
+        node_name: NODE.to_owned(),
+        ..Inputs::default()
+    };
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let value = serde_yaml::Value::deserialize(doc).expect("test YAML");
+        if value.is_null() {
+            continue;
+        }
+        let meta = &value["metadata"];
+        let ns = meta["namespace"].as_str().unwrap_or("default").to_owned();
+        let name = meta["name"].as_str().unwrap_or("").to_owned();
+        match value["kind"].as_str().expect("kind") {
+            "Service" => {
+                let svc: Service = serde_yaml::from_value(value).expect("Service");
+                inputs.services.insert((ns, name), svc);
+            }
+            "EndpointSlice" => {
+                let slice: EndpointSlice = serde_yaml::from_value(value).expect("EndpointSlice");
+                inputs.slices.insert((ns, name), slice);
+            }
+            "Node" => {
+                let node: Node = serde_yaml::from_value(value).expect("Node");
+                inputs.nodes.insert(name, node);
+            }
+            other => panic!("unexpected kind {other}"),
+        }
+    }
+    inputs
+}
+
+/// One line per frontend: `key kind -> backends [flags]`, in key order.
+fn lines(desired: &Desired) -> Vec<String> {
+    desired
+        .frontends
+        .iter()
+        .map(|(key, fe)| {
+            let backends: Vec<String> = fe
+                .backends
+                .iter()
+                .map(|b| format!("{}:{}", b.ip, b.port))
+                .collect();
+            let mut line = format!("{key} {:?} -> [{}]", fe.kind, backends.join(" "));
+            for (flag, set) in [
+                ("terminating", fe.terminating),
+                ("etp_local", fe.etp_local),
+                ("itp_local", fe.itp_local),
+            ] {
+                if set {
+                    line.push(' ');
+                    line.push_str(flag);
+                }
+            }
+            line
+        })
+        .collect()
+}
+
+fn run(yaml: &str) -> (Vec<String>, Vec<Diagnostic>) {
+    let (desired, diags) = translate(&inputs(yaml));
+    (lines(&desired), diags)
+}
+
+fn warning(kind: &'static str, ns: &str, name: &str, reason: &str) -> Diagnostic {
+    Diagnostic {
+        kind,
+        namespace: ns.to_owned(),
+        name: name.to_owned(),
+        reason: reason.to_owned(),
+        severity: Severity::Warning,
+    }
+}
+
+fn info(kind: &'static str, ns: &str, name: &str, reason: &str) -> Diagnostic {
+    Diagnostic {
+        severity: Severity::Info,
+        ..warning(kind, ns, name, reason)
+    }
+}
+
+fn key(ip: &str, port: u16) -> FrontendKey {
+    FrontendKey {
+        ip: ip.parse().unwrap(),
+        port,
+        proto: Protocol::Tcp,
+        scope: Scope::External,
+    }
+}
+
+const WEB: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-abc
+  namespace: shop
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- addresses: [10.1.0.2]
+  conditions: {ready: true}
+  nodeName: node-b
+- addresses: [10.1.0.1]
+  conditions: {ready: true}
+  nodeName: node-a
+"#;
+
+#[test]
+fn basic_cluster_ip() {
+    let (desired, diags) = translate(&inputs(WEB));
+    assert_eq!(diags, []);
+    assert_eq!(
+        lines(&desired),
+        ["10.96.0.10:80/TCP ClusterIP -> [10.1.0.1:8080 10.1.0.2:8080]"]
+    );
+    let fe = &desired.frontends[&key("10.96.0.10", 80)];
+    assert_eq!(
+        fe.service,
+        ServiceName {
+            namespace: "shop".into(),
+            name: "web".into()
+        }
+    );
+    assert_eq!(fe.port_name, "http");
+    assert_eq!(fe.kind, FrontendKind::ClusterIP);
+    assert_eq!(fe.affinity_timeout, None);
+    assert!(!fe.terminating && !fe.etp_local && !fe.itp_local);
+    assert!(fe.backends.iter().all(|b| b.proto == Protocol::Tcp));
+}
+
+#[test]
+fn deterministic() {
+    let inputs = inputs(WEB);
+    assert_eq!(translate(&inputs), translate(&inputs.clone()));
+}
+
+#[test]
+fn service_without_endpoints_still_has_a_frontend() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: lonely}
+spec:
+  clusterIP: 10.96.0.11
+  ports: [{port: 80}]
+"#;
+    // Empty backends: the datapath rejects instead of letting the packet
+    // wander to a non-existent address.
+    assert_eq!(
+        run(yaml),
+        (vec!["10.96.0.11:80/TCP ClusterIP -> []".to_owned()], vec![])
+    );
+}
+
+#[test]
+fn multiport_resolved_by_name() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: app}
+spec:
+  clusterIP: 10.96.0.20
+  ports:
+  - {name: http, port: 80, targetPort: web}
+  - {name: metrics, port: 9090, targetPort: 9100}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: app-1
+  labels: {kubernetes.io/service-name: app}
+addressType: IPv4
+ports:
+- {name: metrics, port: 9100}
+- {name: http, port: 8080}
+endpoints:
+- addresses: [10.1.0.5]
+"#;
+    let (lines, diags) = run(yaml);
+    assert_eq!(diags, []);
+    assert_eq!(
+        lines,
+        [
+            "10.96.0.20:80/TCP ClusterIP -> [10.1.0.5:8080]",
+            "10.96.0.20:9090/TCP ClusterIP -> [10.1.0.5:9100]",
+        ]
+    );
+}
+
+#[test]
+fn unnamed_port_matches_unnamed_slice_port_only() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: app}
+spec:
+  clusterIP: 10.96.0.21
+  ports: [{port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: app-1
+  labels: {kubernetes.io/service-name: app}
+addressType: IPv4
+ports:
+- {name: "", port: 8080}
+- {name: other, port: 9999}
+endpoints:
+- addresses: [10.1.0.5]
+"#;
+    assert_eq!(
+        run(yaml).0,
+        ["10.96.0.21:80/TCP ClusterIP -> [10.1.0.5:8080]"]
+    );
+}
+
+#[test]
+fn named_target_port_differs_per_slice() {
+    // During a rollout that renumbers the container port, the old and new
+    // pods resolve the named targetPort differently.
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: app}
+spec:
+  clusterIP: 10.96.0.22
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: app-old
+  labels: {kubernetes.io/service-name: app}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.1.0.1]}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: app-new
+  labels: {kubernetes.io/service-name: app}
+addressType: IPv4
+ports: [{name: http, port: 8081}]
+endpoints: [{addresses: [10.1.0.2]}]
+"#;
+    assert_eq!(
+        run(yaml).0,
+        ["10.96.0.22:80/TCP ClusterIP -> [10.1.0.1:8080 10.1.0.2:8081]"]
+    );
+}
+
+#[test]
+fn slices_merged_and_duplicates_counted_once() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: app}
+spec:
+  clusterIP: 10.96.0.23
+  ports: [{port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: app-1
+  labels: {kubernetes.io/service-name: app}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints:
+- addresses: [10.1.0.3]
+- addresses: [10.1.0.1]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: app-2
+  labels: {kubernetes.io/service-name: app}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints:
+- addresses: [10.1.0.2]
+- addresses: [10.1.0.1]
+"#;
+    assert_eq!(
+        run(yaml).0,
+        ["10.96.0.23:80/TCP ClusterIP -> [10.1.0.1:8080 10.1.0.2:8080 10.1.0.3:8080]"]
+    );
+}
+
+#[test]
+fn duplicate_endpoint_prefers_the_non_terminating_copy() {
+    // The same IP terminating in one slice (old pod) and ready in another
+    // (new pod reusing it): whatever the slice order, the ready one counts.
+    for (first, second) in [("old", "zzz-new"), ("new", "zzz-old")] {
+        let (old, new) = if first == "old" {
+            (first, second)
+        } else {
+            (second, first)
+        };
+        let yaml = format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: app}}
+spec:
+  clusterIP: 10.96.0.24
+  ports: [{{port: 80}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {old}
+  labels: {{kubernetes.io/service-name: app}}
+addressType: IPv4
+ports: [{{port: 8080}}]
+endpoints:
+- addresses: [10.1.0.1]
+  conditions: {{ready: false, serving: true, terminating: true}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {new}
+  labels: {{kubernetes.io/service-name: app}}
+addressType: IPv4
+ports: [{{port: 8080}}]
+endpoints:
+- addresses: [10.1.0.1]
+  conditions: {{ready: true}}
+"#
+        );
+        assert_eq!(
+            run(&yaml).0,
+            ["10.96.0.24:80/TCP ClusterIP -> [10.1.0.1:8080]"],
+            "{first}"
+        );
+    }
+}
+
+#[test]
+fn same_port_on_tcp_and_udp() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: dns, namespace: kube-system}
+spec:
+  clusterIP: 10.96.0.10
+  ports:
+  - {name: dns, port: 53, protocol: UDP}
+  - {name: dns-tcp, port: 53, protocol: TCP}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: dns-1
+  namespace: kube-system
+  labels: {kubernetes.io/service-name: dns}
+addressType: IPv4
+ports:
+- {name: dns, port: 5353, protocol: UDP}
+- {name: dns-tcp, port: 5354, protocol: TCP}
+endpoints: [{addresses: [10.1.0.7]}]
+"#;
+    let (desired, diags) = translate(&inputs(yaml));
+    assert_eq!(diags, []);
+    assert_eq!(
+        lines(&desired),
+        [
+            "10.96.0.10:53/TCP ClusterIP -> [10.1.0.7:5354]",
+            "10.96.0.10:53/UDP ClusterIP -> [10.1.0.7:5353]"
+        ]
+    );
+    let udp = FrontendKey {
+        proto: Protocol::Udp,
+        ..key("10.96.0.10", 53)
+    };
+    assert_eq!(desired.frontends[&udp].port_name, "dns");
+    assert_eq!(desired.frontends[&udp].backends[0].proto, Protocol::Udp);
+}
+
+/// A service `app` (10.96.0.30:80) with one slice holding `endpoints`.
+fn with_endpoints(endpoints: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: app}}
+spec:
+  clusterIP: 10.96.0.30
+  ports: [{{port: 80}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: app-1
+  labels: {{kubernetes.io/service-name: app}}
+addressType: IPv4
+ports: [{{port: 8080}}]
+endpoints:
+{endpoints}"#
+    )
+}
+
+#[test]
+fn ready_endpoints_win_over_terminating_ones() {
+    let yaml = with_endpoints(
+        r#"
+- addresses: [10.1.0.1]
+  conditions: {ready: true, serving: true, terminating: false}
+- addresses: [10.1.0.2]
+  conditions: {ready: false, serving: true, terminating: true}
+- addresses: [10.1.0.3]
+  conditions: {ready: false}
+- addresses: [10.1.0.4]
+"#,
+    );
+    // nil conditions mean ready.
+    assert_eq!(
+        run(&yaml).0,
+        ["10.96.0.30:80/TCP ClusterIP -> [10.1.0.1:8080 10.1.0.4:8080]"]
+    );
+}
+
+#[test]
+fn terminating_fallback_when_nothing_is_ready() {
+    let yaml = with_endpoints(
+        r#"
+- addresses: [10.1.0.1]
+  conditions: {ready: false, serving: true, terminating: true}
+- addresses: [10.1.0.2]
+  conditions: {ready: false, serving: false, terminating: true}
+- addresses: [10.1.0.3]
+  conditions: {ready: false}
+- addresses: [10.1.0.4]
+  conditions: {ready: false, terminating: true}
+"#,
+    );
+    // 10.1.0.4: serving is nil, so it equals ready (false).
+    assert_eq!(
+        run(&yaml).0,
+        ["10.96.0.30:80/TCP ClusterIP -> [10.1.0.1:8080] terminating"]
+    );
+}
+
+#[test]
+fn no_usable_endpoint_leaves_an_empty_frontend() {
+    let yaml = with_endpoints(
+        r#"
+- addresses: [10.1.0.1]
+  conditions: {ready: false, serving: false, terminating: true}
+- addresses: [10.1.0.2]
+  conditions: {ready: false, serving: true, terminating: false}
+"#,
+    );
+    assert_eq!(
+        run(&yaml),
+        (vec!["10.96.0.30:80/TCP ClusterIP -> []".to_owned()], vec![])
+    );
+}
+
+#[test]
+fn malformed_endpoints_are_skipped_alone() {
+    let yaml = with_endpoints(
+        r#"
+- addresses: [10.1.0.300]
+- addresses: [fd00::1]
+- addresses: []
+- addresses: [10.1.0.1, 10.1.0.9]
+"#,
+    );
+    let (lines, diags) = run(&yaml);
+    // Only the first address of an endpoint counts.
+    assert_eq!(lines, ["10.96.0.30:80/TCP ClusterIP -> [10.1.0.1:8080]"]);
+    assert_eq!(
+        diags,
+        [
+            warning(
+                "EndpointSlice",
+                "default",
+                "app-1",
+                r#"endpoint address "10.1.0.300" is not an IPv4 address"#
+            ),
+            warning(
+                "EndpointSlice",
+                "default",
+                "app-1",
+                r#"endpoint address "fd00::1" is not an IPv4 address"#
+            ),
+            warning(
+                "EndpointSlice",
+                "default",
+                "app-1",
+                "endpoints[2] has no addresses"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn malformed_slices_and_slice_ports() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: app}
+spec:
+  clusterIP: 10.96.0.31
+  ports: [{name: http, port: 80}, {name: admin, port: 81}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: unlabelled}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.1.0.9]}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: app-1
+  labels: {kubernetes.io/service-name: app}
+addressType: IPv4
+ports:
+- {name: http, port: 8080}
+- {name: admin, port: 70000}
+- {name: other, protocol: QUIC, port: 1}
+- {name: nothing}
+endpoints: [{addresses: [10.1.0.1]}]
+"#;
+    let (lines, diags) = run(yaml);
+    assert_eq!(
+        lines,
+        [
+            "10.96.0.31:80/TCP ClusterIP -> [10.1.0.1:8080]",
+            "10.96.0.31:81/TCP ClusterIP -> []"
+        ]
+    );
+    assert_eq!(
+        diags,
+        [
+            warning(
+                "EndpointSlice",
+                "default",
+                "app-1",
+                r#"port "admin": port 70000 out of range"#
+            ),
+            warning(
+                "EndpointSlice",
+                "default",
+                "app-1",
+                r#"port "other": protocol "QUIC" is not valid"#
+            ),
+            warning(
+                "EndpointSlice",
+                "default",
+                "app-1",
+                r#"port "nothing": port number is missing"#
+            ),
+            warning(
+                "EndpointSlice",
+                "default",
+                "unlabelled",
+                "label kubernetes.io/service-name is missing"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn slices_of_other_namespaces_families_and_proxies_are_ignored() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: app}
+spec:
+  clusterIP: 10.96.0.32
+  ports: [{port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: app-other-ns
+  namespace: other
+  labels: {kubernetes.io/service-name: app}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints: [{addresses: [10.1.0.1]}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: app-v6
+  labels: {kubernetes.io/service-name: app}
+addressType: IPv6
+ports: [{port: 8080}]
+endpoints: [{addresses: ["fd00::1"]}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: app-fqdn
+  labels: {kubernetes.io/service-name: app}
+addressType: FQDN
+ports: [{port: 8080}]
+endpoints: [{addresses: [example.com]}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: app-mirror
+  labels: {kubernetes.io/service-name: app, service.kubernetes.io/service-proxy-name: other}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints: [{addresses: [10.1.0.2]}]
+"#;
+    assert_eq!(
+        run(yaml),
+        (vec!["10.96.0.32:80/TCP ClusterIP -> []".to_owned()], vec![])
+    );
+}
+
+/// A service `app` (10.96.0.40:80) with the given `sessionAffinity` lines.
+fn with_affinity(affinity: &str) -> (Option<u32>, Vec<Diagnostic>) {
+    let yaml = format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: app}}
+spec:
+  clusterIP: 10.96.0.40
+  ports: [{{port: 80}}]
+{affinity}"#
+    );
+    let (desired, diags) = translate(&inputs(&yaml));
+    (
+        desired.frontends[&key("10.96.0.40", 80)].affinity_timeout,
+        diags,
+    )
+}
+
+#[test]
+fn session_affinity() {
+    assert_eq!(with_affinity(""), (None, vec![]));
+    assert_eq!(with_affinity("  sessionAffinity: None"), (None, vec![]));
+    assert_eq!(
+        with_affinity("  sessionAffinity: ClientIP"),
+        (Some(10_800), vec![])
+    );
+    let explicit = "  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}";
+    assert_eq!(with_affinity(explicit), (Some(60), vec![]));
+    let max = "  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 86400}}";
+    assert_eq!(with_affinity(max), (Some(86_400), vec![]));
+    for bad in [0, -5, 86_401] {
+        let invalid = format!(
+            "  sessionAffinity: ClientIP
+  sessionAffinityConfig: {{clientIP: {{timeoutSeconds: {bad}}}}}"
+        );
+        let reason = format!(
+            "sessionAffinityConfig.clientIP.timeoutSeconds {bad} out of range 1..=86400: \
+             using 10800"
+        );
+        assert_eq!(
+            with_affinity(&invalid),
+            (
+                Some(10_800),
+                vec![warning("Service", "default", "app", &reason)]
+            )
+        );
+    }
+    assert_eq!(
+        with_affinity("  sessionAffinity: Cookie"),
+        (
+            None,
+            vec![warning(
+                "Service",
+                "default",
+                "app",
+                r#"sessionAffinity "Cookie" is not valid: using None"#
+            )]
+        )
+    );
+}
+
+#[test]
+fn affinity_applies_to_every_frontend_of_the_service() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: app}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.41
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 30}}
+  ports: [{port: 80, nodePort: 30080}]
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+status:
+  addresses: [{type: InternalIP, address: 192.168.1.10}]
+"#;
+    let (desired, _) = translate(&inputs(yaml));
+    assert_eq!(desired.frontends.len(), 2);
+    assert!(
+        desired
+            .frontends
+            .values()
+            .all(|fe| fe.affinity_timeout == Some(30))
+    );
+}
+
+#[test]
+fn not_proxied_services_are_ignored_silently() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: headless}
+spec:
+  clusterIP: None
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: headless-list}
+spec:
+  clusterIPs: [None]
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: external}
+spec:
+  type: ExternalName
+  externalName: example.com
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: other-proxy
+  labels: {service.kubernetes.io/service-proxy-name: someone-else}
+spec:
+  clusterIP: 10.96.0.50
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: unallocated}
+spec:
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: no-spec}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: headless-1
+  labels: {kubernetes.io/service-name: headless}
+addressType: IPv4
+ports: [{port: 80}]
+endpoints: [{addresses: [10.1.0.1]}]
+"#;
+    assert_eq!(run(yaml), (vec![], vec![]));
+}
+
+#[test]
+fn sctp_port_is_reported_and_skipped() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: sig, namespace: tel}
+spec:
+  clusterIP: 10.96.0.60
+  ports:
+  - {name: sigtran, port: 2905, protocol: SCTP}
+  - {port: 80, protocol: TCP}
+  - {name: odd, port: 81, protocol: tcp}
+"#;
+    let (lines, diags) = run(yaml);
+    assert_eq!(lines, ["10.96.0.60:80/TCP ClusterIP -> []"]);
+    assert_eq!(
+        diags,
+        [
+            info(
+                "Service",
+                "tel",
+                "sig",
+                r#"port "sigtran": SCTP is not supported yet"#
+            ),
+            warning(
+                "Service",
+                "tel",
+                "sig",
+                r#"port "odd": protocol "tcp" is not valid"#
+            ),
+        ]
+    );
+}
+
+#[test]
+fn malformed_services_are_reported_and_the_rest_translated() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: a-bad-ip, namespace: ns1}
+spec:
+  clusterIP: 10.96.0.300
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b-bad-port, namespace: ns1}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.71
+  ports:
+  - {name: http, port: 70000}
+  - {port: 0}
+  - {name: np, port: 82, nodePort: 99999}
+  - {name: ok, port: 81}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: c-bad-type, namespace: ns1}
+spec:
+  type: Magic
+  clusterIP: 10.96.0.72
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: d-bad-policy, namespace: ns1}
+spec:
+  clusterIP: 10.96.0.73
+  internalTrafficPolicy: Nearby
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: e-good, namespace: ns2}
+spec:
+  clusterIP: 10.96.0.74
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+"#;
+    let (lines, diags) = run(yaml);
+    assert_eq!(
+        lines,
+        [
+            "10.96.0.71:81/TCP ClusterIP -> []",
+            "10.96.0.73:80/TCP ClusterIP -> []",
+            "10.96.0.74:80/TCP ClusterIP -> []",
+        ]
+    );
+    assert_eq!(
+        diags,
+        [
+            warning(
+                "Service",
+                "ns1",
+                "a-bad-ip",
+                r#"clusterIP "10.96.0.300" is not an IP address"#
+            ),
+            warning(
+                "Service",
+                "ns1",
+                "b-bad-port",
+                r#"port "http": port 70000 out of range"#
+            ),
+            warning(
+                "Service",
+                "ns1",
+                "b-bad-port",
+                "ports[1]: port 0 out of range"
+            ),
+            warning(
+                "Service",
+                "ns1",
+                "b-bad-port",
+                r#"port "np": nodePort 99999 out of range"#
+            ),
+            warning(
+                "Service",
+                "ns1",
+                "c-bad-type",
+                r#"type "Magic" is not a service type"#
+            ),
+            warning(
+                "Service",
+                "ns1",
+                "d-bad-policy",
+                r#"internalTrafficPolicy "Nearby" is not valid: using Cluster"#
+            ),
+        ]
+    );
+}
+
+#[test]
+fn missing_names_are_reported() {
+    let mut inputs = inputs(WEB);
+    let svc = inputs.services.values().next().unwrap().clone();
+    let slice = inputs.slices.values().next().unwrap().clone();
+    let unnamed = |mut meta: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        meta.name = None;
+        meta
+    };
+    inputs.services.insert(
+        ("shop".into(), String::new()),
+        Service {
+            metadata: unnamed(svc.metadata.clone()),
+            ..svc
+        },
+    );
+    inputs.slices.insert(
+        ("shop".into(), String::new()),
+        EndpointSlice {
+            metadata: unnamed(slice.metadata.clone()),
+            ..slice
+        },
+    );
+    let (desired, diags) = translate(&inputs);
+    assert_eq!(desired.frontends.len(), 1);
+    assert_eq!(
+        diags,
+        [
+            warning("EndpointSlice", "shop", "", "metadata.name is missing"),
+            warning("Service", "shop", "", "metadata.name is missing"),
+        ]
+    );
+}
+
+/// Endpoints on node-a (local) and node-b, plus one without a node.
+const SLICE_TWO_NODES: &str = r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: app-1
+  labels: {kubernetes.io/service-name: app}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints:
+- {addresses: [10.1.0.1], nodeName: node-a}
+- {addresses: [10.1.0.2], nodeName: node-b}
+- {addresses: [10.1.0.3]}
+- addresses: [10.1.0.4]
+  nodeName: node-a
+  conditions: {ready: false, serving: true, terminating: true}
+"#;
+
+#[test]
+fn internal_traffic_policy_local() {
+    let yaml = format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: app}}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.80
+  internalTrafficPolicy: Local
+  ports: [{{port: 80, nodePort: 30080}}]
+---
+apiVersion: v1
+kind: Node
+metadata: {{name: node-a}}
+status:
+  addresses: [{{type: InternalIP, address: 192.168.1.10}}]
+---{SLICE_TWO_NODES}"#
+    );
+    let (lines, diags) = run(&yaml);
+    assert_eq!(diags, []);
+    // The ClusterIP only reaches this node's ready endpoint; the NodePort
+    // (external traffic, externalTrafficPolicy Cluster) reaches them all.
+    assert_eq!(
+        lines,
+        [
+            "10.96.0.80:80/TCP ClusterIP -> [10.1.0.1:8080] itp_local",
+            "192.168.1.10:30080/TCP NodePort -> [10.1.0.1:8080 10.1.0.2:8080 10.1.0.3:8080]",
+        ]
+    );
+}
+
+#[test]
+fn internal_traffic_policy_local_falls_back_to_local_terminating() {
+    let yaml = format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: app}}
+spec:
+  clusterIP: 10.96.0.81
+  internalTrafficPolicy: Local
+  ports: [{{port: 80}}]
+---{}"#,
+        // Drop the ready local endpoint: the local terminating one remains.
+        SLICE_TWO_NODES.replace("- {addresses: [10.1.0.1], nodeName: node-a}\n", "")
+    );
+    assert_eq!(
+        run(&yaml).0,
+        ["10.96.0.81:80/TCP ClusterIP -> [10.1.0.4:8080] terminating itp_local"]
+    );
+}
+
+#[test]
+fn external_traffic_policy_local_gives_two_scopes() {
+    let yaml = format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: app}}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.90
+  externalTrafficPolicy: Local
+  externalIPs: [203.0.113.5]
+  ports: [{{port: 80, nodePort: 30090}}]
+status:
+  loadBalancer:
+    ingress: [{{ip: 198.51.100.7}}]
+---
+apiVersion: v1
+kind: Node
+metadata: {{name: node-a}}
+status:
+  addresses: [{{type: InternalIP, address: 192.168.1.10}}]
+---{SLICE_TWO_NODES}"#
+    );
+    let (lines, diags) = run(&yaml);
+    assert_eq!(diags, []);
+    let all = "[10.1.0.1:8080 10.1.0.2:8080 10.1.0.3:8080]";
+    assert_eq!(
+        lines,
+        [
+            format!("10.96.0.90:80/TCP ClusterIP -> {all}"),
+            "192.168.1.10:30090/TCP NodePort -> [10.1.0.1:8080] etp_local".to_owned(),
+            format!("192.168.1.10:30090/TCP (internal) NodePort -> {all}"),
+            "198.51.100.7:80/TCP LoadBalancer -> [10.1.0.1:8080] etp_local".to_owned(),
+            format!("198.51.100.7:80/TCP (internal) LoadBalancer -> {all}"),
+            "203.0.113.5:80/TCP ExternalIP -> [10.1.0.1:8080] etp_local".to_owned(),
+            format!("203.0.113.5:80/TCP (internal) ExternalIP -> {all}"),
+        ]
+    );
+}
+
+#[test]
+fn node_ports_on_this_nodes_addresses() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: np}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.100
+  ports:
+  - {name: web, port: 80, nodePort: 30100}
+  - {name: udp, port: 81, nodePort: 30101, protocol: UDP}
+  - {name: unallocated, port: 82}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: stale}
+spec:
+  type: ClusterIP
+  clusterIP: 10.96.0.101
+  ports: [{port: 80, nodePort: 30102}]
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+status:
+  addresses:
+  - {type: InternalIP, address: 192.168.1.10}
+  - {type: InternalIP, address: "fd00::10"}
+  - {type: ExternalIP, address: 203.0.113.10}
+  - {type: ExternalIP, address: 192.168.1.10}
+  - {type: Hostname, address: node-a}
+  - {type: InternalIP, address: not-an-ip}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-b}
+status:
+  addresses: [{type: InternalIP, address: 192.168.1.11}]
+"#;
+    let (lines, diags) = run(yaml);
+    assert_eq!(
+        lines,
+        [
+            "10.96.0.100:80/TCP ClusterIP -> []",
+            "10.96.0.100:81/UDP ClusterIP -> []",
+            "10.96.0.100:82/TCP ClusterIP -> []",
+            "10.96.0.101:80/TCP ClusterIP -> []",
+            "192.168.1.10:30100/TCP NodePort -> []",
+            "192.168.1.10:30101/UDP NodePort -> []",
+            "203.0.113.10:30100/TCP NodePort -> []",
+            "203.0.113.10:30101/UDP NodePort -> []",
+        ]
+    );
+    assert_eq!(
+        diags,
+        [warning(
+            "Node",
+            "",
+            "node-a",
+            r#"InternalIP address "not-an-ip" is not an IP address"#
+        )]
+    );
+}
+
+#[test]
+fn missing_node_is_reported_once() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: np}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.102
+  ports: [{name: a, port: 80, nodePort: 30100}, {name: b, port: 81, nodePort: 30101}]
+"#;
+    let (lines, diags) = run(yaml);
+    assert_eq!(
+        lines,
+        [
+            "10.96.0.102:80/TCP ClusterIP -> []",
+            "10.96.0.102:81/TCP ClusterIP -> []"
+        ]
+    );
+    assert_eq!(
+        diags,
+        [warning(
+            "Node",
+            "",
+            NODE,
+            "Node object not found: NodePorts are not programmed"
+        )]
+    );
+}
+
+#[test]
+fn load_balancer_ingress_and_external_ips() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: lb}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.110
+  externalIPs: [203.0.113.1, 203.0.113.999]
+  ports: [{port: 443, targetPort: 8443}]
+status:
+  loadBalancer:
+    ingress:
+    - {ip: 198.51.100.1}
+    - {hostname: lb.example.com}
+    - {ip: 198.51.100.2, ipMode: Proxy}
+    - {ip: 198.51.100.3, ipMode: VIP}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: not-lb}
+spec:
+  clusterIP: 10.96.0.111
+  externalIPs: [203.0.113.2]
+  ports: [{port: 80}]
+status:
+  loadBalancer:
+    ingress: [{ip: 198.51.100.9}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: lb-1
+  labels: {kubernetes.io/service-name: lb}
+addressType: IPv4
+ports: [{port: 8443}]
+endpoints: [{addresses: [10.1.0.1]}]
+"#;
+    let (lines, diags) = run(yaml);
+    assert_eq!(
+        lines,
+        [
+            "10.96.0.110:443/TCP ClusterIP -> [10.1.0.1:8443]",
+            "10.96.0.111:80/TCP ClusterIP -> []",
+            "198.51.100.1:443/TCP LoadBalancer -> [10.1.0.1:8443]",
+            "198.51.100.3:443/TCP LoadBalancer -> [10.1.0.1:8443]",
+            "203.0.113.1:443/TCP ExternalIP -> [10.1.0.1:8443]",
+            "203.0.113.2:80/TCP ExternalIP -> []",
+        ]
+    );
+    assert_eq!(
+        diags,
+        [warning(
+            "Service",
+            "default",
+            "lb",
+            r#"externalIP "203.0.113.999" is not an IP address"#
+        )]
+    );
+}
+
+#[test]
+fn load_balancer_source_ranges_are_reported() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: lb}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.112
+  loadBalancerSourceRanges: [10.0.0.0/8]
+  ports: [{port: 80}]
+"#;
+    assert_eq!(
+        run(yaml).1,
+        [info(
+            "Service",
+            "default",
+            "lb",
+            "loadBalancerSourceRanges is not supported yet: not enforced"
+        )]
+    );
+}
+
+#[test]
+fn ipv6_is_skipped_with_one_info() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: dual}
+spec:
+  type: LoadBalancer
+  clusterIP: "fd00::5"
+  clusterIPs: [10.96.0.120, "fd00::5"]
+  externalIPs: ["2001:db8::1", 203.0.113.3]
+  ports: [{port: 80}]
+status:
+  loadBalancer:
+    ingress: [{ip: "2001:db8::2"}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: v6only}
+spec:
+  clusterIP: "fd00::6"
+  clusterIPs: ["fd00::6"]
+  ports: [{port: 80}]
+"#;
+    let (lines, diags) = run(yaml);
+    assert_eq!(
+        lines,
+        [
+            "10.96.0.120:80/TCP ClusterIP -> []",
+            "203.0.113.3:80/TCP ExternalIP -> []"
+        ]
+    );
+    assert_eq!(
+        diags,
+        [
+            info("Service", "default", "dual", "IPv6 not supported yet"),
+            info("Service", "default", "v6only", "IPv6 not supported yet"),
+        ]
+    );
+}
+
+#[test]
+fn conflicting_frontends_keep_the_first_service() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: b-second, namespace: a}
+spec:
+  clusterIP: 10.96.0.130
+  ports: [{name: web, port: 80}, {name: other, port: 81}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: a-first, namespace: a}
+spec:
+  clusterIP: 10.96.0.130
+  externalIPs: [203.0.113.4]
+  ports: [{name: http, port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: c-third, namespace: a}
+spec:
+  clusterIP: 10.96.0.131
+  externalIPs: [203.0.113.4]
+  externalTrafficPolicy: Local
+  ports: [{port: 80}]
+"#;
+    let (desired, diags) = translate(&inputs(yaml));
+    assert_eq!(
+        lines(&desired),
+        [
+            "10.96.0.130:80/TCP ClusterIP -> []",
+            "10.96.0.130:81/TCP ClusterIP -> []",
+            "10.96.0.131:80/TCP ClusterIP -> []",
+            "203.0.113.4:80/TCP ExternalIP -> []",
+        ]
+    );
+    assert_eq!(
+        desired.frontends[&key("10.96.0.130", 80)].service.name,
+        "a-first"
+    );
+    assert_eq!(
+        desired.frontends[&key("10.96.0.130", 81)].service.name,
+        "b-second"
+    );
+    // c-third's internal entry is not programmed either: the pair goes
+    // together.
+    assert_eq!(
+        diags,
+        [
+            warning(
+                "Service",
+                "a",
+                "b-second",
+                r#"ClusterIP frontend 10.96.0.130:80/TCP conflicts with port "http" of service a/a-first: skipped"#
+            ),
+            warning(
+                "Service",
+                "a",
+                "c-third",
+                r#"ExternalIP frontend 203.0.113.4:80/TCP conflicts with port "http" of service a/a-first: skipped"#
+            ),
+        ]
+    );
+}

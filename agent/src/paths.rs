@@ -1,0 +1,92 @@
+//! Every filesystem path and kernel object name the agent uses.
+
+use std::{
+    fs,
+    io::{self, BufRead as _},
+    path::{Path, PathBuf},
+};
+
+pub use agent_common::maps as map_names;
+
+/// Where maps and links are pinned unless `--bpffs` says otherwise.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/ferry";
+/// The conventional bpffs mount point; the agent mounts it when the default
+/// pin directory is used and nothing is mounted there (as Cilium does).
+pub const BPFFS_MOUNT: &str = "/sys/fs/bpf";
+/// statfs(2) f_type of a bpf filesystem.
+pub const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The socket-layer programs: (ELF function name, link pin name).
+pub const SOCK_PROGRAMS: &[(&str, &str)] = &[
+    ("ferry_conn4", "ferry_link_conn4"),
+    ("ferry_send4", "ferry_link_send4"),
+    ("ferry_recv4", "ferry_link_recv4"),
+    ("ferry_peer4", "ferry_link_peer4"),
+];
+
+/// Pin directory layout.
+#[derive(Clone, Debug)]
+pub struct PinDir {
+    root: PathBuf,
+}
+
+impl PinDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    pub fn link(&self, pin_name: &str) -> PathBuf {
+        self.root.join(pin_name)
+    }
+}
+
+/// True when `path` (or its nearest existing ancestor) is on a bpf filesystem.
+pub fn is_on_bpffs(path: &Path) -> io::Result<bool> {
+    let mut p = path;
+    loop {
+        if p.exists() {
+            return statfs_magic(p).map(|m| m == BPF_FS_MAGIC);
+        }
+        match p.parent() {
+            Some(parent) => p = parent,
+            None => return Ok(false),
+        }
+    }
+}
+
+fn statfs_magic(path: &Path) -> io::Result<i64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid NUL-terminated path and st a valid out-pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type as i64)
+}
+
+/// The cgroup v2 mount point, from /proc/self/mountinfo (hybrid systems
+/// mount it at /sys/fs/cgroup/unified, pure v2 at /sys/fs/cgroup).
+pub fn cgroup2_mount() -> io::Result<PathBuf> {
+    let f = fs::File::open("/proc/self/mountinfo")?;
+    for line in io::BufReader::new(f).lines() {
+        let line = line?;
+        // "<id> <parent> <maj:min> <root> <mount point> <opts> ... - <fstype> <src> <opts>"
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        if right.split_whitespace().next() == Some("cgroup2") {
+            if let Some(mp) = left.split_whitespace().nth(4) {
+                return Ok(PathBuf::from(mp));
+            }
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::NotFound, "no cgroup2 filesystem is mounted"))
+}

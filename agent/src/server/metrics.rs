@@ -1,0 +1,197 @@
+//! Prometheus text exposition: kube-proxy's metric names where they apply,
+//! then ferry's own (`ferry_*`).
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use agent_common::maps as names;
+
+/// kube-proxy's buckets for sync durations: exponential from 1 ms.
+const SYNC_BUCKETS: [f64; 15] = [
+    0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096,
+    8.192, 16.384,
+];
+
+#[derive(Clone, Debug)]
+struct Histogram {
+    buckets: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Histogram { buckets: vec![0; SYNC_BUCKETS.len()], sum: 0.0, count: 0 }
+    }
+
+    fn observe(&mut self, v: f64) {
+        for (b, le) in self.buckets.iter_mut().zip(SYNC_BUCKETS) {
+            if v <= le {
+                *b += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (b, le) in self.buckets.iter().zip(SYNC_BUCKETS) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {b}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum {}\n{name}_count {}", self.sum, self.count);
+    }
+}
+
+/// Sizes of what is programmed, set after every sync.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Programmed {
+    pub frontends: usize,
+    pub backends: usize,
+    pub service_entries: u32,
+    pub rev_nat: usize,
+}
+
+struct Inner {
+    sync: Histogram,
+    network_programming: Histogram,
+    last_sync: Option<SystemTime>,
+    service_changes: u64,
+    endpoint_changes: u64,
+    errors: BTreeMap<&'static str, u64>,
+    programmed: Programmed,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            inner: Arc::new(Mutex::new(Inner {
+                sync: Histogram::new(),
+                network_programming: Histogram::new(),
+                last_sync: None,
+                service_changes: 0,
+                endpoint_changes: 0,
+                errors: BTreeMap::new(),
+                programmed: Programmed::default(),
+            })),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn sync_done(&self, took: Duration, programmed: Programmed, errors: &[&'static str]) {
+        let mut m = self.inner.lock().expect("metrics lock");
+        m.sync.observe(took.as_secs_f64());
+        m.last_sync = Some(SystemTime::now());
+        m.programmed = programmed;
+        for r in errors {
+            *m.errors.entry(r).or_default() += 1;
+        }
+    }
+
+    /// One error outside a sync (loading, a source problem).
+    pub fn error(&self, reason: &'static str) {
+        *self.inner.lock().expect("metrics lock").errors.entry(reason).or_default() += 1;
+    }
+
+    pub fn changes(&self, services: u64, endpoint_slices: u64) {
+        let mut m = self.inner.lock().expect("metrics lock");
+        m.service_changes += services;
+        m.endpoint_changes += endpoint_slices;
+    }
+
+    /// Time from an endpoint change (its trigger time) to the kernel.
+    pub fn network_programming(&self, took: Duration) {
+        self.inner.lock().expect("metrics lock").network_programming.observe(took.as_secs_f64());
+    }
+
+    /// The exposition; `datapath` holds the kernel's event counters.
+    pub fn render(&self, datapath: &[(&'static str, u64)]) -> String {
+        let m = self.inner.lock().expect("metrics lock");
+        let mut out = String::new();
+        m.sync.render(
+            &mut out,
+            "kubeproxy_sync_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds",
+        );
+        m.network_programming.render(
+            &mut out,
+            "kubeproxy_network_programming_duration_seconds",
+            "In Cluster Network Programming Latency in seconds",
+        );
+        let last = m
+            .last_sync
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0.0, |d| d.as_secs_f64());
+        gauge(&mut out, "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            "The last time proxy rules were successfully synced", last);
+        counter(&mut out, "kubeproxy_sync_proxy_rules_service_changes_total",
+            "Cumulative proxy rules Service changes", m.service_changes);
+        counter(&mut out, "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+            "Cumulative proxy rules Endpoint changes", m.endpoint_changes);
+
+        let p = m.programmed;
+        gauge(&mut out, "ferry_frontends_programmed",
+            "Service frontends (address, port, protocol, scope) in the kernel", p.frontends as f64);
+        gauge(&mut out, "ferry_backends_programmed", "Distinct backends in the kernel",
+            p.backends as f64);
+        let _ = writeln!(out, "# HELP ferry_map_entries Entries ferry keeps in each map\n# TYPE ferry_map_entries gauge");
+        let maps = [
+            (names::SERVICES_V4, f64::from(p.service_entries), names::SERVICES_V4_MAX),
+            (names::BACKENDS_V4, p.backends as f64, names::BACKENDS_V4_MAX),
+            (names::REV_NAT_V4, p.rev_nat as f64, names::REV_NAT_V4_MAX),
+        ];
+        for (map, n, _) in maps {
+            let _ = writeln!(out, "ferry_map_entries{{map=\"{map}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP ferry_map_fill_ratio Entries over capacity\n# TYPE ferry_map_fill_ratio gauge");
+        for (map, n, cap) in maps {
+            let _ = writeln!(out, "ferry_map_fill_ratio{{map=\"{map}\"}} {}", n / f64::from(cap));
+        }
+        let _ = writeln!(out, "# HELP ferry_programming_errors_total Failures to program the kernel, by reason\n# TYPE ferry_programming_errors_total counter");
+        for (reason, n) in &m.errors {
+            let _ = writeln!(out, "ferry_programming_errors_total{{reason=\"{reason}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP ferry_datapath_events_total Events counted by the kernel programs\n# TYPE ferry_datapath_events_total counter");
+        for (event, n) in datapath {
+            let _ = writeln!(out, "ferry_datapath_events_total{{event=\"{event}\"}} {n}");
+        }
+        out
+    }
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_kube_proxy_names_and_buckets() {
+        let m = Metrics::default();
+        m.sync_done(Duration::from_millis(3), Programmed { frontends: 2, ..Default::default() }, &["map_full"]);
+        let text = m.render(&[("connect_translated", 7)]);
+        assert!(text.contains("kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.004\"} 1"));
+        assert!(text.contains("kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.002\"} 0"));
+        assert!(text.contains("kubeproxy_sync_proxy_rules_duration_seconds_count 1"));
+        assert!(text.contains("ferry_frontends_programmed 2"));
+        assert!(text.contains("ferry_programming_errors_total{reason=\"map_full\"} 1"));
+        assert!(text.contains("ferry_datapath_events_total{event=\"connect_translated\"} 7"));
+    }
+}

@@ -1,0 +1,5 @@
+//! The agent's HTTP endpoints, on kube-proxy's ports and paths.
+
+pub mod health;
+pub mod http;
+pub mod metrics;

@@ -1,0 +1,96 @@
+//! The lab's cgroup: a child directory of the cgroup2 mount, never the root itself.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::proc::POLL;
+
+/// Where cgroup2 is mounted (from /proc/self/mountinfo; on hybrid hosts /sys/fs/cgroup/unified).
+pub fn cgroup2_mount() -> Result<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
+    for line in info.lines() {
+        // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        if right.split_whitespace().next() != Some("cgroup2") {
+            continue;
+        }
+        if let Some(mount_point) = left.split_whitespace().nth(4) {
+            return Ok(PathBuf::from(unescape_mountinfo(mount_point)));
+        }
+    }
+    bail!("no cgroup2 mount in /proc/self/mountinfo")
+}
+
+/// True if `path` is a mount point (of any type) in this mount namespace.
+pub fn is_mount_point(path: &Path) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let want = path.to_string_lossy();
+    info.lines().any(|line| {
+        line.split_whitespace().nth(4).is_some_and(|mp| unescape_mountinfo(mp) == want)
+    })
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+}
+
+/// The PIDs in a cgroup (empty if it does not exist).
+pub fn procs(cg: &Path) -> Vec<u32> {
+    fs::read_to_string(cg.join("cgroup.procs"))
+        .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Kills every process in the lab cgroup (cgroup.kill, with a per-PID fallback).
+pub fn kill_all(cg: &Path) {
+    if !cg.exists() {
+        return;
+    }
+    if fs::write(cg.join("cgroup.kill"), "1").is_err() {
+        for pid in procs(cg) {
+            // SAFETY: kill(2) on a process inside the lab's own cgroup.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Waits until the cgroup has no process (up to `timeout`), then removes it.
+pub fn remove(cg: &Path, timeout: Duration) -> Result<()> {
+    if !cg.exists() {
+        return Ok(());
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = procs(cg);
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!("cgroup {} still has processes {left:?}", cg.display());
+        }
+        thread::sleep(POLL);
+    }
+    // A just-emptied cgroup may briefly refuse rmdir (EBUSY) while exiting tasks are released.
+    loop {
+        match fs::remove_dir(cg) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e).with_context(|| format!("rmdir {}", cg.display()));
+            }
+            Err(_) => thread::sleep(POLL),
+        }
+    }
+}
+
+/// The cgroup v2 path of a process, relative to the cgroup2 mount (the `0::` line).
+pub fn of_pid(pid: u32) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+}

@@ -1,0 +1,42 @@
+//! ferry's kernel tests: labs of network namespaces with real servers and clients.
+//!
+//! A [`Lab`] is one test's private world: a node network namespace with a bridge, pod
+//! namespaces wired to it by veth pairs, a child cgroup of the cgroup2 mount whose sockets
+//! ferry's cgroup hooks translate, and a temporary directory holding a private bpffs mount and
+//! the manifests directory the agent reads. Everything carries a unique prefix
+//! (`fy<id>-*`, `ferry-lab-<id>`) and is removed when the lab is dropped, when the test panics,
+//! and when the test process gets SIGINT or SIGTERM.
+//!
+//! Nothing here touches the root network namespace, the machine's interfaces or its root
+//! cgroup: veth pairs are created directly inside lab namespaces, and the only processes killed
+//! are those the lab started (by PID, or by the lab cgroup's `cgroup.kill`).
+
+pub mod cgroup;
+pub mod cleanup;
+pub mod client;
+pub mod lab;
+pub mod manifests;
+pub mod netns;
+pub mod proc;
+pub mod services;
+
+pub use client::{Attempt, EchoReply};
+pub use lab::{AgentOpts, ClientLoop, Lab, Pod};
+pub use manifests::{Endpoint, EndpointSlice, Service};
+
+/// True when running as root (the lab needs it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Returns early from a test (printing why) unless it runs as root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::is_root() {
+            eprintln!("skipped: this test needs root (network namespaces, cgroups, bpffs)");
+            return;
+        }
+    };
+}

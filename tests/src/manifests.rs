@@ -1,0 +1,416 @@
+//! Services and EndpointSlices as the agent reads them: YAML files in a manifests directory.
+//!
+//! Files are written atomically (a temporary file in the same directory whose name does not end
+//! in `.yaml`, then a rename), so the agent never reads half a file.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use serde_json::{Map, Value, json};
+
+/// Something that is written as one manifest file.
+pub trait Manifest {
+    fn kind(&self) -> &'static str;
+    fn namespace(&self) -> &str;
+    fn name(&self) -> &str;
+    fn to_value(&self) -> Value;
+
+    /// `<kind>-<namespace>-<name>.yaml`
+    fn file_name(&self) -> String {
+        format!("{}-{}-{}.yaml", self.kind().to_lowercase(), self.namespace(), self.name())
+    }
+
+    fn to_yaml(&self) -> String {
+        serde_yaml::to_string(&self.to_value()).expect("a JSON value is always valid YAML")
+    }
+}
+
+/// A service's targetPort: a number, or the name of a container port (resolved per slice).
+#[derive(Clone, Debug)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
+impl From<u16> for TargetPort {
+    fn from(n: u16) -> Self {
+        TargetPort::Number(n)
+    }
+}
+
+impl From<&str> for TargetPort {
+    fn from(s: &str) -> Self {
+        TargetPort::Name(s.to_owned())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServicePort {
+    pub name: String,
+    /// i64 so that a test can write an invalid port (70000).
+    pub port: i64,
+    pub protocol: String,
+    pub target_port: Option<TargetPort>,
+}
+
+/// A v1 Service.
+#[derive(Clone, Debug)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    pub type_: String,
+    /// `Some("None")` makes it headless.
+    pub cluster_ip: Option<String>,
+    pub ports: Vec<ServicePort>,
+    /// `Some(timeout)` for sessionAffinity ClientIP (`None` timeout = the API default).
+    pub affinity: Option<Option<u32>>,
+    pub labels: Vec<(String, String)>,
+    pub internal_traffic_policy: Option<String>,
+    pub external_name: Option<String>,
+}
+
+impl Service {
+    /// A ClusterIP service in namespace `default`.
+    pub fn cluster_ip(name: &str, ip: &str) -> Service {
+        Service {
+            name: name.to_owned(),
+            namespace: "default".to_owned(),
+            type_: "ClusterIP".to_owned(),
+            cluster_ip: Some(ip.to_owned()),
+            ports: Vec::new(),
+            affinity: None,
+            labels: Vec::new(),
+            internal_traffic_policy: None,
+            external_name: None,
+        }
+    }
+
+    /// A headless service (clusterIP: None).
+    pub fn headless(name: &str) -> Service {
+        Service::cluster_ip(name, "None")
+    }
+
+    /// An ExternalName service (no cluster IP).
+    pub fn external_name(name: &str, target: &str) -> Service {
+        Service {
+            type_: "ExternalName".to_owned(),
+            cluster_ip: None,
+            external_name: Some(target.to_owned()),
+            ..Service::cluster_ip(name, "")
+        }
+    }
+
+    pub fn namespace(mut self, ns: &str) -> Self {
+        self.namespace = ns.to_owned();
+        self
+    }
+
+    /// A port whose targetPort is the same number.
+    pub fn port(self, name: &str, port: i64, protocol: &str) -> Self {
+        self.port_opt(name, port, protocol, None)
+    }
+
+    /// A port with an explicit targetPort (a number or a name).
+    pub fn port_to(
+        self,
+        name: &str,
+        port: i64,
+        protocol: &str,
+        target: impl Into<TargetPort>,
+    ) -> Self {
+        self.port_opt(name, port, protocol, Some(target.into()))
+    }
+
+    fn port_opt(
+        mut self,
+        name: &str,
+        port: i64,
+        protocol: &str,
+        target: Option<TargetPort>,
+    ) -> Self {
+        self.ports.push(ServicePort {
+            name: name.to_owned(),
+            port,
+            protocol: protocol.to_owned(),
+            target_port: target,
+        });
+        self
+    }
+
+    /// sessionAffinity: ClientIP with this timeoutSeconds.
+    pub fn affinity(mut self, timeout_seconds: u32) -> Self {
+        self.affinity = Some(Some(timeout_seconds));
+        self
+    }
+
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn internal_traffic_policy(mut self, policy: &str) -> Self {
+        self.internal_traffic_policy = Some(policy.to_owned());
+        self
+    }
+}
+
+impl Manifest for Service {
+    fn kind(&self) -> &'static str {
+        "Service"
+    }
+
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn to_value(&self) -> Value {
+        let mut spec = Map::new();
+        spec.insert("type".into(), json!(self.type_));
+        if let Some(ip) = &self.cluster_ip {
+            spec.insert("clusterIP".into(), json!(ip));
+            spec.insert("clusterIPs".into(), json!([ip]));
+        }
+        if let Some(target) = &self.external_name {
+            spec.insert("externalName".into(), json!(target));
+        }
+        if !self.ports.is_empty() {
+            let ports: Vec<Value> = self
+                .ports
+                .iter()
+                .map(|p| {
+                    let mut port = Map::new();
+                    if !p.name.is_empty() {
+                        port.insert("name".into(), json!(p.name));
+                    }
+                    port.insert("port".into(), json!(p.port));
+                    port.insert("protocol".into(), json!(p.protocol));
+                    let target = match &p.target_port {
+                        None => json!(p.port),
+                        Some(TargetPort::Number(n)) => json!(n),
+                        Some(TargetPort::Name(s)) => json!(s),
+                    };
+                    port.insert("targetPort".into(), target);
+                    Value::Object(port)
+                })
+                .collect();
+            spec.insert("ports".into(), Value::Array(ports));
+        }
+        match self.affinity {
+            Some(timeout) => {
+                spec.insert("sessionAffinity".into(), json!("ClientIP"));
+                let timeout = timeout.unwrap_or(10_800);
+                spec.insert(
+                    "sessionAffinityConfig".into(),
+                    json!({"clientIP": {"timeoutSeconds": timeout}}),
+                );
+            }
+            None => {
+                spec.insert("sessionAffinity".into(), json!("None"));
+            }
+        }
+        if let Some(p) = &self.internal_traffic_policy {
+            spec.insert("internalTrafficPolicy".into(), json!(p));
+        }
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": metadata(&self.name, &self.namespace, &self.labels),
+            "spec": spec,
+        })
+    }
+}
+
+fn metadata(name: &str, namespace: &str, labels: &[(String, String)]) -> Value {
+    let mut meta = Map::new();
+    meta.insert("name".into(), json!(name));
+    meta.insert("namespace".into(), json!(namespace));
+    if !labels.is_empty() {
+        let labels: Map<String, Value> =
+            labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        meta.insert("labels".into(), Value::Object(labels));
+    }
+    Value::Object(meta)
+}
+
+/// One endpoint of a slice, with its conditions.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub ip: String,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub node_name: Option<String>,
+}
+
+impl Endpoint {
+    /// ready, serving, not terminating, on node-1.
+    pub fn ready(ip: impl ToString) -> Endpoint {
+        Endpoint::new(ip, true, true, false)
+    }
+
+    /// Terminating (hence not ready), still serving or not.
+    pub fn terminating(ip: impl ToString, serving: bool) -> Endpoint {
+        Endpoint::new(ip, false, serving, true)
+    }
+
+    pub fn new(ip: impl ToString, ready: bool, serving: bool, terminating: bool) -> Endpoint {
+        Endpoint {
+            ip: ip.to_string(),
+            ready,
+            serving,
+            terminating,
+            node_name: Some("node-1".to_owned()),
+        }
+    }
+
+    pub fn node(mut self, node: &str) -> Self {
+        self.node_name = Some(node.to_owned());
+        self
+    }
+}
+
+/// A discovery.k8s.io/v1 EndpointSlice of a service (IPv4).
+#[derive(Clone, Debug)]
+pub struct EndpointSlice {
+    pub name: String,
+    pub namespace: String,
+    pub service: String,
+    pub ports: Vec<(String, u16, String)>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl EndpointSlice {
+    pub fn new(name: &str, service: &str) -> EndpointSlice {
+        EndpointSlice {
+            name: name.to_owned(),
+            namespace: "default".to_owned(),
+            service: service.to_owned(),
+            ports: Vec::new(),
+            endpoints: Vec::new(),
+        }
+    }
+
+    pub fn namespace(mut self, ns: &str) -> Self {
+        self.namespace = ns.to_owned();
+        self
+    }
+
+    /// A port of the slice: the service port's name, the backend port, the protocol.
+    pub fn port(mut self, name: &str, port: u16, protocol: &str) -> Self {
+        self.ports.push((name.to_owned(), port, protocol.to_owned()));
+        self
+    }
+
+    pub fn endpoint(mut self, ep: Endpoint) -> Self {
+        self.endpoints.push(ep);
+        self
+    }
+
+    pub fn endpoints(mut self, eps: impl IntoIterator<Item = Endpoint>) -> Self {
+        self.endpoints.extend(eps);
+        self
+    }
+}
+
+impl Manifest for EndpointSlice {
+    fn kind(&self) -> &'static str {
+        "EndpointSlice"
+    }
+
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn to_value(&self) -> Value {
+        let labels = [("kubernetes.io/service-name".to_owned(), self.service.clone())];
+        let ports: Vec<Value> = self
+            .ports
+            .iter()
+            .map(|(name, port, proto)| json!({"name": name, "port": port, "protocol": proto}))
+            .collect();
+        let endpoints: Vec<Value> = self
+            .endpoints
+            .iter()
+            .map(|ep| {
+                let mut v = json!({
+                    "addresses": [ep.ip],
+                    "conditions": {
+                        "ready": ep.ready,
+                        "serving": ep.serving,
+                        "terminating": ep.terminating,
+                    },
+                });
+                if let Some(node) = &ep.node_name {
+                    v["nodeName"] = json!(node);
+                }
+                v
+            })
+            .collect();
+        json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": metadata(&self.name, &self.namespace, &labels),
+            "addressType": "IPv4",
+            "ports": ports,
+            "endpoints": endpoints,
+        })
+    }
+}
+
+/// The manifests directory the agent watches.
+#[derive(Clone, Debug)]
+pub struct Manifests {
+    dir: PathBuf,
+}
+
+impl Manifests {
+    pub fn new(dir: impl Into<PathBuf>) -> Manifests {
+        Manifests { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes (creates or replaces) an object's file.
+    pub fn apply(&self, obj: &impl Manifest) {
+        self.write_raw(&obj.file_name(), &obj.to_yaml());
+    }
+
+    /// Removes an object's file.
+    pub fn delete(&self, obj: &impl Manifest) {
+        self.remove_raw(&obj.file_name());
+    }
+
+    /// Writes any text as a file, atomically.
+    pub fn write_raw(&self, file_name: &str, text: &str) {
+        self.try_write_raw(file_name, text)
+            .unwrap_or_else(|e| panic!("writing manifest {file_name}: {e:#}"));
+    }
+
+    fn try_write_raw(&self, file_name: &str, text: &str) -> Result<()> {
+        let tmp = self.dir.join(format!(".{file_name}.tmp"));
+        fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, self.dir.join(file_name)).context("renaming into place")?;
+        Ok(())
+    }
+
+    pub fn remove_raw(&self, file_name: &str) {
+        match fs::remove_file(self.dir.join(file_name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("removing manifest {file_name}: {e}"),
+        }
+    }
+}
