@@ -9,9 +9,15 @@ use std::path::PathBuf;
 const EBPF_TOOLCHAIN: &str = "nightly-2026-06-20";
 
 fn main() -> anyhow::Result<()> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../agent-ebpf").canonicalize()?;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../agent-ebpf")
+        .canonicalize()?;
     let root = root.to_string_lossy();
-    let ebpf = aya_build::Package { name: "agent-ebpf", root_dir: &root, ..Default::default() };
+    let ebpf = aya_build::Package {
+        name: "agent-ebpf",
+        root_dir: &root,
+        ..Default::default()
+    };
     aya_build::build_ebpf([ebpf], aya_build::Toolchain::Custom(EBPF_TOOLCHAIN))?;
     let object = PathBuf::from(std::env::var("OUT_DIR")?).join("agent-ebpf");
     if !object.exists() {

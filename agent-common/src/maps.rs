@@ -20,7 +20,14 @@ pub const AFFINITY: &str = "ferry_aff_v1";
 pub const STATS: &str = "ferry_stats_v1";
 
 /// Every map name of the current ABI, in load order.
-pub const ALL: &[&str] = &[SERVICES_V4, BACKENDS_V4, REV_NAT_V4, SOCK_REV_V4, AFFINITY, STATS];
+pub const ALL: &[&str] = &[
+    SERVICES_V4,
+    BACKENDS_V4,
+    REV_NAT_V4,
+    SOCK_REV_V4,
+    AFFINITY,
+    STATS,
+];
 
 /// Prefix shared by every map and link ferry pins, whatever its version.
 pub const NAME_PREFIX: &str = "ferry_";

@@ -28,8 +28,7 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::pinned(m::AFFINITY_MAX, 0);
 
 #[map(name = "ferry_stats_v1")]
-pub static STATS: PerCpuArray<u64> =
-    PerCpuArray::pinned(agent_common::stats::COUNTERS, 0);
+pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(agent_common::stats::COUNTERS, 0);
 
 #[inline(always)]
 pub fn count(c: agent_common::stats::Counter) {

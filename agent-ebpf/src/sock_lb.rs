@@ -14,8 +14,7 @@ use agent_common::{
     affinity_client, proto, scope, stats::Counter, svc_flags,
 };
 use aya_ebpf::{
-    EbpfContext as _, helpers::generated as h, macros::cgroup_sock_addr,
-    programs::SockAddrContext,
+    EbpfContext as _, helpers::generated as h, macros::cgroup_sock_addr, programs::SockAddrContext,
 };
 use aya_log_ebpf::debug;
 
@@ -64,7 +63,14 @@ fn xlate_fwd(ctx: &SockAddrContext, translated: Counter, refused: Counter) -> i3
     let addr = sa.user_ip4;
     // Network order in the low 16 bits.
     let port = sa.user_port as u16;
-    let mut key = Svc4Key { addr, port, slot: 0, proto: l4, scope: scope::EXTERNAL, _pad: [0; 2] };
+    let mut key = Svc4Key {
+        addr,
+        port,
+        slot: 0,
+        proto: l4,
+        scope: scope::EXTERNAL,
+        _pad: [0; 2],
+    };
     let Some(mut svc) = lookup_svc(&key) else {
         return ALLOW;
     };
@@ -87,7 +93,11 @@ fn xlate_fwd(ctx: &SockAddrContext, translated: Counter, refused: Counter) -> i3
         port: backend.port,
         _pad: 0,
     };
-    let rev = SockRev4 { addr, port, rev_nat_id: svc.rev_nat_id };
+    let rev = SockRev4 {
+        addr,
+        port,
+        rev_nat_id: svc.rev_nat_id,
+    };
     if SOCK_REV_V4.insert(&rev_key, &rev, 0).is_err() {
         count(Counter::SockRevUpdateFailed);
     }
@@ -106,7 +116,12 @@ fn lookup_svc(key: &Svc4Key) -> Option<SvcValue> {
 #[inline(always)]
 fn refuse(ctx: &SockAddrContext, c: Counter, addr: u32, port: u16) -> i32 {
     count(c);
-    debug!(ctx, "no usable backend for {:i}:{}", u32::from_be(addr), u16::from_be(port));
+    debug!(
+        ctx,
+        "no usable backend for {:i}:{}",
+        u32::from_be(addr),
+        u16::from_be(port)
+    );
     // Makes connect()/sendmsg() fail with ECONNREFUSED instead of EPERM.
     unsafe { h::bpf_set_retval(-ECONNREFUSED) };
     DENY
@@ -118,15 +133,15 @@ fn lookup_backend(id: u32) -> Option<Backend4> {
 }
 
 #[inline(always)]
-fn select_backend(
-    ctx: &SockAddrContext,
-    key: &Svc4Key,
-    svc: &SvcValue,
-) -> Option<Backend4> {
+fn select_backend(ctx: &SockAddrContext, key: &Svc4Key, svc: &SvcValue) -> Option<Backend4> {
     let affinity = svc.flags & svc_flags::AFFINITY != 0;
     let now = now_seconds();
     let aff_key = AffinityKey {
-        client: if affinity { unsafe { h::bpf_get_netns_cookie(ctx.as_ptr()) } } else { 0 },
+        client: if affinity {
+            unsafe { h::bpf_get_netns_cookie(ctx.as_ptr()) }
+        } else {
+            0
+        },
         rev_nat_id: svc.rev_nat_id,
         kind: affinity_client::NETNS_COOKIE,
         _pad: [0; 5],
@@ -137,7 +152,10 @@ fn select_backend(
             if now.wrapping_sub(v.last_used) <= svc.affinity_timeout {
                 if let Some(b) = lookup_backend(v.backend_id) {
                     count(Counter::AffinityHit);
-                    let refreshed = AffinityValue { backend_id: v.backend_id, last_used: now };
+                    let refreshed = AffinityValue {
+                        backend_id: v.backend_id,
+                        last_used: now,
+                    };
                     let _ = AFFINITY.insert(&aff_key, &refreshed, 0);
                     return Some(b);
                 }
@@ -160,7 +178,10 @@ fn select_backend(
     };
     let backend = lookup_backend(backend_id)?;
     if affinity {
-        let v = AffinityValue { backend_id, last_used: now };
+        let v = AffinityValue {
+            backend_id,
+            last_used: now,
+        };
         let _ = AFFINITY.insert(&aff_key, &v, 0);
     }
     Some(backend)

@@ -38,7 +38,12 @@ pub struct AgentArgs {
     #[arg(long, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
     /// This node's name (default: $NODE_NAME, else the hostname).
-    #[arg(long, alias = "hostname-override", value_name = "NAME", env = "NODE_NAME")]
+    #[arg(
+        long,
+        alias = "hostname-override",
+        value_name = "NAME",
+        env = "NODE_NAME"
+    )]
     pub node_name: Option<String>,
     /// cgroup v2 directory the socket hooks attach to (default: the cgroup2 mount root).
     #[arg(long, value_name = "PATH")]

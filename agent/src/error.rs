@@ -23,19 +23,36 @@ pub enum Error {
     MissingObject { what: &'static str, name: String },
 
     #[error("program {name}: {source}")]
-    Program { name: String, source: Box<aya::programs::ProgramError> },
+    Program {
+        name: String,
+        source: Box<aya::programs::ProgramError>,
+    },
 
     #[error("program {name}: pinned link {path}: {detail}")]
-    Link { name: String, path: PathBuf, detail: String },
+    Link {
+        name: String,
+        path: PathBuf,
+        detail: String,
+    },
 
     #[error("map {name}: {source}")]
-    Map { name: String, source: Box<aya::maps::MapError> },
+    Map {
+        name: String,
+        source: Box<aya::maps::MapError>,
+    },
 
     #[error("map {map} is full ({capacity} entries): cannot program {object}")]
-    MapFull { map: &'static str, capacity: u32, object: String },
+    MapFull {
+        map: &'static str,
+        capacity: u32,
+        object: String,
+    },
 
     #[error("kernel lacks {feature}: {detail}")]
-    KernelFeature { feature: &'static str, detail: String },
+    KernelFeature {
+        feature: &'static str,
+        detail: String,
+    },
 
     #[error("manifests: {0}")]
     Source(#[from] crate::source::SourceError),
@@ -61,11 +78,17 @@ impl Error {
     }
 
     pub fn map(name: &str, source: aya::maps::MapError) -> Self {
-        Error::Map { name: name.to_string(), source: Box::new(source) }
+        Error::Map {
+            name: name.to_string(),
+            source: Box::new(source),
+        }
     }
 
     pub fn program(name: &str, source: aya::programs::ProgramError) -> Self {
-        Error::Program { name: name.to_string(), source: Box::new(source) }
+        Error::Program {
+            name: name.to_string(),
+            source: Box::new(source),
+        }
     }
 }
 

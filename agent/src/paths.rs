@@ -81,12 +81,17 @@ pub fn cgroup2_mount() -> io::Result<PathBuf> {
     for line in io::BufReader::new(f).lines() {
         let line = line?;
         // "<id> <parent> <maj:min> <root> <mount point> <opts> ... - <fstype> <src> <opts>"
-        let Some((left, right)) = line.split_once(" - ") else { continue };
-        if right.split_whitespace().next() == Some("cgroup2") {
-            if let Some(mp) = left.split_whitespace().nth(4) {
-                return Ok(PathBuf::from(mp));
-            }
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if right.split_whitespace().next() == Some("cgroup2")
+            && let Some(mp) = left.split_whitespace().nth(4)
+        {
+            return Ok(PathBuf::from(mp));
         }
     }
-    Err(io::Error::new(io::ErrorKind::NotFound, "no cgroup2 filesystem is mounted"))
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        "no cgroup2 filesystem is mounted",
+    ))
 }

@@ -16,7 +16,9 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
     let info = fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
     for line in info.lines() {
         // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS
-        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
         if right.split_whitespace().next() != Some("cgroup2") {
             continue;
         }
@@ -29,15 +31,22 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
 
 /// True if `path` is a mount point (of any type) in this mount namespace.
 pub fn is_mount_point(path: &Path) -> bool {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
     let want = path.to_string_lossy();
     info.lines().any(|line| {
-        line.split_whitespace().nth(4).is_some_and(|mp| unescape_mountinfo(mp) == want)
+        line.split_whitespace()
+            .nth(4)
+            .is_some_and(|mp| unescape_mountinfo(mp) == want)
     })
 }
 
 fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 /// The PIDs in a cgroup (empty if it does not exist).
@@ -92,5 +101,6 @@ pub fn remove(cg: &Path, timeout: Duration) -> Result<()> {
 /// The cgroup v2 path of a process, relative to the cgroup2 mount (the `0::` line).
 pub fn of_pid(pid: u32) -> Option<String> {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    text.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
 }

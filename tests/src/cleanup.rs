@@ -58,8 +58,13 @@ impl Record {
     fn save(&self) {
         let path = self.tmp.join("lab.json");
         let tmp = self.tmp.join(".lab.json.tmp");
-        let Ok(text) = serde_json::to_string_pretty(self) else { return };
-        if fs::write(&tmp, text).and_then(|()| fs::rename(&tmp, &path)).is_err() {
+        let Ok(text) = serde_json::to_string_pretty(self) else {
+            return;
+        };
+        if fs::write(&tmp, text)
+            .and_then(|()| fs::rename(&tmp, &path))
+            .is_err()
+        {
             eprintln!("lab {}: could not write {}", self.id, path.display());
         }
     }
@@ -98,14 +103,20 @@ pub fn teardown(rec: &Record) -> Vec<String> {
     if let Some(pid) = rec.agent_pid
         && !proc::terminate_pid(pid, &rec.id, Duration::from_secs(5))
     {
-        errors.push(format!("pid {pid} is no longer the lab's agent: left alone"));
+        errors.push(format!(
+            "pid {pid} is no longer the lab's agent: left alone"
+        ));
     }
     if let Some((bin, pin, cg)) = &rec.ferry_cleanup
         && (pin.exists() || cg.exists())
         && bin.is_file()
     {
         let mut cmd = Command::new(bin);
-        cmd.arg("cleanup").arg("--bpffs").arg(pin).arg("--cgroup").arg(cg);
+        cmd.arg("cleanup")
+            .arg("--bpffs")
+            .arg(pin)
+            .arg("--cgroup")
+            .arg(cg);
         match proc::output_placed(&mut cmd, &Placement::default(), Duration::from_secs(30)) {
             Ok(out) if out.status.success() => {}
             Ok(out) => errors.push(format!(
@@ -133,9 +144,14 @@ pub fn teardown(rec: &Record) -> Vec<String> {
     {
         errors.push(format!("{e:#}"));
     }
-    let mounted = cgroup::is_mount_point(&rec.bpffs_mount) && !unmount(&rec.bpffs_mount, &mut errors);
+    let mounted =
+        cgroup::is_mount_point(&rec.bpffs_mount) && !unmount(&rec.bpffs_mount, &mut errors);
     if mounted {
-        errors.push(format!("{} still mounted: {} kept", rec.bpffs_mount.display(), rec.tmp.display()));
+        errors.push(format!(
+            "{} still mounted: {} kept",
+            rec.bpffs_mount.display(),
+            rec.tmp.display()
+        ));
     } else if rec.tmp.exists()
         && let Err(e) = fs::remove_dir_all(&rec.tmp)
     {
@@ -146,7 +162,9 @@ pub fn teardown(rec: &Record) -> Vec<String> {
 
 /// Unmounts; returns true if it is no longer mounted.
 fn unmount(path: &Path, errors: &mut Vec<String>) -> bool {
-    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else { return false };
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
     // SAFETY: umount2 with a valid NUL-terminated path.
     if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
         let e = std::io::Error::last_os_error();
@@ -168,7 +186,9 @@ pub fn down(id: &str) -> Vec<String> {
         .unwrap_or_else(|| Record {
             id: id.to_owned(),
             bpffs_mount: tmp.join("bpffs"),
-            cgroup: cgroup::cgroup2_mount().ok().map(|m| m.join(format!("{LAB_PREFIX}{id}"))),
+            cgroup: cgroup::cgroup2_mount()
+                .ok()
+                .map(|m| m.join(format!("{LAB_PREFIX}{id}"))),
             tmp,
             ..Record::default()
         });
@@ -178,16 +198,27 @@ pub fn down(id: &str) -> Vec<String> {
 /// Removes labs whose creating process is gone (killed before it could clean up), except kept
 /// ones. Live labs of other processes are left alone.
 pub fn sweep_stale() {
-    let Ok(dir) = fs::read_dir("/tmp") else { return };
+    let Ok(dir) = fs::read_dir("/tmp") else {
+        return;
+    };
     for entry in dir.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(id) = name.strip_prefix(LAB_PREFIX) else { continue };
-        let Ok(text) = fs::read_to_string(entry.path().join("lab.json")) else { continue };
-        let Ok(rec) = serde_json::from_str::<Record>(&text) else { continue };
+        let Some(id) = name.strip_prefix(LAB_PREFIX) else {
+            continue;
+        };
+        let Ok(text) = fs::read_to_string(entry.path().join("lab.json")) else {
+            continue;
+        };
+        let Ok(rec) = serde_json::from_str::<Record>(&text) else {
+            continue;
+        };
         if rec.id != id || rec.kept || proc::pid_alive(rec.owner_pid) {
             continue;
         }
-        eprintln!("lab: removing stale lab {id} (its test process {} is gone)", rec.owner_pid);
+        eprintln!(
+            "lab: removing stale lab {id} (its test process {} is gone)",
+            rec.owner_pid
+        );
         for e in teardown(&rec) {
             eprintln!("lab {id}: {e}");
         }
@@ -240,30 +271,32 @@ fn install_signal_handlers() {
         }
         let read_fd = fds[0];
         SIGNAL_PIPE.store(fds[1], Ordering::SeqCst);
-        let spawned = thread::Builder::new().name("lab-signals".into()).spawn(move || {
-            loop {
-                let mut byte = 0u8;
-                // SAFETY: reading one byte into a local.
-                let n = unsafe { libc::read(read_fd, (&raw mut byte).cast(), 1) };
-                if n != 1 {
-                    continue;
-                }
-                let sig = libc::c_int::from(byte);
-                let labs: Vec<Record> = lock(&LABS).values().cloned().collect();
-                eprintln!("lab: signal {sig}: removing {} live lab(s)", labs.len());
-                for rec in &labs {
-                    for e in teardown(rec) {
-                        eprintln!("lab {}: {e}", rec.id);
+        let spawned = thread::Builder::new()
+            .name("lab-signals".into())
+            .spawn(move || {
+                loop {
+                    let mut byte = 0u8;
+                    // SAFETY: reading one byte into a local.
+                    let n = unsafe { libc::read(read_fd, (&raw mut byte).cast(), 1) };
+                    if n != 1 {
+                        continue;
+                    }
+                    let sig = libc::c_int::from(byte);
+                    let labs: Vec<Record> = lock(&LABS).values().cloned().collect();
+                    eprintln!("lab: signal {sig}: removing {} live lab(s)", labs.len());
+                    for rec in &labs {
+                        for e in teardown(rec) {
+                            eprintln!("lab {}: {e}", rec.id);
+                        }
+                    }
+                    // SAFETY: restore the default action and re-raise, so the process dies of the
+                    // signal as it would have without us.
+                    unsafe {
+                        libc::signal(sig, libc::SIG_DFL);
+                        libc::raise(sig);
                     }
                 }
-                // SAFETY: restore the default action and re-raise, so the process dies of the
-                // signal as it would have without us.
-                unsafe {
-                    libc::signal(sig, libc::SIG_DFL);
-                    libc::raise(sig);
-                }
-            }
-        });
+            });
         if spawned.is_err() {
             eprintln!("lab: could not start the signal thread");
             return;

@@ -73,7 +73,11 @@ impl EchoReply {
                 _ => {}
             }
         }
-        Some(EchoReply { pod: pod?, port: port?, peer: peer? })
+        Some(EchoReply {
+            pod: pod?,
+            port: port?,
+            peer: peer?,
+        })
     }
 }
 

@@ -138,7 +138,10 @@ impl Lab {
         netns::add(&self.node)?;
         netns::ip(&self.node, &["link", "set", "lo", "up"])?;
         netns::ip(&self.node, &["link", "add", "br0", "type", "bridge"])?;
-        netns::ip(&self.node, &["addr", "add", &format!("{GATEWAY}/24"), "dev", "br0"])?;
+        netns::ip(
+            &self.node,
+            &["addr", "add", &format!("{GATEWAY}/24"), "dev", "br0"],
+        )?;
         netns::ip(&self.node, &["link", "set", "br0", "up"])?;
         Ok(())
     }
@@ -185,7 +188,8 @@ impl Lab {
 
     /// Adds a pod `fy<id>-<name>` with the next address 10.244.0.N (N from 2).
     pub fn add_pod(&self, name: &str) -> Pod {
-        self.try_add_pod(name).unwrap_or_else(|e| panic!("adding pod {name}: {e:#}"))
+        self.try_add_pod(name)
+            .unwrap_or_else(|e| panic!("adding pod {name}: {e:#}"))
     }
 
     fn try_add_pod(&self, name: &str) -> Result<Pod> {
@@ -203,17 +207,30 @@ impl Lab {
         cleanup::update(&self.id, |r| r.netns.push(ns.clone()));
         netns::add(&ns)?;
         // The pair is born inside the lab: eth0 in the pod, its peer in the node namespace.
-        netns::ip(&ns, &["link", "add", "eth0", "type", "veth", "peer", "name", &peer, "netns", &self.node])?;
+        netns::ip(
+            &ns,
+            &[
+                "link", "add", "eth0", "type", "veth", "peer", "name", &peer, "netns", &self.node,
+            ],
+        )?;
         netns::ip(&self.node, &["link", "set", &peer, "master", "br0"])?;
         netns::ip(&self.node, &["link", "set", &peer, "up"])?;
         netns::ip(&ns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
         netns::ip(&ns, &["link", "set", "eth0", "up"])?;
         netns::ip(&ns, &["link", "set", "lo", "up"])?;
-        netns::ip(&ns, &["route", "add", "default", "via", &GATEWAY.to_string()])?;
+        netns::ip(
+            &ns,
+            &["route", "add", "default", "via", &GATEWAY.to_string()],
+        )?;
         // veths offload TX checksums: without this a broken checksum rewrite goes unnoticed.
         netns::run(&ns, "ethtool", &["-K", "eth0", "tx", "off"])?;
         netns::run(&self.node, "ethtool", &["-K", &peer, "tx", "off"])?;
-        let pod = Pod { name: name.to_owned(), ip, netns_path: netns::path(&ns), netns: ns };
+        let pod = Pod {
+            name: name.to_owned(),
+            ip,
+            netns_path: netns::path(&ns),
+            netns: ns,
+        };
         pods.push(pod.clone());
         Ok(pod)
     }
@@ -232,14 +249,21 @@ impl Lab {
     }
 
     fn pod_placement(&self, pod: &Pod) -> Placement {
-        Placement { netns: Some(pod.netns_path.clone()), cgroup: Some(self.cgroup.clone()) }
+        Placement {
+            netns: Some(pod.netns_path.clone()),
+            cgroup: Some(self.cgroup.clone()),
+        }
     }
 
     fn next_log(&self, pod: &str, program: &str) -> PathBuf {
         let mut n = lock(&self.spawned);
         *n += 1;
-        let base = Path::new(program).file_name().map(|s| s.to_string_lossy().into_owned());
-        self.tmp.join("logs").join(format!("{pod}-{}-{n}.log", base.unwrap_or_default()))
+        let base = Path::new(program)
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned());
+        self.tmp
+            .join("logs")
+            .join(format!("{pod}-{}-{n}.log", base.unwrap_or_default()))
     }
 
     /// Starts a program in the pod's network namespace and in the lab cgroup. Its stdout is
@@ -295,7 +319,12 @@ impl Lab {
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
-            Err(format!("curl {url} from {}: {} {}", pod.name, out.status, String::from_utf8_lossy(&out.stderr).trim()))
+            Err(format!(
+                "curl {url} from {}: {} {}",
+                pod.name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
         }
     }
 
@@ -310,8 +339,15 @@ impl Lab {
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let echo = self.spawn(pod, proc::lab_binary("lab-echo"), &args);
-        if echo.wait_line(Duration::from_secs(10), |l| l == "ready").is_none() {
-            panic!("lab-echo in {} did not get ready: {}", pod.name, self.logs_of(&pod.name));
+        if echo
+            .wait_line(Duration::from_secs(10), |l| l == "ready")
+            .is_none()
+        {
+            panic!(
+                "lab-echo in {} did not get ready: {}",
+                pod.name,
+                self.logs_of(&pod.name)
+            );
         }
         echo
     }
@@ -333,11 +369,21 @@ impl Lab {
 
     /// Runs `lab-client ARGS...` in the pod and returns its attempts.
     pub fn client(&self, pod: &Pod, args: &[&str]) -> Vec<Attempt> {
-        let out = self.output_timeout(pod, proc::lab_binary("lab-client"), args, Duration::from_secs(60));
+        let out = self.output_timeout(
+            pod,
+            proc::lab_binary("lab-client"),
+            args,
+            Duration::from_secs(60),
+        );
         let text = String::from_utf8_lossy(&out.stdout);
         let attempts = parse_lines(text.lines());
         if attempts.is_empty() {
-            panic!("lab-client {args:?} in {} printed nothing ({}): {}", pod.name, out.status, String::from_utf8_lossy(&out.stderr));
+            panic!(
+                "lab-client {args:?} in {} printed nothing ({}): {}",
+                pod.name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         attempts
     }
@@ -358,7 +404,10 @@ impl Lab {
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["--count", "0"]);
         let proc = self.spawn(pod, proc::lab_binary("lab-client"), &all);
-        ClientLoop { proc, seen: Vec::new() }
+        ClientLoop {
+            proc,
+            seen: Vec::new(),
+        }
     }
 
     /// The ferry binary: `$FERRY_BIN`, else next to the test binaries (target/debug/ferry).
@@ -405,7 +454,10 @@ impl Lab {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup of the log fd"))
             .stderr(log);
-        let placement = Placement { netns: Some(self.node_netns_path()), cgroup: None };
+        let placement = Placement {
+            netns: Some(self.node_netns_path()),
+            cgroup: None,
+        };
         let started = Instant::now();
         let child = proc::spawn_placed(&mut cmd, &placement)
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
@@ -421,7 +473,10 @@ impl Lab {
             if !proc.is_running() {
                 let status = proc.wait_exit(Duration::ZERO);
                 drop(proc);
-                panic!("the agent exited before it was ready ({status:?}); log:\n{}", self.agent_log());
+                panic!(
+                    "the agent exited before it was ready ({status:?}); log:\n{}",
+                    self.agent_log()
+                );
             }
             if self.readyz() == Some(200) {
                 break;
@@ -466,7 +521,11 @@ impl Lab {
             Duration::from_secs(5),
         )
         .ok()?;
-        String::from_utf8_lossy(&out.stdout).trim().parse().ok().filter(|&c| c != 0)
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .ok()
+            .filter(|&c| c != 0)
     }
 
     /// Sends SIGTERM to the agent and waits for it (SIGKILL after 10 s).
@@ -513,21 +572,30 @@ impl Lab {
         let pin = self.pin_dir();
         let out = self.ferry(&["services", "--bpffs", &pin.to_string_lossy(), "-o", "json"]);
         if !out.status.success() {
-            return Err(format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
+            return Err(format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
         }
         serde_json::from_slice(&out.stdout)
             .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
     }
 
     pub fn services(&self) -> Value {
-        self.try_services().unwrap_or_else(|e| panic!("ferry services: {e}"))
+        self.try_services()
+            .unwrap_or_else(|e| panic!("ferry services: {e}"))
     }
 
     /// `ferry services` in its default (table) format.
     pub fn services_table(&self) -> String {
         let pin = self.pin_dir();
         let out = self.ferry(&["services", "--bpffs", &pin.to_string_lossy()]);
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     }
 
     /// Polls `ferry services` until `pred` holds; returns how long it took.
@@ -558,7 +626,11 @@ impl Lab {
     pub fn stats(&self) -> Value {
         let pin = self.pin_dir();
         let out = self.ferry(&["stats", "--bpffs", &pin.to_string_lossy(), "-o", "json"]);
-        assert!(out.status.success(), "ferry stats: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ferry stats: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("ferry stats -o json is JSON")
     }
 
@@ -566,7 +638,13 @@ impl Lab {
     pub fn ferry_cleanup(&self) -> Output {
         let pin = self.pin_dir();
         let cg = self.cgroup.to_string_lossy().into_owned();
-        self.ferry(&["cleanup", "--bpffs", &pin.to_string_lossy(), "--cgroup", &cg])
+        self.ferry(&[
+            "cleanup",
+            "--bpffs",
+            &pin.to_string_lossy(),
+            "--cgroup",
+            &cg,
+        ])
     }
 
     /// `bpftool cgroup show <lab cgroup>` (programs attached to the lab cgroup).
@@ -578,7 +656,9 @@ impl Lab {
     /// Every file under the lab's bpffs (pins left).
     pub fn pins(&self) -> Vec<PathBuf> {
         fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-            let Ok(entries) = fs::read_dir(dir) else { return };
+            let Ok(entries) = fs::read_dir(dir) else {
+                return;
+            };
             for e in entries.flatten() {
                 let path = e.path();
                 if path.is_dir() {
@@ -636,7 +716,12 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         if thread::panicking() {
-            eprintln!("==== lab {} ({}) failed; agent logs:\n{}", self.id, self.test, self.agent_logs());
+            eprintln!(
+                "==== lab {} ({}) failed; agent logs:\n{}",
+                self.id,
+                self.test,
+                self.agent_logs()
+            );
         }
         if self.kept.load(Ordering::SeqCst) {
             return;
@@ -656,7 +741,8 @@ pub struct ClientLoop {
 impl ClientLoop {
     fn pull(&mut self) {
         let lines = self.proc.drain_lines();
-        self.seen.extend(parse_lines(lines.iter().map(String::as_str)));
+        self.seen
+            .extend(parse_lines(lines.iter().map(String::as_str)));
     }
 
     /// Every attempt so far.
@@ -748,7 +834,13 @@ fn mount_bpffs(at: &Path) -> Result<()> {
     let target = CString::new(at.as_os_str().as_bytes())?;
     // SAFETY: mount(2) with valid NUL-terminated strings; a new bpffs instance of our own.
     let rc = unsafe {
-        libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         return Err(std::io::Error::last_os_error())

@@ -20,7 +20,12 @@ pub trait Manifest {
 
     /// `<kind>-<namespace>-<name>.yaml`
     fn file_name(&self) -> String {
-        format!("{}-{}-{}.yaml", self.kind().to_lowercase(), self.namespace(), self.name())
+        format!(
+            "{}-{}-{}.yaml",
+            self.kind().to_lowercase(),
+            self.namespace(),
+            self.name()
+        )
     }
 
     fn to_yaml(&self) -> String {
@@ -304,7 +309,8 @@ impl EndpointSlice {
 
     /// A port of the slice: the service port's name, the backend port, the protocol.
     pub fn port(mut self, name: &str, port: u16, protocol: &str) -> Self {
-        self.ports.push((name.to_owned(), port, protocol.to_owned()));
+        self.ports
+            .push((name.to_owned(), port, protocol.to_owned()));
         self
     }
 
@@ -333,7 +339,10 @@ impl Manifest for EndpointSlice {
     }
 
     fn to_value(&self) -> Value {
-        let labels = [("kubernetes.io/service-name".to_owned(), self.service.clone())];
+        let labels = [(
+            "kubernetes.io/service-name".to_owned(),
+            self.service.clone(),
+        )];
         let ports: Vec<Value> = self
             .ports
             .iter()

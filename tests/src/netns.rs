@@ -46,8 +46,15 @@ pub fn ip(ns: &str, args: &[&str]) -> Result<String> {
 /// Runs a program inside the namespace (setns only: mounts and cgroups stay as they are, so
 /// bpffs and cgroup paths remain visible), killed after `timeout`.
 pub fn output(ns: &str, program: &str, args: &[&str], timeout: Duration) -> Result<Output> {
-    let placement = Placement { netns: Some(path(ns)), cgroup: None };
-    Ok(proc::output_placed(Command::new(program).args(args), &placement, timeout)?)
+    let placement = Placement {
+        netns: Some(path(ns)),
+        cgroup: None,
+    };
+    Ok(proc::output_placed(
+        Command::new(program).args(args),
+        &placement,
+        timeout,
+    )?)
 }
 
 /// Runs a program inside the namespace and fails with its stderr unless it succeeds.

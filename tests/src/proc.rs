@@ -13,7 +13,7 @@ use std::{
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
-        mpsc::{self, Receiver, RecvTimeoutError},
+        mpsc::{self, Receiver},
     },
     thread,
     time::{Duration, Instant},
@@ -77,7 +77,9 @@ pub fn output_placed(
     placement: &Placement,
     timeout: Duration,
 ) -> io::Result<Output> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = spawn_placed(cmd, placement)?;
     let out = child.stdout.take().map(read_all_thread);
     let err = child.stderr.take().map(read_all_thread);
@@ -87,7 +89,10 @@ pub fn output_placed(
             break status;
         }
         if Instant::now() >= deadline {
-            eprintln!("lab: {cmd:?} still running after {timeout:?}: killing pid {}", child.id());
+            eprintln!(
+                "lab: {cmd:?} still running after {timeout:?}: killing pid {}",
+                child.id()
+            );
             let _ = child.kill();
             break child.wait()?;
         }
@@ -96,7 +101,11 @@ pub fn output_placed(
     let join = |h: Option<thread::JoinHandle<Vec<u8>>>| {
         h.map(|h| h.join().unwrap_or_default()).unwrap_or_default()
     };
-    Ok(Output { status, stdout: join(out), stderr: join(err) })
+    Ok(Output {
+        status,
+        stdout: join(out),
+        stderr: join(err),
+    })
 }
 
 fn read_all_thread<R: Read + Send + 'static>(mut r: R) -> thread::JoinHandle<Vec<u8>> {
@@ -184,10 +193,7 @@ impl Proc {
     /// The next stdout line, waiting at most `timeout`. None on timeout or end of output.
     pub fn next_line(&self, timeout: Duration) -> Option<String> {
         let lines = lock(&self.inner.lines);
-        match lines.as_ref()?.recv_timeout(timeout) {
-            Ok(line) => Some(line),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-        }
+        lines.as_ref()?.recv_timeout(timeout).ok()
     }
 
     /// Waits until a stdout line satisfies `pred`; returns it. Other lines are discarded.
@@ -205,13 +211,18 @@ impl Proc {
     /// All stdout lines available now, without waiting.
     pub fn drain_lines(&self) -> Vec<String> {
         let lines = lock(&self.inner.lines);
-        lines.as_ref().map(|rx| rx.try_iter().collect()).unwrap_or_default()
+        lines
+            .as_ref()
+            .map(|rx| rx.try_iter().collect())
+            .unwrap_or_default()
     }
 
     /// Writes one line to the child's stdin (if it was piped).
     pub fn send_line(&self, line: &str) -> io::Result<()> {
         let mut stdin = lock(&self.inner.stdin);
-        let w = stdin.as_mut().ok_or_else(|| io::Error::other("stdin not piped"))?;
+        let w = stdin
+            .as_mut()
+            .ok_or_else(|| io::Error::other("stdin not piped"))?;
         w.write_all(format!("{line}\n").as_bytes())?;
         w.flush()
     }
@@ -284,7 +295,10 @@ impl ProcInner {
             return Some(status);
         }
         let mut child = lock(&self.child);
-        eprintln!("lab: {} (pid {}) ignored SIGTERM: killing it", self.label, self.pid);
+        eprintln!(
+            "lab: {} (pid {}) ignored SIGTERM: killing it",
+            self.label, self.pid
+        );
         let _ = child.kill();
         child.wait().ok()
     }
@@ -307,7 +321,9 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name, which may contain spaces.
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -351,10 +367,16 @@ pub fn sibling_binary(name: &str) -> Option<PathBuf> {
 /// Like [`sibling_binary`], panicking with a build hint when missing.
 pub fn lab_binary(name: &str) -> PathBuf {
     sibling_binary(name).unwrap_or_else(|| {
-        panic!("{name} not found next to {:?}: build it: cargo build -p ferry-tests", exe_dir())
+        panic!(
+            "{name} not found next to {:?}: build it: cargo build -p ferry-tests",
+            exe_dir()
+        )
     })
 }
 
 fn exe_dir() -> Option<PathBuf> {
-    std::env::current_exe().ok()?.parent().map(Path::to_path_buf)
+    std::env::current_exe()
+        .ok()?
+        .parent()
+        .map(Path::to_path_buf)
 }

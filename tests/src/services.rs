@@ -17,7 +17,10 @@ pub struct Backend {
 }
 
 pub fn frontends(v: &Value) -> &[Value] {
-    v["frontends"].as_array().map(Vec::as_slice).unwrap_or_default()
+    v["frontends"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
 }
 
 /// The frontend for address:port/protocol, if programmed.
@@ -70,4 +73,26 @@ pub fn active_is(v: &Value, address: &str, port: u16, protocol: &str, want: &[&s
     let mut want: Vec<String> = want.iter().map(|s| (*s).to_owned()).collect();
     want.sort();
     active(v, address, port, protocol) == want
+}
+
+/// All backends of a frontend (any state) as sorted "ip:port" strings.
+pub fn all(v: &Value, address: &str, port: u16, protocol: &str) -> Vec<String> {
+    frontend(v, address, port, protocol)
+        .map(|f| {
+            backends(f)
+                .into_iter()
+                .map(|b| format!("{}:{}", b.address, b.port))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// True if the frontend exists and its backends (any state) are exactly `want`.
+pub fn backends_are(v: &Value, address: &str, port: u16, protocol: &str, want: &[&str]) -> bool {
+    if frontend(v, address, port, protocol).is_none() {
+        return false;
+    }
+    let mut want: Vec<String> = want.iter().map(|s| (*s).to_owned()).collect();
+    want.sort();
+    all(v, address, port, protocol) == want
 }

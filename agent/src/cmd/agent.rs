@@ -2,10 +2,16 @@
 //! program every update from the source as a diff until SIGTERM — which
 //! leaves the datapath in place, as kube-proxy leaves its rules.
 
-use std::{collections::BTreeSet, time::{Duration, Instant}};
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, bail};
-use tokio::{signal::unix::{SignalKind, signal}, sync::mpsc};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
 use tracing::{info, warn};
 
 use crate::{
@@ -13,7 +19,11 @@ use crate::{
     datapath::{Datapath, LoadOptions, Maps, Programmer},
     model::{self, Desired, Diagnostic, Severity},
     paths::{self, PinDir},
-    server::{health::Health, http, metrics::{self, Metrics}},
+    server::{
+        health::Health,
+        http,
+        metrics::{self, Metrics},
+    },
     source::{self, Update},
 };
 
@@ -47,16 +57,26 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             async move { h.reply(&path) }
         })
         .await
-        .with_context(|| format!("binding --healthz-bind-address {}", args.healthz_bind_address))?;
+        .with_context(|| {
+            format!(
+                "binding --healthz-bind-address {}",
+                args.healthz_bind_address
+            )
+        })?;
     }
 
     serve_metrics(&args, &metrics).await?;
 
-    let (_datapath, maps) =
-        Datapath::load(&LoadOptions { pin_dir: args.bpffs.clone(), cgroup: cgroup.clone() })
-            .context("loading the datapath")?;
+    let (_datapath, maps) = Datapath::load(&LoadOptions {
+        pin_dir: args.bpffs.clone(),
+        cgroup: cgroup.clone(),
+    })
+    .context("loading the datapath")?;
     let mut programmer = Programmer::adopt(maps);
-    info!(frontends = programmer.frontend_count(), "adopted the kernel's state");
+    info!(
+        frontends = programmer.frontend_count(),
+        "adopted the kernel's state"
+    );
 
     let (tx, mut rx) = mpsc::channel::<Update>(4);
     tokio::spawn(source::manifests::watch(manifests, node_name.clone(), tx));
@@ -138,7 +158,12 @@ async fn serve_metrics(args: &AgentArgs, metrics: &Metrics) -> anyhow::Result<()
             }
             // Own handle on the pinned maps: scrapes never wait for a sync.
             let counters: Vec<(&'static str, u64)> = Maps::open_pinned(&pins)
-                .map(|maps| maps.counters().into_iter().map(|(c, n)| (c.name(), n)).collect())
+                .map(|maps| {
+                    maps.counters()
+                        .into_iter()
+                        .map(|(c, n)| (c.name(), n))
+                        .collect()
+                })
                 .unwrap_or_default();
             http::Reply {
                 status: hyper::StatusCode::OK,
@@ -148,7 +173,12 @@ async fn serve_metrics(args: &AgentArgs, metrics: &Metrics) -> anyhow::Result<()
         }
     })
     .await
-    .with_context(|| format!("binding --metrics-bind-address {}", args.metrics_bind_address))?;
+    .with_context(|| {
+        format!(
+            "binding --metrics-bind-address {}",
+            args.metrics_bind_address
+        )
+    })?;
     Ok(())
 }
 
@@ -180,4 +210,3 @@ fn hostname() -> Option<String> {
     let h = h.trim();
     (!h.is_empty()).then(|| h.to_string())
 }
-

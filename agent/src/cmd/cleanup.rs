@@ -27,7 +27,9 @@ pub fn detach_from_cgroup(cgroup: &Path) -> anyhow::Result<usize> {
     let mut n = 0;
     for link in sys::link_ids() {
         let Ok(fd) = sys::link_fd(link) else { continue };
-        let Ok((ty, prog, cg)) = sys::link_info(&fd) else { continue };
+        let Ok((ty, prog, cg)) = sys::link_info(&fd) else {
+            continue;
+        };
         if ty != sys::BPF_LINK_TYPE_CGROUP || cg != id {
             continue;
         }

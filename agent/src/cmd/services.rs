@@ -8,7 +8,10 @@ use serde::Serialize;
 
 use crate::{
     cli::{Output, ShowArgs},
-    datapath::{Maps, snapshot::{KernelState, flag_names}},
+    datapath::{
+        Maps,
+        snapshot::{KernelState, flag_names},
+    },
     model::Protocol,
     paths::PinDir,
 };
@@ -76,7 +79,10 @@ pub fn run(args: &ShowArgs) -> anyhow::Result<()> {
     let frontends = view(&KernelState::read(&maps));
     match args.output {
         Output::Json => {
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "frontends": frontends }))?)
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "frontends": frontends }))?
+            )
         }
         Output::Table => print!("{}", table(&frontends)),
     }
@@ -85,7 +91,10 @@ pub fn run(args: &ShowArgs) -> anyhow::Result<()> {
 
 fn table(frontends: &[FrontendView]) -> String {
     use std::fmt::Write as _;
-    let mut out = format!("{:<28} {:<9} {:<30} {}\n", "FRONTEND", "SCOPE", "FLAGS", "BACKENDS");
+    let mut out = format!(
+        "{:<28} {:<9} {:<30} {}\n",
+        "FRONTEND", "SCOPE", "FLAGS", "BACKENDS"
+    );
     for f in frontends {
         let fe = format!("{}:{}/{}", f.address, f.port, f.protocol);
         let scope = format!("{:?}", f.scope).to_lowercase();

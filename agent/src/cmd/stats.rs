@@ -14,8 +14,10 @@ pub fn run(args: &ShowArgs) -> anyhow::Result<()> {
     let counters = maps.counters();
     match args.output {
         Output::Json => {
-            let m: serde_json::Map<String, serde_json::Value> =
-                counters.iter().map(|(c, n)| (c.name().to_string(), (*n).into())).collect();
+            let m: serde_json::Map<String, serde_json::Value> = counters
+                .iter()
+                .map(|(c, n)| (c.name().to_string(), (*n).into()))
+                .collect();
             println!("{}", serde_json::json!({ "counters": m }));
         }
         Output::Table => {

@@ -14,7 +14,11 @@ pub struct IdAllocator {
 impl IdAllocator {
     /// Ids are 1..=max (0 means "none" in the maps).
     pub fn new(max: u32) -> Self {
-        Self { used: BTreeSet::new(), next: 1, max }
+        Self {
+            used: BTreeSet::new(),
+            next: 1,
+            max,
+        }
     }
 
     pub fn reserve(&mut self, id: u32) {

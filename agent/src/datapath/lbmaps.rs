@@ -47,19 +47,25 @@ impl LbMaps for Maps {
         self.affinity.iter().filter_map(Result::ok).collect()
     }
     fn put_service(&mut self, k: Svc4Key, v: SvcValue) -> Result<()> {
-        self.services.insert(&k, &v, 0).map_err(|e| Error::map(names::SERVICES_V4, e))
+        self.services
+            .insert(&k, &v, 0)
+            .map_err(|e| Error::map(names::SERVICES_V4, e))
     }
     fn del_service(&mut self, k: &Svc4Key) -> Result<()> {
         deleted(names::SERVICES_V4, self.services.remove(k))
     }
     fn put_backend(&mut self, id: u32, v: Backend4) -> Result<()> {
-        self.backends.insert(&id, &v, 0).map_err(|e| Error::map(names::BACKENDS_V4, e))
+        self.backends
+            .insert(&id, &v, 0)
+            .map_err(|e| Error::map(names::BACKENDS_V4, e))
     }
     fn del_backend(&mut self, id: u32) -> Result<()> {
         deleted(names::BACKENDS_V4, self.backends.remove(&id))
     }
     fn put_rev_nat(&mut self, id: u16, v: RevNat4) -> Result<()> {
-        self.rev_nat.insert(&id, &v, 0).map_err(|e| Error::map(names::REV_NAT_V4, e))
+        self.rev_nat
+            .insert(&id, &v, 0)
+            .map_err(|e| Error::map(names::REV_NAT_V4, e))
     }
     fn del_rev_nat(&mut self, id: u16) -> Result<()> {
         deleted(names::REV_NAT_V4, self.rev_nat.remove(&id))

@@ -66,8 +66,10 @@ impl Datapath {
             .map_err(|e| Error::Load(Box::new(e)))?;
         start_kernel_logs(&mut ebpf);
 
-        let cgroup = fs::File::open(&opts.cgroup)
-            .map_err(|source| Error::Cgroup { path: opts.cgroup.clone(), source })?;
+        let cgroup = fs::File::open(&opts.cgroup).map_err(|source| Error::Cgroup {
+            path: opts.cgroup.clone(),
+            source,
+        })?;
         for &(name, link_pin) in paths::SOCK_PROGRAMS {
             let outcome = attach_sock_program(&mut ebpf, name, &cgroup, &pins.link(link_pin))?;
             info!(program = name, cgroup = %opts.cgroup.display(), ?outcome, "socket hook");
@@ -81,8 +83,10 @@ impl Datapath {
 /// location gets a bpffs mounted at /sys/fs/bpf when none is (as Cilium
 /// does); anywhere else is the operator's choice and only checked.
 fn prepare_pin_dir(dir: &Path) -> Result<()> {
-    let on_bpffs = paths::is_on_bpffs(dir)
-        .map_err(|source| Error::PinDir { path: dir.to_path_buf(), source })?;
+    let on_bpffs = paths::is_on_bpffs(dir).map_err(|source| Error::PinDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     if !on_bpffs {
         let mount = Path::new(paths::BPFFS_MOUNT);
         if dir.starts_with(mount) && !paths::is_on_bpffs(mount).unwrap_or(false) {
@@ -94,19 +98,34 @@ fn prepare_pin_dir(dir: &Path) -> Result<()> {
             });
         }
     }
-    fs::create_dir_all(dir).map_err(|source| Error::PinDir { path: dir.to_path_buf(), source })
+    fs::create_dir_all(dir).map_err(|source| Error::PinDir {
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 fn mount_bpffs(at: &Path) -> Result<()> {
     use std::os::unix::ffi::OsStrExt as _;
-    fs::create_dir_all(at).map_err(|source| Error::PinDir { path: at.to_path_buf(), source })?;
+    fs::create_dir_all(at).map_err(|source| Error::PinDir {
+        path: at.to_path_buf(),
+        source,
+    })?;
     let target = std::ffi::CString::new(at.as_os_str().as_bytes()).expect("path without NUL");
     // SAFETY: valid NUL-terminated strings; no data argument.
     let r = unsafe {
-        libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if r != 0 {
-        return Err(Error::PinDir { path: at.to_path_buf(), source: std::io::Error::last_os_error() });
+        return Err(Error::PinDir {
+            path: at.to_path_buf(),
+            source: std::io::Error::last_os_error(),
+        });
     }
     info!(path = %at.display(), "mounted a bpf filesystem");
     Ok(())
@@ -120,7 +139,10 @@ fn attach_sock_program(
 ) -> Result<LinkOutcome> {
     let prog: &mut CgroupSockAddr = ebpf
         .program_mut(name)
-        .ok_or(Error::MissingObject { what: "program", name: name.to_string() })?
+        .ok_or(Error::MissingObject {
+            what: "program",
+            name: name.to_string(),
+        })?
         .try_into()
         .map_err(|e| Error::program(name, e))?;
     prog.load().map_err(|e| Error::program(name, e))?;
@@ -137,7 +159,9 @@ fn attach_sock_program(
         }
     }
     // Links are always "multi": the kernel wants no attach flags with them.
-    let id = prog.attach(cgroup, CgroupAttachMode::Single).map_err(|e| Error::program(name, e))?;
+    let id = prog
+        .attach(cgroup, CgroupAttachMode::Single)
+        .map_err(|e| Error::program(name, e))?;
     let link = prog.take_link(id).map_err(|e| Error::program(name, e))?;
     let fd_link: FdLink = link.try_into().map_err(|_| Error::KernelFeature {
         feature: "bpf_link for cgroup programs (Linux >= 5.7)",
@@ -178,7 +202,9 @@ fn start_kernel_logs(ebpf: &mut Ebpf) {
                     return;
                 };
                 loop {
-                    let Ok(mut guard) = fd.readable_mut().await else { return };
+                    let Ok(mut guard) = fd.readable_mut().await else {
+                        return;
+                    };
                     guard.get_inner_mut().flush();
                     guard.clear_ready();
                 }

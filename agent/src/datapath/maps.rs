@@ -28,8 +28,10 @@ impl Maps {
     /// Takes the maps out of a loaded object (they stay pinned).
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
         let mut take = |name: &'static str| {
-            ebpf.take_map(name)
-                .ok_or(Error::MissingObject { what: "map", name: name.to_string() })
+            ebpf.take_map(name).ok_or(Error::MissingObject {
+                what: "map",
+                name: name.to_string(),
+            })
         };
         Ok(Self {
             services: typed(names::SERVICES_V4, take(names::SERVICES_V4)?)?,

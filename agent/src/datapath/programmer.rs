@@ -116,8 +116,11 @@ impl<M: LbMaps> Programmer<M> {
         }
         let mut used_backends = BTreeSet::new();
         for (key, f) in &st.frontends {
-            let addrs: Option<Vec<BackendAddr>> =
-                f.backend_ids.iter().map(|&id| st.backend_addr(id)).collect();
+            let addrs: Option<Vec<BackendAddr>> = f
+                .backend_ids
+                .iter()
+                .map(|&id| st.backend_addr(id))
+                .collect();
             let complete = addrs.is_some();
             let addrs = addrs.unwrap_or_default();
             let state = f
@@ -126,14 +129,20 @@ impl<M: LbMaps> Programmer<M> {
                 .and_then(|id| st.backends.get(id))
                 .map_or(backend_state::ACTIVE, |b| b.state);
             for (addr, &id) in addrs.iter().zip(&f.backend_ids) {
-                let e = p.backends.entry(*addr).or_insert(BackendEntry { id, refs: 0, state });
+                let e = p
+                    .backends
+                    .entry(*addr)
+                    .or_insert(BackendEntry { id, refs: 0, state });
                 e.refs += 1;
                 used_backends.insert(id);
                 p.backend_ids.reserve(id);
             }
             let rkey = (key.ip, key.port, key.proto);
             let rid = f.value.rev_nat_id;
-            p.rev_nats.entry(rkey).or_insert(RevNatEntry { id: rid, refs: 0 }).refs += 1;
+            p.rev_nats
+                .entry(rkey)
+                .or_insert(RevNatEntry { id: rid, refs: 0 })
+                .refs += 1;
             p.rev_ids.reserve(u32::from(rid));
             p.svc_entries += 1 + u32::from(f.value.count);
             p.frontends.insert(
@@ -193,8 +202,12 @@ impl<M: LbMaps> Programmer<M> {
     /// state; the others are programmed.
     pub fn apply(&mut self, desired: &Desired) -> SyncReport {
         let mut report = SyncReport::default();
-        let gone: Vec<FrontendKey> =
-            self.frontends.keys().filter(|k| !desired.frontends.contains_key(k)).copied().collect();
+        let gone: Vec<FrontendKey> = self
+            .frontends
+            .keys()
+            .filter(|k| !desired.frontends.contains_key(k))
+            .copied()
+            .collect();
         for key in gone {
             match self.remove_frontend(&key) {
                 Ok(()) => report.removed += 1,
@@ -209,17 +222,22 @@ impl<M: LbMaps> Programmer<M> {
         for (key, f) in &desired.frontends {
             let old = self.frontends.get(key);
             let want = want_of(key, f, old.map_or(0, |o| o.rev_nat_id));
-            if let Some(old) = old {
-                if old.same_content(&want) && !self.dirty.contains(key) {
-                    report.unchanged += 1;
-                    continue;
-                }
+            if let Some(old) = old
+                && old.same_content(&want)
+                && !self.dirty.contains(key)
+            {
+                report.unchanged += 1;
+                continue;
             }
             let is_new = old.is_none();
             match self.program_frontend(key, f, want) {
                 Ok(()) => {
                     self.dirty.remove(key);
-                    if is_new { report.added += 1 } else { report.updated += 1 }
+                    if is_new {
+                        report.added += 1
+                    } else {
+                        report.updated += 1
+                    }
                 }
                 Err(e) => {
                     warn!(service = %f.service, frontend = %key, error = %e, "programming failed");
@@ -232,7 +250,12 @@ impl<M: LbMaps> Programmer<M> {
         report
     }
 
-    fn program_frontend(&mut self, key: &FrontendKey, f: &Frontend, mut want: Programmed) -> Result<()> {
+    fn program_frontend(
+        &mut self,
+        key: &FrontendKey,
+        f: &Frontend,
+        mut want: Programmed,
+    ) -> Result<()> {
         let old = self.frontends.get(key).cloned();
         let old_count = old.as_ref().map_or(0, |o| o.backends.len() as u32);
         let new_count = want.backends.len() as u32;
@@ -253,7 +276,11 @@ impl<M: LbMaps> Programmer<M> {
                 object: format!("{} {key}", f.service),
             });
         }
-        let fresh = want.backends.iter().filter(|b| !self.backends.contains_key(b)).count();
+        let fresh = want
+            .backends
+            .iter()
+            .filter(|b| !self.backends.contains_key(b))
+            .count();
         if self.backend_ids.len() + fresh > names::BACKENDS_V4_MAX as usize {
             return Err(Error::MapFull {
                 map: names::BACKENDS_V4,
@@ -293,7 +320,10 @@ impl<M: LbMaps> Programmer<M> {
             _pad: [0; 2],
         };
         for (i, id) in ids.iter().enumerate() {
-            let v = SvcValue { backend_id: *id, ..Default::default() };
+            let v = SvcValue {
+                backend_id: *id,
+                ..Default::default()
+            };
             self.maps.put_service(svc_key(i as u16 + 1), v)?;
         }
         let frontend = SvcValue {
@@ -325,7 +355,9 @@ impl<M: LbMaps> Programmer<M> {
     }
 
     fn remove_frontend(&mut self, key: &FrontendKey) -> Result<()> {
-        let Some(old) = self.frontends.get(key).cloned() else { return Ok(()) };
+        let Some(old) = self.frontends.get(key).cloned() else {
+            return Ok(());
+        };
         let mut k = Svc4Key {
             addr: ip4_to_raw(key.ip.octets()),
             port: port_to_raw(key.port),
@@ -380,12 +412,15 @@ impl<M: LbMaps> Programmer<M> {
             self.backend_ids.release(id);
             return Err(e);
         }
-        self.backends.insert(*b, BackendEntry { id, refs: 1, state });
+        self.backends
+            .insert(*b, BackendEntry { id, refs: 1, state });
         Ok(id)
     }
 
     fn release_backend(&mut self, b: &BackendAddr) {
-        let Some(e) = self.backends.get_mut(b) else { return };
+        let Some(e) = self.backends.get_mut(b) else {
+            return;
+        };
         e.refs -= 1;
         if e.refs == 0 {
             let id = e.id;
@@ -408,7 +443,11 @@ impl<M: LbMaps> Programmer<M> {
             capacity: u32::from(u16::MAX),
             object: format!("{} {key}", f.service),
         })? as u16;
-        let v = RevNat4 { addr: ip4_to_raw(key.ip.octets()), port: port_to_raw(key.port), _pad: 0 };
+        let v = RevNat4 {
+            addr: ip4_to_raw(key.ip.octets()),
+            port: port_to_raw(key.port),
+            _pad: 0,
+        };
         if let Err(e) = self.maps.put_rev_nat(id, v) {
             self.rev_ids.release(u32::from(id));
             return Err(e);
@@ -419,7 +458,9 @@ impl<M: LbMaps> Programmer<M> {
 
     fn release_rev_nat(&mut self, key: &FrontendKey) {
         let rkey = (key.ip, key.port, key.proto);
-        let Some(e) = self.rev_nats.get_mut(&rkey) else { return };
+        let Some(e) = self.rev_nats.get_mut(&rkey) else {
+            return;
+        };
         e.refs -= 1;
         if e.refs == 0 {
             let id = e.id;
@@ -472,7 +513,11 @@ fn want_of(key: &FrontendKey, f: &Frontend, rev_nat_id: u16) -> Programmed {
     backends.dedup();
     Programmed {
         backends,
-        state: if f.terminating { backend_state::TERMINATING } else { backend_state::ACTIVE },
+        state: if f.terminating {
+            backend_state::TERMINATING
+        } else {
+            backend_state::ACTIVE
+        },
         flags,
         affinity_timeout: f.affinity_timeout.unwrap_or(0),
         rev_nat_id,

@@ -46,13 +46,28 @@ impl FakeMaps {
 
 impl LbMaps for FakeMaps {
     fn services(&self) -> Vec<(Svc4Key, SvcValue)> {
-        self.0.borrow().services.iter().map(|(k, v)| (*k, *v)).collect()
+        self.0
+            .borrow()
+            .services
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
     }
     fn backends(&self) -> Vec<(u32, Backend4)> {
-        self.0.borrow().backends.iter().map(|(k, v)| (*k, *v)).collect()
+        self.0
+            .borrow()
+            .backends
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
     }
     fn rev_nats(&self) -> Vec<(u16, RevNat4)> {
-        self.0.borrow().rev_nat.iter().map(|(k, v)| (*k, *v)).collect()
+        self.0
+            .borrow()
+            .rev_nat
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
     }
     fn affinity(&self) -> Vec<(AffinityKey, AffinityValue)> {
         self.0.borrow().affinity.clone()
@@ -102,16 +117,28 @@ impl LbMaps for FakeMaps {
 }
 
 fn key(ip: [u8; 4], port: u16) -> FrontendKey {
-    FrontendKey { ip: Ipv4Addr::from(ip), port, proto: Protocol::Tcp, scope: Scope::External }
+    FrontendKey {
+        ip: Ipv4Addr::from(ip),
+        port,
+        proto: Protocol::Tcp,
+        scope: Scope::External,
+    }
 }
 
 fn be(last: u8, port: u16) -> BackendAddr {
-    BackendAddr { ip: Ipv4Addr::new(10, 244, 0, last), port, proto: Protocol::Tcp }
+    BackendAddr {
+        ip: Ipv4Addr::new(10, 244, 0, last),
+        port,
+        proto: Protocol::Tcp,
+    }
 }
 
 fn frontend(name: &str, backends: Vec<BackendAddr>) -> Frontend {
     Frontend {
-        service: ServiceName { namespace: "default".into(), name: name.into() },
+        service: ServiceName {
+            namespace: "default".into(),
+            name: name.into(),
+        },
         port_name: "http".into(),
         kind: FrontendKind::ClusterIP,
         backends,
@@ -123,7 +150,9 @@ fn frontend(name: &str, backends: Vec<BackendAddr>) -> Frontend {
 }
 
 fn desired(entries: Vec<(FrontendKey, Frontend)>) -> Desired {
-    Desired { frontends: entries.into_iter().collect() }
+    Desired {
+        frontends: entries.into_iter().collect(),
+    }
 }
 
 fn raw(k: &FrontendKey, slot: u16) -> Svc4Key {
@@ -138,7 +167,9 @@ fn raw(k: &FrontendKey, slot: u16) -> Svc4Key {
 }
 
 fn pos(ops: &[Op], op: &Op) -> usize {
-    ops.iter().position(|o| o == op).unwrap_or_else(|| panic!("{op:?} not in {ops:?}"))
+    ops.iter()
+        .position(|o| o == op)
+        .unwrap_or_else(|| panic!("{op:?} not in {ops:?}"))
 }
 
 #[test]
@@ -187,11 +218,15 @@ fn a_changed_frontend_is_rewritten_alone_in_a_safe_order() {
     ]));
     let ops = maps.take_ops();
     assert!(
-        ops.iter().all(|o| !matches!(o, Op::PutSvc(k) | Op::DelSvc(k) if k.addr == raw(&b, 0).addr)),
+        ops.iter()
+            .all(|o| !matches!(o, Op::PutSvc(k) | Op::DelSvc(k) if k.addr == raw(&b, 0).addr)),
         "service b untouched: {ops:?}"
     );
     let frontend_write = pos(&ops, &Op::PutSvc(raw(&a, 0)));
-    assert!(frontend_write < pos(&ops, &Op::DelSvc(raw(&a, 2))), "count shrinks before the slot goes");
+    assert!(
+        frontend_write < pos(&ops, &Op::DelSvc(raw(&a, 2))),
+        "count shrinks before the slot goes"
+    );
     assert!(frontend_write < pos(&ops, &Op::DelBackend(old_id_of_3)));
     assert_eq!(maps.0.borrow().services[&raw(&a, 0)].count, 1);
 }
@@ -201,7 +236,10 @@ fn removing_a_frontend_deletes_slot_zero_first_and_frees_everything() {
     let maps = FakeMaps::default();
     let mut p = Programmer::adopt(maps.clone());
     let a = key([10, 96, 0, 1], 80);
-    p.apply(&desired(vec![(a, frontend("a", vec![be(2, 80), be(3, 80)]))]));
+    p.apply(&desired(vec![(
+        a,
+        frontend("a", vec![be(2, 80), be(3, 80)]),
+    )]));
     maps.take_ops();
     let r = p.apply(&Desired::default());
     assert_eq!(r.removed, 1);
@@ -262,7 +300,13 @@ fn adoption_removes_stray_slots_and_orphans_and_repairs_incomplete_frontends() {
         let mut m = maps.0.borrow_mut();
         // A slot past the count, an orphan backend, an orphan rev-NAT entry,
         // and a frontend whose second backend vanished.
-        m.services.insert(raw(&a, 7), SvcValue { backend_id: 1, ..Default::default() });
+        m.services.insert(
+            raw(&a, 7),
+            SvcValue {
+                backend_id: 1,
+                ..Default::default()
+            },
+        );
         m.backends.insert(99, Backend4::default());
         m.rev_nat.insert(42, RevNat4::default());
         let second = m.services[&raw(&a, 2)].backend_id;
@@ -277,7 +321,9 @@ fn adoption_removes_stray_slots_and_orphans_and_repairs_incomplete_frontends() {
     let r = p.apply(&d);
     assert_eq!(r.updated, 1, "the incomplete frontend is rewritten");
     let m = maps.0.borrow();
-    let ids: Vec<u32> = (1..=2).map(|s| m.services[&raw(&a, s)].backend_id).collect();
+    let ids: Vec<u32> = (1..=2)
+        .map(|s| m.services[&raw(&a, s)].backend_id)
+        .collect();
     assert!(ids.iter().all(|id| m.backends.contains_key(id)));
 }
 
@@ -291,13 +337,25 @@ fn affinity_to_a_removed_backend_is_forgotten() {
     p.apply(&desired(vec![(a, f.clone())]));
     let (rev, gone_id, kept_id) = {
         let m = maps.0.borrow();
-        (m.services[&raw(&a, 0)].rev_nat_id, m.services[&raw(&a, 2)].backend_id, m.services[&raw(&a, 1)].backend_id)
+        (
+            m.services[&raw(&a, 0)].rev_nat_id,
+            m.services[&raw(&a, 2)].backend_id,
+            m.services[&raw(&a, 1)].backend_id,
+        )
     };
     assert_ne!(m_flags(&maps, &a) & svc_flags::AFFINITY, 0);
     for (client, id) in [(1u64, gone_id), (2, kept_id)] {
         maps.0.borrow_mut().affinity.push((
-            AffinityKey { client, rev_nat_id: rev, kind: affinity_client::NETNS_COOKIE, _pad: [0; 5] },
-            AffinityValue { backend_id: id, last_used: 0 },
+            AffinityKey {
+                client,
+                rev_nat_id: rev,
+                kind: affinity_client::NETNS_COOKIE,
+                _pad: [0; 5],
+            },
+            AffinityValue {
+                backend_id: id,
+                last_used: 0,
+            },
         ));
     }
     f.backends = vec![be(2, 80)];
@@ -317,7 +375,11 @@ fn a_frontend_too_large_is_refused_whole_and_the_rest_programmed() {
     let mut p = Programmer::adopt(maps.clone());
     let (big, small) = (key([10, 96, 0, 1], 80), key([10, 96, 0, 2], 80));
     let many: Vec<BackendAddr> = (0..=u32::from(maps::MAX_BACKENDS_PER_SERVICE))
-        .map(|i| BackendAddr { ip: Ipv4Addr::from(0x0a00_0000 + i), port: 80, proto: Protocol::Tcp })
+        .map(|i| BackendAddr {
+            ip: Ipv4Addr::from(0x0a00_0000 + i),
+            port: 80,
+            proto: Protocol::Tcp,
+        })
         .collect();
     let r = p.apply(&desired(vec![
         (big, frontend("big", many)),
@@ -330,15 +392,25 @@ fn a_frontend_too_large_is_refused_whole_and_the_rest_programmed() {
     let m = maps.0.borrow();
     assert!(!m.services.contains_key(&raw(&big, 0)));
     assert!(m.services.contains_key(&raw(&small, 0)));
-    assert_eq!(m.backends.len(), 1, "nothing of the refused frontend was written");
+    assert_eq!(
+        m.backends.len(),
+        1,
+        "nothing of the refused frontend was written"
+    );
 }
 
 #[test]
 fn etp_local_external_entry_is_flagged_two_scopes() {
     let maps = FakeMaps::default();
     let mut p = Programmer::adopt(maps.clone());
-    let ext = FrontendKey { scope: Scope::External, ..key([192, 0, 2, 10], 80) };
-    let int = FrontendKey { scope: Scope::Internal, ..ext };
+    let ext = FrontendKey {
+        scope: Scope::External,
+        ..key([192, 0, 2, 10], 80)
+    };
+    let int = FrontendKey {
+        scope: Scope::Internal,
+        ..ext
+    };
     let mut f = frontend("lb", vec![be(2, 80)]);
     f.kind = FrontendKind::LoadBalancer;
     f.etp_local = true;
@@ -349,5 +421,8 @@ fn etp_local_external_entry_is_flagged_two_scopes() {
     assert_ne!(m_flags(&maps, &ext) & svc_flags::TWO_SCOPES, 0);
     assert_eq!(m_flags(&maps, &int) & svc_flags::TWO_SCOPES, 0);
     let m = maps.0.borrow();
-    assert_eq!(m.services[&raw(&ext, 0)].rev_nat_id, m.services[&raw(&int, 0)].rev_nat_id);
+    assert_eq!(
+        m.services[&raw(&ext, 0)].rev_nat_id,
+        m.services[&raw(&int, 0)].rev_nat_id
+    );
 }

@@ -41,7 +41,13 @@ impl KernelState {
                 continue;
             };
             if k.slot == 0 {
-                st.frontends.insert(key, KernelFrontend { value: v, backend_ids: Vec::new() });
+                st.frontends.insert(
+                    key,
+                    KernelFrontend {
+                        value: v,
+                        backend_ids: Vec::new(),
+                    },
+                );
             } else {
                 slots.insert((key, k.slot), (k, v.backend_id));
             }
@@ -92,5 +98,9 @@ pub fn flag_names(flags: u16) -> Vec<&'static str> {
         (svc_flags::ITP_LOCAL, "InternalTrafficPolicyLocal"),
         (svc_flags::TWO_SCOPES, "TwoScopes"),
     ];
-    NAMES.iter().filter(|(bit, _)| flags & bit != 0).map(|&(_, n)| n).collect()
+    NAMES
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|&(_, n)| n)
+        .collect()
 }

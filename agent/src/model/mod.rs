@@ -64,10 +64,12 @@ impl fmt::Display for Protocol {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
-    /// The default entry, used by every client unless the service has
-    /// internalTrafficPolicy Local.
+    /// The entry every client uses; for an externalTrafficPolicy Local
+    /// frontend it holds only this node's endpoints.
     External,
-    /// The node-local entry of an internalTrafficPolicy Local service.
+    /// The cluster-wide entry of an externalTrafficPolicy Local frontend,
+    /// used by clients inside the cluster (the socket layer), as kube-proxy
+    /// short-circuits pods to all endpoints.
     Internal,
 }
 
@@ -169,7 +171,11 @@ impl fmt::Display for Diagnostic {
         if self.namespace.is_empty() {
             write!(f, "{} {}: {}", self.kind, self.name, self.reason)
         } else {
-            write!(f, "{} {}/{}: {}", self.kind, self.namespace, self.name, self.reason)
+            write!(
+                f,
+                "{} {}/{}: {}",
+                self.kind, self.namespace, self.name, self.reason
+            )
         }
     }
 }

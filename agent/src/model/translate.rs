@@ -15,9 +15,12 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use k8s_openapi::api::{
-    core::v1::{Node, Service, ServiceSpec},
-    discovery::v1::EndpointSlice,
+use k8s_openapi::{
+    api::{
+        core::v1::{Node, Service, ServicePort, ServiceSpec},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use tracing::debug;
 
@@ -102,11 +105,11 @@ impl Obj<'_> {
     }
 }
 
-fn has_label(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, key: &str) -> bool {
+fn has_label(meta: &ObjectMeta, key: &str) -> bool {
     meta.labels.as_ref().is_some_and(|l| l.contains_key(key))
 }
 
-fn name_missing(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
+fn name_missing(meta: &ObjectMeta) -> bool {
     meta.name.as_deref().is_none_or(str::is_empty)
 }
 
@@ -227,6 +230,13 @@ fn node_ips(node: &Node, obj: Obj<'_>, diags: &mut Vec<Diagnostic>) -> BTreeSet<
 /// One endpoint of a slice, validated.
 struct SliceEndpoint {
     ip: Ipv4Addr,
+    state: EndpointState,
+}
+
+/// What the endpoint selection looks at.
+#[derive(Clone, Copy)]
+struct EndpointState {
+    /// On this node.
     local: bool,
     ready: bool,
     serving: bool,
@@ -329,37 +339,29 @@ fn parse_slice(
             continue;
         };
         let cond = ep.conditions.clone().unwrap_or_default();
-        // KEP-1669: nil ready means ready; nil serving means "same as ready";
-        // nil terminating means not terminating.
+        // As kube-proxy reads them: nil ready and nil serving mean true
+        // ("interpret unknown as ready"), nil terminating means false.
         let ready = cond.ready.unwrap_or(true);
         endpoints.push(SliceEndpoint {
             ip,
-            local: ep.node_name.as_deref() == Some(node_name),
-            ready,
-            serving: cond.serving.unwrap_or(ready),
-            terminating: cond.terminating.unwrap_or(false),
+            state: EndpointState {
+                local: ep.node_name.as_deref() == Some(node_name),
+                ready,
+                serving: cond.serving.unwrap_or(true),
+                terminating: cond.terminating.unwrap_or(false),
+            },
         });
     }
     ParsedSlice { ports, endpoints }
 }
 
-/// The conditions of one (ip, port), merged over the service's slices.
-#[derive(Clone, Copy)]
-struct Candidate {
-    local: bool,
-    ready: bool,
-    serving: bool,
-    terminating: bool,
-}
+/// The endpoints of one service port: (ip, target port) → state.
+type Candidates = BTreeMap<(Ipv4Addr, u16), EndpointState>;
 
 /// The endpoints of one service port, by (ip, target port): resolved by
 /// port name and protocol in each slice (a named targetPort may be a
 /// different number in each), merged over all slices.
-fn candidates(
-    slices: &[ParsedSlice],
-    port_name: &str,
-    proto: Protocol,
-) -> BTreeMap<(Ipv4Addr, u16), Candidate> {
+fn candidates(slices: &[ParsedSlice], port_name: &str, proto: Protocol) -> Candidates {
     let mut out = BTreeMap::new();
     for slice in slices {
         for port in slice
@@ -368,18 +370,12 @@ fn candidates(
             .filter(|p| p.name == port_name && p.proto == proto)
         {
             for ep in &slice.endpoints {
-                let cand = Candidate {
-                    local: ep.local,
-                    ready: ep.ready,
-                    serving: ep.serving,
-                    terminating: ep.terminating,
-                };
                 // An endpoint moving between slices, or an IP reused by a new
                 // pod while the old one terminates, shows up twice: like
                 // kube-proxy, prefer a non-terminating copy.
                 let key = (ep.ip, port.port);
-                if !out.contains_key(&key) || !ep.terminating {
-                    out.insert(key, cand);
+                if !out.contains_key(&key) || !ep.state.terminating {
+                    out.insert(key, ep.state);
                 }
             }
         }
@@ -397,13 +393,9 @@ struct Selection {
 /// KEP-1669: the ready endpoints; when there are none, the serving and
 /// terminating ones (so connections drain gracefully instead of failing);
 /// otherwise none, and the datapath rejects.
-fn select(
-    cands: &BTreeMap<(Ipv4Addr, u16), Candidate>,
-    proto: Protocol,
-    local_only: bool,
-) -> Selection {
+fn select(cands: &Candidates, proto: Protocol, local_only: bool) -> Selection {
     // later: topology hints and trafficDistribution filter the candidates here.
-    let pick = |f: &dyn Fn(&Candidate) -> bool| -> Vec<BackendAddr> {
+    let pick = |f: &dyn Fn(&EndpointState) -> bool| -> Vec<BackendAddr> {
         cands
             .iter()
             .filter(|(_, c)| (!local_only || c.local) && f(c))
@@ -487,22 +479,19 @@ fn service_view<'s>(
         diags.push(obj.warning("metadata.name is missing"));
         return None;
     }
-    let ignored = |why: &str| {
-        debug!(service = %format_args!("{}/{}", obj.namespace, obj.name), "ignored: {why}");
-    };
     if has_label(&svc.metadata, PROXY_NAME_LABEL) {
-        ignored("service-proxy-name label");
+        ignored(obj, "service-proxy-name label");
         return None;
     }
     let Some(spec) = svc.spec.as_ref() else {
-        ignored("no spec");
+        ignored(obj, "no spec");
         return None;
     };
     let node_ports = match spec.type_.as_deref().unwrap_or("ClusterIP") {
         "ClusterIP" => false,
         "NodePort" | "LoadBalancer" => true,
         "ExternalName" => {
-            ignored("type ExternalName");
+            ignored(obj, "type ExternalName");
             return None;
         }
         other => {
@@ -511,7 +500,7 @@ fn service_view<'s>(
         }
     };
     let mut ipv6 = false;
-    let cluster_ips = cluster_ips(spec, obj, diags, &mut ipv6, ignored)?;
+    let cluster_ips = cluster_ips(spec, obj, diags, &mut ipv6)?;
     if cluster_ips.is_empty() {
         // An IPv6 single-stack service: kube-proxy's IPv4 proxier ignores
         // the service entirely, NodePorts included.
@@ -574,6 +563,11 @@ fn service_view<'s>(
     Some((view, spec))
 }
 
+/// A service that is not ferry's to proxy: not an error, just noted.
+fn ignored(obj: Obj<'_>, why: &str) {
+    debug!(service = %format_args!("{}/{}", obj.namespace, obj.name), "ignored: {why}");
+}
+
 /// The IPv4 cluster IPs (empty for an IPv6-only service). None when the
 /// service has none (headless, or not allocated) or one is malformed: a
 /// service whose identity is broken is skipped as a whole.
@@ -582,7 +576,6 @@ fn cluster_ips(
     obj: Obj<'_>,
     diags: &mut Vec<Diagnostic>,
     ipv6: &mut bool,
-    ignored: impl Fn(&str),
 ) -> Option<Vec<Ipv4Addr>> {
     // clusterIPs supersedes clusterIP (its first entry is the same address).
     let raw: Vec<&str> = match spec.cluster_ips.as_deref() {
@@ -596,11 +589,11 @@ fn cluster_ips(
     };
     match raw.first() {
         None => {
-            ignored("no clusterIP");
+            ignored(obj, "no clusterIP");
             return None;
         }
         Some(&"None") => {
-            ignored("headless");
+            ignored(obj, "headless");
             return None;
         }
         Some(_) => {}
@@ -702,7 +695,7 @@ fn is_local_policy(
 
 /// Validates one service port. None (and a diagnostic) skips just this port.
 fn port_view(
-    sp: &k8s_openapi::api::core::v1::ServicePort,
+    sp: &ServicePort,
     index: usize,
     node_ports: bool,
     obj: Obj<'_>,
@@ -751,7 +744,7 @@ fn port_view(
 fn port_frontends(
     view: &ServiceView,
     port: &PortView,
-    cands: &BTreeMap<(Ipv4Addr, u16), Candidate>,
+    cands: &Candidates,
     node_ips: &[Ipv4Addr],
 ) -> Vec<Vec<(FrontendKey, Frontend)>> {
     let cluster = select(cands, port.proto, false);

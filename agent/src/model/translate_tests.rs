@@ -456,10 +456,10 @@ fn terminating_fallback_when_nothing_is_ready() {
   conditions: {ready: false, terminating: true}
 "#,
     );
-    // 10.1.0.4: serving is nil, so it equals ready (false).
+    // 10.1.0.4: a nil serving reads as true, as kube-proxy reads it.
     assert_eq!(
         run(&yaml).0,
-        ["10.96.0.30:80/TCP ClusterIP -> [10.1.0.1:8080] terminating"]
+        ["10.96.0.30:80/TCP ClusterIP -> [10.1.0.1:8080 10.1.0.4:8080] terminating"]
     );
 }
 

@@ -23,10 +23,18 @@ pub struct Reply {
 
 impl Reply {
     pub fn text(status: StatusCode, body: impl Into<String>) -> Self {
-        Reply { status, content_type: "text/plain; charset=utf-8", body: body.into() }
+        Reply {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+        }
     }
     pub fn json(status: StatusCode, body: impl Into<String>) -> Self {
-        Reply { status, content_type: "application/json", body: body.into() }
+        Reply {
+            status,
+            content_type: "application/json",
+            body: body.into(),
+        }
     }
 }
 
@@ -47,7 +55,9 @@ where
     let handler = Arc::new(handler);
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let handler = handler.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
@@ -66,7 +76,10 @@ where
                         Ok::<_, Infallible>(resp)
                     }
                 });
-                if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
+                if let Err(e) = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await
+                {
                     debug!(error = %e, "{what} connection");
                 }
             });

@@ -25,7 +25,11 @@ struct Histogram {
 
 impl Histogram {
     fn new() -> Self {
-        Histogram { buckets: vec![0; SYNC_BUCKETS.len()], sum: 0.0, count: 0 }
+        Histogram {
+            buckets: vec![0; SYNC_BUCKETS.len()],
+            sum: 0.0,
+            count: 0,
+        }
     }
 
     fn observe(&mut self, v: f64) {
@@ -101,7 +105,13 @@ impl Metrics {
 
     /// One error outside a sync (loading, a source problem).
     pub fn error(&self, reason: &'static str) {
-        *self.inner.lock().expect("metrics lock").errors.entry(reason).or_default() += 1;
+        *self
+            .inner
+            .lock()
+            .expect("metrics lock")
+            .errors
+            .entry(reason)
+            .or_default() += 1;
     }
 
     pub fn changes(&self, services: u64, endpoint_slices: u64) {
@@ -112,7 +122,11 @@ impl Metrics {
 
     /// Time from an endpoint change (its trigger time) to the kernel.
     pub fn network_programming(&self, took: Duration) {
-        self.inner.lock().expect("metrics lock").network_programming.observe(took.as_secs_f64());
+        self.inner
+            .lock()
+            .expect("metrics lock")
+            .network_programming
+            .observe(took.as_secs_f64());
     }
 
     /// The exposition; `datapath` holds the kernel's event counters.
@@ -133,36 +147,83 @@ impl Metrics {
             .last_sync
             .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
             .map_or(0.0, |d| d.as_secs_f64());
-        gauge(&mut out, "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
-            "The last time proxy rules were successfully synced", last);
-        counter(&mut out, "kubeproxy_sync_proxy_rules_service_changes_total",
-            "Cumulative proxy rules Service changes", m.service_changes);
-        counter(&mut out, "kubeproxy_sync_proxy_rules_endpoint_changes_total",
-            "Cumulative proxy rules Endpoint changes", m.endpoint_changes);
+        gauge(
+            &mut out,
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            "The last time proxy rules were successfully synced",
+            last,
+        );
+        counter(
+            &mut out,
+            "kubeproxy_sync_proxy_rules_service_changes_total",
+            "Cumulative proxy rules Service changes",
+            m.service_changes,
+        );
+        counter(
+            &mut out,
+            "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+            "Cumulative proxy rules Endpoint changes",
+            m.endpoint_changes,
+        );
 
         let p = m.programmed;
-        gauge(&mut out, "ferry_frontends_programmed",
-            "Service frontends (address, port, protocol, scope) in the kernel", p.frontends as f64);
-        gauge(&mut out, "ferry_backends_programmed", "Distinct backends in the kernel",
-            p.backends as f64);
-        let _ = writeln!(out, "# HELP ferry_map_entries Entries ferry keeps in each map\n# TYPE ferry_map_entries gauge");
+        gauge(
+            &mut out,
+            "ferry_frontends_programmed",
+            "Service frontends (address, port, protocol, scope) in the kernel",
+            p.frontends as f64,
+        );
+        gauge(
+            &mut out,
+            "ferry_backends_programmed",
+            "Distinct backends in the kernel",
+            p.backends as f64,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP ferry_map_entries Entries ferry keeps in each map\n# TYPE ferry_map_entries gauge"
+        );
         let maps = [
-            (names::SERVICES_V4, f64::from(p.service_entries), names::SERVICES_V4_MAX),
-            (names::BACKENDS_V4, p.backends as f64, names::BACKENDS_V4_MAX),
+            (
+                names::SERVICES_V4,
+                f64::from(p.service_entries),
+                names::SERVICES_V4_MAX,
+            ),
+            (
+                names::BACKENDS_V4,
+                p.backends as f64,
+                names::BACKENDS_V4_MAX,
+            ),
             (names::REV_NAT_V4, p.rev_nat as f64, names::REV_NAT_V4_MAX),
         ];
         for (map, n, _) in maps {
             let _ = writeln!(out, "ferry_map_entries{{map=\"{map}\"}} {n}");
         }
-        let _ = writeln!(out, "# HELP ferry_map_fill_ratio Entries over capacity\n# TYPE ferry_map_fill_ratio gauge");
+        let _ = writeln!(
+            out,
+            "# HELP ferry_map_fill_ratio Entries over capacity\n# TYPE ferry_map_fill_ratio gauge"
+        );
         for (map, n, cap) in maps {
-            let _ = writeln!(out, "ferry_map_fill_ratio{{map=\"{map}\"}} {}", n / f64::from(cap));
+            let _ = writeln!(
+                out,
+                "ferry_map_fill_ratio{{map=\"{map}\"}} {}",
+                n / f64::from(cap)
+            );
         }
-        let _ = writeln!(out, "# HELP ferry_programming_errors_total Failures to program the kernel, by reason\n# TYPE ferry_programming_errors_total counter");
+        let _ = writeln!(
+            out,
+            "# HELP ferry_programming_errors_total Failures to program the kernel, by reason\n# TYPE ferry_programming_errors_total counter"
+        );
         for (reason, n) in &m.errors {
-            let _ = writeln!(out, "ferry_programming_errors_total{{reason=\"{reason}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "ferry_programming_errors_total{{reason=\"{reason}\"}} {n}"
+            );
         }
-        let _ = writeln!(out, "# HELP ferry_datapath_events_total Events counted by the kernel programs\n# TYPE ferry_datapath_events_total counter");
+        let _ = writeln!(
+            out,
+            "# HELP ferry_datapath_events_total Events counted by the kernel programs\n# TYPE ferry_datapath_events_total counter"
+        );
         for (event, n) in datapath {
             let _ = writeln!(out, "ferry_datapath_events_total{{event=\"{event}\"}} {n}");
         }
@@ -175,7 +236,10 @@ fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
 }
 
 fn counter(out: &mut String, name: &str, help: &str, v: u64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+    );
 }
 
 #[cfg(test)]
@@ -185,10 +249,21 @@ mod tests {
     #[test]
     fn renders_kube_proxy_names_and_buckets() {
         let m = Metrics::default();
-        m.sync_done(Duration::from_millis(3), Programmed { frontends: 2, ..Default::default() }, &["map_full"]);
+        m.sync_done(
+            Duration::from_millis(3),
+            Programmed {
+                frontends: 2,
+                ..Default::default()
+            },
+            &["map_full"],
+        );
         let text = m.render(&[("connect_translated", 7)]);
-        assert!(text.contains("kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.004\"} 1"));
-        assert!(text.contains("kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.002\"} 0"));
+        assert!(
+            text.contains("kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.004\"} 1")
+        );
+        assert!(
+            text.contains("kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.002\"} 0")
+        );
         assert!(text.contains("kubeproxy_sync_proxy_rules_duration_seconds_count 1"));
         assert!(text.contains("ferry_frontends_programmed 2"));
         assert!(text.contains("ferry_programming_errors_total{reason=\"map_full\"} 1"));

@@ -55,7 +55,9 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             other => {
-                eprintln!("ferry-demo: unknown argument {other}\nusage: ferry-demo [--keep] [--down]");
+                eprintln!(
+                    "ferry-demo: unknown argument {other}\nusage: ferry-demo [--keep] [--down]"
+                );
                 return ExitCode::from(2);
             }
         }
@@ -69,14 +71,22 @@ fn main() -> ExitCode {
     }
     if keep && fs::metadata(STATE).is_ok() {
         let id = fs::read_to_string(STATE).unwrap_or_default();
-        println!("FAIL  a kept demo lab exists already (id {}): run ferry-demo --down first", id.trim());
+        println!(
+            "FAIL  a kept demo lab exists already (id {}): run ferry-demo --down first",
+            id.trim()
+        );
         return ExitCode::FAILURE;
     }
     let ferry = std::env::var_os("FERRY_BIN")
         .map(Into::into)
         .or_else(|| proc::sibling_binary("ferry"));
-    if ferry.as_ref().is_none_or(|p: &std::path::PathBuf| !p.is_file()) {
-        println!("FAIL  the ferry binary was not found (FERRY_BIN or next to ferry-demo): build it: cargo build -p agent");
+    if ferry
+        .as_ref()
+        .is_none_or(|p: &std::path::PathBuf| !p.is_file())
+    {
+        println!(
+            "FAIL  the ferry binary was not found (FERRY_BIN or next to ferry-demo): build it: cargo build -p agent"
+        );
         return ExitCode::FAILURE;
     }
     panic::set_hook(Box::new(|info| {
@@ -97,7 +107,11 @@ fn main() -> ExitCode {
 fn run(keep: bool) -> bool {
     let mut r = Report::default();
     let lab = Lab::new("ferry-demo");
-    r.ok(format!("lab {} created (cgroup {})", lab.id(), lab.cgroup().display()));
+    r.ok(format!(
+        "lab {} created (cgroup {})",
+        lab.id(),
+        lab.cgroup().display()
+    ));
     let a = lab.add_pod("backend-a");
     let b = lab.add_pod("backend-b");
     let client = lab.add_pod("client");
@@ -112,7 +126,9 @@ fn run(keep: bool) -> bool {
     let _echo_b = lab.start_echo(&b, &[8080], &[]);
     r.ok("lab-echo serving on :8080 in backend-a and backend-b");
 
-    let svc = Service::cluster_ip("web", VIP).namespace("demo").port_to("http", 80, "TCP", 8080u16);
+    let svc = Service::cluster_ip("web", VIP)
+        .namespace("demo")
+        .port_to("http", 80, "TCP", 8080u16);
     let slice = EndpointSlice::new("web-abc12", "web")
         .namespace("demo")
         .port("http", 8080, "TCP")
@@ -120,15 +136,23 @@ fn run(keep: bool) -> bool {
         .endpoint(Endpoint::ready(b.ip));
     lab.manifests().apply(&svc);
     lab.manifests().apply(&slice);
-    r.ok(format!("Service demo/web {VIP}:80 -> :8080 and its EndpointSlice written to {}", lab.manifests().dir().display()));
+    r.ok(format!(
+        "Service demo/web {VIP}:80 -> :8080 and its EndpointSlice written to {}",
+        lab.manifests().dir().display()
+    ));
 
     let ready = lab.start_agent(&AgentOpts::default());
     r.ok(format!("ferry agent ready in {} ms", ready.as_millis()));
     let want = [format!("{}:8080", a.ip), format!("{}:8080", b.ip)];
     let want: Vec<&str> = want.iter().map(String::as_str).collect();
-    let took =
-        lab.wait_services(|v| services::active_is(v, VIP, 80, "TCP", &want), Duration::from_secs(5));
-    r.ok(format!("{VIP}:80/TCP programmed with 2 backends ({} ms after the agent was ready)", took.as_millis()));
+    let took = lab.wait_services(
+        |v| services::active_is(v, VIP, 80, "TCP", &want),
+        Duration::from_secs(5),
+    );
+    r.ok(format!(
+        "{VIP}:80/TCP programmed with 2 backends ({} ms after the agent was ready)",
+        took.as_millis()
+    ));
 
     let mut counts: BTreeMap<String, u32> = BTreeMap::new();
     let mut saw_client_ip = 0;
@@ -140,7 +164,10 @@ fn run(keep: bool) -> bool {
                     if *e.peer.ip() == client.ip {
                         saw_client_ip += 1;
                     }
-                    r.ok(format!("request {i:2}: {} answered on port {}, it saw the client as {}", e.pod, e.port, e.peer));
+                    r.ok(format!(
+                        "request {i:2}: {} answered on port {}, it saw the client as {}",
+                        e.pod, e.port, e.peer
+                    ));
                 }
                 None => r.fail(format!("request {i:2}: unexpected answer {body:?}")),
             },
@@ -151,15 +178,25 @@ fn run(keep: bool) -> bool {
     r.check(
         counts.len() == 2,
         format!("both backends answered: {}", summary.join(" ")),
-        format!("not load balanced over both backends: {}", summary.join(" ")),
+        format!(
+            "not load balanced over both backends: {}",
+            summary.join(" ")
+        ),
     );
     r.check(
         saw_client_ip == 10,
         format!("every backend saw the client's own pod IP {}", client.ip),
-        format!("only {saw_client_ip}/10 requests arrived from the client's pod IP {}", client.ip),
+        format!(
+            "only {saw_client_ip}/10 requests arrived from the client's pod IP {}",
+            client.ip
+        ),
     );
 
-    println!("\n$ ferry services --bpffs {}\n{}", lab.pin_dir().display(), lab.services_table());
+    println!(
+        "\n$ ferry services --bpffs {}\n{}",
+        lab.pin_dir().display(),
+        lab.services_table()
+    );
 
     if keep {
         let id = lab.keep();
@@ -219,5 +256,9 @@ fn tear_down_kept() -> ExitCode {
     } else {
         println!("FAIL  still there: {}", left.join(", "));
     }
-    if errors.is_empty() && left.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if errors.is_empty() && left.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -40,8 +40,12 @@ fn usage() -> ExitCode {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (Some(mode), Some(target)) = (args.first(), args.get(1)) else { return usage() };
-    let Ok(target) = target.parse::<SocketAddr>() else { return usage() };
+    let (Some(mode), Some(target)) = (args.first(), args.get(1)) else {
+        return usage();
+    };
+    let Ok(target) = target.parse::<SocketAddr>() else {
+        return usage();
+    };
     let mut opts = Opts {
         target,
         count: 1,
@@ -76,7 +80,11 @@ fn main() -> ExitCode {
         "udp" => run_udp(&opts),
         _ => return usage(),
     };
-    if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// A JSON object built by hand (std only).
@@ -97,7 +105,10 @@ impl Line {
     fn print(self) {
         let mut out = io::stdout().lock();
         // Whoever reads us may be gone; then there is nobody left to tell.
-        if writeln!(out, "{{{}}}", self.0.join(",")).and_then(|()| out.flush()).is_err() {
+        if writeln!(out, "{{{}}}", self.0.join(","))
+            .and_then(|()| out.flush())
+            .is_err()
+        {
             std::process::exit(0);
         }
     }
@@ -166,11 +177,13 @@ fn failure(seq: u64, stage: &str, e: &io::Error, start: Instant) -> Line {
 
 fn attempts(opts: &Opts) -> impl Iterator<Item = u64> + '_ {
     let endless = opts.count == 0;
-    (1..).take_while(move |&n| endless || n <= opts.count).inspect(move |&n| {
-        if n > 1 && !opts.interval.is_zero() {
-            thread::sleep(opts.interval);
-        }
-    })
+    (1..)
+        .take_while(move |&n| endless || n <= opts.count)
+        .inspect(move |&n| {
+            if n > 1 && !opts.interval.is_zero() {
+                thread::sleep(opts.interval);
+            }
+        })
 }
 
 fn run_tcp(opts: &Opts) -> bool {
@@ -184,7 +197,10 @@ fn run_tcp(opts: &Opts) -> bool {
 fn read_reply(reader: &mut BufReader<TcpStream>) -> io::Result<String> {
     let mut reply = String::new();
     if reader.read_line(&mut reply)? == 0 {
-        return Err(io::Error::new(ErrorKind::UnexpectedEof, "connection closed without a reply"));
+        return Err(io::Error::new(
+            ErrorKind::UnexpectedEof,
+            "connection closed without a reply",
+        ));
     }
     Ok(reply.trim_end().to_owned())
 }
@@ -199,8 +215,14 @@ fn tcp_once(opts: &Opts, seq: u64) -> bool {
         }
     };
     let connected_ms = start.elapsed().as_millis();
-    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|e| errno_name(&e));
-    let local = stream.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|e| errno_name(&e));
+    let local = stream
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let result = (|| {
         stream.set_read_timeout(Some(opts.timeout))?;
         let mut writer = stream.try_clone()?;
@@ -212,7 +234,10 @@ fn tcp_once(opts: &Opts, seq: u64) -> bool {
     let (mut writer, mut reader, reply) = match result {
         Ok(r) => r,
         Err(e) => {
-            failure(seq, "exchange", &e, start).raw("connect_ms", connected_ms).str("peer", &peer).print();
+            failure(seq, "exchange", &e, start)
+                .raw("connect_ms", connected_ms)
+                .str("peer", &peer)
+                .print();
             return false;
         }
     };
@@ -274,7 +299,12 @@ fn run_udp(opts: &Opts) -> bool {
             failure(0, "connect", &e, start).print();
             return false;
         }
-        peer = Some(socket.peer_addr().map(|a| a.to_string()).unwrap_or_else(|e| errno_name(&e)));
+        peer = Some(
+            socket
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|e| errno_name(&e)),
+        );
     }
     let mut all_ok = true;
     let mut buf = [0u8; 2048];

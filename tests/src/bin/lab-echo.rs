@@ -14,7 +14,10 @@ use std::{
 };
 
 fn usage() -> ExitCode {
-    let _ = writeln!(io::stderr(), "usage: lab-echo --name POD [--tcp PORT]... [--udp PORT]...");
+    let _ = writeln!(
+        io::stderr(),
+        "usage: lab-echo --name POD [--tcp PORT]... [--udp PORT]..."
+    );
     ExitCode::from(2)
 }
 
@@ -74,7 +77,10 @@ fn main() -> ExitCode {
         threads.push(thread::spawn(move || serve_udp(socket, port, &name)));
     }
     let mut stdout = io::stdout();
-    if writeln!(stdout, "ready").and_then(|()| stdout.flush()).is_err() {
+    if writeln!(stdout, "ready")
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
         return ExitCode::FAILURE;
     }
     for t in threads {

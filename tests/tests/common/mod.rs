@@ -1,0 +1,102 @@
+//! Shared by the ferry test files.
+#![allow(dead_code)]
+
+use std::{collections::BTreeMap, time::Duration};
+
+use ferry_tests::{AgentOpts, Attempt, Endpoint, EndpointSlice, Lab, Pod, Service, services};
+
+/// How long a manifest change may take to reach the kernel (generous: this is no benchmark).
+pub const DEADLINE: Duration = Duration::from_secs(5);
+
+/// "ip:port" of a pod's port.
+pub fn ep(pod: &Pod, port: u16) -> String {
+    format!("{}:{port}", pod.ip)
+}
+
+pub fn report(what: &str, took: Duration) {
+    println!("latency: {what}: {} ms", took.as_millis());
+}
+
+/// Starts the agent and reports how long it took to be ready.
+pub fn start_agent(lab: &Lab) -> Duration {
+    let took = lab.start_agent(&AgentOpts::default());
+    report("agent start -> /readyz 200", took);
+    took
+}
+
+/// Waits until the frontend's active backends are exactly `want`; reports the latency.
+pub fn wait_active(lab: &Lab, what: &str, vip: &str, port: u16, proto: &str, want: &[String]) {
+    let want: Vec<&str> = want.iter().map(String::as_str).collect();
+    let took = lab.wait_services(
+        |v| services::active_is(v, vip, port, proto, &want),
+        DEADLINE,
+    );
+    report(what, took);
+}
+
+/// Waits until no frontend has this address; reports the latency.
+pub fn wait_gone(lab: &Lab, what: &str, vip: &str) {
+    let took = lab.wait_services(|v| !services::has_address(v, vip), DEADLINE);
+    report(what, took);
+}
+
+/// A ClusterIP service with one TCP port `port` -> `target` and a slice of ready pods.
+pub fn simple(
+    name: &str,
+    vip: &str,
+    port: i64,
+    target: u16,
+    pods: &[&Pod],
+) -> (Service, EndpointSlice) {
+    let svc = Service::cluster_ip(name, vip).port_to("http", port, "TCP", target);
+    let slice = EndpointSlice::new(&format!("{name}-1"), name)
+        .port("http", target, "TCP")
+        .endpoints(pods.iter().map(|p| Endpoint::ready(p.ip)));
+    (svc, slice)
+}
+
+pub fn assert_all_ok(attempts: &[Attempt], what: &str) {
+    let failed: Vec<&str> = attempts
+        .iter()
+        .filter(|a| !a.ok)
+        .map(|a| a.raw.as_str())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{what}: {} of {} attempts failed: {failed:#?}",
+        failed.len(),
+        attempts.len()
+    );
+}
+
+/// How many attempts each pod answered.
+pub fn by_pod(attempts: &[Attempt]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for a in attempts {
+        if let Some(pod) = a.pod() {
+            *counts.entry(pod).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// A connect that ferry did not translate: it goes to the node, which routes 10.96/12
+/// nowhere, so it times out (or is reported unreachable). It never reaches a backend.
+pub fn assert_untranslated(a: &Attempt, what: &str) {
+    assert!(!a.ok, "{what}: reached {:?} ({})", a.reply, a.raw);
+    let error = a.error.as_deref().unwrap_or_default();
+    assert!(
+        matches!(
+            error,
+            "timeout" | "ETIMEDOUT" | "EHOSTUNREACH" | "ENETUNREACH"
+        ),
+        "{what}: expected a routing error or a timeout, got {}",
+        a.raw
+    );
+}
+
+/// A connect to a service that has no frontend port any more: not answered by a backend
+/// (refused if ferry rejects unknown ports of a known service address, else untranslated).
+pub fn assert_not_served(a: &Attempt, what: &str) {
+    assert!(!a.ok, "{what}: reached {:?} ({})", a.reply, a.raw);
+}
