@@ -64,6 +64,11 @@ pub mod svc_flags {
     /// layer) use the internal-scope entry, which holds all of them, as
     /// kube-proxy short-circuits pods to the cluster-wide endpoints.
     pub const TWO_SCOPES: u16 = 1 << 7;
+    /// loadBalancerSourceRanges: only clients in the service's ranges
+    /// (the source-range LPM map) may use its external frontends.
+    pub const SOURCE_RANGES: u16 = 1 << 8;
+    /// Maglev consistent hashing instead of a random choice (north-south).
+    pub const MAGLEV: u16 = 1 << 9;
 }
 
 /// Value of the backend map (key: backend id, u32).
@@ -75,8 +80,17 @@ pub struct Backend4 {
     pub proto: u8,
     /// [`backend_state`].
     pub state: u8,
+    /// [`backend_flags`].
+    pub flags: u8,
+    pub _pad: [u8; 3],
 }
-const _: () = assert!(core::mem::size_of::<Backend4>() == 8);
+const _: () = assert!(core::mem::size_of::<Backend4>() == 12);
+
+pub mod backend_flags {
+    /// The endpoint runs on this node: north-south traffic to it needs no
+    /// SNAT, so the pod sees the client's own address.
+    pub const LOCAL: u8 = 1 << 0;
+}
 
 pub mod backend_state {
     /// Ready: serves new connections.

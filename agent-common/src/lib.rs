@@ -11,10 +11,12 @@
 
 pub mod lb4;
 pub mod maps;
+pub mod nat4;
 pub mod net;
 pub mod stats;
 
 pub use lb4::*;
+pub use nat4::*;
 
 /// IANA protocol numbers used in keys (same values as `IPPROTO_*`).
 pub mod proto {

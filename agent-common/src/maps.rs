@@ -39,6 +39,11 @@ pub const BACKENDS_V4_MAX: u32 = 131_072;
 pub const REV_NAT_V4_MAX: u32 = 65_536;
 pub const SOCK_REV_V4_MAX: u32 = 262_144;
 pub const AFFINITY_MAX: u32 = 65_536;
+pub const CT_V4_MAX: u32 = 262_144;
+pub const SRC_RANGE_V4_MAX: u32 = 16_384;
+/// Room for 64 Maglev services (allocated on use: BPF_F_NO_PREALLOC).
+pub const MAGLEV_MAX: u32 = 64 * 16_381;
+pub const NODE_ADDR_V4_MAX: u32 = 256;
 
 /// Slot 0 of a service is its frontend; backends occupy 1..=count. A service
 /// never has more backends than this (Kubernetes caps a slice at 1,000

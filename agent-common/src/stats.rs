@@ -22,9 +22,23 @@ pub enum Counter {
     BackendMiss = 7,
     /// Recording the socket's reverse translation failed (map full).
     SockRevUpdateFailed = 8,
+    /// North-south: a new flow to an external frontend translated.
+    NsNewFlow = 9,
+    /// North-south: a packet of a tracked flow translated (either way).
+    NsTracked = 10,
+    /// North-south: dropped, client outside loadBalancerSourceRanges.
+    NsSourceRangeDrop = 11,
+    /// North-south: dropped, eTP Local and no endpoint on this node.
+    NsNoLocalDrop = 12,
+    /// North-south: rejected with ICMP port unreachable (no endpoints).
+    NsRejected = 13,
+    /// North-south: an ICMP error about a tracked flow translated.
+    NsIcmpTranslated = 14,
+    /// North-south: no free SNAT port or a full conntrack map: dropped.
+    NsNatFailed = 15,
 }
 
-pub const COUNTERS: u32 = 9;
+pub const COUNTERS: u32 = 16;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
@@ -37,6 +51,13 @@ impl Counter {
         Counter::AffinityHit,
         Counter::BackendMiss,
         Counter::SockRevUpdateFailed,
+        Counter::NsNewFlow,
+        Counter::NsTracked,
+        Counter::NsSourceRangeDrop,
+        Counter::NsNoLocalDrop,
+        Counter::NsRejected,
+        Counter::NsIcmpTranslated,
+        Counter::NsNatFailed,
     ];
 
     /// Stable name used in metrics and `ferry stats`.
@@ -51,6 +72,13 @@ impl Counter {
             Counter::AffinityHit => "affinity_hit",
             Counter::BackendMiss => "backend_miss",
             Counter::SockRevUpdateFailed => "sock_rev_update_failed",
+            Counter::NsNewFlow => "ns_new_flow",
+            Counter::NsTracked => "ns_tracked",
+            Counter::NsSourceRangeDrop => "ns_source_range_drop",
+            Counter::NsNoLocalDrop => "ns_no_local_drop",
+            Counter::NsRejected => "ns_rejected",
+            Counter::NsIcmpTranslated => "ns_icmp_translated",
+            Counter::NsNatFailed => "ns_nat_failed",
         }
     }
 }

@@ -13,7 +13,7 @@ use std::{
     process::Command,
     sync::{
         Mutex, Once,
-        atomic::{AtomicI32, Ordering},
+        atomic::{AtomicBool, AtomicI32, Ordering},
     },
     thread,
     time::Duration,
@@ -248,6 +248,12 @@ pub fn leftovers(id: &str) -> Vec<String> {
 }
 
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+/// True once SIGINT/SIGTERM/SIGHUP arrived and the live labs are being removed.
+pub fn signalled() -> bool {
+    SIGNALLED.load(Ordering::SeqCst)
+}
 static INSTALL: Once = Once::new();
 
 extern "C" fn on_signal(sig: libc::c_int) {
@@ -282,6 +288,7 @@ fn install_signal_handlers() {
                         continue;
                     }
                     let sig = libc::c_int::from(byte);
+                    SIGNALLED.store(true, Ordering::SeqCst);
                     let labs: Vec<Record> = lock(&LABS).values().cloned().collect();
                     eprintln!("lab: signal {sig}: removing {} live lab(s)", labs.len());
                     for rec in &labs {

@@ -19,7 +19,17 @@ pub struct Attempt {
     /// errno name (ECONNREFUSED, ...) or "timeout".
     pub error: Option<String>,
     pub elapsed_ms: u64,
+    /// When the attempt started, in microseconds since the Unix epoch (see [`now_us`]).
+    pub started_us: u64,
     pub raw: String,
+}
+
+/// The current time on the clock of `Attempt::started_us`.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or_default()
 }
 
 impl Attempt {
@@ -35,6 +45,7 @@ impl Attempt {
             from: s("from"),
             error: s("error"),
             elapsed_ms: v["elapsed_ms"].as_u64().unwrap_or_default(),
+            started_us: v["t_us"].as_u64().unwrap_or_default(),
             raw: line.to_owned(),
         })
     }

@@ -56,7 +56,11 @@ impl Default for AgentOpts {
     fn default() -> Self {
         AgentOpts {
             extra_args: Vec::new(),
-            env: vec![("RUST_BACKTRACE".into(), "1".into())],
+            // Plain logs: they are files, printed when a test fails.
+            env: vec![
+                ("RUST_BACKTRACE".into(), "1".into()),
+                ("NO_COLOR".into(), "1".into()),
+            ],
             ready_timeout: Duration::from_secs(10),
         }
     }
@@ -560,7 +564,7 @@ impl Lab {
     pub fn ferry(&self, args: &[&str]) -> Output {
         let bin = Lab::ferry_bin();
         proc::output_placed(
-            Command::new(&bin).args(args),
+            Command::new(&bin).args(args).env("NO_COLOR", "1"),
             &Placement::default(),
             Duration::from_secs(30),
         )
@@ -653,7 +657,8 @@ impl Lab {
         proc::run("bpftool", &["cgroup", "show", &cg]).unwrap_or_else(|e| format!("{e:#}"))
     }
 
-    /// Every file under the lab's bpffs (pins left).
+    /// Every pin under the lab's bpffs, except the two entries the kernel's bpf_preload puts
+    /// into every new bpffs mount (`maps.debug`, `progs.debug`).
     pub fn pins(&self) -> Vec<PathBuf> {
         fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
             let Ok(entries) = fs::read_dir(dir) else {
@@ -670,6 +675,11 @@ impl Lab {
         }
         let mut out = Vec::new();
         walk(&self.bpffs, &mut out);
+        let preload = [
+            self.bpffs.join("maps.debug"),
+            self.bpffs.join("progs.debug"),
+        ];
+        out.retain(|p| !preload.contains(p));
         out
     }
 
@@ -715,7 +725,8 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        if thread::panicking() {
+        // After a signal the lab is being removed under the test's feet: its failures are noise.
+        if thread::panicking() && !cleanup::signalled() {
             eprintln!(
                 "==== lab {} ({}) failed; agent logs:\n{}",
                 self.id,

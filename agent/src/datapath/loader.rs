@@ -30,6 +30,12 @@ use crate::{
 /// The object agent-ebpf compiled to, embedded at build time (agent/build.rs).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
 
+/// The embedded eBPF object (empty when built with AYA_BUILD_SKIP=1), for
+/// tools and tests that load programs on their own (BPF_PROG_TEST_RUN).
+pub fn ebpf_object() -> &'static [u8] {
+    EBPF_OBJECT
+}
+
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     pub pin_dir: PathBuf,

@@ -14,7 +14,7 @@ use std::{
 };
 
 use agent_common::{
-    AffinityKey, Backend4, RevNat4, Svc4Key, SvcValue, backend_state, maps as names,
+    AffinityKey, Backend4, RevNat4, Svc4Key, SvcValue, backend_flags, backend_state, maps as names,
     net::{ip4_to_raw, port_to_raw},
     svc_flags,
 };
@@ -31,6 +31,8 @@ use crate::{
 struct Programmed {
     /// Backends in slot order.
     backends: Vec<BackendAddr>,
+    /// `backend_flags` of each backend, in slot order.
+    backend_flags: Vec<u8>,
     state: u8,
     flags: u16,
     affinity_timeout: u32,
@@ -40,6 +42,7 @@ struct Programmed {
 impl Programmed {
     fn same_content(&self, other: &Programmed) -> bool {
         self.backends == other.backends
+            && self.backend_flags == other.backend_flags
             && self.state == other.state
             && self.flags == other.flags
             && self.affinity_timeout == other.affinity_timeout
@@ -51,6 +54,7 @@ struct BackendEntry {
     id: u32,
     refs: u32,
     state: u8,
+    flags: u8,
 }
 
 /// (address, port, protocol) of a service: one rev-NAT id, shared by the
@@ -128,11 +132,18 @@ impl<M: LbMaps> Programmer<M> {
                 .first()
                 .and_then(|id| st.backends.get(id))
                 .map_or(backend_state::ACTIVE, |b| b.state);
-            for (addr, &id) in addrs.iter().zip(&f.backend_ids) {
-                let e = p
-                    .backends
-                    .entry(*addr)
-                    .or_insert(BackendEntry { id, refs: 0, state });
+            let backend_flags: Vec<u8> = f
+                .backend_ids
+                .iter()
+                .map(|id| st.backends.get(id).map_or(0, |b| b.flags))
+                .collect();
+            for ((addr, &id), &flags) in addrs.iter().zip(&f.backend_ids).zip(&backend_flags) {
+                let e = p.backends.entry(*addr).or_insert(BackendEntry {
+                    id,
+                    refs: 0,
+                    state,
+                    flags,
+                });
                 e.refs += 1;
                 used_backends.insert(id);
                 p.backend_ids.reserve(id);
@@ -149,6 +160,7 @@ impl<M: LbMaps> Programmer<M> {
                 *key,
                 Programmed {
                     backends: addrs,
+                    backend_flags,
                     state,
                     flags: f.value.flags,
                     affinity_timeout: f.value.affinity_timeout,
@@ -296,8 +308,8 @@ impl<M: LbMaps> Programmer<M> {
         want.rev_nat_id = rev_nat_id;
 
         let mut ids = Vec::with_capacity(want.backends.len());
-        for b in &want.backends {
-            match self.acquire_backend(b, want.state) {
+        for (b, &flags) in want.backends.iter().zip(&want.backend_flags) {
+            match self.acquire_backend(b, want.state, flags) {
                 Ok(id) => ids.push(id),
                 Err(e) => {
                     for b in &want.backends[..ids.len()] {
@@ -388,17 +400,20 @@ impl<M: LbMaps> Programmer<M> {
         Ok(())
     }
 
-    fn acquire_backend(&mut self, b: &BackendAddr, state: u8) -> Result<u32> {
+    fn acquire_backend(&mut self, b: &BackendAddr, state: u8, flags: u8) -> Result<u32> {
         let value = Backend4 {
             addr: ip4_to_raw(b.ip.octets()),
             port: port_to_raw(b.port),
             proto: b.proto.number(),
             state,
+            flags,
+            _pad: [0; 3],
         };
         if let Some(e) = self.backends.get_mut(b) {
-            if e.state != state {
+            if (e.state, e.flags) != (state, flags) {
                 self.maps.put_backend(e.id, value)?;
                 e.state = state;
+                e.flags = flags;
             }
             e.refs += 1;
             return Ok(e.id);
@@ -412,8 +427,7 @@ impl<M: LbMaps> Programmer<M> {
             self.backend_ids.release(id);
             return Err(e);
         }
-        self.backends
-            .insert(*b, BackendEntry { id, refs: 1, state });
+        self.backends.insert(*b, BackendEntry { id, refs: 1, state, flags });
         Ok(id)
     }
 
@@ -511,8 +525,13 @@ fn want_of(key: &FrontendKey, f: &Frontend, rev_nat_id: u16) -> Programmed {
     let mut backends = f.backends.clone();
     backends.sort();
     backends.dedup();
+    let backend_flags = backends
+        .iter()
+        .map(|b| if f.local_backends.contains(b) { backend_flags::LOCAL } else { 0 })
+        .collect();
     Programmed {
         backends,
+        backend_flags,
         state: if f.terminating {
             backend_state::TERMINATING
         } else {

@@ -142,6 +142,7 @@ fn frontend(name: &str, backends: Vec<BackendAddr>) -> Frontend {
         port_name: "http".into(),
         kind: FrontendKind::ClusterIP,
         backends,
+        local_backends: Default::default(),
         terminating: false,
         affinity_timeout: None,
         etp_local: false,

@@ -8,7 +8,11 @@
 
 pub mod translate;
 
-use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::Ipv4Addr,
+};
 
 pub use translate::{Inputs, translate};
 
@@ -132,6 +136,9 @@ pub struct Frontend {
     /// The usable backends, sorted and deduplicated: the ready endpoints, or
     /// when none is ready the serving+terminating ones. Empty = reject.
     pub backends: Vec<BackendAddr>,
+    /// The backends on this node (north-south traffic to them keeps the
+    /// client's address without SNAT).
+    pub local_backends: BTreeSet<BackendAddr>,
     /// The backends are terminating endpoints (KEP-1669 fallback).
     pub terminating: bool,
     /// sessionAffinity ClientIP timeout in seconds.

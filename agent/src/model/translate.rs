@@ -387,6 +387,8 @@ fn candidates(slices: &[ParsedSlice], port_name: &str, proto: Protocol) -> Candi
 /// fallback.
 struct Selection {
     backends: Vec<BackendAddr>,
+    /// The subset of `backends` on this node.
+    local: BTreeSet<BackendAddr>,
     terminating: bool,
 }
 
@@ -395,24 +397,28 @@ struct Selection {
 /// otherwise none, and the datapath rejects.
 fn select(cands: &Candidates, proto: Protocol, local_only: bool) -> Selection {
     // later: topology hints and trafficDistribution filter the candidates here.
-    let pick = |f: &dyn Fn(&EndpointState) -> bool| -> Vec<BackendAddr> {
-        cands
+    let pick = |f: &dyn Fn(&EndpointState) -> bool| -> (Vec<BackendAddr>, BTreeSet<BackendAddr>) {
+        let chosen: Vec<(BackendAddr, bool)> = cands
             .iter()
             .filter(|(_, c)| (!local_only || c.local) && f(c))
-            .map(|(&(ip, port), _)| BackendAddr { ip, port, proto })
-            .collect()
+            .map(|(&(ip, port), c)| (BackendAddr { ip, port, proto }, c.local))
+            .collect();
+        let local = chosen.iter().filter(|(_, l)| *l).map(|(b, _)| *b).collect();
+        (chosen.into_iter().map(|(b, _)| b).collect(), local)
     };
-    let ready = pick(&|c| c.ready);
+    let (ready, local) = pick(&|c| c.ready);
     if !ready.is_empty() {
         return Selection {
             backends: ready,
+            local,
             terminating: false,
         };
     }
-    let fallback = pick(&|c| c.serving && c.terminating);
+    let (fallback, local) = pick(&|c| c.serving && c.terminating);
     let terminating = !fallback.is_empty();
     Selection {
         backends: fallback,
+        local,
         terminating,
     }
 }
@@ -754,6 +760,7 @@ fn port_frontends(
         port_name: port.name.clone(),
         kind,
         backends: sel.backends.clone(),
+        local_backends: sel.local.clone(),
         terminating: sel.terminating,
         affinity_timeout: view.affinity_timeout,
         etp_local: false,

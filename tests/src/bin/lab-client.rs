@@ -18,7 +18,7 @@ use std::{
     net::{SocketAddr, TcpStream, UdpSocket},
     process::ExitCode,
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 struct Opts {
@@ -165,14 +165,40 @@ fn errno_name(e: &io::Error) -> String {
     }
 }
 
-fn failure(seq: u64, stage: &str, e: &io::Error, start: Instant) -> Line {
+/// When an attempt started: for its duration, and as microseconds since the Unix epoch
+/// (`t_us`, comparable with the clock of the test that reads us).
+#[derive(Clone, Copy)]
+struct Start {
+    at: Instant,
+    t_us: u128,
+}
+
+impl Start {
+    fn now() -> Start {
+        let t_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or_default();
+        Start {
+            at: Instant::now(),
+            t_us,
+        }
+    }
+
+    fn elapsed_ms(&self) -> u128 {
+        self.at.elapsed().as_millis()
+    }
+}
+
+fn failure(seq: u64, stage: &str, e: &io::Error, start: Start) -> Line {
     Line::default()
         .raw("ok", false)
         .raw("seq", seq)
+        .raw("t_us", start.t_us)
         .str("stage", stage)
         .str("error", &errno_name(e))
         .str("detail", &e.to_string())
-        .raw("elapsed_ms", start.elapsed().as_millis())
+        .raw("elapsed_ms", start.elapsed_ms())
 }
 
 fn attempts(opts: &Opts) -> impl Iterator<Item = u64> + '_ {
@@ -206,7 +232,7 @@ fn read_reply(reader: &mut BufReader<TcpStream>) -> io::Result<String> {
 }
 
 fn tcp_once(opts: &Opts, seq: u64) -> bool {
-    let start = Instant::now();
+    let start = Start::now();
     let stream = match TcpStream::connect_timeout(&opts.target, opts.timeout) {
         Ok(s) => s,
         Err(e) => {
@@ -214,7 +240,7 @@ fn tcp_once(opts: &Opts, seq: u64) -> bool {
             return false;
         }
     };
-    let connected_ms = start.elapsed().as_millis();
+    let connected_ms = start.elapsed_ms();
     let peer = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -244,11 +270,12 @@ fn tcp_once(opts: &Opts, seq: u64) -> bool {
     Line::default()
         .raw("ok", true)
         .raw("seq", seq)
+        .raw("t_us", start.t_us)
         .str("reply", &reply)
         .str("peer", &peer)
         .str("local", &local)
         .raw("connect_ms", connected_ms)
-        .raw("elapsed_ms", start.elapsed().as_millis())
+        .raw("elapsed_ms", start.elapsed_ms())
         .print();
     if !opts.hold {
         return true;
@@ -257,7 +284,7 @@ fn tcp_once(opts: &Opts, seq: u64) -> bool {
     let mut all_ok = true;
     for (n, line) in io::stdin().lock().lines().enumerate() {
         let Ok(line) = line else { break };
-        let start = Instant::now();
+        let start = Start::now();
         let seq = seq + n as u64 + 1;
         let exchange = writer
             .write_all(format!("{line}\n").as_bytes())
@@ -266,10 +293,11 @@ fn tcp_once(opts: &Opts, seq: u64) -> bool {
             Ok(reply) => Line::default()
                 .raw("ok", true)
                 .raw("seq", seq)
+                .raw("t_us", start.t_us)
                 .str("reply", &reply)
                 .str("peer", &peer)
                 .str("local", &local)
-                .raw("elapsed_ms", start.elapsed().as_millis())
+                .raw("elapsed_ms", start.elapsed_ms())
                 .print(),
             Err(e) => {
                 all_ok = false;
@@ -281,7 +309,7 @@ fn tcp_once(opts: &Opts, seq: u64) -> bool {
 }
 
 fn run_udp(opts: &Opts) -> bool {
-    let start = Instant::now();
+    let start = Start::now();
     let socket = match UdpSocket::bind("0.0.0.0:0") {
         Ok(s) => s,
         Err(e) => {
@@ -309,7 +337,7 @@ fn run_udp(opts: &Opts) -> bool {
     let mut all_ok = true;
     let mut buf = [0u8; 2048];
     for seq in attempts(opts) {
-        let start = Instant::now();
+        let start = Start::now();
         let msg = format!("hello {seq}");
         let sent = if opts.connected {
             socket.send(msg.as_bytes())
@@ -326,12 +354,13 @@ fn run_udp(opts: &Opts) -> bool {
                 let mut line = Line::default()
                     .raw("ok", true)
                     .raw("seq", seq)
+                    .raw("t_us", start.t_us)
                     .str("reply", &String::from_utf8_lossy(&buf[..n]))
                     .str("from", &from.to_string());
                 if let Some(peer) = &peer {
                     line = line.str("peer", peer);
                 }
-                line.raw("elapsed_ms", start.elapsed().as_millis()).print();
+                line.raw("elapsed_ms", start.elapsed_ms()).print();
             }
             Err(e) => {
                 all_ok = false;

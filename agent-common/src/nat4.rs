@@ -1,0 +1,107 @@
+//! North-south IPv4 maps: connection tracking with the NAT each flow gets,
+//! source ranges, Maglev tables and per-device node addresses. Used by the
+//! TC programs on the node's devices.
+
+/// A flow as one packet sees it. Each translated flow has two entries: the
+/// client's direction (`FORWARD`, client -> frontend) and the backend's
+/// (`REPLY`, backend -> client or -> the SNAT address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ct4Key {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// [`ct_dir`].
+    pub dir: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<Ct4Key>() == 16);
+
+pub mod ct_dir {
+    pub const FORWARD: u8 = 0;
+    pub const REPLY: u8 = 1;
+}
+
+/// What to write into a packet of the flow: its new source and destination.
+/// For `FORWARD`: destination = the backend, source = the SNAT address and
+/// port (or the client unchanged). For `REPLY`: source = the frontend,
+/// destination = the client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Ct4Value {
+    pub nat_saddr: u32,
+    pub nat_daddr: u32,
+    pub nat_sport: u16,
+    pub nat_dport: u16,
+    pub backend_id: u32,
+    pub rev_nat_id: u16,
+    /// [`ct_flags`].
+    pub flags: u8,
+    /// TCP flags seen so far (SYN/FIN/RST bits), for idle timeouts.
+    pub tcp_flags: u8,
+    /// Seconds of CLOCK_MONOTONIC at the last packet.
+    pub last_seen: u32,
+}
+const _: () = assert!(core::mem::size_of::<Ct4Value>() == 24);
+
+pub mod ct_flags {
+    /// The forward direction rewrites the source to the node (SNAT).
+    pub const SNAT: u8 = 1 << 0;
+    /// The backend is on this node.
+    pub const LOCAL: u8 = 1 << 1;
+}
+
+/// Key of the source-range LPM trie: the prefix covers `rev_nat_id` (32 bits
+/// with its padding) plus the CIDR's length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SrcRange4Key {
+    pub prefixlen: u32,
+    pub rev_nat_id: u16,
+    pub _pad: u16,
+    pub addr: u32,
+}
+const _: () = assert!(core::mem::size_of::<SrcRange4Key>() == 12);
+
+/// Bits of `SrcRange4Key` before the address.
+pub const SRC_RANGE_PREFIX_BITS: u32 = 32;
+
+/// Maglev lookup table size: a prime, as the Maglev paper requires; every
+/// node computes the same table from the same backends.
+pub const MAGLEV_TABLE_SIZE: u32 = 16_381;
+
+/// Key of the Maglev map: `rev_nat_id << 16 | index` (index < table size).
+#[inline(always)]
+pub const fn maglev_key(rev_nat_id: u16, index: u32) -> u32 {
+    ((rev_nat_id as u32) << 16) | index
+}
+
+/// Per-node settings the TC programs read (array map, one entry).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NodeConfig {
+    /// [`node_flags`].
+    pub flags: u32,
+    /// SNAT source ports are taken from [min, max].
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+}
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 8);
+
+pub mod node_flags {
+    /// externalTrafficPolicy Cluster to a remote backend: keep the client's
+    /// address and let the backend's node answer (DSR) instead of SNAT.
+    pub const DSR: u32 = 1 << 0;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: plain-old-data, repr(C), no implicit padding (asserted above).
+    unsafe impl aya::Pod for Ct4Key {}
+    unsafe impl aya::Pod for Ct4Value {}
+    unsafe impl aya::Pod for SrcRange4Key {}
+    unsafe impl aya::Pod for NodeConfig {}
+}
