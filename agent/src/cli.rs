@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::paths::DEFAULT_BPFFS;
+use crate::{paths::DEFAULT_BPFFS, source::kube::InitialList};
 
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, about = "An eBPF replacement for kube-proxy")]
@@ -37,6 +37,10 @@ pub struct AgentArgs {
     /// Kubernetes API source (without --manifests: KUBECONFIG, then in-cluster).
     #[arg(long, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
+    /// How API watches fetch their initial state: streaming lists (falling back to
+    /// list+watch when the server refuses them), always streaming, or list+watch.
+    #[arg(long, value_enum, default_value_t = InitialList::Auto)]
+    pub initial_list: InitialList,
     /// This node's name (default: $NODE_NAME, else the hostname).
     #[arg(
         long,

@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeSet,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, bail};
@@ -24,8 +24,14 @@ use crate::{
         http,
         metrics::{self, Metrics},
     },
-    source::{self, Update},
+    source::{self, Update, changes::Changes},
 };
+
+/// Where the agent's view of the cluster comes from.
+enum Source {
+    Manifests(std::path::PathBuf),
+    Kube(::kube::Client),
+}
 
 /// A sync that failed is retried after this long (kube-proxy backs off
 /// between its minimum and full sync periods).
@@ -40,8 +46,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         Some(c) => c.clone(),
         None => paths::cgroup2_mount().context("finding the cgroup2 mount (--cgroup)")?,
     };
-    let Some(manifests) = args.manifests.clone() else {
-        bail!("the Kubernetes API source is not implemented yet: run with --manifests PATH");
+    // Static manifests, or the API: --kubeconfig, else KUBECONFIG, else in-cluster.
+    let source = match args.manifests.clone() {
+        Some(path) => Source::Manifests(path),
+        None => Source::Kube(
+            source::kube::client(args.kubeconfig.as_deref())
+                .await
+                .context("configuring the Kubernetes API client")?,
+        ),
     };
     if !args.interfaces.is_empty() {
         warn!(interfaces = ?args.interfaces, "north-south programs are not implemented yet; --interfaces ignored");
@@ -79,7 +91,22 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     );
 
     let (tx, mut rx) = mpsc::channel::<Update>(4);
-    tokio::spawn(source::manifests::watch(manifests, node_name.clone(), tx));
+    match source {
+        Source::Manifests(path) => {
+            tokio::spawn(source::manifests::watch(path, node_name.clone(), tx));
+        }
+        Source::Kube(client) => {
+            let opts = source::kube::WatchOptions {
+                node_name: node_name.clone(),
+                initial_list: args.initial_list,
+            };
+            tokio::spawn(source::kube::watch(client, opts, tx));
+        }
+    }
+    // For the change counters and the network programming latency.
+    let started = SystemTime::now();
+    let mut inputs: Option<model::Inputs> = None;
+    let mut triggers: Vec<SystemTime> = Vec::new();
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -95,17 +122,27 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         };
         tokio::select! {
             update = rx.recv() => {
-                let Some(update) = update else { bail!("the manifests source stopped") };
+                let Some(update) = update else { bail!("the source stopped") };
                 health.queued();
+                let changes = Changes::between(inputs.as_ref(), &update.inputs, started);
+                metrics.changes(changes.services, changes.endpoint_slices);
+                triggers.extend(changes.trigger_times);
                 let (desired, diags) = model::translate(&update.inputs);
                 reporter.report(update.diagnostics.iter().chain(&diags));
                 let ok = sync(&mut programmer, &desired, &health, &metrics);
                 retry_at = (!ok).then(|| tokio::time::Instant::now() + RETRY_AFTER);
                 last = Some(desired);
+                inputs = Some(update.inputs);
+                if ok {
+                    metrics.network_programmed(&std::mem::take(&mut triggers));
+                }
             }
             () = retry => {
                 let ok = last.as_ref().is_none_or(|d| sync(&mut programmer, d, &health, &metrics));
                 retry_at = (!ok).then(|| tokio::time::Instant::now() + RETRY_AFTER);
+                if ok {
+                    metrics.network_programmed(&std::mem::take(&mut triggers));
+                }
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,

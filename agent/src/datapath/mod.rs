@@ -5,6 +5,7 @@
 pub mod ids;
 pub mod lbmaps;
 pub mod loader;
+pub mod maglev;
 pub mod maps;
 pub mod programmer;
 pub mod snapshot;

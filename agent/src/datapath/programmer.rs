@@ -427,7 +427,15 @@ impl<M: LbMaps> Programmer<M> {
             self.backend_ids.release(id);
             return Err(e);
         }
-        self.backends.insert(*b, BackendEntry { id, refs: 1, state, flags });
+        self.backends.insert(
+            *b,
+            BackendEntry {
+                id,
+                refs: 1,
+                state,
+                flags,
+            },
+        );
         Ok(id)
     }
 
@@ -527,7 +535,13 @@ fn want_of(key: &FrontendKey, f: &Frontend, rev_nat_id: u16) -> Programmed {
     backends.dedup();
     let backend_flags = backends
         .iter()
-        .map(|b| if f.local_backends.contains(b) { backend_flags::LOCAL } else { 0 })
+        .map(|b| {
+            if f.local_backends.contains(b) {
+                backend_flags::LOCAL
+            } else {
+                0
+            }
+        })
         .collect();
     Programmed {
         backends,

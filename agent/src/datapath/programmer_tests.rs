@@ -145,6 +145,8 @@ fn frontend(name: &str, backends: Vec<BackendAddr>) -> Frontend {
         local_backends: Default::default(),
         terminating: false,
         affinity_timeout: None,
+        source_ranges: Vec::new(),
+        maglev: false,
         etp_local: false,
         itp_local: false,
     }
@@ -153,6 +155,7 @@ fn frontend(name: &str, backends: Vec<BackendAddr>) -> Frontend {
 fn desired(entries: Vec<(FrontendKey, Frontend)>) -> Desired {
     Desired {
         frontends: entries.into_iter().collect(),
+        ..Desired::default()
     }
 }
 

@@ -143,14 +143,46 @@ pub struct Frontend {
     pub terminating: bool,
     /// sessionAffinity ClientIP timeout in seconds.
     pub affinity_timeout: Option<u32>,
+    /// loadBalancerSourceRanges (LoadBalancer frontends only); empty = all.
+    pub source_ranges: Vec<Cidr4>,
+    /// Maglev consistent hashing for north-south traffic.
+    pub maglev: bool,
     pub etp_local: bool,
     pub itp_local: bool,
+}
+
+/// An IPv4 prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct Cidr4 {
+    pub addr: Ipv4Addr,
+    pub len: u8,
+}
+
+impl fmt::Display for Cidr4 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// An externalTrafficPolicy Local LoadBalancer's healthCheckNodePort: the
+/// agent answers it so load balancers only send to nodes with endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub node_port: u16,
+    /// Ready endpoints on this node.
+    pub local_ready: usize,
+    /// Serving and terminating endpoints on this node (still served, but
+    /// the node reports 503 so load balancers drain it).
+    pub local_terminating: usize,
 }
 
 /// The complete state ferry wants in the kernel.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
     pub frontends: BTreeMap<FrontendKey, Frontend>,
+    pub health_checks: BTreeMap<ServiceName, HealthCheck>,
+    /// This node's IPv4 addresses (its Node object's InternalIP/ExternalIP).
+    pub node_ips: Vec<Ipv4Addr>,
 }
 
 /// A problem with one input object: reported, the object skipped, the rest

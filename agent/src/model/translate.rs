@@ -25,8 +25,8 @@ use k8s_openapi::{
 use tracing::debug;
 
 use super::{
-    BackendAddr, Desired, Diagnostic, Frontend, FrontendKey, FrontendKind, Protocol, Scope,
-    ServiceName, Severity,
+    BackendAddr, Cidr4, Desired, Diagnostic, Frontend, FrontendKey, FrontendKind, HealthCheck,
+    Protocol, Scope, ServiceName, Severity,
 };
 
 /// Links an EndpointSlice to its Service (same namespace).
@@ -49,7 +49,13 @@ pub struct Inputs {
     /// The name of the node ferry runs on: selects the Node object whose
     /// addresses carry NodePorts and the endpoints that are "local".
     pub node_name: String,
+    /// Maglev for services without the `ferry.io/lb-algorithm` annotation.
+    pub maglev_default: bool,
 }
+
+/// Annotation choosing a service's north-south backend selection:
+/// `maglev` or `random`.
+pub const LB_ALGORITHM_ANNOTATION: &str = "ferry.io/lb-algorithm";
 
 /// Computes the frontends ferry must program, and what was wrong with the
 /// inputs.
@@ -58,10 +64,14 @@ pub fn translate(inputs: &Inputs) -> (Desired, Vec<Diagnostic>) {
     let node = NodeAddrs::new(inputs, &mut diags);
     let slices = index_slices(inputs, &mut diags);
     let mut cx = Cx {
+        desired: Desired {
+            node_ips: node.ips.iter().flatten().copied().collect(),
+            ..Desired::default()
+        },
         node,
         slices,
-        desired: Desired::default(),
         diags,
+        maglev_default: inputs.maglev_default,
     };
     for ((namespace, name), svc) in &inputs.services {
         translate_service(&mut cx, namespace, name, svc);
@@ -75,6 +85,7 @@ struct Cx {
     slices: SliceIndex,
     desired: Desired,
     diags: Vec<Diagnostic>,
+    maglev_default: bool,
 }
 
 /// Names the object a diagnostic is about.
@@ -437,6 +448,10 @@ struct ServiceView {
     affinity_timeout: Option<u32>,
     itp_local: bool,
     etp_local: bool,
+    /// loadBalancerSourceRanges; empty = everyone.
+    source_ranges: Vec<Cidr4>,
+    maglev: bool,
+    health_check_node_port: Option<u16>,
 }
 
 /// A validated service port.
@@ -453,11 +468,17 @@ fn translate_service(cx: &mut Cx, namespace: &str, name: &str, svc: &Service) {
         namespace,
         name,
     };
-    let Some((view, spec)) = service_view(svc, obj, &mut cx.diags) else {
+    let Some((mut view, spec)) = service_view(svc, obj, &mut cx.diags) else {
         return;
     };
+    view.maglev = lb_algorithm(svc, cx.maglev_default, obj, &mut cx.diags);
     let slices = cx.slices.get(&(namespace.to_owned(), name.to_owned()));
     let slices = slices.map(Vec::as_slice).unwrap_or_default();
+    if let Some(node_port) = view.health_check_node_port {
+        cx.desired
+            .health_checks
+            .insert(view.name.clone(), health_check(node_port, slices));
+    }
     for (i, sp) in spec.ports.iter().flatten().enumerate() {
         let Some(port) = port_view(sp, i, view.node_ports, obj, &mut cx.diags) else {
             continue;
@@ -534,16 +555,23 @@ fn service_view<'s>(
     if ipv6 {
         diags.push(obj.info("IPv6 not supported yet"));
     }
-    if spec
-        .load_balancer_source_ranges
-        .as_ref()
-        .is_some_and(|r| !r.is_empty())
-    {
-        // later: enforce loadBalancerSourceRanges; until then say it loudly,
-        // as the service is more open than its owner asked.
-        diags.push(obj.info("loadBalancerSourceRanges is not supported yet: not enforced"));
-    }
+    let source_ranges = source_ranges(spec, obj, diags)?;
+    let etp_local = is_local_policy(
+        spec.external_traffic_policy.as_deref(),
+        "externalTrafficPolicy",
+        obj,
+        diags,
+    );
+    // The API server allocates healthCheckNodePort only for LoadBalancer
+    // services with externalTrafficPolicy Local.
+    let health_check_node_port = spec
+        .health_check_node_port
+        .filter(|_| etp_local && spec.type_.as_deref() == Some("LoadBalancer"))
+        .and_then(parse_port);
     let view = ServiceView {
+        source_ranges,
+        maglev: false,
+        health_check_node_port,
         name: ServiceName {
             namespace: obj.namespace.to_owned(),
             name: obj.name.to_owned(),
@@ -559,14 +587,85 @@ fn service_view<'s>(
             obj,
             diags,
         ),
-        etp_local: is_local_policy(
-            spec.external_traffic_policy.as_deref(),
-            "externalTrafficPolicy",
-            obj,
-            diags,
-        ),
+        etp_local,
     };
     Some((view, spec))
+}
+
+/// loadBalancerSourceRanges as IPv4 prefixes. A malformed range makes the
+/// service fail closed (skipped with a warning): opening a service its owner
+/// meant to restrict would be worse than not serving it. IPv6 ranges are
+/// skipped (IPv4 clients never match them).
+fn source_ranges(
+    spec: &ServiceSpec,
+    obj: Obj<'_>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Vec<Cidr4>> {
+    let mut out = Vec::new();
+    for raw in spec.load_balancer_source_ranges.iter().flatten() {
+        let raw = raw.trim();
+        let (addr, len) = raw.split_once('/').unwrap_or((raw, "32"));
+        if addr.parse::<std::net::Ipv6Addr>().is_ok() {
+            continue;
+        }
+        match (addr.parse::<Ipv4Addr>(), len.parse::<u8>()) {
+            (Ok(addr), Ok(len)) if len <= 32 => {
+                let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+                let addr = Ipv4Addr::from(u32::from(addr) & mask);
+                out.push(Cidr4 { addr, len });
+            }
+            _ => {
+                diags.push(obj.warning(format!(
+                    "loadBalancerSourceRanges entry {raw:?} is not an IPv4 CIDR: service skipped"
+                )));
+                return None;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// The `ferry.io/lb-algorithm` annotation, else the agent's default.
+fn lb_algorithm(svc: &Service, default: bool, obj: Obj<'_>, diags: &mut Vec<Diagnostic>) -> bool {
+    let value = svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LB_ALGORITHM_ANNOTATION));
+    match value.map(String::as_str) {
+        None => default,
+        Some("maglev") => true,
+        Some("random") => false,
+        Some(other) => {
+            diags.push(obj.warning(format!(
+                "annotation {LB_ALGORITHM_ANNOTATION}={other:?} is neither maglev nor random: using the default"
+            )));
+            default
+        }
+    }
+}
+
+/// Counts this node's endpoints of a service (distinct addresses, any port)
+/// for its healthCheckNodePort, as kube-proxy's health server does.
+fn health_check(node_port: u16, slices: &[ParsedSlice]) -> HealthCheck {
+    let mut ready = BTreeSet::new();
+    let mut terminating = BTreeSet::new();
+    for ep in slices
+        .iter()
+        .flat_map(|s| &s.endpoints)
+        .filter(|e| e.state.local)
+    {
+        if ep.state.ready {
+            ready.insert(ep.ip);
+        } else if ep.state.serving && ep.state.terminating {
+            terminating.insert(ep.ip);
+        }
+    }
+    HealthCheck {
+        node_port,
+        local_ready: ready.len(),
+        local_terminating: terminating.len(),
+    }
 }
 
 /// A service that is not ferry's to proxy: not an error, just noted.
@@ -763,6 +862,8 @@ fn port_frontends(
         local_backends: sel.local.clone(),
         terminating: sel.terminating,
         affinity_timeout: view.affinity_timeout,
+        source_ranges: Vec::new(),
+        maglev: view.maglev,
         etp_local: false,
         itp_local: false,
     };
@@ -804,6 +905,15 @@ fn port_frontends(
             .map(|&ip| (ip, port.port, FrontendKind::LoadBalancer)),
     );
     for (ip, fport, kind) in external {
+        // kube-proxy applies source ranges to the load balancer's IPs only.
+        let frontend = |kind, sel: &Selection| Frontend {
+            source_ranges: if kind == FrontendKind::LoadBalancer {
+                view.source_ranges.clone()
+            } else {
+                Vec::new()
+            },
+            ..frontend(kind, sel)
+        };
         let key = |scope| FrontendKey {
             ip,
             port: fport,

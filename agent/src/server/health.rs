@@ -84,7 +84,15 @@ impl Health {
                     Reply::text(StatusCode::SERVICE_UNAVAILABLE, "first sync not done\n")
                 }
             }
-            "/livez" => Reply::text(StatusCode::OK, "ok\n"),
+            // kube-proxy's /livez is /healthz without the node's eligibility: a stuck
+            // agent (an update unprogrammed for too long) gets restarted.
+            "/livez" => {
+                if self.is_healthy() {
+                    Reply::text(StatusCode::OK, "ok\n")
+                } else {
+                    Reply::text(StatusCode::SERVICE_UNAVAILABLE, "updates not programmed\n")
+                }
+            }
             _ => Reply::text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
@@ -135,6 +143,36 @@ mod tests {
         h.synced(true);
         assert!(h.is_ready());
         assert_eq!(h.reply("/readyz").status, StatusCode::OK);
+        assert_eq!(h.reply("/healthz").status, StatusCode::OK);
+    }
+
+    #[test]
+    fn unhealthy_and_not_live_when_an_update_waits_too_long_or_syncs_keep_failing() {
+        let long_ago = Instant::now().checked_sub(STALE_AFTER + Duration::from_secs(1));
+        let Some(long_ago) = long_ago else { return }; // a machine up for less than a minute
+        let h = Health::default();
+        h.synced(true);
+        h.state.lock().unwrap().pending_since = Some(long_ago);
+        assert_eq!(h.reply("/healthz").status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(h.reply("/livez").status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            h.reply("/readyz").status,
+            StatusCode::OK,
+            "ready stays ready"
+        );
+        h.synced(true);
+        assert_eq!(h.reply("/livez").status, StatusCode::OK);
+
+        h.synced(false);
+        assert_eq!(
+            h.reply("/healthz").status,
+            StatusCode::OK,
+            "one failure is not stale"
+        );
+        h.state.lock().unwrap().failing_since = Some(long_ago);
+        h.synced(false);
+        assert_eq!(h.reply("/healthz").status, StatusCode::SERVICE_UNAVAILABLE);
+        h.synced(true);
         assert_eq!(h.reply("/healthz").status, StatusCode::OK);
     }
 }

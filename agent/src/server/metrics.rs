@@ -16,25 +16,37 @@ const SYNC_BUCKETS: [f64; 15] = [
     8.192, 16.384,
 ];
 
+/// kube-proxy's buckets for network programming latency: 0.25 s and 0.5 s, then every
+/// second up to a minute, every 5 s up to 2 min, every 30 s up to 5 min.
+fn network_programming_buckets() -> Vec<f64> {
+    let mut b = vec![0.25, 0.5];
+    b.extend((1..=59).map(f64::from));
+    b.extend((0..12).map(|i| f64::from(60 + 5 * i)));
+    b.extend((0..7).map(|i| f64::from(120 + 30 * i)));
+    b
+}
+
 #[derive(Clone, Debug)]
 struct Histogram {
+    bounds: Vec<f64>,
     buckets: Vec<u64>,
     sum: f64,
     count: u64,
 }
 
 impl Histogram {
-    fn new() -> Self {
+    fn new(bounds: Vec<f64>) -> Self {
         Histogram {
-            buckets: vec![0; SYNC_BUCKETS.len()],
+            buckets: vec![0; bounds.len()],
+            bounds,
             sum: 0.0,
             count: 0,
         }
     }
 
     fn observe(&mut self, v: f64) {
-        for (b, le) in self.buckets.iter_mut().zip(SYNC_BUCKETS) {
-            if v <= le {
+        for (b, le) in self.buckets.iter_mut().zip(&self.bounds) {
+            if v <= *le {
                 *b += 1;
             }
         }
@@ -44,7 +56,7 @@ impl Histogram {
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (b, le) in self.buckets.iter().zip(SYNC_BUCKETS) {
+        for (b, le) in self.buckets.iter().zip(&self.bounds) {
             let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {b}");
         }
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
@@ -80,8 +92,8 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             inner: Arc::new(Mutex::new(Inner {
-                sync: Histogram::new(),
-                network_programming: Histogram::new(),
+                sync: Histogram::new(SYNC_BUCKETS.to_vec()),
+                network_programming: Histogram::new(network_programming_buckets()),
                 last_sync: None,
                 service_changes: 0,
                 endpoint_changes: 0,
@@ -127,6 +139,15 @@ impl Metrics {
             .expect("metrics lock")
             .network_programming
             .observe(took.as_secs_f64());
+    }
+
+    /// The changes triggered at these times are in the kernel now. A trigger time in the
+    /// future (clock skew between the control plane and this node) counts as zero.
+    pub fn network_programmed(&self, trigger_times: &[SystemTime]) {
+        let now = SystemTime::now();
+        for t in trigger_times {
+            self.network_programming(now.duration_since(*t).unwrap_or_default());
+        }
     }
 
     /// The exposition; `datapath` holds the kernel's event counters.
@@ -268,5 +289,49 @@ mod tests {
         assert!(text.contains("ferry_frontends_programmed 2"));
         assert!(text.contains("ferry_programming_errors_total{reason=\"map_full\"} 1"));
         assert!(text.contains("ferry_datapath_events_total{event=\"connect_translated\"} 7"));
+    }
+
+    #[test]
+    fn network_programming_uses_kube_proxys_buckets_and_trigger_times() {
+        let b = network_programming_buckets();
+        assert_eq!(b.len(), 2 + 59 + 12 + 7);
+        assert_eq!(&b[..4], [0.25, 0.5, 1.0, 2.0]);
+        assert_eq!(b[60], 59.0);
+        assert_eq!(&b[61..63], [60.0, 65.0]);
+        assert_eq!(&b[b.len() - 2..], [270.0, 300.0]);
+        assert!(b.windows(2).all(|w| w[0] < w[1]));
+
+        let m = Metrics::default();
+        let now = SystemTime::now();
+        m.network_programmed(&[
+            now - Duration::from_millis(1_500),
+            now + Duration::from_secs(5), // skewed clock: zero, not negative
+        ]);
+        let text = m.render(&[]);
+        let name = "kubeproxy_network_programming_duration_seconds";
+        assert!(
+            text.contains(&format!("{name}_bucket{{le=\"0.25\"}} 1")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{name}_bucket{{le=\"1\"}} 1")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{name}_bucket{{le=\"2\"}} 2")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("{name}_count 2")), "{text}");
+    }
+
+    #[test]
+    fn counts_service_and_endpoint_changes() {
+        let m = Metrics::default();
+        m.changes(3, 1);
+        m.changes(0, 2);
+        let text = m.render(&[]);
+        assert!(text.contains("kubeproxy_sync_proxy_rules_service_changes_total 3"));
+        assert!(text.contains("kubeproxy_sync_proxy_rules_endpoint_changes_total 3"));
+        assert!(text.contains("# TYPE kubeproxy_sync_proxy_rules_endpoint_changes_total counter"));
     }
 }

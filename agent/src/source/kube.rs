@@ -83,7 +83,9 @@ pub enum KubeError {
         #[source]
         source: KubeconfigError,
     },
-    #[error("no API server configuration (no --kubeconfig, KUBECONFIG, ~/.kube/config nor in-cluster service account): {0}")]
+    #[error(
+        "no API server configuration (no --kubeconfig, KUBECONFIG, ~/.kube/config nor in-cluster service account): {0}"
+    )]
     Infer(#[source] InferConfigError),
     #[error("building the API client: {0}")]
     Client(#[source] kube::Error),
@@ -94,7 +96,10 @@ pub enum KubeError {
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
     let config = match kubeconfig {
         Some(path) => {
-            let kc_error = |source| KubeError::Kubeconfig { path: path.to_owned(), source };
+            let kc_error = |source| KubeError::Kubeconfig {
+                path: path.to_owned(),
+                source,
+            };
             let kc = Kubeconfig::read_from(path).map_err(kc_error)?;
             Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                 .await
@@ -155,12 +160,20 @@ pub async fn watch(client: Client, opts: WatchOptions, tx: mpsc::Sender<Update>)
     let mut tasks = JoinSet::new();
     let node_selector = format!("metadata.name={}", opts.node_name);
     let selectors = |kind| match kind {
-        Kind::Services => Selectors { labels: Some(NOT_OTHER_PROXY_NOR_HEADLESS.into()), fields: None },
-        Kind::EndpointSlices => Selectors {
-            labels: Some(format!("{SERVICE_NAME_LABEL},{NOT_OTHER_PROXY_NOR_HEADLESS}")),
+        Kind::Services => Selectors {
+            labels: Some(NOT_OTHER_PROXY_NOR_HEADLESS.into()),
             fields: None,
         },
-        Kind::Node => Selectors { labels: None, fields: Some(node_selector.clone()) },
+        Kind::EndpointSlices => Selectors {
+            labels: Some(format!(
+                "{SERVICE_NAME_LABEL},{NOT_OTHER_PROXY_NOR_HEADLESS}"
+            )),
+            fields: None,
+        },
+        Kind::Node => Selectors {
+            labels: None,
+            fields: Some(node_selector.clone()),
+        },
     };
     let mode = opts.initial_list;
     let services = Reflector::<Service>::spawn(
@@ -187,7 +200,12 @@ pub async fn watch(client: Client, opts: WatchOptions, tx: mpsc::Sender<Update>)
         mode,
         signals,
     );
-    let stores = Stores { services, slices, nodes, node_name: opts.node_name };
+    let stores = Stores {
+        services,
+        slices,
+        nodes,
+        node_name: opts.node_name,
+    };
     info!(node = %stores.node_name, initial_list = ?mode, "watching the Kubernetes API");
 
     let mut synced = [false; Kind::ALL.len()];
@@ -253,6 +271,8 @@ impl Stores {
                     .map(|n| (n.name_any(), Arc::unwrap_or_clone(n)))
                     .collect(),
                 node_name: self.node_name.clone(),
+                // Settings that are not the cluster's (maglev_default...) are the agent's.
+                ..Inputs::default()
             },
             diagnostics: Vec::new(),
         }
@@ -262,7 +282,12 @@ impl Stores {
 fn keyed<K: ResourceExt + Clone>(objects: Vec<Arc<K>>) -> BTreeMap<(String, String), K> {
     objects
         .into_iter()
-        .map(|o| ((o.namespace().unwrap_or_default(), o.name_any()), Arc::unwrap_or_clone(o)))
+        .map(|o| {
+            (
+                (o.namespace().unwrap_or_default(), o.name_any()),
+                Arc::unwrap_or_clone(o),
+            )
+        })
         .collect()
 }
 
@@ -282,7 +307,11 @@ impl Selectors {
         if let Some(fields) = &self.fields {
             config = config.fields(fields);
         }
-        if streaming { config.streaming_lists() } else { config }
+        if streaming {
+            config.streaming_lists()
+        } else {
+            config
+        }
     }
 }
 
@@ -310,7 +339,17 @@ where
         signals: mpsc::Sender<Signal>,
     ) -> Store<K> {
         let (store, writer) = reflector::store();
-        tasks.spawn(Reflector { kind, api, selectors, mode, writer, signals }.run());
+        tasks.spawn(
+            Reflector {
+                kind,
+                api,
+                selectors,
+                mode,
+                writer,
+                signals,
+            }
+            .run(),
+        );
         store
     }
 
@@ -324,7 +363,9 @@ where
             while let Some(event) = events.next().await {
                 let event = match event {
                     Ok(event) => event.modify(slim),
-                    Err(e) if streaming && self.mode == InitialList::Auto && refuses_streaming(&e) => {
+                    Err(e)
+                        if streaming && self.mode == InitialList::Auto && refuses_streaming(&e) =>
+                    {
                         info!(
                             kind = %self.kind,
                             "the API server refused a streaming list ({e}): using list+watch"
@@ -369,7 +410,7 @@ fn refuses_streaming(e: &watcher::Error) -> bool {
 
 /// Drops what ferry never reads and that can be large: managed fields on every object, and a
 /// Node's list of container images.
-fn slim<K: Resource>(obj: &mut K) {
+fn slim<K: Resource + 'static>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
     if let Some(node) = (obj as &mut dyn std::any::Any).downcast_mut::<Node>()
         && let Some(status) = node.status.as_mut()

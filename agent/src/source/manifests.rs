@@ -78,6 +78,8 @@ impl Loaded {
                 slices: self.slices,
                 nodes: self.nodes,
                 node_name,
+                // Agent settings, filled in by the agent.
+                ..Inputs::default()
             },
             diagnostics: self.diagnostics,
         }

@@ -3,8 +3,13 @@
 //! consumer just translates the latest one and the datapath diffs.
 //!
 //! - [`manifests`]: static YAML/JSON files, polled for changes.
-//! - later: the Kubernetes API (list+watch), sending the same type.
+//! - [`kube`]: the Kubernetes API (reflectors: list+watch or streaming lists).
+//!
+//! [`changes`] compares two snapshots for the change counters and the network programming
+//! latency metric, whatever the source.
 
+pub mod changes;
+pub mod kube;
 pub mod manifests;
 
 pub use manifests::{Loaded, SourceError, load};

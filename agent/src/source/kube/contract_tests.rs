@@ -40,7 +40,12 @@ impl Call {
 
     fn reply(self, status: StatusCode, body: Value) {
         let body = serde_json::to_vec(&body).unwrap();
-        self.respond.send_response(Response::builder().status(status).body(Body::from(body)).unwrap());
+        self.respond.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(body))
+                .unwrap(),
+        );
     }
 
     /// A watch response: newline-delimited events, then the end of the stream.
@@ -50,7 +55,8 @@ impl Call {
             body.extend(serde_json::to_vec(e).unwrap());
             body.push(b'\n');
         }
-        self.respond.send_response(Response::builder().body(Body::from(body)).unwrap());
+        self.respond
+            .send_response(Response::builder().body(Body::from(body)).unwrap());
     }
 }
 
@@ -73,16 +79,30 @@ impl Harness {
                     .into_owned()
                     .collect();
                 let path = req.uri().path().to_owned();
-                if call_tx.send(Call { path, query, respond }).is_err() {
+                if call_tx
+                    .send(Call {
+                        path,
+                        query,
+                        respond,
+                    })
+                    .is_err()
+                {
                     break;
                 }
             }
         });
         let client = Client::new(service, "default");
         let (tx, updates) = mpsc::channel(4);
-        let opts = WatchOptions { node_name: "node-a".into(), initial_list };
+        let opts = WatchOptions {
+            node_name: "node-a".into(),
+            initial_list,
+        };
         tokio::spawn(watch(client, opts, tx));
-        Harness { calls, updates, held: Vec::new() }
+        Harness {
+            calls,
+            updates,
+            held: Vec::new(),
+        }
     }
 
     async fn next_call(&mut self) -> Call {
@@ -98,7 +118,10 @@ impl Harness {
         while calls.len() < 3 {
             let call = self.next_call().await;
             let path = call.path.clone();
-            assert!(calls.insert(path.clone(), call).is_none(), "two requests for {path}");
+            assert!(
+                calls.insert(path.clone(), call).is_none(),
+                "two requests for {path}"
+            );
         }
         calls
     }
@@ -118,7 +141,8 @@ impl Harness {
 }
 
 fn meta(name: &str, namespace: Option<&str>, rv: u64) -> Value {
-    let mut m = json!({"name": name, "resourceVersion": rv.to_string(), "uid": format!("uid-{name}")});
+    let mut m =
+        json!({"name": name, "resourceVersion": rv.to_string(), "uid": format!("uid-{name}")});
     if let Some(ns) = namespace {
         m["namespace"] = json!(ns);
     }
@@ -155,15 +179,21 @@ fn event(kind: &str, object: Value) -> Value {
 }
 
 fn initial_events_end(kind: &str, api_version: &str, rv: u64) -> Value {
-    event("BOOKMARK", json!({"kind": kind, "apiVersion": api_version, "metadata": {
+    event(
+        "BOOKMARK",
+        json!({"kind": kind, "apiVersion": api_version, "metadata": {
         "resourceVersion": rv.to_string(),
-        "annotations": {"k8s.io/initial-events-end": "true"}}}))
+        "annotations": {"k8s.io/initial-events-end": "true"}}}),
+    )
 }
 
 fn expired(rv: u64) -> Value {
-    event("ERROR", json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+    event(
+        "ERROR",
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
         "status": "Failure", "reason": "Expired", "code": 410,
-        "message": format!("too old resource version: {rv} (100)")}))
+        "message": format!("too old resource version: {rv} (100)")}),
+    )
 }
 
 /// The selectors each collection must be asked with.
@@ -174,31 +204,72 @@ fn assert_selectors(call: &Call) {
         NODES => (None, Some(NODE_FIELDS)),
         other => panic!("unexpected path {other}"),
     };
-    assert_eq!(call.q("labelSelector"), labels, "{}: {:?}", call.path, call.query);
-    assert_eq!(call.q("fieldSelector"), fields, "{}: {:?}", call.path, call.query);
+    assert_eq!(
+        call.q("labelSelector"),
+        labels,
+        "{}: {:?}",
+        call.path,
+        call.query
+    );
+    assert_eq!(
+        call.q("fieldSelector"),
+        fields,
+        "{}: {:?}",
+        call.path,
+        call.query
+    );
 }
 
 fn assert_list(call: &Call) {
-    assert!(!call.is_watch(), "{}: a list first: {:?}", call.path, call.query);
-    assert_eq!(call.q("limit"), Some("500"), "{}: {:?}", call.path, call.query);
-    assert_eq!(call.q("resourceVersion"), None, "a consistent (most recent) list");
+    assert!(
+        !call.is_watch(),
+        "{}: a list first: {:?}",
+        call.path,
+        call.query
+    );
+    assert_eq!(
+        call.q("limit"),
+        Some("500"),
+        "{}: {:?}",
+        call.path,
+        call.query
+    );
+    assert_eq!(
+        call.q("resourceVersion"),
+        None,
+        "a consistent (most recent) list"
+    );
     assert_eq!(call.q("continue"), None);
     assert_selectors(call);
 }
 
 fn assert_watch_from(call: &Call, rv: u64) {
     assert!(call.is_watch(), "{}: a watch: {:?}", call.path, call.query);
-    assert_eq!(call.q("resourceVersion"), Some(rv.to_string().as_str()), "{}", call.path);
+    assert_eq!(
+        call.q("resourceVersion"),
+        Some(rv.to_string().as_str()),
+        "{}",
+        call.path
+    );
     assert_eq!(call.q("allowWatchBookmarks"), Some("true"), "{}", call.path);
     assert_eq!(call.q("sendInitialEvents"), None, "{}", call.path);
-    assert!(call.q("timeoutSeconds").is_some(), "{}: a bounded watch", call.path);
+    assert!(
+        call.q("timeoutSeconds").is_some(),
+        "{}: a bounded watch",
+        call.path
+    );
     assert_selectors(call);
 }
 
 fn assert_streaming_list(call: &Call) {
     assert!(call.is_watch(), "{}: {:?}", call.path, call.query);
     assert_eq!(call.q("sendInitialEvents"), Some("true"), "{}", call.path);
-    assert_eq!(call.q("resourceVersionMatch"), Some("NotOlderThan"), "{}", call.path);
+    assert_eq!(
+        call.q("resourceVersionMatch"),
+        Some("NotOlderThan"),
+        "{}",
+        call.path
+    );
     assert_eq!(call.q("resourceVersion"), Some("0"), "{}", call.path);
     assert_eq!(call.q("allowWatchBookmarks"), Some("true"), "{}", call.path);
     assert_selectors(call);
@@ -215,10 +286,17 @@ async fn answer_lists(h: &mut Harness, mut lists: BTreeMap<String, Call>) {
     );
     lists.remove(SLICES).unwrap().reply(
         StatusCode::OK,
-        list("EndpointSlice", 11, vec![slice("web-1", "web", "10.244.0.2", 6)]),
+        list(
+            "EndpointSlice",
+            11,
+            vec![slice("web-1", "web", "10.244.0.2", 6)],
+        ),
     );
     h.no_update_for(Duration::from_millis(200)).await;
-    lists.remove(NODES).unwrap().reply(StatusCode::OK, list("Node", 12, vec![node(7)]));
+    lists
+        .remove(NODES)
+        .unwrap()
+        .reply(StatusCode::OK, list("Node", 12, vec![node(7)]));
 }
 
 fn names<V>(m: &BTreeMap<(String, String), V>) -> Vec<String> {
@@ -236,7 +314,10 @@ async fn list_then_watch_from_the_list_version_and_first_update_after_all_three(
     assert_eq!(names(&first.inputs.services), ["default/web"]);
     assert_eq!(names(&first.inputs.slices), ["default/web-1"]);
     let node = &first.inputs.nodes["node-a"];
-    assert!(node.status.as_ref().unwrap().images.is_none(), "node images are dropped");
+    assert!(
+        node.status.as_ref().unwrap().images.is_none(),
+        "node images are dropped"
+    );
     assert!(first.diagnostics.is_empty());
 
     let mut watches = h.next_three().await;
@@ -252,7 +333,11 @@ async fn list_then_watch_from_the_list_version_and_first_update_after_all_three(
     ]);
     let second = h.next_update().await;
     assert_eq!(names(&second.inputs.services), ["default/api"]);
-    assert_eq!(names(&second.inputs.slices), ["default/web-1"], "other stores unchanged");
+    assert_eq!(
+        names(&second.inputs.slices),
+        ["default/web-1"],
+        "other stores unchanged"
+    );
     h.no_update_for(Duration::from_millis(100)).await;
     let resumed = h.next_call().await;
     assert_eq!(resumed.path, SERVICES);
@@ -277,7 +362,11 @@ async fn expired_version_mid_watch_relists_and_drops_what_was_deleted_meanwhile(
     // Meanwhile web-1 was deleted and web-2 created: the re-list shows only web-2.
     relist.reply(
         StatusCode::OK,
-        list("EndpointSlice", 30, vec![slice("web-2", "web", "10.244.0.3", 29)]),
+        list(
+            "EndpointSlice",
+            30,
+            vec![slice("web-2", "web", "10.244.0.3", 29)],
+        ),
     );
     let update = h.next_update().await;
     assert_eq!(names(&update.inputs.slices), ["default/web-2"]);
@@ -305,10 +394,10 @@ async fn streaming_lists_use_one_watch_ended_by_the_initial_events_bookmark() {
         initial_events_end("EndpointSlice", "discovery.k8s.io/v1", 21),
     ]);
     h.no_update_for(Duration::from_millis(200)).await;
-    streams
-        .remove(NODES)
-        .unwrap()
-        .reply_events(&[event("ADDED", node(7)), initial_events_end("Node", "v1", 22)]);
+    streams.remove(NODES).unwrap().reply_events(&[
+        event("ADDED", node(7)),
+        initial_events_end("Node", "v1", 22),
+    ]);
     let first = h.next_update().await;
     assert_eq!(names(&first.inputs.services), ["default/web"]);
     assert_eq!(names(&first.inputs.slices), ["default/web-1"]);
@@ -362,7 +451,10 @@ async fn errors_keep_the_stores_and_retry_with_backoff() {
     );
     h.no_update_for(Duration::from_millis(300)).await;
     let retry = h.next_call().await;
-    assert!(failed_at.elapsed() >= Duration::from_millis(300), "backed off");
+    assert!(
+        failed_at.elapsed() >= Duration::from_millis(300),
+        "backed off"
+    );
     assert_eq!(retry.path, NODES);
     assert_watch_from(&retry, 12);
     h.held.push(retry);
