@@ -24,7 +24,15 @@ fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
 fn name(b: &BackendAddr) -> [u8; 7] {
     let ip = b.ip.octets();
     let port = b.port.to_be_bytes();
-    [ip[0], ip[1], ip[2], ip[3], port[0], port[1], b.proto.number()]
+    [
+        ip[0],
+        ip[1],
+        ip[2],
+        ip[3],
+        port[0],
+        port[1],
+        b.proto.number(),
+    ]
 }
 
 /// The lookup table for `backends` (any order: it is sorted here): entry
@@ -85,7 +93,11 @@ mod tests {
 
     fn backends(n: u8) -> Vec<BackendAddr> {
         (1..=n)
-            .map(|i| BackendAddr { ip: Ipv4Addr::new(10, 244, 1, i), port: 8080, proto: Protocol::Tcp })
+            .map(|i| BackendAddr {
+                ip: Ipv4Addr::new(10, 244, 1, i),
+                port: 8080,
+                proto: Protocol::Tcp,
+            })
             .collect()
     }
 
@@ -107,7 +119,10 @@ mod tests {
             for c in counts {
                 // Maglev's guarantee: shares differ by at most ~1 entry per
                 // backend round; allow 1% of the ideal plus one.
-                assert!((f64::from(c) - ideal).abs() <= ideal * 0.01 + 1.0, "n={n}: {c} vs {ideal}");
+                assert!(
+                    (f64::from(c) - ideal).abs() <= ideal * 0.01 + 1.0,
+                    "n={n}: {c} vs {ideal}"
+                );
             }
         }
     }
@@ -142,7 +157,10 @@ mod tests {
         // Nodes running different ferry versions must agree: pin a few entries.
         let t = table(&backends(3), MAGLEV_TABLE_SIZE);
         let head: Vec<u32> = t[..8].to_vec();
-        assert_eq!(head, KNOWN_HEAD, "the Maglev table changed: nodes would disagree");
+        assert_eq!(
+            head, KNOWN_HEAD,
+            "the Maglev table changed: nodes would disagree"
+        );
     }
 
     const KNOWN_HEAD: [u32; 8] = [1, 2, 2, 1, 2, 2, 1, 0];

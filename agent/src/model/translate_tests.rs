@@ -1227,7 +1227,7 @@ endpoints: [{addresses: [10.1.0.1]}]
 }
 
 #[test]
-fn load_balancer_source_ranges_are_reported() {
+fn load_balancer_source_ranges_apply_to_lb_ips_only() {
     let yaml = r#"
 apiVersion: v1
 kind: Service
@@ -1235,18 +1235,140 @@ metadata: {name: lb}
 spec:
   type: LoadBalancer
   clusterIP: 10.96.0.112
-  loadBalancerSourceRanges: [10.0.0.0/8]
+  externalIPs: [192.0.2.7]
+  loadBalancerSourceRanges: [10.0.0.0/8, " 192.168.1.77/24", "fd00::/8", 203.0.113.9]
+  ports: [{port: 80, nodePort: 30080}]
+status: {loadBalancer: {ingress: [{ip: 192.0.2.10}]}}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
+"#;
+    let (desired, diags) = translate(&inputs(yaml));
+    assert_eq!(diags, []);
+    let ranges: Vec<(String, FrontendKind, Vec<String>)> = desired
+        .frontends
+        .iter()
+        .map(|(k, f)| {
+            (
+                k.to_string(),
+                f.kind,
+                f.source_ranges.iter().map(ToString::to_string).collect(),
+            )
+        })
+        .collect();
+    let lb = ranges
+        .iter()
+        .find(|r| r.1 == FrontendKind::LoadBalancer)
+        .expect("LB frontend");
+    // Host bits cleared, a bare address is a /32, IPv6 ranges dropped.
+    assert_eq!(lb.2, ["10.0.0.0/8", "192.168.1.0/24", "203.0.113.9/32"]);
+    for r in ranges.iter().filter(|r| r.1 != FrontendKind::LoadBalancer) {
+        assert!(
+            r.2.is_empty(),
+            "{r:?}: kube-proxy restricts only the LB IPs"
+        );
+    }
+}
+
+#[test]
+fn a_malformed_source_range_skips_the_service_closed() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: lb}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.112
+  loadBalancerSourceRanges: [10.0.0.0/33]
   ports: [{port: 80}]
 "#;
+    let (lines, diags) = run(yaml);
+    assert!(lines.is_empty());
     assert_eq!(
-        run(yaml).1,
-        [info(
+        diags,
+        [warning(
             "Service",
             "default",
             "lb",
-            "loadBalancerSourceRanges is not supported yet: not enforced"
+            "loadBalancerSourceRanges entry \"10.0.0.0/33\" is not an IPv4 CIDR: service skipped"
         )]
     );
+}
+
+#[test]
+fn lb_algorithm_annotation_and_default() {
+    let yaml = |annotation: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: s, annotations: {{{annotation}}}}}
+spec: {{clusterIP: 10.96.0.5, ports: [{{port: 80}}]}}
+"#
+        )
+    };
+    let maglev = |yaml: &str, default: bool| {
+        let mut i = inputs(yaml);
+        i.maglev_default = default;
+        let (d, diags) = translate(&i);
+        (
+            d.frontends.values().next().expect("frontend").maglev,
+            diags.len(),
+        )
+    };
+    assert_eq!(maglev(&yaml(""), false), (false, 0));
+    assert_eq!(maglev(&yaml(""), true), (true, 0));
+    assert_eq!(
+        maglev(&yaml("ferry.io/lb-algorithm: maglev"), false),
+        (true, 0)
+    );
+    assert_eq!(
+        maglev(&yaml("ferry.io/lb-algorithm: random"), true),
+        (false, 0)
+    );
+    assert_eq!(maglev(&yaml("ferry.io/lb-algorithm: rr"), true), (true, 1));
+}
+
+#[test]
+fn health_check_node_port_counts_local_endpoints() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.20
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32000
+  ports: [{name: http, port: 80}, {name: alt, port: 81}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}, {name: alt, port: 8081}]
+endpoints:
+- {addresses: [10.1.0.1], nodeName: node-a, conditions: {ready: true}}
+- {addresses: [10.1.0.2], nodeName: node-a, conditions: {ready: false, serving: true, terminating: true}}
+- {addresses: [10.1.0.3], nodeName: node-b, conditions: {ready: true}}
+"#;
+    let (desired, _) = translate(&inputs(yaml));
+    let hc = &desired.health_checks[&ServiceName {
+        namespace: "default".into(),
+        name: "web".into(),
+    }];
+    assert_eq!(
+        (hc.node_port, hc.local_ready, hc.local_terminating),
+        (32000, 1, 1)
+    );
+    // Cluster policy: no health check node port, whatever the spec says.
+    let cluster = yaml.replace(
+        "externalTrafficPolicy: Local",
+        "externalTrafficPolicy: Cluster",
+    );
+    assert!(translate(&inputs(&cluster)).0.health_checks.is_empty());
 }
 
 #[test]
