@@ -19,7 +19,18 @@ pub const AFFINITY: &str = "ferry_aff_v1";
 /// Per-CPU event counters, indexed by [`crate::stats::Counter`].
 pub const STATS: &str = "ferry_stats_v1";
 
-/// Every map name of the current ABI, in load order.
+/// Connection tracking with NAT for north-south flows (LRU).
+pub const CT_V4: &str = "ferry_ct4_v1";
+/// loadBalancerSourceRanges: (rev-NAT id, CIDR) LPM trie.
+pub const SRC_RANGE_V4: &str = "ferry_srcr4_v1";
+/// Maglev tables: `maglev_key(rev_nat_id, i)` -> backend id.
+pub const MAGLEV: &str = "ferry_maglev_v1";
+/// The node's IPv4 address on each device (ifindex -> address), the SNAT source.
+pub const NODE_ADDR_V4: &str = "ferry_naddr4_v1";
+/// Per-node settings (`NodeConfig`), one entry.
+pub const NODE_CONFIG: &str = "ferry_ncfg_v1";
+
+/// Every map name of the current ABI.
 pub const ALL: &[&str] = &[
     SERVICES_V4,
     BACKENDS_V4,
@@ -27,6 +38,11 @@ pub const ALL: &[&str] = &[
     SOCK_REV_V4,
     AFFINITY,
     STATS,
+    CT_V4,
+    SRC_RANGE_V4,
+    MAGLEV,
+    NODE_ADDR_V4,
+    NODE_CONFIG,
 ];
 
 /// Prefix shared by every map and link ferry pins, whatever its version.

@@ -53,19 +53,19 @@ pub mod ct_flags {
     pub const LOCAL: u8 = 1 << 1;
 }
 
-/// Key of the source-range LPM trie: the prefix covers `rev_nat_id` (32 bits
-/// with its padding) plus the CIDR's length.
+/// Data of the source-range LPM trie key (aya's `lpm_trie::Key<SrcRange4>`
+/// puts the prefix length before it): the prefix covers `rev_nat_id` (32
+/// bits with its padding) plus the CIDR's length.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct SrcRange4Key {
-    pub prefixlen: u32,
+pub struct SrcRange4 {
     pub rev_nat_id: u16,
     pub _pad: u16,
     pub addr: u32,
 }
-const _: () = assert!(core::mem::size_of::<SrcRange4Key>() == 12);
+const _: () = assert!(core::mem::size_of::<SrcRange4>() == 8);
 
-/// Bits of `SrcRange4Key` before the address.
+/// Bits of `SrcRange4` before the address.
 pub const SRC_RANGE_PREFIX_BITS: u32 = 32;
 
 /// Maglev lookup table size: a prime, as the Maglev paper requires; every
@@ -102,6 +102,6 @@ mod pod {
     // SAFETY: plain-old-data, repr(C), no implicit padding (asserted above).
     unsafe impl aya::Pod for Ct4Key {}
     unsafe impl aya::Pod for Ct4Value {}
-    unsafe impl aya::Pod for SrcRange4Key {}
+    unsafe impl aya::Pod for SrcRange4 {}
     unsafe impl aya::Pod for NodeConfig {}
 }

@@ -2,13 +2,16 @@
 //! here; the agent's loader fails loudly if the two ever disagree).
 
 use agent_common::{
-    AffinityKey, AffinityValue, Backend4, RevNat4, SockRev4, SockRev4Key, Svc4Key, SvcValue,
-    maps as m,
+    AffinityKey, AffinityValue, Backend4, Ct4Key, Ct4Value, NodeConfig, RevNat4, SockRev4,
+    SockRev4Key, SrcRange4, Svc4Key, SvcValue, maps as m,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
+
+/// Maps that hold only what is in use.
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 #[map(name = "ferry_svc4_v1")]
 pub static SERVICES_V4: HashMap<Svc4Key, SvcValue> = HashMap::pinned(m::SERVICES_V4_MAX, 0);
@@ -26,6 +29,22 @@ pub static SOCK_REV_V4: LruHashMap<SockRev4Key, SockRev4> =
 #[map(name = "ferry_aff_v1")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::pinned(m::AFFINITY_MAX, 0);
+
+#[map(name = "ferry_ct4_v1")]
+pub static CT_V4: LruHashMap<Ct4Key, Ct4Value> = LruHashMap::pinned(m::CT_V4_MAX, 0);
+
+#[map(name = "ferry_srcr4_v1")]
+// LpmTrie adds BPF_F_NO_PREALLOC itself (the kernel requires it).
+pub static SRC_RANGE_V4: LpmTrie<SrcRange4, u8> = LpmTrie::pinned(m::SRC_RANGE_V4_MAX, 0);
+
+#[map(name = "ferry_maglev_v1")]
+pub static MAGLEV: HashMap<u32, u32> = HashMap::pinned(m::MAGLEV_MAX, BPF_F_NO_PREALLOC);
+
+#[map(name = "ferry_naddr4_v1")]
+pub static NODE_ADDR_V4: HashMap<u32, u32> = HashMap::pinned(m::NODE_ADDR_V4_MAX, 0);
+
+#[map(name = "ferry_ncfg_v1")]
+pub static NODE_CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
 
 #[map(name = "ferry_stats_v1")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(agent_common::stats::COUNTERS, 0);

@@ -56,16 +56,20 @@ pub fn procs(cg: &Path) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// Kills every process in the lab cgroup (cgroup.kill, with a per-PID fallback).
-pub fn kill_all(cg: &Path) {
-    if !cg.exists() {
-        return;
-    }
-    if fs::write(cg.join("cgroup.kill"), "1").is_err() {
-        for pid in procs(cg) {
+/// Kills, by PID, every process left in the lab cgroup (only the lab puts processes there),
+/// again and again until it is empty (a dying process may have forked) or `timeout` passed.
+pub fn kill_all(cg: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let pids = procs(cg);
+        if pids.is_empty() || Instant::now() >= deadline {
+            return;
+        }
+        for pid in pids {
             // SAFETY: kill(2) on a process inside the lab's own cgroup.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
         }
+        thread::sleep(POLL);
     }
 }
 

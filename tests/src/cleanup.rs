@@ -128,7 +128,7 @@ pub fn teardown(rec: &Record) -> Vec<String> {
         }
     }
     if let Some(cg) = &rec.cgroup {
-        cgroup::kill_all(cg);
+        cgroup::kill_all(cg, Duration::from_secs(5));
     }
     let mut names = rec.netns.clone();
     names.extend(netns::list_with_prefix(&Record::netns_prefix(&rec.id)));

@@ -9,8 +9,11 @@
 //!
 //! Nothing here touches the root network namespace, the machine's interfaces or its root
 //! cgroup: veth pairs are created directly inside lab namespaces, and the only processes killed
-//! are those the lab started (by PID, or by the lab cgroup's `cgroup.kill`).
+//! are those the lab started, by PID (the agent's after checking its command line; leftovers of
+//! the lab cgroup, where only the lab puts processes, from that cgroup's `cgroup.procs`).
 
+pub mod agent;
+pub mod apiserver;
 pub mod cgroup;
 pub mod cleanup;
 pub mod client;
@@ -19,10 +22,13 @@ pub mod manifests;
 pub mod netns;
 pub mod proc;
 pub mod services;
+pub mod workload;
 
+pub use agent::AgentOpts;
 pub use client::{Attempt, EchoReply};
-pub use lab::{AgentOpts, ClientLoop, Lab, Pod};
+pub use lab::{Lab, Pod};
 pub use manifests::{Endpoint, EndpointSlice, Service};
+pub use workload::ClientLoop;
 
 /// True when running as root (the lab needs it).
 pub fn is_root() -> bool {

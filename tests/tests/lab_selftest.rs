@@ -231,3 +231,36 @@ fn a_signal_removes_live_labs() {
         assert_nothing_left(&id);
     }
 }
+
+#[test]
+fn a_killed_test_process_is_swept_by_the_next_lab() {
+    require_root!();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "hold_a_lab_until_signalled",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("FERRY_LAB_HOLD", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let id = stdout
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("LAB_ID=").map(str::to_owned))
+        .expect("the helper printed its lab id");
+    // SIGKILL: no handler runs, the lab stays behind.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Its lab stays behind (unless a lab of a parallel test swept it already): the next lab
+    // sweeps it, since its owner is gone.
+    println!("left by the killed process: {:?}", cleanup::leftovers(&id));
+    let lab = Lab::new("a_killed_test_process_is_swept_by_the_next_lab");
+    assert_nothing_left(&id);
+    drop(lab);
+}

@@ -3,12 +3,16 @@
 //! the diff logic (which writes happen, in which order).
 
 use agent_common::{
-    AffinityKey, AffinityValue, Backend4, RevNat4, Svc4Key, SvcValue, maps as names,
+    AffinityKey, AffinityValue, Backend4, RevNat4, SRC_RANGE_PREFIX_BITS, SrcRange4, Svc4Key,
+    SvcValue, maps as names, net::ip4_to_raw,
 };
-use aya::maps::MapError;
+use aya::maps::{MapError, lpm_trie::Key};
 
 use super::Maps;
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    model::Cidr4,
+};
 
 pub trait LbMaps {
     fn services(&self) -> Vec<(Svc4Key, SvcValue)>;
@@ -22,6 +26,24 @@ pub trait LbMaps {
     fn put_rev_nat(&mut self, id: u16, v: RevNat4) -> Result<()>;
     fn del_rev_nat(&mut self, id: u16) -> Result<()>;
     fn del_affinity(&mut self, k: &AffinityKey) -> Result<()>;
+    fn put_src_range(&mut self, rev_nat_id: u16, cidr: Cidr4) -> Result<()>;
+    fn del_src_range(&mut self, rev_nat_id: u16, cidr: Cidr4) -> Result<()>;
+    /// Source ranges held in the kernel, for adoption.
+    fn src_ranges(&self) -> Vec<(u16, Cidr4)>;
+    fn put_maglev(&mut self, key: u32, backend_id: u32) -> Result<()>;
+    fn del_maglev(&mut self, key: u32) -> Result<()>;
+    /// Maglev entries held in the kernel, for adoption.
+    fn maglev_entries(&self) -> Vec<(u32, u32)>;
+}
+
+/// The LPM key of a source range of a service.
+pub fn src_range_key(rev_nat_id: u16, cidr: Cidr4) -> Key<SrcRange4> {
+    let data = SrcRange4 {
+        rev_nat_id,
+        _pad: 0,
+        addr: ip4_to_raw(cidr.addr.octets()),
+    };
+    Key::new(SRC_RANGE_PREFIX_BITS + u32::from(cidr.len), data)
 }
 
 /// Deleting what is already gone is success: the goal state is reached.
@@ -72,5 +94,40 @@ impl LbMaps for Maps {
     }
     fn del_affinity(&mut self, k: &AffinityKey) -> Result<()> {
         deleted(names::AFFINITY, self.affinity.remove(k))
+    }
+    fn put_src_range(&mut self, rev_nat_id: u16, cidr: Cidr4) -> Result<()> {
+        let key = src_range_key(rev_nat_id, cidr);
+        self.src_ranges
+            .insert(&key, &1u8, 0)
+            .map_err(|e| Error::map(names::SRC_RANGE_V4, e))
+    }
+    fn del_src_range(&mut self, rev_nat_id: u16, cidr: Cidr4) -> Result<()> {
+        deleted(
+            names::SRC_RANGE_V4,
+            self.src_ranges.remove(&src_range_key(rev_nat_id, cidr)),
+        )
+    }
+    fn src_ranges(&self) -> Vec<(u16, Cidr4)> {
+        self.src_ranges
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| {
+                let d = k.data();
+                let len = (k.prefix_len().saturating_sub(SRC_RANGE_PREFIX_BITS)).min(32) as u8;
+                let addr = std::net::Ipv4Addr::from(agent_common::net::ip4_from_raw(d.addr));
+                (d.rev_nat_id, Cidr4 { addr, len })
+            })
+            .collect()
+    }
+    fn put_maglev(&mut self, key: u32, backend_id: u32) -> Result<()> {
+        self.maglev
+            .insert(&key, &backend_id, 0)
+            .map_err(|e| Error::map(names::MAGLEV, e))
+    }
+    fn del_maglev(&mut self, key: u32) -> Result<()> {
+        deleted(names::MAGLEV, self.maglev.remove(&key))
+    }
+    fn maglev_entries(&self) -> Vec<(u32, u32)> {
+        self.maglev.iter().filter_map(Result::ok).collect()
     }
 }

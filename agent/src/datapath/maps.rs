@@ -2,12 +2,12 @@
 //! opened from their pins (for `ferry services`, `ferry stats`).
 
 use agent_common::{
-    AffinityKey, AffinityValue, Backend4, RevNat4, SockRev4, SockRev4Key, Svc4Key, SvcValue,
-    maps as names,
+    AffinityKey, AffinityValue, Backend4, Ct4Key, Ct4Value, NodeConfig, RevNat4, SockRev4,
+    SockRev4Key, SrcRange4, Svc4Key, SvcValue, maps as names,
 };
 use aya::{
     Ebpf,
-    maps::{HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, lpm_trie::LpmTrie},
 };
 
 use crate::{
@@ -22,6 +22,11 @@ pub struct Maps {
     pub sock_rev: HashMap<MapData, SockRev4Key, SockRev4>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     pub stats: PerCpuArray<MapData, u64>,
+    pub ct: HashMap<MapData, Ct4Key, Ct4Value>,
+    pub src_ranges: LpmTrie<MapData, SrcRange4, u8>,
+    pub maglev: HashMap<MapData, u32, u32>,
+    pub node_addr: HashMap<MapData, u32, u32>,
+    pub node_config: Array<MapData, NodeConfig>,
 }
 
 impl Maps {
@@ -40,6 +45,11 @@ impl Maps {
             sock_rev: typed(names::SOCK_REV_V4, take(names::SOCK_REV_V4)?)?,
             affinity: typed(names::AFFINITY, take(names::AFFINITY)?)?,
             stats: typed(names::STATS, take(names::STATS)?)?,
+            ct: typed(names::CT_V4, take(names::CT_V4)?)?,
+            src_ranges: typed(names::SRC_RANGE_V4, take(names::SRC_RANGE_V4)?)?,
+            maglev: typed(names::MAGLEV, take(names::MAGLEV)?)?,
+            node_addr: typed(names::NODE_ADDR_V4, take(names::NODE_ADDR_V4)?)?,
+            node_config: typed(names::NODE_CONFIG, take(names::NODE_CONFIG)?)?,
         })
     }
 
@@ -56,6 +66,11 @@ impl Maps {
             sock_rev: typed(names::SOCK_REV_V4, open(names::SOCK_REV_V4)?)?,
             affinity: typed(names::AFFINITY, open(names::AFFINITY)?)?,
             stats: typed(names::STATS, open(names::STATS)?)?,
+            ct: typed(names::CT_V4, open(names::CT_V4)?)?,
+            src_ranges: typed(names::SRC_RANGE_V4, open(names::SRC_RANGE_V4)?)?,
+            maglev: typed(names::MAGLEV, open(names::MAGLEV)?)?,
+            node_addr: typed(names::NODE_ADDR_V4, open(names::NODE_ADDR_V4)?)?,
+            node_config: typed(names::NODE_CONFIG, open(names::NODE_CONFIG)?)?,
         })
     }
 

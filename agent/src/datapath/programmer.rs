@@ -20,10 +20,10 @@ use agent_common::{
 };
 use tracing::{debug, warn};
 
-use super::{Maps, ids::IdAllocator, lbmaps::LbMaps, snapshot::KernelState};
+use super::{Maps, ids::IdAllocator, lbmaps::LbMaps, maglev, snapshot::KernelState};
 use crate::{
     error::{Error, Result},
-    model::{BackendAddr, Desired, Frontend, FrontendKey, FrontendKind, Protocol, Scope},
+    model::{BackendAddr, Cidr4, Desired, Frontend, FrontendKey, FrontendKind, Protocol, Scope},
 };
 
 /// What one frontend looks like in the kernel, minus its ids.
@@ -37,6 +37,8 @@ struct Programmed {
     flags: u16,
     affinity_timeout: u32,
     rev_nat_id: u16,
+    /// loadBalancerSourceRanges (external scope only).
+    source_ranges: BTreeSet<Cidr4>,
 }
 
 impl Programmed {
@@ -46,6 +48,7 @@ impl Programmed {
             && self.state == other.state
             && self.flags == other.flags
             && self.affinity_timeout == other.affinity_timeout
+            && self.source_ranges == other.source_ranges
     }
 }
 
@@ -65,6 +68,10 @@ type RevNatKey = (Ipv4Addr, u16, Protocol);
 struct RevNatEntry {
     id: u16,
     refs: u32,
+    /// Source ranges in the LPM map for this service address.
+    ranges: BTreeSet<Cidr4>,
+    /// The Maglev table in the kernel (backend ids), when the service uses it.
+    maglev: Option<Vec<u32>>,
 }
 
 /// Counts of one sync, for logs and metrics.
@@ -152,7 +159,12 @@ impl<M: LbMaps> Programmer<M> {
             let rid = f.value.rev_nat_id;
             p.rev_nats
                 .entry(rkey)
-                .or_insert(RevNatEntry { id: rid, refs: 0 })
+                .or_insert(RevNatEntry {
+                    id: rid,
+                    refs: 0,
+                    ranges: BTreeSet::new(),
+                    maglev: None,
+                })
                 .refs += 1;
             p.rev_ids.reserve(u32::from(rid));
             p.svc_entries += 1 + u32::from(f.value.count);
@@ -165,6 +177,7 @@ impl<M: LbMaps> Programmer<M> {
                     flags: f.value.flags,
                     affinity_timeout: f.value.affinity_timeout,
                     rev_nat_id: rid,
+                    source_ranges: BTreeSet::new(),
                 },
             );
             if !complete {
@@ -180,6 +193,7 @@ impl<M: LbMaps> Programmer<M> {
         for id in st.rev_nat.keys().filter(|id| !used_rev.contains(id)) {
             let _ = p.maps.del_rev_nat(*id);
         }
+        p.adopt_north_south(&used_rev);
         debug!(
             frontends = p.frontends.len(),
             backends = p.backends.len(),
@@ -323,6 +337,16 @@ impl<M: LbMaps> Programmer<M> {
             }
         }
 
+        // What the TC path reads beside the frontend (external scope only):
+        // added before the frontend points at it, removed after.
+        let external = key.scope == Scope::External;
+        if external {
+            self.add_source_ranges(rev_nat_id, &want.source_ranges)?;
+            if want.flags & svc_flags::MAGLEV != 0 {
+                self.write_maglev(rev_nat_id, &want.backends, &ids)?;
+            }
+        }
+
         let svc_key = |slot: u16| Svc4Key {
             addr: ip4_to_raw(key.ip.octets()),
             port: port_to_raw(key.port),
@@ -351,6 +375,12 @@ impl<M: LbMaps> Programmer<M> {
             self.maps.del_service(&svc_key(slot as u16))?;
         }
         self.svc_entries = self.svc_entries + extra - old_count.saturating_sub(new_count);
+        if external {
+            self.remove_source_ranges(rev_nat_id, &want.source_ranges);
+            if want.flags & svc_flags::MAGLEV == 0 {
+                self.clear_maglev(rev_nat_id);
+            }
+        }
 
         if let Some(old) = &old {
             let kept: BTreeSet<u32> = ids.iter().copied().collect();
@@ -474,7 +504,15 @@ impl<M: LbMaps> Programmer<M> {
             self.rev_ids.release(u32::from(id));
             return Err(e);
         }
-        self.rev_nats.insert(rkey, RevNatEntry { id, refs: 1 });
+        self.rev_nats.insert(
+            rkey,
+            RevNatEntry {
+                id,
+                refs: 1,
+                ranges: BTreeSet::new(),
+                maglev: None,
+            },
+        );
         Ok(id)
     }
 
@@ -486,11 +524,136 @@ impl<M: LbMaps> Programmer<M> {
         e.refs -= 1;
         if e.refs == 0 {
             let id = e.id;
+            self.remove_source_ranges(id, &BTreeSet::new());
+            self.clear_maglev(id);
             self.rev_nats.remove(&rkey);
             if let Err(e) = self.maps.del_rev_nat(id) {
                 warn!(frontend = %key, error = %e, "removing a rev-NAT entry");
             }
             self.rev_ids.release(u32::from(id));
+        }
+    }
+
+    fn rev_nat_mut(&mut self, id: u16) -> Option<&mut RevNatEntry> {
+        self.rev_nats.values_mut().find(|r| r.id == id)
+    }
+
+    fn add_source_ranges(&mut self, rev_nat_id: u16, want: &BTreeSet<Cidr4>) -> Result<()> {
+        let have = self
+            .rev_nat_mut(rev_nat_id)
+            .map(|r| r.ranges.clone())
+            .unwrap_or_default();
+        for &cidr in want.difference(&have) {
+            self.maps.put_src_range(rev_nat_id, cidr)?;
+            if let Some(r) = self.rev_nat_mut(rev_nat_id) {
+                r.ranges.insert(cidr);
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_source_ranges(&mut self, rev_nat_id: u16, keep: &BTreeSet<Cidr4>) {
+        let have = self
+            .rev_nat_mut(rev_nat_id)
+            .map(|r| r.ranges.clone())
+            .unwrap_or_default();
+        for &cidr in have.difference(keep) {
+            if let Err(e) = self.maps.del_src_range(rev_nat_id, cidr) {
+                warn!(rev_nat_id, %cidr, error = %e, "removing a source range");
+                continue;
+            }
+            if let Some(r) = self.rev_nat_mut(rev_nat_id) {
+                r.ranges.remove(&cidr);
+            }
+        }
+    }
+
+    /// Writes the Maglev table of `backends` (sorted and deduplicated, as
+    /// `maglev::table` indexes them; `ids[i]` is the id of `backends[i]`):
+    /// only the entries that change.
+    fn write_maglev(
+        &mut self,
+        rev_nat_id: u16,
+        backends: &[BackendAddr],
+        ids: &[u32],
+    ) -> Result<()> {
+        let want: Vec<u32> = maglev::table(backends, maglev::MAGLEV_TABLE_SIZE)
+            .into_iter()
+            .map(|pos| ids[pos as usize])
+            .collect();
+        let have = self
+            .rev_nat_mut(rev_nat_id)
+            .and_then(|r| r.maglev.clone())
+            .unwrap_or_default();
+        for (i, &id) in want.iter().enumerate() {
+            if have.get(i) != Some(&id) {
+                self.maps
+                    .put_maglev(agent_common::maglev_key(rev_nat_id, i as u32), id)?;
+            }
+        }
+        for i in want.len()..have.len() {
+            let _ = self
+                .maps
+                .del_maglev(agent_common::maglev_key(rev_nat_id, i as u32));
+        }
+        if let Some(r) = self.rev_nat_mut(rev_nat_id) {
+            r.maglev = Some(want);
+        }
+        Ok(())
+    }
+
+    fn clear_maglev(&mut self, rev_nat_id: u16) {
+        let Some(table) = self.rev_nat_mut(rev_nat_id).and_then(|r| r.maglev.take()) else {
+            return;
+        };
+        for i in 0..table.len() as u32 {
+            let _ = self
+                .maps
+                .del_maglev(agent_common::maglev_key(rev_nat_id, i));
+        }
+    }
+
+    /// Takes the source ranges and Maglev tables of adopted services; drops
+    /// those of services that no longer exist.
+    fn adopt_north_south(&mut self, used_rev: &BTreeSet<u16>) {
+        for (rev, cidr) in self.maps.src_ranges() {
+            match self.rev_nat_mut(rev) {
+                Some(r) if used_rev.contains(&rev) => {
+                    r.ranges.insert(cidr);
+                }
+                _ => {
+                    let _ = self.maps.del_src_range(rev, cidr);
+                }
+            }
+        }
+        let mut tables: BTreeMap<u16, Vec<u32>> = BTreeMap::new();
+        for (key, id) in self.maps.maglev_entries() {
+            let (rev, i) = ((key >> 16) as u16, (key & 0xffff) as usize);
+            if !used_rev.contains(&rev) {
+                let _ = self.maps.del_maglev(key);
+                continue;
+            }
+            let t = tables.entry(rev).or_default();
+            if t.len() <= i {
+                t.resize(i + 1, 0);
+            }
+            t[i] = id;
+        }
+        for (rev, table) in tables {
+            if let Some(r) = self.rev_nat_mut(rev) {
+                r.maglev = Some(table);
+            }
+        }
+        // Programmed source ranges of the external entries, for the diff.
+        let ranges: BTreeMap<u16, BTreeSet<Cidr4>> = self
+            .rev_nats
+            .values()
+            .map(|r| (r.id, r.ranges.clone()))
+            .collect();
+        for (key, f) in self.frontends.iter_mut() {
+            if key.scope == Scope::External && f.flags & svc_flags::SOURCE_RANGES != 0 {
+                f.source_ranges = ranges.get(&f.rev_nat_id).cloned().unwrap_or_default();
+            }
         }
     }
 
@@ -530,6 +693,18 @@ fn want_of(key: &FrontendKey, f: &Frontend, rev_nat_id: u16) -> Programmed {
     if f.itp_local {
         flags |= svc_flags::ITP_LOCAL;
     }
+    let external = key.scope == Scope::External && f.kind != FrontendKind::ClusterIP;
+    let source_ranges: BTreeSet<Cidr4> = if external {
+        f.source_ranges.iter().copied().collect()
+    } else {
+        BTreeSet::new()
+    };
+    if !source_ranges.is_empty() {
+        flags |= svc_flags::SOURCE_RANGES;
+    }
+    if external && f.maglev {
+        flags |= svc_flags::MAGLEV;
+    }
     let mut backends = f.backends.clone();
     backends.sort();
     backends.dedup();
@@ -554,6 +729,7 @@ fn want_of(key: &FrontendKey, f: &Frontend, rev_nat_id: u16) -> Programmed {
         flags,
         affinity_timeout: f.affinity_timeout.unwrap_or(0),
         rev_nat_id,
+        source_ranges,
     }
 }
 

@@ -1,7 +1,12 @@
 //! The diff logic against an in-memory model of the maps that records every
 //! write, so the tests can say which writes happen and in which order.
 
-use std::{cell::RefCell, collections::BTreeMap, net::Ipv4Addr, rc::Rc};
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    rc::Rc,
+};
 
 use agent_common::{
     AffinityKey, AffinityValue, Backend4, RevNat4, Svc4Key, SvcValue, affinity_client, maps,
@@ -11,7 +16,9 @@ use agent_common::{
 use super::*;
 use crate::{
     datapath::lbmaps::LbMaps,
-    model::{BackendAddr, Frontend, FrontendKey, FrontendKind, Protocol, Scope, ServiceName},
+    model::{
+        BackendAddr, Cidr4, Frontend, FrontendKey, FrontendKind, Protocol, Scope, ServiceName,
+    },
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +30,10 @@ enum Op {
     PutRevNat(u16),
     DelRevNat(u16),
     DelAffinity,
+    PutRange(u16, Cidr4),
+    DelRange(u16, Cidr4),
+    PutMaglev,
+    DelMaglev,
 }
 
 #[derive(Default)]
@@ -31,6 +42,8 @@ struct Inner {
     backends: BTreeMap<u32, Backend4>,
     rev_nat: BTreeMap<u16, RevNat4>,
     affinity: Vec<(AffinityKey, AffinityValue)>,
+    ranges: BTreeSet<(u16, Cidr4)>,
+    maglev: BTreeMap<u32, u32>,
     ops: Vec<Op>,
 }
 
@@ -113,6 +126,41 @@ impl LbMaps for FakeMaps {
         m.affinity.retain(|(a, _)| a != k);
         m.ops.push(Op::DelAffinity);
         Ok(())
+    }
+    fn put_src_range(&mut self, rev: u16, cidr: Cidr4) -> Result<()> {
+        let mut m = self.0.borrow_mut();
+        m.ranges.insert((rev, cidr));
+        m.ops.push(Op::PutRange(rev, cidr));
+        Ok(())
+    }
+    fn del_src_range(&mut self, rev: u16, cidr: Cidr4) -> Result<()> {
+        let mut m = self.0.borrow_mut();
+        m.ranges.remove(&(rev, cidr));
+        m.ops.push(Op::DelRange(rev, cidr));
+        Ok(())
+    }
+    fn src_ranges(&self) -> Vec<(u16, Cidr4)> {
+        self.0.borrow().ranges.iter().copied().collect()
+    }
+    fn put_maglev(&mut self, key: u32, id: u32) -> Result<()> {
+        let mut m = self.0.borrow_mut();
+        m.maglev.insert(key, id);
+        m.ops.push(Op::PutMaglev);
+        Ok(())
+    }
+    fn del_maglev(&mut self, key: u32) -> Result<()> {
+        let mut m = self.0.borrow_mut();
+        m.maglev.remove(&key);
+        m.ops.push(Op::DelMaglev);
+        Ok(())
+    }
+    fn maglev_entries(&self) -> Vec<(u32, u32)> {
+        self.0
+            .borrow()
+            .maglev
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
     }
 }
 
@@ -429,4 +477,93 @@ fn etp_local_external_entry_is_flagged_two_scopes() {
         m.services[&raw(&ext, 0)].rev_nat_id,
         m.services[&raw(&int, 0)].rev_nat_id
     );
+}
+
+fn lb(name: &str, backends: Vec<BackendAddr>) -> Frontend {
+    Frontend {
+        kind: FrontendKind::LoadBalancer,
+        ..frontend(name, backends)
+    }
+}
+
+fn cidr(a: [u8; 4], len: u8) -> Cidr4 {
+    Cidr4 {
+        addr: Ipv4Addr::from(a),
+        len,
+    }
+}
+
+#[test]
+fn source_ranges_follow_the_service_and_go_with_it() {
+    let maps = FakeMaps::default();
+    let mut p = Programmer::adopt(maps.clone());
+    let k = key([192, 0, 2, 10], 80);
+    let mut f = lb("lb", vec![be(2, 80)]);
+    f.source_ranges = vec![cidr([10, 0, 0, 0], 8), cidr([172, 16, 0, 0], 12)];
+    p.apply(&desired(vec![(k, f.clone())]));
+    let rev = maps.0.borrow().services[&raw(&k, 0)].rev_nat_id;
+    assert_ne!(m_flags(&maps, &k) & svc_flags::SOURCE_RANGES, 0);
+    let ops = maps.take_ops();
+    // Ranges are in place before the frontend that needs them.
+    assert!(
+        pos(&ops, &Op::PutRange(rev, cidr([10, 0, 0, 0], 8))) < pos(&ops, &Op::PutSvc(raw(&k, 0)))
+    );
+
+    f.source_ranges = vec![cidr([10, 0, 0, 0], 8)];
+    p.apply(&desired(vec![(k, f.clone())]));
+    let ops = maps.take_ops();
+    assert_eq!(
+        ops.iter()
+            .filter(|o| matches!(o, Op::PutRange(..) | Op::DelRange(..)))
+            .collect::<Vec<_>>(),
+        vec![&Op::DelRange(rev, cidr([172, 16, 0, 0], 12))]
+    );
+    // A restarted agent adopts them: nothing to write.
+    let mut second = Programmer::adopt(maps.clone());
+    assert_eq!(second.apply(&desired(vec![(k, f)])).unchanged, 1);
+    assert_eq!(maps.take_ops(), vec![]);
+    second.apply(&Desired::default());
+    assert!(maps.0.borrow().ranges.is_empty());
+}
+
+#[test]
+fn maglev_tables_are_written_as_diffs_and_name_only_live_backends() {
+    let maps = FakeMaps::default();
+    let mut p = Programmer::adopt(maps.clone());
+    let k = key([192, 0, 2, 10], 80);
+    let mut f = lb("lb", (2..=6).map(|i| be(i, 80)).collect());
+    f.maglev = true;
+    p.apply(&desired(vec![(k, f.clone())]));
+    let m = maglev::MAGLEV_TABLE_SIZE as usize;
+    assert_eq!(maps.0.borrow().maglev.len(), m);
+    assert_eq!(
+        maps.take_ops()
+            .iter()
+            .filter(|o| **o == Op::PutMaglev)
+            .count(),
+        m
+    );
+
+    // Remove one of five backends: about a fifth of the table is rewritten.
+    f.backends.retain(|b| *b != be(4, 80));
+    p.apply(&desired(vec![(k, f.clone())]));
+    let writes = maps
+        .take_ops()
+        .iter()
+        .filter(|o| **o == Op::PutMaglev)
+        .count();
+    assert!(
+        writes > m / 6 && writes < m / 3,
+        "{writes} of {m} entries rewritten"
+    );
+    let live: BTreeSet<u32> = (1..=4)
+        .map(|s| maps.0.borrow().services[&raw(&k, s)].backend_id)
+        .collect();
+    assert!(maps.0.borrow().maglev.values().all(|id| live.contains(id)));
+
+    // Switching Maglev off clears the table.
+    f.maglev = false;
+    p.apply(&desired(vec![(k, f)]));
+    assert!(maps.0.borrow().maglev.is_empty());
+    assert_eq!(m_flags(&maps, &k) & svc_flags::MAGLEV, 0);
 }
