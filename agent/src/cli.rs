@@ -24,6 +24,8 @@ pub enum Command {
     Services(ShowArgs),
     /// Show the kernel programs' event counters.
     Stats(ShowArgs),
+    /// List the north-south flows the kernel tracks, with their translations.
+    Conntrack(ShowArgs),
     /// Detach and unpin everything ferry put in the kernel.
     Cleanup(CleanupArgs),
 }
@@ -58,6 +60,14 @@ pub struct AgentArgs {
     /// Devices for the north-south programs.
     #[arg(long, value_name = "IF[,IF..]", value_delimiter = ',')]
     pub interfaces: Vec<String>,
+    /// externalTrafficPolicy Cluster to a remote backend: SNAT (default,
+    /// kube-proxy's behaviour) or DSR.
+    #[arg(long, value_enum, default_value_t = LbMode::Snat)]
+    pub lb_mode: LbMode,
+    /// Default north-south backend choice; the Service annotation
+    /// `ferry.io/lb-algorithm: maglev|random` overrides it.
+    #[arg(long, value_enum, default_value_t = LbAlgorithm::Random)]
+    pub lb_algorithm: LbAlgorithm,
     /// Health server: GET /healthz, /readyz, /livez.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:10256")]
     pub healthz_bind_address: SocketAddr,
@@ -82,6 +92,26 @@ pub struct CleanupArgs {
     /// agent still holds.
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
+}
+
+/// How north-south traffic reaches a backend on another node
+/// (externalTrafficPolicy Cluster).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LbMode {
+    /// Source NAT to the node's address, as kube-proxy does: works with any
+    /// backend node, the backend sees the node's address.
+    Snat,
+    /// Direct server return: the backend sees the client's address and its
+    /// node answers the client directly (needs ferry on every node).
+    Dsr,
+}
+
+/// Backend choice for north-south traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LbAlgorithm {
+    Random,
+    /// Maglev consistent hashing: every node picks the same backend for a flow.
+    Maglev,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -6,6 +6,7 @@ pub mod cmd;
 pub mod datapath;
 pub mod error;
 pub mod model;
+pub mod northsouth;
 pub mod paths;
 pub mod server;
 pub mod source;

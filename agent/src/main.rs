@@ -20,6 +20,7 @@ fn main() -> anyhow::Result<()> {
             Command::Agent(args) => ferry::cmd::agent::run(args).await,
             Command::Services(args) => ferry::cmd::services::run(&args),
             Command::Stats(args) => ferry::cmd::stats::run(&args),
+            Command::Conntrack(args) => ferry::cmd::conntrack::run(&args),
             Command::Cleanup(args) => ferry::cmd::cleanup::run(&args),
         }
     })

@@ -24,6 +24,10 @@ pub const SOCK_PROGRAMS: &[(&str, &str)] = &[
     ("ferry_peer4", "ferry_link_peer4"),
 ];
 
+/// The north-south TC programs (ELF function names).
+pub const TC_INGRESS: &str = "ferry_tc_in";
+pub const TC_EGRESS: &str = "ferry_tc_out";
+
 /// Pin directory layout.
 #[derive(Clone, Debug)]
 pub struct PinDir {

@@ -12,12 +12,13 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
-    cli::AgentArgs,
+    cli::{AgentArgs, LbAlgorithm},
     datapath::{Datapath, LoadOptions, Maps, Programmer},
     model::{self, Desired, Diagnostic, Severity},
+    northsouth::{self, NorthSouth},
     paths::{self, PinDir},
     server::{
         health::Health,
@@ -32,6 +33,9 @@ enum Source {
     Manifests(std::path::PathBuf),
     Kube(::kube::Client),
 }
+
+/// How often idle conntrack entries are collected.
+const CT_GC_PERIOD: Duration = Duration::from_secs(30);
 
 /// A sync that failed is retried after this long (kube-proxy backs off
 /// between its minimum and full sync periods).
@@ -55,9 +59,6 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 .context("configuring the Kubernetes API client")?,
         ),
     };
-    if !args.interfaces.is_empty() {
-        warn!(interfaces = ?args.interfaces, "north-south programs are not implemented yet; --interfaces ignored");
-    }
     info!(node = %node_name, cgroup = %cgroup.display(), bpffs = %args.bpffs.display(), "starting");
 
     let health = Health::default();
@@ -79,12 +80,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     serve_metrics(&args, &metrics).await?;
 
-    let (_datapath, maps) = Datapath::load(&LoadOptions {
+    let (mut datapath, maps) = Datapath::load(&LoadOptions {
         pin_dir: args.bpffs.clone(),
         cgroup: cgroup.clone(),
     })
     .context("loading the datapath")?;
     let mut programmer = Programmer::adopt(maps);
+    let mut north_south = NorthSouth::new(args.interfaces.clone(), args.lb_mode);
+    let maglev_default = args.lb_algorithm == LbAlgorithm::Maglev;
+    let mut gc = tokio::time::interval(CT_GC_PERIOD);
     info!(
         frontends = programmer.frontend_count(),
         "adopted the kernel's state"
@@ -122,7 +126,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         };
         tokio::select! {
             update = rx.recv() => {
-                let Some(update) = update else { bail!("the source stopped") };
+                let Some(mut update) = update else { bail!("the source stopped") };
+                update.inputs.maglev_default = maglev_default;
                 health.queued();
                 let changes = Changes::between(inputs.as_ref(), &update.inputs, started);
                 metrics.changes(changes.services, changes.endpoint_slices);
@@ -130,6 +135,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 let (desired, diags) = model::translate(&update.inputs);
                 reporter.report(update.diagnostics.iter().chain(&diags));
                 let ok = sync(&mut programmer, &desired, &health, &metrics);
+                north_south.sync(&desired, &mut datapath, programmer.maps_mut()).await;
                 retry_at = (!ok).then(|| tokio::time::Instant::now() + RETRY_AFTER);
                 last = Some(desired);
                 inputs = Some(update.inputs);
@@ -142,6 +148,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 retry_at = (!ok).then(|| tokio::time::Instant::now() + RETRY_AFTER);
                 if ok {
                     metrics.network_programmed(&std::mem::take(&mut triggers));
+                }
+            }
+            _ = gc.tick() => {
+                let gone = northsouth::gc_conntrack(programmer.maps_mut());
+                if gone > 0 {
+                    debug!(flows = gone, "conntrack: idle entries removed");
                 }
             }
             _ = sigterm.recv() => break,

@@ -2,5 +2,6 @@
 
 pub mod agent;
 pub mod cleanup;
+pub mod conntrack;
 pub mod services;
 pub mod stats;

@@ -3,6 +3,7 @@
 //! [`crate::model::Desired`] state into map writes as a diff ([`programmer`]).
 
 pub mod ids;
+pub mod ifaces;
 pub mod lbmaps;
 pub mod loader;
 pub mod maglev;
@@ -10,6 +11,7 @@ pub mod maps;
 pub mod programmer;
 pub mod snapshot;
 pub mod sys;
+pub mod tc;
 
 pub use loader::{Datapath, LoadOptions};
 pub use maps::Maps;

@@ -207,6 +207,12 @@ impl<M: LbMaps> Programmer<M> {
         &self.maps
     }
 
+    /// For the maps the programmer does not own the content of (node
+    /// settings, conntrack).
+    pub fn maps_mut(&mut self) -> &mut M {
+        &mut self.maps
+    }
+
     pub fn frontend_count(&self) -> usize {
         self.frontends.len()
     }

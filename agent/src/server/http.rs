@@ -39,12 +39,13 @@ impl Reply {
 }
 
 /// Binds `addr` now (so a busy port fails the agent at start, clearly) and
-/// serves `handler(path)` on a background task.
+/// serves `handler(path)` on a background task; aborting the returned task
+/// closes the listener.
 pub async fn serve<F, Fut>(
     what: &'static str,
     addr: SocketAddr,
     handler: F,
-) -> std::io::Result<SocketAddr>
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)>
 where
     F: Fn(String) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Reply> + Send + 'static,
@@ -53,7 +54,7 @@ where
     let bound = listener.local_addr()?;
     info!(%bound, "{what} server listening");
     let handler = Arc::new(handler);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
@@ -85,5 +86,5 @@ where
             });
         }
     });
-    Ok(bound)
+    Ok((bound, task))
 }

@@ -1,5 +1,6 @@
 //! The agent's HTTP endpoints, on kube-proxy's ports and paths.
 
 pub mod health;
+pub mod healthcheck;
 pub mod http;
 pub mod metrics;

@@ -1,0 +1,77 @@
+//! The network namespace's interfaces and their IPv4 addresses (getifaddrs).
+
+use std::{collections::BTreeMap, ffi::CStr, io, net::Ipv4Addr};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub index: u32,
+    pub ipv4: Vec<Ipv4Addr>,
+}
+
+/// Every interface with at least one IPv4 address, by name.
+pub fn list() -> io::Result<BTreeMap<String, Interface>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out: BTreeMap<String, Interface> = BTreeMap::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_addr is non-null; the family says which sockaddr it is.
+        if i32::from(unsafe { (*ifa.ifa_addr).sa_family }) != libc::AF_INET {
+            continue;
+        }
+        // SAFETY: AF_INET addresses are sockaddr_in.
+        let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+        let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let name_c = unsafe { CStr::from_ptr(ifa.ifa_name) };
+        let name = name_c.to_string_lossy().into_owned();
+        // SAFETY: valid NUL-terminated name.
+        let index = unsafe { libc::if_nametoindex(name_c.as_ptr()) };
+        out.entry(name.clone())
+            .or_insert(Interface {
+                name,
+                index,
+                ipv4: Vec::new(),
+            })
+            .ipv4
+            .push(ip);
+    }
+    // SAFETY: head came from getifaddrs.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
+/// The interfaces that hold any of `node_ips` (the default for
+/// `--interfaces`, as Cilium picks the devices with the node's addresses).
+pub fn holding(all: &BTreeMap<String, Interface>, node_ips: &[Ipv4Addr]) -> Vec<Interface> {
+    all.values()
+        .filter(|i| i.ipv4.iter().any(|ip| node_ips.contains(ip)))
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_listed_with_its_address() {
+        let all = list().expect("getifaddrs");
+        let lo = all.values().find(|i| i.ipv4.contains(&Ipv4Addr::LOCALHOST));
+        // A namespace without lo up has no IPv4 on it; only check what is there.
+        if let Some(lo) = lo {
+            assert!(lo.index > 0);
+            assert_eq!(holding(&all, &[Ipv4Addr::LOCALHOST])[0].name, lo.name);
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The north-south programs on the node's devices: TCX ingress and egress,
+//! through pinned links so they survive agent restarts and are replaced in
+//! place (BPF_LINK_UPDATE) by the next agent.
+
+use std::{collections::BTreeSet, fs, path::Path};
+
+use aya::{
+    Ebpf,
+    programs::{
+        SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttach},
+    },
+};
+use tracing::{info, warn};
+
+use super::ifaces::Interface;
+use crate::{
+    error::{Error, Result},
+    paths::{self, PinDir},
+};
+
+/// (program, hook) pairs attached to every device.
+const TC_PROGRAMS: &[(&str, TcAttachType, &str)] = &[
+    (paths::TC_INGRESS, TcAttachType::Ingress, "in"),
+    (paths::TC_EGRESS, TcAttachType::Egress, "out"),
+];
+
+/// True when the object carries the TC programs.
+pub fn available(ebpf: &Ebpf) -> bool {
+    TC_PROGRAMS
+        .iter()
+        .all(|(name, _, _)| ebpf.program(name).is_some())
+}
+
+/// Loads the TC programs (once per agent).
+pub fn load(ebpf: &mut Ebpf) -> Result<()> {
+    for &(name, _, _) in TC_PROGRAMS {
+        classifier(ebpf, name)?
+            .load()
+            .map_err(|e| Error::program(name, e))?;
+    }
+    Ok(())
+}
+
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .ok_or(Error::MissingObject {
+            what: "program",
+            name: name.to_string(),
+        })?
+        .try_into()
+        .map_err(|e| Error::program(name, e))
+}
+
+fn pin_name(dir: &str, ifname: &str) -> String {
+    format!("ferry_link_tc{dir}_{ifname}")
+}
+
+/// Attaches (or replaces in the pinned link) both programs on `iface`.
+pub fn attach(ebpf: &mut Ebpf, pins: &PinDir, iface: &Interface) -> Result<()> {
+    for &(name, hook, dir) in TC_PROGRAMS {
+        let pin = pins.link(&pin_name(dir, &iface.name));
+        let prog = classifier(ebpf, name)?;
+        if pin.exists() {
+            match replace(prog, &pin) {
+                Ok(()) => {
+                    info!(program = name, device = %iface.name, "replaced in its pinned link");
+                    continue;
+                }
+                Err(detail) => {
+                    warn!(program = name, device = %iface.name, %detail, "re-attaching");
+                    let _ = fs::remove_file(&pin);
+                }
+            }
+        }
+        let id = prog
+            .attach(iface.index, TcAttach::Auto(hook))
+            .map_err(|e| Error::program(name, e))?;
+        let link = prog.take_link(id).map_err(|e| Error::program(name, e))?;
+        match FdLink::try_from(link) {
+            Ok(fd_link) => {
+                fd_link.pin(&pin).map_err(|e| Error::Link {
+                    name: name.to_string(),
+                    path: pin.clone(),
+                    detail: e.to_string(),
+                })?;
+            }
+            Err(e) => {
+                // Kernels before 6.6 (no TCX) attach through netlink, which has
+                // no link to pin. The filter outlives us like kube-proxy's
+                // rules; `ferry cleanup` cannot remove it (tc filter del can).
+                warn!(program = name, device = %iface.name, error = %e, "attached without TCX");
+            }
+        }
+        info!(program = name, device = %iface.name, ifindex = iface.index, "attached");
+    }
+    Ok(())
+}
+
+fn replace(prog: &mut SchedClassifier, pin: &Path) -> Result<(), String> {
+    let pinned = PinnedLink::from_pin(pin).map_err(|e| e.to_string())?;
+    let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())?;
+    let id = prog.attach_to_link(link).map_err(|e| e.to_string())?;
+    drop(prog.take_link(id).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+/// Detaches the programs from devices no longer wanted (their pins go).
+pub fn detach_others(pins: &PinDir, keep: &BTreeSet<String>) {
+    let Ok(entries) = fs::read_dir(pins.root()) else {
+        return;
+    };
+    for e in entries.filter_map(std::result::Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(ifname) = name
+            .strip_prefix("ferry_link_tcin_")
+            .or_else(|| name.strip_prefix("ferry_link_tcout_"))
+        else {
+            continue;
+        };
+        if !keep.contains(ifname) {
+            info!(device = ifname, "detaching from a device no longer used");
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
