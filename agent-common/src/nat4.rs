@@ -27,7 +27,10 @@ pub mod ct_dir {
 /// What to write into a packet of the flow: its new source and destination.
 /// For `FORWARD`: destination = the backend, source = the SNAT address and
 /// port (or the client unchanged). For `REPLY`: source = the frontend,
-/// destination = the client.
+/// destination = the client. All four fields are always filled (an
+/// unchanged address is written as itself), so the REPLY key of a flow is
+/// `(nat_daddr, nat_saddr, nat_dport, nat_sport)` of its FORWARD value and
+/// an ICMP error about either direction is translated from one entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Ct4Value {
@@ -84,7 +87,9 @@ pub const fn maglev_key(rev_nat_id: u16, index: u32) -> u32 {
 pub struct NodeConfig {
     /// [`node_flags`].
     pub flags: u32,
-    /// SNAT source ports are taken from [min, max].
+    /// SNAT source ports are taken from [min, max] (host order). 0 in
+    /// either, or min > max, means [`SNAT_PORT_MIN_DEFAULT`,
+    /// `SNAT_PORT_MAX_DEFAULT`].
     pub snat_port_min: u16,
     pub snat_port_max: u16,
 }
@@ -94,6 +99,54 @@ pub mod node_flags {
     /// externalTrafficPolicy Cluster to a remote backend: keep the client's
     /// address and let the backend's node answer (DSR) instead of SNAT.
     pub const DSR: u32 = 1 << 0;
+}
+
+/// Default SNAT source port range: above Linux's default ephemeral range
+/// (`net.ipv4.ip_local_port_range` = 32768..60999), so a translated flow
+/// does not take a port the node's own sockets use. The node's sockets are
+/// not in the conntrack map: a SNAT port they also used would steal their
+/// replies. Only a client port inside the range is ever kept as the SNAT port.
+pub const SNAT_PORT_MIN_DEFAULT: u16 = 61_000;
+pub const SNAT_PORT_MAX_DEFAULT: u16 = 65_535;
+
+/// The hash a north-south flow is placed with in a Maglev table
+/// (`flow_hash_v4(..) % MAGLEV_TABLE_SIZE`). Every node must compute the same
+/// value for the same flow, so it is a fixed function of the 5-tuple with no
+/// per-node seed: Bob Jenkins' lookup3 final mix as Linux's `jhash_3words`
+/// computes it, over host-order values
+/// `a = saddr, b = daddr, c = sport << 16 | dport` with `initval = proto`.
+/// Arguments are raw (network order), as they sit in packets and keys.
+#[inline(always)]
+pub const fn flow_hash_v4(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> u32 {
+    let c = ((u16::from_be(sport) as u32) << 16) | u16::from_be(dport) as u32;
+    jhash_3words(u32::from_be(saddr), u32::from_be(daddr), c, proto as u32)
+}
+
+/// `jhash_3words` of Linux's include/linux/jhash.h (lookup3's `final`).
+#[inline(always)]
+pub const fn jhash_3words(a: u32, b: u32, c: u32, initval: u32) -> u32 {
+    const JHASH_INITVAL: u32 = 0xdead_beef;
+    let init = initval.wrapping_add(JHASH_INITVAL).wrapping_add(3 << 2);
+    let (mut a, mut b, mut c) = (
+        a.wrapping_add(init),
+        b.wrapping_add(init),
+        c.wrapping_add(init),
+    );
+    c ^= b;
+    c = c.wrapping_sub(b.rotate_left(14));
+    a ^= c;
+    a = a.wrapping_sub(c.rotate_left(11));
+    b ^= a;
+    b = b.wrapping_sub(a.rotate_left(25));
+    c ^= b;
+    c = c.wrapping_sub(b.rotate_left(16));
+    a ^= c;
+    a = a.wrapping_sub(c.rotate_left(4));
+    b ^= a;
+    b = b.wrapping_sub(a.rotate_left(14));
+    c ^= b;
+    c = c.wrapping_sub(b.rotate_left(24));
+    c
 }
 
 #[cfg(feature = "user")]

@@ -36,9 +36,17 @@ pub enum Counter {
     NsIcmpTranslated = 14,
     /// North-south: no free SNAT port or a full conntrack map: dropped.
     NsNatFailed = 15,
+    /// North-south: no endpoints, but the ICMP port unreachable could not be
+    /// built in place (IP options, a truncated packet, a TCP segment still
+    /// waiting for its checksum from offload, a failed helper): dropped.
+    NsRejectFailed = 16,
+    /// North-south: a translated packet whose new source is a node address
+    /// could not be forwarded through the FIB (no route, forwarding off on the
+    /// device, MTU): handed to the stack, which may drop it as a martian.
+    NsFibPassed = 17,
 }
 
-pub const COUNTERS: u32 = 16;
+pub const COUNTERS: u32 = 18;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
@@ -58,6 +66,8 @@ impl Counter {
         Counter::NsRejected,
         Counter::NsIcmpTranslated,
         Counter::NsNatFailed,
+        Counter::NsRejectFailed,
+        Counter::NsFibPassed,
     ];
 
     /// Stable name used in metrics and `ferry stats`.
@@ -79,6 +89,8 @@ impl Counter {
             Counter::NsRejected => "ns_rejected",
             Counter::NsIcmpTranslated => "ns_icmp_translated",
             Counter::NsNatFailed => "ns_nat_failed",
+            Counter::NsRejectFailed => "ns_reject_failed",
+            Counter::NsFibPassed => "ns_fib_passed",
         }
     }
 }

@@ -5,13 +5,33 @@
 //! before any packet exists, so pod-to-service traffic needs no per-packet
 //! NAT. recvmsg() and getpeername() translate the backend back to the
 //! service, so the application only ever sees the address it dialled.
+//!
+//! North-south load balancing (TC on the node's devices, `tc.rs`): traffic
+//! from outside the cluster to NodePorts, externalIPs and LoadBalancer IPs is
+//! translated per packet with connection tracking.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod csum;
+#[cfg(target_arch = "bpf")]
+mod ct;
+#[cfg(target_arch = "bpf")]
+mod fib;
+#[cfg(target_arch = "bpf")]
+mod icmp;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod nodeport;
+#[cfg(target_arch = "bpf")]
+mod parse;
+#[cfg(target_arch = "bpf")]
+mod select;
+#[cfg(target_arch = "bpf")]
 mod sock_lb;
+#[cfg(target_arch = "bpf")]
+mod tc;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

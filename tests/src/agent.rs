@@ -65,6 +65,10 @@ impl Lab {
     /// Starts `ferry agent` in the node namespace (network namespace only: it is in no lab
     /// cgroup) and waits until `/readyz` answers 200. Returns the time it took.
     pub fn start_agent(&self, opts: &AgentOpts) -> Duration {
+        assert!(
+            !self.node.is_empty(),
+            "this lab has several nodes: start their agents through the cluster"
+        );
         let bin = Lab::ferry_bin();
         let mut agent = lock(&self.agent);
         if let Some(running) = agent.as_ref()
@@ -146,30 +150,7 @@ impl Lab {
 
     /// The HTTP status of a path on the agent's health server, asked from the node namespace.
     pub fn healthz_status(&self, path: &str) -> Option<u16> {
-        let url = format!("http://127.0.0.1:{HEALTHZ_PORT}{path}");
-        let ns = format!("--net={}", self.node_netns_path().display());
-        let out = proc::output_placed(
-            Command::new("nsenter").args([
-                ns.as_str(),
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "--max-time",
-                "2",
-                "-w",
-                "%{http_code}",
-                &url,
-            ]),
-            &Placement::default(),
-            Duration::from_secs(5),
-        )
-        .ok()?;
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .ok()
-            .filter(|&c| c != 0)
+        http_status_in(&self.node_netns_path(), HEALTHZ_PORT, path)
     }
 
     /// Sends SIGTERM to the agent and waits for it (SIGKILL after 10 s).
@@ -324,7 +305,36 @@ impl Lab {
     }
 }
 
-fn read_lossy(path: &Path) -> String {
+/// The HTTP status of `http://127.0.0.1:PORT/PATH` asked from inside a network namespace
+/// (None if nothing answered within 2 s).
+pub fn http_status_in(netns: &Path, port: u16, path: &str) -> Option<u16> {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let ns = format!("--net={}", netns.display());
+    let out = proc::output_placed(
+        Command::new("nsenter").args([
+            ns.as_str(),
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "2",
+            "-w",
+            "%{http_code}",
+            &url,
+        ]),
+        &Placement::default(),
+        Duration::from_secs(5),
+    )
+    .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&c| c != 0)
+}
+
+pub(crate) fn read_lossy(path: &Path) -> String {
     let mut buf = Vec::new();
     if let Ok(mut f) = File::open(path) {
         let _ = f.read_to_end(&mut buf);

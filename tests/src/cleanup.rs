@@ -44,6 +44,15 @@ pub struct Record {
     pub agent_pid: Option<u32>,
     /// `ferry cleanup` to run once an agent has been started: (binary, pin dir, cgroup).
     pub ferry_cleanup: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// A multi-node lab: the agents running per node (node name -> PID).
+    #[serde(default)]
+    pub node_agents: BTreeMap<String, u32>,
+    /// A multi-node lab: `ferry cleanup` per node (binary, pin dir, node cgroup).
+    #[serde(default)]
+    pub node_cleanups: Vec<(PathBuf, PathBuf, PathBuf)>,
+    /// Cgroups inside the lab cgroup (the nodes' of a multi-node lab), removed before it.
+    #[serde(default)]
+    pub child_cgroups: Vec<PathBuf>,
 }
 
 impl Record {
@@ -100,34 +109,20 @@ pub fn unregister(id: &str) {
 /// Removes everything a record names. Returns the errors met (it never panics).
 pub fn teardown(rec: &Record) -> Vec<String> {
     let mut errors = Vec::new();
-    if let Some(pid) = rec.agent_pid
-        && !proc::terminate_pid(pid, &rec.id, Duration::from_secs(5))
-    {
-        errors.push(format!(
-            "pid {pid} is no longer the lab's agent: left alone"
-        ));
-    }
-    if let Some((bin, pin, cg)) = &rec.ferry_cleanup
-        && (pin.exists() || cg.exists())
-        && bin.is_file()
-    {
-        let mut cmd = Command::new(bin);
-        cmd.arg("cleanup")
-            .arg("--bpffs")
-            .arg(pin)
-            .arg("--cgroup")
-            .arg(cg);
-        match proc::output_placed(&mut cmd, &Placement::default(), Duration::from_secs(30)) {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => errors.push(format!(
-                "ferry cleanup failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )),
-            Err(e) => errors.push(format!("ferry cleanup: {e}")),
+    for pid in rec.agent_pid.iter().chain(rec.node_agents.values()) {
+        if !proc::terminate_pid(*pid, &rec.id, Duration::from_secs(5)) {
+            errors.push(format!(
+                "pid {pid} is no longer the lab's agent: left alone"
+            ));
         }
     }
-    if let Some(cg) = &rec.cgroup {
+    for (bin, pin, cg) in rec.ferry_cleanup.iter().chain(&rec.node_cleanups) {
+        if (pin.exists() || cg.exists()) && bin.is_file() {
+            ferry_cleanup(bin, pin, cg, &mut errors);
+        }
+    }
+    let cgroups = lab_cgroups(rec);
+    for cg in &cgroups {
         cgroup::kill_all(cg, Duration::from_secs(5));
     }
     let mut names = rec.netns.clone();
@@ -139,10 +134,10 @@ pub fn teardown(rec: &Record) -> Vec<String> {
             errors.push(format!("{e:#}"));
         }
     }
-    if let Some(cg) = &rec.cgroup
-        && let Err(e) = cgroup::remove(cg, Duration::from_secs(5))
-    {
-        errors.push(format!("{e:#}"));
+    for cg in &cgroups {
+        if let Err(e) = cgroup::remove(cg, Duration::from_secs(5)) {
+            errors.push(format!("{e:#}"));
+        }
     }
     let mounted =
         cgroup::is_mount_point(&rec.bpffs_mount) && !unmount(&rec.bpffs_mount, &mut errors);
@@ -158,6 +153,42 @@ pub fn teardown(rec: &Record) -> Vec<String> {
         errors.push(format!("removing {}: {e}", rec.tmp.display()));
     }
     errors
+}
+
+/// The lab's cgroups, children first: the recorded ones and any directory found inside the lab
+/// cgroup (only the lab creates cgroups there), then the lab cgroup itself.
+fn lab_cgroups(rec: &Record) -> Vec<PathBuf> {
+    let mut all = rec.child_cgroups.clone();
+    if let Some(cg) = &rec.cgroup {
+        if let Ok(dir) = fs::read_dir(cg) {
+            for e in dir.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) && !all.contains(&e.path()) {
+                    all.push(e.path());
+                }
+            }
+        }
+        all.push(cg.clone());
+    }
+    all
+}
+
+/// `ferry cleanup --bpffs PIN --cgroup CG`: detaches and unpins what an agent left.
+fn ferry_cleanup(bin: &Path, pin: &Path, cg: &Path, errors: &mut Vec<String>) {
+    let mut cmd = Command::new(bin);
+    cmd.arg("cleanup")
+        .arg("--bpffs")
+        .arg(pin)
+        .arg("--cgroup")
+        .arg(cg);
+    match proc::output_placed(&mut cmd, &Placement::default(), Duration::from_secs(30)) {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => errors.push(format!(
+            "ferry cleanup failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => errors.push(format!("ferry cleanup: {e}")),
+    }
 }
 
 /// Unmounts; returns true if it is no longer mounted.

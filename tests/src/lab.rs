@@ -39,6 +39,9 @@ pub struct Pod {
     /// The namespace name (`fy<id>-<name>`).
     pub netns: String,
     pub netns_path: PathBuf,
+    /// The cgroup its programs run in; `None`: the lab cgroup. (In a [`Cluster`](crate::Cluster)
+    /// each node's pods are in that node's cgroup, where that node's agent hooks sockets.)
+    pub cgroup: Option<PathBuf>,
 }
 
 /// A test's lab. Dropping it removes everything it created.
@@ -66,6 +69,16 @@ impl Lab {
     }
 
     pub fn try_new(test: &str) -> Result<Lab> {
+        Lab::create(test, true)
+    }
+
+    /// A lab without its node namespace (no `add_pod`, no `start_agent`): the shared part
+    /// (id, cgroup, bpffs, manifests, processes, cleanup) of a [`Cluster`](crate::Cluster).
+    pub(crate) fn try_new_bare(test: &str) -> Result<Lab> {
+        Lab::create(test, false)
+    }
+
+    fn create(test: &str, single_node: bool) -> Result<Lab> {
         if !crate::is_root() {
             bail!("the lab needs root");
         }
@@ -73,7 +86,11 @@ impl Lab {
         let cg2 = cgroup::cgroup2_mount()?;
         let (id, tmp) = claim_id(&cg2)?;
         let cgroup = cg2.join(format!("{LAB_PREFIX}{id}"));
-        let node = format!("{}node", Record::netns_prefix(&id));
+        let node = if single_node {
+            format!("{}node", Record::netns_prefix(&id))
+        } else {
+            String::new()
+        };
         let bpffs = tmp.join("bpffs");
         cleanup::register(Record {
             id: id.clone(),
@@ -82,9 +99,14 @@ impl Lab {
             tmp: tmp.clone(),
             bpffs_mount: bpffs.clone(),
             cgroup: Some(cgroup.clone()),
-            netns: vec![node.clone()],
+            netns: if single_node {
+                vec![node.clone()]
+            } else {
+                Vec::new()
+            },
             agent_pid: None,
             ferry_cleanup: None,
+            ..Record::default()
         });
         let lab = Lab {
             manifests: Manifests::new(tmp.join("manifests")),
@@ -114,6 +136,9 @@ impl Lab {
         mount_bpffs(&self.bpffs)?;
         fs::create_dir(self.manifests.dir())?;
         fs::create_dir(self.tmp.join("logs"))?;
+        if self.node.is_empty() {
+            return Ok(());
+        }
         netns::add(&self.node)?;
         netns::ip(&self.node, &["link", "set", "lo", "up"])?;
         netns::ip(&self.node, &["link", "add", "br0", "type", "bridge"])?;
@@ -172,6 +197,9 @@ impl Lab {
     }
 
     fn try_add_pod(&self, name: &str) -> Result<Pod> {
+        if self.node.is_empty() {
+            bail!("this lab has several nodes: add pods to one of them");
+        }
         let mut pods = lock(&self.pods);
         if pods.iter().any(|p| p.name == name) {
             bail!("pod {name} exists already");
@@ -209,9 +237,26 @@ impl Lab {
             ip,
             netns_path: netns::path(&ns),
             netns: ns,
+            cgroup: None,
         };
         pods.push(pod.clone());
         Ok(pod)
+    }
+
+    /// Adds a pod made elsewhere (a cluster's) so that `pod()` finds it; false if the name
+    /// is taken.
+    pub(crate) fn register_pod(&self, pod: Pod) -> bool {
+        let mut pods = lock(&self.pods);
+        if pods.iter().any(|p| p.name == pod.name) {
+            return false;
+        }
+        pods.push(pod);
+        true
+    }
+
+    /// Adds a log file to those printed when a test fails (a cluster's agents').
+    pub(crate) fn add_agent_log(&self, path: PathBuf) {
+        lock(&self.agent_logs).push(path);
     }
 
     /// A pod added before.
@@ -230,7 +275,7 @@ impl Lab {
     fn pod_placement(&self, pod: &Pod) -> Placement {
         Placement {
             netns: Some(pod.netns_path.clone()),
-            cgroup: Some(self.cgroup.clone()),
+            cgroup: Some(pod.cgroup.clone().unwrap_or_else(|| self.cgroup.clone())),
         }
     }
 

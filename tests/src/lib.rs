@@ -17,17 +17,20 @@ pub mod apiserver;
 pub mod cgroup;
 pub mod cleanup;
 pub mod client;
+pub mod cluster;
 pub mod lab;
 pub mod manifests;
 pub mod netns;
 pub mod proc;
+pub mod progtest;
 pub mod services;
 pub mod workload;
 
 pub use agent::AgentOpts;
 pub use client::{Attempt, EchoReply};
+pub use cluster::{Cluster, ClusterNode, Flow};
 pub use lab::{Lab, Pod};
-pub use manifests::{Endpoint, EndpointSlice, Service};
+pub use manifests::{Endpoint, EndpointSlice, Node, Service};
 pub use workload::ClientLoop;
 
 /// True when running as root (the lab needs it).

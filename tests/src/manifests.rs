@@ -59,6 +59,8 @@ pub struct ServicePort {
     pub port: i64,
     pub protocol: String,
     pub target_port: Option<TargetPort>,
+    /// i64 so that a test can write an invalid one.
+    pub node_port: Option<i64>,
 }
 
 /// A v1 Service.
@@ -75,6 +77,13 @@ pub struct Service {
     pub labels: Vec<(String, String)>,
     pub internal_traffic_policy: Option<String>,
     pub external_name: Option<String>,
+    pub external_traffic_policy: Option<String>,
+    pub external_ips: Vec<String>,
+    /// `status.loadBalancer.ingress[].ip`
+    pub lb_ingress: Vec<String>,
+    pub health_check_node_port: Option<i64>,
+    pub source_ranges: Vec<String>,
+    pub annotations: Vec<(String, String)>,
 }
 
 impl Service {
@@ -90,6 +99,28 @@ impl Service {
             labels: Vec::new(),
             internal_traffic_policy: None,
             external_name: None,
+            external_traffic_policy: None,
+            external_ips: Vec::new(),
+            lb_ingress: Vec::new(),
+            health_check_node_port: None,
+            source_ranges: Vec::new(),
+            annotations: Vec::new(),
+        }
+    }
+
+    /// A NodePort service (give its ports nodePorts with [`node_port`](Service::node_port)).
+    pub fn node_port_service(name: &str, cluster_ip: &str) -> Service {
+        Service {
+            type_: "NodePort".to_owned(),
+            ..Service::cluster_ip(name, cluster_ip)
+        }
+    }
+
+    /// A LoadBalancer service (its ingress IPs: [`lb_ingress`](Service::lb_ingress)).
+    pub fn load_balancer(name: &str, cluster_ip: &str) -> Service {
+        Service {
+            type_: "LoadBalancer".to_owned(),
+            ..Service::cluster_ip(name, cluster_ip)
         }
     }
 
@@ -141,7 +172,50 @@ impl Service {
             port,
             protocol: protocol.to_owned(),
             target_port: target,
+            node_port: None,
         });
+        self
+    }
+
+    /// The nodePort of the port added last.
+    pub fn node_port(mut self, node_port: i64) -> Self {
+        self.ports
+            .last_mut()
+            .expect("node_port() follows a port")
+            .node_port = Some(node_port);
+        self
+    }
+
+    /// externalTrafficPolicy (Cluster or Local).
+    pub fn external_traffic_policy(mut self, policy: &str) -> Self {
+        self.external_traffic_policy = Some(policy.to_owned());
+        self
+    }
+
+    pub fn external_ip(mut self, ip: &str) -> Self {
+        self.external_ips.push(ip.to_owned());
+        self
+    }
+
+    /// An IP of `status.loadBalancer.ingress`.
+    pub fn lb_ingress(mut self, ip: &str) -> Self {
+        self.lb_ingress.push(ip.to_owned());
+        self
+    }
+
+    pub fn health_check_node_port(mut self, port: i64) -> Self {
+        self.health_check_node_port = Some(port);
+        self
+    }
+
+    /// A loadBalancerSourceRanges entry (CIDR).
+    pub fn source_range(mut self, cidr: &str) -> Self {
+        self.source_ranges.push(cidr.to_owned());
+        self
+    }
+
+    pub fn annotation(mut self, key: &str, value: &str) -> Self {
+        self.annotations.push((key.to_owned(), value.to_owned()));
         self
     }
 
@@ -202,6 +276,9 @@ impl Manifest for Service {
                         Some(TargetPort::Name(s)) => json!(s),
                     };
                     port.insert("targetPort".into(), target);
+                    if let Some(n) = p.node_port {
+                        port.insert("nodePort".into(), json!(n));
+                    }
                     Value::Object(port)
                 })
                 .collect();
@@ -223,12 +300,38 @@ impl Manifest for Service {
         if let Some(p) = &self.internal_traffic_policy {
             spec.insert("internalTrafficPolicy".into(), json!(p));
         }
-        json!({
+        if let Some(p) = &self.external_traffic_policy {
+            spec.insert("externalTrafficPolicy".into(), json!(p));
+        }
+        if !self.external_ips.is_empty() {
+            spec.insert("externalIPs".into(), json!(self.external_ips));
+        }
+        if let Some(n) = self.health_check_node_port {
+            spec.insert("healthCheckNodePort".into(), json!(n));
+        }
+        if !self.source_ranges.is_empty() {
+            spec.insert("loadBalancerSourceRanges".into(), json!(self.source_ranges));
+        }
+        let mut meta = metadata(&self.name, &self.namespace, &self.labels);
+        if !self.annotations.is_empty() {
+            let annotations: Map<String, Value> = self
+                .annotations
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            meta["annotations"] = Value::Object(annotations);
+        }
+        let mut svc = json!({
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": metadata(&self.name, &self.namespace, &self.labels),
+            "metadata": meta,
             "spec": spec,
-        })
+        });
+        if !self.lb_ingress.is_empty() {
+            let ingress: Vec<Value> = self.lb_ingress.iter().map(|ip| json!({"ip": ip})).collect();
+            svc["status"] = json!({"loadBalancer": {"ingress": ingress}});
+        }
+        svc
     }
 }
 
@@ -373,6 +476,62 @@ impl Manifest for EndpointSlice {
             "addressType": "IPv4",
             "ports": ports,
             "endpoints": endpoints,
+        })
+    }
+}
+
+/// A v1 Node: its name and `status.addresses` (where NodePorts listen).
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub name: String,
+    /// (type, address): InternalIP, ExternalIP, Hostname...
+    pub addresses: Vec<(String, String)>,
+}
+
+impl Node {
+    /// A node with one InternalIP.
+    pub fn new(name: &str, internal_ip: impl ToString) -> Node {
+        Node {
+            name: name.to_owned(),
+            addresses: vec![("InternalIP".to_owned(), internal_ip.to_string())],
+        }
+    }
+
+    pub fn address(mut self, type_: &str, address: impl ToString) -> Self {
+        self.addresses.push((type_.to_owned(), address.to_string()));
+        self
+    }
+}
+
+impl Manifest for Node {
+    fn kind(&self) -> &'static str {
+        "Node"
+    }
+
+    /// Nodes are cluster-scoped.
+    fn namespace(&self) -> &str {
+        ""
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn file_name(&self) -> String {
+        format!("node-{}.yaml", self.name)
+    }
+
+    fn to_value(&self) -> Value {
+        let addresses: Vec<Value> = self
+            .addresses
+            .iter()
+            .map(|(t, a)| json!({"type": t, "address": a}))
+            .collect();
+        json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": self.name},
+            "status": {"addresses": addresses},
         })
     }
 }

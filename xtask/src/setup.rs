@@ -41,6 +41,36 @@ const LAB_PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "nsenter"),
 ];
 
+/// Debian packages of the demo's servers and clients (`cargo xtask demo`, tests/tests/demo.rs).
+/// Only their programs are used: the demo runs each server itself inside a lab namespace, with
+/// its data and config in the lab's temporary directory. Installing them must not start the
+/// system services some of them ship, see [`NoServiceStarts`].
+const DEMO_PACKAGES: &[(&str, &str)] = &[
+    ("mariadb-server", "mariadbd"),
+    ("mariadb-client", "mariadb"),
+    ("redis-server", "redis-server"),
+    ("nginx", "nginx"),
+    ("dnsmasq-base", "dnsmasq"),
+    ("bind9-dnsutils", "dig"),
+];
+
+/// Debian packages of `cargo xtask bench`: the load tool, kube-proxy's two rule layouts (loaded
+/// only inside lab namespaces, through `nsenter`), and the plots of docs/benchmarks.md.
+const BENCH_PACKAGES: &[(&str, &str)] = &[
+    ("wrk", "wrk"),
+    ("iptables", "iptables-restore"),
+    ("nftables", "nft"),
+    ("gnuplot-nox", "gnuplot"),
+];
+
+/// Every apt package the lab, the demo and the bench use, with a command proving each one.
+fn lab_packages() -> impl Iterator<Item = &'static (&'static str, &'static str)> {
+    LAB_PACKAGES
+        .iter()
+        .chain(DEMO_PACKAGES)
+        .chain(BENCH_PACKAGES)
+}
+
 /// apt lists younger than this are used without `apt-get update` (unless an install fails).
 const APT_LISTS_FRESH: Duration = Duration::from_secs(6 * 3600);
 
@@ -187,7 +217,7 @@ impl Setup {
 
     fn apt(&mut self) -> Result<()> {
         let mut wanted = build_packages();
-        wanted.extend(LAB_PACKAGES.iter().map(|(p, _)| p.to_string()));
+        wanted.extend(lab_packages().map(|(p, _)| p.to_string()));
         let debian = Path::new("/etc/debian_version").exists();
         let missing = if debian {
             dpkg_missing(&wanted)?
@@ -243,8 +273,12 @@ impl Setup {
                 );
             }
         }
+        // mariadb-server, redis-server and nginx ship system services whose postinst starts
+        // them: no service may start (the demo runs its own servers, in lab namespaces).
+        let _no_starts = NoServiceStarts::install()?;
         let mut cmd = Cmd::new("apt-get");
         cmd.env("DEBIAN_FRONTEND", "noninteractive")
+            .env("RUNLEVEL", "1")
             .args(["install", "-y", "--no-install-recommends"])
             .args(&missing);
         if !cmd.run_ok()? {
@@ -336,6 +370,45 @@ impl Setup {
     }
 }
 
+/// `/usr/sbin/policy-rc.d` answering 101 ("action forbidden") while apt-get runs, so that
+/// `invoke-rc.d`/`deb-systemd-invoke` in the packages' postinst scripts start no service. An
+/// existing policy-rc.d (a container's, or the admin's) is left as it is; ours is removed again
+/// when the guard is dropped.
+struct NoServiceStarts {
+    written: bool,
+}
+
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+const POLICY_RC_D_TEXT: &str = "#!/bin/sh\n# Written by ferry's `cargo xtask setup` while it runs \
+    apt-get (removed after): start no service.\nexit 101\n";
+
+impl NoServiceStarts {
+    fn install() -> Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        if Path::new(POLICY_RC_D).exists() {
+            let ours = std::fs::read_to_string(POLICY_RC_D).is_ok_and(|t| t == POLICY_RC_D_TEXT);
+            return Ok(Self { written: ours });
+        }
+        eprintln!("setup: writing {POLICY_RC_D} (exit 101) so that apt-get starts no service");
+        std::fs::write(POLICY_RC_D, POLICY_RC_D_TEXT)
+            .and_then(|()| {
+                std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))
+            })
+            .with_context(|| format!("setup: writing {POLICY_RC_D}"))?;
+        Ok(Self { written: true })
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if self.written
+            && let Err(e) = std::fs::remove_file(POLICY_RC_D)
+        {
+            eprintln!("setup: could not remove {POLICY_RC_D}: {e}: remove it by hand");
+        }
+    }
+}
+
 /// An error that names the piece and the exact command that fixes it.
 fn fix(err: Error, what: &str, command: &str) -> Error {
     err.context(format!("setup: {what}. Fix:\n    {command}\nthen rerun"))
@@ -367,8 +440,7 @@ fn dpkg_missing(packages: &[String]) -> Result<Vec<String>> {
 
 /// Without dpkg: the lab tools by their commands, LLVM by its llvm-config.
 fn probe_missing() -> Vec<String> {
-    let mut missing: Vec<String> = LAB_PACKAGES
-        .iter()
+    let mut missing: Vec<String> = lab_packages()
         .filter(|(_, bin)| which(bin).is_none())
         .map(|(p, _)| p.to_string())
         .collect();

@@ -1,0 +1,118 @@
+//! Checksums: rewriting address and port fields of a TCP/UDP packet with the
+//! kernel's incremental helpers, and the one's-complement arithmetic (RFC
+//! 1071, RFC 1624) for what the helpers cannot do: checksums inside an ICMP
+//! payload and packets built from scratch.
+//!
+//! All values are raw (network order) as loaded from the packet. One's
+//! complement sums do not depend on byte order as long as every word is read
+//! the same way (RFC 1071 §2(B)), so words read natively from network bytes
+//! give the right bytes when stored natively again.
+
+use aya_ebpf::{
+    bindings::{BPF_F_PSEUDO_HDR, TC_ACT_SHOT},
+    programs::TcContext,
+};
+
+use crate::parse::{IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF, L4};
+
+/// One's-complement addition of two 32-bit partial sums (end-around carry).
+#[inline(always)]
+pub fn add(a: u32, b: u32) -> u32 {
+    let (sum, carry) = a.overflowing_add(b);
+    sum.wrapping_add(carry as u32)
+}
+
+/// Folds a 32-bit partial sum to 16 bits (not complemented).
+#[inline(always)]
+pub fn fold(sum: u32) -> u16 {
+    let s = (sum & 0xffff) + (sum >> 16);
+    let s = (s & 0xffff) + (s >> 16);
+    s as u16
+}
+
+/// Adds the change of a 32-bit field from `old` to `new` to a difference
+/// (RFC 1624: ~m + m').
+#[inline(always)]
+pub fn diff4(acc: u32, old: u32, new: u32) -> u32 {
+    add(add(acc, !old), new)
+}
+
+/// Adds the change of a 16-bit field (at an even offset) to a difference.
+#[inline(always)]
+pub fn diff2(acc: u32, old: u16, new: u16) -> u32 {
+    add(add(acc, (!old) as u32), new as u32)
+}
+
+/// The checksum field after the bytes it covers changed by `diff`
+/// (RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m')).
+#[inline(always)]
+pub fn apply(check: u16, diff: u32) -> u16 {
+    !fold(add((!check) as u32, diff))
+}
+
+/// The RFC 1071 checksum to store over `N` 16-bit words.
+#[inline(always)]
+pub fn of_words<const N: usize>(words: &[u16; N]) -> u16 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < N {
+        sum = add(sum, words[i] as u32);
+        i += 1;
+    }
+    !fold(sum)
+}
+
+/// Sets an IPv4 address of a TCP/UDP packet (`dst` chooses which) and fixes
+/// both checksums: the IP header's and the L4 pseudo-header's. The
+/// BPF_F_PSEUDO_HDR flag lets the helper handle CHECKSUM_PARTIAL packets
+/// (whose L4 field holds only the pseudo-header sum) and keep a
+/// CHECKSUM_COMPLETE `skb->csum` right.
+#[inline(always)]
+pub fn set_addr(ctx: &TcContext, l4: &L4, dst: bool, old: u32, new: u32) -> Result<(), i32> {
+    if old == new {
+        return Ok(());
+    }
+    let off = if dst { IP_DADDR_OFF } else { IP_SADDR_OFF };
+    ctx.l4_csum_replace(
+        l4.csum_off,
+        old as u64,
+        new as u64,
+        BPF_F_PSEUDO_HDR as u64 | l4.csum_flags | 4,
+    )
+    .map_err(|_| TC_ACT_SHOT)?;
+    ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 4)
+        .map_err(|_| TC_ACT_SHOT)?;
+    ctx.store(off, &new, 0).map_err(|_| TC_ACT_SHOT)
+}
+
+/// Sets the source (`dst` false) or destination port of a TCP/UDP packet and
+/// fixes its checksum (ports are covered as data, not pseudo-header).
+#[inline(always)]
+pub fn set_port(ctx: &TcContext, l4: &L4, dst: bool, old: u16, new: u16) -> Result<(), i32> {
+    if old == new {
+        return Ok(());
+    }
+    let off = l4.off + if dst { 2 } else { 0 };
+    ctx.l4_csum_replace(l4.csum_off, old as u64, new as u64, l4.csum_flags | 2)
+        .map_err(|_| TC_ACT_SHOT)?;
+    ctx.store(off, &new, 0).map_err(|_| TC_ACT_SHOT)
+}
+
+/// Rewrites a TCP/UDP packet's addresses and ports from `old` to the given
+/// ones, skipping fields that stay the same. A failed helper leaves the
+/// packet half rewritten: the caller must drop it (the error is TC_ACT_SHOT).
+#[inline(always)]
+pub fn rewrite(
+    ctx: &TcContext,
+    l4: &L4,
+    old: &crate::parse::Tuple,
+    saddr: u32,
+    sport: u16,
+    daddr: u32,
+    dport: u16,
+) -> Result<(), i32> {
+    set_addr(ctx, l4, false, old.saddr, saddr)?;
+    set_addr(ctx, l4, true, old.daddr, daddr)?;
+    set_port(ctx, l4, false, old.sport, sport)?;
+    set_port(ctx, l4, true, old.dport, dport)
+}

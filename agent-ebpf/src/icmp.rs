@@ -1,0 +1,321 @@
+//! ICMP: errors about translated flows, and the port unreachable a frontend
+//! with no endpoints answers with.
+
+use agent_common::{Ct4Key, ct_dir, ct_flags, proto, stats::Counter};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::generated as h,
+    programs::TcContext,
+};
+
+use crate::{
+    csum, ct, fib,
+    maps::count,
+    parse::{
+        self, ETH_HLEN, IP_CSUM_OFF, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF, IPV4_MIN_HLEN, Ipv4,
+        Ipv4Hdr,
+    },
+    tc::verdict,
+};
+
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_PORT_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IcmpHdr {
+    ty: u8,
+    code: u8,
+    check: u16,
+    /// Unused for port unreachable; the next-hop MTU for fragmentation needed.
+    rest: u32,
+}
+const ICMP_HLEN: usize = core::mem::size_of::<IcmpHdr>();
+
+/// Translates an ICMP error (destination unreachable, including
+/// fragmentation needed, and time exceeded) about a tracked flow, so the
+/// host it goes to recognises its own packet in it.
+///
+/// The quoted packet is one the error's receiver sent, as it looked after
+/// ferry translated it. Swapped, its tuple is the key of the flow's entry
+/// for the direction the error travels: a backend's error about the
+/// client's packet (client -> backend, or node:port -> backend after SNAT)
+/// is keyed like the backend's replies (REPLY); a client's error about a
+/// reply (frontend -> client) like the client's packets (FORWARD, ingress
+/// only). That entry's value is the translation: the quoted source becomes
+/// (nat_daddr, nat_dport), its destination (nat_saddr, nat_sport). The outer
+/// destination follows the quoted source; the outer source follows the
+/// quoted destination only when the error comes from that host itself (a
+/// router's address is left as it is, so traceroute-like errors still name
+/// the hop).
+#[inline(always)]
+pub fn translate_error(ctx: &TcContext, ip: &Ipv4, ingress: bool) -> i32 {
+    let icmp_off = ip.l4_off;
+    let Ok(icmp) = ctx.load::<IcmpHdr>(icmp_off) else {
+        return verdict::PASS;
+    };
+    if icmp.ty != ICMP_DEST_UNREACH && icmp.ty != ICMP_TIME_EXCEEDED {
+        return verdict::PASS;
+    }
+    let inner_off = icmp_off + ICMP_HLEN;
+    let Ok(inner) = ctx.load::<Ipv4Hdr>(inner_off) else {
+        return verdict::PASS;
+    };
+    if inner.ver_ihl >> 4 != 4
+        || inner.header_len() < IPV4_MIN_HLEN
+        || inner.is_later_fragment()
+        || (inner.proto != proto::TCP && inner.proto != proto::UDP)
+    {
+        return verdict::PASS;
+    }
+    let inner_l4 = inner_off + inner.header_len();
+    let Ok(ports) = ctx.load::<[u16; 2]>(inner_l4) else {
+        return verdict::PASS;
+    };
+    let mut key = Ct4Key {
+        saddr: inner.daddr,
+        daddr: inner.saddr,
+        sport: ports[1],
+        dport: ports[0],
+        proto: inner.proto,
+        dir: ct_dir::REPLY,
+        _pad: [0; 2],
+    };
+    let entry = match ct::lookup(&key) {
+        Some(v) => v,
+        None if ingress => {
+            key.dir = ct_dir::FORWARD;
+            match ct::lookup(&key) {
+                Some(v) => v,
+                None => return verdict::PASS,
+            }
+        }
+        None => return verdict::PASS,
+    };
+    // SAFETY: a live map value, copied out.
+    let v = unsafe { *entry };
+    let quoted = Quoted {
+        off: inner_off,
+        hdr: inner,
+        l4_off: inner_l4,
+        sport: ports[0],
+        dport: ports[1],
+    };
+    let new = Endpoints {
+        saddr: v.nat_daddr,
+        sport: v.nat_dport,
+        daddr: v.nat_saddr,
+        dport: v.nat_sport,
+    };
+    if let Err(e) = rewrite_error(ctx, ip, icmp_off, &quoted, &new) {
+        return e;
+    }
+    count(Counter::NsIcmpTranslated);
+    if ingress && v.flags & ct_flags::SNAT != 0 {
+        // Now from or to a node address: see fib.rs.
+        fib::forward(ctx)
+    } else {
+        TC_ACT_OK as i32
+    }
+}
+
+/// The packet an ICMP error quotes.
+struct Quoted {
+    off: usize,
+    hdr: Ipv4Hdr,
+    l4_off: usize,
+    sport: u16,
+    dport: u16,
+}
+
+struct Endpoints {
+    saddr: u32,
+    sport: u16,
+    daddr: u32,
+    dport: u16,
+}
+
+/// Rewrites the quoted packet to `new` (addresses, ports, its IP checksum
+/// and, when quoted, its L4 checksum), the ICMP checksum that covers all of
+/// it, and the outer addresses with the outer IP checksum.
+#[inline(always)]
+fn rewrite_error(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    icmp_off: usize,
+    q: &Quoted,
+    new: &Endpoints,
+) -> Result<(), i32> {
+    let shot = |_| TC_ACT_SHOT as i32;
+    let addr_diff = csum::diff4(
+        csum::diff4(0, q.hdr.saddr, new.saddr),
+        q.hdr.daddr,
+        new.daddr,
+    );
+    let port_diff = csum::diff2(csum::diff2(0, q.sport, new.sport), q.dport, new.dport);
+
+    let mut hdr = q.hdr;
+    hdr.saddr = new.saddr;
+    hdr.daddr = new.daddr;
+    hdr.check = csum::apply(q.hdr.check, addr_diff);
+    // Everything stored below lies inside the ICMP message: its checksum
+    // changes by the sum of those changes.
+    let mut icmp_diff = csum::diff2(addr_diff, q.hdr.check, hdr.check);
+    icmp_diff = csum::add(icmp_diff, port_diff);
+
+    // The quoted L4 checksum (UDP's is in the 8 bytes every error quotes,
+    // TCP's only when the error quotes more). Kept consistent so the client
+    // finds exactly the packet it sent.
+    let udp = q.hdr.proto == proto::UDP;
+    let l4_csum_off = q.l4_off + if udp { 6 } else { 16 };
+    let end = IP_OFF + u16::from_be(ip.hdr.tot_len) as usize;
+    if l4_csum_off + 2 <= end
+        && let Ok(old) = ctx.load::<u16>(l4_csum_off)
+        && !(udp && old == 0)
+    {
+        let mut l4_new = csum::apply(old, csum::add(addr_diff, port_diff));
+        if udp && l4_new == 0 {
+            l4_new = 0xffff;
+        }
+        icmp_diff = csum::diff2(icmp_diff, old, l4_new);
+        ctx.store(l4_csum_off, &l4_new, 0).map_err(shot)?;
+    }
+    ctx.store(q.off, &hdr, 0).map_err(shot)?;
+    ctx.store(q.l4_off, &[new.sport, new.dport], 0)
+        .map_err(shot)?;
+    // Size 0: `to` is a precomputed difference. ICMP has no pseudo-header.
+    ctx.l4_csum_replace(icmp_off + 2, 0, icmp_diff as u64, 0)
+        .map_err(shot)?;
+
+    let outer_daddr = if ip.hdr.daddr == q.hdr.saddr {
+        new.saddr
+    } else {
+        ip.hdr.daddr
+    };
+    let outer_saddr = if ip.hdr.saddr == q.hdr.daddr {
+        new.daddr
+    } else {
+        ip.hdr.saddr
+    };
+    set_outer_addr(ctx, IP_SADDR_OFF, ip.hdr.saddr, outer_saddr)?;
+    set_outer_addr(ctx, IP_DADDR_OFF, ip.hdr.daddr, outer_daddr)
+}
+
+#[inline(always)]
+fn set_outer_addr(ctx: &TcContext, off: usize, old: u32, new: u32) -> Result<(), i32> {
+    if old == new {
+        return Ok(());
+    }
+    ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 4)
+        .map_err(|_| TC_ACT_SHOT as i32)?;
+    ctx.store(off, &new, 0).map_err(|_| TC_ACT_SHOT as i32)
+}
+
+/// The ICMP message of a port unreachable: header, then the offending
+/// packet's IP header and first 8 bytes of its payload (RFC 792).
+#[repr(C)]
+struct UnreachMsg {
+    icmp: IcmpHdr,
+    orig_ip: Ipv4Hdr,
+    orig_l4: [u8; 8],
+}
+const UNREACH_MSG_WORDS: usize = core::mem::size_of::<UnreachMsg>() / 2;
+
+#[repr(C)]
+struct Unreach {
+    ip: Ipv4Hdr,
+    msg: UnreachMsg,
+}
+const UNREACH_LEN: usize = core::mem::size_of::<Unreach>();
+const _: () = assert!(UNREACH_LEN == 56);
+
+/// IP ToS of ICMP errors: precedence "internetwork control", as Linux sends.
+const TOS_INTERNETCONTROL: u8 = 0xc0;
+const ICMP_TTL: u8 = 64;
+
+/// Answers a packet to a frontend with no endpoints with an ICMP port
+/// unreachable from the frontend, built in place of the packet and sent
+/// back out of the device it came in on (kube-proxy's REJECT: the client
+/// gets "connection refused" at once instead of timing out).
+///
+/// Only packets without IP options are answered (the quoted header then
+/// has a fixed size); others, and packets too short to quote, are dropped
+/// (counted as `NsRejectFailed`).
+///
+/// Limitation: a packet that arrived with its checksum still to be filled
+/// in by offload (CHECKSUM_PARTIAL, from a local veth or a virtio guest)
+/// keeps that state, which BPF cannot clear. If a device later completes
+/// that checksum, it writes into the ICMP message at the old L4 checksum's
+/// offset: harmless for UDP (the ICMP's unused field), but for TCP it
+/// damages the quoted header. Physical NICs never hand such packets in.
+#[inline(always)]
+pub fn reject(ctx: &TcContext, ip: &Ipv4) -> i32 {
+    match build_reject(ctx, ip) {
+        Ok(()) => {
+            count(Counter::NsRejected);
+            unsafe { h::bpf_redirect(parse::ifindex(ctx), 0) as i32 }
+        }
+        Err(()) => {
+            count(Counter::NsRejectFailed);
+            TC_ACT_SHOT as i32
+        }
+    }
+}
+
+#[inline(always)]
+fn build_reject(ctx: &TcContext, ip: &Ipv4) -> Result<(), ()> {
+    let orig = ip.hdr;
+    if orig.header_len() != IPV4_MIN_HLEN || !is_unicast(orig.saddr) {
+        return Err(());
+    }
+    let orig_l4: [u8; 8] = ctx.load(ip.l4_off).map_err(|_| ())?;
+    let macs: [u8; 12] = ctx.load(0).map_err(|_| ())?;
+
+    let mut m = Unreach {
+        ip: Ipv4Hdr {
+            ver_ihl: 0x45,
+            tos: TOS_INTERNETCONTROL,
+            tot_len: (UNREACH_LEN as u16).to_be(),
+            id: 0,
+            frag_off: 0,
+            ttl: ICMP_TTL,
+            proto: parse::IPPROTO_ICMP,
+            check: 0,
+            saddr: orig.daddr,
+            daddr: orig.saddr,
+        },
+        msg: UnreachMsg {
+            icmp: IcmpHdr {
+                ty: ICMP_DEST_UNREACH,
+                code: ICMP_PORT_UNREACH,
+                check: 0,
+                rest: 0,
+            },
+            orig_ip: orig,
+            orig_l4,
+        },
+    };
+    // SAFETY: both are repr(C) structs of even size without padding, at
+    // least 2-aligned: readable as 16-bit words.
+    m.ip.check = csum::of_words(unsafe { &*(&m.ip as *const Ipv4Hdr as *const [u16; 10]) });
+    m.msg.icmp.check = csum::of_words(unsafe {
+        &*(&m.msg as *const UnreachMsg as *const [u16; UNREACH_MSG_WORDS])
+    });
+
+    let mut eth = [0u8; 12];
+    eth[..6].copy_from_slice(&macs[6..]);
+    eth[6..].copy_from_slice(&macs[..6]);
+    ctx.change_tail((ETH_HLEN + UNREACH_LEN) as u32, 0)
+        .map_err(|_| ())?;
+    ctx.store(0, &eth, 0).map_err(|_| ())?;
+    ctx.store(IP_OFF, &m, 0).map_err(|_| ())
+}
+
+/// Not 0.0.0.0/8, multicast, or the limited broadcast: a host that may be
+/// sent an error (RFC 1122 3.2.2).
+#[inline(always)]
+fn is_unicast(addr: u32) -> bool {
+    let first = addr.to_ne_bytes()[0];
+    first != 0 && first < 224
+}

@@ -1,0 +1,300 @@
+//! North-south TCP/UDP: NodePorts, externalIPs and LoadBalancer IPs on the
+//! node's devices.
+//!
+//! A packet from outside is tracked or starts a flow. A new flow gets a
+//! backend (affinity, Maglev or random), DNAT to it, and two conntrack
+//! entries. A backend on this node is reached with the client's address
+//! kept (the pod sees who called, as externalTrafficPolicy Local promises);
+//! a backend on another node is reached with SNAT to this node's address on
+//! the ingress device, so its replies come back here to be translated
+//! (kube-proxy's behaviour for externalTrafficPolicy Cluster).
+//!
+//! TODO(DSR): `node_flags::DSR` asks to keep the client address towards
+//! remote backends too and let their node answer directly. It needs the
+//! frontend carried to the backend's node (an IP option or encapsulation)
+//! and a reverse translation there; until then remote backends get SNAT
+//! whatever the flag says.
+//!
+//! TCP packets other than a SYN that match no flow start one all the same
+//! (as Cilium does): after the conntrack entries were lost (LRU eviction),
+//! Maglev sends the flow back to the backend that has it, and with a random
+//! choice the wrong backend answers with a RST, which ends the connection
+//! as cleanly as anything could.
+
+use agent_common::{
+    Ct4Value, SrcRange4, Svc4Key, affinity_client, backend_flags, ct_dir, ct_flags, flow_hash_v4,
+    scope, stats::Counter, svc_flags,
+};
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+
+use crate::{
+    csum, ct, fib, icmp,
+    maps::{CT_V4, NODE_ADDR_V4, SRC_RANGE_V4, count},
+    parse::{self, Ipv4, L4, Tuple},
+    select::{self, Client},
+    tc::verdict,
+};
+
+/// Frontend kinds that are exposed on the node's devices. ClusterIPs are
+/// not: they are served at the socket layer only.
+const EXPOSED: u16 = svc_flags::NODE_PORT | svc_flags::EXTERNAL_IP | svc_flags::LOAD_BALANCER;
+
+/// A TCP/UDP packet arriving on a device.
+#[inline(always)]
+pub fn ingress(ctx: &TcContext, ip: &Ipv4) -> i32 {
+    let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ctx, ip)) else {
+        return verdict::PASS;
+    };
+    let now = select::now_seconds();
+    let tcp_flags = parse::tcp_flags(ctx, ip);
+
+    // The client's direction of a tracked flow: the hot path, one lookup
+    // (and one for the backend, below).
+    let fwd_key = ct::key(&t, ct_dir::FORWARD);
+    if let Some(entry) = ct::lookup(&fwd_key) {
+        // SAFETY: a live map value, copied out.
+        let v = unsafe { *entry };
+        if backend_still_there(&v) {
+            ct::touch(entry, now, tcp_flags);
+            count(Counter::NsTracked);
+            return translate_forward(ctx, &l4, &t, &v);
+        }
+        // The backend is gone (or its id now names another endpoint):
+        // forget the flow and choose again, so that UDP "flows" (DNS, say)
+        // move to a live backend instead of going nowhere until idle.
+        ct::remove_flow(&fwd_key, &v);
+    }
+
+    // A remote backend's reply to a SNAT port of ours. SNAT ports are only
+    // ever taken from the configured range: anything else cannot be one,
+    // which spares the lookup for most traffic the node itself receives.
+    let cfg = ct::node_config();
+    if ct::snat_ports(&cfg).contains(t.dport) {
+        let rkey = ct::key(&t, ct_dir::REPLY);
+        if let Some(entry) = ct::lookup(&rkey) {
+            let v = unsafe { *entry };
+            ct::touch(entry, now, tcp_flags);
+            count(Counter::NsTracked);
+            if let Err(e) = csum::rewrite(
+                ctx,
+                &l4,
+                &t,
+                v.nat_saddr,
+                v.nat_sport,
+                v.nat_daddr,
+                v.nat_dport,
+            ) {
+                return e;
+            }
+            // From the frontend now: possibly a node address (NodePort).
+            return fib::forward(ctx);
+        }
+    }
+
+    new_flow(ctx, ip, &l4, &t, tcp_flags, &cfg)
+}
+
+/// A TCP/UDP packet leaving through a device: a local backend's reply gets
+/// the frontend back as its source. Nothing else is touched.
+#[inline(always)]
+pub fn egress(ctx: &TcContext, ip: &Ipv4) -> i32 {
+    let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ctx, ip)) else {
+        return verdict::PASS;
+    };
+    let Some(entry) = ct::lookup(&ct::key(&t, ct_dir::REPLY)) else {
+        return verdict::PASS;
+    };
+    let v = unsafe { *entry };
+    ct::touch(entry, select::now_seconds(), parse::tcp_flags(ctx, ip));
+    count(Counter::NsTracked);
+    match csum::rewrite(
+        ctx,
+        &l4,
+        &t,
+        v.nat_saddr,
+        v.nat_sport,
+        v.nat_daddr,
+        v.nat_dport,
+    ) {
+        Ok(()) => TC_ACT_OK as i32,
+        Err(e) => e,
+    }
+}
+
+/// The flow's backend still exists with the address it was given.
+#[inline(always)]
+fn backend_still_there(v: &Ct4Value) -> bool {
+    matches!(select::lookup_backend(v.backend_id),
+        Some(b) if b.addr == v.nat_daddr && b.port == v.nat_dport)
+}
+
+#[inline(always)]
+fn translate_forward(ctx: &TcContext, l4: &L4, t: &Tuple, v: &Ct4Value) -> i32 {
+    if let Err(e) = csum::rewrite(
+        ctx,
+        l4,
+        t,
+        v.nat_saddr,
+        v.nat_sport,
+        v.nat_daddr,
+        v.nat_dport,
+    ) {
+        return e;
+    }
+    if v.flags & ct_flags::SNAT != 0 {
+        // From a node address now: see fib.rs.
+        fib::forward(ctx)
+    } else {
+        TC_ACT_OK as i32
+    }
+}
+
+/// A packet no flow knows: a new flow if it is for an exposed frontend.
+#[inline(always)]
+fn new_flow(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    l4: &L4,
+    t: &Tuple,
+    tcp_flags: u8,
+    cfg: &agent_common::NodeConfig,
+) -> i32 {
+    let mut key = Svc4Key {
+        addr: t.daddr,
+        port: t.dport,
+        slot: 0,
+        proto: t.proto,
+        scope: scope::EXTERNAL,
+        _pad: [0; 2],
+    };
+    let Some(svc) = select::lookup_svc(&key) else {
+        return verdict::PASS;
+    };
+    if svc.flags & EXPOSED == 0 {
+        return verdict::PASS;
+    }
+    // Before anything else, so that a denied client creates no state.
+    if svc.flags & svc_flags::SOURCE_RANGES != 0 {
+        let range_key = Key::new(
+            agent_common::SRC_RANGE_PREFIX_BITS + 32,
+            SrcRange4 {
+                rev_nat_id: svc.rev_nat_id,
+                _pad: 0,
+                addr: t.saddr,
+            },
+        );
+        if SRC_RANGE_V4.get(&range_key).is_none() {
+            count(Counter::NsSourceRangeDrop);
+            return TC_ACT_SHOT as i32;
+        }
+    }
+    if svc.count == 0 {
+        if svc.flags & svc_flags::TWO_SCOPES != 0 {
+            key.scope = scope::INTERNAL;
+            if select::lookup_svc(&key).is_some_and(|s| s.count > 0) {
+                // externalTrafficPolicy Local, endpoints only elsewhere:
+                // dropped, so the load balancer's health check decides.
+                count(Counter::NsNoLocalDrop);
+                return TC_ACT_SHOT as i32;
+            }
+        }
+        return icmp::reject(ctx, ip);
+    }
+
+    let client = Client {
+        id: t.saddr as u64,
+        kind: affinity_client::IPV4,
+    };
+    let hash = flow_hash_v4(t.saddr, t.daddr, t.sport, t.dport, t.proto);
+    let Some(chosen) = select::choose(&key, &svc, client, hash) else {
+        // The agent is mid-update; the client retransmits.
+        count(Counter::BackendMiss);
+        return TC_ACT_SHOT as i32;
+    };
+    let local = chosen.backend.flags & backend_flags::LOCAL != 0;
+    let now = select::now_seconds();
+    let mut fwd = Ct4Value {
+        nat_saddr: t.saddr,
+        nat_daddr: chosen.backend.addr,
+        nat_sport: t.sport,
+        nat_dport: chosen.backend.port,
+        backend_id: chosen.id,
+        rev_nat_id: svc.rev_nat_id,
+        flags: if local {
+            ct_flags::LOCAL
+        } else {
+            ct_flags::SNAT
+        },
+        tcp_flags,
+        last_seen: now,
+    };
+    let rev = Ct4Value {
+        nat_saddr: t.daddr,
+        nat_daddr: t.saddr,
+        nat_sport: t.dport,
+        nat_dport: t.sport,
+        ..fwd
+    };
+    let fwd_key = ct::key(t, ct_dir::FORWARD);
+
+    if local {
+        // No SNAT: the backend answers the client itself. FORWARD first,
+        // so that of two CPUs racing on the flow's first packets one wins
+        // and the other follows it.
+        if CT_V4.insert(&fwd_key, &fwd, BPF_NOEXIST as u64).is_err() {
+            return follow_winner(ctx, l4, t, &fwd_key);
+        }
+        // Overwrites a stale reply entry of the same 4-tuple: the backend
+        // could not tell two such flows apart anyway.
+        if CT_V4
+            .insert(&ct::reply_key(&fwd, t.proto), &rev, 0)
+            .is_err()
+        {
+            let _ = CT_V4.remove(&fwd_key);
+            count(Counter::NsNatFailed);
+            return TC_ACT_SHOT as i32;
+        }
+    } else {
+        let Some(node_addr) = NODE_ADDR_V4
+            .get_ptr(&parse::ifindex(ctx))
+            .map(|p| unsafe { *p })
+        else {
+            count(Counter::NsNatFailed);
+            return TC_ACT_SHOT as i32;
+        };
+        fwd.nat_saddr = node_addr;
+        // The REPLY entry claims the SNAT port, then FORWARD is written.
+        let mut rkey = ct::reply_key(&fwd, t.proto);
+        let Some(port) = ct::claim_snat_port(&mut rkey, &rev, t.sport, ct::snat_ports(cfg)) else {
+            count(Counter::NsNatFailed);
+            return TC_ACT_SHOT as i32;
+        };
+        fwd.nat_sport = port;
+        if CT_V4.insert(&fwd_key, &fwd, BPF_NOEXIST as u64).is_err() {
+            let _ = CT_V4.remove(&rkey);
+            return follow_winner(ctx, l4, t, &fwd_key);
+        }
+    }
+    count(Counter::NsNewFlow);
+    translate_forward(ctx, l4, t, &fwd)
+}
+
+/// Another CPU created the flow first: translate as it decided.
+#[inline(always)]
+fn follow_winner(ctx: &TcContext, l4: &L4, t: &Tuple, fwd_key: &agent_common::Ct4Key) -> i32 {
+    match ct::lookup(fwd_key) {
+        Some(entry) => {
+            let v = unsafe { *entry };
+            count(Counter::NsTracked);
+            translate_forward(ctx, l4, t, &v)
+        }
+        None => {
+            count(Counter::NsNatFailed);
+            TC_ACT_SHOT as i32
+        }
+    }
+}

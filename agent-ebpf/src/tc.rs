@@ -1,0 +1,53 @@
+//! The TC programs on the node's devices (north-south load balancing).
+//!
+//! `ferry_tc_in` (ingress): packets for NodePorts, externalIPs and
+//! LoadBalancer IPs start or continue a translated flow; replies of remote
+//! backends to our SNAT ports are translated back; ICMP errors about
+//! translated flows are translated. `ferry_tc_out` (egress): replies of
+//! local backends get their frontend back as the source, and ICMP errors
+//! they send about a flow are translated likewise.
+//!
+//! IPv4 only for now; fragments after the first pass untouched.
+
+use agent_common::proto;
+use aya_ebpf::{macros::classifier, programs::TcContext};
+
+use crate::{icmp, nodeport, parse};
+
+/// Program verdicts (TCX names them TCX_NEXT/PASS/DROP/REDIRECT; the values
+/// are the classic TC_ACT_* ones).
+pub mod verdict {
+    /// Not ours: the next program on the device (or the stack) decides.
+    /// Translated packets return TC_ACT_OK instead: they are done with.
+    pub const PASS: i32 = aya_ebpf::bindings::TC_ACT_UNSPEC;
+}
+
+#[classifier]
+pub fn ferry_tc_in(ctx: TcContext) -> i32 {
+    let Some(ip) = parse::ipv4(&ctx) else {
+        return verdict::PASS;
+    };
+    if ip.hdr.is_later_fragment() {
+        return verdict::PASS;
+    }
+    match ip.hdr.proto {
+        proto::TCP | proto::UDP => nodeport::ingress(&ctx, &ip),
+        parse::IPPROTO_ICMP => icmp::translate_error(&ctx, &ip, true),
+        _ => verdict::PASS,
+    }
+}
+
+#[classifier]
+pub fn ferry_tc_out(ctx: TcContext) -> i32 {
+    let Some(ip) = parse::ipv4(&ctx) else {
+        return verdict::PASS;
+    };
+    if ip.hdr.is_later_fragment() {
+        return verdict::PASS;
+    }
+    match ip.hdr.proto {
+        proto::TCP | proto::UDP => nodeport::egress(&ctx, &ip),
+        parse::IPPROTO_ICMP => icmp::translate_error(&ctx, &ip, false),
+        _ => verdict::PASS,
+    }
+}

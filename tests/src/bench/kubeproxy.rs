@@ -1,0 +1,329 @@
+//! kube-proxy's two rule layouts for a service set, generated the way kube-proxy writes them,
+//! so that the bench can load them into a lab namespace and compare ferry against them.
+//!
+//! - iptables mode (`pkg/proxy/iptables`): the nat table's `KUBE-SERVICES` chain, jumped to
+//!   from PREROUTING and OUTPUT, holds one rule per service port matching its ClusterIP and
+//!   port and jumping to `KUBE-SVC-<hash>`; that chain marks off-cluster sources for
+//!   masquerade (`KUBE-MARK-MASQ`) and picks one `KUBE-SEP-<hash>` chain per endpoint with
+//!   `-m statistic --mode random --probability 1/(n-i)`; each `KUBE-SEP-*` marks hairpin
+//!   traffic and DNATs. `KUBE-POSTROUTING` masquerades marked packets. Chain hashes are
+//!   kube-proxy's: base32(sha256(servicePortName + protocol [+ endpoint]))[:16].
+//! - nftables mode (`pkg/proxy/nftables`): table `ip kube-proxy`, whose `services` chain looks
+//!   the destination up in the `service-ips` verdict map (`ip daddr . meta l4proto . th dport`)
+//!   and jumps to `service-<hash>-ns/name/tcp/port`, which picks an endpoint chain with
+//!   `numgen random mod N vmap`; `endpoint-<hash>-...__ip/port` DNATs. The base chains and maps
+//!   are kube-proxy's `baseRules`.
+//!
+//! Both are only ever loaded inside lab namespaces (`nsenter --net=/run/netns/fy<id>-...`).
+
+use std::fmt::Write as _;
+
+use ring::digest;
+
+use super::synth::Svc;
+
+/// The pod CIDR kube-proxy is configured with (`--cluster-cidr`): sources outside it are
+/// masqueraded. The bench's clients are inside it, like pods.
+pub const CLUSTER_CIDR: &str = "10.244.0.0/14";
+/// The service CIDR (nftables mode drops traffic to unallocated ClusterIPs in it).
+pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+
+const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+
+/// base32 (RFC 4648, standard alphabet) of sha256(`s`).
+fn sha256_base32(s: &str) -> String {
+    let hash = digest::digest(&digest::SHA256, s.as_bytes());
+    let bytes = hash.as_ref();
+    let mut out = String::new();
+    let (mut buf, mut bits) = (0u32, 0u32);
+    for &b in bytes {
+        buf = (buf << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(BASE32[((buf >> bits) & 31) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(BASE32[((buf << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+/// `KUBE-SVC-<hash>` (iptables `servicePortChainName`).
+pub fn svc_chain(s: &Svc) -> String {
+    format!(
+        "KUBE-SVC-{}",
+        &sha256_base32(&format!("{}tcp", s.port_name_string()))[..16]
+    )
+}
+
+/// `KUBE-SEP-<hash>` (iptables `servicePortEndpointChainName`).
+pub fn sep_chain(s: &Svc, endpoint: &str) -> String {
+    format!(
+        "KUBE-SEP-{}",
+        &sha256_base32(&format!("{}tcp{endpoint}", s.port_name_string()))[..16]
+    )
+}
+
+/// `HASH-ns/name/tcp/port` (nftables `servicePortChainNameBase`).
+fn nft_base(s: &Svc) -> String {
+    let name = format!("{}/{}/tcp/{}", s.namespace, s.name, s.port_name);
+    format!("{}-{name}", &sha256_base32(&name)[..8])
+}
+
+/// `HASH-ns/name/tcp/port__ip/port` (nftables `servicePortEndpointChainNameBase`).
+fn nft_ep_base(s: &Svc, ip: &str, port: u16) -> String {
+    let name = format!(
+        "{}/{}/tcp/{}__{ip}/{port}",
+        s.namespace, s.name, s.port_name
+    );
+    format!("{}-{name}", &sha256_base32(&name)[..8])
+}
+
+/// The `iptables-restore` input kube-proxy's iptables mode writes for `svcs` (a full sync:
+/// the filter and nat tables, base chains and jumps included).
+pub fn iptables_restore(svcs: &[Svc]) -> String {
+    let mut t = String::with_capacity(svcs.len() * 1200 + 4096);
+    t.push_str(
+        "*filter\n\
+         :KUBE-SERVICES - [0:0]\n\
+         :KUBE-EXTERNAL-SERVICES - [0:0]\n\
+         :KUBE-FORWARD - [0:0]\n\
+         :KUBE-NODEPORTS - [0:0]\n\
+         :KUBE-PROXY-FIREWALL - [0:0]\n\
+         -A INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL\n\
+         -A INPUT -m comment --comment \"kubernetes health check service ports\" -j KUBE-NODEPORTS\n\
+         -A INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES\n\
+         -A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL\n\
+         -A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD\n\
+         -A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES\n\
+         -A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL\n\
+         -A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n\
+         -A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x4000/0x4000 -j ACCEPT\n\
+         -A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
+         COMMIT\n\
+         *nat\n\
+         :KUBE-SERVICES - [0:0]\n\
+         :KUBE-NODEPORTS - [0:0]\n\
+         :KUBE-POSTROUTING - [0:0]\n\
+         :KUBE-MARK-MASQ - [0:0]\n",
+    );
+    let eps = |s: &Svc| -> Vec<String> {
+        s.endpoints
+            .iter()
+            .map(|ip| format!("{ip}:{}", s.target_port))
+            .collect()
+    };
+    for s in svcs {
+        let _ = writeln!(t, ":{} - [0:0]", svc_chain(s));
+        for ep in eps(s) {
+            let _ = writeln!(t, ":{} - [0:0]", sep_chain(s, &ep));
+        }
+    }
+    t.push_str(
+        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
+         -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
+         -A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n\
+         -A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n\
+         -A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n",
+    );
+    for s in svcs {
+        let _ = writeln!(
+            t,
+            "-A KUBE-SERVICES -m comment --comment \"{} cluster IP\" -m tcp -p tcp -d {} --dport {} -j {}",
+            s.port_name_string(),
+            s.ip,
+            s.port,
+            svc_chain(s)
+        );
+    }
+    t.push_str(
+        "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n",
+    );
+    for s in svcs {
+        let name = s.port_name_string();
+        let svc = svc_chain(s);
+        let _ = writeln!(
+            t,
+            "-A {svc} -m comment --comment \"{name} cluster IP\" -m tcp -p tcp -d {} --dport {} ! -s {CLUSTER_CIDR} -j KUBE-MARK-MASQ",
+            s.ip, s.port
+        );
+        let eps = eps(s);
+        let n = eps.len();
+        for (i, ep) in eps.iter().enumerate() {
+            let sep = sep_chain(s, ep);
+            if i + 1 < n {
+                let p = 1.0 / (n - i) as f64;
+                let _ = writeln!(
+                    t,
+                    "-A {svc} -m comment --comment \"{name} -> {ep}\" -m statistic --mode random --probability {p:.10} -j {sep}"
+                );
+            } else {
+                let _ = writeln!(t, "-A {svc} -m comment --comment \"{name} -> {ep}\" -j {sep}");
+            }
+        }
+        for (ip, ep) in s.endpoints.iter().zip(&eps) {
+            let sep = sep_chain(s, ep);
+            let _ = writeln!(
+                t,
+                "-A {sep} -m comment --comment \"{name}\" -s {ip}/32 -j KUBE-MARK-MASQ\n\
+                 -A {sep} -m comment --comment \"{name}\" -m tcp -p tcp -j DNAT --to-destination {ep}"
+            );
+        }
+    }
+    t.push_str("COMMIT\n");
+    t
+}
+
+/// The `nft -f` input kube-proxy's nftables mode amounts to for `svcs` (its `baseRules` plus
+/// one service chain, one endpoint chain per endpoint, and the map elements). It first
+/// deletes a `kube-proxy` table left from an earlier load, in the same transaction.
+/// `node_ip` goes into `nodeport-ips`.
+pub fn nft_script(svcs: &[Svc], node_ip: &str) -> String {
+    let mut t = String::with_capacity(svcs.len() * 1500 + 8192);
+    t.push_str("add table ip kube-proxy\ndelete table ip kube-proxy\n");
+    let _ = write!(
+        t,
+        r#"add table ip kube-proxy {{ comment "rules for kube-proxy" ; }}
+add set ip kube-proxy cluster-ips {{ type ipv4_addr ; comment "Active ClusterIPs" ; }}
+add set ip kube-proxy nodeport-ips {{ type ipv4_addr ; comment "IPs that accept NodePort traffic" ; }}
+add map ip kube-proxy firewall-ips {{ type ipv4_addr . inet_proto . inet_service : verdict ; comment "destinations that are subject to LoadBalancerSourceRanges" ; }}
+add map ip kube-proxy no-endpoint-nodeports {{ type inet_proto . inet_service : verdict ; comment "vmap to drop or reject packets to service nodeports with no endpoints" ; }}
+add map ip kube-proxy no-endpoint-services {{ type ipv4_addr . inet_proto . inet_service : verdict ; comment "vmap to drop or reject packets to services with no endpoints" ; }}
+add map ip kube-proxy service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict ; comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ; }}
+add map ip kube-proxy service-nodeports {{ type inet_proto . inet_service : verdict ; comment "NodePort traffic" ; }}
+add chain ip kube-proxy cluster-ips-check
+add chain ip kube-proxy filter-prerouting-pre-dnat {{ type filter hook prerouting priority -110 ; }}
+add chain ip kube-proxy filter-output-pre-dnat {{ type filter hook output priority -110 ; }}
+add chain ip kube-proxy filter-forward {{ type filter hook forward priority 0 ; }}
+add chain ip kube-proxy filter-input {{ type filter hook input priority 0 ; }}
+add chain ip kube-proxy filter-output {{ type filter hook output priority 0 ; }}
+add chain ip kube-proxy firewall-check
+add chain ip kube-proxy mark-for-masquerade
+add chain ip kube-proxy masquerading
+add chain ip kube-proxy nat-output {{ type nat hook output priority -100 ; }}
+add chain ip kube-proxy nat-postrouting {{ type nat hook postrouting priority 100 ; }}
+add chain ip kube-proxy nat-prerouting {{ type nat hook prerouting priority -100 ; }}
+add chain ip kube-proxy nodeport-endpoints-check
+add chain ip kube-proxy reject-chain {{ comment "helper for @no-endpoint-services / @no-endpoint-nodeports" ; }}
+add chain ip kube-proxy services
+add chain ip kube-proxy service-endpoints-check
+add rule ip kube-proxy cluster-ips-check ip daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs"
+add rule ip kube-proxy cluster-ips-check ip daddr {{ {SERVICE_CIDR} }} drop comment "Drop traffic to unallocated ClusterIPs"
+add rule ip kube-proxy filter-prerouting-pre-dnat ct state new jump firewall-check
+add rule ip kube-proxy filter-forward ct state new jump service-endpoints-check
+add rule ip kube-proxy filter-forward ct state new jump cluster-ips-check
+add rule ip kube-proxy filter-input ct state new jump nodeport-endpoints-check
+add rule ip kube-proxy filter-input ct state new jump service-endpoints-check
+add rule ip kube-proxy filter-output ct state new jump service-endpoints-check
+add rule ip kube-proxy filter-output-pre-dnat ct state new jump firewall-check
+add rule ip kube-proxy filter-output ct state new jump cluster-ips-check
+add rule ip kube-proxy firewall-check ip daddr . meta l4proto . th dport vmap @firewall-ips
+add rule ip kube-proxy mark-for-masquerade mark set mark or 0x4000
+add rule ip kube-proxy masquerading mark and 0x4000 == 0 return
+add rule ip kube-proxy masquerading mark set mark xor 0x4000
+add rule ip kube-proxy masquerading masquerade fully-random
+add rule ip kube-proxy nat-output jump services
+add rule ip kube-proxy nat-postrouting jump masquerading
+add rule ip kube-proxy nat-prerouting jump services
+add rule ip kube-proxy nodeport-endpoints-check ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports
+add rule ip kube-proxy reject-chain reject
+add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips
+add rule ip kube-proxy services ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports
+add element ip kube-proxy nodeport-ips {{ {node_ip} }}
+add rule ip kube-proxy service-endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services
+"#
+    );
+    for s in svcs {
+        let chain = format!("service-{}", nft_base(s));
+        let _ = writeln!(t, "add chain ip kube-proxy {chain}");
+        let _ = writeln!(
+            t,
+            "add rule ip kube-proxy {chain} ip daddr {} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade",
+            s.ip
+        );
+        let eps: Vec<String> = s
+            .endpoints
+            .iter()
+            .map(|ip| format!("endpoint-{}", nft_ep_base(s, &ip.to_string(), s.target_port)))
+            .collect();
+        let vmap: Vec<String> = eps
+            .iter()
+            .enumerate()
+            .map(|(i, e)| format!("{i} : goto {e}"))
+            .collect();
+        let _ = writeln!(
+            t,
+            "add rule ip kube-proxy {chain} numgen random mod {} vmap {{ {} }}",
+            eps.len(),
+            vmap.join(" , ")
+        );
+        for (ip, ep) in s.endpoints.iter().zip(&eps) {
+            let _ = writeln!(
+                t,
+                "add chain ip kube-proxy {ep}\n\
+                 add rule ip kube-proxy {ep} ip saddr {ip} jump mark-for-masquerade\n\
+                 add rule ip kube-proxy {ep} meta l4proto tcp dnat to {ip}:{}",
+                s.target_port
+            );
+        }
+        let _ = writeln!(
+            t,
+            "add element ip kube-proxy cluster-ips {{ {} }}\n\
+             add element ip kube-proxy service-ips {{ {} . tcp . {} : goto {chain} }}",
+            s.ip, s.ip, s.port
+        );
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn svc1() -> Svc {
+        Svc {
+            namespace: "ns1".into(),
+            name: "svc1".into(),
+            ip: Ipv4Addr::new(172, 30, 0, 41),
+            port: 80,
+            port_name: "p80".into(),
+            target_port: 80,
+            endpoints: vec![Ipv4Addr::new(10, 180, 0, 1)],
+        }
+    }
+
+    /// The chain names kube-proxy's own tests expect for ns1/svc1:p80 -> 10.180.0.1:80.
+    #[test]
+    fn chain_names_match_kube_proxy() {
+        let s = svc1();
+        assert_eq!(svc_chain(&s), "KUBE-SVC-XPGD46QRK7WJZT7O");
+        assert_eq!(sep_chain(&s, "10.180.0.1:80"), "KUBE-SEP-SXIVWICOYRO3J4NJ");
+        assert_eq!(nft_base(&s), "ULMVA6XW-ns1/svc1/tcp/p80");
+        assert_eq!(
+            nft_ep_base(&s, "10.180.0.1", 80),
+            "5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80"
+        );
+    }
+
+    #[test]
+    fn probabilities_split_evenly() {
+        let mut s = svc1();
+        s.endpoints = (1..=3).map(|i| Ipv4Addr::new(10, 180, 0, i)).collect();
+        let rules = iptables_restore(&[s]);
+        assert!(rules.contains("--probability 0.3333333333 -j KUBE-SEP-"));
+        assert!(rules.contains("--probability 0.5000000000 -j KUBE-SEP-"));
+        assert!(rules.ends_with("COMMIT\n"));
+        let nft = nft_script(&[svc1()], "192.168.0.2");
+        assert!(nft.contains(
+            "add rule ip kube-proxy service-ULMVA6XW-ns1/svc1/tcp/p80 numgen random mod 1 vmap { 0 : goto endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80 }"
+        ));
+    }
+}

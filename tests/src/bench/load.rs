@@ -1,0 +1,132 @@
+//! The load tool: `wrk` (Debian's package), run inside a client namespace.
+//!
+//! Short connections: `wrk -H "Connection: close"` makes the server close after each response
+//! and wrk reconnect, so requests/s is connections/s (connect, one request, close).
+//! Latency: one kept-alive connection (`-c1`), `--latency` for its percentiles.
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::proc::{self, Placement};
+
+/// What one wrk run reported.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WrkResult {
+    pub requests_per_sec: f64,
+    pub requests: u64,
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
+    /// connect + read + write + timeout socket errors, and non-2xx responses.
+    pub errors: u64,
+}
+
+/// Where a client runs: its namespace, and the lab cgroup when ferry's socket hooks must see it.
+#[derive(Clone, Debug)]
+pub struct ClientPlace {
+    pub netns_path: PathBuf,
+    pub cgroup: Option<PathBuf>,
+}
+
+/// Runs wrk against `url` for `secs` seconds with `conns` connections. `close` makes every
+/// request a new connection. Killed if it overruns by 15 s.
+pub fn wrk(place: &ClientPlace, url: &str, secs: f64, conns: u32, close: bool) -> Result<WrkResult> {
+    let duration = format!("{}s", secs.max(1.0).round() as u64);
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t1", "-c", &conns.to_string(), "-d", &duration, "--latency"])
+        .args(["--timeout", "2s"]);
+    if close {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    cmd.arg(url);
+    let placement = Placement {
+        netns: Some(place.netns_path.clone()),
+        cgroup: place.cgroup.clone(),
+    };
+    let out = proc::output_placed(
+        &mut cmd,
+        &placement,
+        Duration::from_secs_f64(secs + 15.0),
+    )
+    .context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "wrk {url} failed ({}): {}{}",
+            out.status,
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    parse(&text).with_context(|| format!("unexpected wrk output:\n{text}"))
+}
+
+/// Parses wrk's report.
+pub fn parse(text: &str) -> Option<WrkResult> {
+    let mut r = WrkResult::default();
+    let mut in_dist = false;
+    let mut seen_rps = false;
+    for line in text.lines() {
+        let l = line.trim();
+        if let Some(v) = l.strip_prefix("Requests/sec:") {
+            r.requests_per_sec = v.trim().parse().ok()?;
+            seen_rps = true;
+        } else if l.starts_with("Latency Distribution") {
+            in_dist = true;
+        } else if in_dist && (l.starts_with("50%") || l.starts_with("99%")) {
+            let mut it = l.split_whitespace();
+            let pct = it.next()?;
+            let v = duration_us(it.next()?)?;
+            if pct == "50%" {
+                r.p50_us = Some(v);
+            } else {
+                r.p99_us = Some(v);
+                in_dist = false;
+            }
+        } else if l.contains(" requests in ") {
+            r.requests = l.split_whitespace().next()?.parse().ok()?;
+        } else if let Some(rest) = l.strip_prefix("Socket errors:") {
+            r.errors += rest
+                .split(',')
+                .filter_map(|p| p.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>();
+        } else if let Some(v) = l.strip_prefix("Non-2xx or 3xx responses:") {
+            r.errors += v.trim().parse::<u64>().ok()?;
+        }
+    }
+    seen_rps.then_some(r)
+}
+
+/// `123.45us`, `1.23ms`, `2.00s` -> microseconds.
+fn duration_us(s: &str) -> Option<f64> {
+    let (num, mult) = if let Some(n) = s.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e3)
+    } else if let Some(n) = s.strip_suffix("m") {
+        (n, 60e6)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1e6)
+    } else {
+        return None;
+    };
+    Some(num.parse::<f64>().ok()? * mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_wrk_report() {
+        let text = "Running 3s test @ http://10.96.0.10/\n  1 threads and 8 connections\n  Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency   345.12us  100.00us   5.00ms   90.00%\n    Req/Sec    20.00k     1.00k   22.00k    70.00%\n  Latency Distribution\n     50%  320.00us\n     75%  400.00us\n     90%  500.00us\n     99%    1.20ms\n  60000 requests in 3.00s, 5.00MB read\n  Socket errors: connect 1, read 2, write 0, timeout 3\n  Non-2xx or 3xx responses: 5\nRequests/sec:  20000.50\nTransfer/sec:      1.67MB\n";
+        let r = parse(text).unwrap();
+        assert_eq!(r.requests_per_sec, 20000.5);
+        assert_eq!(r.requests, 60000);
+        assert_eq!(r.p50_us, Some(320.0));
+        assert_eq!(r.p99_us, Some(1200.0));
+        assert_eq!(r.errors, 11);
+        assert!(parse("garbage").is_none());
+    }
+}

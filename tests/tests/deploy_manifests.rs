@@ -1,0 +1,290 @@
+//! deploy/: every manifest parses into the Kubernetes API types, and the DaemonSet and the
+//! ClusterRole grant exactly what ferry needs. No root needed.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use k8s_openapi::{
+    Resource,
+    api::{
+        apps::v1::DaemonSet,
+        core::v1::{ConfigMap, Container, PodSpec, Probe, ServiceAccount},
+        rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule},
+    },
+};
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn read(name: &str) -> String {
+    let path = deploy_dir().join(name);
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Parses a manifest into its API type, checking apiVersion and kind.
+fn parse<T: Resource + DeserializeOwned>(name: &str) -> T {
+    let text = read(name);
+    let raw: Value = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(raw["apiVersion"].as_str(), Some(T::API_VERSION), "{name}");
+    assert_eq!(raw["kind"].as_str(), Some(T::KIND), "{name}");
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{name} as {}: {e}", T::KIND))
+}
+
+fn daemonset() -> DaemonSet {
+    parse("daemonset.yaml")
+}
+
+fn pod_spec(ds: &DaemonSet) -> PodSpec {
+    ds.spec.clone().unwrap().template.spec.unwrap()
+}
+
+fn container(ds: &DaemonSet) -> Container {
+    let spec = pod_spec(ds);
+    assert_eq!(spec.containers.len(), 1, "one container");
+    assert!(
+        spec.init_containers.is_none(),
+        "no (privileged) init containers"
+    );
+    spec.containers[0].clone()
+}
+
+fn arg<'a>(c: &'a Container, flag: &str) -> Option<&'a str> {
+    let prefix = format!("{flag}=");
+    c.args
+        .as_ref()?
+        .iter()
+        .find_map(|a| a.strip_prefix(&prefix))
+}
+
+fn strings(v: &Option<Vec<String>>) -> BTreeSet<&str> {
+    v.iter().flatten().map(String::as_str).collect()
+}
+
+#[test]
+fn kustomization_lists_every_manifest_in_kube_system() {
+    let k: Value = serde_yaml::from_str(&read("kustomization.yaml")).unwrap();
+    assert_eq!(k["kind"].as_str(), Some("Kustomization"));
+    assert_eq!(k["namespace"].as_str(), Some("kube-system"));
+    let listed: BTreeSet<String> = k["resources"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect();
+    let on_disk: BTreeSet<String> = fs::read_dir(deploy_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .collect();
+    assert_eq!(listed, on_disk);
+    assert_eq!(
+        k["images"][0]["name"].as_str(),
+        container(&daemonset()).image.as_deref()
+    );
+}
+
+#[test]
+fn every_manifest_parses_into_its_api_type() {
+    let sa: ServiceAccount = parse("serviceaccount.yaml");
+    let role: ClusterRole = parse("clusterrole.yaml");
+    let binding: ClusterRoleBinding = parse("clusterrolebinding.yaml");
+    let config: ConfigMap = parse("configmap.yaml");
+    let ds = daemonset();
+    assert_eq!(sa.metadata.namespace.as_deref(), Some("kube-system"));
+    assert_eq!(ds.metadata.namespace.as_deref(), Some("kube-system"));
+    assert_eq!(config.metadata.namespace.as_deref(), Some("kube-system"));
+
+    assert_eq!(binding.role_ref.kind, "ClusterRole");
+    assert_eq!(binding.role_ref.name, role.metadata.name.unwrap());
+    let subjects = binding.subjects.unwrap();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].kind, "ServiceAccount");
+    assert_eq!(Some(&subjects[0].name), sa.metadata.name.as_ref());
+    assert_eq!(subjects[0].namespace.as_deref(), Some("kube-system"));
+    assert_eq!(pod_spec(&ds).service_account_name, sa.metadata.name);
+
+    let data = config.data.unwrap();
+    let keys: BTreeSet<&str> = data.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from(["KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"])
+    );
+    let from = container(&ds).env_from.unwrap();
+    assert_eq!(
+        from[0].config_map_ref.as_ref().unwrap().name,
+        config.metadata.name.unwrap()
+    );
+    assert_ne!(
+        from[0].config_map_ref.as_ref().unwrap().optional,
+        Some(true)
+    );
+}
+
+#[test]
+fn cluster_role_grants_exactly_reads_and_events() {
+    let role: ClusterRole = parse("clusterrole.yaml");
+    // (apiGroup, resource) -> verbs, flattened so the layout of the rules does not matter.
+    let mut granted: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for PolicyRule {
+        api_groups,
+        resources,
+        verbs,
+        resource_names,
+        non_resource_urls,
+    } in role.rules.unwrap()
+    {
+        assert!(resource_names.is_none() && non_resource_urls.is_none());
+        for group in api_groups.unwrap() {
+            for resource in resources.clone().unwrap() {
+                let entry = granted.entry((group.clone(), resource)).or_default();
+                entry.extend(verbs.iter().cloned());
+            }
+        }
+    }
+    let read = ["get", "list", "watch"];
+    let events = ["create", "patch"];
+    let want: BTreeMap<(String, String), BTreeSet<String>> = [
+        ("", "services", &read[..]),
+        ("", "nodes", &read[..]),
+        ("discovery.k8s.io", "endpointslices", &read[..]),
+        ("", "events", &events[..]),
+        ("events.k8s.io", "events", &events[..]),
+    ]
+    .into_iter()
+    .map(|(g, r, v)| {
+        (
+            (g.into(), r.into()),
+            v.iter().map(|s| (*s).to_owned()).collect(),
+        )
+    })
+    .collect();
+    assert_eq!(granted, want);
+}
+
+#[test]
+fn daemonset_runs_like_kube_proxy() {
+    let ds = daemonset();
+    let spec = pod_spec(&ds);
+    assert_eq!(spec.host_network, Some(true));
+    assert_eq!(
+        spec.priority_class_name.as_deref(),
+        Some("system-node-critical")
+    );
+    let tolerations = spec.tolerations.unwrap();
+    assert_eq!(tolerations.len(), 1, "one toleration: everything");
+    assert_eq!(tolerations[0].operator.as_deref(), Some("Exists"));
+    assert!(tolerations[0].key.is_none() && tolerations[0].effect.is_none());
+    assert_ne!(spec.host_pid, Some(true));
+    assert_ne!(spec.host_ipc, Some(true));
+
+    let c = container(&ds);
+    let node_name = c
+        .env
+        .clone()
+        .unwrap()
+        .into_iter()
+        .find(|e| e.name == "NODE_NAME")
+        .unwrap();
+    let field = node_name.value_from.unwrap().field_ref.unwrap();
+    assert_eq!(field.field_path, "spec.nodeName");
+    assert_eq!(c.args.as_ref().unwrap()[0], "agent");
+    assert_eq!(arg(&c, "--healthz-bind-address"), Some("0.0.0.0:10256"));
+    let requests = c.resources.unwrap().requests.unwrap();
+    assert!(requests.contains_key("cpu") && requests.contains_key("memory"));
+}
+
+#[test]
+fn daemonset_holds_exactly_the_capabilities_it_needs_and_is_not_privileged() {
+    let c = container(&daemonset());
+    let sc = c.security_context.unwrap();
+    assert_eq!(sc.privileged, Some(false));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    let caps = sc.capabilities.unwrap();
+    assert_eq!(strings(&caps.drop), BTreeSet::from(["ALL"]));
+    assert_eq!(
+        strings(&caps.add),
+        BTreeSet::from(["BPF", "NET_ADMIN", "PERFMON"])
+    );
+}
+
+#[test]
+fn daemonset_mounts_the_hosts_bpffs_and_cgroup2_where_the_agent_looks() {
+    let ds = daemonset();
+    let spec = pod_spec(&ds);
+    let c = container(&ds);
+    let host_paths: BTreeMap<String, String> = spec
+        .volumes
+        .unwrap()
+        .into_iter()
+        .map(|v| {
+            let hp = v
+                .host_path
+                .unwrap_or_else(|| panic!("volume {} is not a hostPath", v.name));
+            assert_eq!(hp.type_.as_deref(), Some("Directory"), "{}", v.name);
+            (v.name, hp.path)
+        })
+        .collect();
+    let mounts = c.volume_mounts.clone().unwrap();
+    assert_eq!(mounts.len(), host_paths.len());
+    let mount_of = |host: &str| {
+        let (name, _) = host_paths.iter().find(|(_, p)| *p == host).unwrap();
+        mounts.iter().find(|m| &m.name == name).unwrap().clone()
+    };
+
+    let bpffs = mount_of("/sys/fs/bpf");
+    assert_eq!(bpffs.mount_path, "/sys/fs/bpf");
+    // Bidirectional is refused by the API server for unprivileged containers.
+    assert_eq!(bpffs.mount_propagation.as_deref(), Some("HostToContainer"));
+    assert_ne!(bpffs.read_only, Some(true), "the agent pins there");
+    let pins = arg(&c, "--bpffs").unwrap();
+    assert!(pins.starts_with("/sys/fs/bpf/"), "{pins}");
+
+    let cgroup = mount_of("/sys/fs/cgroup");
+    assert_eq!(cgroup.read_only, Some(true));
+    assert_eq!(arg(&c, "--cgroup"), Some(cgroup.mount_path.as_str()));
+}
+
+#[test]
+fn daemonset_probes_the_health_server() {
+    let c = container(&daemonset());
+    let get = |p: Option<Probe>| {
+        let http = p.unwrap().http_get.unwrap();
+        let port = match http.port {
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n) => n,
+            other => panic!("probe port {other:?}"),
+        };
+        (http.path.unwrap(), port)
+    };
+    assert_eq!(get(c.liveness_probe), ("/livez".to_owned(), 10256));
+    assert_eq!(get(c.readiness_probe), ("/readyz".to_owned(), 10256));
+    let port = &c.ports.unwrap()[0];
+    assert_eq!(
+        (port.container_port, port.name.as_deref()),
+        (10256, Some("healthz"))
+    );
+}
+
+/// The DaemonSet's flags are the agent's: `ferry agent --help` lists every one of them.
+#[test]
+fn daemonset_flags_exist_in_the_agent() {
+    let Some(bin) = ferry_tests::proc::sibling_binary("ferry") else {
+        panic!("the ferry binary is missing: build it: cargo build -p agent");
+    };
+    let out = Command::new(&bin)
+        .args(["agent", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for a in container(&daemonset()).args.unwrap().iter().skip(1) {
+        let flag = a.split('=').next().unwrap();
+        assert!(help.contains(flag), "ferry agent has no {flag}:\n{help}");
+    }
+}
