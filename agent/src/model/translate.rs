@@ -34,6 +34,8 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Objects carrying this label belong to another proxy: kube-proxy's informers
 /// filter them out whatever the value.
 const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// The Node label topology hints are matched against.
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// sessionAffinityConfig.clientIP.timeoutSeconds: default and valid range
 /// (the API server's validation).
 const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
@@ -252,6 +254,9 @@ struct EndpointState {
     ready: bool,
     serving: bool,
     terminating: bool,
+    /// Topology hints: None = the endpoint has none; Some(true) = its
+    /// `hints.forZones` (or `forNodes`) include this node.
+    hint_for_us: Option<bool>,
 }
 
 /// One port of a slice, validated.
@@ -273,6 +278,12 @@ type SliceIndex = BTreeMap<(String, String), Vec<ParsedSlice>>;
 /// service port) and groups them by service.
 fn index_slices(inputs: &Inputs, diags: &mut Vec<Diagnostic>) -> SliceIndex {
     let mut index = SliceIndex::new();
+    let node_zone = inputs
+        .nodes
+        .get(&inputs.node_name)
+        .and_then(|n| n.metadata.labels.as_ref())
+        .and_then(|l| l.get(ZONE_LABEL))
+        .map(String::as_str);
     for ((namespace, name), slice) in &inputs.slices {
         let obj = Obj {
             kind: "EndpointSlice",
@@ -297,7 +308,7 @@ fn index_slices(inputs: &Inputs, diags: &mut Vec<Diagnostic>) -> SliceIndex {
         if slice.address_type != "IPv4" {
             continue;
         }
-        let parsed = parse_slice(slice, &inputs.node_name, obj, diags);
+        let parsed = parse_slice(slice, &inputs.node_name, node_zone, obj, diags);
         index
             .entry((namespace.clone(), service.clone()))
             .or_default()
@@ -309,6 +320,7 @@ fn index_slices(inputs: &Inputs, diags: &mut Vec<Diagnostic>) -> SliceIndex {
 fn parse_slice(
     slice: &EndpointSlice,
     node_name: &str,
+    node_zone: Option<&str>,
     obj: Obj<'_>,
     diags: &mut Vec<Diagnostic>,
 ) -> ParsedSlice {
@@ -360,10 +372,30 @@ fn parse_slice(
                 ready,
                 serving: cond.serving.unwrap_or(true),
                 terminating: cond.terminating.unwrap_or(false),
+                hint_for_us: hint_for_us(ep.hints.as_ref(), node_name, node_zone),
             },
         });
     }
     ParsedSlice { ports, endpoints }
+}
+
+/// Whether an endpoint's topology hints name this node (forNodes, used by
+/// trafficDistribution PreferSameNode) or its zone (forZones).
+fn hint_for_us(
+    hints: Option<&k8s_openapi::api::discovery::v1::EndpointHints>,
+    node_name: &str,
+    node_zone: Option<&str>,
+) -> Option<bool> {
+    let hints = hints?;
+    let zones = hints.for_zones.as_deref().unwrap_or_default();
+    let nodes = hints.for_nodes.as_deref().unwrap_or_default();
+    if zones.is_empty() && nodes.is_empty() {
+        return None;
+    }
+    Some(
+        nodes.iter().any(|n| n.name == node_name)
+            || node_zone.is_some_and(|z| zones.iter().any(|f| f.name == z)),
+    )
 }
 
 /// The endpoints of one service port: (ip, target port) → state.
@@ -406,8 +438,22 @@ struct Selection {
 /// KEP-1669: the ready endpoints; when there are none, the serving and
 /// terminating ones (so connections drain gracefully instead of failing);
 /// otherwise none, and the datapath rejects.
-fn select(cands: &Candidates, proto: Protocol, local_only: bool) -> Selection {
-    // later: topology hints and trafficDistribution filter the candidates here.
+fn select(cands: &Candidates, proto: Protocol, local_only: bool, topology: bool) -> Selection {
+    // Topology-aware routing (kube-proxy's CategorizeEndpoints): for
+    // cluster-wide traffic of a service that asks for it, keep the ready
+    // endpoints hinted for this node's zone, but only when every ready
+    // endpoint carries hints and at least one is ours; otherwise ignore
+    // hints (a half-hinted slice is mid-rollout).
+    let ready_hints: Vec<Option<bool>> = cands
+        .values()
+        .filter(|c| c.ready)
+        .map(|c| c.hint_for_us)
+        .collect();
+    let use_hints = topology
+        && !local_only
+        && !ready_hints.is_empty()
+        && ready_hints.iter().all(Option::is_some)
+        && ready_hints.contains(&Some(true));
     let pick = |f: &dyn Fn(&EndpointState) -> bool| -> (Vec<BackendAddr>, BTreeSet<BackendAddr>) {
         let chosen: Vec<(BackendAddr, bool)> = cands
             .iter()
@@ -417,7 +463,7 @@ fn select(cands: &Candidates, proto: Protocol, local_only: bool) -> Selection {
         let local = chosen.iter().filter(|(_, l)| *l).map(|(b, _)| *b).collect();
         (chosen.into_iter().map(|(b, _)| b).collect(), local)
     };
-    let (ready, local) = pick(&|c| c.ready);
+    let (ready, local) = pick(&|c| c.ready && (!use_hints || c.hint_for_us == Some(true)));
     if !ready.is_empty() {
         return Selection {
             backends: ready,
@@ -450,6 +496,8 @@ struct ServiceView {
     etp_local: bool,
     /// loadBalancerSourceRanges; empty = everyone.
     source_ranges: Vec<Cidr4>,
+    /// Topology-aware routing asked for (trafficDistribution or annotation).
+    topology: bool,
     maglev: bool,
     health_check_node_port: Option<u16>,
 }
@@ -569,6 +617,7 @@ fn service_view<'s>(
         .filter(|_| etp_local && spec.type_.as_deref() == Some("LoadBalancer"))
         .and_then(parse_port);
     let view = ServiceView {
+        topology: topology_requested(svc, spec),
         source_ranges,
         maglev: false,
         health_check_node_port,
@@ -623,6 +672,24 @@ fn source_ranges(
         }
     }
     Some(out)
+}
+
+/// trafficDistribution PreferClose / PreferSameZone / PreferSameNode, or the
+/// topology-mode annotation (and its older name), as kube-proxy reads them.
+fn topology_requested(svc: &Service, spec: &ServiceSpec) -> bool {
+    let distribution = matches!(
+        spec.traffic_distribution.as_deref(),
+        Some("PreferClose" | "PreferSameZone" | "PreferSameNode")
+    );
+    let annotations = svc.metadata.annotations.as_ref();
+    let annotation = |key: &str| {
+        annotations
+            .and_then(|a| a.get(key))
+            .is_some_and(|v| v.eq_ignore_ascii_case("auto"))
+    };
+    distribution
+        || annotation("service.kubernetes.io/topology-mode")
+        || annotation("service.kubernetes.io/topology-aware-hints")
 }
 
 /// The `ferry.io/lb-algorithm` annotation, else the agent's default.
@@ -852,8 +919,8 @@ fn port_frontends(
     cands: &Candidates,
     node_ips: &[Ipv4Addr],
 ) -> Vec<Vec<(FrontendKey, Frontend)>> {
-    let cluster = select(cands, port.proto, false);
-    let local = select(cands, port.proto, true);
+    let cluster = select(cands, port.proto, false, view.topology);
+    let local = select(cands, port.proto, true, false);
     let frontend = |kind, sel: &Selection| Frontend {
         service: view.name.clone(),
         port_name: port.name.clone(),

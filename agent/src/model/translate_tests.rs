@@ -1477,3 +1477,42 @@ spec:
         ]
     );
 }
+
+#[test]
+fn topology_hints_keep_this_zones_endpoints_when_all_are_hinted() {
+    let yaml = |distribution: &str, hint_c: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Node
+metadata: {{name: node-a, labels: {{topology.kubernetes.io/zone: zone-a}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec: {{clusterIP: 10.96.0.40, {distribution} ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-1, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}]
+endpoints:
+- {{addresses: [10.1.0.1], zone: zone-a, hints: {{forZones: [{{name: zone-a}}]}}}}
+- {{addresses: [10.1.0.2], zone: zone-b, hints: {{forZones: [{{name: zone-b}}]}}}}
+- {{addresses: [10.1.0.3], zone: zone-b{hint_c}}}
+"#
+        )
+    };
+    let hinted = ", hints: {forZones: [{name: zone-b}]}";
+    let all = "10.96.0.40:80/TCP ClusterIP -> [10.1.0.1:8080 10.1.0.2:8080 10.1.0.3:8080]";
+    let ours = "10.96.0.40:80/TCP ClusterIP -> [10.1.0.1:8080]";
+    assert_eq!(
+        run(&yaml("trafficDistribution: PreferClose,", hinted)).0,
+        [ours]
+    );
+    // Not asked for: hints are ignored.
+    assert_eq!(run(&yaml("", hinted)).0, [all]);
+    // One ready endpoint without hints: kube-proxy ignores all hints.
+    assert_eq!(run(&yaml("trafficDistribution: PreferClose,", "")).0, [all]);
+}
