@@ -8,12 +8,12 @@
 //! the same way (RFC 1071 §2(B)), so words read natively from network bytes
 //! give the right bytes when stored natively again.
 
-use aya_ebpf::{
-    bindings::{BPF_F_PSEUDO_HDR, TC_ACT_SHOT},
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, programs::TcContext};
 
-use crate::parse::{IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF, L4};
+use crate::{
+    parse::{IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF, L4},
+    tc::verdict,
+};
 
 /// One's-complement addition of two 32-bit partial sums (end-around carry).
 #[inline(always)]
@@ -79,10 +79,10 @@ pub fn set_addr(ctx: &TcContext, l4: &L4, dst: bool, old: u32, new: u32) -> Resu
         new as u64,
         BPF_F_PSEUDO_HDR as u64 | l4.csum_flags | 4,
     )
-    .map_err(|_| TC_ACT_SHOT)?;
+    .map_err(|_| verdict::SHOT)?;
     ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 4)
-        .map_err(|_| TC_ACT_SHOT)?;
-    ctx.store(off, &new, 0).map_err(|_| TC_ACT_SHOT)
+        .map_err(|_| verdict::SHOT)?;
+    ctx.store(off, &new, 0).map_err(|_| verdict::SHOT)
 }
 
 /// Sets the source (`dst` false) or destination port of a TCP/UDP packet and
@@ -94,13 +94,13 @@ pub fn set_port(ctx: &TcContext, l4: &L4, dst: bool, old: u16, new: u16) -> Resu
     }
     let off = l4.off + if dst { 2 } else { 0 };
     ctx.l4_csum_replace(l4.csum_off, old as u64, new as u64, l4.csum_flags | 2)
-        .map_err(|_| TC_ACT_SHOT)?;
-    ctx.store(off, &new, 0).map_err(|_| TC_ACT_SHOT)
+        .map_err(|_| verdict::SHOT)?;
+    ctx.store(off, &new, 0).map_err(|_| verdict::SHOT)
 }
 
 /// Rewrites a TCP/UDP packet's addresses and ports from `old` to the given
 /// ones, skipping fields that stay the same. A failed helper leaves the
-/// packet half rewritten: the caller must drop it (the error is TC_ACT_SHOT).
+/// packet half rewritten: the caller must drop it (the error is `verdict::SHOT`).
 #[inline(always)]
 pub fn rewrite(
     ctx: &TcContext,

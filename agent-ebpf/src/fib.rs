@@ -13,9 +13,7 @@
 use agent_common::stats::Counter;
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup,
-    },
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
     helpers::generated as h,
     programs::TcContext,
 };
@@ -23,6 +21,7 @@ use aya_ebpf::{
 use crate::{
     maps::count,
     parse::{IP_CSUM_OFF, IP_OFF, IP_TTL_OFF, Ipv4Hdr},
+    tc::verdict,
 };
 
 const AF_INET: u8 = 2;
@@ -33,12 +32,12 @@ const AF_INET: u8 = 2;
 pub fn forward(ctx: &TcContext) -> i32 {
     // Re-read: the header was rewritten since it was parsed.
     let Ok(ip) = ctx.load::<Ipv4Hdr>(IP_OFF) else {
-        return TC_ACT_SHOT;
+        return verdict::SHOT;
     };
     if ip.ttl <= 1 {
         // The stack sends the time-exceeded error (or drops it).
         count(Counter::NsFibPassed);
-        return TC_ACT_OK as i32;
+        return verdict::OK;
     }
     // SAFETY: a plain C struct of integers; all zeros is a valid value.
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
@@ -60,7 +59,7 @@ pub fn forward(ctx: &TcContext) -> i32 {
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {
             if decrement_ttl(ctx, &ip).is_err() {
-                return TC_ACT_SHOT;
+                return verdict::SHOT;
             }
             // SAFETY: the union member the helper fills on success.
             let macs = unsafe { p.__bindgen_anon_6.__bindgen_anon_2 };
@@ -68,13 +67,13 @@ pub fn forward(ctx: &TcContext) -> i32 {
             eth[..6].copy_from_slice(&macs.dmac);
             eth[6..].copy_from_slice(&macs.smac);
             if ctx.store(0, &eth, 0).is_err() {
-                return TC_ACT_SHOT;
+                return verdict::SHOT;
             }
             unsafe { h::bpf_redirect(p.ifindex, 0) as i32 }
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => {
             if decrement_ttl(ctx, &ip).is_err() {
-                return TC_ACT_SHOT;
+                return verdict::SHOT;
             }
             // No parameters: the helper looks the next hop up again and
             // resolves its neighbour before transmitting.
@@ -82,7 +81,7 @@ pub fn forward(ctx: &TcContext) -> i32 {
         }
         _ => {
             count(Counter::NsFibPassed);
-            TC_ACT_OK as i32
+            verdict::OK
         }
     }
 }

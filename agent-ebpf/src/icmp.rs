@@ -2,11 +2,7 @@
 //! with no endpoints answers with.
 
 use agent_common::{Ct4Key, ct_dir, ct_flags, proto, stats::Counter};
-use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::generated as h,
-    programs::TcContext,
-};
+use aya_ebpf::{helpers::generated as h, programs::TcContext};
 
 use crate::{
     csum, ct, fib,
@@ -116,7 +112,7 @@ pub fn translate_error(ctx: &TcContext, ip: &Ipv4, ingress: bool) -> i32 {
         // Now from or to a node address: see fib.rs.
         fib::forward(ctx)
     } else {
-        TC_ACT_OK as i32
+        verdict::OK
     }
 }
 
@@ -147,7 +143,7 @@ fn rewrite_error(
     q: &Quoted,
     new: &Endpoints,
 ) -> Result<(), i32> {
-    let shot = |_| TC_ACT_SHOT as i32;
+    let shot = |_| verdict::SHOT;
     let addr_diff = csum::diff4(
         csum::diff4(0, q.hdr.saddr, new.saddr),
         q.hdr.daddr,
@@ -208,8 +204,8 @@ fn set_outer_addr(ctx: &TcContext, off: usize, old: u32, new: u32) -> Result<(),
         return Ok(());
     }
     ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 4)
-        .map_err(|_| TC_ACT_SHOT as i32)?;
-    ctx.store(off, &new, 0).map_err(|_| TC_ACT_SHOT as i32)
+        .map_err(|_| verdict::SHOT)?;
+    ctx.store(off, &new, 0).map_err(|_| verdict::SHOT)
 }
 
 /// The ICMP message of a port unreachable: header, then the offending
@@ -258,7 +254,7 @@ pub fn reject(ctx: &TcContext, ip: &Ipv4) -> i32 {
         }
         Err(()) => {
             count(Counter::NsRejectFailed);
-            TC_ACT_SHOT as i32
+            verdict::SHOT
         }
     }
 }

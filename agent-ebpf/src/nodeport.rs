@@ -25,11 +25,7 @@ use agent_common::{
     Ct4Value, SrcRange4, Svc4Key, affinity_client, backend_flags, ct_dir, ct_flags, flow_hash_v4,
     scope, stats::Counter, svc_flags,
 };
-use aya_ebpf::{
-    bindings::{BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
-    maps::lpm_trie::Key,
-    programs::TcContext,
-};
+use aya_ebpf::{bindings::BPF_NOEXIST, maps::lpm_trie::Key, programs::TcContext};
 
 use crate::{
     csum, ct, fib, icmp,
@@ -49,8 +45,6 @@ pub fn ingress(ctx: &TcContext, ip: &Ipv4) -> i32 {
     let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ctx, ip)) else {
         return verdict::PASS;
     };
-    let now = select::now_seconds();
-    let tcp_flags = parse::tcp_flags(ctx, ip);
 
     // The client's direction of a tracked flow: the hot path, one lookup
     // (and one for the backend, below).
@@ -59,7 +53,7 @@ pub fn ingress(ctx: &TcContext, ip: &Ipv4) -> i32 {
         // SAFETY: a live map value, copied out.
         let v = unsafe { *entry };
         if backend_still_there(&v) {
-            ct::touch(entry, now, tcp_flags);
+            ct::touch(entry, select::now_seconds(), parse::tcp_flags(ctx, ip));
             count(Counter::NsTracked);
             return translate_forward(ctx, &l4, &t, &v);
         }
@@ -77,7 +71,7 @@ pub fn ingress(ctx: &TcContext, ip: &Ipv4) -> i32 {
         let rkey = ct::key(&t, ct_dir::REPLY);
         if let Some(entry) = ct::lookup(&rkey) {
             let v = unsafe { *entry };
-            ct::touch(entry, now, tcp_flags);
+            ct::touch(entry, select::now_seconds(), parse::tcp_flags(ctx, ip));
             count(Counter::NsTracked);
             if let Err(e) = csum::rewrite(
                 ctx,
@@ -95,7 +89,7 @@ pub fn ingress(ctx: &TcContext, ip: &Ipv4) -> i32 {
         }
     }
 
-    new_flow(ctx, ip, &l4, &t, tcp_flags, &cfg)
+    new_flow(ctx, ip, &l4, &t, &cfg)
 }
 
 /// A TCP/UDP packet leaving through a device: a local backend's reply gets
@@ -120,7 +114,7 @@ pub fn egress(ctx: &TcContext, ip: &Ipv4) -> i32 {
         v.nat_daddr,
         v.nat_dport,
     ) {
-        Ok(()) => TC_ACT_OK as i32,
+        Ok(()) => verdict::OK,
         Err(e) => e,
     }
 }
@@ -149,20 +143,13 @@ fn translate_forward(ctx: &TcContext, l4: &L4, t: &Tuple, v: &Ct4Value) -> i32 {
         // From a node address now: see fib.rs.
         fib::forward(ctx)
     } else {
-        TC_ACT_OK as i32
+        verdict::OK
     }
 }
 
 /// A packet no flow knows: a new flow if it is for an exposed frontend.
 #[inline(always)]
-fn new_flow(
-    ctx: &TcContext,
-    ip: &Ipv4,
-    l4: &L4,
-    t: &Tuple,
-    tcp_flags: u8,
-    cfg: &agent_common::NodeConfig,
-) -> i32 {
+fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, cfg: &agent_common::NodeConfig) -> i32 {
     let mut key = Svc4Key {
         addr: t.daddr,
         port: t.dport,
@@ -189,7 +176,7 @@ fn new_flow(
         );
         if SRC_RANGE_V4.get(&range_key).is_none() {
             count(Counter::NsSourceRangeDrop);
-            return TC_ACT_SHOT as i32;
+            return verdict::SHOT;
         }
     }
     if svc.count == 0 {
@@ -199,7 +186,7 @@ fn new_flow(
                 // externalTrafficPolicy Local, endpoints only elsewhere:
                 // dropped, so the load balancer's health check decides.
                 count(Counter::NsNoLocalDrop);
-                return TC_ACT_SHOT as i32;
+                return verdict::SHOT;
             }
         }
         return icmp::reject(ctx, ip);
@@ -213,10 +200,9 @@ fn new_flow(
     let Some(chosen) = select::choose(&key, &svc, client, hash) else {
         // The agent is mid-update; the client retransmits.
         count(Counter::BackendMiss);
-        return TC_ACT_SHOT as i32;
+        return verdict::SHOT;
     };
     let local = chosen.backend.flags & backend_flags::LOCAL != 0;
-    let now = select::now_seconds();
     let mut fwd = Ct4Value {
         nat_saddr: t.saddr,
         nat_daddr: chosen.backend.addr,
@@ -229,8 +215,8 @@ fn new_flow(
         } else {
             ct_flags::SNAT
         },
-        tcp_flags,
-        last_seen: now,
+        tcp_flags: parse::tcp_flags(ctx, ip),
+        last_seen: select::now_seconds(),
     };
     let rev = Ct4Value {
         nat_saddr: t.daddr,
@@ -256,7 +242,7 @@ fn new_flow(
         {
             let _ = CT_V4.remove(&fwd_key);
             count(Counter::NsNatFailed);
-            return TC_ACT_SHOT as i32;
+            return verdict::SHOT;
         }
     } else {
         let Some(node_addr) = NODE_ADDR_V4
@@ -264,14 +250,14 @@ fn new_flow(
             .map(|p| unsafe { *p })
         else {
             count(Counter::NsNatFailed);
-            return TC_ACT_SHOT as i32;
+            return verdict::SHOT;
         };
         fwd.nat_saddr = node_addr;
         // The REPLY entry claims the SNAT port, then FORWARD is written.
         let mut rkey = ct::reply_key(&fwd, t.proto);
         let Some(port) = ct::claim_snat_port(&mut rkey, &rev, t.sport, ct::snat_ports(cfg)) else {
             count(Counter::NsNatFailed);
-            return TC_ACT_SHOT as i32;
+            return verdict::SHOT;
         };
         fwd.nat_sport = port;
         if CT_V4.insert(&fwd_key, &fwd, BPF_NOEXIST as u64).is_err() {
@@ -294,7 +280,7 @@ fn follow_winner(ctx: &TcContext, l4: &L4, t: &Tuple, fwd_key: &agent_common::Ct
         }
         None => {
             count(Counter::NsNatFailed);
-            TC_ACT_SHOT as i32
+            verdict::SHOT
         }
     }
 }

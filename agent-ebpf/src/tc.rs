@@ -15,11 +15,20 @@ use aya_ebpf::{macros::classifier, programs::TcContext};
 use crate::{icmp, nodeport, parse};
 
 /// Program verdicts (TCX names them TCX_NEXT/PASS/DROP/REDIRECT; the values
-/// are the classic TC_ACT_* ones).
+/// are the classic TC_ACT_* ones). Redirects return what `bpf_redirect`
+/// returns (TC_ACT_REDIRECT).
+#[allow(
+    clippy::unnecessary_cast,
+    reason = "the bindings type these u32 for some targets, i32 for others"
+)]
 pub mod verdict {
+    use aya_ebpf::bindings as b;
+
     /// Not ours: the next program on the device (or the stack) decides.
-    /// Translated packets return TC_ACT_OK instead: they are done with.
-    pub const PASS: i32 = aya_ebpf::bindings::TC_ACT_UNSPEC;
+    pub const PASS: i32 = b::TC_ACT_UNSPEC as i32;
+    /// Translated: on to the stack, done with (later programs are skipped).
+    pub const OK: i32 = b::TC_ACT_OK as i32;
+    pub const SHOT: i32 = b::TC_ACT_SHOT as i32;
 }
 
 #[classifier]

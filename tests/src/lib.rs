@@ -14,10 +14,12 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod bench;
 pub mod cgroup;
 pub mod cleanup;
 pub mod client;
 pub mod cluster;
+pub mod demo;
 pub mod lab;
 pub mod manifests;
 pub mod netns;

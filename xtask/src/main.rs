@@ -61,9 +61,12 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Benchmarks (not implemented yet).
+    /// Benchmarks: ferry vs. direct pod IPs and kube-proxy's iptables/nftables rules (root).
+    ///
+    /// Writes docs/benchmarks.md and its plots (release build); `--quick` writes to a
+    /// temporary directory instead.
     Bench {
-        /// A short run, used as a smoke test.
+        /// A smoke run (tiny sizes, one short round, debug build), not a measurement.
         #[arg(long)]
         quick: bool,
     },

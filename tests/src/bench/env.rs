@@ -59,10 +59,7 @@ pub fn in_lab_ns_ok(ns: &str, program: &str, args: &[&str], timeout: Duration) -
 /// A lab namespace name: `fy` + 6 hex digits + `-` + a name.
 pub fn is_lab_ns(ns: &str) -> bool {
     let b = ns.as_bytes();
-    b.len() > 9
-        && ns.starts_with("fy")
-        && b[2..8].iter().all(u8::is_ascii_hexdigit)
-        && b[8] == b'-'
+    b.len() > 9 && ns.starts_with("fy") && b[2..8].iter().all(u8::is_ascii_hexdigit) && b[8] == b'-'
 }
 
 /// GET `path` from 127.0.0.1:`port` inside the network namespace file `ns_path`: a thread
@@ -183,7 +180,11 @@ pub fn machine() -> Machine {
     let cpuinfo = read("/proc/cpuinfo");
     let cpu = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|x| x.1.trim()))
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|x| x.1.trim())
+        })
         .unwrap_or("unknown")
         .to_owned();
     let cores = cpuinfo
@@ -192,7 +193,14 @@ pub fn machine() -> Machine {
         .count();
     let mem_kb: f64 = read("/proc/meminfo")
         .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:")?.trim().trim_end_matches("kB").trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:")?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or(0.0);
     let date = proc::run("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
         .map(|s| s.trim().to_owned())

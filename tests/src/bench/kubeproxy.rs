@@ -164,7 +164,10 @@ pub fn iptables_restore(svcs: &[Svc]) -> String {
                     "-A {svc} -m comment --comment \"{name} -> {ep}\" -m statistic --mode random --probability {p:.10} -j {sep}"
                 );
             } else {
-                let _ = writeln!(t, "-A {svc} -m comment --comment \"{name} -> {ep}\" -j {sep}");
+                let _ = writeln!(
+                    t,
+                    "-A {svc} -m comment --comment \"{name} -> {ep}\" -j {sep}"
+                );
             }
         }
         for (ip, ep) in s.endpoints.iter().zip(&eps) {
@@ -241,6 +244,11 @@ add rule ip kube-proxy service-endpoints-check ip daddr . meta l4proto . th dpor
     );
     for s in svcs {
         let chain = format!("service-{}", nft_base(s));
+        // Chains first: the service chain's vmap refers to its endpoint chains.
+        for ip in &s.endpoints {
+            let ep = nft_ep_base(s, &ip.to_string(), s.target_port);
+            let _ = writeln!(t, "add chain ip kube-proxy endpoint-{ep}");
+        }
         let _ = writeln!(t, "add chain ip kube-proxy {chain}");
         let _ = writeln!(
             t,
@@ -250,7 +258,12 @@ add rule ip kube-proxy service-endpoints-check ip daddr . meta l4proto . th dpor
         let eps: Vec<String> = s
             .endpoints
             .iter()
-            .map(|ip| format!("endpoint-{}", nft_ep_base(s, &ip.to_string(), s.target_port)))
+            .map(|ip| {
+                format!(
+                    "endpoint-{}",
+                    nft_ep_base(s, &ip.to_string(), s.target_port)
+                )
+            })
             .collect();
         let vmap: Vec<String> = eps
             .iter()
@@ -266,8 +279,7 @@ add rule ip kube-proxy service-endpoints-check ip daddr . meta l4proto . th dpor
         for (ip, ep) in s.endpoints.iter().zip(&eps) {
             let _ = writeln!(
                 t,
-                "add chain ip kube-proxy {ep}\n\
-                 add rule ip kube-proxy {ep} ip saddr {ip} jump mark-for-masquerade\n\
+                "add rule ip kube-proxy {ep} ip saddr {ip} jump mark-for-masquerade\n\
                  add rule ip kube-proxy {ep} meta l4proto tcp dnat to {ip}:{}",
                 s.target_port
             );

@@ -31,11 +31,24 @@ pub struct ClientPlace {
 
 /// Runs wrk against `url` for `secs` seconds with `conns` connections. `close` makes every
 /// request a new connection. Killed if it overruns by 15 s.
-pub fn wrk(place: &ClientPlace, url: &str, secs: f64, conns: u32, close: bool) -> Result<WrkResult> {
+pub fn wrk(
+    place: &ClientPlace,
+    url: &str,
+    secs: f64,
+    conns: u32,
+    close: bool,
+) -> Result<WrkResult> {
     let duration = format!("{}s", secs.max(1.0).round() as u64);
     let mut cmd = Command::new("wrk");
-    cmd.args(["-t1", "-c", &conns.to_string(), "-d", &duration, "--latency"])
-        .args(["--timeout", "2s"]);
+    cmd.args([
+        "-t1",
+        "-c",
+        &conns.to_string(),
+        "-d",
+        &duration,
+        "--latency",
+    ])
+    .args(["--timeout", "2s"]);
     if close {
         cmd.args(["-H", "Connection: close"]);
     }
@@ -44,12 +57,8 @@ pub fn wrk(place: &ClientPlace, url: &str, secs: f64, conns: u32, close: bool) -
         netns: Some(place.netns_path.clone()),
         cgroup: place.cgroup.clone(),
     };
-    let out = proc::output_placed(
-        &mut cmd,
-        &placement,
-        Duration::from_secs_f64(secs + 15.0),
-    )
-    .context("running wrk")?;
+    let out = proc::output_placed(&mut cmd, &placement, Duration::from_secs_f64(secs + 15.0))
+        .context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!(

@@ -96,6 +96,9 @@ mod tests {
             b"GET / HTTP/1.1\r\nConnection: Close",
             b"connection: close"
         ));
-        assert!(!contains_ignore_case(b"GET / HTTP/1.1\r\n", b"connection: close"));
+        assert!(!contains_ignore_case(
+            b"GET / HTTP/1.1\r\n",
+            b"connection: close"
+        ));
     }
 }

@@ -122,14 +122,22 @@ pub fn chunk_name(i: usize) -> String {
 pub fn render_chunk(svcs: &[Svc]) -> String {
     let mut text = String::new();
     for s in svcs {
-        let _ = write!(text, "---\n{}---\n{}", s.service().to_yaml(), s.slice().to_yaml());
+        let _ = write!(
+            text,
+            "---\n{}---\n{}",
+            s.service().to_yaml(),
+            s.slice().to_yaml()
+        );
     }
     text
 }
 
 /// Replaces the `bench-*.yaml` files in `dir` with the set (written atomically, file by file).
 pub fn write_manifests(dir: &Path, svcs: &[Svc]) -> Result<()> {
-    for e in fs::read_dir(dir).context("reading the manifests dir")?.flatten() {
+    for e in fs::read_dir(dir)
+        .context("reading the manifests dir")?
+        .flatten()
+    {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.starts_with("bench-") {
             fs::remove_file(e.path()).with_context(|| format!("removing {name}"))?;

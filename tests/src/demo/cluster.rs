@@ -31,7 +31,9 @@ pub const EXAMPLES: &[(&str, &str)] = &[
     ),
     (
         "frontend-backend-separate-ingress.yaml",
-        include_str!("../../../deploy/examples/gin-vue-admin/frontend-backend-separate-ingress.yaml"),
+        include_str!(
+            "../../../deploy/examples/gin-vue-admin/frontend-backend-separate-ingress.yaml"
+        ),
     ),
 ];
 
@@ -180,7 +182,9 @@ impl Cluster {
         for (file, text) in EXAMPLES {
             cluster.add_yaml(text).with_context(|| format!("{file}"))?;
         }
-        cluster.add_yaml(SYSTEM_YAML).context("the system objects")?;
+        cluster
+            .add_yaml(SYSTEM_YAML)
+            .context("the system objects")?;
         Ok(cluster)
     }
 
@@ -365,7 +369,9 @@ mod tests {
         assert_eq!(dns.cluster_ip, topology::KUBE_DNS_IP);
         assert_eq!(dns.ports.len(), 2);
         assert_eq!(c.ingresses.len(), 1);
-        let nginx = c.service("ingress-nginx", "ingress-nginx-controller").unwrap();
+        let nginx = c
+            .service("ingress-nginx", "ingress-nginx-controller")
+            .unwrap();
         assert_eq!(nginx.ports[0].target, Target::Name("http".into()));
     }
 }

@@ -1,0 +1,388 @@
+//! Section 1, east-west: a client pod to a ClusterIP service with two backends, with N services
+//! programmed, through four contenders that share the servers and the shape of the path.
+//!
+//! ```text
+//!  client ns (10.246.i.2) --veth-- router ns i --veth-- node ns (br0 10.244.0.1) --veth-- be1, be2
+//! ```
+//! Each contender has its own client and "router" namespace (the client's node as far as
+//! its rules go): the kube-proxy contenders' rules and conntrack live in their router only,
+//! so no contender pays for another's rules. Every path has the same hops.
+//! - direct: wrk to a backend's pod IP (the limit: no translation at all);
+//! - ferry: wrk to the ClusterIP from the lab cgroup, where ferry's connect4 hook rewrites it;
+//! - iptables / nftables: wrk to the ClusterIP; the router's kube-proxy rules DNAT it.
+
+use std::{
+    net::Ipv4Addr,
+    path::Path,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use super::{
+    env::{http_get_in, in_lab_ns_ok, metric},
+    kubeproxy,
+    load::{self, ClientPlace, WrkResult},
+    synth::{self, BACKEND_PORT, TARGET_PORT, TARGET_VIP},
+};
+use crate::{AgentOpts, Lab, cleanup, lab::Pod, netns, proc::Proc};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Contender {
+    Direct,
+    Ferry,
+    Iptables,
+    Nftables,
+}
+
+impl Contender {
+    pub const ALL: [Contender; 4] = [
+        Contender::Direct,
+        Contender::Ferry,
+        Contender::Iptables,
+        Contender::Nftables,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Contender::Direct => "direct pod IP",
+            Contender::Ferry => "ferry",
+            Contender::Iptables => "kube-proxy iptables",
+            Contender::Nftables => "kube-proxy nftables",
+        }
+    }
+
+    fn short(self) -> &'static str {
+        match self {
+            Contender::Direct => "dir",
+            Contender::Ferry => "fry",
+            Contender::Iptables => "ipt",
+            Contender::Nftables => "nft",
+        }
+    }
+
+    fn index(self) -> u8 {
+        self as u8
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Config {
+    pub sizes: Vec<usize>,
+    pub rounds: usize,
+    pub secs: f64,
+    pub conns: u32,
+}
+
+/// All rounds of one contender at one N.
+#[derive(Clone, Debug, Serialize)]
+pub struct Point {
+    pub n: usize,
+    pub contender: Contender,
+    pub conns_per_sec: Vec<f64>,
+    pub p50_us: Vec<f64>,
+    pub p99_us: Vec<f64>,
+    pub errors: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Results {
+    pub config: Config,
+    pub points: Vec<Point>,
+    /// Time to program each N into each contender (seconds), for the notes.
+    pub program_secs: Vec<(usize, Contender, f64)>,
+}
+
+struct Client {
+    contender: Contender,
+    router: String,
+    place: ClientPlace,
+}
+
+/// The lab of this section: backends, servers, one router and client per contender.
+struct Topo {
+    clients: Vec<Client>,
+    backends: Vec<Pod>,
+    _servers: Vec<Proc>,
+}
+
+fn build(lab: &Lab, bench: &Path) -> Result<Topo> {
+    let node = lab.node_netns().to_owned();
+    netns::run(&node, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+    let backends = vec![lab.add_pod("be1"), lab.add_pod("be2")];
+    let mut servers = Vec::new();
+    for pod in &backends {
+        let s = lab.spawn(
+            pod,
+            bench,
+            &[
+                "serve",
+                "--port",
+                &BACKEND_PORT.to_string(),
+                "--lifetime",
+                "7200",
+            ],
+        );
+        if s.wait_line(Duration::from_secs(10), |l| l == "ready")
+            .is_none()
+        {
+            bail!(
+                "the server in {} did not start: {}",
+                pod.name,
+                lab.logs_of(&pod.name)
+            );
+        }
+        servers.push(s);
+    }
+    let prefix = cleanup::Record::netns_prefix(lab.id());
+    let mut clients = Vec::new();
+    for c in Contender::ALL {
+        let i = c.index();
+        let router = format!("{prefix}r{}", c.short());
+        let client = format!("{prefix}c{}", c.short());
+        cleanup::update(lab.id(), |r| {
+            r.netns.push(router.clone());
+            r.netns.push(client.clone());
+        });
+        netns::add(&router)?;
+        netns::add(&client)?;
+        let (link_node, link_router) = (format!("10.250.{i}.1"), format!("10.250.{i}.2"));
+        let (gw, client_ip) = (format!("10.246.{i}.1"), format!("10.246.{i}.2"));
+        let rt = format!("rt{i}");
+        // Links are born inside lab namespaces and moved between lab namespaces only.
+        netns::ip(
+            &node,
+            &[
+                "link", "add", &rt, "type", "veth", "peer", "name", "up0", "netns", &router,
+            ],
+        )?;
+        netns::ip(
+            &node,
+            &["addr", "add", &format!("{link_node}/24"), "dev", &rt],
+        )?;
+        netns::ip(&node, &["link", "set", &rt, "up"])?;
+        netns::ip(
+            &node,
+            &[
+                "route",
+                "add",
+                &format!("10.246.{i}.0/24"),
+                "via",
+                &link_router,
+            ],
+        )?;
+        netns::ip(&router, &["link", "set", "lo", "up"])?;
+        netns::ip(
+            &router,
+            &["addr", "add", &format!("{link_router}/24"), "dev", "up0"],
+        )?;
+        netns::ip(&router, &["link", "set", "up0", "up"])?;
+        netns::ip(&router, &["route", "add", "default", "via", &link_node])?;
+        netns::ip(
+            &router,
+            &[
+                "link", "add", "dn0", "type", "veth", "peer", "name", "eth0", "netns", &client,
+            ],
+        )?;
+        netns::ip(&router, &["addr", "add", &format!("{gw}/24"), "dev", "dn0"])?;
+        netns::ip(&router, &["link", "set", "dn0", "up"])?;
+        netns::run(&router, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        netns::ip(&client, &["link", "set", "lo", "up"])?;
+        netns::ip(
+            &client,
+            &["addr", "add", &format!("{client_ip}/24"), "dev", "eth0"],
+        )?;
+        netns::ip(&client, &["link", "set", "eth0", "up"])?;
+        netns::ip(&client, &["route", "add", "default", "via", &gw])?;
+        netns::run(
+            &client,
+            "sysctl",
+            &["-qw", "net.ipv4.ip_local_port_range=10000 65000"],
+        )?;
+        let place = ClientPlace {
+            netns_path: netns::path(&client),
+            // Only ferry's client is in the lab cgroup: the others must not pay for (or be
+            // translated by) ferry's socket hooks.
+            cgroup: (c == Contender::Ferry).then(|| lab.cgroup().to_owned()),
+        };
+        clients.push(Client {
+            contender: c,
+            router,
+            place,
+        });
+    }
+    Ok(Topo {
+        clients,
+        backends,
+        _servers: servers,
+    })
+}
+
+/// The target URL of a contender.
+fn url(c: Contender, backend: Ipv4Addr) -> String {
+    match c {
+        Contender::Direct => format!("http://{backend}:{BACKEND_PORT}/"),
+        _ => format!("http://{TARGET_VIP}:{TARGET_PORT}/"),
+    }
+}
+
+/// Programs the set into ferry (through the agent, then stopped: the datapath stays) and into
+/// the two kube-proxy routers.
+fn program(lab: &Lab, topo: &Topo, set: &[synth::Svc], out: &mut Results) -> Result<()> {
+    let n = set.len();
+    let tmp = lab.tmp_dir();
+    for c in &topo.clients {
+        let start = Instant::now();
+        match c.contender {
+            Contender::Direct => continue,
+            Contender::Ferry => {
+                synth::write_manifests(lab.manifests().dir(), set)?;
+                lab.start_agent(&AgentOpts {
+                    ready_timeout: Duration::from_secs(180),
+                    ..AgentOpts::default()
+                });
+                wait_frontends(lab, n, Duration::from_secs(180))?;
+                lab.stop_agent();
+            }
+            Contender::Iptables => {
+                let file = tmp.join(format!("iptables-{n}.rules"));
+                std::fs::write(&file, kubeproxy::iptables_restore(set))?;
+                in_lab_ns_ok(
+                    &c.router,
+                    "iptables-restore",
+                    &[&file.to_string_lossy()],
+                    Duration::from_secs(600),
+                )?;
+                std::fs::remove_file(&file)?;
+            }
+            Contender::Nftables => {
+                let file = tmp.join(format!("nftables-{n}.nft"));
+                std::fs::write(&file, kubeproxy::nft_script(set, "10.250.3.2"))?;
+                in_lab_ns_ok(
+                    &c.router,
+                    "nft",
+                    &["-f", &file.to_string_lossy()],
+                    Duration::from_secs(600),
+                )?;
+                std::fs::remove_file(&file)?;
+            }
+        }
+        out.program_secs
+            .push((n, c.contender, start.elapsed().as_secs_f64()));
+    }
+    Ok(())
+}
+
+/// Waits until the agent's /metrics reports `n` frontends programmed.
+pub fn wait_frontends(lab: &Lab, n: usize, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let body = http_get_in(&lab.node_netns_path(), 10249, "/metrics").unwrap_or_default();
+        if metric(&body, "ferry_frontends_programmed") == Some(n as f64) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "ferry did not program {n} frontends within {timeout:?} (metrics: {:?}); agent log:\n{}",
+                metric(&body, "ferry_frontends_programmed"),
+                tail(&lab.agent_log(), 30)
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Checks that every contender's path answers before anything is measured.
+fn check_paths(topo: &Topo) -> Result<()> {
+    for c in &topo.clients {
+        let r = load::wrk(
+            &c.place,
+            &url(c.contender, topo.backends[0].ip),
+            1.0,
+            1,
+            true,
+        )
+        .with_context(|| format!("checking the {} path", c.contender.label()))?;
+        if r.requests == 0 || r.errors > r.requests / 10 {
+            bail!(
+                "the {} path does not work: {} requests, {} errors",
+                c.contender.label(),
+                r.requests,
+                r.errors
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn run(lab: &Lab, config: &Config) -> Result<Results> {
+    let bench = std::env::current_exe()?;
+    let topo = build(lab, &bench)?;
+    let mut out = Results {
+        config: config.clone(),
+        points: Vec::new(),
+        program_secs: Vec::new(),
+    };
+    let backend_ips: Vec<Ipv4Addr> = topo.backends.iter().map(|p| p.ip).collect();
+    for &n in &config.sizes {
+        eprintln!("bench: east-west: programming {n} services into each contender…");
+        let set = synth::eastwest_set(n, &backend_ips);
+        program(lab, &topo, &set, &mut out)?;
+        check_paths(&topo)?;
+        let mut points: Vec<Point> = Contender::ALL
+            .iter()
+            .map(|&c| Point {
+                n,
+                contender: c,
+                conns_per_sec: Vec::new(),
+                p50_us: Vec::new(),
+                p99_us: Vec::new(),
+                errors: 0,
+            })
+            .collect();
+        for round in 0..config.rounds {
+            // A B C D, then B C D A, ...: no contender always runs first or last.
+            for k in 0..topo.clients.len() {
+                let c = &topo.clients[(k + round) % topo.clients.len()];
+                // Direct alternates between the two backends, as the service does.
+                let backend = backend_ips[round % backend_ips.len()];
+                let target = url(c.contender, backend);
+                let short: WrkResult =
+                    load::wrk(&c.place, &target, config.secs, config.conns, true)?;
+                let kept: WrkResult = load::wrk(&c.place, &target, config.secs, 1, false)?;
+                let p = &mut points[c.contender.index() as usize];
+                p.conns_per_sec.push(short.requests_per_sec);
+                p.p50_us.extend(kept.p50_us);
+                p.p99_us.extend(kept.p99_us);
+                p.errors += short.errors + kept.errors;
+                eprintln!(
+                    "bench: east-west N={n} round {}/{} {:<20} {:>9.0} conn/s  p50 {:>7.1} us  p99 {:>7.1} us",
+                    round + 1,
+                    config.rounds,
+                    c.contender.label(),
+                    short.requests_per_sec,
+                    kept.p50_us.unwrap_or(f64::NAN),
+                    kept.p99_us.unwrap_or(f64::NAN),
+                );
+            }
+        }
+        out.points.extend(points);
+    }
+    Ok(out)
+}
+
+/// The lab namespace of the iptables router (for the control-plane section's restore timing).
+pub fn scratch_ns(lab: &Lab, name: &str) -> Result<String> {
+    let ns = format!("{}{name}", cleanup::Record::netns_prefix(lab.id()));
+    cleanup::update(lab.id(), |r| r.netns.push(ns.clone()));
+    netns::add(&ns)?;
+    netns::ip(&ns, &["link", "set", "lo", "up"])?;
+    Ok(ns)
+}

@@ -1,0 +1,149 @@
+//! `ferry-bench`: ferry side by side with the physical limit and kube-proxy's iptables and
+//! nftables layouts, in labs of network namespaces (see docs/benchmarks.md for the method).
+//!
+//! Every section compares contenders inside one run, interleaved round by round, and reports
+//! medians with their range: the machines are shared and noisy, so absolute numbers mean
+//! little and ratios are the result. Nothing is asserted: a section that cannot run says why.
+
+pub mod control;
+pub mod eastwest;
+pub mod env;
+pub mod kubeproxy;
+pub mod load;
+pub mod progcost;
+pub mod report;
+pub mod server;
+pub mod stats;
+pub mod synth;
+
+use std::{path::PathBuf, time::Instant};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::Lab;
+
+/// A section's result, or why it was not measured.
+#[derive(Clone, Debug, Serialize)]
+pub enum Outcome<T> {
+    Done(T),
+    NotMeasured(String),
+}
+
+impl<T> Outcome<T> {
+    pub fn done(&self) -> Option<&T> {
+        match self {
+            Outcome::Done(t) => Some(t),
+            Outcome::NotMeasured(_) => None,
+        }
+    }
+
+    fn from_result(r: Result<T>) -> Self {
+        r.map_or_else(|e| Outcome::NotMeasured(format!("{e:#}")), Outcome::Done)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// A smoke run: small sizes, one short round.
+    pub quick: bool,
+    /// Where benchmarks.md, benchmarks.json and the plots go.
+    pub out: PathBuf,
+    /// Sections to run (all when empty): eastwest, northsouth, progcost, control.
+    pub only: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub quick: bool,
+    pub machine: env::Machine,
+    pub took_secs: f64,
+    pub eastwest: Outcome<eastwest::Results>,
+    pub northsouth: Outcome<()>,
+    pub progcost: Outcome<progcost::Results>,
+    pub control: Outcome<Vec<control::SizeResult>>,
+}
+
+/// Runs the sections and writes the report; returns the markdown file's path.
+pub fn run(opts: &Options) -> Result<PathBuf> {
+    let start = Instant::now();
+    let wanted = |s: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == s);
+    let machine = env::machine();
+
+    let eastwest = if wanted("eastwest") {
+        Outcome::from_result(run_eastwest(opts.quick))
+    } else {
+        skipped_section()
+    };
+    let northsouth = if wanted("northsouth") {
+        Outcome::NotMeasured(
+            "ferry's TC programs and the two-node lab exist, but the north-south load run \
+             (ferry's TC path vs. plain routing vs. kube-proxy's iptables rules on a node) is not \
+             written yet"
+                .into(),
+        )
+    } else {
+        skipped_section()
+    };
+    let progcost = if wanted("progcost") {
+        let samples = if opts.quick { 2_000 } else { 50_000 };
+        Outcome::from_result(progcost::run(samples))
+    } else {
+        skipped_section()
+    };
+    let control = if wanted("control") {
+        let config = if opts.quick {
+            control::Config {
+                sizes: vec![100],
+                endpoints_per_service: 10,
+                changes: 3,
+            }
+        } else {
+            control::Config {
+                sizes: vec![1_000, 3_000, 10_000],
+                endpoints_per_service: 10,
+                changes: 30,
+            }
+        };
+        Outcome::from_result(control::run(&config))
+    } else {
+        skipped_section()
+    };
+    let report = Report {
+        quick: opts.quick,
+        machine,
+        took_secs: start.elapsed().as_secs_f64(),
+        eastwest,
+        northsouth,
+        progcost,
+        control,
+    };
+    report::write(&opts.out, &report)
+}
+
+fn skipped_section<T>() -> Outcome<T> {
+    Outcome::NotMeasured("not selected (--only)".into())
+}
+
+fn run_eastwest(quick: bool) -> Result<eastwest::Results> {
+    env::tool("wrk", "wrk")?;
+    env::tool("iptables-restore", "iptables")?;
+    env::tool("nft", "nftables")?;
+    let config = if quick {
+        eastwest::Config {
+            sizes: vec![1, 100],
+            rounds: 1,
+            secs: 1.0,
+            conns: 4,
+        }
+    } else {
+        eastwest::Config {
+            sizes: vec![1, 1_000, 10_000],
+            rounds: 5,
+            secs: 3.0,
+            conns: 8,
+        }
+    };
+    let lab = Lab::try_new("bench-eastwest")?;
+    eastwest::run(&lab, &config)
+}

@@ -1,0 +1,420 @@
+//! Section 3, program cost: ferry's TC programs run with BPF_PROG_TEST_RUN on hand-built
+//! frames, timed by the kernel.
+//!
+//! A test run with `repeat` > 1 runs the program again and again on the *same* skb, and ferry's
+//! programs rewrite it (DNAT on the first run): every later run would see an already translated
+//! packet and take the "not ferry's" path. So each path is run `samples` times with
+//! `repeat` = 1 on a fresh copy of its frame, and the kernel's `duration` (ns) of each run is
+//! kept. That duration includes the test-run timer's own cost; an empty classifier
+//! (`r0 = -1; exit`) is timed the same way and its median subtracted.
+//!
+//! - miss: a TCP SYN to a LoadBalancer IP, conntrack emptied before each run (service lookup,
+//!   backend choice, two conntrack inserts, DNAT);
+//! - hit: the same flow's next client segment (conntrack lookup, DNAT);
+//! - reply: the backend's segment leaving the node (conntrack lookup, reverse NAT);
+//! - pass: a packet to an address that is no frontend (what every other packet costs).
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+};
+
+use agent_common::{
+    Backend4, Ct4Key, Ct4Value, RevNat4, Svc4Key, SvcValue, backend_flags, maps as m,
+    net::{ip4_to_raw, port_to_raw},
+    scope, svc_flags,
+};
+use anyhow::{Context, Result, bail};
+use aya::{
+    maps::{HashMap, MapData},
+    programs::SchedClassifier,
+};
+use serde::Serialize;
+
+use super::stats::percentile;
+use crate::progtest::{
+    self, ETH_P_IP, IPPROTO_TCP, IpOpts, ProgTest, TCP_ACK, TCP_SYN, ethernet, ipv4, tcp,
+};
+
+const TC_IN: &str = "ferry_tc_in";
+const TC_OUT: &str = "ferry_tc_out";
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PathCost {
+    pub path: String,
+    pub program: String,
+    /// Median and p99 of the kernel's per-run duration, minus the empty program's median.
+    pub median_ns: f64,
+    pub p99_ns: f64,
+    /// The raw median, before the subtraction.
+    pub raw_median_ns: f64,
+    pub verdict: i32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Results {
+    pub samples: usize,
+    pub baseline_ns: f64,
+    pub paths: Vec<PathCost>,
+    /// The pass path (which leaves the packet as it is, so `repeat` is valid for it) timed with
+    /// a large `repeat`: the kernel's average, a check of the subtraction above.
+    pub pass_repeat: u32,
+    pub pass_repeat_ns: f64,
+    /// Each program's size after the verifier: (name, eBPF instructions, JITed bytes).
+    pub sizes: Vec<(String, u32, u32)>,
+}
+
+/// Whether this build's eBPF object has the TC programs.
+pub fn available() -> bool {
+    let obj = ferry::datapath::loader::ebpf_object();
+    let has = |name: &str| obj.windows(name.len()).any(|w| w == name.as_bytes());
+    has(TC_IN) && has(TC_OUT)
+}
+
+pub fn run(samples: usize) -> Result<Results> {
+    if !available() {
+        bail!("this build's eBPF object has no {TC_IN}/{TC_OUT}");
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    progtest::isolated(move || {
+        let _ = tx.send(measure(samples).map_err(|e| format!("{e:#}")));
+    });
+    rx.recv()
+        .context("the measuring thread ended without a result")?
+        .map_err(anyhow::Error::msg)
+}
+
+const NODE: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 2);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const LB_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 5);
+const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const REV: u16 = 7;
+
+fn raw(ip: Ipv4Addr) -> u32 {
+    ip4_to_raw(ip.octets())
+}
+
+fn frame(src: SocketAddrV4, dst: SocketAddrV4, flags: u8, inbound: bool) -> Vec<u8> {
+    let ack = if flags & TCP_ACK != 0 { 2000 } else { 0 };
+    let payload: &[u8] = if flags == TCP_ACK {
+        b"GET / HTTP/1.1\r\n\r\n"
+    } else {
+        b""
+    };
+    let packet = ipv4(
+        IpOpts::default(),
+        *src.ip(),
+        *dst.ip(),
+        IPPROTO_TCP,
+        &tcp(src, dst, 1000, ack, flags, payload),
+    );
+    if inbound {
+        ethernet(NODE_MAC, PEER_MAC, ETH_P_IP, &packet)
+    } else {
+        ethernet(PEER_MAC, NODE_MAC, ETH_P_IP, &packet)
+    }
+}
+
+fn measure(samples: usize) -> Result<Results> {
+    let mut t = ProgTest::load(ferry::datapath::loader::ebpf_object(), &[TC_IN, TC_OUT])?;
+    program_maps(&mut t)?;
+    let empty = empty_classifier()?;
+    let vip = SocketAddrV4::new(LB_VIP, 80);
+    let pod = SocketAddrV4::new(POD, 8080);
+    let client = SocketAddrV4::new(CLIENT, 40000);
+    let syn = frame(client, vip, TCP_SYN, true);
+    let ack = frame(client, vip, TCP_ACK, true);
+    let reply = frame(pod, client, TCP_ACK, false);
+    let other = frame(
+        client,
+        SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 99), 80),
+        TCP_ACK,
+        true,
+    );
+
+    let baseline: Vec<f64> = (0..samples)
+        .map(|_| run_once(empty.as_raw_fd(), &ack).map(|(_, d)| d))
+        .collect::<Result<_>>()?;
+    let base = percentile(&baseline, 50.0).unwrap_or(0.0);
+    let fd = |name: &str| -> Result<i32> {
+        let p: &SchedClassifier = t.ebpf.program(name).context("program")?.try_into()?;
+        Ok(p.fd()?.as_fd().as_raw_fd())
+    };
+    let (fd_in, fd_out) = (fd(TC_IN)?, fd(TC_OUT)?);
+    let mut sizes = Vec::new();
+    for name in [TC_IN, TC_OUT] {
+        let p: &SchedClassifier = t.ebpf.program(name).context("program")?.try_into()?;
+        let info = p.info()?;
+        sizes.push((
+            name.to_owned(),
+            info.size_translated().unwrap_or(0) / 8,
+            info.size_jitted(),
+        ));
+    }
+
+    let mut paths = Vec::new();
+    let mut cost = |path: &str, program: &str, durations: Vec<f64>, verdict: i32| {
+        let raw_median = percentile(&durations, 50.0).unwrap_or(f64::NAN);
+        paths.push(PathCost {
+            path: path.to_owned(),
+            program: program.to_owned(),
+            median_ns: (raw_median - base).max(0.0),
+            p99_ns: (percentile(&durations, 99.0).unwrap_or(f64::NAN) - base).max(0.0),
+            raw_median_ns: raw_median,
+            verdict,
+        });
+    };
+
+    // miss: conntrack emptied before every run.
+    let mut miss = Vec::with_capacity(samples);
+    let mut verdict = 0;
+    for _ in 0..samples {
+        clear_ct(&mut t)?;
+        let (v, d) = run_once(fd_in, &syn)?;
+        verdict = v;
+        miss.push(d);
+    }
+    if verdict != 0 {
+        bail!("the SYN to the LoadBalancer IP was not translated (verdict {verdict})");
+    }
+    cost(
+        "miss (new flow: lookup, choice, conntrack insert, DNAT)",
+        TC_IN,
+        miss,
+        verdict,
+    );
+
+    // The flow stays tracked from here on.
+    let mut hit = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let (v, d) = run_once(fd_in, &ack)?;
+        verdict = v;
+        hit.push(d);
+    }
+    cost(
+        "hit (tracked flow: conntrack lookup, DNAT)",
+        TC_IN,
+        hit,
+        verdict,
+    );
+
+    let mut rep = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let (v, d) = run_once(fd_out, &reply)?;
+        verdict = v;
+        rep.push(d);
+    }
+    cost(
+        "reply (conntrack lookup, reverse NAT)",
+        TC_OUT,
+        rep,
+        verdict,
+    );
+
+    let mut pass = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let (v, d) = run_once(fd_in, &other)?;
+        verdict = v;
+        pass.push(d);
+    }
+    cost(
+        "pass (no frontend: parse and one lookup)",
+        TC_IN,
+        pass,
+        verdict,
+    );
+    let pass_repeat = 1_000_000;
+    let (_, pass_repeat_ns) = run_repeat(fd_in, &other, pass_repeat)?;
+
+    Ok(Results {
+        samples,
+        baseline_ns: base,
+        paths,
+        pass_repeat,
+        pass_repeat_ns,
+        sizes,
+    })
+}
+
+fn hash<'a, K: aya::Pod, V: aya::Pod>(
+    t: &'a mut ProgTest,
+    name: &str,
+) -> Result<HashMap<&'a mut MapData, K, V>> {
+    let map = t
+        .ebpf
+        .map_mut(name)
+        .with_context(|| format!("no map {name}"))?;
+    Ok(HashMap::try_from(map)?)
+}
+
+/// A LoadBalancer frontend 192.0.2.10:80 with one local backend 10.244.0.5:8080, as the agent
+/// writes it; this node's address on the test device (the namespace's loopback, ifindex 1).
+fn program_maps(t: &mut ProgTest) -> Result<()> {
+    hash::<u32, u32>(t, m::NODE_ADDR_V4)?.insert(&1, &raw(NODE), 0)?;
+    let backend = Backend4 {
+        addr: raw(POD),
+        port: port_to_raw(8080),
+        proto: IPPROTO_TCP,
+        state: 0,
+        flags: backend_flags::LOCAL,
+        _pad: [0; 3],
+    };
+    hash::<u32, Backend4>(t, m::BACKENDS_V4)?.insert(&1, &backend, 0)?;
+    let key = |slot: u16| Svc4Key {
+        addr: raw(LB_VIP),
+        port: port_to_raw(80),
+        slot,
+        proto: IPPROTO_TCP,
+        scope: scope::EXTERNAL,
+        _pad: [0; 2],
+    };
+    let mut svc = hash::<Svc4Key, SvcValue>(t, m::SERVICES_V4)?;
+    svc.insert(
+        &key(0),
+        &SvcValue {
+            backend_id: 0,
+            count: 1,
+            rev_nat_id: REV,
+            flags: svc_flags::LOAD_BALANCER | svc_flags::ETP_LOCAL,
+            _pad: 0,
+            affinity_timeout: 10_800,
+        },
+        0,
+    )?;
+    svc.insert(
+        &key(1),
+        &SvcValue {
+            backend_id: 1,
+            ..SvcValue::default()
+        },
+        0,
+    )?;
+    hash::<u16, RevNat4>(t, m::REV_NAT_V4)?.insert(
+        &REV,
+        &RevNat4 {
+            addr: raw(LB_VIP),
+            port: port_to_raw(80),
+            _pad: 0,
+        },
+        0,
+    )?;
+    Ok(())
+}
+
+fn clear_ct(t: &mut ProgTest) -> Result<()> {
+    let mut ct = hash::<Ct4Key, Ct4Value>(t, m::CT_V4)?;
+    let keys: Vec<Ct4Key> = ct.keys().collect::<Result<_, _>>()?;
+    for k in keys {
+        ct.remove(&k)?;
+    }
+    Ok(())
+}
+
+/// `union bpf_attr`, as far as BPF_PROG_TEST_RUN reads it.
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// One BPF_PROG_TEST_RUN (`repeat` 1): the verdict and the kernel's duration in ns.
+fn run_once(prog_fd: i32, frame: &[u8]) -> Result<(i32, f64)> {
+    run_repeat(prog_fd, frame, 1)
+}
+
+/// BPF_PROG_TEST_RUN with `repeat` runs on one skb: the last verdict and the kernel's average
+/// duration per run, in ns.
+fn run_repeat(prog_fd: i32, frame: &[u8], repeat: u32) -> Result<(i32, f64)> {
+    let mut out = vec![0u8; 2048];
+    let mut attr = TestRunAttr {
+        prog_fd: prog_fd as u32,
+        data_size_in: frame.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat,
+        ..TestRunAttr::default()
+    };
+    // SAFETY: a valid bpf_attr for BPF_PROG_TEST_RUN (10); the buffers outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            10 as libc::c_long,
+            &mut attr as *mut TestRunAttr,
+            std::mem::size_of::<TestRunAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("bpf(BPF_PROG_TEST_RUN)");
+    }
+    Ok((attr.retval as i32, f64::from(attr.duration)))
+}
+
+/// `union bpf_attr` for BPF_PROG_LOAD, as far as it is used here.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// An empty classifier: `r0 = -1 (TC_ACT_UNSPEC); exit`.
+fn empty_classifier() -> Result<OwnedFd> {
+    // mov64 r0, -1 (opcode 0xb7, dst r0, imm -1); exit (0x95).
+    let insns: [u64; 2] = [
+        u64::from_le_bytes([0xb7, 0x00, 0, 0, 0xff, 0xff, 0xff, 0xff]),
+        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+    ];
+    let license = c"GPL";
+    let mut name = [0u8; 16];
+    name[..11].copy_from_slice(b"bench_empty");
+    let attr = ProgLoadAttr {
+        prog_type: 3, // BPF_PROG_TYPE_SCHED_CLS
+        insn_cnt: 2,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        prog_name: name,
+        ..ProgLoadAttr::default()
+    };
+    // SAFETY: a valid bpf_attr for BPF_PROG_LOAD (5); the instructions and license outlive it.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            5 as libc::c_long,
+            &attr as *const ProgLoadAttr,
+            std::mem::size_of::<ProgLoadAttr>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("loading the empty classifier");
+    }
+    // SAFETY: bpf(2) returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}

@@ -1,0 +1,681 @@
+//! The report: `benchmarks.md` (tables with medians, ranges and ratios, the targets, the
+//! method), `benchmarks.json` (every sample), and gnuplot PNGs of the scaling curves.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+
+use super::{
+    Outcome, Report,
+    control::SizeResult,
+    eastwest::{Contender, Point},
+    stats::{Summary, percentile, ratio},
+};
+use crate::proc::{self, Placement};
+
+const EW_PNG: &str = "bench-eastwest.png";
+const CP_PNG: &str = "bench-control.png";
+
+pub fn write(out: &Path, r: &Report) -> Result<PathBuf> {
+    fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    fs::write(
+        out.join("benchmarks.json"),
+        serde_json::to_string_pretty(r)?,
+    )?;
+    let plots = plot(out, r);
+    let md = markdown(r, &plots);
+    let path = out.join("benchmarks.md");
+    fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Formatting
+
+fn num(x: f64) -> String {
+    if !x.is_finite() {
+        return "–".into();
+    }
+    if x.abs() >= 1000.0 {
+        let s = format!("{:.0}", x);
+        let (sign, digits) = s.strip_prefix('-').map_or(("", s.as_str()), |d| ("-", d));
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        format!("{sign}{out}")
+    } else if x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn cell(s: Option<Summary>) -> String {
+    match s {
+        Some(s) if s.n > 1 => format!("{} ({}–{})", num(s.median), num(s.min), num(s.max)),
+        Some(s) => num(s.median),
+        None => "–".into(),
+    }
+}
+
+fn ratio_cell(r: Option<f64>) -> String {
+    r.map_or("–".into(), |r| format!("{r:.2}"))
+}
+
+fn opt_secs(x: Option<f64>) -> String {
+    x.map_or("–".into(), |s| format!("{} s", num(s)))
+}
+
+fn mib(bytes: Option<u64>) -> String {
+    bytes.map_or("–".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
+}
+
+// ---------------------------------------------------------------------------------------------
+// East-west
+
+fn point(points: &[Point], n: usize, c: Contender) -> Option<&Point> {
+    points.iter().find(|p| p.n == n && p.contender == c)
+}
+
+fn ew_metric(points: &[Point], n: usize, c: Contender, f: fn(&Point) -> &[f64]) -> Option<Summary> {
+    point(points, n, c).and_then(|p| Summary::of(f(p)))
+}
+
+fn ew_table(
+    md: &mut String,
+    points: &[Point],
+    sizes: &[usize],
+    title: &str,
+    f: fn(&Point) -> &[f64],
+) {
+    let _ = writeln!(
+        md,
+        "\n**{title}**\n\n| services (N) | direct pod IP | ferry | kube-proxy iptables | kube-proxy nftables | ferry / direct | ferry / iptables | ferry / nftables |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for &n in sizes {
+        let s = |c| ew_metric(points, n, c, f);
+        let ferry = s(Contender::Ferry);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            num(n as f64),
+            cell(s(Contender::Direct)),
+            cell(ferry),
+            cell(s(Contender::Iptables)),
+            cell(s(Contender::Nftables)),
+            ratio_cell(ratio(ferry, s(Contender::Direct))),
+            ratio_cell(ratio(ferry, s(Contender::Iptables))),
+            ratio_cell(ratio(ferry, s(Contender::Nftables))),
+        );
+    }
+}
+
+fn conns(p: &Point) -> &[f64] {
+    &p.conns_per_sec
+}
+fn p50(p: &Point) -> &[f64] {
+    &p.p50_us
+}
+fn p99(p: &Point) -> &[f64] {
+    &p.p99_us
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plots
+
+struct Plots {
+    eastwest: Option<String>,
+    control: Option<String>,
+    note: Option<String>,
+}
+
+fn gnuplot(dir: &Path, script: &str) -> Result<()> {
+    let file = dir.join(".plot.gp");
+    fs::write(&file, script)?;
+    let out = proc::output_placed(
+        Command::new("gnuplot").arg(&file).current_dir(dir),
+        &Placement::default(),
+        Duration::from_secs(60),
+    )?;
+    let _ = fs::remove_file(&file);
+    if !out.status.success() {
+        anyhow::bail!("gnuplot failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn plot(out: &Path, r: &Report) -> Plots {
+    let mut plots = Plots {
+        eastwest: None,
+        control: None,
+        note: None,
+    };
+    if super::env::tool("gnuplot", "gnuplot-nox").is_err() {
+        plots.note = Some("gnuplot is missing (apt-get install gnuplot-nox): no plots".into());
+        return plots;
+    }
+    let mut errors = Vec::new();
+    if let Some(ew) = r.eastwest.done() {
+        let mut data = String::from(
+            "# N  then median min max per contender: direct ferry iptables nftables\n",
+        );
+        for &n in &ew.config.sizes {
+            let _ = write!(data, "{n}");
+            for c in Contender::ALL {
+                match ew_metric(&ew.points, n, c, conns) {
+                    Some(s) => {
+                        let _ = write!(data, " {} {} {}", s.median, s.min, s.max);
+                    }
+                    None => data.push_str(" NaN NaN NaN"),
+                }
+            }
+            data.push('\n');
+        }
+        let dat = out.join(".eastwest.dat");
+        let script = format!(
+            "set terminal pngcairo size 900,540 font ',11'\nset output '{EW_PNG}'\n\
+             set title 'East-west: short connections per second vs. services programmed'\n\
+             set xlabel 'services programmed (N, log scale)'\nset ylabel 'connections / s (median, min-max)'\n\
+             set logscale x\nset xrange [0.5:20000]\nset yrange [0:*]\nset key bottom left\nset grid\n\
+             plot '.eastwest.dat' using 1:2:3:4 with yerrorlines lw 2 title 'direct pod IP (limit)', \
+             '' using 1:5:6:7 with yerrorlines lw 2 title 'ferry (socket layer)', \
+             '' using 1:8:9:10 with yerrorlines lw 2 title 'kube-proxy iptables', \
+             '' using 1:11:12:13 with yerrorlines lw 2 title 'kube-proxy nftables'\n"
+        );
+        match fs::write(&dat, data)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| gnuplot(out, &script))
+        {
+            Ok(()) => plots.eastwest = Some(EW_PNG.into()),
+            Err(e) => errors.push(format!("east-west plot: {e:#}")),
+        }
+        let _ = fs::remove_file(&dat);
+    }
+    if let Some(cp) = r.control.done() {
+        let mut data = String::from("# services  ferry-manifests ferry-api iptables-restore nft\n");
+        let v = |x: Option<f64>| x.map_or("NaN".to_owned(), |x| x.to_string());
+        for s in cp {
+            let _ = writeln!(
+                data,
+                "{} {} {} {} {}",
+                s.services,
+                v(s.manifests.full_secs),
+                v(s.api.full_secs),
+                v(s.iptables_restore_secs),
+                v(s.nft_secs)
+            );
+        }
+        let dat = out.join(".control.dat");
+        let script = format!(
+            "set terminal pngcairo size 900,540 font ',11'\nset output '{CP_PNG}'\n\
+             set title 'Control plane: full sync time vs. services (10 endpoints each)'\n\
+             set xlabel 'services (log scale)'\nset ylabel 'seconds to everything in the kernel (log scale)'\n\
+             set logscale xy\nset key top left\nset grid\n\
+             plot '.control.dat' using 1:2 with linespoints lw 2 title 'ferry, manifests source', \
+             '' using 1:3 with linespoints lw 2 title 'ferry, Kubernetes API source', \
+             '' using 1:4 with linespoints lw 2 title 'kube-proxy iptables-restore', \
+             '' using 1:5 with linespoints lw 2 title 'kube-proxy nft -f'\n"
+        );
+        match fs::write(&dat, data)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| gnuplot(out, &script))
+        {
+            Ok(()) => plots.control = Some(CP_PNG.into()),
+            Err(e) => errors.push(format!("control-plane plot: {e:#}")),
+        }
+        let _ = fs::remove_file(&dat);
+    }
+    if !errors.is_empty() {
+        plots.note = Some(errors.join("; "));
+    }
+    plots
+}
+
+// ---------------------------------------------------------------------------------------------
+// The document
+
+fn not_measured(md: &mut String, why: &str) {
+    let _ = writeln!(md, "\n**Not measured:** {why}");
+}
+
+fn markdown(r: &Report, plots: &Plots) -> String {
+    let m = &r.machine;
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# Benchmarks\n\n\
+         ferry side by side with the physical limit (pods talking to pod IPs, no translation) and \
+         with kube-proxy's iptables and nftables rule layouts, at 1 to 10,000 services. Generated by \
+         `cargo xtask bench`{}; rerun it to reproduce (root, about 15 minutes).\n\n\
+         | machine | |\n|---|---|\n| date | {} |\n| kernel | {} |\n| CPU | {} |\n| cores | {} |\n| memory | {:.0} GiB |\n| run time | {:.0} s |\n\n\
+         This ran on a **shared 2-core VM** while other engineers were building on it: absolute \
+         numbers are noisy and mean little. Every comparison is made inside one run, with the \
+         contenders interleaved round by round (A B C D, then B C D A, ...), and each cell gives \
+         the median of the rounds and their range (min–max). Read the ratios.",
+        if r.quick {
+            " --quick (a smoke run: tiny sizes, one short round; not a measurement)"
+        } else {
+            ""
+        },
+        m.date,
+        m.kernel,
+        m.cpu,
+        m.cores,
+        m.memory_gib,
+        r.took_secs
+    );
+
+    targets(&mut md, r);
+
+    // 1. East-west
+    let _ = writeln!(md, "\n## 1. East-west: pod to ClusterIP\n");
+    let _ = writeln!(
+        md,
+        "A client pod calls a ClusterIP service with two backends (one HTTP server each); N services \
+         are programmed, the others being filler with 2–3 endpoints each (the measured service sits \
+         in the middle of kube-proxy's `KUBE-SERVICES` chain, where a service lands on average). \
+         *Connections/s*: `wrk -t1 -c8 -H 'Connection: close'` (connect, one request, close), higher is \
+         better. *Latency*: one kept-alive connection (`wrk -t1 -c1 --latency`), lower is better."
+    );
+    match &r.eastwest {
+        Outcome::Done(ew) => {
+            let _ = writeln!(
+                md,
+                "\n{} rounds of {} s per contender and N.",
+                ew.config.rounds, ew.config.secs
+            );
+            ew_table(
+                &mut md,
+                &ew.points,
+                &ew.config.sizes,
+                "Short connections per second (higher is better)",
+                conns,
+            );
+            ew_table(
+                &mut md,
+                &ew.points,
+                &ew.config.sizes,
+                "Request latency p50 on a kept-alive connection, µs (lower is better)",
+                p50,
+            );
+            ew_table(
+                &mut md,
+                &ew.points,
+                &ew.config.sizes,
+                "Request latency p99 on a kept-alive connection, µs (lower is better)",
+                p99,
+            );
+            let errors: u64 = ew.points.iter().map(|p| p.errors).sum();
+            let _ = writeln!(
+                md,
+                "\nSocket errors and non-2xx responses over all runs: {errors}."
+            );
+            let prog: Vec<String> = ew
+                .program_secs
+                .iter()
+                .map(|(n, c, s)| {
+                    format!(
+                        "{} at N = {}: {}",
+                        c.label(),
+                        num(*n as f64),
+                        opt_secs(Some(*s))
+                    )
+                })
+                .collect();
+            if !prog.is_empty() {
+                let _ = writeln!(
+                    md,
+                    "\nTime to program each set before its rounds (wall clock, for scale): {}.",
+                    prog.join("; ")
+                );
+            }
+            if let Some(png) = &plots.eastwest {
+                let _ = writeln!(
+                    md,
+                    "\n![East-west connections per second vs. services]({png})"
+                );
+            }
+        }
+        Outcome::NotMeasured(why) => not_measured(&mut md, why),
+    }
+
+    // 2. North-south
+    let _ = writeln!(
+        md,
+        "\n## 2. North-south: external client to a LoadBalancer IP\n"
+    );
+    match &r.northsouth {
+        Outcome::Done(()) => {}
+        Outcome::NotMeasured(why) => not_measured(&mut md, why),
+    }
+
+    // 3. Program cost
+    let _ = writeln!(md, "\n## 3. Program cost: BPF_PROG_TEST_RUN\n");
+    match &r.progcost {
+        Outcome::Done(pc) => {
+            let _ = writeln!(
+                md,
+                "ferry's TC programs on hand-built frames of a LoadBalancer flow (one local backend), \
+                 {} runs per path. `repeat` stays 1: with a larger count the kernel reruns the program \
+                 on the *same* skb, which the first run has already translated, so every later run \
+                 would measure the pass-through path. Each figure is the median (and p99) of the \
+                 kernel's per-run `duration`, minus the median of an empty classifier timed the same \
+                 way ({} ns: the test-run timer itself).\n\n\
+                 | path | program | ns per packet (median) | p99 | raw median |\n|---|---|---:|---:|---:|",
+                num(pc.samples as f64),
+                num(pc.baseline_ns)
+            );
+            for p in &pc.paths {
+                let _ = writeln!(
+                    md,
+                    "| {} | `{}` | {} | {} | {} |",
+                    p.path,
+                    p.program,
+                    num(p.median_ns),
+                    num(p.p99_ns),
+                    num(p.raw_median_ns)
+                );
+            }
+            let _ = writeln!(
+                md,
+                "\nCheck of the subtraction: the pass path leaves the packet as it is, so it can be \
+                 timed with `repeat` {}: {} ns per packet on average.",
+                num(f64::from(pc.pass_repeat)),
+                num(pc.pass_repeat_ns)
+            );
+            let sizes: Vec<String> = pc
+                .sizes
+                .iter()
+                .map(|(name, insns, jited)| {
+                    format!(
+                        "`{name}` {} instructions after the verifier, {} bytes JITed",
+                        num(f64::from(*insns)),
+                        num(f64::from(*jited))
+                    )
+                })
+                .collect();
+            let _ = writeln!(md, "\nProgram sizes: {}.", sizes.join("; "));
+        }
+        Outcome::NotMeasured(why) => not_measured(&mut md, why),
+    }
+
+    // 4. Control plane
+    let _ = writeln!(md, "\n## 4. Control plane\n");
+    match &r.control {
+        Outcome::Done(cp) => control(&mut md, cp, plots),
+        Outcome::NotMeasured(why) => not_measured(&mut md, why),
+    }
+
+    if let Some(note) = &plots.note {
+        let _ = writeln!(md, "\n*Plots:* {note}");
+    }
+    method(&mut md);
+    md
+}
+
+fn control(md: &mut String, cp: &[SizeResult], plots: &Plots) {
+    let _ = writeln!(
+        md,
+        "ClusterIP services with 10 endpoints each. *ferry*: from starting the agent to the log line \
+         of the sync that put every frontend into the kernel; in brackets, the programming part of \
+         that sync (diffing and map writes; the rest is reading, parsing and translating). Two \
+         sources: the manifests directory (YAML files) and the Kubernetes API (the lab's API server \
+         test double, list + watch over TLS). *kube-proxy*: one `iptables-restore` / `nft -f` of its \
+         rules for the same set into an empty lab namespace (what its first sync writes), wall clock; \
+         the time kube-proxy spends generating them is not counted. Ratios below 1 mean ferry is faster.\n\n\
+         | services | endpoints | ferry, manifests | ferry, API | iptables-restore | nft -f | ferry API / iptables | ferry API / nftables |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for s in cp {
+        let f = |run: &super::control::FerryRun| match (
+            run.full_secs,
+            run.full_program_secs,
+            &run.error,
+        ) {
+            (Some(t), Some(p), _) => format!("{} s ({} ms)", num(t), num(p * 1e3)),
+            (_, _, Some(e)) => format!("failed: {e}"),
+            _ => "–".into(),
+        };
+        let r = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            num(s.services as f64),
+            num(s.endpoints as f64),
+            f(&s.manifests),
+            f(&s.api),
+            opt_secs(s.iptables_restore_secs),
+            opt_secs(s.nft_secs),
+            r(s.api.full_secs, s.iptables_restore_secs),
+            r(s.api.full_secs, s.nft_secs),
+        );
+    }
+    for s in cp {
+        for n in &s.notes {
+            let _ = writeln!(md, "\n{}: {n}", num(s.services as f64));
+        }
+    }
+    if let Some(big) = cp.iter().max_by_key(|s| s.services) {
+        let _ = writeln!(
+            md,
+            "\n**One endpoint change at {} services / {} endpoints** ({} changes, each replacing one \
+             endpoint of one slice): from writing the change (renaming the rewritten file into the \
+             manifests directory / the API write) to the log line of the sync that wrote the map, \
+             and the programming part of that sync.\n\n\
+             | source | change → map written p50 | p99 | programming p50 | p99 | agent peak RSS (VmHWM) |\n|---|---:|---:|---:|---:|---:|",
+            num(big.services as f64),
+            num(big.endpoints as f64),
+            big.api.change_ms.len().max(big.manifests.change_ms.len())
+        );
+        for (name, run) in [("manifests", &big.manifests), ("Kubernetes API", &big.api)] {
+            let p =
+                |v: &[f64], q| percentile(v, q).map_or("–".into(), |x| format!("{} ms", num(x)));
+            let _ = writeln!(
+                md,
+                "| {name} | {} | {} | {} | {} | {} |",
+                p(&run.change_ms, 50.0),
+                p(&run.change_ms, 99.0),
+                p(&run.change_program_ms, 50.0),
+                p(&run.change_program_ms, 99.0),
+                mib(run.rss)
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\nThe manifests source polls its directory every 200 ms and reads a change once it has \
+             held still for one poll, then re-reads every file: its change latency is that design, \
+             not the datapath. The API source debounces events for 20 ms."
+        );
+    }
+    if let Some(png) = &plots.control {
+        let _ = writeln!(md, "\n![Full sync time vs. services]({png})");
+    }
+}
+
+/// Where ferry stands against the issue's targets (measured, never asserted).
+fn targets(md: &mut String, r: &Report) {
+    let _ = writeln!(
+        md,
+        "\n## Targets\n\nMeasured against, not asserted.\n\n| target | goal | measured | |\n|---|---|---|---|"
+    );
+    let verdict = |ok: bool, by: String| {
+        if ok {
+            "met".to_owned()
+        } else {
+            format!("missed by {by}")
+        }
+    };
+    // East-west
+    let row = match r.eastwest.done() {
+        Some(ew) => {
+            let n = ew.config.sizes.iter().copied().max().unwrap_or(0);
+            let f = ew_metric(&ew.points, n, Contender::Ferry, conns);
+            let d = ew_metric(&ew.points, n, Contender::Direct, conns);
+            match ratio(f, d) {
+                Some(x) => format!(
+                    "{x:.2} × direct at N = {} | {}",
+                    num(n as f64),
+                    verdict(x >= 0.97, format!("{:.0} %", (0.97 - x) * 100.0))
+                ),
+                None => "– | ".into(),
+            }
+        }
+        None => "not measured | ".into(),
+    };
+    let _ = writeln!(
+        md,
+        "| east-west connections/s at 10,000 services | ≥ 0.97 × direct pod IP | {row} |"
+    );
+    let _ = writeln!(
+        md,
+        "| north-south throughput | ≥ 0.9 × plain routing | not measured | |"
+    );
+    let row = match r
+        .progcost
+        .done()
+        .and_then(|p| p.paths.iter().find(|p| p.path.starts_with("hit")))
+    {
+        Some(hit) => format!(
+            "{} ns (median) | {}",
+            num(hit.median_ns),
+            verdict(
+                hit.median_ns <= 60.0,
+                format!("{} ns", num(hit.median_ns - 60.0))
+            )
+        ),
+        None => "not measured | ".into(),
+    };
+    let _ = writeln!(md, "| TC hit path | ≤ 60 ns per packet | {row} |");
+    let big = r
+        .control
+        .done()
+        .and_then(|cp| cp.iter().max_by_key(|s| s.services));
+    let row = match big {
+        Some(s) => {
+            let best = [s.api.full_secs, s.manifests.full_secs];
+            let show = |x: Option<f64>| x.map_or("–".into(), |x| format!("{} s", num(x)));
+            let ok = s.api.full_secs.is_some_and(|x| x <= 1.0);
+            format!(
+                "API {}, manifests {} at {} / {} | {}",
+                show(best[0]),
+                show(best[1]),
+                num(s.services as f64),
+                num(s.endpoints as f64),
+                verdict(
+                    ok,
+                    s.api
+                        .full_secs
+                        .map_or("–".into(), |x| format!("{} s (API source)", num(x - 1.0)))
+                )
+            )
+        }
+        None => "not measured | ".into(),
+    };
+    let _ = writeln!(
+        md,
+        "| full sync, 10,000 services / 100,000 endpoints | ≤ 1 s | {row} |"
+    );
+    let row = match big {
+        Some(s) => {
+            let api = percentile(&s.api.change_ms, 99.0);
+            let man = percentile(&s.manifests.change_ms, 99.0);
+            let prog = percentile(&s.api.change_program_ms, 99.0);
+            let show = |x: Option<f64>| x.map_or("–".into(), |x| format!("{} ms", num(x)));
+            format!(
+                "p99: API {}, manifests {}; programming part {} | {}",
+                show(api),
+                show(man),
+                show(prog),
+                match api {
+                    Some(x) => verdict(x <= 5.0, format!("{} ms (API source)", num(x - 5.0))),
+                    None => String::new(),
+                }
+            )
+        }
+        None => "not measured | ".into(),
+    };
+    let _ = writeln!(
+        md,
+        "| one endpoint change to the map | ≤ 5 ms p99 | {row} |"
+    );
+    let row = match big {
+        Some(s) => {
+            let worst = s.api.rss.max(s.manifests.rss);
+            match worst {
+                Some(b) => {
+                    let m = b as f64 / 1048576.0;
+                    format!(
+                        "API {}, manifests {} | {}",
+                        mib(s.api.rss),
+                        mib(s.manifests.rss),
+                        verdict(m <= 64.0, format!("{:.1} MiB", m - 64.0))
+                    )
+                }
+                None => "– | ".into(),
+            }
+        }
+        None => "not measured | ".into(),
+    };
+    let _ = writeln!(
+        md,
+        "| agent peak RSS at 10,000 / 100,000 | ≤ 64 MiB | {row} |"
+    );
+}
+
+fn method(md: &mut String) {
+    let _ = writeln!(
+        md,
+        "\n## Method\n\n\
+         - **Isolation.** Everything runs in lab network namespaces (`fy<id>-*`) built by the \
+           test library; none is linked to the root namespace, all addresses live inside them, and \
+           kube-proxy's rules are loaded with `nsenter --net=/run/netns/fy<id>-...` into lab \
+           namespaces only. Clients, servers and loads are bounded in time; the lab is removed on \
+           exit, on failure and on Ctrl-C.\n\
+         - **East-west topology.** Each contender has its own client namespace behind its own \
+           router namespace (the client's node as far as rules go), and all routers lead to the \
+           node namespace whose bridge holds the two backend pods. The paths have the same hops; \
+           kube-proxy's rules and the conntrack they need live only in their contender's router, \
+           so no contender pays for another's rules. ferry's client alone is in the lab cgroup \
+           where ferry's socket hooks are attached; the others are outside it.\n\
+         - **ferry's datapath** is programmed by the agent from manifests; the agent is then \
+           stopped (the datapath stays in the kernel, pinned, as designed) so that no control \
+           plane runs during the rounds, as none runs for the kube-proxy contenders.\n\
+         - **kube-proxy's layouts** are generated by the bench in kube-proxy's exact structure \
+           (tests/src/bench/kubeproxy.rs, whose unit tests check the chain names against \
+           kube-proxy's own test expectations): iptables mode's `KUBE-SERVICES` → `KUBE-SVC-<hash>` \
+           (`-m statistic --mode random --probability`) → `KUBE-SEP-<hash>` (DNAT), jumps from \
+           PREROUTING/OUTPUT, `KUBE-MARK-MASQ`/`KUBE-POSTROUTING` and the filter-table chains; \
+           nftables mode's `table ip kube-proxy` with the `service-ips` verdict map → service chains \
+           (`numgen random mod N vmap`) → endpoint chains, with its base chains and maps. Debian \
+           12's `iptables` is iptables-nft (the nf_tables backend), what current distributions and \
+           kube-proxy images use.\n\
+         - **Load tool: wrk** (Debian's package). It is a real, event-driven HTTP load generator \
+           whose `Connection: close` mode measures connection setup (the per-connection cost where \
+           the contenders differ: a socket-hook lookup vs. netfilter's NAT chains on the first \
+           packet) and whose `--latency` gives the request latency percentiles on a kept-alive \
+           connection (the per-packet cost: nothing for ferry, conntrack for kube-proxy). The \
+           backends run a small keep-alive HTTP server (`ferry-bench serve`) so the server is not \
+           the bottleneck.\n\
+         - **Program cost** uses BPF_PROG_TEST_RUN on the real object loaded into the kernel \
+           (verifier included), in a namespace of its own, with maps filled as the agent fills them.\n\
+         - **Control plane** runs each source in a fresh lab; kube-proxy's restores go into empty \
+           lab namespaces.\n\
+         - `cargo xtask bench --quick` is the smoke run `cargo xtask test` makes: N = 1 and 100, \
+           one 1-second round, 100 services in the control-plane section; it writes to a \
+           temporary directory, never over this file."
+    );
+}

@@ -1,0 +1,97 @@
+//! ferry-bench: ferry side by side with direct pod IPs and kube-proxy's iptables and nftables
+//! rules (see docs/benchmarks.md). Run by `cargo xtask bench`; needs root.
+//!
+//! ```text
+//! ferry-bench run [--quick] [--out DIR] [--only SECTION[,SECTION..]]
+//! ferry-bench serve --port PORT [--lifetime SECS]     (the backends' HTTP server)
+//! ```
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use ferry_tests::{
+    bench::{self, Options, server},
+    is_root,
+};
+
+const USAGE: &str = "usage: ferry-bench run [--quick] [--out DIR] [--only eastwest,northsouth,progcost,control]\n       ferry-bench serve --port PORT [--lifetime SECS]";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("serve") => serve(&args[1..]),
+        Some("run") => run(&args[1..]),
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(args: &[String]) -> ExitCode {
+    let mut port = None;
+    let mut lifetime = 3600;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match (a.as_str(), it.next().and_then(|v| v.parse().ok())) {
+            ("--port", Some(v)) => port = u16::try_from(v).ok(),
+            ("--lifetime", Some(v)) => lifetime = v,
+            _ => {
+                eprintln!("{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let Some(port) = port else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    match server::serve(port, Duration::from_secs(lifetime)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry-bench serve: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> ExitCode {
+    let mut opts = Options {
+        quick: false,
+        out: PathBuf::from("docs"),
+        only: Vec::new(),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => opts.quick = true,
+            "--out" => match it.next() {
+                Some(v) => opts.out = PathBuf::from(v),
+                None => return usage(),
+            },
+            "--only" => match it.next() {
+                Some(v) => opts.only = v.split(',').map(str::to_owned).collect(),
+                None => return usage(),
+            },
+            _ => return usage(),
+        }
+    }
+    if !is_root() {
+        eprintln!("ferry-bench needs root (network namespaces, cgroups, bpffs, eBPF)");
+        return ExitCode::from(2);
+    }
+    match bench::run(&opts) {
+        Ok(path) => {
+            println!("bench: wrote {}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ferry-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage() -> ExitCode {
+    eprintln!("{USAGE}");
+    ExitCode::from(2)
+}
