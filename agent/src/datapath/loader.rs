@@ -71,6 +71,11 @@ impl Datapath {
             .load(EBPF_OBJECT)
             .map_err(|e| Error::Load(Box::new(e)))?;
         start_kernel_logs(&mut ebpf);
+        // North-south programs: loaded now (the verifier speaks at start),
+        // attached once the node's devices are known.
+        if super::tc::available(&ebpf) {
+            super::tc::load(&mut ebpf)?;
+        }
 
         let cgroup = fs::File::open(&opts.cgroup).map_err(|source| Error::Cgroup {
             path: opts.cgroup.clone(),
