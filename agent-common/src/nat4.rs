@@ -54,7 +54,34 @@ pub mod ct_flags {
     pub const SNAT: u8 = 1 << 0;
     /// The backend is on this node.
     pub const LOCAL: u8 = 1 << 1;
+    /// Direct server return. On the node the client reached (a FORWARD entry
+    /// only): the client's address is kept and the frontend travels to the
+    /// backend's node in a [`DsrOpt4`] IP option; the replies do not come
+    /// back. On the backend's node (a REPLY entry only, made from the
+    /// option): the pod's replies leave with the frontend as their source.
+    pub const DSR: u8 = 1 << 2;
 }
+
+/// The IPv4 option that carries a DSR flow's frontend (the address and port
+/// the client called) from the node the client reached to the backend's
+/// node, as the first option after the fixed header. Cilium's layout and
+/// type: 0x9a = copied (0x80, so every fragment carries it) | class 0 |
+/// number 26, in the range RFC 4727 leaves for experiments. Multi-byte
+/// fields raw (network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DsrOpt4 {
+    /// [`DSR_OPT_TYPE`].
+    pub ty: u8,
+    /// [`DSR_OPT_LEN`].
+    pub len: u8,
+    pub port: u16,
+    pub addr: u32,
+}
+const _: () = assert!(core::mem::size_of::<DsrOpt4>() == 8);
+
+pub const DSR_OPT_TYPE: u8 = 0x9a;
+pub const DSR_OPT_LEN: u8 = 8;
 
 /// Data of the source-range LPM trie key (aya's `lpm_trie::Key<SrcRange4>`
 /// puts the prefix length before it): the prefix covers `rev_nat_id` (32

@@ -44,9 +44,21 @@ pub enum Counter {
     /// could not be forwarded through the FIB (no route, forwarding off on the
     /// device, MTU): handed to the stack, which may drop it as a martian.
     NsFibPassed = 17,
+    /// North-south DSR, on the backend's node: a packet carrying the DSR
+    /// option for a backend on this node; its reply entry made or refreshed
+    /// and the option removed before the pod sees the packet.
+    NsDsrReceived = 18,
+    /// North-south DSR, on the node the client reached: the option did not
+    /// fit (the packet with it would exceed the route's MTU, or the IP
+    /// header has no room left). A new flow falls back to SNAT; a packet of
+    /// a tracked flow goes without it (the backend's node knows the flow).
+    NsDsrFallback = 19,
+    /// North-south DSR: adding or removing the option, or writing the reply
+    /// entry, failed: dropped.
+    NsDsrFailed = 20,
 }
 
-pub const COUNTERS: u32 = 18;
+pub const COUNTERS: u32 = 21;
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [
@@ -68,6 +80,9 @@ impl Counter {
         Counter::NsNatFailed,
         Counter::NsRejectFailed,
         Counter::NsFibPassed,
+        Counter::NsDsrReceived,
+        Counter::NsDsrFallback,
+        Counter::NsDsrFailed,
     ];
 
     /// Stable name used in metrics and `ferry stats`.
@@ -91,6 +106,9 @@ impl Counter {
             Counter::NsNatFailed => "ns_nat_failed",
             Counter::NsRejectFailed => "ns_reject_failed",
             Counter::NsFibPassed => "ns_fib_passed",
+            Counter::NsDsrReceived => "ns_dsr_received",
+            Counter::NsDsrFallback => "ns_dsr_fallback",
+            Counter::NsDsrFailed => "ns_dsr_failed",
         }
     }
 }

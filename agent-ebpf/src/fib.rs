@@ -9,6 +9,10 @@
 //! egress of the device the FIB names, with the MACs it gives (or through
 //! `bpf_redirect_neigh` when the neighbour is not resolved yet). When the
 //! FIB has no answer the packet is handed to the stack (counted).
+//!
+//! DSR packets (the client's source kept, the frontend in an IP option, see
+//! dsr.rs) go the same way: the stack could forward them, but the lookup
+//! also tells whether the option still fits the route's MTU.
 
 use agent_common::stats::Counter;
 use aya_ebpf::{
@@ -24,7 +28,11 @@ use crate::{
     tc::verdict,
 };
 
-const AF_INET: u8 = 2;
+pub const AF_INET: u8 = 2;
+
+/// A return code of [`lookup`] that is no FIB answer: the packet's TTL
+/// would expire here, it is for the stack.
+pub const RC_STACK: u32 = u32::MAX;
 
 /// Routes the (already translated) IPv4 packet and redirects it to the
 /// egress of the next hop's device, decrementing its TTL as a router does.
@@ -34,16 +42,27 @@ pub fn forward(ctx: &TcContext) -> i32 {
     let Ok(ip) = ctx.load::<Ipv4Hdr>(IP_OFF) else {
         return verdict::SHOT;
     };
-    if ip.ttl <= 1 {
-        // The stack sends the time-exceeded error (or drops it).
-        count(Counter::NsFibPassed);
-        return verdict::OK;
-    }
     // SAFETY: a plain C struct of integers; all zeros is a valid value.
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    let rc = lookup(ctx, &ip, 0, &mut p);
+    send(ctx, &ip, rc, &p)
+}
+
+/// Looks up the route of a packet with header `ip` (its addresses, ToS and
+/// protocol) arriving on this device, into `p` (all zeros on entry).
+/// `tot_len` 0: the helper checks the skb against the egress device's MTU
+/// (on success only); otherwise it checks `tot_len` against the route's MTU
+/// before anything else and answers BPF_FIB_LKUP_RET_FRAG_NEEDED when it
+/// does not fit. A packet whose TTL would expire here gets no lookup but
+/// [`RC_STACK`]: the stack sends the time-exceeded error (or drops it).
+#[inline(always)]
+pub fn lookup(ctx: &TcContext, ip: &Ipv4Hdr, tot_len: u16, p: &mut bpf_fib_lookup) -> u32 {
+    if ip.ttl <= 1 {
+        return RC_STACK;
+    }
     p.family = AF_INET;
     p.l4_protocol = ip.proto;
-    // tot_len 0: the helper checks the skb against the egress device's MTU.
+    p.__bindgen_anon_1.tot_len = tot_len;
     p.ifindex = crate::parse::ifindex(ctx);
     p.__bindgen_anon_2.tos = ip.tos;
     p.__bindgen_anon_3.ipv4_src = ip.saddr;
@@ -51,14 +70,21 @@ pub fn forward(ctx: &TcContext) -> i32 {
     let rc = unsafe {
         h::bpf_fib_lookup(
             ctx.as_ptr(),
-            &mut p,
+            p,
             core::mem::size_of::<bpf_fib_lookup>() as i32,
             0,
         )
     };
-    match rc as u32 {
+    rc as u32
+}
+
+/// Sends the packet the way the lookup (`rc`, `p`) says: see the module
+/// comment. `ip` is its header as it is now (TTL and protocol are used).
+#[inline(always)]
+pub fn send(ctx: &TcContext, ip: &Ipv4Hdr, rc: u32, p: &bpf_fib_lookup) -> i32 {
+    match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {
-            if decrement_ttl(ctx, &ip).is_err() {
+            if decrement_ttl(ctx, ip).is_err() {
                 return verdict::SHOT;
             }
             // SAFETY: the union member the helper fills on success.
@@ -72,7 +98,7 @@ pub fn forward(ctx: &TcContext) -> i32 {
             unsafe { h::bpf_redirect(p.ifindex, 0) as i32 }
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => {
-            if decrement_ttl(ctx, &ip).is_err() {
+            if decrement_ttl(ctx, ip).is_err() {
                 return verdict::SHOT;
             }
             // No parameters: the helper looks the next hop up again and

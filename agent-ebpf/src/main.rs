@@ -17,6 +17,8 @@ mod csum;
 #[cfg(target_arch = "bpf")]
 mod ct;
 #[cfg(target_arch = "bpf")]
+mod dsr;
+#[cfg(target_arch = "bpf")]
 mod fib;
 #[cfg(target_arch = "bpf")]
 mod icmp;

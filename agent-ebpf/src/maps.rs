@@ -46,6 +46,11 @@ pub static NODE_ADDR_V4: HashMap<u32, u32> = HashMap::pinned(m::NODE_ADDR_V4_MAX
 #[map(name = "ferry_ncfg_v1")]
 pub static NODE_CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
 
+/// Per-CPU scratch space of the DSR paths (see dsr.rs). Not pinned and not
+/// in `agent_common::maps`: it holds no state, each load gets its own.
+#[map(name = "ferry_dsr_scr")]
+pub static DSR_SCRATCH: PerCpuArray<crate::dsr::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
 #[map(name = "ferry_stats_v1")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(agent_common::stats::COUNTERS, 0);
 

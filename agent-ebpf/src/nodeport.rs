@@ -9,11 +9,11 @@
 //! the ingress device, so its replies come back here to be translated
 //! (kube-proxy's behaviour for externalTrafficPolicy Cluster).
 //!
-//! TODO(DSR): `node_flags::DSR` asks to keep the client address towards
-//! remote backends too and let their node answer directly. It needs the
-//! frontend carried to the backend's node (an IP option or encapsulation)
-//! and a reverse translation there; until then remote backends get SNAT
-//! whatever the flag says.
+//! With `node_flags::DSR` (`--lb-mode dsr`) a remote backend is reached
+//! with the client's address kept instead, the frontend carried to the
+//! backend's node in an IP option, and that node answers the client
+//! directly: see dsr.rs, which also handles the receiving side (packets
+//! carrying the option for a backend on this node).
 //!
 //! TCP packets other than a SYN that match no flow start one all the same
 //! (as Cilium does): after the conntrack entries were lost (LRU eviction),
@@ -23,12 +23,12 @@
 
 use agent_common::{
     Ct4Value, SrcRange4, Svc4Key, affinity_client, backend_flags, ct_dir, ct_flags, flow_hash_v4,
-    scope, stats::Counter, svc_flags,
+    node_flags, proto, scope, stats::Counter, svc_flags,
 };
 use aya_ebpf::{bindings::BPF_NOEXIST, maps::lpm_trie::Key, programs::TcContext};
 
 use crate::{
-    csum, ct, fib, icmp,
+    csum, ct, dsr, fib, icmp,
     maps::{CT_V4, NODE_ADDR_V4, SRC_RANGE_V4, count},
     parse::{self, Ipv4, L4, Tuple},
     select::{self, Client},
@@ -37,7 +37,7 @@ use crate::{
 
 /// Frontend kinds that are exposed on the node's devices. ClusterIPs are
 /// not: they are served at the socket layer only.
-const EXPOSED: u16 = svc_flags::NODE_PORT | svc_flags::EXTERNAL_IP | svc_flags::LOAD_BALANCER;
+pub const EXPOSED: u16 = svc_flags::NODE_PORT | svc_flags::EXTERNAL_IP | svc_flags::LOAD_BALANCER;
 
 /// A TCP/UDP packet arriving on a device.
 #[inline(always)]
@@ -128,6 +128,9 @@ fn backend_still_there(v: &Ct4Value) -> bool {
 
 #[inline(always)]
 fn translate_forward(ctx: &TcContext, l4: &L4, t: &Tuple, v: &Ct4Value) -> i32 {
+    if v.flags & ct_flags::DSR != 0 {
+        return dsr::forward(dsr::skb(ctx), v, false);
+    }
     if let Err(e) = csum::rewrite(
         ctx,
         l4,
@@ -147,7 +150,8 @@ fn translate_forward(ctx: &TcContext, l4: &L4, t: &Tuple, v: &Ct4Value) -> i32 {
     }
 }
 
-/// A packet no flow knows: a new flow if it is for an exposed frontend.
+/// A packet no flow knows: a new flow if it is for an exposed frontend (or,
+/// for no frontend at all, possibly a DSR packet from another node).
 #[inline(always)]
 fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, cfg: &agent_common::NodeConfig) -> i32 {
     let mut key = Svc4Key {
@@ -159,6 +163,11 @@ fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, cfg: &agent_common::
         _pad: [0; 2],
     };
     let Some(svc) = select::lookup_svc(&key) else {
+        // Only packets with IP options can carry a DSR option: the node's
+        // ordinary traffic pays nothing more than this test.
+        if ip.hdr.header_len() > parse::IPV4_MIN_HLEN {
+            return dsr::receive(dsr::skb(ctx));
+        }
         return verdict::PASS;
     };
     if svc.flags & EXPOSED == 0 {
@@ -203,6 +212,20 @@ fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, cfg: &agent_common::
         return verdict::SHOT;
     };
     let local = chosen.backend.flags & backend_flags::LOCAL != 0;
+    let tcp_flags = parse::tcp_flags(ctx, ip);
+    // DSR to a remote backend when the option fits the first packet; else
+    // SNAT, except for a TCP segment other than a SYN (a flow this node
+    // lost, which the backend's node may still know): see dsr.rs.
+    let mut fits = false;
+    let mut dsr = false;
+    if !local && cfg.flags & node_flags::DSR != 0 {
+        fits = dsr::option_fits(dsr::skb(ctx), chosen.backend.addr);
+        dsr = fits;
+        if !fits {
+            count(Counter::NsDsrFallback);
+            dsr = t.proto == proto::TCP && tcp_flags & parse::TCP_SYN == 0;
+        }
+    }
     let mut fwd = Ct4Value {
         nat_saddr: t.saddr,
         nat_daddr: chosen.backend.addr,
@@ -212,10 +235,12 @@ fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, cfg: &agent_common::
         rev_nat_id: svc.rev_nat_id,
         flags: if local {
             ct_flags::LOCAL
+        } else if dsr {
+            ct_flags::DSR
         } else {
             ct_flags::SNAT
         },
-        tcp_flags: parse::tcp_flags(ctx, ip),
+        tcp_flags,
         last_seen: select::now_seconds(),
     };
     let rev = Ct4Value {
@@ -244,6 +269,13 @@ fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, cfg: &agent_common::
             count(Counter::NsNatFailed);
             return verdict::SHOT;
         }
+    } else if dsr {
+        // FORWARD only: the replies do not come back through this node.
+        if CT_V4.insert(&fwd_key, &fwd, BPF_NOEXIST as u64).is_err() {
+            return follow_winner(ctx, l4, t, &fwd_key);
+        }
+        count(Counter::NsNewFlow);
+        return dsr::forward(dsr::skb(ctx), &fwd, fits);
     } else {
         let Some(node_addr) = NODE_ADDR_V4
             .get_ptr(&parse::ifindex(ctx))

@@ -613,8 +613,13 @@ impl Cluster {
 
     /// Starts both agents with default options; prints how long each took.
     pub fn start_agents(&self) {
+        self.start_agents_with(&AgentOpts::default());
+    }
+
+    /// Starts both agents with these options; prints how long each took.
+    pub fn start_agents_with(&self, opts: &AgentOpts) {
         for node in &self.nodes {
-            let took = self.start_agent(&node.name, &AgentOpts::default());
+            let took = self.start_agent(&node.name, opts);
             println!(
                 "latency: agent start on {} -> /readyz 200: {} ms",
                 node.name,
@@ -653,6 +658,32 @@ impl Cluster {
         ["ferry_link_tcin_eth0", "ferry_link_tcout_eth0"]
             .iter()
             .all(|l| pin.join(l).exists())
+    }
+
+    /// The node's pinned TC links as the kernel reports them (`bpftool -j link show pinned`):
+    /// (pin name, link id, program id), sorted by pin name.
+    pub fn tc_links(&self, node: &str) -> Vec<(String, u64, u64)> {
+        let pin = &self.node(node).pin_dir;
+        let mut links = Vec::new();
+        for name in ["ferry_link_tcin_eth0", "ferry_link_tcout_eth0"] {
+            let path = pin.join(name);
+            if !path.exists() {
+                continue;
+            }
+            let out = proc::run(
+                "bpftool",
+                &["-j", "link", "show", "pinned", &path.to_string_lossy()],
+            )
+            .unwrap_or_else(|e| panic!("bpftool link show pinned {}: {e:#}", path.display()));
+            let v: Value = serde_json::from_str(&out)
+                .unwrap_or_else(|e| panic!("bpftool -j printed no JSON ({e}): {out}"));
+            links.push((
+                name.to_owned(),
+                v["id"].as_u64().unwrap_or_default(),
+                v["prog_id"].as_u64().unwrap_or_default(),
+            ));
+        }
+        links
     }
 
     /// Waits until both agents attached their TC programs to eth0; panics at once, saying so,

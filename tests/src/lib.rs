@@ -7,6 +7,10 @@
 //! (`fy<id>-*`, `ferry-lab-<id>`) and is removed when the lab is dropped, when the test panics,
 //! and when the test process gets SIGINT or SIGTERM.
 //!
+//! A [`Cluster`] is the two-node variant for north-south traffic: two node namespaces joined by
+//! a bridge namespace (the segment), pods behind each node in that node's cgroup, external
+//! client namespaces on the segment, and one agent per node reading the same manifests.
+//!
 //! Nothing here touches the root network namespace, the machine's interfaces or its root
 //! cgroup: veth pairs are created directly inside lab namespaces, and the only processes killed
 //! are those the lab started, by PID (the agent's after checking its command line; leftovers of

@@ -324,6 +324,34 @@ pub fn ipv4(opts: IpOpts, src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: &[u8
     h
 }
 
+/// An IPv4 header carrying `options` (a multiple of 4 bytes, at most 40) with its checksum,
+/// followed by `payload`.
+pub fn ipv4_with_options(
+    opts: IpOpts,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    options: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
+    assert!(
+        options.len().is_multiple_of(4) && options.len() <= 40,
+        "IPv4 options of {} bytes",
+        options.len()
+    );
+    let mut p = ipv4(opts, src, dst, proto, payload);
+    let hlen = 20 + options.len();
+    p[0] = 0x40 | (hlen / 4) as u8;
+    p.splice(20..20, options.iter().copied());
+    let tot = p.len() as u16;
+    p[2..4].copy_from_slice(&tot.to_be_bytes());
+    p[10] = 0;
+    p[11] = 0;
+    let c = checksum(0, &p[..hlen]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
 /// A TCP segment (20-byte header, window 64240) with its checksum.
 pub fn tcp(
     src: SocketAddrV4,

@@ -183,14 +183,63 @@ fn cluster_selftest() {
             attempts.iter().filter_map(|x| x.pod()).collect();
         assert_eq!(pods.into_iter().collect::<Vec<_>>(), ["a", "b"]);
 
-        // Is north-south there in this build?
-        let tc = if c.agent_log("node1").contains("no north-south programs") {
-            "absent (this build has no north-south programs)"
-        } else {
-            "present"
-        };
-        println!("TC programs: {tc}; route used by the tests for LB IPs: {LB_RANGE}");
+        // With the agents running (and their TC programs on eth0, if this build has them),
+        // traffic to no service address still passes untouched.
+        let attached: Vec<bool> = [&n1, &n2].iter().map(|n| c.tc_attached(&n.name)).collect();
+        println!("TC programs attached on node1, node2: {attached:?}");
+        for pod in [&a, &b] {
+            let body = c
+                .curl(&ext1, &format!("http://{}:8080/", pod.ip))
+                .unwrap_or_else(|e| panic!("ext1 -> {} with the agents running: {e}", pod.name));
+            assert_eq!(*echo_peer(&body).peer.ip(), EXT1_IP);
+        }
+        println!("the tests route {LB_RANGE} (load balancer IPs) per test");
     }
     let left = cleanup::leftovers(&id);
     assert!(left.is_empty(), "the cluster left behind: {left:?}");
+}
+
+/// PIDs of processes whose command line mentions the lab (its agents, its servers).
+fn processes_of(id: &str) -> Vec<u32> {
+    let needle = format!("ferry-lab-{id}");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[test]
+fn a_panicking_cluster_test_leaves_nothing() {
+    require_root!();
+    let id = std::sync::Mutex::new(String::new());
+    let result = std::panic::catch_unwind(|| {
+        let c = Cluster::new("a_panicking_cluster_test_leaves_nothing");
+        *id.lock().unwrap() = c.id().to_owned();
+        let a = c.add_pod_on("node1", "a");
+        let _echo = c.start_echo(&a, &[8080], &[]);
+        c.add_routed_client("far", 1280, "node1");
+        c.start_agents();
+        assert!(
+            !processes_of(c.id()).is_empty(),
+            "the agents mention the lab"
+        );
+        panic!("a deliberate failure inside a cluster");
+    });
+    assert!(result.is_err());
+    let id = id.into_inner().unwrap();
+    assert_eq!(id.len(), 6);
+    let left = cleanup::leftovers(&id);
+    assert!(left.is_empty(), "the cluster left behind: {left:?}");
+    assert_eq!(
+        processes_of(&id),
+        Vec::<u32>::new(),
+        "no process of the lab survives"
+    );
 }

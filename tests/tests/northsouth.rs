@@ -757,13 +757,20 @@ fn session_affinity_client_ip() {
             1,
             "all connections of one client on one backend: {pods:?}"
         );
-        // UDP from the same client sticks to the same backend.
-        let udp = c.client(ext, &["udp", &format!("{LB_IP}:53"), "--count", "5"]);
+        // UDP: affinity is per service port (as kube-proxy's), so UDP may stick to another
+        // backend than TCP, but every socket of the client (a new source port each) sticks
+        // to the same one.
+        let mut udp = Vec::new();
+        for _ in 0..10 {
+            udp.extend(c.client(ext, &["udp", &format!("{LB_IP}:53"), "--count", "1"]));
+        }
         assert_all_ok(&c, &udp, "UDP with affinity");
+        let udp_pods = by_pod(&udp);
+        println!("{} over UDP from 10 sockets: {udp_pods:?}", ext.name);
         assert_eq!(
-            by_pod(&udp).keys().collect::<Vec<_>>(),
-            pods.keys().collect::<Vec<_>>(),
-            "UDP from {} lands on the same backend",
+            udp_pods.len(),
+            1,
+            "UDP from {} sticks to one backend",
             ext.name
         );
     }
@@ -841,7 +848,12 @@ fn write_random(path: &std::path::Path, len: usize) {
 
 /// `python3 -m http.server 8080 --directory DIR` in the pod, once it listens.
 fn http_server(c: &Cluster, pod: &Pod, dir: &std::path::Path) -> Proc {
+    http_server_on(c, pod, dir, 8080)
+}
+
+fn http_server_on(c: &Cluster, pod: &Pod, dir: &std::path::Path, port: u16) -> Proc {
     let dir = dir.to_string_lossy();
+    let port = port.to_string();
     let p = c.spawn(
         pod,
         "python3",
@@ -849,7 +861,7 @@ fn http_server(c: &Cluster, pod: &Pod, dir: &std::path::Path) -> Proc {
             "-u",
             "-m",
             "http.server",
-            "8080",
+            &port,
             "--bind",
             "0.0.0.0",
             "--directory",
@@ -889,26 +901,42 @@ fn pod_reaches_the_lb_ip_of_its_own_service() {
 
     // The backend itself (hairpin), the node it runs on, and a pod on the other node (whose
     // node has no local endpoint: in-cluster clients reach every endpoint).
-    for from in [&b1, &host1, &c2] {
+    // Each reaches its own node's NodePort (another node's NodePort is that node's device's
+    // business: see node_port_on_either_node).
+    for (from, own_node) in [(&b1, node1), (&host1, node1), (&c2, c.node("node2").ip)] {
         for target in [
             format!("{LB_IP}:80"),
             format!("{EXTERNAL_IP}:80"),
-            format!("{node1}:{NODE_PORT}"),
+            format!("{own_node}:{NODE_PORT}"),
         ] {
             let attempts = tcp(&c, from, &target, 5);
             assert_all_ok(&c, &attempts, &format!("{} -> {target}", from.name));
             assert_eq!(by_pod(&attempts).keys().collect::<Vec<_>>(), ["b1"]);
             let seen = peers(&attempts);
             println!("{} -> {target}: the backend saw {seen:?}", from.name);
+            // The node's own connections leave towards its pods from its bridge address.
+            let source = if from.name == host1.name {
+                c.node("node1").gateway
+            } else {
+                from.ip
+            };
             assert_eq!(
                 seen,
-                BTreeSet::from([from.ip.to_string()]),
+                BTreeSet::from([source.to_string()]),
                 "the socket layer translates: no SNAT"
             );
         }
     }
     let udp = c.client(&b1, &["udp", &format!("{LB_IP}:53"), "--count", "3"]);
     assert_all_ok(&c, &udp, "b1 -> its own LB IP over UDP");
+    // None of it took the device path: no north-south flow on either node.
+    for node in ["node1", "node2"] {
+        let flows = c.conntrack(node);
+        assert!(
+            flows.is_empty(),
+            "{node} tracked in-cluster traffic: {flows:#?}"
+        );
+    }
     assert!(
         udp.iter()
             .all(|a| a.from.as_deref() == Some("192.0.2.10:53")),
@@ -1242,10 +1270,345 @@ fn fragmentation_needed_reaches_the_backend_translated() {
             (&b2, c.node("node1").ip.to_string())
         };
         let route = c.output(pod, "ip", &["route", "get", &dst]);
-        println!(
-            "{}: {}",
-            pod.name,
-            String::from_utf8_lossy(&route.stdout).trim()
+        let route = String::from_utf8_lossy(&route.stdout);
+        println!("{}: {}", pod.name, route.trim());
+        assert!(
+            route.contains("mtu 1280"),
+            "{what}: the backend learned the path MTU from the translated ICMP error: {route}"
         );
     }
+    let stats = c.stats("node1");
+    println!("node1 stats: {stats}");
+    assert!(
+        stats["counters"]["ns_icmp_translated"].as_u64() >= Some(2),
+        "node1 counted the ICMP errors it translated: {stats}"
+    );
+}
+
+/// The backend each 5-tuple (ext1's source ports `ports`, to `target`) reaches through `node`,
+/// one UDP datagram per source port.
+fn udp_choices(c: &Cluster, node: &str, target: &str, ports: &[u16]) -> Vec<String> {
+    let ext1 = c.ext("ext1");
+    c.route(&ext1, LB_RANGE, node);
+    ports
+        .iter()
+        .map(|p| {
+            let a = c
+                .client(
+                    &ext1,
+                    &[
+                        "udp",
+                        target,
+                        "--source-port",
+                        &p.to_string(),
+                        "--timeout-ms",
+                        "2000",
+                    ],
+                )
+                .remove(0);
+            assert!(
+                a.ok,
+                "{target} from port {p} via {node}: {}\n{}",
+                a.raw,
+                c.dump()
+            );
+            echo(&a).pod
+        })
+        .collect()
+}
+
+#[test]
+fn maglev_picks_the_same_backend_on_both_nodes() {
+    require_root!();
+    let c = Cluster::new("maglev_picks_the_same_backend_on_both_nodes");
+    let b1 = c.add_pod_on("node1", "b1");
+    let b2 = c.add_pod_on("node1", "b2");
+    let b3 = c.add_pod_on("node2", "b3");
+    let backends = [(&b1, "node1"), (&b2, "node1"), (&b3, "node2")];
+    let mut echos = Vec::new();
+    for (p, _) in backends {
+        echos.push(c.start_echo(p, &[8080], &[5353]));
+    }
+    // The agents get different histories, so their backend ids differ: node1 first programs
+    // a service that is deleted before node2 starts.
+    let earlier = Service::cluster_ip("earlier", "10.96.0.99").port_to("dns", 53, "UDP", 5353u16);
+    let earlier_eps = EndpointSlice::new("earlier-1", "earlier")
+        .port("dns", 5353, "UDP")
+        .endpoints((1..=3).map(|i| Endpoint::ready(format!("10.244.9.{i}")).node("node2")));
+    c.manifests().apply(&earlier);
+    c.manifests().apply(&earlier_eps);
+    c.start_agent("node1", &ferry_tests::AgentOpts::default());
+    c.wait_services(
+        "node1",
+        |v| active_in(v, "10.96.0.99", 53, "UDP", "external").is_some_and(|b| b.len() == 3),
+        DEADLINE,
+    );
+    let maglev = web_ports(Service::load_balancer("maglev", CLUSTER_IP))
+        .lb_ingress(LB_IP)
+        .annotation("ferry.io/lb-algorithm", "maglev");
+    let mut random = web_ports(Service::load_balancer("random", "10.96.0.11"))
+        .lb_ingress(LB_IP2)
+        .annotation("ferry.io/lb-algorithm", "random");
+    random
+        .ports
+        .iter_mut()
+        .for_each(|p| p.node_port = p.node_port.map(|n| n + 1));
+    for svc in [&maglev, &random] {
+        c.manifests().apply(svc);
+    }
+    c.manifests().apply(&slice("maglev", &backends));
+    c.manifests().apply(&slice("random", &backends));
+    let all = eps(&[&b1, &b2, &b3], 5353);
+    wait_external_eps(&c, "node1", LB_IP, 53, "UDP", &all);
+    c.manifests().delete(&earlier);
+    c.manifests().delete(&earlier_eps);
+    c.wait_services(
+        "node1",
+        |v| active_in(v, "10.96.0.99", 53, "UDP", "external").is_none(),
+        DEADLINE,
+    );
+    c.start_agent("node2", &ferry_tests::AgentOpts::default());
+    let took = c.wait_north_south(DEADLINE);
+    report("TC programs on both nodes", took);
+    wait_external_eps(&c, "node2", LB_IP, 53, "UDP", &all);
+    let ids = |node: &str| -> Vec<u64> {
+        let v = c.services(node);
+        let mut ids: Vec<u64> = v["frontends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["address"] == LB_IP && f["port"] == 53)
+            .flat_map(|f| f["backends"].as_array().unwrap().clone())
+            .filter_map(|b| b["id"].as_u64())
+            .collect();
+        ids.sort();
+        ids
+    };
+    println!(
+        "backend ids: node1 {:?}, node2 {:?}",
+        ids("node1"),
+        ids("node2")
+    );
+
+    let ports: Vec<u16> = (40001..=40024).collect();
+    let target = format!("{LB_IP}:53");
+    let via1 = udp_choices(&c, "node1", &target, &ports);
+    let via2 = udp_choices(&c, "node2", &target, &ports);
+    let spread: BTreeSet<&String> = via1.iter().collect();
+    println!("maglev: via node1 {via1:?}\n        via node2 {via2:?}");
+    assert!(
+        spread.len() >= 2,
+        "24 flows spread over the backends: {via1:?}"
+    );
+    assert_eq!(
+        via1, via2,
+        "Maglev: both nodes pick the same backend for each flow"
+    );
+
+    // The control: random choice differs between the nodes for some flow.
+    let target = format!("{LB_IP2}:53");
+    let via1 = udp_choices(&c, "node1", &target, &ports);
+    let via2 = udp_choices(&c, "node2", &target, &ports);
+    let same = via1.iter().zip(&via2).filter(|(a, b)| a == b).count();
+    println!(
+        "random: {same} of {} flows on the same backend via both nodes",
+        ports.len()
+    );
+    assert!(
+        same < ports.len(),
+        "random choice is not consistent by accident"
+    );
+}
+
+#[test]
+fn lb_cluster_dsr_keeps_the_client_ip() {
+    require_root!();
+    let c = Cluster::new("lb_cluster_dsr_keeps_the_client_ip");
+    let ext1 = c.ext("ext1");
+    let b2 = c.add_pod_on("node2", "b2");
+    let _e2 = c.start_echo(&b2, &[8080], &[5353]);
+    let www = c.tmp_dir().join("www");
+    fs::create_dir(&www).unwrap();
+    let blob = www.join("blob");
+    write_random(&blob, 4 << 20);
+    let want = sha256(&blob);
+    let _s2 = http_server_on(&c, &b2, &www, 8081);
+    let svc = web_ports(Service::load_balancer("web", CLUSTER_IP))
+        .port_to("files", 81, "TCP", 8081u16)
+        .lb_ingress(LB_IP);
+    c.manifests().apply(&svc);
+    c.manifests()
+        .apply(&slice("web", &[(&b2, "node2")]).port("files", 8081, "TCP"));
+    let opts = ferry_tests::AgentOpts {
+        extra_args: vec!["--lb-mode".into(), "dsr".into()],
+        ..Default::default()
+    };
+    c.start_agents_with(&opts);
+    let took = c.wait_north_south(DEADLINE);
+    report("TC programs on both nodes", took);
+    wait_external(&c, "node1", LB_IP, 80, "TCP", &[&b2]);
+    c.route(&ext1, LB_RANGE, "node1");
+
+    // The client talks to node1; the only endpoint is on node2, which answers the client
+    // directly (from the LB IP) and the backend sees the client's own address.
+    first_answer(
+        &c,
+        &ext1,
+        &format!("{LB_IP}:80"),
+        "ext1 -> LB via node1 -> b2 (DSR)",
+    );
+    let attempts = tcp(&c, &ext1, &format!("{LB_IP}:80"), 20);
+    assert_all_ok(&c, &attempts, "TCP to the LB IP (DSR)");
+    assert_eq!(
+        peers(&attempts),
+        BTreeSet::from([EXT1_IP.to_string()]),
+        "DSR keeps the client's address"
+    );
+    let udp = c.client(
+        &ext1,
+        &[
+            "udp",
+            &format!("{LB_IP}:53"),
+            "--count",
+            "5",
+            "--timeout-ms",
+            "2000",
+        ],
+    );
+    assert_all_ok(&c, &udp, "UDP to the LB IP (DSR)");
+    for a in &udp {
+        assert_eq!(a.from.as_deref(), Some("192.0.2.10:53"), "{}", a.raw);
+        assert_eq!(*echo(a).peer.ip(), EXT1_IP, "{}", a.raw);
+    }
+    let out = c.tmp_dir().join("download");
+    let (res, took) = c.curl_timed(
+        &ext1,
+        &format!("http://{LB_IP}:81/blob"),
+        Duration::from_secs(30),
+        &["-o", &out.to_string_lossy()],
+    );
+    if let Err((code, err)) = res {
+        panic!(
+            "download through DSR: curl exit {code}: {err}\n{}",
+            c.dump()
+        );
+    }
+    println!("4 MiB through DSR in {} ms", took.as_millis());
+    assert_eq!(sha256(&out), want, "byte-identical through DSR");
+    let flows = flows_of(&c, "node1");
+    assert!(
+        flows.iter().any(|f| f.is_forward()
+            && f.src_ip() == EXT1_IP.to_string()
+            && f.nat_dst == format!("{}:8080", b2.ip)
+            && !f.snat),
+        "node1 tracks the DSR flow without SNAT: {flows:#?}"
+    );
+    println!(
+        "node1 stats: {}\nnode2 stats: {}",
+        c.stats("node1"),
+        c.stats("node2")
+    );
+}
+
+#[test]
+fn agent_restart_keeps_north_south_flows() {
+    require_root!();
+    let c = Cluster::new("agent_restart_keeps_north_south_flows");
+    let ext1 = c.ext("ext1");
+    let b1 = c.add_pod_on("node1", "b1");
+    let b2 = c.add_pod_on("node2", "b2");
+    let _e1 = c.start_echo(&b1, &[8080], &[5353]);
+    let _e2 = c.start_echo(&b2, &[8080], &[5353]);
+    // LB IP 1: its endpoint on node2 (SNAT through node1); LB IP 2: eTP Local on node1.
+    let remote = web_ports(Service::load_balancer("remote", CLUSTER_IP)).lb_ingress(LB_IP);
+    let mut local = web_ports(Service::load_balancer("local", "10.96.0.11"))
+        .lb_ingress(LB_IP2)
+        .external_traffic_policy("Local")
+        .health_check_node_port(HC_PORT);
+    local
+        .ports
+        .iter_mut()
+        .for_each(|p| p.node_port = p.node_port.map(|n| n + 1));
+    c.manifests().apply(&remote);
+    c.manifests().apply(&local);
+    c.manifests().apply(&slice("remote", &[(&b2, "node2")]));
+    c.manifests().apply(&slice("local", &[(&b1, "node1")]));
+    start(&c);
+    wait_external(&c, "node1", LB_IP, 80, "TCP", &[&b2]);
+    c.route(&ext1, LB_RANGE, "node1");
+    first_answer(&c, &ext1, &format!("{LB_IP}:80"), "ext1 -> LB via node1");
+    let links_before = c.tc_links("node1");
+    println!("node1 TC links (pin, link id, prog id): {links_before:?}");
+    assert_eq!(links_before.len(), 2, "{links_before:?}");
+
+    let held = c.spawn_interactive(
+        &ext1,
+        proc::lab_binary("lab-client"),
+        &[
+            "tcp",
+            &format!("{LB_IP}:80"),
+            "--hold",
+            "--timeout-ms",
+            "3000",
+        ],
+    );
+    let first = held_first(&c, &held);
+    let exchange = |what: &str| {
+        held.send_line(what).expect("stdin of the held client");
+        let a = held
+            .next_line(Duration::from_secs(5))
+            .and_then(|l| Attempt::parse(&l))
+            .unwrap_or_else(|| panic!("{what}: no reply on the held connection\n{}", c.dump()));
+        assert!(a.ok, "{what}: {}\n{}", a.raw, c.dump());
+        assert_eq!(
+            echo(&a),
+            echo(&first),
+            "{what}: the same backend and SNAT source"
+        );
+    };
+    let hc = format!("http://{}:{HC_PORT}/", c.node("node1").ip);
+
+    let stopped = c.stop_agent("node1");
+    println!("node1's agent stopped: {stopped:?}");
+    // The datapath stays in place: the held flow, new flows and the local service work.
+    exchange("while the agent is down");
+    let attempts = tcp(&c, &ext1, &format!("{LB_IP}:80"), 5);
+    assert_all_ok(&c, &attempts, "new connections while the agent is down");
+    let attempts = tcp(&c, &ext1, &format!("{LB_IP2}:80"), 5);
+    assert_all_ok(&c, &attempts, "eTP Local while the agent is down");
+    println!(
+        "health check while the agent is down: {:?}",
+        http_get(&c, &ext1, &hc)
+    );
+
+    let took = c.start_agent("node1", &ferry_tests::AgentOpts::default());
+    report("agent restart on node1 -> /readyz 200", took);
+    exchange("after the restart");
+    let attempts = tcp(&c, &ext1, &format!("{LB_IP}:80"), 5);
+    assert_all_ok(&c, &attempts, "new connections after the restart");
+    let got = poll(DEADLINE, Duration::from_millis(50), || {
+        match http_get(&c, &ext1, &hc) {
+            Ok((200, body)) => Ok(body),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    match got {
+        Ok((body, took)) => report(&format!("restart -> health check 200 {body}"), took),
+        Err(e) => panic!("the health check server is back after the restart: {e}"),
+    }
+    // The programs were replaced inside the same pinned links (never detached).
+    let links_after = c.tc_links("node1");
+    println!("node1 TC links after the restart: {links_after:?}");
+    let ids = |l: &[(String, u64, u64)]| l.iter().map(|x| (x.0.clone(), x.1)).collect::<Vec<_>>();
+    assert_eq!(ids(&links_after), ids(&links_before), "the same TCX links");
+    let local_port = serde_json::from_str::<Value>(&first.raw).unwrap()["local"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        c.conntrack("node1")
+            .iter()
+            .any(|f| f.is_forward() && f.src == local_port),
+        "the held flow is still tracked"
+    );
 }

@@ -16,11 +16,11 @@ use std::{
 };
 
 use agent_common::{
-    AffinityKey, AffinityValue, Backend4, Ct4Key, Ct4Value, MAGLEV_TABLE_SIZE, NodeConfig, RevNat4,
-    SrcRange4, Svc4Key, SvcValue, affinity_client, backend_flags, ct_dir, ct_flags, flow_hash_v4,
-    maglev_key, maps as m,
+    AffinityKey, AffinityValue, Backend4, Ct4Key, Ct4Value, DSR_OPT_LEN, DSR_OPT_TYPE,
+    MAGLEV_TABLE_SIZE, NodeConfig, RevNat4, SrcRange4, Svc4Key, SvcValue, affinity_client,
+    backend_flags, ct_dir, ct_flags, flow_hash_v4, maglev_key, maps as m,
     net::{ip4_to_raw, port_to_raw},
-    scope,
+    node_flags, scope,
     stats::Counter,
     svc_flags,
 };
@@ -29,7 +29,7 @@ use ferry_tests::{
     progtest::{
         self, BPF_F_TEST_SKB_CHECKSUM_COMPLETE, ETH_HLEN, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP,
         IPPROTO_UDP, IpOpts, ProgTest, TCP_ACK, TCP_SYN, assert_checksums, ethernet, icmp, ipv4,
-        parse_ipv4, tcp, udp,
+        ipv4_with_options, parse_ipv4, tcp, udp,
     },
     require_root,
 };
@@ -1360,5 +1360,803 @@ fn what_is_not_an_exposed_frontend_passes_untouched() {
         }
         assert!(f.ct().is_empty());
         assert_eq!(f.counter(Counter::NsNewFlow), 0);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Direct server return (`--lb-mode dsr`): node A (the one the client reached) DNATs, keeps the
+// client's address and carries the frontend in an IP option; node B (the backend's) records the
+// reply translation from the option and removes it.
+
+/// Node B's address on its device (the skb's loopback in these tests).
+const NODE_B: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 3);
+
+/// The DSR option naming `frontend`, byte for byte: type 0x9a, length 8, port, address.
+fn dsr_option(frontend: SocketAddrV4) -> [u8; 8] {
+    let mut o = [DSR_OPT_TYPE, DSR_OPT_LEN, 0, 0, 0, 0, 0, 0];
+    o[2..4].copy_from_slice(&frontend.port().to_be_bytes());
+    o[4..8].copy_from_slice(&frontend.ip().octets());
+    o
+}
+
+/// The IP packet `src` -> `dst` carrying `l4` (checksummed for `src`/`dst`: options are not in
+/// the pseudo-header) with the DSR option naming `frontend`.
+fn dsr_packet(
+    opts: IpOpts,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    frontend: SocketAddrV4,
+    proto: u8,
+    l4: &[u8],
+) -> Vec<u8> {
+    ipv4_with_options(opts, *src.ip(), *dst.ip(), proto, &dsr_option(frontend), l4)
+}
+
+fn syn_segment(src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
+    tcp(src, dst, 1000, 0, TCP_SYN, b"")
+}
+
+fn dsr_mode(f: &mut Fixture) {
+    f.node_config(NodeConfig {
+        flags: node_flags::DSR,
+        snat_port_min: 0,
+        snat_port_max: 0,
+    });
+}
+
+/// Runs `ip` commands in the test's namespace.
+fn ip_cmds(cmds: &[&[&str]]) {
+    for args in cmds {
+        let st = Command::new("ip").args(*args).status().unwrap();
+        assert!(st.success(), "ip {args:?}");
+    }
+}
+
+/// Node B's pods: a device `p0` with 10.244.1.1/24, so REMOTE_POD (10.244.1.9) is reached
+/// directly through another device than the packets' (a pod of this node); forwarding on.
+fn pods_behind_p0() {
+    ip_cmds(&[
+        &["link", "add", "p0", "type", "veth", "peer", "name", "p1"],
+        &["link", "set", "p1", "up"],
+        &["link", "set", "p0", "up"],
+        &["addr", "add", "10.244.1.1/24", "dev", "p0"],
+    ]);
+    // /proc/sys/net is the namespace of the thread that opens it: this one's.
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
+}
+
+#[test]
+fn dsr_tcp_to_a_remote_backend_keeps_the_client_and_carries_the_frontend_in_an_option() {
+    require_root!();
+    lab(|| {
+        let mut f = Fixture::new();
+        dsr_mode(&mut f);
+        let vip = sa(LB_VIP, 80);
+        let pod = sa(REMOTE_POD, 8080);
+        let client = sa(CLIENT, 40000);
+        f.backend(4, pod, IPPROTO_TCP, false);
+        f.frontend(
+            vip,
+            IPPROTO_TCP,
+            scope::EXTERNAL,
+            svc_flags::LOAD_BALANCER,
+            REV_LB,
+            &[4],
+        );
+
+        let syn = inbound(tcp_packet(client, vip, TCP_SYN, b""));
+        let r = f.run(TC_IN, &syn);
+        // No route in the test's namespace: handed to the stack, which forwards it.
+        assert_eq!(r.verdict(), OK);
+        assert_eq!(f.counter(Counter::NsFibPassed), 1);
+        let want = inbound(dsr_packet(
+            IpOpts::default(),
+            client,
+            pod,
+            vip,
+            IPPROTO_TCP,
+            &syn_segment(client, pod),
+        ));
+        assert_frame(&r.data, &want, "SYN with the DSR option");
+        // Spelled out: IHL 7, total length 20 + 8 + 20, the option right after the fixed header.
+        let ip = &r.data[ETH_HLEN..];
+        assert_eq!(ip[0], 0x47);
+        assert_eq!(u16::from_be_bytes([ip[2], ip[3]]), 48);
+        assert_eq!(&ip[20..28], &[0x9a, 8, 0, 80, 203, 0, 113, 10]);
+        // The TCP checksum, from scratch over the client -> backend pseudo-header.
+        let seg = &ip[28..];
+        let ps = progtest::pseudo_sum(CLIENT, REMOTE_POD, IPPROTO_TCP, seg.len());
+        assert_eq!(progtest::fold(progtest::sum(ps, seg)), 0xffff);
+        // A FORWARD entry only: the replies do not come back through this node.
+        assert_ct(
+            &mut f,
+            &[(
+                ct_key(client, vip, IPPROTO_TCP, ct_dir::FORWARD),
+                ct_val(client, pod, 4, REV_LB, ct_flags::DSR, TCP_SYN),
+            )],
+        );
+        assert_eq!(f.counter(Counter::NsNewFlow), 1);
+
+        // Later segments: DNAT only, no option.
+        let ack = inbound(tcp_packet(client, vip, TCP_ACK, b"GET / HTTP/1.1\r\n\r\n"));
+        let r = f.run(TC_IN, &ack);
+        assert_eq!(r.verdict(), OK);
+        assert_frame(
+            &r.data,
+            &inbound(tcp_packet(client, pod, TCP_ACK, b"GET / HTTP/1.1\r\n\r\n")),
+            "ACK without the option",
+        );
+        // A retransmitted SYN carries it again.
+        let r = f.run(TC_IN, &syn);
+        assert_frame(&r.data, &want, "retransmitted SYN");
+        assert_eq!(f.counter(Counter::NsTracked), 2);
+        assert_eq!(f.counter(Counter::NsNewFlow), 1);
+        assert_eq!(f.ct().len(), 1);
+
+        // CHECKSUM_COMPLETE: the kernel fails the run if skb->csum no longer matches.
+        let client2 = sa(CLIENT, 40001);
+        let r =
+            f.t.run_flags(
+                TC_IN,
+                &inbound(tcp_packet(client2, vip, TCP_SYN, b"")),
+                BPF_F_TEST_SKB_CHECKSUM_COMPLETE,
+            )
+            .unwrap_or_else(|e| panic!("CHECKSUM_COMPLETE: {e:#}"));
+        assert_frame(
+            &r.data,
+            &inbound(dsr_packet(
+                IpOpts::default(),
+                client2,
+                pod,
+                vip,
+                IPPROTO_TCP,
+                &syn_segment(client2, pod),
+            )),
+            "SYN with the option, CHECKSUM_COMPLETE",
+        );
+
+        // Local backends are unaffected by the mode: DNAT, both entries, no option.
+        let vip2 = sa(LB_VIP, 81);
+        let local = sa(LOCAL_POD, 8080);
+        f.backend(1, local, IPPROTO_TCP, true);
+        f.frontend(
+            vip2,
+            IPPROTO_TCP,
+            scope::EXTERNAL,
+            svc_flags::LOAD_BALANCER,
+            REV_LB + 1,
+            &[1],
+        );
+        let r = f.run(TC_IN, &inbound(tcp_packet(client, vip2, TCP_SYN, b"")));
+        assert_eq!(r.verdict(), OK);
+        assert_frame(
+            &r.data,
+            &inbound(tcp_packet(client, local, TCP_SYN, b"")),
+            "local backend in DSR mode",
+        );
+        assert_eq!(f.ct().len(), 4);
+        assert_eq!(f.counter(Counter::NsDsrFallback), 0);
+    });
+}
+
+#[test]
+fn dsr_udp_carries_the_option_on_every_datagram() {
+    require_root!();
+    lab(|| {
+        let mut f = Fixture::new();
+        dsr_mode(&mut f);
+        let ext = sa(EXTERNAL_IP, 53);
+        let pod = sa(REMOTE_POD, 5353);
+        let client = sa(CLIENT, 5300);
+        f.backend(4, pod, IPPROTO_UDP, false);
+        f.frontend(
+            ext,
+            IPPROTO_UDP,
+            scope::EXTERNAL,
+            svc_flags::EXTERNAL_IP,
+            REV_LB,
+            &[4],
+        );
+        for (i, payload) in [&b"first"[..], b"second", b"third and odd"]
+            .iter()
+            .enumerate()
+        {
+            let flags = if i == 2 {
+                BPF_F_TEST_SKB_CHECKSUM_COMPLETE
+            } else {
+                0
+            };
+            let r =
+                f.t.run_flags(TC_IN, &inbound(udp_packet(client, ext, payload)), flags)
+                    .unwrap();
+            assert_eq!(r.verdict(), OK);
+            assert_frame(
+                &r.data,
+                &inbound(dsr_packet(
+                    IpOpts::default(),
+                    client,
+                    pod,
+                    ext,
+                    IPPROTO_UDP,
+                    &udp(client, pod, payload, true),
+                )),
+                &format!("datagram {i}"),
+            );
+        }
+        assert_ct(
+            &mut f,
+            &[(
+                ct_key(client, ext, IPPROTO_UDP, ct_dir::FORWARD),
+                ct_val(client, pod, 4, REV_LB, ct_flags::DSR, 0),
+            )],
+        );
+        assert_eq!(f.counter(Counter::NsNewFlow), 1);
+        assert_eq!(f.counter(Counter::NsTracked), 2);
+
+        // A datagram without a checksum keeps having none.
+        let nocsum = |dst: SocketAddrV4, opt: bool| {
+            let d = udp(client, dst, b"nocsum", false);
+            if opt {
+                dsr_packet(IpOpts::default(), client, dst, ext, IPPROTO_UDP, &d)
+            } else {
+                ipv4(IpOpts::default(), CLIENT, *dst.ip(), IPPROTO_UDP, &d)
+            }
+        };
+        let r = f.run(TC_IN, &inbound(nocsum(ext, false)));
+        assert_eq!(r.data, inbound(nocsum(pod, true)));
+    });
+}
+
+#[test]
+fn dsr_option_for_a_local_backend_is_stripped_and_the_reply_leaves_from_the_frontend() {
+    require_root!();
+    lab(|| {
+        let vip = sa(LB_VIP, 80);
+        let pod = sa(REMOTE_POD, 8080);
+        let client = sa(CLIENT, 40000);
+
+        // Node A makes the packet (no route here yet: it leaves A unrouted, TTL unchanged).
+        let mut a = Fixture::new();
+        dsr_mode(&mut a);
+        a.backend(4, pod, IPPROTO_TCP, false);
+        a.frontend(
+            vip,
+            IPPROTO_TCP,
+            scope::EXTERNAL,
+            svc_flags::LOAD_BALANCER,
+            REV_LB,
+            &[4],
+        );
+        let from_a = a
+            .run(TC_IN, &inbound(tcp_packet(client, vip, TCP_SYN, b"")))
+            .data;
+        assert_eq!(
+            from_a,
+            inbound(dsr_packet(
+                IpOpts::default(),
+                client,
+                pod,
+                vip,
+                IPPROTO_TCP,
+                &syn_segment(client, pod)
+            ))
+        );
+
+        // Node B: the same services (programmed by its own agent: the pod is local here).
+        pods_behind_p0();
+        let mut b = Fixture::new();
+        b.node_addr(IFINDEX, NODE_B);
+        b.backend(4, pod, IPPROTO_TCP, true);
+        b.frontend(
+            vip,
+            IPPROTO_TCP,
+            scope::EXTERNAL,
+            svc_flags::LOAD_BALANCER,
+            REV_LB,
+            &[4],
+        );
+        let r = b.run(TC_IN, &from_a);
+        assert_eq!(r.verdict(), OK);
+        // Exactly the DNATed SYN without the option (IHL 5, length, checksums).
+        assert_frame(
+            &r.data,
+            &inbound(tcp_packet(client, pod, TCP_SYN, b"")),
+            "SYN after the option was removed",
+        );
+        assert_ct(
+            &mut b,
+            &[(
+                ct_key(pod, client, IPPROTO_TCP, ct_dir::REPLY),
+                ct_val(
+                    vip,
+                    client,
+                    0,
+                    REV_LB,
+                    ct_flags::DSR | ct_flags::LOCAL,
+                    TCP_SYN,
+                ),
+            )],
+        );
+        assert_eq!(b.counter(Counter::NsDsrReceived), 1);
+        assert_eq!(b.counter(Counter::NsNewFlow), 0);
+
+        // The pod's SYN-ACK leaves B from the frontend, straight to the client.
+        let r = b.run(
+            TC_OUT,
+            &outbound(tcp_packet(pod, client, TCP_SYN | TCP_ACK, b"")),
+        );
+        assert_eq!(r.verdict(), OK);
+        assert_frame(
+            &r.data,
+            &outbound(tcp_packet(vip, client, TCP_SYN | TCP_ACK, b"")),
+            "SYN-ACK from the frontend",
+        );
+        assert_eq!(b.counter(Counter::NsTracked), 1);
+
+        // The client's next segments (no option) reach the pod through B untouched.
+        let ack = inbound(tcp_packet(client, pod, TCP_ACK, b"data"));
+        let r = b.run(TC_IN, &ack);
+        assert_eq!(r.verdict(), PASS);
+        assert_eq!(r.data, ack);
+        assert_eq!(b.ct().len(), 1);
+
+        // CHECKSUM_COMPLETE through the strip.
+        let client2 = sa(CLIENT, 40002);
+        let r =
+            b.t.run_flags(
+                TC_IN,
+                &inbound(dsr_packet(
+                    IpOpts::default(),
+                    client2,
+                    pod,
+                    vip,
+                    IPPROTO_TCP,
+                    &syn_segment(client2, pod),
+                )),
+                BPF_F_TEST_SKB_CHECKSUM_COMPLETE,
+            )
+            .unwrap_or_else(|e| panic!("CHECKSUM_COMPLETE: {e:#}"));
+        assert_frame(
+            &r.data,
+            &inbound(tcp_packet(client2, pod, TCP_SYN, b"")),
+            "strip, CHECKSUM_COMPLETE",
+        );
+        assert_eq!(b.counter(Counter::NsDsrReceived), 2);
+    });
+}
+
+#[test]
+fn dsr_udp_on_the_backend_node_refreshes_one_entry_and_translates_the_pods_icmp_errors() {
+    require_root!();
+    lab(|| {
+        pods_behind_p0();
+        let mut b = Fixture::new();
+        b.node_addr(IFINDEX, NODE_B);
+        let ext = sa(EXTERNAL_IP, 53);
+        let pod = sa(REMOTE_POD, 5353);
+        let client = sa(CLIENT, 5300);
+        b.backend(4, pod, IPPROTO_UDP, true);
+        b.frontend(
+            ext,
+            IPPROTO_UDP,
+            scope::EXTERNAL,
+            svc_flags::EXTERNAL_IP,
+            REV_LB,
+            &[4],
+        );
+        let sent = udp_packet(client, ext, b"anybody?");
+        let with_opt = |payload: &[u8]| {
+            inbound(dsr_packet(
+                IpOpts::default(),
+                client,
+                pod,
+                ext,
+                IPPROTO_UDP,
+                &udp(client, pod, payload, true),
+            ))
+        };
+        for _ in 0..2 {
+            let r = b.run(TC_IN, &with_opt(b"anybody?"));
+            assert_eq!(r.verdict(), OK);
+            assert_frame(
+                &r.data,
+                &inbound(udp_packet(client, pod, b"anybody?")),
+                "datagram without the option",
+            );
+        }
+        assert_ct(
+            &mut b,
+            &[(
+                ct_key(pod, client, IPPROTO_UDP, ct_dir::REPLY),
+                ct_val(ext, client, 0, REV_LB, ct_flags::DSR | ct_flags::LOCAL, 0),
+            )],
+        );
+        assert_eq!(b.counter(Counter::NsDsrReceived), 2);
+
+        // The answer leaves from the frontend.
+        let r = b.run(TC_OUT, &outbound(udp_packet(pod, client, b"yes")));
+        assert_eq!(r.verdict(), OK);
+        assert_frame(
+            &r.data,
+            &outbound(udp_packet(ext, client, b"yes")),
+            "answer from the frontend",
+        );
+
+        // The pod's port unreachable quotes the datagram as it got it (no option): the client
+        // gets it from the frontend, quoting what it sent, as for a local backend.
+        let delivered = udp_packet(client, pod, b"anybody?");
+        let err = ipv4(
+            icmp_opts(0x77),
+            REMOTE_POD,
+            CLIENT,
+            IPPROTO_ICMP,
+            &icmp(3, 3, 0, &delivered),
+        );
+        let r = b.run(TC_OUT, &outbound(err));
+        assert_eq!(r.verdict(), OK);
+        let want = ipv4(
+            icmp_opts(0x77),
+            EXTERNAL_IP,
+            CLIENT,
+            IPPROTO_ICMP,
+            &icmp(3, 3, 0, &sent),
+        );
+        assert_frame(&r.data, &outbound(want), "pod's port unreachable");
+        assert_eq!(b.counter(Counter::NsIcmpTranslated), 1);
+    });
+}
+
+#[test]
+fn dsr_option_not_for_this_node_passes_untouched() {
+    require_root!();
+    lab(|| {
+        pods_behind_p0();
+        // Another node's pods, behind a gateway.
+        ip_cmds(&[
+            &["link", "add", "d0", "type", "veth", "peer", "name", "d1"],
+            &["link", "set", "d1", "up"],
+            &["link", "set", "d0", "up"],
+            &["addr", "add", "100.64.0.1/24", "dev", "d0"],
+            &[
+                "route",
+                "add",
+                "10.244.2.0/24",
+                "via",
+                "100.64.0.2",
+                "dev",
+                "d0",
+            ],
+        ]);
+        let mut b = Fixture::new();
+        b.node_addr(IFINDEX, NODE_B);
+        let vip = sa(LB_VIP, 80);
+        let cip = sa(CLUSTER_IP, 80);
+        let pod = sa(REMOTE_POD, 8080);
+        let elsewhere = sa(Ipv4Addr::new(10, 244, 2, 9), 8080);
+        let nowhere = sa(Ipv4Addr::new(10, 250, 0, 9), 8080);
+        let client = sa(CLIENT, 40000);
+        b.backend(4, pod, IPPROTO_TCP, true);
+        b.frontend(
+            vip,
+            IPPROTO_TCP,
+            scope::EXTERNAL,
+            svc_flags::LOAD_BALANCER,
+            REV_LB,
+            &[4],
+        );
+        b.frontend(
+            cip,
+            IPPROTO_TCP,
+            scope::EXTERNAL,
+            svc_flags::CLUSTER_IP,
+            REV_LB + 1,
+            &[4],
+        );
+        let with = |dst: SocketAddrV4, options: &[u8]| {
+            inbound(ipv4_with_options(
+                IpOpts::default(),
+                CLIENT,
+                *dst.ip(),
+                IPPROTO_TCP,
+                options,
+                &syn_segment(client, dst),
+            ))
+        };
+        let mut nops_first = vec![1u8, 1, 1, 1];
+        nops_first.extend_from_slice(&dsr_option(vip));
+        let mut wrong_len = dsr_option(vip);
+        wrong_len[1] = 6;
+        let cases = [
+            (
+                "to another node's pod (via a gateway)",
+                with(elsewhere, &dsr_option(vip)),
+            ),
+            (
+                "to an address without a route",
+                with(nowhere, &dsr_option(vip)),
+            ),
+            (
+                "naming a frontend this node does not have",
+                with(pod, &dsr_option(sa(Ipv4Addr::new(203, 0, 113, 77), 80))),
+            ),
+            (
+                "naming another port of the frontend",
+                with(pod, &dsr_option(sa(LB_VIP, 81))),
+            ),
+            ("naming a ClusterIP", with(pod, &dsr_option(cip))),
+            ("another option (NOPs)", with(pod, &[1, 1, 1, 1])),
+            ("the option not first", with(pod, &nops_first)),
+            ("a wrong length", with(pod, &wrong_len)),
+        ];
+        for (what, frame) in cases {
+            let r = b.run(TC_IN, &frame);
+            assert_eq!(r.verdict(), PASS, "{what}");
+            assert_eq!(r.data, frame, "{what}: unchanged");
+        }
+        assert!(b.ct().is_empty(), "no state");
+        assert_eq!(b.counter(Counter::NsDsrReceived), 0);
+
+        // The positive controls of the same setup: the frontend, to the local pod.
+        let r = b.run(TC_IN, &with(pod, &dsr_option(vip)));
+        assert_eq!(r.verdict(), OK);
+        assert_frame(
+            &r.data,
+            &inbound(tcp_packet(client, pod, TCP_SYN, b"")),
+            "to the local pod",
+        );
+        // A NodePort names node A's address: B knows the port on its own address.
+        let np_a = sa(NODE, 30080);
+        b.frontend(
+            sa(NODE_B, 30080),
+            IPPROTO_TCP,
+            scope::EXTERNAL,
+            svc_flags::NODE_PORT,
+            REV_NODEPORT,
+            &[4],
+        );
+        let client2 = sa(CLIENT2, 40000);
+        let r = b.run(
+            TC_IN,
+            &inbound(dsr_packet(
+                IpOpts::default(),
+                client2,
+                pod,
+                np_a,
+                IPPROTO_TCP,
+                &syn_segment(client2, pod),
+            )),
+        );
+        assert_eq!(r.verdict(), OK);
+        assert_frame(
+            &r.data,
+            &inbound(tcp_packet(client2, pod, TCP_SYN, b"")),
+            "NodePort of node A",
+        );
+        // A hostNetwork backend: the node's own address.
+        let host = sa(NODE_B, 9090);
+        let r = b.run(
+            TC_IN,
+            &inbound(dsr_packet(
+                IpOpts::default(),
+                client,
+                host,
+                vip,
+                IPPROTO_TCP,
+                &syn_segment(client, host),
+            )),
+        );
+        assert_eq!(r.verdict(), OK);
+        assert_frame(
+            &r.data,
+            &inbound(tcp_packet(client, host, TCP_SYN, b"")),
+            "hostNetwork backend",
+        );
+        assert_ct(
+            &mut b,
+            &[
+                (
+                    ct_key(pod, client, IPPROTO_TCP, ct_dir::REPLY),
+                    ct_val(
+                        vip,
+                        client,
+                        0,
+                        REV_LB,
+                        ct_flags::DSR | ct_flags::LOCAL,
+                        TCP_SYN,
+                    ),
+                ),
+                (
+                    ct_key(pod, client2, IPPROTO_TCP, ct_dir::REPLY),
+                    ct_val(
+                        np_a,
+                        client2,
+                        0,
+                        REV_NODEPORT,
+                        ct_flags::DSR | ct_flags::LOCAL,
+                        TCP_SYN,
+                    ),
+                ),
+                (
+                    ct_key(host, client, IPPROTO_TCP, ct_dir::REPLY),
+                    ct_val(
+                        vip,
+                        client,
+                        0,
+                        REV_LB,
+                        ct_flags::DSR | ct_flags::LOCAL,
+                        TCP_SYN,
+                    ),
+                ),
+            ],
+        );
+        assert_eq!(b.counter(Counter::NsDsrReceived), 3);
+    });
+}
+
+#[test]
+fn dsr_is_routed_through_the_fib_and_falls_back_when_the_option_does_not_fit() {
+    require_root!();
+    lab(|| {
+        // The route to the backends: a next hop with a resolved neighbour, MTU 1000.
+        ip_cmds(&[
+            &[
+                "link",
+                "add",
+                "d0",
+                "address",
+                "02:00:00:00:aa:01",
+                "mtu",
+                "1000",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "d1",
+            ],
+            &["link", "set", "d1", "up"],
+            &["link", "set", "d0", "up"],
+            &["addr", "add", "100.64.0.1/24", "dev", "d0"],
+            &[
+                "neigh",
+                "add",
+                "100.64.0.2",
+                "lladdr",
+                "02:00:00:00:aa:02",
+                "dev",
+                "d0",
+                "nud",
+                "permanent",
+            ],
+            &[
+                "route",
+                "add",
+                "10.244.1.0/24",
+                "via",
+                "100.64.0.2",
+                "dev",
+                "d0",
+            ],
+        ]);
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
+        let gw: [u8; 6] = [0x02, 0, 0, 0, 0xaa, 0x02];
+        let me: [u8; 6] = [0x02, 0, 0, 0, 0xaa, 0x01];
+        let routed = |packet: Vec<u8>| ethernet(gw, me, ETH_P_IP, &packet);
+        let ttl63 = IpOpts {
+            ttl: 63,
+            ..IpOpts::default()
+        };
+
+        let mut f = Fixture::new();
+        dsr_mode(&mut f);
+        let vip = sa(LB_VIP, 53);
+        let pod = sa(REMOTE_POD, 5353);
+        f.backend(4, pod, IPPROTO_UDP, false);
+        f.frontend(
+            vip,
+            IPPROTO_UDP,
+            scope::EXTERNAL,
+            svc_flags::LOAD_BALANCER,
+            REV_LB,
+            &[4],
+        );
+        // 20 + 8 + payload: 992 bytes grow to exactly the MTU, 993 would not fit.
+        let fits = [0x66u8; 964];
+        let too_big = [0x67u8; 965];
+
+        // A datagram that fits with the option: redirected to the next hop, TTL 63.
+        let client = sa(CLIENT, 5300);
+        let r = f.run(TC_IN, &inbound(udp_packet(client, vip, &fits)));
+        assert_eq!(r.verdict(), REDIRECT);
+        assert_frame(
+            &r.data,
+            &routed(dsr_packet(
+                ttl63,
+                client,
+                pod,
+                vip,
+                IPPROTO_UDP,
+                &udp(client, pod, &fits, true),
+            )),
+            "routed with the option",
+        );
+        assert_eq!(r.data.len(), ETH_HLEN + 1000);
+        assert_eq!(f.counter(Counter::NsDsrFallback), 0);
+
+        // The same flow's bigger datagram goes without the option (B knows the flow).
+        let r = f.run(TC_IN, &inbound(udp_packet(client, vip, &too_big)));
+        assert_eq!(r.verdict(), REDIRECT);
+        let mut plain = udp_packet(client, pod, &too_big);
+        plain = reipv4_ttl(&plain, 63);
+        assert_frame(&r.data, &routed(plain), "too big for the option");
+        assert_eq!(f.counter(Counter::NsDsrFallback), 1);
+
+        // A new flow whose first datagram is too big for the option: SNAT for the whole flow.
+        let client2 = sa(CLIENT2, 5300);
+        let r = f.run(TC_IN, &inbound(udp_packet(client2, vip, &too_big)));
+        assert_eq!(r.verdict(), REDIRECT);
+        let out = parse_ipv4(&r.data);
+        let snat = sa(NODE, out.sport);
+        assert_frame(
+            &r.data,
+            &routed(reipv4_ttl(&udp_packet(snat, pod, &too_big), 63)),
+            "SNAT fallback",
+        );
+        assert_eq!(f.counter(Counter::NsDsrFallback), 2);
+        let ct = f.ct();
+        let fwd = ct[&ct_key(client2, vip, IPPROTO_UDP, ct_dir::FORWARD)];
+        assert_eq!(fwd.flags, ct_flags::SNAT);
+        assert!(ct.contains_key(&ct_key(pod, snat, IPPROTO_UDP, ct_dir::REPLY)));
+        // ... and its later small datagrams stay SNATed.
+        let r = f.run(TC_IN, &inbound(udp_packet(client2, vip, b"small")));
+        assert_frame(
+            &r.data,
+            &routed(reipv4_ttl(&udp_packet(snat, pod, b"small"), 63)),
+            "SNAT flow stays SNAT",
+        );
+
+        // TCP: the SYN is routed with the option.
+        let tvip = sa(LB_VIP, 80);
+        let tpod = sa(REMOTE_POD, 8080);
+        f.backend(5, tpod, IPPROTO_TCP, false);
+        f.frontend(
+            tvip,
+            IPPROTO_TCP,
+            scope::EXTERNAL,
+            svc_flags::LOAD_BALANCER,
+            REV_LB + 1,
+            &[5],
+        );
+        let tclient = sa(CLIENT, 40000);
+        let r = f.run(TC_IN, &inbound(tcp_packet(tclient, tvip, TCP_SYN, b"")));
+        assert_eq!(r.verdict(), REDIRECT);
+        assert_frame(
+            &r.data,
+            &routed(dsr_packet(
+                ttl63,
+                tclient,
+                tpod,
+                tvip,
+                IPPROTO_TCP,
+                &syn_segment(tclient, tpod),
+            )),
+            "SYN routed with the option",
+        );
+        // A full-size segment that starts a flow (this node lost it): DSR all the same, without
+        // the option; the backend's node may still know the flow.
+        let tclient2 = sa(CLIENT2, 40000);
+        let seg = [0x68u8; 953]; // 20 + 20 + 953 + 8 > 1000
+        let r = f.run(TC_IN, &inbound(tcp_packet(tclient2, tvip, TCP_ACK, &seg)));
+        assert_eq!(r.verdict(), REDIRECT);
+        assert_frame(
+            &r.data,
+            &routed(reipv4_ttl(&tcp_packet(tclient2, tpod, TCP_ACK, &seg), 63)),
+            "mid-flow segment without the option",
+        );
+        assert_eq!(
+            f.ct()[&ct_key(tclient2, tvip, IPPROTO_TCP, ct_dir::FORWARD)].flags,
+            ct_flags::DSR
+        );
+        assert_eq!(f.counter(Counter::NsDsrFallback), 3);
+        assert_eq!(f.counter(Counter::NsFibPassed), 0);
     });
 }

@@ -375,7 +375,8 @@ impl Setup {
 /// existing policy-rc.d (a container's, or the admin's) is left as it is; ours is removed again
 /// when the guard is dropped.
 struct NoServiceStarts {
-    written: bool,
+    /// Ours to remove on drop.
+    written: Option<PathBuf>,
 }
 
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
@@ -384,27 +385,40 @@ const POLICY_RC_D_TEXT: &str = "#!/bin/sh\n# Written by ferry's `cargo xtask set
 
 impl NoServiceStarts {
     fn install() -> Result<Self> {
+        Self::install_at(Path::new(POLICY_RC_D))
+    }
+
+    fn install_at(path: &Path) -> Result<Self> {
         use std::os::unix::fs::PermissionsExt;
-        if Path::new(POLICY_RC_D).exists() {
-            let ours = std::fs::read_to_string(POLICY_RC_D).is_ok_and(|t| t == POLICY_RC_D_TEXT);
-            return Ok(Self { written: ours });
+        if path.exists() {
+            // Someone else's stays; ours (left by a killed run) is removed after this one.
+            let ours = std::fs::read_to_string(path).is_ok_and(|t| t == POLICY_RC_D_TEXT);
+            return Ok(Self {
+                written: ours.then(|| path.to_owned()),
+            });
         }
-        eprintln!("setup: writing {POLICY_RC_D} (exit 101) so that apt-get starts no service");
-        std::fs::write(POLICY_RC_D, POLICY_RC_D_TEXT)
-            .and_then(|()| {
-                std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))
-            })
-            .with_context(|| format!("setup: writing {POLICY_RC_D}"))?;
-        Ok(Self { written: true })
+        eprintln!(
+            "setup: writing {} (exit 101) so that apt-get starts no service",
+            path.display()
+        );
+        std::fs::write(path, POLICY_RC_D_TEXT)
+            .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)))
+            .with_context(|| format!("setup: writing {}", path.display()))?;
+        Ok(Self {
+            written: Some(path.to_owned()),
+        })
     }
 }
 
 impl Drop for NoServiceStarts {
     fn drop(&mut self) {
-        if self.written
-            && let Err(e) = std::fs::remove_file(POLICY_RC_D)
+        if let Some(path) = &self.written
+            && let Err(e) = std::fs::remove_file(path)
         {
-            eprintln!("setup: could not remove {POLICY_RC_D}: {e}: remove it by hand");
+            eprintln!(
+                "setup: could not remove {}: {e}: remove it by hand",
+                path.display()
+            );
         }
     }
 }
@@ -550,7 +564,29 @@ fn install_path() -> std::ffi::OsString {
 
 #[cfg(test)]
 mod tests {
-    use super::linked_llvm;
+    use super::{NoServiceStarts, POLICY_RC_D_TEXT, linked_llvm};
+
+    #[test]
+    fn policy_rc_d_forbids_starts_while_apt_runs_and_leaves_others_alone() {
+        let dir = std::env::temp_dir().join(format!("xtask-policy-rc-d-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("policy-rc.d");
+        {
+            let _guard = NoServiceStarts::install_at(&path).unwrap();
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), POLICY_RC_D_TEXT);
+            let status = std::process::Command::new(&path).status().unwrap();
+            assert_eq!(
+                status.code(),
+                Some(101),
+                "invoke-rc.d reads 101 as forbidden"
+            );
+        }
+        assert!(!path.exists(), "ours is removed");
+        std::fs::write(&path, "#!/bin/sh\nexit 101\n").unwrap();
+        drop(NoServiceStarts::install_at(&path).unwrap());
+        assert!(path.exists(), "someone else's stays");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn llvm_major_from_ldd() {

@@ -14,11 +14,12 @@
 use std::{
     net::Ipv4Addr,
     path::Path,
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde::Serialize;
 
 use super::{
@@ -27,7 +28,12 @@ use super::{
     load::{self, ClientPlace, WrkResult},
     synth::{self, BACKEND_PORT, TARGET_PORT, TARGET_VIP},
 };
-use crate::{AgentOpts, Lab, cleanup, lab::Pod, netns, proc::Proc};
+use crate::{
+    AgentOpts, Lab, cleanup,
+    lab::Pod,
+    netns,
+    proc::{self, Placement, Proc},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Contender {
@@ -294,28 +300,31 @@ pub fn wait_frontends(lab: &Lab, n: usize, timeout: Duration) -> Result<()> {
     }
 }
 
-fn tail(text: &str, n: usize) -> String {
+pub(super) fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Checks that every contender's path answers before anything is measured.
+/// Checks that every contender's path answers (one request with curl) before anything is
+/// measured.
 fn check_paths(topo: &Topo) -> Result<()> {
     for c in &topo.clients {
-        let r = load::wrk(
-            &c.place,
-            &url(c.contender, topo.backends[0].ip),
-            1.0,
-            1,
-            true,
-        )
-        .with_context(|| format!("checking the {} path", c.contender.label()))?;
-        if r.requests == 0 || r.errors > r.requests / 10 {
+        let target = url(c.contender, topo.backends[0].ip);
+        let placement = Placement {
+            netns: Some(c.place.netns_path.clone()),
+            cgroup: c.place.cgroup.clone(),
+        };
+        let out = proc::output_placed(
+            Command::new("curl").args(["-sS", "--max-time", "5", &target]),
+            &placement,
+            Duration::from_secs(10),
+        )?;
+        if !out.status.success() || out.stdout != b"ok\n" {
             bail!(
-                "the {} path does not work: {} requests, {} errors",
+                "the {} path ({target}) does not work: {} {}",
                 c.contender.label(),
-                r.requests,
-                r.errors
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
             );
         }
     }

@@ -183,6 +183,68 @@ pub fn iptables_restore(svcs: &[Svc]) -> String {
     t
 }
 
+/// `KUBE-EXT-<hash>` / `KUBE-SVL-<hash>` (the external and local-endpoints chains).
+fn ext_chain(s: &Svc) -> String {
+    svc_chain(s).replacen("KUBE-SVC-", "KUBE-EXT-", 1)
+}
+
+fn svl_chain(s: &Svc) -> String {
+    svc_chain(s).replacen("KUBE-SVC-", "KUBE-SVL-", 1)
+}
+
+/// The `iptables-restore` input for one LoadBalancer service with externalTrafficPolicy
+/// Local whose endpoints are all on this node (kube-proxy's `KUBE-EXT-*` → `KUBE-SVL-*`
+/// layout, beside its cluster-IP chains).
+pub fn iptables_restore_lb_local(s: &Svc, lb_ip: std::net::Ipv4Addr) -> String {
+    let base = iptables_restore(std::slice::from_ref(s));
+    let (ext, svl, name) = (ext_chain(s), svl_chain(s), s.port_name_string());
+    let extra_chains = format!(":{ext} - [0:0]\n:{svl} - [0:0]\n");
+    let mut rules = format!(
+        "-A KUBE-SERVICES -m comment --comment \"{name} loadbalancer IP\" -m tcp -p tcp -d {lb_ip} --dport {} -j {ext}\n\
+         -A {ext} -m comment --comment \"pod traffic for {name} external destinations\" -s {CLUSTER_CIDR} -j {svc}\n\
+         -A {ext} -m comment --comment \"masquerade LOCAL traffic for {name} external destinations\" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ\n\
+         -A {ext} -m comment --comment \"route LOCAL traffic for {name} external destinations\" -m addrtype --src-type LOCAL -j {svc}\n\
+         -A {ext} -j {svl}\n",
+        s.port,
+        svc = svc_chain(s)
+    );
+    let eps: Vec<String> = s
+        .endpoints
+        .iter()
+        .map(|ip| format!("{ip}:{}", s.target_port))
+        .collect();
+    let n = eps.len();
+    for (i, ep) in eps.iter().enumerate() {
+        let sep = sep_chain(s, ep);
+        if i + 1 < n {
+            let p = 1.0 / (n - i) as f64;
+            let _ = writeln!(
+                rules,
+                "-A {svl} -m comment --comment \"{name} -> {ep}\" -m statistic --mode random --probability {p:.10} -j {sep}"
+            );
+        } else {
+            let _ = writeln!(
+                rules,
+                "-A {svl} -m comment --comment \"{name} -> {ep}\" -j {sep}"
+            );
+        }
+    }
+    // Chains are declared after the nat table's header; the rules go before its COMMIT. The
+    // LB rule must precede KUBE-SERVICES' last (nodeports) rule.
+    let nodeports = "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports;";
+    let base = base.replacen(
+        ":KUBE-MARK-MASQ - [0:0]\n",
+        &format!(":KUBE-MARK-MASQ - [0:0]\n{extra_chains}"),
+        1,
+    );
+    let at = base.rfind(nodeports).unwrap_or(base.len());
+    let mut out = String::with_capacity(base.len() + rules.len());
+    out.push_str(&base[..at]);
+    out.push_str(&rules);
+    out.push_str(&base[at..]);
+    out
+}
+
 /// The `nft -f` input kube-proxy's nftables mode amounts to for `svcs` (its `baseRules` plus
 /// one service chain, one endpoint chain per endpoint, and the map elements). It first
 /// deletes a `kube-proxy` table left from an earlier load, in the same transaction.

@@ -115,10 +115,8 @@ fn duration_us(s: &str) -> Option<f64> {
         (n, 1e3)
     } else if let Some(n) = s.strip_suffix("m") {
         (n, 60e6)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1e6)
     } else {
-        return None;
+        (s.strip_suffix('s')?, 1e6)
     };
     Some(num.parse::<f64>().ok()? * mult)
 }

@@ -10,6 +10,7 @@ pub mod eastwest;
 pub mod env;
 pub mod kubeproxy;
 pub mod load;
+pub mod northsouth;
 pub mod progcost;
 pub mod report;
 pub mod server;
@@ -59,7 +60,7 @@ pub struct Report {
     pub machine: env::Machine,
     pub took_secs: f64,
     pub eastwest: Outcome<eastwest::Results>,
-    pub northsouth: Outcome<()>,
+    pub northsouth: Outcome<northsouth::Results>,
     pub progcost: Outcome<progcost::Results>,
     pub control: Outcome<Vec<control::SizeResult>>,
 }
@@ -76,12 +77,20 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
         skipped_section()
     };
     let northsouth = if wanted("northsouth") {
-        Outcome::NotMeasured(
-            "ferry's TC programs and the two-node lab exist, but the north-south load run \
-             (ferry's TC path vs. plain routing vs. kube-proxy's iptables rules on a node) is not \
-             written yet"
-                .into(),
-        )
+        let config = if opts.quick {
+            northsouth::Config {
+                rounds: 1,
+                secs: 1.0,
+                conns: 4,
+            }
+        } else {
+            northsouth::Config {
+                rounds: 5,
+                secs: 3.0,
+                conns: 8,
+            }
+        };
+        Outcome::from_result(northsouth::run(&config))
     } else {
         skipped_section()
     };

@@ -3,6 +3,7 @@
 //! ```text
 //! lab-client tcp ADDR:PORT [--count N] [--interval-ms MS] [--timeout-ms MS] [--hold]
 //! lab-client udp ADDR:PORT [--connected] [--count N] [--interval-ms MS] [--timeout-ms MS]
+//!                           [--source-port PORT]
 //! ```
 //!
 //! `--count 0` runs until killed. tcp: one connection per attempt, sends `hello`, reads one
@@ -11,7 +12,8 @@
 //! the first reply each line read from stdin is sent on the same connection and its reply
 //! printed. udp: datagrams from one socket (sendto, or send after connect with `--connected`),
 //! each reply printed with its recvfrom source (`"from"`); a reply not received within the
-//! timeout (default 2 s) is `"error":"timeout"`. Exit status 0 if every attempt succeeded.
+//! timeout (default 2 s) is `"error":"timeout"`; `--source-port` binds the socket to that port
+//! (one fixed 5-tuple). Exit status 0 if every attempt succeeded.
 
 use std::{
     io::{self, BufRead, BufReader, ErrorKind, Write},
@@ -28,12 +30,13 @@ struct Opts {
     timeout: Duration,
     hold: bool,
     connected: bool,
+    source_port: u16,
 }
 
 fn usage() -> ExitCode {
     let _ = writeln!(
         io::stderr(),
-        "usage: lab-client tcp ADDR:PORT [--count N] [--interval-ms MS] [--timeout-ms MS] [--hold]\n       lab-client udp ADDR:PORT [--connected] [--count N] [--interval-ms MS] [--timeout-ms MS]"
+        "usage: lab-client tcp ADDR:PORT [--count N] [--interval-ms MS] [--timeout-ms MS] [--hold]\n       lab-client udp ADDR:PORT [--connected] [--count N] [--interval-ms MS] [--timeout-ms MS] [--source-port PORT]"
     );
     ExitCode::from(2)
 }
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         timeout: Duration::from_secs(2),
         hold: false,
         connected: false,
+        source_port: 0,
     };
     let mut rest = args[2..].iter();
     while let Some(arg) = rest.next() {
@@ -68,6 +72,10 @@ fn main() -> ExitCode {
             },
             "--timeout-ms" => match number() {
                 Some(n) => opts.timeout = Duration::from_millis(n),
+                None => return usage(),
+            },
+            "--source-port" => match number().and_then(|n| u16::try_from(n).ok()) {
+                Some(n) => opts.source_port = n,
                 None => return usage(),
             },
             "--hold" => opts.hold = true,
@@ -310,7 +318,7 @@ fn tcp_once(opts: &Opts, seq: u64) -> bool {
 
 fn run_udp(opts: &Opts) -> bool {
     let start = Start::now();
-    let socket = match UdpSocket::bind("0.0.0.0:0") {
+    let socket = match UdpSocket::bind(("0.0.0.0", opts.source_port)) {
         Ok(s) => s,
         Err(e) => {
             failure(0, "bind", &e, start).print();

@@ -180,7 +180,7 @@ impl Cluster {
     pub fn load() -> Result<Cluster> {
         let mut cluster = Cluster::default();
         for (file, text) in EXAMPLES {
-            cluster.add_yaml(text).with_context(|| format!("{file}"))?;
+            cluster.add_yaml(text).context(*file)?;
         }
         cluster
             .add_yaml(SYSTEM_YAML)

@@ -10,8 +10,9 @@ use std::{
 use anyhow::{Context, Result};
 
 use super::{
-    checks::{Line, ingress_host},
+    checks::Line,
     cluster::Cluster,
+    http_checks::ingress_host,
     servers::{DB_NAME, DB_PASSWORD, DB_USER},
     topology,
 };
@@ -82,6 +83,9 @@ pub fn keep(
     let web_lb = web
         .and_then(|s| s.lb_ip)
         .unwrap_or(topology::WEB_SERVER_LB_IP);
+    let web_np = web
+        .and_then(|s| s.ports.first()?.node_port)
+        .unwrap_or_default();
     let host = ingress_host(cluster);
     let ing_lb = topology::INGRESS_LB_IP;
     let pod_list: Vec<String> = pods
@@ -92,17 +96,19 @@ pub fn keep(
     let ferry = Lab::ferry_bin();
     println!(
         "
-The lab is kept (id {id}). Enter a pod with {e} POD [COMMAND]: it joins the pod's network
-namespace, the lab cgroup (ferry's socket hooks translate Service addresses only for
-processes in it) and a private mount namespace whose /etc/resolv.conf points at the cluster
-DNS {dns}. `{e} external` joins only the external client's namespace, outside the cluster:
-its traffic to the load balancer IPs goes through the node's eth0 and ferry's TC programs.
+The lab is kept (id {id}). `{e} POD [COMMAND]` runs COMMAND (default: a shell) in
+a pod: in its network namespace, in the lab cgroup (ferry's socket hooks translate Service
+addresses only for processes in it) and in a private mount namespace whose /etc/resolv.conf
+points at the cluster DNS {dns}. POD `external` is the client outside the cluster: only its
+network namespace, so its traffic to the load balancer IPs crosses the node's eth0, where
+ferry's TC programs are.
 
   {e} client dig mysql.default.svc.cluster.local
   {e} client mariadb -h mysql -u {DB_USER} -p{DB_PASSWORD} {DB_NAME} -e 'SELECT 1'
   {e} client redis-cli -h redis GET ferry-demo
   {e} client curl -s http://gin:8888/anything http://gin:8888/again
   {e} external curl -s http://{web_lb}:8888/
+  {e} external curl -s http://{node}:{web_np}/          # web-server's NodePort
   {e} external curl -s --resolve {host}:80:{ing_lb} http://{host}/v1/x
   {e} client                     # a shell in the client pod
 
@@ -110,20 +116,32 @@ What `enter client` does, spelled out:
   nsenter --net=/run/netns/{prefix}client unshare --mount --propagation private sh -c \\
     'echo $$ > {cg}/cgroup.procs && mount --bind {resolv} /etc/resolv.conf && exec bash'
 
-Pods (namespaces {prefix}POD; the node is {prefix}node): {pods}
+Pods (namespaces {prefix}POD; the node is {prefix}node):
+{pods}
 ferry:   {ferry} services --bpffs {pin}
          {ferry} conntrack --bpffs {pin}
-Logs:    {tmp}/logs/ (servers), {tmp}/agent-1.log (agent)
+Logs:    {tmp}/logs/ (servers), {tmp}/agent-1.log (agent),
+         {tmp}/pods/ingress-nginx-controller-1/access.log (nginx: client, request, upstream)
 Remove:  cargo xtask demo --down",
         dns = topology::KUBE_DNS_IP,
+        node = topology::NODE_IP,
         cg = lab.cgroup().display(),
         resolv = resolv_conf.display(),
-        pods = pod_list.join(", "),
+        pods = wrap(&pod_list, 4),
         ferry = ferry.display(),
         pin = lab.pin_dir().display(),
         tmp = lab.tmp_dir().display(),
     );
     Line::ok(format!("lab {id} kept ({STATE})"))
+}
+
+/// `items` as indented lines of `per_line` each.
+fn wrap(items: &[String], per_line: usize) -> String {
+    items
+        .chunks(per_line)
+        .map(|c| format!("  {}", c.join(", ")))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Removes a kept lab (`--down`).

@@ -10,11 +10,13 @@
 
 pub mod checks;
 pub mod cluster;
+pub mod http_checks;
 pub mod http_server;
 pub mod ingress;
 pub mod keep;
 pub mod objects;
 pub mod pod_exec;
+pub mod programmed;
 pub mod servers;
 pub mod topology;
 
@@ -122,7 +124,7 @@ fn run_lab(keep: bool, r: &mut Report) -> Result<()> {
         slowest.map_or("-", |s| s.pod.as_str()),
         slowest.map_or(0, |s| s.ready_in.as_millis()),
     )));
-    let want = checks::expected_frontends(&cluster, &pods);
+    let want = programmed::expected_frontends(&cluster, &pods);
     let programmed = wait_programmed(&lab, &want, Duration::from_secs(10));
     r.line(match programmed {
         Some(took) => Line::ok(format!(
@@ -154,13 +156,13 @@ fn run_lab(keep: bool, r: &mut Report) -> Result<()> {
     r.line(checks::dns_search(&cx, "gin"));
     r.line(checks::mysql(&cx));
     r.line(checks::redis(&cx));
-    r.line(checks::balance(&cx, "gin", 20));
-    r.line(checks::balance(&cx, "vue", 20));
-    r.line(checks::load_balancer(&cx));
-    r.line(checks::health_check(&cx));
-    r.line(checks::ingress(&cx, "/v1/x", "gin", "/x"));
-    r.line(checks::ingress(&cx, "/", "vue", "/"));
-    r.line(checks::ferry_services(&cx));
+    r.line(http_checks::balance(&cx, "gin", 20));
+    r.line(http_checks::balance(&cx, "vue", 20));
+    r.line(http_checks::load_balancer(&cx));
+    r.line(http_checks::health_check(&cx));
+    r.line(http_checks::ingress(&cx, "/v1/x", "gin", "/x"));
+    r.line(http_checks::ingress(&cx, "/", "vue", "/"));
+    r.line(programmed::ferry_services(&cx));
     println!(
         "\n$ ferry services --bpffs {}\n{}",
         lab.pin_dir().display(),
@@ -204,7 +206,7 @@ fn wait_programmed(
     let start = Instant::now();
     while start.elapsed() < timeout {
         if let Ok(v) = lab.try_services()
-            && checks::all_programmed(&v, want)
+            && programmed::all_programmed(&v, want)
         {
             return Some(start.elapsed());
         }

@@ -2,8 +2,8 @@
 //! device `eth0`, wired by a veth pair to the external client's namespace.
 //!
 //! ```text
-//!  external (172.18.0.100) ── eth0 │ node 172.18.0.2 eth0 [ferry TC] ─ br0 10.244.0.1 ─ pods
-//!  default route via the node        │ ip_forward=1; LB IPs 172.18.255.200/.201 route to it
+//!  external 172.18.0.100 ─ eth0 ┃ eth0 172.18.0.2 (node) ─ br0 10.244.0.1/24 ─ pods
+//!  default route: the node      ┃ ip_forward=1, ferry's TC programs on eth0
 //! ```
 //!
 //! Everything lives in lab namespaces; nothing is linked to the machine's own network.
