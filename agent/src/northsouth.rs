@@ -134,16 +134,16 @@ pub fn monotonic_seconds() -> u32 {
 }
 
 /// Deletes flows idle past their timeout (the LRU only evicts under
-/// pressure); returns how many entries went. A flow's two entries are judged
-/// and deleted together: freeing one alone could hand its SNAT port to a
-/// second flow while the first still uses it.
-pub fn gc_conntrack(maps: &mut Maps) -> usize {
+/// pressure); returns (entries removed, entries left). A flow's two entries
+/// are judged and deleted together: freeing one alone could hand its SNAT
+/// port to a second flow while the first still uses it.
+pub fn gc_conntrack(maps: &mut Maps) -> (usize, usize) {
     let entries: BTreeMap<Ct4Key, Ct4Value> = maps.ct.iter().filter_map(Result::ok).collect();
     let stale = stale_flows(&entries, monotonic_seconds());
     for k in &stale {
         let _ = maps.ct.remove(k);
     }
-    stale.len()
+    (stale.len(), entries.len() - stale.len())
 }
 
 /// The entries of flows idle past their timeout at `now`.

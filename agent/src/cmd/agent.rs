@@ -151,7 +151,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 }
             }
             _ = gc.tick() => {
-                let gone = northsouth::gc_conntrack(programmer.maps_mut());
+                let (gone, left) = northsouth::gc_conntrack(programmer.maps_mut());
+                // The CT map filling up is the failure operators must see
+                // coming (cilium#24177): export its fill at every collection.
+                metrics.conntrack_entries(left);
                 if gone > 0 {
                     debug!(flows = gone, "conntrack: idle entries removed");
                 }

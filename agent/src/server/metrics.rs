@@ -81,6 +81,8 @@ struct Inner {
     endpoint_changes: u64,
     errors: BTreeMap<&'static str, u64>,
     programmed: Programmed,
+    /// Conntrack entries at the last collection.
+    conntrack: usize,
 }
 
 #[derive(Clone)]
@@ -99,12 +101,17 @@ impl Default for Metrics {
                 endpoint_changes: 0,
                 errors: BTreeMap::new(),
                 programmed: Programmed::default(),
+                conntrack: 0,
             })),
         }
     }
 }
 
 impl Metrics {
+    pub fn conntrack_entries(&self, n: usize) {
+        self.inner.lock().expect("metrics lock").conntrack = n;
+    }
+
     pub fn sync_done(&self, took: Duration, programmed: Programmed, errors: &[&'static str]) {
         let mut m = self.inner.lock().expect("metrics lock");
         m.sync.observe(took.as_secs_f64());
@@ -216,6 +223,7 @@ impl Metrics {
                 names::BACKENDS_V4_MAX,
             ),
             (names::REV_NAT_V4, p.rev_nat as f64, names::REV_NAT_V4_MAX),
+            (names::CT_V4, m.conntrack as f64, names::CT_V4_MAX),
         ];
         for (map, n, _) in maps {
             let _ = writeln!(out, "ferry_map_entries{{map=\"{map}\"}} {n}");
