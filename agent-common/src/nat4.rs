@@ -4,7 +4,9 @@
 
 /// A flow as one packet sees it. Each translated flow has two entries: the
 /// client's direction (`FORWARD`, client -> frontend) and the backend's
-/// (`REPLY`, backend -> client or -> the SNAT address).
+/// (`REPLY`, backend -> client or -> the SNAT address). A DSR flow
+/// ([`ct_flags::DSR`]) has one on each of two nodes: FORWARD where the client
+/// arrived, REPLY on the backend's node.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Ct4Key {

@@ -54,11 +54,18 @@ pub enum Counter {
     /// a tracked flow goes without it (the backend's node knows the flow).
     NsDsrFallback = 19,
     /// North-south DSR: adding or removing the option, or writing the reply
-    /// entry, failed: dropped.
+    /// entry, failed: dropped (or, when the option could not be removed and
+    /// the packet is intact, delivered with it: Linux ignores it).
     NsDsrFailed = 20,
 }
 
 pub const COUNTERS: u32 = 21;
+
+/// Slots of the pinned counter map: a fixed reserve above `COUNTERS`, so
+/// adding a counter does not change the map's size (a pinned map of another
+/// size cannot be adopted by the next agent).
+pub const STATS_SLOTS: u32 = 64;
+const _: () = assert!(COUNTERS <= STATS_SLOTS);
 
 impl Counter {
     pub const ALL: [Counter; COUNTERS as usize] = [

@@ -249,10 +249,11 @@ pub fn forward(skb: *mut __sk_buff, v: *const Ct4Value, first: bool) -> i32 {
     fib::send(&ctx, &s.hdr, rc, &s.fib)
 }
 
+/// How adding or removing the option failed.
 enum Insert {
-    /// Nothing was changed: the packet can go without the option.
+    /// Nothing was changed: the packet can go on as it is.
     Unchanged,
-    /// The room was made but not filled: the packet must be dropped.
+    /// The header was resized but not rewritten: the packet must be dropped.
     Broken,
 }
 
@@ -371,11 +372,16 @@ pub fn receive(skb: *mut __sk_buff) -> i32 {
             }
         }
     }
-    if strip_option(&ctx, s).is_err() {
-        count(Counter::NsDsrFailed);
-        return verdict::SHOT;
+    match strip_option(&ctx, s) {
+        Ok(()) => count(Counter::NsDsrReceived),
+        // The helper refused (memory, a UDP GSO packet) and left the packet
+        // as it was: delivered with the option, which Linux ignores.
+        Err(Insert::Unchanged) => count(Counter::NsDsrFailed),
+        Err(Insert::Broken) => {
+            count(Counter::NsDsrFailed);
+            return verdict::SHOT;
+        }
     }
-    count(Counter::NsDsrReceived);
     verdict::OK
 }
 
@@ -429,13 +435,14 @@ fn routed_here(ctx: &TcContext, s: &mut Scratch, ifindex: u32) -> bool {
 /// Removes the option `s.opt` (the first one, after the fixed header
 /// `s.hdr`) and fixes IHL, the total length and the header checksum.
 #[inline(always)]
-fn strip_option(ctx: &TcContext, s: &mut Scratch) -> Result<(), ()> {
+fn strip_option(ctx: &TcContext, s: &mut Scratch) -> Result<(), Insert> {
+    // The 8 bytes right after the fixed header go (BPF_ADJ_ROOM_NET).
     ctx.adjust_room(
         -(OPT_LEN as i32),
         BPF_ADJ_ROOM_NET,
         BPF_F_ADJ_ROOM_NO_CSUM_RESET as u64,
     )
-    .map_err(|_| ())?;
+    .map_err(|_| Insert::Unchanged)?;
     s.out.hdr = s.hdr;
     s.out.hdr.ver_ihl = s.hdr.ver_ihl.wrapping_sub((OPT_LEN / 4) as u8);
     s.out.hdr.tot_len = u16::from_be(s.hdr.tot_len)
@@ -446,7 +453,7 @@ fn strip_option(ctx: &TcContext, s: &mut Scratch) -> Result<(), ()> {
     d = csum::diff4(d, s.opt.addr, 0);
     s.out.hdr.check = csum::apply(s.hdr.check, d);
     ctx.store(IP_OFF, &s.out.hdr, BPF_F_RECOMPUTE_CSUM as u64)
-        .map_err(|_| ())
+        .map_err(|_| Insert::Broken)
 }
 
 /// The checksum difference of the fields inserting or removing an option

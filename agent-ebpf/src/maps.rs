@@ -52,7 +52,7 @@ pub static NODE_CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
 pub static DSR_SCRATCH: PerCpuArray<crate::dsr::Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "ferry_stats_v1")]
-pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(agent_common::stats::COUNTERS, 0);
+pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(agent_common::stats::STATS_SLOTS, 0);
 
 #[inline(always)]
 pub fn count(c: agent_common::stats::Counter) {

@@ -3,9 +3,13 @@
 //! `ferry_tc_in` (ingress): packets for NodePorts, externalIPs and
 //! LoadBalancer IPs start or continue a translated flow; replies of remote
 //! backends to our SNAT ports are translated back; ICMP errors about
-//! translated flows are translated. `ferry_tc_out` (egress): replies of
-//! local backends get their frontend back as the source, and ICMP errors
-//! they send about a flow are translated likewise.
+//! translated flows are translated; with `--lb-mode dsr`, flows to remote
+//! backends keep the client's address and carry their frontend to the
+//! backend's node in an IP option, and packets arriving with that option for
+//! a backend on this node are recorded and stripped (dsr.rs). `ferry_tc_out`
+//! (egress): replies of local backends (and of DSR flows received) get their
+//! frontend back as the source, and ICMP errors they send about a flow are
+//! translated likewise.
 //!
 //! IPv4 only for now; fragments after the first pass untouched.
 

@@ -1604,6 +1604,28 @@ fn dsr_udp_carries_the_option_on_every_datagram() {
         };
         let r = f.run(TC_IN, &inbound(nocsum(ext, false)));
         assert_eq!(r.data, inbound(nocsum(pod, true)));
+
+        // The client's port unreachable about a reply (which node B sent from the frontend)
+        // comes to this node, the frontend's: it goes on to the pod, quoting what the pod sent.
+        let reply = udp_packet(ext, client, b"late answer");
+        let err = ipv4(
+            icmp_opts(3),
+            CLIENT,
+            EXTERNAL_IP,
+            IPPROTO_ICMP,
+            &icmp(3, 3, 0, &reply),
+        );
+        let r = f.run(TC_IN, &inbound(err));
+        assert_eq!(r.verdict(), OK);
+        let want = ipv4(
+            icmp_opts(3),
+            CLIENT,
+            REMOTE_POD,
+            IPPROTO_ICMP,
+            &icmp(3, 3, 0, &udp_packet(pod, client, b"late answer")),
+        );
+        assert_frame(&r.data, &inbound(want), "client's error towards the pod");
+        assert_eq!(f.counter(Counter::NsIcmpTranslated), 1);
     });
 }
 

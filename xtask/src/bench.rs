@@ -53,7 +53,13 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     cmd.run()?;
     let md = out.join("benchmarks.md");
-    check_tables(&md)?;
+    if opts.quick {
+        // The smoke test: every table must be there.
+        check_tables(&md)?;
+    } else if let Err(e) = check_tables(&md) {
+        // A measurement run keeps what it measured; the report says why a section is missing.
+        eprintln!("warning: {e:#}");
+    }
     eprintln!("bench: wrote {}", md.display());
     Ok(())
 }

@@ -26,6 +26,9 @@ pub struct FlowView {
     pub nat_src: String,
     pub nat_dst: String,
     pub snat: bool,
+    /// Direct server return: node A forwards with the frontend in an IP
+    /// option; node B's reply entry answers the client from the frontend.
+    pub dsr: bool,
     pub local_backend: bool,
     pub backend_id: u32,
     pub rev_nat_id: u16,
@@ -61,6 +64,7 @@ pub fn view(k: &Ct4Key, v: &Ct4Value, now: u32) -> FlowView {
         nat_src,
         nat_dst,
         snat: v.flags & ct_flags::SNAT != 0,
+        dsr: v.flags & ct_flags::DSR != 0,
         local_backend: v.flags & ct_flags::LOCAL != 0,
         backend_id: v.backend_id,
         rev_nat_id: v.rev_nat_id,
@@ -77,14 +81,20 @@ pub fn run(args: &ShowArgs) -> anyhow::Result<()> {
         Output::Json => println!("{}", serde_json::json!({ "flows": views })),
         Output::Table => {
             println!(
-                "{:<8} {:<5} {:<22} {:<22} {:<22} {:<22} {:>6}",
-                "DIR", "PROTO", "SRC", "DST", "NAT-SRC", "NAT-DST", "IDLE"
+                "{:<8} {:<5} {:<22} {:<22} {:<22} {:<22} {:<5} {:>6}",
+                "DIR", "PROTO", "SRC", "DST", "NAT-SRC", "NAT-DST", "MODE", "IDLE"
             );
             for f in views {
                 let proto = f.protocol.map_or("?".to_string(), |p| p.to_string());
+                let mode = match (f.snat, f.dsr, f.local_backend) {
+                    (true, _, _) => "snat",
+                    (_, true, _) => "dsr",
+                    (_, _, true) => "local",
+                    _ => "-",
+                };
                 println!(
-                    "{:<8} {:<5} {:<22} {:<22} {:<22} {:<22} {:>5}s",
-                    f.direction, proto, f.src, f.dst, f.nat_src, f.nat_dst, f.idle_seconds
+                    "{:<8} {:<5} {:<22} {:<22} {:<22} {:<22} {:<5} {:>5}s",
+                    f.direction, proto, f.src, f.dst, f.nat_src, f.nat_dst, mode, f.idle_seconds
                 );
             }
         }

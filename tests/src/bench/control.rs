@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     eastwest::{scratch_ns, wait_frontends},
@@ -25,7 +25,7 @@ use crate::{
     cleanup,
 };
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Config {
     pub sizes: Vec<usize>,
     pub endpoints_per_service: usize,
@@ -34,7 +34,7 @@ pub struct Config {
 }
 
 /// One source of ferry at one size.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct FerryRun {
     /// Agent start to the first sync that holds every frontend (its log line), seconds.
     pub full_secs: Option<f64>,
@@ -49,7 +49,7 @@ pub struct FerryRun {
     pub error: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SizeResult {
     pub services: usize,
     pub endpoints: usize,

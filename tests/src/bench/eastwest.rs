@@ -20,7 +20,7 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     env::{http_get_in, in_lab_ns_ok, metric},
@@ -35,7 +35,7 @@ use crate::{
     proc::{self, Placement, Proc},
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Contender {
     Direct,
     Ferry,
@@ -74,7 +74,7 @@ impl Contender {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Config {
     pub sizes: Vec<usize>,
     pub rounds: usize,
@@ -83,7 +83,7 @@ pub struct Config {
 }
 
 /// All rounds of one contender at one N.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Point {
     pub n: usize,
     pub contender: Contender,
@@ -93,7 +93,7 @@ pub struct Point {
     pub errors: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Results {
     pub config: Config,
     pub points: Vec<Point>,

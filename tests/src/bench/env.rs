@@ -166,7 +166,7 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
 }
 
 /// The machine the bench runs on, for the report.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Machine {
     pub kernel: String,
     pub cpu: String,

@@ -7,12 +7,12 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::proc::{self, Placement};
 
 /// What one wrk run reported.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct WrkResult {
     pub requests_per_sec: f64,
     pub requests: u64,

@@ -19,13 +19,13 @@ pub mod synth;
 
 use std::{path::PathBuf, time::Instant};
 
-use anyhow::Result;
-use serde::Serialize;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
 
 use crate::Lab;
 
 /// A section's result, or why it was not measured.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Outcome<T> {
     Done(T),
     NotMeasured(String),
@@ -52,9 +52,12 @@ pub struct Options {
     pub out: PathBuf,
     /// Sections to run (all when empty): eastwest, northsouth, progcost, control.
     pub only: Vec<String>,
+    /// Keep the other sections of the report already in `out` (benchmarks.json) and replace
+    /// only the ones run now; with `only` empty, run nothing and re-render the report.
+    pub merge: bool,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     pub quick: bool,
     pub machine: env::Machine,
@@ -68,7 +71,21 @@ pub struct Report {
 /// Runs the sections and writes the report; returns the markdown file's path.
 pub fn run(opts: &Options) -> Result<PathBuf> {
     let start = Instant::now();
-    let wanted = |s: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == s);
+    let previous: Option<Report> = if opts.merge {
+        let path = opts.out.join("benchmarks.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("--merge: reading {}", path.display()))?;
+        Some(serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?)
+    } else {
+        None
+    };
+    let wanted = |s: &str| {
+        if opts.merge {
+            opts.only.iter().any(|o| o == s)
+        } else {
+            opts.only.is_empty() || opts.only.iter().any(|o| o == s)
+        }
+    };
     let machine = env::machine();
 
     let eastwest = if wanted("eastwest") {
@@ -118,7 +135,7 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
     } else {
         skipped_section()
     };
-    let report = Report {
+    let mut report = Report {
         quick: opts.quick,
         machine,
         took_secs: start.elapsed().as_secs_f64(),
@@ -127,6 +144,23 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
         progcost,
         control,
     };
+    if let Some(prev) = previous {
+        report.machine = prev.machine;
+        report.took_secs += prev.took_secs;
+        report.quick = prev.quick;
+        if !wanted("eastwest") {
+            report.eastwest = prev.eastwest;
+        }
+        if !wanted("northsouth") {
+            report.northsouth = prev.northsouth;
+        }
+        if !wanted("progcost") {
+            report.progcost = prev.progcost;
+        }
+        if !wanted("control") {
+            report.control = prev.control;
+        }
+    }
     report::write(&opts.out, &report)
 }
 

@@ -18,7 +18,7 @@
 use std::{net::Ipv4Addr, process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     env::in_lab_ns_ok,
@@ -37,7 +37,7 @@ const IPERF: u16 = 5201;
 const FERRY_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const IPT_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 20);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Contender {
     Routing,
     Ferry,
@@ -56,14 +56,14 @@ impl Contender {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Config {
     pub rounds: usize,
     pub secs: f64,
     pub conns: u32,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Point {
     pub contender: Contender,
     pub gbits_per_sec: Vec<f64>,
@@ -71,7 +71,7 @@ pub struct Point {
     pub errors: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Results {
     pub config: Config,
     pub points: Vec<Point>,

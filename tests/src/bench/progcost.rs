@@ -29,7 +29,7 @@ use aya::{
     maps::{HashMap, MapData},
     programs::SchedClassifier,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::stats::percentile;
 use crate::progtest::{
@@ -39,7 +39,7 @@ use crate::progtest::{
 const TC_IN: &str = "ferry_tc_in";
 const TC_OUT: &str = "ferry_tc_out";
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PathCost {
     pub path: String,
     pub program: String,
@@ -51,7 +51,7 @@ pub struct PathCost {
     pub verdict: i32,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Results {
     pub samples: usize,
     pub baseline_ns: f64,

@@ -62,6 +62,15 @@ fn num(x: f64) -> String {
     }
 }
 
+/// A count (services, endpoints, samples): no decimals.
+fn count(n: usize) -> String {
+    if n < 1000 {
+        n.to_string()
+    } else {
+        num(n as f64)
+    }
+}
+
 fn cell(s: Option<Summary>) -> String {
     match s {
         Some(s) if s.n > 1 => format!("{} ({}–{})", num(s.median), num(s.min), num(s.max)),
@@ -110,7 +119,7 @@ fn ew_table(
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            num(n as f64),
+            count(n),
             cell(s(Contender::Direct)),
             cell(ferry),
             cell(s(Contender::Iptables)),
@@ -326,12 +335,7 @@ fn markdown(r: &Report, plots: &Plots) -> String {
                 .program_secs
                 .iter()
                 .map(|(n, c, s)| {
-                    format!(
-                        "{} at N = {}: {}",
-                        c.label(),
-                        num(*n as f64),
-                        opt_secs(Some(*s))
-                    )
+                    format!("{} at N = {}: {}", c.label(), count(*n), opt_secs(Some(*s)))
                 })
                 .collect();
             if !prog.is_empty() {
@@ -374,7 +378,7 @@ fn markdown(r: &Report, plots: &Plots) -> String {
                  kernel's per-run `duration`, minus the median of an empty classifier timed the same \
                  way ({} ns: the test-run timer itself).\n\n\
                  | path | program | ns per packet (median) | p99 | raw median |\n|---|---|---:|---:|---:|",
-                num(pc.samples as f64),
+                count(pc.samples),
                 num(pc.baseline_ns)
             );
             for p in &pc.paths {
@@ -503,8 +507,8 @@ fn control(md: &mut String, cp: &[SizeResult], plots: &Plots) {
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            num(s.services as f64),
-            num(s.endpoints as f64),
+            count(s.services),
+            count(s.endpoints),
             f(&s.manifests),
             f(&s.api),
             opt_secs(s.iptables_restore_secs),
@@ -515,7 +519,7 @@ fn control(md: &mut String, cp: &[SizeResult], plots: &Plots) {
     }
     for s in cp {
         for n in &s.notes {
-            let _ = writeln!(md, "\n{}: {n}", num(s.services as f64));
+            let _ = writeln!(md, "\n{}: {n}", count(s.services));
         }
     }
     if let Some(big) = cp.iter().max_by_key(|s| s.services) {
@@ -526,8 +530,8 @@ fn control(md: &mut String, cp: &[SizeResult], plots: &Plots) {
              manifests directory / the API write) to the log line of the sync that wrote the map, \
              and the programming part of that sync.\n\n\
              | source | change → map written p50 | p99 | programming p50 | p99 | agent peak RSS (VmHWM) |\n|---|---:|---:|---:|---:|---:|",
-            num(big.services as f64),
-            num(big.endpoints as f64),
+            count(big.services),
+            count(big.endpoints),
             big.api.change_ms.len().max(big.manifests.change_ms.len())
         );
         for (name, run) in [("manifests", &big.manifests), ("Kubernetes API", &big.api)] {
@@ -577,7 +581,7 @@ fn targets(md: &mut String, r: &Report) {
             match ratio(f, d) {
                 Some(x) => format!(
                     "{x:.2} × direct at N = {} | {}",
-                    num(n as f64),
+                    count(n),
                     verdict(x >= 0.97, format!("{:.0} %", (0.97 - x) * 100.0))
                 ),
                 None => "– | ".into(),
@@ -641,8 +645,8 @@ fn targets(md: &mut String, r: &Report) {
                 "API {}, manifests {} at {} / {} | {}",
                 show(best[0]),
                 show(best[1]),
-                num(s.services as f64),
-                num(s.endpoints as f64),
+                count(s.services),
+                count(s.endpoints),
                 verdict(
                     ok,
                     s.api

@@ -1,9 +1,9 @@
 //! Medians, ranges and percentiles of measurements.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The median and range of several rounds of one measurement.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct Summary {
     pub median: f64,
     pub min: f64,

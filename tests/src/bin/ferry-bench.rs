@@ -2,7 +2,8 @@
 //! rules (see docs/benchmarks.md). Run by `cargo xtask bench`; needs root.
 //!
 //! ```text
-//! ferry-bench run [--quick] [--out DIR] [--only SECTION[,SECTION..]]
+//! ferry-bench run [--quick] [--out DIR] [--only SECTION[,SECTION..]] [--merge]
+//!     --merge: rerun only the --only sections into DIR's existing report (none: re-render it)
 //! ferry-bench serve --port PORT [--lifetime SECS]     (the backends' HTTP server)
 //! ```
 
@@ -13,7 +14,7 @@ use ferry_tests::{
     is_root,
 };
 
-const USAGE: &str = "usage: ferry-bench run [--quick] [--out DIR] [--only eastwest,northsouth,progcost,control]\n       ferry-bench serve --port PORT [--lifetime SECS]";
+const USAGE: &str = "usage: ferry-bench run [--quick] [--out DIR] [--only eastwest,northsouth,progcost,control] [--merge]\n       ferry-bench serve --port PORT [--lifetime SECS]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -59,11 +60,13 @@ fn run(args: &[String]) -> ExitCode {
         quick: false,
         out: PathBuf::from("docs"),
         only: Vec::new(),
+        merge: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => opts.quick = true,
+            "--merge" => opts.merge = true,
             "--out" => match it.next() {
                 Some(v) => opts.out = PathBuf::from(v),
                 None => return usage(),
