@@ -131,6 +131,25 @@ pub struct SockRev4 {
 }
 const _: () = assert!(core::mem::size_of::<SockRev4>() == 8);
 
+/// Key of the dead-backend map (`maps::DEAD_V4`): a UDP backend just removed
+/// from a service. Network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Dead4Key {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<Dead4Key>() == 8);
+
+/// The immediate of the placeholder helper call `ferry_udp_gc` makes in
+/// place of the kfunc `bpf_sock_destroy` (bpf-linker 0.13 emits no `.ksyms`
+/// BTF for extern functions, so aya cannot relocate a real kfunc call). The
+/// agent patches it into a kfunc call (src_reg 2, imm the function's
+/// vmlinux BTF id) before loading the object; left unpatched (no such
+/// kfunc), only that program fails to load.
+pub const SOCK_DESTROY_CALL_MAGIC: i32 = 0x6665_7279;
+
 /// Key of the affinity map. For the socket layer the client is its network
 /// namespace cookie (a pod's identity before its socket has an address);
 /// north-south traffic keys on the client IPv4 address.
@@ -169,6 +188,7 @@ mod pod {
     unsafe impl aya::Pod for RevNat4 {}
     unsafe impl aya::Pod for SockRev4Key {}
     unsafe impl aya::Pod for SockRev4 {}
+    unsafe impl aya::Pod for Dead4Key {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
 }

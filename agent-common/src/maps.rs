@@ -14,6 +14,9 @@ pub const REV_NAT_V4: &str = "ferry_rnat4_v1";
 /// Socket reverse translation: (socket cookie, backend) -> service, for
 /// recvmsg and getpeername.
 pub const SOCK_REV_V4: &str = "ferry_sk4_v1";
+/// UDP backends just removed from a service, whose connected sockets the
+/// `ferry_udp_gc` iterator destroys (filled and emptied around each run).
+pub const DEAD_V4: &str = "ferry_dead4_v1";
 /// Session affinity: (client, rev-NAT id) -> backend id and last use.
 pub const AFFINITY: &str = "ferry_aff_v1";
 /// Per-CPU event counters, indexed by [`crate::stats::Counter`].
@@ -36,6 +39,7 @@ pub const ALL: &[&str] = &[
     BACKENDS_V4,
     REV_NAT_V4,
     SOCK_REV_V4,
+    DEAD_V4,
     AFFINITY,
     STATS,
     CT_V4,
@@ -55,6 +59,7 @@ pub const BACKENDS_V4_MAX: u32 = 131_072;
 pub const REV_NAT_V4_MAX: u32 = 65_536;
 pub const SOCK_REV_V4_MAX: u32 = 262_144;
 pub const AFFINITY_MAX: u32 = 65_536;
+pub const DEAD_V4_MAX: u32 = 4_096;
 pub const CT_V4_MAX: u32 = 262_144;
 pub const SRC_RANGE_V4_MAX: u32 = 16_384;
 /// Room for 64 Maglev services (allocated on use: BPF_F_NO_PREALLOC).

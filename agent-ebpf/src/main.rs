@@ -11,6 +11,7 @@
 //! translated per packet with connection tracking.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod csum;
@@ -30,6 +31,8 @@ mod nodeport;
 mod parse;
 #[cfg(target_arch = "bpf")]
 mod select;
+#[cfg(target_arch = "bpf")]
+mod sock_destroy;
 #[cfg(target_arch = "bpf")]
 mod sock_lb;
 #[cfg(target_arch = "bpf")]

@@ -2,8 +2,8 @@
 //! here; the agent's loader fails loudly if the two ever disagree).
 
 use agent_common::{
-    AffinityKey, AffinityValue, Backend4, Ct4Key, Ct4Value, NodeConfig, RevNat4, SockRev4,
-    SockRev4Key, SrcRange4, Svc4Key, SvcValue, maps as m,
+    AffinityKey, AffinityValue, Backend4, Ct4Key, Ct4Value, Dead4Key, NodeConfig, RevNat4,
+    SockRev4, SockRev4Key, SrcRange4, Svc4Key, SvcValue, maps as m,
 };
 use aya_ebpf::{
     macros::map,
@@ -25,6 +25,9 @@ pub static REV_NAT_V4: HashMap<u16, RevNat4> = HashMap::pinned(m::REV_NAT_V4_MAX
 #[map(name = "ferry_sk4_v1")]
 pub static SOCK_REV_V4: LruHashMap<SockRev4Key, SockRev4> =
     LruHashMap::pinned(m::SOCK_REV_V4_MAX, 0);
+
+#[map(name = "ferry_dead4_v1")]
+pub static DEAD_V4: HashMap<Dead4Key, u8> = HashMap::pinned(m::DEAD_V4_MAX, 0);
 
 #[map(name = "ferry_aff_v1")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =

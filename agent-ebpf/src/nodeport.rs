@@ -119,6 +119,40 @@ pub fn egress(ctx: &TcContext, ip: &Ipv4) -> i32 {
     }
 }
 
+/// A connection opening straight to a local pod from a (client, port) that
+/// an earlier, translated flow used: that flow is over (a new SYN on its
+/// 5-tuple), and its REPLY entry would otherwise rewrite the pod's answers
+/// to this new connection to the old frontend. Forget both of its entries.
+/// Costs one lookup per SYN that reaches no frontend.
+#[inline(always)]
+fn forget_stale_flow_of(t: &Tuple) {
+    let rkey = agent_common::Ct4Key {
+        saddr: t.daddr,
+        daddr: t.saddr,
+        sport: t.dport,
+        dport: t.sport,
+        proto: t.proto,
+        dir: ct_dir::REPLY,
+        _pad: [0; 2],
+    };
+    let Some(entry) = ct::lookup(&rkey) else {
+        return;
+    };
+    // SAFETY: a live map value, copied out.
+    let v = unsafe { *entry };
+    let fwd_key = agent_common::Ct4Key {
+        saddr: v.nat_daddr,
+        daddr: v.nat_saddr,
+        sport: v.nat_dport,
+        dport: v.nat_sport,
+        proto: t.proto,
+        dir: ct_dir::FORWARD,
+        _pad: [0; 2],
+    };
+    let _ = CT_V4.remove(&fwd_key);
+    let _ = CT_V4.remove(&rkey);
+}
+
 /// The flow's backend still exists with the address it was given.
 #[inline(always)]
 fn backend_still_there(v: &Ct4Value) -> bool {
@@ -163,6 +197,9 @@ fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, cfg: &agent_common::
         _pad: [0; 2],
     };
     let Some(svc) = select::lookup_svc(&key) else {
+        if t.proto == proto::TCP && parse::tcp_flags(ctx, ip) & parse::TCP_SYN != 0 {
+            forget_stale_flow_of(t);
+        }
         // Only packets with IP options can carry a DSR option: the node's
         // ordinary traffic pays nothing more than this test.
         if ip.hdr.header_len() > parse::IPV4_MIN_HLEN {

@@ -470,6 +470,42 @@ fn tcp_syn_to_lb_ip_with_local_backend_keeps_the_client_address() {
 }
 
 #[test]
+fn a_direct_connection_reusing_a_finished_flows_port_is_not_rewritten() {
+    require_root!();
+    lab(|| {
+        let mut f = Fixture::new();
+        let vip = sa(LB_VIP, 80);
+        let pod = sa(LOCAL_POD, 8080);
+        let client = sa(CLIENT, 40001);
+        f.backend(1, pod, IPPROTO_TCP, true);
+        f.frontend(
+            vip,
+            IPPROTO_TCP,
+            scope::EXTERNAL,
+            svc_flags::LOAD_BALANCER | svc_flags::ETP_LOCAL,
+            REV_LB,
+            &[1],
+        );
+        let r = f.run(TC_IN, &inbound(tcp_packet(client, vip, TCP_SYN, b"")));
+        assert_eq!(r.verdict(), OK);
+        assert_eq!(f.ct().len(), 2);
+
+        // Later the same client port opens a connection straight to the pod.
+        let direct = inbound(tcp_packet(client, pod, TCP_SYN, b""));
+        let r = f.run(TC_IN, &direct);
+        assert_eq!(r.verdict(), PASS);
+        assert_eq!(r.data, direct);
+        assert_eq!(f.ct().len(), 0, "the finished flow's entries are forgotten");
+
+        // So the pod's answer to it leaves untouched, not as the old frontend.
+        let synack = outbound(tcp_packet(pod, client, TCP_SYN | TCP_ACK, b""));
+        let r = f.run(TC_OUT, &synack);
+        assert_eq!(r.verdict(), PASS);
+        assert_eq!(r.data, synack);
+    });
+}
+
+#[test]
 fn udp_to_node_port_with_remote_backend_is_snatted_and_the_reply_comes_back() {
     require_root!();
     lab(|| {

@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use crate::{
     cli::{AgentArgs, LbAlgorithm},
     datapath::{Datapath, LoadOptions, Maps, Programmer},
-    model::{self, Desired, Diagnostic, Severity},
+    model::{self, BackendAddr, Desired, Diagnostic, Severity},
     northsouth::{self, NorthSouth},
     paths::{self, PinDir},
     server::{
@@ -134,7 +134,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 triggers.extend(changes.trigger_times);
                 let (desired, diags) = model::translate(&update.inputs);
                 reporter.report(update.diagnostics.iter().chain(&diags));
-                let ok = sync(&mut programmer, &desired, &health, &metrics);
+                let (ok, gone_udp) = sync(&mut programmer, &desired, &health, &metrics);
+                destroy_udp_sockets(&mut datapath, &gone_udp);
                 north_south.sync(&desired, &mut datapath, programmer.maps_mut()).await;
                 retry_at = (!ok).then(|| tokio::time::Instant::now() + RETRY_AFTER);
                 last = Some(desired);
@@ -144,7 +145,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 }
             }
             () = retry => {
-                let ok = last.as_ref().is_none_or(|d| sync(&mut programmer, d, &health, &metrics));
+                let (ok, gone_udp) = match last.as_ref() {
+                    Some(d) => sync(&mut programmer, d, &health, &metrics),
+                    None => (true, Vec::new()),
+                };
+                destroy_udp_sockets(&mut datapath, &gone_udp);
                 retry_at = (!ok).then(|| tokio::time::Instant::now() + RETRY_AFTER);
                 if ok {
                     metrics.network_programmed(&std::mem::take(&mut triggers));
@@ -167,8 +172,25 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Programs `desired`; true when every frontend made it into the kernel.
-fn sync(p: &mut Programmer, desired: &Desired, health: &Health, metrics: &Metrics) -> bool {
+/// Connected UDP sockets still on a backend that left every service get
+/// destroyed, so their applications reconnect (cilium#12859).
+fn destroy_udp_sockets(datapath: &mut Datapath, gone: &[BackendAddr]) {
+    if gone.is_empty() {
+        return;
+    }
+    if let Some(gc) = &mut datapath.sock_gc {
+        gc.run(&mut datapath.ebpf, gone);
+    }
+}
+
+/// Programs `desired`; true when every frontend made it into the kernel,
+/// and the UDP backends it removed.
+fn sync(
+    p: &mut Programmer,
+    desired: &Desired,
+    health: &Health,
+    metrics: &Metrics,
+) -> (bool, Vec<BackendAddr>) {
     let t0 = Instant::now();
     let report = p.apply(desired);
     let took = t0.elapsed();
@@ -195,7 +217,7 @@ fn sync(p: &mut Programmer, desired: &Desired, health: &Health, metrics: &Metric
     for e in &report.errors {
         warn!("{e}");
     }
-    ok
+    (ok, report.gone_udp)
 }
 
 async fn serve_metrics(args: &AgentArgs, metrics: &Metrics) -> anyhow::Result<()> {

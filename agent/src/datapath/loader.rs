@@ -47,6 +47,8 @@ pub struct LoadOptions {
 pub struct Datapath {
     pub ebpf: Ebpf,
     pub pins: PinDir,
+    /// Destroys connected UDP sockets of removed backends, when the kernel can.
+    pub sock_gc: Option<super::sock_gc::SockGc>,
 }
 
 /// What happened to each program's link at load time.
@@ -66,9 +68,10 @@ impl Datapath {
         }
         prepare_pin_dir(&opts.pin_dir)?;
         let pins = PinDir::new(&opts.pin_dir);
+        let object = super::sock_gc::patch_object(EBPF_OBJECT);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&opts.pin_dir)
-            .load(EBPF_OBJECT)
+            .load(object.bytes())
             .map_err(|e| Error::Load(Box::new(e)))?;
         start_kernel_logs(&mut ebpf);
         // North-south programs: loaded now (the verifier speaks at start),
@@ -85,8 +88,16 @@ impl Datapath {
             let outcome = attach_sock_program(&mut ebpf, name, &cgroup, &pins.link(link_pin))?;
             info!(program = name, cgroup = %opts.cgroup.display(), ?outcome, "socket hook");
         }
+        let sock_gc = super::sock_gc::SockGc::load(&mut ebpf, &object.kfunc);
         let maps = Maps::take(&mut ebpf)?;
-        Ok((Datapath { ebpf, pins }, maps))
+        Ok((
+            Datapath {
+                ebpf,
+                pins,
+                sock_gc,
+            },
+            maps,
+        ))
     }
 }
 

@@ -10,6 +10,7 @@ pub mod maglev;
 pub mod maps;
 pub mod programmer;
 pub mod snapshot;
+pub mod sock_gc;
 pub mod sys;
 pub mod tc;
 

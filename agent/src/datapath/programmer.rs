@@ -83,6 +83,9 @@ pub struct SyncReport {
     pub unchanged: usize,
     pub errors: Vec<String>,
     pub error_reasons: Vec<&'static str>,
+    /// UDP backends no frontend uses any more: connected sockets still
+    /// pointing at them are destroyed (see `sock_gc`).
+    pub gone_udp: Vec<BackendAddr>,
 }
 
 impl SyncReport {
@@ -103,6 +106,8 @@ pub struct Programmer<M: LbMaps = Maps> {
     rev_ids: IdAllocator,
     /// Entries in the service map (frontends + slots).
     svc_entries: u32,
+    /// UDP backends released during the current sync.
+    released_udp: Vec<BackendAddr>,
 }
 
 impl<M: LbMaps> Programmer<M> {
@@ -114,6 +119,7 @@ impl<M: LbMaps> Programmer<M> {
             maps,
             frontends: BTreeMap::new(),
             dirty: BTreeSet::new(),
+            released_udp: Vec::new(),
             backends: HashMap::new(),
             backend_ids: IdAllocator::new(names::BACKENDS_V4_MAX),
             rev_nats: HashMap::new(),
@@ -279,6 +285,11 @@ impl<M: LbMaps> Programmer<M> {
                 }
             }
         }
+        let mut gone = std::mem::take(&mut self.released_udp);
+        gone.retain(|b| !self.backends.contains_key(b));
+        gone.sort_by_key(|b| (b.ip, b.port));
+        gone.dedup();
+        report.gone_udp = gone;
         report
     }
 
@@ -487,6 +498,9 @@ impl<M: LbMaps> Programmer<M> {
                 warn!(backend = %b, error = %e, "removing a backend");
             }
             self.backend_ids.release(id);
+            if b.proto == Protocol::Udp {
+                self.released_udp.push(*b);
+            }
         }
     }
 

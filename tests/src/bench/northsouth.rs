@@ -69,6 +69,9 @@ pub struct Point {
     pub gbits_per_sec: Vec<f64>,
     pub conns_per_sec: Vec<f64>,
     pub errors: u64,
+    /// Runs that failed (killed after overrunning, or no result); left out of the medians.
+    #[serde(default)]
+    pub failed_runs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -242,6 +245,7 @@ pub fn run(config: &Config) -> Result<Results> {
             gbits_per_sec: Vec::new(),
             conns_per_sec: Vec::new(),
             errors: 0,
+            failed_runs: 0,
         })
         .collect();
     for round in 0..config.rounds {
@@ -249,25 +253,39 @@ pub fn run(config: &Config) -> Result<Results> {
             let i = (k + round) % Contender::ALL.len();
             let c = Contender::ALL[i];
             let ip = target(c, &web1);
-            let gbps = iperf(&place, ip, config.secs)?;
-            let w = load::wrk(
-                &place,
-                &format!("http://{ip}:{HTTP}/"),
-                config.secs,
-                config.conns,
-                true,
-            )?;
             let p = &mut points[i];
-            p.gbits_per_sec.push(gbps);
-            p.conns_per_sec.push(w.requests_per_sec);
-            p.errors += w.errors;
+            let gbps = match iperf(&place, ip, config.secs) {
+                Ok(g) => {
+                    p.gbits_per_sec.push(g);
+                    g
+                }
+                Err(e) => {
+                    eprintln!("bench: north-south: {} iperf3 run failed: {e:#}", c.label());
+                    p.failed_runs += 1;
+                    f64::NAN
+                }
+            };
+            let url = format!("http://{ip}:{HTTP}/");
+            let rate = match load::wrk(&place, &url, config.secs, config.conns, true) {
+                Ok(w) => {
+                    p.conns_per_sec.push(w.requests_per_sec);
+                    p.errors += w.errors;
+                    w.requests_per_sec
+                }
+                Err(e) => {
+                    eprintln!("bench: north-south: {} wrk run failed: {e:#}", c.label());
+                    p.failed_runs += 1;
+                    f64::NAN
+                }
+            };
+            let w = (gbps, rate);
             eprintln!(
                 "bench: north-south round {}/{} {:<28} {:>6.2} Gbit/s {:>8.0} conn/s",
                 round + 1,
                 config.rounds,
                 c.label(),
-                gbps,
-                w.requests_per_sec
+                w.0,
+                w.1
             );
         }
     }

@@ -471,6 +471,20 @@ fn northsouth(md: &mut String, ns: &super::northsouth::Results) {
             ratio_cell(ratio(ferry, get(C::Iptables, f))),
         );
     }
+    let failed: Vec<String> = ns
+        .points
+        .iter()
+        .filter(|p| p.failed_runs > 0)
+        .map(|p| format!("{} {}", p.contender.label(), p.failed_runs))
+        .collect();
+    if !failed.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nRuns that failed (a load tool killed after overrunning its time by 15 s), left out of \
+             the medians: {}.",
+            failed.join(", ")
+        );
+    }
     let errors: u64 = ns.points.iter().map(|p| p.errors).sum();
     let _ = writeln!(
         md,

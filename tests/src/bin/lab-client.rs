@@ -3,7 +3,7 @@
 //! ```text
 //! lab-client tcp ADDR:PORT [--count N] [--interval-ms MS] [--timeout-ms MS] [--hold]
 //! lab-client udp ADDR:PORT [--connected] [--count N] [--interval-ms MS] [--timeout-ms MS]
-//!                           [--source-port PORT]
+//!                           [--source-port PORT] [--reconnect]
 //! ```
 //!
 //! `--count 0` runs until killed. tcp: one connection per attempt, sends `hello`, reads one
@@ -13,7 +13,9 @@
 //! printed. udp: datagrams from one socket (sendto, or send after connect with `--connected`),
 //! each reply printed with its recvfrom source (`"from"`); a reply not received within the
 //! timeout (default 2 s) is `"error":"timeout"`; `--source-port` binds the socket to that port
-//! (one fixed 5-tuple). Exit status 0 if every attempt succeeded.
+//! (one fixed 5-tuple); `--reconnect` (with `--connected`) connects the socket again after an
+//! attempt failed with an error other than a timeout (an application that handles a destroyed
+//! socket). Exit status 0 if every attempt succeeded.
 
 use std::{
     io::{self, BufRead, BufReader, ErrorKind, Write},
@@ -30,13 +32,14 @@ struct Opts {
     timeout: Duration,
     hold: bool,
     connected: bool,
+    reconnect: bool,
     source_port: u16,
 }
 
 fn usage() -> ExitCode {
     let _ = writeln!(
         io::stderr(),
-        "usage: lab-client tcp ADDR:PORT [--count N] [--interval-ms MS] [--timeout-ms MS] [--hold]\n       lab-client udp ADDR:PORT [--connected] [--count N] [--interval-ms MS] [--timeout-ms MS] [--source-port PORT]"
+        "usage: lab-client tcp ADDR:PORT [--count N] [--interval-ms MS] [--timeout-ms MS] [--hold]\n       lab-client udp ADDR:PORT [--connected] [--count N] [--interval-ms MS] [--timeout-ms MS] [--source-port PORT] [--reconnect]"
     );
     ExitCode::from(2)
 }
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         timeout: Duration::from_secs(2),
         hold: false,
         connected: false,
+        reconnect: false,
         source_port: 0,
     };
     let mut rest = args[2..].iter();
@@ -80,6 +84,7 @@ fn main() -> ExitCode {
             },
             "--hold" => opts.hold = true,
             "--connected" => opts.connected = true,
+            "--reconnect" => opts.reconnect = true,
             _ => return usage(),
         }
     }
@@ -344,8 +349,19 @@ fn run_udp(opts: &Opts) -> bool {
     }
     let mut all_ok = true;
     let mut buf = [0u8; 2048];
+    let mut broken = false;
     for seq in attempts(opts) {
         let start = Start::now();
+        if broken {
+            broken = false;
+            if let Err(e) = socket.connect(opts.target) {
+                all_ok = false;
+                broken = true;
+                failure(seq, "reconnect", &e, start).print();
+                continue;
+            }
+            peer = socket.peer_addr().map(|a| a.to_string()).ok();
+        }
         let msg = format!("hello {seq}");
         let sent = if opts.connected {
             socket.send(msg.as_bytes())
@@ -354,6 +370,7 @@ fn run_udp(opts: &Opts) -> bool {
         };
         if let Err(e) = sent {
             all_ok = false;
+            broken = opts.connected && opts.reconnect;
             failure(seq, "send", &e, start).print();
             continue;
         }
@@ -372,6 +389,8 @@ fn run_udp(opts: &Opts) -> bool {
             }
             Err(e) => {
                 all_ok = false;
+                let timeout = matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut);
+                broken = opts.connected && opts.reconnect && !timeout;
                 failure(seq, "recv", &e, start).print();
             }
         }
