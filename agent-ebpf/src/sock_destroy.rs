@@ -6,8 +6,9 @@
 //! this iterator (`iter/udp`, once per network namespace): every socket
 //! connected to a listed backend, and translated by ferry (its cookie has a
 //! `ferry_sk4_v1` entry for that backend), is destroyed with the kfunc
-//! `bpf_sock_destroy` (Linux >= 6.5). The application gets ECONNABORTED and
-//! reconnects, which picks a live backend.
+//! `bpf_sock_destroy` (Linux 6.5 and later). The socket is disconnected with
+//! ECONNABORTED (a blocked recv() returns it, the next send() fails with
+//! EDESTADDRREQ); the application connects again and gets a live backend.
 
 use agent_common::{Dead4Key, SOCK_DESTROY_CALL_MAGIC, SockRev4Key};
 use aya_ebpf::helpers::generated as h;

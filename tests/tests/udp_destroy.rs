@@ -31,6 +31,13 @@ fn connected_udp_socket_of_a_removed_backend_is_destroyed() {
     lab.manifests().apply(&svc);
     lab.manifests().apply(&slice_of(&[&b1, &b2]));
     start_agent(&lab);
+    if lab
+        .agent_log()
+        .contains("connected UDP sockets keep a removed backend")
+    {
+        println!("skipped: the kernel cannot destroy sockets (bpf_sock_destroy, Linux >= 6.5)");
+        return;
+    }
     wait_active(
         &lab,
         "2 udp backends",

@@ -567,3 +567,29 @@ fn maglev_tables_are_written_as_diffs_and_name_only_live_backends() {
     assert!(maps.0.borrow().maglev.is_empty());
     assert_eq!(m_flags(&maps, &k) & svc_flags::MAGLEV, 0);
 }
+
+#[test]
+fn udp_backends_no_frontend_uses_are_reported_gone() {
+    let maps = FakeMaps::default();
+    let mut p = Programmer::adopt(maps.clone());
+    let udp = |last: u8| BackendAddr {
+        proto: Protocol::Udp,
+        ..be(last, 53)
+    };
+    let (a, b) = (key([10, 96, 0, 1], 53), key([10, 96, 0, 2], 53));
+    let r = p.apply(&desired(vec![
+        (a, frontend("a", vec![udp(2), udp(3)])),
+        (b, frontend("b", vec![udp(3), be(4, 80)])),
+    ]));
+    assert!(r.gone_udp.is_empty());
+    // udp(3) stays in b; TCP backends are never reported.
+    let r = p.apply(&desired(vec![
+        (a, frontend("a", vec![udp(2)])),
+        (b, frontend("b", vec![udp(3)])),
+    ]));
+    assert!(r.gone_udp.is_empty(), "{:?}", r.gone_udp);
+    let r = p.apply(&desired(vec![(a, frontend("a", vec![udp(3)]))]));
+    assert_eq!(r.gone_udp, vec![udp(2)], "udp(3) moved to a, udp(2) left");
+    let r = p.apply(&Desired::default());
+    assert_eq!(r.gone_udp, vec![udp(3)]);
+}

@@ -4,12 +4,14 @@
 //! the service, the socket would keep sending to it. After a sync that
 //! removed UDP backends, the agent lists them in `ferry_dead4_v1` and runs
 //! the `ferry_udp_gc` iterator (agent-ebpf/src/sock_destroy.rs), which
-//! destroys the sockets ferry connected to them (`bpf_sock_destroy`, Linux
-//! >= 6.5): the application gets ECONNABORTED and reconnects to a live
-//! backend. A BPF socket iterator walks the network namespace of the thread
-//! that creates it, so the agent runs it once in every namespace a process
-//! on the node is in (found under /proc), from a helper thread that enters
-//! each in turn.
+//! destroys the sockets ferry connected to them with the kfunc
+//! `bpf_sock_destroy` (Linux 6.5 and later). The socket is disconnected
+//! with ECONNABORTED: a blocked recv() returns that, the next send() fails
+//! with EDESTADDRREQ, and an application that connects again reaches a
+//! live backend. A BPF socket iterator walks the network namespace of the
+//! thread that creates it, so the agent runs it once in every namespace a
+//! process on the node is in (found under /proc), from a helper thread that
+//! enters each in turn.
 //!
 //! Optional: without the kfunc or the iterator the agent warns once and
 //! connected UDP sockets keep their backend, as before.
