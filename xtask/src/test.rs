@@ -50,11 +50,18 @@ pub fn run(no_root_tests: bool, extra: &[String]) -> Result<()> {
             .run()
     })?;
     let tests = if no_root_tests { "unit tests" } else { "tests" };
-    gate.step(tests, "see the failing tests above", || {
+    let mut totals = Totals::default();
+    let result = gate.step(tests, "see the failing tests above", || {
         Cmd::cargo(STABLE)
             .args(test_args(extra, no_root_tests))
-            .run()
-    })?;
+            .run_tee(|line| totals.add(line))
+    });
+    // One plain closing line over every test binary, whatever happened.
+    println!(
+        "test: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    result?;
     if no_root_tests {
         eprintln!("test: bench smoke: skipped (the bench's labs need root)");
     } else {
@@ -65,7 +72,41 @@ pub fn run(no_root_tests: bool, extra: &[String]) -> Result<()> {
     if no_root_tests {
         eprintln!("test: note: --no-root-tests ran library unit tests only, no kernel tests");
     }
+    // Last, so the run closes on its count.
+    println!(
+        "test: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
     Ok(())
+}
+
+/// Sums of the libtest summaries (`test result: ok. 3 passed; 0 failed; 1 ignored; ...`).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
 }
 
 /// `cargo test` arguments: `--workspace` unless a package is named, `--lib` for
@@ -158,7 +199,23 @@ impl Gate {
 
 #[cfg(test)]
 mod tests {
-    use super::test_args;
+    use super::{Totals, test_args};
+
+    #[test]
+    fn totals_sum_libtest_summaries() {
+        let mut t = Totals::default();
+        t.add("test result: ok. 9 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 2.24s");
+        t.add("test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out");
+        t.add("running 4 tests");
+        assert_eq!(
+            t,
+            Totals {
+                passed: 12,
+                failed: 2,
+                ignored: 1
+            }
+        );
+    }
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()

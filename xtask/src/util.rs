@@ -150,6 +150,29 @@ impl Cmd {
         check(status, &self.display())
     }
 
+    /// Echoes and runs the command, passing each line of its stdout through
+    /// `on_line` on the way to ours; fails unless it exits 0.
+    pub fn run_tee(&mut self, mut on_line: impl FnMut(&str)) -> Result<()> {
+        use std::io::{BufRead as _, Write as _};
+        eprintln!("+ {}", self.display());
+        let mut child = self
+            .cmd
+            .stdin(Stdio::inherit())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot start `{}`", self.display()))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut out = std::io::stdout().lock();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.context("reading the command's output")?;
+            let _ = writeln!(out, "{line}");
+            on_line(&line);
+        }
+        let status = child.wait().context("waiting for the command")?;
+        check(status, &self.display())
+    }
+
     /// Echoes and runs the command; returns whether it exited 0 (for retries).
     pub fn run_ok(&mut self) -> Result<bool> {
         eprintln!("+ {}", self.display());

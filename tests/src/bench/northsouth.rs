@@ -5,7 +5,8 @@
 //!  ext1 (172.18.0.100) ── segment ──┬── node1 (ferry's TC programs on eth0) ── web1 10.244.1.2
 //!                                   └── node2 (kube-proxy's iptables rules)  ── web2 10.244.2.2
 //! ```
-//! - routing (the limit): ext1 to web1's pod IP, routed through node1;
+//! - routing (the limit): ext2 (a client of its own, see `run`) to web1's pod IP, routed
+//!   through node1;
 //! - ferry: ext1 to 192.0.2.10 (a LoadBalancer IP, externalTrafficPolicy Local) routed to
 //!   node1, where `ferry_tc_in` DNATs it to web1 and `ferry_tc_out` reverses the replies;
 //! - iptables: ext1 to 192.0.2.20, the same service as kube-proxy's iptables mode writes it
@@ -204,14 +205,32 @@ pub fn run(config: &Config) -> Result<Results> {
     let ext = cl.ext("ext1");
     cl.route(&ext, &format!("{FERRY_VIP}/32"), "node1");
     cl.route(&ext, &format!("{IPT_VIP}/32"), "node2");
-    cl.route(&ext, "10.244.1.0/24", "node1");
-    let place = ClientPlace {
+    // The limit gets a client of its own. Sharing ext1 would make web1 see the
+    // same client 4-tuples over two paths (ferry keeps the client address) with
+    // two unrelated TCP timestamp clocks (Linux offsets them per destination),
+    // so web1's TIME_WAIT sockets reject each path's reused ports under PAWS
+    // and both lose a second per collision.
+    let ext_direct = cl.ext("ext2");
+    cl.route(&ext_direct, "10.244.1.0/24", "node1");
+    let shared = ClientPlace {
         netns_path: ext.netns_path.clone(),
         cgroup: ext.cgroup.clone(),
+    };
+    let direct = ClientPlace {
+        netns_path: ext_direct.netns_path.clone(),
+        cgroup: ext_direct.cgroup.clone(),
+    };
+    let place_of = |c: Contender| {
+        if c == Contender::Routing {
+            &direct
+        } else {
+            &shared
+        }
     };
     // Every path answers before anything is measured (the agent keeps running: the service's
     // frontends must be programmed first).
     for c in Contender::ALL {
+        let place = place_of(c);
         let url = format!("http://{}:{HTTP}/", target(c, &web1));
         let mut ok = false;
         for _ in 0..100 {
@@ -254,7 +273,8 @@ pub fn run(config: &Config) -> Result<Results> {
             let c = Contender::ALL[i];
             let ip = target(c, &web1);
             let p = &mut points[i];
-            let gbps = match iperf(&place, ip, config.secs) {
+            let place = place_of(c);
+            let gbps = match iperf(place, ip, config.secs) {
                 Ok(g) => {
                     p.gbits_per_sec.push(g);
                     g
@@ -266,7 +286,7 @@ pub fn run(config: &Config) -> Result<Results> {
                 }
             };
             let url = format!("http://{ip}:{HTTP}/");
-            let rate = match load::wrk(&place, &url, config.secs, config.conns, true) {
+            let rate = match load::wrk(place, &url, config.secs, config.conns, true) {
                 Ok(w) => {
                     p.conns_per_sec.push(w.requests_per_sec);
                     p.errors += w.errors;
