@@ -418,7 +418,8 @@ fn claim_id(cg2: &Path) -> Result<(String, PathBuf)> {
     bail!("no free lab id")
 }
 
-fn mount_bpffs(at: &Path) -> Result<()> {
+/// Mounts a new bpffs instance of our own at `at`.
+pub(crate) fn mount_bpffs(at: &Path) -> Result<()> {
     use std::{ffi::CString, os::unix::ffi::OsStrExt};
     let target = CString::new(at.as_os_str().as_bytes())?;
     // SAFETY: mount(2) with valid NUL-terminated strings; a new bpffs instance of our own.

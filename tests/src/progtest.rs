@@ -20,7 +20,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
 
-use crate::cleanup::{self, LAB_PREFIX, Record};
+use crate::{
+    cleanup::{self, LAB_PREFIX, Record},
+    lab::mount_bpffs,
+};
 
 /// A bpffs instance of the test's own, registered with the lab cleanup.
 pub struct PrivateBpffs {
@@ -74,26 +77,6 @@ fn claim_dir() -> Result<(String, PathBuf)> {
         }
     }
     bail!("no free /tmp/{LAB_PREFIX}<id> directory")
-}
-
-fn mount_bpffs(at: &Path) -> Result<()> {
-    use std::{ffi::CString, os::unix::ffi::OsStrExt as _};
-    let target = CString::new(at.as_os_str().as_bytes())?;
-    // SAFETY: mount(2) with valid NUL-terminated strings; a new bpffs instance of our own.
-    let rc = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            target.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("mounting bpffs on {}", at.display()));
-    }
-    Ok(())
 }
 
 /// The loaded object (maps pinned in a private bpffs) and its loaded, unattached programs.
@@ -152,6 +135,8 @@ pub struct TestRun {
     pub retval: u32,
     /// The packet as the program left it.
     pub data: Vec<u8>,
+    /// The kernel's average time per run, in ns.
+    pub duration_ns: u32,
 }
 
 impl TestRun {
@@ -189,6 +174,12 @@ pub const BPF_F_TEST_SKB_CHECKSUM_COMPLETE: u32 = 1 << 2;
 
 /// BPF_PROG_TEST_RUN through bpf(2): one run (`repeat` 1), no context.
 pub fn test_run(prog_fd: i32, frame: &[u8], flags: u32) -> Result<TestRun> {
+    test_run_repeat(prog_fd, frame, flags, 1)
+}
+
+/// BPF_PROG_TEST_RUN with `repeat` runs on one skb (each run sees what the
+/// previous one left): the last verdict and packet, the average duration.
+pub fn test_run_repeat(prog_fd: i32, frame: &[u8], flags: u32, repeat: u32) -> Result<TestRun> {
     let mut out = vec![0u8; 4096];
     let mut attr = TestRunAttr {
         prog_fd: prog_fd as u32,
@@ -196,7 +187,7 @@ pub fn test_run(prog_fd: i32, frame: &[u8], flags: u32) -> Result<TestRun> {
         data_size_out: out.len() as u32,
         data_in: frame.as_ptr() as u64,
         data_out: out.as_mut_ptr() as u64,
-        repeat: 1,
+        repeat,
         flags,
         ..TestRunAttr::default()
     };
@@ -217,6 +208,7 @@ pub fn test_run(prog_fd: i32, frame: &[u8], flags: u32) -> Result<TestRun> {
     Ok(TestRun {
         retval: attr.retval,
         data: out,
+        duration_ns: attr.duration,
     })
 }
 

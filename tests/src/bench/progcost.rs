@@ -312,28 +312,6 @@ fn clear_ct(t: &mut ProgTest) -> Result<()> {
     Ok(())
 }
 
-/// `union bpf_attr`, as far as BPF_PROG_TEST_RUN reads it.
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
 /// One BPF_PROG_TEST_RUN (`repeat` 1): the verdict and the kernel's duration in ns.
 fn run_once(prog_fd: i32, frame: &[u8]) -> Result<(i32, f64)> {
     run_repeat(prog_fd, frame, 1)
@@ -342,29 +320,8 @@ fn run_once(prog_fd: i32, frame: &[u8]) -> Result<(i32, f64)> {
 /// BPF_PROG_TEST_RUN with `repeat` runs on one skb: the last verdict and the kernel's average
 /// duration per run, in ns.
 fn run_repeat(prog_fd: i32, frame: &[u8], repeat: u32) -> Result<(i32, f64)> {
-    let mut out = vec![0u8; 2048];
-    let mut attr = TestRunAttr {
-        prog_fd: prog_fd as u32,
-        data_size_in: frame.len() as u32,
-        data_size_out: out.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat,
-        ..TestRunAttr::default()
-    };
-    // SAFETY: a valid bpf_attr for BPF_PROG_TEST_RUN (10); the buffers outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            10 as libc::c_long,
-            &mut attr as *mut TestRunAttr,
-            std::mem::size_of::<TestRunAttr>(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("bpf(BPF_PROG_TEST_RUN)");
-    }
-    Ok((attr.retval as i32, f64::from(attr.duration)))
+    let r = crate::progtest::test_run_repeat(prog_fd, frame, 0, repeat)?;
+    Ok((r.verdict(), f64::from(r.duration_ns)))
 }
 
 /// `union bpf_attr` for BPF_PROG_LOAD, as far as it is used here.
