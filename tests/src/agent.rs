@@ -225,26 +225,13 @@ impl Lab {
 
     /// Polls `ferry services` until `pred` holds; returns how long it took.
     pub fn wait_services(&self, pred: impl Fn(&Value) -> bool, deadline: Duration) -> Duration {
-        let start = Instant::now();
-        loop {
-            let last = self.try_services();
-            if let Ok(v) = &last
-                && pred(v)
-            {
-                return start.elapsed();
-            }
-            if start.elapsed() >= deadline {
-                let last = match last {
-                    Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
-                    Err(e) => e,
-                };
-                panic!(
-                    "ferry services did not reach the expected state within {deadline:?}; last:\n{last}\nagent log:\n{}",
-                    self.agent_log()
-                );
-            }
-            thread::sleep(POLL);
-        }
+        crate::services::wait_until(
+            "ferry services",
+            || self.try_services(),
+            pred,
+            deadline,
+            || self.agent_log(),
+        )
     }
 
     /// `ferry stats --bpffs <pin> -o json`.

@@ -762,26 +762,13 @@ impl Cluster {
         pred: impl Fn(&Value) -> bool,
         deadline: Duration,
     ) -> Duration {
-        let start = Instant::now();
-        loop {
-            let last = self.try_services(node);
-            if let Ok(v) = &last
-                && pred(v)
-            {
-                return start.elapsed();
-            }
-            if start.elapsed() >= deadline {
-                let last = match last {
-                    Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
-                    Err(e) => e,
-                };
-                panic!(
-                    "ferry services on {node} did not reach the expected state within {deadline:?}; last:\n{last}\nagent log:\n{}",
-                    self.agent_log(node)
-                );
-            }
-            thread::sleep(POLL);
-        }
+        crate::services::wait_until(
+            &format!("ferry services on {node}"),
+            || self.try_services(node),
+            pred,
+            deadline,
+            || self.agent_log(node),
+        )
     }
 
     /// `ferry conntrack --bpffs <node pin> -o json`: the node's flows.

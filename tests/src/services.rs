@@ -6,7 +6,40 @@
 //!   "backends":[{"id":3,"address":"10.244.0.2","port":8080,"protocol":"TCP","state":"active"}]}]}
 //! ```
 
+use std::time::{Duration, Instant};
+
 use serde_json::Value;
+
+/// Polls `read` (one `ferry services -o json`) until `pred` holds; returns how long it
+/// took. Past `deadline` it panics with the last answer, `what` and `log()`.
+pub fn wait_until(
+    what: &str,
+    read: impl Fn() -> Result<Value, String>,
+    pred: impl Fn(&Value) -> bool,
+    deadline: Duration,
+    log: impl Fn() -> String,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let last = read();
+        if let Ok(v) = &last
+            && pred(v)
+        {
+            return start.elapsed();
+        }
+        if start.elapsed() >= deadline {
+            let last = match last {
+                Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
+                Err(e) => e,
+            };
+            panic!(
+                "{what} did not reach the expected state within {deadline:?}; last:\n{last}\nagent log:\n{}",
+                log()
+            );
+        }
+        std::thread::sleep(crate::proc::POLL);
+    }
+}
 
 /// One backend of a frontend.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
