@@ -165,17 +165,6 @@ fn load_files(files: &[FileStamp]) -> Result<Loaded, SourceError> {
 // ---------------------------------------------------------------------------
 // Documents
 
-/// All documents of a YAML stream (JSON is YAML too). A syntax error fails
-/// the whole file: half a file could drop objects that are really there.
-fn documents(text: &str) -> Result<Vec<Value>, serde_yaml::Error> {
-    let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(text) {
-        // Stop at the first error: the iterator would repeat it forever.
-        docs.push(Value::deserialize(doc)?);
-    }
-    Ok(docs)
-}
-
 /// Where a document comes from.
 #[derive(Clone, Copy)]
 struct Doc<'a> {
@@ -210,18 +199,40 @@ impl Loaded {
             Ok(text) => text,
             Err(e) => return self.manifest_problem(&origin, format!("not UTF-8 text: {e}")),
         };
-        match documents(text) {
-            Ok(docs) => {
-                for (i, doc) in docs.into_iter().enumerate() {
+        // Documents are converted one at a time (a file of 100,000
+        // endpoints held as YAML values would cost hundreds of MiB) into a
+        // staging set for this file, merged only if the whole file parses: a
+        // syntax error fails the file, as half a file could drop objects that
+        // are really there. (JSON is YAML too.)
+        let mut staged = Loaded::default();
+        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            // Stop at the first error: the iterator would repeat it forever.
+            match Value::deserialize(doc) {
+                Ok(value) => {
                     let at = Doc {
                         origin: &origin,
                         index: i + 1,
                         text: Some(text),
                     };
-                    self.add_document(at, doc);
+                    staged.add_document(at, value);
                 }
+                Err(e) => return self.manifest_problem(&origin, one_line(&e)),
             }
-            Err(e) => self.manifest_problem(&origin, one_line(&e)),
+        }
+        self.merge(staged);
+    }
+
+    /// Adds one file's objects and diagnostics to the set read so far.
+    fn merge(&mut self, file: Loaded) {
+        self.diagnostics.extend(file.diagnostics);
+        for (k, v) in file.services {
+            insert(&mut self.services, k, v, &mut self.diagnostics);
+        }
+        for (k, v) in file.slices {
+            insert(&mut self.slices, k, v, &mut self.diagnostics);
+        }
+        for (k, v) in file.nodes {
+            insert(&mut self.nodes, k, v, &mut self.diagnostics);
         }
     }
 
