@@ -1,7 +1,6 @@
 //! Choosing a backend for a new flow of a frontend: session affinity first,
-//! then Maglev consistent hashing or a uniform random slot. Written for the
-//! north-south programs; nothing in it is specific to TC, so the socket layer
-//! can move onto it.
+//! then Maglev consistent hashing or a uniform random slot. Shared by the
+//! socket layer and the north-south programs.
 
 use agent_common::{
     AffinityKey, AffinityValue, Backend4, MAGLEV_TABLE_SIZE, Svc4Key, SvcValue, maglev_key,
@@ -45,7 +44,8 @@ pub struct Chosen {
 #[inline(always)]
 pub fn choose(key: &Svc4Key, svc: &SvcValue, client: Client, flow_hash: u32) -> Option<Chosen> {
     let affinity = svc.flags & svc_flags::AFFINITY != 0;
-    let now = now_seconds();
+    // The clock only matters to affinity.
+    let now = if affinity { now_seconds() } else { 0 };
     let aff_key = AffinityKey {
         client: client.id,
         rev_nat_id: svc.rev_nat_id,

@@ -2,23 +2,26 @@
 //!
 //! Forward path (connect4, sendmsg4): look the destination up as a frontend
 //! (slot 0); refuse at once when it has no usable backend, as kube-proxy's
-//! REJECT rule does; otherwise pick a backend (affinity, else uniform random
-//! over slots 1..=count), rewrite the destination and remember, per socket,
+//! REJECT rule does; otherwise pick a backend (select.rs, shared with the
+//! north-south path: affinity, else a random slot), rewrite the destination and remember, per socket,
 //! which service the backend stands for.
 //!
 //! Reverse path (recvmsg4, getpeername4): rewrite a backend source back to
 //! the service the socket dialled.
 
 use agent_common::{
-    AffinityKey, AffinityValue, Backend4, SockRev4, SockRev4Key, Svc4Key, SvcValue,
-    affinity_client, proto, scope, stats::Counter, svc_flags,
+    Backend4, SockRev4, SockRev4Key, Svc4Key, SvcValue, affinity_client, proto, scope,
+    stats::Counter, svc_flags,
 };
 use aya_ebpf::{
     EbpfContext as _, helpers::generated as h, macros::cgroup_sock_addr, programs::SockAddrContext,
 };
 use aya_log_ebpf::debug;
 
-use crate::maps::{AFFINITY, BACKENDS_V4, REV_NAT_V4, SERVICES_V4, SOCK_REV_V4, count};
+use crate::{
+    maps::{REV_NAT_V4, SOCK_REV_V4, count},
+    select::{self, Client, lookup_svc},
+};
 
 /// Hook verdicts of cgroup sock_addr programs.
 const ALLOW: i32 = 1;
@@ -45,11 +48,6 @@ pub fn ferry_recv4(ctx: SockAddrContext) -> i32 {
 pub fn ferry_peer4(ctx: SockAddrContext) -> i32 {
     xlate_rev(&ctx, Counter::GetpeernameRevNat);
     ALLOW
-}
-
-#[inline(always)]
-fn now_seconds() -> u32 {
-    (unsafe { h::bpf_ktime_get_ns() } / 1_000_000_000) as u32
 }
 
 #[inline(always)]
@@ -109,11 +107,6 @@ fn xlate_fwd(ctx: &SockAddrContext, translated: Counter, refused: Counter) -> i3
 }
 
 #[inline(always)]
-fn lookup_svc(key: &Svc4Key) -> Option<SvcValue> {
-    SERVICES_V4.get_ptr(key).map(|p| unsafe { *p })
-}
-
-#[inline(always)]
 fn refuse(ctx: &SockAddrContext, c: Counter, addr: u32, port: u16) -> i32 {
     count(c);
     debug!(
@@ -127,64 +120,27 @@ fn refuse(ctx: &SockAddrContext, c: Counter, addr: u32, port: u16) -> i32 {
     DENY
 }
 
-#[inline(always)]
-fn lookup_backend(id: u32) -> Option<Backend4> {
-    BACKENDS_V4.get_ptr(&id).map(|p| unsafe { *p })
-}
-
+/// The backend for this socket: the shared choice (affinity, else a random
+/// slot) with the client named by its network namespace, a pod's identity
+/// before its socket has an address.
 #[inline(always)]
 fn select_backend(ctx: &SockAddrContext, key: &Svc4Key, svc: &SvcValue) -> Option<Backend4> {
-    let affinity = svc.flags & svc_flags::AFFINITY != 0;
-    let now = now_seconds();
-    let aff_key = AffinityKey {
-        client: if affinity {
+    let client = Client {
+        id: if svc.flags & svc_flags::AFFINITY != 0 {
             unsafe { h::bpf_get_netns_cookie(ctx.as_ptr()) }
         } else {
             0
         },
-        rev_nat_id: svc.rev_nat_id,
         kind: affinity_client::NETNS_COOKIE,
-        _pad: [0; 5],
     };
-    if affinity {
-        if let Some(v) = AFFINITY.get_ptr(&aff_key) {
-            let v = unsafe { *v };
-            if now.wrapping_sub(v.last_used) <= svc.affinity_timeout {
-                if let Some(b) = lookup_backend(v.backend_id) {
-                    count(Counter::AffinityHit);
-                    let refreshed = AffinityValue {
-                        backend_id: v.backend_id,
-                        last_used: now,
-                    };
-                    let _ = AFFINITY.insert(&aff_key, &refreshed, 0);
-                    return Some(b);
-                }
-            }
-        }
-    }
-
-    let slot = (unsafe { h::bpf_get_prandom_u32() } % svc.count as u32) as u16 + 1;
-    let mut slot_key = *key;
-    slot_key.slot = slot;
-    let backend_id = match lookup_svc(&slot_key) {
-        Some(s) => s.backend_id,
-        None => {
-            // The agent is shrinking this service right now: slot 1 always
-            // exists while count > 0.
-            count(Counter::BackendMiss);
-            slot_key.slot = 1;
-            lookup_svc(&slot_key)?.backend_id
-        }
+    // A connect has no flow to hash yet (its source port comes later): a
+    // Maglev frontend reached from a pod gets a random place in the table.
+    let flow_hash = if svc.flags & svc_flags::MAGLEV != 0 {
+        unsafe { h::bpf_get_prandom_u32() }
+    } else {
+        0
     };
-    let backend = lookup_backend(backend_id)?;
-    if affinity {
-        let v = AffinityValue {
-            backend_id,
-            last_used: now,
-        };
-        let _ = AFFINITY.insert(&aff_key, &v, 0);
-    }
-    Some(backend)
+    select::choose(key, svc, client, flow_hash).map(|c| c.backend)
 }
 
 #[inline(always)]

@@ -107,6 +107,9 @@ pub struct Programmer<M: LbMaps = Maps> {
     backends: HashMap<BackendAddr, BackendEntry>,
     backend_ids: IdAllocator,
     rev_nats: HashMap<RevNatKey, RevNatEntry>,
+    /// rev-NAT id -> its key in `rev_nats`, so per-id lookups (source
+    /// ranges, Maglev) stay O(1) at 10,000 services.
+    rev_keys: HashMap<u16, RevNatKey>,
     rev_ids: IdAllocator,
     /// Entries in the service map (frontends + slots).
     svc_entries: u32,
@@ -128,6 +131,7 @@ impl<M: LbMaps> Programmer<M> {
             backends: HashMap::new(),
             backend_ids: IdAllocator::new(names::BACKENDS_V4_MAX),
             rev_nats: HashMap::new(),
+            rev_keys: HashMap::new(),
             rev_ids: IdAllocator::new(u32::from(u16::MAX)),
             svc_entries: 0,
         };
@@ -168,6 +172,7 @@ impl<M: LbMaps> Programmer<M> {
             }
             let rkey = (key.ip, key.port, key.proto);
             let rid = f.value.rev_nat_id;
+            p.rev_keys.entry(rid).or_insert(rkey);
             p.rev_nats
                 .entry(rkey)
                 .or_insert(RevNatEntry {
@@ -539,6 +544,7 @@ impl<M: LbMaps> Programmer<M> {
             self.rev_ids.release(u32::from(id));
             return Err(e);
         }
+        self.rev_keys.insert(id, rkey);
         self.rev_nats.insert(
             rkey,
             RevNatEntry {
@@ -562,6 +568,7 @@ impl<M: LbMaps> Programmer<M> {
             self.remove_source_ranges(id, &BTreeSet::new());
             self.clear_maglev(id);
             self.rev_nats.remove(&rkey);
+            self.rev_keys.remove(&id);
             if let Err(e) = self.maps.del_rev_nat(id) {
                 warn!(frontend = %key, error = %e, "removing a rev-NAT entry");
             }
@@ -570,7 +577,8 @@ impl<M: LbMaps> Programmer<M> {
     }
 
     fn rev_nat_mut(&mut self, id: u16) -> Option<&mut RevNatEntry> {
-        self.rev_nats.values_mut().find(|r| r.id == id)
+        let key = self.rev_keys.get(&id)?;
+        self.rev_nats.get_mut(key)
     }
 
     fn add_source_ranges(&mut self, rev_nat_id: u16, want: &BTreeSet<Cidr4>) -> Result<()> {
