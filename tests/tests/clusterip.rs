@@ -286,13 +286,7 @@ fn getpeername_and_recvfrom_show_the_service_address() {
 fn hairpin_a_pod_reaches_itself_through_its_service() {
     require_root!();
     let lab = Lab::new("hairpin_a_pod_reaches_itself_through_its_service");
-    let b1 = lab.add_pod("b1");
-    let _e1 = lab.start_echo(&b1, &[8080], &[]);
-    let (svc, slice) = simple("web", VIP, 80, 8080, &[&b1]);
-    lab.manifests().apply(&svc);
-    lab.manifests().apply(&slice);
-    start_agent(&lab);
-    wait_active(&lab, "frontend", VIP, 80, "TCP", &[ep(&b1, 8080)]);
+    let (b1, _e1, _svc, _slice) = serve_web(&lab, VIP, "frontend");
     let body = lab
         .curl(&b1, &format!("http://{VIP}/"))
         .expect("hairpin curl");

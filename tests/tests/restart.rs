@@ -139,14 +139,8 @@ fn agent_restart_keeps_serving_and_adopts_the_pinned_state() {
 fn ferry_cleanup_leaves_nothing_behind() {
     require_root!();
     let lab = Lab::new("ferry_cleanup_leaves_nothing_behind");
-    let b1 = lab.add_pod("b1");
+    let (_b1, _e1, _svc, _slice) = serve_web(&lab, VIP, "frontend");
     let client = lab.add_pod("client");
-    let _e1 = lab.start_echo(&b1, &[8080], &[]);
-    let (svc, slice) = simple("web", VIP, 80, 8080, &[&b1]);
-    lab.manifests().apply(&svc);
-    lab.manifests().apply(&slice);
-    start_agent(&lab);
-    wait_active(&lab, "frontend", VIP, 80, "TCP", &[ep(&b1, 8080)]);
     assert_all_ok(&lab.tcp(&client, &format!("{VIP}:80"), 3), "before cleanup");
     let attached = lab.bpftool_cgroup_show();
     println!("attached to the lab cgroup while running:\n{attached}");

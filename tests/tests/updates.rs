@@ -77,14 +77,8 @@ fn ports_added_and_removed() {
 fn service_removed_and_recreated() {
     require_root!();
     let lab = Lab::new("service_removed_and_recreated");
-    let b1 = lab.add_pod("b1");
+    let (b1, _e1, svc, slice) = serve_web(&lab, VIP, "created");
     let client = lab.add_pod("client");
-    let _e1 = lab.start_echo(&b1, &[8080], &[]);
-    let (svc, slice) = simple("web", VIP, 80, 8080, &[&b1]);
-    lab.manifests().apply(&svc);
-    lab.manifests().apply(&slice);
-    start_agent(&lab);
-    wait_active(&lab, "created", VIP, 80, "TCP", &[ep(&b1, 8080)]);
     assert_all_ok(&lab.tcp(&client, &format!("{VIP}:80"), 3), "before removal");
 
     lab.manifests().delete(&svc);

@@ -40,6 +40,24 @@ pub fn wait_gone(lab: &Lab, what: &str, vip: &str) {
     report(what, took);
 }
 
+/// The common start of a test: a pod `b1` echoing on TCP 8080 behind service
+/// `web` (`vip`:80), the agent started and the frontend in the kernel.
+/// Returns the pod, its echo server (stops on drop), the service and its slice.
+pub fn serve_web(
+    lab: &Lab,
+    vip: &str,
+    what: &str,
+) -> (Pod, ferry_tests::proc::Proc, Service, EndpointSlice) {
+    let b1 = lab.add_pod("b1");
+    let echo = lab.start_echo(&b1, &[8080], &[]);
+    let (svc, slice) = simple("web", vip, 80, 8080, &[&b1]);
+    lab.manifests().apply(&svc);
+    lab.manifests().apply(&slice);
+    start_agent(lab);
+    wait_active(lab, what, vip, 80, "TCP", &[ep(&b1, 8080)]);
+    (b1, echo, svc, slice)
+}
+
 /// A ClusterIP service with one TCP port `port` -> `target` and a slice of ready pods.
 pub fn simple(
     name: &str,
