@@ -69,6 +69,22 @@ pub mod svc_flags {
     pub const SOURCE_RANGES: u16 = 1 << 8;
     /// Maglev consistent hashing instead of a random choice (north-south).
     pub const MAGLEV: u16 = 1 << 9;
+
+    /// Every flag with the name tools show it by: the one list, so a new
+    /// flag cannot be left out of `ferry services` (a test checks that the
+    /// bits are contiguous from bit 0).
+    pub const NAMES: &[(u16, &str)] = &[
+        (AFFINITY, "SessionAffinity"),
+        (CLUSTER_IP, "ClusterIP"),
+        (NODE_PORT, "NodePort"),
+        (EXTERNAL_IP, "ExternalIP"),
+        (LOAD_BALANCER, "LoadBalancer"),
+        (ETP_LOCAL, "ExternalTrafficPolicyLocal"),
+        (ITP_LOCAL, "InternalTrafficPolicyLocal"),
+        (TWO_SCOPES, "TwoScopes"),
+        (SOURCE_RANGES, "SourceRanges"),
+        (MAGLEV, "Maglev"),
+    ];
 }
 
 /// Value of the backend map (key: backend id, u32).

@@ -1,13 +1,26 @@
 //! Where the control plane's time and memory go at scale, without a kernel:
-//! writes N services with E endpoints each as manifests, then times and
-//! measures (VmHWM) each phase the agent runs for a full sync: reading the
-//! manifests, translating them, and diffing a second identical snapshot.
+//! writes N services with E endpoints each as manifests (250 services a
+//! file, as the bench does), then times and measures (VmHWM) each phase of
+//! the agent's work into the in-memory maps: reading the files, the full
+//! sync, and single endpoint changes through the incremental path.
 //!
 //! `cargo run --release -p agent --example control_profile -- 10000 10`
 
 use std::{fmt::Write as _, time::Instant};
 
-use ferry::{model, source::manifests};
+use ferry::{
+    control::Controller,
+    datapath::{Programmer, mem_maps::MemMaps, service_table::ServiceTable},
+    model::{
+        objects::{ObjKey, SliceObj},
+        translate::Config,
+    },
+    source::{
+        event::{Delta, Event},
+        manifests,
+    },
+};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 fn vm_hwm_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -18,6 +31,24 @@ fn vm_hwm_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+fn slice_yaml(i: u32, per_service: u32, first: Option<&str>) -> String {
+    let mut y = format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{i}-1, namespace: ns, labels: {{kubernetes.io/service-name: s{i}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n"
+    );
+    for e in 0..per_service {
+        let n = i * per_service + e;
+        let addr = match (e, first) {
+            (0, Some(a)) => a.to_owned(),
+            _ => format!("10.{}.{}.{}", 128 + n / 65_536, (n / 256) % 256, n % 256),
+        };
+        let _ = writeln!(
+            y,
+            "- {{addresses: [{addr}], conditions: {{ready: true}}, nodeName: n1}}"
+        );
+    }
+    y
+}
+
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let services: u32 = args.next().map_or(Ok(10_000), |a| a.parse())?;
@@ -26,62 +57,93 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
 
     let t = Instant::now();
-    let mut yaml = String::new();
-    for i in 0..services {
-        let (a, b) = (i / 250, i % 250);
-        let _ = write!(
-            yaml,
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: ns}}\nspec:\n  clusterIP: 10.96.{a}.{b}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{i}-1, namespace: ns, labels: {{kubernetes.io/service-name: s{i}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n"
-        );
-        for e in 0..per_service {
-            let n = i * per_service + e;
-            let _ = writeln!(
+    let mut bytes = 0;
+    for chunk in 0..services.div_ceil(250) {
+        let mut yaml = String::new();
+        for i in chunk * 250..((chunk + 1) * 250).min(services) {
+            let (a, b) = (i / 250, i % 250);
+            let _ = write!(
                 yaml,
-                "- {{addresses: [10.{}.{}.{}], conditions: {{ready: true}}, nodeName: n1}}",
-                128 + n / 65_536,
-                (n / 256) % 256,
-                n % 256
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: ns}}\nspec:\n  clusterIP: 10.96.{a}.{b}\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n---\n{}---\n",
+                slice_yaml(i, per_service, None)
             );
         }
-        yaml.push_str("---\n");
+        bytes += yaml.len();
+        std::fs::write(dir.join(format!("bench-{chunk:05}.yaml")), &yaml)?;
     }
-    std::fs::write(dir.join("all.yaml"), &yaml)?;
     println!(
         "wrote {services} services x {per_service} endpoints: {:.1} MiB of YAML in {:?}",
-        yaml.len() as f64 / 1048576.0,
+        bytes as f64 / 1048576.0,
         t.elapsed()
     );
-    drop(yaml);
     let base = vm_hwm_mib();
 
     let t = Instant::now();
-    let loaded = manifests::load(&dir)?;
+    let loaded = manifests::load(&dir, "n1")?;
     println!(
-        "load (read + parse):  {:>8.0?}  VmHWM {:.0} MiB (+{:.0})",
+        "read + parse:       {:>8.0?}  VmHWM {:.0} MiB (+{:.0}); {} diagnostics",
         t.elapsed(),
         vm_hwm_mib(),
-        vm_hwm_mib() - base
+        vm_hwm_mib() - base,
+        loaded.diagnostics.len()
     );
-    let update = loaded.into_update("n1".into());
 
+    let cfg = Config {
+        node_name: "n1".into(),
+        ..Config::default()
+    };
+    let maps = MemMaps::default();
+    let mut table = ServiceTable::new(Programmer::adopt(maps.clone()));
+    let mut ctl = Controller::new(cfg, None);
     let t = Instant::now();
-    let (desired, diags) = model::translate(&update.inputs);
+    let o = loaded.objects;
+    for s in o.services.into_values() {
+        ctl.apply(Event::Service(Delta::Applied(s)));
+    }
+    for s in o.slices.into_values() {
+        ctl.apply(Event::Slice(Delta::Applied(s)));
+    }
     println!(
-        "translate:            {:>8.0?}  VmHWM {:.0} MiB; {} frontends, {} diagnostics",
+        "apply to tracker:   {:>8.0?}  VmHWM {:.0} MiB",
+        t.elapsed(),
+        vm_hwm_mib()
+    );
+    let t = Instant::now();
+    let f = ctl.full_sync(&mut table, Instant::now());
+    println!(
+        "full sync:          {:>8.0?}  VmHWM {:.0} MiB; {} services, {} frontends added",
         t.elapsed(),
         vm_hwm_mib(),
-        desired.frontends.len(),
-        diags.len()
+        f.services,
+        f.outcome.added
     );
-    let t = Instant::now();
-    let (again, _) = model::translate(&update.inputs);
+
+    let mut times = Vec::new();
+    for k in 0..200u32 {
+        let i = (k * 7919 + 13) % services;
+        let yaml = slice_yaml(
+            i,
+            per_service,
+            Some(&format!("10.200.{}.{}", k / 250, k % 250 + 1)),
+        );
+        let slice: EndpointSlice = serde_yaml::from_str(&yaml)?;
+        let key = ObjKey::new("ns", format!("s{i}-1"));
+        let t = Instant::now();
+        ctl.apply(Event::Slice(Delta::Applied(SliceObj::from_k8s(
+            &key, &slice, "n1",
+        ))));
+        let f = ctl.flush(&mut table, Instant::now());
+        times.push(t.elapsed());
+        assert_eq!(f.services, 1);
+    }
+    times.sort();
     println!(
-        "translate again:      {:>8.0?}  (what one change costs today: a full translation)",
-        t.elapsed()
+        "one change (convert, apply, translate, program): p50 {:?} p99 {:?} max {:?}",
+        times[times.len() / 2],
+        times[times.len() * 99 / 100],
+        times[times.len() - 1]
     );
-    let t = Instant::now();
-    let same = again == desired;
-    println!("compare snapshots:    {:>8.0?}  equal: {same}", t.elapsed());
+    println!("VmHWM at the end: {:.0} MiB", vm_hwm_mib());
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{paths::DEFAULT_BPFFS, source::kube::InitialList};
+use crate::{model::Cidr4, paths::DEFAULT_BPFFS, source::kube::InitialList};
 
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, about = "An eBPF replacement for kube-proxy")]
@@ -20,8 +20,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the node agent: watch Services and EndpointSlices, program the kernel.
     Agent(AgentArgs),
-    /// Show what the kernel holds: every frontend and its backends.
-    Services(ShowArgs),
+    /// Show what the kernel holds: every frontend and its backends, with
+    /// the running agent's status of each.
+    Services(ServicesArgs),
     /// Show the kernel programs' event counters.
     Stats(ShowArgs),
     /// List the north-south flows the kernel tracks, with their translations.
@@ -71,9 +72,23 @@ pub struct AgentArgs {
     /// Health server: GET /healthz, /readyz, /livez.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:10256")]
     pub healthz_bind_address: SocketAddr,
-    /// Metrics server: GET /metrics (Prometheus text).
+    /// Metrics server: GET /metrics (Prometheus text), and the agent's
+    /// status for `ferry services`.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10249")]
     pub metrics_bind_address: SocketAddr,
+    /// Serve only externalIPs inside these ranges (the
+    /// DenyServiceExternalIPs admission plugin's job, for clusters without
+    /// it); empty = any that is not a node's address nor in the service CIDR.
+    #[arg(long, value_name = "CIDR[,CIDR..]", value_delimiter = ',')]
+    pub external_ip_ranges: Vec<Cidr4>,
+    /// The cluster's Service CIDR(s): externalIPs inside are refused.
+    #[arg(long, value_name = "CIDR[,CIDR..]", value_delimiter = ',')]
+    pub service_cluster_ip_range: Vec<Cidr4>,
+    /// How often the kernel is compared with what was programmed and
+    /// repaired (kube-proxy's full sync); changes are programmed at once
+    /// whatever this says.
+    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    pub full_sync_period: humantime::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -82,6 +97,18 @@ pub struct ShowArgs {
     pub bpffs: PathBuf,
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct ServicesArgs {
+    #[command(flatten)]
+    pub show: ShowArgs,
+    /// The agent's metrics address, where it serves its status.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10249")]
+    pub agent: SocketAddr,
+    /// Kernel state only: do not ask the agent.
+    #[arg(long)]
+    pub no_agent: bool,
 }
 
 #[derive(Debug, Args)]

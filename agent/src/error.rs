@@ -41,10 +41,12 @@ pub enum Error {
         source: Box<aya::maps::MapError>,
     },
 
-    #[error("map {map} is full ({capacity} entries): cannot program {object}")]
+    #[error("map {map} is full ({capacity} {unit}): cannot program {object}")]
     MapFull {
         map: &'static str,
         capacity: u32,
+        /// What the capacity counts ("entries", "Maglev tables"...).
+        unit: &'static str,
         object: String,
     },
 

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod cmd;
+pub mod control;
 pub mod datapath;
 pub mod error;
 pub mod model;

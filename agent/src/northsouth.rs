@@ -1,30 +1,14 @@
-//! The agent's north-south duties beside the frontends: which devices carry
-//! the TC programs, the node address of each (the SNAT source), the node
-//! settings, the healthCheckNodePort servers, and conntrack garbage
-//! collection.
+//! North-south conntrack: idle-flow collection (the LRU only evicts under
+//! pressure) and the flows `ferry conntrack` shows.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
     time::Duration,
 };
 
-use agent_common::{Ct4Key, Ct4Value, NodeConfig, ct_dir, net::ip4_to_raw, node_flags, proto};
-use tracing::{info, warn};
+use agent_common::{Ct4Key, Ct4Value, ct_dir, proto};
 
-use crate::{
-    cli::LbMode,
-    datapath::{Datapath, Maps, ifaces, tc},
-    model::Desired,
-    server::healthcheck::HealthChecks,
-};
-
-/// SNAT source ports: the kernel programs' defaults, disjoint from the
-/// kernel's ephemeral range (32768-60999) so SNATed flows never collide with
-/// the node's own sockets.
-pub use agent_common::{
-    SNAT_PORT_MAX_DEFAULT as SNAT_PORT_MAX, SNAT_PORT_MIN_DEFAULT as SNAT_PORT_MIN,
-};
+use crate::datapath::{Maps, codec::reply_key_of};
 
 /// Conntrack idle timeouts (kube-proxy relies on the kernel's, which are
 /// 5 days for established TCP; Cilium's 6 h is the saner bound for a map).
@@ -33,94 +17,6 @@ pub const CT_TCP_CLOSING_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CT_UDP_TIMEOUT: Duration = Duration::from_secs(120);
 const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;
-
-pub struct NorthSouth {
-    /// `--interfaces`; empty = the devices holding the node's addresses.
-    configured: Vec<String>,
-    attached: BTreeSet<String>,
-    health_checks: HealthChecks,
-    mode: LbMode,
-    warned_unavailable: bool,
-}
-
-impl NorthSouth {
-    pub fn new(configured: Vec<String>, mode: LbMode) -> Self {
-        NorthSouth {
-            configured,
-            attached: BTreeSet::new(),
-            health_checks: HealthChecks::default(),
-            mode,
-            warned_unavailable: false,
-        }
-    }
-
-    /// Called after every sync of the frontends.
-    pub async fn sync(&mut self, desired: &Desired, dp: &mut Datapath, maps: &mut Maps) {
-        self.health_checks.sync(&desired.health_checks).await;
-        if let Err(e) = self.sync_devices(&desired.node_ips, dp, maps) {
-            warn!(error = %e, "north-south devices");
-        }
-    }
-
-    fn sync_devices(
-        &mut self,
-        node_ips: &[Ipv4Addr],
-        dp: &mut Datapath,
-        maps: &mut Maps,
-    ) -> anyhow::Result<()> {
-        let all = ifaces::list()?;
-        let wanted: Vec<ifaces::Interface> = if self.configured.is_empty() {
-            ifaces::holding(&all, node_ips)
-        } else {
-            self.configured
-                .iter()
-                .filter_map(|name| {
-                    let found = all.get(name).cloned();
-                    if found.is_none() {
-                        warn!(device = %name, "--interfaces: no such device with an IPv4 address");
-                    }
-                    found
-                })
-                .collect()
-        };
-        let names: BTreeSet<String> = wanted.iter().map(|i| i.name.clone()).collect();
-        if names == self.attached {
-            return Ok(());
-        }
-        if !tc::available(&dp.ebpf) {
-            if !self.warned_unavailable && !names.is_empty() {
-                warn!("this build has no north-south programs: devices left alone");
-                self.warned_unavailable = true;
-            }
-            return Ok(());
-        }
-        let cfg = NodeConfig {
-            flags: if self.mode == LbMode::Dsr {
-                node_flags::DSR
-            } else {
-                0
-            },
-            snat_port_min: SNAT_PORT_MIN,
-            snat_port_max: SNAT_PORT_MAX,
-        };
-        maps.node_config.set(0, &cfg, 0)?;
-        for iface in &wanted {
-            // The SNAT source: the node address on this device, else its first.
-            let ip = iface
-                .ipv4
-                .iter()
-                .find(|ip| node_ips.contains(ip))
-                .unwrap_or(&iface.ipv4[0]);
-            maps.node_addr
-                .insert(&iface.index, &ip4_to_raw(ip.octets()), 0)?;
-            tc::attach(&mut dp.ebpf, &dp.pins, iface)?;
-        }
-        tc::detach_others(&dp.pins, &names);
-        info!(devices = ?names, "north-south programs on");
-        self.attached = names;
-        Ok(())
-    }
-}
 
 /// Seconds of CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_seconds() -> u32 {
@@ -184,39 +80,11 @@ pub fn stale_flows(entries: &BTreeMap<Ct4Key, Ct4Value>, now: u32) -> Vec<Ct4Key
     stale
 }
 
-/// The REPLY key of a flow, from its FORWARD entry: the translated packet's
-/// addresses, reversed.
-pub fn reply_key_of(k: &Ct4Key, v: &Ct4Value) -> Ct4Key {
-    Ct4Key {
-        saddr: v.nat_daddr,
-        daddr: v.nat_saddr,
-        sport: v.nat_dport,
-        dport: v.nat_sport,
-        proto: k.proto,
-        dir: ct_dir::REPLY,
-        _pad: [0; 2],
-    }
-}
-
 /// Conntrack entries for `ferry conntrack`, forward entries with their reply.
 pub fn flows(maps: &Maps) -> Vec<(Ct4Key, agent_common::Ct4Value)> {
     let mut v: Vec<_> = maps.ct.iter().filter_map(Result::ok).collect();
     v.sort_by_key(|(k, _)| (k.dir != ct_dir::FORWARD, *k));
     v
-}
-
-/// Counts for metrics.
-pub fn conntrack_size(maps: &Maps) -> BTreeMap<&'static str, usize> {
-    let mut m = BTreeMap::new();
-    for (k, _) in maps.ct.iter().filter_map(Result::ok) {
-        *m.entry(if k.dir == ct_dir::FORWARD {
-            "forward"
-        } else {
-            "reply"
-        })
-        .or_default() += 1;
-    }
-    m
 }
 
 #[cfg(test)]

@@ -43,6 +43,10 @@ impl IdAllocator {
         }
     }
 
+    pub fn contains(&self, id: u32) -> bool {
+        self.used.contains(&id)
+    }
+
     pub fn len(&self) -> usize {
         self.used.len()
     }

@@ -1,14 +1,14 @@
 //! The map operations the [`super::Programmer`] needs, as a trait: the
-//! kernel maps implement it, and an in-memory model does for unit tests of
-//! the diff logic (which writes happen, in which order).
+//! kernel maps implement it, and an in-memory model ([`super::mem_maps`])
+//! does for tests of the diff and the control loop (which writes happen, in
+//! which order, and what the maps end up holding).
 
 use agent_common::{
-    AffinityKey, AffinityValue, Backend4, RevNat4, SRC_RANGE_PREFIX_BITS, SrcRange4, Svc4Key,
-    SvcValue, maps as names, net::ip4_to_raw,
+    AffinityKey, AffinityValue, Backend4, RevNat4, Svc4Key, SvcValue, maps as names,
 };
-use aya::maps::{MapError, lpm_trie::Key};
+use aya::maps::MapError;
 
-use super::Maps;
+use super::{Maps, codec};
 use crate::{
     error::{Error, Result},
     model::Cidr4,
@@ -34,16 +34,6 @@ pub trait LbMaps {
     fn del_maglev(&mut self, key: u32) -> Result<()>;
     /// Maglev entries held in the kernel, for adoption.
     fn maglev_entries(&self) -> Vec<(u32, u32)>;
-}
-
-/// The LPM key of a source range of a service.
-pub fn src_range_key(rev_nat_id: u16, cidr: Cidr4) -> Key<SrcRange4> {
-    let data = SrcRange4 {
-        rev_nat_id,
-        _pad: 0,
-        addr: ip4_to_raw(cidr.addr.octets()),
-    };
-    Key::new(SRC_RANGE_PREFIX_BITS + u32::from(cidr.len), data)
 }
 
 /// Deleting what is already gone is success: the goal state is reached.
@@ -96,7 +86,7 @@ impl LbMaps for Maps {
         deleted(names::AFFINITY, self.affinity.remove(k))
     }
     fn put_src_range(&mut self, rev_nat_id: u16, cidr: Cidr4) -> Result<()> {
-        let key = src_range_key(rev_nat_id, cidr);
+        let key = codec::src_range_key(rev_nat_id, cidr);
         self.src_ranges
             .insert(&key, &1u8, 0)
             .map_err(|e| Error::map(names::SRC_RANGE_V4, e))
@@ -104,19 +94,15 @@ impl LbMaps for Maps {
     fn del_src_range(&mut self, rev_nat_id: u16, cidr: Cidr4) -> Result<()> {
         deleted(
             names::SRC_RANGE_V4,
-            self.src_ranges.remove(&src_range_key(rev_nat_id, cidr)),
+            self.src_ranges
+                .remove(&codec::src_range_key(rev_nat_id, cidr)),
         )
     }
     fn src_ranges(&self) -> Vec<(u16, Cidr4)> {
         self.src_ranges
             .keys()
             .filter_map(Result::ok)
-            .map(|k| {
-                let d = k.data();
-                let len = (k.prefix_len().saturating_sub(SRC_RANGE_PREFIX_BITS)).min(32) as u8;
-                let addr = std::net::Ipv4Addr::from(agent_common::net::ip4_from_raw(d.addr));
-                (d.rev_nat_id, Cidr4 { addr, len })
-            })
+            .map(|k| codec::src_range_of(&k))
             .collect()
     }
     fn put_maglev(&mut self, key: u32, backend_id: u32) -> Result<()> {

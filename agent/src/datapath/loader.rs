@@ -44,7 +44,7 @@ pub struct LoadOptions {
 
 /// The loaded object. Dropping it leaves the datapath in place: links and
 /// maps live on in their pins.
-pub struct Datapath {
+pub struct Loaded {
     pub ebpf: Ebpf,
     pub pins: PinDir,
     /// Destroys connected UDP sockets of removed backends, when the kernel can.
@@ -58,7 +58,7 @@ pub enum LinkOutcome {
     Replaced,
 }
 
-impl Datapath {
+impl Loaded {
     pub fn load(opts: &LoadOptions) -> Result<(Self, Maps)> {
         if EBPF_OBJECT.is_empty() {
             return Err(Error::MissingObject {
@@ -91,7 +91,7 @@ impl Datapath {
         let sock_gc = super::sock_gc::SockGc::load(&mut ebpf, &object.kfunc);
         let maps = Maps::take(&mut ebpf)?;
         Ok((
-            Datapath {
+            Loaded {
                 ebpf,
                 pins,
                 sock_gc,

@@ -1,19 +1,26 @@
-//! Everything that touches the kernel: loading and attaching the programs
-//! ([`loader`]), the typed map handles ([`maps`]), and turning a
-//! [`crate::model::Desired`] state into map writes as a diff ([`programmer`]).
+//! Everything that touches the kernel. [`owner::Datapath`] is the one owner:
+//! it loads and attaches the programs ([`loader`], [`tc`]), holds the maps
+//! ([`maps`]) and programs every Service's frontends ([`service_table`],
+//! [`programmer`]); [`codec`] is the only code that builds or reads map keys
+//! and values.
 
+pub mod codec;
 pub mod ids;
 pub mod ifaces;
 pub mod lbmaps;
 pub mod loader;
 pub mod maglev;
 pub mod maps;
+pub mod mem_maps;
+pub mod owner;
 pub mod programmer;
+pub mod service_table;
 pub mod snapshot;
 pub mod sock_gc;
 pub mod sys;
 pub mod tc;
 
-pub use loader::{Datapath, LoadOptions};
+pub use loader::LoadOptions;
 pub use maps::Maps;
-pub use programmer::{Programmer, SyncReport};
+pub use owner::Datapath;
+pub use programmer::{Capacities, Programmer};

@@ -1,30 +1,56 @@
-//! Programs a [`Desired`] state into the maps as a diff against what the
-//! kernel holds.
+//! Programs frontends into the maps, one at a time, each all-or-nothing.
 //!
 //! Write order keeps every frontend usable while it changes (as Cilium's
-//! does): new backends first, then the backend slots, then slot 0 with the
-//! new count, and only then the slots and backends that fell away. Removing
-//! a frontend deletes slot 0 first, so no new connection picks a slot that
-//! is about to vanish. Frontends whose kernel content would not change are
-//! not written at all: their connections and affinity stay as they are.
+//! does): new backends first, then what the TC path reads beside the
+//! frontend (source ranges, the Maglev table), then the backend slots, then
+//! slot 0 with the new count (the commit point), and only then the slots,
+//! ranges and backends that fell away. Removing a frontend deletes slot 0
+//! first, so no new connection picks a slot that is about to vanish.
+//!
+//! Before any write, every map the frontend needs room in is checked against
+//! its capacity, and a `map full` error names the map and its size. A write
+//! that fails anyway (the kernel said no) is undone in reverse order, so a
+//! frontend is either programmed whole or left exactly as it was: nothing
+//! it acquired (backend and rev-NAT ids, source ranges, Maglev entries)
+//! stays behind to block others.
 
-use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    net::Ipv4Addr,
-};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use agent_common::{
-    AffinityKey, Backend4, RevNat4, Svc4Key, SvcValue, backend_flags, backend_state, maps as names,
-    net::{ip4_to_raw, port_to_raw},
-    svc_flags,
+    AffinityKey, Svc4Key, SvcValue, backend_flags, backend_state, maps as names, svc_flags,
 };
 use tracing::{debug, warn};
 
-use super::{Maps, ids::IdAllocator, lbmaps::LbMaps, maglev, snapshot::KernelState};
+use super::{Maps, codec, ids::IdAllocator, lbmaps::LbMaps, maglev, snapshot::KernelState};
 use crate::{
     error::{Error, Result},
-    model::{BackendAddr, Cidr4, Desired, Frontend, FrontendKey, FrontendKind, Protocol, Scope},
+    model::{
+        AddrKey, BackendAddr, Cidr4, Desired, Frontend, FrontendKey, FrontendKind, Protocol, Scope,
+    },
 };
+
+/// How many entries each map holds (the sizes the maps were created with).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacities {
+    pub services: u32,
+    pub backends: u32,
+    pub rev_nat: u32,
+    pub src_ranges: u32,
+    /// Maglev tables (each `MAGLEV_TABLE_SIZE` entries).
+    pub maglev_tables: u32,
+}
+
+impl Default for Capacities {
+    fn default() -> Self {
+        Capacities {
+            services: names::SERVICES_V4_MAX,
+            backends: names::BACKENDS_V4_MAX,
+            rev_nat: names::REV_NAT_V4_MAX.min(u32::from(u16::MAX)),
+            src_ranges: names::SRC_RANGE_V4_MAX,
+            maglev_tables: names::MAGLEV_MAX / agent_common::MAGLEV_TABLE_SIZE,
+        }
+    }
+}
 
 /// What one frontend looks like in the kernel, minus its ids.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +68,18 @@ struct Programmed {
 }
 
 impl Programmed {
+    /// The backend entries of the slots, in slot order.
+    fn backend_keys(&self) -> impl Iterator<Item = BackendKey> + '_ {
+        self.backends
+            .iter()
+            .zip(&self.backend_flags)
+            .map(|(&addr, &flags)| BackendKey {
+                addr,
+                state: self.state,
+                flags,
+            })
+    }
+
     fn same_content(&self, other: &Programmed) -> bool {
         self.backends == other.backends
             && self.backend_flags == other.backend_flags
@@ -52,17 +90,22 @@ impl Programmed {
     }
 }
 
-#[derive(Debug)]
-struct BackendEntry {
-    id: u32,
-    refs: u32,
+/// A backend as the kernel holds it: an address with the state and flags
+/// its frontends see it with. Two frontends that disagree (a pod listed as
+/// local in one slice and remote in another, say) get two entries, so no
+/// frontend's view ever changes another's, whatever order they come in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct BackendKey {
+    addr: BackendAddr,
     state: u8,
     flags: u8,
 }
 
-/// (address, port, protocol) of a service: one rev-NAT id, shared by the
-/// frontend's scopes.
-type RevNatKey = (Ipv4Addr, u16, Protocol);
+#[derive(Debug)]
+struct BackendEntry {
+    id: u32,
+    refs: u32,
+}
 
 #[derive(Debug)]
 struct RevNatEntry {
@@ -74,15 +117,23 @@ struct RevNatEntry {
     maglev: Option<Vec<u32>>,
 }
 
-/// Counts of one sync, for logs and metrics.
-#[derive(Debug, Default, Clone)]
+/// What [`Programmer::upsert`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Added,
+    Updated,
+    Unchanged,
+}
+
+/// Counts of a full sync, for logs and metrics.
+#[derive(Debug, Default)]
 pub struct SyncReport {
     pub added: usize,
     pub updated: usize,
     pub removed: usize,
     pub unchanged: usize,
-    pub errors: Vec<String>,
-    pub error_reasons: Vec<&'static str>,
+    /// The frontends that failed, with their errors.
+    pub failed: Vec<(FrontendKey, Error)>,
     /// UDP backends no frontend uses any more: connected sockets still
     /// pointing at them are destroyed (see `sock_gc`).
     pub gone_udp: Vec<BackendAddr>,
@@ -94,49 +145,76 @@ impl SyncReport {
     }
 }
 
+/// One step of a frontend's programming, and how to take it back.
+enum Undo {
+    /// A backend reference taken (released again; never reported gone).
+    Backend(BackendKey),
+    /// A new rev-NAT id.
+    RevNat(AddrKey),
+    /// A source range added for the rev-NAT id.
+    SrcRange(u16, Cidr4),
+    /// The Maglev table before (None: there was none).
+    Maglev(u16, Option<Vec<u32>>),
+    /// A service-map entry written: its previous value (None: absent).
+    Slot(Svc4Key, Option<SvcValue>),
+}
+
 pub struct Programmer<M: LbMaps = Maps> {
     maps: M,
+    caps: Capacities,
     frontends: BTreeMap<FrontendKey, Programmed>,
-    /// The model each programmed frontend was last written from: an equal
-    /// model skips the kernel-content comparison (which allocates and sorts),
-    /// so a change to one of 10,000 services costs little more than that one.
-    applied: BTreeMap<FrontendKey, Frontend>,
-    /// Frontends whose last write failed or that were adopted incomplete:
-    /// rewritten on the next sync even if they look unchanged.
+    /// Frontends adopted incomplete (a previous agent stopped mid-update):
+    /// rewritten on their next sync even if they look unchanged.
     dirty: BTreeSet<FrontendKey>,
-    backends: HashMap<BackendAddr, BackendEntry>,
+    backends: HashMap<BackendKey, BackendEntry>,
+    /// How many backend entries each address has (UDP sockets on an
+    /// address are destroyed when it has none left).
+    backend_addrs: HashMap<BackendAddr, u32>,
     backend_ids: IdAllocator,
-    rev_nats: HashMap<RevNatKey, RevNatEntry>,
-    /// rev-NAT id -> its key in `rev_nats`, so per-id lookups (source
-    /// ranges, Maglev) stay O(1) at 10,000 services.
-    rev_keys: HashMap<u16, RevNatKey>,
+    rev_nats: HashMap<AddrKey, RevNatEntry>,
+    /// rev-NAT id -> its address, so per-id lookups stay O(1).
+    rev_keys: HashMap<u16, AddrKey>,
     rev_ids: IdAllocator,
     /// Entries in the service map (frontends + slots).
     svc_entries: u32,
-    /// UDP backends released during the current sync.
+    /// Entries in the source-range map.
+    src_range_entries: u32,
+    /// Maglev tables in the Maglev map.
+    maglev_tables: u32,
+    /// UDP backends released since the last `take_gone_udp`.
     released_udp: Vec<BackendAddr>,
+    /// Map writes (updates and deletes) issued so far.
+    writes: u64,
 }
 
 impl<M: LbMaps> Programmer<M> {
     /// Takes over whatever a previous agent left in the (pinned) maps, so the
     /// first sync is a diff and unchanged services are not touched.
     pub fn adopt(maps: M) -> Self {
+        Self::adopt_with(maps, Capacities::default())
+    }
+
+    pub fn adopt_with(maps: M, caps: Capacities) -> Self {
         let st = KernelState::read(&maps);
         let mut p = Programmer {
             maps,
+            caps,
             frontends: BTreeMap::new(),
-            applied: BTreeMap::new(),
             dirty: BTreeSet::new(),
             released_udp: Vec::new(),
             backends: HashMap::new(),
-            backend_ids: IdAllocator::new(names::BACKENDS_V4_MAX),
+            backend_addrs: HashMap::new(),
+            backend_ids: IdAllocator::new(caps.backends),
             rev_nats: HashMap::new(),
             rev_keys: HashMap::new(),
-            rev_ids: IdAllocator::new(u32::from(u16::MAX)),
+            rev_ids: IdAllocator::new(caps.rev_nat),
             svc_entries: 0,
+            src_range_entries: 0,
+            maglev_tables: 0,
+            writes: 0,
         };
         for k in &st.stray {
-            if let Err(e) = p.maps.del_service(k) {
+            if let Err(e) = p.del_service(k) {
                 warn!(error = %e, "removing a stray service-map entry");
             }
         }
@@ -160,17 +238,20 @@ impl<M: LbMaps> Programmer<M> {
                 .map(|id| st.backends.get(id).map_or(0, |b| b.flags))
                 .collect();
             for ((addr, &id), &flags) in addrs.iter().zip(&f.backend_ids).zip(&backend_flags) {
-                let e = p.backends.entry(*addr).or_insert(BackendEntry {
-                    id,
-                    refs: 0,
+                let key = BackendKey {
+                    addr: *addr,
                     state,
                     flags,
+                };
+                let e = p.backends.entry(key).or_insert_with(|| {
+                    *p.backend_addrs.entry(*addr).or_default() += 1;
+                    BackendEntry { id, refs: 0 }
                 });
                 e.refs += 1;
                 used_backends.insert(id);
                 p.backend_ids.reserve(id);
             }
-            let rkey = (key.ip, key.port, key.proto);
+            let rkey = key.addr();
             let rid = f.value.rev_nat_id;
             p.rev_keys.entry(rid).or_insert(rkey);
             p.rev_nats
@@ -197,17 +278,15 @@ impl<M: LbMaps> Programmer<M> {
                 },
             );
             if !complete {
-                // A slot or backend is missing: the previous agent stopped
-                // mid-update. Rewrite it whatever the source says.
                 p.dirty.insert(*key);
             }
         }
         for id in st.backends.keys().filter(|id| !used_backends.contains(id)) {
-            let _ = p.maps.del_backend(*id);
+            let _ = p.del_backend(*id);
         }
         let used_rev: BTreeSet<u16> = p.rev_nats.values().map(|r| r.id).collect();
         for id in st.rev_nat.keys().filter(|id| !used_rev.contains(id)) {
-            let _ = p.maps.del_rev_nat(*id);
+            let _ = p.del_rev_nat(*id);
         }
         p.adopt_north_south(&used_rev);
         debug!(
@@ -229,8 +308,21 @@ impl<M: LbMaps> Programmer<M> {
         &mut self.maps
     }
 
+    pub fn capacities(&self) -> Capacities {
+        self.caps
+    }
+
     pub fn frontend_count(&self) -> usize {
         self.frontends.len()
+    }
+
+    pub fn is_programmed(&self, key: &FrontendKey) -> bool {
+        self.frontends.contains_key(key)
+    }
+
+    /// The frontends in the kernel, in key order.
+    pub fn programmed(&self) -> impl Iterator<Item = &FrontendKey> {
+        self.frontends.keys()
     }
 
     pub fn backend_count(&self) -> usize {
@@ -245,9 +337,25 @@ impl<M: LbMaps> Programmer<M> {
         self.rev_nats.len()
     }
 
-    /// Brings the kernel to `desired`. Each frontend is programmed on its
-    /// own: one that fails (a full map, say) is reported and keeps its old
-    /// state; the others are programmed.
+    /// Map writes issued since the programmer was created.
+    pub fn writes(&self) -> u64 {
+        self.writes
+    }
+
+    /// UDP backends that no frontend uses any more, released since the last
+    /// call: connected sockets on them are to be destroyed.
+    pub fn take_gone_udp(&mut self) -> Vec<BackendAddr> {
+        let mut gone = std::mem::take(&mut self.released_udp);
+        gone.retain(|b| !self.backend_addrs.contains_key(b));
+        gone.sort_by_key(|b| (b.ip, b.port));
+        gone.dedup();
+        gone
+    }
+
+    /// Brings the kernel to `desired` as a whole: every frontend not in it
+    /// is removed, every other one programmed when it differs. Each
+    /// frontend on its own: one that fails keeps its old state and is
+    /// reported; the others are programmed.
     pub fn apply(&mut self, desired: &Desired) -> SyncReport {
         let mut report = SyncReport::default();
         let gone: Vec<FrontendKey> = self
@@ -257,174 +365,329 @@ impl<M: LbMaps> Programmer<M> {
             .copied()
             .collect();
         for key in gone {
-            match self.remove_frontend(&key) {
-                Ok(()) => report.removed += 1,
-                Err(e) => {
-                    warn!(frontend = %key, error = %e, "removing frontend failed");
-                    report.error_reasons.push(e.reason());
-                    report.errors.push(format!("{key}: {e}"));
-                    self.dirty.insert(key);
-                }
+            match self.remove(&key) {
+                Ok(_) => report.removed += 1,
+                Err(e) => report.failed.push((key, e)),
             }
         }
         for (key, f) in &desired.frontends {
-            let clean = !self.dirty.contains(key);
-            if clean && self.applied.get(key) == Some(f) {
-                report.unchanged += 1;
-                continue;
-            }
-            let old = self.frontends.get(key);
-            let want = want_of(key, f, old.map_or(0, |o| o.rev_nat_id));
-            if let Some(old) = old
-                && old.same_content(&want)
-                && clean
-            {
-                // Adopted from a previous agent, or a model change that does
-                // not reach the kernel (a renamed port, say).
-                self.applied.insert(*key, f.clone());
-                report.unchanged += 1;
-                continue;
-            }
-            let is_new = old.is_none();
-            match self.program_frontend(key, f, want) {
-                Ok(()) => {
-                    self.dirty.remove(key);
-                    self.applied.insert(*key, f.clone());
-                    if is_new {
-                        report.added += 1
-                    } else {
-                        report.updated += 1
-                    }
-                }
-                Err(e) => {
-                    warn!(service = %f.service, frontend = %key, error = %e, "programming failed");
-                    report.error_reasons.push(e.reason());
-                    report.errors.push(format!("{} {key}: {e}", f.service));
-                    self.dirty.insert(*key);
-                }
+            match self.upsert(key, f) {
+                Ok(Outcome::Added) => report.added += 1,
+                Ok(Outcome::Updated) => report.updated += 1,
+                Ok(Outcome::Unchanged) => report.unchanged += 1,
+                Err(e) => report.failed.push((*key, e)),
             }
         }
-        let mut gone = std::mem::take(&mut self.released_udp);
-        gone.retain(|b| !self.backends.contains_key(b));
-        gone.sort_by_key(|b| (b.ip, b.port));
-        gone.dedup();
-        report.gone_udp = gone;
+        report.gone_udp = self.take_gone_udp();
         report
     }
 
+    /// Programs one frontend if its kernel content differs; all or nothing.
+    pub fn upsert(&mut self, key: &FrontendKey, f: &Frontend) -> Result<Outcome> {
+        let old = self.frontends.get(key);
+        let want = want_of(key, f, old.map_or(0, |o| o.rev_nat_id));
+        let is_new = old.is_none();
+        if let Some(old) = old
+            && old.same_content(&want)
+            && !self.dirty.contains(key)
+        {
+            return Ok(Outcome::Unchanged);
+        }
+        let force = self.dirty.contains(key);
+        self.program_frontend(key, f, want, force)?;
+        self.dirty.remove(key);
+        Ok(if is_new {
+            Outcome::Added
+        } else {
+            Outcome::Updated
+        })
+    }
+
+    /// Removes one frontend; false when it was not programmed.
+    pub fn remove(&mut self, key: &FrontendKey) -> Result<bool> {
+        let Some(old) = self.frontends.get(key).cloned() else {
+            return Ok(false);
+        };
+        // Slot 0 first: from here on no connection picks this frontend.
+        self.del_service(&codec::svc_key(key, 0))?;
+        for slot in 1..=old.backends.len() as u16 {
+            if let Err(e) = self.del_service(&codec::svc_key(key, slot)) {
+                warn!(frontend = %key, slot, error = %e, "removing a backend slot");
+            }
+        }
+        self.svc_entries -= 1 + old.backends.len() as u32;
+        for b in old.backend_keys() {
+            self.release_backend(&b, true);
+        }
+        if old.flags & svc_flags::AFFINITY != 0 {
+            self.purge_affinity(old.rev_nat_id, &BTreeSet::new());
+        }
+        self.release_rev_nat(&key.addr());
+        self.frontends.remove(key);
+        self.dirty.remove(key);
+        debug!(frontend = %key, "removed");
+        Ok(true)
+    }
+
+    /// Compares the kernel with what was programmed (the full sync's safety
+    /// sweep): frontends whose entries drifted are marked for a rewrite,
+    /// backends and rev-NAT entries are restored, and entries nobody
+    /// programmed are deleted. Returns how many frontends drifted.
+    pub fn verify(&mut self) -> usize {
+        let st = KernelState::read(&self.maps);
+        for k in &st.stray {
+            let _ = self.del_service(k);
+        }
+        let mut drifted = Vec::new();
+        for (key, p) in &self.frontends {
+            let ids: Vec<u32> = p
+                .backend_keys()
+                .map(|k| self.backends.get(&k).map_or(0, |e| e.id))
+                .collect();
+            let same = st.frontends.get(key).is_some_and(|kf| {
+                kf.value
+                    == codec::frontend_value(
+                        p.backends.len() as u16,
+                        p.rev_nat_id,
+                        p.flags,
+                        p.affinity_timeout,
+                    )
+                    && kf.backend_ids == ids
+            });
+            if !same {
+                drifted.push(*key);
+            }
+        }
+        let unknown: Vec<(FrontendKey, u16)> = st
+            .frontends
+            .iter()
+            .filter(|(k, _)| !self.frontends.contains_key(k))
+            .map(|(k, f)| (*k, f.value.count))
+            .collect();
+        for (key, count) in &unknown {
+            for slot in 0..=*count {
+                let _ = self.del_service(&codec::svc_key(key, slot));
+            }
+        }
+        let backends: Vec<(BackendKey, u32)> =
+            self.backends.iter().map(|(k, e)| (*k, e.id)).collect();
+        for (k, id) in backends {
+            let want = codec::backend_value(&k.addr, k.state, k.flags);
+            if st.backends.get(&id) != Some(&want) {
+                let _ = self.put_backend(id, want);
+            }
+        }
+        let orphans: Vec<u32> = st
+            .backends
+            .keys()
+            .filter(|id| !self.backend_ids.contains(**id))
+            .copied()
+            .collect();
+        for id in orphans {
+            let _ = self.del_backend(id);
+        }
+        let revs: Vec<(u16, AddrKey)> = self.rev_keys.iter().map(|(id, a)| (*id, *a)).collect();
+        for (id, addr) in revs {
+            let want = codec::rev_nat_value(&addr);
+            if st.rev_nat.get(&id) != Some(&want) {
+                let _ = self.put_rev_nat(id, want);
+            }
+        }
+        let orphans: Vec<u16> = st
+            .rev_nat
+            .keys()
+            .filter(|id| !self.rev_keys.contains_key(id))
+            .copied()
+            .collect();
+        for id in orphans {
+            let _ = self.del_rev_nat(id);
+        }
+        let n = drifted.len() + unknown.len();
+        self.dirty.extend(drifted);
+        n
+    }
+
+    /// Refuses before any write what cannot fit.
+    fn check_room(&self, key: &FrontendKey, f: &Frontend, want: &Programmed) -> Result<()> {
+        let old = self.frontends.get(key);
+        let old_count = old.map_or(0, |o| o.backends.len() as u32);
+        let new_count = want.backends.len() as u32;
+        let full = |map: &'static str, capacity: u32, unit: &'static str| Error::MapFull {
+            map,
+            capacity,
+            unit,
+            object: format!("{} {key}", f.service),
+        };
+        if new_count > u32::from(names::MAX_BACKENDS_PER_SERVICE) {
+            return Err(full(
+                names::SERVICES_V4,
+                u32::from(names::MAX_BACKENDS_PER_SERVICE),
+                "backends per frontend",
+            ));
+        }
+        let extra = u32::from(old.is_none()) + new_count.saturating_sub(old_count);
+        if self.svc_entries + extra > self.caps.services {
+            return Err(full(names::SERVICES_V4, self.caps.services, "entries"));
+        }
+        let fresh = want
+            .backend_keys()
+            .filter(|k| !self.backends.contains_key(k))
+            .count() as u32;
+        if self.backend_ids.len() as u32 + fresh > self.caps.backends {
+            return Err(full(names::BACKENDS_V4, self.caps.backends, "backends"));
+        }
+        let rev = self.rev_nats.get(&key.addr());
+        if rev.is_none() && self.rev_ids.len() as u32 >= self.caps.rev_nat {
+            return Err(full(
+                names::REV_NAT_V4,
+                self.caps.rev_nat,
+                "service addresses",
+            ));
+        }
+        if key.scope == Scope::External {
+            let have = rev.map(|r| &r.ranges);
+            let new_ranges = want
+                .source_ranges
+                .iter()
+                .filter(|c| !have.is_some_and(|h| h.contains(c)))
+                .count() as u32;
+            if self.src_range_entries + new_ranges > self.caps.src_ranges {
+                return Err(full(names::SRC_RANGE_V4, self.caps.src_ranges, "ranges"));
+            }
+            let needs_table =
+                want.flags & svc_flags::MAGLEV != 0 && !rev.is_some_and(|r| r.maglev.is_some());
+            if needs_table && self.maglev_tables >= self.caps.maglev_tables {
+                return Err(full(
+                    names::MAGLEV,
+                    self.caps.maglev_tables,
+                    "Maglev tables",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `force`: write every slot, even those the programmer believes hold
+    /// the right value already (the kernel content drifted).
     fn program_frontend(
         &mut self,
         key: &FrontendKey,
         f: &Frontend,
+        want: Programmed,
+        force: bool,
+    ) -> Result<()> {
+        self.check_room(key, f, &want)?;
+        let mut undo = Vec::new();
+        match self.write_frontend(key, f, want, force, &mut undo) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.roll_back(undo);
+                Err(e)
+            }
+        }
+    }
+
+    /// The writes of one frontend up to its commit (slot 0), then the
+    /// cleanup of what it no longer uses. `undo` records each step before
+    /// the commit.
+    fn write_frontend(
+        &mut self,
+        key: &FrontendKey,
+        f: &Frontend,
         mut want: Programmed,
+        force: bool,
+        undo: &mut Vec<Undo>,
     ) -> Result<()> {
         let old = self.frontends.get(key).cloned();
-        let old_count = old.as_ref().map_or(0, |o| o.backends.len() as u32);
-        let new_count = want.backends.len() as u32;
-        if new_count > u32::from(names::MAX_BACKENDS_PER_SERVICE) {
-            return Err(Error::MapFull {
-                map: names::SERVICES_V4,
-                capacity: u32::from(names::MAX_BACKENDS_PER_SERVICE),
-                object: format!("{} {key}: {new_count} backends", f.service),
-            });
-        }
-        // Capacity checks before any write, so a full map never leaves a
-        // half-programmed frontend behind.
-        let extra = u32::from(old.is_none()) + new_count.saturating_sub(old_count);
-        if self.svc_entries + extra > names::SERVICES_V4_MAX {
-            return Err(Error::MapFull {
-                map: names::SERVICES_V4,
-                capacity: names::SERVICES_V4_MAX,
-                object: format!("{} {key}", f.service),
-            });
-        }
-        let fresh = want
-            .backends
+        let old_count = old.as_ref().map_or(0, |o| o.backends.len());
+        let new_count = want.backends.len();
+        let addr = key.addr();
+        let old_ids: Vec<u32> = old
             .iter()
-            .filter(|b| !self.backends.contains_key(b))
-            .count();
-        if self.backend_ids.len() + fresh > names::BACKENDS_V4_MAX as usize {
-            return Err(Error::MapFull {
-                map: names::BACKENDS_V4,
-                capacity: names::BACKENDS_V4_MAX,
-                object: format!("{} {key}", f.service),
-            });
-        }
+            .flat_map(Programmed::backend_keys)
+            .map(|k| self.backends.get(&k).map_or(0, |e| e.id))
+            .collect();
 
         let rev_nat_id = match &old {
             Some(o) => o.rev_nat_id,
-            None => self.acquire_rev_nat(key, f)?,
+            None => {
+                // A new id, or a reference on the one another scope of the
+                // address holds: either way ours to give back on failure.
+                let id = self.acquire_rev_nat(&addr, f)?;
+                undo.push(Undo::RevNat(addr));
+                id
+            }
         };
         want.rev_nat_id = rev_nat_id;
 
-        let mut ids = Vec::with_capacity(want.backends.len());
-        for (b, &flags) in want.backends.iter().zip(&want.backend_flags) {
-            match self.acquire_backend(b, want.state, flags) {
-                Ok(id) => ids.push(id),
-                Err(e) => {
-                    for b in &want.backends[..ids.len()] {
-                        self.release_backend(b);
-                    }
-                    if old.is_none() {
-                        self.release_rev_nat(key);
-                    }
-                    return Err(e);
-                }
-            }
+        let mut ids = Vec::with_capacity(new_count);
+        for k in want.backend_keys() {
+            ids.push(self.acquire_backend(k, undo)?);
         }
 
         // What the TC path reads beside the frontend (external scope only):
         // added before the frontend points at it, removed after.
         let external = key.scope == Scope::External;
         if external {
-            self.add_source_ranges(rev_nat_id, &want.source_ranges)?;
+            self.add_source_ranges(rev_nat_id, &want.source_ranges, undo)?;
             if want.flags & svc_flags::MAGLEV != 0 {
-                self.write_maglev(rev_nat_id, &want.backends, &ids)?;
+                self.write_maglev(rev_nat_id, &want.backends, &ids, undo)?;
             }
         }
 
-        let svc_key = |slot: u16| Svc4Key {
-            addr: ip4_to_raw(key.ip.octets()),
-            port: port_to_raw(key.port),
-            slot,
-            proto: key.proto.number(),
-            scope: key.scope.number(),
-            _pad: [0; 2],
-        };
         for (i, id) in ids.iter().enumerate() {
-            let v = SvcValue {
-                backend_id: *id,
-                ..Default::default()
-            };
-            self.maps.put_service(svc_key(i as u16 + 1), v)?;
+            let slot = i as u16 + 1;
+            let k = codec::svc_key(key, slot);
+            let prev = old_ids.get(i).map(|&old| codec::slot_value(old));
+            if !force && prev == Some(codec::slot_value(*id)) {
+                continue;
+            }
+            undo.push(Undo::Slot(k, prev));
+            self.put_service(k, codec::slot_value(*id))?;
         }
-        let frontend = SvcValue {
-            backend_id: 0,
-            count: new_count as u16,
-            rev_nat_id,
-            flags: want.flags,
-            _pad: 0,
-            affinity_timeout: want.affinity_timeout,
-        };
-        self.maps.put_service(svc_key(0), frontend)?;
+        let k0 = codec::svc_key(key, 0);
+        let prev0 = old.as_ref().map(|o| {
+            codec::frontend_value(
+                o.backends.len() as u16,
+                o.rev_nat_id,
+                o.flags,
+                o.affinity_timeout,
+            )
+        });
+        undo.push(Undo::Slot(k0, prev0));
+        self.put_service(
+            k0,
+            codec::frontend_value(
+                new_count as u16,
+                rev_nat_id,
+                want.flags,
+                want.affinity_timeout,
+            ),
+        )?;
+
+        // Committed: from here on, failures only leave entries no lookup
+        // reaches (slots past the count), which adoption sweeps up.
+        undo.clear();
         for slot in new_count + 1..=old_count {
-            self.maps.del_service(&svc_key(slot as u16))?;
+            if let Err(e) = self.del_service(&codec::svc_key(key, slot as u16)) {
+                warn!(frontend = %key, slot, error = %e, "removing a backend slot");
+            }
         }
-        self.svc_entries = self.svc_entries + extra - old_count.saturating_sub(new_count);
+        self.svc_entries =
+            self.svc_entries + u32::from(old.is_none()) + new_count as u32 - old_count as u32;
         if external {
             self.remove_source_ranges(rev_nat_id, &want.source_ranges);
             if want.flags & svc_flags::MAGLEV == 0 {
                 self.clear_maglev(rev_nat_id);
             }
         }
-
         if let Some(old) = &old {
             let kept: BTreeSet<u32> = ids.iter().copied().collect();
             if (old.flags | want.flags) & svc_flags::AFFINITY != 0 {
                 self.purge_affinity(rev_nat_id, &kept);
             }
-            for b in &old.backends {
-                self.release_backend(b);
+            for k in old.backend_keys() {
+                self.release_backend(&k, true);
             }
         }
         debug!(service = %f.service, frontend = %key, backends = new_count, "programmed");
@@ -432,121 +695,109 @@ impl<M: LbMaps> Programmer<M> {
         Ok(())
     }
 
-    fn remove_frontend(&mut self, key: &FrontendKey) -> Result<()> {
-        let Some(old) = self.frontends.get(key).cloned() else {
-            return Ok(());
-        };
-        let mut k = Svc4Key {
-            addr: ip4_to_raw(key.ip.octets()),
-            port: port_to_raw(key.port),
-            slot: 0,
-            proto: key.proto.number(),
-            scope: key.scope.number(),
-            _pad: [0; 2],
-        };
-        // Slot 0 first: from here on no connection picks this frontend.
-        self.maps.del_service(&k)?;
-        for slot in 1..=old.backends.len() as u16 {
-            k.slot = slot;
-            if let Err(e) = self.maps.del_service(&k) {
-                warn!(frontend = %key, slot, error = %e, "removing a backend slot");
+    /// Takes back the steps of a failed frontend, newest first. A failure
+    /// here is logged: the entry is one no lookup reaches or the old value.
+    fn roll_back(&mut self, undo: Vec<Undo>) {
+        for step in undo.into_iter().rev() {
+            let r = match step {
+                Undo::Slot(k, Some(v)) => self.put_service(k, v),
+                Undo::Slot(k, None) => self.del_service(&k),
+                Undo::Maglev(rev, old) => {
+                    self.restore_maglev(rev, old);
+                    Ok(())
+                }
+                Undo::SrcRange(rev, cidr) => {
+                    let r = self.del_src_range(rev, cidr);
+                    if r.is_ok() {
+                        self.src_range_entries -= 1;
+                        if let Some(e) = self.rev_nat_mut(rev) {
+                            e.ranges.remove(&cidr);
+                        }
+                    }
+                    r
+                }
+                Undo::Backend(k) => {
+                    self.release_backend(&k, false);
+                    Ok(())
+                }
+                Undo::RevNat(addr) => {
+                    self.release_rev_nat(&addr);
+                    Ok(())
+                }
+            };
+            if let Err(e) = r {
+                warn!(error = %e, "undoing a failed frontend write");
             }
         }
-        self.svc_entries -= 1 + old.backends.len() as u32;
-        for b in &old.backends {
-            self.release_backend(b);
-        }
-        if old.flags & svc_flags::AFFINITY != 0 {
-            self.purge_affinity(old.rev_nat_id, &BTreeSet::new());
-        }
-        self.release_rev_nat(key);
-        self.frontends.remove(key);
-        self.applied.remove(key);
-        self.dirty.remove(key);
-        debug!(frontend = %key, "removed");
-        Ok(())
     }
 
-    fn acquire_backend(&mut self, b: &BackendAddr, state: u8, flags: u8) -> Result<u32> {
-        let value = Backend4 {
-            addr: ip4_to_raw(b.ip.octets()),
-            port: port_to_raw(b.port),
-            proto: b.proto.number(),
-            state,
-            flags,
-            _pad: [0; 3],
-        };
-        if let Some(e) = self.backends.get_mut(b) {
-            if (e.state, e.flags) != (state, flags) {
-                self.maps.put_backend(e.id, value)?;
-                e.state = state;
-                e.flags = flags;
-            }
+    fn acquire_backend(&mut self, k: BackendKey, undo: &mut Vec<Undo>) -> Result<u32> {
+        if let Some(e) = self.backends.get_mut(&k) {
             e.refs += 1;
+            undo.push(Undo::Backend(k));
             return Ok(e.id);
         }
         let id = self.backend_ids.alloc().ok_or(Error::MapFull {
             map: names::BACKENDS_V4,
-            capacity: names::BACKENDS_V4_MAX,
-            object: format!("backend {b}"),
+            capacity: self.caps.backends,
+            unit: "backends",
+            object: format!("backend {}", k.addr),
         })?;
-        if let Err(e) = self.maps.put_backend(id, value) {
+        if let Err(e) = self.put_backend(id, codec::backend_value(&k.addr, k.state, k.flags)) {
             self.backend_ids.release(id);
             return Err(e);
         }
-        self.backends.insert(
-            *b,
-            BackendEntry {
-                id,
-                refs: 1,
-                state,
-                flags,
-            },
-        );
+        self.backends.insert(k, BackendEntry { id, refs: 1 });
+        *self.backend_addrs.entry(k.addr).or_default() += 1;
+        undo.push(Undo::Backend(k));
         Ok(id)
     }
 
-    fn release_backend(&mut self, b: &BackendAddr) {
-        let Some(e) = self.backends.get_mut(b) else {
+    /// Drops one reference; the last one deletes the backend. `report`:
+    /// a UDP address left with no entry has connected sockets to destroy.
+    fn release_backend(&mut self, k: &BackendKey, report: bool) {
+        let Some(e) = self.backends.get_mut(k) else {
             return;
         };
         e.refs -= 1;
-        if e.refs == 0 {
-            let id = e.id;
-            self.backends.remove(b);
-            if let Err(e) = self.maps.del_backend(id) {
-                warn!(backend = %b, error = %e, "removing a backend");
-            }
-            self.backend_ids.release(id);
-            if b.proto == Protocol::Udp {
-                self.released_udp.push(*b);
+        if e.refs > 0 {
+            return;
+        }
+        let id = e.id;
+        self.backends.remove(k);
+        if let Err(e) = self.del_backend(id) {
+            warn!(backend = %k.addr, error = %e, "removing a backend");
+        }
+        self.backend_ids.release(id);
+        let n = self.backend_addrs.get_mut(&k.addr).expect("counted");
+        *n -= 1;
+        if *n == 0 {
+            self.backend_addrs.remove(&k.addr);
+            if report && k.addr.proto == Protocol::Udp {
+                self.released_udp.push(k.addr);
             }
         }
     }
 
-    fn acquire_rev_nat(&mut self, key: &FrontendKey, f: &Frontend) -> Result<u16> {
-        let rkey = (key.ip, key.port, key.proto);
-        if let Some(e) = self.rev_nats.get_mut(&rkey) {
+    /// The address's rev-NAT id, taking a reference.
+    fn acquire_rev_nat(&mut self, addr: &AddrKey, f: &Frontend) -> Result<u16> {
+        if let Some(e) = self.rev_nats.get_mut(addr) {
             e.refs += 1;
             return Ok(e.id);
         }
         let id = self.rev_ids.alloc().ok_or(Error::MapFull {
             map: names::REV_NAT_V4,
-            capacity: u32::from(u16::MAX),
-            object: format!("{} {key}", f.service),
+            capacity: self.caps.rev_nat,
+            unit: "service addresses",
+            object: format!("{} {addr}", f.service),
         })? as u16;
-        let v = RevNat4 {
-            addr: ip4_to_raw(key.ip.octets()),
-            port: port_to_raw(key.port),
-            _pad: 0,
-        };
-        if let Err(e) = self.maps.put_rev_nat(id, v) {
+        if let Err(e) = self.put_rev_nat(id, codec::rev_nat_value(addr)) {
             self.rev_ids.release(u32::from(id));
             return Err(e);
         }
-        self.rev_keys.insert(id, rkey);
+        self.rev_keys.insert(id, *addr);
         self.rev_nats.insert(
-            rkey,
+            *addr,
             RevNatEntry {
                 id,
                 refs: 1,
@@ -557,9 +808,8 @@ impl<M: LbMaps> Programmer<M> {
         Ok(id)
     }
 
-    fn release_rev_nat(&mut self, key: &FrontendKey) {
-        let rkey = (key.ip, key.port, key.proto);
-        let Some(e) = self.rev_nats.get_mut(&rkey) else {
+    fn release_rev_nat(&mut self, addr: &AddrKey) {
+        let Some(e) = self.rev_nats.get_mut(addr) else {
             return;
         };
         e.refs -= 1;
@@ -567,10 +817,10 @@ impl<M: LbMaps> Programmer<M> {
             let id = e.id;
             self.remove_source_ranges(id, &BTreeSet::new());
             self.clear_maglev(id);
-            self.rev_nats.remove(&rkey);
+            self.rev_nats.remove(addr);
             self.rev_keys.remove(&id);
-            if let Err(e) = self.maps.del_rev_nat(id) {
-                warn!(frontend = %key, error = %e, "removing a rev-NAT entry");
+            if let Err(e) = self.del_rev_nat(id) {
+                warn!(address = %addr, error = %e, "removing a rev-NAT entry");
             }
             self.rev_ids.release(u32::from(id));
         }
@@ -581,13 +831,20 @@ impl<M: LbMaps> Programmer<M> {
         self.rev_nats.get_mut(key)
     }
 
-    fn add_source_ranges(&mut self, rev_nat_id: u16, want: &BTreeSet<Cidr4>) -> Result<()> {
+    fn add_source_ranges(
+        &mut self,
+        rev_nat_id: u16,
+        want: &BTreeSet<Cidr4>,
+        undo: &mut Vec<Undo>,
+    ) -> Result<()> {
         let have = self
             .rev_nat_mut(rev_nat_id)
             .map(|r| r.ranges.clone())
             .unwrap_or_default();
         for &cidr in want.difference(&have) {
-            self.maps.put_src_range(rev_nat_id, cidr)?;
+            self.put_src_range(rev_nat_id, cidr)?;
+            self.src_range_entries += 1;
+            undo.push(Undo::SrcRange(rev_nat_id, cidr));
             if let Some(r) = self.rev_nat_mut(rev_nat_id) {
                 r.ranges.insert(cidr);
             }
@@ -601,10 +858,11 @@ impl<M: LbMaps> Programmer<M> {
             .map(|r| r.ranges.clone())
             .unwrap_or_default();
         for &cidr in have.difference(keep) {
-            if let Err(e) = self.maps.del_src_range(rev_nat_id, cidr) {
+            if let Err(e) = self.del_src_range(rev_nat_id, cidr) {
                 warn!(rev_nat_id, %cidr, error = %e, "removing a source range");
                 continue;
             }
+            self.src_range_entries -= 1;
             if let Some(r) = self.rev_nat_mut(rev_nat_id) {
                 r.ranges.remove(&cidr);
             }
@@ -619,30 +877,55 @@ impl<M: LbMaps> Programmer<M> {
         rev_nat_id: u16,
         backends: &[BackendAddr],
         ids: &[u32],
+        undo: &mut Vec<Undo>,
     ) -> Result<()> {
         let want: Vec<u32> = maglev::table(backends, maglev::MAGLEV_TABLE_SIZE)
             .into_iter()
             .map(|pos| ids[pos as usize])
             .collect();
-        let have = self
-            .rev_nat_mut(rev_nat_id)
-            .and_then(|r| r.maglev.clone())
-            .unwrap_or_default();
+        let old = self.rev_nat_mut(rev_nat_id).and_then(|r| r.maglev.clone());
+        undo.push(Undo::Maglev(rev_nat_id, old.clone()));
+        if old.is_none() {
+            self.maglev_tables += 1;
+        }
+        // Recorded before the writes, so that an undo knows what to rewrite.
+        if let Some(r) = self.rev_nat_mut(rev_nat_id) {
+            r.maglev = Some(want.clone());
+        }
+        self.write_table_diff(rev_nat_id, old.as_deref().unwrap_or_default(), &want)
+    }
+
+    fn write_table_diff(&mut self, rev_nat_id: u16, have: &[u32], want: &[u32]) -> Result<()> {
         for (i, &id) in want.iter().enumerate() {
             if have.get(i) != Some(&id) {
-                self.maps
-                    .put_maglev(agent_common::maglev_key(rev_nat_id, i as u32), id)?;
+                self.put_maglev(codec::maglev_key(rev_nat_id, i as u32), id)?;
             }
         }
         for i in want.len()..have.len() {
-            let _ = self
-                .maps
-                .del_maglev(agent_common::maglev_key(rev_nat_id, i as u32));
-        }
-        if let Some(r) = self.rev_nat_mut(rev_nat_id) {
-            r.maglev = Some(want);
+            let _ = self.del_maglev(codec::maglev_key(rev_nat_id, i as u32));
         }
         Ok(())
+    }
+
+    fn restore_maglev(&mut self, rev_nat_id: u16, old: Option<Vec<u32>>) {
+        let now = self.rev_nat_mut(rev_nat_id).and_then(|r| r.maglev.take());
+        let now = now.unwrap_or_default();
+        match old {
+            Some(table) => {
+                if let Err(e) = self.write_table_diff(rev_nat_id, &now, &table) {
+                    warn!(rev_nat_id, error = %e, "restoring a Maglev table");
+                }
+                if let Some(r) = self.rev_nat_mut(rev_nat_id) {
+                    r.maglev = Some(table);
+                }
+            }
+            None => {
+                for i in 0..now.len() as u32 {
+                    let _ = self.del_maglev(codec::maglev_key(rev_nat_id, i));
+                }
+                self.maglev_tables -= 1;
+            }
+        }
     }
 
     fn clear_maglev(&mut self, rev_nat_id: u16) {
@@ -650,10 +933,9 @@ impl<M: LbMaps> Programmer<M> {
             return;
         };
         for i in 0..table.len() as u32 {
-            let _ = self
-                .maps
-                .del_maglev(agent_common::maglev_key(rev_nat_id, i));
+            let _ = self.del_maglev(codec::maglev_key(rev_nat_id, i));
         }
+        self.maglev_tables -= 1;
     }
 
     /// Takes the source ranges and Maglev tables of adopted services; drops
@@ -663,17 +945,18 @@ impl<M: LbMaps> Programmer<M> {
             match self.rev_nat_mut(rev) {
                 Some(r) if used_rev.contains(&rev) => {
                     r.ranges.insert(cidr);
+                    self.src_range_entries += 1;
                 }
                 _ => {
-                    let _ = self.maps.del_src_range(rev, cidr);
+                    let _ = self.del_src_range(rev, cidr);
                 }
             }
         }
         let mut tables: BTreeMap<u16, Vec<u32>> = BTreeMap::new();
         for (key, id) in self.maps.maglev_entries() {
-            let (rev, i) = ((key >> 16) as u16, (key & 0xffff) as usize);
+            let (rev, i) = codec::maglev_index(key);
             if !used_rev.contains(&rev) {
-                let _ = self.maps.del_maglev(key);
+                let _ = self.del_maglev(key);
                 continue;
             }
             let t = tables.entry(rev).or_default();
@@ -685,6 +968,7 @@ impl<M: LbMaps> Programmer<M> {
         for (rev, table) in tables {
             if let Some(r) = self.rev_nat_mut(rev) {
                 r.maglev = Some(table);
+                self.maglev_tables += 1;
             }
         }
         // Programmed source ranges of the external entries, for the diff.
@@ -711,8 +995,52 @@ impl<M: LbMaps> Programmer<M> {
             .map(|(k, _)| k)
             .collect();
         for k in stale {
+            self.writes += 1;
             let _ = self.maps.del_affinity(&k);
         }
+    }
+
+    // Every write goes through these, so `writes` counts them all.
+
+    fn put_service(&mut self, k: Svc4Key, v: SvcValue) -> Result<()> {
+        self.writes += 1;
+        self.maps.put_service(k, v)
+    }
+    fn del_service(&mut self, k: &Svc4Key) -> Result<()> {
+        self.writes += 1;
+        self.maps.del_service(k)
+    }
+    fn put_backend(&mut self, id: u32, v: agent_common::Backend4) -> Result<()> {
+        self.writes += 1;
+        self.maps.put_backend(id, v)
+    }
+    fn del_backend(&mut self, id: u32) -> Result<()> {
+        self.writes += 1;
+        self.maps.del_backend(id)
+    }
+    fn put_rev_nat(&mut self, id: u16, v: agent_common::RevNat4) -> Result<()> {
+        self.writes += 1;
+        self.maps.put_rev_nat(id, v)
+    }
+    fn del_rev_nat(&mut self, id: u16) -> Result<()> {
+        self.writes += 1;
+        self.maps.del_rev_nat(id)
+    }
+    fn put_src_range(&mut self, rev: u16, cidr: Cidr4) -> Result<()> {
+        self.writes += 1;
+        self.maps.put_src_range(rev, cidr)
+    }
+    fn del_src_range(&mut self, rev: u16, cidr: Cidr4) -> Result<()> {
+        self.writes += 1;
+        self.maps.del_src_range(rev, cidr)
+    }
+    fn put_maglev(&mut self, key: u32, id: u32) -> Result<()> {
+        self.writes += 1;
+        self.maps.put_maglev(key, id)
+    }
+    fn del_maglev(&mut self, key: u32) -> Result<()> {
+        self.writes += 1;
+        self.maps.del_maglev(key)
     }
 }
 

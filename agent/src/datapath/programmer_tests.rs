@@ -1,12 +1,7 @@
 //! The diff logic against an in-memory model of the maps that records every
 //! write, so the tests can say which writes happen and in which order.
 
-use std::{
-    cell::RefCell,
-    collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
-    rc::Rc,
-};
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use agent_common::{
     AffinityKey, AffinityValue, Backend4, RevNat4, Svc4Key, SvcValue, affinity_client, maps,
@@ -15,154 +10,13 @@ use agent_common::{
 
 use super::*;
 use crate::{
-    datapath::lbmaps::LbMaps,
+    datapath::mem_maps::{MemMaps, Op},
     model::{
         BackendAddr, Cidr4, Frontend, FrontendKey, FrontendKind, Protocol, Scope, ServiceName,
     },
 };
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Op {
-    PutSvc(Svc4Key),
-    DelSvc(Svc4Key),
-    PutBackend(u32),
-    DelBackend(u32),
-    PutRevNat(u16),
-    DelRevNat(u16),
-    DelAffinity,
-    PutRange(u16, Cidr4),
-    DelRange(u16, Cidr4),
-    PutMaglev,
-    DelMaglev,
-}
-
-#[derive(Default)]
-struct Inner {
-    services: BTreeMap<Svc4Key, SvcValue>,
-    backends: BTreeMap<u32, Backend4>,
-    rev_nat: BTreeMap<u16, RevNat4>,
-    affinity: Vec<(AffinityKey, AffinityValue)>,
-    ranges: BTreeSet<(u16, Cidr4)>,
-    maglev: BTreeMap<u32, u32>,
-    ops: Vec<Op>,
-}
-
-/// Shared so a second Programmer can adopt what the first wrote.
-#[derive(Clone, Default)]
-struct FakeMaps(Rc<RefCell<Inner>>);
-
-impl FakeMaps {
-    fn take_ops(&self) -> Vec<Op> {
-        std::mem::take(&mut self.0.borrow_mut().ops)
-    }
-}
-
-impl LbMaps for FakeMaps {
-    fn services(&self) -> Vec<(Svc4Key, SvcValue)> {
-        self.0
-            .borrow()
-            .services
-            .iter()
-            .map(|(k, v)| (*k, *v))
-            .collect()
-    }
-    fn backends(&self) -> Vec<(u32, Backend4)> {
-        self.0
-            .borrow()
-            .backends
-            .iter()
-            .map(|(k, v)| (*k, *v))
-            .collect()
-    }
-    fn rev_nats(&self) -> Vec<(u16, RevNat4)> {
-        self.0
-            .borrow()
-            .rev_nat
-            .iter()
-            .map(|(k, v)| (*k, *v))
-            .collect()
-    }
-    fn affinity(&self) -> Vec<(AffinityKey, AffinityValue)> {
-        self.0.borrow().affinity.clone()
-    }
-    fn put_service(&mut self, k: Svc4Key, v: SvcValue) -> Result<()> {
-        let mut m = self.0.borrow_mut();
-        m.services.insert(k, v);
-        m.ops.push(Op::PutSvc(k));
-        Ok(())
-    }
-    fn del_service(&mut self, k: &Svc4Key) -> Result<()> {
-        let mut m = self.0.borrow_mut();
-        m.services.remove(k);
-        m.ops.push(Op::DelSvc(*k));
-        Ok(())
-    }
-    fn put_backend(&mut self, id: u32, v: Backend4) -> Result<()> {
-        let mut m = self.0.borrow_mut();
-        m.backends.insert(id, v);
-        m.ops.push(Op::PutBackend(id));
-        Ok(())
-    }
-    fn del_backend(&mut self, id: u32) -> Result<()> {
-        let mut m = self.0.borrow_mut();
-        m.backends.remove(&id);
-        m.ops.push(Op::DelBackend(id));
-        Ok(())
-    }
-    fn put_rev_nat(&mut self, id: u16, v: RevNat4) -> Result<()> {
-        let mut m = self.0.borrow_mut();
-        m.rev_nat.insert(id, v);
-        m.ops.push(Op::PutRevNat(id));
-        Ok(())
-    }
-    fn del_rev_nat(&mut self, id: u16) -> Result<()> {
-        let mut m = self.0.borrow_mut();
-        m.rev_nat.remove(&id);
-        m.ops.push(Op::DelRevNat(id));
-        Ok(())
-    }
-    fn del_affinity(&mut self, k: &AffinityKey) -> Result<()> {
-        let mut m = self.0.borrow_mut();
-        m.affinity.retain(|(a, _)| a != k);
-        m.ops.push(Op::DelAffinity);
-        Ok(())
-    }
-    fn put_src_range(&mut self, rev: u16, cidr: Cidr4) -> Result<()> {
-        let mut m = self.0.borrow_mut();
-        m.ranges.insert((rev, cidr));
-        m.ops.push(Op::PutRange(rev, cidr));
-        Ok(())
-    }
-    fn del_src_range(&mut self, rev: u16, cidr: Cidr4) -> Result<()> {
-        let mut m = self.0.borrow_mut();
-        m.ranges.remove(&(rev, cidr));
-        m.ops.push(Op::DelRange(rev, cidr));
-        Ok(())
-    }
-    fn src_ranges(&self) -> Vec<(u16, Cidr4)> {
-        self.0.borrow().ranges.iter().copied().collect()
-    }
-    fn put_maglev(&mut self, key: u32, id: u32) -> Result<()> {
-        let mut m = self.0.borrow_mut();
-        m.maglev.insert(key, id);
-        m.ops.push(Op::PutMaglev);
-        Ok(())
-    }
-    fn del_maglev(&mut self, key: u32) -> Result<()> {
-        let mut m = self.0.borrow_mut();
-        m.maglev.remove(&key);
-        m.ops.push(Op::DelMaglev);
-        Ok(())
-    }
-    fn maglev_entries(&self) -> Vec<(u32, u32)> {
-        self.0
-            .borrow()
-            .maglev
-            .iter()
-            .map(|(k, v)| (*k, *v))
-            .collect()
-    }
-}
+type FakeMaps = MemMaps;
 
 fn key(ip: [u8; 4], port: u16) -> FrontendKey {
     FrontendKey {
@@ -235,12 +89,12 @@ fn programs_new_frontends_and_then_writes_nothing_when_unchanged() {
     ]);
     let r = p.apply(&d);
     assert_eq!((r.added, r.updated, r.removed), (2, 0, 0));
-    assert!(r.errors.is_empty());
+    assert!(r.failed.is_empty());
     let ops = maps.take_ops();
     // Backends and slots before the frontend that makes them reachable.
     assert!(pos(&ops, &Op::PutSvc(raw(&a, 1))) < pos(&ops, &Op::PutSvc(raw(&a, 0))));
     assert!(pos(&ops, &Op::PutRevNat(1)) < pos(&ops, &Op::PutSvc(raw(&a, 0))));
-    let m = maps.0.borrow();
+    let m = maps.contents();
     assert_eq!(m.services.len(), 2 + 3);
     assert_eq!(m.services[&raw(&a, 0)].count, 2);
     assert_eq!(m.backends.len(), 3);
@@ -262,7 +116,7 @@ fn a_changed_frontend_is_rewritten_alone_in_a_safe_order() {
         (b, frontend("b", vec![be(9, 80)])),
     ]));
     maps.take_ops();
-    let old_id_of_3 = maps.0.borrow().services[&raw(&a, 2)].backend_id;
+    let old_id_of_3 = maps.0.borrow().contents.services[&raw(&a, 2)].backend_id;
 
     p.apply(&desired(vec![
         (a, frontend("a", vec![be(2, 80)])),
@@ -280,7 +134,7 @@ fn a_changed_frontend_is_rewritten_alone_in_a_safe_order() {
         "count shrinks before the slot goes"
     );
     assert!(frontend_write < pos(&ops, &Op::DelBackend(old_id_of_3)));
-    assert_eq!(maps.0.borrow().services[&raw(&a, 0)].count, 1);
+    assert_eq!(maps.0.borrow().contents.services[&raw(&a, 0)].count, 1);
 }
 
 #[test]
@@ -297,7 +151,7 @@ fn removing_a_frontend_deletes_slot_zero_first_and_frees_everything() {
     assert_eq!(r.removed, 1);
     let ops = maps.take_ops();
     assert_eq!(ops[0], Op::DelSvc(raw(&a, 0)));
-    let m = maps.0.borrow();
+    let m = maps.contents();
     assert!(m.services.is_empty() && m.backends.is_empty() && m.rev_nat.is_empty());
 }
 
@@ -310,11 +164,15 @@ fn shared_backends_are_refcounted() {
         (a, frontend("a", vec![be(2, 80)])),
         (b, frontend("b", vec![be(2, 80)])),
     ]));
-    assert_eq!(maps.0.borrow().backends.len(), 1);
+    assert_eq!(maps.0.borrow().contents.backends.len(), 1);
     p.apply(&desired(vec![(b, frontend("b", vec![be(2, 80)]))]));
-    assert_eq!(maps.0.borrow().backends.len(), 1, "still used by b");
+    assert_eq!(
+        maps.0.borrow().contents.backends.len(),
+        1,
+        "still used by b"
+    );
     p.apply(&Desired::default());
-    assert!(maps.0.borrow().backends.is_empty());
+    assert!(maps.0.borrow().contents.backends.is_empty());
 }
 
 #[test]
@@ -337,7 +195,7 @@ fn a_restarted_agent_adopts_the_state_and_rewrites_nothing() {
     let mut d2 = d.clone();
     d2.frontends.insert(b, frontend("b", vec![be(7, 80)]));
     second.apply(&d2);
-    let m = maps.0.borrow();
+    let m = maps.contents();
     assert_eq!(m.backends.len(), 3);
     assert_eq!(m.rev_nat.len(), 2);
 }
@@ -349,7 +207,8 @@ fn adoption_removes_stray_slots_and_orphans_and_repairs_incomplete_frontends() {
     let d = desired(vec![(a, frontend("a", vec![be(2, 80), be(3, 80)]))]);
     Programmer::adopt(maps.clone()).apply(&d);
     {
-        let mut m = maps.0.borrow_mut();
+        let mut guard = maps.0.borrow_mut();
+        let m = &mut guard.contents;
         // A slot past the count, an orphan backend, an orphan rev-NAT entry,
         // and a frontend whose second backend vanished.
         m.services.insert(
@@ -372,7 +231,7 @@ fn adoption_removes_stray_slots_and_orphans_and_repairs_incomplete_frontends() {
     assert!(ops.contains(&Op::DelRevNat(42)));
     let r = p.apply(&d);
     assert_eq!(r.updated, 1, "the incomplete frontend is rewritten");
-    let m = maps.0.borrow();
+    let m = maps.contents();
     let ids: Vec<u32> = (1..=2)
         .map(|s| m.services[&raw(&a, s)].backend_id)
         .collect();
@@ -388,7 +247,7 @@ fn affinity_to_a_removed_backend_is_forgotten() {
     f.affinity_timeout = Some(60);
     p.apply(&desired(vec![(a, f.clone())]));
     let (rev, gone_id, kept_id) = {
-        let m = maps.0.borrow();
+        let m = maps.contents();
         (
             m.services[&raw(&a, 0)].rev_nat_id,
             m.services[&raw(&a, 2)].backend_id,
@@ -397,7 +256,7 @@ fn affinity_to_a_removed_backend_is_forgotten() {
     };
     assert_ne!(m_flags(&maps, &a) & svc_flags::AFFINITY, 0);
     for (client, id) in [(1u64, gone_id), (2, kept_id)] {
-        maps.0.borrow_mut().affinity.push((
+        maps.0.borrow_mut().contents.affinity.push((
             AffinityKey {
                 client,
                 rev_nat_id: rev,
@@ -412,13 +271,13 @@ fn affinity_to_a_removed_backend_is_forgotten() {
     }
     f.backends = vec![be(2, 80)];
     p.apply(&desired(vec![(a, f)]));
-    let aff = maps.0.borrow().affinity.clone();
+    let aff = maps.0.borrow().contents.affinity.clone();
     assert_eq!(aff.len(), 1);
     assert_eq!(aff[0].1.backend_id, kept_id);
 }
 
 fn m_flags(maps: &FakeMaps, k: &FrontendKey) -> u16 {
-    maps.0.borrow().services[&raw(k, 0)].flags
+    maps.0.borrow().contents.services[&raw(k, 0)].flags
 }
 
 #[test]
@@ -438,10 +297,11 @@ fn a_frontend_too_large_is_refused_whole_and_the_rest_programmed() {
         (small, frontend("small", vec![be(2, 80)])),
     ]));
     assert_eq!(r.added, 1);
-    assert_eq!(r.errors.len(), 1);
-    assert!(r.errors[0].contains("default/big"), "{}", r.errors[0]);
-    assert_eq!(r.error_reasons, vec!["map_full"]);
-    let m = maps.0.borrow();
+    assert_eq!(r.failed.len(), 1);
+    let e = r.failed[0].1.to_string();
+    assert!(e.contains("default/big"), "{e}");
+    assert_eq!(r.failed[0].1.reason(), "map_full");
+    let m = maps.contents();
     assert!(!m.services.contains_key(&raw(&big, 0)));
     assert!(m.services.contains_key(&raw(&small, 0)));
     assert_eq!(
@@ -472,7 +332,7 @@ fn etp_local_external_entry_is_flagged_two_scopes() {
     p.apply(&desired(vec![(ext, f), (int, g)]));
     assert_ne!(m_flags(&maps, &ext) & svc_flags::TWO_SCOPES, 0);
     assert_eq!(m_flags(&maps, &int) & svc_flags::TWO_SCOPES, 0);
-    let m = maps.0.borrow();
+    let m = maps.contents();
     assert_eq!(
         m.services[&raw(&ext, 0)].rev_nat_id,
         m.services[&raw(&int, 0)].rev_nat_id
@@ -487,10 +347,7 @@ fn lb(name: &str, backends: Vec<BackendAddr>) -> Frontend {
 }
 
 fn cidr(a: [u8; 4], len: u8) -> Cidr4 {
-    Cidr4 {
-        addr: Ipv4Addr::from(a),
-        len,
-    }
+    Cidr4::new(Ipv4Addr::from(a), len)
 }
 
 #[test]
@@ -501,7 +358,7 @@ fn source_ranges_follow_the_service_and_go_with_it() {
     let mut f = lb("lb", vec![be(2, 80)]);
     f.source_ranges = vec![cidr([10, 0, 0, 0], 8), cidr([172, 16, 0, 0], 12)];
     p.apply(&desired(vec![(k, f.clone())]));
-    let rev = maps.0.borrow().services[&raw(&k, 0)].rev_nat_id;
+    let rev = maps.0.borrow().contents.services[&raw(&k, 0)].rev_nat_id;
     assert_ne!(m_flags(&maps, &k) & svc_flags::SOURCE_RANGES, 0);
     let ops = maps.take_ops();
     // Ranges are in place before the frontend that needs them.
@@ -523,7 +380,7 @@ fn source_ranges_follow_the_service_and_go_with_it() {
     assert_eq!(second.apply(&desired(vec![(k, f)])).unchanged, 1);
     assert_eq!(maps.take_ops(), vec![]);
     second.apply(&Desired::default());
-    assert!(maps.0.borrow().ranges.is_empty());
+    assert!(maps.0.borrow().contents.ranges.is_empty());
 }
 
 #[test]
@@ -535,7 +392,7 @@ fn maglev_tables_are_written_as_diffs_and_name_only_live_backends() {
     f.maglev = true;
     p.apply(&desired(vec![(k, f.clone())]));
     let m = maglev::MAGLEV_TABLE_SIZE as usize;
-    assert_eq!(maps.0.borrow().maglev.len(), m);
+    assert_eq!(maps.0.borrow().contents.maglev.len(), m);
     assert_eq!(
         maps.take_ops()
             .iter()
@@ -557,14 +414,21 @@ fn maglev_tables_are_written_as_diffs_and_name_only_live_backends() {
         "{writes} of {m} entries rewritten"
     );
     let live: BTreeSet<u32> = (1..=4)
-        .map(|s| maps.0.borrow().services[&raw(&k, s)].backend_id)
+        .map(|s| maps.0.borrow().contents.services[&raw(&k, s)].backend_id)
         .collect();
-    assert!(maps.0.borrow().maglev.values().all(|id| live.contains(id)));
+    assert!(
+        maps.0
+            .borrow()
+            .contents
+            .maglev
+            .values()
+            .all(|id| live.contains(id))
+    );
 
     // Switching Maglev off clears the table.
     f.maglev = false;
     p.apply(&desired(vec![(k, f)]));
-    assert!(maps.0.borrow().maglev.is_empty());
+    assert!(maps.0.borrow().contents.maglev.is_empty());
     assert_eq!(m_flags(&maps, &k) & svc_flags::MAGLEV, 0);
 }
 
@@ -592,4 +456,151 @@ fn udp_backends_no_frontend_uses_are_reported_gone() {
     assert_eq!(r.gone_udp, vec![udp(2)], "udp(3) moved to a, udp(2) left");
     let r = p.apply(&Desired::default());
     assert_eq!(r.gone_udp, vec![udp(3)]);
+}
+
+/// Everything a frontend can need: several backends, source ranges, a
+/// Maglev table, affinity.
+fn rich(name: &str, backends: Vec<BackendAddr>) -> Frontend {
+    let mut f = lb(name, backends);
+    f.source_ranges = vec![cidr([10, 0, 0, 0], 8), cidr([192, 168, 0, 0], 16)];
+    f.maglev = true;
+    f.affinity_timeout = Some(60);
+    f
+}
+
+#[test]
+fn a_write_failing_anywhere_leaves_the_maps_exactly_as_they_were() {
+    let k = key([192, 0, 2, 10], 80);
+    let other = key([192, 0, 2, 11], 80);
+    let base = desired(vec![
+        (k, rich("lb", vec![be(2, 80), be(3, 80)])),
+        (other, frontend("other", vec![be(3, 80)])),
+    ]);
+    // The change to make: new backends, a changed shared backend, another
+    // range, a new table.
+    let mut next = base.clone();
+    let mut f = rich("lb", vec![be(3, 80), be(4, 80), be(5, 80)]);
+    f.source_ranges.push(cidr([172, 16, 0, 0], 12));
+    f.terminating = true;
+    next.frontends.insert(k, f);
+    // A new frontend too.
+    next.frontends
+        .insert(key([192, 0, 2, 12], 80), rich("new", vec![be(6, 80)]));
+
+    // How many writes a clean run takes.
+    let probe = MemMaps::default();
+    let mut p = Programmer::adopt(probe.clone());
+    p.apply(&base);
+    probe.take_ops();
+    p.apply(&next);
+    let writes = probe.take_ops().len();
+    assert!(writes > 20, "{writes}");
+
+    // Every early write, then samples through the Maglev table's thousands.
+    let mut points: BTreeSet<usize> = (0..writes.min(48)).collect();
+    points.extend((1..16).map(|i| writes * i / 16));
+    points.extend(writes.saturating_sub(8)..writes);
+    for n in points {
+        let maps = MemMaps::default();
+        let mut p = Programmer::adopt(maps.clone());
+        assert!(p.apply(&base).failed.is_empty());
+        let before = maps.contents();
+        maps.fail_write(n);
+        let r = p.apply(&next);
+        assert_eq!(r.failed.len(), 1, "write {n}: one frontend fails");
+        let (failed, _) = &r.failed[0];
+        let after = maps.contents();
+        // The failed frontend is exactly as before; the other was changed.
+        let mine = |c: &crate::datapath::mem_maps::Contents| {
+            let k0 = raw(failed, 0);
+            let v = c.services.get(&k0).copied();
+            let slots: Vec<_> = (1..=v.map_or(0, |v| v.count))
+                .map(|s| c.services.get(&raw(failed, s)).copied())
+                .collect();
+            (v, slots)
+        };
+        assert_eq!(mine(&after), mine(&before), "write {n}: {failed} untouched");
+        // Nothing it acquired stays behind: clearing everything empties the maps.
+        let r = p.apply(&Desired::default());
+        assert!(r.failed.is_empty(), "write {n}: {:?}", r.failed);
+        let left = maps.contents();
+        assert!(
+            left.services.is_empty()
+                && left.backends.is_empty()
+                && left.rev_nat.is_empty()
+                && left.ranges.is_empty()
+                && left.maglev.is_empty(),
+            "write {n}: leaked {left:?}"
+        );
+        // And the same change programs cleanly afterwards.
+        let mut again = Programmer::adopt(maps.clone());
+        assert!(again.apply(&next).failed.is_empty());
+    }
+}
+
+#[test]
+fn full_maps_are_refused_by_name_and_size_before_any_write() {
+    let caps = Capacities {
+        maglev_tables: 1,
+        src_ranges: 3,
+        ..Capacities::default()
+    };
+    let maps = MemMaps::default();
+    let mut p = Programmer::adopt_with(maps.clone(), caps);
+    let (a, b, c) = (
+        key([192, 0, 2, 1], 80),
+        key([192, 0, 2, 2], 80),
+        key([192, 0, 2, 3], 80),
+    );
+    let mut with_ranges = lb("ranges", vec![be(4, 80)]);
+    with_ranges.source_ranges = vec![cidr([10, 0, 0, 0], 8), cidr([11, 0, 0, 0], 8)];
+    let mut maglev_only = lb("second", vec![be(3, 80)]);
+    maglev_only.maglev = true;
+    let r = p.apply(&desired(vec![
+        (a, rich("first", vec![be(2, 80)])),
+        (b, maglev_only),
+        (c, with_ranges),
+    ]));
+    let errors: Vec<String> = r.failed.iter().map(|(_, e)| e.to_string()).collect();
+    assert_eq!(r.added, 1, "{errors:?}");
+    assert_eq!(
+        errors,
+        [
+            format!(
+                "map {} is full (1 Maglev tables): cannot program default/second 192.0.2.2:80/TCP",
+                maps::MAGLEV
+            ),
+            format!(
+                "map {} is full (3 ranges): cannot program default/ranges 192.0.2.3:80/TCP",
+                maps::SRC_RANGE_V4
+            ),
+        ]
+    );
+    let m = maps.contents();
+    assert_eq!(m.ranges.len(), 2, "only the first service's ranges");
+    assert_eq!(m.backends.len(), 1, "nothing of the refused ones");
+    assert_eq!(m.rev_nat.len(), 1);
+}
+
+#[test]
+fn verify_repairs_what_someone_else_changed_in_the_kernel() {
+    let maps = MemMaps::default();
+    let mut p = Programmer::adopt(maps.clone());
+    let a = key([10, 96, 0, 1], 80);
+    let d = desired(vec![(a, frontend("a", vec![be(2, 80), be(3, 80)]))]);
+    p.apply(&d);
+    let want = maps.contents();
+    {
+        let mut guard = maps.0.borrow_mut();
+        let m = &mut guard.contents;
+        m.services.remove(&raw(&a, 2));
+        let id = m.services[&raw(&a, 1)].backend_id;
+        m.backends.get_mut(&id).unwrap().port = 1;
+        m.services
+            .insert(raw(&key([10, 96, 0, 9], 80), 0), SvcValue::default());
+    }
+    assert_eq!(p.verify(), 2, "the damaged frontend and the unknown one");
+    let r = p.apply(&d);
+    assert_eq!(r.updated, 1);
+    assert_eq!(maps.contents(), want);
 }

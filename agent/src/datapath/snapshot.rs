@@ -1,24 +1,20 @@
 //! A read of what the kernel holds, decoded from the maps: the base for
 //! adopting a previous agent's state and for `ferry services`.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::collections::BTreeMap;
 
-use agent_common::{
-    Backend4, RevNat4, Svc4Key, SvcValue,
-    net::{ip4_from_raw, port_from_raw},
-    svc_flags,
-};
+use agent_common::{Backend4, RevNat4, Svc4Key, SvcValue};
 
-use crate::{
-    datapath::lbmaps::LbMaps,
-    model::{BackendAddr, FrontendKey, Protocol, Scope},
-};
+use super::{codec, lbmaps::LbMaps};
+use crate::model::{BackendAddr, Cidr4, FrontendKey};
 
 #[derive(Debug, Default)]
 pub struct KernelState {
     pub frontends: BTreeMap<FrontendKey, KernelFrontend>,
     pub backends: BTreeMap<u32, Backend4>,
     pub rev_nat: BTreeMap<u16, RevNat4>,
+    /// Source ranges by rev-NAT id.
+    pub src_ranges: BTreeMap<u16, Vec<Cidr4>>,
     /// Service-map keys that belong to no frontend (slots past a count, or
     /// left by an agent that stopped mid-update): deleted on adoption.
     pub stray: Vec<Svc4Key>,
@@ -36,7 +32,7 @@ impl KernelState {
         let mut st = KernelState::default();
         let mut slots: BTreeMap<(FrontendKey, u16), (Svc4Key, u32)> = BTreeMap::new();
         for (k, v) in maps.services() {
-            let Some(key) = frontend_key(&k) else {
+            let Some(key) = codec::frontend_key(&k) else {
                 st.stray.push(k);
                 continue;
             };
@@ -60,47 +56,16 @@ impl KernelState {
         st.stray.extend(slots.into_values().map(|(k, _)| k));
         st.backends = maps.backends().into_iter().collect();
         st.rev_nat = maps.rev_nats().into_iter().collect();
+        for (rev, cidr) in maps.src_ranges() {
+            st.src_ranges.entry(rev).or_default().push(cidr);
+        }
+        for ranges in st.src_ranges.values_mut() {
+            ranges.sort();
+        }
         st
     }
 
     pub fn backend_addr(&self, id: u32) -> Option<BackendAddr> {
-        let b = self.backends.get(&id)?;
-        Some(BackendAddr {
-            ip: Ipv4Addr::from(ip4_from_raw(b.addr)),
-            port: port_from_raw(b.port),
-            proto: Protocol::from_number(b.proto)?,
-        })
+        codec::backend_addr(self.backends.get(&id)?)
     }
-}
-
-pub fn frontend_key(k: &Svc4Key) -> Option<FrontendKey> {
-    Some(FrontendKey {
-        ip: Ipv4Addr::from(ip4_from_raw(k.addr)),
-        port: port_from_raw(k.port),
-        proto: Protocol::from_number(k.proto)?,
-        scope: match k.scope {
-            agent_common::scope::EXTERNAL => Scope::External,
-            agent_common::scope::INTERNAL => Scope::Internal,
-            _ => return None,
-        },
-    })
-}
-
-/// Human names of a frontend's flag bits (for `ferry services`).
-pub fn flag_names(flags: u16) -> Vec<&'static str> {
-    const NAMES: &[(u16, &str)] = &[
-        (svc_flags::CLUSTER_IP, "ClusterIP"),
-        (svc_flags::NODE_PORT, "NodePort"),
-        (svc_flags::EXTERNAL_IP, "ExternalIP"),
-        (svc_flags::LOAD_BALANCER, "LoadBalancer"),
-        (svc_flags::AFFINITY, "SessionAffinity"),
-        (svc_flags::ETP_LOCAL, "ExternalTrafficPolicyLocal"),
-        (svc_flags::ITP_LOCAL, "InternalTrafficPolicyLocal"),
-        (svc_flags::TWO_SCOPES, "TwoScopes"),
-    ];
-    NAMES
-        .iter()
-        .filter(|(bit, _)| flags & bit != 0)
-        .map(|&(_, n)| n)
-        .collect()
 }

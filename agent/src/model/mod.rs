@@ -1,11 +1,15 @@
 //! ferry's view of the cluster, independent of where it came from (YAML
 //! manifests or the API server) and of how it is programmed.
 //!
-//! [`translate`] turns Services, EndpointSlices and this node's Node object
-//! into a [`Desired`] state: every frontend (address, port, protocol, scope)
-//! with the backends that may serve it. The datapath diffs two `Desired`
-//! values; nothing here knows about maps.
+//! [`objects`] holds the compact, validated form of Services,
+//! EndpointSlices and Nodes; [`translate`] turns one Service (with its
+//! slices and this node) into its frontends: address, port, protocol, scope
+//! and the backends that may serve it; [`claims`] settles which Service owns
+//! an address two of them claim. Nothing here knows about maps.
 
+pub mod claims;
+pub mod names;
+pub mod objects;
 pub mod translate;
 
 use std::{
@@ -14,7 +18,7 @@ use std::{
     net::Ipv4Addr,
 };
 
-pub use translate::{Inputs, translate};
+pub use translate::{Config, Inputs, Objects, translate, translate_objects};
 
 /// namespace/name of a Service.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -29,7 +33,9 @@ impl fmt::Display for ServiceName {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Protocol {
     #[serde(rename = "TCP")]
     Tcp,
@@ -65,7 +71,9 @@ impl fmt::Display for Protocol {
 }
 
 /// Which traffic a frontend entry serves (see `agent_common::scope`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// The entry every client uses; for an externalTrafficPolicy Local
@@ -95,12 +103,48 @@ pub enum FrontendKind {
     LoadBalancer,
 }
 
+/// An address, port and protocol a Service claims: the unit of conflicts and
+/// of the rev-NAT id (shared by an address's external and internal entries).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct AddrKey {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub proto: Protocol,
+}
+
+impl AddrKey {
+    pub fn scoped(self, scope: Scope) -> FrontendKey {
+        FrontendKey {
+            ip: self.ip,
+            port: self.port,
+            proto: self.proto,
+            scope,
+        }
+    }
+}
+
+impl fmt::Display for AddrKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.ip, self.port, self.proto)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct FrontendKey {
     pub ip: Ipv4Addr,
     pub port: u16,
     pub proto: Protocol,
     pub scope: Scope,
+}
+
+impl FrontendKey {
+    pub fn addr(&self) -> AddrKey {
+        AddrKey {
+            ip: self.ip,
+            port: self.port,
+            proto: self.proto,
+        }
+    }
 }
 
 impl fmt::Display for FrontendKey {
@@ -158,6 +202,38 @@ pub struct Cidr4 {
     pub len: u8,
 }
 
+impl Cidr4 {
+    /// The prefix of `addr` of length `len` (host bits cleared; `len` <= 32).
+    pub fn new(addr: Ipv4Addr, len: u8) -> Cidr4 {
+        let len = len.min(32);
+        Cidr4 {
+            addr: Ipv4Addr::from(u32::from(addr) & Self::mask(len)),
+            len,
+        }
+    }
+
+    fn mask(len: u8) -> u32 {
+        if len == 0 { 0 } else { u32::MAX << (32 - len) }
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & Self::mask(self.len) == u32::from(self.addr)
+    }
+}
+
+impl std::str::FromStr for Cidr4 {
+    type Err = String;
+
+    /// "a.b.c.d/len" (or a bare address: /32).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, len) = s.split_once('/').unwrap_or((s, "32"));
+        match (objects::parse_ipv4_sloppy(addr), len.parse::<u8>()) {
+            (Some(addr), Ok(len)) if len <= 32 => Ok(Cidr4::new(addr, len)),
+            _ => Err(format!("{s:?} is not an IPv4 CIDR")),
+        }
+    }
+}
+
 impl fmt::Display for Cidr4 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.len)
@@ -183,6 +259,8 @@ pub struct Desired {
     pub health_checks: BTreeMap<ServiceName, HealthCheck>,
     /// This node's IPv4 addresses (its Node object's InternalIP/ExternalIP).
     pub node_ips: Vec<Ipv4Addr>,
+    /// Every node's IPv4 addresses (NodePorts a DSR option may name).
+    pub cluster_node_ips: BTreeSet<Ipv4Addr>,
 }
 
 /// A problem with one input object: reported, the object skipped, the rest

@@ -4,16 +4,14 @@ use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::Endpoin
 use serde::Deserialize;
 
 use super::*;
+use crate::model::Severity;
 
 const NODE: &str = "node-a";
 
 /// Parses multi-document YAML into inputs for node `node-a` (namespace
 /// defaults to "default", as in the manifest source).
 fn inputs(yaml: &str) -> Inputs {
-    let mut inputs = Inputs {
-        node_name: NODE.to_owned(),
-        ..Inputs::default()
-    };
+    let mut inputs = Inputs::default();
     for doc in serde_yaml::Deserializer::from_str(yaml) {
         let value = serde_yaml::Value::deserialize(doc).expect("test YAML");
         if value.is_null() {
@@ -39,6 +37,18 @@ fn inputs(yaml: &str) -> Inputs {
         }
     }
     inputs
+}
+
+fn cfg() -> Config {
+    Config {
+        node_name: NODE.to_owned(),
+        ..Config::default()
+    }
+}
+
+/// Translates for node `node-a` with the default settings.
+fn tr(inputs: &Inputs) -> (Desired, Vec<Diagnostic>) {
+    translate(inputs, &cfg())
 }
 
 /// One line per frontend: `key kind -> backends [flags]`, in key order.
@@ -69,7 +79,7 @@ fn lines(desired: &Desired) -> Vec<String> {
 }
 
 fn run(yaml: &str) -> (Vec<String>, Vec<Diagnostic>) {
-    let (desired, diags) = translate(&inputs(yaml));
+    let (desired, diags) = tr(&inputs(yaml));
     (lines(&desired), diags)
 }
 
@@ -126,7 +136,7 @@ endpoints:
 
 #[test]
 fn basic_cluster_ip() {
-    let (desired, diags) = translate(&inputs(WEB));
+    let (desired, diags) = tr(&inputs(WEB));
     assert_eq!(diags, []);
     assert_eq!(
         lines(&desired),
@@ -150,7 +160,7 @@ fn basic_cluster_ip() {
 #[test]
 fn deterministic() {
     let inputs = inputs(WEB);
-    assert_eq!(translate(&inputs), translate(&inputs.clone()));
+    assert_eq!(tr(&inputs), tr(&inputs.clone()));
 }
 
 #[test]
@@ -382,7 +392,7 @@ ports:
 - {name: dns-tcp, port: 5354, protocol: TCP}
 endpoints: [{addresses: [10.1.0.7]}]
 "#;
-    let (desired, diags) = translate(&inputs(yaml));
+    let (desired, diags) = tr(&inputs(yaml));
     assert_eq!(diags, []);
     assert_eq!(
         lines(&desired),
@@ -651,7 +661,7 @@ spec:
   ports: [{{port: 80}}]
 {affinity}"#
     );
-    let (desired, diags) = translate(&inputs(&yaml));
+    let (desired, diags) = tr(&inputs(&yaml));
     (
         desired.frontends[&key("10.96.0.40", 80)].affinity_timeout,
         diags,
@@ -722,7 +732,7 @@ metadata: {name: node-a}
 status:
   addresses: [{type: InternalIP, address: 192.168.1.10}]
 "#;
-    let (desired, _) = translate(&inputs(yaml));
+    let (desired, _) = tr(&inputs(yaml));
     assert_eq!(desired.frontends.len(), 2);
     assert!(
         desired
@@ -945,7 +955,7 @@ fn missing_names_are_reported() {
             ..slice
         },
     );
-    let (desired, diags) = translate(&inputs);
+    let (desired, diags) = tr(&inputs);
     assert_eq!(desired.frontends.len(), 1);
     assert_eq!(
         diags,
@@ -1245,7 +1255,7 @@ kind: Node
 metadata: {name: node-a}
 status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
 "#;
-    let (desired, diags) = translate(&inputs(yaml));
+    let (desired, diags) = tr(&inputs(yaml));
     assert_eq!(diags, []);
     let ranges: Vec<(String, FrontendKind, Vec<String>)> = desired
         .frontends
@@ -1310,9 +1320,12 @@ spec: {{clusterIP: 10.96.0.5, ports: [{{port: 80}}]}}
         )
     };
     let maglev = |yaml: &str, default: bool| {
-        let mut i = inputs(yaml);
-        i.maglev_default = default;
-        let (d, diags) = translate(&i);
+        let i = inputs(yaml);
+        let cfg = Config {
+            maglev_default: default,
+            ..cfg()
+        };
+        let (d, diags) = translate(&i, &cfg);
         (
             d.frontends.values().next().expect("frontend").maglev,
             diags.len(),
@@ -1354,7 +1367,7 @@ endpoints:
 - {addresses: [10.1.0.2], nodeName: node-a, conditions: {ready: false, serving: true, terminating: true}}
 - {addresses: [10.1.0.3], nodeName: node-b, conditions: {ready: true}}
 "#;
-    let (desired, _) = translate(&inputs(yaml));
+    let (desired, _) = tr(&inputs(yaml));
     let hc = &desired.health_checks[&ServiceName {
         namespace: "default".into(),
         name: "web".into(),
@@ -1368,7 +1381,7 @@ endpoints:
         "externalTrafficPolicy: Local",
         "externalTrafficPolicy: Cluster",
     );
-    assert!(translate(&inputs(&cluster)).0.health_checks.is_empty());
+    assert!(tr(&inputs(&cluster)).0.health_checks.is_empty());
 }
 
 #[test]
@@ -1439,7 +1452,7 @@ spec:
   externalTrafficPolicy: Local
   ports: [{port: 80}]
 "#;
-    let (desired, diags) = translate(&inputs(yaml));
+    let (desired, diags) = tr(&inputs(yaml));
     assert_eq!(
         lines(&desired),
         [
@@ -1466,13 +1479,13 @@ spec:
                 "Service",
                 "a",
                 "b-second",
-                r#"ClusterIP frontend 10.96.0.130:80/TCP conflicts with port "http" of service a/a-first: skipped"#
+                "ClusterIP frontend 10.96.0.130:80/TCP conflicts with the ClusterIP frontend of service a/a-first: skipped"
             ),
             warning(
                 "Service",
                 "a",
                 "c-third",
-                r#"ExternalIP frontend 203.0.113.4:80/TCP conflicts with port "http" of service a/a-first: skipped"#
+                "ExternalIP frontend 203.0.113.4:80/TCP conflicts with the ExternalIP frontend of service a/a-first: skipped"
             ),
         ]
     );
@@ -1511,8 +1524,9 @@ endpoints:
         run(&yaml("trafficDistribution: PreferClose,", hinted)).0,
         [ours]
     );
-    // Not asked for: hints are ignored.
-    assert_eq!(run(&yaml("", hinted)).0, [all]);
+    // As kube-proxy: the hints decide, whether or not the Service asked (the
+    // EndpointSlice controller only writes them when it did).
+    assert_eq!(run(&yaml("", hinted)).0, [ours]);
     // One ready endpoint without hints: kube-proxy ignores all hints.
     assert_eq!(run(&yaml("trafficDistribution: PreferClose,", "")).0, [all]);
 }

@@ -1,6 +1,9 @@
-//! The agent's HTTP endpoints, on kube-proxy's ports and paths.
+//! The agent's HTTP endpoints, on kube-proxy's ports and paths: the proxy's
+//! own health (10256), the per-Service health check node ports of
+//! externalTrafficPolicy Local load balancers, and metrics (10249).
 
-pub mod health;
-pub mod healthcheck;
 pub mod http;
 pub mod metrics;
+pub mod proxy_health;
+pub mod service_health;
+pub mod status;

@@ -1,26 +1,22 @@
-//! The Kubernetes API source: Services, EndpointSlices and this node's Node object through
-//! kube-rs reflectors, sent as the same [`Update`] snapshots as the manifests source.
+//! The Kubernetes API source: Services, EndpointSlices and Nodes through kube-rs watchers,
+//! passed through as per-object events (the same [`Event`]s as the manifests source).
 //!
-//! Each of the three kinds has its own reflector task: a `watcher` (list+watch, or a streaming
-//! list where the server supports it) with kube's default backoff, feeding a reflector
-//! [`Store`]. The tasks only signal "synced" (an `InitDone`: a first list, or a re-list after
-//! an expired resourceVersion) and "changed" (an applied or deleted object). A coordinator
-//! sends the first snapshot once all three stores are synced, then a fresh snapshot after
-//! each change, coalescing bursts over [`DEBOUNCE`].
+//! Each kind has its own task: a `watcher` (list+watch, or a streaming list where the server
+//! supports it) with kube's default backoff. Every object is converted to ferry's compact form
+//! as it arrives and the original dropped: the agent keeps no reflector store, only the
+//! control loop's tracker holds the cluster. A list (the first, or a re-list after an expired
+//! resourceVersion) ends with a [`Delta::Listed`] naming every object in it, so deletions
+//! missed while cut off disappear then.
 //!
-//! Nothing is ever cleared on an error: a store keeps its last state while the API server is
-//! down, and the datapath keeps serving it. A re-list replaces a store's content atomically
-//! (at `InitDone`), so deletions missed while cut off disappear then.
+//! Nothing is ever cleared on an error: while the API server is down the tracker keeps its
+//! state, and the datapath keeps serving it.
 
 #[cfg(test)]
 mod contract_tests;
 
 use std::{
-    collections::BTreeMap,
     fmt::{self, Debug},
     path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
 };
 
 use futures::StreamExt as _;
@@ -34,26 +30,16 @@ use k8s_openapi::{
 use kube::{
     Api, Client, Config, Resource, ResourceExt,
     config::{InferConfigError, KubeConfigOptions, Kubeconfig, KubeconfigError},
-    runtime::{
-        WatchStreamExt as _,
-        reflector::{self, Store, store::Writer},
-        watcher,
-    },
+    runtime::{WatchStreamExt as _, watcher},
 };
-use tokio::{sync::mpsc, task::JoinSet, time::Instant};
+use tokio::{sync::mpsc, task::JoinSet};
 use tracing::{debug, info, warn};
 
-use super::Update;
-use crate::model::Inputs;
-
-/// How long the coordinator gathers changes before sending one snapshot: a burst (a rollout
-/// touching many slices, a re-list) becomes one diff, while a single change still reaches
-/// the kernel in well under kube-proxy's 1 s minimum sync period. The window is not extended
-/// by further events, so a steady stream of changes still yields a snapshot every 20 ms.
-pub const DEBOUNCE: Duration = Duration::from_millis(20);
-
-/// Links an EndpointSlice to its Service; slices without it are not a Service's.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+use super::event::{Delta, Event};
+use crate::model::{
+    ServiceName,
+    objects::{NodeObj, ObjKey, SERVICE_NAME_LABEL, ServiceObj, SliceObj},
+};
 
 /// kube-proxy's own informer filter: objects of another proxy and headless Services' slices
 /// are never needed, so the API server need not send them.
@@ -122,15 +108,7 @@ pub struct WatchOptions {
 enum Kind {
     Services,
     EndpointSlices,
-    Node,
-}
-
-impl Kind {
-    const ALL: [Kind; 3] = [Kind::Services, Kind::EndpointSlices, Kind::Node];
-
-    fn index(self) -> usize {
-        self as usize
-    }
+    Nodes,
 }
 
 impl fmt::Display for Kind {
@@ -138,157 +116,63 @@ impl fmt::Display for Kind {
         f.write_str(match self {
             Kind::Services => "Services",
             Kind::EndpointSlices => "EndpointSlices",
-            Kind::Node => "Node",
+            Kind::Nodes => "Nodes",
         })
     }
 }
 
-/// What a reflector task tells the coordinator.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Signal {
-    /// The store holds a complete list (first sync or re-list).
-    Synced(Kind),
-    /// An object was applied or deleted.
-    Changed(Kind),
-}
-
-/// Watches the API until `tx` is closed, sending a snapshot once every store is synced and
-/// after each (debounced) change.
-pub async fn watch(client: Client, opts: WatchOptions, tx: mpsc::Sender<Update>) {
-    let (signals, mut rx) = mpsc::channel(256);
-    // Dropping the set (when this function returns) aborts the reflector tasks.
+/// Watches the API until `tx` is closed, sending every change as it comes.
+pub async fn watch(client: Client, opts: WatchOptions, tx: mpsc::Sender<Event>) {
+    // Dropping the set (when this function returns) aborts the watch tasks.
     let mut tasks = JoinSet::new();
-    let node_selector = format!("metadata.name={}", opts.node_name);
-    let selectors = |kind| match kind {
-        Kind::Services => Selectors {
-            labels: Some(NOT_OTHER_PROXY_NOR_HEADLESS.into()),
-            fields: None,
-        },
-        Kind::EndpointSlices => Selectors {
-            labels: Some(format!(
-                "{SERVICE_NAME_LABEL},{NOT_OTHER_PROXY_NOR_HEADLESS}"
-            )),
-            fields: None,
-        },
-        Kind::Node => Selectors {
-            labels: None,
-            fields: Some(node_selector.clone()),
-        },
-    };
     let mode = opts.initial_list;
-    let services = Reflector::<Service>::spawn(
-        &mut tasks,
-        Kind::Services,
-        Api::all(client.clone()),
-        selectors(Kind::Services),
-        mode,
-        signals.clone(),
-    );
-    let slices = Reflector::<EndpointSlice>::spawn(
-        &mut tasks,
-        Kind::EndpointSlices,
-        Api::all(client.clone()),
-        selectors(Kind::EndpointSlices),
-        mode,
-        signals.clone(),
-    );
-    let nodes = Reflector::<Node>::spawn(
-        &mut tasks,
-        Kind::Node,
-        Api::all(client),
-        selectors(Kind::Node),
-        mode,
-        signals,
-    );
-    let stores = Stores {
-        services,
-        slices,
-        nodes,
-        node_name: opts.node_name,
+    let services = Selectors {
+        labels: Some(NOT_OTHER_PROXY_NOR_HEADLESS.into()),
+        fields: None,
     };
-    info!(node = %stores.node_name, initial_list = ?mode, "watching the Kubernetes API");
-
-    let mut synced = [false; Kind::ALL.len()];
-    let mut first_sent = false;
-    let mut due: Option<Instant> = None;
-    loop {
-        let deadline = async {
-            match due {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            signal = rx.recv() => {
-                let Some(signal) = signal else { return };
-                debug!(?signal, "reflector");
-                if let Signal::Synced(kind) = signal {
-                    synced[kind.index()] = true;
-                }
-                if !first_sent {
-                    // The first snapshot goes out as soon as the last store is complete:
-                    // nothing to coalesce with, and /readyz waits for it.
-                    if synced.iter().all(|&s| s) {
-                        info!("every store synced: sending the first full snapshot");
-                        first_sent = true;
-                        if tx.send(stores.snapshot()).await.is_err() {
-                            return;
-                        }
-                    }
-                } else {
-                    due.get_or_insert_with(|| Instant::now() + DEBOUNCE);
-                }
-            }
-            () = deadline => {
-                due = None;
-                if tx.send(stores.snapshot()).await.is_err() {
-                    return;
-                }
-            }
-            () = tx.closed() => return,
+    let slices = Selectors {
+        labels: Some(format!(
+            "{SERVICE_NAME_LABEL},{NOT_OTHER_PROXY_NOR_HEADLESS}"
+        )),
+        fields: None,
+    };
+    tasks.spawn(
+        Watch::<Service> {
+            kind: Kind::Services,
+            api: Api::all(client.clone()),
+            selectors: services,
+            mode,
+            tx: tx.clone(),
+            node_name: opts.node_name.clone(),
         }
-    }
-}
-
-/// Readers of the three stores.
-struct Stores {
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
-    nodes: Store<Node>,
-    node_name: String,
-}
-
-impl Stores {
-    fn snapshot(&self) -> Update {
-        Update {
-            inputs: Inputs {
-                services: keyed(self.services.state()),
-                slices: keyed(self.slices.state()),
-                nodes: self
-                    .nodes
-                    .state()
-                    .into_iter()
-                    .map(|n| (n.name_any(), Arc::unwrap_or_clone(n)))
-                    .collect(),
-                node_name: self.node_name.clone(),
-                // Settings that are not the cluster's (maglev_default...) are the agent's.
-                ..Inputs::default()
-            },
-            diagnostics: Vec::new(),
+        .run(),
+    );
+    tasks.spawn(
+        Watch::<EndpointSlice> {
+            kind: Kind::EndpointSlices,
+            api: Api::all(client.clone()),
+            selectors: slices,
+            mode,
+            tx: tx.clone(),
+            node_name: opts.node_name.clone(),
         }
-    }
-}
-
-fn keyed<K: ResourceExt + Clone>(objects: Vec<Arc<K>>) -> BTreeMap<(String, String), K> {
-    objects
-        .into_iter()
-        .map(|o| {
-            (
-                (o.namespace().unwrap_or_default(), o.name_any()),
-                Arc::unwrap_or_clone(o),
-            )
-        })
-        .collect()
+        .run(),
+    );
+    // Every Node: their addresses are the NodePorts a DSR option may name and the addresses
+    // no externalIP may take.
+    tasks.spawn(
+        Watch::<Node> {
+            kind: Kind::Nodes,
+            api: Api::all(client),
+            selectors: Selectors::default(),
+            mode,
+            tx: tx.clone(),
+            node_name: opts.node_name.clone(),
+        }
+        .run(),
+    );
+    info!(node = %opts.node_name, initial_list = ?mode, "watching the Kubernetes API");
+    tx.closed().await;
 }
 
 /// Label and field selectors of one watch.
@@ -315,54 +199,93 @@ impl Selectors {
     }
 }
 
-/// One kind's watch and store.
-struct Reflector<K: Resource<DynamicType = ()> + Clone + 'static> {
+/// How one kind's objects become events.
+trait Convert:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+    fn applied(&self, node_name: &str) -> Event;
+    fn deleted(&self) -> Event;
+    fn listed(keys: Vec<ObjKey>) -> Event;
+}
+
+fn key_of<K: ResourceExt>(o: &K) -> ObjKey {
+    ObjKey::new(o.namespace().unwrap_or_default(), o.name_any())
+}
+
+impl Convert for Service {
+    fn applied(&self, _: &str) -> Event {
+        Event::Service(Delta::Applied(ServiceObj::from_k8s(&key_of(self), self)))
+    }
+    fn deleted(&self) -> Event {
+        let k = key_of(self);
+        Event::Service(Delta::Deleted(ServiceName {
+            namespace: k.namespace,
+            name: k.name,
+        }))
+    }
+    fn listed(keys: Vec<ObjKey>) -> Event {
+        Event::Service(Delta::Listed(
+            keys.into_iter()
+                .map(|k| ServiceName {
+                    namespace: k.namespace,
+                    name: k.name,
+                })
+                .collect(),
+        ))
+    }
+}
+
+impl Convert for EndpointSlice {
+    fn applied(&self, node_name: &str) -> Event {
+        Event::Slice(Delta::Applied(SliceObj::from_k8s(
+            &key_of(self),
+            self,
+            node_name,
+        )))
+    }
+    fn deleted(&self) -> Event {
+        Event::Slice(Delta::Deleted(key_of(self)))
+    }
+    fn listed(keys: Vec<ObjKey>) -> Event {
+        Event::Slice(Delta::Listed(keys))
+    }
+}
+
+impl Convert for Node {
+    fn applied(&self, _: &str) -> Event {
+        Event::Node(Delta::Applied(NodeObj::from_k8s(&self.name_any(), self)))
+    }
+    fn deleted(&self) -> Event {
+        Event::Node(Delta::Deleted(self.name_any()))
+    }
+    fn listed(keys: Vec<ObjKey>) -> Event {
+        Event::Node(Delta::Listed(keys.into_iter().map(|k| k.name).collect()))
+    }
+}
+
+/// One kind's watch.
+struct Watch<K> {
     kind: Kind,
     api: Api<K>,
     selectors: Selectors,
     mode: InitialList,
-    writer: Writer<K>,
-    signals: mpsc::Sender<Signal>,
+    tx: mpsc::Sender<Event>,
+    node_name: String,
 }
 
-impl<K> Reflector<K>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    /// Starts the task; returns the store it fills.
-    fn spawn(
-        tasks: &mut JoinSet<()>,
-        kind: Kind,
-        api: Api<K>,
-        selectors: Selectors,
-        mode: InitialList,
-        signals: mpsc::Sender<Signal>,
-    ) -> Store<K> {
-        let (store, writer) = reflector::store();
-        tasks.spawn(
-            Reflector {
-                kind,
-                api,
-                selectors,
-                mode,
-                writer,
-                signals,
-            }
-            .run(),
-        );
-        store
-    }
-
-    async fn run(mut self) {
+impl<K: Convert> Watch<K> {
+    async fn run(self) {
         let mut streaming = self.mode != InitialList::ListWatch;
         loop {
             let config = self.selectors.config(streaming);
             let mut events = watcher(self.api.clone(), config).default_backoff().boxed();
+            // The keys of the list in progress.
+            let mut listing: Vec<ObjKey> = Vec::new();
             // The watcher retries for ever; it ends only when we restart it without
-            // streaming lists (or the coordinator is gone).
+            // streaming lists (or the loop is gone).
             while let Some(event) = events.next().await {
                 let event = match event {
-                    Ok(event) => event.modify(slim),
+                    Ok(event) => event,
                     Err(e)
                         if streaming && self.mode == InitialList::Auto && refuses_streaming(&e) =>
                     {
@@ -381,22 +304,27 @@ where
                         continue;
                     }
                 };
-                self.writer.apply_watcher_event(&event);
-                let signal = match event {
-                    watcher::Event::InitDone => Signal::Synced(self.kind),
-                    watcher::Event::Apply(_) | watcher::Event::Delete(_) => {
-                        Signal::Changed(self.kind)
+                let out = match event {
+                    watcher::Event::Init => {
+                        listing.clear();
+                        continue;
                     }
-                    watcher::Event::Init | watcher::Event::InitApply(_) => continue,
+                    watcher::Event::InitApply(o) => {
+                        listing.push(key_of(&o));
+                        o.applied(&self.node_name)
+                    }
+                    watcher::Event::InitDone => {
+                        debug!(kind = %self.kind, objects = listing.len(), "listed");
+                        K::listed(std::mem::take(&mut listing))
+                    }
+                    watcher::Event::Apply(o) => o.applied(&self.node_name),
+                    watcher::Event::Delete(o) => o.deleted(),
                 };
-                if let Signal::Synced(kind) = signal {
-                    debug!(%kind, objects = self.writer.as_reader().len(), "listed");
-                }
-                if self.signals.send(signal).await.is_err() {
+                if self.tx.send(out).await.is_err() {
                     return;
                 }
             }
-            if self.signals.is_closed() {
+            if self.tx.is_closed() {
                 return;
             }
         }
@@ -406,15 +334,4 @@ where
 /// A server without streaming lists rejects `sendInitialEvents` as an invalid request.
 fn refuses_streaming(e: &watcher::Error) -> bool {
     matches!(e, watcher::Error::WatchStartFailed(kube::Error::Api(s)) if s.code == 400 || s.code == 422)
-}
-
-/// Drops what ferry never reads and that can be large: managed fields on every object, and a
-/// Node's list of container images.
-fn slim<K: Resource + 'static>(obj: &mut K) {
-    obj.meta_mut().managed_fields = None;
-    if let Some(node) = (obj as &mut dyn std::any::Any).downcast_mut::<Node>()
-        && let Some(status) = node.status.as_mut()
-    {
-        status.images = None;
-    }
 }

@@ -1,25 +1,12 @@
 //! Where ferry's view of the cluster comes from. Every source sends the same
-//! [`Update`]: a complete snapshot of the objects (not a delta), so the
-//! consumer just translates the latest one and the datapath diffs.
+//! per-object [`event::Event`]s as changes happen, never snapshots, so the
+//! control loop pays for what changed, not for the cluster.
 //!
-//! - [`manifests`]: static YAML/JSON files, polled for changes.
-//! - [`kube`]: the Kubernetes API (reflectors: list+watch or streaming lists).
-//!
-//! [`changes`] compares two snapshots for the change counters and the network programming
-//! latency metric, whatever the source.
+//! - [`manifests`]: static YAML/JSON files, followed with inotify.
+//! - [`kube`]: the Kubernetes API (watchers: list+watch or streaming lists).
 
-pub mod changes;
+pub mod event;
 pub mod kube;
 pub mod manifests;
 
 pub use manifests::{Loaded, SourceError, load};
-
-use crate::model::{Diagnostic, Inputs};
-
-/// A new snapshot of the inputs, with what was wrong reading them (the
-/// translation's own diagnostics come on top).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Update {
-    pub inputs: Inputs,
-    pub diagnostics: Vec<Diagnostic>,
-}

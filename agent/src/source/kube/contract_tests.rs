@@ -1,8 +1,11 @@
 //! The client contract, checked against a `tower-test` mock service as kube-rs's own tests
 //! do: the exact requests (paths, selectors, limit, resourceVersion, bookmarks, streaming-list
-//! parameters) and when snapshots are sent.
+//! parameters) and the events the source passes on.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use http::{Request, Response, StatusCode};
 use kube::{Client, client::Body};
@@ -11,7 +14,7 @@ use tokio::sync::mpsc;
 use tower_test::mock::{self, SendResponse};
 
 use super::{InitialList, WatchOptions, watch};
-use crate::source::Update;
+use crate::source::event::{Delta, Event};
 
 const SERVICES: &str = "/api/v1/services";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
@@ -19,7 +22,6 @@ const NODES: &str = "/api/v1/nodes";
 const SERVICE_LABELS: &str =
     "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
 const SLICE_LABELS: &str = "kubernetes.io/service-name,!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
-const NODE_FIELDS: &str = "metadata.name=node-a";
 const WAIT: Duration = Duration::from_secs(5);
 
 /// One request the client made, with the way to answer it.
@@ -60,10 +62,80 @@ impl Call {
     }
 }
 
-/// The agent's source on a mock API: its calls and its snapshots.
+/// What the events said so far, as the control loop's tracker would hold it
+/// (names only).
+#[derive(Debug, Default)]
+struct Seen {
+    services: BTreeSet<String>,
+    slices: BTreeSet<String>,
+    nodes: BTreeSet<String>,
+    /// Complete lists received, per kind.
+    listed: BTreeMap<&'static str, usize>,
+}
+
+impl Seen {
+    fn apply(&mut self, ev: Event) {
+        fn delta<T, K>(
+            set: &mut BTreeSet<String>,
+            listed: &mut BTreeMap<&'static str, usize>,
+            kind: &'static str,
+            d: Delta<T, K>,
+            name_t: impl Fn(&T) -> String,
+            name_k: impl Fn(&K) -> String,
+        ) {
+            match d {
+                Delta::Applied(o) => {
+                    set.insert(name_t(&o));
+                }
+                Delta::Deleted(k) => {
+                    set.remove(&name_k(&k));
+                }
+                Delta::Listed(keys) => {
+                    let keep: BTreeSet<String> = keys.iter().map(name_k).collect();
+                    set.retain(|n| keep.contains(n));
+                    *listed.entry(kind).or_default() += 1;
+                }
+            }
+        }
+        match ev {
+            Event::Service(d) => delta(
+                &mut self.services,
+                &mut self.listed,
+                "services",
+                d,
+                |s| s.name.to_string(),
+                |k| k.to_string(),
+            ),
+            Event::Slice(d) => delta(
+                &mut self.slices,
+                &mut self.listed,
+                "slices",
+                d,
+                |s| format!("{}/{}", s.key.namespace, s.key.name),
+                |k| format!("{}/{}", k.namespace, k.name),
+            ),
+            Event::Node(d) => delta(
+                &mut self.nodes,
+                &mut self.listed,
+                "nodes",
+                d,
+                |n| n.name.clone(),
+                Clone::clone,
+            ),
+            _ => {}
+        }
+    }
+
+    fn all_listed(&self) -> bool {
+        self.listed.len() == 3
+    }
+}
+
+/// The agent's source on a mock API: its calls and its events.
 struct Harness {
     calls: mpsc::UnboundedReceiver<Call>,
-    updates: mpsc::Receiver<Update>,
+    events: mpsc::Receiver<Event>,
+    seen: Seen,
     /// Calls left unanswered (open watches): dropping them would fail the requests.
     held: Vec<Call>,
 }
@@ -92,7 +164,7 @@ impl Harness {
             }
         });
         let client = Client::new(service, "default");
-        let (tx, updates) = mpsc::channel(4);
+        let (tx, events) = mpsc::channel(64);
         let opts = WatchOptions {
             node_name: "node-a".into(),
             initial_list,
@@ -100,7 +172,8 @@ impl Harness {
         tokio::spawn(watch(client, opts, tx));
         Harness {
             calls,
-            updates,
+            events,
+            seen: Seen::default(),
             held: Vec::new(),
         }
     }
@@ -126,16 +199,21 @@ impl Harness {
         calls
     }
 
-    async fn next_update(&mut self) -> Update {
-        tokio::time::timeout(WAIT, self.updates.recv())
-            .await
-            .expect("an update within 5 s")
-            .expect("the source is running")
+    /// Applies events until `done` holds of what was seen.
+    async fn until(&mut self, done: impl Fn(&Seen) -> bool) {
+        while !done(&self.seen) {
+            let ev = tokio::time::timeout(WAIT, self.events.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no event within 5 s; seen {:?}", self.seen))
+                .expect("the source is running");
+            self.seen.apply(ev);
+        }
     }
 
-    async fn no_update_for(&mut self, d: Duration) {
-        if let Ok(u) = tokio::time::timeout(d, self.updates.recv()).await {
-            panic!("unexpected update: {u:?}");
+    /// Applies the events that come within `d`.
+    async fn drain_for(&mut self, d: Duration) {
+        while let Ok(Some(ev)) = tokio::time::timeout(d, self.events.recv()).await {
+            self.seen.apply(ev);
         }
     }
 }
@@ -201,7 +279,8 @@ fn assert_selectors(call: &Call) {
     let (labels, fields) = match call.path.as_str() {
         SERVICES => (Some(SERVICE_LABELS), None),
         SLICES => (Some(SLICE_LABELS), None),
-        NODES => (None, Some(NODE_FIELDS)),
+        // Every Node: their addresses matter (DSR options, externalIPs).
+        NODES => (None, None),
         other => panic!("unexpected path {other}"),
     };
     assert_eq!(
@@ -292,53 +371,47 @@ async fn answer_lists(h: &mut Harness, mut lists: BTreeMap<String, Call>) {
             vec![slice("web-1", "web", "10.244.0.2", 6)],
         ),
     );
-    h.no_update_for(Duration::from_millis(200)).await;
+    h.drain_for(Duration::from_millis(200)).await;
+    assert!(!h.seen.all_listed(), "the node list is not in yet");
     lists
         .remove(NODES)
         .unwrap()
         .reply(StatusCode::OK, list("Node", 12, vec![node(7)]));
 }
 
-fn names<V>(m: &BTreeMap<(String, String), V>) -> Vec<String> {
-    m.keys().map(|(ns, n)| format!("{ns}/{n}")).collect()
+fn names(s: &BTreeSet<String>) -> Vec<&str> {
+    s.iter().map(String::as_str).collect()
 }
 
 #[tokio::test]
-async fn list_then_watch_from_the_list_version_and_first_update_after_all_three() {
+async fn list_then_watch_from_the_list_version_and_every_kind_listed() {
     let mut h = Harness::start(InitialList::ListWatch);
     let lists = h.next_three().await;
     answer_lists(&mut h, lists).await;
 
-    let first = h.next_update().await;
-    assert_eq!(first.inputs.node_name, "node-a");
-    assert_eq!(names(&first.inputs.services), ["default/web"]);
-    assert_eq!(names(&first.inputs.slices), ["default/web-1"]);
-    let node = &first.inputs.nodes["node-a"];
-    assert!(
-        node.status.as_ref().unwrap().images.is_none(),
-        "node images are dropped"
-    );
-    assert!(first.diagnostics.is_empty());
+    h.until(Seen::all_listed).await;
+    assert_eq!(names(&h.seen.services), ["default/web"]);
+    assert_eq!(names(&h.seen.slices), ["default/web-1"]);
+    assert_eq!(names(&h.seen.nodes), ["node-a"]);
 
     let mut watches = h.next_three().await;
     assert_watch_from(&watches[SERVICES], 10);
     assert_watch_from(&watches[SLICES], 11);
     assert_watch_from(&watches[NODES], 12);
 
-    // Two changes in one burst become one snapshot; then the stream ends and the watch
-    // resumes from the last version seen.
+    // Each change is passed on as it comes; then the stream ends and the watch resumes
+    // from the last version seen.
     watches.remove(SERVICES).unwrap().reply_events(&[
         event("ADDED", service("api", "10.96.0.11", 13)),
         event("DELETED", service("web", "10.96.0.10", 14)),
     ]);
-    let second = h.next_update().await;
-    assert_eq!(names(&second.inputs.services), ["default/api"]);
+    h.until(|s| !s.services.contains("default/web")).await;
+    assert_eq!(names(&h.seen.services), ["default/api"]);
     assert_eq!(
-        names(&second.inputs.slices),
+        names(&h.seen.slices),
         ["default/web-1"],
-        "other stores unchanged"
+        "other kinds unchanged"
     );
-    h.no_update_for(Duration::from_millis(100)).await;
     let resumed = h.next_call().await;
     assert_eq!(resumed.path, SERVICES);
     assert_watch_from(&resumed, 14);
@@ -351,7 +424,7 @@ async fn expired_version_mid_watch_relists_and_drops_what_was_deleted_meanwhile(
     let mut h = Harness::start(InitialList::ListWatch);
     let lists = h.next_three().await;
     answer_lists(&mut h, lists).await;
-    h.next_update().await;
+    h.until(Seen::all_listed).await;
     let mut watches = h.next_three().await;
 
     watches.remove(SLICES).unwrap().reply_events(&[expired(11)]);
@@ -368,8 +441,8 @@ async fn expired_version_mid_watch_relists_and_drops_what_was_deleted_meanwhile(
             vec![slice("web-2", "web", "10.244.0.3", 29)],
         ),
     );
-    let update = h.next_update().await;
-    assert_eq!(names(&update.inputs.slices), ["default/web-2"]);
+    h.until(|s| s.listed.get("slices") == Some(&2)).await;
+    assert_eq!(names(&h.seen.slices), ["default/web-2"]);
     let watch = h.next_call().await;
     assert_watch_from(&watch, 30);
     h.held.push(watch);
@@ -393,15 +466,16 @@ async fn streaming_lists_use_one_watch_ended_by_the_initial_events_bookmark() {
         event("ADDED", slice("web-1", "web", "10.244.0.2", 6)),
         initial_events_end("EndpointSlice", "discovery.k8s.io/v1", 21),
     ]);
-    h.no_update_for(Duration::from_millis(200)).await;
+    h.drain_for(Duration::from_millis(200)).await;
+    assert!(!h.seen.all_listed());
     streams.remove(NODES).unwrap().reply_events(&[
         event("ADDED", node(7)),
         initial_events_end("Node", "v1", 22),
     ]);
-    let first = h.next_update().await;
-    assert_eq!(names(&first.inputs.services), ["default/web"]);
-    assert_eq!(names(&first.inputs.slices), ["default/web-1"]);
-    assert_eq!(first.inputs.nodes.keys().collect::<Vec<_>>(), ["node-a"]);
+    h.until(Seen::all_listed).await;
+    assert_eq!(names(&h.seen.services), ["default/web"]);
+    assert_eq!(names(&h.seen.slices), ["default/web-1"]);
+    assert_eq!(names(&h.seen.nodes), ["node-a"]);
 
     let resumed = h.next_three().await;
     assert_watch_from(&resumed[SERVICES], 20);
@@ -426,8 +500,8 @@ async fn auto_falls_back_to_list_watch_when_streaming_is_refused() {
     }
     let lists = h.next_three().await;
     answer_lists(&mut h, lists).await;
-    let first = h.next_update().await;
-    assert_eq!(names(&first.inputs.services), ["default/web"]);
+    h.until(Seen::all_listed).await;
+    assert_eq!(names(&h.seen.services), ["default/web"]);
     let watches = h.next_three().await;
     assert_watch_from(&watches[SERVICES], 10);
     h.held.extend(watches.into_values());
@@ -438,18 +512,19 @@ async fn errors_keep_the_stores_and_retry_with_backoff() {
     let mut h = Harness::start(InitialList::ListWatch);
     let lists = h.next_three().await;
     answer_lists(&mut h, lists).await;
-    h.next_update().await;
+    h.until(Seen::all_listed).await;
     let mut watches = h.next_three().await;
 
-    // The API server fails the watch: no update (nothing is cleared), and the watch is
-    // retried after a backoff, from the same version.
+    // The API server fails the watch: nothing is deleted, and the watch is retried after
+    // a backoff, from the same version.
     let failed_at = tokio::time::Instant::now();
     watches.remove(NODES).unwrap().reply(
         StatusCode::SERVICE_UNAVAILABLE,
         json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "reason": "ServiceUnavailable", "code": 503, "message": "down"}),
     );
-    h.no_update_for(Duration::from_millis(300)).await;
+    h.drain_for(Duration::from_millis(300)).await;
+    assert_eq!(names(&h.seen.nodes), ["node-a"], "nothing cleared");
     let retry = h.next_call().await;
     assert!(
         failed_at.elapsed() >= Duration::from_millis(300),

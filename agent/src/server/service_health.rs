@@ -26,11 +26,11 @@ struct Server {
 }
 
 #[derive(Default)]
-pub struct HealthChecks {
+pub struct ServiceHealthServers {
     servers: BTreeMap<ServiceName, Server>,
 }
 
-impl HealthChecks {
+impl ServiceHealthServers {
     /// Brings the servers in line with `wanted`.
     pub async fn sync(&mut self, wanted: &BTreeMap<ServiceName, HealthCheck>) {
         self.servers.retain(|name, s| {

@@ -1,0 +1,237 @@
+//! The control plane: source events in, kernel changes out, at the grain of
+//! one Service.
+//!
+//! [`Controller`] is the synchronous core: the [`tracker`] holds every
+//! object once and marks Services dirty; a flush translates the dirty ones
+//! (and the ones that won or lost an address because of them, through the
+//! claims index), and hands each Service's frontends to the datapath's
+//! owner ([`Dataplane`]) as one batch. A full sync translates everything and
+//! makes the kernel exactly that (start-up over a previous agent's state,
+//! the periodic safety sweep). [`run`] is the agent's loop around it.
+
+pub mod events;
+pub mod run;
+pub mod tracker;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::{Duration, Instant, SystemTime},
+};
+
+pub use run::run;
+
+use self::tracker::Tracker;
+use crate::{
+    datapath::{
+        lbmaps::LbMaps,
+        service_table::{ServiceFrontends, ServiceTable, SyncOutcome},
+    },
+    model::{
+        Diagnostic, HealthCheck, ServiceName,
+        claims::Claims,
+        translate::{Config, Translated, missing_node_diag},
+    },
+    source::event::Event,
+};
+
+/// What the controller needs of the datapath's owner.
+pub trait Dataplane {
+    /// Syncs a batch of Services (each one's frontends replace what it had).
+    fn sync_services(
+        &mut self,
+        batch: Vec<(ServiceName, ServiceFrontends)>,
+        now: Instant,
+    ) -> SyncOutcome;
+    /// Makes the kernel exactly these Services' frontends.
+    fn full_sync(&mut self, all: Vec<(ServiceName, ServiceFrontends)>, now: Instant)
+    -> SyncOutcome;
+}
+
+impl<M: LbMaps> Dataplane for ServiceTable<M> {
+    fn sync_services(
+        &mut self,
+        batch: Vec<(ServiceName, ServiceFrontends)>,
+        now: Instant,
+    ) -> SyncOutcome {
+        self.sync(batch, now)
+    }
+
+    fn full_sync(
+        &mut self,
+        all: Vec<(ServiceName, ServiceFrontends)>,
+        now: Instant,
+    ) -> SyncOutcome {
+        ServiceTable::full_sync(self, all, now)
+    }
+}
+
+/// What one flush did.
+#[derive(Debug, Default)]
+pub struct Flush {
+    pub outcome: SyncOutcome,
+    /// Services translated.
+    pub services: usize,
+    /// Trigger times of the slice changes programmed.
+    pub triggers: Vec<SystemTime>,
+    /// Problems that appeared with this flush (to log once, and as Events).
+    pub new_diags: Vec<Diagnostic>,
+    /// Health check node ports changed.
+    pub health_checks_changed: bool,
+    /// Translation and programming, together.
+    pub took: Duration,
+}
+
+pub struct Controller {
+    pub cfg: Config,
+    pub tracker: Tracker,
+    claims: Claims,
+    /// Each Service's current problems (conversion, translation, conflicts).
+    diags: HashMap<ServiceName, Vec<Diagnostic>>,
+    health_checks: BTreeMap<ServiceName, HealthCheck>,
+    /// Services with a NodePort this node cannot program (no Node object).
+    missing_node: HashSet<ServiceName>,
+}
+
+impl Controller {
+    /// `not_before`: slice trigger times older than this are not measured.
+    pub fn new(cfg: Config, not_before: Option<SystemTime>) -> Self {
+        Controller {
+            tracker: Tracker::new(&cfg.node_name, not_before),
+            cfg,
+            claims: Claims::default(),
+            diags: HashMap::new(),
+            health_checks: BTreeMap::new(),
+            missing_node: HashSet::new(),
+        }
+    }
+
+    /// Applies one source event; returns the problems it brought.
+    pub fn apply(&mut self, ev: Event) -> Vec<Diagnostic> {
+        self.tracker.apply(ev)
+    }
+
+    pub fn has_work(&self) -> bool {
+        self.tracker.has_dirty()
+    }
+
+    /// Translates the dirty Services and syncs them.
+    pub fn flush(&mut self, dp: &mut impl Dataplane, now: Instant) -> Flush {
+        self.sync(dp, now, false)
+    }
+
+    /// Translates every Service and makes the kernel exactly that.
+    pub fn full_sync(&mut self, dp: &mut impl Dataplane, now: Instant) -> Flush {
+        let all: Vec<ServiceName> = self.tracker.service_names().cloned().collect();
+        for name in all {
+            self.tracker.mark_dirty(name);
+        }
+        // Services that are gone but still claim addresses (none, normally).
+        self.sync(dp, now, true)
+    }
+
+    fn sync(&mut self, dp: &mut impl Dataplane, now: Instant, full: bool) -> Flush {
+        let t0 = Instant::now();
+        let mut translated: BTreeMap<ServiceName, Translated> = BTreeMap::new();
+        // Settle claims first: a Service that wins or loses an address
+        // because of another's change is translated in the same flush.
+        loop {
+            let dirty = self.tracker.take_dirty();
+            if dirty.is_empty() {
+                break;
+            }
+            for name in dirty {
+                let t = self.tracker.translate(&name, &self.cfg);
+                let created = self.tracker.service(&name).and_then(|s| s.created);
+                for change in self.claims.set_service(&name, created, &t.groups) {
+                    for other in [change.old, change.new].into_iter().flatten() {
+                        if other != name && !translated.contains_key(&other) {
+                            self.tracker.mark_dirty(other);
+                        }
+                    }
+                }
+                translated.insert(name, t);
+            }
+        }
+        let mut flush = Flush {
+            services: translated.len(),
+            ..Flush::default()
+        };
+        let mut batch = Vec::with_capacity(translated.len());
+        for (name, t) in translated {
+            let mut diags: Vec<Diagnostic> = self
+                .tracker
+                .service(&name)
+                .map(|s| s.diags.clone())
+                .unwrap_or_default();
+            diags.extend(t.diags.iter().cloned());
+            diags.extend(self.claims.conflicts_of(&name, &t.groups));
+            let old = self.diags.get(&name);
+            flush.new_diags.extend(
+                diags
+                    .iter()
+                    .filter(|d| !old.is_some_and(|o| o.contains(d)))
+                    .cloned(),
+            );
+            if diags.is_empty() {
+                self.diags.remove(&name);
+            } else {
+                self.diags.insert(name.clone(), diags);
+            }
+            let hc_changed = match &t.health_check {
+                Some(hc) => {
+                    self.health_checks.insert(name.clone(), hc.clone()).as_ref() != Some(hc)
+                }
+                None => self.health_checks.remove(&name).is_some(),
+            };
+            flush.health_checks_changed |= hc_changed;
+            if t.missing_node {
+                if self.missing_node.is_empty() {
+                    flush.new_diags.push(missing_node_diag(&self.cfg.node_name));
+                }
+                self.missing_node.insert(name.clone());
+            } else {
+                self.missing_node.remove(&name);
+            }
+            if let Some(trigger) = self.tracker.take_trigger(&name) {
+                flush.triggers.push(trigger);
+            }
+            let frontends: ServiceFrontends = t
+                .groups
+                .into_iter()
+                .filter(|g| self.claims.owns(&name, g))
+                .flat_map(|g| g.frontends)
+                .collect();
+            batch.push((name, frontends));
+        }
+        flush.outcome = if full {
+            dp.full_sync(batch, now)
+        } else {
+            dp.sync_services(batch, now)
+        };
+        flush.took = t0.elapsed();
+        flush
+    }
+
+    pub fn health_checks(&self) -> &BTreeMap<ServiceName, HealthCheck> {
+        &self.health_checks
+    }
+
+    /// Every current problem, in a fixed order: files, nodes, slices, then
+    /// each Service's.
+    pub fn diagnostics(&self) -> Vec<Diagnostic> {
+        let mut out = self.tracker.other_diagnostics();
+        if !self.missing_node.is_empty() {
+            out.push(missing_node_diag(&self.cfg.node_name));
+        }
+        let mut names: Vec<&ServiceName> = self.diags.keys().collect();
+        names.sort();
+        for name in names {
+            out.extend(self.diags[name].iter().cloned());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+#[path = "equivalence_tests.rs"]
+mod equivalence_tests;

@@ -1,0 +1,324 @@
+//! The agent's control loop: source events in, a flush per burst of them,
+//! timers for retries, the safety sweep, the node's devices and conntrack.
+//!
+//! Events are applied as they come; whatever else is already queued joins
+//! them (a burst becomes one flush, with no waiting window), and the flush
+//! programs only the Services they touched. Nothing here waits on the
+//! network or the API server while it holds the datapath.
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::bail;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+use tracing::{debug, info, warn};
+
+use super::{Controller, Flush, events::EventSink};
+use crate::{
+    datapath::{Datapath, owner::NodeSettings},
+    model::{Diagnostic, Severity, translate::Config},
+    northsouth,
+    server::{
+        metrics::{self, Metrics},
+        proxy_health::ProxyHealth,
+        service_health::ServiceHealthServers,
+        status::{SharedStatus, Status},
+    },
+    source::event::{Delta, Event},
+};
+
+/// How many queued events at most join one flush (a re-list of 100,000
+/// objects is applied and programmed in steps, keeping the loop live).
+const MAX_BATCH: usize = 20_000;
+/// The loop turns at least this often (the liveness heartbeat).
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How often the node's devices are looked at again (a NIC coming up).
+const DEVICE_CHECK: Duration = Duration::from_secs(10);
+/// How often idle conntrack entries are collected.
+const CT_GC_PERIOD: Duration = Duration::from_secs(30);
+
+/// Everything the loop runs with.
+pub struct Parts {
+    pub cfg: Config,
+    pub datapath: Datapath,
+    pub events: mpsc::Receiver<Event>,
+    pub health: ProxyHealth,
+    pub metrics: Metrics,
+    pub status: SharedStatus,
+    /// Kubernetes Events (with the API source).
+    pub sink: Option<EventSink>,
+    /// The periodic full sync (kube-proxy's doFullSync).
+    pub full_sync_period: Duration,
+    /// When the agent started: older trigger times are not measured.
+    pub started: SystemTime,
+}
+
+/// Which kinds have been listed completely once.
+#[derive(Default)]
+struct Listed {
+    services: bool,
+    slices: bool,
+    nodes: bool,
+}
+
+impl Listed {
+    fn note(&mut self, ev: &Event) {
+        match ev {
+            Event::Service(Delta::Listed(_)) => self.services = true,
+            Event::Slice(Delta::Listed(_)) => self.slices = true,
+            Event::Node(Delta::Listed(_)) => self.nodes = true,
+            _ => {}
+        }
+    }
+
+    fn all(&self) -> bool {
+        self.services && self.slices && self.nodes
+    }
+}
+
+struct Loop {
+    ctl: Controller,
+    dp: Datapath,
+    health: ProxyHealth,
+    metrics: Metrics,
+    status: SharedStatus,
+    sink: Option<EventSink>,
+    service_health: ServiceHealthServers,
+    listed: Listed,
+    synced: bool,
+}
+
+pub async fn run(p: Parts) -> anyhow::Result<()> {
+    let mut rx = p.events;
+    let mut l = Loop {
+        ctl: Controller::new(p.cfg, Some(p.started)),
+        dp: p.datapath,
+        health: p.health,
+        metrics: p.metrics,
+        status: p.status,
+        sink: p.sink,
+        service_health: ServiceHealthServers::default(),
+        listed: Listed::default(),
+        synced: false,
+    };
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let mut devices = tokio::time::interval(DEVICE_CHECK);
+    let mut gc = tokio::time::interval(CT_GC_PERIOD);
+    let mut sweep = tokio::time::interval(p.full_sync_period);
+    for t in [&mut heartbeat, &mut devices, &mut gc, &mut sweep] {
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t.reset();
+    }
+    loop {
+        let retry_at = l.dp.next_retry();
+        let retry = async {
+            match retry_at {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else { bail!("the source stopped") };
+                let received = Instant::now();
+                l.health.queued();
+                l.apply(ev);
+                let mut n = 1;
+                while n < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(ev) => { l.apply(ev); n += 1; }
+                        Err(_) => break,
+                    }
+                }
+                l.flush(received).await;
+            }
+            () = retry => {
+                let out = l.dp.retry_due(Instant::now());
+                if out.changed() || !out.failed.is_empty() {
+                    info!(added = out.added, updated = out.updated, errors = out.failed.len(), "retried");
+                }
+                l.record_failures(&out.failed);
+                l.publish_status();
+            }
+            _ = sweep.tick() => {
+                if l.synced {
+                    let f = l.ctl.full_sync(&mut l.dp, Instant::now());
+                    l.after(f, None, "full sync").await;
+                }
+            }
+            _ = heartbeat.tick() => l.health.beat(),
+            _ = devices.tick() => if l.synced { l.sync_node() },
+            _ = gc.tick() => {
+                let (gone, left) = northsouth::gc_conntrack(l.dp.maps_mut());
+                l.metrics.conntrack_entries(left);
+                if gone > 0 {
+                    debug!(flows = gone, "conntrack: idle entries removed");
+                }
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    info!("stopping: the datapath stays in place (ferry cleanup removes it)");
+    Ok(())
+}
+
+impl Loop {
+    fn apply(&mut self, ev: Event) {
+        self.listed.note(&ev);
+        let new = self.ctl.apply(ev);
+        self.report(&new);
+    }
+
+    /// Programs what the events changed (everything, the first time).
+    async fn flush(&mut self, received: Instant) {
+        let (svc_before, slices_before) = (
+            self.ctl.tracker.service_changes,
+            self.ctl.tracker.slice_changes,
+        );
+        if !self.synced {
+            if !self.listed.all() {
+                return;
+            }
+            // Everything is listed: make the kernel exactly that, over
+            // whatever a previous agent left.
+            let (s, e, n) = self.ctl.tracker.counts();
+            info!(
+                services = s,
+                slices = e,
+                nodes = n,
+                "every kind listed: full sync"
+            );
+            self.sync_node();
+            let f = self.ctl.full_sync(&mut self.dp, Instant::now());
+            self.synced = true;
+            self.after(f, Some(received), "synced").await;
+            self.health.set_ready();
+            return;
+        }
+        if self.ctl.tracker.this_node_changed || self.ctl.tracker.cluster_nodes_changed {
+            self.sync_node();
+        }
+        if !self.ctl.has_work() {
+            self.health.synced();
+            return;
+        }
+        let f = self.ctl.flush(&mut self.dp, Instant::now());
+        self.metrics.changes(
+            self.ctl.tracker.service_changes - svc_before,
+            self.ctl.tracker.slice_changes - slices_before,
+        );
+        self.after(f, Some(received), "synced").await;
+    }
+
+    /// Logs, metrics, status and the health check servers after a sync.
+    async fn after(&mut self, f: Flush, received: Option<Instant>, what: &str) {
+        let o = &f.outcome;
+        let p = self.dp.table().programmer();
+        let programmed = metrics::Programmed {
+            frontends: p.frontend_count(),
+            backends: p.backend_count(),
+            service_entries: p.service_entries(),
+            rev_nat: p.rev_nat_count(),
+        };
+        let reasons: Vec<&'static str> = o.failed.iter().map(|(_, _, e)| e.reason()).collect();
+        self.metrics.sync_done(f.took, programmed, &reasons);
+        self.metrics.network_programmed(&f.triggers);
+        if o.changed() || !o.failed.is_empty() {
+            info!(
+                added = o.added,
+                updated = o.updated,
+                removed = o.removed,
+                unchanged = o.unchanged,
+                errors = o.failed.len(),
+                services = f.services,
+                took_us = f.took.as_micros() as u64,
+                event_us = received.map_or(0, |r| r.elapsed().as_micros() as u64),
+                "{what}"
+            );
+        }
+        self.record_failures(&o.failed);
+        self.report(&f.new_diags);
+        if f.health_checks_changed {
+            self.service_health.sync(self.ctl.health_checks()).await;
+        }
+        self.health.synced();
+        self.publish_status();
+    }
+
+    /// One log line per failure as it happens (the retry's own failures
+    /// repeat the line only when the error changes).
+    fn record_failures(
+        &mut self,
+        failed: &[(
+            crate::model::FrontendKey,
+            crate::model::ServiceName,
+            crate::error::Error,
+        )],
+    ) {
+        for (key, svc, e) in failed {
+            let repeat = self
+                .dp
+                .table()
+                .failures()
+                .find(|(k, _)| *k == key)
+                .is_some_and(|(_, f)| f.attempts > 1);
+            if repeat {
+                debug!(service = %svc, frontend = %key, error = %e, "programming failed again");
+            } else {
+                warn!(service = %svc, frontend = %key, error = %e, "programming failed: will retry");
+            }
+        }
+    }
+
+    /// Logs each new problem once, and tells its Service's owner.
+    fn report(&mut self, diags: &[Diagnostic]) {
+        for d in diags {
+            match d.severity {
+                Severity::Warning => warn!("skipped: {d}"),
+                Severity::Info => info!("{d}"),
+            }
+            if let Some(sink) = &mut self.sink {
+                let svc = crate::model::ServiceName {
+                    namespace: d.namespace.clone(),
+                    name: d.name.clone(),
+                };
+                sink.publish(d, self.ctl.tracker.service(&svc));
+            }
+        }
+    }
+
+    fn publish_status(&self) {
+        let all = self.dp.status(Instant::now());
+        self.status.set(Status::new(all, &self.ctl.diagnostics()));
+    }
+
+    /// The node's devices and addresses, and its eligibility for load
+    /// balancers (KEP-3836).
+    fn sync_node(&mut self) {
+        let t = &mut self.ctl.tracker;
+        t.this_node_changed = false;
+        t.cluster_nodes_changed = false;
+        let this = t.this_node();
+        let eligible = this.is_none_or(|n| !n.deleting && !n.to_be_deleted);
+        self.health.set_node_eligible(eligible);
+        let settings = NodeSettings {
+            node_ips: this.map(|n| n.ips.clone()).unwrap_or_default(),
+            cluster_node_ips: t
+                .cluster_node_ips()
+                .iter()
+                .copied()
+                .collect::<BTreeSet<_>>(),
+        };
+        if let Err(e) = self.dp.sync_node(&settings) {
+            warn!(error = %e, "north-south devices");
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! An in-memory model of the load-balancing maps ([`LbMaps`]): what the
+//! kernel would hold, every write in order, and optional limits and
+//! failures, for tests of the programmer and the control loop without a
+//! kernel (and for tools that dry-run a translation).
+
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, BTreeSet},
+    rc::Rc,
+};
+
+use agent_common::{
+    AffinityKey, AffinityValue, Backend4, RevNat4, Svc4Key, SvcValue, maps as names,
+};
+
+use super::lbmaps::LbMaps;
+use crate::{
+    error::{Error, Result},
+    model::Cidr4,
+};
+
+/// One write, as the model saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    PutSvc(Svc4Key),
+    DelSvc(Svc4Key),
+    PutBackend(u32),
+    DelBackend(u32),
+    PutRevNat(u16),
+    DelRevNat(u16),
+    DelAffinity,
+    PutRange(u16, Cidr4),
+    DelRange(u16, Cidr4),
+    PutMaglev,
+    DelMaglev,
+}
+
+/// The maps' contents.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Contents {
+    pub services: BTreeMap<Svc4Key, SvcValue>,
+    pub backends: BTreeMap<u32, Backend4>,
+    pub rev_nat: BTreeMap<u16, RevNat4>,
+    pub affinity: Vec<(AffinityKey, AffinityValue)>,
+    pub ranges: BTreeSet<(u16, Cidr4)>,
+    pub maglev: BTreeMap<u32, u32>,
+}
+
+#[derive(Debug, Default)]
+pub struct Inner {
+    pub contents: Contents,
+    pub ops: Vec<Op>,
+    /// Fails the write after this many more succeed (the kernel saying no:
+    /// ENOMEM, say), once.
+    pub fail_after: Option<usize>,
+}
+
+/// Shared (cheap to clone) so a second programmer can adopt what the first
+/// wrote, and a test can look inside while a programmer owns a handle.
+#[derive(Clone, Default)]
+pub struct MemMaps(pub Rc<RefCell<Inner>>);
+
+impl MemMaps {
+    pub fn take_ops(&self) -> Vec<Op> {
+        std::mem::take(&mut self.0.borrow_mut().ops)
+    }
+
+    pub fn contents(&self) -> Contents {
+        self.0.borrow().contents.clone()
+    }
+
+    /// Makes write number `n` from now (0 = the next one) fail.
+    pub fn fail_write(&self, n: usize) {
+        self.0.borrow_mut().fail_after = Some(n);
+    }
+
+    fn write(&self, map: &'static str, op: Op, f: impl FnOnce(&mut Contents)) -> Result<()> {
+        let mut m = self.0.borrow_mut();
+        if let Some(n) = m.fail_after {
+            if n == 0 {
+                m.fail_after = None;
+                return Err(Error::Map {
+                    name: map.to_owned(),
+                    source: Box::new(aya::maps::MapError::KeyNotFound),
+                });
+            }
+            m.fail_after = Some(n - 1);
+        }
+        f(&mut m.contents);
+        m.ops.push(op);
+        Ok(())
+    }
+}
+
+impl LbMaps for MemMaps {
+    fn services(&self) -> Vec<(Svc4Key, SvcValue)> {
+        let m = self.0.borrow();
+        m.contents.services.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+    fn backends(&self) -> Vec<(u32, Backend4)> {
+        let m = self.0.borrow();
+        m.contents.backends.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+    fn rev_nats(&self) -> Vec<(u16, RevNat4)> {
+        let m = self.0.borrow();
+        m.contents.rev_nat.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+    fn affinity(&self) -> Vec<(AffinityKey, AffinityValue)> {
+        self.0.borrow().contents.affinity.clone()
+    }
+    fn put_service(&mut self, k: Svc4Key, v: SvcValue) -> Result<()> {
+        self.write(names::SERVICES_V4, Op::PutSvc(k), |c| {
+            c.services.insert(k, v);
+        })
+    }
+    fn del_service(&mut self, k: &Svc4Key) -> Result<()> {
+        self.write(names::SERVICES_V4, Op::DelSvc(*k), |c| {
+            c.services.remove(k);
+        })
+    }
+    fn put_backend(&mut self, id: u32, v: Backend4) -> Result<()> {
+        self.write(names::BACKENDS_V4, Op::PutBackend(id), |c| {
+            c.backends.insert(id, v);
+        })
+    }
+    fn del_backend(&mut self, id: u32) -> Result<()> {
+        self.write(names::BACKENDS_V4, Op::DelBackend(id), |c| {
+            c.backends.remove(&id);
+        })
+    }
+    fn put_rev_nat(&mut self, id: u16, v: RevNat4) -> Result<()> {
+        self.write(names::REV_NAT_V4, Op::PutRevNat(id), |c| {
+            c.rev_nat.insert(id, v);
+        })
+    }
+    fn del_rev_nat(&mut self, id: u16) -> Result<()> {
+        self.write(names::REV_NAT_V4, Op::DelRevNat(id), |c| {
+            c.rev_nat.remove(&id);
+        })
+    }
+    fn del_affinity(&mut self, k: &AffinityKey) -> Result<()> {
+        self.write(names::AFFINITY, Op::DelAffinity, |c| {
+            c.affinity.retain(|(a, _)| a != k);
+        })
+    }
+    fn put_src_range(&mut self, rev: u16, cidr: Cidr4) -> Result<()> {
+        self.write(names::SRC_RANGE_V4, Op::PutRange(rev, cidr), |c| {
+            c.ranges.insert((rev, cidr));
+        })
+    }
+    fn del_src_range(&mut self, rev: u16, cidr: Cidr4) -> Result<()> {
+        self.write(names::SRC_RANGE_V4, Op::DelRange(rev, cidr), |c| {
+            c.ranges.remove(&(rev, cidr));
+        })
+    }
+    fn src_ranges(&self) -> Vec<(u16, Cidr4)> {
+        self.0.borrow().contents.ranges.iter().copied().collect()
+    }
+    fn put_maglev(&mut self, key: u32, id: u32) -> Result<()> {
+        self.write(names::MAGLEV, Op::PutMaglev, |c| {
+            c.maglev.insert(key, id);
+        })
+    }
+    fn del_maglev(&mut self, key: u32) -> Result<()> {
+        self.write(names::MAGLEV, Op::DelMaglev, |c| {
+            c.maglev.remove(&key);
+        })
+    }
+    fn maglev_entries(&self) -> Vec<(u32, u32)> {
+        let m = self.0.borrow();
+        m.contents.maglev.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+}

@@ -1,0 +1,210 @@
+//! The one owner of the kernel: the loaded programs and their links, the
+//! maps, the frontends of every Service with their status
+//! ([`ServiceTable`]), the node's devices and addresses, and the garbage
+//! collection of sockets. Nothing else in the agent writes to the kernel.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    time::Instant,
+};
+
+use agent_common::{NodeConfig, node_flags};
+use tracing::{info, warn};
+
+use super::{
+    LoadOptions, Maps, codec, ifaces,
+    loader::Loaded,
+    programmer::{Capacities, Programmer},
+    service_table::{FrontendStatus, ServiceFrontends, ServiceTable, SyncOutcome},
+    tc,
+};
+use crate::{
+    cli::LbMode,
+    control::Dataplane,
+    error::Result,
+    model::{BackendAddr, ServiceName},
+};
+
+/// What the node's devices need: where the TC programs go, and the SNAT
+/// source address on each.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeSettings {
+    /// This node's addresses (its Node object's InternalIP/ExternalIP).
+    pub node_ips: Vec<Ipv4Addr>,
+    /// Every node's addresses.
+    pub cluster_node_ips: BTreeSet<Ipv4Addr>,
+}
+
+pub struct Datapath {
+    loaded: Loaded,
+    table: ServiceTable<Maps>,
+    /// `--interfaces`; empty = the devices holding the node's addresses.
+    configured: Vec<String>,
+    mode: LbMode,
+    /// Device name -> (ifindex, the SNAT address written for it).
+    attached: BTreeMap<String, (u32, Ipv4Addr)>,
+    warned_unavailable: bool,
+}
+
+impl Datapath {
+    /// Loads the programs (adopting a previous agent's pins) and takes over
+    /// what the maps hold.
+    pub fn load(
+        opts: &LoadOptions,
+        caps: Capacities,
+        interfaces: Vec<String>,
+        mode: LbMode,
+    ) -> Result<Datapath> {
+        let (loaded, maps) = Loaded::load(opts)?;
+        let table = ServiceTable::new(Programmer::adopt_with(maps, caps));
+        Ok(Datapath {
+            loaded,
+            table,
+            configured: interfaces,
+            mode,
+            attached: BTreeMap::new(),
+            warned_unavailable: false,
+        })
+    }
+
+    pub fn table(&self) -> &ServiceTable<Maps> {
+        &self.table
+    }
+
+    pub fn maps(&self) -> &Maps {
+        self.table.programmer().maps()
+    }
+
+    pub fn maps_mut(&mut self) -> &mut Maps {
+        self.table.programmer_mut().maps_mut()
+    }
+
+    pub fn status(&self, now: Instant) -> Vec<FrontendStatus> {
+        self.table.status(now)
+    }
+
+    pub fn retry_due(&mut self, now: Instant) -> SyncOutcome {
+        let out = self.table.retry_due(now);
+        self.destroy_udp_sockets(&out.gone_udp);
+        out
+    }
+
+    pub fn next_retry(&self) -> Option<Instant> {
+        self.table.next_retry()
+    }
+
+    /// Connected UDP sockets still on a backend that left every service get
+    /// destroyed, so their applications reconnect (cilium#12859).
+    fn destroy_udp_sockets(&mut self, gone: &[BackendAddr]) {
+        if gone.is_empty() {
+            return;
+        }
+        if let Some(gc) = &mut self.loaded.sock_gc {
+            gc.run(&mut self.loaded.ebpf, gone);
+        }
+    }
+
+    /// Brings the node's devices and settings in line: the TC programs on
+    /// the devices holding the node's addresses (or `--interfaces`), and the
+    /// SNAT source address of each, rewritten when it changes.
+    pub fn sync_node(&mut self, node: &NodeSettings) -> Result<(), anyhow::Error> {
+        let all = ifaces::list()?;
+        let wanted: Vec<ifaces::Interface> = if self.configured.is_empty() {
+            ifaces::holding(&all, &node.node_ips)
+        } else {
+            self.configured
+                .iter()
+                .filter_map(|name| {
+                    let found = all.get(name).cloned();
+                    if found.is_none() {
+                        warn!(device = %name, "--interfaces: no such device with an IPv4 address");
+                    }
+                    found
+                })
+                .collect()
+        };
+        if !tc::available(&self.loaded.ebpf) {
+            if !self.warned_unavailable && !wanted.is_empty() {
+                warn!("this build has no north-south programs: devices left alone");
+                self.warned_unavailable = true;
+            }
+            return Ok(());
+        }
+        let cfg = NodeConfig {
+            flags: if self.mode == LbMode::Dsr {
+                node_flags::DSR
+            } else {
+                0
+            },
+            snat_port_min: agent_common::SNAT_PORT_MIN_DEFAULT,
+            snat_port_max: agent_common::SNAT_PORT_MAX_DEFAULT,
+        };
+        self.maps_mut().node_config.set(0, &cfg, 0)?;
+        let mut now = BTreeMap::new();
+        for iface in &wanted {
+            // The SNAT source: the node address on this device, else its first.
+            let ip = *iface
+                .ipv4
+                .iter()
+                .find(|ip| node.node_ips.contains(ip))
+                .unwrap_or(&iface.ipv4[0]);
+            let entry = (iface.index, ip);
+            let prev = self.attached.get(&iface.name).copied();
+            if prev != Some(entry) {
+                self.maps_mut()
+                    .node_addr
+                    .insert(&iface.index, &codec::ip_raw(ip), 0)?;
+            }
+            if prev.map(|p| p.0) != Some(iface.index) {
+                tc::attach(&mut self.loaded.ebpf, &self.loaded.pins, iface)?;
+            }
+            if prev != Some(entry) {
+                info!(device = %iface.name, ifindex = iface.index, snat = %ip, "north-south device");
+            }
+            now.insert(iface.name.clone(), entry);
+        }
+        let gone: Vec<u32> = self
+            .attached
+            .iter()
+            .filter(|(name, _)| !now.contains_key(*name))
+            .map(|(_, (index, _))| *index)
+            .collect();
+        if !gone.is_empty() || self.attached.len() != now.len() {
+            let names: BTreeSet<String> = now.keys().cloned().collect();
+            tc::detach_others(&self.loaded.pins, &names);
+            for index in gone {
+                let _ = self.maps_mut().node_addr.remove(&index);
+            }
+        }
+        self.attached = now;
+        Ok(())
+    }
+
+    /// The devices carrying the TC programs.
+    pub fn devices(&self) -> Vec<String> {
+        self.attached.keys().cloned().collect()
+    }
+}
+
+impl Dataplane for Datapath {
+    fn sync_services(
+        &mut self,
+        batch: Vec<(ServiceName, ServiceFrontends)>,
+        now: Instant,
+    ) -> SyncOutcome {
+        let out = self.table.sync(batch, now);
+        self.destroy_udp_sockets(&out.gone_udp);
+        out
+    }
+
+    fn full_sync(
+        &mut self,
+        all: Vec<(ServiceName, ServiceFrontends)>,
+        now: Instant,
+    ) -> SyncOutcome {
+        let out = self.table.full_sync(all, now);
+        self.destroy_udp_sockets(&out.gone_udp);
+        out
+    }
+}

@@ -1,0 +1,225 @@
+//! The proxy's own health, with kube-proxy's endpoints and meaning:
+//! `/healthz` says whether this node forwards (the datapath is in place, the
+//! loop keeps up with updates, and the node is eligible: not being deleted,
+//! not tainted ToBeDeletedByClusterAutoscaler, KEP-3836), so load balancers
+//! drain a node that does not; `/livez` says whether the control loop makes
+//! progress, so kubelet restarts an agent that is stuck; `/readyz` says the
+//! first full sync is in the kernel. A Service ferry cannot program is that
+//! Service's problem (a diagnostic, a metric, an Event), never the node's.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use hyper::StatusCode;
+
+use super::http::Reply;
+
+/// kube-proxy's default healthz timeout is 2 × its 30 s sync period.
+pub const STALE_AFTER: Duration = Duration::from_secs(60);
+
+struct State {
+    /// Oldest update received and not yet processed.
+    pending_since: Option<Instant>,
+    /// Wall-clock time of the last sync.
+    last_synced: Option<SystemTime>,
+    /// The loop's last turn (it turns at least every few seconds).
+    heartbeat: Instant,
+    /// Why the datapath does not forward, if it does not.
+    datapath_problem: Option<String>,
+    node_eligible: bool,
+    ready: bool,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            pending_since: None,
+            last_synced: None,
+            heartbeat: Instant::now(),
+            datapath_problem: None,
+            node_eligible: true,
+            ready: false,
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct ProxyHealth {
+    state: Arc<Mutex<State>>,
+}
+
+impl ProxyHealth {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An update arrived from the source.
+    pub fn queued(&self) {
+        self.lock().pending_since.get_or_insert_with(Instant::now);
+    }
+
+    /// The updates received so far are processed (programmed, or their
+    /// failures recorded for retry).
+    pub fn synced(&self) {
+        let mut s = self.lock();
+        s.pending_since = None;
+        s.last_synced = Some(SystemTime::now());
+        s.heartbeat = Instant::now();
+    }
+
+    /// The first full sync is in the kernel.
+    pub fn set_ready(&self) {
+        self.lock().ready = true;
+    }
+
+    /// The loop turned (called at least every few seconds).
+    pub fn beat(&self) {
+        self.lock().heartbeat = Instant::now();
+    }
+
+    /// None when the datapath forwards; else why not.
+    pub fn set_datapath_problem(&self, problem: Option<String>) {
+        self.lock().datapath_problem = problem;
+    }
+
+    pub fn set_node_eligible(&self, eligible: bool) {
+        self.lock().node_eligible = eligible;
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.lock().ready
+    }
+
+    fn stale(s: &State) -> bool {
+        s.pending_since.is_some_and(|t| t.elapsed() > STALE_AFTER)
+    }
+
+    /// The loop makes progress.
+    pub fn is_live(&self) -> bool {
+        let s = self.lock();
+        !Self::stale(&s) && s.heartbeat.elapsed() <= STALE_AFTER
+    }
+
+    /// This node forwards (kube-proxy's /healthz).
+    pub fn is_healthy(&self) -> bool {
+        let s = self.lock();
+        !Self::stale(&s)
+            && s.heartbeat.elapsed() <= STALE_AFTER
+            && s.datapath_problem.is_none()
+            && s.node_eligible
+    }
+
+    pub fn reply(&self, path: &str) -> Reply {
+        match path {
+            "/healthz" => {
+                let (last, eligible, problem) = {
+                    let s = self.lock();
+                    (s.last_synced, s.node_eligible, s.datapath_problem.clone())
+                };
+                let mut body = serde_json::json!({
+                    "lastUpdated": last.map(rfc3339),
+                    "currentTime": rfc3339(SystemTime::now()),
+                    "nodeEligible": eligible,
+                });
+                if let Some(p) = problem {
+                    body["datapathProblem"] = p.into();
+                }
+                let code = if self.is_healthy() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                Reply::json(code, body.to_string())
+            }
+            "/readyz" => {
+                if self.is_ready() {
+                    Reply::text(StatusCode::OK, "ok\n")
+                } else {
+                    Reply::text(StatusCode::SERVICE_UNAVAILABLE, "first sync not done\n")
+                }
+            }
+            "/livez" => {
+                if self.is_live() {
+                    Reply::text(StatusCode::OK, "ok\n")
+                } else {
+                    Reply::text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the control loop is stuck\n",
+                    )
+                }
+            }
+            _ => Reply::text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+}
+
+/// UTC RFC 3339 (kube-proxy's format: seconds, "Z").
+pub fn rfc3339(t: SystemTime) -> String {
+    match jiff::Timestamp::try_from(t) {
+        Ok(ts) => format!("{ts:.0}"),
+        Err(_) => "1970-01-01T00:00:00Z".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_known_instants() {
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_650_000);
+        assert_eq!(rfc3339(t), "2026-11-25T23:40:00Z");
+        let t = t + Duration::from_millis(1_500);
+        assert_eq!(rfc3339(t), "2026-11-25T23:40:01Z");
+    }
+
+    #[test]
+    fn ready_after_first_sync_and_healthy_while_fresh() {
+        let h = ProxyHealth::default();
+        assert!(!h.is_ready());
+        assert_eq!(h.reply("/readyz").status, StatusCode::SERVICE_UNAVAILABLE);
+        h.queued();
+        assert!(h.is_healthy());
+        h.synced();
+        h.set_ready();
+        assert_eq!(h.reply("/readyz").status, StatusCode::OK);
+        assert_eq!(h.reply("/healthz").status, StatusCode::OK);
+        assert_eq!(h.reply("/livez").status, StatusCode::OK);
+    }
+
+    #[test]
+    fn a_stuck_loop_is_neither_healthy_nor_live() {
+        let Some(long_ago) = Instant::now().checked_sub(STALE_AFTER + Duration::from_secs(1))
+        else {
+            return; // a machine up for less than a minute
+        };
+        let h = ProxyHealth::default();
+        h.synced();
+        h.lock().pending_since = Some(long_ago);
+        assert_eq!(h.reply("/healthz").status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(h.reply("/livez").status, StatusCode::SERVICE_UNAVAILABLE);
+        h.synced();
+        assert_eq!(h.reply("/livez").status, StatusCode::OK);
+        h.lock().heartbeat = long_ago;
+        assert_eq!(h.reply("/livez").status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn a_broken_datapath_or_an_ineligible_node_drains_but_stays_live() {
+        let h = ProxyHealth::default();
+        h.synced();
+        h.set_datapath_problem(Some("link ferry_link_conn4 detached".into()));
+        assert_eq!(h.reply("/healthz").status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(h.reply("/livez").status, StatusCode::OK);
+        h.set_datapath_problem(None);
+        h.set_node_eligible(false);
+        let r = h.reply("/healthz");
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["nodeEligible"], false);
+        assert_eq!(h.reply("/livez").status, StatusCode::OK);
+    }
+}
