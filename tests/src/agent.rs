@@ -28,6 +28,9 @@ pub struct AgentOpts {
     /// Watch the Kubernetes API through this kubeconfig instead of reading the lab's
     /// manifests directory.
     pub kubeconfig: Option<PathBuf>,
+    /// A program (and its arguments) that execs the agent: `prlimit --nofile=..`,
+    /// `setpriv --bounding-set=..`; the process keeps its PID.
+    pub wrapper: Vec<String>,
 }
 
 impl Default for AgentOpts {
@@ -41,6 +44,7 @@ impl Default for AgentOpts {
             ],
             ready_timeout: Duration::from_secs(10),
             kubeconfig: None,
+            wrapper: Vec::new(),
         }
     }
 }
@@ -84,7 +88,14 @@ impl Lab {
         };
         let log_path = self.tmp.join(format!("agent-{n}.log"));
         let log = File::create(&log_path).expect("creating the agent log");
-        let mut cmd = Command::new(&bin);
+        let mut cmd = match opts.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(&bin);
+                cmd
+            }
+            None => Command::new(&bin),
+        };
         cmd.arg("agent");
         match &opts.kubeconfig {
             Some(kubeconfig) => cmd.arg("--kubeconfig").arg(kubeconfig),
@@ -159,6 +170,14 @@ impl Lab {
         let status = proc.terminate_with(Duration::from_secs(10));
         cleanup::update(&self.id, |r| r.agent_pid = None);
         status
+    }
+
+    /// The running agent's PID.
+    pub fn agent_pid(&self) -> Option<u32> {
+        lock(&self.agent)
+            .as_ref()
+            .filter(|p| p.is_running())
+            .map(Proc::pid)
     }
 
     pub fn agent_running(&self) -> bool {

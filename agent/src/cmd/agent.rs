@@ -60,6 +60,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         ),
     };
     info!(node = %node_name, cgroup = %cgroup.display(), bpffs = %args.bpffs.display(), "starting");
+    crate::server::fd_limit::raise_soft_to_hard();
 
     let health = Health::default();
     let metrics = Metrics::default();
