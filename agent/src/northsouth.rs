@@ -113,9 +113,9 @@ impl NorthSouth {
                 .unwrap_or(&iface.ipv4[0]);
             maps.node_addr
                 .insert(&iface.index, &ip4_to_raw(ip.octets()), 0)?;
-            tc::attach(&mut dp.ebpf, &dp.pins, iface)?;
+            dp.attach_tc(iface)?;
         }
-        tc::detach_others(&dp.pins, &names);
+        dp.detach_tc_except(&names);
         info!(devices = ?names, "north-south programs on");
         self.attached = names;
         Ok(())

@@ -90,6 +90,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut north_south = NorthSouth::new(args.interfaces.clone(), args.lb_mode);
     let maglev_default = args.lb_algorithm == LbAlgorithm::Maglev;
     let mut gc = tokio::time::interval(CT_GC_PERIOD);
+    let mut link_check = tokio::time::interval(crate::datapath::LINK_CHECK_PERIOD);
     info!(
         frontends = programmer.frontend_count(),
         "adopted the kernel's state"
@@ -164,6 +165,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 if gone > 0 {
                     debug!(flows = gone, "conntrack: idle entries removed");
                 }
+            }
+            _ = link_check.tick() => {
+                let report = datapath.verify_links();
+                health.links_verified(&report);
+                metrics.links_verified(&report);
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,

@@ -1,6 +1,8 @@
 //! /healthz, /readyz and /livez with kube-proxy's rules: healthy unless an
 //! update has waited longer than the timeout without being programmed (or
 //! programming keeps failing); ready once the first full sync is in the kernel.
+//! ferry adds one rule: unhealthy while one of its links is broken (changed by
+//! another process and not repaired, see [`crate::datapath::links`]).
 
 use std::{
     sync::{Arc, Mutex},
@@ -10,6 +12,7 @@ use std::{
 use hyper::StatusCode;
 
 use super::http::Reply;
+use crate::datapath::LinkReport;
 
 /// kube-proxy's default healthz timeout is 2 × its 30 s sync period.
 pub const STALE_AFTER: Duration = Duration::from_secs(60);
@@ -23,6 +26,11 @@ struct State {
     /// First failure of the current run of failed syncs.
     failing_since: Option<Instant>,
     ready: bool,
+    /// Links the last check found changed and could not repair.
+    links_broken: Vec<String>,
+    /// Links found changed by someone else and repaired, since the start.
+    link_repairs: u64,
+    last_link_repair: Option<SystemTime>,
 }
 
 #[derive(Clone, Default)]
@@ -50,6 +58,23 @@ impl Health {
         }
     }
 
+    /// A check of the links finished.
+    pub fn links_verified(&self, report: &LinkReport) {
+        let mut s = self.state.lock().expect("health lock");
+        s.links_broken = report
+            .broken()
+            .map(|f| {
+                let why = f.repair.as_ref().err().map_or("", String::as_str);
+                format!("{} {}: {why}", f.link, f.fault.as_str())
+            })
+            .collect();
+        let repaired = report.repaired().count() as u64;
+        if repaired > 0 {
+            s.link_repairs += repaired;
+            s.last_link_repair = Some(SystemTime::now());
+        }
+    }
+
     pub fn is_ready(&self) -> bool {
         self.state.lock().expect("health lock").ready
     }
@@ -57,17 +82,26 @@ impl Health {
     pub fn is_healthy(&self) -> bool {
         let s = self.state.lock().expect("health lock");
         let stale = |t: Option<Instant>| t.is_some_and(|t| t.elapsed() > STALE_AFTER);
-        !stale(s.pending_since) && !stale(s.failing_since)
+        !stale(s.pending_since) && !stale(s.failing_since) && s.links_broken.is_empty()
     }
 
     pub fn reply(&self, path: &str) -> Reply {
         match path {
             "/healthz" => {
+                let links = {
+                    let s = self.state.lock().expect("health lock");
+                    serde_json::json!({
+                        "broken": s.links_broken,
+                        "repairs": s.link_repairs,
+                        "lastRepair": s.last_link_repair.map(rfc3339),
+                    })
+                };
                 let last = self.state.lock().expect("health lock").last_synced;
                 let body = serde_json::json!({
                     "lastUpdated": last.map(rfc3339),
                     "currentTime": rfc3339(SystemTime::now()),
                     "nodeEligible": true,
+                    "links": links,
                 })
                 .to_string();
                 let code = if self.is_healthy() {
@@ -90,7 +124,10 @@ impl Health {
                 if self.is_healthy() {
                     Reply::text(StatusCode::OK, "ok\n")
                 } else {
-                    Reply::text(StatusCode::SERVICE_UNAVAILABLE, "updates not programmed\n")
+                    Reply::text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "updates not programmed, or a link is broken\n",
+                    )
                 }
             }
             _ => Reply::text(StatusCode::NOT_FOUND, "not found\n"),
@@ -143,6 +180,48 @@ mod tests {
         h.synced(true);
         assert!(h.is_ready());
         assert_eq!(h.reply("/readyz").status, StatusCode::OK);
+        assert_eq!(h.reply("/healthz").status, StatusCode::OK);
+    }
+
+    #[test]
+    fn a_repaired_link_is_counted_and_a_broken_one_makes_the_agent_unhealthy() {
+        use crate::datapath::links::{Fault, Finding};
+        let h = Health::default();
+        h.synced(true);
+        let finding = |repair| Finding {
+            link: "ferry_link_conn4".into(),
+            fault: Fault::Detached,
+            repair,
+        };
+        h.links_verified(&LinkReport {
+            checked: 4,
+            findings: vec![finding(Ok(()))],
+        });
+        let r = h.reply("/healthz");
+        assert_eq!(r.status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["links"]["repairs"], 1);
+        assert!(v["links"]["lastRepair"].is_string(), "{v}");
+        assert_eq!(v["links"]["broken"], serde_json::json!([]));
+
+        h.links_verified(&LinkReport {
+            checked: 4,
+            findings: vec![finding(Err("cgroup gone".into()))],
+        });
+        let r = h.reply("/healthz");
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(
+            v["links"]["broken"],
+            serde_json::json!(["ferry_link_conn4 detached: cgroup gone"])
+        );
+        assert_eq!(h.reply("/livez").status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(h.reply("/readyz").status, StatusCode::OK);
+
+        h.links_verified(&LinkReport {
+            checked: 4,
+            findings: Vec::new(),
+        });
         assert_eq!(h.reply("/healthz").status, StatusCode::OK);
     }
 
