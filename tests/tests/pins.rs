@@ -249,9 +249,23 @@ fn links_detached_or_unpinned_by_another_process_are_repaired_and_reported() {
     );
     assert_eq!(fs::metadata(&dir).unwrap().uid(), 0);
 
-    // Another (privileged) process detaches the connect hook and removes its pin.
+    // An unprivileged user can neither unpin nor detach the connect hook any more.
     let conn4 = dir.join("ferry_link_conn4");
     let before = link_id(&conn4).expect("the connect hook's link");
+    let shown = conn4.to_string_lossy().into_owned();
+    for (program, args) in [
+        ("rm", vec!["-f", shown.as_str()]),
+        ("bpftool", vec!["link", "detach", "pinned", shown.as_str()]),
+    ] {
+        let ids = [format!("--reuid={NOBODY}"), format!("--regid={NOBODY}")];
+        let mut all = vec![ids[0].as_str(), ids[1].as_str(), "--clear-groups", program];
+        all.extend_from_slice(&args);
+        let refused = proc::run("setpriv", &all).expect_err("an unprivileged user got through");
+        println!("as uid {NOBODY}: {refused:#}");
+    }
+    assert_eq!(link_id(&conn4), Some(before), "untouched");
+
+    // Another process with the privilege to do it detaches the hook and removes its pin.
     proc::run(
         "bpftool",
         &["link", "detach", "pinned", &conn4.to_string_lossy()],
