@@ -13,6 +13,13 @@ pub enum Error {
     #[error("pin directory {path}: {source}")]
     PinDir { path: PathBuf, source: io::Error },
 
+    #[error("pin directory {path}: {problem}; fix: {fix}")]
+    UnsafePinDir {
+        path: PathBuf,
+        problem: String,
+        fix: String,
+    },
+
     #[error("cgroup {path}: {source}")]
     Cgroup { path: PathBuf, source: io::Error },
 
@@ -67,7 +74,7 @@ impl Error {
     /// Label for `ferry_programming_errors_total{reason=...}`.
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::NotBpffs { .. } | Error::PinDir { .. } => "pin_dir",
+            Error::NotBpffs { .. } | Error::PinDir { .. } | Error::UnsafePinDir { .. } => "pin_dir",
             Error::Cgroup { .. } => "cgroup",
             Error::Load(_) | Error::MissingObject { .. } => "load",
             Error::Program { .. } | Error::Link { .. } => "attach",

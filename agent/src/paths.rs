@@ -10,8 +10,8 @@ pub use agent_common::maps as map_names;
 
 /// Where maps and links are pinned unless `--bpffs` says otherwise.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/ferry";
-/// The conventional bpffs mount point; the agent mounts it when the default
-/// pin directory is used and nothing is mounted there (as Cilium does).
+/// The conventional bpffs mount point; the agent mounts one there (mode 0700,
+/// as systemd does) when the default pin directory is used and nothing is.
 pub const BPFFS_MOUNT: &str = "/sys/fs/bpf";
 /// statfs(2) f_type of a bpf filesystem.
 pub const BPF_FS_MAGIC: i64 = 0xcafe_4a11;

@@ -28,6 +28,9 @@ pub struct AgentOpts {
     /// Watch the Kubernetes API through this kubeconfig instead of reading the lab's
     /// manifests directory.
     pub kubeconfig: Option<PathBuf>,
+    /// A program (and its arguments) that execs the agent: `prlimit --nofile=..`,
+    /// `setpriv --bounding-set=..`; the process keeps its PID.
+    pub wrapper: Vec<String>,
 }
 
 impl Default for AgentOpts {
@@ -41,6 +44,7 @@ impl Default for AgentOpts {
             ],
             ready_timeout: Duration::from_secs(10),
             kubeconfig: None,
+            wrapper: Vec::new(),
         }
     }
 }
@@ -84,22 +88,8 @@ impl Lab {
         };
         let log_path = self.tmp.join(format!("agent-{n}.log"));
         let log = File::create(&log_path).expect("creating the agent log");
-        let mut cmd = Command::new(&bin);
-        cmd.arg("agent");
-        match &opts.kubeconfig {
-            Some(kubeconfig) => cmd.arg("--kubeconfig").arg(kubeconfig),
-            None => cmd.arg("--manifests").arg(self.manifests.dir()),
-        };
-        cmd.args(["--node-name", NODE_NAME])
-            .arg("--cgroup")
-            .arg(&self.cgroup)
-            .arg("--bpffs")
-            .arg(self.pin_dir())
-            .args(["--healthz-bind-address", &format!("0.0.0.0:{HEALTHZ_PORT}")])
-            .args(["--metrics-bind-address", "127.0.0.1:10249"])
-            .args(&opts.extra_args)
-            .envs(opts.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
+        let mut cmd = self.agent_command(&bin, opts, &self.pin_dir());
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup of the log fd"))
             .stderr(log);
         let placement = Placement {
@@ -143,6 +133,46 @@ impl Lab {
         started.elapsed()
     }
 
+    /// `ferry agent` as the lab starts it, pinning under `pin_dir`.
+    fn agent_command(&self, bin: &Path, opts: &AgentOpts, pin_dir: &Path) -> Command {
+        let mut cmd = match opts.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(bin);
+                cmd
+            }
+            None => Command::new(bin),
+        };
+        cmd.arg("agent");
+        match &opts.kubeconfig {
+            Some(kubeconfig) => cmd.arg("--kubeconfig").arg(kubeconfig),
+            None => cmd.arg("--manifests").arg(self.manifests.dir()),
+        };
+        cmd.args(["--node-name", NODE_NAME])
+            .arg("--cgroup")
+            .arg(&self.cgroup)
+            .arg("--bpffs")
+            .arg(pin_dir)
+            .args(["--healthz-bind-address", &format!("0.0.0.0:{HEALTHZ_PORT}")])
+            .args(["--metrics-bind-address", "127.0.0.1:10249"])
+            .args(&opts.extra_args)
+            .envs(opts.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    /// Runs `ferry agent` (pinning under `pin_dir`) in the node namespace for an agent that
+    /// must refuse to start: its output once it exited, or after `timeout` (killed then).
+    pub fn agent_until_exit(&self, opts: &AgentOpts, pin_dir: &Path, timeout: Duration) -> Output {
+        let bin = Lab::ferry_bin();
+        let mut cmd = self.agent_command(&bin, opts, pin_dir);
+        let placement = Placement {
+            netns: Some(self.node_netns_path()),
+            cgroup: None,
+        };
+        proc::output_placed(&mut cmd, &placement, timeout)
+            .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()))
+    }
+
     /// The HTTP status of the agent's /readyz (None if nothing answered).
     pub fn readyz(&self) -> Option<u16> {
         self.healthz_status("/readyz")
@@ -159,6 +189,14 @@ impl Lab {
         let status = proc.terminate_with(Duration::from_secs(10));
         cleanup::update(&self.id, |r| r.agent_pid = None);
         status
+    }
+
+    /// The running agent's PID.
+    pub fn agent_pid(&self) -> Option<u32> {
+        lock(&self.agent)
+            .as_ref()
+            .filter(|p| p.is_running())
+            .map(Proc::pid)
     }
 
     pub fn agent_running(&self) -> bool {

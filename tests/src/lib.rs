@@ -24,6 +24,7 @@ pub mod cleanup;
 pub mod client;
 pub mod cluster;
 pub mod demo;
+pub mod flood;
 pub mod lab;
 pub mod manifests;
 pub mod netns;

@@ -1,13 +1,22 @@
 //! deploy/: every manifest parses into the Kubernetes API types, and the DaemonSet and the
-//! ClusterRole grant exactly what ferry needs. No root needed.
+//! ClusterRole grant exactly what ferry needs. Root only for running the agent against the
+//! API server double (which verbs it uses).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
     path::{Path, PathBuf},
     process::Command,
+    thread,
+    time::{Duration, Instant},
 };
 
+use ferry_tests::{
+    AgentOpts, Endpoint, EndpointSlice, Lab, Node, Service,
+    apiserver::{ApiServer, Logged, Options},
+    lab::NODE_NAME,
+    services,
+};
 use k8s_openapi::{
     Resource,
     api::{
@@ -127,11 +136,13 @@ fn every_manifest_parses_into_its_api_type() {
     );
 }
 
-#[test]
-fn cluster_role_grants_exactly_reads_and_events() {
+/// (apiGroup, resource, verb), as RBAC names what a request does.
+type Grant = (String, String, String);
+
+/// Every (apiGroup, resource, verb) the ClusterRole grants.
+fn granted() -> BTreeSet<Grant> {
     let role: ClusterRole = parse("clusterrole.yaml");
-    // (apiGroup, resource) -> verbs, flattened so the layout of the rules does not matter.
-    let mut granted: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    let mut granted = BTreeSet::new();
     for PolicyRule {
         api_groups,
         resources,
@@ -143,29 +154,136 @@ fn cluster_role_grants_exactly_reads_and_events() {
         assert!(resource_names.is_none() && non_resource_urls.is_none());
         for group in api_groups.unwrap() {
             for resource in resources.clone().unwrap() {
-                let entry = granted.entry((group.clone(), resource)).or_default();
-                entry.extend(verbs.iter().cloned());
+                for verb in &verbs {
+                    granted.insert((group.clone(), resource.clone(), verb.clone()));
+                }
             }
         }
     }
-    let read = ["get", "list", "watch"];
-    let events = ["create", "patch"];
-    let want: BTreeMap<(String, String), BTreeSet<String>> = [
-        ("", "services", &read[..]),
-        ("", "nodes", &read[..]),
-        ("discovery.k8s.io", "endpointslices", &read[..]),
-        ("", "events", &events[..]),
-        ("events.k8s.io", "events", &events[..]),
-    ]
-    .into_iter()
-    .map(|(g, r, v)| {
-        (
-            (g.into(), r.into()),
-            v.iter().map(|s| (*s).to_owned()).collect(),
-        )
-    })
-    .collect();
-    assert_eq!(granted, want);
+    granted
+}
+
+fn grants(list: &[(&str, &str, &str)]) -> BTreeSet<Grant> {
+    list.iter()
+        .map(|(g, r, v)| ((*g).to_owned(), (*r).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// Granted for the Kubernetes Events the agent is to report (core or events.k8s.io); it
+/// sends none yet, so these are the only grants no request of the agent's uses.
+const EVENTS: [(&str, &str, &str); 4] = [
+    ("", "events", "create"),
+    ("", "events", "patch"),
+    ("events.k8s.io", "events", "create"),
+    ("events.k8s.io", "events", "patch"),
+];
+
+#[test]
+fn cluster_role_grants_lists_watches_and_events() {
+    let want = grants(&[
+        ("", "services", "list"),
+        ("", "services", "watch"),
+        ("", "nodes", "list"),
+        ("", "nodes", "watch"),
+        ("discovery.k8s.io", "endpointslices", "list"),
+        ("discovery.k8s.io", "endpointslices", "watch"),
+    ]);
+    let want: BTreeSet<Grant> = want.union(&grants(&EVENTS)).cloned().collect();
+    assert_eq!(granted(), want);
+}
+
+/// What RBAC checks for a request to the API (None for non-resource URLs such as discovery,
+/// which every authenticated user may read).
+fn rbac_of(r: &Logged) -> Option<Grant> {
+    let segs: Vec<&str> = r.path.trim_matches('/').split('/').collect();
+    let (group, rest) = match segs.as_slice() {
+        ["api", "v1", rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => return None,
+    };
+    let rest = match rest {
+        ["namespaces", _ns, rest @ ..] if !rest.is_empty() => rest,
+        rest => rest,
+    };
+    let (resource, named) = match rest {
+        [resource] => ((*resource).to_owned(), false),
+        [resource, _name] => ((*resource).to_owned(), true),
+        [resource, _name, sub] => (format!("{resource}/{sub}"), true),
+        _ => return None,
+    };
+    let verb = match (r.method.as_str(), named) {
+        ("GET", _) if r.is_watch() => "watch",
+        ("GET", false) => "list",
+        ("GET", true) => "get",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", false) => "deletecollection",
+        ("DELETE", true) => "delete",
+        (other, _) => panic!("a {other} request: {r:?}"),
+    };
+    Some((group.to_owned(), resource, verb.to_owned()))
+}
+
+/// The agent runs against the API server double twice, with streaming lists (what `auto`
+/// uses where the server has them) and with list+watch (Kubernetes 1.33's default): the
+/// ClusterRole must grant exactly the verbs of the requests it made, plus the Events'.
+#[test]
+fn cluster_role_grants_exactly_the_verbs_the_agent_uses() {
+    ferry_tests::require_root!();
+    let mut used = BTreeSet::new();
+    for mode in ["streaming", "list-watch"] {
+        let lab = Lab::new(&format!("cluster_role_verbs_{mode}"));
+        let api = ApiServer::start_in(Some(&lab.node_netns_path()), Options::default())
+            .unwrap_or_else(|e| panic!("starting the API double: {e:#}"));
+        let kubeconfig = lab.tmp_dir().join("kubeconfig");
+        api.write_kubeconfig(&kubeconfig).unwrap();
+        api.apply(&Node::new(NODE_NAME, "10.244.0.1"));
+        api.apply(&Service::cluster_ip("web", "10.96.0.10").port_to("http", 80, "TCP", 8080u16));
+        let slice = EndpointSlice::new("web-1", "web")
+            .port("http", 8080, "TCP")
+            .endpoint(Endpoint::ready("10.244.0.10"));
+        api.apply(&slice);
+        lab.start_agent(&AgentOpts {
+            kubeconfig: Some(kubeconfig),
+            extra_args: vec!["--initial-list".into(), mode.into()],
+            ready_timeout: Duration::from_secs(30),
+            ..AgentOpts::default()
+        });
+        // A change while it watches, then a compaction that makes every watch start over.
+        api.apply(&slice.endpoint(Endpoint::ready("10.244.0.11")));
+        lab.wait_services(
+            |v| {
+                services::active_is(
+                    v,
+                    "10.96.0.10",
+                    80,
+                    "TCP",
+                    &["10.244.0.10:8080", "10.244.0.11:8080"],
+                )
+            },
+            Duration::from_secs(10),
+        );
+        let before = api.requests().len();
+        api.compact();
+        let t0 = Instant::now();
+        while api.requests().len() < before + 3 && t0.elapsed() < Duration::from_secs(20) {
+            thread::sleep(ferry_tests::proc::POLL);
+        }
+        let requests = api.requests();
+        let mine: BTreeSet<Grant> = requests.iter().filter_map(rbac_of).collect();
+        println!(
+            "--initial-list {mode}: {} requests: {mine:?}",
+            requests.len()
+        );
+        used.extend(mine);
+    }
+    let expected: BTreeSet<Grant> = used.union(&grants(&EVENTS)).cloned().collect();
+    assert_eq!(
+        granted(),
+        expected,
+        "the ClusterRole's verbs (left) against those the agent used plus the Events' (right)"
+    );
 }
 
 #[test]
@@ -213,6 +331,36 @@ fn daemonset_holds_exactly_the_capabilities_it_needs_and_is_not_privileged() {
         strings(&caps.add),
         BTreeSet::from(["BPF", "NET_ADMIN", "PERFMON"])
     );
+    // The runtime's seccomp filter, for the whole pod, not relaxed by the container.
+    let pod_sc = pod_spec(&daemonset()).security_context.unwrap();
+    assert_eq!(pod_sc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+    assert!(sc.seccomp_profile.is_none());
+    // AppArmor's default profile denies pinning under /sys/fs/bpf: unconfined, by name.
+    assert_eq!(sc.app_armor_profile.unwrap().type_, "Unconfined");
+}
+
+/// Each added capability has its comment in the DaemonSet: what it is for and what fails
+/// without it (as tests/tests/capabilities.rs shows).
+#[test]
+fn daemonset_explains_each_capability() {
+    let text = read("daemonset.yaml");
+    for cap in ["BPF", "NET_ADMIN", "PERFMON"] {
+        let item = format!("                - {cap}\n");
+        let at = text
+            .find(&item)
+            .unwrap_or_else(|| panic!("no `- {cap}` item"));
+        let comment: Vec<&str> = text[..at]
+            .lines()
+            .rev()
+            .take_while(|l| l.trim_start().starts_with('#'))
+            .collect();
+        let comment = comment.join(" ");
+        assert!(comment.contains(&format!("{cap}:")), "{cap}: {comment}");
+        assert!(comment.contains("Without it"), "{cap}: {comment}");
+    }
+    for not in ["Not SYS_ADMIN", "Not SYS_RESOURCE"] {
+        assert!(text.contains(not), "no word on {not}");
+    }
 }
 
 #[test]

@@ -48,6 +48,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         ),
     };
     info!(node = %node_name, cgroup = %cgroup.display(), bpffs = %args.bpffs.display(), "starting");
+    // Before any server binds: idle connections must not run us out of files.
+    crate::server::fd_limit::raise_soft_to_hard();
 
     let health = ProxyHealth::default();
     let metrics = Metrics::default();

@@ -27,13 +27,15 @@ pub fn detach_from_cgroup(cgroup: &Path) -> anyhow::Result<usize> {
     let mut n = 0;
     for link in sys::link_ids() {
         let Ok(fd) = sys::link_fd(link) else { continue };
-        let Ok((ty, prog, cg)) = sys::link_info(&fd) else {
+        let Ok(info) = sys::link_info(&fd) else {
             continue;
         };
-        if ty != sys::BPF_LINK_TYPE_CGROUP || cg != id {
+        if info.kind != sys::BPF_LINK_TYPE_CGROUP || info.target != id {
             continue;
         }
-        if !sys::prog_name(prog).is_ok_and(|name| name.starts_with(paths::map_names::NAME_PREFIX)) {
+        if !sys::prog_name(info.prog_id)
+            .is_ok_and(|name| name.starts_with(paths::map_names::NAME_PREFIX))
+        {
             continue;
         }
         sys::link_detach(&fd).with_context(|| format!("detaching link {link}"))?;

@@ -112,7 +112,14 @@ pub async fn run(p: Parts) -> anyhow::Result<()> {
     let mut devices = tokio::time::interval(DEVICE_CHECK);
     let mut gc = tokio::time::interval(CT_GC_PERIOD);
     let mut sweep = tokio::time::interval(p.full_sync_period);
-    for t in [&mut heartbeat, &mut devices, &mut gc, &mut sweep] {
+    let mut links = tokio::time::interval(crate::datapath::LINK_CHECK_PERIOD);
+    for t in [
+        &mut heartbeat,
+        &mut devices,
+        &mut gc,
+        &mut sweep,
+        &mut links,
+    ] {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t.reset();
     }
@@ -154,6 +161,11 @@ pub async fn run(p: Parts) -> anyhow::Result<()> {
                 }
             }
             _ = heartbeat.tick() => l.health.beat(),
+            _ = links.tick() => {
+                let report = l.dp.verify_links();
+                l.health.links_verified(&report);
+                l.metrics.links_verified(&report);
+            }
             _ = devices.tick() => if l.synced { l.sync_node() },
             _ = gc.tick() => {
                 let (gone, left) = northsouth::gc_conntrack(l.dp.maps_mut());

@@ -9,6 +9,14 @@ pub struct Interface {
     pub ipv4: Vec<Ipv4Addr>,
 }
 
+/// The index of the device named `name` now, if there is one.
+pub fn index_of(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
 /// Every interface with at least one IPv4 address, by name.
 pub fn list() -> io::Result<BTreeMap<String, Interface>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();

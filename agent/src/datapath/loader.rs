@@ -7,6 +7,7 @@
 //! moment where sockets in the cgroup go untranslated.
 
 use std::{
+    collections::BTreeSet,
     fs,
     path::{Path, PathBuf},
 };
@@ -21,7 +22,11 @@ use aya::{
 };
 use tracing::{info, warn};
 
-use super::Maps;
+use super::{
+    Maps,
+    ifaces::Interface,
+    links::{Links, Target},
+};
 use crate::{
     error::{Error, Result},
     paths::{self, PinDir},
@@ -49,6 +54,8 @@ pub struct Loaded {
     pub pins: PinDir,
     /// Destroys connected UDP sockets of removed backends, when the kernel can.
     pub sock_gc: Option<super::sock_gc::SockGc>,
+    /// Every link, held and verified ([`Loaded::verify_links`]).
+    pub(super) links: Links,
 }
 
 /// What happened to each program's link at load time.
@@ -66,7 +73,7 @@ impl Loaded {
                 name: "agent-ebpf (built with AYA_BUILD_SKIP=1; rebuild without it)".into(),
             });
         }
-        prepare_pin_dir(&opts.pin_dir)?;
+        super::pin_dir::prepare(&opts.pin_dir)?;
         let pins = PinDir::new(&opts.pin_dir);
         let object = super::sock_gc::patch_object(EBPF_OBJECT);
         let mut ebpf = EbpfLoader::new()
@@ -84,9 +91,13 @@ impl Loaded {
             path: opts.cgroup.clone(),
             source,
         })?;
+        let mut links = Links::default();
         for &(name, link_pin) in paths::SOCK_PROGRAMS {
-            let outcome = attach_sock_program(&mut ebpf, name, &cgroup, &pins.link(link_pin))?;
+            load_sock_program(&mut ebpf, name)?;
+            let pin = pins.link(link_pin);
+            let outcome = attach_sock_program(&mut ebpf, name, &cgroup, &pin)?;
             info!(program = name, cgroup = %opts.cgroup.display(), ?outcome, "socket hook");
+            links.hold(name, pin, Target::Cgroup(opts.cgroup.clone()))?;
         }
         let sock_gc = super::sock_gc::SockGc::load(&mut ebpf, &object.kfunc);
         let maps = Maps::take(&mut ebpf)?;
@@ -95,79 +106,54 @@ impl Loaded {
                 ebpf,
                 pins,
                 sock_gc,
+                links,
             },
             maps,
         ))
     }
-}
 
-/// Makes sure the pin directory exists on a bpf filesystem. The default
-/// location gets a bpffs mounted at /sys/fs/bpf when none is (as Cilium
-/// does); anywhere else is the operator's choice and only checked.
-fn prepare_pin_dir(dir: &Path) -> Result<()> {
-    let on_bpffs = paths::is_on_bpffs(dir).map_err(|source| Error::PinDir {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    if !on_bpffs {
-        let mount = Path::new(paths::BPFFS_MOUNT);
-        if dir.starts_with(mount) && !paths::is_on_bpffs(mount).unwrap_or(false) {
-            mount_bpffs(mount)?;
-        } else {
-            return Err(Error::NotBpffs {
-                path: dir.to_path_buf(),
-                mount: paths::BPFFS_MOUNT.to_string(),
-            });
+    /// Attaches the north-south programs to `iface` (or replaces them in
+    /// their pinned links).
+    pub fn attach_tc(&mut self, iface: &Interface) -> Result<()> {
+        for (program, pin) in super::tc::attach(&mut self.ebpf, &self.pins, iface)? {
+            self.links
+                .hold(program, pin, Target::Device(iface.clone()))?;
         }
+        Ok(())
     }
-    fs::create_dir_all(dir).map_err(|source| Error::PinDir {
-        path: dir.to_path_buf(),
-        source,
-    })
+
+    /// Detaches the north-south programs from every device not in `keep`.
+    pub fn detach_tc_except(&mut self, keep: &BTreeSet<String>) {
+        self.links.release_devices_except(keep);
+        super::tc::detach_others(&self.pins, keep);
+    }
 }
 
-fn mount_bpffs(at: &Path) -> Result<()> {
-    use std::os::unix::ffi::OsStrExt as _;
-    fs::create_dir_all(at).map_err(|source| Error::PinDir {
-        path: at.to_path_buf(),
-        source,
-    })?;
-    let target = std::ffi::CString::new(at.as_os_str().as_bytes()).expect("path without NUL");
-    // SAFETY: valid NUL-terminated strings; no data argument.
-    let r = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            target.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if r != 0 {
-        return Err(Error::PinDir {
-            path: at.to_path_buf(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    info!(path = %at.display(), "mounted a bpf filesystem");
-    Ok(())
-}
-
-fn attach_sock_program(
-    ebpf: &mut Ebpf,
-    name: &str,
-    cgroup: &fs::File,
-    link_pin: &Path,
-) -> Result<LinkOutcome> {
-    let prog: &mut CgroupSockAddr = ebpf
-        .program_mut(name)
+fn sock_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSockAddr> {
+    ebpf.program_mut(name)
         .ok_or(Error::MissingObject {
             what: "program",
             name: name.to_string(),
         })?
         .try_into()
-        .map_err(|e| Error::program(name, e))?;
-    prog.load().map_err(|e| Error::program(name, e))?;
+        .map_err(|e| Error::program(name, e))
+}
+
+fn load_sock_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+    sock_program(ebpf, name)?
+        .load()
+        .map_err(|e| Error::program(name, e))
+}
+
+/// Attaches a loaded socket program to `cgroup` through the link pinned at
+/// `link_pin` (swapping it into an existing one).
+pub(super) fn attach_sock_program(
+    ebpf: &mut Ebpf,
+    name: &str,
+    cgroup: &fs::File,
+    link_pin: &Path,
+) -> Result<LinkOutcome> {
+    let prog = sock_program(ebpf, name)?;
 
     if link_pin.exists() {
         match replace_in_pinned_link(prog, link_pin) {

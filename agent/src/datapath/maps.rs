@@ -1,5 +1,6 @@
 //! Typed handles on ferry's maps, taken from a freshly loaded object or
-//! opened from their pins (for `ferry services`, `ferry stats`).
+//! opened read-only from their pins (for `ferry services`, `stats`,
+//! `conntrack` and the metrics scrape).
 
 use agent_common::{
     AffinityKey, AffinityValue, Backend4, Ct4Key, Ct4Value, NodeConfig, RevNat4, SockRev4,
@@ -10,6 +11,7 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray, lpm_trie::LpmTrie},
 };
 
+use super::sys;
 use crate::{
     error::{Error, Result},
     paths::PinDir,
@@ -53,10 +55,18 @@ impl Maps {
         })
     }
 
-    /// Opens the pinned maps of a running (or stopped) agent.
+    /// Opens the pinned maps of a running (or stopped) agent, read-only: the
+    /// descriptors come from BPF_OBJ_GET with BPF_F_RDONLY, so the kernel
+    /// refuses every update through them (EPERM), and read access to the pins
+    /// is all a reader needs.
     pub fn open_pinned(dir: &PinDir) -> Result<Self> {
         let open = |name: &'static str| -> Result<Map> {
-            let data = MapData::from_pin(dir.map(name)).map_err(|e| Error::map(name, e))?;
+            let path = dir.map(name);
+            let fd = sys::obj_get(&path, sys::BPF_F_RDONLY).map_err(|source| Error::Io {
+                context: format!("opening map {name} read-only at {}", path.display()),
+                source,
+            })?;
+            let data = MapData::from_fd(fd).map_err(|e| Error::map(name, e))?;
             Map::from_map_data(data).map_err(|e| Error::map(name, e))
         };
         Ok(Self {

@@ -13,7 +13,7 @@ use agent_common::{NodeConfig, node_flags};
 use tracing::{info, warn};
 
 use super::{
-    LoadOptions, Maps, codec, ifaces,
+    LinkReport, LoadOptions, Maps, codec, ifaces,
     loader::Loaded,
     programmer::{Capacities, Programmer},
     service_table::{FrontendStatus, ServiceFrontends, ServiceTable, SyncOutcome},
@@ -157,7 +157,7 @@ impl Datapath {
                     .insert(&iface.index, &codec::ip_raw(ip), 0)?;
             }
             if prev.map(|p| p.0) != Some(iface.index) {
-                tc::attach(&mut self.loaded.ebpf, &self.loaded.pins, iface)?;
+                self.loaded.attach_tc(iface)?;
             }
             if prev != Some(entry) {
                 info!(device = %iface.name, ifindex = iface.index, snat = %ip, "north-south device");
@@ -172,13 +172,19 @@ impl Datapath {
             .collect();
         if !gone.is_empty() || self.attached.len() != now.len() {
             let names: BTreeSet<String> = now.keys().cloned().collect();
-            tc::detach_others(&self.loaded.pins, &names);
+            self.loaded.detach_tc_except(&names);
             for index in gone {
                 let _ = self.maps_mut().node_addr.remove(&index);
             }
         }
         self.attached = now;
         Ok(())
+    }
+
+    /// Checks that every link of ferry's is attached, runs ferry's program
+    /// and is pinned; repairs what another process changed.
+    pub fn verify_links(&mut self) -> LinkReport {
+        self.loaded.verify_links()
     }
 
     /// The devices carrying the TC programs.

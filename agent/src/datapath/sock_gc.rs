@@ -212,8 +212,15 @@ fn net_namespaces() -> Vec<fs::File> {
 fn walk(prog: &mut Iter, namespaces: &[fs::File]) -> usize {
     let mut walked = 0;
     for ns in namespaces {
-        // SAFETY: a valid namespace descriptor; only this thread moves.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        // setns needs CAP_SYS_ADMIN even into the namespace the thread is in:
+        // without it (the DaemonSet does not grant it) the agent's own
+        // namespace is still walked.
+        let here = fs::metadata("/proc/thread-self/ns/net").map(|m| (m.dev(), m.ino()));
+        let there = ns.metadata().map(|m| (m.dev(), m.ino()));
+        let entered = matches!((&here, &there), (Ok(a), Ok(b)) if a == b)
+            // SAFETY: a valid namespace descriptor; only this thread moves.
+            || unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } == 0;
+        if !entered {
             debug!(error = %std::io::Error::last_os_error(), "entering a network namespace");
             continue;
         }

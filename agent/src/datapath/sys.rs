@@ -1,18 +1,25 @@
 //! The few bpf(2) commands aya does not expose: walking the kernel's links to
 //! find ferry's on one cgroup (for `ferry cleanup --cgroup`, which must also
-//! remove links a hung agent still holds) and detaching them.
+//! remove links a hung agent still holds) and detaching them; opening a pin
+//! with access flags (aya's `from_pin` always asks for read-write).
 
 use std::{
     io,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd, AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+const BPF_LINK_UPDATE: libc::c_long = 29;
 const BPF_LINK_GET_NEXT_ID: libc::c_long = 31;
 const BPF_LINK_DETACH: libc::c_long = 34;
 pub const BPF_LINK_TYPE_CGROUP: u32 = 3;
+pub const BPF_LINK_TYPE_TCX: u32 = 11;
+/// `file_flags` of BPF_OBJ_GET: the descriptor may only read the map.
+pub const BPF_F_RDONLY: u32 = 1 << 3;
 
 fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<libc::c_long> {
     // SAFETY: attr is a zero-initialised union bpf_attr of ample size.
@@ -29,6 +36,19 @@ fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<libc::c_long> {
     } else {
         Ok(r)
     }
+}
+
+/// Opens a pinned object (BPF_OBJ_GET) with `file_flags` (0: read-write).
+pub fn obj_get(path: &std::path::Path, file_flags: u32) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut attr = [0u64; 16];
+    attr[0] = c.as_ptr() as u64; // pathname
+    attr[1] = u64::from(file_flags) << 32; // bpf_fd 0, file_flags
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: the kernel returned a new descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Ids of every bpf link in the kernel.
@@ -54,17 +74,60 @@ pub fn link_fd(id: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// (link type, program id, cgroup id for cgroup links).
-pub fn link_info(fd: &OwnedFd) -> io::Result<(u32, u32, u64)> {
-    // struct bpf_link_info { u32 type; u32 id; u32 prog_id; union { struct { u64 cgroup_id; u32 attach_type; } cgroup; ... } }
+/// What the kernel says about a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub kind: u32,
+    pub id: u32,
+    pub prog_id: u32,
+    /// Cgroup links: the cgroup's id, 0 once detached. TCX links: the
+    /// ifindex in the low 32 bits, 0 once detached.
+    pub target: u64,
+}
+
+impl LinkInfo {
+    pub fn detached(&self) -> bool {
+        match self.kind {
+            BPF_LINK_TYPE_TCX => self.target as u32 == 0,
+            _ => self.target == 0,
+        }
+    }
+}
+
+pub fn link_info(fd: &impl AsFd) -> io::Result<LinkInfo> {
+    // struct bpf_link_info { u32 type; u32 id; u32 prog_id; union (8-aligned) {
+    //   struct { u64 cgroup_id; u32 attach_type; } cgroup;
+    //   struct { u32 ifindex; u32 attach_type; } tcx; ... } }
     let mut info = [0u64; 32];
     let mut attr = [0u64; 16];
-    attr[0] = fd.as_raw_fd() as u32 as u64 | ((std::mem::size_of_val(&info) as u64) << 32);
+    attr[0] = fd.as_fd().as_raw_fd() as u32 as u64 | ((std::mem::size_of_val(&info) as u64) << 32);
     attr[1] = info.as_mut_ptr() as u64;
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    let ty = info[0] as u32;
-    let prog_id = info[1] as u32;
-    Ok((ty, prog_id, info[2]))
+    Ok(LinkInfo {
+        kind: info[0] as u32,
+        id: (info[0] >> 32) as u32,
+        prog_id: info[1] as u32,
+        target: info[2],
+    })
+}
+
+/// Swaps the program inside a link (BPF_LINK_UPDATE), atomically.
+pub fn link_update(link: &impl AsFd, prog: &impl AsFd) -> io::Result<()> {
+    let mut attr = [0u64; 16];
+    attr[0] =
+        link.as_fd().as_raw_fd() as u32 as u64 | ((prog.as_fd().as_raw_fd() as u32 as u64) << 32);
+    bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
+}
+
+/// Pins an object we hold a descriptor on (BPF_OBJ_PIN).
+pub fn obj_pin(fd: &impl AsFd, path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut attr = [0u64; 16];
+    attr[0] = c.as_ptr() as u64;
+    attr[1] = fd.as_fd().as_raw_fd() as u32 as u64;
+    bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
 }
 
 /// The name the kernel holds for a program (up to 15 bytes).

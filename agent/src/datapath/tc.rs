@@ -2,7 +2,11 @@
 //! through pinned links so they survive agent restarts and are replaced in
 //! place (BPF_LINK_UPDATE) by the next agent.
 
-use std::{collections::BTreeSet, fs, path::Path};
+use std::{
+    collections::BTreeSet,
+    fs,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf,
@@ -57,45 +61,74 @@ fn pin_name(dir: &str, ifname: &str) -> String {
     format!("ferry_link_tc{dir}_{ifname}")
 }
 
-/// Attaches (or replaces in the pinned link) both programs on `iface`.
-pub fn attach(ebpf: &mut Ebpf, pins: &PinDir, iface: &Interface) -> Result<()> {
-    for &(name, hook, dir) in TC_PROGRAMS {
-        let pin = pins.link(&pin_name(dir, &iface.name));
-        let prog = classifier(ebpf, name)?;
-        if pin.exists() {
-            match replace(prog, &pin) {
-                Ok(()) => {
-                    info!(program = name, device = %iface.name, "replaced in its pinned link");
-                    continue;
-                }
-                Err(detail) => {
-                    warn!(program = name, device = %iface.name, %detail, "re-attaching");
-                    let _ = fs::remove_file(&pin);
-                }
-            }
+/// Attaches (or replaces in the pinned link) both programs on `iface`;
+/// returns the pins of their links.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    pins: &PinDir,
+    iface: &Interface,
+) -> Result<Vec<(&'static str, PathBuf)>> {
+    let mut linked = Vec::new();
+    for &(name, _, _) in TC_PROGRAMS {
+        if let Some(pin) = attach_program(ebpf, pins, iface, name)? {
+            linked.push((name, pin));
         }
-        let id = prog
-            .attach(iface.index, TcAttach::Auto(hook))
-            .map_err(|e| Error::program(name, e))?;
-        let link = prog.take_link(id).map_err(|e| Error::program(name, e))?;
-        match FdLink::try_from(link) {
-            Ok(fd_link) => {
-                fd_link.pin(&pin).map_err(|e| Error::Link {
-                    name: name.to_string(),
-                    path: pin.clone(),
-                    detail: e.to_string(),
-                })?;
-            }
-            Err(e) => {
-                // Kernels before 6.6 (no TCX) attach through netlink, which has
-                // no link to pin. The filter outlives us like kube-proxy's
-                // rules; `ferry cleanup` cannot remove it (tc filter del can).
-                warn!(program = name, device = %iface.name, error = %e, "attached without TCX");
-            }
-        }
-        info!(program = name, device = %iface.name, ifindex = iface.index, "attached");
     }
-    Ok(())
+    Ok(linked)
+}
+
+/// Attaches one of the programs to `iface`; the pin of its link (none on
+/// kernels without TCX).
+pub fn attach_program(
+    ebpf: &mut Ebpf,
+    pins: &PinDir,
+    iface: &Interface,
+    program: &str,
+) -> Result<Option<PathBuf>> {
+    let &(name, hook, dir) =
+        TC_PROGRAMS
+            .iter()
+            .find(|(n, _, _)| *n == program)
+            .ok_or(Error::MissingObject {
+                what: "north-south program",
+                name: program.to_string(),
+            })?;
+    let pin = pins.link(&pin_name(dir, &iface.name));
+    let prog = classifier(ebpf, name)?;
+    if pin.exists() {
+        match replace(prog, &pin) {
+            Ok(()) => {
+                info!(program = name, device = %iface.name, "replaced in its pinned link");
+                return Ok(Some(pin));
+            }
+            Err(detail) => {
+                warn!(program = name, device = %iface.name, %detail, "re-attaching");
+                let _ = fs::remove_file(&pin);
+            }
+        }
+    }
+    let id = prog
+        .attach(iface.index, TcAttach::Auto(hook))
+        .map_err(|e| Error::program(name, e))?;
+    let link = prog.take_link(id).map_err(|e| Error::program(name, e))?;
+    info!(program = name, device = %iface.name, ifindex = iface.index, "attached");
+    match FdLink::try_from(link) {
+        Ok(fd_link) => {
+            fd_link.pin(&pin).map_err(|e| Error::Link {
+                name: name.to_string(),
+                path: pin.clone(),
+                detail: e.to_string(),
+            })?;
+            Ok(Some(pin))
+        }
+        Err(e) => {
+            // Kernels before 6.6 (no TCX) attach through netlink, which has
+            // no link to pin. The filter outlives us like kube-proxy's
+            // rules; `ferry cleanup` cannot remove it (tc filter del can).
+            warn!(program = name, device = %iface.name, error = %e, "attached without TCX");
+            Ok(None)
+        }
+    }
 }
 
 fn replace(prog: &mut SchedClassifier, pin: &Path) -> Result<(), String> {

@@ -10,6 +10,8 @@ use std::{
 
 use agent_common::maps as names;
 
+use crate::datapath::LinkReport;
+
 /// kube-proxy's buckets for sync durations: exponential from 1 ms.
 const SYNC_BUCKETS: [f64; 15] = [
     0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096,
@@ -83,6 +85,10 @@ struct Inner {
     programmed: Programmed,
     /// Conntrack entries at the last collection.
     conntrack: usize,
+    /// Links found changed by someone else and repaired, by (link, fault).
+    link_repairs: BTreeMap<(String, &'static str), u64>,
+    /// Links the last check could not repair.
+    links_broken: usize,
 }
 
 #[derive(Clone)]
@@ -102,6 +108,8 @@ impl Default for Metrics {
                 errors: BTreeMap::new(),
                 programmed: Programmed::default(),
                 conntrack: 0,
+                link_repairs: BTreeMap::new(),
+                links_broken: 0,
             })),
         }
     }
@@ -120,6 +128,17 @@ impl Metrics {
         for r in errors {
             *m.errors.entry(r).or_default() += 1;
         }
+    }
+
+    /// A check of the links finished.
+    pub fn links_verified(&self, report: &LinkReport) {
+        let mut m = self.inner.lock().expect("metrics lock");
+        for f in report.repaired() {
+            *m.link_repairs
+                .entry((f.link.clone(), f.fault.as_str()))
+                .or_default() += 1;
+        }
+        m.links_broken = report.broken().count();
     }
 
     /// One error outside a sync (loading, a source problem).
@@ -251,6 +270,22 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
+            "# HELP ferry_link_repairs_total Links of ferry's that another process detached, unpinned or put another program in, repaired\n# TYPE ferry_link_repairs_total counter"
+        );
+        for ((link, fault), n) in &m.link_repairs {
+            let _ = writeln!(
+                out,
+                "ferry_link_repairs_total{{link=\"{link}\",fault=\"{fault}\"}} {n}"
+            );
+        }
+        gauge(
+            &mut out,
+            "ferry_links_broken",
+            "Links of ferry's found changed and not repaired at the last check",
+            m.links_broken as f64,
+        );
+        let _ = writeln!(
+            out,
             "# HELP ferry_datapath_events_total Events counted by the kernel programs\n# TYPE ferry_datapath_events_total counter"
         );
         for (event, n) in datapath {
@@ -330,6 +365,38 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(&format!("{name}_count 2")), "{text}");
+    }
+
+    #[test]
+    fn counts_link_repairs_by_link_and_fault_and_shows_broken_links() {
+        use crate::datapath::links::{Fault, Finding};
+        let m = Metrics::default();
+        let report = LinkReport {
+            checked: 6,
+            findings: vec![
+                Finding {
+                    link: "ferry_link_conn4".into(),
+                    fault: Fault::Detached,
+                    repair: Ok(()),
+                },
+                Finding {
+                    link: "ferry_link_tcin_eth0".into(),
+                    fault: Fault::Unpinned,
+                    repair: Err("EPERM".into()),
+                },
+            ],
+        };
+        m.links_verified(&report);
+        m.links_verified(&report);
+        let text = m.render(&[]);
+        assert!(
+            text.contains(
+                "ferry_link_repairs_total{link=\"ferry_link_conn4\",fault=\"detached\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("ferry_link_tcin_eth0"), "{text}");
+        assert!(text.contains("ferry_links_broken 1"), "{text}");
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! own health (10256), the per-Service health check node ports of
 //! externalTrafficPolicy Local load balancers, and metrics (10249).
 
+pub mod conns;
+pub mod fd_limit;
 pub mod http;
 pub mod metrics;
 pub mod proxy_health;

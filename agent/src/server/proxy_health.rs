@@ -15,6 +15,7 @@ use std::{
 use hyper::StatusCode;
 
 use super::http::Reply;
+use crate::datapath::LinkReport;
 
 /// kube-proxy's default healthz timeout is 2 × its 30 s sync period.
 pub const STALE_AFTER: Duration = Duration::from_secs(60);
@@ -30,6 +31,11 @@ struct State {
     datapath_problem: Option<String>,
     node_eligible: bool,
     ready: bool,
+    /// Links the last check found changed and could not repair.
+    links_broken: Vec<String>,
+    /// Links found changed by someone else and repaired, since the start.
+    link_repairs: u64,
+    last_link_repair: Option<SystemTime>,
 }
 
 impl Default for State {
@@ -41,6 +47,9 @@ impl Default for State {
             datapath_problem: None,
             node_eligible: true,
             ready: false,
+            links_broken: Vec::new(),
+            link_repairs: 0,
+            last_link_repair: None,
         }
     }
 }
@@ -84,6 +93,25 @@ impl ProxyHealth {
         self.lock().datapath_problem = problem;
     }
 
+    /// A check of the links finished (see `datapath::links`): a link that
+    /// another process changed and ferry could not repair means this node
+    /// does not forward.
+    pub fn links_verified(&self, report: &LinkReport) {
+        let mut s = self.lock();
+        s.links_broken = report
+            .broken()
+            .map(|f| {
+                let why = f.repair.as_ref().err().map_or("", String::as_str);
+                format!("{} {}: {why}", f.link, f.fault.as_str())
+            })
+            .collect();
+        let repaired = report.repaired().count() as u64;
+        if repaired > 0 {
+            s.link_repairs += repaired;
+            s.last_link_repair = Some(SystemTime::now());
+        }
+    }
+
     pub fn set_node_eligible(&self, eligible: bool) {
         self.lock().node_eligible = eligible;
     }
@@ -108,20 +136,32 @@ impl ProxyHealth {
         !Self::stale(&s)
             && s.heartbeat.elapsed() <= STALE_AFTER
             && s.datapath_problem.is_none()
+            && s.links_broken.is_empty()
             && s.node_eligible
     }
 
     pub fn reply(&self, path: &str) -> Reply {
         match path {
             "/healthz" => {
-                let (last, eligible, problem) = {
+                let (last, eligible, problem, links) = {
                     let s = self.lock();
-                    (s.last_synced, s.node_eligible, s.datapath_problem.clone())
+                    let links = serde_json::json!({
+                        "broken": s.links_broken,
+                        "repairs": s.link_repairs,
+                        "lastRepair": s.last_link_repair.map(rfc3339),
+                    });
+                    (
+                        s.last_synced,
+                        s.node_eligible,
+                        s.datapath_problem.clone(),
+                        links,
+                    )
                 };
                 let mut body = serde_json::json!({
                     "lastUpdated": last.map(rfc3339),
                     "currentTime": rfc3339(SystemTime::now()),
                     "nodeEligible": eligible,
+                    "links": links,
                 });
                 if let Some(p) = problem {
                     body["datapathProblem"] = p.into();
@@ -205,6 +245,48 @@ mod tests {
         assert_eq!(h.reply("/livez").status, StatusCode::OK);
         h.lock().heartbeat = long_ago;
         assert_eq!(h.reply("/livez").status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn a_repaired_link_is_counted_and_a_broken_one_drains_the_node() {
+        use crate::datapath::links::{Fault, Finding};
+        let h = ProxyHealth::default();
+        h.synced();
+        let finding = |repair| Finding {
+            link: "ferry_link_conn4".into(),
+            fault: Fault::Detached,
+            repair,
+        };
+        h.links_verified(&LinkReport {
+            checked: 4,
+            findings: vec![finding(Ok(()))],
+        });
+        let r = h.reply("/healthz");
+        assert_eq!(r.status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["links"]["repairs"], 1);
+        assert!(v["links"]["lastRepair"].is_string(), "{v}");
+        assert_eq!(v["links"]["broken"], serde_json::json!([]));
+
+        h.links_verified(&LinkReport {
+            checked: 4,
+            findings: vec![finding(Err("cgroup gone".into()))],
+        });
+        let r = h.reply("/healthz");
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(
+            v["links"]["broken"],
+            serde_json::json!(["ferry_link_conn4 detached: cgroup gone"])
+        );
+        // The loop itself still turns: not a reason to restart the agent.
+        assert_eq!(h.reply("/livez").status, StatusCode::OK);
+
+        h.links_verified(&LinkReport {
+            checked: 4,
+            findings: Vec::new(),
+        });
+        assert_eq!(h.reply("/healthz").status, StatusCode::OK);
     }
 
     #[test]
