@@ -440,7 +440,7 @@ impl Capture {
                 return Err(e);
             }
             let p = &buf[..got as usize];
-            let outgoing = sll.sll_pkttype == libc::PACKET_OUTGOING as u8;
+            let outgoing = sll.sll_pkttype == libc::PACKET_OUTGOING;
             if outgoing || p.len() < 28 || p[9] != libc::IPPROTO_ICMP as u8 {
                 continue;
             }
