@@ -235,7 +235,7 @@ fn a_spoofed_syn_does_not_reset_live_node_port_connections() {
         "spoofed SYNs reset live connections\n{}",
         c.dump()
     );
-    assert_eq!(counter(&c, "node1", "ns_syn_clash_drop"), held.len() as u64);
+    assert_eq!(counter(&c, "node1", "ns_ct_clash_drop"), held.len() as u64);
 }
 
 #[test]

@@ -12,11 +12,14 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
 };
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::{
     cli::{AgentArgs, LbAlgorithm},
-    datapath::{Datapath, LoadOptions, Maps, Programmer},
+    datapath::{
+        Datapath, LoadOptions, MapSizes, Maps, Programmer,
+        ct_gc::{self, ConntrackGc},
+    },
     model::{self, BackendAddr, Desired, Diagnostic, Severity},
     northsouth::{self, NorthSouth},
     paths::{self, PinDir},
@@ -33,9 +36,6 @@ enum Source {
     Manifests(std::path::PathBuf),
     Kube(::kube::Client),
 }
-
-/// How often idle conntrack entries are collected.
-const CT_GC_PERIOD: Duration = Duration::from_secs(30);
 
 /// A sync that failed is retried after this long (kube-proxy backs off
 /// between its minimum and full sync periods).
@@ -83,12 +83,18 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let (mut datapath, maps) = Datapath::load(&LoadOptions {
         pin_dir: args.bpffs.clone(),
         cgroup: cgroup.clone(),
+        sizes: MapSizes {
+            conntrack: args.conntrack_max,
+            maglev_services: args.maglev_max_services,
+        },
     })
     .context("loading the datapath")?;
+    // Conntrack collection and fill, off this loop (stops when dropped).
+    let _conntrack_gc =
+        ConntrackGc::spawn(&datapath.pins).context("starting the conntrack upkeep")?;
     let mut programmer = Programmer::adopt(maps);
     let mut north_south = NorthSouth::new(args.interfaces.clone(), args.lb_mode);
     let maglev_default = args.lb_algorithm == LbAlgorithm::Maglev;
-    let mut gc = tokio::time::interval(CT_GC_PERIOD);
     info!(
         frontends = programmer.frontend_count(),
         "adopted the kernel's state"
@@ -137,6 +143,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 let (ok, gone_udp) = sync(&mut programmer, &desired, &health, &metrics);
                 destroy_udp_sockets(&mut datapath, &gone_udp);
                 north_south.sync(&desired, &mut datapath, programmer.maps_mut()).await;
+                if let Err(e) =
+                    northsouth::sync_cluster_nodes(programmer.maps_mut(), &desired.cluster_node_ips)
+                {
+                    warn!(error = %e, "cluster node addresses (DSR)");
+                }
                 retry_at = (!ok).then(|| tokio::time::Instant::now() + RETRY_AFTER);
                 last = Some(desired);
                 inputs = Some(update.inputs);
@@ -153,15 +164,6 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 retry_at = (!ok).then(|| tokio::time::Instant::now() + RETRY_AFTER);
                 if ok {
                     metrics.network_programmed(&std::mem::take(&mut triggers));
-                }
-            }
-            _ = gc.tick() => {
-                let (gone, left) = northsouth::gc_conntrack(programmer.maps_mut());
-                // The CT map filling up is the failure operators must see
-                // coming (cilium#24177): export its fill at every collection.
-                metrics.conntrack_entries(left);
-                if gone > 0 {
-                    debug!(flows = gone, "conntrack: idle entries removed");
                 }
             }
             _ = sigterm.recv() => break,
@@ -229,6 +231,11 @@ async fn serve_metrics(args: &AgentArgs, metrics: &Metrics) -> anyhow::Result<()
         async move {
             if path != "/metrics" {
                 return http::Reply::text(hyper::StatusCode::NOT_FOUND, "not found\n");
+            }
+            // The CT map filling up is the failure operators must see coming
+            // (cilium#24177): measured at every scrape, not every collection.
+            if let Ok(fill) = ct_gc::fill(&pins) {
+                m.conntrack(fill);
             }
             // Own handle on the pinned maps: scrapes never wait for a sync.
             let counters: Vec<(&'static str, u64)> = Maps::open_pinned(&pins)

@@ -2,6 +2,7 @@
 //! ([`loader`]), the typed map handles ([`maps`]), and turning a
 //! [`crate::model::Desired`] state into map writes as a diff ([`programmer`]).
 
+pub mod ct_gc;
 pub mod ids;
 pub mod ifaces;
 pub mod lbmaps;
@@ -9,6 +10,7 @@ pub mod loader;
 pub mod maglev;
 pub mod maps;
 pub mod programmer;
+pub mod sizes;
 pub mod snapshot;
 pub mod sock_gc;
 pub mod sys;
@@ -17,3 +19,4 @@ pub mod tc;
 pub use loader::{Datapath, LoadOptions};
 pub use maps::Maps;
 pub use programmer::{Programmer, SyncReport};
+pub use sizes::MapSizes;

@@ -14,7 +14,8 @@ use std::{
 };
 
 use agent_common::{
-    AffinityKey, Backend4, RevNat4, Svc4Key, SvcValue, backend_flags, backend_state, maps as names,
+    AffinityKey, Backend4, Member4Key, RevNat4, Svc4Key, SvcValue, backend_flags, backend_state,
+    maps as names,
     net::{ip4_to_raw, port_to_raw},
     svc_flags,
 };
@@ -210,6 +211,7 @@ impl<M: LbMaps> Programmer<M> {
             let _ = p.maps.del_rev_nat(*id);
         }
         p.adopt_north_south(&used_rev);
+        p.adopt_members();
         debug!(
             frontends = p.frontends.len(),
             backends = p.backends.len(),
@@ -382,6 +384,11 @@ impl<M: LbMaps> Programmer<M> {
                 self.write_maglev(rev_nat_id, &want.backends, &ids)?;
             }
         }
+        if exposed(key, want.flags) {
+            for (b, &id) in want.backends.iter().zip(&ids) {
+                self.maps.put_member(member_key(rev_nat_id, b), id)?;
+            }
+        }
 
         let svc_key = |slot: u16| Svc4Key {
             addr: ip4_to_raw(key.ip.octets()),
@@ -420,6 +427,14 @@ impl<M: LbMaps> Programmer<M> {
 
         if let Some(old) = &old {
             let kept: BTreeSet<u32> = ids.iter().copied().collect();
+            if exposed(key, old.flags) {
+                let still = exposed(key, want.flags);
+                for b in &old.backends {
+                    if !(still && want.backends.contains(b)) {
+                        self.remove_member(key, rev_nat_id, b);
+                    }
+                }
+            }
             if (old.flags | want.flags) & svc_flags::AFFINITY != 0 {
                 self.purge_affinity(rev_nat_id, &kept);
             }
@@ -453,6 +468,11 @@ impl<M: LbMaps> Programmer<M> {
             }
         }
         self.svc_entries -= 1 + old.backends.len() as u32;
+        if exposed(key, old.flags) {
+            for b in &old.backends {
+                self.remove_member(key, old.rev_nat_id, b);
+            }
+        }
         for b in &old.backends {
             self.release_backend(b);
         }
@@ -700,6 +720,37 @@ impl<M: LbMaps> Programmer<M> {
         }
     }
 
+    fn remove_member(&mut self, key: &FrontendKey, rev_nat_id: u16, b: &BackendAddr) {
+        if let Err(e) = self.maps.del_member(&member_key(rev_nat_id, b)) {
+            warn!(frontend = %key, backend = %b, error = %e, "removing a DSR membership");
+        }
+    }
+
+    /// Makes the membership map hold exactly the backends of the adopted
+    /// exposed frontends (an agent of an older version left none; a
+    /// removed service's may linger).
+    fn adopt_members(&mut self) {
+        let mut want: BTreeMap<Member4Key, u32> = BTreeMap::new();
+        for (key, f) in &self.frontends {
+            if exposed(key, f.flags) {
+                for b in &f.backends {
+                    if let Some(e) = self.backends.get(b) {
+                        want.insert(member_key(f.rev_nat_id, b), e.id);
+                    }
+                }
+            }
+        }
+        let have: BTreeMap<Member4Key, u32> = self.maps.members().into_iter().collect();
+        for k in have.keys().filter(|k| !want.contains_key(k)) {
+            let _ = self.maps.del_member(k);
+        }
+        for (k, id) in want.iter().filter(|(k, id)| have.get(k) != Some(id)) {
+            if let Err(e) = self.maps.put_member(*k, *id) {
+                warn!(error = %e, "writing a DSR membership");
+            }
+        }
+    }
+
     /// Drops affinity entries of `rev_nat_id` that point at a backend the
     /// frontend no longer has, so a removed backend is never chosen again.
     fn purge_affinity(&mut self, rev_nat_id: u16, kept: &BTreeSet<u32>) {
@@ -713,6 +764,25 @@ impl<M: LbMaps> Programmer<M> {
         for k in stale {
             let _ = self.maps.del_affinity(&k);
         }
+    }
+}
+
+/// The frontend is served on the node's devices (the external scope of a
+/// NodePort, externalIP or LoadBalancer): its backends are the destinations
+/// a DSR option naming it may reach (`ferry_memb4_v1`).
+fn exposed(key: &FrontendKey, flags: u16) -> bool {
+    key.scope == Scope::External
+        && flags & (svc_flags::NODE_PORT | svc_flags::EXTERNAL_IP | svc_flags::LOAD_BALANCER) != 0
+}
+
+fn member_key(rev_nat_id: u16, b: &BackendAddr) -> Member4Key {
+    Member4Key {
+        rev_nat_id,
+        proto: b.proto.number(),
+        _pad: 0,
+        addr: ip4_to_raw(b.ip.octets()),
+        port: port_to_raw(b.port),
+        _pad2: 0,
     }
 }
 

@@ -9,8 +9,8 @@ use std::{
 };
 
 use agent_common::{
-    AffinityKey, AffinityValue, Backend4, RevNat4, Svc4Key, SvcValue, affinity_client, maps,
-    svc_flags,
+    AffinityKey, AffinityValue, Backend4, Member4Key, RevNat4, Svc4Key, SvcValue, affinity_client,
+    maps, svc_flags,
 };
 
 use super::*;
@@ -34,6 +34,8 @@ enum Op {
     DelRange(u16, Cidr4),
     PutMaglev,
     DelMaglev,
+    PutMember(Member4Key),
+    DelMember(Member4Key),
 }
 
 #[derive(Default)]
@@ -44,6 +46,7 @@ struct Inner {
     affinity: Vec<(AffinityKey, AffinityValue)>,
     ranges: BTreeSet<(u16, Cidr4)>,
     maglev: BTreeMap<u32, u32>,
+    members: BTreeMap<Member4Key, u32>,
     ops: Vec<Op>,
 }
 
@@ -158,6 +161,26 @@ impl LbMaps for FakeMaps {
         self.0
             .borrow()
             .maglev
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect()
+    }
+    fn put_member(&mut self, k: Member4Key, id: u32) -> Result<()> {
+        let mut m = self.0.borrow_mut();
+        m.members.insert(k, id);
+        m.ops.push(Op::PutMember(k));
+        Ok(())
+    }
+    fn del_member(&mut self, k: &Member4Key) -> Result<()> {
+        let mut m = self.0.borrow_mut();
+        m.members.remove(k);
+        m.ops.push(Op::DelMember(*k));
+        Ok(())
+    }
+    fn members(&self) -> Vec<(Member4Key, u32)> {
+        self.0
+            .borrow()
+            .members
             .iter()
             .map(|(k, v)| (*k, *v))
             .collect()
@@ -592,4 +615,82 @@ fn udp_backends_no_frontend_uses_are_reported_gone() {
     assert_eq!(r.gone_udp, vec![udp(2)], "udp(3) moved to a, udp(2) left");
     let r = p.apply(&Desired::default());
     assert_eq!(r.gone_udp, vec![udp(3)]);
+}
+
+fn member(rev_nat_id: u16, b: &BackendAddr) -> Member4Key {
+    Member4Key {
+        rev_nat_id,
+        proto: b.proto.number(),
+        _pad: 0,
+        addr: u32::from_ne_bytes(b.ip.octets()),
+        port: b.port.to_be(),
+        _pad2: 0,
+    }
+}
+
+#[test]
+fn exposed_frontends_list_their_backends_for_dsr_and_nothing_else_does() {
+    let maps = FakeMaps::default();
+    let mut p = Programmer::adopt(maps.clone());
+    let (np, cip) = (key([172, 18, 0, 2], 30080), key([10, 96, 0, 1], 80));
+    let internal = FrontendKey {
+        scope: Scope::Internal,
+        ..np
+    };
+    let mut node_port = frontend("web", vec![be(2, 8080), be(3, 8080)]);
+    node_port.kind = FrontendKind::NodePort;
+    let d = desired(vec![
+        (np, node_port.clone()),
+        (internal, node_port.clone()),
+        (cip, frontend("web", vec![be(2, 8080), be(3, 8080)])),
+    ]);
+    p.apply(&d);
+    let ops = maps.take_ops();
+    let rev = maps.0.borrow().services[&raw(&np, 0)].rev_nat_id;
+    let (m2, m3) = (member(rev, &be(2, 8080)), member(rev, &be(3, 8080)));
+    assert_eq!(
+        maps.0.borrow().members.keys().copied().collect::<Vec<_>>(),
+        vec![m2, m3],
+        "the NodePort's external scope only"
+    );
+    assert!(
+        pos(&ops, &Op::PutMember(m3)) < pos(&ops, &Op::PutSvc(raw(&np, 0))),
+        "members before the frontend that makes them reachable"
+    );
+
+    // A backend leaves: its membership goes after the frontend stops naming it.
+    node_port.backends = vec![be(2, 8080)];
+    p.apply(&desired(vec![
+        (np, node_port.clone()),
+        (internal, node_port.clone()),
+        (cip, frontend("web", vec![be(2, 8080)])),
+    ]));
+    let ops = maps.take_ops();
+    assert!(pos(&ops, &Op::PutSvc(raw(&np, 0))) < pos(&ops, &Op::DelMember(m3)));
+    assert_eq!(
+        maps.0.borrow().members.keys().copied().collect::<Vec<_>>(),
+        vec![m2]
+    );
+
+    // A restarted agent fills an empty membership map (an older agent left
+    // none) and drops strays, without touching the frontends.
+    maps.0.borrow_mut().members.clear();
+    let stray = member(999, &be(7, 80));
+    maps.0.borrow_mut().members.insert(stray, 42);
+    let mut second = Programmer::adopt(maps.clone());
+    assert_eq!(
+        maps.0.borrow().members.keys().copied().collect::<Vec<_>>(),
+        vec![m2]
+    );
+    maps.take_ops();
+    second.apply(&desired(vec![
+        (np, node_port.clone()),
+        (internal, node_port),
+        (cip, frontend("web", vec![be(2, 8080)])),
+    ]));
+    assert_eq!(maps.take_ops(), vec![], "adopted as it is");
+
+    // The service goes: so do its memberships.
+    second.apply(&Desired::default());
+    assert!(maps.0.borrow().members.is_empty());
 }

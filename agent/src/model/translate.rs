@@ -64,10 +64,12 @@ pub const LB_ALGORITHM_ANNOTATION: &str = "ferry.io/lb-algorithm";
 pub fn translate(inputs: &Inputs) -> (Desired, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let node = NodeAddrs::new(inputs, &mut diags);
+    let cluster_node_ips = cluster_node_ips(inputs, &node, &mut diags);
     let slices = index_slices(inputs, &mut diags);
     let mut cx = Cx {
         desired: Desired {
             node_ips: node.ips.iter().flatten().copied().collect(),
+            cluster_node_ips,
             ..Desired::default()
         },
         node,
@@ -207,6 +209,26 @@ impl NodeAddrs {
             }
         }
     }
+}
+
+/// Every Node's InternalIP and ExternalIP IPv4 addresses. This node's were
+/// read (and reported) by [`NodeAddrs`]; a bad address of another node is
+/// reported here and skipped.
+fn cluster_node_ips(
+    inputs: &Inputs,
+    this: &NodeAddrs,
+    diags: &mut Vec<Diagnostic>,
+) -> BTreeSet<Ipv4Addr> {
+    let mut all: BTreeSet<Ipv4Addr> = this.ips.iter().flatten().copied().collect();
+    for (name, node) in inputs.nodes.iter().filter(|(n, _)| **n != inputs.node_name) {
+        let obj = Obj {
+            kind: "Node",
+            namespace: "",
+            name,
+        };
+        all.extend(node_ips(node, obj, diags));
+    }
+    all
 }
 
 /// The InternalIP and ExternalIP addresses of a Node (deduplicated). IPv6
