@@ -6,7 +6,7 @@
 //! for, so an agent never runs silently with a size it did not ask for.
 //! When the flags ask for another size than the pin has, the map is resized
 //! without losing what it holds, and the log says so:
-//! 1. before loading, the old map's pin is renamed `<name>.resizing`;
+//! 1. before loading, the old map's pin is renamed `<name>_resizing`;
 //! 2. the object loads with a new map of the new size under the old name;
 //! 3. every entry of the old map is copied into the new one (conntrack
 //!    entries oldest first, so that when the map shrinks the most recent
@@ -17,7 +17,7 @@
 //! next packet (on the same backend: see select.rs in agent-ebpf). Maglev
 //! tables are state the agent programmed: shrinking that map below what it
 //! holds is refused before anything changes, naming the size it needs. A
-//! resize cut short (a `.resizing` pin left behind) is finished by the next
+//! resize cut short (a `_resizing` pin left behind) is finished by the next
 //! start.
 
 use std::{
@@ -39,7 +39,8 @@ use crate::{
 
 /// Entries per BPF_MAP_LOOKUP_BATCH call while copying.
 const BATCH: u32 = 4096;
-const RESIZING: &str = ".resizing";
+/// bpffs refuses names with a dot.
+const RESIZING: &str = "_resizing";
 
 /// The sizes of the maps whose size is the operator's choice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
