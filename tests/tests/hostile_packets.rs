@@ -313,6 +313,84 @@ fn forged_dsr_options_are_ignored_in_snat_mode() {
 }
 
 #[test]
+fn forged_dsr_options_in_dsr_mode_name_only_real_frontends_and_break_no_flow() {
+    require_root!();
+    let c =
+        Cluster::new("forged_dsr_options_in_dsr_mode_name_only_real_frontends_and_break_no_flow");
+    let (ext1, ext2) = clients_behind_node1(&c);
+    let b2 = c.add_pod_on("node2", "b2");
+    let _e2 = c.start_echo(&b2, &[8080], &[5353]);
+    web(&c, &[(&b2, "node2")]);
+    start(&c, &["--lb-mode", "dsr"], &[format!("{}:8080", b2.ip)]);
+    let (node1, node2) = (c.node("node1").ip, c.node("node2").ip);
+
+    // From its own address, the attacker names a forged frontend, then a real one.
+    let ask = |port: u16, option: String| {
+        let r = raw(
+            &c,
+            &ext2,
+            &[
+                "udp",
+                &format!("{}:{port}", ext2.ip),
+                &format!("{}:5353", b2.ip),
+                "--dsr-option",
+                &option,
+                "--reply-ms",
+                "3000",
+            ],
+        );
+        println!("option {option} -> pod: {r}");
+        r["reply_from"].as_str().unwrap_or("none").to_owned()
+    };
+    assert_eq!(
+        ask(41001, format!("{FORGED}:{UDP_NODE_PORT}")),
+        format!("{}:5353", b2.ip),
+        "no answer from a forged address\n{}",
+        c.dump()
+    );
+    // A NodePort of a cluster node does serve this pod: the answer comes from it, as it
+    // would had the attacker sent its datagram there.
+    assert_eq!(
+        ask(41002, format!("{node1}:{UDP_NODE_PORT}")),
+        format!("{node1}:{UDP_NODE_PORT}")
+    );
+
+    // Live DSR flows (ext1 -> node1's NodePort -> b2 on node2), then a forged SYN and a forged
+    // ACK on each one's 5-tuple naming another real frontend of the pod.
+    let held = held_connections(&c, &ext1, &format!("{node1}:{NODE_PORT}"), 4);
+    for (_, local) in &held {
+        for flags in ["S", "A"] {
+            raw(
+                &c,
+                &ext2,
+                &[
+                    "tcp",
+                    local,
+                    &format!("{}:8080", b2.ip),
+                    "--flags",
+                    flags,
+                    "--dsr-option",
+                    &format!("{node2}:{NODE_PORT}"),
+                ],
+            );
+        }
+    }
+    let alive = survivors(&held, "after the forged options");
+    println!("{alive} of {} live DSR flows survived", held.len());
+    println!("node2 stats: {}", c.stats("node2"));
+    assert_eq!(
+        alive,
+        held.len(),
+        "forged options broke DSR flows\n{}",
+        c.dump()
+    );
+    assert_eq!(
+        counter(&c, "node2", "ns_dsr_clash_drop"),
+        2 * held.len() as u64
+    );
+}
+
+#[test]
 fn rejects_of_a_spoofed_flood_are_rate_limited() {
     require_root!();
     let c = Cluster::new("rejects_of_a_spoofed_flood_are_rate_limited");
