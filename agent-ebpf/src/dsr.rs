@@ -22,9 +22,10 @@
 //! - UDP: every datagram. There is no handshake: any datagram may be the
 //!   first B sees, and each refreshes B's entry.
 //! - TCP: SYNs, and the packet that creates the flow on A (after A lost a
-//!   flow, B may have lost it too). The SYN is what B needs to create its
-//!   entry; the pod's replies keep that entry alive from then on (egress
-//!   refreshes it), and the client's later segments need no state on B.
+//!   flow; B refreshes its entry from it, but only a SYN makes one). The
+//!   SYN is what B needs to create its entry; the pod's replies keep that
+//!   entry alive from then on (egress refreshes it), and the client's later
+//!   segments need no state on B.
 //!   Data segments are sized to the path MTU by the client's MSS, so 8 more
 //!   bytes would not fit them; and established flows cost nothing extra on
 //!   either node. The price: a flow whose entry B lost (LRU eviction)
