@@ -147,6 +147,20 @@ pub struct SockRev4 {
 }
 const _: () = assert!(core::mem::size_of::<SockRev4>() == 8);
 
+/// Key of the membership map (`maps::MEMBERS_V4`): a backend of an exposed
+/// frontend (named by its rev-NAT id on this node). Network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Member4Key {
+    pub rev_nat_id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+    pub addr: u32,
+    pub port: u16,
+    pub _pad2: u16,
+}
+const _: () = assert!(core::mem::size_of::<Member4Key>() == 12);
+
 /// Key of the dead-backend map (`maps::DEAD_V4`): a UDP backend just removed
 /// from a service. Network order.
 #[repr(C)]
@@ -205,6 +219,7 @@ mod pod {
     unsafe impl aya::Pod for SockRev4Key {}
     unsafe impl aya::Pod for SockRev4 {}
     unsafe impl aya::Pod for Dead4Key {}
+    unsafe impl aya::Pod for Member4Key {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
 }

@@ -31,7 +31,20 @@ pub const MAGLEV: &str = "ferry_maglev_v1";
 /// The node's IPv4 address on each device (ifindex -> address), the SNAT source.
 pub const NODE_ADDR_V4: &str = "ferry_naddr4_v1";
 /// Per-node settings (`NodeConfig`), one entry.
-pub const NODE_CONFIG: &str = "ferry_ncfg_v1";
+pub const NODE_CONFIG: &str = "ferry_ncfg_v2";
+/// Every node's IPv4 addresses (address -> 1), from the Node objects: the
+/// addresses a DSR option may name for a NodePort.
+pub const NODES_V4: &str = "ferry_nodes4_v1";
+/// Backends of the exposed frontends (`Member4Key` -> backend id), external
+/// scope only: what a DSR option's packet must be addressed to.
+pub const MEMBERS_V4: &str = "ferry_memb4_v1";
+/// The port unreachable budget of the node: one GCRA state (u64, the
+/// theoretical arrival time in ns of CLOCK_MONOTONIC).
+pub const ICMP_GLOBAL: &str = "ferry_icmpg_v1";
+/// The port unreachable budget of each source (IPv4 address -> GCRA state), LRU.
+pub const ICMP_SOURCES: &str = "ferry_icmps_v1";
+/// The conntrack map's fill as the agent last measured it (one u32, per mille).
+pub const CT_FILL: &str = "ferry_ctfill_v1";
 
 /// Every map name of the current ABI.
 pub const ALL: &[&str] = &[
@@ -47,6 +60,11 @@ pub const ALL: &[&str] = &[
     MAGLEV,
     NODE_ADDR_V4,
     NODE_CONFIG,
+    NODES_V4,
+    MEMBERS_V4,
+    ICMP_GLOBAL,
+    ICMP_SOURCES,
+    CT_FILL,
 ];
 
 /// Prefix shared by every map and link ferry pins, whatever its version.
@@ -60,11 +78,22 @@ pub const REV_NAT_V4_MAX: u32 = 65_536;
 pub const SOCK_REV_V4_MAX: u32 = 262_144;
 pub const AFFINITY_MAX: u32 = 65_536;
 pub const DEAD_V4_MAX: u32 = 4_096;
+/// The default; the agent sizes the map with `--conntrack-max`.
 pub const CT_V4_MAX: u32 = 262_144;
 pub const SRC_RANGE_V4_MAX: u32 = 16_384;
-/// Room for 64 Maglev services (allocated on use: BPF_F_NO_PREALLOC).
-pub const MAGLEV_MAX: u32 = 64 * 16_381;
+/// Maglev services the map has room for by default; the agent sizes the map
+/// with `--maglev-max-services` (allocated on use: BPF_F_NO_PREALLOC).
+pub const MAGLEV_SERVICES: u32 = 64;
+pub const MAGLEV_MAX: u32 = MAGLEV_SERVICES * crate::MAGLEV_TABLE_SIZE;
 pub const NODE_ADDR_V4_MAX: u32 = 256;
+/// 5,000 nodes with an InternalIP and an ExternalIP each fit.
+pub const NODES_V4_MAX: u32 = 16_384;
+/// One entry per backend slot of an external frontend: never more than the
+/// service map holds (allocated on use).
+pub const MEMBERS_V4_MAX: u32 = SERVICES_V4_MAX;
+/// Sources with a port unreachable budget of their own (LRU: a flood of
+/// spoofed sources recycles the oldest, the global budget still holds).
+pub const ICMP_SOURCES_MAX: u32 = 65_536;
 
 /// Slot 0 of a service is its frontend; backends occupy 1..=count. A service
 /// never has more backends than this (Kubernetes caps a slice at 1,000

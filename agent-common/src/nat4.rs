@@ -121,8 +121,75 @@ pub struct NodeConfig {
     /// `SNAT_PORT_MAX_DEFAULT`].
     pub snat_port_min: u16,
     pub snat_port_max: u16,
+    /// Port unreachables the node sends per second, all sources together
+    /// (0: [`ICMP_RATE_DEFAULT`]), as `net.ipv4.icmp_msgs_per_sec`.
+    pub icmp_rate: u32,
+    /// How many of them may go at once (0: [`ICMP_BURST_DEFAULT`]), as
+    /// `net.ipv4.icmp_msgs_burst`.
+    pub icmp_burst: u32,
+    /// Milliseconds between port unreachables to one source after its burst
+    /// of [`ICMP_SOURCE_BURST`] (0: [`ICMP_SOURCE_INTERVAL_MS_DEFAULT`]), as
+    /// `net.ipv4.icmp_ratelimit`.
+    pub icmp_source_interval_ms: u32,
 }
-const _: () = assert!(core::mem::size_of::<NodeConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 20);
+
+/// The kernel's defaults for its own ICMP errors (icmp_msgs_per_sec,
+/// icmp_msgs_burst, icmp_ratelimit; the per-destination burst is
+/// XRLIM_BURST_FACTOR).
+pub const ICMP_RATE_DEFAULT: u32 = 1_000;
+pub const ICMP_BURST_DEFAULT: u32 = 50;
+pub const ICMP_SOURCE_INTERVAL_MS_DEFAULT: u32 = 1_000;
+pub const ICMP_SOURCE_BURST: u32 = 6;
+
+/// Conntrack idle timeouts in seconds, shared by the agent's collection and
+/// the datapath's judgement of a clashing flow (kube-proxy relies on the
+/// kernel's, 5 days for established TCP; Cilium's 6 h is the saner bound
+/// for a map).
+pub mod ct_timeout {
+    pub const TCP: u32 = 6 * 3600;
+    /// After a FIN or a RST was seen.
+    pub const TCP_CLOSING: u32 = 10;
+    pub const UDP: u32 = 120;
+}
+
+/// TCP flag bits as conntrack keeps them (`Ct4Value::tcp_flags`).
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+}
+
+/// A TCP flow whose FIN or RST was seen.
+#[inline(always)]
+pub const fn ct_closing(proto: u8, flags: u8) -> bool {
+    proto == crate::proto::TCP && flags & (tcp_flags::FIN | tcp_flags::RST) != 0
+}
+
+/// A flow idle for `idle` seconds is past the timeout of its state: the
+/// agent collects it.
+#[inline(always)]
+pub const fn ct_expired(proto: u8, flags: u8, idle: u32) -> bool {
+    let timeout = if ct_closing(proto, flags) {
+        ct_timeout::TCP_CLOSING
+    } else if proto == crate::proto::TCP {
+        ct_timeout::TCP
+    } else {
+        ct_timeout::UDP
+    };
+    idle > timeout
+}
+
+/// A flow is over, so a new one may take its 5-tuple: closing, or past its
+/// idle timeout.
+#[inline(always)]
+pub const fn ct_over(proto: u8, flags: u8, idle: u32) -> bool {
+    ct_closing(proto, flags) || ct_expired(proto, flags, idle)
+}
+
+/// New flows made while the conntrack map is at least this full (per mille,
+/// as the agent last measured it) are counted: [`crate::stats::Counter::NsNewFlowCtFull`].
+pub const CT_PRESSURE_PERMILLE: u32 = 900;
 
 pub mod node_flags {
     /// externalTrafficPolicy Cluster to a remote backend: keep the client's
@@ -176,6 +243,30 @@ pub const fn jhash_3words(a: u32, b: u32, c: u32, initval: u32) -> u32 {
     c ^= b;
     c = c.wrapping_sub(b.rotate_left(24));
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{TCP, UDP};
+
+    #[test]
+    fn a_flow_is_over_when_closing_or_idle_past_the_timeout_of_its_state() {
+        let est = tcp_flags::SYN;
+        assert!(!ct_over(TCP, est, ct_timeout::TCP), "established, idle 6 h");
+        assert!(ct_over(TCP, est, ct_timeout::TCP + 1));
+        assert!(ct_over(TCP, est | tcp_flags::FIN, 0), "closing: at once");
+        assert!(ct_over(TCP, tcp_flags::RST, 0));
+        assert!(!ct_expired(TCP, tcp_flags::FIN, ct_timeout::TCP_CLOSING));
+        assert!(ct_expired(TCP, tcp_flags::FIN, ct_timeout::TCP_CLOSING + 1));
+        assert!(
+            !ct_over(UDP, 0, ct_timeout::UDP),
+            "UDP has no closing state"
+        );
+        assert!(ct_over(UDP, 0, ct_timeout::UDP + 1));
+        // Flag bits on a UDP entry mean nothing.
+        assert!(!ct_over(UDP, tcp_flags::FIN, 0));
+    }
 }
 
 #[cfg(feature = "user")]

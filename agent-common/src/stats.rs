@@ -57,9 +57,42 @@ pub enum Counter {
     /// entry, failed: dropped (or, when the option could not be removed and
     /// the packet is intact, delivered with it: Linux ignores it).
     NsDsrFailed = 20,
+    /// North-south DSR, on a backend's node: a packet carrying the DSR option
+    /// that was not honoured (DSR is off here; the option names no frontend
+    /// this cluster serves; the packet is not for a backend of that frontend
+    /// on this node; a TCP segment other than a SYN for a flow this node does
+    /// not know): no state made, passed on untouched.
+    NsDsrIgnored = 21,
+    /// North-south DSR, on a backend's node: an honoured option whose flow
+    /// clashes with a live conntrack entry of another flow (one that DSR did
+    /// not make, or a DSR flow of another frontend): dropped, the entry kept.
+    NsDsrClashDrop = 22,
+    /// North-south: a packet that would start a flow whose conntrack entry
+    /// a live flow holds: dropped, as netfilter drops a SYN that clashes
+    /// with a live flow (a finished flow is forgotten instead). A SYN
+    /// straight to a pod on the 5-tuple of a translated flow's reply, or a
+    /// new flow to a local backend whose reply a flow through another
+    /// frontend holds.
+    NsCtClashDrop = 23,
+    /// North-south: a port unreachable beyond the node's budget (a global
+    /// token bucket like `icmp_msgs_per_sec`/`icmp_msgs_burst`): not sent,
+    /// the packet dropped.
+    NsRejectLimited = 24,
+    /// North-south: a port unreachable beyond the per-source budget (like
+    /// `icmp_ratelimit`): not sent, the packet dropped.
+    NsRejectLimitedSource = 25,
+    /// North-south: a TCP segment other than a SYN for a frontend, with no
+    /// conntrack entry: its flow was lost (evicted from a full map, collected
+    /// while idle, older than the map) or the segment is forged. A flow is
+    /// made for it (on the same backend while the backends are unchanged).
+    NsCtLostFlow = 26,
+    /// North-south: a new flow made while the conntrack map was at least
+    /// [`crate::CT_PRESSURE_PERMILLE`] full (as the agent last measured it):
+    /// every such flow may evict another.
+    NsNewFlowCtFull = 27,
 }
 
-pub const COUNTERS: u32 = 21;
+pub const COUNTERS: u32 = 28;
 
 /// Slots of the pinned counter map: a fixed reserve above `COUNTERS`, so
 /// adding a counter does not change the map's size (a pinned map of another
@@ -90,6 +123,13 @@ impl Counter {
         Counter::NsDsrReceived,
         Counter::NsDsrFallback,
         Counter::NsDsrFailed,
+        Counter::NsDsrIgnored,
+        Counter::NsDsrClashDrop,
+        Counter::NsCtClashDrop,
+        Counter::NsRejectLimited,
+        Counter::NsRejectLimitedSource,
+        Counter::NsCtLostFlow,
+        Counter::NsNewFlowCtFull,
     ];
 
     /// Stable name used in metrics and `ferry stats`.
@@ -116,6 +156,13 @@ impl Counter {
             Counter::NsDsrReceived => "ns_dsr_received",
             Counter::NsDsrFallback => "ns_dsr_fallback",
             Counter::NsDsrFailed => "ns_dsr_failed",
+            Counter::NsDsrIgnored => "ns_dsr_ignored",
+            Counter::NsDsrClashDrop => "ns_dsr_clash_drop",
+            Counter::NsCtClashDrop => "ns_ct_clash_drop",
+            Counter::NsRejectLimited => "ns_reject_limited",
+            Counter::NsRejectLimitedSource => "ns_reject_limited_source",
+            Counter::NsCtLostFlow => "ns_ct_lost_flow",
+            Counter::NsNewFlowCtFull => "ns_new_flow_ct_full",
         }
     }
 }

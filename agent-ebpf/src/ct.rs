@@ -6,14 +6,20 @@
 //! tracked packet costs one lookup. The map is an LRU: entries of dead flows
 //! age out under pressure; the agent may also remove idle ones by
 //! `last_seen` (a flow is alive while either entry is recent).
+//!
+//! A new flow never takes over a live flow's entry: when the entry it needs
+//! belongs to a flow that is not over, the new flow's packet is dropped
+//! (`NsCtClashDrop`), as netfilter drops a SYN whose reply tuple clashes with
+//! a live connection's. Forged packets, which cannot be told from the real
+//! ones here, so cannot tear down or hijack a flow by reusing its 5-tuple.
 
 use agent_common::{
-    Ct4Key, Ct4Value, NodeConfig, SNAT_PORT_MAX_DEFAULT, SNAT_PORT_MIN_DEFAULT, ct_dir,
+    Ct4Key, Ct4Value, NodeConfig, SNAT_PORT_MAX_DEFAULT, SNAT_PORT_MIN_DEFAULT, ct_dir, ct_over,
 };
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated as h};
 
 use crate::{
-    maps::{CT_V4, NODE_CONFIG},
+    maps::{CT_FILL, CT_V4, NODE_CONFIG},
     parse::Tuple,
 };
 
@@ -75,6 +81,52 @@ pub fn touch(v: *mut Ct4Value, now: u32, tcp_flags: u8) {
 pub fn remove_flow(fwd_key: &Ct4Key, fwd: &Ct4Value) {
     let _ = CT_V4.remove(&reply_key(fwd, fwd_key.proto));
     let _ = CT_V4.remove(fwd_key);
+}
+
+/// The FORWARD key of the flow whose REPLY entry is (`rkey`, `rval`): the
+/// client's packets to the frontend.
+#[inline(always)]
+pub fn forward_key_of(rkey: &Ct4Key, rval: &Ct4Value) -> Ct4Key {
+    Ct4Key {
+        saddr: rval.nat_daddr,
+        daddr: rval.nat_saddr,
+        sport: rval.nat_dport,
+        dport: rval.nat_sport,
+        proto: rkey.proto,
+        dir: ct_dir::FORWARD,
+        _pad: [0; 2],
+    }
+}
+
+/// The flow of the REPLY entry (`rkey`, `rval`) is over (closing, or idle
+/// past its timeout), judged on both of its entries as the agent's
+/// collection judges them: a new flow may take its place.
+#[inline(always)]
+pub fn reply_flow_over(rkey: &Ct4Key, rval: &Ct4Value, now: u32) -> bool {
+    let (mut flags, mut last) = (rval.tcp_flags, rval.last_seen);
+    if let Some(f) = lookup(&forward_key_of(rkey, rval)) {
+        // SAFETY: a live map value; two fields read.
+        let (f_flags, f_last) = unsafe { ((*f).tcp_flags, (*f).last_seen) };
+        flags |= f_flags;
+        if f_last > last {
+            last = f_last;
+        }
+    }
+    // Saturating: another CPU may have stamped the entry a second later.
+    ct_over(rkey.proto, flags, now.saturating_sub(last))
+}
+
+/// Forgets the flow of the REPLY entry (`rkey`, `rval`): both entries.
+#[inline(always)]
+pub fn forget_reply_flow(rkey: &Ct4Key, rval: &Ct4Value) {
+    let _ = CT_V4.remove(&forward_key_of(rkey, rval));
+    let _ = CT_V4.remove(rkey);
+}
+
+/// How full the map is, per mille, as the agent last measured it.
+#[inline(always)]
+pub fn fill_permille() -> u32 {
+    CT_FILL.get_ptr(0).map(|p| unsafe { *p }).unwrap_or(0)
 }
 
 /// The node's SNAT port range, host order.

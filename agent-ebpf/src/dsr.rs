@@ -22,9 +22,10 @@
 //! - UDP: every datagram. There is no handshake: any datagram may be the
 //!   first B sees, and each refreshes B's entry.
 //! - TCP: SYNs, and the packet that creates the flow on A (after A lost a
-//!   flow, B may have lost it too). The SYN is what B needs to create its
-//!   entry; the pod's replies keep that entry alive from then on (egress
-//!   refreshes it), and the client's later segments need no state on B.
+//!   flow; B refreshes its entry from it, but only a SYN makes one). The
+//!   SYN is what B needs to create its entry; the pod's replies keep that
+//!   entry alive from then on (egress refreshes it), and the client's later
+//!   segments need no state on B.
 //!   Data segments are sized to the path MTU by the client's MSS, so 8 more
 //!   bytes would not fit them; and established flows cost nothing extra on
 //!   either node. The price: a flow whose entry B lost (LRU eviction)
@@ -41,17 +42,32 @@
 //!   the flow already (its earlier datagrams or its SYN carried the option)
 //!   or could not have answered it anyway.
 //!
-//! B honours an option only when it names a frontend this node exposes too
-//! (every node has the same LoadBalancer IPs and externalIPs; a NodePort
-//! names node A, so B checks the port against its own address on the
-//! device), which keeps forged options from making a pod's replies come
-//! from arbitrary addresses; and only for a destination on this node: the
-//! node's own address on the device (hostNetwork backends), or an address
-//! the FIB reaches directly (no gateway) through another device (the pods'
-//! bridge or veths). Anything else, including options B has no use for,
-//! passes untouched. Only the first option is looked at: A always puts its
-//! own there. B honours options whatever its own mode, so that the nodes of
-//! a cluster need not switch modes at the same instant.
+//! What B trusts. An IP option cannot say who wrote it: B sees the client's
+//! address as the source, so anyone who can send packets to a pod address
+//! can forge the option. B therefore honours an option only when
+//! - DSR is on here (`--lb-mode dsr`; with SNAT, the default, every option
+//!   passes untouched, as Cilium processes them only with DSR enabled);
+//! - it names a frontend this cluster serves: a LoadBalancer IP or an
+//!   externalIP (every node has the same), or a NodePort on the address of
+//!   a cluster node (`NODES_V4`, from the Node objects);
+//! - the packet is addressed to a backend of that frontend that runs on
+//!   this node (`MEMBERS_V4`, then the backend's LOCAL flag);
+//! - for TCP, it makes state only from a SYN;
+//! - and the flow's REPLY entry is free, its own, or a finished DSR flow's:
+//!   an entry that DSR did not make, or a live DSR flow of another
+//!   frontend, is never replaced (`NsDsrClashDrop`, the packet dropped).
+//!
+//! So a forger can make a pod answer from a frontend that really serves
+//! it, to whatever address it put as the source: what sending to the
+//! frontend does anyway. What remains: a forged SYN naming such a frontend,
+//! on the 5-tuple of a connection straight to the pod (which no conntrack
+//! entry records), rewrites that connection's replies. An encapsulation
+//! whose outer source is a node (Cilium's IPIP/Geneve DSR) would let B
+//! check the sender against `NODES_V4`, but only where the fabric drops
+//! spoofed node addresses, at 20+ bytes and an MTU cut on every packet;
+//! see the README. Anything not honoured passes untouched and is counted
+//! (`NsDsrIgnored`). Only the first option is looked at: A always puts its
+//! own there.
 //!
 //! Stack: the entry points are functions of their own (BPF-to-BPF calls,
 //! off the other paths), and the verifier counts their stack on top of the
@@ -60,14 +76,14 @@
 //! temporaries (FIB parameters, headers, keys) in a per-CPU scratch map.
 
 use agent_common::{
-    Ct4Key, Ct4Value, DSR_OPT_LEN, DSR_OPT_TYPE, DsrOpt4, Svc4Key, ct_dir, ct_flags, proto, scope,
-    stats::Counter, svc_flags,
+    Ct4Key, Ct4Value, DSR_OPT_LEN, DSR_OPT_TYPE, DsrOpt4, Member4Key, Svc4Key, backend_flags,
+    ct_dir, ct_flags, proto, scope, stats::Counter, svc_flags,
 };
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        __sk_buff, BPF_F_ADJ_ROOM_NO_CSUM_RESET, BPF_F_MARK_MANGLED_0, BPF_F_RECOMPUTE_CSUM,
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        __sk_buff, BPF_EXIST, BPF_F_ADJ_ROOM_NO_CSUM_RESET, BPF_F_MARK_MANGLED_0,
+        BPF_F_RECOMPUTE_CSUM, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_NOEXIST,
         bpf_adj_room_mode::BPF_ADJ_ROOM_NET, bpf_fib_lookup,
     },
     helpers::generated as h,
@@ -76,8 +92,7 @@ use aya_ebpf::{
 
 use crate::{
     csum, ct, fib,
-    maps::{CT_V4, DSR_SCRATCH, NODE_ADDR_V4, SERVICES_V4, count},
-    nodeport::EXPOSED,
+    maps::{CT_V4, DSR_SCRATCH, MEMBERS_V4, NODE_ADDR_V4, NODES_V4, SERVICES_V4, count},
     parse::{self, IP_OFF, IPV4_MIN_HLEN, Ipv4Hdr, L4, TCP_SYN},
     select,
     tc::verdict,
@@ -106,6 +121,7 @@ pub struct Scratch {
     /// The option as it arrived (B).
     opt: DsrOpt4,
     svc: Svc4Key,
+    member: Member4Key,
     key: Ct4Key,
     val: Ct4Value,
 }
@@ -294,12 +310,13 @@ fn insert_option(ctx: &TcContext, s: &mut Scratch, addr: u32, port: u16) -> Resu
         .map_err(|_| Insert::Broken)
 }
 
-/// A TCP/UDP packet arriving on a device for no frontend of ours: when it
-/// carries the DSR option for a destination on this node, the flow's REPLY
-/// entry is made or refreshed and the option removed. Anything else passes
-/// untouched.
+/// A TCP/UDP packet arriving on a device for no frontend of ours, with IP
+/// options. When it carries the DSR option and the option is honoured (see
+/// the module comment), the flow's REPLY entry is made or refreshed and the
+/// option removed; a flow that clashes with a live entry is dropped. Any
+/// other packet passes untouched (`NsDsrIgnored` when it carried the option).
 #[inline(never)]
-pub fn receive(skb: *mut __sk_buff) -> i32 {
+pub fn receive(skb: *mut __sk_buff, dsr_on: bool) -> i32 {
     let (Some(ctx), Some(s)) = (context(skb), scratch()) else {
         return verdict::PASS;
     };
@@ -313,15 +330,18 @@ pub fn receive(skb: *mut __sk_buff) -> i32 {
     }
     let l4_off = IP_OFF + s.hdr.header_len();
     let Ok(ports) = ctx.load::<[u16; 2]>(l4_off) else {
-        return verdict::PASS;
+        return ignored();
     };
+    if !dsr_on {
+        return ignored();
+    }
     let ifindex = parse::ifindex(&ctx);
     let node_addr = NODE_ADDR_V4.get_ptr(&ifindex).map(|p| unsafe { *p });
     let Some(rev_nat_id) = frontend(s, node_addr) else {
-        return verdict::PASS;
+        return ignored();
     };
-    if node_addr != Some(s.hdr.daddr) && !routed_here(&ctx, s, ifindex) {
-        return verdict::PASS;
+    if !local_member(s, rev_nat_id, ports[1]) {
+        return ignored();
     }
 
     let tcp_flags = if s.hdr.proto == proto::TCP {
@@ -329,6 +349,8 @@ pub fn receive(skb: *mut __sk_buff) -> i32 {
     } else {
         0
     };
+    // Only a SYN starts TCP state; UDP has no handshake: any datagram may.
+    let starts = s.hdr.proto != proto::TCP || tcp_flags & TCP_SYN != 0;
     let now = select::now_seconds();
     s.key = Ct4Key {
         saddr: s.hdr.daddr,
@@ -339,35 +361,47 @@ pub fn receive(skb: *mut __sk_buff) -> i32 {
         dir: ct_dir::REPLY,
         _pad: [0; 2],
     };
+    s.val = Ct4Value {
+        nat_saddr: s.opt.addr,
+        nat_daddr: s.hdr.saddr,
+        nat_sport: s.opt.port,
+        nat_dport: ports[0],
+        // The backend's id is A's business: B only translates replies.
+        backend_id: 0,
+        rev_nat_id,
+        flags: ct_flags::DSR | ct_flags::LOCAL,
+        tcp_flags,
+        last_seen: now,
+    };
     match ct::lookup(&s.key) {
-        // The same flow again (a UDP datagram): a refresh. A SYN starts the
-        // flow's TCP flags afresh; an entry of another frontend, or a local
-        // flow's, is replaced (the pod cannot tell such flows apart).
-        Some(e)
-            if tcp_flags & TCP_SYN == 0
-                && unsafe {
-                    (*e).nat_saddr == s.opt.addr
-                        && (*e).nat_sport == s.opt.port
-                        && (*e).flags & ct_flags::DSR != 0
-                } =>
-        {
-            ct::touch(e, now, tcp_flags)
+        None if !starts => return ignored(),
+        None => {
+            // Never over another flow's entry, even one made meanwhile.
+            if CT_V4.insert(&s.key, &s.val, BPF_NOEXIST as u64).is_err() {
+                count(Counter::NsDsrClashDrop);
+                return verdict::SHOT;
+            }
         }
-        _ => {
-            s.val = Ct4Value {
-                nat_saddr: s.opt.addr,
-                nat_daddr: s.hdr.saddr,
-                nat_sport: s.opt.port,
-                nat_dport: ports[0],
-                // The backend's id is A's business: B only translates replies.
-                backend_id: 0,
-                rev_nat_id,
-                flags: ct_flags::DSR | ct_flags::LOCAL,
-                tcp_flags,
-                last_seen: now,
-            };
-            if CT_V4.insert(&s.key, &s.val, 0).is_err() {
-                count(Counter::NsDsrFailed);
+        Some(e) => {
+            // SAFETY: a live map value, copied out.
+            let old = unsafe { *e };
+            let dsr = old.flags & ct_flags::DSR != 0;
+            let same = dsr && old.nat_saddr == s.opt.addr && old.nat_sport == s.opt.port;
+            if same && tcp_flags & TCP_SYN == 0 {
+                // The same flow again (a UDP datagram, a segment that
+                // carried the option): a refresh.
+                ct::touch(e, now, tcp_flags);
+            } else if starts && (same || (dsr && ct::reply_flow_over(&s.key, &old, now))) {
+                // A SYN of this flow starts its TCP flags afresh; a finished
+                // DSR flow of another frontend makes room.
+                if CT_V4.insert(&s.key, &s.val, BPF_EXIST as u64).is_err() {
+                    count(Counter::NsDsrFailed);
+                    return verdict::SHOT;
+                }
+            } else {
+                // A flow this node translates otherwise, or a live DSR flow
+                // of another frontend: it keeps its entry.
+                count(Counter::NsDsrClashDrop);
                 return verdict::SHOT;
             }
         }
@@ -385,9 +419,16 @@ pub fn receive(skb: *mut __sk_buff) -> i32 {
     verdict::OK
 }
 
-/// The rev-NAT id of the frontend the option `s.opt` names, when this node
-/// exposes it: the frontend itself, or for a NodePort (named by A's
-/// address) the same port on this node's address on the device.
+#[inline(always)]
+fn ignored() -> i32 {
+    count(Counter::NsDsrIgnored);
+    verdict::PASS
+}
+
+/// The rev-NAT id (on this node) of the frontend the option `s.opt` names,
+/// when it is one this cluster serves: a LoadBalancer IP or externalIP
+/// (every node has the same), or a NodePort on a cluster node's address
+/// (`NODES_V4`), which this node serves on its own address on the device.
 #[inline(always)]
 fn frontend(s: &mut Scratch, node_addr: Option<u32>) -> Option<u16> {
     s.svc = Svc4Key {
@@ -401,35 +442,35 @@ fn frontend(s: &mut Scratch, node_addr: Option<u32>) -> Option<u16> {
     if let Some(svc) = SERVICES_V4.get_ptr(&s.svc) {
         // SAFETY: a live map value; two fields read.
         let (flags, rev_nat_id) = unsafe { ((*svc).flags, (*svc).rev_nat_id) };
-        if flags & EXPOSED != 0 {
+        if flags & (svc_flags::EXTERNAL_IP | svc_flags::LOAD_BALANCER) != 0 {
             return Some(rev_nat_id);
         }
     }
+    NODES_V4.get_ptr(&s.opt.addr)?;
     s.svc.addr = node_addr?;
     let svc = SERVICES_V4.get_ptr(&s.svc)?;
     let (flags, rev_nat_id) = unsafe { ((*svc).flags, (*svc).rev_nat_id) };
     (flags & svc_flags::NODE_PORT != 0).then_some(rev_nat_id)
 }
 
-/// The FIB reaches the packet's destination directly (no gateway) through
-/// a device other than the one it arrived on: a pod of this node.
+/// The packet (`s.hdr`, destination port `dport`) is addressed to a backend
+/// of the frontend `rev_nat_id` that runs on this node (`MEMBERS_V4`, then
+/// the backend's own entry: still that address, still local).
 #[inline(always)]
-fn routed_here(ctx: &TcContext, s: &mut Scratch, ifindex: u32) -> bool {
-    // SAFETY: as in `route_with_option`.
-    s.fib = unsafe { core::mem::zeroed() };
-    let rc = fib::lookup(ctx, &s.hdr, 0, &mut s.fib);
-    // FRAG_NEEDED with tot_len 0 comes after a successful lookup (the skb
-    // as it is now, with the option, checked against the device's MTU).
-    if !matches!(
-        rc,
-        BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH | BPF_FIB_LKUP_RET_FRAG_NEEDED
-    ) {
+fn local_member(s: &mut Scratch, rev_nat_id: u16, dport: u16) -> bool {
+    s.member = Member4Key {
+        rev_nat_id,
+        proto: s.hdr.proto,
+        _pad: 0,
+        addr: s.hdr.daddr,
+        port: dport,
+        _pad2: 0,
+    };
+    let Some(id) = MEMBERS_V4.get_ptr(&s.member).map(|p| unsafe { *p }) else {
         return false;
-    }
-    // SAFETY: a gateway replaces the destination (as IPv4 unless the family
-    // says otherwise: an IPv6 next hop).
-    let next_hop = unsafe { s.fib.__bindgen_anon_4.ipv4_dst };
-    s.fib.family == fib::AF_INET && next_hop == s.hdr.daddr && s.fib.ifindex != ifindex
+    };
+    matches!(select::lookup_backend(id), Some(b)
+        if b.addr == s.hdr.daddr && b.port == dport && b.flags & backend_flags::LOCAL != 0)
 }
 
 /// Removes the option `s.opt` (the first one, after the fixed header

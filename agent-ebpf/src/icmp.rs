@@ -1,7 +1,7 @@
 //! ICMP: errors about translated flows, and the port unreachable a frontend
 //! with no endpoints answers with.
 
-use agent_common::{Ct4Key, ct_dir, ct_flags, proto, stats::Counter};
+use agent_common::{Ct4Key, NodeConfig, ct_dir, ct_flags, proto, stats::Counter};
 use aya_ebpf::{helpers::generated as h, programs::TcContext};
 
 use crate::{
@@ -11,6 +11,7 @@ use crate::{
         self, ETH_HLEN, IP_CSUM_OFF, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF, IPV4_MIN_HLEN, Ipv4,
         Ipv4Hdr,
     },
+    ratelimit,
     tc::verdict,
 };
 
@@ -237,7 +238,9 @@ const ICMP_TTL: u8 = 64;
 ///
 /// Only packets without IP options are answered (the quoted header then
 /// has a fixed size); others, and packets too short to quote, are dropped
-/// (counted as `NsRejectFailed`).
+/// (counted as `NsRejectFailed`). Answers are rate-limited as the kernel
+/// limits its own (ratelimit.rs): beyond the budget the packet is dropped
+/// unanswered (`NsRejectLimited`, `NsRejectLimitedSource`).
 ///
 /// Limitation: a packet that arrived with its checksum still to be filled
 /// in by offload (CHECKSUM_PARTIAL, from a local veth or a virtio guest)
@@ -246,7 +249,15 @@ const ICMP_TTL: u8 = 64;
 /// offset: harmless for UDP (the ICMP's unused field), but for TCP it
 /// damages the quoted header. Physical NICs never hand such packets in.
 #[inline(always)]
-pub fn reject(ctx: &TcContext, ip: &Ipv4) -> i32 {
+pub fn reject(ctx: &TcContext, ip: &Ipv4, cfg: &NodeConfig) -> i32 {
+    if ip.hdr.header_len() != IPV4_MIN_HLEN || !is_unicast(ip.hdr.saddr) {
+        count(Counter::NsRejectFailed);
+        return verdict::SHOT;
+    }
+    if let Err(limited) = ratelimit::allow(ip.hdr.saddr, cfg) {
+        count(limited);
+        return verdict::SHOT;
+    }
     match build_reject(ctx, ip) {
         Ok(()) => {
             count(Counter::NsRejected);
@@ -262,9 +273,6 @@ pub fn reject(ctx: &TcContext, ip: &Ipv4) -> i32 {
 #[inline(always)]
 fn build_reject(ctx: &TcContext, ip: &Ipv4) -> Result<(), ()> {
     let orig = ip.hdr;
-    if orig.header_len() != IPV4_MIN_HLEN || !is_unicast(orig.saddr) {
-        return Err(());
-    }
     let orig_l4: [u8; 8] = ctx.load(ip.l4_off).map_err(|_| ())?;
     let macs: [u8; 12] = ctx.load(0).map_err(|_| ())?;
 

@@ -2,8 +2,8 @@
 //! here; the agent's loader fails loudly if the two ever disagree).
 
 use agent_common::{
-    AffinityKey, AffinityValue, Backend4, Ct4Key, Ct4Value, Dead4Key, NodeConfig, RevNat4,
-    SockRev4, SockRev4Key, SrcRange4, Svc4Key, SvcValue, maps as m,
+    AffinityKey, AffinityValue, Backend4, Ct4Key, Ct4Value, Dead4Key, Member4Key, NodeConfig,
+    RevNat4, SockRev4, SockRev4Key, SrcRange4, Svc4Key, SvcValue, maps as m,
 };
 use aya_ebpf::{
     macros::map,
@@ -46,8 +46,24 @@ pub static MAGLEV: HashMap<u32, u32> = HashMap::pinned(m::MAGLEV_MAX, BPF_F_NO_P
 #[map(name = "ferry_naddr4_v1")]
 pub static NODE_ADDR_V4: HashMap<u32, u32> = HashMap::pinned(m::NODE_ADDR_V4_MAX, 0);
 
-#[map(name = "ferry_ncfg_v1")]
+#[map(name = "ferry_ncfg_v2")]
 pub static NODE_CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
+
+#[map(name = "ferry_nodes4_v1")]
+pub static NODES_V4: HashMap<u32, u8> = HashMap::pinned(m::NODES_V4_MAX, 0);
+
+#[map(name = "ferry_memb4_v1")]
+pub static MEMBERS_V4: HashMap<Member4Key, u32> =
+    HashMap::pinned(m::MEMBERS_V4_MAX, BPF_F_NO_PREALLOC);
+
+#[map(name = "ferry_icmpg_v1")]
+pub static ICMP_GLOBAL: Array<u64> = Array::pinned(1, 0);
+
+#[map(name = "ferry_icmps_v1")]
+pub static ICMP_SOURCES: LruHashMap<u32, u64> = LruHashMap::pinned(m::ICMP_SOURCES_MAX, 0);
+
+#[map(name = "ferry_ctfill_v1")]
+pub static CT_FILL: Array<u32> = Array::pinned(1, 0);
 
 /// Per-CPU scratch space of the DSR paths (see dsr.rs). Not pinned and not
 /// in `agent_common::maps`: it holds no state, each load gets its own.

@@ -16,14 +16,16 @@
 //! carrying the option for a backend on this node).
 //!
 //! TCP packets other than a SYN that match no flow start one all the same
-//! (as Cilium does): after the conntrack entries were lost (LRU eviction),
-//! Maglev sends the flow back to the backend that has it, and with a random
-//! choice the wrong backend answers with a RST, which ends the connection
-//! as cleanly as anything could.
+//! (as Cilium does), counted `NsCtLostFlow`: after the conntrack entries
+//! were lost (LRU eviction), the flow hash sends the flow back to the
+//! backend that has it (select.rs) while the backends are unchanged; else
+//! the wrong backend answers with a RST, which ends the connection as
+//! cleanly as anything could. New flows made while the conntrack map is
+//! nearly full are counted too (`NsNewFlowCtFull`).
 
 use agent_common::{
-    Ct4Value, SrcRange4, Svc4Key, affinity_client, backend_flags, ct_dir, ct_flags, flow_hash_v4,
-    node_flags, proto, scope, stats::Counter, svc_flags,
+    CT_PRESSURE_PERMILLE, Ct4Value, SrcRange4, Svc4Key, affinity_client, backend_flags, ct_dir,
+    ct_flags, flow_hash_v4, node_flags, proto, scope, stats::Counter, svc_flags,
 };
 use aya_ebpf::{bindings::BPF_NOEXIST, maps::lpm_trie::Key, programs::TcContext};
 
@@ -37,7 +39,7 @@ use crate::{
 
 /// Frontend kinds that are exposed on the node's devices. ClusterIPs are
 /// not: they are served at the socket layer only.
-pub const EXPOSED: u16 = svc_flags::NODE_PORT | svc_flags::EXTERNAL_IP | svc_flags::LOAD_BALANCER;
+const EXPOSED: u16 = svc_flags::NODE_PORT | svc_flags::EXTERNAL_IP | svc_flags::LOAD_BALANCER;
 
 /// A TCP/UDP packet arriving on a device.
 #[inline(always)]
@@ -119,13 +121,15 @@ pub fn egress(ctx: &TcContext, ip: &Ipv4) -> i32 {
     }
 }
 
-/// A connection opening straight to a local pod from a (client, port) that
-/// an earlier, translated flow used: that flow is over (a new SYN on its
-/// 5-tuple), and its REPLY entry would otherwise rewrite the pod's answers
-/// to this new connection to the old frontend. Forget both of its entries.
-/// Costs one lookup per SYN that reaches no frontend.
+/// A SYN straight to a pod from a (client, port) whose REPLY entry a
+/// translated flow holds (the pod's answers would be rewritten to that
+/// flow's frontend). A flow that is over is forgotten, both entries, so the
+/// new connection goes untouched; a live one keeps its entries and the SYN
+/// is dropped (`NsCtClashDrop`), as netfilter drops a SYN that clashes with
+/// a live connection: a forged SYN cannot tear a flow down. Costs one
+/// lookup per SYN that reaches no frontend.
 #[inline(always)]
-fn forget_stale_flow_of(t: &Tuple) {
+fn direct_syn(t: &Tuple) -> i32 {
     let rkey = agent_common::Ct4Key {
         saddr: t.daddr,
         daddr: t.saddr,
@@ -136,21 +140,17 @@ fn forget_stale_flow_of(t: &Tuple) {
         _pad: [0; 2],
     };
     let Some(entry) = ct::lookup(&rkey) else {
-        return;
+        return verdict::PASS;
     };
     // SAFETY: a live map value, copied out.
     let v = unsafe { *entry };
-    let fwd_key = agent_common::Ct4Key {
-        saddr: v.nat_daddr,
-        daddr: v.nat_saddr,
-        sport: v.nat_dport,
-        dport: v.nat_sport,
-        proto: t.proto,
-        dir: ct_dir::FORWARD,
-        _pad: [0; 2],
-    };
-    let _ = CT_V4.remove(&fwd_key);
-    let _ = CT_V4.remove(&rkey);
+    if ct::reply_flow_over(&rkey, &v, select::now_seconds()) {
+        ct::forget_reply_flow(&rkey, &v);
+        verdict::PASS
+    } else {
+        count(Counter::NsCtClashDrop);
+        verdict::SHOT
+    }
 }
 
 /// The flow's backend still exists with the address it was given.
@@ -184,8 +184,25 @@ fn translate_forward(ctx: &TcContext, l4: &L4, t: &Tuple, v: &Ct4Value) -> i32 {
     }
 }
 
-/// A packet no flow knows: a new flow if it is for an exposed frontend (or,
-/// for no frontend at all, possibly a DSR packet from another node).
+/// A packet for no frontend: a DSR packet from another node, a connection
+/// straight to a pod, or anything else the node receives.
+#[inline(always)]
+fn not_a_frontend(ctx: &TcContext, ip: &Ipv4, t: &Tuple, cfg: &agent_common::NodeConfig) -> i32 {
+    // Only packets with IP options can carry a DSR option: the node's
+    // ordinary traffic pays nothing more than this test.
+    if ip.hdr.header_len() > parse::IPV4_MIN_HLEN {
+        let v = dsr::receive(dsr::skb(ctx), cfg.flags & node_flags::DSR != 0);
+        if v != verdict::PASS {
+            return v;
+        }
+    }
+    if t.proto == proto::TCP && parse::tcp_flags(ctx, ip) & parse::TCP_SYN != 0 {
+        return direct_syn(t);
+    }
+    verdict::PASS
+}
+
+/// A packet no flow knows: a new flow if it is for an exposed frontend.
 #[inline(always)]
 fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, cfg: &agent_common::NodeConfig) -> i32 {
     let mut key = Svc4Key {
@@ -197,15 +214,7 @@ fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, cfg: &agent_common::
         _pad: [0; 2],
     };
     let Some(svc) = select::lookup_svc(&key) else {
-        if t.proto == proto::TCP && parse::tcp_flags(ctx, ip) & parse::TCP_SYN != 0 {
-            forget_stale_flow_of(t);
-        }
-        // Only packets with IP options can carry a DSR option: the node's
-        // ordinary traffic pays nothing more than this test.
-        if ip.hdr.header_len() > parse::IPV4_MIN_HLEN {
-            return dsr::receive(dsr::skb(ctx));
-        }
-        return verdict::PASS;
+        return not_a_frontend(ctx, ip, t, cfg);
     };
     if svc.flags & EXPOSED == 0 {
         return verdict::PASS;
@@ -235,7 +244,7 @@ fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, cfg: &agent_common::
                 return verdict::SHOT;
             }
         }
-        return icmp::reject(ctx, ip);
+        return icmp::reject(ctx, ip, cfg);
     }
 
     let client = Client {
@@ -243,13 +252,16 @@ fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, cfg: &agent_common::
         kind: affinity_client::IPV4,
     };
     let hash = flow_hash_v4(t.saddr, t.daddr, t.sport, t.dport, t.proto);
-    let Some(chosen) = select::choose(&key, &svc, client, hash) else {
+    let Some(chosen) = select::choose(&key, &svc, client, Some(hash)) else {
         // The agent is mid-update; the client retransmits.
         count(Counter::BackendMiss);
         return verdict::SHOT;
     };
     let local = chosen.backend.flags & backend_flags::LOCAL != 0;
     let tcp_flags = parse::tcp_flags(ctx, ip);
+    if t.proto == proto::TCP && tcp_flags & parse::TCP_SYN == 0 {
+        count(Counter::NsCtLostFlow);
+    }
     // DSR to a remote backend when the option fits the first packet; else
     // SNAT, except for a TCP segment other than a SYN (a flow this node
     // lost, which the backend's node may still know): see dsr.rs.
@@ -296,14 +308,10 @@ fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, cfg: &agent_common::
         if CT_V4.insert(&fwd_key, &fwd, BPF_NOEXIST as u64).is_err() {
             return follow_winner(ctx, l4, t, &fwd_key);
         }
-        // Overwrites a stale reply entry of the same 4-tuple: the backend
-        // could not tell two such flows apart anyway.
-        if CT_V4
-            .insert(&ct::reply_key(&fwd, t.proto), &rev, 0)
-            .is_err()
-        {
+        let rkey = ct::reply_key(&fwd, t.proto);
+        if let Err(e) = claim_reply(&rkey, &rev) {
             let _ = CT_V4.remove(&fwd_key);
-            count(Counter::NsNatFailed);
+            count(e);
             return verdict::SHOT;
         }
     } else if dsr {
@@ -311,7 +319,7 @@ fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, cfg: &agent_common::
         if CT_V4.insert(&fwd_key, &fwd, BPF_NOEXIST as u64).is_err() {
             return follow_winner(ctx, l4, t, &fwd_key);
         }
-        count(Counter::NsNewFlow);
+        count_new_flow();
         return dsr::forward(dsr::skb(ctx), &fwd, fits);
     } else {
         let Some(node_addr) = NODE_ADDR_V4
@@ -334,8 +342,41 @@ fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, cfg: &agent_common::
             return follow_winner(ctx, l4, t, &fwd_key);
         }
     }
-    count(Counter::NsNewFlow);
+    count_new_flow();
     translate_forward(ctx, l4, t, &fwd)
+}
+
+#[inline(always)]
+fn count_new_flow() {
+    count(Counter::NsNewFlow);
+    if ct::fill_permille() >= CT_PRESSURE_PERMILLE {
+        count(Counter::NsNewFlowCtFull);
+    }
+}
+
+/// Writes the REPLY entry (`rkey`, `rev`) of a new flow to a local backend.
+/// An entry already there is taken over only when it is this flow's own (its
+/// FORWARD half was lost) or its flow is over; a live flow through another
+/// frontend keeps it: `NsCtClashDrop`.
+#[inline(always)]
+fn claim_reply(rkey: &agent_common::Ct4Key, rev: &Ct4Value) -> Result<(), Counter> {
+    if CT_V4.insert(rkey, rev, BPF_NOEXIST as u64).is_ok() {
+        return Ok(());
+    }
+    let Some(entry) = ct::lookup(rkey) else {
+        // Gone in between: ours to write.
+        return CT_V4.insert(rkey, rev, 0).map_err(|_| Counter::NsNatFailed);
+    };
+    // SAFETY: a live map value, copied out.
+    let old = unsafe { *entry };
+    let own = old.nat_saddr == rev.nat_saddr && old.nat_sport == rev.nat_sport;
+    if !own {
+        if !ct::reply_flow_over(rkey, &old, rev.last_seen) {
+            return Err(Counter::NsCtClashDrop);
+        }
+        ct::forget_reply_flow(rkey, &old);
+    }
+    CT_V4.insert(rkey, rev, 0).map_err(|_| Counter::NsNatFailed)
 }
 
 /// Another CPU created the flow first: translate as it decided.

@@ -1,6 +1,14 @@
 //! Choosing a backend for a new flow of a frontend: session affinity first,
-//! then Maglev consistent hashing or a uniform random slot. Shared by the
-//! socket layer and the north-south programs.
+//! then Maglev consistent hashing or a slot. Shared by the socket layer and
+//! the north-south programs.
+//!
+//! North-south flows are placed by their flow hash (Katran's answer to lost
+//! state): a flow whose conntrack entries were evicted or collected, made
+//! again by its next packet, lands on the backend it had while the backend
+//! set is unchanged (Maglev keeps that across most changes too), on every
+//! node alike (the slots are in the same order everywhere). The price: the
+//! choice is a known function of the 5-tuple, so a client can predict its
+//! backend. A socket has no 5-tuple yet: its slot is random.
 
 use agent_common::{
     AffinityKey, AffinityValue, Backend4, MAGLEV_TABLE_SIZE, Svc4Key, SvcValue, maglev_key,
@@ -39,10 +47,15 @@ pub struct Chosen {
 }
 
 /// Picks a backend of the frontend `key` (its slot 0) with value `svc`
-/// (`svc.count > 0`). `flow_hash` places the flow in the Maglev table when
-/// the frontend asks for Maglev.
+/// (`svc.count > 0`). `flow_hash` places the flow in the Maglev table or
+/// among the slots; None (a socket): a random place.
 #[inline(always)]
-pub fn choose(key: &Svc4Key, svc: &SvcValue, client: Client, flow_hash: u32) -> Option<Chosen> {
+pub fn choose(
+    key: &Svc4Key,
+    svc: &SvcValue,
+    client: Client,
+    flow_hash: Option<u32>,
+) -> Option<Chosen> {
     let affinity = svc.flags & svc_flags::AFFINITY != 0;
     // The clock only matters to affinity.
     let now = if affinity { now_seconds() } else { 0 };
@@ -56,17 +69,18 @@ pub fn choose(key: &Svc4Key, svc: &SvcValue, client: Client, flow_hash: u32) -> 
         return Some(chosen);
     }
 
+    let place = flow_hash.unwrap_or_else(|| unsafe { h::bpf_get_prandom_u32() });
     let id = if svc.flags & svc_flags::MAGLEV != 0 {
-        match maglev(svc.rev_nat_id, flow_hash) {
+        match maglev(svc.rev_nat_id, place) {
             Some(id) => id,
             None => {
                 // The agent has not written this table (yet): still serve.
                 count(Counter::BackendMiss);
-                random_slot(key, svc)?
+                slot(key, svc, place)?
             }
         }
     } else {
-        random_slot(key, svc)?
+        slot(key, svc, place)?
     };
     let backend = lookup_backend(id)?;
     if affinity {
@@ -107,10 +121,10 @@ fn maglev(rev_nat_id: u16, flow_hash: u32) -> Option<u32> {
     MAGLEV.get_ptr(&key).map(|p| unsafe { *p })
 }
 
-/// The backend id of a uniformly random slot 1..=count.
+/// The backend id of slot `place % count + 1`.
 #[inline(always)]
-fn random_slot(key: &Svc4Key, svc: &SvcValue) -> Option<u32> {
-    let slot = (unsafe { h::bpf_get_prandom_u32() } % svc.count as u32) as u16 + 1;
+fn slot(key: &Svc4Key, svc: &SvcValue, place: u32) -> Option<u32> {
+    let slot = (place % svc.count as u32) as u16 + 1;
     let mut slot_key = *key;
     slot_key.slot = slot;
     match lookup_svc(&slot_key) {

@@ -121,8 +121,9 @@ fn refuse(ctx: &SockAddrContext, c: Counter, addr: u32, port: u16) -> i32 {
 }
 
 /// The backend for this socket: the shared choice (affinity, else a random
-/// slot) with the client named by its network namespace, a pod's identity
-/// before its socket has an address.
+/// slot or Maglev place: a connect has no flow to hash yet, its source port
+/// comes later) with the client named by its network namespace, a pod's
+/// identity before its socket has an address.
 #[inline(always)]
 fn select_backend(ctx: &SockAddrContext, key: &Svc4Key, svc: &SvcValue) -> Option<Backend4> {
     let client = Client {
@@ -133,14 +134,7 @@ fn select_backend(ctx: &SockAddrContext, key: &Svc4Key, svc: &SvcValue) -> Optio
         },
         kind: affinity_client::NETNS_COOKIE,
     };
-    // A connect has no flow to hash yet (its source port comes later): a
-    // Maglev frontend reached from a pod gets a random place in the table.
-    let flow_hash = if svc.flags & svc_flags::MAGLEV != 0 {
-        unsafe { h::bpf_get_prandom_u32() }
-    } else {
-        0
-    };
-    select::choose(key, svc, client, flow_hash).map(|c| c.backend)
+    select::choose(key, svc, client, None).map(|c| c.backend)
 }
 
 #[inline(always)]

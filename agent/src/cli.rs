@@ -69,6 +69,16 @@ pub struct AgentArgs {
     /// `ferry.io/lb-algorithm: maglev|random` overrides it.
     #[arg(long, value_enum, default_value_t = LbAlgorithm::Random)]
     pub lb_algorithm: LbAlgorithm,
+    /// Entries of the north-south conntrack map (a flow takes two; a DSR
+    /// flow one on each node). About 100 bytes each, allocated at load.
+    #[arg(long, value_name = "N", default_value_t = agent_common::maps::CT_V4_MAX,
+          value_parser = clap::value_parser!(u32).range(1024..=(1 << 24)))]
+    pub conntrack_max: u32,
+    /// Services that may use Maglev at once (a table of 16,381 entries
+    /// each, allocated on use).
+    #[arg(long, value_name = "N", default_value_t = agent_common::maps::MAGLEV_SERVICES,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub maglev_max_services: u32,
     /// Health server: GET /healthz, /readyz, /livez.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:10256")]
     pub healthz_bind_address: SocketAddr,

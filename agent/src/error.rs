@@ -57,6 +57,9 @@ pub enum Error {
         object: String,
     },
 
+    #[error("map {map} cannot be resized: {detail}")]
+    Resize { map: &'static str, detail: String },
+
     #[error("kernel lacks {feature}: {detail}")]
     KernelFeature {
         feature: &'static str,
@@ -80,6 +83,7 @@ impl Error {
             Error::Program { .. } | Error::Link { .. } => "attach",
             Error::Map { .. } => "map_update",
             Error::MapFull { .. } => "map_full",
+            Error::Resize { .. } => "map_resize",
             Error::KernelFeature { .. } => "kernel_feature",
             Error::Source(_) => "source",
             Error::Io { .. } => "io",

@@ -1405,18 +1405,51 @@ fn maglev_picks_the_same_backend_on_both_nodes() {
         "Maglev: both nodes pick the same backend for each flow"
     );
 
-    // The control: random choice differs between the nodes for some flow.
-    let target = format!("{LB_IP2}:53");
-    let via1 = udp_choices(&c, "node1", &target, &ports);
-    let via2 = udp_choices(&c, "node2", &target, &ports);
-    let same = via1.iter().zip(&via2).filter(|(a, b)| a == b).count();
-    println!(
-        "random: {same} of {} flows on the same backend via both nodes",
-        ports.len()
+    // The default choice places a flow by its hash among the slots (sorted alike on every
+    // node): consistent too while the backends are unchanged. (Other source ports: a flow
+    // whose reply 5-tuple a live flow to the first service holds would be dropped.)
+    let target2 = format!("{LB_IP2}:53");
+    let ports2: Vec<u16> = (41001..=41024).collect();
+    let slots1 = udp_choices(&c, "node1", &target2, &ports2);
+    let slots2 = udp_choices(&c, "node2", &target2, &ports2);
+    println!("slots:  via node1 {slots1:?}\n        via node2 {slots2:?}");
+    assert_eq!(
+        slots1, slots2,
+        "the flow hash picks the same slot on both nodes"
     );
+
+    // But when a backend goes, Maglev keeps the other backends' flows where they were and
+    // the slot choice moves many of them: flows first seen through node1, then (no
+    // conntrack there yet) through node2 after b3 left.
+    let (ports3, ports4): (Vec<u16>, Vec<u16>) =
+        ((42001..=42024).collect(), (43001..=43024).collect());
+    let maglev_before = udp_choices(&c, "node1", &target, &ports3);
+    let slots_before = udp_choices(&c, "node1", &target2, &ports4);
+    let two = [(&b1, "node1"), (&b2, "node1")];
+    c.manifests().apply(&slice("maglev", &two));
+    c.manifests().apply(&slice("random", &two));
+    let left = eps(&[&b1, &b2], 5353);
+    for node in ["node1", "node2"] {
+        wait_external_eps(&c, node, LB_IP, 53, "UDP", &left);
+        wait_external_eps(&c, node, LB_IP2, 53, "UDP", &left);
+    }
+    let moved = |before: &[String], after: &[String]| {
+        before
+            .iter()
+            .zip(after)
+            .filter(|(b, a)| *b != &b3.name && b != a)
+            .count()
+    };
+    let maglev_after = udp_choices(&c, "node2", &target, &ports3);
+    let slots_after = udp_choices(&c, "node2", &target2, &ports4);
+    let (m, sl) = (
+        moved(&maglev_before, &maglev_after),
+        moved(&slots_before, &slots_after),
+    );
+    println!("b3 removed: flows of b1/b2 that moved: Maglev {m}, slots {sl}");
     assert!(
-        same < ports.len(),
-        "random choice is not consistent by accident"
+        m < sl,
+        "Maglev disrupts fewer flows than the slot choice ({m} vs {sl})"
     );
 }
 

@@ -17,8 +17,8 @@ use std::{
 
 use agent_common::{
     AffinityKey, AffinityValue, Backend4, Ct4Key, Ct4Value, DSR_OPT_LEN, DSR_OPT_TYPE,
-    MAGLEV_TABLE_SIZE, NodeConfig, RevNat4, SrcRange4, Svc4Key, SvcValue, affinity_client,
-    backend_flags, ct_dir, ct_flags, flow_hash_v4, maglev_key, maps as m,
+    MAGLEV_TABLE_SIZE, Member4Key, NodeConfig, RevNat4, SrcRange4, Svc4Key, SvcValue,
+    affinity_client, backend_flags, ct_dir, ct_flags, flow_hash_v4, maglev_key, maps as m,
     net::{ip4_to_raw, port_to_raw},
     node_flags, scope,
     stats::Counter,
@@ -28,8 +28,8 @@ use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
 use ferry_tests::{
     progtest::{
         self, BPF_F_TEST_SKB_CHECKSUM_COMPLETE, ETH_HLEN, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP,
-        IPPROTO_UDP, IpOpts, ProgTest, TCP_ACK, TCP_SYN, assert_checksums, ethernet, icmp, ipv4,
-        ipv4_with_options, parse_ipv4, tcp, udp,
+        IPPROTO_UDP, IpOpts, ProgTest, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, assert_checksums,
+        ethernet, icmp, ipv4, ipv4_with_options, parse_ipv4, tcp, udp,
     },
     require_root,
 };
@@ -258,6 +258,46 @@ impl Fixture {
             t.insert(&maglev_key(rev_nat_id, i), &backend_at(i), 0)
                 .unwrap();
         }
+    }
+
+    /// Backend `id` (already in the backend map) serves the exposed frontend `rev_nat_id`, as
+    /// the agent's programmer records it for DSR.
+    fn member(&mut self, rev_nat_id: u16, id: u32) {
+        let b = self
+            .hash::<u32, Backend4>(m::BACKENDS_V4)
+            .get(&id, 0)
+            .unwrap();
+        let k = Member4Key {
+            rev_nat_id,
+            proto: b.proto,
+            _pad: 0,
+            addr: b.addr,
+            port: b.port,
+            _pad2: 0,
+        };
+        self.hash::<Member4Key, u32>(m::MEMBERS_V4)
+            .insert(&k, &id, 0)
+            .unwrap();
+    }
+
+    /// An address of a cluster node (a Node object's), as the agent records it.
+    fn cluster_node(&mut self, addr: Ipv4Addr) {
+        self.hash::<u32, u8>(m::NODES_V4)
+            .insert(&raw(addr), &1, 0)
+            .unwrap();
+    }
+
+    /// The conntrack fill the agent measured, per mille.
+    fn ct_fill(&mut self, permille: u32) {
+        let mut a: Array<&mut MapData, u32> = Array::try_from(self.map(m::CT_FILL)).unwrap();
+        a.set(0, &permille, 0).unwrap();
+    }
+
+    /// Rewrites a conntrack entry (to make it look closing or idle).
+    fn ct_put(&mut self, k: Ct4Key, v: Ct4Value) {
+        self.hash::<Ct4Key, Ct4Value>(m::CT_V4)
+            .insert(&k, &v, 0)
+            .unwrap();
     }
 
     fn ct(&mut self) -> BTreeMap<Ct4Key, Ct4Value> {
@@ -489,6 +529,12 @@ fn a_direct_connection_reusing_a_finished_flows_port_is_not_rewritten() {
         let r = f.run(TC_IN, &inbound(tcp_packet(client, vip, TCP_SYN, b"")));
         assert_eq!(r.verdict(), OK);
         assert_eq!(f.ct().len(), 2);
+        // The flow ends: the client's FIN goes through the frontend.
+        let r = f.run(
+            TC_IN,
+            &inbound(tcp_packet(client, vip, TCP_FIN | TCP_ACK, b"")),
+        );
+        assert_eq!(r.verdict(), OK);
 
         // Later the same client port opens a connection straight to the pod.
         let direct = inbound(tcp_packet(client, pod, TCP_SYN, b""));
@@ -1219,9 +1265,9 @@ fn snat_fails_closed_without_a_node_address_or_a_free_port() {
         );
         // One SNAT port only.
         f.node_config(NodeConfig {
-            flags: 0,
             snat_port_min: 61000,
             snat_port_max: 61000,
+            ..NodeConfig::default()
         });
         let r = f.run(
             TC_IN,
@@ -1435,8 +1481,7 @@ fn syn_segment(src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
 fn dsr_mode(f: &mut Fixture) {
     f.node_config(NodeConfig {
         flags: node_flags::DSR,
-        snat_port_min: 0,
-        snat_port_max: 0,
+        ..NodeConfig::default()
     });
 }
 
@@ -1703,6 +1748,7 @@ fn dsr_option_for_a_local_backend_is_stripped_and_the_reply_leaves_from_the_fron
         // Node B: the same services (programmed by its own agent: the pod is local here).
         pods_behind_p0();
         let mut b = Fixture::new();
+        dsr_mode(&mut b);
         b.node_addr(IFINDEX, NODE_B);
         b.backend(4, pod, IPPROTO_TCP, true);
         b.frontend(
@@ -1713,6 +1759,7 @@ fn dsr_option_for_a_local_backend_is_stripped_and_the_reply_leaves_from_the_fron
             REV_LB,
             &[4],
         );
+        b.member(REV_LB, 4);
         let r = b.run(TC_IN, &from_a);
         assert_eq!(r.verdict(), OK);
         // Exactly the DNATed SYN without the option (IHL 5, length, checksums).
@@ -1789,6 +1836,7 @@ fn dsr_udp_on_the_backend_node_refreshes_one_entry_and_translates_the_pods_icmp_
     lab(|| {
         pods_behind_p0();
         let mut b = Fixture::new();
+        dsr_mode(&mut b);
         b.node_addr(IFINDEX, NODE_B);
         let ext = sa(EXTERNAL_IP, 53);
         let pod = sa(REMOTE_POD, 5353);
@@ -1802,6 +1850,7 @@ fn dsr_udp_on_the_backend_node_refreshes_one_entry_and_translates_the_pods_icmp_
             REV_LB,
             &[4],
         );
+        b.member(REV_LB, 4);
         let sent = udp_packet(client, ext, b"anybody?");
         let with_opt = |payload: &[u8]| {
             inbound(dsr_packet(
@@ -1886,22 +1935,27 @@ fn dsr_option_not_for_this_node_passes_untouched() {
             ],
         ]);
         let mut b = Fixture::new();
+        dsr_mode(&mut b);
         b.node_addr(IFINDEX, NODE_B);
         let vip = sa(LB_VIP, 80);
         let cip = sa(CLUSTER_IP, 80);
         let pod = sa(REMOTE_POD, 8080);
+        let host = sa(NODE_B, 9090);
         let elsewhere = sa(Ipv4Addr::new(10, 244, 2, 9), 8080);
         let nowhere = sa(Ipv4Addr::new(10, 250, 0, 9), 8080);
         let client = sa(CLIENT, 40000);
         b.backend(4, pod, IPPROTO_TCP, true);
+        b.backend(5, host, IPPROTO_TCP, true);
         b.frontend(
             vip,
             IPPROTO_TCP,
             scope::EXTERNAL,
             svc_flags::LOAD_BALANCER,
             REV_LB,
-            &[4],
+            &[4, 5],
         );
+        b.member(REV_LB, 4);
+        b.member(REV_LB, 5);
         b.frontend(
             cip,
             IPPROTO_TCP,
@@ -1953,6 +2007,8 @@ fn dsr_option_not_for_this_node_passes_untouched() {
         }
         assert!(b.ct().is_empty(), "no state");
         assert_eq!(b.counter(Counter::NsDsrReceived), 0);
+        // The ones carrying ferry's option (the first five) are counted.
+        assert_eq!(b.counter(Counter::NsDsrIgnored), 5);
 
         // The positive controls of the same setup: the frontend, to the local pod.
         let r = b.run(TC_IN, &with(pod, &dsr_option(vip)));
@@ -1962,8 +2018,10 @@ fn dsr_option_not_for_this_node_passes_untouched() {
             &inbound(tcp_packet(client, pod, TCP_SYN, b"")),
             "to the local pod",
         );
-        // A NodePort names node A's address: B knows the port on its own address.
+        // A NodePort names node A's address (a cluster node's): B knows the port on its own
+        // address.
         let np_a = sa(NODE, 30080);
+        b.cluster_node(NODE);
         b.frontend(
             sa(NODE_B, 30080),
             IPPROTO_TCP,
@@ -1972,6 +2030,7 @@ fn dsr_option_not_for_this_node_passes_untouched() {
             REV_NODEPORT,
             &[4],
         );
+        b.member(REV_NODEPORT, 4);
         let client2 = sa(CLIENT2, 40000);
         let r = b.run(
             TC_IN,
@@ -1991,7 +2050,6 @@ fn dsr_option_not_for_this_node_passes_untouched() {
             "NodePort of node A",
         );
         // A hostNetwork backend: the node's own address.
-        let host = sa(NODE_B, 9090);
         let r = b.run(
             TC_IN,
             &inbound(dsr_packet(
@@ -2216,5 +2274,383 @@ fn dsr_is_routed_through_the_fib_and_falls_back_when_the_option_does_not_fit() {
         );
         assert_eq!(f.counter(Counter::NsDsrFallback), 3);
         assert_eq!(f.counter(Counter::NsFibPassed), 0);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile packets (issue 9): forged DSR options, SYNs on live flows, floods of rejects, lost
+// flows and a full conntrack map.
+
+/// An address no node, pod or client has.
+const FORGED: Ipv4Addr = Ipv4Addr::new(6, 6, 6, 6);
+
+#[test]
+fn dsr_options_are_honoured_only_when_they_can_be_verified() {
+    require_root!();
+    lab(|| {
+        pods_behind_p0();
+        let mut b = Fixture::new();
+        b.node_addr(IFINDEX, NODE_B);
+        let np_b = sa(NODE_B, 30080);
+        let np_a = sa(NODE, 30080);
+        let vip = sa(LB_VIP, 80);
+        let vip2 = sa(LB_VIP, 81);
+        let pod = sa(REMOTE_POD, 8080);
+        let other = sa(REMOTE_POD2, 8080);
+        b.backend(4, pod, IPPROTO_TCP, true);
+        b.backend(6, other, IPPROTO_TCP, true);
+        b.backend(7, sa(REMOTE_POD, 5353), IPPROTO_UDP, true);
+        b.frontend(
+            np_b,
+            IPPROTO_TCP,
+            scope::EXTERNAL,
+            svc_flags::NODE_PORT,
+            REV_NODEPORT,
+            &[4],
+        );
+        b.member(REV_NODEPORT, 4);
+        b.frontend(
+            sa(NODE_B, 30053),
+            IPPROTO_UDP,
+            scope::EXTERNAL,
+            svc_flags::NODE_PORT,
+            REV_NODEPORT + 1,
+            &[7],
+        );
+        b.member(REV_NODEPORT + 1, 7);
+        b.frontend(
+            vip,
+            IPPROTO_TCP,
+            scope::EXTERNAL,
+            svc_flags::LOAD_BALANCER,
+            REV_LB,
+            &[4],
+        );
+        b.member(REV_LB, 4);
+        b.frontend(
+            vip2,
+            IPPROTO_TCP,
+            scope::EXTERNAL,
+            svc_flags::LOAD_BALANCER,
+            REV_LB + 1,
+            &[6],
+        );
+        b.member(REV_LB + 1, 6);
+        b.cluster_node(NODE);
+        let with = |src: SocketAddrV4, dst: SocketAddrV4, frontend: SocketAddrV4, flags: u8| {
+            inbound(dsr_packet(
+                IpOpts::default(),
+                src,
+                dst,
+                frontend,
+                IPPROTO_TCP,
+                &tcp(src, dst, 1000, 0, flags, b""),
+            ))
+        };
+        let untouched = |b: &mut Fixture, frame: &[u8], what: &str| {
+            let r = b.run(TC_IN, frame);
+            assert_eq!(r.verdict(), PASS, "{what}");
+            assert_eq!(r.data, frame, "{what}: unchanged");
+        };
+
+        // SNAT mode (the default): no option is honoured, not even a valid one; the issue's
+        // datagram naming 6.6.6.6 with a NodePort's port passes untouched too.
+        let client = sa(CLIENT, 40000);
+        for frontend in [np_a, vip, sa(FORGED, 30080)] {
+            untouched(
+                &mut b,
+                &with(client, pod, frontend, TCP_SYN),
+                &format!("SNAT mode, option {frontend}"),
+            );
+        }
+        let udp_pod = sa(REMOTE_POD, 5353);
+        let forged_udp = inbound(dsr_packet(
+            IpOpts::default(),
+            client,
+            udp_pod,
+            sa(FORGED, 30053),
+            IPPROTO_UDP,
+            &udp(client, udp_pod, b"who are you", true),
+        ));
+        untouched(&mut b, &forged_udp, "SNAT mode, the issue's datagram");
+        assert!(b.ct().is_empty(), "no state in SNAT mode");
+        assert_eq!(b.counter(Counter::NsDsrIgnored), 4);
+
+        // DSR mode: only what can be verified.
+        dsr_mode(&mut b);
+        untouched(&mut b, &forged_udp, "a NodePort on no node's address (UDP)");
+        let cases = [
+            (
+                "a NodePort on no node's address",
+                with(client, pod, sa(FORGED, 30080), TCP_SYN),
+            ),
+            (
+                "a frontend the destination is no backend of",
+                with(client, other, vip, TCP_SYN),
+            ),
+            (
+                "a TCP segment other than a SYN, with no flow",
+                with(client, pod, vip, TCP_ACK),
+            ),
+        ];
+        for (what, frame) in &cases {
+            untouched(&mut b, frame, what);
+        }
+        assert!(b.ct().is_empty(), "no state from what was not verified");
+        assert_eq!(b.counter(Counter::NsDsrIgnored), 8);
+
+        // Never over an entry DSR did not make: a live flow through this node's own frontend.
+        let client2 = sa(CLIENT2, 40000);
+        let r = b.run(TC_IN, &inbound(tcp_packet(client2, vip, TCP_SYN, b"")));
+        assert_eq!(r.verdict(), OK);
+        let local_flow = b.ct();
+        assert_eq!(local_flow.len(), 2);
+        let r = b.run(TC_IN, &with(client2, pod, np_a, TCP_SYN));
+        assert_eq!(
+            r.verdict(),
+            SHOT,
+            "a valid option on a local flow's 5-tuple"
+        );
+        assert_eq!(b.counter(Counter::NsDsrClashDrop), 1);
+        assert_eq!(b.ct(), local_flow, "the local flow keeps its entries");
+
+        // A DSR flow: made by its SYN, refreshed by a retransmitted one.
+        let client3 = sa(CLIENT, 40003);
+        for _ in 0..2 {
+            let r = b.run(TC_IN, &with(client3, pod, vip, TCP_SYN));
+            assert_eq!(r.verdict(), OK);
+        }
+        let rkey = ct_key(pod, client3, IPPROTO_TCP, ct_dir::REPLY);
+        let dsr_entry = b.ct()[&rkey];
+        assert_eq!(dsr_entry.nat_saddr, raw(LB_VIP));
+        // Another frontend's SYN on it while it lives: dropped, the entry kept.
+        let r = b.run(TC_IN, &with(client3, pod, np_a, TCP_SYN));
+        assert_eq!(r.verdict(), SHOT, "another frontend on a live DSR flow");
+        assert_eq!(b.counter(Counter::NsDsrClashDrop), 2);
+        assert_eq!(b.ct()[&rkey], dsr_entry);
+        // Once it is closing, a new flow may take the 5-tuple.
+        b.ct_put(
+            rkey,
+            Ct4Value {
+                tcp_flags: TCP_SYN | TCP_FIN,
+                ..dsr_entry
+            },
+        );
+        let r = b.run(TC_IN, &with(client3, pod, np_a, TCP_SYN));
+        assert_eq!(r.verdict(), OK, "a finished DSR flow makes room");
+        assert_eq!(b.ct()[&rkey].nat_saddr, raw(NODE));
+        assert_eq!(b.ct()[&rkey].tcp_flags, TCP_SYN);
+        assert_eq!(b.counter(Counter::NsDsrReceived), 3);
+        assert_eq!(b.counter(Counter::NsDsrIgnored), 8);
+    });
+}
+
+#[test]
+fn a_syn_on_a_live_flows_reply_tuple_is_dropped_and_a_finished_flow_is_forgotten() {
+    require_root!();
+    lab(|| {
+        let mut f = Fixture::new();
+        let vip = sa(LB_VIP, 80);
+        let vip2 = sa(LB_VIP, 81);
+        let pod = sa(LOCAL_POD, 8080);
+        f.backend(1, pod, IPPROTO_TCP, true);
+        for (addr, rev) in [(vip, REV_LB), (vip2, REV_LB + 1)] {
+            f.frontend(
+                addr,
+                IPPROTO_TCP,
+                scope::EXTERNAL,
+                svc_flags::LOAD_BALANCER,
+                rev,
+                &[1],
+            );
+        }
+        let client = sa(CLIENT, 40002);
+        let r = f.run(TC_IN, &inbound(tcp_packet(client, vip, TCP_SYN, b"")));
+        assert_eq!(r.verdict(), OK);
+        let live = f.ct();
+
+        // A SYN straight to the pod on the live flow's 5-tuple (anyone can forge it).
+        let direct = inbound(tcp_packet(client, pod, TCP_SYN, b""));
+        let r = f.run(TC_IN, &direct);
+        assert_eq!(
+            r.verdict(),
+            SHOT,
+            "dropped, as netfilter drops a clashing SYN"
+        );
+        assert_eq!(f.counter(Counter::NsCtClashDrop), 1);
+        assert_eq!(f.ct(), live, "the live flow keeps both entries");
+        // ... and it goes on.
+        let r = f.run(TC_IN, &inbound(tcp_packet(client, vip, TCP_ACK, b"more")));
+        assert_eq!(r.verdict(), OK);
+        assert_frame(
+            &r.data,
+            &inbound(tcp_packet(client, pod, TCP_ACK, b"more")),
+            "the live flow after the SYN",
+        );
+
+        // A new flow through another frontend to the same pod, from the same client port: its
+        // reply would take the live flow's entry. Dropped; nothing of it is left.
+        let r = f.run(TC_IN, &inbound(tcp_packet(client, vip2, TCP_SYN, b"")));
+        assert_eq!(r.verdict(), SHOT);
+        assert_eq!(f.counter(Counter::NsCtClashDrop), 2);
+        assert_eq!(f.ct().len(), 2);
+        assert!(
+            !f.ct()
+                .contains_key(&ct_key(client, vip2, IPPROTO_TCP, ct_dir::FORWARD))
+        );
+
+        // A flow that was reset is over (idle past its timeout too: agent_common::ct_over):
+        // the direct SYN forgets it and passes.
+        let r = f.run(TC_IN, &inbound(tcp_packet(client, vip, TCP_RST, b"")));
+        assert_eq!(r.verdict(), OK);
+        let r = f.run(TC_IN, &direct);
+        assert_eq!(r.verdict(), PASS);
+        assert_eq!(r.data, direct);
+        assert!(f.ct().is_empty(), "the reset flow is forgotten");
+
+        // A flow's own reply entry whose forward half was lost is taken over by the flow.
+        let client2 = sa(CLIENT, 40003);
+        f.run(TC_IN, &inbound(tcp_packet(client2, vip, TCP_SYN, b"")));
+        let fwd = ct_key(client2, vip, IPPROTO_TCP, ct_dir::FORWARD);
+        f.hash::<Ct4Key, Ct4Value>(m::CT_V4).remove(&fwd).unwrap();
+        let r = f.run(TC_IN, &inbound(tcp_packet(client2, vip, TCP_SYN, b"")));
+        assert_eq!(r.verdict(), OK);
+        assert_eq!(f.ct().len(), 2);
+        assert_eq!(f.counter(Counter::NsCtClashDrop), 2);
+    });
+}
+
+#[test]
+fn port_unreachables_beyond_the_budget_are_dropped_and_counted() {
+    require_root!();
+    lab(|| {
+        let np = sa(NODE, 30053);
+        let empty = |f: &mut Fixture| {
+            f.frontend(
+                np,
+                IPPROTO_UDP,
+                scope::EXTERNAL,
+                svc_flags::NODE_PORT,
+                REV_NODEPORT,
+                &[],
+            );
+        };
+        let from = |i: u8| sa(Ipv4Addr::new(198, 51, 100, 100 + i), 5353);
+
+        // The node's budget: 1 a second, 3 at once; ten sources, one datagram each.
+        let mut f = Fixture::new();
+        empty(&mut f);
+        f.node_config(NodeConfig {
+            icmp_rate: 1,
+            icmp_burst: 3,
+            ..NodeConfig::default()
+        });
+        let verdicts: Vec<i32> = (0..10)
+            .map(|i| {
+                f.run(TC_IN, &inbound(udp_packet(from(i), np, b"q")))
+                    .verdict()
+            })
+            .collect();
+        assert_eq!(verdicts[..3], [REDIRECT; 3], "the burst is answered");
+        assert_eq!(verdicts[3..], [SHOT; 7], "the rest is dropped");
+        assert_eq!(f.counter(Counter::NsRejected), 3);
+        assert_eq!(f.counter(Counter::NsRejectLimited), 7);
+
+        // One source's budget: 6 at once (the kernel's burst), then one a minute here.
+        let mut g = Fixture::new();
+        empty(&mut g);
+        g.node_config(NodeConfig {
+            icmp_rate: 1_000_000,
+            icmp_burst: 1_000,
+            icmp_source_interval_ms: 60_000,
+            ..NodeConfig::default()
+        });
+        let q = inbound(udp_packet(from(0), np, b"q"));
+        let verdicts: Vec<i32> = (0..10).map(|_| g.run(TC_IN, &q).verdict()).collect();
+        assert_eq!(verdicts[..6], [REDIRECT; 6]);
+        assert_eq!(verdicts[6..], [SHOT; 4]);
+        assert_eq!(g.counter(Counter::NsRejectLimitedSource), 4);
+        // Another source still gets its answer.
+        let r = g.run(TC_IN, &inbound(udp_packet(from(1), np, b"q")));
+        assert_eq!(r.verdict(), REDIRECT);
+        assert_eq!(g.counter(Counter::NsRejected), 7);
+        assert_eq!(g.counter(Counter::NsRejectLimited), 0);
+    });
+}
+
+#[test]
+fn a_lost_flow_comes_back_to_its_backend_and_a_full_table_is_counted() {
+    require_root!();
+    lab(|| {
+        let mut f = Fixture::new();
+        let vip = sa(LB_VIP, 80);
+        let pods: Vec<SocketAddrV4> = (0..3)
+            .map(|i| sa(Ipv4Addr::new(10, 244, 0, 31 + i), 8080))
+            .collect();
+        for (i, p) in pods.iter().enumerate() {
+            f.backend(i as u32 + 1, *p, IPPROTO_TCP, true);
+        }
+        f.frontend(
+            vip,
+            IPPROTO_TCP,
+            scope::EXTERNAL,
+            svc_flags::LOAD_BALANCER,
+            REV_LB,
+            &[1, 2, 3],
+        );
+        // The slot is the flow hash's: slot (hash % 3) + 1, backend id = slot here.
+        let expected = |client: SocketAddrV4| {
+            let h = flow_hash_v4(
+                raw(*client.ip()),
+                raw(LB_VIP),
+                port_to_raw(client.port()),
+                port_to_raw(80),
+                IPPROTO_TCP,
+            );
+            pods[(h % 3) as usize]
+        };
+        let backend_of = |r: &progtest::TestRun| {
+            let p = parse_ipv4(&r.data);
+            sa(p.dst, p.dport)
+        };
+        let ports = 40000..40024u16;
+        let mut used = BTreeMap::new();
+        for port in ports.clone() {
+            let client = sa(CLIENT, port);
+            let r = f.run(TC_IN, &inbound(tcp_packet(client, vip, TCP_SYN, b"")));
+            assert_eq!(backend_of(&r), expected(client), "port {port}");
+            *used.entry(backend_of(&r)).or_insert(0) += 1;
+        }
+        assert_eq!(used.len(), 3, "every backend serves: {used:?}");
+
+        // Every flow's entries are lost (evicted): each flow's next segment makes it again, on
+        // the backend it had, and is counted.
+        f.clear_ct();
+        for port in ports.clone() {
+            let client = sa(CLIENT, port);
+            let r = f.run(TC_IN, &inbound(tcp_packet(client, vip, TCP_ACK, b"data")));
+            assert_eq!(r.verdict(), OK);
+            assert_frame(
+                &r.data,
+                &inbound(tcp_packet(client, expected(client), TCP_ACK, b"data")),
+                &format!("lost flow from port {port}"),
+            );
+        }
+        assert_eq!(f.counter(Counter::NsCtLostFlow), ports.len() as u64);
+        assert_eq!(f.counter(Counter::NsNewFlowCtFull), 0);
+
+        // New flows while the agent measured the table 95 % full are counted; at 10 % not.
+        f.ct_fill(950);
+        f.run(
+            TC_IN,
+            &inbound(tcp_packet(sa(CLIENT2, 1), vip, TCP_SYN, b"")),
+        );
+        f.ct_fill(100);
+        f.run(
+            TC_IN,
+            &inbound(tcp_packet(sa(CLIENT2, 2), vip, TCP_SYN, b"")),
+        );
+        assert_eq!(f.counter(Counter::NsNewFlowCtFull), 1);
+        assert_eq!(f.counter(Counter::NsNewFlow), 2 * ports.len() as u64 + 2);
     });
 }

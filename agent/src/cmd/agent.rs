@@ -12,7 +12,10 @@ use tracing::info;
 use crate::{
     cli::{AgentArgs, LbAlgorithm},
     control::{self, events::EventSink, run::Parts},
-    datapath::{Capacities, Datapath, LoadOptions, Maps},
+    datapath::{
+        Capacities, Datapath, LoadOptions, MapSizes, Maps,
+        ct_gc::{self, ConntrackGc},
+    },
     model::translate::Config,
     paths::{self, PinDir},
     server::{
@@ -70,16 +73,27 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     serve_metrics(&args, &metrics, &status).await?;
 
+    let sizes = MapSizes {
+        conntrack: args.conntrack_max,
+        maglev_services: args.maglev_max_services,
+    };
     let datapath = Datapath::load(
         &LoadOptions {
             pin_dir: args.bpffs.clone(),
             cgroup: cgroup.clone(),
+            sizes,
         },
-        Capacities::default(),
+        Capacities {
+            maglev_tables: sizes.maglev_services,
+            ..Capacities::default()
+        },
         args.interfaces.clone(),
         args.lb_mode,
     )
     .context("loading the datapath")?;
+    // Conntrack collection and fill, off the control loop (stops when dropped).
+    let _conntrack_gc =
+        ConntrackGc::spawn(&PinDir::new(&args.bpffs)).context("starting the conntrack upkeep")?;
     info!(
         frontends = datapath.table().programmer().frontend_count(),
         "adopted the kernel's state"
@@ -139,6 +153,11 @@ async fn serve_metrics(
         async move {
             match path.as_str() {
                 "/metrics" => {
+                    // The CT map filling up is the failure operators must see
+                    // coming (cilium#24177): measured at every scrape.
+                    if let Ok(fill) = ct_gc::fill(&pins) {
+                        m.conntrack(fill);
+                    }
                     // Own handle on the pinned maps: scrapes never wait for a sync.
                     let counters: Vec<(&'static str, u64)> = Maps::open_pinned(&pins)
                         .map(|maps| {

@@ -22,7 +22,6 @@ use super::{Controller, Flush, events::EventSink};
 use crate::{
     datapath::{Datapath, owner::NodeSettings},
     model::{Diagnostic, Severity, translate::Config},
-    northsouth,
     server::{
         metrics::{self, Metrics},
         proxy_health::ProxyHealth,
@@ -39,8 +38,6 @@ const MAX_BATCH: usize = 20_000;
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// How often the node's devices are looked at again (a NIC coming up).
 const DEVICE_CHECK: Duration = Duration::from_secs(10);
-/// How often idle conntrack entries are collected.
-const CT_GC_PERIOD: Duration = Duration::from_secs(30);
 
 /// Everything the loop runs with.
 pub struct Parts {
@@ -110,16 +107,9 @@ pub async fn run(p: Parts) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     let mut devices = tokio::time::interval(DEVICE_CHECK);
-    let mut gc = tokio::time::interval(CT_GC_PERIOD);
     let mut sweep = tokio::time::interval(p.full_sync_period);
     let mut links = tokio::time::interval(crate::datapath::LINK_CHECK_PERIOD);
-    for t in [
-        &mut heartbeat,
-        &mut devices,
-        &mut gc,
-        &mut sweep,
-        &mut links,
-    ] {
+    for t in [&mut heartbeat, &mut devices, &mut sweep, &mut links] {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t.reset();
     }
@@ -167,13 +157,6 @@ pub async fn run(p: Parts) -> anyhow::Result<()> {
                 l.metrics.links_verified(&report);
             }
             _ = devices.tick() => if l.synced { l.sync_node() },
-            _ = gc.tick() => {
-                let (gone, left) = northsouth::gc_conntrack(l.dp.maps_mut());
-                l.metrics.conntrack_entries(left);
-                if gone > 0 {
-                    debug!(flows = gone, "conntrack: idle entries removed");
-                }
-            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }

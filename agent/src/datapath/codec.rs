@@ -6,8 +6,8 @@
 use std::net::Ipv4Addr;
 
 use agent_common::{
-    Backend4, Ct4Key, Ct4Value, RevNat4, SRC_RANGE_PREFIX_BITS, SrcRange4, Svc4Key, SvcValue,
-    backend_state, ct_dir, ct_flags,
+    Backend4, Ct4Key, Ct4Value, Member4Key, RevNat4, SRC_RANGE_PREFIX_BITS, SrcRange4, Svc4Key,
+    SvcValue, backend_state, ct_dir, ct_flags,
     net::{ip4_from_raw, ip4_to_raw, port_from_raw, port_to_raw},
     svc_flags,
 };
@@ -109,6 +109,19 @@ pub fn rev_nat_value(addr: &AddrKey) -> RevNat4 {
 /// The service address and port a rev-NAT entry restores.
 pub fn rev_nat_target(v: &RevNat4) -> (Ipv4Addr, u16) {
     (ip_of(v.addr), port_from_raw(v.port))
+}
+
+/// The membership key of backend `b` of the exposed frontend `rev_nat_id`
+/// (what a DSR option naming that frontend may reach).
+pub fn member_key(rev_nat_id: u16, b: &BackendAddr) -> Member4Key {
+    Member4Key {
+        rev_nat_id,
+        proto: b.proto.number(),
+        _pad: 0,
+        addr: ip_raw(b.ip),
+        port: port_to_raw(b.port),
+        _pad2: 0,
+    }
 }
 
 /// The LPM key of a source range of a service.

@@ -4,7 +4,7 @@
 //! which order, and what the maps end up holding).
 
 use agent_common::{
-    AffinityKey, AffinityValue, Backend4, RevNat4, Svc4Key, SvcValue, maps as names,
+    AffinityKey, AffinityValue, Backend4, Member4Key, RevNat4, Svc4Key, SvcValue, maps as names,
 };
 use aya::maps::MapError;
 
@@ -34,6 +34,12 @@ pub trait LbMaps {
     fn del_maglev(&mut self, key: u32) -> Result<()>;
     /// Maglev entries held in the kernel, for adoption.
     fn maglev_entries(&self) -> Vec<(u32, u32)>;
+    /// A backend (its id) of an exposed frontend: what a DSR option's
+    /// packet may be addressed to.
+    fn put_member(&mut self, k: Member4Key, backend_id: u32) -> Result<()>;
+    fn del_member(&mut self, k: &Member4Key) -> Result<()>;
+    /// Memberships held in the kernel, for adoption.
+    fn members(&self) -> Vec<(Member4Key, u32)>;
 }
 
 /// Deleting what is already gone is success: the goal state is reached.
@@ -115,5 +121,16 @@ impl LbMaps for Maps {
     }
     fn maglev_entries(&self) -> Vec<(u32, u32)> {
         self.maglev.iter().filter_map(Result::ok).collect()
+    }
+    fn put_member(&mut self, k: Member4Key, backend_id: u32) -> Result<()> {
+        self.members
+            .insert(&k, &backend_id, 0)
+            .map_err(|e| Error::map(names::MEMBERS_V4, e))
+    }
+    fn del_member(&mut self, k: &Member4Key) -> Result<()> {
+        deleted(names::MEMBERS_V4, self.members.remove(k))
+    }
+    fn members(&self) -> Vec<(Member4Key, u32)> {
+        self.members.iter().filter_map(Result::ok).collect()
     }
 }

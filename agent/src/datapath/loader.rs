@@ -26,6 +26,7 @@ use super::{
     Maps,
     ifaces::Interface,
     links::{Links, Target},
+    sizes::{self, MapSizes},
 };
 use crate::{
     error::{Error, Result},
@@ -45,6 +46,9 @@ pub fn ebpf_object() -> &'static [u8] {
 pub struct LoadOptions {
     pub pin_dir: PathBuf,
     pub cgroup: PathBuf,
+    /// Sizes of the maps the operator sizes (a pinned map of another size
+    /// is resized: see sizes.rs).
+    pub sizes: MapSizes,
 }
 
 /// The loaded object. Dropping it leaves the datapath in place: links and
@@ -75,11 +79,17 @@ impl Loaded {
         }
         super::pin_dir::prepare(&opts.pin_dir)?;
         let pins = PinDir::new(&opts.pin_dir);
+        let resizes = sizes::prepare(&pins, &opts.sizes)?;
         let object = super::sock_gc::patch_object(EBPF_OBJECT);
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&opts.pin_dir)
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&opts.pin_dir);
+        for (name, entries) in opts.sizes.entries() {
+            loader.map_max_entries(name, entries);
+        }
+        let mut ebpf = loader
             .load(object.bytes())
             .map_err(|e| Error::Load(Box::new(e)))?;
+        sizes::finish(&pins, resizes)?;
         start_kernel_logs(&mut ebpf);
         // North-south programs: loaded now (the verifier speaks at start),
         // attached once the node's devices are known.

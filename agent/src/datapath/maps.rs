@@ -3,8 +3,8 @@
 //! `conntrack` and the metrics scrape).
 
 use agent_common::{
-    AffinityKey, AffinityValue, Backend4, Ct4Key, Ct4Value, NodeConfig, RevNat4, SockRev4,
-    SockRev4Key, SrcRange4, Svc4Key, SvcValue, maps as names,
+    AffinityKey, AffinityValue, Backend4, Ct4Key, Ct4Value, Member4Key, NodeConfig, RevNat4,
+    SockRev4, SockRev4Key, SrcRange4, Svc4Key, SvcValue, maps as names,
 };
 use aya::{
     Ebpf,
@@ -29,6 +29,10 @@ pub struct Maps {
     pub maglev: HashMap<MapData, u32, u32>,
     pub node_addr: HashMap<MapData, u32, u32>,
     pub node_config: Array<MapData, NodeConfig>,
+    /// The cluster's node addresses (northsouth::sync_cluster_nodes).
+    pub nodes: HashMap<MapData, u32, u8>,
+    /// Backends of the exposed frontends (written by the programmer).
+    pub members: HashMap<MapData, Member4Key, u32>,
 }
 
 impl Maps {
@@ -52,6 +56,8 @@ impl Maps {
             maglev: typed(names::MAGLEV, take(names::MAGLEV)?)?,
             node_addr: typed(names::NODE_ADDR_V4, take(names::NODE_ADDR_V4)?)?,
             node_config: typed(names::NODE_CONFIG, take(names::NODE_CONFIG)?)?,
+            nodes: typed(names::NODES_V4, take(names::NODES_V4)?)?,
+            members: typed(names::MEMBERS_V4, take(names::MEMBERS_V4)?)?,
         })
     }
 
@@ -81,6 +87,8 @@ impl Maps {
             maglev: typed(names::MAGLEV, open(names::MAGLEV)?)?,
             node_addr: typed(names::NODE_ADDR_V4, open(names::NODE_ADDR_V4)?)?,
             node_config: typed(names::NODE_CONFIG, open(names::NODE_CONFIG)?)?,
+            nodes: typed(names::NODES_V4, open(names::NODES_V4)?)?,
+            members: typed(names::MEMBERS_V4, open(names::MEMBERS_V4)?)?,
         })
     }
 

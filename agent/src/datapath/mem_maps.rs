@@ -10,7 +10,7 @@ use std::{
 };
 
 use agent_common::{
-    AffinityKey, AffinityValue, Backend4, RevNat4, Svc4Key, SvcValue, maps as names,
+    AffinityKey, AffinityValue, Backend4, Member4Key, RevNat4, Svc4Key, SvcValue, maps as names,
 };
 
 use super::lbmaps::LbMaps;
@@ -33,6 +33,8 @@ pub enum Op {
     DelRange(u16, Cidr4),
     PutMaglev,
     DelMaglev,
+    PutMember(Member4Key),
+    DelMember(Member4Key),
 }
 
 /// The maps' contents.
@@ -44,6 +46,7 @@ pub struct Contents {
     pub affinity: Vec<(AffinityKey, AffinityValue)>,
     pub ranges: BTreeSet<(u16, Cidr4)>,
     pub maglev: BTreeMap<u32, u32>,
+    pub members: BTreeMap<Member4Key, u32>,
 }
 
 #[derive(Debug, Default)]
@@ -169,5 +172,19 @@ impl LbMaps for MemMaps {
     fn maglev_entries(&self) -> Vec<(u32, u32)> {
         let m = self.0.borrow();
         m.contents.maglev.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+    fn put_member(&mut self, k: Member4Key, id: u32) -> Result<()> {
+        self.write(names::MEMBERS_V4, Op::PutMember(k), |c| {
+            c.members.insert(k, id);
+        })
+    }
+    fn del_member(&mut self, k: &Member4Key) -> Result<()> {
+        self.write(names::MEMBERS_V4, Op::DelMember(*k), |c| {
+            c.members.remove(k);
+        })
+    }
+    fn members(&self) -> Vec<(Member4Key, u32)> {
+        let m = self.0.borrow();
+        m.contents.members.iter().map(|(k, v)| (*k, *v)).collect()
     }
 }

@@ -5,6 +5,7 @@
 //! and values.
 
 pub mod codec;
+pub mod ct_gc;
 pub mod ids;
 pub mod ifaces;
 pub mod lbmaps;
@@ -17,6 +18,7 @@ pub mod owner;
 pub mod pin_dir;
 pub mod programmer;
 pub mod service_table;
+pub mod sizes;
 pub mod snapshot;
 pub mod sock_gc;
 pub mod sys;
@@ -27,3 +29,4 @@ pub use loader::LoadOptions;
 pub use maps::Maps;
 pub use owner::Datapath;
 pub use programmer::{Capacities, Programmer};
+pub use sizes::MapSizes;

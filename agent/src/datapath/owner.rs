@@ -10,7 +10,7 @@ use std::{
 };
 
 use agent_common::{NodeConfig, node_flags};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     LinkReport, LoadOptions, Maps, codec, ifaces,
@@ -24,6 +24,7 @@ use crate::{
     control::Dataplane,
     error::Result,
     model::{BackendAddr, ServiceName},
+    northsouth::{IcmpLimits, sync_cluster_nodes},
 };
 
 /// What the node's devices need: where the TC programs go, and the SNAT
@@ -131,6 +132,7 @@ impl Datapath {
             }
             return Ok(());
         }
+        let icmp = IcmpLimits::of_this_node();
         let cfg = NodeConfig {
             flags: if self.mode == LbMode::Dsr {
                 node_flags::DSR
@@ -139,8 +141,18 @@ impl Datapath {
             },
             snat_port_min: agent_common::SNAT_PORT_MIN_DEFAULT,
             snat_port_max: agent_common::SNAT_PORT_MAX_DEFAULT,
+            icmp_rate: icmp.rate,
+            icmp_burst: icmp.burst,
+            icmp_source_interval_ms: icmp.source_interval_ms,
         };
         self.maps_mut().node_config.set(0, &cfg, 0)?;
+        let (added, removed) = sync_cluster_nodes(self.maps_mut(), &node.cluster_node_ips)?;
+        if added + removed > 0 {
+            debug!(
+                added,
+                removed, "cluster node addresses (what DSR options may name)"
+            );
+        }
         let mut now = BTreeMap::new();
         for iface in &wanted {
             // The SNAT source: the node address on this device, else its first.

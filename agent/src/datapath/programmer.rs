@@ -17,7 +17,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use agent_common::{
-    AffinityKey, Svc4Key, SvcValue, backend_flags, backend_state, maps as names, svc_flags,
+    AffinityKey, Member4Key, Svc4Key, SvcValue, backend_flags, backend_state, maps as names,
+    svc_flags,
 };
 use tracing::{debug, warn};
 
@@ -157,6 +158,8 @@ enum Undo {
     Maglev(u16, Option<Vec<u32>>),
     /// A service-map entry written: its previous value (None: absent).
     Slot(Svc4Key, Option<SvcValue>),
+    /// A DSR membership written: its previous backend id (None: absent).
+    Member(Member4Key, Option<u32>),
 }
 
 pub struct Programmer<M: LbMaps = Maps> {
@@ -289,6 +292,7 @@ impl<M: LbMaps> Programmer<M> {
             let _ = p.del_rev_nat(*id);
         }
         p.adopt_north_south(&used_rev);
+        p.reconcile_members();
         debug!(
             frontends = p.frontends.len(),
             backends = p.backends.len(),
@@ -416,6 +420,13 @@ impl<M: LbMaps> Programmer<M> {
             }
         }
         self.svc_entries -= 1 + old.backends.len() as u32;
+        if exposed(key, old.flags) {
+            for b in &old.backends {
+                if let Err(e) = self.del_member(&codec::member_key(old.rev_nat_id, b)) {
+                    warn!(frontend = %key, backend = %b, error = %e, "removing a DSR membership");
+                }
+            }
+        }
         for b in old.backend_keys() {
             self.release_backend(&b, true);
         }
@@ -502,6 +513,7 @@ impl<M: LbMaps> Programmer<M> {
         for id in orphans {
             let _ = self.del_rev_nat(id);
         }
+        self.reconcile_members();
         let n = drifted.len() + unknown.len();
         self.dirty.extend(drifted);
         n
@@ -635,6 +647,33 @@ impl<M: LbMaps> Programmer<M> {
             }
         }
 
+        // The backends a DSR option naming this frontend may reach.
+        let old_members: HashMap<Member4Key, u32> = match &old {
+            Some(o) if exposed(key, o.flags) => o
+                .backends
+                .iter()
+                .zip(&old_ids)
+                .map(|(b, id)| (codec::member_key(rev_nat_id, b), *id))
+                .collect(),
+            _ => HashMap::new(),
+        };
+        let new_members: HashMap<Member4Key, u32> = if exposed(key, want.flags) {
+            want.backends
+                .iter()
+                .zip(&ids)
+                .map(|(b, id)| (codec::member_key(rev_nat_id, b), *id))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        for (k, id) in &new_members {
+            let prev = old_members.get(k).copied();
+            if force || prev != Some(*id) {
+                undo.push(Undo::Member(*k, prev));
+                self.put_member(*k, *id)?;
+            }
+        }
+
         for (i, id) in ids.iter().enumerate() {
             let slot = i as u16 + 1;
             let k = codec::svc_key(key, slot);
@@ -681,6 +720,11 @@ impl<M: LbMaps> Programmer<M> {
                 self.clear_maglev(rev_nat_id);
             }
         }
+        for k in old_members.keys().filter(|k| !new_members.contains_key(k)) {
+            if let Err(e) = self.del_member(k) {
+                warn!(frontend = %key, error = %e, "removing a DSR membership");
+            }
+        }
         if let Some(old) = &old {
             let kept: BTreeSet<u32> = ids.iter().copied().collect();
             if (old.flags | want.flags) & svc_flags::AFFINITY != 0 {
@@ -702,6 +746,8 @@ impl<M: LbMaps> Programmer<M> {
             let r = match step {
                 Undo::Slot(k, Some(v)) => self.put_service(k, v),
                 Undo::Slot(k, None) => self.del_service(&k),
+                Undo::Member(k, Some(id)) => self.put_member(k, id),
+                Undo::Member(k, None) => self.del_member(&k),
                 Undo::Maglev(rev, old) => {
                     self.restore_maglev(rev, old);
                     Ok(())
@@ -984,6 +1030,31 @@ impl<M: LbMaps> Programmer<M> {
         }
     }
 
+    /// Makes the membership map hold exactly the backends of the exposed
+    /// frontends (an agent of an older version left none; a removed
+    /// service's may linger).
+    fn reconcile_members(&mut self) {
+        let mut want: BTreeMap<Member4Key, u32> = BTreeMap::new();
+        for (key, f) in &self.frontends {
+            if exposed(key, f.flags) {
+                for k in f.backend_keys() {
+                    if let Some(e) = self.backends.get(&k) {
+                        want.insert(codec::member_key(f.rev_nat_id, &k.addr), e.id);
+                    }
+                }
+            }
+        }
+        let have: BTreeMap<Member4Key, u32> = self.maps.members().into_iter().collect();
+        for k in have.keys().filter(|k| !want.contains_key(k)) {
+            let _ = self.del_member(k);
+        }
+        for (k, id) in want.iter().filter(|(k, id)| have.get(k) != Some(id)) {
+            if let Err(e) = self.put_member(*k, *id) {
+                warn!(error = %e, "writing a DSR membership");
+            }
+        }
+    }
+
     /// Drops affinity entries of `rev_nat_id` that point at a backend the
     /// frontend no longer has, so a removed backend is never chosen again.
     fn purge_affinity(&mut self, rev_nat_id: u16, kept: &BTreeSet<u32>) {
@@ -1034,6 +1105,14 @@ impl<M: LbMaps> Programmer<M> {
         self.writes += 1;
         self.maps.del_src_range(rev, cidr)
     }
+    fn put_member(&mut self, k: Member4Key, id: u32) -> Result<()> {
+        self.writes += 1;
+        self.maps.put_member(k, id)
+    }
+    fn del_member(&mut self, k: &Member4Key) -> Result<()> {
+        self.writes += 1;
+        self.maps.del_member(k)
+    }
     fn put_maglev(&mut self, key: u32, id: u32) -> Result<()> {
         self.writes += 1;
         self.maps.put_maglev(key, id)
@@ -1042,6 +1121,14 @@ impl<M: LbMaps> Programmer<M> {
         self.writes += 1;
         self.maps.del_maglev(key)
     }
+}
+
+/// The frontend is served on the node's devices (the external scope of a
+/// NodePort, externalIP or LoadBalancer): its backends are the destinations
+/// a DSR option naming it may reach (`ferry_memb4_v1`).
+fn exposed(key: &FrontendKey, flags: u16) -> bool {
+    key.scope == Scope::External
+        && flags & (svc_flags::NODE_PORT | svc_flags::EXTERNAL_IP | svc_flags::LOAD_BALANCER) != 0
 }
 
 /// The kernel content a frontend should have.

@@ -4,8 +4,8 @@
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use agent_common::{
-    AffinityKey, AffinityValue, Backend4, RevNat4, Svc4Key, SvcValue, affinity_client, maps,
-    svc_flags,
+    AffinityKey, AffinityValue, Backend4, Member4Key, RevNat4, Svc4Key, SvcValue, affinity_client,
+    maps, svc_flags,
 };
 
 use super::*;
@@ -526,6 +526,7 @@ fn a_write_failing_anywhere_leaves_the_maps_exactly_as_they_were() {
         let left = maps.contents();
         assert!(
             left.services.is_empty()
+                && left.members.is_empty()
                 && left.backends.is_empty()
                 && left.rev_nat.is_empty()
                 && left.ranges.is_empty()
@@ -603,4 +604,70 @@ fn verify_repairs_what_someone_else_changed_in_the_kernel() {
     let r = p.apply(&d);
     assert_eq!(r.updated, 1);
     assert_eq!(maps.contents(), want);
+}
+
+fn member(rev_nat_id: u16, b: &BackendAddr) -> Member4Key {
+    crate::datapath::codec::member_key(rev_nat_id, b)
+}
+
+#[test]
+fn exposed_frontends_list_their_backends_for_dsr_and_nothing_else_does() {
+    let maps = FakeMaps::default();
+    let mut p = Programmer::adopt(maps.clone());
+    let (np, cip) = (key([172, 18, 0, 2], 30080), key([10, 96, 0, 1], 80));
+    let internal = FrontendKey {
+        scope: Scope::Internal,
+        ..np
+    };
+    let mut node_port = frontend("web", vec![be(2, 8080), be(3, 8080)]);
+    node_port.kind = FrontendKind::NodePort;
+    let d = desired(vec![
+        (np, node_port.clone()),
+        (internal, node_port.clone()),
+        (cip, frontend("web", vec![be(2, 8080), be(3, 8080)])),
+    ]);
+    p.apply(&d);
+    let ops = maps.take_ops();
+    let rev = maps.0.borrow().contents.services[&raw(&np, 0)].rev_nat_id;
+    let (m2, m3) = (member(rev, &be(2, 8080)), member(rev, &be(3, 8080)));
+    let members = |maps: &FakeMaps| maps.contents().members.keys().copied().collect::<Vec<_>>();
+    assert_eq!(
+        members(&maps),
+        vec![m2, m3],
+        "the NodePort's external scope only"
+    );
+    assert!(
+        pos(&ops, &Op::PutMember(m3)) < pos(&ops, &Op::PutSvc(raw(&np, 0))),
+        "members before the frontend that makes them reachable"
+    );
+
+    // A backend leaves: its membership goes after the frontend stops naming it.
+    node_port.backends = vec![be(2, 8080)];
+    p.apply(&desired(vec![
+        (np, node_port.clone()),
+        (internal, node_port.clone()),
+        (cip, frontend("web", vec![be(2, 8080)])),
+    ]));
+    let ops = maps.take_ops();
+    assert!(pos(&ops, &Op::PutSvc(raw(&np, 0))) < pos(&ops, &Op::DelMember(m3)));
+    assert_eq!(members(&maps), vec![m2]);
+
+    // A restarted agent fills an empty membership map (an older agent left
+    // none) and drops strays, without touching the frontends.
+    maps.0.borrow_mut().contents.members.clear();
+    let stray = member(999, &be(7, 80));
+    maps.0.borrow_mut().contents.members.insert(stray, 42);
+    let mut second = Programmer::adopt(maps.clone());
+    assert_eq!(members(&maps), vec![m2]);
+    maps.take_ops();
+    second.apply(&desired(vec![
+        (np, node_port.clone()),
+        (internal, node_port),
+        (cip, frontend("web", vec![be(2, 8080)])),
+    ]));
+    assert_eq!(maps.take_ops(), vec![], "adopted as it is");
+
+    // The service goes: so do its memberships.
+    second.apply(&Desired::default());
+    assert!(maps.contents().members.is_empty());
 }

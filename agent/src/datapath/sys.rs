@@ -1,7 +1,8 @@
-//! The few bpf(2) commands aya does not expose: walking the kernel's links to
-//! find ferry's on one cgroup (for `ferry cleanup --cgroup`, which must also
-//! remove links a hung agent still holds) and detaching them; opening a pin
-//! with access flags (aya's `from_pin` always asks for read-write).
+//! The few bpf(2) commands aya does not expose: reading a map in batches
+//! (conntrack), walking the kernel's links to find ferry's on one cgroup
+//! (for `ferry cleanup --cgroup`, which must also remove links a hung agent
+//! still holds) and detaching them, and opening a pin with access flags
+//! (aya's `from_pin` always asks for read-write).
 
 use std::{
     io,
@@ -158,4 +159,62 @@ pub fn link_detach(fd: &OwnedFd) -> io::Result<()> {
 pub fn cgroup_id(path: &std::path::Path) -> io::Result<u64> {
     use std::os::unix::fs::MetadataExt as _;
     Ok(std::fs::metadata(path)?.ino())
+}
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// Every entry of a hash map, read `chunk` at a time with BPF_MAP_LOOKUP_BATCH
+/// (Linux 5.6): a few syscalls for a map of 100,000s of entries, where
+/// walking it key by key takes two per entry. Entries added or removed
+/// meanwhile may or may not be seen, as with any walk. `chunk` must be at
+/// least the longest hash bucket (ENOSPC otherwise): thousands are plenty.
+pub fn read_hash<K: aya::Pod, V: aya::Pod>(
+    map: std::os::fd::BorrowedFd<'_>,
+    chunk: u32,
+) -> io::Result<Vec<(K, V)>> {
+    let mut out = Vec::new();
+    // SAFETY: K and V are plain old data; zeroes are valid values.
+    let mut keys: Vec<K> = vec![unsafe { std::mem::zeroed() }; chunk as usize];
+    let mut values: Vec<V> = vec![unsafe { std::mem::zeroed() }; chunk as usize];
+    // Hash maps use a 4-byte bucket cursor.
+    let (mut cursor_in, mut cursor_out) = (0u64, 0u64);
+    let mut first = true;
+    loop {
+        // union bpf_attr.batch: in_batch, out_batch, keys, values, count|map_fd, elem_flags, flags.
+        let mut attr = [0u64; 16];
+        attr[0] = if first {
+            0
+        } else {
+            &mut cursor_in as *mut u64 as u64
+        };
+        attr[1] = &mut cursor_out as *mut u64 as u64;
+        attr[2] = keys.as_mut_ptr() as u64;
+        attr[3] = values.as_mut_ptr() as u64;
+        attr[4] = u64::from(chunk) | (u64::from(map.as_raw_fd() as u32) << 32);
+        let done = match bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+            Ok(_) => false,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            Err(e) => return Err(e),
+        };
+        let n = (attr[4] as u32).min(chunk) as usize;
+        out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+        if done {
+            return Ok(out);
+        }
+        cursor_in = cursor_out;
+        first = false;
+    }
+}
+
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+
+/// Deletes one key (already gone is fine).
+pub fn delete<K: aya::Pod>(map: std::os::fd::BorrowedFd<'_>, key: &K) -> io::Result<()> {
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(map.as_raw_fd() as u32);
+    attr[1] = key as *const K as u64;
+    match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
+        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
+        _ => Ok(()),
+    }
 }

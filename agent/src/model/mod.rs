@@ -259,7 +259,8 @@ pub struct Desired {
     pub health_checks: BTreeMap<ServiceName, HealthCheck>,
     /// This node's IPv4 addresses (its Node object's InternalIP/ExternalIP).
     pub node_ips: Vec<Ipv4Addr>,
-    /// Every node's IPv4 addresses (NodePorts a DSR option may name).
+    /// Every Node's InternalIP/ExternalIP IPv4 addresses (this one's too):
+    /// the addresses a DSR option may name for a NodePort.
     pub cluster_node_ips: BTreeSet<Ipv4Addr>,
 }
 

@@ -1530,3 +1530,44 @@ endpoints:
     // One ready endpoint without hints: kube-proxy ignores all hints.
     assert_eq!(run(&yaml("trafficDistribution: PreferClose,", "")).0, [all]);
 }
+
+#[test]
+fn every_nodes_ipv4_addresses_are_the_cluster_node_ips() {
+    let yaml = r#"
+kind: Node
+metadata: {name: node-a}
+status:
+  addresses:
+  - {type: InternalIP, address: 192.168.1.10}
+  - {type: Hostname, address: node-a}
+---
+kind: Node
+metadata: {name: node-b}
+status:
+  addresses:
+  - {type: InternalIP, address: 192.168.1.11}
+  - {type: ExternalIP, address: 203.0.113.11}
+  - {type: InternalIP, address: "fd00::11"}
+  - {type: InternalIP, address: 192.168.1.300}
+---
+kind: Node
+metadata: {name: node-c}
+"#;
+    let (desired, diags) = tr(&inputs(yaml));
+    let ips: Vec<String> = desired
+        .cluster_node_ips
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(ips, ["192.168.1.10", "192.168.1.11", "203.0.113.11"]);
+    assert_eq!(desired.node_ips, [Ipv4Addr::new(192, 168, 1, 10)]);
+    assert_eq!(
+        diags,
+        [warning(
+            "Node",
+            "",
+            "node-b",
+            "InternalIP address \"192.168.1.300\" is not an IP address"
+        )]
+    );
+}

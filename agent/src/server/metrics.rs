@@ -10,7 +10,7 @@ use std::{
 
 use agent_common::maps as names;
 
-use crate::datapath::LinkReport;
+use crate::datapath::{LinkReport, ct_gc::Fill};
 
 /// kube-proxy's buckets for sync durations: exponential from 1 ms.
 const SYNC_BUCKETS: [f64; 15] = [
@@ -83,8 +83,8 @@ struct Inner {
     endpoint_changes: u64,
     errors: BTreeMap<&'static str, u64>,
     programmed: Programmed,
-    /// Conntrack entries at the last collection.
-    conntrack: usize,
+    /// The conntrack map as last measured (at each scrape).
+    conntrack: Option<Fill>,
     /// Links found changed by someone else and repaired, by (link, fault).
     link_repairs: BTreeMap<(String, &'static str), u64>,
     /// Links the last check could not repair.
@@ -107,7 +107,7 @@ impl Default for Metrics {
                 endpoint_changes: 0,
                 errors: BTreeMap::new(),
                 programmed: Programmed::default(),
-                conntrack: 0,
+                conntrack: None,
                 link_repairs: BTreeMap::new(),
                 links_broken: 0,
             })),
@@ -116,8 +116,10 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn conntrack_entries(&self, n: usize) {
-        self.inner.lock().expect("metrics lock").conntrack = n;
+    /// The conntrack map's fill, measured just before a scrape is rendered
+    /// (`datapath::ct_gc::fill`): a map can fill up between two collections.
+    pub fn conntrack(&self, fill: Fill) {
+        self.inner.lock().expect("metrics lock").conntrack = Some(fill);
     }
 
     pub fn sync_done(&self, took: Duration, programmed: Programmed, errors: &[&'static str]) {
@@ -230,7 +232,7 @@ impl Metrics {
             out,
             "# HELP ferry_map_entries Entries ferry keeps in each map\n# TYPE ferry_map_entries gauge"
         );
-        let maps = [
+        let mut maps = vec![
             (
                 names::SERVICES_V4,
                 f64::from(p.service_entries),
@@ -242,16 +244,18 @@ impl Metrics {
                 names::BACKENDS_V4_MAX,
             ),
             (names::REV_NAT_V4, p.rev_nat as f64, names::REV_NAT_V4_MAX),
-            (names::CT_V4, m.conntrack as f64, names::CT_V4_MAX),
         ];
-        for (map, n, _) in maps {
+        if let Some(ct) = m.conntrack {
+            maps.push((names::CT_V4, ct.entries as f64, ct.capacity));
+        }
+        for &(map, n, _) in &maps {
             let _ = writeln!(out, "ferry_map_entries{{map=\"{map}\"}} {n}");
         }
         let _ = writeln!(
             out,
             "# HELP ferry_map_fill_ratio Entries over capacity\n# TYPE ferry_map_fill_ratio gauge"
         );
-        for (map, n, cap) in maps {
+        for &(map, n, cap) in &maps {
             let _ = writeln!(
                 out,
                 "ferry_map_fill_ratio{{map=\"{map}\"}} {}",
@@ -397,6 +401,25 @@ mod tests {
         );
         assert!(!text.contains("ferry_link_tcin_eth0"), "{text}");
         assert!(text.contains("ferry_links_broken 1"), "{text}");
+    }
+
+    #[test]
+    fn conntrack_fill_is_rendered_with_the_maps_own_capacity() {
+        let m = Metrics::default();
+        assert!(!m.render(&[]).contains("ferry_ct4_v1"), "not measured yet");
+        m.conntrack(Fill {
+            entries: 3_000,
+            capacity: 4_000,
+        });
+        let text = m.render(&[]);
+        assert!(
+            text.contains("ferry_map_entries{map=\"ferry_ct4_v1\"} 3000"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferry_map_fill_ratio{map=\"ferry_ct4_v1\"} 0.75"),
+            "{text}"
+        );
     }
 
     #[test]
