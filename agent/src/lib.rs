@@ -7,6 +7,7 @@ pub mod control;
 pub mod datapath;
 pub mod error;
 pub mod model;
+pub mod mountinfo;
 pub mod northsouth;
 pub mod paths;
 pub mod server;

@@ -1,8 +1,7 @@
 //! Every filesystem path and kernel object name the agent uses.
 
 use std::{
-    fs,
-    io::{self, BufRead as _},
+    fs, io,
     path::{Path, PathBuf},
 };
 
@@ -78,24 +77,8 @@ fn statfs_magic(path: &Path) -> io::Result<i64> {
     Ok(st.f_type as i64)
 }
 
-/// The cgroup v2 mount point, from /proc/self/mountinfo (hybrid systems
-/// mount it at /sys/fs/cgroup/unified, pure v2 at /sys/fs/cgroup).
+/// The cgroup v2 mount point (see [`crate::mountinfo`]).
 pub fn cgroup2_mount() -> io::Result<PathBuf> {
-    let f = fs::File::open("/proc/self/mountinfo")?;
-    for line in io::BufReader::new(f).lines() {
-        let line = line?;
-        // "<id> <parent> <maj:min> <root> <mount point> <opts> ... - <fstype> <src> <opts>"
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        if right.split_whitespace().next() == Some("cgroup2")
-            && let Some(mp) = left.split_whitespace().nth(4)
-        {
-            return Ok(PathBuf::from(mp));
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::NotFound,
-        "no cgroup2 filesystem is mounted",
-    ))
+    crate::mountinfo::cgroup2_mount()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup2 filesystem is mounted"))
 }

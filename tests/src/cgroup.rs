@@ -11,42 +11,15 @@ use anyhow::{Context, Result, bail};
 
 use crate::proc::POLL;
 
-/// Where cgroup2 is mounted (from /proc/self/mountinfo; on hybrid hosts /sys/fs/cgroup/unified).
+/// Where cgroup2 is mounted (ferry's own reading of mountinfo; on hybrid hosts
+/// /sys/fs/cgroup/unified).
 pub fn cgroup2_mount() -> Result<PathBuf> {
-    let info = fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
-    for line in info.lines() {
-        // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        if right.split_whitespace().next() != Some("cgroup2") {
-            continue;
-        }
-        if let Some(mount_point) = left.split_whitespace().nth(4) {
-            return Ok(PathBuf::from(unescape_mountinfo(mount_point)));
-        }
-    }
-    bail!("no cgroup2 mount in /proc/self/mountinfo")
+    ferry::mountinfo::cgroup2_mount().context("no cgroup2 mount in /proc/self/mountinfo")
 }
 
 /// True if `path` is a mount point (of any type) in this mount namespace.
 pub fn is_mount_point(path: &Path) -> bool {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = path.to_string_lossy();
-    info.lines().any(|line| {
-        line.split_whitespace()
-            .nth(4)
-            .is_some_and(|mp| unescape_mountinfo(mp) == want)
-    })
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
+    ferry::mountinfo::mounts().iter().any(|m| m.point == path)
 }
 
 /// The PIDs in a cgroup (empty if it does not exist).

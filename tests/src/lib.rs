@@ -46,13 +46,16 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Returns early from a test (printing why) unless it runs as root.
+/// Fails a kernel test that runs without root. Kernel tests are marked
+/// `#[ignore = "kernel test: ..."]`, so a plain `cargo test` reports them
+/// ignored (never passed); `cargo xtask test` runs them as root with
+/// `--include-ignored`, and one run without root fails here, saying why.
 #[macro_export]
 macro_rules! require_root {
     () => {
-        if !$crate::is_root() {
-            eprintln!("skipped: this test needs root (network namespaces, cgroups, bpffs)");
-            return;
-        }
+        assert!(
+            $crate::is_root(),
+            "this kernel test needs root (network namespaces, cgroups, bpffs): run `cargo xtask test`"
+        );
     };
 }

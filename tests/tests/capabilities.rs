@@ -54,6 +54,7 @@ fn effective_caps(pid: u32) -> u64 {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn the_agent_runs_with_exactly_the_daemonsets_capabilities() {
     require_root!();
     let lab = Lab::new("the_agent_runs_with_exactly_the_daemonsets_capabilities");
@@ -148,6 +149,7 @@ fn the_agent_runs_with_exactly_the_daemonsets_capabilities() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn without_each_capability_the_agent_names_what_the_kernel_refused() {
     require_root!();
     let lab = Lab::new("without_each_capability_the_agent_names_what_the_kernel_refused");
@@ -208,6 +210,7 @@ fn without_each_capability_the_agent_names_what_the_kernel_refused() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn destroying_a_pods_connected_udp_sockets_needs_sys_admin_and_sys_ptrace() {
     require_root!();
     let lab = Lab::new("destroying_a_pods_connected_udp_sockets_needs_sys_admin_and_sys_ptrace");

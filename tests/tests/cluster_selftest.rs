@@ -15,6 +15,7 @@ fn echo_peer(body: &str) -> EchoReply {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn cluster_selftest() {
     require_root!();
     let id;
@@ -216,6 +217,7 @@ fn processes_of(id: &str) -> Vec<u32> {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn a_panicking_cluster_test_leaves_nothing() {
     require_root!();
     let id = std::sync::Mutex::new(String::new());

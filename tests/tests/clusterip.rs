@@ -15,6 +15,7 @@ use ferry_tests::{Endpoint, EndpointSlice, Lab, Service, require_root, services}
 const VIP: &str = "10.96.0.10";
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn basic_endpoint() {
     require_root!();
     let lab = Lab::new("basic_endpoint");
@@ -74,6 +75,7 @@ fn basic_endpoint() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn multiport_with_named_target_ports() {
     require_root!();
     let lab = Lab::new("multiport_with_named_target_ports");
@@ -141,6 +143,7 @@ fn multiport_with_named_target_ports() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn same_port_on_tcp_and_udp() {
     require_root!();
     let lab = Lab::new("same_port_on_tcp_and_udp");
@@ -179,6 +182,7 @@ fn same_port_on_tcp_and_udp() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn backend_sees_the_client_pod_ip() {
     require_root!();
     let lab = Lab::new("backend_sees_the_client_pod_ip");
@@ -220,6 +224,7 @@ fn backend_sees_the_client_pod_ip() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn getpeername_and_recvfrom_show_the_service_address() {
     require_root!();
     let lab = Lab::new("getpeername_and_recvfrom_show_the_service_address");
@@ -283,6 +288,7 @@ fn getpeername_and_recvfrom_show_the_service_address() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn hairpin_a_pod_reaches_itself_through_its_service() {
     require_root!();
     let lab = Lab::new("hairpin_a_pod_reaches_itself_through_its_service");
@@ -297,6 +303,7 @@ fn hairpin_a_pod_reaches_itself_through_its_service() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn no_endpoints_is_refused_at_once() {
     require_root!();
     let lab = Lab::new("no_endpoints_is_refused_at_once");
@@ -369,6 +376,7 @@ fn backend_of(lab: &Lab, client: &ferry_tests::Pod) -> String {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn session_affinity_holds_and_expires() {
     require_root!();
     let lab = Lab::new("session_affinity_holds_and_expires");
@@ -418,6 +426,7 @@ fn session_affinity_holds_and_expires() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn session_affinity_spreads_different_clients() {
     require_root!();
     let lab = Lab::new("session_affinity_spreads_different_clients");
@@ -457,6 +466,7 @@ fn session_affinity_spreads_different_clients() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn ignored_services_stay_untranslated() {
     require_root!();
     let lab = Lab::new("ignored_services_stay_untranslated");

@@ -18,6 +18,7 @@ fn assert_nothing_left(id: &str) {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn pods_reach_each_other_over_the_bridge() {
     require_root!();
     let lab = Lab::new("pods_reach_each_other_over_the_bridge");
@@ -62,6 +63,7 @@ fn pods_reach_each_other_over_the_bridge() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn a_held_connection_answers_every_line() {
     require_root!();
     let lab = Lab::new("a_held_connection_answers_every_line");
@@ -95,6 +97,7 @@ fn a_held_connection_answers_every_line() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn children_run_in_the_pod_namespace_and_the_lab_cgroup() {
     require_root!();
     let lab = Lab::new("children_run_in_the_pod_namespace_and_the_lab_cgroup");
@@ -118,6 +121,7 @@ fn children_run_in_the_pod_namespace_and_the_lab_cgroup() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn output_kills_a_hanging_program() {
     require_root!();
     let lab = Lab::new("output_kills_a_hanging_program");
@@ -129,6 +133,7 @@ fn output_kills_a_hanging_program() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn an_unknown_address_is_not_reached_without_ferry() {
     require_root!();
     let lab = Lab::new("an_unknown_address_is_not_reached_without_ferry");
@@ -139,6 +144,7 @@ fn an_unknown_address_is_not_reached_without_ferry() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn dropping_the_lab_leaves_nothing() {
     require_root!();
     let lab = Lab::new("dropping_the_lab_leaves_nothing");
@@ -154,6 +160,7 @@ fn dropping_the_lab_leaves_nothing() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn a_panicking_test_leaves_nothing() {
     require_root!();
     let id = Mutex::new(String::new());
@@ -187,6 +194,7 @@ fn hold_a_lab_until_signalled() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn a_signal_removes_live_labs() {
     require_root!();
     for signal in [libc::SIGTERM, libc::SIGINT] {
@@ -233,6 +241,7 @@ fn a_signal_removes_live_labs() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn a_killed_test_process_is_swept_by_the_next_lab() {
     require_root!();
     let mut child = Command::new(std::env::current_exe().unwrap())

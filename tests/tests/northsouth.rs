@@ -205,6 +205,7 @@ fn flows_of(c: &Cluster, node: &str) -> Vec<Flow> {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn lb_local_reaches_the_local_backend_and_keeps_the_client_ip() {
     require_root!();
     let c = Cluster::new("lb_local_reaches_the_local_backend_and_keeps_the_client_ip");
@@ -267,6 +268,7 @@ fn lb_local_reaches_the_local_backend_and_keeps_the_client_ip() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn lb_cluster_snats_to_a_backend_on_the_other_node() {
     require_root!();
     let c = Cluster::new("lb_cluster_snats_to_a_backend_on_the_other_node");
@@ -379,6 +381,7 @@ fn held_first(c: &Cluster, held: &Proc) -> Attempt {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn node_port_on_either_node() {
     require_root!();
     let c = Cluster::new("node_port_on_either_node");
@@ -458,6 +461,7 @@ fn node_port_on_either_node() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn external_ips() {
     require_root!();
     let c = Cluster::new("external_ips");
@@ -511,6 +515,7 @@ fn external_ips() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn health_check_node_port() {
     require_root!();
     let c = Cluster::new("health_check_node_port");
@@ -613,6 +618,7 @@ fn health_check_node_port() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn load_balancer_source_ranges() {
     require_root!();
     let c = Cluster::new("load_balancer_source_ranges");
@@ -695,6 +701,7 @@ fn load_balancer_source_ranges() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn session_affinity_client_ip() {
     require_root!();
     let c = Cluster::new("session_affinity_client_ip");
@@ -777,6 +784,7 @@ fn session_affinity_client_ip() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn transfer_20mb_byte_identical() {
     require_root!();
     let c = Cluster::new("transfer_20mb_byte_identical");
@@ -881,6 +889,7 @@ fn http_server_on(c: &Cluster, pod: &Pod, dir: &std::path::Path, port: u16) -> P
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn pod_reaches_the_lb_ip_of_its_own_service() {
     require_root!();
     let c = Cluster::new("pod_reaches_the_lb_ip_of_its_own_service");
@@ -945,6 +954,7 @@ fn pod_reaches_the_lb_ip_of_its_own_service() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn no_endpoints_is_refused_quickly() {
     require_root!();
     let c = Cluster::new("no_endpoints_is_refused_quickly");
@@ -1025,6 +1035,7 @@ fn no_endpoints_is_refused_quickly() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn conntrack_and_services_show_north_south() {
     require_root!();
     let c = Cluster::new("conntrack_and_services_show_north_south");
@@ -1148,6 +1159,7 @@ fn conntrack_and_services_show_north_south() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn icmp_port_unreachable_from_a_backend_reaches_the_client_translated() {
     require_root!();
     let c = Cluster::new("icmp_port_unreachable_from_a_backend_reaches_the_client_translated");
@@ -1209,6 +1221,7 @@ fn icmp_port_unreachable_from_a_backend_reaches_the_client_translated() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn fragmentation_needed_reaches_the_backend_translated() {
     require_root!();
     let c = Cluster::new("fragmentation_needed_reaches_the_backend_translated");
@@ -1318,6 +1331,7 @@ fn udp_choices(c: &Cluster, node: &str, target: &str, ports: &[u16]) -> Vec<Stri
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn maglev_picks_the_same_backend_on_both_nodes() {
     require_root!();
     let c = Cluster::new("maglev_picks_the_same_backend_on_both_nodes");
@@ -1454,6 +1468,7 @@ fn maglev_picks_the_same_backend_on_both_nodes() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn lb_cluster_dsr_keeps_the_client_ip() {
     require_root!();
     let c = Cluster::new("lb_cluster_dsr_keeps_the_client_ip");
@@ -1544,6 +1559,7 @@ fn lb_cluster_dsr_keeps_the_client_ip() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn agent_restart_keeps_north_south_flows() {
     require_root!();
     let c = Cluster::new("agent_restart_keeps_north_south_flows");

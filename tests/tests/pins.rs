@@ -75,6 +75,7 @@ fn as_nobody(program: &str, args: &[&str]) {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn a_pin_directory_owned_by_another_user_is_refused() {
     require_root!();
     let lab = Lab::new("a_pin_directory_owned_by_another_user_is_refused");
@@ -94,6 +95,7 @@ fn a_pin_directory_owned_by_another_user_is_refused() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn a_group_or_world_writable_pin_directory_is_refused() {
     require_root!();
     let lab = Lab::new("a_group_or_world_writable_pin_directory_is_refused");
@@ -113,6 +115,7 @@ fn a_group_or_world_writable_pin_directory_is_refused() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn a_pin_directory_pre_created_on_a_world_writable_bpffs_is_refused() {
     require_root!();
     let lab = Lab::new("a_pin_directory_pre_created_on_a_world_writable_bpffs_is_refused");
@@ -167,6 +170,7 @@ impl Drop for Mounted {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn the_agents_own_bpffs_mount_is_root_only() {
     require_root!();
     let lab = Lab::new("the_agents_own_bpffs_mount_is_root_only");
@@ -235,6 +239,7 @@ fn wait_metric(lab: &Lab, line: &str) -> Duration {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn links_detached_or_unpinned_by_another_process_are_repaired_and_reported() {
     require_root!();
     let lab = Lab::new("links_detached_or_unpinned_by_another_process_are_repaired_and_reported");
@@ -330,6 +335,7 @@ fn links_detached_or_unpinned_by_another_process_are_repaired_and_reported() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn the_read_only_commands_open_maps_read_only() {
     require_root!();
     let lab = Lab::new("the_read_only_commands_open_maps_read_only");

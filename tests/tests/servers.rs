@@ -66,6 +66,7 @@ fn wait_answering(netns: &Path, port: u16, path: &str, within: Duration) -> Dura
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn probes_metrics_and_updates_survive_a_thousand_idle_connections() {
     require_root!();
     let lab = Lab::new("probes_metrics_and_updates_survive_a_thousand_idle_connections");
@@ -193,6 +194,7 @@ fn probes_metrics_and_updates_survive_a_thousand_idle_connections() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn the_health_server_survives_running_out_of_file_descriptors() {
     require_root!();
     let lab = Lab::new("the_health_server_survives_running_out_of_file_descriptors");

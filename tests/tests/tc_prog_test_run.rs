@@ -422,6 +422,7 @@ fn lab(body: fn()) {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn whole_object_passes_the_verifier() {
     require_root!();
     lab(|| {
@@ -437,6 +438,7 @@ fn whole_object_passes_the_verifier() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn tcp_syn_to_lb_ip_with_local_backend_keeps_the_client_address() {
     require_root!();
     lab(|| {
@@ -510,6 +512,7 @@ fn tcp_syn_to_lb_ip_with_local_backend_keeps_the_client_address() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn a_direct_connection_reusing_a_finished_flows_port_is_not_rewritten() {
     require_root!();
     lab(|| {
@@ -552,6 +555,7 @@ fn a_direct_connection_reusing_a_finished_flows_port_is_not_rewritten() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn udp_to_node_port_with_remote_backend_is_snatted_and_the_reply_comes_back() {
     require_root!();
     lab(|| {
@@ -635,6 +639,7 @@ fn udp_to_node_port_with_remote_backend_is_snatted_and_the_reply_comes_back() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn snat_to_a_remote_backend_is_forwarded_through_the_fib() {
     require_root!();
     lab(|| {
@@ -742,6 +747,7 @@ fn reipv4_ttl(packet: &[u8], ttl: u8) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn source_ranges_drop_outsiders_before_any_state_and_admit_insiders() {
     require_root!();
     lab(|| {
@@ -783,6 +789,7 @@ fn source_ranges_drop_outsiders_before_any_state_and_admit_insiders() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn etp_local_without_a_local_endpoint_drops() {
     require_root!();
     lab(|| {
@@ -819,6 +826,7 @@ fn port_unreachable(orig: &[u8], from: Ipv4Addr, to: Ipv4Addr) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn a_service_without_endpoints_is_rejected_with_icmp_port_unreachable() {
     require_root!();
     lab(|| {
@@ -881,6 +889,7 @@ fn a_service_without_endpoints_is_rejected_with_icmp_port_unreachable() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn icmp_port_unreachable_from_a_local_backend_is_translated_on_egress() {
     require_root!();
     lab(|| {
@@ -987,6 +996,7 @@ fn icmp_port_unreachable_from_a_local_backend_is_translated_on_egress() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn fragmentation_needed_is_translated_both_ways() {
     require_root!();
     lab(|| {
@@ -1092,6 +1102,7 @@ fn fragmentation_needed_is_translated_both_ways() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn maglev_places_the_same_flow_on_the_same_backend() {
     require_root!();
     lab(|| {
@@ -1147,6 +1158,7 @@ fn maglev_places_the_same_flow_on_the_same_backend() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn session_affinity_keeps_a_client_on_its_backend() {
     require_root!();
     lab(|| {
@@ -1191,6 +1203,7 @@ fn session_affinity_keeps_a_client_on_its_backend() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn a_flow_whose_backend_is_gone_moves_to_a_live_one() {
     require_root!();
     lab(|| {
@@ -1248,6 +1261,7 @@ fn a_flow_whose_backend_is_gone_moves_to_a_live_one() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn snat_fails_closed_without_a_node_address_or_a_free_port() {
     require_root!();
     lab(|| {
@@ -1298,6 +1312,7 @@ fn snat_fails_closed_without_a_node_address_or_a_free_port() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn checksums_stay_right_for_checksum_complete_and_zero_udp_checksums() {
     require_root!();
     lab(|| {
@@ -1381,6 +1396,7 @@ fn checksums_stay_right_for_checksum_complete_and_zero_udp_checksums() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn what_is_not_an_exposed_frontend_passes_untouched() {
     require_root!();
     lab(|| {
@@ -1507,6 +1523,7 @@ fn pods_behind_p0() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn dsr_tcp_to_a_remote_backend_keeps_the_client_and_carries_the_frontend_in_an_option() {
     require_root!();
     lab(|| {
@@ -1621,6 +1638,7 @@ fn dsr_tcp_to_a_remote_backend_keeps_the_client_and_carries_the_frontend_in_an_o
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn dsr_udp_carries_the_option_on_every_datagram() {
     require_root!();
     lab(|| {
@@ -1711,6 +1729,7 @@ fn dsr_udp_carries_the_option_on_every_datagram() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn dsr_option_for_a_local_backend_is_stripped_and_the_reply_leaves_from_the_frontend() {
     require_root!();
     lab(|| {
@@ -1831,6 +1850,7 @@ fn dsr_option_for_a_local_backend_is_stripped_and_the_reply_leaves_from_the_fron
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn dsr_udp_on_the_backend_node_refreshes_one_entry_and_translates_the_pods_icmp_errors() {
     require_root!();
     lab(|| {
@@ -1914,6 +1934,7 @@ fn dsr_udp_on_the_backend_node_refreshes_one_entry_and_translates_the_pods_icmp_
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn dsr_option_not_for_this_node_passes_untouched() {
     require_root!();
     lab(|| {
@@ -2110,6 +2131,7 @@ fn dsr_option_not_for_this_node_passes_untouched() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn dsr_is_routed_through_the_fib_and_falls_back_when_the_option_does_not_fit() {
     require_root!();
     lab(|| {
@@ -2285,6 +2307,7 @@ fn dsr_is_routed_through_the_fib_and_falls_back_when_the_option_does_not_fit() {
 const FORGED: Ipv4Addr = Ipv4Addr::new(6, 6, 6, 6);
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn dsr_options_are_honoured_only_when_they_can_be_verified() {
     require_root!();
     lab(|| {
@@ -2446,6 +2469,7 @@ fn dsr_options_are_honoured_only_when_they_can_be_verified() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn a_syn_on_a_live_flows_reply_tuple_is_dropped_and_a_finished_flow_is_forgotten() {
     require_root!();
     lab(|| {
@@ -2521,6 +2545,7 @@ fn a_syn_on_a_live_flows_reply_tuple_is_dropped_and_a_finished_flow_is_forgotten
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn port_unreachables_beyond_the_budget_are_dropped_and_counted() {
     require_root!();
     lab(|| {
@@ -2579,6 +2604,7 @@ fn port_unreachables_beyond_the_budget_are_dropped_and_counted() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn a_lost_flow_comes_back_to_its_backend_and_a_full_table_is_counted() {
     require_root!();
     lab(|| {

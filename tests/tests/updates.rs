@@ -13,6 +13,7 @@ use ferry_tests::{
 const VIP: &str = "10.96.0.10";
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn ports_added_and_removed() {
     require_root!();
     let lab = Lab::new("ports_added_and_removed");
@@ -74,6 +75,7 @@ fn ports_added_and_removed() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn service_removed_and_recreated() {
     require_root!();
     let lab = Lab::new("service_removed_and_recreated");
@@ -113,6 +115,7 @@ fn started_after(attempts: &[Attempt], t_us: u64) -> Vec<&Attempt> {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn backends_removed_and_added_under_load() {
     require_root!();
     let lab = Lab::new("backends_removed_and_added_under_load");
@@ -196,6 +199,7 @@ fn backends_removed_and_added_under_load() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn unconnected_udp_follows_backend_changes() {
     require_root!();
     let lab = Lab::new("unconnected_udp_follows_backend_changes");
@@ -277,6 +281,7 @@ fn unconnected_udp_follows_backend_changes() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn terminating_endpoints_serve_when_none_is_ready() {
     require_root!();
     let lab = Lab::new("terminating_endpoints_serve_when_none_is_ready");
@@ -342,6 +347,7 @@ fn terminating_endpoints_serve_when_none_is_ready() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn a_malformed_object_is_reported_and_the_rest_works() {
     require_root!();
     let lab = Lab::new("a_malformed_object_is_reported_and_the_rest_works");
@@ -414,6 +420,7 @@ fn a_malformed_object_is_reported_and_the_rest_works() {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn a_change_reaches_the_kernel_as_a_diff() {
     require_root!();
     let lab = Lab::new("a_change_reaches_the_kernel_as_a_diff");

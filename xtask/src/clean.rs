@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 
-use crate::util::{Cmd, is_root};
+use crate::{
+    mountinfo::{self, Mount, mounts},
+    util::{Cmd, is_root},
+};
 
 const NETNS_DIR: &str = "/run/netns";
 const CGROUP_PREFIX: &str = "ferry-lab-";
@@ -209,56 +212,9 @@ fn lab_tmp_dirs(mounts: &[Mount]) -> Vec<PathBuf> {
     dirs
 }
 
-struct Mount {
-    point: PathBuf,
-    fstype: String,
-}
-
-fn mounts() -> Vec<Mount> {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines().filter_map(parse_mountinfo).collect()
-}
-
-/// `id parent dev root POINT opts [optional...] - FSTYPE source superopts`.
-fn parse_mountinfo(line: &str) -> Option<Mount> {
-    let (left, right) = line.split_once(" - ")?;
-    let point = left.split(' ').nth(4)?;
-    let fstype = right.split(' ').next()?;
-    Some(Mount {
-        point: PathBuf::from(unescape(point)),
-        fstype: fstype.to_owned(),
-    })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (b[i], octal) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Where cgroup v2 is mounted (the hybrid location on these machines).
 pub fn cgroup2_mount() -> Option<PathBuf> {
-    mounts()
-        .into_iter()
-        .find(|m| m.fstype == "cgroup2")
-        .map(|m| m.point)
+    mountinfo::cgroup2_mount()
 }
 
 #[cfg(test)]
@@ -272,19 +228,6 @@ mod tests {
         assert!(!is_lab_netns("fyi"));
         assert!(!is_lab_netns("fy0a1b2g"));
         assert!(!is_lab_netns("cni-1234"));
-    }
-
-    #[test]
-    fn mountinfo_lines() {
-        let m = parse_mountinfo(
-            "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:9 - cgroup2 cgroup2 rw",
-        )
-        .unwrap();
-        assert_eq!(m.point, Path::new("/sys/fs/cgroup/unified"));
-        assert_eq!(m.fstype, "cgroup2");
-        let m = parse_mountinfo("90 1 0:50 / /tmp/a\\040b rw - bpf bpf rw").unwrap();
-        assert_eq!(m.point, Path::new("/tmp/a b"));
-        assert_eq!(m.fstype, "bpf");
     }
 
     #[test]

@@ -8,6 +8,9 @@ mod bench;
 mod build;
 mod clean;
 mod demo;
+// Shared with the agent by path: xtask builds before the agent's toolchain exists.
+#[path = "../../agent/src/mountinfo.rs"]
+mod mountinfo;
 mod setup;
 mod test;
 mod toolchain;

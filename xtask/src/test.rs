@@ -129,6 +129,17 @@ fn test_args(extra: &[String], lib_only: bool) -> Vec<String> {
     if !harness_args.iter().any(|a| a.starts_with("--test-threads")) {
         args.push("--test-threads=2".into());
     }
+    // Kernel tests are #[ignore]d so that a plain `cargo test` reports them
+    // as not run; as root, the gate runs them (but not the lab's helper,
+    // which a_signal_removes_live_labs runs in a child process).
+    let chooses = harness_args
+        .iter()
+        .any(|a| a == "--ignored" || a == "--include-ignored");
+    if !lib_only && !chooses {
+        args.push("--include-ignored".into());
+        args.push("--skip".into());
+        args.push("hold_a_lab_until_signalled".into());
+    }
     args.extend(harness_args.iter().cloned());
     args
 }
@@ -225,7 +236,15 @@ mod tests {
     fn default_args() {
         assert_eq!(
             test_args(&[], false),
-            s(&["test", "--workspace", "--", "--test-threads=2"])
+            s(&[
+                "test",
+                "--workspace",
+                "--",
+                "--test-threads=2",
+                "--include-ignored",
+                "--skip",
+                "hold_a_lab_until_signalled"
+            ])
         );
         assert_eq!(
             test_args(&[], true),
@@ -246,13 +265,16 @@ mod tests {
                 "ferry-tests",
                 "--",
                 "--test-threads=2",
+                "--include-ignored",
+                "--skip",
+                "hold_a_lab_until_signalled",
                 "--nocapture",
                 "sock"
             ])
         );
         assert_eq!(
-            test_args(&s(&["--", "--test-threads=1"]), false),
-            s(&["test", "--workspace", "--", "--test-threads=1"])
+            test_args(&s(&["--", "--test-threads=1", "--ignored"]), false),
+            s(&["test", "--workspace", "--", "--test-threads=1", "--ignored"])
         );
     }
 }

@@ -18,12 +18,7 @@ use crate::{
     },
     model::translate::Config,
     paths::{self, PinDir},
-    server::{
-        http,
-        metrics::Metrics,
-        proxy_health::ProxyHealth,
-        status::{self, SharedStatus},
-    },
+    server::{http, metrics::Metrics, proxy_health::ProxyHealth, status},
     source,
 };
 
@@ -56,7 +51,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     let health = ProxyHealth::default();
     let metrics = Metrics::default();
-    let status = SharedStatus::default();
+    let (status_asker, status_requests) = status::channel();
     {
         let h = health.clone();
         http::serve("healthz", args.healthz_bind_address, move |path| {
@@ -71,7 +66,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             )
         })?;
     }
-    serve_metrics(&args, &metrics, &status).await?;
+    serve_metrics(&args, &metrics, &status_asker).await?;
 
     let sizes = MapSizes {
         conntrack: args.conntrack_max,
@@ -130,7 +125,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         events: rx,
         health,
         metrics,
-        status,
+        status: status_requests,
         sink,
         full_sync_period: args.full_sync_period.into(),
         started,
@@ -141,7 +136,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 async fn serve_metrics(
     args: &AgentArgs,
     metrics: &Metrics,
-    status: &SharedStatus,
+    status: &status::Asker,
 ) -> anyhow::Result<()> {
     let m = metrics.clone();
     let st = status.clone();
@@ -173,7 +168,13 @@ async fn serve_metrics(
                         body: m.render(&counters),
                     }
                 }
-                status::PATH => http::Reply::json(hyper::StatusCode::OK, st.json()),
+                status::PATH => match st.json().await {
+                    Some(json) => http::Reply::json(hyper::StatusCode::OK, json),
+                    None => http::Reply::text(
+                        hyper::StatusCode::SERVICE_UNAVAILABLE,
+                        "the control loop did not answer\n",
+                    ),
+                },
                 _ => http::Reply::text(hyper::StatusCode::NOT_FOUND, "not found\n"),
             }
         }

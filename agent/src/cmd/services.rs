@@ -134,9 +134,12 @@ pub fn join(mut frontends: Vec<FrontendView>, status: Option<&Status>) -> Servic
         .enumerate()
         .map(|(i, f)| (key_text(f), i))
         .collect();
-    for p in &status.problems {
+    for p in &status.frontends {
         let i = match index.get(&p.frontend) {
             Some(&i) => i,
+            // Programmed per the agent but not in the maps (a read racing
+            // a write): the maps are the truth shown.
+            None if p.status == "programmed" => continue,
             None => {
                 let Some(f) = parse_key(&p.frontend) else {
                     continue;
@@ -234,8 +237,8 @@ pub fn run(args: &ServicesArgs) -> anyhow::Result<()> {
 fn table(v: &ServicesView) -> String {
     use std::fmt::Write as _;
     let mut out = format!(
-        "{:<28} {:<9} {:<11} {:<30} {}\n",
-        "FRONTEND", "SCOPE", "STATUS", "FLAGS", "BACKENDS"
+        "{:<28} {:<9} {:<11} {:<24} {:<30} {}\n",
+        "FRONTEND", "SCOPE", "STATUS", "SERVICE", "FLAGS", "BACKENDS"
     );
     for f in &v.frontends {
         let fe = format!("{}:{}/{}", f.address, f.port, f.protocol);

@@ -235,3 +235,7 @@ impl Controller {
 #[cfg(test)]
 #[path = "equivalence_tests.rs"]
 mod equivalence_tests;
+
+#[cfg(test)]
+#[path = "golden_tests.rs"]
+mod golden_tests;

@@ -26,7 +26,7 @@ use crate::{
         metrics::{self, Metrics},
         proxy_health::ProxyHealth,
         service_health::ServiceHealthServers,
-        status::{SharedStatus, Status},
+        status::{self, Status},
     },
     source::event::{Delta, Event},
 };
@@ -46,7 +46,8 @@ pub struct Parts {
     pub events: mpsc::Receiver<Event>,
     pub health: ProxyHealth,
     pub metrics: Metrics,
-    pub status: SharedStatus,
+    /// Requests for the agent's status (`ferry services`).
+    pub status: mpsc::Receiver<status::Request>,
     /// Kubernetes Events (with the API source).
     pub sink: Option<EventSink>,
     /// The periodic full sync (kube-proxy's doFullSync).
@@ -83,7 +84,6 @@ struct Loop {
     dp: Datapath,
     health: ProxyHealth,
     metrics: Metrics,
-    status: SharedStatus,
     sink: Option<EventSink>,
     service_health: ServiceHealthServers,
     listed: Listed,
@@ -92,12 +92,12 @@ struct Loop {
 
 pub async fn run(p: Parts) -> anyhow::Result<()> {
     let mut rx = p.events;
+    let mut status_rx = p.status;
     let mut l = Loop {
         ctl: Controller::new(p.cfg, Some(p.started)),
         dp: p.datapath,
         health: p.health,
         metrics: p.metrics,
-        status: p.status,
         sink: p.sink,
         service_health: ServiceHealthServers::default(),
         listed: Listed::default(),
@@ -136,13 +136,16 @@ pub async fn run(p: Parts) -> anyhow::Result<()> {
                 }
                 l.flush(received).await;
             }
+            Some(ask) = status_rx.recv() => {
+                let all = l.dp.status(Instant::now());
+                let _ = ask.send(Status::new(all, &l.ctl.diagnostics()));
+            }
             () = retry => {
                 let out = l.dp.retry_due(Instant::now());
                 if out.changed() || !out.failed.is_empty() {
                     info!(added = out.added, updated = out.updated, errors = out.failed.len(), "retried");
                 }
                 l.record_failures(&out.failed);
-                l.publish_status();
             }
             _ = sweep.tick() => {
                 if l.synced {
@@ -245,7 +248,6 @@ impl Loop {
             self.service_health.sync(self.ctl.health_checks()).await;
         }
         self.health.synced();
-        self.publish_status();
     }
 
     /// One log line per failure as it happens (the retry's own failures
@@ -288,11 +290,6 @@ impl Loop {
                 sink.publish(d, self.ctl.tracker.service(&svc));
             }
         }
-    }
-
-    fn publish_status(&self) {
-        let all = self.dp.status(Instant::now());
-        self.status.set(Status::new(all, &self.ctl.diagnostics()));
     }
 
     /// The node's devices and addresses, and its eligibility for load

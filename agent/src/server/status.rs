@@ -1,11 +1,14 @@
-//! What the control loop knows that the kernel does not show: frontends it
-//! could not program (with the error and the next retry) and the problems
-//! of the objects it read. Served as JSON at [`PATH`] on the metrics
-//! address; `ferry services` joins it with what the maps hold.
+//! What the control loop knows that the kernel does not show: which
+//! Service each frontend is for, frontends it could not program (with the
+//! error and the next retry), and the problems of the objects it read.
+//! Served as JSON at [`PATH`] on the metrics address; `ferry services`
+//! joins it with what the maps hold. Computed when asked, by the loop, so a
+//! change costs nothing for it.
 
-use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{datapath::service_table::FrontendStatus, model::Diagnostic};
 
@@ -15,39 +18,44 @@ pub const PATH: &str = "/ferry/v1/status";
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
-    /// Frontends in the kernel as programmed.
-    pub programmed: usize,
-    /// Frontends that are not (their Service's wish is not in the kernel).
-    pub problems: Vec<FrontendStatus>,
+    /// Every frontend the agent is responsible for, with its Service and
+    /// status ("programmed", or "error" with why).
+    pub frontends: Vec<FrontendStatus>,
     /// Current problems of the objects read, one line each.
     pub diagnostics: Vec<String>,
 }
 
 impl Status {
-    pub fn new(all: Vec<FrontendStatus>, diagnostics: &[Diagnostic]) -> Status {
-        let programmed = all.iter().filter(|f| f.status == "programmed").count();
+    pub fn new(frontends: Vec<FrontendStatus>, diagnostics: &[Diagnostic]) -> Status {
         Status {
-            programmed,
-            problems: all
-                .into_iter()
-                .filter(|f| f.status != "programmed")
-                .collect(),
+            frontends,
             diagnostics: diagnostics.iter().map(ToString::to_string).collect(),
         }
     }
 }
 
-/// The latest status, shared between the loop (writer) and the server.
-#[derive(Clone, Default)]
-pub struct SharedStatus(Arc<Mutex<Status>>);
+/// A request for the status, answered by the loop.
+pub type Request = oneshot::Sender<Status>;
 
-impl SharedStatus {
-    pub fn set(&self, s: Status) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = s;
-    }
+/// The server's side: asks the loop.
+#[derive(Clone)]
+pub struct Asker(mpsc::Sender<Request>);
 
-    pub fn json(&self) -> String {
-        let s = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        serde_json::to_string(&*s).unwrap_or_else(|_| "{}".to_owned())
+/// A channel between the server (asker) and the loop (answerer).
+pub fn channel() -> (Asker, mpsc::Receiver<Request>) {
+    let (tx, rx) = mpsc::channel(8);
+    (Asker(tx), rx)
+}
+
+impl Asker {
+    /// The status as JSON, or None when the loop does not answer in time.
+    pub async fn json(&self) -> Option<String> {
+        let (tx, rx) = oneshot::channel();
+        self.0.send(tx).await.ok()?;
+        let status = tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .ok()?
+            .ok()?;
+        serde_json::to_string(&status).ok()
     }
 }

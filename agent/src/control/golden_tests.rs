@@ -1,0 +1,103 @@
+//! Golden control-plane tests: YAML in (`agent/tests/golden/<case>/input.yaml`),
+//! `ferry services -o json` out (`expected.json` beside it), through the same
+//! path as the agent (manifest parser, tracker, translation, claims, the
+//! programmer) into the in-memory maps, read back with the same view code as
+//! `ferry services`. `FERRY_BLESS=1 cargo test golden` rewrites the files;
+//! review the diff before committing it.
+
+use std::{fs, path::PathBuf, time::Instant};
+
+use super::*;
+use crate::{
+    cmd::services::{join, view},
+    datapath::{Capacities, Programmer, mem_maps::MemMaps, service_table::ServiceTable},
+    server::status::Status,
+    source::{event::Delta, manifests},
+};
+
+fn cases() -> Vec<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mut dirs: Vec<PathBuf> = fs::read_dir(&root)
+        .expect("agent/tests/golden")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// Capacities from an optional `capacities` file (`maglev_tables=1`...).
+fn capacities(dir: &std::path::Path) -> Capacities {
+    let mut caps = Capacities::default();
+    let Ok(text) = fs::read_to_string(dir.join("capacities")) else {
+        return caps;
+    };
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let (k, v) = line.split_once('=').expect("key=value");
+        let v: u32 = v.trim().parse().expect("a number");
+        match k.trim() {
+            "maglev_tables" => caps.maglev_tables = v,
+            "src_ranges" => caps.src_ranges = v,
+            "services" => caps.services = v,
+            "backends" => caps.backends = v,
+            other => panic!("unknown capacity {other}"),
+        }
+    }
+    caps
+}
+
+fn run_case(dir: &std::path::Path) -> String {
+    let input = dir.join("input.yaml");
+    let loaded = manifests::load(&input, "node-a").expect("input.yaml");
+    let maps = MemMaps::default();
+    let mut table = ServiceTable::new(Programmer::adopt_with(maps.clone(), capacities(dir)));
+    let mut ctl = Controller::new(
+        Config {
+            node_name: "node-a".into(),
+            ..Config::default()
+        },
+        None,
+    );
+    let o = loaded.objects;
+    for n in o.nodes.into_values() {
+        ctl.apply(Event::Node(Delta::Applied(n)));
+    }
+    for s in o.services.into_values() {
+        ctl.apply(Event::Service(Delta::Applied(s)));
+    }
+    for s in o.slices.into_values() {
+        ctl.apply(Event::Slice(Delta::Applied(s)));
+    }
+    ctl.full_sync(&mut table, Instant::now());
+    // Problems of the files themselves come first, as the agent lists them.
+    let mut diags = loaded.diagnostics;
+    diags.extend(ctl.diagnostics());
+    let status = Status::new(table.status(Instant::now()), &diags);
+    let v = join(view(&table.kernel_state()), Some(&status));
+    let mut json = serde_json::to_string_pretty(&v).unwrap();
+    json.push('\n');
+    json.replace(&dir.display().to_string(), "<case>")
+}
+
+#[test]
+fn golden_yaml_in_ferry_services_out() {
+    let bless = std::env::var_os("FERRY_BLESS").is_some();
+    let mut failed = Vec::new();
+    for dir in cases() {
+        let got = run_case(&dir);
+        let path = dir.join("expected.json");
+        if bless {
+            fs::write(&path, &got).unwrap();
+            continue;
+        }
+        let want = fs::read_to_string(&path).unwrap_or_default();
+        if got != want {
+            failed.push(format!("{}:\n{got}", dir.display()));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "golden outputs differ (FERRY_BLESS=1 rewrites them):\n{}",
+        failed.join("\n")
+    );
+}
