@@ -66,9 +66,6 @@ pub enum Error {
         detail: String,
     },
 
-    #[error("manifests: {0}")]
-    Source(#[from] crate::source::SourceError),
-
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
 }
@@ -85,7 +82,6 @@ impl Error {
             Error::MapFull { .. } => "map_full",
             Error::Resize { .. } => "map_resize",
             Error::KernelFeature { .. } => "kernel_feature",
-            Error::Source(_) => "source",
             Error::Io { .. } => "io",
         }
     }

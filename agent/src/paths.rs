@@ -1,7 +1,7 @@
 //! Every filesystem path and kernel object name the agent uses.
 
 use std::{
-    fs, io,
+    io,
     path::{Path, PathBuf},
 };
 

@@ -143,17 +143,6 @@ impl Metrics {
         m.links_broken = report.broken().count();
     }
 
-    /// One error outside a sync (loading, a source problem).
-    pub fn error(&self, reason: &'static str) {
-        *self
-            .inner
-            .lock()
-            .expect("metrics lock")
-            .errors
-            .entry(reason)
-            .or_default() += 1;
-    }
-
     pub fn changes(&self, services: u64, endpoint_slices: u64) {
         let mut m = self.inner.lock().expect("metrics lock");
         m.service_changes += services;

@@ -1,8 +1,10 @@
 //! Section 4, control plane: how long ferry takes from start to everything in the kernel for
-//! N services (10 endpoints each by default), how long one endpoint change takes to reach the
-//! kernel, and the agent's peak memory; kube-proxy's `iptables-restore` and `nft -f` of the
-//! same set timed beside. Through both of ferry's sources: the manifests directory, and the
-//! Kubernetes API (the lab's API server test double, [`crate::apiserver`]).
+//! N services, how long one endpoint change takes to reach the kernel (from the write, and
+//! from the event's arrival in the agent), at every size so the cost of one change can be
+//! seen against the size of the cluster, and the agent's peak memory; kube-proxy's
+//! `iptables-restore` and `nft -f` of the same set timed beside. Through both of ferry's
+//! sources: the manifests directory, and the Kubernetes API (the lab's API server test
+//! double, [`crate::apiserver`]).
 
 use std::{
     net::Ipv4Addr,
@@ -25,12 +27,21 @@ use crate::{
     cleanup,
 };
 
+/// One size of the set: services, and endpoints of each.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct Size {
+    pub services: usize,
+    pub endpoints_per_service: usize,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Config {
-    pub sizes: Vec<usize>,
-    pub endpoints_per_service: usize,
-    /// Endpoint changes timed at the largest size.
+    pub sizes: Vec<Size>,
+    /// Endpoint changes timed at every size.
     pub changes: usize,
+    /// kube-proxy's restores are timed up to this many services (nft -f of 10,000
+    /// already takes minutes).
+    pub kube_proxy_up_to: usize,
 }
 
 /// One source of ferry at one size.
@@ -42,6 +53,10 @@ pub struct FerryRun {
     pub full_program_secs: Option<f64>,
     /// Endpoint change (file rename / API write) to the map written, milliseconds.
     pub change_ms: Vec<f64>,
+    /// The agent's own part of each change: its first event received to the map written,
+    /// milliseconds (the sync line's `event_us`).
+    #[serde(default)]
+    pub event_ms: Vec<f64>,
     /// The programming part of each change's sync, milliseconds.
     pub change_program_ms: Vec<f64>,
     /// Peak RSS (VmHWM), bytes.
@@ -62,11 +77,11 @@ pub struct SizeResult {
 
 pub fn run(config: &Config) -> Result<Vec<SizeResult>> {
     let mut out = Vec::new();
-    let largest = config.sizes.iter().copied().max().unwrap_or(0);
-    for &n in &config.sizes {
-        let set = synth::control_set(n, config.endpoints_per_service);
+    for size in &config.sizes {
+        let n = size.services;
+        let set = synth::control_set(n, size.endpoints_per_service);
         let endpoints = synth::endpoint_count(&set);
-        let changes = if n == largest { config.changes } else { 0 };
+        let changes = config.changes;
         eprintln!("bench: control plane: {n} services, {endpoints} endpoints…");
         let mut r = SizeResult {
             services: n,
@@ -85,12 +100,14 @@ pub fn run(config: &Config) -> Result<Vec<SizeResult>> {
             error: Some(format!("{e:#}")),
             ..FerryRun::default()
         });
-        match kube_proxy_restores(&set) {
-            Ok((ipt, nft)) => {
-                r.iptables_restore_secs = Some(ipt);
-                r.nft_secs = Some(nft);
+        if n <= config.kube_proxy_up_to {
+            match kube_proxy_restores(&set) {
+                Ok((ipt, nft)) => {
+                    r.iptables_restore_secs = Some(ipt);
+                    r.nft_secs = Some(nft);
+                }
+                Err(e) => r.notes.push(format!("kube-proxy rules not timed: {e:#}")),
             }
-            Err(e) => r.notes.push(format!("kube-proxy rules not timed: {e:#}")),
         }
         eprintln!(
             "bench: control plane N={n}: ferry manifests {:?} s, ferry API {:?} s, iptables-restore {:?} s, nft -f {:?} s",
@@ -174,6 +191,7 @@ fn ferry_manifests(set: &[Svc], changes: usize) -> Result<FerryRun> {
         let s = next_sync(&lab, seen, Duration::from_secs(60))?;
         run.change_ms.push(secs_between(at, s.at) * 1e3);
         run.change_program_ms.push(s.took_us as f64 / 1e3);
+        run.event_ms.push(s.event_us as f64 / 1e3);
     }
     run.rss = agent_pid(&lab).and_then(env::vm_hwm);
     lab.stop_agent();
@@ -219,6 +237,7 @@ fn ferry_api(set: &[Svc], changes: usize) -> Result<FerryRun> {
         let s = next_sync(&lab, seen, Duration::from_secs(60))?;
         run.change_ms.push(secs_between(at, s.at) * 1e3);
         run.change_program_ms.push(s.took_us as f64 / 1e3);
+        run.event_ms.push(s.event_us as f64 / 1e3);
     }
     run.rss = agent_pid(&lab).and_then(env::vm_hwm);
     lab.stop_agent();

@@ -119,6 +119,8 @@ pub struct Synced {
     pub updated: u64,
     pub removed: u64,
     pub took_us: u64,
+    /// From the first event of the burst received to the map written.
+    pub event_us: u64,
 }
 
 /// Every `synced` line of an agent log, in order.
@@ -138,6 +140,7 @@ pub fn synced_lines(log: &str) -> Vec<Synced> {
                 updated: field("updated"),
                 removed: field("removed"),
                 took_us: field("took_us"),
+                event_us: field("event_us"),
             })
         })
         .collect()
@@ -244,11 +247,12 @@ mod tests {
         let secs = t.duration_since(UNIX_EPOCH).unwrap();
         assert_eq!(secs.as_secs(), 1_709_294_400);
         assert_eq!(secs.subsec_micros(), 1);
-        let log = "2024-03-01T12:00:00.000001Z  INFO ferry::cmd::agent: synced added=3 updated=1 removed=0 unchanged=0 errors=0 took_us=42\n\
+        let log = "2024-03-01T12:00:00.000001Z  INFO ferry::control::run: synced added=3 updated=1 removed=0 unchanged=0 errors=0 services=1 took_us=42 event_us=57\n\
                    2024-03-01T12:00:00.000002Z  INFO ferry::cmd::agent: starting";
         let s = synced_lines(log);
         assert_eq!(s.len(), 1);
         assert_eq!((s[0].added, s[0].updated, s[0].took_us), (3, 1, 42));
+        assert_eq!(s[0].event_us, 57);
     }
 
     #[test]

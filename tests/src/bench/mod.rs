@@ -118,17 +118,23 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
         skipped_section()
     };
     let control = if wanted("control") {
+        let size = |services, endpoints_per_service| control::Size {
+            services,
+            endpoints_per_service,
+        };
         let config = if opts.quick {
             control::Config {
-                sizes: vec![100],
-                endpoints_per_service: 10,
+                sizes: vec![size(100, 10)],
                 changes: 3,
+                kube_proxy_up_to: 100,
             }
         } else {
             control::Config {
-                sizes: vec![1_000, 3_000, 10_000],
-                endpoints_per_service: 10,
-                changes: 30,
+                // 50,000 services with 2 endpoints each: 100,000 endpoints, as many as the
+                // 10,000-service set, in the maps' default sizes.
+                sizes: vec![size(1_000, 10), size(10_000, 10), size(50_000, 2)],
+                changes: 40,
+                kube_proxy_up_to: 10_000,
             }
         };
         Outcome::from_result(control::run(&config))
