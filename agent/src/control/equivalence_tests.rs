@@ -391,6 +391,9 @@ fn run_sequence(seed: u64, steps: usize) {
             }
             3 => {
                 let name = *r.pick(SERVICES);
+                if trace {
+                    eprintln!("delete service {ns}/{name}");
+                }
                 world.inputs.services.remove(&(ns.into(), name.into()));
                 ctl.apply(Event::Service(Delta::Deleted(ServiceName {
                     namespace: ns.into(),
@@ -414,11 +417,17 @@ fn run_sequence(seed: u64, steps: usize) {
             }
             7 => {
                 let name = format!("s{}", r.below(6));
+                if trace {
+                    eprintln!("delete slice {ns}/{name}");
+                }
                 world.inputs.slices.remove(&(ns.into(), name.clone()));
                 ctl.apply(Event::Slice(Delta::Deleted(ObjKey::new(ns, name))));
             }
             8 => {
                 let name = *r.pick(&[NODE, "node-b"]);
+                if trace {
+                    eprintln!("node {name}");
+                }
                 if r.chance(20) {
                     world.inputs.nodes.remove(name);
                     ctl.apply(Event::Node(Delta::Deleted(name.into())));
@@ -429,6 +438,9 @@ fn run_sequence(seed: u64, steps: usize) {
                 }
             }
             _ => {
+                if trace {
+                    eprintln!("relist or restart");
+                }
                 if r.chance(30) {
                     // A re-list of the slices: one is gone meanwhile.
                     if let Some(k) = world.inputs.slices.keys().next().cloned() {
@@ -452,7 +464,8 @@ fn run_sequence(seed: u64, steps: usize) {
                 }
             }
         }
-        if r.chance(40) {
+        let flush_now = r.chance(40);
+        if flush_now || trace {
             if trace {
                 eprintln!("flush");
             }

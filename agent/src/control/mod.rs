@@ -24,7 +24,7 @@ use self::tracker::Tracker;
 use crate::{
     datapath::{
         lbmaps::LbMaps,
-        service_table::{ServiceFrontends, ServiceTable, SyncOutcome},
+        service_table::{FullSync, ServiceFrontends, ServiceTable, SyncOutcome},
     },
     model::{
         Diagnostic, HealthCheck, ServiceName,
@@ -42,9 +42,16 @@ pub trait Dataplane {
         batch: Vec<(ServiceName, ServiceFrontends)>,
         now: Instant,
     ) -> SyncOutcome;
-    /// Makes the kernel exactly these Services' frontends.
-    fn full_sync(&mut self, all: Vec<(ServiceName, ServiceFrontends)>, now: Instant)
-    -> SyncOutcome;
+    /// A full sync: the kernel becomes exactly the frontends the chunks
+    /// bring (see `ServiceTable::full_begin`).
+    fn full_begin(&mut self) -> FullSync;
+    fn full_chunk(
+        &mut self,
+        full: &mut FullSync,
+        chunk: Vec<(ServiceName, ServiceFrontends)>,
+        now: Instant,
+    );
+    fn full_end(&mut self, full: FullSync) -> SyncOutcome;
 }
 
 impl<M: LbMaps> Dataplane for ServiceTable<M> {
@@ -56,12 +63,21 @@ impl<M: LbMaps> Dataplane for ServiceTable<M> {
         self.sync(batch, now)
     }
 
-    fn full_sync(
+    fn full_begin(&mut self) -> FullSync {
+        ServiceTable::full_begin(self)
+    }
+
+    fn full_chunk(
         &mut self,
-        all: Vec<(ServiceName, ServiceFrontends)>,
+        full: &mut FullSync,
+        chunk: Vec<(ServiceName, ServiceFrontends)>,
         now: Instant,
-    ) -> SyncOutcome {
-        ServiceTable::full_sync(self, all, now)
+    ) {
+        ServiceTable::full_chunk(self, full, chunk, now)
+    }
+
+    fn full_end(&mut self, full: FullSync) -> SyncOutcome {
+        ServiceTable::full_end(self, full)
     }
 }
 
@@ -116,20 +132,58 @@ impl Controller {
 
     /// Translates the dirty Services and syncs them.
     pub fn flush(&mut self, dp: &mut impl Dataplane, now: Instant) -> Flush {
-        self.sync(dp, now, false)
+        self.sync(dp, now)
     }
 
-    /// Translates every Service and makes the kernel exactly that.
+    /// Translates every Service and makes the kernel exactly that. Two
+    /// passes, so that the cluster's frontends are never all held at once:
+    /// the first settles every address's owner (translations dropped), the
+    /// second translates again, chunk by chunk, and programs what each
+    /// Service owns.
     pub fn full_sync(&mut self, dp: &mut impl Dataplane, now: Instant) -> Flush {
-        let all: Vec<ServiceName> = self.tracker.service_names().cloned().collect();
-        for name in all {
-            self.tracker.mark_dirty(name);
+        const CHUNK: usize = 512;
+        let t0 = Instant::now();
+        // Whatever was dirty is covered by this.
+        self.tracker.take_dirty();
+        let names: Vec<ServiceName> = {
+            let mut v: Vec<ServiceName> = self.tracker.service_names().cloned().collect();
+            v.sort();
+            v
+        };
+        self.claims = Claims::default();
+        for name in &names {
+            let t = self.tracker.translate(name, &self.cfg);
+            let created = self.tracker.service(name).and_then(|s| s.created);
+            self.claims.set_service(name, created, &t.groups);
         }
-        // Services that are gone but still claim addresses (none, normally).
-        self.sync(dp, now, true)
+        let mut flush = Flush {
+            services: names.len(),
+            ..Flush::default()
+        };
+        self.missing_node.clear();
+        let mut full = dp.full_begin();
+        for chunk in names.chunks(CHUNK) {
+            let batch: Vec<(ServiceName, ServiceFrontends)> = chunk
+                .iter()
+                .map(|name| {
+                    let t = self.tracker.translate(name, &self.cfg);
+                    let frontends = self.settle(name, t, &mut flush);
+                    (name.clone(), frontends)
+                })
+                .collect();
+            dp.full_chunk(&mut full, batch, now);
+        }
+        // Services that left while the agent was not looking.
+        self.diags
+            .retain(|name, _| names.binary_search(name).is_ok());
+        self.health_checks
+            .retain(|name, _| names.binary_search(name).is_ok());
+        flush.outcome = dp.full_end(full);
+        flush.took = t0.elapsed();
+        flush
     }
 
-    fn sync(&mut self, dp: &mut impl Dataplane, now: Instant, full: bool) -> Flush {
+    fn sync(&mut self, dp: &mut impl Dataplane, now: Instant) -> Flush {
         let t0 = Instant::now();
         let mut translated: BTreeMap<ServiceName, Translated> = BTreeMap::new();
         // Settle claims first: a Service that wins or loses an address
@@ -158,58 +212,57 @@ impl Controller {
         };
         let mut batch = Vec::with_capacity(translated.len());
         for (name, t) in translated {
-            let mut diags: Vec<Diagnostic> = self
-                .tracker
-                .service(&name)
-                .map(|s| s.diags.clone())
-                .unwrap_or_default();
-            diags.extend(t.diags.iter().cloned());
-            diags.extend(self.claims.conflicts_of(&name, &t.groups));
-            let old = self.diags.get(&name);
-            flush.new_diags.extend(
-                diags
-                    .iter()
-                    .filter(|d| !old.is_some_and(|o| o.contains(d)))
-                    .cloned(),
-            );
-            if diags.is_empty() {
-                self.diags.remove(&name);
-            } else {
-                self.diags.insert(name.clone(), diags);
-            }
-            let hc_changed = match &t.health_check {
-                Some(hc) => {
-                    self.health_checks.insert(name.clone(), hc.clone()).as_ref() != Some(hc)
-                }
-                None => self.health_checks.remove(&name).is_some(),
-            };
-            flush.health_checks_changed |= hc_changed;
-            if t.missing_node {
-                if self.missing_node.is_empty() {
-                    flush.new_diags.push(missing_node_diag(&self.cfg.node_name));
-                }
-                self.missing_node.insert(name.clone());
-            } else {
-                self.missing_node.remove(&name);
-            }
-            if let Some(trigger) = self.tracker.take_trigger(&name) {
-                flush.triggers.push(trigger);
-            }
-            let frontends: ServiceFrontends = t
-                .groups
-                .into_iter()
-                .filter(|g| self.claims.owns(&name, g))
-                .flat_map(|g| g.frontends)
-                .collect();
+            let frontends = self.settle(&name, t, &mut flush);
             batch.push((name, frontends));
         }
-        flush.outcome = if full {
-            dp.full_sync(batch, now)
-        } else {
-            dp.sync_services(batch, now)
-        };
+        flush.outcome = dp.sync_services(batch, now);
         flush.took = t0.elapsed();
         flush
+    }
+
+    /// After claims are settled: records a Service's problems, health check
+    /// and trigger time, and returns the frontends it owns.
+    fn settle(&mut self, name: &ServiceName, t: Translated, flush: &mut Flush) -> ServiceFrontends {
+        let mut diags: Vec<Diagnostic> = self
+            .tracker
+            .service(name)
+            .map(|s| s.diags.clone())
+            .unwrap_or_default();
+        diags.extend(t.diags.iter().cloned());
+        diags.extend(self.claims.conflicts_of(name, &t.groups));
+        let old = self.diags.get(name);
+        flush.new_diags.extend(
+            diags
+                .iter()
+                .filter(|d| !old.is_some_and(|o| o.contains(d)))
+                .cloned(),
+        );
+        if diags.is_empty() {
+            self.diags.remove(name);
+        } else {
+            self.diags.insert(name.clone(), diags);
+        }
+        let hc_changed = match &t.health_check {
+            Some(hc) => self.health_checks.insert(name.clone(), hc.clone()).as_ref() != Some(hc),
+            None => self.health_checks.remove(name).is_some(),
+        };
+        flush.health_checks_changed |= hc_changed;
+        if t.missing_node {
+            if self.missing_node.is_empty() {
+                flush.new_diags.push(missing_node_diag(&self.cfg.node_name));
+            }
+            self.missing_node.insert(name.clone());
+        } else {
+            self.missing_node.remove(name);
+        }
+        if let Some(trigger) = self.tracker.take_trigger(name) {
+            flush.triggers.push(trigger);
+        }
+        t.groups
+            .into_iter()
+            .filter(|g| self.claims.owns(name, g))
+            .flat_map(|g| g.frontends)
+            .collect()
     }
 
     pub fn health_checks(&self) -> &BTreeMap<ServiceName, HealthCheck> {

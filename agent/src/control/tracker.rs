@@ -20,10 +20,11 @@ use crate::{
 
 #[derive(Default)]
 pub struct Tracker {
-    services: HashMap<ServiceName, ServiceObj>,
-    slices: HashMap<ObjKey, SliceObj>,
+    services: HashMap<ServiceName, Box<ServiceObj>>,
+    slices: HashMap<ObjKey, Box<SliceObj>>,
     /// The slices naming each Service.
-    slices_of: HashMap<ServiceName, BTreeSet<ObjKey>>,
+    /// (A Vec: a Service has one slice or a few.)
+    slices_of: HashMap<ServiceName, Vec<ObjKey>>,
     nodes: HashMap<String, NodeObj>,
     /// Every node's addresses.
     node_ips: HashSet<Ipv4Addr>,
@@ -102,12 +103,12 @@ impl Tracker {
     fn service_delta(&mut self, d: Delta<ServiceObj, ServiceName>) {
         match d {
             Delta::Applied(s) => {
-                if self.services.get(&s.name) == Some(&s) {
+                if self.services.get(&s.name).map(|b| &**b) == Some(&s) {
                     return;
                 }
                 self.service_changes += 1;
                 self.dirty.insert(s.name.clone());
-                self.services.insert(s.name.clone(), s);
+                self.services.insert(s.name.clone(), Box::new(s));
             }
             Delta::Deleted(name) => self.delete_service(&name),
             Delta::Listed(names) => {
@@ -136,10 +137,10 @@ impl Tracker {
         match d {
             Delta::Applied(s) => {
                 let old = self.slices.get(&s.key);
-                if old == Some(&s) {
+                if old.map(|b| &**b) == Some(&s) {
                     return;
                 }
-                let old_svc = old.and_then(SliceObj::service_name);
+                let old_svc = old.and_then(|o| o.service_name());
                 self.slice_changes += 1;
                 if let Some(svc) = old_svc {
                     self.unlink(&svc, &s.key);
@@ -151,13 +152,13 @@ impl Tracker {
                         let e = self.triggers.entry(svc.clone()).or_insert(t);
                         *e = (*e).min(t);
                     }
-                    self.slices_of
-                        .entry(svc.clone())
-                        .or_default()
-                        .insert(s.key.clone());
+                    let list = self.slices_of.entry(svc.clone()).or_default();
+                    if !list.contains(&s.key) {
+                        list.push(s.key.clone());
+                    }
                     self.dirty.insert(svc);
                 }
-                self.slices.insert(s.key.clone(), s);
+                self.slices.insert(s.key.clone(), Box::new(s));
             }
             Delta::Deleted(key) => self.delete_slice(&key),
             Delta::Listed(keys) => {
@@ -186,7 +187,7 @@ impl Tracker {
 
     fn unlink(&mut self, svc: &ServiceName, key: &ObjKey) {
         if let Some(set) = self.slices_of.get_mut(svc) {
-            set.remove(key);
+            set.retain(|k| k != key);
             if set.is_empty() {
                 self.slices_of.remove(svc);
             }
@@ -271,7 +272,7 @@ impl Tracker {
     }
 
     pub fn service(&self, name: &ServiceName) -> Option<&ServiceObj> {
-        self.services.get(name)
+        self.services.get(name).map(|b| &**b)
     }
 
     pub fn service_names(&self) -> impl Iterator<Item = &ServiceName> {
@@ -285,12 +286,16 @@ impl Tracker {
             self.record_use(name, NodeUse::default());
             return Translated::default();
         };
-        let slices = self
+        // In name order: where slices list one endpoint differently, the
+        // outcome must not depend on which arrived first.
+        let mut slices: Vec<&SliceObj> = self
             .slices_of
             .get(name)
             .into_iter()
             .flatten()
-            .filter_map(|k| self.slices.get(k));
+            .filter_map(|k| self.slices.get(k).map(|b| &**b))
+            .collect();
+        slices.sort_by(|a, b| a.key.cmp(&b.key));
         let node = NodeView {
             this: self.nodes.get(&self.node_name),
             all_ips: Some(&self.node_ips),
@@ -336,7 +341,7 @@ impl Tracker {
         let mut nodes: Vec<&NodeObj> = self.nodes.values().collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         out.extend(nodes.into_iter().flat_map(|n| n.diags.iter().cloned()));
-        let mut slices: Vec<&SliceObj> = self.slices.values().collect();
+        let mut slices: Vec<&SliceObj> = self.slices.values().map(|b| &**b).collect();
         slices.sort_by(|a, b| a.key.cmp(&b.key));
         out.extend(slices.into_iter().flat_map(|s| s.diags.iter().cloned()));
         out
@@ -348,12 +353,12 @@ impl Tracker {
             services: self
                 .services
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.clone(), (**v).clone()))
                 .collect(),
             slices: self
                 .slices
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.clone(), (**v).clone()))
                 .collect(),
             nodes: self
                 .nodes

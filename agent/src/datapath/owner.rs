@@ -16,7 +16,7 @@ use super::{
     LinkReport, LoadOptions, Maps, codec, ifaces,
     loader::Loaded,
     programmer::{Capacities, Programmer},
-    service_table::{FrontendStatus, ServiceFrontends, ServiceTable, SyncOutcome},
+    service_table::{FrontendStatus, FullSync, ServiceFrontends, ServiceTable, SyncOutcome},
     tc,
 };
 use crate::{
@@ -216,12 +216,21 @@ impl Dataplane for Datapath {
         out
     }
 
-    fn full_sync(
+    fn full_begin(&mut self) -> FullSync {
+        self.table.full_begin()
+    }
+
+    fn full_chunk(
         &mut self,
-        all: Vec<(ServiceName, ServiceFrontends)>,
+        full: &mut FullSync,
+        chunk: Vec<(ServiceName, ServiceFrontends)>,
         now: Instant,
-    ) -> SyncOutcome {
-        let out = self.table.full_sync(all, now);
+    ) {
+        self.table.full_chunk(full, chunk, now)
+    }
+
+    fn full_end(&mut self, full: FullSync) -> SyncOutcome {
+        let out = self.table.full_end(full);
         self.destroy_udp_sockets(&out.gone_udp);
         out
     }

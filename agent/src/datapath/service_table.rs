@@ -11,7 +11,7 @@
 //! state and is retried with exponential backoff; its error is its status.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     time::{Duration, Instant},
 };
 
@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     error::Error,
-    model::{BackendAddr, Desired, Frontend, FrontendKey, ServiceName},
+    model::{BackendAddr, Frontend, FrontendKey, ServiceName},
 };
 
 /// First retry of a failed frontend; doubled on each failure up to the cap.
@@ -43,6 +43,13 @@ pub struct Failure {
 
 /// A Service's wanted frontends, after conflicts were settled.
 pub type ServiceFrontends = BTreeMap<FrontendKey, Frontend>;
+
+/// A full sync in progress (see [`ServiceTable::full_begin`]).
+#[derive(Debug, Default)]
+pub struct FullSync {
+    wanted: HashSet<FrontendKey>,
+    out: SyncOutcome,
+}
 
 /// What a sync did.
 #[derive(Debug, Default)]
@@ -93,7 +100,8 @@ pub struct FrontendStatus {
 pub struct ServiceTable<M: LbMaps> {
     prog: Programmer<M>,
     /// The frontends each Service is responsible for (programmed or failed).
-    of_service: HashMap<ServiceName, BTreeSet<FrontendKey>>,
+    /// (A Vec: a Service has a few frontends.)
+    of_service: HashMap<ServiceName, Vec<FrontendKey>>,
     owner: HashMap<FrontendKey, ServiceName>,
     failed: BTreeMap<FrontendKey, Failure>,
 }
@@ -202,7 +210,10 @@ impl<M: LbMaps> ServiceTable<M> {
             Err(e) => {
                 // Still in the kernel: kept as the Service's, so the next
                 // sync of it (or the full sweep) tries again.
-                self.of_service.entry(svc.clone()).or_default().insert(*key);
+                let list = self.of_service.entry(svc.clone()).or_default();
+                if !list.contains(key) {
+                    list.push(*key);
+                }
                 out.failed.push((*key, svc.clone(), e));
             }
         }
@@ -229,15 +240,13 @@ impl<M: LbMaps> ServiceTable<M> {
         out
     }
 
-    /// Makes the kernel exactly `services` (every Service's wanted
-    /// frontends): at start-up over what a previous agent left, and as the
-    /// periodic safety sweep, which also rewrites any frontend whose kernel
-    /// content drifted from what was programmed (kube-proxy's full sync).
-    pub fn full_sync(
-        &mut self,
-        services: Vec<(ServiceName, ServiceFrontends)>,
-        now: Instant,
-    ) -> SyncOutcome {
+    /// Starts making the kernel exactly the frontends the next
+    /// [`Self::full_chunk`]s bring: at start-up over what a previous agent
+    /// left, and as the periodic safety sweep, which also rewrites any
+    /// frontend whose kernel content drifted from what was programmed
+    /// (kube-proxy's full sync). In chunks, so that the whole cluster's
+    /// frontends are never held at once.
+    pub fn full_begin(&mut self) -> FullSync {
         let repaired = self.prog.verify();
         if repaired > 0 {
             tracing::warn!(
@@ -245,46 +254,48 @@ impl<M: LbMaps> ServiceTable<M> {
                 "full sync: kernel state drifted; rewriting"
             );
         }
-        let desired = Desired {
-            frontends: services
-                .iter()
-                .flat_map(|(_, fes)| fes.iter().map(|(k, f)| (*k, f.clone())))
-                .collect(),
-            ..Desired::default()
-        };
-        let wanted: BTreeSet<&FrontendKey> = desired.frontends.keys().collect();
-        let gone: Vec<FrontendKey> = self
-            .prog
-            .programmed()
-            .filter(|k| !wanted.contains(k))
-            .copied()
-            .collect();
-        let mut out = SyncOutcome::default();
-        for key in gone {
-            let svc = self
-                .owner
-                .get(&key)
-                .cloned()
-                .unwrap_or_else(|| ServiceName {
-                    namespace: String::new(),
-                    name: String::from("(adopted)"),
-                });
-            self.remove(&key, &svc, &mut out);
-        }
         self.of_service.clear();
         self.owner.clear();
-        self.failed.retain(|k, _| wanted.contains(k));
+        FullSync::default()
+    }
+
+    /// Programs one chunk of Services of a full sync.
+    pub fn full_chunk(
+        &mut self,
+        full: &mut FullSync,
+        services: Vec<(ServiceName, ServiceFrontends)>,
+        now: Instant,
+    ) {
         for (svc, fes) in services {
             for (key, f) in &fes {
+                full.wanted.insert(*key);
                 self.owner.insert(*key, svc.clone());
-                self.upsert(key, &svc, f, now, &mut out);
+                self.upsert(key, &svc, f, now, &mut full.out);
             }
             if !fes.is_empty() {
                 self.of_service.insert(svc, fes.into_keys().collect());
             }
         }
-        out.gone_udp = self.prog.take_gone_udp();
-        out
+    }
+
+    /// Ends a full sync: what no Service wanted leaves the kernel.
+    pub fn full_end(&mut self, mut full: FullSync) -> SyncOutcome {
+        let gone: Vec<FrontendKey> = self
+            .prog
+            .programmed()
+            .filter(|k| !full.wanted.contains(k))
+            .copied()
+            .collect();
+        let adopted = ServiceName {
+            namespace: String::new(),
+            name: String::from("(adopted)"),
+        };
+        for key in gone {
+            self.remove(&key, &adopted, &mut full.out);
+        }
+        self.failed.retain(|k, _| full.wanted.contains(k));
+        full.out.gone_udp = self.prog.take_gone_udp();
+        full.out
     }
 
     /// Every frontend the table is responsible for, with its status.

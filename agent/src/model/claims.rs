@@ -10,10 +10,7 @@
 //! address another already serves; names break ties, so the outcome never
 //! depends on the order events arrived in.
 
-use std::{
-    cmp::Ordering,
-    collections::{BTreeSet, HashMap},
-};
+use std::{cmp::Ordering, collections::HashMap};
 
 use super::{
     AddrKey, Diagnostic, FrontendKind, ServiceName, Severity, objects::ServiceObj, translate::Group,
@@ -72,7 +69,8 @@ pub struct OwnerChange {
 /// The claims on every address, and each Service's claims.
 #[derive(Clone, Debug, Default)]
 pub struct Claims {
-    by_addr: HashMap<AddrKey, BTreeSet<Claim>>,
+    /// Sorted, the owner first (a Vec: an address has one claim, rarely more).
+    by_addr: HashMap<AddrKey, Vec<Claim>>,
     of_service: HashMap<ServiceName, Vec<(AddrKey, FrontendKind)>>,
 }
 
@@ -83,7 +81,10 @@ impl Claims {
             .entry(claim.service.clone())
             .or_default()
             .push((addr, claim.kind));
-        self.by_addr.entry(addr).or_default().insert(claim);
+        let list = self.by_addr.entry(addr).or_default();
+        if let Err(at) = list.binary_search(&claim) {
+            list.insert(at, claim);
+        }
     }
 
     /// Replaces every claim of `svc` by those of `groups` (none when the

@@ -1,11 +1,14 @@
 //! Which file defines which object: turns "this file now holds these
 //! objects" into per-object events, with the rule that the file last in
 //! name order wins an object several define. Holds names only, never the
-//! objects (the control loop's tracker holds those, once).
+//! objects (the control loop's tracker holds those, once), each name once
+//! (shared), and files by number.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    cmp::Ordering,
+    collections::{BTreeSet, HashMap},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use super::{Read, parse::Parsed};
@@ -46,10 +49,22 @@ impl ObjRef {
     }
 }
 
+/// The files defining one object: almost always one.
+#[derive(Clone, Debug)]
+enum Files {
+    One(u32),
+    /// Sorted by path, the winner last.
+    Many(Vec<u32>),
+}
+
 #[derive(Default)]
 pub struct Registry {
-    files: BTreeMap<PathBuf, Vec<ObjRef>>,
-    defined: HashMap<ObjRef, BTreeSet<PathBuf>>,
+    /// File number -> path (numbers are never reused).
+    paths: Vec<PathBuf>,
+    numbers: HashMap<PathBuf, u32>,
+    /// The objects each file defines.
+    files: HashMap<u32, Vec<Arc<ObjRef>>>,
+    defined: HashMap<Arc<ObjRef>, Files>,
     /// Files whose definitions became the winning ones again: to re-read.
     rereads: BTreeSet<PathBuf>,
 }
@@ -99,28 +114,27 @@ impl Registry {
                 problems.push(r.duplicate());
             }
         }
-        let new_refs: BTreeSet<&ObjRef> = seen.keys().collect();
-        let old = self.files.remove(path).unwrap_or_default();
+        let n = self.number(path);
+        let old = self.files.remove(&n).unwrap_or_default();
         let mut events = Vec::new();
-        for r in old.iter().filter(|r| !new_refs.contains(r)) {
-            self.undefine(r, path, &mut events);
+        for r in old.iter().filter(|r| !seen.contains_key(&***r)) {
+            self.undefine(r, n, &mut events);
         }
         let mut refs = Vec::with_capacity(seen.len());
         for (i, (r, ev)) in objects.into_iter().enumerate() {
             if seen.get(&r) != Some(&i) {
                 continue; // an earlier duplicate in this file
             }
-            let files = self.defined.entry(r.clone()).or_default();
-            files.insert(path.to_owned());
-            if files.len() > 1 && !problems.contains(&r.duplicate()) {
+            let (r, winner, shared) = self.define(r, n);
+            if shared && !problems.contains(&r.duplicate()) {
                 problems.push(r.duplicate());
             }
-            if files.last().map(PathBuf::as_path) == Some(path) {
+            if winner {
                 events.push(ev);
             }
             refs.push(r);
         }
-        self.files.insert(path.to_owned(), refs);
+        self.files.insert(n, refs);
         events.push(Event::FileProblems {
             file: origin,
             diags: problems,
@@ -128,11 +142,58 @@ impl Registry {
         events
     }
 
+    fn number(&mut self, path: &Path) -> u32 {
+        if let Some(&n) = self.numbers.get(path) {
+            return n;
+        }
+        let n = self.paths.len() as u32;
+        self.paths.push(path.to_owned());
+        self.numbers.insert(path.to_owned(), n);
+        n
+    }
+
+    fn by_path(&self, a: u32, b: u32) -> Ordering {
+        self.paths[a as usize].cmp(&self.paths[b as usize])
+    }
+
+    /// Adds file `n` to the definitions of `r`; returns the shared name,
+    /// whether `n` now wins it, and whether other files define it too.
+    fn define(&mut self, r: ObjRef, n: u32) -> (Arc<ObjRef>, bool, bool) {
+        let (key, files) = match self.defined.get_key_value(&r) {
+            Some((k, f)) => (k.clone(), Some(f.clone())),
+            None => (Arc::new(r), None),
+        };
+        let files = match files {
+            None => Files::One(n),
+            Some(Files::One(m)) if m == n => Files::One(n),
+            Some(Files::One(m)) => {
+                let mut v = vec![m, n];
+                v.sort_by(|a, b| self.by_path(*a, *b));
+                Files::Many(v)
+            }
+            Some(Files::Many(mut v)) => {
+                if !v.contains(&n) {
+                    v.push(n);
+                    v.sort_by(|a, b| self.by_path(*a, *b));
+                }
+                Files::Many(v)
+            }
+        };
+        let (winner, shared) = match &files {
+            Files::One(_) => (true, false),
+            Files::Many(v) => (v.last() == Some(&n), true),
+        };
+        self.defined.insert(key.clone(), files);
+        (key, winner, shared)
+    }
+
     /// A file is gone: its objects go, unless another file defines them.
     pub fn file_gone(&mut self, path: &Path) -> Vec<Event> {
         let mut events = Vec::new();
-        for r in self.files.remove(path).unwrap_or_default() {
-            self.undefine(&r, path, &mut events);
+        if let Some(&n) = self.numbers.get(path) {
+            for r in self.files.remove(&n).unwrap_or_default() {
+                self.undefine(&r, n, &mut events);
+            }
         }
         events.push(Event::FileProblems {
             file: path.display().to_string(),
@@ -141,21 +202,32 @@ impl Registry {
         events
     }
 
-    fn undefine(&mut self, r: &ObjRef, path: &Path, events: &mut Vec<Event>) {
-        let Some(files) = self.defined.get_mut(r) else {
+    fn undefine(&mut self, r: &Arc<ObjRef>, n: u32, events: &mut Vec<Event>) {
+        let Some(files) = self.defined.get_mut(&**r) else {
             return;
         };
-        let was_winner = files.last().map(PathBuf::as_path) == Some(path);
-        files.remove(path);
-        match files.last() {
-            None => {
-                self.defined.remove(r);
+        let next = match files {
+            Files::One(m) if *m == n => None,
+            Files::One(_) => return,
+            Files::Many(v) => {
+                let was_winner = v.last() == Some(&n);
+                v.retain(|m| *m != n);
+                let next = *v.last().expect("two or more files");
+                if v.len() == 1 {
+                    *files = Files::One(next);
+                }
+                was_winner.then_some(next)
+            }
+        };
+        match next {
+            None if matches!(self.defined.get(&**r), Some(Files::One(m)) if *m == n) => {
+                self.defined.remove(&**r);
                 events.push(r.deleted());
             }
-            Some(next) if was_winner => {
-                self.rereads.insert(next.clone());
+            Some(next) => {
+                self.rereads.insert(self.paths[next as usize].clone());
             }
-            Some(_) => {}
+            None => {}
         }
     }
 
@@ -168,7 +240,7 @@ impl Registry {
     pub fn listed(&self) -> Vec<Event> {
         let (mut services, mut slices, mut nodes) = (Vec::new(), Vec::new(), Vec::new());
         for r in self.defined.keys() {
-            match r {
+            match &**r {
                 ObjRef::Service(n) => services.push(n.clone()),
                 ObjRef::Slice(k) => slices.push(k.clone()),
                 ObjRef::Node(n) => nodes.push(n.clone()),
