@@ -68,31 +68,38 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     serve_metrics(&args, &metrics, &status_asker).await?;
 
+    // The datapath loads (the verifier takes a few hundred milliseconds) on
+    // a thread of its own while the source starts reading: the first full
+    // sync waits for both.
     let sizes = MapSizes {
         conntrack: args.conntrack_max,
         maglev_services: args.maglev_max_services,
     };
-    let datapath = Datapath::load(
-        &LoadOptions {
-            pin_dir: args.bpffs.clone(),
-            cgroup: cgroup.clone(),
-            sizes,
-        },
-        Capacities {
-            maglev_tables: sizes.maglev_services,
-            ..Capacities::default()
-        },
+    let load = LoadOptions {
+        pin_dir: args.bpffs.clone(),
+        cgroup: cgroup.clone(),
+        sizes,
+    };
+    let caps = Capacities {
+        maglev_tables: sizes.maglev_services,
+        ..Capacities::default()
+    };
+    let (interfaces, lb_mode, pins) = (
         args.interfaces.clone(),
         args.lb_mode,
-    )
-    .context("loading the datapath")?;
-    // Conntrack collection and fill, off the control loop (stops when dropped).
-    let _conntrack_gc =
-        ConntrackGc::spawn(&PinDir::new(&args.bpffs)).context("starting the conntrack upkeep")?;
-    info!(
-        frontends = datapath.table().programmer().frontend_count(),
-        "adopted the kernel's state"
+        PinDir::new(&args.bpffs),
     );
+    let datapath = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let datapath = Datapath::load(&load, caps, interfaces, lb_mode)
+            .context("loading the datapath")?;
+        // Conntrack collection and fill, off the control loop (stops when dropped).
+        let gc = ConntrackGc::spawn(&pins).context("starting the conntrack upkeep")?;
+        info!(
+            frontends = datapath.table().programmer().frontend_count(),
+            "adopted the kernel's state"
+        );
+        Ok((datapath, gc))
+    });
 
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
     let sink = match (&args.manifests, client) {

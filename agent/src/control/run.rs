@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::{Controller, Flush, events::EventSink};
 use crate::{
-    datapath::{Datapath, owner::NodeSettings},
+    datapath::{Datapath, ct_gc::ConntrackGc, owner::NodeSettings},
     model::{Diagnostic, Severity, translate::Config},
     server::{
         metrics::{self, Metrics},
@@ -39,10 +39,13 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 /// How often the node's devices are looked at again (a NIC coming up).
 const DEVICE_CHECK: Duration = Duration::from_secs(10);
 
+/// The datapath being loaded (with the conntrack upkeep, kept alive with it).
+pub type Loading = tokio::task::JoinHandle<anyhow::Result<(Datapath, ConntrackGc)>>;
+
 /// Everything the loop runs with.
 pub struct Parts {
     pub cfg: Config,
-    pub datapath: Datapath,
+    pub datapath: Loading,
     pub events: mpsc::Receiver<Event>,
     pub health: ProxyHealth,
     pub metrics: Metrics,
@@ -93,16 +96,35 @@ struct Loop {
 pub async fn run(p: Parts) -> anyhow::Result<()> {
     let mut rx = p.events;
     let mut status_rx = p.status;
+    let mut ctl = Controller::new(p.cfg, Some(p.started));
+    let mut listed = Listed::default();
+    // While the datapath loads, the source's first events are applied: the
+    // two take their time side by side.
+    let mut loading = p.datapath;
+    let (dp, _conntrack_gc) = loop {
+        tokio::select! {
+            ev = rx.recv() => {
+                let Some(ev) = ev else { bail!("the source stopped") };
+                listed.note(&ev);
+                for d in ctl.apply(ev) {
+                    report_diagnostic(&d, None);
+                }
+            }
+            loaded = &mut loading => break loaded??,
+        }
+    };
     let mut l = Loop {
-        ctl: Controller::new(p.cfg, Some(p.started)),
-        dp: p.datapath,
+        ctl,
+        dp,
         health: p.health,
         metrics: p.metrics,
         sink: p.sink,
         service_health: ServiceHealthServers::default(),
-        listed: Listed::default(),
+        listed,
         synced: false,
     };
+    // Everything may be listed already.
+    l.flush(Instant::now()).await;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -166,6 +188,22 @@ pub async fn run(p: Parts) -> anyhow::Result<()> {
     }
     info!("stopping: the datapath stays in place (ferry cleanup removes it)");
     Ok(())
+}
+
+/// Logs a new problem once and, with the API source, publishes it as an
+/// Event on its Service.
+fn report_diagnostic(d: &Diagnostic, sink: Option<(&mut EventSink, &Controller)>) {
+    match d.severity {
+        Severity::Warning => warn!("skipped: {d}"),
+        Severity::Info => info!("{d}"),
+    }
+    if let Some((sink, ctl)) = sink {
+        let svc = crate::model::ServiceName {
+            namespace: d.namespace.clone(),
+            name: d.name.clone(),
+        };
+        sink.publish(d, ctl.tracker.service(&svc));
+    }
 }
 
 impl Loop {
@@ -278,17 +316,7 @@ impl Loop {
     /// Logs each new problem once, and tells its Service's owner.
     fn report(&mut self, diags: &[Diagnostic]) {
         for d in diags {
-            match d.severity {
-                Severity::Warning => warn!("skipped: {d}"),
-                Severity::Info => info!("{d}"),
-            }
-            if let Some(sink) = &mut self.sink {
-                let svc = crate::model::ServiceName {
-                    namespace: d.namespace.clone(),
-                    name: d.name.clone(),
-                };
-                sink.publish(d, self.ctl.tracker.service(&svc));
-            }
+            report_diagnostic(d, self.sink.as_mut().map(|s| (s, &self.ctl)));
         }
     }
 

@@ -80,9 +80,16 @@ impl Loaded {
         super::pin_dir::prepare(&opts.pin_dir)?;
         let pins = PinDir::new(&opts.pin_dir);
         let resizes = sizes::prepare(&pins, &opts.sizes)?;
-        let object = super::sock_gc::patch_object(EBPF_OBJECT);
+        // The kernel's BTF, parsed once for the three that read it (the
+        // kfunc patch, the loader's relocations, the iterator): it is the
+        // largest thing the agent ever holds, for a moment.
+        let btf = aya::Btf::from_sys_fs().ok();
+        let object = super::sock_gc::patch_object(EBPF_OBJECT, btf.as_ref());
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&opts.pin_dir);
+        if let Some(btf) = &btf {
+            loader.btf(btf);
+        }
         for (name, entries) in opts.sizes.entries() {
             loader.map_max_entries(name, entries);
         }
@@ -109,7 +116,8 @@ impl Loaded {
             info!(program = name, cgroup = %opts.cgroup.display(), ?outcome, "socket hook");
             links.hold(name, pin, Target::Cgroup(opts.cgroup.clone()))?;
         }
-        let sock_gc = super::sock_gc::SockGc::load(&mut ebpf, &object.kfunc);
+        let sock_gc = super::sock_gc::SockGc::load(&mut ebpf, &object.kfunc, btf.as_ref());
+        drop(btf);
         let maps = Maps::take(&mut ebpf)?;
         Ok((
             Loaded {

@@ -60,7 +60,7 @@ impl PatchedObject {
 /// kfunc `bpf_sock_destroy` (src_reg BPF_PSEUDO_KFUNC_CALL, imm its vmlinux
 /// BTF id). Without the kfunc the object is left as it is: only that program
 /// then fails to load.
-pub fn patch_object(object: &[u8]) -> PatchedObject {
+pub fn patch_object(object: &[u8], btf: Option<&Btf>) -> PatchedObject {
     let mut words = vec![0u64; object.len().div_ceil(8)];
     // SAFETY: the buffer has room for `object.len()` bytes.
     let bytes =
@@ -78,7 +78,7 @@ pub fn patch_object(object: &[u8]) -> PatchedObject {
         if sites.is_empty() {
             return Err("no placeholder call in the object".to_string());
         }
-        let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
+        let btf = btf.ok_or("no kernel BTF (/sys/kernel/btf/vmlinux)")?;
         let id = btf
             .id_by_type_name_kind(KFUNC, BtfKind::Func)
             .map_err(|_| format!("the kernel has no kfunc {KFUNC} (Linux >= 6.5)"))?;
@@ -101,16 +101,16 @@ pub struct SockGc {
 
 impl SockGc {
     /// Loads the iterator; `None` (with one warning) when the kernel cannot.
-    pub fn load(ebpf: &mut Ebpf, kfunc: &Result<(), String>) -> Option<Self> {
+    pub fn load(ebpf: &mut Ebpf, kfunc: &Result<(), String>, btf: Option<&Btf>) -> Option<Self> {
         let loaded = (|| -> Result<Self, String> {
             kfunc.clone()?;
-            let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
+            let btf = btf.ok_or("no kernel BTF (/sys/kernel/btf/vmlinux)")?;
             let prog: &mut Iter = ebpf
                 .program_mut(PROGRAM)
                 .ok_or("program missing from the object")?
                 .try_into()
                 .map_err(|e| format!("{e}"))?;
-            prog.load("udp", &btf).map_err(|e| format!("{e}"))?;
+            prog.load("udp", btf).map_err(|e| format!("{e}"))?;
             let map = ebpf
                 .take_map(names::DEAD_V4)
                 .ok_or("map ferry_dead4_v1 missing from the object")?;

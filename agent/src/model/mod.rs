@@ -8,6 +8,7 @@
 //! an address two of them claim. Nothing here knows about maps.
 
 pub mod claims;
+pub mod docs;
 pub mod names;
 pub mod objects;
 pub mod translate;

@@ -19,14 +19,15 @@ use std::{
 
 use k8s_openapi::{
     api::{
-        core::v1::{Node, Service, ServicePort, ServiceSpec},
-        discovery::v1::{EndpointHints, EndpointSlice},
+        core::v1::{Node, Service},
+        discovery::v1::EndpointSlice,
     },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
 use super::{
     Cidr4, Diagnostic, Protocol, ServiceName, Severity,
+    docs::{self, HintsDoc, NodeDoc, ServiceDoc, ServicePortDoc, ServiceSpecDoc, SliceDoc},
     names::{self, NameRule},
 };
 
@@ -145,9 +146,14 @@ pub struct SvcPort {
 }
 
 impl ServiceObj {
+    /// A full k8s-openapi Service (tests, tools), through its lean form.
+    pub fn from_k8s(key: &ObjKey, svc: &Service) -> ServiceObj {
+        Self::from_doc(key, &docs::from_k8s(svc))
+    }
+
     /// Converts a Service read from a source, keyed by `key` (the namespace
     /// a manifest defaulted, say).
-    pub fn from_k8s(key: &ObjKey, svc: &Service) -> ServiceObj {
+    pub fn from_doc(key: &ObjKey, svc: &ServiceDoc) -> ServiceObj {
         let name = ServiceName {
             namespace: key.namespace.clone(),
             name: key.name.clone(),
@@ -207,7 +213,7 @@ fn identity_ok(
     true
 }
 
-fn service_spec(svc: &Service, obj: Obj<'_>, diags: &mut Vec<Diagnostic>) -> Option<SvcSpec> {
+fn service_spec(svc: &ServiceDoc, obj: Obj<'_>, diags: &mut Vec<Diagnostic>) -> Option<SvcSpec> {
     if !identity_ok(obj, NameRule::Dns1035Label, true, diags) {
         return None;
     }
@@ -330,7 +336,7 @@ fn parse_port(n: i32) -> Option<u16> {
 
 /// Validates one service port. None (and a diagnostic) skips just this port.
 fn service_port(
-    sp: &ServicePort,
+    sp: &ServicePortDoc,
     index: usize,
     node_ports: bool,
     obj: Obj<'_>,
@@ -384,7 +390,7 @@ fn service_port(
 /// service has none (headless, or not allocated) or one is malformed: a
 /// service whose identity is broken is skipped as a whole.
 fn cluster_ips(
-    spec: &ServiceSpec,
+    spec: &ServiceSpecDoc,
     obj: Obj<'_>,
     diags: &mut Vec<Diagnostic>,
     ipv6: &mut bool,
@@ -420,7 +426,7 @@ fn cluster_ips(
 /// The `ip` of each load-balancer ingress, except those in "Proxy" mode:
 /// there the load balancer delivers to the nodes itself and kube-proxy does
 /// not capture the address.
-fn lb_ingress_ips(svc: &Service) -> impl Iterator<Item = &String> {
+fn lb_ingress_ips(svc: &ServiceDoc) -> impl Iterator<Item = &String> {
     let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref());
     ingress
         .and_then(|lb| lb.ingress.as_deref())
@@ -459,7 +465,7 @@ fn parse_ips<'a>(
 /// meant to restrict would be worse than not serving it. IPv6 ranges are
 /// skipped (IPv4 clients never match them).
 fn source_ranges(
-    spec: &ServiceSpec,
+    spec: &ServiceSpecDoc,
     obj: Obj<'_>,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Vec<Cidr4>> {
@@ -504,7 +510,11 @@ fn lb_algorithm(meta: &ObjectMeta, obj: Obj<'_>, diags: &mut Vec<Diagnostic>) ->
     }
 }
 
-fn affinity_timeout(spec: &ServiceSpec, obj: Obj<'_>, diags: &mut Vec<Diagnostic>) -> Option<u32> {
+fn affinity_timeout(
+    spec: &ServiceSpecDoc,
+    obj: Obj<'_>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<u32> {
     match spec.session_affinity.as_deref() {
         None | Some("" | "None") => None,
         Some("ClientIP") => {
@@ -603,8 +613,13 @@ pub struct Hints {
 }
 
 impl SliceObj {
-    /// Converts an EndpointSlice for the agent running on `node_name`.
+    /// A full k8s-openapi EndpointSlice (tests, tools), through its lean form.
     pub fn from_k8s(key: &ObjKey, slice: &EndpointSlice, node_name: &str) -> SliceObj {
+        Self::from_doc(key, &docs::from_k8s(slice), node_name)
+    }
+
+    /// Converts an EndpointSlice for the agent running on `node_name`.
+    pub fn from_doc(key: &ObjKey, slice: &SliceDoc, node_name: &str) -> SliceObj {
         let obj = Obj {
             kind: "EndpointSlice",
             namespace: &key.namespace,
@@ -652,7 +667,7 @@ impl SliceObj {
     }
 }
 
-fn slice_ports(slice: &EndpointSlice, obj: Obj<'_>, diags: &mut Vec<Diagnostic>) -> Vec<SlicePort> {
+fn slice_ports(slice: &SliceDoc, obj: Obj<'_>, diags: &mut Vec<Diagnostic>) -> Vec<SlicePort> {
     let mut ports = Vec::new();
     for (i, p) in slice.ports.iter().flatten().enumerate() {
         let name = p.name.clone().unwrap_or_default();
@@ -682,7 +697,7 @@ fn slice_ports(slice: &EndpointSlice, obj: Obj<'_>, diags: &mut Vec<Diagnostic>)
 }
 
 fn endpoints(
-    slice: &EndpointSlice,
+    slice: &SliceDoc,
     node_name: &str,
     obj: Obj<'_>,
     diags: &mut Vec<Diagnostic>,
@@ -713,7 +728,7 @@ fn endpoints(
     endpoints
 }
 
-fn hints(hints: Option<&EndpointHints>, node_name: &str) -> Hints {
+fn hints(hints: Option<&HintsDoc>, node_name: &str) -> Hints {
     let Some(h) = hints else {
         return Hints::default();
     };
@@ -745,7 +760,12 @@ pub struct NodeObj {
 }
 
 impl NodeObj {
+    /// A full k8s-openapi Node (tests, tools), through its lean form.
     pub fn from_k8s(name: &str, node: &Node) -> NodeObj {
+        Self::from_doc(name, &docs::from_k8s(node))
+    }
+
+    pub fn from_doc(name: &str, node: &NodeDoc) -> NodeObj {
         let obj = Obj {
             kind: "Node",
             namespace: "",

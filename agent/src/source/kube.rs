@@ -20,13 +20,7 @@ use std::{
 };
 
 use futures::StreamExt as _;
-use k8s_openapi::{
-    api::{
-        core::v1::{Node, Service},
-        discovery::v1::EndpointSlice,
-    },
-    serde::de::DeserializeOwned,
-};
+use k8s_openapi::serde::de::DeserializeOwned;
 use kube::{
     Api, Client, Config, Resource, ResourceExt,
     config::{InferConfigError, KubeConfigOptions, Kubeconfig, KubeconfigError},
@@ -38,6 +32,7 @@ use tracing::{debug, info, warn};
 use super::event::{Delta, Event};
 use crate::model::{
     ServiceName,
+    docs::{NodeDoc as Node, ServiceDoc as Service, SliceDoc as EndpointSlice},
     objects::{NodeObj, ObjKey, SERVICE_NAME_LABEL, ServiceObj, SliceObj},
 };
 
@@ -214,7 +209,7 @@ fn key_of<K: ResourceExt>(o: &K) -> ObjKey {
 
 impl Convert for Service {
     fn applied(&self, _: &str) -> Event {
-        Event::Service(Delta::Applied(ServiceObj::from_k8s(&key_of(self), self)))
+        Event::Service(Delta::Applied(ServiceObj::from_doc(&key_of(self), self)))
     }
     fn deleted(&self) -> Event {
         let k = key_of(self);
@@ -237,7 +232,7 @@ impl Convert for Service {
 
 impl Convert for EndpointSlice {
     fn applied(&self, node_name: &str) -> Event {
-        Event::Slice(Delta::Applied(SliceObj::from_k8s(
+        Event::Slice(Delta::Applied(SliceObj::from_doc(
             &key_of(self),
             self,
             node_name,
@@ -253,7 +248,7 @@ impl Convert for EndpointSlice {
 
 impl Convert for Node {
     fn applied(&self, _: &str) -> Event {
-        Event::Node(Delta::Applied(NodeObj::from_k8s(&self.name_any(), self)))
+        Event::Node(Delta::Applied(NodeObj::from_doc(&self.name_any(), self)))
     }
     fn deleted(&self) -> Event {
         Event::Node(Delta::Deleted(self.name_any()))

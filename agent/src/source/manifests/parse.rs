@@ -13,18 +13,50 @@
 //! is reported, naming the field and the line in the file, and skipped.
 //! No input reaches a panic: the fuzz target `manifests` holds this to it.
 
-use k8s_openapi::{
-    Metadata, Resource,
-    api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice},
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
-};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
 use crate::model::{
     Diagnostic, Severity,
+    docs::{NodeDoc, ServiceDoc, SliceDoc},
     objects::{NodeObj, ObjKey, ServiceObj, SliceObj},
 };
+
+/// What parsing needs to know of each kind ferry reads.
+trait Kind: DeserializeOwned + Into<Obj> {
+    const API_VERSION: &'static str;
+    const KIND: &'static str;
+    fn meta(&self) -> &ObjectMeta;
+}
+
+impl Kind for ServiceDoc {
+    const API_VERSION: &'static str = "v1";
+    const KIND: &'static str = "Service";
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+}
+
+impl Kind for SliceDoc {
+    const API_VERSION: &'static str = "discovery.k8s.io/v1";
+    const KIND: &'static str = "EndpointSlice";
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+}
+
+impl Kind for NodeDoc {
+    const API_VERSION: &'static str = "v1";
+    const KIND: &'static str = "Node";
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+}
+
+type Service = ServiceDoc;
+type EndpointSlice = SliceDoc;
+type Node = NodeDoc;
 
 /// Namespace of namespaced objects that do not say (as `kubectl apply`).
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -180,13 +212,10 @@ impl Parser<'_> {
 
     /// Deserializes straight into `T`; on failure, tells a syntax error
     /// (the file fails) from a bad object (reported, skipped).
-    fn typed<T>(&mut self, doc: &Doc<'_>, namespaced: bool) -> Result<(), Diagnostic>
-    where
-        T: DeserializeOwned + Resource + Metadata<Ty = ObjectMeta> + Into<Obj>,
-    {
+    fn typed<T: Kind>(&mut self, doc: &Doc<'_>, namespaced: bool) -> Result<(), Diagnostic> {
         match serde_yaml::from_str::<T>(doc.text) {
             Ok(object) => {
-                let meta = object.metadata();
+                let meta = object.meta();
                 let key = identity_of(meta, namespaced);
                 self.add(key, object.into());
                 Ok(())
@@ -266,14 +295,11 @@ impl Parser<'_> {
         }
     }
 
-    fn from_value<T>(&mut self, doc: Value, namespaced: bool)
-    where
-        T: DeserializeOwned + Resource + Metadata<Ty = ObjectMeta> + Into<Obj>,
-    {
+    fn from_value<T: Kind>(&mut self, doc: Value, namespaced: bool) {
         let (namespace, name) = identity(&doc, namespaced);
         match serde_yaml::from_value::<T>(doc) {
             Ok(object) => {
-                let key = identity_of(object.metadata(), namespaced);
+                let key = identity_of(object.meta(), namespaced);
                 self.add(key, object.into());
             }
             Err(e) => self.out.problems.push(Diagnostic {
@@ -289,7 +315,7 @@ impl Parser<'_> {
     /// A kind ferry reads, in a version it does not (e.g. the removed
     /// discovery.k8s.io/v1beta1): ignoring it silently would hide the
     /// endpoints the user meant.
-    fn unsupported_version<T: Resource>(
+    fn unsupported_version<T: Kind>(
         &mut self,
         doc: &Value,
         api_version: &str,
@@ -322,12 +348,12 @@ impl Parser<'_> {
             return;
         }
         match obj {
-            Obj::Service(s) => self.out.services.push(ServiceObj::from_k8s(&key, &s)),
+            Obj::Service(s) => self.out.services.push(ServiceObj::from_doc(&key, &s)),
             Obj::Slice(s) => self
                 .out
                 .slices
-                .push(SliceObj::from_k8s(&key, &s, self.node_name)),
-            Obj::Node(n) => self.out.nodes.push(NodeObj::from_k8s(&key.name, &n)),
+                .push(SliceObj::from_doc(&key, &s, self.node_name)),
+            Obj::Node(n) => self.out.nodes.push(NodeObj::from_doc(&key.name, &n)),
         }
     }
 }
