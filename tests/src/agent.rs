@@ -10,6 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ferry::cmd::services::ServicesView;
 use serde_json::Value;
 
 use crate::{
@@ -231,7 +232,7 @@ impl Lab {
     }
 
     /// `ferry services --bpffs <pin> -o json`, or why it failed.
-    pub fn try_services(&self) -> std::result::Result<Value, String> {
+    pub fn try_services(&self) -> std::result::Result<ServicesView, String> {
         let pin = self.pin_dir();
         let out = self.ferry(&["services", "--bpffs", &pin.to_string_lossy(), "-o", "json"]);
         if !out.status.success() {
@@ -245,7 +246,7 @@ impl Lab {
             .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
     }
 
-    pub fn services(&self) -> Value {
+    pub fn services(&self) -> ServicesView {
         self.try_services()
             .unwrap_or_else(|e| panic!("ferry services: {e}"))
     }
@@ -262,7 +263,11 @@ impl Lab {
     }
 
     /// Polls `ferry services` until `pred` holds; returns how long it took.
-    pub fn wait_services(&self, pred: impl Fn(&Value) -> bool, deadline: Duration) -> Duration {
+    pub fn wait_services(
+        &self,
+        pred: impl Fn(&ServicesView) -> bool,
+        deadline: Duration,
+    ) -> Duration {
         crate::services::wait_until(
             "ferry services",
             || self.try_services(),

@@ -36,6 +36,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use ferry::{cmd::services::ServicesView, datapath::codec::FlowView};
 use serde_json::Value;
 
 use crate::{
@@ -92,49 +93,6 @@ impl ClusterNode {
             netns_path: self.netns_path.clone(),
             cgroup: Some(self.cgroup.clone()),
         }
-    }
-}
-
-/// One north-south flow of `ferry conntrack -o json`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Flow {
-    /// `forward` (client to service) or `reply`.
-    pub direction: String,
-    pub protocol: String,
-    /// The packet as it arrives.
-    pub src: String,
-    pub dst: String,
-    /// What it is rewritten to.
-    pub nat_src: String,
-    pub nat_dst: String,
-    pub snat: bool,
-    pub local_backend: bool,
-    pub raw: String,
-}
-
-impl Flow {
-    fn parse(v: &Value) -> Flow {
-        let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
-        Flow {
-            direction: s("direction"),
-            protocol: s("protocol"),
-            src: s("src"),
-            dst: s("dst"),
-            nat_src: s("natSrc"),
-            nat_dst: s("natDst"),
-            snat: v["snat"].as_bool().unwrap_or_default(),
-            local_backend: v["localBackend"].as_bool().unwrap_or_default(),
-            raw: v.to_string(),
-        }
-    }
-
-    pub fn is_forward(&self) -> bool {
-        self.direction == "forward"
-    }
-
-    /// The IP of `src` (without the port).
-    pub fn src_ip(&self) -> &str {
-        self.src.split(':').next().unwrap_or_default()
     }
 }
 
@@ -723,7 +681,7 @@ impl Cluster {
     }
 
     /// `ferry services --bpffs <node pin> -o json`, or why it failed.
-    pub fn try_services(&self, node: &str) -> std::result::Result<Value, String> {
+    pub fn try_services(&self, node: &str) -> std::result::Result<ServicesView, String> {
         let out = self
             .lab
             .ferry(&["services", "--bpffs", &self.pin_arg(node), "-o", "json"]);
@@ -738,7 +696,7 @@ impl Cluster {
             .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
     }
 
-    pub fn services(&self, node: &str) -> Value {
+    pub fn services(&self, node: &str) -> ServicesView {
         self.try_services(node)
             .unwrap_or_else(|e| panic!("ferry services on {node}: {e}"))
     }
@@ -759,7 +717,7 @@ impl Cluster {
     pub fn wait_services(
         &self,
         node: &str,
-        pred: impl Fn(&Value) -> bool,
+        pred: impl Fn(&ServicesView) -> bool,
         deadline: Duration,
     ) -> Duration {
         crate::services::wait_until(
@@ -772,7 +730,7 @@ impl Cluster {
     }
 
     /// `ferry conntrack --bpffs <node pin> -o json`: the node's flows.
-    pub fn conntrack(&self, node: &str) -> Vec<Flow> {
+    pub fn conntrack(&self, node: &str) -> Vec<FlowView> {
         let out = self
             .lab
             .ferry(&["conntrack", "--bpffs", &self.pin_arg(node), "-o", "json"]);
@@ -781,18 +739,12 @@ impl Cluster {
             "ferry conntrack on {node}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        crate::flows::parse(&out.stdout).unwrap_or_else(|e| {
             panic!(
-                "ferry conntrack -o json is not JSON ({e}): {}",
+                "ferry conntrack -o json is not a list of flows ({e}): {}",
                 String::from_utf8_lossy(&out.stdout)
             )
-        });
-        v["flows"]
-            .as_array()
-            .unwrap_or_else(|| panic!("ferry conntrack -o json has no flows array: {v}"))
-            .iter()
-            .map(Flow::parse)
-            .collect()
+        })
     }
 
     /// `ferry conntrack` (table) of the node.

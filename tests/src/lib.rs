@@ -25,6 +25,7 @@ pub mod client;
 pub mod cluster;
 pub mod demo;
 pub mod flood;
+pub mod flows;
 pub mod lab;
 pub mod manifests;
 pub mod netns;
@@ -35,7 +36,7 @@ pub mod workload;
 
 pub use agent::AgentOpts;
 pub use client::{Attempt, EchoReply};
-pub use cluster::{Cluster, ClusterNode, Flow};
+pub use cluster::{Cluster, ClusterNode};
 pub use lab::{Lab, Pod};
 pub use manifests::{Endpoint, EndpointSlice, Node, Service};
 pub use workload::ClientLoop;

@@ -1,21 +1,22 @@
-//! Reading `ferry services -o json` (the agent's contract):
-//!
-//! ```json
-//! {"frontends":[{"address":"10.96.0.10","port":80,"protocol":"TCP","scope":"external",
-//!   "flags":["ClusterIP"],"revNatId":1,"affinityTimeout":null,
-//!   "backends":[{"id":3,"address":"10.244.0.2","port":8080,"protocol":"TCP","state":"active"}]}]}
-//! ```
+//! Reading `ferry services -o json`, typed as the agent prints it
+//! ([`ServicesView`]: the type is the contract).
 
-use std::time::{Duration, Instant};
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
 
-use serde_json::Value;
+use ferry::{
+    cmd::services::{BackendView, FrontendView, ServicesView},
+    model::{Protocol, Scope},
+};
 
 /// Polls `read` (one `ferry services -o json`) until `pred` holds; returns how long it
 /// took. Past `deadline` it panics with the last answer, `what` and `log()`.
 pub fn wait_until(
     what: &str,
-    read: impl Fn() -> Result<Value, String>,
-    pred: impl Fn(&Value) -> bool,
+    read: impl Fn() -> Result<ServicesView, String>,
+    pred: impl Fn(&ServicesView) -> bool,
     deadline: Duration,
     log: impl Fn() -> String,
 ) -> Duration {
@@ -41,91 +42,133 @@ pub fn wait_until(
     }
 }
 
-/// One backend of a frontend.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Backend {
-    pub address: String,
-    pub port: u16,
-    pub state: String,
+/// An IPv4 address as a test names it: a constant like `"10.96.0.10"` or a pod's address.
+pub trait AsIpv4 {
+    fn ipv4(self) -> Ipv4Addr;
 }
 
-pub fn frontends(v: &Value) -> &[Value] {
-    v["frontends"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+impl AsIpv4 for Ipv4Addr {
+    fn ipv4(self) -> Ipv4Addr {
+        self
+    }
 }
 
-/// The frontend for address:port/protocol, if programmed.
-pub fn frontend<'a>(v: &'a Value, address: &str, port: u16, protocol: &str) -> Option<&'a Value> {
-    frontends(v).iter().find(|f| {
-        f["address"] == address && f["port"] == port && f["protocol"].as_str() == Some(protocol)
+impl AsIpv4 for &str {
+    /// Panics on text that is no IPv4 address: a mistake in the test itself.
+    fn ipv4(self) -> Ipv4Addr {
+        self.parse()
+            .unwrap_or_else(|e| panic!("the test names {self:?} as an IPv4 address: {e}"))
+    }
+}
+
+/// The frontend for address:port/protocol, if programmed (the external scope first).
+pub fn frontend(
+    v: &ServicesView,
+    address: impl AsIpv4,
+    port: u16,
+    protocol: Protocol,
+) -> Option<&FrontendView> {
+    let address = address.ipv4();
+    v.frontends
+        .iter()
+        .find(|f| f.address == address && f.port == port && f.protocol == protocol)
+}
+
+/// The frontend for address:port/protocol in one scope (an externalTrafficPolicy Local
+/// frontend has an external and an internal entry), if programmed.
+pub fn frontend_in(
+    v: &ServicesView,
+    address: impl AsIpv4,
+    port: u16,
+    protocol: Protocol,
+    scope: Scope,
+) -> Option<&FrontendView> {
+    let address = address.ipv4();
+    v.frontends.iter().find(|f| {
+        f.address == address && f.port == port && f.protocol == protocol && f.scope == scope
     })
 }
 
 /// True if any frontend has this address.
-pub fn has_address(v: &Value, address: &str) -> bool {
-    frontends(v).iter().any(|f| f["address"] == address)
+pub fn has_address(v: &ServicesView, address: impl AsIpv4) -> bool {
+    let address = address.ipv4();
+    v.frontends.iter().any(|f| f.address == address)
 }
 
-pub fn backends(frontend: &Value) -> Vec<Backend> {
-    let mut list: Vec<Backend> = frontend["backends"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|b| Backend {
-            address: b["address"].as_str().unwrap_or_default().to_owned(),
-            port: b["port"].as_u64().unwrap_or_default() as u16,
-            state: b["state"].as_str().unwrap_or_default().to_owned(),
+/// A backend as "ip:port"; one whose entry is missing from the kernel as its id and state.
+pub fn endpoint(b: &BackendView) -> String {
+    match (b.address, b.port) {
+        (Some(a), Some(p)) => format!("{a}:{p}"),
+        _ => format!("#{} ({})", b.id, b.state),
+    }
+}
+
+/// The backends of a frontend that pass `keep`, as sorted "ip:port" strings (empty if the
+/// frontend is missing).
+fn endpoints(
+    v: &ServicesView,
+    address: impl AsIpv4,
+    port: u16,
+    protocol: Protocol,
+    keep: impl Fn(&BackendView) -> bool,
+) -> Vec<String> {
+    let mut list: Vec<String> = frontend(v, address, port, protocol)
+        .map(|f| {
+            f.backends
+                .iter()
+                .filter(|b| keep(b))
+                .map(endpoint)
+                .collect()
         })
-        .collect();
+        .unwrap_or_default();
     list.sort();
     list
 }
 
 /// The active backends of a frontend as sorted "ip:port" strings (empty if the frontend is
 /// missing).
-pub fn active(v: &Value, address: &str, port: u16, protocol: &str) -> Vec<String> {
-    frontend(v, address, port, protocol)
-        .map(|f| {
-            backends(f)
-                .into_iter()
-                .filter(|b| b.state == "active")
-                .map(|b| format!("{}:{}", b.address, b.port))
-                .collect()
-        })
-        .unwrap_or_default()
+pub fn active(
+    v: &ServicesView,
+    address: impl AsIpv4,
+    port: u16,
+    protocol: Protocol,
+) -> Vec<String> {
+    endpoints(v, address, port, protocol, |b| b.state == "active")
 }
 
 /// True if the frontend exists and its active backends are exactly `want` ("ip:port", any order).
-pub fn active_is(v: &Value, address: &str, port: u16, protocol: &str, want: &[&str]) -> bool {
-    if frontend(v, address, port, protocol).is_none() {
-        return false;
-    }
-    let mut want: Vec<String> = want.iter().map(|s| (*s).to_owned()).collect();
-    want.sort();
-    active(v, address, port, protocol) == want
+pub fn active_is(
+    v: &ServicesView,
+    address: impl AsIpv4,
+    port: u16,
+    protocol: Protocol,
+    want: &[&str],
+) -> bool {
+    let address = address.ipv4();
+    frontend(v, address, port, protocol).is_some()
+        && active(v, address, port, protocol) == sorted(want)
 }
 
 /// All backends of a frontend (any state) as sorted "ip:port" strings.
-pub fn all(v: &Value, address: &str, port: u16, protocol: &str) -> Vec<String> {
-    frontend(v, address, port, protocol)
-        .map(|f| {
-            backends(f)
-                .into_iter()
-                .map(|b| format!("{}:{}", b.address, b.port))
-                .collect()
-        })
-        .unwrap_or_default()
+pub fn all(v: &ServicesView, address: impl AsIpv4, port: u16, protocol: Protocol) -> Vec<String> {
+    endpoints(v, address, port, protocol, |_| true)
 }
 
 /// True if the frontend exists and its backends (any state) are exactly `want`.
-pub fn backends_are(v: &Value, address: &str, port: u16, protocol: &str, want: &[&str]) -> bool {
-    if frontend(v, address, port, protocol).is_none() {
-        return false;
-    }
+pub fn backends_are(
+    v: &ServicesView,
+    address: impl AsIpv4,
+    port: u16,
+    protocol: Protocol,
+    want: &[&str],
+) -> bool {
+    let address = address.ipv4();
+    frontend(v, address, port, protocol).is_some()
+        && all(v, address, port, protocol) == sorted(want)
+}
+
+fn sorted(want: &[&str]) -> Vec<String> {
     let mut want: Vec<String> = want.iter().map(|s| (*s).to_owned()).collect();
     want.sort();
-    all(v, address, port, protocol) == want
+    want
 }

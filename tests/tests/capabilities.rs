@@ -13,6 +13,7 @@ use std::{
 };
 
 use common::*;
+use ferry::model::Protocol;
 use ferry_tests::{
     AgentOpts, Endpoint, EndpointSlice, Lab, Node, Service, flood,
     lab::{GATEWAY, NODE_NAME},
@@ -88,7 +89,7 @@ fn the_agent_runs_with_exactly_the_daemonsets_capabilities() {
     );
 
     // Socket hooks: ClusterIP traffic is translated.
-    wait_active(&lab, "web", VIP, 80, "TCP", &[ep(&b1, 8080)]);
+    wait_active(&lab, "web", VIP, 80, Protocol::Tcp, &[ep(&b1, 8080)]);
     assert_all_ok(&lab.tcp(&client, &format!("{VIP}:80"), 3), "ClusterIP");
     // TCX on the node's device, pinned.
     let pins = [
@@ -241,7 +242,14 @@ fn destroying_a_pods_connected_udp_sockets_needs_sys_admin_and_sys_ptrace() {
     ] {
         lab.manifests().apply(&slice_of(&[&b1]));
         lab.start_agent(&with_caps(&caps));
-        wait_active(&lab, "b1 only", DNS_VIP, 53, "UDP", &[ep(&b1, 8053)]);
+        wait_active(
+            &lab,
+            "b1 only",
+            DNS_VIP,
+            53,
+            Protocol::Udp,
+            &[ep(&b1, 8053)],
+        );
         let mut load = lab.client_loop(
             &client,
             &[
@@ -256,7 +264,14 @@ fn destroying_a_pods_connected_udp_sockets_needs_sys_admin_and_sys_ptrace() {
             a.pod().as_deref() == Some("b1")
         });
         lab.manifests().apply(&slice_of(&[&b2]));
-        wait_active(&lab, "b1 left", DNS_VIP, 53, "UDP", &[ep(&b2, 8053)]);
+        wait_active(
+            &lab,
+            "b1 left",
+            DNS_VIP,
+            53,
+            Protocol::Udp,
+            &[ep(&b2, 8053)],
+        );
         let left = Instant::now();
         // Two seconds of datagrams after the change.
         load.wait_more(40, Duration::from_secs(10));

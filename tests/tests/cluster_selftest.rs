@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use ferry::model::Protocol;
 use ferry_tests::{
     Cluster, EchoReply, Endpoint, EndpointSlice, Service, cgroup, cleanup,
     cluster::{EXT1_IP, LB_RANGE},
@@ -144,10 +145,10 @@ fn cluster_selftest() {
             let took = c.wait_services(
                 &node.name,
                 |v| {
-                    services::active_is(v, &node.ip.to_string(), 30080, "TCP", &both)
-                        && services::active_is(v, "192.0.2.10", 80, "TCP", &both)
-                        && services::active_is(v, "198.51.100.10", 80, "TCP", &both)
-                        && services::active_is(v, "10.96.0.10", 80, "TCP", &both)
+                    services::active_is(v, node.ip, 30080, Protocol::Tcp, &both)
+                        && services::active_is(v, "192.0.2.10", 80, Protocol::Tcp, &both)
+                        && services::active_is(v, "198.51.100.10", 80, Protocol::Tcp, &both)
+                        && services::active_is(v, "10.96.0.10", 80, Protocol::Tcp, &both)
                 },
                 Duration::from_secs(5),
             );
@@ -157,20 +158,16 @@ fn cluster_selftest() {
                 took.as_millis()
             );
             let v = c.services(&node.name);
-            let flags = |ip: &str, port| {
-                services::frontend(&v, ip, port, "TCP")
-                    .map(|f| f["flags"].to_string())
-                    .unwrap_or_default()
+            let has_flag = |ip: &str, port, flag: &str| {
+                services::frontend(&v, ip, port, Protocol::Tcp)
+                    .is_some_and(|f| f.flags.iter().any(|x| x == flag))
             };
+            assert!(has_flag(&node.ip.to_string(), 30080, "NodePort"), "{v:?}");
+            assert!(has_flag("192.0.2.10", 80, "LoadBalancer"), "{v:?}");
+            assert!(has_flag("198.51.100.10", 80, "ExternalIP"), "{v:?}");
             assert!(
-                flags(&node.ip.to_string(), 30080).contains("NodePort"),
-                "{v}"
-            );
-            assert!(flags("192.0.2.10", 80).contains("LoadBalancer"), "{v}");
-            assert!(flags("198.51.100.10", 80).contains("ExternalIP"), "{v}");
-            assert!(
-                services::frontend(&v, &other.ip.to_string(), 30080, "TCP").is_none(),
-                "{} has no NodePort on {}'s address: {v}",
+                services::frontend(&v, other.ip, 30080, Protocol::Tcp).is_none(),
+                "{} has no NodePort on {}'s address: {v:?}",
                 node.name,
                 other.name
             );

@@ -5,11 +5,13 @@ mod common;
 
 use std::{
     collections::BTreeSet,
+    net::Ipv4Addr,
     thread,
     time::{Duration, Instant},
 };
 
 use common::*;
+use ferry::model::Protocol;
 use ferry_tests::{Endpoint, EndpointSlice, Lab, Service, require_root, services};
 
 const VIP: &str = "10.96.0.10";
@@ -31,7 +33,7 @@ fn basic_endpoint() {
         "initial sync -> frontend visible",
         VIP,
         80,
-        "TCP",
+        Protocol::Tcp,
         &[ep(&b1, 8080)],
     );
 
@@ -51,7 +53,7 @@ fn basic_endpoint() {
         "endpoint added -> visible",
         VIP,
         80,
-        "TCP",
+        Protocol::Tcp,
         &[ep(&b1, 8080), ep(&b2, 8080)],
     );
     let attempts = lab.tcp(&client, &format!("{VIP}:80"), 30);
@@ -106,7 +108,7 @@ fn multiport_with_named_target_ports() {
         "multiport :80",
         VIP,
         80,
-        "TCP",
+        Protocol::Tcp,
         &[ep(&b1, 8080), ep(&b2, 8081)],
     );
     wait_active(
@@ -114,7 +116,7 @@ fn multiport_with_named_target_ports() {
         "multiport :81",
         VIP,
         81,
-        "TCP",
+        Protocol::Tcp,
         &[ep(&b1, 9090), ep(&b2, 9091)],
     );
 
@@ -160,14 +162,24 @@ fn same_port_on_tcp_and_udp() {
     lab.manifests().apply(&slice);
     lab.manifests().apply(&svc);
     start_agent(&lab);
-    wait_active(&lab, "tcp frontend", VIP, 53, "TCP", &[ep(&b1, 5353)]);
-    wait_active(&lab, "udp frontend", VIP, 53, "UDP", &[ep(&b1, 5353)]);
-    let frontends = lab.services();
-    assert_eq!(
-        services::frontends(&frontends).len(),
-        2,
-        "two frontends: {frontends}"
+    wait_active(
+        &lab,
+        "tcp frontend",
+        VIP,
+        53,
+        Protocol::Tcp,
+        &[ep(&b1, 5353)],
     );
+    wait_active(
+        &lab,
+        "udp frontend",
+        VIP,
+        53,
+        Protocol::Udp,
+        &[ep(&b1, 5353)],
+    );
+    let v = lab.services();
+    assert_eq!(v.frontends.len(), 2, "two frontends: {v:?}");
 
     let tcp = lab.tcp(&client, &format!("{VIP}:53"), 5);
     assert_all_ok(&tcp, "TCP to :53");
@@ -200,8 +212,8 @@ fn backend_sees_the_client_pod_ip() {
     lab.manifests().apply(&svc);
     lab.manifests().apply(&slice);
     start_agent(&lab);
-    wait_active(&lab, "frontend", VIP, 80, "TCP", &[ep(&b1, 8080)]);
-    wait_active(&lab, "frontend", VIP, 53, "UDP", &[ep(&b1, 8053)]);
+    wait_active(&lab, "frontend", VIP, 80, Protocol::Tcp, &[ep(&b1, 8080)]);
+    wait_active(&lab, "frontend", VIP, 53, Protocol::Udp, &[ep(&b1, 8053)]);
     for client in [&c1, &c2] {
         let body = lab.curl(client, &format!("http://{VIP}/")).expect("curl");
         let reply = ferry_tests::EchoReply::parse(&body).expect("echo reply");
@@ -243,8 +255,22 @@ fn getpeername_and_recvfrom_show_the_service_address() {
     lab.manifests().apply(&svc);
     lab.manifests().apply(&slice);
     start_agent(&lab);
-    wait_active(&lab, "tcp", VIP, 80, "TCP", &[ep(&b1, 8080), ep(&b2, 8080)]);
-    wait_active(&lab, "udp", VIP, 53, "UDP", &[ep(&b1, 8053), ep(&b2, 8053)]);
+    wait_active(
+        &lab,
+        "tcp",
+        VIP,
+        80,
+        Protocol::Tcp,
+        &[ep(&b1, 8080), ep(&b2, 8080)],
+    );
+    wait_active(
+        &lab,
+        "udp",
+        VIP,
+        53,
+        Protocol::Udp,
+        &[ep(&b1, 8053), ep(&b2, 8053)],
+    );
 
     let tcp = lab.tcp(&client, &format!("{VIP}:80"), 10);
     assert_all_ok(&tcp, "tcp");
@@ -317,10 +343,11 @@ fn no_endpoints_is_refused_at_once() {
     start_agent(&lab);
     let took = lab.wait_services(
         |v| {
-            [(80, "TCP"), (53, "UDP")].iter().all(|(port, proto)| {
-                services::frontend(v, VIP, *port, proto)
-                    .is_some_and(|f| services::backends(f).is_empty())
-            })
+            [(80, Protocol::Tcp), (53, Protocol::Udp)]
+                .iter()
+                .all(|&(port, proto)| {
+                    services::frontend(v, VIP, port, proto).is_some_and(|f| f.backends.is_empty())
+                })
         },
         DEADLINE,
     );
@@ -393,10 +420,12 @@ fn session_affinity_holds_and_expires() {
     lab.manifests().apply(&slice);
     start_agent(&lab);
     let want: Vec<String> = backends.iter().map(|b| ep(b, 8080)).collect();
-    wait_active(&lab, "affinity frontend", VIP, 80, "TCP", &want);
+    wait_active(&lab, "affinity frontend", VIP, 80, Protocol::Tcp, &want);
     let fe = lab.services();
-    let fe = services::frontend(&fe, VIP, 80, "TCP").unwrap().clone();
-    assert_eq!(fe["affinityTimeout"], timeout, "{fe}");
+    let fe = services::frontend(&fe, VIP, 80, Protocol::Tcp)
+        .unwrap()
+        .clone();
+    assert_eq!(fe.affinity_timeout, Some(timeout), "{fe:?}");
 
     // Holds: 20 connects in a row (well within the timeout) land on one backend.
     let attempts = lab.tcp(&client, &format!("{VIP}:80"), 20);
@@ -443,7 +472,7 @@ fn session_affinity_spreads_different_clients() {
     lab.manifests().apply(&slice);
     start_agent(&lab);
     let want: Vec<String> = backends.iter().map(|b| ep(b, 8080)).collect();
-    wait_active(&lab, "affinity frontend", VIP, 80, "TCP", &want);
+    wait_active(&lab, "affinity frontend", VIP, 80, Protocol::Tcp, &want);
 
     // 8 clients over 3 backends all on one: 1 in 2187 per round. Should it happen, a second
     // round after the affinity expired is independent (1 in 4.8 million for both).
@@ -498,18 +527,15 @@ fn ignored_services_stay_untranslated() {
         "normal service",
         "10.96.0.21",
         80,
-        "TCP",
+        Protocol::Tcp,
         &[ep(&b1, 8080)],
     );
     let v = lab.services();
-    let addresses: BTreeSet<&str> = services::frontends(&v)
-        .iter()
-        .filter_map(|f| f["address"].as_str())
-        .collect();
+    let addresses: BTreeSet<Ipv4Addr> = v.frontends.iter().map(|f| f.address).collect();
     assert_eq!(
         addresses,
-        BTreeSet::from(["10.96.0.21"]),
-        "only the normal service: {v}"
+        BTreeSet::from([Ipv4Addr::new(10, 96, 0, 21)]),
+        "only the normal service: {v:?}"
     );
 
     let a = lab.client(&client, &["tcp", "10.96.0.20:80", "--timeout-ms", "1000"]);

@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ferry::model::Protocol;
 use ferry_tests::{
     AgentOpts, Endpoint, EndpointSlice, Lab, Node, Service,
     apiserver::{ApiServer, Logged, Options},
@@ -258,7 +259,7 @@ fn cluster_role_grants_exactly_the_verbs_the_agent_uses() {
                     v,
                     "10.96.0.10",
                     80,
-                    "TCP",
+                    Protocol::Tcp,
                     &["10.244.0.10:8080", "10.244.0.11:8080"],
                 )
             },

@@ -14,11 +14,12 @@ use std::{
 };
 
 use agent_common::{Ct4Key, Ct4Value};
+use ferry::model::{Protocol, Scope};
 use ferry_tests::{
     Attempt, Cluster, Endpoint, EndpointSlice, Pod, Service,
     cluster::poll,
     proc::{self, Placement, Proc},
-    require_root,
+    require_root, services,
 };
 use serde_json::Value;
 
@@ -55,33 +56,19 @@ fn start(c: &Cluster, args: &[&str], backends: &[String]) {
     };
     c.start_agents_with(&opts);
     c.wait_north_south(DEADLINE);
-    let node1 = c.node("node1").ip.to_string();
+    let node1 = c.node("node1").ip;
     let mut want = backends.to_vec();
     want.sort();
     c.wait_services(
         "node1",
         |v| {
-            v["frontends"].as_array().is_some_and(|fs| {
-                fs.iter().any(|f| {
-                    f["address"] == node1.as_str()
-                        && f["port"] == NODE_PORT
-                        && f["protocol"] == "TCP"
-                        && f["scope"] == "external"
-                        && {
-                            let mut got: Vec<String> = f["backends"]
-                                .as_array()
-                                .map(Vec::as_slice)
-                                .unwrap_or_default()
-                                .iter()
-                                .map(|b| {
-                                    format!("{}:{}", b["address"].as_str().unwrap(), b["port"])
-                                })
-                                .collect();
-                            got.sort();
-                            got == want
-                        }
-                })
-            })
+            services::frontend_in(v, node1, NODE_PORT, Protocol::Tcp, Scope::External).is_some_and(
+                |f| {
+                    let mut got: Vec<String> = f.backends.iter().map(services::endpoint).collect();
+                    got.sort();
+                    got == want
+                },
+            )
         },
         DEADLINE,
     );

@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ferry::model::Protocol;
 use ferry_tests::{
     AgentOpts, Endpoint, EndpointSlice, Lab, Pod, Service,
     apiserver::{ApiServer, Logged, Options},
@@ -65,7 +66,10 @@ fn ep(pod: &Pod) -> String {
 
 /// Waits (≤ `within`) until `vip:port` has exactly these active backends; returns the time.
 fn wait_active(lab: &Lab, what: &str, vip: &str, port: u16, want: &[&str], within: Duration) {
-    let took = lab.wait_services(|v| services::active_is(v, vip, port, "TCP", want), within);
+    let took = lab.wait_services(
+        |v| services::active_is(v, vip, port, Protocol::Tcp, want),
+        within,
+    );
     println!("latency: {what}: {} ms", took.as_millis());
 }
 
@@ -248,7 +252,10 @@ fn expired_version_mid_watch_relists_and_catches_deletions_made_while_cut_off() 
     api.apply(&Service::cluster_ip("new", "10.96.0.12").port("dns", 53, "UDP"));
     thread::sleep(Duration::from_secs(1));
     let v = lab.services();
-    assert!(services::has_address(&v, API), "the agent was cut off: {v}");
+    assert!(
+        services::has_address(&v, API),
+        "the agent was cut off: {v:?}"
+    );
 
     // ...then the server compacts its history: the watches end with a 410 ERROR event,
     // and the agent re-lists, which drops what was deleted meanwhile.
@@ -257,8 +264,8 @@ fn expired_version_mid_watch_relists_and_catches_deletions_made_while_cut_off() 
     let took = lab.wait_services(
         |v| {
             !services::has_address(v, API)
-                && services::active_is(v, WEB, 80, "TCP", &[])
-                && services::frontend(v, "10.96.0.12", 53, "UDP").is_some()
+                && services::active_is(v, WEB, 80, Protocol::Tcp, &[])
+                && services::frontend(v, "10.96.0.12", 53, Protocol::Udp).is_some()
         },
         Duration::from_secs(10),
     );
@@ -341,8 +348,8 @@ fn api_down_for_ten_seconds_keeps_traffic_flowing_and_the_agent_catches_up() {
     }
     let v = lab.services();
     assert!(
-        services::active_is(&v, WEB, 80, "TCP", &[&ep(&a)]),
-        "unchanged while down: {v}"
+        services::active_is(&v, WEB, 80, Protocol::Tcp, &[&ep(&a)]),
+        "unchanged while down: {v:?}"
     );
 
     api.start().expect("restarting the API double");
@@ -422,7 +429,7 @@ fn readyz_only_after_the_first_sync() {
         let v = lab.services();
         assert!(
             !services::has_address(&v, WEB),
-            "nothing programmed yet: {v}"
+            "nothing programmed yet: {v:?}"
         );
 
         api.hold_lists(false);
@@ -436,7 +443,7 @@ fn readyz_only_after_the_first_sync() {
     assert_eq!(lab.readyz(), Some(200));
     let v = lab.services();
     assert!(
-        services::active_is(&v, WEB, 80, "TCP", &["10.244.0.10:8080"]),
-        "ready = synced: {v}"
+        services::active_is(&v, WEB, 80, Protocol::Tcp, &["10.244.0.10:8080"]),
+        "ready = synced: {v:?}"
     );
 }

@@ -15,11 +15,18 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ferry::{
+    cmd::services::ServicesView,
+    datapath::codec::FlowView,
+    model::{Protocol, Scope},
+};
 use ferry_tests::{
-    Attempt, Cluster, EchoReply, Endpoint, EndpointSlice, Flow, Pod, Service,
+    Attempt, Cluster, EchoReply, Endpoint, EndpointSlice, Pod, Service,
     cluster::{EXT1_IP, EXT2_IP, EXTERNAL_IP_RANGE, LB_RANGE, ROUTED_NET, poll, sha256},
+    flows::FlowExt,
     proc::{self, Proc},
     require_root,
+    services::{self, AsIpv4},
 };
 use serde_json::Value;
 
@@ -44,41 +51,44 @@ fn start(c: &Cluster) {
     report("agents ready -> TC programs on both eth0", took);
 }
 
-/// The active backends ("ip:port", sorted) of a frontend in one scope ("external" or
-/// "internal"), or None if there is no such frontend.
-fn active_in(v: &Value, addr: &str, port: u16, proto: &str, scope: &str) -> Option<Vec<String>> {
-    let f = v["frontends"].as_array()?.iter().find(|f| {
-        f["address"] == addr && f["port"] == port && f["protocol"] == proto && f["scope"] == scope
-    })?;
-    let mut list: Vec<String> = f["backends"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+/// The active backends ("ip:port", sorted) of a frontend in one scope, or None if there is
+/// no such frontend.
+fn active_in(
+    v: &ServicesView,
+    addr: &str,
+    port: u16,
+    proto: Protocol,
+    scope: Scope,
+) -> Option<Vec<String>> {
+    let f = services::frontend_in(v, addr, port, proto, scope)?;
+    let mut list: Vec<String> = f
+        .backends
         .iter()
-        .filter(|b| b["state"] == "active")
-        .map(|b| {
-            format!(
-                "{}:{}",
-                b["address"].as_str().unwrap_or_default(),
-                b["port"]
-            )
-        })
+        .filter(|b| b.state == "active")
+        .map(services::endpoint)
         .collect();
     list.sort();
     Some(list)
 }
 
 /// Waits until the node's frontend (external scope) has exactly these active backends.
-fn wait_external(c: &Cluster, node: &str, addr: &str, port: u16, proto: &str, want: &[&Pod]) {
+fn wait_external(c: &Cluster, node: &str, addr: &str, port: u16, proto: Protocol, want: &[&Pod]) {
     wait_external_eps(c, node, addr, port, proto, &eps(want, 8080));
 }
 
-fn wait_external_eps(c: &Cluster, node: &str, addr: &str, port: u16, proto: &str, want: &[String]) {
+fn wait_external_eps(
+    c: &Cluster,
+    node: &str,
+    addr: &str,
+    port: u16,
+    proto: Protocol,
+    want: &[String],
+) {
     let mut want = want.to_vec();
     want.sort();
     let took = c.wait_services(
         node,
-        |v| active_in(v, addr, port, proto, "external").as_ref() == Some(&want),
+        |v| active_in(v, addr, port, proto, Scope::External).as_ref() == Some(&want),
         DEADLINE,
     );
     report(&format!("{node}: {addr}:{port}/{proto} -> {want:?}"), took);
@@ -196,7 +206,7 @@ fn http_get(c: &Cluster, from: &Pod, url: &str) -> Result<(u16, String), String>
     Ok((code, body.to_owned()))
 }
 
-fn flows_of(c: &Cluster, node: &str) -> Vec<Flow> {
+fn flows_of(c: &Cluster, node: &str) -> Vec<FlowView> {
     let flows = c.conntrack(node);
     println!("{node}: ferry conntrack\n{}", c.conntrack_table(node));
     flows
@@ -223,8 +233,8 @@ fn lb_local_reaches_the_local_backend_and_keeps_the_client_ip() {
         .apply(&slice("web", &[(&b1, "node1"), (&b2, "node2")]));
     start(&c);
     // Each node's external entry holds only its own endpoint.
-    wait_external(&c, "node1", LB_IP, 80, "TCP", &[&b1]);
-    wait_external(&c, "node2", LB_IP, 80, "TCP", &[&b2]);
+    wait_external(&c, "node1", LB_IP, 80, Protocol::Tcp, &[&b1]);
+    wait_external(&c, "node2", LB_IP, 80, Protocol::Tcp, &[&b2]);
 
     for (node, pod) in [("node1", &b1), ("node2", &b2)] {
         c.route(&ext1, LB_RANGE, node);
@@ -279,7 +289,7 @@ fn lb_cluster_snats_to_a_backend_on_the_other_node() {
     c.manifests().apply(&svc);
     c.manifests().apply(&slice("web", &[(&b2, "node2")]));
     start(&c);
-    wait_external(&c, "node1", LB_IP, 80, "TCP", &[&b2]);
+    wait_external(&c, "node1", LB_IP, 80, Protocol::Tcp, &[&b2]);
     let node1 = c.node("node1").ip.to_string();
 
     // The client talks to node1; the only endpoint is on node2.
@@ -345,13 +355,12 @@ fn lb_cluster_snats_to_a_backend_on_the_other_node() {
         .iter()
         .find(|f| f.is_forward() && f.src == local && f.dst == "192.0.2.10:80")
         .unwrap_or_else(|| panic!("no forward flow from {local} in node1's conntrack: {flows:#?}"));
-    assert_eq!(fwd.nat_dst, format!("{}:8080", b2.ip), "{}", fwd.raw);
-    assert!(fwd.snat, "{}", fwd.raw);
+    assert_eq!(fwd.nat_dst, format!("{}:8080", b2.ip), "{fwd:?}");
+    assert!(fwd.snat, "{fwd:?}");
     assert_eq!(
         fwd.nat_src,
         seen_by_backend.to_string(),
-        "the SNAT source is what the backend saw: {}",
-        fwd.raw
+        "the SNAT source is what the backend saw: {fwd:?}"
     );
     assert!(
         flows.iter().any(|f| !f.is_forward()
@@ -402,7 +411,7 @@ fn node_port_on_either_node() {
             &node.name,
             &node.ip.to_string(),
             30080,
-            "TCP",
+            Protocol::Tcp,
             &[&b1, &b2],
         );
     }
@@ -477,7 +486,7 @@ fn external_ips() {
     c.manifests().apply(&slice("web", &[(&b1, "node1")]));
     start(&c);
     for node in ["node1", "node2"] {
-        wait_external(&c, node, EXTERNAL_IP, 80, "TCP", &[&b1]);
+        wait_external(&c, node, EXTERNAL_IP, 80, Protocol::Tcp, &[&b1]);
     }
     let target = format!("{EXTERNAL_IP}:80");
     for node in ["node1", "node2"] {
@@ -632,7 +641,7 @@ fn load_balancer_source_ranges() {
     c.manifests().apply(&svc);
     c.manifests().apply(&slice("web", &[(&b1, "node1")]));
     start(&c);
-    wait_external(&c, "node1", LB_IP, 80, "TCP", &[&b1]);
+    wait_external(&c, "node1", LB_IP, 80, Protocol::Tcp, &[&b1]);
     for ext in [&ext1, &ext2] {
         c.route(ext, LB_RANGE, "node1");
     }
@@ -678,17 +687,15 @@ fn load_balancer_source_ranges() {
     );
     // ... before creating any state.
     let flows = flows_of(&c, "node1");
-    let from_ext2: Vec<&Flow> = flows
+    let from_ext2: Vec<&FlowView> = flows
         .iter()
-        .filter(|f| {
-            f.src_ip() == EXT2_IP.to_string() || f.nat_dst.starts_with(&format!("{EXT2_IP}:"))
-        })
+        .filter(|f| f.src_ip() == Some(EXT2_IP) || f.nat_dst.starts_with(&format!("{EXT2_IP}:")))
         .collect();
     assert!(from_ext2.is_empty(), "no flow of ext2: {from_ext2:#?}");
     assert!(
         flows
             .iter()
-            .any(|f| f.is_forward() && f.src_ip() == EXT1_IP.to_string()),
+            .any(|f| f.is_forward() && f.src_ip() == Some(EXT1_IP)),
         "ext1's flow is tracked: {flows:#?}"
     );
     println!("node1 stats: {}", c.stats("node1"));
@@ -730,16 +737,15 @@ fn session_affinity_client_ip() {
     c.manifests().apply(&slice("plain", &backends));
     start(&c);
     for ip in [LB_IP, LB_IP2] {
-        wait_external(&c, "node1", ip, 80, "TCP", &[&b1, &b2, &b3]);
+        wait_external(&c, "node1", ip, 80, Protocol::Tcp, &[&b1, &b2, &b3]);
     }
     let v = c.services("node1");
-    let fe = v["frontends"]
-        .as_array()
-        .unwrap()
+    let fe = v
+        .frontends
         .iter()
-        .find(|f| f["address"] == LB_IP && f["port"] == 80)
+        .find(|f| f.address == LB_IP.ipv4() && f.port == 80)
         .unwrap();
-    assert_eq!(fe["affinityTimeout"], 600, "{fe}");
+    assert_eq!(fe.affinity_timeout, Some(600), "{fe:?}");
 
     for ext in [&ext1, &ext2] {
         c.route(ext, LB_RANGE, "node1");
@@ -812,8 +818,8 @@ fn transfer_20mb_byte_identical() {
     c.manifests().apply(&slice("remote", &[(&b2, "node2")]));
     c.manifests().apply(&slice("local", &[(&b1, "node1")]));
     start(&c);
-    wait_external(&c, "node1", LB_IP, 80, "TCP", &[&b2]);
-    wait_external(&c, "node1", LB_IP2, 80, "TCP", &[&b1]);
+    wait_external(&c, "node1", LB_IP, 80, Protocol::Tcp, &[&b2]);
+    wait_external(&c, "node1", LB_IP2, 80, Protocol::Tcp, &[&b1]);
     c.route(&ext1, LB_RANGE, "node1");
 
     for (ip, what) in [
@@ -904,7 +910,7 @@ fn pod_reaches_the_lb_ip_of_its_own_service() {
     c.manifests().apply(&svc);
     c.manifests().apply(&slice("web", &[(&b1, "node1")]));
     start(&c);
-    wait_external(&c, "node1", LB_IP, 80, "TCP", &[&b1]);
+    wait_external(&c, "node1", LB_IP, 80, Protocol::Tcp, &[&b1]);
     let node1 = c.node("node1").ip;
     let host1 = c.node("node1").host();
 
@@ -977,8 +983,8 @@ fn no_endpoints_is_refused_quickly() {
     c.manifests()
         .apply(&slice("remote-only", &[(&b2, "node2")]));
     start(&c);
-    wait_external_eps(&c, "node1", LB_IP, 80, "TCP", &[]);
-    wait_external_eps(&c, "node1", LB_IP2, 80, "TCP", &[]);
+    wait_external_eps(&c, "node1", LB_IP, 80, Protocol::Tcp, &[]);
+    wait_external_eps(&c, "node1", LB_IP2, 80, Protocol::Tcp, &[]);
     c.route(&ext1, LB_RANGE, "node1");
 
     let node2 = c.node("node2").ip;
@@ -1050,25 +1056,21 @@ fn conntrack_and_services_show_north_south() {
     c.manifests().apply(&svc);
     c.manifests().apply(&slice("web", &[(&b1, "node1")]));
     start(&c);
-    wait_external(&c, "node1", LB_IP, 80, "TCP", &[&b1]);
+    wait_external(&c, "node1", LB_IP, 80, Protocol::Tcp, &[&b1]);
 
     // ferry services: each node's NodePort on its own address, the LB IP and the externalIP,
     // with their kinds; eTP Local gives an external and an internal entry.
     for node in c.nodes() {
         let v = c.services(&node.name);
         println!("{}:\n{}", node.name, c.services_table(&node.name));
-        let flags = |addr: &str, port: u16, scope: &str| -> Vec<String> {
-            v["frontends"]
-                .as_array()
-                .unwrap()
+        let flags = |addr: &str, port: u16, scope: Scope| -> Vec<String> {
+            let ip = addr.ipv4();
+            v.frontends
                 .iter()
-                .find(|f| f["address"] == addr && f["port"] == port && f["scope"] == scope)
-                .unwrap_or_else(|| panic!("{}: no {addr}:{port} ({scope}): {v}", node.name))["flags"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|f| f.as_str().unwrap().to_owned())
-                .collect()
+                .find(|f| f.address == ip && f.port == port && f.scope == scope)
+                .unwrap_or_else(|| panic!("{}: no {addr}:{port} ({scope:?}): {v:?}", node.name))
+                .flags
+                .clone()
         };
         let node_ip = node.ip.to_string();
         for (addr, port, kind) in [
@@ -1076,13 +1078,13 @@ fn conntrack_and_services_show_north_south() {
             (LB_IP, 80, "LoadBalancer"),
             (EXTERNAL_IP, 80, "ExternalIP"),
         ] {
-            let ext = flags(addr, port, "external");
+            let ext = flags(addr, port, Scope::External);
             assert!(ext.iter().any(|f| f == kind), "{addr}: {ext:?}");
             assert!(
                 ext.iter().any(|f| f == "ExternalTrafficPolicyLocal"),
                 "{addr}: {ext:?}"
             );
-            let int = flags(addr, port, "internal");
+            let int = flags(addr, port, Scope::Internal);
             assert!(int.iter().any(|f| f == kind), "{addr}: {int:?}");
         }
         let local_eps = if node.name == "node1" {
@@ -1090,9 +1092,12 @@ fn conntrack_and_services_show_north_south() {
         } else {
             vec![]
         };
-        assert_eq!(active_in(&v, LB_IP, 80, "TCP", "external"), Some(local_eps));
         assert_eq!(
-            active_in(&v, LB_IP, 80, "TCP", "internal"),
+            active_in(&v, LB_IP, 80, Protocol::Tcp, Scope::External),
+            Some(local_eps)
+        );
+        assert_eq!(
+            active_in(&v, LB_IP, 80, Protocol::Tcp, Scope::Internal),
             Some(vec![format!("{}:8080", b1.ip)])
         );
     }
@@ -1124,25 +1129,25 @@ fn conntrack_and_services_show_north_south() {
         .iter()
         .find(|f| f.is_forward() && f.src == local)
         .unwrap_or_else(|| panic!("no forward flow from {local}: {flows:#?}"));
-    assert_eq!(fwd.protocol, "TCP", "{}", fwd.raw);
-    assert_eq!(fwd.dst, "192.0.2.10:80", "{}", fwd.raw);
-    assert_eq!(fwd.nat_dst, backend, "{}", fwd.raw);
-    assert_eq!(fwd.nat_src, local, "eTP Local: no SNAT: {}", fwd.raw);
-    assert!(!fwd.snat && fwd.local_backend, "{}", fwd.raw);
+    assert_eq!(fwd.protocol, Some(Protocol::Tcp), "{fwd:?}");
+    assert_eq!(fwd.dst, "192.0.2.10:80", "{fwd:?}");
+    assert_eq!(fwd.nat_dst, backend, "{fwd:?}");
+    assert_eq!(fwd.nat_src, local, "eTP Local: no SNAT: {fwd:?}");
+    assert!(!fwd.snat && fwd.local_backend, "{fwd:?}");
     let rev = flows
         .iter()
         .find(|f| !f.is_forward() && f.dst == local)
         .unwrap_or_else(|| panic!("no reply flow to {local}: {flows:#?}"));
-    assert_eq!(rev.src, backend, "{}", rev.raw);
-    assert_eq!(rev.nat_src, "192.0.2.10:80", "{}", rev.raw);
-    assert_eq!(rev.nat_dst, local, "{}", rev.raw);
+    assert_eq!(rev.src, backend, "{rev:?}");
+    assert_eq!(rev.nat_src, "192.0.2.10:80", "{rev:?}");
+    assert_eq!(rev.nat_dst, local, "{rev:?}");
     // UDP flows are listed too.
     let udp = c.client(&ext1, &["udp", &format!("{LB_IP}:53"), "--count", "1"]);
     assert_all_ok(&c, &udp, "UDP");
     let flows = flows_of(&c, "node1");
     assert!(
         flows.iter().any(|f| f.is_forward()
-            && f.protocol == "UDP"
+            && f.protocol == Some(Protocol::Udp)
             && f.dst == "192.0.2.10:53"
             && f.nat_dst == format!("{}:5353", b1.ip)),
         "{flows:#?}"
@@ -1151,7 +1156,7 @@ fn conntrack_and_services_show_north_south() {
     assert!(
         c.conntrack("node2")
             .iter()
-            .all(|f| f.src_ip() != EXT1_IP.to_string()),
+            .all(|f| f.src_ip() != Some(EXT1_IP)),
         "{:#?}",
         c.conntrack("node2")
     );
@@ -1183,8 +1188,22 @@ fn icmp_port_unreachable_from_a_backend_reaches_the_client_translated() {
     c.manifests().apply(&slice("local", &[(&b1, "node1")]));
     c.manifests().apply(&slice("remote", &[(&b2, "node2")]));
     start(&c);
-    wait_external_eps(&c, "node1", LB_IP, 53, "UDP", &[format!("{}:5353", b1.ip)]);
-    wait_external_eps(&c, "node1", LB_IP2, 53, "UDP", &[format!("{}:5353", b2.ip)]);
+    wait_external_eps(
+        &c,
+        "node1",
+        LB_IP,
+        53,
+        Protocol::Udp,
+        &[format!("{}:5353", b1.ip)],
+    );
+    wait_external_eps(
+        &c,
+        "node1",
+        LB_IP2,
+        53,
+        Protocol::Udp,
+        &[format!("{}:5353", b2.ip)],
+    );
     c.route(&ext1, LB_RANGE, "node1");
     first_answer(&c, &ext1, &format!("{LB_IP}:80"), "ext1 -> LB");
 
@@ -1251,8 +1270,8 @@ fn fragmentation_needed_reaches_the_backend_translated() {
     c.manifests().apply(&slice("local", &[(&b1, "node1")]));
     c.manifests().apply(&slice("remote", &[(&b2, "node2")]));
     start(&c);
-    wait_external(&c, "node1", LB_IP, 80, "TCP", &[&b1]);
-    wait_external(&c, "node1", LB_IP2, 80, "TCP", &[&b2]);
+    wait_external(&c, "node1", LB_IP, 80, Protocol::Tcp, &[&b1]);
+    wait_external(&c, "node1", LB_IP2, 80, Protocol::Tcp, &[&b2]);
     println!("the client {} is in {ROUTED_NET}", far.ip);
 
     for (ip, what) in [
@@ -1354,7 +1373,10 @@ fn maglev_picks_the_same_backend_on_both_nodes() {
     c.start_agent("node1", &ferry_tests::AgentOpts::default());
     c.wait_services(
         "node1",
-        |v| active_in(v, "10.96.0.99", 53, "UDP", "external").is_some_and(|b| b.len() == 3),
+        |v| {
+            active_in(v, "10.96.0.99", 53, Protocol::Udp, Scope::External)
+                .is_some_and(|b| b.len() == 3)
+        },
         DEADLINE,
     );
     let maglev = web_ports(Service::load_balancer("maglev", CLUSTER_IP))
@@ -1373,27 +1395,25 @@ fn maglev_picks_the_same_backend_on_both_nodes() {
     c.manifests().apply(&slice("maglev", &backends));
     c.manifests().apply(&slice("random", &backends));
     let all = eps(&[&b1, &b2, &b3], 5353);
-    wait_external_eps(&c, "node1", LB_IP, 53, "UDP", &all);
+    wait_external_eps(&c, "node1", LB_IP, 53, Protocol::Udp, &all);
     c.manifests().delete(&earlier);
     c.manifests().delete(&earlier_eps);
     c.wait_services(
         "node1",
-        |v| active_in(v, "10.96.0.99", 53, "UDP", "external").is_none(),
+        |v| active_in(v, "10.96.0.99", 53, Protocol::Udp, Scope::External).is_none(),
         DEADLINE,
     );
     c.start_agent("node2", &ferry_tests::AgentOpts::default());
     let took = c.wait_north_south(DEADLINE);
     report("TC programs on both nodes", took);
-    wait_external_eps(&c, "node2", LB_IP, 53, "UDP", &all);
-    let ids = |node: &str| -> Vec<u64> {
+    wait_external_eps(&c, "node2", LB_IP, 53, Protocol::Udp, &all);
+    let ids = |node: &str| -> Vec<u32> {
         let v = c.services(node);
-        let mut ids: Vec<u64> = v["frontends"]
-            .as_array()
-            .unwrap()
+        let mut ids: Vec<u32> = v
+            .frontends
             .iter()
-            .filter(|f| f["address"] == LB_IP && f["port"] == 53)
-            .flat_map(|f| f["backends"].as_array().unwrap().clone())
-            .filter_map(|b| b["id"].as_u64())
+            .filter(|f| f.address == LB_IP.ipv4() && f.port == 53)
+            .flat_map(|f| f.backends.iter().map(|b| b.id))
             .collect();
         ids.sort();
         ids
@@ -1444,8 +1464,8 @@ fn maglev_picks_the_same_backend_on_both_nodes() {
     c.manifests().apply(&slice("random", &two));
     let left = eps(&[&b1, &b2], 5353);
     for node in ["node1", "node2"] {
-        wait_external_eps(&c, node, LB_IP, 53, "UDP", &left);
-        wait_external_eps(&c, node, LB_IP2, 53, "UDP", &left);
+        wait_external_eps(&c, node, LB_IP, 53, Protocol::Udp, &left);
+        wait_external_eps(&c, node, LB_IP2, 53, Protocol::Udp, &left);
     }
     let moved = |before: &[String], after: &[String]| {
         before
@@ -1494,7 +1514,7 @@ fn lb_cluster_dsr_keeps_the_client_ip() {
     c.start_agents_with(&opts);
     let took = c.wait_north_south(DEADLINE);
     report("TC programs on both nodes", took);
-    wait_external(&c, "node1", LB_IP, 80, "TCP", &[&b2]);
+    wait_external(&c, "node1", LB_IP, 80, Protocol::Tcp, &[&b2]);
     c.route(&ext1, LB_RANGE, "node1");
 
     // The client talks to node1; the only endpoint is on node2, which answers the client
@@ -1546,7 +1566,7 @@ fn lb_cluster_dsr_keeps_the_client_ip() {
     let flows = flows_of(&c, "node1");
     assert!(
         flows.iter().any(|f| f.is_forward()
-            && f.src_ip() == EXT1_IP.to_string()
+            && f.src_ip() == Some(EXT1_IP)
             && f.nat_dst == format!("{}:8080", b2.ip)
             && !f.snat),
         "node1 tracks the DSR flow without SNAT: {flows:#?}"
@@ -1583,7 +1603,7 @@ fn agent_restart_keeps_north_south_flows() {
     c.manifests().apply(&slice("remote", &[(&b2, "node2")]));
     c.manifests().apply(&slice("local", &[(&b1, "node1")]));
     start(&c);
-    wait_external(&c, "node1", LB_IP, 80, "TCP", &[&b2]);
+    wait_external(&c, "node1", LB_IP, 80, Protocol::Tcp, &[&b2]);
     c.route(&ext1, LB_RANGE, "node1");
     first_answer(&c, &ext1, &format!("{LB_IP}:80"), "ext1 -> LB via node1");
     let links_before = c.tc_links("node1");

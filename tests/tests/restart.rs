@@ -6,23 +6,21 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use ferry_tests::{Endpoint, Lab, require_root, services};
-use serde_json::Value;
+use ferry::{cmd::services::ServicesView, model::Protocol};
+use ferry_tests::{Endpoint, Lab, require_root};
 
 const VIP: &str = "10.96.0.10";
 
 /// address:port/proto -> (revNatId, sorted backend ids)
-fn identities(v: &Value) -> Vec<(String, Value, Vec<u64>)> {
-    let mut out: Vec<_> = services::frontends(v)
+fn identities(v: &ServicesView) -> Vec<(String, u16, Vec<u32>)> {
+    let mut out: Vec<_> = v
+        .frontends
         .iter()
         .map(|f| {
-            let key = format!("{}:{}/{}", f["address"], f["port"], f["protocol"]);
-            let mut ids: Vec<u64> = f["backends"]
-                .as_array()
-                .map(|bs| bs.iter().filter_map(|b| b["id"].as_u64()).collect())
-                .unwrap_or_default();
+            let key = format!("{}:{}/{}", f.address, f.port, f.protocol);
+            let mut ids: Vec<u32> = f.backends.iter().map(|b| b.id).collect();
             ids.sort();
-            (key, f["revNatId"].clone(), ids)
+            (key, f.rev_nat_id, ids)
         })
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -51,13 +49,13 @@ fn agent_restart_keeps_serving_and_adopts_the_pinned_state() {
     lab.manifests().apply(&slice);
     start_agent(&lab);
     let two = [ep(&bs[0], 8080), ep(&bs[1], 8080)];
-    wait_active(&lab, "before restart", VIP, 80, "TCP", &two);
+    wait_active(&lab, "before restart", VIP, 80, Protocol::Tcp, &two);
     wait_active(
         &lab,
         "before restart (udp)",
         VIP,
         53,
-        "UDP",
+        Protocol::Udp,
         &[ep(&bs[0], 8053), ep(&bs[1], 8053)],
     );
     let before = identities(&lab.services());
@@ -98,7 +96,7 @@ fn agent_restart_keeps_serving_and_adopts_the_pinned_state() {
         "change made while down -> visible after restart",
         VIP,
         80,
-        "TCP",
+        Protocol::Tcp,
         &three,
     );
     tcp.wait_for(Duration::from_secs(10), |a| {

@@ -13,6 +13,7 @@ use std::{
 };
 
 use common::*;
+use ferry::model::Protocol;
 use ferry_tests::{
     Endpoint, EndpointSlice, Lab, Service,
     flood::{self, Flood, FloodOpts},
@@ -94,7 +95,7 @@ fn probes_metrics_and_updates_survive_a_thousand_idle_connections() {
         wrapper: vec!["prlimit".into(), format!("--nofile=1024:{hard}")],
         ..Default::default()
     });
-    wait_active(&lab, "web", VIP, 80, "TCP", &[ep(&b1, 8080)]);
+    wait_active(&lab, "web", VIP, 80, Protocol::Tcp, &[ep(&b1, 8080)]);
     let pid = lab.agent_pid().expect("the agent runs");
     let node = lab.node_netns_path();
     wait_answering(&node, HC_PORT, "/", Duration::from_secs(5));
@@ -141,7 +142,7 @@ fn probes_metrics_and_updates_survive_a_thousand_idle_connections() {
         "manifest change under the flood",
         VIP,
         80,
-        "TCP",
+        Protocol::Tcp,
         &[ep(&b1, 8080), ep(&b2, 8080)],
     );
     let cpu = flood::cpu_time_of(pid) - cpu0;

@@ -5,9 +5,8 @@
 mod common;
 
 use common::*;
-use ferry_tests::{
-    Endpoint, EndpointSlice, Lab, Node, Service, lab::GATEWAY, require_root, services,
-};
+use ferry::cmd::services::ServicesView;
+use ferry_tests::{Endpoint, EndpointSlice, Lab, Node, Service, lab::GATEWAY, require_root};
 
 const VIP: &str = "10.96.5.10";
 const LB_IP: &str = "192.0.2.50";
@@ -15,10 +14,15 @@ const NODE_PORT: u16 = 30080;
 
 /// The addresses:ports the kernel holds for this test's service.
 fn frontends(lab: &Lab) -> Vec<String> {
-    let v = lab.services();
-    let mut out: Vec<String> = services::frontends(&v)
+    addresses(&lab.services())
+}
+
+/// The frontends' "address:port", sorted.
+fn addresses(v: &ServicesView) -> Vec<String> {
+    let mut out: Vec<String> = v
+        .frontends
         .iter()
-        .map(|f| format!("{}:{}", f["address"].as_str().unwrap_or(""), f["port"]))
+        .map(|f| format!("{}:{}", f.address, f.port))
         .collect();
     out.sort();
     out
@@ -27,17 +31,7 @@ fn frontends(lab: &Lab) -> Vec<String> {
 fn wait_frontends(lab: &Lab, what: &str, want: &[String]) {
     let mut want = want.to_vec();
     want.sort();
-    let took = lab.wait_services(
-        |v| {
-            let mut have: Vec<String> = services::frontends(v)
-                .iter()
-                .map(|f| format!("{}:{}", f["address"].as_str().unwrap_or(""), f["port"]))
-                .collect();
-            have.sort();
-            have == want
-        },
-        DEADLINE,
-    );
+    let took = lab.wait_services(|v| addresses(v) == want, DEADLINE);
     report(what, took);
 }
 

@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use ferry::model::Protocol;
 use ferry_tests::{Endpoint, EndpointSlice, Lab, Service, require_root};
 
 const VIP: &str = "10.96.0.10";
@@ -44,7 +45,7 @@ fn connected_udp_socket_of_a_removed_backend_is_destroyed() {
         "2 udp backends",
         VIP,
         53,
-        "UDP",
+        Protocol::Udp,
         &[ep(&b1, 8053), ep(&b2, 8053)],
     );
 
@@ -76,7 +77,14 @@ fn connected_udp_socket_of_a_removed_backend_is_destroyed() {
     let applied = Instant::now();
     let failed = load.wait_for(Duration::from_secs(10), |a| !a.ok);
     let took = applied.elapsed();
-    wait_active(&lab, "backend removed", VIP, 53, "UDP", &[ep(kept, 8053)]);
+    wait_active(
+        &lab,
+        "backend removed",
+        VIP,
+        53,
+        Protocol::Udp,
+        &[ep(kept, 8053)],
+    );
     println!(
         "socket error {:?} at stage {:?}, {took:?} after the change",
         failed.error, failed.stage

@@ -6,6 +6,7 @@ mod common;
 use std::{collections::BTreeSet, time::Duration};
 
 use common::*;
+use ferry::model::Protocol;
 use ferry_tests::{
     Attempt, Endpoint, EndpointSlice, Lab, Service, client::now_us, proc, require_root, services,
 };
@@ -27,7 +28,14 @@ fn ports_added_and_removed() {
     lab.manifests().apply(&svc);
     lab.manifests().apply(&slice);
     start_agent(&lab);
-    wait_active(&lab, "initial port", VIP, 80, "TCP", &[ep(&b1, 8080)]);
+    wait_active(
+        &lab,
+        "initial port",
+        VIP,
+        80,
+        Protocol::Tcp,
+        &[ep(&b1, 8080)],
+    );
     assert_all_ok(&lab.tcp(&client, &format!("{VIP}:80"), 3), "port 80");
 
     // Add port 81 -> 8081.
@@ -40,7 +48,7 @@ fn ports_added_and_removed() {
         "port added -> visible",
         VIP,
         81,
-        "TCP",
+        Protocol::Tcp,
         &[ep(&b1, 8081)],
     );
     let added = lab.tcp(&client, &format!("{VIP}:81"), 3);
@@ -61,7 +69,7 @@ fn ports_added_and_removed() {
             .endpoint(Endpoint::ready(b1.ip)),
     );
     let took = lab.wait_services(
-        |v| services::frontend(v, VIP, 80, "TCP").is_none(),
+        |v| services::frontend(v, VIP, 80, Protocol::Tcp).is_none(),
         DEADLINE,
     );
     report("port removed -> gone", took);
@@ -99,7 +107,7 @@ fn service_removed_and_recreated() {
         "service recreated -> visible",
         VIP,
         80,
-        "TCP",
+        Protocol::Tcp,
         &[ep(&b1, 8080)],
     );
     assert_all_ok(
@@ -136,7 +144,7 @@ fn backends_removed_and_added_under_load() {
         "3 backends",
         VIP,
         80,
-        "TCP",
+        Protocol::Tcp,
         &[ep(&bs[0], 8080), ep(&bs[1], 8080), ep(&bs[2], 8080)],
     );
 
@@ -153,7 +161,7 @@ fn backends_removed_and_added_under_load() {
         "backend removed -> visible",
         VIP,
         80,
-        "TCP",
+        Protocol::Tcp,
         &[ep(&bs[0], 8080), ep(&bs[1], 8080)],
     );
     let removed_at = now_us();
@@ -166,7 +174,7 @@ fn backends_removed_and_added_under_load() {
         "backend added -> visible",
         VIP,
         80,
-        "TCP",
+        Protocol::Tcp,
         &[ep(&bs[0], 8080), ep(&bs[1], 8080), ep(&bs[3], 8080)],
     );
     load.wait_for(Duration::from_secs(10), |a| {
@@ -220,7 +228,7 @@ fn unconnected_udp_follows_backend_changes() {
         "2 udp backends",
         VIP,
         53,
-        "UDP",
+        Protocol::Udp,
         &[ep(&bs[0], 8053), ep(&bs[1], 8053)],
     );
 
@@ -242,7 +250,7 @@ fn unconnected_udp_follows_backend_changes() {
         "udp backend swapped -> visible",
         VIP,
         53,
-        "UDP",
+        Protocol::Udp,
         &[ep(&bs[0], 8053), ep(&bs[2], 8053)],
     );
     let changed_at = now_us();
@@ -304,7 +312,7 @@ fn terminating_endpoints_serve_when_none_is_ready() {
     let want = [ep(&bs[0], 8080), ep(&bs[1], 8080)];
     let want: Vec<&str> = want.iter().map(String::as_str).collect();
     let took = lab.wait_services(
-        |v| services::backends_are(v, VIP, 80, "TCP", &want),
+        |v| services::backends_are(v, VIP, 80, Protocol::Tcp, &want),
         DEADLINE,
     );
     report("terminating fallback visible", took);
@@ -322,7 +330,7 @@ fn terminating_endpoints_serve_when_none_is_ready() {
     ]));
     let want = ep(&bs[2], 8080);
     let took = lab.wait_services(
-        |v| services::backends_are(v, VIP, 80, "TCP", &[want.as_str()]),
+        |v| services::backends_are(v, VIP, 80, Protocol::Tcp, &[want.as_str()]),
         DEADLINE,
     );
     report("ready endpoint replaces the fallback", took);
@@ -336,7 +344,10 @@ fn terminating_endpoints_serve_when_none_is_ready() {
         Endpoint::terminating(bs[1].ip, false),
         Endpoint::new(bs[2].ip, false, false, false),
     ]));
-    let took = lab.wait_services(|v| services::backends_are(v, VIP, 80, "TCP", &[]), DEADLINE);
+    let took = lab.wait_services(
+        |v| services::backends_are(v, VIP, 80, Protocol::Tcp, &[]),
+        DEADLINE,
+    );
     report("no serving endpoint -> empty frontend", took);
     let a = lab.client(
         &client,
@@ -361,7 +372,14 @@ fn a_malformed_object_is_reported_and_the_rest_works() {
     lab.manifests().apply(&bad);
     lab.manifests().apply(&bad_slice);
     start_agent(&lab);
-    wait_active(&lab, "the good service", VIP, 80, "TCP", &[ep(&b1, 8080)]);
+    wait_active(
+        &lab,
+        "the good service",
+        VIP,
+        80,
+        Protocol::Tcp,
+        &[ep(&b1, 8080)],
+    );
     assert_all_ok(
         &lab.tcp(&client, &format!("{VIP}:80"), 3),
         "the good service",
@@ -369,7 +387,7 @@ fn a_malformed_object_is_reported_and_the_rest_works() {
     let v = lab.services();
     assert!(
         !services::has_address(&v, "10.96.0.66"),
-        "the bad service is not programmed: {v}"
+        "the bad service is not programmed: {v:?}"
     );
 
     // The agent names the object in its log.
@@ -400,7 +418,7 @@ fn a_malformed_object_is_reported_and_the_rest_works() {
         "change after a bad object",
         VIP,
         80,
-        "TCP",
+        Protocol::Tcp,
         &[ep(&b1, 8080), ep(&b2, 8080)],
     );
     // Garbage that is not even YAML in its own file does not stop the agent either.
@@ -412,7 +430,7 @@ fn a_malformed_object_is_reported_and_the_rest_works() {
         "change after garbage",
         VIP,
         80,
-        "TCP",
+        Protocol::Tcp,
         &[ep(&b1, 8080)],
     );
     assert!(lab.agent_running());
@@ -440,10 +458,25 @@ fn a_change_reaches_the_kernel_as_a_diff() {
         lab.manifests().apply(m);
     }
     start_agent(&lab);
-    wait_active(&lab, "service A", "10.96.0.10", 80, "TCP", &[ep(&a1, 8080)]);
-    wait_active(&lab, "service B", "10.96.0.11", 80, "TCP", &[ep(&b1, 8080)]);
-    let rev_a =
-        services::frontend(&lab.services(), "10.96.0.10", 80, "TCP").unwrap()["revNatId"].clone();
+    wait_active(
+        &lab,
+        "service A",
+        "10.96.0.10",
+        80,
+        Protocol::Tcp,
+        &[ep(&a1, 8080)],
+    );
+    wait_active(
+        &lab,
+        "service B",
+        "10.96.0.11",
+        80,
+        Protocol::Tcp,
+        &[ep(&b1, 8080)],
+    );
+    let rev_a = services::frontend(&lab.services(), "10.96.0.10", 80, Protocol::Tcp)
+        .unwrap()
+        .rev_nat_id;
 
     // A long-lived connection to A.
     let held = lab.spawn_interactive(
@@ -467,7 +500,7 @@ fn a_change_reaches_the_kernel_as_a_diff() {
         "B backend added",
         "10.96.0.11",
         80,
-        "TCP",
+        Protocol::Tcp,
         &[ep(&b1, 8080), ep(&b2, 8080)],
     );
     lab.manifests()
@@ -483,7 +516,7 @@ fn a_change_reaches_the_kernel_as_a_diff() {
         "B port added",
         "10.96.0.11",
         81,
-        "TCP",
+        Protocol::Tcp,
         &[ep(&b1, 8080), ep(&b2, 8080)],
     );
     lab.manifests().apply(
@@ -497,7 +530,7 @@ fn a_change_reaches_the_kernel_as_a_diff() {
         "B backend removed",
         "10.96.0.11",
         80,
-        "TCP",
+        Protocol::Tcp,
         &[ep(&b2, 8080)],
     );
 
@@ -518,7 +551,9 @@ fn a_change_reaches_the_kernel_as_a_diff() {
     }
     let v = lab.services();
     assert_eq!(
-        services::frontend(&v, "10.96.0.10", 80, "TCP").unwrap()["revNatId"],
+        services::frontend(&v, "10.96.0.10", 80, Protocol::Tcp)
+            .unwrap()
+            .rev_nat_id,
         rev_a,
         "A untouched"
     );
@@ -526,7 +561,7 @@ fn a_change_reaches_the_kernel_as_a_diff() {
         &v,
         "10.96.0.10",
         80,
-        "TCP",
+        Protocol::Tcp,
         &[&ep(&a1, 8080)]
     ));
     held.close_stdin();

@@ -200,7 +200,7 @@ fn run_lab(keep: bool, r: &mut Report) -> Result<()> {
 /// Polls `ferry services` until every expected frontend holds its backends.
 fn wait_programmed(
     lab: &Lab,
-    want: &[(std::net::Ipv4Addr, u16, String, Vec<String>)],
+    want: &[(std::net::Ipv4Addr, u16, ferry::model::Protocol, Vec<String>)],
     timeout: Duration,
 ) -> Option<Duration> {
     let start = Instant::now();

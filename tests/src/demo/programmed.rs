@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use serde_json::Value;
+use ferry::{cmd::services::ServicesView, model::Protocol};
 
 use super::{
     checks::{Ctx, Line},
@@ -17,10 +17,16 @@ use crate::{lab::Pod, services};
 pub fn expected_frontends(
     cluster: &Cluster,
     pods: &BTreeMap<String, Pod>,
-) -> Vec<(Ipv4Addr, u16, String, Vec<String>)> {
+) -> Vec<(Ipv4Addr, u16, Protocol, Vec<String>)> {
     let mut out = Vec::new();
     for svc in &cluster.services {
         for p in &svc.ports {
+            // ferry programs TCP and UDP only (it skips other ports with a diagnostic).
+            let protocol = match p.protocol.as_str() {
+                "TCP" => Protocol::Tcp,
+                "UDP" => Protocol::Udp,
+                _ => continue,
+            };
             let mut backends: Vec<String> = cluster
                 .backends_of(svc)
                 .iter()
@@ -32,12 +38,12 @@ pub fn expected_frontends(
                 })
                 .collect();
             backends.sort();
-            out.push((svc.cluster_ip, p.port, p.protocol.clone(), backends.clone()));
+            out.push((svc.cluster_ip, p.port, protocol, backends.clone()));
             if let Some(lb) = svc.lb_ip {
-                out.push((lb, p.port, p.protocol.clone(), backends.clone()));
+                out.push((lb, p.port, protocol, backends.clone()));
             }
             if let Some(np) = p.node_port {
-                out.push((topology::NODE_IP, np, p.protocol.clone(), backends));
+                out.push((topology::NODE_IP, np, protocol, backends));
             }
         }
     }
@@ -45,10 +51,10 @@ pub fn expected_frontends(
 }
 
 /// True when `ferry services` holds every expected frontend with exactly its backends.
-pub fn all_programmed(v: &Value, want: &[(Ipv4Addr, u16, String, Vec<String>)]) -> bool {
+pub fn all_programmed(v: &ServicesView, want: &[(Ipv4Addr, u16, Protocol, Vec<String>)]) -> bool {
     want.iter().all(|(ip, port, proto, backends)| {
         let b: Vec<&str> = backends.iter().map(String::as_str).collect();
-        services::active_is(v, &ip.to_string(), *port, proto, &b)
+        services::active_is(v, *ip, *port, *proto, &b)
     })
 }
 
@@ -62,7 +68,7 @@ pub fn ferry_services(cx: &Ctx) -> Line {
                 .iter()
                 .filter(|(ip, port, proto, backends)| {
                     let b: Vec<&str> = backends.iter().map(String::as_str).collect();
-                    !services::active_is(&v, &ip.to_string(), *port, proto, &b)
+                    !services::active_is(&v, *ip, *port, *proto, &b)
                 })
                 .map(|(ip, port, proto, _)| format!("{ip}:{port}/{proto}"))
                 .collect();

@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use ferry::model::Protocol;
 use ferry_tests::{AgentOpts, Attempt, Endpoint, EndpointSlice, Lab, Pod, Service, services};
 
 /// How long a manifest change may take to reach the kernel (generous: this is no benchmark).
@@ -25,7 +26,7 @@ pub fn start_agent(lab: &Lab) -> Duration {
 }
 
 /// Waits until the frontend's active backends are exactly `want`; reports the latency.
-pub fn wait_active(lab: &Lab, what: &str, vip: &str, port: u16, proto: &str, want: &[String]) {
+pub fn wait_active(lab: &Lab, what: &str, vip: &str, port: u16, proto: Protocol, want: &[String]) {
     let want: Vec<&str> = want.iter().map(String::as_str).collect();
     let took = lab.wait_services(
         |v| services::active_is(v, vip, port, proto, &want),
@@ -54,7 +55,7 @@ pub fn serve_web(
     lab.manifests().apply(&svc);
     lab.manifests().apply(&slice);
     start_agent(lab);
-    wait_active(lab, what, vip, 80, "TCP", &[ep(&b1, 8080)]);
+    wait_active(lab, what, vip, 80, Protocol::Tcp, &[ep(&b1, 8080)]);
     (b1, echo, svc, slice)
 }
 
