@@ -259,12 +259,11 @@ impl Loaded {
         };
         match (api_version, kind) {
             (_, kind) if kind.ends_with("List") && doc["items"].is_sequence() => {
-                // `kubectl get -o yaml` output: kind List (or ServiceList...).
-                let Value::Mapping(mut map) = doc else {
-                    unreachable!("indexed as a mapping")
-                };
-                if let Some(Value::Sequence(items)) = map.remove("items") {
-                    for item in items {
+                // `kubectl get -o yaml` output: kind List (or ServiceList...). Indexing
+                // looked through YAML tags (`!x {kind: List, items: !y [...]}`): so does this.
+                let mut doc = doc;
+                if let Some(items) = doc.get_mut("items").and_then(Value::as_sequence_mut) {
+                    for item in std::mem::take(items) {
                         self.add_document(Doc { text: None, ..at }, item);
                     }
                 }
@@ -307,7 +306,11 @@ impl Loaded {
             kind: T::KIND,
             namespace,
             name: name.unwrap_or_default(),
-            reason: format!("apiVersion {api_version} is not supported: ignored"),
+            // Escaped: a reason stays one line whatever the file says.
+            reason: format!(
+                "apiVersion {} is not supported: ignored",
+                api_version.escape_debug()
+            ),
             severity: Severity::Warning,
         });
     }
@@ -676,6 +679,23 @@ status:
         assert_eq!(names(&loaded.services), ["default/web"]);
         assert_eq!(names(&loaded.slices), ["shop/web-1"]);
         assert_eq!(loaded.nodes.keys().collect::<Vec<_>>(), ["node-j"]);
+    }
+
+    #[test]
+    fn tagged_lists_are_expanded_like_plain_ones() {
+        // Found by the manifest_doc fuzz target: this file made the agent panic.
+        let dir = TempDir::new();
+        let file = dir.write(
+            "tagged.yaml",
+            "!x {apiVersion: v1, kind: List, items: []}\n",
+        );
+        let loaded = load(&file).unwrap();
+        assert_eq!(loaded.diagnostics, []);
+        assert!(loaded.services.is_empty());
+        let items = "--- !x\napiVersion: v1\nkind: List\nitems: !y\n- !z {apiVersion: v1, \
+                     kind: Node, metadata: {name: node-t}}\n";
+        let loaded = load(&dir.write("items.yaml", items)).unwrap();
+        assert_eq!(loaded.nodes.keys().collect::<Vec<_>>(), ["node-t"]);
     }
 
     #[test]
