@@ -1025,9 +1025,12 @@ fn insert_group(
             "" => "the unnamed port".to_owned(),
             name => format!("port {name:?}"),
         };
+        // The other service's name is escaped: a reason stays one line whatever the names
+        // (found by the translate fuzz target).
         diags.push(obj.warning(format!(
             "{:?} frontend {key} conflicts with {owner_port} of service {}: skipped",
-            group[0].1.kind, owner.service
+            group[0].1.kind,
+            owner.service.to_string().escape_debug()
         )));
         return;
     }
