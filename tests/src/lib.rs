@@ -27,6 +27,7 @@ pub mod demo;
 pub mod lab;
 pub mod manifests;
 pub mod netns;
+pub mod packet_fuzz;
 pub mod proc;
 pub mod progtest;
 pub mod services;
