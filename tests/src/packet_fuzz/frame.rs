@@ -232,3 +232,78 @@ pub fn fix_l4_csum(frame: &mut [u8]) {
     }
     frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddrV4;
+
+    use super::*;
+    use crate::progtest::{IpOpts, ethernet, icmp, ipv4, tcp, udp};
+
+    fn frame(packet: &[u8]) -> Vec<u8> {
+        ethernet([2; 6], [4; 6], ETH_P_IP, packet)
+    }
+
+    #[test]
+    fn checksums_are_judged_from_scratch_and_only_where_they_can_be() {
+        let (a, b) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+        let (sa, sb) = (SocketAddrV4::new(a, 1000), SocketAddrV4::new(b, 80));
+        let mut f = frame(&ipv4(
+            IpOpts::default(),
+            a,
+            b,
+            IPPROTO_TCP,
+            &tcp(sa, sb, 1, 0, 2, b"x"),
+        ));
+        assert_eq!((ip_csum_ok(&f), l4_csum_ok(&f)), (Some(true), Some(true)));
+        assert_eq!(tuple(&f).map(|t| (t.sport, t.dport)), Some((1000, 80)));
+        f[ETH_HLEN + 20 + 4] ^= 1; // the sequence number
+        assert_eq!(l4_csum_ok(&f), Some(false));
+        fix_l4_csum(&mut f);
+        assert_eq!(l4_csum_ok(&f), Some(true));
+        f[ETH_HLEN + 8] = 1; // the TTL
+        assert_eq!(ip_csum_ok(&f), Some(false));
+        fix_ip_csum(&mut f);
+        assert_eq!(ip_csum_ok(&f), Some(true));
+        // A fragment's L4 checksum covers bytes it does not carry.
+        f[ETH_HLEN + 6] |= 0x20;
+        assert_eq!(l4_csum_ok(&f), None);
+
+        let plain = frame(&ipv4(
+            IpOpts::default(),
+            a,
+            b,
+            IPPROTO_UDP,
+            &udp(sa, sb, b"q", false),
+        ));
+        assert_eq!(l4_csum_ok(&plain), None, "UDP without checksum");
+        let mut cut = plain.clone();
+        cut.truncate(ETH_HLEN + 24);
+        assert_eq!(
+            l4_csum_ok(&cut),
+            None,
+            "the total length runs past the frame"
+        );
+
+        let quoted = ipv4(
+            IpOpts::default(),
+            b,
+            a,
+            IPPROTO_UDP,
+            &udp(sb, sa, b"", true),
+        );
+        let err = frame(&ipv4(
+            IpOpts::default(),
+            a,
+            b,
+            IPPROTO_ICMP,
+            &icmp(3, 3, 0, &quoted),
+        ));
+        assert_eq!(quoted_ip_csum_ok(&err), Some(true));
+        assert_eq!(
+            quoted_tuple(&err).map(|t| (t.saddr, t.dport)),
+            Some((b, 1000))
+        );
+        assert!(refused_by_test_run(&err[..ETH_HLEN + 19]) && !refused_by_test_run(&err));
+    }
+}
