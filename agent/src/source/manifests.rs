@@ -349,6 +349,14 @@ impl Loaded {
                 return None;
             }
         };
+        // A YAML tag can make a second `name` key that indexing skips and deserializing
+        // keeps (`name: a` then `! name: b`): the object must be the one its key names
+        // (found by the manifest_yaml fuzz target).
+        if object.metadata().name.as_deref() != Some(name.as_str()) {
+            let reason = "metadata.name is given more than once".to_owned();
+            self.diagnostics.push(diag(reason));
+            return None;
+        }
         if namespaced {
             object.metadata_mut().namespace = Some(namespace.clone());
         }
@@ -696,6 +704,23 @@ status:
                      kind: Node, metadata: {name: node-t}}\n";
         let loaded = load(&dir.write("items.yaml", items)).unwrap();
         assert_eq!(loaded.nodes.keys().collect::<Vec<_>>(), ["node-t"]);
+    }
+
+    #[test]
+    fn a_name_given_twice_through_a_tag_is_reported() {
+        let dir = TempDir::new();
+        let text = "apiVersion: v1\nkind: Service\nmetadata:\n  name: gin\n  ! name: vue\n";
+        let loaded = load(&dir.write("twice.yaml", text)).unwrap();
+        assert!(loaded.services.is_empty());
+        assert_eq!(
+            loaded.diagnostics,
+            [warning(
+                "Service",
+                "default",
+                "gin",
+                "metadata.name is given more than once"
+            )]
+        );
     }
 
     #[test]
