@@ -8,7 +8,10 @@
 //! the same way (RFC 1071 §2(B)), so words read natively from network bytes
 //! give the right bytes when stored natively again.
 
-use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, programs::TcContext};
+use aya_ebpf::{
+    bindings::{BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM},
+    programs::TcContext,
+};
 
 use crate::{
     parse::{IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF, L4},
@@ -95,7 +98,16 @@ pub fn set_port(ctx: &TcContext, l4: &L4, dst: bool, old: u16, new: u16) -> Resu
     let off = l4.off + if dst { 2 } else { 0 };
     ctx.l4_csum_replace(l4.csum_off, old as u64, new as u64, l4.csum_flags | 2)
         .map_err(|_| verdict::SHOT)?;
-    ctx.store(off, &new, 0).map_err(|_| verdict::SHOT)
+    // A UDP datagram without checksum (still 0 after the helper, which writes a computed 0
+    // as 0xffff): nothing in it makes up for the new port, so a CHECKSUM_COMPLETE
+    // `skb->csum` must follow the store itself (found by the packet fuzzer).
+    let unchecked = l4.csum_flags != 0 && ctx.load::<u16>(l4.csum_off) == Ok(0);
+    let flags = if unchecked {
+        BPF_F_RECOMPUTE_CSUM as u64
+    } else {
+        0
+    };
+    ctx.store(off, &new, flags).map_err(|_| verdict::SHOT)
 }
 
 /// Rewrites a TCP/UDP packet's addresses and ports from `old` to the given

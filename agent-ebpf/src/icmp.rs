@@ -2,7 +2,7 @@
 //! with no endpoints answers with.
 
 use agent_common::{Ct4Key, NodeConfig, ct_dir, ct_flags, proto, stats::Counter};
-use aya_ebpf::{helpers::generated as h, programs::TcContext};
+use aya_ebpf::{bindings::BPF_F_RECOMPUTE_CSUM, helpers::generated as h, programs::TcContext};
 
 use crate::{
     csum, ct, fib,
@@ -67,6 +67,11 @@ pub fn translate_error(ctx: &TcContext, ip: &Ipv4, ingress: bool) -> i32 {
         return verdict::PASS;
     }
     let inner_l4 = inner_off + inner.header_len();
+    // Only what the IP packet holds is quoted: bytes after its total length are not, and the
+    // ICMP checksum does not cover them (found by the packet fuzzer).
+    if inner_l4 + 4 > IP_OFF + u16::from_be(ip.hdr.tot_len) as usize {
+        return verdict::PASS;
+    }
     let Ok(ports) = ctx.load::<[u16; 2]>(inner_l4) else {
         return verdict::PASS;
     };
@@ -313,7 +318,10 @@ fn build_reject(ctx: &TcContext, ip: &Ipv4) -> Result<(), ()> {
     ctx.change_tail((ETH_HLEN + UNREACH_LEN) as u32, 0)
         .map_err(|_| ())?;
     ctx.store(0, &eth, 0).map_err(|_| ())?;
-    ctx.store(IP_OFF, &m, 0).map_err(|_| ())
+    // RECOMPUTE_CSUM keeps a CHECKSUM_COMPLETE `skb->csum` (which covers the IP packet, not
+    // the MACs) right for the new bytes (found by the packet fuzzer).
+    ctx.store(IP_OFF, &m, BPF_F_RECOMPUTE_CSUM as u64)
+        .map_err(|_| ())
 }
 
 /// Not 0.0.0.0/8, multicast, or the limited broadcast: a host that may be

@@ -247,6 +247,12 @@ fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, cfg: &agent_common::
         return icmp::reject(ctx, ip, cfg);
     }
 
+    // A segment too short to hold its L4 checksum cannot be rewritten: dropped before any
+    // conntrack or affinity state is made for it (found by the packet fuzzer).
+    if ctx.load::<u16>(l4.csum_off).is_err() {
+        count(Counter::NsNatFailed);
+        return verdict::SHOT;
+    }
     let client = Client {
         id: t.saddr as u64,
         kind: affinity_client::IPV4,

@@ -29,6 +29,7 @@ pub mod flows;
 pub mod lab;
 pub mod manifests;
 pub mod netns;
+pub mod packet_fuzz;
 pub mod proc;
 pub mod progtest;
 pub mod services;

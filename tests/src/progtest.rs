@@ -90,14 +90,21 @@ impl ProgTest {
     /// Loads `object` and the TC classifier programs named in `programs` (the verifier runs
     /// here). Nothing is attached.
     pub fn load(object: &[u8], programs: &[&str]) -> Result<Self> {
+        Self::load_sized(object, programs, &[])
+    }
+
+    /// [`ProgTest::load`] with some maps given another capacity (`(name, max_entries)`).
+    pub fn load_sized(object: &[u8], programs: &[&str], sizes: &[(&str, u32)]) -> Result<Self> {
         if object.is_empty() {
             bail!("the eBPF object is empty (built with AYA_BUILD_SKIP=1?)");
         }
         let bpffs = PrivateBpffs::new()?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(bpffs.path())
-            .load(object)
-            .context("loading the eBPF object")?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(bpffs.path());
+        for &(name, size) in sizes {
+            loader.map_max_entries(name, size);
+        }
+        let mut ebpf = loader.load(object).context("loading the eBPF object")?;
         for &name in programs {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)

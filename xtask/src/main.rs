@@ -8,6 +8,7 @@ mod bench;
 mod build;
 mod clean;
 mod demo;
+mod fuzz;
 // Shared with the agent by path: xtask builds before the agent's toolchain exists.
 #[path = "../../agent/src/mountinfo.rs"]
 mod mountinfo;
@@ -73,6 +74,17 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Fuzzing: the cargo-fuzz targets (manifest reader, translation) and the packet fuzzer.
+    ///
+    /// Each target runs for the budget; one line per target gives its executions and crashes.
+    /// Fails when any target crashed.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// One of manifest_yaml, manifest_doc, translate, packet (default: all).
+        target: Option<String>,
+    },
     /// Remove what crashed lab runs left: `fy*` netns, `ferry-lab-*` cgroups and mounts.
     ///
     /// Do not run it while tests or a demo run: their labs match too.
@@ -102,6 +114,7 @@ fn main() {
         } => test::run(no_root_tests, &args),
         Command::Demo { keep, down, args } => demo::run(keep, down, &args),
         Command::Bench { quick } => bench::run(&bench::Options { quick }),
+        Command::Fuzz { time, target } => fuzz::run(time, target.as_deref()),
         Command::CleanLab { kill, dry_run } => clean::run(kill, dry_run),
     };
     if let Err(e) = result {

@@ -2,7 +2,7 @@
 //!
 //! Pieces, in order: the pinned stable and nightly toolchains (rustup), the
 //! `rustup override` for the checkout, Debian packages (LLVM for bpf-linker, lab
-//! tools), bpf-linker built against the system LLVM. Each piece is checked first
+//! tools), bpf-linker built against the system LLVM, cargo-fuzz. Each piece is checked first
 //! and skipped when present, so a complete machine costs about a second.
 
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Error, Result, anyhow, bail};
 
 use crate::toolchain::{
-    BPF_LINKER, LLVM_MAJOR, NIGHTLY, NIGHTLY_COMPONENTS, STABLE, STABLE_COMPONENTS,
+    BPF_LINKER, CARGO_FUZZ, LLVM_MAJOR, NIGHTLY, NIGHTLY_COMPONENTS, STABLE, STABLE_COMPONENTS,
 };
 use crate::util::{Cmd, child_path, is_root, root, which};
 
@@ -89,6 +89,7 @@ pub fn run(verbose: bool) -> Result<()> {
     s.rustup_override()?;
     s.apt()?;
     s.bpf_linker()?;
+    s.cargo_fuzz()?;
     if verbose {
         eprintln!("setup: done in {:.1} s", start.elapsed().as_secs_f64());
     } else {
@@ -367,6 +368,42 @@ impl Setup {
                 crate::util::cargo_bin_dir().display()
             ),
         }
+    }
+}
+
+impl Setup {
+    /// cargo-fuzz for `cargo xtask fuzz` and the gate's fuzz run (the pinned version).
+    fn cargo_fuzz(&mut self) -> Result<()> {
+        let found = which("cargo-fuzz").map(|path| {
+            let version = Cmd::new(&path).arg("--version").try_output();
+            (path, version.map(|v| v.trim().to_owned()))
+        });
+        let why = match &found {
+            Some((path, Some(v))) if v.strip_prefix("cargo-fuzz ") == Some(CARGO_FUZZ) => {
+                self.ok(format!("{v} at {}", path.display()), v.clone());
+                return Ok(());
+            }
+            Some((_, Some(v))) => format!("found `{v}`"),
+            Some((path, None)) => format!("{} --version fails", path.display()),
+            None => "not installed".to_owned(),
+        };
+        eprintln!("setup: installing cargo-fuzz {CARGO_FUZZ} ({why}); takes ~1 min…");
+        let mut cmd = Cmd::cargo(STABLE);
+        cmd.args([
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ,
+            "--locked",
+            "--force",
+        ]);
+        cmd.run()
+            .map_err(|e| fix(e, "could not install cargo-fuzz", &cmd.display()))?;
+        self.ok(
+            format!("installed cargo-fuzz {CARGO_FUZZ}"),
+            format!("cargo-fuzz {CARGO_FUZZ}"),
+        );
+        Ok(())
     }
 }
 

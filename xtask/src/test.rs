@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 
 use crate::toolchain::STABLE;
 use crate::util::{Cmd, is_root, secs, which};
-use crate::{bench, setup};
+use crate::{bench, fuzz, setup};
 
 /// Runs the whole gate. `extra` goes to `cargo test`; after a `--` in it, to the test binaries.
 pub fn run(no_root_tests: bool, extra: &[String]) -> Result<()> {
@@ -62,6 +62,11 @@ pub fn run(no_root_tests: bool, extra: &[String]) -> Result<()> {
         totals.passed, totals.failed, totals.ignored
     );
     result?;
+    gate.step(
+        "fuzz smoke",
+        "a fuzz target crashed: its input and the command to reproduce it are above",
+        fuzz::smoke,
+    )?;
     if no_root_tests {
         eprintln!("test: bench smoke: skipped (the bench's labs need root)");
     } else {

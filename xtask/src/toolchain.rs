@@ -7,6 +7,8 @@ pub const STABLE: &str = "1.99.1";
 pub const NIGHTLY: &str = "nightly-2026-06-20";
 /// bpf-linker, built against the system's LLVM [`LLVM_MAJOR`].
 pub const BPF_LINKER: &str = "0.13.0";
+/// cargo-fuzz (`cargo xtask fuzz`), installed with STABLE and run with NIGHTLY.
+pub const CARGO_FUZZ: &str = "0.13.2";
 /// LLVM major shared by NIGHTLY and the Debian `llvm-N-dev` bpf-linker links to.
 pub const LLVM_MAJOR: u32 = 22;
 

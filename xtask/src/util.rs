@@ -173,6 +173,23 @@ impl Cmd {
         check(status, &self.display())
     }
 
+    /// Echoes and runs the command with its stdout and stderr written to `log`; returns
+    /// whether it exited 0 (the caller reads the log).
+    pub fn run_logged(&mut self, log: &Path) -> Result<bool> {
+        eprintln!("+ {} > {}", self.display(), log.display());
+        let out =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        let status = self
+            .cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .status()
+            .with_context(|| format!("cannot start `{}`", self.display()))?;
+        Ok(status.success())
+    }
+
     /// Echoes and runs the command; returns whether it exited 0 (for retries).
     pub fn run_ok(&mut self) -> Result<bool> {
         eprintln!("+ {}", self.display());

@@ -287,14 +287,26 @@ pub enum Severity {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (ns, name) = (Shown(&self.namespace), Shown(&self.name));
         if self.namespace.is_empty() {
-            write!(f, "{} {}: {}", self.kind, self.name, self.reason)
+            write!(f, "{} {name}: {}", self.kind, self.reason)
         } else {
-            write!(
-                f,
-                "{} {}/{}: {}",
-                self.kind, self.namespace, self.name, self.reason
-            )
+            write!(f, "{} {ns}/{name}: {}", self.kind, self.reason)
+        }
+    }
+}
+
+/// A name as a diagnostic shows it: as is, or quoted and escaped when it
+/// holds a control character (a manifest's names are not checked by an API
+/// server, and a line break in one would forge a log line).
+struct Shown<'a>(&'a str);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.chars().any(char::is_control) {
+            write!(f, "{:?}", self.0)
+        } else {
+            f.write_str(self.0)
         }
     }
 }

@@ -1,0 +1,190 @@
+//! The invariants every run must keep, whatever the frame:
+//!
+//! - (a) a frame that no frontend and no flow concerns comes out as it went in, with verdict
+//!   PASS or OK, and leaves conntrack and affinity as they were. "Concerns": its destination
+//!   is a frontend (address, port, protocol; any scope), its 5-tuple or the reverse is a
+//!   conntrack key, the packet an ICMP error quotes is, or its first IP option is ferry's DSR
+//!   option (which names a frontend);
+//! - (b) a frame the program changed and did not drop has a valid IP header checksum, L4
+//!   checksum (TCP, UDP, ICMP, computed from scratch over the IP payload) and quoted IP header
+//!   checksum (ICMP errors) wherever the input's was valid;
+//! - (c) a dropped frame (SHOT) created no conntrack and no affinity entry;
+//! - (d) every run succeeds (with CHECKSUM_COMPLETE, the kernel also checks that `skb->csum`
+//!   matches what the program left) and returns a TC verdict.
+
+use std::net::Ipv4Addr;
+
+use agent_common::{
+    Ct4Key,
+    net::{ip4_from_raw, port_from_raw},
+};
+
+use super::{
+    fixture::{Endpoint, OK, PASS, REDIRECT, SHOT, State},
+    frame::{self, Ip, Tuple},
+};
+
+/// What kind of check a run got (for the report).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Checked {
+    Untouched,
+    Rewritten,
+    Dropped,
+    /// Concerned frames passed or redirected unchanged: only (d) applies.
+    Other,
+}
+
+/// Whether a checksum of a frame verifies (None: it cannot be judged from the frame).
+type Verdict = fn(&[u8]) -> Option<bool>;
+
+/// A broken invariant: which, and what happened.
+#[derive(Clone, Debug)]
+pub struct Violation {
+    pub rule: &'static str,
+    pub detail: String,
+}
+
+fn key_tuple(k: &Ct4Key) -> Tuple {
+    Tuple {
+        saddr: Ipv4Addr::from(ip4_from_raw(k.saddr)),
+        daddr: Ipv4Addr::from(ip4_from_raw(k.daddr)),
+        sport: port_from_raw(k.sport),
+        dport: port_from_raw(k.dport),
+        proto: k.proto,
+    }
+}
+
+/// Whether a frontend or a flow of `state` concerns `frame` (see (a)).
+fn concerned(frame: &[u8], frontends: &[Endpoint], state: &State) -> bool {
+    let Some(ip) = Ip::parse(frame) else {
+        return false;
+    };
+    if ip.later_fragment() {
+        return false;
+    }
+    let tracked = |t: Tuple| {
+        state
+            .ct
+            .keys()
+            .map(key_tuple)
+            .any(|k| k == t || k == t.reversed())
+    };
+    if let Some(t) = frame::tuple(frame) {
+        let frontend = frontends
+            .iter()
+            .any(|f| f.ip == t.daddr && f.port == t.dport && f.proto == t.proto);
+        return frontend || tracked(t) || frame::has_dsr_option(frame);
+    }
+    frame::quoted_tuple(frame).is_some_and(tracked)
+}
+
+fn keys<K: Ord + Clone, V>(m: &std::collections::BTreeMap<K, V>) -> std::collections::BTreeSet<K> {
+    m.keys().cloned().collect()
+}
+
+/// Checks one run of a frame (`input`) that gave `verdict` and `output`, with conntrack and
+/// affinity `before` and `after` it.
+pub fn run(
+    frontends: &[Endpoint],
+    before: &State,
+    after: &State,
+    input: &[u8],
+    verdict: i32,
+    output: &[u8],
+) -> Result<Checked, Violation> {
+    let fail = |rule, detail: String| Err(Violation { rule, detail });
+    if ![PASS, OK, SHOT, REDIRECT].contains(&verdict) {
+        return fail(
+            "(d) a TC verdict",
+            format!("the program returned {verdict}"),
+        );
+    }
+    if !concerned(input, frontends, before) {
+        if ![PASS, OK].contains(&verdict) || output != input || after != before {
+            return fail(
+                "(a) untouched without frontend or flow",
+                format!(
+                    "verdict {verdict}, {}, {}",
+                    diff_frames(input, output),
+                    diff_state(before, after)
+                ),
+            );
+        }
+        return Ok(Checked::Untouched);
+    }
+    if verdict == SHOT {
+        let created_ct = !keys(&after.ct).is_subset(&keys(&before.ct));
+        let created_aff = !keys(&after.affinity).is_subset(&keys(&before.affinity));
+        if created_ct || created_aff {
+            return fail(
+                "(c) no state for a dropped frame",
+                diff_state(before, after),
+            );
+        }
+        return Ok(Checked::Dropped);
+    }
+    if output == input {
+        return Ok(Checked::Other);
+    }
+    let checks: [(&str, Verdict); 3] = [
+        ("IP header", frame::ip_csum_ok),
+        ("L4", frame::l4_csum_ok),
+        ("quoted IP header", frame::quoted_ip_csum_ok),
+    ];
+    for (what, ok) in checks {
+        if ok(input) == Some(true) && ok(output) == Some(false) {
+            return fail(
+                "(b) checksums valid after a rewrite",
+                format!(
+                    "{what} checksum broken (verdict {verdict}): {}",
+                    diff_frames(input, output)
+                ),
+            );
+        }
+    }
+    Ok(Checked::Rewritten)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn diff_frames(input: &[u8], output: &[u8]) -> String {
+    if input == output {
+        return "frame unchanged".to_owned();
+    }
+    format!("frame changed\n  in  {}\n  out {}", hex(input), hex(output))
+}
+
+fn diff_state(before: &State, after: &State) -> String {
+    let mut out = Vec::new();
+    for (k, v) in &after.ct {
+        match before.ct.get(k) {
+            None => out.push(format!("conntrack +{:?} {k:?} -> {v:?}", key_tuple(k))),
+            Some(old) if old != v => {
+                out.push(format!("conntrack ~{:?} {old:?} -> {v:?}", key_tuple(k)))
+            }
+            Some(_) => {}
+        }
+    }
+    for k in before.ct.keys().filter(|k| !after.ct.contains_key(k)) {
+        out.push(format!("conntrack -{:?}", key_tuple(k)));
+    }
+    for (k, v) in &after.affinity {
+        if before.affinity.get(k) != Some(v) {
+            out.push(format!("affinity +/~ {k:?} -> {v:?}"));
+        }
+    }
+    for k in before
+        .affinity
+        .keys()
+        .filter(|k| !after.affinity.contains_key(k))
+    {
+        out.push(format!("affinity -{k:?}"));
+    }
+    if out.is_empty() {
+        "maps unchanged".to_owned()
+    } else {
+        format!("maps changed:\n  {}", out.join("\n  "))
+    }
+}
