@@ -19,7 +19,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the node agent: watch Services and EndpointSlices, program the kernel.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Show what the kernel holds: every frontend and its backends, with
     /// the running agent's status of each.
     Services(ServicesArgs),

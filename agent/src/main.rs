@@ -17,7 +17,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async {
         match cli.command {
-            Command::Agent(args) => ferry::cmd::agent::run(args).await,
+            Command::Agent(args) => ferry::cmd::agent::run(*args).await,
             Command::Services(args) => ferry::cmd::services::run(&args),
             Command::Stats(args) => ferry::cmd::stats::run(&args),
             Command::Conntrack(args) => ferry::cmd::conntrack::run(&args),

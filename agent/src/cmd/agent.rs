@@ -90,8 +90,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         PinDir::new(&args.bpffs),
     );
     let datapath = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let datapath = Datapath::load(&load, caps, interfaces, lb_mode)
-            .context("loading the datapath")?;
+        let datapath =
+            Datapath::load(&load, caps, interfaces, lb_mode).context("loading the datapath")?;
         // Conntrack collection and fill, off the control loop (stops when dropped).
         let gc = ConntrackGc::spawn(&pins).context("starting the conntrack upkeep")?;
         info!(

@@ -22,7 +22,12 @@ use super::objects::{
 
 /// The labels and annotations ferry reads; others are dropped as they are
 /// parsed.
-const LABELS: &[&str] = &[SERVICE_NAME_LABEL, PROXY_NAME_LABEL, HEADLESS_LABEL, ZONE_LABEL];
+const LABELS: &[&str] = &[
+    SERVICE_NAME_LABEL,
+    PROXY_NAME_LABEL,
+    HEADLESS_LABEL,
+    ZONE_LABEL,
+];
 const ANNOTATIONS: &[&str] = &[LB_ALGORITHM_ANNOTATION, TRIGGER_TIME_ANNOTATION];
 
 /// metadata, keeping what ferry and the watcher use (names, uid, the
@@ -77,7 +82,10 @@ fn filtered<'de, D: Deserializer<'de>>(
         fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
             d.deserialize_map(self)
         }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut m: A,
+        ) -> Result<Self::Value, A::Error> {
             let mut out = BTreeMap::new();
             while let Some(k) = m.next_key::<Cow<'de, str>>()? {
                 if self.0.contains(&&*k) {
@@ -145,7 +153,14 @@ pub struct ServiceDoc {
     #[serde(default)]
     pub status: Option<ServiceStatusDoc>,
 }
-resource!(ServiceDoc, "Service", "", "v1", "services", k8s_openapi::NamespaceResourceScope);
+resource!(
+    ServiceDoc,
+    "Service",
+    "",
+    "v1",
+    "services",
+    k8s_openapi::NamespaceResourceScope
+);
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -292,7 +307,14 @@ pub struct NodeDoc {
     #[serde(default)]
     pub status: Option<NodeStatusDoc>,
 }
-resource!(NodeDoc, "Node", "", "v1", "nodes", k8s_openapi::ClusterResourceScope);
+resource!(
+    NodeDoc,
+    "Node",
+    "",
+    "v1",
+    "nodes",
+    k8s_openapi::ClusterResourceScope
+);
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]

@@ -281,11 +281,11 @@ impl Parser<'_> {
         }
         let doc = Value::Mapping(doc);
         match (api_version.as_str(), kind.as_str()) {
-            (Service::API_VERSION, Service::KIND) => self.from_value::<Service>(doc, true),
+            (Service::API_VERSION, Service::KIND) => self.read_value::<Service>(doc, true),
             (EndpointSlice::API_VERSION, EndpointSlice::KIND) => {
-                self.from_value::<EndpointSlice>(doc, true)
+                self.read_value::<EndpointSlice>(doc, true)
             }
-            (Node::API_VERSION, Node::KIND) => self.from_value::<Node>(doc, false),
+            (Node::API_VERSION, Node::KIND) => self.read_value::<Node>(doc, false),
             (_, Service::KIND) => self.unsupported_version::<Service>(&doc, &api_version, true),
             (_, EndpointSlice::KIND) => {
                 self.unsupported_version::<EndpointSlice>(&doc, &api_version, true)
@@ -295,7 +295,7 @@ impl Parser<'_> {
         }
     }
 
-    fn from_value<T: Kind>(&mut self, doc: Value, namespaced: bool) {
+    fn read_value<T: Kind>(&mut self, doc: Value, namespaced: bool) {
         let (namespace, name) = identity(&doc, namespaced);
         match serde_yaml::from_value::<T>(doc) {
             Ok(object) => {
@@ -315,12 +315,7 @@ impl Parser<'_> {
     /// A kind ferry reads, in a version it does not (e.g. the removed
     /// discovery.k8s.io/v1beta1): ignoring it silently would hide the
     /// endpoints the user meant.
-    fn unsupported_version<T: Kind>(
-        &mut self,
-        doc: &Value,
-        api_version: &str,
-        namespaced: bool,
-    ) {
+    fn unsupported_version<T: Kind>(&mut self, doc: &Value, api_version: &str, namespaced: bool) {
         let (namespace, name) = identity(doc, namespaced);
         self.out.problems.push(Diagnostic {
             kind: T::KIND,
