@@ -3,6 +3,7 @@ use ferry::cli::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(cli.log_level.as_str()));
@@ -24,4 +25,21 @@ fn main() -> anyhow::Result<()> {
             Command::Cleanup(args) => ferry::cmd::cleanup::run(&args),
         }
     })
+}
+
+/// glibc gives each thread that allocates its own arena (up to 8 per CPU),
+/// and an arena keeps what was freed in it: the threads that parse
+/// manifests and load the programs left about 10 MiB of such pages behind
+/// at 10,000 Services. Two arenas keep the peak (VmHWM) near the live heap
+/// at no measurable cost to a loop that is single-threaded. MALLOC_ARENA_MAX
+/// in the environment still decides.
+fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; called before any
+        // other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
 }

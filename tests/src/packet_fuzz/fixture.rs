@@ -11,8 +11,8 @@ use std::{
 };
 
 use agent_common::{
-    AffinityKey, AffinityValue, Backend4, Ct4Key, Ct4Value, MAGLEV_TABLE_SIZE, NodeConfig, RevNat4,
-    SrcRange4, Svc4Key, SvcValue, backend_flags, maglev_key, maps as m,
+    AffinityKey, AffinityValue, Backend4, Ct4Key, Ct4Value, MAGLEV_TABLE_SIZE, Member4Key,
+    NodeConfig, RevNat4, SrcRange4, Svc4Key, SvcValue, backend_flags, maglev_key, maps as m,
     net::{ip4_to_raw, port_to_raw},
     node_flags, scope,
     stats::Counter,
@@ -135,6 +135,8 @@ impl Fixture {
     fn program(&mut self) -> Result<()> {
         self.hash::<u32, u32>(m::NODE_ADDR_V4)?
             .insert(&IFINDEX, &raw(NODE), 0)?;
+        // The cluster's node addresses: a DSR option may name a NodePort on them.
+        self.hash::<u32, u8>(m::NODES_V4)?.insert(&raw(NODE), &1, 0)?;
         self.node_config(false)?;
         for &(id, ip, port, proto, local) in BACKENDS {
             let b = Backend4 {
@@ -292,6 +294,25 @@ impl Fixture {
         };
         self.hash::<u16, RevNat4>(m::REV_NAT_V4)?
             .insert(&rev_nat_id, &rev, 0)?;
+        // An exposed frontend's backends are its members: what a DSR option naming it may
+        // reach (the agent writes them for the external scope only).
+        if scope == scope::EXTERNAL {
+            let mut members = self.hash::<Member4Key, u32>(m::MEMBERS_V4)?;
+            for &id in backends {
+                let Some(&(_, addr, port, proto, _)) = BACKENDS.iter().find(|b| b.0 == id) else {
+                    continue;
+                };
+                let key = Member4Key {
+                    rev_nat_id,
+                    proto,
+                    _pad: 0,
+                    addr: raw(addr),
+                    port: port_to_raw(port),
+                    _pad2: 0,
+                };
+                members.insert(&key, &id, 0)?;
+            }
+        }
         self.frontends.push(Endpoint { ip, port, proto });
         Ok(())
     }

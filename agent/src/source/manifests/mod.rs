@@ -121,6 +121,13 @@ fn read_files(
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(files.len().max(1));
+    if workers == 1 {
+        // One file changed (the usual event): no thread to start.
+        return files
+            .into_iter()
+            .map(|(path, stamp)| (path.clone(), read_file(path, stamp, node_name, limits)))
+            .collect();
+    }
     let mut out: Vec<Option<(PathBuf, Read)>> = (0..files.len()).map(|_| None).collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let slots: Vec<std::sync::Mutex<&mut Option<(PathBuf, Read)>>> =

@@ -251,11 +251,11 @@ impl Parser<'_> {
     fn dispatch(&mut self, index: usize, doc: Value) {
         let doc = match doc {
             Value::Null => return, // an empty document, e.g. a trailing "---"
-            Value::Tagged(_) => {
-                return self.problem(format!(
-                    "document {index}: YAML tags are not supported in manifests"
-                ));
-            }
+            // A local tag (`!x {apiVersion: v1, ...}`) says nothing
+            // Kubernetes reads: the object is read as if untagged, as the
+            // API machinery's YAML-to-JSON conversion does (serde_yaml looks
+            // through tags on the fields inside).
+            Value::Tagged(t) => return self.dispatch(index, t.value),
             Value::Mapping(m) => m,
             _ => {
                 return self.problem(format!(
@@ -392,9 +392,22 @@ fn identity_of(meta: &ObjectMeta, namespaced: bool) -> ObjKey {
 
 /// The namespace (defaulted; empty for cluster-scoped kinds) and name of a
 /// raw document, for diagnostics even when it does not deserialize.
+/// The value under any number of tags.
+fn untag(mut v: &Value) -> &Value {
+    while let Value::Tagged(t) = v {
+        v = &t.value;
+    }
+    v
+}
+
 fn identity(doc: &Value, namespaced: bool) -> (String, Option<String>) {
-    let meta = doc.get("metadata");
-    let get = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str);
+    // Tags are looked through: the object is named however it was written.
+    let meta = untag(doc).get("metadata").map(untag);
+    let get = |k: &str| {
+        meta.and_then(|m| m.get(k))
+            .map(untag)
+            .and_then(Value::as_str)
+    };
     let namespace = if namespaced {
         get("namespace")
             .filter(|ns| !ns.is_empty())
