@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use agent_common::{Ct4Key, Ct4Value, ct_dir, maps::CT_V4, proto as ip_proto};
 use aya::{
     Ebpf,
     maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuHashMap},
@@ -28,13 +29,15 @@ use aya::{
 use common::*;
 use ferry::{
     datapath::{
+        codec::reply_key_of,
         loader::ebpf_object,
         sys::{self, Attachment},
     },
+    northsouth::monotonic_seconds,
     paths::{SOCK_PROGRAMS, TC_INGRESS},
 };
 use ferry_tests::{
-    Lab, flood, proc,
+    AgentOpts, Lab, flood, proc,
     progtest::{PrivateBpffs, ProgTest, isolated},
     require_root,
 };
@@ -393,4 +396,83 @@ fn cleanup_cgroup_detaches_a_hung_agents_links_and_nothing_else() {
     assert_untranslated(&a[0], "after ferry cleanup, the agent still hung");
     drop(hung);
     lab.stop_agent();
+}
+
+/// A UDP flow's two conntrack entries, last seen at `last_seen`.
+fn udp_flow(n: u32, last_seen: u32) -> [(Ct4Key, Ct4Value); 2] {
+    let forward = Ct4Key {
+        saddr: 0x0a00_0000 | n,
+        daddr: 0x0a60_000a,
+        sport: 40_000,
+        dport: 53,
+        proto: ip_proto::UDP,
+        dir: ct_dir::FORWARD,
+        ..Default::default()
+    };
+    let value = Ct4Value {
+        nat_saddr: 0x0a00_0000 | n,
+        nat_daddr: 0x0af4_0002,
+        nat_sport: 40_000,
+        nat_dport: 5353,
+        last_seen,
+        ..Default::default()
+    };
+    let reply = reply_key_of(&forward, &value);
+    [
+        (forward, value),
+        (
+            reply,
+            Ct4Value {
+                last_seen,
+                ..Default::default()
+            },
+        ),
+    ]
+}
+
+#[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
+fn the_agent_removes_idle_flows_and_keeps_live_ones() {
+    require_root!();
+    let lab = Lab::new("the_agent_removes_idle_flows_and_keeps_live_ones");
+    let (_b1, _e1, _svc, _slice) = serve_web(&lab, VIP, "web");
+    lab.stop_agent();
+
+    // While no agent runs: 3,000 UDP flows idle for 1,000 s (past the 120 s timeout) and
+    // 10 just seen, in the pinned conntrack map the next agent adopts.
+    let pin = lab.pin_dir().join(CT_V4);
+    let mut ct: HashMap<MapData, Ct4Key, Ct4Value> =
+        Map::from_map_data(MapData::from_pin(&pin).unwrap())
+            .and_then(HashMap::try_from)
+            .unwrap();
+    let now = monotonic_seconds();
+    assert!(now > 1_000, "the machine is up for less than 1,000 s");
+    let (idle, live): (Vec<_>, Vec<_>) = (0..3_010u32)
+        .flat_map(|n| udp_flow(n + 1, if n < 3_000 { now - 1_000 } else { now }))
+        .partition(|(_, v)| v.last_seen < now);
+    for (k, v) in idle.iter().chain(&live) {
+        ct.insert(k, v, 0).unwrap();
+    }
+    let count = |ct: &HashMap<MapData, Ct4Key, Ct4Value>| {
+        sys::read_hash::<Ct4Key, Ct4Value>(ct.map(), 4096)
+            .unwrap()
+            .into_iter()
+            .filter(|(k, _)| k.daddr == 0x0a60_000a || k.saddr == 0x0af4_0002)
+            .count()
+    };
+    assert_eq!(count(&ct), idle.len() + live.len());
+
+    // The agent's first pass collects at once.
+    lab.start_agent(&AgentOpts::default());
+    let took = wait_for("the idle flows removed", DEADLINE, || {
+        count(&ct) == live.len()
+    });
+    println!(
+        "latency: agent start -> {} idle entries removed: {} ms",
+        idle.len(),
+        took.as_millis()
+    );
+    for (k, v) in &live {
+        assert_eq!(ct.get(k, 0).ok().as_ref(), Some(v), "a live flow kept");
+    }
 }
