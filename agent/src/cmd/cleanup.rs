@@ -4,9 +4,10 @@
 //! `--cgroup`, ferry's links on that cgroup are detached outright, so even a
 //! hung agent's hooks go. Maps go with their pins once no program uses them.
 
-use std::{fs, path::Path};
+use std::{collections::BTreeSet, fs, io, os::unix::fs::MetadataExt as _, path::Path};
 
 use anyhow::Context as _;
+use aya::programs::{links::LinkType, loaded_links, loaded_programs};
 use tracing::{info, warn};
 
 use crate::{cli::CleanupArgs, datapath::sys, paths};
@@ -23,25 +24,59 @@ pub fn run(args: &CleanupArgs) -> anyhow::Result<()> {
 
 /// Detaches every cgroup link on `cgroup` whose program is ferry's.
 pub fn detach_from_cgroup(cgroup: &Path) -> anyhow::Result<usize> {
-    let id = sys::cgroup_id(cgroup).with_context(|| format!("cgroup {}", cgroup.display()))?;
-    let mut n = 0;
-    for link in sys::link_ids() {
-        let Ok(fd) = sys::link_fd(link) else { continue };
-        let Ok(info) = sys::link_info(&fd) else {
-            continue;
+    // A cgroup2 directory's inode number is the kernel's id of the cgroup.
+    let cgroup_id = fs::metadata(cgroup)
+        .with_context(|| format!("cgroup {}", cgroup.display()))?
+        .ino();
+    let mut ours = BTreeSet::new();
+    for prog in loaded_programs() {
+        let prog = match prog {
+            Ok(prog) => prog,
+            Err(e) if went_away(&e) => continue,
+            Err(e) => return Err(e).context("listing the kernel's bpf programs"),
         };
-        if info.kind != sys::BPF_LINK_TYPE_CGROUP || info.target != id {
-            continue;
-        }
-        if !sys::prog_name(info.prog_id)
-            .is_ok_and(|name| name.starts_with(paths::map_names::NAME_PREFIX))
+        if prog
+            .name()
+            .starts_with(paths::map_names::NAME_PREFIX.as_bytes())
         {
+            ours.insert(prog.id());
+        }
+    }
+    let mut n = 0;
+    for link in loaded_links() {
+        let link = match link {
+            Ok(link) => link,
+            Err(e) if went_away(&e) => continue,
+            Err(e) => return Err(e).context("listing the kernel's bpf links"),
+        };
+        if !matches!(link.link_type(), Ok(LinkType::Cgroup)) || !ours.contains(&link.program_id()) {
             continue;
         }
-        sys::link_detach(&fd).with_context(|| format!("detaching link {link}"))?;
+        let fd = match sys::link_fd(link.id()) {
+            Ok(fd) => fd,
+            Err(e) if went_away(&e) => continue,
+            Err(e) => return Err(e).with_context(|| format!("opening link {}", link.id())),
+        };
+        // Judged again on the descriptor we detach: what it is attached to
+        // now, and with which program.
+        let info = sys::link_info(&fd).with_context(|| format!("reading link {}", link.id()))?;
+        if info.attachment != sys::Attachment::Cgroup(cgroup_id) || !ours.contains(&info.prog_id) {
+            continue;
+        }
+        sys::link_detach(&fd).with_context(|| format!("detaching link {}", link.id()))?;
         n += 1;
     }
     Ok(n)
+}
+
+/// Whether a step of the walk met an object that went away meanwhile
+/// (ENOENT), rather than failing (no privilege, say).
+fn went_away(e: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(e), |e| e.source()).any(|e| {
+        e.downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+            == Some(libc::ENOENT)
+    })
 }
 
 /// Removes ferry's pins (links first, so hooks go before the maps they

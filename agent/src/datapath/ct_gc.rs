@@ -12,14 +12,16 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    os::fd::AsFd as _,
     sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
 use agent_common::{CT_PRESSURE_PERMILLE, Ct4Key, Ct4Value, ct_dir, ct_expired, maps as names};
-use aya::maps::{Array, Map, MapData};
+use aya::{
+    maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError},
+    sys::SyscallError,
+};
 use tracing::{debug, info, warn};
 
 use super::sys;
@@ -37,6 +39,8 @@ pub const GC_PERIOD: Duration = Duration::from_secs(30);
 /// Entries per BPF_MAP_LOOKUP_BATCH call.
 const BATCH: u32 = 4096;
 
+type Conntrack = HashMap<MapData, Ct4Key, Ct4Value>;
+
 /// The conntrack map's size and content at one moment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fill {
@@ -53,7 +57,7 @@ impl Fill {
 
 /// The conntrack map's fill now, from its pin (for `/metrics`).
 pub fn fill(pins: &PinDir) -> Result<Fill> {
-    let ct = open(pins, names::CT_V4)?;
+    let ct = open_conntrack(pins)?;
     Ok(Fill {
         entries: entries(&ct)?.len(),
         capacity: capacity(&ct)?,
@@ -71,7 +75,7 @@ impl ConntrackGc {
     /// thread; its first pass runs at once. Fails only if a map cannot be
     /// opened; later failures are logged and retried every period.
     pub fn spawn(pins: &PinDir) -> Result<ConntrackGc> {
-        let ct = open(pins, names::CT_V4)?;
+        let mut ct = open_conntrack(pins)?;
         let fill_map = open(pins, names::CT_FILL)?;
         let fill: Array<MapData, u32> = Map::from_map_data(fill_map)
             .and_then(Array::try_from)
@@ -80,7 +84,7 @@ impl ConntrackGc {
         let (stop, stopped) = mpsc::channel();
         let thread = thread::Builder::new()
             .name("ferry-ct-gc".into())
-            .spawn(move || run(&ct, fill, capacity, &stopped))
+            .spawn(move || run(&mut ct, fill, capacity, &stopped))
             .map_err(|source| Error::Io {
                 context: "starting the conntrack thread".into(),
                 source,
@@ -101,7 +105,12 @@ impl Drop for ConntrackGc {
     }
 }
 
-fn run(ct: &MapData, mut fill: Array<MapData, u32>, capacity: u32, stopped: &mpsc::Receiver<()>) {
+fn run(
+    ct: &mut Conntrack,
+    mut fill: Array<MapData, u32>,
+    capacity: u32,
+    stopped: &mpsc::Receiver<()>,
+) {
     let mut last_gc: Option<Instant> = None;
     let mut pressured = false;
     let mut last_error = String::new();
@@ -156,7 +165,7 @@ fn run(ct: &MapData, mut fill: Array<MapData, u32>, capacity: u32, stopped: &mps
 /// One look at the map: its fill (after the collection, with `gc`), written
 /// for the datapath, and the entries removed.
 fn pass(
-    ct: &MapData,
+    ct: &mut Conntrack,
     fill: &mut Array<MapData, u32>,
     capacity: u32,
     gc: bool,
@@ -166,10 +175,13 @@ fn pass(
     if gc {
         let all: BTreeMap<Ct4Key, Ct4Value> = all.iter().copied().collect();
         for k in stale_flows(&all, monotonic_seconds()) {
-            sys::delete(ct.fd().as_fd(), &k).map_err(|source| Error::Io {
-                context: format!("removing an idle flow from {}", names::CT_V4),
-                source,
-            })?;
+            match ct.remove(&k) {
+                Ok(()) => {}
+                // Evicted by the LRU meanwhile: gone all the same.
+                Err(MapError::SyscallError(SyscallError { io_error, .. }))
+                    if io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(Error::map(names::CT_V4, e)),
+            }
             removed += 1;
         }
     }
@@ -186,15 +198,22 @@ fn open(pins: &PinDir, name: &'static str) -> Result<MapData> {
     MapData::from_pin(pins.map(name)).map_err(|e| Error::map(name, e))
 }
 
-fn capacity(ct: &MapData) -> Result<u32> {
+fn open_conntrack(pins: &PinDir) -> Result<Conntrack> {
+    Map::from_map_data(open(pins, names::CT_V4)?)
+        .and_then(HashMap::try_from)
+        .map_err(|e| Error::map(names::CT_V4, e))
+}
+
+fn capacity(ct: &Conntrack) -> Result<u32> {
     Ok(ct
+        .map()
         .info()
         .map_err(|e| Error::map(names::CT_V4, e))?
         .max_entries())
 }
 
-fn entries(ct: &MapData) -> Result<Vec<(Ct4Key, Ct4Value)>> {
-    sys::read_hash(ct.fd().as_fd(), BATCH).map_err(|source| Error::Io {
+fn entries(ct: &Conntrack) -> Result<Vec<(Ct4Key, Ct4Value)>> {
+    sys::read_hash(ct.map(), BATCH).map_err(|source| Error::Io {
         context: format!("reading {}", names::CT_V4),
         source,
     })

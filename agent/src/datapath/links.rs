@@ -14,6 +14,7 @@ use std::{
     time::Duration,
 };
 
+use aya::programs::links::{FdLink, PinnedLink};
 use tracing::{info, warn};
 
 use super::{ifaces::Interface, loader::Loaded, sys, tc};
@@ -32,8 +33,12 @@ pub enum Target {
 struct Held {
     program: &'static str,
     target: Target,
-    /// Keeps the link alive whatever happens to its pin.
+    /// Keeps the link alive whatever happens to its pin. A descriptor of
+    /// our own, not aya's `FdLink`: aya neither says what an `FdLink` is
+    /// attached to nor pins one without consuming it.
     fd: OwnedFd,
+    /// The kernel's id of the link.
+    id: u32,
 }
 
 /// The links the agent made or adopted, by pin path.
@@ -45,7 +50,8 @@ pub struct Links {
 impl Links {
     /// Takes a descriptor on the link pinned at `pin`.
     pub fn hold(&mut self, program: &'static str, pin: PathBuf, target: Target) -> Result<()> {
-        let fd = sys::obj_get(&pin, 0).map_err(|e| Error::Link {
+        let opened = sys::obj_get(&pin, 0).and_then(|fd| Ok((sys::link_info(&fd)?.id, fd)));
+        let (id, fd) = opened.map_err(|e| Error::Link {
             name: program.to_string(),
             path: pin.clone(),
             detail: format!("opening the pinned link: {e}"),
@@ -56,6 +62,7 @@ impl Links {
                 program,
                 target,
                 fd,
+                id,
             },
         );
         Ok(())
@@ -120,21 +127,29 @@ impl LinkReport {
     }
 }
 
-/// What is wrong with one held link, most serious first.
+/// What is wrong with one held link, in the order of repair: a detached
+/// link is attached anew (nothing else to fix), and the pin is restored
+/// before a foreign program is swapped out through it.
 fn inspect(held: &Held, pin: &Path, prog_id: Option<u32>) -> Vec<Fault> {
     let info = match sys::link_info(&held.fd) {
-        Ok(info) if !info.detached() => info,
+        Ok(info) if info.attachment != sys::Attachment::Nothing => info,
         _ => return vec![Fault::Detached],
     };
     let mut faults = Vec::new();
+    if pinned(pin).ok().map(|p| p.1) != Some(held.id) {
+        faults.push(Fault::Unpinned);
+    }
     if prog_id.is_some_and(|id| id != info.prog_id) {
         faults.push(Fault::Replaced);
     }
-    let pinned = sys::obj_get(pin, 0).and_then(|fd| sys::link_info(&fd));
-    if pinned.map(|p| p.id).ok() != Some(info.id) {
-        faults.push(Fault::Unpinned);
-    }
     faults
+}
+
+/// The link pinned at `pin`, and its id.
+fn pinned(pin: &Path) -> Result<(FdLink, u32), String> {
+    let link = FdLink::from(PinnedLink::from_pin(pin).map_err(|e| e.to_string())?);
+    let id = link.info().map_err(|e| e.to_string())?.id();
+    Ok((link, id))
 }
 
 fn remove_pin(pin: &Path) -> io::Result<()> {
@@ -195,13 +210,17 @@ impl Loaded {
         let program = held.program;
         match fault {
             Fault::Replaced => {
-                let prog = self
-                    .ebpf
-                    .program(program)
-                    .ok_or("program missing")?
-                    .fd()
-                    .map_err(|e| e.to_string())?;
-                sys::link_update(&held.fd, prog).map_err(|e| format!("BPF_LINK_UPDATE: {e}"))
+                // Through the pin, restored first if it had gone (aya swaps
+                // programs only in an `FdLink`, made only from a pin).
+                let (link, id) = pinned(pin).map_err(|e| format!("opening the pin: {e}"))?;
+                if id != held.id {
+                    return Err(format!("the pin names link {id}, not {}", held.id));
+                }
+                match held.target {
+                    Target::Cgroup(_) => super::loader::swap_back(&mut self.ebpf, program, link),
+                    Target::Device(_) => tc::swap_back(&mut self.ebpf, program, link),
+                }
+                .map_err(|e| format!("BPF_LINK_UPDATE: {e}"))
             }
             Fault::Unpinned => {
                 remove_pin(pin).map_err(|e| format!("removing what is at the pin: {e}"))?;

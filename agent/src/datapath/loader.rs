@@ -201,14 +201,24 @@ pub(super) fn attach_sock_program(
     Ok(LinkOutcome::Attached)
 }
 
-/// Swaps `prog` into the pinned link (BPF_LINK_UPDATE): atomic, no detach.
+/// Swaps `prog` into the pinned link: atomic, no detach.
 fn replace_in_pinned_link(prog: &mut CgroupSockAddr, link_pin: &Path) -> Result<(), String> {
     let pinned = PinnedLink::from_pin(link_pin).map_err(|e| e.to_string())?;
-    let link = CgroupSockAddrLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())?;
+    replace(prog, pinned.into())
+}
+
+/// Swaps `prog` into `link` (BPF_LINK_UPDATE): atomic, no detach.
+fn replace(prog: &mut CgroupSockAddr, link: FdLink) -> Result<(), String> {
+    let link = CgroupSockAddrLink::try_from(link).map_err(|e| e.to_string())?;
     let id = prog.attach_to_link(link).map_err(|e| e.to_string())?;
-    // The pin keeps the link; our handle may go.
+    // The pin and the agent's descriptor keep the link; this handle may go.
     drop(prog.take_link(id).map_err(|e| e.to_string())?);
     Ok(())
+}
+
+/// Swaps ferry's socket program `name` back into its cgroup `link`.
+pub(super) fn swap_back(ebpf: &mut Ebpf, name: &str, link: FdLink) -> Result<(), String> {
+    replace(sock_program(ebpf, name).map_err(|e| e.to_string())?, link)
 }
 
 /// Forwards aya-log records from the kernel programs to `log` (and so to

@@ -68,7 +68,7 @@ impl Maps {
     pub fn open_pinned(dir: &PinDir) -> Result<Self> {
         let open = |name: &'static str| -> Result<Map> {
             let path = dir.map(name);
-            let fd = sys::obj_get(&path, sys::BPF_F_RDONLY).map_err(|source| Error::Io {
+            let fd = sys::obj_get(&path, sys::READ_ONLY).map_err(|source| Error::Io {
                 context: format!("opening map {name} read-only at {}", path.display()),
                 source,
             })?;

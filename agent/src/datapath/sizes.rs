@@ -23,7 +23,6 @@
 use std::{
     collections::BTreeMap,
     fs,
-    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
@@ -179,7 +178,7 @@ fn entries_in(name: &'static str, pin: &Path) -> Result<usize> {
 }
 
 fn read<K: aya::Pod, V: aya::Pod>(name: &'static str, map: &MapData) -> Result<Vec<(K, V)>> {
-    sys::read_hash(map.fd().as_fd(), BATCH).map_err(|source| Error::Io {
+    sys::read_hash(map, BATCH).map_err(|source| Error::Io {
         context: format!("reading {name}"),
         source,
     })

@@ -1,35 +1,58 @@
-//! The few bpf(2) commands aya does not expose: reading a map in batches
-//! (conntrack), walking the kernel's links to find ferry's on one cgroup
-//! (for `ferry cleanup --cgroup`, which must also remove links a hung agent
-//! still holds) and detaching them, and opening a pin with access flags
-//! (aya's `from_pin` always asks for read-write).
+//! The bpf(2) commands ferry needs and aya 0.16 does not expose. Each
+//! wrapper fills the kernel's own `union bpf_attr` (aya_obj's generated
+//! bindings), never byte offsets:
+//! - BPF_OBJ_GET with `file_flags`: aya's `from_pin` always opens
+//!   read-write, and its `PinnedLink` gives no descriptor to hold;
+//! - BPF_LINK_GET_FD_BY_ID and BPF_OBJ_GET_INFO_BY_FD for what a link is
+//!   attached to: aya's `LinkInfo` has its id, type and program only;
+//! - BPF_OBJ_PIN of a descriptor ferry holds: aya pins only an `FdLink`,
+//!   cannot make one from a descriptor, and consumes it (a failed pin would
+//!   close the hold that keeps the link attached);
+//! - BPF_LINK_DETACH;
+//! - BPF_MAP_LOOKUP_BATCH (conntrack reads).
+//!
+//! Walking the kernel's links and programs, swapping a program into a link
+//! and removing map entries go through aya.
 
 use std::{
-    io,
-    os::fd::{AsFd, AsRawFd as _, FromRawFd as _, OwnedFd},
+    ffi::CString,
+    io, mem,
+    os::{
+        fd::{AsFd, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::Path,
+    ptr,
 };
 
-const BPF_OBJ_PIN: libc::c_long = 6;
-const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
-const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
-const BPF_LINK_UPDATE: libc::c_long = 29;
-const BPF_LINK_GET_NEXT_ID: libc::c_long = 31;
-const BPF_LINK_DETACH: libc::c_long = 34;
-pub const BPF_LINK_TYPE_CGROUP: u32 = 3;
-pub const BPF_LINK_TYPE_TCX: u32 = 11;
-/// `file_flags` of BPF_OBJ_GET: the descriptor may only read the map.
-pub const BPF_F_RDONLY: u32 = 1 << 3;
+use aya::maps::{MapData, MapType};
+use aya_obj::generated::{BPF_F_RDONLY, bpf_attr, bpf_cmd, bpf_link_info, bpf_link_type};
 
-fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<libc::c_long> {
-    // SAFETY: attr is a zero-initialised union bpf_attr of ample size.
+/// `file_flags` of [`obj_get`]: the descriptor may only read the map.
+pub const READ_ONLY: u32 = BPF_F_RDONLY;
+
+/// An all-zero attribute: the kernel wants every byte a command does not
+/// use zeroed.
+fn zeroed_attr() -> bpf_attr {
+    // SAFETY: bpf_attr is a union of structs of integers, for which all
+    // zeroes is a valid value.
+    unsafe { mem::zeroed() }
+}
+
+/// bpf(2) itself.
+///
+/// # Safety
+/// Every pointer `cmd` reads from `attr` must be valid, for the reads and
+/// writes the kernel makes through it, until the call returns.
+unsafe fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<libc::c_long> {
+    // SAFETY: attr is a whole bpf_attr of the size passed; the caller
+    // vouches for the pointers in it.
     let r = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            cmd,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(attr),
+            cmd as libc::c_long,
+            ptr::from_mut(attr),
+            mem::size_of::<bpf_attr>(),
         )
     };
     if r < 0 {
@@ -39,182 +62,183 @@ fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<libc::c_long> {
     }
 }
 
-/// Opens a pinned object (BPF_OBJ_GET) with `file_flags` (0: read-write).
-pub fn obj_get(path: &std::path::Path, file_flags: u32) -> io::Result<OwnedFd> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut attr = [0u64; 16];
-    attr[0] = c.as_ptr() as u64; // pathname
-    attr[1] = u64::from(file_flags) << 32; // bpf_fd 0, file_flags
-    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
-    // SAFETY: the kernel returned a new descriptor we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+/// Takes ownership of a descriptor a command returned.
+fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other(format!("bpf(2) returned {fd}")))?;
+    // SAFETY: the kernel just opened it for us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Ids of every bpf link in the kernel.
-pub fn link_ids() -> Vec<u32> {
-    let mut ids = Vec::new();
-    let mut start = 0u32;
-    loop {
-        let mut attr = [0u64; 16];
-        attr[0] = u64::from(start); // start_id
-        if bpf(BPF_LINK_GET_NEXT_ID, &mut attr).is_err() {
-            return ids;
-        }
-        start = (attr[0] >> 32) as u32; // next_id
-        ids.push(start);
-    }
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 
+fn raw(fd: BorrowedFd<'_>) -> u32 {
+    // Descriptors are non-negative: the cast is exact.
+    fd.as_raw_fd() as u32
+}
+
+/// Opens a pinned object (BPF_OBJ_GET) with `file_flags` (0: read-write,
+/// [`READ_ONLY`]).
+pub fn obj_get(path: &Path, file_flags: u32) -> io::Result<OwnedFd> {
+    let path = c_path(path)?;
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_4.pathname = path.as_ptr().expose_provenance() as u64;
+    attr.__bindgen_anon_4.file_flags = file_flags;
+    // SAFETY: the only pointer is the NUL-terminated path, which the kernel
+    // reads and `path` keeps alive through the call.
+    let fd = unsafe { bpf(bpf_cmd::BPF_OBJ_GET, &mut attr) }?;
+    owned(fd)
+}
+
+/// Pins an object we hold a descriptor on (BPF_OBJ_PIN).
+pub fn obj_pin(fd: &impl AsFd, path: &Path) -> io::Result<()> {
+    let path = c_path(path)?;
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_4.pathname = path.as_ptr().expose_provenance() as u64;
+    attr.__bindgen_anon_4.bpf_fd = raw(fd.as_fd());
+    // SAFETY: as in obj_get: one NUL-terminated path, alive through the call.
+    unsafe { bpf(bpf_cmd::BPF_OBJ_PIN, &mut attr) }.map(drop)
+}
+
+/// A descriptor on the link with this id (BPF_LINK_GET_FD_BY_ID).
 pub fn link_fd(id: u32) -> io::Result<OwnedFd> {
-    let mut attr = [0u64; 16];
-    attr[0] = u64::from(id);
-    let fd = bpf(BPF_LINK_GET_FD_BY_ID, &mut attr)?;
-    // SAFETY: the kernel returned a new descriptor we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_6.__bindgen_anon_1.link_id = id;
+    // SAFETY: no pointer in the attribute.
+    let fd = unsafe { bpf(bpf_cmd::BPF_LINK_GET_FD_BY_ID, &mut attr) }?;
+    owned(fd)
+}
+
+/// What a link is attached to, as the kernel says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// A cgroup link, by the cgroup's id (its inode number in cgroup2).
+    Cgroup(u64),
+    /// A TCX link, by the device's ifindex.
+    Device(u32),
+    /// A cgroup or TCX link whose cgroup or device let it go (detached).
+    Nothing,
+    /// A link of another type.
+    Other,
 }
 
 /// What the kernel says about a link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LinkInfo {
-    pub kind: u32,
     pub id: u32,
     pub prog_id: u32,
-    /// Cgroup links: the cgroup's id, 0 once detached. TCX links: the
-    /// ifindex in the low 32 bits, 0 once detached.
-    pub target: u64,
+    pub attachment: Attachment,
 }
 
-impl LinkInfo {
-    pub fn detached(&self) -> bool {
-        match self.kind {
-            BPF_LINK_TYPE_TCX => self.target as u32 == 0,
-            _ => self.target == 0,
-        }
-    }
-}
-
+/// A link's id, program and target (BPF_OBJ_GET_INFO_BY_FD).
 pub fn link_info(fd: &impl AsFd) -> io::Result<LinkInfo> {
-    // struct bpf_link_info { u32 type; u32 id; u32 prog_id; union (8-aligned) {
-    //   struct { u64 cgroup_id; u32 attach_type; } cgroup;
-    //   struct { u32 ifindex; u32 attach_type; } tcx; ... } }
-    let mut info = [0u64; 32];
-    let mut attr = [0u64; 16];
-    attr[0] = fd.as_fd().as_raw_fd() as u32 as u64 | ((std::mem::size_of_val(&info) as u64) << 32);
-    attr[1] = info.as_mut_ptr() as u64;
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    // SAFETY: plain integers (and unions of them): all zeroes is valid.
+    let mut info: bpf_link_info = unsafe { mem::zeroed() };
+    let mut attr = zeroed_attr();
+    attr.info.bpf_fd = raw(fd.as_fd());
+    attr.info.info_len = mem::size_of::<bpf_link_info>() as u32;
+    attr.info.info = ptr::from_mut(&mut info).expose_provenance() as u64;
+    // SAFETY: the kernel writes at most info_len bytes to `info`, which is
+    // that big and outlives the call.
+    unsafe { bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
+    // SAFETY: each union member is read only for its own link type, and
+    // any bits are valid integers.
+    let attachment = unsafe {
+        match info.type_ {
+            t if t == bpf_link_type::BPF_LINK_TYPE_CGROUP as u32 => {
+                match info.__bindgen_anon_1.cgroup.cgroup_id {
+                    0 => Attachment::Nothing,
+                    id => Attachment::Cgroup(id),
+                }
+            }
+            t if t == bpf_link_type::BPF_LINK_TYPE_TCX as u32 => {
+                match info.__bindgen_anon_1.tcx.ifindex {
+                    0 => Attachment::Nothing,
+                    ifindex => Attachment::Device(ifindex),
+                }
+            }
+            _ => Attachment::Other,
+        }
+    };
     Ok(LinkInfo {
-        kind: info[0] as u32,
-        id: (info[0] >> 32) as u32,
-        prog_id: info[1] as u32,
-        target: info[2],
+        id: info.id,
+        prog_id: info.prog_id,
+        attachment,
     })
 }
 
-/// Swaps the program inside a link (BPF_LINK_UPDATE), atomically.
-pub fn link_update(link: &impl AsFd, prog: &impl AsFd) -> io::Result<()> {
-    let mut attr = [0u64; 16];
-    attr[0] =
-        link.as_fd().as_raw_fd() as u32 as u64 | ((prog.as_fd().as_raw_fd() as u32 as u64) << 32);
-    bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
+/// Detaches a link, whoever else holds it (BPF_LINK_DETACH).
+pub fn link_detach(fd: &impl AsFd) -> io::Result<()> {
+    let mut attr = zeroed_attr();
+    attr.link_detach.link_fd = raw(fd.as_fd());
+    // SAFETY: no pointer in the attribute.
+    unsafe { bpf(bpf_cmd::BPF_LINK_DETACH, &mut attr) }.map(drop)
 }
-
-/// Pins an object we hold a descriptor on (BPF_OBJ_PIN).
-pub fn obj_pin(fd: &impl AsFd, path: &std::path::Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut attr = [0u64; 16];
-    attr[0] = c.as_ptr() as u64;
-    attr[1] = fd.as_fd().as_raw_fd() as u32 as u64;
-    bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
-}
-
-/// The name the kernel holds for a program (up to 15 bytes).
-pub fn prog_name(id: u32) -> io::Result<String> {
-    let mut attr = [0u64; 16];
-    attr[0] = u64::from(id);
-    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)?;
-    // SAFETY: new descriptor owned here.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    // struct bpf_prog_info: name[16] is at byte offset 64.
-    let mut info = [0u8; 256];
-    let mut attr = [0u64; 16];
-    attr[0] = fd.as_raw_fd() as u32 as u64 | ((info.len() as u64) << 32);
-    attr[1] = info.as_mut_ptr() as u64;
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    let name = &info[64..80];
-    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-    Ok(String::from_utf8_lossy(&name[..end]).into_owned())
-}
-
-pub fn link_detach(fd: &OwnedFd) -> io::Result<()> {
-    let mut attr = [0u64; 16];
-    attr[0] = fd.as_raw_fd() as u32 as u64;
-    bpf(BPF_LINK_DETACH, &mut attr).map(|_| ())
-}
-
-/// A cgroup v2 directory's id is its inode number.
-pub fn cgroup_id(path: &std::path::Path) -> io::Result<u64> {
-    use std::os::unix::fs::MetadataExt as _;
-    Ok(std::fs::metadata(path)?.ino())
-}
-
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
 /// Every entry of a hash map, read `chunk` at a time with BPF_MAP_LOOKUP_BATCH
 /// (Linux 5.6): a few syscalls for a map of 100,000s of entries, where
 /// walking it key by key takes two per entry. Entries added or removed
 /// meanwhile may or may not be seen, as with any walk. `chunk` must be at
 /// least the longest hash bucket (ENOSPC otherwise): thousands are plenty.
-pub fn read_hash<K: aya::Pod, V: aya::Pod>(
-    map: std::os::fd::BorrowedFd<'_>,
-    chunk: u32,
-) -> io::Result<Vec<(K, V)>> {
+/// The map must be a (LRU) hash of K to V: the kernel copies its own sizes,
+/// so any other map (a pin replaced by someone, say) is refused.
+pub fn read_hash<K: aya::Pod, V: aya::Pod>(map: &MapData, chunk: u32) -> io::Result<Vec<(K, V)>> {
+    let info = map.info().map_err(io::Error::other)?;
+    let hash = matches!(info.map_type(), Ok(MapType::Hash | MapType::LruHash));
+    if !hash
+        || info.key_size() as usize != mem::size_of::<K>()
+        || info.value_size() as usize != mem::size_of::<V>()
+        || chunk == 0
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "map {} ({:?}, key {} B, value {} B) is not a hash of {} B keys to {} B values (chunk {chunk})",
+                info.id(),
+                info.map_type(),
+                info.key_size(),
+                info.value_size(),
+                mem::size_of::<K>(),
+                mem::size_of::<V>()
+            ),
+        ));
+    }
+    let fd = raw(map.fd().as_fd());
     let mut out = Vec::new();
     // SAFETY: K and V are plain old data; zeroes are valid values.
-    let mut keys: Vec<K> = vec![unsafe { std::mem::zeroed() }; chunk as usize];
-    let mut values: Vec<V> = vec![unsafe { std::mem::zeroed() }; chunk as usize];
-    // Hash maps use a 4-byte bucket cursor.
+    let mut keys: Vec<K> = vec![unsafe { mem::zeroed() }; chunk as usize];
+    let mut values: Vec<V> = vec![unsafe { mem::zeroed() }; chunk as usize];
+    // The kernel's cursor: 4 bytes for hash maps, room for 8.
     let (mut cursor_in, mut cursor_out) = (0u64, 0u64);
     let mut first = true;
     loop {
-        // union bpf_attr.batch: in_batch, out_batch, keys, values, count|map_fd, elem_flags, flags.
-        let mut attr = [0u64; 16];
-        attr[0] = if first {
-            0
-        } else {
-            &mut cursor_in as *mut u64 as u64
-        };
-        attr[1] = &mut cursor_out as *mut u64 as u64;
-        attr[2] = keys.as_mut_ptr() as u64;
-        attr[3] = values.as_mut_ptr() as u64;
-        attr[4] = u64::from(chunk) | (u64::from(map.as_raw_fd() as u32) << 32);
-        let done = match bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+        let mut attr = zeroed_attr();
+        // No in_batch: from the start.
+        if !first {
+            attr.batch.in_batch = ptr::from_mut(&mut cursor_in).expose_provenance() as u64;
+        }
+        attr.batch.out_batch = ptr::from_mut(&mut cursor_out).expose_provenance() as u64;
+        attr.batch.keys = keys.as_mut_ptr().expose_provenance() as u64;
+        attr.batch.values = values.as_mut_ptr().expose_provenance() as u64;
+        attr.batch.count = chunk;
+        attr.batch.map_fd = fd;
+        // SAFETY: keys and values have room for `count` entries of the
+        // map's key and value sizes (checked above; a map's sizes never
+        // change), the cursors for 8 bytes; all outlive the call.
+        let done = match unsafe { bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr) } {
             Ok(_) => false,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
             Err(e) => return Err(e),
         };
-        let n = (attr[4] as u32).min(chunk) as usize;
+        // SAFETY: an integer the kernel set to the entries it copied.
+        let n = unsafe { attr.batch.count }.min(chunk) as usize;
         out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
         if done {
             return Ok(out);
         }
         cursor_in = cursor_out;
         first = false;
-    }
-}
-
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
-
-/// Deletes one key (already gone is fine).
-pub fn delete<K: aya::Pod>(map: std::os::fd::BorrowedFd<'_>, key: &K) -> io::Result<()> {
-    let mut attr = [0u64; 16];
-    attr[0] = u64::from(map.as_raw_fd() as u32);
-    attr[1] = key as *const K as u64;
-    match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
-        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
-        _ => Ok(()),
     }
 }

@@ -2,11 +2,7 @@
 //! through pinned links so they survive agent restarts and are replaced in
 //! place (BPF_LINK_UPDATE) by the next agent.
 
-use std::{
-    collections::BTreeSet,
-    fs,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeSet, fs, path::PathBuf};
 
 use aya::{
     Ebpf,
@@ -96,7 +92,8 @@ pub fn attach_program(
     let pin = pins.link(&pin_name(dir, &iface.name));
     let prog = classifier(ebpf, name)?;
     if pin.exists() {
-        match replace(prog, &pin) {
+        let pinned = PinnedLink::from_pin(&pin).map_err(|e| e.to_string());
+        match pinned.and_then(|link| replace(prog, link.into())) {
             Ok(()) => {
                 info!(program = name, device = %iface.name, "replaced in its pinned link");
                 return Ok(Some(pin));
@@ -131,12 +128,18 @@ pub fn attach_program(
     }
 }
 
-fn replace(prog: &mut SchedClassifier, pin: &Path) -> Result<(), String> {
-    let pinned = PinnedLink::from_pin(pin).map_err(|e| e.to_string())?;
-    let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())?;
+/// Swaps `prog` into `link` (BPF_LINK_UPDATE): atomic, never detached.
+fn replace(prog: &mut SchedClassifier, link: FdLink) -> Result<(), String> {
+    let link = SchedClassifierLink::try_from(link).map_err(|e| e.to_string())?;
     let id = prog.attach_to_link(link).map_err(|e| e.to_string())?;
+    // The pin and the agent's descriptor keep the link; this handle may go.
     drop(prog.take_link(id).map_err(|e| e.to_string())?);
     Ok(())
+}
+
+/// Swaps ferry's north-south `program` back into its TCX `link`.
+pub(super) fn swap_back(ebpf: &mut Ebpf, program: &str, link: FdLink) -> Result<(), String> {
+    replace(classifier(ebpf, program).map_err(|e| e.to_string())?, link)
 }
 
 /// Detaches the programs from devices no longer wanted (their pins go).
