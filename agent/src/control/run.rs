@@ -263,6 +263,7 @@ impl Loop {
             backends: p.backend_count(),
             service_entries: p.service_entries(),
             rev_nat: p.rev_nat_count(),
+            map_writes: p.writes(),
         };
         let reasons: Vec<&'static str> = o.failed.iter().map(|(_, _, e)| e.reason()).collect();
         self.metrics.sync_done(f.took, programmed, &reasons);

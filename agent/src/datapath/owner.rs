@@ -145,7 +145,10 @@ impl Datapath {
             icmp_burst: icmp.burst,
             icmp_source_interval_ms: icmp.source_interval_ms,
         };
-        self.maps_mut().node_config.set(0, &cfg, 0)?;
+        // Written only when it differs: a restart over the same node writes nothing.
+        if self.maps_mut().node_config.get(&0, 0).ok() != Some(cfg) {
+            self.maps_mut().node_config.set(0, &cfg, 0)?;
+        }
         let (added, removed) = sync_cluster_nodes(self.maps_mut(), &node.cluster_node_ips)?;
         if added + removed > 0 {
             debug!(
@@ -163,10 +166,11 @@ impl Datapath {
                 .unwrap_or(&iface.ipv4[0]);
             let entry = (iface.index, ip);
             let prev = self.attached.get(&iface.name).copied();
-            if prev != Some(entry) {
-                self.maps_mut()
-                    .node_addr
-                    .insert(&iface.index, &codec::ip_raw(ip), 0)?;
+            let raw = codec::ip_raw(ip);
+            if prev != Some(entry)
+                && self.maps_mut().node_addr.get(&iface.index, 0).ok() != Some(raw)
+            {
+                self.maps_mut().node_addr.insert(&iface.index, &raw, 0)?;
             }
             if prev.map(|p| p.0) != Some(iface.index) {
                 self.loaded.attach_tc(iface)?;

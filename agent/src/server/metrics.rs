@@ -73,6 +73,9 @@ pub struct Programmed {
     pub backends: usize,
     pub service_entries: u32,
     pub rev_nat: usize,
+    /// Map updates and deletes the programmer issued since the agent
+    /// started (a restart over an unchanged cluster issues none).
+    pub map_writes: u64,
 }
 
 struct Inner {
@@ -205,6 +208,12 @@ impl Metrics {
         );
 
         let p = m.programmed;
+        counter(
+            &mut out,
+            "ferry_map_writes_total",
+            "Service, backend and reverse-NAT map updates and deletes since the agent started",
+            p.map_writes,
+        );
         gauge(
             &mut out,
             "ferry_frontends_programmed",
