@@ -186,7 +186,7 @@ mod tests {
     fn agent(args: &[&str]) -> Result<AgentArgs, clap::Error> {
         let argv = ["ferry", "agent"].iter().chain(args);
         Cli::try_parse_from(argv).map(|c| match c.command {
-            Command::Agent(a) => a,
+            Command::Agent(a) => *a,
             _ => unreachable!("parsed as the agent"),
         })
     }

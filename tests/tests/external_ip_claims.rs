@@ -15,11 +15,14 @@ mod agent_view;
 
 use std::time::Duration;
 
-use agent_view::{AgentView, absent, has_diagnostic, serves, wait_for};
+use agent_view::{AgentView, has_diagnostic, serves, wait_for};
 use ferry::model::Protocol;
 use ferry_tests::{
-    AgentOpts, Attempt, Cluster, Endpoint, EndpointSlice, Pod, Service, cluster::EXTERNAL_IP_RANGE,
-    manifests::Manifest, require_root,
+    AgentOpts, Attempt, Cluster, Endpoint, EndpointSlice, Pod, Service,
+    cluster::EXTERNAL_IP_RANGE,
+    manifests::Manifest,
+    require_root,
+    services::{frontend, has_address},
 };
 use serde_json::json;
 
@@ -181,10 +184,13 @@ fn a_tenant_cannot_take_the_dns_address_and_external_ips_are_checked() {
         println!("diagnostic: {d}");
     }
     for proto in [Protocol::Udp, Protocol::Tcp] {
-        let f = agent_view::frontend(&v, DNS_IP, 53, proto).expect("kube-dns's frontend");
+        let f = frontend(&v, DNS_IP, 53, proto).expect("kube-dns's frontend");
         assert_eq!(f.service.as_deref(), Some("kube-system/kube-dns"), "{f:?}");
     }
-    assert!(absent(&v, &node1_ip), "nothing on the node's address");
+    assert!(
+        !has_address(&v, node1_ip.as_str()),
+        "nothing on the node's address"
+    );
     dns_answers(&c, &client, &dns);
     not_served(&c, &ext1, &format!("{node1_ip}:80"));
     // Without kube-dns the address is free and the tenant's claim is served (what
@@ -240,8 +246,8 @@ fn a_tenant_cannot_take_the_dns_address_and_external_ips_are_checked() {
     let (v, _) = node1.wait_services(
         "externalIPs checked against the ranges",
         |v| {
-            absent(v, IN_CIDR)
-                && absent(v, OUTSIDE)
+            !has_address(v, IN_CIDR)
+                && !has_address(v, OUTSIDE)
                 && serves(v, INSIDE, 80, Protocol::Tcp, &tenant_eps)
                 && serves(v, DNS_IP, 53, Protocol::Udp, &dns_eps)
                 && has_diagnostic(v, &["aaa/in-cidr", &in_cidr_why])

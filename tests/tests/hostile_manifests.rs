@@ -12,10 +12,13 @@ mod agent_view;
 
 use std::{fs, io::Write as _, time::Duration};
 
-use agent_view::{AgentView, absent, frontend, has_diagnostic, serves};
+use agent_view::{AgentView, has_diagnostic, serves};
 use ferry::{cmd::services::ServicesView, model::Protocol, source::manifests::Limits};
 use ferry_tests::{
-    AgentOpts, Endpoint, EndpointSlice, Lab, Pod, Service, manifests::Manifest, require_root,
+    AgentOpts, Endpoint, EndpointSlice, Lab, Pod, Service,
+    manifests::Manifest,
+    require_root,
+    services::{frontend, has_address},
 };
 
 /// How long a manifest change may take to reach the kernel (no benchmark).
@@ -235,7 +238,7 @@ fn names_the_api_server_would_refuse_are_refused_and_nothing_is_programmed_for_t
         println!("diagnostic: {d}");
     }
     for ip in ["10.96.0.20", "10.96.0.21"] {
-        assert!(absent(&v, ip), "nothing programmed at {ip}: {v:#?}");
+        assert!(!has_address(&v, ip), "nothing programmed at {ip}: {v:#?}");
         not_served(&lab, &client, &format!("{ip}:80"));
     }
     answered_by(&lab, &client, &format!("{VIP}:80"), &[b1], 3);

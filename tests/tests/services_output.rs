@@ -10,12 +10,13 @@ mod agent_view;
 
 use std::{collections::BTreeSet, time::Duration};
 
-use agent_view::{AgentView, frontend, serves, wait_for};
+use agent_view::{AgentView, serves, wait_for};
 use ferry::model::Protocol;
 use ferry_tests::{
     AgentOpts, Cluster, Endpoint, EndpointSlice, Service,
     cluster::{EXT1_IP, LB_RANGE},
     require_root,
+    services::frontend,
 };
 
 const DEADLINE: Duration = Duration::from_secs(10);

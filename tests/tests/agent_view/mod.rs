@@ -11,15 +11,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ferry::{
-    cmd::services::{FrontendView, ServicesView},
-    model::{Protocol, Scope},
-};
+use ferry::{cmd::services::ServicesView, model::Protocol};
 use ferry_tests::{
     Cluster, Lab,
     flood::http_get_in,
     lab::HEALTHZ_PORT,
     proc::{self, Placement},
+    services::{active_is, frontend},
 };
 
 /// How often a condition is polled (each `ferry services` is a process).
@@ -155,40 +153,12 @@ impl AgentView {
     }
 }
 
-/// The external-scope frontend `address:port/protocol`, if the view has it.
-pub fn frontend<'a>(
-    v: &'a ServicesView,
-    address: &str,
-    port: u16,
-    protocol: Protocol,
-) -> Option<&'a FrontendView> {
-    let ip: Ipv4Addr = address.parse().expect("an IPv4 address");
-    v.frontends.iter().find(|f| {
-        f.address == ip && f.port == port && f.protocol == protocol && f.scope == Scope::External
-    })
+/// The frontend's status ("programmed", "error"; empty when the view has no such frontend).
+pub fn status(v: &ServicesView, address: &str, port: u16, protocol: Protocol) -> String {
+    frontend(v, address, port, protocol).map_or_else(String::new, |f| f.status.clone())
 }
 
-/// The frontend's status ("programmed", "error"), if the view has it.
-pub fn status<'a>(v: &'a ServicesView, address: &str, port: u16, protocol: Protocol) -> &'a str {
-    frontend(v, address, port, protocol).map_or("", |f| f.status.as_str())
-}
-
-/// The frontend's active backends as sorted "ip:port" (empty when it is missing).
-pub fn active(v: &ServicesView, address: &str, port: u16, protocol: Protocol) -> Vec<String> {
-    let mut list: Vec<String> = frontend(v, address, port, protocol)
-        .map(|f| {
-            f.backends
-                .iter()
-                .filter(|b| b.state == "active")
-                .filter_map(|b| Some(format!("{}:{}", b.address?, b.port?)))
-                .collect()
-        })
-        .unwrap_or_default();
-    list.sort();
-    list
-}
-
-/// True when the frontend is programmed with exactly these active backends.
+/// True when the frontend is programmed with exactly these active backends ("ip:port").
 pub fn serves(
     v: &ServicesView,
     address: &str,
@@ -196,15 +166,9 @@ pub fn serves(
     protocol: Protocol,
     want: &[String],
 ) -> bool {
-    let mut want = want.to_vec();
-    want.sort();
-    status(v, address, port, protocol) == "programmed" && active(v, address, port, protocol) == want
-}
-
-/// True when no frontend has this address.
-pub fn absent(v: &ServicesView, address: &str) -> bool {
-    let ip: Ipv4Addr = address.parse().expect("an IPv4 address");
-    v.frontends.iter().all(|f| f.address != ip)
+    let want: Vec<&str> = want.iter().map(String::as_str).collect();
+    status(v, address, port, protocol) == "programmed"
+        && active_is(v, address, port, protocol, &want)
 }
 
 /// True when one of the agent's diagnostics contains every one of `parts`.
