@@ -1,6 +1,8 @@
-//! A running agent as its operator sees it, asked from inside its node's network namespace
-//! (where it listens): `ferry services` joined with the agent's status (read as the typed
-//! `ServicesView`, the JSON contract), its health and metrics endpoints, and its log.
+//! A running agent as its operator sees it, asked from inside its node's network namespace:
+//! `ferry services` joined with the agent's status (frontend errors, diagnostics; read as the
+//! typed `ServicesView`, the JSON contract), and its health and metrics endpoints. The agent
+//! listens on 127.0.0.1 of that namespace, so `ferry services` run from the root namespace (as
+//! `Lab::services` does) shows the kernel's state without the agent's status.
 #![allow(dead_code)]
 
 use std::{
