@@ -136,7 +136,8 @@ impl Fixture {
         self.hash::<u32, u32>(m::NODE_ADDR_V4)?
             .insert(&IFINDEX, &raw(NODE), 0)?;
         // The cluster's node addresses: a DSR option may name a NodePort on them.
-        self.hash::<u32, u8>(m::NODES_V4)?.insert(&raw(NODE), &1, 0)?;
+        self.hash::<u32, u8>(m::NODES_V4)?
+            .insert(&raw(NODE), &1, 0)?;
         self.node_config(false)?;
         for &(id, ip, port, proto, local) in BACKENDS {
             let b = Backend4 {
