@@ -835,20 +835,26 @@ pub fn parse_ip_sloppy(s: &str) -> Option<IpAddr> {
     s.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6)
 }
 
-/// The IPv4 half of [`parse_ip_sloppy`]: four decimal octets, each 1 to 3
-/// digits with leading zeros allowed, value at most 255.
+/// The IPv4 half of [`parse_ip_sloppy`], as Go 1.16's `parseIPv4` (which
+/// k8s.io/utils forked): four dot-separated runs of decimal digits, any
+/// number of leading zeros, each at most 255.
 pub fn parse_ipv4_sloppy(s: &str) -> Option<Ipv4Addr> {
     let mut octets = [0u8; 4];
     let mut parts = s.split('.');
     for o in &mut octets {
         let part = parts.next()?;
-        if part.is_empty() || part.len() > 3 || !part.bytes().all(|b| b.is_ascii_digit()) {
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
-        *o = part
-            .parse::<u16>()
-            .ok()
-            .and_then(|v| u8::try_from(v).ok())?;
+        // Leading zeros never overflow; the value does (Go stops at 0xFFFFFF).
+        let digits = part.trim_start_matches('0');
+        *o = if digits.is_empty() {
+            0
+        } else if digits.len() > 3 {
+            return None;
+        } else {
+            u8::try_from(digits.parse::<u16>().ok()?).ok()?
+        };
     }
     parts.next().is_none().then_some(Ipv4Addr::from(octets))
 }
@@ -857,28 +863,46 @@ pub fn parse_ipv4_sloppy(s: &str) -> Option<Ipv4Addr> {
 mod tests {
     use super::*;
 
+    /// Go 1.16's `net.ParseIP` (what `netutils.ParseIPSloppy` is), case by
+    /// case: what it reads, and what it refuses.
     #[test]
-    fn sloppy_ipv4_accepts_leading_zeros_as_decimal() {
-        assert_eq!(
-            parse_ipv4_sloppy("172.30.0.041"),
-            Some(Ipv4Addr::new(172, 30, 0, 41))
-        );
-        assert_eq!(
-            parse_ipv4_sloppy("010.001.002.003"),
-            Some(Ipv4Addr::new(10, 1, 2, 3))
-        );
+    fn sloppy_ipv4_reads_what_go_1_16_reads() {
+        let reads = [
+            ("172.30.0.041", [172, 30, 0, 41]),
+            ("010.001.002.003", [10, 1, 2, 3]),
+            ("0001.2.3.4", [1, 2, 3, 4]),
+            ("000000000000000010.0.0.1", [10, 0, 0, 1]),
+            ("0.0.0.0", [0, 0, 0, 0]),
+            ("255.255.255.255", [255, 255, 255, 255]),
+            ("00255.0.0.00", [255, 0, 0, 0]),
+        ];
+        for (text, octets) in reads {
+            assert_eq!(
+                parse_ipv4_sloppy(text),
+                Some(Ipv4Addr::from(octets)),
+                "{text:?}"
+            );
+        }
         for bad in [
             "256.0.0.1",
+            "1000.0.0.1",
+            "99999999999999999999.0.0.1",
             "1.2.3",
             "1.2.3.4.5",
             "1..2.3",
-            "0001.2.3.4",
+            "1.2.3.",
+            ".1.2.3",
             "a.b.c.d",
+            "1.2.3.4a",
+            "+1.2.3.4",
+            "0x1.2.3.4",
             " 1.2.3.4",
+            "1.2.3.4 ",
             "",
         ] {
             assert_eq!(parse_ipv4_sloppy(bad), None, "{bad:?}");
         }
         assert!(matches!(parse_ip_sloppy("fd00::1"), Some(IpAddr::V6(_))));
+        assert!(matches!(parse_ip_sloppy("010.0.0.1"), Some(IpAddr::V4(_))));
     }
 }

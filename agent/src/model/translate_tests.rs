@@ -1531,6 +1531,213 @@ endpoints:
     assert_eq!(run(&yaml("trafficDistribution: PreferClose,", "")).0, [all]);
 }
 
+/// kube-proxy's endpoint choice for cluster-wide traffic
+/// (pkg/proxy/topology.go `CategorizeEndpoints`, `topologyModeFromHints`,
+/// `availableForTopology`), as a table: this node is node-a in zone-a;
+/// each row gives the endpoints (address suffix, ready, serving,
+/// terminating, node hints, zone hints) and the suffixes kube-proxy keeps.
+#[test]
+fn topology_follows_kube_proxys_rules_case_by_case() {
+    struct Ep {
+        n: u8,
+        ready: bool,
+        terminating: bool,
+        nodes: &'static [&'static str],
+        zones: &'static [&'static str],
+    }
+    const fn ep(n: u8, nodes: &'static [&'static str], zones: &'static [&'static str]) -> Ep {
+        Ep {
+            n,
+            ready: true,
+            terminating: false,
+            nodes,
+            zones,
+        }
+    }
+    const fn unready(n: u8, nodes: &'static [&'static str], zones: &'static [&'static str]) -> Ep {
+        Ep {
+            n,
+            ready: false,
+            terminating: false,
+            nodes,
+            zones,
+        }
+    }
+    const fn draining(n: u8, zones: &'static [&'static str]) -> Ep {
+        Ep {
+            n,
+            ready: false,
+            terminating: true,
+            nodes: &[],
+            zones,
+        }
+    }
+    let cases: &[(&str, bool, &[Ep], &[u8])] = &[
+        (
+            "no hints: every ready endpoint",
+            true,
+            &[ep(1, &[], &[]), ep(2, &[], &[])],
+            &[1, 2],
+        ),
+        (
+            "all zone-hinted, some for this zone: those",
+            true,
+            &[
+                ep(1, &[], &["zone-a"]),
+                ep(2, &[], &["zone-b"]),
+                ep(3, &[], &["zone-c"]),
+                ep(4, &[], &["zone-a"]),
+            ],
+            &[1, 4],
+        ),
+        (
+            "an endpoint hinted for several zones counts for each",
+            true,
+            &[ep(1, &[], &["zone-a", "zone-b"]), ep(2, &[], &["zone-b"])],
+            &[1],
+        ),
+        (
+            "one ready endpoint without hints: hints ignored",
+            true,
+            &[
+                ep(1, &[], &["zone-a"]),
+                ep(2, &[], &["zone-b"]),
+                ep(3, &[], &[]),
+            ],
+            &[1, 2, 3],
+        ),
+        (
+            "no endpoint hinted for this zone: hints ignored",
+            true,
+            &[ep(1, &[], &["zone-b"]), ep(2, &[], &["zone-c"])],
+            &[1, 2],
+        ),
+        (
+            "this node has no zone label: zone hints ignored",
+            false,
+            &[ep(1, &[], &["zone-a"]), ep(2, &[], &["zone-b"])],
+            &[1, 2],
+        ),
+        (
+            "an unready endpoint without hints does not count",
+            true,
+            &[
+                ep(1, &[], &["zone-a"]),
+                ep(2, &[], &["zone-b"]),
+                unready(3, &[], &[]),
+            ],
+            &[1],
+        ),
+        (
+            "all node-hinted, one for this node: only those (PreferSameNode)",
+            true,
+            &[
+                ep(1, &["node-a"], &["zone-a"]),
+                ep(2, &["node-b"], &["zone-a"]),
+                ep(3, &["node-c"], &["zone-b"]),
+            ],
+            &[1],
+        ),
+        (
+            "all node-hinted, none for this node: zone hints decide",
+            true,
+            &[
+                ep(1, &["node-b"], &["zone-a"]),
+                ep(2, &["node-c"], &["zone-b"]),
+            ],
+            &[1],
+        ),
+        (
+            "one without a node hint: zone hints decide",
+            true,
+            &[
+                ep(1, &["node-a"], &["zone-b"]),
+                ep(2, &[], &["zone-a"]),
+                ep(3, &["node-c"], &["zone-b"]),
+            ],
+            &[2],
+        ),
+        (
+            "node hints without zone hints, none for this node: every endpoint",
+            true,
+            &[ep(1, &["node-b"], &[]), ep(2, &["node-c"], &[])],
+            &[1, 2],
+        ),
+        (
+            "no ready endpoint: the serving terminating ones, whatever their hints",
+            true,
+            &[
+                draining(1, &["zone-b"]),
+                draining(2, &["zone-c"]),
+                unready(3, &[], &["zone-a"]),
+            ],
+            &[1, 2],
+        ),
+        (
+            "nothing usable: no endpoint (the datapath rejects)",
+            true,
+            &[unready(1, &[], &["zone-a"])],
+            &[],
+        ),
+    ];
+    let names = |list: &[&str]| {
+        list.iter()
+            .map(|n| format!("{{name: {n}}}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (what, zoned, eps, want) in cases {
+        let label = if *zoned {
+            ", labels: {topology.kubernetes.io/zone: zone-a}"
+        } else {
+            ""
+        };
+        let mut yaml = format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: node-a{label}}}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\n\
+             spec: {{clusterIP: 10.96.0.40, ports: [{{name: http, port: 80}}]}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: web-1, labels: {{kubernetes.io/service-name: web}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n"
+        );
+        for e in *eps {
+            let mut hints = Vec::new();
+            if !e.nodes.is_empty() {
+                hints.push(format!("forNodes: [{}]", names(e.nodes)));
+            }
+            if !e.zones.is_empty() {
+                hints.push(format!("forZones: [{}]", names(e.zones)));
+            }
+            yaml += &format!(
+                "- {{addresses: [10.1.0.{}], conditions: {{ready: {}, serving: {}, terminating: {}}}, \
+                 hints: {{{}}}}}\n",
+                e.n,
+                e.ready,
+                e.ready || e.terminating,
+                e.terminating,
+                hints.join(", ")
+            );
+        }
+        let backends: Vec<String> = want.iter().map(|n| format!("10.1.0.{n}:8080")).collect();
+        let draining = want
+            .iter()
+            .all(|n| eps.iter().any(|e| e.n == *n && e.terminating));
+        let suffix = if draining && !want.is_empty() {
+            " terminating"
+        } else {
+            ""
+        };
+        assert_eq!(
+            run(&yaml).0,
+            [format!(
+                "10.96.0.40:80/TCP ClusterIP -> [{}]{suffix}",
+                backends.join(" ")
+            )],
+            "{what}"
+        );
+    }
+}
+
 #[test]
 fn every_nodes_ipv4_addresses_are_the_cluster_node_ips() {
     let yaml = r#"
