@@ -1,10 +1,13 @@
 //! Command-line interface. The agent's flags follow kube-proxy's names.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{model::Cidr4, paths::DEFAULT_BPFFS, source::kube::InitialList};
+use crate::{
+    model::Cidr4, paths::DEFAULT_BPFFS, server::proxy_health::DEFAULT_SYNC_PERIOD,
+    source::kube::InitialList,
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, about = "An eBPF replacement for kube-proxy")]
@@ -99,6 +102,25 @@ pub struct AgentArgs {
     /// whatever this says.
     #[arg(long, value_name = "DURATION", default_value = "1h")]
     pub full_sync_period: humantime::Duration,
+    /// kube-proxy's --sync-period: the control loop turns at least this
+    /// often, and /healthz and /livez fail when an update has waited, or
+    /// the loop has not turned, for 2 × this (kube-proxy's healthz timeout).
+    /// A Service that cannot be programmed never counts.
+    #[arg(long, value_name = "DURATION",
+          default_value_t = humantime::Duration::from(DEFAULT_SYNC_PERIOD),
+          value_parser = sync_period)]
+    pub sync_period: humantime::Duration,
+}
+
+/// At least a second: /healthz and /livez would flap on a loaded node below.
+fn sync_period(s: &str) -> Result<humantime::Duration, String> {
+    let d: humantime::Duration = s.parse().map_err(|e| format!("{e}"))?;
+    if *d < Duration::from_secs(1) {
+        return Err(format!(
+            "{s} is too short: at least 1s (/healthz and /livez fail after 2 × the sync period)"
+        ));
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Args)]
@@ -155,4 +177,28 @@ pub enum LbAlgorithm {
 pub enum Output {
     Table,
     Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(args: &[&str]) -> Result<AgentArgs, clap::Error> {
+        let argv = ["ferry", "agent"].iter().chain(args);
+        Cli::try_parse_from(argv).map(|c| match c.command {
+            Command::Agent(a) => *a,
+            _ => unreachable!("parsed as the agent"),
+        })
+    }
+
+    #[test]
+    fn sync_period_defaults_to_kube_proxys_and_refuses_under_a_second() {
+        assert_eq!(*agent(&[]).unwrap().sync_period, DEFAULT_SYNC_PERIOD);
+        let a = agent(&["--sync-period", "1s"]).unwrap();
+        assert_eq!(*a.sync_period, Duration::from_secs(1));
+        for bad in ["0s", "500ms", "soon"] {
+            let e = agent(&["--sync-period", bad]).unwrap_err().to_string();
+            assert!(e.contains("--sync-period"), "{bad}: {e}");
+        }
+    }
 }

@@ -183,6 +183,10 @@ impl ApiServer {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     };
+                    // As Go's net package does for every TCP connection (and so
+                    // kube-apiserver): without it a watch event written while the
+                    // previous one is unacknowledged waits for the delayed ACK (40 ms).
+                    let _ = tcp.set_nodelay(true);
                     let (acceptor, shared) = (acceptor.clone(), shared.clone());
                     let conn = tokio::spawn(async move {
                         let Ok(tls) = acceptor.accept(tcp).await else {

@@ -49,7 +49,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // Before any server binds: idle connections must not run us out of files.
     crate::server::fd_limit::raise_soft_to_hard();
 
-    let health = ProxyHealth::default();
+    let health = ProxyHealth::new(args.sync_period.into());
     let metrics = Metrics::default();
     let (status_asker, status_requests) = status::channel();
     {
@@ -135,6 +135,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         status: status_requests,
         sink,
         full_sync_period: args.full_sync_period.into(),
+        sync_period: args.sync_period.into(),
         started,
     })
     .await

@@ -34,7 +34,8 @@ use crate::{
 /// How many queued events at most join one flush (a re-list of 100,000
 /// objects is applied and programmed in steps, keeping the loop live).
 const MAX_BATCH: usize = 20_000;
-/// The loop turns at least this often (the liveness heartbeat).
+/// The loop turns at least this often (the liveness heartbeat), and at
+/// least every `--sync-period`.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 /// How often the node's devices are looked at again (a NIC coming up).
 const DEVICE_CHECK: Duration = Duration::from_secs(10);
@@ -55,6 +56,8 @@ pub struct Parts {
     pub sink: Option<EventSink>,
     /// The periodic full sync (kube-proxy's doFullSync).
     pub full_sync_period: Duration,
+    /// `--sync-period`: health fails after 2 × this without a turn.
+    pub sync_period: Duration,
     /// When the agent started: older trigger times are not measured.
     pub started: SystemTime,
 }
@@ -127,7 +130,7 @@ pub async fn run(p: Parts) -> anyhow::Result<()> {
     l.flush(Instant::now()).await;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let mut heartbeat = tokio::time::interval(HEARTBEAT.min(p.sync_period));
     let mut devices = tokio::time::interval(DEVICE_CHECK);
     let mut sweep = tokio::time::interval(p.full_sync_period);
     let mut links = tokio::time::interval(crate::datapath::LINK_CHECK_PERIOD);

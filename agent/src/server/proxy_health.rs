@@ -4,8 +4,10 @@
 //! not tainted ToBeDeletedByClusterAutoscaler, KEP-3836), so load balancers
 //! drain a node that does not; `/livez` says whether the control loop makes
 //! progress, so kubelet restarts an agent that is stuck; `/readyz` says the
-//! first full sync is in the kernel. A Service ferry cannot program is that
-//! Service's problem (a diagnostic, a metric, an Event), never the node's.
+//! first full sync is in the kernel. "Keeps up" and "makes progress" are
+//! measured against kube-proxy's healthz timeout, 2 × `--sync-period`. A
+//! Service ferry cannot program is that Service's problem (a diagnostic, a
+//! metric, an Event), never the node's.
 
 use std::{
     sync::{Arc, Mutex},
@@ -17,8 +19,8 @@ use hyper::StatusCode;
 use super::http::Reply;
 use crate::datapath::LinkReport;
 
-/// kube-proxy's default healthz timeout is 2 × its 30 s sync period.
-pub const STALE_AFTER: Duration = Duration::from_secs(60);
+/// kube-proxy's default `--sync-period`.
+pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(30);
 
 struct State {
     /// Oldest update received and not yet processed.
@@ -54,12 +56,23 @@ impl Default for State {
     }
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ProxyHealth {
     state: Arc<Mutex<State>>,
+    /// kube-proxy's healthz timeout: 2 × the sync period.
+    stale_after: Duration,
 }
 
 impl ProxyHealth {
+    /// Updates that wait, or a loop that does not turn, for 2 × `sync_period`
+    /// fail /healthz and /livez (the loop turns at least every sync period).
+    pub fn new(sync_period: Duration) -> Self {
+        ProxyHealth {
+            state: Arc::default(),
+            stale_after: sync_period.saturating_mul(2),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -120,21 +133,22 @@ impl ProxyHealth {
         self.lock().ready
     }
 
-    fn stale(s: &State) -> bool {
-        s.pending_since.is_some_and(|t| t.elapsed() > STALE_AFTER)
+    /// An update has waited too long, or the loop has not turned for too long.
+    fn stuck(&self, s: &State) -> bool {
+        s.pending_since
+            .is_some_and(|t| t.elapsed() > self.stale_after)
+            || s.heartbeat.elapsed() > self.stale_after
     }
 
     /// The loop makes progress.
     pub fn is_live(&self) -> bool {
-        let s = self.lock();
-        !Self::stale(&s) && s.heartbeat.elapsed() <= STALE_AFTER
+        !self.stuck(&self.lock())
     }
 
     /// This node forwards (kube-proxy's /healthz).
     pub fn is_healthy(&self) -> bool {
         let s = self.lock();
-        !Self::stale(&s)
-            && s.heartbeat.elapsed() <= STALE_AFTER
+        !self.stuck(&s)
             && s.datapath_problem.is_none()
             && s.links_broken.is_empty()
             && s.node_eligible
@@ -218,7 +232,7 @@ mod tests {
 
     #[test]
     fn ready_after_first_sync_and_healthy_while_fresh() {
-        let h = ProxyHealth::default();
+        let h = ProxyHealth::new(DEFAULT_SYNC_PERIOD);
         assert!(!h.is_ready());
         assert_eq!(h.reply("/readyz").status, StatusCode::SERVICE_UNAVAILABLE);
         h.queued();
@@ -232,12 +246,22 @@ mod tests {
 
     #[test]
     fn a_stuck_loop_is_neither_healthy_nor_live() {
-        let Some(long_ago) = Instant::now().checked_sub(STALE_AFTER + Duration::from_secs(1))
-        else {
-            return; // a machine up for less than a minute
+        let sync_period = Duration::from_secs(1);
+        let now = Instant::now();
+        let (Some(within), Some(long_ago)) = (
+            now.checked_sub(sync_period + sync_period / 2),
+            now.checked_sub(sync_period * 2 + Duration::from_millis(100)),
+        ) else {
+            return; // a machine up for less than 3 s
         };
-        let h = ProxyHealth::default();
+        let h = ProxyHealth::new(sync_period);
         h.synced();
+        // Waiting for less than 2 × the sync period is keeping up.
+        h.lock().pending_since = Some(within);
+        h.lock().heartbeat = within;
+        assert_eq!(h.reply("/healthz").status, StatusCode::OK);
+        assert_eq!(h.reply("/livez").status, StatusCode::OK);
+        h.beat();
         h.lock().pending_since = Some(long_ago);
         assert_eq!(h.reply("/healthz").status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(h.reply("/livez").status, StatusCode::SERVICE_UNAVAILABLE);
@@ -250,7 +274,7 @@ mod tests {
     #[test]
     fn a_repaired_link_is_counted_and_a_broken_one_drains_the_node() {
         use crate::datapath::links::{Fault, Finding};
-        let h = ProxyHealth::default();
+        let h = ProxyHealth::new(DEFAULT_SYNC_PERIOD);
         h.synced();
         let finding = |repair| Finding {
             link: "ferry_link_conn4".into(),
@@ -291,7 +315,7 @@ mod tests {
 
     #[test]
     fn a_broken_datapath_or_an_ineligible_node_drains_but_stays_live() {
-        let h = ProxyHealth::default();
+        let h = ProxyHealth::new(DEFAULT_SYNC_PERIOD);
         h.synced();
         h.set_datapath_problem(Some("link ferry_link_conn4 detached".into()));
         assert_eq!(h.reply("/healthz").status, StatusCode::SERVICE_UNAVAILABLE);

@@ -19,7 +19,7 @@ mod registry;
 mod scan;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     ffi::OsString,
     path::{Path, PathBuf},
     time::Duration,
@@ -80,7 +80,7 @@ pub fn load(path: &Path, node_name: &str) -> Result<Loaded, SourceError> {
     let stamps = scan(path, Limits::default())?;
     let mut reg = Registry::default();
     let mut events = Vec::new();
-    for (file, read) in read_files(&stamps, node_name, Limits::default()) {
+    for (file, read) in read_files(&stamps, &Known::new(), node_name, Limits::default()) {
         events.extend(reg.file_read(&file, read));
     }
     events.extend(reg.listed());
@@ -107,16 +107,22 @@ pub fn load(path: &Path, node_name: &str) -> Result<Loaded, SourceError> {
     Ok(loaded)
 }
 
-/// The outcome of reading one file.
-pub type Read = Result<parse::Parsed, Diagnostic>;
+/// The outcome of reading one file: its documents, in order.
+pub type Read = Result<Vec<parse::DocRead>, Diagnostic>;
+
+/// The keys of the documents the registry holds, by file: not parsed again.
+pub type Known = HashMap<PathBuf, HashSet<u64>>;
 
 /// Reads and parses files, several at a time on as many threads as there
 /// are CPUs, results in the files' order.
 fn read_files(
     stamps: &BTreeMap<PathBuf, Stamp>,
+    known: &Known,
     node_name: &str,
     limits: Limits,
 ) -> Vec<(PathBuf, Read)> {
+    let none = HashSet::new();
+    let known_of = |p: &Path| known.get(p).unwrap_or(&none);
     let files: Vec<(&PathBuf, &Stamp)> = stamps.iter().collect();
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -125,7 +131,10 @@ fn read_files(
         // One file changed (the usual event): no thread to start.
         return files
             .into_iter()
-            .map(|(path, stamp)| (path.clone(), read_file(path, stamp, node_name, limits)))
+            .map(|(path, stamp)| {
+                let read = read_file(path, stamp, known_of(path), node_name, limits);
+                (path.clone(), read)
+            })
             .collect();
     }
     let mut out: Vec<Option<(PathBuf, Read)>> = (0..files.len()).map(|_| None).collect();
@@ -140,7 +149,7 @@ fn read_files(
                     let Some((path, stamp)) = files.get(i) else {
                         return;
                     };
-                    let read = read_file(path, stamp, node_name, limits);
+                    let read = read_file(path, stamp, known_of(path), node_name, limits);
                     **slots[i].lock().expect("slot") = Some(((*path).clone(), read));
                 }
             });
@@ -150,7 +159,13 @@ fn read_files(
     out.into_iter().flatten().collect()
 }
 
-fn read_file(path: &Path, stamp: &Stamp, node_name: &str, limits: Limits) -> Read {
+fn read_file(
+    path: &Path,
+    stamp: &Stamp,
+    known: &HashSet<u64>,
+    node_name: &str,
+    limits: Limits,
+) -> Read {
     let origin = path.display().to_string();
     if let Some(why) = &stamp.refused {
         return Err(parse::file_problem(&origin, why.clone()));
@@ -167,7 +182,7 @@ fn read_file(path: &Path, stamp: &Stamp, node_name: &str, limits: Limits) -> Rea
             ),
         ));
     }
-    parse::parse(&bytes, &origin, node_name)
+    parse::parse_docs(&bytes, &origin, node_name, &|key| known.contains(&key))
 }
 
 /// Reads `path` and sends its objects, then follows its changes until the
@@ -383,19 +398,39 @@ impl Watcher {
         for chunk in files.chunks(8) {
             let chunk: BTreeMap<PathBuf, Stamp> = chunk.iter().cloned().collect();
             let nn = node_name.clone();
-            let reads = tokio::task::spawn_blocking(move || read_files(&chunk, &nn, limits))
-                .await
-                .unwrap_or_default();
+            let reg = self.reg.as_ref().expect("created above");
+            let known: Known = chunk
+                .keys()
+                .map(|p| (p.clone(), reg.known_docs(p)))
+                .collect();
+            let reads =
+                tokio::task::spawn_blocking(move || read_files(&chunk, &known, &nn, limits))
+                    .await
+                    .unwrap_or_default();
             let reg = self.reg.as_mut().expect("created above");
             for (path, read) in reads {
                 events.extend(reg.file_read(&path, read));
             }
-            // Definitions another file now provides: read those again.
-            for path in reg.take_rereads() {
-                let stamp = self.stamps.get(&path).cloned();
-                if let Some(stamp) = stamp {
-                    let read = read_file(&path, &stamp, &node_name, limits);
-                    events.extend(reg.file_read(&path, read));
+            // Definitions another file now provides, or files whose known
+            // documents did not hold what is needed: read those again, whole.
+            // A whole read may hand a definition on again; each file is read
+            // whole at most once per round, so this ends.
+            let mut whole = HashSet::new();
+            loop {
+                let paths: Vec<PathBuf> = reg
+                    .take_rereads()
+                    .into_iter()
+                    .filter(|p| whole.insert(p.clone()))
+                    .collect();
+                if paths.is_empty() {
+                    break;
+                }
+                for path in paths {
+                    let stamp = self.stamps.get(&path).cloned();
+                    if let Some(stamp) = stamp {
+                        let read = read_file(&path, &stamp, &HashSet::new(), &node_name, limits);
+                        events.extend(reg.file_read(&path, read));
+                    }
                 }
             }
             for ev in events.drain(..) {
@@ -451,3 +486,7 @@ impl Watcher {
 #[cfg(test)]
 #[path = "tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "cache_tests.rs"]
+mod cache_tests;

@@ -84,17 +84,56 @@ pub fn file_problem(origin: &str, reason: impl Into<String>) -> Diagnostic {
 /// Parses one file's bytes. Err: the file as a whole cannot be used (not
 /// UTF-8, a YAML syntax error), and nothing of it should be applied.
 pub fn parse(bytes: &[u8], origin: &str, node_name: &str) -> Result<Parsed, Diagnostic> {
+    let mut all = Parsed::default();
+    for doc in parse_docs(bytes, origin, node_name, &|_| false)? {
+        if let Some(p) = doc.parsed {
+            all.services.extend(p.services);
+            all.slices.extend(p.slices);
+            all.nodes.extend(p.nodes);
+            all.problems.extend(p.problems);
+        }
+    }
+    Ok(all)
+}
+
+/// One document of a file as read: its key, and what it gave (None: its
+/// key was known, so it was not parsed).
+#[derive(Debug)]
+pub struct DocRead {
+    pub key: u64,
+    pub parsed: Option<Parsed>,
+}
+
+/// Parses the documents of one file whose key `known` does not know: a
+/// file rewritten with one object changed costs the parse of that object's
+/// document, not of the file. Err as [`parse`].
+pub fn parse_docs(
+    bytes: &[u8],
+    origin: &str,
+    node_name: &str,
+    known: &dyn Fn(u64) -> bool,
+) -> Result<Vec<DocRead>, Diagnostic> {
     let text = std::str::from_utf8(bytes)
         .map_err(|e| file_problem(origin, format!("not UTF-8 text: {e}")))?;
-    let mut p = Parser {
-        origin,
-        node_name,
-        out: Parsed::default(),
-    };
+    let mut out = Vec::new();
     for doc in documents(text) {
+        let key = doc.key();
+        if known(key) {
+            out.push(DocRead { key, parsed: None });
+            continue;
+        }
+        let mut p = Parser {
+            origin,
+            node_name,
+            out: Parsed::default(),
+        };
         p.document(&doc)?;
+        out.push(DocRead {
+            key,
+            parsed: Some(p.out),
+        });
     }
-    Ok(p.out)
+    Ok(out)
 }
 
 /// One document of a file.
@@ -104,6 +143,20 @@ struct Doc<'a> {
     /// Lines of the file before it.
     line_offset: usize,
     text: &'a str,
+}
+
+impl Doc<'_> {
+    /// Its text's hash (SipHash with fixed keys: an attacker who writes
+    /// manifests can already write any object, and finding a second text
+    /// with one document's 64-bit hash is out of reach). A document moved
+    /// in its file keeps its key; one with problems is never skipped, since
+    /// they name its position.
+    fn key(&self) -> u64 {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.text.hash(&mut h);
+        h.finish()
+    }
 }
 
 /// Splits a YAML stream at its document start markers (`---` at the start of
@@ -153,7 +206,12 @@ fn top_level<'a>(doc: &'a str, key: &str) -> Option<&'a str> {
             .and_then(|v| v.strip_suffix('"'))
             .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
             .unwrap_or(v);
-        (!v.is_empty()).then_some(v)
+        // Only a plain word is taken: a tag, anchor, alias or flow value
+        // (`kind: !x List`) is left to the generic parser.
+        let plain = v
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'/' | b'-' | b'_'));
+        (!v.is_empty() && plain).then_some(v)
     })
 }
 
@@ -263,7 +321,12 @@ impl Parser<'_> {
                 ));
             }
         };
-        let field = |k: &str| doc.get(k).and_then(Value::as_str).map(str::to_owned);
+        let field = |k: &str| {
+            doc.get(k)
+                .map(untag)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
         let (Some(api_version), Some(kind)) = (field("apiVersion"), field("kind")) else {
             return self.problem(format!(
                 "document {index}: not a Kubernetes object (no apiVersion/kind)"
@@ -271,7 +334,7 @@ impl Parser<'_> {
         };
         let mut doc = doc;
         if kind.ends_with("List")
-            && let Some(Value::Sequence(items)) = doc.remove("items")
+            && let Some(Value::Sequence(items)) = doc.remove("items").map(untag_owned)
         {
             // `kubectl get -o yaml` output: kind List (or ServiceList...).
             for item in items {
@@ -393,6 +456,13 @@ fn identity_of(meta: &ObjectMeta, namespaced: bool) -> ObjKey {
 /// The namespace (defaulted; empty for cluster-scoped kinds) and name of a
 /// raw document, for diagnostics even when it does not deserialize.
 /// The value under any number of tags.
+fn untag_owned(mut v: Value) -> Value {
+    while let Value::Tagged(t) = v {
+        v = t.value;
+    }
+    v
+}
+
 fn untag(mut v: &Value) -> &Value {
     while let Value::Tagged(t) = v {
         v = &t.value;
@@ -459,6 +529,7 @@ mod tests {
             "apiVersion: v1\nkind: Service\nmetadata: {name: [}\n",
             "&a [*a]",
             "apiVersion: v1\nkind: ServiceList\nitems: [!t 1, {apiVersion: v1}]\n",
+            "kind: !x &k List\napiVersion: !x v1\nitems: !x\n- !x {apiVersion: v1, kind: !x Node, metadata: {name: n}}\n",
         ] {
             let _ = parse(text.as_bytes(), "f.yaml", "n");
         }

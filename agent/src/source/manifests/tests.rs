@@ -309,6 +309,29 @@ fn a_yaml_tag_on_an_object_is_looked_through_not_a_panic() {
         .collect();
     assert_eq!(names, ["api", "web"], "{loaded:?}");
     assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+    // The fuzzer's shape (CI, manifest_doc): tags and anchors on the
+    // top-level scalars themselves, block style. Once read as "not ours".
+    let file = dir.write(
+        "tag.yaml",
+        r#"--- !x &a0
+apiVersion: !x &a1 v1  # c
+items: !x &a2
+  - !x &a3
+    apiVersion: *a1
+    kind: !x Service  # c
+    metadata: {name: !x web}
+    spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}
+kind: !x &a4 List  # c
+"#,
+    );
+    let loaded = load(&file, "node-a").unwrap();
+    let names: Vec<&str> = loaded
+        .objects
+        .services
+        .keys()
+        .map(|k| k.name.as_str())
+        .collect();
+    assert_eq!(names, ["web"], "{loaded:?}");
 }
 
 #[test]
@@ -323,7 +346,7 @@ fn files_over_the_size_caps_are_refused_with_a_diagnostic() {
     let stamps = scan(&dir.0, limits).unwrap();
     let refused: Vec<bool> = stamps.values().map(|s| s.refused.is_some()).collect();
     assert_eq!(refused, [false, true], "the file past the total is refused");
-    let reads = read_files(&stamps, "n", limits);
+    let reads = read_files(&stamps, &Known::new(), "n", limits);
     let err = reads[1].1.as_ref().unwrap_err();
     assert!(err.reason.contains("more than"), "{}", err.reason);
     let small = Limits {
