@@ -4,7 +4,6 @@
 use std::{
     fs::{self, File},
     io::Read,
-    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, ExitStatus, Output, Stdio},
     thread,
@@ -16,7 +15,7 @@ use serde_json::Value;
 
 use crate::{
     cleanup,
-    lab::{HEALTHZ_PORT, Lab, METRICS_PORT, NODE_NAME},
+    lab::{HEALTHZ_PORT, Lab, NODE_NAME},
     proc::{self, POLL, Placement, Proc, lock},
 };
 
@@ -156,10 +155,7 @@ impl Lab {
             .arg("--bpffs")
             .arg(pin_dir)
             .args(["--healthz-bind-address", &format!("0.0.0.0:{HEALTHZ_PORT}")])
-            .args([
-                "--metrics-bind-address",
-                &format!("127.0.0.1:{METRICS_PORT}"),
-            ])
+            .args(["--metrics-bind-address", "127.0.0.1:10249"])
             .args(&opts.extra_args)
             .envs(opts.env.iter().map(|(k, v)| (k, v)));
         cmd
@@ -255,113 +251,6 @@ impl Lab {
             .unwrap_or_else(|e| panic!("ferry services: {e}"))
     }
 
-    /// `ferry services -o json` run in the node namespace, where the agent answers: the
-    /// kernel's view joined with the agent's status (each frontend's Service and errors,
-    /// the objects' problems).
-    pub fn services_with_status(&self) -> ServicesView {
-        let pin = self.pin_dir();
-        let bin = Lab::ferry_bin();
-        let placement = Placement {
-            netns: Some(self.node_netns_path()),
-            cgroup: None,
-        };
-        let out = proc::output_placed(
-            Command::new(&bin)
-                .args(["services", "--bpffs", &pin.to_string_lossy(), "-o", "json"])
-                .env("NO_COLOR", "1"),
-            &placement,
-            Duration::from_secs(30),
-        )
-        .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
-        assert!(
-            out.status.success(),
-            "ferry services: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: ServicesView = serde_json::from_slice(&out.stdout).expect("ferry services -o json");
-        assert!(v.agent_reached, "ferry services did not reach the agent");
-        v
-    }
-
-    /// The agent's /metrics text, asked from the node namespace (empty if it did not answer).
-    pub fn metrics_text(&self) -> String {
-        let addr = SocketAddr::from(([127, 0, 0, 1], METRICS_PORT));
-        crate::flood::http_get_in(
-            &self.node_netns_path(),
-            addr,
-            "/metrics",
-            Duration::from_secs(2),
-        )
-        .map(|a| a.body)
-        .unwrap_or_default()
-    }
-
-    /// The value of an unlabelled metric (`NAME VALUE` line), if the agent exports it.
-    pub fn metric(&self, name: &str) -> Option<f64> {
-        self.metrics_text().lines().find_map(|l| {
-            let (n, v) = l.split_once(' ')?;
-            (n == name).then(|| v.trim().parse().ok()).flatten()
-        })
-    }
-
-    /// `ferry services -o json` run in the node namespace, where the agent's metrics
-    /// address is, so that its status is joined in (each frontend's status, error and
-    /// Service, and the problems of the objects it read).
-    pub fn services_with_status(&self) -> ServicesView {
-        let bin = Lab::ferry_bin();
-        let pin = self.pin_dir();
-        let placement = Placement {
-            netns: Some(self.node_netns_path()),
-            cgroup: None,
-        };
-        let out = proc::output_placed(
-            Command::new(&bin)
-                .args(["services", "--bpffs", &pin.to_string_lossy(), "-o", "json"])
-                .arg("--agent")
-                .arg(format!("127.0.0.1:{METRICS_PORT}"))
-                .env("NO_COLOR", "1"),
-            &placement,
-            Duration::from_secs(30),
-        )
-        .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
-        assert!(
-            out.status.success(),
-            "ferry services in the node namespace: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "ferry services -o json: {e}: {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
-    }
-
-    /// The agent's `/metrics` text, asked from the node namespace.
-    pub fn metrics(&self) -> std::result::Result<String, String> {
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], METRICS_PORT));
-        let a = crate::flood::http_get_in(
-            &self.node_netns_path(),
-            addr,
-            "/metrics",
-            Duration::from_secs(2),
-        )?;
-        if a.status != 200 {
-            return Err(format!("GET /metrics: {}: {}", a.status, a.body));
-        }
-        Ok(a.body)
-    }
-
-    /// One unlabelled sample of the agent's metrics (panics if the agent does not answer
-    /// or does not export it).
-    pub fn metric(&self, name: &str) -> f64 {
-        let text = self
-            .metrics()
-            .unwrap_or_else(|e| panic!("the agent's metrics: {e}"));
-        metric_value(&text, name)
-            .unwrap_or_else(|| panic!("no sample {name} in the agent's metrics:\n{text}"))
-    }
-
     /// `ferry services` in its default (table) format.
     pub fn services_table(&self) -> String {
         let pin = self.pin_dir();
@@ -444,13 +333,6 @@ impl Lab {
         out.retain(|p| !preload.contains(p));
         out
     }
-}
-
-/// The value of the unlabelled sample `name` in a Prometheus text exposition.
-pub fn metric_value(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// The HTTP status of `http://127.0.0.1:PORT/PATH` asked from inside a network namespace

@@ -12,8 +12,6 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use serde_json::json;
-
 use crate::{
     lab::NODE_NAME,
     manifests::{Endpoint, EndpointSlice, Manifest, Manifests, Node, Service},
@@ -26,14 +24,14 @@ impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.next_u64() % n
     }
     pub fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
@@ -60,8 +58,15 @@ const SERVICES: &[&str] = &["web", "api", "edge"];
 const SLICES: &[&str] = &["a", "b", "c", "d"];
 /// The other node of the cluster (endpoints there, an address of its own).
 pub const OTHER_NODE: &str = "node-2";
-/// externalIPs: documentation addresses, the ClusterIP of default/web, node-2's address.
-const EXTERNAL_IPS: &[&str] = &["192.0.2.1", "192.0.2.2", "10.96.0.10", "10.244.0.201"];
+/// externalIPs: documentation addresses, the ClusterIP of default/web, an address of each
+/// node in some of their address sets (refused while a Node has it).
+const EXTERNAL_IPS: &[&str] = &[
+    "192.0.2.1",
+    "192.0.2.2",
+    "10.96.0.10",
+    "10.244.0.201",
+    "10.244.0.210",
+];
 /// status.loadBalancer.ingress: one shared with the externalIPs.
 const LB_IPS: &[&str] = &["192.0.2.1", "192.0.2.3", "198.51.100.10"];
 const SOURCE_RANGES: &[&str] = &["10.0.0.0/8", "198.51.100.0/24", "192.0.2.128/25"];
@@ -112,11 +117,22 @@ struct SvcSpec {
     affinity: Option<u32>,
     etp_local: bool,
     itp_local: bool,
-    external_ips: Vec<&'static str>,
+    external_ips: Vec<String>,
     lb_ips: Vec<&'static str>,
     source_ranges: Vec<&'static str>,
     maglev: bool,
     created: Option<&'static str>,
+}
+
+impl SvcSpec {
+    /// The addresses it claims (some of its ports, on each).
+    fn addresses(&self) -> Vec<String> {
+        let lb = self.lb_ips.iter().map(|ip| ip.to_string());
+        std::iter::once(self.cluster_ip.clone())
+            .chain(self.external_ips.iter().cloned())
+            .chain(lb)
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -165,7 +181,7 @@ pub struct History {
     /// The file each object is in now.
     files: BTreeMap<Obj, String>,
     /// How often each kind of change was made.
-    pub tally: BTreeMap<String, u32>,
+    tally: BTreeMap<String, u32>,
 }
 
 impl History {
@@ -222,12 +238,13 @@ impl History {
     fn write_service(&mut self, m: &Manifests) -> String {
         let ns = self.rng.pick(NAMESPACES);
         let name = self.rng.pick(SERVICES);
-        let (spec, what) = match self.services.get(&(ns, name)).cloned() {
-            Some(old) if self.rng.chance(70) => self.mutate_service(old),
-            Some(_) => (self.random_service(ns, name), "replaced".to_owned()),
-            None => (self.random_service(ns, name), "created".to_owned()),
+        let (spec, kind, what) = match self.services.get(&(ns, name)).cloned() {
+            Some(old) if self.rng.chance(70) => self.mutate_service((ns, name), old),
+            Some(_) => (self.random_service(ns, name), "replaced", String::new()),
+            None => (self.random_service(ns, name), "created", String::new()),
         };
-        self.count(&format!("service {what}"));
+        self.count(&format!("service {kind}"));
+        let what = format!("{kind}{what}");
         let text = render_service(ns, name, &spec);
         self.write(m, Obj::Service(ns, name), &text);
         let line = format!("service {ns}/{name} {what}: {spec:?}");
@@ -251,7 +268,7 @@ impl History {
         }
         let mut external_ips = Vec::new();
         if r.chance(35) {
-            external_ips.push(r.pick(EXTERNAL_IPS));
+            external_ips.push(r.pick(EXTERNAL_IPS).to_owned());
         }
         SvcSpec {
             ty,
@@ -276,10 +293,28 @@ impl History {
         }
     }
 
-    /// One change to an existing Service.
-    fn mutate_service(&mut self, mut s: SvcSpec) -> (SvcSpec, String) {
+    /// One change to an existing Service: the new spec, the kind of change, its detail.
+    fn mutate_service(
+        &mut self,
+        me: (&'static str, &'static str),
+        mut s: SvcSpec,
+    ) -> (SvcSpec, &'static str, String) {
+        // The addresses the other Services claim: taking one makes a conflict.
+        let theirs: Vec<String> = self
+            .services
+            .iter()
+            .filter(|(k, _)| **k != me)
+            .flat_map(|(_, o)| o.addresses())
+            .collect();
         let r = &mut self.rng;
-        let what = match r.below(12) {
+        let (kind, what) = match r.below(13) {
+            12 if !theirs.is_empty() => {
+                let ip = theirs[r.below(theirs.len() as u64) as usize].clone();
+                if !s.external_ips.contains(&ip) {
+                    s.external_ips.push(ip.clone());
+                }
+                ("claim", format!("externalIP {ip}, another Service's"))
+            }
             0 | 1 => {
                 let ty = match (s.ty, r.chance(50)) {
                     (Type::ClusterIP, true) | (Type::LoadBalancer, false) => Type::NodePort,
@@ -290,74 +325,105 @@ impl History {
                 if ty == Type::LoadBalancer && s.lb_ips.is_empty() {
                     s.lb_ips.push(r.pick(LB_IPS));
                 }
-                format!("type -> {ty:?}")
+                ("type", format!("type -> {ty:?}"))
             }
             2 => {
                 let i = r.below(PORTS.len() as u64) as usize;
                 let np = r.pick(&PORTS[i].4);
                 match s.ports.insert(i, np) {
-                    Some(_) => format!("port {} nodePort -> {np}", PORTS[i].0),
-                    None => format!("port {} added", PORTS[i].0),
+                    Some(_) => ("nodePort", format!("port {} nodePort -> {np}", PORTS[i].0)),
+                    None => ("port added", format!("port {} added", PORTS[i].0)),
                 }
             }
             3 => match s.ports.keys().next().copied() {
                 Some(i) => {
                     s.ports.remove(&i);
-                    format!("port {} removed", PORTS[i].0)
+                    ("port removed", format!("port {} removed", PORTS[i].0))
                 }
-                None => "no port to remove".to_owned(),
+                None => ("no port to remove", String::new()),
             },
             4 => {
                 s.affinity = match s.affinity {
                     Some(_) => None,
                     None => Some(r.pick(&[30, 10_800])),
                 };
-                format!("sessionAffinity -> {:?}", s.affinity)
+                (
+                    "sessionAffinity",
+                    format!("sessionAffinity -> {:?}", s.affinity),
+                )
             }
             5 => {
                 s.etp_local = !s.etp_local;
-                format!("externalTrafficPolicy Local -> {}", s.etp_local)
+                (
+                    "externalTrafficPolicy",
+                    format!("externalTrafficPolicy Local -> {}", s.etp_local),
+                )
             }
             6 => {
                 s.itp_local = !s.itp_local;
-                format!("internalTrafficPolicy Local -> {}", s.itp_local)
+                (
+                    "internalTrafficPolicy",
+                    format!("internalTrafficPolicy Local -> {}", s.itp_local),
+                )
             }
             7 => {
-                s.external_ips = (0..r.below(3)).map(|_| r.pick(EXTERNAL_IPS)).collect();
+                s.external_ips = (0..r.below(3))
+                    .map(|_| r.pick(EXTERNAL_IPS).to_owned())
+                    .collect();
                 s.external_ips.sort();
                 s.external_ips.dedup();
-                format!("externalIPs -> {:?}", s.external_ips)
+                (
+                    "externalIPs",
+                    format!("externalIPs -> {:?}", s.external_ips),
+                )
             }
             8 => {
                 s.lb_ips = (0..r.below(3)).map(|_| r.pick(LB_IPS)).collect();
                 s.lb_ips.sort();
                 s.lb_ips.dedup();
-                format!("ingress -> {:?}", s.lb_ips)
+                ("ingress", format!("ingress -> {:?}", s.lb_ips))
             }
             9 => {
                 s.source_ranges = (0..r.below(3)).map(|_| r.pick(SOURCE_RANGES)).collect();
                 s.source_ranges.sort();
                 s.source_ranges.dedup();
-                format!("loadBalancerSourceRanges -> {:?}", s.source_ranges)
+                (
+                    "loadBalancerSourceRanges",
+                    format!("loadBalancerSourceRanges -> {:?}", s.source_ranges),
+                )
             }
             10 => {
                 s.maglev = !s.maglev;
-                format!("maglev -> {}", s.maglev)
+                ("maglev", format!("maglev -> {}", s.maglev))
             }
             _ => {
                 s.created = r.chance(85).then(|| r.pick(CREATED));
-                format!("creationTimestamp -> {:?}", s.created)
+                (
+                    "creationTimestamp",
+                    format!("creationTimestamp -> {:?}", s.created),
+                )
             }
         };
-        (s, format!("updated ({what})"))
+        (s, kind, format!(" ({what})"))
     }
 
     fn delete_service(&mut self, m: &Manifests) -> String {
         let ns = self.rng.pick(NAMESPACES);
         let name = self.rng.pick(SERVICES);
-        self.services.remove(&(ns, name));
+        let gone = self.services.remove(&(ns, name));
         if self.remove(m, Obj::Service(ns, name)) {
-            self.count("service deleted");
+            // Another Service claims one of its addresses: it may take over.
+            let shared = gone.is_some_and(|g| {
+                let mine = g.addresses();
+                self.services
+                    .values()
+                    .any(|o| o.addresses().iter().any(|a| mine.contains(a)))
+            });
+            self.count(if shared {
+                "service deleted (an address shared)"
+            } else {
+                "service deleted"
+            });
             format!("service {ns}/{name} deleted")
         } else {
             format!("service {ns}/{name}: none to delete")
@@ -368,15 +434,13 @@ impl History {
         let ns = self.rng.pick(NAMESPACES);
         let name = self.rng.pick(SLICES);
         let old = self.slices.get(&(ns, name)).cloned();
-        let (spec, what) = match old {
+        let (spec, kind, what) = match old {
             Some(old) if self.rng.chance(70) => self.mutate_slice(old),
-            Some(_) => (self.random_slice(), "replaced".to_owned()),
-            None => (self.random_slice(), "created".to_owned()),
+            Some(_) => (self.random_slice(), "replaced", String::new()),
+            None => (self.random_slice(), "created", String::new()),
         };
-        self.count(&format!(
-            "slice {}",
-            what.split(' ').next().unwrap_or_default()
-        ));
+        self.count(&format!("slice {kind}"));
+        let what = format!("{kind}{what}");
         let text = render_slice(ns, name, &spec);
         self.write(m, Obj::Slice(ns, name), &text);
         let line = format!("slice {ns}/{name} {what}: {spec:?}");
@@ -423,24 +487,25 @@ impl History {
         }
     }
 
-    fn mutate_slice(&mut self, mut s: SliceSpec) -> (SliceSpec, String) {
-        let what = match self.rng.below(5) {
+    /// One change to an existing slice: the new spec, the kind of change, its detail.
+    fn mutate_slice(&mut self, mut s: SliceSpec) -> (SliceSpec, &'static str, String) {
+        let (kind, what) = match self.rng.below(6) {
             0 => {
                 let to = self.rng.pick(SERVICES);
                 let from = std::mem::replace(&mut s.service, to);
-                format!("moved (service {from} -> {to})")
+                ("moved", format!("service {from} -> {to}"))
             }
             1 => match self.random_endpoint(&s.endpoints) {
                 Some(e) => {
-                    let line = format!("endpoint added ({} on {})", e.ip, e.node);
+                    let line = format!("{} on {}", e.ip, e.node);
                     s.endpoints.push(e);
-                    line
+                    ("endpoint added", line)
                 }
-                None => "endpoint (none free)".to_owned(),
+                None => ("no endpoint free", String::new()),
             },
             2 if !s.endpoints.is_empty() => {
                 let i = self.rng.below(s.endpoints.len() as u64) as usize;
-                format!("endpoint removed ({})", s.endpoints.remove(i).ip)
+                ("endpoint removed", s.endpoints.remove(i).ip.to_owned())
             }
             3 if !s.endpoints.is_empty() => {
                 let i = self.rng.below(s.endpoints.len() as u64) as usize;
@@ -450,20 +515,34 @@ impl History {
                     (false, false, true),
                 ]);
                 s.endpoints[i].conditions = c;
-                format!("endpoint conditions ({} -> {c:?})", s.endpoints[i].ip)
+                (
+                    "endpoint conditions",
+                    format!("{} -> {c:?}", s.endpoints[i].ip),
+                )
+            }
+            4 if !s.endpoints.is_empty() => {
+                // A pod rescheduled: its locality (and so its backend entry) changes.
+                let i = self.rng.below(s.endpoints.len() as u64) as usize;
+                let e = &mut s.endpoints[i];
+                e.node = if e.node == NODE_NAME {
+                    OTHER_NODE
+                } else {
+                    NODE_NAME
+                };
+                ("endpoint node", format!("{} -> {}", e.ip, e.node))
             }
             _ => {
                 let i = self.rng.below(PORTS.len() as u64) as usize;
                 if let Some(at) = s.ports.iter().position(|&p| p == i) {
                     s.ports.remove(at);
-                    format!("endpoints port ({} removed)", PORTS[i].0)
+                    ("port removed", PORTS[i].0.to_owned())
                 } else {
                     s.ports.push(i);
-                    format!("endpoints port ({} added)", PORTS[i].0)
+                    ("port added", PORTS[i].0.to_owned())
                 }
             }
         };
-        (s, what)
+        (s, kind, format!(" ({what})"))
     }
 
     fn delete_slice(&mut self, m: &Manifests) -> String {
@@ -530,11 +609,15 @@ impl History {
     }
 }
 
+/// A Service's place in NAMESPACES x SERVICES.
+fn service_index(ns: &str, name: &str) -> usize {
+    NAMESPACES.iter().position(|x| *x == ns).unwrap_or(0) * SERVICES.len()
+        + SERVICES.iter().position(|x| *x == name).unwrap_or(0)
+}
+
 /// Each Service's own ClusterIP (default/web's is also an externalIP candidate).
 fn own_cluster_ip(ns: &str, name: &str) -> String {
-    let n = NAMESPACES.iter().position(|x| *x == ns).unwrap_or(0) * SERVICES.len()
-        + SERVICES.iter().position(|x| *x == name).unwrap_or(0);
-    format!("10.96.0.{}", 10 + n)
+    format!("10.96.0.{}", 10 + service_index(ns, name))
 }
 
 fn render_service(ns: &str, name: &str, s: &SvcSpec) -> String {
@@ -557,9 +640,8 @@ fn render_service(ns: &str, name: &str, s: &SvcSpec) -> String {
     if s.etp_local {
         svc = svc.external_traffic_policy("Local");
         if s.ty == Type::LoadBalancer {
-            // The API server gives every eTP Local LoadBalancer one.
-            let n = SERVICES.iter().position(|x| *x == name).unwrap_or(0) as i64;
-            svc = svc.health_check_node_port(32000 + n);
+            // The API server gives every eTP Local LoadBalancer one, its own.
+            svc = svc.health_check_node_port(32000 + service_index(ns, name) as i64);
         }
     }
     if s.itp_local {
@@ -579,11 +661,10 @@ fn render_service(ns: &str, name: &str, s: &SvcSpec) -> String {
     if s.maglev {
         svc = svc.annotation("ferry.io/lb-algorithm", "maglev");
     }
-    let mut v = svc.to_value();
     if let Some(t) = s.created {
-        v["metadata"]["creationTimestamp"] = json!(t);
+        svc = svc.created(t);
     }
-    serde_yaml::to_string(&v).expect("a JSON value is valid YAML")
+    svc.to_yaml()
 }
 
 fn render_slice(ns: &str, name: &str, s: &SliceSpec) -> String {

@@ -30,10 +30,6 @@ pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
 pub const NODE_NAME: &str = "node-1";
 /// The agent's health server port (in the node namespace).
 pub const HEALTHZ_PORT: u16 = 10256;
-/// The agent's metrics and status port (on 127.0.0.1 of the node namespace).
-pub const METRICS_PORT: u16 = 10249;
-/// The agent's metrics and status port (on the node namespace's loopback).
-pub const METRICS_PORT: u16 = 10249;
 
 /// A pod: a network namespace with `eth0` on the node's bridge.
 #[derive(Clone, Debug)]

@@ -35,7 +35,7 @@ pub enum Owner {
     RevNat(u16),
     /// The node's settings, SNAT addresses and the cluster's node addresses.
     Node,
-    /// A service-map key no agent writes.
+    /// A key no agent writes (undecodable).
     Stray,
 }
 
@@ -111,12 +111,12 @@ impl PinnedMaps {
                 .src_ranges
                 .get(&k, 0)
                 .map_or_else(|e| e.to_string(), |v| v.to_string());
-            let data = k.data();
+            let (rev, _) = codec::src_range_of(&k);
             push(
                 names::SRC_RANGE_V4,
-                format!("prefix_len {} {data:?}", k.prefix_len()),
+                format!("prefix_len {} {:?}", k.prefix_len(), k.data()),
                 value,
-                Owner::RevNat(data.rev_nat_id),
+                Owner::RevNat(rev),
             );
         }
         let members = maps.members();
@@ -125,7 +125,7 @@ impl PinnedMaps {
                 names::MEMBERS_V4,
                 format!("{k:?}"),
                 id.to_string(),
-                Owner::RevNat(k.rev_nat_id),
+                codec::member_of(k).map_or(Owner::Stray, |(rev, _)| Owner::RevNat(rev)),
             );
         }
         let mut maglev: BTreeMap<u16, BTreeMap<u32, u32>> = BTreeMap::new();
@@ -144,6 +144,7 @@ impl PinnedMaps {
                 names::AFFINITY,
                 format!("{k:?}"),
                 format!("{v:?}"),
+                // A host-order field, read as the programmer reads it.
                 Owner::RevNat(k.rev_nat_id),
             );
         }
@@ -271,18 +272,13 @@ impl PinnedMaps {
             }
         }
         for (k, id) in &self.members {
-            let member = codec::backend_addr(&Backend4 {
-                addr: k.addr,
-                port: k.port,
-                proto: k.proto,
-                ..Backend4::default()
-            })
-            .map_or_else(|| format!("{k:?}"), |a| a.to_string());
-            out.push(format!(
-                "member {} {member} -> {}",
-                self.rev_nat(k.rev_nat_id),
-                self.backend(*id)
-            ));
+            let line = match codec::member_of(k) {
+                Some((rev, b)) => {
+                    format!("member {} {b} -> {}", self.rev_nat(rev), self.backend(*id))
+                }
+                None => format!("member undecodable {k:?} -> {}", self.backend(*id)),
+            };
+            out.push(line);
         }
         for (rev, table) in &self.maglev {
             // The sequence of backends, as a fingerprint (16,381 entries), and who is in it.
