@@ -1,6 +1,7 @@
 //! What ferry's pinned maps hold, read as `ferry services` reads them (the pins opened
-//! read-only with `Maps::open_pinned`, keys and values decoded by the agent's codec), in two
-//! forms for comparing two agents' work:
+//! read-only with `Maps::open_pinned`, keys and values decoded by the agent's codec) and
+//! checked against a walk of each map key by key, in two forms for comparing two agents'
+//! work:
 //!
 //! - [`PinnedMaps::entries`]: every entry exactly, ids included. Each field of the ABI structs
 //!   is shown, their explicit padding too, and they have no implicit padding (agent-common
@@ -11,11 +12,15 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fmt::Write as _,
+    fmt::{Debug, Write as _},
     path::Path,
 };
 
 use agent_common::{Backend4, backend_flags, maps as names};
+use aya::{
+    Pod,
+    maps::{HashMap, MapData},
+};
 use ferry::{
     cmd::services::ServicesView,
     datapath::{Maps, codec, lbmaps::LbMaps, snapshot::KernelState},
@@ -81,7 +86,7 @@ impl PinnedMaps {
                 owner,
             })
         };
-        for (k, v) in maps.services() {
+        for (k, v) in walk(names::SERVICES_V4, &maps.services, maps.services()) {
             let owner = codec::frontend_key(&k).map_or(Owner::Stray, Owner::Frontend);
             push(
                 names::SERVICES_V4,
@@ -90,7 +95,7 @@ impl PinnedMaps {
                 owner,
             );
         }
-        for (id, v) in maps.backends() {
+        for (id, v) in walk(names::BACKENDS_V4, &maps.backends, maps.backends()) {
             push(
                 names::BACKENDS_V4,
                 id.to_string(),
@@ -98,7 +103,7 @@ impl PinnedMaps {
                 Owner::Backend(id),
             );
         }
-        for (id, v) in maps.rev_nats() {
+        for (id, v) in walk(names::REV_NAT_V4, &maps.rev_nat, maps.rev_nats()) {
             push(
                 names::REV_NAT_V4,
                 id.to_string(),
@@ -119,7 +124,7 @@ impl PinnedMaps {
                 Owner::RevNat(rev),
             );
         }
-        let members = maps.members();
+        let members = walk(names::MEMBERS_V4, &maps.members, maps.members());
         for (k, id) in &members {
             push(
                 names::MEMBERS_V4,
@@ -129,7 +134,7 @@ impl PinnedMaps {
             );
         }
         let mut maglev: BTreeMap<u16, BTreeMap<u32, u32>> = BTreeMap::new();
-        for (key, id) in maps.maglev_entries() {
+        for (key, id) in walk(names::MAGLEV, &maps.maglev, maps.maglev_entries()) {
             let (rev, index) = codec::maglev_index(key);
             maglev.entry(rev).or_default().insert(index as u32, id);
             push(
@@ -139,7 +144,7 @@ impl PinnedMaps {
                 Owner::RevNat(rev),
             );
         }
-        for (k, v) in maps.affinity() {
+        for (k, v) in walk(names::AFFINITY, &maps.affinity, maps.affinity()) {
             push(
                 names::AFFINITY,
                 format!("{k:?}"),
@@ -311,6 +316,32 @@ impl PinnedMaps {
         out.sort();
         out
     }
+}
+
+/// Every entry of `map`, walked key by key through aya rather than by the agent's batch
+/// reader (`LbMaps`, which adoption and `ferry services` use, under test here too); panics
+/// if the two disagree.
+fn walk<K: Pod + Debug, V: Pod + Debug>(
+    name: &str,
+    map: &HashMap<MapData, K, V>,
+    agents: Vec<(K, V)>,
+) -> Vec<(K, V)> {
+    let walked: Vec<(K, V)> = map
+        .iter()
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("walking {name}: {e}"));
+    let text = |xs: &[(K, V)]| {
+        let mut lines: Vec<String> = xs.iter().map(|e| format!("{e:?}")).collect();
+        lines.sort();
+        lines
+    };
+    let (a, b) = (text(&walked), text(&agents));
+    assert!(
+        a == b,
+        "{name}: a key-by-key walk (-) and the agent's reader (+) differ:\n{}",
+        diff(&a, &b, 20)
+    );
+    walked
 }
 
 /// A backend entry without its id.
