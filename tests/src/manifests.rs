@@ -84,6 +84,9 @@ pub struct Service {
     pub health_check_node_port: Option<i64>,
     pub source_ranges: Vec<String>,
     pub annotations: Vec<(String, String)>,
+    /// metadata.creationTimestamp (RFC 3339): the older of two Services claiming one
+    /// address keeps it.
+    pub created: Option<String>,
 }
 
 impl Service {
@@ -105,6 +108,7 @@ impl Service {
             health_check_node_port: None,
             source_ranges: Vec::new(),
             annotations: Vec::new(),
+            created: None,
         }
     }
 
@@ -230,6 +234,12 @@ impl Service {
         self
     }
 
+    /// metadata.creationTimestamp, e.g. "2026-01-01T00:00:00Z".
+    pub fn created(mut self, timestamp: &str) -> Self {
+        self.created = Some(timestamp.to_owned());
+        self
+    }
+
     pub fn internal_traffic_policy(mut self, policy: &str) -> Self {
         self.internal_traffic_policy = Some(policy.to_owned());
         self
@@ -320,6 +330,9 @@ impl Manifest for Service {
                 .map(|(k, v)| (k.clone(), json!(v)))
                 .collect();
             meta["annotations"] = Value::Object(annotations);
+        }
+        if let Some(t) = &self.created {
+            meta["creationTimestamp"] = json!(t);
         }
         let mut svc = json!({
             "apiVersion": "v1",
@@ -572,6 +585,12 @@ impl Manifests {
         fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
         fs::rename(&tmp, self.dir.join(file_name)).context("renaming into place")?;
         Ok(())
+    }
+
+    /// Renames a file (atomically: the agent sees one file go and the other come).
+    pub fn rename_raw(&self, from: &str, to: &str) {
+        fs::rename(self.dir.join(from), self.dir.join(to))
+            .unwrap_or_else(|e| panic!("renaming manifest {from} to {to}: {e}"));
     }
 
     pub fn remove_raw(&self, file_name: &str) {

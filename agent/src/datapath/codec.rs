@@ -124,6 +124,18 @@ pub fn member_key(rev_nat_id: u16, b: &BackendAddr) -> Member4Key {
     }
 }
 
+/// (rev-NAT id, backend) of a membership key (tools and tests read the map).
+pub fn member_of(k: &Member4Key) -> Option<(u16, BackendAddr)> {
+    Some((
+        k.rev_nat_id,
+        BackendAddr {
+            ip: ip_of(k.addr),
+            port: port_from_raw(k.port),
+            proto: Protocol::from_number(k.proto)?,
+        },
+    ))
+}
+
 /// The LPM key of a source range of a service.
 pub fn src_range_key(rev_nat_id: u16, cidr: Cidr4) -> Key<SrcRange4> {
     let data = SrcRange4 {
@@ -256,6 +268,7 @@ mod tests {
             proto: Protocol::Tcp,
         };
         assert_eq!(backend_addr(&backend_value(&b, 0, 1)), Some(b));
+        assert_eq!(member_of(&member_key(4, &b)), Some((4, b)));
         let cidr = Cidr4::new(Ipv4Addr::new(192, 0, 2, 99), 24);
         assert_eq!(src_range_of(&src_range_key(7, cidr)), (7, cidr));
         assert_eq!(maglev_index(maglev_key(9, 16_380)), (9, 16_380));
