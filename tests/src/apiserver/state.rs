@@ -320,9 +320,26 @@ pub fn bookmark(resource: Resource, rv: u64, initial_end: bool) -> Value {
 
 /// One line of a watch response.
 pub fn line(event: &Value) -> Bytes {
-    let mut bytes = serde_json::to_vec(event).expect("JSON values serialize");
-    bytes.push(b'\n');
+    let mut bytes = Vec::new();
+    match (event["type"].as_str(), event.get("object")) {
+        (Some(kind), Some(object)) => write_event(&mut bytes, kind, object),
+        _ => {
+            serde_json::to_writer(&mut bytes, event).expect("JSON values serialize");
+            bytes.push(b'\n');
+        }
+    }
     Bytes::from(bytes)
+}
+
+/// Appends one watch event line, "type" first as kube-apiserver writes it
+/// (Go's `metav1.WatchEvent` field order): a client that reads the type
+/// first decodes the object straight into its type, without buffering it.
+fn write_event(buf: &mut Vec<u8>, kind: &str, object: &Value) {
+    buf.extend_from_slice(br#"{"type":"#);
+    serde_json::to_writer(&mut *buf, kind).expect("strings serialize");
+    buf.extend_from_slice(br#","object":"#);
+    serde_json::to_writer(&mut *buf, object).expect("JSON values serialize");
+    buf.extend_from_slice(b"}\n");
 }
 
 /// An open watch.
@@ -485,8 +502,26 @@ impl State {
                 );
             }
             None => {
-                let objects = self.list(resource, &w.filter);
-                lines.extend(objects.into_iter().map(|o| line(&event("ADDED", o))));
+                // Written in chunks of many events, as kube-apiserver flushes a
+                // watch only when no event is queued behind the one it wrote.
+                const CHUNK: usize = 64 << 10;
+                let mut chunk = Vec::with_capacity(CHUNK);
+                let objects = self
+                    .objects
+                    .iter()
+                    .filter(|(k, v)| k.resource == resource && w.filter.matches(v));
+                for (_, o) in objects {
+                    write_event(&mut chunk, "ADDED", o);
+                    if chunk.len() >= CHUNK {
+                        lines.push(Bytes::from(std::mem::replace(
+                            &mut chunk,
+                            Vec::with_capacity(CHUNK),
+                        )));
+                    }
+                }
+                if !chunk.is_empty() {
+                    lines.push(Bytes::from(chunk));
+                }
                 if initial_end_bookmark {
                     lines.push(line(&bookmark(resource, self.rv, true)));
                 }
