@@ -607,8 +607,11 @@ mod tests {
 
     fn lines(rx: &mut mpsc::UnboundedReceiver<Bytes>) -> Vec<Value> {
         let mut out = Vec::new();
-        while let Ok(l) = rx.try_recv() {
-            out.push(serde_json::from_slice(&l).unwrap());
+        // A frame holds one event or, for the initial ones, several lines.
+        while let Ok(frame) = rx.try_recv() {
+            for l in frame.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                out.push(serde_json::from_slice(l).unwrap());
+            }
         }
         out
     }
