@@ -2,7 +2,7 @@
 //!
 //! Forward path (connect4, sendmsg4): look the destination up as a frontend
 //! (slot 0); refuse at once when it has no usable backend, as kube-proxy's
-//! REJECT rule does; otherwise pick a backend (select.rs, shared with the
+//! REJECT rule does, or when it is a ClusterIP on a port no Service defines; otherwise pick a backend (select.rs, shared with the
 //! north-south path: affinity, else a random slot), rewrite the destination and remember, per socket,
 //! which service the backend stands for.
 //!
@@ -70,6 +70,14 @@ fn xlate_fwd(ctx: &SockAddrContext, translated: Counter, refused: Counter) -> i3
         _pad: [0; 2],
     };
     let Some(mut svc) = lookup_svc(&key) else {
+        // kube-proxy's cluster-ips-check: a ClusterIP on a port (or
+        // protocol) no Service defines is refused, not sent out as is. The
+        // agent marks each ClusterIP with port 0 / protocol 0.
+        key.port = 0;
+        key.proto = 0;
+        if lookup_svc(&key).is_some() {
+            return refuse(ctx, refused, addr, port);
+        }
         return ALLOW;
     };
     if svc.flags & svc_flags::TWO_SCOPES != 0 {

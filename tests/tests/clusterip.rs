@@ -542,3 +542,85 @@ fn ignored_services_stay_untranslated() {
     assert_untranslated(&a[0], "service-proxy-name: others");
     assert_all_ok(&lab.tcp(&client, "10.96.0.21:80", 3), "the normal service");
 }
+
+/// kube-proxy's `cluster-ips-check` (nftables mode): a ClusterIP on a port or protocol no
+/// Service defines is rejected at once, not sent out untranslated; once the Service is gone,
+/// its address is nobody's and ferry leaves it alone.
+#[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
+fn a_cluster_ip_on_a_port_no_service_defines_is_refused() {
+    require_root!();
+    let lab = Lab::new("a_cluster_ip_on_a_port_no_service_defines_is_refused");
+    let b1 = lab.add_pod("b1");
+    let client = lab.add_pod("client");
+    let _e1 = lab.start_echo(&b1, &[8080], &[8053]);
+    let svc = Service::cluster_ip("web", VIP)
+        .port_to("http", 80, "TCP", 8080u16)
+        .port_to("dns", 53, "UDP", 8053u16);
+    let slice = EndpointSlice::new("web-1", "web")
+        .port("http", 8080, "TCP")
+        .port("dns", 8053, "UDP")
+        .endpoint(Endpoint::ready(b1.ip));
+    lab.manifests().apply(&svc);
+    lab.manifests().apply(&slice);
+    start_agent(&lab);
+    wait_active(&lab, "TCP port", VIP, 80, Protocol::Tcp, &[ep(&b1, 8080)]);
+    wait_active(&lab, "UDP port", VIP, 53, Protocol::Udp, &[ep(&b1, 8053)]);
+    let refused = |lab: &Lab| {
+        lab.stats()["counters"]["connect_refused"]
+            .as_u64()
+            .unwrap_or_default()
+    };
+
+    // The defined ports serve.
+    assert_all_ok(&lab.tcp(&client, &format!("{VIP}:80"), 3), "TCP 80");
+    let udp = lab.client(
+        &client,
+        &["udp", &format!("{VIP}:53"), "--timeout-ms", "2000"],
+    );
+    assert!(udp[0].ok, "UDP 53: {}", udp[0].raw);
+
+    // Another port, and a defined port over the other protocol: refused at once.
+    for target in [format!("{VIP}:81"), format!("{VIP}:53")] {
+        let before = refused(&lab);
+        let a = &lab.client(&client, &["tcp", &target, "--timeout-ms", "3000"])[0];
+        assert_eq!(
+            a.error.as_deref(),
+            Some("ECONNREFUSED"),
+            "TCP {target}: {}",
+            a.raw
+        );
+        assert!(
+            a.elapsed_ms < 1000,
+            "TCP {target} refused at once: {}",
+            a.raw
+        );
+        assert_eq!(refused(&lab), before + 1, "counted as refused by ferry");
+    }
+    let a = &lab.client(
+        &client,
+        &["udp", &format!("{VIP}:54"), "--timeout-ms", "1000"],
+    )[0];
+    assert!(
+        a.stage.as_deref() == Some("send") || a.error.as_deref() == Some("ECONNREFUSED"),
+        "UDP to an undefined port is refused: {}",
+        a.raw
+    );
+
+    // The Service gone, its address is no ClusterIP any more: not refused by ferry.
+    lab.manifests().delete(&svc);
+    lab.manifests().delete(&slice);
+    lab.wait_services(|v| v.frontends.is_empty(), DEADLINE);
+    let before = refused(&lab);
+    let a = &lab.client(
+        &client,
+        &["tcp", &format!("{VIP}:81"), "--timeout-ms", "500"],
+    )[0];
+    assert!(!a.ok, "nothing serves {VIP}:81: {}", a.raw);
+    assert_eq!(
+        refused(&lab),
+        before,
+        "ferry refused a former ClusterIP: {}",
+        a.raw
+    );
+}

@@ -238,6 +238,8 @@ fn cfg() -> Config {
 #[derive(Debug, PartialEq, Eq)]
 struct Canonical {
     frontends: BTreeMap<FrontendKey, CanonicalFrontend>,
+    /// Addresses marked as ClusterIPs.
+    cluster_ips: BTreeSet<Ipv4Addr>,
     /// Entries no frontend reaches (must be none).
     orphans: (usize, usize, usize),
 }
@@ -256,7 +258,13 @@ fn canonical(c: &Contents) -> Canonical {
     let mut frontends = BTreeMap::new();
     let mut used_backends = BTreeSet::new();
     let mut used_revs = BTreeSet::new();
-    for (k, v) in c.services.iter().filter(|(k, _)| k.slot == 0) {
+    let cluster_ips: BTreeSet<Ipv4Addr> =
+        c.services.keys().filter_map(codec::cluster_ip_of).collect();
+    let frontend_entries = c
+        .services
+        .iter()
+        .filter(|(k, _)| k.slot == 0 && codec::cluster_ip_of(k).is_none());
+    for (k, v) in frontend_entries {
         let key = codec::frontend_key(k).expect("a valid key");
         let backends = (1..=v.count)
             .map(|s| {
@@ -296,10 +304,12 @@ fn canonical(c: &Contents) -> Canonical {
         );
     }
     let slots = c.services.len()
+        - cluster_ips.len()
         - frontends.len()
         - frontends.values().map(|f| f.backends.len()).sum::<usize>();
     Canonical {
         frontends,
+        cluster_ips,
         orphans: (
             slots,
             c.backends

@@ -50,6 +50,32 @@ pub fn frontend_key(k: &Svc4Key) -> Option<FrontendKey> {
     })
 }
 
+/// The service-map entry that marks an address as a ClusterIP whatever the
+/// port (port 0, protocol 0: no packet or socket has those): the socket
+/// layer refuses a ClusterIP on a port no Service defines, as kube-proxy's
+/// `cluster-ips-check` rejects it.
+pub fn cluster_ip_key(ip: Ipv4Addr) -> Svc4Key {
+    Svc4Key {
+        addr: ip_raw(ip),
+        port: 0,
+        slot: 0,
+        proto: 0,
+        scope: agent_common::scope::EXTERNAL,
+        _pad: [0; 2],
+    }
+}
+
+/// The address a [`cluster_ip_key`] marks; None for any other key.
+pub fn cluster_ip_of(k: &Svc4Key) -> Option<Ipv4Addr> {
+    (k.port == 0 && k.proto == 0 && k.slot == 0 && k.scope == agent_common::scope::EXTERNAL)
+        .then(|| ip_of(k.addr))
+}
+
+/// The value of a [`cluster_ip_key`]: no backend, flagged ClusterIP.
+pub fn cluster_ip_value() -> SvcValue {
+    frontend_value(0, 0, svc_flags::CLUSTER_IP, 0)
+}
+
 /// Slot 0's value: the frontend.
 pub fn frontend_value(count: u16, rev_nat_id: u16, flags: u16, affinity_timeout: u32) -> SvcValue {
     SvcValue {

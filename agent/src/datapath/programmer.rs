@@ -14,7 +14,10 @@
 //! it acquired (backend and rev-NAT ids, source ranges, Maglev entries)
 //! stays behind to block others.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::Ipv4Addr,
+};
 
 use agent_common::{
     AffinityKey, Member4Key, Svc4Key, SvcValue, backend_flags, backend_state, maps as names,
@@ -178,7 +181,11 @@ pub struct Programmer<M: LbMaps = Maps> {
     /// rev-NAT id -> its address, so per-id lookups stay O(1).
     rev_keys: HashMap<u16, AddrKey>,
     rev_ids: IdAllocator,
-    /// Entries in the service map (frontends + slots).
+    /// Programmed frontends flagged ClusterIP, per address: the address is
+    /// marked in the service map while any is ([`codec::cluster_ip_key`]).
+    cluster_ips: HashMap<Ipv4Addr, u32>,
+    /// Entries in the service map (frontends and slots; the ClusterIP marks
+    /// are `cluster_ips.len()` more).
     svc_entries: u32,
     /// Entries in the source-range map.
     src_range_entries: u32,
@@ -211,6 +218,7 @@ impl<M: LbMaps> Programmer<M> {
             rev_nats: HashMap::new(),
             rev_keys: HashMap::new(),
             rev_ids: IdAllocator::new(caps.rev_nat),
+            cluster_ips: HashMap::new(),
             svc_entries: 0,
             src_range_entries: 0,
             maglev_tables: 0,
@@ -293,6 +301,12 @@ impl<M: LbMaps> Programmer<M> {
         }
         p.adopt_north_south(&used_rev);
         p.reconcile_members();
+        for (key, f) in &p.frontends {
+            if f.flags & svc_flags::CLUSTER_IP != 0 {
+                *p.cluster_ips.entry(key.ip).or_default() += 1;
+            }
+        }
+        p.reconcile_cluster_ips(&st.cluster_ips);
         debug!(
             frontends = p.frontends.len(),
             backends = p.backends.len(),
@@ -334,7 +348,7 @@ impl<M: LbMaps> Programmer<M> {
     }
 
     pub fn service_entries(&self) -> u32 {
-        self.svc_entries
+        self.svc_entries + self.cluster_ips.len() as u32
     }
 
     pub fn rev_nat_count(&self) -> usize {
@@ -436,6 +450,7 @@ impl<M: LbMaps> Programmer<M> {
         self.release_rev_nat(&key.addr());
         self.frontends.remove(key);
         self.dirty.remove(key);
+        self.cluster_ip_refs(key.ip, old.flags & svc_flags::CLUSTER_IP != 0, false);
         debug!(frontend = %key, "removed");
         Ok(true)
     }
@@ -449,6 +464,7 @@ impl<M: LbMaps> Programmer<M> {
         for k in &st.stray {
             let _ = self.del_service(k);
         }
+        self.reconcile_cluster_ips(&st.cluster_ips);
         let mut drifted = Vec::new();
         for (key, p) in &self.frontends {
             let ids: Vec<u32> = p
@@ -538,7 +554,11 @@ impl<M: LbMaps> Programmer<M> {
             ));
         }
         let extra = u32::from(old.is_none()) + new_count.saturating_sub(old_count);
-        if self.svc_entries + extra > self.caps.services {
+        // A new ClusterIP address takes one more (its mark).
+        let mark = u32::from(
+            want.flags & svc_flags::CLUSTER_IP != 0 && !self.cluster_ips.contains_key(&key.ip),
+        );
+        if self.service_entries() + extra + mark > self.caps.services {
             return Err(full(names::SERVICES_V4, self.caps.services, "entries"));
         }
         let fresh = want
@@ -735,6 +755,8 @@ impl<M: LbMaps> Programmer<M> {
             }
         }
         debug!(service = %f.service, frontend = %key, backends = new_count, "programmed");
+        let was = old.is_some_and(|o| o.flags & svc_flags::CLUSTER_IP != 0);
+        self.cluster_ip_refs(key.ip, was, want.flags & svc_flags::CLUSTER_IP != 0);
         self.frontends.insert(*key, want);
         Ok(())
     }
@@ -1052,6 +1074,58 @@ impl<M: LbMaps> Programmer<M> {
             if let Err(e) = self.put_member(*k, *id) {
                 warn!(error = %e, "writing a DSR membership");
             }
+        }
+    }
+
+    /// A frontend at `ip` stopped (`was`) or started (`is`) being a
+    /// ClusterIP: the address's mark follows the first and the last one. A
+    /// failed write is logged; the safety sweep writes it again.
+    fn cluster_ip_refs(&mut self, ip: Ipv4Addr, was: bool, is: bool) {
+        match (was, is) {
+            (false, true) => {
+                let n = self.cluster_ips.entry(ip).or_default();
+                *n += 1;
+                if *n == 1 {
+                    self.mark_cluster_ip(ip);
+                }
+            }
+            (true, false) => {
+                let Some(n) = self.cluster_ips.get_mut(&ip) else {
+                    return;
+                };
+                *n -= 1;
+                if *n == 0 {
+                    self.cluster_ips.remove(&ip);
+                    self.unmark_cluster_ip(ip);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn mark_cluster_ip(&mut self, ip: Ipv4Addr) {
+        if let Err(e) = self.put_service(codec::cluster_ip_key(ip), codec::cluster_ip_value()) {
+            warn!(cluster_ip = %ip, error = %e, "marking a ClusterIP");
+        }
+    }
+
+    fn unmark_cluster_ip(&mut self, ip: Ipv4Addr) {
+        if let Err(e) = self.del_service(&codec::cluster_ip_key(ip)) {
+            warn!(cluster_ip = %ip, error = %e, "removing a ClusterIP mark");
+        }
+    }
+
+    /// Makes the kernel's ClusterIP marks (`have`) those of the programmed
+    /// frontends.
+    fn reconcile_cluster_ips(&mut self, have: &BTreeSet<Ipv4Addr>) {
+        let want: BTreeSet<Ipv4Addr> = self.cluster_ips.keys().copied().collect();
+        for &ip in have.difference(&want) {
+            if let Err(e) = self.del_service(&codec::cluster_ip_key(ip)) {
+                warn!(cluster_ip = %ip, error = %e, "removing a stale ClusterIP mark");
+            }
+        }
+        for &ip in want.difference(have) {
+            self.mark_cluster_ip(ip);
         }
     }
 

@@ -95,7 +95,8 @@ fn programs_new_frontends_and_then_writes_nothing_when_unchanged() {
     assert!(pos(&ops, &Op::PutSvc(raw(&a, 1))) < pos(&ops, &Op::PutSvc(raw(&a, 0))));
     assert!(pos(&ops, &Op::PutRevNat(1)) < pos(&ops, &Op::PutSvc(raw(&a, 0))));
     let m = maps.contents();
-    assert_eq!(m.services.len(), 2 + 3);
+    // Two frontends, three slots, and each ClusterIP's mark.
+    assert_eq!(m.services.len(), 2 + 3 + 2);
     assert_eq!(m.services[&raw(&a, 0)].count, 2);
     assert_eq!(m.backends.len(), 3);
     assert_eq!(m.rev_nat.len(), 2);
@@ -670,4 +671,64 @@ fn exposed_frontends_list_their_backends_for_dsr_and_nothing_else_does() {
     // The service goes: so do its memberships.
     second.apply(&Desired::default());
     assert!(maps.contents().members.is_empty());
+}
+
+/// kube-proxy's cluster-ips-check needs the socket layer to know every
+/// ClusterIP whatever the port: one mark per address while any of its
+/// ClusterIP frontends is programmed, gone with the last; adoption removes
+/// marks nobody wants and writes missing ones.
+#[test]
+fn each_cluster_ip_is_marked_while_one_of_its_frontends_is_programmed() {
+    let maps = FakeMaps::default();
+    let mut p = Programmer::adopt(maps.clone());
+    let (a80, a53, b) = (
+        key([10, 96, 0, 1], 80),
+        key([10, 96, 0, 1], 53),
+        key([10, 96, 0, 2], 80),
+    );
+    let marked = |m: &FakeMaps| -> Vec<Ipv4Addr> {
+        let mut v: Vec<Ipv4Addr> = m
+            .contents()
+            .services
+            .keys()
+            .filter_map(codec::cluster_ip_of)
+            .collect();
+        v.sort();
+        v
+    };
+    let fe = |n| frontend(n, vec![be(2, 8080)]);
+    p.apply(&desired(vec![(a80, fe("a")), (a53, fe("a")), (b, fe("b"))]));
+    assert_eq!(marked(&maps), [a80.ip, b.ip]);
+    assert_eq!(
+        maps.contents().services[&codec::cluster_ip_key(a80.ip)],
+        codec::cluster_ip_value()
+    );
+    // One port of a goes: a stays marked; b goes: its mark goes.
+    p.apply(&desired(vec![(a53, fe("a"))]));
+    assert_eq!(marked(&maps), [a80.ip]);
+    // An address that becomes an externalIP is no longer a ClusterIP.
+    let external = Frontend {
+        kind: FrontendKind::ExternalIP,
+        ..fe("c")
+    };
+    p.apply(&desired(vec![(a53, external)]));
+    assert!(marked(&maps).is_empty());
+    p.apply(&desired(vec![(b, fe("b"))]));
+    assert_eq!(marked(&maps), [b.ip]);
+
+    // A previous agent's stale mark goes at adoption; a missing one is written.
+    let mut m2 = maps.clone();
+    m2.put_service(
+        codec::cluster_ip_key(Ipv4Addr::new(10, 96, 9, 9)),
+        codec::cluster_ip_value(),
+    )
+    .unwrap();
+    m2.del_service(&codec::cluster_ip_key(b.ip)).unwrap();
+    let p2 = Programmer::adopt(m2.clone());
+    assert_eq!(marked(&m2), [b.ip]);
+    assert_eq!(
+        p2.service_entries(),
+        2 + 1,
+        "b's frontend, its slot and its mark"
+    );
 }

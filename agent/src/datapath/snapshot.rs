@@ -1,7 +1,10 @@
 //! A read of what the kernel holds, decoded from the maps: the base for
 //! adopting a previous agent's state and for `ferry services`.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use agent_common::{Backend4, RevNat4, Svc4Key, SvcValue};
 
@@ -15,6 +18,8 @@ pub struct KernelState {
     pub rev_nat: BTreeMap<u16, RevNat4>,
     /// Source ranges by rev-NAT id.
     pub src_ranges: BTreeMap<u16, Vec<Cidr4>>,
+    /// Addresses marked as ClusterIPs ([`codec::cluster_ip_key`]).
+    pub cluster_ips: BTreeSet<Ipv4Addr>,
     /// Service-map keys that belong to no frontend (slots past a count, or
     /// left by an agent that stopped mid-update): deleted on adoption.
     pub stray: Vec<Svc4Key>,
@@ -32,6 +37,10 @@ impl KernelState {
         let mut st = KernelState::default();
         let mut slots: BTreeMap<(FrontendKey, u16), (Svc4Key, u32)> = BTreeMap::new();
         for (k, v) in maps.services() {
+            if let Some(ip) = codec::cluster_ip_of(&k) {
+                st.cluster_ips.insert(ip);
+                continue;
+            }
             let Some(key) = codec::frontend_key(&k) else {
                 st.stray.push(k);
                 continue;
