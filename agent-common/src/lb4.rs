@@ -69,6 +69,12 @@ pub mod svc_flags {
     pub const SOURCE_RANGES: u16 = 1 << 8;
     /// Maglev consistent hashing instead of a random choice (north-south).
     pub const MAGLEV: u16 = 1 << 9;
+    /// No usable endpoint (count 0) because a Local traffic policy leaves
+    /// none on this node while the Service has endpoints elsewhere: the
+    /// traffic is dropped (the client times out), as kube-proxy does; a
+    /// frontend with count 0 without this flag has no endpoint anywhere and
+    /// is rejected.
+    pub const DROP_NO_LOCAL: u16 = 1 << 10;
 
     /// Every flag with the name tools show it by: the one list, so a new
     /// flag cannot be left out of `ferry services` (a test checks that the
@@ -84,6 +90,7 @@ pub mod svc_flags {
         (TWO_SCOPES, "TwoScopes"),
         (SOURCE_RANGES, "SourceRanges"),
         (MAGLEV, "Maglev"),
+        (DROP_NO_LOCAL, "DropNoLocalEndpoints"),
     ];
 }
 
@@ -161,6 +168,46 @@ pub struct Member4Key {
 }
 const _: () = assert!(core::mem::size_of::<Member4Key>() == 12);
 
+/// A destination the socket layer translated to a backend of a LoadBalancer
+/// IP with loadBalancerSourceRanges. Network order; `rev_nat_id` names the
+/// frontend's external entry (the key of its ranges).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GuardDest4 {
+    pub addr: u32,
+    pub port: u16,
+    pub rev_nat_id: u16,
+}
+const _: () = assert!(core::mem::size_of::<GuardDest4>() == 8);
+
+/// Per-socket record of the egress guard (socket-local storage): what the
+/// socket layer let through that each packet must still be checked for once
+/// its source address is known (a connect() has none yet). Sockets without
+/// a record pay one pointer test per packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockGuard4 {
+    /// [`guard_flags`].
+    pub flags: u8,
+    pub _pad: [u8; 3],
+    /// Set by connect(): the socket's connected destination.
+    pub conn: GuardDest4,
+    /// Set by an unconnected sendmsg(): its datagram's destination (the
+    /// packet leaves before the next sendmsg runs).
+    pub msg: GuardDest4,
+}
+const _: () = assert!(core::mem::size_of::<SockGuard4>() == 20);
+
+pub mod guard_flags {
+    /// The socket sent to a ClusterIP untranslated (a Local traffic policy
+    /// without a local endpoint): its packets to a ClusterIP are dropped.
+    pub const NO_LOCAL: u8 = 1 << 0;
+    /// `conn` holds a source-ranged destination.
+    pub const RANGES_CONN: u8 = 1 << 1;
+    /// `msg` holds a source-ranged destination.
+    pub const RANGES_MSG: u8 = 1 << 2;
+}
+
 /// Key of the dead-backend map (`maps::DEAD_V4`): a UDP backend just removed
 /// from a service. Network order.
 #[repr(C)]
@@ -220,6 +267,7 @@ mod pod {
     unsafe impl aya::Pod for SockRev4 {}
     unsafe impl aya::Pod for Dead4Key {}
     unsafe impl aya::Pod for Member4Key {}
+    unsafe impl aya::Pod for SockGuard4 {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
 }

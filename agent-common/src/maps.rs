@@ -45,6 +45,10 @@ pub const ICMP_GLOBAL: &str = "ferry_icmpg_v1";
 pub const ICMP_SOURCES: &str = "ferry_icmps_v1";
 /// The conntrack map's fill as the agent last measured it (one u32, per mille).
 pub const CT_FILL: &str = "ferry_ctfill_v1";
+/// The egress guard's per-socket records (`SockGuard4`, socket-local
+/// storage: each lives and dies with its socket; pinned so that a restarted
+/// agent's guard still knows the sockets its predecessor marked).
+pub const SOCK_GUARD_V4: &str = "ferry_guard4_v1";
 
 /// Every map name of the current ABI.
 pub const ALL: &[&str] = &[
@@ -65,6 +69,7 @@ pub const ALL: &[&str] = &[
     ICMP_GLOBAL,
     ICMP_SOURCES,
     CT_FILL,
+    SOCK_GUARD_V4,
 ];
 
 /// Prefix shared by every map and link ferry pins, whatever its version.

@@ -90,9 +90,27 @@ pub enum Counter {
     /// [`crate::CT_PRESSURE_PERMILLE`] full (as the agent last measured it):
     /// every such flow may evict another.
     NsNewFlowCtFull = 27,
+    /// Socket layer: a connect()/sendmsg() to a ClusterIP whose Local
+    /// traffic policy leaves no endpoint on this node while others exist
+    /// elsewhere: let through untranslated and marked, for the egress guard
+    /// to drop (kube-proxy drops it; with no endpoint anywhere it rejects).
+    SockNoLocal = 28,
+    /// Egress guard: a packet of a marked socket addressed to a ClusterIP
+    /// (untranslated, so its Service has no endpoint for this node): dropped
+    /// before it leaves the socket (TCP times out, UDP is lost, as with
+    /// kube-proxy's drop).
+    GuardNoLocalDrop = 29,
+    /// Egress guard: a packet to a backend of a LoadBalancer IP with
+    /// loadBalancerSourceRanges whose source address is outside them: dropped
+    /// (kube-proxy's firewall check applies to pods and the host too).
+    GuardSourceRangeDrop = 30,
+    /// Socket layer: the per-socket guard record could not be made (kernel
+    /// memory): the connect()/sendmsg() is refused rather than let through
+    /// unchecked.
+    GuardRecordFailed = 31,
 }
 
-pub const COUNTERS: u32 = 28;
+pub const COUNTERS: u32 = 32;
 
 /// Slots of the pinned counter map: a fixed reserve above `COUNTERS`, so
 /// adding a counter does not change the map's size (a pinned map of another
@@ -130,6 +148,10 @@ impl Counter {
         Counter::NsRejectLimitedSource,
         Counter::NsCtLostFlow,
         Counter::NsNewFlowCtFull,
+        Counter::SockNoLocal,
+        Counter::GuardNoLocalDrop,
+        Counter::GuardSourceRangeDrop,
+        Counter::GuardRecordFailed,
     ];
 
     /// Stable name used in metrics and `ferry stats`.
@@ -163,6 +185,10 @@ impl Counter {
             Counter::NsRejectLimitedSource => "ns_reject_limited_source",
             Counter::NsCtLostFlow => "ns_ct_lost_flow",
             Counter::NsNewFlowCtFull => "ns_new_flow_ct_full",
+            Counter::SockNoLocal => "sock_no_local",
+            Counter::GuardNoLocalDrop => "guard_no_local_drop",
+            Counter::GuardSourceRangeDrop => "guard_source_range_drop",
+            Counter::GuardRecordFailed => "guard_record_failed",
         }
     }
 }

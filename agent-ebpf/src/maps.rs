@@ -3,10 +3,11 @@
 
 use agent_common::{
     AffinityKey, AffinityValue, Backend4, Ct4Key, Ct4Value, Dead4Key, Member4Key, NodeConfig,
-    RevNat4, SockRev4, SockRev4Key, SrcRange4, Svc4Key, SvcValue, maps as m,
+    RevNat4, SockGuard4, SockRev4, SockRev4Key, SrcRange4, Svc4Key, SvcValue, maps as m,
 };
 use aya_ebpf::{
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 
@@ -64,6 +65,11 @@ pub static ICMP_SOURCES: LruHashMap<u32, u64> = LruHashMap::pinned(m::ICMP_SOURC
 
 #[map(name = "ferry_ctfill_v1")]
 pub static CT_FILL: Array<u32> = Array::pinned(1, 0);
+
+/// The egress guard's per-socket records (guard.rs). Socket-local storage
+/// is a BTF map: aya-ebpf declares it only in that form.
+#[btf_map(name = "ferry_guard4_v1", pin_by_name)]
+pub static SOCK_GUARD: SkStorage<SockGuard4> = SkStorage::new();
 
 /// Per-CPU scratch space of the DSR paths (see dsr.rs). Not pinned and not
 /// in `agent_common::maps`: it holds no state, each load gets its own.

@@ -205,7 +205,7 @@ fn not_a_frontend(ctx: &TcContext, ip: &Ipv4, t: &Tuple, cfg: &agent_common::Nod
 /// A packet no flow knows: a new flow if it is for an exposed frontend.
 #[inline(always)]
 fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, cfg: &agent_common::NodeConfig) -> i32 {
-    let mut key = Svc4Key {
+    let key = Svc4Key {
         addr: t.daddr,
         port: t.dport,
         slot: 0,
@@ -235,14 +235,11 @@ fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, cfg: &agent_common::
         }
     }
     if svc.count == 0 {
-        if svc.flags & svc_flags::TWO_SCOPES != 0 {
-            key.scope = scope::INTERNAL;
-            if select::lookup_svc(&key).is_some_and(|s| s.count > 0) {
-                // externalTrafficPolicy Local, endpoints only elsewhere:
-                // dropped, so the load balancer's health check decides.
-                count(Counter::NsNoLocalDrop);
-                return verdict::SHOT;
-            }
+        if svc.flags & svc_flags::DROP_NO_LOCAL != 0 {
+            // externalTrafficPolicy Local, endpoints only elsewhere:
+            // dropped, so the load balancer's health check decides.
+            count(Counter::NsNoLocalDrop);
+            return verdict::SHOT;
         }
         return icmp::reject(ctx, ip, cfg);
     }

@@ -2,16 +2,20 @@
 //!
 //! Forward path (connect4, sendmsg4): look the destination up as a frontend
 //! (slot 0); refuse at once when it has no usable backend, as kube-proxy's
-//! REJECT rule does, or when it is a ClusterIP on a port no Service defines; otherwise pick a backend (select.rs, shared with the
-//! north-south path: affinity, else a random slot), rewrite the destination and remember, per socket,
-//! which service the backend stands for.
+//! REJECT rule does, or when it is a ClusterIP on a port no Service defines;
+//! otherwise pick a backend (select.rs, shared with the north-south path:
+//! affinity, else a random slot), rewrite the destination and remember, per
+//! socket, which service the backend stands for. What kube-proxy drops
+//! instead (a Local policy without a local endpoint, a client outside a
+//! LoadBalancer's source ranges) is recorded in the socket's storage for the
+//! egress guard (guard.rs), which sees each packet's source address.
 //!
 //! Reverse path (recvmsg4, getpeername4): rewrite a backend source back to
 //! the service the socket dialled.
 
 use agent_common::{
-    Backend4, SockRev4, SockRev4Key, Svc4Key, SvcValue, affinity_client, proto, scope,
-    stats::Counter, svc_flags,
+    Backend4, GuardDest4, SockGuard4, SockRev4, SockRev4Key, Svc4Key, SvcValue, affinity_client,
+    guard_flags, proto, scope, stats::Counter, svc_flags,
 };
 use aya_ebpf::{
     EbpfContext as _, helpers::generated as h, macros::cgroup_sock_addr, programs::SockAddrContext,
@@ -19,7 +23,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 
 use crate::{
-    maps::{REV_NAT_V4, SOCK_REV_V4, count},
+    maps::{REV_NAT_V4, SOCK_GUARD, SOCK_REV_V4, count},
     select::{self, Client, lookup_svc},
 };
 
@@ -30,12 +34,22 @@ const ECONNREFUSED: i32 = 111;
 
 #[cgroup_sock_addr(connect4)]
 pub fn ferry_conn4(ctx: SockAddrContext) -> i32 {
-    xlate_fwd(&ctx, Counter::ConnectTranslated, Counter::ConnectRefused)
+    xlate_fwd(
+        &ctx,
+        true,
+        Counter::ConnectTranslated,
+        Counter::ConnectRefused,
+    )
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn ferry_send4(ctx: SockAddrContext) -> i32 {
-    xlate_fwd(&ctx, Counter::SendmsgTranslated, Counter::SendmsgRefused)
+    xlate_fwd(
+        &ctx,
+        false,
+        Counter::SendmsgTranslated,
+        Counter::SendmsgRefused,
+    )
 }
 
 #[cgroup_sock_addr(recvmsg4)]
@@ -51,7 +65,7 @@ pub fn ferry_peer4(ctx: SockAddrContext) -> i32 {
 }
 
 #[inline(always)]
-fn xlate_fwd(ctx: &SockAddrContext, translated: Counter, refused: Counter) -> i32 {
+fn xlate_fwd(ctx: &SockAddrContext, connect: bool, translated: Counter, refused: Counter) -> i32 {
     // SAFETY: the kernel hands every sock_addr program a valid context.
     let sa = unsafe { &mut *ctx.sock_addr };
     let l4 = sa.protocol as u8;
@@ -80,18 +94,32 @@ fn xlate_fwd(ctx: &SockAddrContext, translated: Counter, refused: Counter) -> i3
         }
         return ALLOW;
     };
+    // The frontend's own entry: its source ranges are keyed by its id.
+    let (ext_flags, ext_rev_nat_id) = (svc.flags, svc.rev_nat_id);
     if svc.flags & svc_flags::TWO_SCOPES != 0 {
         // externalTrafficPolicy Local: in-cluster clients use every endpoint.
         key.scope = scope::INTERNAL;
         svc = lookup_svc(&key).unwrap_or_default();
     }
     if svc.count == 0 {
+        if svc.flags & svc_flags::DROP_NO_LOCAL != 0 {
+            return let_through_to_drop(ctx, refused, addr, port);
+        }
         return refuse(ctx, refused, addr, port);
     }
     let Some(backend) = select_backend(ctx, &key, &svc) else {
         count(Counter::BackendMiss);
         return refuse(ctx, refused, addr, port);
     };
+    let ranged = (ext_flags & svc_flags::SOURCE_RANGES != 0).then_some(GuardDest4 {
+        addr: backend.addr,
+        port: backend.port,
+        rev_nat_id: ext_rev_nat_id,
+    });
+    if !record_ranges(ctx, connect, ranged) {
+        count(Counter::GuardRecordFailed);
+        return refuse(ctx, refused, addr, port);
+    }
 
     let rev_key = SockRev4Key {
         cookie: unsafe { h::bpf_get_socket_cookie(ctx.as_ptr()) },
@@ -112,6 +140,59 @@ fn xlate_fwd(ctx: &SockAddrContext, translated: Counter, refused: Counter) -> i3
     sa.user_port = backend.port as u32;
     count(translated);
     ALLOW
+}
+
+/// A Local traffic policy without a local endpoint: kube-proxy drops the
+/// traffic, so the destination stays the ClusterIP and the socket is marked
+/// for the egress guard, which drops its packets to ClusterIPs.
+#[inline(always)]
+fn let_through_to_drop(ctx: &SockAddrContext, refused: Counter, addr: u32, port: u16) -> i32 {
+    let mut init = SockGuard4::default();
+    let g = SOCK_GUARD.get_or_insert_ptr_mut(ctx, Some(&mut init));
+    if g.is_null() {
+        // Unmarked, the packets would leave: refuse instead.
+        count(Counter::GuardRecordFailed);
+        return refuse(ctx, refused, addr, port);
+    }
+    // SAFETY: the kernel's storage value for this socket.
+    unsafe { (*g).flags |= guard_flags::NO_LOCAL };
+    count(Counter::SockNoLocal);
+    ALLOW
+}
+
+/// Records (or clears) the socket's source-ranged destination for this
+/// connect (`conn`) or datagram (`msg`). False: the record was needed and
+/// could not be made.
+#[inline(always)]
+fn record_ranges(ctx: &SockAddrContext, connect: bool, ranged: Option<GuardDest4>) -> bool {
+    let slot = if connect {
+        guard_flags::RANGES_CONN
+    } else {
+        guard_flags::RANGES_MSG
+    };
+    let Some(dest) = ranged else {
+        // Most sockets have no record: one lookup that finds nothing.
+        let g = SOCK_GUARD.get_ptr_mut(ctx);
+        if !g.is_null() {
+            unsafe { (*g).flags &= !slot };
+        }
+        return true;
+    };
+    let mut init = SockGuard4::default();
+    let g = SOCK_GUARD.get_or_insert_ptr_mut(ctx, Some(&mut init));
+    if g.is_null() {
+        return false;
+    }
+    // SAFETY: the kernel's storage value for this socket.
+    unsafe {
+        if connect {
+            (*g).conn = dest;
+        } else {
+            (*g).msg = dest;
+        }
+        (*g).flags |= slot;
+    }
+    true
 }
 
 #[inline(always)]

@@ -23,6 +23,16 @@ pub const SOCK_PROGRAMS: &[(&str, &str)] = &[
     ("ferry_peer4", "ferry_link_peer4"),
 ];
 
+/// The egress guard beside them (cgroup_skb/egress): (ELF function name,
+/// link pin name).
+pub const GUARD_PROGRAM: (&str, &str) = ("ferry_guard4", "ferry_link_guard4");
+
+/// Every program ferry attaches to the cgroup, with its link pin name: the
+/// guard first, so that no socket a hook marks is ever without it.
+pub fn cgroup_programs() -> impl Iterator<Item = (&'static str, &'static str)> {
+    std::iter::once(GUARD_PROGRAM).chain(SOCK_PROGRAMS.iter().copied())
+}
+
 /// The north-south TC programs (ELF function names).
 pub const TC_INGRESS: &str = "ferry_tc_in";
 pub const TC_EGRESS: &str = "ferry_tc_out";

@@ -333,6 +333,21 @@ fn links_detached_or_unpinned_by_another_process_are_repaired_and_reported() {
     );
     assert_eq!(link_id(&send4), Some(id), "the same link, pinned again");
     assert_eq!(healthz(&lab).1["links"]["repairs"], 2);
+
+    // The egress guard (a cgroup_skb link) detached: attached anew.
+    let guard = dir.join("ferry_link_guard4");
+    let before = link_id(&guard).expect("the guard's link");
+    proc::run(
+        "bpftool",
+        &["link", "detach", "pinned", &guard.to_string_lossy()],
+    )
+    .unwrap();
+    wait_metric(
+        &lab,
+        r#"ferry_link_repairs_total{link="ferry_link_guard4",fault="detached"} 1"#,
+    );
+    assert_ne!(link_id(&guard), Some(before), "a new link");
+    assert!(lab.bpftool_cgroup_show().contains("ferry_guard4"));
 }
 
 #[test]

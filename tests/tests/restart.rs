@@ -104,6 +104,18 @@ fn agent_restart_keeps_serving_and_adopts_the_pinned_state() {
     });
     udp.wait_more(20, Duration::from_secs(10));
 
+    // Every cgroup program, the egress guard included, was swapped into its pinned link:
+    // the hooks were never empty.
+    let log = lab.agent_log();
+    for (program, _) in ferry::paths::cgroup_programs() {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("program=\"{program}\""))
+                    && l.contains("outcome=Replaced")),
+            "{program} swapped into its link: {log}"
+        );
+    }
+
     let after = identities(&lab.services());
     for (key, rev, _) in &before {
         let now = after.iter().find(|(k, _, _)| k == key);

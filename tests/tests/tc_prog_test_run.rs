@@ -797,8 +797,10 @@ fn etp_local_without_a_local_endpoint_drops() {
         let vip = sa(LB_VIP, 80);
         f.backend(4, sa(REMOTE_POD, 8080), IPPROTO_TCP, false);
         let flags = svc_flags::LOAD_BALANCER | svc_flags::ETP_LOCAL | svc_flags::TWO_SCOPES;
-        // External scope: this node's endpoints (none); internal: all of them.
-        f.frontend(vip, IPPROTO_TCP, scope::EXTERNAL, flags, REV_LB, &[]);
+        // External scope: this node's endpoints (none), flagged as the agent flags a Local
+        // policy with endpoints elsewhere; internal: all of them.
+        let ext_flags = flags | svc_flags::DROP_NO_LOCAL;
+        f.frontend(vip, IPPROTO_TCP, scope::EXTERNAL, ext_flags, REV_LB, &[]);
         f.frontend(vip, IPPROTO_TCP, scope::INTERNAL, flags, REV_LB, &[4]);
 
         let r = f.run(

@@ -1,5 +1,6 @@
 //! Loads ferry's eBPF object with its maps pinned by name, and attaches the
-//! socket-layer programs to the cgroup through pinned links.
+//! socket-layer programs and the egress guard to the cgroup through pinned
+//! links.
 //!
 //! A restarted agent finds the pins of its predecessor: the maps are reused
 //! as they are (so nothing programmed is lost), and each pinned link gets the
@@ -15,7 +16,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSockAddr,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
         cgroup_sock_addr::CgroupSockAddrLink,
         links::{FdLink, PinnedLink},
     },
@@ -27,6 +28,7 @@ use super::{
     ifaces::Interface,
     links::{Links, Target},
     sizes::{self, MapSizes},
+    sys,
 };
 use crate::{
     error::{Error, Result},
@@ -109,11 +111,21 @@ impl Loaded {
             source,
         })?;
         let mut links = Links::default();
-        for &(name, link_pin) in paths::SOCK_PROGRAMS {
+        // The guard first: a socket the hooks mark must never find it absent.
+        load_guard(&mut ebpf)?;
+        for &(name, _) in paths::SOCK_PROGRAMS {
             load_sock_program(&mut ebpf, name)?;
+        }
+        let (guard, _) = paths::GUARD_PROGRAM;
+        for (name, link_pin) in paths::cgroup_programs() {
             let pin = pins.link(link_pin);
-            let outcome = attach_sock_program(&mut ebpf, name, &cgroup, &pin)?;
-            info!(program = name, cgroup = %opts.cgroup.display(), ?outcome, "socket hook");
+            let outcome = attach_cgroup_program(&mut ebpf, name, &cgroup, &pin)?;
+            let what = if name == guard {
+                "egress guard"
+            } else {
+                "socket hook"
+            };
+            info!(program = name, cgroup = %opts.cgroup.display(), ?outcome, "{what}");
             links.hold(name, pin, Target::Cgroup(opts.cgroup.clone()))?;
         }
         let sock_gc = super::sock_gc::SockGc::load(&mut ebpf, &object.kfunc, btf.as_ref());
@@ -163,9 +175,97 @@ fn load_sock_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
         .map_err(|e| Error::program(name, e))
 }
 
+fn guard_program(ebpf: &mut Ebpf) -> Result<&mut CgroupSkb> {
+    let name = paths::GUARD_PROGRAM.0;
+    ebpf.program_mut(name)
+        .ok_or(Error::MissingObject {
+            what: "program",
+            name: name.to_string(),
+        })?
+        .try_into()
+        .map_err(|e| Error::program(name, e))
+}
+
+fn load_guard(ebpf: &mut Ebpf) -> Result<()> {
+    guard_program(ebpf)?
+        .load()
+        .map_err(|e| Error::program(paths::GUARD_PROGRAM.0, e))
+}
+
+/// Attaches a loaded cgroup program (a socket hook or the guard) to
+/// `cgroup` through the link pinned at `link_pin`, swapping it into an
+/// existing one.
+pub(super) fn attach_cgroup_program(
+    ebpf: &mut Ebpf,
+    name: &str,
+    cgroup: &fs::File,
+    link_pin: &Path,
+) -> Result<LinkOutcome> {
+    if name == paths::GUARD_PROGRAM.0 {
+        attach_guard(ebpf, cgroup, link_pin)
+    } else {
+        attach_sock_program(ebpf, name, cgroup, link_pin)
+    }
+}
+
+/// Swaps ferry's cgroup program `name` back into the link pinned at `pin`.
+pub(super) fn swap_back_cgroup(ebpf: &mut Ebpf, name: &str, pin: &Path) -> Result<(), String> {
+    if name == paths::GUARD_PROGRAM.0 {
+        let prog = guard_program(ebpf).map_err(|e| e.to_string())?;
+        replace_guard(prog, pin)
+    } else {
+        let (link, _) = super::links::pinned(pin)?;
+        swap_back(ebpf, name, link)
+    }
+}
+
+fn attach_guard(ebpf: &mut Ebpf, cgroup: &fs::File, link_pin: &Path) -> Result<LinkOutcome> {
+    let name = paths::GUARD_PROGRAM.0;
+    let prog = guard_program(ebpf)?;
+    if link_pin.exists() {
+        match replace_guard(prog, link_pin) {
+            Ok(()) => return Ok(LinkOutcome::Replaced),
+            Err(detail) => {
+                warn!(program = name, pin = %link_pin.display(), %detail, "re-attaching");
+                let _ = fs::remove_file(link_pin);
+            }
+        }
+    }
+    let id = prog
+        .attach(
+            cgroup,
+            CgroupSkbAttachType::Egress,
+            CgroupAttachMode::Single,
+        )
+        .map_err(|e| Error::program(name, e))?;
+    let link = prog.take_link(id).map_err(|e| Error::program(name, e))?;
+    let fd_link: FdLink = link.try_into().map_err(|_| Error::KernelFeature {
+        feature: "bpf_link for cgroup programs (Linux >= 5.7)",
+        detail: format!("program {name} was attached without a link"),
+    })?;
+    fd_link.pin(link_pin).map_err(|e| Error::Link {
+        name: name.to_string(),
+        path: link_pin.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    Ok(LinkOutcome::Attached)
+}
+
+/// Swaps the guard into the link pinned at `link_pin` (BPF_LINK_UPDATE
+/// through our own wrapper: aya has none for cgroup_skb links).
+fn replace_guard(prog: &CgroupSkb, link_pin: &Path) -> Result<(), String> {
+    let link = sys::obj_get(link_pin, 0).map_err(|e| e.to_string())?;
+    let info = sys::link_info(&link).map_err(|e| e.to_string())?;
+    if !matches!(info.attachment, sys::Attachment::Cgroup(_)) {
+        return Err("not a cgroup link".into());
+    }
+    let fd = prog.fd().map_err(|e| e.to_string())?;
+    sys::link_update(&link, std::os::fd::AsFd::as_fd(fd)).map_err(|e| e.to_string())
+}
+
 /// Attaches a loaded socket program to `cgroup` through the link pinned at
 /// `link_pin` (swapping it into an existing one).
-pub(super) fn attach_sock_program(
+fn attach_sock_program(
     ebpf: &mut Ebpf,
     name: &str,
     cgroup: &fs::File,
@@ -217,7 +317,7 @@ fn replace(prog: &mut CgroupSockAddr, link: FdLink) -> Result<(), String> {
 }
 
 /// Swaps ferry's socket program `name` back into its cgroup `link`.
-pub(super) fn swap_back(ebpf: &mut Ebpf, name: &str, link: FdLink) -> Result<(), String> {
+fn swap_back(ebpf: &mut Ebpf, name: &str, link: FdLink) -> Result<(), String> {
     replace(sock_program(ebpf, name).map_err(|e| e.to_string())?, link)
 }
 

@@ -1225,6 +1225,9 @@ fn want_of(key: &FrontendKey, f: &Frontend, rev_nat_id: u16) -> Programmed {
     if f.itp_local {
         flags |= svc_flags::ITP_LOCAL;
     }
+    if f.drop_no_local {
+        flags |= svc_flags::DROP_NO_LOCAL;
+    }
     let external = key.scope == Scope::External && f.kind != FrontendKind::ClusterIP;
     let source_ranges: BTreeSet<Cidr4> = if external {
         f.source_ranges.iter().copied().collect()

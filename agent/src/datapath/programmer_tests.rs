@@ -51,6 +51,7 @@ fn frontend(name: &str, backends: Vec<BackendAddr>) -> Frontend {
         maglev: false,
         etp_local: false,
         itp_local: false,
+        drop_no_local: false,
     }
 }
 

@@ -9,6 +9,8 @@
 //!   cannot make one from a descriptor, and consumes it (a failed pin would
 //!   close the hold that keeps the link attached);
 //! - BPF_LINK_DETACH;
+//! - BPF_LINK_UPDATE for a cgroup_skb program: aya 0.16 swaps programs into
+//!   links of the sock_addr and TCX kinds only;
 //! - BPF_MAP_LOOKUP_BATCH (conntrack reads).
 //!
 //! Walking the kernel's links and programs, swapping a program into a link
@@ -175,6 +177,16 @@ pub fn link_detach(fd: &impl AsFd) -> io::Result<()> {
     attr.link_detach.link_fd = raw(fd.as_fd());
     // SAFETY: no pointer in the attribute.
     unsafe { bpf(bpf_cmd::BPF_LINK_DETACH, &mut attr) }.map(drop)
+}
+
+/// Swaps the program `prog` into the link `link` (BPF_LINK_UPDATE): atomic,
+/// the hook is never empty.
+pub fn link_update(link: &impl AsFd, prog: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = zeroed_attr();
+    attr.link_update.link_fd = raw(link.as_fd());
+    attr.link_update.__bindgen_anon_1.new_prog_fd = raw(prog);
+    // SAFETY: no pointer in the attribute.
+    unsafe { bpf(bpf_cmd::BPF_LINK_UPDATE, &mut attr) }.map(drop)
 }
 
 /// Every entry of a hash map, read `chunk` at a time with BPF_MAP_LOOKUP_BATCH

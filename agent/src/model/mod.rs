@@ -194,6 +194,11 @@ pub struct Frontend {
     pub maglev: bool,
     pub etp_local: bool,
     pub itp_local: bool,
+    /// `backends` is empty because the Local traffic policy leaves none on
+    /// this node while the Service has endpoints elsewhere: kube-proxy drops
+    /// this traffic (the client times out) where a Service without any
+    /// endpoint is rejected.
+    pub drop_no_local: bool,
 }
 
 /// An IPv4 prefix.

@@ -330,6 +330,16 @@ struct Selections {
     local: Selection,
 }
 
+impl Selections {
+    /// A Local policy finds no endpoint on this node while the Service has
+    /// some elsewhere (kube-proxy: no local endpoints but `hasEndpoints`, any
+    /// ready or serving-terminating endpoint, which `cluster` then holds):
+    /// drop, not reject.
+    fn drops_no_local(&self) -> bool {
+        self.local.backends.is_empty() && !self.cluster.backends.is_empty()
+    }
+}
+
 /// What the groups of one port are made from.
 struct PortCx<'a> {
     svc: &'a ServiceName,
@@ -358,6 +368,7 @@ impl PortCx<'_> {
             maglev: self.maglev,
             etp_local: false,
             itp_local: false,
+            drop_no_local: false,
         }
     }
 }
@@ -376,6 +387,7 @@ fn port_groups(cx: &PortCx<'_>, node_ips: &[Ipv4Addr], external_ips: &[Ipv4Addr]
         };
         let fe = Frontend {
             itp_local: spec.itp_local,
+            drop_no_local: spec.itp_local && cx.sel.drops_no_local(),
             ..cx.frontend(FrontendKind::ClusterIP, sel)
         };
         let addr = AddrKey {
@@ -420,6 +432,7 @@ fn port_groups(cx: &PortCx<'_>, node_ips: &[Ipv4Addr], external_ips: &[Ipv4Addr]
             // the internal entry.
             let ext = Frontend {
                 etp_local: true,
+                drop_no_local: cx.sel.drops_no_local(),
                 ..cx.frontend(kind, &cx.sel.local)
             };
             let int = cx.frontend(kind, &cx.sel.cluster);

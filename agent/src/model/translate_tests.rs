@@ -67,6 +67,7 @@ fn lines(desired: &Desired) -> Vec<String> {
                 ("terminating", fe.terminating),
                 ("etp_local", fe.etp_local),
                 ("itp_local", fe.itp_local),
+                ("drop_no_local", fe.drop_no_local),
             ] {
                 if set {
                     line.push(' ');
@@ -1036,6 +1037,115 @@ spec:
         run(&yaml).0,
         ["10.96.0.81:80/TCP ClusterIP -> [10.1.0.4:8080] terminating itp_local"]
     );
+}
+
+/// kube-proxy's rule for a Local policy without a usable local endpoint
+/// (nftables proxier: `drop` when `hasEndpoints`, the reject chain when the
+/// Service has no endpoint at all), for both policies, one row per case:
+/// (endpoints, what the ClusterIP with iTP Local does, what the NodePort
+/// with eTP Local does). `hasEndpoints` counts ready endpoints and
+/// serving-terminating ones anywhere; not-serving ones count for nothing.
+#[test]
+fn local_policy_without_local_endpoints_drops_and_without_any_rejects() {
+    let rows: &[(&str, &str, &str)] = &[
+        (
+            "- {addresses: [10.1.0.1], nodeName: node-a}",
+            "[10.1.0.1:8080]",
+            "[10.1.0.1:8080]",
+        ),
+        (
+            "- {addresses: [10.1.0.1], nodeName: node-a, conditions: {ready: false, serving: true, terminating: true}}",
+            "[10.1.0.1:8080] terminating",
+            "[10.1.0.1:8080] terminating",
+        ),
+        (
+            "- {addresses: [10.1.0.2], nodeName: node-b}",
+            "[] drop_no_local",
+            "[] drop_no_local",
+        ),
+        (
+            "- {addresses: [10.1.0.2], nodeName: node-b, conditions: {ready: false, serving: true, terminating: true}}",
+            "[] drop_no_local",
+            "[] drop_no_local",
+        ),
+        (
+            "- {addresses: [10.1.0.2], nodeName: node-b, conditions: {ready: false, serving: false, terminating: true}}",
+            "[]",
+            "[]",
+        ),
+        (
+            "- {addresses: [10.1.0.1], nodeName: node-a, conditions: {ready: false, serving: false}}",
+            "[]",
+            "[]",
+        ),
+        ("[]", "[]", "[]"),
+    ];
+    for &(endpoints, itp, etp) in rows {
+        let endpoints = if endpoints == "[]" {
+            " []".to_owned()
+        } else {
+            format!("\n{endpoints}")
+        };
+        let yaml = format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: itp}}
+spec:
+  clusterIP: 10.96.0.82
+  internalTrafficPolicy: Local
+  ports: [{{port: 80}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: etp}}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.83
+  externalTrafficPolicy: Local
+  ports: [{{port: 80, nodePort: 30083}}]
+---
+apiVersion: v1
+kind: Node
+metadata: {{name: node-a}}
+status:
+  addresses: [{{type: InternalIP, address: 192.168.1.10}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: itp-1
+  labels: {{kubernetes.io/service-name: itp}}
+addressType: IPv4
+ports: [{{port: 8080}}]
+endpoints:{endpoints}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: etp-1
+  labels: {{kubernetes.io/service-name: etp}}
+addressType: IPv4
+ports: [{{port: 8080}}]
+endpoints:{endpoints}
+"#
+        );
+        let (lines, diags) = run(&yaml);
+        assert_eq!(diags, [], "{endpoints}");
+        let itp_line = format!("10.96.0.82:80/TCP ClusterIP -> {itp} itp_local")
+            .replace("] terminating itp_local", "] terminating itp_local")
+            .replace(" drop_no_local itp_local", " itp_local drop_no_local");
+        let etp_line = format!("192.168.1.10:30083/TCP NodePort -> {etp} etp_local")
+            .replace(" drop_no_local etp_local", " etp_local drop_no_local");
+        assert!(
+            lines.contains(&itp_line),
+            "{endpoints}: {itp_line} not in {lines:#?}"
+        );
+        assert!(
+            lines.contains(&etp_line),
+            "{endpoints}: {etp_line} not in {lines:#?}"
+        );
+    }
 }
 
 #[test]
