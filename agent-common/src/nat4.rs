@@ -195,6 +195,10 @@ pub mod node_flags {
     /// externalTrafficPolicy Cluster to a remote backend: keep the client's
     /// address and let the backend's node answer (DSR) instead of SNAT.
     pub const DSR: u32 = 1 << 0;
+    /// Packets from outside addressed to a ClusterIP are load-balanced like
+    /// an externalIP's (`--external-cluster-ip`; Cilium's
+    /// `bpf-lb-external-clusterip`).
+    pub const EXTERNAL_CLUSTER_IP: u32 = 1 << 1;
 }
 
 /// Default SNAT source port range: above Linux's default ephemeral range

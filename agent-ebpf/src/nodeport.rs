@@ -24,8 +24,8 @@
 //! nearly full are counted too (`NsNewFlowCtFull`).
 
 use agent_common::{
-    CT_PRESSURE_PERMILLE, Ct4Value, SrcRange4, Svc4Key, affinity_client, backend_flags, ct_dir,
-    ct_flags, flow_hash_v4, node_flags, proto, scope, stats::Counter, svc_flags,
+    CT_PRESSURE_PERMILLE, Ct4Value, SrcRange4, Svc4Key, SvcValue, affinity_client, backend_flags,
+    ct_dir, ct_flags, flow_hash_v4, node_flags, proto, scope, stats::Counter, svc_flags,
 };
 use aya_ebpf::{bindings::BPF_NOEXIST, maps::lpm_trie::Key, programs::TcContext};
 
@@ -38,7 +38,8 @@ use crate::{
 };
 
 /// Frontend kinds that are exposed on the node's devices. ClusterIPs are
-/// not: they are served at the socket layer only.
+/// served at the socket layer, and here only with
+/// `node_flags::EXTERNAL_CLUSTER_IP`.
 const EXPOSED: u16 = svc_flags::NODE_PORT | svc_flags::EXTERNAL_IP | svc_flags::LOAD_BALANCER;
 
 /// A TCP/UDP packet arriving on a device.
@@ -202,6 +203,12 @@ fn not_a_frontend(ctx: &TcContext, ip: &Ipv4, t: &Tuple, cfg: &agent_common::Nod
     verdict::PASS
 }
 
+/// A ClusterIP this node serves to outside clients (`--external-cluster-ip`).
+#[inline(always)]
+fn external_cluster_ip(svc: &SvcValue, cfg: &agent_common::NodeConfig) -> bool {
+    svc.flags & svc_flags::CLUSTER_IP != 0 && cfg.flags & node_flags::EXTERNAL_CLUSTER_IP != 0
+}
+
 /// A packet no flow knows: a new flow if it is for an exposed frontend.
 #[inline(always)]
 fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, cfg: &agent_common::NodeConfig) -> i32 {
@@ -216,7 +223,7 @@ fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, cfg: &agent_common::
     let Some(svc) = select::lookup_svc(&key) else {
         return not_a_frontend(ctx, ip, t, cfg);
     };
-    if svc.flags & EXPOSED == 0 {
+    if svc.flags & EXPOSED == 0 && !external_cluster_ip(&svc, cfg) {
         return verdict::PASS;
     }
     // Before anything else, so that a denied client creates no state.
@@ -270,7 +277,9 @@ fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, cfg: &agent_common::
     // lost, which the backend's node may still know): see dsr.rs.
     let mut fits = false;
     let mut dsr = false;
-    if !local && cfg.flags & node_flags::DSR != 0 {
+    // Not for a ClusterIP: a DSR option may only name an exposed frontend
+    // (the backend's node checks it against ferry_memb4_v1).
+    if !local && svc.flags & svc_flags::CLUSTER_IP == 0 && cfg.flags & node_flags::DSR != 0 {
         fits = dsr::option_fits(dsr::skb(ctx), chosen.backend.addr);
         dsr = fits;
         if !fits {

@@ -68,6 +68,13 @@ pub struct AgentArgs {
     /// kube-proxy's behaviour) or DSR.
     #[arg(long, value_enum, default_value_t = LbMode::Snat)]
     pub lb_mode: LbMode,
+    /// Load-balance packets from outside the cluster addressed to a
+    /// ClusterIP, as kube-proxy does when something routes the service range
+    /// to a node (Cilium's `bpf-lb-external-clusterip`). Off by default, as
+    /// in Cilium: a ClusterIP is cluster-internal by contract, and serving it
+    /// exposes every internal Service to whoever can route to the node.
+    #[arg(long)]
+    pub external_cluster_ip: bool,
     /// Default north-south backend choice; the Service annotation
     /// `ferry.io/lb-algorithm: maglev|random` overrides it.
     #[arg(long, value_enum, default_value_t = LbAlgorithm::Random)]

@@ -894,6 +894,92 @@ fn http_server_on(c: &Cluster, pod: &Pod, dir: &std::path::Path, port: u16) -> P
     p
 }
 
+/// A packet from outside addressed to a ClusterIP (issue 11, item 8): left alone by default
+/// (Cilium's default; a ClusterIP is cluster-internal), load-balanced like an externalIP's with
+/// `--external-cluster-ip` (kube-proxy serves it whenever something routes the service range to
+/// a node): to the local backend keeping the client's address, to the remote one SNATed.
+#[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
+fn cluster_ip_from_outside_is_served_only_with_external_cluster_ip() {
+    require_root!();
+    let c = Cluster::new("cluster_ip_from_outside_is_served_only_with_external_cluster_ip");
+    let ext1 = c.ext("ext1");
+    let b1 = c.add_pod_on("node1", "b1");
+    let b2 = c.add_pod_on("node2", "b2");
+    let _e1 = c.start_echo(&b1, &[8080], &[5353]);
+    let _e2 = c.start_echo(&b2, &[8080], &[5353]);
+    let svc = Service::cluster_ip("web", CLUSTER_IP)
+        .port_to("http", 80, "TCP", 8080u16)
+        .port_to("dns", 53, "UDP", 5353u16);
+    c.manifests().apply(&svc);
+    c.manifests()
+        .apply(&slice("web", &[(&b1, "node1"), (&b2, "node2")]));
+    c.route(&ext1, "10.96.0.0/16", "node1");
+    let target = format!("{CLUSTER_IP}:80");
+
+    // Default: node1 does not translate it (its stack has no route for it).
+    start(&c);
+    wait_external(&c, "node1", CLUSTER_IP, 80, Protocol::Tcp, &[&b1, &b2]);
+    let a = c
+        .client(&ext1, &["tcp", &target, "--timeout-ms", "1000"])
+        .remove(0);
+    assert!(
+        !a.ok,
+        "a ClusterIP is not served to outside clients by default: {}",
+        a.raw
+    );
+    assert_eq!(c.stats("node1")["counters"]["ns_new_flow"], 0);
+
+    // --external-cluster-ip: served, by both backends.
+    for node in ["node1", "node2"] {
+        c.stop_agent(node);
+    }
+    c.start_agents_with(&ferry_tests::AgentOpts {
+        extra_args: vec!["--external-cluster-ip".into()],
+        ..Default::default()
+    });
+    c.wait_north_south(DEADLINE);
+    first_answer(&c, &ext1, &target, "ext1 -> ClusterIP via node1");
+    let attempts = tcp(&c, &ext1, &target, 30);
+    assert_all_ok(&c, &attempts, "TCP to the ClusterIP from outside");
+    let pods = by_pod(&attempts);
+    assert_eq!(pods.keys().collect::<Vec<_>>(), ["b1", "b2"], "{pods:?}");
+    let node1 = c.node("node1").ip.to_string();
+    for a in &attempts {
+        let seen = echo(a).peer.ip().to_string();
+        let want = if a.pod().as_deref() == Some("b1") {
+            EXT1_IP.to_string()
+        } else {
+            node1.clone()
+        };
+        assert_eq!(
+            seen, want,
+            "b1 (on node1) sees the client, b2 sees node1 (SNAT): {}",
+            a.raw
+        );
+        assert_eq!(
+            a.peer.as_deref(),
+            Some(target.as_str()),
+            "the client sees the ClusterIP"
+        );
+    }
+    let udp = c.client(
+        &ext1,
+        &[
+            "udp",
+            &format!("{CLUSTER_IP}:53"),
+            "--count",
+            "5",
+            "--timeout-ms",
+            "2000",
+        ],
+    );
+    assert_all_ok(&c, &udp, "UDP to the ClusterIP from outside");
+    for a in &udp {
+        assert_eq!(a.from.as_deref(), Some("10.96.0.10:53"), "{}", a.raw);
+    }
+}
+
 #[test]
 #[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn pod_reaches_the_lb_ip_of_its_own_service() {

@@ -13,7 +13,7 @@ use crate::{
     cli::{AgentArgs, LbAlgorithm},
     control::{self, events::EventSink, run::Parts},
     datapath::{
-        Capacities, Datapath, LoadOptions, MapSizes, Maps,
+        Capacities, Datapath, LoadOptions, MapSizes, Maps, NorthSouth,
         ct_gc::{self, ConntrackGc},
     },
     model::translate::Config,
@@ -84,14 +84,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         maglev_tables: sizes.maglev_services,
         ..Capacities::default()
     };
-    let (interfaces, lb_mode, pins) = (
-        args.interfaces.clone(),
-        args.lb_mode,
-        PinDir::new(&args.bpffs),
-    );
+    let north_south = NorthSouth {
+        interfaces: args.interfaces.clone(),
+        mode: args.lb_mode,
+        external_cluster_ip: args.external_cluster_ip,
+    };
+    let pins = PinDir::new(&args.bpffs);
     let datapath = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let datapath =
-            Datapath::load(&load, caps, interfaces, lb_mode).context("loading the datapath")?;
+        let datapath = Datapath::load(&load, caps, north_south).context("loading the datapath")?;
         // Conntrack collection and fill, off the control loop (stops when dropped).
         let gc = ConntrackGc::spawn(&pins).context("starting the conntrack upkeep")?;
         info!(

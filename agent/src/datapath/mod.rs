@@ -27,6 +27,6 @@ pub mod tc;
 pub use links::{CHECK_PERIOD as LINK_CHECK_PERIOD, LinkReport};
 pub use loader::LoadOptions;
 pub use maps::Maps;
-pub use owner::Datapath;
+pub use owner::{Datapath, NorthSouth};
 pub use programmer::{Capacities, Programmer};
 pub use sizes::MapSizes;

@@ -37,12 +37,21 @@ pub struct NodeSettings {
     pub cluster_node_ips: BTreeSet<Ipv4Addr>,
 }
 
+/// The agent's north-south settings.
+#[derive(Clone, Debug)]
+pub struct NorthSouth {
+    /// `--interfaces`; empty = the devices holding the node's addresses.
+    pub interfaces: Vec<String>,
+    /// `--lb-mode`.
+    pub mode: LbMode,
+    /// `--external-cluster-ip`.
+    pub external_cluster_ip: bool,
+}
+
 pub struct Datapath {
     loaded: Loaded,
     table: ServiceTable<Maps>,
-    /// `--interfaces`; empty = the devices holding the node's addresses.
-    configured: Vec<String>,
-    mode: LbMode,
+    ns: NorthSouth,
     /// Device name -> (ifindex, the SNAT address written for it).
     attached: BTreeMap<String, (u32, Ipv4Addr)>,
     warned_unavailable: bool,
@@ -51,19 +60,13 @@ pub struct Datapath {
 impl Datapath {
     /// Loads the programs (adopting a previous agent's pins) and takes over
     /// what the maps hold.
-    pub fn load(
-        opts: &LoadOptions,
-        caps: Capacities,
-        interfaces: Vec<String>,
-        mode: LbMode,
-    ) -> Result<Datapath> {
+    pub fn load(opts: &LoadOptions, caps: Capacities, ns: NorthSouth) -> Result<Datapath> {
         let (loaded, maps) = Loaded::load(opts)?;
         let table = ServiceTable::new(Programmer::adopt_with(maps, caps));
         Ok(Datapath {
             loaded,
             table,
-            configured: interfaces,
-            mode,
+            ns,
             attached: BTreeMap::new(),
             warned_unavailable: false,
         })
@@ -111,10 +114,11 @@ impl Datapath {
     /// SNAT source address of each, rewritten when it changes.
     pub fn sync_node(&mut self, node: &NodeSettings) -> Result<(), anyhow::Error> {
         let all = ifaces::list()?;
-        let wanted: Vec<ifaces::Interface> = if self.configured.is_empty() {
+        let wanted: Vec<ifaces::Interface> = if self.ns.interfaces.is_empty() {
             ifaces::holding(&all, &node.node_ips)
         } else {
-            self.configured
+            self.ns
+                .interfaces
                 .iter()
                 .filter_map(|name| {
                     let found = all.get(name).cloned();
@@ -134,8 +138,12 @@ impl Datapath {
         }
         let icmp = IcmpLimits::of_this_node();
         let cfg = NodeConfig {
-            flags: if self.mode == LbMode::Dsr {
+            flags: if self.ns.mode == LbMode::Dsr {
                 node_flags::DSR
+            } else {
+                0
+            } | if self.ns.external_cluster_ip {
+                node_flags::EXTERNAL_CLUSTER_IP
             } else {
                 0
             },
