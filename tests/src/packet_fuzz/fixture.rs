@@ -209,9 +209,11 @@ impl Fixture {
             7,
             &[],
         )?;
-        // externalTrafficPolicy Local with endpoints elsewhere only: dropped.
+        // externalTrafficPolicy Local with endpoints elsewhere only: dropped (the agent flags
+        // the external entry so).
         let etp = sf::LOAD_BALANCER | sf::ETP_LOCAL | sf::TWO_SCOPES;
-        self.frontend(ep(LB_ETP_LOCAL, 80, IPPROTO_TCP), ext, etp, 8, &[])?;
+        let etp_ext = etp | sf::DROP_NO_LOCAL;
+        self.frontend(ep(LB_ETP_LOCAL, 80, IPPROTO_TCP), ext, etp_ext, 8, &[])?;
         self.frontend(
             ep(LB_ETP_LOCAL, 80, IPPROTO_TCP),
             scope::INTERNAL,
@@ -320,7 +322,13 @@ impl Fixture {
 
     fn node_config(&mut self, dsr: bool) -> Result<()> {
         let cfg = NodeConfig {
-            flags: if dsr { node_flags::DSR } else { 0 },
+            // The DSR cases also serve the ClusterIP to outside clients: both settings of
+            // each flag are fuzzed, and a ClusterIP flow in DSR mode takes the SNAT branch.
+            flags: if dsr {
+                node_flags::DSR | node_flags::EXTERNAL_CLUSTER_IP
+            } else {
+                0
+            },
             snat_port_min: SNAT_PORTS.0,
             snat_port_max: SNAT_PORTS.1,
             // Budgets large enough that the port unreachable is built, not rate limited, for
@@ -453,6 +461,16 @@ impl Fixture {
             0
         };
         self.t.run_flags(prog.name(), frame, flags)
+    }
+
+    /// Port unreachables not sent for the budget (node-wide and per source), so far.
+    pub fn reject_limited(&mut self) -> Result<u64> {
+        let stats: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(self.map(m::STATS)?)?;
+        let mut n = 0;
+        for c in [Counter::NsRejectLimited, Counter::NsRejectLimitedSource] {
+            n += stats.get(&(c as u32), 0)?.iter().sum::<u64>();
+        }
+        Ok(n)
     }
 
     /// The kernel's event counters that moved: which paths the runs took.
