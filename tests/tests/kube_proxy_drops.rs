@@ -9,13 +9,32 @@ mod common;
 use common::*;
 use ferry::model::Protocol;
 use ferry_tests::{
-    Endpoint, EndpointSlice, Lab, Pod, Service, lab::GATEWAY, netns, require_root, services,
+    Endpoint, EndpointSlice, Lab, Pod, Service, flood, lab::GATEWAY, netns, require_root, services,
 };
 
 const LOCAL_VIP: &str = "10.96.0.20";
 const EMPTY_VIP: &str = "10.96.0.21";
 const LB_VIP: &str = "10.96.0.30";
 const LB_IP: &str = "203.0.113.30";
+
+/// kube-proxy's gauge of service ports a Local policy drops, as /metrics reports it.
+fn no_local_metric(lab: &Lab, policy: &str) -> Option<u64> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 10249));
+    let body = flood::http_get_in(
+        &lab.node_netns_path(),
+        addr,
+        "/metrics",
+        std::time::Duration::from_secs(2),
+    )
+    .ok()?
+    .body;
+    let line = format!(
+        "kubeproxy_sync_proxy_rules_no_local_endpoints_total{{traffic_policy=\"{policy}\"}} "
+    );
+    body.lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .and_then(|n| n.parse().ok())
+}
 
 fn counter(lab: &Lab, name: &str) -> u64 {
     lab.stats()["counters"][name].as_u64().unwrap_or_default()
@@ -145,6 +164,10 @@ fn local_policy_without_a_local_endpoint_drops_and_without_any_endpoint_rejects(
         DEADLINE,
     );
 
+    // Counted as kube-proxy counts it: the two ports of `local`; `empty` (rejected) is not.
+    assert_eq!(no_local_metric(&lab, "internal"), Some(2));
+    assert_eq!(no_local_metric(&lab, "external"), Some(0));
+
     // Endpoints elsewhere only: dropped. TCP times out, UDP is sent and lost.
     let tcp = &lab.client(
         &client,
@@ -239,6 +262,7 @@ fn local_policy_without_a_local_endpoint_drops_and_without_any_endpoint_rejects(
         &["udp", &format!("{LOCAL_VIP}:53"), "--timeout-ms", "2000"],
     )[0];
     assert!(udp.ok, "UDP with a local endpoint: {}", udp.raw);
+    assert_eq!(no_local_metric(&lab, "internal"), Some(0));
 
     assert_eq!(
         nft.packets(),

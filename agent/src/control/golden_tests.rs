@@ -101,3 +101,116 @@ fn golden_yaml_in_ferry_services_out() {
         failed.join("\n")
     );
 }
+
+/// kube-proxy's `sync_proxy_rules_no_local_endpoints_total`: service ports whose Local policy
+/// finds no endpoint on this node while the Service has some elsewhere, per policy, kept up to
+/// date by incremental syncs as by a full one.
+#[test]
+fn no_local_endpoints_count_service_ports_by_policy() {
+    let dir = std::env::temp_dir().join(format!("ferry-no-local-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let slice = |svc: &str, node: &str| {
+        format!(
+            r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {svc}-1, labels: {{kubernetes.io/service-name: {svc}}}}}
+addressType: IPv4
+ports: [{{name: a, port: 8080}}, {{name: b, port: 8053, protocol: UDP}}]
+endpoints: [{{addresses: [10.1.0.9], nodeName: {node}}}]
+"#
+        )
+    };
+    let yaml = format!(
+        r#"
+apiVersion: v1
+kind: Node
+metadata: {{name: node-a}}
+status: {{addresses: [{{type: InternalIP, address: 192.168.1.10}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: itp}}
+spec:
+  clusterIP: 10.96.0.1
+  internalTrafficPolicy: Local
+  ports: [{{name: a, port: 80}}, {{name: b, port: 53, protocol: UDP}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: etp}}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.2
+  externalTrafficPolicy: Local
+  ports: [{{name: a, port: 80, nodePort: 30080}}]
+status: {{loadBalancer: {{ingress: [{{ip: 198.51.100.7}}]}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: empty}}
+spec:
+  clusterIP: 10.96.0.3
+  internalTrafficPolicy: Local
+  ports: [{{name: a, port: 80}}]
+---{}---{}"#,
+        slice("itp", "node-b"),
+        slice("etp", "node-b")
+    );
+    let input = dir.join("input.yaml");
+    fs::write(&input, &yaml).unwrap();
+    let loaded = manifests::load(&input, "node-a").expect("input.yaml");
+    let mut table = ServiceTable::new(Programmer::adopt_with(
+        MemMaps::default(),
+        Capacities::default(),
+    ));
+    let mut ctl = Controller::new(
+        Config {
+            node_name: "node-a".into(),
+            ..Config::default()
+        },
+        None,
+    );
+    let o = loaded.objects;
+    for n in o.nodes.into_values() {
+        ctl.apply(Event::Node(Delta::Applied(n)));
+    }
+    for s in o.services.into_values() {
+        ctl.apply(Event::Service(Delta::Applied(s)));
+    }
+    let mut slices: Vec<_> = o.slices.into_values().collect();
+    for s in slices.iter().cloned() {
+        ctl.apply(Event::Slice(Delta::Applied(s)));
+    }
+    ctl.full_sync(&mut table, Instant::now());
+    // itp: both ports (internal); etp: one port, however many external addresses it has;
+    // empty: no endpoint anywhere, rejected, not counted.
+    assert_eq!(
+        ctl.no_local_endpoints(),
+        NoLocal {
+            internal: 2,
+            external: 1
+        }
+    );
+
+    // An endpoint of itp moves to this node: an incremental sync takes its ports away.
+    fs::write(
+        &input,
+        yaml.replacen("nodeName: node-b", "nodeName: node-a", 1),
+    )
+    .unwrap();
+    let moved = manifests::load(&input, "node-a").expect("input.yaml");
+    slices = moved.objects.slices.into_values().collect();
+    for s in slices {
+        ctl.apply(Event::Slice(Delta::Applied(s)));
+    }
+    ctl.flush(&mut table, Instant::now());
+    assert_eq!(
+        ctl.no_local_endpoints(),
+        NoLocal {
+            internal: 0,
+            external: 1
+        }
+    );
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -27,7 +27,7 @@ use crate::{
         service_table::{FullSync, ServiceFrontends, ServiceTable, SyncOutcome},
     },
     model::{
-        Diagnostic, HealthCheck, ServiceName,
+        Diagnostic, FrontendKind, HealthCheck, Scope, ServiceName,
         claims::Claims,
         translate::{Config, Translated, missing_node_diag},
     },
@@ -106,6 +106,39 @@ pub struct Controller {
     health_checks: BTreeMap<ServiceName, HealthCheck>,
     /// Services with a NodePort this node cannot program (no Node object).
     missing_node: HashSet<ServiceName>,
+    /// Each Service's ports whose Local policy finds no endpoint on this node
+    /// while others exist, (internal, external), and their sums: kube-proxy's
+    /// `sync_proxy_rules_no_local_endpoints_total`.
+    no_local: HashMap<ServiceName, NoLocal>,
+    no_local_total: NoLocal,
+}
+
+/// Service ports whose traffic a Local policy drops, by policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NoLocal {
+    pub internal: usize,
+    pub external: usize,
+}
+
+impl NoLocal {
+    /// kube-proxy counts service ports: a ClusterIP frontend for internal
+    /// traffic; any external frontend of a port for external traffic.
+    fn of(frontends: &ServiceFrontends) -> NoLocal {
+        let mut internal = HashSet::new();
+        let mut external = HashSet::new();
+        for (key, fe) in frontends.iter().filter(|(_, fe)| fe.drop_no_local) {
+            let port = (fe.port_name.as_str(), key.proto);
+            if fe.kind == FrontendKind::ClusterIP {
+                internal.insert(port);
+            } else if key.scope == Scope::External {
+                external.insert(port);
+            }
+        }
+        NoLocal {
+            internal: internal.len(),
+            external: external.len(),
+        }
+    }
 }
 
 impl Controller {
@@ -118,6 +151,8 @@ impl Controller {
             diags: HashMap::new(),
             health_checks: BTreeMap::new(),
             missing_node: HashSet::new(),
+            no_local: HashMap::new(),
+            no_local_total: NoLocal::default(),
         }
     }
 
@@ -178,6 +213,15 @@ impl Controller {
             .retain(|name, _| names.binary_search(name).is_ok());
         self.health_checks
             .retain(|name, _| names.binary_search(name).is_ok());
+        self.no_local
+            .retain(|name, _| names.binary_search(name).is_ok());
+        self.no_local_total = self
+            .no_local
+            .values()
+            .fold(NoLocal::default(), |a, n| NoLocal {
+                internal: a.internal + n.internal,
+                external: a.external + n.external,
+            });
         flush.outcome = dp.full_end(full);
         flush.took = t0.elapsed();
         flush
@@ -258,11 +302,32 @@ impl Controller {
         if let Some(trigger) = self.tracker.take_trigger(name) {
             flush.triggers.push(trigger);
         }
-        t.groups
+        let frontends: ServiceFrontends = t
+            .groups
             .into_iter()
             .filter(|g| self.claims.owns(name, g))
             .flat_map(|g| g.frontends)
-            .collect()
+            .collect();
+        self.count_no_local(name, NoLocal::of(&frontends));
+        frontends
+    }
+
+    /// Replaces a Service's share of the no-local-endpoint counts.
+    fn count_no_local(&mut self, name: &ServiceName, now: NoLocal) {
+        let old = if now == NoLocal::default() {
+            self.no_local.remove(name)
+        } else {
+            self.no_local.insert(name.clone(), now)
+        }
+        .unwrap_or_default();
+        let t = &mut self.no_local_total;
+        t.internal = t.internal + now.internal - old.internal;
+        t.external = t.external + now.external - old.external;
+    }
+
+    /// Service ports whose Local policy drops their traffic on this node.
+    pub fn no_local_endpoints(&self) -> NoLocal {
+        self.no_local_total
     }
 
     pub fn health_checks(&self) -> &BTreeMap<ServiceName, HealthCheck> {

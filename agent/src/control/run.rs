@@ -271,6 +271,9 @@ impl Loop {
         let reasons: Vec<&'static str> = o.failed.iter().map(|(_, _, e)| e.reason()).collect();
         self.metrics.sync_done(f.took, programmed, &reasons);
         self.metrics.network_programmed(&f.triggers);
+        let no_local = self.ctl.no_local_endpoints();
+        self.metrics
+            .no_local_endpoints(no_local.internal, no_local.external);
         if o.changed() || !o.failed.is_empty() {
             info!(
                 added = o.added,

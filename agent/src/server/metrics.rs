@@ -92,6 +92,8 @@ struct Inner {
     link_repairs: BTreeMap<(String, &'static str), u64>,
     /// Links the last check could not repair.
     links_broken: usize,
+    /// Service ports whose Local policy drops (internal, external).
+    no_local_endpoints: (usize, usize),
 }
 
 #[derive(Clone)]
@@ -113,6 +115,7 @@ impl Default for Metrics {
                 conntrack: None,
                 link_repairs: BTreeMap::new(),
                 links_broken: 0,
+                no_local_endpoints: (0, 0),
             })),
         }
     }
@@ -144,6 +147,11 @@ impl Metrics {
                 .or_default() += 1;
         }
         m.links_broken = report.broken().count();
+    }
+
+    /// Service ports with a Local traffic policy, endpoints elsewhere and none on this node.
+    pub fn no_local_endpoints(&self, internal: usize, external: usize) {
+        self.inner.lock().expect("metrics lock").no_local_endpoints = (internal, external);
     }
 
     pub fn changes(&self, services: u64, endpoint_slices: u64) {
@@ -206,6 +214,15 @@ impl Metrics {
             "Cumulative proxy rules Endpoint changes",
             m.endpoint_changes,
         );
+        let name = "kubeproxy_sync_proxy_rules_no_local_endpoints_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Number of services with a Local traffic policy and no endpoints\n# TYPE {name} gauge"
+        );
+        let (internal, external) = m.no_local_endpoints;
+        for (policy, n) in [("internal", internal), ("external", external)] {
+            let _ = writeln!(out, "{name}{{traffic_policy=\"{policy}\"}} {n}");
+        }
 
         let p = m.programmed;
         counter(
@@ -416,6 +433,23 @@ mod tests {
         );
         assert!(
             text.contains("ferry_map_fill_ratio{map=\"ferry_ct4_v1\"} 0.75"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn no_local_endpoints_by_traffic_policy_as_kube_proxy_names_them() {
+        let m = Metrics::default();
+        m.no_local_endpoints(2, 1);
+        let text = m.render(&[]);
+        let name = "kubeproxy_sync_proxy_rules_no_local_endpoints_total";
+        assert!(text.contains(&format!("# TYPE {name} gauge")), "{text}");
+        assert!(
+            text.contains(&format!("{name}{{traffic_policy=\"internal\"}} 2")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{name}{{traffic_policy=\"external\"}} 1")),
             "{text}"
         );
     }
