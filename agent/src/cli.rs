@@ -12,8 +12,10 @@ use crate::{
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, about = "An eBPF replacement for kube-proxy")]
 pub struct Cli {
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "info", env = "FERRY_LOG_LEVEL")]
+    /// Log level (off, error, warn, info, debug, trace), or tracing directives
+    /// such as `info,ferry::control=debug`; RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info", env = "FERRY_LOG_LEVEL",
+          value_parser = parse_log_level)]
     pub log_level: String,
     #[command(subcommand)]
     pub command: Command,
@@ -186,9 +188,51 @@ pub enum Output {
     Json,
 }
 
+/// A level, or directives each naming one (`target=level`). A bare word that
+/// is not a level would be read by tracing as a target to log at every
+/// level, silencing everything else: `--log-level inf` must be an error.
+fn parse_log_level(s: &str) -> Result<String, String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let is_level = |w: &str| LEVELS.iter().any(|l| l.eq_ignore_ascii_case(w.trim()));
+    for d in s.split(',').filter(|d| !d.trim().is_empty()) {
+        let level = d.rsplit_once('=').map_or(d, |(_, l)| l);
+        if !is_level(level) {
+            return Err(format!(
+                "`{d}` names no level: use one of {} or target=level",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_level_that_names_no_level_is_refused() {
+        for good in [
+            "info",
+            "DEBUG",
+            "info,ferry::control::run=debug",
+            "warn,aya=off",
+        ] {
+            let c = Cli::try_parse_from(["ferry", "--log-level", good, "stats"]);
+            assert!(c.is_ok(), "{good}: {:?}", c.err());
+        }
+        for bad in ["inf", "verbose", "info,ferry=loud", "ferry::control"] {
+            let e = Cli::try_parse_from(["ferry", "--log-level", bad, "stats"])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("--log-level") && e.contains("names no level"),
+                "{bad}: {e}"
+            );
+        }
+    }
 
     fn agent(args: &[&str]) -> Result<AgentArgs, clap::Error> {
         let argv = ["ferry", "agent"].iter().chain(args);
