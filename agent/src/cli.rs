@@ -34,6 +34,10 @@ pub enum Command {
     Conntrack(ShowArgs),
     /// Detach and unpin everything ferry put in the kernel.
     Cleanup(CleanupArgs),
+    /// Check every requirement of the agent on this node (privileges,
+    /// kernel features, BTF, bpffs, cgroup2, ports, kube-proxy) and print one
+    /// line each, with the fix; fails when one is not met.
+    Preflight(PreflightArgs),
 }
 
 #[derive(Debug, Args)]
@@ -150,6 +154,19 @@ pub struct ServicesArgs {
     /// Kernel state only: do not ask the agent.
     #[arg(long)]
     pub no_agent: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PreflightArgs {
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    /// The cgroup the agent would attach to (default: the cgroup2 mount).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:10256")]
+    pub healthz_bind_address: SocketAddr,
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10249")]
+    pub metrics_bind_address: SocketAddr,
 }
 
 #[derive(Debug, Args)]

@@ -23,6 +23,7 @@ fn main() -> anyhow::Result<()> {
             Command::Stats(args) => ferry::cmd::stats::run(&args),
             Command::Conntrack(args) => ferry::cmd::conntrack::run(&args),
             Command::Cleanup(args) => ferry::cmd::cleanup::run(&args),
+            Command::Preflight(args) => ferry::cmd::preflight::run(&args),
         }
     })
 }

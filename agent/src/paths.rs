@@ -75,7 +75,8 @@ pub fn is_on_bpffs(path: &Path) -> io::Result<bool> {
     }
 }
 
-fn statfs_magic(path: &Path) -> io::Result<i64> {
+/// statfs(2) f_type of the filesystem holding `path`.
+pub fn statfs_magic(path: &Path) -> io::Result<i64> {
     use std::os::unix::ffi::OsStrExt as _;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;

@@ -7,10 +7,11 @@ use std::time::SystemTime;
 
 use anyhow::Context as _;
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{debug, error, info, warn};
 
 use crate::{
     cli::{AgentArgs, LbAlgorithm},
+    cmd::preflight,
     control::{self, events::EventSink, run::Parts},
     datapath::{
         Capacities, Datapath, LoadOptions, MapSizes, Maps, NorthSouth,
@@ -46,6 +47,19 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         ),
     };
     info!(node = %node_name, cgroup = %cgroup.display(), bpffs = %args.bpffs.display(), "starting");
+    // What `ferry preflight` reports, logged before anything can fail on it.
+    let target = preflight::Target {
+        bpffs: &args.bpffs,
+        cgroup: Some(&cgroup),
+        bind: [args.healthz_bind_address, args.metrics_bind_address],
+    };
+    for c in preflight::checks(&target) {
+        match c.status {
+            preflight::Status::Ok => debug!("preflight: {c}"),
+            preflight::Status::Warn => warn!("preflight: {c}"),
+            preflight::Status::Fail => error!("preflight: {c}"),
+        }
+    }
     // Before any server binds: idle connections must not run us out of files.
     crate::server::fd_limit::raise_soft_to_hard();
 

@@ -3,5 +3,6 @@
 pub mod agent;
 pub mod cleanup;
 pub mod conntrack;
+pub mod preflight;
 pub mod services;
 pub mod stats;

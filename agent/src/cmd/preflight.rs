@@ -1,0 +1,388 @@
+//! `ferry preflight`: every requirement of the agent checked once, one line
+//! each with the cause and the fix, without starting anything. The agent runs
+//! the same checks at start and logs what is not ok, so a failure later (a
+//! verifier error, `Permission denied` from bpf(2)) comes after a line that
+//! already named its cause.
+
+use std::{
+    fmt,
+    io::ErrorKind,
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+};
+
+use crate::{cli::PreflightArgs, paths};
+
+/// statfs(2) f_type of cgroup v2.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+/// Capability bits (linux/capability.h) the DaemonSet grants.
+const CAPS: [(u32, &str); 3] = [(39, "CAP_BPF"), (12, "CAP_NET_ADMIN"), (38, "CAP_PERFMON")];
+/// Kernel features by the release that brought them, and what their absence costs.
+const KERNEL: [(u32, u32, &str, Status, &str); 3] = [
+    (
+        5,
+        18,
+        "socket programs (bpf_set_retval)",
+        Status::Fail,
+        "ClusterIP translation cannot load",
+    ),
+    (
+        6,
+        5,
+        "UDP socket destroy (bpf_sock_destroy)",
+        Status::Warn,
+        "connected UDP sockets keep a removed backend",
+    ),
+    (
+        6,
+        6,
+        "TCX (north-south)",
+        Status::Warn,
+        "NodePort, LoadBalancer and externalIPs are not served",
+    ),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One requirement's result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    pub what: &'static str,
+    pub status: Status,
+    pub detail: String,
+    /// How to fix it (not for Ok).
+    pub fix: Option<String>,
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = match self.status {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+        };
+        write!(f, "{status:<5} {:<10} {}", self.what, self.detail)?;
+        if let Some(fix) = &self.fix {
+            write!(f, " (fix: {fix})")?;
+        }
+        Ok(())
+    }
+}
+
+fn check(what: &'static str, status: Status, detail: String, fix: Option<String>) -> Check {
+    Check {
+        what,
+        status,
+        detail,
+        fix,
+    }
+}
+
+/// What the checks look at.
+pub struct Target<'a> {
+    pub bpffs: &'a Path,
+    /// None: the cgroup2 mount.
+    pub cgroup: Option<&'a Path>,
+    pub bind: [SocketAddr; 2],
+}
+
+/// Every check, in the order they are printed.
+pub fn checks(t: &Target<'_>) -> Vec<Check> {
+    let mut out = vec![privileges(&read("/proc/self/status"))];
+    out.extend(kernel(&kernel_release()));
+    out.push(btf(Path::new("/sys/kernel/btf/vmlinux")));
+    out.push(bpffs(t.bpffs));
+    out.push(cgroup(t.cgroup));
+    out.extend(t.bind.iter().map(|&a| port(a)));
+    out.push(kube_proxy_process());
+    out
+}
+
+/// `ferry preflight`: prints the report; fails when a requirement is not met.
+pub fn run(args: &PreflightArgs) -> anyhow::Result<()> {
+    let report = checks(&Target {
+        bpffs: &args.bpffs,
+        cgroup: args.cgroup.as_deref(),
+        bind: [args.healthz_bind_address, args.metrics_bind_address],
+    });
+    for c in &report {
+        println!("{c}");
+    }
+    let failed = report.iter().filter(|c| c.status == Status::Fail).count();
+    if failed > 0 {
+        anyhow::bail!("preflight: {failed} requirement(s) not met");
+    }
+    Ok(())
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Effective capabilities from /proc/self/status (`CapEff:` in hex).
+fn privileges(status: &str) -> Check {
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .unwrap_or(0);
+    let missing: Vec<&str> = CAPS
+        .iter()
+        .filter(|(bit, _)| eff & (1u64 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect();
+    if missing.is_empty() {
+        check("privilege", Status::Ok, CAPS.map(|c| c.1).join(", "), None)
+    } else {
+        check(
+            "privilege",
+            Status::Fail,
+            format!("missing {}", missing.join(", ")),
+            Some("run as root, or grant these capabilities (deploy/daemonset.yaml)".into()),
+        )
+    }
+}
+
+/// The kernel's release, e.g. "6.18.44-fc".
+fn kernel_release() -> String {
+    read("/proc/sys/kernel/osrelease").trim().to_owned()
+}
+
+/// (major, minor) of a release string.
+fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+fn kernel(release: &str) -> Vec<Check> {
+    let Some(have) = parse_release(release) else {
+        return vec![check(
+            "kernel",
+            Status::Warn,
+            format!("release {release:?} not understood"),
+            None,
+        )];
+    };
+    KERNEL
+        .iter()
+        .map(|&(major, minor, feature, missing, cost)| {
+            if have >= (major, minor) {
+                check("kernel", Status::Ok, format!("{release}: {feature}"), None)
+            } else {
+                check(
+                    "kernel",
+                    missing,
+                    format!("{release}: {feature} needs Linux {major}.{minor}: {cost}"),
+                    Some(format!("a kernel >= {major}.{minor}")),
+                )
+            }
+        })
+        .collect()
+}
+
+fn btf(path: &Path) -> Check {
+    if path.exists() {
+        check("btf", Status::Ok, path.display().to_string(), None)
+    } else {
+        check(
+            "btf",
+            Status::Warn,
+            format!("{} missing: UDP socket destroy is off", path.display()),
+            Some("a kernel built with CONFIG_DEBUG_INFO_BTF=y".into()),
+        )
+    }
+}
+
+/// The nearest existing ancestor of `path` (the pin directory may not exist yet).
+fn existing(path: &Path) -> Option<&Path> {
+    path.ancestors().find(|p| p.exists())
+}
+
+fn writable(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated path.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+fn bpffs(pins: &Path) -> Check {
+    match paths::is_on_bpffs(pins) {
+        Ok(true) => {
+            let at = existing(pins).unwrap_or(pins);
+            if writable(at) {
+                check(
+                    "bpffs",
+                    Status::Ok,
+                    format!("{} is on a bpf filesystem", pins.display()),
+                    None,
+                )
+            } else {
+                check(
+                    "bpffs",
+                    Status::Fail,
+                    format!("{} is not writable", at.display()),
+                    Some(
+                        "mount it read-write; under AppArmor, a profile that allows writes \
+                         under /sys/fs/bpf (the runtime's default denies them)"
+                            .into(),
+                    ),
+                )
+            }
+        }
+        Ok(false) => check(
+            "bpffs",
+            Status::Fail,
+            format!("{} is not on a bpf filesystem", pins.display()),
+            Some("mount -t bpf -o mode=0700 bpf /sys/fs/bpf (kind nodes have none)".into()),
+        ),
+        Err(e) => check(
+            "bpffs",
+            Status::Fail,
+            format!("{}: {e}", pins.display()),
+            Some("a pin directory under a mounted bpf filesystem (--bpffs)".into()),
+        ),
+    }
+}
+
+fn cgroup(path: Option<&Path>) -> Check {
+    let path: PathBuf = match path {
+        Some(p) => p.to_path_buf(),
+        None => match paths::cgroup2_mount() {
+            Ok(p) => p,
+            Err(e) => {
+                return check(
+                    "cgroup2",
+                    Status::Fail,
+                    e.to_string(),
+                    Some("mount cgroup2 (systemd does by default since 247)".into()),
+                );
+            }
+        },
+    };
+    match paths::statfs_magic(&path) {
+        Ok(CGROUP2_SUPER_MAGIC) => check(
+            "cgroup2",
+            Status::Ok,
+            format!("{} is a cgroup v2 directory", path.display()),
+            None,
+        ),
+        Ok(_) => check(
+            "cgroup2",
+            Status::Fail,
+            format!("{} is not a cgroup v2 directory", path.display()),
+            Some("--cgroup at the cgroup2 mount (on hybrid hosts /sys/fs/cgroup/unified)".into()),
+        ),
+        Err(e) => check(
+            "cgroup2",
+            Status::Fail,
+            format!("{}: {e}", path.display()),
+            Some("--cgroup at the cgroup2 mount".into()),
+        ),
+    }
+}
+
+/// A port the agent listens on: free, or taken (by kube-proxy, most likely).
+fn port(addr: SocketAddr) -> Check {
+    match TcpListener::bind(addr) {
+        Ok(_) => check("port", Status::Ok, format!("{addr} is free"), None),
+        Err(e) if e.kind() == ErrorKind::AddrInUse => check(
+            "port",
+            Status::Fail,
+            format!("{addr} is in use (kube-proxy still running?)"),
+            Some(
+                "stop kube-proxy on this node first, or give ferry other ports \
+                 (--healthz-bind-address, --metrics-bind-address) while both run"
+                    .into(),
+            ),
+        ),
+        Err(e) => check("port", Status::Warn, format!("{addr}: {e}"), None),
+    }
+}
+
+/// A kube-proxy process visible from here (same PID namespace).
+fn kube_proxy_process() -> Check {
+    let found = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .find(|e| read(&format!("{}/comm", e.path().display())).trim() == "kube-proxy");
+    match found {
+        None => check(
+            "kube-proxy",
+            Status::Ok,
+            "no kube-proxy process seen".into(),
+            None,
+        ),
+        Some(e) => check(
+            "kube-proxy",
+            Status::Warn,
+            format!("kube-proxy runs (pid {})", e.file_name().to_string_lossy()),
+            Some(
+                "both would serve Services: remove kube-proxy from this node \
+                 (its DaemonSet's nodeSelector), then `kube-proxy --cleanup`"
+                    .into(),
+            ),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn releases_are_read_to_major_and_minor() {
+        assert_eq!(parse_release("6.18.44-fc-v1272"), Some((6, 18)));
+        assert_eq!(parse_release("5.15.0-91-generic"), Some((5, 15)));
+        assert_eq!(parse_release("6.1"), Some((6, 1)));
+        assert_eq!(parse_release("weird"), None);
+    }
+
+    #[test]
+    fn each_kernel_feature_is_judged_with_what_its_absence_costs() {
+        let ok = kernel("6.18.44");
+        assert!(ok.iter().all(|c| c.status == Status::Ok), "{ok:?}");
+        let old = kernel("6.1.0-13-amd64");
+        let by = |f: &str| old.iter().find(|c| c.detail.contains(f)).unwrap().clone();
+        assert_eq!(by("socket programs").status, Status::Ok);
+        assert_eq!(by("TCX").status, Status::Warn);
+        assert!(by("TCX").detail.contains("needs Linux 6.6"));
+        assert_eq!(by("bpf_sock_destroy").status, Status::Warn);
+        let older = kernel("5.15.0");
+        assert_eq!(
+            older
+                .iter()
+                .find(|c| c.detail.contains("socket programs"))
+                .unwrap()
+                .status,
+            Status::Fail
+        );
+    }
+
+    #[test]
+    fn missing_capabilities_are_named() {
+        let all = format!("CapEff:\t{:016x}\n", (1u64 << 39) | (1 << 12) | (1 << 38));
+        assert_eq!(privileges(&all).status, Status::Ok);
+        let c = privileges("CapEff:\t0000000000001000\n");
+        assert_eq!(c.status, Status::Fail);
+        assert_eq!(c.detail, "missing CAP_BPF, CAP_PERFMON");
+        assert!(
+            c.to_string()
+                .starts_with("FAIL  privilege  missing CAP_BPF"),
+            "{c}"
+        );
+    }
+}
