@@ -8,7 +8,7 @@ mod common;
 use std::{path::Path, process::Output, time::Duration};
 
 use common::*;
-use ferry_tests::{Lab, netns, require_root};
+use ferry_tests::{Lab, Pod, lab::GATEWAY, netns, require_root};
 
 fn preflight(lab: &Lab, bpffs: &Path, ports: [&str; 2]) -> (Output, String) {
     let bin = Lab::ferry_bin();
@@ -87,5 +87,65 @@ fn preflight_names_each_unmet_requirement_with_its_fix() {
             && port.contains("in use")
             && port.contains("--healthz-bind-address"),
         "{port}"
+    );
+}
+
+/// The node's namespace as a place to run a program (as kube-proxy runs, host network).
+fn node(lab: &Lab) -> Pod {
+    Pod {
+        name: "node".to_owned(),
+        ip: GATEWAY,
+        netns: lab.node_netns().to_owned(),
+        netns_path: lab.node_netns_path(),
+        cgroup: None,
+    }
+}
+
+/// Migration: while another process (kube-proxy) holds the health port, the agent does not
+/// exit: it programs the kernel, says why /healthz is not its own yet, and serves it once the
+/// port is free (kube-proxy retries its own servers the same way).
+#[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
+fn the_agent_waits_for_a_port_kube_proxy_still_holds() {
+    require_root!();
+    let lab = Lab::new("the_agent_waits_for_a_port_kube_proxy_still_holds");
+    let (svc, slice) = simple("web", "10.96.0.10", 80, 8080, &[]);
+    lab.manifests().apply(&svc);
+    lab.manifests().apply(&slice);
+    let hold = "import socket, sys\n\
+                s = socket.socket()\n\
+                s.bind(('0.0.0.0', 10256))\n\
+                s.listen()\n\
+                print('held', flush=True)\n\
+                sys.stdin.readline()\n";
+    let holder = lab.spawn_interactive(&node(&lab), "python3", &["-c", hold]);
+    holder
+        .wait_line(Duration::from_secs(10), |l| l == "held")
+        .expect("the holder bound 10256");
+
+    std::thread::scope(|s| {
+        let agent = s.spawn(|| start_agent(&lab));
+        // The agent runs and says why the port is not its own; only then is the port freed.
+        let waited = std::time::Instant::now();
+        while !lab.agent_log().contains("the port is in use") {
+            assert!(
+                waited.elapsed() < Duration::from_secs(10),
+                "no warning about the held port:\n{}",
+                lab.agent_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = lab.agent_log();
+        assert!(log.contains("kube-proxy still running"), "{log}");
+        holder.send_line("").expect("releasing the port");
+        drop(holder);
+        let took = agent.join().expect("the agent became ready");
+        report("port freed -> agent ready", took);
+    });
+    let log = lab.agent_log();
+    assert!(log.contains("healthz server listening"), "{log}");
+    assert!(
+        log.find("socket hook").unwrap() < log.find("healthz server listening").unwrap(),
+        "the datapath did not wait for the port:\n{log}"
     );
 }

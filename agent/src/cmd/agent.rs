@@ -68,7 +68,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let (status_asker, status_requests) = status::channel();
     {
         let h = health.clone();
-        http::serve("healthz", args.healthz_bind_address, move |path| {
+        http::serve_when_free("healthz", args.healthz_bind_address, move |path| {
             let h = h.clone();
             async move { h.reply(&path) }
         })
@@ -163,7 +163,7 @@ async fn serve_metrics(
     let m = metrics.clone();
     let st = status.clone();
     let pins = PinDir::new(&args.bpffs);
-    http::serve("metrics", args.metrics_bind_address, move |path| {
+    http::serve_when_free("metrics", args.metrics_bind_address, move |path| {
         let m = m.clone();
         let st = st.clone();
         let pins = pins.clone();

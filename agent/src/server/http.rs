@@ -98,6 +98,69 @@ where
     serve_with(what, addr, LIMITS, handler).await
 }
 
+/// How often a busy port is tried again (kube-proxy retries its health and
+/// metrics servers every 5 s).
+const BIND_RETRY: Duration = Duration::from_secs(5);
+
+/// [`serve`], except that a port another process holds (kube-proxy, during a
+/// migration) is not fatal: it is logged with the cause and tried again every
+/// [`BIND_RETRY`] until free, as kube-proxy does for its own servers, and the
+/// rest of the agent runs meanwhile. Other bind errors fail at once.
+pub async fn serve_when_free<F, Fut>(
+    what: &'static str,
+    addr: SocketAddr,
+    handler: F,
+) -> io::Result<tokio::task::JoinHandle<()>>
+where
+    F: Fn(String) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Reply> + Send + 'static,
+{
+    let listener = match TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            warn!(
+                %addr,
+                "{what} server: the port is in use (kube-proxy still running on this node?): \
+                 serving once it is free; `ferry preflight` shows what is missing"
+            );
+            return Ok(tokio::spawn(async move {
+                let listener = loop {
+                    tokio::time::sleep(BIND_RETRY).await;
+                    match TcpListener::bind(addr).await {
+                        Ok(l) => break l,
+                        Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+                        Err(e) => {
+                            warn!(%addr, error = %e, "{what} server: binding failed");
+                            continue;
+                        }
+                    }
+                };
+                start(what, LIMITS, listener, handler).await;
+            }));
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(tokio::spawn(start(what, LIMITS, listener, handler)))
+}
+
+/// Serves on a bound listener until aborted.
+async fn start<F, Fut>(what: &'static str, limits: Limits, listener: TcpListener, handler: F)
+where
+    F: Fn(String) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Reply> + Send + 'static,
+{
+    if let Ok(bound) = listener.local_addr() {
+        info!(%bound, "{what} server listening");
+    }
+    let server = Server {
+        what,
+        limits,
+        id: lock().new_server(),
+        handler: Arc::new(handler),
+    };
+    server.accept_loop(listener).await
+}
+
 /// [`serve`] with other limits.
 pub async fn serve_with<F, Fut>(
     what: &'static str,
