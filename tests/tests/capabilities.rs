@@ -282,6 +282,12 @@ fn destroying_a_pods_connected_udp_sockets_needs_sys_admin_and_sys_ptrace() {
             attempts.len(),
             left.elapsed()
         );
+        // The agent said at start whether it can reach the pods' namespaces.
+        let warned = lab
+            .agent_log()
+            .lines()
+            .any(|l| l.contains("preflight: warn  udp-gc") && l.contains("keep a removed backend"));
+        assert_eq!(warned, !destroyed, "{caps:?}:\n{}", lab.agent_log());
         if destroyed {
             assert!(
                 errors > 0,

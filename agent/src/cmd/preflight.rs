@@ -93,7 +93,8 @@ pub struct Target<'a> {
 
 /// Every check, in the order they are printed.
 pub fn checks(t: &Target<'_>) -> Vec<Check> {
-    let mut out = vec![privileges(&read("/proc/self/status"))];
+    let status = read("/proc/self/status");
+    let mut out = vec![privileges(&status), udp_destroy_reach(&status)];
     out.extend(kernel(&kernel_release()));
     out.push(btf(Path::new("/sys/kernel/btf/vmlinux")));
     out.push(bpffs(t.bpffs));
@@ -125,12 +126,51 @@ fn read(path: &str) -> String {
 }
 
 /// Effective capabilities from /proc/self/status (`CapEff:` in hex).
-fn privileges(status: &str) -> Check {
-    let eff = status
+fn effective(status: &str) -> u64 {
+    status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+/// Destroying connected UDP sockets inside pods: reading another process's
+/// network namespace needs CAP_SYS_PTRACE, entering it CAP_SYS_ADMIN. The
+/// DaemonSet grants neither, on purpose: without them only the agent's own
+/// namespace is walked, which must not go unsaid.
+fn udp_destroy_reach(status: &str) -> Check {
+    let eff = effective(status);
+    let missing: Vec<&str> = [(21, "CAP_SYS_ADMIN"), (19, "CAP_SYS_PTRACE")]
+        .iter()
+        .filter(|(bit, _)| eff & (1u64 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect();
+    if missing.is_empty() {
+        check(
+            "udp-gc",
+            Status::Ok,
+            "pods' network namespaces can be entered".into(),
+            None,
+        )
+    } else {
+        check(
+            "udp-gc",
+            Status::Warn,
+            format!(
+                "without {}: connected UDP sockets in pods keep a removed backend \
+                 (the agent's own namespace is still walked)",
+                missing.join(" and ")
+            ),
+            Some(
+                "grant CAP_SYS_ADMIN and CAP_SYS_PTRACE, and hostPID (deploy/README weighs it)"
+                    .into(),
+            ),
+        )
+    }
+}
+
+fn privileges(status: &str) -> Check {
+    let eff = effective(status);
     let missing: Vec<&str> = CAPS
         .iter()
         .filter(|(bit, _)| eff & (1u64 << bit) == 0)
@@ -370,6 +410,20 @@ mod tests {
                 .status,
             Status::Fail
         );
+    }
+
+    #[test]
+    fn udp_socket_destroy_without_its_capabilities_is_a_warning_that_names_them() {
+        let daemonset = format!("CapEff:\t{:016x}\n", (1u64 << 39) | (1 << 12) | (1 << 38));
+        let c = udp_destroy_reach(&daemonset);
+        assert_eq!(c.status, Status::Warn);
+        assert!(
+            c.detail
+                .starts_with("without CAP_SYS_ADMIN and CAP_SYS_PTRACE"),
+            "{c}"
+        );
+        let root = format!("CapEff:\t{:016x}\n", u64::MAX >> 23);
+        assert_eq!(udp_destroy_reach(&root).status, Status::Ok);
     }
 
     #[test]
