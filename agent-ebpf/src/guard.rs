@@ -30,6 +30,7 @@ use aya_ebpf::{
 
 use crate::{
     maps::{SOCK_GUARD, SRC_RANGE_V4, count},
+    parse::Ipv4Hdr,
     select::lookup_svc,
 };
 
@@ -41,12 +42,6 @@ const DROP: i32 = 0;
 /// Dropped with congestion notification: a UDP sender (without IP_RECVERR)
 /// sees its send succeed, and the datagram is lost, as behind a drop.
 const DROP_CN: i32 = 2;
-
-/// IPv4 header fields (cgroup_skb data starts at the network header).
-const IP_VHL: usize = 0;
-const IP_PROTO: usize = 9;
-const IP_SADDR: usize = 12;
-const IP_DADDR: usize = 16;
 
 #[cgroup_skb(egress)]
 pub fn ferry_guard4(ctx: SkBuffContext) -> i32 {
@@ -72,19 +67,14 @@ pub fn ferry_guard4(ctx: SkBuffContext) -> i32 {
 
 #[inline(always)]
 fn check(ctx: &SkBuffContext, g: &SockGuard4) -> i32 {
-    let Ok(vhl) = ctx.load::<u8>(IP_VHL) else {
+    // cgroup_skb data starts at the network header: one read of it.
+    let Ok(ip) = ctx.load::<Ipv4Hdr>(0) else {
         return PASS;
     };
-    if vhl >> 4 != 4 {
+    if ip.ver_ihl >> 4 != 4 {
         return PASS;
     }
-    let (Ok(l4), Ok(saddr), Ok(daddr)) = (
-        ctx.load::<u8>(IP_PROTO),
-        ctx.load::<u32>(IP_SADDR),
-        ctx.load::<u32>(IP_DADDR),
-    ) else {
-        return PASS;
-    };
+    let (l4, saddr, daddr) = (ip.proto, ip.saddr, ip.daddr);
     let verdict_drop = if l4 == proto::UDP { DROP_CN } else { DROP };
 
     if g.flags & guard_flags::NO_LOCAL != 0 {
@@ -108,8 +98,7 @@ fn check(ctx: &SkBuffContext, g: &SockGuard4) -> i32 {
     {
         return PASS;
     }
-    let ihl = ((vhl & 0x0f) as usize) * 4;
-    let Ok(dport) = ctx.load::<u16>(ihl + 2) else {
+    let Ok(dport) = ctx.load::<u16>(ip.header_len() + 2) else {
         return PASS;
     };
     let hit = |d: &GuardDest4| d.addr == daddr && d.port == dport;

@@ -142,13 +142,19 @@ fn xlate_fwd(ctx: &SockAddrContext, connect: bool, translated: Counter, refused:
     ALLOW
 }
 
+/// The socket's guard record, made empty if it has none (null: no memory).
+#[inline(always)]
+fn guard_record(ctx: &SockAddrContext) -> *mut SockGuard4 {
+    let mut init = SockGuard4::default();
+    SOCK_GUARD.get_or_insert_ptr_mut(ctx, Some(&mut init))
+}
+
 /// A Local traffic policy without a local endpoint: kube-proxy drops the
 /// traffic, so the destination stays the ClusterIP and the socket is marked
 /// for the egress guard, which drops its packets to ClusterIPs.
 #[inline(always)]
 fn let_through_to_drop(ctx: &SockAddrContext, refused: Counter, addr: u32, port: u16) -> i32 {
-    let mut init = SockGuard4::default();
-    let g = SOCK_GUARD.get_or_insert_ptr_mut(ctx, Some(&mut init));
+    let g = guard_record(ctx);
     if g.is_null() {
         // Unmarked, the packets would leave: refuse instead.
         count(Counter::GuardRecordFailed);
@@ -178,8 +184,7 @@ fn record_ranges(ctx: &SockAddrContext, connect: bool, ranged: Option<GuardDest4
         }
         return true;
     };
-    let mut init = SockGuard4::default();
-    let g = SOCK_GUARD.get_or_insert_ptr_mut(ctx, Some(&mut init));
+    let g = guard_record(ctx);
     if g.is_null() {
         return false;
     }

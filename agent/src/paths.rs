@@ -14,6 +14,8 @@ pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/ferry";
 pub const BPFFS_MOUNT: &str = "/sys/fs/bpf";
 /// statfs(2) f_type of a bpf filesystem.
 pub const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// statfs(2) f_type of cgroup v2.
+pub const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 /// The socket-layer programs: (ELF function name, link pin name).
 pub const SOCK_PROGRAMS: &[(&str, &str)] = &[

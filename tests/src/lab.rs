@@ -190,6 +190,18 @@ impl Lab {
         netns::path(&self.node)
     }
 
+    /// The node itself as a place to run programs (a hostNetwork process):
+    /// its namespace, in the lab cgroup where the agent hooks sockets.
+    pub fn host(&self) -> Pod {
+        Pod {
+            name: "node".to_owned(),
+            ip: GATEWAY,
+            netns: self.node.clone(),
+            netns_path: self.node_netns_path(),
+            cgroup: None,
+        }
+    }
+
     /// Adds a pod `fy<id>-<name>` with the next address 10.244.0.N (N from 2).
     pub fn add_pod(&self, name: &str) -> Pod {
         self.try_add_pod(name)

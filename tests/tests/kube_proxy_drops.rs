@@ -79,17 +79,6 @@ impl<'a> NodeCounter<'a> {
     }
 }
 
-/// The node itself as a client: a process in the node's namespace, in the lab cgroup.
-fn host(lab: &Lab) -> Pod {
-    Pod {
-        name: "node".to_owned(),
-        ip: GATEWAY,
-        netns: lab.node_netns().to_owned(),
-        netns_path: lab.node_netns_path(),
-        cgroup: None,
-    }
-}
-
 #[test]
 #[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn local_policy_without_a_local_endpoint_drops_and_without_any_endpoint_rejects() {
@@ -123,7 +112,7 @@ fn local_policy_without_a_local_endpoint_drops_and_without_any_endpoint_rejects(
     let nft = NodeCounter::new(&lab, &[LOCAL_VIP, EMPTY_VIP]);
     // The lab's node has no default route: a route for the service range and a neighbour
     // stand in for one, so that an untranslated packet from the node would go out on br0.
-    let node = host(&lab);
+    let node = lab.host();
     let node_ns = lab.node_netns();
     netns::ip(node_ns, &["route", "add", "10.96.0.0/16", "dev", "br0"]).expect("route");
     for vip in [LOCAL_VIP, EMPTY_VIP] {
@@ -375,7 +364,7 @@ fn load_balancer_source_ranges_apply_to_pods_and_the_host() {
     );
 
     // A process on the node: its packets leave from the node's address, outside the ranges.
-    let node = host(&lab);
+    let node = lab.host();
     let a = tcp_to(&node, &lb_tcp);
     assert_eq!(a.error.as_deref(), Some("timeout"), "host, TCP: {}", a.raw);
 

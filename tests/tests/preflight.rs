@@ -8,7 +8,7 @@ mod common;
 use std::{path::Path, process::Output, time::Duration};
 
 use common::*;
-use ferry_tests::{Lab, Pod, lab::GATEWAY, netns, require_root};
+use ferry_tests::{Lab, netns, require_root};
 
 fn preflight(lab: &Lab, bpffs: &Path, ports: [&str; 2]) -> (Output, String) {
     let bin = Lab::ferry_bin();
@@ -90,17 +90,6 @@ fn preflight_names_each_unmet_requirement_with_its_fix() {
     );
 }
 
-/// The node's namespace as a place to run a program (as kube-proxy runs, host network).
-fn node(lab: &Lab) -> Pod {
-    Pod {
-        name: "node".to_owned(),
-        ip: GATEWAY,
-        netns: lab.node_netns().to_owned(),
-        netns_path: lab.node_netns_path(),
-        cgroup: None,
-    }
-}
-
 /// Migration: while another process (kube-proxy) holds the health port, the agent does not
 /// exit: it programs the kernel, says why /healthz is not its own yet, and serves it once the
 /// port is free (kube-proxy retries its own servers the same way).
@@ -118,7 +107,7 @@ fn the_agent_waits_for_a_port_kube_proxy_still_holds() {
                 s.listen()\n\
                 print('held', flush=True)\n\
                 sys.stdin.readline()\n";
-    let holder = lab.spawn_interactive(&node(&lab), "python3", &["-c", hold]);
+    let holder = lab.spawn_interactive(&lab.host(), "python3", &["-c", hold]);
     holder
         .wait_line(Duration::from_secs(10), |l| l == "held")
         .expect("the holder bound 10256");

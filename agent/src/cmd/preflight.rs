@@ -13,8 +13,6 @@ use std::{
 
 use crate::{cli::PreflightArgs, paths};
 
-/// statfs(2) f_type of cgroup v2.
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 /// Capability bits (linux/capability.h) the DaemonSet grants.
 const CAPS: [(u32, &str); 3] = [(39, "CAP_BPF"), (12, "CAP_NET_ADMIN"), (38, "CAP_PERFMON")];
 /// Kernel features by the release that brought them, and what their absence costs.
@@ -139,12 +137,7 @@ fn effective(status: &str) -> u64 {
 /// DaemonSet grants neither, on purpose: without them only the agent's own
 /// namespace is walked, which must not go unsaid.
 fn udp_destroy_reach(status: &str) -> Check {
-    let eff = effective(status);
-    let missing: Vec<&str> = [(21, "CAP_SYS_ADMIN"), (19, "CAP_SYS_PTRACE")]
-        .iter()
-        .filter(|(bit, _)| eff & (1u64 << bit) == 0)
-        .map(|(_, name)| *name)
-        .collect();
+    let missing = missing(status, &[(21, "CAP_SYS_ADMIN"), (19, "CAP_SYS_PTRACE")]);
     if missing.is_empty() {
         check(
             "udp-gc",
@@ -169,13 +162,17 @@ fn udp_destroy_reach(status: &str) -> Check {
     }
 }
 
-fn privileges(status: &str) -> Check {
+/// The capabilities of `caps` (bit, name) not in the effective set.
+fn missing(status: &str, caps: &[(u32, &'static str)]) -> Vec<&'static str> {
     let eff = effective(status);
-    let missing: Vec<&str> = CAPS
-        .iter()
+    caps.iter()
         .filter(|(bit, _)| eff & (1u64 << bit) == 0)
         .map(|(_, name)| *name)
-        .collect();
+        .collect()
+}
+
+fn privileges(status: &str) -> Check {
+    let missing = missing(status, &CAPS);
     if missing.is_empty() {
         check("privilege", Status::Ok, CAPS.map(|c| c.1).join(", "), None)
     } else {
@@ -307,7 +304,7 @@ fn cgroup(path: Option<&Path>) -> Check {
         },
     };
     match paths::statfs_magic(&path) {
-        Ok(CGROUP2_SUPER_MAGIC) => check(
+        Ok(paths::CGROUP2_SUPER_MAGIC) => check(
             "cgroup2",
             Status::Ok,
             format!("{} is a cgroup v2 directory", path.display()),

@@ -46,18 +46,21 @@ fn capacities(dir: &std::path::Path) -> Capacities {
     caps
 }
 
-fn run_case(dir: &std::path::Path) -> String {
-    let input = dir.join("input.yaml");
-    let loaded = manifests::load(&input, "node-a").expect("input.yaml");
-    let maps = MemMaps::default();
-    let mut table = ServiceTable::new(Programmer::adopt_with(maps.clone(), capacities(dir)));
-    let mut ctl = Controller::new(
+/// A controller for node `node-a`, with the defaults.
+fn controller() -> Controller {
+    Controller::new(
         Config {
             node_name: "node-a".into(),
             ..Config::default()
         },
         None,
-    );
+    )
+}
+
+/// Applies every object of a manifest file (nodes, Services, then slices, as
+/// the agent's first read does); returns the file's own problems.
+fn apply_file(ctl: &mut Controller, input: &std::path::Path) -> Vec<Diagnostic> {
+    let loaded = manifests::load(input, "node-a").expect("the input file");
     let o = loaded.objects;
     for n in o.nodes.into_values() {
         ctl.apply(Event::Node(Delta::Applied(n)));
@@ -68,9 +71,17 @@ fn run_case(dir: &std::path::Path) -> String {
     for s in o.slices.into_values() {
         ctl.apply(Event::Slice(Delta::Applied(s)));
     }
+    loaded.diagnostics
+}
+
+fn run_case(dir: &std::path::Path) -> String {
+    let maps = MemMaps::default();
+    let mut table = ServiceTable::new(Programmer::adopt_with(maps.clone(), capacities(dir)));
+    let mut ctl = controller();
+    let file_diags = apply_file(&mut ctl, &dir.join("input.yaml"));
     ctl.full_sync(&mut table, Instant::now());
     // Problems of the files themselves come first, as the agent lists them.
-    let mut diags = loaded.diagnostics;
+    let mut diags = file_diags;
     diags.extend(ctl.diagnostics());
     let status = Status::new(table.status(Instant::now()), &diags);
     let v = join(view(&table.kernel_state()), Some(&status));
@@ -159,29 +170,12 @@ spec:
     );
     let input = dir.join("input.yaml");
     fs::write(&input, &yaml).unwrap();
-    let loaded = manifests::load(&input, "node-a").expect("input.yaml");
     let mut table = ServiceTable::new(Programmer::adopt_with(
         MemMaps::default(),
         Capacities::default(),
     ));
-    let mut ctl = Controller::new(
-        Config {
-            node_name: "node-a".into(),
-            ..Config::default()
-        },
-        None,
-    );
-    let o = loaded.objects;
-    for n in o.nodes.into_values() {
-        ctl.apply(Event::Node(Delta::Applied(n)));
-    }
-    for s in o.services.into_values() {
-        ctl.apply(Event::Service(Delta::Applied(s)));
-    }
-    let mut slices: Vec<_> = o.slices.into_values().collect();
-    for s in slices.iter().cloned() {
-        ctl.apply(Event::Slice(Delta::Applied(s)));
-    }
+    let mut ctl = controller();
+    apply_file(&mut ctl, &input);
     ctl.full_sync(&mut table, Instant::now());
     // itp: both ports (internal); etp: one port, however many external addresses it has;
     // empty: no endpoint anywhere, rejected, not counted.
@@ -199,11 +193,8 @@ spec:
         yaml.replacen("nodeName: node-b", "nodeName: node-a", 1),
     )
     .unwrap();
-    let moved = manifests::load(&input, "node-a").expect("input.yaml");
-    slices = moved.objects.slices.into_values().collect();
-    for s in slices {
-        ctl.apply(Event::Slice(Delta::Applied(s)));
-    }
+    // The unchanged objects again, and the changed slice.
+    apply_file(&mut ctl, &input);
     ctl.flush(&mut table, Instant::now());
     assert_eq!(
         ctl.no_local_endpoints(),

@@ -107,10 +107,9 @@ pub struct Controller {
     /// Services with a NodePort this node cannot program (no Node object).
     missing_node: HashSet<ServiceName>,
     /// Each Service's ports whose Local policy finds no endpoint on this node
-    /// while others exist, (internal, external), and their sums: kube-proxy's
-    /// `sync_proxy_rules_no_local_endpoints_total`.
+    /// while others exist (only Services that have some): kube-proxy's
+    /// `sync_proxy_rules_no_local_endpoints_total` is their sum.
     no_local: HashMap<ServiceName, NoLocal>,
-    no_local_total: NoLocal,
 }
 
 /// Service ports whose traffic a Local policy drops, by policy.
@@ -152,7 +151,6 @@ impl Controller {
             health_checks: BTreeMap::new(),
             missing_node: HashSet::new(),
             no_local: HashMap::new(),
-            no_local_total: NoLocal::default(),
         }
     }
 
@@ -215,13 +213,6 @@ impl Controller {
             .retain(|name, _| names.binary_search(name).is_ok());
         self.no_local
             .retain(|name, _| names.binary_search(name).is_ok());
-        self.no_local_total = self
-            .no_local
-            .values()
-            .fold(NoLocal::default(), |a, n| NoLocal {
-                internal: a.internal + n.internal,
-                external: a.external + n.external,
-            });
         flush.outcome = dp.full_end(full);
         flush.took = t0.elapsed();
         flush
@@ -308,26 +299,21 @@ impl Controller {
             .filter(|g| self.claims.owns(name, g))
             .flat_map(|g| g.frontends)
             .collect();
-        self.count_no_local(name, NoLocal::of(&frontends));
+        match NoLocal::of(&frontends) {
+            n if n == NoLocal::default() => self.no_local.remove(name),
+            n => self.no_local.insert(name.clone(), n),
+        };
         frontends
-    }
-
-    /// Replaces a Service's share of the no-local-endpoint counts.
-    fn count_no_local(&mut self, name: &ServiceName, now: NoLocal) {
-        let old = if now == NoLocal::default() {
-            self.no_local.remove(name)
-        } else {
-            self.no_local.insert(name.clone(), now)
-        }
-        .unwrap_or_default();
-        let t = &mut self.no_local_total;
-        t.internal = t.internal + now.internal - old.internal;
-        t.external = t.external + now.external - old.external;
     }
 
     /// Service ports whose Local policy drops their traffic on this node.
     pub fn no_local_endpoints(&self) -> NoLocal {
-        self.no_local_total
+        self.no_local
+            .values()
+            .fold(NoLocal::default(), |a, n| NoLocal {
+                internal: a.internal + n.internal,
+                external: a.external + n.external,
+            })
     }
 
     pub fn health_checks(&self) -> &BTreeMap<ServiceName, HealthCheck> {

@@ -146,7 +146,7 @@ fn inspect(held: &Held, pin: &Path, prog_id: Option<u32>) -> Vec<Fault> {
 }
 
 /// The link pinned at `pin`, and its id.
-pub(super) fn pinned(pin: &Path) -> Result<(FdLink, u32), String> {
+fn pinned(pin: &Path) -> Result<(FdLink, u32), String> {
     let link = FdLink::from(PinnedLink::from_pin(pin).map_err(|e| e.to_string())?);
     let id = link.info().map_err(|e| e.to_string())?.id();
     Ok((link, id))
@@ -217,10 +217,7 @@ impl Loaded {
                     return Err(format!("the pin names link {id}, not {}", held.id));
                 }
                 match held.target {
-                    Target::Cgroup(_) => {
-                        drop(link);
-                        super::loader::swap_back_cgroup(&mut self.ebpf, program, pin)
-                    }
+                    Target::Cgroup(_) => super::loader::swap_into_pin(&self.ebpf, program, pin),
                     Target::Device(_) => tc::swap_back(&mut self.ebpf, program, link),
                 }
                 .map_err(|e| format!("BPF_LINK_UPDATE: {e}"))

@@ -10,15 +10,15 @@
 use std::{
     collections::BTreeSet,
     fs,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr,
-        cgroup_sock_addr::CgroupSockAddrLink,
-        links::{FdLink, PinnedLink},
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Program, ProgramError,
+        links::FdLink,
     },
 };
 use tracing::{info, warn};
@@ -111,16 +111,15 @@ impl Loaded {
             source,
         })?;
         let mut links = Links::default();
-        // The guard first: a socket the hooks mark must never find it absent.
-        load_guard(&mut ebpf)?;
-        for &(name, _) in paths::SOCK_PROGRAMS {
-            load_sock_program(&mut ebpf, name)?;
+        // The guard first (cgroup_programs' order): a socket the hooks mark
+        // must never find it absent.
+        for (name, _) in paths::cgroup_programs() {
+            load_cgroup_program(&mut ebpf, name)?;
         }
-        let (guard, _) = paths::GUARD_PROGRAM;
         for (name, link_pin) in paths::cgroup_programs() {
             let pin = pins.link(link_pin);
             let outcome = attach_cgroup_program(&mut ebpf, name, &cgroup, &pin)?;
-            let what = if name == guard {
+            let what = if is_guard(name) {
                 "egress guard"
             } else {
                 "socket hook"
@@ -159,7 +158,11 @@ impl Loaded {
     }
 }
 
-fn sock_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSockAddr> {
+/// A program of the object, as its type.
+pub(super) fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
     ebpf.program_mut(name)
         .ok_or(Error::MissingObject {
             what: "program",
@@ -169,27 +172,17 @@ fn sock_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSock
         .map_err(|e| Error::program(name, e))
 }
 
-fn load_sock_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
-    sock_program(ebpf, name)?
-        .load()
-        .map_err(|e| Error::program(name, e))
+fn is_guard(name: &str) -> bool {
+    name == paths::GUARD_PROGRAM.0
 }
 
-fn guard_program(ebpf: &mut Ebpf) -> Result<&mut CgroupSkb> {
-    let name = paths::GUARD_PROGRAM.0;
-    ebpf.program_mut(name)
-        .ok_or(Error::MissingObject {
-            what: "program",
-            name: name.to_string(),
-        })?
-        .try_into()
-        .map_err(|e| Error::program(name, e))
-}
-
-fn load_guard(ebpf: &mut Ebpf) -> Result<()> {
-    guard_program(ebpf)?
-        .load()
-        .map_err(|e| Error::program(paths::GUARD_PROGRAM.0, e))
+fn load_cgroup_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+    let loaded = if is_guard(name) {
+        program_mut::<CgroupSkb>(ebpf, name)?.load()
+    } else {
+        program_mut::<CgroupSockAddr>(ebpf, name)?.load()
+    };
+    loaded.map_err(|e| Error::program(name, e))
 }
 
 /// Attaches a loaded cgroup program (a socket hook or the guard) to
@@ -201,80 +194,8 @@ pub(super) fn attach_cgroup_program(
     cgroup: &fs::File,
     link_pin: &Path,
 ) -> Result<LinkOutcome> {
-    if name == paths::GUARD_PROGRAM.0 {
-        attach_guard(ebpf, cgroup, link_pin)
-    } else {
-        attach_sock_program(ebpf, name, cgroup, link_pin)
-    }
-}
-
-/// Swaps ferry's cgroup program `name` back into the link pinned at `pin`.
-pub(super) fn swap_back_cgroup(ebpf: &mut Ebpf, name: &str, pin: &Path) -> Result<(), String> {
-    if name == paths::GUARD_PROGRAM.0 {
-        let prog = guard_program(ebpf).map_err(|e| e.to_string())?;
-        replace_guard(prog, pin)
-    } else {
-        let (link, _) = super::links::pinned(pin)?;
-        swap_back(ebpf, name, link)
-    }
-}
-
-fn attach_guard(ebpf: &mut Ebpf, cgroup: &fs::File, link_pin: &Path) -> Result<LinkOutcome> {
-    let name = paths::GUARD_PROGRAM.0;
-    let prog = guard_program(ebpf)?;
     if link_pin.exists() {
-        match replace_guard(prog, link_pin) {
-            Ok(()) => return Ok(LinkOutcome::Replaced),
-            Err(detail) => {
-                warn!(program = name, pin = %link_pin.display(), %detail, "re-attaching");
-                let _ = fs::remove_file(link_pin);
-            }
-        }
-    }
-    let id = prog
-        .attach(
-            cgroup,
-            CgroupSkbAttachType::Egress,
-            CgroupAttachMode::Single,
-        )
-        .map_err(|e| Error::program(name, e))?;
-    let link = prog.take_link(id).map_err(|e| Error::program(name, e))?;
-    let fd_link: FdLink = link.try_into().map_err(|_| Error::KernelFeature {
-        feature: "bpf_link for cgroup programs (Linux >= 5.7)",
-        detail: format!("program {name} was attached without a link"),
-    })?;
-    fd_link.pin(link_pin).map_err(|e| Error::Link {
-        name: name.to_string(),
-        path: link_pin.to_path_buf(),
-        detail: e.to_string(),
-    })?;
-    Ok(LinkOutcome::Attached)
-}
-
-/// Swaps the guard into the link pinned at `link_pin` (BPF_LINK_UPDATE
-/// through our own wrapper: aya has none for cgroup_skb links).
-fn replace_guard(prog: &CgroupSkb, link_pin: &Path) -> Result<(), String> {
-    let link = sys::obj_get(link_pin, 0).map_err(|e| e.to_string())?;
-    let info = sys::link_info(&link).map_err(|e| e.to_string())?;
-    if !matches!(info.attachment, sys::Attachment::Cgroup(_)) {
-        return Err("not a cgroup link".into());
-    }
-    let fd = prog.fd().map_err(|e| e.to_string())?;
-    sys::link_update(&link, std::os::fd::AsFd::as_fd(fd)).map_err(|e| e.to_string())
-}
-
-/// Attaches a loaded socket program to `cgroup` through the link pinned at
-/// `link_pin` (swapping it into an existing one).
-fn attach_sock_program(
-    ebpf: &mut Ebpf,
-    name: &str,
-    cgroup: &fs::File,
-    link_pin: &Path,
-) -> Result<LinkOutcome> {
-    let prog = sock_program(ebpf, name)?;
-
-    if link_pin.exists() {
-        match replace_in_pinned_link(prog, link_pin) {
+        match swap_into_pin(ebpf, name, link_pin) {
             Ok(()) => return Ok(LinkOutcome::Replaced),
             // A pin we cannot use (a different link type, say) would leave the
             // old program attached beside ours: replace the pin instead.
@@ -285,15 +206,25 @@ fn attach_sock_program(
         }
     }
     // Links are always "multi": the kernel wants no attach flags with them.
-    let id = prog
-        .attach(cgroup, CgroupAttachMode::Single)
-        .map_err(|e| Error::program(name, e))?;
-    let link = prog.take_link(id).map_err(|e| Error::program(name, e))?;
-    let fd_link: FdLink = link.try_into().map_err(|_| Error::KernelFeature {
+    let mode = CgroupAttachMode::Single;
+    let link = if is_guard(name) {
+        let prog = program_mut::<CgroupSkb>(ebpf, name)?;
+        let id = prog
+            .attach(cgroup, CgroupSkbAttachType::Egress, mode)
+            .map_err(|e| Error::program(name, e))?;
+        FdLink::try_from(prog.take_link(id).map_err(|e| Error::program(name, e))?)
+    } else {
+        let prog = program_mut::<CgroupSockAddr>(ebpf, name)?;
+        let id = prog
+            .attach(cgroup, mode)
+            .map_err(|e| Error::program(name, e))?;
+        FdLink::try_from(prog.take_link(id).map_err(|e| Error::program(name, e))?)
+    }
+    .map_err(|_| Error::KernelFeature {
         feature: "bpf_link for cgroup programs (Linux >= 5.7)",
         detail: format!("program {name} was attached without a link"),
     })?;
-    fd_link.pin(link_pin).map_err(|e| Error::Link {
+    link.pin(link_pin).map_err(|e| Error::Link {
         name: name.to_string(),
         path: link_pin.to_path_buf(),
         detail: e.to_string(),
@@ -301,24 +232,21 @@ fn attach_sock_program(
     Ok(LinkOutcome::Attached)
 }
 
-/// Swaps `prog` into the pinned link: atomic, no detach.
-fn replace_in_pinned_link(prog: &mut CgroupSockAddr, link_pin: &Path) -> Result<(), String> {
-    let pinned = PinnedLink::from_pin(link_pin).map_err(|e| e.to_string())?;
-    replace(prog, pinned.into())
-}
-
-/// Swaps `prog` into `link` (BPF_LINK_UPDATE): atomic, no detach.
-fn replace(prog: &mut CgroupSockAddr, link: FdLink) -> Result<(), String> {
-    let link = CgroupSockAddrLink::try_from(link).map_err(|e| e.to_string())?;
-    let id = prog.attach_to_link(link).map_err(|e| e.to_string())?;
-    // The pin and the agent's descriptor keep the link; this handle may go.
-    drop(prog.take_link(id).map_err(|e| e.to_string())?);
-    Ok(())
-}
-
-/// Swaps ferry's socket program `name` back into its cgroup `link`.
-fn swap_back(ebpf: &mut Ebpf, name: &str, link: FdLink) -> Result<(), String> {
-    replace(sock_program(ebpf, name).map_err(|e| e.to_string())?, link)
+/// Swaps ferry's program `name` into the cgroup link pinned at `pin`
+/// (BPF_LINK_UPDATE through ferry's own wrapper, which serves every cgroup
+/// program type; aya's serves sock_addr ones only): atomic, the hook is never
+/// empty. A pin that is not a link attached to a cgroup is refused.
+pub(super) fn swap_into_pin(ebpf: &Ebpf, name: &str, pin: &Path) -> Result<(), String> {
+    let link = sys::obj_get(pin, 0).map_err(|e| format!("opening the pin: {e}"))?;
+    let info = sys::link_info(&link).map_err(|e| e.to_string())?;
+    if !matches!(info.attachment, sys::Attachment::Cgroup(_)) {
+        return Err("not a link attached to a cgroup".into());
+    }
+    let prog = ebpf
+        .program(name)
+        .ok_or("program missing from the object")?;
+    let fd = prog.fd().map_err(|e| e.to_string())?;
+    sys::link_update(&link, fd.as_fd()).map_err(|e| e.to_string())
 }
 
 /// Forwards aya-log records from the kernel programs to `log` (and so to

@@ -44,13 +44,7 @@ pub fn load(ebpf: &mut Ebpf) -> Result<()> {
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
-    ebpf.program_mut(name)
-        .ok_or(Error::MissingObject {
-            what: "program",
-            name: name.to_string(),
-        })?
-        .try_into()
-        .map_err(|e| Error::program(name, e))
+    super::loader::program_mut(ebpf, name)
 }
 
 fn pin_name(dir: &str, ifname: &str) -> String {

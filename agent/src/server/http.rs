@@ -128,11 +128,10 @@ where
                     tokio::time::sleep(BIND_RETRY).await;
                     match TcpListener::bind(addr).await {
                         Ok(l) => break l,
-                        Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
-                        Err(e) => {
+                        Err(e) if e.kind() != io::ErrorKind::AddrInUse => {
                             warn!(%addr, error = %e, "{what} server: binding failed");
-                            continue;
                         }
+                        Err(_) => {}
                     }
                 };
                 start(what, LIMITS, listener, handler).await;
@@ -174,15 +173,7 @@ where
 {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    info!(%bound, "{what} server listening");
-    let server = Server {
-        what,
-        limits,
-        id: lock().new_server(),
-        handler: Arc::new(handler),
-    };
-    let task = tokio::spawn(async move { server.accept_loop(listener).await });
-    Ok((bound, task))
+    Ok((bound, tokio::spawn(start(what, limits, listener, handler))))
 }
 
 fn lock() -> std::sync::MutexGuard<'static, conns::Registry> {
