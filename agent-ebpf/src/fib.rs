@@ -36,7 +36,10 @@ pub const RC_STACK: u32 = u32::MAX;
 
 /// Routes the (already translated) IPv4 packet and redirects it to the
 /// egress of the next hop's device, decrementing its TTL as a router does.
-#[inline(always)]
+/// A function of its own (a BPF-to-BPF call): the lookup's 64-byte
+/// parameters live in its frame, not in the callers' (`ferry_tc_in`'s is
+/// near the 512-byte limit).
+#[inline(never)]
 pub fn forward(ctx: &TcContext) -> i32 {
     // Re-read: the header was rewritten since it was parsed.
     let Ok(ip) = ctx.load::<Ipv4Hdr>(IP_OFF) else {

@@ -46,8 +46,12 @@ const ICMP_HLEN: usize = core::mem::size_of::<IcmpHdr>();
 /// quoted destination only when the error comes from that host itself (a
 /// router's address is left as it is, so traceroute-like errors still name
 /// the hop).
+///
+/// On a pod device ([`Side::Pod`]) only errors about masqueraded flows are
+/// translated (a local backend's error to the node address it was given);
+/// the device's egress program translates the others as they leave.
 #[inline(always)]
-pub fn translate_error(ctx: &TcContext, ip: &Ipv4, ingress: bool) -> i32 {
+pub fn translate_error(ctx: &TcContext, ip: &Ipv4, side: Side) -> i32 {
     let icmp_off = ip.l4_off;
     let Ok(icmp) = ctx.load::<IcmpHdr>(icmp_off) else {
         return verdict::PASS;
@@ -86,7 +90,7 @@ pub fn translate_error(ctx: &TcContext, ip: &Ipv4, ingress: bool) -> i32 {
     };
     let entry = match ct::lookup(&key) {
         Some(v) => v,
-        None if ingress => {
+        None if side == Side::Ingress => {
             key.dir = ct_dir::FORWARD;
             match ct::lookup(&key) {
                 Some(v) => v,
@@ -97,6 +101,9 @@ pub fn translate_error(ctx: &TcContext, ip: &Ipv4, ingress: bool) -> i32 {
     };
     // SAFETY: a live map value, copied out.
     let v = unsafe { *entry };
+    if side == Side::Pod && v.flags & ct_flags::SNAT == 0 {
+        return verdict::PASS;
+    }
     let quoted = Quoted {
         off: inner_off,
         hdr: inner,
@@ -114,12 +121,23 @@ pub fn translate_error(ctx: &TcContext, ip: &Ipv4, ingress: bool) -> i32 {
         return e;
     }
     count(Counter::NsIcmpTranslated);
-    if ingress && v.flags & ct_flags::SNAT != 0 {
+    if side != Side::Egress && v.flags & ct_flags::SNAT != 0 {
         // Now from or to a node address: see fib.rs.
         fib::forward(ctx)
     } else {
         verdict::OK
     }
+}
+
+/// Where an error is met.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Arriving on a node device (`ferry_tc_in`).
+    Ingress,
+    /// Leaving through a node device (`ferry_tc_out`).
+    Egress,
+    /// Arriving from a pod (`ferry_tc_pod`).
+    Pod,
 }
 
 /// The packet an ICMP error quotes.

@@ -3,11 +3,13 @@
 //!
 //! A packet from outside is tracked or starts a flow. A new flow gets a
 //! backend (affinity, Maglev or random), DNAT to it, and two conntrack
-//! entries. A backend on this node is reached with the client's address
-//! kept (the pod sees who called, as externalTrafficPolicy Local promises);
-//! a backend on another node is reached with SNAT to this node's address on
-//! the ingress device, so its replies come back here to be translated
-//! (kube-proxy's behaviour for externalTrafficPolicy Cluster).
+//! entries. With externalTrafficPolicy Local the backend (on this node) is
+//! reached with the client's address kept: the pod sees who called. With
+//! Cluster it is reached with SNAT to this node's address on the ingress
+//! device, so its replies come back here to be translated (kube-proxy's
+//! masquerade): a remote backend's arrive on a node device (`ferry_tc_in`),
+//! a local backend's on the device the node reaches it through
+//! (`ferry_tc_pod`).
 //!
 //! With `node_flags::DSR` (`--lb-mode dsr`) a remote backend is reached
 //! with the client's address kept instead, the frontend carried to the
@@ -31,7 +33,7 @@ use aya_ebpf::{bindings::BPF_NOEXIST, maps::lpm_trie::Key, programs::TcContext};
 
 use crate::{
     csum, ct, dsr, fib, icmp,
-    maps::{CT_V4, NODE_ADDR_V4, SRC_RANGE_V4, count},
+    maps::{CT_V4, NODE_ADDR_V4, NODES_V4, SRC_RANGE_V4, count},
     parse::{self, Ipv4, L4, Tuple},
     select::{self, Client},
     tc::verdict,
@@ -66,33 +68,68 @@ pub fn ingress(ctx: &TcContext, ip: &Ipv4) -> i32 {
         ct::remove_flow(&fwd_key, &v);
     }
 
-    // A remote backend's reply to a SNAT port of ours. SNAT ports are only
-    // ever taken from the configured range: anything else cannot be one,
-    // which spares the lookup for most traffic the node itself receives.
+    // A remote backend's reply to a SNAT port of ours.
     let cfg = ct::node_config();
-    if ct::snat_ports(&cfg).contains(t.dport) {
-        let rkey = ct::key(&t, ct_dir::REPLY);
-        if let Some(entry) = ct::lookup(&rkey) {
-            let v = unsafe { *entry };
-            ct::touch(entry, select::now_seconds(), parse::tcp_flags(ctx, ip));
-            count(Counter::NsTracked);
-            if let Err(e) = csum::rewrite(
-                ctx,
-                &l4,
-                &t,
-                v.nat_saddr,
-                v.nat_sport,
-                v.nat_daddr,
-                v.nat_dport,
-            ) {
-                return e;
-            }
-            // From the frontend now: possibly a node address (NodePort).
-            return fib::forward(ctx);
-        }
+    if let Some(v) = snat_reply(ctx, ip, &l4, &t, &cfg, false) {
+        return v;
     }
 
     new_flow(ctx, ip, &l4, &t, &cfg)
+}
+
+/// A TCP/UDP packet arriving from a pod (`ferry_tc_pod`, on the devices
+/// the node reaches its local endpoints through): a local backend's reply
+/// to the node address a masqueraded flow gave it. Anything else goes on
+/// untouched (a local backend's other replies are translated as they leave
+/// through a node device).
+#[inline(always)]
+pub fn from_pod(ctx: &TcContext, ip: &Ipv4) -> i32 {
+    let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ctx, ip)) else {
+        return verdict::PASS;
+    };
+    snat_reply(ctx, ip, &l4, &t, &ct::node_config(), true).unwrap_or(verdict::PASS)
+}
+
+/// A reply to one of our SNAT ports, translated back to the frontend and
+/// the client and forwarded; None when the packet is none. SNAT ports are
+/// only ever taken from the configured range: anything else cannot be one,
+/// which spares the lookup for most traffic. `masqueraded_only`: only
+/// flows ferry gave a node address (the pod side, where a local backend's
+/// unmasqueraded replies to clients also pass).
+#[inline(always)]
+fn snat_reply(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    l4: &L4,
+    t: &Tuple,
+    cfg: &agent_common::NodeConfig,
+    masqueraded_only: bool,
+) -> Option<i32> {
+    if !ct::snat_ports(cfg).contains(t.dport) {
+        return None;
+    }
+    let rkey = ct::key(t, ct_dir::REPLY);
+    let entry = ct::lookup(&rkey)?;
+    // SAFETY: a live map value, copied out.
+    let v = unsafe { *entry };
+    if masqueraded_only && v.flags & ct_flags::SNAT == 0 {
+        return None;
+    }
+    ct::touch(entry, select::now_seconds(), parse::tcp_flags(ctx, ip));
+    count(Counter::NsTracked);
+    if let Err(e) = csum::rewrite(
+        ctx,
+        l4,
+        t,
+        v.nat_saddr,
+        v.nat_sport,
+        v.nat_daddr,
+        v.nat_dport,
+    ) {
+        return Some(e);
+    }
+    // From the frontend now: possibly a node address (NodePort).
+    Some(fib::forward(ctx))
 }
 
 /// A TCP/UDP packet leaving through a device: a local backend's reply gets
@@ -268,6 +305,14 @@ fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, cfg: &agent_common::
         return verdict::SHOT;
     };
     let local = chosen.backend.flags & backend_flags::LOCAL != 0;
+    // externalTrafficPolicy Cluster masquerades even to a backend on this
+    // node, as kube-proxy does: only eTP Local and `--lb-mode dsr` keep the
+    // client's address. A host-network backend (a node address) keeps it
+    // too: kube-proxy's masquerade never sees locally delivered packets.
+    let keep_client = local
+        && (svc.flags & svc_flags::ETP_LOCAL != 0
+            || cfg.flags & node_flags::DSR != 0
+            || NODES_V4.get_ptr(&chosen.backend.addr).is_some());
     let tcp_flags = parse::tcp_flags(ctx, ip);
     if t.proto == proto::TCP && tcp_flags & parse::TCP_SYN == 0 {
         count(Counter::NsCtLostFlow);
@@ -294,10 +339,13 @@ fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, cfg: &agent_common::
         nat_dport: chosen.backend.port,
         backend_id: chosen.id,
         rev_nat_id: svc.rev_nat_id,
-        flags: if local {
+        flags: if keep_client {
             ct_flags::LOCAL
         } else if dsr {
             ct_flags::DSR
+        } else if local {
+            // Masqueraded: the reply comes back through ferry_tc_pod.
+            ct_flags::SNAT | ct_flags::LOCAL
         } else {
             ct_flags::SNAT
         },
@@ -313,7 +361,7 @@ fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, cfg: &agent_common::
     };
     let fwd_key = ct::key(t, ct_dir::FORWARD);
 
-    if local {
+    if keep_client {
         // No SNAT: the backend answers the client itself. FORWARD first,
         // so that of two CPUs racing on the flow's first packets one wins
         // and the other follows it.

@@ -9,7 +9,10 @@
 //! a backend on this node are recorded and stripped (dsr.rs). `ferry_tc_out`
 //! (egress): replies of local backends (and of DSR flows received) get their
 //! frontend back as the source, and ICMP errors they send about a flow are
-//! translated likewise.
+//! translated likewise. `ferry_tc_pod` (ingress of the devices the node
+//! reaches its local endpoints through): a local backend's replies to the
+//! node address a masqueraded flow gave it (externalTrafficPolicy Cluster)
+//! are translated back and forwarded to the client.
 //!
 //! IPv4 only for now; fragments after the first pass untouched.
 
@@ -45,7 +48,7 @@ pub fn ferry_tc_in(ctx: TcContext) -> i32 {
     }
     match ip.hdr.proto {
         proto::TCP | proto::UDP => nodeport::ingress(&ctx, &ip),
-        parse::IPPROTO_ICMP => icmp::translate_error(&ctx, &ip, true),
+        parse::IPPROTO_ICMP => icmp::translate_error(&ctx, &ip, icmp::Side::Ingress),
         _ => verdict::PASS,
     }
 }
@@ -60,7 +63,22 @@ pub fn ferry_tc_out(ctx: TcContext) -> i32 {
     }
     match ip.hdr.proto {
         proto::TCP | proto::UDP => nodeport::egress(&ctx, &ip),
-        parse::IPPROTO_ICMP => icmp::translate_error(&ctx, &ip, false),
+        parse::IPPROTO_ICMP => icmp::translate_error(&ctx, &ip, icmp::Side::Egress),
+        _ => verdict::PASS,
+    }
+}
+
+#[classifier]
+pub fn ferry_tc_pod(ctx: TcContext) -> i32 {
+    let Some(ip) = parse::ipv4(&ctx) else {
+        return verdict::PASS;
+    };
+    if ip.hdr.is_later_fragment() {
+        return verdict::PASS;
+    }
+    match ip.hdr.proto {
+        proto::TCP | proto::UDP => nodeport::from_pod(&ctx, &ip),
+        parse::IPPROTO_ICMP => icmp::translate_error(&ctx, &ip, icmp::Side::Pod),
         _ => verdict::PASS,
     }
 }

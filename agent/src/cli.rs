@@ -70,8 +70,10 @@ pub struct AgentArgs {
     /// Devices for the north-south programs.
     #[arg(long, value_name = "IF[,IF..]", value_delimiter = ',')]
     pub interfaces: Vec<String>,
-    /// externalTrafficPolicy Cluster to a remote backend: SNAT (default,
-    /// kube-proxy's behaviour) or DSR.
+    /// externalTrafficPolicy Cluster: SNAT to the receiving node's address
+    /// (default, kube-proxy's masquerade, local backends included) or DSR
+    /// (the client's address kept; a remote backend's node answers it
+    /// directly).
     #[arg(long, value_enum, default_value_t = LbMode::Snat)]
     pub lb_mode: LbMode,
     /// Load-balance packets from outside the cluster addressed to a

@@ -38,6 +38,8 @@ pub fn cgroup_programs() -> impl Iterator<Item = (&'static str, &'static str)> {
 /// The north-south TC programs (ELF function names).
 pub const TC_INGRESS: &str = "ferry_tc_in";
 pub const TC_EGRESS: &str = "ferry_tc_out";
+/// The program on the devices the node reaches its local endpoints through.
+pub const TC_POD: &str = "ferry_tc_pod";
 
 /// Pin directory layout.
 #[derive(Clone, Debug)]

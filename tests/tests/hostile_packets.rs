@@ -33,11 +33,18 @@ const FORGED: &str = "6.6.6.6";
 /// NodePort service `web`: http 80 -> 8080/TCP (nodePort 30080), dns 53 -> 5353/UDP (30053),
 /// with these pods (and their nodes) as endpoints.
 fn web(c: &Cluster, pods: &[(&Pod, &str)]) {
+    web_with(c, pods, "Cluster");
+}
+
+/// The same with externalTrafficPolicy `policy`: Local keeps the client's address, so the
+/// pod's flows carry the client's own tuple, which a spoofer can name.
+fn web_with(c: &Cluster, pods: &[(&Pod, &str)], policy: &str) {
     let svc = Service::node_port_service("web", CLUSTER_IP)
         .port_to("http", 80, "TCP", 8080u16)
         .node_port(i64::from(NODE_PORT))
         .port_to("dns", 53, "UDP", 5353u16)
-        .node_port(i64::from(UDP_NODE_PORT));
+        .node_port(i64::from(UDP_NODE_PORT))
+        .external_traffic_policy(policy);
     c.manifests().apply(&svc);
     c.manifests().apply(
         &EndpointSlice::new("web-1", "web")
@@ -197,7 +204,7 @@ fn a_spoofed_syn_does_not_reset_live_node_port_connections() {
     let (ext1, ext2) = clients_behind_node1(&c);
     let b1 = c.add_pod_on("node1", "b1");
     let _e1 = c.start_echo(&b1, &[8080], &[5353]);
-    web(&c, &[(&b1, "node1")]);
+    web_with(&c, &[(&b1, "node1")], "Local");
     start(&c, &[], &[format!("{}:8080", b1.ip)]);
     let target = format!("{}:{NODE_PORT}", c.node("node1").ip);
 
@@ -475,7 +482,9 @@ fn a_conntrack_flood_shows_in_metrics_and_lost_flows_come_back() {
     let b2 = c.add_pod_on("node1", "b2");
     let _e1 = c.start_echo(&b1, &[8080], &[5353]);
     let _e2 = c.start_echo(&b2, &[8080], &[5353]);
-    web(&c, &[(&b1, "node1"), (&b2, "node1")]);
+    // Local: the lost flows are made again on the client's own tuple (a masqueraded flow's
+    // new SNAT port would be news to its backend).
+    web_with(&c, &[(&b1, "node1"), (&b2, "node1")], "Local");
     const CT_MAX: u32 = 4096;
     start(
         &c,

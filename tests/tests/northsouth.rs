@@ -33,6 +33,7 @@ use serde_json::Value;
 const CLUSTER_IP: &str = "10.96.0.10";
 const LB_IP: &str = "192.0.2.10";
 const LB_IP2: &str = "192.0.2.11";
+const LB_IP3: &str = "192.0.2.12";
 const EXTERNAL_IP: &str = "198.51.100.10";
 const NODE_PORT: i64 = 30080;
 const UDP_NODE_PORT: i64 = 30053;
@@ -525,6 +526,123 @@ fn external_ips() {
 
 #[test]
 #[ignore = "kernel test: needs root (cargo xtask test runs it)"]
+fn lb_cluster_masquerades_to_a_backend_on_the_receiving_node() {
+    require_root!();
+    let c = Cluster::new("lb_cluster_masquerades_to_a_backend_on_the_receiving_node");
+    let ext1 = c.ext("ext1");
+    let b1 = c.add_pod_on("node1", "b1");
+    let _e1 = c.start_echo(&b1, &[8080], &[5353]);
+    let www = c.tmp_dir().join("www");
+    fs::create_dir(&www).unwrap();
+    let blob = www.join("blob");
+    write_random(&blob, 4 << 20);
+    let want = sha256(&blob);
+    let _s1 = http_server_on(&c, &b1, &www, 8081);
+    let svc = web_ports(Service::load_balancer("web", CLUSTER_IP))
+        .port_to("files", 81, "TCP", 8081u16)
+        .lb_ingress(LB_IP);
+    c.manifests().apply(&svc);
+    c.manifests()
+        .apply(&slice("web", &[(&b1, "node1")]).port("files", 8081, "TCP"));
+    start(&c);
+    wait_external(&c, "node1", LB_IP, 80, Protocol::Tcp, &[&b1]);
+    c.route(&ext1, LB_RANGE, "node1");
+    let node1 = c.node("node1").ip.to_string();
+
+    // externalTrafficPolicy Cluster, the only endpoint on the receiving node: kube-proxy
+    // masquerades all the same, and so does ferry. The pod's replies to node1's address come
+    // back through br0, where ferry_tc_pod translates them.
+    let pod_link = c.node("node1").pin_dir.join("ferry_link_tcpod_br0");
+    let (_, took) = poll(DEADLINE, Duration::from_millis(20), || {
+        pod_link
+            .exists()
+            .then_some(())
+            .ok_or_else(|| "no ferry_link_tcpod_br0 pin".to_string())
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "node1 puts ferry_tc_pod on br0, its pods' device: {e}\n{}",
+            c.agent_log("node1")
+        )
+    });
+    report("ferry_tc_pod on br0", took);
+    first_answer(
+        &c,
+        &ext1,
+        &format!("{LB_IP}:80"),
+        "ext1 -> LB via node1 -> b1",
+    );
+    let attempts = tcp(&c, &ext1, &format!("{LB_IP}:80"), 20);
+    assert_all_ok(&c, &attempts, "TCP to the LB IP, local backend");
+    assert_eq!(
+        peers(&attempts),
+        BTreeSet::from([node1.clone()]),
+        "the local backend sees node1's address (masquerade)"
+    );
+    for a in &attempts {
+        assert_eq!(a.peer.as_deref(), Some("192.0.2.10:80"), "{}", a.raw);
+    }
+    let udp = c.client(
+        &ext1,
+        &[
+            "udp",
+            &format!("{LB_IP}:53"),
+            "--count",
+            "5",
+            "--timeout-ms",
+            "2000",
+        ],
+    );
+    assert_all_ok(&c, &udp, "UDP to the LB IP, local backend");
+    for a in &udp {
+        assert_eq!(a.from.as_deref(), Some("192.0.2.10:53"), "{}", a.raw);
+        assert_eq!(echo(a).peer.ip().to_string(), node1, "{}", a.raw);
+    }
+    let out = c.tmp_dir().join("download");
+    let (res, took) = c.curl_timed(
+        &ext1,
+        &format!("http://{LB_IP}:81/blob"),
+        Duration::from_secs(30),
+        &["-o", &out.to_string_lossy()],
+    );
+    if let Err((code, err)) = res {
+        panic!(
+            "download through the masquerade: curl exit {code}: {err}\n{}",
+            c.dump()
+        );
+    }
+    println!("4 MiB through the masquerade in {} ms", took.as_millis());
+    assert_eq!(sha256(&out), want, "byte-identical through the masquerade");
+    let flows = flows_of(&c, "node1");
+    assert!(
+        flows.iter().any(|f| f.is_forward()
+            && f.src_ip() == Some(EXT1_IP)
+            && f.nat_dst == format!("{}:8080", b1.ip)
+            && f.snat
+            && f.local_backend),
+        "node1 tracks the flow as SNAT to a local backend: {flows:#?}"
+    );
+
+    // --lb-mode dsr keeps the client's address, for a local backend too.
+    c.stop_agent("node1");
+    c.start_agent(
+        "node1",
+        &ferry_tests::AgentOpts {
+            extra_args: vec!["--lb-mode".into(), "dsr".into()],
+            ..Default::default()
+        },
+    );
+    let attempts = tcp(&c, &ext1, &format!("{LB_IP}:80"), 10);
+    assert_all_ok(&c, &attempts, "TCP to the LB IP, local backend, DSR mode");
+    assert_eq!(
+        peers(&attempts),
+        BTreeSet::from([EXT1_IP.to_string()]),
+        "with --lb-mode dsr the local backend sees the client"
+    );
+}
+
+#[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn health_check_node_port() {
     require_root!();
     let c = Cluster::new("health_check_node_port");
@@ -946,15 +1064,12 @@ fn cluster_ip_from_outside_is_served_only_with_external_cluster_ip() {
     assert_eq!(pods.keys().collect::<Vec<_>>(), ["b1", "b2"], "{pods:?}");
     let node1 = c.node("node1").ip.to_string();
     for a in &attempts {
-        let seen = echo(a).peer.ip().to_string();
-        let want = if a.pod().as_deref() == Some("b1") {
-            EXT1_IP.to_string()
-        } else {
-            node1.clone()
-        };
+        // kube-proxy masquerades traffic from outside to a ClusterIP, whichever node the
+        // backend is on.
         assert_eq!(
-            seen, want,
-            "b1 (on node1) sees the client, b2 sees node1 (SNAT): {}",
+            echo(a).peer.ip().to_string(),
+            node1,
+            "b1 (on node1) and b2 both see node1 (masquerade): {}",
             a.raw
         );
         assert_eq!(
@@ -1269,11 +1384,25 @@ fn icmp_port_unreachable_from_a_backend_reaches_the_client_translated() {
         .ports
         .iter_mut()
         .for_each(|p| p.node_port = p.node_port.map(|n| n + 1));
+    let mut masq = web_ports(Service::load_balancer("masq", "10.96.0.12")).lb_ingress(LB_IP3);
+    masq.ports
+        .iter_mut()
+        .for_each(|p| p.node_port = p.node_port.map(|n| n + 2));
     c.manifests().apply(&local);
     c.manifests().apply(&remote);
+    c.manifests().apply(&masq);
     c.manifests().apply(&slice("local", &[(&b1, "node1")]));
     c.manifests().apply(&slice("remote", &[(&b2, "node2")]));
+    c.manifests().apply(&slice("masq", &[(&b1, "node1")]));
     start(&c);
+    wait_external_eps(
+        &c,
+        "node1",
+        LB_IP3,
+        53,
+        Protocol::Udp,
+        &[format!("{}:5353", b1.ip)],
+    );
     wait_external_eps(
         &c,
         "node1",
@@ -1298,6 +1427,10 @@ fn icmp_port_unreachable_from_a_backend_reaches_the_client_translated() {
     for (ip, what) in [
         (LB_IP, "eTP Local"),
         (LB_IP2, "eTP Cluster, backend on node2 (SNAT)"),
+        (
+            LB_IP3,
+            "eTP Cluster, backend on node1 (masquerade, ferry_tc_pod)",
+        ),
     ] {
         let start = Instant::now();
         let udp = c.client(
@@ -1351,11 +1484,25 @@ fn fragmentation_needed_reaches_the_backend_translated() {
     let remote = Service::load_balancer("remote", "10.96.0.11")
         .port_to("http", 80, "TCP", 8080u16)
         .lb_ingress(LB_IP2);
+    let mut masq = web_ports(Service::load_balancer("masq", "10.96.0.12")).lb_ingress(LB_IP3);
+    masq.ports
+        .iter_mut()
+        .for_each(|p| p.node_port = p.node_port.map(|n| n + 2));
     c.manifests().apply(&local);
     c.manifests().apply(&remote);
+    c.manifests().apply(&masq);
     c.manifests().apply(&slice("local", &[(&b1, "node1")]));
     c.manifests().apply(&slice("remote", &[(&b2, "node2")]));
+    c.manifests().apply(&slice("masq", &[(&b1, "node1")]));
     start(&c);
+    wait_external_eps(
+        &c,
+        "node1",
+        LB_IP3,
+        53,
+        Protocol::Udp,
+        &[format!("{}:5353", b1.ip)],
+    );
     wait_external(&c, "node1", LB_IP, 80, Protocol::Tcp, &[&b1]);
     wait_external(&c, "node1", LB_IP2, 80, Protocol::Tcp, &[&b2]);
     println!("the client {} is in {ROUTED_NET}", far.ip);
@@ -1363,6 +1510,10 @@ fn fragmentation_needed_reaches_the_backend_translated() {
     for (ip, what) in [
         (LB_IP, "eTP Local"),
         (LB_IP2, "eTP Cluster, backend on node2 (SNAT)"),
+        (
+            LB_IP3,
+            "eTP Cluster, backend on node1 (masquerade, ferry_tc_pod)",
+        ),
     ] {
         let out = c.tmp_dir().join(format!("download-{ip}"));
         let url = format!("http://{ip}/blob");

@@ -36,6 +36,7 @@ use ferry_tests::{
 
 const TC_IN: &str = "ferry_tc_in";
 const TC_OUT: &str = "ferry_tc_out";
+const TC_POD: &str = "ferry_tc_pod";
 
 /// Verdicts.
 const PASS: i32 = -1; // TC_ACT_UNSPEC / TCX_NEXT: not ferry's packet
@@ -129,8 +130,11 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        let t = ProgTest::load(ferry::datapath::loader::ebpf_object(), &[TC_IN, TC_OUT])
-            .unwrap_or_else(|e| panic!("{e:#}"));
+        let t = ProgTest::load(
+            ferry::datapath::loader::ebpf_object(),
+            &[TC_IN, TC_OUT, TC_POD],
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
         let mut f = Fixture { t };
         f.node_addr(IFINDEX, NODE);
         f
@@ -426,8 +430,11 @@ fn lab(body: fn()) {
 fn whole_object_passes_the_verifier() {
     require_root!();
     lab(|| {
-        let mut t = ProgTest::load(ferry::datapath::loader::ebpf_object(), &[TC_IN, TC_OUT])
-            .unwrap_or_else(|e| panic!("{e:#}"));
+        let mut t = ProgTest::load(
+            ferry::datapath::loader::ebpf_object(),
+            &[TC_IN, TC_OUT, TC_POD],
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
         // The socket-layer programs too: one object, one verifier verdict for all of it.
         for (name, prog) in t.ebpf.programs_mut() {
             if let aya::programs::Program::CgroupSockAddr(p) = prog {
@@ -759,7 +766,7 @@ fn source_ranges_drop_outsiders_before_any_state_and_admit_insiders() {
             vip,
             IPPROTO_TCP,
             scope::EXTERNAL,
-            svc_flags::LOAD_BALANCER | svc_flags::SOURCE_RANGES,
+            svc_flags::LOAD_BALANCER | svc_flags::SOURCE_RANGES | svc_flags::ETP_LOCAL,
             REV_LB,
             &[1],
         );
@@ -904,7 +911,7 @@ fn icmp_port_unreachable_from_a_local_backend_is_translated_on_egress() {
             vip,
             IPPROTO_UDP,
             scope::EXTERNAL,
-            svc_flags::LOAD_BALANCER,
+            svc_flags::LOAD_BALANCER | svc_flags::ETP_LOCAL,
             REV_LB,
             &[1],
         );
@@ -994,6 +1001,127 @@ fn icmp_port_unreachable_from_a_local_backend_is_translated_on_egress() {
         assert_eq!(r.verdict(), PASS);
         assert_eq!(r.data, err);
         assert_eq!(f.counter(Counter::NsIcmpTranslated), 3);
+    });
+}
+
+#[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
+fn a_local_backend_is_masqueraded_and_answers_through_the_pod_program() {
+    require_root!();
+    lab(|| {
+        let mut f = Fixture::new();
+        let vip = sa(LB_VIP, 53);
+        let pod = sa(LOCAL_POD, 1053);
+        let client = sa(CLIENT, 5353);
+        f.backend(1, pod, IPPROTO_UDP, true);
+        // externalTrafficPolicy Cluster: kube-proxy masquerades even to a local endpoint.
+        f.frontend(
+            vip,
+            IPPROTO_UDP,
+            scope::EXTERNAL,
+            svc_flags::LOAD_BALANCER,
+            REV_LB,
+            &[1],
+        );
+
+        let query = udp_packet(client, vip, b"query");
+        let r = f.run(TC_IN, &inbound(query.clone()));
+        // No route in the test's namespace: handed to the stack after translation.
+        assert_eq!(r.verdict(), OK);
+        let snat = sa(NODE, parse_ipv4(&r.data).sport);
+        assert_frame(
+            &r.data,
+            &inbound(udp_packet(snat, pod, b"query")),
+            "query after DNAT and masquerade",
+        );
+        let masq = ct_flags::SNAT | ct_flags::LOCAL;
+        assert_ct(
+            &mut f,
+            &[
+                (
+                    ct_key(client, vip, IPPROTO_UDP, ct_dir::FORWARD),
+                    ct_val(snat, pod, 1, REV_LB, masq, 0),
+                ),
+                (
+                    ct_key(pod, snat, IPPROTO_UDP, ct_dir::REPLY),
+                    ct_val(vip, client, 1, REV_LB, masq, 0),
+                ),
+            ],
+        );
+
+        // The pod answers the node address: its device's program sends it to the client,
+        // from the VIP.
+        let r = f.run(TC_POD, &inbound(udp_packet(pod, snat, b"answer")));
+        assert_eq!(r.verdict(), OK);
+        assert_frame(
+            &r.data,
+            &inbound(udp_packet(vip, client, b"answer")),
+            "answer after reverse NAT on the pod device",
+        );
+        assert_eq!(f.counter(Counter::NsTracked), 1);
+
+        // Its port unreachable about the query reaches the client quoting what it sent.
+        let delivered = udp_packet(snat, pod, b"query");
+        let err = ipv4(
+            icmp_opts(7),
+            LOCAL_POD,
+            NODE,
+            IPPROTO_ICMP,
+            &icmp(3, 3, 0, &delivered),
+        );
+        let r = f.run(TC_POD, &inbound(err));
+        assert_eq!(r.verdict(), OK);
+        let want = ipv4(
+            icmp_opts(7),
+            LB_VIP,
+            CLIENT,
+            IPPROTO_ICMP,
+            &icmp(3, 3, 0, &query),
+        );
+        assert_frame(&r.data, &inbound(want), "the pod's error, translated");
+        assert_eq!(f.counter(Counter::NsIcmpTranslated), 1);
+
+        // What a pod sends anywhere else passes untouched: to the client's port (no flow of
+        // ours owns it), and a kept-client flow's replies (eTP Local), which the node device
+        // translates as they leave, even on a port inside the SNAT range.
+        let etp_vip = sa(LB_VIP, 54);
+        f.frontend(
+            etp_vip,
+            IPPROTO_UDP,
+            scope::EXTERNAL,
+            svc_flags::LOAD_BALANCER | svc_flags::ETP_LOCAL,
+            REV_LB + 1,
+            &[1],
+        );
+        let client2 = sa(CLIENT2, 62000);
+        let r = f.run(TC_IN, &inbound(udp_packet(client2, etp_vip, b"q")));
+        assert_frame(
+            &r.data,
+            &inbound(udp_packet(client2, pod, b"q")),
+            "eTP Local keeps the client",
+        );
+        for stray in [
+            udp_packet(pod, client, b"direct"),
+            udp_packet(pod, client2, b"kept-client reply"),
+            udp_packet(sa(LOCAL_POD, 9), snat, b"not the flow's port"),
+        ] {
+            let frame = inbound(stray);
+            let r = f.run(TC_POD, &frame);
+            assert_eq!(r.verdict(), PASS);
+            assert_eq!(r.data, frame);
+        }
+        assert_eq!(f.counter(Counter::NsTracked), 1);
+
+        // In DSR mode a local backend keeps the client's address, eTP Cluster or not.
+        dsr_mode(&mut f);
+        let client3 = sa(CLIENT2, 40003);
+        let r = f.run(TC_IN, &inbound(udp_packet(client3, vip, b"q3")));
+        assert_eq!(r.verdict(), OK);
+        assert_frame(
+            &r.data,
+            &inbound(udp_packet(client3, pod, b"q3")),
+            "DSR mode: the local backend sees the client",
+        );
     });
 }
 
@@ -1219,7 +1347,7 @@ fn a_flow_whose_backend_is_gone_moves_to_a_live_one() {
             vip,
             IPPROTO_UDP,
             scope::EXTERNAL,
-            svc_flags::LOAD_BALANCER,
+            svc_flags::LOAD_BALANCER | svc_flags::ETP_LOCAL,
             REV_LB,
             &[1],
         );
@@ -1236,7 +1364,7 @@ fn a_flow_whose_backend_is_gone_moves_to_a_live_one() {
             vip,
             IPPROTO_UDP,
             scope::EXTERNAL,
-            svc_flags::LOAD_BALANCER,
+            svc_flags::LOAD_BALANCER | svc_flags::ETP_LOCAL,
             REV_LB,
             &[2],
         );
@@ -1329,7 +1457,7 @@ fn checksums_stay_right_for_checksum_complete_and_zero_udp_checksums() {
             vip,
             IPPROTO_UDP,
             scope::EXTERNAL,
-            svc_flags::LOAD_BALANCER,
+            svc_flags::LOAD_BALANCER | svc_flags::ETP_LOCAL,
             REV_LB,
             &[1],
         );
@@ -2485,7 +2613,7 @@ fn a_syn_on_a_live_flows_reply_tuple_is_dropped_and_a_finished_flow_is_forgotten
                 addr,
                 IPPROTO_TCP,
                 scope::EXTERNAL,
-                svc_flags::LOAD_BALANCER,
+                svc_flags::LOAD_BALANCER | svc_flags::ETP_LOCAL,
                 rev,
                 &[1],
             );
@@ -2622,7 +2750,7 @@ fn a_lost_flow_comes_back_to_its_backend_and_a_full_table_is_counted() {
             vip,
             IPPROTO_TCP,
             scope::EXTERNAL,
-            svc_flags::LOAD_BALANCER,
+            svc_flags::LOAD_BALANCER | svc_flags::ETP_LOCAL,
             REV_LB,
             &[1, 2, 3],
         );

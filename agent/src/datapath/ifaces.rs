@@ -17,6 +17,22 @@ pub fn index_of(name: &str) -> Option<u32> {
     (index != 0).then_some(index)
 }
 
+/// The name of the device with index `index` now, if there is one.
+pub fn name_of(index: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: a buffer of IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+    Some(
+        unsafe { CStr::from_ptr(buf.as_ptr()) }
+            .to_string_lossy()
+            .into_owned(),
+    )
+}
+
 /// Every interface with at least one IPv4 address, by name.
 pub fn list() -> io::Result<BTreeMap<String, Interface>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();

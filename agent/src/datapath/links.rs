@@ -68,11 +68,16 @@ impl Links {
         Ok(())
     }
 
-    /// Lets go of the links on devices not in `keep` (their pins are removed
-    /// by the caller; without our descriptor they then detach).
-    pub fn release_devices_except(&mut self, keep: &std::collections::BTreeSet<String>) {
+    /// Lets go of the links of `programs` on devices not in `keep` (their
+    /// pins are removed by the caller; without our descriptor they then
+    /// detach).
+    pub fn release_devices_except(
+        &mut self,
+        programs: &[&str],
+        keep: &std::collections::BTreeSet<String>,
+    ) {
         self.held.retain(|_, h| match &h.target {
-            Target::Device(iface) => keep.contains(&iface.name),
+            Target::Device(iface) => !programs.contains(&h.program) || keep.contains(&iface.name),
             Target::Cgroup(_) => true,
         });
     }

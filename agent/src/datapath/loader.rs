@@ -29,6 +29,7 @@ use super::{
     links::{Links, Target},
     sizes::{self, MapSizes},
     sys,
+    tc::Role,
 };
 use crate::{
     error::{Error, Result},
@@ -141,20 +142,21 @@ impl Loaded {
         ))
     }
 
-    /// Attaches the north-south programs to `iface` (or replaces them in
+    /// Attaches the TC programs of `role` to `iface` (or replaces them in
     /// their pinned links).
-    pub fn attach_tc(&mut self, iface: &Interface) -> Result<()> {
-        for (program, pin) in super::tc::attach(&mut self.ebpf, &self.pins, iface)? {
+    pub fn attach_tc(&mut self, iface: &Interface, role: Role) -> Result<()> {
+        for (program, pin) in super::tc::attach(&mut self.ebpf, &self.pins, iface, role)? {
             self.links
                 .hold(program, pin, Target::Device(iface.clone()))?;
         }
         Ok(())
     }
 
-    /// Detaches the north-south programs from every device not in `keep`.
-    pub fn detach_tc_except(&mut self, keep: &BTreeSet<String>) {
-        self.links.release_devices_except(keep);
-        super::tc::detach_others(&self.pins, keep);
+    /// Detaches the TC programs of `role` from every device not in `keep`.
+    pub fn detach_tc_except(&mut self, role: Role, keep: &BTreeSet<String>) {
+        self.links
+            .release_devices_except(super::tc::programs(role), keep);
+        super::tc::detach_others(&self.pins, role, keep);
     }
 }
 

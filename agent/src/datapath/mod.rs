@@ -17,6 +17,7 @@ pub mod mem_maps;
 pub mod owner;
 pub mod pin_dir;
 pub mod programmer;
+pub mod routes;
 pub mod service_table;
 pub mod sizes;
 pub mod snapshot;

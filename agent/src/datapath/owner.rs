@@ -16,6 +16,7 @@ use super::{
     LinkReport, LoadOptions, Maps, codec, ifaces,
     loader::Loaded,
     programmer::{Capacities, Programmer},
+    routes,
     service_table::{FrontendStatus, FullSync, ServiceFrontends, ServiceTable, SyncOutcome},
     tc,
 };
@@ -54,6 +55,10 @@ pub struct Datapath {
     ns: NorthSouth,
     /// Device name -> (ifindex, the SNAT address written for it).
     attached: BTreeMap<String, (u32, Ipv4Addr)>,
+    /// Pod device name -> ifindex: the devices carrying `ferry_tc_pod`.
+    pod_devices: BTreeMap<String, u32>,
+    /// The node's devices were chosen once: pod devices are chosen after.
+    node_synced: bool,
     warned_unavailable: bool,
 }
 
@@ -68,6 +73,8 @@ impl Datapath {
             table,
             ns,
             attached: BTreeMap::new(),
+            pod_devices: BTreeMap::new(),
+            node_synced: false,
             warned_unavailable: false,
         })
     }
@@ -90,12 +97,87 @@ impl Datapath {
 
     pub fn retry_due(&mut self, now: Instant) -> SyncOutcome {
         let out = self.table.retry_due(now);
-        self.destroy_udp_sockets(&out.gone_udp);
+        self.after_change(&out);
         out
     }
 
     pub fn next_retry(&self) -> Option<Instant> {
         self.table.next_retry()
+    }
+
+    /// What follows a change of the frontends: connected UDP sockets on
+    /// backends that left are destroyed, and a new local endpoint's device
+    /// gets `ferry_tc_pod` before its first masqueraded flow needs it.
+    fn after_change(&mut self, out: &SyncOutcome) {
+        self.destroy_udp_sockets(&out.gone_udp);
+        if self.node_synced && self.table.programmer_mut().take_local_ips_changed() {
+            self.sync_pod_devices();
+        }
+    }
+
+    /// `ferry_tc_pod` on the devices the node routes its local endpoints
+    /// through (where their replies to a masquerading node address come
+    /// in), and on no other. A device that already carries the node
+    /// programs needs none: `ferry_tc_in` translates those replies there.
+    fn sync_pod_devices(&mut self) {
+        if !tc::available(&self.loaded.ebpf) {
+            return;
+        }
+        let _ = self.table.programmer_mut().take_local_ips_changed();
+        let mut resolver = match routes::Resolver::new() {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "pod devices: no netlink socket");
+                return;
+            }
+        };
+        let node_devices: BTreeSet<u32> = self.attached.values().map(|&(i, _)| i).collect();
+        let mut wanted: BTreeMap<String, u32> = BTreeMap::new();
+        let local: Vec<Ipv4Addr> = self.table.programmer().local_ips().collect();
+        for ip in local {
+            match resolver.get(ip) {
+                Ok(routes::Route::Device(index)) if !node_devices.contains(&index) => {
+                    match ifaces::name_of(index) {
+                        Some(name) => {
+                            wanted.insert(name, index);
+                        }
+                        None => debug!(endpoint = %ip, index, "pod device gone meanwhile"),
+                    }
+                }
+                // Through a node device, or the node's own address (a
+                // host-network endpoint, which keeps its clients' address).
+                Ok(routes::Route::Device(_) | routes::Route::Local) => {}
+                Ok(routes::Route::None) => {
+                    warn!(endpoint = %ip, "local endpoint without a route: its masqueraded replies cannot be translated")
+                }
+                Err(e) => warn!(endpoint = %ip, error = %e, "route lookup of a local endpoint"),
+            }
+        }
+        if wanted == self.pod_devices {
+            return;
+        }
+        let mut kept = BTreeMap::new();
+        for (name, &index) in &wanted {
+            if self.pod_devices.get(name) == Some(&index) {
+                kept.insert(name.clone(), index);
+                continue;
+            }
+            let iface = ifaces::Interface {
+                name: name.clone(),
+                index,
+                ipv4: Vec::new(),
+            };
+            match self.loaded.attach_tc(&iface, tc::Role::Pod) {
+                Ok(()) => {
+                    info!(device = %name, ifindex = index, "pod device");
+                    kept.insert(name.clone(), index);
+                }
+                Err(e) => warn!(device = %name, error = %e, "pod device: attaching"),
+            }
+        }
+        let names: BTreeSet<String> = kept.keys().cloned().collect();
+        self.loaded.detach_tc_except(tc::Role::Pod, &names);
+        self.pod_devices = kept;
     }
 
     /// Connected UDP sockets still on a backend that left every service get
@@ -181,7 +263,7 @@ impl Datapath {
                 self.maps_mut().node_addr.insert(&iface.index, &raw, 0)?;
             }
             if prev.map(|p| p.0) != Some(iface.index) {
-                self.loaded.attach_tc(iface)?;
+                self.loaded.attach_tc(iface, tc::Role::Node)?;
             }
             if prev != Some(entry) {
                 info!(device = %iface.name, ifindex = iface.index, snat = %ip, "north-south device");
@@ -196,13 +278,20 @@ impl Datapath {
             .collect();
         if !gone.is_empty() || self.attached.len() != now.len() {
             let names: BTreeSet<String> = now.keys().cloned().collect();
-            self.loaded.detach_tc_except(&names);
+            self.loaded.detach_tc_except(tc::Role::Node, &names);
             for index in gone {
                 let _ = self.maps_mut().node_addr.remove(&index);
             }
         }
         self.attached = now;
+        self.node_synced = true;
+        self.sync_pod_devices();
         Ok(())
+    }
+
+    /// The devices carrying `ferry_tc_pod`.
+    pub fn pod_devices(&self) -> Vec<String> {
+        self.pod_devices.keys().cloned().collect()
     }
 
     /// Checks that every link of ferry's is attached, runs ferry's program
@@ -224,7 +313,7 @@ impl Dataplane for Datapath {
         now: Instant,
     ) -> SyncOutcome {
         let out = self.table.sync(batch, now);
-        self.destroy_udp_sockets(&out.gone_udp);
+        self.after_change(&out);
         out
     }
 
@@ -243,7 +332,7 @@ impl Dataplane for Datapath {
 
     fn full_end(&mut self, full: FullSync) -> SyncOutcome {
         let out = self.table.full_end(full);
-        self.destroy_udp_sockets(&out.gone_udp);
+        self.after_change(&out);
         out
     }
 }

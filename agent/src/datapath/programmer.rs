@@ -176,6 +176,12 @@ pub struct Programmer<M: LbMaps = Maps> {
     /// How many backend entries each address has (UDP sockets on an
     /// address are destroyed when it has none left).
     backend_addrs: HashMap<BackendAddr, u32>,
+    /// How many backend entries flagged local each address has: the
+    /// node's local endpoints, whose devices carry `ferry_tc_pod`.
+    local_ips: BTreeMap<Ipv4Addr, u32>,
+    /// An address joined or left `local_ips` since the last
+    /// `take_local_ips_changed`.
+    local_ips_changed: bool,
     backend_ids: IdAllocator,
     rev_nats: HashMap<AddrKey, RevNatEntry>,
     /// rev-NAT id -> its address, so per-id lookups stay O(1).
@@ -214,6 +220,8 @@ impl<M: LbMaps> Programmer<M> {
             released_udp: Vec::new(),
             backends: HashMap::new(),
             backend_addrs: HashMap::new(),
+            local_ips: BTreeMap::new(),
+            local_ips_changed: true,
             backend_ids: IdAllocator::new(caps.backends),
             rev_nats: HashMap::new(),
             rev_keys: HashMap::new(),
@@ -256,6 +264,9 @@ impl<M: LbMaps> Programmer<M> {
                 };
                 let e = p.backends.entry(key).or_insert_with(|| {
                     *p.backend_addrs.entry(*addr).or_default() += 1;
+                    if flags & backend_flags::LOCAL != 0 {
+                        *p.local_ips.entry(addr.ip).or_default() += 1;
+                    }
                     BackendEntry { id, refs: 0 }
                 });
                 e.refs += 1;
@@ -358,6 +369,16 @@ impl<M: LbMaps> Programmer<M> {
     /// Map writes issued since the programmer was created.
     pub fn writes(&self) -> u64 {
         self.writes
+    }
+
+    /// The addresses of the node's local endpoints (backends flagged local).
+    pub fn local_ips(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.local_ips.keys().copied()
+    }
+
+    /// True once after the set of [`Self::local_ips`] changed (and at first).
+    pub fn take_local_ips_changed(&mut self) -> bool {
+        std::mem::take(&mut self.local_ips_changed)
     }
 
     /// UDP backends that no frontend uses any more, released since the last
@@ -817,6 +838,11 @@ impl<M: LbMaps> Programmer<M> {
         }
         self.backends.insert(k, BackendEntry { id, refs: 1 });
         *self.backend_addrs.entry(k.addr).or_default() += 1;
+        if k.flags & backend_flags::LOCAL != 0 {
+            let n = self.local_ips.entry(k.addr.ip).or_default();
+            *n += 1;
+            self.local_ips_changed |= *n == 1;
+        }
         undo.push(Undo::Backend(k));
         Ok(id)
     }
@@ -837,6 +863,14 @@ impl<M: LbMaps> Programmer<M> {
             warn!(backend = %k.addr, error = %e, "removing a backend");
         }
         self.backend_ids.release(id);
+        if k.flags & backend_flags::LOCAL != 0 {
+            let n = self.local_ips.get_mut(&k.addr.ip).expect("counted");
+            *n -= 1;
+            if *n == 0 {
+                self.local_ips.remove(&k.addr.ip);
+                self.local_ips_changed = true;
+            }
+        }
         let n = self.backend_addrs.get_mut(&k.addr).expect("counted");
         *n -= 1;
         if *n == 0 {

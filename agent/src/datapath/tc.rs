@@ -1,6 +1,7 @@
-//! The north-south programs on the node's devices: TCX ingress and egress,
-//! through pinned links so they survive agent restarts and are replaced in
-//! place (BPF_LINK_UPDATE) by the next agent.
+//! The north-south programs on the node's devices (TCX ingress and egress)
+//! and on its pod devices (ingress), through pinned links so they survive
+//! agent restarts and are replaced in place (BPF_LINK_UPDATE) by the next
+//! agent.
 
 use std::{collections::BTreeSet, fs, path::PathBuf};
 
@@ -20,11 +21,38 @@ use crate::{
     paths::{self, PinDir},
 };
 
-/// (program, hook) pairs attached to every device.
+/// (program, hook, pin infix) of every TC program.
 const TC_PROGRAMS: &[(&str, TcAttachType, &str)] = &[
     (paths::TC_INGRESS, TcAttachType::Ingress, "in"),
     (paths::TC_EGRESS, TcAttachType::Egress, "out"),
+    (paths::TC_POD, TcAttachType::Ingress, "pod"),
 ];
+
+/// What a device is to ferry: which of the programs it carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Holds node addresses: north-south in and out.
+    Node,
+    /// Leads to local endpoints: their masqueraded replies.
+    Pod,
+}
+
+impl Role {
+    fn programs(self) -> &'static [&'static str] {
+        match self {
+            Role::Node => &[paths::TC_INGRESS, paths::TC_EGRESS],
+            Role::Pod => &[paths::TC_POD],
+        }
+    }
+
+    /// The pin infixes of its links (`ferry_link_tc<infix>_<device>`).
+    fn infixes(self) -> impl Iterator<Item = &'static str> {
+        self.programs()
+            .iter()
+            .filter_map(|p| TC_PROGRAMS.iter().find(|(n, _, _)| n == p))
+            .map(|&(_, _, dir)| dir)
+    }
+}
 
 /// True when the object carries the TC programs.
 pub fn available(ebpf: &Ebpf) -> bool {
@@ -51,15 +79,16 @@ fn pin_name(dir: &str, ifname: &str) -> String {
     format!("ferry_link_tc{dir}_{ifname}")
 }
 
-/// Attaches (or replaces in the pinned link) both programs on `iface`;
-/// returns the pins of their links.
+/// Attaches (or replaces in the pinned links) the programs of `role` on
+/// `iface`; returns the pins of their links.
 pub fn attach(
     ebpf: &mut Ebpf,
     pins: &PinDir,
     iface: &Interface,
+    role: Role,
 ) -> Result<Vec<(&'static str, PathBuf)>> {
     let mut linked = Vec::new();
-    for &(name, _, _) in TC_PROGRAMS {
+    for &name in role.programs() {
         if let Some(pin) = attach_program(ebpf, pins, iface, name)? {
             linked.push((name, pin));
         }
@@ -136,22 +165,31 @@ pub(super) fn swap_back(ebpf: &mut Ebpf, program: &str, link: FdLink) -> Result<
     replace(classifier(ebpf, program).map_err(|e| e.to_string())?, link)
 }
 
-/// Detaches the programs from devices no longer wanted (their pins go).
-pub fn detach_others(pins: &PinDir, keep: &BTreeSet<String>) {
+/// Detaches the programs of `role` from devices not in `keep` (their pins go).
+pub fn detach_others(pins: &PinDir, role: Role, keep: &BTreeSet<String>) {
     let Ok(entries) = fs::read_dir(pins.root()) else {
         return;
     };
     for e in entries.filter_map(std::result::Result::ok) {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(ifname) = name
-            .strip_prefix("ferry_link_tcin_")
-            .or_else(|| name.strip_prefix("ferry_link_tcout_"))
+        let Some(ifname) = role
+            .infixes()
+            .find_map(|dir| name.strip_prefix(&format!("ferry_link_tc{dir}_")))
         else {
             continue;
         };
         if !keep.contains(ifname) {
-            info!(device = ifname, "detaching from a device no longer used");
+            info!(
+                device = ifname,
+                ?role,
+                "detaching from a device no longer used"
+            );
             let _ = fs::remove_file(e.path());
         }
     }
+}
+
+/// The programs of `role`, by name.
+pub fn programs(role: Role) -> &'static [&'static str] {
+    role.programs()
 }

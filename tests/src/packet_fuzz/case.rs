@@ -26,6 +26,8 @@ use crate::progtest::{
 pub enum Prog {
     In,
     Out,
+    /// ferry_tc_pod: what a pod device receives from its pods.
+    Pod,
 }
 
 impl Prog {
@@ -33,6 +35,7 @@ impl Prog {
         match self {
             Prog::In => "ferry_tc_in",
             Prog::Out => "ferry_tc_out",
+            Prog::Pod => "ferry_tc_pod",
         }
     }
 }
@@ -85,7 +88,7 @@ pub const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 /// A frame for `prog`: arriving from the router, or leaving towards it.
 pub fn ether(prog: Prog, ip_packet: &[u8]) -> Vec<u8> {
     match prog {
-        Prog::In => ethernet(NODE_MAC, PEER_MAC, ETH_P_IP, ip_packet),
+        Prog::In | Prog::Pod => ethernet(NODE_MAC, PEER_MAC, ETH_P_IP, ip_packet),
         Prog::Out => ethernet(PEER_MAC, NODE_MAC, ETH_P_IP, ip_packet),
     }
 }
@@ -210,7 +213,11 @@ impl fmt::Display for Case {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "dsr={}", u8::from(self.dsr))?;
         for s in &self.steps {
-            let prog = if s.prog == Prog::In { "in" } else { "out" };
+            let prog = match s.prog {
+                Prog::In => "in",
+                Prog::Out => "out",
+                Prog::Pod => "pod",
+            };
             let csum = if s.csum_complete { "c" } else { "-" };
             write!(f, " | {prog} {csum} ")?;
             match &s.source {
@@ -268,7 +275,8 @@ fn parse_step(text: &str) -> Result<Step> {
     let prog = match words.next() {
         Some("in") => Prog::In,
         Some("out") => Prog::Out,
-        other => bail!("step {text:?}: program in or out, not {other:?}"),
+        Some("pod") => Prog::Pod,
+        other => bail!("step {text:?}: program in, out or pod, not {other:?}"),
     };
     let csum_complete = match words.next() {
         Some("c") => true,
@@ -350,13 +358,19 @@ mod tests {
                     source: Source::Again,
                     mutations: vec![],
                 },
+                Step {
+                    prog: Prog::Pod,
+                    csum_complete: false,
+                    source: Source::Reply,
+                    mutations: vec![],
+                },
             ],
         };
         let row = case.to_string();
         assert_eq!(
             row,
             "dsr=1 | in c lit:0001fe set:14:70 fixip | out - icmp:3:4:router:28 trunc:40 app:07 \
-             fixl4 | in - again"
+             fixl4 | in - again | pod - reply"
         );
         assert_eq!(row.parse::<Case>().unwrap(), case);
         assert!(

@@ -97,7 +97,7 @@ impl Fixture {
         // (a hash map's iteration visits every bucket). Nothing here comes near filling them.
         let t = ProgTest::load_sized(
             ferry::datapath::loader::ebpf_object(),
-            &[Prog::In.name(), Prog::Out.name()],
+            &[Prog::In.name(), Prog::Out.name(), Prog::Pod.name()],
             &[(m::CT_V4, 4096), (m::AFFINITY, 4096)],
         )?;
         let mut f = Fixture {
@@ -154,7 +154,8 @@ impl Fixture {
         }
         use svc_flags as sf;
         let ext = scope::EXTERNAL;
-        // Local backend: DNAT only.
+        // Local backend, externalTrafficPolicy Cluster: masqueraded (its replies come back
+        // through ferry_tc_pod); in DSR mode DNAT only.
         self.frontend(ep(LB_VIP, 80, IPPROTO_TCP), ext, sf::LOAD_BALANCER, 1, &[1])?;
         // A local and a remote backend, chosen at random.
         self.frontend(
@@ -341,8 +342,9 @@ impl Fixture {
         Ok(a.set(0, &cfg, 0)?)
     }
 
-    /// Flows made by real packets: a local one, SNAT ones, a Maglev one, affinity, and in DSR
-    /// mode one sent on with the option and one received with it.
+    /// Flows made by real packets: a masqueraded local one and a kept-client one (DSR mode),
+    /// SNAT ones, a Maglev one, affinity, and in DSR mode one sent on with the option and one
+    /// received with it.
     fn make_flows(&mut self) -> Result<()> {
         let client = |port| SocketAddrV4::new(CLIENT, port);
         let to = SocketAddrV4::new;
@@ -355,7 +357,8 @@ impl Fixture {
             ipv4(IpOpts::default(), CLIENT, *dst.ip(), IPPROTO_UDP, &d)
         };
         let flows = [
-            (false, syn(client(40001), to(LB_VIP, 80)), &[OK][..]),
+            (false, syn(client(40001), to(LB_VIP, 80)), &[REDIRECT][..]),
+            (true, syn(client(40007), to(LB_VIP, 80)), &[OK]),
             (false, syn(client(40002), to(NODE, 30080)), &[REDIRECT]),
             (false, dgram(client(40003), to(NODE, 30081)), &[REDIRECT]),
             // A local or a remote backend: DNAT, or SNAT and routed.

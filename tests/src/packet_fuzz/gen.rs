@@ -84,10 +84,10 @@ impl Gen {
     }
 
     fn prog(&mut self) -> Prog {
-        if self.rng.chance(2, 3) {
-            Prog::In
-        } else {
-            Prog::Out
+        match self.rng.below(9) {
+            0..=5 => Prog::In,
+            6..=7 => Prog::Out,
+            _ => Prog::Pod,
         }
     }
 
