@@ -623,6 +623,27 @@ fn lb_cluster_masquerades_to_a_backend_on_the_receiving_node() {
         "node1 tracks the flow as SNAT to a local backend: {flows:#?}"
     );
 
+    // A host-network backend (the node's own address) keeps the client's address: kube-proxy's
+    // masquerade never sees locally delivered packets, and a reply from the node to itself
+    // would be a martian.
+    let host = c.node("node1").host();
+    let _eh = c.start_echo(&host, &[8080], &[]);
+    let mut hostnet = web_ports(Service::load_balancer("hostnet", "10.96.0.12")).lb_ingress(LB_IP2);
+    hostnet
+        .ports
+        .iter_mut()
+        .for_each(|p| p.node_port = p.node_port.map(|n| n + 1));
+    c.manifests().apply(&hostnet);
+    c.manifests().apply(&slice("hostnet", &[(&host, "node1")]));
+    wait_external(&c, "node1", LB_IP2, 80, Protocol::Tcp, &[&host]);
+    let attempts = tcp(&c, &ext1, &format!("{LB_IP2}:80"), 10);
+    assert_all_ok(&c, &attempts, "TCP to a host-network backend");
+    assert_eq!(
+        peers(&attempts),
+        BTreeSet::from([EXT1_IP.to_string()]),
+        "a host-network backend sees the client"
+    );
+
     // --lb-mode dsr keeps the client's address, for a local backend too.
     c.stop_agent("node1");
     c.start_agent(
