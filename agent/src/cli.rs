@@ -10,15 +10,25 @@ use crate::{
 };
 
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version, about = "An eBPF replacement for kube-proxy")]
+#[command(name = "ferry", version = crate::VERSION, about = "An eBPF replacement for kube-proxy")]
 pub struct Cli {
     /// Log level (off, error, warn, info, debug, trace), or tracing directives
     /// such as `info,ferry::control=debug`; RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "info", env = "FERRY_LOG_LEVEL",
           value_parser = parse_log_level)]
     pub log_level: String,
+    /// Log lines as text, or as one JSON object each.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text,
+          env = "FERRY_LOG_FORMAT")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

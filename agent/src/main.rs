@@ -1,5 +1,7 @@
 use clap::Parser as _;
-use ferry::cli::{Cli, Command};
+use std::io::IsTerminal as _;
+
+use ferry::cli::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
@@ -7,10 +9,18 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(cli.log_level.as_str()));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        // One JSON object a line, for log pipelines (Loki, Elasticsearch).
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        // Colours only for a person at a terminal: a pod's log or a file
+        // gets no escape codes (and NO_COLOR is honoured).
+        LogFormat::Text => logs
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -1,4 +1,4 @@
-//! The DaemonSet's capabilities (deploy/daemonset.yaml: BPF, NET_ADMIN, PERFMON), checked by
+//! The DaemonSet's capabilities (deploy/base/daemonset.yaml: BPF, NET_ADMIN, PERFMON), checked by
 //! running the agent as root with exactly that set, and with each one missing: it must work
 //! with the three, say what the kernel refused without one, and it needs neither SYS_ADMIN
 //! nor SYS_RESOURCE, except for one thing: destroying the connected UDP sockets of pods

@@ -26,11 +26,11 @@ use k8s_openapi::{
         rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule},
     },
 };
-use serde::de::DeserializeOwned;
+use serde::{Deserialize as _, de::DeserializeOwned};
 use serde_yaml::Value;
 
 fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base")
 }
 
 fn read(name: &str) -> String {
@@ -436,4 +436,122 @@ fn daemonset_flags_exist_in_the_agent() {
         let flag = a.split('=').next().unwrap();
         assert!(help.contains(flag), "ferry agent has no {flag}:\n{help}");
     }
+}
+
+/// `kubectl kustomize DIR` (Debian's kubectl renders offline): every object, parsed.
+fn kustomize(dir: &str) -> Vec<Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(dir);
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("kubectl (cargo xtask setup installs it): {e}"));
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_yaml::Deserializer::from_slice(&out.stdout)
+        .map(|d| Value::deserialize(d).unwrap())
+        .collect()
+}
+
+fn kind<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"].as_str() == Some(kind))
+        .unwrap_or_else(|| panic!("no {kind} rendered"))
+}
+
+#[test]
+fn the_base_renders_in_kube_system() {
+    let objects = kustomize("base");
+    let kinds: BTreeSet<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from([
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "DaemonSet",
+            "ServiceAccount"
+        ])
+    );
+    let ds: DaemonSet = serde_yaml::from_value(kind(&objects, "DaemonSet").clone()).unwrap();
+    assert_eq!(ds.metadata.namespace.as_deref(), Some("kube-system"));
+    assert_eq!(
+        arg(&container(&ds), "--metrics-bind-address"),
+        Some("127.0.0.1:10249")
+    );
+}
+
+#[test]
+fn the_monitoring_overlay_scrapes_a_named_port_with_kube_proxys_job() {
+    let objects = kustomize("monitoring");
+    let ds: DaemonSet = serde_yaml::from_value(kind(&objects, "DaemonSet").clone()).unwrap();
+    let c = container(&ds);
+    assert_eq!(arg(&c, "--metrics-bind-address"), Some("0.0.0.0:10249"));
+    let ports: BTreeMap<String, i32> = c
+        .ports
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.name.unwrap(), p.container_port))
+        .collect();
+    assert_eq!(ports.get("metrics"), Some(&10249), "{ports:?}");
+
+    // The PodMonitor selects the DaemonSet's pods, on that port, in their namespace.
+    let pm = kind(&objects, "PodMonitor");
+    let labels = ds.spec.unwrap().template.metadata.unwrap().labels.unwrap();
+    let selector = pm["spec"]["selector"]["matchLabels"].as_mapping().unwrap();
+    for (k, v) in selector {
+        assert_eq!(
+            labels.get(k.as_str().unwrap()).map(String::as_str),
+            v.as_str(),
+            "the PodMonitor selects {k:?}"
+        );
+    }
+    assert_eq!(
+        pm["spec"]["namespaceSelector"]["matchNames"][0].as_str(),
+        Some("kube-system")
+    );
+    let ep = &pm["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(ep["port"].as_str(), Some("metrics"));
+    let job = ep["relabelings"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|r| r["targetLabel"].as_str() == Some("job"))
+        .expect("a job relabeling");
+    assert_eq!(job["replacement"].as_str(), Some("kube-proxy"));
+
+    // Every alert carries an expression and a severity; the dashboard is JSON Grafana's
+    // sidecar picks up.
+    let rules = kind(&objects, "PrometheusRule")["spec"]["groups"][0]["rules"]
+        .as_sequence()
+        .unwrap();
+    assert!(rules.len() >= 5);
+    for r in rules {
+        assert!(
+            r["expr"].as_str().is_some_and(|e| !e.trim().is_empty()),
+            "{r:?}"
+        );
+        assert!(r["labels"]["severity"].as_str().is_some(), "{r:?}");
+    }
+    let cm = objects
+        .iter()
+        .find(|o| {
+            o["kind"].as_str() == Some("ConfigMap")
+                && o["metadata"]["name"].as_str() == Some("ferry-dashboard")
+        })
+        .expect("the dashboard ConfigMap");
+    assert_eq!(
+        cm["metadata"]["labels"]["grafana_dashboard"].as_str(),
+        Some("1")
+    );
+    let dash: serde_json::Value =
+        serde_json::from_str(cm["data"]["ferry-dashboard.json"].as_str().unwrap()).unwrap();
+    assert!(dash["panels"].as_array().unwrap().len() >= 8);
 }

@@ -39,6 +39,8 @@ const LAB_PACKAGES: &[(&str, &str)] = &[
     ("python3", "python3"),
     ("procps", "ps"),
     ("util-linux", "nsenter"),
+    // Renders deploy/ (kustomize) in the manifest tests.
+    ("kubectl", "kubectl"),
 ];
 
 /// Debian packages of the demo's servers and clients (`cargo xtask demo`, tests/tests/demo.rs).

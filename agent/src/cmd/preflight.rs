@@ -180,7 +180,7 @@ fn privileges(status: &str) -> Check {
             "privilege",
             Status::Fail,
             format!("missing {}", missing.join(", ")),
-            Some("run as root, or grant these capabilities (deploy/daemonset.yaml)".into()),
+            Some("run as root, or grant these capabilities (deploy/base/daemonset.yaml)".into()),
         )
     }
 }

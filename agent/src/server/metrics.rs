@@ -310,6 +310,7 @@ impl Metrics {
         for (event, n) in datapath {
             let _ = writeln!(out, "ferry_datapath_events_total{{event=\"{event}\"}} {n}");
         }
+        super::process_metrics::render(&mut out);
         out
     }
 }

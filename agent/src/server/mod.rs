@@ -6,6 +6,7 @@ pub mod conns;
 pub mod fd_limit;
 pub mod http;
 pub mod metrics;
+pub mod process_metrics;
 pub mod proxy_health;
 pub mod service_health;
 pub mod status;
