@@ -378,7 +378,9 @@ impl Watcher {
         for p in changed.keys().chain(&gone) {
             self.settling.remove(p);
         }
-        if changed.is_empty() && gone.is_empty() {
+        // An empty directory at start is still a complete listing: the
+        // agent becomes ready with nothing to serve.
+        if changed.is_empty() && gone.is_empty() && !first {
             return true;
         }
         debug!(

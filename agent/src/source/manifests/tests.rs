@@ -465,3 +465,25 @@ async fn watch_gives_up_when_the_first_load_fails() {
     assert!(closed.is_none());
     task.await.unwrap();
 }
+
+/// An empty directory is a complete (empty) listing: every kind is listed at once, so the
+/// agent becomes ready and serves nothing until files appear (it waited for a first file).
+#[tokio::test]
+async fn an_empty_directory_lists_every_kind() {
+    let dir = TempDir::new();
+    let (tx, mut rx) = mpsc::channel(64);
+    let task = tokio::spawn(watch(dir.0.clone(), "node-a".to_owned(), tx));
+    let first = until(&mut rx, |e| matches!(e, Event::Node(Delta::Listed(_)))).await;
+    assert!(
+        first.contains(&Event::Service(Delta::Listed(vec![]))),
+        "{first:?}"
+    );
+    assert!(
+        first.contains(&Event::Slice(Delta::Listed(vec![]))),
+        "{first:?}"
+    );
+    // A file written afterwards is read as usual.
+    dir.write("a.yaml", SERVICE);
+    until(&mut rx, |e| matches!(e, Event::Service(Delta::Applied(_)))).await;
+    task.abort();
+}
