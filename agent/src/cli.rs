@@ -189,6 +189,11 @@ pub struct CleanupArgs {
     /// agent still holds.
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
+    /// Remove kube-proxy's rules instead of ferry's datapath, as
+    /// `kube-proxy --cleanup` does (iptables chains, nftables tables), once
+    /// kube-proxy no longer runs on the node.
+    #[arg(long, conflicts_with = "cgroup")]
+    pub kube_proxy: bool,
 }
 
 /// How north-south traffic reaches a backend on another node

@@ -138,3 +138,101 @@ fn the_agent_waits_for_a_port_kube_proxy_still_holds() {
         "the datapath did not wait for the port:\n{log}"
     );
 }
+
+/// kube-proxy's rules as its iptables mode leaves them (with kubelet's chains and a rule of
+/// the operator's beside them), and its nftables mode's table.
+const KUBE_PROXY_RULES: &str = "\
+*filter
+:KUBE-FIREWALL - [0:0]
+:KUBE-FORWARD - [0:0]
+:OPERATOR-CHAIN - [0:0]
+-A INPUT -j KUBE-FIREWALL
+-A INPUT -s 10.1.0.0/16 -j OPERATOR-CHAIN
+-A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD
+-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP
+COMMIT
+*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-SVC-WEB - [0:0]
+:KUBE-SEP-WEB1 - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING
+-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-WEB
+-A KUBE-SVC-WEB -j KUBE-SEP-WEB1
+-A KUBE-SEP-WEB1 -p tcp -m tcp -j DNAT --to-destination 10.244.0.2:8080
+-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000
+COMMIT
+";
+
+/// `ferry cleanup --kube-proxy` removes what `kube-proxy --cleanup` would, and only that;
+/// preflight says the rules are there before and gone after.
+#[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
+fn kube_proxys_rules_are_found_and_removed_and_nothing_else() {
+    require_root!();
+    let lab = Lab::new("kube_proxys_rules_are_found_and_removed_and_nothing_else");
+    let ns = lab.node_netns();
+    let script = format!(
+        "iptables-restore --noflush <<'EOF'\n{KUBE_PROXY_RULES}EOF\n\
+         nft add table ip kube-proxy && nft add chain ip kube-proxy services"
+    );
+    netns::run(ns, "sh", &["-c", &script]).expect("installing kube-proxy's rules");
+    let ports = ["0.0.0.0:10256", "127.0.0.1:10249"];
+
+    let (_, text) = preflight(&lab, &lab.pin_dir(), ports);
+    let rules = line(&text, "rules");
+    assert!(rules.starts_with("warn"), "{rules}");
+    assert!(
+        rules.contains("chains in nat") && rules.contains("ip kube-proxy"),
+        "{rules}"
+    );
+    assert!(rules.contains("ferry cleanup --kube-proxy"), "{rules}");
+
+    let bin = Lab::ferry_bin();
+    let out = netns::output(
+        ns,
+        &bin.to_string_lossy(),
+        &["cleanup", "--kube-proxy"],
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("removed kube-proxy's rules"), "{log}");
+
+    let save = netns::run(ns, "iptables-save", &[]).unwrap();
+    for gone in [
+        "KUBE-SERVICES",
+        "KUBE-SVC-WEB",
+        "KUBE-SEP-WEB1",
+        "KUBE-POSTROUTING",
+        "KUBE-MARK-MASQ",
+        "KUBE-FORWARD",
+    ] {
+        assert!(!save.contains(gone), "{gone} left:\n{save}");
+    }
+    for kept in [
+        ":KUBE-FIREWALL",
+        "-A INPUT -j KUBE-FIREWALL",
+        "-A INPUT -s 10.1.0.0/16 -j OPERATOR-CHAIN",
+    ] {
+        assert!(save.contains(kept), "{kept} removed:\n{save}");
+    }
+    let tables = netns::run(ns, "nft", &["list", "tables"]).unwrap();
+    assert!(!tables.contains("kube-proxy"), "{tables}");
+
+    let (_, text) = preflight(&lab, &lab.pin_dir(), ports);
+    assert!(line(&text, "rules").starts_with("ok"), "{text}");
+    // Nothing left to do is not an error.
+    let again = netns::output(
+        ns,
+        &bin.to_string_lossy(),
+        &["cleanup", "--kube-proxy"],
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert!(again.status.success());
+}

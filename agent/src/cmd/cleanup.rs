@@ -13,6 +13,19 @@ use tracing::{info, warn};
 use crate::{cli::CleanupArgs, datapath::sys, paths};
 
 pub fn run(args: &CleanupArgs) -> anyhow::Result<()> {
+    if args.kube_proxy {
+        let removed = super::kube_proxy_rules::remove()?;
+        if removed.any() {
+            info!(removed = %removed.describe(), "removed kube-proxy's rules");
+        } else {
+            info!("no kube-proxy rules to remove");
+        }
+        let left = super::kube_proxy_rules::find();
+        if left.ipvs {
+            warn!("kube-proxy's IPVS state is left: ipvsadm --clear; ip link del kube-ipvs0");
+        }
+        return Ok(());
+    }
     if let Some(cg) = &args.cgroup {
         let n = detach_from_cgroup(cg)?;
         info!(cgroup = %cg.display(), links = n, "detached ferry's links");

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod cleanup;
 pub mod conntrack;
+pub mod kube_proxy_rules;
 pub mod preflight;
 pub mod services;
 pub mod stats;

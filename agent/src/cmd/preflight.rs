@@ -99,6 +99,7 @@ pub fn checks(t: &Target<'_>) -> Vec<Check> {
     out.push(cgroup(t.cgroup));
     out.extend(t.bind.iter().map(|&a| port(a)));
     out.push(kube_proxy_process());
+    out.push(kube_proxy_rules(&super::kube_proxy_rules::find()));
     out
 }
 
@@ -369,11 +370,34 @@ fn kube_proxy_process() -> Check {
             format!("kube-proxy runs (pid {})", e.file_name().to_string_lossy()),
             Some(
                 "both would serve Services: remove kube-proxy from this node \
-                 (its DaemonSet's nodeSelector), then `kube-proxy --cleanup`"
+                 (its DaemonSet's nodeSelector), then `ferry cleanup --kube-proxy`"
                     .into(),
             ),
         ),
     }
+}
+
+/// kube-proxy's rules left on the node: they would translate packets before
+/// or beside ferry (a ClusterIP the rules still DNAT to a gone pod).
+fn kube_proxy_rules(found: &super::kube_proxy_rules::Found) -> Check {
+    if found.any() {
+        return check(
+            "rules",
+            Status::Warn,
+            format!("kube-proxy's rules are in place: {}", found.describe()),
+            Some(
+                "once kube-proxy no longer runs on this node: `ferry cleanup --kube-proxy` \
+                 (IPVS: ipvsadm --clear; ip link del kube-ipvs0)"
+                    .into(),
+            ),
+        );
+    }
+    let detail = if found.unchecked.len() >= 5 {
+        "not checked: no iptables-save or nft here".to_string()
+    } else {
+        "no kube-proxy rules".to_string()
+    };
+    check("rules", Status::Ok, detail, None)
 }
 
 #[cfg(test)]
