@@ -194,6 +194,10 @@ pub struct CleanupArgs {
     /// kube-proxy no longer runs on the node.
     #[arg(long, conflicts_with = "cgroup")]
     pub kube_proxy: bool,
+    /// With --kube-proxy: run the host's iptables and nft from this root
+    /// (`/host` in a `kubectl debug node/...` pod).
+    #[arg(long, value_name = "PATH", requires = "kube_proxy")]
+    pub host_root: Option<PathBuf>,
 }
 
 /// How north-south traffic reaches a backend on another node

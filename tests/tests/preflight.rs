@@ -226,13 +226,34 @@ fn kube_proxys_rules_are_found_and_removed_and_nothing_else() {
 
     let (_, text) = preflight(&lab, &lab.pin_dir(), ports);
     assert!(line(&text, "rules").starts_with("ok"), "{text}");
-    // Nothing left to do is not an error.
+    // Nothing left to do is not an error; nor is it through a host root (here the
+    // machine's own: each tool runs chrooted there, as in a `kubectl debug node` pod).
     let again = netns::output(
         ns,
         &bin.to_string_lossy(),
-        &["cleanup", "--kube-proxy"],
+        &["cleanup", "--kube-proxy", "--host-root", "/"],
         Duration::from_secs(30),
     )
     .unwrap();
-    assert!(again.status.success());
+    let log = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{log}");
+    assert!(log.contains("no kube-proxy rules to remove"), "{log}");
+    let nowhere = lab.tmp_dir().join("no-host");
+    let bad = netns::output(
+        ns,
+        &bin.to_string_lossy(),
+        &[
+            "cleanup",
+            "--kube-proxy",
+            "--host-root",
+            &nowhere.to_string_lossy(),
+        ],
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let log = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && log.contains("no host root filesystem"),
+        "{log}"
+    );
 }

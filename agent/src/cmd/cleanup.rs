@@ -14,13 +14,16 @@ use crate::{cli::CleanupArgs, datapath::sys, paths};
 
 pub fn run(args: &CleanupArgs) -> anyhow::Result<()> {
     if args.kube_proxy {
-        let removed = super::kube_proxy_rules::remove()?;
+        let tools = super::kube_proxy_rules::Tools {
+            root: args.host_root.clone(),
+        };
+        let removed = super::kube_proxy_rules::remove(&tools)?;
         if removed.any() {
             info!(removed = %removed.describe(), "removed kube-proxy's rules");
         } else {
             info!("no kube-proxy rules to remove");
         }
-        let left = super::kube_proxy_rules::find();
+        let left = super::kube_proxy_rules::find_with(&tools);
         if left.ipvs {
             warn!("kube-proxy's IPVS state is left: ipvsadm --clear; ip link del kube-ipvs0");
         }

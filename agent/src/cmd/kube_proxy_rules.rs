@@ -10,11 +10,15 @@
 //! nftables mode: its tables `ip kube-proxy` and `ip6 kube-proxy` are
 //! deleted. IPVS mode is found (the kube-ipvs0 device) but not removed.
 //!
-//! The host's own tools do the work (an image without them says so).
+//! The host's own tools do the work: found on the PATH, or under a host root
+//! (`--host-root /host` in a `kubectl debug node/...` pod, whose image has no
+//! iptables), where each tool runs chrooted.
 
 use std::{
     collections::BTreeSet,
     io::Write as _,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
@@ -161,15 +165,54 @@ impl Found {
     }
 }
 
-fn tool_output(tool: &str, args: &[&str]) -> Option<std::io::Result<std::process::Output>> {
-    match Command::new(tool).args(args).stdin(Stdio::null()).output() {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        other => Some(other),
+/// Where the tools are: this filesystem, or a host's mounted at a root.
+#[derive(Clone, Debug, Default)]
+pub struct Tools {
+    pub root: Option<PathBuf>,
+}
+
+impl Tools {
+    fn command(&self, tool: &str) -> Command {
+        let mut cmd = Command::new(tool);
+        if let Some(root) = &self.root {
+            let root =
+                std::ffi::CString::new(root.as_os_str().as_encoded_bytes()).unwrap_or_default();
+            // SAFETY: chroot and chdir are async-signal-safe; between fork and
+            // exec they only change the child's root, so that exec finds the
+            // host's tool and its libraries.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::chroot(root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            // The child's PATH is searched after the chroot.
+            cmd.env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            );
+        }
+        cmd
+    }
+
+    fn output(&self, tool: &str, args: &[&str]) -> Option<std::io::Result<std::process::Output>> {
+        match self.command(tool).args(args).stdin(Stdio::null()).output() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            other => Some(other),
+        }
     }
 }
 
 /// Looks for kube-proxy's rules with the tools this node (or image) has.
 pub fn find() -> Found {
+    find_with(&Tools::default())
+}
+
+/// [`find`] with the tools of `tools`.
+pub fn find_with(tools: &Tools) -> Found {
+    let tool_output = |tool: &str, args: &[&str]| tools.output(tool, args);
     let mut found = Found::default();
     for (save, _) in IPTABLES {
         match tool_output(save, &[]) {
@@ -201,7 +244,16 @@ pub fn find() -> Found {
 
 /// Removes kube-proxy's iptables chains and nftables tables; returns what
 /// was removed (the same shape as [`find`]'s answer).
-pub fn remove() -> anyhow::Result<Found> {
+pub fn remove(tools: &Tools) -> anyhow::Result<Found> {
+    if let Some(root) = &tools.root
+        && !Path::new(root).join("usr").is_dir()
+    {
+        bail!(
+            "{}: no host root filesystem there (no usr/)",
+            root.display()
+        );
+    }
+    let tool_output = |tool: &str, args: &[&str]| tools.output(tool, args);
     let mut removed = Found::default();
     for (save, restore) in IPTABLES {
         let Some(out) = tool_output(save, &[]) else {
@@ -212,7 +264,8 @@ pub fn remove() -> anyhow::Result<Found> {
             continue;
         }
         for p in plan(&String::from_utf8_lossy(&out.stdout)) {
-            let mut child = Command::new(restore)
+            let mut child = tools
+                .command(restore)
                 .args(["--noflush", "--wait"])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::null())
@@ -244,7 +297,8 @@ pub fn remove() -> anyhow::Result<Found> {
         if !out.status.success() {
             continue;
         }
-        let del = Command::new("nft")
+        let del = tools
+            .command("nft")
             .args(["delete", "table", family, "kube-proxy"])
             .output()
             .context("running nft")?;
