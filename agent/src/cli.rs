@@ -59,6 +59,18 @@ pub struct AgentArgs {
     /// Kubernetes API source (without --manifests: KUBECONFIG, then in-cluster).
     #[arg(long, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
+    /// The API server's address (kube-proxy's flag): overrides the server of
+    /// any kubeconfig; in a pod, used with the service account's credentials.
+    #[arg(long, value_name = "URL", env = "FERRY_APISERVER")]
+    pub master: Option<String>,
+    /// The pod's service account (tests point it elsewhere).
+    #[arg(long, value_name = "DIR", hide = true,
+          default_value = crate::source::kube::apiserver::SERVICE_ACCOUNT_DIR)]
+    pub service_account_dir: PathBuf,
+    /// Kubeconfigs to take the API server's address from, in order (default:
+    /// kube-proxy's, then the kubelet's under /host).
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub apiserver_kubeconfig: Vec<PathBuf>,
     /// How API watches fetch their initial state: streaming lists (falling back to
     /// list+watch when the server refuses them), always streaming, or list+watch.
     #[arg(long, value_enum, default_value_t = InitialList::Auto)]

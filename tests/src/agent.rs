@@ -29,6 +29,9 @@ pub struct AgentOpts {
     /// Watch the Kubernetes API through this kubeconfig instead of reading the lab's
     /// manifests directory.
     pub kubeconfig: Option<PathBuf>,
+    /// Neither `--kubeconfig` nor `--manifests`: the agent finds the API server itself (its
+    /// flags in `extra_args` say where to look).
+    pub discover_api: bool,
     /// A program (and its arguments) that execs the agent: `prlimit --nofile=..`,
     /// `setpriv --bounding-set=..`; the process keeps its PID.
     pub wrapper: Vec<String>,
@@ -45,6 +48,7 @@ impl Default for AgentOpts {
             ],
             ready_timeout: Duration::from_secs(10),
             kubeconfig: None,
+            discover_api: false,
             wrapper: Vec::new(),
         }
     }
@@ -145,7 +149,10 @@ impl Lab {
             None => Command::new(bin),
         };
         cmd.arg("agent");
+        // Lab agents never use the machine's kubeconfig.
+        cmd.env_remove("KUBECONFIG");
         match &opts.kubeconfig {
+            _ if opts.discover_api => &mut cmd,
             Some(kubeconfig) => cmd.arg("--kubeconfig").arg(kubeconfig),
             None => cmd.arg("--manifests").arg(self.manifests.dir()),
         };

@@ -507,7 +507,10 @@ impl Cluster {
         let log = File::create(&log_path).expect("creating the agent log");
         let mut cmd = Command::new(&bin);
         cmd.arg("agent");
+        // Lab agents never use the machine's kubeconfig.
+        cmd.env_remove("KUBECONFIG");
         match &opts.kubeconfig {
+            _ if opts.discover_api => &mut cmd,
             Some(kubeconfig) => cmd.arg("--kubeconfig").arg(kubeconfig),
             None => cmd.arg("--manifests").arg(self.lab.manifests().dir()),
         };

@@ -120,20 +120,61 @@ fn every_manifest_parses_into_its_api_type() {
     assert_eq!(subjects[0].namespace.as_deref(), Some("kube-system"));
     assert_eq!(pod_spec(&ds).service_account_name, sa.metadata.name);
 
-    let data = config.data.unwrap();
-    let keys: BTreeSet<&str> = data.keys().map(String::as_str).collect();
-    assert_eq!(
-        keys,
-        BTreeSet::from(["KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"])
-    );
+    // Nothing to edit by default: the API server is discovered; FERRY_APISERVER overrides it.
+    assert!(config.data.unwrap_or_default().is_empty());
+    assert!(read("configmap.yaml").contains("FERRY_APISERVER"));
     let from = container(&ds).env_from.unwrap();
     assert_eq!(
         from[0].config_map_ref.as_ref().unwrap().name,
         config.metadata.name.unwrap()
     );
-    assert_ne!(
+    assert_eq!(
         from[0].config_map_ref.as_ref().unwrap().optional,
         Some(true)
+    );
+}
+
+/// The DaemonSet mounts the kubeconfigs the agent takes the API server's address from, where
+/// the agent looks for them: kube-proxy's ConfigMap (optional) and the kubelet's directory.
+#[test]
+fn daemonset_mounts_where_the_agent_finds_the_api_server() {
+    use ferry::source::kube::apiserver::DISCOVERY_KUBECONFIGS;
+    let ds = daemonset();
+    let spec = pod_spec(&ds);
+    let c = container(&ds);
+    let mounts = c.volume_mounts.unwrap();
+    let volume = |name: &str| {
+        spec.volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == name)
+            .unwrap_or_else(|| panic!("no volume {name}"))
+            .clone()
+    };
+    let mount_path = |name: &str| {
+        let m = mounts.iter().find(|m| m.name == name).unwrap();
+        assert_eq!(m.read_only, Some(true), "{name}");
+        m.mount_path.clone()
+    };
+
+    let kp = volume("kube-proxy-kubeconfig").config_map.unwrap();
+    assert_eq!(kp.name, "kube-proxy");
+    assert_eq!(
+        kp.optional,
+        Some(true),
+        "clusters without kube-proxy have none"
+    );
+    let item = &kp.items.unwrap()[0];
+    let kp_file = format!("{}/{}", mount_path("kube-proxy-kubeconfig"), item.path);
+    assert_eq!(item.key, "kubeconfig.conf");
+    assert_eq!(DISCOVERY_KUBECONFIGS[0], kp_file);
+
+    let host = volume("kubelet-kubeconfig").host_path.unwrap();
+    let kubelet_file = format!("{}/kubelet.conf", mount_path("kubelet-kubeconfig"));
+    assert_eq!(host.path, "/etc/kubernetes");
+    assert!(
+        DISCOVERY_KUBECONFIGS.contains(&kubelet_file.as_str()),
+        "{kubelet_file}"
     );
 }
 
@@ -373,6 +414,7 @@ fn daemonset_mounts_the_hosts_bpffs_and_cgroup2_where_the_agent_looks() {
         .volumes
         .unwrap()
         .into_iter()
+        .filter(|v| v.name == "bpffs" || v.name == "cgroup2")
         .map(|v| {
             let hp = v
                 .host_path
@@ -381,8 +423,8 @@ fn daemonset_mounts_the_hosts_bpffs_and_cgroup2_where_the_agent_looks() {
             (v.name, hp.path)
         })
         .collect();
+    assert_eq!(host_paths.len(), 2);
     let mounts = c.volume_mounts.clone().unwrap();
-    assert_eq!(mounts.len(), host_paths.len());
     let mount_of = |host: &str| {
         let (name, _) = host_paths.iter().find(|(_, p)| *p == host).unwrap();
         mounts.iter().find(|m| &m.name == name).unwrap().clone()

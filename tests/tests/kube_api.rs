@@ -447,3 +447,102 @@ fn readyz_only_after_the_first_sync() {
         "ready = synced: {v:?}"
     );
 }
+
+/// In a pod no kubeconfig is given: the agent takes the API server's address from the node
+/// kubelet's kubeconfig (its credentials left alone) and authenticates with the pod's service
+/// account, not through the `kubernetes` ClusterIP kubelet's environment names (which only a
+/// running proxy answers). With nothing to discover it says so.
+#[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
+fn the_api_server_is_found_from_the_kubelets_kubeconfig_with_the_pods_service_account() {
+    require_root!();
+    let (lab, api) = lab_with_api(
+        "the_api_server_is_found_from_the_kubelets_kubeconfig_with_the_pods_service_account",
+        Options::default(),
+    );
+    // The pod's service account: the token the double requires, the cluster's CA.
+    let sa = lab.tmp_dir().join("serviceaccount");
+    std::fs::create_dir_all(&sa).unwrap();
+    std::fs::write(sa.join("token"), "ferry-lab-token").unwrap();
+    std::fs::write(sa.join("ca.crt"), api.ca_pem()).unwrap();
+    std::fs::write(sa.join("namespace"), "kube-system").unwrap();
+    // The kubelet's kubeconfig: a client certificate ferry must not (and cannot) use.
+    let kubelet = lab.tmp_dir().join("kubelet.conf");
+    std::fs::write(
+        &kubelet,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: default-cluster\n  cluster:\n    \
+             certificate-authority: /etc/kubernetes/pki/ca.crt\n    server: {}\n\
+             contexts:\n- name: default-context\n  context:\n    cluster: default-cluster\n    \
+             user: default-auth\ncurrent-context: default-context\nusers:\n- name: default-auth\n  \
+             user:\n    client-certificate: /var/lib/kubelet/pki/kubelet-client-current.pem\n",
+            api.url()
+        ),
+    )
+    .unwrap();
+    api.apply_value(&node());
+    api.apply(&web(80));
+    api.apply(&web_slice(&["10.244.0.10"]));
+    let (sa_dir, kubelet_path) = (sa.to_string_lossy(), kubelet.to_string_lossy());
+    let absent = lab.tmp_dir().join("kube-proxy.conf");
+    let args = [
+        "--service-account-dir",
+        &sa_dir,
+        "--apiserver-kubeconfig",
+        &absent.to_string_lossy(),
+        "--apiserver-kubeconfig",
+        &kubelet_path,
+    ]
+    .map(str::to_owned);
+    // What kubelet puts in every pod's environment: the ClusterIP, which nothing serves here.
+    let in_cluster = vec![
+        ("KUBERNETES_SERVICE_HOST".to_owned(), "10.96.0.1".to_owned()),
+        ("KUBERNETES_SERVICE_PORT".to_owned(), "443".to_owned()),
+    ];
+    let mut opts = AgentOpts {
+        discover_api: true,
+        extra_args: args.to_vec(),
+        ready_timeout: Duration::from_secs(30),
+        ..AgentOpts::default()
+    };
+    opts.env.extend(in_cluster.clone());
+    lab.start_agent(&opts);
+    wait_active(
+        &lab,
+        "first sync through the discovered server",
+        WEB,
+        80,
+        &["10.244.0.10:8080"],
+        TWO_SECONDS,
+    );
+    let log = lab.agent_log();
+    assert!(
+        log.contains("API server") && log.contains(&format!("the server of {kubelet_path}")),
+        "{log}"
+    );
+    // The double answers 401 without its token: the sync above came with the service
+    // account's.
+    lab.stop_agent();
+
+    // Nothing to discover: the in-cluster address, with a warning that names the fix.
+    let mut opts = AgentOpts {
+        discover_api: true,
+        extra_args: [
+            "--service-account-dir",
+            &sa_dir,
+            "--apiserver-kubeconfig",
+            &absent.to_string_lossy(),
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        ready_timeout: Duration::from_secs(30),
+        ..AgentOpts::default()
+    };
+    opts.env.extend(in_cluster);
+    let out = lab.agent_until_exit(&opts, &lab.tmp_dir().join("pins2"), Duration::from_secs(3));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("KUBERNETES_SERVICE_HOST") && log.contains("--master"),
+        "{log}"
+    );
+}

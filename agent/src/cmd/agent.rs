@@ -37,14 +37,31 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         Some(c) => c.clone(),
         None => paths::cgroup2_mount().context("finding the cgroup2 mount (--cgroup)")?,
     };
-    // Static manifests, or the API: --kubeconfig, else KUBECONFIG, else in-cluster.
+    // Static manifests, or the API (where its server is: source::kube::apiserver).
     let client = match &args.manifests {
         Some(_) => None,
-        None => Some(
-            source::kube::client(args.kubeconfig.as_deref())
+        None => {
+            let mut sources = source::kube::apiserver::Sources::new(
+                args.kubeconfig.as_deref(),
+                args.master.as_deref(),
+            );
+            sources.service_account = args.service_account_dir.clone();
+            if !args.apiserver_kubeconfig.is_empty() {
+                sources.discover = args.apiserver_kubeconfig.clone();
+            }
+            let (client, origin) = source::kube::client(&sources)
                 .await
-                .context("configuring the Kubernetes API client")?,
-        ),
+                .context("configuring the Kubernetes API client")?;
+            if origin == source::kube::apiserver::Origin::InCluster {
+                warn!(
+                    from = %origin,
+                    "API server: the kubernetes Service's ClusterIP, which only answers once a proxy serves it: set --master (FERRY_APISERVER) or mount kube-proxy's or the kubelet's kubeconfig (deploy/README)"
+                );
+            } else {
+                info!(from = %origin, "API server");
+            }
+            Some(client)
+        }
     };
     info!(node = %node_name, cgroup = %cgroup.display(), bpffs = %args.bpffs.display(), "starting");
     // What `ferry preflight` reports, logged before anything can fail on it.

@@ -11,19 +11,20 @@
 //! Nothing is ever cleared on an error: while the API server is down the tracker keeps its
 //! state, and the datapath keeps serving it.
 
+pub mod apiserver;
 #[cfg(test)]
 mod contract_tests;
 
 use std::{
     fmt::{self, Debug},
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
 use futures::StreamExt as _;
 use k8s_openapi::serde::de::DeserializeOwned;
 use kube::{
-    Api, Client, Config, Resource, ResourceExt,
-    config::{InferConfigError, KubeConfigOptions, Kubeconfig, KubeconfigError},
+    Api, Client, Resource, ResourceExt,
+    config::{InferConfigError, KubeconfigError},
     runtime::{WatchStreamExt as _, watcher},
 };
 use tokio::{sync::mpsc, task::JoinSet};
@@ -70,25 +71,23 @@ pub enum KubeError {
     Infer(#[source] InferConfigError),
     #[error("building the API client: {0}")]
     Client(#[source] kube::Error),
+    #[error("--master {url}: not a URL: {detail}")]
+    Master { url: String, detail: String },
+    #[error(
+        "no API server address: a service account but no --master, no kubeconfig to take the server from ({}) and no KUBERNETES_SERVICE_HOST",
+        apiserver::DISCOVERY_KUBECONFIGS.join(", ")
+    )]
+    NoServer,
 }
 
-/// An API client from `kubeconfig`, else `KUBECONFIG` (or ~/.kube/config), else the
-/// in-cluster service account. Reads local files only: the server is not contacted yet.
-pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc_error = |source| KubeError::Kubeconfig {
-                path: path.to_owned(),
-                source,
-            };
-            let kc = Kubeconfig::read_from(path).map_err(kc_error)?;
-            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-                .await
-                .map_err(kc_error)?
-        }
-        None => Config::infer().await.map_err(KubeError::Infer)?,
-    };
-    Client::try_from(config).map_err(KubeError::Client)
+/// An API client and where its server came from ([`apiserver`]). Reads local files only:
+/// the server is not contacted yet.
+pub async fn client(
+    sources: &apiserver::Sources,
+) -> Result<(Client, apiserver::Origin), KubeError> {
+    let (config, origin) = apiserver::config(sources).await?;
+    let client = Client::try_from(config).map_err(KubeError::Client)?;
+    Ok((client, origin))
 }
 
 /// What [`watch`] needs besides the client.
