@@ -597,3 +597,27 @@ fn the_monitoring_overlay_scrapes_a_named_port_with_kube_proxys_job() {
         serde_json::from_str(cm["data"]["ferry-dashboard.json"].as_str().unwrap()).unwrap();
     assert!(dash["panels"].as_array().unwrap().len() >= 8);
 }
+
+/// The image's build context is the sources: no build output, no history (a Dockerfile build
+/// would otherwise send gigabytes of target/).
+#[test]
+fn the_image_build_context_leaves_out_build_output_and_history() {
+    let ignore = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.dockerignore"))
+        .expect(".dockerignore at the repository root");
+    let lines: BTreeSet<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    for needed in ["target/", ".git/", "fuzz/corpus/", "docs/bench-raw/"] {
+        assert!(lines.contains(needed), "{needed} not ignored: {lines:?}");
+    }
+    let dockerfile =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/Dockerfile"))
+            .unwrap();
+    assert!(
+        dockerfile.contains("ARG FERRY_GIT_REVISION"),
+        "the revision reaches the build"
+    );
+    assert!(dockerfile.contains("cargo xtask build --release"));
+}

@@ -9,6 +9,7 @@ mod build;
 mod clean;
 mod demo;
 mod fuzz;
+mod image;
 // Shared with the agent by path: xtask builds before the agent's toolchain exists.
 #[path = "../../agent/src/mountinfo.rs"]
 mod mountinfo;
@@ -39,7 +40,8 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
-    /// Setup, then build the workspace (the agent's build.rs builds and embeds the eBPF object).
+    /// Setup (the build's part: toolchains, LLVM, bpf-linker), then build the workspace (the
+    /// agent's build.rs builds and embeds the eBPF object).
     Build {
         #[arg(long)]
         release: bool,
@@ -85,6 +87,18 @@ enum Command {
         /// One of manifest_yaml, manifest_doc, translate, packet (default: all).
         target: Option<String>,
     },
+    /// ferry's OCI image with buildah, from scratch: the binary and the libraries it links.
+    Image {
+        /// The ferry binary to put in (default: a release build made now).
+        #[arg(long)]
+        binary: Option<std::path::PathBuf>,
+        /// The image's name (default localhost/ferry:VERSION).
+        #[arg(long)]
+        tag: Option<String>,
+        /// A buildah storage directory of its own (vfs driver) instead of the system's.
+        #[arg(long)]
+        storage: Option<std::path::PathBuf>,
+    },
     /// Remove what crashed lab runs left: `fy*` netns, `ferry-lab-*` cgroups and mounts.
     ///
     /// Do not run it while tests or a demo run: their labs match too.
@@ -107,7 +121,9 @@ fn main() {
             println!("{}", object.display());
             Ok(())
         }),
-        Command::Build { release } => setup::run(false).and_then(|()| build::workspace(release)),
+        Command::Build { release } => {
+            setup::run_for(false, setup::Scope::Build).and_then(|()| build::workspace(release))
+        }
         Command::Test {
             no_root_tests,
             args,
@@ -116,6 +132,17 @@ fn main() {
         Command::Bench { quick } => bench::run(&bench::Options { quick }),
         Command::Fuzz { time, target } => fuzz::run(time, target.as_deref()),
         Command::CleanLab { kill, dry_run } => clean::run(kill, dry_run),
+        Command::Image {
+            binary,
+            tag,
+            storage,
+        } => setup::run(false).and_then(|()| {
+            image::run(&image::Options {
+                binary,
+                tag,
+                storage,
+            })
+        }),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -41,6 +41,8 @@ const LAB_PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "nsenter"),
     // Renders deploy/ (kustomize) in the manifest tests.
     ("kubectl", "kubectl"),
+    // Builds ferry's image (cargo xtask image, tests/tests/image.rs).
+    ("buildah", "buildah"),
 ];
 
 /// Debian packages of the demo's servers and clients (`cargo xtask demo`, tests/tests/demo.rs).
@@ -79,9 +81,24 @@ const APT_LISTS_FRESH: Duration = Duration::from_secs(6 * 3600);
 /// Runs setup. `verbose` prints one line per piece; otherwise (when another
 /// command calls it) a single summary line, plus whatever it installs.
 pub fn run(verbose: bool) -> Result<()> {
+    run_for(verbose, Scope::Everything)
+}
+
+/// What a command needs set up.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Building only (the image's build stage): toolchains, LLVM, bpf-linker.
+    Build,
+    /// Also the lab's, the demo's and the bench's packages, and cargo-fuzz.
+    Everything,
+}
+
+/// [`run`] for `scope`.
+pub fn run_for(verbose: bool, scope: Scope) -> Result<()> {
     let start = Instant::now();
     let mut s = Setup {
         verbose,
+        scope,
         summary: Vec::new(),
     };
     s.rustup()?;
@@ -91,7 +108,9 @@ pub fn run(verbose: bool) -> Result<()> {
     s.rustup_override()?;
     s.apt()?;
     s.bpf_linker()?;
-    s.cargo_fuzz()?;
+    if scope == Scope::Everything {
+        s.cargo_fuzz()?;
+    }
     if verbose {
         eprintln!("setup: done in {:.1} s", start.elapsed().as_secs_f64());
     } else {
@@ -102,6 +121,7 @@ pub fn run(verbose: bool) -> Result<()> {
 
 struct Setup {
     verbose: bool,
+    scope: Scope,
     summary: Vec<String>,
 }
 
@@ -220,12 +240,14 @@ impl Setup {
 
     fn apt(&mut self) -> Result<()> {
         let mut wanted = build_packages();
-        wanted.extend(lab_packages().map(|(p, _)| p.to_string()));
+        if self.scope == Scope::Everything {
+            wanted.extend(lab_packages().map(|(p, _)| p.to_string()));
+        }
         let debian = Path::new("/etc/debian_version").exists();
         let missing = if debian {
             dpkg_missing(&wanted)?
         } else {
-            probe_missing()
+            probe_missing(self.scope)
         };
         if missing.is_empty() {
             self.ok(
@@ -492,8 +514,9 @@ fn dpkg_missing(packages: &[String]) -> Result<Vec<String>> {
 }
 
 /// Without dpkg: the lab tools by their commands, LLVM by its llvm-config.
-fn probe_missing() -> Vec<String> {
+fn probe_missing(scope: Scope) -> Vec<String> {
     let mut missing: Vec<String> = lab_packages()
+        .filter(|_| scope == Scope::Everything)
         .filter(|(_, bin)| which(bin).is_none())
         .map(|(p, _)| p.to_string())
         .collect();
