@@ -48,6 +48,15 @@ pub enum Command {
     /// kernel features, BTF, bpffs, cgroup2, ports, kube-proxy) and print one
     /// line each, with the fix; fails when one is not met.
     Preflight(PreflightArgs),
+    /// Mount a bpf filesystem (mode 0700) where none is: an init container's
+    /// job on nodes without one (kind); nothing to do when one is there.
+    MountBpffs(MountBpffsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MountBpffsArgs {
+    #[arg(long, value_name = "PATH", default_value = crate::paths::BPFFS_MOUNT)]
+    pub path: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -34,6 +34,7 @@ fn main() -> anyhow::Result<()> {
             Command::Conntrack(args) => ferry::cmd::conntrack::run(&args),
             Command::Cleanup(args) => ferry::cmd::cleanup::run(&args),
             Command::Preflight(args) => ferry::cmd::preflight::run(&args),
+            Command::MountBpffs(args) => ferry::cmd::mount_bpffs::run(&args),
         }
     })
 }

@@ -621,3 +621,47 @@ fn the_image_build_context_leaves_out_build_output_and_history() {
     );
     assert!(dockerfile.contains("cargo xtask build --release"));
 }
+
+/// kind's overlay: the base plus a privileged init step running ferry's own `mount-bpffs` on
+/// the host's /sys/fs/bpf (propagated back: Bidirectional); the agent stays unprivileged.
+#[test]
+fn the_kind_overlay_mounts_a_bpffs_first_and_only_that_step_is_privileged() {
+    let objects = kustomize("kind");
+    let ds: DaemonSet = serde_yaml::from_value(kind(&objects, "DaemonSet").clone()).unwrap();
+    let spec = pod_spec(&ds);
+    let init = spec.init_containers.clone().expect("an init container");
+    assert_eq!(init.len(), 1);
+    let step = &init[0];
+    let args = step.args.clone().unwrap();
+    assert_eq!(args[0], "mount-bpffs");
+    assert_eq!(
+        step.security_context.as_ref().unwrap().privileged,
+        Some(true)
+    );
+    let m = &step.volume_mounts.as_ref().unwrap()[0];
+    assert_eq!(
+        (m.mount_path.as_str(), m.mount_propagation.as_deref()),
+        ("/sys/fs/bpf", Some("Bidirectional"))
+    );
+    let bpffs = spec
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == m.name)
+        .unwrap();
+    assert_eq!(bpffs.host_path.unwrap().path, "/sys/fs/bpf");
+    assert_eq!(step.image, spec.containers[0].image, "ferry's own image");
+    let agent = &spec.containers[0];
+    assert_ne!(
+        agent.security_context.as_ref().unwrap().privileged,
+        Some(true)
+    );
+    // The step's arguments are a command of this binary.
+    let bin = ferry_tests::proc::sibling_binary("ferry").expect("the ferry binary");
+    let help = Command::new(&bin)
+        .args(&args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(help.status.success(), "{help:?}");
+}

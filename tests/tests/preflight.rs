@@ -257,3 +257,38 @@ fn kube_proxys_rules_are_found_and_removed_and_nothing_else() {
         "{log}"
     );
 }
+
+/// `ferry mount-bpffs`, the init step of nodes without a bpffs (kind): mounts one (mode 0700)
+/// where none is, and does nothing where one is. In a private mount namespace, so nothing of
+/// it outlives the test.
+#[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
+fn mount_bpffs_mounts_one_where_none_is_and_only_then() {
+    require_root!();
+    let lab = Lab::new("mount_bpffs_mounts_one_where_none_is_and_only_then");
+    let dir = lab.tmp_dir().join("sys-fs-bpf");
+    let bin = Lab::ferry_bin();
+    let script = format!(
+        "{b} mount-bpffs --path {d} && stat -f -c %T {d} && stat -c %a {d} && \
+         {b} mount-bpffs --path {d} && grep -c ' {d} ' /proc/self/mountinfo",
+        b = bin.display(),
+        d = dir.display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        // The kernel keeps the sticky bit of a bpffs root: mode=0700 reads back 1700.
+        ["bpf_fs", "1700", "1"],
+        "one bpffs, mode 0700, mounted once:\n{stderr}"
+    );
+    assert!(stderr.contains("mounted a bpf filesystem"), "{stderr}");
+    assert!(stderr.contains("already a bpf filesystem"), "{stderr}");
+}

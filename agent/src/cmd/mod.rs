@@ -4,6 +4,7 @@ pub mod agent;
 pub mod cleanup;
 pub mod conntrack;
 pub mod kube_proxy_rules;
+pub mod mount_bpffs;
 pub mod preflight;
 pub mod services;
 pub mod stats;
