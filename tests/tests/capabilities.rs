@@ -288,6 +288,20 @@ fn destroying_a_pods_connected_udp_sockets_needs_sys_admin_and_sys_ptrace() {
             .lines()
             .any(|l| l.contains("preflight: warn  udp-gc") && l.contains("keep a removed backend"));
         assert_eq!(warned, !destroyed, "{caps:?}:\n{}", lab.agent_log());
+        // And /metrics says it, for alerts.
+        let metrics = flood::http_get_in(
+            &lab.node_netns_path(),
+            "127.0.0.1:10249".parse().unwrap(),
+            "/metrics",
+            Duration::from_secs(5),
+        )
+        .unwrap()
+        .body;
+        let gauge = format!(
+            "ferry_feature_enabled{{feature=\"udp_socket_destroy_pods\"}} {}",
+            u8::from(destroyed)
+        );
+        assert!(metrics.contains(&gauge), "{caps:?}: no {gauge}:\n{metrics}");
         if destroyed {
             assert!(
                 errors > 0,

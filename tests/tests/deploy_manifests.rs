@@ -377,6 +377,13 @@ fn daemonset_holds_exactly_the_capabilities_it_needs_and_is_not_privileged() {
     let pod_sc = pod_spec(&daemonset()).security_context.unwrap();
     assert_eq!(pod_sc.seccomp_profile.unwrap().type_, "RuntimeDefault");
     assert!(sc.seccomp_profile.is_none());
+    // AppArmor's and SELinux's default container profiles deny the bpffs and cgroup writes:
+    // the agent's confinement is its capability set and seccomp instead.
+    assert_eq!(sc.app_armor_profile.as_ref().unwrap().type_, "Unconfined");
+    assert_eq!(
+        sc.se_linux_options.as_ref().unwrap().type_.as_deref(),
+        Some("spc_t")
+    );
     // AppArmor's default profile denies pinning under /sys/fs/bpf: unconfined, by name.
     assert_eq!(sc.app_armor_profile.unwrap().type_, "Unconfined");
 }

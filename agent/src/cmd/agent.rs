@@ -70,7 +70,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         cgroup: Some(&cgroup),
         bind: [args.healthz_bind_address, args.metrics_bind_address],
     };
-    for c in preflight::checks(&target) {
+    let checks = preflight::checks(&target);
+    // Connected UDP sockets in pods: destroyed only where their namespaces can be entered.
+    let pods_reach = checks
+        .iter()
+        .any(|c| c.what == "udp-gc" && c.status == preflight::Status::Ok);
+    for c in checks {
         match c.status {
             preflight::Status::Ok => debug!("preflight: {c}"),
             preflight::Status::Warn => warn!("preflight: {c}"),
@@ -121,8 +126,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         external_cluster_ip: args.external_cluster_ip,
     };
     let pins = PinDir::new(&args.bpffs);
+    let features = metrics.clone();
     let datapath = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let datapath = Datapath::load(&load, caps, north_south).context("loading the datapath")?;
+        let [north_south, udp] = datapath.features();
+        features.features(&[
+            north_south,
+            udp,
+            ("udp_socket_destroy_pods", udp.1 && pods_reach),
+        ]);
         // Conntrack collection and fill, off the control loop (stops when dropped).
         let gc = ConntrackGc::spawn(&pins).context("starting the conntrack upkeep")?;
         info!(

@@ -289,6 +289,14 @@ impl Datapath {
         Ok(())
     }
 
+    /// What this kernel and object let the datapath do, for `ferry_feature_enabled`.
+    pub fn features(&self) -> [(&'static str, bool); 2] {
+        [
+            ("north_south", tc::available(&self.loaded.ebpf)),
+            ("udp_socket_destroy", self.loaded.sock_gc.is_some()),
+        ]
+    }
+
     /// The devices carrying `ferry_tc_pod`.
     pub fn pod_devices(&self) -> Vec<String> {
         self.pod_devices.keys().cloned().collect()

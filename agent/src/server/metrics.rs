@@ -94,6 +94,8 @@ struct Inner {
     links_broken: usize,
     /// Service ports whose Local policy drops (internal, external).
     no_local_endpoints: (usize, usize),
+    /// What the datapath can do on this node (`ferry_feature_enabled`).
+    features: Vec<(&'static str, bool)>,
 }
 
 #[derive(Clone)]
@@ -116,6 +118,7 @@ impl Default for Metrics {
                 link_repairs: BTreeMap::new(),
                 links_broken: 0,
                 no_local_endpoints: (0, 0),
+                features: Vec::new(),
             })),
         }
     }
@@ -152,6 +155,12 @@ impl Metrics {
     /// Service ports with a Local traffic policy, endpoints elsewhere and none on this node.
     pub fn no_local_endpoints(&self, internal: usize, external: usize) {
         self.inner.lock().expect("metrics lock").no_local_endpoints = (internal, external);
+    }
+
+    /// What the datapath can do here (set once it is loaded): a feature off is a warning in
+    /// the log at start and a 0 here, for alerts.
+    pub fn features(&self, features: &[(&'static str, bool)]) {
+        self.inner.lock().expect("metrics lock").features = features.to_vec();
     }
 
     pub fn changes(&self, services: u64, endpoint_slices: u64) {
@@ -310,6 +319,17 @@ impl Metrics {
         for (event, n) in datapath {
             let _ = writeln!(out, "ferry_datapath_events_total{{event=\"{event}\"}} {n}");
         }
+        let _ = writeln!(
+            out,
+            "# HELP ferry_feature_enabled Datapath features this node's kernel, object and privileges allow (1) or not (0)\n# TYPE ferry_feature_enabled gauge"
+        );
+        for (feature, on) in &m.features {
+            let _ = writeln!(
+                out,
+                "ferry_feature_enabled{{feature=\"{feature}\"}} {}",
+                u8::from(*on)
+            );
+        }
         super::process_metrics::render(&mut out);
         out
     }
@@ -434,6 +454,21 @@ mod tests {
         );
         assert!(
             text.contains("ferry_map_fill_ratio{map=\"ferry_ct4_v1\"} 0.75"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn features_are_rendered_one_gauge_each() {
+        let m = Metrics::default();
+        m.features(&[("north_south", true), ("udp_socket_destroy_pods", false)]);
+        let text = m.render(&[]);
+        assert!(
+            text.contains("ferry_feature_enabled{feature=\"north_south\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferry_feature_enabled{feature=\"udp_socket_destroy_pods\"} 0"),
             "{text}"
         );
     }
