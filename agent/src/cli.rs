@@ -51,6 +51,11 @@ pub enum Command {
     /// Mount a bpf filesystem (mode 0700) where none is: an init container's
     /// job on nodes without one (kind); nothing to do when one is there.
     MountBpffs(MountBpffsArgs),
+    /// Print a shell completion script: `ferry completion bash > /etc/bash_completion.d/ferry`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -309,6 +314,33 @@ mod tests {
         for bad in ["0s", "500ms", "soon"] {
             let e = agent(&["--sync-period", bad]).unwrap_err().to_string();
             assert!(e.contains("--sync-period"), "{bad}: {e}");
+        }
+    }
+}
+
+/// The completion script of `shell` for the whole command line.
+pub fn completion(shell: clap_complete::Shell) -> Vec<u8> {
+    use clap::CommandFactory as _;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "ferry", &mut out);
+    out
+}
+
+#[cfg(test)]
+mod completion_tests {
+    use super::*;
+
+    #[test]
+    fn completions_know_every_command_and_the_agents_flags() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let text = String::from_utf8(completion(shell)).unwrap();
+            for word in ["preflight", "conntrack", "cleanup", "--lb-mode", "--kube-proxy"] {
+                assert!(text.contains(word), "{shell}: no {word}");
+            }
         }
     }
 }

@@ -35,6 +35,11 @@ fn main() -> anyhow::Result<()> {
             Command::Cleanup(args) => ferry::cmd::cleanup::run(&args),
             Command::Preflight(args) => ferry::cmd::preflight::run(&args),
             Command::MountBpffs(args) => ferry::cmd::mount_bpffs::run(&args),
+            Command::Completion { shell } => {
+                use std::io::Write as _;
+                std::io::stdout().write_all(&ferry::cli::completion(shell))?;
+                Ok(())
+            }
         }
     })
 }
