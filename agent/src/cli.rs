@@ -338,7 +338,7 @@ mod completion_tests {
             clap_complete::Shell::Fish,
         ] {
             let text = String::from_utf8(completion(shell)).unwrap();
-            for word in ["preflight", "conntrack", "cleanup", "--lb-mode", "--kube-proxy"] {
+            for word in ["preflight", "conntrack", "cleanup", "lb-mode", "kube-proxy"] {
                 assert!(text.contains(word), "{shell}: no {word}");
             }
         }
