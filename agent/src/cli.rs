@@ -73,6 +73,14 @@ pub struct AgentArgs {
     /// Kubernetes API source (without --manifests: KUBECONFIG, then in-cluster).
     #[arg(long, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
+    /// kube-proxy's configuration file (KubeProxyConfiguration v1alpha1, as in
+    /// the kube-proxy ConfigMap): the fields ferry honours set their flags
+    /// unless given on the command line; the others are named at start.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Fields of --config that ferry does not use (filled from the file).
+    #[arg(skip)]
+    pub config_ignored: Vec<String>,
     /// The API server's address (kube-proxy's flag): overrides the server of
     /// any kubeconfig; in a pod, used with the service account's credentials.
     #[arg(long, value_name = "URL", env = "FERRY_APISERVER")]
@@ -327,6 +335,62 @@ pub fn completion(shell: clap_complete::Shell) -> Vec<u8> {
 }
 
 #[cfg(test)]
+mod config_file_tests {
+    use super::*;
+
+    #[test]
+    fn the_file_fills_what_the_command_line_left_unset() {
+        let dir = std::env::temp_dir().join(format!("ferry-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.conf");
+        std::fs::write(
+            &path,
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
+             metricsBindAddress: 0.0.0.0:10249\nsyncPeriod: 1m0s\nhostnameOverride: node-7\n\
+             logging:\n  format: json\nmode: ipvs\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let cli = parse_from([
+            "ferry",
+            "agent",
+            "--manifests",
+            "/m",
+            "--config",
+            p,
+            "--sync-period",
+            "5s",
+        ])
+        .unwrap();
+        let Command::Agent(a) = &cli.command else {
+            panic!("an agent")
+        };
+        assert_eq!(a.metrics_bind_address, "0.0.0.0:10249".parse().unwrap());
+        assert_eq!(*a.sync_period, Duration::from_secs(5), "the flag wins");
+        assert_eq!(a.node_name.as_deref(), Some("node-7"));
+        assert_eq!(a.healthz_bind_address, "0.0.0.0:10256".parse().unwrap());
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert_eq!(a.config_ignored, ["mode"]);
+        // A global flag before the subcommand wins too.
+        let cli = parse_from([
+            "ferry",
+            "--log-format",
+            "text",
+            "agent",
+            "--manifests",
+            "/m",
+            "--config",
+            p,
+        ])
+        .unwrap();
+        assert_eq!(cli.log_format, LogFormat::Text);
+        let e = parse_from(["ferry", "agent", "--config", "/nonexistent/config.conf"]).unwrap_err();
+        assert!(matches!(e, ParseError::Config(_)), "{e:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
 mod completion_tests {
     use super::*;
 
@@ -343,4 +407,84 @@ mod completion_tests {
             }
         }
     }
+}
+
+/// Why the command line was refused.
+#[derive(Debug)]
+pub enum ParseError {
+    Clap(clap::Error),
+    Config(crate::cmd::kube_proxy_config::ConfigError),
+}
+
+/// The command line, with `ferry agent --config` applied.
+pub fn parse_from<I, T>(args: I) -> Result<Cli, ParseError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::{CommandFactory as _, FromArgMatches as _, parser::ValueSource};
+    let matches = Cli::command()
+        .try_get_matches_from(args)
+        .map_err(ParseError::Clap)?;
+    let mut cli = Cli::from_arg_matches(&matches).map_err(ParseError::Clap)?;
+    if let Some(agent) = matches.subcommand_matches("agent") {
+        let explicit = |id: &str| {
+            matches!(
+                agent.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        apply_config_file(&mut cli, explicit).map_err(ParseError::Config)?;
+    }
+    Ok(cli)
+}
+
+/// Applies `--config` to `cli` (an agent's): each honoured field sets its flag unless
+/// `explicit(flag id)` says the command line or the environment gave it.
+pub fn apply_config_file(
+    cli: &mut Cli,
+    explicit: impl Fn(&str) -> bool,
+) -> Result<(), crate::cmd::kube_proxy_config::ConfigError> {
+    let Command::Agent(args) = &mut cli.command else {
+        return Ok(());
+    };
+    let Some(path) = args.config.clone() else {
+        return Ok(());
+    };
+    let f = crate::cmd::kube_proxy_config::read(&path)?;
+    if let Some(a) = f
+        .healthz_bind_address
+        .filter(|_| !explicit("healthz_bind_address"))
+    {
+        args.healthz_bind_address = a;
+    }
+    if let Some(a) = f
+        .metrics_bind_address
+        .filter(|_| !explicit("metrics_bind_address"))
+    {
+        args.metrics_bind_address = a;
+    }
+    if let Some(n) = f.hostname_override.filter(|_| !explicit("node_name")) {
+        args.node_name = Some(n);
+    }
+    if let Some(d) = f.sync_period.filter(|_| !explicit("sync_period")) {
+        args.sync_period = d.into();
+    }
+    if let Some(k) = f
+        .kubeconfig
+        .filter(|_| !explicit("kubeconfig") && args.manifests.is_none())
+    {
+        args.kubeconfig = Some(k.into());
+    }
+    if let Some(json) = f.log_json.filter(|_| !explicit("log_format")) {
+        cli.log_format = if json {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
+        };
+    }
+    if let Command::Agent(args) = &mut cli.command {
+        args.config_ignored = f.ignored;
+    }
+    Ok(())
 }

@@ -1,12 +1,19 @@
-use clap::Parser as _;
 use std::io::IsTerminal as _;
 
-use ferry::cli::{Cli, Command, LogFormat};
+use ferry::cli::{Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
     limit_malloc_arenas();
-    let cli = Cli::parse();
+    // --config: kube-proxy's file fills the agent's flags the command line left unset.
+    let cli = match ferry::cli::parse_from(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(ferry::cli::ParseError::Clap(e)) => e.exit(),
+        Err(ferry::cli::ParseError::Config(e)) => {
+            eprintln!("Error: {e}");
+            std::process::exit(2);
+        }
+    };
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(cli.log_level.as_str()));
     let logs = tracing_subscriber::fmt()

@@ -74,8 +74,21 @@ fn logs_and_metrics_are_what_operators_tools_read() {
             .port("http", 8080, "TCP")
             .endpoints([Endpoint::ready(pod.ip).node(NODE_NAME)]),
     );
+    // kube-proxy's configuration file as kubeadm writes it: what ferry does not use is named.
+    let config = lab.tmp_dir().join("config.conf");
+    std::fs::write(
+        &config,
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
+         mode: ipvs\nsyncPeriod: 30s\nconntrack:\n  maxPerCore: 32768\n",
+    )
+    .unwrap();
     let opts = AgentOpts {
-        extra_args: vec!["--log-format".into(), "json".into()],
+        extra_args: vec![
+            "--log-format".into(),
+            "json".into(),
+            "--config".into(),
+            config.to_string_lossy().into_owned(),
+        ],
         ..Default::default()
     };
     lab.start_agent(&opts);
@@ -135,6 +148,15 @@ fn logs_and_metrics_are_what_operators_tools_read() {
         "the programs' attachment is logged:\n{log}"
     );
     println!("{lines} JSON log lines");
+    let ignored = log
+        .lines()
+        .find(|l| l.contains("fields ferry does not use"))
+        .unwrap_or_else(|| panic!("no warning about the config file's fields:\n{log}"));
+    assert!(
+        ignored.contains("conntrack.maxPerCore, mode")
+            && !ignored.contains("fields\":\"syncPeriod"),
+        "{ignored}"
+    );
 
     // Text logs into a file (not a terminal) carry no colour codes, even without NO_COLOR.
     lab.stop_agent();

@@ -64,6 +64,21 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
     };
     info!(node = %node_name, cgroup = %cgroup.display(), bpffs = %args.bpffs.display(), "starting");
+    if let Some(path) = &args.config {
+        info!(config = %path.display(), "kube-proxy's configuration read");
+        if !args.config_ignored.is_empty() {
+            warn!(
+                config = %path.display(),
+                fields = %args.config_ignored.join(", "),
+                "fields ferry does not use (it honours {})",
+                crate::cmd::kube_proxy_config::HONOURED
+                    .iter()
+                    .map(|(f, _)| *f)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
     // What `ferry preflight` reports, logged before anything can fail on it.
     let target = preflight::Target {
         bpffs: &args.bpffs,

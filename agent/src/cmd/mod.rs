@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod cleanup;
 pub mod conntrack;
+pub mod kube_proxy_config;
 pub mod kube_proxy_rules;
 pub mod mount_bpffs;
 pub mod preflight;
