@@ -672,3 +672,29 @@ fn the_kind_overlay_mounts_a_bpffs_first_and_only_that_step_is_privileged() {
         .unwrap();
     assert!(help.status.success(), "{help:?}");
 }
+
+/// k3s's overlay mounts the node's k3s kubelet kubeconfig where the agent looks for one.
+#[test]
+fn the_k3s_overlay_mounts_k3s_kubelet_kubeconfig_where_the_agent_looks() {
+    use ferry::source::kube::apiserver::DISCOVERY_KUBECONFIGS;
+    let objects = kustomize("k3s");
+    let ds: DaemonSet = serde_yaml::from_value(kind(&objects, "DaemonSet").clone()).unwrap();
+    let spec = pod_spec(&ds);
+    let volume = spec
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "k3s-kubelet-kubeconfig")
+        .expect("the k3s volume");
+    assert_eq!(volume.host_path.unwrap().path, "/var/lib/rancher/k3s/agent");
+    let mount = spec.containers[0]
+        .volume_mounts
+        .clone()
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "k3s-kubelet-kubeconfig")
+        .unwrap();
+    assert_eq!(mount.read_only, Some(true));
+    let file = format!("{}/kubelet.kubeconfig", mount.mount_path);
+    assert!(DISCOVERY_KUBECONFIGS.contains(&file.as_str()), "{file}");
+}
