@@ -213,6 +213,15 @@ pub struct PreflightArgs {
     pub healthz_bind_address: SocketAddr,
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10249")]
     pub metrics_bind_address: SocketAddr,
+    /// Check the API server the agent would use, found as the agent finds it
+    /// (this kubeconfig, KUBECONFIG, or the pod's service account).
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    #[arg(long, value_name = "URL", env = "FERRY_APISERVER")]
+    pub master: Option<String>,
+    /// Leave the API server out (nodes fed from --manifests).
+    #[arg(long)]
+    pub no_api: bool,
 }
 
 #[derive(Debug, Args)]

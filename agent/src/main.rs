@@ -40,7 +40,7 @@ fn main() -> anyhow::Result<()> {
             Command::Stats(args) => ferry::cmd::stats::run(&args),
             Command::Conntrack(args) => ferry::cmd::conntrack::run(&args),
             Command::Cleanup(args) => ferry::cmd::cleanup::run(&args),
-            Command::Preflight(args) => ferry::cmd::preflight::run(&args),
+            Command::Preflight(args) => ferry::cmd::preflight::run(&args).await,
             Command::MountBpffs(args) => ferry::cmd::mount_bpffs::run(&args),
             Command::Completion { shell } => {
                 use std::io::Write as _;

@@ -126,7 +126,7 @@ fn the_image_holds_the_agent_alone_and_its_entrypoint_runs() {
     let script = format!(
         "mount --rbind /proc {r}/proc && mount --rbind /sys {r}/sys && \
          mount --bind {bpf} {r}/tmp && \
-         exec chroot {r} /usr/local/bin/ferry preflight --bpffs /tmp/ferry --cgroup {cg}",
+         exec chroot {r} /usr/local/bin/ferry preflight --bpffs /tmp/ferry --cgroup {cg} --no-api",
         r = root.display(),
         bpf = lab.bpffs().display(),
         cg = lab.cgroup().display()

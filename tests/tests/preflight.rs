@@ -23,6 +23,8 @@ fn preflight(lab: &Lab, bpffs: &Path, ports: [&str; 2]) -> (Output, String) {
         ports[0],
         "--metrics-bind-address",
         ports[1],
+        // The lab's agents read manifests: no API server to reach (tested below, with one).
+        "--no-api",
     ];
     let out = netns::output(
         lab.node_netns(),
@@ -291,4 +293,46 @@ fn mount_bpffs_mounts_one_where_none_is_and_only_then() {
     );
     assert!(stderr.contains("mounted a bpf filesystem"), "{stderr}");
     assert!(stderr.contains("already a bpf filesystem"), "{stderr}");
+}
+
+/// Preflight asks the API server the agent would use for its version, and names the address
+/// and where it came from when it does not answer.
+#[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
+fn preflight_reaches_the_api_server_or_names_it() {
+    require_root!();
+    let lab = Lab::new("preflight_reaches_the_api_server_or_names_it");
+    let api = ferry_tests::apiserver::ApiServer::start_in(
+        Some(&lab.node_netns_path()),
+        ferry_tests::apiserver::Options::default(),
+    )
+    .unwrap();
+    let kubeconfig = lab.tmp_dir().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).unwrap();
+    let bin = Lab::ferry_bin();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["preflight"];
+        args.extend_from_slice(extra);
+        let out = netns::output(
+            lab.node_netns(),
+            &bin.to_string_lossy(),
+            &args,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success(), line(&text, "api").to_owned())
+    };
+    let k = kubeconfig.to_string_lossy();
+    let (_, ok) = run(&["--kubeconfig", &k]);
+    assert!(ok.starts_with("ok") && ok.contains("Kubernetes v"), "{ok}");
+    assert!(ok.contains(&format!("kubeconfig {k}")), "{ok}");
+
+    // --master moves it to a port nobody listens on: a failure naming the fix.
+    let (passed, bad) = run(&["--kubeconfig", &k, "--master", "https://127.0.0.1:9"]);
+    assert!(!passed);
+    assert!(
+        bad.starts_with("FAIL") && bad.contains("FERRY_APISERVER"),
+        "{bad}"
+    );
 }

@@ -100,16 +100,96 @@ pub fn checks(t: &Target<'_>) -> Vec<Check> {
     out.extend(t.bind.iter().map(|&a| port(a)));
     out.push(kube_proxy_process());
     out.push(kube_proxy_rules(&super::kube_proxy_rules::find()));
+    out.push(lsm(&read("/proc/self/attr/current")));
     out
 }
 
+/// The Linux security module confining this process, as /proc/self/attr/current names it:
+/// AppArmor's default container profiles deny writes under /sys/fs/bpf, SELinux's
+/// container_t denies bpf(2) on the host's objects (deploy/base/daemonset.yaml sets both
+/// aside, as Cilium does).
+fn lsm(current: &str) -> Check {
+    let label = current.trim_end_matches(['\n', '\0']).trim();
+    let confined = if label.is_empty() || label == "unconfined" || label.ends_with("(unconfined)") {
+        None
+    } else if label.contains("(enforce)") {
+        Some(format!("AppArmor profile {label}"))
+    } else if label.split(':').nth(2) == Some("container_t") {
+        Some(format!("SELinux type container_t ({label})"))
+    } else {
+        None
+    };
+    match confined {
+        None => check(
+            "lsm",
+            Status::Ok,
+            if label.is_empty() {
+                "not confined".into()
+            } else {
+                label.to_string()
+            },
+            None,
+        ),
+        Some(what) => check(
+            "lsm",
+            Status::Warn,
+            format!("confined by {what}: pinning and attaching may be denied"),
+            Some(
+                "run unconfined (appArmorProfile: Unconfined) with SELinux type spc_t, \
+                 as deploy/base/daemonset.yaml does"
+                    .into(),
+            ),
+        ),
+    }
+}
+
+/// The API server the agent would use answers `/version` (5 s at most).
+async fn api_server(args: &PreflightArgs) -> Check {
+    use crate::source::kube::{self, apiserver};
+    let sources = apiserver::Sources::new(args.kubeconfig.as_deref(), args.master.as_deref());
+    let fix = "set --master or FERRY_APISERVER to an address of the API server this node \
+               reaches (deploy/README: the API server's address)";
+    let (client, origin) = match kube::client(&sources).await {
+        Ok(c) => c,
+        Err(e) => return check("api", Status::Fail, e.to_string(), Some(fix.into())),
+    };
+    let asked = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        client.apiserver_version(),
+    )
+    .await;
+    match asked {
+        Ok(Ok(v)) => check(
+            "api",
+            Status::Ok,
+            format!("Kubernetes {} (from {origin})", v.git_version),
+            None,
+        ),
+        Ok(Err(e)) => check(
+            "api",
+            Status::Fail,
+            format!("the API server (from {origin}) refused: {e}"),
+            Some(fix.into()),
+        ),
+        Err(_) => check(
+            "api",
+            Status::Fail,
+            format!("the API server (from {origin}) did not answer within 5 s"),
+            Some(fix.into()),
+        ),
+    }
+}
+
 /// `ferry preflight`: prints the report; fails when a requirement is not met.
-pub fn run(args: &PreflightArgs) -> anyhow::Result<()> {
-    let report = checks(&Target {
+pub async fn run(args: &PreflightArgs) -> anyhow::Result<()> {
+    let mut report = checks(&Target {
         bpffs: &args.bpffs,
         cgroup: args.cgroup.as_deref(),
         bind: [args.healthz_bind_address, args.metrics_bind_address],
     });
+    if !args.no_api {
+        report.push(api_server(args).await);
+    }
     for c in &report {
         println!("{c}");
     }
@@ -403,6 +483,25 @@ fn kube_proxy_rules(found: &super::kube_proxy_rules::Found) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn security_modules_that_deny_pinning_are_named() {
+        for (label, status) in [
+            ("unconfined\n", Status::Ok),
+            ("", Status::Ok),
+            ("cri-containerd.apparmor.d (enforce)\n", Status::Warn),
+            ("docker-default (enforce)", Status::Warn),
+            ("ferry (complain)", Status::Ok),
+            ("system_u:system_r:container_t:s0:c1,c2\0", Status::Warn),
+            ("system_u:system_r:spc_t:s0\0", Status::Ok),
+        ] {
+            let c = lsm(label);
+            assert_eq!(c.status, status, "{label:?}: {c}");
+            if status == Status::Warn {
+                assert!(c.fix.as_deref().unwrap().contains("spc_t"), "{c}");
+            }
+        }
+    }
 
     #[test]
     fn releases_are_read_to_major_and_minor() {
