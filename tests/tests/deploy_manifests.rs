@@ -698,3 +698,38 @@ fn the_k3s_overlay_mounts_k3s_kubelet_kubeconfig_where_the_agent_looks() {
     let file = format!("{}/kubelet.kubeconfig", mount.mount_path);
     assert!(DISCOVERY_KUBECONFIGS.contains(&file.as_str()), "{file}");
 }
+
+/// Every kustomization renders, and every object in it parses into its k8s-openapi type (the
+/// Prometheus Operator's kinds, which k8s-openapi does not know, are checked by their
+/// apiVersion).
+#[test]
+fn every_kustomization_renders_into_api_types() {
+    fn typed<T: Resource + DeserializeOwned>(o: &Value, dir: &str) {
+        assert_eq!(o["apiVersion"].as_str(), Some(T::API_VERSION), "{dir}");
+        if let Err(e) = serde_yaml::from_value::<T>(o.clone()) {
+            panic!("{dir}: {} {:?}: {e}", T::KIND, o["metadata"]["name"]);
+        }
+    }
+    for dir in ["base", "monitoring", "kind", "k3s"] {
+        let objects = kustomize(dir);
+        assert!(!objects.is_empty(), "{dir}");
+        for o in &objects {
+            assert_eq!(
+                o["metadata"]["namespace"].as_str().or(Some("kube-system")),
+                Some("kube-system"),
+                "{dir}: {o:?}"
+            );
+            match o["kind"].as_str().unwrap_or_default() {
+                "DaemonSet" => typed::<DaemonSet>(o, dir),
+                "ConfigMap" => typed::<ConfigMap>(o, dir),
+                "ServiceAccount" => typed::<ServiceAccount>(o, dir),
+                "ClusterRole" => typed::<ClusterRole>(o, dir),
+                "ClusterRoleBinding" => typed::<ClusterRoleBinding>(o, dir),
+                "PodMonitor" | "PrometheusRule" => {
+                    assert_eq!(o["apiVersion"].as_str(), Some("monitoring.coreos.com/v1"))
+                }
+                other => panic!("{dir}: an object of kind {other:?}"),
+            }
+        }
+    }
+}

@@ -336,3 +336,149 @@ fn preflight_reaches_the_api_server_or_names_it() {
         "{bad}"
     );
 }
+
+/// kube-proxy's real layouts (as the bench generates them: iptables mode's full sync, and
+/// nftables mode's table, for 50 Services of 4 endpoints), beside kubelet's chains and an
+/// operator's rule: `ferry cleanup --kube-proxy` leaves none of kube-proxy's and all the rest.
+#[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
+fn kube_proxys_real_layouts_are_removed_whole() {
+    use ferry::cmd::kube_proxy_rules::is_kube_proxy_chain;
+    use ferry_tests::bench::{kubeproxy, synth};
+    require_root!();
+    let lab = Lab::new("kube_proxys_real_layouts_are_removed_whole");
+    let ns = lab.node_netns();
+    let backends: Vec<std::net::Ipv4Addr> = (1..=4)
+        .map(|i| std::net::Ipv4Addr::new(10, 244, 0, i))
+        .collect();
+    let svcs = synth::eastwest_set(50, &backends);
+    let ipt = lab.tmp_dir().join("iptables.rules");
+    std::fs::write(&ipt, kubeproxy::iptables_restore(&svcs)).unwrap();
+    let nft = lab.tmp_dir().join("kube-proxy.nft");
+    std::fs::write(&nft, kubeproxy::nft_script(&svcs, "10.244.0.1")).unwrap();
+    let script = format!(
+        "iptables-restore --noflush < {} && nft -f {} && \
+         iptables -N KUBE-FIREWALL && iptables -A INPUT -j KUBE-FIREWALL && \
+         iptables -N OPERATOR-CHAIN && iptables -A INPUT -s 10.1.0.0/16 -j OPERATOR-CHAIN",
+        ipt.display(),
+        nft.display()
+    );
+    netns::run(ns, "sh", &["-c", &script]).expect("loading kube-proxy's layouts");
+    let chains = |save: &str| -> Vec<String> {
+        save.lines()
+            .filter_map(|l| l.strip_prefix(':'))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|c| is_kube_proxy_chain(c))
+            .map(str::to_owned)
+            .collect()
+    };
+    let before = chains(&netns::run(ns, "iptables-save", &[]).unwrap());
+    assert!(
+        before.len() > 100,
+        "the layout holds kube-proxy's chains: {}",
+        before.len()
+    );
+
+    let bin = Lab::ferry_bin();
+    let out = netns::output(
+        ns,
+        &bin.to_string_lossy(),
+        &["cleanup", "--kube-proxy"],
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    println!("removed {} chains: {log}", before.len());
+    let save = netns::run(ns, "iptables-save", &[]).unwrap();
+    assert_eq!(chains(&save), Vec::<String>::new(), "{save}");
+    assert!(
+        !save.contains("-j KUBE-SERVICES") && !save.contains("KUBE-MARK-MASQ"),
+        "{save}"
+    );
+    for kept in [
+        ":KUBE-FIREWALL",
+        "-A INPUT -j KUBE-FIREWALL",
+        ":OPERATOR-CHAIN",
+    ] {
+        assert!(save.contains(kept), "{kept} removed:\n{save}");
+    }
+    let tables = netns::run(ns, "nft", &["list", "tables"]).unwrap();
+    assert!(!tables.contains("kube-proxy"), "{tables}");
+}
+
+/// The failures preflight names that the lab cannot make for real: a cgroup v1 hierarchy (or
+/// no cgroup at all) as --cgroup, and capabilities taken away (setpriv, in a child).
+#[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
+fn preflight_names_a_cgroup1_path_and_missing_capabilities() {
+    require_root!();
+    let lab = Lab::new("preflight_names_a_cgroup1_path_and_missing_capabilities");
+    let bin = Lab::ferry_bin();
+    let bpffs = lab.pin_dir();
+    // A cgroup v1 controller's hierarchy where the host has one (hybrid hosts do), else a
+    // directory that is no cgroup at all: either is no cgroup v2 directory.
+    let v1 = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find(|l| {
+            l.split(" - ")
+                .nth(1)
+                .is_some_and(|t| t.starts_with("cgroup "))
+        })
+        .and_then(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        .unwrap_or_else(|| lab.tmp_dir().to_string_lossy().into_owned());
+    // `wrapper ... ferry preflight ...` (or ferry alone), in the node namespace.
+    let run = |wrapper: &[&str], cgroup: &str| {
+        let (bpf, bin) = (bpffs.to_string_lossy(), bin.to_string_lossy());
+        let mut command: Vec<&str> = wrapper.to_vec();
+        command.extend_from_slice(&[
+            &bin as &str,
+            "preflight",
+            "--bpffs",
+            &bpf,
+            "--cgroup",
+            cgroup,
+            "--no-api",
+        ]);
+        let out = netns::output(
+            lab.node_netns(),
+            command[0],
+            &command[1..],
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (passed, text) = run(&[], &v1);
+    let line_cg = line(&text, "cgroup2");
+    assert!(!passed, "{text}");
+    assert!(
+        line_cg.starts_with("FAIL") && line_cg.contains("not a cgroup v2 directory"),
+        "{line_cg}"
+    );
+    assert!(line_cg.contains("--cgroup"), "{line_cg}");
+
+    // Only CAP_NET_ADMIN left: CAP_BPF and CAP_PERFMON are named, and so is the fix.
+    let cg = lab.cgroup().to_string_lossy().into_owned();
+    let (passed, text) = run(
+        &[
+            "setpriv",
+            "--inh-caps=-all",
+            "--bounding-set=-all,+net_admin",
+        ],
+        &cg,
+    );
+    let privilege = line(&text, "privilege");
+    assert!(!passed, "{text}");
+    assert!(
+        privilege.starts_with("FAIL")
+            && privilege.contains("CAP_BPF")
+            && privilege.contains("CAP_PERFMON")
+            && !privilege.contains("CAP_NET_ADMIN"),
+        "{privilege}"
+    );
+}
