@@ -660,6 +660,21 @@ fn lb_cluster_masquerades_to_a_backend_on_the_receiving_node() {
         BTreeSet::from([EXT1_IP.to_string()]),
         "with --lb-mode dsr the local backend sees the client"
     );
+
+    // No local endpoint left while the agent is away: the next one removes the pod device's
+    // program the previous one pinned.
+    c.stop_agent("node1");
+    c.manifests()
+        .apply(&slice("web", &[]).port("files", 8081, "TCP"));
+    c.manifests().apply(&slice("hostnet", &[]));
+    c.start_agent("node1", &ferry_tests::AgentOpts::default());
+    let (_, took) = poll(DEADLINE, Duration::from_millis(20), || {
+        (!pod_link.exists())
+            .then_some(())
+            .ok_or_else(|| "ferry_link_tcpod_br0 still pinned".to_string())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.agent_log("node1")));
+    report("a stale ferry_tc_pod removed at start", took);
 }
 
 #[test]

@@ -16,6 +16,7 @@ pub mod maps;
 pub mod mem_maps;
 pub mod owner;
 pub mod pin_dir;
+pub mod pod_devices;
 pub mod programmer;
 pub mod routes;
 pub mod service_table;

@@ -15,8 +15,8 @@ use tracing::{debug, info, warn};
 use super::{
     LinkReport, LoadOptions, Maps, codec, ifaces,
     loader::Loaded,
+    pod_devices::PodDevices,
     programmer::{Capacities, Programmer},
-    routes,
     service_table::{FrontendStatus, FullSync, ServiceFrontends, ServiceTable, SyncOutcome},
     tc,
 };
@@ -55,10 +55,12 @@ pub struct Datapath {
     ns: NorthSouth,
     /// Device name -> (ifindex, the SNAT address written for it).
     attached: BTreeMap<String, (u32, Ipv4Addr)>,
-    /// Pod device name -> ifindex: the devices carrying `ferry_tc_pod`.
-    pod_devices: BTreeMap<String, u32>,
+    /// The devices carrying `ferry_tc_pod`.
+    pod_devices: PodDevices,
     /// The node's devices were chosen once: pod devices are chosen after.
     node_synced: bool,
+    /// The pod devices were chosen once.
+    pod_devices_swept: bool,
     warned_unavailable: bool,
 }
 
@@ -73,8 +75,9 @@ impl Datapath {
             table,
             ns,
             attached: BTreeMap::new(),
-            pod_devices: BTreeMap::new(),
+            pod_devices: PodDevices::default(),
             node_synced: false,
+            pod_devices_swept: false,
             warned_unavailable: false,
         })
     }
@@ -110,74 +113,25 @@ impl Datapath {
     /// gets `ferry_tc_pod` before its first masqueraded flow needs it.
     fn after_change(&mut self, out: &SyncOutcome) {
         self.destroy_udp_sockets(&out.gone_udp);
-        if self.node_synced && self.table.programmer_mut().take_local_ips_changed() {
+        if self.node_synced {
             self.sync_pod_devices();
         }
     }
 
-    /// `ferry_tc_pod` on the devices the node routes its local endpoints
-    /// through (where their replies to a masquerading node address come
-    /// in), and on no other. A device that already carries the node
-    /// programs needs none: `ferry_tc_in` translates those replies there.
+    /// The local endpoints that came and went since the last call, on the
+    /// devices the node reaches them through (pod_devices.rs).
     fn sync_pod_devices(&mut self) {
         if !tc::available(&self.loaded.ebpf) {
             return;
         }
-        let _ = self.table.programmer_mut().take_local_ips_changed();
-        let mut resolver = match routes::Resolver::new() {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(error = %e, "pod devices: no netlink socket");
-                return;
-            }
-        };
-        let node_devices: BTreeSet<u32> = self.attached.values().map(|&(i, _)| i).collect();
-        let mut wanted: BTreeMap<String, u32> = BTreeMap::new();
-        let local: Vec<Ipv4Addr> = self.table.programmer().local_ips().collect();
-        for ip in local {
-            match resolver.get(ip) {
-                Ok(routes::Route::Device(index)) if !node_devices.contains(&index) => {
-                    match ifaces::name_of(index) {
-                        Some(name) => {
-                            wanted.insert(name, index);
-                        }
-                        None => debug!(endpoint = %ip, index, "pod device gone meanwhile"),
-                    }
-                }
-                // Through a node device, or the node's own address (a
-                // host-network endpoint, which keeps its clients' address).
-                Ok(routes::Route::Device(_) | routes::Route::Local) => {}
-                Ok(routes::Route::None) => {
-                    warn!(endpoint = %ip, "local endpoint without a route: its masqueraded replies cannot be translated")
-                }
-                Err(e) => warn!(endpoint = %ip, error = %e, "route lookup of a local endpoint"),
-            }
-        }
-        if wanted == self.pod_devices {
+        let (added, removed) = self.table.programmer_mut().take_local_ip_changes();
+        if added.is_empty() && removed.is_empty() && self.pod_devices_swept {
             return;
         }
-        let mut kept = BTreeMap::new();
-        for (name, &index) in &wanted {
-            if self.pod_devices.get(name) == Some(&index) {
-                kept.insert(name.clone(), index);
-                continue;
-            }
-            let iface = ifaces::Interface {
-                name: name.clone(),
-                index,
-                ipv4: Vec::new(),
-            };
-            match self.loaded.attach_tc(&iface, tc::Role::Pod) {
-                Ok(()) => {
-                    info!(device = %name, ifindex = index, "pod device");
-                    kept.insert(name.clone(), index);
-                }
-                Err(e) => warn!(device = %name, error = %e, "pod device: attaching"),
-            }
-        }
-        let names: BTreeSet<String> = kept.keys().cloned().collect();
-        self.loaded.detach_tc_except(tc::Role::Pod, &names);
-        self.pod_devices = kept;
+        self.pod_devices_swept = true;
+        let node_devices: BTreeSet<u32> = self.attached.values().map(|&(i, _)| i).collect();
+        self.pod_devices
+            .apply(&mut self.loaded, &node_devices, &added, &removed);
     }
 
     /// Connected UDP sockets still on a backend that left every service get
@@ -286,6 +240,10 @@ impl Datapath {
         self.attached = now;
         self.node_synced = true;
         self.sync_pod_devices();
+        if tc::available(&self.loaded.ebpf) {
+            let node_devices: BTreeSet<u32> = self.attached.values().map(|&(i, _)| i).collect();
+            self.pod_devices.recheck(&mut self.loaded, &node_devices);
+        }
         Ok(())
     }
 
@@ -299,7 +257,7 @@ impl Datapath {
 
     /// The devices carrying `ferry_tc_pod`.
     pub fn pod_devices(&self) -> Vec<String> {
-        self.pod_devices.keys().cloned().collect()
+        self.pod_devices.names()
     }
 
     /// Checks that every link of ferry's is attached, runs ferry's program

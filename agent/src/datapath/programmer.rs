@@ -178,10 +178,11 @@ pub struct Programmer<M: LbMaps = Maps> {
     backend_addrs: HashMap<BackendAddr, u32>,
     /// How many backend entries flagged local each address has: the
     /// node's local endpoints, whose devices carry `ferry_tc_pod`.
-    local_ips: BTreeMap<Ipv4Addr, u32>,
-    /// An address joined or left `local_ips` since the last
-    /// `take_local_ips_changed`.
-    local_ips_changed: bool,
+    local_ips: HashMap<Ipv4Addr, u32>,
+    /// Addresses that joined or left `local_ips` since the last
+    /// `take_local_ip_changes` (one that did both is in neither).
+    local_added: BTreeSet<Ipv4Addr>,
+    local_removed: BTreeSet<Ipv4Addr>,
     backend_ids: IdAllocator,
     rev_nats: HashMap<AddrKey, RevNatEntry>,
     /// rev-NAT id -> its address, so per-id lookups stay O(1).
@@ -220,8 +221,9 @@ impl<M: LbMaps> Programmer<M> {
             released_udp: Vec::new(),
             backends: HashMap::new(),
             backend_addrs: HashMap::new(),
-            local_ips: BTreeMap::new(),
-            local_ips_changed: true,
+            local_ips: HashMap::new(),
+            local_added: BTreeSet::new(),
+            local_removed: BTreeSet::new(),
             backend_ids: IdAllocator::new(caps.backends),
             rev_nats: HashMap::new(),
             rev_keys: HashMap::new(),
@@ -265,7 +267,11 @@ impl<M: LbMaps> Programmer<M> {
                 let e = p.backends.entry(key).or_insert_with(|| {
                     *p.backend_addrs.entry(*addr).or_default() += 1;
                     if flags & backend_flags::LOCAL != 0 {
-                        *p.local_ips.entry(addr.ip).or_default() += 1;
+                        let n = p.local_ips.entry(addr.ip).or_default();
+                        *n += 1;
+                        if *n == 1 {
+                            p.local_added.insert(addr.ip);
+                        }
                     }
                     BackendEntry { id, refs: 0 }
                 });
@@ -376,9 +382,34 @@ impl<M: LbMaps> Programmer<M> {
         self.local_ips.keys().copied()
     }
 
-    /// True once after the set of [`Self::local_ips`] changed (and at first).
-    pub fn take_local_ips_changed(&mut self) -> bool {
-        std::mem::take(&mut self.local_ips_changed)
+    /// The local endpoint addresses that appeared and went since the last call (the first
+    /// call: every one adopted): what a change costs is what changed.
+    pub fn take_local_ip_changes(&mut self) -> (Vec<Ipv4Addr>, Vec<Ipv4Addr>) {
+        (
+            std::mem::take(&mut self.local_added).into_iter().collect(),
+            std::mem::take(&mut self.local_removed)
+                .into_iter()
+                .collect(),
+        )
+    }
+
+    fn local_ip_joined(&mut self, ip: Ipv4Addr) {
+        let n = self.local_ips.entry(ip).or_default();
+        *n += 1;
+        if *n == 1 && !self.local_removed.remove(&ip) {
+            self.local_added.insert(ip);
+        }
+    }
+
+    fn local_ip_left(&mut self, ip: Ipv4Addr) {
+        let n = self.local_ips.get_mut(&ip).expect("counted");
+        *n -= 1;
+        if *n == 0 {
+            self.local_ips.remove(&ip);
+            if !self.local_added.remove(&ip) {
+                self.local_removed.insert(ip);
+            }
+        }
     }
 
     /// UDP backends that no frontend uses any more, released since the last
@@ -839,9 +870,7 @@ impl<M: LbMaps> Programmer<M> {
         self.backends.insert(k, BackendEntry { id, refs: 1 });
         *self.backend_addrs.entry(k.addr).or_default() += 1;
         if k.flags & backend_flags::LOCAL != 0 {
-            let n = self.local_ips.entry(k.addr.ip).or_default();
-            *n += 1;
-            self.local_ips_changed |= *n == 1;
+            self.local_ip_joined(k.addr.ip);
         }
         undo.push(Undo::Backend(k));
         Ok(id)
@@ -864,12 +893,7 @@ impl<M: LbMaps> Programmer<M> {
         }
         self.backend_ids.release(id);
         if k.flags & backend_flags::LOCAL != 0 {
-            let n = self.local_ips.get_mut(&k.addr.ip).expect("counted");
-            *n -= 1;
-            if *n == 0 {
-                self.local_ips.remove(&k.addr.ip);
-                self.local_ips_changed = true;
-            }
+            self.local_ip_left(k.addr.ip);
         }
         let n = self.backend_addrs.get_mut(&k.addr).expect("counted");
         *n -= 1;

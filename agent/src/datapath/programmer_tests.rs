@@ -733,3 +733,49 @@ fn each_cluster_ip_is_marked_while_one_of_its_frontends_is_programmed() {
         "b's frontend, its slot and its mark"
     );
 }
+
+/// The local endpoint addresses that come and go are handed over as they change, each once,
+/// whatever else is programmed (what ferry_tc_pod's devices follow, at the grain of one
+/// address); a restarted agent hands over every adopted one first.
+#[test]
+fn local_endpoint_changes_are_handed_over_one_by_one() {
+    let maps = FakeMaps::default();
+    let mut p = Programmer::adopt(maps.clone());
+    let local = |name: &str, backends: Vec<BackendAddr>, local: &[BackendAddr]| {
+        let mut f = frontend(name, backends);
+        f.local_backends = local.iter().copied().collect();
+        f
+    };
+    let (a, b) = (key([10, 96, 0, 1], 80), key([10, 96, 0, 2], 80));
+    p.apply(&desired(vec![
+        (a, local("a", vec![be(2, 80), be(3, 80)], &[be(2, 80)])),
+        (b, local("b", vec![be(2, 81)], &[be(2, 81)])),
+    ]));
+    let ip = |last: u8| Ipv4Addr::new(10, 244, 0, last);
+    assert_eq!(p.take_local_ip_changes(), (vec![ip(2)], vec![]));
+    assert_eq!(p.take_local_ip_changes(), (vec![], vec![]), "nothing new");
+    // b goes: 10.244.0.2 is still a's; then a's local backend moves to .4.
+    p.apply(&desired(vec![(
+        a,
+        local("a", vec![be(2, 80), be(3, 80)], &[be(2, 80)]),
+    )]));
+    assert_eq!(p.take_local_ip_changes(), (vec![], vec![]));
+    p.apply(&desired(vec![(
+        a,
+        local("a", vec![be(4, 80), be(3, 80)], &[be(4, 80)]),
+    )]));
+    assert_eq!(p.take_local_ip_changes(), (vec![ip(4)], vec![ip(2)]));
+    // Gone and back between two calls: no change at all.
+    p.apply(&Desired::default());
+    p.apply(&desired(vec![(
+        a,
+        local("a", vec![be(4, 80), be(3, 80)], &[be(4, 80)]),
+    )]));
+    assert_eq!(p.take_local_ip_changes(), (vec![], vec![]));
+    let mut again = Programmer::adopt(maps.clone());
+    assert_eq!(
+        again.take_local_ip_changes(),
+        (vec![ip(4)], vec![]),
+        "adopted"
+    );
+}

@@ -43,7 +43,15 @@ impl Svc {
         EndpointSlice::new(&format!("{}-abc12", self.name), &self.name)
             .namespace(&self.namespace)
             .port(&self.port_name, self.target_port, "TCP")
-            .endpoints(self.endpoints.iter().map(Endpoint::ready))
+            .endpoints(self.endpoints.iter().map(|ip| {
+                // Filler endpoints are other nodes' pods, as their addresses say: a node
+                // holds a few hundred pods at most, not the cluster's 100,000.
+                if is_filler_endpoint(*ip) {
+                    Endpoint::ready(ip).node(FILLER_NODE)
+                } else {
+                    Endpoint::ready(ip)
+                }
+            }))
     }
 }
 
@@ -56,6 +64,15 @@ pub const BACKEND_PORT: u16 = 8080;
 /// The i-th filler ClusterIP: 10.96.1.0 onwards (10.96.0.0/24 is left to the target).
 fn filler_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 1, 0)) + i as u32)
+}
+
+/// The node the filler endpoints run on (not the agent's).
+pub const FILLER_NODE: &str = "bench-other-node";
+
+/// A filler endpoint's address (10.128.0.0/9).
+fn is_filler_endpoint(ip: Ipv4Addr) -> bool {
+    let o = ip.octets();
+    o[0] == 10 && o[1] >= 128
 }
 
 /// The j-th filler endpoint: pods of other nodes, 10.128.0.1 onwards (never dialled).

@@ -201,13 +201,26 @@ pub async fn watch_with(path: PathBuf, node_name: String, limits: Limits, tx: mp
         settling: BTreeMap::new(),
         failing: false,
     };
-    let stamps = match scan(&path, limits) {
-        Ok(s) => s,
-        Err(e) => {
-            error!(error = %e, "cannot load the manifests");
-            return;
+    // Unreadable at start (not there yet, say): said once, tried again until it can be read.
+    let stamps = loop {
+        match scan(&path, limits) {
+            Ok(s) => break s,
+            Err(e) => {
+                if !w.failing {
+                    error!(error = %e, "cannot load the manifests: trying again every 200 ms");
+                    w.failing = true;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(POLL_WITHOUT_INOTIFY) => {}
+                    () = tx.closed() => return,
+                }
+            }
         }
     };
+    if w.failing {
+        info!(path = %path.display(), "manifests readable");
+        w.failing = false;
+    }
     let (dir, only) = scan::watched(&path);
     // inotify first, so that nothing written during the first read is lost.
     let inotify = match inotify_stream(&dir) {

@@ -487,3 +487,28 @@ async fn an_empty_directory_lists_every_kind() {
     until(&mut rx, |e| matches!(e, Event::Service(Delta::Applied(_)))).await;
     task.abort();
 }
+
+/// A path that cannot be read at start (not made yet) is tried again: once it appears, it is
+/// read and listed, and the agent can become ready.
+#[tokio::test]
+async fn a_directory_made_after_start_is_read_then() {
+    let dir = TempDir::new();
+    let later = dir.0.join("later");
+    let (tx, mut rx) = mpsc::channel(64);
+    let task = tokio::spawn(watch(later.clone(), "node-a".to_owned(), tx));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        rx.try_recv().is_err(),
+        "nothing to send while the path is missing"
+    );
+    std::fs::create_dir(&later).unwrap();
+    std::fs::write(later.join("a.yaml"), SERVICE).unwrap();
+    let first = until(&mut rx, |e| matches!(e, Event::Node(Delta::Listed(_)))).await;
+    assert!(
+        first
+            .iter()
+            .any(|e| matches!(e, Event::Service(Delta::Applied(_)))),
+        "{first:?}"
+    );
+    task.abort();
+}
