@@ -117,15 +117,7 @@ fn snat_reply(
     }
     ct::touch(entry, select::now_seconds(), parse::tcp_flags(ctx, ip));
     count(Counter::NsTracked);
-    if let Err(e) = csum::rewrite(
-        ctx,
-        l4,
-        t,
-        v.nat_saddr,
-        v.nat_sport,
-        v.nat_daddr,
-        v.nat_dport,
-    ) {
+    if let Err(e) = rewrite_as(ctx, l4, t, &v) {
         return Some(e);
     }
     // From the frontend now: possibly a node address (NodePort).
@@ -145,15 +137,7 @@ pub fn egress(ctx: &TcContext, ip: &Ipv4) -> i32 {
     let v = unsafe { *entry };
     ct::touch(entry, select::now_seconds(), parse::tcp_flags(ctx, ip));
     count(Counter::NsTracked);
-    match csum::rewrite(
-        ctx,
-        &l4,
-        &t,
-        v.nat_saddr,
-        v.nat_sport,
-        v.nat_daddr,
-        v.nat_dport,
-    ) {
+    match rewrite_as(ctx, &l4, &t, &v) {
         Ok(()) => verdict::OK,
         Err(e) => e,
     }
@@ -191,6 +175,20 @@ fn direct_syn(t: &Tuple) -> i32 {
     }
 }
 
+/// Rewrites the packet's addresses and ports to the ones a conntrack entry names.
+#[inline(always)]
+fn rewrite_as(ctx: &TcContext, l4: &L4, t: &Tuple, v: &Ct4Value) -> Result<(), i32> {
+    csum::rewrite(
+        ctx,
+        l4,
+        t,
+        v.nat_saddr,
+        v.nat_sport,
+        v.nat_daddr,
+        v.nat_dport,
+    )
+}
+
 /// The flow's backend still exists with the address it was given.
 #[inline(always)]
 fn backend_still_there(v: &Ct4Value) -> bool {
@@ -203,15 +201,7 @@ fn translate_forward(ctx: &TcContext, l4: &L4, t: &Tuple, v: &Ct4Value) -> i32 {
     if v.flags & ct_flags::DSR != 0 {
         return dsr::forward(dsr::skb(ctx), v, false);
     }
-    if let Err(e) = csum::rewrite(
-        ctx,
-        l4,
-        t,
-        v.nat_saddr,
-        v.nat_sport,
-        v.nat_daddr,
-        v.nat_dport,
-    ) {
+    if let Err(e) = rewrite_as(ctx, l4, t, v) {
         return e;
     }
     if v.flags & ct_flags::SNAT != 0 {

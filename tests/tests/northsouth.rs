@@ -598,21 +598,13 @@ fn lb_cluster_masquerades_to_a_backend_on_the_receiving_node() {
         assert_eq!(a.from.as_deref(), Some("192.0.2.10:53"), "{}", a.raw);
         assert_eq!(echo(a).peer.ip().to_string(), node1, "{}", a.raw);
     }
-    let out = c.tmp_dir().join("download");
-    let (res, took) = c.curl_timed(
+    download_identical(
+        &c,
         &ext1,
         &format!("http://{LB_IP}:81/blob"),
-        Duration::from_secs(30),
-        &["-o", &out.to_string_lossy()],
+        &want,
+        "the masquerade",
     );
-    if let Err((code, err)) = res {
-        panic!(
-            "download through the masquerade: curl exit {code}: {err}\n{}",
-            c.dump()
-        );
-    }
-    println!("4 MiB through the masquerade in {} ms", took.as_millis());
-    assert_eq!(sha256(&out), want, "byte-identical through the masquerade");
     let flows = flows_of(&c, "node1");
     assert!(
         flows.iter().any(|f| f.is_forward()
@@ -1005,6 +997,25 @@ fn transfer_20mb_byte_identical() {
         assert_eq!(got, want, "{what}: the download is byte-identical");
         fs::remove_file(&out).unwrap();
     }
+}
+
+/// `from` downloads `url` with curl; its bytes must hash to `want` (4 MiB blobs here).
+fn download_identical(c: &Cluster, from: &Pod, url: &str, want: &str, through: &str) {
+    let out = c.tmp_dir().join("download");
+    let (res, took) = c.curl_timed(
+        from,
+        url,
+        Duration::from_secs(30),
+        &["-o", &out.to_string_lossy()],
+    );
+    if let Err((code, err)) = res {
+        panic!(
+            "download through {through}: curl exit {code}: {err}\n{}",
+            c.dump()
+        );
+    }
+    println!("4 MiB through {through} in {} ms", took.as_millis());
+    assert_eq!(sha256(&out), want, "byte-identical through {through}");
 }
 
 fn write_random(path: &std::path::Path, len: usize) {
@@ -1821,21 +1832,7 @@ fn lb_cluster_dsr_keeps_the_client_ip() {
         assert_eq!(a.from.as_deref(), Some("192.0.2.10:53"), "{}", a.raw);
         assert_eq!(*echo(a).peer.ip(), EXT1_IP, "{}", a.raw);
     }
-    let out = c.tmp_dir().join("download");
-    let (res, took) = c.curl_timed(
-        &ext1,
-        &format!("http://{LB_IP}:81/blob"),
-        Duration::from_secs(30),
-        &["-o", &out.to_string_lossy()],
-    );
-    if let Err((code, err)) = res {
-        panic!(
-            "download through DSR: curl exit {code}: {err}\n{}",
-            c.dump()
-        );
-    }
-    println!("4 MiB through DSR in {} ms", took.as_millis());
-    assert_eq!(sha256(&out), want, "byte-identical through DSR");
+    download_identical(&c, &ext1, &format!("http://{LB_IP}:81/blob"), &want, "DSR");
     let flows = flows_of(&c, "node1");
     assert!(
         flows.iter().any(|f| f.is_forward()

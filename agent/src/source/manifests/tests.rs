@@ -454,16 +454,24 @@ async fn watch_sends_only_what_changed_in_the_file_that_changed() {
         .unwrap();
 }
 
+/// A path that cannot be read at start is waited for, sending nothing (no listing: the agent
+/// must not turn ready on nothing), and the wait ends with the receiver.
 #[tokio::test]
-async fn watch_gives_up_when_the_first_load_fails() {
+async fn watch_waits_for_a_missing_path_and_stops_with_its_receiver() {
     let dir = TempDir::new();
     let (tx, mut rx) = mpsc::channel(4);
     let task = tokio::spawn(watch(dir.0.join("missing"), "node-a".to_owned(), tx));
-    let closed = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+    let nothing = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await;
+    assert!(
+        nothing.is_err(),
+        "no event while the path is missing: {nothing:?}"
+    );
+    assert!(!task.is_finished());
+    drop(rx);
+    tokio::time::timeout(Duration::from_secs(5), task)
         .await
+        .expect("the watch ends with its receiver")
         .unwrap();
-    assert!(closed.is_none());
-    task.await.unwrap();
 }
 
 /// An empty directory is a complete (empty) listing: every kind is listed at once, so the
