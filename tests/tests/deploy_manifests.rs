@@ -496,7 +496,9 @@ fn kustomize(dir: &str) -> Vec<Value> {
         .arg("kustomize")
         .arg(&path)
         .output()
-        .unwrap_or_else(|e| panic!("kubectl (cargo xtask setup installs it): {e}"));
+        .unwrap_or_else(|e| {
+            panic!("kubectl, which these machines ship (Debian's renders kustomize offline): {e}")
+        });
     assert!(
         out.status.success(),
         "kubectl kustomize {}: {}",
