@@ -154,7 +154,8 @@ fn gnuplot(dir: &Path, script: &str) -> Result<()> {
     let file = dir.join(".plot.gp");
     fs::write(&file, script)?;
     let out = proc::output_placed(
-        Command::new("gnuplot").arg(&file).current_dir(dir),
+        // Named from the directory it runs in: a relative --out would be resolved twice.
+        Command::new("gnuplot").arg(".plot.gp").current_dir(dir),
         &Placement::default(),
         Duration::from_secs(60),
     )?;
