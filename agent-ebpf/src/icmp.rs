@@ -129,7 +129,7 @@ pub fn translate_error(ctx: &TcContext, ip: &Ipv4, side: Side) -> i32 {
     }
 }
 
-/// Where an error is met.
+/// Where a packet is met: which program sees it.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     /// Arriving on a node device (`ferry_tc_in`).

@@ -19,7 +19,10 @@
 use agent_common::proto;
 use aya_ebpf::{macros::classifier, programs::TcContext};
 
-use crate::{icmp, nodeport, parse};
+use crate::{
+    icmp::{self, Side},
+    nodeport, parse,
+};
 
 /// Program verdicts (TCX names them TCX_NEXT/PASS/DROP/REDIRECT; the values
 /// are the classic TC_ACT_* ones). Redirects return what `bpf_redirect`
@@ -40,45 +43,36 @@ pub mod verdict {
 
 #[classifier]
 pub fn ferry_tc_in(ctx: TcContext) -> i32 {
-    let Some(ip) = parse::ipv4(&ctx) else {
-        return verdict::PASS;
-    };
-    if ip.hdr.is_later_fragment() {
-        return verdict::PASS;
-    }
-    match ip.hdr.proto {
-        proto::TCP | proto::UDP => nodeport::ingress(&ctx, &ip),
-        parse::IPPROTO_ICMP => icmp::translate_error(&ctx, &ip, icmp::Side::Ingress),
-        _ => verdict::PASS,
-    }
+    dispatch(&ctx, Side::Ingress)
 }
 
 #[classifier]
 pub fn ferry_tc_out(ctx: TcContext) -> i32 {
-    let Some(ip) = parse::ipv4(&ctx) else {
-        return verdict::PASS;
-    };
-    if ip.hdr.is_later_fragment() {
-        return verdict::PASS;
-    }
-    match ip.hdr.proto {
-        proto::TCP | proto::UDP => nodeport::egress(&ctx, &ip),
-        parse::IPPROTO_ICMP => icmp::translate_error(&ctx, &ip, icmp::Side::Egress),
-        _ => verdict::PASS,
-    }
+    dispatch(&ctx, Side::Egress)
 }
 
 #[classifier]
 pub fn ferry_tc_pod(ctx: TcContext) -> i32 {
-    let Some(ip) = parse::ipv4(&ctx) else {
+    dispatch(&ctx, Side::Pod)
+}
+
+/// One packet met on `side` (a constant in each program, folded away): TCP
+/// and UDP to the north-south flows, ICMP errors to their translation.
+#[inline(always)]
+fn dispatch(ctx: &TcContext, side: Side) -> i32 {
+    let Some(ip) = parse::ipv4(ctx) else {
         return verdict::PASS;
     };
     if ip.hdr.is_later_fragment() {
         return verdict::PASS;
     }
     match ip.hdr.proto {
-        proto::TCP | proto::UDP => nodeport::from_pod(&ctx, &ip),
-        parse::IPPROTO_ICMP => icmp::translate_error(&ctx, &ip, icmp::Side::Pod),
+        proto::TCP | proto::UDP => match side {
+            Side::Ingress => nodeport::ingress(ctx, &ip),
+            Side::Egress => nodeport::egress(ctx, &ip),
+            Side::Pod => nodeport::from_pod(ctx, &ip),
+        },
+        parse::IPPROTO_ICMP => icmp::translate_error(ctx, &ip, side),
         _ => verdict::PASS,
     }
 }

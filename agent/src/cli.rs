@@ -485,15 +485,13 @@ pub fn apply_config_file(
     {
         args.kubeconfig = Some(k.into());
     }
+    args.config_ignored = f.ignored;
     if let Some(json) = f.log_json.filter(|_| !explicit("log_format")) {
         cli.log_format = if json {
             LogFormat::Json
         } else {
             LogFormat::Text
         };
-    }
-    if let Command::Agent(args) = &mut cli.command {
-        args.config_ignored = f.ignored;
     }
     Ok(())
 }

@@ -532,12 +532,7 @@ fn lb_cluster_masquerades_to_a_backend_on_the_receiving_node() {
     let ext1 = c.ext("ext1");
     let b1 = c.add_pod_on("node1", "b1");
     let _e1 = c.start_echo(&b1, &[8080], &[5353]);
-    let www = c.tmp_dir().join("www");
-    fs::create_dir(&www).unwrap();
-    let blob = www.join("blob");
-    write_random(&blob, 4 << 20);
-    let want = sha256(&blob);
-    let _s1 = http_server_on(&c, &b1, &www, 8081);
+    let (_s1, want) = serve_blob(&c, &b1);
     let svc = web_ports(Service::load_balancer("web", CLUSTER_IP))
         .port_to("files", 81, "TCP", 8081u16)
         .lb_ingress(LB_IP);
@@ -997,6 +992,16 @@ fn transfer_20mb_byte_identical() {
         assert_eq!(got, want, "{what}: the download is byte-identical");
         fs::remove_file(&out).unwrap();
     }
+}
+
+/// A 4 MiB random file served over HTTP by `pod` on port 8081; the server and the file's hash.
+fn serve_blob(c: &Cluster, pod: &Pod) -> (Proc, String) {
+    let www = c.tmp_dir().join("www");
+    fs::create_dir(&www).unwrap();
+    let blob = www.join("blob");
+    write_random(&blob, 4 << 20);
+    let want = sha256(&blob);
+    (http_server_on(c, pod, &www, 8081), want)
 }
 
 /// `from` downloads `url` with curl; its bytes must hash to `want` (4 MiB blobs here).
@@ -1779,12 +1784,7 @@ fn lb_cluster_dsr_keeps_the_client_ip() {
     let ext1 = c.ext("ext1");
     let b2 = c.add_pod_on("node2", "b2");
     let _e2 = c.start_echo(&b2, &[8080], &[5353]);
-    let www = c.tmp_dir().join("www");
-    fs::create_dir(&www).unwrap();
-    let blob = www.join("blob");
-    write_random(&blob, 4 << 20);
-    let want = sha256(&blob);
-    let _s2 = http_server_on(&c, &b2, &www, 8081);
+    let (_s2, want) = serve_blob(&c, &b2);
     let svc = web_ports(Service::load_balancer("web", CLUSTER_IP))
         .port_to("files", 81, "TCP", 8081u16)
         .lb_ingress(LB_IP);

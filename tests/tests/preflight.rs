@@ -38,6 +38,18 @@ fn preflight(lab: &Lab, bpffs: &Path, ports: [&str; 2]) -> (Output, String) {
     (out, text)
 }
 
+/// `ferry ARGS` in the lab's node namespace (60 s at most).
+fn ferry(lab: &Lab, args: &[&str]) -> Output {
+    let bin = Lab::ferry_bin();
+    netns::output(
+        lab.node_netns(),
+        &bin.to_string_lossy(),
+        args,
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("running ferry {args:?}: {e:#}"))
+}
+
 fn line<'a>(text: &'a str, what: &str) -> &'a str {
     text.lines()
         .find(|l| l.split_whitespace().nth(1) == Some(what))
@@ -193,14 +205,7 @@ fn kube_proxys_rules_are_found_and_removed_and_nothing_else() {
     );
     assert!(rules.contains("ferry cleanup --kube-proxy"), "{rules}");
 
-    let bin = Lab::ferry_bin();
-    let out = netns::output(
-        ns,
-        &bin.to_string_lossy(),
-        &["cleanup", "--kube-proxy"],
-        Duration::from_secs(30),
-    )
-    .unwrap();
+    let out = ferry(&lab, &["cleanup", "--kube-proxy"]);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
     assert!(log.contains("removed kube-proxy's rules"), "{log}");
@@ -230,29 +235,20 @@ fn kube_proxys_rules_are_found_and_removed_and_nothing_else() {
     assert!(line(&text, "rules").starts_with("ok"), "{text}");
     // Nothing left to do is not an error; nor is it through a host root (here the
     // machine's own: each tool runs chrooted there, as in a `kubectl debug node` pod).
-    let again = netns::output(
-        ns,
-        &bin.to_string_lossy(),
-        &["cleanup", "--kube-proxy", "--host-root", "/"],
-        Duration::from_secs(30),
-    )
-    .unwrap();
+    let again = ferry(&lab, &["cleanup", "--kube-proxy", "--host-root", "/"]);
     let log = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success(), "{log}");
     assert!(log.contains("no kube-proxy rules to remove"), "{log}");
     let nowhere = lab.tmp_dir().join("no-host");
-    let bad = netns::output(
-        ns,
-        &bin.to_string_lossy(),
+    let bad = ferry(
+        &lab,
         &[
             "cleanup",
             "--kube-proxy",
             "--host-root",
             &nowhere.to_string_lossy(),
         ],
-        Duration::from_secs(30),
-    )
-    .unwrap();
+    );
     let log = String::from_utf8_lossy(&bad.stderr);
     assert!(
         !bad.status.success() && log.contains("no host root filesystem"),
@@ -309,17 +305,10 @@ fn preflight_reaches_the_api_server_or_names_it() {
     .unwrap();
     let kubeconfig = lab.tmp_dir().join("kubeconfig");
     api.write_kubeconfig(&kubeconfig).unwrap();
-    let bin = Lab::ferry_bin();
     let run = |extra: &[&str]| {
         let mut args = vec!["preflight"];
         args.extend_from_slice(extra);
-        let out = netns::output(
-            lab.node_netns(),
-            &bin.to_string_lossy(),
-            &args,
-            Duration::from_secs(30),
-        )
-        .unwrap();
+        let out = ferry(&lab, &args);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         (out.status.success(), line(&text, "api").to_owned())
     };
@@ -379,14 +368,7 @@ fn kube_proxys_real_layouts_are_removed_whole() {
         before.len()
     );
 
-    let bin = Lab::ferry_bin();
-    let out = netns::output(
-        ns,
-        &bin.to_string_lossy(),
-        &["cleanup", "--kube-proxy"],
-        Duration::from_secs(60),
-    )
-    .unwrap();
+    let out = ferry(&lab, &["cleanup", "--kube-proxy"]);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
     println!("removed {} chains: {log}", before.len());

@@ -71,11 +71,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 config = %path.display(),
                 fields = %args.config_ignored.join(", "),
                 "fields ferry does not use (it honours {})",
-                crate::cmd::kube_proxy_config::HONOURED
-                    .iter()
-                    .map(|(f, _)| *f)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                crate::cmd::kube_proxy_config::HONOURED.join(", ")
             );
         }
     }

@@ -11,14 +11,16 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 
 use serde_yaml::Value;
 
-/// The fields ferry honours, by their path in the file, and the flag each sets.
-pub const HONOURED: &[(&str, &str)] = &[
-    ("healthzBindAddress", "--healthz-bind-address"),
-    ("metricsBindAddress", "--metrics-bind-address"),
-    ("hostnameOverride", "--node-name"),
-    ("syncPeriod", "--sync-period"),
-    ("clientConnection.kubeconfig", "--kubeconfig"),
-    ("logging.format", "--log-format"),
+/// The fields ferry honours, by their path in the file (each sets the agent flag of the same
+/// meaning: `--healthz-bind-address`, `--metrics-bind-address`, `--node-name`,
+/// `--sync-period`, `--kubeconfig`, `--log-format`; see `cli::apply_config_file`).
+pub const HONOURED: &[&str] = &[
+    "healthzBindAddress",
+    "metricsBindAddress",
+    "hostnameOverride",
+    "syncPeriod",
+    "clientConnection.kubeconfig",
+    "logging.format",
 ];
 
 /// Fields that name what the file is, never reported.
@@ -37,60 +39,39 @@ pub struct FileSettings {
     pub ignored: Vec<String>,
 }
 
+/// The file could not be used: which, and why (the field, when one is at fault).
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("--config {path}: {detail}")]
-    Read { path: String, detail: String },
-    #[error("--config {path}: {field}: {detail}")]
-    Field {
-        path: String,
-        field: &'static str,
-        detail: String,
-    },
+#[error("--config {path}: {detail}")]
+pub struct ConfigError {
+    pub path: String,
+    pub detail: String,
 }
 
 pub fn read(path: &Path) -> Result<FileSettings, ConfigError> {
-    let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-        path: shown.clone(),
-        detail: e.to_string(),
-    })?;
-    parse(&text).map_err(|e| match e {
-        ConfigError::Read { detail, .. } => ConfigError::Read {
-            path: shown,
-            detail,
-        },
-        ConfigError::Field { field, detail, .. } => ConfigError::Field {
-            path: shown,
-            field,
-            detail,
-        },
-    })
-}
-
-/// Reads a KubeProxyConfiguration document (the path in errors is filled by [`read`]).
-pub fn parse(text: &str) -> Result<FileSettings, ConfigError> {
-    let read_err = |detail: String| ConfigError::Read {
-        path: String::new(),
+    let error = |detail: String| ConfigError {
+        path: path.display().to_string(),
         detail,
     };
-    let doc: Value = serde_yaml::from_str(text).map_err(|e| read_err(e.to_string()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    parse(&text).map_err(error)
+}
+
+/// Reads a KubeProxyConfiguration document; an error says what is wrong (`field: why` when
+/// a field is).
+pub fn parse(text: &str) -> Result<FileSettings, String> {
+    let doc: Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
     if !doc.is_mapping() {
-        return Err(read_err("not a KubeProxyConfiguration mapping".into()));
+        return Err("not a KubeProxyConfiguration mapping".into());
     }
     let kind = doc["kind"].as_str().unwrap_or_default();
     let api = doc["apiVersion"].as_str().unwrap_or_default();
     if kind != "KubeProxyConfiguration" || api != "kubeproxy.config.k8s.io/v1alpha1" {
-        return Err(read_err(format!(
+        return Err(format!(
             "{api:?} {kind:?} is not a kubeproxy.config.k8s.io/v1alpha1 KubeProxyConfiguration"
-        )));
+        ));
     }
-    let field = |f: &'static str, detail: String| ConfigError::Field {
-        path: String::new(),
-        field: f,
-        detail,
-    };
-    let text_of = |path: &'static str| -> Result<Option<String>, ConfigError> {
+    let field = |f: &str, detail: String| format!("{f}: {detail}");
+    let text_of = |path: &'static str| -> Result<Option<String>, String> {
         match lookup(&doc, path) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) if s.is_empty() => Ok(None),
@@ -98,7 +79,7 @@ pub fn parse(text: &str) -> Result<FileSettings, ConfigError> {
             Some(other) => Err(field(path, format!("a string, not {other:?}"))),
         }
     };
-    let address = |path: &'static str, default_port: u16| -> Result<_, ConfigError> {
+    let address = |path: &'static str, default_port: u16| -> Result<_, String> {
         text_of(path)?
             .map(|s| bind_address(&s, default_port).map_err(|d| field(path, d)))
             .transpose()
@@ -123,7 +104,7 @@ pub fn parse(text: &str) -> Result<FileSettings, ConfigError> {
     walk(&doc, String::new(), &mut leaves);
     out.ignored = leaves
         .into_iter()
-        .filter(|p| !IDENTITY.contains(&p.as_str()) && !HONOURED.iter().any(|(h, _)| h == p))
+        .filter(|p| !IDENTITY.contains(&p.as_str()) && !HONOURED.contains(&p.as_str()))
         .collect();
     out.ignored.sort();
     Ok(out)

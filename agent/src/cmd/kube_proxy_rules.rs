@@ -15,7 +15,6 @@
 //! iptables), where each tool runs chrooted.
 
 use std::{
-    collections::BTreeSet,
     io::Write as _,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
@@ -142,6 +141,14 @@ pub struct Found {
 }
 
 impl Found {
+    /// No tool was there to ask (an image without iptables and nft).
+    pub fn checked_nothing(&self) -> bool {
+        IPTABLES
+            .iter()
+            .all(|(save, _)| self.unchecked.contains(save))
+            && self.unchecked.contains(&"nft")
+    }
+
     pub fn any(&self) -> bool {
         !self.iptables.is_empty() || !self.nft_tables.is_empty() || self.ipvs
     }
@@ -205,6 +212,66 @@ impl Tools {
     }
 }
 
+/// kube-proxy's state as the tools see it: each iptables table's plan (with the restore tool
+/// that applies it) and the nftables families holding its table. Tools that exist but fail
+/// to run are errors for whoever must act on them.
+#[derive(Default)]
+struct Survey {
+    plans: Vec<(&'static str, &'static str, TablePlan)>,
+    nft_families: Vec<&'static str>,
+    unchecked: Vec<&'static str>,
+    failed: Vec<String>,
+}
+
+fn survey(tools: &Tools) -> Survey {
+    let mut out = Survey::default();
+    for (save, restore) in IPTABLES {
+        match tools.output(save, &[]) {
+            None => out.unchecked.push(save),
+            Some(Ok(o)) if o.status.success() => out.plans.extend(
+                plan(&String::from_utf8_lossy(&o.stdout))
+                    .into_iter()
+                    .map(|p| (save, restore, p)),
+            ),
+            // A backend the kernel lacks (legacy without its modules).
+            Some(Ok(_)) => {}
+            Some(Err(e)) => out.failed.push(format!("running {save}: {e}")),
+        }
+    }
+    for family in ["ip", "ip6"] {
+        match tools.output("nft", &["list", "table", family, "kube-proxy"]) {
+            None => {
+                out.unchecked.push("nft");
+                break;
+            }
+            Some(Ok(o)) if o.status.success() => out.nft_families.push(family),
+            // No such table.
+            Some(Ok(_)) => {}
+            Some(Err(e)) => out.failed.push(format!("running nft: {e}")),
+        }
+    }
+    out
+}
+
+impl Survey {
+    fn found(&self) -> Found {
+        Found {
+            iptables: self
+                .plans
+                .iter()
+                .map(|(save, _, p)| (*save, p.table.clone(), p.chains.len()))
+                .collect(),
+            nft_tables: self
+                .nft_families
+                .iter()
+                .map(|f| format!("{f} kube-proxy"))
+                .collect(),
+            ipvs: crate::datapath::ifaces::index_of("kube-ipvs0").is_some(),
+            unchecked: self.unchecked.clone(),
+        }
+    }
+}
+
 /// Looks for kube-proxy's rules with the tools this node (or image) has.
 pub fn find() -> Found {
     find_with(&Tools::default())
@@ -212,34 +279,7 @@ pub fn find() -> Found {
 
 /// [`find`] with the tools of `tools`.
 pub fn find_with(tools: &Tools) -> Found {
-    let tool_output = |tool: &str, args: &[&str]| tools.output(tool, args);
-    let mut found = Found::default();
-    for (save, _) in IPTABLES {
-        match tool_output(save, &[]) {
-            None => found.unchecked.push(save),
-            Some(Ok(out)) if out.status.success() => {
-                for p in plan(&String::from_utf8_lossy(&out.stdout)) {
-                    found.iptables.push((save, p.table, p.chains.len()));
-                }
-            }
-            // A backend the kernel lacks (legacy without its modules).
-            Some(_) => {}
-        }
-    }
-    for family in ["ip", "ip6"] {
-        match tool_output("nft", &["list", "table", family, "kube-proxy"]) {
-            None => {
-                found.unchecked.push("nft");
-                break;
-            }
-            Some(Ok(out)) if out.status.success() => {
-                found.nft_tables.push(format!("{family} kube-proxy"));
-            }
-            Some(_) => {}
-        }
-    }
-    found.ipvs = crate::datapath::ifaces::index_of("kube-ipvs0").is_some();
-    found
+    survey(tools).found()
 }
 
 /// Removes kube-proxy's iptables chains and nftables tables; returns what
@@ -253,50 +293,36 @@ pub fn remove(tools: &Tools) -> anyhow::Result<Found> {
             root.display()
         );
     }
-    let tool_output = |tool: &str, args: &[&str]| tools.output(tool, args);
-    let mut removed = Found::default();
-    for (save, restore) in IPTABLES {
-        let Some(out) = tool_output(save, &[]) else {
-            continue;
-        };
-        let out = out.with_context(|| format!("running {save}"))?;
-        if !out.status.success() {
-            continue;
-        }
-        for p in plan(&String::from_utf8_lossy(&out.stdout)) {
-            let mut child = tools
-                .command(restore)
-                .args(["--noflush", "--wait"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .with_context(|| format!("running {restore}"))?;
-            child
-                .stdin
-                .take()
-                .expect("piped")
-                .write_all(p.restore_input().as_bytes())
-                .with_context(|| format!("writing to {restore}"))?;
-            let done = child.wait_with_output()?;
-            if !done.status.success() {
-                bail!(
-                    "{restore} refused the removal of kube-proxy's {} chains in table {}: {}",
-                    p.chains.len(),
-                    p.table,
-                    String::from_utf8_lossy(&done.stderr).trim()
-                );
-            }
-            removed.iptables.push((save, p.table, p.chains.len()));
+    let found = survey(tools);
+    if let Some(e) = found.failed.first() {
+        bail!("{e}");
+    }
+    for (_, restore, p) in &found.plans {
+        let mut child = tools
+            .command(restore)
+            .args(["--noflush", "--wait"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {restore}"))?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(p.restore_input().as_bytes())
+            .with_context(|| format!("writing to {restore}"))?;
+        let done = child.wait_with_output()?;
+        if !done.status.success() {
+            bail!(
+                "{restore} refused the removal of kube-proxy's {} chains in table {}: {}",
+                p.chains.len(),
+                p.table,
+                String::from_utf8_lossy(&done.stderr).trim()
+            );
         }
     }
-    for family in ["ip", "ip6"] {
-        let Some(Ok(out)) = tool_output("nft", &["list", "table", family, "kube-proxy"]) else {
-            continue;
-        };
-        if !out.status.success() {
-            continue;
-        }
+    for family in &found.nft_families {
         let del = tools
             .command("nft")
             .args(["delete", "table", family, "kube-proxy"])
@@ -308,22 +334,26 @@ pub fn remove(tools: &Tools) -> anyhow::Result<Found> {
                 String::from_utf8_lossy(&del.stderr).trim()
             );
         }
-        removed.nft_tables.push(format!("{family} kube-proxy"));
     }
+    let mut removed = found.found();
+    // IPVS is found, not removed.
+    removed.ipvs = false;
     Ok(removed)
-}
-
-/// The names of the chains a plan set removes (for messages and tests).
-pub fn chain_names(plans: &[TablePlan]) -> BTreeSet<&str> {
-    plans
-        .iter()
-        .flat_map(|p| p.chains.iter().map(String::as_str))
-        .collect()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
+
+    /// The names of the chains a plan set removes.
+    fn chain_names(plans: &[TablePlan]) -> BTreeSet<&str> {
+        plans
+            .iter()
+            .flat_map(|p| p.chains.iter().map(String::as_str))
+            .collect()
+    }
 
     const SAVE: &str = "\
 # Generated by iptables-nft-save v1.8.11 (nf_tables)

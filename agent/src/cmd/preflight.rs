@@ -472,7 +472,7 @@ fn kube_proxy_rules(found: &super::kube_proxy_rules::Found) -> Check {
             ),
         );
     }
-    let detail = if found.unchecked.len() >= 5 {
+    let detail = if found.checked_nothing() {
         "not checked: no iptables-save or nft here".to_string()
     } else {
         "no kube-proxy rules".to_string()

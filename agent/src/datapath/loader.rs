@@ -154,8 +154,7 @@ impl Loaded {
 
     /// Detaches the TC programs of `role` from every device not in `keep`.
     pub fn detach_tc_except(&mut self, role: Role, keep: &BTreeSet<String>) {
-        self.links
-            .release_devices_except(super::tc::programs(role), keep);
+        self.links.release_devices_except(role.programs(), keep);
         super::tc::detach_others(&self.pins, role, keep);
     }
 }

@@ -59,8 +59,8 @@ pub struct Datapath {
     pod_devices: PodDevices,
     /// The node's devices were chosen once: pod devices are chosen after.
     node_synced: bool,
-    /// The pod devices were chosen once.
-    pod_devices_swept: bool,
+    /// The object carries the TC programs (known at load, asked per change).
+    tc_available: bool,
     warned_unavailable: bool,
 }
 
@@ -69,6 +69,7 @@ impl Datapath {
     /// what the maps hold.
     pub fn load(opts: &LoadOptions, caps: Capacities, ns: NorthSouth) -> Result<Datapath> {
         let (loaded, maps) = Loaded::load(opts)?;
+        let tc_available = tc::available(&loaded.ebpf);
         let table = ServiceTable::new(Programmer::adopt_with(maps, caps));
         Ok(Datapath {
             loaded,
@@ -77,7 +78,7 @@ impl Datapath {
             attached: BTreeMap::new(),
             pod_devices: PodDevices::default(),
             node_synced: false,
-            pod_devices_swept: false,
+            tc_available,
             warned_unavailable: false,
         })
     }
@@ -114,24 +115,27 @@ impl Datapath {
     fn after_change(&mut self, out: &SyncOutcome) {
         self.destroy_udp_sockets(&out.gone_udp);
         if self.node_synced {
-            self.sync_pod_devices();
+            self.sync_pod_devices(false);
         }
     }
 
     /// The local endpoints that came and went since the last call, on the
-    /// devices the node reaches them through (pod_devices.rs).
-    fn sync_pod_devices(&mut self) {
-        if !tc::available(&self.loaded.ebpf) {
+    /// devices the node reaches them through (pod_devices.rs); `recheck`:
+    /// also the endpoints of devices that went away (the periodic check).
+    fn sync_pod_devices(&mut self, recheck: bool) {
+        if !self.tc_available {
             return;
         }
         let (added, removed) = self.table.programmer_mut().take_local_ip_changes();
-        if added.is_empty() && removed.is_empty() && self.pod_devices_swept {
+        if added.is_empty() && removed.is_empty() && self.pod_devices.swept() && !recheck {
             return;
         }
-        self.pod_devices_swept = true;
         let node_devices: BTreeSet<u32> = self.attached.values().map(|&(i, _)| i).collect();
         self.pod_devices
             .apply(&mut self.loaded, &node_devices, &added, &removed);
+        if recheck {
+            self.pod_devices.recheck(&mut self.loaded, &node_devices);
+        }
     }
 
     /// Connected UDP sockets still on a backend that left every service get
@@ -165,7 +169,7 @@ impl Datapath {
                 })
                 .collect()
         };
-        if !tc::available(&self.loaded.ebpf) {
+        if !self.tc_available {
             if !self.warned_unavailable && !wanted.is_empty() {
                 warn!("this build has no north-south programs: devices left alone");
                 self.warned_unavailable = true;
@@ -239,25 +243,16 @@ impl Datapath {
         }
         self.attached = now;
         self.node_synced = true;
-        self.sync_pod_devices();
-        if tc::available(&self.loaded.ebpf) {
-            let node_devices: BTreeSet<u32> = self.attached.values().map(|&(i, _)| i).collect();
-            self.pod_devices.recheck(&mut self.loaded, &node_devices);
-        }
+        self.sync_pod_devices(true);
         Ok(())
     }
 
     /// What this kernel and object let the datapath do, for `ferry_feature_enabled`.
     pub fn features(&self) -> [(&'static str, bool); 2] {
         [
-            ("north_south", tc::available(&self.loaded.ebpf)),
+            ("north_south", self.tc_available),
             ("udp_socket_destroy", self.loaded.sock_gc.is_some()),
         ]
-    }
-
-    /// The devices carrying `ferry_tc_pod`.
-    pub fn pod_devices(&self) -> Vec<String> {
-        self.pod_devices.names()
     }
 
     /// Checks that every link of ferry's is attached, runs ferry's program

@@ -28,9 +28,9 @@ pub struct PodDevices {
 }
 
 impl PodDevices {
-    /// The devices carrying the program, by name.
-    pub fn names(&self) -> Vec<String> {
-        self.devices.values().map(|(n, _)| n.clone()).collect()
+    /// Pins a previous agent left were compared with the wanted devices.
+    pub fn swept(&self) -> bool {
+        self.swept
     }
 
     /// Local endpoints `added` and `removed`: their devices gain or lose the program.
@@ -68,7 +68,7 @@ impl PodDevices {
         if detached || !self.swept {
             // The first time, pins a previous agent left on devices no longer wanted go too.
             self.swept = true;
-            let keep: BTreeSet<String> = self.names().into_iter().collect();
+            let keep: BTreeSet<String> = self.devices.values().map(|(n, _)| n.clone()).collect();
             loaded.detach_tc_except(tc::Role::Pod, &keep);
         }
     }

@@ -264,18 +264,17 @@ impl<M: LbMaps> Programmer<M> {
                     state,
                     flags,
                 };
-                let e = p.backends.entry(key).or_insert_with(|| {
+                let new = !p.backends.contains_key(&key);
+                p.backends
+                    .entry(key)
+                    .or_insert(BackendEntry { id, refs: 0 })
+                    .refs += 1;
+                if new {
                     *p.backend_addrs.entry(*addr).or_default() += 1;
                     if flags & backend_flags::LOCAL != 0 {
-                        let n = p.local_ips.entry(addr.ip).or_default();
-                        *n += 1;
-                        if *n == 1 {
-                            p.local_added.insert(addr.ip);
-                        }
+                        p.local_ip_joined(addr.ip);
                     }
-                    BackendEntry { id, refs: 0 }
-                });
-                e.refs += 1;
+                }
                 used_backends.insert(id);
                 p.backend_ids.reserve(id);
             }
@@ -375,11 +374,6 @@ impl<M: LbMaps> Programmer<M> {
     /// Map writes issued since the programmer was created.
     pub fn writes(&self) -> u64 {
         self.writes
-    }
-
-    /// The addresses of the node's local endpoints (backends flagged local).
-    pub fn local_ips(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
-        self.local_ips.keys().copied()
     }
 
     /// The local endpoint addresses that appeared and went since the last call (the first

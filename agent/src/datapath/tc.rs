@@ -38,7 +38,8 @@ pub enum Role {
 }
 
 impl Role {
-    fn programs(self) -> &'static [&'static str] {
+    /// Its programs, by name.
+    pub fn programs(self) -> &'static [&'static str] {
         match self {
             Role::Node => &[paths::TC_INGRESS, paths::TC_EGRESS],
             Role::Pod => &[paths::TC_POD],
@@ -187,9 +188,4 @@ pub fn detach_others(pins: &PinDir, role: Role, keep: &BTreeSet<String>) {
             let _ = fs::remove_file(e.path());
         }
     }
-}
-
-/// The programs of `role`, by name.
-pub fn programs(role: Role) -> &'static [&'static str] {
-    role.programs()
 }
