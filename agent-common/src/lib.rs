@@ -10,12 +10,14 @@
 #![no_std]
 
 pub mod lb4;
+pub mod lb6;
 pub mod maps;
 pub mod nat4;
 pub mod net;
 pub mod stats;
 
 pub use lb4::*;
+pub use lb6::*;
 pub use nat4::*;
 
 /// IANA protocol numbers used in keys (same values as `IPPROTO_*`).

@@ -50,6 +50,17 @@ pub const CT_FILL: &str = "ferry_ctfill_v1";
 /// agent's guard still knows the sockets its predecessor marked).
 pub const SOCK_GUARD_V4: &str = "ferry_guard4_v1";
 
+/// IPv6 maps: the same roles as their IPv4 namesakes, keyed and valued by
+/// the `*6` types of [`crate::lb6`].
+pub const SERVICES_V6: &str = "ferry_svc6_v1";
+pub const BACKENDS_V6: &str = "ferry_be6_v1";
+pub const REV_NAT_V6: &str = "ferry_rnat6_v1";
+pub const SOCK_REV_V6: &str = "ferry_sk6_v1";
+pub const DEAD_V6: &str = "ferry_dead6_v1";
+pub const SRC_RANGE_V6: &str = "ferry_srcr6_v1";
+pub const MEMBERS_V6: &str = "ferry_memb6_v1";
+pub const SOCK_GUARD_V6: &str = "ferry_guard6_v1";
+
 /// Every map name of the current ABI.
 pub const ALL: &[&str] = &[
     SERVICES_V4,
@@ -70,6 +81,14 @@ pub const ALL: &[&str] = &[
     ICMP_SOURCES,
     CT_FILL,
     SOCK_GUARD_V4,
+    SERVICES_V6,
+    BACKENDS_V6,
+    REV_NAT_V6,
+    SOCK_REV_V6,
+    DEAD_V6,
+    SRC_RANGE_V6,
+    MEMBERS_V6,
+    SOCK_GUARD_V6,
 ];
 
 /// Prefix shared by every map and link ferry pins, whatever its version.
@@ -99,6 +118,18 @@ pub const MEMBERS_V4_MAX: u32 = SERVICES_V4_MAX;
 /// Sources with a port unreachable budget of their own (LRU: a flood of
 /// spoofed sources recycles the oldest, the global budget still holds).
 pub const ICMP_SOURCES_MAX: u32 = 65_536;
+
+/// IPv6 capacities: a dual-stack cluster's second family is as large as
+/// its first (the entries are bigger; the hash maps preallocate, so the
+/// IPv6 service and backend maps cost what the IPv4 ones do again, times
+/// the larger entry: `ferry_map_memory_bytes` reports each).
+pub const SERVICES_V6_MAX: u32 = SERVICES_V4_MAX;
+pub const BACKENDS_V6_MAX: u32 = BACKENDS_V4_MAX;
+pub const REV_NAT_V6_MAX: u32 = REV_NAT_V4_MAX;
+pub const SOCK_REV_V6_MAX: u32 = SOCK_REV_V4_MAX;
+pub const DEAD_V6_MAX: u32 = DEAD_V4_MAX;
+pub const SRC_RANGE_V6_MAX: u32 = SRC_RANGE_V4_MAX;
+pub const MEMBERS_V6_MAX: u32 = MEMBERS_V4_MAX;
 
 /// Slot 0 of a service is its frontend; backends occupy 1..=count. A service
 /// never has more backends than this (Kubernetes caps a slice at 1,000
