@@ -16,22 +16,28 @@
 //!   the ranges (kube-proxy's firewall check covers pods and the host too).
 //!
 //! Sockets without a record (nearly all) cost one storage lookup per packet.
+//!
+//! IPv6 packets (the skb's protocol, then the header's version) are checked
+//! the same way against the socket's IPv6 record (`ferry_guard6_v1`) and
+//! the IPv6 maps; a dual-stack socket sending to an IPv4-mapped destination
+//! sends IPv4 packets, checked against its IPv4 record. Only the fixed IPv6
+//! header is read: a packet whose next header is not TCP or UDP (extension
+//! headers, which a socket's own TCP/UDP packets carry only when the
+//! application adds them) passes.
 
 use core::ptr;
 
-use agent_common::{
-    GuardDest4, SRC_RANGE_PREFIX_BITS, SockGuard4, SrcRange4, Svc4Key, guard_flags, proto, scope,
-    stats::Counter,
-};
+use agent_common::{guard_flags, proto, scope, stats::Counter};
 use aya_ebpf::{
     EbpfContext as _, bindings::__sk_buff, helpers::generated as h, macros::cgroup_skb,
-    maps::lpm_trie::Key, programs::SkBuffContext,
+    programs::SkBuffContext,
 };
 
 use crate::{
-    maps::{SOCK_GUARD, SRC_RANGE_V4, count},
-    parse::Ipv4Hdr,
-    select::lookup_svc,
+    family::{Addr, Family, V4, V6},
+    maps::count,
+    parse::{IPV6_HLEN, Ipv4Hdr, Ipv6Hdr},
+    select::Frontend,
 };
 
 /// cgroup_skb/egress verdicts.
@@ -42,6 +48,9 @@ const DROP: i32 = 0;
 /// Dropped with congestion notification: a UDP sender (without IP_RECVERR)
 /// sees its send succeed, and the datagram is lost, as behind a drop.
 const DROP_CN: i32 = 2;
+
+/// `skb->protocol` of an IPv6 packet (network order, as the field holds it).
+const ETH_P_IPV6_BE: u32 = 0x86dd_u16.to_be() as u32;
 
 #[cgroup_skb(egress)]
 pub fn ferry_guard4(ctx: SkBuffContext) -> i32 {
@@ -55,69 +64,116 @@ pub fn ferry_guard4(ctx: SkBuffContext) -> i32 {
     if sk.is_null() {
         return PASS;
     }
-    let map = ptr::from_ref(&SOCK_GUARD).cast_mut().cast();
+    // The IP layer sets the protocol before the egress hook runs (ip_output,
+    // ip6_output); anything but IPv6 takes the IPv4 path, which checks the
+    // header's version itself.
+    if unsafe { (*skb).protocol } == ETH_P_IPV6_BE {
+        let Some(g) = record::<V6>(sk) else {
+            return PASS;
+        };
+        return match ipv6(&ctx) {
+            Some(p) => check::<V6>(&ctx, g, p),
+            None => PASS,
+        };
+    }
+    let Some(g) = record::<V4>(sk) else {
+        return PASS;
+    };
+    match ipv4(&ctx) {
+        Some(p) => check::<V4>(&ctx, g, p),
+        None => PASS,
+    }
+}
+
+/// The socket's guard record of family `F`, copied out.
+#[inline(always)]
+fn record<F: Family>(sk: *mut aya_ebpf::bindings::bpf_sock) -> Option<F::Guard> {
+    let map = ptr::from_ref(F::guard_map()).cast_mut().cast();
     let g = unsafe { h::bpf_sk_storage_get(map, sk.cast(), ptr::null_mut(), 0) };
     if g.is_null() {
-        return PASS;
+        return None;
     }
-    // SAFETY: a storage value of this map is a SockGuard4.
-    let g = unsafe { *g.cast::<SockGuard4>() };
-    check(&ctx, &g)
+    // SAFETY: a storage value of this map is an `F::Guard`.
+    Some(unsafe { *g.cast::<F::Guard>() })
+}
+
+/// What the guard reads of a packet.
+struct Packet<A> {
+    l4: u8,
+    saddr: A,
+    daddr: A,
+    /// Where the TCP/UDP header starts.
+    l4_off: usize,
+}
+
+/// cgroup_skb data starts at the network header: one read of it.
+#[inline(always)]
+fn ipv4(ctx: &SkBuffContext) -> Option<Packet<u32>> {
+    let ip = ctx.load::<Ipv4Hdr>(0).ok()?;
+    if ip.ver_ihl >> 4 != 4 {
+        return None;
+    }
+    Some(Packet {
+        l4: ip.proto,
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        l4_off: ip.header_len(),
+    })
 }
 
 #[inline(always)]
-fn check(ctx: &SkBuffContext, g: &SockGuard4) -> i32 {
-    // cgroup_skb data starts at the network header: one read of it.
-    let Ok(ip) = ctx.load::<Ipv4Hdr>(0) else {
-        return PASS;
-    };
-    if ip.ver_ihl >> 4 != 4 {
-        return PASS;
+fn ipv6(ctx: &SkBuffContext) -> Option<Packet<agent_common::Ip6>> {
+    let ip = ctx.load::<Ipv6Hdr>(0).ok()?;
+    if ip.ver_tc_flow[0] >> 4 != 6 || (ip.next_hdr != proto::TCP && ip.next_hdr != proto::UDP) {
+        return None;
     }
-    let (l4, saddr, daddr) = (ip.proto, ip.saddr, ip.daddr);
+    Some(Packet {
+        l4: ip.next_hdr,
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        l4_off: IPV6_HLEN,
+    })
+}
+
+#[inline(always)]
+fn check<F: Family>(ctx: &SkBuffContext, mut g: F::Guard, p: Packet<Addr<F>>) -> i32 {
+    let flags = *F::guard_flags(&mut g);
+    let (l4, saddr, daddr) = (p.l4, p.saddr, p.daddr);
     let verdict_drop = if l4 == proto::UDP { DROP_CN } else { DROP };
 
-    if g.flags & guard_flags::NO_LOCAL != 0 {
+    if flags & guard_flags::NO_LOCAL != 0 {
         // The agent marks every ClusterIP (port 0, protocol 0).
-        let mark = Svc4Key {
-            addr: daddr,
-            port: 0,
-            slot: 0,
-            proto: 0,
-            scope: scope::EXTERNAL,
-            _pad: [0; 2],
-        };
-        if lookup_svc(&mark).is_some() {
+        let mark = F::Key::frontend(daddr, 0, 0, scope::EXTERNAL);
+        if mark.lookup().is_some() {
             count(Counter::GuardNoLocalDrop);
             return verdict_drop;
         }
     }
 
-    if g.flags & (guard_flags::RANGES_CONN | guard_flags::RANGES_MSG) == 0
+    if flags & (guard_flags::RANGES_CONN | guard_flags::RANGES_MSG) == 0
         || (l4 != proto::TCP && l4 != proto::UDP)
     {
         return PASS;
     }
-    let Ok(dport) = ctx.load::<u16>(ip.header_len() + 2) else {
+    let Ok(dport) = ctx.load::<u16>(p.l4_off + 2) else {
         return PASS;
     };
-    let hit = |d: &GuardDest4| d.addr == daddr && d.port == dport;
-    let rev_nat_id = if g.flags & guard_flags::RANGES_CONN != 0 && hit(&g.conn) {
-        g.conn.rev_nat_id
-    } else if g.flags & guard_flags::RANGES_MSG != 0 && hit(&g.msg) {
-        g.msg.rev_nat_id
+    let hit = |connect: bool| {
+        let (addr, port, rev_nat_id) = F::guard_dest(&g, connect);
+        (addr == daddr && port == dport).then_some(rev_nat_id)
+    };
+    let rev_nat_id = if flags & guard_flags::RANGES_CONN != 0
+        && let Some(id) = hit(true)
+    {
+        id
+    } else if flags & guard_flags::RANGES_MSG != 0
+        && let Some(id) = hit(false)
+    {
+        id
     } else {
         return PASS;
     };
-    let key = Key::new(
-        SRC_RANGE_PREFIX_BITS + 32,
-        SrcRange4 {
-            rev_nat_id,
-            _pad: 0,
-            addr: saddr,
-        },
-    );
-    if SRC_RANGE_V4.get(&key).is_none() {
+    if !F::in_source_ranges(rev_nat_id, saddr) {
         count(Counter::GuardSourceRangeDrop);
         return verdict_drop;
     }

@@ -2,8 +2,9 @@
 //! here; the agent's loader fails loudly if the two ever disagree).
 
 use agent_common::{
-    AffinityKey, AffinityValue, Backend4, Ct4Key, Ct4Value, Dead4Key, Member4Key, NodeConfig,
-    RevNat4, SockGuard4, SockRev4, SockRev4Key, SrcRange4, Svc4Key, SvcValue, maps as m,
+    AffinityKey, AffinityValue, Backend4, Backend6, Ct4Key, Ct4Value, Dead4Key, Dead6Key,
+    Member4Key, NodeConfig, RevNat4, RevNat6, SockGuard4, SockGuard6, SockRev4, SockRev4Key,
+    SockRev6, SockRev6Key, SrcRange4, SrcRange6, Svc4Key, Svc6Key, SvcValue, maps as m,
 };
 use aya_ebpf::{
     btf_maps::SkStorage,
@@ -70,6 +71,36 @@ pub static CT_FILL: Array<u32> = Array::pinned(1, 0);
 /// is a BTF map: aya-ebpf declares it only in that form.
 #[btf_map(name = "ferry_guard4_v1", pin_by_name)]
 pub static SOCK_GUARD: SkStorage<SockGuard4> = SkStorage::new();
+
+// IPv6 (agent_common::lb6): the same roles as the IPv4 maps above. A
+// dual-stack socket's IPv4-mapped destination uses the IPv4 maps. There is
+// no `ferry_memb6_v1` here: its only reader would be the DSR path, which is
+// IPv4 only, and a map no program references is dropped by the linker.
+
+#[map(name = "ferry_svc6_v1")]
+pub static SERVICES_V6: HashMap<Svc6Key, SvcValue> = HashMap::pinned(m::SERVICES_V6_MAX, 0);
+
+#[map(name = "ferry_be6_v1")]
+pub static BACKENDS_V6: HashMap<u32, Backend6> = HashMap::pinned(m::BACKENDS_V6_MAX, 0);
+
+#[map(name = "ferry_rnat6_v1")]
+pub static REV_NAT_V6: HashMap<u16, RevNat6> = HashMap::pinned(m::REV_NAT_V6_MAX, 0);
+
+#[map(name = "ferry_sk6_v1")]
+pub static SOCK_REV_V6: LruHashMap<SockRev6Key, SockRev6> =
+    LruHashMap::pinned(m::SOCK_REV_V6_MAX, 0);
+
+#[map(name = "ferry_dead6_v1")]
+pub static DEAD_V6: HashMap<Dead6Key, u8> = HashMap::pinned(m::DEAD_V6_MAX, 0);
+
+#[map(name = "ferry_srcr6_v1")]
+// LpmTrie adds BPF_F_NO_PREALLOC itself (the kernel requires it).
+pub static SRC_RANGE_V6: LpmTrie<SrcRange6, u8> = LpmTrie::pinned(m::SRC_RANGE_V6_MAX, 0);
+
+/// The egress guard's records for a socket's IPv6 packets (a socket may
+/// have both: a dual-stack one sends IPv4 to mapped destinations).
+#[btf_map(name = "ferry_guard6_v1", pin_by_name)]
+pub static SOCK_GUARD6: SkStorage<SockGuard6> = SkStorage::new();
 
 /// Per-CPU scratch space of the DSR paths (see dsr.rs). Not pinned and not
 /// in `agent_common::maps`: it holds no state, each load gets its own.

@@ -56,6 +56,22 @@ impl Ipv4Hdr {
     }
 }
 
+/// The fixed IPv6 header; multi-byte fields are raw (network order). Read
+/// only by the egress guard (the north-south programs are IPv4 only).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Ipv6Hdr {
+    /// Version (the high nibble of the first byte), traffic class, flow label.
+    pub ver_tc_flow: [u8; 4],
+    pub payload_len: u16,
+    pub next_hdr: u8,
+    pub hop_limit: u8,
+    pub saddr: agent_common::Ip6,
+    pub daddr: agent_common::Ip6,
+}
+pub const IPV6_HLEN: usize = 40;
+const _: () = assert!(core::mem::size_of::<Ipv6Hdr>() == IPV6_HLEN);
+
 /// An IPv4 packet: its header and where its L4 header starts.
 #[derive(Clone, Copy)]
 pub struct Ipv4 {

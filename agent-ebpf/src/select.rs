@@ -1,6 +1,8 @@
 //! Choosing a backend for a new flow of a frontend: session affinity first,
 //! then Maglev consistent hashing or a slot. Shared by the socket layer and
-//! the north-south programs.
+//! the north-south programs, and written once for both address families
+//! ([`Frontend`]: the IPv4 or IPv6 service and backend maps; the affinity
+//! and Maglev maps are shared).
 //!
 //! North-south flows are placed by their flow hash (Katran's answer to lost
 //! state): a flow whose conntrack entries were evicted or collected, made
@@ -11,12 +13,12 @@
 //! backend. A socket has no 5-tuple yet: its slot is random.
 
 use agent_common::{
-    AffinityKey, AffinityValue, Backend4, MAGLEV_TABLE_SIZE, Svc4Key, SvcValue, maglev_key,
-    stats::Counter, svc_flags,
+    AffinityKey, AffinityValue, Backend4, Backend6, Ip6, MAGLEV_TABLE_SIZE, Svc4Key, Svc6Key,
+    SvcValue, maglev_key, stats::Counter, svc_flags,
 };
 use aya_ebpf::helpers::generated as h;
 
-use crate::maps::{AFFINITY, BACKENDS_V4, MAGLEV, SERVICES_V4, count};
+use crate::maps::{AFFINITY, BACKENDS_V4, BACKENDS_V6, MAGLEV, SERVICES_V4, SERVICES_V6, count};
 
 /// Seconds of CLOCK_MONOTONIC: the clock of affinity and conntrack times.
 #[inline(always)]
@@ -24,14 +26,81 @@ pub fn now_seconds() -> u32 {
     (unsafe { h::bpf_ktime_get_ns() } / 1_000_000_000) as u32
 }
 
-#[inline(always)]
-pub fn lookup_svc(key: &Svc4Key) -> Option<SvcValue> {
-    SERVICES_V4.get_ptr(key).map(|p| unsafe { *p })
+/// A service map key of one address family, with that family's maps: the
+/// choice below is written once and compiled for each family. Rev-NAT ids,
+/// backend ids, the affinity map and the Maglev tables are shared by both.
+pub trait Frontend: Copy {
+    /// The address in map form (`u32`, or [`Ip6`]'s four words).
+    type Addr: Copy + PartialEq;
+    type Backend: Copy;
+    /// The key of `addr`:`port` (network order) over `proto` in `scope`,
+    /// slot 0 (the frontend).
+    fn frontend(addr: Self::Addr, port: u16, proto: u8, scope: u8) -> Self;
+    /// This key with another slot.
+    fn with_slot(self, slot: u16) -> Self;
+    /// The entry of this key in the family's service map.
+    fn lookup(&self) -> Option<SvcValue>;
+    /// The backend `id` of the family's backend map.
+    fn backend(id: u32) -> Option<Self::Backend>;
+    /// A backend's address and port (network order).
+    fn backend_dest(b: &Self::Backend) -> (Self::Addr, u16);
 }
 
+macro_rules! frontend {
+    ($key:ty, $addr:ty, $backend:ty, $services:ident, $backends:ident) => {
+        impl Frontend for $key {
+            type Addr = $addr;
+            type Backend = $backend;
+
+            #[inline(always)]
+            fn frontend(addr: $addr, port: u16, proto: u8, scope: u8) -> Self {
+                Self {
+                    addr,
+                    port,
+                    slot: 0,
+                    proto,
+                    scope,
+                    _pad: [0; 2],
+                }
+            }
+
+            #[inline(always)]
+            fn with_slot(mut self, slot: u16) -> Self {
+                self.slot = slot;
+                self
+            }
+
+            #[inline(always)]
+            fn lookup(&self) -> Option<SvcValue> {
+                $services.get_ptr(self).map(|p| unsafe { *p })
+            }
+
+            #[inline(always)]
+            fn backend(id: u32) -> Option<$backend> {
+                $backends.get_ptr(&id).map(|p| unsafe { *p })
+            }
+
+            #[inline(always)]
+            fn backend_dest(b: &$backend) -> ($addr, u16) {
+                (b.addr, b.port)
+            }
+        }
+    };
+}
+
+frontend!(Svc4Key, u32, Backend4, SERVICES_V4, BACKENDS_V4);
+frontend!(Svc6Key, Ip6, Backend6, SERVICES_V6, BACKENDS_V6);
+
+/// The service map entry of `key`, in its family's map.
+#[inline(always)]
+pub fn lookup_svc<K: Frontend>(key: &K) -> Option<SvcValue> {
+    key.lookup()
+}
+
+/// An IPv4 backend (the north-south programs are IPv4 only).
 #[inline(always)]
 pub fn lookup_backend(id: u32) -> Option<Backend4> {
-    BACKENDS_V4.get_ptr(&id).map(|p| unsafe { *p })
+    Svc4Key::backend(id)
 }
 
 /// Who a client is for session affinity: `id` and [`agent_common::affinity_client`] kind.
@@ -41,21 +110,21 @@ pub struct Client {
     pub kind: u8,
 }
 
-pub struct Chosen {
+pub struct Chosen<B> {
     pub id: u32,
-    pub backend: Backend4,
+    pub backend: B,
 }
 
 /// Picks a backend of the frontend `key` (its slot 0) with value `svc`
 /// (`svc.count > 0`). `flow_hash` places the flow in the Maglev table or
 /// among the slots; None (a socket): a random place.
 #[inline(always)]
-pub fn choose(
-    key: &Svc4Key,
+pub fn choose<K: Frontend>(
+    key: &K,
     svc: &SvcValue,
     client: Client,
     flow_hash: Option<u32>,
-) -> Option<Chosen> {
+) -> Option<Chosen<K::Backend>> {
     let affinity = svc.flags & svc_flags::AFFINITY != 0;
     // The clock only matters to affinity.
     let now = if affinity { now_seconds() } else { 0 };
@@ -65,7 +134,7 @@ pub fn choose(
         kind: client.kind,
         _pad: [0; 5],
     };
-    if affinity && let Some(chosen) = from_affinity(&aff_key, svc, now) {
+    if affinity && let Some(chosen) = from_affinity::<K>(&aff_key, svc, now) {
         return Some(chosen);
     }
 
@@ -82,7 +151,7 @@ pub fn choose(
     } else {
         slot(key, svc, place)?
     };
-    let backend = lookup_backend(id)?;
+    let backend = K::backend(id)?;
     if affinity {
         let v = AffinityValue {
             backend_id: id,
@@ -96,12 +165,16 @@ pub fn choose(
 /// The client's backend while its affinity entry is younger than the
 /// timeout; using it refreshes the entry.
 #[inline(always)]
-fn from_affinity(aff_key: &AffinityKey, svc: &SvcValue, now: u32) -> Option<Chosen> {
+fn from_affinity<K: Frontend>(
+    aff_key: &AffinityKey,
+    svc: &SvcValue,
+    now: u32,
+) -> Option<Chosen<K::Backend>> {
     let v = unsafe { *AFFINITY.get_ptr(aff_key)? };
     if now.wrapping_sub(v.last_used) > svc.affinity_timeout {
         return None;
     }
-    let backend = lookup_backend(v.backend_id)?;
+    let backend = K::backend(v.backend_id)?;
     count(Counter::AffinityHit);
     let refreshed = AffinityValue {
         backend_id: v.backend_id,
@@ -123,18 +196,17 @@ fn maglev(rev_nat_id: u16, flow_hash: u32) -> Option<u32> {
 
 /// The backend id of slot `place % count + 1`.
 #[inline(always)]
-fn slot(key: &Svc4Key, svc: &SvcValue, place: u32) -> Option<u32> {
+fn slot<K: Frontend>(key: &K, svc: &SvcValue, place: u32) -> Option<u32> {
     let slot = (place % svc.count as u32) as u16 + 1;
-    let mut slot_key = *key;
-    slot_key.slot = slot;
-    match lookup_svc(&slot_key) {
+    let mut slot_key = key.with_slot(slot);
+    match slot_key.lookup() {
         Some(s) => Some(s.backend_id),
         None => {
             // The agent is shrinking this frontend right now: slot 1 always
             // exists while count > 0.
             count(Counter::BackendMiss);
-            slot_key.slot = 1;
-            Some(lookup_svc(&slot_key)?.backend_id)
+            slot_key = slot_key.with_slot(1);
+            Some(slot_key.lookup()?.backend_id)
         }
     }
 }

@@ -9,18 +9,34 @@
 //! `bpf_sock_destroy` (Linux 6.5 and later). The socket is disconnected with
 //! ECONNABORTED (a blocked recv() returns it, the next send() fails with
 //! EDESTADDRREQ); the application connects again and gets a live backend.
+//!
+//! IPv6 sockets alike: an AF_INET6 socket connected to an IPv4-mapped
+//! address (a dual-stack socket dialling an IPv4 service) is checked
+//! against the IPv4 maps with the mapped address's low word, as connect6
+//! recorded it; one connected to a native IPv6 backend against
+//! `ferry_dead6_v1` and `ferry_sk6_v1`.
 
-use agent_common::{Dead4Key, SOCK_DESTROY_CALL_MAGIC, SockRev4Key};
+use agent_common::{
+    Dead4Key, Dead6Key, Ip6, SOCK_DESTROY_CALL_MAGIC, SockRev4Key, SockRev6Key, v4_mapped,
+};
 use aya_ebpf::helpers::generated as h;
 
-use crate::maps::{DEAD_V4, SOCK_REV_V4};
+use crate::maps::{DEAD_V4, DEAD_V6, SOCK_REV_V4, SOCK_REV_V6};
 
 /// `struct sock_common` offsets (unchanged for many kernel releases).
 const SKC_DADDR: usize = 0;
 const SKC_DPORT: usize = 12;
 const SKC_FAMILY: usize = 16;
 const SKC_STATE: usize = 18;
+/// `skc_v6_daddr` (struct in6_addr) follows skc_bound_dev_if, the bind
+/// node, skc_prot and skc_net: byte 56 with CONFIG_NET_NS and CONFIG_IPV6
+/// (Linux 6.18's BTF says so; the same since skc_v6_daddr moved into
+/// sock_common in 3.13). A kernel without network namespaces would place
+/// it 8 bytes earlier; the verifier checks the access against BTF, so a
+/// wrong offset reads another field of the struct, never out of it.
+const SKC_V6_DADDR: usize = 56;
 const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
 /// A connected UDP socket is in TCP_ESTABLISHED.
 const TCP_ESTABLISHED: u8 = 1;
 
@@ -36,31 +52,82 @@ pub fn ferry_udp_gc(ctx: *mut u64) -> i32 {
         }
         let family = core::ptr::read_volatile(sk.add(SKC_FAMILY) as *const u16);
         let state = core::ptr::read_volatile(sk.add(SKC_STATE));
-        if family != AF_INET || state != TCP_ESTABLISHED {
+        if state != TCP_ESTABLISHED {
             return 0;
         }
-        let addr = core::ptr::read_volatile(sk.add(SKC_DADDR) as *const u32);
         let port = core::ptr::read_volatile(sk.add(SKC_DPORT) as *const u16);
-        let dead = Dead4Key {
-            addr,
-            port,
-            _pad: 0,
+        let translated = match family {
+            AF_INET => {
+                let addr = core::ptr::read_volatile(sk.add(SKC_DADDR) as *const u32);
+                dead_v4(sk, addr, port)
+            }
+            AF_INET6 => {
+                let w = sk.add(SKC_V6_DADDR) as *const u32;
+                let addr: Ip6 = [
+                    core::ptr::read_volatile(w),
+                    core::ptr::read_volatile(w.add(1)),
+                    core::ptr::read_volatile(w.add(2)),
+                    core::ptr::read_volatile(w.add(3)),
+                ];
+                match v4_mapped(&addr) {
+                    Some(addr4) => dead_v4(sk, addr4, port),
+                    None => dead_v6(sk, addr, port),
+                }
+            }
+            _ => false,
         };
-        if DEAD_V4.get(&dead).is_none() {
-            return 0;
-        }
-        let rev = SockRev4Key {
-            cookie: h::bpf_get_socket_cookie(sk as *mut _),
-            addr,
-            port,
-            _pad: 0,
-        };
-        if SOCK_REV_V4.get(&rev).is_none() {
+        if !translated {
             return 0;
         }
         sock_destroy(sk);
     }
     0
+}
+
+/// The socket's destination is a dead IPv4 backend ferry translated it to.
+#[inline(always)]
+fn dead_v4(sk: *mut u8, addr: u32, port: u16) -> bool {
+    let dead = Dead4Key {
+        addr,
+        port,
+        _pad: 0,
+    };
+    // SAFETY: only tested for presence.
+    if unsafe { DEAD_V4.get(&dead) }.is_none() {
+        return false;
+    }
+    let rev = SockRev4Key {
+        // SAFETY: `sk` is the iterator's socket (a BTF pointer).
+        cookie: unsafe { h::bpf_get_socket_cookie(sk as *mut _) },
+        addr,
+        port,
+        _pad: 0,
+    };
+    // SAFETY: only tested for presence.
+    unsafe { SOCK_REV_V4.get(&rev) }.is_some()
+}
+
+/// The socket's destination is a dead IPv6 backend ferry translated it to.
+#[inline(always)]
+fn dead_v6(sk: *mut u8, addr: Ip6, port: u16) -> bool {
+    let dead = Dead6Key {
+        addr,
+        port,
+        _pad: 0,
+    };
+    // SAFETY: only tested for presence.
+    if unsafe { DEAD_V6.get(&dead) }.is_none() {
+        return false;
+    }
+    let rev = SockRev6Key {
+        // SAFETY: `sk` is the iterator's socket (a BTF pointer).
+        cookie: unsafe { h::bpf_get_socket_cookie(sk as *mut _) },
+        addr,
+        port,
+        _pad: [0; 6],
+    };
+    // SAFETY: only tested for presence.
+    unsafe { SOCK_REV_V6.get(&rev) }.is_some()
 }
 
 /// `bpf_sock_destroy(sk)`, as a placeholder call the agent patches (see

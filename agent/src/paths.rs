@@ -23,6 +23,10 @@ pub const SOCK_PROGRAMS: &[(&str, &str)] = &[
     ("ferry_send4", "ferry_link_send4"),
     ("ferry_recv4", "ferry_link_recv4"),
     ("ferry_peer4", "ferry_link_peer4"),
+    ("ferry_conn6", "ferry_link_conn6"),
+    ("ferry_send6", "ferry_link_send6"),
+    ("ferry_recv6", "ferry_link_recv6"),
+    ("ferry_peer6", "ferry_link_peer6"),
 ];
 
 /// The egress guard beside them (cgroup_skb/egress): (ELF function name,
