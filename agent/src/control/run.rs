@@ -8,6 +8,7 @@
 
 use std::{
     collections::BTreeSet,
+    net::IpAddr,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -21,7 +22,7 @@ use tracing::{debug, info, warn};
 use super::{Controller, Flush, events::EventSink};
 use crate::{
     datapath::{Datapath, ct_gc::ConntrackGc, owner::NodeSettings},
-    model::{Diagnostic, Severity, translate::Config},
+    model::{Diagnostic, Family, Severity, translate::Config},
     server::{
         metrics::{self, Metrics},
         proxy_health::ProxyHealth,
@@ -264,8 +265,9 @@ impl Loop {
         let programmed = metrics::Programmed {
             frontends: p.frontend_count(),
             backends: p.backend_count(),
-            service_entries: p.service_entries(),
-            rev_nat: p.rev_nat_count(),
+            service_entries: Family::ALL.map(|f| p.service_entries_of(f)),
+            backends_of: Family::ALL.map(|f| p.backend_count_of(f)),
+            rev_nat: Family::ALL.map(|f| p.rev_nat_count_of(f)),
             map_writes: p.writes(),
         };
         let reasons: Vec<&'static str> = o.failed.iter().map(|(_, _, e)| e.reason()).collect();
@@ -336,12 +338,19 @@ impl Loop {
         let this = t.this_node();
         let eligible = this.is_none_or(|n| !n.deleting && !n.to_be_deleted);
         self.health.set_node_eligible(eligible);
+        // The north-south programs serve IPv4 (IPv6 north-south is to come).
+        let v4 = |ip: &IpAddr| match ip {
+            IpAddr::V4(ip) => Some(*ip),
+            IpAddr::V6(_) => None,
+        };
         let settings = NodeSettings {
-            node_ips: this.map(|n| n.ips.clone()).unwrap_or_default(),
+            node_ips: this
+                .map(|n| n.ips.iter().filter_map(v4).collect())
+                .unwrap_or_default(),
             cluster_node_ips: t
                 .cluster_node_ips()
                 .iter()
-                .copied()
+                .filter_map(v4)
                 .collect::<BTreeSet<_>>(),
         };
         if let Err(e) = self.dp.sync_node(&settings) {

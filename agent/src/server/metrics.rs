@@ -71,8 +71,10 @@ impl Histogram {
 pub struct Programmed {
     pub frontends: usize,
     pub backends: usize,
-    pub service_entries: u32,
-    pub rev_nat: usize,
+    /// Per family ([`crate::model::Family::index`]): each has its maps.
+    pub service_entries: [u32; 2],
+    pub backends_of: [usize; 2],
+    pub rev_nat: [usize; 2],
     /// Map updates and deletes the programmer issued since the agent
     /// started (a restart over an unchanged cluster issues none).
     pub map_writes: u64,
@@ -259,15 +261,34 @@ impl Metrics {
         let mut maps = vec![
             (
                 names::SERVICES_V4,
-                f64::from(p.service_entries),
+                f64::from(p.service_entries[0]),
                 names::SERVICES_V4_MAX,
             ),
             (
                 names::BACKENDS_V4,
-                p.backends as f64,
+                p.backends_of[0] as f64,
                 names::BACKENDS_V4_MAX,
             ),
-            (names::REV_NAT_V4, p.rev_nat as f64, names::REV_NAT_V4_MAX),
+            (
+                names::REV_NAT_V4,
+                p.rev_nat[0] as f64,
+                names::REV_NAT_V4_MAX,
+            ),
+            (
+                names::SERVICES_V6,
+                f64::from(p.service_entries[1]),
+                names::SERVICES_V6_MAX,
+            ),
+            (
+                names::BACKENDS_V6,
+                p.backends_of[1] as f64,
+                names::BACKENDS_V6_MAX,
+            ),
+            (
+                names::REV_NAT_V6,
+                p.rev_nat[1] as f64,
+                names::REV_NAT_V6_MAX,
+            ),
         ];
         if let Some(ct) = m.conntrack {
             maps.push((names::CT_V4, ct.entries as f64, ct.capacity));
