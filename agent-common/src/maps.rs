@@ -120,9 +120,9 @@ pub const MEMBERS_V4_MAX: u32 = SERVICES_V4_MAX;
 pub const ICMP_SOURCES_MAX: u32 = 65_536;
 
 /// IPv6 capacities: a dual-stack cluster's second family is as large as
-/// its first (the entries are bigger; the hash maps preallocate, so the
-/// IPv6 service and backend maps cost what the IPv4 ones do again, times
-/// the larger entry: `ferry_map_memory_bytes` reports each).
+/// its first. The IPv6 maps are allocated on use (BPF_F_NO_PREALLOC), so a
+/// single-stack IPv4 node pays nothing for them; `ferry_map_entries` and
+/// `ferry_map_fill_ratio` report each.
 pub const SERVICES_V6_MAX: u32 = SERVICES_V4_MAX;
 pub const BACKENDS_V6_MAX: u32 = BACKENDS_V4_MAX;
 pub const REV_NAT_V6_MAX: u32 = REV_NAT_V4_MAX;
