@@ -244,6 +244,8 @@ const _: () = assert!(core::mem::size_of::<AffinityKey>() == 16);
 pub mod affinity_client {
     pub const NETNS_COOKIE: u8 = 0;
     pub const IPV4: u8 = 1;
+    /// [`crate::affinity_id_v6`] of the client's address.
+    pub const IPV6: u8 = 2;
 }
 
 #[repr(C)]

@@ -13,12 +13,14 @@ pub mod lb4;
 pub mod lb6;
 pub mod maps;
 pub mod nat4;
+pub mod nat6;
 pub mod net;
 pub mod stats;
 
 pub use lb4::*;
 pub use lb6::*;
 pub use nat4::*;
+pub use nat6::*;
 
 /// IANA protocol numbers used in keys (same values as `IPPROTO_*`).
 pub mod proto {

@@ -60,6 +60,14 @@ pub const DEAD_V6: &str = "ferry_dead6_v1";
 pub const SRC_RANGE_V6: &str = "ferry_srcr6_v1";
 pub const MEMBERS_V6: &str = "ferry_memb6_v1";
 pub const SOCK_GUARD_V6: &str = "ferry_guard6_v1";
+/// North-south IPv6: conntrack (LRU, sized with `--conntrack-max` like the
+/// IPv4 one), the node's IPv6 address on each device (ifindex -> address,
+/// the SNAT source), every node's IPv6 addresses, and the port
+/// unreachable budget of each IPv6 source.
+pub const CT_V6: &str = "ferry_ct6_v1";
+pub const NODE_ADDR_V6: &str = "ferry_naddr6_v1";
+pub const NODES_V6: &str = "ferry_nodes6_v1";
+pub const ICMP6_SOURCES: &str = "ferry_icmps6_v1";
 
 /// Every map name of the current ABI.
 pub const ALL: &[&str] = &[
@@ -89,6 +97,10 @@ pub const ALL: &[&str] = &[
     SRC_RANGE_V6,
     MEMBERS_V6,
     SOCK_GUARD_V6,
+    CT_V6,
+    NODE_ADDR_V6,
+    NODES_V6,
+    ICMP6_SOURCES,
 ];
 
 /// Prefix shared by every map and link ferry pins, whatever its version.
@@ -120,9 +132,9 @@ pub const MEMBERS_V4_MAX: u32 = SERVICES_V4_MAX;
 pub const ICMP_SOURCES_MAX: u32 = 65_536;
 
 /// IPv6 capacities: a dual-stack cluster's second family is as large as
-/// its first (the entries are bigger; the hash maps preallocate, so the
-/// IPv6 service and backend maps cost what the IPv4 ones do again, times
-/// the larger entry: `ferry_map_memory_bytes` reports each).
+/// its first. The IPv6 maps are allocated on use (BPF_F_NO_PREALLOC), so a
+/// single-stack IPv4 node pays nothing for them; `ferry_map_entries` and
+/// `ferry_map_fill_ratio` report each.
 pub const SERVICES_V6_MAX: u32 = SERVICES_V4_MAX;
 pub const BACKENDS_V6_MAX: u32 = BACKENDS_V4_MAX;
 pub const REV_NAT_V6_MAX: u32 = REV_NAT_V4_MAX;
@@ -130,6 +142,9 @@ pub const SOCK_REV_V6_MAX: u32 = SOCK_REV_V4_MAX;
 pub const DEAD_V6_MAX: u32 = DEAD_V4_MAX;
 pub const SRC_RANGE_V6_MAX: u32 = SRC_RANGE_V4_MAX;
 pub const MEMBERS_V6_MAX: u32 = MEMBERS_V4_MAX;
+pub const CT_V6_MAX: u32 = CT_V4_MAX;
+pub const NODE_ADDR_V6_MAX: u32 = NODE_ADDR_V4_MAX;
+pub const NODES_V6_MAX: u32 = NODES_V4_MAX;
 
 /// Slot 0 of a service is its frontend; backends occupy 1..=count. A service
 /// never has more backends than this (Kubernetes caps a slice at 1,000

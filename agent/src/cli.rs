@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
-    model::Cidr4, paths::DEFAULT_BPFFS, server::proxy_health::DEFAULT_SYNC_PERIOD,
+    model::Cidr, paths::DEFAULT_BPFFS, server::proxy_health::DEFAULT_SYNC_PERIOD,
     source::kube::InitialList,
 };
 
@@ -152,10 +152,10 @@ pub struct AgentArgs {
     /// DenyServiceExternalIPs admission plugin's job, for clusters without
     /// it); empty = any that is not a node's address nor in the service CIDR.
     #[arg(long, value_name = "CIDR[,CIDR..]", value_delimiter = ',')]
-    pub external_ip_ranges: Vec<Cidr4>,
+    pub external_ip_ranges: Vec<Cidr>,
     /// The cluster's Service CIDR(s): externalIPs inside are refused.
     #[arg(long, value_name = "CIDR[,CIDR..]", value_delimiter = ',')]
-    pub service_cluster_ip_range: Vec<Cidr4>,
+    pub service_cluster_ip_range: Vec<Cidr>,
     /// How often the kernel is compared with what was programmed and
     /// repaired (kube-proxy's full sync); changes are programmed at once
     /// whatever this says.

@@ -3,7 +3,7 @@
 
 use ferry::{
     model::{
-        Config, Diagnostic, FrontendKey, Objects, Scope,
+        Config, Diagnostic, Family, FrontendKey, Objects, Scope,
         names::{self, NameRule},
     },
     source::Loaded,
@@ -133,7 +133,22 @@ pub fn translate_and_check(objects: &Objects, cfg: &Config) {
             "{key}: backends not sorted and deduplicated: {:?}",
             fe.backends
         );
+        let family = Family::of(&key.ip);
+        assert!(
+            fe.source_ranges.iter().all(|c| c.family() == family),
+            "{key}: source ranges of the other family: {:?}",
+            fe.source_ranges
+        );
+        assert!(
+            !matches!(key.ip, std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some()),
+            "{key}: an IPv4-mapped frontend (the datapath looks those up as IPv4)"
+        );
         for b in &fe.backends {
+            assert_eq!(
+                Family::of(&b.ip),
+                family,
+                "{key}: backend {b} of the other family"
+            );
             assert_eq!(b.proto, key.proto, "{key}: backend {b} of another protocol");
             assert_ne!(b.port, 0, "{key}: backend {b} with port 0");
         }

@@ -16,14 +16,19 @@ use std::{
     path::Path,
 };
 
-use agent_common::{Backend4, backend_flags, maps as names};
+use agent_common::{backend_flags, maps as names};
 use aya::{
     Pod,
     maps::{HashMap, MapData},
 };
 use ferry::{
     cmd::services::ServicesView,
-    datapath::{Maps, codec, lbmaps::LbMaps, snapshot::KernelState},
+    datapath::{
+        Maps,
+        codec::{self, BackendValue, MemberKey, RevNatValue, SvcKey},
+        lbmaps::LbMaps,
+        snapshot::KernelState,
+    },
     model::FrontendKey,
     paths::PinDir,
 };
@@ -64,7 +69,7 @@ impl Entry {
 pub struct PinnedMaps {
     pub state: KernelState,
     pub entries: Vec<Entry>,
-    members: Vec<(agent_common::Member4Key, u32)>,
+    members: Vec<(MemberKey, u32)>,
     maglev: BTreeMap<u16, BTreeMap<u32, u32>>,
     nodes: Vec<u32>,
     node_addr: Vec<(u32, u32)>,
@@ -86,8 +91,16 @@ impl PinnedMaps {
                 owner,
             })
         };
-        for (k, v) in walk(names::SERVICES_V4, &maps.services, maps.services()) {
-            let owner = codec::frontend_key(&k).map_or(Owner::Stray, Owner::Frontend);
+        // The agent's reader returns both families; each family's map is walked on its own.
+        let (mut svc4, mut svc6) = (Vec::new(), Vec::new());
+        for (k, v) in maps.services() {
+            match k {
+                SvcKey::V4(k) => svc4.push((k, v)),
+                SvcKey::V6(k) => svc6.push((k, v)),
+            }
+        }
+        for (k, v) in walk(names::SERVICES_V4, &maps.services, svc4) {
+            let owner = codec::frontend_key(&SvcKey::V4(k)).map_or(Owner::Stray, Owner::Frontend);
             push(
                 names::SERVICES_V4,
                 format!("{k:?}"),
@@ -95,7 +108,23 @@ impl PinnedMaps {
                 owner,
             );
         }
-        for (id, v) in walk(names::BACKENDS_V4, &maps.backends, maps.backends()) {
+        for (k, v) in walk(names::SERVICES_V6, &maps.services6, svc6) {
+            let owner = codec::frontend_key(&SvcKey::V6(k)).map_or(Owner::Stray, Owner::Frontend);
+            push(
+                names::SERVICES_V6,
+                format!("{k:?}"),
+                format!("{v:?}"),
+                owner,
+            );
+        }
+        let (mut be4, mut be6) = (Vec::new(), Vec::new());
+        for (id, v) in maps.backends() {
+            match v {
+                BackendValue::V4(v) => be4.push((id, v)),
+                BackendValue::V6(v) => be6.push((id, v)),
+            }
+        }
+        for (id, v) in walk(names::BACKENDS_V4, &maps.backends, be4) {
             push(
                 names::BACKENDS_V4,
                 id.to_string(),
@@ -103,9 +132,32 @@ impl PinnedMaps {
                 Owner::Backend(id),
             );
         }
-        for (id, v) in walk(names::REV_NAT_V4, &maps.rev_nat, maps.rev_nats()) {
+        for (id, v) in walk(names::BACKENDS_V6, &maps.backends6, be6) {
+            push(
+                names::BACKENDS_V6,
+                id.to_string(),
+                format!("{v:?}"),
+                Owner::Backend(id),
+            );
+        }
+        let (mut rev4, mut rev6) = (Vec::new(), Vec::new());
+        for (id, v) in maps.rev_nats() {
+            match v {
+                RevNatValue::V4(v) => rev4.push((id, v)),
+                RevNatValue::V6(v) => rev6.push((id, v)),
+            }
+        }
+        for (id, v) in walk(names::REV_NAT_V4, &maps.rev_nat, rev4) {
             push(
                 names::REV_NAT_V4,
+                id.to_string(),
+                format!("{v:?}"),
+                Owner::RevNat(id),
+            );
+        }
+        for (id, v) in walk(names::REV_NAT_V6, &maps.rev_nat6, rev6) {
+            push(
+                names::REV_NAT_V6,
                 id.to_string(),
                 format!("{v:?}"),
                 Owner::RevNat(id),
@@ -124,10 +176,40 @@ impl PinnedMaps {
                 Owner::RevNat(rev),
             );
         }
-        let members = walk(names::MEMBERS_V4, &maps.members, maps.members());
-        for (k, id) in &members {
+        for k in maps.src_ranges6.keys().filter_map(Result::ok) {
+            let value = maps
+                .src_ranges6
+                .get(&k, 0)
+                .map_or_else(|e| e.to_string(), |v| v.to_string());
+            let (rev, _) = codec::src_range6_of(&k);
             push(
-                names::MEMBERS_V4,
+                names::SRC_RANGE_V6,
+                format!("prefix_len {} {:?}", k.prefix_len(), k.data()),
+                value,
+                Owner::RevNat(rev),
+            );
+        }
+        let (mut mem4, mut mem6) = (Vec::new(), Vec::new());
+        for (k, id) in maps.members() {
+            match k {
+                MemberKey::V4(k) => mem4.push((k, id)),
+                MemberKey::V6(k) => mem6.push((k, id)),
+            }
+        }
+        let mut members: Vec<(MemberKey, u32)> = Vec::new();
+        for (k, id) in walk(names::MEMBERS_V4, &maps.members, mem4) {
+            members.push((MemberKey::V4(k), id));
+        }
+        for (k, id) in walk(names::MEMBERS_V6, &maps.members6, mem6) {
+            members.push((MemberKey::V6(k), id));
+        }
+        for (k, id) in &members {
+            let map = match k {
+                MemberKey::V4(_) => names::MEMBERS_V4,
+                MemberKey::V6(_) => names::MEMBERS_V6,
+            };
+            push(
+                map,
                 format!("{k:?}"),
                 id.to_string(),
                 codec::member_of(k).map_or(Owner::Stray, |(rev, _)| Owner::RevNat(rev)),
@@ -345,14 +427,14 @@ fn walk<K: Pod + Debug, V: Pod + Debug>(
 }
 
 /// A backend entry without its id.
-fn resolved(b: &Backend4) -> String {
+fn resolved(b: &BackendValue) -> String {
     let addr = codec::backend_addr(b).map_or_else(|| format!("{b:?}"), |a| a.to_string());
-    let local = if b.flags & backend_flags::LOCAL != 0 {
+    let local = if b.flags() & backend_flags::LOCAL != 0 {
         " local"
     } else {
         ""
     };
-    format!("{addr} {}{local}", codec::backend_state_name(b.state))
+    format!("{addr} {}{local}", codec::backend_state_name(b.state()))
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

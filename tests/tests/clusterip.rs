@@ -531,10 +531,10 @@ fn ignored_services_stay_untranslated() {
         &[ep(&b1, 8080)],
     );
     let v = lab.services();
-    let addresses: BTreeSet<Ipv4Addr> = v.frontends.iter().map(|f| f.address).collect();
+    let addresses: BTreeSet<std::net::IpAddr> = v.frontends.iter().map(|f| f.address).collect();
     assert_eq!(
         addresses,
-        BTreeSet::from([Ipv4Addr::new(10, 96, 0, 21)]),
+        BTreeSet::from([Ipv4Addr::new(10, 96, 0, 21).into()]),
         "only the normal service: {v:?}"
     );
 

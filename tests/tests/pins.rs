@@ -423,7 +423,7 @@ fn the_read_only_commands_open_maps_read_only() {
                     v.frontends
                         .iter()
                         .flat_map(|f| &f.backends)
-                        .any(|b| b.address == Some(b1.ip)),
+                        .any(|b| b.address == Some(b1.ip.into())),
                     "{v:?}"
                 );
             }

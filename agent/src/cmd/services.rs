@@ -6,7 +6,7 @@
 use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr, TcpStream},
     time::Duration,
 };
 
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     cli::{Output, ServicesArgs},
     datapath::{Maps, codec, snapshot::KernelState},
-    model::{Protocol, Scope},
+    model::{FrontendKey, Protocol, Scope, SockAddr},
     paths::PinDir,
     server::status::{self, Status},
 };
@@ -39,7 +39,7 @@ pub struct ServicesView {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FrontendView {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
     pub scope: Scope,
@@ -62,7 +62,7 @@ pub struct FrontendView {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendView {
     pub id: u32,
-    pub address: Option<Ipv4Addr>,
+    pub address: Option<IpAddr>,
     pub port: Option<u16>,
     pub protocol: Option<Protocol>,
     pub state: String,
@@ -111,7 +111,7 @@ pub fn view(st: &KernelState) -> Vec<FrontendView> {
                         port: addr.map(|a| a.port),
                         protocol: addr.map(|a| a.proto),
                         state: b
-                            .map_or("missing", |b| codec::backend_state_name(b.state))
+                            .map_or("missing", |b| codec::backend_state_name(b.state()))
                             .into(),
                     }
                 })
@@ -162,13 +162,15 @@ pub fn join(mut frontends: Vec<FrontendView>, status: Option<&Status>) -> Servic
     }
 }
 
-/// A frontend as `FrontendKey`'s Display writes it.
+/// A frontend as the agent's status names it (`FrontendKey`'s Display).
 fn key_text(f: &FrontendView) -> String {
-    let mut s = format!("{}:{}/{}", f.address, f.port, f.protocol);
-    if f.scope == Scope::Internal {
-        s.push_str(" (internal)");
+    FrontendKey {
+        ip: f.address,
+        port: f.port,
+        proto: f.protocol,
+        scope: f.scope,
     }
-    s
+    .to_string()
 }
 
 /// A frontend the kernel does not hold, from its key text.
@@ -177,11 +179,11 @@ fn parse_key(text: &str) -> Option<FrontendView> {
         Some(m) => (m, Scope::Internal),
         None => (text, Scope::External),
     };
-    let (addr, proto) = main.split_once('/')?;
-    let (ip, port) = addr.rsplit_once(':')?;
+    let (addr, proto) = main.rsplit_once('/')?;
+    let addr: SocketAddr = addr.parse().ok()?;
     Some(FrontendView {
-        address: ip.parse().ok()?,
-        port: port.parse().ok()?,
+        address: addr.ip(),
+        port: addr.port(),
         protocol: match proto {
             "TCP" => Protocol::Tcp,
             "UDP" => Protocol::Udp,
@@ -241,7 +243,7 @@ fn table(v: &ServicesView) -> String {
         "FRONTEND", "SCOPE", "STATUS", "SERVICE", "FLAGS", "BACKENDS"
     );
     for f in &v.frontends {
-        let fe = format!("{}:{}/{}", f.address, f.port, f.protocol);
+        let fe = format!("{}/{}", SockAddr(f.address, f.port), f.protocol);
         let scope = format!("{:?}", f.scope).to_lowercase();
         let mut flags = f.flags.join(",");
         if let Some(t) = f.affinity_timeout {
@@ -260,8 +262,8 @@ fn table(v: &ServicesView) -> String {
             f.backends
                 .iter()
                 .map(|b| match (b.address, b.port) {
-                    (Some(a), Some(p)) if b.state == "active" => format!("{a}:{p}"),
-                    (Some(a), Some(p)) => format!("{a}:{p} ({})", b.state),
+                    (Some(a), Some(p)) if b.state == "active" => SockAddr(a, p).to_string(),
+                    (Some(a), Some(p)) => format!("{} ({})", SockAddr(a, p), b.state),
                     _ => format!("#{} (missing)", b.id),
                 })
                 .collect::<Vec<_>>()

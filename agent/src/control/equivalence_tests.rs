@@ -7,7 +7,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     time::Instant,
 };
 
@@ -33,7 +33,7 @@ use crate::{
         service_table::ServiceTable,
     },
     model::{
-        BackendAddr, Cidr4, FrontendKey, ServiceName,
+        BackendAddr, Cidr, FrontendKey, ServiceName,
         objects::{NodeObj, ObjKey, ServiceObj, SliceObj},
         translate::{Inputs, Objects, translate_objects},
     },
@@ -239,7 +239,7 @@ fn cfg() -> Config {
 struct Canonical {
     frontends: BTreeMap<FrontendKey, CanonicalFrontend>,
     /// Addresses marked as ClusterIPs.
-    cluster_ips: BTreeSet<Ipv4Addr>,
+    cluster_ips: BTreeSet<IpAddr>,
     /// Entries no frontend reaches (must be none).
     orphans: (usize, usize, usize),
 }
@@ -249,8 +249,8 @@ struct CanonicalFrontend {
     flags: u16,
     affinity_timeout: u32,
     backends: Vec<(BackendAddr, u8, u8)>,
-    rev_nat: (Ipv4Addr, u16),
-    ranges: BTreeSet<Cidr4>,
+    rev_nat: (IpAddr, u16),
+    ranges: BTreeSet<Cidr>,
     maglev: Vec<BackendAddr>,
 }
 
@@ -258,12 +258,12 @@ fn canonical(c: &Contents) -> Canonical {
     let mut frontends = BTreeMap::new();
     let mut used_backends = BTreeSet::new();
     let mut used_revs = BTreeSet::new();
-    let cluster_ips: BTreeSet<Ipv4Addr> =
+    let cluster_ips: BTreeSet<IpAddr> =
         c.services.keys().filter_map(codec::cluster_ip_of).collect();
     let frontend_entries = c
         .services
         .iter()
-        .filter(|(k, _)| k.slot == 0 && codec::cluster_ip_of(k).is_none());
+        .filter(|(k, _)| codec::slot_of(k) == 0 && codec::cluster_ip_of(k).is_none());
     for (k, v) in frontend_entries {
         let key = codec::frontend_key(k).expect("a valid key");
         let backends = (1..=v.count)
@@ -271,7 +271,7 @@ fn canonical(c: &Contents) -> Canonical {
                 let slot = c.services[&codec::svc_key(&key, s)];
                 used_backends.insert(slot.backend_id);
                 let b = c.backends[&slot.backend_id];
-                (codec::backend_addr(&b).unwrap(), b.state, b.flags)
+                (codec::backend_addr(&b).unwrap(), b.state(), b.flags())
             })
             .collect();
         used_revs.insert(v.rev_nat_id);

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use super::{Controller, Flush, events::EventSink};
 use crate::{
     datapath::{Datapath, ct_gc::ConntrackGc, owner::NodeSettings},
-    model::{Diagnostic, Severity, translate::Config},
+    model::{Diagnostic, Family, Severity, translate::Config},
     server::{
         metrics::{self, Metrics},
         proxy_health::ProxyHealth,
@@ -264,8 +264,9 @@ impl Loop {
         let programmed = metrics::Programmed {
             frontends: p.frontend_count(),
             backends: p.backend_count(),
-            service_entries: p.service_entries(),
-            rev_nat: p.rev_nat_count(),
+            service_entries: Family::ALL.map(|f| p.service_entries_of(f)),
+            backends_of: Family::ALL.map(|f| p.backend_count_of(f)),
+            rev_nat: Family::ALL.map(|f| p.rev_nat_count_of(f)),
             map_writes: p.writes(),
         };
         let reasons: Vec<&'static str> = o.failed.iter().map(|(_, _, e)| e.reason()).collect();

@@ -5,7 +5,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     time::SystemTime,
 };
 
@@ -27,7 +27,7 @@ pub struct Tracker {
     slices_of: HashMap<ServiceName, Vec<ObjKey>>,
     nodes: HashMap<String, NodeObj>,
     /// Every node's addresses.
-    node_ips: HashSet<Ipv4Addr>,
+    node_ips: HashSet<IpAddr>,
     file_problems: BTreeMap<String, Vec<Diagnostic>>,
     dirty: BTreeSet<ServiceName>,
     /// Oldest trigger time of each dirty Service's slice changes.
@@ -330,7 +330,7 @@ impl Tracker {
     }
 
     /// Every node's addresses.
-    pub fn cluster_node_ips(&self) -> &HashSet<Ipv4Addr> {
+    pub fn cluster_node_ips(&self) -> &HashSet<IpAddr> {
         &self.node_ips
     }
 

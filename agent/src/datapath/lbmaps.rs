@@ -3,43 +3,48 @@
 //! does for tests of the diff and the control loop (which writes happen, in
 //! which order, and what the maps end up holding).
 
-use agent_common::{
-    AffinityKey, AffinityValue, Backend4, Member4Key, RevNat4, Svc4Key, SvcValue, maps as names,
-};
+use agent_common::{AffinityKey, AffinityValue, SvcValue, maps as names};
 use aya::maps::{HashMap, IterableMap as _, MapData, MapError};
 
-use super::{Maps, codec, sys};
+use super::{
+    Maps,
+    codec::{self, BackendValue, MemberKey, RevNatValue, SrcRangeKey, SvcKey},
+    sys,
+};
 use crate::{
     error::{Error, Result},
-    model::Cidr4,
+    model::{Cidr, Family},
 };
 
 pub trait LbMaps {
-    fn services(&self) -> Vec<(Svc4Key, SvcValue)>;
-    fn backends(&self) -> Vec<(u32, Backend4)>;
-    fn rev_nats(&self) -> Vec<(u16, RevNat4)>;
+    /// Both families' entries: each map is chosen by the key's or value's
+    /// family ([`codec`]), one id space for both.
+    fn services(&self) -> Vec<(SvcKey, SvcValue)>;
+    fn backends(&self) -> Vec<(u32, BackendValue)>;
+    fn rev_nats(&self) -> Vec<(u16, RevNatValue)>;
     fn affinity(&self) -> Vec<(AffinityKey, AffinityValue)>;
-    fn put_service(&mut self, k: Svc4Key, v: SvcValue) -> Result<()>;
-    fn del_service(&mut self, k: &Svc4Key) -> Result<()>;
-    fn put_backend(&mut self, id: u32, v: Backend4) -> Result<()>;
-    fn del_backend(&mut self, id: u32) -> Result<()>;
-    fn put_rev_nat(&mut self, id: u16, v: RevNat4) -> Result<()>;
-    fn del_rev_nat(&mut self, id: u16) -> Result<()>;
+    fn put_service(&mut self, k: SvcKey, v: SvcValue) -> Result<()>;
+    fn del_service(&mut self, k: &SvcKey) -> Result<()>;
+    fn put_backend(&mut self, id: u32, v: BackendValue) -> Result<()>;
+    /// `family`: the backend's (which map holds the id).
+    fn del_backend(&mut self, id: u32, family: Family) -> Result<()>;
+    fn put_rev_nat(&mut self, id: u16, v: RevNatValue) -> Result<()>;
+    fn del_rev_nat(&mut self, id: u16, family: Family) -> Result<()>;
     fn del_affinity(&mut self, k: &AffinityKey) -> Result<()>;
-    fn put_src_range(&mut self, rev_nat_id: u16, cidr: Cidr4) -> Result<()>;
-    fn del_src_range(&mut self, rev_nat_id: u16, cidr: Cidr4) -> Result<()>;
+    fn put_src_range(&mut self, rev_nat_id: u16, cidr: Cidr) -> Result<()>;
+    fn del_src_range(&mut self, rev_nat_id: u16, cidr: Cidr) -> Result<()>;
     /// Source ranges held in the kernel, for adoption.
-    fn src_ranges(&self) -> Vec<(u16, Cidr4)>;
+    fn src_ranges(&self) -> Vec<(u16, Cidr)>;
     fn put_maglev(&mut self, key: u32, backend_id: u32) -> Result<()>;
     fn del_maglev(&mut self, key: u32) -> Result<()>;
     /// Maglev entries held in the kernel, for adoption.
     fn maglev_entries(&self) -> Vec<(u32, u32)>;
     /// A backend (its id) of an exposed frontend: what a DSR option's
     /// packet may be addressed to.
-    fn put_member(&mut self, k: Member4Key, backend_id: u32) -> Result<()>;
-    fn del_member(&mut self, k: &Member4Key) -> Result<()>;
+    fn put_member(&mut self, k: MemberKey, backend_id: u32) -> Result<()>;
+    fn del_member(&mut self, k: &MemberKey) -> Result<()>;
     /// Memberships held in the kernel, for adoption.
-    fn members(&self) -> Vec<(Member4Key, u32)>;
+    fn members(&self) -> Vec<(MemberKey, u32)>;
 }
 
 /// Every entry of a hash map: in batches of a few thousand (one syscall
@@ -58,70 +63,114 @@ fn deleted(name: &str, r: Result<(), MapError>) -> Result<()> {
     }
 }
 
+fn put<K: aya::Pod, V: aya::Pod>(
+    name: &str,
+    map: &mut HashMap<MapData, K, V>,
+    k: &K,
+    v: &V,
+) -> Result<()> {
+    map.insert(k, v, 0).map_err(|e| Error::map(name, e))
+}
+
 impl LbMaps for Maps {
-    fn services(&self) -> Vec<(Svc4Key, SvcValue)> {
-        all(&self.services)
+    fn services(&self) -> Vec<(SvcKey, SvcValue)> {
+        let v4 = all(&self.services)
+            .into_iter()
+            .map(|(k, v)| (SvcKey::V4(k), v));
+        let v6 = all(&self.services6)
+            .into_iter()
+            .map(|(k, v)| (SvcKey::V6(k), v));
+        v4.chain(v6).collect()
     }
-    fn backends(&self) -> Vec<(u32, Backend4)> {
-        all(&self.backends)
+    fn backends(&self) -> Vec<(u32, BackendValue)> {
+        let v4 = all(&self.backends)
+            .into_iter()
+            .map(|(k, v)| (k, BackendValue::V4(v)));
+        let v6 = all(&self.backends6)
+            .into_iter()
+            .map(|(k, v)| (k, BackendValue::V6(v)));
+        v4.chain(v6).collect()
     }
-    fn rev_nats(&self) -> Vec<(u16, RevNat4)> {
-        all(&self.rev_nat)
+    fn rev_nats(&self) -> Vec<(u16, RevNatValue)> {
+        let v4 = all(&self.rev_nat)
+            .into_iter()
+            .map(|(k, v)| (k, RevNatValue::V4(v)));
+        let v6 = all(&self.rev_nat6)
+            .into_iter()
+            .map(|(k, v)| (k, RevNatValue::V6(v)));
+        v4.chain(v6).collect()
     }
     fn affinity(&self) -> Vec<(AffinityKey, AffinityValue)> {
         all(&self.affinity)
     }
-    fn put_service(&mut self, k: Svc4Key, v: SvcValue) -> Result<()> {
-        self.services
-            .insert(&k, &v, 0)
-            .map_err(|e| Error::map(names::SERVICES_V4, e))
+    fn put_service(&mut self, k: SvcKey, v: SvcValue) -> Result<()> {
+        match k {
+            SvcKey::V4(k) => put(names::SERVICES_V4, &mut self.services, &k, &v),
+            SvcKey::V6(k) => put(names::SERVICES_V6, &mut self.services6, &k, &v),
+        }
     }
-    fn del_service(&mut self, k: &Svc4Key) -> Result<()> {
-        deleted(names::SERVICES_V4, self.services.remove(k))
+    fn del_service(&mut self, k: &SvcKey) -> Result<()> {
+        match k {
+            SvcKey::V4(k) => deleted(names::SERVICES_V4, self.services.remove(k)),
+            SvcKey::V6(k) => deleted(names::SERVICES_V6, self.services6.remove(k)),
+        }
     }
-    fn put_backend(&mut self, id: u32, v: Backend4) -> Result<()> {
-        self.backends
-            .insert(&id, &v, 0)
-            .map_err(|e| Error::map(names::BACKENDS_V4, e))
+    fn put_backend(&mut self, id: u32, v: BackendValue) -> Result<()> {
+        match v {
+            BackendValue::V4(v) => put(names::BACKENDS_V4, &mut self.backends, &id, &v),
+            BackendValue::V6(v) => put(names::BACKENDS_V6, &mut self.backends6, &id, &v),
+        }
     }
-    fn del_backend(&mut self, id: u32) -> Result<()> {
-        deleted(names::BACKENDS_V4, self.backends.remove(&id))
+    fn del_backend(&mut self, id: u32, family: Family) -> Result<()> {
+        if family == Family::V6 {
+            deleted(names::BACKENDS_V6, self.backends6.remove(&id))
+        } else {
+            deleted(names::BACKENDS_V4, self.backends.remove(&id))
+        }
     }
-    fn put_rev_nat(&mut self, id: u16, v: RevNat4) -> Result<()> {
-        self.rev_nat
-            .insert(&id, &v, 0)
-            .map_err(|e| Error::map(names::REV_NAT_V4, e))
+    fn put_rev_nat(&mut self, id: u16, v: RevNatValue) -> Result<()> {
+        match v {
+            RevNatValue::V4(v) => put(names::REV_NAT_V4, &mut self.rev_nat, &id, &v),
+            RevNatValue::V6(v) => put(names::REV_NAT_V6, &mut self.rev_nat6, &id, &v),
+        }
     }
-    fn del_rev_nat(&mut self, id: u16) -> Result<()> {
-        deleted(names::REV_NAT_V4, self.rev_nat.remove(&id))
+    fn del_rev_nat(&mut self, id: u16, family: Family) -> Result<()> {
+        if family == Family::V6 {
+            deleted(names::REV_NAT_V6, self.rev_nat6.remove(&id))
+        } else {
+            deleted(names::REV_NAT_V4, self.rev_nat.remove(&id))
+        }
     }
     fn del_affinity(&mut self, k: &AffinityKey) -> Result<()> {
         deleted(names::AFFINITY, self.affinity.remove(k))
     }
-    fn put_src_range(&mut self, rev_nat_id: u16, cidr: Cidr4) -> Result<()> {
-        let key = codec::src_range_key(rev_nat_id, cidr);
-        self.src_ranges
-            .insert(&key, &1u8, 0)
-            .map_err(|e| Error::map(names::SRC_RANGE_V4, e))
+    fn put_src_range(&mut self, rev_nat_id: u16, cidr: Cidr) -> Result<()> {
+        match codec::src_range_key(rev_nat_id, cidr) {
+            SrcRangeKey::V4(k) => self
+                .src_ranges
+                .insert(&k, &1u8, 0)
+                .map_err(|e| Error::map(names::SRC_RANGE_V4, e)),
+            SrcRangeKey::V6(k) => self
+                .src_ranges6
+                .insert(&k, &1u8, 0)
+                .map_err(|e| Error::map(names::SRC_RANGE_V6, e)),
+        }
     }
-    fn del_src_range(&mut self, rev_nat_id: u16, cidr: Cidr4) -> Result<()> {
-        deleted(
-            names::SRC_RANGE_V4,
-            self.src_ranges
-                .remove(&codec::src_range_key(rev_nat_id, cidr)),
-        )
+    fn del_src_range(&mut self, rev_nat_id: u16, cidr: Cidr) -> Result<()> {
+        match codec::src_range_key(rev_nat_id, cidr) {
+            SrcRangeKey::V4(k) => deleted(names::SRC_RANGE_V4, self.src_ranges.remove(&k)),
+            SrcRangeKey::V6(k) => deleted(names::SRC_RANGE_V6, self.src_ranges6.remove(&k)),
+        }
     }
-    fn src_ranges(&self) -> Vec<(u16, Cidr4)> {
-        self.src_ranges
-            .keys()
-            .filter_map(Result::ok)
-            .map(|k| codec::src_range_of(&k))
+    fn src_ranges(&self) -> Vec<(u16, Cidr)> {
+        let v4 = self.src_ranges.keys().filter_map(Result::ok);
+        let v6 = self.src_ranges6.keys().filter_map(Result::ok);
+        v4.map(|k| codec::src_range_of(&k))
+            .chain(v6.map(|k| codec::src_range6_of(&k)))
             .collect()
     }
     fn put_maglev(&mut self, key: u32, backend_id: u32) -> Result<()> {
-        self.maglev
-            .insert(&key, &backend_id, 0)
-            .map_err(|e| Error::map(names::MAGLEV, e))
+        put(names::MAGLEV, &mut self.maglev, &key, &backend_id)
     }
     fn del_maglev(&mut self, key: u32) -> Result<()> {
         deleted(names::MAGLEV, self.maglev.remove(&key))
@@ -129,15 +178,25 @@ impl LbMaps for Maps {
     fn maglev_entries(&self) -> Vec<(u32, u32)> {
         all(&self.maglev)
     }
-    fn put_member(&mut self, k: Member4Key, backend_id: u32) -> Result<()> {
-        self.members
-            .insert(&k, &backend_id, 0)
-            .map_err(|e| Error::map(names::MEMBERS_V4, e))
+    fn put_member(&mut self, k: MemberKey, backend_id: u32) -> Result<()> {
+        match k {
+            MemberKey::V4(k) => put(names::MEMBERS_V4, &mut self.members, &k, &backend_id),
+            MemberKey::V6(k) => put(names::MEMBERS_V6, &mut self.members6, &k, &backend_id),
+        }
     }
-    fn del_member(&mut self, k: &Member4Key) -> Result<()> {
-        deleted(names::MEMBERS_V4, self.members.remove(k))
+    fn del_member(&mut self, k: &MemberKey) -> Result<()> {
+        match k {
+            MemberKey::V4(k) => deleted(names::MEMBERS_V4, self.members.remove(k)),
+            MemberKey::V6(k) => deleted(names::MEMBERS_V6, self.members6.remove(k)),
+        }
     }
-    fn members(&self) -> Vec<(Member4Key, u32)> {
-        all(&self.members)
+    fn members(&self) -> Vec<(MemberKey, u32)> {
+        let v4 = all(&self.members)
+            .into_iter()
+            .map(|(k, v)| (MemberKey::V4(k), v));
+        let v6 = all(&self.members6)
+            .into_iter()
+            .map(|(k, v)| (MemberKey::V6(k), v));
+        v4.chain(v6).collect()
     }
 }

@@ -21,18 +21,16 @@ fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
     h
 }
 
-fn name(b: &BackendAddr) -> [u8; 7] {
-    let ip = b.ip.octets();
-    let port = b.port.to_be_bytes();
-    [
-        ip[0],
-        ip[1],
-        ip[2],
-        ip[3],
-        port[0],
-        port[1],
-        b.proto.number(),
-    ]
+/// The bytes a backend is hashed by: address, port, protocol (an IPv4
+/// backend's 7 bytes as before IPv6, so its tables are unchanged).
+fn name(b: &BackendAddr) -> Vec<u8> {
+    let mut out = match b.ip {
+        std::net::IpAddr::V4(ip) => ip.octets().to_vec(),
+        std::net::IpAddr::V6(ip) => ip.octets().to_vec(),
+    };
+    out.extend(b.port.to_be_bytes());
+    out.push(b.proto.number());
+    out
 }
 
 /// The lookup table for `backends` (any order: it is sorted here): entry
@@ -94,7 +92,7 @@ mod tests {
     fn backends(n: u8) -> Vec<BackendAddr> {
         (1..=n)
             .map(|i| BackendAddr {
-                ip: Ipv4Addr::new(10, 244, 1, i),
+                ip: Ipv4Addr::new(10, 244, 1, i).into(),
                 port: 8080,
                 proto: Protocol::Tcp,
             })

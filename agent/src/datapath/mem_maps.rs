@@ -9,44 +9,45 @@ use std::{
     rc::Rc,
 };
 
-use agent_common::{
-    AffinityKey, AffinityValue, Backend4, Member4Key, RevNat4, Svc4Key, SvcValue, maps as names,
-};
+use agent_common::{AffinityKey, AffinityValue, SvcValue, maps as names};
 
-use super::lbmaps::LbMaps;
+use super::{
+    codec::{BackendValue, MemberKey, RevNatValue, SvcKey},
+    lbmaps::LbMaps,
+};
 use crate::{
     error::{Error, Result},
-    model::Cidr4,
+    model::{Cidr, Family},
 };
 
 /// One write, as the model saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    PutSvc(Svc4Key),
-    DelSvc(Svc4Key),
+    PutSvc(SvcKey),
+    DelSvc(SvcKey),
     PutBackend(u32),
     DelBackend(u32),
     PutRevNat(u16),
     DelRevNat(u16),
     DelAffinity,
-    PutRange(u16, Cidr4),
-    DelRange(u16, Cidr4),
+    PutRange(u16, Cidr),
+    DelRange(u16, Cidr),
     PutMaglev,
     DelMaglev,
-    PutMember(Member4Key),
-    DelMember(Member4Key),
+    PutMember(MemberKey),
+    DelMember(MemberKey),
 }
 
 /// The maps' contents.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Contents {
-    pub services: BTreeMap<Svc4Key, SvcValue>,
-    pub backends: BTreeMap<u32, Backend4>,
-    pub rev_nat: BTreeMap<u16, RevNat4>,
+    pub services: BTreeMap<SvcKey, SvcValue>,
+    pub backends: BTreeMap<u32, BackendValue>,
+    pub rev_nat: BTreeMap<u16, RevNatValue>,
     pub affinity: Vec<(AffinityKey, AffinityValue)>,
-    pub ranges: BTreeSet<(u16, Cidr4)>,
+    pub ranges: BTreeSet<(u16, Cidr)>,
     pub maglev: BTreeMap<u32, u32>,
-    pub members: BTreeMap<Member4Key, u32>,
+    pub members: BTreeMap<MemberKey, u32>,
 }
 
 #[derive(Debug, Default)]
@@ -96,47 +97,47 @@ impl MemMaps {
 }
 
 impl LbMaps for MemMaps {
-    fn services(&self) -> Vec<(Svc4Key, SvcValue)> {
+    fn services(&self) -> Vec<(SvcKey, SvcValue)> {
         let m = self.0.borrow();
         m.contents.services.iter().map(|(k, v)| (*k, *v)).collect()
     }
-    fn backends(&self) -> Vec<(u32, Backend4)> {
+    fn backends(&self) -> Vec<(u32, BackendValue)> {
         let m = self.0.borrow();
         m.contents.backends.iter().map(|(k, v)| (*k, *v)).collect()
     }
-    fn rev_nats(&self) -> Vec<(u16, RevNat4)> {
+    fn rev_nats(&self) -> Vec<(u16, RevNatValue)> {
         let m = self.0.borrow();
         m.contents.rev_nat.iter().map(|(k, v)| (*k, *v)).collect()
     }
     fn affinity(&self) -> Vec<(AffinityKey, AffinityValue)> {
         self.0.borrow().contents.affinity.clone()
     }
-    fn put_service(&mut self, k: Svc4Key, v: SvcValue) -> Result<()> {
+    fn put_service(&mut self, k: SvcKey, v: SvcValue) -> Result<()> {
         self.write(names::SERVICES_V4, Op::PutSvc(k), |c| {
             c.services.insert(k, v);
         })
     }
-    fn del_service(&mut self, k: &Svc4Key) -> Result<()> {
+    fn del_service(&mut self, k: &SvcKey) -> Result<()> {
         self.write(names::SERVICES_V4, Op::DelSvc(*k), |c| {
             c.services.remove(k);
         })
     }
-    fn put_backend(&mut self, id: u32, v: Backend4) -> Result<()> {
+    fn put_backend(&mut self, id: u32, v: BackendValue) -> Result<()> {
         self.write(names::BACKENDS_V4, Op::PutBackend(id), |c| {
             c.backends.insert(id, v);
         })
     }
-    fn del_backend(&mut self, id: u32) -> Result<()> {
+    fn del_backend(&mut self, id: u32, _family: Family) -> Result<()> {
         self.write(names::BACKENDS_V4, Op::DelBackend(id), |c| {
             c.backends.remove(&id);
         })
     }
-    fn put_rev_nat(&mut self, id: u16, v: RevNat4) -> Result<()> {
+    fn put_rev_nat(&mut self, id: u16, v: RevNatValue) -> Result<()> {
         self.write(names::REV_NAT_V4, Op::PutRevNat(id), |c| {
             c.rev_nat.insert(id, v);
         })
     }
-    fn del_rev_nat(&mut self, id: u16) -> Result<()> {
+    fn del_rev_nat(&mut self, id: u16, _family: Family) -> Result<()> {
         self.write(names::REV_NAT_V4, Op::DelRevNat(id), |c| {
             c.rev_nat.remove(&id);
         })
@@ -146,17 +147,17 @@ impl LbMaps for MemMaps {
             c.affinity.retain(|(a, _)| a != k);
         })
     }
-    fn put_src_range(&mut self, rev: u16, cidr: Cidr4) -> Result<()> {
+    fn put_src_range(&mut self, rev: u16, cidr: Cidr) -> Result<()> {
         self.write(names::SRC_RANGE_V4, Op::PutRange(rev, cidr), |c| {
             c.ranges.insert((rev, cidr));
         })
     }
-    fn del_src_range(&mut self, rev: u16, cidr: Cidr4) -> Result<()> {
+    fn del_src_range(&mut self, rev: u16, cidr: Cidr) -> Result<()> {
         self.write(names::SRC_RANGE_V4, Op::DelRange(rev, cidr), |c| {
             c.ranges.remove(&(rev, cidr));
         })
     }
-    fn src_ranges(&self) -> Vec<(u16, Cidr4)> {
+    fn src_ranges(&self) -> Vec<(u16, Cidr)> {
         self.0.borrow().contents.ranges.iter().copied().collect()
     }
     fn put_maglev(&mut self, key: u32, id: u32) -> Result<()> {
@@ -173,17 +174,17 @@ impl LbMaps for MemMaps {
         let m = self.0.borrow();
         m.contents.maglev.iter().map(|(k, v)| (*k, *v)).collect()
     }
-    fn put_member(&mut self, k: Member4Key, id: u32) -> Result<()> {
+    fn put_member(&mut self, k: MemberKey, id: u32) -> Result<()> {
         self.write(names::MEMBERS_V4, Op::PutMember(k), |c| {
             c.members.insert(k, id);
         })
     }
-    fn del_member(&mut self, k: &Member4Key) -> Result<()> {
+    fn del_member(&mut self, k: &MemberKey) -> Result<()> {
         self.write(names::MEMBERS_V4, Op::DelMember(*k), |c| {
             c.members.remove(k);
         })
     }
-    fn members(&self) -> Vec<(Member4Key, u32)> {
+    fn members(&self) -> Vec<(MemberKey, u32)> {
         let m = self.0.borrow();
         m.contents.members.iter().map(|(k, v)| (*k, *v)).collect()
     }

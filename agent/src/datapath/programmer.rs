@@ -16,20 +16,25 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
-use agent_common::{
-    AffinityKey, Member4Key, Svc4Key, SvcValue, backend_flags, backend_state, maps as names,
-    svc_flags,
-};
+use agent_common::{AffinityKey, SvcValue, backend_flags, backend_state, maps as names, svc_flags};
 use tracing::{debug, warn};
 
-use super::{Maps, codec, ids::IdAllocator, lbmaps::LbMaps, maglev, snapshot::KernelState};
+use super::{
+    Maps,
+    codec::{self, BackendValue, MemberKey, RevNatValue, SvcKey},
+    ids::IdAllocator,
+    lbmaps::LbMaps,
+    maglev,
+    snapshot::KernelState,
+};
 use crate::{
     error::{Error, Result},
     model::{
-        AddrKey, BackendAddr, Cidr4, Desired, Frontend, FrontendKey, FrontendKind, Protocol, Scope,
+        AddrKey, BackendAddr, Cidr, Desired, Family, Frontend, FrontendKey, FrontendKind, Protocol,
+        Scope,
     },
 };
 
@@ -68,7 +73,7 @@ struct Programmed {
     affinity_timeout: u32,
     rev_nat_id: u16,
     /// loadBalancerSourceRanges (external scope only).
-    source_ranges: BTreeSet<Cidr4>,
+    source_ranges: BTreeSet<Cidr>,
 }
 
 impl Programmed {
@@ -116,7 +121,7 @@ struct RevNatEntry {
     id: u16,
     refs: u32,
     /// Source ranges in the LPM map for this service address.
-    ranges: BTreeSet<Cidr4>,
+    ranges: BTreeSet<Cidr>,
     /// The Maglev table in the kernel (backend ids), when the service uses it.
     maglev: Option<Vec<u32>>,
 }
@@ -149,6 +154,15 @@ impl SyncReport {
     }
 }
 
+/// The service, backend and rev-NAT maps of a family (what a `map full`
+/// error names).
+fn map_names(family: Family) -> (&'static str, &'static str, &'static str) {
+    match family {
+        Family::V4 => (names::SERVICES_V4, names::BACKENDS_V4, names::REV_NAT_V4),
+        Family::V6 => (names::SERVICES_V6, names::BACKENDS_V6, names::REV_NAT_V6),
+    }
+}
+
 /// One step of a frontend's programming, and how to take it back.
 enum Undo {
     /// A backend reference taken (released again; never reported gone).
@@ -156,13 +170,13 @@ enum Undo {
     /// A new rev-NAT id.
     RevNat(AddrKey),
     /// A source range added for the rev-NAT id.
-    SrcRange(u16, Cidr4),
+    SrcRange(u16, Cidr),
     /// The Maglev table before (None: there was none).
     Maglev(u16, Option<Vec<u32>>),
     /// A service-map entry written: its previous value (None: absent).
-    Slot(Svc4Key, Option<SvcValue>),
+    Slot(SvcKey, Option<SvcValue>),
     /// A DSR membership written: its previous backend id (None: absent).
-    Member(Member4Key, Option<u32>),
+    Member(MemberKey, Option<u32>),
 }
 
 pub struct Programmer<M: LbMaps = Maps> {
@@ -178,11 +192,11 @@ pub struct Programmer<M: LbMaps = Maps> {
     backend_addrs: HashMap<BackendAddr, u32>,
     /// How many backend entries flagged local each address has: the
     /// node's local endpoints, whose devices carry `ferry_tc_pod`.
-    local_ips: HashMap<Ipv4Addr, u32>,
+    local_ips: HashMap<IpAddr, u32>,
     /// Addresses that joined or left `local_ips` since the last
     /// `take_local_ip_changes` (one that did both is in neither).
-    local_added: BTreeSet<Ipv4Addr>,
-    local_removed: BTreeSet<Ipv4Addr>,
+    local_added: BTreeSet<IpAddr>,
+    local_removed: BTreeSet<IpAddr>,
     backend_ids: IdAllocator,
     rev_nats: HashMap<AddrKey, RevNatEntry>,
     /// rev-NAT id -> its address, so per-id lookups stay O(1).
@@ -190,10 +204,11 @@ pub struct Programmer<M: LbMaps = Maps> {
     rev_ids: IdAllocator,
     /// Programmed frontends flagged ClusterIP, per address: the address is
     /// marked in the service map while any is ([`codec::cluster_ip_key`]).
-    cluster_ips: HashMap<Ipv4Addr, u32>,
+    cluster_ips: HashMap<IpAddr, u32>,
     /// Entries in the service map (frontends and slots; the ClusterIP marks
     /// are `cluster_ips.len()` more).
-    svc_entries: u32,
+    /// Per family ([`Family::index`]): each family has its own map.
+    svc_entries: [u32; 2],
     /// Entries in the source-range map.
     src_range_entries: u32,
     /// Maglev tables in the Maglev map.
@@ -229,7 +244,7 @@ impl<M: LbMaps> Programmer<M> {
             rev_keys: HashMap::new(),
             rev_ids: IdAllocator::new(caps.rev_nat),
             cluster_ips: HashMap::new(),
-            svc_entries: 0,
+            svc_entries: [0; 2],
             src_range_entries: 0,
             maglev_tables: 0,
             writes: 0,
@@ -252,11 +267,11 @@ impl<M: LbMaps> Programmer<M> {
                 .backend_ids
                 .first()
                 .and_then(|id| st.backends.get(id))
-                .map_or(backend_state::ACTIVE, |b| b.state);
+                .map_or(backend_state::ACTIVE, |b| b.state());
             let backend_flags: Vec<u8> = f
                 .backend_ids
                 .iter()
-                .map(|id| st.backends.get(id).map_or(0, |b| b.flags))
+                .map(|id| st.backends.get(id).map_or(0, |b| b.flags()))
                 .collect();
             for ((addr, &id), &flags) in addrs.iter().zip(&f.backend_ids).zip(&backend_flags) {
                 let key = BackendKey {
@@ -291,7 +306,7 @@ impl<M: LbMaps> Programmer<M> {
                 })
                 .refs += 1;
             p.rev_ids.reserve(u32::from(rid));
-            p.svc_entries += 1 + u32::from(f.value.count);
+            p.svc_entries[Family::of(&key.ip).index()] += 1 + u32::from(f.value.count);
             p.frontends.insert(
                 *key,
                 Programmed {
@@ -308,12 +323,16 @@ impl<M: LbMaps> Programmer<M> {
                 p.dirty.insert(*key);
             }
         }
-        for id in st.backends.keys().filter(|id| !used_backends.contains(id)) {
-            let _ = p.del_backend(*id);
+        for (id, b) in st
+            .backends
+            .iter()
+            .filter(|(id, _)| !used_backends.contains(id))
+        {
+            let _ = p.del_backend(*id, b.family());
         }
         let used_rev: BTreeSet<u16> = p.rev_nats.values().map(|r| r.id).collect();
-        for id in st.rev_nat.keys().filter(|id| !used_rev.contains(id)) {
-            let _ = p.del_rev_nat(*id);
+        for (id, r) in st.rev_nat.iter().filter(|(id, _)| !used_rev.contains(id)) {
+            let _ = p.del_rev_nat(*id, r.family());
         }
         p.adopt_north_south(&used_rev);
         p.reconcile_members();
@@ -363,8 +382,38 @@ impl<M: LbMaps> Programmer<M> {
         self.backends.len()
     }
 
+    /// Entries in both families' service maps.
     pub fn service_entries(&self) -> u32 {
-        self.svc_entries + self.cluster_ips.len() as u32
+        Family::ALL
+            .iter()
+            .map(|&f| self.service_entries_of(f))
+            .sum()
+    }
+
+    /// Entries in one family's service map (frontends, slots, marks).
+    pub fn service_entries_of(&self, family: Family) -> u32 {
+        let marks = self
+            .cluster_ips
+            .keys()
+            .filter(|ip| Family::of(ip) == family)
+            .count() as u32;
+        self.svc_entries[family.index()] + marks
+    }
+
+    /// Backends of one family (one id space, a map per family).
+    pub fn backend_count_of(&self, family: Family) -> usize {
+        self.backends
+            .keys()
+            .filter(|k| Family::of(&k.addr.ip) == family)
+            .count()
+    }
+
+    /// Service addresses (rev-NAT entries) of one family.
+    pub fn rev_nat_count_of(&self, family: Family) -> usize {
+        self.rev_keys
+            .values()
+            .filter(|a| Family::of(&a.ip) == family)
+            .count()
     }
 
     pub fn rev_nat_count(&self) -> usize {
@@ -378,7 +427,7 @@ impl<M: LbMaps> Programmer<M> {
 
     /// The local endpoint addresses that appeared and went since the last call (the first
     /// call: every one adopted): what a change costs is what changed.
-    pub fn take_local_ip_changes(&mut self) -> (Vec<Ipv4Addr>, Vec<Ipv4Addr>) {
+    pub fn take_local_ip_changes(&mut self) -> (Vec<IpAddr>, Vec<IpAddr>) {
         (
             std::mem::take(&mut self.local_added).into_iter().collect(),
             std::mem::take(&mut self.local_removed)
@@ -387,7 +436,7 @@ impl<M: LbMaps> Programmer<M> {
         )
     }
 
-    fn local_ip_joined(&mut self, ip: Ipv4Addr) {
+    fn local_ip_joined(&mut self, ip: IpAddr) {
         let n = self.local_ips.entry(ip).or_default();
         *n += 1;
         if *n == 1 && !self.local_removed.remove(&ip) {
@@ -395,7 +444,7 @@ impl<M: LbMaps> Programmer<M> {
         }
     }
 
-    fn local_ip_left(&mut self, ip: Ipv4Addr) {
+    fn local_ip_left(&mut self, ip: IpAddr) {
         let n = self.local_ips.get_mut(&ip).expect("counted");
         *n -= 1;
         if *n == 0 {
@@ -479,7 +528,7 @@ impl<M: LbMaps> Programmer<M> {
                 warn!(frontend = %key, slot, error = %e, "removing a backend slot");
             }
         }
-        self.svc_entries -= 1 + old.backends.len() as u32;
+        self.svc_entries[Family::of(&key.ip).index()] -= 1 + old.backends.len() as u32;
         if exposed(key, old.flags) {
             for b in &old.backends {
                 if let Err(e) = self.del_member(&codec::member_key(old.rev_nat_id, b)) {
@@ -550,14 +599,14 @@ impl<M: LbMaps> Programmer<M> {
                 let _ = self.put_backend(id, want);
             }
         }
-        let orphans: Vec<u32> = st
+        let orphans: Vec<(u32, Family)> = st
             .backends
-            .keys()
-            .filter(|id| !self.backend_ids.contains(**id))
-            .copied()
+            .iter()
+            .filter(|(id, _)| !self.backend_ids.contains(**id))
+            .map(|(id, b)| (*id, b.family()))
             .collect();
-        for id in orphans {
-            let _ = self.del_backend(id);
+        for (id, family) in orphans {
+            let _ = self.del_backend(id, family);
         }
         let revs: Vec<(u16, AddrKey)> = self.rev_keys.iter().map(|(id, a)| (*id, *a)).collect();
         for (id, addr) in revs {
@@ -566,14 +615,14 @@ impl<M: LbMaps> Programmer<M> {
                 let _ = self.put_rev_nat(id, want);
             }
         }
-        let orphans: Vec<u16> = st
+        let orphans: Vec<(u16, Family)> = st
             .rev_nat
-            .keys()
-            .filter(|id| !self.rev_keys.contains_key(id))
-            .copied()
+            .iter()
+            .filter(|(id, _)| !self.rev_keys.contains_key(id))
+            .map(|(id, r)| (*id, r.family()))
             .collect();
-        for id in orphans {
-            let _ = self.del_rev_nat(id);
+        for (id, family) in orphans {
+            let _ = self.del_rev_nat(id, family);
         }
         self.reconcile_members();
         let n = drifted.len() + unknown.len();
@@ -592,9 +641,11 @@ impl<M: LbMaps> Programmer<M> {
             unit,
             object: format!("{} {key}", f.service),
         };
+        let family = Family::of(&key.ip);
+        let (svc_map, backend_map, rev_map) = map_names(family);
         if new_count > u32::from(names::MAX_BACKENDS_PER_SERVICE) {
             return Err(full(
-                names::SERVICES_V4,
+                svc_map,
                 u32::from(names::MAX_BACKENDS_PER_SERVICE),
                 "backends per frontend",
             ));
@@ -604,23 +655,19 @@ impl<M: LbMaps> Programmer<M> {
         let mark = u32::from(
             want.flags & svc_flags::CLUSTER_IP != 0 && !self.cluster_ips.contains_key(&key.ip),
         );
-        if self.service_entries() + extra + mark > self.caps.services {
-            return Err(full(names::SERVICES_V4, self.caps.services, "entries"));
+        if self.service_entries_of(family) + extra + mark > self.caps.services {
+            return Err(full(svc_map, self.caps.services, "entries"));
         }
         let fresh = want
             .backend_keys()
             .filter(|k| !self.backends.contains_key(k))
             .count() as u32;
         if self.backend_ids.len() as u32 + fresh > self.caps.backends {
-            return Err(full(names::BACKENDS_V4, self.caps.backends, "backends"));
+            return Err(full(backend_map, self.caps.backends, "backends"));
         }
         let rev = self.rev_nats.get(&key.addr());
         if rev.is_none() && self.rev_ids.len() as u32 >= self.caps.rev_nat {
-            return Err(full(
-                names::REV_NAT_V4,
-                self.caps.rev_nat,
-                "service addresses",
-            ));
+            return Err(full(rev_map, self.caps.rev_nat, "service addresses"));
         }
         if key.scope == Scope::External {
             let have = rev.map(|r| &r.ranges);
@@ -714,7 +761,7 @@ impl<M: LbMaps> Programmer<M> {
         }
 
         // The backends a DSR option naming this frontend may reach.
-        let old_members: HashMap<Member4Key, u32> = match &old {
+        let old_members: HashMap<MemberKey, u32> = match &old {
             Some(o) if exposed(key, o.flags) => o
                 .backends
                 .iter()
@@ -723,7 +770,7 @@ impl<M: LbMaps> Programmer<M> {
                 .collect(),
             _ => HashMap::new(),
         };
-        let new_members: HashMap<Member4Key, u32> = if exposed(key, want.flags) {
+        let new_members: HashMap<MemberKey, u32> = if exposed(key, want.flags) {
             want.backends
                 .iter()
                 .zip(&ids)
@@ -778,8 +825,8 @@ impl<M: LbMaps> Programmer<M> {
                 warn!(frontend = %key, slot, error = %e, "removing a backend slot");
             }
         }
-        self.svc_entries =
-            self.svc_entries + u32::from(old.is_none()) + new_count as u32 - old_count as u32;
+        let entries = &mut self.svc_entries[Family::of(&key.ip).index()];
+        *entries = *entries + u32::from(old.is_none()) + new_count as u32 - old_count as u32;
         if external {
             self.remove_source_ranges(rev_nat_id, &want.source_ranges);
             if want.flags & svc_flags::MAGLEV == 0 {
@@ -852,7 +899,7 @@ impl<M: LbMaps> Programmer<M> {
             return Ok(e.id);
         }
         let id = self.backend_ids.alloc().ok_or(Error::MapFull {
-            map: names::BACKENDS_V4,
+            map: map_names(Family::of(&k.addr.ip)).1,
             capacity: self.caps.backends,
             unit: "backends",
             object: format!("backend {}", k.addr),
@@ -882,7 +929,7 @@ impl<M: LbMaps> Programmer<M> {
         }
         let id = e.id;
         self.backends.remove(k);
-        if let Err(e) = self.del_backend(id) {
+        if let Err(e) = self.del_backend(id, Family::of(&k.addr.ip)) {
             warn!(backend = %k.addr, error = %e, "removing a backend");
         }
         self.backend_ids.release(id);
@@ -906,7 +953,7 @@ impl<M: LbMaps> Programmer<M> {
             return Ok(e.id);
         }
         let id = self.rev_ids.alloc().ok_or(Error::MapFull {
-            map: names::REV_NAT_V4,
+            map: map_names(Family::of(&addr.ip)).2,
             capacity: self.caps.rev_nat,
             unit: "service addresses",
             object: format!("{} {addr}", f.service),
@@ -939,7 +986,7 @@ impl<M: LbMaps> Programmer<M> {
             self.clear_maglev(id);
             self.rev_nats.remove(addr);
             self.rev_keys.remove(&id);
-            if let Err(e) = self.del_rev_nat(id) {
+            if let Err(e) = self.del_rev_nat(id, Family::of(&addr.ip)) {
                 warn!(address = %addr, error = %e, "removing a rev-NAT entry");
             }
             self.rev_ids.release(u32::from(id));
@@ -954,7 +1001,7 @@ impl<M: LbMaps> Programmer<M> {
     fn add_source_ranges(
         &mut self,
         rev_nat_id: u16,
-        want: &BTreeSet<Cidr4>,
+        want: &BTreeSet<Cidr>,
         undo: &mut Vec<Undo>,
     ) -> Result<()> {
         let have = self
@@ -972,7 +1019,7 @@ impl<M: LbMaps> Programmer<M> {
         Ok(())
     }
 
-    fn remove_source_ranges(&mut self, rev_nat_id: u16, keep: &BTreeSet<Cidr4>) {
+    fn remove_source_ranges(&mut self, rev_nat_id: u16, keep: &BTreeSet<Cidr>) {
         let have = self
             .rev_nat_mut(rev_nat_id)
             .map(|r| r.ranges.clone())
@@ -1092,7 +1139,7 @@ impl<M: LbMaps> Programmer<M> {
             }
         }
         // Programmed source ranges of the external entries, for the diff.
-        let ranges: BTreeMap<u16, BTreeSet<Cidr4>> = self
+        let ranges: BTreeMap<u16, BTreeSet<Cidr>> = self
             .rev_nats
             .values()
             .map(|r| (r.id, r.ranges.clone()))
@@ -1108,7 +1155,7 @@ impl<M: LbMaps> Programmer<M> {
     /// frontends (an agent of an older version left none; a removed
     /// service's may linger).
     fn reconcile_members(&mut self) {
-        let mut want: BTreeMap<Member4Key, u32> = BTreeMap::new();
+        let mut want: BTreeMap<MemberKey, u32> = BTreeMap::new();
         for (key, f) in &self.frontends {
             if exposed(key, f.flags) {
                 for k in f.backend_keys() {
@@ -1118,7 +1165,7 @@ impl<M: LbMaps> Programmer<M> {
                 }
             }
         }
-        let have: BTreeMap<Member4Key, u32> = self.maps.members().into_iter().collect();
+        let have: BTreeMap<MemberKey, u32> = self.maps.members().into_iter().collect();
         for k in have.keys().filter(|k| !want.contains_key(k)) {
             let _ = self.del_member(k);
         }
@@ -1132,7 +1179,7 @@ impl<M: LbMaps> Programmer<M> {
     /// A frontend at `ip` stopped (`was`) or started (`is`) being a
     /// ClusterIP: the address's mark follows the first and the last one. A
     /// failed write is logged; the safety sweep writes it again.
-    fn cluster_ip_refs(&mut self, ip: Ipv4Addr, was: bool, is: bool) {
+    fn cluster_ip_refs(&mut self, ip: IpAddr, was: bool, is: bool) {
         match (was, is) {
             (false, true) => {
                 let n = self.cluster_ips.entry(ip).or_default();
@@ -1155,13 +1202,13 @@ impl<M: LbMaps> Programmer<M> {
         }
     }
 
-    fn mark_cluster_ip(&mut self, ip: Ipv4Addr) {
+    fn mark_cluster_ip(&mut self, ip: IpAddr) {
         if let Err(e) = self.put_service(codec::cluster_ip_key(ip), codec::cluster_ip_value()) {
             warn!(cluster_ip = %ip, error = %e, "marking a ClusterIP");
         }
     }
 
-    fn unmark_cluster_ip(&mut self, ip: Ipv4Addr) {
+    fn unmark_cluster_ip(&mut self, ip: IpAddr) {
         if let Err(e) = self.del_service(&codec::cluster_ip_key(ip)) {
             warn!(cluster_ip = %ip, error = %e, "removing a ClusterIP mark");
         }
@@ -1169,8 +1216,8 @@ impl<M: LbMaps> Programmer<M> {
 
     /// Makes the kernel's ClusterIP marks (`have`) those of the programmed
     /// frontends.
-    fn reconcile_cluster_ips(&mut self, have: &BTreeSet<Ipv4Addr>) {
-        let want: BTreeSet<Ipv4Addr> = self.cluster_ips.keys().copied().collect();
+    fn reconcile_cluster_ips(&mut self, have: &BTreeSet<IpAddr>) {
+        let want: BTreeSet<IpAddr> = self.cluster_ips.keys().copied().collect();
         for &ip in have.difference(&want) {
             if let Err(e) = self.del_service(&codec::cluster_ip_key(ip)) {
                 warn!(cluster_ip = %ip, error = %e, "removing a stale ClusterIP mark");
@@ -1199,43 +1246,43 @@ impl<M: LbMaps> Programmer<M> {
 
     // Every write goes through these, so `writes` counts them all.
 
-    fn put_service(&mut self, k: Svc4Key, v: SvcValue) -> Result<()> {
+    fn put_service(&mut self, k: SvcKey, v: SvcValue) -> Result<()> {
         self.writes += 1;
         self.maps.put_service(k, v)
     }
-    fn del_service(&mut self, k: &Svc4Key) -> Result<()> {
+    fn del_service(&mut self, k: &SvcKey) -> Result<()> {
         self.writes += 1;
         self.maps.del_service(k)
     }
-    fn put_backend(&mut self, id: u32, v: agent_common::Backend4) -> Result<()> {
+    fn put_backend(&mut self, id: u32, v: BackendValue) -> Result<()> {
         self.writes += 1;
         self.maps.put_backend(id, v)
     }
-    fn del_backend(&mut self, id: u32) -> Result<()> {
+    fn del_backend(&mut self, id: u32, family: Family) -> Result<()> {
         self.writes += 1;
-        self.maps.del_backend(id)
+        self.maps.del_backend(id, family)
     }
-    fn put_rev_nat(&mut self, id: u16, v: agent_common::RevNat4) -> Result<()> {
+    fn put_rev_nat(&mut self, id: u16, v: RevNatValue) -> Result<()> {
         self.writes += 1;
         self.maps.put_rev_nat(id, v)
     }
-    fn del_rev_nat(&mut self, id: u16) -> Result<()> {
+    fn del_rev_nat(&mut self, id: u16, family: Family) -> Result<()> {
         self.writes += 1;
-        self.maps.del_rev_nat(id)
+        self.maps.del_rev_nat(id, family)
     }
-    fn put_src_range(&mut self, rev: u16, cidr: Cidr4) -> Result<()> {
+    fn put_src_range(&mut self, rev: u16, cidr: Cidr) -> Result<()> {
         self.writes += 1;
         self.maps.put_src_range(rev, cidr)
     }
-    fn del_src_range(&mut self, rev: u16, cidr: Cidr4) -> Result<()> {
+    fn del_src_range(&mut self, rev: u16, cidr: Cidr) -> Result<()> {
         self.writes += 1;
         self.maps.del_src_range(rev, cidr)
     }
-    fn put_member(&mut self, k: Member4Key, id: u32) -> Result<()> {
+    fn put_member(&mut self, k: MemberKey, id: u32) -> Result<()> {
         self.writes += 1;
         self.maps.put_member(k, id)
     }
-    fn del_member(&mut self, k: &Member4Key) -> Result<()> {
+    fn del_member(&mut self, k: &MemberKey) -> Result<()> {
         self.writes += 1;
         self.maps.del_member(k)
     }
@@ -1281,7 +1328,7 @@ fn want_of(key: &FrontendKey, f: &Frontend, rev_nat_id: u16) -> Programmed {
         flags |= svc_flags::DROP_NO_LOCAL;
     }
     let external = key.scope == Scope::External && f.kind != FrontendKind::ClusterIP;
-    let source_ranges: BTreeSet<Cidr4> = if external {
+    let source_ranges: BTreeSet<Cidr> = if external {
         f.source_ranges.iter().copied().collect()
     } else {
         BTreeSet::new()

@@ -1,26 +1,27 @@
 //! The diff logic against an in-memory model of the maps that records every
 //! write, so the tests can say which writes happen and in which order.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use agent_common::{
-    AffinityKey, AffinityValue, Backend4, Member4Key, RevNat4, Svc4Key, SvcValue, affinity_client,
-    maps, svc_flags,
+    AffinityKey, AffinityValue, Backend4, RevNat4, Svc4Key, SvcValue, affinity_client, maps,
+    svc_flags,
 };
 
 use super::*;
 use crate::{
     datapath::mem_maps::{MemMaps, Op},
-    model::{
-        BackendAddr, Cidr4, Frontend, FrontendKey, FrontendKind, Protocol, Scope, ServiceName,
-    },
+    model::{BackendAddr, Cidr, Frontend, FrontendKey, FrontendKind, Protocol, Scope, ServiceName},
 };
 
 type FakeMaps = MemMaps;
 
 fn key(ip: [u8; 4], port: u16) -> FrontendKey {
     FrontendKey {
-        ip: Ipv4Addr::from(ip),
+        ip: Ipv4Addr::from(ip).into(),
         port,
         proto: Protocol::Tcp,
         scope: Scope::External,
@@ -29,7 +30,7 @@ fn key(ip: [u8; 4], port: u16) -> FrontendKey {
 
 fn be(last: u8, port: u16) -> BackendAddr {
     BackendAddr {
-        ip: Ipv4Addr::new(10, 244, 0, last),
+        ip: Ipv4Addr::new(10, 244, 0, last).into(),
         port,
         proto: Protocol::Tcp,
     }
@@ -62,15 +63,20 @@ fn desired(entries: Vec<(FrontendKey, Frontend)>) -> Desired {
     }
 }
 
-fn raw(k: &FrontendKey, slot: u16) -> Svc4Key {
-    Svc4Key {
-        addr: u32::from_ne_bytes(k.ip.octets()),
+/// The IPv4 service-map key of `k`'s slot, spelled out byte by byte here
+/// rather than through the codec under test.
+fn raw(k: &FrontendKey, slot: u16) -> SvcKey {
+    let IpAddr::V4(ip) = k.ip else {
+        panic!("an IPv4 frontend")
+    };
+    SvcKey::V4(Svc4Key {
+        addr: u32::from_ne_bytes(ip.octets()),
         port: k.port.to_be(),
         slot,
         proto: k.proto.number(),
         scope: k.scope.number(),
         _pad: [0; 2],
-    }
+    })
 }
 
 fn pos(ops: &[Op], op: &Op) -> usize {
@@ -127,7 +133,7 @@ fn a_changed_frontend_is_rewritten_alone_in_a_safe_order() {
     let ops = maps.take_ops();
     assert!(
         ops.iter()
-            .all(|o| !matches!(o, Op::PutSvc(k) | Op::DelSvc(k) if k.addr == raw(&b, 0).addr)),
+            .all(|o| !matches!(o, Op::PutSvc(k) | Op::DelSvc(k) if codec::frontend_key(k).map(|f| f.ip) == Some(b.ip))),
         "service b untouched: {ops:?}"
     );
     let frontend_write = pos(&ops, &Op::PutSvc(raw(&a, 0)));
@@ -220,8 +226,8 @@ fn adoption_removes_stray_slots_and_orphans_and_repairs_incomplete_frontends() {
                 ..Default::default()
             },
         );
-        m.backends.insert(99, Backend4::default());
-        m.rev_nat.insert(42, RevNat4::default());
+        m.backends.insert(99, BackendValue::V4(Backend4::default()));
+        m.rev_nat.insert(42, RevNatValue::V4(RevNat4::default()));
         let second = m.services[&raw(&a, 2)].backend_id;
         m.backends.remove(&second);
     }
@@ -289,7 +295,7 @@ fn a_frontend_too_large_is_refused_whole_and_the_rest_programmed() {
     let (big, small) = (key([10, 96, 0, 1], 80), key([10, 96, 0, 2], 80));
     let many: Vec<BackendAddr> = (0..=u32::from(maps::MAX_BACKENDS_PER_SERVICE))
         .map(|i| BackendAddr {
-            ip: Ipv4Addr::from(0x0a00_0000 + i),
+            ip: Ipv4Addr::from(0x0a00_0000 + i).into(),
             port: 80,
             proto: Protocol::Tcp,
         })
@@ -348,8 +354,8 @@ fn lb(name: &str, backends: Vec<BackendAddr>) -> Frontend {
     }
 }
 
-fn cidr(a: [u8; 4], len: u8) -> Cidr4 {
-    Cidr4::new(Ipv4Addr::from(a), len)
+fn cidr(a: [u8; 4], len: u8) -> Cidr {
+    Cidr::new(Ipv4Addr::from(a).into(), len)
 }
 
 #[test]
@@ -598,7 +604,10 @@ fn verify_repairs_what_someone_else_changed_in_the_kernel() {
         let m = &mut guard.contents;
         m.services.remove(&raw(&a, 2));
         let id = m.services[&raw(&a, 1)].backend_id;
-        m.backends.get_mut(&id).unwrap().port = 1;
+        let BackendValue::V4(b) = m.backends.get_mut(&id).unwrap() else {
+            panic!("an IPv4 backend")
+        };
+        b.port = 1;
         m.services
             .insert(raw(&key([10, 96, 0, 9], 80), 0), SvcValue::default());
     }
@@ -608,7 +617,7 @@ fn verify_repairs_what_someone_else_changed_in_the_kernel() {
     assert_eq!(maps.contents(), want);
 }
 
-fn member(rev_nat_id: u16, b: &BackendAddr) -> Member4Key {
+fn member(rev_nat_id: u16, b: &BackendAddr) -> MemberKey {
     crate::datapath::codec::member_key(rev_nat_id, b)
 }
 
@@ -687,8 +696,8 @@ fn each_cluster_ip_is_marked_while_one_of_its_frontends_is_programmed() {
         key([10, 96, 0, 1], 53),
         key([10, 96, 0, 2], 80),
     );
-    let marked = |m: &FakeMaps| -> Vec<Ipv4Addr> {
-        let mut v: Vec<Ipv4Addr> = m
+    let marked = |m: &FakeMaps| -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = m
             .contents()
             .services
             .keys()
@@ -720,7 +729,7 @@ fn each_cluster_ip_is_marked_while_one_of_its_frontends_is_programmed() {
     // A previous agent's stale mark goes at adoption; a missing one is written.
     let mut m2 = maps.clone();
     m2.put_service(
-        codec::cluster_ip_key(Ipv4Addr::new(10, 96, 9, 9)),
+        codec::cluster_ip_key(Ipv4Addr::new(10, 96, 9, 9).into()),
         codec::cluster_ip_value(),
     )
     .unwrap();
@@ -751,7 +760,7 @@ fn local_endpoint_changes_are_handed_over_one_by_one() {
         (a, local("a", vec![be(2, 80), be(3, 80)], &[be(2, 80)])),
         (b, local("b", vec![be(2, 81)], &[be(2, 81)])),
     ]));
-    let ip = |last: u8| Ipv4Addr::new(10, 244, 0, last);
+    let ip = |last: u8| IpAddr::from(Ipv4Addr::new(10, 244, 0, last));
     assert_eq!(p.take_local_ip_changes(), (vec![ip(2)], vec![]));
     assert_eq!(p.take_local_ip_changes(), (vec![], vec![]), "nothing new");
     // b goes: 10.244.0.2 is still a's; then a's local backend moves to .4.
@@ -778,4 +787,74 @@ fn local_endpoint_changes_are_handed_over_one_by_one() {
         (vec![ip(4)], vec![]),
         "adopted"
     );
+}
+
+/// IPv6 frontends go to the IPv6 maps with the ids of the same spaces as
+/// IPv4 ones (a backend or rev-NAT id names one entry of one family), are
+/// removed from there, and are adopted by a restarted agent like IPv4 ones.
+#[test]
+fn ipv6_frontends_use_their_familys_maps_and_the_shared_ids() {
+    let maps = FakeMaps::default();
+    let mut p = Programmer::adopt(maps.clone());
+    let v4 = key([10, 96, 0, 1], 80);
+    let v6 = FrontendKey {
+        ip: "fd00:96::1".parse().unwrap(),
+        ..v4
+    };
+    let b6 = |last: u16| BackendAddr {
+        ip: IpAddr::from([0xfd00, 0x10, 0x244, 0, 0, 0, 0, last]),
+        port: 8080,
+        proto: Protocol::Tcp,
+    };
+    let both = desired(vec![
+        (v4, frontend("a", vec![be(2, 8080)])),
+        (v6, frontend("a", vec![b6(2), b6(3)])),
+    ]);
+    let r = p.apply(&both);
+    assert_eq!((r.added, r.failed.len()), (2, 0));
+    let m = maps.contents();
+    let v6_keys: Vec<&SvcKey> = m
+        .services
+        .keys()
+        .filter(|k| matches!(k, SvcKey::V6(_)))
+        .collect();
+    assert_eq!(v6_keys.len(), 1 + 2 + 1, "frontend, two slots, the mark");
+    assert_eq!(
+        m.services[&codec::svc_key(&v6, 0)].count,
+        2,
+        "the IPv6 frontend's own entry"
+    );
+    let mut ids: Vec<(u32, bool)> = m
+        .backends
+        .iter()
+        .map(|(id, b)| (*id, matches!(b, BackendValue::V6(_))))
+        .collect();
+    ids.sort();
+    assert_eq!(ids, [(1, false), (2, true), (3, true)], "one id space");
+    let rev6 = m.services[&codec::svc_key(&v6, 0)].rev_nat_id;
+    assert_eq!(
+        codec::rev_nat_target(&m.rev_nat[&rev6]),
+        (v6.ip, 80),
+        "the IPv6 rev-NAT entry restores the IPv6 ClusterIP"
+    );
+    assert_ne!(rev6, m.services[&codec::svc_key(&v4, 0)].rev_nat_id);
+    drop(m);
+
+    // A restarted agent adopts both families: nothing to write.
+    let mut again = Programmer::adopt(maps.clone());
+    maps.take_ops();
+    let r = again.apply(&both);
+    assert_eq!((r.unchanged, r.added, r.updated), (2, 0, 0));
+    assert_eq!(maps.take_ops(), vec![]);
+
+    // The IPv6 frontend goes: nothing of the IPv6 family is left.
+    again.apply(&desired(vec![(v4, frontend("a", vec![be(2, 8080)]))]));
+    let m = maps.contents();
+    assert!(m.services.keys().all(|k| matches!(k, SvcKey::V4(_))));
+    assert!(
+        m.backends
+            .values()
+            .all(|b| matches!(b, BackendValue::V4(_)))
+    );
+    assert!(m.rev_nat.values().all(|r| matches!(r, RevNatValue::V4(_))));
 }

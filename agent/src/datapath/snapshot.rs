@@ -3,26 +3,29 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
-use agent_common::{Backend4, RevNat4, Svc4Key, SvcValue};
+use agent_common::SvcValue;
 
-use super::{codec, lbmaps::LbMaps};
-use crate::model::{BackendAddr, Cidr4, FrontendKey};
+use super::{
+    codec::{self, BackendValue, RevNatValue, SvcKey},
+    lbmaps::LbMaps,
+};
+use crate::model::{BackendAddr, Cidr, FrontendKey};
 
 #[derive(Debug, Default)]
 pub struct KernelState {
     pub frontends: BTreeMap<FrontendKey, KernelFrontend>,
-    pub backends: BTreeMap<u32, Backend4>,
-    pub rev_nat: BTreeMap<u16, RevNat4>,
+    pub backends: BTreeMap<u32, BackendValue>,
+    pub rev_nat: BTreeMap<u16, RevNatValue>,
     /// Source ranges by rev-NAT id.
-    pub src_ranges: BTreeMap<u16, Vec<Cidr4>>,
+    pub src_ranges: BTreeMap<u16, Vec<Cidr>>,
     /// Addresses marked as ClusterIPs ([`codec::cluster_ip_key`]).
-    pub cluster_ips: BTreeSet<Ipv4Addr>,
+    pub cluster_ips: BTreeSet<IpAddr>,
     /// Service-map keys that belong to no frontend (slots past a count, or
     /// left by an agent that stopped mid-update): deleted on adoption.
-    pub stray: Vec<Svc4Key>,
+    pub stray: Vec<SvcKey>,
 }
 
 #[derive(Debug, Clone)]
@@ -35,7 +38,7 @@ pub struct KernelFrontend {
 impl KernelState {
     pub fn read(maps: &impl LbMaps) -> Self {
         let mut st = KernelState::default();
-        let mut slots: BTreeMap<(FrontendKey, u16), (Svc4Key, u32)> = BTreeMap::new();
+        let mut slots: BTreeMap<(FrontendKey, u16), (SvcKey, u32)> = BTreeMap::new();
         for (k, v) in maps.services() {
             if let Some(ip) = codec::cluster_ip_of(&k) {
                 st.cluster_ips.insert(ip);
@@ -45,7 +48,8 @@ impl KernelState {
                 st.stray.push(k);
                 continue;
             };
-            if k.slot == 0 {
+            let slot = codec::slot_of(&k);
+            if slot == 0 {
                 st.frontends.insert(
                     key,
                     KernelFrontend {
@@ -54,7 +58,7 @@ impl KernelState {
                     },
                 );
             } else {
-                slots.insert((key, k.slot), (k, v.backend_id));
+                slots.insert((key, slot), (k, v.backend_id));
             }
         }
         for (key, f) in st.frontends.iter_mut() {

@@ -17,15 +17,16 @@
 //! connected UDP sockets keep their backend, as before.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashSet},
     fs,
     io::Read as _,
+    net::IpAddr,
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
 };
 
 use agent_common::{
-    Dead4Key, SOCK_DESTROY_CALL_MAGIC, maps as names,
-    net::{ip4_to_raw, port_to_raw},
+    Dead4Key, Dead6Key, SOCK_DESTROY_CALL_MAGIC, maps as names,
+    net::{ip4_to_raw, ip6_to_raw, port_to_raw},
 };
 use aya::{
     Btf, Ebpf,
@@ -97,6 +98,7 @@ pub fn patch_object(object: &[u8], btf: Option<&Btf>) -> PatchedObject {
 
 pub struct SockGc {
     dead: HashMap<MapData, Dead4Key, u8>,
+    dead6: HashMap<MapData, Dead6Key, u8>,
 }
 
 impl SockGc {
@@ -116,12 +118,21 @@ impl SockGc {
                 .ok_or("map ferry_dead4_v1 missing from the object")?;
             let mut dead: HashMap<MapData, Dead4Key, u8> =
                 HashMap::try_from(map).map_err(|e| format!("{e}"))?;
+            let map = ebpf
+                .take_map(names::DEAD_V6)
+                .ok_or("map ferry_dead6_v1 missing from the object")?;
+            let mut dead6: HashMap<MapData, Dead6Key, u8> =
+                HashMap::try_from(map).map_err(|e| format!("{e}"))?;
             // Left over by a predecessor stopped mid-run.
             let stale: Vec<Dead4Key> = dead.keys().filter_map(Result::ok).collect();
             for k in stale {
                 let _ = dead.remove(&k);
             }
-            Ok(Self { dead })
+            let stale: Vec<Dead6Key> = dead6.keys().filter_map(Result::ok).collect();
+            for k in stale {
+                let _ = dead6.remove(&k);
+            }
+            Ok(Self { dead, dead6 })
         })();
         match loaded {
             Ok(gc) => {
@@ -142,23 +153,37 @@ impl SockGc {
         }
     }
 
-    /// Destroys the connected UDP sockets ferry pointed at `gone`.
+    /// Destroys the connected UDP sockets ferry pointed at `gone` (both
+    /// families: a dual-stack socket's IPv4-mapped peer is found through
+    /// the IPv4 list).
     pub fn run(&mut self, ebpf: &mut Ebpf, gone: &[BackendAddr]) {
-        let keys: BTreeSet<(u32, u16)> = gone
-            .iter()
-            .filter(|b| b.proto == Protocol::Udp)
-            .map(|b| (ip4_to_raw(b.ip.octets()), port_to_raw(b.port)))
-            .collect();
-        if keys.is_empty() {
+        let mut v4: HashSet<Dead4Key> = HashSet::new();
+        let mut v6: HashSet<Dead6Key> = HashSet::new();
+        for b in gone.iter().filter(|b| b.proto == Protocol::Udp) {
+            let port = port_to_raw(b.port);
+            match b.ip {
+                IpAddr::V4(ip) => v4.insert(Dead4Key {
+                    addr: ip4_to_raw(ip.octets()),
+                    port,
+                    _pad: 0,
+                }),
+                IpAddr::V6(ip) => v6.insert(Dead6Key {
+                    addr: ip6_to_raw(ip.octets()),
+                    port,
+                    _pad: 0,
+                }),
+            };
+        }
+        if v4.is_empty() && v6.is_empty() {
             return;
         }
-        let key = |&(addr, port): &(u32, u16)| Dead4Key {
-            addr,
-            port,
-            _pad: 0,
-        };
-        for k in &keys {
-            if let Err(e) = self.dead.insert(&key(k), &1, 0) {
+        for k in &v4 {
+            if let Err(e) = self.dead.insert(k, &1, 0) {
+                warn!(error = %e, "listing a removed UDP backend");
+            }
+        }
+        for k in &v6 {
+            if let Err(e) = self.dead6.insert(k, &1, 0) {
                 warn!(error = %e, "listing a removed UDP backend");
             }
         }
@@ -172,11 +197,14 @@ impl SockGc {
                 .join()
                 .unwrap_or_default()
         });
-        for k in &keys {
-            let _ = self.dead.remove(&key(k));
+        for k in &v4 {
+            let _ = self.dead.remove(k);
+        }
+        for k in &v6 {
+            let _ = self.dead6.remove(k);
         }
         debug!(
-            backends = keys.len(),
+            backends = v4.len() + v6.len(),
             namespaces = walked,
             took_us = t0.elapsed().as_micros() as u64,
             "UDP sockets of removed backends destroyed"

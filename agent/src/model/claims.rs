@@ -194,7 +194,7 @@ mod tests {
 
     fn addr() -> AddrKey {
         AddrKey {
-            ip: Ipv4Addr::new(10, 96, 0, 10),
+            ip: Ipv4Addr::new(10, 96, 0, 10).into(),
             port: 53,
             proto: Protocol::Udp,
         }

@@ -16,7 +16,7 @@ pub mod translate;
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 pub use translate::{Config, Inputs, Objects, translate, translate_objects};
@@ -108,7 +108,7 @@ pub enum FrontendKind {
 /// of the rev-NAT id (shared by an address's external and internal entries).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct AddrKey {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     pub proto: Protocol,
 }
@@ -126,13 +126,57 @@ impl AddrKey {
 
 impl fmt::Display for AddrKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.ip, self.port, self.proto)
+        write!(f, "{}/{}", SockAddr(self.ip, self.port), self.proto)
+    }
+}
+
+/// An address and port as people write them: `10.96.0.10:53`,
+/// `[fd00:96::a]:53`.
+#[derive(Clone, Copy, Debug)]
+pub struct SockAddr(pub IpAddr, pub u16);
+
+impl fmt::Display for SockAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        std::net::SocketAddr::new(self.0, self.1).fmt(f)
+    }
+}
+
+/// An address family. A dual-stack Service is programmed per family, as
+/// kube-proxy runs one proxier per family: each family's frontends get that
+/// family's endpoints, node addresses and source ranges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const fn of(ip: &IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    /// 0 or 1: for per-family arrays.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// As Kubernetes spells it (`ipFamilies`, `addressType`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
     }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct FrontendKey {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     pub proto: Protocol,
     pub scope: Scope,
@@ -150,7 +194,7 @@ impl FrontendKey {
 
 impl fmt::Display for FrontendKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.ip, self.port, self.proto)?;
+        write!(f, "{}/{}", SockAddr(self.ip, self.port), self.proto)?;
         if self.scope == Scope::Internal {
             f.write_str(" (internal)")?;
         }
@@ -160,14 +204,14 @@ impl fmt::Display for FrontendKey {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct BackendAddr {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     pub proto: Protocol,
 }
 
 impl fmt::Display for BackendAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.ip, self.port, self.proto)
+        write!(f, "{}/{}", SockAddr(self.ip, self.port), self.proto)
     }
 }
 
@@ -189,7 +233,7 @@ pub struct Frontend {
     /// sessionAffinity ClientIP timeout in seconds.
     pub affinity_timeout: Option<u32>,
     /// loadBalancerSourceRanges (LoadBalancer frontends only); empty = all.
-    pub source_ranges: Vec<Cidr4>,
+    pub source_ranges: Vec<Cidr>,
     /// Maglev consistent hashing for north-south traffic.
     pub maglev: bool,
     pub etp_local: bool,
@@ -201,46 +245,77 @@ pub struct Frontend {
     pub drop_no_local: bool,
 }
 
-/// An IPv4 prefix.
+/// An IPv4 or IPv6 prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-pub struct Cidr4 {
-    pub addr: Ipv4Addr,
+pub struct Cidr {
+    pub addr: IpAddr,
     pub len: u8,
 }
 
-impl Cidr4 {
-    /// The prefix of `addr` of length `len` (host bits cleared; `len` <= 32).
-    pub fn new(addr: Ipv4Addr, len: u8) -> Cidr4 {
-        let len = len.min(32);
-        Cidr4 {
-            addr: Ipv4Addr::from(u32::from(addr) & Self::mask(len)),
-            len,
+impl Cidr {
+    /// The prefix of `addr` of length `len` (host bits cleared; `len` at
+    /// most the family's bits).
+    pub fn new(addr: IpAddr, len: u8) -> Cidr {
+        match addr {
+            IpAddr::V4(a) => {
+                let len = len.min(32);
+                let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+                Cidr {
+                    addr: IpAddr::V4((u32::from(a) & mask).into()),
+                    len,
+                }
+            }
+            IpAddr::V6(a) => {
+                let len = len.min(128);
+                let mask = if len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - len)
+                };
+                Cidr {
+                    addr: IpAddr::V6((u128::from(a) & mask).into()),
+                    len,
+                }
+            }
         }
     }
 
-    fn mask(len: u8) -> u32 {
-        if len == 0 { 0 } else { u32::MAX << (32 - len) }
+    pub fn family(&self) -> Family {
+        Family::of(&self.addr)
     }
 
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & Self::mask(self.len) == u32::from(self.addr)
+    /// `ip` is in the prefix (never across families).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        Family::of(&ip) == self.family() && Cidr::new(ip, self.len).addr == self.addr
     }
 }
 
-impl std::str::FromStr for Cidr4 {
+impl std::str::FromStr for Cidr {
     type Err = String;
 
-    /// "a.b.c.d/len" (or a bare address: /32).
+    /// "a.b.c.d/len", "x::y/len", or a bare address (a host prefix); IPv4
+    /// read as kube-proxy reads it (`ParseIPSloppy`).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, len) = s.split_once('/').unwrap_or((s, "32"));
-        match (objects::parse_ipv4_sloppy(addr), len.parse::<u8>()) {
-            (Some(addr), Ok(len)) if len <= 32 => Ok(Cidr4::new(addr, len)),
-            _ => Err(format!("{s:?} is not an IPv4 CIDR")),
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let Some(addr) = objects::parse_ip_sloppy(addr) else {
+            return Err(format!("{s:?} is not a CIDR"));
+        };
+        let max = match addr {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => 128,
+        };
+        match len.map(str::parse::<u8>) {
+            None => Ok(Cidr::new(addr, max)),
+            Some(Ok(len)) if len <= max => Ok(Cidr::new(addr, len)),
+            Some(_) => Err(format!("{s:?} is not a CIDR")),
         }
     }
 }
 
-impl fmt::Display for Cidr4 {
+impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.len)
     }
@@ -263,11 +338,11 @@ pub struct HealthCheck {
 pub struct Desired {
     pub frontends: BTreeMap<FrontendKey, Frontend>,
     pub health_checks: BTreeMap<ServiceName, HealthCheck>,
-    /// This node's IPv4 addresses (its Node object's InternalIP/ExternalIP).
-    pub node_ips: Vec<Ipv4Addr>,
-    /// Every Node's InternalIP/ExternalIP IPv4 addresses (this one's too):
-    /// the addresses a DSR option may name for a NodePort.
-    pub cluster_node_ips: BTreeSet<Ipv4Addr>,
+    /// This node's addresses (its Node object's InternalIP/ExternalIP).
+    pub node_ips: Vec<IpAddr>,
+    /// Every Node's InternalIP/ExternalIP addresses (this one's too): the
+    /// addresses a DSR option may name for a NodePort.
+    pub cluster_node_ips: BTreeSet<IpAddr>,
 }
 
 /// A problem with one input object: reported, the object skipped, the rest

@@ -17,6 +17,8 @@ use std::{
     time::SystemTime,
 };
 
+use super::Family;
+
 use k8s_openapi::{
     api::{
         core::v1::{Node, Service},
@@ -26,7 +28,7 @@ use k8s_openapi::{
 };
 
 use super::{
-    Cidr4, Diagnostic, Protocol, ServiceName, Severity,
+    Cidr, Diagnostic, Protocol, ServiceName, Severity,
     docs::{self, HintsDoc, NodeDoc, ServiceDoc, ServicePortDoc, ServiceSpecDoc, SliceDoc},
     names::{self, NameRule},
 };
@@ -118,22 +120,33 @@ pub struct ServiceObj {
 /// What translation needs of a proxied Service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SvcSpec {
-    pub cluster_ips: Vec<Ipv4Addr>,
-    pub external_ips: Vec<Ipv4Addr>,
+    /// One per family the Service has (`clusterIPs`, primary first): the
+    /// families it is programmed for.
+    pub cluster_ips: Vec<IpAddr>,
+    /// Both families; each family's are served only if the Service has
+    /// that family (kube-proxy's `MapIPsByIPFamily`).
+    pub external_ips: Vec<IpAddr>,
     /// status.loadBalancer.ingress IPs (LoadBalancer services only, not in
     /// "Proxy" mode).
-    pub lb_ips: Vec<Ipv4Addr>,
+    pub lb_ips: Vec<IpAddr>,
     /// type NodePort or LoadBalancer: the ports' nodePorts are used.
     pub node_ports: bool,
     pub ports: Vec<SvcPort>,
     pub affinity_timeout: Option<u32>,
     pub itp_local: bool,
     pub etp_local: bool,
-    /// loadBalancerSourceRanges (IPv4); empty = everyone.
-    pub source_ranges: Vec<Cidr4>,
+    /// loadBalancerSourceRanges, both families; empty = everyone.
+    pub source_ranges: Vec<Cidr>,
     /// Some(true) = Maglev, Some(false) = random, None = the agent's default.
     pub maglev: Option<bool>,
     pub health_check_node_port: Option<u16>,
+}
+
+impl SvcSpec {
+    /// The family of the first cluster IP (`ipFamilies[0]`).
+    pub fn primary_family(&self) -> Family {
+        self.cluster_ips.first().map_or(Family::V4, Family::of)
+    }
 }
 
 /// A validated service port.
@@ -230,35 +243,13 @@ fn service_spec(svc: &ServiceDoc, obj: Obj<'_>, diags: &mut Vec<Diagnostic>) -> 
             return None;
         }
     };
-    let mut ipv6 = false;
-    let cluster_ips = cluster_ips(spec, obj, diags, &mut ipv6)?;
-    if cluster_ips.is_empty() {
-        // An IPv6 single-stack service: kube-proxy's IPv4 proxier ignores
-        // the service entirely, NodePorts included.
-        diags.push(obj.info("IPv6 not supported yet"));
-        return None;
-    }
-    let external_ips = parse_ips(
-        spec.external_ips.iter().flatten(),
-        "externalIP",
-        obj,
-        diags,
-        &mut ipv6,
-    );
+    let cluster_ips = cluster_ips(spec, obj, diags)?;
+    let external_ips = parse_ips(spec.external_ips.iter().flatten(), "externalIP", obj, diags);
     let lb_ips = if spec.type_.as_deref() == Some("LoadBalancer") {
-        parse_ips(
-            lb_ingress_ips(svc),
-            "loadBalancer ingress IP",
-            obj,
-            diags,
-            &mut ipv6,
-        )
+        parse_ips(lb_ingress_ips(svc), "loadBalancer ingress IP", obj, diags)
     } else {
         Vec::new()
     };
-    if ipv6 {
-        diags.push(obj.info("IPv6 not supported yet"));
-    }
     let source_ranges = source_ranges(spec, obj, diags)?;
     let etp_local = is_local_policy(
         spec.external_traffic_policy.as_deref(),
@@ -386,15 +377,16 @@ fn service_port(
     })
 }
 
-/// The IPv4 cluster IPs (empty for an IPv6-only service). None when the
-/// service has none (headless, or not allocated) or one is malformed: a
-/// service whose identity is broken is skipped as a whole.
+/// The cluster IPs, one per family, primary first. None when the service
+/// has none (headless, or not allocated) or one is malformed: a service
+/// whose identity is broken is skipped as a whole. A second address of a
+/// family already seen is ignored with a warning (the API server allows
+/// one per family).
 fn cluster_ips(
     spec: &ServiceSpecDoc,
     obj: Obj<'_>,
     diags: &mut Vec<Diagnostic>,
-    ipv6: &mut bool,
-) -> Option<Vec<Ipv4Addr>> {
+) -> Option<Vec<IpAddr>> {
     // clusterIPs supersedes clusterIP (its first entry is the same address).
     let raw: Vec<&str> = match spec.cluster_ips.as_deref() {
         Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
@@ -409,18 +401,22 @@ fn cluster_ips(
         None | Some(&"None") => return None, // not allocated, or headless
         Some(_) => {}
     }
-    let mut v4 = Vec::new();
-    for ip in raw {
-        match parse_ip_sloppy(ip) {
-            Some(IpAddr::V4(ip)) => v4.push(ip),
-            Some(IpAddr::V6(_)) => *ipv6 = true,
-            None => {
-                diags.push(obj.warning(format!("clusterIP {ip:?} is not an IP address")));
-                return None;
-            }
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for text in raw {
+        let Some(ip) = parse_ip_sloppy(text) else {
+            diags.push(obj.warning(format!("clusterIP {text:?} is not an IP address")));
+            return None;
+        };
+        if ips.iter().any(|seen| Family::of(seen) == Family::of(&ip)) {
+            diags.push(obj.warning(format!(
+                "clusterIPs: {text:?} is a second {} address: ignored",
+                Family::of(&ip).name()
+            )));
+            continue;
         }
+        ips.push(ip);
     }
-    Some(v4)
+    Some(ips)
 }
 
 /// The `ip` of each load-balancer ingress, except those in "Proxy" mode:
@@ -436,56 +432,48 @@ fn lb_ingress_ips(svc: &ServiceDoc) -> impl Iterator<Item = &String> {
         .filter_map(|ing| ing.ip.as_ref())
 }
 
-/// Parses a list of optional addresses: IPv4 ones are kept, IPv6 ones
-/// flagged, malformed ones reported and skipped alone.
+/// Parses a list of optional addresses (both families, deduplicated);
+/// malformed ones are reported and skipped alone.
 fn parse_ips<'a>(
     raw: impl Iterator<Item = &'a String>,
     what: &str,
     obj: Obj<'_>,
     diags: &mut Vec<Diagnostic>,
-    ipv6: &mut bool,
-) -> Vec<Ipv4Addr> {
-    let mut v4 = Vec::new();
-    for ip in raw {
-        match parse_ip_sloppy(ip) {
-            Some(IpAddr::V4(ip)) => {
-                if !v4.contains(&ip) {
-                    v4.push(ip)
+) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    for text in raw {
+        match parse_ip_sloppy(text) {
+            Some(ip) => {
+                if !out.contains(&ip) {
+                    out.push(ip)
                 }
             }
-            Some(IpAddr::V6(_)) => *ipv6 = true,
-            None => diags.push(obj.warning(format!("{what} {ip:?} is not an IP address"))),
+            None => diags.push(obj.warning(format!("{what} {text:?} is not an IP address"))),
         }
     }
-    v4
+    out
 }
 
-/// loadBalancerSourceRanges as IPv4 prefixes. A malformed range makes the
+/// loadBalancerSourceRanges, both families. A malformed range makes the
 /// service fail closed (skipped with a warning): opening a service its owner
-/// meant to restrict would be worse than not serving it. IPv6 ranges are
-/// skipped (IPv4 clients never match them).
+/// meant to restrict would be worse than not serving it.
 fn source_ranges(
     spec: &ServiceSpecDoc,
     obj: Obj<'_>,
     diags: &mut Vec<Diagnostic>,
-) -> Option<Vec<Cidr4>> {
+) -> Option<Vec<Cidr>> {
     let mut out = Vec::new();
     for raw in spec.load_balancer_source_ranges.iter().flatten() {
         let raw = raw.trim();
-        let (addr, len) = raw.split_once('/').unwrap_or((raw, "32"));
-        if addr.parse::<std::net::Ipv6Addr>().is_ok() {
-            continue;
-        }
-        match (parse_ipv4_sloppy(addr), len.parse::<u8>()) {
-            (Some(addr), Ok(len)) if len <= 32 => {
-                let cidr = Cidr4::new(addr, len);
+        match raw.parse::<Cidr>() {
+            Ok(cidr) => {
                 if !out.contains(&cidr) {
                     out.push(cidr);
                 }
             }
-            _ => {
+            Err(_) => {
                 diags.push(obj.warning(format!(
-                    "loadBalancerSourceRanges entry {raw:?} is not an IPv4 CIDR: service skipped"
+                    "loadBalancerSourceRanges entry {raw:?} is not a CIDR: service skipped"
                 )));
                 return None;
             }
@@ -591,7 +579,8 @@ pub struct SlicePort {
 /// One endpoint of a slice, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointObj {
-    pub ip: Ipv4Addr,
+    /// Of its slice's addressType.
+    pub ip: IpAddr,
     /// On this node (its nodeName is the agent's).
     pub local: bool,
     pub ready: bool,
@@ -648,12 +637,14 @@ impl SliceObj {
             diags.push(obj.warning(format!("label {SERVICE_NAME_LABEL} is missing")));
             return out;
         };
-        // IPv6 and FQDN slices are normal in dual-stack clusters and not ours.
-        if slice.address_type != "IPv4" {
-            return out;
-        }
+        // FQDN slices are not for proxies (kube-proxy ignores them too).
+        let family = match slice.address_type.as_str() {
+            "IPv4" => Family::V4,
+            "IPv6" => Family::V6,
+            _ => return out,
+        };
         out.ports = slice_ports(slice, obj, diags);
-        out.endpoints = endpoints(slice, node_name, obj, diags);
+        out.endpoints = endpoints(slice, family, node_name, obj, diags);
         out.service = Some(service.clone());
         out
     }
@@ -698,6 +689,7 @@ fn slice_ports(slice: &SliceDoc, obj: Obj<'_>, diags: &mut Vec<Diagnostic>) -> V
 
 fn endpoints(
     slice: &SliceDoc,
+    family: Family,
     node_name: &str,
     obj: Obj<'_>,
     diags: &mut Vec<Diagnostic>,
@@ -709,8 +701,11 @@ fn endpoints(
             diags.push(obj.warning(format!("endpoints[{i}] has no addresses")));
             continue;
         };
-        let Some(ip) = parse_ipv4_sloppy(addr) else {
-            diags.push(obj.warning(format!("endpoint address {addr:?} is not an IPv4 address")));
+        let Some(ip) = parse_ip_sloppy(addr).filter(|ip| Family::of(ip) == family) else {
+            diags.push(obj.warning(format!(
+                "endpoint address {addr:?} is not an {} address",
+                family.name()
+            )));
             continue;
         };
         let cond = ep.conditions.as_ref();
@@ -748,8 +743,9 @@ fn hints(hints: Option<&HintsDoc>, node_name: &str) -> Hints {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeObj {
     pub name: String,
-    /// InternalIP and ExternalIP IPv4 addresses, deduplicated, in order.
-    pub ips: Vec<Ipv4Addr>,
+    /// InternalIP and ExternalIP addresses of both families, deduplicated,
+    /// in order.
+    pub ips: Vec<IpAddr>,
     /// topology.kubernetes.io/zone.
     pub zone: Option<String>,
     /// metadata.deletionTimestamp is set.
@@ -783,16 +779,12 @@ impl NodeObj {
                 if addr.type_ != "InternalIP" && addr.type_ != "ExternalIP" {
                     continue; // Hostname, InternalDNS...: not addresses to listen on
                 }
-                // IPv6 ones are skipped silently: dual-stack nodes are
-                // normal, and NodePorts of the IPv4 family only listen on
-                // IPv4 addresses.
                 match parse_ip_sloppy(&addr.address) {
-                    Some(IpAddr::V4(ip)) => {
+                    Some(ip) => {
                         if !ips.contains(&ip) {
                             ips.push(ip)
                         }
                     }
-                    Some(IpAddr::V6(_)) => {}
                     None => diags.push(obj.warning(format!(
                         "{} address {:?} is not an IP address",
                         addr.type_, addr.address
@@ -828,11 +820,19 @@ impl NodeObj {
 /// Parses an IP address as kube-proxy's `netutils.ParseIPSloppy`: IPv4
 /// octets may carry leading zeros ("010.001.002.003", stored by API servers
 /// before Go 1.17 made the strict parser reject them), read as decimal.
+///
+/// An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`) is IPv4, as Go reads it
+/// (`To4()` is not nil): the datapath looks a dual-stack socket's mapped
+/// destination up among the IPv4 frontends, never among the IPv6 ones.
 pub fn parse_ip_sloppy(s: &str) -> Option<IpAddr> {
     if let Some(v4) = parse_ipv4_sloppy(s) {
         return Some(IpAddr::V4(v4));
     }
-    s.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6)
+    let v6 = s.parse::<std::net::Ipv6Addr>().ok()?;
+    Some(match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    })
 }
 
 /// The IPv4 half of [`parse_ip_sloppy`], as Go 1.16's `parseIPv4` (which
@@ -904,5 +904,9 @@ mod tests {
         }
         assert!(matches!(parse_ip_sloppy("fd00::1"), Some(IpAddr::V6(_))));
         assert!(matches!(parse_ip_sloppy("010.0.0.1"), Some(IpAddr::V4(_))));
+        assert_eq!(
+            parse_ip_sloppy("::ffff:10.96.0.10"),
+            Some(IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10)))
+        );
     }
 }

@@ -1,5 +1,12 @@
 //! One Service, its EndpointSlices and this node → its frontends, with
-//! kube-proxy's semantics (minus what ferry cannot program yet: IPv6, SCTP).
+//! kube-proxy's semantics (minus what ferry cannot program yet: SCTP).
+//!
+//! A dual-stack Service is translated once per family it has (its
+//! `clusterIPs`), as kube-proxy runs one proxier per family: each family's
+//! frontends (its ClusterIP, its node addresses' NodePorts, its externalIPs
+//! and load-balancer IPs) get that family's endpoints (the slices of its
+//! `addressType`) and that family's source ranges; addresses of a family
+//! the Service does not have are ignored.
 //!
 //! [`translate_service`] is the unit the control loop calls for each Service
 //! that changed; it reads only that Service's objects, so a change costs the
@@ -15,7 +22,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use k8s_openapi::api::{
@@ -24,7 +31,7 @@ use k8s_openapi::api::{
 };
 
 use super::{
-    AddrKey, BackendAddr, Cidr4, Desired, Diagnostic, Frontend, FrontendKey, FrontendKind,
+    AddrKey, BackendAddr, Cidr, Desired, Diagnostic, Family, Frontend, FrontendKey, FrontendKind,
     HealthCheck, Protocol, Scope, ServiceName,
     claims::{Claim, Claims},
     objects::{EndpointObj, Hints, NodeObj, Obj, ObjKey, ServiceObj, SliceObj, SvcPort, SvcSpec},
@@ -41,10 +48,10 @@ pub struct Config {
     /// `--external-ip-ranges`: when non-empty, only externalIPs inside
     /// these ranges are served (the DenyServiceExternalIPs admission
     /// plugin's job, for clusters that do not run it).
-    pub external_ip_ranges: Vec<Cidr4>,
+    pub external_ip_ranges: Vec<Cidr>,
     /// `--service-cluster-ip-range`: externalIPs inside it are refused (a
     /// tenant could otherwise shadow a ClusterIP that is not allocated yet).
-    pub service_cidrs: Vec<Cidr4>,
+    pub service_cidrs: Vec<Cidr>,
 }
 
 /// What translation reads of the Nodes.
@@ -53,7 +60,7 @@ pub struct NodeView<'a> {
     /// This node's object, if the source has it.
     pub this: Option<&'a NodeObj>,
     /// Every node's addresses: externalIPs on them are refused.
-    pub all_ips: Option<&'a HashSet<Ipv4Addr>>,
+    pub all_ips: Option<&'a HashSet<IpAddr>>,
 }
 
 /// Which parts of the Node objects a Service's translation read: a change
@@ -112,42 +119,68 @@ pub fn translate_service<'a>(
         name: &svc.name.name,
     };
     let slices: Vec<&SliceObj> = slices.into_iter().collect();
-    let node_ips: Option<&[Ipv4Addr]> = node.this.map(|n| n.ips.as_slice());
     let zone = node.this.and_then(|n| n.zone.as_deref());
     let external_ips = allowed_external_ips(spec, node, cfg, obj, &mut out);
     if let Some(port) = spec.health_check_node_port {
-        out.health_check = Some(health_check(port, &slices));
+        out.health_check = Some(health_check(port, &slices, spec.primary_family()));
     }
     let maglev = spec.maglev.unwrap_or(cfg.maglev_default);
-    for port in &spec.ports {
-        let cands = candidates(&slices, &port.name, port.proto);
-        if cands.values().any(|e| !e.hints.zones.is_empty()) {
-            out.node_use.zone = true;
-        }
-        let addrs: &[Ipv4Addr] = match port.node_port {
-            Some(_) => {
-                out.node_use.addresses = true;
-                node_ips.unwrap_or_else(|| {
-                    out.missing_node = true;
-                    &[]
-                })
+    for &cluster_ip in &spec.cluster_ips {
+        let family = Family::of(&cluster_ip);
+        let of_family = |ip: &&IpAddr| Family::of(ip) == family;
+        let node_ips: Option<Vec<IpAddr>> = node
+            .this
+            .map(|n| n.ips.iter().filter(of_family).copied().collect());
+        let fam = FamilyCx {
+            cluster_ip,
+            external_ips: external_ips.iter().filter(of_family).copied().collect(),
+            lb_ips: spec.lb_ips.iter().filter(of_family).copied().collect(),
+            source_ranges: spec
+                .source_ranges
+                .iter()
+                .filter(|c| c.family() == family)
+                .copied()
+                .collect(),
+        };
+        for port in &spec.ports {
+            let cands = candidates(&slices, &port.name, port.proto, family);
+            if cands.values().any(|e| !e.hints.zones.is_empty()) {
+                out.node_use.zone = true;
             }
-            None => &[],
-        };
-        let sel = Selections {
-            cluster: select_cluster(&cands, port.proto, &cfg.node_name, zone),
-            local: select_local(&cands, port.proto),
-        };
-        let view = PortCx {
-            svc: &svc.name,
-            spec,
-            port,
-            maglev,
-            sel: &sel,
-        };
-        out.groups.extend(port_groups(&view, addrs, &external_ips));
+            let addrs: &[IpAddr] = match port.node_port {
+                Some(_) => {
+                    out.node_use.addresses = true;
+                    node_ips.as_deref().unwrap_or_else(|| {
+                        out.missing_node = true;
+                        &[]
+                    })
+                }
+                None => &[],
+            };
+            let sel = Selections {
+                cluster: select_cluster(&cands, port.proto, &cfg.node_name, zone),
+                local: select_local(&cands, port.proto),
+            };
+            let view = PortCx {
+                svc: &svc.name,
+                spec,
+                fam: &fam,
+                port,
+                maglev,
+                sel: &sel,
+            };
+            out.groups.extend(port_groups(&view, addrs));
+        }
     }
     out
+}
+
+/// One family's addresses of a Service.
+struct FamilyCx {
+    cluster_ip: IpAddr,
+    external_ips: Vec<IpAddr>,
+    lb_ips: Vec<IpAddr>,
+    source_ranges: Vec<Cidr>,
 }
 
 /// externalIPs that may be served: not a node's address, not inside the
@@ -159,7 +192,7 @@ fn allowed_external_ips(
     cfg: &Config,
     obj: Obj<'_>,
     out: &mut Translated,
-) -> Vec<Ipv4Addr> {
+) -> Vec<IpAddr> {
     if !spec.external_ips.is_empty() {
         out.node_use.cluster_addresses = true;
     }
@@ -189,12 +222,17 @@ fn allowed_external_ips(
 }
 
 /// The endpoints of one service port, by (ip, target port).
-type Candidates<'a> = BTreeMap<(Ipv4Addr, u16), &'a EndpointObj>;
+type Candidates<'a> = BTreeMap<(IpAddr, u16), &'a EndpointObj>;
 
-/// The endpoints of one service port: resolved by port name and protocol in
-/// each slice (a named targetPort may be a different number in each),
-/// merged over all slices.
-fn candidates<'a>(slices: &[&'a SliceObj], port_name: &str, proto: Protocol) -> Candidates<'a> {
+/// The endpoints of one service port in one family: resolved by port name
+/// and protocol in each slice (a named targetPort may be a different number
+/// in each), merged over all slices of the family.
+fn candidates<'a>(
+    slices: &[&'a SliceObj],
+    port_name: &str,
+    proto: Protocol,
+    family: Family,
+) -> Candidates<'a> {
     let mut out: Candidates<'a> = BTreeMap::new();
     for slice in slices {
         for port in slice
@@ -202,7 +240,11 @@ fn candidates<'a>(slices: &[&'a SliceObj], port_name: &str, proto: Protocol) -> 
             .iter()
             .filter(|p| p.name == port_name && p.proto == proto)
         {
-            for ep in &slice.endpoints {
+            for ep in slice
+                .endpoints
+                .iter()
+                .filter(|e| Family::of(&e.ip) == family)
+            {
                 // An endpoint moving between slices, or an IP reused by a new
                 // pod while the old one terminates, shows up twice: like
                 // kube-proxy, prefer a non-terminating copy.
@@ -344,6 +386,7 @@ impl Selections {
 struct PortCx<'a> {
     svc: &'a ServiceName,
     spec: &'a SvcSpec,
+    fam: &'a FamilyCx,
     port: &'a SvcPort,
     maglev: bool,
     sel: &'a Selections,
@@ -361,7 +404,7 @@ impl PortCx<'_> {
             affinity_timeout: self.spec.affinity_timeout,
             // kube-proxy applies source ranges to the load balancer's IPs only.
             source_ranges: if kind == FrontendKind::LoadBalancer {
-                self.spec.source_ranges.clone()
+                self.fam.source_ranges.clone()
             } else {
                 Vec::new()
             },
@@ -374,10 +417,11 @@ impl PortCx<'_> {
 }
 
 /// The groups of one port.
-fn port_groups(cx: &PortCx<'_>, node_ips: &[Ipv4Addr], external_ips: &[Ipv4Addr]) -> Vec<Group> {
+fn port_groups(cx: &PortCx<'_>, node_ips: &[IpAddr]) -> Vec<Group> {
     let (spec, port) = (cx.spec, cx.port);
     let mut groups = Vec::new();
-    for &ip in &spec.cluster_ips {
+    {
+        let ip = cx.fam.cluster_ip;
         // internalTrafficPolicy Local: in-cluster clients only reach
         // endpoints on their own node. externalTrafficPolicy does not apply.
         let sel = if spec.itp_local {
@@ -410,12 +454,14 @@ fn port_groups(cx: &PortCx<'_>, node_ips: &[Ipv4Addr], external_ips: &[Ipv4Addr]
         );
     }
     external.extend(
-        external_ips
+        cx.fam
+            .external_ips
             .iter()
             .map(|&ip| (ip, port.port, FrontendKind::ExternalIP)),
     );
     external.extend(
-        spec.lb_ips
+        cx.fam
+            .lb_ips
             .iter()
             .map(|&ip| (ip, port.port, FrontendKind::LoadBalancer)),
     );
@@ -452,11 +498,17 @@ fn port_groups(cx: &PortCx<'_>, node_ips: &[Ipv4Addr], external_ips: &[Ipv4Addr]
 }
 
 /// Counts this node's endpoints of a service (distinct addresses, any port)
-/// for its healthCheckNodePort, as kube-proxy's health server does.
-fn health_check(node_port: u16, slices: &[&SliceObj]) -> HealthCheck {
+/// for its healthCheckNodePort, as kube-proxy's health server does. A
+/// dual-stack pod has an endpoint in each family's slice: the primary
+/// family's are counted, so that it counts once.
+fn health_check(node_port: u16, slices: &[&SliceObj], family: Family) -> HealthCheck {
     let mut ready = BTreeSet::new();
     let mut terminating = BTreeSet::new();
-    for ep in slices.iter().flat_map(|s| &s.endpoints).filter(|e| e.local) {
+    for ep in slices
+        .iter()
+        .flat_map(|s| &s.endpoints)
+        .filter(|e| e.local && Family::of(&e.ip) == family)
+    {
         if ep.ready {
             ready.insert(ep.ip);
         } else if ep.serving && ep.terminating {
@@ -522,7 +574,7 @@ pub fn translate_objects(objects: &Objects, cfg: &Config) -> (Desired, Vec<Diagn
     for s in objects.slices.values() {
         diags.extend(s.diags.iter().cloned());
     }
-    let all_ips: HashSet<Ipv4Addr> = objects
+    let all_ips: HashSet<IpAddr> = objects
         .nodes
         .values()
         .flat_map(|n| n.ips.iter().copied())

@@ -60,7 +60,7 @@ fn lines(desired: &Desired) -> Vec<String> {
             let backends: Vec<String> = fe
                 .backends
                 .iter()
-                .map(|b| format!("{}:{}", b.ip, b.port))
+                .map(|b| crate::model::SockAddr(b.ip, b.port).to_string())
                 .collect();
             let mut line = format!("{key} {:?} -> [{}]", fe.kind, backends.join(" "));
             for (flag, set) in [
@@ -1382,7 +1382,8 @@ status: {addresses: [{type: InternalIP, address: 172.18.0.2}]}
         .iter()
         .find(|r| r.1 == FrontendKind::LoadBalancer)
         .expect("LB frontend");
-    // Host bits cleared, a bare address is a /32, IPv6 ranges dropped.
+    // Host bits cleared, a bare address is a /32; the IPv6 ranges are the
+    // IPv6 frontends' (this IPv4-only service has none).
     assert_eq!(lb.2, ["10.0.0.0/8", "192.168.1.0/24", "203.0.113.9/32"]);
     for r in ranges.iter().filter(|r| r.1 != FrontendKind::LoadBalancer) {
         assert!(
@@ -1412,7 +1413,7 @@ spec:
             "Service",
             "default",
             "lb",
-            "loadBalancerSourceRanges entry \"10.0.0.0/33\" is not an IPv4 CIDR: service skipped"
+            "loadBalancerSourceRanges entry \"10.0.0.0/33\" is not a CIDR: service skipped"
         )]
     );
 }
@@ -1494,43 +1495,154 @@ endpoints:
     assert!(tr(&inputs(&cluster)).0.health_checks.is_empty());
 }
 
+/// A dual-stack Service is programmed per family, as kube-proxy's two
+/// proxiers do: each family's ClusterIP, node addresses, externalIPs and
+/// load-balancer IPs get that family's endpoints (the slices of its
+/// addressType) and source ranges; an address of a family the Service
+/// lacks is not served; an IPv6-only Service is served whole.
 #[test]
-fn ipv6_is_skipped_with_one_info() {
+fn dual_stack_services_are_programmed_per_family() {
     let yaml = r#"
+kind: Node
+metadata: {name: node-a}
+status:
+  addresses:
+  - {type: InternalIP, address: 192.168.1.10}
+  - {type: InternalIP, address: "fd00:1::10"}
+---
 apiVersion: v1
 kind: Service
 metadata: {name: dual}
 spec:
   type: LoadBalancer
-  clusterIP: "fd00::5"
-  clusterIPs: [10.96.0.120, "fd00::5"]
+  ipFamilies: [IPv6, IPv4]
+  ipFamilyPolicy: PreferDualStack
+  clusterIP: "fd00:96::5"
+  clusterIPs: ["fd00:96::5", 10.96.0.120]
   externalIPs: ["2001:db8::1", 203.0.113.3]
-  ports: [{port: 80}]
+  loadBalancerSourceRanges: [10.0.0.0/8, "2001:db8:aa::/48"]
+  ports: [{port: 80, nodePort: 30080}]
 status:
   loadBalancer:
-    ingress: [{ip: "2001:db8::2"}]
+    ingress: [{ip: "2001:db8::2"}, {ip: 198.51.100.2}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: dual-v4
+  labels: {kubernetes.io/service-name: dual}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints:
+- {addresses: [10.244.0.5], nodeName: node-a}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: dual-v6
+  labels: {kubernetes.io/service-name: dual}
+addressType: IPv6
+ports: [{port: 8080}]
+endpoints:
+- {addresses: ["fd00:10:244::5"], nodeName: node-a}
+- {addresses: [10.244.0.9]}
 ---
 apiVersion: v1
 kind: Service
 metadata: {name: v6only}
 spec:
-  clusterIP: "fd00::6"
-  clusterIPs: ["fd00::6"]
-  ports: [{port: 80}]
+  ipFamilies: [IPv6]
+  clusterIP: "fd00:96::6"
+  clusterIPs: ["fd00:96::6"]
+  externalIPs: [203.0.113.6]
+  ports: [{port: 53, protocol: UDP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: v6only-a
+  labels: {kubernetes.io/service-name: v6only}
+addressType: IPv6
+ports: [{port: 5353, protocol: UDP}]
+endpoints:
+- {addresses: ["fd00:10:244::7"]}
+- {addresses: ["fd00:10:244::8"]}
 "#;
-    let (lines, diags) = run(yaml);
+    let (desired, diags) = tr(&inputs(yaml));
     assert_eq!(
-        lines,
+        lines(&desired),
         [
-            "10.96.0.120:80/TCP ClusterIP -> []",
-            "203.0.113.3:80/TCP ExternalIP -> []"
-        ]
+            "10.96.0.120:80/TCP ClusterIP -> [10.244.0.5:8080]",
+            "192.168.1.10:30080/TCP NodePort -> [10.244.0.5:8080]",
+            "198.51.100.2:80/TCP LoadBalancer -> [10.244.0.5:8080]",
+            "203.0.113.3:80/TCP ExternalIP -> [10.244.0.5:8080]",
+            "[2001:db8::1]:80/TCP ExternalIP -> [[fd00:10:244::5]:8080]",
+            "[2001:db8::2]:80/TCP LoadBalancer -> [[fd00:10:244::5]:8080]",
+            "[fd00:1::10]:30080/TCP NodePort -> [[fd00:10:244::5]:8080]",
+            "[fd00:96::5]:80/TCP ClusterIP -> [[fd00:10:244::5]:8080]",
+            "[fd00:96::6]:53/UDP ClusterIP -> [[fd00:10:244::7]:5353 [fd00:10:244::8]:5353]",
+        ],
+        "203.0.113.6 is an IPv4 externalIP of an IPv6-only service: not served"
+    );
+    let ranges = |ip: &str| -> Vec<String> {
+        let ip: std::net::IpAddr = ip.parse().unwrap();
+        let (_, f) = desired
+            .frontends
+            .iter()
+            .find(|(k, _)| k.ip == ip)
+            .expect("frontend");
+        f.source_ranges.iter().map(ToString::to_string).collect()
+    };
+    assert_eq!(ranges("198.51.100.2"), ["10.0.0.0/8"]);
+    assert_eq!(ranges("2001:db8::2"), ["2001:db8:aa::/48"]);
+    assert!(ranges("fd00:96::5").is_empty(), "LB IPs only");
+    assert_eq!(
+        desired
+            .frontends
+            .values()
+            .find(|f| f.local_backends.iter().any(|b| b.ip.is_ipv6()))
+            .map(|f| f.service.name.as_str()),
+        Some("dual"),
+        "the IPv6 endpoint on this node is local"
     );
     assert_eq!(
         diags,
+        [warning(
+            "EndpointSlice",
+            "default",
+            "dual-v6",
+            "endpoint address \"10.244.0.9\" is not an IPv6 address"
+        )]
+    );
+}
+
+#[test]
+fn a_second_cluster_ip_of_one_family_is_ignored() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: twice}
+spec:
+  clusterIPs: [10.96.0.121, 10.96.0.122, "::ffff:10.96.0.123"]
+  ports: [{port: 80}]
+"#;
+    let (lines, diags) = run(yaml);
+    assert_eq!(lines, ["10.96.0.121:80/TCP ClusterIP -> []"]);
+    assert_eq!(
+        diags,
         [
-            info("Service", "default", "dual", "IPv6 not supported yet"),
-            info("Service", "default", "v6only", "IPv6 not supported yet"),
+            warning(
+                "Service",
+                "default",
+                "twice",
+                "clusterIPs: \"10.96.0.122\" is a second IPv4 address: ignored"
+            ),
+            warning(
+                "Service",
+                "default",
+                "twice",
+                "clusterIPs: \"::ffff:10.96.0.123\" is a second IPv4 address: ignored"
+            ),
         ]
     );
 }
@@ -1849,7 +1961,7 @@ fn topology_follows_kube_proxys_rules_case_by_case() {
 }
 
 #[test]
-fn every_nodes_ipv4_addresses_are_the_cluster_node_ips() {
+fn every_nodes_addresses_are_the_cluster_node_ips() {
     let yaml = r#"
 kind: Node
 metadata: {name: node-a}
@@ -1876,8 +1988,14 @@ metadata: {name: node-c}
         .iter()
         .map(ToString::to_string)
         .collect();
-    assert_eq!(ips, ["192.168.1.10", "192.168.1.11", "203.0.113.11"]);
-    assert_eq!(desired.node_ips, [Ipv4Addr::new(192, 168, 1, 10)]);
+    assert_eq!(
+        ips,
+        ["192.168.1.10", "192.168.1.11", "203.0.113.11", "fd00::11"]
+    );
+    assert_eq!(
+        desired.node_ips,
+        [std::net::IpAddr::from([192, 168, 1, 10])]
+    );
     assert_eq!(
         diags,
         [warning(

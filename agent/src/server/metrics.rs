@@ -71,8 +71,10 @@ impl Histogram {
 pub struct Programmed {
     pub frontends: usize,
     pub backends: usize,
-    pub service_entries: u32,
-    pub rev_nat: usize,
+    /// Per family ([`crate::model::Family::index`]): each has its maps.
+    pub service_entries: [u32; 2],
+    pub backends_of: [usize; 2],
+    pub rev_nat: [usize; 2],
     /// Map updates and deletes the programmer issued since the agent
     /// started (a restart over an unchanged cluster issues none).
     pub map_writes: u64,
@@ -86,8 +88,8 @@ struct Inner {
     endpoint_changes: u64,
     errors: BTreeMap<&'static str, u64>,
     programmed: Programmed,
-    /// The conntrack map as last measured (at each scrape).
-    conntrack: Option<Fill>,
+    /// The conntrack maps as last measured (at each scrape), by name.
+    conntrack: Vec<(&'static str, Fill)>,
     /// Links found changed by someone else and repaired, by (link, fault).
     link_repairs: BTreeMap<(String, &'static str), u64>,
     /// Links the last check could not repair.
@@ -114,7 +116,7 @@ impl Default for Metrics {
                 endpoint_changes: 0,
                 errors: BTreeMap::new(),
                 programmed: Programmed::default(),
-                conntrack: None,
+                conntrack: Vec::new(),
                 link_repairs: BTreeMap::new(),
                 links_broken: 0,
                 no_local_endpoints: (0, 0),
@@ -125,10 +127,10 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The conntrack map's fill, measured just before a scrape is rendered
+    /// The conntrack maps' fill, measured just before a scrape is rendered
     /// (`datapath::ct_gc::fill`): a map can fill up between two collections.
-    pub fn conntrack(&self, fill: Fill) {
-        self.inner.lock().expect("metrics lock").conntrack = Some(fill);
+    pub fn conntrack(&self, fills: &[(&'static str, Fill)]) {
+        self.inner.lock().expect("metrics lock").conntrack = fills.to_vec();
     }
 
     pub fn sync_done(&self, took: Duration, programmed: Programmed, errors: &[&'static str]) {
@@ -259,18 +261,37 @@ impl Metrics {
         let mut maps = vec![
             (
                 names::SERVICES_V4,
-                f64::from(p.service_entries),
+                f64::from(p.service_entries[0]),
                 names::SERVICES_V4_MAX,
             ),
             (
                 names::BACKENDS_V4,
-                p.backends as f64,
+                p.backends_of[0] as f64,
                 names::BACKENDS_V4_MAX,
             ),
-            (names::REV_NAT_V4, p.rev_nat as f64, names::REV_NAT_V4_MAX),
+            (
+                names::REV_NAT_V4,
+                p.rev_nat[0] as f64,
+                names::REV_NAT_V4_MAX,
+            ),
+            (
+                names::SERVICES_V6,
+                f64::from(p.service_entries[1]),
+                names::SERVICES_V6_MAX,
+            ),
+            (
+                names::BACKENDS_V6,
+                p.backends_of[1] as f64,
+                names::BACKENDS_V6_MAX,
+            ),
+            (
+                names::REV_NAT_V6,
+                p.rev_nat[1] as f64,
+                names::REV_NAT_V6_MAX,
+            ),
         ];
-        if let Some(ct) = m.conntrack {
-            maps.push((names::CT_V4, ct.entries as f64, ct.capacity));
+        for &(map, ct) in &m.conntrack {
+            maps.push((map, ct.entries as f64, ct.capacity));
         }
         for &(map, n, _) in &maps {
             let _ = writeln!(out, "ferry_map_entries{{map=\"{map}\"}} {n}");
@@ -443,10 +464,22 @@ mod tests {
     fn conntrack_fill_is_rendered_with_the_maps_own_capacity() {
         let m = Metrics::default();
         assert!(!m.render(&[]).contains("ferry_ct4_v1"), "not measured yet");
-        m.conntrack(Fill {
-            entries: 3_000,
-            capacity: 4_000,
-        });
+        m.conntrack(&[
+            (
+                names::CT_V4,
+                Fill {
+                    entries: 3_000,
+                    capacity: 4_000,
+                },
+            ),
+            (
+                names::CT_V6,
+                Fill {
+                    entries: 1_000,
+                    capacity: 4_000,
+                },
+            ),
+        ]);
         let text = m.render(&[]);
         assert!(
             text.contains("ferry_map_entries{map=\"ferry_ct4_v1\"} 3000"),
@@ -454,6 +487,10 @@ mod tests {
         );
         assert!(
             text.contains("ferry_map_fill_ratio{map=\"ferry_ct4_v1\"} 0.75"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferry_map_fill_ratio{map=\"ferry_ct6_v1\"} 0.25"),
             "{text}"
         );
     }
