@@ -29,7 +29,7 @@ use aya::{
 use common::*;
 use ferry::{
     datapath::{
-        codec::CtKey as _,
+        codec::reply_key_of,
         loader::ebpf_object,
         sys::{self, Attachment},
     },
@@ -440,7 +440,7 @@ fn udp_flow(n: u32, last_seen: u32) -> [(Ct4Key, Ct4Value); 2] {
         last_seen,
         ..Default::default()
     };
-    let reply = forward.reply_key(&value);
+    let reply = reply_key_of(&forward, &value);
     [
         (forward, value),
         (
