@@ -77,14 +77,19 @@ pub static SOCK_GUARD: SkStorage<SockGuard4> = SkStorage::new();
 // no `ferry_memb6_v1` here: its only reader would be the DSR path, which is
 // IPv4 only, and a map no program references is dropped by the linker.
 
+// Allocated on use: a single-stack IPv4 node pays nothing for them.
+
 #[map(name = "ferry_svc6_v1")]
-pub static SERVICES_V6: HashMap<Svc6Key, SvcValue> = HashMap::pinned(m::SERVICES_V6_MAX, 0);
+pub static SERVICES_V6: HashMap<Svc6Key, SvcValue> =
+    HashMap::pinned(m::SERVICES_V6_MAX, BPF_F_NO_PREALLOC);
 
 #[map(name = "ferry_be6_v1")]
-pub static BACKENDS_V6: HashMap<u32, Backend6> = HashMap::pinned(m::BACKENDS_V6_MAX, 0);
+pub static BACKENDS_V6: HashMap<u32, Backend6> =
+    HashMap::pinned(m::BACKENDS_V6_MAX, BPF_F_NO_PREALLOC);
 
 #[map(name = "ferry_rnat6_v1")]
-pub static REV_NAT_V6: HashMap<u16, RevNat6> = HashMap::pinned(m::REV_NAT_V6_MAX, 0);
+pub static REV_NAT_V6: HashMap<u16, RevNat6> =
+    HashMap::pinned(m::REV_NAT_V6_MAX, BPF_F_NO_PREALLOC);
 
 #[map(name = "ferry_sk6_v1")]
 pub static SOCK_REV_V6: LruHashMap<SockRev6Key, SockRev6> =

@@ -3,9 +3,9 @@
 //! `conntrack` and the metrics scrape).
 
 use agent_common::{
-    AffinityKey, AffinityValue, Backend4, Backend6, Ct4Key, Ct4Value, Member4Key, Member6Key,
-    NodeConfig, RevNat4, RevNat6, SockRev4, SockRev4Key, SrcRange4, SrcRange6, Svc4Key, Svc6Key,
-    SvcValue, maps as names,
+    AffinityKey, AffinityValue, Backend4, Backend6, Ct4Key, Ct4Value, Member4Key, NodeConfig,
+    RevNat4, RevNat6, SockRev4, SockRev4Key, SrcRange4, SrcRange6, Svc4Key, Svc6Key, SvcValue,
+    maps as names,
 };
 use aya::{
     Ebpf,
@@ -39,7 +39,6 @@ pub struct Maps {
     pub backends6: HashMap<MapData, u32, Backend6>,
     pub rev_nat6: HashMap<MapData, u16, RevNat6>,
     pub src_ranges6: LpmTrie<MapData, SrcRange6, u8>,
-    pub members6: HashMap<MapData, Member6Key, u32>,
 }
 
 impl Maps {
@@ -69,7 +68,6 @@ impl Maps {
             backends6: typed(names::BACKENDS_V6, take(names::BACKENDS_V6)?)?,
             rev_nat6: typed(names::REV_NAT_V6, take(names::REV_NAT_V6)?)?,
             src_ranges6: typed(names::SRC_RANGE_V6, take(names::SRC_RANGE_V6)?)?,
-            members6: typed(names::MEMBERS_V6, take(names::MEMBERS_V6)?)?,
         })
     }
 
@@ -105,7 +103,6 @@ impl Maps {
             backends6: typed(names::BACKENDS_V6, open(names::BACKENDS_V6)?)?,
             rev_nat6: typed(names::REV_NAT_V6, open(names::REV_NAT_V6)?)?,
             src_ranges6: typed(names::SRC_RANGE_V6, open(names::SRC_RANGE_V6)?)?,
-            members6: typed(names::MEMBERS_V6, open(names::MEMBERS_V6)?)?,
         })
     }
 
