@@ -10,9 +10,18 @@
 //! - direct: wrk to a backend's pod IP (the limit: no translation at all);
 //! - ferry: wrk to the ClusterIP from the lab cgroup, where ferry's connect4 hook rewrites it;
 //! - iptables / nftables: wrk to the ClusterIP; the router's kube-proxy rules DNAT it.
+//!
+//! The same over IPv6: every address above has its IPv6 twin ([`ipv6_twin`]: client
+//! `fd00:10:246:i::2`, router `fd00:10:250:i::2`, backends `fd00:10:244::N`), routed like
+//! IPv4, and the services are dual-stack ([`synth::eastwest_set_dual`]): ferry holds them as
+//! dual-stack Services with an EndpointSlice per family (its connect6 hook rewrites
+//! [`TARGET_VIP6`]), the kube-proxy routers hold both of kube-proxy's proxiers' rules
+//! (`iptables-restore` and `ip6tables-restore`; tables `ip kube-proxy` and `ip6 kube-proxy`).
+//! A family's packets never meet the other family's rules or maps, so one programming per N
+//! serves both, and the rounds interleave the families as they interleave the contenders.
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::Path,
     process::Command,
     thread,
@@ -23,14 +32,16 @@ use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::{
+    Family,
     env::{http_get_in, in_lab_ns_ok, metric},
-    kubeproxy,
+    http_url, kubeproxy,
     load::{self, ClientPlace, WrkResult},
-    synth::{self, BACKEND_PORT, TARGET_PORT, TARGET_VIP},
+    rotated,
+    synth::{self, BACKEND_PORT, TARGET_PORT, TARGET_VIP, TARGET_VIP6},
 };
 use crate::{
     AgentOpts, Lab, cleanup,
-    lab::Pod,
+    lab::{IPV6_USABLE_DEADLINE, Pod, ipv6_twin},
     netns,
     proc::{self, Placement, Proc},
 };
@@ -77,15 +88,20 @@ impl Contender {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Config {
     pub sizes: Vec<usize>,
+    /// The sizes measured over IPv6 as well (the services are dual-stack at every size).
+    #[serde(default)]
+    pub ipv6_sizes: Vec<usize>,
     pub rounds: usize,
     pub secs: f64,
     pub conns: u32,
 }
 
-/// All rounds of one contender at one N.
+/// All rounds of one contender at one N over one family.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Point {
     pub n: usize,
+    #[serde(default)]
+    pub family: Family,
     pub contender: Contender,
     pub conns_per_sec: Vec<f64>,
     pub p50_us: Vec<f64>,
@@ -97,13 +113,15 @@ pub struct Point {
 pub struct Results {
     pub config: Config,
     pub points: Vec<Point>,
-    /// Time to program each N into each contender (seconds), for the notes.
+    /// Time to program each N into each contender (seconds, both families), for the notes.
     pub program_secs: Vec<(usize, Contender, f64)>,
 }
 
 struct Client {
     contender: Contender,
     router: String,
+    /// The router's address towards the node (kube-proxy's node IP, IPv4; IPv6 is its twin).
+    router_ip: Ipv4Addr,
     place: ClientPlace,
 }
 
@@ -117,7 +135,18 @@ struct Topo {
 fn build(lab: &Lab, bench: &Path) -> Result<Topo> {
     let node = lab.node_netns().to_owned();
     netns::run(&node, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+    netns::sysctl(&node, &["net.ipv6.conf.all.forwarding=1"])?;
     let backends = vec![lab.add_pod("be1"), lab.add_pod("be2")];
+    for pod in &backends {
+        if pod.ip6 != ipv6_twin(pod.ip) {
+            bail!(
+                "{}'s IPv6 address {} is not the twin of {}, which the dual-stack set expects",
+                pod.name,
+                pod.ip6,
+                pod.ip
+            );
+        }
+    }
     let mut servers = Vec::new();
     for pod in &backends {
         let s = lab.spawn(
@@ -154,8 +183,16 @@ fn build(lab: &Lab, bench: &Path) -> Result<Topo> {
         });
         netns::add(&router)?;
         netns::add(&client)?;
-        let (link_node, link_router) = (format!("10.250.{i}.1"), format!("10.250.{i}.2"));
-        let (gw, client_ip) = (format!("10.246.{i}.1"), format!("10.246.{i}.2"));
+        netns::enable_ipv6(&router)?;
+        netns::enable_ipv6(&client)?;
+        let (link_node, link_router) = (Ipv4Addr::new(10, 250, i, 1), Ipv4Addr::new(10, 250, i, 2));
+        let (gw, client_ip) = (Ipv4Addr::new(10, 246, i, 1), Ipv4Addr::new(10, 246, i, 2));
+        let client_net = Ipv4Addr::new(10, 246, i, 0);
+        // Each address with its IPv6 twin: a /24 is a /64.
+        let both = |ns: &str, ip: Ipv4Addr, dev: &str| -> Result<()> {
+            netns::ip(ns, &["addr", "add", &format!("{ip}/24"), "dev", dev])?;
+            netns::add_ipv6(ns, dev, &format!("{}/64", ipv6_twin(ip)))
+        };
         let rt = format!("rt{i}");
         // Links are born inside lab namespaces and moved between lab namespaces only.
         netns::ip(
@@ -164,49 +201,94 @@ fn build(lab: &Lab, bench: &Path) -> Result<Topo> {
                 "link", "add", &rt, "type", "veth", "peer", "name", "up0", "netns", &router,
             ],
         )?;
-        netns::ip(
-            &node,
-            &["addr", "add", &format!("{link_node}/24"), "dev", &rt],
-        )?;
+        both(&node, link_node, &rt)?;
         netns::ip(&node, &["link", "set", &rt, "up"])?;
         netns::ip(
             &node,
             &[
                 "route",
                 "add",
-                &format!("10.246.{i}.0/24"),
+                &format!("{client_net}/24"),
                 "via",
-                &link_router,
+                &link_router.to_string(),
+            ],
+        )?;
+        netns::ip(
+            &node,
+            &[
+                "-6",
+                "route",
+                "add",
+                &format!("{}/64", ipv6_twin(client_net)),
+                "via",
+                &ipv6_twin(link_router).to_string(),
+                "dev",
+                &rt,
             ],
         )?;
         netns::ip(&router, &["link", "set", "lo", "up"])?;
+        both(&router, link_router, "up0")?;
+        netns::ip(&router, &["link", "set", "up0", "up"])?;
         netns::ip(
             &router,
-            &["addr", "add", &format!("{link_router}/24"), "dev", "up0"],
+            &["route", "add", "default", "via", &link_node.to_string()],
         )?;
-        netns::ip(&router, &["link", "set", "up0", "up"])?;
-        netns::ip(&router, &["route", "add", "default", "via", &link_node])?;
+        netns::ip(
+            &router,
+            &[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &ipv6_twin(link_node).to_string(),
+                "dev",
+                "up0",
+            ],
+        )?;
         netns::ip(
             &router,
             &[
                 "link", "add", "dn0", "type", "veth", "peer", "name", "eth0", "netns", &client,
             ],
         )?;
-        netns::ip(&router, &["addr", "add", &format!("{gw}/24"), "dev", "dn0"])?;
+        both(&router, gw, "dn0")?;
         netns::ip(&router, &["link", "set", "dn0", "up"])?;
         netns::run(&router, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        netns::sysctl(&router, &["net.ipv6.conf.all.forwarding=1"])?;
         netns::ip(&client, &["link", "set", "lo", "up"])?;
+        both(&client, client_ip, "eth0")?;
+        netns::ip(&client, &["link", "set", "eth0", "up"])?;
         netns::ip(
             &client,
-            &["addr", "add", &format!("{client_ip}/24"), "dev", "eth0"],
+            &["route", "add", "default", "via", &gw.to_string()],
         )?;
-        netns::ip(&client, &["link", "set", "eth0", "up"])?;
-        netns::ip(&client, &["route", "add", "default", "via", &gw])?;
+        netns::ip(
+            &client,
+            &[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &ipv6_twin(gw).to_string(),
+                "dev",
+                "eth0",
+            ],
+        )?;
         netns::run(
             &client,
             "sysctl",
             &["-qw", "net.ipv4.ip_local_port_range=10000 65000"],
         )?;
+        for (ns, dev) in [
+            (&node, rt.as_str()),
+            (&router, "up0"),
+            (&router, "dn0"),
+            (&client, "eth0"),
+        ] {
+            netns::wait_ipv6_usable(ns, dev, IPV6_USABLE_DEADLINE)?;
+        }
         let place = ClientPlace {
             netns_path: netns::path(&client),
             // Only ferry's client is in the lab cgroup: the others must not pay for (or be
@@ -216,6 +298,7 @@ fn build(lab: &Lab, bench: &Path) -> Result<Topo> {
         clients.push(Client {
             contender: c,
             router,
+            router_ip: link_router,
             place,
         });
     }
@@ -226,18 +309,33 @@ fn build(lab: &Lab, bench: &Path) -> Result<Topo> {
     })
 }
 
-/// The target URL of a contender.
-fn url(c: Contender, backend: Ipv4Addr) -> String {
+/// The target URL of a contender over `family` (`backend`: the one direct dials).
+fn url(c: Contender, family: Family, backend: &Pod) -> String {
+    let (direct, vip): (IpAddr, IpAddr) = match family {
+        Family::V4 => (backend.ip.into(), TARGET_VIP.into()),
+        Family::V6 => (backend.ip6.into(), TARGET_VIP6.into()),
+    };
     match c {
-        Contender::Direct => format!("http://{backend}:{BACKEND_PORT}/"),
-        _ => format!("http://{TARGET_VIP}:{TARGET_PORT}/"),
+        Contender::Direct => http_url(direct, BACKEND_PORT),
+        _ => http_url(vip, TARGET_PORT),
     }
 }
 
 /// Programs the set into ferry (through the agent, then stopped: the datapath stays) and into
-/// the two kube-proxy routers.
+/// the two kube-proxy routers (each family's rules, as kube-proxy's two proxiers write them).
 fn program(lab: &Lab, topo: &Topo, set: &[synth::Svc], out: &mut Results) -> Result<()> {
     let n = set.len();
+    let restore = |router: &str, program: &str, file: &Path, text: String| -> Result<()> {
+        std::fs::write(file, text)?;
+        in_lab_ns_ok(
+            router,
+            program,
+            &[&file.to_string_lossy()],
+            Duration::from_secs(600),
+        )?;
+        std::fs::remove_file(file)?;
+        Ok(())
+    };
     let tmp = lab.tmp_dir();
     for c in &topo.clients {
         let start = Instant::now();
@@ -249,30 +347,39 @@ fn program(lab: &Lab, topo: &Topo, set: &[synth::Svc], out: &mut Results) -> Res
                     ready_timeout: Duration::from_secs(180),
                     ..AgentOpts::default()
                 });
-                wait_frontends(lab, n, Duration::from_secs(180))?;
+                wait_frontends(lab, synth::frontend_count(set), Duration::from_secs(180))?;
                 lab.stop_agent();
             }
             Contender::Iptables => {
                 let file = tmp.join(format!("iptables-{n}.rules"));
-                std::fs::write(&file, kubeproxy::iptables_restore(set))?;
-                in_lab_ns_ok(
+                restore(
                     &c.router,
                     "iptables-restore",
-                    &[&file.to_string_lossy()],
-                    Duration::from_secs(600),
+                    &file,
+                    kubeproxy::iptables_restore(set),
                 )?;
-                std::fs::remove_file(&file)?;
+                let file = tmp.join(format!("ip6tables-{n}.rules"));
+                restore(
+                    &c.router,
+                    "ip6tables-restore",
+                    &file,
+                    kubeproxy::ip6tables_restore(set),
+                )?;
             }
             Contender::Nftables => {
-                let file = tmp.join(format!("nftables-{n}.nft"));
-                std::fs::write(&file, kubeproxy::nft_script(set, "10.250.3.2"))?;
-                in_lab_ns_ok(
-                    &c.router,
-                    "nft",
-                    &["-f", &file.to_string_lossy()],
-                    Duration::from_secs(600),
-                )?;
-                std::fs::remove_file(&file)?;
+                for family in Family::ALL {
+                    let file = tmp.join(format!("nftables-{n}-{}.nft", family.label()));
+                    let node_ip = family.addr(c.router_ip).to_string();
+                    let text = kubeproxy::nft_family(set, family, &node_ip);
+                    std::fs::write(&file, text)?;
+                    in_lab_ns_ok(
+                        &c.router,
+                        "nft",
+                        &["-f", &file.to_string_lossy()],
+                        Duration::from_secs(600),
+                    )?;
+                    std::fs::remove_file(&file)?;
+                }
             }
         }
         out.program_secs
@@ -305,27 +412,31 @@ pub(super) fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Checks that every contender's path answers (one request with curl) before anything is
-/// measured.
-fn check_paths(topo: &Topo) -> Result<()> {
-    for c in &topo.clients {
-        let target = url(c.contender, topo.backends[0].ip);
-        let placement = Placement {
-            netns: Some(c.place.netns_path.clone()),
-            cgroup: c.place.cgroup.clone(),
-        };
-        let out = proc::output_placed(
-            Command::new("curl").args(["-sS", "--max-time", "5", &target]),
-            &placement,
-            Duration::from_secs(10),
-        )?;
-        if !out.status.success() || out.stdout != b"ok\n" {
-            bail!(
-                "the {} path ({target}) does not work: {} {}",
-                c.contender.label(),
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+/// Checks that every contender's path answers over each family (one request with curl)
+/// before anything is measured.
+fn check_paths(topo: &Topo, families: &[Family]) -> Result<()> {
+    for &family in families {
+        for c in &topo.clients {
+            let target = url(c.contender, family, &topo.backends[0]);
+            let placement = Placement {
+                netns: Some(c.place.netns_path.clone()),
+                cgroup: c.place.cgroup.clone(),
+            };
+            let out = proc::output_placed(
+                // -g: the brackets of an IPv6 URL are no glob.
+                Command::new("curl").args(["-sS", "-g", "--max-time", "5", &target]),
+                &placement,
+                Duration::from_secs(10),
+            )?;
+            if !out.status.success() || out.stdout != b"ok\n" {
+                bail!(
+                    "the {} path over {} ({target}) does not work: {} {}",
+                    c.contender.label(),
+                    family.label(),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
         }
     }
     Ok(())
@@ -341,45 +452,62 @@ pub fn run(lab: &Lab, config: &Config) -> Result<Results> {
     };
     let backend_ips: Vec<Ipv4Addr> = topo.backends.iter().map(|p| p.ip).collect();
     for &n in &config.sizes {
-        eprintln!("bench: east-west: programming {n} services into each contender…");
-        let set = synth::eastwest_set(n, &backend_ips);
+        eprintln!("bench: east-west: programming {n} dual-stack services into each contender…");
+        let set = synth::eastwest_set_dual(n, &backend_ips);
         program(lab, &topo, &set, &mut out)?;
-        check_paths(&topo)?;
-        let mut points: Vec<Point> = Contender::ALL
+        let families: &[Family] = if config.ipv6_sizes.contains(&n) {
+            &Family::ALL
+        } else {
+            &[Family::V4]
+        };
+        check_paths(&topo, families)?;
+        let mut points: Vec<Point> = families
             .iter()
-            .map(|&c| Point {
-                n,
-                contender: c,
-                conns_per_sec: Vec::new(),
-                p50_us: Vec::new(),
-                p99_us: Vec::new(),
-                errors: 0,
+            .flat_map(|&family| {
+                Contender::ALL.iter().map(move |&c| Point {
+                    n,
+                    family,
+                    contender: c,
+                    conns_per_sec: Vec::new(),
+                    p50_us: Vec::new(),
+                    p99_us: Vec::new(),
+                    errors: 0,
+                })
             })
             .collect();
         for round in 0..config.rounds {
-            // A B C D, then B C D A, ...: no contender always runs first or last.
-            for k in 0..topo.clients.len() {
-                let c = &topo.clients[(k + round) % topo.clients.len()];
-                // Direct alternates between the two backends, as the service does.
-                let backend = backend_ips[round % backend_ips.len()];
-                let target = url(c.contender, backend);
-                let short: WrkResult =
-                    load::wrk(&c.place, &target, config.secs, config.conns, true)?;
-                let kept: WrkResult = load::wrk(&c.place, &target, config.secs, 1, false)?;
-                let p = &mut points[c.contender.index() as usize];
-                p.conns_per_sec.push(short.requests_per_sec);
-                p.p50_us.extend(kept.p50_us);
-                p.p99_us.extend(kept.p99_us);
-                p.errors += short.errors + kept.errors;
-                eprintln!(
-                    "bench: east-west N={n} round {}/{} {:<20} {:>9.0} conn/s  p50 {:>7.1} us  p99 {:>7.1} us",
-                    round + 1,
-                    config.rounds,
-                    c.contender.label(),
-                    short.requests_per_sec,
-                    kept.p50_us.unwrap_or(f64::NAN),
-                    kept.p99_us.unwrap_or(f64::NAN),
-                );
+            // Families and contenders alike: A B C D, then B C D A, ...: none always runs
+            // first or last.
+            for family in rotated(families, round) {
+                for k in 0..topo.clients.len() {
+                    let c = &topo.clients[(k + round) % topo.clients.len()];
+                    // Direct alternates between the two backends, as the service does.
+                    let backend = &topo.backends[round % topo.backends.len()];
+                    let target = url(c.contender, family, backend);
+                    let short: WrkResult =
+                        load::wrk(&c.place, &target, config.secs, config.conns, true)?;
+                    let kept: WrkResult = load::wrk(&c.place, &target, config.secs, 1, false)?;
+                    let Some(p) = points
+                        .iter_mut()
+                        .find(|p| p.family == family && p.contender == c.contender)
+                    else {
+                        continue;
+                    };
+                    p.conns_per_sec.push(short.requests_per_sec);
+                    p.p50_us.extend(kept.p50_us);
+                    p.p99_us.extend(kept.p99_us);
+                    p.errors += short.errors + kept.errors;
+                    eprintln!(
+                        "bench: east-west {} N={n} round {}/{} {:<20} {:>9.0} conn/s  p50 {:>7.1} us  p99 {:>7.1} us",
+                        family.label(),
+                        round + 1,
+                        config.rounds,
+                        c.contender.label(),
+                        short.requests_per_sec,
+                        kept.p50_us.unwrap_or(f64::NAN),
+                        kept.p99_us.unwrap_or(f64::NAN),
+                    );
+                }
             }
         }
         out.points.extend(points);

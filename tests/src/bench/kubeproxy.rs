@@ -14,19 +14,89 @@
 //!   `numgen random mod N vmap`; `endpoint-<hash>-...__ip/port` DNATs. The base chains and maps
 //!   are kube-proxy's `baseRules`.
 //!
+//!
+//! A dual-stack node runs one proxier per family, each writing its own rules with the same
+//! layout: iptables mode's IPv6 proxier writes the same chains with `ip6tables-restore`
+//! (endpoints `[ip]:port`, in its chain hashes too, sources `/128`), nftables mode's writes
+//! table `ip6 kube-proxy` (`ip6 daddr`, `ipv6_addr` sets and maps, endpoint chain names with
+//! the address's colons turned into dots). Every generator here takes the family and renders
+//! that family's view of the services ([`Svc::view`]); services without an address of the
+//! family are left out, as that proxier leaves them out.
+//!
 //! Both are only ever loaded inside lab namespaces (`nsenter --net=/run/netns/fy<id>-...`).
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, net::IpAddr, net::SocketAddr};
 
 use ring::digest;
 
-use super::synth::Svc;
+use super::{Family, synth::Svc};
 
 /// The pod CIDR kube-proxy is configured with (`--cluster-cidr`): sources outside it are
 /// masqueraded. The bench's clients are inside it, like pods.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/14";
 /// The service CIDR (nftables mode drops traffic to unallocated ClusterIPs in it).
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+/// The IPv6 pod CIDR: the twins of [`CLUSTER_CIDR`] (`fd00:10:244::` to `fd00:10:247:ffff::`).
+pub const CLUSTER_CIDR6: &str = "fd00:10:244::/46";
+/// The IPv6 service CIDR: the twins of [`SERVICE_CIDR`] ([`super::synth::cluster_ip6`]).
+pub const SERVICE_CIDR6: &str = "fd00:96::/108";
+
+/// What differs between a family's rules.
+struct Fam {
+    /// The tool's word for the family (nft table family, match keyword): `ip` / `ip6`.
+    ipx: &'static str,
+    /// nft's address type.
+    addr_type: &'static str,
+    cluster_cidr: &'static str,
+    service_cidr: &'static str,
+    /// A host prefix: `/32` / `/128`.
+    host: &'static str,
+}
+
+fn fam(family: Family) -> Fam {
+    match family {
+        Family::V4 => Fam {
+            ipx: "ip",
+            addr_type: "ipv4_addr",
+            cluster_cidr: CLUSTER_CIDR,
+            service_cidr: SERVICE_CIDR,
+            host: "/32",
+        },
+        Family::V6 => Fam {
+            ipx: "ip6",
+            addr_type: "ipv6_addr",
+            cluster_cidr: CLUSTER_CIDR6,
+            service_cidr: SERVICE_CIDR6,
+            host: "/128",
+        },
+    }
+}
+
+/// One family's view of one service port: its ClusterIP and its endpoints.
+struct View<'a> {
+    s: &'a Svc,
+    ip: IpAddr,
+    endpoints: Vec<IpAddr>,
+}
+
+impl View<'_> {
+    /// kube-proxy's endpoint strings (`net.JoinHostPort`): `ip:port`, `[ipv6]:port`.
+    fn endpoint_strings(&self) -> Vec<String> {
+        self.endpoints
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, self.s.target_port).to_string())
+            .collect()
+    }
+}
+
+fn views(svcs: &[Svc], family: Family) -> Vec<View<'_>> {
+    svcs.iter()
+        .filter_map(|s| {
+            let (ip, endpoints) = s.view(family)?;
+            Some(View { s, ip, endpoints })
+        })
+        .collect()
+}
 
 const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
 
@@ -72,8 +142,10 @@ fn nft_base(s: &Svc) -> String {
     format!("{}-{name}", &sha256_base32(&name)[..8])
 }
 
-/// `HASH-ns/name/tcp/port__ip/port` (nftables `servicePortEndpointChainNameBase`).
+/// `HASH-ns/name/tcp/port__ip/port` (nftables `servicePortEndpointChainNameBase`; an IPv6
+/// address's colons become dots, which chain names allow).
 fn nft_ep_base(s: &Svc, ip: &str, port: u16) -> String {
+    let ip = ip.replace(':', ".");
     let name = format!(
         "{}/{}/tcp/{}__{ip}/{port}",
         s.namespace, s.name, s.port_name
@@ -84,6 +156,19 @@ fn nft_ep_base(s: &Svc, ip: &str, port: u16) -> String {
 /// The `iptables-restore` input kube-proxy's iptables mode writes for `svcs` (a full sync:
 /// the filter and nat tables, base chains and jumps included).
 pub fn iptables_restore(svcs: &[Svc]) -> String {
+    restore(svcs, Family::V4)
+}
+
+/// The `ip6tables-restore` input kube-proxy's IPv6 proxier writes for the IPv6 side of `svcs`
+/// (the same layout as [`iptables_restore`]).
+pub fn ip6tables_restore(svcs: &[Svc]) -> String {
+    restore(svcs, Family::V6)
+}
+
+/// `iptables-restore` or `ip6tables-restore` input: `family`'s view of `svcs`.
+pub fn restore(svcs: &[Svc], family: Family) -> String {
+    let f = fam(family);
+    let svcs = views(svcs, family);
     let mut t = String::with_capacity(svcs.len() * 1200 + 4096);
     t.push_str(
         "*filter\n\
@@ -111,16 +196,10 @@ pub fn iptables_restore(svcs: &[Svc]) -> String {
          :KUBE-POSTROUTING - [0:0]\n\
          :KUBE-MARK-MASQ - [0:0]\n",
     );
-    let eps = |s: &Svc| -> Vec<String> {
-        s.endpoints
-            .iter()
-            .map(|ip| format!("{ip}:{}", s.target_port))
-            .collect()
-    };
-    for s in svcs {
-        let _ = writeln!(t, ":{} - [0:0]", svc_chain(s));
-        for ep in eps(s) {
-            let _ = writeln!(t, ":{} - [0:0]", sep_chain(s, &ep));
+    for v in &svcs {
+        let _ = writeln!(t, ":{} - [0:0]", svc_chain(v.s));
+        for ep in v.endpoint_strings() {
+            let _ = writeln!(t, ":{} - [0:0]", sep_chain(v.s, &ep));
         }
     }
     t.push_str(
@@ -132,28 +211,29 @@ pub fn iptables_restore(svcs: &[Svc]) -> String {
          -A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n\
          -A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n",
     );
-    for s in svcs {
+    for v in &svcs {
         let _ = writeln!(
             t,
             "-A KUBE-SERVICES -m comment --comment \"{} cluster IP\" -m tcp -p tcp -d {} --dport {} -j {}",
-            s.port_name_string(),
-            s.ip,
-            s.port,
-            svc_chain(s)
+            v.s.port_name_string(),
+            v.ip,
+            v.s.port,
+            svc_chain(v.s)
         );
     }
     t.push_str(
         "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n",
     );
-    for s in svcs {
+    for v in &svcs {
+        let s = v.s;
         let name = s.port_name_string();
         let svc = svc_chain(s);
         let _ = writeln!(
             t,
-            "-A {svc} -m comment --comment \"{name} cluster IP\" -m tcp -p tcp -d {} --dport {} ! -s {CLUSTER_CIDR} -j KUBE-MARK-MASQ",
-            s.ip, s.port
+            "-A {svc} -m comment --comment \"{name} cluster IP\" -m tcp -p tcp -d {} --dport {} ! -s {} -j KUBE-MARK-MASQ",
+            v.ip, s.port, f.cluster_cidr
         );
-        let eps = eps(s);
+        let eps = v.endpoint_strings();
         let n = eps.len();
         for (i, ep) in eps.iter().enumerate() {
             let sep = sep_chain(s, ep);
@@ -170,12 +250,13 @@ pub fn iptables_restore(svcs: &[Svc]) -> String {
                 );
             }
         }
-        for (ip, ep) in s.endpoints.iter().zip(&eps) {
+        for (ip, ep) in v.endpoints.iter().zip(&eps) {
             let sep = sep_chain(s, ep);
             let _ = writeln!(
                 t,
-                "-A {sep} -m comment --comment \"{name}\" -s {ip}/32 -j KUBE-MARK-MASQ\n\
-                 -A {sep} -m comment --comment \"{name}\" -m tcp -p tcp -j DNAT --to-destination {ep}"
+                "-A {sep} -m comment --comment \"{name}\" -s {ip}{} -j KUBE-MARK-MASQ\n\
+                 -A {sep} -m comment --comment \"{name}\" -m tcp -p tcp -j DNAT --to-destination {ep}",
+                f.host
             );
         }
     }
@@ -194,25 +275,28 @@ fn svl_chain(s: &Svc) -> String {
 
 /// The `iptables-restore` input for one LoadBalancer service with externalTrafficPolicy
 /// Local whose endpoints are all on this node (kube-proxy's `KUBE-EXT-*` → `KUBE-SVL-*`
-/// layout, beside its cluster-IP chains).
-pub fn iptables_restore_lb_local(s: &Svc, lb_ip: std::net::Ipv4Addr) -> String {
-    let base = iptables_restore(std::slice::from_ref(s));
+/// layout, beside its cluster-IP chains); with an IPv6 `lb_ip`, the `ip6tables-restore`
+/// input of the service's IPv6 side (empty if it has none).
+pub fn iptables_restore_lb_local(s: &Svc, lb_ip: IpAddr) -> String {
+    let family = Family::of(lb_ip);
+    let f = fam(family);
+    let Some(v) = views(std::slice::from_ref(s), family).pop() else {
+        return String::new();
+    };
+    let base = restore(std::slice::from_ref(s), family);
     let (ext, svl, name) = (ext_chain(s), svl_chain(s), s.port_name_string());
     let extra_chains = format!(":{ext} - [0:0]\n:{svl} - [0:0]\n");
     let mut rules = format!(
         "-A KUBE-SERVICES -m comment --comment \"{name} loadbalancer IP\" -m tcp -p tcp -d {lb_ip} --dport {} -j {ext}\n\
-         -A {ext} -m comment --comment \"pod traffic for {name} external destinations\" -s {CLUSTER_CIDR} -j {svc}\n\
+         -A {ext} -m comment --comment \"pod traffic for {name} external destinations\" -s {cluster_cidr} -j {svc}\n\
          -A {ext} -m comment --comment \"masquerade LOCAL traffic for {name} external destinations\" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ\n\
          -A {ext} -m comment --comment \"route LOCAL traffic for {name} external destinations\" -m addrtype --src-type LOCAL -j {svc}\n\
          -A {ext} -j {svl}\n",
         s.port,
-        svc = svc_chain(s)
+        svc = svc_chain(s),
+        cluster_cidr = f.cluster_cidr
     );
-    let eps: Vec<String> = s
-        .endpoints
-        .iter()
-        .map(|ip| format!("{ip}:{}", s.target_port))
-        .collect();
+    let eps = v.endpoint_strings();
     let n = eps.len();
     for (i, ep) in eps.iter().enumerate() {
         let sep = sep_chain(s, ep);
@@ -250,74 +334,97 @@ pub fn iptables_restore_lb_local(s: &Svc, lb_ip: std::net::Ipv4Addr) -> String {
 /// deletes a `kube-proxy` table left from an earlier load, in the same transaction.
 /// `node_ip` goes into `nodeport-ips`.
 pub fn nft_script(svcs: &[Svc], node_ip: &str) -> String {
+    nft_family(svcs, Family::V4, node_ip)
+}
+
+/// The `nft -f` input of kube-proxy's IPv6 proxier for the IPv6 side of `svcs`: table
+/// `ip6 kube-proxy`, the same layout as [`nft_script`]. `node_ip6` goes into `nodeport-ips`.
+pub fn nft_script6(svcs: &[Svc], node_ip6: &str) -> String {
+    nft_family(svcs, Family::V6, node_ip6)
+}
+
+/// `family`'s table (`ip` / `ip6 kube-proxy`) for `family`'s view of `svcs`.
+pub fn nft_family(svcs: &[Svc], family: Family, node_ip: &str) -> String {
+    let Fam {
+        ipx,
+        addr_type,
+        cluster_cidr,
+        service_cidr,
+        ..
+    } = fam(family);
+    let svcs = views(svcs, family);
     let mut t = String::with_capacity(svcs.len() * 1500 + 8192);
-    t.push_str("add table ip kube-proxy\ndelete table ip kube-proxy\n");
     let _ = write!(
         t,
-        r#"add table ip kube-proxy {{ comment "rules for kube-proxy" ; }}
-add set ip kube-proxy cluster-ips {{ type ipv4_addr ; comment "Active ClusterIPs" ; }}
-add set ip kube-proxy nodeport-ips {{ type ipv4_addr ; comment "IPs that accept NodePort traffic" ; }}
-add map ip kube-proxy firewall-ips {{ type ipv4_addr . inet_proto . inet_service : verdict ; comment "destinations that are subject to LoadBalancerSourceRanges" ; }}
-add map ip kube-proxy no-endpoint-nodeports {{ type inet_proto . inet_service : verdict ; comment "vmap to drop or reject packets to service nodeports with no endpoints" ; }}
-add map ip kube-proxy no-endpoint-services {{ type ipv4_addr . inet_proto . inet_service : verdict ; comment "vmap to drop or reject packets to services with no endpoints" ; }}
-add map ip kube-proxy service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict ; comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ; }}
-add map ip kube-proxy service-nodeports {{ type inet_proto . inet_service : verdict ; comment "NodePort traffic" ; }}
-add chain ip kube-proxy cluster-ips-check
-add chain ip kube-proxy filter-prerouting-pre-dnat {{ type filter hook prerouting priority -110 ; }}
-add chain ip kube-proxy filter-output-pre-dnat {{ type filter hook output priority -110 ; }}
-add chain ip kube-proxy filter-forward {{ type filter hook forward priority 0 ; }}
-add chain ip kube-proxy filter-input {{ type filter hook input priority 0 ; }}
-add chain ip kube-proxy filter-output {{ type filter hook output priority 0 ; }}
-add chain ip kube-proxy firewall-check
-add chain ip kube-proxy mark-for-masquerade
-add chain ip kube-proxy masquerading
-add chain ip kube-proxy nat-output {{ type nat hook output priority -100 ; }}
-add chain ip kube-proxy nat-postrouting {{ type nat hook postrouting priority 100 ; }}
-add chain ip kube-proxy nat-prerouting {{ type nat hook prerouting priority -100 ; }}
-add chain ip kube-proxy nodeport-endpoints-check
-add chain ip kube-proxy reject-chain {{ comment "helper for @no-endpoint-services / @no-endpoint-nodeports" ; }}
-add chain ip kube-proxy services
-add chain ip kube-proxy service-endpoints-check
-add rule ip kube-proxy cluster-ips-check ip daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs"
-add rule ip kube-proxy cluster-ips-check ip daddr {{ {SERVICE_CIDR} }} drop comment "Drop traffic to unallocated ClusterIPs"
-add rule ip kube-proxy filter-prerouting-pre-dnat ct state new jump firewall-check
-add rule ip kube-proxy filter-forward ct state new jump service-endpoints-check
-add rule ip kube-proxy filter-forward ct state new jump cluster-ips-check
-add rule ip kube-proxy filter-input ct state new jump nodeport-endpoints-check
-add rule ip kube-proxy filter-input ct state new jump service-endpoints-check
-add rule ip kube-proxy filter-output ct state new jump service-endpoints-check
-add rule ip kube-proxy filter-output-pre-dnat ct state new jump firewall-check
-add rule ip kube-proxy filter-output ct state new jump cluster-ips-check
-add rule ip kube-proxy firewall-check ip daddr . meta l4proto . th dport vmap @firewall-ips
-add rule ip kube-proxy mark-for-masquerade mark set mark or 0x4000
-add rule ip kube-proxy masquerading mark and 0x4000 == 0 return
-add rule ip kube-proxy masquerading mark set mark xor 0x4000
-add rule ip kube-proxy masquerading masquerade fully-random
-add rule ip kube-proxy nat-output jump services
-add rule ip kube-proxy nat-postrouting jump masquerading
-add rule ip kube-proxy nat-prerouting jump services
-add rule ip kube-proxy nodeport-endpoints-check ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports
-add rule ip kube-proxy reject-chain reject
-add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips
-add rule ip kube-proxy services ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports
-add element ip kube-proxy nodeport-ips {{ {node_ip} }}
-add rule ip kube-proxy service-endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services
+        "add table {ipx} kube-proxy\ndelete table {ipx} kube-proxy\n"
+    );
+    let base = format!(
+        r#"add table {ipx} kube-proxy {{ comment "rules for kube-proxy" ; }}
+add set {ipx} kube-proxy cluster-ips {{ type {addr_type} ; comment "Active ClusterIPs" ; }}
+add set {ipx} kube-proxy nodeport-ips {{ type {addr_type} ; comment "IPs that accept NodePort traffic" ; }}
+add map {ipx} kube-proxy firewall-ips {{ type {addr_type} . inet_proto . inet_service : verdict ; comment "destinations that are subject to LoadBalancerSourceRanges" ; }}
+add map {ipx} kube-proxy no-endpoint-nodeports {{ type inet_proto . inet_service : verdict ; comment "vmap to drop or reject packets to service nodeports with no endpoints" ; }}
+add map {ipx} kube-proxy no-endpoint-services {{ type {addr_type} . inet_proto . inet_service : verdict ; comment "vmap to drop or reject packets to services with no endpoints" ; }}
+add map {ipx} kube-proxy service-ips {{ type {addr_type} . inet_proto . inet_service : verdict ; comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ; }}
+add map {ipx} kube-proxy service-nodeports {{ type inet_proto . inet_service : verdict ; comment "NodePort traffic" ; }}
+add chain {ipx} kube-proxy cluster-ips-check
+add chain {ipx} kube-proxy filter-prerouting-pre-dnat {{ type filter hook prerouting priority -110 ; }}
+add chain {ipx} kube-proxy filter-output-pre-dnat {{ type filter hook output priority -110 ; }}
+add chain {ipx} kube-proxy filter-forward {{ type filter hook forward priority 0 ; }}
+add chain {ipx} kube-proxy filter-input {{ type filter hook input priority 0 ; }}
+add chain {ipx} kube-proxy filter-output {{ type filter hook output priority 0 ; }}
+add chain {ipx} kube-proxy firewall-check
+add chain {ipx} kube-proxy mark-for-masquerade
+add chain {ipx} kube-proxy masquerading
+add chain {ipx} kube-proxy nat-output {{ type nat hook output priority -100 ; }}
+add chain {ipx} kube-proxy nat-postrouting {{ type nat hook postrouting priority 100 ; }}
+add chain {ipx} kube-proxy nat-prerouting {{ type nat hook prerouting priority -100 ; }}
+add chain {ipx} kube-proxy nodeport-endpoints-check
+add chain {ipx} kube-proxy reject-chain {{ comment "helper for @no-endpoint-services / @no-endpoint-nodeports" ; }}
+add chain {ipx} kube-proxy services
+add chain {ipx} kube-proxy service-endpoints-check
+add rule {ipx} kube-proxy cluster-ips-check {ipx} daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs"
+add rule {ipx} kube-proxy cluster-ips-check {ipx} daddr {{ {service_cidr} }} drop comment "Drop traffic to unallocated ClusterIPs"
+add rule {ipx} kube-proxy filter-prerouting-pre-dnat ct state new jump firewall-check
+add rule {ipx} kube-proxy filter-forward ct state new jump service-endpoints-check
+add rule {ipx} kube-proxy filter-forward ct state new jump cluster-ips-check
+add rule {ipx} kube-proxy filter-input ct state new jump nodeport-endpoints-check
+add rule {ipx} kube-proxy filter-input ct state new jump service-endpoints-check
+add rule {ipx} kube-proxy filter-output ct state new jump service-endpoints-check
+add rule {ipx} kube-proxy filter-output-pre-dnat ct state new jump firewall-check
+add rule {ipx} kube-proxy filter-output ct state new jump cluster-ips-check
+add rule {ipx} kube-proxy firewall-check {ipx} daddr . meta l4proto . th dport vmap @firewall-ips
+add rule {ipx} kube-proxy mark-for-masquerade mark set mark or 0x4000
+add rule {ipx} kube-proxy masquerading mark and 0x4000 == 0 return
+add rule {ipx} kube-proxy masquerading mark set mark xor 0x4000
+add rule {ipx} kube-proxy masquerading masquerade fully-random
+add rule {ipx} kube-proxy nat-output jump services
+add rule {ipx} kube-proxy nat-postrouting jump masquerading
+add rule {ipx} kube-proxy nat-prerouting jump services
+add rule {ipx} kube-proxy nodeport-endpoints-check {ipx} daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports
+add rule {ipx} kube-proxy reject-chain reject
+add rule {ipx} kube-proxy services {ipx} daddr . meta l4proto . th dport vmap @service-ips
+add rule {ipx} kube-proxy services {ipx} daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports
+add element {ipx} kube-proxy nodeport-ips {{ {node_ip} }}
+add rule {ipx} kube-proxy service-endpoints-check {ipx} daddr . meta l4proto . th dport vmap @no-endpoint-services
 "#
     );
-    for s in svcs {
+    t.push_str(&base);
+    for v in &svcs {
+        let s = v.s;
         let chain = format!("service-{}", nft_base(s));
         // Chains first: the service chain's vmap refers to its endpoint chains.
-        for ip in &s.endpoints {
+        for ip in &v.endpoints {
             let ep = nft_ep_base(s, &ip.to_string(), s.target_port);
-            let _ = writeln!(t, "add chain ip kube-proxy endpoint-{ep}");
+            let _ = writeln!(t, "add chain {ipx} kube-proxy endpoint-{ep}");
         }
-        let _ = writeln!(t, "add chain ip kube-proxy {chain}");
+        let _ = writeln!(t, "add chain {ipx} kube-proxy {chain}");
         let _ = writeln!(
             t,
-            "add rule ip kube-proxy {chain} ip daddr {} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade",
-            s.ip
+            "add rule {ipx} kube-proxy {chain} {ipx} daddr {} {ipx} saddr != {cluster_cidr} jump mark-for-masquerade",
+            v.ip
         );
-        let eps: Vec<String> = s
+        let eps: Vec<String> = v
             .endpoints
             .iter()
             .map(|ip| {
@@ -334,23 +441,23 @@ add rule ip kube-proxy service-endpoints-check ip daddr . meta l4proto . th dpor
             .collect();
         let _ = writeln!(
             t,
-            "add rule ip kube-proxy {chain} numgen random mod {} vmap {{ {} }}",
+            "add rule {ipx} kube-proxy {chain} numgen random mod {} vmap {{ {} }}",
             eps.len(),
             vmap.join(" , ")
         );
-        for (ip, ep) in s.endpoints.iter().zip(&eps) {
+        for (ip, ep) in v.endpoints.iter().zip(&eps) {
             let _ = writeln!(
                 t,
-                "add rule ip kube-proxy {ep} ip saddr {ip} jump mark-for-masquerade\n\
-                 add rule ip kube-proxy {ep} meta l4proto tcp dnat to {ip}:{}",
-                s.target_port
+                "add rule {ipx} kube-proxy {ep} {ipx} saddr {ip} jump mark-for-masquerade\n\
+                 add rule {ipx} kube-proxy {ep} meta l4proto tcp dnat to {}",
+                SocketAddr::new(*ip, s.target_port)
             );
         }
         let _ = writeln!(
             t,
-            "add element ip kube-proxy cluster-ips {{ {} }}\n\
-             add element ip kube-proxy service-ips {{ {} . tcp . {} : goto {chain} }}",
-            s.ip, s.ip, s.port
+            "add element {ipx} kube-proxy cluster-ips {{ {} }}\n\
+             add element {ipx} kube-proxy service-ips {{ {} . tcp . {} : goto {chain} }}",
+            v.ip, v.ip, s.port
         );
     }
     t
@@ -367,10 +474,12 @@ mod tests {
             namespace: "ns1".into(),
             name: "svc1".into(),
             ip: Ipv4Addr::new(172, 30, 0, 41),
+            ip6: None,
             port: 80,
             port_name: "p80".into(),
             target_port: 80,
             endpoints: vec![Ipv4Addr::new(10, 180, 0, 1)],
+            endpoints6: Vec::new(),
         }
     }
 
@@ -399,5 +508,53 @@ mod tests {
         assert!(nft.contains(
             "add rule ip kube-proxy service-ULMVA6XW-ns1/svc1/tcp/p80 numgen random mod 1 vmap { 0 : goto endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80 }"
         ));
+    }
+
+    /// kube-proxy's IPv6 proxiers: `[ip]:port` endpoints (in the SEP hash too), `/128`
+    /// sources, the IPv6 cluster CIDR; nftables' `ip6` table with the colons of an endpoint
+    /// chain name turned into dots. An IPv4-only service has no IPv6 rules.
+    #[test]
+    fn ipv6_layouts() {
+        let mut s = svc1().dual_stack();
+        s.ip6 = Some("fd00:96::29".parse().unwrap());
+        let rules = ip6tables_restore(std::slice::from_ref(&s));
+        let sep = sep_chain(&s, "[fd00:10:180::1]:80");
+        assert_ne!(sep, sep_chain(&s, "10.180.0.1:80"));
+        assert!(rules.contains(&format!(":{sep} - [0:0]")), "{rules}");
+        assert!(rules.contains(&format!(
+            "-A {sep} -m comment --comment \"ns1/svc1:p80\" -s fd00:10:180::1/128 -j KUBE-MARK-MASQ"
+        )));
+        assert!(rules.contains("-j DNAT --to-destination [fd00:10:180::1]:80"));
+        assert!(
+            rules.contains("-d fd00:96::29 --dport 80 ! -s fd00:10:244::/46 -j KUBE-MARK-MASQ")
+        );
+        assert!(!rules.contains("10.180.0.1") && !rules.contains("172.30.0.41"));
+        // The IPv4 side of the same service is the IPv4 layout, unchanged.
+        assert_eq!(
+            iptables_restore(std::slice::from_ref(&s)),
+            iptables_restore(&[svc1()])
+        );
+        assert_eq!(ip6tables_restore(&[svc1()]).matches("KUBE-SVC-").count(), 0);
+
+        let nft = nft_script6(std::slice::from_ref(&s), "fd00:10:250:3::2");
+        assert!(nft.starts_with("add table ip6 kube-proxy\ndelete table ip6 kube-proxy\n"));
+        assert!(!nft.contains(" ip kube-proxy") && !nft.contains("ipv4_addr"));
+        let ep = nft_ep_base(&s, "fd00:10:180::1", 80);
+        assert!(ep.ends_with("-ns1/svc1/tcp/p80__fd00.10.180..1/80"), "{ep}");
+        assert!(nft.contains(&format!(
+            "add rule ip6 kube-proxy endpoint-{ep} meta l4proto tcp dnat to [fd00:10:180::1]:80"
+        )));
+        assert!(nft.contains(
+            "add element ip6 kube-proxy service-ips { fd00:96::29 . tcp . 80 : goto service-ULMVA6XW-ns1/svc1/tcp/p80 }"
+        ));
+        assert!(nft.contains("ip6 daddr { fd00:96::/108 } drop"));
+        assert!(nft.contains("add element ip6 kube-proxy nodeport-ips { fd00:10:250:3::2 }"));
+        let lb = iptables_restore_lb_local(&s, "fd00:192:0:2::20".parse().unwrap());
+        assert!(
+            lb.contains("-d fd00:192:0:2::20 --dport 80 -j KUBE-EXT-"),
+            "{lb}"
+        );
+        assert!(lb.contains("-s fd00:10:244::/46 -j KUBE-SVC-"), "{lb}");
+        assert!(lb.contains("-> [fd00:10:180::1]:80\" -j KUBE-SEP-"), "{lb}");
     }
 }

@@ -17,12 +17,67 @@ pub mod server;
 pub mod stats;
 pub mod synth;
 
-use std::{path::PathBuf, time::Instant};
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::Instant,
+};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::Lab;
+use crate::{Lab, lab::ipv6_twin};
+
+/// The address family a measurement ran over. The labs are dual-stack: every IPv4 address
+/// has its IPv6 twin ([`ipv6_twin`]), so one topology serves both and a family picks which
+/// of each pair a client dials. Results written before IPv6 was measured read as IPv4.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Family {
+    #[default]
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
+    /// This family's address of a lab address: the address itself, or its IPv6 twin.
+    pub fn addr(self, v4: Ipv4Addr) -> IpAddr {
+        match self {
+            Family::V4 => v4.into(),
+            Family::V6 => ipv6_twin(v4).into(),
+        }
+    }
+
+    /// The family of an address.
+    pub fn of(ip: IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+}
+
+/// `http://ip:port/` or `http://[ipv6]:port/`.
+pub fn http_url(ip: IpAddr, port: u16) -> String {
+    format!("http://{}/", SocketAddr::new(ip, port))
+}
+
+/// `families` in round `round`'s order: rotated by one each round, as the contenders are, so
+/// that neither family always runs first.
+pub fn rotated(families: &[Family], round: usize) -> Vec<Family> {
+    let n = families.len().max(1);
+    (0..families.len())
+        .map(|k| families[(k + round) % n])
+        .collect()
+}
 
 /// A section's result, or why it was not measured.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -177,10 +232,13 @@ fn skipped_section<T>() -> Outcome<T> {
 fn run_eastwest(quick: bool) -> Result<eastwest::Results> {
     env::tool("wrk", "wrk")?;
     env::tool("iptables-restore", "iptables")?;
+    env::tool("ip6tables-restore", "iptables")?;
     env::tool("nft", "nftables")?;
     let config = if quick {
         eastwest::Config {
             sizes: vec![1, 100],
+            // IPv6 at one size only: the smoke run checks its path and tables, briefly.
+            ipv6_sizes: vec![100],
             rounds: 1,
             secs: 1.0,
             conns: 4,
@@ -188,6 +246,7 @@ fn run_eastwest(quick: bool) -> Result<eastwest::Results> {
     } else {
         eastwest::Config {
             sizes: vec![1, 1_000, 10_000],
+            ipv6_sizes: vec![1, 1_000, 10_000],
             rounds: 5,
             secs: 3.0,
             conns: 8,

@@ -15,21 +15,36 @@
 //! node2 runs no agent, so its path has no TC program; node1 has no netfilter rules, so its
 //! paths have no conntrack. The plain-routing path crosses node1's eth0 and so pays ferry's
 //! TC "pass" cost (section 3), as any non-service packet on a ferry node does.
+//!
+//! The same over IPv6, on the same lab (dual-stack like every lab): the clients' and pods'
+//! IPv6 twins, the service dual-stack with the load balancer IPs' twins
+//! (`fd00:192:0:2::10` for ferry, `fd00:192:0:2::20` for iptables) and an IPv6 EndpointSlice,
+//! node2 holding kube-proxy's IPv6 proxier's rules (`ip6tables-restore`, the same layout).
+//! Rounds interleave the families as they interleave the contenders. ferry's IPv6 path is
+//! measured only when its TC programs translate IPv6, which the object shows by carrying the
+//! IPv6 conntrack map ([`CT_V6`]); until then the report says why that row is missing.
 
-use std::{net::Ipv4Addr, process::Command, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    process::Command,
+    time::Duration,
+};
 
+use agent_common::maps::CT_V6;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::{
+    Family,
     env::in_lab_ns_ok,
-    kubeproxy,
+    http_url, kubeproxy,
     load::{self, ClientPlace},
-    synth::Svc,
+    rotated,
+    synth::{Svc, cluster_ip6},
 };
 use crate::{
     AgentOpts, Cluster, Endpoint, EndpointSlice, Service,
-    lab::Pod,
+    lab::{Pod, ipv6_twin, ipv6_twin_net},
     proc::{self, Placement, Proc},
 };
 
@@ -37,6 +52,12 @@ const HTTP: u16 = 8080;
 const IPERF: u16 = 5201;
 const FERRY_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const IPT_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 20);
+/// Their IPv6 twins (`fd00:192:0:2::10`, `fd00:192:0:2::20`).
+const FERRY_VIP6: Ipv6Addr = ipv6_twin(FERRY_VIP);
+const IPT_VIP6: Ipv6Addr = ipv6_twin(IPT_VIP);
+/// The service's ClusterIPs (the IPv6 one `fd00:96::32`).
+const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 50);
+const CLUSTER_IP6: Ipv6Addr = cluster_ip6(CLUSTER_IP);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Contender {
@@ -66,6 +87,8 @@ pub struct Config {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Point {
+    #[serde(default)]
+    pub family: Family,
     pub contender: Contender,
     pub gbits_per_sec: Vec<f64>,
     pub conns_per_sec: Vec<f64>,
@@ -75,52 +98,115 @@ pub struct Point {
     pub failed_runs: u64,
 }
 
+/// A path of one family that was not measured, and why.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Unmeasured {
+    pub family: Family,
+    pub contender: Contender,
+    pub why: String,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Results {
     pub config: Config,
     pub points: Vec<Point>,
+    /// Paths left out (ferry over IPv6 before its TC programs translate IPv6).
+    #[serde(default)]
+    pub not_measured: Vec<Unmeasured>,
 }
 
-fn target(c: Contender, web1: &Pod) -> Ipv4Addr {
-    match c {
-        Contender::Routing => web1.ip,
-        Contender::Ferry => FERRY_VIP,
-        Contender::Iptables => IPT_VIP,
+fn target(c: Contender, family: Family, web1: &Pod) -> IpAddr {
+    match (c, family) {
+        (Contender::Routing, Family::V4) => web1.ip.into(),
+        (Contender::Routing, Family::V6) => web1.ip6.into(),
+        (Contender::Ferry, Family::V4) => FERRY_VIP.into(),
+        (Contender::Ferry, Family::V6) => FERRY_VIP6.into(),
+        (Contender::Iptables, Family::V4) => IPT_VIP.into(),
+        (Contender::Iptables, Family::V6) => IPT_VIP6.into(),
     }
 }
 
-/// The service ferry serves: LoadBalancer 192.0.2.10, externalTrafficPolicy Local, ports 80
-/// (HTTP) and 5201 (iperf3) to web1.
-fn ferry_service(web1: &Pod) -> (Service, EndpointSlice) {
-    let svc = Service::load_balancer("web", "10.96.0.50")
+/// The service ferry serves: LoadBalancer 192.0.2.10 and `fd00:192:0:2::10` (dual-stack),
+/// externalTrafficPolicy Local, ports 80 (HTTP) and 5201 (iperf3) to web1.
+fn ferry_service(web1: &Pod) -> (Service, EndpointSlice, EndpointSlice) {
+    let svc = Service::load_balancer("web", &CLUSTER_IP.to_string())
+        .cluster_ips(&[&CLUSTER_IP.to_string(), &CLUSTER_IP6.to_string()])
+        .ip_family_policy("PreferDualStack")
         .namespace("bench")
         .port_to("http", 8080, "TCP", HTTP)
         .port_to("iperf", i64::from(IPERF), "TCP", IPERF)
         .lb_ingress(&FERRY_VIP.to_string())
+        .lb_ingress(&FERRY_VIP6.to_string())
         .external_traffic_policy("Local");
     let slice = EndpointSlice::new("web-abc12", "web")
         .namespace("bench")
         .port("http", HTTP, "TCP")
         .port("iperf", IPERF, "TCP")
         .endpoint(Endpoint::ready(web1.ip).node("node1"));
-    (svc, slice)
+    let slice6 = EndpointSlice::ipv6("web-v6abc", "web")
+        .namespace("bench")
+        .port("http", HTTP, "TCP")
+        .port("iperf", IPERF, "TCP")
+        .endpoint(Endpoint::ready(web1.ip6).node("node1"));
+    (svc, slice, slice6)
 }
 
-/// kube-proxy's iptables rules for the same service on node2 (its LB IP 192.0.2.20, web2).
-fn iptables_rules(web2: &Pod) -> String {
+/// kube-proxy's rules of `family` for the same service on node2 (its LB IP 192.0.2.20 or
+/// `fd00:192:0:2::20`, web2): `iptables-restore` or `ip6tables-restore` input.
+fn iptables_rules(web2: &Pod, family: Family) -> String {
     let svc = |port_name: &str, port: u16| Svc {
         namespace: "bench".into(),
         name: "web".into(),
-        ip: Ipv4Addr::new(10, 96, 0, 50),
+        ip: CLUSTER_IP,
+        ip6: Some(CLUSTER_IP6),
         port,
         port_name: port_name.into(),
         target_port: port,
         endpoints: vec![web2.ip],
+        endpoints6: vec![web2.ip6],
     };
-    let http = kubeproxy::iptables_restore_lb_local(&svc("http", HTTP), IPT_VIP);
+    let lb: IpAddr = match family {
+        Family::V4 => IPT_VIP.into(),
+        Family::V6 => IPT_VIP6.into(),
+    };
+    let http = kubeproxy::iptables_restore_lb_local(&svc("http", HTTP), lb);
     // Both ports: the second service port's chains are merged into the first's restore.
-    let iperf = kubeproxy::iptables_restore_lb_local(&svc("iperf", IPERF), IPT_VIP);
+    let iperf = kubeproxy::iptables_restore_lb_local(&svc("iperf", IPERF), lb);
     merge_restores(&http, &iperf)
+}
+
+/// Whether ferry's TC programs on `node` translate IPv6: its agent pinned the IPv6 conntrack
+/// map, which the eBPF object carries only with them.
+fn ferry_tc_ipv6(cl: &Cluster, node: &str) -> bool {
+    cl.node(node).pin_dir.join(CT_V6).exists()
+}
+
+/// Whether `url` answers `ok` from `place` within `tries` attempts 100 ms apart; the last
+/// failure otherwise.
+fn answers(place: &ClientPlace, url: &str, tries: usize) -> Result<(), String> {
+    let mut last = String::new();
+    for _ in 0..tries {
+        let out = proc::output_placed(
+            // -g: the brackets of an IPv6 URL are no glob.
+            Command::new("curl").args(["-sS", "-g", "--max-time", "2", url]),
+            &Placement {
+                netns: Some(place.netns_path.clone()),
+                cgroup: place.cgroup.clone(),
+            },
+            Duration::from_secs(5),
+        )
+        .map_err(|e| format!("{e:#}"))?;
+        if out.status.success() && out.stdout == b"ok\n" {
+            return Ok(());
+        }
+        last = format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(last)
 }
 
 /// Merges two single-service restores: the second one's nat chain declarations and rules
@@ -160,6 +246,7 @@ fn merge_restores(a: &str, b: &str) -> String {
 
 pub fn run(config: &Config) -> Result<Results> {
     super::env::tool("iperf3", "iperf3")?;
+    super::env::tool("ip6tables-restore", "iptables")?;
     let cl = Cluster::try_new("bench-northsouth")?;
     let bench = std::env::current_exe()?;
     let web1 = cl.add_pod_on("node1", "web1");
@@ -179,9 +266,10 @@ pub fn run(config: &Config) -> Result<Results> {
         servers.push(s);
         servers.push(cl.spawn(pod, "iperf3", &["-s", "-p", &IPERF.to_string()]));
     }
-    let (svc, slice) = ferry_service(&web1);
+    let (svc, slice, slice6) = ferry_service(&web1);
     cl.manifests().apply(&svc);
     cl.manifests().apply(&slice);
+    cl.manifests().apply(&slice6);
     cl.start_agent("node1", &AgentOpts::default());
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !cl.tc_attached("node1") {
@@ -194,17 +282,26 @@ pub fn run(config: &Config) -> Result<Results> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let node2 = cl.node("node2").netns.clone();
-    let rules = cl.tmp_dir().join("northsouth-iptables.rules");
-    std::fs::write(&rules, iptables_rules(&web2))?;
-    in_lab_ns_ok(
-        &node2,
-        "iptables-restore",
-        &[&rules.to_string_lossy()],
-        Duration::from_secs(60),
-    )?;
+    for (family, tool) in [
+        (Family::V4, "iptables-restore"),
+        (Family::V6, "ip6tables-restore"),
+    ] {
+        let rules = cl
+            .tmp_dir()
+            .join(format!("northsouth-{}.rules", family.label()));
+        std::fs::write(&rules, iptables_rules(&web2, family))?;
+        in_lab_ns_ok(
+            &node2,
+            tool,
+            &[&rules.to_string_lossy()],
+            Duration::from_secs(60),
+        )?;
+    }
     let ext = cl.ext("ext1");
     cl.route(&ext, &format!("{FERRY_VIP}/32"), "node1");
     cl.route(&ext, &format!("{IPT_VIP}/32"), "node2");
+    cl.route(&ext, &format!("{FERRY_VIP6}/128"), "node1");
+    cl.route(&ext, &format!("{IPT_VIP6}/128"), "node2");
     // The limit gets a client of its own. Sharing ext1 would make web1 see the
     // same client 4-tuples over two paths (ferry keeps the client address) with
     // two unrelated TCP timestamp clocks (Linux offsets them per destination),
@@ -212,6 +309,11 @@ pub fn run(config: &Config) -> Result<Results> {
     // and both lose a second per collision.
     let ext_direct = cl.ext("ext2");
     cl.route(&ext_direct, "10.244.1.0/24", "node1");
+    cl.route(
+        &ext_direct,
+        &ipv6_twin_net(Ipv4Addr::new(10, 244, 1, 0)),
+        "node1",
+    );
     let shared = ClientPlace {
         netns_path: ext.netns_path.clone(),
         cgroup: ext.cgroup.clone(),
@@ -227,40 +329,66 @@ pub fn run(config: &Config) -> Result<Results> {
             &shared
         }
     };
-    // Every path answers before anything is measured (the agent keeps running: the service's
-    // frontends must be programmed first).
+    // Every IPv4 path answers before anything is measured (the agent keeps running: the
+    // service's frontends must be programmed first).
     for c in Contender::ALL {
-        let place = place_of(c);
-        let url = format!("http://{}:{HTTP}/", target(c, &web1));
-        let mut ok = false;
-        for _ in 0..100 {
-            let out = proc::output_placed(
-                Command::new("curl").args(["-sS", "--max-time", "2", &url]),
-                &Placement {
-                    netns: Some(place.netns_path.clone()),
-                    cgroup: place.cgroup.clone(),
-                },
-                Duration::from_secs(5),
-            )?;
-            if out.status.success() && out.stdout == b"ok\n" {
-                ok = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        if !ok {
+        let url = http_url(target(c, Family::V4, &web1), HTTP);
+        if let Err(e) = answers(place_of(c), &url, 100) {
             bail!(
-                "the {} path ({url}) does not answer; node1 log:\n{}",
+                "the {} path ({url}) does not answer ({e}); node1 log:\n{}",
                 c.label(),
                 super::eastwest::tail(&cl.agent_log("node1"), 4)
             );
         }
     }
+    // Then IPv6's: programmed in the same sync as IPv4's, so a few tries are enough.
+    // Plain routing and kube-proxy do not depend on ferry: their failure is the bench's.
+    let mut not_measured = Vec::new();
+    for c in Contender::ALL {
+        let url = http_url(target(c, Family::V6, &web1), HTTP);
+        let why = if c == Contender::Ferry && !ferry_tc_ipv6(&cl, "node1") {
+            Some(format!(
+                "ferry's TC programs do not translate IPv6 yet (the eBPF object carries no \
+                 IPv6 conntrack map, {CT_V6})"
+            ))
+        } else {
+            match answers(place_of(c), &url, 20) {
+                Ok(()) => None,
+                Err(e) if c == Contender::Ferry => Some(format!(
+                    "the path ({url}) does not answer: {e}; node1 log: {}",
+                    super::eastwest::tail(&cl.agent_log("node1"), 2)
+                )),
+                Err(e) => bail!(
+                    "the {} path over IPv6 ({url}) does not answer: {e}",
+                    c.label()
+                ),
+            }
+        };
+        if let Some(why) = why {
+            eprintln!(
+                "bench: north-south: {} over IPv6 not measured: {why}",
+                c.label()
+            );
+            not_measured.push(Unmeasured {
+                family: Family::V6,
+                contender: c,
+                why,
+            });
+        }
+    }
     cl.stop_agent("node1");
-    let mut points: Vec<Point> = Contender::ALL
+    let measured = |family: Family, c: Contender| {
+        !not_measured
+            .iter()
+            .any(|u: &Unmeasured| u.family == family && u.contender == c)
+    };
+    let mut points: Vec<Point> = Family::ALL
         .iter()
-        .map(|&c| Point {
-            contender: c,
+        .flat_map(|&family| Contender::ALL.iter().map(move |&c| (family, c)))
+        .filter(|&(family, c)| measured(family, c))
+        .map(|(family, contender)| Point {
+            family,
+            contender,
             gbits_per_sec: Vec::new(),
             conns_per_sec: Vec::new(),
             errors: 0,
@@ -268,56 +396,71 @@ pub fn run(config: &Config) -> Result<Results> {
         })
         .collect();
     for round in 0..config.rounds {
-        for k in 0..Contender::ALL.len() {
-            let i = (k + round) % Contender::ALL.len();
-            let c = Contender::ALL[i];
-            let ip = target(c, &web1);
-            let p = &mut points[i];
-            let place = place_of(c);
-            let gbps = match iperf(place, ip, config.secs) {
-                Ok(g) => {
-                    p.gbits_per_sec.push(g);
-                    g
-                }
-                Err(e) => {
-                    eprintln!("bench: north-south: {} iperf3 run failed: {e:#}", c.label());
-                    p.failed_runs += 1;
-                    f64::NAN
-                }
-            };
-            let url = format!("http://{ip}:{HTTP}/");
-            let rate = match load::wrk(place, &url, config.secs, config.conns, true) {
-                Ok(w) => {
-                    p.conns_per_sec.push(w.requests_per_sec);
-                    p.errors += w.errors;
-                    w.requests_per_sec
-                }
-                Err(e) => {
-                    eprintln!("bench: north-south: {} wrk run failed: {e:#}", c.label());
-                    p.failed_runs += 1;
-                    f64::NAN
-                }
-            };
-            let w = (gbps, rate);
-            eprintln!(
-                "bench: north-south round {}/{} {:<28} {:>6.2} Gbit/s {:>8.0} conn/s",
-                round + 1,
-                config.rounds,
-                c.label(),
-                w.0,
-                w.1
-            );
+        for family in rotated(&Family::ALL, round) {
+            for k in 0..Contender::ALL.len() {
+                let c = Contender::ALL[(k + round) % Contender::ALL.len()];
+                let Some(p) = points
+                    .iter_mut()
+                    .find(|p| p.family == family && p.contender == c)
+                else {
+                    continue;
+                };
+                let ip = target(c, family, &web1);
+                let place = place_of(c);
+                let gbps = match iperf(place, ip, config.secs) {
+                    Ok(g) => {
+                        p.gbits_per_sec.push(g);
+                        g
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "bench: north-south: {} {} iperf3 run failed: {e:#}",
+                            family.label(),
+                            c.label()
+                        );
+                        p.failed_runs += 1;
+                        f64::NAN
+                    }
+                };
+                let url = http_url(ip, HTTP);
+                let rate = match load::wrk(place, &url, config.secs, config.conns, true) {
+                    Ok(w) => {
+                        p.conns_per_sec.push(w.requests_per_sec);
+                        p.errors += w.errors;
+                        w.requests_per_sec
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "bench: north-south: {} {} wrk run failed: {e:#}",
+                            family.label(),
+                            c.label()
+                        );
+                        p.failed_runs += 1;
+                        f64::NAN
+                    }
+                };
+                eprintln!(
+                    "bench: north-south {} round {}/{} {:<28} {:>6.2} Gbit/s {:>8.0} conn/s",
+                    family.label(),
+                    round + 1,
+                    config.rounds,
+                    c.label(),
+                    gbps,
+                    rate
+                );
+            }
         }
     }
     drop(servers);
     Ok(Results {
         config: config.clone(),
         points,
+        not_measured,
     })
 }
 
 /// One iperf3 run (TCP, one stream) from the client: the receiver's bits/s, in Gbit/s.
-fn iperf(place: &ClientPlace, ip: Ipv4Addr, secs: f64) -> Result<f64> {
+fn iperf(place: &ClientPlace, ip: IpAddr, secs: f64) -> Result<f64> {
     let t = format!("{}", secs.max(1.0).round() as u64);
     let out = proc::output_placed(
         Command::new("iperf3").args([

@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, Result};
 
 use super::{
-    Outcome, Report,
+    Family, Outcome, Report,
     control::SizeResult,
     eastwest::{Contender, Point},
     stats::{Summary, percentile, ratio},
@@ -94,14 +94,32 @@ fn mib(bytes: Option<u64>) -> String {
 // ---------------------------------------------------------------------------------------------
 // East-west
 
-fn point(points: &[Point], n: usize, c: Contender) -> Option<&Point> {
-    points.iter().find(|p| p.n == n && p.contender == c)
+fn point(points: &[Point], n: usize, family: Family, c: Contender) -> Option<&Point> {
+    points
+        .iter()
+        .find(|p| p.n == n && p.family == family && p.contender == c)
 }
 
-fn ew_metric(points: &[Point], n: usize, c: Contender, f: fn(&Point) -> &[f64]) -> Option<Summary> {
-    point(points, n, c).and_then(|p| Summary::of(f(p)))
+fn ew_metric(
+    points: &[Point],
+    n: usize,
+    family: Family,
+    c: Contender,
+    f: fn(&Point) -> &[f64],
+) -> Option<Summary> {
+    point(points, n, family, c).and_then(|p| Summary::of(f(p)))
 }
 
+/// The families measured at `n` (IPv4 first).
+fn ew_families(points: &[Point], n: usize) -> Vec<Family> {
+    Family::ALL
+        .into_iter()
+        .filter(|&fam| points.iter().any(|p| p.n == n && p.family == fam))
+        .collect()
+}
+
+/// One row per size and family, each family's rows beside the other's at the same size.
+/// Once IPv6 was measured, each row names its family.
 fn ew_table(
     md: &mut String,
     points: &[Point],
@@ -113,22 +131,41 @@ fn ew_table(
         md,
         "\n**{title}**\n\n| services (N) | direct pod IP | ferry | kube-proxy iptables | kube-proxy nftables | ferry / direct | ferry / iptables | ferry / nftables |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
+    let ipv6 = points.iter().any(|p| p.family == Family::V6);
     for &n in sizes {
-        let s = |c| ew_metric(points, n, c, f);
-        let ferry = s(Contender::Ferry);
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            count(n),
-            cell(s(Contender::Direct)),
-            cell(ferry),
-            cell(s(Contender::Iptables)),
-            cell(s(Contender::Nftables)),
-            ratio_cell(ratio(ferry, s(Contender::Direct))),
-            ratio_cell(ratio(ferry, s(Contender::Iptables))),
-            ratio_cell(ratio(ferry, s(Contender::Nftables))),
-        );
+        for family in ew_families(points, n) {
+            ew_row(md, points, n, family, ipv6, f);
+        }
     }
+}
+
+fn ew_row(
+    md: &mut String,
+    points: &[Point],
+    n: usize,
+    family: Family,
+    label_family: bool,
+    f: fn(&Point) -> &[f64],
+) {
+    let s = |c| ew_metric(points, n, family, c, f);
+    let ferry = s(Contender::Ferry);
+    let label = if label_family {
+        format!("{}, {}", count(n), family.label())
+    } else {
+        count(n)
+    };
+    let _ = writeln!(
+        md,
+        "| {} | {} | {} | {} | {} | {} | {} | {} |",
+        label,
+        cell(s(Contender::Direct)),
+        cell(ferry),
+        cell(s(Contender::Iptables)),
+        cell(s(Contender::Nftables)),
+        ratio_cell(ratio(ferry, s(Contender::Direct))),
+        ratio_cell(ratio(ferry, s(Contender::Iptables))),
+        ratio_cell(ratio(ferry, s(Contender::Nftables))),
+    );
 }
 
 fn conns(p: &Point) -> &[f64] {
@@ -179,30 +216,68 @@ fn plot(out: &Path, r: &Report) -> Plots {
     let mut errors = Vec::new();
     if let Some(ew) = r.eastwest.done() {
         let mut data = String::from(
-            "# N  then median min max per contender: direct ferry iptables nftables\n",
+            "# N  then median min max per contender: direct ferry iptables nftables, IPv4 then IPv6\n",
         );
         for &n in &ew.config.sizes {
             let _ = write!(data, "{n}");
-            for c in Contender::ALL {
-                match ew_metric(&ew.points, n, c, conns) {
-                    Some(s) => {
-                        let _ = write!(data, " {} {} {}", s.median, s.min, s.max);
+            for family in Family::ALL {
+                for c in Contender::ALL {
+                    match ew_metric(&ew.points, n, family, c, conns) {
+                        Some(s) => {
+                            let _ = write!(data, " {} {} {}", s.median, s.min, s.max);
+                        }
+                        None => data.push_str(" NaN NaN NaN"),
                     }
-                    None => data.push_str(" NaN NaN NaN"),
                 }
             }
             data.push('\n');
         }
         let dat = out.join(".eastwest.dat");
+        // IPv6 (dashed, the same colour per contender) once it was measured.
+        let ipv6 = ew.points.iter().any(|p| p.family == Family::V6);
+        let titles = [
+            "direct pod IP (limit)",
+            "ferry (socket layer)",
+            "kube-proxy iptables",
+            "kube-proxy nftables",
+        ];
+        let mut lines = Vec::new();
+        for (k, title) in titles.iter().enumerate() {
+            let col = 2 + 3 * k;
+            let suffix = if ipv6 { ", IPv4" } else { "" };
+            lines.push(format!(
+                "'.eastwest.dat' using 1:{}:{}:{} with yerrorlines lw 2 lc {} title '{title}{suffix}'",
+                col,
+                col + 1,
+                col + 2,
+                k + 1
+            ));
+        }
+        if ipv6 {
+            for (k, title) in titles.iter().enumerate() {
+                let col = 14 + 3 * k;
+                lines.push(format!(
+                    "'.eastwest.dat' using 1:{}:{}:{} with yerrorlines lw 2 dt 2 lc {} title '{title}, IPv6'",
+                    col,
+                    col + 1,
+                    col + 2,
+                    k + 1
+                ));
+            }
+        }
+        // Eight lines: their key below the plot, IPv4's column beside IPv6's.
+        let (height, key) = if ipv6 {
+            (640, "set key below horizontal maxrows 4")
+        } else {
+            (540, "set key bottom left")
+        };
         let script = format!(
-            "set terminal pngcairo size 900,540 font ',11'\nset output '{EW_PNG}'\n\
+            "set terminal pngcairo size 900,{height} font ',11'\nset output '{EW_PNG}'\n\
              set title 'East-west: short connections per second vs. services programmed'\n\
              set xlabel 'services programmed (N, log scale)'\nset ylabel 'connections / s (median, min-max)'\n\
-             set logscale x\nset xrange [0.5:20000]\nset yrange [0:*]\nset key bottom left\nset grid\n\
-             plot '.eastwest.dat' using 1:2:3:4 with yerrorlines lw 2 title 'direct pod IP (limit)', \
-             '' using 1:5:6:7 with yerrorlines lw 2 title 'ferry (socket layer)', \
-             '' using 1:8:9:10 with yerrorlines lw 2 title 'kube-proxy iptables', \
-             '' using 1:11:12:13 with yerrorlines lw 2 title 'kube-proxy nftables'\n"
+             set logscale x\nset xrange [0.5:20000]\nset yrange [0:*]\n{key}\nset grid\n\
+             plot {}\n",
+            lines.join(", ")
         );
         match fs::write(&dat, data)
             .map_err(anyhow::Error::from)
@@ -309,6 +384,19 @@ fn markdown(r: &Report, plots: &Plots) -> String {
                 "\n{} rounds of {} s per contender and N.",
                 ew.config.rounds, ew.config.secs
             );
+            if ew.points.iter().any(|p| p.family == Family::V6) {
+                let _ = writeln!(
+                    md,
+                    "\nIPv4 and IPv6 (the rows say which): the services are dual-stack (an IPv6 \
+                     ClusterIP from `fd00:96::/108` and IPv6 endpoints beside the IPv4 ones, the \
+                     target `fd00:96::a`), every client, router and backend has the IPv6 twin of \
+                     its IPv4 address, routed the same way, and the kube-proxy routers hold both \
+                     of its proxiers' rules (`iptables-restore` and `ip6tables-restore`; tables \
+                     `ip kube-proxy` and `ip6 kube-proxy`). The IPv6 rows dial the IPv6 \
+                     addresses (`http://[fd00:96::a]:80/`, the backends' `fd00:10:244::N`); \
+                     each round runs both families, their order alternating."
+                );
+            }
             ew_table(
                 &mut md,
                 &ew.points,
@@ -435,6 +523,8 @@ fn markdown(r: &Report, plots: &Plots) -> String {
 
 fn northsouth(md: &mut String, ns: &super::northsouth::Results) {
     use super::northsouth::Contender as C;
+    let ipv6 = ns.points.iter().any(|p| p.family == Family::V6)
+        || ns.not_measured.iter().any(|u| u.family == Family::V6);
     let _ = writeln!(
         md,
         "On the two-node lab: an external client on the nodes' segment reaches a LoadBalancer \
@@ -444,42 +534,75 @@ fn northsouth(md: &mut String, ns: &super::northsouth::Results) {
          straight to the pod IP through node1. node2 runs no TC program and node1 no netfilter \
          rule. *Throughput*: one iperf3 TCP stream, Gbit/s. *Connections/s*: wrk as in section 1. \
          Checksum offload is off on every veth of this lab (the translating paths must compute \
-         checksums for real), which caps throughput for every contender alike. {} rounds of {} s.\n\n\
+         checksums for real), which caps throughput for every contender alike. {} rounds of {} s.{}\n\n\
          | | plain routing (limit) | ferry (TC) | kube-proxy iptables | ferry / routing | ferry / iptables |\n|---|---:|---:|---:|---:|---:|",
-        ns.config.rounds, ns.config.secs
+        ns.config.rounds,
+        ns.config.secs,
+        if ipv6 {
+            " The IPv6 rows: the same over the lab's IPv6 twins (the service dual-stack, its load \
+             balancer IPs' twins, node2 with kube-proxy's IPv6 rules from `ip6tables-restore`), \
+             the families interleaved round by round."
+        } else {
+            ""
+        }
     );
     type Metric = fn(&super::northsouth::Point) -> &[f64];
-    let get = |c: C, f: Metric| {
+    let get = |family: Family, c: C, f: Metric| {
         ns.points
             .iter()
-            .find(|p| p.contender == c)
+            .find(|p| p.family == family && p.contender == c)
             .and_then(|p| Summary::of(f(p)))
     };
-    let rows: [(&str, Metric); 2] = [
-        ("throughput, Gbit/s (higher is better)", |p| {
+    let rows: [(&str, &str, Metric); 2] = [
+        ("throughput", "Gbit/s (higher is better)", |p| {
             &p.gbits_per_sec
         }),
-        ("short connections/s (higher is better)", |p| {
+        ("short connections/s", "(higher is better)", |p| {
             &p.conns_per_sec
         }),
     ];
-    for (title, f) in rows {
-        let ferry = get(C::Ferry, f);
+    let families: &[Family] = if ipv6 { &Family::ALL } else { &[Family::V4] };
+    for (what, unit, f) in rows {
+        for &family in families {
+            let title = match (ipv6, unit.starts_with('(')) {
+                (false, true) => format!("{what} {unit}"),
+                (false, false) => format!("{what}, {unit}"),
+                (true, true) => format!("{what}, {} {unit}", family.label()),
+                (true, false) => format!("{what}, {}, {unit}", family.label()),
+            };
+            let ferry = get(family, C::Ferry, f);
+            let _ = writeln!(
+                md,
+                "| {title} | {} | {} | {} | {} | {} |",
+                cell(get(family, C::Routing, f)),
+                cell(ferry),
+                cell(get(family, C::Iptables, f)),
+                ratio_cell(ratio(ferry, get(family, C::Routing, f))),
+                ratio_cell(ratio(ferry, get(family, C::Iptables, f))),
+            );
+        }
+    }
+    for u in &ns.not_measured {
         let _ = writeln!(
             md,
-            "| {title} | {} | {} | {} | {} | {} |",
-            cell(get(C::Routing, f)),
-            cell(ferry),
-            cell(get(C::Iptables, f)),
-            ratio_cell(ratio(ferry, get(C::Routing, f))),
-            ratio_cell(ratio(ferry, get(C::Iptables, f))),
+            "\n**{} over {}: not measured.** {}",
+            u.contender.label(),
+            u.family.label(),
+            u.why
         );
     }
     let failed: Vec<String> = ns
         .points
         .iter()
         .filter(|p| p.failed_runs > 0)
-        .map(|p| format!("{} {}", p.contender.label(), p.failed_runs))
+        .map(|p| {
+            let over = if ipv6 {
+                format!(" ({})", p.family.label())
+            } else {
+                String::new()
+            };
+            format!("{}{over} {}", p.contender.label(), p.failed_runs)
+        })
         .collect();
     if !failed.is_empty() {
         let _ = writeln!(
@@ -593,50 +716,87 @@ fn targets(md: &mut String, r: &Report) {
             format!("missed by {by}")
         }
     };
-    // East-west
-    let row = match r.eastwest.done() {
-        Some(ew) => {
-            let n = ew.config.sizes.iter().copied().max().unwrap_or(0);
-            let f = ew_metric(&ew.points, n, Contender::Ferry, conns);
-            let d = ew_metric(&ew.points, n, Contender::Direct, conns);
-            match ratio(f, d) {
-                Some(x) => format!(
-                    "{x:.2} × direct at N = {} | {}",
-                    count(n),
-                    verdict(x >= 0.97, format!("{:.0} %", (0.97 - x) * 100.0))
-                ),
-                None => "– | ".into(),
-            }
-        }
-        None => "not measured | ".into(),
+    // East-west, per family (IPv6 once it was measured).
+    let ew_families: Vec<Family> = match r.eastwest.done() {
+        Some(ew) if ew.points.iter().any(|p| p.family == Family::V6) => Family::ALL.to_vec(),
+        _ => vec![Family::V4],
     };
-    let _ = writeln!(
-        md,
-        "| east-west connections/s at 10,000 services | ≥ 0.97 × direct pod IP | {row} |"
-    );
-    let row = match r.northsouth.done() {
-        Some(ns) => {
-            use super::northsouth::Contender as C;
-            let get = |c| {
-                ns.points
+    for family in ew_families {
+        let row = match r.eastwest.done() {
+            Some(ew) => {
+                let n = ew
+                    .points
                     .iter()
-                    .find(|p| p.contender == c)
-                    .and_then(|p| Summary::of(&p.gbits_per_sec))
-            };
-            match ratio(get(C::Ferry), get(C::Routing)) {
-                Some(x) => format!(
-                    "{x:.2} × plain routing | {}",
-                    verdict(x >= 0.9, format!("{:.0} %", (0.9 - x) * 100.0))
-                ),
-                None => "– | ".into(),
+                    .filter(|p| p.family == family)
+                    .map(|p| p.n)
+                    .max()
+                    .unwrap_or(0);
+                let f = ew_metric(&ew.points, n, family, Contender::Ferry, conns);
+                let d = ew_metric(&ew.points, n, family, Contender::Direct, conns);
+                match ratio(f, d) {
+                    Some(x) => format!(
+                        "{x:.2} × direct at N = {} | {}",
+                        count(n),
+                        verdict(x >= 0.97, format!("{:.0} %", (0.97 - x) * 100.0))
+                    ),
+                    None => "– | ".into(),
+                }
             }
+            None => "not measured | ".into(),
+        };
+        let over = match family {
+            Family::V4 => "",
+            Family::V6 => ", IPv6",
+        };
+        let _ = writeln!(
+            md,
+            "| east-west connections/s at 10,000 services{over} | ≥ 0.97 × direct pod IP | {row} |"
+        );
+    }
+    // North-south, per family (IPv6 once it was in the run).
+    let ns_families: Vec<Family> = match r.northsouth.done() {
+        Some(ns)
+            if ns.points.iter().any(|p| p.family == Family::V6)
+                || ns.not_measured.iter().any(|u| u.family == Family::V6) =>
+        {
+            Family::ALL.to_vec()
         }
-        None => "not measured | ".into(),
+        _ => vec![Family::V4],
     };
-    let _ = writeln!(
-        md,
-        "| north-south throughput | ≥ 0.9 × plain routing | {row} |"
-    );
+    for family in ns_families {
+        let row = match r.northsouth.done() {
+            Some(ns) => {
+                use super::northsouth::Contender as C;
+                let get = |c| {
+                    ns.points
+                        .iter()
+                        .find(|p| p.family == family && p.contender == c)
+                        .and_then(|p| Summary::of(&p.gbits_per_sec))
+                };
+                let unmeasured = ns
+                    .not_measured
+                    .iter()
+                    .find(|u| u.family == family && u.contender == C::Ferry);
+                match (ratio(get(C::Ferry), get(C::Routing)), unmeasured) {
+                    (Some(x), _) => format!(
+                        "{x:.2} × plain routing | {}",
+                        verdict(x >= 0.9, format!("{:.0} %", (0.9 - x) * 100.0))
+                    ),
+                    (None, Some(_)) => "not measured (see section 2) | ".into(),
+                    (None, None) => "– | ".into(),
+                }
+            }
+            None => "not measured | ".into(),
+        };
+        let over = match family {
+            Family::V4 => "",
+            Family::V6 => ", IPv6",
+        };
+        let _ = writeln!(
+            md,
+            "| north-south throughput{over} | ≥ 0.9 × plain routing | {row} |"
+        );
+    }
     let row = match r
         .progcost
         .done()
@@ -767,7 +927,9 @@ fn method(md: &mut String) {
            node namespace whose bridge holds the two backend pods. The paths have the same hops; \
            kube-proxy's rules and the conntrack they need live only in their contender's router, \
            so no contender pays for another's rules. ferry's client alone is in the lab cgroup \
-           where ferry's socket hooks are attached; the others are outside it.\n\
+           where ferry's socket hooks are attached; the others are outside it. The topology is \
+           dual-stack (every address has its IPv6 twin, `10.246.1.2` → `fd00:10:246:1::2`), so the \
+           IPv6 rows run over the same namespaces, links and hops.\n\
          - **ferry's datapath** is programmed by the agent from manifests; the agent is then \
            stopped (the datapath stays in the kernel, pinned, as designed) so that no control \
            plane runs during the rounds, as none runs for the kube-proxy contenders.\n\
@@ -777,7 +939,10 @@ fn method(md: &mut String) {
            (`-m statistic --mode random --probability`) → `KUBE-SEP-<hash>` (DNAT), jumps from \
            PREROUTING/OUTPUT, `KUBE-MARK-MASQ`/`KUBE-POSTROUTING` and the filter-table chains; \
            nftables mode's `table ip kube-proxy` with the `service-ips` verdict map → service chains \
-           (`numgen random mod N vmap`) → endpoint chains, with its base chains and maps. Debian \
+           (`numgen random mod N vmap`) → endpoint chains, with its base chains and maps. Over \
+           IPv6 the same layouts as kube-proxy's IPv6 proxiers write them: `ip6tables-restore` \
+           with `[ip]:port` endpoints (in the chain hashes too), and `table ip6 kube-proxy` with \
+           `ip6 daddr` and `ipv6_addr` sets and maps. Debian \
            12's `iptables` is iptables-nft (the nf_tables backend), what current distributions and \
            kube-proxy images use.\n\
          - **Load tool: wrk** (Debian's package). It is a real, event-driven HTTP load generator \
@@ -791,8 +956,8 @@ fn method(md: &mut String) {
            (verifier included), in a namespace of its own, with maps filled as the agent fills them.\n\
          - **Control plane** runs each source in a fresh lab; kube-proxy's restores go into empty \
            lab namespaces.\n\
-         - `cargo xtask bench --quick` is the smoke run `cargo xtask test` makes: N = 1 and 100, \
-           one 1-second round, 100 services in the control-plane section; it writes to a \
+         - `cargo xtask bench --quick` is the smoke run `cargo xtask test` makes: N = 1 and 100 \
+           (IPv6 at 100 only), one 1-second round, 100 services in the control-plane section; it writes to a \
            temporary directory, never over this file."
     );
 }
