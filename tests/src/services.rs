@@ -2,6 +2,11 @@
 //! ([`ServicesView`]: the type is the contract). Frontends and backends of either family:
 //! addresses are named as text (`"10.96.0.10"`, `"fd00:96::a"`) or typed, and backends are
 //! listed as `ip:port` / `[ipv6]:port`.
+//!
+//! A test written once for both families takes a [`Family`] (the lab is dual-stack): the
+//! address of each thing it names in that family, its EndpointSlices of that family, and
+//! [`over_both_families!`](crate::over_both_families) makes it two tests, `NAME::ipv4` and
+//! `NAME::ipv6`, so that a failure names its family.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -11,6 +16,11 @@ use std::{
 use ferry::{
     cmd::services::{BackendView, FrontendView, ServicesView},
     model::{Protocol, Scope},
+};
+
+use crate::{
+    lab::Pod,
+    manifests::{Endpoint, EndpointSlice},
 };
 
 /// Polls `read` (one `ferry services -o json`) until `pred` holds; returns how long it
@@ -201,4 +211,109 @@ fn sorted(want: &[&str]) -> Vec<String> {
     let mut want: Vec<String> = want.iter().map(|s| (*s).to_owned()).collect();
     want.sort();
     want
+}
+
+/// The address family a test runs over. Things a test names in both families are given as a
+/// pair `[ipv4, ipv6]` and read with [`pick`](Family::pick): `["10.96.0.10", "fd00:96::a"]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const BOTH: [Family; 2] = [Family::V4, Family::V6];
+
+    /// This family's of a pair given IPv4 first: `family.pick(["10.96.0.10", "fd00:96::a"])`.
+    pub fn pick<T>(self, pair: [T; 2]) -> T {
+        let [v4, v6] = pair;
+        match self {
+            Family::V4 => v4,
+            Family::V6 => v6,
+        }
+    }
+
+    /// The family of an address.
+    pub fn of(address: impl AsIp) -> Family {
+        match address.ip() {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// `ipv4` or `ipv6`: the name of the test of this family and a suffix of names.
+    pub fn tag(self) -> &'static str {
+        self.pick(["ipv4", "ipv6"])
+    }
+
+    /// The pod's address of this family (`ip`, or its twin `ip6`).
+    pub fn ip(self, pod: &Pod) -> IpAddr {
+        self.pick([IpAddr::V4(pod.ip), IpAddr::V6(pod.ip6)])
+    }
+
+    /// The pod's address as the one address of a prefix (`a.b.c.d/32`, `x::y/128`), as
+    /// loadBalancerSourceRanges take it.
+    pub fn host_cidr(self, pod: &Pod) -> String {
+        format!("{}/{}", self.ip(pod), self.pick([32, 128]))
+    }
+
+    /// The pod's `port` as `ferry services` lists a backend: `ip:port` or `[ipv6]:port`.
+    pub fn ep(self, pod: &Pod, port: u16) -> String {
+        at(self.ip(pod), port)
+    }
+
+    /// The pod as a ready endpoint of a slice of this family (on node-1).
+    pub fn ready(self, pod: &Pod) -> Endpoint {
+        Endpoint::ready(self.ip(pod))
+    }
+
+    /// An EndpointSlice `<name>-ipv4` / `<name>-ipv6` of `service` (addressType of this family):
+    /// the EndpointSlice controller writes one per family for a dual-stack Service.
+    pub fn slice(self, name: &str, service: &str) -> EndpointSlice {
+        let name = format!("{name}-{}", self.tag());
+        match self {
+            Family::V4 => EndpointSlice::new(&name, service),
+            Family::V6 => EndpointSlice::ipv6(&name, service),
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    /// `IPv4` or `IPv6`, as `ipFamilies` names them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.pick(["IPv4", "IPv6"]))
+    }
+}
+
+/// `ip:port` or `[ipv6]:port`: a lab-client target, what getpeername/recvfrom print, a
+/// backend as `ferry services` lists it.
+pub fn at(address: impl AsIp, port: u16) -> String {
+    SocketAddr::new(address.ip(), port).to_string()
+}
+
+/// `http://ip:port/` or `http://[ipv6]:port/` (curl needs `-g` for the brackets).
+pub fn url(address: impl AsIp, port: u16) -> String {
+    format!("http://{}/", at(address, port))
+}
+
+/// Makes each `fn NAME(family: Family)` of a test file two kernel tests, `NAME::ipv4` and
+/// `NAME::ipv6` (ignored as kernel tests are: `cargo xtask test` runs them as root), so that
+/// one body runs over both families of the dual-stack lab and a failure names its family.
+#[macro_export]
+macro_rules! over_both_families {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[test]
+            #[ignore = "kernel test: needs root (cargo xtask test runs it)"]
+            fn ipv4() {
+                super::$name($crate::services::Family::V4)
+            }
+
+            #[test]
+            #[ignore = "kernel test: needs root (cargo xtask test runs it)"]
+            fn ipv6() {
+                super::$name($crate::services::Family::V6)
+            }
+        }
+    )+};
 }
