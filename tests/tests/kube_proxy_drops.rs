@@ -3,19 +3,37 @@
 //! pods and host processes. The socket hooks cannot drop, so the egress guard does: real TCP
 //! and UDP clients in pod namespaces and in the node's, an nftables counter in the node
 //! namespace proving that no packet to a service address left the client.
+//!
+//! Both tests run over both families of the dual-stack lab (`NAME::ipv4`, `NAME::ipv6`, one
+//! body taking a [`Family`]): their Services are dual-stack (a ClusterIP and a load-balancer
+//! ingress IP of each family, source ranges of each family, one EndpointSlice per family), the
+//! clients reach them over the test's family, and the counter counts that family's packets
+//! (an `ip` or `ip6` nftables table).
 
 mod common;
 
 use common::*;
 use ferry::model::Protocol;
 use ferry_tests::{
-    Endpoint, EndpointSlice, Lab, Pod, Service, flood, lab::GATEWAY, netns, require_root, services,
+    EndpointSlice, Lab, Pod, Service, flood, netns, over_both_families, require_root,
+    services::{self, Family, at, url},
 };
 
-const LOCAL_VIP: &str = "10.96.0.20";
-const EMPTY_VIP: &str = "10.96.0.21";
-const LB_VIP: &str = "10.96.0.30";
-const LB_IP: &str = "203.0.113.30";
+/// The Services' addresses, IPv4 and IPv6.
+const LOCAL_VIP: [&str; 2] = ["10.96.0.20", "fd00:96::14"];
+const EMPTY_VIP: [&str; 2] = ["10.96.0.21", "fd00:96::15"];
+const LB_VIP: [&str; 2] = ["10.96.0.30", "fd00:96::1e"];
+const LB_IP: [&str; 2] = ["203.0.113.30", "2001:db8:113::30"];
+/// A source range of each family that holds no address of the lab.
+const ELSEWHERE: [&str; 2] = ["198.51.100.0/24", "2001:db8:51::/64"];
+/// The lab's service range of each family, routed to br0 in the node namespace by the first
+/// test (see there).
+const SERVICE_RANGE: [&str; 2] = ["10.96.0.0/16", "fd00:96::/112"];
+
+over_both_families!(
+    local_policy_without_a_local_endpoint_drops_and_without_any_endpoint_rejects,
+    load_balancer_source_ranges_apply_to_pods_and_the_host,
+);
 
 /// kube-proxy's gauge of service ports a Local policy drops, as /metrics reports it.
 fn no_local_metric(lab: &Lab, policy: &str) -> Option<u64> {
@@ -40,31 +58,38 @@ fn counter(lab: &Lab, name: &str) -> u64 {
     lab.stats()["counters"][name].as_u64().unwrap_or_default()
 }
 
-/// nftables counters in the node namespace of packets to `addrs`: in prerouting what a client
-/// in a pod let out, on the bridge's egress (netdev hook, after every IP-layer hook and so
-/// after the guard) what a process on the node sent towards the pods.
+/// nftables counters in the node namespace of packets of one family to `addrs`: in prerouting
+/// (an `ip` or `ip6` table) what a client in a pod let out, on the bridge's egress (netdev
+/// hook, after every IP-layer hook and so after the guard) what a process on the node sent
+/// towards the pods.
 struct NodeCounter<'a> {
     lab: &'a Lab,
+    tables: [String; 2],
 }
 
 impl<'a> NodeCounter<'a> {
-    const TABLES: [&'static str; 2] = ["ip fy_guard_pre", "netdev fy_guard_br0"];
-
-    fn new(lab: &'a Lab, addrs: &[&str]) -> Self {
+    fn new(lab: &'a Lab, family: Family, addrs: &[&str]) -> Self {
         let a = addrs.join(", ");
+        let (table, daddr) = family.pick([("ip", "ip daddr"), ("ip6", "ip6 daddr")]);
         let rules = format!(
-            "table ip fy_guard_pre {{\n chain pre {{\n  type filter hook prerouting priority -300;\n  ip daddr {{ {a} }} counter\n }}\n}}\n\
-             table netdev fy_guard_br0 {{\n chain out {{\n  type filter hook egress device br0 priority 0;\n  ip daddr {{ {a} }} counter\n }}\n}}\n"
+            "table {table} fy_guard_pre {{\n chain pre {{\n  type filter hook prerouting priority -300;\n  {daddr} {{ {a} }} counter\n }}\n}}\n\
+             table netdev fy_guard_br0 {{\n chain out {{\n  type filter hook egress device br0 priority 0;\n  {daddr} {{ {a} }} counter\n }}\n}}\n"
         );
         let file = lab.tmp_dir().join("guard.nft");
         std::fs::write(&file, rules).expect("writing the nft rules");
         netns::run(lab.node_netns(), "nft", &["-f", &file.to_string_lossy()]).expect("nft -f");
-        NodeCounter { lab }
+        NodeCounter {
+            lab,
+            tables: [
+                format!("{table} fy_guard_pre"),
+                "netdev fy_guard_br0".to_owned(),
+            ],
+        }
     }
 
     fn packets(&self) -> u64 {
         let mut total = 0;
-        for table in Self::TABLES {
+        for table in &self.tables {
             let mut args = vec!["list", "table"];
             args.extend(table.split(' '));
             let out = netns::run(self.lab.node_netns(), "nft", &args).expect("nft list");
@@ -79,44 +104,72 @@ impl<'a> NodeCounter<'a> {
     }
 }
 
-#[test]
-#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
-fn local_policy_without_a_local_endpoint_drops_and_without_any_endpoint_rejects() {
+/// A dual-stack ClusterIP Service `name` on `vips` (80/TCP -> 8080, 53/UDP -> 8053).
+fn web(name: &str, vips: [&str; 2]) -> Service {
+    Service::dual_stack(name, "PreferDualStack", &vips)
+        .port_to("http", 80, "TCP", 8080u16)
+        .port_to("dns", 53, "UDP", 8053u16)
+}
+
+/// The EndpointSlices `<service>-1-ipv4` and `-ipv6` of `service` (8080/TCP, 8053/UDP): each
+/// endpoint a pod and the node it runs on, with its address of the slice's family.
+fn slices(service: &str, eps: &[(&Pod, &str)]) -> [EndpointSlice; 2] {
+    Family::BOTH.map(|f| {
+        f.slice(&format!("{service}-1"), service)
+            .port("http", 8080, "TCP")
+            .port("dns", 8053, "UDP")
+            .endpoints(eps.iter().map(|(pod, node)| f.ready(pod).node(node)))
+    })
+}
+
+fn apply(lab: &Lab, slices: &[EndpointSlice]) {
+    for s in slices {
+        lab.manifests().apply(s);
+    }
+}
+
+/// `lab-client udp TARGET --timeout-ms MS [--connected]` from `from`: its one attempt.
+fn udp_once(lab: &Lab, from: &Pod, target: &str, ms: u32, connected: bool) -> ferry_tests::Attempt {
+    let ms = ms.to_string();
+    let mut args = vec!["udp", target, "--timeout-ms", &ms];
+    if connected {
+        args.push("--connected");
+    }
+    lab.client(from, &args).remove(0)
+}
+
+fn local_policy_without_a_local_endpoint_drops_and_without_any_endpoint_rejects(family: Family) {
     require_root!();
-    let lab = Lab::new("local_policy_without_a_local_endpoint_drops");
+    let lab = Lab::new(&format!(
+        "local_policy_without_a_local_endpoint_drops_{}",
+        family.tag()
+    ));
+    let (local_vip, empty_vip) = (family.pick(LOCAL_VIP), family.pick(EMPTY_VIP));
     let client = lab.add_pod("client");
     let remote = lab.add_pod("remote");
     let local = lab.add_pod("local");
     let _e1 = lab.start_echo(&remote, &[8080], &[8053]);
     let _e2 = lab.start_echo(&local, &[8080], &[8053]);
-    let svc = |name: &str, vip: &str| {
-        Service::cluster_ip(name, vip)
-            .port_to("http", 80, "TCP", 8080u16)
-            .port_to("dns", 53, "UDP", 8053u16)
-            .internal_traffic_policy("Local")
-    };
-    let slice = |name: &str, eps: Vec<Endpoint>| {
-        EndpointSlice::new(&format!("{name}-1"), name)
-            .port("http", 8080, "TCP")
-            .port("dns", 8053, "UDP")
-            .endpoints(eps)
-    };
+    let svc = |name: &str, vips: [&str; 2]| web(name, vips).internal_traffic_policy("Local");
     // `local`: its only endpoint runs on another node. `empty`: no endpoint at all.
     lab.manifests().apply(&svc("local", LOCAL_VIP));
-    lab.manifests().apply(&slice(
-        "local",
-        vec![Endpoint::ready(remote.ip).node("node-2")],
-    ));
+    apply(&lab, &slices("local", &[(&remote, "node-2")]));
     lab.manifests().apply(&svc("empty", EMPTY_VIP));
-    lab.manifests().apply(&slice("empty", vec![]));
-    let nft = NodeCounter::new(&lab, &[LOCAL_VIP, EMPTY_VIP]);
+    apply(&lab, &slices("empty", &[]));
+    let nft = NodeCounter::new(&lab, family, &[local_vip, empty_vip]);
     // The lab's node has no default route: a route for the service range and a neighbour
     // stand in for one, so that an untranslated packet from the node would go out on br0.
     let node = lab.host();
     let node_ns = lab.node_netns();
-    netns::ip(node_ns, &["route", "add", "10.96.0.0/16", "dev", "br0"]).expect("route");
-    for vip in [LOCAL_VIP, EMPTY_VIP] {
+    let ip = family.pick(["-4", "-6"]);
+    netns::ip(
+        node_ns,
+        &[ip, "route", "add", family.pick(SERVICE_RANGE), "dev", "br0"],
+    )
+    .expect("route");
+    for vip in [local_vip, empty_vip] {
         let neigh = [
+            ip,
             "neigh",
             "add",
             vip,
@@ -131,22 +184,19 @@ fn local_policy_without_a_local_endpoint_drops_and_without_any_endpoint_rejects(
     }
     // The counters see what leaves without ferry: one datagram from a pod, one from the node.
     for from in [&client, &node] {
-        lab.client(
-            from,
-            &["udp", &format!("{LOCAL_VIP}:53"), "--timeout-ms", "200"],
-        );
+        udp_once(&lab, from, &at(local_vip, 53), 200, false);
     }
     let base = nft.packets();
     assert_eq!(
         base, 2,
-        "the counters see untranslated packets from a pod and from the node"
+        "{family}: the counters see untranslated packets from a pod and from the node"
     );
     start_agent(&lab);
     lab.wait_services(
         |v| {
-            services::frontend(v, LOCAL_VIP, 53, Protocol::Udp)
+            services::frontend(v, local_vip, 53, Protocol::Udp)
                 .is_some_and(|f| f.flags.iter().any(|f| f == "DropNoLocalEndpoints"))
-                && services::frontend(v, EMPTY_VIP, 53, Protocol::Udp).is_some_and(|f| {
+                && services::frontend(v, empty_vip, 53, Protocol::Udp).is_some_and(|f| {
                     f.backends.is_empty() && !f.flags.iter().any(|f| f == "DropNoLocalEndpoints")
                 })
         },
@@ -154,175 +204,199 @@ fn local_policy_without_a_local_endpoint_drops_and_without_any_endpoint_rejects(
     );
 
     // Counted as kube-proxy counts it: the two ports of `local`; `empty` (rejected) is not.
-    assert_eq!(no_local_metric(&lab, "internal"), Some(2));
-    assert_eq!(no_local_metric(&lab, "external"), Some(0));
+    assert_eq!(no_local_metric(&lab, "internal"), Some(2), "{family}");
+    assert_eq!(no_local_metric(&lab, "external"), Some(0), "{family}");
 
     // Endpoints elsewhere only: dropped. TCP times out, UDP is sent and lost.
     let tcp = &lab.client(
         &client,
-        &["tcp", &format!("{LOCAL_VIP}:80"), "--timeout-ms", "1500"],
+        &["tcp", &at(local_vip, 80), "--timeout-ms", "1500"],
     )[0];
     assert_eq!(
         tcp.error.as_deref(),
         Some("timeout"),
-        "TCP is dropped, not refused: {}",
+        "{family}: TCP is dropped, not refused: {}",
         tcp.raw
     );
-    assert!(tcp.elapsed_ms >= 1400, "{}", tcp.raw);
+    assert!(tcp.elapsed_ms >= 1400, "{family}: {}", tcp.raw);
     let curl = lab.output(
         &client,
         "curl",
-        &[
-            "-sS",
-            "--connect-timeout",
-            "1",
-            &format!("http://{LOCAL_VIP}/"),
-        ],
+        &["-sS", "-g", "--connect-timeout", "1", &url(local_vip, 80)],
     );
     assert_eq!(
         curl.status.code(),
         Some(28),
-        "curl times out (28): {curl:?}"
+        "{family}: curl times out (28): {curl:?}"
     );
     for connected in [false, true] {
-        let mut args = vec!["udp", "10.96.0.20:53", "--timeout-ms", "700"];
-        if connected {
-            args.push("--connected");
-        }
-        let udp = &lab.client(&client, &args)[0];
+        let udp = udp_once(&lab, &client, &at(local_vip, 53), 700, connected);
         assert_eq!(
             (udp.stage.as_deref(), udp.error.as_deref()),
             (Some("recv"), Some("timeout")),
-            "UDP (connected: {connected}) is sent and lost, not refused: {}",
+            "{family}: UDP (connected: {connected}) is sent and lost, not refused: {}",
             udp.raw
         );
     }
     let dropped = counter(&lab, "guard_no_local_drop");
     assert!(
         dropped >= 3,
-        "the guard dropped the SYN and both datagrams: {dropped}"
+        "{family}: the guard dropped the SYN and both datagrams: {dropped}"
     );
-    assert!(counter(&lab, "sock_no_local") >= 4, "{}", lab.stats());
+    assert!(
+        counter(&lab, "sock_no_local") >= 4,
+        "{family}: {}",
+        lab.stats()
+    );
 
     // No endpoint anywhere: refused at once, as before.
     let tcp = &lab.client(
         &client,
-        &["tcp", &format!("{EMPTY_VIP}:80"), "--timeout-ms", "3000"],
+        &["tcp", &at(empty_vip, 80), "--timeout-ms", "3000"],
     )[0];
-    assert_eq!(tcp.error.as_deref(), Some("ECONNREFUSED"), "{}", tcp.raw);
-    assert!(tcp.elapsed_ms < 1000, "{}", tcp.raw);
-    let udp = &lab.client(
-        &client,
-        &["udp", &format!("{EMPTY_VIP}:53"), "--timeout-ms", "700"],
-    )[0];
-    assert_eq!(udp.stage.as_deref(), Some("send"), "refused: {}", udp.raw);
+    assert_eq!(
+        tcp.error.as_deref(),
+        Some("ECONNREFUSED"),
+        "{family}: {}",
+        tcp.raw
+    );
+    assert!(tcp.elapsed_ms < 1000, "{family}: {}", tcp.raw);
+    let udp = udp_once(&lab, &client, &at(empty_vip, 53), 700, false);
+    assert_eq!(
+        udp.stage.as_deref(),
+        Some("send"),
+        "{family}: refused: {}",
+        udp.raw
+    );
 
     // A process on the node follows the same rule.
-    let tcp = &lab.client(
-        &node,
-        &["tcp", &format!("{LOCAL_VIP}:80"), "--timeout-ms", "1000"],
-    )[0];
-    assert_eq!(tcp.error.as_deref(), Some("timeout"), "host: {}", tcp.raw);
+    let tcp = &lab.client(&node, &["tcp", &at(local_vip, 80), "--timeout-ms", "1000"])[0];
+    assert_eq!(
+        tcp.error.as_deref(),
+        Some("timeout"),
+        "{family}: host: {}",
+        tcp.raw
+    );
 
     // An endpoint on this node: served by it alone, the same sockets' kind unaffected.
-    lab.manifests().apply(&slice(
-        "local",
-        vec![
-            Endpoint::ready(remote.ip).node("node-2"),
-            Endpoint::ready(local.ip).node("node-1"),
-        ],
-    ));
+    apply(
+        &lab,
+        &slices("local", &[(&remote, "node-2"), (&local, "node-1")]),
+    );
     wait_active(
         &lab,
         "a local endpoint",
-        LOCAL_VIP,
+        local_vip,
         80,
         Protocol::Tcp,
-        &[ep(&local, 8080)],
+        &[family.ep(&local, 8080)],
     );
-    let served = lab.tcp(&client, &format!("{LOCAL_VIP}:80"), 3);
-    assert_all_ok(&served, "TCP with a local endpoint");
+    let served = lab.tcp(&client, &at(local_vip, 80), 3);
+    assert_all_ok(&served, &format!("{family}: TCP with a local endpoint"));
     assert!(
         served.iter().all(|a| a.pod().as_deref() == Some("local")),
-        "{served:?}"
+        "{family}: {served:?}"
     );
-    let udp = &lab.client(
-        &client,
-        &["udp", &format!("{LOCAL_VIP}:53"), "--timeout-ms", "2000"],
-    )[0];
-    assert!(udp.ok, "UDP with a local endpoint: {}", udp.raw);
-    assert_eq!(no_local_metric(&lab, "internal"), Some(0));
+    let udp = udp_once(&lab, &client, &at(local_vip, 53), 2000, false);
+    assert!(udp.ok, "{family}: UDP with a local endpoint: {}", udp.raw);
+    assert_eq!(no_local_metric(&lab, "internal"), Some(0), "{family}");
 
     assert_eq!(
         nft.packets(),
         base,
-        "no packet to a service address left a socket"
+        "{family}: no packet to a service address left a socket"
     );
     println!("guard drops: {}", counter(&lab, "guard_no_local_drop"));
 }
 
-#[test]
-#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
-fn load_balancer_source_ranges_apply_to_pods_and_the_host() {
+fn load_balancer_source_ranges_apply_to_pods_and_the_host(family: Family) {
     require_root!();
-    let lab = Lab::new("lb_source_ranges_pods_and_host");
+    let lab = Lab::new(&format!("lb_source_ranges_pods_and_host_{}", family.tag()));
+    let (lb_vip, lb_ip) = (family.pick(LB_VIP), family.pick(LB_IP));
     let backend = lab.add_pod("backend");
     let inside = lab.add_pod("inside");
     let outside = lab.add_pod("outside");
+    let node = lab.host();
     let _echo = lab.start_echo(&backend, &[8080], &[8053]);
-    let svc = |ranges: &[String]| {
-        let mut s = Service::load_balancer("lb", LB_VIP)
+    // Dual-stack: a ClusterIP and an ingress IP of each family; the ranges of both families
+    // (each frontend takes those of its own): the sources' addresses as one-address prefixes
+    // and, while there are sources, a prefix of each family elsewhere.
+    let svc = |sources: &[&Pod]| {
+        let mut s = Service::load_balancer("lb", LB_VIP[0])
+            .cluster_ips(&LB_VIP)
+            .ip_family_policy("PreferDualStack")
             .port_to("http", 80, "TCP", 8080u16)
-            .port_to("dns", 53, "UDP", 8053u16)
-            .lb_ingress(LB_IP);
-        for r in ranges {
-            s = s.source_range(r);
+            .port_to("dns", 53, "UDP", 8053u16);
+        for ip in LB_IP {
+            s = s.lb_ingress(ip);
+        }
+        for f in Family::BOTH {
+            for pod in sources {
+                s = s.source_range(&f.host_cidr(pod));
+            }
+            if !sources.is_empty() {
+                s = s.source_range(f.pick(ELSEWHERE));
+            }
         }
         s
     };
-    lab.manifests().apply(&svc(&[format!("{}/32", inside.ip)]));
-    lab.manifests().apply(
-        &EndpointSlice::new("lb-1", "lb")
-            .port("http", 8080, "TCP")
-            .port("dns", 8053, "UDP")
-            .endpoint(Endpoint::ready(backend.ip).node("node-1")),
-    );
-    let nft = NodeCounter::new(&lab, &[LB_IP]);
+    // This family's ranges of a frontend, as `ferry services` shows them.
+    let ranges_of = |sources: &[&Pod]| -> Vec<String> {
+        let mut r: Vec<String> = sources.iter().map(|p| family.host_cidr(p)).collect();
+        if !sources.is_empty() {
+            r.push(family.pick(ELSEWHERE).to_owned());
+        }
+        r.sort();
+        r
+    };
+    let ranges_are = |want: Vec<String>| {
+        move |v: &ferry::cmd::services::ServicesView| {
+            services::frontend(v, lb_ip, 80, Protocol::Tcp).is_some_and(|f| {
+                let mut have = f.source_ranges.clone();
+                have.sort();
+                have == want
+            })
+        }
+    };
+    lab.manifests().apply(&svc(&[&inside]));
+    apply(&lab, &slices("lb", &[(&backend, "node-1")]));
+    let nft = NodeCounter::new(&lab, family, &[lb_ip]);
     // Without ferry a pod's datagram to the LB IP goes out to the node: the counter sees it.
-    lab.client(
-        &outside,
-        &["udp", &format!("{LB_IP}:53"), "--timeout-ms", "200"],
-    );
+    udp_once(&lab, &outside, &at(lb_ip, 53), 200, false);
     let base = nft.packets();
-    assert_eq!(base, 1, "the counter sees an untranslated packet");
+    assert_eq!(base, 1, "{family}: the counter sees an untranslated packet");
     start_agent(&lab);
     wait_active(
         &lab,
         "LB IP",
-        LB_IP,
+        lb_ip,
         80,
         Protocol::Tcp,
-        &[ep(&backend, 8080)],
+        &[family.ep(&backend, 8080)],
     );
     wait_active(
         &lab,
         "LB IP UDP",
-        LB_IP,
+        lb_ip,
         53,
         Protocol::Udp,
-        &[ep(&backend, 8053)],
+        &[family.ep(&backend, 8053)],
     );
+    lab.wait_services(ranges_are(ranges_of(&[&inside])), DEADLINE);
     let tcp_to = |pod: &Pod, target: &str| {
         lab.client(pod, &["tcp", target, "--timeout-ms", "1200"])
             .remove(0)
     };
-    let lb_tcp = format!("{LB_IP}:80");
-    let lb_udp = format!("{LB_IP}:53");
+    let lb_tcp = at(lb_ip, 80);
+    let lb_udp = at(lb_ip, 53);
 
     // A pod inside the ranges: served, over TCP and unconnected UDP.
-    assert_all_ok(&lab.tcp(&inside, &lb_tcp, 3), "inside, TCP");
-    let udp = &lab.client(&inside, &["udp", &lb_udp, "--timeout-ms", "2000"])[0];
-    assert!(udp.ok, "inside, UDP: {}", udp.raw);
+    assert_all_ok(
+        &lab.tcp(&inside, &lb_tcp, 3),
+        &format!("{family}: inside, TCP"),
+    );
+    let udp = udp_once(&lab, &inside, &lb_udp, 2000, false);
+    assert!(udp.ok, "{family}: inside, UDP: {}", udp.raw);
 
     // A pod outside: dropped (kube-proxy's firewall drops), TCP and UDP alike.
     let before = counter(&lab, "guard_source_range_drop");
@@ -330,77 +404,63 @@ fn load_balancer_source_ranges_apply_to_pods_and_the_host() {
     assert_eq!(
         a.error.as_deref(),
         Some("timeout"),
-        "outside, TCP: {}",
+        "{family}: outside, TCP: {}",
         a.raw
     );
     for connected in [false, true] {
-        let mut args = vec![
-            String::from("udp"),
-            lb_udp.clone(),
-            "--timeout-ms".into(),
-            "700".into(),
-        ];
-        if connected {
-            args.push("--connected".into());
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let udp = &lab.client(&outside, &args)[0];
+        let udp = udp_once(&lab, &outside, &lb_udp, 700, connected);
         assert_eq!(
             (udp.stage.as_deref(), udp.error.as_deref()),
             (Some("recv"), Some("timeout")),
-            "outside, UDP (connected: {connected}): {}",
+            "{family}: outside, UDP (connected: {connected}): {}",
             udp.raw
         );
     }
     assert!(
         counter(&lab, "guard_source_range_drop") >= before + 3,
-        "{}",
+        "{family}: {}",
         lab.stats()
     );
     // The same Service's ClusterIP is not range-checked (kube-proxy checks the LB IPs only).
     assert_all_ok(
-        &lab.tcp(&outside, &format!("{LB_VIP}:80"), 2),
-        "outside, ClusterIP",
+        &lab.tcp(&outside, &at(lb_vip, 80), 2),
+        &format!("{family}: outside, ClusterIP"),
     );
 
     // A process on the node: its packets leave from the node's address, outside the ranges.
-    let node = lab.host();
     let a = tcp_to(&node, &lb_tcp);
-    assert_eq!(a.error.as_deref(), Some("timeout"), "host, TCP: {}", a.raw);
+    assert_eq!(
+        a.error.as_deref(),
+        Some("timeout"),
+        "{family}: host, TCP: {}",
+        a.raw
+    );
 
     // The ranges widened to the node's address: the host is served, the outside pod still not.
-    lab.manifests().apply(&svc(&[
-        format!("{}/32", inside.ip),
-        format!("{GATEWAY}/32"),
-    ]));
-    lab.wait_services(
-        |v| {
-            services::frontend(v, LB_IP, 80, Protocol::Tcp)
-                .is_some_and(|f| f.source_ranges.len() == 2)
-        },
-        DEADLINE,
-    );
+    lab.manifests().apply(&svc(&[&inside, &node]));
+    lab.wait_services(ranges_are(ranges_of(&[&inside, &node])), DEADLINE);
     assert_all_ok(
         &lab.tcp(&node, &lb_tcp, 2),
-        "host inside the widened ranges",
+        &format!("{family}: host inside the widened ranges"),
     );
     let a = tcp_to(&outside, &lb_tcp);
     assert_eq!(
         a.error.as_deref(),
         Some("timeout"),
-        "outside after widening: {}",
+        "{family}: outside after widening: {}",
         a.raw
     );
 
     // No ranges at all: everyone.
     lab.manifests().apply(&svc(&[]));
-    lab.wait_services(
-        |v| {
-            services::frontend(v, LB_IP, 80, Protocol::Tcp)
-                .is_some_and(|f| f.source_ranges.is_empty())
-        },
-        DEADLINE,
+    lab.wait_services(ranges_are(Vec::new()), DEADLINE);
+    assert_all_ok(
+        &lab.tcp(&outside, &lb_tcp, 2),
+        &format!("{family}: outside, no ranges"),
     );
-    assert_all_ok(&lab.tcp(&outside, &lb_tcp, 2), "outside, no ranges");
-    assert_eq!(nft.packets(), base, "no packet to the LB IP left a socket");
+    assert_eq!(
+        nft.packets(),
+        base,
+        "{family}: no packet to the LB IP left a socket"
+    );
 }
