@@ -1,6 +1,9 @@
 //! A connected UDP socket whose backend leaves the service is destroyed
 //! (cilium#12859): the application sees an error and, connecting again,
-//! reaches a remaining backend.
+//! reaches a remaining backend. Over both families of the dual-stack lab
+//! (`NAME::ipv4`, `NAME::ipv6`): the Service is dual-stack, the socket of the
+//! test's family (an AF_INET6 socket connected to the IPv6 ClusterIP, for IPv6)
+//! and the backend removed from that family's EndpointSlice.
 
 mod common;
 
@@ -8,15 +11,22 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ferry::model::Protocol;
-use ferry_tests::{Endpoint, EndpointSlice, Lab, Service, require_root};
+use ferry_tests::{
+    EndpointSlice, Lab, Pod, Service, over_both_families, require_root,
+    services::{Family, at},
+};
 
-const VIP: &str = "10.96.0.10";
+const VIP: [&str; 2] = ["10.96.0.10", "fd00:96::a"];
 
-#[test]
-#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
-fn connected_udp_socket_of_a_removed_backend_is_destroyed() {
+over_both_families!(connected_udp_socket_of_a_removed_backend_is_destroyed);
+
+fn connected_udp_socket_of_a_removed_backend_is_destroyed(family: Family) {
     require_root!();
-    let lab = Lab::new("connected_udp_socket_of_a_removed_backend_is_destroyed");
+    let lab = Lab::new(&format!(
+        "connected_udp_socket_of_a_removed_backend_is_destroyed_{}",
+        family.tag()
+    ));
+    let vip = family.pick(VIP);
     let b1 = lab.add_pod("b1");
     let b2 = lab.add_pod("b2");
     let client = lab.add_pod("client");
@@ -24,14 +34,18 @@ fn connected_udp_socket_of_a_removed_backend_is_destroyed() {
         .iter()
         .map(|b| lab.start_echo(b, &[], &[8053]))
         .collect();
-    let svc = Service::cluster_ip("dns", VIP).port_to("dns", 53, "UDP", 8053u16);
-    let slice_of = |pods: &[&ferry_tests::Pod]| {
-        EndpointSlice::new("dns-1", "dns")
+    let svc =
+        Service::dual_stack("dns", "PreferDualStack", &VIP).port_to("dns", 53, "UDP", 8053u16);
+    // The Service's slice of family `f` (one per family, as the controller writes them).
+    let slice_of = |f: Family, pods: &[&Pod]| -> EndpointSlice {
+        f.slice("dns-1", "dns")
             .port("dns", 8053, "UDP")
-            .endpoints(pods.iter().map(|p| Endpoint::ready(p.ip)))
+            .endpoints(pods.iter().map(|p| f.ready(p)))
     };
     lab.manifests().apply(&svc);
-    lab.manifests().apply(&slice_of(&[&b1, &b2]));
+    for f in Family::BOTH {
+        lab.manifests().apply(&slice_of(f, &[&b1, &b2]));
+    }
     start_agent(&lab);
     if lab
         .agent_log()
@@ -43,18 +57,19 @@ fn connected_udp_socket_of_a_removed_backend_is_destroyed() {
     wait_active(
         &lab,
         "2 udp backends",
-        VIP,
+        vip,
         53,
         Protocol::Udp,
-        &[ep(&b1, 8053), ep(&b2, 8053)],
+        &[family.ep(&b1, 8053), family.ep(&b2, 8053)],
     );
 
     // One connected socket, one datagram every 50 ms; connects again after an error.
+    let target = at(vip, 53);
     let mut load = lab.client_loop(
         &client,
         &[
             "udp",
-            &format!("{VIP}:53"),
+            &target,
             "--connected",
             "--reconnect",
             "--interval-ms",
@@ -62,36 +77,44 @@ fn connected_udp_socket_of_a_removed_backend_is_destroyed() {
         ],
     );
     let first = load.wait_for(Duration::from_secs(10), |a| a.ok);
+    assert_eq!(
+        first.peer.as_deref(),
+        Some(target.as_str()),
+        "{family}: connected to the ClusterIP: {}",
+        first.raw
+    );
     let stuck_on = first.pod().expect("an echo reply");
     let kept = if stuck_on == "b1" { &b2 } else { &b1 };
-    println!("connected to {stuck_on}; removing it");
+    println!("{family}: connected to {stuck_on}; removing it");
     load.wait_more(5, Duration::from_secs(5));
     assert!(
         load.attempts()
             .iter()
             .all(|a| a.ok && a.pod() == first.pod()),
-        "a connected socket keeps its backend"
+        "{family}: a connected socket keeps its backend"
     );
 
-    lab.manifests().apply(&slice_of(&[kept]));
+    // The controller updates each family's slice on its own: the socket's family's slice
+    // alone (the other family's still lists both) is what destroys the socket.
+    lab.manifests().apply(&slice_of(family, &[kept]));
     let applied = Instant::now();
     let failed = load.wait_for(Duration::from_secs(10), |a| !a.ok);
     let took = applied.elapsed();
     wait_active(
         &lab,
         "backend removed",
-        VIP,
+        vip,
         53,
         Protocol::Udp,
-        &[ep(kept, 8053)],
+        &[family.ep(kept, 8053)],
     );
     println!(
-        "socket error {:?} at stage {:?}, {took:?} after the change",
+        "{family}: socket error {:?} at stage {:?}, {took:?} after the change",
         failed.error, failed.stage
     );
     assert!(
         took < Duration::from_secs(2),
-        "the socket got its error only after {took:?}\n{}",
+        "{family}: the socket got its error only after {took:?}\n{}",
         lab.agent_log()
     );
     assert!(
@@ -99,13 +122,19 @@ fn connected_udp_socket_of_a_removed_backend_is_destroyed() {
             failed.error.as_deref(),
             Some("ECONNABORTED" | "EDESTADDRREQ")
         ),
-        "the socket was destroyed, not timed out: {failed:?}"
+        "{family}: the socket was destroyed, not timed out: {failed:?}"
     );
     let after = load.wait_for(Duration::from_secs(5), |a| a.ok);
     assert_eq!(
         after.pod().as_deref(),
         Some(kept.name.as_str()),
-        "reconnected to the remaining backend"
+        "{family}: reconnected to the remaining backend"
+    );
+    assert_eq!(
+        after.from.as_deref(),
+        Some(target.as_str()),
+        "{family}: answered from the ClusterIP: {}",
+        after.raw
     );
     load.wait_more(10, Duration::from_secs(5));
     let attempts = load.stop();
@@ -113,7 +142,7 @@ fn connected_udp_socket_of_a_removed_backend_is_destroyed() {
     assert!(
         late.iter()
             .all(|a| a.ok && a.pod().as_deref() == Some(kept.name.as_str())),
-        "after reconnecting, only {} answers: {late:?}",
+        "{family}: after reconnecting, only {} answers: {late:?}",
         kept.name
     );
     println!(
