@@ -239,7 +239,7 @@ pub fn run(args: &ServicesArgs) -> anyhow::Result<()> {
 fn table(v: &ServicesView) -> String {
     use std::fmt::Write as _;
     let mut out = format!(
-        "{:<28} {:<9} {:<11} {:<24} {:<30} {}\n",
+        "{:<33} {:<9} {:<11} {:<24} {:<30} {}\n",
         "FRONTEND", "SCOPE", "STATUS", "SERVICE", "FLAGS", "BACKENDS"
     );
     for f in &v.frontends {
@@ -269,9 +269,11 @@ fn table(v: &ServicesView) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        // The agent names the Service; the kernel alone does not.
+        let service = f.service.as_deref().unwrap_or("-");
         let _ = writeln!(
             out,
-            "{fe:<28} {scope:<9} {:<11} {flags:<30} {backends}",
+            "{fe:<33} {scope:<9} {:<11} {service:<24} {flags:<30} {backends}",
             f.status
         );
         if let Some(e) = &f.error {

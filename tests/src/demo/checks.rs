@@ -141,15 +141,29 @@ pub fn dns(cx: &Ctx, namespace: &str, name: &str, tcp: bool) -> Line {
     }
 }
 
-/// A short name through the resolv.conf search path (`getent hosts gin`).
+/// A short name through the resolv.conf search path (`getent ahosts gin`): both of the
+/// dual-stack Service's ClusterIPs (A and AAAA).
 pub fn dns_search(cx: &Ctx, name: &str) -> Line {
     let svc = cx.svc("default", name);
     let what = format!("DNS        `{name}` through the pods' search path");
-    match cx.run(Side::Pod, "getent", &["hosts", name]) {
-        Ok(out) if out.split_whitespace().next() == Some(&svc.cluster_ip.to_string()) => {
-            Line::ok(format!("{what} -> {} ({})", svc.cluster_ip, svc.fqdn()))
+    let want = [svc.cluster_ip.to_string(), svc.cluster_ip6.to_string()];
+    match cx.run(Side::Pod, "getent", &["ahosts", name]) {
+        Ok(out) => {
+            let got: std::collections::BTreeSet<&str> = out
+                .lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .collect();
+            if want.iter().all(|w| got.contains(w.as_str())) {
+                Line::ok(format!(
+                    "{what} -> {} and {} ({})",
+                    want[0],
+                    want[1],
+                    svc.fqdn()
+                ))
+            } else {
+                Line::fail(format!("{what}: {got:?}, want {want:?}"))
+            }
         }
-        Ok(out) => Line::fail(format!("{what}: {:?}, want {}", out.trim(), svc.cluster_ip)),
         Err(e) => Line::fail(format!("{what}: {e}")),
     }
 }

@@ -7,7 +7,7 @@
 //! health-check node port, the load balancer's IPs in the Service status, one pod per replica,
 //! the EndpointSlices of those pods and the Node object.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::{Ipv4Addr, Ipv6Addr}};
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
@@ -120,7 +120,10 @@ pub struct Svc {
     pub namespace: String,
     pub name: String,
     pub cluster_ip: Ipv4Addr,
+    /// The IPv6 ClusterIP: every demo Service is dual-stack (PreferDualStack, IPv4 first).
+    pub cluster_ip6: Ipv6Addr,
     pub lb_ip: Option<Ipv4Addr>,
+    pub lb_ip6: Option<Ipv6Addr>,
     pub etp_local: bool,
     pub health_check_node_port: Option<u16>,
     pub selector: BTreeMap<String, String>,
@@ -287,7 +290,9 @@ fn complete_service(mut doc: Value) -> Result<Svc> {
         bail!("service {namespace}/{name}: type {type_} does not match the allocation table");
     }
     spec["clusterIP"] = json!(alloc.cluster_ip.to_string());
-    spec["clusterIPs"] = json!([alloc.cluster_ip.to_string()]);
+    spec["clusterIPs"] = json!([alloc.cluster_ip.to_string(), alloc.cluster_ip6().to_string()]);
+    spec["ipFamilies"] = json!(["IPv4", "IPv6"]);
+    spec["ipFamilyPolicy"] = json!("PreferDualStack");
     let etp_local = spec["externalTrafficPolicy"].as_str() == Some("Local");
     let mut ports = Vec::new();
     let mut node_ports = alloc.node_ports.iter();
@@ -327,14 +332,19 @@ fn complete_service(mut doc: Value) -> Result<Svc> {
         spec["healthCheckNodePort"] = json!(hc);
     }
     let selector = string_map(&spec["selector"]);
-    if let Some(ip) = alloc.lb_ip {
-        doc["status"] = json!({"loadBalancer": {"ingress": [{"ip": ip.to_string()}]}});
+    if let (Some(ip), Some(ip6)) = (alloc.lb_ip, alloc.lb_ip6()) {
+        doc["status"] = json!({"loadBalancer": {"ingress": [
+            {"ip": ip.to_string()},
+            {"ip": ip6.to_string()},
+        ]}});
     }
     Ok(Svc {
         namespace,
         name,
         cluster_ip: alloc.cluster_ip,
+        cluster_ip6: alloc.cluster_ip6(),
         lb_ip: alloc.lb_ip,
+        lb_ip6: alloc.lb_ip6(),
         etp_local,
         health_check_node_port,
         selector,

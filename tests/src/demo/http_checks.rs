@@ -1,7 +1,10 @@
 //! HTTP through the Services: a ClusterIP's pods, web-server's load balancer (does the server
 //! see the client's own address?), its health-check node port, and the ingress's routes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+};
 
 use serde_json::Value;
 
@@ -13,9 +16,10 @@ use super::{
     topology,
 };
 
-/// `count` HTTP requests to a ClusterIP Service by name (one connection each): which pods
-/// answered, and whether each saw the client pod's own address.
-pub fn balance(cx: &Ctx, name: &str, count: usize) -> Line {
+/// `count` HTTP requests to a ClusterIP Service by name (one connection each) over one
+/// family (`curl -4` / `-6`: the name's A or AAAA record): which pods answered, and whether
+/// each saw the client pod's own address of that family.
+pub fn balance(cx: &Ctx, name: &str, count: usize, v6: bool) -> Line {
     let svc = cx.svc("default", name);
     let port = svc.ports[0].port;
     let url = if port == 80 {
@@ -23,11 +27,16 @@ pub fn balance(cx: &Ctx, name: &str, count: usize) -> Line {
     } else {
         format!("http://{name}:{port}/")
     };
+    let (cluster_ip, family, flag): (IpAddr, _, _) = if v6 {
+        (svc.cluster_ip6.into(), "IPv6", "-6")
+    } else {
+        (svc.cluster_ip.into(), "IPv4", "-4")
+    };
     let what = format!(
-        "ClusterIP  {name} {}:{port}, {count} requests to {url}",
-        svc.cluster_ip
+        "ClusterIP  {name} {}, {count} requests to {url} over {family}",
+        SocketAddr::new(cluster_ip, port)
     );
-    let mut args = vec!["-sS", "--max-time", "5"];
+    let mut args = vec!["-sS", flag, "--max-time", "5"];
     args.extend(std::iter::repeat_n(url.as_str(), count));
     let (out, err) = match cx.run(Side::Pod, "curl", &args) {
         Ok(out) => (out, None),
@@ -45,7 +54,11 @@ pub fn balance(cx: &Ctx, name: &str, count: usize) -> Line {
         .join(", ");
     let want = cx.pods_of(svc);
     let answered: BTreeSet<String> = by_pod.keys().map(|p| p.to_string()).collect();
-    let client_ip = cx.client.ip.to_string();
+    let client_ip = if v6 {
+        cx.client.ip6.to_string()
+    } else {
+        cx.client.ip.to_string()
+    };
     let foreign: Vec<&str> = answers
         .iter()
         .map(Answer::client_ip)
@@ -83,27 +96,35 @@ fn external_get(cx: &Ctx, url: &str, resolve: Option<&str>) -> Result<Answer, St
     Answer::parse(out.trim()).ok_or_else(|| format!("unexpected answer {:?}", out.trim()))
 }
 
-/// web-server's LoadBalancer IP from outside: the server must see the client's own address.
-pub fn load_balancer(cx: &Ctx) -> Line {
+/// web-server's LoadBalancer IP of one family from outside: the server must see the client's
+/// own address.
+pub fn load_balancer(cx: &Ctx, v6: bool) -> Line {
     let svc = cx.svc("default", "web-server");
-    let lb = svc.lb_ip.expect("web-server is a LoadBalancer");
+    let (lb, client): (IpAddr, IpAddr) = if v6 {
+        (
+            svc.lb_ip6.expect("web-server is a LoadBalancer").into(),
+            cx.external.ip6.into(),
+        )
+    } else {
+        (
+            svc.lb_ip.expect("web-server is a LoadBalancer").into(),
+            cx.external.ip.into(),
+        )
+    };
     let port = svc.ports[0].port;
-    let url = format!("http://{lb}:{port}/");
-    let what = format!(
-        "LB         web-server {lb}:{port} from the external client {}",
-        topology::EXTERNAL_IP
-    );
+    let target = SocketAddr::new(lb, port);
+    let url = format!("http://{target}/");
+    let what = format!("LB         web-server {target} from the external client {client}");
     match external_get(cx, &url, None) {
-        Ok(a) if a.client_ip() == topology::EXTERNAL_IP.to_string() => Line::ok(format!(
+        Ok(a) if a.client_ip() == client.to_string() => Line::ok(format!(
             "{what}: {} saw the client as {}, its own address (externalTrafficPolicy Local)",
             a.pod,
             a.client_ip()
         )),
         Ok(a) => Line::fail(format!(
-            "{what}: {} saw the client as {}, not {}: the source IP was not preserved",
+            "{what}: {} saw the client as {}, not {client}: the source IP was not preserved",
             a.pod,
             a.client_ip(),
-            topology::EXTERNAL_IP
         )),
         Err(e) => Line::fail(format!("{what}: {e}{}", cx.north_south_hint())),
     }

@@ -6,14 +6,16 @@
 use std::{
     collections::BTreeMap,
     io::{self, BufRead, BufReader, Write},
-    net::{Shutdown, TcpListener, TcpStream},
+    net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream},
     thread,
     time::Duration,
 };
 
 /// Serves until killed.
 pub fn serve(pod: &str, port: u16) -> io::Result<()> {
-    let listener = TcpListener::bind(("0.0.0.0", port))?;
+    // One dual-stack socket (bindv6only is 0 on Linux): IPv4 clients arrive as ::ffff:a.b.c.d
+    // and are shown as a.b.c.d.
+    let listener = TcpListener::bind(("::", port))?;
     println!("ready");
     io::stdout().flush()?;
     for conn in listener.incoming() {
@@ -29,7 +31,12 @@ pub fn serve(pod: &str, port: u16) -> io::Result<()> {
 }
 
 fn answer(stream: TcpStream, pod: &str) -> io::Result<()> {
-    let peer = stream.peer_addr()?;
+    let mut peer = stream.peer_addr()?;
+    if let IpAddr::V6(v6) = peer.ip()
+        && let Some(v4) = v6.to_ipv4_mapped()
+    {
+        peer = SocketAddr::new(v4.into(), peer.port());
+    }
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request = String::new();
@@ -94,11 +101,15 @@ impl Answer {
         })
     }
 
-    /// The client's IP (without the port).
+    /// The client's IP (without the port, nor an IPv6 address's brackets).
     pub fn client_ip(&self) -> &str {
-        self.client
+        let ip = self
+            .client
             .rsplit_once(':')
-            .map_or(self.client.as_str(), |(ip, _)| ip)
+            .map_or(self.client.as_str(), |(ip, _)| ip);
+        ip.strip_prefix('[')
+            .and_then(|ip| ip.strip_suffix(']'))
+            .unwrap_or(ip)
     }
 
     /// Every answer in a text of several.
@@ -122,5 +133,7 @@ mod tests {
         assert_eq!(a.client_ip(), "10.244.0.9");
         assert_eq!(a.forwarded_for, "172.18.0.100");
         assert_eq!(Answer::parse("nope"), None);
+        let b = Answer::parse("pod=w path=/ client=[fd00:172:18::100]:4242").unwrap();
+        assert_eq!(b.client_ip(), "fd00:172:18::100");
     }
 }

@@ -88,14 +88,17 @@ fn run_lab(keep: bool, r: &mut Report) -> Result<()> {
     let client = lab.add_pod(topology::CLIENT);
     let external = topology::add_external(&lab)?;
     r.line(Line::ok(format!(
-        "lab        {} in {} ms: node {} (eth0 {}, pod bridge 10.244.0.1/24), {} pods and a \
-         client pod, an external client {} behind eth0",
+        "lab        {} in {} ms, dual-stack: node {} (eth0 {} and {}, pod bridge 10.244.0.1/24 \
+         and fd00:10:244::1/64), {} pods and a client pod, an external client {} / {} behind \
+         eth0",
         lab.id(),
         t.elapsed().as_millis(),
         lab.node_netns(),
         topology::NODE_IP,
+        external.ip6.to_string().replace("::100", "::2"),
         pods.len(),
         topology::EXTERNAL_IP,
+        external.ip6,
     )));
 
     let dns = servers::write_dns_files(lab.tmp_dir(), &cluster)?;
@@ -156,9 +159,12 @@ fn run_lab(keep: bool, r: &mut Report) -> Result<()> {
     r.line(checks::dns_search(&cx, "gin"));
     r.line(checks::mysql(&cx));
     r.line(checks::redis(&cx));
-    r.line(http_checks::balance(&cx, "gin", 20));
-    r.line(http_checks::balance(&cx, "vue", 20));
-    r.line(http_checks::load_balancer(&cx));
+    for v6 in [false, true] {
+        r.line(http_checks::balance(&cx, "gin", 20, v6));
+        r.line(http_checks::balance(&cx, "vue", 20, v6));
+    }
+    r.line(http_checks::load_balancer(&cx, false));
+    r.line(http_checks::load_balancer(&cx, true));
     r.line(http_checks::health_check(&cx));
     r.line(http_checks::ingress(&cx, "/v1/x", "gin", "/x"));
     r.line(http_checks::ingress(&cx, "/", "vue", "/"));
@@ -200,7 +206,7 @@ fn run_lab(keep: bool, r: &mut Report) -> Result<()> {
 /// Polls `ferry services` until every expected frontend holds its backends.
 fn wait_programmed(
     lab: &Lab,
-    want: &[(std::net::Ipv4Addr, u16, ferry::model::Protocol, Vec<String>)],
+    want: &[programmed::Expected],
     timeout: Duration,
 ) -> Option<Duration> {
     let start = Instant::now();

@@ -12,7 +12,7 @@ use super::{
     topology,
 };
 use crate::{
-    lab::{Lab, NODE_NAME, Pod},
+    lab::{Lab, NODE_NAME, Pod, ipv6_twin},
     manifests::{Endpoint, EndpointSlice},
 };
 
@@ -31,6 +31,7 @@ pub fn write_all(lab: &Lab, cluster: &Cluster, pods: &BTreeMap<String, Pod>) -> 
         "metadata": {"name": NODE_NAME},
         "status": {"addresses": [
             {"type": "InternalIP", "address": topology::NODE_IP.to_string()},
+            {"type": "InternalIP", "address": ipv6_twin(topology::NODE_IP).to_string()},
             {"type": "Hostname", "address": NODE_NAME},
         ]},
     });
@@ -41,11 +42,15 @@ pub fn write_all(lab: &Lab, cluster: &Cluster, pods: &BTreeMap<String, Pod>) -> 
     let mut written = Written::default();
     for svc in &cluster.services {
         for deployment in cluster.backends_of(svc) {
-            let slice = slice(&svc.name, &svc.ports, deployment, pods)
-                .with_context(|| format!("EndpointSlice of {}/{}", svc.namespace, svc.name))?
-                .namespace(&svc.namespace);
-            m.apply(&slice);
-            written.slices += 1;
+            // One slice per family, as the EndpointSlice controller writes for a dual-stack
+            // Service.
+            for v6 in [false, true] {
+                let slice = slice(&svc.name, &svc.ports, deployment, pods, v6)
+                    .with_context(|| format!("EndpointSlice of {}/{}", svc.namespace, svc.name))?
+                    .namespace(&svc.namespace);
+                m.apply(&slice);
+                written.slices += 1;
+            }
         }
         let file = format!("service-{}-{}.yaml", svc.namespace, svc.name);
         m.write_raw(&file, &serde_yaml::to_string(&svc.object)?);
@@ -54,15 +59,20 @@ pub fn write_all(lab: &Lab, cluster: &Cluster, pods: &BTreeMap<String, Pod>) -> 
     Ok(written)
 }
 
-/// The slice of `deployment`'s pods for a service: its ports resolved against the
-/// Deployment's container ports (a named targetPort), every pod ready on this node.
+/// The slice of `deployment`'s pods for a service, of one family: its ports resolved against
+/// the Deployment's container ports (a named targetPort), every pod ready on this node.
 fn slice(
     service: &str,
     ports: &[SvcPort],
     deployment: &Deployment,
     pods: &BTreeMap<String, Pod>,
+    v6: bool,
 ) -> Result<EndpointSlice> {
-    let mut slice = EndpointSlice::new(&format!("{service}-{}", deployment.name), service);
+    let mut slice = if v6 {
+        EndpointSlice::ipv6(&format!("{service}-{}-v6", deployment.name), service)
+    } else {
+        EndpointSlice::new(&format!("{service}-{}", deployment.name), service)
+    };
     for p in ports {
         slice = slice.port(&p.name, target_port(p, deployment)?, &p.protocol);
     }
@@ -70,7 +80,11 @@ fn slice(
         let pod = pods
             .get(&name)
             .with_context(|| format!("pod {name} was not created"))?;
-        slice = slice.endpoint(Endpoint::ready(pod.ip));
+        slice = slice.endpoint(if v6 {
+            Endpoint::ready(pod.ip6)
+        } else {
+            Endpoint::ready(pod.ip)
+        });
     }
     Ok(slice)
 }

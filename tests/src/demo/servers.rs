@@ -72,7 +72,7 @@ pub fn write_dns_files(dir: &Path, cluster: &Cluster) -> Result<DnsFiles> {
     let records: String = cluster
         .services
         .iter()
-        .map(|s| format!("{} {}\n", s.cluster_ip, s.fqdn()))
+        .map(|s| format!("{} {}\n{} {}\n", s.cluster_ip, s.fqdn(), s.cluster_ip6, s.fqdn()))
         .collect();
     fs::write(&hosts, records)?;
     Ok(DnsFiles { resolv_conf, hosts })
@@ -235,6 +235,7 @@ fn redis(lab: &Lab, pod: &Pod, dir: &Path, port: u16) -> Proc {
             &port.to_string(),
             "--bind",
             &pod.ip.to_string(),
+            &pod.ip6.to_string(),
             "--protected-mode",
             "no",
             "--save",
@@ -268,6 +269,7 @@ fn dnsmasq(lab: &Lab, pod: &Pod, dns: &DnsFiles, port: u16) -> Proc {
             // Names under cluster.local that are not Services: NXDOMAIN, never forwarded.
             &local,
             &format!("--listen-address={}", pod.ip),
+            &format!("--listen-address={}", pod.ip6),
             "--bind-interfaces",
             &format!("--port={port}"),
         ],

@@ -12,7 +12,7 @@
 //!
 //! Everything lives in lab namespaces; nothing is linked to the machine's own network.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::Result;
 
@@ -84,6 +84,18 @@ pub const ALLOCATIONS: &[Allocation] = &[
         ..clusterip("ingress-nginx", "ingress-nginx-controller", 25)
     },
 ];
+
+impl Allocation {
+    /// The Service's IPv6 ClusterIP (dual-stack, IPv4 first): the twin of its IPv4 one.
+    pub fn cluster_ip6(&self) -> Ipv6Addr {
+        ipv6_twin(self.cluster_ip)
+    }
+
+    /// Its IPv6 load-balancer IP beside the IPv4 one.
+    pub fn lb_ip6(&self) -> Option<Ipv6Addr> {
+        self.lb_ip.map(ipv6_twin)
+    }
+}
 
 pub fn allocation(namespace: &str, name: &str) -> Option<Allocation> {
     ALLOCATIONS
