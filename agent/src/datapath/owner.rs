@@ -5,7 +5,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::Ipv4Addr,
     time::Instant,
 };
 
@@ -127,16 +127,6 @@ impl Datapath {
             return;
         }
         let (added, removed) = self.table.programmer_mut().take_local_ip_changes();
-        // ferry_tc_pod translates IPv4 replies (IPv6 north-south is to come).
-        let v4 = |ips: Vec<IpAddr>| -> Vec<Ipv4Addr> {
-            ips.into_iter()
-                .filter_map(|ip| match ip {
-                    IpAddr::V4(ip) => Some(ip),
-                    IpAddr::V6(_) => None,
-                })
-                .collect()
-        };
-        let (added, removed) = (v4(added), v4(removed));
         if added.is_empty() && removed.is_empty() && self.pod_devices.swept() && !recheck {
             return;
         }
