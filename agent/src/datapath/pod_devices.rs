@@ -115,6 +115,7 @@ impl PodDevices {
             name: name.clone(),
             index,
             ipv4: Vec::new(),
+            ipv6: Vec::new(),
         };
         match loaded.attach_tc(&iface, tc::Role::Pod) {
             Ok(()) => {
