@@ -1,6 +1,6 @@
 //! What the lab's programs print: `lab-client` JSON lines and `lab-echo` replies.
 
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4};
 
 use serde_json::Value;
 
@@ -50,14 +50,19 @@ impl Attempt {
         })
     }
 
-    /// The parsed echo reply, if the attempt got one.
+    /// The parsed echo reply, if the attempt got one from an IPv4 client's connection.
     pub fn echo(&self) -> Option<EchoReply> {
         EchoReply::parse(self.reply.as_deref()?)
     }
 
-    /// The pod that answered.
+    /// The parsed echo reply, whatever the family of the client address the server saw.
+    pub fn echo_any(&self) -> Option<EchoAny> {
+        EchoAny::parse(self.reply.as_deref()?)
+    }
+
+    /// The pod that answered (over either family).
     pub fn pod(&self) -> Option<String> {
-        self.echo().map(|e| e.pod)
+        self.echo_any().map(|e| e.pod)
     }
 }
 
@@ -85,6 +90,37 @@ impl EchoReply {
             }
         }
         Some(EchoReply {
+            pod: pod?,
+            port: port?,
+            peer: peer?,
+        })
+    }
+}
+
+/// An echo reply over either family: `peer=<ip>:<port>` or `peer=[<ipv6>]:<port>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EchoAny {
+    pub pod: String,
+    /// The server's own (backend) port.
+    pub port: u16,
+    /// The client address the server saw.
+    pub peer: SocketAddr,
+}
+
+impl EchoAny {
+    pub fn parse(text: &str) -> Option<EchoAny> {
+        let mut pod = None;
+        let mut port = None;
+        let mut peer = None;
+        for field in text.split_whitespace() {
+            match field.split_once('=') {
+                Some(("pod", v)) => pod = Some(v.to_owned()),
+                Some(("port", v)) => port = v.parse().ok(),
+                Some(("peer", v)) => peer = v.parse().ok(),
+                _ => {}
+            }
+        }
+        Some(EchoAny {
             pod: pod?,
             port: port?,
             peer: peer?,

@@ -1,16 +1,23 @@
 //! A two-node lab for north-south traffic.
 //!
 //! ```text
-//!  fy<id>-ext1  eth0 172.18.0.100 ──┐
-//!  fy<id>-ext2  eth0 172.18.0.101 ──┤   fy<id>-net: bridge br0, the L2 segment 172.18.0.0/24
-//!  fy<id>-node1 eth0 172.18.0.11  ──┤   (veth peers v-ext1, v-ext2, v-node1, v-node2)
-//!  fy<id>-node2 eth0 172.18.0.12  ──┘
+//!  fy<id>-ext1  eth0 172.18.0.100 fd00:172:18::100 ──┐
+//!  fy<id>-ext2  eth0 172.18.0.101 fd00:172:18::101 ──┤   fy<id>-net: bridge br0, the L2
+//!  fy<id>-node1 eth0 172.18.0.11  fd00:172:18::11  ──┤   segment 172.18.0.0/24 and
+//!  fy<id>-node2 eth0 172.18.0.12  fd00:172:18::12  ──┘   fd00:172:18::/64 (veth peers
+//!                                                        v-ext1, v-ext2, v-node1, v-node2)
 //!
-//!  node N: ip_forward=1, rp_filter=0, br0 10.244.N.1/24 with its pods (10.244.N.2, .3, ...;
-//!          default route via 10.244.N.1), a route to the other node's pod CIDR via its eth0
-//!          address, its own cgroup (<lab cgroup>/nodeN) and pin dir (<bpffs>/nodeN), and
-//!          `ferry agent --node-name nodeN --interfaces eth0` running in its namespace.
+//!  node N: ip_forward=1 and IPv6 forwarding=1, rp_filter=0, br0 10.244.N.1/24 and
+//!          fd00:10:244:N::1/64 with its pods (10.244.N.2, .3, ... and fd00:10:244:N::2, ::3,
+//!          ...; default routes via 10.244.N.1 and fd00:10:244:N::1), routes to the other
+//!          node's pod CIDRs (10.244.M.0/24 via its 172.18.0.1M, fd00:10:244:M::/64 via its
+//!          fd00:172:18::1M), its own cgroup (<lab cgroup>/nodeN) and pin dir (<bpffs>/nodeN),
+//!          and `ferry agent --node-name nodeN --interfaces eth0` running in its namespace.
 //! ```
+//!
+//! Dual-stack like every lab (see [`crate::lab`]): each IPv4 address has its IPv6 twin
+//! ([`ipv6_twin`]), each /24 a /64, and IPv6 is routed wherever IPv4 is. The Node objects list
+//! both InternalIPs.
 //!
 //! The external clients have no route beyond the segment: a test points the ranges it uses
 //! (load balancer IPs in [`LB_RANGE`], externalIPs in [`EXTERNAL_IP_RANGE`]) at the node it
@@ -26,7 +33,7 @@
 use std::{
     collections::BTreeMap,
     fs::{self, File},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     ops::Deref,
     path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
@@ -42,26 +49,39 @@ use serde_json::Value;
 use crate::{
     agent::{AgentOpts, http_status_in, read_lossy},
     cleanup::{self, Record},
-    lab::{HEALTHZ_PORT, Lab, Pod},
+    lab::{HEALTHZ_PORT, IPV6_USABLE_DEADLINE, Lab, Pod, ipv6_twin, ipv6_twin_net},
     manifests::Node,
     netns,
+    netns::{checksum_offload_off, sysctl},
     proc::{self, POLL, Placement, Proc, lock},
 };
 
 /// The segment's prefix length (172.18.0.0/24).
 pub const SEGMENT_PREFIX_LEN: u8 = 24;
+/// The segment's IPv6 prefix length (fd00:172:18::/64).
+pub const SEGMENT_PREFIX6_LEN: u8 = 64;
 /// The first external client's address.
 pub const EXT1_IP: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 100);
+/// The first external client's IPv6 address (fd00:172:18::100).
+pub const EXT1_IP6: Ipv6Addr = ipv6_twin(EXT1_IP);
 /// The second external client's address (outside the source ranges of the tests).
 pub const EXT2_IP: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 101);
+/// The second external client's IPv6 address (fd00:172:18::101).
+pub const EXT2_IP6: Ipv6Addr = ipv6_twin(EXT2_IP);
 /// Where load balancer ingress IPs come from (TEST-NET-1).
 pub const LB_RANGE: &str = "192.0.2.0/24";
 /// Where externalIPs come from (TEST-NET-2).
 pub const EXTERNAL_IP_RANGE: &str = "198.51.100.0/24";
 /// The router of [`Cluster::add_routed_client`] on the segment.
 pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 254);
+/// The router's IPv6 address on the segment (fd00:172:18::254).
+pub const ROUTER_IP6: Ipv6Addr = ipv6_twin(ROUTER_IP);
 /// The network behind that router.
 pub const ROUTED_NET: &str = "172.19.0.0/24";
+/// The IPv6 network behind that router.
+pub const ROUTED_NET6: &str = "fd00:172:19::/64";
+/// IPv6's minimum link MTU: below it the kernel turns IPv6 off on a device.
+const IPV6_MIN_MTU: u32 = 1280;
 
 /// One node of the cluster.
 #[derive(Clone, Debug)]
@@ -70,6 +90,9 @@ pub struct ClusterNode {
     pub name: String,
     /// Its address on the segment (eth0), the Node object's InternalIP.
     pub ip: Ipv4Addr,
+    /// Its IPv6 address on the segment (eth0, fd00:172:18::1N), the Node object's second
+    /// InternalIP.
+    pub ip6: Ipv6Addr,
     pub netns: String,
     pub netns_path: PathBuf,
     /// Its cgroup: its pods run there and its agent attaches the socket hooks there.
@@ -78,8 +101,12 @@ pub struct ClusterNode {
     pub pin_dir: PathBuf,
     /// Its bridge address, the pods' default gateway (10.244.N.1).
     pub gateway: Ipv4Addr,
+    /// Its bridge IPv6 address, the pods' IPv6 default gateway (fd00:10:244:N::1).
+    pub gateway6: Ipv6Addr,
     /// 10.244.N.0/24
     pub pod_cidr: String,
+    /// fd00:10:244:N::/64
+    pub pod_cidr6: String,
 }
 
 impl ClusterNode {
@@ -89,6 +116,7 @@ impl ClusterNode {
         Pod {
             name: self.name.clone(),
             ip: self.ip,
+            ip6: self.ip6,
             netns: self.netns.clone(),
             netns_path: self.netns_path.clone(),
             cgroup: Some(self.cgroup.clone()),
@@ -131,14 +159,19 @@ impl Cluster {
             .map(|n| {
                 let name = format!("node{n}");
                 let ns = format!("{prefix}{name}");
+                let ip = Ipv4Addr::new(172, 18, 0, 10 + n);
+                let gateway = Ipv4Addr::new(10, 244, n, 1);
                 ClusterNode {
-                    ip: Ipv4Addr::new(172, 18, 0, 10 + n),
+                    ip,
+                    ip6: ipv6_twin(ip),
                     netns_path: netns::path(&ns),
                     netns: ns,
                     cgroup: lab.cgroup().join(&name),
                     pin_dir: lab.bpffs().join(&name),
-                    gateway: Ipv4Addr::new(10, 244, n, 1),
+                    gateway,
+                    gateway6: ipv6_twin(gateway),
                     pod_cidr: format!("10.244.{n}.0/24"),
+                    pod_cidr6: ipv6_twin_net(gateway),
                     name,
                 }
             })
@@ -165,7 +198,7 @@ impl Cluster {
         for node in &self.nodes {
             self.setup_node(node)?;
         }
-        // Each node reaches the other's pods through the other's eth0.
+        // Each node reaches the other's pods through the other's eth0, in both families.
         for node in &self.nodes {
             for other in self.nodes.iter().filter(|o| o.name != node.name) {
                 netns::ip(
@@ -178,6 +211,19 @@ impl Cluster {
                         &other.ip.to_string(),
                     ],
                 )?;
+                netns::ip(
+                    &node.netns,
+                    &[
+                        "-6",
+                        "route",
+                        "add",
+                        &other.pod_cidr6,
+                        "via",
+                        &other.ip6.to_string(),
+                        "dev",
+                        "eth0",
+                    ],
+                )?;
             }
         }
         for (name, ip) in [("ext1", EXT1_IP), ("ext2", EXT2_IP)] {
@@ -186,22 +232,17 @@ impl Cluster {
         Ok(())
     }
 
-    /// Creates a namespace (recorded for cleanup first) with lo up and IPv6 off.
+    /// Creates a namespace (recorded for cleanup first) with lo up and IPv6 on.
     fn add_netns(&self, ns: &str) -> Result<()> {
         cleanup::update(self.lab.id(), |r| r.netns.push(ns.to_owned()));
         netns::add(ns)?;
-        sysctl(
-            ns,
-            &[
-                "net.ipv6.conf.all.disable_ipv6=1",
-                "net.ipv6.conf.default.disable_ipv6=1",
-            ],
-        )?;
+        netns::enable_ipv6(ns)?;
         netns::ip(ns, &["link", "set", "lo", "up"])?;
         Ok(())
     }
 
-    /// `eth0` in `ns`, its peer `peer` on the segment's bridge, both up, checksum offload off.
+    /// `eth0` in `ns` with `ip` and its IPv6 twin, its peer `peer` on the segment's bridge,
+    /// both up, checksum offload off.
     fn plug_into_segment(&self, ns: &str, peer: &str, ip: Ipv4Addr) -> Result<()> {
         let net = &self.net;
         netns::ip(
@@ -222,9 +263,15 @@ impl Cluster {
                 "eth0",
             ],
         )?;
+        netns::add_ipv6(
+            ns,
+            "eth0",
+            &format!("{}/{SEGMENT_PREFIX6_LEN}", ipv6_twin(ip)),
+        )?;
         netns::ip(ns, &["link", "set", "eth0", "up"])?;
         checksum_offload_off(ns, "eth0")?;
         checksum_offload_off(net, peer)?;
+        netns::wait_ipv6_usable(ns, "eth0", IPV6_USABLE_DEADLINE)?;
         Ok(())
     }
 
@@ -235,6 +282,8 @@ impl Cluster {
             ns,
             &[
                 "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+                "net.ipv6.conf.default.forwarding=1",
                 "net.ipv4.conf.all.rp_filter=0",
                 "net.ipv4.conf.default.rp_filter=0",
                 "net.ipv4.conf.lo.rp_filter=0",
@@ -250,7 +299,9 @@ impl Cluster {
             ns,
             &["addr", "add", &format!("{}/24", node.gateway), "dev", "br0"],
         )?;
+        netns::add_ipv6(ns, "br0", &format!("{}/64", node.gateway6))?;
         netns::ip(ns, &["link", "set", "br0", "up"])?;
+        netns::wait_ipv6_usable(ns, "br0", IPV6_USABLE_DEADLINE)?;
         sysctl(
             ns,
             &[
@@ -263,7 +314,9 @@ impl Cluster {
         cleanup::update(self.lab.id(), |r| r.child_cgroups.push(node.cgroup.clone()));
         fs::create_dir(&node.cgroup)
             .with_context(|| format!("creating cgroup {}", node.cgroup.display()))?;
-        self.lab.manifests().apply(&Node::new(&node.name, node.ip));
+        self.lab
+            .manifests()
+            .apply(&Node::new(&node.name, node.ip).address("InternalIP", node.ip6));
         Ok(())
     }
 
@@ -275,12 +328,15 @@ impl Cluster {
             &[
                 "net.ipv4.conf.all.accept_redirects=0",
                 "net.ipv4.conf.default.accept_redirects=0",
+                "net.ipv6.conf.all.accept_redirects=0",
+                "net.ipv6.conf.default.accept_redirects=0",
             ],
         )?;
         self.plug_into_segment(&ns, &format!("v-{name}"), ip)?;
         let pod = Pod {
             name: name.to_owned(),
             ip,
+            ip6: ipv6_twin(ip),
             netns_path: netns::path(&ns),
             netns: ns,
             cgroup: None,
@@ -316,7 +372,8 @@ impl Cluster {
         self.lab.pod(name)
     }
 
-    /// Adds a pod `fy<id>-<name>` behind `node` (10.244.N.2, .3, ...), in that node's cgroup.
+    /// Adds a pod `fy<id>-<name>` behind `node` (10.244.N.2, .3, ... and their IPv6 twins
+    /// fd00:10:244:N::2, ::3, ...), in that node's cgroup.
     pub fn add_pod_on(&self, node: &str, name: &str) -> Pod {
         self.try_add_pod_on(node, name)
             .unwrap_or_else(|e| panic!("adding pod {name} on {node}: {e:#}"))
@@ -335,6 +392,7 @@ impl Cluster {
         }
         let o = node.gateway.octets();
         let ip = Ipv4Addr::new(o[0], o[1], o[2], k + 1);
+        let ip6 = ipv6_twin(ip);
         let ns = format!("{}{name}", Record::netns_prefix(self.lab.id()));
         if netns::exists(&ns) {
             bail!("the name {name} is taken");
@@ -367,16 +425,32 @@ impl Cluster {
         netns::ip(&node.netns, &["link", "set", &peer, "master", "br0"])?;
         netns::ip(&node.netns, &["link", "set", &peer, "up"])?;
         netns::ip(&ns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        netns::add_ipv6(&ns, "eth0", &format!("{ip6}/64"))?;
         netns::ip(&ns, &["link", "set", "eth0", "up"])?;
         netns::ip(
             &ns,
             &["route", "add", "default", "via", &node.gateway.to_string()],
         )?;
+        netns::ip(
+            &ns,
+            &[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &node.gateway6.to_string(),
+                "dev",
+                "eth0",
+            ],
+        )?;
         checksum_offload_off(&ns, "eth0")?;
         checksum_offload_off(&node.netns, &peer)?;
+        netns::wait_ipv6_usable(&ns, "eth0", IPV6_USABLE_DEADLINE)?;
         let pod = Pod {
             name: name.to_owned(),
             ip,
+            ip6,
             netns_path: netns::path(&ns),
             netns: ns,
             cgroup: Some(node.cgroup.clone()),
@@ -388,11 +462,21 @@ impl Cluster {
     }
 
     /// Points `prefix` (a CIDR such as [`LB_RANGE`]) at `node` in the client's routing table
-    /// (replacing an earlier route of that prefix).
+    /// (replacing an earlier route of that prefix). An IPv6 prefix (one with a `:`, e.g.
+    /// `fd00:10:244::/48` or `::/0`) goes via the node's IPv6 address; `default` is IPv4's.
     pub fn route(&self, client: &Pod, prefix: &str, node: &str) {
-        let via = self.node(node).ip.to_string();
-        netns::ip(&client.netns, &["route", "replace", prefix, "via", &via])
-            .unwrap_or_else(|e| panic!("route {prefix} via {node} in {}: {e:#}", client.name));
+        let n = self.node(node);
+        let result = if prefix.contains(':') {
+            let via = n.ip6.to_string();
+            netns::ip(
+                &client.netns,
+                &["-6", "route", "replace", prefix, "via", &via, "dev", "eth0"],
+            )
+        } else {
+            let via = n.ip.to_string();
+            netns::ip(&client.netns, &["route", "replace", prefix, "via", &via])
+        };
+        result.unwrap_or_else(|e| panic!("route {prefix} via {node} in {}: {e:#}", client.name));
     }
 
     /// Adds a client `fy<id>-<name>` (172.19.0.N) behind a router on the segment
@@ -401,6 +485,11 @@ impl Cluster {
     /// clients advertise a full-size MSS and the router answers larger packets towards them
     /// with ICMP "fragmentation needed". The router sends [`LB_RANGE`] and
     /// [`EXTERNAL_IP_RANGE`] to `via_node`; both nodes route [`ROUTED_NET`] via the router.
+    /// IPv6 likewise: the router is [`ROUTER_IP6`], the clients are in [`ROUTED_NET6`]
+    /// (fd00:172:19::N+1, default route via fd00:172:19::1) and both nodes route it via the
+    /// router; no IPv6 range is sent to a node. With `mtu` below 1280, IPv6's minimum, the
+    /// kernel turns IPv6 off on the router's links towards the clients: then that network is
+    /// IPv4 only and the client's `ip6` is configured on its own end but reaches nothing.
     pub fn add_routed_client(&self, name: &str, mtu: u32, via_node: &str) -> Pod {
         self.try_add_routed_client(name, mtu, via_node)
             .unwrap_or_else(|e| panic!("adding routed client {name}: {e:#}"))
@@ -414,12 +503,16 @@ impl Cluster {
             *n += 1;
             *n
         };
+        let v6 = mtu >= IPV6_MIN_MTU;
+        let gateway = Ipv4Addr::new(172, 19, 0, 1);
         if n == 1 {
             self.add_netns(&rtr)?;
             sysctl(
                 &rtr,
                 &[
                     "net.ipv4.ip_forward=1",
+                    "net.ipv6.conf.all.forwarding=1",
+                    "net.ipv6.conf.default.forwarding=1",
                     "net.ipv4.conf.all.rp_filter=0",
                     "net.ipv4.conf.default.rp_filter=0",
                 ],
@@ -427,7 +520,14 @@ impl Cluster {
             self.plug_into_segment(&rtr, "v-rtr", ROUTER_IP)?;
             netns::ip(&rtr, &["link", "add", "br1", "type", "bridge"])?;
             netns::ip(&rtr, &["link", "set", "br1", "mtu", &mtu.to_string(), "up"])?;
-            netns::ip(&rtr, &["addr", "add", "172.19.0.1/24", "dev", "br1"])?;
+            netns::ip(
+                &rtr,
+                &["addr", "add", &format!("{gateway}/24"), "dev", "br1"],
+            )?;
+            if v6 {
+                netns::add_ipv6(&rtr, "br1", &format!("{}/64", ipv6_twin(gateway)))?;
+                netns::wait_ipv6_usable(&rtr, "br1", IPV6_USABLE_DEADLINE)?;
+            }
             let via = self.node(via_node).ip.to_string();
             for range in [LB_RANGE, EXTERNAL_IP_RANGE] {
                 netns::ip(&rtr, &["route", "add", range, "via", &via])?;
@@ -437,9 +537,23 @@ impl Cluster {
                     &node.netns,
                     &["route", "add", ROUTED_NET, "via", &ROUTER_IP.to_string()],
                 )?;
+                netns::ip(
+                    &node.netns,
+                    &[
+                        "-6",
+                        "route",
+                        "add",
+                        ROUTED_NET6,
+                        "via",
+                        &ROUTER_IP6.to_string(),
+                        "dev",
+                        "eth0",
+                    ],
+                )?;
             }
         }
         let ip = Ipv4Addr::new(172, 19, 0, n + 1);
+        let ip6 = ipv6_twin(ip);
         let ns = format!("{prefix}{name}");
         let peer = format!("r{n}");
         self.add_netns(&ns)?;
@@ -463,13 +577,34 @@ impl Cluster {
             ],
         )?;
         netns::ip(&ns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        netns::add_ipv6(&ns, "eth0", &format!("{ip6}/64"))?;
         netns::ip(&ns, &["link", "set", "eth0", "up"])?;
-        netns::ip(&ns, &["route", "add", "default", "via", "172.19.0.1"])?;
+        netns::ip(
+            &ns,
+            &["route", "add", "default", "via", &gateway.to_string()],
+        )?;
+        if v6 {
+            netns::ip(
+                &ns,
+                &[
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &ipv6_twin(gateway).to_string(),
+                    "dev",
+                    "eth0",
+                ],
+            )?;
+        }
         checksum_offload_off(&ns, "eth0")?;
         checksum_offload_off(&rtr, &peer)?;
+        netns::wait_ipv6_usable(&ns, "eth0", IPV6_USABLE_DEADLINE)?;
         let pod = Pod {
             name: name.to_owned(),
             ip,
+            ip6,
             netns_path: netns::path(&ns),
             netns: ns,
             cgroup: None,
@@ -796,38 +931,6 @@ impl Cluster {
         }
         text
     }
-
-    // -----------------------------------------------------------------------------------------
-    // Clients
-
-    /// `curl -sS --max-time SECS ARGS... URL` from `from`: Ok(body) or Err((curl's exit code,
-    /// its complaint)), with the time it took.
-    pub fn curl_timed(
-        &self,
-        from: &Pod,
-        url: &str,
-        max_time: Duration,
-        extra: &[&str],
-    ) -> (std::result::Result<String, (i32, String)>, Duration) {
-        let secs = format!("{:.3}", max_time.as_secs_f64());
-        let mut args = vec!["-sS", "--max-time", &secs];
-        args.extend_from_slice(extra);
-        args.push(url);
-        let start = Instant::now();
-        let out = self
-            .lab
-            .output_timeout(from, "curl", &args, max_time + Duration::from_secs(10));
-        let took = start.elapsed();
-        let result = if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err((
-                out.status.code().unwrap_or(-1),
-                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            ))
-        };
-        (result, took)
-    }
 }
 
 impl Drop for Cluster {
@@ -849,19 +952,6 @@ impl Drop for Cluster {
             self.stop_agent(&name);
         }
     }
-}
-
-/// `sysctl -qw KEY=VALUE...` inside the namespace (/proc/sys/net follows the namespace).
-fn sysctl(ns: &str, settings: &[&str]) -> Result<()> {
-    let mut args = vec!["-qw"];
-    args.extend_from_slice(settings);
-    netns::run(ns, "sysctl", &args).map(drop)
-}
-
-/// `ethtool -K DEV tx off`: without it the kernel never checks checksums between veths, so a
-/// broken checksum rewrite would go unnoticed.
-fn checksum_offload_off(ns: &str, dev: &str) -> Result<()> {
-    netns::run(ns, "ethtool", &["-K", dev, "tx", "off"]).map(drop)
 }
 
 /// Polls `check` every `interval` until it returns Ok, for at most `deadline`; returns the

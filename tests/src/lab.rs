@@ -1,9 +1,23 @@
 //! One test's lab: a node namespace with a bridge, pods, a cgroup, a bpffs, an agent.
+//!
+//! Every lab is dual-stack. Each IPv4 address of a lab has an IPv6 twin ([`ipv6_twin`]): the
+//! ULA `fd00:A:B:C::D` for `A.B.C.D`, each group written with the decimal digits of its octet
+//! (10.244.0.7 -> `fd00:10:244::7`, 10.244.2.12 -> `fd00:10:244:2::12`, 172.18.0.11 ->
+//! `fd00:172:18::11`), so a test can tell them apart at a glance and predict them. A /24 of
+//! IPv4 is a /64 of IPv6: the node's pod network 10.244.0.0/24 is `fd00:10:244::/64`, its
+//! bridge `br0` has both gateways ([`GATEWAY`] 10.244.0.1/24 and [`GATEWAY6`]
+//! `fd00:10:244::1/64`), and each pod has its twin beside its IPv4 address ([`Pod::ip6`]) with
+//! an IPv6 default route via [`GATEWAY6`]. IPv6 is turned on in every namespace the lab makes
+//! whatever the machine's defaults, without duplicate address detection (addresses `nodad`,
+//! link-local ones too: see [`netns::enable_ipv6`]; usable at once, never `tentative`, which
+//! [`netns::wait_ipv6_usable`] checks), and the node namespace has no route beyond its pods,
+//! in either family. Services' IPv6 ClusterIPs in the tests come
+//! from `fd00:96::/112` (the IPv4 ones from 10.96.0.0/12); nothing in the lab routes them.
 
 use std::{
     fs::{self, File},
     io::Read,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     sync::{
@@ -26,16 +40,46 @@ use crate::{
 
 /// The node's bridge address: the pods' default gateway.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
+/// The node's bridge IPv6 address (`fd00:10:244::1`, the twin of [`GATEWAY`]): the pods'
+/// IPv6 default gateway.
+pub const GATEWAY6: Ipv6Addr = ipv6_twin(GATEWAY);
+/// The prefix length of a node's IPv4 pod network (10.244.0.0/24).
+pub const POD_PREFIX_LEN: u8 = 24;
+/// The prefix length of a node's IPv6 pod network (`fd00:10:244::/64`).
+pub const POD_PREFIX6_LEN: u8 = 64;
+/// How long a new IPv6 address may stay `tentative` (never, with `nodad`: a bound, not a wait).
+pub const IPV6_USABLE_DEADLINE: Duration = Duration::from_secs(5);
 /// The node name the agent is started with.
 pub const NODE_NAME: &str = "node-1";
 /// The agent's health server port (in the node namespace).
 pub const HEALTHZ_PORT: u16 = 10256;
+
+/// The IPv6 twin of a lab's IPv4 address: `fd00:A:B:C::D` for `A.B.C.D`, each group the
+/// decimal digits of its octet read as hex (10.244.0.7 -> `fd00:10:244::7`). One-to-one, and
+/// a /24 of IPv4 maps into one /64 (`fd00:A:B:C::/64`).
+pub const fn ipv6_twin(v4: Ipv4Addr) -> Ipv6Addr {
+    const fn digits(octet: u8) -> u16 {
+        let n = octet as u16;
+        (n / 100) * 0x100 + (n / 10 % 10) * 0x10 + n % 10
+    }
+    let [a, b, c, d] = v4.octets();
+    Ipv6Addr::new(0xfd00, digits(a), digits(b), digits(c), 0, 0, 0, digits(d))
+}
+
+/// The IPv6 twin of an IPv4 network `A.B.C.0/24`: `fd00:A:B:C::/64`.
+pub fn ipv6_twin_net(v4_net: Ipv4Addr) -> String {
+    let [a, b, c, _] = v4_net.octets();
+    format!("{}/64", ipv6_twin(Ipv4Addr::new(a, b, c, 0)))
+}
 
 /// A pod: a network namespace with `eth0` on the node's bridge.
 #[derive(Clone, Debug)]
 pub struct Pod {
     pub name: String,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address beside `ip`: the twin of `ip` ([`ipv6_twin`]), e.g. `fd00:10:244::2`
+    /// for 10.244.0.2 (a node's: its address on the node's network).
+    pub ip6: Ipv6Addr,
     /// The namespace name (`fy<id>-<name>`).
     pub netns: String,
     pub netns_path: PathBuf,
@@ -140,13 +184,22 @@ impl Lab {
             return Ok(());
         }
         netns::add(&self.node)?;
+        netns::enable_ipv6(&self.node)?;
         netns::ip(&self.node, &["link", "set", "lo", "up"])?;
         netns::ip(&self.node, &["link", "add", "br0", "type", "bridge"])?;
         netns::ip(
             &self.node,
-            &["addr", "add", &format!("{GATEWAY}/24"), "dev", "br0"],
+            &[
+                "addr",
+                "add",
+                &format!("{GATEWAY}/{POD_PREFIX_LEN}"),
+                "dev",
+                "br0",
+            ],
         )?;
+        netns::add_ipv6(&self.node, "br0", &format!("{GATEWAY6}/{POD_PREFIX6_LEN}"))?;
         netns::ip(&self.node, &["link", "set", "br0", "up"])?;
+        netns::wait_ipv6_usable(&self.node, "br0", IPV6_USABLE_DEADLINE)?;
         Ok(())
     }
 
@@ -196,13 +249,15 @@ impl Lab {
         Pod {
             name: "node".to_owned(),
             ip: GATEWAY,
+            ip6: GATEWAY6,
             netns: self.node.clone(),
             netns_path: self.node_netns_path(),
             cgroup: None,
         }
     }
 
-    /// Adds a pod `fy<id>-<name>` with the next address 10.244.0.N (N from 2).
+    /// Adds a pod `fy<id>-<name>` with the next address 10.244.0.N (N from 2) and its IPv6
+    /// twin `fd00:10:244::N`.
     pub fn add_pod(&self, name: &str) -> Pod {
         self.try_add_pod(name)
             .unwrap_or_else(|e| panic!("adding pod {name}: {e:#}"))
@@ -221,10 +276,12 @@ impl Lab {
             bail!("no address left");
         }
         let ip = Ipv4Addr::new(10, 244, 0, n as u8);
+        let ip6 = ipv6_twin(ip);
         let ns = format!("{}{name}", Record::netns_prefix(&self.id));
         let peer = format!("veth{n}");
         cleanup::update(&self.id, |r| r.netns.push(ns.clone()));
         netns::add(&ns)?;
+        netns::enable_ipv6(&ns)?;
         // The pair is born inside the lab: eth0 in the pod, its peer in the node namespace.
         netns::ip(
             &ns,
@@ -234,19 +291,44 @@ impl Lab {
         )?;
         netns::ip(&self.node, &["link", "set", &peer, "master", "br0"])?;
         netns::ip(&self.node, &["link", "set", &peer, "up"])?;
-        netns::ip(&ns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        netns::ip(
+            &ns,
+            &[
+                "addr",
+                "add",
+                &format!("{ip}/{POD_PREFIX_LEN}"),
+                "dev",
+                "eth0",
+            ],
+        )?;
+        netns::add_ipv6(&ns, "eth0", &format!("{ip6}/{POD_PREFIX6_LEN}"))?;
         netns::ip(&ns, &["link", "set", "eth0", "up"])?;
         netns::ip(&ns, &["link", "set", "lo", "up"])?;
         netns::ip(
             &ns,
             &["route", "add", "default", "via", &GATEWAY.to_string()],
         )?;
+        netns::ip(
+            &ns,
+            &[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &GATEWAY6.to_string(),
+                "dev",
+                "eth0",
+            ],
+        )?;
         // veths offload TX checksums: without this a broken checksum rewrite goes unnoticed.
-        netns::run(&ns, "ethtool", &["-K", "eth0", "tx", "off"])?;
-        netns::run(&self.node, "ethtool", &["-K", &peer, "tx", "off"])?;
+        netns::checksum_offload_off(&ns, "eth0")?;
+        netns::checksum_offload_off(&self.node, &peer)?;
+        netns::wait_ipv6_usable(&ns, "eth0", IPV6_USABLE_DEADLINE)?;
         let pod = Pod {
             name: name.to_owned(),
             ip,
+            ip6,
             netns_path: netns::path(&ns),
             netns: ns,
             cgroup: None,

@@ -1,5 +1,11 @@
 //! Services and EndpointSlices as the agent reads them: YAML files in a manifests directory.
 //!
+//! Dual-stack Services are written as the API server stores them: `clusterIPs` with one
+//! address per family (the primary one also in `clusterIP`), `ipFamilies` in the same order,
+//! `ipFamilyPolicy`; their endpoints come in one EndpointSlice per address family
+//! (`addressType: IPv4` / `IPv6`), both labelled with the service's name. Services and slices
+//! built without those settings are written exactly as before (IPv4, no `ipFamilies`).
+//!
 //! Files are written atomically (a temporary file in the same directory whose name does not end
 //! in `.yaml`, then a rename), so the agent never reads half a file.
 
@@ -71,6 +77,13 @@ pub struct Service {
     pub type_: String,
     /// `Some("None")` makes it headless.
     pub cluster_ip: Option<String>,
+    /// The ClusterIPs after `cluster_ip` in `clusterIPs` (a dual-stack Service's second
+    /// family).
+    pub extra_cluster_ips: Vec<String>,
+    /// `ipFamilies` ("IPv4", "IPv6"), in `clusterIPs` order; empty: not written.
+    pub ip_families: Vec<String>,
+    /// `ipFamilyPolicy`: SingleStack, PreferDualStack or RequireDualStack; `None`: not written.
+    pub ip_family_policy: Option<String>,
     pub ports: Vec<ServicePort>,
     /// `Some(timeout)` for sessionAffinity ClientIP (`None` timeout = the API default).
     pub affinity: Option<Option<u32>>,
@@ -97,6 +110,9 @@ impl Service {
             namespace: "default".to_owned(),
             type_: "ClusterIP".to_owned(),
             cluster_ip: Some(ip.to_owned()),
+            extra_cluster_ips: Vec::new(),
+            ip_families: Vec::new(),
+            ip_family_policy: None,
             ports: Vec::new(),
             affinity: None,
             labels: Vec::new(),
@@ -110,6 +126,23 @@ impl Service {
             annotations: Vec::new(),
             created: None,
         }
+    }
+
+    /// An IPv6 single-stack ClusterIP service (`ipFamilies: [IPv6]`, `ipFamilyPolicy:
+    /// SingleStack`), e.g. `Service::cluster_ip6("web", "fd00:96::a")`.
+    pub fn cluster_ip6(name: &str, ip: &str) -> Service {
+        Service::cluster_ip(name, ip)
+            .cluster_ips(&[ip])
+            .ip_family_policy("SingleStack")
+    }
+
+    /// A dual-stack ClusterIP service with `policy` (PreferDualStack or RequireDualStack) and
+    /// one ClusterIP per family, the primary first: `["10.96.0.10", "fd00:96::a"]`.
+    pub fn dual_stack(name: &str, policy: &str, ips: &[&str]) -> Service {
+        let primary = ips.first().copied().unwrap_or_default();
+        Service::cluster_ip(name, primary)
+            .cluster_ips(ips)
+            .ip_family_policy(policy)
     }
 
     /// A NodePort service (give its ports nodePorts with [`node_port`](Service::node_port)).
@@ -145,6 +178,28 @@ impl Service {
 
     pub fn namespace(mut self, ns: &str) -> Self {
         self.namespace = ns.to_owned();
+        self
+    }
+
+    /// `clusterIPs` (the first also `clusterIP`), and `ipFamilies` in the same order, each
+    /// address's family (as the API server fills it in). Any type of Service.
+    pub fn cluster_ips(mut self, ips: &[&str]) -> Self {
+        self.cluster_ip = ips.first().map(|ip| (*ip).to_owned());
+        self.extra_cluster_ips = ips.iter().skip(1).map(|ip| (*ip).to_owned()).collect();
+        self.ip_families = ips.iter().map(|ip| family_of(ip).to_owned()).collect();
+        self
+    }
+
+    /// `ipFamilies` as given (after [`cluster_ips`](Service::cluster_ips), to write a
+    /// Service whose families and addresses disagree).
+    pub fn ip_families(mut self, families: &[&str]) -> Self {
+        self.ip_families = families.iter().map(|f| (*f).to_owned()).collect();
+        self
+    }
+
+    /// `ipFamilyPolicy`: SingleStack, PreferDualStack or RequireDualStack.
+    pub fn ip_family_policy(mut self, policy: &str) -> Self {
+        self.ip_family_policy = Some(policy.to_owned());
         self
     }
 
@@ -263,8 +318,16 @@ impl Manifest for Service {
         let mut spec = Map::new();
         spec.insert("type".into(), json!(self.type_));
         if let Some(ip) = &self.cluster_ip {
+            let mut ips = vec![ip];
+            ips.extend(&self.extra_cluster_ips);
             spec.insert("clusterIP".into(), json!(ip));
-            spec.insert("clusterIPs".into(), json!([ip]));
+            spec.insert("clusterIPs".into(), json!(ips));
+        }
+        if !self.ip_families.is_empty() {
+            spec.insert("ipFamilies".into(), json!(self.ip_families));
+        }
+        if let Some(policy) = &self.ip_family_policy {
+            spec.insert("ipFamilyPolicy".into(), json!(policy));
         }
         if let Some(target) = &self.external_name {
             spec.insert("externalName".into(), json!(target));
@@ -348,6 +411,11 @@ impl Manifest for Service {
     }
 }
 
+/// "IPv6" for an address with a colon, else "IPv4" (the test names its addresses).
+fn family_of(ip: &str) -> &'static str {
+    if ip.contains(':') { "IPv6" } else { "IPv4" }
+}
+
 fn metadata(name: &str, namespace: &str, labels: &[(String, String)]) -> Value {
     let mut meta = Map::new();
     meta.insert("name".into(), json!(name));
@@ -397,25 +465,41 @@ impl Endpoint {
     }
 }
 
-/// A discovery.k8s.io/v1 EndpointSlice of a service (IPv4).
+/// A discovery.k8s.io/v1 EndpointSlice of a service (IPv4 unless made with
+/// [`ipv6`](EndpointSlice::ipv6)).
 #[derive(Clone, Debug)]
 pub struct EndpointSlice {
     pub name: String,
     pub namespace: String,
     pub service: String,
+    /// `addressType`: IPv4 or IPv6 (the family of every address in the slice).
+    pub address_type: String,
     pub ports: Vec<(String, u16, String)>,
     pub endpoints: Vec<Endpoint>,
 }
 
 impl EndpointSlice {
+    /// An IPv4 slice.
     pub fn new(name: &str, service: &str) -> EndpointSlice {
         EndpointSlice {
             name: name.to_owned(),
             namespace: "default".to_owned(),
             service: service.to_owned(),
+            address_type: "IPv4".to_owned(),
             ports: Vec::new(),
             endpoints: Vec::new(),
         }
+    }
+
+    /// An IPv6 slice (`addressType: IPv6`): its endpoints are pods' `ip6`.
+    pub fn ipv6(name: &str, service: &str) -> EndpointSlice {
+        EndpointSlice::new(name, service).address_type("IPv6")
+    }
+
+    /// `addressType` as given (IPv4, IPv6, or FQDN, which proxies ignore).
+    pub fn address_type(mut self, address_type: &str) -> Self {
+        self.address_type = address_type.to_owned();
+        self
     }
 
     pub fn namespace(mut self, ns: &str) -> Self {
@@ -486,7 +570,7 @@ impl Manifest for EndpointSlice {
             "apiVersion": "discovery.k8s.io/v1",
             "kind": "EndpointSlice",
             "metadata": metadata(&self.name, &self.namespace, &labels),
-            "addressType": "IPv4",
+            "addressType": self.address_type,
             "ports": ports,
             "endpoints": endpoints,
         })

@@ -1,8 +1,10 @@
 //! Reading `ferry services -o json`, typed as the agent prints it
-//! ([`ServicesView`]: the type is the contract).
+//! ([`ServicesView`]: the type is the contract). Frontends and backends of either family:
+//! addresses are named as text (`"10.96.0.10"`, `"fd00:96::a"`) or typed, and backends are
+//! listed as `ip:port` / `[ipv6]:port`.
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::{Duration, Instant},
 };
 
@@ -61,14 +63,46 @@ impl AsIpv4 for &str {
     }
 }
 
+/// An address of either family as a test names it: `"10.96.0.10"`, `"fd00:96::a"`, a pod's
+/// `ip` or `ip6`.
+pub trait AsIp {
+    fn ip(self) -> IpAddr;
+}
+
+impl AsIp for IpAddr {
+    fn ip(self) -> IpAddr {
+        self
+    }
+}
+
+impl AsIp for Ipv4Addr {
+    fn ip(self) -> IpAddr {
+        self.into()
+    }
+}
+
+impl AsIp for Ipv6Addr {
+    fn ip(self) -> IpAddr {
+        self.into()
+    }
+}
+
+impl AsIp for &str {
+    /// Panics on text that is no IP address: a mistake in the test itself.
+    fn ip(self) -> IpAddr {
+        self.parse()
+            .unwrap_or_else(|e| panic!("the test names {self:?} as an IP address: {e}"))
+    }
+}
+
 /// The frontend for address:port/protocol, if programmed (the external scope first).
 pub fn frontend(
     v: &ServicesView,
-    address: impl AsIpv4,
+    address: impl AsIp,
     port: u16,
     protocol: Protocol,
 ) -> Option<&FrontendView> {
-    let address = address.ipv4();
+    let address = address.ip();
     v.frontends
         .iter()
         .find(|f| f.address == address && f.port == port && f.protocol == protocol)
@@ -78,27 +112,28 @@ pub fn frontend(
 /// frontend has an external and an internal entry), if programmed.
 pub fn frontend_in(
     v: &ServicesView,
-    address: impl AsIpv4,
+    address: impl AsIp,
     port: u16,
     protocol: Protocol,
     scope: Scope,
 ) -> Option<&FrontendView> {
-    let address = address.ipv4();
+    let address = address.ip();
     v.frontends.iter().find(|f| {
         f.address == address && f.port == port && f.protocol == protocol && f.scope == scope
     })
 }
 
 /// True if any frontend has this address.
-pub fn has_address(v: &ServicesView, address: impl AsIpv4) -> bool {
-    let address = address.ipv4();
+pub fn has_address(v: &ServicesView, address: impl AsIp) -> bool {
+    let address = address.ip();
     v.frontends.iter().any(|f| f.address == address)
 }
 
-/// A backend as "ip:port"; one whose entry is missing from the kernel as its id and state.
+/// A backend as "ip:port" (`[ipv6]:port`); one whose entry is missing from the kernel as its
+/// id and state.
 pub fn endpoint(b: &BackendView) -> String {
     match (b.address, b.port) {
-        (Some(a), Some(p)) => format!("{a}:{p}"),
+        (Some(a), Some(p)) => SocketAddr::new(a, p).to_string(),
         _ => format!("#{} ({})", b.id, b.state),
     }
 }
@@ -107,7 +142,7 @@ pub fn endpoint(b: &BackendView) -> String {
 /// frontend is missing).
 fn endpoints(
     v: &ServicesView,
-    address: impl AsIpv4,
+    address: impl AsIp,
     port: u16,
     protocol: Protocol,
     keep: impl Fn(&BackendView) -> bool,
@@ -127,42 +162,37 @@ fn endpoints(
 
 /// The active backends of a frontend as sorted "ip:port" strings (empty if the frontend is
 /// missing).
-pub fn active(
-    v: &ServicesView,
-    address: impl AsIpv4,
-    port: u16,
-    protocol: Protocol,
-) -> Vec<String> {
+pub fn active(v: &ServicesView, address: impl AsIp, port: u16, protocol: Protocol) -> Vec<String> {
     endpoints(v, address, port, protocol, |b| b.state == "active")
 }
 
 /// True if the frontend exists and its active backends are exactly `want` ("ip:port", any order).
 pub fn active_is(
     v: &ServicesView,
-    address: impl AsIpv4,
+    address: impl AsIp,
     port: u16,
     protocol: Protocol,
     want: &[&str],
 ) -> bool {
-    let address = address.ipv4();
+    let address = address.ip();
     frontend(v, address, port, protocol).is_some()
         && active(v, address, port, protocol) == sorted(want)
 }
 
 /// All backends of a frontend (any state) as sorted "ip:port" strings.
-pub fn all(v: &ServicesView, address: impl AsIpv4, port: u16, protocol: Protocol) -> Vec<String> {
+pub fn all(v: &ServicesView, address: impl AsIp, port: u16, protocol: Protocol) -> Vec<String> {
     endpoints(v, address, port, protocol, |_| true)
 }
 
 /// True if the frontend exists and its backends (any state) are exactly `want`.
 pub fn backends_are(
     v: &ServicesView,
-    address: impl AsIpv4,
+    address: impl AsIp,
     port: u16,
     protocol: Protocol,
     want: &[&str],
 ) -> bool {
-    let address = address.ipv4();
+    let address = address.ip();
     frontend(v, address, port, protocol).is_some()
         && all(v, address, port, protocol) == sorted(want)
 }

@@ -1,4 +1,7 @@
 //! Workloads in a lab: lab-echo servers and clients (curl, lab-client) run from pods.
+//!
+//! lab-echo serves each port over IPv4 and IPv6; lab-client's targets are `ip:port` or
+//! `[ipv6]:port` (`SocketAddr`'s text: `SocketAddr::new(pod.ip6.into(), port).to_string()`).
 
 use std::{
     fs,
@@ -25,6 +28,34 @@ impl Lab {
                 String::from_utf8_lossy(&out.stderr).trim()
             ))
         }
+    }
+
+    /// `curl -sS --max-time SECS ARGS... URL` from `from`: Ok(body) or Err((curl's exit code,
+    /// its complaint)), with the time it took. For an IPv6 literal in the URL pass
+    /// `["-6", "-g"]` (`-g`: brackets are no glob).
+    pub fn curl_timed(
+        &self,
+        from: &Pod,
+        url: &str,
+        max_time: Duration,
+        extra: &[&str],
+    ) -> (std::result::Result<String, (i32, String)>, Duration) {
+        let secs = format!("{:.3}", max_time.as_secs_f64());
+        let mut args = vec!["-sS", "--max-time", &secs];
+        args.extend_from_slice(extra);
+        args.push(url);
+        let start = Instant::now();
+        let out = self.output_timeout(from, "curl", &args, max_time + Duration::from_secs(10));
+        let took = start.elapsed();
+        let result = if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err((
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            ))
+        };
+        (result, took)
     }
 
     /// Starts `lab-echo --name <pod>` serving the given ports, once it printed `ready`.

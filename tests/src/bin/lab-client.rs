@@ -15,7 +15,9 @@
 //! timeout (default 2 s) is `"error":"timeout"`; `--source-port` binds the socket to that port
 //! (one fixed 5-tuple); `--reconnect` (with `--connected`) connects the socket again after an
 //! attempt failed with an error other than a timeout (an application that handles a destroyed
-//! socket). Exit status 0 if every attempt succeeded.
+//! socket). Exit status 0 if every attempt succeeded. ADDR is IPv4 (`10.96.0.10:53`) or IPv6
+//! (`[fd00:96::a]:53`, also `[::ffff:10.96.0.10]:53`): the socket is of that family (the UDP
+//! one bound to 0.0.0.0 or `[::]`).
 
 use std::{
     io::{self, BufRead, BufReader, ErrorKind, Write},
@@ -323,7 +325,12 @@ fn tcp_once(opts: &Opts, seq: u64) -> bool {
 
 fn run_udp(opts: &Opts) -> bool {
     let start = Start::now();
-    let socket = match UdpSocket::bind(("0.0.0.0", opts.source_port)) {
+    let any = if opts.target.is_ipv6() {
+        "::"
+    } else {
+        "0.0.0.0"
+    };
+    let socket = match UdpSocket::bind((any, opts.source_port)) {
         Ok(s) => s,
         Err(e) => {
             failure(0, "bind", &e, start).print();

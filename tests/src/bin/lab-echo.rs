@@ -3,11 +3,17 @@
 //! A backend for the lab. Each TCP connection gets `pod=<name> port=<port> peer=<ip>:<port>`:
 //! as an HTTP/1.1 200 response (Connection: close) if the first request is HTTP, else as one
 //! raw line per line received until the client closes. Each UDP datagram gets the same text
-//! back. Prints `ready` on stdout once every socket is bound. Threads, std only.
+//! back. Prints `ready` on stdout once every socket is bound. Threads, std (and libc).
+//!
+//! Each port is served over both families by two sockets: one bound to 0.0.0.0 (IPv4, as
+//! ever) and one to `[::]` with IPV6_V6ONLY (IPv6 only, so that IPv4 clients keep meeting an
+//! AF_INET socket and their peers print as `a.b.c.d:port`); IPv6 peers print as
+//! `[addr]:port`. Where the kernel has no IPv6 at all, only the IPv4 sockets are made.
 
 use std::{
     io::{self, BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener, TcpStream, UdpSocket},
+    os::fd::{FromRawFd, OwnedFd},
     process::ExitCode,
     thread,
     time::Duration,
@@ -46,6 +52,7 @@ fn main() -> ExitCode {
         return usage();
     }
 
+    let ipv6 = ipv6_available();
     let mut tcp_listeners = Vec::new();
     for port in &tcp {
         match TcpListener::bind(("0.0.0.0", *port)) {
@@ -53,6 +60,15 @@ fn main() -> ExitCode {
             Err(e) => {
                 let _ = writeln!(io::stderr(), "lab-echo: bind tcp {port}: {e}");
                 return ExitCode::FAILURE;
+            }
+        }
+        if ipv6 {
+            match bind_v6_only(libc::SOCK_STREAM, *port) {
+                Ok(fd) => tcp_listeners.push((TcpListener::from(fd), *port)),
+                Err(e) => {
+                    let _ = writeln!(io::stderr(), "lab-echo: bind tcp [::]:{port}: {e}");
+                    return ExitCode::FAILURE;
+                }
             }
         }
     }
@@ -63,6 +79,15 @@ fn main() -> ExitCode {
             Err(e) => {
                 let _ = writeln!(io::stderr(), "lab-echo: bind udp {port}: {e}");
                 return ExitCode::FAILURE;
+            }
+        }
+        if ipv6 {
+            match bind_v6_only(libc::SOCK_DGRAM, *port) {
+                Ok(fd) => udp_sockets.push((UdpSocket::from(fd), *port)),
+                Err(e) => {
+                    let _ = writeln!(io::stderr(), "lab-echo: bind udp [::]:{port}: {e}");
+                    return ExitCode::FAILURE;
+                }
             }
         }
     }
@@ -87,6 +112,75 @@ fn main() -> ExitCode {
         let _ = t.join();
     }
     ExitCode::SUCCESS
+}
+
+/// False where the kernel has no IPv6 (socket(2) says EAFNOSUPPORT).
+fn ipv6_available() -> bool {
+    // SAFETY: socket(2) with constant arguments; the descriptor is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return io::Error::last_os_error().raw_os_error() != Some(libc::EAFNOSUPPORT);
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    true
+}
+
+/// A socket of `kind` bound to `[::]:port` with IPV6_V6ONLY (and SO_REUSEADDR, as std's
+/// bind does), listening if it is a stream socket.
+fn bind_v6_only(kind: libc::c_int, port: u16) -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments.
+    let raw = unsafe { libc::socket(libc::AF_INET6, kind | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let one: libc::c_int = 1;
+    for (level, option) in [
+        (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY),
+        (libc::SOL_SOCKET, libc::SO_REUSEADDR),
+    ] {
+        // SAFETY: setsockopt(2) on our descriptor with a c_int value of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                raw,
+                level,
+                option,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let addr = SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0);
+    let sin6 = libc::sockaddr_in6 {
+        sin6_family: libc::AF_INET6 as libc::sa_family_t,
+        sin6_port: addr.port().to_be(),
+        sin6_flowinfo: 0,
+        sin6_addr: libc::in6_addr {
+            s6_addr: addr.ip().octets(),
+        },
+        sin6_scope_id: 0,
+    };
+    // SAFETY: bind(2) with a sockaddr_in6 of the size given.
+    let rc = unsafe {
+        libc::bind(
+            raw,
+            (&sin6 as *const libc::sockaddr_in6).cast(),
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: listen(2) on our bound stream socket.
+    if kind == libc::SOCK_STREAM && unsafe { libc::listen(raw, 128) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
 }
 
 fn body(name: &str, port: u16, peer: SocketAddr) -> String {

@@ -6,6 +6,10 @@
 //!  default route: the node      ┃ ip_forward=1, ferry's TC programs on eth0
 //! ```
 //!
+//! Dual-stack like every lab: both ends also have their IPv6 twins (`fd00:172:18::100`,
+//! `fd00:172:18::2`; see [`crate::lab::ipv6_twin`]), the client an IPv6 default route via the
+//! node, and the node forwards IPv6 as it forwards IPv4.
+//!
 //! Everything lives in lab namespaces; nothing is linked to the machine's own network.
 
 use std::net::Ipv4Addr;
@@ -14,7 +18,7 @@ use anyhow::Result;
 
 use crate::{
     cleanup::{self, Record},
-    lab::{Lab, Pod},
+    lab::{Lab, Pod, ipv6_twin},
     netns,
 };
 
@@ -95,6 +99,7 @@ pub fn add_external(lab: &Lab) -> Result<Pod> {
     let node = lab.node_netns();
     cleanup::update(lab.id(), |r| r.netns.push(ns.clone()));
     netns::add(&ns)?;
+    netns::enable_ipv6(&ns)?;
     // Born inside the lab: eth0 in the client, its peer eth0 in the node.
     netns::ip(
         &ns,
@@ -114,8 +119,10 @@ pub fn add_external(lab: &Lab) -> Result<Pod> {
     let node_addr = format!("{NODE_IP}/{EXTERNAL_PREFIX}");
     let client_addr = format!("{EXTERNAL_IP}/{EXTERNAL_PREFIX}");
     netns::ip(node, &["addr", "add", &node_addr, "dev", NODE_DEVICE])?;
+    netns::add_ipv6(node, NODE_DEVICE, &format!("{}/64", ipv6_twin(NODE_IP)))?;
     netns::ip(node, &["link", "set", NODE_DEVICE, "up"])?;
     netns::ip(&ns, &["addr", "add", &client_addr, "dev", "eth0"])?;
+    netns::add_ipv6(&ns, "eth0", &format!("{}/64", ipv6_twin(EXTERNAL_IP)))?;
     netns::ip(&ns, &["link", "set", "eth0", "up"])?;
     netns::ip(&ns, &["link", "set", "lo", "up"])?;
     // The load balancer IPs (and everything else) are routed to the node, as a cloud load
@@ -124,14 +131,31 @@ pub fn add_external(lab: &Lab) -> Result<Pod> {
         &ns,
         &["route", "add", "default", "via", &NODE_IP.to_string()],
     )?;
+    netns::ip(
+        &ns,
+        &[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &ipv6_twin(NODE_IP).to_string(),
+            "dev",
+            "eth0",
+        ],
+    )?;
     // The node forwards between its device and the pod bridge (this namespace's own sysctl).
-    netns::run(node, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+    netns::sysctl(
+        node,
+        &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"],
+    )?;
     // Checksums must be right on the wire: a broken NAT checksum update would show.
     netns::run(&ns, "ethtool", &["-K", "eth0", "tx", "off"])?;
     netns::run(node, "ethtool", &["-K", NODE_DEVICE, "tx", "off"])?;
     Ok(Pod {
         name: EXTERNAL.to_owned(),
         ip: EXTERNAL_IP,
+        ip6: ipv6_twin(EXTERNAL_IP),
         netns_path: netns::path(&ns),
         netns: ns,
         cgroup: None,
