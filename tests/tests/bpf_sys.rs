@@ -29,7 +29,7 @@ use aya::{
 use common::*;
 use ferry::{
     datapath::{
-        codec::reply_key_of,
+        codec::CtKey as _,
         loader::ebpf_object,
         sys::{self, Attachment},
     },
@@ -440,7 +440,7 @@ fn udp_flow(n: u32, last_seen: u32) -> [(Ct4Key, Ct4Value); 2] {
         last_seen,
         ..Default::default()
     };
-    let reply = reply_key_of(&forward, &value);
+    let reply = forward.reply_key(&value);
     [
         (forward, value),
         (

@@ -213,7 +213,7 @@ async fn serve_metrics(
                     // The CT map filling up is the failure operators must see
                     // coming (cilium#24177): measured at every scrape.
                     if let Ok(fill) = ct_gc::fill(&pins) {
-                        m.conntrack(fill);
+                        m.conntrack(&fill);
                     }
                     // Own handle on the pinned maps: scrapes never wait for a sync.
                     let counters: Vec<(&'static str, u64)> = Maps::open_pinned(&pins)

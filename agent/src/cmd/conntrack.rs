@@ -6,7 +6,7 @@ use crate::{
     cli::{Output, ShowArgs},
     datapath::{
         Maps,
-        codec::{FlowView, flow_view},
+        codec::{CtKey as _, FlowView},
     },
     northsouth::{flows, monotonic_seconds},
     paths::PinDir,
@@ -16,9 +16,11 @@ pub fn run(args: &ShowArgs) -> anyhow::Result<()> {
     let maps = Maps::open_pinned(&PinDir::new(&args.bpffs))
         .with_context(|| format!("reading ferry's maps under {}", args.bpffs.display()))?;
     let now = monotonic_seconds();
-    let views: Vec<FlowView> = flows(&maps)
+    let (v4, v6) = flows(&maps);
+    let views: Vec<FlowView> = v4
         .iter()
-        .map(|(k, v)| flow_view(k, v, now))
+        .map(|(k, v)| k.view(v, now))
+        .chain(v6.iter().map(|(k, v)| k.view(v, now)))
         .collect();
     match args.output {
         Output::Json => println!("{}", serde_json::json!({ "flows": views })),

@@ -95,6 +95,10 @@ pub fn checks(t: &Target<'_>) -> Vec<Check> {
     let mut out = vec![privileges(&status), udp_destroy_reach(&status)];
     out.extend(kernel(&kernel_release()));
     out.push(btf(Path::new("/sys/kernel/btf/vmlinux")));
+    out.push(ipv6(
+        Path::new("/proc/net/if_inet6").exists(),
+        &read("/proc/sys/net/ipv6/conf/all/disable_ipv6"),
+    ));
     out.push(bpffs(t.bpffs));
     out.push(cgroup(t.cgroup));
     out.extend(t.bind.iter().map(|&a| port(a)));
@@ -316,6 +320,30 @@ fn btf(path: &Path) -> Check {
     }
 }
 
+/// IPv6 in this kernel and network namespace: without it IPv6 and
+/// dual-stack Services are still programmed (the maps and socket hooks do
+/// not need it) but no IPv6 traffic exists to serve; IPv4 is unaffected.
+fn ipv6(in_kernel: bool, all_disabled: &str) -> Check {
+    if !in_kernel {
+        check(
+            "ipv6",
+            Status::Warn,
+            "the kernel has no IPv6 (ipv6.disable=1?): IPv6 Services are programmed, not reachable"
+                .into(),
+            Some("boot without ipv6.disable=1 for dual-stack clusters".into()),
+        )
+    } else if all_disabled.trim() == "1" {
+        check(
+            "ipv6",
+            Status::Warn,
+            "net.ipv6.conf.all.disable_ipv6=1: IPv6 Services are programmed, not reachable".into(),
+            Some("sysctl net.ipv6.conf.all.disable_ipv6=0 for dual-stack clusters".into()),
+        )
+    } else {
+        check("ipv6", Status::Ok, "enabled".into(), None)
+    }
+}
+
 /// The nearest existing ancestor of `path` (the pin directory may not exist yet).
 fn existing(path: &Path) -> Option<&Path> {
     path.ancestors().find(|p| p.exists())
@@ -501,6 +529,17 @@ mod tests {
                 assert!(c.fix.as_deref().unwrap().contains("spc_t"), "{c}");
             }
         }
+    }
+
+    #[test]
+    fn a_node_without_ipv6_is_warned_about_and_ipv4_goes_on() {
+        assert_eq!(ipv6(true, "0\n").status, Status::Ok);
+        let off = ipv6(false, "");
+        assert_eq!(off.status, Status::Warn);
+        assert!(off.detail.contains("no IPv6"), "{off}");
+        let disabled = ipv6(true, "1\n");
+        assert_eq!(disabled.status, Status::Warn);
+        assert!(disabled.detail.contains("disable_ipv6=1"), "{disabled}");
     }
 
     #[test]

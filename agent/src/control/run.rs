@@ -8,7 +8,6 @@
 
 use std::{
     collections::BTreeSet,
-    net::IpAddr,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -338,19 +337,12 @@ impl Loop {
         let this = t.this_node();
         let eligible = this.is_none_or(|n| !n.deleting && !n.to_be_deleted);
         self.health.set_node_eligible(eligible);
-        // The north-south programs serve IPv4 (IPv6 north-south is to come).
-        let v4 = |ip: &IpAddr| match ip {
-            IpAddr::V4(ip) => Some(*ip),
-            IpAddr::V6(_) => None,
-        };
         let settings = NodeSettings {
-            node_ips: this
-                .map(|n| n.ips.iter().filter_map(v4).collect())
-                .unwrap_or_default(),
+            node_ips: this.map(|n| n.ips.clone()).unwrap_or_default(),
             cluster_node_ips: t
                 .cluster_node_ips()
                 .iter()
-                .filter_map(v4)
+                .copied()
                 .collect::<BTreeSet<_>>(),
         };
         if let Err(e) = self.dp.sync_node(&settings) {

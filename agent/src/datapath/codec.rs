@@ -6,9 +6,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use agent_common::{
-    Backend4, Backend6, Ct4Key, Ct4Value, Member4Key, Member6Key, RevNat4, RevNat6,
-    SRC_RANGE_PREFIX_BITS, SrcRange4, SrcRange6, Svc4Key, Svc6Key, SvcValue, backend_state, ct_dir,
-    ct_flags,
+    Backend4, Backend6, Ct4Key, Ct4Value, Ct6Key, Ct6Value, Member4Key, Member6Key, RevNat4,
+    RevNat6, SRC_RANGE_PREFIX_BITS, SrcRange4, SrcRange6, Svc4Key, Svc6Key, SvcValue,
+    backend_state, ct_dir, ct_flags,
     net::{ip4_from_raw, ip4_to_raw, ip6_from_raw, ip6_to_raw, port_from_raw, port_to_raw},
     svc_flags,
 };
@@ -394,54 +394,156 @@ pub struct FlowView {
     pub idle_seconds: u32,
 }
 
-fn endpoint(addr: u32, port: u16) -> String {
-    format!("{}:{}", ip_of(addr), port_from_raw(port))
+/// A conntrack map's key type: the fields of each family's key and value
+/// that the collection, the resize and `ferry conntrack` read, so that one
+/// piece of code serves both maps.
+pub trait CtKey: aya::Pod + Ord + Copy {
+    type Value: aya::Pod + Copy;
+    /// The map's name (`agent_common::maps`).
+    const MAP: &'static str;
+    fn dir(&self) -> u8;
+    fn proto(&self) -> u8;
+    fn last_seen(v: &Self::Value) -> u32;
+    fn tcp_flags(v: &Self::Value) -> u8;
+    /// The REPLY key of a flow, from its FORWARD entry: the translated
+    /// packet's addresses, reversed.
+    fn reply_key(&self, v: &Self::Value) -> Self;
+    /// Decodes an entry for people; `now` is CLOCK_MONOTONIC seconds.
+    fn view(&self, v: &Self::Value, now: u32) -> FlowView;
 }
 
-/// Decodes a conntrack entry; `now` is CLOCK_MONOTONIC seconds.
-pub fn flow_view(k: &Ct4Key, v: &Ct4Value, now: u32) -> FlowView {
-    let forward = k.dir == ct_dir::FORWARD;
-    // Unchanged fields of the packet keep their values in the view.
-    let (nat_src, nat_dst) = if forward {
-        let src = if v.flags & ct_flags::SNAT != 0 {
-            endpoint(v.nat_saddr, v.nat_sport)
-        } else {
-            endpoint(k.saddr, k.sport)
-        };
-        (src, endpoint(v.nat_daddr, v.nat_dport))
+/// The fields of an entry a view is made of, addresses as text.
+struct FlowParts {
+    dir: u8,
+    proto: u8,
+    src: String,
+    dst: String,
+    nat_src: String,
+    nat_dst: String,
+    flags: u8,
+    backend_id: u32,
+    rev_nat_id: u16,
+    last_seen: u32,
+}
+
+fn view_of(p: FlowParts, now: u32) -> FlowView {
+    let forward = p.dir == ct_dir::FORWARD;
+    // Unchanged fields of the packet keep their values in the view: a
+    // forward entry without SNAT keeps the client as its source.
+    let nat_src = if forward && p.flags & ct_flags::SNAT == 0 {
+        p.src.clone()
     } else {
-        (
-            endpoint(v.nat_saddr, v.nat_sport),
-            endpoint(v.nat_daddr, v.nat_dport),
-        )
+        p.nat_src
     };
     FlowView {
         direction: if forward { "forward" } else { "reply" }.to_owned(),
-        protocol: Protocol::from_number(k.proto),
-        src: endpoint(k.saddr, k.sport),
-        dst: endpoint(k.daddr, k.dport),
+        protocol: Protocol::from_number(p.proto),
+        src: p.src,
+        dst: p.dst,
         nat_src,
-        nat_dst,
-        snat: v.flags & ct_flags::SNAT != 0,
-        dsr: v.flags & ct_flags::DSR != 0,
-        local_backend: v.flags & ct_flags::LOCAL != 0,
-        backend_id: v.backend_id,
-        rev_nat_id: v.rev_nat_id,
-        idle_seconds: now.saturating_sub(v.last_seen),
+        nat_dst: p.nat_dst,
+        snat: p.flags & ct_flags::SNAT != 0,
+        dsr: p.flags & ct_flags::DSR != 0,
+        local_backend: p.flags & ct_flags::LOCAL != 0,
+        backend_id: p.backend_id,
+        rev_nat_id: p.rev_nat_id,
+        idle_seconds: now.saturating_sub(p.last_seen),
     }
 }
 
-/// The REPLY key of a flow, from its FORWARD entry: the translated packet's
-/// addresses, reversed.
-pub fn reply_key_of(k: &Ct4Key, v: &Ct4Value) -> Ct4Key {
-    Ct4Key {
-        saddr: v.nat_daddr,
-        daddr: v.nat_saddr,
-        sport: v.nat_dport,
-        dport: v.nat_sport,
-        proto: k.proto,
-        dir: ct_dir::REPLY,
-        _pad: [0; 2],
+fn endpoint(ip: IpAddr, port: u16) -> String {
+    crate::model::SockAddr(ip, port_from_raw(port)).to_string()
+}
+
+impl CtKey for Ct4Key {
+    type Value = Ct4Value;
+    const MAP: &'static str = agent_common::maps::CT_V4;
+    fn dir(&self) -> u8 {
+        self.dir
+    }
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+    fn last_seen(v: &Ct4Value) -> u32 {
+        v.last_seen
+    }
+    fn tcp_flags(v: &Ct4Value) -> u8 {
+        v.tcp_flags
+    }
+    fn reply_key(&self, v: &Ct4Value) -> Ct4Key {
+        Ct4Key {
+            saddr: v.nat_daddr,
+            daddr: v.nat_saddr,
+            sport: v.nat_dport,
+            dport: v.nat_sport,
+            proto: self.proto,
+            dir: ct_dir::REPLY,
+            _pad: [0; 2],
+        }
+    }
+    fn view(&self, v: &Ct4Value, now: u32) -> FlowView {
+        let e = |a: u32, p: u16| endpoint(ip_of(a).into(), p);
+        view_of(
+            FlowParts {
+                dir: self.dir,
+                proto: self.proto,
+                src: e(self.saddr, self.sport),
+                dst: e(self.daddr, self.dport),
+                nat_src: e(v.nat_saddr, v.nat_sport),
+                nat_dst: e(v.nat_daddr, v.nat_dport),
+                flags: v.flags,
+                backend_id: v.backend_id,
+                rev_nat_id: v.rev_nat_id,
+                last_seen: v.last_seen,
+            },
+            now,
+        )
+    }
+}
+
+impl CtKey for Ct6Key {
+    type Value = Ct6Value;
+    const MAP: &'static str = agent_common::maps::CT_V6;
+    fn dir(&self) -> u8 {
+        self.dir
+    }
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+    fn last_seen(v: &Ct6Value) -> u32 {
+        v.last_seen
+    }
+    fn tcp_flags(v: &Ct6Value) -> u8 {
+        v.tcp_flags
+    }
+    fn reply_key(&self, v: &Ct6Value) -> Ct6Key {
+        Ct6Key {
+            saddr: v.nat_daddr,
+            daddr: v.nat_saddr,
+            sport: v.nat_dport,
+            dport: v.nat_sport,
+            proto: self.proto,
+            dir: ct_dir::REPLY,
+            _pad: [0; 2],
+        }
+    }
+    fn view(&self, v: &Ct6Value, now: u32) -> FlowView {
+        let e = |a: [u32; 4], p: u16| endpoint(ip6_of(a).into(), p);
+        view_of(
+            FlowParts {
+                dir: self.dir,
+                proto: self.proto,
+                src: e(self.saddr, self.sport),
+                dst: e(self.daddr, self.dport),
+                nat_src: e(v.nat_saddr, v.nat_sport),
+                nat_dst: e(v.nat_daddr, v.nat_dport),
+                flags: v.flags,
+                backend_id: v.backend_id,
+                rev_nat_id: v.rev_nat_id,
+                last_seen: v.last_seen,
+            },
+            now,
+        )
     }
 }
 

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::{CT_PRESSURE_PERMILLE, Ct4Key, Ct4Value, ct_dir, ct_expired, maps as names};
+use agent_common::{CT_PRESSURE_PERMILLE, Ct4Key, Ct6Key, ct_dir, ct_expired, maps as names};
 use aya::{
     maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError},
     sys::SyscallError,
@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use super::sys;
 use crate::{
-    datapath::codec::reply_key_of,
+    datapath::codec::CtKey,
     error::{Error, Result},
     northsouth::monotonic_seconds,
     paths::PinDir,
@@ -39,7 +39,7 @@ pub const GC_PERIOD: Duration = Duration::from_secs(30);
 /// Entries per BPF_MAP_LOOKUP_BATCH call.
 const BATCH: u32 = 4096;
 
-type Conntrack = HashMap<MapData, Ct4Key, Ct4Value>;
+type Conntrack<K> = HashMap<MapData, K, <K as CtKey>::Value>;
 
 /// The conntrack map's size and content at one moment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,13 +55,19 @@ impl Fill {
     }
 }
 
-/// The conntrack map's fill now, from its pin (for `/metrics`).
-pub fn fill(pins: &PinDir) -> Result<Fill> {
-    let ct = open_conntrack(pins)?;
-    Ok(Fill {
+/// Each conntrack map's fill now, from its pin (for `/metrics`): the IPv4
+/// map's, then the IPv6 one's.
+pub fn fill(pins: &PinDir) -> Result<[(&'static str, Fill); 2]> {
+    Ok([measure::<Ct4Key>(pins)?, measure::<Ct6Key>(pins)?])
+}
+
+fn measure<K: CtKey>(pins: &PinDir) -> Result<(&'static str, Fill)> {
+    let ct = open_conntrack::<K>(pins)?;
+    let fill = Fill {
         entries: entries(&ct)?.len(),
         capacity: capacity(&ct)?,
-    })
+    };
+    Ok((K::MAP, fill))
 }
 
 /// The running upkeep thread; dropping it stops the thread.
@@ -75,16 +81,15 @@ impl ConntrackGc {
     /// thread; its first pass runs at once. Fails only if a map cannot be
     /// opened; later failures are logged and retried every period.
     pub fn spawn(pins: &PinDir) -> Result<ConntrackGc> {
-        let mut ct = open_conntrack(pins)?;
+        let mut tables = (Table::<Ct4Key>::open(pins)?, Table::<Ct6Key>::open(pins)?);
         let fill_map = open(pins, names::CT_FILL)?;
         let fill: Array<MapData, u32> = Map::from_map_data(fill_map)
             .and_then(Array::try_from)
             .map_err(|e| Error::map(names::CT_FILL, e))?;
-        let capacity = capacity(&ct)?;
         let (stop, stopped) = mpsc::channel();
         let thread = thread::Builder::new()
             .name("ferry-ct-gc".into())
-            .spawn(move || run(&mut ct, fill, capacity, &stopped))
+            .spawn(move || run(&mut tables, fill, &stopped))
             .map_err(|source| Error::Io {
                 context: "starting the conntrack thread".into(),
                 source,
@@ -105,55 +110,89 @@ impl Drop for ConntrackGc {
     }
 }
 
-fn run(
-    ct: &mut Conntrack,
-    mut fill: Array<MapData, u32>,
+/// One family's conntrack map and what the upkeep remembers of it.
+struct Table<K: CtKey> {
+    ct: Conntrack<K>,
     capacity: u32,
-    stopped: &mpsc::Receiver<()>,
-) {
-    let mut last_gc: Option<Instant> = None;
-    let mut pressured = false;
-    let mut last_error = String::new();
-    loop {
-        let gc = last_gc.is_none_or(|t| t.elapsed() >= GC_PERIOD);
-        match pass(ct, &mut fill, capacity, gc) {
+    pressured: bool,
+    last_error: String,
+}
+
+impl<K: CtKey> Table<K> {
+    fn open(pins: &PinDir) -> Result<Self> {
+        let ct = open_conntrack::<K>(pins)?;
+        let capacity = capacity(&ct)?;
+        Ok(Table {
+            ct,
+            capacity,
+            pressured: false,
+            last_error: String::new(),
+        })
+    }
+
+    /// One pass (see [`pass`]), logged; the fill per mille, if measured.
+    fn pass(&mut self, gc: bool) -> Option<u32> {
+        match pass(&mut self.ct, self.capacity, gc) {
             Ok((now, removed)) => {
-                last_error.clear();
-                if gc {
-                    last_gc = Some(Instant::now());
-                    if removed > 0 {
-                        debug!(
-                            flows = removed,
-                            left = now.entries,
-                            "conntrack: idle entries removed"
-                        );
-                    }
+                self.last_error.clear();
+                if gc && removed > 0 {
+                    debug!(
+                        map = K::MAP,
+                        flows = removed,
+                        left = now.entries,
+                        "conntrack: idle entries removed"
+                    );
                 }
                 let high = now.permille() >= CT_PRESSURE_PERMILLE;
-                if high && !pressured {
+                if high && !self.pressured {
                     warn!(
-                        map = names::CT_V4,
+                        map = K::MAP,
                         entries = now.entries,
-                        capacity,
+                        capacity = self.capacity,
                         "conntrack map nearly full: new flows evict live ones (raise --conntrack-max)"
                     );
-                } else if !high && pressured {
+                } else if !high && self.pressured {
                     info!(
-                        map = names::CT_V4,
+                        map = K::MAP,
                         entries = now.entries,
-                        capacity,
+                        capacity = self.capacity,
                         "conntrack map below the pressure mark again"
                     );
                 }
-                pressured = high;
+                self.pressured = high;
+                Some(now.permille())
             }
             Err(e) => {
                 let text = e.to_string();
-                if text != last_error {
-                    warn!(error = %text, "conntrack upkeep (retrying every {FILL_PERIOD:?})");
-                    last_error = text;
+                if text != self.last_error {
+                    warn!(map = K::MAP, error = %text, "conntrack upkeep (retrying every {FILL_PERIOD:?})");
+                    self.last_error = text;
                 }
+                None
             }
+        }
+    }
+}
+
+fn run(
+    tables: &mut (Table<Ct4Key>, Table<Ct6Key>),
+    mut fill: Array<MapData, u32>,
+    stopped: &mpsc::Receiver<()>,
+) {
+    let mut last_gc: Option<Instant> = None;
+    loop {
+        let gc = last_gc.is_none_or(|t| t.elapsed() >= GC_PERIOD);
+        let v4 = tables.0.pass(gc);
+        let v6 = tables.1.pass(gc);
+        if gc {
+            last_gc = Some(Instant::now());
+        }
+        // The datapath counts new flows made under pressure: the fuller map
+        // (each family's has the same capacity) says whether there is.
+        if let Some(permille) = v4.max(v6)
+            && let Err(e) = fill.set(0, &permille, 0)
+        {
+            warn!(map = names::CT_FILL, error = %e, "writing the conntrack fill");
         }
         match stopped.recv_timeout(FILL_PERIOD) {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -162,25 +201,20 @@ fn run(
     }
 }
 
-/// One look at the map: its fill (after the collection, with `gc`), written
-/// for the datapath, and the entries removed.
-fn pass(
-    ct: &mut Conntrack,
-    fill: &mut Array<MapData, u32>,
-    capacity: u32,
-    gc: bool,
-) -> Result<(Fill, usize)> {
+/// One look at a map: its fill (after the collection, with `gc`) and the
+/// entries removed.
+fn pass<K: CtKey>(ct: &mut Conntrack<K>, capacity: u32, gc: bool) -> Result<(Fill, usize)> {
     let all = entries(ct)?;
     let mut removed = 0;
     if gc {
-        let all: BTreeMap<Ct4Key, Ct4Value> = all.iter().copied().collect();
+        let all: BTreeMap<K, K::Value> = all.iter().copied().collect();
         for k in stale_flows(&all, monotonic_seconds()) {
             match ct.remove(&k) {
                 Ok(()) => {}
                 // Evicted by the LRU meanwhile: gone all the same.
                 Err(MapError::SyscallError(SyscallError { io_error, .. }))
                     if io_error.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) => return Err(Error::map(names::CT_V4, e)),
+                Err(e) => return Err(Error::map(K::MAP, e)),
             }
             removed += 1;
         }
@@ -189,8 +223,6 @@ fn pass(
         entries: all.len() - removed,
         capacity,
     };
-    fill.set(0, &now.permille(), 0)
-        .map_err(|e| Error::map(names::CT_FILL, e))?;
     Ok((now, removed))
 }
 
@@ -198,23 +230,23 @@ fn open(pins: &PinDir, name: &'static str) -> Result<MapData> {
     MapData::from_pin(pins.map(name)).map_err(|e| Error::map(name, e))
 }
 
-fn open_conntrack(pins: &PinDir) -> Result<Conntrack> {
-    Map::from_map_data(open(pins, names::CT_V4)?)
+fn open_conntrack<K: CtKey>(pins: &PinDir) -> Result<Conntrack<K>> {
+    Map::from_map_data(open(pins, K::MAP)?)
         .and_then(HashMap::try_from)
-        .map_err(|e| Error::map(names::CT_V4, e))
+        .map_err(|e| Error::map(K::MAP, e))
 }
 
-fn capacity(ct: &Conntrack) -> Result<u32> {
+fn capacity<K: CtKey>(ct: &Conntrack<K>) -> Result<u32> {
     Ok(ct
         .map()
         .info()
-        .map_err(|e| Error::map(names::CT_V4, e))?
+        .map_err(|e| Error::map(K::MAP, e))?
         .max_entries())
 }
 
-fn entries(ct: &Conntrack) -> Result<Vec<(Ct4Key, Ct4Value)>> {
+fn entries<K: CtKey>(ct: &Conntrack<K>) -> Result<Vec<(K, K::Value)>> {
     sys::read_hash(ct.map(), BATCH).map_err(|source| Error::Io {
-        context: format!("reading {}", names::CT_V4),
+        context: format!("reading {}", K::MAP),
         source,
     })
 }
@@ -222,19 +254,19 @@ fn entries(ct: &Conntrack) -> Result<Vec<(Ct4Key, Ct4Value)>> {
 /// The entries of flows idle past their timeout at `now`. A flow's two
 /// entries are judged and deleted together: freeing one alone could hand
 /// its SNAT port to a second flow while the first still uses it.
-pub fn stale_flows(entries: &BTreeMap<Ct4Key, Ct4Value>, now: u32) -> Vec<Ct4Key> {
+pub fn stale_flows<K: CtKey>(entries: &BTreeMap<K, K::Value>, now: u32) -> Vec<K> {
     let idle_past_timeout = |proto_nr: u8, last_seen: u32, tcp_flags: u8| {
         ct_expired(proto_nr, tcp_flags, now.saturating_sub(last_seen))
     };
     let mut stale = Vec::new();
     let mut paired = BTreeSet::new();
-    for (k, v) in entries.iter().filter(|(k, _)| k.dir == ct_dir::FORWARD) {
-        let reply_key = reply_key_of(k, v);
+    for (k, v) in entries.iter().filter(|(k, _)| k.dir() == ct_dir::FORWARD) {
+        let reply_key = k.reply_key(v);
         paired.insert(reply_key);
         let reply = entries.get(&reply_key);
-        let last_seen = reply.map_or(v.last_seen, |r| r.last_seen.max(v.last_seen));
-        let flags = reply.map_or(v.tcp_flags, |r| r.tcp_flags | v.tcp_flags);
-        if idle_past_timeout(k.proto, last_seen, flags) {
+        let last_seen = reply.map_or(K::last_seen(v), |r| K::last_seen(r).max(K::last_seen(v)));
+        let flags = reply.map_or(K::tcp_flags(v), |r| K::tcp_flags(r) | K::tcp_flags(v));
+        if idle_past_timeout(k.proto(), last_seen, flags) {
             stale.push(*k);
             if reply.is_some() {
                 stale.push(reply_key);
@@ -245,9 +277,9 @@ pub fn stale_flows(entries: &BTreeMap<Ct4Key, Ct4Value>, now: u32) -> Vec<Ct4Key
     // which has none on this node): alone, by its own age.
     for (k, v) in entries
         .iter()
-        .filter(|(k, _)| k.dir == ct_dir::REPLY && !paired.contains(k))
+        .filter(|(k, _)| k.dir() == ct_dir::REPLY && !paired.contains(k))
     {
-        if idle_past_timeout(k.proto, v.last_seen, v.tcp_flags) {
+        if idle_past_timeout(k.proto(), K::last_seen(v), K::tcp_flags(v)) {
             stale.push(*k);
         }
     }
@@ -256,7 +288,7 @@ pub fn stale_flows(entries: &BTreeMap<Ct4Key, Ct4Value>, now: u32) -> Vec<Ct4Key
 
 #[cfg(test)]
 mod tests {
-    use agent_common::{ct_timeout, proto, tcp_flags};
+    use agent_common::{Ct4Value, ct_timeout, proto, tcp_flags};
 
     use super::*;
 
@@ -283,7 +315,7 @@ mod tests {
     fn a_flow_is_kept_while_either_direction_is_alive_and_goes_as_a_unit() {
         let now = 10_000;
         let (fk, mut fv) = flow(1234, proto::UDP);
-        let rk = reply_key_of(&fk, &fv);
+        let rk = fk.reply_key(&fv);
         // Forward idle for long, reply recent: the flow lives (its SNAT port too).
         fv.last_seen = now - 1_000;
         let rv = Ct4Value {

@@ -3,9 +3,9 @@
 //! `conntrack` and the metrics scrape).
 
 use agent_common::{
-    AffinityKey, AffinityValue, Backend4, Backend6, Ct4Key, Ct4Value, Member4Key, NodeConfig,
-    RevNat4, RevNat6, SockRev4, SockRev4Key, SrcRange4, SrcRange6, Svc4Key, Svc6Key, SvcValue,
-    maps as names,
+    AffinityKey, AffinityValue, Backend4, Backend6, Ct4Key, Ct4Value, Ct6Key, Ct6Value, Ip6,
+    Member4Key, NodeConfig, RevNat4, RevNat6, SockRev4, SockRev4Key, SrcRange4, SrcRange6, Svc4Key,
+    Svc6Key, SvcValue, maps as names,
 };
 use aya::{
     Ebpf,
@@ -39,6 +39,9 @@ pub struct Maps {
     pub backends6: HashMap<MapData, u32, Backend6>,
     pub rev_nat6: HashMap<MapData, u16, RevNat6>,
     pub src_ranges6: LpmTrie<MapData, SrcRange6, u8>,
+    pub ct6: HashMap<MapData, Ct6Key, Ct6Value>,
+    pub node_addr6: HashMap<MapData, u32, Ip6>,
+    pub nodes6: HashMap<MapData, Ip6, u8>,
 }
 
 impl Maps {
@@ -68,6 +71,9 @@ impl Maps {
             backends6: typed(names::BACKENDS_V6, take(names::BACKENDS_V6)?)?,
             rev_nat6: typed(names::REV_NAT_V6, take(names::REV_NAT_V6)?)?,
             src_ranges6: typed(names::SRC_RANGE_V6, take(names::SRC_RANGE_V6)?)?,
+            ct6: typed(names::CT_V6, take(names::CT_V6)?)?,
+            node_addr6: typed(names::NODE_ADDR_V6, take(names::NODE_ADDR_V6)?)?,
+            nodes6: typed(names::NODES_V6, take(names::NODES_V6)?)?,
         })
     }
 
@@ -103,6 +109,9 @@ impl Maps {
             backends6: typed(names::BACKENDS_V6, open(names::BACKENDS_V6)?)?,
             rev_nat6: typed(names::REV_NAT_V6, open(names::REV_NAT_V6)?)?,
             src_ranges6: typed(names::SRC_RANGE_V6, open(names::SRC_RANGE_V6)?)?,
+            ct6: typed(names::CT_V6, open(names::CT_V6)?)?,
+            node_addr6: typed(names::NODE_ADDR_V6, open(names::NODE_ADDR_V6)?)?,
+            nodes6: typed(names::NODES_V6, open(names::NODES_V6)?)?,
         })
     }
 

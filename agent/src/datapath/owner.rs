@@ -5,11 +5,11 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Instant,
 };
 
-use agent_common::{NodeConfig, node_flags};
+use agent_common::{NodeConfig, maps as names, node_flags};
 use tracing::{debug, info, warn};
 
 use super::{
@@ -23,7 +23,7 @@ use super::{
 use crate::{
     cli::LbMode,
     control::Dataplane,
-    error::Result,
+    error::{Error, Result},
     model::{BackendAddr, ServiceName},
     northsouth::{IcmpLimits, sync_cluster_nodes},
 };
@@ -32,10 +32,20 @@ use crate::{
 /// source address on each.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeSettings {
-    /// This node's addresses (its Node object's InternalIP/ExternalIP).
-    pub node_ips: Vec<Ipv4Addr>,
-    /// Every node's addresses.
-    pub cluster_node_ips: BTreeSet<Ipv4Addr>,
+    /// This node's addresses (its Node object's InternalIP/ExternalIP),
+    /// both families.
+    pub node_ips: Vec<IpAddr>,
+    /// Every node's addresses, both families.
+    pub cluster_node_ips: BTreeSet<IpAddr>,
+}
+
+/// A device the TC programs are on: its index and the SNAT source of each
+/// family (None: the device has no address of that family).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Attached {
+    index: u32,
+    snat4: Option<Ipv4Addr>,
+    snat6: Option<Ipv6Addr>,
 }
 
 /// The agent's north-south settings.
@@ -53,8 +63,8 @@ pub struct Datapath {
     loaded: Loaded,
     table: ServiceTable<Maps>,
     ns: NorthSouth,
-    /// Device name -> (ifindex, the SNAT address written for it).
-    attached: BTreeMap<String, (u32, Ipv4Addr)>,
+    /// Device name -> its index and the SNAT addresses written for it.
+    attached: BTreeMap<String, Attached>,
     /// The devices carrying `ferry_tc_pod`.
     pod_devices: PodDevices,
     /// The node's devices were chosen once: pod devices are chosen after.
@@ -127,20 +137,10 @@ impl Datapath {
             return;
         }
         let (added, removed) = self.table.programmer_mut().take_local_ip_changes();
-        // ferry_tc_pod translates IPv4 replies (IPv6 north-south is to come).
-        let v4 = |ips: Vec<IpAddr>| -> Vec<Ipv4Addr> {
-            ips.into_iter()
-                .filter_map(|ip| match ip {
-                    IpAddr::V4(ip) => Some(ip),
-                    IpAddr::V6(_) => None,
-                })
-                .collect()
-        };
-        let (added, removed) = (v4(added), v4(removed));
         if added.is_empty() && removed.is_empty() && self.pod_devices.swept() && !recheck {
             return;
         }
-        let node_devices: BTreeSet<u32> = self.attached.values().map(|&(i, _)| i).collect();
+        let node_devices: BTreeSet<u32> = self.attached.values().map(|a| a.index).collect();
         self.pod_devices
             .apply(&mut self.loaded, &node_devices, &added, &removed);
         if recheck {
@@ -173,7 +173,7 @@ impl Datapath {
                 .filter_map(|name| {
                     let found = all.get(name).cloned();
                     if found.is_none() {
-                        warn!(device = %name, "--interfaces: no such device with an IPv4 address");
+                        warn!(device = %name, "--interfaces: no such device with an address");
                     }
                     found
                 })
@@ -216,25 +216,38 @@ impl Datapath {
         }
         let mut now = BTreeMap::new();
         for iface in &wanted {
-            // The SNAT source: the node address on this device, else its first.
-            let ip = *iface
-                .ipv4
-                .iter()
-                .find(|ip| node.node_ips.contains(ip))
-                .unwrap_or(&iface.ipv4[0]);
-            let entry = (iface.index, ip);
+            let v4 = |ip: IpAddr| match ip {
+                IpAddr::V4(ip) => Some(ip),
+                IpAddr::V6(_) => None,
+            };
+            let v6 = |ip: IpAddr| match ip {
+                IpAddr::V6(ip) => Some(ip),
+                IpAddr::V4(_) => None,
+            };
+            let entry = Attached {
+                index: iface.index,
+                snat4: iface
+                    .snat_source(Ipv4Addr::UNSPECIFIED.into(), &node.node_ips)
+                    .and_then(v4),
+                snat6: iface
+                    .snat_source(Ipv6Addr::UNSPECIFIED.into(), &node.node_ips)
+                    .and_then(v6),
+            };
             let prev = self.attached.get(&iface.name).copied();
-            let raw = codec::ip_raw(ip);
-            if prev != Some(entry)
-                && self.maps_mut().node_addr.get(&iface.index, 0).ok() != Some(raw)
-            {
-                self.maps_mut().node_addr.insert(&iface.index, &raw, 0)?;
+            if prev != Some(entry) {
+                self.write_snat_sources(&entry)?;
             }
-            if prev.map(|p| p.0) != Some(iface.index) {
+            if prev.map(|p| p.index) != Some(iface.index) {
                 self.loaded.attach_tc(iface, tc::Role::Node)?;
             }
             if prev != Some(entry) {
-                info!(device = %iface.name, ifindex = iface.index, snat = %ip, "north-south device");
+                info!(
+                    device = %iface.name,
+                    ifindex = iface.index,
+                    snat = ?entry.snat4,
+                    snat6 = ?entry.snat6,
+                    "north-south device"
+                );
             }
             now.insert(iface.name.clone(), entry);
         }
@@ -242,18 +255,46 @@ impl Datapath {
             .attached
             .iter()
             .filter(|(name, _)| !now.contains_key(*name))
-            .map(|(_, (index, _))| *index)
+            .map(|(_, a)| a.index)
             .collect();
         if !gone.is_empty() || self.attached.len() != now.len() {
             let names: BTreeSet<String> = now.keys().cloned().collect();
             self.loaded.detach_tc_except(tc::Role::Node, &names);
             for index in gone {
                 let _ = self.maps_mut().node_addr.remove(&index);
+                let _ = self.maps_mut().node_addr6.remove(&index);
             }
         }
         self.attached = now;
         self.node_synced = true;
         self.sync_pod_devices(true);
+        Ok(())
+    }
+
+    /// Writes a device's SNAT sources (each only when it differs from what
+    /// the map holds: a restart over the same node writes nothing).
+    fn write_snat_sources(&mut self, a: &Attached) -> Result<()> {
+        let maps = self.maps_mut();
+        match a.snat4.map(codec::ip_raw) {
+            Some(raw) if maps.node_addr.get(&a.index, 0).ok() != Some(raw) => maps
+                .node_addr
+                .insert(&a.index, &raw, 0)
+                .map_err(|e| Error::map(names::NODE_ADDR_V4, e))?,
+            Some(_) => {}
+            None => {
+                let _ = maps.node_addr.remove(&a.index);
+            }
+        }
+        match a.snat6.map(codec::ip6_raw) {
+            Some(raw) if maps.node_addr6.get(&a.index, 0).ok() != Some(raw) => maps
+                .node_addr6
+                .insert(&a.index, &raw, 0)
+                .map_err(|e| Error::map(names::NODE_ADDR_V6, e))?,
+            Some(_) => {}
+            None => {
+                let _ = maps.node_addr6.remove(&a.index);
+            }
+        }
         Ok(())
     }
 

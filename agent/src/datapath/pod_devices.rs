@@ -9,7 +9,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use tracing::{debug, info, warn};
@@ -20,7 +20,7 @@ use super::{ifaces, loader::Loaded, routes, tc};
 pub struct PodDevices {
     /// Each local endpoint's device, when it is a pod device (None: a node device, the node
     /// itself, or no route).
-    routes: HashMap<Ipv4Addr, Option<u32>>,
+    routes: HashMap<IpAddr, Option<u32>>,
     /// ifindex -> (name, endpoints routed through it).
     devices: BTreeMap<u32, (String, usize)>,
     /// Pins a previous agent left were compared with the wanted devices once.
@@ -38,8 +38,8 @@ impl PodDevices {
         &mut self,
         loaded: &mut Loaded,
         node_devices: &BTreeSet<u32>,
-        added: &[Ipv4Addr],
-        removed: &[Ipv4Addr],
+        added: &[IpAddr],
+        removed: &[IpAddr],
     ) {
         let mut detached = false;
         for ip in removed {
@@ -87,7 +87,7 @@ impl PodDevices {
         if stale.is_empty() {
             return;
         }
-        let again: Vec<Ipv4Addr> = self
+        let again: Vec<IpAddr> = self
             .routes
             .iter()
             .filter(|(_, d)| d.is_some_and(|i| stale.contains(&i)))
@@ -115,6 +115,7 @@ impl PodDevices {
             name: name.clone(),
             index,
             ipv4: Vec::new(),
+            ipv6: Vec::new(),
         };
         match loaded.attach_tc(&iface, tc::Role::Pod) {
             Ok(()) => {
@@ -142,7 +143,7 @@ impl PodDevices {
 }
 
 /// The pod device the node reaches `ip` through, if it is one.
-fn resolve(resolver: &mut routes::Resolver, ip: Ipv4Addr, node: &BTreeSet<u32>) -> Option<u32> {
+fn resolve(resolver: &mut routes::Resolver, ip: IpAddr, node: &BTreeSet<u32>) -> Option<u32> {
     match resolver.get(ip) {
         Ok(routes::Route::Device(index)) if !node.contains(&index) => Some(index),
         // Through a node device, or the node's own address (a host-network endpoint,

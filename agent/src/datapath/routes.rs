@@ -9,7 +9,7 @@
 use std::{
     io,
     mem::size_of,
-    net::Ipv4Addr,
+    net::IpAddr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
@@ -53,7 +53,8 @@ struct Request {
     /// rtattr header of RTA_DST.
     rta_len: u16,
     rta_type: u16,
-    dst: [u8; 4],
+    /// The address, 4 or 16 bytes of it sent.
+    dst: [u8; 16],
 }
 
 fn align(n: usize) -> usize {
@@ -85,34 +86,38 @@ impl Resolver {
     }
 
     /// The route the node would take to `addr` now.
-    pub fn get(&mut self, addr: Ipv4Addr) -> io::Result<Route> {
+    pub fn get(&mut self, addr: IpAddr) -> io::Result<Route> {
         self.seq = self.seq.wrapping_add(1);
+        let (family, bits, bytes) = match addr {
+            IpAddr::V4(a) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&a.octets());
+                (libc::AF_INET, 32, b)
+            }
+            IpAddr::V6(a) => (libc::AF_INET6, 128, a.octets()),
+        };
+        let addr_len = usize::from(bits / 8);
+        let len = size_of::<Request>() - 16 + addr_len;
         let req = Request {
             nlh: libc::nlmsghdr {
-                nlmsg_len: size_of::<Request>() as u32,
+                nlmsg_len: len as u32,
                 nlmsg_type: libc::RTM_GETROUTE,
                 nlmsg_flags: libc::NLM_F_REQUEST as u16,
                 nlmsg_seq: self.seq,
                 nlmsg_pid: 0,
             },
             rtm: RtMsg {
-                family: libc::AF_INET as u8,
-                dst_len: 32,
+                family: family as u8,
+                dst_len: bits,
                 ..RtMsg::default()
             },
-            rta_len: (4 + 4) as u16,
+            rta_len: (4 + addr_len) as u16,
             rta_type: RTA_DST,
-            dst: addr.octets(),
+            dst: bytes,
         };
         // SAFETY: sending the bytes of a plain repr(C) struct we own.
-        let sent = unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                (&req as *const Request).cast(),
-                size_of::<Request>(),
-                0,
-            )
-        };
+        let sent =
+            unsafe { libc::send(self.fd.as_raw_fd(), (&req as *const Request).cast(), len, 0) };
         if sent < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -196,12 +201,23 @@ fn oif(mut attrs: &[u8]) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     #[test]
     fn loopback_is_local() {
         let mut r = Resolver::new().expect("netlink socket");
-        assert_eq!(r.get(Ipv4Addr::LOCALHOST).unwrap(), Route::Local);
+        assert_eq!(r.get(Ipv4Addr::LOCALHOST.into()).unwrap(), Route::Local);
+        // IPv6 may be off in this namespace: then there is no route at all.
+        if std::fs::read_to_string("/proc/net/if_inet6")
+            .is_ok_and(|t| t.contains("00000000000000000000000000000001"))
+        {
+            assert_eq!(
+                r.get(std::net::Ipv6Addr::LOCALHOST.into()).unwrap(),
+                Route::Local
+            );
+        }
     }
 
     #[test]

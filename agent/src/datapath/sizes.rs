@@ -26,7 +26,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_common::{Ct4Key, Ct4Value, MAGLEV_TABLE_SIZE, maps as names};
+use agent_common::{Ct4Key, Ct4Value, Ct6Key, Ct6Value, MAGLEV_TABLE_SIZE, maps as names};
 use aya::maps::{HashMap, Map, MapData};
 use tracing::warn;
 
@@ -44,7 +44,7 @@ const RESIZING: &str = "_resizing";
 /// The sizes of the maps whose size is the operator's choice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapSizes {
-    /// `ferry_ct4_v1` entries.
+    /// `ferry_ct4_v1` and `ferry_ct6_v1` entries (each).
     pub conntrack: u32,
     /// Services with a Maglev table (`ferry_maglev_v1` holds this many tables).
     pub maglev_services: u32,
@@ -61,9 +61,10 @@ impl Default for MapSizes {
 
 impl MapSizes {
     /// (map name, max_entries) of each sized map.
-    pub fn entries(&self) -> [(&'static str, u32); 2] {
+    pub fn entries(&self) -> [(&'static str, u32); 3] {
         [
             (names::CT_V4, self.conntrack),
+            (names::CT_V6, self.conntrack),
             (names::MAGLEV, self.maglev_services * MAGLEV_TABLE_SIZE),
         ]
     }
@@ -142,7 +143,9 @@ pub fn finish(pins: &PinDir, resizes: Vec<Resize>) -> Result<()> {
         let old = MapData::from_pin(&r.old).map_err(|e| Error::map(r.name, e))?;
         let new = MapData::from_pin(pins.map(r.name)).map_err(|e| Error::map(r.name, e))?;
         let (copied, kept, capacity) = if r.name == names::CT_V4 {
-            copy_conntrack(&old, new)?
+            copy_conntrack::<Ct4Key, Ct4Value>(r.name, &old, new, |v| v.last_seen)?
+        } else if r.name == names::CT_V6 {
+            copy_conntrack::<Ct6Key, Ct6Value>(r.name, &old, new, |v| v.last_seen)?
         } else {
             copy_all::<u32, u32>(r.name, &old, new)?
         };
@@ -186,12 +189,16 @@ fn read<K: aya::Pod, V: aya::Pod>(name: &'static str, map: &MapData) -> Result<V
 
 /// Conntrack: oldest first, so that a smaller LRU keeps the newest flows.
 /// Returns (copied, held afterwards, capacity).
-fn copy_conntrack(old: &MapData, new: MapData) -> Result<(usize, usize, u32)> {
-    let name = names::CT_V4;
-    let mut all: Vec<(Ct4Key, Ct4Value)> = read(name, old)?;
-    all.sort_by_key(|(_, v)| v.last_seen);
+fn copy_conntrack<K: aya::Pod, V: aya::Pod>(
+    name: &'static str,
+    old: &MapData,
+    new: MapData,
+    last_seen: impl Fn(&V) -> u32,
+) -> Result<(usize, usize, u32)> {
+    let mut all: Vec<(K, V)> = read(name, old)?;
+    all.sort_by_key(|(_, v)| last_seen(v));
     let capacity = new.info().map_err(|e| Error::map(name, e))?.max_entries();
-    let mut map: HashMap<MapData, Ct4Key, Ct4Value> = Map::from_map_data(new)
+    let mut map: HashMap<MapData, K, V> = Map::from_map_data(new)
         .and_then(HashMap::try_from)
         .map_err(|e| Error::map(name, e))?;
     for (k, v) in &all {

@@ -88,8 +88,8 @@ struct Inner {
     endpoint_changes: u64,
     errors: BTreeMap<&'static str, u64>,
     programmed: Programmed,
-    /// The conntrack map as last measured (at each scrape).
-    conntrack: Option<Fill>,
+    /// The conntrack maps as last measured (at each scrape), by name.
+    conntrack: Vec<(&'static str, Fill)>,
     /// Links found changed by someone else and repaired, by (link, fault).
     link_repairs: BTreeMap<(String, &'static str), u64>,
     /// Links the last check could not repair.
@@ -116,7 +116,7 @@ impl Default for Metrics {
                 endpoint_changes: 0,
                 errors: BTreeMap::new(),
                 programmed: Programmed::default(),
-                conntrack: None,
+                conntrack: Vec::new(),
                 link_repairs: BTreeMap::new(),
                 links_broken: 0,
                 no_local_endpoints: (0, 0),
@@ -127,10 +127,10 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The conntrack map's fill, measured just before a scrape is rendered
+    /// The conntrack maps' fill, measured just before a scrape is rendered
     /// (`datapath::ct_gc::fill`): a map can fill up between two collections.
-    pub fn conntrack(&self, fill: Fill) {
-        self.inner.lock().expect("metrics lock").conntrack = Some(fill);
+    pub fn conntrack(&self, fills: &[(&'static str, Fill)]) {
+        self.inner.lock().expect("metrics lock").conntrack = fills.to_vec();
     }
 
     pub fn sync_done(&self, took: Duration, programmed: Programmed, errors: &[&'static str]) {
@@ -290,8 +290,8 @@ impl Metrics {
                 names::REV_NAT_V6_MAX,
             ),
         ];
-        if let Some(ct) = m.conntrack {
-            maps.push((names::CT_V4, ct.entries as f64, ct.capacity));
+        for &(map, ct) in &m.conntrack {
+            maps.push((map, ct.entries as f64, ct.capacity));
         }
         for &(map, n, _) in &maps {
             let _ = writeln!(out, "ferry_map_entries{{map=\"{map}\"}} {n}");
@@ -464,10 +464,22 @@ mod tests {
     fn conntrack_fill_is_rendered_with_the_maps_own_capacity() {
         let m = Metrics::default();
         assert!(!m.render(&[]).contains("ferry_ct4_v1"), "not measured yet");
-        m.conntrack(Fill {
-            entries: 3_000,
-            capacity: 4_000,
-        });
+        m.conntrack(&[
+            (
+                names::CT_V4,
+                Fill {
+                    entries: 3_000,
+                    capacity: 4_000,
+                },
+            ),
+            (
+                names::CT_V6,
+                Fill {
+                    entries: 1_000,
+                    capacity: 4_000,
+                },
+            ),
+        ]);
         let text = m.render(&[]);
         assert!(
             text.contains("ferry_map_entries{map=\"ferry_ct4_v1\"} 3000"),
@@ -475,6 +487,10 @@ mod tests {
         );
         assert!(
             text.contains("ferry_map_fill_ratio{map=\"ferry_ct4_v1\"} 0.75"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferry_map_fill_ratio{map=\"ferry_ct6_v1\"} 0.25"),
             "{text}"
         );
     }
