@@ -73,6 +73,8 @@ pub struct PinnedMaps {
     maglev: BTreeMap<u16, BTreeMap<u32, u32>>,
     nodes: Vec<u32>,
     node_addr: Vec<(u32, u32)>,
+    nodes6: Vec<[u32; 4]>,
+    node_addr6: Vec<(u32, [u32; 4])>,
 }
 
 impl PinnedMaps {
@@ -250,6 +252,24 @@ impl PinnedMaps {
                 Owner::Node,
             );
         }
+        let nodes6: Vec<[u32; 4]> = maps.nodes6.keys().filter_map(Result::ok).collect();
+        for ip in &nodes6 {
+            let v = maps
+                .nodes6
+                .get(ip, 0)
+                .map_or_else(|e| e.to_string(), |v| v.to_string());
+            push(names::NODES_V6, format!("{ip:?}"), v, Owner::Node);
+        }
+        let node_addr6: Vec<(u32, [u32; 4])> =
+            maps.node_addr6.iter().filter_map(Result::ok).collect();
+        for (ifindex, ip) in &node_addr6 {
+            push(
+                names::NODE_ADDR_V6,
+                ifindex.to_string(),
+                format!("{ip:?}"),
+                Owner::Node,
+            );
+        }
         let config = maps
             .node_config
             .get(&0, 0)
@@ -263,6 +283,8 @@ impl PinnedMaps {
             maglev,
             nodes,
             node_addr,
+            nodes6,
+            node_addr6,
         }
     }
 
@@ -336,6 +358,12 @@ impl PinnedMaps {
             names::AFFINITY,
             names::NODES_V4,
             names::NODE_ADDR_V4,
+            names::SERVICES_V6,
+            names::BACKENDS_V6,
+            names::REV_NAT_V6,
+            names::SRC_RANGE_V6,
+            names::NODES_V6,
+            names::NODE_ADDR_V6,
         ] {
             out.push(format!("count {map} {}", self.count(map)));
         }
@@ -386,6 +414,16 @@ impl PinnedMaps {
             self.node_addr
                 .iter()
                 .map(|&(ifindex, ip)| format!("snat ifindex {ifindex} {}", codec::ip_of(ip))),
+        );
+        out.extend(
+            self.nodes6
+                .iter()
+                .map(|&ip| format!("cluster-node {}", codec::ip6_of(ip))),
+        );
+        out.extend(
+            self.node_addr6
+                .iter()
+                .map(|&(ifindex, ip)| format!("snat ifindex {ifindex} {}", codec::ip6_of(ip))),
         );
         out.extend(
             self.entries
