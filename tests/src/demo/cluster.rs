@@ -7,7 +7,10 @@
 //! health-check node port, the load balancer's IPs in the Service status, one pod per replica,
 //! the EndpointSlices of those pods and the Node object.
 
-use std::{collections::BTreeMap, net::{Ipv4Addr, Ipv6Addr}};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
@@ -290,7 +293,10 @@ fn complete_service(mut doc: Value) -> Result<Svc> {
         bail!("service {namespace}/{name}: type {type_} does not match the allocation table");
     }
     spec["clusterIP"] = json!(alloc.cluster_ip.to_string());
-    spec["clusterIPs"] = json!([alloc.cluster_ip.to_string(), alloc.cluster_ip6().to_string()]);
+    spec["clusterIPs"] = json!([
+        alloc.cluster_ip.to_string(),
+        alloc.cluster_ip6().to_string()
+    ]);
     spec["ipFamilies"] = json!(["IPv4", "IPv6"]);
     spec["ipFamilyPolicy"] = json!("PreferDualStack");
     let etp_local = spec["externalTrafficPolicy"].as_str() == Some("Local");

@@ -72,7 +72,15 @@ pub fn write_dns_files(dir: &Path, cluster: &Cluster) -> Result<DnsFiles> {
     let records: String = cluster
         .services
         .iter()
-        .map(|s| format!("{} {}\n{} {}\n", s.cluster_ip, s.fqdn(), s.cluster_ip6, s.fqdn()))
+        .map(|s| {
+            format!(
+                "{} {}\n{} {}\n",
+                s.cluster_ip,
+                s.fqdn(),
+                s.cluster_ip6,
+                s.fqdn()
+            )
+        })
         .collect();
     fs::write(&hosts, records)?;
     Ok(DnsFiles { resolv_conf, hosts })
