@@ -8,13 +8,14 @@
 //! the same way (RFC 1071 §2(B)), so words read natively from network bytes
 //! give the right bytes when stored natively again.
 
+use agent_common::Ip6;
 use aya_ebpf::{
     bindings::{BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM},
     programs::TcContext,
 };
 
 use crate::{
-    parse::{IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF, L4},
+    parse::{IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF, IP6_DADDR_OFF, IP6_SADDR_OFF, L4, Tuple},
     tc::verdict,
 };
 
@@ -44,6 +45,18 @@ pub fn diff4(acc: u32, old: u32, new: u32) -> u32 {
 #[inline(always)]
 pub fn diff2(acc: u32, old: u16, new: u16) -> u32 {
     add(add(acc, (!old) as u32), new as u32)
+}
+
+/// Adds the change of an IPv6 address (four 32-bit words) to a difference.
+#[inline(always)]
+pub fn diff16(acc: u32, old: &Ip6, new: &Ip6) -> u32 {
+    let mut d = acc;
+    let mut i = 0;
+    while i < 4 {
+        d = diff4(d, old[i], new[i]);
+        i += 1;
+    }
+    d
 }
 
 /// The checksum field after the bytes it covers changed by `diff`
@@ -88,6 +101,53 @@ pub fn set_addr(ctx: &TcContext, l4: &L4, dst: bool, old: u32, new: u32) -> Resu
     ctx.store(off, &new, 0).map_err(|_| verdict::SHOT)
 }
 
+/// Sets an IPv6 address of a TCP/UDP packet (`dst` chooses which) and fixes
+/// the L4 checksum, whose pseudo-header holds it (IPv6 has no header
+/// checksum). The helper takes the difference of all 16 bytes at once (size
+/// 0) and, with BPF_F_PSEUDO_HDR, handles CHECKSUM_PARTIAL packets and moves
+/// a CHECKSUM_COMPLETE `skb->csum` by the checksum field's change, as for
+/// IPv4. Unlike IPv4, no header checksum changes the other way to make up
+/// for the address's own change in the bytes: the store recomputes
+/// `skb->csum` over them (BPF_F_RECOMPUTE_CSUM), which keeps it right on
+/// every kernel (Linux 6.16's BPF_F_IPV6 flag would do the same in the helper).
+#[inline(always)]
+pub fn set_addr6(ctx: &TcContext, l4: &L4, dst: bool, old: &Ip6, new: &Ip6) -> Result<(), i32> {
+    if old == new {
+        return Ok(());
+    }
+    let off = if dst { IP6_DADDR_OFF } else { IP6_SADDR_OFF };
+    ctx.l4_csum_replace(
+        l4.csum_off,
+        0,
+        diff16(0, old, new) as u64,
+        BPF_F_PSEUDO_HDR as u64 | l4.csum_flags,
+    )
+    .map_err(|_| verdict::SHOT)?;
+    ctx.store(off, new, BPF_F_RECOMPUTE_CSUM as u64)
+        .map_err(|_| verdict::SHOT)
+}
+
+/// An address of a TCP/UDP packet's family: how it is rewritten.
+pub trait AddrField: Copy + PartialEq {
+    /// Sets the source (`dst` false) or destination address from `old` to
+    /// `new`, with the checksums that cover it.
+    fn set(ctx: &TcContext, l4: &L4, dst: bool, old: Self, new: Self) -> Result<(), i32>;
+}
+
+impl AddrField for u32 {
+    #[inline(always)]
+    fn set(ctx: &TcContext, l4: &L4, dst: bool, old: u32, new: u32) -> Result<(), i32> {
+        set_addr(ctx, l4, dst, old, new)
+    }
+}
+
+impl AddrField for Ip6 {
+    #[inline(always)]
+    fn set(ctx: &TcContext, l4: &L4, dst: bool, old: Ip6, new: Ip6) -> Result<(), i32> {
+        set_addr6(ctx, l4, dst, &old, &new)
+    }
+}
+
 /// Sets the source (`dst` false) or destination port of a TCP/UDP packet and
 /// fixes its checksum (ports are covered as data, not pseudo-header).
 #[inline(always)]
@@ -114,17 +174,17 @@ pub fn set_port(ctx: &TcContext, l4: &L4, dst: bool, old: u16, new: u16) -> Resu
 /// ones, skipping fields that stay the same. A failed helper leaves the
 /// packet half rewritten: the caller must drop it (the error is `verdict::SHOT`).
 #[inline(always)]
-pub fn rewrite(
+pub fn rewrite<A: AddrField>(
     ctx: &TcContext,
     l4: &L4,
-    old: &crate::parse::Tuple,
-    saddr: u32,
+    old: &Tuple<A>,
+    saddr: A,
     sport: u16,
-    daddr: u32,
+    daddr: A,
     dport: u16,
 ) -> Result<(), i32> {
-    set_addr(ctx, l4, false, old.saddr, saddr)?;
-    set_addr(ctx, l4, true, old.daddr, daddr)?;
+    A::set(ctx, l4, false, old.saddr, saddr)?;
+    A::set(ctx, l4, true, old.daddr, daddr)?;
     set_port(ctx, l4, false, old.sport, sport)?;
     set_port(ctx, l4, true, old.dport, dport)
 }

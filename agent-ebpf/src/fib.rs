@@ -13,6 +13,11 @@
 //! DSR packets (the client's source kept, the frontend in an IP option, see
 //! dsr.rs) go the same way: the stack could forward them, but the lookup
 //! also tells whether the option still fits the route's MTU.
+//!
+//! IPv6 packets that the programs gave a node address ([`forward6`]) are
+//! routed the same way, for the same reasons (the stack's input path is no
+//! place for a packet that now comes from this node), with the hop limit
+//! in place of the TTL.
 
 use agent_common::stats::Counter;
 use aya_ebpf::{
@@ -24,11 +29,17 @@ use aya_ebpf::{
 
 use crate::{
     maps::count,
-    parse::{IP_CSUM_OFF, IP_OFF, IP_TTL_OFF, Ipv4Hdr},
+    parse::{
+        IP_CSUM_OFF, IP_OFF, IP_TTL_OFF, IP6_DADDR_OFF, IP6_HOP_LIMIT_OFF, IP6_SADDR_OFF, Ipv4Hdr,
+    },
     tc::verdict,
 };
 
 pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+/// The traffic class and flow label of an IPv6 header's first word
+/// (network order): the lookup's `flowinfo`.
+const IPV6_FLOWINFO_MASK: u32 = 0x0fff_ffff_u32.to_be();
 
 /// A return code of [`lookup`] that is no FIB answer: the packet's TTL
 /// would expire here, it is for the stack.
@@ -81,13 +92,75 @@ pub fn lookup(ctx: &TcContext, ip: &Ipv4Hdr, tot_len: u16, p: &mut bpf_fib_looku
     rc as u32
 }
 
+/// Routes the (already translated) IPv6 packet and redirects it, as
+/// [`forward`] does for IPv4 (a function of its own for the same reason).
+#[inline(never)]
+pub fn forward6(ctx: &TcContext) -> i32 {
+    // SAFETY: a plain C struct of integers; all zeros is a valid value.
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    // The first 8 bytes of the header (version, traffic class, flow label,
+    // payload length, next header, hop limit); the addresses are read
+    // straight into the lookup's parameters (IPv6's frames are tight).
+    let Ok(first) = ctx.load::<[u8; 8]>(IP_OFF) else {
+        return verdict::SHOT;
+    };
+    let hop_limit = first[7];
+    let rc = lookup6(ctx, first, &mut p);
+    send_with(ctx, rc, &p, || decrement_hop_limit(ctx, hop_limit))
+}
+
+/// [`lookup`] for an IPv6 packet whose header starts with `first` (the MTU
+/// is checked against the skb, on success only). A hop limit that would
+/// expire here: [`RC_STACK`].
+#[inline(always)]
+fn lookup6(ctx: &TcContext, first: [u8; 8], p: &mut bpf_fib_lookup) -> u32 {
+    if first[7] <= 1 {
+        return RC_STACK;
+    }
+    // SAFETY: the union members of IPv6, 16 bytes each.
+    let addrs = unsafe {
+        crate::parse::load_into(ctx, IP6_SADDR_OFF, &mut p.__bindgen_anon_3.ipv6_src).and_then(
+            |()| crate::parse::load_into(ctx, IP6_DADDR_OFF, &mut p.__bindgen_anon_4.ipv6_dst),
+        )
+    };
+    if addrs.is_err() {
+        return RC_STACK;
+    }
+    p.family = AF_INET6;
+    // The next header, as the kernel's own input route lookup takes it.
+    p.l4_protocol = first[6];
+    p.ifindex = crate::parse::ifindex(ctx);
+    p.__bindgen_anon_2.flowinfo =
+        u32::from_ne_bytes([first[0], first[1], first[2], first[3]]) & IPV6_FLOWINFO_MASK;
+    let rc = unsafe {
+        h::bpf_fib_lookup(
+            ctx.as_ptr(),
+            p,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    rc as u32
+}
+
 /// Sends the packet the way the lookup (`rc`, `p`) says: see the module
 /// comment. `ip` is its header as it is now (TTL and protocol are used).
 #[inline(always)]
 pub fn send(ctx: &TcContext, ip: &Ipv4Hdr, rc: u32, p: &bpf_fib_lookup) -> i32 {
+    send_with(ctx, rc, p, || decrement_ttl(ctx, ip))
+}
+
+/// [`send`] with the family's TTL or hop limit decrement.
+#[inline(always)]
+fn send_with(
+    ctx: &TcContext,
+    rc: u32,
+    p: &bpf_fib_lookup,
+    decrement: impl Fn() -> Result<(), i64>,
+) -> i32 {
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {
-            if decrement_ttl(ctx, ip).is_err() {
+            if decrement().is_err() {
                 return verdict::SHOT;
             }
             // SAFETY: the union member the helper fills on success.
@@ -101,7 +174,7 @@ pub fn send(ctx: &TcContext, ip: &Ipv4Hdr, rc: u32, p: &bpf_fib_lookup) -> i32 {
             unsafe { h::bpf_redirect(p.ifindex, 0) as i32 }
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => {
-            if decrement_ttl(ctx, ip).is_err() {
+            if decrement().is_err() {
                 return verdict::SHOT;
             }
             // No parameters: the helper looks the next hop up again and
@@ -122,4 +195,15 @@ fn decrement_ttl(ctx: &TcContext, ip: &Ipv4Hdr) -> Result<(), i64> {
     let new = u16::from_ne_bytes([ip.ttl - 1, ip.proto]);
     ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 2)?;
     ctx.store(IP_TTL_OFF, &(ip.ttl - 1), 0)
+}
+
+/// IPv6 has no header checksum: the store moves a CHECKSUM_COMPLETE
+/// `skb->csum` by the byte's change itself.
+#[inline(always)]
+fn decrement_hop_limit(ctx: &TcContext, hop_limit: u8) -> Result<(), i64> {
+    ctx.store(
+        IP6_HOP_LIMIT_OFF,
+        &(hop_limit - 1),
+        aya_ebpf::bindings::BPF_F_RECOMPUTE_CSUM as u64,
+    )
 }

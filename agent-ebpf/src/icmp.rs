@@ -5,11 +5,13 @@ use agent_common::{Ct4Key, NodeConfig, ct_dir, ct_flags, proto, stats::Counter};
 use aya_ebpf::{bindings::BPF_F_RECOMPUTE_CSUM, helpers::generated as h, programs::TcContext};
 
 use crate::{
-    csum, ct, fib,
-    maps::count,
+    csum,
+    ct::{self, CtKey, CtValue},
+    maps::{ICMP_SOURCES, count},
+    ns::Ns,
     parse::{
         self, ETH_HLEN, IP_CSUM_OFF, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF, IPV4_MIN_HLEN, Ipv4,
-        Ipv4Hdr,
+        Ipv4Hdr, Tuple,
     },
     ratelimit,
     tc::verdict,
@@ -19,16 +21,18 @@ const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_PORT_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 
+/// The header of an ICMP or ICMPv6 message (the same 8 bytes).
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct IcmpHdr {
-    ty: u8,
-    code: u8,
-    check: u16,
-    /// Unused for port unreachable; the next-hop MTU for fragmentation needed.
-    rest: u32,
+pub struct IcmpHdr {
+    pub ty: u8,
+    pub code: u8,
+    pub check: u16,
+    /// Unused for port unreachable; the next-hop MTU for fragmentation
+    /// needed and Packet Too Big; the pointer of a parameter problem.
+    pub rest: u32,
 }
-const ICMP_HLEN: usize = core::mem::size_of::<IcmpHdr>();
+pub const ICMP_HLEN: usize = core::mem::size_of::<IcmpHdr>();
 
 /// Translates an ICMP error (destination unreachable, including
 /// fragmentation needed, and time exceeded) about a tracked flow, so the
@@ -79,31 +83,16 @@ pub fn translate_error(ctx: &TcContext, ip: &Ipv4, side: Side) -> i32 {
     let Ok(ports) = ctx.load::<[u16; 2]>(inner_l4) else {
         return verdict::PASS;
     };
-    let mut key = Ct4Key {
-        saddr: inner.daddr,
-        daddr: inner.saddr,
-        sport: ports[1],
-        dport: ports[0],
+    let flow = Tuple {
+        saddr: inner.saddr,
+        daddr: inner.daddr,
+        sport: ports[0],
+        dport: ports[1],
         proto: inner.proto,
-        dir: ct_dir::REPLY,
-        _pad: [0; 2],
     };
-    let entry = match ct::lookup(&key) {
-        Some(v) => v,
-        None if side == Side::Ingress => {
-            key.dir = ct_dir::FORWARD;
-            match ct::lookup(&key) {
-                Some(v) => v,
-                None => return verdict::PASS,
-            }
-        }
-        None => return verdict::PASS,
-    };
-    // SAFETY: a live map value, copied out.
-    let v = unsafe { *entry };
-    if side == Side::Pod && v.flags & ct_flags::SNAT == 0 {
+    let Some(v) = error_flow::<Ct4Key>(&flow, side) else {
         return verdict::PASS;
-    }
+    };
     let quoted = Quoted {
         off: inner_off,
         hdr: inner,
@@ -120,10 +109,47 @@ pub fn translate_error(ctx: &TcContext, ip: &Ipv4, side: Side) -> i32 {
     if let Err(e) = rewrite_error(ctx, ip, icmp_off, &quoted, &new) {
         return e;
     }
+    translated::<crate::family::V4>(ctx, v.flags, side)
+}
+
+/// The conntrack entry that translates an ICMP error (of either family)
+/// met on `side` about the packet `quoted` (its addresses, ports and
+/// protocol as the error quotes them): see [`translate_error`]. None when
+/// no flow of ours sent that packet.
+#[inline(always)]
+pub fn error_flow<K: CtKey>(quoted: &Tuple<K::Addr>, side: Side) -> Option<K::Value> {
+    let mut key = K::new(
+        quoted.daddr,
+        quoted.saddr,
+        quoted.dport,
+        quoted.sport,
+        quoted.proto,
+        ct_dir::REPLY,
+    );
+    let entry = match ct::lookup(&key) {
+        Some(v) => v,
+        None if side == Side::Ingress => {
+            key.set_dir(ct_dir::FORWARD);
+            ct::lookup(&key)?
+        }
+        None => return None,
+    };
+    // SAFETY: a live map value, copied out.
+    let v = unsafe { *entry };
+    if side == Side::Pod && v.flags() & ct_flags::SNAT == 0 {
+        return None;
+    }
+    Some(v)
+}
+
+/// An ICMP error of a flow with conntrack `flags` was translated on `side`:
+/// counted, and routed when it now comes from or goes to a node address.
+#[inline(always)]
+pub fn translated<F: Ns>(ctx: &TcContext, flags: u8, side: Side) -> i32 {
     count(Counter::NsIcmpTranslated);
-    if side != Side::Egress && v.flags & ct_flags::SNAT != 0 {
+    if side != Side::Egress && flags & ct_flags::SNAT != 0 {
         // Now from or to a node address: see fib.rs.
-        fib::forward(ctx)
+        F::forward(ctx)
     } else {
         verdict::OK
     }
@@ -277,7 +303,7 @@ pub fn reject(ctx: &TcContext, ip: &Ipv4, cfg: &NodeConfig) -> i32 {
         count(Counter::NsRejectFailed);
         return verdict::SHOT;
     }
-    if let Err(limited) = ratelimit::allow(ip.hdr.saddr, cfg) {
+    if let Err(limited) = ratelimit::allow(&ICMP_SOURCES, &ip.hdr.saddr, cfg) {
         count(limited);
         return verdict::SHOT;
     }

@@ -8,7 +8,7 @@
 //!
 //! North-south load balancing (TC on the node's devices, `tc.rs`): traffic
 //! from outside the cluster to NodePorts, externalIPs and LoadBalancer IPs is
-//! translated per packet with connection tracking.
+//! translated per packet with connection tracking, for IPv4 and IPv6.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
@@ -28,9 +28,13 @@ mod guard;
 #[cfg(target_arch = "bpf")]
 mod icmp;
 #[cfg(target_arch = "bpf")]
+mod icmp6;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod nodeport;
+#[cfg(target_arch = "bpf")]
+mod ns;
 #[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]

@@ -2,9 +2,10 @@
 //! here; the agent's loader fails loudly if the two ever disagree).
 
 use agent_common::{
-    AffinityKey, AffinityValue, Backend4, Backend6, Ct4Key, Ct4Value, Dead4Key, Dead6Key,
-    Member4Key, NodeConfig, RevNat4, RevNat6, SockGuard4, SockGuard6, SockRev4, SockRev4Key,
-    SockRev6, SockRev6Key, SrcRange4, SrcRange6, Svc4Key, Svc6Key, SvcValue, maps as m,
+    AffinityKey, AffinityValue, Backend4, Backend6, Ct4Key, Ct4Value, Ct6Key, Ct6Value, Dead4Key,
+    Dead6Key, Ip6, Member4Key, NodeConfig, RevNat4, RevNat6, SockGuard4, SockGuard6, SockRev4,
+    SockRev4Key, SockRev6, SockRev6Key, SrcRange4, SrcRange6, Svc4Key, Svc6Key, SvcValue,
+    maps as m,
 };
 use aya_ebpf::{
     btf_maps::SkStorage,
@@ -102,6 +103,27 @@ pub static DEAD_V6: HashMap<Dead6Key, u8> = HashMap::pinned(m::DEAD_V6_MAX, 0);
 // LpmTrie adds BPF_F_NO_PREALLOC itself (the kernel requires it).
 pub static SRC_RANGE_V6: LpmTrie<SrcRange6, u8> = LpmTrie::pinned(m::SRC_RANGE_V6_MAX, 0);
 
+/// North-south IPv6 (agent_common::nat6), read by the TC programs as
+/// their IPv4 namesakes are. The conntrack map is declared as the IPv4 one
+/// (an LRU, preallocated; the agent sizes both with `--conntrack-max`), and
+/// so is the port unreachable budget of each source (the node-wide budget,
+/// `ferry_icmpg_v1`, is shared by both families). The node addresses are
+/// allocated on use.
+#[map(name = "ferry_ct6_v1")]
+pub static CT_V6: LruHashMap<Ct6Key, Ct6Value> = LruHashMap::pinned(m::CT_V6_MAX, 0);
+
+/// The node's IPv6 address on each device (ifindex -> address): the SNAT source.
+#[map(name = "ferry_naddr6_v1")]
+pub static NODE_ADDR_V6: HashMap<u32, Ip6> =
+    HashMap::pinned(m::NODE_ADDR_V6_MAX, BPF_F_NO_PREALLOC);
+
+/// Every node's IPv6 addresses (address -> 1), from the Node objects.
+#[map(name = "ferry_nodes6_v1")]
+pub static NODES_V6: HashMap<Ip6, u8> = HashMap::pinned(m::NODES_V6_MAX, BPF_F_NO_PREALLOC);
+
+#[map(name = "ferry_icmps6_v1")]
+pub static ICMP6_SOURCES: LruHashMap<Ip6, u64> = LruHashMap::pinned(m::ICMP_SOURCES_MAX, 0);
+
 /// The egress guard's records for a socket's IPv6 packets (a socket may
 /// have both: a dual-stack one sends IPv4 to mapped destinations).
 #[btf_map(name = "ferry_guard6_v1", pin_by_name)]
@@ -111,6 +133,19 @@ pub static SOCK_GUARD6: SkStorage<SockGuard6> = SkStorage::new();
 /// in `agent_common::maps`: it holds no state, each load gets its own.
 #[map(name = "ferry_dsr_scr")]
 pub static DSR_SCRATCH: PerCpuArray<crate::dsr::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch space of the IPv6 north-south path: the parsed packet
+/// and a new flow's [`crate::ns::Room`] (IPv6's values do not fit the
+/// stack). Not pinned and not in `agent_common::maps`: it holds no state,
+/// as `ferry_dsr_scr`.
+#[map(name = "ferry_ns6_scr")]
+pub static NS6_SCRATCH: PerCpuArray<crate::ns::Scratch6> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch space of the ICMPv6 port unreachable (icmp6.rs): the
+/// quoted packet, summed and written back there. Not pinned either.
+#[map(name = "ferry_rej6_scr")]
+pub static REJECT6_SCRATCH: PerCpuArray<crate::icmp6::RejectScratch> =
+    PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "ferry_stats_v1")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(agent_common::stats::STATS_SLOTS, 0);

@@ -24,18 +24,31 @@
 //! the wrong backend answers with a RST, which ends the connection as
 //! cleanly as anything could. New flows made while the conntrack map is
 //! nearly full are counted too (`NsNewFlowCtFull`).
+//!
+//! Written once for IPv4 and IPv6 (ns.rs: the family's maps, packet,
+//! FIB forwarding and port unreachable). IPv6 has no DSR: its flows to
+//! remote backends use SNAT whatever `--lb-mode` says. The keys and values
+//! a new flow is made of are kept in its family's [`Room`] (the stack for
+//! IPv4, a per-CPU scratch map for IPv6), and IPv6's paths are functions of
+//! their own (`Ns::OUTLINE`): the verifier's 512 bytes of stack would not
+//! hold them otherwise.
+
+use core::mem::MaybeUninit;
 
 use agent_common::{
-    CT_PRESSURE_PERMILLE, Ct4Value, SrcRange4, Svc4Key, SvcValue, affinity_client, backend_flags,
-    ct_dir, ct_flags, flow_hash_v4, node_flags, proto, scope, stats::Counter, svc_flags,
+    CT_PRESSURE_PERMILLE, NodeConfig, SvcValue, backend_flags, ct_dir, ct_flags, node_flags, proto,
+    scope, stats::Counter, svc_flags,
 };
-use aya_ebpf::{bindings::BPF_NOEXIST, maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::{bindings::BPF_NOEXIST, programs::TcContext};
 
 use crate::{
-    csum, ct, dsr, fib, icmp,
-    maps::{CT_V4, NODE_ADDR_V4, NODES_V4, SRC_RANGE_V4, count},
-    parse::{self, Ipv4, L4, Tuple},
-    select::{self, Client},
+    csum,
+    ct::{self, CtKey, CtValue},
+    family::Addr,
+    maps::count,
+    ns::{CtVal, Ns, Room},
+    parse::{self, L4, Tuple},
+    select::{self, Frontend},
     tc::verdict,
 };
 
@@ -44,37 +57,79 @@ use crate::{
 /// `node_flags::EXTERNAL_CLUSTER_IP`.
 const EXPOSED: u16 = svc_flags::NODE_PORT | svc_flags::EXTERNAL_IP | svc_flags::LOAD_BALANCER;
 
+/// What [`tracked_call`] returns for a packet that no flow knows: not a
+/// verdict.
+const NEW_FLOW: i32 = i32::MIN;
+
 /// A TCP/UDP packet arriving on a device.
 #[inline(always)]
-pub fn ingress(ctx: &TcContext, ip: &Ipv4) -> i32 {
+pub fn ingress<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> i32 {
+    if F::OUTLINE {
+        // Two functions of their own (`Ns::OUTLINE`): the tracked paths and
+        // a new flow each have their frame.
+        return match tracked_call::<F>(ctx, ip) {
+            NEW_FLOW => new_flow_call::<F>(ctx, ip),
+            v => v,
+        };
+    }
     let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ctx, ip)) else {
         return verdict::PASS;
     };
-
-    // The client's direction of a tracked flow: the hot path, one lookup
-    // (and one for the backend, below).
-    let fwd_key = ct::key(&t, ct_dir::FORWARD);
-    if let Some(entry) = ct::lookup(&fwd_key) {
-        // SAFETY: a live map value, copied out.
-        let v = unsafe { *entry };
-        if backend_still_there(&v) {
-            ct::touch(entry, select::now_seconds(), parse::tcp_flags(ctx, ip));
-            count(Counter::NsTracked);
-            return translate_forward(ctx, &l4, &t, &v);
-        }
-        // The backend is gone (or its id now names another endpoint):
-        // forget the flow and choose again, so that UDP "flows" (DNS, say)
-        // move to a live backend instead of going nowhere until idle.
-        ct::remove_flow(&fwd_key, &v);
-    }
-
-    // A remote backend's reply to a SNAT port of ours.
-    let cfg = ct::node_config();
-    if let Some(v) = snat_reply(ctx, ip, &l4, &t, &cfg, false) {
+    if let Some(v) = client_packet::<F>(ctx, ip, &l4, &t) {
         return v;
     }
+    // A remote backend's reply to a SNAT port of ours.
+    let cfg = ct::node_config();
+    if let Some(v) = snat_reply::<F>(ctx, ip, &l4, &t, &cfg, false) {
+        return v;
+    }
+    F::with_room(|room| new_flow::<F>(ctx, ip, &l4, &t, &cfg, room))
+}
 
-    new_flow(ctx, ip, &l4, &t, &cfg)
+/// A client's packet of a tracked flow, translated and sent on; None when
+/// the packet is none.
+#[inline(always)]
+fn client_packet<F: Ns>(ctx: &TcContext, ip: &F::Ip, l4: &L4, t: &Tuple<Addr<F>>) -> Option<i32> {
+    // The client's direction of a tracked flow: the hot path, one lookup
+    // (and one for the backend, below).
+    let fwd_key: F::Ct = ct::key(t, ct_dir::FORWARD);
+    let entry = ct::lookup(&fwd_key)?;
+    // SAFETY: a live map value, copied out.
+    let v = unsafe { *entry };
+    if backend_still_there::<F>(&v) {
+        ct::touch(entry, select::now_seconds(), parse::tcp_flags(ctx, ip));
+        count(Counter::NsTracked);
+        return Some(translate_forward::<F>(ctx, l4, t, &v));
+    }
+    // The backend is gone (or its id now names another endpoint): forget
+    // the flow and choose again, so that UDP "flows" (DNS, say) move to a
+    // live backend instead of going nowhere until idle.
+    ct::remove_flow(&fwd_key, &v);
+    None
+}
+
+/// The tracked paths of [`ingress`] (a client's packet, a reply to a SNAT
+/// port) as a function of its own (`Ns::OUTLINE`): [`NEW_FLOW`] when the
+/// packet is neither.
+#[inline(never)]
+fn tracked_call<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> i32 {
+    let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ctx, ip)) else {
+        return verdict::PASS;
+    };
+    if let Some(v) = client_packet::<F>(ctx, ip, &l4, &t) {
+        return v;
+    }
+    snat_reply::<F>(ctx, ip, &l4, &t, &ct::node_config(), false).unwrap_or(NEW_FLOW)
+}
+
+/// [`new_flow`] as a function of its own (`Ns::OUTLINE`).
+#[inline(never)]
+fn new_flow_call<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> i32 {
+    let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ctx, ip)) else {
+        return verdict::PASS;
+    };
+    let cfg = ct::node_config();
+    F::with_room(|room| new_flow::<F>(ctx, ip, &l4, &t, &cfg, room))
 }
 
 /// A TCP/UDP packet arriving from a pod (`ferry_tc_pod`, on the devices
@@ -83,11 +138,26 @@ pub fn ingress(ctx: &TcContext, ip: &Ipv4) -> i32 {
 /// untouched (a local backend's other replies are translated as they leave
 /// through a node device).
 #[inline(always)]
-pub fn from_pod(ctx: &TcContext, ip: &Ipv4) -> i32 {
+pub fn from_pod<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> i32 {
+    if F::OUTLINE {
+        from_pod_call::<F>(ctx, ip)
+    } else {
+        from_pod_body::<F>(ctx, ip)
+    }
+}
+
+#[inline(always)]
+fn from_pod_body<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> i32 {
     let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ctx, ip)) else {
         return verdict::PASS;
     };
-    snat_reply(ctx, ip, &l4, &t, &ct::node_config(), true).unwrap_or(verdict::PASS)
+    snat_reply::<F>(ctx, ip, &l4, &t, &ct::node_config(), true).unwrap_or(verdict::PASS)
+}
+
+/// [`from_pod`] as a function of its own (`Ns::OUTLINE`).
+#[inline(never)]
+fn from_pod_call<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> i32 {
+    from_pod_body::<F>(ctx, ip)
 }
 
 /// A reply to one of our SNAT ports, translated back to the frontend and
@@ -97,50 +167,65 @@ pub fn from_pod(ctx: &TcContext, ip: &Ipv4) -> i32 {
 /// flows ferry gave a node address (the pod side, where a local backend's
 /// unmasqueraded replies to clients also pass).
 #[inline(always)]
-fn snat_reply(
+fn snat_reply<F: Ns>(
     ctx: &TcContext,
-    ip: &Ipv4,
+    ip: &F::Ip,
     l4: &L4,
-    t: &Tuple,
-    cfg: &agent_common::NodeConfig,
+    t: &Tuple<Addr<F>>,
+    cfg: &NodeConfig,
     masqueraded_only: bool,
 ) -> Option<i32> {
     if !ct::snat_ports(cfg).contains(t.dport) {
         return None;
     }
-    let rkey = ct::key(t, ct_dir::REPLY);
+    let rkey: F::Ct = ct::key(t, ct_dir::REPLY);
     let entry = ct::lookup(&rkey)?;
     // SAFETY: a live map value, copied out.
     let v = unsafe { *entry };
-    if masqueraded_only && v.flags & ct_flags::SNAT == 0 {
+    if masqueraded_only && v.flags() & ct_flags::SNAT == 0 {
         return None;
     }
     ct::touch(entry, select::now_seconds(), parse::tcp_flags(ctx, ip));
     count(Counter::NsTracked);
-    if let Err(e) = rewrite_as(ctx, l4, t, &v) {
+    if let Err(e) = rewrite_as::<F>(ctx, l4, t, &v) {
         return Some(e);
     }
     // From the frontend now: possibly a node address (NodePort).
-    Some(fib::forward(ctx))
+    Some(F::forward(ctx))
 }
 
 /// A TCP/UDP packet leaving through a device: a local backend's reply gets
 /// the frontend back as its source. Nothing else is touched.
 #[inline(always)]
-pub fn egress(ctx: &TcContext, ip: &Ipv4) -> i32 {
+pub fn egress<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> i32 {
+    if F::OUTLINE {
+        egress_call::<F>(ctx, ip)
+    } else {
+        egress_body::<F>(ctx, ip)
+    }
+}
+
+#[inline(always)]
+fn egress_body<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> i32 {
     let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ctx, ip)) else {
         return verdict::PASS;
     };
-    let Some(entry) = ct::lookup(&ct::key(&t, ct_dir::REPLY)) else {
+    let Some(entry) = ct::lookup(&ct::key::<F::Ct>(&t, ct_dir::REPLY)) else {
         return verdict::PASS;
     };
     let v = unsafe { *entry };
     ct::touch(entry, select::now_seconds(), parse::tcp_flags(ctx, ip));
     count(Counter::NsTracked);
-    match rewrite_as(ctx, &l4, &t, &v) {
+    match rewrite_as::<F>(ctx, &l4, &t, &v) {
         Ok(()) => verdict::OK,
         Err(e) => e,
     }
+}
+
+/// [`egress`] as a function of its own (`Ns::OUTLINE`).
+#[inline(never)]
+fn egress_call<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> i32 {
+    egress_body::<F>(ctx, ip)
 }
 
 /// A SYN straight to a pod from a (client, port) whose REPLY entry a
@@ -149,25 +234,28 @@ pub fn egress(ctx: &TcContext, ip: &Ipv4) -> i32 {
 /// new connection goes untouched; a live one keeps its entries and the SYN
 /// is dropped (`NsCtClashDrop`), as netfilter drops a SYN that clashes with
 /// a live connection: a forged SYN cannot tear a flow down. Costs one
-/// lookup per SYN that reaches no frontend.
+/// lookup per SYN that reaches no frontend. The key and the entry are kept
+/// in `rkey` and `val` (of the new flow's [`Room`]).
 #[inline(always)]
-fn direct_syn(t: &Tuple) -> i32 {
-    let rkey = agent_common::Ct4Key {
-        saddr: t.daddr,
-        daddr: t.saddr,
-        sport: t.dport,
-        dport: t.sport,
-        proto: t.proto,
-        dir: ct_dir::REPLY,
-        _pad: [0; 2],
-    };
-    let Some(entry) = ct::lookup(&rkey) else {
+fn direct_syn<F: Ns>(
+    t: &Tuple<Addr<F>>,
+    rkey: &mut MaybeUninit<F::Ct>,
+    val: &mut MaybeUninit<CtVal<F>>,
+) -> i32 {
+    let rkey = &*rkey.write(F::Ct::new(
+        t.daddr,
+        t.saddr,
+        t.dport,
+        t.sport,
+        t.proto,
+        ct_dir::REPLY,
+    ));
+    let Some(entry) = ct::lookup(rkey) else {
         return verdict::PASS;
     };
-    // SAFETY: a live map value, copied out.
-    let v = unsafe { *entry };
-    if ct::reply_flow_over(&rkey, &v, select::now_seconds()) {
-        ct::forget_reply_flow(&rkey, &v);
+    let v = &*ct::copy_into(entry, val);
+    if ct::reply_flow_over(rkey, v, select::now_seconds()) {
+        ct::forget_reply_flow(rkey, v);
         verdict::PASS
     } else {
         count(Counter::NsCtClashDrop);
@@ -177,36 +265,41 @@ fn direct_syn(t: &Tuple) -> i32 {
 
 /// Rewrites the packet's addresses and ports to the ones a conntrack entry names.
 #[inline(always)]
-fn rewrite_as(ctx: &TcContext, l4: &L4, t: &Tuple, v: &Ct4Value) -> Result<(), i32> {
+fn rewrite_as<F: Ns>(
+    ctx: &TcContext,
+    l4: &L4,
+    t: &Tuple<Addr<F>>,
+    v: &CtVal<F>,
+) -> Result<(), i32> {
     csum::rewrite(
         ctx,
         l4,
         t,
-        v.nat_saddr,
-        v.nat_sport,
-        v.nat_daddr,
-        v.nat_dport,
+        v.nat_saddr(),
+        v.nat_sport(),
+        v.nat_daddr(),
+        v.nat_dport(),
     )
 }
 
 /// The flow's backend still exists with the address it was given.
 #[inline(always)]
-fn backend_still_there(v: &Ct4Value) -> bool {
-    matches!(select::lookup_backend(v.backend_id),
-        Some(b) if b.addr == v.nat_daddr && b.port == v.nat_dport)
+fn backend_still_there<F: Ns>(v: &CtVal<F>) -> bool {
+    matches!(<F::Key as Frontend>::backend(v.backend_id()),
+        Some(b) if F::Key::backend_dest(&b) == (v.nat_daddr(), v.nat_dport()))
 }
 
 #[inline(always)]
-fn translate_forward(ctx: &TcContext, l4: &L4, t: &Tuple, v: &Ct4Value) -> i32 {
-    if v.flags & ct_flags::DSR != 0 {
-        return dsr::forward(dsr::skb(ctx), v, false);
+fn translate_forward<F: Ns>(ctx: &TcContext, l4: &L4, t: &Tuple<Addr<F>>, v: &CtVal<F>) -> i32 {
+    if F::DSR && v.flags() & ct_flags::DSR != 0 {
+        return F::dsr_forward(ctx, v, false);
     }
-    if let Err(e) = rewrite_as(ctx, l4, t, v) {
+    if let Err(e) = rewrite_as::<F>(ctx, l4, t, v) {
         return e;
     }
-    if v.flags & ct_flags::SNAT != 0 {
+    if v.flags() & ct_flags::SNAT != 0 {
         // From a node address now: see fib.rs.
-        fib::forward(ctx)
+        F::forward(ctx)
     } else {
         verdict::OK
     }
@@ -215,58 +308,59 @@ fn translate_forward(ctx: &TcContext, l4: &L4, t: &Tuple, v: &Ct4Value) -> i32 {
 /// A packet for no frontend: a DSR packet from another node, a connection
 /// straight to a pod, or anything else the node receives.
 #[inline(always)]
-fn not_a_frontend(ctx: &TcContext, ip: &Ipv4, t: &Tuple, cfg: &agent_common::NodeConfig) -> i32 {
-    // Only packets with IP options can carry a DSR option: the node's
-    // ordinary traffic pays nothing more than this test.
-    if ip.hdr.header_len() > parse::IPV4_MIN_HLEN {
-        let v = dsr::receive(dsr::skb(ctx), cfg.flags & node_flags::DSR != 0);
+fn not_a_frontend<F: Ns>(
+    ctx: &TcContext,
+    ip: &F::Ip,
+    t: &Tuple<Addr<F>>,
+    cfg: &NodeConfig,
+    room: &mut Room<F>,
+) -> i32 {
+    if F::DSR {
+        let v = F::dsr_receive(ctx, ip, cfg);
         if v != verdict::PASS {
             return v;
         }
     }
     if t.proto == proto::TCP && parse::tcp_flags(ctx, ip) & parse::TCP_SYN != 0 {
-        return direct_syn(t);
+        return direct_syn::<F>(t, &mut room.rkey, &mut room.val);
     }
     verdict::PASS
 }
 
 /// A ClusterIP this node serves to outside clients (`--external-cluster-ip`).
 #[inline(always)]
-fn external_cluster_ip(svc: &SvcValue, cfg: &agent_common::NodeConfig) -> bool {
+fn external_cluster_ip(svc: &SvcValue, cfg: &NodeConfig) -> bool {
     svc.flags & svc_flags::CLUSTER_IP != 0 && cfg.flags & node_flags::EXTERNAL_CLUSTER_IP != 0
 }
 
 /// A packet no flow knows: a new flow if it is for an exposed frontend.
+/// Its keys and values are built in `room`.
 #[inline(always)]
-fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, cfg: &agent_common::NodeConfig) -> i32 {
-    let key = Svc4Key {
-        addr: t.daddr,
-        port: t.dport,
-        slot: 0,
-        proto: t.proto,
-        scope: scope::EXTERNAL,
-        _pad: [0; 2],
+fn new_flow<F: Ns>(
+    ctx: &TcContext,
+    ip: &F::Ip,
+    l4: &L4,
+    t: &Tuple<Addr<F>>,
+    cfg: &NodeConfig,
+    room: &mut Room<F>,
+) -> i32 {
+    let Some(svc) = select::lookup_svc(room.svc.write(F::Key::frontend(
+        t.daddr,
+        t.dport,
+        t.proto,
+        scope::EXTERNAL,
+    ))) else {
+        return not_a_frontend::<F>(ctx, ip, t, cfg, room);
     };
-    let Some(svc) = select::lookup_svc(&key) else {
-        return not_a_frontend(ctx, ip, t, cfg);
-    };
+    // SAFETY: written just above.
+    let svc_key = unsafe { room.svc.assume_init_ref() };
     if svc.flags & EXPOSED == 0 && !external_cluster_ip(&svc, cfg) {
         return verdict::PASS;
     }
     // Before anything else, so that a denied client creates no state.
-    if svc.flags & svc_flags::SOURCE_RANGES != 0 {
-        let range_key = Key::new(
-            agent_common::SRC_RANGE_PREFIX_BITS + 32,
-            SrcRange4 {
-                rev_nat_id: svc.rev_nat_id,
-                _pad: 0,
-                addr: t.saddr,
-            },
-        );
-        if SRC_RANGE_V4.get(&range_key).is_none() {
-            count(Counter::NsSourceRangeDrop);
-            return verdict::SHOT;
-        }
+    if svc.flags & svc_flags::SOURCE_RANGES != 0 && !F::in_source_ranges(svc.rev_nat_id, t.saddr) {
+        count(Counter::NsSourceRangeDrop);
+        return verdict::SHOT;
     }
     if svc.count == 0 {
         if svc.flags & svc_flags::DROP_NO_LOCAL != 0 {
@@ -275,7 +369,7 @@ fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, cfg: &agent_common::
             count(Counter::NsNoLocalDrop);
             return verdict::SHOT;
         }
-        return icmp::reject(ctx, ip, cfg);
+        return F::reject(ctx, ip, cfg);
     }
 
     // A segment too short to hold its L4 checksum cannot be rewritten: dropped before any
@@ -284,25 +378,22 @@ fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, cfg: &agent_common::
         count(Counter::NsNatFailed);
         return verdict::SHOT;
     }
-    let client = Client {
-        id: t.saddr as u64,
-        kind: affinity_client::IPV4,
-    };
-    let hash = flow_hash_v4(t.saddr, t.daddr, t.sport, t.dport, t.proto);
-    let Some(chosen) = select::choose(&key, &svc, client, Some(hash)) else {
+    let client = F::client(&t.saddr);
+    let Some(chosen) = select::choose(svc_key, &svc, client, Some(F::flow_hash(t))) else {
         // The agent is mid-update; the client retransmits.
         count(Counter::BackendMiss);
         return verdict::SHOT;
     };
-    let local = chosen.backend.flags & backend_flags::LOCAL != 0;
+    let (backend_addr, backend_port) = F::Key::backend_dest(&chosen.backend);
+    let local = F::Key::backend_flags(&chosen.backend) & backend_flags::LOCAL != 0;
+    // DSR mode: IPv4 only (ns.rs); IPv6 flows are translated as in SNAT mode.
+    let dsr_mode = F::DSR && cfg.flags & node_flags::DSR != 0;
     // externalTrafficPolicy Cluster masquerades even to a backend on this
     // node, as kube-proxy does: only eTP Local and `--lb-mode dsr` keep the
     // client's address. A host-network backend (a node address) keeps it
     // too: kube-proxy's masquerade never sees locally delivered packets.
-    let keep_client = local
-        && (svc.flags & svc_flags::ETP_LOCAL != 0
-            || cfg.flags & node_flags::DSR != 0
-            || NODES_V4.get_ptr(&chosen.backend.addr).is_some());
+    let keep_client =
+        local && (svc.flags & svc_flags::ETP_LOCAL != 0 || dsr_mode || F::is_node(&backend_addr));
     let tcp_flags = parse::tcp_flags(ctx, ip);
     if t.proto == proto::TCP && tcp_flags & parse::TCP_SYN == 0 {
         count(Counter::NsCtLostFlow);
@@ -314,86 +405,87 @@ fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, cfg: &agent_common::
     let mut dsr = false;
     // Not for a ClusterIP: a DSR option may only name an exposed frontend
     // (the backend's node checks it against ferry_memb4_v1).
-    if !local && svc.flags & svc_flags::CLUSTER_IP == 0 && cfg.flags & node_flags::DSR != 0 {
-        fits = dsr::option_fits(dsr::skb(ctx), chosen.backend.addr);
+    if !local && svc.flags & svc_flags::CLUSTER_IP == 0 && dsr_mode {
+        fits = F::dsr_option_fits(ctx, backend_addr);
         dsr = fits;
         if !fits {
             count(Counter::NsDsrFallback);
             dsr = t.proto == proto::TCP && tcp_flags & parse::TCP_SYN == 0;
         }
     }
-    let mut fwd = Ct4Value {
-        nat_saddr: t.saddr,
-        nat_daddr: chosen.backend.addr,
-        nat_sport: t.sport,
-        nat_dport: chosen.backend.port,
-        backend_id: chosen.id,
-        rev_nat_id: svc.rev_nat_id,
-        flags: if keep_client {
-            ct_flags::LOCAL
-        } else if dsr {
-            ct_flags::DSR
-        } else if local {
-            // Masqueraded: the reply comes back through ferry_tc_pod.
-            ct_flags::SNAT | ct_flags::LOCAL
-        } else {
-            ct_flags::SNAT
-        },
-        tcp_flags,
-        last_seen: select::now_seconds(),
+    let flags = if keep_client {
+        ct_flags::LOCAL
+    } else if dsr {
+        ct_flags::DSR
+    } else if local {
+        // Masqueraded: the reply comes back through ferry_tc_pod.
+        ct_flags::SNAT | ct_flags::LOCAL
+    } else {
+        ct_flags::SNAT
     };
-    let rev = Ct4Value {
-        nat_saddr: t.daddr,
-        nat_daddr: t.saddr,
-        nat_sport: t.dport,
-        nat_dport: t.sport,
-        ..fwd
+    // FORWARD: `val`; REPLY: `rev` (the backend's packets get the frontend
+    // as their source back, and the client as their destination).
+    let now = select::now_seconds();
+    let entry = |saddr, daddr, sport, dport| {
+        CtVal::<F>::new(
+            saddr,
+            daddr,
+            sport,
+            dport,
+            chosen.id,
+            svc.rev_nat_id,
+            flags,
+            tcp_flags,
+            now,
+        )
     };
-    let fwd_key = ct::key(t, ct_dir::FORWARD);
+    let fwd = room
+        .val
+        .write(entry(t.saddr, backend_addr, t.sport, backend_port));
+    let rev = &*room.rev.write(entry(t.daddr, t.saddr, t.dport, t.sport));
+    let fwd_key = &*room.key.write(ct::key(t, ct_dir::FORWARD));
+    let map = F::Ct::map();
 
     if keep_client {
         // No SNAT: the backend answers the client itself. FORWARD first,
         // so that of two CPUs racing on the flow's first packets one wins
         // and the other follows it.
-        if CT_V4.insert(&fwd_key, &fwd, BPF_NOEXIST as u64).is_err() {
-            return follow_winner(ctx, l4, t, &fwd_key);
+        if map.insert(fwd_key, fwd, BPF_NOEXIST as u64).is_err() {
+            return follow_winner::<F>(ctx, l4, t, fwd_key, fwd);
         }
-        let rkey = ct::reply_key(&fwd, t.proto);
-        if let Err(e) = claim_reply(&rkey, &rev) {
-            let _ = CT_V4.remove(&fwd_key);
+        let rkey = &*room.rkey.write(ct::reply_key(fwd, t.proto));
+        if let Err(e) = claim_reply(rkey, rev) {
+            let _ = map.remove(fwd_key);
             count(e);
             return verdict::SHOT;
         }
     } else if dsr {
         // FORWARD only: the replies do not come back through this node.
-        if CT_V4.insert(&fwd_key, &fwd, BPF_NOEXIST as u64).is_err() {
-            return follow_winner(ctx, l4, t, &fwd_key);
+        if map.insert(fwd_key, fwd, BPF_NOEXIST as u64).is_err() {
+            return follow_winner::<F>(ctx, l4, t, fwd_key, fwd);
         }
         count_new_flow();
-        return dsr::forward(dsr::skb(ctx), &fwd, fits);
+        return F::dsr_forward(ctx, fwd, fits);
     } else {
-        let Some(node_addr) = NODE_ADDR_V4
-            .get_ptr(&parse::ifindex(ctx))
-            .map(|p| unsafe { *p })
-        else {
+        let Some(node_addr) = F::node_addr(parse::ifindex(ctx)) else {
             count(Counter::NsNatFailed);
             return verdict::SHOT;
         };
-        fwd.nat_saddr = node_addr;
+        fwd.set_source(node_addr, t.sport);
         // The REPLY entry claims the SNAT port, then FORWARD is written.
-        let mut rkey = ct::reply_key(&fwd, t.proto);
-        let Some(port) = ct::claim_snat_port(&mut rkey, &rev, t.sport, ct::snat_ports(cfg)) else {
+        let rkey = room.rkey.write(ct::reply_key(fwd, t.proto));
+        let Some(port) = ct::claim_snat_port(rkey, rev, t.sport, ct::snat_ports(cfg)) else {
             count(Counter::NsNatFailed);
             return verdict::SHOT;
         };
-        fwd.nat_sport = port;
-        if CT_V4.insert(&fwd_key, &fwd, BPF_NOEXIST as u64).is_err() {
-            let _ = CT_V4.remove(&rkey);
-            return follow_winner(ctx, l4, t, &fwd_key);
+        fwd.set_source(node_addr, port);
+        if map.insert(fwd_key, fwd, BPF_NOEXIST as u64).is_err() {
+            let _ = map.remove(rkey);
+            return follow_winner::<F>(ctx, l4, t, fwd_key, fwd);
         }
     }
     count_new_flow();
-    translate_forward(ctx, l4, t, &fwd)
+    translate_forward::<F>(ctx, l4, t, fwd)
 }
 
 #[inline(always)]
@@ -409,34 +501,43 @@ fn count_new_flow() {
 /// FORWARD half was lost) or its flow is over; a live flow through another
 /// frontend keeps it: `NsCtClashDrop`.
 #[inline(always)]
-fn claim_reply(rkey: &agent_common::Ct4Key, rev: &Ct4Value) -> Result<(), Counter> {
-    if CT_V4.insert(rkey, rev, BPF_NOEXIST as u64).is_ok() {
+fn claim_reply<K: CtKey>(rkey: &K, rev: &K::Value) -> Result<(), Counter> {
+    let map = K::map();
+    if map.insert(rkey, rev, BPF_NOEXIST as u64).is_ok() {
         return Ok(());
     }
     let Some(entry) = ct::lookup(rkey) else {
         // Gone in between: ours to write.
-        return CT_V4.insert(rkey, rev, 0).map_err(|_| Counter::NsNatFailed);
+        return map.insert(rkey, rev, 0).map_err(|_| Counter::NsNatFailed);
     };
-    // SAFETY: a live map value, copied out.
-    let old = unsafe { *entry };
-    let own = old.nat_saddr == rev.nat_saddr && old.nat_sport == rev.nat_sport;
+    // SAFETY: a live map value, read in place (no copy on IPv6's stack).
+    let old = unsafe { &*entry };
+    let own = old.nat_saddr() == rev.nat_saddr() && old.nat_sport() == rev.nat_sport();
     if !own {
-        if !ct::reply_flow_over(rkey, &old, rev.last_seen) {
+        if !ct::reply_flow_over(rkey, old, rev.last_seen()) {
             return Err(Counter::NsCtClashDrop);
         }
-        ct::forget_reply_flow(rkey, &old);
+        ct::forget_reply_flow(rkey, old);
     }
-    CT_V4.insert(rkey, rev, 0).map_err(|_| Counter::NsNatFailed)
+    map.insert(rkey, rev, 0).map_err(|_| Counter::NsNatFailed)
 }
 
-/// Another CPU created the flow first: translate as it decided.
+/// Another CPU created the flow (FORWARD key `fwd_key`) first: translate
+/// as it decided (its entry copied into `slot`).
 #[inline(always)]
-fn follow_winner(ctx: &TcContext, l4: &L4, t: &Tuple, fwd_key: &agent_common::Ct4Key) -> i32 {
+fn follow_winner<F: Ns>(
+    ctx: &TcContext,
+    l4: &L4,
+    t: &Tuple<Addr<F>>,
+    fwd_key: &F::Ct,
+    slot: &mut CtVal<F>,
+) -> i32 {
     match ct::lookup(fwd_key) {
         Some(entry) => {
-            let v = unsafe { *entry };
+            // SAFETY: a live map value and the caller's slot of its type.
+            unsafe { core::ptr::copy_nonoverlapping(entry, slot, 1) };
             count(Counter::NsTracked);
-            translate_forward(ctx, l4, t, &v)
+            translate_forward::<F>(ctx, l4, t, slot)
         }
         None => {
             count(Counter::NsNatFailed);

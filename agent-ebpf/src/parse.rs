@@ -1,4 +1,5 @@
-//! Parsing Ethernet/IPv4 and the first bytes of TCP, UDP and ICMP.
+//! Parsing Ethernet, IPv4 and IPv6 (with its extension headers) and the
+//! first bytes of TCP, UDP and ICMP.
 //!
 //! Everything is read with `bpf_skb_load_bytes` into the stack rather than
 //! through direct packet pointers: it works on non-linear skbs (GRO, veth)
@@ -7,11 +8,12 @@
 //! later helper changes the packet. Offsets below are from the start of the
 //! Ethernet header, where TC programs see `skb->data`.
 
-use agent_common::proto;
+use agent_common::{Ip6, proto};
 use aya_ebpf::{EbpfContext as _, bindings::__sk_buff, programs::TcContext};
 
 pub const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 
 /// Offsets of IPv4 header fields (no VLAN tag: the devices ferry manages
 /// carry untagged IPv4).
@@ -23,6 +25,7 @@ pub const IP_DADDR_OFF: usize = IP_OFF + 16;
 pub const IPV4_MIN_HLEN: usize = 20;
 
 pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// The fixed IPv4 header; multi-byte fields are raw (network order).
 #[repr(C)]
@@ -56,8 +59,7 @@ impl Ipv4Hdr {
     }
 }
 
-/// The fixed IPv6 header; multi-byte fields are raw (network order). Read
-/// only by the egress guard (the north-south programs are IPv4 only).
+/// The fixed IPv6 header; multi-byte fields are raw (network order).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Ipv6Hdr {
@@ -66,11 +68,40 @@ pub struct Ipv6Hdr {
     pub payload_len: u16,
     pub next_hdr: u8,
     pub hop_limit: u8,
-    pub saddr: agent_common::Ip6,
-    pub daddr: agent_common::Ip6,
+    pub saddr: Ip6,
+    pub daddr: Ip6,
 }
 pub const IPV6_HLEN: usize = 40;
 const _: () = assert!(core::mem::size_of::<Ipv6Hdr>() == IPV6_HLEN);
+
+/// Offsets of IPv6 header fields (untagged, as for IPv4).
+pub const IP6_HOP_LIMIT_OFF: usize = IP_OFF + 7;
+pub const IP6_SADDR_OFF: usize = IP_OFF + 8;
+pub const IP6_DADDR_OFF: usize = IP_OFF + 24;
+
+impl Ipv6Hdr {
+    #[inline(always)]
+    pub fn version(&self) -> u8 {
+        self.ver_tc_flow[0] >> 4
+    }
+
+    /// Where the packet ends (from the start of the Ethernet header at
+    /// `ip_off` - ETH_HLEN): what follows is padding, or not this packet's.
+    #[inline(always)]
+    pub fn end(&self, ip_off: usize) -> usize {
+        ip_off + IPV6_HLEN + u16::from_be(self.payload_len) as usize
+    }
+}
+
+/// Extension headers walked to the upper-layer header: hop-by-hop options,
+/// routing, fragment, destination options.
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_DEST: u8 = 60;
+/// At most this many extension headers are walked; a packet with more
+/// is not looked at (it passes).
+pub const IPV6_EXT_MAX: usize = 4;
 
 /// An IPv4 packet: its header and where its L4 header starts.
 #[derive(Clone, Copy)]
@@ -96,11 +127,163 @@ pub fn ipv4(ctx: &TcContext) -> Option<Ipv4> {
     })
 }
 
-/// A TCP or UDP flow as one packet carries it; all fields raw.
+/// An IPv6 packet: its fixed header, its upper-layer protocol (past the
+/// extension headers) and where that header starts.
 #[derive(Clone, Copy)]
-pub struct Tuple {
-    pub saddr: u32,
-    pub daddr: u32,
+pub struct Ipv6 {
+    pub hdr: Ipv6Hdr,
+    pub proto: u8,
+    pub l4_off: usize,
+}
+
+/// The IPv6 packet of the frame, when ferry may look at it: version 6, at
+/// most [`IPV6_EXT_MAX`] extension headers, not a fragment other than the
+/// first (as for IPv4, a first fragment is matched on its ports and the
+/// later ones pass), no routing header with segments left (the packet is
+/// not at its final destination yet: the stack routes it on), and no UDP
+/// datagram with a zero checksum (invalid in IPv6, RFC 8200 8.1: the
+/// receiver discards it, so it is not translated).
+///
+/// Parsed into `ip` (IPv6's handlers keep it in a per-CPU scratch map, see
+/// ns.rs); false when the packet is not one to look at.
+#[inline(always)]
+pub fn ipv6(ctx: &TcContext, ip: &mut Ipv6) -> bool {
+    if load_into(ctx, IP_OFF, &mut ip.hdr).is_err() || ip.hdr.version() != 6 {
+        return false;
+    }
+    let Some((proto, l4_off)) = ipv6_upper(ctx, ip.hdr.next_hdr, IP_OFF + IPV6_HLEN) else {
+        return false;
+    };
+    if proto == proto::UDP && ctx.load::<u16>(l4_off + 6) == Ok(0) {
+        return false;
+    }
+    ip.proto = proto;
+    ip.l4_off = l4_off;
+    true
+}
+
+/// Loads `size_of::<T>()` packet bytes at `off` straight into `dst` (where
+/// `ctx.load` would copy them through the stack).
+#[inline(always)]
+pub fn load_into<T>(ctx: &TcContext, off: usize, dst: &mut T) -> Result<(), ()> {
+    // SAFETY: `dst` is valid for its size; T is plain data (headers).
+    let rc = unsafe {
+        aya_ebpf::helpers::generated::bpf_skb_load_bytes(
+            ctx.as_ptr(),
+            off as u32,
+            (dst as *mut T).cast(),
+            core::mem::size_of::<T>() as u32,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(()) }
+}
+
+/// Walks the extension headers of an IPv6 packet (or of the packet an
+/// ICMPv6 error quotes) from `off`, where a header of type `next` starts:
+/// the upper-layer protocol and its offset. None for what [`ipv6`] passes
+/// (more headers than [`IPV6_EXT_MAX`], a later fragment, a routing header
+/// with segments left) and for headers beyond the frame.
+#[inline(always)]
+pub fn ipv6_upper(ctx: &TcContext, mut next: u8, mut off: usize) -> Option<(u8, usize)> {
+    for _ in 0..IPV6_EXT_MAX {
+        if !is_extension(next) {
+            return Some((next, off));
+        }
+        // Hop-by-hop, routing, destination options: next header, length
+        // in 8-octet units past the first 8 (routing: then its type and the
+        // segments left). Fragment: next header, reserved, offset (13 bits)
+        // and flags; 8 octets.
+        let h: [u8; 4] = ctx.load(off).ok()?;
+        if next == NEXTHDR_FRAGMENT {
+            if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
+                return None;
+            }
+            off += 8;
+        } else {
+            if next == NEXTHDR_ROUTING && h[3] != 0 {
+                return None;
+            }
+            off += (h[1] as usize + 1) * 8;
+        }
+        next = h[0];
+    }
+    (!is_extension(next)).then_some((next, off))
+}
+
+#[inline(always)]
+fn is_extension(next: u8) -> bool {
+    matches!(
+        next,
+        NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_FRAGMENT | NEXTHDR_DEST
+    )
+}
+
+/// A parsed IP packet of either family, as the L4 helpers below read it.
+pub trait Packet {
+    /// The address in map form (`u32`, or [`Ip6`]'s four words).
+    type Addr: Copy + PartialEq;
+    /// The L4 protocol (IPv6: past the extension headers).
+    fn proto(&self) -> u8;
+    /// Where the L4 header starts.
+    fn l4_off(&self) -> usize;
+    fn saddr(&self) -> Self::Addr;
+    fn daddr(&self) -> Self::Addr;
+}
+
+impl Packet for Ipv4 {
+    type Addr = u32;
+
+    #[inline(always)]
+    fn proto(&self) -> u8 {
+        self.hdr.proto
+    }
+
+    #[inline(always)]
+    fn l4_off(&self) -> usize {
+        self.l4_off
+    }
+
+    #[inline(always)]
+    fn saddr(&self) -> u32 {
+        self.hdr.saddr
+    }
+
+    #[inline(always)]
+    fn daddr(&self) -> u32 {
+        self.hdr.daddr
+    }
+}
+
+impl Packet for Ipv6 {
+    type Addr = Ip6;
+
+    #[inline(always)]
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+
+    #[inline(always)]
+    fn l4_off(&self) -> usize {
+        self.l4_off
+    }
+
+    #[inline(always)]
+    fn saddr(&self) -> Ip6 {
+        self.hdr.saddr
+    }
+
+    #[inline(always)]
+    fn daddr(&self) -> Ip6 {
+        self.hdr.daddr
+    }
+}
+
+/// A TCP or UDP flow as one packet carries it; all fields raw. `A`: the
+/// address type of the family.
+#[derive(Clone, Copy)]
+pub struct Tuple<A = u32> {
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
@@ -117,16 +300,17 @@ pub struct L4 {
 }
 
 #[inline(always)]
-pub fn l4(ip: &Ipv4) -> Option<L4> {
-    match ip.hdr.proto {
+pub fn l4<P: Packet>(ip: &P) -> Option<L4> {
+    let off = ip.l4_off();
+    match ip.proto() {
         proto::TCP => Some(L4 {
-            off: ip.l4_off,
-            csum_off: ip.l4_off + 16,
+            off,
+            csum_off: off + 16,
             csum_flags: 0,
         }),
         proto::UDP => Some(L4 {
-            off: ip.l4_off,
-            csum_off: ip.l4_off + 6,
+            off,
+            csum_off: off + 6,
             csum_flags: aya_ebpf::bindings::BPF_F_MARK_MANGLED_0 as u64,
         }),
         _ => None,
@@ -136,14 +320,14 @@ pub fn l4(ip: &Ipv4) -> Option<L4> {
 /// The flow of a TCP or UDP packet (source and destination ports are the
 /// first four bytes of both headers).
 #[inline(always)]
-pub fn tuple(ctx: &TcContext, ip: &Ipv4) -> Option<Tuple> {
-    let ports: [u16; 2] = ctx.load(ip.l4_off).ok()?;
+pub fn tuple<P: Packet>(ctx: &TcContext, ip: &P) -> Option<Tuple<P::Addr>> {
+    let ports: [u16; 2] = ctx.load(ip.l4_off()).ok()?;
     Some(Tuple {
-        saddr: ip.hdr.saddr,
-        daddr: ip.hdr.daddr,
+        saddr: ip.saddr(),
+        daddr: ip.daddr(),
         sport: ports[0],
         dport: ports[1],
-        proto: ip.hdr.proto,
+        proto: ip.proto(),
     })
 }
 
@@ -154,11 +338,11 @@ pub const TCP_RST: u8 = 0x04;
 
 /// The FIN/SYN/RST bits of a TCP packet (0 for UDP).
 #[inline(always)]
-pub fn tcp_flags(ctx: &TcContext, ip: &Ipv4) -> u8 {
-    if ip.hdr.proto != proto::TCP {
+pub fn tcp_flags<P: Packet>(ctx: &TcContext, ip: &P) -> u8 {
+    if ip.proto() != proto::TCP {
         return 0;
     }
-    ctx.load::<u8>(ip.l4_off + 13).unwrap_or(0) & (TCP_FIN | TCP_SYN | TCP_RST)
+    ctx.load::<u8>(ip.l4_off() + 13).unwrap_or(0) & (TCP_FIN | TCP_SYN | TCP_RST)
 }
 
 /// The device the program runs on (`skb->ifindex`): at ingress the one the

@@ -4,6 +4,9 @@
 //! kernel's burst of 6). Without it, every spoofed datagram to a service
 //! without endpoints would be answered, at the victim's address.
 //!
+//! Both families share the node-wide bucket (`ferry_icmpg_v1`); the sources'
+//! buckets are per family (`ferry_icmps_v1`, `ferry_icmps6_v1`).
+//!
 //! Each bucket is a GCRA state, one u64: the theoretical arrival time (TAT,
 //! ns of CLOCK_MONOTONIC) of the next message. A message at `now` fits when
 //! `max(TAT, now) - now <= (burst - 1) * interval`, and then moves TAT one
@@ -16,9 +19,9 @@ use agent_common::{
     ICMP_BURST_DEFAULT, ICMP_RATE_DEFAULT, ICMP_SOURCE_BURST, ICMP_SOURCE_INTERVAL_MS_DEFAULT,
     NodeConfig, stats::Counter,
 };
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated as h};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated as h, maps::LruHashMap};
 
-use crate::maps::{ICMP_GLOBAL, ICMP_SOURCES};
+use crate::maps::ICMP_GLOBAL;
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 const NS_PER_MS: u64 = 1_000_000;
@@ -26,10 +29,11 @@ const NS_PER_MS: u64 = 1_000_000;
 /// message lost to contention is one more the flood does not get).
 const CAS_TRIES: u32 = 4;
 
-/// May a port unreachable go to `dst` now? Consumes from both budgets when
-/// it may; otherwise says which budget ran out.
+/// May a port unreachable go to `dst` now (whose budget is in `sources`,
+/// its family's map)? Consumes from both budgets when it may; otherwise says
+/// which budget ran out.
 #[inline(always)]
-pub fn allow(dst: u32, cfg: &NodeConfig) -> Result<(), Counter> {
+pub fn allow<K>(sources: &LruHashMap<K, u64>, dst: &K, cfg: &NodeConfig) -> Result<(), Counter> {
     let now = unsafe { h::bpf_ktime_get_ns() };
     let src_interval = u64::from(or_default(
         cfg.icmp_source_interval_ms,
@@ -38,7 +42,7 @@ pub fn allow(dst: u32, cfg: &NodeConfig) -> Result<(), Counter> {
     let src_slack = u64::from(ICMP_SOURCE_BURST - 1) * src_interval;
     // The source's budget is only looked at here: it is consumed once the
     // node's budget said yes, as the kernel consumes its global credit last.
-    let src_state = ICMP_SOURCES.get_ptr_mut(&dst);
+    let src_state = sources.get_ptr_mut(dst);
     let src_tat = match src_state {
         // SAFETY: a live map value.
         Some(p) => unsafe { *p },
@@ -80,7 +84,7 @@ pub fn allow(dst: u32, cfg: &NodeConfig) -> Result<(), Counter> {
         Some(p) => unsafe { *p = src_next },
         None => {
             // A full LRU recycles its oldest source: that one starts afresh.
-            let _ = ICMP_SOURCES.insert(&dst, &src_next, BPF_NOEXIST as u64);
+            let _ = sources.insert(dst, &src_next, BPF_NOEXIST as u64);
         }
     }
     Ok(())

@@ -44,6 +44,8 @@ pub trait Frontend: Copy {
     fn backend(id: u32) -> Option<Self::Backend>;
     /// A backend's address and port (network order).
     fn backend_dest(b: &Self::Backend) -> (Self::Addr, u16);
+    /// A backend's [`agent_common::backend_flags`].
+    fn backend_flags(b: &Self::Backend) -> u8;
 }
 
 macro_rules! frontend {
@@ -84,6 +86,11 @@ macro_rules! frontend {
             fn backend_dest(b: &$backend) -> ($addr, u16) {
                 (b.addr, b.port)
             }
+
+            #[inline(always)]
+            fn backend_flags(b: &$backend) -> u8 {
+                b.flags
+            }
         }
     };
 }
@@ -97,7 +104,7 @@ pub fn lookup_svc<K: Frontend>(key: &K) -> Option<SvcValue> {
     key.lookup()
 }
 
-/// An IPv4 backend (the north-south programs are IPv4 only).
+/// An IPv4 backend (DSR's check of a backend on this node).
 #[inline(always)]
 pub fn lookup_backend(id: u32) -> Option<Backend4> {
     Svc4Key::backend(id)

@@ -14,14 +14,24 @@
 //! node address a masqueraded flow gave it (externalTrafficPolicy Cluster)
 //! are translated back and forwarded to the client.
 //!
-//! IPv4 only for now; fragments after the first pass untouched.
+//! IPv4 and IPv6 alike (IPv6 without DSR: see ns.rs); fragments after the
+//! first pass untouched. Each family's handler is a function of its own (a
+//! BPF-to-BPF call): the verifier counts the stack of a call chain, 512
+//! bytes in all, and ferry_tc_in's IPv4 path with its own calls (fib.rs,
+//! dsr.rs) is near that alone; the entry point itself uses none. So
+//! neither family's frame limits the other's, and an IPv4 packet pays one
+//! call more than when its path was the program's body.
+
+use core::ptr::NonNull;
 
 use agent_common::proto;
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{EbpfContext as _, bindings::__sk_buff, macros::classifier, programs::TcContext};
 
 use crate::{
+    family::{V4, V6},
     icmp::{self, Side},
-    nodeport, parse,
+    icmp6, nodeport, ns,
+    parse::{self, ETH_HLEN, ETH_P_IP, ETH_P_IPV6},
 };
 
 /// Program verdicts (TCX names them TCX_NEXT/PASS/DROP/REDIRECT; the values
@@ -43,23 +53,74 @@ pub mod verdict {
 
 #[classifier]
 pub fn ferry_tc_in(ctx: TcContext) -> i32 {
-    dispatch(&ctx, Side::Ingress)
+    match ethertype(&ctx) {
+        ETH_P_IP => ipv4_in(skb(&ctx)),
+        ETH_P_IPV6 => ipv6_in(skb(&ctx)),
+        _ => verdict::PASS,
+    }
 }
 
 #[classifier]
 pub fn ferry_tc_out(ctx: TcContext) -> i32 {
-    dispatch(&ctx, Side::Egress)
+    match ethertype(&ctx) {
+        ETH_P_IP => ipv4_out(skb(&ctx)),
+        ETH_P_IPV6 => ipv6_out(skb(&ctx)),
+        _ => verdict::PASS,
+    }
 }
 
 #[classifier]
 pub fn ferry_tc_pod(ctx: TcContext) -> i32 {
-    dispatch(&ctx, Side::Pod)
+    match ethertype(&ctx) {
+        ETH_P_IP => ipv4_pod(skb(&ctx)),
+        ETH_P_IPV6 => ipv6_pod(skb(&ctx)),
+        _ => verdict::PASS,
+    }
 }
 
-/// One packet met on `side` (a constant in each program, folded away): TCP
-/// and UDP to the north-south flows, ICMP errors to their translation.
+/// The frame's EtherType (host order; 0 for a frame too short to have one),
+/// read straight from the packet: no stack in the entry point.
 #[inline(always)]
-fn dispatch(ctx: &TcContext, side: Side) -> i32 {
+fn ethertype(ctx: &TcContext) -> u16 {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + ETH_HLEN > end {
+        return 0;
+    }
+    // SAFETY: bounds checked above (the Ethernet header is in the linear
+    // part of every skb a TC program sees).
+    u16::from_be(unsafe { core::ptr::read_unaligned((data + 12) as *const u16) })
+}
+
+#[inline(always)]
+fn skb(ctx: &TcContext) -> *mut __sk_buff {
+    ctx.as_ptr().cast()
+}
+
+/// One family's handler on one side: a BPF-to-BPF function taking the skb
+/// (see the module comment).
+macro_rules! handler {
+    ($name:ident, $family:ident, $side:expr) => {
+        #[inline(never)]
+        fn $name(skb: *mut __sk_buff) -> i32 {
+            match NonNull::new(skb) {
+                Some(p) => $family(&TcContext::new(p), $side),
+                None => verdict::PASS,
+            }
+        }
+    };
+}
+
+handler!(ipv4_in, ipv4, Side::Ingress);
+handler!(ipv4_out, ipv4, Side::Egress);
+handler!(ipv4_pod, ipv4, Side::Pod);
+handler!(ipv6_in, ipv6, Side::Ingress);
+handler!(ipv6_out, ipv6, Side::Egress);
+handler!(ipv6_pod, ipv6, Side::Pod);
+
+/// One IPv4 packet met on `side` (a constant in each handler, folded away):
+/// TCP and UDP to the north-south flows, ICMP errors to their translation.
+#[inline(always)]
+fn ipv4(ctx: &TcContext, side: Side) -> i32 {
     let Some(ip) = parse::ipv4(ctx) else {
         return verdict::PASS;
     };
@@ -68,11 +129,35 @@ fn dispatch(ctx: &TcContext, side: Side) -> i32 {
     }
     match ip.hdr.proto {
         proto::TCP | proto::UDP => match side {
-            Side::Ingress => nodeport::ingress(ctx, &ip),
-            Side::Egress => nodeport::egress(ctx, &ip),
-            Side::Pod => nodeport::from_pod(ctx, &ip),
+            Side::Ingress => nodeport::ingress::<V4>(ctx, &ip),
+            Side::Egress => nodeport::egress::<V4>(ctx, &ip),
+            Side::Pod => nodeport::from_pod::<V4>(ctx, &ip),
         },
         parse::IPPROTO_ICMP => icmp::translate_error(ctx, &ip, side),
+        _ => verdict::PASS,
+    }
+}
+
+/// One IPv6 packet met on `side`: as [`ipv4`], past the extension headers
+/// (a later fragment, like anything else [`parse::ipv6`] does not take,
+/// passes), parsed into the per-CPU scratch (ns.rs). ICMPv6 other than
+/// errors (Neighbor Discovery, echo, MLD) passes untouched.
+#[inline(always)]
+fn ipv6(ctx: &TcContext, side: Side) -> i32 {
+    let Some(ip) = ns::packet6() else {
+        return verdict::PASS;
+    };
+    if !parse::ipv6(ctx, ip) {
+        return verdict::PASS;
+    }
+    let ip = &*ip;
+    match ip.proto {
+        proto::TCP | proto::UDP => match side {
+            Side::Ingress => nodeport::ingress::<V6>(ctx, ip),
+            Side::Egress => nodeport::egress::<V6>(ctx, ip),
+            Side::Pod => nodeport::from_pod::<V6>(ctx, ip),
+        },
+        parse::IPPROTO_ICMPV6 => icmp6::translate_error(ctx, ip, side),
         _ => verdict::PASS,
     }
 }
