@@ -12,7 +12,7 @@
 use std::{
     fs::{self, File},
     io::Read as _,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
     os::fd::{AsFd as _, AsRawFd as _},
     path::{Path, PathBuf},
 };
@@ -495,6 +495,310 @@ pub fn assert_checksums(frame: &[u8]) {
                     0xffff,
                     "quoted IP header checksum"
                 );
+            }
+        }
+        _ => {}
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// IPv6 packets
+
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const IPV6_HLEN: usize = 40;
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// Extension headers (RFC 8200): hop-by-hop options, routing, fragment, destination options.
+pub const NEXTHDR_HOP: u8 = 0;
+pub const NEXTHDR_ROUTING: u8 = 43;
+pub const NEXTHDR_FRAGMENT: u8 = 44;
+pub const NEXTHDR_DEST: u8 = 60;
+
+/// The IPv6 pseudo-header's partial sum (RFC 8200 8.1): addresses, upper-layer length, next
+/// header.
+pub fn pseudo_sum_v6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, l4_len: usize) -> u32 {
+    let mut b = Vec::with_capacity(40);
+    b.extend_from_slice(&src.octets());
+    b.extend_from_slice(&dst.octets());
+    b.extend_from_slice(&(l4_len as u32).to_be_bytes());
+    b.extend_from_slice(&[0, 0, 0, next_header]);
+    sum(0, &b)
+}
+
+/// IPv6 header fields a builder does not derive.
+#[derive(Clone, Copy, Debug)]
+pub struct Ip6Opts {
+    pub traffic_class: u8,
+    /// 20 bits.
+    pub flow_label: u32,
+    pub hop_limit: u8,
+}
+
+impl Default for Ip6Opts {
+    fn default() -> Self {
+        Ip6Opts {
+            traffic_class: 0,
+            flow_label: 0x12345,
+            hop_limit: 64,
+        }
+    }
+}
+
+/// An IPv6 header whose next header is `next_header`, followed by `payload` (extension
+/// headers, if any, and the upper-layer packet).
+pub fn ipv6(
+    opts: Ip6Opts,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    next_header: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let first = (6u32 << 28) | ((opts.traffic_class as u32) << 20) | (opts.flow_label & 0xfffff);
+    let mut h = Vec::with_capacity(IPV6_HLEN + payload.len());
+    h.extend_from_slice(&first.to_be_bytes());
+    h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    h.push(next_header);
+    h.push(opts.hop_limit);
+    h.extend_from_slice(&src.octets());
+    h.extend_from_slice(&dst.octets());
+    h.extend_from_slice(payload);
+    h
+}
+
+/// A hop-by-hop or destination options header (`next` follows it) carrying `options`, padded
+/// with PadN (or Pad1) to a multiple of 8 bytes.
+pub fn options_header(next: u8, options: &[u8]) -> Vec<u8> {
+    let mut h = vec![next, 0];
+    h.extend_from_slice(options);
+    let pad = (8 - h.len() % 8) % 8;
+    match pad {
+        0 => {}
+        1 => h.push(0),
+        n => {
+            h.push(1);
+            h.push((n - 2) as u8);
+            h.extend(std::iter::repeat_n(0, n - 2));
+        }
+    }
+    h[1] = (h.len() / 8 - 1) as u8;
+    h
+}
+
+/// A routing header (`next` follows it) of `routing_type` with `segments_left` and `addresses`.
+pub fn routing_header(
+    next: u8,
+    routing_type: u8,
+    segments_left: u8,
+    addresses: &[Ipv6Addr],
+) -> Vec<u8> {
+    let mut h = vec![
+        next,
+        (addresses.len() * 2) as u8,
+        routing_type,
+        segments_left,
+        0,
+        0,
+        0,
+        0,
+    ];
+    for a in addresses {
+        h.extend_from_slice(&a.octets());
+    }
+    h
+}
+
+/// A fragment header (`next` follows it): `offset` in 8-byte units, `more` fragments.
+pub fn fragment_header(next: u8, offset: u16, more: bool, id: u32) -> Vec<u8> {
+    let mut h = vec![next, 0];
+    h.extend_from_slice(&((offset << 3) | more as u16).to_be_bytes());
+    h.extend_from_slice(&id.to_be_bytes());
+    h
+}
+
+/// The TCP header and payload with the checksum for the pseudo-header sum `pseudo`.
+fn tcp_with(
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    payload: &[u8],
+    pseudo: impl Fn(usize) -> u32,
+) -> Vec<u8> {
+    let mut s = vec![0u8; 20];
+    s[0..2].copy_from_slice(&sport.to_be_bytes());
+    s[2..4].copy_from_slice(&dport.to_be_bytes());
+    s[4..8].copy_from_slice(&seq.to_be_bytes());
+    s[8..12].copy_from_slice(&ack.to_be_bytes());
+    s[12] = 5 << 4;
+    s[13] = flags;
+    s[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    s.extend_from_slice(payload);
+    let c = checksum(pseudo(s.len()), &s);
+    s[16..18].copy_from_slice(&c.to_be_bytes());
+    s
+}
+
+/// A TCP segment (20-byte header, window 64240) with its checksum over the IPv6 pseudo-header.
+pub fn tcp6(
+    src: SocketAddrV6,
+    dst: SocketAddrV6,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    tcp_with(src.port(), dst.port(), seq, ack, flags, payload, |len| {
+        pseudo_sum_v6(*src.ip(), *dst.ip(), IPPROTO_TCP, len)
+    })
+}
+
+/// A UDP datagram with its checksum over the IPv6 pseudo-header (a computed 0 sent as
+/// 0xffff; `with_checksum` false: the 0 IPv6 forbids).
+pub fn udp6(src: SocketAddrV6, dst: SocketAddrV6, payload: &[u8], with_checksum: bool) -> Vec<u8> {
+    let mut d = vec![0u8; 8];
+    d[0..2].copy_from_slice(&src.port().to_be_bytes());
+    d[2..4].copy_from_slice(&dst.port().to_be_bytes());
+    d[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    d.extend_from_slice(payload);
+    if with_checksum {
+        let c = checksum(
+            pseudo_sum_v6(*src.ip(), *dst.ip(), IPPROTO_UDP, d.len()),
+            &d,
+        );
+        let c = if c == 0 { 0xffff } else { c };
+        d[6..8].copy_from_slice(&c.to_be_bytes());
+    }
+    d
+}
+
+/// An ICMPv6 message from `src` to `dst` (type, code, the 4 "rest of header" bytes, body) with
+/// its checksum, which covers the pseudo-header.
+pub fn icmp6(src: Ipv6Addr, dst: Ipv6Addr, ty: u8, code: u8, rest: u32, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![ty, code, 0, 0];
+    m.extend_from_slice(&rest.to_be_bytes());
+    m.extend_from_slice(body);
+    let c = checksum(pseudo_sum_v6(src, dst, IPPROTO_ICMPV6, m.len()), &m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+/// A parsed IPv6 frame, for assertions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ipv6Frame {
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    pub hop_limit: u8,
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    /// The upper-layer protocol, past the extension headers.
+    pub proto: u8,
+    /// TCP/UDP ports (0 for other protocols).
+    pub sport: u16,
+    pub dport: u16,
+    /// The upper-layer packet (to the end of the payload length).
+    pub l4: Vec<u8>,
+}
+
+/// The upper-layer protocol of the IPv6 packet `ip` and where it starts, past hop-by-hop,
+/// routing, fragment and destination options headers.
+pub fn ipv6_upper(ip: &[u8]) -> (u8, usize) {
+    let (mut next, mut off) = (ip[6], IPV6_HLEN);
+    loop {
+        match next {
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
+                let len = (ip[off + 1] as usize + 1) * 8;
+                next = ip[off];
+                off += len;
+            }
+            NEXTHDR_FRAGMENT => {
+                next = ip[off];
+                off += 8;
+            }
+            _ => return (next, off),
+        }
+    }
+}
+
+pub fn parse_ipv6(frame: &[u8]) -> Ipv6Frame {
+    assert!(
+        frame.len() >= ETH_HLEN + IPV6_HLEN,
+        "frame too short: {}",
+        frame.len()
+    );
+    assert_eq!(
+        u16::from_be_bytes([frame[12], frame[13]]),
+        ETH_P_IPV6,
+        "not IPv6"
+    );
+    let ip = &frame[ETH_HLEN..];
+    assert_eq!(ip[0] >> 4, 6, "IP version");
+    let end = IPV6_HLEN + u16::from_be_bytes([ip[4], ip[5]]) as usize;
+    assert!(ip.len() >= end, "payload length {end} vs {}", ip.len());
+    let (proto, l4_off) = ipv6_upper(&ip[..end]);
+    let l4 = ip[l4_off..end].to_vec();
+    let (sport, dport) = if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) && l4.len() >= 4 {
+        (
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        )
+    } else {
+        (0, 0)
+    };
+    let addr = |o: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&ip[o..o + 16]).unwrap());
+    Ipv6Frame {
+        dst_mac: frame[0..6].try_into().unwrap(),
+        src_mac: frame[6..12].try_into().unwrap(),
+        hop_limit: ip[7],
+        src: addr(8),
+        dst: addr(24),
+        proto,
+        sport,
+        dport,
+        l4,
+    }
+}
+
+/// Checks, from scratch, the TCP/UDP/ICMPv6 checksum of an IPv6 frame (pseudo-header
+/// included; a fragment's TCP/UDP checksum covers bytes it does not hold and is not checked)
+/// and, for an ICMPv6 error quoting a whole UDP datagram or TCP segment, the quoted one's.
+/// Panics with what is wrong.
+pub fn assert_checksums_v6(frame: &[u8]) {
+    let f = parse_ipv6(frame);
+    let ip = &frame[ETH_HLEN..];
+    let fragment = {
+        let (mut next, mut off) = (ip[6], IPV6_HLEN);
+        let mut frag = false;
+        while matches!(
+            next,
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_FRAGMENT
+        ) {
+            frag |= next == NEXTHDR_FRAGMENT;
+            let len = if next == NEXTHDR_FRAGMENT {
+                8
+            } else {
+                (ip[off + 1] as usize + 1) * 8
+            };
+            next = ip[off];
+            off += len;
+        }
+        frag
+    };
+    let ok = |what: &str, l4: &[u8], src, dst, proto| {
+        let s = pseudo_sum_v6(src, dst, proto, l4.len());
+        assert_eq!(fold(sum(s, l4)), 0xffff, "{what} checksum");
+    };
+    match f.proto {
+        IPPROTO_TCP | IPPROTO_UDP if !fragment => ok("L4", &f.l4, f.src, f.dst, f.proto),
+        IPPROTO_ICMPV6 => {
+            ok("ICMPv6", &f.l4, f.src, f.dst, IPPROTO_ICMPV6);
+            if f.l4[0] < 128 && f.l4.len() >= 8 + IPV6_HLEN {
+                let q = &f.l4[8..];
+                let qlen = IPV6_HLEN + u16::from_be_bytes([q[4], q[5]]) as usize;
+                let (qproto, qoff) = ipv6_upper(q);
+                let addr = |o: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&q[o..o + 16]).unwrap());
+                if q.len() == qlen && (qproto == IPPROTO_TCP || qproto == IPPROTO_UDP) {
+                    ok("quoted L4", &q[qoff..], addr(8), addr(24), qproto);
+                }
             }
         }
         _ => {}
