@@ -10,31 +10,46 @@
 //! port 53 of its ClusterIP, a tenant's pod behind Services of namespace `aaa` created before
 //! kube-dns, a pod client (the socket layer) and an external client on the nodes' network
 //! (the TC programs on node1's eth0).
+//!
+//! The test runs over both families of the dual-stack lab (`NAME::ipv4`, `NAME::ipv6` from one
+//! body, [`over_both_families!`]): every Service is dual-stack (PreferDualStack) and claims the
+//! addresses of both families, the range flags name both families' ranges, and the clients
+//! send over the test's family.
 
 mod agent_view;
 
-use std::time::Duration;
+use std::{net::IpAddr, time::Duration};
 
 use agent_view::{AgentView, has_diagnostic, serves, wait_for};
 use ferry::model::Protocol;
 use ferry_tests::{
-    AgentOpts, Attempt, Cluster, Endpoint, EndpointSlice, Pod, Service,
+    AgentOpts, Attempt, Cluster, EndpointSlice, Pod, Service,
     cluster::EXTERNAL_IP_RANGE,
     manifests::Manifest,
-    require_root,
-    services::{frontend, has_address},
+    over_both_families, require_root,
+    services::{Family, at, frontend, has_address},
 };
 use serde_json::json;
 
 /// How long a manifest change may take to reach the kernel (no benchmark).
 const DEADLINE: Duration = Duration::from_secs(10);
-const DNS_IP: &str = "10.96.0.10";
-const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// Each address of both families: `[IPv4, IPv6]`.
+const DNS_IP: [&str; 2] = ["10.96.0.10", "fd00:96::a"];
+const SERVICE_CIDR: [&str; 2] = ["10.96.0.0/16", "fd00:96::/112"];
 /// An externalIP inside the service CIDR that no Service holds as its ClusterIP.
-const IN_CIDR: &str = "10.96.5.5";
-const ALLOWED: &str = "198.51.100.0/25";
-const INSIDE: &str = "198.51.100.10";
-const OUTSIDE: &str = "198.51.100.200";
+const IN_CIDR: [&str; 2] = ["10.96.5.5", "fd00:96::505"];
+const ALLOWED: [&str; 2] = ["198.51.100.0/25", "fd00:198:51:100::/121"];
+const INSIDE: [&str; 2] = ["198.51.100.10", "fd00:198:51:100::10"];
+const OUTSIDE: [&str; 2] = ["198.51.100.200", "fd00:198:51:100::200"];
+/// The externalIPs' range as the external client routes it to node1.
+const EXTERNAL_IP_RANGES: [&str; 2] = [EXTERNAL_IP_RANGE, "fd00:198:51:100::/64"];
+
+over_both_families!(a_tenant_cannot_take_the_dns_address_and_external_ips_are_checked);
+
+/// A dual-stack Service (PreferDualStack) with ClusterIPs `ips` (IPv4 first).
+fn dual_stack(name: &str, ips: [&str; 2]) -> Service {
+    Service::dual_stack(name, "PreferDualStack", &ips)
+}
 
 /// Writes a Service with its `metadata.creationTimestamp` (the older claim wins among
 /// externalIPs and load balancer IPs).
@@ -45,23 +60,33 @@ fn apply_created(c: &Cluster, svc: &Service, created: &str) {
     c.manifests().write_raw(&svc.file_name(), &yaml);
 }
 
-/// A slice of one ready pod on node1, for the Service's ports `dns` (UDP and TCP 5353) and
-/// `http` (8080).
-fn slice(svc: &Service, pod: &Pod) -> EndpointSlice {
-    EndpointSlice::new(&format!("{}-1", svc.name), &svc.name)
-        .namespace(&svc.namespace)
-        .port("dns", 5353, "UDP")
-        .port("dns-tcp", 5353, "TCP")
-        .port("http", 8080, "TCP")
-        .endpoint(Endpoint::ready(pod.ip).node("node1"))
+/// The slices (one per family) of one ready pod on node1, for the Service's ports `dns` (UDP
+/// and TCP 5353) and `http` (8080).
+fn slices(svc: &Service, pod: &Pod) -> [EndpointSlice; 2] {
+    Family::BOTH.map(|f| {
+        f.slice(&svc.name, &svc.name)
+            .namespace(&svc.namespace)
+            .port("dns", 5353, "UDP")
+            .port("dns-tcp", 5353, "TCP")
+            .port("http", 8080, "TCP")
+            .endpoint(f.ready(pod).node("node1"))
+    })
 }
 
-/// A tenant's Service in namespace `aaa` with one externalIP on port 80.
-fn tenant_http(name: &str, cluster_ip: &str, external_ip: &str) -> Service {
-    Service::cluster_ip(name, cluster_ip)
+fn apply_slices(c: &Cluster, svc: &Service, pod: &Pod) {
+    for s in &slices(svc, pod) {
+        c.manifests().apply(s);
+    }
+}
+
+/// A tenant's dual-stack Service in namespace `aaa` with one externalIP of each family on
+/// port 80.
+fn tenant_http(name: &str, cluster_ips: [&str; 2], external_ips: [&str; 2]) -> Service {
+    dual_stack(name, cluster_ips)
         .namespace("aaa")
         .port_to("http", 80, "TCP", 8080u16)
-        .external_ip(external_ip)
+        .external_ip(external_ips[0])
+        .external_ip(external_ips[1])
 }
 
 /// One TCP connection from `from` to `target` (1 s timeout).
@@ -96,74 +121,87 @@ fn not_served(c: &Cluster, from: &Pod, target: &str) {
 }
 
 /// DNS-like traffic through the kube-dns ClusterIP from the pod client: UDP datagrams and
-/// TCP connections, all answered by kube-dns's pod from the service address.
-fn dns_answers(c: &Cluster, client: &Pod, dns: &Pod) {
-    let udp = c.udp(client, &format!("{DNS_IP}:53"), 5);
-    let tcp = c.tcp(client, &format!("{DNS_IP}:53"), 3);
+/// TCP connections, all answered by kube-dns's pod from the service address (of `family`).
+fn dns_answers(c: &Cluster, family: Family, client: &Pod, dns: &Pod) {
+    let dns_ip = family.pick(DNS_IP);
+    let udp = c.udp(client, &at(dns_ip, 53), 5);
+    let tcp = c.tcp(client, &at(dns_ip, 53), 3);
     for a in udp.iter().chain(&tcp) {
         assert!(
             a.ok && a.pod().as_deref() == Some(dns.name.as_str()),
-            "{DNS_IP}:53 answered by kube-dns's pod: {}\n{}",
+            "{family}: {dns_ip}:53 answered by kube-dns's pod: {}\n{}",
             a.raw,
             c.dump()
         );
     }
     assert!(
         udp.iter()
-            .all(|a| a.from.as_deref() == Some(&*format!("{DNS_IP}:53"))),
+            .all(|a| a.from.as_deref() == Some(&*at(dns_ip, 53))),
         "{udp:#?}"
     );
     println!(
-        "client -> {DNS_IP}:53: {} UDP datagrams and {} TCP connections answered by {}",
+        "client -> {}: {} UDP datagrams and {} TCP connections answered by {}",
+        at(dns_ip, 53),
         udp.len(),
         tcp.len(),
         dns.name
     );
 }
 
-#[test]
-#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
-fn a_tenant_cannot_take_the_dns_address_and_external_ips_are_checked() {
+fn a_tenant_cannot_take_the_dns_address_and_external_ips_are_checked(family: Family) {
     require_root!();
-    let c = Cluster::new("a_tenant_cannot_take_the_dns_address_and_external_ips_are_checked");
+    let c = Cluster::new(&format!(
+        "a_tenant_cannot_take_the_dns_address_and_external_ips_are_checked_{}",
+        family.tag()
+    ));
+    let [dns_ip, in_cidr_ip, inside_ip, outside_ip] =
+        [DNS_IP, IN_CIDR, INSIDE, OUTSIDE].map(|p| family.pick(p));
     let ext1 = c.ext("ext1");
     let dns = c.add_pod_on("node1", "coredns");
     let tenant = c.add_pod_on("node1", "tenant");
     let client = c.add_pod_on("node1", "client");
     let _dns = c.start_echo(&dns, &[5353], &[5353]);
     let _tenant = c.start_echo(&tenant, &[8080, 5353], &[5353]);
-    let node1_ip = c.node("node1").ip.to_string();
+    let node1 = c.node("node1");
+    let node1_ips = [node1.ip.to_string(), node1.ip6.to_string()];
+    let node1_ip: IpAddr = family.pick([node1.ip.into(), node1.ip6.into()]);
+    let node1_ip_text = node1_ip.to_string();
 
-    let kube_dns = Service::cluster_ip("kube-dns", DNS_IP)
+    let kube_dns = dual_stack("kube-dns", DNS_IP)
         .namespace("kube-system")
         .port_to("dns", 53, "UDP", 5353u16)
         .port_to("dns-tcp", 53, "TCP", 5353u16);
     // Older than kube-dns, and first in namespace order: it would have won before.
-    let hijack = Service::cluster_ip("hijack", "10.96.0.50")
+    let hijack = dual_stack("hijack", ["10.96.0.50", "fd00:96::50"])
         .namespace("aaa")
         .port_to("dns", 53, "UDP", 5353u16)
         .port_to("dns-tcp", 53, "TCP", 5353u16)
-        .external_ip(DNS_IP);
-    let on_node = tenant_http("on-node", "10.96.0.51", &node1_ip);
-    let in_cidr = tenant_http("in-cidr", "10.96.0.52", IN_CIDR);
-    let outside = tenant_http("outside", "10.96.0.53", OUTSIDE);
-    let inside = tenant_http("inside", "10.96.0.54", INSIDE);
+        .external_ip(DNS_IP[0])
+        .external_ip(DNS_IP[1]);
+    let on_node = tenant_http(
+        "on-node",
+        ["10.96.0.51", "fd00:96::51"],
+        [node1_ips[0].as_str(), node1_ips[1].as_str()],
+    );
+    let in_cidr = tenant_http("in-cidr", ["10.96.0.52", "fd00:96::52"], IN_CIDR);
+    let outside = tenant_http("outside", ["10.96.0.53", "fd00:96::53"], OUTSIDE);
+    let inside = tenant_http("inside", ["10.96.0.54", "fd00:96::54"], INSIDE);
     apply_created(&c, &hijack, "2020-01-01T00:00:00Z");
     for svc in [&on_node, &in_cidr, &outside, &inside] {
         apply_created(&c, svc, "2020-01-01T00:00:00Z");
     }
     apply_created(&c, &kube_dns, "2024-01-01T00:00:00Z");
-    c.manifests().apply(&slice(&kube_dns, &dns));
+    apply_slices(&c, &kube_dns, &dns);
     for svc in [&hijack, &on_node, &in_cidr, &outside, &inside] {
-        c.manifests().apply(&slice(svc, &tenant));
+        apply_slices(&c, svc, &tenant);
     }
-    for range in [EXTERNAL_IP_RANGE, SERVICE_CIDR] {
+    for range in [family.pick(EXTERNAL_IP_RANGES), family.pick(SERVICE_CIDR)] {
         c.route(&ext1, range, "node1");
     }
     // The tenant's pod answers on its own address: what it does not get below, it was not sent.
-    assert!(c.udp(&client, &format!("{}:5353", tenant.ip), 1)[0].ok);
-    let dns_eps = vec![format!("{}:5353", dns.ip)];
-    let tenant_eps = vec![format!("{}:8080", tenant.ip)];
+    assert!(c.udp(&client, &family.ep(&tenant, 5353), 1)[0].ok);
+    let dns_eps = vec![family.ep(&dns, 5353)];
+    let tenant_eps = vec![family.ep(&tenant, 8080)];
     let node1 = AgentView::of_node(&c, "node1");
 
     // No range flags: the ClusterIP wins, the node's address is refused, the rest is served.
@@ -171,11 +209,14 @@ fn a_tenant_cannot_take_the_dns_address_and_external_ips_are_checked() {
     let (v, _) = node1.wait_services(
         "kube-dns programmed, the tenant's externalIPs settled",
         |v| {
-            serves(v, DNS_IP, 53, Protocol::Udp, &dns_eps)
-                && serves(v, DNS_IP, 53, Protocol::Tcp, &dns_eps)
-                && serves(v, OUTSIDE, 80, Protocol::Tcp, &tenant_eps)
-                && has_diagnostic(v, &["aaa/hijack", DNS_IP, "kube-system/kube-dns"])
-                && has_diagnostic(v, &["aaa/on-node", &node1_ip, "node's address: refused"])
+            serves(v, dns_ip, 53, Protocol::Udp, &dns_eps)
+                && serves(v, dns_ip, 53, Protocol::Tcp, &dns_eps)
+                && serves(v, outside_ip, 80, Protocol::Tcp, &tenant_eps)
+                && has_diagnostic(v, &["aaa/hijack", dns_ip, "kube-system/kube-dns"])
+                && has_diagnostic(
+                    v,
+                    &["aaa/on-node", &node1_ip_text, "node's address: refused"],
+                )
         },
         DEADLINE,
         || c.agent_log("node1"),
@@ -184,54 +225,47 @@ fn a_tenant_cannot_take_the_dns_address_and_external_ips_are_checked() {
         println!("diagnostic: {d}");
     }
     for proto in [Protocol::Udp, Protocol::Tcp] {
-        let f = frontend(&v, DNS_IP, 53, proto).expect("kube-dns's frontend");
+        let f = frontend(&v, dns_ip, 53, proto).expect("kube-dns's frontend");
         assert_eq!(f.service.as_deref(), Some("kube-system/kube-dns"), "{f:?}");
     }
     assert!(
-        !has_address(&v, node1_ip.as_str()),
-        "nothing on the node's address"
+        !has_address(&v, node1_ip),
+        "{family}: nothing on the node's address"
     );
-    dns_answers(&c, &client, &dns);
-    not_served(&c, &ext1, &format!("{node1_ip}:80"));
+    dns_answers(&c, family, &client, &dns);
+    not_served(&c, &ext1, &at(node1_ip, 80));
     // Without kube-dns the address is free and the tenant's claim is served (what
     // --service-cluster-ip-range prevents, below); kube-dns back, its ClusterIP wins at once.
     c.manifests().delete(&kube_dns);
     node1.wait_services(
         "kube-dns gone: the tenant's externalIP takes the address",
-        |v| {
-            serves(
-                v,
-                DNS_IP,
-                53,
-                Protocol::Udp,
-                &[format!("{}:5353", tenant.ip)],
-            )
-        },
+        |v| serves(v, dns_ip, 53, Protocol::Udp, &[family.ep(&tenant, 5353)]),
         DEADLINE,
         || c.agent_log("node1"),
     );
-    let a = c.udp(&client, &format!("{DNS_IP}:53"), 1).remove(0);
-    assert_eq!(a.pod().as_deref(), Some("tenant"), "{}", a.raw);
+    let a = c.udp(&client, &at(dns_ip, 53), 1).remove(0);
+    assert_eq!(a.pod().as_deref(), Some("tenant"), "{family}: {}", a.raw);
     apply_created(&c, &kube_dns, "2024-01-01T00:00:00Z");
     node1.wait_services(
         "kube-dns back: its ClusterIP wins",
-        |v| serves(v, DNS_IP, 53, Protocol::Udp, &dns_eps),
+        |v| serves(v, dns_ip, 53, Protocol::Udp, &dns_eps),
         DEADLINE,
         || c.agent_log("node1"),
     );
-    dns_answers(&c, &client, &dns);
+    dns_answers(&c, family, &client, &dns);
     // Without the flags these are anyone's to take.
-    for ip in [IN_CIDR, OUTSIDE, INSIDE] {
-        assert_eq!(reached(&c, &ext1, &format!("{ip}:80")), tenant.name);
+    for ip in [in_cidr_ip, outside_ip, inside_ip] {
+        assert_eq!(reached(&c, &ext1, &at(ip, 80)), tenant.name, "{family}");
     }
 
     // With the flags: inside the service CIDR or outside the allowed ranges is refused.
     c.stop_agent("node1");
+    let (service_cidrs, allowed) = (SERVICE_CIDR.join(","), ALLOWED.join(","));
     let flags = [
         "--service-cluster-ip-range",
-        SERVICE_CIDR,
+        &service_cidrs,
         "--external-ip-ranges",
-        ALLOWED,
+        &allowed,
     ];
     c.start_agent(
         "node1",
@@ -240,16 +274,17 @@ fn a_tenant_cannot_take_the_dns_address_and_external_ips_are_checked() {
             ..AgentOpts::default()
         },
     );
+    let service_cidr = family.pick(SERVICE_CIDR);
     let in_cidr_why =
-        format!("externalIP {IN_CIDR} is inside the service CIDR {SERVICE_CIDR}: refused");
-    let outside_why = format!("externalIP {OUTSIDE} is outside --external-ip-ranges: refused");
+        format!("externalIP {in_cidr_ip} is inside the service CIDR {service_cidr}: refused");
+    let outside_why = format!("externalIP {outside_ip} is outside --external-ip-ranges: refused");
     let (v, _) = node1.wait_services(
         "externalIPs checked against the ranges",
         |v| {
-            !has_address(v, IN_CIDR)
-                && !has_address(v, OUTSIDE)
-                && serves(v, INSIDE, 80, Protocol::Tcp, &tenant_eps)
-                && serves(v, DNS_IP, 53, Protocol::Udp, &dns_eps)
+            !has_address(v, in_cidr_ip)
+                && !has_address(v, outside_ip)
+                && serves(v, inside_ip, 80, Protocol::Tcp, &tenant_eps)
+                && serves(v, dns_ip, 53, Protocol::Udp, &dns_eps)
                 && has_diagnostic(v, &["aaa/in-cidr", &in_cidr_why])
                 && has_diagnostic(v, &["aaa/outside", &outside_why])
         },
@@ -264,20 +299,24 @@ fn a_tenant_cannot_take_the_dns_address_and_external_ips_are_checked() {
             &v,
             &[
                 "aaa/hijack",
-                &format!("externalIP {DNS_IP} is inside the service CIDR")
+                &format!("externalIP {dns_ip} is inside the service CIDR")
             ]
         ),
-        "{:#?}",
+        "{family}: {:#?}",
         v.diagnostics
     );
     assert!(has_diagnostic(
         &v,
-        &["aaa/on-node", "node's address: refused"]
+        &["aaa/on-node", &node1_ip_text, "node's address: refused"]
     ));
-    dns_answers(&c, &client, &dns);
-    assert_eq!(reached(&c, &ext1, &format!("{INSIDE}:80")), tenant.name);
-    for ip in [IN_CIDR, OUTSIDE, &node1_ip] {
-        not_served(&c, &ext1, &format!("{ip}:80"));
+    dns_answers(&c, family, &client, &dns);
+    assert_eq!(
+        reached(&c, &ext1, &at(inside_ip, 80)),
+        tenant.name,
+        "{family}"
+    );
+    for ip in [in_cidr_ip, outside_ip, node1_ip_text.as_str()] {
+        not_served(&c, &ext1, &at(ip, 80));
     }
     println!("{}", node1.services_table());
 }
