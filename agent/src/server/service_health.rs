@@ -8,7 +8,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{Arc, Mutex},
 };
 
@@ -62,12 +62,22 @@ async fn start(name: ServiceName, hc: HealthCheck) -> std::io::Result<Server> {
     let port = hc.node_port;
     let counts = Arc::new(Mutex::new(hc));
     let c = counts.clone();
-    let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-    let (_, task) = http::serve("health check", addr, move |_path| {
+    let handler = move |_path: String| {
         let reply = reply(&name, &c.lock().expect("health check lock"));
         async move { reply }
-    })
-    .await?;
+    };
+    // Load balancers probe a dual-stack node over either family: one socket on [::] takes
+    // both (IPv4 arrives IPv4-mapped, as Go's listener on ":port" does for kube-proxy). A
+    // node without IPv6 gets the IPv4 socket.
+    let v6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+    let (_, task) = match http::serve("health check", v6, handler.clone()).await {
+        Ok(served) => served,
+        Err(e) if e.kind() != std::io::ErrorKind::AddrInUse => {
+            let v4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+            http::serve("health check", v4, handler).await?
+        }
+        Err(e) => return Err(e),
+    };
     Ok(Server { port, counts, task })
 }
 
