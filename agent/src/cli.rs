@@ -333,6 +333,34 @@ mod tests {
             assert!(e.contains("--sync-period"), "{bad}: {e}");
         }
     }
+
+    /// A dual-stack cluster has a Service CIDR per family (kube-proxy's
+    /// `--cluster-cidr`/`--service-cluster-ip-range` take both, comma separated).
+    #[test]
+    fn service_ranges_take_both_families() {
+        let a = agent(&[
+            "--service-cluster-ip-range",
+            "10.96.0.0/12,fd00:96::/108",
+            "--external-ip-ranges",
+            "2001:db8::/32",
+        ])
+        .unwrap();
+        let shown: Vec<String> = a
+            .service_cluster_ip_range
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["10.96.0.0/12", "fd00:96::/108"]);
+        assert!(
+            a.external_ip_ranges[0].contains("2001:db8::1".parse().unwrap()),
+            "{:?}",
+            a.external_ip_ranges
+        );
+        let e = agent(&["--service-cluster-ip-range", "fd00::/129"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--service-cluster-ip-range"), "{e}");
+    }
 }
 
 /// The completion script of `shell` for the whole command line.
