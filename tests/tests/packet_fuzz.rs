@@ -1,5 +1,5 @@
 //! The packet fuzzer (tests/src/packet_fuzz/) as a test: the regression rows, then random and
-//! mutated frames through ferry's real TC programs for a few seconds, every invariant checked
+//! mutated IPv4 and IPv6 frames (one budget for both) through ferry's real TC programs for a few seconds, every invariant checked
 //! after every run. `cargo xtask fuzz` runs it longer.
 //!
 //! FERRY_PACKET_FUZZ_SECS sets the budget (default 4 s); FERRY_PACKET_FUZZ_SEED replays a

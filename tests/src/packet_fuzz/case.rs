@@ -96,10 +96,15 @@ pub fn ether(prog: Prog, ip_packet: &[u8]) -> Vec<u8> {
 impl Step {
     /// The step's input frame, given the step before's input and output.
     pub fn frame(&self, prev: Option<(&[u8], &[u8])>) -> Vec<u8> {
-        let mut f = match (&self.source, prev) {
+        let f = match (&self.source, prev) {
             (Source::Lit(bytes), _) => bytes.clone(),
             (_, None) => unreachable!("Case::parse and the generator start with a literal"),
             (Source::Again, Some((input, _))) => input.to_vec(),
+            (Source::Reply, Some((input, output))) if super::v6::is_v6(input) => {
+                super::v6::reply(self.prog, output)
+                    .or_else(|| super::v6::reply(self.prog, input))
+                    .unwrap_or_else(|| input.to_vec())
+            }
             (Source::Reply, Some((input, output))) => reply(self.prog, output)
                 .or_else(|| reply(self.prog, input))
                 .unwrap_or_else(|| input.to_vec()),
@@ -112,6 +117,24 @@ impl Step {
                 },
                 Some((input, output)),
             ) => {
+                if super::v6::is_v6(input) {
+                    let about = if super::v6::is_v6(output) {
+                        output
+                    } else {
+                        input
+                    };
+                    return self.mutated(
+                        super::v6::icmp_error(
+                            self.prog,
+                            about,
+                            ty,
+                            code,
+                            from_router,
+                            quote as usize,
+                        )
+                        .unwrap_or_else(|| input.to_vec()),
+                    );
+                }
                 let about = if Ip::parse(output).is_some() {
                     output
                 } else {
@@ -121,6 +144,10 @@ impl Step {
                     .unwrap_or_else(|| input.to_vec())
             }
         };
+        self.mutated(f)
+    }
+
+    fn mutated(&self, mut f: Vec<u8>) -> Vec<u8> {
         for m in &self.mutations {
             m.apply(&mut f);
         }

@@ -9,6 +9,13 @@
 //!   checksum (TCP, UDP, ICMP, computed from scratch over the IP payload) and quoted IP header
 //!   checksum (ICMP errors) wherever the input's was valid;
 //! - (c) a dropped frame (SHOT) created no conntrack and no affinity entry;
+//! - (e) IPv6: a TCP/UDP frame (or ICMPv6 error) the program rewrote and let through is
+//!   changed only where a translation may change it (MACs, hop limit, addresses, ports,
+//!   checksums; an error's quoted addresses, ports and checksum), same length, unless it
+//!   became ferry's port unreachable; and a rewritten TCP/UDP frame is addressed as the
+//!   conntrack entry of its tuple says (its 5-tuple is that entry's NAT tuple);
+//! - (b) for IPv6 covers the TCP/UDP/ICMPv6 checksums over the pseudo-header and the quoted
+//!   packet's L4 checksum; NDP, echo and MLD concern no frontend and fall under (a);
 //! - (d) every run succeeds (with CHECKSUM_COMPLETE, the kernel also checks that `skb->csum`
 //!   matches what the program left) and returns a TC verdict.
 
@@ -20,8 +27,9 @@ use agent_common::{
 };
 
 use super::{
-    fixture::{Endpoint, OK, PASS, REDIRECT, SHOT, State},
+    fixture::{Endpoint, Endpoint6, OK, PASS, REDIRECT, SHOT, State},
     frame::{self, Ip, Tuple},
+    v6,
 };
 
 /// What kind of check a run got (for the report).
@@ -29,6 +37,8 @@ use super::{
 pub enum Checked {
     Untouched,
     Rewritten,
+    /// Replaced by ferry's ICMPv6 port unreachable.
+    Rejected,
     Dropped,
     /// Concerned frames passed or redirected unchanged: only (d) applies.
     Other,
@@ -52,6 +62,24 @@ fn key_tuple(k: &Ct4Key) -> Tuple {
         dport: port_from_raw(k.dport),
         proto: k.proto,
     }
+}
+
+/// Whether an IPv6 frontend or flow concerns an IPv6 frame.
+fn concerned6(frame: &[u8], frontends: &[Endpoint6], state: &State) -> bool {
+    let tracked = |t: v6::Tuple6| {
+        state
+            .ct6
+            .keys()
+            .map(v6::key_tuple)
+            .any(|k| k == t || k == t.reversed())
+    };
+    if let Some(t) = v6::tuple(frame) {
+        return frontends
+            .iter()
+            .any(|f| f.ip == t.daddr && f.port == t.dport && f.proto == t.proto)
+            || tracked(t);
+    }
+    v6::quoted_tuple(frame).is_some_and(tracked)
 }
 
 /// Whether a frontend or a flow of `state` concerns `frame` (see (a)).
@@ -86,6 +114,7 @@ fn keys<K: Ord + Clone, V>(m: &std::collections::BTreeMap<K, V>) -> std::collect
 /// affinity `before` and `after` it.
 pub fn run(
     frontends: &[Endpoint],
+    frontends6: &[Endpoint6],
     before: &State,
     after: &State,
     input: &[u8],
@@ -99,7 +128,13 @@ pub fn run(
             format!("the program returned {verdict}"),
         );
     }
-    if !concerned(input, frontends, before) {
+    let is6 = v6::is_v6(input);
+    let concerns = if is6 {
+        concerned6(input, frontends6, before)
+    } else {
+        concerned(input, frontends, before)
+    };
+    if !concerns {
         if ![PASS, OK].contains(&verdict) || output != input || after != before {
             return fail(
                 "(a) untouched without frontend or flow",
@@ -113,7 +148,8 @@ pub fn run(
         return Ok(Checked::Untouched);
     }
     if verdict == SHOT {
-        let created_ct = !keys(&after.ct).is_subset(&keys(&before.ct));
+        let created_ct = !keys(&after.ct).is_subset(&keys(&before.ct))
+            || !keys(&after.ct6).is_subset(&keys(&before.ct6));
         let created_aff = !keys(&after.affinity).is_subset(&keys(&before.affinity));
         if created_ct || created_aff {
             return fail(
@@ -137,6 +173,69 @@ pub fn run(
                 "(b) checksums valid after a rewrite",
                 format!(
                     "{what} checksum broken (verdict {verdict}): {}",
+                    diff_frames(input, output)
+                ),
+            );
+        }
+    }
+    if is6 {
+        return check6(after, input, verdict, output);
+    }
+    Ok(Checked::Rewritten)
+}
+
+/// (b) and (e) for an IPv6 frame the program changed and did not drop.
+fn check6(after: &State, input: &[u8], verdict: i32, output: &[u8]) -> Result<Checked, Violation> {
+    let fail = |rule, detail: String| Err(Violation { rule, detail });
+    // ferry's own port unreachable (the frame replaced by an ICMPv6 error about it).
+    let reject = v6::Ip6::parse(output).is_some_and(|ip| {
+        ip.proto == crate::progtest::IPPROTO_ICMPV6
+            && output.get(ip.l4..ip.l4 + 2) == Some(&[1, 4][..])
+            && v6::Ip6::parse(input).is_some_and(|i| i.daddr == ip.saddr || i.saddr != ip.saddr)
+    }) && v6::Ip6::parse(input)
+        .is_some_and(|i| i.proto != crate::progtest::IPPROTO_ICMPV6);
+    let checks: [(&str, Verdict); 2] = [
+        ("L4 (pseudo-header included)", v6::l4_csum_ok),
+        ("quoted L4", v6::quoted_l4_csum_ok),
+    ];
+    for (what, ok) in checks {
+        // A generated port unreachable must verify, whatever the input's.
+        let judged = ok(input) == Some(true) || (reject && what != "quoted L4");
+        if judged && ok(output) == Some(false) {
+            return fail(
+                "(b) checksums valid after a rewrite",
+                format!(
+                    "IPv6 {what} checksum broken (verdict {verdict}): {}",
+                    diff_frames(input, output)
+                ),
+            );
+        }
+    }
+    if reject {
+        return Ok(Checked::Rejected);
+    }
+    if let Some(at) = v6::changed_outside(input, output) {
+        return fail(
+            "(e) only what a translation may change",
+            format!(
+                "IPv6 byte {at} changed (verdict {verdict}): {}",
+                diff_frames(input, output)
+            ),
+        );
+    }
+    if let (Some(tin), Some(tout)) = (v6::tuple(input), v6::tuple(output))
+        && tin != tout
+    {
+        let ok = after
+            .ct6
+            .iter()
+            .any(|(k, v)| v6::key_tuple(k) == tin && v6::nat_tuple(k, v) == tout);
+        if !ok {
+            return fail(
+                "(e) addressed as conntrack says",
+                format!(
+                    "IPv6 {tin:?} became {tout:?}, no conntrack entry says so (verdict \
+                     {verdict}): {}",
                     diff_frames(input, output)
                 ),
             );
@@ -169,6 +268,19 @@ fn diff_state(before: &State, after: &State) -> String {
     }
     for k in before.ct.keys().filter(|k| !after.ct.contains_key(k)) {
         out.push(format!("conntrack -{:?}", key_tuple(k)));
+    }
+    for (k, v) in &after.ct6 {
+        match before.ct6.get(k) {
+            None => out.push(format!("conntrack6 +{:?} -> {v:?}", v6::key_tuple(k))),
+            Some(old) if old != v => out.push(format!(
+                "conntrack6 ~{:?} {old:?} -> {v:?}",
+                v6::key_tuple(k)
+            )),
+            Some(_) => {}
+        }
+    }
+    for k in before.ct6.keys().filter(|k| !after.ct6.contains_key(k)) {
+        out.push(format!("conntrack6 -{:?}", v6::key_tuple(k)));
     }
     for (k, v) in &after.affinity {
         if before.affinity.get(k) != Some(v) {

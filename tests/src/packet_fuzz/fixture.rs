@@ -6,14 +6,15 @@
 
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
     process::Command,
 };
 
 use agent_common::{
-    AffinityKey, AffinityValue, Backend4, Ct4Key, Ct4Value, MAGLEV_TABLE_SIZE, Member4Key,
-    NodeConfig, RevNat4, SrcRange4, Svc4Key, SvcValue, backend_flags, maglev_key, maps as m,
-    net::{ip4_to_raw, port_to_raw},
+    AffinityKey, AffinityValue, Backend4, Backend6, Ct4Key, Ct4Value, Ct6Key, Ct6Value, Ip6,
+    MAGLEV_TABLE_SIZE, Member4Key, Member6Key, NodeConfig, RevNat4, RevNat6, SrcRange4, Svc4Key,
+    Svc6Key, SvcValue, backend_flags, maglev_key, maps as m,
+    net::{ip4_to_raw, ip6_to_raw, port_to_raw},
     node_flags, scope,
     stats::Counter,
     svc_flags,
@@ -21,10 +22,13 @@ use agent_common::{
 use anyhow::{Context as _, Result, bail, ensure};
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
 
-use super::case::{Prog, ether};
+use super::{
+    case::{Prog, ether},
+    v6,
+};
 use crate::progtest::{
-    BPF_F_TEST_SKB_CHECKSUM_COMPLETE, IPPROTO_TCP, IPPROTO_UDP, IpOpts, ProgTest, TCP_SYN, TestRun,
-    ipv4, ipv4_with_options, tcp, udp,
+    BPF_F_TEST_SKB_CHECKSUM_COMPLETE, IPPROTO_TCP, IPPROTO_UDP, Ip6Opts, IpOpts, ProgTest, TCP_SYN,
+    TestRun, ipv4, ipv4_with_options, ipv6, tcp, tcp6, udp, udp6,
 };
 
 /// The skb's device in a test run (the namespace's loopback) and the node's address on it.
@@ -67,6 +71,7 @@ pub struct Endpoint {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
     pub ct: BTreeMap<Ct4Key, Ct4Value>,
+    pub ct6: BTreeMap<Ct6Key, Ct6Value>,
     /// (client, rev-NAT id, kind) -> value.
     pub affinity: BTreeMap<(u64, u16, u8), AffinityValue>,
 }
@@ -76,8 +81,27 @@ pub struct Fixture {
     /// Every frontend (slot 0 of a service entry, any scope).
     pub frontends: Vec<Endpoint>,
     pub backends: Vec<Endpoint>,
+    /// The IPv6 frontends and backends.
+    pub frontends6: Vec<Endpoint6>,
+    pub backends6: Vec<Endpoint6>,
     baseline: State,
 }
+
+/// An IPv6 address and port with the protocol, host order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint6 {
+    pub ip: Ipv6Addr,
+    pub port: u16,
+    pub proto: u8,
+}
+
+/// IPv6 backends: (backend id, address, port, protocol, on this node).
+const BACKENDS6: &[(u32, Ipv6Addr, u16, u8, bool)] = &[
+    (101, v6::LOCAL_POD, 8080, IPPROTO_TCP, true),
+    (102, v6::LOCAL_POD, 53, IPPROTO_UDP, true),
+    (103, v6::REMOTE_POD, 5353, IPPROTO_UDP, false),
+    (104, v6::REMOTE_POD, 8080, IPPROTO_TCP, false),
+];
 
 /// (backend id, address, port, protocol, on this node).
 const BACKENDS: &[(u32, Ipv4Addr, u16, u8, bool)] = &[
@@ -98,21 +122,30 @@ impl Fixture {
         let t = ProgTest::load_sized(
             ferry::datapath::loader::ebpf_object(),
             &[Prog::In.name(), Prog::Out.name(), Prog::Pod.name()],
-            &[(m::CT_V4, 4096), (m::AFFINITY, 4096)],
+            &[(m::CT_V4, 4096), (m::CT_V6, 4096), (m::AFFINITY, 4096)],
         )?;
         let mut f = Fixture {
             t,
             frontends: Vec::new(),
             backends: Vec::new(),
+            frontends6: Vec::new(),
+            backends6: Vec::new(),
             baseline: State::default(),
         };
         f.program()?;
+        f.program6()?;
         f.make_flows()?;
+        f.make_flows6()?;
         f.baseline = f.state()?;
         ensure!(
             f.baseline.ct.len() >= 6,
             "baseline flows: {:?}",
             f.baseline.ct
+        );
+        ensure!(
+            f.baseline.ct6.len() >= 4,
+            "baseline IPv6 flows: {:?}",
+            f.baseline.ct6
         );
         Ok(f)
     }
@@ -405,6 +438,158 @@ impl Fixture {
         self.node_config(false)
     }
 
+    /// The IPv6 side: the node's address, a cluster node, an LB frontend with a local
+    /// backend (masqueraded), a UDP one with a local and a remote backend, a NodePort with
+    /// a remote one (SNAT), an externalIP with session affinity, one without endpoints.
+    fn program6(&mut self) -> Result<()> {
+        self.hash::<u32, Ip6>(m::NODE_ADDR_V6)?
+            .insert(&IFINDEX, &raw6(v6::NODE), 0)?;
+        self.hash::<Ip6, u8>(m::NODES_V6)?
+            .insert(&raw6(v6::NODE), &1, 0)?;
+        for &(id, ip, port, proto, local) in BACKENDS6 {
+            let b = Backend6 {
+                addr: raw6(ip),
+                port: port_to_raw(port),
+                proto,
+                state: 0,
+                flags: if local { backend_flags::LOCAL } else { 0 },
+                _pad: [0; 3],
+            };
+            self.hash::<u32, Backend6>(m::BACKENDS_V6)?
+                .insert(&id, &b, 0)?;
+            self.backends6.push(Endpoint6 { ip, port, proto });
+        }
+        use svc_flags as sf;
+        let ep6 = |ip, port, proto| Endpoint6 { ip, port, proto };
+        self.frontend6(
+            ep6(v6::LB_VIP, 80, IPPROTO_TCP),
+            sf::LOAD_BALANCER,
+            101,
+            &[101],
+        )?;
+        self.frontend6(
+            ep6(v6::LB_VIP, 53, IPPROTO_UDP),
+            sf::LOAD_BALANCER,
+            102,
+            &[102, 103],
+        )?;
+        self.frontend6(
+            ep6(v6::NODE, 30080, IPPROTO_TCP),
+            sf::NODE_PORT,
+            103,
+            &[104],
+        )?;
+        self.frontend6(
+            ep6(v6::EXTERNAL_IP, 443, IPPROTO_TCP),
+            sf::EXTERNAL_IP | sf::AFFINITY,
+            104,
+            &[101, 104],
+        )?;
+        self.frontend6(
+            ep6(v6::LB_NO_ENDPOINTS, 80, IPPROTO_TCP),
+            sf::LOAD_BALANCER,
+            105,
+            &[],
+        )?;
+        self.frontend6(
+            ep6(v6::LB_NO_ENDPOINTS, 53, IPPROTO_UDP),
+            sf::LOAD_BALANCER,
+            106,
+            &[],
+        )
+    }
+
+    fn frontend6(
+        &mut self,
+        fe: Endpoint6,
+        flags: u16,
+        rev_nat_id: u16,
+        backends: &[u32],
+    ) -> Result<()> {
+        let key = |slot: u16| Svc6Key {
+            addr: raw6(fe.ip),
+            port: port_to_raw(fe.port),
+            slot,
+            proto: fe.proto,
+            scope: scope::EXTERNAL,
+            _pad: [0; 2],
+        };
+        let mut svc = self.hash::<Svc6Key, SvcValue>(m::SERVICES_V6)?;
+        let front = SvcValue {
+            backend_id: 0,
+            count: backends.len() as u16,
+            rev_nat_id,
+            flags,
+            _pad: 0,
+            affinity_timeout: 10_800,
+        };
+        svc.insert(&key(0), &front, 0)?;
+        for (i, &id) in backends.iter().enumerate() {
+            let slot = SvcValue {
+                backend_id: id,
+                ..SvcValue::default()
+            };
+            svc.insert(&key(i as u16 + 1), &slot, 0)?;
+        }
+        let rev = RevNat6 {
+            addr: raw6(fe.ip),
+            port: port_to_raw(fe.port),
+            _pad: 0,
+        };
+        self.hash::<u16, RevNat6>(m::REV_NAT_V6)?
+            .insert(&rev_nat_id, &rev, 0)?;
+        // The members of a frontend (what a DSR option may name), where the object has
+        // the map.
+        if self.t.ebpf.map(m::MEMBERS_V6).is_some() {
+            let mut members = self.hash::<Member6Key, u32>(m::MEMBERS_V6)?;
+            for &id in backends {
+                let Some(&(_, addr, port, proto, _)) = BACKENDS6.iter().find(|b| b.0 == id) else {
+                    continue;
+                };
+                let key = Member6Key {
+                    rev_nat_id,
+                    proto,
+                    _pad: 0,
+                    addr: raw6(addr),
+                    port: port_to_raw(port),
+                    _pad2: 0,
+                };
+                members.insert(&key, &id, 0)?;
+            }
+        }
+        self.frontends6.push(fe);
+        Ok(())
+    }
+
+    /// IPv6 flows made by real packets: masqueraded local, SNAT remote, UDP, affinity.
+    fn make_flows6(&mut self) -> Result<()> {
+        let client = |port| SocketAddrV6::new(v6::CLIENT, port, 0, 0);
+        let to = |ip, port| SocketAddrV6::new(ip, port, 0, 0);
+        let syn = |src: SocketAddrV6, dst: SocketAddrV6| {
+            let seg = tcp6(src, dst, 1, 0, TCP_SYN, b"");
+            ipv6(Ip6Opts::default(), *src.ip(), *dst.ip(), IPPROTO_TCP, &seg)
+        };
+        let dgram = |src: SocketAddrV6, dst: SocketAddrV6| {
+            let d = udp6(src, dst, b"q", true);
+            ipv6(Ip6Opts::default(), *src.ip(), *dst.ip(), IPPROTO_UDP, &d)
+        };
+        let flows = [
+            syn(client(41001), to(v6::LB_VIP, 80)),
+            syn(client(41002), to(v6::NODE, 30080)),
+            dgram(client(41003), to(v6::LB_VIP, 53)),
+            syn(client(41004), to(v6::EXTERNAL_IP, 443)),
+        ];
+        for packet in flows {
+            let r = self.run(Prog::In, &v6::ether(Prog::In, &packet), false)?;
+            ensure!(
+                [OK, REDIRECT].contains(&r.verdict()),
+                "baseline IPv6 flow: verdict {}",
+                r.verdict()
+            );
+        }
+        Ok(())
+    }
+
     /// Conntrack and affinity as they are now.
     pub fn state(&mut self) -> Result<State> {
         let ct = self
@@ -416,7 +601,11 @@ impl Fixture {
             .iter()
             .map(|r| r.map(|(k, v)| ((k.client, k.rev_nat_id, k.kind), v)))
             .collect::<Result<BTreeMap<_, _>, _>>()?;
-        Ok(State { ct, affinity })
+        let ct6 = self
+            .hash::<Ct6Key, Ct6Value>(m::CT_V6)?
+            .iter()
+            .collect::<Result<BTreeMap<_, _>, _>>()?;
+        Ok(State { ct, ct6, affinity })
     }
 
     pub fn baseline(&self) -> &State {
@@ -432,6 +621,13 @@ impl Fixture {
         }
         for (k, v) in base.ct.iter().filter(|(k, v)| now.ct.get(k) != Some(v)) {
             ct.insert(k, v, 0)?;
+        }
+        let mut ct6 = self.hash::<Ct6Key, Ct6Value>(m::CT_V6)?;
+        for k in now.ct6.keys().filter(|k| !base.ct6.contains_key(k)) {
+            ct6.remove(k)?;
+        }
+        for (k, v) in base.ct6.iter().filter(|(k, v)| now.ct6.get(k) != Some(v)) {
+            ct6.insert(k, v, 0)?;
         }
         let mut aff = self.hash::<AffinityKey, AffinityValue>(m::AFFINITY)?;
         let key = |&(client, rev_nat_id, kind): &(u64, u16, u8)| AffinityKey {
@@ -488,6 +684,10 @@ impl Fixture {
         }
         Ok(out)
     }
+}
+
+fn raw6(ip: Ipv6Addr) -> Ip6 {
+    ip6_to_raw(ip.octets())
 }
 
 fn ep(ip: Ipv4Addr, port: u16, proto: u8) -> Endpoint {
@@ -557,6 +757,40 @@ fn routes() -> Result<()> {
         &["link", "set", "p1", "up"],
         &["link", "set", "p0", "up"],
         &["addr", "add", "10.244.0.1/24", "dev", "p0"],
+        &["-6", "addr", "add", "fd00:64::1/64", "dev", "d0", "nodad"],
+        &[
+            "-6",
+            "neigh",
+            "add",
+            "fd00:64::2",
+            "lladdr",
+            "02:00:00:00:aa:02",
+            "dev",
+            "d0",
+            "nud",
+            "permanent",
+        ],
+        &[
+            "-6",
+            "route",
+            "add",
+            "fd00:244:1::/64",
+            "via",
+            "fd00:64::2",
+            "dev",
+            "d0",
+        ],
+        &[
+            "-6",
+            "route",
+            "add",
+            "2001:db8:100::/64",
+            "via",
+            "fd00:64::2",
+            "dev",
+            "d0",
+        ],
+        &["-6", "addr", "add", "fd00:244::1/64", "dev", "p0", "nodad"],
     ];
     for args in cmds {
         let st = Command::new("ip")
@@ -568,5 +802,7 @@ fn routes() -> Result<()> {
         }
     }
     // /proc/sys/net is the namespace of the thread that opens it: this one's.
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling forwarding")
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling forwarding")?;
+    std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")
+        .context("enabling IPv6 forwarding")
 }

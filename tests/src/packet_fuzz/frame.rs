@@ -213,6 +213,9 @@ pub fn fix_ip_csum(frame: &mut [u8]) {
 
 /// Rewrites the L4 checksum (when it can be computed from this frame; UDP's 0 included).
 pub fn fix_l4_csum(frame: &mut [u8]) {
+    if super::v6::is_v6(frame) {
+        return super::v6::fix_l4_csum(frame);
+    }
     let Some(ip) = Ip::parse(frame) else { return };
     if ip.proto == IPPROTO_UDP
         && let Some(l4) = ip.payload(frame)

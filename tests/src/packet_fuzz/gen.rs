@@ -2,7 +2,8 @@
 //! backends and flows (IP options, DSR options, fragments, ICMP errors quoting flows,
 //! checksum-complete skbs), other and random frames, then mutations (header fields, lengths,
 //! IHL, truncation, trailing bytes, with or without fixed checksums), chained into short
-//! sequences where each frame may answer the last.
+//! sequences where each frame may answer the last. IPv6 frames (v6.rs) are mixed in: about
+//! two fresh frames in five.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -14,6 +15,7 @@ use super::{
     },
     frame::{Ip, Tuple},
     rng::Rng,
+    v6::{self, Gen6},
 };
 use crate::progtest::{
     ETH_HLEN, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IpOpts, TCP_ACK, TCP_SYN, ethernet, icmp,
@@ -51,6 +53,7 @@ pub fn flow_tuples(baseline: &State) -> Vec<Tuple> {
 
 pub struct Gen {
     rng: Rng,
+    v6: Gen6,
     frontends: Vec<Endpoint>,
     backends: Vec<Endpoint>,
     flows: Vec<Tuple>,
@@ -58,7 +61,21 @@ pub struct Gen {
 
 impl Gen {
     pub fn new(seed: u64, fx: &Fixture) -> Gen {
+        let flows6 = fx
+            .baseline()
+            .ct6
+            .iter()
+            .flat_map(|(k, v)| {
+                let (key, nat) = (v6::key_tuple(k), v6::nat_tuple(k, v));
+                [key, key.reversed(), nat, nat.reversed()]
+            })
+            .collect();
         Gen {
+            v6: Gen6 {
+                frontends: fx.frontends6.clone(),
+                backends: fx.backends6.clone(),
+                flows: flows6,
+            },
             rng: Rng::new(seed),
             frontends: fx.frontends.clone(),
             backends: fx.backends.clone(),
@@ -93,11 +110,20 @@ impl Gen {
 
     fn fresh_step(&mut self) -> Step {
         let prog = self.prog();
-        let frame = self.frame(prog);
-        let mutations = if self.rng.chance(1, 3) {
-            self.mutations(&frame)
+        // IPv4 and IPv6 mixed in one run, IPv6 a bit less than half the time.
+        let ipv6 = self.rng.chance(2, 5);
+        let frame = if ipv6 {
+            let p = self.v6.packet(&mut self.rng);
+            v6::ether(prog, &p)
         } else {
+            self.frame(prog)
+        };
+        let mutations = if !self.rng.chance(1, 3) {
             Vec::new()
+        } else if ipv6 {
+            self.v6.mutations(&mut self.rng, &frame)
+        } else {
+            self.mutations(&frame)
         };
         Step {
             prog,

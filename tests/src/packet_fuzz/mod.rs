@@ -1,5 +1,5 @@
-//! The packet fuzzer: random and mutated frames through ferry's real TC programs
-//! (`ferry_tc_in`, `ferry_tc_out`) with BPF_PROG_TEST_RUN, the invariants of [`check`] checked
+//! The packet fuzzer: random and mutated IPv4 and IPv6 frames, mixed in one run, through
+//! ferry's real TC programs (`ferry_tc_in`, `ferry_tc_out`, `ferry_tc_pod`) with BPF_PROG_TEST_RUN, the invariants of [`check`] checked
 //! after every run. Cases are seeded (the same seed makes the same cases) and every failing
 //! case is shrunk and written out as a regression row ([`case`]), which every later run
 //! replays first.
@@ -14,6 +14,7 @@ mod fixture;
 mod frame;
 mod r#gen;
 mod rng;
+mod v6;
 
 use std::{
     collections::BTreeMap,
@@ -59,6 +60,9 @@ pub struct Report {
     pub elapsed: Duration,
     pub verdicts: BTreeMap<i32, u64>,
     pub checked: BTreeMap<Checked, u64>,
+    /// Of the runs and checks above, those of IPv6 frames.
+    pub runs6: u64,
+    pub checked6: BTreeMap<Checked, u64>,
     /// The kernel's event counters after the run (the paths the frames took).
     pub counters: Vec<(&'static str, u64)>,
     pub failures: Vec<Failure>,
@@ -139,6 +143,8 @@ fn run_case(
             return Ok(None);
         }
         r.runs += 1;
+        let ipv6 = v6::is_v6(&input);
+        r.runs6 += u64::from(ipv6);
         let out = match run_step(fx, step, &input, state)? {
             Ok(out) => out,
             Err(v) => return Ok(Some((i, v))),
@@ -147,6 +153,7 @@ fn run_case(
         *r.verdicts.entry(out.verdict()).or_default() += 1;
         let result = check::run(
             &fx.frontends,
+            &fx.frontends6,
             state,
             &after,
             &input,
@@ -155,7 +162,12 @@ fn run_case(
         );
         *state = after;
         match result {
-            Ok(checked) => *r.checked.entry(checked).or_default() += 1,
+            Ok(checked) => {
+                *r.checked.entry(checked).or_default() += 1;
+                if ipv6 {
+                    *r.checked6.entry(checked).or_default() += 1;
+                }
+            }
             Err(v) => return Ok(Some((i, v))),
         }
         prev = Some((input, out.data));
@@ -200,10 +212,15 @@ fn run_step(
             ))));
         }
     };
-    let reject = out.verdict() == fixture::REDIRECT
-        && out.data.len() != input.len()
-        && frame::Ip::parse(&out.data).is_some_and(|ip| ip.proto == crate::progtest::IPPROTO_ICMP)
+    let reject4 = frame::Ip::parse(&out.data)
+        .is_some_and(|ip| ip.proto == crate::progtest::IPPROTO_ICMP)
         && out.data.get(34..36) == Some(&[3, 3][..]);
+    let reject6 = v6::Ip6::parse(&out.data).is_some_and(|ip| {
+        ip.proto == crate::progtest::IPPROTO_ICMPV6
+            && out.data.get(ip.l4..ip.l4 + 2) == Some(&[1, 4][..])
+    });
+    let reject =
+        out.verdict() == fixture::REDIRECT && out.data.len() != input.len() && (reject4 || reject6);
     // The first run spent a token of the port unreachable budget: the repeat may find it empty
     // (the per-source budget allows 6 a millisecond here) and drop the frame, counted, which
     // is the same path's other outcome.
@@ -325,6 +342,11 @@ impl Report {
             .iter()
             .map(|(c, n)| format!("{c:?} {n}"))
             .collect();
+        let checked6: Vec<String> = self
+            .checked6
+            .iter()
+            .map(|(c, n)| format!("{c:?} {n}"))
+            .collect();
         let counters: Vec<String> = self
             .counters
             .iter()
@@ -332,6 +354,12 @@ impl Report {
             .collect();
         let _ = writeln!(s, "  verdicts: {}", verdicts.join(", "));
         let _ = writeln!(s, "  checked:  {}", checked.join(", "));
+        let _ = writeln!(
+            s,
+            "  IPv6:     {} runs; checked {}",
+            self.runs6,
+            checked6.join(", ")
+        );
         let _ = writeln!(s, "  kernel:   {}", counters.join(", "));
         for f in &self.failures {
             let _ = writeln!(
