@@ -241,6 +241,33 @@ fn check6(after: &State, input: &[u8], verdict: i32, output: &[u8]) -> Result<Ch
             );
         }
     }
+    if let (Some(qin), Some(qout)) = (v6::quoted_tuple(input), v6::quoted_tuple(output))
+        && qin != qout
+    {
+        // The quoted packet is translated by one entry, either way round.
+        let ok = after.ct6.iter().any(|(k, v)| {
+            let (key, nat) = (v6::key_tuple(k), v6::nat_tuple(k, v));
+            [(key, nat), (nat, key)]
+                .iter()
+                .any(|&(a, b)| (qin, qout) == (a, b) || (qin, qout) == (a.reversed(), b.reversed()))
+        });
+        let (oin, oout) = (v6::Ip6::parse(input), v6::Ip6::parse(output));
+        // An error sent to the quoted packet's source goes to the translated one's.
+        let misaddressed = oin
+            .zip(oout)
+            .is_some_and(|(i, o)| i.daddr == qin.saddr && o.daddr != qout.saddr);
+        if !ok || misaddressed {
+            return fail(
+                "(e) addressed as conntrack says",
+                format!(
+                    "ICMPv6 error quoting {qin:?} now quotes {qout:?} (conntrack entry: {ok}, \
+                     outer destination follows: {}; verdict {verdict}): {}",
+                    !misaddressed,
+                    diff_frames(input, output)
+                ),
+            );
+        }
+    }
     Ok(Checked::Rewritten)
 }
 
