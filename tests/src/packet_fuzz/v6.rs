@@ -601,7 +601,14 @@ impl Gen6 {
         ]);
         let from = if from_router { ROUTER } else { *dst.ip() };
         let msg = icmp6(from, *src.ip(), ty, code, rest, &quoted);
-        ipv6(self.opts(rng), from, *src.ip(), IPPROTO_ICMPV6, &msg)
+        // Sometimes behind extension headers of its own.
+        let (first, mut chain) = if rng.chance(1, 5) {
+            self.ext_chain(rng, IPPROTO_ICMPV6)
+        } else {
+            (IPPROTO_ICMPV6, Vec::new())
+        };
+        chain.extend_from_slice(&msg);
+        ipv6(self.opts(rng), from, *src.ip(), first, &chain)
     }
 
     /// Echo, NDP (router/neighbour solicitation and advertisement, redirect), MLD (with a
