@@ -40,6 +40,43 @@ pub struct Ct6Value {
 const _: () = assert!(core::mem::size_of::<Ct6Value>() == 48);
 
 /// An IPv6 address folded to one word (host order), for hashing.
+/// The IPv6 destination options header that carries a DSR flow's frontend
+/// from the node the client reached to the backend's node, inserted right
+/// after the fixed header: Cilium's `struct dsr_opt_v6` (bpf/lib/nodeport.h)
+/// byte for byte. One option, type [`DSR_OPT6_TYPE`] (0x1B: the two high
+/// bits 00, "skip if unknown"; the third 0, "does not change en route"),
+/// whose 20 data bytes are the address, the port and two zero bytes, which
+/// make the header the 24 bytes (a multiple of 8) RFC 8200 requires.
+/// Multi-byte fields raw (network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DsrOpt6 {
+    /// The header that follows (the one the fixed header named).
+    pub next_hdr: u8,
+    /// [`DSR_OPT6_HDR_LEN`]: 8-byte units after the first 8.
+    pub hdr_len: u8,
+    /// [`DSR_OPT6_TYPE`].
+    pub opt_type: u8,
+    /// [`DSR_OPT6_LEN`].
+    pub opt_len: u8,
+    pub addr: Ip6,
+    pub port: u16,
+    /// Zero.
+    pub pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<DsrOpt6>() == 24);
+
+/// The destination options header's number (RFC 8200).
+pub const NEXTHDR_DEST: u8 = 60;
+pub const DSR_OPT6_TYPE: u8 = 0x1b;
+/// The option's data length: the header less its 2-byte preamble and the
+/// option's own type and length bytes.
+pub const DSR_OPT6_LEN: u8 = 20;
+/// Hdr Ext Len: (24 - 8) / 8.
+pub const DSR_OPT6_HDR_LEN: u8 = 2;
+/// The whole header's length.
+pub const DSR_OPT6_SIZE: usize = 24;
+
 #[inline(always)]
 pub const fn fold_v6(a: &Ip6) -> u32 {
     u32::from_be(a[0]) ^ u32::from_be(a[1]) ^ u32::from_be(a[2]) ^ u32::from_be(a[3])
@@ -69,4 +106,5 @@ mod pod {
     // SAFETY: plain-old-data, repr(C), no implicit padding (asserted above).
     unsafe impl aya::Pod for Ct6Key {}
     unsafe impl aya::Pod for Ct6Value {}
+    unsafe impl aya::Pod for DsrOpt6 {}
 }

@@ -143,6 +143,45 @@ fn lookup6(ctx: &TcContext, first: [u8; 8], p: &mut bpf_fib_lookup) -> u32 {
     rc as u32
 }
 
+/// [`lookup`] for an IPv6 packet whose (translated) fixed header is `ip`,
+/// into `p` (all zeros on entry); `tot_len` as for IPv4 (the whole packet:
+/// the route's MTU counts the 40-byte header), 0 to check the skb instead.
+/// Used by DSR (dsr6.rs), whose header is not yet in the packet.
+#[inline(always)]
+pub fn lookup6_hdr(
+    ctx: &TcContext,
+    ip: &crate::parse::Ipv6Hdr,
+    tot_len: u16,
+    p: &mut bpf_fib_lookup,
+) -> u32 {
+    if ip.hop_limit <= 1 {
+        return RC_STACK;
+    }
+    p.family = AF_INET6;
+    p.l4_protocol = ip.next_hdr;
+    p.__bindgen_anon_1.tot_len = tot_len;
+    p.ifindex = crate::parse::ifindex(ctx);
+    let w = ip.ver_tc_flow;
+    p.__bindgen_anon_2.flowinfo = u32::from_ne_bytes(w) & IPV6_FLOWINFO_MASK;
+    p.__bindgen_anon_3.ipv6_src = ip.saddr;
+    p.__bindgen_anon_4.ipv6_dst = ip.daddr;
+    let rc = unsafe {
+        h::bpf_fib_lookup(
+            ctx.as_ptr(),
+            p,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    rc as u32
+}
+
+/// [`send`] for an IPv6 packet whose hop limit is `hop_limit`.
+#[inline(always)]
+pub fn send6(ctx: &TcContext, hop_limit: u8, rc: u32, p: &bpf_fib_lookup) -> i32 {
+    send_with(ctx, rc, p, || decrement_hop_limit(ctx, hop_limit))
+}
+
 /// Sends the packet the way the lookup (`rc`, `p`) says: see the module
 /// comment. `ip` is its header as it is now (TTL and protocol are used).
 #[inline(always)]

@@ -20,6 +20,8 @@ mod ct;
 #[cfg(target_arch = "bpf")]
 mod dsr;
 #[cfg(target_arch = "bpf")]
+mod dsr6;
+#[cfg(target_arch = "bpf")]
 mod family;
 #[cfg(target_arch = "bpf")]
 mod fib;

@@ -3,8 +3,8 @@
 
 use agent_common::{
     AffinityKey, AffinityValue, Backend4, Backend6, Ct4Key, Ct4Value, Ct6Key, Ct6Value, Dead4Key,
-    Dead6Key, Ip6, Member4Key, NodeConfig, RevNat4, RevNat6, SockGuard4, SockGuard6, SockRev4,
-    SockRev4Key, SockRev6, SockRev6Key, SrcRange4, SrcRange6, Svc4Key, Svc6Key, SvcValue,
+    Dead6Key, Ip6, Member4Key, Member6Key, NodeConfig, RevNat4, RevNat6, SockGuard4, SockGuard6,
+    SockRev4, SockRev4Key, SockRev6, SockRev6Key, SrcRange4, SrcRange6, Svc4Key, Svc6Key, SvcValue,
     maps as m,
 };
 use aya_ebpf::{
@@ -74,11 +74,14 @@ pub static CT_FILL: Array<u32> = Array::pinned(1, 0);
 pub static SOCK_GUARD: SkStorage<SockGuard4> = SkStorage::new();
 
 // IPv6 (agent_common::lb6): the same roles as the IPv4 maps above. A
-// dual-stack socket's IPv4-mapped destination uses the IPv4 maps. There is
-// no `ferry_memb6_v1` here: its only reader would be the DSR path, which is
-// IPv4 only, and a map no program references is dropped by the linker.
+// dual-stack socket's IPv4-mapped destination uses the IPv4 maps.
 
 // Allocated on use: a single-stack IPv4 node pays nothing for them.
+
+/// The IPv6 DSR path's membership check (dsr6.rs), as `ferry_memb4_v1`.
+#[map(name = "ferry_memb6_v1")]
+pub static MEMBERS_V6: HashMap<Member6Key, u32> =
+    HashMap::pinned(m::MEMBERS_V6_MAX, BPF_F_NO_PREALLOC);
 
 #[map(name = "ferry_svc6_v1")]
 pub static SERVICES_V6: HashMap<Svc6Key, SvcValue> =
@@ -133,6 +136,11 @@ pub static SOCK_GUARD6: SkStorage<SockGuard6> = SkStorage::new();
 /// in `agent_common::maps`: it holds no state, each load gets its own.
 #[map(name = "ferry_dsr_scr")]
 pub static DSR_SCRATCH: PerCpuArray<crate::dsr::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch space of the IPv6 DSR paths (see dsr6.rs), as
+/// `ferry_dsr_scr`.
+#[map(name = "ferry_dsr6_scr")]
+pub static DSR6_SCRATCH: PerCpuArray<crate::dsr6::Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU scratch space of the IPv6 north-south path: the parsed packet
 /// and a new flow's [`crate::ns::Room`] (IPv6's values do not fit the

@@ -13,9 +13,10 @@
 //!
 //! With `node_flags::DSR` (`--lb-mode dsr`) a remote backend is reached
 //! with the client's address kept instead, the frontend carried to the
-//! backend's node in an IP option, and that node answers the client
-//! directly: see dsr.rs, which also handles the receiving side (packets
-//! carrying the option for a backend on this node).
+//! backend's node in an IP option (IPv6: a destination options header),
+//! and that node answers the client directly: see dsr.rs and dsr6.rs,
+//! which also handle the receiving side (packets carrying the option for a
+//! backend on this node).
 //!
 //! TCP packets other than a SYN that match no flow start one all the same
 //! (as Cilium does), counted `NsCtLostFlow`: after the conntrack entries
@@ -26,8 +27,7 @@
 //! nearly full are counted too (`NsNewFlowCtFull`).
 //!
 //! Written once for IPv4 and IPv6 (ns.rs: the family's maps, packet,
-//! FIB forwarding and port unreachable). IPv6 has no DSR: its flows to
-//! remote backends use SNAT whatever `--lb-mode` says. The keys and values
+//! FIB forwarding, port unreachable and DSR). The keys and values
 //! a new flow is made of are kept in its family's [`Room`] (the stack for
 //! IPv4, a per-CPU scratch map for IPv6), and IPv6's paths are functions of
 //! their own (`Ns::OUTLINE`): the verifier's 512 bytes of stack would not
@@ -386,7 +386,7 @@ fn new_flow<F: Ns>(
     };
     let (backend_addr, backend_port) = F::Key::backend_dest(&chosen.backend);
     let local = F::Key::backend_flags(&chosen.backend) & backend_flags::LOCAL != 0;
-    // DSR mode: IPv4 only (ns.rs); IPv6 flows are translated as in SNAT mode.
+    // DSR mode: both families (ns.rs).
     let dsr_mode = F::DSR && cfg.flags & node_flags::DSR != 0;
     // externalTrafficPolicy Cluster masquerades even to a backend on this
     // node, as kube-proxy does: only eTP Local and `--lb-mode dsr` keep the

@@ -3,7 +3,7 @@
 //! lookups are written once and compiled for each family, as the socket
 //! layer is (family.rs): [`V4`] and [`V6`] name the packet type, the
 //! conntrack map, the node's addresses, the flow hash, the FIB forwarding,
-//! the port unreachable and, for IPv4 only, direct server return.
+//! the port unreachable and direct server return (dsr.rs, dsr6.rs).
 
 use core::mem::MaybeUninit;
 
@@ -15,7 +15,7 @@ use aya_ebpf::programs::TcContext;
 use crate::{
     csum::AddrField,
     ct::CtKey,
-    dsr,
+    dsr, dsr6,
     family::{Addr, Family, V4, V6},
     fib, icmp, icmp6,
     maps::{NODE_ADDR_V4, NODE_ADDR_V6, NODES_V4, NODES_V6},
@@ -30,7 +30,8 @@ pub trait Ns: Family<Key: Frontend<Addr: AddrField>> {
     /// The conntrack key (and through it the value and the map).
     type Ct: CtKey<Addr = Addr<Self>>;
     /// Direct server return (`--lb-mode dsr`) applies to this family's
-    /// flows. IPv4 only for now: with DSR on, IPv6 flows use SNAT.
+    /// flows (both families do: an IPv4 option, an IPv6 destination
+    /// options header).
     const DSR: bool;
     /// The TCP/UDP paths (tracked packets, new flows, egress, the pod side)
     /// are functions of their own (BPF-to-BPF calls) rather than inlined
@@ -132,9 +133,8 @@ impl Ns for V4 {
 impl Ns for V6 {
     type Ip = Ipv6;
     type Ct = agent_common::Ct6Key;
-    // An IPv6 DSR option (a destination option, as Cilium carries it) is
-    // not implemented: IPv6 flows to remote backends use SNAT in DSR mode.
-    const DSR: bool = false;
+    // The frontend in a destination options header, as Cilium carries it.
+    const DSR: bool = true;
     const OUTLINE: bool = true;
 
     #[inline(always)]
@@ -171,19 +171,24 @@ impl Ns for V6 {
     }
 
     #[inline(always)]
-    fn dsr_receive(_: &TcContext, _: &Ipv6, _: &NodeConfig) -> i32 {
+    fn dsr_receive(ctx: &TcContext, ip: &Ipv6, cfg: &NodeConfig) -> i32 {
+        // Only a packet whose first extension header is a destination
+        // options header can carry the DSR header: the node's ordinary
+        // traffic pays nothing more than this test.
+        if ip.hdr.next_hdr == agent_common::NEXTHDR_DEST {
+            return dsr6::receive(dsr::skb(ctx), cfg.flags & node_flags::DSR != 0);
+        }
         verdict::PASS
     }
 
     #[inline(always)]
-    fn dsr_option_fits(_: &TcContext, _: Ip6) -> bool {
-        false
+    fn dsr_option_fits(ctx: &TcContext, backend: Ip6) -> bool {
+        dsr6::option_fits(dsr::skb(ctx), &backend)
     }
 
     #[inline(always)]
-    fn dsr_forward(_: &TcContext, _: &agent_common::Ct6Value, _: bool) -> i32 {
-        // Never called: DSR is false, no IPv6 entry has the DSR flag.
-        verdict::SHOT
+    fn dsr_forward(ctx: &TcContext, v: &agent_common::Ct6Value, first: bool) -> i32 {
+        dsr6::forward(dsr::skb(ctx), v, first)
     }
 
     #[inline(always)]

@@ -5,8 +5,9 @@
 //! backends to our SNAT ports are translated back; ICMP errors about
 //! translated flows are translated; with `--lb-mode dsr`, flows to remote
 //! backends keep the client's address and carry their frontend to the
-//! backend's node in an IP option, and packets arriving with that option for
-//! a backend on this node are recorded and stripped (dsr.rs). `ferry_tc_out`
+//! backend's node in an IP option (IPv6: a destination options header), and
+//! packets arriving with it for a backend on this node are recorded and
+//! stripped (dsr.rs, dsr6.rs). `ferry_tc_out`
 //! (egress): replies of local backends (and of DSR flows received) get their
 //! frontend back as the source, and ICMP errors they send about a flow are
 //! translated likewise. `ferry_tc_pod` (ingress of the devices the node
@@ -14,7 +15,7 @@
 //! node address a masqueraded flow gave it (externalTrafficPolicy Cluster)
 //! are translated back and forwarded to the client.
 //!
-//! IPv4 and IPv6 alike (IPv6 without DSR: see ns.rs); fragments after the
+//! IPv4 and IPv6 alike (see ns.rs); fragments after the
 //! first pass untouched. Each family's handler is a function of its own (a
 //! BPF-to-BPF call): the verifier counts the stack of a call chain, 512
 //! bytes in all, and ferry_tc_in's IPv4 path with its own calls (fib.rs,

@@ -202,7 +202,9 @@ impl PinnedMaps {
         for (k, id) in walk(names::MEMBERS_V4, &maps.members, mem4) {
             members.push((MemberKey::V4(k), id));
         }
-        assert!(mem6.is_empty(), "IPv6 memberships read from no map");
+        for (k, id) in walk(names::MEMBERS_V6, &maps.members6, mem6) {
+            members.push((MemberKey::V6(k), id));
+        }
         for (k, id) in &members {
             let map = match k {
                 MemberKey::V4(_) => names::MEMBERS_V4,

@@ -14,8 +14,9 @@
 //! `fd00:198:51:100::N`), their endpoints in one EndpointSlice per family, and the test sends
 //! its traffic over its own family: to the node's address of that family (NodePorts), the
 //! load balancer IP or externalIP of that family, from the client's address of that family,
-//! with the same assertions. Where IPv6 behaves differently by design (`--lb-mode dsr` is
-//! IPv4 only: IPv6 flows are masqueraded), the test says so and checks what IPv6 does.
+//! with the same assertions. Where IPv6 behaves differently by design, the test says so and
+//! checks what IPv6 does (`--lb-mode dsr` carries both families: an IPv4 option, an IPv6
+//! destination options header).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -763,8 +764,7 @@ fn lb_cluster_masquerades_to_a_backend_on_the_receiving_node(family: Family) {
         "{family}: a host-network backend sees the client"
     );
 
-    // --lb-mode dsr keeps the client's address, for a local backend too. DSR is IPv4's only:
-    // IPv6 flows are masqueraded under --lb-mode dsr as without it.
+    // --lb-mode dsr keeps the client's address, for a local backend too, over both families.
     c.stop_agent("node1");
     c.start_agent(
         "node1",
@@ -779,18 +779,11 @@ fn lb_cluster_masquerades_to_a_backend_on_the_receiving_node(family: Family) {
         &attempts,
         &format!("{family}: TCP to the LB IP, local backend, DSR mode"),
     );
-    match family {
-        Family::V4 => assert_eq!(
-            peers(&attempts),
-            BTreeSet::from([EXT1_IP.to_string()]),
-            "with --lb-mode dsr the local backend sees the client"
-        ),
-        Family::V6 => assert_eq!(
-            peers(&attempts),
-            BTreeSet::from([node1.clone()]),
-            "with --lb-mode dsr an IPv6 flow is masqueraded all the same"
-        ),
-    }
+    assert_eq!(
+        peers(&attempts),
+        BTreeSet::from([ext1_ip(family).to_string()]),
+        "{family}: with --lb-mode dsr the local backend sees the client"
+    );
 
     // No local endpoint left while the agent is away: the next one removes the pod device's
     // program the previous one pinned.
@@ -1945,10 +1938,9 @@ fn maglev_picks_the_same_backend_on_both_nodes(family: Family) {
     );
 }
 
-/// `--lb-mode dsr`: over IPv4 node2 answers the client directly and the backend sees the
-/// client's own address. DSR is IPv4's only: over IPv6 the same agents masquerade the flow
-/// (SNAT to node1's IPv6 address, the replies back through node1), which is what the IPv6
-/// variant checks.
+/// `--lb-mode dsr`: node2 answers the client directly and the backend sees the client's own
+/// address, over both families (IPv4: the frontend in an IP option; IPv6: in a destination
+/// options header).
 fn lb_cluster_dsr_keeps_the_client_ip(family: Family) {
     require_root!();
     let c = cluster("lb_cluster_dsr_keeps_the_client_ip", family);
@@ -1976,12 +1968,8 @@ fn lb_cluster_dsr_keeps_the_client_ip(family: Family) {
     c.route(&ext1, family.pick(LB_RANGES), "node1");
 
     // The client talks to node1; the only endpoint is on node2, which answers the client
-    // directly (from the LB IP) and the backend sees the client's own address (IPv4); over
-    // IPv6 the backend sees node1's address.
-    let seen = match family {
-        Family::V4 => EXT1_IP.to_string(),
-        Family::V6 => node_ip(&c, family, "node1").to_string(),
-    };
+    // directly (from the LB IP) and the backend sees the client's own address.
+    let seen = ext1_ip(family).to_string();
     first_answer(
         &c,
         &ext1,
@@ -1993,7 +1981,7 @@ fn lb_cluster_dsr_keeps_the_client_ip(family: Family) {
     assert_eq!(
         peers(&attempts),
         BTreeSet::from([seen.clone()]),
-        "{family}: DSR keeps the client's address (IPv6: masqueraded)"
+        "{family}: DSR keeps the client's address"
     );
     let udp = c.client(
         &ext1,
@@ -2012,23 +2000,19 @@ fn lb_cluster_dsr_keeps_the_client_ip(family: Family) {
         &format!("{family}: DSR"),
     );
     let flows = flows_of(&c, "node1");
-    match family {
-        Family::V4 => assert!(
-            flows.iter().any(|f| f.is_forward()
-                && src_ip(f) == Some(EXT1_IP.into())
-                && f.nat_dst == family.ep(&b2, 8080)
-                && !f.snat),
-            "node1 tracks the DSR flow without SNAT: {flows:#?}"
-        ),
-        Family::V6 => assert!(
-            flows.iter().any(|f| f.is_forward()
-                && src_ip(f) == Some(ext1_ip(family))
-                && f.nat_dst == family.ep(&b2, 8080)
-                && f.snat
-                && !f.dsr),
-            "node1 tracks the IPv6 flow with SNAT (no DSR for IPv6): {flows:#?}"
-        ),
-    }
+    assert!(
+        flows.iter().any(|f| f.is_forward()
+            && src_ip(f) == Some(ext1_ip(family))
+            && f.nat_dst == family.ep(&b2, 8080)
+            && f.dsr
+            && !f.snat),
+        "{family}: node1 tracks the DSR flow without SNAT: {flows:#?}"
+    );
+    let flows2 = flows_of(&c, "node2");
+    assert!(
+        flows2.iter().any(|f| f.dsr && !f.is_forward()),
+        "{family}: node2 tracks the DSR flow's replies: {flows2:#?}"
+    );
     println!(
         "node1 stats: {}\nnode2 stats: {}",
         c.stats("node1"),

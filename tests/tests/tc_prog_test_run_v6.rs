@@ -16,8 +16,8 @@ use std::{
 };
 
 use agent_common::{
-    AffinityKey, AffinityValue, Backend6, Ct6Key, Ct6Value, Ip6, NodeConfig, RevNat6, SrcRange6,
-    Svc6Key, SvcValue, affinity_client, affinity_id_v6, backend_flags, ct_dir, ct_flags,
+    AffinityKey, AffinityValue, Backend6, Ct6Key, Ct6Value, Ip6, Member6Key, NodeConfig, RevNat6,
+    SrcRange6, Svc6Key, SvcValue, affinity_client, affinity_id_v6, backend_flags, ct_dir, ct_flags,
     flow_hash_v6, maps as m,
     net::{ip6_to_raw, port_to_raw},
     node_flags, scope,
@@ -721,65 +721,575 @@ fn a_local_backend_is_masqueraded_and_answers_through_the_pod_program() {
     });
 }
 
+// Direct server return over IPv6 (`--lb-mode dsr`): node A DNATs, keeps the client's address and
+// carries the frontend in a destination options header (Cilium's `dsr_opt_v6`); node B records
+// the reply translation from it and removes it.
+
+/// Node B's address on its device (the skb's loopback in these tests).
+const NODE_B: Ipv6Addr = addr(0xfd00, 0x18, 0, 3);
+
+fn dsr_mode(f: &mut Fixture) {
+    f.node_config(NodeConfig {
+        flags: node_flags::DSR,
+        ..NodeConfig::default()
+    });
+}
+
+impl Fixture {
+    /// Backend `id` is a member of the exposed frontend `rev_nat_id` (`ferry_memb6_v1`).
+    fn member(&mut self, rev_nat_id: u16, id: u32) {
+        let b = self
+            .hash::<u32, Backend6>(m::BACKENDS_V6)
+            .get(&id, 0)
+            .unwrap();
+        let k = Member6Key {
+            rev_nat_id,
+            proto: b.proto,
+            _pad: 0,
+            addr: b.addr,
+            port: b.port,
+            _pad2: 0,
+        };
+        self.hash::<Member6Key, u32>(m::MEMBERS_V6)
+            .insert(&k, &id, 0)
+            .unwrap();
+    }
+}
+
+/// The destination options header naming `frontend`, byte for byte as Cilium's
+/// `struct dsr_opt_v6` (bpf/lib/nodeport.h): next header, Hdr Ext Len 2 (24 bytes), option type
+/// 0x1B, option length 20, the 16-byte address, the port, two zero bytes.
+fn dsr_header(next: u8, frontend: SocketAddrV6) -> Vec<u8> {
+    let mut h = vec![next, 2, 0x1b, 20];
+    h.extend_from_slice(&frontend.ip().octets());
+    h.extend_from_slice(&frontend.port().to_be_bytes());
+    h.extend_from_slice(&[0, 0]);
+    assert_eq!(h.len(), 24);
+    // The same bytes as the generic builder's (no padding needed: 24 is a multiple of 8).
+    assert_eq!(h, options_header(next, &h[2..]));
+    h
+}
+
+/// The IPv6 packet `src` -> `dst` with the DSR header naming `frontend`, then `l4` (checksummed
+/// for `src`/`dst`: extension headers are not in the pseudo-header).
+fn dsr_packet(
+    opts: Ip6Opts,
+    src: SocketAddrV6,
+    dst: SocketAddrV6,
+    frontend: SocketAddrV6,
+    proto: u8,
+    l4: &[u8],
+) -> Vec<u8> {
+    let mut p = dsr_header(proto, frontend);
+    p.extend_from_slice(l4);
+    ipv6(opts, *src.ip(), *dst.ip(), NEXTHDR_DEST, &p)
+}
+
+/// Node B's pods: a device `p0` with fd00:244:1::1/64, so REMOTE_POD is reached through another
+/// device than the packets' (a pod of this node); forwarding on.
+fn pods_behind_p0() {
+    ip_cmds(&[
+        &["link", "add", "p0", "type", "veth", "peer", "name", "p1"],
+        &["link", "set", "p1", "up"],
+        &["link", "set", "p0", "up"],
+        &[
+            "-6",
+            "addr",
+            "add",
+            "fd00:244:1::1/64",
+            "dev",
+            "p0",
+            "nodad",
+        ],
+    ]);
+    std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1").unwrap();
+}
+
 #[test]
 #[ignore = "kernel test: needs root (cargo xtask test runs it)"]
-fn dsr_mode_leaves_ipv6_flows_to_snat() {
+fn dsr_tcp_to_a_remote_backend_keeps_the_client_and_carries_the_frontend_in_a_destination_option() {
     require_root!();
     lab(|| {
         let mut f = Fixture::new();
-        f.node_config(NodeConfig {
-            flags: node_flags::DSR,
-            ..NodeConfig::default()
-        });
-        let np = sa(NODE, 30080);
-        let rpod = sa(REMOTE_POD, 8080);
-        let lpod = sa(LOCAL_POD, 8080);
-        f.backend(4, rpod, IPPROTO_TCP, false);
-        f.backend(1, lpod, IPPROTO_TCP, true);
-        f.frontend(
-            np,
-            IPPROTO_TCP,
-            scope::EXTERNAL,
-            svc_flags::NODE_PORT,
-            REV_NODEPORT,
-            &[4],
-        );
+        dsr_mode(&mut f);
         let vip = sa(LB_VIP, 80);
+        let pod = sa(REMOTE_POD, 8080);
+        let client = sa(CLIENT, 40000);
+        f.backend(4, pod, IPPROTO_TCP, false);
         f.frontend(
             vip,
             IPPROTO_TCP,
             scope::EXTERNAL,
             svc_flags::LOAD_BALANCER,
             REV_LB,
-            &[1],
+            &[4],
         );
 
-        // A remote backend: SNAT, no option (IPv6 has no DSR).
+        let syn = inbound(tcp_packet(client, vip, TCP_SYN, b""));
+        let r = f.run(TC_IN, &syn);
+        // No route in the test's namespace: handed to the stack, which forwards it.
+        assert_eq!(r.verdict(), OK);
+        assert_eq!(f.counter(Counter::NsFibPassed), 1);
+        let want = inbound(dsr_packet(
+            Ip6Opts::default(),
+            client,
+            pod,
+            vip,
+            IPPROTO_TCP,
+            &tcp_segment(client, pod, TCP_SYN, b""),
+        ));
+        assert_frame(&r.data, &want, "SYN with the DSR header");
+        // Spelled out: next header 60, payload length 24 + 20, the header right after the
+        // fixed one.
+        let ip = &r.data[ETH_HLEN..];
+        assert_eq!(ip[6], NEXTHDR_DEST);
+        assert_eq!(u16::from_be_bytes([ip[4], ip[5]]), 44);
+        let mut h = vec![IPPROTO_TCP, 2, 0x1b, 20];
+        h.extend_from_slice(&LB_VIP.octets());
+        h.extend_from_slice(&[0, 80, 0, 0]);
+        assert_eq!(&ip[40..64], &h[..]);
+        // The TCP checksum, from scratch over the client -> backend pseudo-header.
+        let seg = &ip[64..];
+        let ps = progtest::pseudo_sum_v6(CLIENT, REMOTE_POD, IPPROTO_TCP, seg.len());
+        assert_eq!(progtest::fold(progtest::sum(ps, seg)), 0xffff);
+        assert_ct(
+            &mut f,
+            &[(
+                ct_key(client, vip, IPPROTO_TCP, ct_dir::FORWARD),
+                ct_val(client, pod, 4, REV_LB, ct_flags::DSR, TCP_SYN),
+            )],
+        );
+        assert_eq!(f.counter(Counter::NsNewFlow), 1);
+
+        // Later segments: DNAT only, no header.
+        let ack = inbound(tcp_packet(client, vip, TCP_ACK, b"GET /"));
+        let r = f.run(TC_IN, &ack);
+        assert_eq!(r.verdict(), OK);
+        assert_frame(
+            &r.data,
+            &inbound(tcp_packet(client, pod, TCP_ACK, b"GET /")),
+            "ACK without the header",
+        );
+        // A retransmitted SYN carries it again.
+        let r = f.run(TC_IN, &syn);
+        assert_frame(&r.data, &want, "retransmitted SYN");
+
+        // CHECKSUM_COMPLETE: the kernel fails the run if skb->csum no longer matches.
+        let client2 = sa(CLIENT, 40001);
+        let r = f.run_complete(TC_IN, &inbound(tcp_packet(client2, vip, TCP_SYN, b"")));
+        assert_frame(
+            &r.data,
+            &inbound(dsr_packet(
+                Ip6Opts::default(),
+                client2,
+                pod,
+                vip,
+                IPPROTO_TCP,
+                &tcp_segment(client2, pod, TCP_SYN, b""),
+            )),
+            "SYN with the header, CHECKSUM_COMPLETE",
+        );
+
+        // UDP: every datagram carries it.
+        let uvip = sa(LB_VIP, 53);
+        let upod = sa(REMOTE_POD, 5353);
+        f.backend(5, upod, IPPROTO_UDP, false);
+        f.frontend(
+            uvip,
+            IPPROTO_UDP,
+            scope::EXTERNAL,
+            svc_flags::LOAD_BALANCER,
+            REV_LB + 2,
+            &[5],
+        );
+        for _ in 0..2 {
+            let r = f.run(TC_IN, &inbound(udp_packet(client, uvip, b"query")));
+            assert_eq!(r.verdict(), OK);
+            assert_frame(
+                &r.data,
+                &inbound(dsr_packet(
+                    Ip6Opts::default(),
+                    client,
+                    upod,
+                    uvip,
+                    IPPROTO_UDP,
+                    &udp6(client, upod, b"query", true),
+                )),
+                "UDP datagram with the header",
+            );
+        }
+
+        // A local backend: the client's address kept (DSR mode), DNAT, both entries, no header.
+        let vip2 = sa(LB_VIP, 81);
+        let local = sa(LOCAL_POD, 8080);
+        f.backend(1, local, IPPROTO_TCP, true);
+        f.frontend(
+            vip2,
+            IPPROTO_TCP,
+            scope::EXTERNAL,
+            svc_flags::LOAD_BALANCER,
+            REV_LB + 1,
+            &[1],
+        );
+        let r = f.run(TC_IN, &inbound(tcp_packet(client, vip2, TCP_SYN, b"")));
+        assert_eq!(r.verdict(), OK);
+        assert_frame(
+            &r.data,
+            &inbound(tcp_packet(client, local, TCP_SYN, b"")),
+            "local backend, DSR mode",
+        );
+        assert_eq!(f.counter(Counter::NsDsrFallback), 0);
+    });
+}
+
+#[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
+fn dsr_header_for_a_local_backend_is_stripped_and_the_reply_leaves_from_the_frontend() {
+    require_root!();
+    lab(|| {
+        let vip = sa(LB_VIP, 80);
+        let pod = sa(REMOTE_POD, 8080);
         let client = sa(CLIENT, 40000);
-        let r = f.run(TC_IN, &inbound(tcp_packet(client, np, TCP_SYN, b"")));
+
+        // Node A makes the packet.
+        let mut a = Fixture::new();
+        dsr_mode(&mut a);
+        a.backend(4, pod, IPPROTO_TCP, false);
+        a.frontend(
+            vip,
+            IPPROTO_TCP,
+            scope::EXTERNAL,
+            svc_flags::LOAD_BALANCER,
+            REV_LB,
+            &[4],
+        );
+        let from_a = a
+            .run(TC_IN, &inbound(tcp_packet(client, vip, TCP_SYN, b"")))
+            .data;
+        drop(a);
+
+        // Node B: the same services (its own agent's: the pod is local here).
+        pods_behind_p0();
+        let mut b = Fixture::new();
+        dsr_mode(&mut b);
+        b.node_addr(IFINDEX, NODE_B);
+        b.backend(4, pod, IPPROTO_TCP, true);
+        b.frontend(
+            vip,
+            IPPROTO_TCP,
+            scope::EXTERNAL,
+            svc_flags::LOAD_BALANCER,
+            REV_LB,
+            &[4],
+        );
+        b.member(REV_LB, 4);
+        let r = b.run(TC_IN, &from_a);
+        assert_eq!(r.verdict(), OK);
+        // Exactly the DNATed SYN without the header (next header, payload length, checksum).
+        assert_frame(
+            &r.data,
+            &inbound(tcp_packet(client, pod, TCP_SYN, b"")),
+            "SYN after the header was removed",
+        );
+        assert_ct(
+            &mut b,
+            &[(
+                ct_key(pod, client, IPPROTO_TCP, ct_dir::REPLY),
+                ct_val(
+                    vip,
+                    client,
+                    0,
+                    REV_LB,
+                    ct_flags::DSR | ct_flags::LOCAL,
+                    TCP_SYN,
+                ),
+            )],
+        );
+        assert_eq!(b.counter(Counter::NsDsrReceived), 1);
+        assert_eq!(b.counter(Counter::NsNewFlow), 0);
+
+        // The pod's SYN-ACK leaves B from the frontend, straight to the client.
+        let r = b.run(
+            TC_OUT,
+            &outbound(tcp_packet(pod, client, TCP_SYN | TCP_ACK, b"")),
+        );
+        assert_eq!(r.verdict(), OK);
+        assert_frame(
+            &r.data,
+            &outbound(tcp_packet(vip, client, TCP_SYN | TCP_ACK, b"")),
+            "SYN-ACK from the frontend",
+        );
+
+        // The client's next segments (no header) reach the pod through B untouched.
+        let ack = inbound(tcp_packet(client, pod, TCP_ACK, b"data"));
+        let r = b.run(TC_IN, &ack);
+        assert_eq!(r.verdict(), PASS);
+        assert_eq!(r.data, ack);
+        assert_eq!(b.ct().len(), 1);
+
+        // CHECKSUM_COMPLETE through the strip.
+        let client2 = sa(CLIENT, 40002);
+        let r = b.run_complete(
+            TC_IN,
+            &inbound(dsr_packet(
+                Ip6Opts::default(),
+                client2,
+                pod,
+                vip,
+                IPPROTO_TCP,
+                &tcp_segment(client2, pod, TCP_SYN, b""),
+            )),
+        );
+        assert_frame(
+            &r.data,
+            &inbound(tcp_packet(client2, pod, TCP_SYN, b"")),
+            "strip, CHECKSUM_COMPLETE",
+        );
+        assert_eq!(b.counter(Counter::NsDsrReceived), 2);
+
+        // UDP through a NodePort of node A (a cluster node's address): the datagram stripped,
+        // the answer from A's NodePort.
+        let upod = sa(REMOTE_POD, 5353);
+        b.backend(6, upod, IPPROTO_UDP, true);
+        let np_b = sa(NODE_B, 30053);
+        b.frontend(
+            np_b,
+            IPPROTO_UDP,
+            scope::EXTERNAL,
+            svc_flags::NODE_PORT,
+            REV_NODEPORT,
+            &[6],
+        );
+        b.member(REV_NODEPORT, 6);
+        b.cluster_node(NODE);
+        let np_a = sa(NODE, 30053);
+        let r = b.run(
+            TC_IN,
+            &inbound(dsr_packet(
+                Ip6Opts::default(),
+                client,
+                upod,
+                np_a,
+                IPPROTO_UDP,
+                &udp6(client, upod, b"q", true),
+            )),
+        );
+        assert_eq!(r.verdict(), OK);
+        assert_frame(
+            &r.data,
+            &inbound(udp_packet(client, upod, b"q")),
+            "UDP stripped",
+        );
+        let r = b.run(TC_OUT, &outbound(udp_packet(upod, client, b"a")));
+        assert_eq!(r.verdict(), OK);
+        assert_frame(
+            &r.data,
+            &outbound(udp_packet(np_a, client, b"a")),
+            "UDP answer from A's NodePort",
+        );
+        assert_eq!(b.counter(Counter::NsDsrReceived), 3);
+    });
+}
+
+#[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
+fn dsr_headers_are_honoured_only_when_they_can_be_verified() {
+    require_root!();
+    lab(|| {
+        pods_behind_p0();
+        let mut b = Fixture::new();
+        dsr_mode(&mut b);
+        b.node_addr(IFINDEX, NODE_B);
+        let vip = sa(LB_VIP, 80);
+        let pod = sa(REMOTE_POD, 8080);
+        let other = sa(REMOTE_POD, 9090);
+        let client = sa(CLIENT, 40000);
+        b.backend(4, pod, IPPROTO_TCP, true);
+        b.backend(5, other, IPPROTO_TCP, true);
+        b.frontend(
+            vip,
+            IPPROTO_TCP,
+            scope::EXTERNAL,
+            svc_flags::LOAD_BALANCER,
+            REV_LB,
+            &[4],
+        );
+        b.member(REV_LB, 4);
+        let np_b = sa(NODE_B, 30080);
+        b.frontend(
+            np_b,
+            IPPROTO_TCP,
+            scope::EXTERNAL,
+            svc_flags::NODE_PORT,
+            REV_NODEPORT,
+            &[4],
+        );
+        b.member(REV_NODEPORT, 4);
+        let passes = |b: &mut Fixture, frame: Vec<u8>, what: &str| {
+            let r = b.run(TC_IN, &frame);
+            assert_eq!(r.verdict(), PASS, "{what}");
+            assert_eq!(r.data, frame, "{what}: untouched");
+        };
+        let syn = |to: SocketAddrV6, frontend: SocketAddrV6| {
+            inbound(dsr_packet(
+                Ip6Opts::default(),
+                client,
+                to,
+                frontend,
+                IPPROTO_TCP,
+                &tcp_segment(client, to, TCP_SYN, b""),
+            ))
+        };
+        // A pod that is no backend of the frontend named (not in ferry_memb6_v1).
+        passes(&mut b, syn(other, vip), "not a member");
+        // A frontend nobody serves.
+        passes(&mut b, syn(pod, sa(OUTSIDER, 80)), "no such frontend");
+        // A NodePort on an address that is no cluster node's.
+        passes(&mut b, syn(pod, sa(OUTSIDER, 30080)), "NodePort of no node");
+        assert_eq!(b.counter(Counter::NsDsrIgnored), 3);
+        assert!(b.ct().is_empty());
+        // With the node's address known, the same NodePort header is honoured.
+        b.cluster_node(OUTSIDER);
+        let r = b.run(TC_IN, &syn(pod, sa(OUTSIDER, 30080)));
+        assert_eq!(r.verdict(), OK);
+        assert_eq!(b.counter(Counter::NsDsrReceived), 1);
+        // A live DSR flow of another frontend on the same 5-tuple: dropped, its entry kept.
+        let r = b.run(TC_IN, &syn(pod, vip));
+        assert_eq!(r.verdict(), SHOT);
+        assert_eq!(b.counter(Counter::NsDsrClashDrop), 1);
+        assert_eq!(b.ct().len(), 1);
+        // DSR off here: every header passes untouched (a flow no entry knows).
+        b.node_config(NodeConfig::default());
+        let client3 = sa(CLIENT, 40003);
+        let off = inbound(dsr_packet(
+            Ip6Opts::default(),
+            client3,
+            pod,
+            vip,
+            IPPROTO_TCP,
+            &tcp_segment(client3, pod, TCP_SYN, b""),
+        ));
+        passes(&mut b, off, "DSR off");
+        assert_eq!(b.counter(Counter::NsDsrIgnored), 4);
+    });
+}
+
+#[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
+fn dsr_is_routed_through_the_fib_and_falls_back_to_snat_when_the_header_does_not_fit() {
+    require_root!();
+    lab(|| {
+        // The route to the backends: a next hop with a resolved neighbour, MTU 1280.
+        ip_cmds(&[
+            &[
+                "link",
+                "add",
+                "d0",
+                "address",
+                "02:00:00:00:aa:01",
+                "mtu",
+                "1280",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "d1",
+            ],
+            &["link", "set", "d1", "up"],
+            &["link", "set", "d0", "up"],
+            &["-6", "addr", "add", "fd00:64::1/64", "dev", "d0", "nodad"],
+            &[
+                "-6",
+                "neigh",
+                "add",
+                "fd00:64::2",
+                "lladdr",
+                "02:00:00:00:aa:02",
+                "dev",
+                "d0",
+                "nud",
+                "permanent",
+            ],
+            &[
+                "-6",
+                "route",
+                "add",
+                "fd00:244:1::/64",
+                "via",
+                "fd00:64::2",
+                "dev",
+                "d0",
+            ],
+        ]);
+        std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1").unwrap();
+        let gw: [u8; 6] = [0x02, 0, 0, 0, 0xaa, 0x02];
+        let me: [u8; 6] = [0x02, 0, 0, 0, 0xaa, 0x01];
+        let routed = |mut p: Vec<u8>| {
+            p[7] -= 1;
+            ethernet(gw, me, ETH_P_IPV6, &p)
+        };
+
+        let mut f = Fixture::new();
+        dsr_mode(&mut f);
+        let vip = sa(LB_VIP, 53);
+        let pod = sa(REMOTE_POD, 5353);
+        f.backend(4, pod, IPPROTO_UDP, false);
+        f.frontend(
+            vip,
+            IPPROTO_UDP,
+            scope::EXTERNAL,
+            svc_flags::LOAD_BALANCER,
+            REV_LB,
+            &[4],
+        );
+        // 40 + 24 + 8 + payload: 1208 bytes of payload grow to exactly the MTU.
+        let fits = vec![0x55u8; 1208];
+        let client = sa(CLIENT, 40000);
+        let r = f.run_complete(TC_IN, &inbound(udp_packet(client, vip, &fits)));
+        assert_eq!(r.verdict(), REDIRECT, "routed with the header");
+        assert_frame(
+            &r.data,
+            &routed(dsr_packet(
+                Ip6Opts::default(),
+                client,
+                pod,
+                vip,
+                IPPROTO_UDP,
+                &udp6(client, pod, &fits, true),
+            )),
+            "DSR datagram of exactly the MTU",
+        );
+        assert_eq!(f.counter(Counter::NsDsrFallback), 0);
+
+        // One byte more on a new flow: the header would not fit, so the flow is masqueraded
+        // for its whole life (what IPv4 does; no Packet Too Big to the client).
+        let big = vec![0x55u8; 1209];
+        let client2 = sa(CLIENT, 40001);
+        let r = f.run(TC_IN, &inbound(udp_packet(client2, vip, &big)));
+        assert_eq!(r.verdict(), REDIRECT);
         let snat = sa(NODE, snat_port(&r.data));
         assert_frame(
             &r.data,
-            &inbound(tcp_packet(snat, rpod, TCP_SYN, b"")),
-            "remote backend, DSR mode",
+            &routed(udp_packet(snat, pod, &big)),
+            "SNAT fallback",
         );
-        // A local backend, eTP Cluster: masqueraded, as without DSR.
-        let r = f.run(TC_IN, &inbound(tcp_packet(client, vip, TCP_SYN, b"")));
-        let snat2 = sa(NODE, snat_port(&r.data));
-        assert_frame(
-            &r.data,
-            &inbound(tcp_packet(snat2, lpod, TCP_SYN, b"")),
-            "local backend, DSR mode",
-        );
+        assert_eq!(f.counter(Counter::NsDsrFallback), 1);
         let flags: Vec<u8> = f.ct().values().map(|v| v.flags).collect();
-        assert_eq!(flags.len(), 4);
-        assert!(
-            flags
-                .iter()
-                .all(|fl| fl & ct_flags::SNAT != 0 && fl & ct_flags::DSR == 0),
+        assert_eq!(
+            flags.iter().filter(|&&fl| fl & ct_flags::SNAT != 0).count(),
+            2,
             "{flags:?}"
         );
-        assert_eq!(f.counter(Counter::NsDsrFallback), 0);
+
+        // A later datagram of the DSR flow that no longer fits: sent without the header.
+        let r = f.run(TC_IN, &inbound(udp_packet(client, vip, &big)));
+        assert_eq!(r.verdict(), REDIRECT);
+        assert_frame(
+            &r.data,
+            &routed(udp_packet(client, pod, &big)),
+            "DSR datagram too big for the header: DNAT only",
+        );
+        assert_eq!(f.counter(Counter::NsDsrFallback), 2);
     });
 }
 

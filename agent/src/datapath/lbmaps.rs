@@ -47,13 +47,6 @@ pub trait LbMaps {
     fn members(&self) -> Vec<(MemberKey, u32)>;
 }
 
-fn no_members6() -> Error {
-    Error::MissingObject {
-        what: "map",
-        name: format!("{} (DSR is IPv4 only)", names::MEMBERS_V6),
-    }
-}
-
 /// Every entry of a hash map: in batches of a few thousand (one syscall
 /// each, where walking key by key takes two per entry: 1 s of adoption at
 /// 10,000 Services), key by key where the kernel has no batch lookup.
@@ -185,24 +178,27 @@ impl LbMaps for Maps {
     fn maglev_entries(&self) -> Vec<(u32, u32)> {
         all(&self.maglev)
     }
-    // The object has no IPv6 membership map: DSR, its one reader, is IPv4
-    // only, and the programmer writes memberships of IPv4 frontends alone.
     fn put_member(&mut self, k: MemberKey, backend_id: u32) -> Result<()> {
         match k {
             MemberKey::V4(k) => put(names::MEMBERS_V4, &mut self.members, &k, &backend_id),
-            MemberKey::V6(_) => Err(no_members6()),
+            MemberKey::V6(k) => put(names::MEMBERS_V6, &mut self.members6, &k, &backend_id),
         }
     }
     fn del_member(&mut self, k: &MemberKey) -> Result<()> {
         match k {
             MemberKey::V4(k) => deleted(names::MEMBERS_V4, self.members.remove(k)),
-            MemberKey::V6(_) => Err(no_members6()),
+            MemberKey::V6(k) => deleted(names::MEMBERS_V6, self.members6.remove(k)),
         }
     }
     fn members(&self) -> Vec<(MemberKey, u32)> {
         all(&self.members)
             .into_iter()
             .map(|(k, v)| (MemberKey::V4(k), v))
+            .chain(
+                all(&self.members6)
+                    .into_iter()
+                    .map(|(k, v)| (MemberKey::V6(k), v)),
+            )
             .collect()
     }
 }

@@ -4,8 +4,8 @@
 
 use agent_common::{
     AffinityKey, AffinityValue, Backend4, Backend6, Ct4Key, Ct4Value, Ct6Key, Ct6Value, Ip6,
-    Member4Key, NodeConfig, RevNat4, RevNat6, SockRev4, SockRev4Key, SrcRange4, SrcRange6, Svc4Key,
-    Svc6Key, SvcValue, maps as names,
+    Member4Key, Member6Key, NodeConfig, RevNat4, RevNat6, SockRev4, SockRev4Key, SrcRange4,
+    SrcRange6, Svc4Key, Svc6Key, SvcValue, maps as names,
 };
 use aya::{
     Ebpf,
@@ -42,6 +42,7 @@ pub struct Maps {
     pub ct6: HashMap<MapData, Ct6Key, Ct6Value>,
     pub node_addr6: HashMap<MapData, u32, Ip6>,
     pub nodes6: HashMap<MapData, Ip6, u8>,
+    pub members6: HashMap<MapData, Member6Key, u32>,
 }
 
 impl Maps {
@@ -74,6 +75,7 @@ impl Maps {
             ct6: typed(names::CT_V6, take(names::CT_V6)?)?,
             node_addr6: typed(names::NODE_ADDR_V6, take(names::NODE_ADDR_V6)?)?,
             nodes6: typed(names::NODES_V6, take(names::NODES_V6)?)?,
+            members6: typed(names::MEMBERS_V6, take(names::MEMBERS_V6)?)?,
         })
     }
 
@@ -112,6 +114,7 @@ impl Maps {
             ct6: typed(names::CT_V6, open(names::CT_V6)?)?,
             node_addr6: typed(names::NODE_ADDR_V6, open(names::NODE_ADDR_V6)?)?,
             nodes6: typed(names::NODES_V6, open(names::NODES_V6)?)?,
+            members6: typed(names::MEMBERS_V6, open(names::MEMBERS_V6)?)?,
         })
     }
 

@@ -1298,12 +1298,9 @@ impl<M: LbMaps> Programmer<M> {
 
 /// The frontend is served on the node's devices (the external scope of a
 /// NodePort, externalIP or LoadBalancer): its backends are the destinations
-/// a DSR option naming it may reach (`ferry_memb4_v1`).
-///
-/// IPv4 only: the DSR path, the memberships' one reader, carries IPv4.
+/// a DSR option naming it may reach (`ferry_memb4_v1`, `ferry_memb6_v1`).
 fn exposed(key: &FrontendKey, flags: u16) -> bool {
     key.scope == Scope::External
-        && key.ip.is_ipv4()
         && flags & (svc_flags::NODE_PORT | svc_flags::EXTERNAL_IP | svc_flags::LOAD_BALANCER) != 0
 }
 

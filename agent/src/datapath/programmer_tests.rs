@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeSet,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use agent_common::{
@@ -680,6 +680,68 @@ fn exposed_frontends_list_their_backends_for_dsr_and_nothing_else_does() {
 
     // The service goes: so do its memberships.
     second.apply(&Desired::default());
+    assert!(maps.contents().members.is_empty());
+}
+
+/// An IPv6 exposed frontend lists its backends as an IPv4 one does (DSR
+/// carries both families): in the IPv6 membership map, before the frontend,
+/// and gone with it.
+#[test]
+fn exposed_ipv6_frontends_list_their_backends_for_dsr() {
+    let maps = FakeMaps::default();
+    let mut p = Programmer::adopt(maps.clone());
+    let v6 = |last: u16| -> IpAddr { Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, last).into() };
+    let lb = FrontendKey {
+        ip: v6(0x100),
+        port: 80,
+        proto: Protocol::Tcp,
+        scope: Scope::External,
+    };
+    let cip = FrontendKey {
+        ip: v6(0x200),
+        ..lb
+    };
+    let b = |last: u16| BackendAddr {
+        ip: v6(last),
+        port: 8080,
+        proto: Protocol::Tcp,
+    };
+    let mut load_balancer = frontend("web6", vec![b(2), b(3)]);
+    load_balancer.kind = FrontendKind::LoadBalancer;
+    p.apply(&desired(vec![
+        (lb, load_balancer.clone()),
+        (cip, frontend("web6", vec![b(2), b(3)])),
+    ]));
+    let ops = maps.take_ops();
+    let members = |maps: &FakeMaps| maps.contents().members.clone();
+    let have = members(&maps);
+    assert_eq!(
+        have.len(),
+        2,
+        "the LoadBalancer IP's backends only: {have:?}"
+    );
+    let rev = have
+        .keys()
+        .map(|k| codec::member_of(k).unwrap().0)
+        .next()
+        .unwrap();
+    let (m2, m3) = (member(rev, &b(2)), member(rev, &b(3)));
+    assert!(matches!(m2, MemberKey::V6(_)));
+    assert_eq!(have.keys().copied().collect::<Vec<_>>(), vec![m2, m3]);
+    let put_svc = ops
+        .iter()
+        .position(|o| matches!(o, Op::PutSvc(SvcKey::V6(k)) if k.slot == 0 && k.scope == agent_common::scope::EXTERNAL))
+        .expect("the frontend written");
+    assert!(
+        pos(&ops, &Op::PutMember(m3)) < put_svc,
+        "members before the frontend that makes them reachable"
+    );
+
+    load_balancer.backends = vec![b(2)];
+    p.apply(&desired(vec![(lb, load_balancer)]));
+    assert_eq!(members(&maps).keys().copied().collect::<Vec<_>>(), vec![m2]);
+
+    p.apply(&Desired::default());
     assert!(maps.contents().members.is_empty());
 }
 
