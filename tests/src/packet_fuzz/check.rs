@@ -13,7 +13,8 @@
 //!   changed only where a translation may change it (MACs, hop limit, addresses, ports,
 //!   checksums; an error's quoted addresses, ports and checksum), same length, unless it
 //!   became ferry's port unreachable; and a rewritten TCP/UDP frame is addressed as the
-//!   conntrack entry of its tuple says (its 5-tuple is that entry's NAT tuple);
+//!   conntrack entry of its tuple says (its 5-tuple is that entry's NAT tuple); ferry's DSR
+//!   destination options header, inserted or stripped, is set aside before judging;
 //! - (b) for IPv6 covers the TCP/UDP/ICMPv6 checksums over the pseudo-header and the quoted
 //!   packet's L4 checksum; NDP, echo and MLD concern no frontend and fall under (a);
 //! - (d) every run succeeds (with CHECKSUM_COMPLETE, the kernel also checks that `skb->csum`
@@ -77,7 +78,8 @@ fn concerned6(frame: &[u8], frontends: &[Endpoint6], state: &State) -> bool {
         return frontends
             .iter()
             .any(|f| f.ip == t.daddr && f.port == t.dport && f.proto == t.proto)
-            || tracked(t);
+            || tracked(t)
+            || v6::without_dsr_option(frame).is_some();
     }
     v6::quoted_tuple(frame).is_some_and(tracked)
 }
@@ -214,6 +216,17 @@ fn check6(after: &State, input: &[u8], verdict: i32, output: &[u8]) -> Result<Ch
     if reject {
         return Ok(Checked::Rejected);
     }
+    // DSR inserts its destination options header on the node the client reached and strips
+    // it on the backend's: judged as the frame without it (same rules otherwise).
+    let (input, output) = match (
+        v6::without_dsr_option(input),
+        v6::without_dsr_option(output),
+    ) {
+        (None, Some(out)) => (input.to_vec(), out),
+        (Some(inp), None) => (inp, output.to_vec()),
+        _ => (input.to_vec(), output.to_vec()),
+    };
+    let (input, output) = (&input[..], &output[..]);
     if let Some(at) = v6::changed_outside(input, output) {
         return fail(
             "(e) only what a translation may change",

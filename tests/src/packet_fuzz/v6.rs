@@ -318,6 +318,28 @@ pub fn may_change(frame: &[u8]) -> Vec<std::ops::Range<usize>> {
     r
 }
 
+/// The frame without ferry's DSR destination options header (Cilium's `dsr_opt_v6`: the
+/// first extension header, 24 bytes, option 0x1B), the fixed header's next header and payload
+/// length restored; None when the frame has none.
+pub fn without_dsr_option(frame: &[u8]) -> Option<Vec<u8>> {
+    let at = ETH_HLEN + IPV6_HLEN;
+    let len = agent_common::DSR_OPT6_SIZE;
+    let h = frame.get(at..at + len)?;
+    if frame.get(ETH_HLEN + 6) != Some(&NEXTHDR_DEST)
+        || h[1] != agent_common::DSR_OPT6_HDR_LEN
+        || h[2] != agent_common::DSR_OPT6_TYPE
+    {
+        return None;
+    }
+    let mut out = frame[..at].to_vec();
+    out.extend_from_slice(&frame[at + len..]);
+    out[ETH_HLEN + 6] = h[0];
+    let payload = u16::from_be_bytes([out[ETH_HLEN + 4], out[ETH_HLEN + 5]]);
+    let payload = payload.checked_sub(len as u16)?;
+    out[ETH_HLEN + 4..ETH_HLEN + 6].copy_from_slice(&payload.to_be_bytes());
+    Some(out)
+}
+
 /// The first offset where `output` differs from `input` outside what may change.
 pub fn changed_outside(input: &[u8], output: &[u8]) -> Option<usize> {
     if input.len() != output.len() {
