@@ -209,6 +209,13 @@ pub struct Programmer<M: LbMaps = Maps> {
     /// are `cluster_ips.len()` more).
     /// Per family ([`Family::index`]): each family has its own map.
     svc_entries: [u32; 2],
+    /// Per family, kept as entries come and go (a sync reads them; counting
+    /// the maps' keys would cost every sync the size of the cluster):
+    /// ClusterIP marks (`cluster_ips` keys), backends (`backends` keys),
+    /// service addresses (`rev_nats` keys).
+    marks_of: [u32; 2],
+    backends_of: [u32; 2],
+    rev_nats_of: [u32; 2],
     /// Entries in the source-range map.
     src_range_entries: u32,
     /// Maglev tables in the Maglev map.
@@ -245,6 +252,9 @@ impl<M: LbMaps> Programmer<M> {
             rev_ids: IdAllocator::new(caps.rev_nat),
             cluster_ips: HashMap::new(),
             svc_entries: [0; 2],
+            marks_of: [0; 2],
+            backends_of: [0; 2],
+            rev_nats_of: [0; 2],
             src_range_entries: 0,
             maglev_tables: 0,
             writes: 0,
@@ -285,6 +295,7 @@ impl<M: LbMaps> Programmer<M> {
                     .or_insert(BackendEntry { id, refs: 0 })
                     .refs += 1;
                 if new {
+                    p.backends_of[Family::of(&addr.ip).index()] += 1;
                     *p.backend_addrs.entry(*addr).or_default() += 1;
                     if flags & backend_flags::LOCAL != 0 {
                         p.local_ip_joined(addr.ip);
@@ -296,6 +307,9 @@ impl<M: LbMaps> Programmer<M> {
             let rkey = key.addr();
             let rid = f.value.rev_nat_id;
             p.rev_keys.entry(rid).or_insert(rkey);
+            if !p.rev_nats.contains_key(&rkey) {
+                p.rev_nats_of[Family::of(&rkey.ip).index()] += 1;
+            }
             p.rev_nats
                 .entry(rkey)
                 .or_insert(RevNatEntry {
@@ -338,7 +352,11 @@ impl<M: LbMaps> Programmer<M> {
         p.reconcile_members();
         for (key, f) in &p.frontends {
             if f.flags & svc_flags::CLUSTER_IP != 0 {
-                *p.cluster_ips.entry(key.ip).or_default() += 1;
+                let n = p.cluster_ips.entry(key.ip).or_default();
+                if *n == 0 {
+                    p.marks_of[Family::of(&key.ip).index()] += 1;
+                }
+                *n += 1;
             }
         }
         p.reconcile_cluster_ips(&st.cluster_ips);
@@ -392,28 +410,17 @@ impl<M: LbMaps> Programmer<M> {
 
     /// Entries in one family's service map (frontends, slots, marks).
     pub fn service_entries_of(&self, family: Family) -> u32 {
-        let marks = self
-            .cluster_ips
-            .keys()
-            .filter(|ip| Family::of(ip) == family)
-            .count() as u32;
-        self.svc_entries[family.index()] + marks
+        self.svc_entries[family.index()] + self.marks_of[family.index()]
     }
 
     /// Backends of one family (one id space, a map per family).
     pub fn backend_count_of(&self, family: Family) -> usize {
-        self.backends
-            .keys()
-            .filter(|k| Family::of(&k.addr.ip) == family)
-            .count()
+        self.backends_of[family.index()] as usize
     }
 
     /// Service addresses (rev-NAT entries) of one family.
     pub fn rev_nat_count_of(&self, family: Family) -> usize {
-        self.rev_keys
-            .values()
-            .filter(|a| Family::of(&a.ip) == family)
-            .count()
+        self.rev_nats_of[family.index()] as usize
     }
 
     pub fn rev_nat_count(&self) -> usize {
@@ -909,6 +916,7 @@ impl<M: LbMaps> Programmer<M> {
             return Err(e);
         }
         self.backends.insert(k, BackendEntry { id, refs: 1 });
+        self.backends_of[Family::of(&k.addr.ip).index()] += 1;
         *self.backend_addrs.entry(k.addr).or_default() += 1;
         if k.flags & backend_flags::LOCAL != 0 {
             self.local_ip_joined(k.addr.ip);
@@ -929,6 +937,7 @@ impl<M: LbMaps> Programmer<M> {
         }
         let id = e.id;
         self.backends.remove(k);
+        self.backends_of[Family::of(&k.addr.ip).index()] -= 1;
         if let Err(e) = self.del_backend(id, Family::of(&k.addr.ip)) {
             warn!(backend = %k.addr, error = %e, "removing a backend");
         }
@@ -963,6 +972,7 @@ impl<M: LbMaps> Programmer<M> {
             return Err(e);
         }
         self.rev_keys.insert(id, *addr);
+        self.rev_nats_of[Family::of(&addr.ip).index()] += 1;
         self.rev_nats.insert(
             *addr,
             RevNatEntry {
@@ -985,6 +995,7 @@ impl<M: LbMaps> Programmer<M> {
             self.remove_source_ranges(id, &BTreeSet::new());
             self.clear_maglev(id);
             self.rev_nats.remove(addr);
+            self.rev_nats_of[Family::of(&addr.ip).index()] -= 1;
             self.rev_keys.remove(&id);
             if let Err(e) = self.del_rev_nat(id, Family::of(&addr.ip)) {
                 warn!(address = %addr, error = %e, "removing a rev-NAT entry");
@@ -1185,6 +1196,7 @@ impl<M: LbMaps> Programmer<M> {
                 let n = self.cluster_ips.entry(ip).or_default();
                 *n += 1;
                 if *n == 1 {
+                    self.marks_of[Family::of(&ip).index()] += 1;
                     self.mark_cluster_ip(ip);
                 }
             }
@@ -1195,6 +1207,7 @@ impl<M: LbMaps> Programmer<M> {
                 *n -= 1;
                 if *n == 0 {
                     self.cluster_ips.remove(&ip);
+                    self.marks_of[Family::of(&ip).index()] -= 1;
                     self.unmark_cluster_ip(ip);
                 }
             }

@@ -901,6 +901,17 @@ fn ipv6_frontends_use_their_familys_maps_and_the_shared_ids() {
     );
     assert_ne!(rev6, m.services[&codec::svc_key(&v4, 0)].rev_nat_id);
     drop(m);
+    // The per-family counts the metrics read, kept as entries come and go.
+    let counts = |p: &Programmer<FakeMaps>| {
+        Family::ALL.map(|f| {
+            (
+                p.service_entries_of(f),
+                p.backend_count_of(f),
+                p.rev_nat_count_of(f),
+            )
+        })
+    };
+    assert_eq!(counts(&p), [(3, 1, 1), (4, 2, 1)]);
 
     // A restarted agent adopts both families: nothing to write.
     let mut again = Programmer::adopt(maps.clone());
@@ -909,6 +920,7 @@ fn ipv6_frontends_use_their_familys_maps_and_the_shared_ids() {
     assert_eq!((r.unchanged, r.added, r.updated), (2, 0, 0));
     assert_eq!(maps.take_ops(), vec![]);
 
+    assert_eq!(counts(&again), [(3, 1, 1), (4, 2, 1)], "adopted");
     // The IPv6 frontend goes: nothing of the IPv6 family is left.
     again.apply(&desired(vec![(v4, frontend("a", vec![be(2, 8080)]))]));
     let m = maps.contents();
@@ -919,4 +931,5 @@ fn ipv6_frontends_use_their_familys_maps_and_the_shared_ids() {
             .all(|b| matches!(b, BackendValue::V4(_)))
     );
     assert!(m.rev_nat.values().all(|r| matches!(r, RevNatValue::V4(_))));
+    assert_eq!(counts(&again), [(3, 1, 1), (0, 0, 0)]);
 }
