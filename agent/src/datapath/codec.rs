@@ -455,97 +455,66 @@ fn endpoint(ip: IpAddr, port: u16) -> String {
     crate::model::SockAddr(ip, port_from_raw(port)).to_string()
 }
 
-impl CtKey for Ct4Key {
-    type Value = Ct4Value;
-    const MAP: &'static str = agent_common::maps::CT_V4;
-    fn dir(&self) -> u8 {
-        self.dir
-    }
-    fn proto(&self) -> u8 {
-        self.proto
-    }
-    fn last_seen(v: &Ct4Value) -> u32 {
-        v.last_seen
-    }
-    fn tcp_flags(v: &Ct4Value) -> u8 {
-        v.tcp_flags
-    }
-    fn reply_key(&self, v: &Ct4Value) -> Ct4Key {
-        Ct4Key {
-            saddr: v.nat_daddr,
-            daddr: v.nat_saddr,
-            sport: v.nat_dport,
-            dport: v.nat_sport,
-            proto: self.proto,
-            dir: ct_dir::REPLY,
-            _pad: [0; 2],
+/// One conntrack key type's [`CtKey`]: the two families' entries have the
+/// same fields, only their addresses differ (`$of` reads one).
+macro_rules! ct_key {
+    ($key:ty, $value:ty, $map:expr, $addr:ty, $of:expr) => {
+        impl CtKey for $key {
+            type Value = $value;
+            const MAP: &'static str = $map;
+            fn dir(&self) -> u8 {
+                self.dir
+            }
+            fn proto(&self) -> u8 {
+                self.proto
+            }
+            fn last_seen(v: &$value) -> u32 {
+                v.last_seen
+            }
+            fn tcp_flags(v: &$value) -> u8 {
+                v.tcp_flags
+            }
+            fn reply_key(&self, v: &$value) -> $key {
+                Self {
+                    saddr: v.nat_daddr,
+                    daddr: v.nat_saddr,
+                    sport: v.nat_dport,
+                    dport: v.nat_sport,
+                    proto: self.proto,
+                    dir: ct_dir::REPLY,
+                    _pad: [0; 2],
+                }
+            }
+            fn view(&self, v: &$value, now: u32) -> FlowView {
+                let e = |a: $addr, p: u16| endpoint(IpAddr::from($of(a)), p);
+                view_of(
+                    FlowParts {
+                        dir: self.dir,
+                        proto: self.proto,
+                        src: e(self.saddr, self.sport),
+                        dst: e(self.daddr, self.dport),
+                        nat_src: e(v.nat_saddr, v.nat_sport),
+                        nat_dst: e(v.nat_daddr, v.nat_dport),
+                        flags: v.flags,
+                        backend_id: v.backend_id,
+                        rev_nat_id: v.rev_nat_id,
+                        last_seen: v.last_seen,
+                    },
+                    now,
+                )
+            }
         }
-    }
-    fn view(&self, v: &Ct4Value, now: u32) -> FlowView {
-        let e = |a: u32, p: u16| endpoint(ip_of(a).into(), p);
-        view_of(
-            FlowParts {
-                dir: self.dir,
-                proto: self.proto,
-                src: e(self.saddr, self.sport),
-                dst: e(self.daddr, self.dport),
-                nat_src: e(v.nat_saddr, v.nat_sport),
-                nat_dst: e(v.nat_daddr, v.nat_dport),
-                flags: v.flags,
-                backend_id: v.backend_id,
-                rev_nat_id: v.rev_nat_id,
-                last_seen: v.last_seen,
-            },
-            now,
-        )
-    }
+    };
 }
 
-impl CtKey for Ct6Key {
-    type Value = Ct6Value;
-    const MAP: &'static str = agent_common::maps::CT_V6;
-    fn dir(&self) -> u8 {
-        self.dir
-    }
-    fn proto(&self) -> u8 {
-        self.proto
-    }
-    fn last_seen(v: &Ct6Value) -> u32 {
-        v.last_seen
-    }
-    fn tcp_flags(v: &Ct6Value) -> u8 {
-        v.tcp_flags
-    }
-    fn reply_key(&self, v: &Ct6Value) -> Ct6Key {
-        Ct6Key {
-            saddr: v.nat_daddr,
-            daddr: v.nat_saddr,
-            sport: v.nat_dport,
-            dport: v.nat_sport,
-            proto: self.proto,
-            dir: ct_dir::REPLY,
-            _pad: [0; 2],
-        }
-    }
-    fn view(&self, v: &Ct6Value, now: u32) -> FlowView {
-        let e = |a: [u32; 4], p: u16| endpoint(ip6_of(a).into(), p);
-        view_of(
-            FlowParts {
-                dir: self.dir,
-                proto: self.proto,
-                src: e(self.saddr, self.sport),
-                dst: e(self.daddr, self.dport),
-                nat_src: e(v.nat_saddr, v.nat_sport),
-                nat_dst: e(v.nat_daddr, v.nat_dport),
-                flags: v.flags,
-                backend_id: v.backend_id,
-                rev_nat_id: v.rev_nat_id,
-                last_seen: v.last_seen,
-            },
-            now,
-        )
-    }
-}
+ct_key!(Ct4Key, Ct4Value, agent_common::maps::CT_V4, u32, ip_of);
+ct_key!(
+    Ct6Key,
+    Ct6Value,
+    agent_common::maps::CT_V6,
+    [u32; 4],
+    ip6_of
+);
 
 #[cfg(test)]
 mod tests {
