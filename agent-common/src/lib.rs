@@ -9,6 +9,7 @@
 //! agent converts with the helpers in [`net`].
 #![no_std]
 
+pub mod drop;
 pub mod lb4;
 pub mod lb6;
 pub mod maps;

@@ -108,9 +108,22 @@ pub enum Counter {
     /// memory): the connect()/sendmsg() is refused rather than let through
     /// unchecked.
     GuardRecordFailed = 31,
+    /// North-south: rewriting the packet (addresses, ports, checksums) failed
+    /// half way through: dropped rather than sent half translated.
+    NsRewriteFailed = 32,
+    /// North-south: the translated packet could not be handed to its next hop
+    /// (the TTL/hop limit update or the new Ethernet header failed): dropped.
+    NsForwardFailed = 33,
+    /// North-south: a packet for a frontend too short or malformed to
+    /// translate (a segment without room for its L4 checksum): dropped before
+    /// any state is made for it.
+    NsMalformed = 34,
+    /// North-south: a per-CPU scratch map the program needs was missing (a
+    /// broken load, never expected): dropped.
+    NsInternal = 35,
 }
 
-pub const COUNTERS: u32 = 32;
+pub const COUNTERS: u32 = 36;
 
 /// Slots of the pinned counter map: a fixed reserve above `COUNTERS`, so
 /// adding a counter does not change the map's size (a pinned map of another
@@ -152,6 +165,10 @@ impl Counter {
         Counter::GuardNoLocalDrop,
         Counter::GuardSourceRangeDrop,
         Counter::GuardRecordFailed,
+        Counter::NsRewriteFailed,
+        Counter::NsForwardFailed,
+        Counter::NsMalformed,
+        Counter::NsInternal,
     ];
 
     /// Stable name used in metrics and `ferry stats`.
@@ -189,6 +206,10 @@ impl Counter {
             Counter::GuardNoLocalDrop => "guard_no_local_drop",
             Counter::GuardSourceRangeDrop => "guard_source_range_drop",
             Counter::GuardRecordFailed => "guard_record_failed",
+            Counter::NsRewriteFailed => "ns_rewrite_failed",
+            Counter::NsForwardFailed => "ns_forward_failed",
+            Counter::NsMalformed => "ns_malformed",
+            Counter::NsInternal => "ns_internal",
         }
     }
 }
