@@ -7,7 +7,8 @@
 //! namespace, so the FIB lookups the programs make see only what the test sets up.
 //!
 //! The packet builders compute every checksum from scratch with their own RFC 1071 code, so a
-//! test can build the packet it expects and compare bytes.
+//! test can build the packet it expects and compare bytes. The table tests (packet tests as
+//! rows of data) build on them: [`table`], [`frames`], [`fixture`], [`net`].
 
 use std::{
     fs::{self, File},
@@ -16,6 +17,11 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _},
     path::{Path, PathBuf},
 };
+
+pub mod fixture;
+pub mod frames;
+pub mod net;
+pub mod table;
 
 use anyhow::{Context as _, Result, bail};
 use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};

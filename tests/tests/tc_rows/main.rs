@@ -1,0 +1,119 @@
+//! ferry's north-south TC programs (`ferry_tc_in`, `ferry_tc_out`, `ferry_tc_pod`) run with
+//! BPF_PROG_TEST_RUN on hand-built IPv4 and IPv6 frames, as tables of rows
+//! (`ferry_tests::progtest::table`): each row is one frame through one program with its
+//! verdict, the frame it must become (byte for byte, every checksum computed from scratch,
+//! RFC 1071) or "unchanged", the counters it moves and the conntrack entries after it.
+//!
+//! Each scenario loads the whole object into the real kernel (so the verifier accepts every
+//! program) with its maps pinned in a private bpffs, fills the maps as the agent would, and runs
+//! the programs without attaching them anywhere, in a network namespace of its own. The skb of a
+//! test run sits on that namespace's loopback device: ifindex 1 is "the device" the node
+//! address maps are keyed by. One test per table and family runs the table's scenarios.
+
+mod dsr;
+mod fib;
+mod hostile;
+mod icmp;
+mod nat;
+mod passthrough;
+mod reject;
+
+#[allow(unused_imports)]
+use std::net::{IpAddr, SocketAddr};
+
+#[allow(unused_imports)]
+use agent_common::{
+    MAGLEV_TABLE_SIZE, NodeConfig, affinity_client, affinity_id_v6, ct_dir, ct_flags, flow_hash_v4,
+    flow_hash_v6,
+    net::{ip4_to_raw, ip6_to_raw, port_to_raw},
+    node_flags, scope,
+    stats::Counter,
+    svc_flags,
+};
+#[allow(unused_imports)]
+use ferry_tests::{
+    progtest::{
+        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+        IPV6_HLEN, Ip6Opts, IpOpts, NEXTHDR_DEST, NEXTHDR_FRAGMENT, NEXTHDR_HOP, NEXTHDR_ROUTING,
+        ProgTest, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, ethernet,
+        fixture::*,
+        fold, fragment_header,
+        frames::*,
+        icmp, icmp6, ipv4, ipv4_with_options, ipv6, isolated,
+        net::*,
+        options_header, parse_ipv4, parse_ipv6, pseudo_sum, pseudo_sum_v6, routing_header, sum,
+        table::{Hook::*, Verdict::*, *},
+    },
+    require_root,
+};
+
+/// Runs `ip` commands in the scenario's namespace.
+fn ip_cmds(cmds: &[&[&str]]) {
+    for args in cmds {
+        let st = std::process::Command::new("ip")
+            .args(*args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip {args:?}");
+    }
+}
+
+/// Forwarding on in the scenario's namespace (/proc/sys/net is the namespace of the thread
+/// that opens it: the scenario's).
+fn forwarding(family: Family) {
+    match family {
+        Family::V4 => std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap(),
+        Family::V6 => std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1").unwrap(),
+    }
+}
+
+/// DSR mode on this node (the rest of the node config at its defaults).
+fn dsr_mode(f: &mut Fixture) {
+    f.node_config(NodeConfig {
+        flags: node_flags::DSR,
+        ..NodeConfig::default()
+    });
+}
+
+/// An IPv6 scenario.
+fn is_v6(n: &Net) -> bool {
+    n.family == Family::V6
+}
+
+/// The one test that is no packet: the whole object passes the verifier.
+#[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
+fn whole_object_passes_the_verifier() {
+    require_root!();
+    isolated(|| {
+        let mut t = ProgTest::load(
+            ferry::datapath::loader::ebpf_object(),
+            &[TC_IN, TC_OUT, TC_POD],
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        // The socket-layer programs too: one object, one verifier verdict for all of it.
+        for (name, prog) in t.ebpf.programs_mut() {
+            if let aya::programs::Program::CgroupSockAddr(p) = prog {
+                p.load().unwrap_or_else(|e| panic!("loading {name}: {e}"));
+            }
+        }
+    });
+}
+
+/// One `#[test]` per family of a table.
+macro_rules! table_tests {
+    ($table:expr, $($name:ident: $family:ident),+) => {
+        $(
+            #[test]
+            #[ignore = "kernel test: needs root (cargo xtask test runs it)"]
+            fn $name() {
+                ferry_tests::require_root!();
+                ferry_tests::progtest::table::run_table(
+                    $table,
+                    ferry_tests::progtest::net::Family::$family,
+                );
+            }
+        )+
+    };
+}
+pub(crate) use table_tests;
