@@ -67,6 +67,87 @@ fn forwarding(family: Family) {
     }
 }
 
+/// The FIB's next hop: a veth `d0` (MAC 02:00:00:00:aa:01, `mtu` if given) whose peer is up,
+/// the node's address on it, a resolved gateway (02:00:00:00:aa:02), `routes` via the gateway,
+/// and forwarding on.
+fn next_hop(n: &Net, mtu: Option<&str>, routes: &[&str]) {
+    let mut link = vec!["link", "add", "d0", "address", "02:00:00:00:aa:01"];
+    if let Some(mtu) = mtu {
+        link.extend(["mtu", mtu]);
+    }
+    link.extend(["type", "veth", "peer", "name", "d1"]);
+    ip_cmds(&[
+        &link,
+        &["link", "set", "d1", "up"],
+        &["link", "set", "d0", "up"],
+    ]);
+    let gw_mac = "02:00:00:00:aa:02";
+    if is_v6(n) {
+        ip_cmds(&[
+            &["-6", "addr", "add", "fd00:64::1/64", "dev", "d0", "nodad"],
+            &[
+                "-6",
+                "neigh",
+                "add",
+                "fd00:64::2",
+                "lladdr",
+                gw_mac,
+                "dev",
+                "d0",
+                "nud",
+                "permanent",
+            ],
+        ]);
+        for r in routes {
+            ip_cmds(&[&["-6", "route", "add", r, "via", "fd00:64::2", "dev", "d0"]]);
+        }
+    } else {
+        ip_cmds(&[
+            &["addr", "add", "100.64.0.1/24", "dev", "d0"],
+            &[
+                "neigh",
+                "add",
+                "100.64.0.2",
+                "lladdr",
+                gw_mac,
+                "dev",
+                "d0",
+                "nud",
+                "permanent",
+            ],
+        ]);
+        for r in routes {
+            ip_cmds(&[&["route", "add", r, "via", "100.64.0.2", "dev", "d0"]]);
+        }
+    }
+    forwarding(n.family);
+}
+
+/// Node B's pods: a device `p0` holding the first address of the remote pods' subnet, so
+/// REMOTE_POD is reached directly through another device than the packets' (a pod of this
+/// node); forwarding on.
+fn pods_behind_p0(n: &Net) {
+    ip_cmds(&[
+        &["link", "add", "p0", "type", "veth", "peer", "name", "p1"],
+        &["link", "set", "p1", "up"],
+        &["link", "set", "p0", "up"],
+    ]);
+    if is_v6(n) {
+        ip_cmds(&[&[
+            "-6",
+            "addr",
+            "add",
+            "fd00:244:1::1/64",
+            "dev",
+            "p0",
+            "nodad",
+        ]]);
+    } else {
+        ip_cmds(&[&["addr", "add", "10.244.1.1/24", "dev", "p0"]]);
+    }
+    forwarding(n.family);
+}
+
 /// DSR mode on this node (the rest of the node config at its defaults).
 fn dsr_mode(f: &mut Fixture) {
     f.node_config(NodeConfig {
