@@ -307,6 +307,16 @@ fn assert_frame_checksums(frame: &[u8], what: &str) {
     }
 }
 
+/// `got` is byte for byte `want`, whose checksums (and `got`'s) verify from scratch; else a
+/// panic naming `what` with a hex diff.
+pub fn assert_frame(got: &[u8], want: &[u8], what: &str) {
+    assert_frame_checksums(want, &format!("{what}: the expected frame"));
+    if got != want {
+        panic!("{what}: frames differ\n{}", hex_diff(got, want));
+    }
+    assert_frame_checksums(got, &format!("{what}: the output"));
+}
+
 /// The SNAT source of a translated frame.
 fn snat_of(frame: &[u8], net: &Net) -> SocketAddr {
     let port = match net.family {
@@ -355,13 +365,7 @@ fn run_row(c: &mut Ctx, build: &dyn Fn(&Ctx) -> Row, at: &str) {
                 );
             }
         }
-        Out::Frame(want) => {
-            assert_frame_checksums(want, &format!("{what}: the expected frame"));
-            if got.data != *want {
-                panic!("{what}: frames differ\n{}", hex_diff(&got.data, want));
-            }
-            assert_frame_checksums(&got.data, &format!("{what}: the output"));
-        }
+        Out::Frame(want) => assert_frame(&got.data, want, &what),
         Out::Check(f) => {
             let data = got.data.clone();
             if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&data))) {
