@@ -102,6 +102,11 @@ impl Verdict {
     }
 }
 
+/// A check of a row's output frame.
+pub type FrameCheck = Box<dyn Fn(&[u8])>;
+/// A check of the maps after a row.
+pub type MapCheck = Box<dyn Fn(&mut Fixture)>;
+
 /// What a row's frame must be after the run.
 pub enum Out {
     /// Byte for byte the input.
@@ -109,7 +114,7 @@ pub enum Out {
     /// Byte for byte this frame (whose checksums, and the output's, verify from scratch).
     Frame(Vec<u8>),
     /// Checked by a function of the output.
-    Check(Box<dyn Fn(&[u8])>),
+    Check(FrameCheck),
     /// Not checked (a row run for its effect on the maps).
     Any,
 }
@@ -148,7 +153,7 @@ pub struct Row {
     pub ct: Option<CtCheck>,
     pub learn: Learn,
     /// Further checks of the maps after the run (affinity, single entries).
-    pub check: Option<Box<dyn Fn(&mut Fixture)>>,
+    pub check: Option<MapCheck>,
 }
 
 impl Row {
@@ -411,11 +416,11 @@ fn run_row(c: &mut Ctx, build: &dyn Fn(&Ctx) -> Row, at: &str) {
         }
         None => {}
     }
-    if let Some(check) = &r.check {
-        if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&mut c.f))) {
-            eprintln!("{what}: map check failed");
-            std::panic::resume_unwind(e);
-        }
+    if let Some(check) = &r.check
+        && let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&mut c.f)))
+    {
+        eprintln!("{what}: map check failed");
+        std::panic::resume_unwind(e);
     }
     c.last = got.data;
 }

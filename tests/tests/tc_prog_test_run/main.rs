@@ -8,7 +8,16 @@
 //! program) with its maps pinned in a private bpffs, fills the maps as the agent would, and runs
 //! the programs without attaching them anywhere, in a network namespace of its own. The skb of a
 //! test run sits on that namespace's loopback device: ifindex 1 is "the device" the node
-//! address maps are keyed by. One test per table and family runs the table's scenarios.
+//! address maps are keyed by. One test per table and family runs the table's scenarios
+//! (`nat_v4`, `nat_v6`, ...; filter `_v6` for the IPv6 ones).
+//!
+//! Adding a case is adding a row to the table of its topic: `nat` (DNAT, SNAT, conntrack,
+//! backend choice, checksum states), `passthrough` (what is not ferry's), `fib` (routed
+//! translations), `icmp` (errors about flows), `reject` (no endpoints, budgets), `dsr` (direct
+//! server return on both nodes), `hostile` (forged options, clashing SYNs, lost flows). A
+//! behaviour both families share is one scenario with `families: BOTH`, its frames built by the
+//! same builders from each family's address plan; scenarios for one family are those whose
+//! frames or expectations only exist there (IPv4 options, IPv6 extension headers, ND).
 
 mod dsr;
 mod fib;
@@ -18,28 +27,21 @@ mod nat;
 mod passthrough;
 mod reject;
 
-#[allow(unused_imports)]
 use std::net::{IpAddr, SocketAddr};
 
-#[allow(unused_imports)]
 use agent_common::{
     MAGLEV_TABLE_SIZE, NodeConfig, affinity_client, affinity_id_v6, ct_dir, ct_flags, flow_hash_v4,
-    flow_hash_v6,
-    net::{ip4_to_raw, ip6_to_raw, port_to_raw},
-    node_flags, scope,
-    stats::Counter,
-    svc_flags,
+    flow_hash_v6, net::port_to_raw, node_flags, scope, stats::Counter, svc_flags,
 };
-#[allow(unused_imports)]
 use ferry_tests::{
     progtest::{
-        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-        IPV6_HLEN, Ip6Opts, IpOpts, NEXTHDR_DEST, NEXTHDR_FRAGMENT, NEXTHDR_HOP, NEXTHDR_ROUTING,
-        ProgTest, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, ethernet,
+        ETH_HLEN, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_HLEN, Ip6Opts,
+        NEXTHDR_DEST, NEXTHDR_FRAGMENT, NEXTHDR_HOP, NEXTHDR_ROUTING, ProgTest, TCP_ACK, TCP_FIN,
+        TCP_RST, TCP_SYN, ethernet,
         fixture::*,
         fold, fragment_header,
         frames::*,
-        icmp, icmp6, ipv4, ipv4_with_options, ipv6, isolated,
+        icmp, icmp6, ipv6, isolated,
         net::*,
         options_header, parse_ipv4, parse_ipv6, pseudo_sum, pseudo_sum_v6, routing_header, sum,
         table::{Hook::*, Verdict::*, *},
