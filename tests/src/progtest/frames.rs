@@ -11,7 +11,7 @@ use super::{
     IPV6_HLEN, Ip6Opts, IpOpts, NEXTHDR_DEST, TCP_ACK, checksum, ethernet, icmp, icmp6, ipv4,
     ipv4_with_options, ipv6,
     net::{GW_MAC, ME_MAC, NODE_MAC, PEER_MAC, ip4, ip6},
-    options_header, tcp, tcp6, udp, udp6,
+    options_header, parse_ipv4, parse_ipv6, tcp, tcp6, udp, udp6,
 };
 
 fn v6s(a: SocketAddr) -> std::net::SocketAddrV6 {
@@ -38,6 +38,15 @@ pub fn inbound(ip_packet: Vec<u8>) -> Vec<u8> {
 /// A frame leaving the node (node -> router).
 pub fn outbound(ip_packet: Vec<u8>) -> Vec<u8> {
     ethernet(PEER_MAC, NODE_MAC, ethertype(&ip_packet), &ip_packet)
+}
+
+/// The TCP/UDP source port of a frame of either family.
+pub fn sport(frame: &[u8]) -> u16 {
+    if frame.len() > 13 && u16::from_be_bytes([frame[12], frame[13]]) == ETH_P_IPV6 {
+        parse_ipv6(frame).sport
+    } else {
+        parse_ipv4(frame).sport
+    }
 }
 
 /// A packet routed through the FIB to the next hop `d0` -> gateway: its MACs, TTL or hop

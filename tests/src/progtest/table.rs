@@ -21,10 +21,9 @@ use agent_common::stats::Counter;
 use super::{
     ETH_HLEN, assert_checksums, assert_checksums_v6,
     fixture::{Ct, CtVal, Fixture, TC_IN, TC_OUT, TC_POD},
-    frames::hex_diff,
+    frames::{hex_diff, sport},
     isolated,
     net::{Family, Net, sa},
-    parse_ipv4, parse_ipv6,
 };
 
 /// The program a row runs.
@@ -324,11 +323,7 @@ pub fn assert_frame(got: &[u8], want: &[u8], what: &str) {
 
 /// The SNAT source of a translated frame.
 fn snat_of(frame: &[u8], net: &Net) -> SocketAddr {
-    let port = match net.family {
-        Family::V4 => parse_ipv4(frame).sport,
-        Family::V6 => parse_ipv6(frame).sport,
-    };
-    sa(net.node, port)
+    sa(net.node, sport(frame))
 }
 
 fn run_row(c: &mut Ctx, build: &dyn Fn(&Ctx) -> Row, at: &str) {

@@ -824,10 +824,7 @@ pub static TABLE: &[Scenario] = &[
                         Ok,
                     )
                     .learn(Learn::SnatAnyPort)
-                    .out_check(|out| {
-                        let sport = u16::from_be_bytes([out[out.len() - 20], out[out.len() - 19]]);
-                        assert_eq!(sport, 61000);
-                    })
+                    .out_check(|out| assert_eq!(sport(out), 61000))
                 }),
                 row(move |_| {
                     Row::new(
