@@ -17,7 +17,7 @@ use std::{
 };
 
 use agent_common::stats::Counter;
-use ferry::datapath::trace::{Action, Trace};
+use ferry::datapath::trace::{Action, Origin, Trace};
 use ferry_tests::{
     Cluster, EndpointSlice, Lab, Pod, Service,
     client::EchoAny,
@@ -178,7 +178,7 @@ fn maglev_prediction_names_the_backend_that_answers(family: Family) {
 
     // Without the source port the choice depends on it, among the four.
     let t = trace(&c, &[&client.to_string(), &dst]);
-    assert_eq!(t.from, ferry::datapath::trace::Origin::External, "{t:?}");
+    assert_eq!(t.from, Origin::External, "{t:?}");
     assert!(t.from_inferred && t.layer == "device", "{t:?}");
     assert!(t.verdict.depends_on_source_port, "{t:?}");
     assert_eq!(t.verdict.candidates.len(), 4, "{t:?}");
@@ -330,6 +330,28 @@ fn rejects_drops_and_passes_are_predicted(family: Family) {
         (t.verdict.action, t.layer.as_str()),
         (Action::Reject, "socket")
     );
+    // And from the node itself: inferred (its own address), the socket layer refuses, as the
+    // real connection shows.
+    let host = c.node("node1").host();
+    let t = trace(
+        &c,
+        &[
+            &family.ip(&host).to_string(),
+            &format!("{}/tcp", at(lb, 80)),
+        ],
+    );
+    assert_eq!(t.from, Origin::Host, "{t:?}");
+    assert!(t.from_inferred && t.layer == "socket", "{t:?}");
+    assert_eq!(t.verdict.action, Action::Reject, "{t:?}");
+    let a = c
+        .client(&host, &["tcp", &at(lb, 80), "--timeout-ms", "3000"])
+        .remove(0);
+    assert_eq!(
+        a.error.as_deref(),
+        Some("ECONNREFUSED"),
+        "{family}: {}",
+        a.raw
+    );
 
     // eTP Local with its only endpoint on node2: node1 drops.
     let t = trace(&c, &[&at(client, 44002), &format!("{}/tcp", at(lb2, 80))]);
@@ -432,6 +454,28 @@ fn cluster_ip_affinity_from_a_pod_is_predicted(family: Family) {
         second, endpoints[&predicted].name,
         "{family}: the second connection lands where trace said"
     );
+    // Without --from, the route to the client (through the node's bridge, no north-south
+    // device) says it is a pod.
+    let t = trace(&c, &[&src, &dst, "--netns", &netns]);
+    assert_eq!((t.from, t.from_inferred), (Origin::Pod, true), "{t:?}");
+    assert_eq!(
+        t.verdict.backend.as_deref(),
+        Some(predicted.as_str()),
+        "{t:?}"
+    );
+    if family == Family::V4 {
+        // A dual-stack socket dialling ::ffff:<ClusterIP> is looked up in the IPv4 maps,
+        // with the same affinity entry.
+        let mapped = format!("[::ffff:{}]:80/tcp", CLUSTER_IP[0]);
+        let t = trace(&c, &[&src, &mapped, "--from", "pod", "--netns", &netns]);
+        assert!(t.maps.starts_with("IPv4"), "{t:?}");
+        assert_eq!(t.verdict.by.as_deref(), Some("affinity"), "{t:?}");
+        assert_eq!(
+            t.verdict.backend.as_deref(),
+            Some(predicted.as_str()),
+            "{t:?}"
+        );
+    }
     // Another pod (another network namespace) has no entry.
     let other_netns = other.netns_path.to_string_lossy().into_owned();
     let t = trace(

@@ -13,7 +13,7 @@ use anyhow::{Context as _, anyhow, bail};
 use crate::{
     cli::{TraceArgs, TraceOutput},
     datapath::{
-        Maps,
+        Maps, routes,
         trace::{self, Client, Flow, Origin},
     },
     model::{FrontendKey, Protocol, Scope},
@@ -101,7 +101,15 @@ fn traced(args: &TraceArgs) -> anyhow::Result<trace::Trace> {
     })?;
     let (from, inferred) = match args.from {
         Some(f) => (f, false),
-        None => (trace::infer_from(&maps, src), true),
+        None => {
+            // The node's own route to the client, as `ip route get SRC`.
+            let probe = match src {
+                IpAddr::V6(a) => a.to_ipv4_mapped().map_or(src, IpAddr::V4),
+                v4 => v4,
+            };
+            let route = routes::Resolver::new().and_then(|mut r| r.get(probe)).ok();
+            (trace::infer_from(&maps, src, route), true)
+        }
     };
     let netns_cookie = match (from, &args.netns) {
         (Origin::External, _) => None,

@@ -23,7 +23,10 @@ use agent_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::codec::{self, BackendValue, CtLookupKey, CtLookupValue, SvcKey};
+use super::{
+    codec::{self, BackendValue, CtLookupKey, CtLookupValue, SvcKey},
+    routes::Route,
+};
 use crate::model::{Family, FrontendKey, Protocol, Scope, SockAddr};
 
 /// Point lookups in the maps the kernel programs read.
@@ -45,6 +48,8 @@ pub trait Tables {
     fn is_node(&self, ip: IpAddr) -> bool;
     /// This node's addresses on its devices.
     fn node_addrs(&self) -> Vec<IpAddr>;
+    /// The devices the north-south programs are on (ifindexes).
+    fn ns_devices(&self) -> Vec<u32>;
     /// Addresses of backends on this node.
     fn local_backend_ips(&self) -> Vec<IpAddr>;
 }
@@ -221,11 +226,21 @@ pub struct Trace {
 /// Exposed frontend kinds on the node's devices (nodeport.rs `EXPOSED`).
 const EXPOSED: u16 = svc_flags::NODE_PORT | svc_flags::EXTERNAL_IP | svc_flags::LOAD_BALANCER;
 
-/// Where a flow from `src` comes from when the user did not say: one of
-/// this node's addresses is the host, a local backend's address a pod,
-/// anything else arrives on a device.
-pub fn infer_from(t: &impl Tables, src: IpAddr) -> Origin {
+/// Where a flow from `src` comes from when the user did not say, from the
+/// node's route to `src` (`ip route get SRC`): a local address is the host,
+/// one reached through a north-south device (where ferry's TC program
+/// runs) sends packets that arrive there, one reached through any other
+/// device is a pod behind it (its sockets go through the socket layer).
+/// Without a route: this node's addresses are the host, a local endpoint's
+/// a pod, anything else arrives on a device.
+pub fn infer_from(t: &impl Tables, src: IpAddr, route: Option<Route>) -> Origin {
     let src = unmapped(src);
+    match route {
+        Some(Route::Local) => return Origin::Host,
+        Some(Route::Device(i)) if t.ns_devices().contains(&i) => return Origin::External,
+        Some(Route::Device(_)) => return Origin::Pod,
+        Some(Route::None) | None => {}
+    }
     if t.node_addrs().contains(&src) {
         Origin::Host
     } else if t.local_backend_ips().contains(&src) {
@@ -868,6 +883,15 @@ impl Tables for super::Maps {
         v4.map(|(_, a)| IpAddr::from(codec::ip_of(a)))
             .chain(v6.map(|(_, a)| IpAddr::from(codec::ip6_of(a))))
             .collect()
+    }
+
+    fn ns_devices(&self) -> Vec<u32> {
+        let v4 = self.node_addr.keys().filter_map(Result::ok);
+        let v6 = self.node_addr6.keys().filter_map(Result::ok);
+        let mut all: Vec<u32> = v4.chain(v6).collect();
+        all.sort_unstable();
+        all.dedup();
+        all
     }
 
     fn local_backend_ips(&self) -> Vec<IpAddr> {

@@ -68,6 +68,9 @@ impl Tables for Mem {
     fn node_addrs(&self) -> Vec<IpAddr> {
         self.node_addrs.clone()
     }
+    fn ns_devices(&self) -> Vec<u32> {
+        vec![2]
+    }
     fn local_backend_ips(&self) -> Vec<IpAddr> {
         let c = self.maps.contents();
         c.backends
@@ -456,20 +459,25 @@ fn ipv6_frontends_and_ipv4_mapped_destinations() {
 }
 
 #[test]
-fn the_origin_is_inferred_from_the_nodes_and_local_backends() {
+fn the_origin_is_inferred_from_the_route_to_the_source() {
     let mut f = fe(FrontendKind::ClusterIP, pods(2));
     f.local_backends = [pods(1)[0]].into();
     let mut m = programmed(&[(fkey(CIP, 80, Scope::External), f)]);
     m.node_addrs = vec![Ipv4Addr::new(172, 18, 0, 1).into()];
+    let any: IpAddr = CLIENT.into();
+    // The route decides: local, a north-south device (ifindex 2 here), another device.
+    assert_eq!(infer_from(&m, any, Some(Route::Local)), Origin::Host);
     assert_eq!(
-        infer_from(&m, Ipv4Addr::new(172, 18, 0, 1).into()),
-        Origin::Host
+        infer_from(&m, any, Some(Route::Device(2))),
+        Origin::External
     );
-    assert_eq!(
-        infer_from(&m, Ipv4Addr::new(10, 244, 1, 1).into()),
-        Origin::Pod
-    );
-    assert_eq!(infer_from(&m, CLIENT.into()), Origin::External);
+    assert_eq!(infer_from(&m, any, Some(Route::Device(7))), Origin::Pod);
+    // Without one: the node's addresses, the local endpoints, else outside.
+    let host = Ipv4Addr::new(172, 18, 0, 1).into();
+    assert_eq!(infer_from(&m, host, None), Origin::Host);
+    let pod = Ipv4Addr::new(10, 244, 1, 1).into();
+    assert_eq!(infer_from(&m, pod, Some(Route::None)), Origin::Pod);
+    assert_eq!(infer_from(&m, any, None), Origin::External);
 }
 
 #[test]
