@@ -28,6 +28,7 @@ use ferry_tests::{
 
 const CLUSTER_IP: [&str; 2] = ["10.96.0.10", "fd00:96::a"];
 const CLUSTER_IP2: [&str; 2] = ["10.96.0.11", "fd00:96::b"];
+const CLUSTER_IP3: [&str; 2] = ["10.96.0.12", "fd00:96::c"];
 const LB_IP: [&str; 2] = ["192.0.2.10", "fd00:192:0:2::10"];
 const LB_IP2: [&str; 2] = ["192.0.2.11", "fd00:192:0:2::11"];
 const LB_RANGES: [&str; 2] = [LB_RANGE, "fd00:192:0:2::/64"];
@@ -304,6 +305,15 @@ fn rejects_drops_and_passes_are_predicted(family: Family) {
     remote_only.ports[0].node_port = Some(30081);
     c.manifests().apply(&remote_only);
     apply_slices(&c, "remote-only", &[(&b2, "node2")]);
+    // internalTrafficPolicy Local with its only endpoint on node2: pods on node1 are dropped.
+    c.manifests().apply(
+        &Service::cluster_ip("itp-local", CLUSTER_IP3[0])
+            .cluster_ips(&CLUSTER_IP3)
+            .ip_family_policy("PreferDualStack")
+            .port_to("http", 80, "TCP", 8080u16)
+            .internal_traffic_policy("Local"),
+    );
+    apply_slices(&c, "itp-local", &[(&b2, "node2")]);
     c.start_agents();
     c.wait_north_south(DEADLINE);
     wait_backends(&c, family, lb, &[]);
@@ -367,6 +377,26 @@ fn rejects_drops_and_passes_are_predicted(family: Family) {
         a.raw
     );
     assert!(counter(&c, Counter::NsNoLocalDrop) > before);
+
+    // iTP Local without a local endpoint, from a pod: the egress guard drops.
+    let vip3 = family.pick(CLUSTER_IP3);
+    wait_backends(&c, family, vip3, &[]);
+    let t = trace(
+        &c,
+        &[&ip, &format!("{}/tcp", at(vip3, 80)), "--from", "pod"],
+    );
+    assert_eq!(t.verdict.action, Action::Drop, "{t:?}");
+    assert_eq!(t.verdict.reason.as_deref(), Some("guard_no_local"), "{t:?}");
+    let before = counter(&c, Counter::GuardNoLocalDrop);
+    let a = c
+        .client(&client_pod, &["tcp", &at(vip3, 80), "--timeout-ms", "1500"])
+        .remove(0);
+    assert!(
+        matches!(a.error.as_deref(), Some("timeout" | "ETIMEDOUT")),
+        "{family}: dropped by the guard: {}",
+        a.raw
+    );
+    assert!(counter(&c, Counter::GuardNoLocalDrop) > before);
 
     // Not a frontend: passes, at both layers.
     let elsewhere: IpAddr = family.pick(["203.0.113.7", "fd00:203::7"]).parse().unwrap();
