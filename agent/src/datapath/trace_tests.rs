@@ -488,6 +488,7 @@ fn the_text_report_says_the_verdict() {
     )]);
     let t = run(&m, flow(CLIENT, Some(40000), LB, 80), Origin::External);
     let text = render(&t);
+    println!("{text}");
     assert!(text.contains("LoadBalancer"), "{text}");
     assert!(text.contains("verdict   TRANSLATE -> 10.244.1."), "{text}");
 }
