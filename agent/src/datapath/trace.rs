@@ -796,14 +796,13 @@ impl<T: Tables> Tracer<'_, T> {
             )
             && let Some(v) = self.t.conntrack(&key)
         {
-            let (.., flags, last_seen) = codec::ct_value_parts(&v);
+            let (.., last_seen) = codec::ct_value_parts(&v);
             let tcp_flags = match v {
                 CtLookupValue::V4(v) => v.tcp_flags,
                 CtLookupValue::V6(v) => v.tcp_flags,
             };
             let idle = self.now.saturating_sub(last_seen);
             if !agent_common::ct_over(f.proto.number(), tcp_flags, idle) {
-                let _ = flags;
                 return dropped(
                     DropReason::CtClash,
                     "a SYN straight to a pod from a (client, port) whose reply a live \

@@ -492,3 +492,50 @@ fn the_text_report_says_the_verdict() {
     assert!(text.contains("LoadBalancer"), "{text}");
     assert!(text.contains("verdict   TRANSLATE -> 10.244.1."), "{text}");
 }
+
+#[test]
+fn a_syn_straight_to_a_pod_that_a_live_flow_answers_for_is_a_clash() {
+    let mut m = programmed(&[(
+        fkey(LB, 80, Scope::External),
+        fe(FrontendKind::LoadBalancer, pods(1)),
+    )]);
+    let pod = Ipv4Addr::new(10, 244, 1, 1);
+    // A translated flow's REPLY entry: the pod's packets to the client's port 40000.
+    let rkey = Ct4Key {
+        saddr: ip4_to_raw(pod.octets()),
+        daddr: ip4_to_raw(CLIENT.octets()),
+        sport: 8080u16.to_be(),
+        dport: 40000u16.to_be(),
+        proto: agent_common::proto::TCP,
+        dir: ct_dir::REPLY,
+        _pad: [0; 2],
+    };
+    let rev = |tcp_flags| Ct4Value {
+        nat_saddr: ip4_to_raw(LB.octets()),
+        nat_daddr: ip4_to_raw(CLIENT.octets()),
+        nat_sport: 80u16.to_be(),
+        nat_dport: 40000u16.to_be(),
+        backend_id: 1,
+        rev_nat_id: 1,
+        flags: ct_flags::LOCAL,
+        tcp_flags,
+        last_seen: NOW - 1,
+    };
+    m.ct = vec![(CtLookupKey::V4(rkey), CtLookupValue::V4(rev(0)))];
+    let direct = flow(CLIENT, Some(40000), pod, 8080);
+    let t = run(&m, direct, Origin::External);
+    assert_eq!(t.verdict.reason.as_deref(), Some("ct_clash"), "{t:?}");
+    // Once that flow is over (a FIN seen), the SYN goes through.
+    m.ct = vec![(
+        CtLookupKey::V4(rkey),
+        CtLookupValue::V4(rev(agent_common::tcp_flags::FIN)),
+    )];
+    assert_eq!(
+        run(&m, direct, Origin::External).verdict.action,
+        Action::Pass
+    );
+    // Another source port: no clash.
+    m.ct = vec![(CtLookupKey::V4(rkey), CtLookupValue::V4(rev(0)))];
+    let t = run(&m, flow(CLIENT, Some(40001), pod, 8080), Origin::External);
+    assert_eq!(t.verdict.action, Action::Pass);
+}
