@@ -42,6 +42,10 @@ pub enum Command {
     Stats(ShowArgs),
     /// List the north-south flows the kernel tracks, with their translations.
     Conntrack(ShowArgs),
+    /// What the kernel would do with a flow, read from the pinned maps (no
+    /// packet is sent): the frontend, its backends, source ranges, session
+    /// affinity, conntrack, and the backend chosen or the drop and its reason.
+    Trace(TraceArgs),
     /// Detach and unpin everything ferry put in the kernel.
     Cleanup(CleanupArgs),
     /// Check every requirement of the agent on this node (privileges,
@@ -200,6 +204,43 @@ pub struct ServicesArgs {
     /// Kernel state only: do not ask the agent.
     #[arg(long)]
     pub no_agent: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The client: IP or IP:PORT ([IPv6]:PORT); the source port places a
+    /// north-south flow (its hash) and finds its conntrack entry.
+    #[arg(value_name = "SRC")]
+    pub src: String,
+    /// The destination: IP:PORT/PROTO, PROTO tcp or udp.
+    #[arg(value_name = "DST:PORT/PROTO")]
+    pub dst: String,
+    /// Where the flow starts: a pod or a host process (the socket layer),
+    /// or a packet arriving on a node device. Default: inferred from SRC
+    /// (this node's address: host; a local endpoint's: pod; else external).
+    #[arg(long, value_enum)]
+    pub from: Option<crate::datapath::trace::Origin>,
+    /// The client's network namespace (e.g. /run/netns/NAME,
+    /// /proc/PID/ns/net): the socket layer keys session affinity on it.
+    #[arg(long, value_name = "PATH")]
+    pub netns: Option<PathBuf>,
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    #[arg(short = 'o', long, value_enum, default_value_t = TraceOutput::Text)]
+    pub output: TraceOutput,
+    /// The agent's metrics address, where it serves its status (the
+    /// frontend's Service name).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10249")]
+    pub agent: SocketAddr,
+    /// Kernel state only: do not ask the agent.
+    #[arg(long)]
+    pub no_agent: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TraceOutput {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Args)]

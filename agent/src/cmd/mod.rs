@@ -9,3 +9,4 @@ pub mod mount_bpffs;
 pub mod preflight;
 pub mod services;
 pub mod stats;
+pub mod trace;

@@ -6,9 +6,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use agent_common::{
-    Backend4, Backend6, Ct4Key, Ct4Value, Ct6Key, Ct6Value, Member4Key, Member6Key, RevNat4,
-    RevNat6, SRC_RANGE_PREFIX_BITS, SrcRange4, SrcRange6, Svc4Key, Svc6Key, SvcValue,
-    backend_state, ct_dir, ct_flags,
+    AffinityKey, Backend4, Backend6, Ct4Key, Ct4Value, Ct6Key, Ct6Value, Member4Key, Member6Key,
+    RevNat4, RevNat6, SRC_RANGE_PREFIX_BITS, SrcRange4, SrcRange6, Svc4Key, Svc6Key, SvcValue,
+    affinity_client, backend_state, ct_dir, ct_flags,
     net::{ip4_from_raw, ip4_to_raw, ip6_from_raw, ip6_to_raw, port_from_raw, port_to_raw},
     svc_flags,
 };
@@ -361,6 +361,144 @@ pub fn maglev_key(rev_nat_id: u16, index: u32) -> u32 {
 /// (rev-NAT id, index) of a Maglev map key.
 pub fn maglev_index(key: u32) -> (u16, usize) {
     ((key >> 16) as u16, (key & 0xffff) as usize)
+}
+
+/// A conntrack key of either family (`ferry trace` looks a flow up).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtLookupKey {
+    V4(Ct4Key),
+    V6(Ct6Key),
+}
+
+/// The conntrack key of the packet `src` -> `dst` over `proto` in direction
+/// `dir` ([`ct_dir`]), as the TC programs build it from a packet; None when
+/// the two addresses are of different families.
+pub fn ct_key(
+    src: std::net::SocketAddr,
+    dst: std::net::SocketAddr,
+    proto: Protocol,
+    dir: u8,
+) -> Option<CtLookupKey> {
+    let (sport, dport, proto) = (
+        port_to_raw(src.port()),
+        port_to_raw(dst.port()),
+        proto.number(),
+    );
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => Some(CtLookupKey::V4(Ct4Key {
+            saddr: ip_raw(s),
+            daddr: ip_raw(d),
+            sport,
+            dport,
+            proto,
+            dir,
+            _pad: [0; 2],
+        })),
+        (IpAddr::V6(s), IpAddr::V6(d)) => Some(CtLookupKey::V6(Ct6Key {
+            saddr: ip6_raw(s),
+            daddr: ip6_raw(d),
+            sport,
+            dport,
+            proto,
+            dir,
+            _pad: [0; 2],
+        })),
+        _ => None,
+    }
+}
+
+/// The session-affinity map key of `client` ([`affinity_client`] `kind`)
+/// for frontend `rev_nat_id`.
+pub fn affinity_key(client: u64, kind: u8, rev_nat_id: u16) -> AffinityKey {
+    AffinityKey {
+        client,
+        rev_nat_id,
+        kind,
+        _pad: [0; 5],
+    }
+}
+
+/// Who a north-south client is for session affinity, as the TC programs
+/// name it: its IPv4 address, or a 64-bit fold of its IPv6 one.
+pub fn affinity_client_ip(ip: IpAddr) -> (u64, u8) {
+    match ip {
+        IpAddr::V4(ip) => (u64::from(ip_raw(ip)), affinity_client::IPV4),
+        IpAddr::V6(ip) => (
+            agent_common::affinity_id_v6(&ip6_raw(ip)),
+            affinity_client::IPV6,
+        ),
+    }
+}
+
+/// The flow hash the TC programs place a new flow with (Maglev index,
+/// slot); None when the addresses are of different families.
+pub fn flow_hash(
+    src: std::net::SocketAddr,
+    dst: std::net::SocketAddr,
+    proto: Protocol,
+) -> Option<u32> {
+    let (sport, dport, proto) = (
+        port_to_raw(src.port()),
+        port_to_raw(dst.port()),
+        proto.number(),
+    );
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => Some(agent_common::flow_hash_v4(
+            ip_raw(s),
+            ip_raw(d),
+            sport,
+            dport,
+            proto,
+        )),
+        (IpAddr::V6(s), IpAddr::V6(d)) => Some(agent_common::flow_hash_v6(
+            &ip6_raw(s),
+            &ip6_raw(d),
+            sport,
+            dport,
+            proto,
+        )),
+        _ => None,
+    }
+}
+
+/// (nat source, nat destination, backend id, rev-NAT id, flags, last seen)
+/// of a conntrack value of either family.
+pub fn ct_value_parts(
+    v: &CtLookupValue,
+) -> (
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+    u32,
+    u16,
+    u8,
+    u32,
+) {
+    use std::net::SocketAddr;
+    match v {
+        CtLookupValue::V4(v) => (
+            SocketAddr::new(ip_of(v.nat_saddr).into(), port_from_raw(v.nat_sport)),
+            SocketAddr::new(ip_of(v.nat_daddr).into(), port_from_raw(v.nat_dport)),
+            v.backend_id,
+            v.rev_nat_id,
+            v.flags,
+            v.last_seen,
+        ),
+        CtLookupValue::V6(v) => (
+            SocketAddr::new(ip6_of(v.nat_saddr).into(), port_from_raw(v.nat_sport)),
+            SocketAddr::new(ip6_of(v.nat_daddr).into(), port_from_raw(v.nat_dport)),
+            v.backend_id,
+            v.rev_nat_id,
+            v.flags,
+            v.last_seen,
+        ),
+    }
+}
+
+/// A conntrack value of either family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtLookupValue {
+    V4(Ct4Value),
+    V6(Ct6Value),
 }
 
 /// Human names of a frontend's flag bits (`ferry services`).

@@ -25,6 +25,7 @@ pub mod snapshot;
 pub mod sock_gc;
 pub mod sys;
 pub mod tc;
+pub mod trace;
 
 pub use links::{CHECK_PERIOD as LINK_CHECK_PERIOD, LinkReport};
 pub use loader::LoadOptions;
