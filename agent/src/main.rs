@@ -39,6 +39,7 @@ fn main() -> anyhow::Result<()> {
             Command::Services(args) => ferry::cmd::services::run(&args),
             Command::Stats(args) => ferry::cmd::stats::run(&args),
             Command::Conntrack(args) => ferry::cmd::conntrack::run(&args),
+            Command::Monitor(args) => ferry::cmd::monitor::run(&args).await,
             Command::Cleanup(args) => ferry::cmd::cleanup::run(&args),
             Command::Preflight(args) => ferry::cmd::preflight::run(&args).await,
             Command::MountBpffs(args) => ferry::cmd::mount_bpffs::run(&args),

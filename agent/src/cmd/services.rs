@@ -202,7 +202,7 @@ fn parse_key(text: &str) -> Option<FrontendView> {
 }
 
 /// The running agent's status, if it answers on `addr`.
-fn agent_status(addr: SocketAddr) -> Option<Status> {
+pub(crate) fn agent_status(addr: SocketAddr) -> Option<Status> {
     let timeout = Duration::from_secs(2);
     let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
     s.set_read_timeout(Some(timeout)).ok()?;
