@@ -56,111 +56,42 @@ pub fn drop<P: Packet>(ctx: &TcContext, ip: &P, rev_nat_id: u16, reason: DropRea
             ctx,
             ip,
             head(kind::DROP, reason as u8, program::TC_IN, rev_nat_id),
-            0,
         );
     }
     verdict::SHOT
 }
 
-/// A new flow (packet `ip`, as it arrived) to frontend `rev_nat_id`,
-/// translated as its FORWARD entry `fwd` says (backend, SNAT source).
+/// A new flow (packet `ip`, as it arrived), translated as its FORWARD
+/// entry `fwd` says (frontend, backend, SNAT source).
 #[inline(always)]
-pub fn new_flow<P: Packet, V: CtValue>(ctx: &TcContext, ip: &P, rev_nat_id: u16, fwd: &V) {
+pub fn new_flow<P: Packet, V: CtValue>(ctx: &TcContext, ip: &P, fwd: &V) {
     if on() {
-        emit_new_flow(
-            ctx,
-            ip,
-            head(kind::NEW_FLOW, 0, program::TC_IN, rev_nat_id),
-            fwd,
-        );
+        emit_new_flow(ctx, ip, fwd);
     }
 }
 
 /// An ICMP error met on `side` about the flow `quoted` (as the error
-/// quoted it) translated with the entry `v` of frontend `rev_nat_id`.
+/// quoted it) translated with the conntrack entry `v`.
 #[inline(always)]
-pub fn icmp_translated<A: Copy, V: CtValue>(
-    ctx: &TcContext,
-    quoted: &Tuple<A>,
-    rev_nat_id: u16,
-    v: &V,
-    side: Side,
-) {
+pub fn icmp_translated<A: Copy, V: CtValue>(ctx: &TcContext, quoted: &Tuple<A>, v: &V, side: Side) {
     if on() {
         let prog = match side {
             Side::Ingress => program::TC_IN,
             Side::Egress => program::TC_OUT,
             Side::Pod => program::TC_POD,
         };
-        emit_translated(
-            ctx,
-            quoted,
-            head(kind::ICMP_TRANSLATED, 0, prog, rev_nat_id),
-            v,
-            true,
-        );
+        emit_translated(ctx, quoted, prog, v);
     }
 }
 
-/// The answer to packet `ip` (ports `sport`, `dport`, raw: the packet is
-/// the answer now) for frontend `rev_nat_id`, which has no endpoints: `v`
-/// is the port unreachable's verdict (SHOT when none was sent: the reason
-/// was reported where it was decided). Returns `v`.
+/// A port unreachable about to be sent in answer to packet `ip` (still as
+/// it arrived), whose frontend has no endpoints. Should building it fail,
+/// a `reject_failed` drop follows.
 #[inline(always)]
-pub fn rejected<P: Packet>(
-    ctx: &TcContext,
-    ip: &P,
-    rev_nat_id: u16,
-    (sport, dport): (u16, u16),
-    v: i32,
-) -> i32 {
-    if v != verdict::SHOT && on() {
-        emit_packet(
-            ctx,
-            ip,
-            head(kind::PORT_UNREACHABLE, 0, program::TC_IN, rev_nat_id) | PORTS_GIVEN,
-            sport as u32 | (dport as u32) << 16,
-        );
+pub fn port_unreachable<P: Packet>(ctx: &TcContext, ip: &P) {
+    if on() {
+        emit_packet(ctx, ip, head(kind::PORT_UNREACHABLE, 0, program::TC_IN, 0));
     }
-    v
-}
-
-/// In a [`head`]: the ports are given, not to be read from the packet.
-const PORTS_GIVEN: u64 = 1 << 63;
-
-/// The tuple of packet `ip`: its ports from `ports` ([`PORTS_GIVEN`]) or
-/// the packet (0 when it has none to read).
-#[inline(always)]
-fn tuple_of<P: Packet>(ctx: &TcContext, ip: &P, head: u64, ports: u32) -> Tuple<P::Addr> {
-    let (sport, dport) = if head & PORTS_GIVEN != 0 {
-        (ports as u16, (ports >> 16) as u16)
-    } else {
-        ctx.load::<[u16; 2]>(ip.l4_off())
-            .map_or((0, 0), |p| (p[0], p[1]))
-    };
-    Tuple {
-        saddr: ip.saddr(),
-        daddr: ip.daddr(),
-        sport,
-        dport,
-        proto: ip.proto(),
-    }
-}
-
-/// An event about packet `ip` with no translated tuple.
-#[inline(never)]
-fn emit_packet<P: Packet>(ctx: &TcContext, ip: &P, head: u64, ports: u32) {
-    let t = tuple_of(ctx, ip, head, ports);
-    if let Some(entry) = record(ctx, &t, head) {
-        entry.submit(0);
-    }
-}
-
-/// A new flow of packet `ip`, translated as `fwd` says.
-#[inline(never)]
-fn emit_new_flow<P: Packet, V: CtValue>(ctx: &TcContext, ip: &P, head: u64, fwd: &V) {
-    let t = tuple_of(ctx, ip, head, 0);
-    translated(ctx, &t, head, fwd, false);
 }
 
 /// kind | reason | program | rev-NAT id, in one register (a BPF call takes
@@ -184,14 +115,14 @@ fn words<A: Copy>(a: &A) -> ([u32; 4], u8) {
     }
 }
 
-/// A record of the ring, its header and original tuple written, or None
-/// (no live lease: an expired one is cleared; or the ring is full).
+type Entry = aya_ebpf::maps::ring_buf::RingBufEntry<Event>;
+
+/// A record of the ring, zeroed, its header written, or None (no live
+/// lease: an expired one is cleared; or the ring is full). Every field is
+/// written in place: these functions run below the packet paths' frames,
+/// whose call chain has little of the verifier's 512 bytes of stack left.
 #[inline(always)]
-fn record<A: Copy>(
-    ctx: &TcContext,
-    t: &Tuple<A>,
-    head: u64,
-) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<Event>> {
+fn record(ctx: &TcContext, head: u64) -> Option<Entry> {
     let c: *mut MonitorControl = MONITOR.get_ptr_mut(0)?;
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -212,66 +143,95 @@ fn record<A: Copy>(
         count(Counter::EventLost);
         return None;
     };
-    let (saddr, family) = words(&t.saddr);
-    let (daddr, _) = words(&t.daddr);
-    entry.write(Event {
-        ts_ns: now,
-        kind: head as u8,
-        reason: (head >> 8) as u8,
-        family,
-        proto: t.proto,
-        program: (head >> 16) as u8,
-        flags: 0,
-        rev_nat_id: (head >> 32) as u16,
-        ifindex: parse::ifindex(ctx),
-        backend_id: 0,
-        saddr,
-        daddr,
-        sport: t.sport,
-        dport: t.dport,
-        nat_saddr: [0; 4],
-        nat_daddr: [0; 4],
-        nat_sport: 0,
-        nat_dport: 0,
-        ct_flags: 0,
-        _pad: [0; 7],
-    });
+    let e = entry.as_mut_ptr();
+    // SAFETY: the reservation is an `Event`'s room, ours until submitted.
+    unsafe {
+        core::ptr::write_bytes(e, 0, 1);
+        (*e).ts_ns = now;
+        (*e).kind = head as u8;
+        (*e).reason = (head >> 8) as u8;
+        (*e).program = (head >> 16) as u8;
+        (*e).rev_nat_id = (head >> 32) as u16;
+        (*e).ifindex = parse::ifindex(ctx);
+    }
     Some(entry)
 }
 
-/// An ICMP error's event (see [`icmp_translated`]).
-#[inline(never)]
-fn emit_translated<A: Copy, V: CtValue>(
-    ctx: &TcContext,
-    t: &Tuple<A>,
-    head: u64,
-    v: &V,
-    swapped: bool,
-) {
-    translated(ctx, t, head, v, swapped);
+/// Writes the original tuple (addresses `saddr`, `daddr`; raw ports).
+#[inline(always)]
+fn set_tuple<A: Copy>(e: *mut Event, saddr: &A, daddr: &A, sport: u16, dport: u16, proto: u8) {
+    let (s, family) = words(saddr);
+    // SAFETY: a reservation of the caller's, zeroed by `record`.
+    unsafe {
+        (*e).family = family;
+        (*e).proto = proto;
+        (*e).saddr = s;
+        (*e).daddr = words(daddr).0;
+        (*e).sport = sport;
+        (*e).dport = dport;
+    }
 }
 
-/// An event whose translated tuple a conntrack value gives: the new
-/// source and destination of the flow's packets, or (`swapped`, an ICMP
-/// error about them) what the quoted packet now says.
+/// Writes the original tuple of packet `ip` (its ports 0 when unreadable).
 #[inline(always)]
-fn translated<A: Copy, V: CtValue>(ctx: &TcContext, t: &Tuple<A>, head: u64, v: &V, swapped: bool) {
-    let Some(mut entry) = record(ctx, t, head) else {
-        return;
-    };
+fn set_packet<P: Packet>(ctx: &TcContext, e: *mut Event, ip: &P) {
+    let ports = ctx.load::<u32>(ip.l4_off()).unwrap_or(0);
+    // Raw: the first two bytes are the source port, as the packet has them.
+    let p: [u16; 2] = unsafe { core::mem::transmute(ports) };
+    set_tuple(e, &ip.saddr(), &ip.daddr(), p[0], p[1], ip.proto());
+}
+
+/// Writes the translated tuple a conntrack value gives: the new source and
+/// destination of the flow's packets, or (`swapped`, an ICMP error about
+/// them) what the quoted packet now says.
+#[inline(always)]
+fn set_translation<V: CtValue>(e: *mut Event, v: &V, swapped: bool) {
     let (s, sp, d, dp) = if swapped {
         (v.nat_daddr(), v.nat_dport(), v.nat_saddr(), v.nat_sport())
     } else {
         (v.nat_saddr(), v.nat_sport(), v.nat_daddr(), v.nat_dport())
     };
-    // SAFETY: written whole by `record`.
-    let e = unsafe { entry.assume_init_mut() };
-    e.flags = event_flags::TRANSLATED;
-    e.backend_id = v.backend_id();
-    e.nat_saddr = words(&s).0;
-    e.nat_daddr = words(&d).0;
-    e.nat_sport = sp;
-    e.nat_dport = dp;
-    e.ct_flags = v.flags();
-    entry.submit(0);
+    // SAFETY: a reservation of the caller's, zeroed by `record`.
+    unsafe {
+        (*e).flags = event_flags::TRANSLATED;
+        (*e).backend_id = v.backend_id();
+        (*e).nat_saddr = words(&s).0;
+        (*e).nat_daddr = words(&d).0;
+        (*e).nat_sport = sp;
+        (*e).nat_dport = dp;
+        (*e).ct_flags = v.flags();
+    }
+}
+
+/// An event about packet `ip` with no translated tuple.
+#[inline(never)]
+fn emit_packet<P: Packet>(ctx: &TcContext, ip: &P, head: u64) {
+    if let Some(mut entry) = record(ctx, head) {
+        set_packet(ctx, entry.as_mut_ptr(), ip);
+        entry.submit(0);
+    }
+}
+
+/// A new flow of packet `ip`, translated as `fwd` says.
+#[inline(never)]
+fn emit_new_flow<P: Packet, V: CtValue>(ctx: &TcContext, ip: &P, fwd: &V) {
+    let head = head(kind::NEW_FLOW, 0, program::TC_IN, fwd.rev_nat_id());
+    if let Some(mut entry) = record(ctx, head) {
+        let e = entry.as_mut_ptr();
+        set_packet(ctx, e, ip);
+        set_translation(e, fwd, false);
+        entry.submit(0);
+    }
+}
+
+/// An ICMP error's event (see [`icmp_translated`]).
+#[inline(never)]
+fn emit_translated<A: Copy, V: CtValue>(ctx: &TcContext, t: &Tuple<A>, prog: u8, v: &V) {
+    let head = head(kind::ICMP_TRANSLATED, 0, prog, v.rev_nat_id());
+    if let Some(mut entry) = record(ctx, head) {
+        let e = entry.as_mut_ptr();
+        set_tuple(e, &t.saddr, &t.daddr, t.sport, t.dport, t.proto);
+        set_translation(e, v, true);
+        entry.submit(0);
+    }
 }

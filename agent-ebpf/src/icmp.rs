@@ -110,7 +110,7 @@ pub fn translate_error(ctx: &TcContext, ip: &Ipv4, side: Side) -> i32 {
     if let Err(e) = rewrite_error(ctx, ip, icmp_off, &quoted, &new) {
         return e;
     }
-    event::icmp_translated(ctx, &flow, v.rev_nat_id, &v, side);
+    event::icmp_translated(ctx, &flow, &v, side);
     translated::<crate::family::V4>(ctx, v.flags, side)
 }
 
@@ -307,6 +307,7 @@ pub fn reject(ctx: &TcContext, ip: &Ipv4, cfg: &NodeConfig) -> i32 {
     if let Err(limited) = ratelimit::allow(&ICMP_SOURCES, &ip.hdr.saddr, cfg) {
         return event::drop(ctx, ip, 0, limited);
     }
+    event::port_unreachable(ctx, ip);
     match build_reject(ctx, ip) {
         Ok(()) => {
             count(Counter::NsRejected);

@@ -98,7 +98,7 @@ pub fn translate_error(ctx: &TcContext, ip: &Ipv6, side: Side) -> i32 {
     if let Err(e) = rewrite_error(ctx, ip, &at, icmp.check, &quoted, &v) {
         return e;
     }
-    event::icmp_translated(ctx, &quoted, v.rev_nat_id, &v, side);
+    event::icmp_translated(ctx, &quoted, &v, side);
     icmp::translated::<V6>(ctx, v.flags, side)
 }
 
@@ -238,6 +238,7 @@ pub fn reject(ctx: &TcContext, ip: &Ipv6, cfg: &NodeConfig) -> i32 {
     if let Err(limited) = ratelimit::allow(&ICMP6_SOURCES, &ip.hdr.saddr, cfg) {
         return event::drop(ctx, ip, 0, limited);
     }
+    event::port_unreachable(ctx, ip);
     let skb: *mut __sk_buff = ctx.as_ptr().cast();
     if build_reject(skb) {
         count(Counter::NsRejected);

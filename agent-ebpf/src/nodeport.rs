@@ -369,13 +369,7 @@ fn new_flow<F: Ns>(
             // dropped, so the load balancer's health check decides.
             return event::drop(ctx, ip, svc.rev_nat_id, DropReason::NoLocalEndpoint);
         }
-        return event::rejected(
-            ctx,
-            ip,
-            svc.rev_nat_id,
-            (t.sport, t.dport),
-            F::reject(ctx, ip, cfg),
-        );
+        return F::reject(ctx, ip, cfg);
     }
 
     // A segment too short to hold its L4 checksum cannot be rewritten: dropped before any
@@ -468,7 +462,7 @@ fn new_flow<F: Ns>(
             return follow_winner::<F>(ctx, ip, l4, t, fwd_key, fwd);
         }
         count_new_flow();
-        event::new_flow(ctx, ip, svc.rev_nat_id, &*fwd);
+        event::new_flow(ctx, ip, &*fwd);
         return F::dsr_forward(ctx, fwd, fits);
     } else {
         let Some(node_addr) = F::node_addr(parse::ifindex(ctx)) else {
@@ -487,7 +481,7 @@ fn new_flow<F: Ns>(
         }
     }
     count_new_flow();
-    event::new_flow(ctx, ip, svc.rev_nat_id, &*fwd);
+    event::new_flow(ctx, ip, &*fwd);
     translate_forward::<F>(ctx, l4, t, fwd)
 }
 

@@ -136,7 +136,12 @@ fn render(
         return None;
     }
     let (orig, nat) = events::tuples(e);
-    let ends = [Some(orig.src), Some(orig.dst), nat.map(|t| t.src), nat.map(|t| t.dst)];
+    let ends = [
+        Some(orig.src),
+        Some(orig.dst),
+        nat.map(|t| t.src),
+        nat.map(|t| t.dst),
+    ];
     if let Some(a) = args.address
         && !ends.iter().flatten().any(|s| s.0 == a)
     {
@@ -224,7 +229,11 @@ impl Names {
         self.by_addr.clear();
         // External scope first: the programs that emit serve it (an
         // internal twin of the same frontend shares its rev-NAT id).
-        for (k, f) in st.frontends.iter().filter(|(k, _)| k.scope == Scope::External) {
+        for (k, f) in st
+            .frontends
+            .iter()
+            .filter(|(k, _)| k.scope == Scope::External)
+        {
             self.by_rev.entry(f.value.rev_nat_id).or_insert(*k);
             self.by_addr.insert((k.ip, k.port, k.proto), *k);
         }

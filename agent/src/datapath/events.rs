@@ -281,7 +281,12 @@ pub fn view(e: &Event, wall_offset_ns: u64) -> EventView {
             DropReason::from_raw(e.reason)
                 .map_or_else(|| format!("reason_{}", e.reason), |r| r.name().into())
         }),
-        family: if e.family == FAMILY_V6 { "ipv6" } else { "ipv4" }.into(),
+        family: if e.family == FAMILY_V6 {
+            "ipv6"
+        } else {
+            "ipv4"
+        }
+        .into(),
         protocol: Protocol::from_number(e.proto),
         program: program_name(e.program),
         ifindex: e.ifindex,
