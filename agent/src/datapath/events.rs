@@ -305,7 +305,10 @@ pub fn view(e: &Event, wall_offset_ns: u64) -> EventView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agent_common::net::{ip4_to_raw, ip6_to_raw, port_to_raw};
+    use agent_common::{
+        event::FAMILY_V4,
+        net::{ip4_to_raw, ip6_to_raw, port_to_raw},
+    };
 
     #[test]
     fn a_new_flow_decodes_with_its_translation() {
