@@ -350,6 +350,19 @@ fn monitor_filters_keep_only_matching_events(f: Family) {
     let ext2 = ext2_ip(f).to_string();
     let m = start_monitor(c, &["--service", "default/web", "--address", &ext2]);
 
+    // One reader at a time: a second monitor is refused, naming the first.
+    let pin = c.node("node1").pin_dir.to_string_lossy().into_owned();
+    let second = c.output(
+        &c.node("node1").host(),
+        Lab::ferry_bin(),
+        &["monitor", "--bpffs", &pin],
+    );
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success() && err.contains(&format!("pid {}", m.pid())),
+        "a second monitor is refused: {err}"
+    );
+
     // Not shown: ext1 to web (the Service matches, the address does not), then ext2 to local
     // (the address matches, the Service does not).
     answered(c, &s.ext1, &node_port);
