@@ -281,3 +281,54 @@ impl Names {
         (Some(text), service)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_flow_reads_as_one_line_with_its_translation_and_service() {
+        let v = EventView {
+            time: "2026-12-06T18:00:00.000001Z".into(),
+            ts_ns: 1,
+            kind: "new_flow".into(),
+            reason: None,
+            family: "ipv4".into(),
+            protocol: Some(Protocol::Tcp),
+            program: "tc_in".into(),
+            ifindex: 2,
+            src: "172.18.0.100:40000".into(),
+            dst: "172.18.0.11:30080".into(),
+            nat_src: Some("172.18.0.11:63010".into()),
+            nat_dst: Some("10.244.1.2:8080".into()),
+            mode: Some("snat".into()),
+            backend_id: 3,
+            rev_nat_id: 6,
+            frontend: Some("172.18.0.11:30080/TCP".into()),
+            service: Some("default/web".into()),
+        };
+        assert_eq!(
+            text(&v),
+            "2026-12-06T18:00:00.000001Z new_flow         -                     TCP  \
+             172.18.0.100:40000 -> 172.18.0.11:30080 => 172.18.0.11:63010 -> 10.244.1.2:8080 \
+             (snat) service=default/web via=tc_in:2"
+        );
+        let unnamed = EventView {
+            service: None,
+            nat_src: None,
+            nat_dst: None,
+            ..v
+        };
+        assert!(text(&unnamed).ends_with("service=172.18.0.11:30080/TCP via=tc_in:2"));
+    }
+
+    #[test]
+    fn types_select_their_kinds() {
+        assert!(matches(EventType::Drop, kind::DROP));
+        assert!(!matches(EventType::Drop, kind::NEW_FLOW));
+        assert!(matches(EventType::Flow, kind::NEW_FLOW));
+        assert!(matches(EventType::Icmp, kind::ICMP_TRANSLATED));
+        assert!(matches(EventType::Icmp, kind::PORT_UNREACHABLE));
+        assert!(!matches(EventType::Icmp, kind::DROP));
+    }
+}
