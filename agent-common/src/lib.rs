@@ -10,6 +10,7 @@
 #![no_std]
 
 pub mod drop;
+pub mod event;
 pub mod lb4;
 pub mod lb6;
 pub mod maps;

@@ -50,6 +50,12 @@ pub const CT_FILL: &str = "ferry_ctfill_v1";
 /// agent's guard still knows the sockets its predecessor marked).
 pub const SOCK_GUARD_V4: &str = "ferry_guard4_v1";
 
+/// `ferry monitor`'s events (a ring buffer of [`crate::event::Event`]),
+/// written only while the lease in [`MONITOR`] is live.
+pub const EVENTS: &str = "ferry_events_v1";
+/// `ferry monitor`'s control: one [`crate::event::MonitorControl`].
+pub const MONITOR: &str = "ferry_mon_v1";
+
 /// IPv6 maps: the same roles as their IPv4 namesakes, keyed and valued by
 /// the `*6` types of [`crate::lb6`].
 pub const SERVICES_V6: &str = "ferry_svc6_v1";
@@ -89,6 +95,8 @@ pub const ALL: &[&str] = &[
     ICMP_SOURCES,
     CT_FILL,
     SOCK_GUARD_V4,
+    EVENTS,
+    MONITOR,
     SERVICES_V6,
     BACKENDS_V6,
     REV_NAT_V6,

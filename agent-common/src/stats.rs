@@ -121,9 +121,12 @@ pub enum Counter {
     /// North-south: a per-CPU scratch map the program needs was missing (a
     /// broken load, never expected): dropped.
     NsInternal = 35,
+    /// `ferry monitor`: an event the ring buffer had no room for (the
+    /// monitor reads too slowly): lost, the packet unaffected.
+    EventLost = 36,
 }
 
-pub const COUNTERS: u32 = 36;
+pub const COUNTERS: u32 = 37;
 
 /// Slots of the pinned counter map: a fixed reserve above `COUNTERS`, so
 /// adding a counter does not change the map's size (a pinned map of another
@@ -169,6 +172,7 @@ impl Counter {
         Counter::NsForwardFailed,
         Counter::NsMalformed,
         Counter::NsInternal,
+        Counter::EventLost,
     ];
 
     /// Stable name used in metrics and `ferry stats`.
@@ -210,6 +214,7 @@ impl Counter {
             Counter::NsForwardFailed => "ns_forward_failed",
             Counter::NsMalformed => "ns_malformed",
             Counter::NsInternal => "ns_internal",
+            Counter::EventLost => "event_lost",
         }
     }
 }

@@ -73,6 +73,7 @@ pub trait CtValue: Copy + 'static {
     fn nat_sport(&self) -> u16;
     fn nat_dport(&self) -> u16;
     fn backend_id(&self) -> u32;
+    fn rev_nat_id(&self) -> u16;
     fn flags(&self) -> u8;
     fn tcp_flags(&self) -> u8;
     fn last_seen(&self) -> u32;
@@ -174,6 +175,11 @@ macro_rules! conntrack {
             #[inline(always)]
             fn backend_id(&self) -> u32 {
                 self.backend_id
+            }
+
+            #[inline(always)]
+            fn rev_nat_id(&self) -> u16 {
+                self.rev_nat_id
             }
 
             #[inline(always)]

@@ -1,12 +1,13 @@
 //! ICMP: errors about translated flows, and the port unreachable a frontend
 //! with no endpoints answers with.
 
-use agent_common::{Ct4Key, NodeConfig, ct_dir, ct_flags, proto, stats::Counter};
+use agent_common::{Ct4Key, NodeConfig, ct_dir, ct_flags, drop::DropReason, proto, stats::Counter};
 use aya_ebpf::{bindings::BPF_F_RECOMPUTE_CSUM, helpers::generated as h, programs::TcContext};
 
 use crate::{
     csum,
     ct::{self, CtKey, CtValue},
+    event,
     maps::{ICMP_SOURCES, count},
     ns::Ns,
     parse::{
@@ -109,6 +110,7 @@ pub fn translate_error(ctx: &TcContext, ip: &Ipv4, side: Side) -> i32 {
     if let Err(e) = rewrite_error(ctx, ip, icmp_off, &quoted, &new) {
         return e;
     }
+    event::icmp_translated(ctx, &flow, &v, side);
     translated::<crate::family::V4>(ctx, v.flags, side)
 }
 
@@ -300,13 +302,12 @@ const ICMP_TTL: u8 = 64;
 #[inline(always)]
 pub fn reject(ctx: &TcContext, ip: &Ipv4, cfg: &NodeConfig) -> i32 {
     if ip.hdr.header_len() != IPV4_MIN_HLEN || !is_unicast(ip.hdr.saddr) {
-        count(Counter::NsRejectFailed);
-        return verdict::SHOT;
+        return event::drop(ctx, ip, 0, DropReason::RejectFailed);
     }
     if let Err(limited) = ratelimit::allow(&ICMP_SOURCES, &ip.hdr.saddr, cfg) {
-        count(limited);
-        return verdict::SHOT;
+        return event::drop(ctx, ip, 0, limited);
     }
+    event::port_unreachable(ctx, ip);
     match build_reject(ctx, ip) {
         Ok(()) => {
             count(Counter::NsRejected);

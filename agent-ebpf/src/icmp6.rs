@@ -7,7 +7,7 @@
 //! errors about no flow of ours. Unlike ICMP, the ICMPv6 checksum covers a
 //! pseudo-header, so a changed outer address changes it too.
 
-use agent_common::{Ct6Key, Ip6, NodeConfig, proto, stats::Counter};
+use agent_common::{Ct6Key, Ip6, NodeConfig, drop::DropReason, proto, stats::Counter};
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{__sk_buff, BPF_F_RECOMPUTE_CSUM},
@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    csum,
+    csum, event,
     family::V6,
     icmp::{self, ICMP_HLEN, IcmpHdr, Side},
     maps::{ICMP6_SOURCES, REJECT6_SCRATCH, count},
@@ -98,6 +98,7 @@ pub fn translate_error(ctx: &TcContext, ip: &Ipv6, side: Side) -> i32 {
     if let Err(e) = rewrite_error(ctx, ip, &at, icmp.check, &quoted, &v) {
         return e;
     }
+    event::icmp_translated(ctx, &quoted, &v, side);
     icmp::translated::<V6>(ctx, v.flags, side)
 }
 
@@ -232,13 +233,12 @@ const ICMPV6_HOP_LIMIT: u8 = 64;
 pub fn reject(ctx: &TcContext, ip: &Ipv6, cfg: &NodeConfig) -> i32 {
     let group_mac = ctx.load::<u8>(0).map_or(true, |b| b & 1 != 0);
     if group_mac || !is_unicast(&ip.hdr.saddr) || is_multicast(&ip.hdr.daddr) {
-        count(Counter::NsRejectFailed);
-        return verdict::SHOT;
+        return event::drop(ctx, ip, 0, DropReason::RejectFailed);
     }
     if let Err(limited) = ratelimit::allow(&ICMP6_SOURCES, &ip.hdr.saddr, cfg) {
-        count(limited);
-        return verdict::SHOT;
+        return event::drop(ctx, ip, 0, limited);
     }
+    event::port_unreachable(ctx, ip);
     let skb: *mut __sk_buff = ctx.as_ptr().cast();
     if build_reject(skb) {
         count(Counter::NsRejected);

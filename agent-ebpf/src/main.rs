@@ -22,6 +22,8 @@ mod dsr;
 #[cfg(target_arch = "bpf")]
 mod dsr6;
 #[cfg(target_arch = "bpf")]
+mod event;
+#[cfg(target_arch = "bpf")]
 mod family;
 #[cfg(target_arch = "bpf")]
 mod fib;

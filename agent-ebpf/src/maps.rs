@@ -5,12 +5,13 @@ use agent_common::{
     AffinityKey, AffinityValue, Backend4, Backend6, Ct4Key, Ct4Value, Ct6Key, Ct6Value, Dead4Key,
     Dead6Key, Ip6, Member4Key, Member6Key, NodeConfig, RevNat4, RevNat6, SockGuard4, SockGuard6,
     SockRev4, SockRev4Key, SockRev6, SockRev6Key, SrcRange4, SrcRange6, Svc4Key, Svc6Key, SvcValue,
+    event::{MonitorControl, RING_BYTES},
     maps as m,
 };
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 
 /// Maps that hold only what is in use.
@@ -67,6 +68,14 @@ pub static ICMP_SOURCES: LruHashMap<u32, u64> = LruHashMap::pinned(m::ICMP_SOURC
 
 #[map(name = "ferry_ctfill_v1")]
 pub static CT_FILL: Array<u32> = Array::pinned(1, 0);
+
+/// `ferry monitor`'s events (event.rs), written only while the lease in
+/// `ferry_mon_v1` is live. Pinned, so a monitor (another process) opens it.
+#[map(name = "ferry_events_v1")]
+pub static EVENTS: RingBuf = RingBuf::pinned(RING_BYTES, 0);
+
+#[map(name = "ferry_mon_v1")]
+pub static MONITOR: Array<MonitorControl> = Array::pinned(1, 0);
 
 /// The egress guard's per-socket records (guard.rs). Socket-local storage
 /// is a BTF map: aya-ebpf declares it only in that form.

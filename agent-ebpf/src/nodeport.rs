@@ -36,14 +36,15 @@
 use core::mem::MaybeUninit;
 
 use agent_common::{
-    CT_PRESSURE_PERMILLE, NodeConfig, SvcValue, backend_flags, ct_dir, ct_flags, node_flags, proto,
-    scope, stats::Counter, svc_flags,
+    CT_PRESSURE_PERMILLE, NodeConfig, SvcValue, backend_flags, ct_dir, ct_flags, drop::DropReason,
+    node_flags, proto, scope, stats::Counter, svc_flags,
 };
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::TcContext};
 
 use crate::{
     csum,
     ct::{self, CtKey, CtValue},
+    event,
     family::Addr,
     maps::count,
     ns::{CtVal, Ns, Room},
@@ -238,6 +239,8 @@ fn egress_call<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> i32 {
 /// in `rkey` and `val` (of the new flow's [`Room`]).
 #[inline(always)]
 fn direct_syn<F: Ns>(
+    ctx: &TcContext,
+    ip: &F::Ip,
     t: &Tuple<Addr<F>>,
     rkey: &mut MaybeUninit<F::Ct>,
     val: &mut MaybeUninit<CtVal<F>>,
@@ -258,8 +261,7 @@ fn direct_syn<F: Ns>(
         ct::forget_reply_flow(rkey, v);
         verdict::PASS
     } else {
-        count(Counter::NsCtClashDrop);
-        verdict::SHOT
+        event::drop(ctx, ip, 0, DropReason::CtClash)
     }
 }
 
@@ -322,7 +324,7 @@ fn not_a_frontend<F: Ns>(
         }
     }
     if t.proto == proto::TCP && parse::tcp_flags(ctx, ip) & parse::TCP_SYN != 0 {
-        return direct_syn::<F>(t, &mut room.rkey, &mut room.val);
+        return direct_syn::<F>(ctx, ip, t, &mut room.rkey, &mut room.val);
     }
     verdict::PASS
 }
@@ -359,15 +361,13 @@ fn new_flow<F: Ns>(
     }
     // Before anything else, so that a denied client creates no state.
     if svc.flags & svc_flags::SOURCE_RANGES != 0 && !F::in_source_ranges(svc.rev_nat_id, t.saddr) {
-        count(Counter::NsSourceRangeDrop);
-        return verdict::SHOT;
+        return event::drop(ctx, ip, svc.rev_nat_id, DropReason::SourceRange);
     }
     if svc.count == 0 {
         if svc.flags & svc_flags::DROP_NO_LOCAL != 0 {
             // externalTrafficPolicy Local, endpoints only elsewhere:
             // dropped, so the load balancer's health check decides.
-            count(Counter::NsNoLocalDrop);
-            return verdict::SHOT;
+            return event::drop(ctx, ip, svc.rev_nat_id, DropReason::NoLocalEndpoint);
         }
         return F::reject(ctx, ip, cfg);
     }
@@ -375,14 +375,12 @@ fn new_flow<F: Ns>(
     // A segment too short to hold its L4 checksum cannot be rewritten: dropped before any
     // conntrack or affinity state is made for it (found by the packet fuzzer).
     if ctx.load::<u16>(l4.csum_off).is_err() {
-        count(Counter::NsNatFailed);
-        return verdict::SHOT;
+        return event::drop(ctx, ip, svc.rev_nat_id, DropReason::NatFailed);
     }
     let client = F::client(&t.saddr);
     let Some(chosen) = select::choose(svc_key, &svc, client, Some(F::flow_hash(t))) else {
         // The agent is mid-update; the client retransmits.
-        count(Counter::BackendMiss);
-        return verdict::SHOT;
+        return event::drop(ctx, ip, svc.rev_nat_id, DropReason::NoBackend);
     };
     let (backend_addr, backend_port) = F::Key::backend_dest(&chosen.backend);
     let local = F::Key::backend_flags(&chosen.backend) & backend_flags::LOCAL != 0;
@@ -451,40 +449,39 @@ fn new_flow<F: Ns>(
         // so that of two CPUs racing on the flow's first packets one wins
         // and the other follows it.
         if map.insert(fwd_key, fwd, BPF_NOEXIST as u64).is_err() {
-            return follow_winner::<F>(ctx, l4, t, fwd_key, fwd);
+            return follow_winner::<F>(ctx, ip, l4, t, fwd_key, fwd);
         }
         let rkey = &*room.rkey.write(ct::reply_key(fwd, t.proto));
         if let Err(e) = claim_reply(rkey, rev) {
             let _ = map.remove(fwd_key);
-            count(e);
-            return verdict::SHOT;
+            return event::drop(ctx, ip, svc.rev_nat_id, e);
         }
     } else if dsr {
         // FORWARD only: the replies do not come back through this node.
         if map.insert(fwd_key, fwd, BPF_NOEXIST as u64).is_err() {
-            return follow_winner::<F>(ctx, l4, t, fwd_key, fwd);
+            return follow_winner::<F>(ctx, ip, l4, t, fwd_key, fwd);
         }
         count_new_flow();
+        event::new_flow(ctx, ip, &*fwd);
         return F::dsr_forward(ctx, fwd, fits);
     } else {
         let Some(node_addr) = F::node_addr(parse::ifindex(ctx)) else {
-            count(Counter::NsNatFailed);
-            return verdict::SHOT;
+            return event::drop(ctx, ip, svc.rev_nat_id, DropReason::NatFailed);
         };
         fwd.set_source(node_addr, t.sport);
         // The REPLY entry claims the SNAT port, then FORWARD is written.
         let rkey = room.rkey.write(ct::reply_key(fwd, t.proto));
         let Some(port) = ct::claim_snat_port(rkey, rev, t.sport, ct::snat_ports(cfg)) else {
-            count(Counter::NsNatFailed);
-            return verdict::SHOT;
+            return event::drop(ctx, ip, svc.rev_nat_id, DropReason::NatFailed);
         };
         fwd.set_source(node_addr, port);
         if map.insert(fwd_key, fwd, BPF_NOEXIST as u64).is_err() {
             let _ = map.remove(rkey);
-            return follow_winner::<F>(ctx, l4, t, fwd_key, fwd);
+            return follow_winner::<F>(ctx, ip, l4, t, fwd_key, fwd);
         }
     }
     count_new_flow();
+    event::new_flow(ctx, ip, &*fwd);
     translate_forward::<F>(ctx, l4, t, fwd)
 }
 
@@ -501,25 +498,25 @@ fn count_new_flow() {
 /// FORWARD half was lost) or its flow is over; a live flow through another
 /// frontend keeps it: `NsCtClashDrop`.
 #[inline(always)]
-fn claim_reply<K: CtKey>(rkey: &K, rev: &K::Value) -> Result<(), Counter> {
+fn claim_reply<K: CtKey>(rkey: &K, rev: &K::Value) -> Result<(), DropReason> {
     let map = K::map();
     if map.insert(rkey, rev, BPF_NOEXIST as u64).is_ok() {
         return Ok(());
     }
     let Some(entry) = ct::lookup(rkey) else {
         // Gone in between: ours to write.
-        return map.insert(rkey, rev, 0).map_err(|_| Counter::NsNatFailed);
+        return map.insert(rkey, rev, 0).map_err(|_| DropReason::NatFailed);
     };
     // SAFETY: a live map value, read in place (no copy on IPv6's stack).
     let old = unsafe { &*entry };
     let own = old.nat_saddr() == rev.nat_saddr() && old.nat_sport() == rev.nat_sport();
     if !own {
         if !ct::reply_flow_over(rkey, old, rev.last_seen()) {
-            return Err(Counter::NsCtClashDrop);
+            return Err(DropReason::CtClash);
         }
         ct::forget_reply_flow(rkey, old);
     }
-    map.insert(rkey, rev, 0).map_err(|_| Counter::NsNatFailed)
+    map.insert(rkey, rev, 0).map_err(|_| DropReason::NatFailed)
 }
 
 /// Another CPU created the flow (FORWARD key `fwd_key`) first: translate
@@ -527,6 +524,7 @@ fn claim_reply<K: CtKey>(rkey: &K, rev: &K::Value) -> Result<(), Counter> {
 #[inline(always)]
 fn follow_winner<F: Ns>(
     ctx: &TcContext,
+    ip: &F::Ip,
     l4: &L4,
     t: &Tuple<Addr<F>>,
     fwd_key: &F::Ct,
@@ -539,9 +537,6 @@ fn follow_winner<F: Ns>(
             count(Counter::NsTracked);
             translate_forward::<F>(ctx, l4, t, slot)
         }
-        None => {
-            count(Counter::NsNatFailed);
-            verdict::SHOT
-        }
+        None => event::drop(ctx, ip, 0, DropReason::NatFailed),
     }
 }

@@ -46,6 +46,10 @@ pub enum Command {
     /// packet is sent): the frontend, its backends, source ranges, session
     /// affinity, conntrack, and the backend chosen or the drop and its reason.
     Trace(TraceArgs),
+    /// Print the datapath's events as they happen: drops with their reason,
+    /// new flows with their backend, ICMP errors translated, port
+    /// unreachables sent (events are on only while a monitor runs).
+    Monitor(MonitorArgs),
     /// Detach and unpin everything ferry put in the kernel.
     Cleanup(CleanupArgs),
     /// Check every requirement of the agent on this node (privileges,
@@ -237,9 +241,54 @@ pub struct TraceArgs {
     pub no_agent: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct MonitorArgs {
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    /// Only events of these kinds (repeat or separate with commas).
+    #[arg(long = "type", value_enum, value_delimiter = ',')]
+    pub types: Vec<EventType>,
+    /// Only events of this Service (NAMESPACE/NAME, as `ferry services` names it).
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub service: Option<String>,
+    /// Only events with this address (client, frontend, backend or SNAT source).
+    #[arg(long, value_name = "IP")]
+    pub address: Option<std::net::IpAddr>,
+    /// Only events with this port (any of the tuple's).
+    #[arg(long, value_name = "N")]
+    pub port: Option<u16>,
+    #[arg(short = 'o', long, value_enum, default_value_t = MonitorOutput::Text)]
+    pub output: MonitorOutput,
+    /// The agent's metrics address, where it names the Services.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10249")]
+    pub agent: SocketAddr,
+    /// Do not ask the agent: frontends only, no Service names.
+    #[arg(long)]
+    pub no_agent: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TraceOutput {
     Text,
+    Json,
+}
+
+/// `ferry monitor --type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EventType {
+    /// Packets dropped, with the reason.
+    Drop,
+    /// New north-south flows, with their backend.
+    Flow,
+    /// ICMP errors translated and port unreachables sent.
+    Icmp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MonitorOutput {
+    /// One line per event.
+    Text,
+    /// One JSON object per line.
     Json,
 }
 

@@ -40,6 +40,7 @@ fn main() -> anyhow::Result<()> {
             Command::Stats(args) => ferry::cmd::stats::run(&args),
             Command::Conntrack(args) => ferry::cmd::conntrack::run(&args),
             Command::Trace(args) => ferry::cmd::trace::run(&args),
+            Command::Monitor(args) => ferry::cmd::monitor::run(&args).await,
             Command::Cleanup(args) => ferry::cmd::cleanup::run(&args),
             Command::Preflight(args) => ferry::cmd::preflight::run(&args).await,
             Command::MountBpffs(args) => ferry::cmd::mount_bpffs::run(&args),

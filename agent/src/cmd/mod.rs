@@ -5,6 +5,7 @@ pub mod cleanup;
 pub mod conntrack;
 pub mod kube_proxy_config;
 pub mod kube_proxy_rules;
+pub mod monitor;
 pub mod mount_bpffs;
 pub mod preflight;
 pub mod services;

@@ -6,6 +6,7 @@
 
 pub mod codec;
 pub mod ct_gc;
+pub mod events;
 pub mod ids;
 pub mod ifaces;
 pub mod lbmaps;

@@ -340,6 +340,24 @@ impl Metrics {
         for (event, n) in datapath {
             let _ = writeln!(out, "ferry_datapath_events_total{{event=\"{event}\"}} {n}");
         }
+        // The same counters by drop reason (agent_common::drop): one family
+        // answers "why were packets dropped" without knowing counter names.
+        let _ = writeln!(
+            out,
+            "# HELP ferry_drops_total Packets the kernel programs dropped, by reason\n# TYPE ferry_drops_total counter"
+        );
+        for reason in agent_common::drop::DropReason::ALL {
+            let counter = reason.counter().name();
+            let n = datapath
+                .iter()
+                .find(|(event, _)| *event == counter)
+                .map_or(0, |(_, n)| *n);
+            let _ = writeln!(
+                out,
+                "ferry_drops_total{{reason=\"{}\"}} {n}",
+                reason.name()
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP ferry_feature_enabled Datapath features this node's kernel, object and privileges allow (1) or not (0)\n# TYPE ferry_feature_enabled gauge"
@@ -382,7 +400,7 @@ mod tests {
             },
             &["map_full"],
         );
-        let text = m.render(&[("connect_translated", 7)]);
+        let text = m.render(&[("connect_translated", 7), ("ns_source_range_drop", 3)]);
         assert!(
             text.contains("kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.004\"} 1")
         );
@@ -393,6 +411,8 @@ mod tests {
         assert!(text.contains("ferry_frontends_programmed 2"));
         assert!(text.contains("ferry_programming_errors_total{reason=\"map_full\"} 1"));
         assert!(text.contains("ferry_datapath_events_total{event=\"connect_translated\"} 7"));
+        assert!(text.contains("ferry_drops_total{reason=\"source_range\"} 3"));
+        assert!(text.contains("ferry_drops_total{reason=\"no_local_endpoint\"} 0"));
     }
 
     #[test]

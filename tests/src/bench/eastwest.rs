@@ -94,6 +94,9 @@ pub struct Config {
     pub rounds: usize,
     pub secs: f64,
     pub conns: u32,
+    /// ferry measured with `ferry monitor` listening (bench/monitor.rs).
+    #[serde(default)]
+    pub monitor: bool,
 }
 
 /// All rounds of one contender at one N over one family.
@@ -451,10 +454,19 @@ pub fn run(lab: &Lab, config: &Config) -> Result<Results> {
         program_secs: Vec::new(),
     };
     let backend_ips: Vec<Ipv4Addr> = topo.backends.iter().map(|p| p.ip).collect();
+    let mut monitor = None;
     for &n in &config.sizes {
         eprintln!("bench: east-west: programming {n} dual-stack services into each contender…");
         let set = synth::eastwest_set_dual(n, &backend_ips);
         program(lab, &topo, &set, &mut out)?;
+        // After the first programming (the pins exist from then on); it outlives the agent's
+        // restarts, which keep the pinned ring and control.
+        if config.monitor && monitor.is_none() {
+            monitor = Some(super::monitor::Monitor::start(
+                &lab.node_netns_path(),
+                &lab.pin_dir(),
+            )?);
+        }
         let families: &[Family] = if config.ipv6_sizes.contains(&n) {
             &Family::ALL
         } else {
@@ -512,6 +524,7 @@ pub fn run(lab: &Lab, config: &Config) -> Result<Results> {
         }
         out.points.extend(points);
     }
+    drop(monitor);
     Ok(out)
 }
 

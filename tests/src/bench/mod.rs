@@ -10,6 +10,7 @@ pub mod eastwest;
 pub mod env;
 pub mod kubeproxy;
 pub mod load;
+pub mod monitor;
 pub mod northsouth;
 pub mod progcost;
 pub mod report;
@@ -110,6 +111,8 @@ pub struct Options {
     /// Keep the other sections of the report already in `out` (benchmarks.json) and replace
     /// only the ones run now; with `only` empty, run nothing and re-render the report.
     pub merge: bool,
+    /// Run ferry with `ferry monitor` listening (east-west and north-south).
+    pub monitor: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -144,7 +147,7 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
     let machine = env::machine();
 
     let eastwest = if wanted("eastwest") {
-        Outcome::from_result(run_eastwest(opts.quick))
+        Outcome::from_result(run_eastwest(opts.quick, opts.monitor))
     } else {
         skipped_section()
     };
@@ -154,12 +157,14 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
                 rounds: 1,
                 secs: 1.0,
                 conns: 4,
+                monitor: opts.monitor,
             }
         } else {
             northsouth::Config {
                 rounds: 5,
                 secs: 3.0,
                 conns: 8,
+                monitor: opts.monitor,
             }
         };
         Outcome::from_result(northsouth::run(&config))
@@ -229,7 +234,7 @@ fn skipped_section<T>() -> Outcome<T> {
     Outcome::NotMeasured("not selected (--only)".into())
 }
 
-fn run_eastwest(quick: bool) -> Result<eastwest::Results> {
+fn run_eastwest(quick: bool, monitor: bool) -> Result<eastwest::Results> {
     env::tool("wrk", "wrk")?;
     env::tool("iptables-restore", "iptables")?;
     env::tool("ip6tables-restore", "iptables")?;
@@ -242,6 +247,7 @@ fn run_eastwest(quick: bool) -> Result<eastwest::Results> {
             rounds: 1,
             secs: 1.0,
             conns: 4,
+            monitor,
         }
     } else {
         eastwest::Config {
@@ -250,6 +256,7 @@ fn run_eastwest(quick: bool) -> Result<eastwest::Results> {
             rounds: 5,
             secs: 3.0,
             conns: 8,
+            monitor,
         }
     };
     let lab = Lab::try_new("bench-eastwest")?;

@@ -83,6 +83,9 @@ pub struct Config {
     pub rounds: usize,
     pub secs: f64,
     pub conns: u32,
+    /// ferry measured with `ferry monitor` listening on node1 (bench/monitor.rs).
+    #[serde(default)]
+    pub monitor: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -281,6 +284,15 @@ pub fn run(config: &Config) -> Result<Results> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let _monitor = if config.monitor {
+        let node1 = cl.node("node1");
+        Some(super::monitor::Monitor::start(
+            &node1.netns_path,
+            &node1.pin_dir,
+        )?)
+    } else {
+        None
+    };
     let node2 = cl.node("node2").netns.clone();
     for (family, tool) in [
         (Family::V4, "iptables-restore"),

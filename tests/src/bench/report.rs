@@ -381,8 +381,10 @@ fn markdown(r: &Report, plots: &Plots) -> String {
         Outcome::Done(ew) => {
             let _ = writeln!(
                 md,
-                "\n{} rounds of {} s per contender and N.",
-                ew.config.rounds, ew.config.secs
+                "\n{} rounds of {} s per contender and N.{}",
+                ew.config.rounds,
+                ew.config.secs,
+                monitor_note(ew.config.monitor)
             );
             if ew.points.iter().any(|p| p.family == Family::V6) {
                 let _ = writeln!(
@@ -534,10 +536,11 @@ fn northsouth(md: &mut String, ns: &super::northsouth::Results) {
          straight to the pod IP through node1. node2 runs no TC program and node1 no netfilter \
          rule. *Throughput*: one iperf3 TCP stream, Gbit/s. *Connections/s*: wrk as in section 1. \
          Checksum offload is off on every veth of this lab (the translating paths must compute \
-         checksums for real), which caps throughput for every contender alike. {} rounds of {} s.{}\n\n\
+         checksums for real), which caps throughput for every contender alike. {} rounds of {} s.{}{}\n\n\
          | | plain routing (limit) | ferry (TC) | kube-proxy iptables | ferry / routing | ferry / iptables |\n|---|---:|---:|---:|---:|---:|",
         ns.config.rounds,
         ns.config.secs,
+        monitor_note(ns.config.monitor),
         if ipv6 {
             " The IPv6 rows: the same over the lab's IPv6 twins (the service dual-stack, its load \
              balancer IPs' twins, node2 with kube-proxy's IPv6 rules from `ip6tables-restore`), \
@@ -960,4 +963,13 @@ fn method(md: &mut String) {
            (IPv6 at 100 only), one 1-second round, 100 services in the control-plane section; it writes to a \
            temporary directory, never over this file."
     );
+}
+
+/// Said of a section run with `ferry-bench run --monitor`.
+fn monitor_note(monitor: bool) -> &'static str {
+    if monitor {
+        " ferry ran with `ferry monitor -o json` listening (its output to /dev/null)."
+    } else {
+        ""
+    }
 }

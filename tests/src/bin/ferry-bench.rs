@@ -2,8 +2,9 @@
 //! rules (see docs/benchmarks.md). Run by `cargo xtask bench`; needs root.
 //!
 //! ```text
-//! ferry-bench run [--quick] [--out DIR] [--only SECTION[,SECTION..]] [--merge]
+//! ferry-bench run [--quick] [--out DIR] [--only SECTION[,SECTION..]] [--merge] [--monitor]
 //!     --merge: rerun only the --only sections into DIR's existing report (none: re-render it)
+//!     --monitor: ferry with `ferry monitor` listening (east-west, north-south)
 //! ferry-bench serve --port PORT [--lifetime SECS]     (the backends' HTTP server)
 //! ```
 
@@ -14,7 +15,7 @@ use ferry_tests::{
     is_root,
 };
 
-const USAGE: &str = "usage: ferry-bench run [--quick] [--out DIR] [--only eastwest,northsouth,progcost,control] [--merge]\n       ferry-bench serve --port PORT [--lifetime SECS]";
+const USAGE: &str = "usage: ferry-bench run [--quick] [--out DIR] [--only eastwest,northsouth,progcost,control] [--merge] [--monitor]\n       ferry-bench serve --port PORT [--lifetime SECS]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -61,12 +62,14 @@ fn run(args: &[String]) -> ExitCode {
         out: PathBuf::from("docs"),
         only: Vec::new(),
         merge: false,
+        monitor: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => opts.quick = true,
             "--merge" => opts.merge = true,
+            "--monitor" => opts.monitor = true,
             "--out" => match it.next() {
                 Some(v) => opts.out = PathBuf::from(v),
                 None => return usage(),

@@ -1,0 +1,237 @@
+//! `ferry monitor`'s events (agent_common::event): drops, new flows, ICMP
+//! errors translated and port unreachables sent, written into the
+//! `ferry_events_v1` ring buffer while a monitor holds the lease in
+//! `ferry_mon_v1`.
+//!
+//! Off costs the paths that can emit (never the tracked hit path) one
+//! array lookup, which the verifier inlines, and a compare with 0 ([`on`]).
+//! Everything else (the clock, the reservation, the record) is in a
+//! function of its own called only when on, so its frame and code stay off
+//! the packet paths. An expired lease (a monitor that died) is cleared by
+//! the first program that finds it, which brings the cost back to the
+//! compare. A full ring loses the event, counted `EventLost`; the packet is
+//! never affected.
+//!
+//! Addresses of either family: the emit functions take the family's map
+//! form (`u32` or `Ip6`) and tell them apart by size, so that callers
+//! generic over the family need no further bound.
+
+use agent_common::{
+    drop::DropReason,
+    event::{Event, FAMILY_V4, FAMILY_V6, MonitorControl, event_flags, kind, program},
+    stats::Counter,
+};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+
+use crate::{
+    ct::CtValue,
+    icmp::Side,
+    maps::{EVENTS, MONITOR, count},
+    parse::{self, Packet, Tuple},
+    tc::verdict,
+};
+
+/// A monitor holds (or held, and it has not been found expired yet) the
+/// lease: the only cost when none does.
+#[inline(always)]
+fn on() -> bool {
+    match MONITOR.get_ptr(0) {
+        // SAFETY: the map's one value, read as a plain u64.
+        Some(c) => unsafe { (*c).lease_until_ns != 0 },
+        None => false,
+    }
+}
+
+/// A dropped packet `ip` (seen by `ferry_tc_in`, for frontend `rev_nat_id`,
+/// or 0 when unknown: the monitor then finds it by the destination):
+/// counted as `reason` says, and reported while a monitor listens. Returns
+/// the verdict (SHOT). The packet must still be as it arrived (its ports
+/// are read from it, only when on): the caller's tuple is not taken, so
+/// that it need not be kept in the caller's frame.
+#[inline(always)]
+pub fn drop<P: Packet>(ctx: &TcContext, ip: &P, rev_nat_id: u16, reason: DropReason) -> i32 {
+    count(reason.counter());
+    if on() {
+        emit_packet(
+            ctx,
+            ip,
+            head(kind::DROP, reason as u8, program::TC_IN, rev_nat_id),
+        );
+    }
+    verdict::SHOT
+}
+
+/// A new flow (packet `ip`, as it arrived), translated as its FORWARD
+/// entry `fwd` says (frontend, backend, SNAT source).
+#[inline(always)]
+pub fn new_flow<P: Packet, V: CtValue>(ctx: &TcContext, ip: &P, fwd: &V) {
+    if on() {
+        emit_new_flow(ctx, ip, fwd);
+    }
+}
+
+/// An ICMP error met on `side` about the flow `quoted` (as the error
+/// quoted it) translated with the conntrack entry `v`.
+#[inline(always)]
+pub fn icmp_translated<A: Copy, V: CtValue>(ctx: &TcContext, quoted: &Tuple<A>, v: &V, side: Side) {
+    if on() {
+        let prog = match side {
+            Side::Ingress => program::TC_IN,
+            Side::Egress => program::TC_OUT,
+            Side::Pod => program::TC_POD,
+        };
+        emit_translated(ctx, quoted, prog, v);
+    }
+}
+
+/// A port unreachable about to be sent in answer to packet `ip` (still as
+/// it arrived), whose frontend has no endpoints. Should building it fail,
+/// a `reject_failed` drop follows.
+#[inline(always)]
+pub fn port_unreachable<P: Packet>(ctx: &TcContext, ip: &P) {
+    if on() {
+        emit_packet(ctx, ip, head(kind::PORT_UNREACHABLE, 0, program::TC_IN, 0));
+    }
+}
+
+/// kind | reason | program | rev-NAT id, in one register (a BPF call takes
+/// five arguments).
+#[inline(always)]
+fn head(kind: u8, reason: u8, prog: u8, rev_nat_id: u16) -> u64 {
+    kind as u64 | (reason as u64) << 8 | (prog as u64) << 16 | (rev_nat_id as u64) << 32
+}
+
+/// The address `a` (`u32` or `Ip6`) as an event's 16 bytes, and its family.
+#[inline(always)]
+fn words<A: Copy>(a: &A) -> ([u32; 4], u8) {
+    const { assert!(size_of::<A>() == 4 || size_of::<A>() == 16) };
+    // SAFETY: `A` is a u32 or four of them (asserted), read as what it is.
+    unsafe {
+        if size_of::<A>() == 4 {
+            ([*(a as *const A as *const u32), 0, 0, 0], FAMILY_V4)
+        } else {
+            (*(a as *const A as *const [u32; 4]), FAMILY_V6)
+        }
+    }
+}
+
+type Entry = aya_ebpf::maps::ring_buf::RingBufEntry<Event>;
+
+/// A record of the ring, zeroed, its header written, or None (no live
+/// lease: an expired one is cleared; or the ring is full). Every field is
+/// written in place: these functions run below the packet paths' frames,
+/// whose call chain has little of the verifier's 512 bytes of stack left.
+#[inline(always)]
+fn record(ctx: &TcContext, head: u64) -> Option<Entry> {
+    let c: *mut MonitorControl = MONITOR.get_ptr_mut(0)?;
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the map's one value. A renewal racing this clear is lost
+    // until the monitor's next one (it renews well before expiry: only a
+    // monitor stalled past its lease meets this).
+    unsafe {
+        let lease = (*c).lease_until_ns;
+        if lease == 0 {
+            return None;
+        }
+        if now >= lease {
+            (*c).lease_until_ns = 0;
+            return None;
+        }
+    }
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(Counter::EventLost);
+        return None;
+    };
+    let e = entry.as_mut_ptr();
+    // SAFETY: the reservation is an `Event`'s room, ours until submitted.
+    unsafe {
+        core::ptr::write_bytes(e, 0, 1);
+        (*e).ts_ns = now;
+        (*e).kind = head as u8;
+        (*e).reason = (head >> 8) as u8;
+        (*e).program = (head >> 16) as u8;
+        (*e).rev_nat_id = (head >> 32) as u16;
+        (*e).ifindex = parse::ifindex(ctx);
+    }
+    Some(entry)
+}
+
+/// Writes the original tuple (addresses `saddr`, `daddr`; raw ports).
+#[inline(always)]
+fn set_tuple<A: Copy>(e: *mut Event, saddr: &A, daddr: &A, sport: u16, dport: u16, proto: u8) {
+    let (s, family) = words(saddr);
+    // SAFETY: a reservation of the caller's, zeroed by `record`.
+    unsafe {
+        (*e).family = family;
+        (*e).proto = proto;
+        (*e).saddr = s;
+        (*e).daddr = words(daddr).0;
+        (*e).sport = sport;
+        (*e).dport = dport;
+    }
+}
+
+/// Writes the original tuple of packet `ip` (its ports 0 when unreadable).
+#[inline(always)]
+fn set_packet<P: Packet>(ctx: &TcContext, e: *mut Event, ip: &P) {
+    let ports = ctx.load::<u32>(ip.l4_off()).unwrap_or(0);
+    // Raw: the first two bytes are the source port, as the packet has them.
+    let p: [u16; 2] = unsafe { core::mem::transmute(ports) };
+    set_tuple(e, &ip.saddr(), &ip.daddr(), p[0], p[1], ip.proto());
+}
+
+/// Writes the translated tuple a conntrack value gives: the new source and
+/// destination of the flow's packets, or (`swapped`, an ICMP error about
+/// them) what the quoted packet now says.
+#[inline(always)]
+fn set_translation<V: CtValue>(e: *mut Event, v: &V, swapped: bool) {
+    let (s, sp, d, dp) = if swapped {
+        (v.nat_daddr(), v.nat_dport(), v.nat_saddr(), v.nat_sport())
+    } else {
+        (v.nat_saddr(), v.nat_sport(), v.nat_daddr(), v.nat_dport())
+    };
+    // SAFETY: a reservation of the caller's, zeroed by `record`.
+    unsafe {
+        (*e).flags = event_flags::TRANSLATED;
+        (*e).backend_id = v.backend_id();
+        (*e).nat_saddr = words(&s).0;
+        (*e).nat_daddr = words(&d).0;
+        (*e).nat_sport = sp;
+        (*e).nat_dport = dp;
+        (*e).ct_flags = v.flags();
+    }
+}
+
+/// An event about packet `ip` with no translated tuple.
+#[inline(never)]
+fn emit_packet<P: Packet>(ctx: &TcContext, ip: &P, head: u64) {
+    if let Some(mut entry) = record(ctx, head) {
+        set_packet(ctx, entry.as_mut_ptr(), ip);
+        entry.submit(0);
+    }
+}
+
+/// A new flow of packet `ip`, translated as `fwd` says.
+#[inline(never)]
+fn emit_new_flow<P: Packet, V: CtValue>(ctx: &TcContext, ip: &P, fwd: &V) {
+    let head = head(kind::NEW_FLOW, 0, program::TC_IN, fwd.rev_nat_id());
+    if let Some(mut entry) = record(ctx, head) {
+        let e = entry.as_mut_ptr();
+        set_packet(ctx, e, ip);
+        set_translation(e, fwd, false);
+        entry.submit(0);
+    }
+}
+
+/// An ICMP error's event (see [`icmp_translated`]).
+#[inline(never)]
+fn emit_translated<A: Copy, V: CtValue>(ctx: &TcContext, t: &Tuple<A>, prog: u8, v: &V) {
+    let head = head(kind::ICMP_TRANSLATED, 0, prog, v.rev_nat_id());
+    if let Some(mut entry) = record(ctx, head) {
+        let e = entry.as_mut_ptr();
+        set_tuple(e, &t.saddr, &t.daddr, t.sport, t.dport, t.proto);
+        set_translation(e, v, true);
+        entry.submit(0);
+    }
+}
