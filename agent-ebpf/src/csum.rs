@@ -15,9 +15,12 @@ use aya_ebpf::{
 };
 
 use crate::{
+    drop::DropReason,
     parse::{IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF, IP6_DADDR_OFF, IP6_SADDR_OFF, L4, Tuple},
-    tc::verdict,
 };
+
+/// What a failed rewrite helper means: the packet may be half rewritten.
+const FAILED: DropReason = DropReason::RewriteFailed;
 
 /// One's-complement addition of two 32-bit partial sums (end-around carry).
 #[inline(always)]
@@ -84,7 +87,7 @@ pub fn of_words<const N: usize>(words: &[u16; N]) -> u16 {
 /// (whose L4 field holds only the pseudo-header sum) and keep a
 /// CHECKSUM_COMPLETE `skb->csum` right.
 #[inline(always)]
-pub fn set_addr(ctx: &TcContext, l4: &L4, dst: bool, old: u32, new: u32) -> Result<(), i32> {
+pub fn set_addr(ctx: &TcContext, l4: &L4, dst: bool, old: u32, new: u32) -> Result<(), DropReason> {
     if old == new {
         return Ok(());
     }
@@ -95,10 +98,10 @@ pub fn set_addr(ctx: &TcContext, l4: &L4, dst: bool, old: u32, new: u32) -> Resu
         new as u64,
         BPF_F_PSEUDO_HDR as u64 | l4.csum_flags | 4,
     )
-    .map_err(|_| verdict::SHOT)?;
+    .map_err(|_| FAILED)?;
     ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 4)
-        .map_err(|_| verdict::SHOT)?;
-    ctx.store(off, &new, 0).map_err(|_| verdict::SHOT)
+        .map_err(|_| FAILED)?;
+    ctx.store(off, &new, 0).map_err(|_| FAILED)
 }
 
 /// Sets an IPv6 address of a TCP/UDP packet (`dst` chooses which) and fixes
@@ -111,7 +114,13 @@ pub fn set_addr(ctx: &TcContext, l4: &L4, dst: bool, old: u32, new: u32) -> Resu
 /// `skb->csum` over them (BPF_F_RECOMPUTE_CSUM), which keeps it right on
 /// every kernel (Linux 6.16's BPF_F_IPV6 flag would do the same in the helper).
 #[inline(always)]
-pub fn set_addr6(ctx: &TcContext, l4: &L4, dst: bool, old: &Ip6, new: &Ip6) -> Result<(), i32> {
+pub fn set_addr6(
+    ctx: &TcContext,
+    l4: &L4,
+    dst: bool,
+    old: &Ip6,
+    new: &Ip6,
+) -> Result<(), DropReason> {
     if old == new {
         return Ok(());
     }
@@ -122,28 +131,28 @@ pub fn set_addr6(ctx: &TcContext, l4: &L4, dst: bool, old: &Ip6, new: &Ip6) -> R
         diff16(0, old, new) as u64,
         BPF_F_PSEUDO_HDR as u64 | l4.csum_flags,
     )
-    .map_err(|_| verdict::SHOT)?;
+    .map_err(|_| FAILED)?;
     ctx.store(off, new, BPF_F_RECOMPUTE_CSUM as u64)
-        .map_err(|_| verdict::SHOT)
+        .map_err(|_| FAILED)
 }
 
 /// An address of a TCP/UDP packet's family: how it is rewritten.
 pub trait AddrField: Copy + PartialEq {
     /// Sets the source (`dst` false) or destination address from `old` to
     /// `new`, with the checksums that cover it.
-    fn set(ctx: &TcContext, l4: &L4, dst: bool, old: Self, new: Self) -> Result<(), i32>;
+    fn set(ctx: &TcContext, l4: &L4, dst: bool, old: Self, new: Self) -> Result<(), DropReason>;
 }
 
 impl AddrField for u32 {
     #[inline(always)]
-    fn set(ctx: &TcContext, l4: &L4, dst: bool, old: u32, new: u32) -> Result<(), i32> {
+    fn set(ctx: &TcContext, l4: &L4, dst: bool, old: u32, new: u32) -> Result<(), DropReason> {
         set_addr(ctx, l4, dst, old, new)
     }
 }
 
 impl AddrField for Ip6 {
     #[inline(always)]
-    fn set(ctx: &TcContext, l4: &L4, dst: bool, old: Ip6, new: Ip6) -> Result<(), i32> {
+    fn set(ctx: &TcContext, l4: &L4, dst: bool, old: Ip6, new: Ip6) -> Result<(), DropReason> {
         set_addr6(ctx, l4, dst, &old, &new)
     }
 }
@@ -151,13 +160,13 @@ impl AddrField for Ip6 {
 /// Sets the source (`dst` false) or destination port of a TCP/UDP packet and
 /// fixes its checksum (ports are covered as data, not pseudo-header).
 #[inline(always)]
-pub fn set_port(ctx: &TcContext, l4: &L4, dst: bool, old: u16, new: u16) -> Result<(), i32> {
+pub fn set_port(ctx: &TcContext, l4: &L4, dst: bool, old: u16, new: u16) -> Result<(), DropReason> {
     if old == new {
         return Ok(());
     }
     let off = l4.off + if dst { 2 } else { 0 };
     ctx.l4_csum_replace(l4.csum_off, old as u64, new as u64, l4.csum_flags | 2)
-        .map_err(|_| verdict::SHOT)?;
+        .map_err(|_| FAILED)?;
     // A UDP datagram without checksum (still 0 after the helper, which writes a computed 0
     // as 0xffff): nothing in it makes up for the new port, so a CHECKSUM_COMPLETE
     // `skb->csum` must follow the store itself (found by the packet fuzzer).
@@ -167,12 +176,12 @@ pub fn set_port(ctx: &TcContext, l4: &L4, dst: bool, old: u16, new: u16) -> Resu
     } else {
         0
     };
-    ctx.store(off, &new, flags).map_err(|_| verdict::SHOT)
+    ctx.store(off, &new, flags).map_err(|_| FAILED)
 }
 
 /// Rewrites a TCP/UDP packet's addresses and ports from `old` to the given
 /// ones, skipping fields that stay the same. A failed helper leaves the
-/// packet half rewritten: the caller must drop it (the error is `verdict::SHOT`).
+/// packet half rewritten: the caller must drop it (`DropReason::RewriteFailed`).
 #[inline(always)]
 pub fn rewrite<A: AddrField>(
     ctx: &TcContext,
@@ -182,7 +191,7 @@ pub fn rewrite<A: AddrField>(
     sport: u16,
     daddr: A,
     dport: u16,
-) -> Result<(), i32> {
+) -> Result<(), DropReason> {
     A::set(ctx, l4, false, old.saddr, saddr)?;
     A::set(ctx, l4, true, old.daddr, daddr)?;
     set_port(ctx, l4, false, old.sport, sport)?;

@@ -12,20 +12,22 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{__sk_buff, BPF_F_RECOMPUTE_CSUM},
     helpers::generated as h,
+    macros::map,
+    maps::PerCpuArray,
     programs::TcContext,
 };
 
 use crate::{
     csum,
+    drop::{DropReason, Outcome, Raw},
     family::V6,
     icmp::{self, ICMP_HLEN, IcmpHdr, Side},
-    maps::{ICMP6_SOURCES, REJECT6_SCRATCH, count},
+    maps::{ICMP6_SOURCES, count},
     parse::{
         self, ETH_HLEN, IP_OFF, IP6_DADDR_OFF, IP6_SADDR_OFF, IPPROTO_ICMPV6, IPV6_HLEN, Ipv6,
         Ipv6Hdr, Tuple,
     },
-    ratelimit,
-    tc::verdict,
+    ratelimit, verdict,
 };
 
 const ICMPV6_DEST_UNREACH: u8 = 1;
@@ -45,39 +47,44 @@ const ICMPV6_PORT_UNREACH: u8 = 4;
 /// A function of its own (a BPF-to-BPF call), so that its frame is not
 /// added to the TCP/UDP path's (see tc.rs).
 #[inline(never)]
-pub fn translate_error(ctx: &TcContext, ip: &Ipv6, side: Side) -> i32 {
+pub fn translate_error(ctx: &TcContext, ip: &Ipv6, side: Side) -> Raw {
+    Raw::of(translate_error_body(ctx, ip, side))
+}
+
+#[inline(always)]
+fn translate_error_body(ctx: &TcContext, ip: &Ipv6, side: Side) -> Outcome {
     let icmp_off = ip.l4_off;
     let Ok(icmp) = ctx.load::<IcmpHdr>(icmp_off) else {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     };
     if !matches!(
         icmp.ty,
         ICMPV6_DEST_UNREACH | ICMPV6_PKT_TOOBIG | ICMPV6_TIME_EXCEED | ICMPV6_PARAMPROB
     ) {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     }
     let inner_off = icmp_off + ICMP_HLEN;
     let Ok(inner) = ctx.load::<Ipv6Hdr>(inner_off) else {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     };
     if inner.version() != 6 {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     }
     let Some((inner_proto, inner_l4)) =
         parse::ipv6_upper(ctx, inner.next_hdr, inner_off + IPV6_HLEN)
     else {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     };
     if inner_proto != proto::TCP && inner_proto != proto::UDP {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     }
     // Only what the IPv6 packet holds is quoted (see icmp.rs).
     let end = ip.hdr.end(IP_OFF);
     if inner_l4 + 4 > end {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     }
     let Ok(ports) = ctx.load::<[u16; 2]>(inner_l4) else {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     };
     let quoted = Tuple {
         saddr: inner.saddr,
@@ -87,7 +94,7 @@ pub fn translate_error(ctx: &TcContext, ip: &Ipv6, side: Side) -> i32 {
         proto: inner_proto,
     };
     let Some(v) = icmp::error_flow::<Ct6Key>(&quoted, side) else {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     };
     let at = At {
         icmp: icmp_off,
@@ -95,9 +102,7 @@ pub fn translate_error(ctx: &TcContext, ip: &Ipv6, side: Side) -> i32 {
         inner_l4,
         end,
     };
-    if let Err(e) = rewrite_error(ctx, ip, &at, icmp.check, &quoted, &v) {
-        return e;
-    }
+    rewrite_error(ctx, ip, &at, icmp.check, &quoted, &v)?;
     icmp::translated::<V6>(ctx, v.flags, side)
 }
 
@@ -123,8 +128,8 @@ fn rewrite_error(
     check: u16,
     q: &Tuple<Ip6>,
     v: &agent_common::Ct6Value,
-) -> Result<(), i32> {
-    let shot = |_| verdict::SHOT;
+) -> Result<(), DropReason> {
+    let shot = |_| DropReason::RewriteFailed;
     let recompute = BPF_F_RECOMPUTE_CSUM as u64;
     // The quoted source becomes (nat_daddr, nat_dport), its destination
     // (nat_saddr, nat_sport).
@@ -204,13 +209,18 @@ const _: () = assert!(UNREACH_HLEN == IPV6_HLEN + ICMP_HLEN);
 /// summed there and written back after the new headers (one per CPU, not
 /// pinned: it holds no state).
 #[repr(C)]
-pub struct RejectScratch {
+struct RejectScratch {
     /// The MACs, swapped.
     eth: [u8; 12],
     hdrs: UnreachHdrs,
     /// The quote, and room for the zeros that pad it to whole words.
     quote: [u8; QUOTE_MAX + 4],
 }
+
+/// Per-CPU scratch space of the ICMPv6 port unreachable: the quoted packet,
+/// summed and written back there. Not pinned, no state.
+#[map(name = "ferry_rej6_scr")]
+static REJECT6_SCRATCH: PerCpuArray<RejectScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Hop limit of ferry's ICMPv6 errors (Linux's default).
 const ICMPV6_HOP_LIMIT: u8 = 64;
@@ -229,24 +239,18 @@ const ICMPV6_HOP_LIMIT: u8 = 64;
 /// error: only TCP and UDP get here.) The CHECKSUM_PARTIAL limitation of
 /// [`icmp::reject`] applies alike.
 #[inline(always)]
-pub fn reject(ctx: &TcContext, ip: &Ipv6, cfg: &NodeConfig) -> i32 {
+pub fn reject(ctx: &TcContext, ip: &Ipv6, cfg: &NodeConfig) -> Outcome {
     let group_mac = ctx.load::<u8>(0).map_or(true, |b| b & 1 != 0);
     if group_mac || !is_unicast(&ip.hdr.saddr) || is_multicast(&ip.hdr.daddr) {
-        count(Counter::NsRejectFailed);
-        return verdict::SHOT;
+        return Err(DropReason::RejectFailed);
     }
-    if let Err(limited) = ratelimit::allow(&ICMP6_SOURCES, &ip.hdr.saddr, cfg) {
-        count(limited);
-        return verdict::SHOT;
-    }
+    ratelimit::allow(&ICMP6_SOURCES, &ip.hdr.saddr, cfg)?;
     let skb: *mut __sk_buff = ctx.as_ptr().cast();
-    if build_reject(skb) {
-        count(Counter::NsRejected);
-        unsafe { h::bpf_redirect(parse::ifindex(ctx), 0) as i32 }
-    } else {
-        count(Counter::NsRejectFailed);
-        verdict::SHOT
+    if !build_reject(skb) {
+        return Err(DropReason::RejectFailed);
     }
+    count(Counter::NsRejected);
+    Ok(unsafe { h::bpf_redirect(parse::ifindex(ctx), 0) as i32 })
 }
 
 /// Builds the port unreachable in place of the packet (the skb `skb`): a

@@ -18,6 +18,8 @@ mod csum;
 #[cfg(target_arch = "bpf")]
 mod ct;
 #[cfg(target_arch = "bpf")]
+mod drop;
+#[cfg(target_arch = "bpf")]
 mod dsr;
 #[cfg(target_arch = "bpf")]
 mod dsr6;
@@ -49,6 +51,8 @@ mod sock_destroy;
 mod sock_lb;
 #[cfg(target_arch = "bpf")]
 mod tc;
+#[cfg(target_arch = "bpf")]
+mod verdict;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

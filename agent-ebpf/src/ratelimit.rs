@@ -17,7 +17,7 @@
 
 use agent_common::{
     ICMP_BURST_DEFAULT, ICMP_RATE_DEFAULT, ICMP_SOURCE_BURST, ICMP_SOURCE_INTERVAL_MS_DEFAULT,
-    NodeConfig, stats::Counter,
+    NodeConfig, drop::DropReason,
 };
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated as h, maps::LruHashMap};
 
@@ -33,7 +33,7 @@ const CAS_TRIES: u32 = 4;
 /// its family's map)? Consumes from both budgets when it may; otherwise says
 /// which budget ran out.
 #[inline(always)]
-pub fn allow<K>(sources: &LruHashMap<K, u64>, dst: &K, cfg: &NodeConfig) -> Result<(), Counter> {
+pub fn allow<K>(sources: &LruHashMap<K, u64>, dst: &K, cfg: &NodeConfig) -> Result<(), DropReason> {
     let now = unsafe { h::bpf_ktime_get_ns() };
     let src_interval = u64::from(or_default(
         cfg.icmp_source_interval_ms,
@@ -50,7 +50,7 @@ pub fn allow<K>(sources: &LruHashMap<K, u64>, dst: &K, cfg: &NodeConfig) -> Resu
     };
     let src_next = match fits(src_tat, now, src_interval, src_slack) {
         Some(next) => next,
-        None => return Err(Counter::NsRejectLimitedSource),
+        None => return Err(DropReason::RejectLimitedSource),
     };
 
     let rate = u64::from(or_default(cfg.icmp_rate, ICMP_RATE_DEFAULT));
@@ -58,14 +58,14 @@ pub fn allow<K>(sources: &LruHashMap<K, u64>, dst: &K, cfg: &NodeConfig) -> Resu
     let interval = NS_PER_SEC / rate.max(1);
     let slack = (burst - 1) * interval;
     let Some(global) = ICMP_GLOBAL.get_ptr_mut(0) else {
-        return Err(Counter::NsRejectLimited);
+        return Err(DropReason::RejectLimited);
     };
     let mut taken = false;
     // SAFETY: a live, 8-aligned map value.
     let mut tat = unsafe { core::ptr::read_volatile(global) };
     for _ in 0..CAS_TRIES {
         let Some(next) = fits(tat, now, interval, slack) else {
-            return Err(Counter::NsRejectLimited);
+            return Err(DropReason::RejectLimited);
         };
         // SAFETY: as above.
         let seen = unsafe { cmpxchg(global, tat, next) };
@@ -76,7 +76,7 @@ pub fn allow<K>(sources: &LruHashMap<K, u64>, dst: &K, cfg: &NodeConfig) -> Resu
         tat = seen;
     }
     if !taken {
-        return Err(Counter::NsRejectLimited);
+        return Err(DropReason::RejectLimited);
     }
 
     match src_state {

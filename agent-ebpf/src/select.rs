@@ -20,6 +20,11 @@ use aya_ebpf::helpers::generated as h;
 
 use crate::maps::{AFFINITY, BACKENDS_V4, BACKENDS_V6, MAGLEV, SERVICES_V4, SERVICES_V6, count};
 
+/// Frontend kinds that are exposed on the node's devices (the north-south
+/// programs). ClusterIPs are served at the socket layer, and there only
+/// with `node_flags::EXTERNAL_CLUSTER_IP`.
+pub const EXPOSED: u16 = svc_flags::NODE_PORT | svc_flags::EXTERNAL_IP | svc_flags::LOAD_BALANCER;
+
 /// Seconds of CLOCK_MONOTONIC: the clock of affinity and conntrack times.
 #[inline(always)]
 pub fn now_seconds() -> u32 {
