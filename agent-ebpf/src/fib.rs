@@ -46,23 +46,36 @@ const IPV6_FLOWINFO_MASK: u32 = 0x0fff_ffff_u32.to_be();
 /// would expire here, it is for the stack.
 pub const RC_STACK: u32 = u32::MAX;
 
-/// Routes the (already translated) IPv4 packet and redirects it to the
-/// egress of the next hop's device, decrementing its TTL as a router does.
-/// A function of its own (a BPF-to-BPF call): the lookup's 64-byte
-/// parameters live in its frame, not in the callers' (`ferry_tc_in`'s is
-/// near the 512-byte limit).
+/// The fields of a parsed IPv4 header the lookup and the TTL decrement
+/// use, in one word for [`forward`]: TTL, ToS, protocol.
+#[inline(always)]
+pub fn meta(ip: &Ipv4Hdr) -> u32 {
+    u32::from_ne_bytes([ip.ttl, ip.tos, ip.proto, 0])
+}
+
+/// Routes the (already translated) IPv4 packet, now from `saddr` to
+/// `daddr` (its other fields as parsed, in `meta`: nothing is read again),
+/// and redirects it to the egress of the next hop's device, decrementing
+/// its TTL as a router does. A function of its own (a BPF-to-BPF call):
+/// the lookup's 64-byte parameters live in its frame, not in the callers'
+/// (`ferry_tc_in`'s is near the 512-byte limit).
 #[inline(never)]
-pub fn forward(ctx: &TcContext) -> Raw {
-    Raw::of(forward_body(ctx))
+pub fn forward(ctx: &TcContext, saddr: u32, daddr: u32, meta: u32) -> Raw {
+    Raw::of(forward_body(ctx, saddr, daddr, meta))
 }
 
 #[inline(always)]
-fn forward_body(ctx: &TcContext) -> Outcome {
-    // Re-read: the header was rewritten since it was parsed.
-    let ip = ctx
-        .load::<Ipv4Hdr>(IP_OFF)
-        .map_err(|_| DropReason::ForwardFailed)?;
+fn forward_body(ctx: &TcContext, saddr: u32, daddr: u32, meta: u32) -> Outcome {
+    let [ttl, tos, proto, _] = meta.to_ne_bytes();
+    // The fields `lookup` and `send` read.
     // SAFETY: a plain C struct of integers; all zeros is a valid value.
+    let mut ip: Ipv4Hdr = unsafe { core::mem::zeroed() };
+    ip.ttl = ttl;
+    ip.tos = tos;
+    ip.proto = proto;
+    ip.saddr = saddr;
+    ip.daddr = daddr;
+    // SAFETY: as above.
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     let rc = lookup(ctx, &ip, 0, &mut p);
     send(ctx, &ip, rc, &p)

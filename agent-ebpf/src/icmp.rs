@@ -8,6 +8,7 @@ use crate::{
     csum,
     ct::{self, CtKey, CtValue},
     drop::{DropReason, Outcome},
+    family::Addr,
     maps::{ICMP_SOURCES, count},
     ns::Ns,
     parse::{
@@ -106,8 +107,8 @@ pub fn translate_error(ctx: &TcContext, ip: &Ipv4, side: Side) -> Outcome {
         daddr: v.nat_saddr,
         dport: v.nat_sport,
     };
-    rewrite_error(ctx, ip, icmp_off, &quoted, &new)?;
-    translated::<crate::family::V4>(ctx, v.flags, side)
+    let (outer_saddr, outer_daddr) = rewrite_error(ctx, ip, icmp_off, &quoted, &new)?;
+    translated::<crate::family::V4>(ctx, ip, outer_saddr, outer_daddr, v.flags, side)
 }
 
 /// The conntrack entry that translates an ICMP error (of either family)
@@ -140,14 +141,22 @@ pub fn error_flow<K: CtKey>(quoted: &Tuple<K::Addr>, side: Side) -> Option<K::Va
     Some(v)
 }
 
-/// An ICMP error of a flow with conntrack `flags` was translated on `side`:
-/// counted, and routed when it now comes from or goes to a node address.
+/// An ICMP error (parsed as `ip`, now from `saddr` to `daddr`) of a flow
+/// with conntrack `flags` was translated on `side`: counted, and routed
+/// when it now comes from or goes to a node address.
 #[inline(always)]
-pub fn translated<F: Ns>(ctx: &TcContext, flags: u8, side: Side) -> Outcome {
+pub fn translated<F: Ns>(
+    ctx: &TcContext,
+    ip: &F::Ip,
+    saddr: Addr<F>,
+    daddr: Addr<F>,
+    flags: u8,
+    side: Side,
+) -> Outcome {
     count(Counter::NsIcmpTranslated);
     if side != Side::Egress && flags & ct_flags::SNAT != 0 {
         // Now from or to a node address: see fib.rs.
-        F::forward(ctx)
+        F::forward(ctx, ip, saddr, daddr)
     } else {
         Ok(verdict::OK)
     }
@@ -182,7 +191,8 @@ struct Endpoints {
 
 /// Rewrites the quoted packet to `new` (addresses, ports, its IP checksum
 /// and, when quoted, its L4 checksum), the ICMP checksum that covers all of
-/// it, and the outer addresses with the outer IP checksum.
+/// it, and the outer addresses with the outer IP checksum. Returns the
+/// outer addresses as they now are.
 #[inline(always)]
 fn rewrite_error(
     ctx: &TcContext,
@@ -190,7 +200,7 @@ fn rewrite_error(
     icmp_off: usize,
     q: &Quoted,
     new: &Endpoints,
-) -> Result<(), DropReason> {
+) -> Result<(u32, u32), DropReason> {
     let shot = |_| DropReason::RewriteFailed;
     let addr_diff = csum::diff4(
         csum::diff4(0, q.hdr.saddr, new.saddr),
@@ -243,7 +253,8 @@ fn rewrite_error(
         ip.hdr.saddr
     };
     set_outer_addr(ctx, IP_SADDR_OFF, ip.hdr.saddr, outer_saddr)?;
-    set_outer_addr(ctx, IP_DADDR_OFF, ip.hdr.daddr, outer_daddr)
+    set_outer_addr(ctx, IP_DADDR_OFF, ip.hdr.daddr, outer_daddr)?;
+    Ok((outer_saddr, outer_daddr))
 }
 
 #[inline(always)]

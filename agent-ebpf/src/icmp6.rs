@@ -103,7 +103,8 @@ fn translate_error_body(ctx: &TcContext, ip: &Ipv6, side: Side) -> Outcome {
         end,
     };
     rewrite_error(ctx, ip, &at, icmp.check, &quoted, &v)?;
-    icmp::translated::<V6>(ctx, v.flags, side)
+    // IPv6's forwarding reads the outer addresses from the packet.
+    icmp::translated::<V6>(ctx, ip, ip.hdr.saddr, ip.hdr.daddr, v.flags, side)
 }
 
 /// Where the parts of an ICMPv6 error are.

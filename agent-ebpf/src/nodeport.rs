@@ -42,13 +42,12 @@ use agent_common::{
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::TcContext};
 
 use crate::{
-    csum,
     ct::{self, CtKey, CtValue},
     drop::{DropReason, Outcome, Raw},
     family::Addr,
     maps::count,
     ns::{CtVal, Ns, Room},
-    parse::{self, L4, Tuple},
+    parse::{self, L4, Packet as _, Tuple},
     select::{self, EXPOSED, Frontend},
     verdict,
 };
@@ -90,7 +89,7 @@ pub fn ingress<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> Outcome {
             v => v,
         };
     }
-    let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ctx, ip)) else {
+    let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ip)) else {
         return Ok(verdict::PASS);
     };
     if let Some(v) = client_packet::<F>(ctx, ip, &l4, &t) {
@@ -120,9 +119,9 @@ fn client_packet<F: Ns>(
     // SAFETY: a live map value, copied out.
     let v = unsafe { *entry };
     if backend_still_there::<F>(&v) {
-        ct::touch(entry, select::now_seconds(), parse::tcp_flags(ctx, ip));
+        ct::touch(entry, select::now_seconds(), parse::tcp_flags(ip));
         count(Counter::NsTracked);
-        return Some(translate_forward::<F>(ctx, l4, t, &v));
+        return Some(translate_forward::<F>(ctx, ip, l4, t, &v));
     }
     // The backend is gone (or its id now names another endpoint): forget
     // the flow and choose again, so that UDP "flows" (DNS, say) move to a
@@ -141,7 +140,7 @@ fn tracked_call<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> Raw {
 
 #[inline(always)]
 fn tracked_call_body<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> Outcome {
-    let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ctx, ip)) else {
+    let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ip)) else {
         return Ok(verdict::PASS);
     };
     if let Some(v) = client_packet::<F>(ctx, ip, &l4, &t) {
@@ -158,7 +157,7 @@ fn new_flow_call<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> Raw {
 
 #[inline(always)]
 fn new_flow_call_body<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> Outcome {
-    let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ctx, ip)) else {
+    let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ip)) else {
         return Ok(verdict::PASS);
     };
     let cfg = ct::node_config();
@@ -181,7 +180,7 @@ pub fn from_pod<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> Outcome {
 
 #[inline(always)]
 fn from_pod_body<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> Outcome {
-    let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ctx, ip)) else {
+    let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ip)) else {
         return Ok(verdict::PASS);
     };
     snat_reply::<F>(ctx, ip, &l4, &t, &ct::node_config(), true).unwrap_or(Ok(verdict::PASS))
@@ -223,13 +222,13 @@ fn snat_reply<F: Ns>(
     if masqueraded_only && v.flags() & ct_flags::SNAT == 0 {
         return None;
     }
-    ct::touch(entry, select::now_seconds(), parse::tcp_flags(ctx, ip));
+    ct::touch(entry, select::now_seconds(), parse::tcp_flags(ip));
     count(Counter::NsTracked);
-    if let Err(e) = rewrite_as::<F>(ctx, l4, t, &v) {
+    if let Err(e) = rewrite_as::<F>(ctx, ip, l4, t, &v) {
         return Some(Err(e));
     }
     // From the frontend now: possibly a node address (NodePort).
-    Some(F::forward(ctx))
+    Some(F::forward(ctx, ip, v.nat_saddr(), v.nat_daddr()))
 }
 
 /// A TCP/UDP packet leaving through a device: a local backend's reply gets
@@ -245,16 +244,16 @@ pub fn egress<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> Outcome {
 
 #[inline(always)]
 fn egress_body<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> Outcome {
-    let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ctx, ip)) else {
+    let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ip)) else {
         return Ok(verdict::PASS);
     };
     let Some(entry) = ct::lookup(&ct::key::<F::Ct>(&t, ct_dir::REPLY)) else {
         return Ok(verdict::PASS);
     };
     let v = unsafe { *entry };
-    ct::touch(entry, select::now_seconds(), parse::tcp_flags(ctx, ip));
+    ct::touch(entry, select::now_seconds(), parse::tcp_flags(ip));
     count(Counter::NsTracked);
-    rewrite_as::<F>(ctx, &l4, &t, &v)?;
+    rewrite_as::<F>(ctx, ip, &l4, &t, &v)?;
     Ok(verdict::OK)
 }
 
@@ -307,12 +306,14 @@ fn direct_syn<F: Ns>(
 #[inline(always)]
 fn rewrite_as<F: Ns>(
     ctx: &TcContext,
+    ip: &F::Ip,
     l4: &L4,
     t: &Tuple<Addr<F>>,
     v: &CtVal<F>,
 ) -> Result<(), DropReason> {
-    csum::rewrite(
+    F::rewrite(
         ctx,
+        ip,
         l4,
         t,
         v.nat_saddr(),
@@ -330,21 +331,33 @@ fn backend_still_there<F: Ns>(v: &CtVal<F>) -> bool {
 }
 
 #[inline(always)]
-fn translate_forward<F: Ns>(ctx: &TcContext, l4: &L4, t: &Tuple<Addr<F>>, v: &CtVal<F>) -> Outcome {
+fn translate_forward<F: Ns>(
+    ctx: &TcContext,
+    ip: &F::Ip,
+    l4: &L4,
+    t: &Tuple<Addr<F>>,
+    v: &CtVal<F>,
+) -> Outcome {
     if F::DSR && v.flags() & ct_flags::DSR != 0 {
         return F::dsr_forward(ctx, v, false);
     }
-    translate_nat::<F>(ctx, l4, t, v)
+    translate_nat::<F>(ctx, ip, l4, t, v)
 }
 
 /// [`translate_forward`] of a flow that is not DSR (a new flow's: the
 /// DSR call is then not part of IPv6's new flow frame).
 #[inline(always)]
-fn translate_nat<F: Ns>(ctx: &TcContext, l4: &L4, t: &Tuple<Addr<F>>, v: &CtVal<F>) -> Outcome {
-    rewrite_as::<F>(ctx, l4, t, v)?;
+fn translate_nat<F: Ns>(
+    ctx: &TcContext,
+    ip: &F::Ip,
+    l4: &L4,
+    t: &Tuple<Addr<F>>,
+    v: &CtVal<F>,
+) -> Outcome {
+    rewrite_as::<F>(ctx, ip, l4, t, v)?;
     if v.flags() & ct_flags::SNAT != 0 {
         // From a node address now: see fib.rs.
-        F::forward(ctx)
+        F::forward(ctx, ip, v.nat_saddr(), v.nat_daddr())
     } else {
         Ok(verdict::OK)
     }
@@ -366,7 +379,7 @@ fn not_a_frontend<F: Ns>(
             return Ok(v);
         }
     }
-    if t.proto == proto::TCP && parse::tcp_flags(ctx, ip) & parse::TCP_SYN != 0 {
+    if t.proto == proto::TCP && parse::tcp_flags(ip) & parse::TCP_SYN != 0 {
         return direct_syn::<F>(t, &mut room.rkey, &mut room.val);
     }
     Ok(verdict::PASS)
@@ -375,7 +388,7 @@ fn not_a_frontend<F: Ns>(
 /// [`not_a_frontend`] as a function of its own (`Ns::OUTLINE`).
 #[inline(never)]
 fn not_a_frontend_call<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> Raw {
-    let Some(t) = parse::tuple(ctx, ip) else {
+    let Some(t) = parse::tuple(ip) else {
         return Raw::of(Ok(verdict::PASS));
     };
     let cfg = ct::node_config();
@@ -452,7 +465,7 @@ fn new_flow<F: Ns>(
 
     // A segment too short to hold its L4 checksum cannot be rewritten: dropped before any
     // conntrack or affinity state is made for it (found by the packet fuzzer).
-    if ctx.load::<u16>(l4.csum_off).is_err() {
+    if !ip.l4_facts().csum_in_packet {
         return Err(DropReason::Malformed);
     }
     let client = F::client(&t.saddr);
@@ -469,7 +482,7 @@ fn new_flow<F: Ns>(
     // too: kube-proxy's masquerade never sees locally delivered packets.
     let keep_client =
         local && (svc.flags & svc_flags::ETP_LOCAL != 0 || dsr_mode || F::is_node(&backend_addr));
-    let tcp_flags = parse::tcp_flags(ctx, ip);
+    let tcp_flags = parse::tcp_flags(ip);
     if t.proto == proto::TCP && tcp_flags & parse::TCP_SYN == 0 {
         count(Counter::NsCtLostFlow);
     }
@@ -526,7 +539,7 @@ fn new_flow<F: Ns>(
         // so that of two CPUs racing on the flow's first packets one wins
         // and the other follows it.
         if map.insert(fwd_key, fwd, BPF_NOEXIST as u64).is_err() {
-            return follow_winner::<F>(ctx, l4, t, fwd_key, fwd);
+            return follow_winner::<F>(ctx, ip, l4, t, fwd_key, fwd);
         }
         let rkey = &*room.rkey.write(ct::reply_key(fwd, t.proto));
         if let Err(e) = claim_reply(rkey, rev) {
@@ -536,7 +549,7 @@ fn new_flow<F: Ns>(
     } else if dsr {
         // FORWARD only: the replies do not come back through this node.
         if map.insert(fwd_key, fwd, BPF_NOEXIST as u64).is_err() {
-            return follow_winner::<F>(ctx, l4, t, fwd_key, fwd);
+            return follow_winner::<F>(ctx, ip, l4, t, fwd_key, fwd);
         }
         count_new_flow();
         if F::OUTLINE {
@@ -553,12 +566,12 @@ fn new_flow<F: Ns>(
         fwd.set_source(node_addr, port);
         if map.insert(fwd_key, fwd, BPF_NOEXIST as u64).is_err() {
             let _ = map.remove(rkey);
-            return follow_winner::<F>(ctx, l4, t, fwd_key, fwd);
+            return follow_winner::<F>(ctx, ip, l4, t, fwd_key, fwd);
         }
     }
     count_new_flow();
     // Not DSR: that flow returned above.
-    translate_nat::<F>(ctx, l4, t, fwd)
+    translate_nat::<F>(ctx, ip, l4, t, fwd)
 }
 
 #[inline(always)]
@@ -600,6 +613,7 @@ fn claim_reply<K: CtKey>(rkey: &K, rev: &K::Value) -> Result<(), DropReason> {
 #[inline(always)]
 fn follow_winner<F: Ns>(
     ctx: &TcContext,
+    ip: &F::Ip,
     l4: &L4,
     t: &Tuple<Addr<F>>,
     fwd_key: &F::Ct,
@@ -615,9 +629,9 @@ fn follow_winner<F: Ns>(
                 return Ok(DSR_FIRST);
             }
             if F::OUTLINE {
-                return translate_nat::<F>(ctx, l4, t, slot);
+                return translate_nat::<F>(ctx, ip, l4, t, slot);
             }
-            translate_forward::<F>(ctx, l4, t, slot)
+            translate_forward::<F>(ctx, ip, l4, t, slot)
         }
         None => Err(DropReason::NatFailed),
     }

@@ -13,14 +13,14 @@ use agent_common::{
 use aya_ebpf::{macros::map, maps::PerCpuArray, programs::TcContext};
 
 use crate::{
-    csum::AddrField,
+    csum::{self, AddrField},
     ct::CtKey,
     drop::{DropReason, Outcome},
     dsr, dsr6,
     family::{Addr, Family, V4, V6},
     fib, icmp, icmp6,
     maps::{NODE_ADDR_V4, NODE_ADDR_V6, NODES_V4, NODES_V6},
-    parse::{self, Ipv4, Ipv6, Packet, Tuple},
+    parse::{self, Ipv4, Ipv6, L4, Packet, Tuple},
     select::{Client, Frontend},
     verdict,
 };
@@ -48,8 +48,22 @@ pub trait Ns: Family<Key: Frontend<Addr: AddrField>> {
     fn flow_hash(t: &Tuple<Addr<Self>>) -> u32;
     /// The client's session affinity identity.
     fn client(saddr: &Addr<Self>) -> Client;
-    /// Routes the translated packet through the FIB (fib.rs).
-    fn forward(ctx: &TcContext) -> Outcome;
+    /// Rewrites the packet `ip` (its L4 checksum at `l4`, its flow `t`)
+    /// to the given addresses and ports, with the checksums.
+    #[allow(clippy::too_many_arguments)]
+    fn rewrite(
+        ctx: &TcContext,
+        ip: &Self::Ip,
+        l4: &L4,
+        t: &Tuple<Addr<Self>>,
+        saddr: Addr<Self>,
+        sport: u16,
+        daddr: Addr<Self>,
+        dport: u16,
+    ) -> Result<(), DropReason>;
+    /// Routes the translated packet (parsed as `ip`, now from `saddr` to
+    /// `daddr`) through the FIB (fib.rs).
+    fn forward(ctx: &TcContext, ip: &Self::Ip, saddr: Addr<Self>, daddr: Addr<Self>) -> Outcome;
     /// Answers a packet to a frontend without endpoints with an ICMP port
     /// unreachable.
     fn reject(ctx: &TcContext, ip: &Self::Ip, cfg: &NodeConfig) -> Outcome;
@@ -96,8 +110,22 @@ impl Ns for V4 {
     }
 
     #[inline(always)]
-    fn forward(ctx: &TcContext) -> Outcome {
-        fib::forward(ctx).get()
+    fn rewrite(
+        ctx: &TcContext,
+        ip: &Ipv4,
+        l4: &L4,
+        _t: &Tuple,
+        saddr: u32,
+        sport: u16,
+        daddr: u32,
+        dport: u16,
+    ) -> Result<(), DropReason> {
+        csum::rewrite4(ctx, ip, l4, saddr, sport, daddr, dport)
+    }
+
+    #[inline(always)]
+    fn forward(ctx: &TcContext, ip: &Ipv4, saddr: u32, daddr: u32) -> Outcome {
+        fib::forward(ctx, saddr, daddr, fib::meta(&ip.hdr)).get()
     }
 
     #[inline(always)]
@@ -162,7 +190,25 @@ impl Ns for V6 {
     }
 
     #[inline(always)]
-    fn forward(ctx: &TcContext) -> Outcome {
+    fn rewrite(
+        ctx: &TcContext,
+        _ip: &Ipv6,
+        l4: &L4,
+        t: &Tuple<Ip6>,
+        saddr: Ip6,
+        sport: u16,
+        daddr: Ip6,
+        dport: u16,
+    ) -> Result<(), DropReason> {
+        // The helpers store the addresses: with BPF_F_RECOMPUTE_CSUM they
+        // keep a CHECKSUM_COMPLETE `skb->csum` right (csum.rs).
+        csum::rewrite(ctx, l4, t, saddr, sport, daddr, dport)
+    }
+
+    /// IPv6's lookup reads the translated header's addresses into its
+    /// parameters itself (its frame has no room for copies).
+    #[inline(always)]
+    fn forward(ctx: &TcContext, _ip: &Ipv6, _saddr: Ip6, _daddr: Ip6) -> Outcome {
         fib::forward6(ctx).get()
     }
 

@@ -110,9 +110,10 @@ handler!(ipv6_pod, ipv6, Side::Pod);
 /// TCP and UDP to the north-south flows, ICMP errors to their translation.
 #[inline(always)]
 fn ipv4(ctx: &TcContext, side: Side) -> Outcome {
-    let Some(ip) = parse::ipv4(ctx) else {
+    let mut ip = parse::Ipv4::empty();
+    if !parse::ipv4(ctx, &mut ip) {
         return Ok(verdict::PASS);
-    };
+    }
     if ip.hdr.is_later_fragment() {
         return Ok(verdict::PASS);
     }
