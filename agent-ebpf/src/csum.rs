@@ -10,14 +10,22 @@
 
 use agent_common::Ip6;
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM},
+    helpers::generated as h,
     programs::TcContext,
 };
 
 use crate::{
-    parse::{IP_CSUM_OFF, IP_DADDR_OFF, IP_SADDR_OFF, IP6_DADDR_OFF, IP6_SADDR_OFF, L4, Tuple},
-    tc::verdict,
+    drop::DropReason,
+    parse::{
+        IP_CSUM_OFF, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF, IP6_DADDR_OFF, IP6_SADDR_OFF,
+        IPV4_MIN_HLEN, Ipv4, Ipv4Hdr, L4, Tuple,
+    },
 };
+
+/// What a failed rewrite helper means: the packet may be half rewritten.
+const FAILED: DropReason = DropReason::RewriteFailed;
 
 /// One's-complement addition of two 32-bit partial sums (end-around carry).
 #[inline(always)]
@@ -84,7 +92,7 @@ pub fn of_words<const N: usize>(words: &[u16; N]) -> u16 {
 /// (whose L4 field holds only the pseudo-header sum) and keep a
 /// CHECKSUM_COMPLETE `skb->csum` right.
 #[inline(always)]
-pub fn set_addr(ctx: &TcContext, l4: &L4, dst: bool, old: u32, new: u32) -> Result<(), i32> {
+pub fn set_addr(ctx: &TcContext, l4: &L4, dst: bool, old: u32, new: u32) -> Result<(), DropReason> {
     if old == new {
         return Ok(());
     }
@@ -95,10 +103,10 @@ pub fn set_addr(ctx: &TcContext, l4: &L4, dst: bool, old: u32, new: u32) -> Resu
         new as u64,
         BPF_F_PSEUDO_HDR as u64 | l4.csum_flags | 4,
     )
-    .map_err(|_| verdict::SHOT)?;
+    .map_err(|_| FAILED)?;
     ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 4)
-        .map_err(|_| verdict::SHOT)?;
-    ctx.store(off, &new, 0).map_err(|_| verdict::SHOT)
+        .map_err(|_| FAILED)?;
+    ctx.store(off, &new, 0).map_err(|_| FAILED)
 }
 
 /// Sets an IPv6 address of a TCP/UDP packet (`dst` chooses which) and fixes
@@ -111,7 +119,13 @@ pub fn set_addr(ctx: &TcContext, l4: &L4, dst: bool, old: u32, new: u32) -> Resu
 /// `skb->csum` over them (BPF_F_RECOMPUTE_CSUM), which keeps it right on
 /// every kernel (Linux 6.16's BPF_F_IPV6 flag would do the same in the helper).
 #[inline(always)]
-pub fn set_addr6(ctx: &TcContext, l4: &L4, dst: bool, old: &Ip6, new: &Ip6) -> Result<(), i32> {
+pub fn set_addr6(
+    ctx: &TcContext,
+    l4: &L4,
+    dst: bool,
+    old: &Ip6,
+    new: &Ip6,
+) -> Result<(), DropReason> {
     if old == new {
         return Ok(());
     }
@@ -122,28 +136,28 @@ pub fn set_addr6(ctx: &TcContext, l4: &L4, dst: bool, old: &Ip6, new: &Ip6) -> R
         diff16(0, old, new) as u64,
         BPF_F_PSEUDO_HDR as u64 | l4.csum_flags,
     )
-    .map_err(|_| verdict::SHOT)?;
+    .map_err(|_| FAILED)?;
     ctx.store(off, new, BPF_F_RECOMPUTE_CSUM as u64)
-        .map_err(|_| verdict::SHOT)
+        .map_err(|_| FAILED)
 }
 
 /// An address of a TCP/UDP packet's family: how it is rewritten.
 pub trait AddrField: Copy + PartialEq {
     /// Sets the source (`dst` false) or destination address from `old` to
     /// `new`, with the checksums that cover it.
-    fn set(ctx: &TcContext, l4: &L4, dst: bool, old: Self, new: Self) -> Result<(), i32>;
+    fn set(ctx: &TcContext, l4: &L4, dst: bool, old: Self, new: Self) -> Result<(), DropReason>;
 }
 
 impl AddrField for u32 {
     #[inline(always)]
-    fn set(ctx: &TcContext, l4: &L4, dst: bool, old: u32, new: u32) -> Result<(), i32> {
+    fn set(ctx: &TcContext, l4: &L4, dst: bool, old: u32, new: u32) -> Result<(), DropReason> {
         set_addr(ctx, l4, dst, old, new)
     }
 }
 
 impl AddrField for Ip6 {
     #[inline(always)]
-    fn set(ctx: &TcContext, l4: &L4, dst: bool, old: Ip6, new: Ip6) -> Result<(), i32> {
+    fn set(ctx: &TcContext, l4: &L4, dst: bool, old: Ip6, new: Ip6) -> Result<(), DropReason> {
         set_addr6(ctx, l4, dst, &old, &new)
     }
 }
@@ -151,13 +165,13 @@ impl AddrField for Ip6 {
 /// Sets the source (`dst` false) or destination port of a TCP/UDP packet and
 /// fixes its checksum (ports are covered as data, not pseudo-header).
 #[inline(always)]
-pub fn set_port(ctx: &TcContext, l4: &L4, dst: bool, old: u16, new: u16) -> Result<(), i32> {
+pub fn set_port(ctx: &TcContext, l4: &L4, dst: bool, old: u16, new: u16) -> Result<(), DropReason> {
     if old == new {
         return Ok(());
     }
     let off = l4.off + if dst { 2 } else { 0 };
     ctx.l4_csum_replace(l4.csum_off, old as u64, new as u64, l4.csum_flags | 2)
-        .map_err(|_| verdict::SHOT)?;
+        .map_err(|_| FAILED)?;
     // A UDP datagram without checksum (still 0 after the helper, which writes a computed 0
     // as 0xffff): nothing in it makes up for the new port, so a CHECKSUM_COMPLETE
     // `skb->csum` must follow the store itself (found by the packet fuzzer).
@@ -167,12 +181,12 @@ pub fn set_port(ctx: &TcContext, l4: &L4, dst: bool, old: u16, new: u16) -> Resu
     } else {
         0
     };
-    ctx.store(off, &new, flags).map_err(|_| verdict::SHOT)
+    ctx.store(off, &new, flags).map_err(|_| FAILED)
 }
 
 /// Rewrites a TCP/UDP packet's addresses and ports from `old` to the given
 /// ones, skipping fields that stay the same. A failed helper leaves the
-/// packet half rewritten: the caller must drop it (the error is `verdict::SHOT`).
+/// packet half rewritten: the caller must drop it (`DropReason::RewriteFailed`).
 #[inline(always)]
 pub fn rewrite<A: AddrField>(
     ctx: &TcContext,
@@ -182,9 +196,97 @@ pub fn rewrite<A: AddrField>(
     sport: u16,
     daddr: A,
     dport: u16,
-) -> Result<(), i32> {
+) -> Result<(), DropReason> {
     A::set(ctx, l4, false, old.saddr, saddr)?;
     A::set(ctx, l4, true, old.daddr, daddr)?;
     set_port(ctx, l4, false, old.sport, sport)?;
     set_port(ctx, l4, true, old.dport, dport)
+}
+
+/// Rewrites an IPv4 TCP/UDP packet (parsed as `ip`, its L4 checksum where
+/// `l4` says) to the given addresses and ports: the header fields and the
+/// IP checksum (RFC 1624, computed here) written directly, then the L4
+/// checksum with at most two helper calls, because only the kernel knows
+/// the skb's `ip_summed`:
+/// - the addresses' change as one difference with BPF_F_PSEUDO_HDR: added
+///   to the field (CHECKSUM_NONE/UNNECESSARY/COMPLETE) or to the
+///   pseudo-header sum a CHECKSUM_PARTIAL field holds, and taken off a
+///   CHECKSUM_COMPLETE `skb->csum` (the packet's bytes changed by exactly
+///   the field's change: the header's checksum cancels its addresses');
+/// - the ports' as one difference without it: a CHECKSUM_PARTIAL field is
+///   left alone (the device sums the ports), any other gets it, and
+///   `skb->csum` stays (the ports and the field cancel).
+///
+/// A UDP datagram without checksum (0, which BPF_F_MARK_MANGLED_0 keeps)
+/// has nothing to make up for new ports: they are stored by the helper that
+/// moves `skb->csum` over them. Packet pointers are derived here, after any
+/// helper the caller ran, and none is used after the first helper below.
+#[inline(always)]
+pub fn rewrite4(
+    ctx: &TcContext,
+    ip: &Ipv4,
+    l4: &L4,
+    saddr: u32,
+    sport: u16,
+    daddr: u32,
+    dport: u16,
+) -> Result<(), DropReason> {
+    let old = &ip.hdr;
+    let [old_sport, old_dport] = ip.l4.ports;
+    let addrs = old.saddr != saddr || old.daddr != daddr;
+    let ports = old_sport != sport || old_dport != dport;
+    let addr_diff = diff4(diff4(0, old.saddr, saddr), old.daddr, daddr);
+    let port_diff = diff2(diff2(0, old_sport, sport), old_dport, dport);
+    let unchecked = ip.l4.udp_unchecked;
+
+    // A segment without its checksum field cannot be rewritten.
+    if !ip.l4.csum_in_packet {
+        return Err(FAILED);
+    }
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let iph = data + IP_OFF;
+    // Masked for the verifier: at most 14 + 60.
+    let l4p = data + (ip.l4_off & 0x7f);
+    if iph + IPV4_MIN_HLEN > end || l4p + 4 > end {
+        return Err(FAILED);
+    }
+    // SAFETY: both ranges checked above; the skb is writable (the
+    // verifier's prologue uncloned it for a program that writes directly).
+    unsafe {
+        if addrs {
+            let hdr = iph as *mut Ipv4Hdr;
+            (*hdr).saddr = saddr;
+            (*hdr).daddr = daddr;
+            (*hdr).check = apply(old.check, addr_diff);
+        }
+        if ports && !unchecked {
+            core::ptr::write_unaligned(l4p as *mut [u16; 2], [sport, dport]);
+        }
+    }
+    if addrs {
+        l4_csum_diff(
+            ctx,
+            l4.csum_off,
+            addr_diff,
+            BPF_F_PSEUDO_HDR as u64 | l4.csum_flags,
+        )?;
+    }
+    if ports {
+        if unchecked {
+            ctx.store(l4.off, &[sport, dport], BPF_F_RECOMPUTE_CSUM as u64)
+                .map_err(|_| FAILED)?;
+        } else {
+            l4_csum_diff(ctx, l4.csum_off, port_diff, l4.csum_flags)?;
+        }
+    }
+    Ok(())
+}
+
+/// `bpf_l4_csum_replace` of a precomputed difference (size 0).
+#[inline(always)]
+fn l4_csum_diff(ctx: &TcContext, off: usize, diff: u32, flags: u64) -> Result<(), DropReason> {
+    // SAFETY: the program's own skb.
+    let rc =
+        unsafe { h::bpf_l4_csum_replace(ctx.as_ptr().cast(), off as u32, 0, diff as u64, flags) };
+    if rc == 0 { Ok(()) } else { Err(FAILED) }
 }

@@ -87,15 +87,18 @@ use aya_ebpf::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_NET, bpf_fib_lookup,
     },
     helpers::generated as h,
+    macros::map,
+    maps::PerCpuArray,
     programs::TcContext,
 };
 
 use crate::{
-    csum, ct, fib,
-    maps::{CT_V4, DSR_SCRATCH, MEMBERS_V4, NODE_ADDR_V4, NODES_V4, SERVICES_V4, count},
+    csum, ct,
+    drop::{DropReason, Outcome, Raw},
+    fib,
+    maps::{CT_V4, MEMBERS_V4, NODE_ADDR_V4, NODES_V4, SERVICES_V4, count},
     parse::{self, IP_OFF, IPV4_MIN_HLEN, Ipv4Hdr, L4, TCP_SYN},
-    select,
-    tc::verdict,
+    select, verdict,
 };
 
 const OPT_LEN: usize = DSR_OPT_LEN as usize;
@@ -112,7 +115,7 @@ pub struct HdrWithOpt {
 /// The DSR paths' temporaries (one per CPU; a TC program runs to its end
 /// on one CPU, and its redirects happen after it returned).
 #[repr(C)]
-pub struct Scratch {
+struct Scratch {
     fib: bpf_fib_lookup,
     /// The fixed header as it is in the packet.
     hdr: Ipv4Hdr,
@@ -125,6 +128,11 @@ pub struct Scratch {
     key: Ct4Key,
     val: Ct4Value,
 }
+
+/// Per-CPU scratch space of the DSR paths. Not pinned and not in
+/// `agent_common::maps`: it holds no state, each load gets its own.
+#[map(name = "ferry_dsr_scr")]
+static DSR_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn scratch() -> Option<&'static mut Scratch> {
@@ -194,18 +202,23 @@ fn route_with_option(ctx: &TcContext, s: &mut Scratch) -> Option<u32> {
 /// (see the module comment) and it fits. `first`: the packet creates the
 /// flow and `option_fits` said yes; it carries the option.
 #[inline(never)]
-pub fn forward(skb: *mut __sk_buff, v: *const Ct4Value, first: bool) -> i32 {
+pub fn forward(skb: *mut __sk_buff, v: *const Ct4Value, first: bool) -> Raw {
+    Raw::of(forward_body(skb, v, first))
+}
+
+#[inline(always)]
+fn forward_body(skb: *mut __sk_buff, v: *const Ct4Value, first: bool) -> Outcome {
     let (Some(ctx), Some(s)) = (context(skb), scratch()) else {
-        return verdict::SHOT;
+        return Err(DropReason::Internal);
     };
     // SAFETY: the flow's conntrack value (a map value or the caller's copy).
     let (backend, backend_port) = unsafe { ((*v).nat_daddr, (*v).nat_dport) };
     if load_into(&ctx, IP_OFF, &mut s.hdr).is_err() {
-        return verdict::SHOT;
+        return Err(DropReason::Malformed);
     }
     let l4_off = IP_OFF + s.hdr.header_len();
     let Ok(ports) = ctx.load::<[u16; 2]>(l4_off) else {
-        return verdict::SHOT;
+        return Err(DropReason::Malformed);
     };
     let (frontend, frontend_port) = (s.hdr.daddr, ports[1]);
     let l4 = if s.hdr.proto == proto::UDP {
@@ -235,14 +248,14 @@ pub fn forward(skb: *mut __sk_buff, v: *const Ct4Value, first: bool) -> i32 {
     }
 
     if let Err(e) = csum::set_addr(&ctx, &l4, true, frontend, backend) {
-        return e;
+        return Err(e);
     }
     if let Err(e) = csum::set_port(&ctx, &l4, true, frontend_port, backend_port) {
-        return e;
+        return Err(e);
     }
     // Re-read: DNAT rewrote the destination and the checksum.
     if load_into(&ctx, IP_OFF, &mut s.hdr).is_err() {
-        return verdict::SHOT;
+        return Err(DropReason::RewriteFailed);
     }
     if let Some(rc) = route {
         match insert_option(&ctx, s, frontend, frontend_port) {
@@ -252,10 +265,7 @@ pub fn forward(skb: *mut __sk_buff, v: *const Ct4Value, first: bool) -> i32 {
                 // did not fit.
                 count(Counter::NsDsrFallback);
             }
-            Err(Insert::Broken) => {
-                count(Counter::NsDsrFailed);
-                return verdict::SHOT;
-            }
+            Err(Insert::Broken) => return Err(DropReason::DsrFailed),
         }
     }
     // Without the option: the route of the packet as it is.
@@ -316,9 +326,14 @@ fn insert_option(ctx: &TcContext, s: &mut Scratch, addr: u32, port: u16) -> Resu
 /// option removed; a flow that clashes with a live entry is dropped. Any
 /// other packet passes untouched (`NsDsrIgnored` when it carried the option).
 #[inline(never)]
-pub fn receive(skb: *mut __sk_buff, dsr_on: bool) -> i32 {
+pub fn receive(skb: *mut __sk_buff, dsr_on: bool) -> Raw {
+    Raw::of(receive_body(skb, dsr_on))
+}
+
+#[inline(always)]
+fn receive_body(skb: *mut __sk_buff, dsr_on: bool) -> Outcome {
     let (Some(ctx), Some(s)) = (context(skb), scratch()) else {
-        return verdict::PASS;
+        return Err(DropReason::Internal);
     };
     if load_into(&ctx, IP_OFF, &mut s.hdr).is_err()
         || s.hdr.header_len() < IPV4_MIN_HLEN + OPT_LEN
@@ -326,7 +341,7 @@ pub fn receive(skb: *mut __sk_buff, dsr_on: bool) -> i32 {
         || s.opt.ty != DSR_OPT_TYPE
         || s.opt.len != DSR_OPT_LEN
     {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     }
     let l4_off = IP_OFF + s.hdr.header_len();
     let Ok(ports) = ctx.load::<[u16; 2]>(l4_off) else {
@@ -378,8 +393,7 @@ pub fn receive(skb: *mut __sk_buff, dsr_on: bool) -> i32 {
         None => {
             // Never over another flow's entry, even one made meanwhile.
             if CT_V4.insert(&s.key, &s.val, BPF_NOEXIST as u64).is_err() {
-                count(Counter::NsDsrClashDrop);
-                return verdict::SHOT;
+                return Err(DropReason::DsrClash);
             }
         }
         Some(e) => {
@@ -395,14 +409,12 @@ pub fn receive(skb: *mut __sk_buff, dsr_on: bool) -> i32 {
                 // A SYN of this flow starts its TCP flags afresh; a finished
                 // DSR flow of another frontend makes room.
                 if CT_V4.insert(&s.key, &s.val, BPF_EXIST as u64).is_err() {
-                    count(Counter::NsDsrFailed);
-                    return verdict::SHOT;
+                    return Err(DropReason::DsrFailed);
                 }
             } else {
                 // A flow this node translates otherwise, or a live DSR flow
                 // of another frontend: it keeps its entry.
-                count(Counter::NsDsrClashDrop);
-                return verdict::SHOT;
+                return Err(DropReason::DsrClash);
             }
         }
     }
@@ -411,18 +423,15 @@ pub fn receive(skb: *mut __sk_buff, dsr_on: bool) -> i32 {
         // The helper refused (memory, a UDP GSO packet) and left the packet
         // as it was: delivered with the option, which Linux ignores.
         Err(Insert::Unchanged) => count(Counter::NsDsrFailed),
-        Err(Insert::Broken) => {
-            count(Counter::NsDsrFailed);
-            return verdict::SHOT;
-        }
+        Err(Insert::Broken) => return Err(DropReason::DsrFailed),
     }
-    verdict::OK
+    Ok(verdict::OK)
 }
 
 #[inline(always)]
-fn ignored() -> i32 {
+fn ignored() -> Outcome {
     count(Counter::NsDsrIgnored);
-    verdict::PASS
+    Ok(verdict::PASS)
 }
 
 /// The rev-NAT id (on this node) of the frontend the option `s.opt` names,

@@ -32,17 +32,18 @@ use aya_ebpf::{
         BPF_F_RECOMPUTE_CSUM, BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_NOEXIST,
         bpf_adj_room_mode::BPF_ADJ_ROOM_NET, bpf_fib_lookup,
     },
+    macros::map,
+    maps::PerCpuArray,
     programs::TcContext,
 };
 
 use crate::{
-    csum, ct, fib,
-    maps::{
-        BACKENDS_V6, CT_V6, DSR6_SCRATCH, MEMBERS_V6, NODE_ADDR_V6, NODES_V6, SERVICES_V6, count,
-    },
+    csum, ct,
+    drop::{DropReason, Outcome, Raw},
+    fib,
+    maps::{BACKENDS_V6, CT_V6, MEMBERS_V6, NODE_ADDR_V6, NODES_V6, SERVICES_V6, count},
     parse::{self, IP_OFF, IPV6_HLEN, Ipv6Hdr, L4, TCP_SYN, load_into},
-    select,
-    tc::verdict,
+    select, verdict,
 };
 
 /// The fixed header followed by the destination options header.
@@ -54,7 +55,7 @@ pub struct HdrWithOpt {
 
 /// The IPv6 DSR paths' temporaries (one per CPU, as dsr.rs's).
 #[repr(C)]
-pub struct Scratch {
+struct Scratch {
     fib: bpf_fib_lookup,
     /// The fixed header as it is in the packet.
     hdr: Ipv6Hdr,
@@ -71,6 +72,10 @@ pub struct Scratch {
     ports: [u16; 2],
     l4: L4,
 }
+
+/// Per-CPU scratch space of the IPv6 DSR paths, as `ferry_dsr_scr`.
+#[map(name = "ferry_dsr6_scr")]
+static DSR6_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn scratch() -> Option<&'static mut Scratch> {
@@ -115,19 +120,24 @@ fn route_with_option(ctx: &TcContext, s: &mut Scratch) -> Option<u32> {
 /// naming the frontend when the packet should carry one and it fits, and
 /// out through the FIB.
 #[inline(never)]
-pub fn forward(skb: *mut __sk_buff, v: *const Ct6Value, first: bool) -> i32 {
+pub fn forward(skb: *mut __sk_buff, v: *const Ct6Value, first: bool) -> Raw {
+    Raw::of(forward_body(skb, v, first))
+}
+
+#[inline(always)]
+fn forward_body(skb: *mut __sk_buff, v: *const Ct6Value, first: bool) -> Outcome {
     let (Some(ctx), Some(s)) = (context(skb), scratch()) else {
-        return verdict::SHOT;
+        return Err(DropReason::Internal);
     };
     if load_into(&ctx, IP_OFF, &mut s.hdr).is_err() {
-        return verdict::SHOT;
+        return Err(DropReason::Malformed);
     }
     let Some((l4_proto, l4_off)) = parse::ipv6_upper(&ctx, s.hdr.next_hdr, IP_OFF + IPV6_HLEN)
     else {
-        return verdict::SHOT;
+        return Err(DropReason::Malformed);
     };
     if load_into(&ctx, l4_off, &mut s.ports).is_err() {
-        return verdict::SHOT;
+        return Err(DropReason::Malformed);
     }
     // SAFETY: the flow's conntrack value (a map value or the scratch room).
     let backend_port = unsafe { (*v).nat_dport };
@@ -153,22 +163,19 @@ pub fn forward(skb: *mut __sk_buff, v: *const Ct6Value, first: bool) -> i32 {
     // SAFETY: as above; the address is read in place.
     let backend = unsafe { &(*v).nat_daddr };
     if let Err(e) = csum::set_addr6(&ctx, &s.l4, true, &s.frontend, backend) {
-        return e;
+        return Err(e);
     }
     if let Err(e) = csum::set_port(&ctx, &s.l4, true, frontend_port, backend_port) {
-        return e;
+        return Err(e);
     }
     if load_into(&ctx, IP_OFF, &mut s.hdr).is_err() {
-        return verdict::SHOT;
+        return Err(DropReason::RewriteFailed);
     }
     if let Some(rc) = route {
         match insert_option(&ctx, s, frontend_port) {
             Ok(()) => return fib::send6(&ctx, s.hdr.hop_limit, rc, &s.fib),
             Err(Insert::Unchanged) => count(Counter::NsDsrFallback),
-            Err(Insert::Broken) => {
-                count(Counter::NsDsrFailed);
-                return verdict::SHOT;
-            }
+            Err(Insert::Broken) => return Err(DropReason::DsrFailed),
         }
     }
     // Without the header: the route of the packet as it is.
@@ -220,9 +227,14 @@ fn insert_option(ctx: &TcContext, s: &mut Scratch, port: u16) -> Result<(), Inse
 /// dsr.rs's `receive` for IPv6: a TCP/UDP packet for no frontend whose
 /// first extension header is a destination options header.
 #[inline(never)]
-pub fn receive(skb: *mut __sk_buff, dsr_on: bool) -> i32 {
+pub fn receive(skb: *mut __sk_buff, dsr_on: bool) -> Raw {
+    Raw::of(receive_body(skb, dsr_on))
+}
+
+#[inline(always)]
+fn receive_body(skb: *mut __sk_buff, dsr_on: bool) -> Outcome {
     let (Some(ctx), Some(s)) = (context(skb), scratch()) else {
-        return verdict::PASS;
+        return Err(DropReason::Internal);
     };
     if load_into(&ctx, IP_OFF, &mut s.hdr).is_err()
         || s.hdr.next_hdr != NEXTHDR_DEST
@@ -231,7 +243,7 @@ pub fn receive(skb: *mut __sk_buff, dsr_on: bool) -> i32 {
         || s.opt.opt_type != DSR_OPT6_TYPE
         || s.opt.opt_len != DSR_OPT6_LEN
     {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     }
     let Some((l4_proto, l4_off)) =
         parse::ipv6_upper(&ctx, s.opt.next_hdr, IP_OFF + IPV6_HLEN + DSR_OPT6_SIZE)
@@ -287,8 +299,7 @@ pub fn receive(skb: *mut __sk_buff, dsr_on: bool) -> i32 {
         None if !starts => return ignored(),
         None => {
             if CT_V6.insert(&s.key, &s.val, BPF_NOEXIST as u64).is_err() {
-                count(Counter::NsDsrClashDrop);
-                return verdict::SHOT;
+                return Err(DropReason::DsrClash);
             }
         }
         Some(e) => {
@@ -300,12 +311,10 @@ pub fn receive(skb: *mut __sk_buff, dsr_on: bool) -> i32 {
                 ct::touch(e, now, tcp_flags);
             } else if starts && (same || (dsr && ct::reply_flow_over(&s.key, old, now))) {
                 if CT_V6.insert(&s.key, &s.val, BPF_EXIST as u64).is_err() {
-                    count(Counter::NsDsrFailed);
-                    return verdict::SHOT;
+                    return Err(DropReason::DsrFailed);
                 }
             } else {
-                count(Counter::NsDsrClashDrop);
-                return verdict::SHOT;
+                return Err(DropReason::DsrClash);
             }
         }
     }
@@ -314,18 +323,15 @@ pub fn receive(skb: *mut __sk_buff, dsr_on: bool) -> i32 {
         // Left as it was: delivered with the header, whose option Linux
         // skips (its type's high bits are 00).
         Err(Insert::Unchanged) => count(Counter::NsDsrFailed),
-        Err(Insert::Broken) => {
-            count(Counter::NsDsrFailed);
-            return verdict::SHOT;
-        }
+        Err(Insert::Broken) => return Err(DropReason::DsrFailed),
     }
-    verdict::OK
+    Ok(verdict::OK)
 }
 
 #[inline(always)]
-fn ignored() -> i32 {
+fn ignored() -> Outcome {
     count(Counter::NsDsrIgnored);
-    verdict::PASS
+    Ok(verdict::PASS)
 }
 
 /// The rev-NAT id (on this node) of the frontend the header names, when it

@@ -25,10 +25,9 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 
 use crate::{
     ct::CtValue,
-    icmp::Side,
     maps::{EVENTS, MONITOR, count},
     parse::{self, Packet, Tuple},
-    tc::verdict,
+    side::Side,
 };
 
 /// A monitor holds (or held, and it has not been found expired yet) the
@@ -42,23 +41,16 @@ fn on() -> bool {
     }
 }
 
-/// A dropped packet `ip` (seen by `ferry_tc_in`, for frontend `rev_nat_id`,
-/// or 0 when unknown: the monitor then finds it by the destination):
-/// counted as `reason` says, and reported while a monitor listens. Returns
-/// the verdict (SHOT). The packet must still be as it arrived (its ports
-/// are read from it, only when on): the caller's tuple is not taken, so
-/// that it need not be kept in the caller's frame.
+/// A packet dropped for `reason` on `side` (counted by the caller,
+/// drop.rs), reported while a monitor listens. Called at the program's
+/// edge, so the tuple is read again from the packet (only when on): as it
+/// arrived, unless the drop came half way through its rewrite. The
+/// frontend is found by the monitor from the destination.
 #[inline(always)]
-pub fn drop<P: Packet>(ctx: &TcContext, ip: &P, rev_nat_id: u16, reason: DropReason) -> i32 {
-    count(reason.counter());
+pub fn drop(ctx: &TcContext, reason: DropReason, side: Side) {
     if on() {
-        emit_packet(
-            ctx,
-            ip,
-            head(kind::DROP, reason as u8, program::TC_IN, rev_nat_id),
-        );
+        emit_drop(ctx, head(kind::DROP, reason as u8, side.program(), 0));
     }
-    verdict::SHOT
 }
 
 /// A new flow (packet `ip`, as it arrived), translated as its FORWARD
@@ -75,12 +67,7 @@ pub fn new_flow<P: Packet, V: CtValue>(ctx: &TcContext, ip: &P, fwd: &V) {
 #[inline(always)]
 pub fn icmp_translated<A: Copy, V: CtValue>(ctx: &TcContext, quoted: &Tuple<A>, v: &V, side: Side) {
     if on() {
-        let prog = match side {
-            Side::Ingress => program::TC_IN,
-            Side::Egress => program::TC_OUT,
-            Side::Pod => program::TC_POD,
-        };
-        emit_translated(ctx, quoted, prog, v);
+        emit_translated(ctx, quoted, side.program(), v);
     }
 }
 
@@ -210,6 +197,62 @@ fn emit_packet<P: Packet>(ctx: &TcContext, ip: &P, head: u64) {
         set_packet(ctx, entry.as_mut_ptr(), ip);
         entry.submit(0);
     }
+}
+
+/// A drop's event: the packet's tuple read from the packet itself (IPv4,
+/// or IPv6 past its extension headers; ports 0 when there are none).
+#[inline(never)]
+fn emit_drop(ctx: &TcContext, head: u64) {
+    let Some(mut entry) = record(ctx, head) else {
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    match ctx.load::<u16>(12).map(u16::from_be) {
+        Ok(parse::ETH_P_IP) => {
+            if let Ok(h) = ctx.load::<parse::Ipv4Hdr>(parse::IP_OFF) {
+                let ports = l4_ports(ctx, h.proto, parse::IP_OFF + h.header_len());
+                set_tuple(e, &h.saddr, &h.daddr, ports[0], ports[1], h.proto);
+            }
+        }
+        Ok(parse::ETH_P_IPV6) => {
+            // SAFETY: the reservation is an `Event`'s room: the header is
+            // read straight into its address fields' place, not the stack.
+            let (s, d) = unsafe { (&mut (*e).saddr, &mut (*e).daddr) };
+            let next = ctx.load::<u8>(parse::IP_OFF + 6).unwrap_or(0);
+            let ok = ctx
+                .load::<[u32; 4]>(parse::IP6_SADDR_OFF)
+                .map(|a| *s = a)
+                .is_ok()
+                && ctx
+                    .load::<[u32; 4]>(parse::IP6_DADDR_OFF)
+                    .map(|a| *d = a)
+                    .is_ok();
+            if ok {
+                let (proto, off) = parse::ipv6_upper(ctx, next, parse::IP_OFF + parse::IPV6_HLEN)
+                    .unwrap_or((next, 0));
+                let ports = l4_ports(ctx, proto, off);
+                // SAFETY: as above.
+                unsafe {
+                    (*e).family = FAMILY_V6;
+                    (*e).proto = proto;
+                    (*e).sport = ports[0];
+                    (*e).dport = ports[1];
+                }
+            }
+        }
+        _ => {}
+    }
+    entry.submit(0);
+}
+
+/// The raw ports of a TCP or UDP header at `off` (0 for other protocols,
+/// or none readable).
+#[inline(always)]
+fn l4_ports(ctx: &TcContext, proto: u8, off: usize) -> [u16; 2] {
+    if off == 0 || (proto != agent_common::proto::TCP && proto != agent_common::proto::UDP) {
+        return [0, 0];
+    }
+    ctx.load::<[u16; 2]>(off).unwrap_or([0, 0])
 }
 
 /// A new flow of packet `ip`, translated as `fwd` says.

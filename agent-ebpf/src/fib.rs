@@ -28,11 +28,12 @@ use aya_ebpf::{
 };
 
 use crate::{
+    drop::{DropReason, Outcome, Raw},
     maps::count,
     parse::{
         IP_CSUM_OFF, IP_OFF, IP_TTL_OFF, IP6_DADDR_OFF, IP6_HOP_LIMIT_OFF, IP6_SADDR_OFF, Ipv4Hdr,
     },
-    tc::verdict,
+    verdict,
 };
 
 pub const AF_INET: u8 = 2;
@@ -45,18 +46,36 @@ const IPV6_FLOWINFO_MASK: u32 = 0x0fff_ffff_u32.to_be();
 /// would expire here, it is for the stack.
 pub const RC_STACK: u32 = u32::MAX;
 
-/// Routes the (already translated) IPv4 packet and redirects it to the
-/// egress of the next hop's device, decrementing its TTL as a router does.
-/// A function of its own (a BPF-to-BPF call): the lookup's 64-byte
-/// parameters live in its frame, not in the callers' (`ferry_tc_in`'s is
-/// near the 512-byte limit).
+/// The fields of a parsed IPv4 header the lookup and the TTL decrement
+/// use, in one word for [`forward`]: TTL, ToS, protocol.
+#[inline(always)]
+pub fn meta(ip: &Ipv4Hdr) -> u32 {
+    u32::from_ne_bytes([ip.ttl, ip.tos, ip.proto, 0])
+}
+
+/// Routes the (already translated) IPv4 packet, now from `saddr` to
+/// `daddr` (its other fields as parsed, in `meta`: nothing is read again),
+/// and redirects it to the egress of the next hop's device, decrementing
+/// its TTL as a router does. A function of its own (a BPF-to-BPF call):
+/// the lookup's 64-byte parameters live in its frame, not in the callers'
+/// (`ferry_tc_in`'s is near the 512-byte limit).
 #[inline(never)]
-pub fn forward(ctx: &TcContext) -> i32 {
-    // Re-read: the header was rewritten since it was parsed.
-    let Ok(ip) = ctx.load::<Ipv4Hdr>(IP_OFF) else {
-        return verdict::SHOT;
-    };
+pub fn forward(ctx: &TcContext, saddr: u32, daddr: u32, meta: u32) -> Raw {
+    Raw::of(forward_body(ctx, saddr, daddr, meta))
+}
+
+#[inline(always)]
+fn forward_body(ctx: &TcContext, saddr: u32, daddr: u32, meta: u32) -> Outcome {
+    let [ttl, tos, proto, _] = meta.to_ne_bytes();
+    // The fields `lookup` and `send` read.
     // SAFETY: a plain C struct of integers; all zeros is a valid value.
+    let mut ip: Ipv4Hdr = unsafe { core::mem::zeroed() };
+    ip.ttl = ttl;
+    ip.tos = tos;
+    ip.proto = proto;
+    ip.saddr = saddr;
+    ip.daddr = daddr;
+    // SAFETY: as above.
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     let rc = lookup(ctx, &ip, 0, &mut p);
     send(ctx, &ip, rc, &p)
@@ -95,15 +114,20 @@ pub fn lookup(ctx: &TcContext, ip: &Ipv4Hdr, tot_len: u16, p: &mut bpf_fib_looku
 /// Routes the (already translated) IPv6 packet and redirects it, as
 /// [`forward`] does for IPv4 (a function of its own for the same reason).
 #[inline(never)]
-pub fn forward6(ctx: &TcContext) -> i32 {
+pub fn forward6(ctx: &TcContext) -> Raw {
+    Raw::of(forward6_body(ctx))
+}
+
+#[inline(always)]
+fn forward6_body(ctx: &TcContext) -> Outcome {
     // SAFETY: a plain C struct of integers; all zeros is a valid value.
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     // The first 8 bytes of the header (version, traffic class, flow label,
     // payload length, next header, hop limit); the addresses are read
     // straight into the lookup's parameters (IPv6's frames are tight).
-    let Ok(first) = ctx.load::<[u8; 8]>(IP_OFF) else {
-        return verdict::SHOT;
-    };
+    let first = ctx
+        .load::<[u8; 8]>(IP_OFF)
+        .map_err(|_| DropReason::ForwardFailed)?;
     let hop_limit = first[7];
     let rc = lookup6(ctx, first, &mut p);
     send_with(ctx, rc, &p, || decrement_hop_limit(ctx, hop_limit))
@@ -178,14 +202,14 @@ pub fn lookup6_hdr(
 
 /// [`send`] for an IPv6 packet whose hop limit is `hop_limit`.
 #[inline(always)]
-pub fn send6(ctx: &TcContext, hop_limit: u8, rc: u32, p: &bpf_fib_lookup) -> i32 {
+pub fn send6(ctx: &TcContext, hop_limit: u8, rc: u32, p: &bpf_fib_lookup) -> Outcome {
     send_with(ctx, rc, p, || decrement_hop_limit(ctx, hop_limit))
 }
 
 /// Sends the packet the way the lookup (`rc`, `p`) says: see the module
 /// comment. `ip` is its header as it is now (TTL and protocol are used).
 #[inline(always)]
-pub fn send(ctx: &TcContext, ip: &Ipv4Hdr, rc: u32, p: &bpf_fib_lookup) -> i32 {
+pub fn send(ctx: &TcContext, ip: &Ipv4Hdr, rc: u32, p: &bpf_fib_lookup) -> Outcome {
     send_with(ctx, rc, p, || decrement_ttl(ctx, ip))
 }
 
@@ -196,33 +220,28 @@ fn send_with(
     rc: u32,
     p: &bpf_fib_lookup,
     decrement: impl Fn() -> Result<(), i64>,
-) -> i32 {
+) -> Outcome {
+    let failed = |_| DropReason::ForwardFailed;
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {
-            if decrement().is_err() {
-                return verdict::SHOT;
-            }
+            decrement().map_err(failed)?;
             // SAFETY: the union member the helper fills on success.
             let macs = unsafe { p.__bindgen_anon_6.__bindgen_anon_2 };
             let mut eth = [0u8; 12];
             eth[..6].copy_from_slice(&macs.dmac);
             eth[6..].copy_from_slice(&macs.smac);
-            if ctx.store(0, &eth, 0).is_err() {
-                return verdict::SHOT;
-            }
-            unsafe { h::bpf_redirect(p.ifindex, 0) as i32 }
+            ctx.store(0, &eth, 0).map_err(failed)?;
+            Ok(unsafe { h::bpf_redirect(p.ifindex, 0) as i32 })
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => {
-            if decrement().is_err() {
-                return verdict::SHOT;
-            }
+            decrement().map_err(failed)?;
             // No parameters: the helper looks the next hop up again and
             // resolves its neighbour before transmitting.
-            unsafe { h::bpf_redirect_neigh(p.ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+            Ok(unsafe { h::bpf_redirect_neigh(p.ifindex, core::ptr::null_mut(), 0, 0) as i32 })
         }
         _ => {
             count(Counter::NsFibPassed);
-            verdict::OK
+            Ok(verdict::OK)
         }
     }
 }

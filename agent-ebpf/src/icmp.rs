@@ -1,13 +1,15 @@
 //! ICMP: errors about translated flows, and the port unreachable a frontend
 //! with no endpoints answers with.
 
-use agent_common::{Ct4Key, NodeConfig, ct_dir, ct_flags, drop::DropReason, proto, stats::Counter};
+use agent_common::{Ct4Key, NodeConfig, ct_dir, ct_flags, proto, stats::Counter};
 use aya_ebpf::{bindings::BPF_F_RECOMPUTE_CSUM, helpers::generated as h, programs::TcContext};
 
 use crate::{
     csum,
     ct::{self, CtKey, CtValue},
+    drop::{DropReason, Outcome},
     event,
+    family::Addr,
     maps::{ICMP_SOURCES, count},
     ns::Ns,
     parse::{
@@ -15,7 +17,8 @@ use crate::{
         Ipv4Hdr, Tuple,
     },
     ratelimit,
-    tc::verdict,
+    side::Side,
+    verdict,
 };
 
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -56,33 +59,33 @@ pub const ICMP_HLEN: usize = core::mem::size_of::<IcmpHdr>();
 /// translated (a local backend's error to the node address it was given);
 /// the device's egress program translates the others as they leave.
 #[inline(always)]
-pub fn translate_error(ctx: &TcContext, ip: &Ipv4, side: Side) -> i32 {
+pub fn translate_error(ctx: &TcContext, ip: &Ipv4, side: Side) -> Outcome {
     let icmp_off = ip.l4_off;
     let Ok(icmp) = ctx.load::<IcmpHdr>(icmp_off) else {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     };
     if icmp.ty != ICMP_DEST_UNREACH && icmp.ty != ICMP_TIME_EXCEEDED {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     }
     let inner_off = icmp_off + ICMP_HLEN;
     let Ok(inner) = ctx.load::<Ipv4Hdr>(inner_off) else {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     };
     if inner.ver_ihl >> 4 != 4
         || inner.header_len() < IPV4_MIN_HLEN
         || inner.is_later_fragment()
         || (inner.proto != proto::TCP && inner.proto != proto::UDP)
     {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     }
     let inner_l4 = inner_off + inner.header_len();
     // Only what the IP packet holds is quoted: bytes after its total length are not, and the
     // ICMP checksum does not cover them (found by the packet fuzzer).
     if inner_l4 + 4 > IP_OFF + u16::from_be(ip.hdr.tot_len) as usize {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     }
     let Ok(ports) = ctx.load::<[u16; 2]>(inner_l4) else {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     };
     let flow = Tuple {
         saddr: inner.saddr,
@@ -92,8 +95,9 @@ pub fn translate_error(ctx: &TcContext, ip: &Ipv4, side: Side) -> i32 {
         proto: inner.proto,
     };
     let Some(v) = error_flow::<Ct4Key>(&flow, side) else {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     };
+    event::icmp_translated(ctx, &flow, &v, side);
     let quoted = Quoted {
         off: inner_off,
         hdr: inner,
@@ -107,11 +111,8 @@ pub fn translate_error(ctx: &TcContext, ip: &Ipv4, side: Side) -> i32 {
         daddr: v.nat_saddr,
         dport: v.nat_sport,
     };
-    if let Err(e) = rewrite_error(ctx, ip, icmp_off, &quoted, &new) {
-        return e;
-    }
-    event::icmp_translated(ctx, &flow, &v, side);
-    translated::<crate::family::V4>(ctx, v.flags, side)
+    let (outer_saddr, outer_daddr) = rewrite_error(ctx, ip, icmp_off, &quoted, &new)?;
+    translated::<crate::family::V4>(ctx, ip, outer_saddr, outer_daddr, v.flags, side)
 }
 
 /// The conntrack entry that translates an ICMP error (of either family)
@@ -144,28 +145,25 @@ pub fn error_flow<K: CtKey>(quoted: &Tuple<K::Addr>, side: Side) -> Option<K::Va
     Some(v)
 }
 
-/// An ICMP error of a flow with conntrack `flags` was translated on `side`:
-/// counted, and routed when it now comes from or goes to a node address.
+/// An ICMP error (parsed as `ip`, now from `saddr` to `daddr`) of a flow
+/// with conntrack `flags` was translated on `side`: counted, and routed
+/// when it now comes from or goes to a node address.
 #[inline(always)]
-pub fn translated<F: Ns>(ctx: &TcContext, flags: u8, side: Side) -> i32 {
+pub fn translated<F: Ns>(
+    ctx: &TcContext,
+    ip: &F::Ip,
+    saddr: Addr<F>,
+    daddr: Addr<F>,
+    flags: u8,
+    side: Side,
+) -> Outcome {
     count(Counter::NsIcmpTranslated);
     if side != Side::Egress && flags & ct_flags::SNAT != 0 {
         // Now from or to a node address: see fib.rs.
-        F::forward(ctx)
+        F::forward(ctx, ip, saddr, daddr)
     } else {
-        verdict::OK
+        Ok(verdict::OK)
     }
-}
-
-/// Where a packet is met: which program sees it.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// Arriving on a node device (`ferry_tc_in`).
-    Ingress,
-    /// Leaving through a node device (`ferry_tc_out`).
-    Egress,
-    /// Arriving from a pod (`ferry_tc_pod`).
-    Pod,
 }
 
 /// The packet an ICMP error quotes.
@@ -186,7 +184,8 @@ struct Endpoints {
 
 /// Rewrites the quoted packet to `new` (addresses, ports, its IP checksum
 /// and, when quoted, its L4 checksum), the ICMP checksum that covers all of
-/// it, and the outer addresses with the outer IP checksum.
+/// it, and the outer addresses with the outer IP checksum. Returns the
+/// outer addresses as they now are.
 #[inline(always)]
 fn rewrite_error(
     ctx: &TcContext,
@@ -194,8 +193,8 @@ fn rewrite_error(
     icmp_off: usize,
     q: &Quoted,
     new: &Endpoints,
-) -> Result<(), i32> {
-    let shot = |_| verdict::SHOT;
+) -> Result<(u32, u32), DropReason> {
+    let shot = |_| DropReason::RewriteFailed;
     let addr_diff = csum::diff4(
         csum::diff4(0, q.hdr.saddr, new.saddr),
         q.hdr.daddr,
@@ -247,17 +246,19 @@ fn rewrite_error(
         ip.hdr.saddr
     };
     set_outer_addr(ctx, IP_SADDR_OFF, ip.hdr.saddr, outer_saddr)?;
-    set_outer_addr(ctx, IP_DADDR_OFF, ip.hdr.daddr, outer_daddr)
+    set_outer_addr(ctx, IP_DADDR_OFF, ip.hdr.daddr, outer_daddr)?;
+    Ok((outer_saddr, outer_daddr))
 }
 
 #[inline(always)]
-fn set_outer_addr(ctx: &TcContext, off: usize, old: u32, new: u32) -> Result<(), i32> {
+fn set_outer_addr(ctx: &TcContext, off: usize, old: u32, new: u32) -> Result<(), DropReason> {
     if old == new {
         return Ok(());
     }
     ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 4)
-        .map_err(|_| verdict::SHOT)?;
-    ctx.store(off, &new, 0).map_err(|_| verdict::SHOT)
+        .map_err(|_| DropReason::RewriteFailed)?;
+    ctx.store(off, &new, 0)
+        .map_err(|_| DropReason::RewriteFailed)
 }
 
 /// The ICMP message of a port unreachable: header, then the offending
@@ -300,24 +301,16 @@ const ICMP_TTL: u8 = 64;
 /// offset: harmless for UDP (the ICMP's unused field), but for TCP it
 /// damages the quoted header. Physical NICs never hand such packets in.
 #[inline(always)]
-pub fn reject(ctx: &TcContext, ip: &Ipv4, cfg: &NodeConfig) -> i32 {
+pub fn reject(ctx: &TcContext, ip: &Ipv4, cfg: &NodeConfig) -> Outcome {
     if ip.hdr.header_len() != IPV4_MIN_HLEN || !is_unicast(ip.hdr.saddr) {
-        return event::drop(ctx, ip, 0, DropReason::RejectFailed);
+        return Err(DropReason::RejectFailed);
     }
-    if let Err(limited) = ratelimit::allow(&ICMP_SOURCES, &ip.hdr.saddr, cfg) {
-        return event::drop(ctx, ip, 0, limited);
-    }
+    ratelimit::allow(&ICMP_SOURCES, &ip.hdr.saddr, cfg)?;
+    // Before the packet becomes the answer: the event quotes the client's.
     event::port_unreachable(ctx, ip);
-    match build_reject(ctx, ip) {
-        Ok(()) => {
-            count(Counter::NsRejected);
-            unsafe { h::bpf_redirect(parse::ifindex(ctx), 0) as i32 }
-        }
-        Err(()) => {
-            count(Counter::NsRejectFailed);
-            verdict::SHOT
-        }
-    }
+    build_reject(ctx, ip).map_err(|()| DropReason::RejectFailed)?;
+    count(Counter::NsRejected);
+    Ok(unsafe { h::bpf_redirect(parse::ifindex(ctx), 0) as i32 })
 }
 
 #[inline(always)]

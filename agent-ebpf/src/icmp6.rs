@@ -7,25 +7,30 @@
 //! errors about no flow of ours. Unlike ICMP, the ICMPv6 checksum covers a
 //! pseudo-header, so a changed outer address changes it too.
 
-use agent_common::{Ct6Key, Ip6, NodeConfig, drop::DropReason, proto, stats::Counter};
+use agent_common::{Ct6Key, Ip6, NodeConfig, proto, stats::Counter};
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{__sk_buff, BPF_F_RECOMPUTE_CSUM},
     helpers::generated as h,
+    macros::map,
+    maps::PerCpuArray,
     programs::TcContext,
 };
 
 use crate::{
-    csum, event,
+    csum,
+    drop::{DropReason, Outcome, Raw},
+    event,
     family::V6,
-    icmp::{self, ICMP_HLEN, IcmpHdr, Side},
-    maps::{ICMP6_SOURCES, REJECT6_SCRATCH, count},
+    icmp::{self, ICMP_HLEN, IcmpHdr},
+    maps::{ICMP6_SOURCES, count},
     parse::{
         self, ETH_HLEN, IP_OFF, IP6_DADDR_OFF, IP6_SADDR_OFF, IPPROTO_ICMPV6, IPV6_HLEN, Ipv6,
         Ipv6Hdr, Tuple,
     },
     ratelimit,
-    tc::verdict,
+    side::Side,
+    verdict,
 };
 
 const ICMPV6_DEST_UNREACH: u8 = 1;
@@ -45,39 +50,44 @@ const ICMPV6_PORT_UNREACH: u8 = 4;
 /// A function of its own (a BPF-to-BPF call), so that its frame is not
 /// added to the TCP/UDP path's (see tc.rs).
 #[inline(never)]
-pub fn translate_error(ctx: &TcContext, ip: &Ipv6, side: Side) -> i32 {
+pub fn translate_error(ctx: &TcContext, ip: &Ipv6, side: Side) -> Raw {
+    Raw::of(translate_error_body(ctx, ip, side))
+}
+
+#[inline(always)]
+fn translate_error_body(ctx: &TcContext, ip: &Ipv6, side: Side) -> Outcome {
     let icmp_off = ip.l4_off;
     let Ok(icmp) = ctx.load::<IcmpHdr>(icmp_off) else {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     };
     if !matches!(
         icmp.ty,
         ICMPV6_DEST_UNREACH | ICMPV6_PKT_TOOBIG | ICMPV6_TIME_EXCEED | ICMPV6_PARAMPROB
     ) {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     }
     let inner_off = icmp_off + ICMP_HLEN;
     let Ok(inner) = ctx.load::<Ipv6Hdr>(inner_off) else {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     };
     if inner.version() != 6 {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     }
     let Some((inner_proto, inner_l4)) =
         parse::ipv6_upper(ctx, inner.next_hdr, inner_off + IPV6_HLEN)
     else {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     };
     if inner_proto != proto::TCP && inner_proto != proto::UDP {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     }
     // Only what the IPv6 packet holds is quoted (see icmp.rs).
     let end = ip.hdr.end(IP_OFF);
     if inner_l4 + 4 > end {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     }
     let Ok(ports) = ctx.load::<[u16; 2]>(inner_l4) else {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     };
     let quoted = Tuple {
         saddr: inner.saddr,
@@ -87,19 +97,18 @@ pub fn translate_error(ctx: &TcContext, ip: &Ipv6, side: Side) -> i32 {
         proto: inner_proto,
     };
     let Some(v) = icmp::error_flow::<Ct6Key>(&quoted, side) else {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     };
+    event::icmp_translated(ctx, &quoted, &v, side);
     let at = At {
         icmp: icmp_off,
         inner: inner_off,
         inner_l4,
         end,
     };
-    if let Err(e) = rewrite_error(ctx, ip, &at, icmp.check, &quoted, &v) {
-        return e;
-    }
-    event::icmp_translated(ctx, &quoted, &v, side);
-    icmp::translated::<V6>(ctx, v.flags, side)
+    rewrite_error(ctx, ip, &at, icmp.check, &quoted, &v)?;
+    // IPv6's forwarding reads the outer addresses from the packet.
+    icmp::translated::<V6>(ctx, ip, ip.hdr.saddr, ip.hdr.daddr, v.flags, side)
 }
 
 /// Where the parts of an ICMPv6 error are.
@@ -124,8 +133,8 @@ fn rewrite_error(
     check: u16,
     q: &Tuple<Ip6>,
     v: &agent_common::Ct6Value,
-) -> Result<(), i32> {
-    let shot = |_| verdict::SHOT;
+) -> Result<(), DropReason> {
+    let shot = |_| DropReason::RewriteFailed;
     let recompute = BPF_F_RECOMPUTE_CSUM as u64;
     // The quoted source becomes (nat_daddr, nat_dport), its destination
     // (nat_saddr, nat_sport).
@@ -205,13 +214,18 @@ const _: () = assert!(UNREACH_HLEN == IPV6_HLEN + ICMP_HLEN);
 /// summed there and written back after the new headers (one per CPU, not
 /// pinned: it holds no state).
 #[repr(C)]
-pub struct RejectScratch {
+struct RejectScratch {
     /// The MACs, swapped.
     eth: [u8; 12],
     hdrs: UnreachHdrs,
     /// The quote, and room for the zeros that pad it to whole words.
     quote: [u8; QUOTE_MAX + 4],
 }
+
+/// Per-CPU scratch space of the ICMPv6 port unreachable: the quoted packet,
+/// summed and written back there. Not pinned, no state.
+#[map(name = "ferry_rej6_scr")]
+static REJECT6_SCRATCH: PerCpuArray<RejectScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Hop limit of ferry's ICMPv6 errors (Linux's default).
 const ICMPV6_HOP_LIMIT: u8 = 64;
@@ -230,23 +244,20 @@ const ICMPV6_HOP_LIMIT: u8 = 64;
 /// error: only TCP and UDP get here.) The CHECKSUM_PARTIAL limitation of
 /// [`icmp::reject`] applies alike.
 #[inline(always)]
-pub fn reject(ctx: &TcContext, ip: &Ipv6, cfg: &NodeConfig) -> i32 {
+pub fn reject(ctx: &TcContext, ip: &Ipv6, cfg: &NodeConfig) -> Outcome {
     let group_mac = ctx.load::<u8>(0).map_or(true, |b| b & 1 != 0);
     if group_mac || !is_unicast(&ip.hdr.saddr) || is_multicast(&ip.hdr.daddr) {
-        return event::drop(ctx, ip, 0, DropReason::RejectFailed);
+        return Err(DropReason::RejectFailed);
     }
-    if let Err(limited) = ratelimit::allow(&ICMP6_SOURCES, &ip.hdr.saddr, cfg) {
-        return event::drop(ctx, ip, 0, limited);
-    }
+    ratelimit::allow(&ICMP6_SOURCES, &ip.hdr.saddr, cfg)?;
+    // Before the packet becomes the answer: the event quotes the client's.
     event::port_unreachable(ctx, ip);
     let skb: *mut __sk_buff = ctx.as_ptr().cast();
-    if build_reject(skb) {
-        count(Counter::NsRejected);
-        unsafe { h::bpf_redirect(parse::ifindex(ctx), 0) as i32 }
-    } else {
-        count(Counter::NsRejectFailed);
-        verdict::SHOT
+    if !build_reject(skb) {
+        return Err(DropReason::RejectFailed);
     }
+    count(Counter::NsRejected);
+    Ok(unsafe { h::bpf_redirect(parse::ifindex(ctx), 0) as i32 })
 }
 
 /// Builds the port unreachable in place of the packet (the skb `skb`): a

@@ -18,6 +18,8 @@ mod csum;
 #[cfg(target_arch = "bpf")]
 mod ct;
 #[cfg(target_arch = "bpf")]
+mod drop;
+#[cfg(target_arch = "bpf")]
 mod dsr;
 #[cfg(target_arch = "bpf")]
 mod dsr6;
@@ -46,11 +48,15 @@ mod ratelimit;
 #[cfg(target_arch = "bpf")]
 mod select;
 #[cfg(target_arch = "bpf")]
+mod side;
+#[cfg(target_arch = "bpf")]
 mod sock_destroy;
 #[cfg(target_arch = "bpf")]
 mod sock_lb;
 #[cfg(target_arch = "bpf")]
 mod tc;
+#[cfg(target_arch = "bpf")]
+mod verdict;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

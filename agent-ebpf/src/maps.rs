@@ -141,28 +141,10 @@ pub static ICMP6_SOURCES: LruHashMap<Ip6, u64> = LruHashMap::pinned(m::ICMP_SOUR
 #[btf_map(name = "ferry_guard6_v1", pin_by_name)]
 pub static SOCK_GUARD6: SkStorage<SockGuard6> = SkStorage::new();
 
-/// Per-CPU scratch space of the DSR paths (see dsr.rs). Not pinned and not
-/// in `agent_common::maps`: it holds no state, each load gets its own.
-#[map(name = "ferry_dsr_scr")]
-pub static DSR_SCRATCH: PerCpuArray<crate::dsr::Scratch> = PerCpuArray::with_max_entries(1, 0);
-
-/// Per-CPU scratch space of the IPv6 DSR paths (see dsr6.rs), as
-/// `ferry_dsr_scr`.
-#[map(name = "ferry_dsr6_scr")]
-pub static DSR6_SCRATCH: PerCpuArray<crate::dsr6::Scratch> = PerCpuArray::with_max_entries(1, 0);
-
-/// Per-CPU scratch space of the IPv6 north-south path: the parsed packet
-/// and a new flow's [`crate::ns::Room`] (IPv6's values do not fit the
-/// stack). Not pinned and not in `agent_common::maps`: it holds no state,
-/// as `ferry_dsr_scr`.
-#[map(name = "ferry_ns6_scr")]
-pub static NS6_SCRATCH: PerCpuArray<crate::ns::Scratch6> = PerCpuArray::with_max_entries(1, 0);
-
-/// Per-CPU scratch space of the ICMPv6 port unreachable (icmp6.rs): the
-/// quoted packet, summed and written back there. Not pinned either.
-#[map(name = "ferry_rej6_scr")]
-pub static REJECT6_SCRATCH: PerCpuArray<crate::icmp6::RejectScratch> =
-    PerCpuArray::with_max_entries(1, 0);
+// The per-CPU scratch maps of the north-south paths (`ferry_dsr_scr`,
+// `ferry_dsr6_scr`, `ferry_ns6_scr`, `ferry_rej6_scr`) are declared by
+// the modules whose types they hold (dsr.rs, dsr6.rs, ns.rs, icmp6.rs):
+// this module names no type of a module that imports it.
 
 #[map(name = "ferry_stats_v1")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(agent_common::stats::STATS_SLOTS, 0);

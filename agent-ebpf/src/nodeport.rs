@@ -36,45 +36,62 @@
 use core::mem::MaybeUninit;
 
 use agent_common::{
-    CT_PRESSURE_PERMILLE, NodeConfig, SvcValue, backend_flags, ct_dir, ct_flags, drop::DropReason,
-    node_flags, proto, scope, stats::Counter, svc_flags,
+    CT_PRESSURE_PERMILLE, NodeConfig, SvcValue, backend_flags, ct_dir, ct_flags, node_flags, proto,
+    scope, stats::Counter, svc_flags,
 };
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::TcContext};
 
 use crate::{
-    csum,
     ct::{self, CtKey, CtValue},
+    drop::{DropReason, Outcome, Raw},
     event,
     family::Addr,
     maps::count,
     ns::{CtVal, Ns, Room},
-    parse::{self, L4, Tuple},
-    select::{self, Frontend},
-    tc::verdict,
+    parse::{self, L4, Packet as _, Tuple},
+    select::{self, EXPOSED, Frontend},
+    verdict,
 };
-
-/// Frontend kinds that are exposed on the node's devices. ClusterIPs are
-/// served at the socket layer, and here only with
-/// `node_flags::EXTERNAL_CLUSTER_IP`.
-const EXPOSED: u16 = svc_flags::NODE_PORT | svc_flags::EXTERNAL_IP | svc_flags::LOAD_BALANCER;
 
 /// What [`tracked_call`] returns for a packet that no flow knows: not a
 /// verdict.
 const NEW_FLOW: i32 = i32::MIN;
 
+/// What [`new_flow_call`] returns for a packet to no frontend (IPv6): its
+/// caller goes on with [`not_a_frontend_call`], so that the DSR receive
+/// path's frame is not added to the new flow's.
+const NOT_A_FRONTEND: i32 = i32::MIN + 1;
+
+/// What [`new_flow_call`] returns for a packet to a frontend without
+/// endpoints (IPv6): its caller answers it with [`reject_call`], whose
+/// frame is not added to the new flow's either.
+const NO_ENDPOINTS: i32 = i32::MIN + 2;
+
+/// What [`new_flow_call`] returns for a new DSR flow (IPv6), its FORWARD
+/// entry made and left in the room: its caller sends the first packet with
+/// [`dsr_first_call`] (`DSR_FIRST_FITS`: with the header).
+const DSR_FIRST: i32 = i32::MIN + 3;
+const DSR_FIRST_FITS: i32 = i32::MIN + 4;
+
 /// A TCP/UDP packet arriving on a device.
 #[inline(always)]
-pub fn ingress<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> i32 {
+pub fn ingress<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> Outcome {
     if F::OUTLINE {
         // Two functions of their own (`Ns::OUTLINE`): the tracked paths and
         // a new flow each have their frame.
-        return match tracked_call::<F>(ctx, ip) {
-            NEW_FLOW => new_flow_call::<F>(ctx, ip),
+        return match tracked_call::<F>(ctx, ip).get() {
+            Ok(NEW_FLOW) => match new_flow_call::<F>(ctx, ip).get() {
+                Ok(NOT_A_FRONTEND) => not_a_frontend_call::<F>(ctx, ip).get(),
+                Ok(NO_ENDPOINTS) => reject_call::<F>(ctx, ip).get(),
+                Ok(DSR_FIRST) => dsr_first_call::<F>(ctx, false).get(),
+                Ok(DSR_FIRST_FITS) => dsr_first_call::<F>(ctx, true).get(),
+                v => v,
+            },
             v => v,
         };
     }
-    let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ctx, ip)) else {
-        return verdict::PASS;
+    let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ip)) else {
+        return Ok(verdict::PASS);
     };
     if let Some(v) = client_packet::<F>(ctx, ip, &l4, &t) {
         return v;
@@ -90,7 +107,12 @@ pub fn ingress<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> i32 {
 /// A client's packet of a tracked flow, translated and sent on; None when
 /// the packet is none.
 #[inline(always)]
-fn client_packet<F: Ns>(ctx: &TcContext, ip: &F::Ip, l4: &L4, t: &Tuple<Addr<F>>) -> Option<i32> {
+fn client_packet<F: Ns>(
+    ctx: &TcContext,
+    ip: &F::Ip,
+    l4: &L4,
+    t: &Tuple<Addr<F>>,
+) -> Option<Outcome> {
     // The client's direction of a tracked flow: the hot path, one lookup
     // (and one for the backend, below).
     let fwd_key: F::Ct = ct::key(t, ct_dir::FORWARD);
@@ -98,9 +120,9 @@ fn client_packet<F: Ns>(ctx: &TcContext, ip: &F::Ip, l4: &L4, t: &Tuple<Addr<F>>
     // SAFETY: a live map value, copied out.
     let v = unsafe { *entry };
     if backend_still_there::<F>(&v) {
-        ct::touch(entry, select::now_seconds(), parse::tcp_flags(ctx, ip));
+        ct::touch(entry, select::now_seconds(), parse::tcp_flags(ip));
         count(Counter::NsTracked);
-        return Some(translate_forward::<F>(ctx, l4, t, &v));
+        return Some(translate_forward::<F>(ctx, ip, l4, t, &v));
     }
     // The backend is gone (or its id now names another endpoint): forget
     // the flow and choose again, so that UDP "flows" (DNS, say) move to a
@@ -113,21 +135,31 @@ fn client_packet<F: Ns>(ctx: &TcContext, ip: &F::Ip, l4: &L4, t: &Tuple<Addr<F>>
 /// port) as a function of its own (`Ns::OUTLINE`): [`NEW_FLOW`] when the
 /// packet is neither.
 #[inline(never)]
-fn tracked_call<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> i32 {
-    let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ctx, ip)) else {
-        return verdict::PASS;
+fn tracked_call<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> Raw {
+    Raw::of(tracked_call_body::<F>(ctx, ip))
+}
+
+#[inline(always)]
+fn tracked_call_body<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> Outcome {
+    let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ip)) else {
+        return Ok(verdict::PASS);
     };
     if let Some(v) = client_packet::<F>(ctx, ip, &l4, &t) {
         return v;
     }
-    snat_reply::<F>(ctx, ip, &l4, &t, &ct::node_config(), false).unwrap_or(NEW_FLOW)
+    snat_reply::<F>(ctx, ip, &l4, &t, &ct::node_config(), false).unwrap_or(Ok(NEW_FLOW))
 }
 
 /// [`new_flow`] as a function of its own (`Ns::OUTLINE`).
 #[inline(never)]
-fn new_flow_call<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> i32 {
-    let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ctx, ip)) else {
-        return verdict::PASS;
+fn new_flow_call<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> Raw {
+    Raw::of(new_flow_call_body::<F>(ctx, ip))
+}
+
+#[inline(always)]
+fn new_flow_call_body<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> Outcome {
+    let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ip)) else {
+        return Ok(verdict::PASS);
     };
     let cfg = ct::node_config();
     F::with_room(|room| new_flow::<F>(ctx, ip, &l4, &t, &cfg, room))
@@ -139,25 +171,30 @@ fn new_flow_call<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> i32 {
 /// untouched (a local backend's other replies are translated as they leave
 /// through a node device).
 #[inline(always)]
-pub fn from_pod<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> i32 {
+pub fn from_pod<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> Outcome {
     if F::OUTLINE {
-        from_pod_call::<F>(ctx, ip)
+        from_pod_call::<F>(ctx, ip).get()
     } else {
         from_pod_body::<F>(ctx, ip)
     }
 }
 
 #[inline(always)]
-fn from_pod_body<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> i32 {
-    let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ctx, ip)) else {
-        return verdict::PASS;
+fn from_pod_body<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> Outcome {
+    let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ip)) else {
+        return Ok(verdict::PASS);
     };
-    snat_reply::<F>(ctx, ip, &l4, &t, &ct::node_config(), true).unwrap_or(verdict::PASS)
+    snat_reply::<F>(ctx, ip, &l4, &t, &ct::node_config(), true).unwrap_or(Ok(verdict::PASS))
 }
 
 /// [`from_pod`] as a function of its own (`Ns::OUTLINE`).
 #[inline(never)]
-fn from_pod_call<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> i32 {
+fn from_pod_call<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> Raw {
+    Raw::of(from_pod_call_body::<F>(ctx, ip))
+}
+
+#[inline(always)]
+fn from_pod_call_body<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> Outcome {
     from_pod_body::<F>(ctx, ip)
 }
 
@@ -175,7 +212,7 @@ fn snat_reply<F: Ns>(
     t: &Tuple<Addr<F>>,
     cfg: &NodeConfig,
     masqueraded_only: bool,
-) -> Option<i32> {
+) -> Option<Outcome> {
     if !ct::snat_ports(cfg).contains(t.dport) {
         return None;
     }
@@ -186,46 +223,49 @@ fn snat_reply<F: Ns>(
     if masqueraded_only && v.flags() & ct_flags::SNAT == 0 {
         return None;
     }
-    ct::touch(entry, select::now_seconds(), parse::tcp_flags(ctx, ip));
+    ct::touch(entry, select::now_seconds(), parse::tcp_flags(ip));
     count(Counter::NsTracked);
-    if let Err(e) = rewrite_as::<F>(ctx, l4, t, &v) {
-        return Some(e);
+    if let Err(e) = rewrite_as::<F>(ctx, ip, l4, t, &v) {
+        return Some(Err(e));
     }
     // From the frontend now: possibly a node address (NodePort).
-    Some(F::forward(ctx))
+    Some(F::forward(ctx, ip, v.nat_saddr(), v.nat_daddr()))
 }
 
 /// A TCP/UDP packet leaving through a device: a local backend's reply gets
 /// the frontend back as its source. Nothing else is touched.
 #[inline(always)]
-pub fn egress<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> i32 {
+pub fn egress<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> Outcome {
     if F::OUTLINE {
-        egress_call::<F>(ctx, ip)
+        egress_call::<F>(ctx, ip).get()
     } else {
         egress_body::<F>(ctx, ip)
     }
 }
 
 #[inline(always)]
-fn egress_body<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> i32 {
-    let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ctx, ip)) else {
-        return verdict::PASS;
+fn egress_body<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> Outcome {
+    let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ip)) else {
+        return Ok(verdict::PASS);
     };
     let Some(entry) = ct::lookup(&ct::key::<F::Ct>(&t, ct_dir::REPLY)) else {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     };
     let v = unsafe { *entry };
-    ct::touch(entry, select::now_seconds(), parse::tcp_flags(ctx, ip));
+    ct::touch(entry, select::now_seconds(), parse::tcp_flags(ip));
     count(Counter::NsTracked);
-    match rewrite_as::<F>(ctx, &l4, &t, &v) {
-        Ok(()) => verdict::OK,
-        Err(e) => e,
-    }
+    rewrite_as::<F>(ctx, ip, &l4, &t, &v)?;
+    Ok(verdict::OK)
 }
 
 /// [`egress`] as a function of its own (`Ns::OUTLINE`).
 #[inline(never)]
-fn egress_call<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> i32 {
+fn egress_call<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> Raw {
+    Raw::of(egress_call_body::<F>(ctx, ip))
+}
+
+#[inline(always)]
+fn egress_call_body<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> Outcome {
     egress_body::<F>(ctx, ip)
 }
 
@@ -239,12 +279,10 @@ fn egress_call<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> i32 {
 /// in `rkey` and `val` (of the new flow's [`Room`]).
 #[inline(always)]
 fn direct_syn<F: Ns>(
-    ctx: &TcContext,
-    ip: &F::Ip,
     t: &Tuple<Addr<F>>,
     rkey: &mut MaybeUninit<F::Ct>,
     val: &mut MaybeUninit<CtVal<F>>,
-) -> i32 {
+) -> Outcome {
     let rkey = &*rkey.write(F::Ct::new(
         t.daddr,
         t.saddr,
@@ -254,14 +292,14 @@ fn direct_syn<F: Ns>(
         ct_dir::REPLY,
     ));
     let Some(entry) = ct::lookup(rkey) else {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     };
     let v = &*ct::copy_into(entry, val);
     if ct::reply_flow_over(rkey, v, select::now_seconds()) {
         ct::forget_reply_flow(rkey, v);
-        verdict::PASS
+        Ok(verdict::PASS)
     } else {
-        event::drop(ctx, ip, 0, DropReason::CtClash)
+        Err(DropReason::CtClash)
     }
 }
 
@@ -269,12 +307,14 @@ fn direct_syn<F: Ns>(
 #[inline(always)]
 fn rewrite_as<F: Ns>(
     ctx: &TcContext,
+    ip: &F::Ip,
     l4: &L4,
     t: &Tuple<Addr<F>>,
     v: &CtVal<F>,
-) -> Result<(), i32> {
-    csum::rewrite(
+) -> Result<(), DropReason> {
+    F::rewrite(
         ctx,
+        ip,
         l4,
         t,
         v.nat_saddr(),
@@ -292,18 +332,35 @@ fn backend_still_there<F: Ns>(v: &CtVal<F>) -> bool {
 }
 
 #[inline(always)]
-fn translate_forward<F: Ns>(ctx: &TcContext, l4: &L4, t: &Tuple<Addr<F>>, v: &CtVal<F>) -> i32 {
+fn translate_forward<F: Ns>(
+    ctx: &TcContext,
+    ip: &F::Ip,
+    l4: &L4,
+    t: &Tuple<Addr<F>>,
+    v: &CtVal<F>,
+) -> Outcome {
     if F::DSR && v.flags() & ct_flags::DSR != 0 {
         return F::dsr_forward(ctx, v, false);
     }
-    if let Err(e) = rewrite_as::<F>(ctx, l4, t, v) {
-        return e;
-    }
+    translate_nat::<F>(ctx, ip, l4, t, v)
+}
+
+/// [`translate_forward`] of a flow that is not DSR (a new flow's: the
+/// DSR call is then not part of IPv6's new flow frame).
+#[inline(always)]
+fn translate_nat<F: Ns>(
+    ctx: &TcContext,
+    ip: &F::Ip,
+    l4: &L4,
+    t: &Tuple<Addr<F>>,
+    v: &CtVal<F>,
+) -> Outcome {
+    rewrite_as::<F>(ctx, ip, l4, t, v)?;
     if v.flags() & ct_flags::SNAT != 0 {
         // From a node address now: see fib.rs.
-        F::forward(ctx)
+        F::forward(ctx, ip, v.nat_saddr(), v.nat_daddr())
     } else {
-        verdict::OK
+        Ok(verdict::OK)
     }
 }
 
@@ -316,17 +373,46 @@ fn not_a_frontend<F: Ns>(
     t: &Tuple<Addr<F>>,
     cfg: &NodeConfig,
     room: &mut Room<F>,
-) -> i32 {
+) -> Outcome {
     if F::DSR {
-        let v = F::dsr_receive(ctx, ip, cfg);
+        let v = F::dsr_receive(ctx, ip, cfg)?;
         if v != verdict::PASS {
-            return v;
+            return Ok(v);
         }
     }
-    if t.proto == proto::TCP && parse::tcp_flags(ctx, ip) & parse::TCP_SYN != 0 {
-        return direct_syn::<F>(ctx, ip, t, &mut room.rkey, &mut room.val);
+    if t.proto == proto::TCP && parse::tcp_flags(ip) & parse::TCP_SYN != 0 {
+        return direct_syn::<F>(t, &mut room.rkey, &mut room.val);
     }
-    verdict::PASS
+    Ok(verdict::PASS)
+}
+
+/// [`not_a_frontend`] as a function of its own (`Ns::OUTLINE`).
+#[inline(never)]
+fn not_a_frontend_call<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> Raw {
+    let Some(t) = parse::tuple(ip) else {
+        return Raw::of(Ok(verdict::PASS));
+    };
+    let cfg = ct::node_config();
+    Raw::of(F::with_room(|room| {
+        not_a_frontend::<F>(ctx, ip, &t, &cfg, room)
+    }))
+}
+
+/// The port unreachable of a frontend without endpoints as a function of
+/// its own (`Ns::OUTLINE`).
+#[inline(never)]
+fn reject_call<F: Ns>(ctx: &TcContext, ip: &F::Ip) -> Raw {
+    Raw::of(F::reject(ctx, ip, &ct::node_config()))
+}
+
+/// The first packet of a new DSR flow whose FORWARD entry [`new_flow`] left
+/// in the room, as a function of its own (`Ns::OUTLINE`).
+#[inline(never)]
+fn dsr_first_call<F: Ns>(ctx: &TcContext, fits: bool) -> Raw {
+    // SAFETY: `new_flow` wrote the value before it returned DSR_FIRST*.
+    Raw::of(F::with_room(|room| {
+        F::dsr_forward(ctx, unsafe { room.val.assume_init_ref() }, fits)
+    }))
 }
 
 /// A ClusterIP this node serves to outside clients (`--external-cluster-ip`).
@@ -345,43 +431,48 @@ fn new_flow<F: Ns>(
     t: &Tuple<Addr<F>>,
     cfg: &NodeConfig,
     room: &mut Room<F>,
-) -> i32 {
+) -> Outcome {
     let Some(svc) = select::lookup_svc(room.svc.write(F::Key::frontend(
         t.daddr,
         t.dport,
         t.proto,
         scope::EXTERNAL,
     ))) else {
+        if F::OUTLINE {
+            return Ok(NOT_A_FRONTEND);
+        }
         return not_a_frontend::<F>(ctx, ip, t, cfg, room);
     };
     // SAFETY: written just above.
     let svc_key = unsafe { room.svc.assume_init_ref() };
     if svc.flags & EXPOSED == 0 && !external_cluster_ip(&svc, cfg) {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     }
     // Before anything else, so that a denied client creates no state.
     if svc.flags & svc_flags::SOURCE_RANGES != 0 && !F::in_source_ranges(svc.rev_nat_id, t.saddr) {
-        return event::drop(ctx, ip, svc.rev_nat_id, DropReason::SourceRange);
+        return Err(DropReason::SourceRange);
     }
     if svc.count == 0 {
         if svc.flags & svc_flags::DROP_NO_LOCAL != 0 {
             // externalTrafficPolicy Local, endpoints only elsewhere:
             // dropped, so the load balancer's health check decides.
-            return event::drop(ctx, ip, svc.rev_nat_id, DropReason::NoLocalEndpoint);
+            return Err(DropReason::NoLocalEndpoint);
+        }
+        if F::OUTLINE {
+            return Ok(NO_ENDPOINTS);
         }
         return F::reject(ctx, ip, cfg);
     }
 
     // A segment too short to hold its L4 checksum cannot be rewritten: dropped before any
     // conntrack or affinity state is made for it (found by the packet fuzzer).
-    if ctx.load::<u16>(l4.csum_off).is_err() {
-        return event::drop(ctx, ip, svc.rev_nat_id, DropReason::NatFailed);
+    if !ip.l4_facts().csum_in_packet {
+        return Err(DropReason::Malformed);
     }
     let client = F::client(&t.saddr);
-    let Some(chosen) = select::choose(svc_key, &svc, client, Some(F::flow_hash(t))) else {
-        // The agent is mid-update; the client retransmits.
-        return event::drop(ctx, ip, svc.rev_nat_id, DropReason::NoBackend);
-    };
+    // None: the agent is mid-update; the client retransmits.
+    let chosen = select::choose(svc_key, &svc, client, Some(F::flow_hash(t)))
+        .ok_or(DropReason::NoBackend)?;
     let (backend_addr, backend_port) = F::Key::backend_dest(&chosen.backend);
     let local = F::Key::backend_flags(&chosen.backend) & backend_flags::LOCAL != 0;
     // DSR mode: both families (ns.rs).
@@ -392,7 +483,7 @@ fn new_flow<F: Ns>(
     // too: kube-proxy's masquerade never sees locally delivered packets.
     let keep_client =
         local && (svc.flags & svc_flags::ETP_LOCAL != 0 || dsr_mode || F::is_node(&backend_addr));
-    let tcp_flags = parse::tcp_flags(ctx, ip);
+    let tcp_flags = parse::tcp_flags(ip);
     if t.proto == proto::TCP && tcp_flags & parse::TCP_SYN == 0 {
         count(Counter::NsCtLostFlow);
     }
@@ -454,7 +545,7 @@ fn new_flow<F: Ns>(
         let rkey = &*room.rkey.write(ct::reply_key(fwd, t.proto));
         if let Err(e) = claim_reply(rkey, rev) {
             let _ = map.remove(fwd_key);
-            return event::drop(ctx, ip, svc.rev_nat_id, e);
+            return Err(e);
         }
     } else if dsr {
         // FORWARD only: the replies do not come back through this node.
@@ -463,17 +554,17 @@ fn new_flow<F: Ns>(
         }
         count_new_flow();
         event::new_flow(ctx, ip, &*fwd);
+        if F::OUTLINE {
+            return Ok(if fits { DSR_FIRST_FITS } else { DSR_FIRST });
+        }
         return F::dsr_forward(ctx, fwd, fits);
     } else {
-        let Some(node_addr) = F::node_addr(parse::ifindex(ctx)) else {
-            return event::drop(ctx, ip, svc.rev_nat_id, DropReason::NatFailed);
-        };
+        let node_addr = F::node_addr(parse::ifindex(ctx)).ok_or(DropReason::NatFailed)?;
         fwd.set_source(node_addr, t.sport);
         // The REPLY entry claims the SNAT port, then FORWARD is written.
         let rkey = room.rkey.write(ct::reply_key(fwd, t.proto));
-        let Some(port) = ct::claim_snat_port(rkey, rev, t.sport, ct::snat_ports(cfg)) else {
-            return event::drop(ctx, ip, svc.rev_nat_id, DropReason::NatFailed);
-        };
+        let port = ct::claim_snat_port(rkey, rev, t.sport, ct::snat_ports(cfg))
+            .ok_or(DropReason::NatFailed)?;
         fwd.set_source(node_addr, port);
         if map.insert(fwd_key, fwd, BPF_NOEXIST as u64).is_err() {
             let _ = map.remove(rkey);
@@ -482,7 +573,8 @@ fn new_flow<F: Ns>(
     }
     count_new_flow();
     event::new_flow(ctx, ip, &*fwd);
-    translate_forward::<F>(ctx, l4, t, fwd)
+    // Not DSR: that flow returned above.
+    translate_nat::<F>(ctx, ip, l4, t, fwd)
 }
 
 #[inline(always)]
@@ -529,14 +621,21 @@ fn follow_winner<F: Ns>(
     t: &Tuple<Addr<F>>,
     fwd_key: &F::Ct,
     slot: &mut CtVal<F>,
-) -> i32 {
+) -> Outcome {
     match ct::lookup(fwd_key) {
         Some(entry) => {
             // SAFETY: a live map value and the caller's slot of its type.
             unsafe { core::ptr::copy_nonoverlapping(entry, slot, 1) };
             count(Counter::NsTracked);
-            translate_forward::<F>(ctx, l4, t, slot)
+            if F::OUTLINE && F::DSR && slot.flags() & ct_flags::DSR != 0 {
+                // The slot is the room's FORWARD value: see DSR_FIRST.
+                return Ok(DSR_FIRST);
+            }
+            if F::OUTLINE {
+                return translate_nat::<F>(ctx, ip, l4, t, slot);
+            }
+            translate_forward::<F>(ctx, ip, l4, t, slot)
         }
-        None => event::drop(ctx, ip, 0, DropReason::NatFailed),
+        None => Err(DropReason::NatFailed),
     }
 }

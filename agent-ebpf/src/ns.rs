@@ -10,18 +10,19 @@ use core::mem::MaybeUninit;
 use agent_common::{
     Ip6, NodeConfig, affinity_client, affinity_id_v6, flow_hash_v4, flow_hash_v6, node_flags,
 };
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{macros::map, maps::PerCpuArray, programs::TcContext};
 
 use crate::{
-    csum::AddrField,
+    csum::{self, AddrField},
     ct::CtKey,
+    drop::{DropReason, Outcome},
     dsr, dsr6,
     family::{Addr, Family, V4, V6},
     fib, icmp, icmp6,
     maps::{NODE_ADDR_V4, NODE_ADDR_V6, NODES_V4, NODES_V6},
-    parse::{self, Ipv4, Ipv6, Packet, Tuple},
+    parse::{self, Ipv4, Ipv6, L4, Packet, Tuple},
     select::{Client, Frontend},
-    tc::verdict,
+    verdict,
 };
 
 pub trait Ns: Family<Key: Frontend<Addr: AddrField>> {
@@ -47,22 +48,36 @@ pub trait Ns: Family<Key: Frontend<Addr: AddrField>> {
     fn flow_hash(t: &Tuple<Addr<Self>>) -> u32;
     /// The client's session affinity identity.
     fn client(saddr: &Addr<Self>) -> Client;
-    /// Routes the translated packet through the FIB (fib.rs).
-    fn forward(ctx: &TcContext) -> i32;
+    /// Rewrites the packet `ip` (its L4 checksum at `l4`, its flow `t`)
+    /// to the given addresses and ports, with the checksums.
+    #[allow(clippy::too_many_arguments)]
+    fn rewrite(
+        ctx: &TcContext,
+        ip: &Self::Ip,
+        l4: &L4,
+        t: &Tuple<Addr<Self>>,
+        saddr: Addr<Self>,
+        sport: u16,
+        daddr: Addr<Self>,
+        dport: u16,
+    ) -> Result<(), DropReason>;
+    /// Routes the translated packet (parsed as `ip`, now from `saddr` to
+    /// `daddr`) through the FIB (fib.rs).
+    fn forward(ctx: &TcContext, ip: &Self::Ip, saddr: Addr<Self>, daddr: Addr<Self>) -> Outcome;
     /// Answers a packet to a frontend without endpoints with an ICMP port
     /// unreachable.
-    fn reject(ctx: &TcContext, ip: &Self::Ip, cfg: &NodeConfig) -> i32;
+    fn reject(ctx: &TcContext, ip: &Self::Ip, cfg: &NodeConfig) -> Outcome;
 
     /// A packet for no frontend that may carry a DSR option (dsr.rs):
     /// PASS unless DSR handled it.
-    fn dsr_receive(ctx: &TcContext, ip: &Self::Ip, cfg: &NodeConfig) -> i32;
+    fn dsr_receive(ctx: &TcContext, ip: &Self::Ip, cfg: &NodeConfig) -> Outcome;
     /// Whether the DSR option fits the first packet of a flow to `backend`.
     fn dsr_option_fits(ctx: &TcContext, backend: Addr<Self>) -> bool;
     /// Translates and forwards a packet of a DSR flow.
-    fn dsr_forward(ctx: &TcContext, v: &<Self::Ct as CtKey>::Value, first: bool) -> i32;
+    fn dsr_forward(ctx: &TcContext, v: &<Self::Ct as CtKey>::Value, first: bool) -> Outcome;
 
     /// Runs `f` (a new flow) with a room for its keys and values ([`Room`]).
-    fn with_room(f: impl FnOnce(&mut Room<Self>) -> i32) -> i32;
+    fn with_room(f: impl FnOnce(&mut Room<Self>) -> Outcome) -> Outcome;
 }
 
 impl Ns for V4 {
@@ -95,23 +110,37 @@ impl Ns for V4 {
     }
 
     #[inline(always)]
-    fn forward(ctx: &TcContext) -> i32 {
-        fib::forward(ctx)
+    fn rewrite(
+        ctx: &TcContext,
+        ip: &Ipv4,
+        l4: &L4,
+        _t: &Tuple,
+        saddr: u32,
+        sport: u16,
+        daddr: u32,
+        dport: u16,
+    ) -> Result<(), DropReason> {
+        csum::rewrite4(ctx, ip, l4, saddr, sport, daddr, dport)
     }
 
     #[inline(always)]
-    fn reject(ctx: &TcContext, ip: &Ipv4, cfg: &NodeConfig) -> i32 {
+    fn forward(ctx: &TcContext, ip: &Ipv4, saddr: u32, daddr: u32) -> Outcome {
+        fib::forward(ctx, saddr, daddr, fib::meta(&ip.hdr)).get()
+    }
+
+    #[inline(always)]
+    fn reject(ctx: &TcContext, ip: &Ipv4, cfg: &NodeConfig) -> Outcome {
         icmp::reject(ctx, ip, cfg)
     }
 
     #[inline(always)]
-    fn dsr_receive(ctx: &TcContext, ip: &Ipv4, cfg: &NodeConfig) -> i32 {
+    fn dsr_receive(ctx: &TcContext, ip: &Ipv4, cfg: &NodeConfig) -> Outcome {
         // Only packets with IP options can carry a DSR option: the node's
         // ordinary traffic pays nothing more than this test.
         if ip.hdr.header_len() > parse::IPV4_MIN_HLEN {
-            return dsr::receive(dsr::skb(ctx), cfg.flags & node_flags::DSR != 0);
+            return dsr::receive(dsr::skb(ctx), cfg.flags & node_flags::DSR != 0).get();
         }
-        verdict::PASS
+        Ok(verdict::PASS)
     }
 
     #[inline(always)]
@@ -120,12 +149,12 @@ impl Ns for V4 {
     }
 
     #[inline(always)]
-    fn dsr_forward(ctx: &TcContext, v: &agent_common::Ct4Value, first: bool) -> i32 {
-        dsr::forward(dsr::skb(ctx), v, first)
+    fn dsr_forward(ctx: &TcContext, v: &agent_common::Ct4Value, first: bool) -> Outcome {
+        dsr::forward(dsr::skb(ctx), v, first).get()
     }
 
     #[inline(always)]
-    fn with_room(f: impl FnOnce(&mut Room<V4>) -> i32) -> i32 {
+    fn with_room(f: impl FnOnce(&mut Room<V4>) -> Outcome) -> Outcome {
         f(&mut Room::new())
     }
 }
@@ -161,24 +190,42 @@ impl Ns for V6 {
     }
 
     #[inline(always)]
-    fn forward(ctx: &TcContext) -> i32 {
-        fib::forward6(ctx)
+    fn rewrite(
+        ctx: &TcContext,
+        _ip: &Ipv6,
+        l4: &L4,
+        t: &Tuple<Ip6>,
+        saddr: Ip6,
+        sport: u16,
+        daddr: Ip6,
+        dport: u16,
+    ) -> Result<(), DropReason> {
+        // The helpers store the addresses: with BPF_F_RECOMPUTE_CSUM they
+        // keep a CHECKSUM_COMPLETE `skb->csum` right (csum.rs).
+        csum::rewrite(ctx, l4, t, saddr, sport, daddr, dport)
+    }
+
+    /// IPv6's lookup reads the translated header's addresses into its
+    /// parameters itself (its frame has no room for copies).
+    #[inline(always)]
+    fn forward(ctx: &TcContext, _ip: &Ipv6, _saddr: Ip6, _daddr: Ip6) -> Outcome {
+        fib::forward6(ctx).get()
     }
 
     #[inline(always)]
-    fn reject(ctx: &TcContext, ip: &Ipv6, cfg: &NodeConfig) -> i32 {
+    fn reject(ctx: &TcContext, ip: &Ipv6, cfg: &NodeConfig) -> Outcome {
         icmp6::reject(ctx, ip, cfg)
     }
 
     #[inline(always)]
-    fn dsr_receive(ctx: &TcContext, ip: &Ipv6, cfg: &NodeConfig) -> i32 {
+    fn dsr_receive(ctx: &TcContext, ip: &Ipv6, cfg: &NodeConfig) -> Outcome {
         // Only a packet whose first extension header is a destination
         // options header can carry the DSR header: the node's ordinary
         // traffic pays nothing more than this test.
         if ip.hdr.next_hdr == agent_common::NEXTHDR_DEST {
-            return dsr6::receive(dsr::skb(ctx), cfg.flags & node_flags::DSR != 0);
+            return dsr6::receive(dsr::skb(ctx), cfg.flags & node_flags::DSR != 0).get();
         }
-        verdict::PASS
+        Ok(verdict::PASS)
     }
 
     #[inline(always)]
@@ -187,17 +234,17 @@ impl Ns for V6 {
     }
 
     #[inline(always)]
-    fn dsr_forward(ctx: &TcContext, v: &agent_common::Ct6Value, first: bool) -> i32 {
-        dsr6::forward(dsr::skb(ctx), v, first)
+    fn dsr_forward(ctx: &TcContext, v: &agent_common::Ct6Value, first: bool) -> Outcome {
+        dsr6::forward(dsr::skb(ctx), v, first).get()
     }
 
     #[inline(always)]
-    fn with_room(f: impl FnOnce(&mut Room<V6>) -> i32) -> i32 {
+    fn with_room(f: impl FnOnce(&mut Room<V6>) -> Outcome) -> Outcome {
         match scratch6() {
             // SAFETY: the room alone (the packet, the scratch's other
             // field, is borrowed by the caller).
             Some(s) => f(unsafe { &mut *core::ptr::addr_of_mut!((*s).room) }),
-            None => verdict::SHOT,
+            None => Err(DropReason::Internal),
         }
     }
 }
@@ -243,16 +290,22 @@ impl<F: Ns> Room<F> {
 /// IPv6's per-CPU scratch (`ferry_ns6_scr`): the parsed packet and a new
 /// flow's room.
 #[repr(C)]
-pub struct Scratch6 {
+struct Scratch6 {
     pub ip: Ipv6,
     pub room: Room<V6>,
 }
+
+/// Per-CPU scratch space of the IPv6 north-south path: the parsed packet
+/// and a new flow's [`Room`] (IPv6's values do not fit the stack). Not
+/// pinned and not in `agent_common::maps`: it holds no state.
+#[map(name = "ferry_ns6_scr")]
+static NS6_SCRATCH: PerCpuArray<Scratch6> = PerCpuArray::with_max_entries(1, 0);
 
 /// This CPU's IPv6 scratch, as a raw pointer: its two fields are borrowed
 /// apart (the packet by the handler, the room by a new flow).
 #[inline(always)]
 fn scratch6() -> Option<*mut Scratch6> {
-    crate::maps::NS6_SCRATCH.get_ptr_mut(0)
+    NS6_SCRATCH.get_ptr_mut(0)
 }
 
 /// This CPU's parsed IPv6 packet (in the scratch).

@@ -1,12 +1,17 @@
 //! Parsing Ethernet, IPv4 and IPv6 (with its extension headers) and the
-//! first bytes of TCP, UDP and ICMP.
+//! first bytes of TCP, UDP and ICMP, once per packet at the program's entry
+//! (Katran's `packet_description`): [`Ipv4`] and [`Ipv6`] hold the header,
+//! where the L4 header starts, its ports and TCP flags, and the rest of the
+//! program reads them there, never from the packet again.
 //!
-//! Everything is read with `bpf_skb_load_bytes` into the stack rather than
-//! through direct packet pointers: it works on non-linear skbs (GRO, veth)
-//! without a pull, keeps the verifier out of variable-offset pointer
-//! arithmetic (IP options), and leaves no packet pointer to invalidate when a
-//! later helper changes the packet. Offsets below are from the start of the
-//! Ethernet header, where TC programs see `skb->data`.
+//! IPv4 is read through direct packet pointers (`ctx.data()` ..
+//! `ctx.data_end()`), bounds-checked; headers that are not in the linear
+//! part (GRO, veth) are pulled first (`bpf_skb_pull_data`), which is why no
+//! pointer is kept past parsing: every helper that may change the packet
+//! invalidates them, and writers derive their own (csum.rs). IPv6's
+//! extension headers are walked with `bpf_skb_load_bytes`. Offsets below
+//! are from the start of the Ethernet header, where TC programs see
+//! `skb->data`.
 
 use agent_common::{Ip6, proto};
 use aya_ebpf::{EbpfContext as _, bindings::__sk_buff, programs::TcContext};
@@ -103,28 +108,163 @@ const NEXTHDR_DEST: u8 = 60;
 /// is not looked at (it passes).
 pub const IPV6_EXT_MAX: usize = 4;
 
-/// An IPv4 packet: its header and where its L4 header starts.
+/// What a TCP/UDP packet's first bytes say, read once at parsing.
+/// `repr(C)` without padding, as [`Ipv4`]: the compiler may fill padding
+/// with any register, and the verifier refuses a packet pointer stored in
+/// part.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct L4Facts {
+    /// Source and destination port (raw); zeros when `has_ports` is false.
+    pub ports: [u16; 2],
+    /// TCP: the FIN/SYN/RST bits (0 for UDP, or when not in the packet).
+    pub tcp_flags: u8,
+    /// The ports are in the packet (else it is not looked at).
+    pub has_ports: bool,
+    /// The L4 checksum field is in the packet: the segment can be rewritten.
+    pub csum_in_packet: bool,
+    /// UDP: the checksum field is 0 (no checksum).
+    pub udp_unchecked: bool,
+}
+const _: () = assert!(core::mem::size_of::<L4Facts>() == 8);
+
+/// An IPv4 packet: its header, where its L4 header starts, and (TCP/UDP)
+/// its [`L4Facts`].
+#[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Ipv4 {
     pub hdr: Ipv4Hdr,
+    pub l4: L4Facts,
+    _pad: u32,
     pub l4_off: usize,
+}
+const _: () = assert!(core::mem::size_of::<Ipv4>() == 40);
+
+impl Ipv4 {
+    /// Nothing parsed yet (all zeros).
+    #[inline(always)]
+    pub fn empty() -> Ipv4 {
+        // SAFETY: integers and bools, for which all zeros is valid.
+        unsafe { core::mem::zeroed() }
+    }
+}
+
+/// The bytes of a TCP header read at parsing (through the flags, and the
+/// checksum field at 16..18); a UDP header's 8.
+const TCP_READ: usize = 18;
+const UDP_READ: usize = 8;
+
+/// What [`ipv4_direct`] found.
+const PARSED: u8 = 0;
+const NOT_IPV4: u8 = 1;
+/// A header the packet needs is not (all) in the linear part.
+const SHORT: u8 = 2;
+
+/// Parses the IPv4 packet of the frame (its EtherType already checked by
+/// the entry point) into `ip`, read directly; false when it is none. A
+/// frame whose headers are not all in the linear part is pulled (as far as
+/// the skb has bytes) and read again.
+#[inline(always)]
+pub fn ipv4(ctx: &TcContext, ip: &mut Ipv4) -> bool {
+    match ipv4_direct(ctx, ip) {
+        PARSED => return true,
+        NOT_IPV4 => return false,
+        _ => {}
+    }
+    // Not linear (or truly short): pull what the headers need, at most the
+    // skb's length, then parse what is there.
+    let want = (IP_OFF + 60 + TCP_READ) as u32;
+    let len = ctx.len();
+    let pull = if want < len { want } else { len };
+    // SAFETY: the program's own skb.
+    unsafe { aya_ebpf::helpers::generated::bpf_skb_pull_data(ctx.as_ptr().cast(), pull) };
+    match ipv4_direct(ctx, ip) {
+        PARSED => true,
+        NOT_IPV4 => false,
+        _ => ipv4_short(ctx, ip),
+    }
 }
 
 #[inline(always)]
-pub fn ipv4(ctx: &TcContext) -> Option<Ipv4> {
-    let ethertype: u16 = ctx.load(12).ok()?;
-    if ethertype != ETH_P_IP.to_be() {
-        return None;
+fn valid_v4(hdr: &Ipv4Hdr) -> bool {
+    hdr.ver_ihl >> 4 == 4 && hdr.header_len() >= IPV4_MIN_HLEN
+}
+
+/// [`ipv4`] from the linear part, into `ip`.
+#[inline(always)]
+fn ipv4_direct(ctx: &TcContext, ip: &mut Ipv4) -> u8 {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + IP_OFF + IPV4_MIN_HLEN > end {
+        return SHORT;
     }
-    let hdr: Ipv4Hdr = ctx.load(IP_OFF).ok()?;
-    let hlen = hdr.header_len();
-    if hdr.ver_ihl >> 4 != 4 || hlen < IPV4_MIN_HLEN {
-        return None;
+    // SAFETY: bounds checked above.
+    ip.hdr = unsafe { core::ptr::read_unaligned((data + IP_OFF) as *const Ipv4Hdr) };
+    if !valid_v4(&ip.hdr) {
+        return NOT_IPV4;
     }
-    Some(Ipv4 {
-        hdr,
-        l4_off: IP_OFF + hlen,
-    })
+    let l4_off = IP_OFF + ip.hdr.header_len();
+    ip.l4_off = l4_off;
+    ip.l4 = L4Facts::default();
+    if ip.hdr.is_later_fragment() {
+        return PARSED;
+    }
+    let p = data + l4_off;
+    match ip.hdr.proto {
+        proto::TCP => {
+            if p + TCP_READ > end {
+                return SHORT;
+            }
+            // SAFETY: TCP_READ bytes from `p` checked above.
+            unsafe {
+                ip.l4.ports = core::ptr::read_unaligned(p as *const [u16; 2]);
+                ip.l4.tcp_flags = *((p + 13) as *const u8) & (TCP_FIN | TCP_SYN | TCP_RST);
+            }
+        }
+        proto::UDP => {
+            if p + UDP_READ > end {
+                return SHORT;
+            }
+            // SAFETY: UDP_READ bytes from `p` checked above.
+            unsafe {
+                ip.l4.ports = core::ptr::read_unaligned(p as *const [u16; 2]);
+                ip.l4.udp_unchecked = core::ptr::read_unaligned((p + 6) as *const u16) == 0;
+            }
+        }
+        _ => return PARSED,
+    }
+    ip.l4.has_ports = true;
+    ip.l4.csum_in_packet = true;
+    PARSED
+}
+
+/// [`ipv4`] of a frame shorter than its L4 header should be (a hostile or
+/// truncated one), with the bytes it has: ports when they are there, the
+/// flags byte likewise; never rewritten (no checksum field). Written into
+/// `ip` (an `Option` would not do: its BTF, with the niche of a bool, is
+/// one the kernel refuses); false when it is no IPv4 packet.
+#[inline(never)]
+fn ipv4_short(ctx: &TcContext, ip: &mut Ipv4) -> bool {
+    let Ok(hdr) = ctx.load::<Ipv4Hdr>(IP_OFF) else {
+        return false;
+    };
+    if !valid_v4(&hdr) {
+        return false;
+    }
+    let l4_off = IP_OFF + hdr.header_len();
+    let mut l4 = L4Facts::default();
+    if (hdr.proto == proto::TCP || hdr.proto == proto::UDP) && !hdr.is_later_fragment() {
+        if let Ok(ports) = ctx.load::<[u16; 2]>(l4_off) {
+            l4.ports = ports;
+            l4.has_ports = true;
+        }
+        if hdr.proto == proto::TCP {
+            l4.tcp_flags = ctx.load::<u8>(l4_off + 13).unwrap_or(0) & (TCP_FIN | TCP_SYN | TCP_RST);
+        }
+    }
+    ip.hdr = hdr;
+    ip.l4_off = l4_off;
+    ip.l4 = l4;
+    true
 }
 
 /// An IPv6 packet: its fixed header, its upper-layer protocol (past the
@@ -134,6 +274,9 @@ pub struct Ipv6 {
     pub hdr: Ipv6Hdr,
     pub proto: u8,
     pub l4_off: usize,
+    pub l4: L4Facts,
+    /// The first bytes of the L4 header as loaded (parsing's buffer).
+    pub l4_head: [u16; 7],
 }
 
 /// The IPv6 packet of the frame, when ferry may look at it: version 6, at
@@ -154,12 +297,55 @@ pub fn ipv6(ctx: &TcContext, ip: &mut Ipv6) -> bool {
     let Some((proto, l4_off)) = ipv6_upper(ctx, ip.hdr.next_hdr, IP_OFF + IPV6_HLEN) else {
         return false;
     };
-    if proto == proto::UDP && ctx.load::<u16>(l4_off + 6) == Ok(0) {
-        return false;
+    ip.l4 = L4Facts::default();
+    if proto == proto::TCP || proto == proto::UDP {
+        // One load (into the scratch, not the stack): the ports and, TCP,
+        // the flags, UDP, the checksum.
+        let n = if proto == proto::TCP { 14 } else { 8 };
+        let buf = ip.l4_head.as_mut_ptr().cast::<u8>();
+        if load_bytes(ctx, l4_off, buf, n).is_ok() {
+            let b = &ip.l4_head;
+            if proto == proto::UDP && b[3] == 0 {
+                return false;
+            }
+            ip.l4.ports = [b[0], b[1]];
+            ip.l4.has_ports = true;
+            let csum_end = l4_off + if proto == proto::TCP { 18 } else { 8 };
+            ip.l4.csum_in_packet = csum_end <= ctx.len() as usize;
+            if proto == proto::TCP {
+                ip.l4.tcp_flags = b[6].to_ne_bytes()[1] & (TCP_FIN | TCP_SYN | TCP_RST);
+            }
+        } else if load_bytes(ctx, l4_off, buf, 4).is_ok() {
+            // Shorter than its header: the ports (and TCP flags when
+            // there), never rewritten.
+            ip.l4.ports = [ip.l4_head[0], ip.l4_head[1]];
+            ip.l4.has_ports = true;
+            ip.l4_head[6] = 0;
+            // SAFETY: byte 13 of the 14-byte buffer.
+            if proto == proto::TCP
+                && load_bytes(ctx, l4_off + 13, unsafe { buf.add(13) }, 1).is_ok()
+            {
+                ip.l4.tcp_flags = ip.l4_head[6].to_ne_bytes()[1] & (TCP_FIN | TCP_SYN | TCP_RST);
+            }
+        }
     }
     ip.proto = proto;
     ip.l4_off = l4_off;
     true
+}
+
+#[inline(always)]
+fn load_bytes(ctx: &TcContext, off: usize, dst: *mut u8, n: usize) -> Result<(), ()> {
+    // SAFETY: `dst` has room for `n` bytes (the caller's buffer).
+    let rc = unsafe {
+        aya_ebpf::helpers::generated::bpf_skb_load_bytes(
+            ctx.as_ptr(),
+            off as u32,
+            dst.cast(),
+            n as u32,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(()) }
 }
 
 /// Loads `size_of::<T>()` packet bytes at `off` straight into `dst` (where
@@ -228,6 +414,8 @@ pub trait Packet {
     fn l4_off(&self) -> usize;
     fn saddr(&self) -> Self::Addr;
     fn daddr(&self) -> Self::Addr;
+    /// TCP/UDP: what parsing read of the L4 header.
+    fn l4_facts(&self) -> &L4Facts;
 }
 
 impl Packet for Ipv4 {
@@ -252,6 +440,11 @@ impl Packet for Ipv4 {
     fn daddr(&self) -> u32 {
         self.hdr.daddr
     }
+
+    #[inline(always)]
+    fn l4_facts(&self) -> &L4Facts {
+        &self.l4
+    }
 }
 
 impl Packet for Ipv6 {
@@ -275,6 +468,11 @@ impl Packet for Ipv6 {
     #[inline(always)]
     fn daddr(&self) -> Ip6 {
         self.hdr.daddr
+    }
+
+    #[inline(always)]
+    fn l4_facts(&self) -> &L4Facts {
+        &self.l4
     }
 }
 
@@ -317,16 +515,16 @@ pub fn l4<P: Packet>(ip: &P) -> Option<L4> {
     }
 }
 
-/// The flow of a TCP or UDP packet (source and destination ports are the
-/// first four bytes of both headers).
+/// The flow of a TCP or UDP packet, as parsed (None when its ports are
+/// not in the packet).
 #[inline(always)]
-pub fn tuple<P: Packet>(ctx: &TcContext, ip: &P) -> Option<Tuple<P::Addr>> {
-    let ports: [u16; 2] = ctx.load(ip.l4_off()).ok()?;
-    Some(Tuple {
+pub fn tuple<P: Packet>(ip: &P) -> Option<Tuple<P::Addr>> {
+    let f = ip.l4_facts();
+    f.has_ports.then(|| Tuple {
         saddr: ip.saddr(),
         daddr: ip.daddr(),
-        sport: ports[0],
-        dport: ports[1],
+        sport: f.ports[0],
+        dport: f.ports[1],
         proto: ip.proto(),
     })
 }
@@ -336,13 +534,10 @@ pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 
-/// The FIN/SYN/RST bits of a TCP packet (0 for UDP).
+/// The FIN/SYN/RST bits of a TCP packet (0 for UDP), as parsed.
 #[inline(always)]
-pub fn tcp_flags<P: Packet>(ctx: &TcContext, ip: &P) -> u8 {
-    if ip.proto() != proto::TCP {
-        return 0;
-    }
-    ctx.load::<u8>(ip.l4_off() + 13).unwrap_or(0) & (TCP_FIN | TCP_SYN | TCP_RST)
+pub fn tcp_flags<P: Packet>(ip: &P) -> u8 {
+    ip.l4_facts().tcp_flags
 }
 
 /// The device the program runs on (`skb->ifindex`): at ingress the one the

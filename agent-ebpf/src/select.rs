@@ -20,10 +20,18 @@ use aya_ebpf::helpers::generated as h;
 
 use crate::maps::{AFFINITY, BACKENDS_V4, BACKENDS_V6, MAGLEV, SERVICES_V4, SERVICES_V6, count};
 
-/// Seconds of CLOCK_MONOTONIC: the clock of affinity and conntrack times.
+/// Frontend kinds that are exposed on the node's devices (the north-south
+/// programs). ClusterIPs are served at the socket layer, and there only
+/// with `node_flags::EXTERNAL_CLUSTER_IP`.
+pub const EXPOSED: u16 = svc_flags::NODE_PORT | svc_flags::EXTERNAL_IP | svc_flags::LOAD_BALANCER;
+
+/// Seconds of CLOCK_MONOTONIC: the clock of affinity and conntrack times
+/// (the agent reads it with clock_gettime). The coarse clock (the time of
+/// the last tick, Linux 5.11) costs no clocksource read on every packet;
+/// being at most a tick behind, it never gets ahead of the agent's.
 #[inline(always)]
 pub fn now_seconds() -> u32 {
-    (unsafe { h::bpf_ktime_get_ns() } / 1_000_000_000) as u32
+    (unsafe { h::bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
 }
 
 /// A service map key of one address family, with that family's maps: the

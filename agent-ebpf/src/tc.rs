@@ -29,28 +29,13 @@ use agent_common::proto;
 use aya_ebpf::{EbpfContext as _, bindings::__sk_buff, macros::classifier, programs::TcContext};
 
 use crate::{
+    drop::{self, DropReason, Outcome},
     family::{V4, V6},
-    icmp::{self, Side},
-    icmp6, nodeport, ns,
+    icmp, icmp6, nodeport, ns,
     parse::{self, ETH_HLEN, ETH_P_IP, ETH_P_IPV6},
+    side::Side,
+    verdict,
 };
-
-/// Program verdicts (TCX names them TCX_NEXT/PASS/DROP/REDIRECT; the values
-/// are the classic TC_ACT_* ones). Redirects return what `bpf_redirect`
-/// returns (TC_ACT_REDIRECT).
-#[allow(
-    clippy::unnecessary_cast,
-    reason = "the bindings type these u32 for some targets, i32 for others"
-)]
-pub mod verdict {
-    use aya_ebpf::bindings as b;
-
-    /// Not ours: the next program on the device (or the stack) decides.
-    pub const PASS: i32 = b::TC_ACT_UNSPEC as i32;
-    /// Translated: on to the stack, done with (later programs are skipped).
-    pub const OK: i32 = b::TC_ACT_OK as i32;
-    pub const SHOT: i32 = b::TC_ACT_SHOT as i32;
-}
 
 #[classifier]
 pub fn ferry_tc_in(ctx: TcContext) -> i32 {
@@ -104,7 +89,10 @@ macro_rules! handler {
         #[inline(never)]
         fn $name(skb: *mut __sk_buff) -> i32 {
             match NonNull::new(skb) {
-                Some(p) => $family(&TcContext::new(p), $side),
+                Some(p) => {
+                    let ctx = TcContext::new(p);
+                    drop::verdict($family(&ctx, $side), &ctx, $side)
+                }
                 None => verdict::PASS,
             }
         }
@@ -121,12 +109,13 @@ handler!(ipv6_pod, ipv6, Side::Pod);
 /// One IPv4 packet met on `side` (a constant in each handler, folded away):
 /// TCP and UDP to the north-south flows, ICMP errors to their translation.
 #[inline(always)]
-fn ipv4(ctx: &TcContext, side: Side) -> i32 {
-    let Some(ip) = parse::ipv4(ctx) else {
-        return verdict::PASS;
-    };
+fn ipv4(ctx: &TcContext, side: Side) -> Outcome {
+    let mut ip = parse::Ipv4::empty();
+    if !parse::ipv4(ctx, &mut ip) {
+        return Ok(verdict::PASS);
+    }
     if ip.hdr.is_later_fragment() {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     }
     match ip.hdr.proto {
         proto::TCP | proto::UDP => match side {
@@ -135,7 +124,7 @@ fn ipv4(ctx: &TcContext, side: Side) -> i32 {
             Side::Pod => nodeport::from_pod::<V4>(ctx, &ip),
         },
         parse::IPPROTO_ICMP => icmp::translate_error(ctx, &ip, side),
-        _ => verdict::PASS,
+        _ => Ok(verdict::PASS),
     }
 }
 
@@ -144,12 +133,10 @@ fn ipv4(ctx: &TcContext, side: Side) -> i32 {
 /// passes), parsed into the per-CPU scratch (ns.rs). ICMPv6 other than
 /// errors (Neighbor Discovery, echo, MLD) passes untouched.
 #[inline(always)]
-fn ipv6(ctx: &TcContext, side: Side) -> i32 {
-    let Some(ip) = ns::packet6() else {
-        return verdict::PASS;
-    };
+fn ipv6(ctx: &TcContext, side: Side) -> Outcome {
+    let ip = ns::packet6().ok_or(DropReason::Internal)?;
     if !parse::ipv6(ctx, ip) {
-        return verdict::PASS;
+        return Ok(verdict::PASS);
     }
     let ip = &*ip;
     match ip.proto {
@@ -158,7 +145,7 @@ fn ipv6(ctx: &TcContext, side: Side) -> i32 {
             Side::Egress => nodeport::egress::<V6>(ctx, ip),
             Side::Pod => nodeport::from_pod::<V6>(ctx, ip),
         },
-        parse::IPPROTO_ICMPV6 => icmp6::translate_error(ctx, ip, side),
-        _ => verdict::PASS,
+        parse::IPPROTO_ICMPV6 => icmp6::translate_error(ctx, ip, side).get(),
+        _ => Ok(verdict::PASS),
     }
 }

@@ -352,11 +352,7 @@ impl Metrics {
                 .iter()
                 .find(|(event, _)| *event == counter)
                 .map_or(0, |(_, n)| *n);
-            let _ = writeln!(
-                out,
-                "ferry_drops_total{{reason=\"{}\"}} {n}",
-                reason.name()
-            );
+            let _ = writeln!(out, "ferry_drops_total{{reason=\"{}\"}} {n}", reason.name());
         }
         let _ = writeln!(
             out,
