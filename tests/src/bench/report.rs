@@ -38,7 +38,7 @@ pub fn write(out: &Path, r: &Report) -> Result<PathBuf> {
 // ---------------------------------------------------------------------------------------------
 // Formatting
 
-fn num(x: f64) -> String {
+pub(super) fn num(x: f64) -> String {
     if !x.is_finite() {
         return "–".into();
     }
@@ -71,7 +71,7 @@ fn count(n: usize) -> String {
     }
 }
 
-fn cell(s: Option<Summary>) -> String {
+pub(super) fn cell(s: Option<Summary>) -> String {
     match s {
         Some(s) if s.n > 1 => format!("{} ({}–{})", num(s.median), num(s.min), num(s.max)),
         Some(s) => num(s.median),
@@ -79,7 +79,7 @@ fn cell(s: Option<Summary>) -> String {
     }
 }
 
-fn ratio_cell(r: Option<f64>) -> String {
+pub(super) fn ratio_cell(r: Option<f64>) -> String {
     r.map_or("–".into(), |r| format!("{r:.2}"))
 }
 
@@ -511,6 +511,13 @@ fn markdown(r: &Report, plots: &Plots) -> String {
     let _ = writeln!(md, "\n## 4. Control plane\n");
     match &r.control {
         Outcome::Done(cp) => control(&mut md, cp, plots),
+        Outcome::NotMeasured(why) => not_measured(&mut md, why),
+    }
+
+    // 5. Flood
+    let _ = writeln!(md, "\n## 5. Flood: north-south packets per second\n");
+    match &r.flood {
+        Outcome::Done(f) => super::flood::markdown(&mut md, f),
         Outcome::NotMeasured(why) => not_measured(&mut md, why),
     }
 
