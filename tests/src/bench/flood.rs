@@ -30,8 +30,9 @@
 //! process (`-P 1`), which it pins to CPU 0, so the whole path runs on CPU 0 and the other CPU
 //! stays with the rest of the machine. The rate is thus that of generator plus path on one
 //! CPU; the generator's share is the same for every contender, so the ratios understate the
-//! differences between paths. trafgen is told to leave the machine's socket memory settings
-//! and IRQ affinities alone (`--no-sock-mem --notouch-irq`). The frames never leave the lab's
+//! differences between paths. trafgen runs at high priority (`-H`, nice -20, for the seconds
+//! of a run), and is told to leave the machine's socket memory settings and IRQ affinities
+//! alone (`--no-sock-mem --notouch-irq`). The frames never leave the lab's
 //! namespaces, none of which is linked to the root namespace.
 
 use std::{
@@ -47,7 +48,11 @@ use super::{
     kubeproxy,
     synth::Svc,
 };
-use crate::{AgentOpts, Cluster, Endpoint, EndpointSlice, Service, lab::Pod, proc::Proc};
+use crate::{
+    AgentOpts, Cluster, Endpoint, EndpointSlice, Service,
+    lab::Pod,
+    proc::{self, Proc},
+};
 
 /// The service's UDP port (and its backends').
 const PORT: u16 = 9000;
@@ -312,7 +317,9 @@ impl Bench<'_> {
     /// One run at full speed: (forwarded, offered) frames per second over `secs`.
     fn flood(&self, path: &Route, secs: f64) -> Result<(f64, f64)> {
         let config = path.config.to_string_lossy().into_owned();
-        let args = self.trafgen_args(&config, &[]);
+        // -H: nice -20 for the generator alone, so that the builds sharing the machine do
+        // not starve the CPU that runs generator and path alike.
+        let args = self.trafgen_args(&config, &["-H"]);
         let gen_ns = self.ext.netns.clone();
         let before = packets(&gen_ns, "eth0")?.1;
         let generator: Proc = self.cl.spawn(&self.ext, "trafgen", &args);
@@ -348,14 +355,28 @@ impl Bench<'_> {
     }
 }
 
-/// Stops trafgen the way it expects, SIGINT (it ignores SIGTERM; its parent then ends the
-/// sending child it forked); SIGKILL only if it has not exited 5 s later.
+/// Stops trafgen. Its parent forks the sending process and waits for it; SIGINT (Ctrl-C
+/// sends it to the whole process group) stops both, but the parent alone passes it on to no
+/// one, and both ignore SIGTERM. So its children get SIGINT first, then the parent; whatever
+/// is still running 5 s later is killed.
 fn stop(generator: &Proc) {
-    if let Ok(pid) = i32::try_from(generator.pid()) {
-        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
-        unsafe { libc::kill(pid, libc::SIGINT) };
+    let pid = generator.pid();
+    let children: Vec<u32> = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    for &p in children.iter().chain([&pid]) {
+        if let Ok(p) = i32::try_from(p) {
+            // SAFETY: kill(2) on trafgen's processes: our child, unreaped, and its children,
+            // which it reaps (so their pids stay theirs while it runs).
+            unsafe { libc::kill(p, libc::SIGINT) };
+        }
     }
     if generator.wait_exit(Duration::from_secs(5)).is_none() {
+        for &p in &children {
+            proc::terminate_pid(p, "trafgen", Duration::from_millis(100));
+        }
         generator.terminate();
     }
 }
@@ -505,7 +526,8 @@ pub fn markdown(md: &mut String, r: &Results) {
          wire), correct checksums, checksum offload off on every veth. *Forwarded*: frames \
          the backend's veth received per second (its `rx_packets` over the window, exact); \
          *offered*: frames the generator's veth sent in the same window. On veth every hop runs \
-         in the softirq of the sending CPU: trafgen runs one process, pinned to CPU 0, so \
+         in the softirq of the sending CPU: trafgen runs one process at high priority \
+         (`-H`), pinned to CPU 0, so \
          generator and path share that CPU (the other is left to the rest of the machine) and \
          the ratios understate the paths' differences. {} rounds of {} s, the contenders \
          interleaved.\n\n\
