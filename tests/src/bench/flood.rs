@@ -500,8 +500,49 @@ pub fn run(config: &Config) -> Result<Results> {
     })
 }
 
+/// The section's bar chart, written next to benchmarks.md.
+pub const PNG: &str = "bench-flood.png";
+
+/// The chart's data (`.flood.dat`: contender, median, min, max) and gnuplot script; None
+/// when no contender was measured.
+pub fn plot(r: &Results) -> Option<(String, String)> {
+    use std::fmt::Write as _;
+
+    use super::stats::Summary;
+    let mut data = String::from("# contender median min max (forwarded packets/s)\n");
+    for p in &r.points {
+        if let Some(s) = Summary::of(&p.pps) {
+            let _ = writeln!(
+                data,
+                "\"{}\" {} {} {}",
+                p.contender.label(),
+                s.median,
+                s.min,
+                s.max
+            );
+        }
+    }
+    if data.lines().count() < 2 {
+        return None;
+    }
+    let script = format!(
+        "set terminal pngcairo size 900,480 font ',11'\nset output '{PNG}'\n\
+         set title 'Flood: UDP frames forwarded north-south per second ({} flows)'\n\
+         set ylabel 'packets / s (median, min-max)'\nset yrange [0:*]\nset grid ytics\n\
+         set style fill solid 0.5\nset boxwidth 0.6\n\
+         plot '.flood.dat' using 0:2:xtic(1) with boxes lc 1 notitle, \
+         '' using 0:2:3:4 with yerrorbars lc rgb 'black' pt 0 notitle\n",
+        num_flows(r.flows)
+    );
+    Some((data, script))
+}
+
+fn num_flows(n: u32) -> String {
+    super::report::num(f64::from(n))
+}
+
 /// The section of docs/benchmarks.md.
-pub fn markdown(md: &mut String, r: &Results) {
+pub fn markdown(md: &mut String, r: &Results, png: Option<&str>) {
     use std::fmt::Write as _;
 
     use super::{
@@ -573,6 +614,9 @@ pub fn markdown(md: &mut String, r: &Results) {
         None => "not measured yet".into(),
     };
     let _ = writeln!(md, "\nTarget: ferry (XDP) ≥ 2× ferry (TC): {target}.");
+    if let Some(png) = png {
+        let _ = writeln!(md, "\n![Flood: packets per second forwarded]({png})");
+    }
     let failed: Vec<String> = r
         .points
         .iter()
