@@ -8,6 +8,7 @@
 pub mod control;
 pub mod eastwest;
 pub mod env;
+pub mod flood;
 pub mod kubeproxy;
 pub mod load;
 pub mod monitor;
@@ -106,7 +107,7 @@ pub struct Options {
     pub quick: bool,
     /// Where benchmarks.md, benchmarks.json and the plots go.
     pub out: PathBuf,
-    /// Sections to run (all when empty): eastwest, northsouth, progcost, control.
+    /// Sections to run (all when empty): eastwest, northsouth, progcost, control, flood.
     pub only: Vec<String>,
     /// Keep the other sections of the report already in `out` (benchmarks.json) and replace
     /// only the ones run now; with `only` empty, run nothing and re-render the report.
@@ -124,6 +125,9 @@ pub struct Report {
     pub northsouth: Outcome<northsouth::Results>,
     pub progcost: Outcome<progcost::Results>,
     pub control: Outcome<Vec<control::SizeResult>>,
+    /// Absent from reports written before the section existed.
+    #[serde(default = "skipped_section")]
+    pub flood: Outcome<flood::Results>,
 }
 
 /// Runs the sections and writes the report; returns the markdown file's path.
@@ -201,6 +205,11 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
     } else {
         skipped_section()
     };
+    let flood = if wanted("flood") {
+        Outcome::from_result(run_flood(opts.quick))
+    } else {
+        skipped_section()
+    };
     let mut report = Report {
         quick: opts.quick,
         machine,
@@ -209,6 +218,7 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
         northsouth,
         progcost,
         control,
+        flood,
     };
     if let Some(prev) = previous {
         report.machine = prev.machine;
@@ -226,12 +236,32 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
         if !wanted("control") {
             report.control = prev.control;
         }
+        if !wanted("flood") {
+            report.flood = prev.flood;
+        }
     }
     report::write(&opts.out, &report)
 }
 
 fn skipped_section<T>() -> Outcome<T> {
     Outcome::NotMeasured("not selected (--only)".into())
+}
+
+fn run_flood(quick: bool) -> Result<flood::Results> {
+    env::tool("trafgen", "netsniff-ng")?;
+    env::tool("iptables-restore", "iptables")?;
+    let config = if quick {
+        flood::Config {
+            rounds: 1,
+            secs: 1.0,
+        }
+    } else {
+        flood::Config {
+            rounds: 5,
+            secs: 3.0,
+        }
+    };
+    flood::run(&config)
 }
 
 fn run_eastwest(quick: bool, monitor: bool) -> Result<eastwest::Results> {

@@ -38,7 +38,7 @@ pub fn write(out: &Path, r: &Report) -> Result<PathBuf> {
 // ---------------------------------------------------------------------------------------------
 // Formatting
 
-fn num(x: f64) -> String {
+pub(super) fn num(x: f64) -> String {
     if !x.is_finite() {
         return "–".into();
     }
@@ -71,7 +71,7 @@ fn count(n: usize) -> String {
     }
 }
 
-fn cell(s: Option<Summary>) -> String {
+pub(super) fn cell(s: Option<Summary>) -> String {
     match s {
         Some(s) if s.n > 1 => format!("{} ({}–{})", num(s.median), num(s.min), num(s.max)),
         Some(s) => num(s.median),
@@ -79,7 +79,7 @@ fn cell(s: Option<Summary>) -> String {
     }
 }
 
-fn ratio_cell(r: Option<f64>) -> String {
+pub(super) fn ratio_cell(r: Option<f64>) -> String {
     r.map_or("–".into(), |r| format!("{r:.2}"))
 }
 
@@ -184,6 +184,7 @@ fn p99(p: &Point) -> &[f64] {
 struct Plots {
     eastwest: Option<String>,
     control: Option<String>,
+    flood: Option<String>,
     note: Option<String>,
 }
 
@@ -207,6 +208,7 @@ fn plot(out: &Path, r: &Report) -> Plots {
     let mut plots = Plots {
         eastwest: None,
         control: None,
+        flood: None,
         note: None,
     };
     if super::env::tool("gnuplot", "gnuplot-nox").is_err() {
@@ -322,6 +324,17 @@ fn plot(out: &Path, r: &Report) -> Plots {
         {
             Ok(()) => plots.control = Some(CP_PNG.into()),
             Err(e) => errors.push(format!("control-plane plot: {e:#}")),
+        }
+        let _ = fs::remove_file(&dat);
+    }
+    if let Some((data, script)) = r.flood.done().and_then(super::flood::plot) {
+        let dat = out.join(".flood.dat");
+        match fs::write(&dat, data)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| gnuplot(out, &script))
+        {
+            Ok(()) => plots.flood = Some(super::flood::PNG.into()),
+            Err(e) => errors.push(format!("flood plot: {e:#}")),
         }
         let _ = fs::remove_file(&dat);
     }
@@ -513,6 +526,13 @@ fn markdown(r: &Report, plots: &Plots) -> String {
     let _ = writeln!(md, "\n## 4. Control plane\n");
     match &r.control {
         Outcome::Done(cp) => control(&mut md, cp, plots),
+        Outcome::NotMeasured(why) => not_measured(&mut md, why),
+    }
+
+    // 5. Flood
+    let _ = writeln!(md, "\n## 5. Flood: north-south packets per second\n");
+    match &r.flood {
+        Outcome::Done(f) => super::flood::markdown(&mut md, f, plots.flood.as_deref()),
         Outcome::NotMeasured(why) => not_measured(&mut md, why),
     }
 

@@ -15,7 +15,7 @@ use ferry_tests::{
     is_root,
 };
 
-const USAGE: &str = "usage: ferry-bench run [--quick] [--out DIR] [--only eastwest,northsouth,progcost,control] [--merge] [--monitor]\n       ferry-bench serve --port PORT [--lifetime SECS]";
+const USAGE: &str = "usage: ferry-bench run [--quick] [--out DIR] [--only eastwest,northsouth,progcost,control,flood] [--merge] [--monitor]\n       ferry-bench serve --port PORT [--lifetime SECS]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
