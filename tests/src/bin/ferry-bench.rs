@@ -2,8 +2,9 @@
 //! rules (see docs/benchmarks.md). Run by `cargo xtask bench`; needs root.
 //!
 //! ```text
-//! ferry-bench run [--quick] [--out DIR] [--only SECTION[,SECTION..]] [--merge]
+//! ferry-bench run [--quick] [--out DIR] [--only SECTION[,SECTION..]] [--merge] [--sizes N[,N..]]
 //!     --merge: rerun only the --only sections into DIR's existing report (none: re-render it)
+//!     --sizes: the east-west section's service counts (default 1,1000,10000), both families
 //! ferry-bench serve --port PORT [--lifetime SECS]     (the backends' HTTP server)
 //! ```
 
@@ -14,7 +15,7 @@ use ferry_tests::{
     is_root,
 };
 
-const USAGE: &str = "usage: ferry-bench run [--quick] [--out DIR] [--only eastwest,northsouth,progcost,control] [--merge]\n       ferry-bench serve --port PORT [--lifetime SECS]";
+const USAGE: &str = "usage: ferry-bench run [--quick] [--out DIR] [--only eastwest,northsouth,progcost,control] [--merge] [--sizes N[,N..]]\n       ferry-bench serve --port PORT [--lifetime SECS]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -61,6 +62,7 @@ fn run(args: &[String]) -> ExitCode {
         out: PathBuf::from("docs"),
         only: Vec::new(),
         merge: false,
+        eastwest_sizes: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -74,6 +76,14 @@ fn run(args: &[String]) -> ExitCode {
             "--only" => match it.next() {
                 Some(v) => opts.only = v.split(',').map(str::to_owned).collect(),
                 None => return usage(),
+            },
+            "--sizes" => match it.next().map(|v| {
+                v.split(',')
+                    .map(str::parse::<usize>)
+                    .collect::<Result<Vec<_>, _>>()
+            }) {
+                Some(Ok(sizes)) if !sizes.is_empty() => opts.eastwest_sizes = Some(sizes),
+                _ => return usage(),
             },
             _ => return usage(),
         }
