@@ -297,7 +297,9 @@ fn a_program_swapped_into_ferrys_link_is_swapped_back_in_the_same_link() {
         "{log}"
     );
 
-    // The egress guard's link (cgroup_skb, swapped through ferry's own BPF_LINK_UPDATE).
+    // The egress guard's link (cgroup_skb, swapped through ferry's own BPF_LINK_UPDATE),
+    // attached while a Service needs it.
+    let _guarded = apply_guarded(&lab, "guarded", "10.96.0.77");
     let pin = lab.pin_dir().join("ferry_link_guard4");
     let before = pinned_link(&pin);
     let guard: &mut CgroupSkb = foreign
@@ -353,6 +355,8 @@ fn cleanup_cgroup_detaches_a_hung_agents_links_and_nothing_else() {
     require_root!();
     let lab = Lab::new("cleanup_cgroup_detaches_a_hung_agents_links_and_nothing_else");
     let (_b1, _e1, _svc, _slice) = serve_web(&lab, VIP, "web");
+    // Every cgroup program attached, the egress guard too.
+    let _guarded = apply_guarded(&lab, "guarded", "10.96.0.77");
     let client = lab.add_pod("client");
     assert_all_ok(&lab.tcp(&client, &format!("{VIP}:80"), 3), "before");
 

@@ -464,3 +464,50 @@ fn load_balancer_source_ranges_apply_to_pods_and_the_host(family: Family) {
         "{family}: no packet to the LB IP left a socket"
     );
 }
+
+/// The egress guard runs on every packet of every socket in the cgroup, and only sockets of
+/// the two rules above need it: the agent attaches it before it writes the first Service that
+/// needs it and detaches it once none is left (at the next link check), so a cluster without
+/// such Services pays nothing per packet.
+#[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
+fn the_egress_guard_is_attached_only_while_a_service_needs_it() {
+    require_root!();
+    let lab = Lab::new("the_egress_guard_is_attached_only_while_a_service_needs_it");
+    let (_b1, _e1, _web, _web_slice) = serve_web(&lab, "10.96.0.10", "web");
+    let on_cgroup = || lab.bpftool_cgroup_show().contains("ferry_guard4");
+    assert!(!guard_pin(&lab).exists(), "no guard for a Cluster policy");
+    assert!(!on_cgroup(), "{}", lab.bpftool_cgroup_show());
+
+    let (svc, slice) = apply_guarded(&lab, "guarded", "10.96.0.77");
+    assert!(on_cgroup(), "{}", lab.bpftool_cgroup_show());
+    let client = lab.add_pod("client");
+    let drops = counter(&lab, "guard_no_local_drop");
+    let a = lab.client(&client, &["tcp", "10.96.0.77:80", "--timeout-ms", "300"]);
+    assert!(!a[0].ok, "dropped: {a:?}");
+    assert!(
+        counter(&lab, "guard_no_local_drop") > drops,
+        "the guard dropped it"
+    );
+
+    lab.manifests().delete(&slice);
+    lab.manifests().delete(&svc);
+    let start = std::time::Instant::now();
+    let within = ferry::datapath::links::CHECK_PERIOD + DEADLINE;
+    while guard_pin(&lab).exists() || on_cgroup() {
+        assert!(
+            start.elapsed() < within,
+            "the guard stayed without a Service needing it: {}",
+            lab.agent_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    report(
+        "last guarded Service deleted -> guard detached",
+        start.elapsed(),
+    );
+    assert_all_ok(
+        &lab.tcp(&client, "10.96.0.10:80", 3),
+        "served without the guard",
+    );
+}

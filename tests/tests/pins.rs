@@ -334,7 +334,9 @@ fn links_detached_or_unpinned_by_another_process_are_repaired_and_reported() {
     assert_eq!(link_id(&send4), Some(id), "the same link, pinned again");
     assert_eq!(healthz(&lab).1["links"]["repairs"], 2);
 
-    // The egress guard (a cgroup_skb link) detached: attached anew.
+    // The egress guard (a cgroup_skb link, attached while a Service needs it) detached:
+    // attached anew.
+    let _guarded = apply_guarded(&lab, "guarded", "10.96.0.77");
     let guard = dir.join("ferry_link_guard4");
     let before = link_id(&guard).expect("the guard's link");
     proc::run(

@@ -58,6 +58,9 @@ fn agent_restart_keeps_serving_and_adopts_the_pinned_state() {
         Protocol::Udp,
         &[ep(&bs[0], 8053), ep(&bs[1], 8053)],
     );
+    // The egress guard is attached only while a Service needs it: one does here, so that the
+    // restart swaps it into its link like the hooks.
+    let _guarded = apply_guarded(&lab, "guarded", "10.96.0.77");
     let before = identities(&lab.services());
 
     let mut tcp = lab.client_loop(

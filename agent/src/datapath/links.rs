@@ -68,6 +68,11 @@ impl Links {
         Ok(())
     }
 
+    /// Lets go of the link pinned at `pin` (the caller removes the pin).
+    pub fn release(&mut self, pin: &Path) {
+        self.held.remove(pin);
+    }
+
     /// Lets go of the links of `programs` on devices not in `keep` (their
     /// pins are removed by the caller; without our descriptor they then
     /// detach).

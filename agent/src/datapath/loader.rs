@@ -1,6 +1,7 @@
 //! Loads ferry's eBPF object with its maps pinned by name, and attaches the
-//! socket-layer programs and the egress guard to the cgroup through pinned
-//! links.
+//! socket-layer programs to the cgroup through pinned links; the egress
+//! guard is attached the same way while a Service needs it
+//! ([`Loaded::set_guard`]).
 //!
 //! A restarted agent finds the pins of its predecessor: the maps are reused
 //! as they are (so nothing programmed is lost), and each pinned link gets the
@@ -63,6 +64,10 @@ pub struct Loaded {
     pub sock_gc: Option<super::sock_gc::SockGc>,
     /// Every link, held and verified ([`Loaded::verify_links`]).
     pub(super) links: Links,
+    /// The cgroup the programs are attached to.
+    cgroup: PathBuf,
+    /// The egress guard is attached (its link held and pinned).
+    guard_attached: bool,
 }
 
 /// What happened to each program's link at load time.
@@ -112,19 +117,27 @@ impl Loaded {
             source,
         })?;
         let mut links = Links::default();
-        // The guard first (cgroup_programs' order): a socket the hooks mark
-        // must never find it absent.
         for (name, _) in paths::cgroup_programs() {
             load_cgroup_program(&mut ebpf, name)?;
         }
+        // The guard first (cgroup_programs' order): a socket the hooks mark
+        // must never find it absent. A predecessor's guard link is kept, the
+        // new guard swapped in, until the first full sync says whether any
+        // Service still needs it ([`Loaded::set_guard`]); without one, the
+        // guard waits for a Service that needs it.
+        let mut guard_attached = false;
         for (name, link_pin) in paths::cgroup_programs() {
             let pin = pins.link(link_pin);
-            let outcome = attach_cgroup_program(&mut ebpf, name, &cgroup, &pin)?;
             let what = if is_guard(name) {
+                if !pin.exists() {
+                    continue;
+                }
+                guard_attached = true;
                 "egress guard"
             } else {
                 "socket hook"
             };
+            let outcome = attach_cgroup_program(&mut ebpf, name, &cgroup, &pin)?;
             info!(program = name, cgroup = %opts.cgroup.display(), ?outcome, "{what}");
             links.hold(name, pin, Target::Cgroup(opts.cgroup.clone()))?;
         }
@@ -137,9 +150,57 @@ impl Loaded {
                 pins,
                 sock_gc,
                 links,
+                cgroup: opts.cgroup.clone(),
+                guard_attached,
             },
             maps,
         ))
+    }
+
+    /// Whether the egress guard is attached.
+    pub fn guard_attached(&self) -> bool {
+        self.guard_attached
+    }
+
+    /// Attaches the egress guard (`wanted`) or detaches it. It runs on every
+    /// packet of every socket in the cgroup, and only the sockets of two
+    /// rules need it (a Local traffic policy without a local endpoint,
+    /// loadBalancerSourceRanges): the agent attaches it before it writes
+    /// the first frontend of either kind and detaches it once none is left,
+    /// so a cluster without such Services pays nothing per packet.
+    pub fn set_guard(&mut self, wanted: bool) -> Result<()> {
+        if wanted == self.guard_attached {
+            return Ok(());
+        }
+        let (name, link_pin) = paths::GUARD_PROGRAM;
+        let pin = self.pins.link(link_pin);
+        if wanted {
+            let cgroup = fs::File::open(&self.cgroup).map_err(|source| Error::Cgroup {
+                path: self.cgroup.clone(),
+                source,
+            })?;
+            let outcome = attach_cgroup_program(&mut self.ebpf, name, &cgroup, &pin)?;
+            self.links
+                .hold(name, pin, Target::Cgroup(self.cgroup.clone()))?;
+            info!(program = name, cgroup = %self.cgroup.display(), ?outcome,
+                "egress guard attached: a Service needs it");
+        } else {
+            // Without our descriptor and its pin, the link detaches.
+            self.links.release(&pin);
+            match fs::remove_file(&pin) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::Link {
+                        name: name.to_string(),
+                        path: pin,
+                        detail: format!("removing the pin: {e}"),
+                    });
+                }
+                _ => {}
+            }
+            info!(program = name, "egress guard detached: no Service needs it");
+        }
+        self.guard_attached = wanted;
+        Ok(())
     }
 
     /// Attaches the TC programs of `role` to `iface` (or replaces them in

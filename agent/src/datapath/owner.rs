@@ -9,7 +9,7 @@ use std::{
     time::Instant,
 };
 
-use agent_common::{NodeConfig, maps as names, node_flags};
+use agent_common::{NodeConfig, maps as names, node_flags, svc_flags};
 use tracing::{debug, info, warn};
 
 use super::{
@@ -24,7 +24,7 @@ use crate::{
     cli::LbMode,
     control::Dataplane,
     error::{Error, Result},
-    model::{BackendAddr, ServiceName},
+    model::{BackendAddr, Frontend, ServiceName},
     northsouth::{IcmpLimits, sync_cluster_nodes},
 };
 
@@ -110,6 +110,8 @@ impl Datapath {
     }
 
     pub fn retry_due(&mut self, now: Instant) -> SyncOutcome {
+        let needs = self.table.failures().any(|(_, f)| needs_guard(&f.frontend));
+        self.guard_before(needs);
         let out = self.table.retry_due(now);
         self.after_change(&out);
         out
@@ -117,6 +119,34 @@ impl Datapath {
 
     pub fn next_retry(&self) -> Option<Instant> {
         self.table.next_retry()
+    }
+
+    /// Attaches the egress guard before a frontend that needs it is
+    /// written (`needs`): a socket the hooks mark must never find it
+    /// absent. A failure is logged; the frontends are written all the same
+    /// (the link check retries the guard every period).
+    fn guard_before(&mut self, needs: bool) {
+        if needs && let Err(e) = self.loaded.set_guard(true) {
+            warn!(error = %e, "the egress guard could not be attached");
+        }
+    }
+
+    /// Attaches the egress guard while a frontend in the kernel, or one
+    /// waiting for a retry, needs it, and detaches it once none does.
+    fn settle_guard(&mut self) {
+        let wanted = self
+            .table
+            .programmer()
+            .any_flagged(svc_flags::DROP_NO_LOCAL | svc_flags::SOURCE_RANGES)
+            || self.table.failures().any(|(_, f)| needs_guard(&f.frontend));
+        if let Err(e) = self.loaded.set_guard(wanted) {
+            warn!(error = %e, wanted, "the egress guard could not be changed");
+        }
+    }
+
+    /// Whether the egress guard is attached (for tests and `/metrics`).
+    pub fn guard_attached(&self) -> bool {
+        self.loaded.guard_attached()
     }
 
     /// What follows a change of the frontends: connected UDP sockets on
@@ -309,6 +339,7 @@ impl Datapath {
     /// Checks that every link of ferry's is attached, runs ferry's program
     /// and is pinned; repairs what another process changed.
     pub fn verify_links(&mut self) -> LinkReport {
+        self.settle_guard();
         self.loaded.verify_links()
     }
 
@@ -324,6 +355,7 @@ impl Dataplane for Datapath {
         batch: Vec<(ServiceName, ServiceFrontends)>,
         now: Instant,
     ) -> SyncOutcome {
+        self.guard_before(batch_needs_guard(&batch));
         let out = self.table.sync(batch, now);
         self.after_change(&out);
         out
@@ -339,12 +371,28 @@ impl Dataplane for Datapath {
         chunk: Vec<(ServiceName, ServiceFrontends)>,
         now: Instant,
     ) {
+        self.guard_before(batch_needs_guard(&chunk));
         self.table.full_chunk(full, chunk, now)
     }
 
     fn full_end(&mut self, full: FullSync) -> SyncOutcome {
         let out = self.table.full_end(full);
         self.after_change(&out);
+        // A predecessor's guard goes once no Service needs it.
+        self.settle_guard();
         out
     }
+}
+
+/// A frontend whose sockets the egress guard must check: kube-proxy drops
+/// its traffic (a Local policy without a local endpoint) or checks its
+/// sources (loadBalancerSourceRanges).
+fn needs_guard(f: &Frontend) -> bool {
+    f.drop_no_local || !f.source_ranges.is_empty()
+}
+
+fn batch_needs_guard(batch: &[(ServiceName, ServiceFrontends)]) -> bool {
+    batch
+        .iter()
+        .any(|(_, frontends)| frontends.values().any(needs_guard))
 }

@@ -387,6 +387,12 @@ impl<M: LbMaps> Programmer<M> {
         self.frontends.len()
     }
 
+    /// Whether any frontend in the kernel has one of the `svc_flags` in
+    /// `mask` (a walk of the frontends: for periodic checks, not per sync).
+    pub fn any_flagged(&self, mask: u16) -> bool {
+        self.frontends.values().any(|p| p.flags & mask != 0)
+    }
+
     pub fn is_programmed(&self, key: &FrontendKey) -> bool {
         self.frontends.contains_key(key)
     }

@@ -392,6 +392,35 @@ fn source_ranges_follow_the_service_and_go_with_it() {
 }
 
 #[test]
+fn frontends_the_egress_guard_must_check_are_seen_and_adopted() {
+    let maps = FakeMaps::default();
+    let mut p = Programmer::adopt(maps.clone());
+    let mask = svc_flags::DROP_NO_LOCAL | svc_flags::SOURCE_RANGES;
+    let k = key([192, 0, 2, 10], 80);
+    let plain = lb("lb", vec![be(2, 80)]);
+    p.apply(&desired(vec![(k, plain.clone())]));
+    assert!(!p.any_flagged(mask), "no rule of the guard's");
+
+    let mut ranged = plain.clone();
+    ranged.source_ranges = vec![cidr([10, 0, 0, 0], 8)];
+    p.apply(&desired(vec![(k, ranged)]));
+    assert!(p.any_flagged(mask), "source ranges");
+    // A restarted agent sees it in what it adopts.
+    assert!(Programmer::adopt(maps.clone()).any_flagged(mask));
+
+    let mut no_local = lb("lb", vec![]);
+    no_local.drop_no_local = true;
+    p.apply(&desired(vec![(k, no_local)]));
+    assert!(
+        p.any_flagged(mask),
+        "a Local policy without a local endpoint"
+    );
+
+    p.apply(&desired(vec![(k, plain)]));
+    assert!(!p.any_flagged(mask), "none left");
+}
+
+#[test]
 fn maglev_tables_are_written_as_diffs_and_name_only_live_backends() {
     let maps = FakeMaps::default();
     let mut p = Programmer::adopt(maps.clone());

@@ -97,6 +97,16 @@ pub struct Config {
     /// ferry measured with `ferry monitor` listening (bench/monitor.rs).
     #[serde(default)]
     pub monitor: bool,
+    /// The CPU the load tool and both servers are pinned to (`taskset -c`), so that a
+    /// connection's whole cost (client, hooks, softirq, server) is paid on one core, as a busy
+    /// node pays it; None: unpinned (older reports).
+    #[serde(default)]
+    pub pin_cpu: Option<usize>,
+    /// wrk's threads for every contender (0 or 1: one). With two, direct gives each thread one
+    /// backend ([`direct_script`]), so its connections are spread over both servers as the
+    /// Service's are; with one it dials one backend a round (older reports).
+    #[serde(default)]
+    pub threads: u32,
 }
 
 /// All rounds of one contender at one N over one family.
@@ -135,7 +145,7 @@ struct Topo {
     _servers: Vec<Proc>,
 }
 
-fn build(lab: &Lab, bench: &Path) -> Result<Topo> {
+fn build(lab: &Lab, bench: &Path, pin_cpu: Option<usize>) -> Result<Topo> {
     let node = lab.node_netns().to_owned();
     netns::run(&node, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
     netns::sysctl(&node, &["net.ipv6.conf.all.forwarding=1"])?;
@@ -151,18 +161,26 @@ fn build(lab: &Lab, bench: &Path) -> Result<Topo> {
         }
     }
     let mut servers = Vec::new();
+    let bench = bench.to_string_lossy();
+    let port = BACKEND_PORT.to_string();
+    let serve = [
+        bench.as_ref(),
+        "serve",
+        "--port",
+        &port,
+        "--lifetime",
+        "7200",
+    ];
     for pod in &backends {
-        let s = lab.spawn(
-            pod,
-            bench,
-            &[
-                "serve",
-                "--port",
-                &BACKEND_PORT.to_string(),
-                "--lifetime",
-                "7200",
-            ],
-        );
+        // taskset execs the server: the pinning covers every thread it makes.
+        let s = match pin_cpu {
+            Some(cpu) => {
+                let cpu = cpu.to_string();
+                let args: Vec<&str> = ["-c", cpu.as_str()].into_iter().chain(serve).collect();
+                lab.spawn(pod, "taskset", &args)
+            }
+            None => lab.spawn(pod, serve[0], &serve[1..]),
+        };
         if s.wait_line(Duration::from_secs(10), |l| l == "ready")
             .is_none()
         {
@@ -447,7 +465,7 @@ fn check_paths(topo: &Topo, families: &[Family]) -> Result<()> {
 
 pub fn run(lab: &Lab, config: &Config) -> Result<Results> {
     let bench = std::env::current_exe()?;
-    let topo = build(lab, &bench)?;
+    let topo = build(lab, &bench, config.pin_cpu)?;
     let mut out = Results {
         config: config.clone(),
         points: Vec::new(),
@@ -455,6 +473,14 @@ pub fn run(lab: &Lab, config: &Config) -> Result<Results> {
     };
     let backend_ips: Vec<Ipv4Addr> = topo.backends.iter().map(|p| p.ip).collect();
     let mut monitor = None;
+    let scripts: Vec<std::path::PathBuf> = Family::ALL
+        .iter()
+        .map(|&family| {
+            let file = lab.tmp_dir().join(format!("direct-{}.lua", family.label()));
+            std::fs::write(&file, direct_script(&topo.backends, family))?;
+            Ok(file)
+        })
+        .collect::<Result<_>>()?;
     for &n in &config.sizes {
         eprintln!("bench: east-west: programming {n} dual-stack services into each contender…");
         let set = synth::eastwest_set_dual(n, &backend_ips);
@@ -496,9 +522,21 @@ pub fn run(lab: &Lab, config: &Config) -> Result<Results> {
                     // Direct alternates between the two backends, as the service does.
                     let backend = &topo.backends[round % topo.backends.len()];
                     let target = url(c.contender, family, backend);
+                    let spread = c.contender == Contender::Direct && config.threads > 1;
+                    let opts = load::WrkOpts {
+                        cpu: config.pin_cpu,
+                        threads: config.threads,
+                        script: spread.then(|| scripts[family as usize].clone()),
+                    };
                     let short: WrkResult =
-                        load::wrk(&c.place, &target, config.secs, config.conns, true)?;
-                    let kept: WrkResult = load::wrk(&c.place, &target, config.secs, 1, false)?;
+                        load::wrk_on(&c.place, &opts, &target, config.secs, config.conns, true)?;
+                    // One connection: one thread, one backend.
+                    let one = load::WrkOpts {
+                        cpu: config.pin_cpu,
+                        ..Default::default()
+                    };
+                    let kept: WrkResult =
+                        load::wrk_on(&c.place, &one, &target, config.secs, 1, false)?;
                     let Some(p) = points
                         .iter_mut()
                         .find(|p| p.family == family && p.contender == c.contender)
@@ -526,6 +564,26 @@ pub fn run(lab: &Lab, config: &Config) -> Result<Results> {
     }
     drop(monitor);
     Ok(out)
+}
+
+/// The wrk script of the direct contender: each thread dials one backend, in turn (`setup`
+/// runs once per thread), so that with two threads both servers take half the connections, as
+/// behind the Service, instead of one server taking them all.
+fn direct_script(backends: &[Pod], family: Family) -> String {
+    let hosts: Vec<String> = backends
+        .iter()
+        .map(|b| {
+            let ip: IpAddr = match family {
+                Family::V4 => b.ip.into(),
+                Family::V6 => b.ip6.into(),
+            };
+            format!("\"{ip}\"")
+        })
+        .collect();
+    format!(
+        "local hosts = {{ {} }}\nlocal n = 0\nfunction setup(thread)\n  local host = hosts[n % #hosts + 1]\n  n = n + 1\n  thread.addr = wrk.lookup(host, \"{BACKEND_PORT}\")[1]\nend\n",
+        hosts.join(", ")
+    )
 }
 
 /// The lab namespace of the iptables router (for the control-plane section's restore timing).

@@ -38,10 +38,43 @@ pub fn wrk(
     conns: u32,
     close: bool,
 ) -> Result<WrkResult> {
+    wrk_on(place, &WrkOpts::default(), url, secs, conns, close)
+}
+
+/// How [`wrk_on`] runs wrk.
+#[derive(Clone, Debug, Default)]
+pub struct WrkOpts {
+    /// Pinned to this CPU (`taskset -c`: wrk and its threads run there only).
+    pub cpu: Option<usize>,
+    /// wrk's threads (`-t`; 0 is 1), the connections shared among them.
+    pub threads: u32,
+    /// A wrk Lua script (`-s`), e.g. one that gives each thread its own server address.
+    pub script: Option<std::path::PathBuf>,
+}
+
+/// [`wrk`] as `opts` says.
+pub fn wrk_on(
+    place: &ClientPlace,
+    opts: &WrkOpts,
+    url: &str,
+    secs: f64,
+    conns: u32,
+    close: bool,
+) -> Result<WrkResult> {
     let duration = format!("{}s", secs.max(1.0).round() as u64);
-    let mut cmd = Command::new("wrk");
+    let mut cmd = match opts.cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string(), "wrk"]);
+            c
+        }
+        None => Command::new("wrk"),
+    };
+    // wrk wants at least as many connections as threads.
+    let threads = opts.threads.clamp(1, conns.max(1));
     cmd.args([
-        "-t1",
+        "-t",
+        &threads.to_string(),
         "-c",
         &conns.to_string(),
         "-d",
@@ -51,6 +84,9 @@ pub fn wrk(
     .args(["--timeout", "2s"]);
     if close {
         cmd.args(["-H", "Connection: close"]);
+    }
+    if let Some(script) = &opts.script {
+        cmd.arg("-s").arg(script);
     }
     cmd.arg(url);
     let placement = Placement {

@@ -394,11 +394,29 @@ fn markdown(r: &Report, plots: &Plots) -> String {
         Outcome::Done(ew) => {
             let _ = writeln!(
                 md,
-                "\n{} rounds of {} s per contender and N.{}",
+                "\n{} rounds of {} s per contender and N, {} connections.{}",
                 ew.config.rounds,
                 ew.config.secs,
+                ew.config.conns,
                 monitor_note(ew.config.monitor)
             );
+            if ew.config.threads > 1 {
+                let _ = writeln!(
+                    md,
+                    "\nwrk runs {} threads (`-t{}`) for every contender; direct gives each thread one \
+                     backend (a `setup` script), so both servers take half of its connections as \
+                     they do behind the Service.",
+                    ew.config.threads, ew.config.threads
+                );
+            }
+            if let Some(cpu) = ew.config.pin_cpu {
+                let _ = writeln!(
+                    md,
+                    "\nwrk and both servers are pinned to CPU {cpu} (`taskset -c {cpu}`): one core \
+                     pays for each connection end to end (client, socket hooks, softirq, server), \
+                     so what a contender costs per connection shows in connections/s."
+                );
+            }
             if ew.points.iter().any(|p| p.family == Family::V6) {
                 let _ = writeln!(
                     md,

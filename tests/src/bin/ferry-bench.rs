@@ -3,8 +3,10 @@
 //!
 //! ```text
 //! ferry-bench run [--quick] [--out DIR] [--only SECTION[,SECTION..]] [--merge] [--monitor]
+//!                 [--sizes N[,N..]]
 //!     --merge: rerun only the --only sections into DIR's existing report (none: re-render it)
 //!     --monitor: ferry with `ferry monitor` listening (east-west, north-south)
+//!     --sizes: the east-west section's service counts (default 1,1000,10000), both families
 //! ferry-bench serve --port PORT [--lifetime SECS]     (the backends' HTTP server)
 //! ```
 
@@ -15,7 +17,7 @@ use ferry_tests::{
     is_root,
 };
 
-const USAGE: &str = "usage: ferry-bench run [--quick] [--out DIR] [--only eastwest,northsouth,progcost,control,flood] [--merge] [--monitor]\n       ferry-bench serve --port PORT [--lifetime SECS]";
+const USAGE: &str = "usage: ferry-bench run [--quick] [--out DIR] [--only eastwest,northsouth,progcost,control,flood] [--merge] [--monitor] [--sizes N[,N..]]\n       ferry-bench serve --port PORT [--lifetime SECS]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -63,6 +65,7 @@ fn run(args: &[String]) -> ExitCode {
         only: Vec::new(),
         merge: false,
         monitor: false,
+        eastwest_sizes: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -77,6 +80,14 @@ fn run(args: &[String]) -> ExitCode {
             "--only" => match it.next() {
                 Some(v) => opts.only = v.split(',').map(str::to_owned).collect(),
                 None => return usage(),
+            },
+            "--sizes" => match it.next().map(|v| {
+                v.split(',')
+                    .map(str::parse::<usize>)
+                    .collect::<Result<Vec<_>, _>>()
+            }) {
+                Some(Ok(sizes)) if !sizes.is_empty() => opts.eastwest_sizes = Some(sizes),
+                _ => return usage(),
             },
             _ => return usage(),
         }

@@ -119,3 +119,33 @@ pub fn assert_untranslated(a: &Attempt, what: &str) {
 pub fn assert_not_served(a: &Attempt, what: &str) {
     assert!(!a.ok, "{what}: reached {:?} ({})", a.reply, a.raw);
 }
+
+/// The egress guard's link pin in the lab's pin directory.
+pub fn guard_pin(lab: &Lab) -> std::path::PathBuf {
+    lab.pin_dir().join(ferry::paths::GUARD_PROGRAM.1)
+}
+
+/// Applies a Service the egress guard is attached for (internalTrafficPolicy Local, its only
+/// endpoint on another node: kube-proxy drops its traffic) on `vip`:80, and waits until the
+/// agent attached and pinned the guard (it does so only while a Service needs it).
+pub fn apply_guarded(lab: &Lab, name: &str, vip: &str) -> (Service, EndpointSlice) {
+    let svc = Service::cluster_ip(name, vip)
+        .port_to("http", 80, "TCP", 8080u16)
+        .internal_traffic_policy("Local");
+    let slice = EndpointSlice::new(&format!("{name}-1"), name)
+        .port("http", 8080, "TCP")
+        .endpoints([Endpoint::ready("10.244.99.9").node("node-2")]);
+    lab.manifests().apply(&svc);
+    lab.manifests().apply(&slice);
+    let start = std::time::Instant::now();
+    while !guard_pin(lab).exists() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the egress guard was not attached for {name}: {}",
+            lab.agent_log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    report("guarded Service applied -> guard pinned", start.elapsed());
+    (svc, slice)
+}
