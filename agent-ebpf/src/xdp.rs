@@ -17,7 +17,9 @@
 //! frontends without endpoints (TC answers them), packets for no frontend,
 //! flows whose backend went away (TC forgets and chooses again), and
 //! anything the FIB cannot send straight away (no neighbour, TTL expiring,
-//! the MTU). A route lookup is made before any state: a new flow that XDP
+//! the MTU) or that leaves through a device other than the node's
+//! north-south ones (a local backend behind a bridge: see `may_send_to`).
+//! A route lookup is made before any state: a new flow that XDP
 //! cannot send is left to TC whole.
 //!
 //! Drops (source range, no local endpoint, no backend, NAT failed, a
@@ -41,7 +43,7 @@ use crate::{
     drop::{self, DropReason, Raw},
     family::{Family as _, V4},
     fib::AF_INET,
-    maps::count,
+    maps::{NODE_ADDR_V4, count},
     nodeport,
     ns::{CtVal, Ns, Room},
     parse::{self, ETH_P_IP, IP_OFF, IPV4_MIN_HLEN, Ipv4, Ipv4Hdr, Tuple},
@@ -309,8 +311,9 @@ fn ingress_ifindex(ctx: &XdpContext) -> u32 {
 }
 
 /// Looks up the route of the packet `ip` translated to `saddr` -> `daddr`
-/// into `p`: true when the FIB names the next hop with its MACs and the
-/// packet fits its MTU. A TTL that would expire here is the stack's.
+/// into `p`: true when the FIB names the next hop with its MACs, the
+/// packet fits its MTU and XDP may send to the device ([`may_send_to`]).
+/// A TTL that would expire here is the stack's.
 #[inline(always)]
 fn route(ctx: &XdpContext, ip: &Ipv4, saddr: u32, daddr: u32, p: &mut bpf_fib_lookup) -> bool {
     if ip.hdr.ttl <= 1 {
@@ -332,7 +335,7 @@ fn route(ctx: &XdpContext, ip: &Ipv4, saddr: u32, daddr: u32, p: &mut bpf_fib_lo
             0,
         )
     };
-    rc as u32 == BPF_FIB_LKUP_RET_SUCCESS
+    rc as u32 == BPF_FIB_LKUP_RET_SUCCESS && may_send_to(ctx, p.ifindex)
 }
 
 /// A tracked packet: routed, then rewritten to `nat` and sent; PASS (the
@@ -411,4 +414,16 @@ fn rewrite_and_send(ctx: &XdpContext, ip: &Ipv4, nat: Nat, p: &bpf_fib_lookup) -
     }
     // SAFETY: a plain helper call.
     Ok(unsafe { h::bpf_redirect(p.ifindex, 0) } as u32)
+}
+
+/// Whether XDP may send a packet out of device `ifindex` (the FIB's
+/// egress): the ingress device (XDP_TX) or another of the node's
+/// north-south devices (those with an address in `ferry_node_addr_v4`,
+/// where the agent attaches this program too). A native redirect to a
+/// device that cannot transmit XDP frames (a bridge, a pod's veth whose
+/// peer has no NAPI) drops the packet, so anything else (local pods
+/// behind a bridge, say) is the stack's: passed to TC before any state.
+#[inline(always)]
+fn may_send_to(ctx: &XdpContext, ifindex: u32) -> bool {
+    ifindex == ingress_ifindex(ctx) || NODE_ADDR_V4.get_ptr(&ifindex).is_some()
 }

@@ -44,13 +44,23 @@ fn fixture(f: &mut Fixture, n: &'static Net) {
     f.allow_source(11, n.client2, 32);
 }
 
+/// The FIB's next hop ([`next_hop`]), made one of the node's north-south devices (an address
+/// in the node address map): XDP sends only there or back out of the ingress device.
+fn next_hop_is_a_node_device(f: &mut Fixture, n: &'static Net) {
+    // SAFETY: a NUL-terminated name.
+    let d0 = unsafe { libc::if_nametoindex(c"d0".as_ptr()) };
+    assert_ne!(d0, 0, "no device d0");
+    f.node_addr(d0, n.node);
+    fixture(f, n);
+}
+
 pub static TABLE: &[Scenario] = &[
     Scenario {
         desc: "XDP: a NodePort flow with SNAT, started by XDP, continued by XDP and by TC",
         families: V4,
         targets: XDP_TC,
         netns: |n| next_hop(n, None, &["10.244.0.0/16", "198.51.100.0/24"]),
-        fixture,
+        fixture: next_hop_is_a_node_device,
         steps: |n| {
             let np = sa(n.node, 30080);
             let pod = sa(n.remote_pod, 8080);
@@ -136,7 +146,7 @@ pub static TABLE: &[Scenario] = &[
         families: V4,
         targets: XDP_TC,
         netns: |n| next_hop(n, None, &["10.244.0.0/16", "198.51.100.0/24"]),
-        fixture,
+        fixture: next_hop_is_a_node_device,
         steps: |n| {
             let np = sa(n.node, 30080);
             let dns = sa(n.node, 30053);
@@ -208,7 +218,7 @@ pub static TABLE: &[Scenario] = &[
         families: V4,
         targets: XDP_TC,
         netns: |n| next_hop(n, None, &["10.244.0.0/16", "198.51.100.0/24"]),
-        fixture,
+        fixture: next_hop_is_a_node_device,
         steps: |n| {
             let vip = sa(n.lb_vip, 80);
             let pod = sa(n.local_pod, 8080);
@@ -295,6 +305,28 @@ pub static TABLE: &[Scenario] = &[
                     .ct_len(2)
                 }),
             ]
+        },
+    },
+    Scenario {
+        desc: "XDP: a flow whose next hop is no north-south device (local pods behind a bridge) \
+               is left to TC whole",
+        families: V4,
+        targets: XDP_TC,
+        netns: |n| next_hop(n, None, &["10.244.0.0/16", "198.51.100.0/24"]),
+        fixture,
+        steps: |n| {
+            let client = sa(n.client, 40006);
+            vec![row(move |_| {
+                Row::new(
+                    "routed out of d0, which holds no node address: passed, no state",
+                    Xdp,
+                    inbound(tcp_packet(client, sa(n.lb_vip, 80), TCP_SYN, b"")),
+                    Pass,
+                )
+                .unchanged()
+                .ct_len(0)
+                .counter(Counter::NsXdpForwarded, 0)
+            })]
         },
     },
     Scenario {
