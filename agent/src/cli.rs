@@ -444,6 +444,20 @@ mod tests {
         }
     }
 
+    #[test]
+    fn acceleration_defaults_to_disabled_and_takes_the_three_modes() {
+        assert_eq!(agent(&[]).unwrap().acceleration, Acceleration::Disabled);
+        for (arg, want) in [
+            ("native", Acceleration::Native),
+            ("generic", Acceleration::Generic),
+            ("disabled", Acceleration::Disabled),
+        ] {
+            assert_eq!(agent(&["--acceleration", arg]).unwrap().acceleration, want);
+        }
+        let e = agent(&["--acceleration", "fast"]).unwrap_err().to_string();
+        assert!(e.contains("--acceleration"), "{e}");
+    }
+
     /// A dual-stack cluster has a Service CIDR per family (kube-proxy's
     /// `--cluster-cidr`/`--service-cluster-ip-range` take both, comma separated).
     #[test]

@@ -2189,6 +2189,14 @@ fn xdp_translates_lb_and_node_port() {
             "{node}: ferry_xdp not attached ({mode}):\n{log}"
         );
     }
+    // Pinned like the TC links (a restart adopts it, `ferry cleanup` removes it), named for
+    // its mode.
+    let infix = if mode == "native" { "xdpdrv" } else { "xdpskb" };
+    let pin = c
+        .node("node1")
+        .pin_dir
+        .join(format!("ferry_link_{infix}_eth0"));
+    assert!(pin.exists(), "no pinned XDP link at {}", pin.display());
     wait_external(&c, family, "node1", lb, 80, Protocol::Tcp, &[&b2]);
     let node1 = node_ip(&c, family, "node1");
     let xdp_forwarded = |c: &Cluster| {

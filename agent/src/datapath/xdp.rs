@@ -179,3 +179,23 @@ pub fn detach_others(pins: &PinDir, mode: Acceleration, keep: &BTreeSet<String>)
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn a_pin_names_its_mode() {
+        for mode in [Acceleration::Native, Acceleration::Generic] {
+            let name = pin_name(infix(mode).unwrap(), "eth0");
+            assert_eq!(
+                mode_of_pin(&Path::new("/sys/fs/bpf/ferry").join(&name)),
+                mode
+            );
+        }
+        assert_eq!(pin_name(NATIVE, "eth0"), "ferry_link_xdpdrv_eth0");
+        assert_eq!(infix(Acceleration::Disabled), None);
+    }
+}
