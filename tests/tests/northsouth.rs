@@ -2236,4 +2236,63 @@ fn xdp_translates_lb_and_node_port() {
         "XDP forwarded only {forwarded} packets: TC did the work\n{}",
         c.dump()
     );
+
+    // A restarted agent swaps its program into the pinned link (same link, new program) and
+    // the fast path goes on.
+    let link_of = |pin: &std::path::Path| -> (u64, u64) {
+        let out = proc::run(
+            "bpftool",
+            &["-j", "link", "show", "pinned", &pin.to_string_lossy()],
+        )
+        .unwrap_or_else(|e| panic!("bpftool link show pinned {}: {e:#}", pin.display()));
+        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        (v["id"].as_u64().unwrap(), v["prog_id"].as_u64().unwrap())
+    };
+    let (link, prog) = link_of(&pin);
+    let opts = ferry_tests::agent::AgentOpts {
+        extra_args: vec!["--acceleration".into(), mode.clone()],
+        ..Default::default()
+    };
+    c.stop_agent("node1");
+    c.start_agent("node1", &opts);
+    poll(DEADLINE, Duration::from_millis(50), || {
+        let now = link_of(&pin);
+        if now.0 == link && now.1 != prog {
+            Ok(())
+        } else {
+            Err(format!("{now:?}"))
+        }
+    })
+    .unwrap_or_else(|e| {
+        panic!("the restarted agent did not swap its program into link {link}: {e}")
+    });
+    let before = xdp_forwarded(&c);
+    assert_all_ok(
+        &c,
+        &tcp(&c, &ext1, &at(lb, 80), 5),
+        "XDP: TCP after a restart",
+    );
+    assert!(
+        xdp_forwarded(&c) - before >= 5 * 6,
+        "no fast path after the restart"
+    );
+
+    // `ferry cleanup` removes the pin, which detaches the program.
+    c.stop_agent("node1");
+    let out = c.ferry(&[
+        "cleanup",
+        "--bpffs",
+        &c.node("node1").pin_dir.to_string_lossy(),
+    ]);
+    assert!(
+        out.status.success(),
+        "ferry cleanup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!pin.exists());
+    let eth0 = netns::ip(&c.node("node1").netns, &["link", "show", "eth0"]).unwrap();
+    assert!(
+        !eth0.contains("prog/xdp"),
+        "XDP still attached after cleanup: {eth0}"
+    );
 }
