@@ -124,9 +124,13 @@ pub enum Counter {
     /// `ferry monitor`: an event the ring buffer had no room for (the
     /// monitor reads too slowly): lost, the packet unaffected.
     EventLost = 36,
+    /// North-south: a packet translated and forwarded by the XDP program
+    /// (`--acceleration`), before any skb existed: proof that a flow took
+    /// the fast path (it is counted `NsTracked`/`NsNewFlow` as under TC too).
+    NsXdpForwarded = 37,
 }
 
-pub const COUNTERS: u32 = 37;
+pub const COUNTERS: u32 = 38;
 
 /// Slots of the pinned counter map: a fixed reserve above `COUNTERS`, so
 /// adding a counter does not change the map's size (a pinned map of another
@@ -173,6 +177,7 @@ impl Counter {
         Counter::NsMalformed,
         Counter::NsInternal,
         Counter::EventLost,
+        Counter::NsXdpForwarded,
     ];
 
     /// Stable name used in metrics and `ferry stats`.
@@ -215,6 +220,7 @@ impl Counter {
             Counter::NsMalformed => "ns_malformed",
             Counter::NsInternal => "ns_internal",
             Counter::EventLost => "event_lost",
+            Counter::NsXdpForwarded => "ns_xdp_forwarded",
         }
     }
 }

@@ -25,6 +25,14 @@ pub fn shot(reason: DropReason, ctx: &TcContext, side: Side) -> i32 {
     v::SHOT
 }
 
+/// Drops the packet for `reason` at the XDP program's edge (xdp.rs):
+/// counted as TC's drops are; no monitor event (event.rs reads an skb).
+#[inline(never)]
+pub fn xdp_drop(reason: DropReason) -> u32 {
+    count(reason.counter());
+    aya_ebpf::bindings::xdp_action::XDP_DROP
+}
+
 /// The verdict of `outcome` at a program's edge.
 #[inline(always)]
 pub fn verdict(outcome: Outcome, ctx: &TcContext, side: Side) -> i32 {

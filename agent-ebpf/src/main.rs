@@ -8,7 +8,8 @@
 //!
 //! North-south load balancing (TC on the node's devices, `tc.rs`): traffic
 //! from outside the cluster to NodePorts, externalIPs and LoadBalancer IPs is
-//! translated per packet with connection tracking, for IPv4 and IPv6.
+//! translated per packet with connection tracking, for IPv4 and IPv6;
+//! `xdp.rs` is its IPv4 fast path before the skb (`--acceleration`).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
@@ -57,6 +58,8 @@ mod sock_lb;
 mod tc;
 #[cfg(target_arch = "bpf")]
 mod verdict;
+#[cfg(target_arch = "bpf")]
+mod xdp;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

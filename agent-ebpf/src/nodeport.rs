@@ -326,7 +326,7 @@ fn rewrite_as<F: Ns>(
 
 /// The flow's backend still exists with the address it was given.
 #[inline(always)]
-fn backend_still_there<F: Ns>(v: &CtVal<F>) -> bool {
+pub(crate) fn backend_still_there<F: Ns>(v: &CtVal<F>) -> bool {
     matches!(<F::Key as Frontend>::backend(v.backend_id()),
         Some(b) if F::Key::backend_dest(&b) == (v.nat_daddr(), v.nat_dport()))
 }
@@ -417,7 +417,7 @@ fn dsr_first_call<F: Ns>(ctx: &TcContext, fits: bool) -> Raw {
 
 /// A ClusterIP this node serves to outside clients (`--external-cluster-ip`).
 #[inline(always)]
-fn external_cluster_ip(svc: &SvcValue, cfg: &NodeConfig) -> bool {
+pub(crate) fn external_cluster_ip(svc: &SvcValue, cfg: &NodeConfig) -> bool {
     svc.flags & svc_flags::CLUSTER_IP != 0 && cfg.flags & node_flags::EXTERNAL_CLUSTER_IP != 0
 }
 
@@ -578,7 +578,7 @@ fn new_flow<F: Ns>(
 }
 
 #[inline(always)]
-fn count_new_flow() {
+pub(crate) fn count_new_flow() {
     count(Counter::NsNewFlow);
     if ct::fill_permille() >= CT_PRESSURE_PERMILLE {
         count(Counter::NsNewFlowCtFull);
@@ -590,7 +590,7 @@ fn count_new_flow() {
 /// FORWARD half was lost) or its flow is over; a live flow through another
 /// frontend keeps it: `NsCtClashDrop`.
 #[inline(always)]
-fn claim_reply<K: CtKey>(rkey: &K, rev: &K::Value) -> Result<(), DropReason> {
+pub(crate) fn claim_reply<K: CtKey>(rkey: &K, rev: &K::Value) -> Result<(), DropReason> {
     let map = K::map();
     if map.insert(rkey, rev, BPF_NOEXIST as u64).is_ok() {
         return Ok(());

@@ -128,6 +128,14 @@ pub struct AgentArgs {
     /// directly).
     #[arg(long, value_enum, default_value_t = LbMode::Snat)]
     pub lb_mode: LbMode,
+    /// The IPv4 north-south fast path in XDP on the same devices (Cilium's
+    /// `--bpf-lb-acceleration`): tracked flows and new flows to NodePorts,
+    /// externalIPs and LoadBalancer IPs are translated and forwarded before
+    /// the kernel builds an skb; the rest goes on to the TC programs.
+    /// `native` needs driver support: a device without it keeps TC only
+    /// (warned). `generic` is for testing.
+    #[arg(long, value_enum, default_value_t = Acceleration::Disabled)]
+    pub acceleration: Acceleration,
     /// Load-balance packets from outside the cluster addressed to a
     /// ClusterIP, as kube-proxy does when something routes the service range
     /// to a node (Cilium's `bpf-lb-external-clusterip`). Off by default, as
@@ -345,6 +353,18 @@ pub enum LbMode {
     Dsr,
 }
 
+/// Where the XDP fast path runs (`--acceleration`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Acceleration {
+    /// In the driver, before the skb: the fast path.
+    Native,
+    /// After the skb is built (any device): the same translation, without
+    /// the gain; for testing and for devices without native XDP.
+    Generic,
+    /// TC only.
+    Disabled,
+}
+
 /// Backend choice for north-south traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LbAlgorithm {
@@ -422,6 +442,20 @@ mod tests {
             let e = agent(&["--sync-period", bad]).unwrap_err().to_string();
             assert!(e.contains("--sync-period"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn acceleration_defaults_to_disabled_and_takes_the_three_modes() {
+        assert_eq!(agent(&[]).unwrap().acceleration, Acceleration::Disabled);
+        for (arg, want) in [
+            ("native", Acceleration::Native),
+            ("generic", Acceleration::Generic),
+            ("disabled", Acceleration::Disabled),
+        ] {
+            assert_eq!(agent(&["--acceleration", arg]).unwrap().acceleration, want);
+        }
+        let e = agent(&["--acceleration", "fast"]).unwrap_err().to_string();
+        assert!(e.contains("--acceleration"), "{e}");
     }
 
     /// A dual-stack cluster has a Service CIDR per family (kube-proxy's

@@ -44,6 +44,8 @@ pub const TC_INGRESS: &str = "ferry_tc_in";
 pub const TC_EGRESS: &str = "ferry_tc_out";
 /// The program on the devices the node reaches its local endpoints through.
 pub const TC_POD: &str = "ferry_tc_pod";
+/// The north-south fast path before the skb (`--acceleration`).
+pub const XDP: &str = "ferry_xdp";
 
 /// Pin directory layout.
 #[derive(Clone, Debug)]

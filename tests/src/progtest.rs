@@ -24,7 +24,7 @@ pub mod net;
 pub mod table;
 
 use anyhow::{Context as _, Result, bail};
-use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
+use aya::{Ebpf, EbpfLoader, programs::Program};
 
 use crate::{
     cleanup::{self, LAB_PREFIX, Record},
@@ -93,8 +93,8 @@ pub struct ProgTest {
 }
 
 impl ProgTest {
-    /// Loads `object` and the TC classifier programs named in `programs` (the verifier runs
-    /// here). Nothing is attached.
+    /// Loads `object` and the programs named in `programs` (TC classifiers, XDP) (the
+    /// verifier runs here). Nothing is attached.
     pub fn load(object: &[u8], programs: &[&str]) -> Result<Self> {
         Self::load_sized(object, programs, &[])
     }
@@ -112,13 +112,15 @@ impl ProgTest {
         }
         let mut ebpf = loader.load(object).context("loading the eBPF object")?;
         for &name in programs {
-            let prog: &mut SchedClassifier = ebpf
+            let loaded = match ebpf
                 .program_mut(name)
                 .with_context(|| format!("no program {name}"))?
-                .try_into()
-                .with_context(|| format!("{name} is no classifier"))?;
-            prog.load()
-                .with_context(|| format!("loading {name} (verifier)"))?;
+            {
+                Program::SchedClassifier(p) => p.load(),
+                Program::Xdp(p) => p.load(),
+                _ => bail!("{name} is neither a classifier nor an XDP program"),
+            };
+            loaded.with_context(|| format!("loading {name} (verifier)"))?;
         }
         Ok(ProgTest { ebpf, bpffs })
     }
@@ -131,12 +133,13 @@ impl ProgTest {
     }
 
     pub fn run_flags(&self, program: &str, frame: &[u8], flags: u32) -> Result<TestRun> {
-        let prog: &SchedClassifier = self
+        let fd = self
             .ebpf
             .program(program)
             .with_context(|| format!("no program {program}"))?
-            .try_into()?;
-        let fd = prog.fd()?.as_fd().as_raw_fd();
+            .fd()?
+            .as_fd()
+            .as_raw_fd();
         test_run(fd, frame, flags)
     }
 }
@@ -144,7 +147,7 @@ impl ProgTest {
 /// What one BPF_PROG_TEST_RUN gave back.
 #[derive(Debug)]
 pub struct TestRun {
-    /// The program's return value (a TC verdict; -1 reads as 0xffffffff).
+    /// The program's return value (a TC verdict, -1 reading as 0xffffffff; or an XDP action).
     pub retval: u32,
     /// The packet as the program left it.
     pub data: Vec<u8>,

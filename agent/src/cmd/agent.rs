@@ -135,6 +135,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         interfaces: args.interfaces.clone(),
         mode: args.lb_mode,
         external_cluster_ip: args.external_cluster_ip,
+        acceleration: args.acceleration,
     };
     let pins = PinDir::new(&args.bpffs);
     let features = metrics.clone();

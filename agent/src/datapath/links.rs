@@ -17,8 +17,11 @@ use std::{
 use aya::programs::links::{FdLink, PinnedLink};
 use tracing::{info, warn};
 
-use super::{ifaces::Interface, loader::Loaded, sys, tc};
-use crate::error::{Error, Result};
+use super::{ifaces::Interface, loader::Loaded, sys, tc, xdp};
+use crate::{
+    error::{Error, Result},
+    paths,
+};
 
 /// How often the agent verifies its links.
 pub const CHECK_PERIOD: Duration = Duration::from_secs(5);
@@ -228,6 +231,9 @@ impl Loaded {
                 }
                 match held.target {
                     Target::Cgroup(_) => super::loader::swap_into_pin(&self.ebpf, program, pin),
+                    Target::Device(_) if program == paths::XDP => {
+                        xdp::swap_back(&mut self.ebpf, link)
+                    }
                     Target::Device(_) => tc::swap_back(&mut self.ebpf, program, link),
                 }
                 .map_err(|e| format!("BPF_LINK_UPDATE: {e}"))
@@ -257,8 +263,18 @@ impl Loaded {
                             index: now,
                             ..iface
                         };
-                        tc::attach_program(&mut self.ebpf, &self.pins, &iface, program)
-                            .map_err(|e| e.to_string())?;
+                        if program == paths::XDP {
+                            let mode = xdp::mode_of_pin(pin);
+                            if xdp::attach(&mut self.ebpf, &self.pins, &iface, mode)
+                                .map_err(|e| e.to_string())?
+                                .is_none()
+                            {
+                                return Err("the device no longer takes the XDP program".into());
+                            }
+                        } else {
+                            tc::attach_program(&mut self.ebpf, &self.pins, &iface, program)
+                                .map_err(|e| e.to_string())?;
+                        }
                         Target::Device(iface)
                     }
                 };

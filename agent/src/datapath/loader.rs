@@ -111,6 +111,9 @@ impl Loaded {
         if super::tc::available(&ebpf) {
             super::tc::load(&mut ebpf)?;
         }
+        if super::xdp::available(&ebpf) {
+            super::xdp::load(&mut ebpf)?;
+        }
 
         let cgroup = fs::File::open(&opts.cgroup).map_err(|source| Error::Cgroup {
             path: opts.cgroup.clone(),
@@ -211,6 +214,29 @@ impl Loaded {
                 .hold(program, pin, Target::Device(iface.clone()))?;
         }
         Ok(())
+    }
+
+    /// Attaches the XDP program to `iface` in `mode` (or replaces it in its
+    /// pinned link); nothing when disabled or the device refuses it (TC
+    /// only, warned).
+    pub fn attach_xdp(&mut self, iface: &Interface, mode: crate::cli::Acceleration) -> Result<()> {
+        if let Some(pin) = super::xdp::attach(&mut self.ebpf, &self.pins, iface, mode)? {
+            self.links
+                .hold(paths::XDP, pin, Target::Device(iface.clone()))?;
+        }
+        Ok(())
+    }
+
+    /// Detaches the XDP program from every device not in `keep`, and from
+    /// all of them in another mode than `mode`.
+    pub fn detach_xdp_except(&mut self, mode: crate::cli::Acceleration, keep: &BTreeSet<String>) {
+        let kept = if mode == crate::cli::Acceleration::Disabled {
+            BTreeSet::new()
+        } else {
+            keep.clone()
+        };
+        self.links.release_devices_except(&[paths::XDP], &kept);
+        super::xdp::detach_others(&self.pins, mode, &kept);
     }
 
     /// Detaches the TC programs of `role` from every device not in `keep`.

@@ -27,6 +27,7 @@ pub mod sock_gc;
 pub mod sys;
 pub mod tc;
 pub mod trace;
+pub mod xdp;
 
 pub use links::{CHECK_PERIOD as LINK_CHECK_PERIOD, LinkReport};
 pub use loader::LoadOptions;

@@ -57,6 +57,8 @@ pub struct NorthSouth {
     pub mode: LbMode,
     /// `--external-cluster-ip`.
     pub external_cluster_ip: bool,
+    /// `--acceleration`.
+    pub acceleration: crate::cli::Acceleration,
 }
 
 pub struct Datapath {
@@ -269,6 +271,8 @@ impl Datapath {
             }
             if prev.map(|p| p.index) != Some(iface.index) {
                 self.loaded.attach_tc(iface, tc::Role::Node)?;
+                // After TC: what XDP passes must find TC there.
+                self.loaded.attach_xdp(iface, self.ns.acceleration)?;
             }
             if prev != Some(entry) {
                 info!(
@@ -287,6 +291,12 @@ impl Datapath {
             .filter(|(name, _)| !now.contains_key(*name))
             .map(|(_, a)| a.index)
             .collect();
+        if !self.node_synced || !gone.is_empty() || self.attached.len() != now.len() {
+            // The first sync too: a previous agent's XDP links in another mode
+            // (or with acceleration since disabled) go.
+            let names: BTreeSet<String> = now.keys().cloned().collect();
+            self.loaded.detach_xdp_except(self.ns.acceleration, &names);
+        }
         if !gone.is_empty() || self.attached.len() != now.len() {
             let names: BTreeSet<String> = now.keys().cloned().collect();
             self.loaded.detach_tc_except(tc::Role::Node, &names);

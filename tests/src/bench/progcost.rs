@@ -13,6 +13,13 @@
 //! - hit: the same flow's next client segment (conntrack lookup, DNAT);
 //! - reply: the backend's segment leaving the node (conntrack lookup, reverse NAT);
 //! - pass: a packet to an address that is no frontend (what every other packet costs).
+//!
+//! `ferry_xdp` (`--acceleration`) beside them, on the same frames with XDP test runs: miss and
+//! hit (translated and redirected to the FIB's next hop: a veth `d0` in the measuring namespace,
+//! made a north-south device, with a resolved gateway towards the pod) and pass, minus an empty
+//! XDP program (`r0 = XDP_PASS; exit`) timed the same way. XDP's figures include its FIB lookup
+//! and the TTL/MAC rewrite, which TC's miss/hit of this eTP Local flow (handed to the stack)
+//! do not.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -25,10 +32,7 @@ use agent_common::{
     scope, svc_flags,
 };
 use anyhow::{Context, Result, bail};
-use aya::{
-    maps::{HashMap, MapData},
-    programs::SchedClassifier,
-};
+use aya::maps::{HashMap, MapData};
 use serde::{Deserialize, Serialize};
 
 use super::stats::percentile;
@@ -38,6 +42,10 @@ use crate::progtest::{
 
 const TC_IN: &str = "ferry_tc_in";
 const TC_OUT: &str = "ferry_tc_out";
+const XDP: &str = "ferry_xdp";
+/// The XDP action of a redirect (XDP_REDIRECT) and of "not mine" (XDP_PASS).
+const XDP_REDIRECT: i32 = 4;
+const XDP_PASS: i32 = 2;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PathCost {
@@ -62,6 +70,10 @@ pub struct Results {
     pub pass_repeat_ns: f64,
     /// Each program's size after the verifier: (name, eBPF instructions, JITed bytes).
     pub sizes: Vec<(String, u32, u32)>,
+    /// The empty XDP program's median (what `ferry_xdp`'s paths have subtracted); NaN when
+    /// the object has no XDP program.
+    #[serde(default)]
+    pub xdp_baseline_ns: f64,
 }
 
 /// Whether this build's eBPF object has the TC programs.
@@ -118,9 +130,18 @@ fn frame(src: SocketAddrV4, dst: SocketAddrV4, flags: u8, inbound: bool) -> Vec<
 }
 
 fn measure(samples: usize) -> Result<Results> {
-    let mut t = ProgTest::load(ferry::datapath::loader::ebpf_object(), &[TC_IN, TC_OUT])?;
+    let has_xdp = {
+        let obj = ferry::datapath::loader::ebpf_object();
+        obj.windows(XDP.len()).any(|w| w == XDP.as_bytes())
+    };
+    let programs: &[&str] = if has_xdp {
+        &[TC_IN, TC_OUT, XDP]
+    } else {
+        &[TC_IN, TC_OUT]
+    };
+    let mut t = ProgTest::load(ferry::datapath::loader::ebpf_object(), programs)?;
     program_maps(&mut t)?;
-    let empty = empty_classifier()?;
+    let empty = empty_program(PROG_TYPE_SCHED_CLS, -1)?;
     let vip = SocketAddrV4::new(LB_VIP, 80);
     let pod = SocketAddrV4::new(POD, 8080);
     let client = SocketAddrV4::new(CLIENT, 40000);
@@ -139,13 +160,14 @@ fn measure(samples: usize) -> Result<Results> {
         .collect::<Result<_>>()?;
     let base = percentile(&baseline, 50.0).unwrap_or(0.0);
     let fd = |name: &str| -> Result<i32> {
-        let p: &SchedClassifier = t.ebpf.program(name).context("program")?.try_into()?;
+        let p = t.ebpf.program(name).context("program")?;
         Ok(p.fd()?.as_fd().as_raw_fd())
     };
     let (fd_in, fd_out) = (fd(TC_IN)?, fd(TC_OUT)?);
+    let fd_xdp = if has_xdp { fd(XDP)? } else { -1 };
     let mut sizes = Vec::new();
-    for name in [TC_IN, TC_OUT] {
-        let p: &SchedClassifier = t.ebpf.program(name).context("program")?.try_into()?;
+    for &name in programs {
+        let p = t.ebpf.program(name).context("program")?;
         let info = p.info()?;
         sizes.push((
             name.to_owned(),
@@ -155,16 +177,20 @@ fn measure(samples: usize) -> Result<Results> {
     }
 
     let mut paths = Vec::new();
+    let mut cost_from =
+        |base: f64, path: &str, program: &str, durations: Vec<f64>, verdict: i32| {
+            let raw_median = percentile(&durations, 50.0).unwrap_or(f64::NAN);
+            paths.push(PathCost {
+                path: path.to_owned(),
+                program: program.to_owned(),
+                median_ns: (raw_median - base).max(0.0),
+                p99_ns: (percentile(&durations, 99.0).unwrap_or(f64::NAN) - base).max(0.0),
+                raw_median_ns: raw_median,
+                verdict,
+            });
+        };
     let mut cost = |path: &str, program: &str, durations: Vec<f64>, verdict: i32| {
-        let raw_median = percentile(&durations, 50.0).unwrap_or(f64::NAN);
-        paths.push(PathCost {
-            path: path.to_owned(),
-            program: program.to_owned(),
-            median_ns: (raw_median - base).max(0.0),
-            p99_ns: (percentile(&durations, 99.0).unwrap_or(f64::NAN) - base).max(0.0),
-            raw_median_ns: raw_median,
-            verdict,
-        });
+        cost_from(base, path, program, durations, verdict)
     };
 
     // miss: conntrack emptied before every run.
@@ -225,6 +251,56 @@ fn measure(samples: usize) -> Result<Results> {
         pass,
         verdict,
     );
+    drop(cost);
+
+    let mut xdp_base = f64::NAN;
+    if has_xdp {
+        xdp_next_hop(&mut t)?;
+        let empty = empty_program(PROG_TYPE_XDP, XDP_PASS)?;
+        let baseline: Vec<f64> = (0..samples)
+            .map(|_| run_once(empty.as_raw_fd(), &ack).map(|(_, d)| d))
+            .collect::<Result<_>>()?;
+        xdp_base = percentile(&baseline, 50.0).unwrap_or(0.0);
+        let mut run_path = |frame: &[u8], fresh: bool, want: i32| -> Result<Vec<f64>> {
+            let mut ds = Vec::with_capacity(samples);
+            for _ in 0..samples {
+                if fresh {
+                    clear_ct(&mut t)?;
+                }
+                let (v, d) = run_once(fd_xdp, frame)?;
+                if v != want {
+                    bail!("{XDP}: verdict {v}, want {want}");
+                }
+                ds.push(d);
+            }
+            Ok(ds)
+        };
+        let miss = run_path(&syn, true, XDP_REDIRECT)?;
+        // The flow stays tracked from here on.
+        let hit = run_path(&ack, false, XDP_REDIRECT)?;
+        let pass = run_path(&other, false, XDP_PASS)?;
+        cost_from(
+            xdp_base,
+            "miss (new flow: lookup, choice, conntrack insert, DNAT, FIB, redirect)",
+            XDP,
+            miss,
+            XDP_REDIRECT,
+        );
+        cost_from(
+            xdp_base,
+            "hit (tracked flow: conntrack lookup, DNAT, FIB, redirect)",
+            XDP,
+            hit,
+            XDP_REDIRECT,
+        );
+        cost_from(
+            xdp_base,
+            "pass (no frontend: parse and lookups)",
+            XDP,
+            pass,
+            XDP_PASS,
+        );
+    }
     let pass_repeat = 1_000_000;
     let (_, pass_repeat_ns) = run_repeat(fd_in, &other, pass_repeat)?;
 
@@ -235,7 +311,46 @@ fn measure(samples: usize) -> Result<Results> {
         pass_repeat,
         pass_repeat_ns,
         sizes,
+        xdp_baseline_ns: xdp_base,
     })
+}
+
+/// The measuring namespace's route to the pod for `ferry_xdp`: a veth `d0` (its peer up) with
+/// a resolved gateway 100.64.0.2 towards 10.244.0.0/24, forwarding on, and `d0` made one of
+/// the node's north-south devices (an address in the node address map), which XDP sends to.
+fn xdp_next_hop(t: &mut ProgTest) -> Result<()> {
+    let ip = |args: &[&str]| -> Result<()> {
+        let st = std::process::Command::new("ip").args(args).status()?;
+        if !st.success() {
+            bail!("ip {}: {st}", args.join(" "));
+        }
+        Ok(())
+    };
+    ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"])?;
+    ip(&["link", "set", "d1", "up"])?;
+    ip(&["link", "set", "d0", "up"])?;
+    ip(&["addr", "add", "100.64.0.1/24", "dev", "d0"])?;
+    ip(&[
+        "neigh",
+        "add",
+        "100.64.0.2",
+        "lladdr",
+        "02:00:00:00:aa:02",
+        "dev",
+        "d0",
+        "nud",
+        "permanent",
+    ])?;
+    ip(&["route", "add", "10.244.0.0/24", "via", "100.64.0.2"])?;
+    // The measuring thread's namespace (/proc/sys/net follows the opener's).
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("forwarding on")?;
+    // SAFETY: a NUL-terminated name.
+    let d0 = unsafe { libc::if_nametoindex(c"d0".as_ptr()) };
+    if d0 == 0 {
+        bail!("no device d0");
+    }
+    hash::<u32, u32>(t, m::NODE_ADDR_V4)?.insert(&d0, &raw(NODE), 0)?;
+    Ok(())
 }
 
 fn hash<'a, K: aya::Pod, V: aya::Pod>(
@@ -342,18 +457,23 @@ struct ProgLoadAttr {
     expected_attach_type: u32,
 }
 
-/// An empty classifier: `r0 = -1 (TC_ACT_UNSPEC); exit`.
-fn empty_classifier() -> Result<OwnedFd> {
-    // mov64 r0, -1 (opcode 0xb7, dst r0, imm -1); exit (0x95).
+const PROG_TYPE_SCHED_CLS: u32 = 3;
+const PROG_TYPE_XDP: u32 = 6;
+
+/// An empty program of `prog_type`: `r0 = ret; exit` (a classifier's -1 is TC_ACT_UNSPEC, an
+/// XDP program's 2 XDP_PASS).
+fn empty_program(prog_type: u32, ret: i32) -> Result<OwnedFd> {
+    let [a, b, c, d] = ret.to_le_bytes();
+    // mov64 r0, imm (opcode 0xb7, dst r0); exit (0x95).
     let insns: [u64; 2] = [
-        u64::from_le_bytes([0xb7, 0x00, 0, 0, 0xff, 0xff, 0xff, 0xff]),
+        u64::from_le_bytes([0xb7, 0x00, 0, 0, a, b, c, d]),
         u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
     ];
     let license = c"GPL";
     let mut name = [0u8; 16];
     name[..11].copy_from_slice(b"bench_empty");
     let attr = ProgLoadAttr {
-        prog_type: 3, // BPF_PROG_TYPE_SCHED_CLS
+        prog_type,
         insn_cnt: 2,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
@@ -370,7 +490,7 @@ fn empty_classifier() -> Result<OwnedFd> {
         )
     };
     if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("loading the empty classifier");
+        return Err(std::io::Error::last_os_error()).context("loading the empty program");
     }
     // SAFETY: bpf(2) returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })

@@ -517,6 +517,15 @@ fn markdown(r: &Report, plots: &Plots) -> String {
                     num(p.raw_median_ns)
                 );
             }
+            if pc.xdp_baseline_ns.is_finite() {
+                let _ = writeln!(
+                    md,
+                    "\n`ferry_xdp` rows: XDP test runs of the same frames, minus an empty XDP \
+                     program's median ({} ns); its miss and hit include the FIB lookup and the \
+                     redirect to the next hop, which TC's (this flow handed to the stack) do not.",
+                    num(pc.xdp_baseline_ns)
+                );
+            }
             let _ = writeln!(
                 md,
                 "\nCheck of the subtraction: the pass path leaves the packet as it is, so it can be \

@@ -147,6 +147,7 @@ pub struct Fixture {
 pub const TC_IN: &str = "ferry_tc_in";
 pub const TC_OUT: &str = "ferry_tc_out";
 pub const TC_POD: &str = "ferry_tc_pod";
+pub const XDP: &str = "ferry_xdp";
 
 impl Fixture {
     /// The whole object loaded (the TC programs through the verifier), this node's `family`
@@ -154,7 +155,7 @@ impl Fixture {
     pub fn new(family: Family) -> Fixture {
         let t = ProgTest::load(
             ferry::datapath::loader::ebpf_object(),
-            &[TC_IN, TC_OUT, TC_POD],
+            &[TC_IN, TC_OUT, TC_POD, XDP],
         )
         .unwrap_or_else(|e| panic!("{e:#}"));
         let mut f = Fixture { t };
@@ -176,6 +177,10 @@ impl Fixture {
     /// Runs `hook`'s program once on `frame`.
     pub fn run(&self, hook: Hook, frame: &[u8], csum: Csum) -> TestRun {
         let prog = hook.program();
+        assert!(
+            hook != Hook::Xdp || csum == Csum::None,
+            "an XDP run has no skb and no checksum state"
+        );
         let flags = match csum {
             Csum::None => 0,
             Csum::Complete => BPF_F_TEST_SKB_CHECKSUM_COMPLETE,

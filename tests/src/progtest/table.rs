@@ -5,11 +5,13 @@
 //!
 //! A scenario names the families it holds for ([`Family`]): the frames of both are built by the
 //! same builders ([`super::frames`]) from the family's address plan ([`Net`]). It names the
-//! program sets it holds for too ([`Target`]): TC today. An XDP target would run the rows of
-//! [`Hook::TcIn`] on the XDP program and differ in what it cannot see or say: no skb, so no
-//! checksum state (rows with [`Csum::Complete`] do not apply) and no `skb->csum` to keep right;
-//! verdicts mapped by [`Verdict::xdp`] (a reject sent back out of the ingress device is XDP_TX,
-//! a FIB redirect XDP_REDIRECT, "hand it to the stack" and "not ferry's" both XDP_PASS).
+//! program sets it holds for too ([`Target`]). Rows of [`Hook::Xdp`] run `ferry_xdp` and differ
+//! in what it cannot see or say: no skb, so no checksum state (rows with [`Csum::Complete`] do
+//! not apply) and no `skb->csum` to keep right; verdicts mapped by [`Verdict::xdp`] (a packet
+//! sent back out of the ingress device is XDP_TX ([`Row::back_out`]), a FIB redirect
+//! XDP_REDIRECT, "hand it to the stack" and "not ferry's" both XDP_PASS). XDP's rows are
+//! scenarios of their own (tc_prog_test_run/xdp.rs): XDP forwards through the FIB what TC hands
+//! to the stack, and leaves to TC what it does not handle, so TC's rows do not carry over.
 //!
 //! A failing row panics with its scenario, family, row description and, for frames, a hex diff
 //! of what it got against what it wanted.
@@ -20,7 +22,7 @@ use agent_common::stats::Counter;
 
 use super::{
     ETH_HLEN, assert_checksums, assert_checksums_v6,
-    fixture::{Ct, CtVal, Fixture, TC_IN, TC_OUT, TC_POD},
+    fixture::{Ct, CtVal, Fixture, TC_IN, TC_OUT, TC_POD, XDP},
     frames::{hex_diff, sport},
     isolated,
     net::{Family, Net, sa},
@@ -35,6 +37,8 @@ pub enum Hook {
     TcOut,
     /// `ferry_tc_pod`: ingress of a pod's device (what pods send).
     TcPod,
+    /// `ferry_xdp`: the node's device before the skb (`--acceleration`).
+    Xdp,
 }
 
 impl Hook {
@@ -43,6 +47,7 @@ impl Hook {
             Hook::TcIn => TC_IN,
             Hook::TcOut => TC_OUT,
             Hook::TcPod => TC_POD,
+            Hook::Xdp => XDP,
         }
     }
 }
@@ -51,9 +56,12 @@ impl Hook {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
     Tc,
+    /// `ferry_xdp` (with TC beside it for what XDP passes).
+    Xdp,
 }
 
 pub const TC: &[Target] = &[Target::Tc];
+pub const XDP_TC: &[Target] = &[Target::Xdp, Target::Tc];
 
 /// The skb's checksum state in the run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,6 +161,8 @@ pub struct Row {
     pub learn: Learn,
     /// Further checks of the maps after the run (affinity, single entries).
     pub check: Option<MapCheck>,
+    /// An XDP row's redirect goes back out of the ingress device (XDP_TX).
+    pub back_out: bool,
 }
 
 impl Row {
@@ -169,7 +179,14 @@ impl Row {
             ct: None,
             learn: Learn::Nothing,
             check: None,
+            back_out: false,
         }
+    }
+
+    /// An XDP row's redirect is XDP_TX (out of the ingress device).
+    pub fn back_out(mut self) -> Row {
+        self.back_out = true;
+        self
     }
 
     pub fn out(mut self, frame: Vec<u8>) -> Row {
@@ -347,13 +364,17 @@ fn run_row(c: &mut Ctx, build: &dyn Fn(&Ctx) -> Row, at: &str) {
             "{what}: the input changed with the SNAT source"
         );
     }
+    let want = if r.hook == Hook::Xdp {
+        r.verdict.xdp(r.back_out) as i32
+    } else {
+        r.verdict.tc()
+    };
     assert_eq!(
         got.verdict(),
-        r.verdict.tc(),
-        "{what}: verdict {} want {:?} ({})\n{}",
+        want,
+        "{what}: verdict {} want {:?} ({want})\n{}",
         got.verdict(),
         r.verdict,
-        r.verdict.tc(),
         hex_diff(&got.data, &r.input)
     );
     match &r.out {
@@ -444,14 +465,14 @@ pub fn run_scenario(s: &'static Scenario, family: Family) {
     });
 }
 
-/// Runs every scenario of `table` that holds for `family` (on TC), each in a namespace of its
+/// Runs every scenario of `table` that holds for `family` (its rows name their programs), each in a namespace of its
 /// own, and fails with the list of the scenarios that failed (each one's message is printed
 /// as it fails).
 pub fn run_table(table: &'static [Scenario], family: Family) {
     let mut failed = String::new();
     let mut ran = 0;
     for s in table {
-        if !s.families.contains(&family) || !s.targets.contains(&Target::Tc) {
+        if !s.families.contains(&family) || s.targets.is_empty() {
             continue;
         }
         ran += 1;

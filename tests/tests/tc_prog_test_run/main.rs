@@ -1,4 +1,4 @@
-//! ferry's north-south TC programs (`ferry_tc_in`, `ferry_tc_out`, `ferry_tc_pod`) run with
+//! ferry's north-south TC programs (`ferry_tc_in`, `ferry_tc_out`, `ferry_tc_pod`) and `ferry_xdp` run with
 //! BPF_PROG_TEST_RUN on hand-built IPv4 and IPv6 frames, as tables of rows
 //! (`ferry_tests::progtest::table`): each row is one frame through one program with its
 //! verdict, the frame it must become (byte for byte, every checksum computed from scratch,
@@ -14,7 +14,8 @@
 //! Adding a case is adding a row to the table of its topic: `nat` (DNAT, SNAT, conntrack,
 //! backend choice, checksum states), `passthrough` (what is not ferry's), `fib` (routed
 //! translations), `icmp` (errors about flows), `reject` (no endpoints, budgets), `dsr` (direct
-//! server return on both nodes), `hostile` (forged options, clashing SYNs, lost flows). A
+//! server return on both nodes), `hostile` (forged options, clashing SYNs, lost flows), `xdp`
+//! (the XDP fast path beside TC). A
 //! behaviour both families share is one scenario with `families: BOTH`, its frames built by the
 //! same builders from each family's address plan; scenarios for one family are those whose
 //! frames or expectations only exist there (IPv4 options, IPv6 extension headers, ND).
@@ -26,6 +27,7 @@ mod icmp;
 mod nat;
 mod passthrough;
 mod reject;
+mod xdp;
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -171,7 +173,7 @@ fn whole_object_passes_the_verifier() {
     isolated(|| {
         let mut t = ProgTest::load(
             ferry::datapath::loader::ebpf_object(),
-            &[TC_IN, TC_OUT, TC_POD],
+            &[TC_IN, TC_OUT, TC_POD, XDP],
         )
         .unwrap_or_else(|e| panic!("{e:#}"));
         // The socket-layer programs too: one object, one verifier verdict for all of it.

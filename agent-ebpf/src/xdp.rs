@@ -1,0 +1,429 @@
+//! `ferry_xdp`: the IPv4 fast path of north-south load balancing, on the
+//! node's devices before any skb exists (`--acceleration native|generic`).
+//!
+//! It handles what most of the traffic is: packets of tracked flows (a
+//! client's, DNAT and SNAT as the flow has it; a remote backend's reply to
+//! one of our SNAT ports) and new flows to exposed frontends (service
+//! lookup, source ranges, backend choice and the two conntrack entries as
+//! the TC program makes them, so that a flow started here continues under
+//! TC and the other way round). Translated packets are rewritten in place
+//! with their checksums computed here (no skb, no checksum helpers), their
+//! TTL decremented, and sent with `bpf_fib_lookup` + `bpf_redirect`
+//! (XDP_TX when the next hop is out of the ingress device).
+//!
+//! Everything else is XDP_PASS, for `ferry_tc_in` (still attached) to
+//! handle as without XDP: IPv6 (not done here yet), IP options (DSR),
+//! fragments, ICMP, DSR flows and DSR mode's new flows to remote backends,
+//! frontends without endpoints (TC answers them), packets for no frontend,
+//! flows whose backend went away (TC forgets and chooses again), and
+//! anything the FIB cannot send straight away (no neighbour, TTL expiring,
+//! the MTU) or that leaves through a device other than the node's
+//! north-south ones (a local backend behind a bridge: see `may_send_to`).
+//! A route lookup is made before any state: a new flow that XDP
+//! cannot send is left to TC whole.
+//!
+//! Drops (source range, no local endpoint, no backend, NAT failed, a
+//! segment too short) count their `DropReason` as TC's do; they send no
+//! monitor event (event.rs reads an skb).
+
+use agent_common::{
+    NodeConfig, backend_flags, ct_dir, ct_flags, node_flags, proto, scope, stats::Counter,
+    svc_flags,
+};
+use aya_ebpf::{
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup, xdp_action},
+    helpers::generated as h,
+    macros::xdp,
+    programs::XdpContext,
+};
+
+use crate::{
+    csum,
+    ct::{self, CtKey, CtValue},
+    drop::{self, DropReason, Raw},
+    family::{Family as _, V4},
+    fib::AF_INET,
+    maps::{NODE_ADDR_V4, count},
+    nodeport,
+    ns::{CtVal, Ns, Room},
+    parse::{self, ETH_P_IP, IP_OFF, IPV4_MIN_HLEN, Ipv4, Ipv4Hdr, Tuple},
+    select::{self, EXPOSED, Frontend},
+};
+
+const PASS: u32 = xdp_action::XDP_PASS;
+const TX: u32 = xdp_action::XDP_TX;
+
+/// A result of the paths: an XDP action, or why the packet is dropped.
+type Action = Result<u32, DropReason>;
+
+#[xdp]
+pub fn ferry_xdp(ctx: XdpContext) -> u32 {
+    match ipv4(&ctx) {
+        Ok(a) => a,
+        Err(reason) => drop::xdp_drop(reason),
+    }
+}
+
+/// Where a translated packet goes and what it becomes.
+#[derive(Clone, Copy)]
+struct Nat {
+    saddr: u32,
+    daddr: u32,
+    sport: u16,
+    dport: u16,
+}
+
+#[inline(always)]
+fn nat_of(v: &CtVal<V4>) -> Nat {
+    Nat {
+        saddr: v.nat_saddr(),
+        daddr: v.nat_daddr(),
+        sport: v.nat_sport(),
+        dport: v.nat_dport(),
+    }
+}
+
+/// The bytes of a TCP header read (through the flags and the checksum
+/// field) and rewritten; a UDP header's 8.
+const TCP_READ: usize = 18;
+const UDP_READ: usize = 8;
+
+/// An IPv4 TCP/UDP packet without options or fragmentation, its L4 header
+/// in the frame, parsed into `ip`; false for anything else (passed).
+#[inline(always)]
+fn parse(ctx: &XdpContext, ip: &mut Ipv4) -> bool {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let p = data + IP_OFF + IPV4_MIN_HLEN;
+    if p + UDP_READ > end {
+        return false;
+    }
+    // SAFETY: bounds checked above.
+    let ethertype = u16::from_be(unsafe { core::ptr::read_unaligned((data + 12) as *const u16) });
+    if ethertype != ETH_P_IP {
+        return false;
+    }
+    // SAFETY: as above.
+    ip.hdr = unsafe { core::ptr::read_unaligned((data + IP_OFF) as *const Ipv4Hdr) };
+    // Version 4 and no options (a DSR option, anything else: TC's).
+    if ip.hdr.ver_ihl != 0x45 {
+        return false;
+    }
+    // Any fragment (MF set or an offset): TC's.
+    if u16::from_be(ip.hdr.frag_off) & 0x3fff != 0 {
+        return false;
+    }
+    ip.l4_off = IP_OFF + IPV4_MIN_HLEN;
+    // SAFETY: UDP_READ bytes from `p` checked above, TCP_READ below.
+    unsafe {
+        ip.l4.ports = core::ptr::read_unaligned(p as *const [u16; 2]);
+        match ip.hdr.proto {
+            proto::TCP => {
+                if p + TCP_READ > end {
+                    // A truncated segment: TC's (it drops it if it is
+                    // for a frontend).
+                    return false;
+                }
+                ip.l4.tcp_flags =
+                    *((p + 13) as *const u8) & (parse::TCP_FIN | parse::TCP_SYN | parse::TCP_RST);
+            }
+            proto::UDP => {
+                ip.l4.udp_unchecked = core::ptr::read_unaligned((p + 6) as *const u16) == 0;
+            }
+            _ => return false,
+        }
+    }
+    ip.l4.has_ports = true;
+    ip.l4.csum_in_packet = true;
+    true
+}
+
+#[inline(always)]
+fn ipv4(ctx: &XdpContext) -> Action {
+    let mut ip = Ipv4::empty();
+    if !parse(ctx, &mut ip) {
+        return Ok(PASS);
+    }
+    let Some(t) = parse::tuple(&ip) else {
+        return Ok(PASS);
+    };
+    let tcp_flags = parse::tcp_flags(&ip);
+
+    // A client's packet of a tracked flow.
+    let fwd_key: <V4 as Ns>::Ct = ct::key(&t, ct_dir::FORWARD);
+    if let Some(entry) = ct::lookup(&fwd_key) {
+        // SAFETY: a live map value, copied out.
+        let v = unsafe { *entry };
+        if v.flags() & ct_flags::DSR != 0 || !nodeport::backend_still_there::<V4>(&v) {
+            return Ok(PASS);
+        }
+        let a = send(ctx, &ip, &nat_of(&v)).get()? as u32;
+        if a != PASS {
+            ct::touch(entry, select::now_seconds(), tcp_flags);
+            count(Counter::NsTracked);
+        }
+        return Ok(a);
+    }
+    // A remote backend's reply to one of our SNAT ports.
+    let cfg = ct::node_config();
+    if ct::snat_ports(&cfg).contains(t.dport) {
+        let rkey: <V4 as Ns>::Ct = ct::key(&t, ct_dir::REPLY);
+        if let Some(entry) = ct::lookup(&rkey) {
+            // SAFETY: as above.
+            let v = unsafe { *entry };
+            let a = send(ctx, &ip, &nat_of(&v)).get()? as u32;
+            if a != PASS {
+                ct::touch(entry, select::now_seconds(), tcp_flags);
+                count(Counter::NsTracked);
+            }
+            return Ok(a);
+        }
+    }
+    new_flow(ctx, &ip, &t, &cfg).get().map(|a| a as u32)
+}
+
+/// A packet no flow knows: a new flow when it is for an exposed frontend,
+/// decided as `nodeport::new_flow` decides (its shared parts called). A
+/// function of its own: its keys, values and route lookup are not added to
+/// the tracked paths' frame (the verifier's 512 bytes count a call chain).
+#[inline(never)]
+fn new_flow(ctx: &XdpContext, ip: &Ipv4, t: &Tuple, cfg: &NodeConfig) -> Raw {
+    Raw::of(new_flow_body(ctx, ip, t, cfg).map(|a| a as i32))
+}
+
+#[inline(always)]
+fn new_flow_body(ctx: &XdpContext, ip: &Ipv4, t: &Tuple, cfg: &NodeConfig) -> Action {
+    let mut room = Room::<V4>::new();
+    let Some(svc) = select::lookup_svc(room.svc.write(
+        <V4 as crate::family::Family>::Key::frontend(t.daddr, t.dport, t.proto, scope::EXTERNAL),
+    )) else {
+        return Ok(PASS);
+    };
+    // SAFETY: written just above.
+    let svc_key = unsafe { room.svc.assume_init_ref() };
+    if svc.flags & EXPOSED == 0 && !nodeport::external_cluster_ip(&svc, cfg) {
+        return Ok(PASS);
+    }
+    if svc.flags & svc_flags::SOURCE_RANGES != 0 && !V4::in_source_ranges(svc.rev_nat_id, t.saddr) {
+        return Err(DropReason::SourceRange);
+    }
+    if svc.count == 0 {
+        if svc.flags & svc_flags::DROP_NO_LOCAL != 0 {
+            return Err(DropReason::NoLocalEndpoint);
+        }
+        // The port unreachable is TC's to send.
+        return Ok(PASS);
+    }
+    let chosen = select::choose(svc_key, &svc, V4::client(&t.saddr), Some(V4::flow_hash(t)))
+        .ok_or(DropReason::NoBackend)?;
+    let (backend_addr, backend_port) =
+        <V4 as crate::family::Family>::Key::backend_dest(&chosen.backend);
+    let local = <V4 as crate::family::Family>::Key::backend_flags(&chosen.backend)
+        & backend_flags::LOCAL
+        != 0;
+    let dsr_mode = cfg.flags & node_flags::DSR != 0;
+    if dsr_mode && !local && svc.flags & svc_flags::CLUSTER_IP == 0 {
+        // A DSR flow (or its fallback): TC's.
+        return Ok(PASS);
+    }
+    let keep_client =
+        local && (svc.flags & svc_flags::ETP_LOCAL != 0 || dsr_mode || V4::is_node(&backend_addr));
+    let node_addr = if keep_client {
+        t.saddr
+    } else {
+        V4::node_addr(ingress_ifindex(ctx)).ok_or(DropReason::NatFailed)?
+    };
+    // Routed first: a flow XDP cannot send is made by TC, whole.
+    let mut p = Fib::zeroed();
+    if !route(ctx, ip, node_addr, backend_addr, &mut p.0) {
+        return Ok(PASS);
+    }
+    let tcp_flags = parse::tcp_flags(ip);
+    if t.proto == proto::TCP && tcp_flags & parse::TCP_SYN == 0 {
+        count(Counter::NsCtLostFlow);
+    }
+    let flags = if keep_client {
+        ct_flags::LOCAL
+    } else if local {
+        ct_flags::SNAT | ct_flags::LOCAL
+    } else {
+        ct_flags::SNAT
+    };
+    let now = select::now_seconds();
+    let entry = |saddr, daddr, sport, dport| {
+        CtVal::<V4>::new(
+            saddr,
+            daddr,
+            sport,
+            dport,
+            chosen.id,
+            svc.rev_nat_id,
+            flags,
+            tcp_flags,
+            now,
+        )
+    };
+    let fwd = room
+        .val
+        .write(entry(t.saddr, backend_addr, t.sport, backend_port));
+    let rev = &*room.rev.write(entry(t.daddr, t.saddr, t.dport, t.sport));
+    let fwd_key = &*room.key.write(ct::key(t, ct_dir::FORWARD));
+    let map = <V4 as Ns>::Ct::map();
+    if keep_client {
+        if map.insert(fwd_key, fwd, BPF_NOEXIST as u64).is_err() {
+            // Another CPU made the flow first: TC follows it.
+            return Ok(PASS);
+        }
+        let rkey = &*room.rkey.write(ct::reply_key(fwd, t.proto));
+        if let Err(e) = nodeport::claim_reply(rkey, rev) {
+            let _ = map.remove(fwd_key);
+            return Err(e);
+        }
+    } else {
+        fwd.set_source(node_addr, t.sport);
+        let rkey = room.rkey.write(ct::reply_key(fwd, t.proto));
+        let port = ct::claim_snat_port(rkey, rev, t.sport, ct::snat_ports(cfg))
+            .ok_or(DropReason::NatFailed)?;
+        fwd.set_source(node_addr, port);
+        if map.insert(fwd_key, fwd, BPF_NOEXIST as u64).is_err() {
+            let _ = map.remove(rkey);
+            return Ok(PASS);
+        }
+    }
+    nodeport::count_new_flow();
+    let nat = nat_of(fwd);
+    rewrite_and_send(ctx, ip, nat, &p.0)
+}
+
+/// The FIB lookup's parameters (64 bytes), all zeros.
+struct Fib(bpf_fib_lookup);
+
+impl Fib {
+    #[inline(always)]
+    fn zeroed() -> Fib {
+        // SAFETY: a plain C struct of integers; all zeros is a valid value.
+        Fib(unsafe { core::mem::zeroed() })
+    }
+}
+
+#[inline(always)]
+fn ingress_ifindex(ctx: &XdpContext) -> u32 {
+    ctx.ingress_ifindex() as u32
+}
+
+/// Looks up the route of the packet `ip` translated to `saddr` -> `daddr`
+/// into `p`: true when the FIB names the next hop with its MACs, the
+/// packet fits its MTU and XDP may send to the device ([`may_send_to`]).
+/// A TTL that would expire here is the stack's.
+#[inline(always)]
+fn route(ctx: &XdpContext, ip: &Ipv4, saddr: u32, daddr: u32, p: &mut bpf_fib_lookup) -> bool {
+    if ip.hdr.ttl <= 1 {
+        return false;
+    }
+    p.family = AF_INET;
+    p.l4_protocol = ip.hdr.proto;
+    p.__bindgen_anon_1.tot_len = u16::from_be(ip.hdr.tot_len);
+    p.ifindex = ingress_ifindex(ctx);
+    p.__bindgen_anon_2.tos = ip.hdr.tos;
+    p.__bindgen_anon_3.ipv4_src = saddr;
+    p.__bindgen_anon_4.ipv4_dst = daddr;
+    // SAFETY: the program's own context and a parameter struct of the size given.
+    let rc = unsafe {
+        h::bpf_fib_lookup(
+            ctx.ctx.cast(),
+            p,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    rc as u32 == BPF_FIB_LKUP_RET_SUCCESS && may_send_to(ctx, p.ifindex)
+}
+
+/// A tracked packet: routed, then rewritten to `nat` and sent; PASS (the
+/// packet untouched) when the FIB cannot send it.
+#[inline(never)]
+fn send(ctx: &XdpContext, ip: &Ipv4, nat: &Nat) -> Raw {
+    Raw::of(send_body(ctx, ip, *nat).map(|a| a as i32))
+}
+
+#[inline(always)]
+fn send_body(ctx: &XdpContext, ip: &Ipv4, nat: Nat) -> Action {
+    let mut p = Fib::zeroed();
+    if !route(ctx, ip, nat.saddr, nat.daddr, &mut p.0) {
+        return Ok(PASS);
+    }
+    rewrite_and_send(ctx, ip, nat, &p.0)
+}
+
+/// Rewrites the packet to `nat` with both checksums (RFC 1624, the TTL's
+/// decrement in the header's), sets the MACs the FIB gave in `p`, and
+/// redirects it to the next hop's device (XDP_TX: the ingress one).
+#[inline(always)]
+fn rewrite_and_send(ctx: &XdpContext, ip: &Ipv4, nat: Nat, p: &bpf_fib_lookup) -> Action {
+    let old = &ip.hdr;
+    let [old_sport, old_dport] = ip.l4.ports;
+    let addr_diff = csum::diff4(csum::diff4(0, old.saddr, nat.saddr), old.daddr, nat.daddr);
+    let l4_diff = csum::diff2(
+        csum::diff2(addr_diff, old_sport, nat.sport),
+        old_dport,
+        nat.dport,
+    );
+    // TTL and protocol form one 16-bit word of the header checksum.
+    let ttl_diff = csum::diff2(
+        0,
+        u16::from_ne_bytes([old.ttl, old.proto]),
+        u16::from_ne_bytes([old.ttl - 1, old.proto]),
+    );
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let l4p = data + IP_OFF + IPV4_MIN_HLEN;
+    let csum_off = if old.proto == proto::TCP { 16 } else { 6 };
+    // As parsed: a TCP header's TCP_READ bytes, a UDP header's UDP_READ.
+    if l4p + UDP_READ > end || (old.proto == proto::TCP && l4p + TCP_READ > end) {
+        return Err(DropReason::RewriteFailed);
+    }
+    // SAFETY: the Ethernet and IP headers and the L4 bytes written
+    // checked above.
+    unsafe {
+        let hdr = (data + IP_OFF) as *mut Ipv4Hdr;
+        (*hdr).saddr = nat.saddr;
+        (*hdr).daddr = nat.daddr;
+        (*hdr).ttl = old.ttl - 1;
+        (*hdr).check = csum::apply(old.check, csum::add(addr_diff, ttl_diff));
+        core::ptr::write_unaligned(l4p as *mut [u16; 2], [nat.sport, nat.dport]);
+        let cp = (l4p + csum_off) as *mut u16;
+        let check = core::ptr::read_unaligned(cp);
+        // A UDP datagram without checksum (0) keeps none; a computed 0 is
+        // sent as 0xffff (RFC 768).
+        if !(old.proto == proto::UDP && check == 0) {
+            let mut new = csum::apply(check, l4_diff);
+            if old.proto == proto::UDP && new == 0 {
+                new = 0xffff;
+            }
+            core::ptr::write_unaligned(cp, new);
+        }
+        // SAFETY: the union member the helper fills on success.
+        let macs = p.__bindgen_anon_6.__bindgen_anon_2;
+        let eth = data as *mut [u8; 12];
+        let mut m = [0u8; 12];
+        m[..6].copy_from_slice(&macs.dmac);
+        m[6..].copy_from_slice(&macs.smac);
+        core::ptr::write_unaligned(eth, m);
+    }
+    count(Counter::NsXdpForwarded);
+    if p.ifindex == ingress_ifindex(ctx) {
+        return Ok(TX);
+    }
+    // SAFETY: a plain helper call.
+    Ok(unsafe { h::bpf_redirect(p.ifindex, 0) } as u32)
+}
+
+/// Whether XDP may send a packet out of device `ifindex` (the FIB's
+/// egress): the ingress device (XDP_TX) or another of the node's
+/// north-south devices (those with an address in `ferry_node_addr_v4`,
+/// where the agent attaches this program too). A native redirect to a
+/// device that cannot transmit XDP frames (a bridge, a pod's veth whose
+/// peer has no NAPI) drops the packet, so anything else (local pods
+/// behind a bridge, say) is the stack's: passed to TC before any state.
+#[inline(always)]
+fn may_send_to(ctx: &XdpContext, ifindex: u32) -> bool {
+    ifindex == ingress_ifindex(ctx) || NODE_ADDR_V4.get_ptr(&ifindex).is_some()
+}

@@ -1,0 +1,355 @@
+//! `ferry_xdp` (`--acceleration`): the IPv4 fast path before the skb. New flows to exposed
+//! frontends and packets of tracked flows are translated in place (checksums computed in the
+//! program), their TTL decremented, and redirected to the FIB's next hop (XDP_REDIRECT); what
+//! XDP does not handle is XDP_PASS, untouched, for `ferry_tc_in`, which continues a flow XDP
+//! started (and the other way round): the same conntrack entries.
+
+use super::*;
+
+/// NodePort 30080/TCP and 30053/UDP to a remote pod (SNAT), LB 80/TCP eTP Local to a local pod,
+/// NodePort 30090/TCP without endpoints, LB 443 with a source range.
+fn fixture(f: &mut Fixture, n: &'static Net) {
+    f.backend(4, sa(n.remote_pod, 8080), IPPROTO_TCP, false);
+    f.backend(5, sa(n.remote_pod, 53), IPPROTO_UDP, false);
+    f.backend(1, sa(n.local_pod, 8080), IPPROTO_TCP, true);
+    let np = svc_flags::NODE_PORT;
+    f.frontend(
+        sa(n.node, 30080),
+        IPPROTO_TCP,
+        scope::EXTERNAL,
+        np,
+        REV_NODEPORT,
+        &[4],
+    );
+    f.frontend(sa(n.node, 30053), IPPROTO_UDP, scope::EXTERNAL, np, 9, &[5]);
+    f.frontend(sa(n.node, 30090), IPPROTO_TCP, scope::EXTERNAL, np, 10, &[]);
+    let lb = svc_flags::LOAD_BALANCER | svc_flags::ETP_LOCAL;
+    f.frontend(
+        sa(n.lb_vip, 80),
+        IPPROTO_TCP,
+        scope::EXTERNAL,
+        lb,
+        REV_LB,
+        &[1],
+    );
+    let ranged = svc_flags::LOAD_BALANCER | svc_flags::SOURCE_RANGES;
+    f.frontend(
+        sa(n.lb_vip, 443),
+        IPPROTO_TCP,
+        scope::EXTERNAL,
+        ranged,
+        11,
+        &[1],
+    );
+    f.allow_source(11, n.client2, 32);
+}
+
+/// The FIB's next hop ([`next_hop`]), made one of the node's north-south devices (an address
+/// in the node address map): XDP sends only there or back out of the ingress device.
+fn next_hop_is_a_node_device(f: &mut Fixture, n: &'static Net) {
+    // SAFETY: a NUL-terminated name.
+    let d0 = unsafe { libc::if_nametoindex(c"d0".as_ptr()) };
+    assert_ne!(d0, 0, "no device d0");
+    f.node_addr(d0, n.node);
+    fixture(f, n);
+}
+
+pub static TABLE: &[Scenario] = &[
+    Scenario {
+        desc: "XDP: a NodePort flow with SNAT, started by XDP, continued by XDP and by TC",
+        families: V4,
+        targets: XDP_TC,
+        netns: |n| next_hop(n, None, &["10.244.0.0/16", "198.51.100.0/24"]),
+        fixture: next_hop_is_a_node_device,
+        steps: |n| {
+            let np = sa(n.node, 30080);
+            let pod = sa(n.remote_pod, 8080);
+            let client = sa(n.client, 40001);
+            let get = b"GET / HTTP/1.1\r\n\r\n";
+            vec![
+                row(move |c| {
+                    Row::new(
+                        "SYN: new flow, DNAT+SNAT, redirected to the next hop",
+                        Xdp,
+                        inbound(tcp_packet(client, np, TCP_SYN, b"")),
+                        Redirect,
+                    )
+                    .learn(Learn::SnatAnyPort)
+                    .out(routed(tcp_packet(c.snat(), pod, TCP_SYN, b"")))
+                    .counter(Counter::NsNewFlow, 1)
+                    .counter(Counter::NsXdpForwarded, 1)
+                    .ct(vec![
+                        (
+                            ct_key(client, np, IPPROTO_TCP, ct_dir::FORWARD),
+                            ct_val(c.snat(), pod, 4, REV_NODEPORT, ct_flags::SNAT, TCP_SYN),
+                        ),
+                        (
+                            ct_key(pod, c.snat(), IPPROTO_TCP, ct_dir::REPLY),
+                            ct_val(np, client, 4, REV_NODEPORT, ct_flags::SNAT, TCP_SYN),
+                        ),
+                    ])
+                }),
+                row(move |c| {
+                    Row::new(
+                        "the backend's SYN-ACK to the SNAT port: back to the client from the \
+                         NodePort",
+                        Xdp,
+                        inbound(tcp_packet(pod, c.snat(), TCP_SYN | TCP_ACK, b"")),
+                        Redirect,
+                    )
+                    .out(routed(tcp_packet(np, client, TCP_SYN | TCP_ACK, b"")))
+                    .counter(Counter::NsTracked, 1)
+                    .counter(Counter::NsXdpForwarded, 1)
+                }),
+                row(move |c| {
+                    Row::new(
+                        "the client's next segment: tracked, same translation",
+                        Xdp,
+                        inbound(tcp_packet(client, np, TCP_ACK, get)),
+                        Redirect,
+                    )
+                    .out(routed(tcp_packet(c.snat(), pod, TCP_ACK, get)))
+                    .counter(Counter::NsNewFlow, 0)
+                    .counter(Counter::NsTracked, 1)
+                    .counter(Counter::NsXdpForwarded, 1)
+                    .ct_len(2)
+                }),
+                row(move |c| {
+                    Row::new(
+                        "the same segment under TC: the flow XDP made is TC's too",
+                        TcIn,
+                        inbound(tcp_packet(client, np, TCP_ACK, get)),
+                        Redirect,
+                    )
+                    .out(routed(tcp_packet(c.snat(), pod, TCP_ACK, get)))
+                    .counter(Counter::NsTracked, 1)
+                    .counter(Counter::NsXdpForwarded, 0)
+                    .ct_len(2)
+                }),
+                row(move |_| {
+                    let mut last_hop = tcp_packet(client, np, TCP_ACK, get);
+                    last_hop[8] = 1;
+                    Row::new(
+                        "a TTL that would expire here is the stack's: passed to TC",
+                        Xdp,
+                        inbound(last_hop),
+                        Pass,
+                    )
+                    .unchanged()
+                    .counter(Counter::NsXdpForwarded, 0)
+                }),
+            ]
+        },
+    },
+    Scenario {
+        desc: "XDP: a flow TC started continues under XDP; UDP without checksum keeps none",
+        families: V4,
+        targets: XDP_TC,
+        netns: |n| next_hop(n, None, &["10.244.0.0/16", "198.51.100.0/24"]),
+        fixture: next_hop_is_a_node_device,
+        steps: |n| {
+            let np = sa(n.node, 30080);
+            let dns = sa(n.node, 30053);
+            let pod = sa(n.remote_pod, 8080);
+            let pod53 = sa(n.remote_pod, 53);
+            let client = sa(n.client, 40002);
+            let q = b"query";
+            vec![
+                row(move |c| {
+                    Row::new(
+                        "TC makes the flow",
+                        TcIn,
+                        inbound(tcp_packet(client, np, TCP_SYN, b"")),
+                        Redirect,
+                    )
+                    .learn(Learn::SnatAnyPort)
+                    .out(routed(tcp_packet(c.snat(), pod, TCP_SYN, b"")))
+                    .counter(Counter::NsNewFlow, 1)
+                    .counter(Counter::NsXdpForwarded, 0)
+                }),
+                row(move |c| {
+                    Row::new(
+                        "XDP translates its next segment",
+                        Xdp,
+                        inbound(tcp_packet(client, np, TCP_ACK, b"x")),
+                        Redirect,
+                    )
+                    .out(routed(tcp_packet(c.snat(), pod, TCP_ACK, b"x")))
+                    .counter(Counter::NsXdpForwarded, 1)
+                    .counter(Counter::NsNewFlow, 0)
+                }),
+                row(move |c| {
+                    Row::new(
+                        "UDP with a checksum: new flow, checksum kept right",
+                        Xdp,
+                        inbound(udp_packet(client, dns, q)),
+                        Redirect,
+                    )
+                    .learn(Learn::SnatAnyPort)
+                    .out(routed(udp_packet(c.snat(), pod53, q)))
+                    .counter(Counter::NsNewFlow, 1)
+                    .counter(Counter::NsXdpForwarded, 1)
+                }),
+                row(move |c| {
+                    Row::new(
+                        "the backend's answer back to the client",
+                        Xdp,
+                        inbound(udp_packet(pod53, c.snat(), b"answer")),
+                        Redirect,
+                    )
+                    .out(routed(udp_packet(dns, client, b"answer")))
+                }),
+                row(move |c| {
+                    let client = sa(n.client, 40003);
+                    Row::new(
+                        "UDP without checksum: translated, its checksum stays 0",
+                        Xdp,
+                        inbound(udp_packet_nocsum(client, dns, q)),
+                        Redirect,
+                    )
+                    .learn(Learn::SnatAnyPort)
+                    .out(routed(udp_packet_nocsum(c.snat(), pod53, q)))
+                }),
+            ]
+        },
+    },
+    Scenario {
+        desc: "XDP: eTP Local keeps the client; source ranges drop; the rest passes to TC",
+        families: V4,
+        targets: XDP_TC,
+        netns: |n| next_hop(n, None, &["10.244.0.0/16", "198.51.100.0/24"]),
+        fixture: next_hop_is_a_node_device,
+        steps: |n| {
+            let vip = sa(n.lb_vip, 80);
+            let pod = sa(n.local_pod, 8080);
+            let client = sa(n.client, 40004);
+            let v6 = Family::V6.net();
+            vec![
+                row(move |_| {
+                    Row::new(
+                        "eTP Local: DNAT only, the client's address kept",
+                        Xdp,
+                        inbound(tcp_packet(client, vip, TCP_SYN, b"")),
+                        Redirect,
+                    )
+                    .out(routed(tcp_packet(client, pod, TCP_SYN, b"")))
+                    .counter(Counter::NsXdpForwarded, 1)
+                    .ct(vec![
+                        (
+                            ct_key(client, vip, IPPROTO_TCP, ct_dir::FORWARD),
+                            ct_val(client, pod, 1, REV_LB, ct_flags::LOCAL, TCP_SYN),
+                        ),
+                        (
+                            ct_key(pod, client, IPPROTO_TCP, ct_dir::REPLY),
+                            ct_val(vip, client, 1, REV_LB, ct_flags::LOCAL, TCP_SYN),
+                        ),
+                    ])
+                }),
+                row(move |_| {
+                    Row::new(
+                        "a client outside the source ranges: dropped, counted",
+                        Xdp,
+                        inbound(tcp_packet(client, sa(n.lb_vip, 443), TCP_SYN, b"")),
+                        Shot,
+                    )
+                    .counter(Counter::NsSourceRangeDrop, 1)
+                    .ct_len(2)
+                }),
+                row(move |_| {
+                    Row::new(
+                        "a frontend without endpoints: TC's to reject",
+                        Xdp,
+                        inbound(tcp_packet(client, sa(n.node, 30090), TCP_SYN, b"")),
+                        Pass,
+                    )
+                    .unchanged()
+                    .counter(Counter::NsRejected, 0)
+                }),
+                row(move |_| {
+                    Row::new(
+                        "no frontend: passed",
+                        Xdp,
+                        inbound(tcp_packet(client, sa(n.node, 22), TCP_SYN, b"")),
+                        Pass,
+                    )
+                    .unchanged()
+                }),
+                row(move |_| {
+                    let mut frag = tcp_packet(client, sa(n.node, 30080), TCP_SYN, b"");
+                    frag[6] = 0x20;
+                    Row::new("a first fragment: TC's", Xdp, inbound(frag), Pass).unchanged()
+                }),
+                row(move |_| {
+                    Row::new(
+                        "IP options (a DSR option): TC's",
+                        Xdp,
+                        inbound(dsr_tcp(client, sa(n.node, 30080), vip, TCP_SYN)),
+                        Pass,
+                    )
+                    .unchanged()
+                }),
+                row(move |_| {
+                    Row::new(
+                        "IPv6: TC's for now",
+                        Xdp,
+                        inbound(tcp_packet(
+                            sa(v6.client, 40004),
+                            sa(v6.node, 30080),
+                            TCP_SYN,
+                            b"",
+                        )),
+                        Pass,
+                    )
+                    .unchanged()
+                    .counter(Counter::NsXdpForwarded, 0)
+                    .ct_len(2)
+                }),
+            ]
+        },
+    },
+    Scenario {
+        desc: "XDP: a flow whose next hop is no north-south device (local pods behind a bridge) \
+               is left to TC whole",
+        families: V4,
+        targets: XDP_TC,
+        netns: |n| next_hop(n, None, &["10.244.0.0/16", "198.51.100.0/24"]),
+        fixture,
+        steps: |n| {
+            let client = sa(n.client, 40006);
+            vec![row(move |_| {
+                Row::new(
+                    "routed out of d0, which holds no node address: passed, no state",
+                    Xdp,
+                    inbound(tcp_packet(client, sa(n.lb_vip, 80), TCP_SYN, b"")),
+                    Pass,
+                )
+                .unchanged()
+                .ct_len(0)
+                .counter(Counter::NsXdpForwarded, 0)
+            })]
+        },
+    },
+    Scenario {
+        desc: "XDP: a new flow the FIB cannot route is left to TC whole (no state)",
+        families: V4,
+        targets: XDP_TC,
+        netns: no_netns,
+        fixture,
+        steps: |n| {
+            let client = sa(n.client, 40005);
+            vec![row(move |_| {
+                Row::new(
+                    "no route: passed, no conntrack entry",
+                    Xdp,
+                    inbound(tcp_packet(client, sa(n.node, 30080), TCP_SYN, b"")),
+                    Pass,
+                )
+                .unchanged()
+                .ct_len(0)
+                .counter(Counter::NsNewFlow, 0)
+            })]
+        },
+    },
+];
+
+table_tests!(TABLE, xdp_v4: V4);
