@@ -62,6 +62,10 @@ pub mod ct_flags {
     /// back. On the backend's node (a REPLY entry only, made from the
     /// option): the pod's replies leave with the frontend as their source.
     pub const DSR: u8 = 1 << 2;
+    /// A pod's flow to a ClusterIP translated per packet (the socket layer
+    /// did not): DNAT only, the replies translated on the egress of the
+    /// client pod's device (`ferry_tc_pod_out`).
+    pub const POD: u8 = 1 << 3;
 }
 
 /// The IPv4 option that carries a DSR flow's frontend (the address and port

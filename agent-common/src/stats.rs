@@ -124,9 +124,17 @@ pub enum Counter {
     /// `ferry monitor`: an event the ring buffer had no room for (the
     /// monitor reads too slowly): lost, the packet unaffected.
     EventLost = 36,
+    /// Per-packet ClusterIP path: a pod's new flow to a ClusterIP the socket
+    /// layer did not translate, DNATed to a backend (`ferry_tc_pod`).
+    PodNewFlow = 37,
+    /// Per-packet ClusterIP path: a packet of a tracked pod flow DNATed.
+    PodTracked = 38,
+    /// Per-packet ClusterIP path: a backend's reply to a client pod given
+    /// the ClusterIP back as its source (`ferry_tc_pod_out`).
+    PodRevNat = 39,
 }
 
-pub const COUNTERS: u32 = 37;
+pub const COUNTERS: u32 = 40;
 
 /// Slots of the pinned counter map: a fixed reserve above `COUNTERS`, so
 /// adding a counter does not change the map's size (a pinned map of another
@@ -173,6 +181,9 @@ impl Counter {
         Counter::NsMalformed,
         Counter::NsInternal,
         Counter::EventLost,
+        Counter::PodNewFlow,
+        Counter::PodTracked,
+        Counter::PodRevNat,
     ];
 
     /// Stable name used in metrics and `ferry stats`.
@@ -215,6 +226,9 @@ impl Counter {
             Counter::NsMalformed => "ns_malformed",
             Counter::NsInternal => "ns_internal",
             Counter::EventLost => "event_lost",
+            Counter::PodNewFlow => "pod_new_flow",
+            Counter::PodTracked => "pod_tracked",
+            Counter::PodRevNat => "pod_rev_nat",
         }
     }
 }

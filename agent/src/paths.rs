@@ -44,6 +44,7 @@ pub const TC_INGRESS: &str = "ferry_tc_in";
 pub const TC_EGRESS: &str = "ferry_tc_out";
 /// The program on the devices the node reaches its local endpoints through.
 pub const TC_POD: &str = "ferry_tc_pod";
+pub const TC_POD_OUT: &str = "ferry_tc_pod_out";
 
 /// Pin directory layout.
 #[derive(Clone, Debug)]
