@@ -135,8 +135,14 @@ pub struct NodeConfig {
     /// of [`ICMP_SOURCE_BURST`] (0: [`ICMP_SOURCE_INTERVAL_MS_DEFAULT`]), as
     /// `net.ipv4.icmp_ratelimit`.
     pub icmp_source_interval_ms: u32,
+    pub _pad: u32,
+    /// The network namespace cookie of the agent (the host's: it runs in the
+    /// node's namespace), as SO_NETNS_COOKIE gives it. With
+    /// [`node_flags::SOCK_HOSTNS_ONLY`] the socket hooks translate only for
+    /// sockets of that namespace.
+    pub netns_cookie: u64,
 }
-const _: () = assert!(core::mem::size_of::<NodeConfig>() == 20);
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 32);
 
 /// The kernel's defaults for its own ICMP errors (icmp_msgs_per_sec,
 /// icmp_msgs_burst, icmp_ratelimit; the per-destination burst is
@@ -203,6 +209,11 @@ pub mod node_flags {
     /// an externalIP's (`--external-cluster-ip`; Cilium's
     /// `bpf-lb-external-clusterip`).
     pub const EXTERNAL_CLUSTER_IP: u32 = 1 << 1;
+    /// The socket hooks translate only for sockets of the host's network
+    /// namespace (`NodeConfig::netns_cookie`); pods' traffic to ClusterIPs
+    /// is translated per packet (`--socket-lb-host-netns-only`; Cilium's
+    /// `bpf-lb-sock-hostns-only`).
+    pub const SOCK_HOSTNS_ONLY: u32 = 1 << 2;
 }
 
 /// Default SNAT source port range: above Linux's default ephemeral range

@@ -38,7 +38,8 @@
 use core::ptr::NonNull;
 
 use agent_common::{
-    Ct4Key, Ct4Value, backend_flags, ct_dir, ct_flags, proto, scope, stats::Counter, svc_flags,
+    Ct4Key, Ct4Value, backend_flags, ct_dir, ct_flags, node_flags, proto, scope, stats::Counter,
+    svc_flags,
 };
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_NOEXIST},
@@ -60,6 +61,18 @@ use crate::{
     side::Side,
     tc, verdict,
 };
+
+/// Whether the socket layer translates for the socket of `sock_addr` (a
+/// cgroup sock_addr context): always, unless `--socket-lb-host-netns-only`
+/// leaves every namespace but the host's (the agent's) to this path.
+#[inline(always)]
+pub fn socket_lb_applies(sock_addr: *mut core::ffi::c_void) -> bool {
+    let cfg = ct::node_config();
+    cfg.flags & node_flags::SOCK_HOSTNS_ONLY == 0
+        // SAFETY: a sock_addr program's context.
+        || unsafe { aya_ebpf::helpers::generated::bpf_get_netns_cookie(sock_addr) }
+            == cfg.netns_cookie
+}
 
 /// What [`flow_call`] returns for a packet to a ClusterIP without
 /// endpoints: its caller answers it with [`reject_call`], whose frame

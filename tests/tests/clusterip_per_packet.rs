@@ -12,7 +12,7 @@ use std::{process::Command, time::Duration};
 
 use ferry::model::Protocol;
 use ferry_tests::{
-    Attempt, Cluster, Endpoint, EndpointSlice, Pod, Service, cgroup,
+    AgentOpts, Attempt, Cluster, Endpoint, EndpointSlice, Pod, Service, cgroup,
     client::parse_lines,
     cluster::poll,
     proc::{self, Placement},
@@ -68,6 +68,7 @@ fn counter(c: &Cluster, node: &str, name: &str) -> u64 {
 }
 
 #[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn a_pod_process_outside_the_cgroup_reaches_cluster_ips_per_packet() {
     require_root!();
     let c = Cluster::new("clusterip_per_packet");
@@ -107,13 +108,7 @@ fn a_pod_process_outside_the_cgroup_reaches_cluster_ips_per_packet() {
     for (vip, who) in [(LOCAL_VIP, host1.name.as_str()), (REMOTE_VIP, "b2")] {
         let target = format!("{vip}:80");
         // The pod programs reach node1's bridge with its first local endpoint: poll.
-        let first = poll(DEADLINE, Duration::from_millis(100), || {
-            let a = outside_client(&client, &["tcp", &target, "--timeout-ms", "1000"]).remove(0);
-            if a.ok { Ok(a) } else { Err(a.raw) }
-        });
-        if let Err(e) = first {
-            panic!("{target}: never answered per packet: {e}\n{}", c.dump());
-        }
+        first_answer(&c, &target, |args| outside_client(&client, args));
         let new_before = counter(&c, "node1", "pod_new_flow");
         let rev_before = counter(&c, "node1", "pod_rev_nat");
         let tcp = outside_client(
@@ -158,4 +153,87 @@ fn a_pod_process_outside_the_cgroup_reaches_cluster_ips_per_packet() {
     );
     assert!(inside.iter().all(|a| a.ok), "{inside:#?}");
     assert_eq!(counter(&c, "node1", "pod_new_flow"), new_before);
+}
+
+/// Polls until `target` answers a TCP attempt of `run`.
+fn first_answer(c: &Cluster, target: &str, mut run: impl FnMut(&[&str]) -> Vec<Attempt>) {
+    let first = poll(DEADLINE, Duration::from_millis(100), || {
+        let a = run(&["tcp", target, "--timeout-ms", "1000"]).remove(0);
+        if a.ok { Ok(a) } else { Err(a.raw) }
+    });
+    if let Err(e) = first {
+        panic!("{target}: never answered: {e}\n{}", c.dump());
+    }
+}
+
+/// `--socket-lb-host-netns-only`: a pod's process in the hooked cgroup is left to the
+/// per-packet path (its connect() untranslated, pod_new_flow counts it), a process of the
+/// node's own namespace is still translated by the socket layer.
+#[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
+fn socket_lb_host_netns_only_leaves_pods_to_the_per_packet_path() {
+    require_root!();
+    let c = Cluster::new("socket_lb_host_netns_only");
+    let node1 = c.node("node1").clone();
+    let client = c.add_pod_on("node1", "client");
+    let b2 = c.add_pod_on("node2", "b2");
+    let _e2 = c.start_echo(&b2, &[8080], &[5353]);
+    service(&c, "remote", REMOTE_VIP, b2.ip, "node2");
+    service(&c, "anchor", ANCHOR_VIP, client.ip, "node1");
+    c.start_agents_with(&AgentOpts {
+        extra_args: vec!["--socket-lb-host-netns-only".into()],
+        ..AgentOpts::default()
+    });
+    c.wait_north_south(DEADLINE);
+    let ep = format!("{}:8080", b2.ip);
+    c.wait_services(
+        "node1",
+        |v| services::active_is(v, REMOTE_VIP, 80, Protocol::Tcp, &[ep.as_str()]),
+        DEADLINE,
+    );
+    let target = format!("{REMOTE_VIP}:80");
+
+    // The pod's process, in node1's cgroup (lab-client through the lab, as every pod's).
+    first_answer(&c, &target, |args| c.client(&client, args));
+    let connects = counter(&c, "node1", "connect_translated");
+    let new_flows = counter(&c, "node1", "pod_new_flow");
+    let tcp = c.client(
+        &client,
+        &["tcp", &target, "--count", "4", "--timeout-ms", "3000"],
+    );
+    for a in &tcp {
+        assert!(a.ok, "{}", a.raw);
+        assert_eq!(a.peer.as_deref(), Some(target.as_str()), "{}", a.raw);
+        assert_eq!(a.pod().as_deref(), Some("b2"), "{}", a.raw);
+    }
+    let udp_target = format!("{REMOTE_VIP}:53");
+    let udp = c.client(&client, &["udp", &udp_target, "--count", "2"]);
+    for a in &udp {
+        assert!(a.ok, "{}", a.raw);
+        assert_eq!(a.from.as_deref(), Some(udp_target.as_str()), "{}", a.raw);
+    }
+    let pod_flows = counter(&c, "node1", "pod_new_flow") - new_flows;
+    println!("pod in the cgroup: pod_new_flow +{pod_flows}");
+    assert!(pod_flows >= 5, "pod_new_flow +{pod_flows}");
+    assert_eq!(
+        counter(&c, "node1", "connect_translated"),
+        connects,
+        "a pod's connect() was translated by the socket layer"
+    );
+
+    // The node's own process (host network, in the same cgroup): the socket layer.
+    let host = node1.host();
+    let new_flows = counter(&c, "node1", "pod_new_flow");
+    let tcp = c.client(
+        &host,
+        &["tcp", &target, "--count", "3", "--timeout-ms", "3000"],
+    );
+    for a in &tcp {
+        assert!(a.ok, "{}", a.raw);
+        assert_eq!(a.peer.as_deref(), Some(target.as_str()), "{}", a.raw);
+    }
+    let host_connects = counter(&c, "node1", "connect_translated") - connects;
+    println!("host process: connect_translated +{host_connects}");
+    assert!(host_connects >= 3, "connect_translated +{host_connects}");
+    assert_eq!(counter(&c, "node1", "pod_new_flow"), new_flows);
 }

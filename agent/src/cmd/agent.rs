@@ -135,6 +135,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         interfaces: args.interfaces.clone(),
         mode: args.lb_mode,
         external_cluster_ip: args.external_cluster_ip,
+        socket_lb_host_netns_only: args.socket_lb_host_netns_only,
     };
     let pins = PinDir::new(&args.bpffs);
     let features = metrics.clone();
