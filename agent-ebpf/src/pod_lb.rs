@@ -14,10 +14,12 @@
 //! may see two affinity entries), FORWARD and REPLY entries flagged
 //! `ct_flags::POD`, and goes on to the stack (TC_ACT_OK), which routes it
 //! to the backend. The pod's source address is kept, as kube-proxy keeps
-//! it. A ClusterIP without endpoints is answered with an ICMP port
-//! unreachable (icmp.rs), as the socket layer refuses at once and
-//! kube-proxy's REJECT does; a Local internal policy without a local
-//! endpoint is dropped (`NoLocalEndpoint`), as kube-proxy drops it.
+//! it. A ClusterIP without endpoints, or on a port no Service defines, is
+//! answered with an ICMP port unreachable (icmp.rs's builder for TC, sent
+//! back out of the device), as the socket layer refuses at once and
+//! kube-proxy's REJECT does: the client fails fast rather than timing out;
+//! a Local internal policy without a local endpoint is dropped
+//! (`NoLocalEndpoint`), as kube-proxy drops it.
 //!
 //! Replies: `ferry_tc_pod_out` (egress of the same devices) gives the
 //! backend's packets to the client pod the ClusterIP:port back as their
@@ -27,6 +29,10 @@
 //! egress of its host-end device. The cgroup skb hooks are no alternative:
 //! cgroup_skb programs cannot rewrite packets, and they see only the
 //! packets of sockets in the cgroup (a VM on a tap has no socket there).
+//!
+//! Which devices: those `ferry_tc_pod` is on (pod_devices.rs: the devices
+//! the node reaches its local endpoints through); a client pod behind a
+//! device with no local endpoint gets no per-packet path yet.
 //!
 //! Left out: hairpin (a pod reaching itself through its ClusterIP needs
 //! kube-proxy's masquerade; such a packet is dropped as `NatFailed`), and
@@ -38,8 +44,8 @@
 use core::ptr::NonNull;
 
 use agent_common::{
-    Ct4Key, Ct4Value, backend_flags, ct_dir, ct_flags, node_flags, proto, scope, stats::Counter,
-    svc_flags,
+    Ct4Key, Ct4Value, Svc4Key, backend_flags, ct_dir, ct_flags, node_flags, proto, scope,
+    stats::Counter, svc_flags,
 };
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_NOEXIST},
@@ -106,6 +112,15 @@ fn from_pod4_body(ctx: &TcContext, ip: &Ipv4) -> Outcome {
     let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ip)) else {
         return Ok(verdict::PASS);
     };
+    // Every ClusterIP has its marker (port 0, protocol 0; codec.rs's
+    // cluster_ip_key): a pod's traffic to anything else costs this one
+    // lookup.
+    if <Svc4Key as Frontend>::frontend(t.daddr, 0, 0, scope::EXTERNAL)
+        .lookup()
+        .is_none()
+    {
+        return Ok(verdict::PASS);
+    }
     let fwd_key: Ct4Key = ct::key(&t, ct_dir::FORWARD);
     if let Some(entry) = ct::lookup(&fwd_key) {
         // SAFETY: a live map value, copied out.
@@ -128,22 +143,18 @@ fn from_pod4_body(ctx: &TcContext, ip: &Ipv4) -> Outcome {
 /// A packet no pod flow knows: a new flow if it is for a ClusterIP.
 #[inline(always)]
 fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, fwd_key: &Ct4Key) -> Outcome {
-    let mut key =
-        <agent_common::Svc4Key as Frontend>::frontend(t.daddr, t.dport, t.proto, scope::EXTERNAL);
+    let mut key = <Svc4Key as Frontend>::frontend(t.daddr, t.dport, t.proto, scope::EXTERNAL);
     let Some(mut svc) = key.lookup() else {
-        return Ok(verdict::PASS);
+        // A ClusterIP on a port (or protocol) no Service defines: rejected,
+        // as the socket layer refuses it (kube-proxy's cluster-ips-check).
+        return Ok(NO_ENDPOINTS);
     };
     if svc.flags & svc_flags::CLUSTER_IP == 0 {
         return Ok(verdict::PASS);
     }
     if svc.flags & svc_flags::TWO_SCOPES != 0 {
         // In-cluster clients use every endpoint (sock_lb.rs).
-        key = <agent_common::Svc4Key as Frontend>::frontend(
-            t.daddr,
-            t.dport,
-            t.proto,
-            scope::INTERNAL,
-        );
+        key = <Svc4Key as Frontend>::frontend(t.daddr, t.dport, t.proto, scope::INTERNAL);
         svc = key.lookup().unwrap_or_default();
     }
     if svc.count == 0 {
@@ -157,15 +168,12 @@ fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, fwd_key: &Ct4Key) ->
     }
     let chosen = select::choose(&key, &svc, V4::client(&t.saddr), Some(V4::flow_hash(t)))
         .ok_or(DropReason::NoBackend)?;
-    let (backend_addr, backend_port) =
-        <agent_common::Svc4Key as Frontend>::backend_dest(&chosen.backend);
+    let (backend_addr, backend_port) = <Svc4Key as Frontend>::backend_dest(&chosen.backend);
     if backend_addr == t.saddr {
         // Hairpin: would need masquerade (see the module comment).
         return Err(DropReason::NatFailed);
     }
-    let local = <agent_common::Svc4Key as Frontend>::backend_flags(&chosen.backend)
-        & backend_flags::LOCAL
-        != 0;
+    let local = <Svc4Key as Frontend>::backend_flags(&chosen.backend) & backend_flags::LOCAL != 0;
     let flags = ct_flags::POD | if local { ct_flags::LOCAL } else { 0 };
     let tcp_flags = parse::tcp_flags(ip);
     let now = select::now_seconds();
@@ -231,8 +239,8 @@ fn claim_reply(rkey: &Ct4Key, rev: &Ct4Value) -> Result<(), DropReason> {
 /// The flow's backend still exists with the address it was given.
 #[inline(always)]
 fn backend_still_there(v: &Ct4Value) -> bool {
-    matches!(<agent_common::Svc4Key as Frontend>::backend(v.backend_id()),
-        Some(b) if <agent_common::Svc4Key as Frontend>::backend_dest(&b) == (v.nat_daddr(), v.nat_dport()))
+    matches!(<Svc4Key as Frontend>::backend(v.backend_id()),
+        Some(b) if <Svc4Key as Frontend>::backend_dest(&b) == (v.nat_daddr(), v.nat_dport()))
 }
 
 #[inline(always)]

@@ -26,6 +26,8 @@ const DEADLINE: Duration = Duration::from_secs(10);
 const LOCAL_VIP: &str = "10.96.0.20";
 const REMOTE_VIP: &str = "10.96.0.21";
 const ANCHOR_VIP: &str = "10.96.0.22";
+/// A ClusterIP without endpoints.
+const EMPTY_VIP: &str = "10.96.0.23";
 
 /// A ClusterIP Service `name` (`vip`): http 80 -> 8080/TCP, dns 53 -> 5353/UDP, its slice
 /// naming `ip` on `node`.
@@ -92,6 +94,8 @@ fn a_pod_process_outside_the_cgroup_reaches_cluster_ips_per_packet() {
     service(&c, "local", LOCAL_VIP, node1.gateway, "node1");
     service(&c, "remote", REMOTE_VIP, b2.ip, "node2");
     service(&c, "anchor", ANCHOR_VIP, client.ip, "node1");
+    c.manifests()
+        .apply(&Service::cluster_ip("empty", EMPTY_VIP).port_to("http", 80, "TCP", 8080u16));
     c.start_agents();
     c.wait_north_south(DEADLINE);
     for (vip, ep) in [
@@ -144,6 +148,16 @@ fn a_pod_process_outside_the_cgroup_reaches_cluster_ips_per_packet() {
         assert!(new_flows >= 6, "pod_new_flow +{new_flows}");
         assert!(revs >= 5 * 2 + 3, "pod_rev_nat +{revs}");
     }
+
+    // No endpoints: refused at once (an ICMP port unreachable), not left to time out.
+    let refused = outside_client(
+        &client,
+        &["tcp", &format!("{EMPTY_VIP}:80"), "--timeout-ms", "3000"],
+    );
+    let a = &refused[0];
+    assert!(!a.ok, "{}", a.raw);
+    assert_eq!(a.error.as_deref(), Some("ECONNREFUSED"), "{}", a.raw);
+    assert!(a.elapsed_ms < 1000, "refused after {} ms", a.elapsed_ms);
 
     // A process in the cgroup is still served by the socket layer: no per-packet flow.
     let new_before = counter(&c, "node1", "pod_new_flow");

@@ -20,7 +20,7 @@ use agent_common::stats::Counter;
 
 use super::{
     ETH_HLEN, assert_checksums, assert_checksums_v6,
-    fixture::{Ct, CtVal, Fixture, TC_IN, TC_OUT, TC_POD},
+    fixture::{Ct, CtVal, Fixture, TC_IN, TC_OUT, TC_POD, TC_POD_OUT},
     frames::{hex_diff, sport},
     isolated,
     net::{Family, Net, sa},
@@ -35,6 +35,8 @@ pub enum Hook {
     TcOut,
     /// `ferry_tc_pod`: ingress of a pod's device (what pods send).
     TcPod,
+    /// `ferry_tc_pod_out`: egress of a pod's device (what pods receive).
+    TcPodOut,
 }
 
 impl Hook {
@@ -43,6 +45,7 @@ impl Hook {
             Hook::TcIn => TC_IN,
             Hook::TcOut => TC_OUT,
             Hook::TcPod => TC_POD,
+            Hook::TcPodOut => TC_POD_OUT,
         }
     }
 }

@@ -25,6 +25,7 @@ mod hostile;
 mod icmp;
 mod nat;
 mod passthrough;
+mod pod;
 mod reject;
 
 use std::net::{IpAddr, SocketAddr};
