@@ -12,7 +12,11 @@
 //!   backend choice, two conntrack inserts, DNAT);
 //! - hit: the same flow's next client segment (conntrack lookup, DNAT);
 //! - reply: the backend's segment leaving the node (conntrack lookup, reverse NAT);
-//! - pass: a packet to an address that is no frontend (what every other packet costs).
+//! - pass: a packet to an address that is no frontend (what every other packet costs);
+//! - the per-packet ClusterIP path (pod_lb.rs) on a pod's device: `ferry_tc_pod`'s pass (a
+//!   pod's packet to no ClusterIP: what every pod packet through a pod device costs), miss
+//!   and hit (a pod's SYN and next segment to a ClusterIP), and `ferry_tc_pod_out`'s reply
+//!   (reverse NAT) and pass (a packet to a pod of no pod flow).
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -38,6 +42,8 @@ use crate::progtest::{
 
 const TC_IN: &str = "ferry_tc_in";
 const TC_OUT: &str = "ferry_tc_out";
+const TC_POD: &str = "ferry_tc_pod";
+const TC_POD_OUT: &str = "ferry_tc_pod_out";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PathCost {
@@ -91,6 +97,10 @@ const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 5);
 const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const REV: u16 = 7;
+const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const REV_CIP: u16 = 8;
+/// The pod that calls the ClusterIP.
+const POD_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 9);
 
 fn raw(ip: Ipv4Addr) -> u32 {
     ip4_to_raw(ip.octets())
@@ -118,7 +128,10 @@ fn frame(src: SocketAddrV4, dst: SocketAddrV4, flags: u8, inbound: bool) -> Vec<
 }
 
 fn measure(samples: usize) -> Result<Results> {
-    let mut t = ProgTest::load(ferry::datapath::loader::ebpf_object(), &[TC_IN, TC_OUT])?;
+    let mut t = ProgTest::load(
+        ferry::datapath::loader::ebpf_object(),
+        &[TC_IN, TC_OUT, TC_POD, TC_POD_OUT],
+    )?;
     program_maps(&mut t)?;
     let empty = empty_classifier()?;
     let vip = SocketAddrV4::new(LB_VIP, 80);
@@ -143,8 +156,9 @@ fn measure(samples: usize) -> Result<Results> {
         Ok(p.fd()?.as_fd().as_raw_fd())
     };
     let (fd_in, fd_out) = (fd(TC_IN)?, fd(TC_OUT)?);
+    let (fd_pod, fd_pod_out) = (fd(TC_POD)?, fd(TC_POD_OUT)?);
     let mut sizes = Vec::new();
-    for name in [TC_IN, TC_OUT] {
+    for name in [TC_IN, TC_OUT, TC_POD, TC_POD_OUT] {
         let p: &SchedClassifier = t.ebpf.program(name).context("program")?.try_into()?;
         let info = p.info()?;
         sizes.push((
@@ -225,6 +239,56 @@ fn measure(samples: usize) -> Result<Results> {
         pass,
         verdict,
     );
+    // The per-packet ClusterIP path.
+    let pod_client = SocketAddrV4::new(POD_CLIENT, 40000);
+    let cip = SocketAddrV4::new(CLUSTER_IP, 80);
+    let pod_syn = frame(pod_client, cip, TCP_SYN, true);
+    let pod_ack = frame(pod_client, cip, TCP_ACK, true);
+    let pod_reply = frame(pod, pod_client, TCP_ACK, false);
+    let pod_other = frame(
+        pod_client,
+        SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 99), 80),
+        TCP_ACK,
+        true,
+    );
+    let to_pod_other = frame(
+        SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 99), 80),
+        pod_client,
+        TCP_ACK,
+        false,
+    );
+    let mut runs = |fd: i32, frame: &[u8], clear: bool| -> Result<(Vec<f64>, i32)> {
+        let mut ds = Vec::with_capacity(samples);
+        let mut v = 0;
+        for _ in 0..samples {
+            if clear {
+                clear_ct(&mut t)?;
+            }
+            let (verdict, d) = run_once(fd, frame)?;
+            v = verdict;
+            ds.push(d);
+        }
+        Ok((ds, v))
+    };
+    let (ds, v) = runs(fd_pod, &pod_other, false)?;
+    cost("pod pass (a pod's packet to no ClusterIP)", TC_POD, ds, v);
+    let (ds, v) = runs(fd_pod, &pod_syn, true)?;
+    if v != 0 {
+        bail!("the pod's SYN to the ClusterIP was not translated (verdict {v})");
+    }
+    cost("pod miss (a pod's new flow to a ClusterIP)", TC_POD, ds, v);
+    let (ds, v) = runs(fd_pod, &pod_ack, false)?;
+    cost("pod hit (a pod's tracked flow)", TC_POD, ds, v);
+    let (ds, v) = runs(fd_pod_out, &pod_reply, false)?;
+    cost("pod reply (reverse NAT to the pod)", TC_POD_OUT, ds, v);
+    let (ds, v) = runs(fd_pod_out, &to_pod_other, false)?;
+    cost(
+        "pod out pass (a packet to a pod of no pod flow)",
+        TC_POD_OUT,
+        ds,
+        v,
+    );
+
     let pass_repeat = 1_000_000;
     let (_, pass_repeat_ns) = run_repeat(fd_in, &other, pass_repeat)?;
 
@@ -291,6 +355,33 @@ fn program_maps(t: &mut ProgTest) -> Result<()> {
         },
         0,
     )?;
+    // A ClusterIP 10.96.0.10:80 with the same backend, and its marker (port 0, protocol 0).
+    let cip = |port: u16, proto: u8, slot: u16| Svc4Key {
+        addr: raw(CLUSTER_IP),
+        port: port_to_raw(port),
+        slot,
+        proto,
+        scope: scope::EXTERNAL,
+        _pad: [0; 2],
+    };
+    let head = |count: u16, rev_nat_id: u16| SvcValue {
+        backend_id: 0,
+        count,
+        rev_nat_id,
+        flags: svc_flags::CLUSTER_IP,
+        _pad: 0,
+        affinity_timeout: 0,
+    };
+    svc.insert(&cip(80, IPPROTO_TCP, 0), &head(1, REV_CIP), 0)?;
+    svc.insert(
+        &cip(80, IPPROTO_TCP, 1),
+        &SvcValue {
+            backend_id: 1,
+            ..SvcValue::default()
+        },
+        0,
+    )?;
+    svc.insert(&cip(0, 0, 0), &head(0, 0), 0)?;
     hash::<u16, RevNat4>(t, m::REV_NAT_V4)?.insert(
         &REV,
         &RevNat4 {
