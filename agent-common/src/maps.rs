@@ -30,8 +30,9 @@ pub const SRC_RANGE_V4: &str = "ferry_srcr4_v1";
 pub const MAGLEV: &str = "ferry_maglev_v1";
 /// The node's IPv4 address on each device (ifindex -> address), the SNAT source.
 pub const NODE_ADDR_V4: &str = "ferry_naddr4_v1";
-/// Per-node settings (`NodeConfig`), one entry.
-pub const NODE_CONFIG: &str = "ferry_ncfg_v2";
+/// Per-node settings (`NodeConfig`), one entry. v3: the netns cookie
+/// (32 bytes; a v2 pin cannot be adopted).
+pub const NODE_CONFIG: &str = "ferry_ncfg_v3";
 /// Every node's IPv4 addresses (address -> 1), from the Node objects: the
 /// addresses a DSR option may name for a NodePort.
 pub const NODES_V4: &str = "ferry_nodes4_v1";

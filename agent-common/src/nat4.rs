@@ -62,6 +62,10 @@ pub mod ct_flags {
     /// back. On the backend's node (a REPLY entry only, made from the
     /// option): the pod's replies leave with the frontend as their source.
     pub const DSR: u8 = 1 << 2;
+    /// A pod's flow to a ClusterIP translated per packet (the socket layer
+    /// did not): DNAT only, the replies translated on the egress of the
+    /// client pod's device (`ferry_tc_pod_out`).
+    pub const POD: u8 = 1 << 3;
 }
 
 /// The IPv4 option that carries a DSR flow's frontend (the address and port
@@ -131,8 +135,14 @@ pub struct NodeConfig {
     /// of [`ICMP_SOURCE_BURST`] (0: [`ICMP_SOURCE_INTERVAL_MS_DEFAULT`]), as
     /// `net.ipv4.icmp_ratelimit`.
     pub icmp_source_interval_ms: u32,
+    pub _pad: u32,
+    /// The network namespace cookie of the agent (the host's: it runs in the
+    /// node's namespace), as SO_NETNS_COOKIE gives it. With
+    /// [`node_flags::SOCK_HOSTNS_ONLY`] the socket hooks translate only for
+    /// sockets of that namespace.
+    pub netns_cookie: u64,
 }
-const _: () = assert!(core::mem::size_of::<NodeConfig>() == 20);
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 32);
 
 /// The kernel's defaults for its own ICMP errors (icmp_msgs_per_sec,
 /// icmp_msgs_burst, icmp_ratelimit; the per-destination burst is
@@ -199,6 +209,11 @@ pub mod node_flags {
     /// an externalIP's (`--external-cluster-ip`; Cilium's
     /// `bpf-lb-external-clusterip`).
     pub const EXTERNAL_CLUSTER_IP: u32 = 1 << 1;
+    /// The socket hooks translate only for sockets of the host's network
+    /// namespace (`NodeConfig::netns_cookie`); pods' traffic to ClusterIPs
+    /// is translated per packet (`--socket-lb-host-netns-only`; Cilium's
+    /// `bpf-lb-sock-hostns-only`).
+    pub const SOCK_HOSTNS_ONLY: u32 = 1 << 2;
 }
 
 /// Default SNAT source port range: above Linux's default ephemeral range

@@ -128,9 +128,17 @@ pub enum Counter {
     /// (`--acceleration`), before any skb existed: proof that a flow took
     /// the fast path (it is counted `NsTracked`/`NsNewFlow` as under TC too).
     NsXdpForwarded = 37,
+    /// Per-packet ClusterIP path: a pod's new flow to a ClusterIP the socket
+    /// layer did not translate, DNATed to a backend (`ferry_tc_pod`).
+    PodNewFlow = 38,
+    /// Per-packet ClusterIP path: a packet of a tracked pod flow DNATed.
+    PodTracked = 39,
+    /// Per-packet ClusterIP path: a backend's reply to a client pod given
+    /// the ClusterIP back as its source (`ferry_tc_pod_out`).
+    PodRevNat = 40,
 }
 
-pub const COUNTERS: u32 = 38;
+pub const COUNTERS: u32 = 41;
 
 /// Slots of the pinned counter map: a fixed reserve above `COUNTERS`, so
 /// adding a counter does not change the map's size (a pinned map of another
@@ -178,6 +186,9 @@ impl Counter {
         Counter::NsInternal,
         Counter::EventLost,
         Counter::NsXdpForwarded,
+        Counter::PodNewFlow,
+        Counter::PodTracked,
+        Counter::PodRevNat,
     ];
 
     /// Stable name used in metrics and `ferry stats`.
@@ -221,6 +232,9 @@ impl Counter {
             Counter::NsInternal => "ns_internal",
             Counter::EventLost => "event_lost",
             Counter::NsXdpForwarded => "ns_xdp_forwarded",
+            Counter::PodNewFlow => "pod_new_flow",
+            Counter::PodTracked => "pod_tracked",
+            Counter::PodRevNat => "pod_rev_nat",
         }
     }
 }

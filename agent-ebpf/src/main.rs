@@ -45,6 +45,8 @@ mod ns;
 #[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]
+mod pod_lb;
+#[cfg(target_arch = "bpf")]
 mod ratelimit;
 #[cfg(target_arch = "bpf")]
 mod select;

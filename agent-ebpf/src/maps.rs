@@ -50,7 +50,7 @@ pub static MAGLEV: HashMap<u32, u32> = HashMap::pinned(m::MAGLEV_MAX, BPF_F_NO_P
 #[map(name = "ferry_naddr4_v1")]
 pub static NODE_ADDR_V4: HashMap<u32, u32> = HashMap::pinned(m::NODE_ADDR_V4_MAX, 0);
 
-#[map(name = "ferry_ncfg_v2")]
+#[map(name = "ferry_ncfg_v3")]
 pub static NODE_CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
 
 #[map(name = "ferry_nodes4_v1")]

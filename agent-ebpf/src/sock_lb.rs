@@ -190,6 +190,11 @@ fn xlate_fwd<F: Family>(
     l4: u8,
     write: impl FnOnce(Addr<F>, u16),
 ) -> i32 {
+    // --socket-lb-host-netns-only: pods' sockets are left to the per-packet
+    // path (pod_lb.rs).
+    if !crate::pod_lb::socket_lb_applies(ctx.as_ptr()) {
+        return ALLOW;
+    }
     let refused = hook.refused;
     let mut key = F::Key::frontend(addr, port, l4, scope::EXTERNAL);
     let Some(mut svc) = key.lookup() else {

@@ -33,6 +33,7 @@ use crate::{
     family::{V4, V6},
     icmp, icmp6, nodeport, ns,
     parse::{self, ETH_HLEN, ETH_P_IP, ETH_P_IPV6},
+    pod_lb,
     side::Side,
     verdict,
 };
@@ -67,7 +68,7 @@ pub fn ferry_tc_pod(ctx: TcContext) -> i32 {
 /// The frame's EtherType (host order; 0 for a frame too short to have one),
 /// read straight from the packet: no stack in the entry point.
 #[inline(always)]
-fn ethertype(ctx: &TcContext) -> u16 {
+pub(crate) fn ethertype(ctx: &TcContext) -> u16 {
     let (data, end) = (ctx.data(), ctx.data_end());
     if data + ETH_HLEN > end {
         return 0;
@@ -78,7 +79,7 @@ fn ethertype(ctx: &TcContext) -> u16 {
 }
 
 #[inline(always)]
-fn skb(ctx: &TcContext) -> *mut __sk_buff {
+pub(crate) fn skb(ctx: &TcContext) -> *mut __sk_buff {
     ctx.as_ptr().cast()
 }
 
@@ -121,7 +122,12 @@ fn ipv4(ctx: &TcContext, side: Side) -> Outcome {
         proto::TCP | proto::UDP => match side {
             Side::Ingress => nodeport::ingress::<V4>(ctx, &ip),
             Side::Egress => nodeport::egress::<V4>(ctx, &ip),
-            Side::Pod => nodeport::from_pod::<V4>(ctx, &ip),
+            // What no masqueraded flow takes goes to the per-packet
+            // ClusterIP path (pod_lb.rs).
+            Side::Pod => match nodeport::from_pod::<V4>(ctx, &ip) {
+                Ok(verdict::PASS) => pod_lb::from_pod4(ctx, &ip),
+                v => v,
+            },
         },
         parse::IPPROTO_ICMP => icmp::translate_error(ctx, &ip, side),
         _ => Ok(verdict::PASS),

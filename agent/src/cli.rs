@@ -143,6 +143,13 @@ pub struct AgentArgs {
     /// exposes every internal Service to whoever can route to the node.
     #[arg(long)]
     pub external_cluster_ip: bool,
+    /// The socket hooks translate only for sockets of the host's network
+    /// namespace; pods' traffic to ClusterIPs is translated per packet on
+    /// their devices (Cilium's `bpf-lb-sock-hostns-only`: for service
+    /// meshes that redirect pods' traffic, and sandboxes whose guests have
+    /// no socket on the node).
+    #[arg(long)]
+    pub socket_lb_host_netns_only: bool,
     /// Default north-south backend choice; the Service annotation
     /// `ferry.io/lb-algorithm: maglev|random` overrides it.
     #[arg(long, value_enum, default_value_t = LbAlgorithm::Random)]

@@ -46,6 +46,7 @@ pub const TC_EGRESS: &str = "ferry_tc_out";
 pub const TC_POD: &str = "ferry_tc_pod";
 /// The north-south fast path before the skb (`--acceleration`).
 pub const XDP: &str = "ferry_xdp";
+pub const TC_POD_OUT: &str = "ferry_tc_pod_out";
 
 /// Pin directory layout.
 #[derive(Clone, Debug)]

@@ -136,6 +136,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         mode: args.lb_mode,
         external_cluster_ip: args.external_cluster_ip,
         acceleration: args.acceleration,
+        socket_lb_host_netns_only: args.socket_lb_host_netns_only,
     };
     let pins = PinDir::new(&args.bpffs);
     let features = metrics.clone();

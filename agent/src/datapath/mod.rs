@@ -15,6 +15,7 @@ pub mod loader;
 pub mod maglev;
 pub mod maps;
 pub mod mem_maps;
+pub mod netns_cookie;
 pub mod owner;
 pub mod pin_dir;
 pub mod pod_devices;

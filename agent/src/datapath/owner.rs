@@ -59,6 +59,8 @@ pub struct NorthSouth {
     pub external_cluster_ip: bool,
     /// `--acceleration`.
     pub acceleration: crate::cli::Acceleration,
+    /// `--socket-lb-host-netns-only`.
+    pub socket_lb_host_netns_only: bool,
 }
 
 pub struct Datapath {
@@ -74,6 +76,8 @@ pub struct Datapath {
     /// The object carries the TC programs (known at load, asked per change).
     tc_available: bool,
     warned_unavailable: bool,
+    /// The agent's (the host's) netns cookie, for `--socket-lb-host-netns-only`.
+    netns_cookie: u64,
 }
 
 impl Datapath {
@@ -82,6 +86,14 @@ impl Datapath {
     pub fn load(opts: &LoadOptions, caps: Capacities, ns: NorthSouth) -> Result<Datapath> {
         let (loaded, maps) = Loaded::load(opts)?;
         let tc_available = tc::available(&loaded.ebpf);
+        let netns_cookie = if ns.socket_lb_host_netns_only {
+            super::netns_cookie::own().map_err(|e| Error::Io {
+                context: "--socket-lb-host-netns-only: the agent's netns cookie (SO_NETNS_COOKIE, Linux 5.14)".into(),
+                source: e,
+            })?
+        } else {
+            0
+        };
         let table = ServiceTable::new(Programmer::adopt_with(maps, caps));
         Ok(Datapath {
             loaded,
@@ -92,6 +104,7 @@ impl Datapath {
             node_synced: false,
             tc_available,
             warned_unavailable: false,
+            netns_cookie,
         })
     }
 
@@ -228,12 +241,18 @@ impl Datapath {
                 node_flags::EXTERNAL_CLUSTER_IP
             } else {
                 0
+            } | if self.ns.socket_lb_host_netns_only {
+                node_flags::SOCK_HOSTNS_ONLY
+            } else {
+                0
             },
             snat_port_min: agent_common::SNAT_PORT_MIN_DEFAULT,
             snat_port_max: agent_common::SNAT_PORT_MAX_DEFAULT,
             icmp_rate: icmp.rate,
             icmp_burst: icmp.burst,
             icmp_source_interval_ms: icmp.source_interval_ms,
+            _pad: 0,
+            netns_cookie: self.netns_cookie,
         };
         // Written only when it differs: a restart over the same node writes nothing.
         if self.maps_mut().node_config.get(&0, 0).ok() != Some(cfg) {

@@ -26,6 +26,7 @@ const TC_PROGRAMS: &[(&str, TcAttachType, &str)] = &[
     (paths::TC_INGRESS, TcAttachType::Ingress, "in"),
     (paths::TC_EGRESS, TcAttachType::Egress, "out"),
     (paths::TC_POD, TcAttachType::Ingress, "pod"),
+    (paths::TC_POD_OUT, TcAttachType::Egress, "podout"),
 ];
 
 /// What a device is to ferry: which of the programs it carries.
@@ -33,7 +34,8 @@ const TC_PROGRAMS: &[(&str, TcAttachType, &str)] = &[
 pub enum Role {
     /// Holds node addresses: north-south in and out.
     Node,
-    /// Leads to local endpoints: their masqueraded replies.
+    /// Leads to local endpoints: their masqueraded replies; pods' packets to
+    /// ClusterIPs and their replies (the per-packet ClusterIP path).
     Pod,
 }
 
@@ -42,7 +44,7 @@ impl Role {
     pub fn programs(self) -> &'static [&'static str] {
         match self {
             Role::Node => &[paths::TC_INGRESS, paths::TC_EGRESS],
-            Role::Pod => &[paths::TC_POD],
+            Role::Pod => &[paths::TC_POD, paths::TC_POD_OUT],
         }
     }
 

@@ -12,7 +12,11 @@
 //!   backend choice, two conntrack inserts, DNAT);
 //! - hit: the same flow's next client segment (conntrack lookup, DNAT);
 //! - reply: the backend's segment leaving the node (conntrack lookup, reverse NAT);
-//! - pass: a packet to an address that is no frontend (what every other packet costs).
+//! - pass: a packet to an address that is no frontend (what every other packet costs);
+//! - the per-packet ClusterIP path (pod_lb.rs) on a pod's device: `ferry_tc_pod`'s pass (a
+//!   pod's packet to no ClusterIP: what every pod packet through a pod device costs), miss
+//!   and hit (a pod's SYN and next segment to a ClusterIP), and `ferry_tc_pod_out`'s reply
+//!   (reverse NAT) and pass (a packet to a pod of no pod flow).
 //!
 //! `ferry_xdp` (`--acceleration`) beside them, on the same frames with XDP test runs: miss and
 //! hit (translated and redirected to the FIB's next hop: a veth `d0` in the measuring namespace,
@@ -46,6 +50,8 @@ const XDP: &str = "ferry_xdp";
 /// The XDP action of a redirect (XDP_REDIRECT) and of "not mine" (XDP_PASS).
 const XDP_REDIRECT: i32 = 4;
 const XDP_PASS: i32 = 2;
+const TC_POD: &str = "ferry_tc_pod";
+const TC_POD_OUT: &str = "ferry_tc_pod_out";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PathCost {
@@ -103,6 +109,10 @@ const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 5);
 const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const REV: u16 = 7;
+const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const REV_CIP: u16 = 8;
+/// The pod that calls the ClusterIP.
+const POD_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 9);
 
 fn raw(ip: Ipv4Addr) -> u32 {
     ip4_to_raw(ip.octets())
@@ -135,9 +145,9 @@ fn measure(samples: usize) -> Result<Results> {
         obj.windows(XDP.len()).any(|w| w == XDP.as_bytes())
     };
     let programs: &[&str] = if has_xdp {
-        &[TC_IN, TC_OUT, XDP]
+        &[TC_IN, TC_OUT, TC_POD, TC_POD_OUT, XDP]
     } else {
-        &[TC_IN, TC_OUT]
+        &[TC_IN, TC_OUT, TC_POD, TC_POD_OUT]
     };
     let mut t = ProgTest::load(ferry::datapath::loader::ebpf_object(), programs)?;
     program_maps(&mut t)?;
@@ -165,6 +175,7 @@ fn measure(samples: usize) -> Result<Results> {
     };
     let (fd_in, fd_out) = (fd(TC_IN)?, fd(TC_OUT)?);
     let fd_xdp = if has_xdp { fd(XDP)? } else { -1 };
+    let (fd_pod, fd_pod_out) = (fd(TC_POD)?, fd(TC_POD_OUT)?);
     let mut sizes = Vec::new();
     for &name in programs {
         let p = t.ebpf.program(name).context("program")?;
@@ -251,6 +262,56 @@ fn measure(samples: usize) -> Result<Results> {
         pass,
         verdict,
     );
+    // The per-packet ClusterIP path.
+    let pod_client = SocketAddrV4::new(POD_CLIENT, 40000);
+    let cip = SocketAddrV4::new(CLUSTER_IP, 80);
+    let pod_syn = frame(pod_client, cip, TCP_SYN, true);
+    let pod_ack = frame(pod_client, cip, TCP_ACK, true);
+    let pod_reply = frame(pod, pod_client, TCP_ACK, false);
+    let pod_other = frame(
+        pod_client,
+        SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 99), 80),
+        TCP_ACK,
+        true,
+    );
+    let to_pod_other = frame(
+        SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 99), 80),
+        pod_client,
+        TCP_ACK,
+        false,
+    );
+    let mut runs = |fd: i32, frame: &[u8], clear: bool| -> Result<(Vec<f64>, i32)> {
+        let mut ds = Vec::with_capacity(samples);
+        let mut v = 0;
+        for _ in 0..samples {
+            if clear {
+                clear_ct(&mut t)?;
+            }
+            let (verdict, d) = run_once(fd, frame)?;
+            v = verdict;
+            ds.push(d);
+        }
+        Ok((ds, v))
+    };
+    let (ds, v) = runs(fd_pod, &pod_other, false)?;
+    cost("pod pass (a pod's packet to no ClusterIP)", TC_POD, ds, v);
+    let (ds, v) = runs(fd_pod, &pod_syn, true)?;
+    if v != 0 {
+        bail!("the pod's SYN to the ClusterIP was not translated (verdict {v})");
+    }
+    cost("pod miss (a pod's new flow to a ClusterIP)", TC_POD, ds, v);
+    let (ds, v) = runs(fd_pod, &pod_ack, false)?;
+    cost("pod hit (a pod's tracked flow)", TC_POD, ds, v);
+    let (ds, v) = runs(fd_pod_out, &pod_reply, false)?;
+    cost("pod reply (reverse NAT to the pod)", TC_POD_OUT, ds, v);
+    let (ds, v) = runs(fd_pod_out, &to_pod_other, false)?;
+    cost(
+        "pod out pass (a packet to a pod of no pod flow)",
+        TC_POD_OUT,
+        ds,
+        v,
+    );
+
     drop(cost);
 
     let mut xdp_base = f64::NAN;
@@ -406,6 +467,33 @@ fn program_maps(t: &mut ProgTest) -> Result<()> {
         },
         0,
     )?;
+    // A ClusterIP 10.96.0.10:80 with the same backend, and its marker (port 0, protocol 0).
+    let cip = |port: u16, proto: u8, slot: u16| Svc4Key {
+        addr: raw(CLUSTER_IP),
+        port: port_to_raw(port),
+        slot,
+        proto,
+        scope: scope::EXTERNAL,
+        _pad: [0; 2],
+    };
+    let head = |count: u16, rev_nat_id: u16| SvcValue {
+        backend_id: 0,
+        count,
+        rev_nat_id,
+        flags: svc_flags::CLUSTER_IP,
+        _pad: 0,
+        affinity_timeout: 0,
+    };
+    svc.insert(&cip(80, IPPROTO_TCP, 0), &head(1, REV_CIP), 0)?;
+    svc.insert(
+        &cip(80, IPPROTO_TCP, 1),
+        &SvcValue {
+            backend_id: 1,
+            ..SvcValue::default()
+        },
+        0,
+    )?;
+    svc.insert(&cip(0, 0, 0), &head(0, 0), 0)?;
     hash::<u16, RevNat4>(t, m::REV_NAT_V4)?.insert(
         &REV,
         &RevNat4 {

@@ -370,6 +370,7 @@ impl Fixture {
             icmp_rate: 1_000_000,
             icmp_burst: 1_000_000,
             icmp_source_interval_ms: 1,
+            ..NodeConfig::default()
         };
         let mut a: Array<&mut MapData, NodeConfig> = Array::try_from(self.map(m::NODE_CONFIG)?)?;
         Ok(a.set(0, &cfg, 0)?)

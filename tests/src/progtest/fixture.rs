@@ -148,6 +148,7 @@ pub const TC_IN: &str = "ferry_tc_in";
 pub const TC_OUT: &str = "ferry_tc_out";
 pub const TC_POD: &str = "ferry_tc_pod";
 pub const XDP: &str = "ferry_xdp";
+pub const TC_POD_OUT: &str = "ferry_tc_pod_out";
 
 impl Fixture {
     /// The whole object loaded (the TC programs through the verifier), this node's `family`
@@ -155,7 +156,7 @@ impl Fixture {
     pub fn new(family: Family) -> Fixture {
         let t = ProgTest::load(
             ferry::datapath::loader::ebpf_object(),
-            &[TC_IN, TC_OUT, TC_POD, XDP],
+            &[TC_IN, TC_OUT, TC_POD, TC_POD_OUT, XDP],
         )
         .unwrap_or_else(|e| panic!("{e:#}"));
         let mut f = Fixture { t };

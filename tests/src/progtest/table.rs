@@ -22,7 +22,7 @@ use agent_common::stats::Counter;
 
 use super::{
     ETH_HLEN, assert_checksums, assert_checksums_v6,
-    fixture::{Ct, CtVal, Fixture, TC_IN, TC_OUT, TC_POD, XDP},
+    fixture::{Ct, CtVal, Fixture, TC_IN, TC_OUT, TC_POD, TC_POD_OUT, XDP},
     frames::{hex_diff, sport},
     isolated,
     net::{Family, Net, sa},
@@ -39,6 +39,8 @@ pub enum Hook {
     TcPod,
     /// `ferry_xdp`: the node's device before the skb (`--acceleration`).
     Xdp,
+    /// `ferry_tc_pod_out`: egress of a pod's device (what pods receive).
+    TcPodOut,
 }
 
 impl Hook {
@@ -48,6 +50,7 @@ impl Hook {
             Hook::TcOut => TC_OUT,
             Hook::TcPod => TC_POD,
             Hook::Xdp => XDP,
+            Hook::TcPodOut => TC_POD_OUT,
         }
     }
 }

@@ -26,6 +26,7 @@ mod hostile;
 mod icmp;
 mod nat;
 mod passthrough;
+mod pod;
 mod reject;
 mod xdp;
 

@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// A node device's packet to a ClusterIP (only pods' are translated per packet: pod.rs).
+const CLUSTER_IP_CASE: &str = "ClusterIP on the device";
+
 pub static TABLE: &[Scenario] = &[Scenario {
     desc: "what is not an exposed frontend passes untouched",
     families: BOTH,
@@ -22,7 +25,8 @@ pub static TABLE: &[Scenario] = &[Scenario {
                 &[1],
             );
         }
-        // A ClusterIP is served at the socket layer only, never on the device.
+        // A ClusterIP is served at the socket layer, and per packet only for pods (pod.rs):
+        // never on the node's devices.
         let cip = sa(n.cluster_ip, 80);
         f.frontend(
             cip,
@@ -40,7 +44,7 @@ pub static TABLE: &[Scenario] = &[Scenario {
         let client1 = sa(n.client, 1);
         let mut cases: Vec<(&str, Vec<u8>)> = vec![
             (
-                "ClusterIP on the device",
+                CLUSTER_IP_CASE,
                 inbound(tcp_packet(client1, sa(n.cluster_ip, 80), TCP_SYN, b"")),
             ),
             (
@@ -147,22 +151,29 @@ pub static TABLE: &[Scenario] = &[Scenario {
                 ]);
             }
         }
+        // A pod's packet to a ClusterIP is the per-packet path's (pod.rs).
+        let runs: Vec<(&str, Hook, Vec<u8>)> = cases
+            .into_iter()
+            .flat_map(|(what, frame)| {
+                [TcIn, TcOut, TcPod]
+                    .into_iter()
+                    .filter(move |&h| !(what == CLUSTER_IP_CASE && h == TcPod))
+                    .map(move |h| (what, h, frame.clone()))
+            })
+            .collect();
+        let total = runs.len();
         let mut steps = Vec::new();
-        let total = cases.len() * 3;
-        for (what, frame) in cases {
-            for hook in [TcIn, TcOut, TcPod] {
-                let frame = frame.clone();
-                let last = steps.len() + 1 == total;
-                steps.push(row(move |_| {
-                    let r = Row::new(what, hook, frame.clone(), Pass).unchanged();
-                    if !last {
-                        return r;
-                    }
-                    r.ct_len(0)
-                        .counter(Counter::NsNewFlow, 0)
-                        .counter(Counter::NsIcmpTranslated, 0)
-                }));
-            }
+        for (i, (what, hook, frame)) in runs.into_iter().enumerate() {
+            let last = i + 1 == total;
+            steps.push(row(move |_| {
+                let r = Row::new(what, hook, frame.clone(), Pass).unchanged();
+                if !last {
+                    return r;
+                }
+                r.ct_len(0)
+                    .counter(Counter::NsNewFlow, 0)
+                    .counter(Counter::NsIcmpTranslated, 0)
+            }));
         }
         steps
     },
