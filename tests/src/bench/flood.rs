@@ -17,7 +17,9 @@
 //!   `ferry_tc_in` on node1's eth0 translates to web1;
 //! - kube-proxy iptables: to [`IPT_VIP`], the same service in kube-proxy's iptables layout
 //!   (`KUBE-EXT-*` → `KUBE-SVL-*` → `KUBE-SEP-*`, UDP) on node2, DNAT to web2;
-//! - ferry (XDP): not measured until the agent has an XDP program ([`xdp_unavailable`]).
+//! - ferry (XDP): not measured yet ([`xdp_unavailable`]): `ferry_xdp` exists, but native XDP
+//!   on the lab's veths loses forwarded frames (generic mode works, and gains nothing over TC
+//!   on veth), so the flood does not start the agent with `--acceleration` yet.
 //!
 //! The count is exact and costs the path nothing extra: the backend's eth0 `rx_packets`
 //! (netlink, `ip -s -j link`) over a timed window while the generator runs; the generator's
@@ -136,7 +138,11 @@ pub struct Results {
 /// XDP program yet: when it has, this checks its pinned XDP link on node1, the run starts the
 /// agent with it, and [`Contender::FerryXdp`] targets [`FERRY_VIP`] like the TC contender.
 fn xdp_unavailable() -> Option<String> {
-    Some("no XDP program in this build".into())
+    Some(
+        "ferry_xdp works in generic mode, but native XDP on the lab's veths loses \
+         forwarded frames, so the flood does not run the agent with --acceleration"
+            .into(),
+    )
 }
 
 /// The service ferry serves on node1: LoadBalancer [`FERRY_VIP`], externalTrafficPolicy
