@@ -512,27 +512,15 @@ fn new_flow<F: Ns>(
     } else {
         ct_flags::SNAT
     };
-    // FORWARD: `val`; REPLY: `rev` (the backend's packets get the frontend
-    // as their source back, and the client as their destination).
-    let now = select::now_seconds();
-    let entry = |saddr, daddr, sport, dport| {
-        CtVal::<F>::new(
-            saddr,
-            daddr,
-            sport,
-            dport,
-            chosen.id,
-            svc.rev_nat_id,
-            flags,
-            tcp_flags,
-            now,
-        )
-    };
-    let fwd = room
-        .val
-        .write(entry(t.saddr, backend_addr, t.sport, backend_port));
-    let rev = &*room.rev.write(entry(t.daddr, t.saddr, t.dport, t.sport));
-    let fwd_key = &*room.key.write(ct::key(t, ct_dir::FORWARD));
+    let (fwd, rev, fwd_key) = flow_entries::<F>(
+        (&mut room.val, &mut room.rev, &mut room.key),
+        t,
+        (backend_addr, backend_port),
+        chosen.id,
+        svc.rev_nat_id,
+        flags,
+        tcp_flags,
+    );
     let map = F::Ct::map();
 
     if keep_client {
@@ -575,6 +563,37 @@ fn new_flow<F: Ns>(
     event::new_flow(ctx, ip, &*fwd);
     // Not DSR: that flow returned above.
     translate_nat::<F>(ctx, ip, l4, t, fwd)
+}
+
+/// A new flow's entries written into its room's slots (`val`, `rev`, `key`
+/// of [`Room`]): FORWARD (to `backend`), REPLY (the backend's packets get
+/// the frontend back as their source and the client as their destination)
+/// and the FORWARD key.
+/// TC's and XDP's new flows alike.
+#[inline(always)]
+pub(crate) fn flow_entries<'r, F: Ns>(
+    (val, rev, key): (
+        &'r mut MaybeUninit<CtVal<F>>,
+        &'r mut MaybeUninit<CtVal<F>>,
+        &'r mut MaybeUninit<F::Ct>,
+    ),
+    t: &Tuple<Addr<F>>,
+    (backend_addr, backend_port): (Addr<F>, u16),
+    backend_id: u32,
+    rev_nat_id: u16,
+    flags: u8,
+    tcp_flags: u8,
+) -> (&'r mut CtVal<F>, &'r CtVal<F>, &'r F::Ct) {
+    let now = select::now_seconds();
+    let entry = |saddr, daddr, sport, dport| {
+        CtVal::<F>::new(
+            saddr, daddr, sport, dport, backend_id, rev_nat_id, flags, tcp_flags, now,
+        )
+    };
+    let fwd = val.write(entry(t.saddr, backend_addr, t.sport, backend_port));
+    let rev = &*rev.write(entry(t.daddr, t.saddr, t.dport, t.sport));
+    let fwd_key = &*key.write(ct::key(t, ct_dir::FORWARD));
+    (fwd, rev, fwd_key)
 }
 
 #[inline(always)]

@@ -248,25 +248,15 @@ fn new_flow_body(ctx: &XdpContext, ip: &Ipv4, t: &Tuple, cfg: &NodeConfig) -> Ac
     } else {
         ct_flags::SNAT
     };
-    let now = select::now_seconds();
-    let entry = |saddr, daddr, sport, dport| {
-        CtVal::<V4>::new(
-            saddr,
-            daddr,
-            sport,
-            dport,
-            chosen.id,
-            svc.rev_nat_id,
-            flags,
-            tcp_flags,
-            now,
-        )
-    };
-    let fwd = room
-        .val
-        .write(entry(t.saddr, backend_addr, t.sport, backend_port));
-    let rev = &*room.rev.write(entry(t.daddr, t.saddr, t.dport, t.sport));
-    let fwd_key = &*room.key.write(ct::key(t, ct_dir::FORWARD));
+    let (fwd, rev, fwd_key) = nodeport::flow_entries::<V4>(
+        (&mut room.val, &mut room.rev, &mut room.key),
+        t,
+        (backend_addr, backend_port),
+        chosen.id,
+        svc.rev_nat_id,
+        flags,
+        tcp_flags,
+    );
     let map = <V4 as Ns>::Ct::map();
     if keep_client {
         if map.insert(fwd_key, fwd, BPF_NOEXIST as u64).is_err() {
