@@ -2,21 +2,22 @@
 //! socket layer did not translate (a process in a pod's network namespace
 //! outside the hooked cgroup, a service mesh's redirected traffic, a
 //! KubeVirt/Kata guest whose packets come from a tap, or every pod with
-//! `--socket-lb-host-netns-only`). Cilium's per-packet fallback, IPv4.
+//! `--socket-lb-host-netns-only`). Cilium's per-packet fallback, IPv4 and IPv6 (written once, over ns.rs's
+//! [`Ns`]: IPv6's keys and values live in its per-CPU room).
 //!
 //! `ferry_tc_pod` (ingress of the pods' host-end devices, tc.rs) hands a
-//! TCP/UDP packet nothing else took to [`from_pod4`]: a packet of a tracked
+//! TCP/UDP packet nothing else took to [`from_pod`]: a packet of a tracked
 //! pod flow is DNATed to its backend; one to a ClusterIP frontend (the
 //! internal scope, as the socket layer looks it up) that no flow knows gets
 //! a backend (select.rs: the flow hash places it; session affinity keyed by
-//! the client pod's IPv4 address — the per-packet path has no netns cookie,
+//! the client pod's address — the per-packet path has no netns cookie,
 //! a VM on a tap has no netns of its own — so a pod served by both paths
 //! may see two affinity entries), FORWARD and REPLY entries flagged
 //! `ct_flags::POD`, and goes on to the stack (TC_ACT_OK), which routes it
 //! to the backend. The pod's source address is kept, as kube-proxy keeps
 //! it. A ClusterIP without endpoints, or on a port no Service defines, is
-//! answered with an ICMP port unreachable (icmp.rs's builder for TC, sent
-//! back out of the device), as the socket layer refuses at once and
+//! answered with an ICMP port unreachable (icmp.rs's or icmp6.rs's builder
+//! for TC, sent back out of the device), as the socket layer refuses at once and
 //! kube-proxy's REJECT does: the client fails fast rather than timing out;
 //! a Local internal policy without a local endpoint is dropped
 //! (`NoLocalEndpoint`), as kube-proxy drops it.
@@ -34,9 +35,19 @@
 //! the node reaches its local endpoints through); a client pod behind a
 //! device with no local endpoint gets no per-packet path yet.
 //!
-//! Left out: hairpin (a pod reaching itself through its ClusterIP needs
-//! kube-proxy's masquerade; such a packet is dropped as `NatFailed`), and
-//! IPv6 (passes untouched). On a bridge, a backend on the same bridge
+//! Hairpin (a pod reaching itself through its ClusterIP) is masqueraded as
+//! kube-proxy does (its KUBE-MARK-MASQ on a backend that is the source):
+//! the flow's source becomes the address the node would answer the pod
+//! from (the FIB's preferred source for the route to the pod: a bridge's
+//! address, or the node's) and a SNAT port of the configured range, flagged
+//! `ct_flags::SNAT`. Otherwise the pod would get its own packet from itself
+//! and answer itself, past the node. The packet, now from a node address,
+//! is routed by fib.rs (the stack would drop it as a martian); the pod's
+//! replies to that address come back through `ferry_tc_pod`, whose
+//! masqueraded-reply path (nodeport.rs's `from_pod`, which runs before
+//! this one) gives them the ClusterIP and the pod back.
+//!
+//! On a bridge, a backend on the same bridge
 //! answers its client over L2 without passing a host-end device of the
 //! bridge itself: only devices per pod (routed veths, the bridge's ports)
 //! see those replies.
@@ -44,25 +55,27 @@
 use core::ptr::NonNull;
 
 use agent_common::{
-    Ct4Key, Ct4Value, Svc4Key, backend_flags, ct_dir, ct_flags, node_flags, proto, scope,
-    stats::Counter, svc_flags,
+    Ip6, backend_flags, ct_dir, ct_flags, node_flags, proto, scope, stats::Counter, svc_flags,
 };
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_NOEXIST},
+    bindings::{
+        __sk_buff, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup,
+    },
+    helpers::generated as h,
     macros::classifier,
     programs::TcContext,
 };
 
 use crate::{
-    csum,
     ct::{self, CtKey, CtValue},
     drop::{self, DropReason, Outcome, Raw},
     event,
-    family::V4,
-    icmp,
+    family::{Addr, V4, V6},
+    fib::{self, AF_INET, AF_INET6},
     maps::count,
-    ns::Ns,
-    parse::{self, ETH_P_IP, Ipv4, L4, Packet as _, Tuple},
+    nodeport,
+    ns::{self, CtVal, Ns, Room},
+    parse::{self, ETH_P_IP, ETH_P_IPV6, IP_OFF, Ipv4Hdr, L4, Packet as _, Tuple},
     select::{self, Frontend},
     side::Side,
     tc, verdict,
@@ -80,175 +93,363 @@ pub fn socket_lb_applies(sock_addr: *mut core::ffi::c_void) -> bool {
             == cfg.netns_cookie
 }
 
-/// What [`flow_call`] returns for a packet to a ClusterIP without
+/// A family of the per-packet path: ns.rs's [`Ns`] and the address a
+/// hairpin flow is masqueraded to.
+pub trait Pod: Ns {
+    /// No address (all zeros): no source is.
+    const NO_ADDR: Addr<Self>;
+    /// The FIB's preferred source for the route to `dst` from the device
+    /// the packet arrived on (BPF_FIB_LOOKUP_SRC, Linux 6.7): the address
+    /// the node would answer `dst` from, as netfilter's MASQUERADE picks it.
+    /// None on an older kernel (the flag is refused): hairpin is then
+    /// dropped (`NatFailed`).
+    fn route_source(ctx: &TcContext, dst: &Addr<Self>) -> Option<Addr<Self>>;
+    /// Routes the packet as it now is (fib.rs), reading its addresses
+    /// from it.
+    fn forward_rewritten(ctx: &TcContext) -> Outcome;
+}
+
+/// `BPF_FIB_LOOKUP_SRC`: the lookup also fills in the route's source.
+const FIB_LOOKUP_SRC: u32 = 1 << 4;
+
+impl Pod for V4 {
+    const NO_ADDR: u32 = 0;
+    #[inline(always)]
+    fn route_source(ctx: &TcContext, dst: &u32) -> Option<u32> {
+        let mut words = [*dst, 0, 0, 0];
+        route_source(tc::skb(ctx), AF_INET, &mut words).then_some(words[0])
+    }
+
+    #[inline(always)]
+    fn forward_rewritten(ctx: &TcContext) -> Outcome {
+        let hdr = ctx
+            .load::<Ipv4Hdr>(IP_OFF)
+            .map_err(|_| DropReason::ForwardFailed)?;
+        fib::forward(ctx, hdr.saddr, hdr.daddr, fib::meta(&hdr)).get()
+    }
+}
+
+impl Pod for V6 {
+    const NO_ADDR: Ip6 = [0; 4];
+    #[inline(always)]
+    fn route_source(ctx: &TcContext, dst: &Ip6) -> Option<Ip6> {
+        let mut words = *dst;
+        route_source(tc::skb(ctx), AF_INET6, &mut words).then_some(words)
+    }
+
+    #[inline(always)]
+    fn forward_rewritten(ctx: &TcContext) -> Outcome {
+        fib::forward6(ctx).get()
+    }
+}
+
+/// The FIB's source towards `addr` (IPv4: its first word), written back
+/// into `addr`. A function of its own: the lookup's 64 bytes of parameters
+/// are in its frame only.
+#[inline(never)]
+fn route_source(skb: *mut __sk_buff, family: u8, addr: &mut Ip6) -> bool {
+    let Some(ctx) = NonNull::new(skb).map(TcContext::new) else {
+        return false;
+    };
+    // SAFETY: a plain C struct of integers; all zeros is a valid value.
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    p.family = family;
+    p.ifindex = parse::ifindex(&ctx);
+    if family == AF_INET {
+        p.__bindgen_anon_4.ipv4_dst = addr[0];
+    } else {
+        p.__bindgen_anon_4.ipv6_dst = *addr;
+    }
+    // SAFETY: the program's own skb and parameters of the helper's size.
+    let rc = unsafe {
+        h::bpf_fib_lookup(
+            skb.cast(),
+            &mut p,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            FIB_LOOKUP_SRC,
+        )
+    } as u32;
+    if rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH {
+        return false;
+    }
+    // SAFETY: the union's field the family names.
+    unsafe {
+        if family == AF_INET {
+            addr[0] = p.__bindgen_anon_3.ipv4_src;
+        } else {
+            *addr = p.__bindgen_anon_3.ipv6_src;
+        }
+    }
+    addr.iter().any(|w| *w != 0)
+}
+
+/// What [`new_flow_call`] returns for a packet to a ClusterIP without
 /// endpoints: its caller answers it with [`reject_call`], whose frame
 /// (the ICMP answer's) is then not added to the new flow's.
 const NO_ENDPOINTS: i32 = i32::MIN + 2;
 
-/// A TCP/UDP IPv4 packet from a pod that nothing else took (tc.rs).
+/// What [`new_flow_call`] returns for a new hairpin flow when it was given no
+/// masquerade source: its caller looks the source up ([`Pod::route_source`]
+/// towards the pod itself) and calls it again with it. Each lookup's frame
+/// is then the handler's callee, not added to the flow's.
+const HAIRPIN: i32 = i32::MIN + 5;
+
+/// What [`tracked_call`] and [`new_flow_call`] return for a packet rewritten to come from a node
+/// address (a hairpin flow's): its caller routes it ([`forward_call`]).
+const FORWARD: i32 = i32::MIN + 6;
+
+/// What [`tracked_call`] returns for a packet that no pod flow knows.
+const NEW_FLOW: i32 = i32::MIN;
+
+/// What [`new_flow_call`] returns once the flow's entries are written (by
+/// it, or by another CPU first): the packet is then translated by
+/// [`tracked_call`], whose frame is not added to the new flow's.
+const TRACKED: i32 = i32::MIN + 7;
+
+/// A TCP/UDP packet from a pod that nothing else took (tc.rs).
 #[inline(always)]
-pub fn from_pod4(ctx: &TcContext, ip: &Ipv4) -> Outcome {
-    match flow_call(ctx, ip).get() {
-        Ok(NO_ENDPOINTS) => reject_call(ctx, ip).get(),
+pub fn from_pod<F: Pod>(ctx: &TcContext, ip: &F::Ip) -> Outcome {
+    let mut r = tracked_call::<F>(ctx, ip, false).get();
+    if r == Ok(NEW_FLOW) {
+        r = new_flow_call::<F>(ctx, ip, F::NO_ADDR).get();
+        if r == Ok(HAIRPIN) {
+            let Some(src) = F::route_source(ctx, &ip.saddr()) else {
+                return Err(DropReason::NatFailed);
+            };
+            r = new_flow_call::<F>(ctx, ip, src).get();
+        }
+        if r == Ok(TRACKED) {
+            // Translated as its (new) FORWARD entry says.
+            r = tracked_call::<F>(ctx, ip, true).get();
+        }
+    }
+    match r {
+        Ok(NO_ENDPOINTS) => reject_call::<F>(ctx, ip).get(),
+        Ok(FORWARD) => forward_call::<F>(ctx).get(),
+        Ok(HAIRPIN) => Err(DropReason::NatFailed),
         v => v,
     }
 }
 
-/// The tracked and new flows as a function of its own: its frame is not
-/// added to the masqueraded replies' path (nodeport.rs) in the handler's.
+/// The tracked flows as a function of its own, and the new ones as
+/// another ([`new_flow_call`]): neither's frame is added to the other's,
+/// nor to the masqueraded replies' path (nodeport.rs) in the handler's.
+/// [`NEW_FLOW`] when no pod flow knows the packet. `new`: the packet's
+/// flow was just made (or found made by another CPU): not counted as
+/// tracked.
 #[inline(never)]
-fn flow_call(ctx: &TcContext, ip: &Ipv4) -> Raw {
-    Raw::of(from_pod4_body(ctx, ip))
+fn tracked_call<F: Pod>(ctx: &TcContext, ip: &F::Ip, new: bool) -> Raw {
+    Raw::of(tracked_body::<F>(ctx, ip, new))
+}
+
+/// A new flow; `masq`: the source of a new hairpin flow (see
+/// [`HAIRPIN`]), or [`Pod::NO_ADDR`].
+#[inline(never)]
+fn new_flow_call<F: Pod>(ctx: &TcContext, ip: &F::Ip, masq: Addr<F>) -> Raw {
+    let Some(t) = parse::tuple(ip) else {
+        return Raw::of(Ok(verdict::PASS));
+    };
+    Raw::of(F::with_room(|room| {
+        new_flow::<F>(ctx, ip, &t, masq, room).get()
+    }))
 }
 
 /// The port unreachable of a ClusterIP without endpoints.
 #[inline(never)]
-fn reject_call(ctx: &TcContext, ip: &Ipv4) -> Raw {
-    Raw::of(icmp::reject(ctx, ip, &ct::node_config()))
+fn reject_call<F: Pod>(ctx: &TcContext, ip: &F::Ip) -> Raw {
+    Raw::of(F::reject(ctx, ip, &ct::node_config()))
+}
+
+/// Routes a packet that was rewritten to come from a node address.
+#[inline(never)]
+fn forward_call<F: Pod>(ctx: &TcContext) -> Raw {
+    Raw::of(F::forward_rewritten(ctx))
 }
 
 #[inline(always)]
-fn from_pod4_body(ctx: &TcContext, ip: &Ipv4) -> Outcome {
+fn tracked_body<F: Pod>(ctx: &TcContext, ip: &F::Ip, new: bool) -> Outcome {
     let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ip)) else {
         return Ok(verdict::PASS);
     };
     // Every ClusterIP has its marker (port 0, protocol 0; codec.rs's
     // cluster_ip_key): a pod's traffic to anything else costs this one
     // lookup.
-    if <Svc4Key as Frontend>::frontend(t.daddr, 0, 0, scope::EXTERNAL)
+    if F::Key::frontend(t.daddr, 0, 0, scope::EXTERNAL)
         .lookup()
         .is_none()
     {
         return Ok(verdict::PASS);
     }
-    let fwd_key: Ct4Key = ct::key(&t, ct_dir::FORWARD);
-    if let Some(entry) = ct::lookup(&fwd_key) {
-        // SAFETY: a live map value, copied out.
-        let v = unsafe { *entry };
-        if v.flags() & ct_flags::POD == 0 {
-            return Ok(verdict::PASS);
-        }
-        if backend_still_there(&v) {
+    let fwd_key: F::Ct = ct::key(&t, ct_dir::FORWARD);
+    let Some(entry) = ct::lookup(&fwd_key) else {
+        return Ok(NEW_FLOW);
+    };
+    // SAFETY: a live map value, copied out.
+    let v = unsafe { *entry };
+    if v.flags() & ct_flags::POD == 0 {
+        return Ok(verdict::PASS);
+    }
+    if nodeport::backend_still_there::<F>(&v) {
+        if !new {
             ct::touch(entry, select::now_seconds(), parse::tcp_flags(ip));
             count(Counter::PodTracked);
-            rewrite(ctx, ip, &l4, &v)?;
-            return Ok(verdict::OK);
         }
-        // The backend is gone: choose again (as nodeport.rs does).
-        ct::remove_flow(&fwd_key, &v);
+        return translate::<F>(ctx, ip, &l4, &t, &v);
     }
-    new_flow(ctx, ip, &l4, &t, &fwd_key)
+    // The backend is gone: choose again (as nodeport.rs does).
+    ct::remove_flow(&fwd_key, &v);
+    Ok(NEW_FLOW)
 }
 
-/// A packet no pod flow knows: a new flow if it is for a ClusterIP.
+/// A packet no pod flow knows: a new flow if it is for a ClusterIP. Its
+/// keys and values are built in `room` (ns.rs).
 #[inline(always)]
-fn new_flow(ctx: &TcContext, ip: &Ipv4, l4: &L4, t: &Tuple, fwd_key: &Ct4Key) -> Outcome {
-    let mut key = <Svc4Key as Frontend>::frontend(t.daddr, t.dport, t.proto, scope::EXTERNAL);
+fn new_flow<F: Pod>(
+    ctx: &TcContext,
+    ip: &F::Ip,
+    t: &Tuple<Addr<F>>,
+    masq: Addr<F>,
+    room: &mut Room<F>,
+) -> Raw {
+    let ok = |v| Raw::of(Ok(v));
+    let drop = |r| Raw::of(Err(r));
+    let key = room
+        .svc
+        .write(F::Key::frontend(t.daddr, t.dport, t.proto, scope::EXTERNAL));
     let Some(mut svc) = key.lookup() else {
         // A ClusterIP on a port (or protocol) no Service defines: rejected,
         // as the socket layer refuses it (kube-proxy's cluster-ips-check).
-        return Ok(NO_ENDPOINTS);
+        return ok(NO_ENDPOINTS);
     };
     if svc.flags & svc_flags::CLUSTER_IP == 0 {
-        return Ok(verdict::PASS);
+        return ok(verdict::PASS);
     }
     if svc.flags & svc_flags::TWO_SCOPES != 0 {
         // In-cluster clients use every endpoint (sock_lb.rs).
-        key = <Svc4Key as Frontend>::frontend(t.daddr, t.dport, t.proto, scope::INTERNAL);
+        *key = F::Key::frontend(t.daddr, t.dport, t.proto, scope::INTERNAL);
         svc = key.lookup().unwrap_or_default();
     }
     if svc.count == 0 {
         if svc.flags & svc_flags::DROP_NO_LOCAL != 0 {
-            return Err(DropReason::NoLocalEndpoint);
+            return drop(DropReason::NoLocalEndpoint);
         }
-        return Ok(NO_ENDPOINTS);
+        return ok(NO_ENDPOINTS);
     }
     if !ip.l4_facts().csum_in_packet {
-        return Err(DropReason::Malformed);
+        return drop(DropReason::Malformed);
     }
-    let chosen = select::choose(&key, &svc, V4::client(&t.saddr), Some(V4::flow_hash(t)))
-        .ok_or(DropReason::NoBackend)?;
-    let (backend_addr, backend_port) = <Svc4Key as Frontend>::backend_dest(&chosen.backend);
-    if backend_addr == t.saddr {
-        // Hairpin: would need masquerade (see the module comment).
-        return Err(DropReason::NatFailed);
-    }
-    let local = <Svc4Key as Frontend>::backend_flags(&chosen.backend) & backend_flags::LOCAL != 0;
-    let flags = ct_flags::POD | if local { ct_flags::LOCAL } else { 0 };
-    let tcp_flags = parse::tcp_flags(ip);
-    let now = select::now_seconds();
-    let entry = |saddr, daddr, sport, dport| {
-        Ct4Value::new(
-            saddr,
-            daddr,
-            sport,
-            dport,
-            chosen.id,
-            svc.rev_nat_id,
-            flags,
-            tcp_flags,
-            now,
-        )
+    let Some(chosen) = select::choose(&*key, &svc, F::client(&t.saddr), Some(F::flow_hash(t)))
+    else {
+        return drop(DropReason::NoBackend);
     };
-    let fwd = entry(t.saddr, backend_addr, t.sport, backend_port);
-    let rev = entry(t.daddr, t.saddr, t.dport, t.sport);
-    let map = Ct4Key::map();
-    if map.insert(fwd_key, &fwd, BPF_NOEXIST as u64).is_err() {
-        // Another CPU made the flow first: follow it.
-        let entry = ct::lookup(fwd_key).ok_or(DropReason::NatFailed)?;
-        // SAFETY: a live map value, copied out.
-        let won = unsafe { *entry };
-        count(Counter::PodTracked);
-        rewrite(ctx, ip, l4, &won)?;
-        return Ok(verdict::OK);
+    let (backend_addr, backend_port) = F::Key::backend_dest(&chosen.backend);
+    let local = F::Key::backend_flags(&chosen.backend) & backend_flags::LOCAL != 0;
+    // Hairpin: masqueraded (see the module comment).
+    let hairpin = backend_addr == t.saddr;
+    if hairpin && masq == F::NO_ADDR {
+        return ok(HAIRPIN);
     }
-    let rkey: Ct4Key = ct::reply_key(&fwd, t.proto);
-    if let Err(e) = claim_reply(&rkey, &rev) {
-        let _ = map.remove(fwd_key);
-        return Err(e);
+    let mut flags = ct_flags::POD;
+    if local {
+        flags |= ct_flags::LOCAL;
+    }
+    if hairpin {
+        flags |= ct_flags::SNAT;
+    }
+    let (fwd, rev, fwd_key) = nodeport::flow_entries::<F>(
+        (&mut room.val, &mut room.rev, &mut room.key),
+        t,
+        (backend_addr, backend_port),
+        chosen.id,
+        svc.rev_nat_id,
+        flags,
+        parse::tcp_flags(ip),
+    );
+    let map = F::Ct::map();
+    if hairpin {
+        // A function of its own: its temporaries are not in this frame.
+        let r = masquerade_call::<F>(room, t.proto, t.sport, masq);
+        match r.get() {
+            Ok(verdict::OK) => {}
+            Ok(_) => return ok(TRACKED),
+            Err(_) => return r,
+        }
+    } else {
+        if map.insert(fwd_key, fwd, BPF_NOEXIST as u64).is_err() {
+            // Another CPU made the flow first: follow it.
+            return ok(TRACKED);
+        }
+        let rkey = &*room.rkey.write(ct::reply_key(fwd, t.proto));
+        if let Err(e) = nodeport::claim_reply(rkey, rev) {
+            let _ = map.remove(fwd_key);
+            return drop(e);
+        }
     }
     count(Counter::PodNewFlow);
-    event::new_flow(ctx, ip, &fwd);
-    rewrite(ctx, ip, l4, &fwd)?;
+    // SAFETY: written by flow_entries (and masquerade_call).
+    event::new_flow(ctx, ip, unsafe { room.val.assume_init_ref() });
+    ok(TRACKED)
+}
+
+/// A hairpin flow's entries (in `room`, written by flow_entries) given the
+/// masquerade source `src` and a SNAT port: the REPLY entry claims the
+/// port, then FORWARD is written (as nodeport.rs's masquerade).
+/// [`NEW_FLOW`] when another CPU wrote the FORWARD entry first.
+#[inline(never)]
+fn masquerade_call<F: Pod>(room: &mut Room<F>, proto: u8, sport: u16, src: Addr<F>) -> Raw {
+    // SAFETY: written by flow_entries before this call.
+    let (fwd, rev, fwd_key) = unsafe {
+        (
+            room.val.assume_init_mut(),
+            room.rev.assume_init_ref(),
+            room.key.assume_init_ref(),
+        )
+    };
+    fwd.set_source(src, sport);
+    let rkey = room.rkey.write(ct::reply_key(fwd, proto));
+    let Some(port) = ct::claim_snat_port(rkey, rev, sport, ct::snat_ports(&ct::node_config()))
+    else {
+        return Raw::of(Err(DropReason::NatFailed));
+    };
+    fwd.set_source(src, port);
+    let map = F::Ct::map();
+    if map.insert(fwd_key, fwd, BPF_NOEXIST as u64).is_err() {
+        let _ = map.remove(rkey);
+        return Raw::of(Ok(NEW_FLOW));
+    }
+    Raw::of(Ok(verdict::OK))
+}
+
+/// Rewrites a pod's packet as its flow's FORWARD entry says; a hairpin
+/// flow's, now from a node address, is routed by fib.rs.
+#[inline(always)]
+fn translate<F: Pod>(
+    ctx: &TcContext,
+    ip: &F::Ip,
+    l4: &L4,
+    t: &Tuple<Addr<F>>,
+    v: &CtVal<F>,
+) -> Outcome {
+    rewrite::<F>(ctx, ip, l4, t, v)?;
+    if v.flags() & ct_flags::SNAT != 0 {
+        return Ok(FORWARD);
+    }
     Ok(verdict::OK)
 }
 
-/// Writes a new pod flow's REPLY entry: one already there is taken over
-/// only when it is this flow's own or its flow is over; a live flow keeps
-/// it (`CtClash`), as nodeport.rs's claim does.
 #[inline(always)]
-fn claim_reply(rkey: &Ct4Key, rev: &Ct4Value) -> Result<(), DropReason> {
-    let map = Ct4Key::map();
-    if map.insert(rkey, rev, BPF_NOEXIST as u64).is_ok() {
-        return Ok(());
-    }
-    if let Some(entry) = ct::lookup(rkey) {
-        // SAFETY: a live map value, copied out.
-        let old = unsafe { *entry };
-        let own = old.nat_saddr() == rev.nat_saddr() && old.nat_sport() == rev.nat_sport();
-        if !own {
-            if !ct::reply_flow_over(rkey, &old, rev.last_seen()) {
-                return Err(DropReason::CtClash);
-            }
-            ct::forget_reply_flow(rkey, &old);
-        }
-    }
-    map.insert(rkey, rev, 0).map_err(|_| DropReason::NatFailed)
-}
-
-/// The flow's backend still exists with the address it was given.
-#[inline(always)]
-fn backend_still_there(v: &Ct4Value) -> bool {
-    matches!(<Svc4Key as Frontend>::backend(v.backend_id()),
-        Some(b) if <Svc4Key as Frontend>::backend_dest(&b) == (v.nat_daddr(), v.nat_dport()))
-}
-
-#[inline(always)]
-fn rewrite(ctx: &TcContext, ip: &Ipv4, l4: &L4, v: &Ct4Value) -> Result<(), DropReason> {
-    csum::rewrite4(
+fn rewrite<F: Pod>(
+    ctx: &TcContext,
+    ip: &F::Ip,
+    l4: &L4,
+    t: &Tuple<Addr<F>>,
+    v: &CtVal<F>,
+) -> Result<(), DropReason> {
+    F::rewrite(
         ctx,
         ip,
         l4,
+        t,
         v.nat_saddr(),
         v.nat_sport(),
         v.nat_daddr(),
@@ -262,6 +463,7 @@ fn rewrite(ctx: &TcContext, ip: &Ipv4, l4: &L4, v: &Ct4Value) -> Result<(), Drop
 pub fn ferry_tc_pod_out(ctx: TcContext) -> i32 {
     match tc::ethertype(&ctx) {
         ETH_P_IP => reply4(tc::skb(&ctx)),
+        ETH_P_IPV6 => reply6(tc::skb(&ctx)),
         _ => verdict::PASS,
     }
 }
@@ -279,26 +481,55 @@ fn reply4(skb: *mut __sk_buff) -> i32 {
 
 #[inline(always)]
 fn reply4_body(ctx: &TcContext) -> Outcome {
-    let mut ip = Ipv4::empty();
+    let mut ip = parse::Ipv4::empty();
     if !parse::ipv4(ctx, &mut ip) || ip.hdr.is_later_fragment() {
         return Ok(verdict::PASS);
     }
-    if ip.hdr.proto != proto::TCP && ip.hdr.proto != proto::UDP {
+    reply::<V4>(ctx, &ip)
+}
+
+#[inline(never)]
+fn reply6(skb: *mut __sk_buff) -> i32 {
+    match NonNull::new(skb) {
+        Some(p) => {
+            let ctx = TcContext::new(p);
+            drop::verdict(reply6_body(&ctx), &ctx, Side::Pod)
+        }
+        None => verdict::PASS,
+    }
+}
+
+/// IPv6 as [`reply4_body`], parsed into the per-CPU scratch (ns.rs).
+#[inline(always)]
+fn reply6_body(ctx: &TcContext) -> Outcome {
+    let ip = ns::packet6().ok_or(DropReason::Internal)?;
+    if !parse::ipv6(ctx, ip) {
         return Ok(verdict::PASS);
     }
-    let (Some(l4), Some(t)) = (parse::l4(&ip), parse::tuple(&ip)) else {
+    reply::<V6>(ctx, ip)
+}
+
+/// A backend's packet to a client pod: the ClusterIP:port back as its
+/// source when it belongs to a per-packet flow (a REPLY entry flagged POD).
+#[inline(always)]
+fn reply<F: Pod>(ctx: &TcContext, ip: &F::Ip) -> Outcome {
+    if ip.proto() != proto::TCP && ip.proto() != proto::UDP {
+        return Ok(verdict::PASS);
+    }
+    let (Some(l4), Some(t)) = (parse::l4(ip), parse::tuple(ip)) else {
         return Ok(verdict::PASS);
     };
-    let Some(entry) = ct::lookup(&ct::key::<Ct4Key>(&t, ct_dir::REPLY)) else {
+    let Some(entry) = ct::lookup(&ct::key::<F::Ct>(&t, ct_dir::REPLY)) else {
         return Ok(verdict::PASS);
     };
     // SAFETY: a live map value, copied out.
     let v = unsafe { *entry };
-    if v.flags() & ct_flags::POD == 0 {
+    // A masqueraded (hairpin) flow's replies come in through ferry_tc_pod.
+    if v.flags() & ct_flags::POD == 0 || v.flags() & ct_flags::SNAT != 0 {
         return Ok(verdict::PASS);
     }
-    ct::touch(entry, select::now_seconds(), parse::tcp_flags(&ip));
+    ct::touch(entry, select::now_seconds(), parse::tcp_flags(ip));
     count(Counter::PodRevNat);
-    rewrite(ctx, &ip, &l4, &v)?;
+    rewrite::<F>(ctx, ip, &l4, &t, &v)?;
     Ok(verdict::OK)
 }

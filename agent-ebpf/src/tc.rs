@@ -125,7 +125,7 @@ fn ipv4(ctx: &TcContext, side: Side) -> Outcome {
             // What no masqueraded flow takes goes to the per-packet
             // ClusterIP path (pod_lb.rs).
             Side::Pod => match nodeport::from_pod::<V4>(ctx, &ip) {
-                Ok(verdict::PASS) => pod_lb::from_pod4(ctx, &ip),
+                Ok(verdict::PASS) => pod_lb::from_pod::<V4>(ctx, &ip),
                 v => v,
             },
         },
@@ -149,7 +149,10 @@ fn ipv6(ctx: &TcContext, side: Side) -> Outcome {
         proto::TCP | proto::UDP => match side {
             Side::Ingress => nodeport::ingress::<V6>(ctx, ip),
             Side::Egress => nodeport::egress::<V6>(ctx, ip),
-            Side::Pod => nodeport::from_pod::<V6>(ctx, ip),
+            Side::Pod => match nodeport::from_pod::<V6>(ctx, ip) {
+                Ok(verdict::PASS) => pod_lb::from_pod::<V6>(ctx, ip),
+                v => v,
+            },
         },
         parse::IPPROTO_ICMPV6 => icmp6::translate_error(ctx, ip, side).get(),
         _ => Ok(verdict::PASS),
