@@ -3,12 +3,17 @@
 //! the socket hooks are attached, so its connect()/sendmsg() are not translated) reaches
 //! ClusterIPs over TCP and UDP, its packets DNATed on the ingress of its pod device
 //! (`ferry_tc_pod`), the backends' replies given the ClusterIP back on its egress
-//! (`ferry_tc_pod_out`): a backend on the client's node (host network) and one on the other
-//! node. IPv4 (the path's only family so far).
+//! (`ferry_tc_pod_out`): a backend on the client's node (host network), one on the other
+//! node, and the client pod itself (hairpin: masqueraded to its bridge's address, as
+//! kube-proxy does). Both families, each Service dual-stack.
 
 mod common;
 
-use std::{process::Command, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    process::Command,
+    time::Duration,
+};
 
 use ferry::model::Protocol;
 use ferry_tests::{
@@ -20,27 +25,54 @@ use ferry_tests::{
 };
 
 const DEADLINE: Duration = Duration::from_secs(10);
-/// ClusterIPs: served by node1 itself (host network, its bridge address), by a pod on node2, and one
-/// whose endpoint is the client pod (which makes node1's bridge a pod device: ferry puts its
-/// pod programs on the devices its local endpoints are reached through).
-const LOCAL_VIP: &str = "10.96.0.20";
-const REMOTE_VIP: &str = "10.96.0.21";
-const ANCHOR_VIP: &str = "10.96.0.22";
+/// ClusterIPs (IPv4, IPv6): served by node1 itself (host network, its bridge address), by a
+/// pod on node2, and by the client pod itself (which also makes node1's bridge a pod device:
+/// ferry puts its pod programs on the devices its local endpoints are reached through).
+const LOCAL_VIP: [&str; 2] = ["10.96.0.20", "fd00:96::20"];
+const REMOTE_VIP: [&str; 2] = ["10.96.0.21", "fd00:96::21"];
+const ANCHOR_VIP: [&str; 2] = ["10.96.0.22", "fd00:96::22"];
 /// A ClusterIP without endpoints.
-const EMPTY_VIP: &str = "10.96.0.23";
+const EMPTY_VIP: [&str; 2] = ["10.96.0.23", "fd00:96::23"];
 
-/// A ClusterIP Service `name` (`vip`): http 80 -> 8080/TCP, dns 53 -> 5353/UDP, its slice
-/// naming `ip` on `node`.
-fn service(c: &Cluster, name: &str, vip: &str, ip: impl ToString, node: &str) {
-    let svc = Service::cluster_ip(name, vip)
+/// The families, as indices into the VIP pairs.
+const V4: usize = 0;
+const V6: usize = 1;
+
+/// A pod's address of `family`.
+fn addr(pod: &Pod, family: usize) -> IpAddr {
+    if family == V6 {
+        pod.ip6.into()
+    } else {
+        pod.ip.into()
+    }
+}
+
+/// `ip:port` or `[ip6]:port`, as lab-client takes it and getpeername/recvfrom print it.
+fn at(ip: impl Into<IpAddr>, port: u16) -> String {
+    SocketAddr::new(ip.into(), port).to_string()
+}
+
+fn vip(pair: [&str; 2], family: usize) -> IpAddr {
+    pair[family].parse().expect("the test's VIP")
+}
+
+/// A dual-stack ClusterIP Service `name` (`vips`): http 80 -> 8080/TCP, dns 53 -> 5353/UDP,
+/// its slices naming `ips` (IPv4, IPv6) on `node`.
+fn service(c: &Cluster, name: &str, vips: [&str; 2], ips: [IpAddr; 2], node: &str) {
+    let svc = Service::dual_stack(name, "PreferDualStack", &vips)
         .port_to("http", 80, "TCP", 8080u16)
         .port_to("dns", 53, "UDP", 5353u16);
-    let slice = EndpointSlice::new(&format!("{name}-1"), name)
-        .port("http", 8080, "TCP")
-        .port("dns", 5353, "UDP")
-        .endpoints([Endpoint::ready(ip).node(node)]);
     c.manifests().apply(&svc);
-    c.manifests().apply(&slice);
+    for (slice, ip) in [
+        (EndpointSlice::new(&format!("{name}-v4"), name), ips[V4]),
+        (EndpointSlice::ipv6(&format!("{name}-v6"), name), ips[V6]),
+    ] {
+        let slice = slice
+            .port("http", 8080, "TCP")
+            .port("dns", 5353, "UDP")
+            .endpoints([Endpoint::ready(ip).node(node)]);
+        c.manifests().apply(&slice);
+    }
 }
 
 /// lab-client in `pod`'s network namespace, left in the test's own cgroup: outside the
@@ -88,85 +120,116 @@ fn a_pod_process_outside_the_cgroup_reaches_cluster_ips_per_packet() {
     let _e1 = c.start_echo(&host1, &[8080], &[5353]);
     let _e2 = c.start_echo(&b2, &[8080], &[5353]);
     let _ea = c.start_echo(&client, &[8080], &[5353]);
-    // Its bridge address: the host-network server's UDP replies (from a wildcard-bound
+    // node1's bridge addresses: the host-network server's UDP replies (from a wildcard-bound
     // socket) leave with the source the route to the client gives, which must be the
-    // address the flow was DNATed to.
-    service(&c, "local", LOCAL_VIP, node1.gateway, "node1");
-    service(&c, "remote", REMOTE_VIP, b2.ip, "node2");
-    service(&c, "anchor", ANCHOR_VIP, client.ip, "node1");
-    c.manifests()
-        .apply(&Service::cluster_ip("empty", EMPTY_VIP).port_to("http", 80, "TCP", 8080u16));
+    // address the flow was DNATed to; and the address a hairpin flow is masqueraded to.
+    let gateway: [IpAddr; 2] = [node1.gateway.into(), node1.gateway6.into()];
+    service(&c, "local", LOCAL_VIP, gateway, "node1");
+    service(
+        &c,
+        "remote",
+        REMOTE_VIP,
+        [b2.ip.into(), b2.ip6.into()],
+        "node2",
+    );
+    service(
+        &c,
+        "anchor",
+        ANCHOR_VIP,
+        [client.ip.into(), client.ip6.into()],
+        "node1",
+    );
+    c.manifests().apply(
+        &Service::dual_stack("empty", "PreferDualStack", &EMPTY_VIP)
+            .port_to("http", 80, "TCP", 8080u16),
+    );
     c.start_agents();
     c.wait_north_south(DEADLINE);
-    for (vip, ep) in [
-        (LOCAL_VIP, format!("{}:8080", node1.gateway)),
-        (REMOTE_VIP, format!("{}:8080", b2.ip)),
-    ] {
-        c.wait_services(
-            "node1",
-            |v| services::active_is(v, vip, 80, Protocol::Tcp, &[ep.as_str()]),
-            DEADLINE,
-        );
-    }
-
-    for (vip, who) in [(LOCAL_VIP, host1.name.as_str()), (REMOTE_VIP, "b2")] {
-        let target = format!("{vip}:80");
-        // The pod programs reach node1's bridge with its first local endpoint: poll.
-        first_answer(&c, &target, |args| outside_client(&client, args));
-        let new_before = counter(&c, "node1", "pod_new_flow");
-        let rev_before = counter(&c, "node1", "pod_rev_nat");
-        let tcp = outside_client(
-            &client,
-            &["tcp", &target, "--count", "5", "--timeout-ms", "3000"],
-        );
-        for a in &tcp {
-            assert!(a.ok, "{target}: {}", a.raw);
-            // getpeername shows the ClusterIP: the replies came from it.
-            assert_eq!(a.peer.as_deref(), Some(target.as_str()), "{}", a.raw);
-            let echo = a.echo_any().unwrap_or_else(|| panic!("no echo: {}", a.raw));
-            assert_eq!(echo.pod, who, "{}", a.raw);
-            // DNAT only: the backend sees the client pod's own address.
-            assert_eq!(
-                echo.peer.ip().to_string(),
-                client.ip.to_string(),
-                "{}",
-                a.raw
+    for family in [V4, V6] {
+        for (vips, ep) in [
+            (LOCAL_VIP, at(gateway[family], 8080)),
+            (REMOTE_VIP, at(addr(&b2, family), 8080)),
+            (ANCHOR_VIP, at(addr(&client, family), 8080)),
+        ] {
+            c.wait_services(
+                "node1",
+                |v| services::active_is(v, vip(vips, family), 80, Protocol::Tcp, &[ep.as_str()]),
+                DEADLINE,
             );
         }
-        let udp_target = format!("{vip}:53");
-        let udp = outside_client(&client, &["udp", &udp_target, "--count", "3"]);
-        for a in &udp {
-            assert!(a.ok, "{udp_target}: {}", a.raw);
-            // An unconnected socket's recvfrom: the reply's source is the ClusterIP:port.
-            assert_eq!(a.from.as_deref(), Some(udp_target.as_str()), "{}", a.raw);
-            assert_eq!(a.pod().as_deref(), Some(who), "{}", a.raw);
-        }
-        let new_flows = counter(&c, "node1", "pod_new_flow") - new_before;
-        let revs = counter(&c, "node1", "pod_rev_nat") - rev_before;
-        println!("{target}: pod_new_flow +{new_flows}, pod_rev_nat +{revs}");
-        // 5 connections and one UDP flow (one socket, one 5-tuple).
-        assert!(new_flows >= 6, "pod_new_flow +{new_flows}");
-        assert!(revs >= 5 * 2 + 3, "pod_rev_nat +{revs}");
     }
 
-    // No endpoints: refused at once (an ICMP port unreachable), not left to time out.
-    let refused = outside_client(
-        &client,
-        &["tcp", &format!("{EMPTY_VIP}:80"), "--timeout-ms", "3000"],
-    );
-    let a = &refused[0];
-    assert!(!a.ok, "{}", a.raw);
-    assert_eq!(a.error.as_deref(), Some("ECONNREFUSED"), "{}", a.raw);
-    assert!(a.elapsed_ms < 1000, "refused after {} ms", a.elapsed_ms);
+    for family in [V4, V6] {
+        let me = addr(&client, family);
+        for (vips, who, seen) in [
+            // DNAT only: the backend sees the client pod's own address.
+            (LOCAL_VIP, host1.name.as_str(), me),
+            (REMOTE_VIP, "b2", me),
+            // Hairpin: the pod reaches itself from its bridge's address.
+            (ANCHOR_VIP, "client", gateway[family]),
+        ] {
+            let vip = vip(vips, family);
+            let target = at(vip, 80);
+            // The pod programs reach node1's bridge with its first local endpoint: poll.
+            first_answer(&c, &target, |args| outside_client(&client, args));
+            let new_before = counter(&c, "node1", "pod_new_flow");
+            let tcp = outside_client(
+                &client,
+                &["tcp", &target, "--count", "5", "--timeout-ms", "3000"],
+            );
+            for a in &tcp {
+                assert!(a.ok, "{target}: {}", a.raw);
+                // getpeername shows the ClusterIP: the replies came from it.
+                assert_eq!(a.peer.as_deref(), Some(target.as_str()), "{}", a.raw);
+                let echo = a.echo_any().unwrap_or_else(|| panic!("no echo: {}", a.raw));
+                assert_eq!(echo.pod, who, "{}", a.raw);
+                assert_eq!(echo.peer.ip(), seen, "{}", a.raw);
+            }
+            let udp_target = at(vip, 53);
+            let udp = outside_client(&client, &["udp", &udp_target, "--count", "3"]);
+            for a in &udp {
+                assert!(a.ok, "{udp_target}: {}", a.raw);
+                // An unconnected socket's recvfrom: the reply's source is the ClusterIP:port.
+                assert_eq!(a.from.as_deref(), Some(udp_target.as_str()), "{}", a.raw);
+                assert_eq!(a.pod().as_deref(), Some(who), "{}", a.raw);
+            }
+            let new_flows = counter(&c, "node1", "pod_new_flow") - new_before;
+            println!("{target}: pod_new_flow +{new_flows}");
+            // 5 connections and one UDP flow (one socket, one 5-tuple).
+            assert!(new_flows >= 6, "{target}: pod_new_flow +{new_flows}");
+        }
+
+        // No endpoints: refused at once (an ICMP port unreachable), not left to time out.
+        let empty = at(vip(EMPTY_VIP, family), 80);
+        let refused = outside_client(&client, &["tcp", &empty, "--timeout-ms", "3000"]);
+        let a = &refused[0];
+        assert!(!a.ok, "{}", a.raw);
+        assert_eq!(a.error.as_deref(), Some("ECONNREFUSED"), "{}", a.raw);
+        // The port unreachable comes back within connect() itself here (veth delivers in
+        // the sender's softirq), while the socket is locked: the kernel sets only a soft
+        // error (TcpExtLockDroppedIcmps). IPv4's refusal still comes at once; IPv6's at the
+        // SYN's first retransmission (1 s), which the second unreachable answers.
+        let within = if family == V6 { 1500 } else { 1000 };
+        assert!(
+            a.elapsed_ms < within,
+            "{empty}: refused after {} ms",
+            a.elapsed_ms
+        );
+    }
+    // The backends' replies were translated on the client's device (the hairpin ones come
+    // back through ferry_tc_pod instead).
+    assert!(counter(&c, "node1", "pod_rev_nat") >= 2 * 2 * (5 * 2 + 3));
 
     // A process in the cgroup is still served by the socket layer: no per-packet flow.
-    let new_before = counter(&c, "node1", "pod_new_flow");
-    let inside = c.client(
-        &client,
-        &["tcp", &format!("{REMOTE_VIP}:80"), "--count", "3"],
-    );
-    assert!(inside.iter().all(|a| a.ok), "{inside:#?}");
-    assert_eq!(counter(&c, "node1", "pod_new_flow"), new_before);
+    for family in [V4, V6] {
+        let new_before = counter(&c, "node1", "pod_new_flow");
+        let inside = c.client(
+            &client,
+            &["tcp", &at(vip(REMOTE_VIP, family), 80), "--count", "3"],
+        );
+        assert!(inside.iter().all(|a| a.ok), "{inside:#?}");
+        assert_eq!(counter(&c, "node1", "pod_new_flow"), new_before);
+    }
 }
 
 /// Polls until `target` answers a TCP attempt of `run`.
@@ -192,48 +255,74 @@ fn socket_lb_host_netns_only_leaves_pods_to_the_per_packet_path() {
     let client = c.add_pod_on("node1", "client");
     let b2 = c.add_pod_on("node2", "b2");
     let _e2 = c.start_echo(&b2, &[8080], &[5353]);
-    service(&c, "remote", REMOTE_VIP, b2.ip, "node2");
-    service(&c, "anchor", ANCHOR_VIP, client.ip, "node1");
+    service(
+        &c,
+        "remote",
+        REMOTE_VIP,
+        [b2.ip.into(), b2.ip6.into()],
+        "node2",
+    );
+    service(
+        &c,
+        "anchor",
+        ANCHOR_VIP,
+        [client.ip.into(), client.ip6.into()],
+        "node1",
+    );
     c.start_agents_with(&AgentOpts {
         extra_args: vec!["--socket-lb-host-netns-only".into()],
         ..AgentOpts::default()
     });
     c.wait_north_south(DEADLINE);
-    let ep = format!("{}:8080", b2.ip);
-    c.wait_services(
-        "node1",
-        |v| services::active_is(v, REMOTE_VIP, 80, Protocol::Tcp, &[ep.as_str()]),
-        DEADLINE,
-    );
-    let target = format!("{REMOTE_VIP}:80");
+    for family in [V4, V6] {
+        let ep = at(addr(&b2, family), 8080);
+        c.wait_services(
+            "node1",
+            |v| {
+                services::active_is(
+                    v,
+                    vip(REMOTE_VIP, family),
+                    80,
+                    Protocol::Tcp,
+                    &[ep.as_str()],
+                )
+            },
+            DEADLINE,
+        );
+    }
 
-    // The pod's process, in node1's cgroup (lab-client through the lab, as every pod's).
-    first_answer(&c, &target, |args| c.client(&client, args));
+    // The pod's process, in node1's cgroup (lab-client through the lab, as every pod's), over
+    // each family.
     let connects = counter(&c, "node1", "connect_translated");
-    let new_flows = counter(&c, "node1", "pod_new_flow");
-    let tcp = c.client(
-        &client,
-        &["tcp", &target, "--count", "4", "--timeout-ms", "3000"],
-    );
-    for a in &tcp {
-        assert!(a.ok, "{}", a.raw);
-        assert_eq!(a.peer.as_deref(), Some(target.as_str()), "{}", a.raw);
-        assert_eq!(a.pod().as_deref(), Some("b2"), "{}", a.raw);
+    for family in [V4, V6] {
+        let target = at(vip(REMOTE_VIP, family), 80);
+        first_answer(&c, &target, |args| c.client(&client, args));
+        let new_flows = counter(&c, "node1", "pod_new_flow");
+        let tcp = c.client(
+            &client,
+            &["tcp", &target, "--count", "4", "--timeout-ms", "3000"],
+        );
+        for a in &tcp {
+            assert!(a.ok, "{}", a.raw);
+            assert_eq!(a.peer.as_deref(), Some(target.as_str()), "{}", a.raw);
+            assert_eq!(a.pod().as_deref(), Some("b2"), "{}", a.raw);
+        }
+        let udp_target = at(vip(REMOTE_VIP, family), 53);
+        let udp = c.client(&client, &["udp", &udp_target, "--count", "2"]);
+        for a in &udp {
+            assert!(a.ok, "{}", a.raw);
+            assert_eq!(a.from.as_deref(), Some(udp_target.as_str()), "{}", a.raw);
+        }
+        let pod_flows = counter(&c, "node1", "pod_new_flow") - new_flows;
+        println!("pod in the cgroup, {target}: pod_new_flow +{pod_flows}");
+        assert!(pod_flows >= 5, "{target}: pod_new_flow +{pod_flows}");
     }
-    let udp_target = format!("{REMOTE_VIP}:53");
-    let udp = c.client(&client, &["udp", &udp_target, "--count", "2"]);
-    for a in &udp {
-        assert!(a.ok, "{}", a.raw);
-        assert_eq!(a.from.as_deref(), Some(udp_target.as_str()), "{}", a.raw);
-    }
-    let pod_flows = counter(&c, "node1", "pod_new_flow") - new_flows;
-    println!("pod in the cgroup: pod_new_flow +{pod_flows}");
-    assert!(pod_flows >= 5, "pod_new_flow +{pod_flows}");
     assert_eq!(
         counter(&c, "node1", "connect_translated"),
         connects,
         "a pod's connect() was translated by the socket layer"
     );
+    let target = at(vip(REMOTE_VIP, V4), 80);
 
     // The node's own process (host network, in the same cgroup): the socket layer.
     let host = node1.host();
