@@ -112,7 +112,8 @@ fn traced(args: &TraceArgs) -> anyhow::Result<trace::Trace> {
         }
     };
     let netns_cookie = match (from, &args.netns) {
-        (Origin::External, _) => None,
+        // The per-packet path keys affinity on the pod's address.
+        (Origin::External | Origin::PodPacket, _) => None,
         (_, Some(p)) => Some(netns_cookie(Some(p))?),
         // A host process shares this process's namespace.
         (Origin::Host, None) => Some(netns_cookie(None)?),
@@ -142,11 +143,10 @@ fn traced(args: &TraceArgs) -> anyhow::Result<trace::Trace> {
             scope: Scope::External,
         }
         .to_string();
-        fe.service = status
-            .frontends
-            .iter()
-            .find(|p| p.frontend == key)
-            .map(|p| p.service.clone());
+        if let Some(p) = status.frontends.iter().find(|p| p.frontend == key) {
+            fe.service = Some(p.service.clone());
+            fe.port_name = p.port_name.clone();
+        }
     }
     Ok(t)
 }

@@ -84,6 +84,9 @@ impl SyncOutcome {
 pub struct FrontendStatus {
     pub frontend: String,
     pub service: String,
+    /// The Service port's name (None when unnamed).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub port_name: Option<String>,
     /// "programmed" or "error".
     pub status: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -103,6 +106,8 @@ pub struct ServiceTable<M: LbMaps> {
     /// (A Vec: a Service has a few frontends.)
     of_service: HashMap<ServiceName, Vec<FrontendKey>>,
     owner: HashMap<FrontendKey, ServiceName>,
+    /// The Service port name of each named frontend (status only).
+    port_names: HashMap<FrontendKey, String>,
     failed: BTreeMap<FrontendKey, Failure>,
 }
 
@@ -112,6 +117,7 @@ impl<M: LbMaps> ServiceTable<M> {
             prog,
             of_service: HashMap::new(),
             owner: HashMap::new(),
+            port_names: HashMap::new(),
             failed: BTreeMap::new(),
         }
     }
@@ -144,6 +150,7 @@ impl<M: LbMaps> ServiceTable<M> {
         for (svc, fes) in &batch {
             for (key, f) in fes {
                 self.owner.insert(*key, svc.clone());
+                self.name_port(key, f);
                 self.upsert(key, svc, f, now, &mut out);
             }
         }
@@ -161,6 +168,16 @@ impl<M: LbMaps> ServiceTable<M> {
         }
         out.gone_udp = self.prog.take_gone_udp();
         out
+    }
+
+    /// Remembers `key`'s Service port name (a named port only: most are
+    /// unnamed or share few names, and the map is for the status).
+    fn name_port(&mut self, key: &FrontendKey, f: &Frontend) {
+        if f.port_name.is_empty() {
+            self.port_names.remove(key);
+        } else if self.port_names.get(key) != Some(&f.port_name) {
+            self.port_names.insert(*key, f.port_name.clone());
+        }
     }
 
     fn upsert(
@@ -203,6 +220,7 @@ impl<M: LbMaps> ServiceTable<M> {
         match self.prog.remove(key) {
             Ok(removed) => {
                 self.owner.remove(key);
+                self.port_names.remove(key);
                 if removed {
                     out.removed += 1;
                 }
@@ -256,6 +274,7 @@ impl<M: LbMaps> ServiceTable<M> {
         }
         self.of_service.clear();
         self.owner.clear();
+        self.port_names.clear();
         FullSync::default()
     }
 
@@ -270,6 +289,7 @@ impl<M: LbMaps> ServiceTable<M> {
             for (key, f) in &fes {
                 full.wanted.insert(*key);
                 self.owner.insert(*key, svc.clone());
+                self.name_port(key, f);
                 self.upsert(key, &svc, f, now, &mut full.out);
             }
             if !fes.is_empty() {
@@ -307,6 +327,7 @@ impl<M: LbMaps> ServiceTable<M> {
                 Some(f) => FrontendStatus {
                     frontend: key.to_string(),
                     service: svc.to_string(),
+                    port_name: self.port_names.get(key).cloned(),
                     status: "error".into(),
                     error: Some(f.error.clone()),
                     reason: Some(f.reason.into()),
@@ -316,6 +337,7 @@ impl<M: LbMaps> ServiceTable<M> {
                 None => FrontendStatus {
                     frontend: key.to_string(),
                     service: svc.to_string(),
+                    port_name: self.port_names.get(key).cloned(),
                     status: "programmed".into(),
                     error: None,
                     reason: None,

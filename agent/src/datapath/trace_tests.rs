@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use agent_common::{
-    AffinityKey, Ct4Key, Ct4Value, affinity_client, ct_flags, maglev_key, net::ip4_to_raw,
+    AffinityKey, Ct4Key, Ct4Value, affinity_client, ct_dir, ct_flags, maglev_key, net::ip4_to_raw,
 };
 
 use super::*;
@@ -538,4 +538,163 @@ fn a_syn_straight_to_a_pod_that_a_live_flow_answers_for_is_a_clash() {
     m.ct = vec![(CtLookupKey::V4(rkey), CtLookupValue::V4(rev(0)))];
     let t = run(&m, flow(CLIENT, Some(40001), pod, 8080), Origin::External);
     assert_eq!(t.verdict.action, Action::Pass);
+}
+
+/// pod_lb.rs's choice for a pod's packet (its flow hash over the internal
+/// entry when there is one, else the frontend's): the backend id of the slot.
+fn kernel_pod_choice(m: &Mem, src: IpAddr, sport: u16, key: &FrontendKey) -> u32 {
+    let svc = m.service(&codec::svc_key(key, 0)).unwrap();
+    let hash = codec::flow_hash(
+        std::net::SocketAddr::new(src, sport),
+        std::net::SocketAddr::new(key.ip, key.port),
+        key.proto,
+    )
+    .unwrap();
+    let slot = (hash % u32::from(svc.count)) as u16 + 1;
+    m.service(&codec::svc_key(key, slot)).unwrap().backend_id
+}
+
+#[test]
+fn a_pods_packet_to_a_clusterip_takes_the_per_packet_path() {
+    let pod: IpAddr = Ipv4Addr::new(10, 244, 0, 9).into();
+    let m = programmed(&[(
+        fkey(CIP, 80, Scope::External),
+        fe(FrontendKind::ClusterIP, pods(3)),
+    )]);
+    for sport in [40000u16, 40001, 50000] {
+        let t = run(&m, flow(pod, Some(sport), CIP, 80), Origin::PodPacket);
+        assert_eq!(t.layer, "pod");
+        assert_eq!(t.verdict.action, Action::Translate, "{t:?}");
+        assert_eq!(t.verdict.by.as_deref(), Some("slot"));
+        assert_eq!(
+            t.verdict.backend_id,
+            Some(kernel_pod_choice(
+                &m,
+                pod,
+                sport,
+                &fkey(CIP, 80, Scope::External)
+            ))
+        );
+        // DNAT only: the pod's address is kept.
+        assert_eq!(t.verdict.mode.as_deref(), Some("dnat"));
+    }
+    // Without a source port: which one depends on it.
+    let t = run(&m, flow(pod, None, CIP, 80), Origin::PodPacket);
+    assert!(t.verdict.depends_on_source_port, "{t:?}");
+    // A port no Service defines, and a ClusterIP without endpoints: port unreachable.
+    let t = run(&m, flow(pod, Some(1), CIP, 81), Origin::PodPacket);
+    assert_eq!(t.verdict.action, Action::Reject, "{t:?}");
+    // Not a ClusterIP: untouched.
+    let t = run(&m, flow(pod, Some(1), LB, 80), Origin::PodPacket);
+    assert_eq!(t.verdict.action, Action::Pass, "{t:?}");
+    assert!(t.frontend.is_none());
+    let text = render(&t);
+    assert!(
+        text.contains("a pod's device (TC ingress, per packet)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_pod_that_is_its_own_backend_is_masqueraded() {
+    let pod = Ipv4Addr::new(10, 244, 1, 1);
+    let m = programmed(&[(
+        fkey(CIP, 80, Scope::External),
+        fe(FrontendKind::ClusterIP, pods(1)),
+    )]);
+    let t = run(&m, flow(pod, Some(40000), CIP, 80), Origin::PodPacket);
+    assert_eq!(t.verdict.action, Action::Translate, "{t:?}");
+    assert_eq!(t.verdict.backend.as_deref(), Some("10.244.1.1:8080"));
+    assert_eq!(t.verdict.mode.as_deref(), Some("masquerade"));
+    assert!(t.verdict.detail.contains("hairpin"), "{}", t.verdict.detail);
+    // Another pod: DNAT.
+    let t = run(&m, flow(CLIENT, Some(40000), CIP, 80), Origin::PodPacket);
+    assert_eq!(t.verdict.mode.as_deref(), Some("dnat"));
+}
+
+#[test]
+fn pods_take_the_per_packet_path_under_socket_lb_host_netns_only() {
+    let mut m = programmed(&[(
+        fkey(CIP, 80, Scope::External),
+        fe(FrontendKind::ClusterIP, Vec::new()),
+    )]);
+    let t = run(&m, flow(CLIENT, Some(40000), CIP, 80), Origin::Pod);
+    assert_eq!(t.layer, "socket");
+    m.node_flags = node_flags::SOCK_HOSTNS_ONLY;
+    let t = run(&m, flow(CLIENT, Some(40000), CIP, 80), Origin::Pod);
+    assert_eq!(t.layer, "pod");
+    assert_eq!(t.verdict.action, Action::Reject, "{t:?}");
+    assert!(
+        t.notes
+            .iter()
+            .any(|n| n.contains("--socket-lb-host-netns-only")),
+        "{t:?}"
+    );
+    // The host's own processes keep the socket layer.
+    let t = run(&m, flow(CLIENT, Some(40000), CIP, 80), Origin::Host);
+    assert_eq!(t.layer, "socket");
+}
+
+#[test]
+fn a_tracked_pod_flow_keeps_its_backend_and_other_flows_are_left_alone() {
+    let pod = Ipv4Addr::new(10, 244, 0, 9);
+    let mut m = programmed(&[(
+        fkey(CIP, 80, Scope::External),
+        fe(FrontendKind::ClusterIP, pods(3)),
+    )]);
+    let (id, b4) = {
+        let c = m.maps.contents();
+        let (id, b) = c.backends.iter().nth(2).map(|(i, b)| (*i, *b)).unwrap();
+        let BackendValue::V4(b4) = b else {
+            panic!("IPv4")
+        };
+        (id, b4)
+    };
+    let key = Ct4Key {
+        saddr: ip4_to_raw(pod.octets()),
+        daddr: ip4_to_raw(CIP.octets()),
+        sport: 40000u16.to_be(),
+        dport: 80u16.to_be(),
+        proto: agent_common::proto::TCP,
+        dir: ct_dir::FORWARD,
+        _pad: [0; 2],
+    };
+    let val = |flags| Ct4Value {
+        nat_saddr: ip4_to_raw(pod.octets()),
+        nat_daddr: b4.addr,
+        nat_sport: 40000u16.to_be(),
+        nat_dport: b4.port,
+        backend_id: id,
+        rev_nat_id: 1,
+        flags,
+        tcp_flags: 0,
+        last_seen: NOW - 2,
+    };
+    m.ct = vec![(
+        CtLookupKey::V4(key),
+        CtLookupValue::V4(val(ct_flags::POD | ct_flags::LOCAL)),
+    )];
+    let t = run(&m, flow(pod, Some(40000), CIP, 80), Origin::PodPacket);
+    assert_eq!(t.verdict.by.as_deref(), Some("conntrack"), "{t:?}");
+    assert_eq!(t.verdict.backend_id, Some(id));
+    assert_eq!(t.verdict.mode.as_deref(), Some("dnat"));
+    assert!(t.conntrack.as_ref().unwrap().pod);
+    // A flow of another path holds the tuple: ferry_tc_pod passes the packet.
+    m.ct = vec![(CtLookupKey::V4(key), CtLookupValue::V4(val(ct_flags::SNAT)))];
+    let t = run(&m, flow(pod, Some(40000), CIP, 80), Origin::PodPacket);
+    assert_eq!(t.verdict.action, Action::Pass, "{t:?}");
+}
+
+#[test]
+fn the_text_report_names_the_service_port() {
+    let m = programmed(&[(
+        fkey(CIP, 80, Scope::External),
+        fe(FrontendKind::ClusterIP, pods(1)),
+    )]);
+    let mut t = run(&m, flow(CLIENT, None, CIP, 80), Origin::Pod);
+    let fe = t.frontend.as_mut().unwrap();
+    fe.service = Some("default/web".into());
+    fe.port_name = Some("http".into());
+    let text = render(&t);
+    assert!(text.contains("default/web port http"), "{text}");
 }
