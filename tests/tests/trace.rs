@@ -4,7 +4,8 @@
 //! The two-node lab (tests/src/cluster.rs), real agents, real servers (lab-echo, which name
 //! their pod) and real clients: curl and lab-client in the external client namespaces (their
 //! packets arrive on node1's eth0, ferry's TC program), lab-client in pods on node1 (node1's
-//! socket hooks). `ferry trace` runs on node1 (its network namespace and cgroup, as a
+//! socket hooks), curl in a pod's namespace outside node1's cgroup (the per-packet path on
+//! the pod's device, `--from pod-packet`). `ferry trace` runs on node1 (its network namespace and cgroup, as a
 //! `kubectl debug node` shell would), reading node1's pinned maps and asking node1's agent
 //! for the Service names. Every test runs over both families of the dual-stack lab. Every
 //! wait polls a real condition with a deadline.
@@ -22,7 +23,9 @@ use ferry_tests::{
     Cluster, EndpointSlice, Lab, Pod, Service,
     client::EchoAny,
     cluster::{EXT1_IP, EXT1_IP6, EXT2_IP, EXT2_IP6, LB_RANGE, poll},
-    over_both_families, require_root,
+    over_both_families,
+    proc::{self, Placement},
+    require_root,
     services::{self, AsIp, Family, at},
 };
 
@@ -39,6 +42,7 @@ over_both_families!(
     source_ranges_drop_is_predicted_and_counted,
     rejects_drops_and_passes_are_predicted,
     cluster_ip_affinity_from_a_pod_is_predicted,
+    per_packet_pod_path_is_predicted,
 );
 
 fn cluster(name: &str, family: Family) -> Cluster {
@@ -520,6 +524,140 @@ fn cluster_ip_affinity_from_a_pod_is_predicted(family: Family) {
         ],
     );
     assert_eq!(t.verdict.by.as_deref(), Some("random"), "{t:?}");
+}
+
+/// curl in `pod`'s network namespace outside node1's cgroup (the socket hooks do not see
+/// it: its packets take the per-packet path), from source port `sport`: the pod that
+/// answered (its reply came back, so the ClusterIP was given back to it); Err: why not.
+fn outside_curl(pod: &Pod, target: &str, sport: u16) -> Result<String, String> {
+    let mut cmd = Command::new("curl");
+    let sport = sport.to_string();
+    let url = format!("http://{target}/");
+    cmd.args(["-sS", "-g", "-m", "3", "--local-port", &sport, &url]);
+    let placement = Placement {
+        netns: Some(pod.netns_path.clone()),
+        cgroup: None,
+    };
+    let out = proc::output_placed(&mut cmd, &placement, Duration::from_secs(30))
+        .map_err(|e| format!("curl in {}: {e}", pod.name))?;
+    let body = String::from_utf8_lossy(&out.stdout);
+    EchoAny::parse(&body).map(|e| e.pod).ok_or_else(|| {
+        format!(
+            "not an echo reply: {body:?} ({})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    })
+}
+
+/// `--from pod-packet`: what ferry_tc_pod does with a pod's packet the socket layer did not
+/// translate (a process outside the hooked cgroup), predicted per source port and then
+/// done by the real flow; the Service port's name comes from the agent's status. The
+/// backends are on node2: one on the client's own bridge would answer it over L2, past the
+/// node (pod_lb.rs's known limit). A second Service whose endpoint is the client itself
+/// makes node1's bridge a pod device.
+fn per_packet_pod_path_is_predicted(family: Family) {
+    require_root!();
+    let c = cluster("per_packet_pod_path_is_predicted", family);
+    let vip = family.pick(CLUSTER_IP);
+    let b1 = c.add_pod_on("node2", "b1");
+    let b2 = c.add_pod_on("node2", "b2");
+    let b3 = c.add_pod_on("node2", "b3");
+    let pods = [&b1, &b2, &b3];
+    let _echos: Vec<_> = pods.iter().map(|p| c.start_echo(p, &[8080], &[])).collect();
+    let cl = c.add_pod_on("node1", "cl");
+    c.manifests().apply(
+        &Service::cluster_ip("anchor", CLUSTER_IP2[0])
+            .cluster_ips(&CLUSTER_IP2)
+            .ip_family_policy("PreferDualStack")
+            .port_to("http", 80, "TCP", 8080u16),
+    );
+    apply_slices(&c, "anchor", &[(&cl, "node1")]);
+    c.manifests().apply(
+        &Service::cluster_ip("web", CLUSTER_IP[0])
+            .cluster_ips(&CLUSTER_IP)
+            .ip_family_policy("PreferDualStack")
+            .port_to("http", 80, "TCP", 8080u16),
+    );
+    apply_slices(&c, "web", &[(&b1, "node2"), (&b2, "node2"), (&b3, "node2")]);
+    c.start_agents();
+    wait_backends(&c, family, vip, &pods);
+    wait_backends(&c, family, family.pick(CLUSTER_IP2), &[&cl]);
+    let endpoints = by_endpoint(family, &pods);
+    let target = at(vip, 80);
+    let dst = format!("{target}/tcp");
+    // The pod programs reach node1's bridge with its first local endpoint: poll a first flow.
+    // (Each try from a port of its own: a failed try's flow stays in conntrack.)
+    let mut try_port = 39_000u16;
+    let first = poll(DEADLINE, Duration::from_millis(100), || {
+        try_port += 1;
+        outside_curl(&cl, &target, try_port)
+    });
+    if let Err(e) = first {
+        panic!("{family}: {target} never answered per packet: {e}");
+    }
+
+    let mut seen = std::collections::BTreeSet::new();
+    let mut tracked = 0;
+    for sport in [40_001u16, 40_002, 40_003, 40_004, 40_005, 40_006] {
+        let src = at(family.ip(&cl), sport);
+        let t = trace(&c, &[&src, &dst, "--from", "pod-packet"]);
+        assert_eq!(t.layer, "pod", "{t:?}");
+        assert_eq!(t.verdict.action, Action::Translate, "{t:?}");
+        assert_eq!(t.verdict.mode.as_deref(), Some("dnat"), "{t:?}");
+        let fe = t.frontend.as_ref().expect("the frontend");
+        assert_eq!(fe.service.as_deref(), Some("default/web"), "{fe:?}");
+        assert_eq!(fe.port_name.as_deref(), Some("http"), "{fe:?}");
+        let predicted = t.verdict.backend.clone().expect("a backend");
+        let who = outside_curl(&cl, &target, sport)
+            .unwrap_or_else(|e| panic!("{family}: {target} from port {sport}: {e}"));
+        assert_eq!(
+            who, endpoints[&predicted].name,
+            "{family}: port {sport} lands where trace said"
+        );
+        seen.insert(who);
+        // The flow is tracked now (until the agent collects its closed entries): the same
+        // answer, from its conntrack entry flagged as a pod flow.
+        let t = trace(&c, &[&src, &dst, "--from", "pod-packet"]);
+        if t.verdict.by.as_deref() == Some("conntrack") {
+            assert_eq!(t.verdict.backend.as_deref(), Some(predicted.as_str()));
+            assert!(t.conntrack.as_ref().is_some_and(|ct| ct.pod), "{t:?}");
+            tracked += 1;
+        }
+    }
+    assert!(
+        tracked > 0,
+        "{family}: no flow was found tracked right after it ran"
+    );
+    println!("{family}: backends reached per packet: {seen:?}");
+    // A port no Service defines: the pod gets a port unreachable.
+    let t = trace(
+        &c,
+        &[
+            &at(family.ip(&cl), 40_100),
+            &format!("{}/tcp", at(vip, 81)),
+            "--from",
+            "pod-packet",
+        ],
+    );
+    assert_eq!(t.verdict.action, Action::Reject, "{t:?}");
+    // The text report names the layer and the Service port (a flow not yet made: a
+    // tracked one is decided by its conntrack entry before any frontend lookup).
+    let n = c.node("node1");
+    let pin = n.pin_dir.to_string_lossy().into_owned();
+    let src = at(family.ip(&cl), 40_200);
+    let out = c.output_timeout(
+        &n.host(),
+        Lab::ferry_bin(),
+        &["trace", &src, &dst, "--from", "pod-packet", "--bpffs", &pin],
+        Duration::from_secs(30),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(
+        text.contains("a pod's device (TC ingress, per packet)"),
+        "{text}"
+    );
+    assert!(text.contains("default/web port http"), "{text}");
 }
 
 /// Bad input and missing pins: one line naming the cause, a non-zero exit.
