@@ -288,6 +288,8 @@ impl Loop {
                 "{what}"
             );
         }
+        self.dp
+            .retry_from(o.failed.iter().map(|(k, _, _)| k), Instant::now());
         self.record_failures(&o.failed);
         self.report(&f.new_diags);
         if f.health_checks_changed {

@@ -24,7 +24,7 @@ use crate::{
     cli::LbMode,
     control::Dataplane,
     error::{Error, Result},
-    model::{BackendAddr, Frontend, ServiceName},
+    model::{BackendAddr, Frontend, FrontendKey, ServiceName},
     northsouth::{IcmpLimits, sync_cluster_nodes},
 };
 
@@ -130,6 +130,14 @@ impl Datapath {
         let out = self.table.retry_due(now);
         self.after_change(&out);
         out
+    }
+
+    pub fn retry_from<'a>(
+        &mut self,
+        keys: impl IntoIterator<Item = &'a FrontendKey>,
+        now: Instant,
+    ) {
+        self.table.retry_from(keys, now)
     }
 
     pub fn next_retry(&self) -> Option<Instant> {

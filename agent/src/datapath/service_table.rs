@@ -237,6 +237,21 @@ impl<M: LbMaps> ServiceTable<M> {
         }
     }
 
+    /// Starts the backoff of `keys` (failed in the sync that just ended) at
+    /// `now`: a failure's retry waits its full backoff after the sync that
+    /// reported it, however long that sync took after the attempt.
+    pub fn retry_from<'a>(
+        &mut self,
+        keys: impl IntoIterator<Item = &'a FrontendKey>,
+        now: Instant,
+    ) {
+        for key in keys {
+            if let Some(f) = self.failed.get_mut(key) {
+                f.next_retry = f.next_retry.max(now + backoff(f.attempts));
+            }
+        }
+    }
+
     /// When the next failed frontend is due for a retry.
     pub fn next_retry(&self) -> Option<Instant> {
         self.failed.values().map(|f| f.next_retry).min()
