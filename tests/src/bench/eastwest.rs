@@ -639,10 +639,11 @@ fn measure(
 ) -> Result<Measured> {
     let pins = lab.pin_dir();
     let snap = || {
-        config
-            .bpf_stats
-            .then(|| bpfstats::snapshot(&pins))
-            .unwrap_or_default()
+        if config.bpf_stats {
+            bpfstats::snapshot(&pins)
+        } else {
+            bpfstats::Snapshot::default()
+        }
     };
     let opts = load::WrkOpts {
         cpu: config.pin_cpu,

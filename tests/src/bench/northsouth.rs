@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Family,
+    bpfstats::{self, ProgCost},
     env::in_lab_ns_ok,
     http_url, kubeproxy,
     load::{self, ClientPlace},
@@ -103,6 +104,12 @@ pub struct Point {
     /// ferry's runs with `ferry monitor` listening, in the same rounds (with `--monitor`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitor: Option<MonitorRuns>,
+    /// With `--monitor`: node1's programs while ferry's short connections ran (monitor off),
+    /// summed over the rounds, and the connections made meanwhile.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub programs: Vec<ProgCost>,
+    #[serde(default)]
+    pub connections: u64,
 }
 
 /// ferry's measurements with the monitor listening, one per round (failed runs left out).
@@ -112,6 +119,11 @@ pub struct MonitorRuns {
     pub conns_per_sec: Vec<f64>,
     pub errors: u64,
     pub failed_runs: u64,
+    /// node1's programs while these short connections ran, and the connections made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub programs: Vec<ProgCost>,
+    #[serde(default)]
+    pub connections: u64,
 }
 
 /// A path of one family that was not measured, and why.
@@ -410,9 +422,23 @@ pub fn run(config: &Config) -> Result<Results> {
             errors: 0,
             failed_runs: 0,
             monitor: (config.monitor && contender == Contender::Ferry).then(MonitorRuns::default),
+            programs: Vec::new(),
+            connections: 0,
         })
         .collect();
     let node1 = cl.node("node1");
+    // With the monitor, what it costs the programs too (per connection, robust to the load).
+    let _stats = config
+        .monitor
+        .then(bpfstats::RunStats::enable)
+        .transpose()?;
+    let snap = || {
+        if config.monitor {
+            bpfstats::snapshot(&node1.pin_dir)
+        } else {
+            bpfstats::Snapshot::default()
+        }
+    };
     for round in 0..config.rounds {
         for family in rotated(&Family::ALL, round) {
             for k in 0..Contender::ALL.len() {
@@ -452,11 +478,18 @@ pub fn run(config: &Config) -> Result<Results> {
                         })
                         .ok();
                     let url = http_url(ip, HTTP);
+                    let s0 = snap();
                     let wrk = load::wrk(place, &url, config.secs, config.conns, true)
                         .inspect_err(|e| {
                             eprintln!("bench: north-south: {what} wrk run failed: {e:#}")
                         })
                         .ok();
+                    let ran = if c == Contender::Ferry {
+                        bpfstats::delta(&s0, &snap())
+                    } else {
+                        Vec::new()
+                    };
+                    let made = wrk.as_ref().map_or(0, |w| w.requests);
                     let failed = u64::from(gbps.is_none()) + u64::from(wrk.is_none());
                     let errors = wrk.as_ref().map_or(0, |w| w.errors);
                     let rate = wrk.map(|w| w.requests_per_sec);
@@ -466,12 +499,16 @@ pub fn run(config: &Config) -> Result<Results> {
                             m.conns_per_sec.extend(rate);
                             m.errors += errors;
                             m.failed_runs += failed;
+                            bpfstats::add(&mut m.programs, &ran);
+                            m.connections += made;
                         }
                         None => {
                             p.gbits_per_sec.extend(gbps);
                             p.conns_per_sec.extend(rate);
                             p.errors += errors;
                             p.failed_runs += failed;
+                            bpfstats::add(&mut p.programs, &ran);
+                            p.connections += made;
                         }
                     }
                     eprintln!(

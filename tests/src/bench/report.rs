@@ -1165,7 +1165,7 @@ fn ns_monitor(md: &mut String, ns: &super::northsouth::Results) {
         md,
         "\n**ferry with `ferry monitor` listening, same rounds**\n\n| | Gbit/s without | with | with / without | connections/s without | with | with / without |\n|---|---:|---:|---:|---:|---:|---:|"
     );
-    for (p, m) in with {
+    for (p, m) in &with {
         let _ = writeln!(
             md,
             "| {} | {} | {} |",
@@ -1173,6 +1173,38 @@ fn ns_monitor(md: &mut String, ns: &super::northsouth::Results) {
             monitor_cells(&p.gbits_per_sec, &m.gbits_per_sec),
             monitor_cells(&p.conns_per_sec, &m.conns_per_sec),
         );
+    }
+    if with.iter().any(|(p, _)| !p.programs.is_empty()) {
+        let _ = writeln!(
+            md,
+            "\n**node1's programs per short connection, without and with the monitor** \
+             (BPF_ENABLE_STATS, summed over the rounds; the machine's load moves wall-clock \
+             rates far more than the monitor can, the programs' own run time does not)\n\n\
+             | | program | ns / connection without | with | with / without |\n|---|---|---:|---:|---:|"
+        );
+        for (p, m) in &with {
+            let per = |list: &[super::bpfstats::ProgCost], name: &str, conns: u64| {
+                list.iter()
+                    .find(|x| x.name == name)
+                    .map_or(0.0, |x| x.ns as f64 / conns.max(1) as f64)
+            };
+            let mut names: Vec<&str> = p.programs.iter().map(|x| x.name.as_str()).collect();
+            names.sort_unstable();
+            for name in names {
+                let (off, on) = (
+                    per(&p.programs, name, p.connections),
+                    per(&m.programs, name, m.connections),
+                );
+                let _ = writeln!(
+                    md,
+                    "| {} | `{name}` | {} | {} | {} |",
+                    p.family.label(),
+                    num(off),
+                    num(on),
+                    ratio_cell((off > 0.0).then(|| on / off)),
+                );
+            }
+        }
     }
     let failed: u64 = ns
         .points
