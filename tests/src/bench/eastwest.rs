@@ -172,6 +172,9 @@ pub struct Runs {
     pub p50_us: Vec<f64>,
     pub p99_us: Vec<f64>,
     pub errors: u64,
+    /// Runs left out because the monitor did not start.
+    #[serde(default)]
+    pub failed_runs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -590,10 +593,21 @@ pub fn run(lab: &Lab, config: &Config) -> Result<Results> {
                     };
                     for &with_monitor in runs {
                         let _monitor = if with_monitor {
-                            Some(super::monitor::Monitor::start(
+                            // A monitor that does not start costs this run only: the
+                            // section's other measurements stand (said in the report).
+                            match super::monitor::Monitor::start(
                                 &lab.node_netns_path(),
                                 &lab.pin_dir(),
-                            )?)
+                            ) {
+                                Ok(m) => Some(m),
+                                Err(e) => {
+                                    eprintln!("bench: east-west: ferry monitor: {e:#}");
+                                    if let Some(r) = p.monitor.as_mut() {
+                                        r.failed_runs += 1;
+                                    }
+                                    continue;
+                                }
+                            }
                         } else {
                             None
                         };

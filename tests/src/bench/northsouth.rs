@@ -459,10 +459,17 @@ pub fn run(config: &Config) -> Result<Results> {
                 };
                 for &with_monitor in runs {
                     let _monitor = if with_monitor {
-                        Some(super::monitor::Monitor::start(
-                            &node1.netns_path,
-                            &node1.pin_dir,
-                        )?)
+                        // A monitor that does not start costs this run only.
+                        match super::monitor::Monitor::start(&node1.netns_path, &node1.pin_dir) {
+                            Ok(m) => Some(m),
+                            Err(e) => {
+                                eprintln!("bench: north-south: ferry monitor: {e:#}");
+                                if let Some(m) = p.monitor.as_mut() {
+                                    m.failed_runs += 1;
+                                }
+                                continue;
+                            }
+                        }
                     } else {
                         None
                     };

@@ -1081,6 +1081,17 @@ fn ew_monitor(md: &mut String, points: &[Point], sizes: &[usize]) {
             );
         }
     }
+    let failed: u64 = points
+        .iter()
+        .filter_map(|p| p.monitor.as_ref())
+        .map(|m| m.failed_runs)
+        .sum();
+    if failed > 0 {
+        let _ = writeln!(
+            md,
+            "\nRuns with the monitor left out (it did not start): {failed}."
+        );
+    }
 }
 
 /// East-west: what the lab's programs cost each contender (`--bpf-stats`): run time per
@@ -1215,7 +1226,7 @@ fn ns_monitor(md: &mut String, ns: &super::northsouth::Results) {
     if failed > 0 {
         let _ = writeln!(
             md,
-            "\nRuns with the monitor that failed, left out: {failed}."
+            "\nRuns with the monitor left out (it did not start, or a load tool failed): {failed}."
         );
     }
 }
