@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Family,
+    bpfstats::{self, ProgCost},
     env::{http_get_in, in_lab_ns_ok, metric},
     http_url, kubeproxy,
     load::{self, ClientPlace, WrkResult},
@@ -94,9 +95,14 @@ pub struct Config {
     pub rounds: usize,
     pub secs: f64,
     pub conns: u32,
-    /// ferry measured with `ferry monitor` listening (bench/monitor.rs).
+    /// ferry measured a second time each round with `ferry monitor` listening (bench/monitor.rs),
+    /// right before or after its run without (the order alternating), into [`Point::monitor`].
     #[serde(default)]
     pub monitor: bool,
+    /// Per-program run counts and run time (bench/bpfstats.rs) around every run, into
+    /// [`Point::programs`].
+    #[serde(default)]
+    pub bpf_stats: bool,
     /// The CPU the load tool and both servers are pinned to (`taskset -c`), so that a
     /// connection's whole cost (client, hooks, softirq, server) is paid on one core, as a busy
     /// node pays it; None: unpinned (older reports).
@@ -120,6 +126,55 @@ pub struct Point {
     pub p50_us: Vec<f64>,
     pub p99_us: Vec<f64>,
     pub errors: u64,
+    /// ferry's runs with `ferry monitor` listening, in the same rounds (with `--monitor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor: Option<Runs>,
+    /// The lab's programs while this contender's short connections ran (`--bpf-stats`), summed
+    /// over the rounds, and the connections made meanwhile.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub programs: Vec<ProgCost>,
+    #[serde(default)]
+    pub connections: u64,
+    /// The same while its kept-alive connection ran, and the requests it made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub programs_kept: Vec<ProgCost>,
+    #[serde(default)]
+    pub requests_kept: u64,
+}
+
+impl Point {
+    /// One round's measurement (ferry's with the monitor listening apart).
+    fn push(&mut self, m: &Measured, with_monitor: bool) {
+        let kept = (&m.kept.p50_us, &m.kept.p99_us);
+        let errors = m.short.errors + m.kept.errors;
+        if let Some(r) = self.monitor.as_mut().filter(|_| with_monitor) {
+            r.conns_per_sec.push(m.short.requests_per_sec);
+            r.p50_us.extend(kept.0);
+            r.p99_us.extend(kept.1);
+            r.errors += errors;
+            return;
+        }
+        self.conns_per_sec.push(m.short.requests_per_sec);
+        self.p50_us.extend(kept.0);
+        self.p99_us.extend(kept.1);
+        self.errors += errors;
+        bpfstats::add(&mut self.programs, &m.programs);
+        bpfstats::add(&mut self.programs_kept, &m.programs_kept);
+        self.connections += m.short.requests;
+        self.requests_kept += m.kept.requests;
+    }
+}
+
+/// One contender's measurements of a kind, one per round.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Runs {
+    pub conns_per_sec: Vec<f64>,
+    pub p50_us: Vec<f64>,
+    pub p99_us: Vec<f64>,
+    pub errors: u64,
+    /// Runs left out because the monitor did not start.
+    #[serde(default)]
+    pub failed_runs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -472,7 +527,6 @@ pub fn run(lab: &Lab, config: &Config) -> Result<Results> {
         program_secs: Vec::new(),
     };
     let backend_ips: Vec<Ipv4Addr> = topo.backends.iter().map(|p| p.ip).collect();
-    let mut monitor = None;
     let scripts: Vec<std::path::PathBuf> = Family::ALL
         .iter()
         .map(|&family| {
@@ -481,18 +535,14 @@ pub fn run(lab: &Lab, config: &Config) -> Result<Results> {
             Ok(file)
         })
         .collect::<Result<_>>()?;
+    let _stats = config
+        .bpf_stats
+        .then(bpfstats::RunStats::enable)
+        .transpose()?;
     for &n in &config.sizes {
         eprintln!("bench: east-west: programming {n} dual-stack services into each contender…");
         let set = synth::eastwest_set_dual(n, &backend_ips);
         program(lab, &topo, &set, &mut out)?;
-        // After the first programming (the pins exist from then on); it outlives the agent's
-        // restarts, which keep the pinned ring and control.
-        if config.monitor && monitor.is_none() {
-            monitor = Some(super::monitor::Monitor::start(
-                &lab.node_netns_path(),
-                &lab.pin_dir(),
-            )?);
-        }
         let families: &[Family] = if config.ipv6_sizes.contains(&n) {
             &Family::ALL
         } else {
@@ -510,6 +560,11 @@ pub fn run(lab: &Lab, config: &Config) -> Result<Results> {
                     p50_us: Vec::new(),
                     p99_us: Vec::new(),
                     errors: 0,
+                    monitor: (config.monitor && c == Contender::Ferry).then(Runs::default),
+                    programs: Vec::new(),
+                    connections: 0,
+                    programs_kept: Vec::new(),
+                    requests_kept: 0,
                 })
             })
             .collect();
@@ -519,51 +574,112 @@ pub fn run(lab: &Lab, config: &Config) -> Result<Results> {
             for family in rotated(families, round) {
                 for k in 0..topo.clients.len() {
                     let c = &topo.clients[(k + round) % topo.clients.len()];
-                    // Direct alternates between the two backends, as the service does.
-                    let backend = &topo.backends[round % topo.backends.len()];
-                    let target = url(c.contender, family, backend);
-                    let spread = c.contender == Contender::Direct && config.threads > 1;
-                    let opts = load::WrkOpts {
-                        cpu: config.pin_cpu,
-                        threads: config.threads,
-                        script: spread.then(|| scripts[family as usize].clone()),
-                    };
-                    let short: WrkResult =
-                        load::wrk_on(&c.place, &opts, &target, config.secs, config.conns, true)?;
-                    // One connection: one thread, one backend.
-                    let one = load::WrkOpts {
-                        cpu: config.pin_cpu,
-                        ..Default::default()
-                    };
-                    let kept: WrkResult =
-                        load::wrk_on(&c.place, &one, &target, config.secs, 1, false)?;
                     let Some(p) = points
                         .iter_mut()
                         .find(|p| p.family == family && p.contender == c.contender)
                     else {
                         continue;
                     };
-                    p.conns_per_sec.push(short.requests_per_sec);
-                    p.p50_us.extend(kept.p50_us);
-                    p.p99_us.extend(kept.p99_us);
-                    p.errors += short.errors + kept.errors;
-                    eprintln!(
-                        "bench: east-west {} N={n} round {}/{} {:<20} {:>9.0} conn/s  p50 {:>7.1} us  p99 {:>7.1} us",
-                        family.label(),
-                        round + 1,
-                        config.rounds,
-                        c.contender.label(),
-                        short.requests_per_sec,
-                        kept.p50_us.unwrap_or(f64::NAN),
-                        kept.p99_us.unwrap_or(f64::NAN),
-                    );
+                    // Direct alternates between the two backends, as the service does.
+                    let backend = &topo.backends[round % topo.backends.len()];
+                    let target = url(c.contender, family, backend);
+                    let spread = c.contender == Contender::Direct && config.threads > 1;
+                    let script = spread.then(|| scripts[family as usize].clone());
+                    // With the monitor: ferry without it and with it, in turn first.
+                    let runs: &[bool] = match (&p.monitor, round % 2) {
+                        (None, _) => &[false],
+                        (Some(_), 0) => &[false, true],
+                        (Some(_), _) => &[true, false],
+                    };
+                    for &with_monitor in runs {
+                        let _monitor = if with_monitor {
+                            // A monitor that does not start costs this run only: the
+                            // section's other measurements stand (said in the report).
+                            match super::monitor::Monitor::start(
+                                &lab.node_netns_path(),
+                                &lab.pin_dir(),
+                            ) {
+                                Ok(m) => Some(m),
+                                Err(e) => {
+                                    eprintln!("bench: east-west: ferry monitor: {e:#}");
+                                    if let Some(r) = p.monitor.as_mut() {
+                                        r.failed_runs += 1;
+                                    }
+                                    continue;
+                                }
+                            }
+                        } else {
+                            None
+                        };
+                        let m = measure(lab, c, config, &target, script.clone())?;
+                        p.push(&m, with_monitor);
+                        let who = format!(
+                            "{}{}",
+                            c.contender.label(),
+                            if with_monitor { " +monitor" } else { "" }
+                        );
+                        eprintln!(
+                            "bench: east-west {} N={n} round {}/{} {who:<29} {:>9.0} conn/s  p50 {:>7.1} us  p99 {:>7.1} us",
+                            family.label(),
+                            round + 1,
+                            config.rounds,
+                            m.short.requests_per_sec,
+                            m.kept.p50_us.unwrap_or(f64::NAN),
+                            m.kept.p99_us.unwrap_or(f64::NAN),
+                        );
+                    }
                 }
             }
         }
         out.points.extend(points);
     }
-    drop(monitor);
     Ok(out)
+}
+
+/// One run of a contender: its short connections, then its kept-alive one.
+struct Measured {
+    short: WrkResult,
+    kept: WrkResult,
+    programs: Vec<ProgCost>,
+    programs_kept: Vec<ProgCost>,
+}
+
+fn measure(
+    lab: &Lab,
+    c: &Client,
+    config: &Config,
+    target: &str,
+    script: Option<std::path::PathBuf>,
+) -> Result<Measured> {
+    let pins = lab.pin_dir();
+    let snap = || {
+        if config.bpf_stats {
+            bpfstats::snapshot(&pins)
+        } else {
+            bpfstats::Snapshot::default()
+        }
+    };
+    let opts = load::WrkOpts {
+        cpu: config.pin_cpu,
+        threads: config.threads,
+        script,
+    };
+    let s0 = snap();
+    let short = load::wrk_on(&c.place, &opts, target, config.secs, config.conns, true)?;
+    let s1 = snap();
+    // One connection: one thread, one backend.
+    let one = load::WrkOpts {
+        cpu: config.pin_cpu,
+        ..Default::default()
+    };
+    let kept = load::wrk_on(&c.place, &one, target, config.secs, 1, false)?;
+    let s2 = snap();
+    Ok(Measured {
+        short,
+        kept,
+        programs: bpfstats::delta(&s0, &s1),
+        programs_kept: bpfstats::delta(&s1, &s2),
+    })
 }
 
 /// The wrk script of the direct contender: each thread dials one backend, in turn (`setup`

@@ -5,6 +5,7 @@
 //! medians with their range: the machines are shared and noisy, so absolute numbers mean
 //! little and ratios are the result. Nothing is asserted: a section that cannot run says why.
 
+pub mod bpfstats;
 pub mod control;
 pub mod eastwest;
 pub mod env;
@@ -116,6 +117,10 @@ pub struct Options {
     pub monitor: bool,
     /// The east-west section's service counts instead of its defaults (both families).
     pub eastwest_sizes: Option<Vec<usize>>,
+    /// Rounds of the east-west and north-south sections instead of their defaults.
+    pub rounds: Option<usize>,
+    /// East-west: per-program run counts and run time (BPF_ENABLE_STATS) around every run.
+    pub bpf_stats: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -153,11 +158,7 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
     let machine = env::machine();
 
     let eastwest = if wanted("eastwest") {
-        Outcome::from_result(run_eastwest(
-            opts.quick,
-            opts.monitor,
-            opts.eastwest_sizes.as_deref(),
-        ))
+        Outcome::from_result(run_eastwest(opts))
     } else {
         skipped_section()
     };
@@ -171,7 +172,7 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
             }
         } else {
             northsouth::Config {
-                rounds: 5,
+                rounds: opts.rounds.unwrap_or(5),
                 secs: 3.0,
                 conns: 8,
                 monitor: opts.monitor,
@@ -274,7 +275,8 @@ fn run_flood(quick: bool) -> Result<flood::Results> {
 /// (issue 14's setting), so a contender's per-connection CPU cost shows in connections/s.
 const EASTWEST_CPU: usize = 0;
 
-fn run_eastwest(quick: bool, monitor: bool, sizes: Option<&[usize]>) -> Result<eastwest::Results> {
+fn run_eastwest(opts: &Options) -> Result<eastwest::Results> {
+    let (quick, monitor, bpf_stats) = (opts.quick, opts.monitor, opts.bpf_stats);
     env::tool("wrk", "wrk")?;
     env::tool("iptables-restore", "iptables")?;
     env::tool("ip6tables-restore", "iptables")?;
@@ -288,6 +290,7 @@ fn run_eastwest(quick: bool, monitor: bool, sizes: Option<&[usize]>) -> Result<e
             secs: 1.0,
             conns: 4,
             monitor,
+            bpf_stats,
             pin_cpu: Some(EASTWEST_CPU),
             threads: 2,
         }
@@ -299,13 +302,17 @@ fn run_eastwest(quick: bool, monitor: bool, sizes: Option<&[usize]>) -> Result<e
             secs: 3.0,
             conns: 8,
             monitor,
+            bpf_stats,
             pin_cpu: Some(EASTWEST_CPU),
             threads: 2,
         }
     };
-    if let Some(sizes) = sizes {
-        config.sizes = sizes.to_vec();
-        config.ipv6_sizes = sizes.to_vec();
+    if let Some(sizes) = &opts.eastwest_sizes {
+        config.sizes.clone_from(sizes);
+        config.ipv6_sizes.clone_from(sizes);
+    }
+    if let Some(rounds) = opts.rounds {
+        config.rounds = rounds;
     }
     let lab = Lab::try_new("bench-eastwest")?;
     eastwest::run(&lab, &config)

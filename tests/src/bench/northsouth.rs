@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Family,
+    bpfstats::{self, ProgCost},
     env::in_lab_ns_ok,
     http_url, kubeproxy,
     load::{self, ClientPlace},
@@ -83,7 +84,8 @@ pub struct Config {
     pub rounds: usize,
     pub secs: f64,
     pub conns: u32,
-    /// ferry measured with `ferry monitor` listening on node1 (bench/monitor.rs).
+    /// ferry measured a second time each round with `ferry monitor` listening on node1
+    /// (bench/monitor.rs), right before or after its run without, into [`Point::monitor`].
     #[serde(default)]
     pub monitor: bool,
 }
@@ -99,6 +101,29 @@ pub struct Point {
     /// Runs that failed (killed after overrunning, or no result); left out of the medians.
     #[serde(default)]
     pub failed_runs: u64,
+    /// ferry's runs with `ferry monitor` listening, in the same rounds (with `--monitor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor: Option<MonitorRuns>,
+    /// With `--monitor`: node1's programs while ferry's short connections ran (monitor off),
+    /// summed over the rounds, and the connections made meanwhile.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub programs: Vec<ProgCost>,
+    #[serde(default)]
+    pub connections: u64,
+}
+
+/// ferry's measurements with the monitor listening, one per round (failed runs left out).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MonitorRuns {
+    pub gbits_per_sec: Vec<f64>,
+    pub conns_per_sec: Vec<f64>,
+    pub errors: u64,
+    pub failed_runs: u64,
+    /// node1's programs while these short connections ran, and the connections made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub programs: Vec<ProgCost>,
+    #[serde(default)]
+    pub connections: u64,
 }
 
 /// A path of one family that was not measured, and why.
@@ -284,15 +309,6 @@ pub fn run(config: &Config) -> Result<Results> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let _monitor = if config.monitor {
-        let node1 = cl.node("node1");
-        Some(super::monitor::Monitor::start(
-            &node1.netns_path,
-            &node1.pin_dir,
-        )?)
-    } else {
-        None
-    };
     let node2 = cl.node("node2").netns.clone();
     for (family, tool) in [
         (Family::V4, "iptables-restore"),
@@ -405,8 +421,24 @@ pub fn run(config: &Config) -> Result<Results> {
             conns_per_sec: Vec::new(),
             errors: 0,
             failed_runs: 0,
+            monitor: (config.monitor && contender == Contender::Ferry).then(MonitorRuns::default),
+            programs: Vec::new(),
+            connections: 0,
         })
         .collect();
+    let node1 = cl.node("node1");
+    // With the monitor, what it costs the programs too (per connection, robust to the load).
+    let _stats = config
+        .monitor
+        .then(bpfstats::RunStats::enable)
+        .transpose()?;
+    let snap = || {
+        if config.monitor {
+            bpfstats::snapshot(&node1.pin_dir)
+        } else {
+            bpfstats::Snapshot::default()
+        }
+    };
     for round in 0..config.rounds {
         for family in rotated(&Family::ALL, round) {
             for k in 0..Contender::ALL.len() {
@@ -419,47 +451,82 @@ pub fn run(config: &Config) -> Result<Results> {
                 };
                 let ip = target(c, family, &web1);
                 let place = place_of(c);
-                let gbps = match iperf(place, ip, config.secs) {
-                    Ok(g) => {
-                        p.gbits_per_sec.push(g);
-                        g
-                    }
-                    Err(e) => {
-                        eprintln!(
-                            "bench: north-south: {} {} iperf3 run failed: {e:#}",
-                            family.label(),
-                            c.label()
-                        );
-                        p.failed_runs += 1;
-                        f64::NAN
-                    }
+                // With the monitor: ferry without it and with it, in turn first.
+                let runs: &[bool] = match (&p.monitor, round % 2) {
+                    (None, _) => &[false],
+                    (Some(_), 0) => &[false, true],
+                    (Some(_), _) => &[true, false],
                 };
-                let url = http_url(ip, HTTP);
-                let rate = match load::wrk(place, &url, config.secs, config.conns, true) {
-                    Ok(w) => {
-                        p.conns_per_sec.push(w.requests_per_sec);
-                        p.errors += w.errors;
-                        w.requests_per_sec
+                for &with_monitor in runs {
+                    let _monitor = if with_monitor {
+                        // A monitor that does not start costs this run only.
+                        match super::monitor::Monitor::start(&node1.netns_path, &node1.pin_dir) {
+                            Ok(m) => Some(m),
+                            Err(e) => {
+                                eprintln!("bench: north-south: ferry monitor: {e:#}");
+                                if let Some(m) = p.monitor.as_mut() {
+                                    m.failed_runs += 1;
+                                }
+                                continue;
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    let what = format!(
+                        "{} {}{}",
+                        family.label(),
+                        c.label(),
+                        if with_monitor { " +monitor" } else { "" }
+                    );
+                    let gbps = iperf(place, ip, config.secs)
+                        .inspect_err(|e| {
+                            eprintln!("bench: north-south: {what} iperf3 run failed: {e:#}")
+                        })
+                        .ok();
+                    let url = http_url(ip, HTTP);
+                    let s0 = snap();
+                    let wrk = load::wrk(place, &url, config.secs, config.conns, true)
+                        .inspect_err(|e| {
+                            eprintln!("bench: north-south: {what} wrk run failed: {e:#}")
+                        })
+                        .ok();
+                    let ran = if c == Contender::Ferry {
+                        bpfstats::delta(&s0, &snap())
+                    } else {
+                        Vec::new()
+                    };
+                    let made = wrk.as_ref().map_or(0, |w| w.requests);
+                    let failed = u64::from(gbps.is_none()) + u64::from(wrk.is_none());
+                    let errors = wrk.as_ref().map_or(0, |w| w.errors);
+                    let rate = wrk.map(|w| w.requests_per_sec);
+                    match p.monitor.as_mut().filter(|_| with_monitor) {
+                        Some(m) => {
+                            m.gbits_per_sec.extend(gbps);
+                            m.conns_per_sec.extend(rate);
+                            m.errors += errors;
+                            m.failed_runs += failed;
+                            bpfstats::add(&mut m.programs, &ran);
+                            m.connections += made;
+                        }
+                        None => {
+                            p.gbits_per_sec.extend(gbps);
+                            p.conns_per_sec.extend(rate);
+                            p.errors += errors;
+                            p.failed_runs += failed;
+                            bpfstats::add(&mut p.programs, &ran);
+                            p.connections += made;
+                        }
                     }
-                    Err(e) => {
-                        eprintln!(
-                            "bench: north-south: {} {} wrk run failed: {e:#}",
-                            family.label(),
-                            c.label()
-                        );
-                        p.failed_runs += 1;
-                        f64::NAN
-                    }
-                };
-                eprintln!(
-                    "bench: north-south {} round {}/{} {:<28} {:>6.2} Gbit/s {:>8.0} conn/s",
-                    family.label(),
-                    round + 1,
-                    config.rounds,
-                    c.label(),
-                    gbps,
-                    rate
-                );
+                    eprintln!(
+                        "bench: north-south round {}/{} {:<36} {:>6.2} Gbit/s {:>8.0} conn/s",
+                        round + 1,
+                        config.rounds,
+                        what,
+                        gbps.unwrap_or(f64::NAN),
+                        rate.unwrap_or(f64::NAN)
+                    );
+                }
             }
         }
     }

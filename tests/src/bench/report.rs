@@ -15,7 +15,7 @@ use super::{
     Family, Outcome, Report,
     control::SizeResult,
     eastwest::{Contender, Point},
-    stats::{Summary, percentile, ratio},
+    stats::{Summary, paired_ratio, percentile, ratio},
 };
 use crate::proc::{self, Placement};
 
@@ -386,12 +386,18 @@ fn markdown(r: &Report, plots: &Plots) -> String {
         md,
         "A client pod calls a ClusterIP service with two backends (one HTTP server each); N services \
          are programmed, the others being filler with 2–3 endpoints each (the measured service sits \
-         in the middle of kube-proxy's `KUBE-SERVICES` chain, where a service lands on average). \
-         *Connections/s*: `wrk -t1 -c8 -H 'Connection: close'` (connect, one request, close), higher is \
-         better. *Latency*: one kept-alive connection (`wrk -t1 -c1 --latency`), lower is better."
+         in the middle of kube-proxy's `KUBE-SERVICES` chain, where a service lands on average)."
     );
     match &r.eastwest {
         Outcome::Done(ew) => {
+            let _ = writeln!(
+                md,
+                "\n*Connections/s*: `wrk -t{} -c{} -H 'Connection: close'` (connect, one request, \
+                 close), higher is better. *Latency*: one kept-alive connection (`wrk -t1 -c1 \
+                 --latency`), lower is better.",
+                ew.config.threads.max(1),
+                ew.config.conns
+            );
             let _ = writeln!(
                 md,
                 "\n{} rounds of {} s per contender and N, {} connections.{}",
@@ -451,7 +457,13 @@ fn markdown(r: &Report, plots: &Plots) -> String {
                 "Request latency p99 on a kept-alive connection, µs (lower is better)",
                 p99,
             );
-            let errors: u64 = ew.points.iter().map(|p| p.errors).sum();
+            ew_monitor(&mut md, &ew.points, &ew.config.sizes);
+            ew_programs(&mut md, &ew.points, &ew.config.sizes);
+            let errors: u64 = ew
+                .points
+                .iter()
+                .map(|p| p.errors + p.monitor.as_ref().map_or(0, |m| m.errors))
+                .sum();
             let _ = writeln!(
                 md,
                 "\nSocket errors and non-2xx responses over all runs: {errors}."
@@ -662,7 +674,12 @@ fn northsouth(md: &mut String, ns: &super::northsouth::Results) {
             failed.join(", ")
         );
     }
-    let errors: u64 = ns.points.iter().map(|p| p.errors).sum();
+    ns_monitor(md, ns);
+    let errors: u64 = ns
+        .points
+        .iter()
+        .map(|p| p.errors + p.monitor.as_ref().map_or(0, |m| m.errors))
+        .sum();
     let _ = writeln!(
         md,
         "\nSocket errors and non-2xx responses over all runs: {errors}."
@@ -1015,8 +1032,201 @@ fn method(md: &mut String) {
 /// Said of a section run with `ferry-bench run --monitor`.
 fn monitor_note(monitor: bool) -> &'static str {
     if monitor {
-        " ferry ran with `ferry monitor -o json` listening (its output to /dev/null)."
+        " ferry was measured twice each round, without and with `ferry monitor -o json` listening \
+         (its output to /dev/null), the order alternating round by round; the main tables are its \
+         runs without, the monitor table sets the two side by side."
     } else {
         ""
+    }
+}
+
+/// One row of a monitor table: the metric without and with the monitor, and their ratio (the
+/// median of the rounds' ratios, each pair run back to back; else the medians' ratio).
+fn monitor_cells(off: &[f64], on: &[f64]) -> String {
+    let r = paired_ratio(on, off)
+        .map(|r| r.median)
+        .or(ratio(Summary::of(on), Summary::of(off)));
+    format!(
+        "{} | {} | {}",
+        cell(Summary::of(off)),
+        cell(Summary::of(on)),
+        ratio_cell(r)
+    )
+}
+
+/// East-west: ferry without and with the monitor, the same rounds.
+fn ew_monitor(md: &mut String, points: &[Point], sizes: &[usize]) {
+    if !points.iter().any(|p| p.monitor.is_some()) {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n**ferry with `ferry monitor` listening, same rounds**\n\n| services (N) | connections/s without | with | with / without | p50 µs without | with | with / without |\n|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for &n in sizes {
+        for family in ew_families(points, n) {
+            let Some(p) = point(points, n, family, Contender::Ferry) else {
+                continue;
+            };
+            let Some(m) = &p.monitor else {
+                continue;
+            };
+            let _ = writeln!(
+                md,
+                "| {}, {} | {} | {} |",
+                count(n),
+                family.label(),
+                monitor_cells(&p.conns_per_sec, &m.conns_per_sec),
+                monitor_cells(&p.p50_us, &m.p50_us),
+            );
+        }
+    }
+    let failed: u64 = points
+        .iter()
+        .filter_map(|p| p.monitor.as_ref())
+        .map(|m| m.failed_runs)
+        .sum();
+    if failed > 0 {
+        let _ = writeln!(
+            md,
+            "\nRuns with the monitor left out (it did not start): {failed}."
+        );
+    }
+}
+
+/// East-west: what the lab's programs cost each contender (`--bpf-stats`): run time per
+/// short connection and per kept-alive request.
+fn ew_programs(md: &mut String, points: &[Point], sizes: &[usize]) {
+    if !points.iter().any(|p| !p.programs.is_empty()) {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n**Program run time per connection (BPF_ENABLE_STATS, summed over the rounds)**: the \
+         programs ferry attached in the lab (its TC programs sit on the node's devices, which \
+         every contender's packets cross; its socket hooks see ferry's client and the servers), \
+         while each contender's short connections ran, then per request of its kept-alive \
+         connection. Run time includes the statistics' own clock reads (~20-40 ns per run).\n\n\
+         | services (N) | contender | program | runs / connection | ns / run | ns / connection | runs / kept request | ns / kept request |\n\
+         |---:|---|---|---:|---:|---:|---:|---:|"
+    );
+    for &n in sizes {
+        for family in ew_families(points, n) {
+            for c in Contender::ALL {
+                let Some(p) = point(points, n, family, c) else {
+                    continue;
+                };
+                let mut names: Vec<&str> = p
+                    .programs
+                    .iter()
+                    .chain(&p.programs_kept)
+                    .map(|x| x.name.as_str())
+                    .collect();
+                names.sort_unstable();
+                names.dedup();
+                for name in names {
+                    let per = |list: &[super::bpfstats::ProgCost], per: u64| {
+                        let x = list.iter().find(|x| x.name == name);
+                        let runs = x.map_or(0, |x| x.runs);
+                        let ns = x.map_or(0, |x| x.ns);
+                        let d = per.max(1) as f64;
+                        (
+                            runs as f64 / d,
+                            if runs > 0 {
+                                ns as f64 / runs as f64
+                            } else {
+                                f64::NAN
+                            },
+                            ns as f64 / d,
+                        )
+                    };
+                    let (r, nr, nc) = per(&p.programs, p.connections);
+                    let (rk, _, nk) = per(&p.programs_kept, p.requests_kept);
+                    let _ = writeln!(
+                        md,
+                        "| {}, {} | {} | `{name}` | {:.2} | {} | {} | {:.2} | {} |",
+                        count(n),
+                        family.label(),
+                        c.label(),
+                        r,
+                        num(nr),
+                        num(nc),
+                        rk,
+                        num(nk),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// North-south: ferry without and with the monitor, the same rounds.
+fn ns_monitor(md: &mut String, ns: &super::northsouth::Results) {
+    use super::northsouth::Contender as C;
+    let with: Vec<_> = ns
+        .points
+        .iter()
+        .filter(|p| p.contender == C::Ferry)
+        .filter_map(|p| p.monitor.as_ref().map(|m| (p, m)))
+        .collect();
+    if with.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n**ferry with `ferry monitor` listening, same rounds**\n\n| | Gbit/s without | with | with / without | connections/s without | with | with / without |\n|---|---:|---:|---:|---:|---:|---:|"
+    );
+    for (p, m) in &with {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} |",
+            p.family.label(),
+            monitor_cells(&p.gbits_per_sec, &m.gbits_per_sec),
+            monitor_cells(&p.conns_per_sec, &m.conns_per_sec),
+        );
+    }
+    if with.iter().any(|(p, _)| !p.programs.is_empty()) {
+        let _ = writeln!(
+            md,
+            "\n**node1's programs per short connection, without and with the monitor** \
+             (BPF_ENABLE_STATS, summed over the rounds; the machine's load moves wall-clock \
+             rates far more than the monitor can, the programs' own run time does not)\n\n\
+             | | program | ns / connection without | with | with / without |\n|---|---|---:|---:|---:|"
+        );
+        for (p, m) in &with {
+            let per = |list: &[super::bpfstats::ProgCost], name: &str, conns: u64| {
+                list.iter()
+                    .find(|x| x.name == name)
+                    .map_or(0.0, |x| x.ns as f64 / conns.max(1) as f64)
+            };
+            let mut names: Vec<&str> = p.programs.iter().map(|x| x.name.as_str()).collect();
+            names.sort_unstable();
+            for name in names {
+                let (off, on) = (
+                    per(&p.programs, name, p.connections),
+                    per(&m.programs, name, m.connections),
+                );
+                let _ = writeln!(
+                    md,
+                    "| {} | `{name}` | {} | {} | {} |",
+                    p.family.label(),
+                    num(off),
+                    num(on),
+                    ratio_cell((off > 0.0).then(|| on / off)),
+                );
+            }
+        }
+    }
+    let failed: u64 = ns
+        .points
+        .iter()
+        .filter_map(|p| p.monitor.as_ref())
+        .map(|m| m.failed_runs)
+        .sum();
+    if failed > 0 {
+        let _ = writeln!(
+            md,
+            "\nRuns with the monitor left out (it did not start, or a load tool failed): {failed}."
+        );
     }
 }

@@ -53,6 +53,22 @@ pub fn ratio(a: Option<Summary>, b: Option<Summary>) -> Option<f64> {
     }
 }
 
+/// The median (and range) of the round-by-round ratios `a[i] / b[i]` of two series measured in
+/// the same rounds: what drifts between rounds (another tenant's load) cancels within a pair.
+/// None unless both have one sample per round (a failed run left out misaligns them).
+pub fn paired_ratio(a: &[f64], b: &[f64]) -> Option<Summary> {
+    if a.len() != b.len() {
+        return None;
+    }
+    let r: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .filter(|(_, b)| **b != 0.0)
+        .map(|(a, b)| a / b)
+        .collect();
+    Summary::of(&r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +83,13 @@ mod tests {
         assert_eq!(percentile(&v, 50.0), Some(50.0));
         assert_eq!(percentile(&v, 99.0), Some(99.0));
         assert_eq!(percentile(&[7.0], 99.0), Some(7.0));
+    }
+
+    #[test]
+    fn paired_ratios() {
+        // Round 2 ran on a loaded machine: both halves fell, their ratio did not.
+        let r = paired_ratio(&[10.0, 5.0, 9.0], &[10.0, 5.0, 10.0]).unwrap();
+        assert_eq!((r.median, r.min, r.max), (1.0, 0.9, 1.0));
+        assert!(paired_ratio(&[1.0], &[1.0, 2.0]).is_none());
     }
 }

@@ -3,9 +3,12 @@
 //!
 //! ```text
 //! ferry-bench run [--quick] [--out DIR] [--only SECTION[,SECTION..]] [--merge] [--monitor]
-//!                 [--sizes N[,N..]]
+//!                 [--bpf-stats] [--sizes N[,N..]] [--rounds N]
 //!     --merge: rerun only the --only sections into DIR's existing report (none: re-render it)
-//!     --monitor: ferry with `ferry monitor` listening (east-west, north-south)
+//!     --monitor: ferry measured again each round with `ferry monitor` listening (east-west,
+//!                north-south), beside its runs without
+//!     --bpf-stats: east-west: the lab's programs' run counts and time per contender
+//!     --rounds: the east-west and north-south sections' rounds (default 5)
 //!     --sizes: the east-west section's service counts (default 1,1000,10000), both families
 //! ferry-bench serve --port PORT [--lifetime SECS]     (the backends' HTTP server)
 //! ```
@@ -17,7 +20,7 @@ use ferry_tests::{
     is_root,
 };
 
-const USAGE: &str = "usage: ferry-bench run [--quick] [--out DIR] [--only eastwest,northsouth,progcost,control,flood] [--merge] [--monitor] [--sizes N[,N..]]\n       ferry-bench serve --port PORT [--lifetime SECS]";
+const USAGE: &str = "usage: ferry-bench run [--quick] [--out DIR] [--only eastwest,northsouth,progcost,control,flood] [--merge] [--monitor] [--bpf-stats] [--sizes N[,N..]] [--rounds N]\n       ferry-bench serve --port PORT [--lifetime SECS]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -66,6 +69,8 @@ fn run(args: &[String]) -> ExitCode {
         merge: false,
         monitor: false,
         eastwest_sizes: None,
+        rounds: None,
+        bpf_stats: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -73,6 +78,11 @@ fn run(args: &[String]) -> ExitCode {
             "--quick" => opts.quick = true,
             "--merge" => opts.merge = true,
             "--monitor" => opts.monitor = true,
+            "--bpf-stats" => opts.bpf_stats = true,
+            "--rounds" => match it.next().map(|v| v.parse::<usize>()) {
+                Some(Ok(r)) if r > 0 => opts.rounds = Some(r),
+                _ => return usage(),
+            },
             "--out" => match it.next() {
                 Some(v) => opts.out = PathBuf::from(v),
                 None => return usage(),
