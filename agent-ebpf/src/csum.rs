@@ -246,7 +246,7 @@ pub fn rewrite4(
     let (data, end) = (ctx.data(), ctx.data_end());
     let iph = data + IP_OFF;
     // Masked for the verifier: at most 14 + 60.
-    let l4p = data + (ip.l4_off & 0x7f);
+    let l4p = data + (ip.l4_off as usize & 0x7f);
     if iph + IPV4_MIN_HLEN > end || l4p + 4 > end {
         return Err(FAILED);
     }

@@ -19,6 +19,8 @@
 //! place for a packet that now comes from this node), with the hop limit
 //! in place of the TTL.
 
+use core::mem::MaybeUninit;
+
 use agent_common::stats::Counter;
 use aya_ebpf::{
     EbpfContext as _,
@@ -53,6 +55,15 @@ pub fn meta(ip: &Ipv4Hdr) -> u32 {
     u32::from_ne_bytes([ip.ttl, ip.tos, ip.proto, 0])
 }
 
+/// The lookup's parameters in `slot`, all zeros, written word by word (see
+/// [`crate::parse::zeroed_in`]: `mem::zeroed()` of these 64 bytes is a loop of 64 one-byte
+/// stores).
+#[inline(always)]
+pub fn params(slot: &mut MaybeUninit<bpf_fib_lookup>) -> &mut bpf_fib_lookup {
+    // SAFETY: a plain C struct of integers; all zeros is a valid value.
+    unsafe { crate::parse::zeroed_in(slot) }
+}
+
 /// Routes the (already translated) IPv4 packet, now from `saddr` to
 /// `daddr` (its other fields as parsed, in `meta`: nothing is read again),
 /// and redirects it to the egress of the next hop's device, decrementing
@@ -67,18 +78,23 @@ pub fn forward(ctx: &TcContext, saddr: u32, daddr: u32, meta: u32) -> Raw {
 #[inline(always)]
 fn forward_body(ctx: &TcContext, saddr: u32, daddr: u32, meta: u32) -> Outcome {
     let [ttl, tos, proto, _] = meta.to_ne_bytes();
-    // The fields `lookup` and `send` read.
-    // SAFETY: a plain C struct of integers; all zeros is a valid value.
-    let mut ip: Ipv4Hdr = unsafe { core::mem::zeroed() };
-    ip.ttl = ttl;
-    ip.tos = tos;
-    ip.proto = proto;
-    ip.saddr = saddr;
-    ip.daddr = daddr;
-    // SAFETY: as above.
-    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    let rc = lookup(ctx, &ip, 0, &mut p);
-    send(ctx, &ip, rc, &p)
+    // The fields `lookup` and `send` read (the rest is never read).
+    let ip = Ipv4Hdr {
+        ver_ihl: 0,
+        tos,
+        tot_len: 0,
+        id: 0,
+        frag_off: 0,
+        ttl,
+        proto,
+        check: 0,
+        saddr,
+        daddr,
+    };
+    let mut slot = MaybeUninit::uninit();
+    let p = params(&mut slot);
+    let rc = lookup(ctx, &ip, 0, p);
+    send(ctx, &ip, rc, p)
 }
 
 /// Looks up the route of a packet with header `ip` (its addresses, ToS and

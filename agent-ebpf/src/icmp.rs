@@ -60,7 +60,7 @@ pub const ICMP_HLEN: usize = core::mem::size_of::<IcmpHdr>();
 /// the device's egress program translates the others as they leave.
 #[inline(always)]
 pub fn translate_error(ctx: &TcContext, ip: &Ipv4, side: Side) -> Outcome {
-    let icmp_off = ip.l4_off;
+    let icmp_off = ip.l4_off as usize;
     let Ok(icmp) = ctx.load::<IcmpHdr>(icmp_off) else {
         return Ok(verdict::PASS);
     };
@@ -316,7 +316,7 @@ pub fn reject(ctx: &TcContext, ip: &Ipv4, cfg: &NodeConfig) -> Outcome {
 #[inline(always)]
 fn build_reject(ctx: &TcContext, ip: &Ipv4) -> Result<(), ()> {
     let orig = ip.hdr;
-    let orig_l4: [u8; 8] = ctx.load(ip.l4_off).map_err(|_| ())?;
+    let orig_l4: [u8; 8] = ctx.load(ip.l4_off as usize).map_err(|_| ())?;
     let macs: [u8; 12] = ctx.load(0).map_err(|_| ())?;
 
     let mut m = Unreach {

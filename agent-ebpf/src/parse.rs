@@ -13,6 +13,8 @@
 //! are from the start of the Ethernet header, where TC programs see
 //! `skb->data`.
 
+use core::mem::MaybeUninit;
+
 use agent_common::{Ip6, proto};
 use aya_ebpf::{EbpfContext as _, bindings::__sk_buff, programs::TcContext};
 
@@ -135,10 +137,12 @@ const _: () = assert!(core::mem::size_of::<L4Facts>() == 8);
 pub struct Ipv4 {
     pub hdr: Ipv4Hdr,
     pub l4: L4Facts,
-    _pad: u32,
-    pub l4_off: usize,
+    /// Where the L4 header starts (at most 14 + 60): a u32, which keeps the struct at 32
+    /// bytes without padding (`ferry_tc_in`'s frame is near the verifier's limit). Read it
+    /// with [`Packet::l4_off`].
+    pub l4_off: u32,
 }
-const _: () = assert!(core::mem::size_of::<Ipv4>() == 40);
+const _: () = assert!(core::mem::size_of::<Ipv4>() == 32);
 
 impl Ipv4 {
     /// Nothing parsed yet (all zeros).
@@ -147,6 +151,34 @@ impl Ipv4 {
         // SAFETY: integers and bools, for which all zeros is valid.
         unsafe { core::mem::zeroed() }
     }
+
+    /// Nothing parsed yet, in `slot`: [`Ipv4::empty`] without its cost (see [`zeroed_in`]).
+    #[inline(always)]
+    pub fn empty_in(slot: &mut MaybeUninit<Ipv4>) -> &mut Ipv4 {
+        // SAFETY: integers and bools, for which all zeros is valid.
+        unsafe { zeroed_in(slot) }
+    }
+}
+
+/// Zeroes `slot` with one 8-byte store per word, and returns it. `mem::zeroed()` and zero
+/// struct literals become calls to the eBPF build's `memset`, a loop of one-byte stores (a
+/// 40-byte header: ~200 instructions run on every packet, and 64 bytes of FIB parameters
+/// ~320); volatile stores cannot be merged back into such a call.
+///
+/// # Safety
+/// All zeros must be a valid `T` (integers, bools, arrays and structs of them).
+#[inline(always)]
+pub unsafe fn zeroed_in<T>(slot: &mut MaybeUninit<T>) -> &mut T {
+    const { assert!(size_of::<T>() % 8 == 0 && align_of::<T>() >= 4) };
+    let words = slot.as_mut_ptr().cast::<u32>();
+    let mut i = 0;
+    while i < size_of::<T>() / 4 {
+        // SAFETY: within `slot` (its size is a multiple of 8), 4-aligned.
+        unsafe { words.add(i).write_volatile(0) };
+        i += 1;
+    }
+    // SAFETY: every byte written; all zeros is a valid T (the caller's promise).
+    unsafe { slot.assume_init_mut() }
 }
 
 /// The bytes of a TCP header read at parsing (through the flags, and the
@@ -190,6 +222,30 @@ fn valid_v4(hdr: &Ipv4Hdr) -> bool {
     hdr.ver_ihl >> 4 == 4 && hdr.header_len() >= IPV4_MIN_HLEN
 }
 
+/// The IPv4 header at packet address `h` (IPV4_MIN_HLEN bytes checked by the caller), read
+/// field by field: a copy of the whole struct becomes a call to the eBPF build's `memmove`, a
+/// loop of one-byte copies.
+#[inline(always)]
+pub fn read_hdr(h: usize) -> Ipv4Hdr {
+    // SAFETY: the caller checked IPV4_MIN_HLEN bytes from `h`; unaligned reads.
+    unsafe {
+        let u8_at = |o: usize| *((h + o) as *const u8);
+        let u16_at = |o: usize| core::ptr::read_unaligned((h + o) as *const u16);
+        Ipv4Hdr {
+            ver_ihl: u8_at(0),
+            tos: u8_at(1),
+            tot_len: u16_at(2),
+            id: u16_at(4),
+            frag_off: u16_at(6),
+            ttl: u8_at(8),
+            proto: u8_at(9),
+            check: u16_at(10),
+            saddr: core::ptr::read_unaligned((h + 12) as *const u32),
+            daddr: core::ptr::read_unaligned((h + 16) as *const u32),
+        }
+    }
+}
+
 /// [`ipv4`] from the linear part, into `ip`.
 #[inline(always)]
 fn ipv4_direct(ctx: &TcContext, ip: &mut Ipv4) -> u8 {
@@ -197,13 +253,12 @@ fn ipv4_direct(ctx: &TcContext, ip: &mut Ipv4) -> u8 {
     if data + IP_OFF + IPV4_MIN_HLEN > end {
         return SHORT;
     }
-    // SAFETY: bounds checked above.
-    ip.hdr = unsafe { core::ptr::read_unaligned((data + IP_OFF) as *const Ipv4Hdr) };
+    ip.hdr = read_hdr(data + IP_OFF);
     if !valid_v4(&ip.hdr) {
         return NOT_IPV4;
     }
     let l4_off = IP_OFF + ip.hdr.header_len();
-    ip.l4_off = l4_off;
+    ip.l4_off = l4_off as u32;
     ip.l4 = L4Facts::default();
     if ip.hdr.is_later_fragment() {
         return PARSED;
@@ -262,7 +317,7 @@ fn ipv4_short(ctx: &TcContext, ip: &mut Ipv4) -> bool {
         }
     }
     ip.hdr = hdr;
-    ip.l4_off = l4_off;
+    ip.l4_off = l4_off as u32;
     ip.l4 = l4;
     true
 }
@@ -428,7 +483,7 @@ impl Packet for Ipv4 {
 
     #[inline(always)]
     fn l4_off(&self) -> usize {
-        self.l4_off
+        self.l4_off as usize
     }
 
     #[inline(always)]

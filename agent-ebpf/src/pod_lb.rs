@@ -481,11 +481,12 @@ fn reply4(skb: *mut __sk_buff) -> i32 {
 
 #[inline(always)]
 fn reply4_body(ctx: &TcContext) -> Outcome {
-    let mut ip = parse::Ipv4::empty();
-    if !parse::ipv4(ctx, &mut ip) || ip.hdr.is_later_fragment() {
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let ip = parse::Ipv4::empty_in(&mut slot);
+    if !parse::ipv4(ctx, ip) || ip.hdr.is_later_fragment() {
         return Ok(verdict::PASS);
     }
-    reply::<V4>(ctx, &ip)
+    reply::<V4>(ctx, ip)
 }
 
 #[inline(never)]

@@ -111,8 +111,9 @@ handler!(ipv6_pod, ipv6, Side::Pod);
 /// TCP and UDP to the north-south flows, ICMP errors to their translation.
 #[inline(always)]
 fn ipv4(ctx: &TcContext, side: Side) -> Outcome {
-    let mut ip = parse::Ipv4::empty();
-    if !parse::ipv4(ctx, &mut ip) {
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let ip = parse::Ipv4::empty_in(&mut slot);
+    if !parse::ipv4(ctx, ip) {
         return Ok(verdict::PASS);
     }
     if ip.hdr.is_later_fragment() {
@@ -120,16 +121,16 @@ fn ipv4(ctx: &TcContext, side: Side) -> Outcome {
     }
     match ip.hdr.proto {
         proto::TCP | proto::UDP => match side {
-            Side::Ingress => nodeport::ingress::<V4>(ctx, &ip),
-            Side::Egress => nodeport::egress::<V4>(ctx, &ip),
+            Side::Ingress => nodeport::ingress::<V4>(ctx, ip),
+            Side::Egress => nodeport::egress::<V4>(ctx, ip),
             // What no masqueraded flow takes goes to the per-packet
             // ClusterIP path (pod_lb.rs).
-            Side::Pod => match nodeport::from_pod::<V4>(ctx, &ip) {
-                Ok(verdict::PASS) => pod_lb::from_pod::<V4>(ctx, &ip),
+            Side::Pod => match nodeport::from_pod::<V4>(ctx, ip) {
+                Ok(verdict::PASS) => pod_lb::from_pod::<V4>(ctx, ip),
                 v => v,
             },
         },
-        parse::IPPROTO_ICMP => icmp::translate_error(ctx, &ip, side),
+        parse::IPPROTO_ICMP => icmp::translate_error(ctx, ip, side),
         _ => Ok(verdict::PASS),
     }
 }

@@ -42,7 +42,7 @@ use crate::{
     ct::{self, CtKey, CtValue},
     drop::{self, DropReason, Raw},
     family::{Family as _, V4},
-    fib::AF_INET,
+    fib::{self, AF_INET},
     maps::{NODE_ADDR_V4, count},
     nodeport,
     ns::{CtVal, Ns, Room},
@@ -102,8 +102,7 @@ fn parse(ctx: &XdpContext, ip: &mut Ipv4) -> bool {
     if ethertype != ETH_P_IP {
         return false;
     }
-    // SAFETY: as above.
-    ip.hdr = unsafe { core::ptr::read_unaligned((data + IP_OFF) as *const Ipv4Hdr) };
+    ip.hdr = parse::read_hdr(data + IP_OFF);
     // Version 4 and no options (a DSR option, anything else: TC's).
     if ip.hdr.ver_ihl != 0x45 {
         return false;
@@ -112,7 +111,7 @@ fn parse(ctx: &XdpContext, ip: &mut Ipv4) -> bool {
     if u16::from_be(ip.hdr.frag_off) & 0x3fff != 0 {
         return false;
     }
-    ip.l4_off = IP_OFF + IPV4_MIN_HLEN;
+    ip.l4_off = (IP_OFF + IPV4_MIN_HLEN) as u32;
     // SAFETY: UDP_READ bytes from `p` checked above, TCP_READ below.
     unsafe {
         ip.l4.ports = core::ptr::read_unaligned(p as *const [u16; 2]);
@@ -139,14 +138,16 @@ fn parse(ctx: &XdpContext, ip: &mut Ipv4) -> bool {
 
 #[inline(always)]
 fn ipv4(ctx: &XdpContext) -> Action {
-    let mut ip = Ipv4::empty();
-    if !parse(ctx, &mut ip) {
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let ip = Ipv4::empty_in(&mut slot);
+    if !parse(ctx, ip) {
         return Ok(PASS);
     }
-    let Some(t) = parse::tuple(&ip) else {
+    let ip: &Ipv4 = ip;
+    let Some(t) = parse::tuple(ip) else {
         return Ok(PASS);
     };
-    let tcp_flags = parse::tcp_flags(&ip);
+    let tcp_flags = parse::tcp_flags(ip);
 
     // A client's packet of a tracked flow.
     let fwd_key: <V4 as Ns>::Ct = ct::key(&t, ct_dir::FORWARD);
@@ -156,7 +157,7 @@ fn ipv4(ctx: &XdpContext) -> Action {
         if v.flags() & ct_flags::DSR != 0 || !nodeport::backend_still_there::<V4>(&v) {
             return Ok(PASS);
         }
-        let a = send(ctx, &ip, &nat_of(&v)).get()? as u32;
+        let a = send(ctx, ip, &nat_of(&v)).get()? as u32;
         if a != PASS {
             ct::touch(entry, select::now_seconds(), tcp_flags);
             count(Counter::NsTracked);
@@ -170,7 +171,7 @@ fn ipv4(ctx: &XdpContext) -> Action {
         if let Some(entry) = ct::lookup(&rkey) {
             // SAFETY: as above.
             let v = unsafe { *entry };
-            let a = send(ctx, &ip, &nat_of(&v)).get()? as u32;
+            let a = send(ctx, ip, &nat_of(&v)).get()? as u32;
             if a != PASS {
                 ct::touch(entry, select::now_seconds(), tcp_flags);
                 count(Counter::NsTracked);
@@ -178,7 +179,7 @@ fn ipv4(ctx: &XdpContext) -> Action {
             return Ok(a);
         }
     }
-    new_flow(ctx, &ip, &t, &cfg).get().map(|a| a as u32)
+    new_flow(ctx, ip, &t, &cfg).get().map(|a| a as u32)
 }
 
 /// A packet no flow knows: a new flow when it is for an exposed frontend,
@@ -233,8 +234,9 @@ fn new_flow_body(ctx: &XdpContext, ip: &Ipv4, t: &Tuple, cfg: &NodeConfig) -> Ac
         V4::node_addr(ingress_ifindex(ctx)).ok_or(DropReason::NatFailed)?
     };
     // Routed first: a flow XDP cannot send is made by TC, whole.
-    let mut p = Fib::zeroed();
-    if !route(ctx, ip, node_addr, backend_addr, &mut p.0) {
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let p = fib::params(&mut slot);
+    if !route(ctx, ip, node_addr, backend_addr, p) {
         return Ok(PASS);
     }
     let tcp_flags = parse::tcp_flags(ip);
@@ -281,18 +283,7 @@ fn new_flow_body(ctx: &XdpContext, ip: &Ipv4, t: &Tuple, cfg: &NodeConfig) -> Ac
     }
     nodeport::count_new_flow();
     let nat = nat_of(fwd);
-    rewrite_and_send(ctx, ip, nat, &p.0)
-}
-
-/// The FIB lookup's parameters (64 bytes), all zeros.
-struct Fib(bpf_fib_lookup);
-
-impl Fib {
-    #[inline(always)]
-    fn zeroed() -> Fib {
-        // SAFETY: a plain C struct of integers; all zeros is a valid value.
-        Fib(unsafe { core::mem::zeroed() })
-    }
+    rewrite_and_send(ctx, ip, nat, p)
 }
 
 #[inline(always)]
@@ -337,11 +328,12 @@ fn send(ctx: &XdpContext, ip: &Ipv4, nat: &Nat) -> Raw {
 
 #[inline(always)]
 fn send_body(ctx: &XdpContext, ip: &Ipv4, nat: Nat) -> Action {
-    let mut p = Fib::zeroed();
-    if !route(ctx, ip, nat.saddr, nat.daddr, &mut p.0) {
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let p = fib::params(&mut slot);
+    if !route(ctx, ip, nat.saddr, nat.daddr, p) {
         return Ok(PASS);
     }
-    rewrite_and_send(ctx, ip, nat, &p.0)
+    rewrite_and_send(ctx, ip, nat, p)
 }
 
 /// Rewrites the packet to `nat` with both checksums (RFC 1624, the TTL's
