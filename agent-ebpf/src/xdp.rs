@@ -8,8 +8,12 @@
 //! the TC program makes them, so that a flow started here continues under
 //! TC and the other way round). Translated packets are rewritten in place
 //! with their checksums computed here (no skb, no checksum helpers), their
-//! TTL decremented, and sent with `bpf_fib_lookup` + `bpf_redirect`
-//! (XDP_TX when the next hop is out of the ingress device).
+//! TTL decremented, and sent with `bpf_fib_lookup` + `bpf_redirect`, out
+//! of the ingress device too: not XDP_TX, because on veth XDP_TX wakes the
+//! peer's NAPI only when the peer runs an XDP program (Linux's
+//! `veth_xdp_flush` checks the peer's `xdp_prog`), so with a peer whose
+//! NAPI comes from GRO the frames wait in its ring and are lost; a redirect
+//! goes through `ndo_xdp_xmit`, which flushes whenever the peer has NAPI.
 //!
 //! Everything else is XDP_PASS, for `ferry_tc_in` (still attached) to
 //! handle as without XDP: IPv6 (not done here yet), IP options (DSR),
@@ -51,7 +55,6 @@ use crate::{
 };
 
 const PASS: u32 = xdp_action::XDP_PASS;
-const TX: u32 = xdp_action::XDP_TX;
 
 /// A result of the paths: an XDP action, or why the packet is dropped.
 type Action = Result<u32, DropReason>;
@@ -346,7 +349,7 @@ fn send_body(ctx: &XdpContext, ip: &Ipv4, nat: Nat) -> Action {
 
 /// Rewrites the packet to `nat` with both checksums (RFC 1624, the TTL's
 /// decrement in the header's), sets the MACs the FIB gave in `p`, and
-/// redirects it to the next hop's device (XDP_TX: the ingress one).
+/// redirects it to the next hop's device (the ingress one included).
 #[inline(always)]
 fn rewrite_and_send(ctx: &XdpContext, ip: &Ipv4, nat: Nat, p: &bpf_fib_lookup) -> Action {
     let old = &ip.hdr;
@@ -399,15 +402,14 @@ fn rewrite_and_send(ctx: &XdpContext, ip: &Ipv4, nat: Nat, p: &bpf_fib_lookup) -
         core::ptr::write_unaligned(eth, m);
     }
     count(Counter::NsXdpForwarded);
-    if p.ifindex == ingress_ifindex(ctx) {
-        return Ok(TX);
-    }
+    // Out of the ingress device too: a redirect, not XDP_TX (see the
+    // module's doc: on veth, XDP_TX wakes the peer only if it runs XDP).
     // SAFETY: a plain helper call.
     Ok(unsafe { h::bpf_redirect(p.ifindex, 0) } as u32)
 }
 
 /// Whether XDP may send a packet out of device `ifindex` (the FIB's
-/// egress): the ingress device (XDP_TX) or another of the node's
+/// egress): the ingress device or another of the node's
 /// north-south devices (those with an address in `ferry_node_addr_v4`,
 /// where the agent attaches this program too). A native redirect to a
 /// device that cannot transmit XDP frames (a bridge, a pod's veth whose
