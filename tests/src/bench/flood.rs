@@ -814,10 +814,10 @@ pub fn markdown(md: &mut String, r: &Results, png: Option<&str>) {
             "\nWhy not more on this lab: the generator's sends run the whole path on its CPU \
              (forwarded ≈ offered: the generator and the path share one CPU, so the rate is \
              1 / (its cost + the path's)). Per frame that is {:.0} ns through ferry (TC), \
-             {:.0} ns through ferry (XDP) and {:.0} ns with plain routing on node1; what node1's \
-             translation can save is at most the difference to plain routing on the same path \
-             ({:.0} ns), and the rest (generator, segment bridge, node2's forwarding, the pod's \
-             veth) is common to all. And on veth XDP does not run before an skb: the sender's \
+             {:.0} ns through ferry (XDP) and {:.0} ns with plain routing on node1: ferry's TC \
+             translation costs {:.0} ns more than plain forwarding, a small part of the frame's \
+             cost, the rest of which (generator, segment bridge, node2's forwarding, the pod's \
+             veth) is common to all, so no work saved on node1 alone can double the rate here. And on veth XDP does not run before an skb: the sender's \
              skb reaches node1's eth0 through its NAPI ring, is copied into a page when it has \
              less than 256 bytes of headroom (Linux's veth_convert_skb_to_xdp_buff), and after \
              the redirect the peer builds a new skb from the frame; what it saves is node1's IP forwarding and \
