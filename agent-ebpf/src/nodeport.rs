@@ -445,44 +445,29 @@ fn new_flow<F: Ns>(
     };
     // SAFETY: written just above.
     let svc_key = unsafe { room.svc.assume_init_ref() };
-    if svc.flags & EXPOSED == 0 && !external_cluster_ip(&svc, cfg) {
-        return Ok(verdict::PASS);
+    let mut slot = MaybeUninit::uninit();
+    match admit::<F>(
+        svc_key,
+        &svc,
+        t,
+        cfg,
+        ip.l4_facts().csum_in_packet,
+        &mut slot,
+    )? {
+        Admission::NotExposed => return Ok(verdict::PASS),
+        Admission::NoEndpoints if F::OUTLINE => return Ok(NO_ENDPOINTS),
+        Admission::NoEndpoints => return F::reject(ctx, ip, cfg),
+        Admission::Flow => {}
     }
-    // Before anything else, so that a denied client creates no state.
-    if svc.flags & svc_flags::SOURCE_RANGES != 0 && !F::in_source_ranges(svc.rev_nat_id, t.saddr) {
-        return Err(DropReason::SourceRange);
-    }
-    if svc.count == 0 {
-        if svc.flags & svc_flags::DROP_NO_LOCAL != 0 {
-            // externalTrafficPolicy Local, endpoints only elsewhere:
-            // dropped, so the load balancer's health check decides.
-            return Err(DropReason::NoLocalEndpoint);
-        }
-        if F::OUTLINE {
-            return Ok(NO_ENDPOINTS);
-        }
-        return F::reject(ctx, ip, cfg);
-    }
-
-    // A segment too short to hold its L4 checksum cannot be rewritten: dropped before any
-    // conntrack or affinity state is made for it (found by the packet fuzzer).
-    if !ip.l4_facts().csum_in_packet {
-        return Err(DropReason::Malformed);
-    }
-    let client = F::client(&t.saddr);
-    // None: the agent is mid-update; the client retransmits.
-    let chosen = select::choose(svc_key, &svc, client, Some(F::flow_hash(t)))
-        .ok_or(DropReason::NoBackend)?;
-    let (backend_addr, backend_port) = F::Key::backend_dest(&chosen.backend);
-    let local = F::Key::backend_flags(&chosen.backend) & backend_flags::LOCAL != 0;
-    // DSR mode: both families (ns.rs).
-    let dsr_mode = F::DSR && cfg.flags & node_flags::DSR != 0;
-    // externalTrafficPolicy Cluster masquerades even to a backend on this
-    // node, as kube-proxy does: only eTP Local and `--lb-mode dsr` keep the
-    // client's address. A host-network backend (a node address) keeps it
-    // too: kube-proxy's masquerade never sees locally delivered packets.
-    let keep_client =
-        local && (svc.flags & svc_flags::ETP_LOCAL != 0 || dsr_mode || F::is_node(&backend_addr));
+    // SAFETY: admit wrote it (Admission::Flow).
+    let flow = unsafe { slot.assume_init_ref() };
+    let NewFlow {
+        addr: backend_addr,
+        port: backend_port,
+        keep_client,
+        dsr_candidate,
+        ..
+    } = *flow;
     let tcp_flags = parse::tcp_flags(ip);
     if t.proto == proto::TCP && tcp_flags & parse::TCP_SYN == 0 {
         count(Counter::NsCtLostFlow);
@@ -492,9 +477,7 @@ fn new_flow<F: Ns>(
     // lost, which the backend's node may still know): see dsr.rs.
     let mut fits = false;
     let mut dsr = false;
-    // Not for a ClusterIP: a DSR option may only name an exposed frontend
-    // (the backend's node checks it against ferry_memb4_v1).
-    if !local && svc.flags & svc_flags::CLUSTER_IP == 0 && dsr_mode {
+    if dsr_candidate {
         fits = F::dsr_option_fits(ctx, backend_addr);
         dsr = fits;
         if !fits {
@@ -502,21 +485,12 @@ fn new_flow<F: Ns>(
             dsr = t.proto == proto::TCP && tcp_flags & parse::TCP_SYN == 0;
         }
     }
-    let flags = if keep_client {
-        ct_flags::LOCAL
-    } else if dsr {
-        ct_flags::DSR
-    } else if local {
-        // Masqueraded: the reply comes back through ferry_tc_pod.
-        ct_flags::SNAT | ct_flags::LOCAL
-    } else {
-        ct_flags::SNAT
-    };
+    let flags = flow.ct_flags(dsr);
     let (fwd, rev, fwd_key) = flow_entries::<F>(
         (&mut room.val, &mut room.rev, &mut room.key),
         t,
         (backend_addr, backend_port),
-        chosen.id,
+        flow.id,
         svc.rev_nat_id,
         flags,
         tcp_flags,
@@ -563,6 +537,111 @@ fn new_flow<F: Ns>(
     event::new_flow(ctx, ip, &*fwd);
     // Not DSR: that flow returned above.
     translate_nat::<F>(ctx, ip, l4, t, fwd)
+}
+
+/// What a packet no flow knows, to a frontend (`svc` found under `svc_key`),
+/// becomes: TC's and XDP's one decision ([`admit`]).
+pub(crate) enum Admission {
+    /// Not served to clients from outside here: the stack's.
+    NotExposed,
+    /// No endpoint to send it to: TC rejects it (XDP leaves that to TC).
+    NoEndpoints,
+    /// A new flow, to the backend written in the caller's [`NewFlow`] slot
+    /// (a slot, not a payload: XDP's frame has no 16 bytes to spare for a
+    /// copy).
+    Flow,
+}
+
+/// A new flow's backend and how it is reached.
+#[derive(Clone, Copy)]
+pub(crate) struct NewFlow<A> {
+    pub addr: A,
+    pub port: u16,
+    pub id: u32,
+    /// The backend is on this node.
+    pub local: bool,
+    /// No SNAT: the backend answers the client itself.
+    pub keep_client: bool,
+    /// `--lb-mode dsr` to a remote backend of an exposed frontend (not a
+    /// ClusterIP: a DSR option may only name an exposed frontend, which the
+    /// backend's node checks against ferry_memb4_v1): DSR if the option fits.
+    pub dsr_candidate: bool,
+}
+
+impl<A> NewFlow<A> {
+    /// The conntrack flags of the flow (`dsr`: it goes DSR).
+    #[inline(always)]
+    pub(crate) fn ct_flags(&self, dsr: bool) -> u8 {
+        if self.keep_client {
+            ct_flags::LOCAL
+        } else if dsr {
+            ct_flags::DSR
+        } else if self.local {
+            // Masqueraded: the reply comes back through ferry_tc_pod.
+            ct_flags::SNAT | ct_flags::LOCAL
+        } else {
+            ct_flags::SNAT
+        }
+    }
+}
+
+/// The new-flow decision of TC and XDP alike, for a packet `t` to the
+/// frontend `svc` (found under `svc_key`): exposed here? the client in the
+/// source ranges? endpoints? which backend, and SNAT or the client kept?
+/// `csum_in_packet`: the segment holds its L4 checksum (else it cannot be
+/// rewritten). A new flow's backend is written into `flow`. Drops come
+/// before any state is made.
+#[inline(always)]
+pub(crate) fn admit<F: Ns>(
+    svc_key: &F::Key,
+    svc: &SvcValue,
+    t: &Tuple<Addr<F>>,
+    cfg: &NodeConfig,
+    csum_in_packet: bool,
+    flow: &mut MaybeUninit<NewFlow<Addr<F>>>,
+) -> Result<Admission, DropReason> {
+    if svc.flags & EXPOSED == 0 && !external_cluster_ip(svc, cfg) {
+        return Ok(Admission::NotExposed);
+    }
+    // Before anything else, so that a denied client creates no state.
+    if svc.flags & svc_flags::SOURCE_RANGES != 0 && !F::in_source_ranges(svc.rev_nat_id, t.saddr) {
+        return Err(DropReason::SourceRange);
+    }
+    if svc.count == 0 {
+        if svc.flags & svc_flags::DROP_NO_LOCAL != 0 {
+            // externalTrafficPolicy Local, endpoints only elsewhere:
+            // dropped, so the load balancer's health check decides.
+            return Err(DropReason::NoLocalEndpoint);
+        }
+        return Ok(Admission::NoEndpoints);
+    }
+    // A segment too short to hold its L4 checksum cannot be rewritten: dropped before any
+    // conntrack or affinity state is made for it (found by the packet fuzzer).
+    if !csum_in_packet {
+        return Err(DropReason::Malformed);
+    }
+    // None: the agent is mid-update; the client retransmits.
+    let chosen = select::choose(svc_key, svc, F::client(&t.saddr), Some(F::flow_hash(t)))
+        .ok_or(DropReason::NoBackend)?;
+    let (addr, port) = F::Key::backend_dest(&chosen.backend);
+    let local = F::Key::backend_flags(&chosen.backend) & backend_flags::LOCAL != 0;
+    // DSR mode: both families (ns.rs).
+    let dsr_mode = F::DSR && cfg.flags & node_flags::DSR != 0;
+    // externalTrafficPolicy Cluster masquerades even to a backend on this
+    // node, as kube-proxy does: only eTP Local and `--lb-mode dsr` keep the
+    // client's address. A host-network backend (a node address) keeps it
+    // too: kube-proxy's masquerade never sees locally delivered packets.
+    let keep_client =
+        local && (svc.flags & svc_flags::ETP_LOCAL != 0 || dsr_mode || F::is_node(&addr));
+    flow.write(NewFlow {
+        addr,
+        port,
+        id: chosen.id,
+        local,
+        keep_client,
+        dsr_candidate: !local && svc.flags & svc_flags::CLUSTER_IP == 0 && dsr_mode,
+    });
+    Ok(Admission::Flow)
 }
 
 /// A new flow's entries written into its room's slots (`val`, `rev`, `key`

@@ -145,14 +145,8 @@ pub struct Ipv4 {
 const _: () = assert!(core::mem::size_of::<Ipv4>() == 32);
 
 impl Ipv4 {
-    /// Nothing parsed yet (all zeros).
-    #[inline(always)]
-    pub fn empty() -> Ipv4 {
-        // SAFETY: integers and bools, for which all zeros is valid.
-        unsafe { core::mem::zeroed() }
-    }
-
-    /// Nothing parsed yet, in `slot`: [`Ipv4::empty`] without its cost (see [`zeroed_in`]).
+    /// Nothing parsed yet (all zeros), in `slot`: `mem::zeroed()` would cost a byte loop
+    /// (see [`zeroed_in`]).
     #[inline(always)]
     pub fn empty_in(slot: &mut MaybeUninit<Ipv4>) -> &mut Ipv4 {
         // SAFETY: integers and bools, for which all zeros is valid.

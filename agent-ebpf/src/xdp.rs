@@ -8,8 +8,12 @@
 //! the TC program makes them, so that a flow started here continues under
 //! TC and the other way round). Translated packets are rewritten in place
 //! with their checksums computed here (no skb, no checksum helpers), their
-//! TTL decremented, and sent with `bpf_fib_lookup` + `bpf_redirect`
-//! (XDP_TX when the next hop is out of the ingress device).
+//! TTL decremented, and sent with `bpf_fib_lookup` + `bpf_redirect`, out
+//! of the ingress device too: not XDP_TX, because on veth XDP_TX wakes the
+//! peer's NAPI only when the peer runs an XDP program (Linux's
+//! `veth_xdp_flush` checks the peer's `xdp_prog`), so with a peer whose
+//! NAPI comes from GRO the frames wait in its ring and are lost; a redirect
+//! goes through `ndo_xdp_xmit`, which flushes whenever the peer has NAPI.
 //!
 //! Everything else is XDP_PASS, for `ferry_tc_in` (still attached) to
 //! handle as without XDP: IPv6 (not done here yet), IP options (DSR),
@@ -26,10 +30,7 @@
 //! segment too short) count their `DropReason` as TC's do; they send no
 //! monitor event (event.rs reads an skb).
 
-use agent_common::{
-    NodeConfig, backend_flags, ct_dir, ct_flags, node_flags, proto, scope, stats::Counter,
-    svc_flags,
-};
+use agent_common::{NodeConfig, ct_dir, ct_flags, proto, scope, stats::Counter};
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup, xdp_action},
     helpers::generated as h,
@@ -41,17 +42,16 @@ use crate::{
     csum,
     ct::{self, CtKey, CtValue},
     drop::{self, DropReason, Raw},
-    family::{Family as _, V4},
+    family::V4,
     fib::{self, AF_INET},
-    maps::{NODE_ADDR_V4, count},
-    nodeport,
+    maps::{NODE_ADDR_V4, NODE_CONFIG, count},
+    nodeport::{self, Admission},
     ns::{CtVal, Ns, Room},
     parse::{self, ETH_P_IP, IP_OFF, IPV4_MIN_HLEN, Ipv4, Ipv4Hdr, Tuple},
-    select::{self, EXPOSED, Frontend},
+    select::{self, Frontend},
 };
 
 const PASS: u32 = xdp_action::XDP_PASS;
-const TX: u32 = xdp_action::XDP_TX;
 
 /// A result of the paths: an XDP action, or why the packet is dropped.
 type Action = Result<u32, DropReason>;
@@ -153,11 +153,11 @@ fn ipv4(ctx: &XdpContext) -> Action {
     let fwd_key: <V4 as Ns>::Ct = ct::key(&t, ct_dir::FORWARD);
     if let Some(entry) = ct::lookup(&fwd_key) {
         // SAFETY: a live map value, copied out.
-        let v = unsafe { *entry };
-        if v.flags() & ct_flags::DSR != 0 || !nodeport::backend_still_there::<V4>(&v) {
+        let v = unsafe { &*entry };
+        if v.flags() & ct_flags::DSR != 0 || !nodeport::backend_still_there::<V4>(v) {
             return Ok(PASS);
         }
-        let a = send(ctx, ip, &nat_of(&v)).get()? as u32;
+        let a = send(ctx, ip, &nat_of(v)).get()? as u32;
         if a != PASS {
             ct::touch(entry, select::now_seconds(), tcp_flags);
             count(Counter::NsTracked);
@@ -165,13 +165,19 @@ fn ipv4(ctx: &XdpContext) -> Action {
         return Ok(a);
     }
     // A remote backend's reply to one of our SNAT ports.
-    let cfg = ct::node_config();
-    if ct::snat_ports(&cfg).contains(t.dport) {
+    // The node's configuration in place (no 32-byte copy in this frame, which
+    // the new flow's frame is added to); none yet (the agent starting): TC's.
+    let Some(cfg) = NODE_CONFIG.get_ptr(0) else {
+        return Ok(PASS);
+    };
+    // SAFETY: a live map value, read only.
+    let cfg = unsafe { &*cfg };
+    if ct::snat_ports(cfg).contains(t.dport) {
         let rkey: <V4 as Ns>::Ct = ct::key(&t, ct_dir::REPLY);
         if let Some(entry) = ct::lookup(&rkey) {
             // SAFETY: as above.
-            let v = unsafe { *entry };
-            let a = send(ctx, ip, &nat_of(&v)).get()? as u32;
+            let v = unsafe { &*entry };
+            let a = send(ctx, ip, &nat_of(v)).get()? as u32;
             if a != PASS {
                 ct::touch(entry, select::now_seconds(), tcp_flags);
                 count(Counter::NsTracked);
@@ -179,11 +185,11 @@ fn ipv4(ctx: &XdpContext) -> Action {
             return Ok(a);
         }
     }
-    new_flow(ctx, ip, &t, &cfg).get().map(|a| a as u32)
+    new_flow(ctx, ip, &t, cfg).get().map(|a| a as u32)
 }
 
 /// A packet no flow knows: a new flow when it is for an exposed frontend,
-/// decided as `nodeport::new_flow` decides (its shared parts called). A
+/// decided by `nodeport::admit` as TC's new flows are. A
 /// function of its own: its keys, values and route lookup are not added to
 /// the tracked paths' frame (the verifier's 512 bytes count a call chain).
 #[inline(never)]
@@ -201,33 +207,20 @@ fn new_flow_body(ctx: &XdpContext, ip: &Ipv4, t: &Tuple, cfg: &NodeConfig) -> Ac
     };
     // SAFETY: written just above.
     let svc_key = unsafe { room.svc.assume_init_ref() };
-    if svc.flags & EXPOSED == 0 && !nodeport::external_cluster_ip(&svc, cfg) {
-        return Ok(PASS);
+    // As parsed: the L4 checksum is in the frame.
+    let mut slot = core::mem::MaybeUninit::uninit();
+    match nodeport::admit::<V4>(svc_key, &svc, t, cfg, true, &mut slot)? {
+        // Not exposed, or no endpoint (the port unreachable is TC's to send).
+        Admission::NotExposed | Admission::NoEndpoints => return Ok(PASS),
+        Admission::Flow => {}
     }
-    if svc.flags & svc_flags::SOURCE_RANGES != 0 && !V4::in_source_ranges(svc.rev_nat_id, t.saddr) {
-        return Err(DropReason::SourceRange);
-    }
-    if svc.count == 0 {
-        if svc.flags & svc_flags::DROP_NO_LOCAL != 0 {
-            return Err(DropReason::NoLocalEndpoint);
-        }
-        // The port unreachable is TC's to send.
-        return Ok(PASS);
-    }
-    let chosen = select::choose(svc_key, &svc, V4::client(&t.saddr), Some(V4::flow_hash(t)))
-        .ok_or(DropReason::NoBackend)?;
-    let (backend_addr, backend_port) =
-        <V4 as crate::family::Family>::Key::backend_dest(&chosen.backend);
-    let local = <V4 as crate::family::Family>::Key::backend_flags(&chosen.backend)
-        & backend_flags::LOCAL
-        != 0;
-    let dsr_mode = cfg.flags & node_flags::DSR != 0;
-    if dsr_mode && !local && svc.flags & svc_flags::CLUSTER_IP == 0 {
+    // SAFETY: admit wrote it (Admission::Flow).
+    let flow = unsafe { slot.assume_init_ref() };
+    if flow.dsr_candidate {
         // A DSR flow (or its fallback): TC's.
         return Ok(PASS);
     }
-    let keep_client =
-        local && (svc.flags & svc_flags::ETP_LOCAL != 0 || dsr_mode || V4::is_node(&backend_addr));
+    let (backend_addr, backend_port, keep_client) = (flow.addr, flow.port, flow.keep_client);
     let node_addr = if keep_client {
         t.saddr
     } else {
@@ -243,20 +236,13 @@ fn new_flow_body(ctx: &XdpContext, ip: &Ipv4, t: &Tuple, cfg: &NodeConfig) -> Ac
     if t.proto == proto::TCP && tcp_flags & parse::TCP_SYN == 0 {
         count(Counter::NsCtLostFlow);
     }
-    let flags = if keep_client {
-        ct_flags::LOCAL
-    } else if local {
-        ct_flags::SNAT | ct_flags::LOCAL
-    } else {
-        ct_flags::SNAT
-    };
     let (fwd, rev, fwd_key) = nodeport::flow_entries::<V4>(
         (&mut room.val, &mut room.rev, &mut room.key),
         t,
         (backend_addr, backend_port),
-        chosen.id,
+        flow.id,
         svc.rev_nat_id,
-        flags,
+        flow.ct_flags(false),
         tcp_flags,
     );
     let map = <V4 as Ns>::Ct::map();
@@ -338,7 +324,7 @@ fn send_body(ctx: &XdpContext, ip: &Ipv4, nat: Nat) -> Action {
 
 /// Rewrites the packet to `nat` with both checksums (RFC 1624, the TTL's
 /// decrement in the header's), sets the MACs the FIB gave in `p`, and
-/// redirects it to the next hop's device (XDP_TX: the ingress one).
+/// redirects it to the next hop's device (the ingress one included).
 #[inline(always)]
 fn rewrite_and_send(ctx: &XdpContext, ip: &Ipv4, nat: Nat, p: &bpf_fib_lookup) -> Action {
     let old = &ip.hdr;
@@ -391,15 +377,14 @@ fn rewrite_and_send(ctx: &XdpContext, ip: &Ipv4, nat: Nat, p: &bpf_fib_lookup) -
         core::ptr::write_unaligned(eth, m);
     }
     count(Counter::NsXdpForwarded);
-    if p.ifindex == ingress_ifindex(ctx) {
-        return Ok(TX);
-    }
+    // Out of the ingress device too: a redirect, not XDP_TX (see the
+    // module's doc: on veth, XDP_TX wakes the peer only if it runs XDP).
     // SAFETY: a plain helper call.
     Ok(unsafe { h::bpf_redirect(p.ifindex, 0) } as u32)
 }
 
 /// Whether XDP may send a packet out of device `ifindex` (the FIB's
-/// egress): the ingress device (XDP_TX) or another of the node's
+/// egress): the ingress device or another of the node's
 /// north-south devices (those with an address in `ferry_node_addr_v4`,
 /// where the agent attaches this program too). A native redirect to a
 /// device that cannot transmit XDP frames (a bridge, a pod's veth whose

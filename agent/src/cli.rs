@@ -133,7 +133,9 @@ pub struct AgentArgs {
     /// externalIPs and LoadBalancer IPs are translated and forwarded before
     /// the kernel builds an skb; the rest goes on to the TC programs.
     /// `native` needs driver support: a device without it keeps TC only
-    /// (warned). `generic` is for testing.
+    /// (warned); on a veth the peer device must have GRO on or an XDP
+    /// program, else what XDP forwards is dropped (warned). `generic` is
+    /// for testing.
     #[arg(long, value_enum, default_value_t = Acceleration::Disabled)]
     pub acceleration: Acceleration,
     /// Load-balance packets from outside the cluster addressed to a

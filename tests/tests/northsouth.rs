@@ -2139,27 +2139,38 @@ fn agent_restart_keeps_north_south_flows(family: Family) {
     }
 }
 
-/// `--acceleration` (IPv4: ferry_xdp's fast path): a client outside reaches a
-/// LoadBalancer IP and a NodePort on node1 whose only endpoint is on node2, over TCP and UDP,
-/// the backend sees node1's address (SNAT), and node1's `ns_xdp_forwarded` proves that XDP,
-/// not TC, translated and sent the packets (both ways: the client's to node2 and node2's
-/// replies to the client go back out of node1's eth0, XDP_TX).
-///
-/// Runs in generic mode: in native mode on this lab's veths the translated frames are sent
-/// (XDP_TX counted on node1's eth0, no errors) but most never reach the other end, with GRO
-/// turned on on the peers as the kernel asks (see the report of the xdp branch);
-/// `FERRY_TEST_XDP_MODE=native` runs it natively.
-///
-/// The lab's part for native mode: XDP_TX (or a redirect) out of a veth hands the frame to its
-/// peer's NAPI, which a veth has only with an XDP program or GRO asked for (`wanted_features`:
-/// a GRO already on by default does not count, so it is turned off and on); the segment's side
-/// of each node's eth0 (`v-node1`, `v-node2`) gets it.
+/// `--acceleration generic` (IPv4: ferry_xdp's fast path after the skb): see [`xdp_case`].
 #[test]
 #[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn xdp_translates_lb_and_node_port() {
     require_root!();
+    xdp_case("generic");
+}
+
+/// `--acceleration native` (ferry_xdp in the veth driver, before the skb): see [`xdp_case`].
+#[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
+fn xdp_native_translates_lb_and_node_port() {
+    require_root!();
+    xdp_case("native");
+}
+
+/// `--acceleration MODE` (IPv4: ferry_xdp's fast path): a client outside reaches a
+/// LoadBalancer IP and a NodePort on node1 whose only endpoint is on node2, over TCP and UDP,
+/// the backend sees node1's address (SNAT), and node1's `ns_xdp_forwarded` proves that XDP,
+/// not TC, translated and sent the packets (both ways: the client's to node2 and node2's
+/// replies to the client go back out of node1's eth0, redirected to the ingress device).
+///
+/// The lab's part for native mode, what a node whose device is a veth needs: a frame XDP
+/// sends out of a veth goes to its peer's NAPI ring, which the peer has only with an XDP
+/// program or GRO asked for (`wanted_features`: a GRO already on by default does not count,
+/// so it is turned off and on). Without it the frames are dropped (node1's eth0 counts them
+/// in `ethtool -S` `rx_queue_0_drops`, none reaches node2); the segment's side of each node's
+/// eth0 (`v-node1`, `v-node2`) gets it. The agent warns about it when it attaches natively
+/// to a veth.
+fn xdp_case(mode: &str) {
     let family = Family::V4;
-    let mode = std::env::var("FERRY_TEST_XDP_MODE").unwrap_or_else(|_| "generic".into());
+    let mode = mode.to_string();
     let c = cluster("xdp", family);
     for peer in ["v-node1", "v-node2"] {
         for gro in ["off", "on"] {
@@ -2187,6 +2198,11 @@ fn xdp_translates_lb_and_node_port() {
         assert!(
             log.contains("program=\"ferry_xdp\"") && !log.contains("refused native XDP"),
             "{node}: ferry_xdp not attached ({mode}):\n{log}"
+        );
+        assert_eq!(
+            log.contains("native XDP on a veth"),
+            mode == "native",
+            "{node}: the warning about the veth's peer is given in native mode only:\n{log}"
         );
     }
     // Pinned like the TC links (a restart adopts it, `ferry cleanup` removes it), named for

@@ -8,6 +8,15 @@
 //! a link keeps the mode it was made with, so an agent started with another
 //! mode removes the old link and attaches anew.
 //!
+//! On veth (a node that is a container, a lab) a frame XDP forwards is
+//! handed to the peer device's NAPI ring, which exists only when the peer
+//! has GRO asked for (`ethtool -K PEER gro on`, Linux >= 5.13) or an XDP
+//! program of its own; without it the kernel drops the frame (counted in
+//! this device's `ethtool -S` `rx_queue_N_drops`). ferry cannot see or set
+//! the peer (another namespace), so a native attach to a veth says so.
+//! `ferry_xdp` sends with a redirect even out of the ingress device
+//! (agent-ebpf/src/xdp.rs says why), which needs only that NAPI ring.
+//!
 //! A device whose driver refuses native XDP keeps TC only, with a warning
 //! naming it: generic XDP runs after the skb is built (and linearises it),
 //! which gains nothing over TC and can cost more, so it is never a silent
@@ -127,6 +136,14 @@ pub fn attach(
         .take_link(id)
         .map_err(|e| Error::program(paths::XDP, e))?;
     info!(program = paths::XDP, device = %iface.name, ifindex = iface.index, ?mode, "attached");
+    if mode == Acceleration::Native && driver(&iface.name).as_deref() == Some("veth") {
+        warn!(
+            device = %iface.name,
+            "native XDP on a veth: the frames it forwards reach the other end only if the \
+             peer device has GRO on (`ethtool -K PEER gro on`) or an XDP program; otherwise \
+             the kernel drops them (`ethtool -S` on this device: rx_queue_*_drops)"
+        );
+    }
     match FdLink::try_from(link) {
         Ok(fd_link) => {
             fd_link.pin(&pin).map_err(|e| Error::Link {
@@ -142,6 +159,51 @@ pub fn attach(
             Ok(None)
         }
     }
+}
+
+/// The driver of device `ifname` (ETHTOOL_GDRVINFO), None when it cannot
+/// be asked.
+fn driver(ifname: &str) -> Option<String> {
+    /// `struct ethtool_drvinfo` (linux/ethtool.h): its command and driver
+    /// name, the rest room for the kernel to fill.
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 164],
+    }
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    let name = ifname.as_bytes();
+    if name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    let mut info = DrvInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 164],
+    };
+    // SAFETY: ifreq is plain data; all zeros is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = (&raw mut info).cast();
+    // SAFETY: a plain socket call; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: SIOCETHTOOL with an ifreq naming the device and pointing at
+    // an ethtool_drvinfo that outlives the call.
+    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL, &raw mut ifr) };
+    // SAFETY: our own fd.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return None;
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
 
 /// Swaps `prog` into `link` (BPF_LINK_UPDATE): atomic, never detached.
