@@ -183,8 +183,8 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
         skipped_section()
     };
     let progcost = if wanted("progcost") {
-        let samples = if opts.quick { 2_000 } else { 50_000 };
-        Outcome::from_result(progcost::run(samples))
+        let (samples, rounds) = if opts.quick { (2_000, 1) } else { (50_000, 5) };
+        Outcome::from_result(progcost::run(samples, rounds))
     } else {
         skipped_section()
     };

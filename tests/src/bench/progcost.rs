@@ -67,11 +67,18 @@ pub struct PathCost {
     /// The raw median, before the subtraction.
     pub raw_median_ns: f64,
     pub verdict: i32,
+    /// The lowest and highest of the rounds' medians (baseline subtracted), when the section
+    /// ran several rounds (`median_ns` is then the median of the rounds' medians).
+    #[serde(default)]
+    pub round_range_ns: Option<(f64, f64)>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Results {
     pub samples: usize,
+    /// Rounds, each on programs and maps loaded afresh (1 in reports from before rounds).
+    #[serde(default = "one")]
+    pub rounds: usize,
     pub baseline_ns: f64,
     pub paths: Vec<PathCost>,
     /// The pass path (which leaves the packet as it is, so `repeat` is valid for it) timed with
@@ -93,17 +100,60 @@ pub fn available() -> bool {
     has(TC_IN) && has(TC_OUT)
 }
 
-pub fn run(samples: usize) -> Result<Results> {
+fn one() -> usize {
+    1
+}
+
+/// `rounds` measurements of `samples` runs per path, each on programs and maps loaded afresh:
+/// one load's figures on this VM fall in one of two modes ~100 ns apart (hit 49-74 ns or
+/// 146-180 ns over eleven loads, whichever CPU), so one load is no measurement.
+pub fn run(samples: usize, rounds: usize) -> Result<Results> {
     if !available() {
         bail!("this build's eBPF object has no {TC_IN}/{TC_OUT}");
     }
-    let (tx, rx) = std::sync::mpsc::channel();
-    progtest::isolated(move || {
-        let _ = tx.send(measure(samples).map_err(|e| format!("{e:#}")));
-    });
-    rx.recv()
-        .context("the measuring thread ended without a result")?
-        .map_err(anyhow::Error::msg)
+    let mut all = Vec::with_capacity(rounds);
+    for _ in 0..rounds.max(1) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        progtest::isolated(move || {
+            let _ = tx.send(measure(samples).map_err(|e| format!("{e:#}")));
+        });
+        all.push(
+            rx.recv()
+                .context("the measuring thread ended without a result")?
+                .map_err(anyhow::Error::msg)?,
+        );
+    }
+    Ok(combine(all))
+}
+
+/// The median over the rounds of each figure (the first round's paths and sizes).
+fn combine(all: Vec<Results>) -> Results {
+    fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+    let over = |f: &dyn Fn(&Results) -> f64| median(all.iter().map(f).collect());
+    let mut out = all[0].clone();
+    out.rounds = all.len();
+    if all.len() == 1 {
+        return out;
+    }
+    out.baseline_ns = over(&|r| r.baseline_ns);
+    out.xdp_baseline_ns = over(&|r| r.xdp_baseline_ns);
+    out.pass_repeat_ns = over(&|r| r.pass_repeat_ns);
+    for (i, p) in out.paths.iter_mut().enumerate() {
+        let path = |f: fn(&PathCost) -> f64| -> Vec<f64> {
+            all.iter().filter_map(|r| r.paths.get(i)).map(f).collect()
+        };
+        let medians = path(|c| c.median_ns);
+        let lo = medians.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = medians.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        p.median_ns = median(medians);
+        p.p99_ns = median(path(|c| c.p99_ns));
+        p.raw_median_ns = median(path(|c| c.raw_median_ns));
+        p.round_range_ns = Some((lo, hi));
+    }
+    out
 }
 
 const NODE: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 2);
@@ -202,6 +252,7 @@ fn measure(samples: usize) -> Result<Results> {
                 p99_ns: (percentile(&durations, 99.0).unwrap_or(f64::NAN) - base).max(0.0),
                 raw_median_ns: raw_median,
                 verdict,
+                round_range_ns: None,
             });
         };
     let mut cost = |path: &str, program: &str, durations: Vec<f64>, verdict: i32| {
@@ -396,6 +447,7 @@ fn measure(samples: usize) -> Result<Results> {
 
     Ok(Results {
         samples,
+        rounds: 1,
         baseline_ns: base,
         paths,
         pass_repeat,

@@ -513,15 +513,29 @@ fn markdown(r: &Report, plots: &Plots) -> String {
                  on the *same* skb, which the first run has already translated, so every later run \
                  would measure the pass-through path. Each figure is the median (and p99) of the \
                  kernel's per-run `duration`, minus the median of an empty classifier timed the same \
-                 way ({} ns: the test-run timer itself).\n\n\
+                 way ({} ns: the test-run timer itself).{}\n\n\
                  | path | program | ns per packet (median) | p99 | raw median |\n|---|---|---:|---:|---:|",
                 count(pc.samples),
-                num(pc.baseline_ns)
+                num(pc.baseline_ns),
+                if pc.rounds > 1 {
+                    format!(
+                        " {} rounds, each on the programs and maps loaded afresh: one load's \
+                         figures fall in one of two modes about 100 ns apart on this VM, so every \
+                         figure is the median of the rounds' figures, with the range of the \
+                         rounds' medians in brackets.",
+                        pc.rounds
+                    )
+                } else {
+                    String::new()
+                }
             );
             for p in &pc.paths {
+                let range = p.round_range_ns.map_or(String::new(), |(lo, hi)| {
+                    format!(" ({}–{})", num(lo), num(hi))
+                });
                 let _ = writeln!(
                     md,
-                    "| {} | `{}` | {} | {} | {} |",
+                    "| {} | `{}` | {}{range} | {} | {} |",
                     p.path,
                     p.program,
                     num(p.median_ns),
