@@ -799,7 +799,7 @@ pub fn markdown(md: &mut String, r: &Results, png: Option<&str>) {
         );
     }
     let xdp = get(Contender::FerryXdp);
-    let target = match ratio(xdp, tc_remote) {
+    let target = match xdp_over_tc(r) {
         Some(x) => format!("{x:.2} ({})", if x >= 2.0 { "met" } else { "not met" }),
         None => "not measured yet".into(),
     };
@@ -845,6 +845,18 @@ pub fn markdown(md: &mut String, r: &Results, png: Option<&str>) {
             failed.join(", ")
         );
     }
+}
+
+/// ferry XDP's forwarded packets/s over ferry TC's on the same path (backends on node2).
+pub fn xdp_over_tc(r: &Results) -> Option<f64> {
+    use super::stats::{Summary, ratio};
+    let get = |c: Contender| {
+        r.points
+            .iter()
+            .find(|p| p.contender == c)
+            .and_then(|p| Summary::of(&p.pps))
+    };
+    ratio(get(Contender::FerryXdp), get(Contender::FerryTcRemote))
 }
 
 /// TC's cost over plain forwarding per frame, in words: a difference below zero is the noise
