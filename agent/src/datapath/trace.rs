@@ -250,6 +250,14 @@ pub fn trace(t: &impl Tables, flow: Flow, client: Client, now: u32) -> Trace {
     tr.out
 }
 
+/// What [`Tracer::place_flow`] found.
+enum Placement {
+    /// The backend's verdict, before the mode (DSR/SNAT) is applied.
+    Placed(Verdict),
+    /// The verdict as it stands.
+    Final(Verdict),
+}
+
 impl<T: Tables> Tracer<'_, T> {
     fn note(&mut self, s: impl Into<String>) {
         self.out.notes.push(s.into());
@@ -331,6 +339,42 @@ impl<T: Tables> Tracer<'_, T> {
             by: Some(by.into()),
             ..verdict(Action::Translate, detail)
         }
+    }
+
+    /// The backend a new flow `f` gets by its flow hash (Maglev or slot),
+    /// before the mode is applied; else the final verdict (source port
+    /// unknown: the candidates; nothing resolves: dropped).
+    fn place_flow(&self, key: &FrontendKey, svc: &SvcValue, f: &Flow, family: Family) -> Placement {
+        let Some(sport) = f.sport else {
+            return Placement::Final(self.unplaced(svc));
+        };
+        let hash = codec::flow_hash(
+            std::net::SocketAddr::new(f.src, sport),
+            std::net::SocketAddr::new(f.dst, f.dport),
+            f.proto,
+        )
+        .unwrap_or_default();
+        let Some((id, by)) = self.place(key, svc, hash) else {
+            return Placement::Final(dropped(
+                DropReason::NoBackend,
+                "no backend slot resolves (the agent is mid-update)",
+            ));
+        };
+        if self.t.backend(id, family).is_none() {
+            return Placement::Final(dropped(
+                DropReason::NoBackend,
+                format!("backend id {id} is not in the backend map (the agent is mid-update)"),
+            ));
+        }
+        Placement::Placed(Verdict {
+            flow_hash: Some(hash),
+            ..self.translated(
+                id,
+                family,
+                by,
+                format!("placed by the flow hash {hash} ({by})"),
+            )
+        })
     }
 
     /// select.rs: the Maglev table entry, else the slot, of `hash`.

@@ -11,8 +11,8 @@ use agent_common::{
 
 use super::codec::CtLookupValue;
 use super::{
-    Action, ConntrackInfo, EXPOSED, SourceRangeInfo, Tables, Tracer, Verdict, codec, dropped,
-    verdict,
+    Action, ConntrackInfo, EXPOSED, Placement, SourceRangeInfo, Tables, Tracer, Verdict, codec,
+    dropped, verdict,
 };
 use crate::model::{Family, FrontendKey, Protocol, Scope};
 
@@ -97,40 +97,10 @@ impl<T: Tables> Tracer<'_, T> {
             );
             return self.with_mode(v, &svc, family);
         }
-        let Some(sport) = f.sport else {
-            return self.unplaced(&svc);
-        };
-        let hash = codec::flow_hash(
-            SocketAddr::new(f.src, sport),
-            SocketAddr::new(f.dst, f.dport),
-            f.proto,
-        )
-        .unwrap_or_default();
-        let (id, by) = match self.place(&key, &svc, hash) {
-            Some(c) => c,
-            None => {
-                return dropped(
-                    DropReason::NoBackend,
-                    "no backend slot resolves (the agent is mid-update)",
-                );
-            }
-        };
-        if self.t.backend(id, family).is_none() {
-            return dropped(
-                DropReason::NoBackend,
-                format!("backend id {id} is not in the backend map (the agent is mid-update)"),
-            );
+        match self.place_flow(&key, &svc, &f, family) {
+            Placement::Placed(v) => self.with_mode(v, &svc, family),
+            Placement::Final(v) => v,
         }
-        let v = Verdict {
-            flow_hash: Some(hash),
-            ..self.translated(
-                id,
-                family,
-                by,
-                format!("placed by the flow hash {hash} ({by})"),
-            )
-        };
-        self.with_mode(v, &svc, family)
     }
 
     /// nodeport.rs: how the chosen backend is reached.

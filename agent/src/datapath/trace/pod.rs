@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 
 use agent_common::{drop::DropReason, svc_flags};
 
-use super::{Action, Tables, Tracer, Verdict, codec, dropped, verdict};
+use super::{Action, Placement, Tables, Tracer, Verdict, codec, dropped, verdict};
 use crate::model::{Family, FrontendKey, Scope};
 
 /// How a pod flow reaches its backend: the pod's address kept, or
@@ -94,37 +94,10 @@ impl<T: Tables> Tracer<'_, T> {
             );
             return self.with_pod_mode(v, family);
         }
-        let Some(sport) = f.sport else {
-            return self.unplaced(&svc);
-        };
-        let hash = codec::flow_hash(
-            SocketAddr::new(f.src, sport),
-            SocketAddr::new(f.dst, f.dport),
-            f.proto,
-        )
-        .unwrap_or_default();
-        let Some((id, by)) = self.place(&used, &svc, hash) else {
-            return dropped(
-                DropReason::NoBackend,
-                "no backend slot resolves (the agent is mid-update)",
-            );
-        };
-        if self.t.backend(id, family).is_none() {
-            return dropped(
-                DropReason::NoBackend,
-                format!("backend id {id} is not in the backend map (the agent is mid-update)"),
-            );
+        match self.place_flow(&used, &svc, &f, family) {
+            Placement::Placed(v) => self.with_pod_mode(v, family),
+            Placement::Final(v) => v,
         }
-        let v = Verdict {
-            flow_hash: Some(hash),
-            ..self.translated(
-                id,
-                family,
-                by,
-                format!("placed by the flow hash {hash} ({by})"),
-            )
-        };
-        self.with_pod_mode(v, family)
     }
 
     /// pod_lb.rs `tracked_call`: a pod flow's FORWARD entry decides while
