@@ -7,9 +7,9 @@
 //! same builders ([`super::frames`]) from the family's address plan ([`Net`]). It names the
 //! program sets it holds for too ([`Target`]). Rows of [`Hook::Xdp`] run `ferry_xdp` and differ
 //! in what it cannot see or say: no skb, so no checksum state (rows with [`Csum::Complete`] do
-//! not apply) and no `skb->csum` to keep right; verdicts mapped by [`Verdict::xdp`] (a packet
-//! sent back out of the ingress device is XDP_TX ([`Row::back_out`]), a FIB redirect
-//! XDP_REDIRECT, "hand it to the stack" and "not ferry's" both XDP_PASS). XDP's rows are
+//! not apply) and no `skb->csum` to keep right; verdicts mapped by [`Verdict::xdp`] (a FIB
+//! redirect, also back out of the ingress device, is XDP_REDIRECT: `ferry_xdp` never returns
+//! XDP_TX; "hand it to the stack" and "not ferry's" both XDP_PASS). XDP's rows are
 //! scenarios of their own (tc_prog_test_run/xdp.rs): XDP forwards through the FIB what TC hands
 //! to the stack, and leaves to TC what it does not handle, so TC's rows do not carry over.
 //!
@@ -100,13 +100,11 @@ impl Verdict {
         }
     }
 
-    /// The XDP action an XDP target would be held to (XDP_DROP 1, XDP_PASS 2, XDP_TX 3,
-    /// XDP_REDIRECT 4); `back_out` is a redirect out of the ingress device (a reject).
-    pub fn xdp(self, back_out: bool) -> u32 {
+    /// The XDP action an XDP target is held to (XDP_DROP 1, XDP_PASS 2, XDP_REDIRECT 4).
+    pub fn xdp(self) -> u32 {
         match self {
             Verdict::Pass | Verdict::Ok => 2,
             Verdict::Shot => 1,
-            Verdict::Redirect if back_out => 3,
             Verdict::Redirect => 4,
         }
     }
@@ -164,8 +162,6 @@ pub struct Row {
     pub learn: Learn,
     /// Further checks of the maps after the run (affinity, single entries).
     pub check: Option<MapCheck>,
-    /// An XDP row's redirect goes back out of the ingress device (XDP_TX).
-    pub back_out: bool,
 }
 
 impl Row {
@@ -182,14 +178,7 @@ impl Row {
             ct: None,
             learn: Learn::Nothing,
             check: None,
-            back_out: false,
         }
-    }
-
-    /// An XDP row's redirect is XDP_TX (out of the ingress device).
-    pub fn back_out(mut self) -> Row {
-        self.back_out = true;
-        self
     }
 
     pub fn out(mut self, frame: Vec<u8>) -> Row {
@@ -368,7 +357,7 @@ fn run_row(c: &mut Ctx, build: &dyn Fn(&Ctx) -> Row, at: &str) {
         );
     }
     let want = if r.hook == Hook::Xdp {
-        r.verdict.xdp(r.back_out) as i32
+        r.verdict.xdp() as i32
     } else {
         r.verdict.tc()
     };
