@@ -46,6 +46,10 @@ pub const ICMP_GLOBAL: &str = "ferry_icmpg_v1";
 pub const ICMP_SOURCES: &str = "ferry_icmps_v1";
 /// The conntrack map's fill as the agent last measured it (one u32, per mille).
 pub const CT_FILL: &str = "ferry_ctfill_v1";
+/// Non-zero once the per-packet ClusterIP path made a flow on this node (one
+/// u32, set by the datapath, never cleared while pinned): until then the
+/// pods' egress program has no reply to reverse and skips its lookup.
+pub const POD_FLOWS: &str = "ferry_podflows_v1";
 /// The egress guard's per-socket records (`SockGuard4`, socket-local
 /// storage: each lives and dies with its socket; pinned so that a restarted
 /// agent's guard still knows the sockets its predecessor marked).
@@ -95,6 +99,7 @@ pub const ALL: &[&str] = &[
     ICMP_GLOBAL,
     ICMP_SOURCES,
     CT_FILL,
+    POD_FLOWS,
     SOCK_GUARD_V4,
     EVENTS,
     MONITOR,

@@ -69,6 +69,9 @@ pub static ICMP_SOURCES: LruHashMap<u32, u64> = LruHashMap::pinned(m::ICMP_SOURC
 #[map(name = "ferry_ctfill_v1")]
 pub static CT_FILL: Array<u32> = Array::pinned(1, 0);
 
+#[map(name = "ferry_podflows_v1")]
+pub static POD_FLOWS: Array<u32> = Array::pinned(1, 0);
+
 /// `ferry monitor`'s events (event.rs), written only while the lease in
 /// `ferry_mon_v1` is live. Pinned, so a monitor (another process) opens it.
 #[map(name = "ferry_events_v1")]

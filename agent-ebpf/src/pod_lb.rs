@@ -27,7 +27,9 @@
 //! source (a REPLY lookup, POD entries only). A remote backend's reply
 //! arrives on any node device from any port, a local one's from another
 //! pod device: the one place every packet to the client pod passes is the
-//! egress of its host-end device. The cgroup skb hooks are no alternative:
+//! egress of its host-end device. It stays off (no parse, no lookup) until
+//! the node's first per-packet flow sets `POD_FLOWS` (maps.rs), since most
+//! nodes hook every pod's connect and never need it. The cgroup skb hooks are no alternative:
 //! cgroup_skb programs cannot rewrite packets, and they see only the
 //! packets of sockets in the cgroup (a VM on a tap has no socket there).
 //!
@@ -72,7 +74,7 @@ use crate::{
     event,
     family::{Addr, V4, V6},
     fib::{self, AF_INET, AF_INET6},
-    maps::count,
+    maps::{POD_FLOWS, count},
     nodeport,
     ns::{self, CtVal, Ns, Room},
     parse::{self, ETH_P_IP, ETH_P_IPV6, IP_OFF, Ipv4Hdr, L4, Packet as _, Tuple},
@@ -365,6 +367,8 @@ fn new_flow<F: Pod>(
         flags,
         parse::tcp_flags(ip),
     );
+    // Before the entries exist: the reply must find the egress program looking.
+    mark_pod_flows();
     let map = F::Ct::map();
     if hairpin {
         // A function of its own: its temporaries are not in this frame.
@@ -461,10 +465,38 @@ fn rewrite<F: Pod>(
 /// of a per-packet flow gets the ClusterIP:port back as its source.
 #[classifier]
 pub fn ferry_tc_pod_out(ctx: TcContext) -> i32 {
+    // Most nodes never make a per-packet flow (every pod's connect is
+    // hooked): their pods' packets then pass without a parse or a lookup.
+    if !pod_flows_made() {
+        return verdict::PASS;
+    }
     match tc::ethertype(&ctx) {
         ETH_P_IP => reply4(tc::skb(&ctx)),
         ETH_P_IPV6 => reply6(tc::skb(&ctx)),
         _ => verdict::PASS,
+    }
+}
+
+/// Whether this node ever made a per-packet flow (maps.rs's `POD_FLOWS`,
+/// pinned: a restarted agent's programs still reverse its predecessor's).
+#[inline(always)]
+fn pod_flows_made() -> bool {
+    // SAFETY: a live array slot, read.
+    POD_FLOWS.get_ptr(0).is_some_and(|p| unsafe { *p } != 0)
+}
+
+/// Sets `POD_FLOWS` once; never cleared (a flow's reply must not find the
+/// egress program skipping it), and never rewritten, so that the cache line
+/// stays shared between CPUs.
+#[inline(always)]
+fn mark_pod_flows() {
+    if let Some(p) = POD_FLOWS.get_ptr_mut(0) {
+        // SAFETY: a live array slot; a racing CPU stores the same value.
+        unsafe {
+            if *p == 0 {
+                *p = 1;
+            }
+        }
     }
 }
 

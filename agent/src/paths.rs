@@ -48,6 +48,25 @@ pub const TC_POD: &str = "ferry_tc_pod";
 pub const XDP: &str = "ferry_xdp";
 pub const TC_POD_OUT: &str = "ferry_tc_pod_out";
 
+/// The kernel keeps 15 characters of a program's name (BPF_OBJ_NAME_LEN).
+const KERNEL_NAME_LEN: usize = 15;
+
+/// Every program ferry loads (ELF function names).
+pub fn programs() -> impl Iterator<Item = &'static str> {
+    cgroup_programs()
+        .map(|(program, _)| program)
+        .chain([TC_INGRESS, TC_EGRESS, TC_POD, TC_POD_OUT, XDP])
+}
+
+/// A ferry program's ELF name from the name the kernel reports, which it
+/// cuts to 15 characters (`ferry_tc_pod_ou` is `ferry_tc_pod_out`); None
+/// for a name no ferry program has.
+pub fn program_named(kernel_name: &str) -> Option<&'static str> {
+    programs().find(|p| {
+        *p == kernel_name || (kernel_name.len() == KERNEL_NAME_LEN && p.starts_with(kernel_name))
+    })
+}
+
 /// Pin directory layout.
 #[derive(Clone, Debug)]
 pub struct PinDir {
@@ -103,4 +122,21 @@ pub fn statfs_magic(path: &Path) -> io::Result<i64> {
 pub fn cgroup2_mount() -> io::Result<PathBuf> {
     crate::mountinfo::cgroup2_mount()
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup2 filesystem is mounted"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_names_name_one_program_each() {
+        for p in programs() {
+            let kernel = &p[..p.len().min(KERNEL_NAME_LEN)];
+            assert_eq!(program_named(kernel), Some(p), "{kernel}");
+        }
+        assert_eq!(program_named("ferry_tc_pod_ou"), Some(TC_POD_OUT));
+        assert_eq!(program_named("ferry_tc_pod"), Some(TC_POD));
+        assert_eq!(program_named("ferry_tc"), None);
+        assert_eq!(program_named("bpf_prog"), None);
+    }
 }

@@ -34,7 +34,8 @@ impl RunStats {
 /// One program's runs and their time over an interval.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProgCost {
-    /// The program's name as the kernel has it (15 characters at most).
+    /// The program's ELF name (the kernel's, 15 characters at most, completed by
+    /// `ferry::paths::program_named`).
     pub name: String,
     pub runs: u64,
     pub ns: u64,
@@ -65,7 +66,10 @@ pub fn snapshot(pin_dir: &Path) -> Snapshot {
         if !ids.contains(&info.id()) {
             continue;
         }
-        let name = info.name_as_str().unwrap_or("?").to_string();
+        let kernel = info.name_as_str().unwrap_or("?");
+        let name = ferry::paths::program_named(kernel)
+            .unwrap_or(kernel)
+            .to_string();
         let e = out.entry(name).or_default();
         e.0 += info.run_count();
         e.1 += info.run_time().as_nanos() as u64;

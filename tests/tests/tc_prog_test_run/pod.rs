@@ -220,6 +220,70 @@ pub static TABLE: &[Scenario] = &[
             ]
         },
     },
+    Scenario {
+        desc: "the pods' egress looks nothing up until the node made a per-packet flow",
+        families: BOTH,
+        targets: TC,
+        netns: no_netns,
+        fixture: |f, n| {
+            f.backend(1, sa(n.local_pod, 8080), IPPROTO_TCP, true);
+            cluster_ip(f, n, &[1]);
+        },
+        steps: |n| {
+            let cip = sa(n.cluster_ip, 80);
+            let backend = sa(n.local_pod, 8080);
+            let pod = client_pod(n);
+            let other = sa(pod.ip(), 40001);
+            let flags = ct_flags::POD | ct_flags::LOCAL;
+            let csum = move |r: Row| if is_v6(n) { r.complete() } else { r };
+            let reply = move |to: SocketAddr| outbound(tcp_packet(backend, to, TCP_ACK, b"ok"));
+            vec![
+                // A pod flow's REPLY entry that no program of this node made (the map is the
+                // only witness): the egress program, still off, must not look.
+                maps(move |c| {
+                    c.f.ct_put(
+                        ct_key(backend, other, IPPROTO_TCP, ct_dir::REPLY),
+                        ct_val(cip, other, 1, REV_CIP, flags, TCP_ACK),
+                    )
+                }),
+                row(move |_| {
+                    Row::new(
+                        "before any per-packet flow, a backend's packet to a pod passes unread",
+                        TcPodOut,
+                        reply(other),
+                        Pass,
+                    )
+                    .unchanged()
+                    .counter(Counter::PodRevNat, 0)
+                }),
+                row(move |_| {
+                    csum(Row::new(
+                        "the node's first per-packet flow turns the egress program on",
+                        TcPod,
+                        inbound(tcp_packet(pod, cip, TCP_SYN, b"")),
+                        Ok,
+                    ))
+                    .out(inbound(tcp_packet(pod, backend, TCP_SYN, b"")))
+                    .counter(Counter::PodNewFlow, 1)
+                }),
+                row(move |_| {
+                    csum(Row::new(
+                        "then every pod flow's reply is reversed, the older one too",
+                        TcPodOut,
+                        reply(other),
+                        Ok,
+                    ))
+                    .out(outbound(tcp_packet(cip, other, TCP_ACK, b"ok")))
+                    .counter(Counter::PodRevNat, 1)
+                }),
+                row(move |_| {
+                    csum(Row::new("and the new flow's", TcPodOut, reply(pod), Ok))
+                        .out(outbound(tcp_packet(cip, pod, TCP_ACK, b"ok")))
+                        .counter(Counter::PodRevNat, 1)
+                }),
+            ]
+        },
+    },
 ];
 
 table_tests!(TABLE, pod_v4: V4, pod_v6: V6);
