@@ -34,6 +34,8 @@ pub mod program {
     /// their events.
     pub const SOCK: u8 = 4;
     pub const GUARD: u8 = 5;
+    /// `ferry_xdp`: a node device's XDP fast path (`--acceleration`).
+    pub const XDP: u8 = 6;
 }
 
 /// `Event::family` values (the IP version).

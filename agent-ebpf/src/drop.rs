@@ -26,7 +26,7 @@ pub fn shot(reason: DropReason, ctx: &TcContext, side: Side) -> i32 {
 }
 
 /// Drops the packet for `reason` at the XDP program's edge (xdp.rs):
-/// counted as TC's drops are; no monitor event (event.rs reads an skb).
+/// counted as TC's drops are (its monitor event is the caller's: event.rs).
 #[inline(never)]
 pub fn xdp_drop(reason: DropReason) -> u32 {
     count(reason.counter());

@@ -21,12 +21,15 @@ use agent_common::{
     event::{Event, FAMILY_V4, FAMILY_V6, MonitorControl, event_flags, kind, program},
     stats::Counter,
 };
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    programs::{TcContext, XdpContext},
+};
 
 use crate::{
-    ct::CtValue,
+    ct::{self, CtKey, CtValue},
     maps::{EVENTS, MONITOR, count},
-    parse::{self, Packet, Tuple},
+    parse::{self, IP_OFF, IPV4_MIN_HLEN, Ipv4Hdr, Packet, Tuple},
     side::Side,
 };
 
@@ -81,6 +84,29 @@ pub fn port_unreachable<P: Packet>(ctx: &TcContext, ip: &P) {
     }
 }
 
+/// A packet `ferry_xdp` dropped for `reason` (counted by drop.rs), while
+/// a monitor listens: its tuple read from the frame (an IPv4 packet
+/// without options, the only kind XDP keeps; as it arrived, unless the
+/// drop came half way through its rewrite).
+#[inline(always)]
+pub fn xdp_drop(ctx: &XdpContext, reason: DropReason) {
+    if on() {
+        emit_xdp_drop(ctx, head(kind::DROP, reason as u8, program::XDP, 0));
+    }
+}
+
+/// A new flow `ferry_xdp` made for the packet of tuple `t` (as it
+/// arrived), translated as its FORWARD entry (key `fwd_key`) says. Called
+/// by the program's top frame once the flow is made: the entry is read
+/// back from the map (only when on), since the frames that built it are
+/// too deep for this one's too.
+#[inline(always)]
+pub fn xdp_new_flow<K: CtKey>(ctx: &XdpContext, t: &Tuple, fwd_key: &K) {
+    if on() {
+        emit_xdp_new_flow(ctx, t, fwd_key);
+    }
+}
+
 /// kind | reason | program | rev-NAT id, in one register (a BPF call takes
 /// five arguments).
 #[inline(always)]
@@ -109,7 +135,7 @@ type Entry = aya_ebpf::maps::ring_buf::RingBufEntry<Event>;
 /// written in place: these functions run below the packet paths' frames,
 /// whose call chain has little of the verifier's 512 bytes of stack left.
 #[inline(always)]
-fn record(ctx: &TcContext, head: u64) -> Option<Entry> {
+fn record(ifindex: u32, head: u64) -> Option<Entry> {
     let c: *mut MonitorControl = MONITOR.get_ptr_mut(0)?;
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -139,7 +165,7 @@ fn record(ctx: &TcContext, head: u64) -> Option<Entry> {
         (*e).reason = (head >> 8) as u8;
         (*e).program = (head >> 16) as u8;
         (*e).rev_nat_id = (head >> 32) as u16;
-        (*e).ifindex = parse::ifindex(ctx);
+        (*e).ifindex = ifindex;
     }
     Some(entry)
 }
@@ -193,7 +219,7 @@ fn set_translation<V: CtValue>(e: *mut Event, v: &V, swapped: bool) {
 /// An event about packet `ip` with no translated tuple.
 #[inline(never)]
 fn emit_packet<P: Packet>(ctx: &TcContext, ip: &P, head: u64) {
-    if let Some(mut entry) = record(ctx, head) {
+    if let Some(mut entry) = record(parse::ifindex(ctx), head) {
         set_packet(ctx, entry.as_mut_ptr(), ip);
         entry.submit(0);
     }
@@ -203,7 +229,7 @@ fn emit_packet<P: Packet>(ctx: &TcContext, ip: &P, head: u64) {
 /// or IPv6 past its extension headers; ports 0 when there are none).
 #[inline(never)]
 fn emit_drop(ctx: &TcContext, head: u64) {
-    let Some(mut entry) = record(ctx, head) else {
+    let Some(mut entry) = record(parse::ifindex(ctx), head) else {
         return;
     };
     let e = entry.as_mut_ptr();
@@ -259,7 +285,7 @@ fn l4_ports(ctx: &TcContext, proto: u8, off: usize) -> [u16; 2] {
 #[inline(never)]
 fn emit_new_flow<P: Packet, V: CtValue>(ctx: &TcContext, ip: &P, fwd: &V) {
     let head = head(kind::NEW_FLOW, 0, program::TC_IN, fwd.rev_nat_id());
-    if let Some(mut entry) = record(ctx, head) {
+    if let Some(mut entry) = record(parse::ifindex(ctx), head) {
         let e = entry.as_mut_ptr();
         set_packet(ctx, e, ip);
         set_translation(e, fwd, false);
@@ -271,10 +297,66 @@ fn emit_new_flow<P: Packet, V: CtValue>(ctx: &TcContext, ip: &P, fwd: &V) {
 #[inline(never)]
 fn emit_translated<A: Copy, V: CtValue>(ctx: &TcContext, t: &Tuple<A>, prog: u8, v: &V) {
     let head = head(kind::ICMP_TRANSLATED, 0, prog, v.rev_nat_id());
-    if let Some(mut entry) = record(ctx, head) {
+    if let Some(mut entry) = record(parse::ifindex(ctx), head) {
         let e = entry.as_mut_ptr();
         set_tuple(e, &t.saddr, &t.daddr, t.sport, t.dport, t.proto);
         set_translation(e, v, true);
+        entry.submit(0);
+    }
+}
+
+/// An XDP drop's event (see [`xdp_drop`]).
+#[inline(never)]
+fn emit_xdp_drop(ctx: &XdpContext, head: u64) {
+    let Some(mut entry) = record(ctx.ingress_ifindex() as u32, head) else {
+        return;
+    };
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let p = data + IP_OFF + IPV4_MIN_HLEN;
+    // SAFETY: the ethertype and the IPv4 header within the frame, checked;
+    // the ports likewise.
+    unsafe {
+        let ethertype = if data + 14 <= end {
+            u16::from_be(core::ptr::read_unaligned((data + 12) as *const u16))
+        } else {
+            0
+        };
+        if ethertype == parse::ETH_P_IP && p <= end {
+            let h = core::ptr::read_unaligned((data + IP_OFF) as *const Ipv4Hdr);
+            let ports = if p + 4 <= end
+                && h.ver_ihl == 0x45
+                && (h.proto == agent_common::proto::TCP || h.proto == agent_common::proto::UDP)
+            {
+                core::ptr::read_unaligned(p as *const [u16; 2])
+            } else {
+                [0, 0]
+            };
+            set_tuple(
+                entry.as_mut_ptr(),
+                &h.saddr,
+                &h.daddr,
+                ports[0],
+                ports[1],
+                h.proto,
+            );
+        }
+    }
+    entry.submit(0);
+}
+
+/// An XDP new flow's event (see [`xdp_new_flow`]).
+#[inline(never)]
+fn emit_xdp_new_flow<K: CtKey>(ctx: &XdpContext, t: &Tuple, fwd_key: &K) {
+    let Some(fwd) = ct::lookup(fwd_key) else {
+        return;
+    };
+    // SAFETY: a live map value, read in place.
+    let fwd = unsafe { &*fwd };
+    let head = head(kind::NEW_FLOW, 0, program::XDP, fwd.rev_nat_id());
+    if let Some(mut entry) = record(ctx.ingress_ifindex() as u32, head) {
+        let e = entry.as_mut_ptr();
+        set_tuple(e, &t.saddr, &t.daddr, t.sport, t.dport, t.proto);
+        set_translation(e, fwd, false);
         entry.submit(0);
     }
 }

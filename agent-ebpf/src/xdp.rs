@@ -27,8 +27,8 @@
 //! cannot send is left to TC whole.
 //!
 //! Drops (source range, no local endpoint, no backend, NAT failed, a
-//! segment too short) count their `DropReason` as TC's do; they send no
-//! monitor event (event.rs reads an skb).
+//! segment too short) count their `DropReason` as TC's do; drops and new
+//! flows send `ferry monitor` their events as TC's do (program `xdp`).
 
 use agent_common::{NodeConfig, ct_dir, ct_flags, proto, scope, stats::Counter};
 use aya_ebpf::{
@@ -42,6 +42,7 @@ use crate::{
     csum,
     ct::{self, CtKey, CtValue},
     drop::{self, DropReason, Raw},
+    event,
     family::V4,
     fib::{self, AF_INET},
     maps::{NODE_ADDR_V4, NODE_CONFIG, count},
@@ -58,9 +59,12 @@ type Action = Result<u32, DropReason>;
 
 #[xdp]
 pub fn ferry_xdp(ctx: XdpContext) -> u32 {
-    match ipv4(&ctx) {
-        Ok(a) => a,
-        Err(reason) => drop::xdp_drop(reason),
+    match ipv4(&ctx).get() {
+        Ok(a) => a as u32,
+        Err(reason) => {
+            event::xdp_drop(&ctx, reason);
+            drop::xdp_drop(reason)
+        }
     }
 }
 
@@ -136,18 +140,25 @@ fn parse(ctx: &XdpContext, ip: &mut Ipv4) -> bool {
     true
 }
 
+/// Every path's result in one register (drop.rs's `Raw`): merged from the
+/// paths as a `Result`, its unused half would be undefined, which the
+/// verifier refuses to read (and the program's register allocation
+/// decides whether it is).
 #[inline(always)]
-fn ipv4(ctx: &XdpContext) -> Action {
+fn ipv4(ctx: &XdpContext) -> Raw {
+    let pass = Raw::of(Ok(PASS as i32));
     let mut slot = core::mem::MaybeUninit::uninit();
     let ip = Ipv4::empty_in(&mut slot);
     if !parse(ctx, ip) {
-        return Ok(PASS);
+        return pass;
     }
     let ip: &Ipv4 = ip;
     let Some(t) = parse::tuple(ip) else {
-        return Ok(PASS);
+        return pass;
     };
     let tcp_flags = parse::tcp_flags(ip);
+    // Sent (not passed, not dropped).
+    let sent = |r: Raw| r.get().is_ok_and(|a| a as u32 != PASS);
 
     // A client's packet of a tracked flow.
     let fwd_key: <V4 as Ns>::Ct = ct::key(&t, ct_dir::FORWARD);
@@ -155,20 +166,20 @@ fn ipv4(ctx: &XdpContext) -> Action {
         // SAFETY: a live map value, copied out.
         let v = unsafe { &*entry };
         if v.flags() & ct_flags::DSR != 0 || !nodeport::backend_still_there::<V4>(v) {
-            return Ok(PASS);
+            return pass;
         }
-        let a = send(ctx, ip, &nat_of(v)).get()? as u32;
-        if a != PASS {
+        let r = send(ctx, ip, &nat_of(v));
+        if sent(r) {
             ct::touch(entry, select::now_seconds(), tcp_flags);
             count(Counter::NsTracked);
         }
-        return Ok(a);
+        return r;
     }
     // A remote backend's reply to one of our SNAT ports.
     // The node's configuration in place (no 32-byte copy in this frame, which
     // the new flow's frame is added to); none yet (the agent starting): TC's.
     let Some(cfg) = NODE_CONFIG.get_ptr(0) else {
-        return Ok(PASS);
+        return pass;
     };
     // SAFETY: a live map value, read only.
     let cfg = unsafe { &*cfg };
@@ -177,15 +188,20 @@ fn ipv4(ctx: &XdpContext) -> Action {
         if let Some(entry) = ct::lookup(&rkey) {
             // SAFETY: as above.
             let v = unsafe { &*entry };
-            let a = send(ctx, ip, &nat_of(v)).get()? as u32;
-            if a != PASS {
+            let r = send(ctx, ip, &nat_of(v));
+            if sent(r) {
                 ct::touch(entry, select::now_seconds(), tcp_flags);
                 count(Counter::NsTracked);
             }
-            return Ok(a);
+            return r;
         }
     }
-    new_flow(ctx, ip, &t, cfg).get().map(|a| a as u32)
+    let r = new_flow(ctx, ip, &t, cfg);
+    if sent(r) {
+        // Made and sent (anything else passes to TC, which reports it).
+        event::xdp_new_flow(ctx, &t, &fwd_key);
+    }
+    r
 }
 
 /// A packet no flow knows: a new flow when it is for an exposed frontend,

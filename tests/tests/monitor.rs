@@ -45,6 +45,71 @@ over_both_families!(
     monitor_filters_keep_only_matching_events,
 );
 
+/// With `--acceleration generic`, what ferry_xdp decides is reported as TC's is, program
+/// `xdp`: a source-range drop, an eTP Local drop, and a new flow to the backend on node2
+/// (the local backend's flows are TC's: XDP leaves a bridge's pods to the stack). IPv4:
+/// ferry_xdp's family.
+#[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
+fn monitor_reports_xdp_drops_and_new_flows() {
+    require_root!();
+    let f = Family::V4;
+    let s = setup_with("monitor_xdp", f, &["--acceleration", "generic"]);
+    let c = &s.c;
+    let node_port = at(node1_ip(c, f), NODE_PORT);
+    let lb = at(f.pick(LB_IP).parse::<IpAddr>().unwrap(), 80);
+    let local = at(node1_ip(c, f), LOCAL_NODE_PORT);
+    let xdp_forwarded = || counter(c, "ns_xdp_forwarded");
+    answered(c, &s.ext1, &node_port);
+    let m = start_monitor(c, &[]);
+
+    assert!(!tcp_once(c, &s.ext2, &lb).ok, "ext2 is outside the range");
+    let e = wait_event(&m, "source_range drop", |e| {
+        e.kind == "drop" && ip_of(&e.src) == Some(ext2_ip(f))
+    });
+    println!("{e:?}");
+    assert_eq!(
+        (e.program.as_str(), e.reason.as_deref()),
+        ("xdp", Some("source_range"))
+    );
+    assert_eq!(e.dst, lb);
+    assert_eq!(e.service.as_deref(), Some("default/web"));
+
+    assert!(!tcp_once(c, &s.ext1, &local).ok);
+    let e = wait_event(&m, "no_local_endpoint drop", |e| {
+        e.kind == "drop" && port_of(&e.dst) == Some(LOCAL_NODE_PORT)
+    });
+    assert_eq!(
+        (e.program.as_str(), e.reason.as_deref()),
+        ("xdp", Some("no_local_endpoint"))
+    );
+    assert_eq!(ip_of(&e.src), Some(ext1_ip(f)));
+
+    // Connections until one lands on b2 (node2): its new flow is XDP's, and names b2 and the
+    // SNAT source b2 saw.
+    let before = xdp_forwarded();
+    let (echo, _) = poll(DEADLINE, Duration::from_millis(1), || {
+        let echo = answered(c, &s.ext1, &node_port);
+        if echo.pod == s.b2.name {
+            Ok(echo)
+        } else {
+            Err(echo.pod)
+        }
+    })
+    .unwrap_or_else(|last| panic!("no connection reached b2 (last: {last})"));
+    let e = wait_event(&m, "XDP new flow", |e| {
+        e.kind == "new_flow"
+            && e.program == "xdp"
+            && e.nat_src.as_deref() == Some(&echo.peer.to_string())
+    });
+    println!("{e:?} answered by {echo:?}");
+    assert_eq!(e.nat_dst.as_deref(), Some(f.ep(&s.b2, 8080).as_str()));
+    assert_eq!(e.dst, node_port);
+    assert_eq!(ip_of(&e.src), Some(ext1_ip(f)));
+    assert_eq!(e.service.as_deref(), Some("default/web"));
+    assert!(xdp_forwarded() > before, "XDP forwarded the flow's packets");
+}
+
 fn ext1_ip(f: Family) -> IpAddr {
     f.pick([EXT1_IP.into(), EXT1_IP6.into()])
 }
@@ -70,6 +135,11 @@ struct Setup {
 }
 
 fn setup(name: &str, f: Family) -> Setup {
+    setup_with(name, f, &[])
+}
+
+/// [`setup`], the agents started with `agent_args`.
+fn setup_with(name: &str, f: Family, agent_args: &[&str]) -> Setup {
     let c = Cluster::new(&format!("{name}_{}", f.tag()));
     let ext1 = c.ext("ext1");
     let ext2 = c.ext("ext2");
@@ -108,7 +178,10 @@ fn setup(name: &str, f: Family) -> Setup {
                 .endpoints([fam.ready(&b2).node("node2")]),
         );
     }
-    c.start_agents();
+    c.start_agents_with(&ferry_tests::agent::AgentOpts {
+        extra_args: agent_args.iter().map(|a| a.to_string()).collect(),
+        ..Default::default()
+    });
     c.wait_north_south(DEADLINE);
     let lb = f.pick(LB_IP);
     c.wait_services(

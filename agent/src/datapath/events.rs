@@ -249,6 +249,7 @@ fn program_name(p: u8) -> String {
         program::TC_POD => "tc_pod".into(),
         program::SOCK => "sock".into(),
         program::GUARD => "guard".into(),
+        program::XDP => "xdp".into(),
         other => format!("program_{other}"),
     }
 }
