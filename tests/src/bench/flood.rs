@@ -108,6 +108,8 @@ pub const FORWARDING_CPU: usize = 1;
 /// The nice value of the NAPI threads: trafgen's with `-H`, so the machine's other work weighs
 /// on both CPUs' work alike.
 const NAPI_NICE: i32 = -20;
+/// Retries of a run whose generator stopped.
+const RETRIES: usize = 2;
 /// A contender that forwards at least this share of what was offered did not saturate the
 /// forwarding CPU: the generator was the limit.
 pub const SATURATED_BELOW: f64 = 0.95;
@@ -475,6 +477,9 @@ impl Bench<'_> {
             stop(&generator);
             return Err(e);
         }
+        // The counters are read by short commands that the generator's and the NAPI threads'
+        // priority would otherwise hold up, blurring when each read happened.
+        let _nice = Nice::raise(NAPI_NICE);
         let (sink0, t0) = path.count()?;
         let gen0 = packets(&gen_ns, "eth0")?;
         let entry0 = packets(net, path.entry)?;
@@ -556,6 +561,27 @@ impl Bench<'_> {
             bail!("trafgen's sending process runs on CPUs {cpus:?}, not {GENERATOR_CPU} alone");
         }
         Ok(())
+    }
+}
+
+/// The calling thread's nice value (inherited by the commands it starts), raised until dropped.
+struct Nice(Option<i32>);
+
+impl Nice {
+    fn raise(nice: i32) -> Nice {
+        // SAFETY: getpriority/setpriority(2) on the calling thread (who = 0).
+        let before = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        let ok = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } == 0;
+        Nice(ok.then_some(before))
+    }
+}
+
+impl Drop for Nice {
+    fn drop(&mut self) {
+        if let Some(before) = self.0 {
+            // SAFETY: as in `raise`.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, before) };
+        }
     }
 }
 
@@ -791,7 +817,21 @@ pub fn run(config: &Config) -> Result<Results> {
                 }
                 xdp_on = want_xdp;
             }
-            match lab.flood(path, config.secs) {
+            // trafgen stops with EAGAIN when its socket's send buffer is full, which happens
+            // now and then on this machine (its frames held up before the CPU 0 poll that
+            // releases them): a generator failure, not the path's; the run is retried.
+            let mut result = lab.flood(path, config.secs);
+            for _ in 0..RETRIES {
+                match &result {
+                    Err(e) if format!("{e:#}").contains("trafgen stopped") => {
+                        eprintln!("bench: flood: {} run failed, retried: {e:#}", c.label());
+                        p.failed_runs += 1;
+                        result = lab.flood(path, config.secs);
+                    }
+                    _ => break,
+                }
+            }
+            match result {
                 Ok(run) => {
                     p.pps.push(run.forwarded);
                     p.offered_pps.push(run.offered);
@@ -1040,7 +1080,8 @@ pub fn markdown(md: &mut String, r: &Results, png: Option<&str>) {
         let _ = writeln!(
             md,
             "\nRuns that failed (the generator did not start or stopped, or a NAPI thread was \
-             not where it should be), left out of the medians: {}.",
+             not where it should be), left out of the medians (a run whose generator stopped is \
+             retried up to {RETRIES} times): {}.",
             failed.join(", ")
         );
     }
@@ -1079,30 +1120,32 @@ fn bottleneck(md: &mut String, r: &Results) {
     use super::report::num;
     let f = r.cpus.as_ref().map_or(FORWARDING_CPU, |c| c.forwarding);
     let mut limited = Vec::new();
-    let mut worst: Option<f64> = None;
+    // The highest median and the highest round of forwarded / offered over the contenders.
+    let mut highest: Option<(f64, f64)> = None;
     for p in &r.points {
         let Some(d) = delivered(p) else { continue };
-        worst = Some(worst.map_or(d.max, |w: f64| w.max(d.max)));
-        if d.max >= SATURATED_BELOW {
+        highest = Some(highest.map_or((d.median, d.max), |(m, x)| (m.max(d.median), x.max(d.max))));
+        if d.median >= SATURATED_BELOW {
             limited.push(format!(
-                "{} (forwarded {:.0}% of what was offered in its best round; median {} of {} \
+                "{} (forwarded {:.0}% of what was offered, median of the rounds; {} of {} \
                  packets/s)",
                 p.contender.label(),
-                d.max * 100.0,
+                d.median * 100.0,
                 num(super::stats::Summary::of(&p.pps).map_or(0.0, |s| s.median)),
                 num(super::stats::Summary::of(&p.offered_pps).map_or(0.0, |s| s.median)),
             ));
         }
     }
-    match worst {
+    match highest {
         None => {}
-        Some(w) if limited.is_empty() => {
+        Some((median, max)) if limited.is_empty() => {
             let _ = writeln!(
                 md,
                 "\nThe forwarding CPU was the bottleneck: every contender forwarded less than \
-                 offered in every round (at most {:.0}%), the rest dropped at the forwarding \
-                 node's entry ring.",
-                w * 100.0
+                 offered (at most {:.0}% in the median of its rounds, {:.0}% in its best round), \
+                 the rest dropped at the forwarding node's entry ring.",
+                median * 100.0,
+                max * 100.0
             );
         }
         Some(_) => {
@@ -1243,7 +1286,10 @@ mod tests {
         let mut md = String::new();
         markdown(&mut md, &r, None);
         assert!(md.contains("The forwarding CPU was the bottleneck"), "{md}");
-        assert!(md.contains("at most 50%"), "{md}");
+        assert!(
+            md.contains("at most 50% in the median of its rounds"),
+            "{md}"
+        );
         assert!(md.contains("2.00 (met)"), "{md}");
         // 0.9 of a CPU over 300,000 frames/s: 3,000 ns a frame (6,000 for TC at half the rate).
         assert!(
@@ -1271,6 +1317,7 @@ mod tests {
             md.contains("ferry (XDP), backends on node2 (forwarded 98%"),
             "{md}"
         );
+        assert!(md.contains("590,000 of 600,000 packets/s"), "{md}");
         assert!(
             !md.contains("ferry (TC), backends on node2 (forwarded"),
             "{md}"
