@@ -37,9 +37,9 @@
 //!   to leave the machine's socket memory settings and IRQ affinities alone (`--no-sock-mem
 //!   --notouch-irq`). Its veth's peer on the segment (`v-ext1`) has NAPI (GRO on) and is not
 //!   threaded: its poll runs in CPU 0's softirq right after each send, takes the frame off
-//!   trafgen's socket (veth's NAPI orphans it, so trafgen's send buffer never fills while
-//!   frames wait for the other CPU, which would stop trafgen with EAGAIN) and bridges it to
-//!   the forwarding node's eth0.
+//!   trafgen's socket (veth's NAPI orphans it, so trafgen's send buffer does not fill while
+//!   frames wait for the other CPU; when it does fill now and then, trafgen stops with
+//!   EAGAIN and the run is retried) and bridges it to the forwarding node's eth0.
 //! - The forwarding nodes' eth0 (node1's, node2's) have NAPI (GRO on) and threaded NAPI: each
 //!   receives in a kernel thread `napi/eth0-ID` ([`super::napi`]), pinned to CPU 1 at the
 //!   generator's priority. A frame crosses CPUs through that device's ring (256 frames): when
