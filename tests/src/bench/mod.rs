@@ -13,10 +13,12 @@ pub mod flood;
 pub mod kubeproxy;
 pub mod load;
 pub mod monitor;
+pub mod napi;
 pub mod northsouth;
 pub mod progcost;
 pub mod report;
 pub mod server;
+pub mod sinkdrop;
 pub mod stats;
 pub mod synth;
 
@@ -117,7 +119,7 @@ pub struct Options {
     pub monitor: bool,
     /// The east-west section's service counts instead of its defaults (both families).
     pub eastwest_sizes: Option<Vec<usize>>,
-    /// Rounds of the east-west and north-south sections instead of their defaults.
+    /// Rounds of the east-west, north-south and flood sections instead of their defaults.
     pub rounds: Option<usize>,
     /// East-west: per-program run counts and run time (BPF_ENABLE_STATS) around every run.
     pub bpf_stats: bool,
@@ -213,7 +215,7 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
         skipped_section()
     };
     let flood = if wanted("flood") {
-        Outcome::from_result(run_flood(opts.quick))
+        Outcome::from_result(run_flood(opts.quick, opts.rounds))
     } else {
         skipped_section()
     };
@@ -254,7 +256,7 @@ fn skipped_section<T>() -> Outcome<T> {
     Outcome::NotMeasured("not selected (--only)".into())
 }
 
-fn run_flood(quick: bool) -> Result<flood::Results> {
+fn run_flood(quick: bool, rounds: Option<usize>) -> Result<flood::Results> {
     env::tool("trafgen", "netsniff-ng")?;
     env::tool("iptables-restore", "iptables")?;
     let config = if quick {
@@ -264,7 +266,7 @@ fn run_flood(quick: bool) -> Result<flood::Results> {
         }
     } else {
         flood::Config {
-            rounds: 5,
+            rounds: rounds.unwrap_or(5),
             secs: 3.0,
         }
     };

@@ -8,7 +8,7 @@
 //!     --monitor: ferry measured again each round with `ferry monitor` listening (east-west,
 //!                north-south), beside its runs without
 //!     --bpf-stats: east-west: the lab's programs' run counts and time per contender
-//!     --rounds: the east-west and north-south sections' rounds (default 5)
+//!     --rounds: the east-west, north-south and flood sections' rounds (default 5)
 //!     --sizes: the east-west section's service counts (default 1,1000,10000), both families
 //! ferry-bench serve --port PORT [--lifetime SECS]     (the backends' HTTP server)
 //! ```
