@@ -54,6 +54,14 @@ pub const POD_FLOWS: &str = "ferry_podflows_v1";
 /// storage: each lives and dies with its socket; pinned so that a restarted
 /// agent's guard still knows the sockets its predecessor marked).
 pub const SOCK_GUARD_V4: &str = "ferry_guard4_v1";
+/// The backend ports the socket layer has sent a socket to, both families: a
+/// bitmap of [`SOCK_PORTS_WORDS`] u64 words, bit `port % 64` of word
+/// `port / 64` (host order). getpeername and recvmsg look a socket up in
+/// [`SOCK_REV_V4`] / [`SOCK_REV_V6`] only when its peer's port is set, so a
+/// server's accepted sockets (their peers on client ports) skip the lookup.
+/// Set by connect/sendmsg before the reverse entry is written, never
+/// cleared: a superset of the ports of the reverse entries is always right.
+pub const SOCK_PORTS: &str = "ferry_skport_v1";
 
 /// `ferry monitor`'s events (a ring buffer of [`crate::event::Event`]),
 /// written only while the lease in [`MONITOR`] is live.
@@ -101,6 +109,7 @@ pub const ALL: &[&str] = &[
     CT_FILL,
     POD_FLOWS,
     SOCK_GUARD_V4,
+    SOCK_PORTS,
     EVENTS,
     MONITOR,
     SERVICES_V6,
@@ -126,6 +135,8 @@ pub const SERVICES_V4_MAX: u32 = 262_144;
 pub const BACKENDS_V4_MAX: u32 = 131_072;
 pub const REV_NAT_V4_MAX: u32 = 65_536;
 pub const SOCK_REV_V4_MAX: u32 = 262_144;
+/// [`SOCK_PORTS`]: one bit per port.
+pub const SOCK_PORTS_WORDS: u32 = 65_536 / 64;
 pub const AFFINITY_MAX: u32 = 65_536;
 pub const DEAD_V4_MAX: u32 = 4_096;
 /// The default; the agent sizes the map with `--conntrack-max`.

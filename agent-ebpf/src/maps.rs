@@ -30,6 +30,10 @@ pub static REV_NAT_V4: HashMap<u16, RevNat4> = HashMap::pinned(m::REV_NAT_V4_MAX
 pub static SOCK_REV_V4: LruHashMap<SockRev4Key, SockRev4> =
     LruHashMap::pinned(m::SOCK_REV_V4_MAX, 0);
 
+/// Backend ports with reverse entries (sock_lb.rs), both families.
+#[map(name = "ferry_skport_v1")]
+pub static SOCK_PORTS: Array<u64> = Array::pinned(m::SOCK_PORTS_WORDS, 0);
+
 #[map(name = "ferry_dead4_v1")]
 pub static DEAD_V4: HashMap<Dead4Key, u8> = HashMap::pinned(m::DEAD_V4_MAX, 0);
 

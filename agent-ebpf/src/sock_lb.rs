@@ -11,7 +11,13 @@
 //! egress guard (guard.rs), which sees each packet's source address.
 //!
 //! Reverse path (recvmsg4, getpeername4): rewrite a backend source back to
-//! the service the socket dialled.
+//! the service the socket dialled. The kernel runs getpeername4 on every
+//! accept() that asks for the peer, and recvmsg4 on every datagram a UDP
+//! server reads: nearly all of these sockets were never translated. A
+//! bitmap of the backend ports the forward path has used
+//! (`ferry_skport_v1`, set before each reverse entry is written) lets them
+//! go after one array read, without the socket cookie and the lookup in the
+//! large reverse map (a cache and TLB miss on a busy node).
 //!
 //! IPv6 (connect6, sendmsg6, recvmsg6, getpeername6) runs the same code
 //! over the IPv6 maps (family.rs). A dual-stack socket's IPv4-mapped
@@ -32,7 +38,7 @@ use aya_ebpf::{
 
 use crate::{
     family::{Addr, Family, V4, V6},
-    maps::count,
+    maps::{SOCK_PORTS, count},
     select::{self, Client, Frontend},
 };
 
@@ -237,6 +243,8 @@ fn xlate_fwd<F: Family>(
         return refuse::<F>(ctx, refused, addr, port);
     }
 
+    // Before the entry: a reverse hook that finds the bit unset skips it.
+    mark_port(backend_port);
     let rev_key = F::rev_key(
         unsafe { h::bpf_get_socket_cookie(ctx.as_ptr()) },
         backend_addr,
@@ -380,6 +388,45 @@ fn rev6(ctx: &SockAddrContext, c: Counter) {
     }
 }
 
+/// The word of `ferry_skport_v1` holding `port` (network order) and its bit.
+#[inline(always)]
+fn port_bit(port: u16) -> (u32, u64) {
+    let port = u16::from_be(port) as u32;
+    (port / 64, 1 << (port % 64))
+}
+
+/// Records that a reverse entry for a backend on `port` may exist. The
+/// word is written only the first time (an atomic OR: other CPUs set other
+/// bits of it), so it stays shared in every CPU's cache.
+#[inline(always)]
+fn mark_port(port: u16) {
+    let (word, bit) = port_bit(port);
+    let Some(p) = SOCK_PORTS.get_ptr_mut(word) else {
+        return;
+    };
+    // SAFETY: an 8-byte value of the array; the instruction touches only it.
+    unsafe {
+        if *p & bit == 0 {
+            core::arch::asm!(
+                "lock *(u64 *)({p} + 0) |= {bit}",
+                p = in(reg) p,
+                bit = in(reg) bit,
+            );
+        }
+    }
+}
+
+/// False when no socket was ever translated to a backend on `port`: no
+/// reverse entry can name it.
+#[inline(always)]
+fn port_marked(port: u16) -> bool {
+    let (word, bit) = port_bit(port);
+    // SAFETY: an 8-byte value of the array.
+    SOCK_PORTS
+        .get_ptr(word)
+        .is_some_and(|p| unsafe { *p } & bit != 0)
+}
+
 /// The reverse translation of the backend `addr`:`port` this socket sees:
 /// `write` sets the service it stands for.
 #[inline(always)]
@@ -390,6 +437,9 @@ fn xlate_rev<F: Family>(
     port: u16,
     write: impl FnOnce(Addr<F>, u16),
 ) {
+    if !port_marked(port) {
+        return;
+    }
     let key = F::rev_key(
         unsafe { h::bpf_get_socket_cookie(ctx.as_ptr()) },
         addr,
