@@ -125,6 +125,20 @@ pub const AFFINITY_MAX: u32 = 65_536;
 pub const DEAD_V4_MAX: u32 = 4_096;
 /// The default; the agent sizes the map with `--conntrack-max`.
 pub const CT_V4_MAX: u32 = 262_144;
+/// BPF_F_NO_COMMON_LRU: an LRU with a list of its own on each CPU.
+pub const BPF_F_NO_COMMON_LRU: u32 = 2;
+/// The conntrack maps' flags (`ferry_ct4_v1`, `ferry_ct6_v1`): per-CPU LRU
+/// lists, so a new flow's two inserts take no node-wide lock (the common
+/// LRU's global list lock and the moves between it and the CPUs' lists
+/// were half of a new flow's cost). Both entries of a flow are inserted by
+/// the one program run that makes it, on one CPU; lookups from any CPU
+/// find them (the hash table is shared, only the LRU lists are per CPU).
+/// The price: each possible CPU holds at most `max_entries / CPUs` of them
+/// (the kernel rounds max_entries up to a multiple of the possible CPUs),
+/// so a node whose new flows all arrive on one CPU tracks that share. A
+/// pinned map with other flags (an older agent's, flags 0) is recreated
+/// with these and its entries copied (agent/src/datapath/sizes.rs).
+pub const CT_FLAGS: u32 = BPF_F_NO_COMMON_LRU;
 pub const SRC_RANGE_V4_MAX: u32 = 16_384;
 /// Maglev services the map has room for by default; the agent sizes the map
 /// with `--maglev-max-services` (allocated on use: BPF_F_NO_PREALLOC).
