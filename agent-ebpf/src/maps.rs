@@ -37,20 +37,17 @@ pub static DEAD_V4: HashMap<Dead4Key, u8> = HashMap::pinned(m::DEAD_V4_MAX, 0);
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::pinned(m::AFFINITY_MAX, 0);
 
-/// Per-CPU LRU lists (`m::CT_FLAGS` says why). The other LRU maps keep the
-/// common list, each for its reason:
+/// The LRU maps keep the common LRU list (`m::CT_FLAGS` says why the
+/// conntrack maps do). Per-CPU lists would divide each map among the CPUs,
+/// and a map whose entries are written on one CPU would get only a share:
 /// - `ferry_sk4_v1`/`ferry_sk6_v1` (socket reverse NAT): written at
-///   connect/sendmsg on the application's CPU, not on the TC new-flow
-///   path; an application busy on one CPU would get only its share, and an
-///   evicted entry breaks its unconnected UDP replies (wrong source).
-/// - `ferry_aff_v1` (session affinity): written only for sessionAffinity
-///   Services, refreshed from whichever CPU the client's next flow lands
-///   on (an LRU update moves the entry to the updater's list); an evicted
-///   entry moves the client to another backend, so it keeps the full
-///   capacity.
-/// - `ferry_icmps_v1`/`ferry_icmps6_v1` (REJECT budgets): written only when
-///   rejecting; a flood of sources that all land on one CPU (a single-queue
-///   device) is when the budgets matter, so they keep the whole map.
+///   connect/sendmsg on the application's CPU; an evicted entry breaks its
+///   unconnected UDP replies (wrong source).
+/// - `ferry_aff_v1` (session affinity): refreshed from whichever CPU the
+///   client's next flow lands on (an LRU update moves the entry to the
+///   updater's list); an evicted entry moves the client to another backend.
+/// - `ferry_icmps_v1`/`ferry_icmps6_v1` (REJECT budgets): a flood of
+///   sources that all land on one CPU is when the budgets matter.
 #[map(name = "ferry_ct4_v1")]
 pub static CT_V4: LruHashMap<Ct4Key, Ct4Value> = LruHashMap::pinned(m::CT_V4_MAX, m::CT_FLAGS);
 
@@ -131,8 +128,7 @@ pub static SRC_RANGE_V6: LpmTrie<SrcRange6, u8> = LpmTrie::pinned(m::SRC_RANGE_V
 
 /// North-south IPv6 (agent_common::nat6), read by the TC programs as
 /// their IPv4 namesakes are. The conntrack map is declared as the IPv4 one
-/// (an LRU with per-CPU lists, preallocated; the agent sizes both with
-/// `--conntrack-max`), and
+/// (an LRU, preallocated; the agent sizes both with `--conntrack-max`), and
 /// so is the port unreachable budget of each source (the node-wide budget,
 /// `ferry_icmpg_v1`, is shared by both families). The node addresses are
 /// allocated on use.

@@ -1,8 +1,8 @@
 //! The operator-sized maps (`--conntrack-max`, `--maglev-max-services`) on the two-node lab:
 //! an agent restarted with another size resizes the pinned map and keeps what it held (a live
 //! flow goes on), and refuses, before changing anything, to shrink the Maglev map below the
-//! tables it holds. An older agent's conntrack map (common LRU, flags 0) is recreated with
-//! per-CPU LRU lists the same way, its flows kept.
+//! tables it holds. A conntrack map another version left with other flags (common or per-CPU
+//! LRU lists) is recreated with this version's the same way, its flows kept.
 
 use std::{
     collections::BTreeMap,
@@ -13,7 +13,10 @@ use std::{
     time::Duration,
 };
 
-use agent_common::{Ct4Key, Ct4Value};
+use agent_common::{
+    Ct4Key, Ct4Value,
+    maps::{BPF_F_NO_COMMON_LRU, CT_FLAGS},
+};
 use aya::maps::{HashMap, Map, MapData};
 use ferry_tests::{
     Attempt, Cluster, Endpoint, EndpointSlice, Service, cluster::poll, proc, require_root,
@@ -156,7 +159,15 @@ fn a_restart_with_other_sizes_resizes_the_maps_and_keeps_their_content() {
 }
 
 const CT4: &str = "ferry_ct4_v1";
-const BPF_F_NO_COMMON_LRU: u32 = 2;
+
+/// max_entries as the kernel makes it: a per-CPU LRU's rounded up to a multiple of the CPUs.
+fn kernel_size(asked: u32, flags: u32) -> u32 {
+    if flags & BPF_F_NO_COMMON_LRU == 0 {
+        return asked;
+    }
+    let cpus = aya::util::nr_cpus().expect("possible CPUs").get();
+    asked.div_ceil(cpus) * cpus
+}
 
 fn ct_entries(pin: &Path) -> BTreeMap<Ct4Key, Ct4Value> {
     let map = MapData::from_pin(pin).unwrap_or_else(|e| panic!("{}: {e}", pin.display()));
@@ -184,16 +195,16 @@ fn bpf(cmd: u32, attr: &mut [u64; 16]) -> std::io::Result<i64> {
     }
 }
 
-/// Creates a preallocated LRU hash map with the common LRU list (flags 0: what agents before
-/// the per-CPU lists created) and pins it at `pin`.
-fn pin_common_lru(pin: &Path, key_size: u32, value_size: u32, max_entries: u32) {
+/// Creates a preallocated LRU hash map with `flags` and pins it at `pin`.
+fn pin_lru(pin: &Path, key_size: u32, value_size: u32, max_entries: u32, flags: u32) {
     const BPF_MAP_CREATE: u32 = 0;
     const BPF_OBJ_PIN: u32 = 6;
     const BPF_MAP_TYPE_LRU_HASH: u64 = 9;
     let mut attr = [0u64; 16];
     attr[0] = BPF_MAP_TYPE_LRU_HASH | (u64::from(key_size) << 32);
     attr[1] = u64::from(value_size) | (u64::from(max_entries) << 32);
-    // map_flags (0), inner_map_fd, numa_node, then map_name at byte 28.
+    // map_flags, inner_map_fd, numa_node, then map_name at byte 28.
+    attr[2] = u64::from(flags);
     let name = b"ferry_ct4_v1";
     // SAFETY: the name lies within the 128-byte attr (bytes 28..44).
     unsafe {
@@ -203,7 +214,7 @@ fn pin_common_lru(pin: &Path, key_size: u32, value_size: u32, max_entries: u32) 
             name.len(),
         )
     };
-    let fd = bpf(BPF_MAP_CREATE, &mut attr).expect("BPF_MAP_CREATE (LRU hash, flags 0)");
+    let fd = bpf(BPF_MAP_CREATE, &mut attr).expect("BPF_MAP_CREATE (LRU hash)");
     // SAFETY: a new descriptor the kernel just returned.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     let path = CString::new(pin.as_os_str().as_encoded_bytes()).unwrap();
@@ -215,9 +226,9 @@ fn pin_common_lru(pin: &Path, key_size: u32, value_size: u32, max_entries: u32) 
 
 #[test]
 #[ignore = "kernel test: needs root (cargo xtask test runs it)"]
-fn an_older_agents_common_lru_conntrack_map_is_recreated_per_cpu_with_its_flows() {
+fn a_conntrack_map_of_other_flags_is_recreated_with_its_flows() {
     require_root!();
-    let c = Cluster::new("an_older_agents_common_lru_conntrack_map_is_recreated_per_cpu");
+    let c = Cluster::new("a_conntrack_map_of_other_flags_is_recreated_with_its_flows");
     let ext1 = c.ext("ext1");
     let b1 = c.add_pod_on("node1", "b1");
     let _e1 = c.start_echo(&b1, &[8080], &[5353]);
@@ -233,15 +244,15 @@ fn an_older_agents_common_lru_conntrack_map_is_recreated_per_cpu_with_its_flows(
     );
     // An odd size: the kernel rounds a per-CPU LRU's up to a multiple of the possible CPUs.
     let size = ["--conntrack-max", "4097"];
-    let cpus = aya::util::nr_cpus().expect("possible CPUs").get();
-    let rounded = 4097u32.div_ceil(cpus) * cpus;
+    // The other kind of LRU lists than this version's.
+    let other = CT_FLAGS ^ BPF_F_NO_COMMON_LRU;
     start_node1(&c, &size);
     let pin = c.node("node1").pin_dir.join(CT4);
     let (_, entries, flags) = info(&pin);
     assert_eq!(
-        (entries, flags & BPF_F_NO_COMMON_LRU),
-        (rounded, BPF_F_NO_COMMON_LRU),
-        "a new map has per-CPU LRU lists, its size rounded by the kernel"
+        (entries, flags),
+        (kernel_size(4097, CT_FLAGS), CT_FLAGS),
+        "a new map has this version's flags, its size as the kernel makes it"
     );
     let target = format!("{}:30080", c.node("node1").ip);
     let held = c.spawn_interactive(
@@ -261,16 +272,17 @@ fn an_older_agents_common_lru_conntrack_map_is_recreated_per_cpu_with_its_flows(
     exchange("the first exchange");
     c.stop_agent("node1");
 
-    // What an agent of the previous version leaves: the same flows in a map of flags 0 (and
-    // of the size asked, unrounded) under the conntrack map's pin.
+    // What an agent of another version leaves: the same flows in a map of the other flags
+    // (and of the size the kernel makes of 4097 with them) under the conntrack map's pin.
     let flows = ct_entries(&pin);
     assert!(flows.len() >= 2, "the held flow is tracked: {flows:?}");
     let older = pin.with_file_name("older_ct4");
-    pin_common_lru(
+    pin_lru(
         &older,
         std::mem::size_of::<Ct4Key>() as u32,
         std::mem::size_of::<Ct4Value>() as u32,
         4097,
+        other,
     );
     {
         let map = MapData::from_pin(&older).expect("the older map");
@@ -283,21 +295,23 @@ fn an_older_agents_common_lru_conntrack_map_is_recreated_per_cpu_with_its_flows(
         }
     }
     std::fs::rename(&older, &pin).expect("the older map under the conntrack pin");
-    assert_eq!(info(&pin).2 & BPF_F_NO_COMMON_LRU, 0, "common LRU now");
+    assert_eq!(info(&pin).2, other, "the other flags now");
 
-    // The new agent recreates it with per-CPU lists and copies the flows.
+    // The agent recreates it with its flags and copies the flows.
     start_node1(&c, &size);
     let log = c.agent_log("node1");
     let (id, entries, flags) = info(&pin);
     assert_eq!(
-        (entries, flags & BPF_F_NO_COMMON_LRU),
-        (rounded, BPF_F_NO_COMMON_LRU),
-        "recreated with per-CPU LRU lists\n{log}"
+        (entries, flags),
+        (kernel_size(4097, CT_FLAGS), CT_FLAGS),
+        "recreated with this version's flags\n{log}"
     );
+    let cause = format!("flags {other:#x} (");
     assert!(
         log.lines().any(|l| l.contains(CT4)
             && l.contains("recreated")
-            && l.contains("flags 0x0 (common LRU list) -> 0x2 (per-CPU LRU lists)")),
+            && l.contains(&cause)
+            && l.contains(&format!(") -> {CT_FLAGS:#x} ("))),
         "the log names the map and the cause:\n{log}"
     );
     // No packet of the flow has passed since: what the map holds was copied.

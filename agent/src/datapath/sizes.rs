@@ -1,8 +1,8 @@
 //! The map sizes the agent chooses at load time (`--conntrack-max`,
 //! `--maglev-max-services`), and what becomes of a pinned map of another
 //! shape: another size, or other flags than this agent's object declares
-//! (the conntrack maps' per-CPU LRU lists, `agent_common::maps::CT_FLAGS`,
-//! where an older agent left flags 0).
+//! (the conntrack maps' common or per-CPU LRU lists,
+//! `agent_common::maps::CT_FLAGS`, when another version left the other).
 //!
 //! aya refuses to reuse a pinned map whose size or flags differ from the
 //! ones asked for, so an agent never runs silently with a map it did not
