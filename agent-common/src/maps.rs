@@ -141,6 +141,25 @@ pub const AFFINITY_MAX: u32 = 65_536;
 pub const DEAD_V4_MAX: u32 = 4_096;
 /// The default; the agent sizes the map with `--conntrack-max`.
 pub const CT_V4_MAX: u32 = 262_144;
+/// BPF_F_NO_COMMON_LRU: an LRU with a list of its own on each CPU.
+pub const BPF_F_NO_COMMON_LRU: u32 = 2;
+/// The conntrack maps' flags (`ferry_ct4_v1`, `ferry_ct6_v1`): 0, the
+/// common LRU list (as Cilium's conntrack maps). Per-CPU lists
+/// (BPF_F_NO_COMMON_LRU) were measured and not taken:
+/// - a new flow costs no less with them (BPF_PROG_TEST_RUN, single CPU:
+///   the common LRU pops from a per-CPU cache of free nodes and takes its
+///   global lock once per 128 inserts, so the lock was not the cost);
+/// - each possible CPU then holds only `max_entries / CPUs` entries: a
+///   flood of new flows that lands on one CPU (one RX queue, or the
+///   sender's CPU on veth) fills only that share and evicts from then on,
+///   so the map never looks full to the agent (`ferry_map_fill_ratio`
+///   stayed at 0.50 on 2 CPUs under hostile_packets' SYN flood) and the
+///   node tracks a fraction of the flows it was sized for.
+///
+/// Changing this is safe for running nodes: a pinned map with other flags
+/// is recreated with these and its entries copied (spread over the CPUs
+/// when per-CPU), see agent/src/datapath/sizes.rs.
+pub const CT_FLAGS: u32 = 0;
 pub const SRC_RANGE_V4_MAX: u32 = 16_384;
 /// Maglev services the map has room for by default; the agent sizes the map
 /// with `--maglev-max-services` (allocated on use: BPF_F_NO_PREALLOC).

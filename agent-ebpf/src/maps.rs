@@ -41,8 +41,19 @@ pub static DEAD_V4: HashMap<Dead4Key, u8> = HashMap::pinned(m::DEAD_V4_MAX, 0);
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::pinned(m::AFFINITY_MAX, 0);
 
+/// The LRU maps keep the common LRU list (`m::CT_FLAGS` says why the
+/// conntrack maps do). Per-CPU lists would divide each map among the CPUs,
+/// and a map whose entries are written on one CPU would get only a share:
+/// - `ferry_sk4_v1`/`ferry_sk6_v1` (socket reverse NAT): written at
+///   connect/sendmsg on the application's CPU; an evicted entry breaks its
+///   unconnected UDP replies (wrong source).
+/// - `ferry_aff_v1` (session affinity): refreshed from whichever CPU the
+///   client's next flow lands on (an LRU update moves the entry to the
+///   updater's list); an evicted entry moves the client to another backend.
+/// - `ferry_icmps_v1`/`ferry_icmps6_v1` (REJECT budgets): a flood of
+///   sources that all land on one CPU is when the budgets matter.
 #[map(name = "ferry_ct4_v1")]
-pub static CT_V4: LruHashMap<Ct4Key, Ct4Value> = LruHashMap::pinned(m::CT_V4_MAX, 0);
+pub static CT_V4: LruHashMap<Ct4Key, Ct4Value> = LruHashMap::pinned(m::CT_V4_MAX, m::CT_FLAGS);
 
 #[map(name = "ferry_srcr4_v1")]
 // LpmTrie adds BPF_F_NO_PREALLOC itself (the kernel requires it).
@@ -129,7 +140,7 @@ pub static SRC_RANGE_V6: LpmTrie<SrcRange6, u8> = LpmTrie::pinned(m::SRC_RANGE_V
 /// `ferry_icmpg_v1`, is shared by both families). The node addresses are
 /// allocated on use.
 #[map(name = "ferry_ct6_v1")]
-pub static CT_V6: LruHashMap<Ct6Key, Ct6Value> = LruHashMap::pinned(m::CT_V6_MAX, 0);
+pub static CT_V6: LruHashMap<Ct6Key, Ct6Value> = LruHashMap::pinned(m::CT_V6_MAX, m::CT_FLAGS);
 
 /// The node's IPv6 address on each device (ifindex -> address): the SNAT source.
 #[map(name = "ferry_naddr6_v1")]

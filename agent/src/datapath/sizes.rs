@@ -1,24 +1,31 @@
 //! The map sizes the agent chooses at load time (`--conntrack-max`,
 //! `--maglev-max-services`), and what becomes of a pinned map of another
-//! size.
+//! shape: another size, or other flags than this agent's object declares
+//! (the conntrack maps' common or per-CPU LRU lists,
+//! `agent_common::maps::CT_FLAGS`, when another version left the other).
 //!
-//! aya refuses to reuse a pinned map whose size differs from the one asked
-//! for, so an agent never runs silently with a size it did not ask for.
-//! When the flags ask for another size than the pin has, the map is resized
-//! without losing what it holds, and the log says so:
+//! aya refuses to reuse a pinned map whose size or flags differ from the
+//! ones asked for, so an agent never runs silently with a map it did not
+//! ask for. When they differ, the map is recreated without losing what it
+//! holds, and the log says which map and why:
 //! 1. before loading, the old map's pin is renamed `<name>_resizing`;
-//! 2. the object loads with a new map of the new size under the old name;
+//! 2. the object loads with a new map of the new shape under the old name;
 //! 3. every entry of the old map is copied into the new one (conntrack
 //!    entries oldest first, so that when the map shrinks the most recent
-//!    flows are the ones kept), and the old pin is removed.
+//!    flows are the ones kept; into per-CPU LRU lists spread over the
+//!    CPUs, each of which holds only its share), and the old pin is removed.
 //!
 //! The programs still attached use the old map until the new ones replace
 //! them a moment later; a flow they create meanwhile is made again by its
 //! next packet (on the same backend: see select.rs in agent-ebpf). Maglev
 //! tables are state the agent programmed: shrinking that map below what it
 //! holds is refused before anything changes, naming the size it needs. A
-//! resize cut short (a `_resizing` pin left behind) is finished by the next
-//! start.
+//! recreation cut short (a `_resizing` pin left behind) is finished by the
+//! next start.
+//!
+//! The kernel rounds a per-CPU LRU's max_entries up to a multiple of the
+//! possible CPUs; the comparison rounds the size asked for the same way,
+//! so a restart with the same flags recreates nothing.
 
 use std::{
     collections::BTreeMap,
@@ -28,7 +35,7 @@ use std::{
 
 use agent_common::{Ct4Key, Ct4Value, Ct6Key, Ct6Value, MAGLEV_TABLE_SIZE, maps as names};
 use aya::maps::{HashMap, Map, MapData};
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::sys;
 use crate::{
@@ -68,44 +75,123 @@ impl MapSizes {
             (names::MAGLEV, self.maglev_services * MAGLEV_TABLE_SIZE),
         ]
     }
+
+    /// The shape of each sized map: its max_entries, and the flags the
+    /// object declares where they ever changed (None: not compared).
+    fn shapes(&self) -> [(&'static str, u32, Option<u32>); 3] {
+        self.entries().map(|(name, entries)| {
+            let flags = (name == names::CT_V4 || name == names::CT_V6).then_some(names::CT_FLAGS);
+            (name, entries, flags)
+        })
+    }
 }
 
-/// A map set aside to be copied into its resized successor.
+/// What the kernel makes of max_entries `want` with `flags`: a per-CPU LRU
+/// has the same number on each possible CPU, rounded up (down on u32
+/// overflow), as kernel/bpf/hashtab.c (and aya's reuse check) do.
+pub fn kernel_max_entries(want: u32, flags: u32, possible_cpus: u32) -> u32 {
+    if flags & names::BPF_F_NO_COMMON_LRU == 0 || possible_cpus <= 1 {
+        return want;
+    }
+    let up = want.div_ceil(possible_cpus).checked_mul(possible_cpus);
+    up.unwrap_or(want - want % possible_cpus)
+}
+
+fn possible_cpus() -> Result<u32> {
+    aya::util::nr_cpus()
+        .map(|n| n.get())
+        .map_err(|(path, source)| Error::Io {
+            context: format!("reading {path}"),
+            source,
+        })
+}
+
+/// BPF_F_RDONLY and BPF_F_WRONLY describe a descriptor, not the map.
+const FD_FLAGS: u32 = (1 << 3) | (1 << 4);
+
+/// How a pinned map (`have`: max_entries, flags) differs from what is
+/// asked (`want`), for the log; None when it does not.
+fn difference(have: (u32, u32), want: (u32, Option<u32>)) -> Option<String> {
+    let mut cause = Vec::new();
+    if have.0 != want.0 {
+        cause.push(format!("max_entries {} -> {}", have.0, want.0));
+    }
+    if let Some(flags) = want.1
+        && have.1 & !FD_FLAGS != flags
+    {
+        let lists = |f: u32| {
+            if f & names::BPF_F_NO_COMMON_LRU != 0 {
+                "per-CPU LRU lists"
+            } else {
+                "common LRU list"
+            }
+        };
+        cause.push(format!(
+            "flags {:#x} ({}) -> {flags:#x} ({})",
+            have.1 & !FD_FLAGS,
+            lists(have.1),
+            lists(flags)
+        ));
+    }
+    (!cause.is_empty()).then(|| cause.join(", "))
+}
+
+/// A map set aside to be copied into its successor.
 #[derive(Debug)]
 pub struct Resize {
     name: &'static str,
     old: PathBuf,
+    /// What differed (for the log).
+    cause: String,
 }
 
-/// Before loading: sets aside each pinned map whose size differs from
-/// `sizes`, and finds the ones an interrupted resize left. Nothing is
-/// changed when a Maglev map would shrink below its content.
+/// Before loading: sets aside each pinned map whose shape differs from
+/// `sizes` (and the object's flags), and finds the ones an interrupted
+/// recreation left. Nothing is changed when a Maglev map would shrink
+/// below its content.
 pub fn prepare(pins: &PinDir, sizes: &MapSizes) -> Result<Vec<Resize>> {
     let mut resizes = Vec::new();
-    for (name, want) in sizes.entries() {
+    let mut cpus = None;
+    for (name, asked, flags) in sizes.shapes() {
         let pin = pins.map(name);
         let old = aside(&pin);
         let current = if pin.exists() {
-            Some(max_entries(name, &pin)?)
+            Some(shape(name, &pin)?)
         } else {
             None
         };
+        let want = match flags {
+            Some(f) if f & names::BPF_F_NO_COMMON_LRU != 0 => {
+                let n = match cpus {
+                    Some(n) => n,
+                    None => *cpus.insert(possible_cpus()?),
+                };
+                kernel_max_entries(asked, f, n)
+            }
+            _ => asked,
+        };
+        let differs = current.and_then(|c| difference(c, (want, flags)));
         if old.exists() {
-            if current.is_some_and(|c| c != want) {
+            if let Some(cause) = differs {
                 return Err(Error::Resize {
                     map: name,
                     detail: format!(
-                        "an earlier resize did not finish ({} is still there) and the size changed again: start once with the size of {} ({} entries) to finish it",
+                        "an earlier recreation did not finish ({} is still there) and the map changed again ({cause}): start once with the size of {} ({} entries) to finish it",
                         old.display(),
                         pin.display(),
-                        current.unwrap_or_default()
+                        current.map(|c| c.0).unwrap_or_default()
                     ),
                 });
             }
-            resizes.push(Resize { name, old });
+            info!(map = name, aside = %old.display(), "finishing an interrupted recreation");
+            resizes.push(Resize {
+                name,
+                old,
+                cause: "an interrupted recreation".into(),
+            });
             continue;
         }
-        let Some(have) = current.filter(|&c| c != want) else {
+        let Some(cause) = differs else {
             continue;
         };
         if name == names::MAGLEV {
@@ -123,15 +209,14 @@ pub fn prepare(pins: &PinDir, sizes: &MapSizes) -> Result<Vec<Resize>> {
         }
         warn!(
             map = name,
-            from = have,
-            to = want,
-            "resizing a pinned map: its entries will be copied"
+            %cause,
+            "a pinned map differs from what this agent asks for ({cause}): recreating it, its entries will be copied"
         );
         fs::rename(&pin, &old).map_err(|source| Error::Io {
             context: format!("setting {} aside as {}", pin.display(), old.display()),
             source,
         })?;
-        resizes.push(Resize { name, old });
+        resizes.push(Resize { name, old, cause });
     }
     Ok(resizes)
 }
@@ -155,10 +240,12 @@ pub fn finish(pins: &PinDir, resizes: Vec<Resize>) -> Result<()> {
         })?;
         warn!(
             map = r.name,
+            cause = %r.cause,
             capacity,
             copied,
             lost = copied - kept,
-            "resized: entries copied into the new map"
+            "recreated ({}): entries copied into the new map",
+            r.cause
         );
     }
     Ok(())
@@ -170,9 +257,11 @@ fn aside(pin: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn max_entries(name: &'static str, pin: &Path) -> Result<u32> {
+/// A pinned map's (max_entries, flags).
+fn shape(name: &'static str, pin: &Path) -> Result<(u32, u32)> {
     let map = MapData::from_pin(pin).map_err(|e| Error::map(name, e))?;
-    Ok(map.info().map_err(|e| Error::map(name, e))?.max_entries())
+    let info = map.info().map_err(|e| Error::map(name, e))?;
+    Ok((info.max_entries(), info.map_flags()))
 }
 
 fn entries_in(name: &'static str, pin: &Path) -> Result<usize> {
@@ -197,12 +286,19 @@ fn copy_conntrack<K: aya::Pod, V: aya::Pod>(
 ) -> Result<(usize, usize, u32)> {
     let mut all: Vec<(K, V)> = read(name, old)?;
     all.sort_by_key(|(_, v)| last_seen(v));
-    let capacity = new.info().map_err(|e| Error::map(name, e))?.max_entries();
+    let info = new.info().map_err(|e| Error::map(name, e))?;
+    let (capacity, per_cpu) = (
+        info.max_entries(),
+        info.map_flags() & names::BPF_F_NO_COMMON_LRU != 0,
+    );
     let mut map: HashMap<MapData, K, V> = Map::from_map_data(new)
         .and_then(HashMap::try_from)
         .map_err(|e| Error::map(name, e))?;
-    for (k, v) in &all {
-        map.insert(k, v, 0).map_err(|e| Error::map(name, e))?;
+    let mut insert = |(k, v): &(K, V)| map.insert(k, v, 0).map_err(|e| Error::map(name, e));
+    if per_cpu {
+        cpus::spread(&all, insert)?;
+    } else {
+        all.iter().try_for_each(&mut insert)?;
     }
     let kept = map.keys().filter_map(Result::ok).count();
     Ok((all.len(), kept, capacity))
@@ -222,4 +318,117 @@ fn copy_all<K: aya::Pod + Ord, V: aya::Pod>(
         map.insert(k, v, 0).map_err(|e| Error::map(name, e))?;
     }
     Ok((all.len(), all.len(), capacity))
+}
+
+/// Inserting into a per-CPU LRU: an insert takes a free node of the CPU it
+/// runs on, and evicts from that CPU's list once its share is used, so a
+/// copy made from one CPU would keep only that share of the entries.
+mod cpus {
+    use std::{io, mem};
+
+    use tracing::warn;
+
+    use crate::error::Result;
+
+    /// Inserts `items` from each CPU this thread may run on in turn, item
+    /// `i` from the `i % n`-th (in order: oldest first stays oldest first
+    /// on each CPU), then gives the thread back its CPUs. Where the thread
+    /// cannot be moved, it inserts from wherever it runs (the caller counts
+    /// what the map holds afterwards).
+    pub fn spread<T>(items: &[T], mut insert: impl FnMut(&T) -> Result<()>) -> Result<()> {
+        let Ok(saved) = affinity() else {
+            return items.iter().try_for_each(insert);
+        };
+        let allowed: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: within the set's size.
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &saved) })
+            .collect();
+        let n = allowed.len().max(1);
+        let mut result = Ok(());
+        for (i, &cpu) in allowed.iter().enumerate() {
+            if let Err(e) = run_on(cpu) {
+                warn!(cpu, error = %e, "could not move to a CPU to copy its share of a per-CPU LRU map");
+            }
+            result = items.iter().skip(i).step_by(n).try_for_each(&mut insert);
+            if result.is_err() {
+                break;
+            }
+        }
+        if let Err(e) = set_affinity(&saved) {
+            warn!(error = %e, "could not restore this thread's CPUs after a copy");
+        }
+        result
+    }
+
+    fn affinity() -> io::Result<libc::cpu_set_t> {
+        // SAFETY: a zeroed cpu_set_t is an empty set; the kernel fills it.
+        let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
+        // SAFETY: pid 0 is this thread; the size is the set's.
+        let rc = unsafe { libc::sched_getaffinity(0, mem::size_of_val(&set), &mut set) };
+        if rc == 0 {
+            Ok(set)
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    fn run_on(cpu: usize) -> io::Result<()> {
+        // SAFETY: as in `affinity`; CPU_SET on an index below CPU_SETSIZE.
+        let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+        // The kernel moves this thread before the call returns.
+        set_affinity(&set)
+    }
+
+    fn set_affinity(set: &libc::cpu_set_t) -> io::Result<()> {
+        // SAFETY: pid 0 is this thread; the size is the set's.
+        let rc = unsafe { libc::sched_setaffinity(0, mem::size_of_val(set), set) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PERCPU: u32 = names::BPF_F_NO_COMMON_LRU;
+
+    #[test]
+    fn per_cpu_lru_capacity_is_rounded_as_the_kernel_does() {
+        assert_eq!(kernel_max_entries(4096, PERCPU, 2), 4096);
+        assert_eq!(kernel_max_entries(4097, PERCPU, 2), 4098);
+        assert_eq!(kernel_max_entries(5, PERCPU, 3), 6);
+        assert_eq!(kernel_max_entries(1, PERCPU, 64), 64);
+        // Rounded down where rounding up overflows.
+        assert_eq!(kernel_max_entries(u32::MAX, PERCPU, 4), u32::MAX - 3);
+        // Common LRU and one CPU: as asked.
+        assert_eq!(kernel_max_entries(4097, 0, 2), 4097);
+        assert_eq!(kernel_max_entries(4097, PERCPU, 1), 4097);
+    }
+
+    #[test]
+    fn the_difference_names_size_and_flags() {
+        assert_eq!(difference((4096, PERCPU), (4096, Some(PERCPU))), None);
+        // A read-only descriptor's flags are not the map's.
+        assert_eq!(
+            difference((4096, PERCPU | FD_FLAGS), (4096, Some(PERCPU))),
+            None
+        );
+        // Flags not compared (Maglev).
+        assert_eq!(difference((10, 1), (10, None)), None);
+        assert_eq!(
+            difference((4096, 0), (4096, Some(PERCPU))).as_deref(),
+            Some("flags 0x0 (common LRU list) -> 0x2 (per-CPU LRU lists)")
+        );
+        assert_eq!(
+            difference((4096, 0), (8192, Some(PERCPU))).as_deref(),
+            Some(
+                "max_entries 4096 -> 8192, flags 0x0 (common LRU list) -> 0x2 (per-CPU LRU lists)"
+            )
+        );
+    }
 }
