@@ -226,4 +226,35 @@ fn getpeername_skips_the_lookup_on_ports_no_backend_uses() {
         format!("{}:9090", b1.ip),
         "a socket to a port no backend uses skips the reverse lookup"
     );
+
+    // An upgrade from a version without the bitmap: a socket its hooks translated (here, its
+    // entry planted on 9090) must keep its ClusterIP once the new hooks skip unmarked ports.
+    let ip = b1.ip.to_string();
+    let p = lab.spawn_interactive(&client, "python3", &["-c", PEER_CLIENT, &ip, "9090"]);
+    let cookie: u64 = p
+        .next_line(std::time::Duration::from_secs(10))
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the client's cookie: {}", lab.logs_of("client")));
+    plant_rev_entry(&lab, cookie, b1.ip, 9090, id);
+    lab.stop_agent();
+    let pin = lab.pin_dir().join(agent_common::maps::SOCK_PORTS);
+    std::fs::remove_file(&pin).unwrap_or_else(|e| panic!("removing {}: {e}", pin.display()));
+    start_agent(&lab);
+    assert!(
+        port_marked(&lab, 9090) && port_marked(&lab, 8080),
+        "the new bitmap holds the ports of the reverse entries it found"
+    );
+    p.send_line("go").expect("waking the client");
+    let peer = p
+        .next_line(std::time::Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("the client's peer: {}", lab.logs_of("client")));
+    assert_eq!(
+        peer, vip,
+        "a socket translated before the upgrade keeps its ClusterIP"
+    );
+    assert!(
+        lab.agent_log()
+            .contains("backend ports of the sockets translated before this version"),
+        "the agent says it set them"
+    );
 }

@@ -34,7 +34,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    paths::{self, PinDir},
+    paths::{self, PinDir, map_names},
 };
 
 /// The object agent-ebpf compiled to, embedded at build time (agent/build.rs).
@@ -88,6 +88,7 @@ impl Loaded {
         super::pin_dir::prepare(&opts.pin_dir)?;
         let pins = PinDir::new(&opts.pin_dir);
         let resizes = sizes::prepare(&pins, &opts.sizes)?;
+        let sock_ports_new = !pins.map(map_names::SOCK_PORTS).exists();
         // The kernel's BTF, parsed once for the three that read it (the
         // kfunc patch, the loader's relocations, the iterator): it is the
         // largest thing the agent ever holds, for a moment.
@@ -105,6 +106,16 @@ impl Loaded {
             .load(object.bytes())
             .map_err(|e| Error::Load(Box::new(e)))?;
         sizes::finish(&pins, resizes)?;
+        if sock_ports_new {
+            // Before the hooks attach: they skip a port with no bit.
+            let ports = super::sock_ports::seed(&mut ebpf)?;
+            if ports > 0 {
+                info!(
+                    map = map_names::SOCK_PORTS,
+                    ports, "backend ports of the sockets translated before this version set"
+                );
+            }
+        }
         start_kernel_logs(&mut ebpf);
         // North-south programs: loaded now (the verifier speaks at start),
         // attached once the node's devices are known.

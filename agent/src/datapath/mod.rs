@@ -25,6 +25,7 @@ pub mod service_table;
 pub mod sizes;
 pub mod snapshot;
 pub mod sock_gc;
+pub mod sock_ports;
 pub mod sys;
 pub mod tc;
 pub mod trace;
