@@ -215,17 +215,31 @@ fn combine(all: Vec<Results>) -> Results {
     out.xdp_baseline_ns = over(&|r| r.xdp_baseline_ns);
     out.pass_repeat_ns = over(&|r| r.pass_repeat_ns);
     for (i, p) in out.paths.iter_mut().enumerate() {
+        // The rounds with a chunk at normal speed for this path (a round slowed throughout
+        // has its slowed figure only: left out, unless every round was).
+        let some_normal = all
+            .iter()
+            .filter_map(|r| r.paths.get(i))
+            .any(|c| c.slowed_chunks < c.chunks);
         let path = |f: fn(&PathCost) -> f64| -> Vec<f64> {
-            all.iter().filter_map(|r| r.paths.get(i)).map(f).collect()
+            all.iter()
+                .filter_map(|r| r.paths.get(i))
+                .filter(|c| !some_normal || c.slowed_chunks < c.chunks)
+                .map(f)
+                .collect()
         };
-        let medians = path(|c| c.median_ns);
-        let lo = medians.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = medians.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        p.median_ns = median(medians);
+        let every = all
+            .iter()
+            .filter_map(|r| r.paths.get(i))
+            .map(|c| c.median_ns)
+            .collect::<Vec<_>>();
+        let lo = every.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = every.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        p.median_ns = median(path(|c| c.median_ns));
         p.p99_ns = median(path(|c| c.p99_ns));
         p.raw_median_ns = median(path(|c| c.raw_median_ns));
         p.round_range_ns = Some((lo, hi));
-        p.rounds_ns = path(|c| c.median_ns);
+        p.rounds_ns = every;
         p.empty_ns = median(path(|c| c.empty_ns));
         p.chunks = all
             .iter()
@@ -849,6 +863,55 @@ fn empty_program(prog_type: u32, ret: i32) -> Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn round(hit: f64, chunks: usize, slowed_chunks: usize) -> Results {
+        Results {
+            samples: 1,
+            rounds: 1,
+            baseline_ns: 48.0,
+            paths: vec![PathCost {
+                path: "hit".into(),
+                program: TC_IN.into(),
+                median_ns: hit,
+                p99_ns: hit,
+                raw_median_ns: hit + 48.0,
+                verdict: 0,
+                round_range_ns: None,
+                rounds_ns: Vec::new(),
+                chunks,
+                slowed_chunks,
+                slowed_ns: (slowed_chunks > 0).then_some(130.0),
+                empty_ns: 48.0,
+            }],
+            pass_repeat: 1,
+            pass_repeat_ns: 0.0,
+            sizes: Vec::new(),
+            xdp_baseline_ns: f64::NAN,
+        }
+    }
+
+    #[test]
+    fn a_round_slowed_throughout_is_left_out_of_the_figure_but_not_the_range() {
+        let all = vec![
+            round(63.0, 100, 3),
+            round(132.0, 100, 100),
+            round(62.0, 100, 0),
+            round(68.0, 100, 10),
+        ];
+        let c = combine(all);
+        let p = &c.paths[0];
+        assert_eq!(p.median_ns, 63.0);
+        assert_eq!(p.round_range_ns, Some((62.0, 132.0)));
+        assert_eq!(p.rounds_ns, vec![63.0, 132.0, 62.0, 68.0]);
+        assert_eq!((p.chunks, p.slowed_chunks), (400, 113));
+        // Every round slowed: the slowed figure is all there is.
+        let c = combine(vec![
+            round(130.0, 10, 10),
+            round(140.0, 10, 10),
+            round(120.0, 10, 10),
+        ]);
+        assert_eq!(c.paths[0].median_ns, 130.0);
+    }
 
     #[test]
     fn modes_split_at_the_widest_gap_of_at_least_the_threshold() {

@@ -533,8 +533,9 @@ fn markdown(r: &Report, plots: &Plots) -> String {
                 if pc.rounds > 1 {
                     format!(
                         "{} rounds, each on the programs and maps loaded afresh: every figure is \
-                         the median of the rounds' figures, with their range in brackets (and the \
-                         rounds' two modes, if they still fall in two).",
+                         the median of the rounds' figures (of those with a chunk at normal speed), \
+                         with the range of all rounds' figures in brackets (and their two modes, \
+                         if they fall in two).",
                         pc.rounds
                     )
                 } else {
