@@ -23,6 +23,11 @@ pub static SERVICES_V4: HashMap<Svc4Key, SvcValue> = HashMap::pinned(m::SERVICES
 #[map(name = "ferry_be4_v1")]
 pub static BACKENDS_V4: HashMap<u32, Backend4> = HashMap::pinned(m::BACKENDS_V4_MAX, 0);
 
+/// [`BACKENDS_V4`] as an array by id (agent_common::maps::BACKEND_LIVE_V4):
+/// the conntrack hit path's liveness check, inlined by the verifier.
+#[map(name = "ferry_bel4_v1")]
+pub static BACKEND_LIVE_V4: Array<Backend4> = Array::pinned(m::BACKEND_LIVE_V4_MAX, 0);
+
 #[map(name = "ferry_rnat4_v1")]
 pub static REV_NAT_V4: HashMap<u16, RevNat4> = HashMap::pinned(m::REV_NAT_V4_MAX, 0);
 

@@ -324,11 +324,11 @@ fn rewrite_as<F: Ns>(
     )
 }
 
-/// The flow's backend still exists with the address it was given.
+/// The flow's backend still exists with the address it was given (IPv4:
+/// an array lookup the verifier inlines, see [`Frontend::backend_is`]).
 #[inline(always)]
 pub(crate) fn backend_still_there<F: Ns>(v: &CtVal<F>) -> bool {
-    matches!(<F::Key as Frontend>::backend(v.backend_id()),
-        Some(b) if F::Key::backend_dest(&b) == (v.nat_daddr(), v.nat_dport()))
+    <F::Key as Frontend>::backend_is(v.backend_id(), (v.nat_daddr(), v.nat_dport()))
 }
 
 #[inline(always)]

@@ -18,7 +18,9 @@ use agent_common::{
 };
 use aya_ebpf::helpers::generated as h;
 
-use crate::maps::{AFFINITY, BACKENDS_V4, BACKENDS_V6, MAGLEV, SERVICES_V4, SERVICES_V6, count};
+use crate::maps::{
+    AFFINITY, BACKEND_LIVE_V4, BACKENDS_V4, BACKENDS_V6, MAGLEV, SERVICES_V4, SERVICES_V6, count,
+};
 
 /// Frontend kinds that are exposed on the node's devices (the north-south
 /// programs). ClusterIPs are served at the socket layer, and there only
@@ -50,6 +52,11 @@ pub trait Frontend: Copy {
     fn lookup(&self) -> Option<SvcValue>;
     /// The backend `id` of the family's backend map.
     fn backend(id: u32) -> Option<Self::Backend>;
+    /// Whether backend `id` still has the address and port `dest` (a
+    /// tracked flow's check, on every packet): IPv4 reads the array mirror
+    /// of its backend map, which the verifier inlines; IPv6 its hash map
+    /// (allocated on use: an array would cost every IPv4-only node 3 MiB).
+    fn backend_is(id: u32, dest: (Self::Addr, u16)) -> bool;
     /// A backend's address and port (network order).
     fn backend_dest(b: &Self::Backend) -> (Self::Addr, u16);
     /// A backend's [`agent_common::backend_flags`].
@@ -57,7 +64,7 @@ pub trait Frontend: Copy {
 }
 
 macro_rules! frontend {
-    ($key:ty, $addr:ty, $backend:ty, $services:ident, $backends:ident) => {
+    ($key:ty, $addr:ty, $backend:ty, $services:ident, $backends:ident, $live:expr) => {
         impl Frontend for $key {
             type Addr = $addr;
             type Backend = $backend;
@@ -91,6 +98,12 @@ macro_rules! frontend {
             }
 
             #[inline(always)]
+            fn backend_is(id: u32, dest: ($addr, u16)) -> bool {
+                let b: Option<$backend> = ($live)(id);
+                matches!(b, Some(b) if (b.addr, b.port) == dest)
+            }
+
+            #[inline(always)]
             fn backend_dest(b: &$backend) -> ($addr, u16) {
                 (b.addr, b.port)
             }
@@ -103,8 +116,23 @@ macro_rules! frontend {
     };
 }
 
-frontend!(Svc4Key, u32, Backend4, SERVICES_V4, BACKENDS_V4);
-frontend!(Svc6Key, Ip6, Backend6, SERVICES_V6, BACKENDS_V6);
+// A free id's array slot is all zeroes: no flow's backend is 0.0.0.0:0.
+frontend!(
+    Svc4Key,
+    u32,
+    Backend4,
+    SERVICES_V4,
+    BACKENDS_V4,
+    |id: u32| { BACKEND_LIVE_V4.get(id).copied() }
+);
+frontend!(
+    Svc6Key,
+    Ip6,
+    Backend6,
+    SERVICES_V6,
+    BACKENDS_V6,
+    |id: u32| { BACKENDS_V6.get_ptr(&id).map(|p| unsafe { *p }) }
+);
 
 /// The service map entry of `key`, in its family's map.
 #[inline(always)]

@@ -3,8 +3,8 @@
 //! does for tests of the diff and the control loop (which writes happen, in
 //! which order, and what the maps end up holding).
 
-use agent_common::{AffinityKey, AffinityValue, SvcValue, maps as names};
-use aya::maps::{HashMap, IterableMap as _, MapData, MapError};
+use agent_common::{AffinityKey, AffinityValue, Backend4, SvcValue, maps as names};
+use aya::maps::{Array, HashMap, IterableMap as _, MapData, MapError};
 
 use super::{
     Maps,
@@ -72,6 +72,16 @@ fn put<K: aya::Pod, V: aya::Pod>(
     map.insert(k, v, 0).map_err(|e| Error::map(name, e))
 }
 
+/// Writes backend `id` of the IPv4 backend array (all zeroes: none).
+fn set_live(live: &mut Option<Array<MapData, Backend4>>, id: u32, v: &Backend4) -> Result<()> {
+    match live {
+        Some(a) => a
+            .set(id, v, 0)
+            .map_err(|e| Error::map(names::BACKEND_LIVE_V4, e)),
+        None => Ok(()),
+    }
+}
+
 impl LbMaps for Maps {
     fn services(&self) -> Vec<(SvcKey, SvcValue)> {
         let v4 = all(&self.services)
@@ -117,7 +127,10 @@ impl LbMaps for Maps {
     }
     fn put_backend(&mut self, id: u32, v: BackendValue) -> Result<()> {
         match v {
-            BackendValue::V4(v) => put(names::BACKENDS_V4, &mut self.backends, &id, &v),
+            BackendValue::V4(v) => {
+                put(names::BACKENDS_V4, &mut self.backends, &id, &v)?;
+                set_live(&mut self.backend_live, id, &v)
+            }
             BackendValue::V6(v) => put(names::BACKENDS_V6, &mut self.backends6, &id, &v),
         }
     }
@@ -125,6 +138,9 @@ impl LbMaps for Maps {
         if family == Family::V6 {
             deleted(names::BACKENDS_V6, self.backends6.remove(&id))
         } else {
+            // The array first: a tracked flow stops going to the backend
+            // at once.
+            set_live(&mut self.backend_live, id, &Backend4::default())?;
             deleted(names::BACKENDS_V4, self.backends.remove(&id))
         }
     }

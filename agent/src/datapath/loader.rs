@@ -157,7 +157,9 @@ impl Loaded {
         }
         let sock_gc = super::sock_gc::SockGc::load(&mut ebpf, &object.kfunc, btf.as_ref());
         drop(btf);
-        let maps = Maps::take(&mut ebpf)?;
+        let mut maps = Maps::take(&mut ebpf)?;
+        // Before any TC program of this agent is attached (owner.rs).
+        maps.fill_backend_live()?;
         Ok((
             Loaded {
                 ebpf,

@@ -21,6 +21,11 @@ use crate::{
 pub struct Maps {
     pub services: HashMap<MapData, Svc4Key, SvcValue>,
     pub backends: HashMap<MapData, u32, Backend4>,
+    /// `backends` as an array by id, for the conntrack hit path's check
+    /// (agent_common::maps::BACKEND_LIVE_V4); written with it. None when
+    /// opened read-only (readers do not need it; an older agent's pins
+    /// lack it).
+    pub backend_live: Option<Array<MapData, Backend4>>,
     pub rev_nat: HashMap<MapData, u16, RevNat4>,
     pub sock_rev: HashMap<MapData, SockRev4Key, SockRev4>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
@@ -57,6 +62,10 @@ impl Maps {
         Ok(Self {
             services: typed(names::SERVICES_V4, take(names::SERVICES_V4)?)?,
             backends: typed(names::BACKENDS_V4, take(names::BACKENDS_V4)?)?,
+            backend_live: Some(typed(
+                names::BACKEND_LIVE_V4,
+                take(names::BACKEND_LIVE_V4)?,
+            )?),
             rev_nat: typed(names::REV_NAT_V4, take(names::REV_NAT_V4)?)?,
             sock_rev: typed(names::SOCK_REV_V4, take(names::SOCK_REV_V4)?)?,
             affinity: typed(names::AFFINITY, take(names::AFFINITY)?)?,
@@ -79,6 +88,14 @@ impl Maps {
         })
     }
 
+    /// Fills the IPv4 backend array from the backend map ([`super::backend_live`]).
+    pub fn fill_backend_live(&mut self) -> Result<()> {
+        match &mut self.backend_live {
+            Some(live) => super::backend_live::fill(live, &self.backends),
+            None => Ok(()),
+        }
+    }
+
     /// Opens the pinned maps of a running (or stopped) agent, read-only: the
     /// descriptors come from BPF_OBJ_GET with BPF_F_RDONLY, so the kernel
     /// refuses every update through them (EPERM), and read access to the pins
@@ -96,6 +113,7 @@ impl Maps {
         Ok(Self {
             services: typed(names::SERVICES_V4, open(names::SERVICES_V4)?)?,
             backends: typed(names::BACKENDS_V4, open(names::BACKENDS_V4)?)?,
+            backend_live: None,
             rev_nat: typed(names::REV_NAT_V4, open(names::REV_NAT_V4)?)?,
             sock_rev: typed(names::SOCK_REV_V4, open(names::SOCK_REV_V4)?)?,
             affinity: typed(names::AFFINITY, open(names::AFFINITY)?)?,

@@ -4,6 +4,7 @@
 //! [`programmer`]); [`codec`] is the only code that builds or reads map keys
 //! and values.
 
+pub mod backend_live;
 pub mod codec;
 pub mod ct_gc;
 pub mod events;

@@ -511,18 +511,31 @@ fn markdown(r: &Report, plots: &Plots) -> String {
                 "ferry's TC programs on hand-built frames of a LoadBalancer flow (one local backend), \
                  {} runs per path. `repeat` stays 1: with a larger count the kernel reruns the program \
                  on the *same* skb, which the first run has already translated, so every later run \
-                 would measure the pass-through path. Each figure is the median (and p99) of the \
-                 kernel's per-run `duration`, minus the median of an empty classifier timed the same \
-                 way ({} ns: the test-run timer itself).{}\n\n\
-                 | path | program | ns per packet (median) | p99 | raw median |\n|---|---|---:|---:|---:|",
+                 would measure the pass-through path. Each run is followed by a run of an empty \
+                 classifier on the same frame; each figure is the median (and p99) of the kernel's \
+                 per-run `duration` minus the empty program's median over the same runs ({} ns: the \
+                 test-run timer itself).\n\n\
+                 **At the VM's normal speed.** This VM (a Firecracker guest) runs slowed for \
+                 stretches of seconds: everything at once, the empty program too (48 -> 75 ns, the \
+                 paths 1.6-1.7 x), between one chunk of runs and the next within one load of the \
+                 programs, whatever the program's JIT address or the conntrack element (measured: \
+                 hit 120 -> 202 ns raw in the same chunks). A figure taken then, minus a baseline \
+                 taken at normal speed, was the 'slow mode' of earlier reports (hit 146-180 ns). So \
+                 the runs are cut in chunks of {} pairs, a chunk whose empty program's median is \
+                 more than {} x the round's lowest is *slowed* and left out, and the figures are \
+                 over the others; the slowed chunks' figure and count are given beside them \
+                 (*slowed*). {}\n\n\
+                 | path | program | ns per packet (median, normal speed) | p99 | raw median | slowed |\n|---|---|---:|---:|---:|---|",
                 count(pc.samples),
                 num(pc.baseline_ns),
+                super::progcost::CHUNK,
+                super::progcost::SLOWED,
                 if pc.rounds > 1 {
                     format!(
-                        " {} rounds, each on the programs and maps loaded afresh: one load's \
-                         figures fall in one of two modes about 100 ns apart on this VM, so every \
-                         figure is the median of the rounds' figures, with the range of the \
-                         rounds' medians in brackets.",
+                        "{} rounds, each on the programs and maps loaded afresh: every figure is \
+                         the median of the rounds' figures (of those with a chunk at normal speed), \
+                         with the range of all rounds' figures in brackets (and their two modes, \
+                         if they fall in two).",
                         pc.rounds
                     )
                 } else {
@@ -533,9 +546,30 @@ fn markdown(r: &Report, plots: &Plots) -> String {
                 let range = p.round_range_ns.map_or(String::new(), |(lo, hi)| {
                     format!(" ({}–{})", num(lo), num(hi))
                 });
+                let range = match super::progcost::modes(&p.rounds_ns) {
+                    Some(m) => format!(
+                        "{range}; modes {} ({} of {} loads), {} ({})",
+                        num(m.low_ns),
+                        m.low,
+                        m.low + m.high,
+                        num(m.high_ns),
+                        m.high
+                    ),
+                    None => range,
+                };
+                let slowed = match p.slowed_ns {
+                    Some(ns) if p.chunks > 0 => format!(
+                        "{} ns in {} of {} chunks",
+                        num(ns),
+                        p.slowed_chunks,
+                        p.chunks
+                    ),
+                    _ if p.chunks > 0 => format!("none of {} chunks", p.chunks),
+                    _ => "–".into(),
+                };
                 let _ = writeln!(
                     md,
-                    "| {} | `{}` | {}{range} | {} | {} |",
+                    "| {} | `{}` | {}{range} | {} | {} | {slowed} |",
                     p.path,
                     p.program,
                     num(p.median_ns),
@@ -893,7 +927,7 @@ fn targets(md: &mut String, r: &Report) {
                 .find(|c| c.path.starts_with(prefix) && c.program == program)
         }) {
             Some(c) => format!(
-                "{} ns (median) | {}",
+                "{} ns (median at the VM's normal speed: §3) | {}",
                 num(c.median_ns),
                 verdict(
                     c.median_ns <= goal,

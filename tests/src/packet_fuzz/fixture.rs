@@ -183,6 +183,9 @@ impl Fixture {
             };
             self.hash::<u32, Backend4>(m::BACKENDS_V4)?
                 .insert(&id, &b, 0)?;
+            // The backend array the agent writes with it (the hit path's check).
+            Array::<&mut MapData, Backend4>::try_from(self.map(m::BACKEND_LIVE_V4)?)?
+                .set(id, &b, 0)?;
             self.backends.push(Endpoint { ip, port, proto });
         }
         use svc_flags as sf;

@@ -232,6 +232,7 @@ impl Fixture {
                     flags,
                     _pad: [0; 3],
                 };
+                self.live4(id, &b);
                 self.hash::<u32, Backend4>(m::BACKENDS_V4)
                     .insert(&id, &b, 0)
             }
@@ -251,9 +252,20 @@ impl Fixture {
         .unwrap();
     }
 
+    /// The IPv4 backend array's slot `id`, as the agent writes it with the backend map
+    /// (all zeroes: no backend).
+    fn live4(&mut self, id: u32, b: &Backend4) {
+        let mut a: Array<&mut MapData, Backend4> =
+            Array::try_from(self.map(m::BACKEND_LIVE_V4)).unwrap();
+        a.set(id, b, 0).unwrap();
+    }
+
     pub fn remove_backend(&mut self, family: Family, id: u32) {
         match family {
-            Family::V4 => self.hash::<u32, Backend4>(m::BACKENDS_V4).remove(&id),
+            Family::V4 => {
+                self.live4(id, &Backend4::default());
+                self.hash::<u32, Backend4>(m::BACKENDS_V4).remove(&id)
+            }
             Family::V6 => self.hash::<u32, Backend6>(m::BACKENDS_V6).remove(&id),
         }
         .unwrap();
