@@ -341,3 +341,78 @@ fn a_conntrack_map_of_other_flags_is_recreated_with_its_flows() {
         .expect("stdin of the held client");
     exchange("after a plain restart");
 }
+
+/// An agent of before the backend array (`ferry_bel4_v1`, the conntrack hit path's check
+/// that a flow's backend is still there) left none: the new agent fills it from the backend
+/// map before its programs attach, so a held connection's next packets find their backend
+/// (not "gone": no flow is lost and chosen again).
+#[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
+fn the_backend_array_is_filled_from_the_backend_map_at_start() {
+    require_root!();
+    let c = Cluster::new("the_backend_array_is_filled_from_the_backend_map_at_start");
+    let ext1 = c.ext("ext1");
+    let b1 = c.add_pod_on("node1", "b1");
+    let _e1 = c.start_echo(&b1, &[8080], &[5353]);
+    c.manifests().apply(
+        &Service::node_port_service("s", "10.96.0.10")
+            .port_to("http", 80, "TCP", 8080u16)
+            .node_port(30080),
+    );
+    c.manifests().apply(
+        &EndpointSlice::new("s-1", "s")
+            .port("http", 8080, "TCP")
+            .endpoint(Endpoint::ready(b1.ip).node("node1")),
+    );
+    start_node1(&c, &[]);
+    let target = format!("{}:30080", c.node("node1").ip);
+    let held = c.spawn_interactive(
+        &ext1,
+        proc::lab_binary("lab-client"),
+        &["tcp", &target, "--hold", "--timeout-ms", "3000"],
+    );
+    let exchange = |what: &str| {
+        let line = held.next_line(Duration::from_secs(5));
+        let a = line.as_deref().and_then(Attempt::parse);
+        assert!(
+            a.as_ref().is_some_and(|a| a.ok),
+            "{what}: {line:?}\n{}",
+            c.dump()
+        );
+    };
+    exchange("the first exchange");
+    c.stop_agent("node1");
+    let pins = &c.node("node1").pin_dir;
+    let live = pins.join(agent_common::maps::BACKEND_LIVE_V4);
+    std::fs::remove_file(&live).expect("removing the array's pin, as before it existed");
+    let lost = |c: &Cluster| {
+        c.stats("node1")["counters"]["ns_ct_lost_flow"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+
+    start_node1(&c, &[]);
+    let backends: BTreeMap<u32, agent_common::Backend4> = {
+        let map = MapData::from_pin(pins.join(agent_common::maps::BACKENDS_V4)).unwrap();
+        let h: HashMap<MapData, u32, agent_common::Backend4> =
+            Map::from_map_data(map).and_then(HashMap::try_from).unwrap();
+        h.iter().map(Result::unwrap).collect()
+    };
+    assert!(!backends.is_empty(), "the backend map holds b1");
+    let map = MapData::from_pin(&live).expect("the array, pinned again");
+    let array: aya::maps::Array<MapData, agent_common::Backend4> = Map::from_map_data(map)
+        .and_then(aya::maps::Array::try_from)
+        .unwrap();
+    for (id, b) in &backends {
+        assert_eq!(
+            array.get(id, 0).ok().as_ref(),
+            Some(b),
+            "backend {id} in the array as in the backend map"
+        );
+    }
+    let before = lost(&c);
+    held.send_line("after the upgrade")
+        .expect("stdin of the held client");
+    exchange("after the upgrade");
+    assert_eq!(lost(&c), before, "no tracked packet found its backend gone");
+}
