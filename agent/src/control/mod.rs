@@ -232,7 +232,14 @@ impl Controller {
                 let t = self.tracker.translate(&name, &self.cfg);
                 let created = self.tracker.service(&name).and_then(|s| s.created);
                 for change in self.claims.set_service(&name, created, &t.groups) {
-                    for other in [change.old, change.new].into_iter().flatten() {
+                    // The old and new owners, and every other claimant:
+                    // its report names the owner.
+                    let others: Vec<ServiceName> = [change.old, change.new]
+                        .into_iter()
+                        .flatten()
+                        .chain(self.claims.claimants(&change.addr).cloned())
+                        .collect();
+                    for other in others {
                         if other != name && !translated.contains_key(&other) {
                             self.tracker.mark_dirty(other);
                         }

@@ -131,6 +131,16 @@ impl Claims {
             .collect()
     }
 
+    /// Every Service claiming `addr`, the owner first: when the owner
+    /// changes, each one's conflict report names another owner.
+    pub fn claimants(&self, addr: &AddrKey) -> impl Iterator<Item = &ServiceName> {
+        self.by_addr
+            .get(addr)
+            .into_iter()
+            .flatten()
+            .map(|c| &c.service)
+    }
+
     pub fn owner(&self, addr: &AddrKey) -> Option<&Claim> {
         self.by_addr.get(addr).and_then(|s| s.first())
     }
