@@ -60,7 +60,22 @@ fn monitor_reports_xdp_drops_and_new_flows() {
     let lb = at(f.pick(LB_IP).parse::<IpAddr>().unwrap(), 80);
     let local = at(node1_ip(c, f), LOCAL_NODE_PORT);
     let xdp_forwarded = || counter(c, "ns_xdp_forwarded");
-    answered(c, &s.ext1, &node_port);
+    // Connections until one lands on b2 (node2).
+    let to_b2 = || {
+        poll(DEADLINE, Duration::from_millis(1), || {
+            let echo = answered(c, &s.ext1, &node_port);
+            if echo.pod == s.b2.name {
+                Ok(echo)
+            } else {
+                Err(echo.pod)
+            }
+        })
+        .unwrap_or_else(|last| panic!("no connection reached b2 (last: {last})"))
+        .0
+    };
+    // Once before the monitor: node1 resolves node2's address, without which XDP leaves a
+    // new flow to TC (the FIB names no neighbour yet).
+    to_b2();
     let m = start_monitor(c, &[]);
 
     assert!(!tcp_once(c, &s.ext2, &lb).ok, "ext2 is outside the range");
@@ -85,18 +100,9 @@ fn monitor_reports_xdp_drops_and_new_flows() {
     );
     assert_eq!(ip_of(&e.src), Some(ext1_ip(f)));
 
-    // Connections until one lands on b2 (node2): its new flow is XDP's, and names b2 and the
-    // SNAT source b2 saw.
+    // A new flow to b2 is XDP's, and names b2 and the SNAT source b2 saw.
     let before = xdp_forwarded();
-    let (echo, _) = poll(DEADLINE, Duration::from_millis(1), || {
-        let echo = answered(c, &s.ext1, &node_port);
-        if echo.pod == s.b2.name {
-            Ok(echo)
-        } else {
-            Err(echo.pod)
-        }
-    })
-    .unwrap_or_else(|last| panic!("no connection reached b2 (last: {last})"));
+    let echo = to_b2();
     let e = wait_event(&m, "XDP new flow", |e| {
         e.kind == "new_flow"
             && e.program == "xdp"
