@@ -48,6 +48,46 @@ fn start_node1(c: &Cluster, args: &[&str]) {
     }
 }
 
+/// Service `s`: NodePort 30080 to 8080/TCP, its one endpoint `b1` on node1 (its echo server
+/// returned).
+fn node_port_to_node1(c: &Cluster) -> proc::Proc {
+    let b1 = c.add_pod_on("node1", "b1");
+    let echo = c.start_echo(&b1, &[8080], &[5353]);
+    c.manifests().apply(
+        &Service::node_port_service("s", "10.96.0.10")
+            .port_to("http", 80, "TCP", 8080u16)
+            .node_port(30080),
+    );
+    c.manifests().apply(
+        &EndpointSlice::new("s-1", "s")
+            .port("http", 8080, "TCP")
+            .endpoint(Endpoint::ready(b1.ip).node("node1")),
+    );
+    echo
+}
+
+/// A TCP connection from `ext` to node1's NodePort 30080, held open: each line sent to it
+/// makes one more exchange on the same connection.
+fn hold(c: &Cluster, ext: &ferry_tests::Pod) -> proc::Proc {
+    let target = format!("{}:30080", c.node("node1").ip);
+    c.spawn_interactive(
+        ext,
+        proc::lab_binary("lab-client"),
+        &["tcp", &target, "--hold", "--timeout-ms", "3000"],
+    )
+}
+
+/// The held connection's next exchange succeeded.
+fn exchange(c: &Cluster, held: &proc::Proc, what: &str) {
+    let line = held.next_line(Duration::from_secs(5));
+    let a = line.as_deref().and_then(Attempt::parse);
+    assert!(
+        a.as_ref().is_some_and(|a| a.ok),
+        "{what}: {line:?}\n{}",
+        c.dump()
+    );
+}
+
 #[test]
 #[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn a_restart_with_other_sizes_resizes_the_maps_and_keeps_their_content() {
@@ -74,21 +114,8 @@ fn a_restart_with_other_sizes_resizes_the_maps_and_keeps_their_content() {
     start_node1(&c, &sizes);
     assert_eq!(max_entries(&c, "ferry_ct4_v1"), 4096);
     assert_eq!(max_entries(&c, "ferry_maglev_v1"), 2 * 16_381);
-    let target = format!("{}:30080", c.node("node1").ip);
-    let held = c.spawn_interactive(
-        &ext1,
-        proc::lab_binary("lab-client"),
-        &["tcp", &target, "--hold", "--timeout-ms", "3000"],
-    );
-    let exchange = |what: &str| {
-        let line = held.next_line(Duration::from_secs(5));
-        let a = line.as_deref().and_then(Attempt::parse);
-        assert!(
-            a.as_ref().is_some_and(|a| a.ok),
-            "{what}: {line:?}\n{}",
-            c.dump()
-        );
-    };
+    let held = hold(&c, &ext1);
+    let exchange = |what: &str| exchange(&c, &held, what);
     exchange("the first exchange");
     let maglev_before = c.services("node1");
     let flows_before = c.conntrack("node1").len();
@@ -230,18 +257,7 @@ fn a_conntrack_map_of_other_flags_is_recreated_with_its_flows() {
     require_root!();
     let c = Cluster::new("a_conntrack_map_of_other_flags_is_recreated_with_its_flows");
     let ext1 = c.ext("ext1");
-    let b1 = c.add_pod_on("node1", "b1");
-    let _e1 = c.start_echo(&b1, &[8080], &[5353]);
-    c.manifests().apply(
-        &Service::node_port_service("s", "10.96.0.10")
-            .port_to("http", 80, "TCP", 8080u16)
-            .node_port(30080),
-    );
-    c.manifests().apply(
-        &EndpointSlice::new("s-1", "s")
-            .port("http", 8080, "TCP")
-            .endpoint(Endpoint::ready(b1.ip).node("node1")),
-    );
+    let _e1 = node_port_to_node1(&c);
     // An odd size: the kernel rounds a per-CPU LRU's up to a multiple of the possible CPUs.
     let size = ["--conntrack-max", "4097"];
     // The other kind of LRU lists than this version's.
@@ -254,21 +270,8 @@ fn a_conntrack_map_of_other_flags_is_recreated_with_its_flows() {
         (kernel_size(4097, CT_FLAGS), CT_FLAGS),
         "a new map has this version's flags, its size as the kernel makes it"
     );
-    let target = format!("{}:30080", c.node("node1").ip);
-    let held = c.spawn_interactive(
-        &ext1,
-        proc::lab_binary("lab-client"),
-        &["tcp", &target, "--hold", "--timeout-ms", "3000"],
-    );
-    let exchange = |what: &str| {
-        let line = held.next_line(Duration::from_secs(5));
-        let a = line.as_deref().and_then(Attempt::parse);
-        assert!(
-            a.as_ref().is_some_and(|a| a.ok),
-            "{what}: {line:?}\n{}",
-            c.dump()
-        );
-    };
+    let held = hold(&c, &ext1);
+    let exchange = |what: &str| exchange(&c, &held, what);
     exchange("the first exchange");
     c.stop_agent("node1");
 
@@ -352,34 +355,10 @@ fn the_backend_array_is_filled_from_the_backend_map_at_start() {
     require_root!();
     let c = Cluster::new("the_backend_array_is_filled_from_the_backend_map_at_start");
     let ext1 = c.ext("ext1");
-    let b1 = c.add_pod_on("node1", "b1");
-    let _e1 = c.start_echo(&b1, &[8080], &[5353]);
-    c.manifests().apply(
-        &Service::node_port_service("s", "10.96.0.10")
-            .port_to("http", 80, "TCP", 8080u16)
-            .node_port(30080),
-    );
-    c.manifests().apply(
-        &EndpointSlice::new("s-1", "s")
-            .port("http", 8080, "TCP")
-            .endpoint(Endpoint::ready(b1.ip).node("node1")),
-    );
+    let _e1 = node_port_to_node1(&c);
     start_node1(&c, &[]);
-    let target = format!("{}:30080", c.node("node1").ip);
-    let held = c.spawn_interactive(
-        &ext1,
-        proc::lab_binary("lab-client"),
-        &["tcp", &target, "--hold", "--timeout-ms", "3000"],
-    );
-    let exchange = |what: &str| {
-        let line = held.next_line(Duration::from_secs(5));
-        let a = line.as_deref().and_then(Attempt::parse);
-        assert!(
-            a.as_ref().is_some_and(|a| a.ok),
-            "{what}: {line:?}\n{}",
-            c.dump()
-        );
-    };
+    let held = hold(&c, &ext1);
+    let exchange = |what: &str| exchange(&c, &held, what);
     exchange("the first exchange");
     c.stop_agent("node1");
     let pins = &c.node("node1").pin_dir;

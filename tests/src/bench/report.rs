@@ -818,6 +818,14 @@ fn control(md: &mut String, cp: &[SizeResult], plots: &Plots) {
     }
 }
 
+/// A Targets row's family: nothing for IPv4, ", IPv6".
+fn family_suffix(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "",
+        Family::V6 => ", IPv6",
+    }
+}
+
 /// Where ferry stands against the targets (measured, never asserted).
 fn targets(md: &mut String, r: &Report) {
     let _ = writeln!(
@@ -859,10 +867,7 @@ fn targets(md: &mut String, r: &Report) {
                 }
                 None => "not measured | ".into(),
             };
-            let over = match family {
-                Family::V4 => "",
-                Family::V6 => ", IPv6",
-            };
+            let over = family_suffix(family);
             let _ = writeln!(
                 md,
                 "| east-west connections/s at {} service{}{over} | ≥ {EW_GOAL} × direct pod IP | {row} |",
@@ -906,10 +911,7 @@ fn targets(md: &mut String, r: &Report) {
             }
             None => "not measured | ".into(),
         };
-        let over = match family {
-            Family::V4 => "",
-            Family::V6 => ", IPv6",
-        };
+        let over = family_suffix(family);
         let _ = writeln!(
             md,
             "| north-south throughput{over} | ≥ 0.9 × plain routing | {row} |"
