@@ -563,8 +563,9 @@ impl Bench<'_> {
         let handed = (gen1.sent + gen1.refused).saturating_sub(gen0.sent + gen0.refused);
         let made = made1.saturating_sub(made0);
         // Frames the program redirected that never reached the veth (a redirect error) would
-        // be offered by no one: the counts must agree (the reads are not simultaneous).
-        if (handed as f64) < made as f64 * 0.9 {
+        // be offered by no one: the counts must roughly agree (the reads are not simultaneous,
+        // and a loaded machine spreads them).
+        if (handed as f64) < made as f64 * 0.5 {
             bail!(
                 "the generator made {made} frames in the window but {} took only {handed}",
                 path.entry
@@ -1194,6 +1195,24 @@ fn bottleneck(md: &mut String, r: &Results) {
                 limited.join("; ")
             );
         }
+    }
+    // The threads' share of CPU {f}: what the machine's other work left them.
+    let shares: Vec<f64> = r
+        .points
+        .iter()
+        .filter_map(|p| super::stats::Summary::of(&p.napi_cpu).map(|s| s.median))
+        .collect();
+    if let Some(top) = shares.iter().copied().reduce(f64::max)
+        && top < 0.5
+    {
+        let _ = writeln!(
+            md,
+            "\nThe NAPI threads ran at most {:.0}% of CPU {f} (median of the rounds) although \
+             their rings were full: the machine's other work took the rest of CPU {f}, so the \
+             packets/s above are what the threads were given, not CPU {f}'s capacity; the time \
+             per frame below is the comparison that does not depend on it.",
+            top * 100.0
+        );
     }
     let costs: Vec<String> = Contender::ALL
         .iter()
