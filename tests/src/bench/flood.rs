@@ -1378,6 +1378,20 @@ mod tests {
             "{md}"
         );
 
+        // Threads given under half of the forwarding CPU: the report says the packets/s are
+        // what they were given.
+        assert!(!md.contains("The NAPI threads ran at most"), "{md}");
+        let mut r = results(300_000.0, 600_000.0);
+        for p in &mut r.points {
+            p.napi_cpu = vec![0.3; 3];
+        }
+        let mut md = String::new();
+        markdown(&mut md, &r, None);
+        assert!(
+            md.contains("The NAPI threads ran at most 30% of CPU 1"),
+            "{md}"
+        );
+
         // A report from before the split says so and draws no conclusion on the bottleneck.
         let mut r = results(300_000.0, 600_000.0);
         r.cpus = None;

@@ -273,7 +273,7 @@ fn generator_program(counter_fd: i32, ifindex: u32, template: &[u8]) -> Vec<Insn
     debug_assert!(c.ip < 1 << 30 && c.udp < 1 << 30, "sums of a 60-byte frame");
     let len = i32::try_from(template.len()).expect("a short frame");
     assert!(
-        template.len() % 4 == 0,
+        template.len().is_multiple_of(4),
         "the template is written in 8- and 4-byte stores"
     );
     let mut p = vec![
@@ -298,16 +298,15 @@ fn generator_program(counter_fd: i32, ifindex: u32, template: &[u8]) -> Vec<Insn
         insn(JGT_X, R4, R3, 0, 0), // -> drop, patched below
     ];
     // The whole template, 8 bytes a store (4 for the rest): whatever the page held goes.
-    let mut chunks = template.chunks_exact(8);
-    for (k, w) in chunks.by_ref().enumerate() {
-        let w = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+    let (words, rest) = template.as_chunks::<8>();
+    for (k, w) in words.iter().enumerate() {
+        let w = u64::from_le_bytes(*w);
         p.extend([
             insn(LD_IMM64, R4, 0, 0, w as u32 as i32),
             insn(0, 0, 0, 0, (w >> 32) as u32 as i32),
             insn(STX_DW, R2, R4, 8 * k as i16, 0),
         ]);
     }
-    let rest = chunks.remainder();
     if !rest.is_empty() {
         let w = u32::from_le_bytes(rest.try_into().expect("4 bytes"));
         p.push(insn(ST_W, R2, 0, (template.len() - 4) as i16, w as i32));
