@@ -1208,9 +1208,11 @@ fn bottleneck(md: &mut String, r: &Results) {
         let _ = writeln!(
             md,
             "\nThe NAPI threads ran at most {:.0}% of CPU {f} (median of the rounds) although \
-             their rings were full: the machine's other work took the rest of CPU {f}, so the \
-             packets/s above are what the threads were given, not CPU {f}'s capacity; the time \
-             per frame below is the comparison that does not depend on it.",
+             their rings were full: the rest of CPU {f} went to other work (the machine's other \
+             tenants, and any receive work the kernel deferred to ksoftirqd, which the NAPI CPU \
+             and the time per frame do not count), so the packets/s above are what the threads \
+             were given, not CPU {f}'s capacity; the time per frame below is the comparison \
+             that does not depend on it.",
             top * 100.0
         );
     }
