@@ -56,12 +56,11 @@ const DEMO_PACKAGES: &[(&str, &str)] = &[
     ("bind9-dnsutils", "dig"),
 ];
 
-/// Debian packages of `cargo xtask bench`: the load tool, the packet generator of the flood
-/// section (trafgen, run only inside lab namespaces), kube-proxy's two rule layouts (loaded
-/// only inside lab namespaces, through `nsenter`), and the plots of docs/benchmarks.md.
+/// Debian packages of `cargo xtask bench`: the load tool, kube-proxy's two rule layouts
+/// (loaded only inside lab namespaces, through `nsenter`), and the plots of
+/// docs/benchmarks.md. The flood section's generator is the kernel's (BPF_PROG_RUN).
 const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("wrk", "wrk"),
-    ("netsniff-ng", "trafgen"),
     ("iptables", "iptables-restore"),
     ("nftables", "nft"),
     ("gnuplot-nox", "gnuplot"),

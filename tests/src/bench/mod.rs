@@ -21,6 +21,7 @@ pub mod server;
 pub mod sinkdrop;
 pub mod stats;
 pub mod synth;
+pub mod xdpgen;
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -257,7 +258,6 @@ fn skipped_section<T>() -> Outcome<T> {
 }
 
 fn run_flood(quick: bool, rounds: Option<usize>) -> Result<flood::Results> {
-    env::tool("trafgen", "netsniff-ng")?;
     env::tool("iptables-restore", "iptables")?;
     let config = if quick {
         flood::Config {

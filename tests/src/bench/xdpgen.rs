@@ -1,0 +1,1070 @@
+//! The flood's generator: the kernel's own XDP traffic generator (BPF_PROG_RUN of an XDP
+//! program with `BPF_F_TEST_XDP_LIVE_FRAMES`, Linux ≥ 5.18, as xdp-tools' xdp-trafficgen
+//! does), which hands frames to a lab veth the way a NIC driver's receive does: in pages with
+//! XDP headroom, no skb.
+//!
+//! In live mode the kernel (net/bpf/test_run.c, Documentation/bpf/bpf_prog_run.rst) runs the
+//! program on frames from a page pool of its own and acts on the verdict: here every frame is
+//! `bpf_redirect`ed to a segment-side veth (`v-node1`), whose `ndo_xdp_xmit` puts the
+//! `xdp_frame` into its peer's receive ring, the forwarding node's eth0 (a full ring refuses
+//! it: veth's `xdp_xmit_errors`). The facts the program is built around:
+//! - a page is filled from `data_in` once, when the pool allocates it, and is recycled without
+//!   being rewritten: what the program wrote stays for the frame after next, and so does what
+//!   the path under test wrote into the frame in place before the page came back (a
+//!   forwarding stack's TTL and MAC addresses, a NAT's addresses, ports and checksums: the
+//!   skb veth builds around the frame returns its page to the generator's pool). So the
+//!   program writes the whole frame, every byte as an absolute value, never trusting or
+//!   incrementing what is in the page (a first version that wrote only the varying fields
+//!   forwarded only the frames of fresh pages, ~20,000/s);
+//! - the redirect's ifindex is looked up in the network namespace of the thread that makes
+//!   the call (the run's device is that namespace's loopback), so the generator's thread
+//!   enters the segment's namespace first ([`Generator::start`] refuses the root namespace);
+//! - `repeat` is a u32 and a pending signal ends the run early; the kernel runs `batch_size`
+//!   frames (default 64, at most 256) between flushes to the device. The generator runs
+//!   [`CHUNK`] frames a call and checks between calls whether to stop.
+//!
+//! The program is loaded from raw instructions ([`generator_program`]): frame `n` (a counter
+//! in an array map, which the one generator thread alone advances) comes from source address
+//! `198.18.0.(1 + n % SOURCES)` and port `1024 + n % PORTS` (coprime periods: [`FLOWS`]
+//! distinct flows). The checksums are the template's constant part ([`Consts`], computed here)
+//! plus the varying words, folded, as RFC 1624 allows.
+//!
+//! [`sink_program`] is the other end for frames ferry's XDP program sends back out of node1:
+//! an XDP program on `v-node1` that drops the flood's frames (veth counts them,
+//! `rx_queue_0_xdp_drops`) and passes the rest (ARP).
+
+use std::{
+    fs::File,
+    net::{Ipv4Addr, SocketAddrV4},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+
+use super::env::is_lab_ns;
+use crate::{netns, progtest};
+
+/// Source addresses 198.18.0.1 ..= 198.18.0.SOURCES (RFC 2544's benchmarking range).
+pub const SOURCES: u32 = 15;
+/// Source ports 1024 ..= 1024 + PORTS - 1.
+pub const PORTS: u32 = 1024;
+/// Distinct flows: the address and port counters advance together, and their periods (15
+/// and 1024) are coprime, so the pairs repeat only after their product.
+pub const FLOWS: u32 = SOURCES * PORTS;
+/// Ethernet 14 + IPv4 20 + UDP 8 + 18 bytes of payload: the 60-byte minimum frame.
+pub const FRAME_BYTES: u32 = 60;
+const PAYLOAD: usize = 18;
+const FIRST_PORT: u16 = 1024;
+const SOURCE_NET: [u8; 3] = [198, 18, 0];
+
+/// Offsets in the frame of what the program writes.
+const OFF_IP_CSUM: i16 = 14 + 10;
+const OFF_SADDR_LAST: i16 = 14 + 12 + 3;
+const OFF_SPORT: i16 = 14 + 20;
+const OFF_UDP_CSUM: i16 = 14 + 20 + 6;
+
+/// Frames per BPF_PROG_RUN call of the running generator: tens of milliseconds at the rates
+/// seen here, so a stop takes effect quickly.
+pub const CHUNK: u32 = 1 << 16;
+/// Frames the kernel runs between flushes to the device.
+pub const BATCH: u32 = 64;
+
+/// The addresses of the flood's frames: what stays the same in every frame.
+#[derive(Clone, Copy, Debug)]
+pub struct Flow {
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    pub dst: Ipv4Addr,
+    pub port: u16,
+}
+
+/// The source address and port of frame `n`.
+pub fn source(n: u64) -> SocketAddrV4 {
+    let [a, b, c] = SOURCE_NET;
+    let last = 1 + (n % u64::from(SOURCES)) as u8;
+    let port = FIRST_PORT + (n % u64::from(PORTS)) as u16;
+    SocketAddrV4::new(Ipv4Addr::new(a, b, c, last), port)
+}
+
+/// Frame `n` as the reference builders of [`progtest`] make it (every checksum from scratch).
+pub fn frame(f: &Flow, n: u64) -> Vec<u8> {
+    let src = source(n);
+    let udp = progtest::udp(src, SocketAddrV4::new(f.dst, f.port), &[0; PAYLOAD], true);
+    let ip = progtest::ipv4(
+        progtest::IpOpts::default(),
+        *src.ip(),
+        f.dst,
+        progtest::IPPROTO_UDP,
+        &udp,
+    );
+    progtest::ethernet(f.dst_mac, f.src_mac, progtest::ETH_P_IP, &ip)
+}
+
+/// The constant parts of the two checksums: the one's complement sums (unfolded) of the IPv4
+/// header and of the UDP pseudo-header and datagram, with the checksum fields, the source
+/// address's last byte and the source port taken as zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Consts {
+    pub ip: u32,
+    pub udp: u32,
+}
+
+impl Consts {
+    pub fn of(template: &[u8]) -> Consts {
+        let mut t = template.to_vec();
+        for off in [OFF_IP_CSUM, OFF_SPORT, OFF_UDP_CSUM] {
+            t[off as usize..off as usize + 2].fill(0);
+        }
+        t[OFF_SADDR_LAST as usize] = 0;
+        let ip = &t[14..34];
+        let l4 = &t[34..];
+        let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+        let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+        Consts {
+            ip: progtest::sum(0, ip),
+            udp: progtest::sum(
+                progtest::pseudo_sum(src, dst, progtest::IPPROTO_UDP, l4.len()),
+                l4,
+            ),
+        }
+    }
+
+    /// What the program computes for frame `n`: (IPv4 header checksum, UDP checksum), the
+    /// constant parts plus the varying words, folded and complemented (a UDP checksum of 0
+    /// is sent as 0xffff, RFC 768).
+    pub fn checksums(&self, n: u64) -> (u16, u16) {
+        let src = source(n);
+        let last = u64::from(src.ip().octets()[3]);
+        let fold = |mut s: u64| {
+            // Two folds, as the program does: the sums are far below 2^32.
+            s = (s & 0xffff) + (s >> 16);
+            s = (s & 0xffff) + (s >> 16);
+            !(s as u16)
+        };
+        let ip = fold(u64::from(self.ip) + last);
+        let udp = fold(u64::from(self.udp) + last + u64::from(src.port()));
+        (ip, if udp == 0 { 0xffff } else { udp })
+    }
+
+    /// Frame `n` as the program writes it over `page` (a recycled page holds whatever the
+    /// last path left in it): `template`'s bytes, then the varying fields.
+    pub fn emit(&self, template: &[u8], page: &[u8], n: u64) -> Vec<u8> {
+        let mut f = page.to_vec();
+        f[..template.len()].copy_from_slice(template);
+        let src = source(n);
+        let (ip, udp) = self.checksums(n);
+        f[OFF_SADDR_LAST as usize] = src.ip().octets()[3];
+        let put = |f: &mut Vec<u8>, off: i16, v: u16| {
+            f[off as usize..off as usize + 2].copy_from_slice(&v.to_be_bytes())
+        };
+        put(&mut f, OFF_SPORT, src.port());
+        put(&mut f, OFF_IP_CSUM, ip);
+        put(&mut f, OFF_UDP_CSUM, udp);
+        f
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw eBPF
+
+/// One eBPF instruction.
+#[derive(Clone, Copy, Debug)]
+struct Insn {
+    code: u8,
+    dst: u8,
+    src: u8,
+    off: i16,
+    imm: i32,
+}
+
+impl Insn {
+    fn encode(self) -> u64 {
+        let [o0, o1] = self.off.to_le_bytes();
+        let [i0, i1, i2, i3] = self.imm.to_le_bytes();
+        u64::from_le_bytes([self.code, self.src << 4 | self.dst, o0, o1, i0, i1, i2, i3])
+    }
+}
+
+const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
+    Insn {
+        code,
+        dst,
+        src,
+        off,
+        imm,
+    }
+}
+
+// Registers.
+const R0: u8 = 0;
+const R1: u8 = 1;
+const R2: u8 = 2;
+const R3: u8 = 3;
+const R4: u8 = 4;
+const R5: u8 = 5;
+const R6: u8 = 6;
+const R7: u8 = 7;
+const R8: u8 = 8;
+const R9: u8 = 9;
+const R10: u8 = 10;
+
+// Opcodes (class | op | source), from include/uapi/linux/bpf.h and bpf_common.h.
+const MOV64_K: u8 = 0xb7;
+const MOV64_X: u8 = 0xbf;
+const ADD64_K: u8 = 0x07;
+const ADD64_X: u8 = 0x0f;
+const AND64_K: u8 = 0x57;
+const RSH64_K: u8 = 0x77;
+const XOR64_K: u8 = 0xa7;
+const MOD64_K: u8 = 0x97;
+const AND32_K: u8 = 0x54;
+/// BPF_ALU | BPF_END | BPF_TO_BE: to network order (imm: width in bits).
+const TO_BE: u8 = 0xdc;
+const LDX_W: u8 = 0x61;
+const LDX_H: u8 = 0x69;
+const LDX_B: u8 = 0x71;
+const LDX_DW: u8 = 0x79;
+const STX_H: u8 = 0x6b;
+const STX_B: u8 = 0x73;
+const STX_DW: u8 = 0x7b;
+const ST_W: u8 = 0x62;
+const LD_IMM64: u8 = 0x18;
+const JEQ_K: u8 = 0x15;
+const JNE_K: u8 = 0x55;
+const JGT_X: u8 = 0x2d;
+const JNE32_K: u8 = 0x56;
+const CALL: u8 = 0x85;
+const EXIT: u8 = 0x95;
+/// ld_imm64's source register for "imm is a map fd".
+const PSEUDO_MAP_FD: u8 = 1;
+
+const FN_MAP_LOOKUP_ELEM: i32 = 1;
+const FN_REDIRECT: i32 = 23;
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_REDIRECT: u32 = 4;
+
+/// `dst = dst folded once`: dst = (dst & 0xffff) + (dst >> 16), with `tmp` clobbered.
+fn fold(dst: u8, tmp: u8) -> [Insn; 4] {
+    [
+        insn(MOV64_X, tmp, dst, 0, 0),
+        insn(RSH64_K, tmp, 0, 0, 16),
+        insn(AND64_K, dst, 0, 0, 0xffff),
+        insn(ADD64_X, dst, tmp, 0, 0),
+    ]
+}
+
+/// The generator: advances the counter in `counter_fd` (an array of one u64), writes
+/// `template` (whole, as absolute values) and then frame `n`'s source address, source port
+/// and checksums into the frame, and redirects it to `ifindex`. A frame shorter than the
+/// template or a missing counter is dropped.
+fn generator_program(counter_fd: i32, ifindex: u32, template: &[u8]) -> Vec<Insn> {
+    let c = Consts::of(template);
+    let ifindex = i32::try_from(ifindex).expect("an ifindex fits an i32");
+    let (ip, udp) = (c.ip as i32, c.udp as i32);
+    debug_assert!(c.ip < 1 << 30 && c.udp < 1 << 30, "sums of a 60-byte frame");
+    let len = i32::try_from(template.len()).expect("a short frame");
+    assert!(
+        template.len().is_multiple_of(4),
+        "the template is written in 8- and 4-byte stores"
+    );
+    let mut p = vec![
+        insn(MOV64_X, R6, R1, 0, 0),
+        // n = counter[0]++ (one thread runs the program: no atomics needed).
+        insn(ST_W, R10, 0, -4, 0),
+        insn(LD_IMM64, R1, PSEUDO_MAP_FD, 0, counter_fd),
+        insn(0, 0, 0, 0, 0),
+        insn(MOV64_X, R2, R10, 0, 0),
+        insn(ADD64_K, R2, 0, 0, -4),
+        insn(CALL, 0, 0, 0, FN_MAP_LOOKUP_ELEM),
+        insn(JEQ_K, R0, 0, 0, 0), // -> drop, patched below
+        insn(LDX_DW, R7, R0, 0, 0),
+        insn(MOV64_X, R8, R7, 0, 0),
+        insn(ADD64_K, R8, 0, 0, 1),
+        insn(STX_DW, R0, R8, 0, 0),
+        // The frame: data, data_end (xdp_md's first two u32s).
+        insn(LDX_W, R2, R6, 0, 0),
+        insn(LDX_W, R3, R6, 4, 0),
+        insn(MOV64_X, R4, R2, 0, 0),
+        insn(ADD64_K, R4, 0, 0, len),
+        insn(JGT_X, R4, R3, 0, 0), // -> drop, patched below
+    ];
+    // The whole template, 8 bytes a store (4 for the rest): whatever the page held goes.
+    let (words, rest) = template.as_chunks::<8>();
+    for (k, w) in words.iter().enumerate() {
+        let w = u64::from_le_bytes(*w);
+        p.extend([
+            insn(LD_IMM64, R4, 0, 0, w as u32 as i32),
+            insn(0, 0, 0, 0, (w >> 32) as u32 as i32),
+            insn(STX_DW, R2, R4, 8 * k as i16, 0),
+        ]);
+    }
+    if !rest.is_empty() {
+        let w = u32::from_le_bytes(rest.try_into().expect("4 bytes"));
+        p.push(insn(ST_W, R2, 0, (template.len() - 4) as i16, w as i32));
+    }
+    p.extend([
+        // r8 = the source address's last byte, r9 = the source port.
+        insn(MOV64_X, R8, R7, 0, 0),
+        insn(MOD64_K, R8, 0, 0, SOURCES as i32),
+        insn(ADD64_K, R8, 0, 0, 1),
+        insn(MOV64_X, R9, R7, 0, 0),
+        insn(MOD64_K, R9, 0, 0, PORTS as i32),
+        insn(ADD64_K, R9, 0, 0, i32::from(FIRST_PORT)),
+        insn(STX_B, R2, R8, OFF_SADDR_LAST, 0),
+        insn(MOV64_X, R4, R9, 0, 0),
+        insn(TO_BE, R4, 0, 0, 16),
+        insn(STX_H, R2, R4, OFF_SPORT, 0),
+        // IPv4 header checksum: ~fold(constant + last byte).
+        insn(MOV64_K, R4, 0, 0, ip),
+        insn(ADD64_X, R4, R8, 0, 0),
+    ]);
+    p.extend(fold(R4, R5));
+    p.extend(fold(R4, R5));
+    p.extend([
+        insn(XOR64_K, R4, 0, 0, 0xffff),
+        insn(TO_BE, R4, 0, 0, 16),
+        insn(STX_H, R2, R4, OFF_IP_CSUM, 0),
+        // UDP checksum: ~fold(constant + last byte + port), 0 sent as 0xffff.
+        insn(MOV64_K, R4, 0, 0, udp),
+        insn(ADD64_X, R4, R8, 0, 0),
+        insn(ADD64_X, R4, R9, 0, 0),
+    ]);
+    p.extend(fold(R4, R5));
+    p.extend(fold(R4, R5));
+    p.extend([
+        insn(XOR64_K, R4, 0, 0, 0xffff),
+        insn(JNE_K, R4, 0, 1, 0),
+        insn(MOV64_K, R4, 0, 0, 0xffff),
+        insn(TO_BE, R4, 0, 0, 16),
+        insn(STX_H, R2, R4, OFF_UDP_CSUM, 0),
+        // return bpf_redirect(ifindex, 0)
+        insn(MOV64_K, R1, 0, 0, ifindex),
+        insn(MOV64_K, R2, 0, 0, 0),
+        insn(CALL, 0, 0, 0, FN_REDIRECT),
+        insn(EXIT, 0, 0, 0, 0),
+    ]);
+    let drop = p.len();
+    p.extend([
+        insn(MOV64_K, R0, 0, 0, XDP_DROP as i32),
+        insn(EXIT, 0, 0, 0, 0),
+    ]);
+    patch_to(&mut p, drop);
+    p
+}
+
+/// Points every conditional jump with offset 0 at instruction `target` (the program's
+/// "else" exit). Jumps meant to skip nothing have none here.
+fn patch_to(p: &mut [Insn], target: usize) {
+    for (i, x) in p.iter_mut().enumerate() {
+        let cond = x.code & 0x07 == 0x05 || x.code & 0x07 == 0x06;
+        if cond && x.code != CALL && x.code != EXIT && x.off == 0 {
+            x.off = i16::try_from(target - (i + 1)).expect("a short program");
+        }
+    }
+}
+
+/// The sink on a veth: XDP_DROP for an IPv4 frame (no IP options) of UDP to `port` and to
+/// `dst`/len, XDP_PASS for anything else (ARP, ICMP).
+fn sink_program(port: u16, dst: (Ipv4Addr, u8)) -> Vec<Insn> {
+    let (net, len) = dst;
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(len.min(32)))
+        .unwrap_or(0);
+    // Loads are little-endian: compare with the network-order bytes read that way.
+    let le32 = |v: u32| i32::from_le_bytes(v.to_be_bytes());
+    let le16 = |v: u16| i32::from(u16::from_le_bytes(v.to_be_bytes()));
+    let mut p = vec![
+        insn(LDX_W, R2, R1, 0, 0),
+        insn(LDX_W, R3, R1, 4, 0),
+        insn(MOV64_X, R4, R2, 0, 0),
+        insn(ADD64_K, R4, 0, 0, 14 + 20 + 4),
+        insn(JGT_X, R4, R3, 0, 0),
+        insn(LDX_H, R4, R2, 12, 0),
+        insn(JNE32_K, R4, 0, 0, le16(progtest::ETH_P_IP)),
+        insn(LDX_B, R4, R2, 14, 0),
+        insn(JNE32_K, R4, 0, 0, 0x45),
+        insn(LDX_B, R4, R2, 14 + 9, 0),
+        insn(JNE32_K, R4, 0, 0, i32::from(progtest::IPPROTO_UDP)),
+        insn(LDX_H, R4, R2, 14 + 20 + 2, 0),
+        insn(JNE32_K, R4, 0, 0, le16(port)),
+        insn(LDX_W, R4, R2, 14 + 16, 0),
+        insn(AND32_K, R4, 0, 0, le32(mask)),
+        insn(JNE32_K, R4, 0, 0, le32(u32::from(net) & mask)),
+        insn(MOV64_K, R0, 0, 0, XDP_DROP as i32),
+        insn(EXIT, 0, 0, 0, 0),
+    ];
+    let pass = p.len();
+    p.extend([
+        insn(MOV64_K, R0, 0, 0, XDP_PASS as i32),
+        insn(EXIT, 0, 0, 0, 0),
+    ]);
+    patch_to(&mut p, pass);
+    p
+}
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const MAP_TYPE_ARRAY: u32 = 2;
+const PROG_TYPE_XDP: u32 = 6;
+/// The XDP attach type (of a bpf_link on a device).
+const ATTACH_XDP: u32 = 37;
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<i64> {
+    // SAFETY: every caller passes the bpf_attr layout of its command, whose pointers (if any)
+    // point at buffers that outlive the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn owned(fd: i64) -> OwnedFd {
+    // SAFETY: bpf(2) returned a new descriptor that nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+    _rest: [u64; 4],
+}
+
+const _: () = assert!(size_of::<MapElemAttr>() == 32);
+const _: () = assert!(size_of::<TestRunAttr>() == 80);
+const _: () = assert!(size_of::<LinkCreateAttr>() == 48);
+
+/// Loads an XDP program (the verifier's log in the error if it refuses).
+fn load(name: &str, insns: &[Insn]) -> Result<OwnedFd> {
+    let code: Vec<u64> = insns.iter().map(|i| i.encode()).collect();
+    let license = c"GPL";
+    let mut log = vec![0u8; 64 * 1024];
+    let mut prog_name = [0u8; 16];
+    prog_name[..name.len().min(15)].copy_from_slice(&name.as_bytes()[..name.len().min(15)]);
+    let mut attr = ProgLoadAttr {
+        prog_type: PROG_TYPE_XDP,
+        insn_cnt: code.len() as u32,
+        insns: code.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 1,
+        log_size: log.len() as u32,
+        log_buf: log.as_mut_ptr() as u64,
+        prog_name,
+        expected_attach_type: ATTACH_XDP,
+        ..ProgLoadAttr::default()
+    };
+    match bpf(BPF_PROG_LOAD, &mut attr) {
+        Ok(fd) => Ok(owned(fd)),
+        Err(e) => {
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            let text = String::from_utf8_lossy(&log[..end]);
+            let tail: Vec<&str> = text.lines().rev().take(12).collect();
+            bail!(
+                "loading the XDP program {name}: {e}; verifier: {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            )
+        }
+    }
+}
+
+/// The generator's program and its counter, loaded (attached nowhere: it runs by
+/// BPF_PROG_RUN).
+pub struct Program {
+    prog: OwnedFd,
+    counter: OwnedFd,
+    /// The frame the pages start from (frame 0).
+    template: Vec<u8>,
+}
+
+impl Program {
+    /// Loads the generator for `flow`, redirecting to `ifindex` (of the namespace where it
+    /// will run).
+    pub fn load(flow: &Flow, ifindex: u32) -> Result<Program> {
+        let mut attr = MapCreateAttr {
+            map_type: MAP_TYPE_ARRAY,
+            key_size: 4,
+            value_size: 8,
+            max_entries: 1,
+            ..MapCreateAttr::default()
+        };
+        let counter = owned(bpf(BPF_MAP_CREATE, &mut attr).context("creating the counter map")?);
+        let template = frame(flow, 0);
+        let insns = generator_program(counter.as_raw_fd(), ifindex, &template);
+        let prog = load("flood_gen", &insns)?;
+        Ok(Program {
+            prog,
+            counter,
+            template,
+        })
+    }
+
+    /// Frames the program has made so far (its counter).
+    pub fn frames(&self) -> Result<u64> {
+        let key = 0u32;
+        let mut value = 0u64;
+        let mut attr = MapElemAttr {
+            map_fd: self.counter.as_raw_fd() as u32,
+            key: &key as *const u32 as u64,
+            value: &mut value as *mut u64 as u64,
+            ..MapElemAttr::default()
+        };
+        bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).context("reading the generator's counter")?;
+        Ok(value)
+    }
+
+    pub fn set_frames(&self, n: u64) -> Result<()> {
+        let key = 0u32;
+        let mut attr = MapElemAttr {
+            map_fd: self.counter.as_raw_fd() as u32,
+            key: &key as *const u32 as u64,
+            value: &n as *const u64 as u64,
+            ..MapElemAttr::default()
+        };
+        bpf(BPF_MAP_UPDATE_ELEM, &mut attr).context("setting the generator's counter")?;
+        Ok(())
+    }
+
+    /// One plain (not live) run on `page`: the verdict and the frame as the program left it.
+    /// Nothing is sent.
+    pub fn run_once(&self, page: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let r = progtest::test_run(self.prog.as_raw_fd(), page, 0)?;
+        Ok((r.retval, r.data))
+    }
+
+    /// `repeat` live frames, `batch` at a time: the kernel sends what the program redirects.
+    pub fn run_live(&self, repeat: u32, batch: u32) -> Result<()> {
+        let mut attr = TestRunAttr {
+            prog_fd: self.prog.as_raw_fd() as u32,
+            data_size_in: self.template.len() as u32,
+            data_in: self.template.as_ptr() as u64,
+            repeat,
+            flags: BPF_F_TEST_XDP_LIVE_FRAMES,
+            batch_size: batch,
+            ..TestRunAttr::default()
+        };
+        bpf(BPF_PROG_TEST_RUN, &mut attr)
+            .context("bpf(BPF_PROG_RUN, BPF_F_TEST_XDP_LIVE_FRAMES)")?;
+        Ok(())
+    }
+}
+
+/// Fails unless the calling thread is in a network namespace other than its process's (the
+/// bench runs in the machine's own; its threads enter lab namespaces): the generator never
+/// sends where the bench started.
+fn not_in_root_netns() -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mine = std::fs::metadata("/proc/thread-self/ns/net").context("reading my netns")?;
+    // /proc/self is the thread group's leader, the process's main thread.
+    let root = std::fs::metadata("/proc/self/ns/net").context("reading the process's netns")?;
+    if (mine.dev(), mine.ino()) == (root.dev(), root.ino()) {
+        bail!("refusing to generate frames in the bench's own network namespace");
+    }
+    Ok(())
+}
+
+/// Moves the calling thread into the lab namespace `ns` (refusing any other).
+fn enter(ns: &str) -> Result<()> {
+    if !is_lab_ns(ns) || !netns::exists(ns) {
+        bail!("refusing to generate frames outside a lab namespace (got {ns:?})");
+    }
+    let path = netns::path(ns);
+    let f = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: setns(2) on an open namespace file; only the calling thread moves.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("entering {ns}"));
+    }
+    not_in_root_netns()
+}
+
+/// The index of `dev` in the calling thread's network namespace.
+fn ifindex(dev: &str) -> Result<u32> {
+    let name = std::ffi::CString::new(dev).context("device name")?;
+    // SAFETY: a NUL-terminated name.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(std::io::Error::last_os_error()).with_context(|| format!("no device {dev}")),
+        i => Ok(i),
+    }
+}
+
+/// Pins the calling thread to `cpu` and gives it `nice`; checks the pin took.
+fn pin_self(cpu: usize, nice: i32) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it; pid 0 is the
+    // calling thread for sched_setaffinity and setpriority(PRIO_PROCESS).
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    if unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("pinning the generator to CPU {cpu}"));
+    }
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("setting the generator to nice {nice}"));
+    }
+    // SAFETY: as above; sched_getcpu has no preconditions.
+    let on = unsafe { libc::sched_getcpu() };
+    if usize::try_from(on).ok() != Some(cpu) {
+        bail!("the generator runs on CPU {on} after pinning to {cpu}");
+    }
+    Ok(())
+}
+
+/// Where and how the generator runs.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    /// The lab namespace of the device.
+    pub ns: String,
+    /// The veth whose peer receives the frames (`v-node1`).
+    pub dev: String,
+    pub cpu: usize,
+    pub nice: i32,
+}
+
+/// A generator running on its own thread until stopped.
+pub struct Generator {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Result<()>>>,
+    program: Arc<Program>,
+}
+
+impl Generator {
+    /// Starts a thread that enters `at.ns`, pins itself, loads the program for `flow`
+    /// (redirecting to `at.dev`) and runs it [`CHUNK`] frames at a time until stopped;
+    /// returns once the program is loaded (or with why it could not be).
+    pub fn start(at: &Placement, flow: Flow) -> Result<Generator> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel::<Result<Arc<Program>>>();
+        let at = at.clone();
+        let stopped = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("flood-xdpgen".into())
+            .spawn(move || -> Result<()> {
+                let setup = (|| {
+                    enter(&at.ns)?;
+                    pin_self(at.cpu, at.nice)?;
+                    let ifindex = ifindex(&at.dev)?;
+                    Ok(Arc::new(Program::load(&flow, ifindex)?))
+                })();
+                let program = match setup {
+                    Ok(p) => {
+                        let _ = tx.send(Ok(p.clone()));
+                        p
+                    }
+                    Err(e) => {
+                        let msg = format!("{e:#}");
+                        let _ = tx.send(Err(e));
+                        bail!("{msg}");
+                    }
+                };
+                while !stopped.load(Ordering::Relaxed) {
+                    program.run_live(CHUNK, BATCH)?;
+                }
+                Ok(())
+            })
+            .context("starting the generator's thread")?;
+        let program = match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                return Err(e);
+            }
+            Err(_) => bail!("the generator's thread did not report within 10 s"),
+        };
+        Ok(Generator {
+            stop,
+            handle: Some(handle),
+            program,
+        })
+    }
+
+    /// Whether the thread still runs (false: it failed, [`Generator::stop`] says why).
+    pub fn is_running(&self) -> bool {
+        self.handle.as_ref().is_some_and(|h| !h.is_finished())
+    }
+
+    /// Frames made so far.
+    pub fn frames(&self) -> Result<u64> {
+        self.program.frames()
+    }
+
+    /// Stops the thread (within one chunk) and returns the frames made, or why it failed.
+    pub fn stop(mut self) -> Result<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.handle.take().map(JoinHandle::join) {
+            Some(Ok(Ok(()))) | None => self.program.frames(),
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(_)) => bail!("the generator's thread panicked"),
+        }
+    }
+}
+
+impl Drop for Generator {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Sends `count` frames of `flow` slowly (`per_call` at a time, `pause` between), from a
+/// thread in `at.ns` as [`Generator::start`]'s: a probe of a path.
+pub fn send_slowly(
+    at: &Placement,
+    flow: Flow,
+    count: u32,
+    per_call: u32,
+    pause: Duration,
+) -> Result<()> {
+    let at = at.clone();
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<()> {
+            enter(&at.ns)?;
+            pin_self(at.cpu, at.nice)?;
+            let program = Program::load(&flow, ifindex(&at.dev)?)?;
+            let mut left = count;
+            while left > 0 {
+                let n = left.min(per_call);
+                program.run_live(n, n.min(BATCH))?;
+                left -= n;
+                std::thread::sleep(pause);
+            }
+            Ok(())
+        })
+        .join()
+        .unwrap_or_else(|_| bail!("the probe's thread panicked"))
+    })
+}
+
+/// An XDP program attached to a lab device through a bpf_link: detached when dropped (or when
+/// the process ends).
+pub struct XdpSink {
+    _link: OwnedFd,
+    _prog: OwnedFd,
+}
+
+impl XdpSink {
+    /// Attaches [`sink_program`] (native XDP) to `dev` in the lab namespace `ns`.
+    pub fn attach(ns: &str, dev: &str, port: u16, dst: (Ipv4Addr, u8)) -> Result<XdpSink> {
+        let (ns, dev) = (ns.to_owned(), dev.to_owned());
+        std::thread::scope(|s| {
+            s.spawn(|| -> Result<XdpSink> {
+                enter(&ns)?;
+                let prog = load("flood_sink", &sink_program(port, dst))?;
+                let mut attr = LinkCreateAttr {
+                    prog_fd: prog.as_raw_fd() as u32,
+                    target_ifindex: ifindex(&dev)?,
+                    attach_type: ATTACH_XDP,
+                    flags: XDP_FLAGS_DRV_MODE,
+                    ..LinkCreateAttr::default()
+                };
+                let link = bpf(BPF_LINK_CREATE, &mut attr)
+                    .with_context(|| format!("attaching the XDP sink to {dev} in {ns}"))?;
+                Ok(XdpSink {
+                    _link: owned(link),
+                    _prog: prog,
+                })
+            })
+            .join()
+            .unwrap_or_else(|_| bail!("the sink's thread panicked"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow() -> Flow {
+        Flow {
+            dst_mac: [0x02, 0, 0, 0, 0, 0x01],
+            src_mac: [0x02, 0, 0, 0, 0, 0x02],
+            dst: Ipv4Addr::new(192, 0, 2, 30),
+            port: 9000,
+        }
+    }
+
+    /// `f` as a forwarding path leaves it in its page: new MAC addresses, TTL one less, the
+    /// destination translated (checksums left stale).
+    fn forwarded(f: &[u8]) -> Vec<u8> {
+        let mut g = f.to_vec();
+        g[..12].copy_from_slice(&[0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0x02, 1, 2, 3, 4, 5]);
+        g[14 + 8] -= 1;
+        g[14 + 16..14 + 20].copy_from_slice(&[10, 244, 2, 9]);
+        g[36..38].copy_from_slice(&8080u16.to_be_bytes());
+        g
+    }
+
+    #[test]
+    fn frames_are_minimal_udp_with_coprime_counters() {
+        let f = flow();
+        let t = frame(&f, 0);
+        assert_eq!(t.len(), FRAME_BYTES as usize);
+        assert_eq!(14 + 20 + 8 + PAYLOAD as u32, FRAME_BYTES);
+        let p = progtest::parse_ipv4(&t);
+        assert_eq!(p.src, Ipv4Addr::new(198, 18, 0, 1));
+        assert_eq!(p.dst, f.dst);
+        assert_eq!(p.proto, progtest::IPPROTO_UDP);
+        assert_eq!(source(14), "198.18.0.15:1038".parse().unwrap());
+        assert_eq!(source(1023), "198.18.0.4:2047".parse().unwrap());
+        // Coprime periods: every (address, port) pair occurs once before any repeats.
+        let all: std::collections::BTreeSet<SocketAddrV4> =
+            (0..u64::from(FLOWS)).map(source).collect();
+        assert_eq!(all.len(), FLOWS as usize);
+        assert_eq!(FLOWS, 15_360);
+        assert_eq!(source(u64::from(FLOWS)), source(0));
+    }
+
+    /// The program's arithmetic, modelled in Rust, against frames built from scratch: every
+    /// flow, and over a page that holds another frame (a recycled page).
+    #[test]
+    fn checksum_arithmetic_matches_the_reference_frames() {
+        let f = flow();
+        let t = frame(&f, 0);
+        let c = Consts::of(&t);
+        for n in 0..u64::from(FLOWS) + 3 {
+            let want = frame(&f, n);
+            progtest::assert_checksums(&want);
+            assert_eq!(c.emit(&t, &t, n), want, "frame {n} over the template");
+            assert_eq!(
+                c.emit(&t, &forwarded(&frame(&f, n + 7)), n),
+                want,
+                "frame {n} over frame {}",
+                n + 7
+            );
+        }
+        // Another destination changes the constants, not the method.
+        let g = Flow {
+            dst: Ipv4Addr::new(10, 244, 2, 2),
+            port: 53,
+            ..f
+        };
+        let c = Consts::of(&frame(&g, 0));
+        for n in [0, 1, 14, 15, 1023, 1024, 15_359] {
+            assert_eq!(c.emit(&frame(&g, 0), &[0xa5; 60], n), frame(&g, n));
+        }
+        // Whether a sum complements to 0 in these flows depends on the constants; the rule
+        // is tested on the fold itself.
+        let z = Consts {
+            ip: 0,
+            udp: 0xffff - 1 - 1024,
+        };
+        assert_eq!(
+            z.checksums(0).1,
+            0xffff,
+            "a UDP checksum of 0 is sent as 0xffff"
+        );
+    }
+
+    #[test]
+    fn programs_encode_and_jump_inside() {
+        for p in [
+            generator_program(3, 7, &frame(&flow(), 0)),
+            sink_program(9000, (Ipv4Addr::new(10, 244, 2, 0), 24)),
+        ] {
+            assert_eq!(p.last().unwrap().code, EXIT);
+            for (i, x) in p.iter().enumerate() {
+                if matches!(x.code, JEQ_K | JNE_K | JGT_X | JNE32_K) {
+                    let to = i as i64 + 1 + i64::from(x.off);
+                    assert!(
+                        to > i as i64 && (to as usize) < p.len(),
+                        "jump at {i}: {p:?}"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            insn(MOV64_K, R0, 0, 0, 2).encode().to_le_bytes(),
+            [0xb7, 0, 0, 0, 2, 0, 0, 0]
+        );
+        assert_eq!(
+            insn(STX_H, R2, R4, 34, 0).encode().to_le_bytes(),
+            [0x6b, 0x42, 34, 0, 0, 0, 0, 0]
+        );
+    }
+
+    /// The real program in the kernel (BPF_PROG_RUN, not live: nothing is sent): every flow's
+    /// frame byte for byte as built from scratch, its verdict a redirect, the counter advanced
+    /// once a frame; over a page holding another frame, the same bytes.
+    #[test]
+    fn the_program_writes_the_reference_frames() {
+        let f = flow();
+        let p = Program::load(&f, 1).expect("loading the generator");
+        let t = frame(&f, 0);
+        for n in 0..u64::from(FLOWS) + 2 {
+            let (verdict, out) = p.run_once(&t).expect("BPF_PROG_RUN");
+            assert_eq!(verdict, XDP_REDIRECT, "frame {n}");
+            assert_eq!(out, frame(&f, n), "frame {n}");
+        }
+        assert_eq!(p.frames().unwrap(), u64::from(FLOWS) + 2);
+        p.set_frames(3).unwrap();
+        let (_, out) = p.run_once(&forwarded(&frame(&f, 11))).unwrap();
+        assert_eq!(
+            out,
+            frame(&f, 3),
+            "over a page a forwarding path wrote into"
+        );
+        let (_, out) = p.run_once(&[0xa5; 60]).unwrap();
+        assert_eq!(out, frame(&f, 4), "over a page of garbage");
+        // Too short to write: dropped, untouched.
+        let (verdict, out) = p.run_once(&t[..56]).unwrap();
+        assert_eq!((verdict, out.as_slice()), (XDP_DROP, &t[..56]));
+    }
+
+    /// Live frames in a namespace of the test's own: the program's redirect to a veth puts
+    /// every frame in its peer's ring (the veth's `xdp_xmit` counter), where the peer's NAPI
+    /// takes them; none is refused, since the peer drains its ring between batches on the same
+    /// CPU. Needs root (a network namespace).
+    #[test]
+    fn live_frames_reach_the_peer_of_the_veth() {
+        progtest::isolated(|| {
+            not_in_root_netns().expect("an isolated namespace");
+            // SAFETY: gettid(2) has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            let net = format!("--net=/proc/{}/task/{tid}/ns/net", std::process::id());
+            let sh = |args: &[&str]| {
+                let out = std::process::Command::new("nsenter")
+                    .arg(&net)
+                    .args(args)
+                    .output()
+                    .expect("nsenter");
+                assert!(out.status.success(), "{args:?}: {out:?}");
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            };
+            sh(&[
+                "ip", "link", "add", "va", "type", "veth", "peer", "name", "vb",
+            ]);
+            sh(&["ip", "link", "set", "va", "up"]);
+            sh(&["ip", "link", "set", "vb", "up"]);
+            // The peer needs NAPI (GRO asked for) for veth to take XDP frames for it.
+            sh(&["ethtool", "-K", "vb", "gro", "off"]);
+            sh(&["ethtool", "-K", "vb", "gro", "on"]);
+            let p = Program::load(&flow(), ifindex("va").unwrap()).expect("loading");
+            p.run_live(1000, BATCH).expect("a live run");
+            assert_eq!(p.frames().unwrap(), 1000);
+            let stat = |name: &str| -> u64 {
+                sh(&["ethtool", "-S", "va"])
+                    .lines()
+                    .find_map(|l| {
+                        l.trim()
+                            .strip_prefix(&format!("{name}: "))
+                            .map(str::to_owned)
+                    })
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("no {name} on va"))
+            };
+            assert_eq!(stat("tx_queue_0_xdp_xmit"), 1000);
+            assert_eq!(stat("tx_queue_0_xdp_xmit_errors"), 0);
+            // The generator refuses namespaces other than a lab's.
+            assert!(enter("not-a-lab").is_err());
+        });
+    }
+
+    /// The sink program in the kernel: drops the flood's frames to node2's pods, passes the rest.
+    #[test]
+    fn the_sink_drops_the_floods_frames_only() {
+        let prog = load(
+            "flood_sink",
+            &sink_program(9000, (Ipv4Addr::new(10, 244, 2, 0), 24)),
+        )
+        .expect("loading the sink");
+        let to = |dst: Ipv4Addr, port: u16| {
+            frame(
+                &Flow {
+                    dst,
+                    port,
+                    ..flow()
+                },
+                5,
+            )
+        };
+        let run = |f: &[u8]| progtest::test_run(prog.as_raw_fd(), f, 0).unwrap().retval;
+        assert_eq!(run(&to(Ipv4Addr::new(10, 244, 2, 7), 9000)), XDP_DROP);
+        assert_eq!(run(&to(Ipv4Addr::new(10, 244, 2, 7), 9001)), XDP_PASS);
+        assert_eq!(run(&to(Ipv4Addr::new(10, 244, 1, 7), 9000)), XDP_PASS);
+        let mut arp = to(Ipv4Addr::new(10, 244, 2, 7), 9000);
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        assert_eq!(run(&arp), XDP_PASS);
+        let mut tcp = to(Ipv4Addr::new(10, 244, 2, 7), 9000);
+        tcp[14 + 9] = progtest::IPPROTO_TCP;
+        assert_eq!(run(&tcp), XDP_PASS);
+        assert_eq!(run(&to(Ipv4Addr::new(10, 244, 2, 7), 9000)[..30]), XDP_PASS);
+    }
+}
