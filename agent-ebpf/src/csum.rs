@@ -260,7 +260,9 @@ pub fn rewrite4(
             (*hdr).check = apply(old.check, addr_diff);
         }
         if ports && !unchecked {
-            core::ptr::write_unaligned(l4p as *mut [u16; 2], [sport, dport]);
+            // Halfword stores (see parse::packet_word: an unaligned write is four byte
+            // stores).
+            core::ptr::write(l4p as *mut [u16; 2], [sport, dport]);
         }
     }
     if addrs {
