@@ -216,15 +216,32 @@ fn valid_v4(hdr: &Ipv4Hdr) -> bool {
     hdr.ver_ihl >> 4 == 4 && hdr.header_len() >= IPV4_MIN_HLEN
 }
 
+/// A `T` (a u16, u32 or an array of them) of the packet at address `at`, read with loads of
+/// its fields' width. Packet words are not aligned to their size (the IPv4 header starts 14
+/// bytes in), and an unaligned read makes the eBPF backend split every one into byte loads
+/// (its target declares no misaligned access): the IPv4 header and ports cost ~60
+/// instructions so, on every packet. The verifier checks packet access for alignment only
+/// under BPF_F_STRICT_ALIGNMENT (which ferry never sets) or on architectures without efficient
+/// misaligned access (x86-64 and arm64 have it), and their JITs load such words as they are;
+/// csum.rs and xdp.rs store header words the same way.
+///
+/// # Safety
+/// `size_of::<T>()` bytes from `at` are in the packet (checked by the caller).
+#[inline(always)]
+pub unsafe fn packet_word<T: Copy>(at: usize) -> T {
+    // SAFETY: the caller's bounds check; see above for the alignment.
+    unsafe { core::ptr::read(at as *const T) }
+}
+
 /// The IPv4 header at packet address `h` (IPV4_MIN_HLEN bytes checked by the caller), read
-/// field by field: a copy of the whole struct becomes a call to the eBPF build's `memmove`, a
-/// loop of one-byte copies.
+/// field by field (a copy of the whole struct becomes a call to the eBPF build's `memmove`, a
+/// loop of one-byte copies), each with one load ([`packet_word`]).
 #[inline(always)]
 pub fn read_hdr(h: usize) -> Ipv4Hdr {
-    // SAFETY: the caller checked IPV4_MIN_HLEN bytes from `h`; unaligned reads.
+    // SAFETY: the caller checked IPV4_MIN_HLEN bytes from `h`.
     unsafe {
         let u8_at = |o: usize| *((h + o) as *const u8);
-        let u16_at = |o: usize| core::ptr::read_unaligned((h + o) as *const u16);
+        let u16_at = |o: usize| packet_word::<u16>(h + o);
         Ipv4Hdr {
             ver_ihl: u8_at(0),
             tos: u8_at(1),
@@ -234,8 +251,8 @@ pub fn read_hdr(h: usize) -> Ipv4Hdr {
             ttl: u8_at(8),
             proto: u8_at(9),
             check: u16_at(10),
-            saddr: core::ptr::read_unaligned((h + 12) as *const u32),
-            daddr: core::ptr::read_unaligned((h + 16) as *const u32),
+            saddr: packet_word::<u32>(h + 12),
+            daddr: packet_word::<u32>(h + 16),
         }
     }
 }
@@ -265,7 +282,7 @@ fn ipv4_direct(ctx: &TcContext, ip: &mut Ipv4) -> u8 {
             }
             // SAFETY: TCP_READ bytes from `p` checked above.
             unsafe {
-                ip.l4.ports = core::ptr::read_unaligned(p as *const [u16; 2]);
+                ip.l4.ports = packet_word::<[u16; 2]>(p);
                 ip.l4.tcp_flags = *((p + 13) as *const u8) & (TCP_FIN | TCP_SYN | TCP_RST);
             }
         }
@@ -275,8 +292,8 @@ fn ipv4_direct(ctx: &TcContext, ip: &mut Ipv4) -> u8 {
             }
             // SAFETY: UDP_READ bytes from `p` checked above.
             unsafe {
-                ip.l4.ports = core::ptr::read_unaligned(p as *const [u16; 2]);
-                ip.l4.udp_unchecked = core::ptr::read_unaligned((p + 6) as *const u16) == 0;
+                ip.l4.ports = packet_word::<[u16; 2]>(p);
+                ip.l4.udp_unchecked = packet_word::<u16>(p + 6) == 0;
             }
         }
         _ => return PARSED,

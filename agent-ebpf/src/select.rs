@@ -16,11 +16,14 @@ use agent_common::{
     AffinityKey, AffinityValue, Backend4, Backend6, Ip6, MAGLEV_TABLE_SIZE, Svc4Key, Svc6Key,
     SvcValue, maglev_key, stats::Counter, svc_flags,
 };
+use core::mem::MaybeUninit;
+
 use aya_ebpf::helpers::generated as h;
 
 use crate::maps::{
     AFFINITY, BACKEND_LIVE_V4, BACKENDS_V4, BACKENDS_V6, MAGLEV, SERVICES_V4, SERVICES_V6, count,
 };
+use crate::parse::zeroed_in;
 
 /// Frontend kinds that are exposed on the node's devices (the north-south
 /// programs). ClusterIPs are served at the socket layer, and there only
@@ -64,7 +67,7 @@ pub trait Frontend: Copy {
 }
 
 macro_rules! frontend {
-    ($key:ty, $addr:ty, $backend:ty, $services:ident, $backends:ident, $live:expr) => {
+    ($key:ty, $addr:ty, $backend:ty, $services:ident, $get:expr, $live:expr) => {
         impl Frontend for $key {
             type Addr = $addr;
             type Backend = $backend;
@@ -94,7 +97,7 @@ macro_rules! frontend {
 
             #[inline(always)]
             fn backend(id: u32) -> Option<$backend> {
-                $backends.get_ptr(&id).map(|p| unsafe { *p })
+                ($get)(id)
             }
 
             #[inline(always)]
@@ -117,22 +120,31 @@ macro_rules! frontend {
 }
 
 // A free id's array slot is all zeroes: no flow's backend is 0.0.0.0:0.
-frontend!(
-    Svc4Key,
-    u32,
-    Backend4,
-    SERVICES_V4,
-    BACKENDS_V4,
-    |id: u32| { BACKEND_LIVE_V4.get(id).copied() }
-);
+frontend!(Svc4Key, u32, Backend4, SERVICES_V4, backend4, |id: u32| {
+    BACKEND_LIVE_V4.get(id).copied()
+});
 frontend!(
     Svc6Key,
     Ip6,
     Backend6,
     SERVICES_V6,
-    BACKENDS_V6,
+    |id: u32| { BACKENDS_V6.get_ptr(&id).map(|p| unsafe { *p }) },
     |id: u32| { BACKENDS_V6.get_ptr(&id).map(|p| unsafe { *p }) }
 );
+
+/// IPv4 backend `id`: from the backend array (an array lookup the verifier
+/// inlines, where the backend map is a hash lookup: ~20 ns of every new
+/// flow), else from the backend map. The agent writes the array right after
+/// the map entry and clears it before removing the entry, so a slot naming
+/// an id whose array entry is still all zeroes (just added, or an agent
+/// that keeps no array) reads the map.
+#[inline(always)]
+fn backend4(id: u32) -> Option<Backend4> {
+    match BACKEND_LIVE_V4.get(id) {
+        Some(b) if b.addr != 0 || b.port != 0 => Some(*b),
+        _ => BACKENDS_V4.get_ptr(&id).map(|p| unsafe { *p }),
+    }
+}
 
 /// The service map entry of `key`, in its family's map.
 #[inline(always)]
@@ -169,17 +181,19 @@ pub fn choose<K: Frontend>(
     flow_hash: Option<u32>,
 ) -> Option<Chosen<K::Backend>> {
     let affinity = svc.flags & svc_flags::AFFINITY != 0;
-    // The clock only matters to affinity.
+    // The clock and the key only matter to affinity: a Service without it
+    // builds neither (the key's padding made the compiler's byte-loop memset).
     let now = if affinity { now_seconds() } else { 0 };
-    let aff_key = AffinityKey {
-        client: client.id,
-        rev_nat_id: svc.rev_nat_id,
-        kind: client.kind,
-        _pad: [0; 5],
+    let mut key_slot = MaybeUninit::uninit();
+    let aff_key = if affinity {
+        let k = affinity_key(&mut key_slot, client, svc.rev_nat_id);
+        if let Some(chosen) = from_affinity::<K>(k, svc, now) {
+            return Some(chosen);
+        }
+        Some(&*k)
+    } else {
+        None
     };
-    if affinity && let Some(chosen) = from_affinity::<K>(&aff_key, svc, now) {
-        return Some(chosen);
-    }
 
     let place = flow_hash.unwrap_or_else(|| unsafe { h::bpf_get_prandom_u32() });
     let id = if svc.flags & svc_flags::MAGLEV != 0 {
@@ -195,14 +209,31 @@ pub fn choose<K: Frontend>(
         slot(key, svc, place)?
     };
     let backend = K::backend(id)?;
-    if affinity {
+    if let Some(aff_key) = aff_key {
         let v = AffinityValue {
             backend_id: id,
             last_used: now,
         };
-        let _ = AFFINITY.insert(&aff_key, &v, 0);
+        let _ = AFFINITY.insert(aff_key, &v, 0);
     }
     Some(Chosen { id, backend })
+}
+
+/// The affinity key of `client` for the Service `rev_nat_id`, built in
+/// `slot` with word stores (a struct literal with its padding would be the
+/// byte-loop memset).
+#[inline(always)]
+fn affinity_key(
+    slot: &mut MaybeUninit<AffinityKey>,
+    client: Client,
+    rev_nat_id: u16,
+) -> &mut AffinityKey {
+    // SAFETY: integers, for which all zeros is valid.
+    let k = unsafe { zeroed_in(slot) };
+    k.client = client.id;
+    k.rev_nat_id = rev_nat_id;
+    k.kind = client.kind;
+    k
 }
 
 /// The client's backend while its affinity entry is younger than the

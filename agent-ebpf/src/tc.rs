@@ -75,7 +75,7 @@ pub(crate) fn ethertype(ctx: &TcContext) -> u16 {
     }
     // SAFETY: bounds checked above (the Ethernet header is in the linear
     // part of every skb a TC program sees).
-    u16::from_be(unsafe { core::ptr::read_unaligned((data + 12) as *const u16) })
+    u16::from_be(unsafe { parse::packet_word::<u16>(data + 12) })
 }
 
 #[inline(always)]

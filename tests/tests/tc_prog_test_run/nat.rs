@@ -1086,6 +1086,35 @@ pub static TABLE: &[Scenario] = &[
             ]
         },
     },
+    Scenario {
+        desc: "IPv4: a backend in the backend map whose array slot is still empty (just \
+               added): a new flow reads the map",
+        families: V4,
+        targets: TC,
+        netns: no_netns,
+        fixture: |f, n| {
+            etp_local_tcp_80(f, n);
+            let mut live: aya::maps::Array<&mut aya::maps::MapData, agent_common::Backend4> =
+                aya::maps::Array::try_from(f.map(agent_common::maps::BACKEND_LIVE_V4)).unwrap();
+            live.set(1, &agent_common::Backend4::default(), 0).unwrap();
+        },
+        steps: |n| {
+            let vip = sa(n.lb_vip, 80);
+            let pod = sa(n.local_pod, 8080);
+            let client = sa(n.client, 40100);
+            vec![row(move |_| {
+                Row::new(
+                    "SYN after DNAT to the map's backend",
+                    TcIn,
+                    inbound(tcp_packet(client, vip, TCP_SYN, b"")),
+                    Ok,
+                )
+                .out(inbound(tcp_packet(client, pod, TCP_SYN, b"")))
+                .counter(Counter::NsNewFlow, 1)
+                .ct_len(2)
+            })]
+        },
+    },
 ];
 
 fn checksum_fixture(f: &mut Fixture, n: &'static Net) {
