@@ -9,6 +9,24 @@
 //! is a lookup as before. Per CPU, so a slot is only ever written by the CPU
 //! that reads it (no torn MACs, no cache line shared between CPUs); each CPU
 //! resolves a destination at most once per [`NEXT_HOP_MAX_AGE_NS`].
+//!
+//! What a slot does not see until it is older than that: a neighbour's new
+//! MAC or its loss, a new route, the egress device leaving the node's
+//! north-south set or going away (a redirect to a device that is gone is
+//! a drop). The age bounds each of these, with no agent involved (a
+//! generation bumped on every netlink neighbour and route change would
+//! need the agent to watch them, and would still lag by its own delay).
+//! The source address is not in the tag: XDP's translated packets come
+//! from the node's address on the ingress device (SNAT: the tag's ingress
+//! device decides it), or keep the client's (eTP Local) or the frontend's
+//! (replies), and routes by source (policy routing) are resolved once per
+//! age for all of a destination's sources.
+//!
+//! Cilium's XDP and TC datapaths (bpf/lib/fib.h) call `bpf_fib_lookup` on
+//! every forwarded packet, older versions keeping a neighbour MAC map
+//! beside it; Katran does no route lookup at all and sends every packet to
+//! one gateway MAC that its control plane writes. This is between the
+//! two: the FIB decides, once a second per destination and CPU.
 
 /// One resolved next hop. `stamp` 0 is an empty slot.
 #[repr(C)]

@@ -29,12 +29,12 @@ pub struct Hop {
 }
 
 impl Hop {
+    /// All zeros in `slot`, word by word (`Hop { .. }` of zeros is a call
+    /// to a byte-by-byte memset, 10 % of a tracked packet's cost).
     #[inline(always)]
-    pub const fn empty() -> Self {
-        Self {
-            oif: 0,
-            macs: [0; 12],
-        }
+    pub fn zeroed_in(slot: &mut core::mem::MaybeUninit<Hop>) -> &mut Hop {
+        // SAFETY: integers only; all zeros is a valid Hop.
+        unsafe { crate::parse::zeroed_in(slot) }
     }
 }
 
