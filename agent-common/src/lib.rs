@@ -17,12 +17,14 @@ pub mod maps;
 pub mod nat4;
 pub mod nat6;
 pub mod net;
+pub mod nexthop;
 pub mod stats;
 
 pub use lb4::*;
 pub use lb6::*;
 pub use nat4::*;
 pub use nat6::*;
+pub use nexthop::*;
 
 /// IANA protocol numbers used in keys (same values as `IPPROTO_*`).
 pub mod proto {

@@ -95,6 +95,11 @@ pub const NODE_ADDR_V6: &str = "ferry_naddr6_v1";
 pub const NODES_V6: &str = "ferry_nodes6_v1";
 pub const ICMP6_SOURCES: &str = "ferry_icmps6_v1";
 
+/// `ferry_xdp`'s next-hop cache (per-CPU array of [`crate::NextHop4`], see
+/// crate::nexthop). Not pinned and not in [`ALL`]: a cache, each program
+/// load starts with an empty one and fills it from the FIB.
+pub const NEXT_HOP_V4: &str = "ferry_nhop4_v1";
+
 /// Every map name of the current ABI.
 pub const ALL: &[&str] = &[
     SERVICES_V4,

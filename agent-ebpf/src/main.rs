@@ -39,6 +39,8 @@ mod icmp6;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod nexthop;
+#[cfg(target_arch = "bpf")]
 mod nodeport;
 #[cfg(target_arch = "bpf")]
 mod ns;

@@ -8,9 +8,10 @@
 //! the TC program makes them, so that a flow started here continues under
 //! TC and the other way round). Translated packets are rewritten in place
 //! with their checksums computed here (no skb, no checksum helpers), their
-//! TTL decremented, and sent with `bpf_fib_lookup` + `bpf_redirect`, out
-//! of the ingress device too: not XDP_TX, because on veth XDP_TX wakes the
-//! peer's NAPI only when the peer runs an XDP program (Linux's
+//! TTL decremented, and sent with `bpf_fib_lookup` + `bpf_redirect` (the
+//! FIB's answer kept per destination on each CPU for up to a second:
+//! nexthop.rs), out of the ingress device too: not XDP_TX, because on veth
+//! XDP_TX wakes the peer's NAPI only when the peer runs an XDP program (Linux's
 //! `veth_xdp_flush` checks the peer's `xdp_prog`), so with a peer whose
 //! NAPI comes from GRO the frames wait in its ring and are lost; a redirect
 //! goes through `ndo_xdp_xmit`, which flushes whenever the peer has NAPI.
@@ -44,8 +45,9 @@ use crate::{
     drop::{self, DropReason, Raw},
     event,
     family::V4,
-    fib::{self, AF_INET},
+    fib::AF_INET,
     maps::{NODE_ADDR_V4, NODE_CONFIG, count},
+    nexthop::{self, Hop},
     nodeport::{self, Admission},
     ns::{CtVal, Ns, Room},
     parse::{self, ETH_P_IP, IP_OFF, IPV4_MIN_HLEN, Ipv4, Ipv4Hdr, Tuple},
@@ -168,9 +170,10 @@ fn ipv4(ctx: &XdpContext) -> Raw {
         if v.flags() & ct_flags::DSR != 0 || !nodeport::backend_still_there::<V4>(v) {
             return pass;
         }
-        let r = send(ctx, ip, &nat_of(v));
+        let now = nexthop::now();
+        let r = send(ctx, ip, &nat_of(v), now);
         if sent(r) {
-            ct::touch(entry, select::now_seconds(), tcp_flags);
+            ct::touch(entry, seconds(now), tcp_flags);
             count(Counter::NsTracked);
         }
         return r;
@@ -188,9 +191,10 @@ fn ipv4(ctx: &XdpContext) -> Raw {
         if let Some(entry) = ct::lookup(&rkey) {
             // SAFETY: as above.
             let v = unsafe { &*entry };
-            let r = send(ctx, ip, &nat_of(v));
+            let now = nexthop::now();
+            let r = send(ctx, ip, &nat_of(v), now);
             if sent(r) {
-                ct::touch(entry, select::now_seconds(), tcp_flags);
+                ct::touch(entry, seconds(now), tcp_flags);
                 count(Counter::NsTracked);
             }
             return r;
@@ -244,8 +248,8 @@ fn new_flow_body(ctx: &XdpContext, ip: &Ipv4, t: &Tuple, cfg: &NodeConfig) -> Ac
     };
     // Routed first: a flow XDP cannot send is made by TC, whole.
     let mut slot = core::mem::MaybeUninit::uninit();
-    let p = fib::params(&mut slot);
-    if !route(ctx, ip, node_addr, backend_addr, p) {
+    let hop = Hop::zeroed_in(&mut slot);
+    if !route(ctx, ip, node_addr, backend_addr, nexthop::now(), hop) {
         return Ok(PASS);
     }
     let tcp_flags = parse::tcp_flags(ip);
@@ -285,7 +289,15 @@ fn new_flow_body(ctx: &XdpContext, ip: &Ipv4, t: &Tuple, cfg: &NodeConfig) -> Ac
     }
     nodeport::count_new_flow();
     let nat = nat_of(fwd);
-    rewrite_and_send(ctx, ip, nat, p)
+    rewrite_and_send(ctx, ip, nat, hop)
+}
+
+/// `now` (nexthop::now, the coarse clock) in the seconds conntrack
+/// entries are stamped with, as `select::now_seconds` reads them: the
+/// tracked paths read the clock once for the next hop and the entry.
+#[inline(always)]
+fn seconds(now: u64) -> u32 {
+    (now / 1_000_000_000) as u32
 }
 
 #[inline(always)]
@@ -293,19 +305,36 @@ fn ingress_ifindex(ctx: &XdpContext) -> u32 {
     ctx.ingress_ifindex() as u32
 }
 
-/// Looks up the route of the packet `ip` translated to `saddr` -> `daddr`
-/// into `p`: true when the FIB names the next hop with its MACs, the
-/// packet fits its MTU and XDP may send to the device ([`may_send_to`]).
-/// A TTL that would expire here is the stack's.
+/// The next hop of the packet `ip` translated to `saddr` -> `daddr`, into
+/// `hop`: true when XDP may send it there. This CPU's cached answer for
+/// `daddr` when fresh (nexthop.rs), else the FIB's ([`resolve`]). A TTL
+/// that would expire here is the stack's.
 #[inline(always)]
-fn route(ctx: &XdpContext, ip: &Ipv4, saddr: u32, daddr: u32, p: &mut bpf_fib_lookup) -> bool {
+fn route(ctx: &XdpContext, ip: &Ipv4, saddr: u32, daddr: u32, now: u64, hop: &mut Hop) -> bool {
     if ip.hdr.ttl <= 1 {
         return false;
     }
+    let tot_len = u16::from_be(ip.hdr.tot_len);
+    nexthop::cached(daddr, ingress_ifindex(ctx), tot_len, now, hop)
+        || resolve(ctx, ip, saddr, daddr, hop)
+}
+
+/// Looks up the route of the packet `ip` translated to `saddr` -> `daddr`:
+/// true when the FIB names the next hop with its MACs, the packet fits its
+/// MTU and XDP may send to the device ([`may_send_to`]); the answer is
+/// then kept in the next-hop cache and written to `hop`. A function of its
+/// own, its parameters in per-CPU scratch: the cached path does not set
+/// them up, and no caller's frame holds them.
+#[inline(never)]
+fn resolve(ctx: &XdpContext, ip: &Ipv4, saddr: u32, daddr: u32, hop: &mut Hop) -> bool {
+    let Some(p) = nexthop::params() else {
+        return false;
+    };
+    let iif = ingress_ifindex(ctx);
     p.family = AF_INET;
     p.l4_protocol = ip.hdr.proto;
     p.__bindgen_anon_1.tot_len = u16::from_be(ip.hdr.tot_len);
-    p.ifindex = ingress_ifindex(ctx);
+    p.ifindex = iif;
     p.__bindgen_anon_2.tos = ip.hdr.tos;
     p.__bindgen_anon_3.ipv4_src = saddr;
     p.__bindgen_anon_4.ipv4_dst = daddr;
@@ -318,31 +347,35 @@ fn route(ctx: &XdpContext, ip: &Ipv4, saddr: u32, daddr: u32, p: &mut bpf_fib_lo
             0,
         )
     };
-    rc as u32 == BPF_FIB_LKUP_RET_SUCCESS && may_send_to(ctx, p.ifindex)
+    if rc as u32 != BPF_FIB_LKUP_RET_SUCCESS || !may_send_to(ctx, p.ifindex) {
+        return false;
+    }
+    nexthop::remember(daddr, iif, p, nexthop::now(), hop);
+    true
 }
 
 /// A tracked packet: routed, then rewritten to `nat` and sent; PASS (the
 /// packet untouched) when the FIB cannot send it.
 #[inline(never)]
-fn send(ctx: &XdpContext, ip: &Ipv4, nat: &Nat) -> Raw {
-    Raw::of(send_body(ctx, ip, *nat).map(|a| a as i32))
+fn send(ctx: &XdpContext, ip: &Ipv4, nat: &Nat, now: u64) -> Raw {
+    Raw::of(send_body(ctx, ip, *nat, now).map(|a| a as i32))
 }
 
 #[inline(always)]
-fn send_body(ctx: &XdpContext, ip: &Ipv4, nat: Nat) -> Action {
+fn send_body(ctx: &XdpContext, ip: &Ipv4, nat: Nat, now: u64) -> Action {
     let mut slot = core::mem::MaybeUninit::uninit();
-    let p = fib::params(&mut slot);
-    if !route(ctx, ip, nat.saddr, nat.daddr, p) {
+    let hop = Hop::zeroed_in(&mut slot);
+    if !route(ctx, ip, nat.saddr, nat.daddr, now, hop) {
         return Ok(PASS);
     }
-    rewrite_and_send(ctx, ip, nat, p)
+    rewrite_and_send(ctx, ip, nat, hop)
 }
 
 /// Rewrites the packet to `nat` with both checksums (RFC 1624, the TTL's
-/// decrement in the header's), sets the MACs the FIB gave in `p`, and
-/// redirects it to the next hop's device (the ingress one included).
+/// decrement in the header's), sets the next hop's MACs, and redirects it
+/// to the next hop's device (the ingress one included).
 #[inline(always)]
-fn rewrite_and_send(ctx: &XdpContext, ip: &Ipv4, nat: Nat, p: &bpf_fib_lookup) -> Action {
+fn rewrite_and_send(ctx: &XdpContext, ip: &Ipv4, nat: Nat, hop: &Hop) -> Action {
     let old = &ip.hdr;
     let [old_sport, old_dport] = ip.l4.ports;
     let addr_diff = csum::diff4(csum::diff4(0, old.saddr, nat.saddr), old.daddr, nat.daddr);
@@ -384,19 +417,22 @@ fn rewrite_and_send(ctx: &XdpContext, ip: &Ipv4, nat: Nat, p: &bpf_fib_lookup) -
             }
             core::ptr::write_unaligned(cp, new);
         }
-        // SAFETY: the union member the helper fills on success.
-        let macs = p.__bindgen_anon_6.__bindgen_anon_2;
-        let eth = data as *mut [u8; 12];
-        let mut m = [0u8; 12];
-        m[..6].copy_from_slice(&macs.dmac);
-        m[6..].copy_from_slice(&macs.smac);
-        core::ptr::write_unaligned(eth, m);
+        // Six 2-byte stores (the frame starts 2-aligned), volatile so that
+        // they stay stores: as a 12-byte copy LLVM calls a byte-by-byte
+        // memmove, 10 % of a tracked packet's cost.
+        let macs: [u16; 6] = core::mem::transmute(hop.macs);
+        let eth = data as *mut u16;
+        let mut i = 0;
+        while i < 6 {
+            eth.add(i).write_volatile(macs[i]);
+            i += 1;
+        }
     }
     count(Counter::NsXdpForwarded);
     // Out of the ingress device too: a redirect, not XDP_TX (see the
     // module's doc: on veth, XDP_TX wakes the peer only if it runs XDP).
     // SAFETY: a plain helper call.
-    Ok(unsafe { h::bpf_redirect(p.ifindex, 0) } as u32)
+    Ok(unsafe { h::bpf_redirect(hop.oif, 0) } as u32)
 }
 
 /// Whether XDP may send a packet out of device `ifindex` (the FIB's

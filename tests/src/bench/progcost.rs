@@ -34,9 +34,12 @@
 //! `ferry_xdp` (`--acceleration`) beside them, on the same frames with XDP test runs: miss and
 //! hit (translated and redirected to the FIB's next hop: a veth `d0` in the measuring namespace,
 //! made a north-south device, with a resolved gateway towards the pod) and pass, minus an empty
-//! XDP program (`r0 = XDP_PASS; exit`) timed the same way. XDP's figures include its FIB lookup
-//! and the TTL/MAC rewrite, which TC's miss/hit of this eTP Local flow (handed to the stack)
-//! do not.
+//! XDP program (`r0 = XDP_PASS; exit`) timed the same way. XDP's figures include its next hop
+//! (its next-hop cache, or the FIB when the cache has none) and the TTL/MAC rewrite, which TC's
+//! miss/hit of this eTP Local flow (handed to the stack) do not. So both programs are also timed
+//! on the same work, a flow to a remote backend (eTP Cluster: DNAT, SNAT to the node's address,
+//! TTL and MACs from the FIB, redirected to the next hop): the "remote miss" and "remote hit"
+//! rows of `ferry_tc_in` and `ferry_xdp` compare like with like.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -269,6 +272,13 @@ const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const REV: u16 = 7;
 const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const REV_CIP: u16 = 8;
+/// The LoadBalancer port whose one backend is remote ([`REMOTE_POD`], eTP Cluster: SNAT).
+const REMOTE_PORT: u16 = 81;
+const REV_REMOTE: u16 = 9;
+/// A pod of another node, reached through the gateway of [`xdp_next_hop`].
+const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 77);
+/// TC_ACT_REDIRECT: what `ferry_tc_in` returns for a packet it sent to the next hop.
+const TC_REDIRECT: i32 = 7;
 /// The pod that calls the ClusterIP.
 const POD_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 9);
 
@@ -296,6 +306,12 @@ fn frame(src: SocketAddrV4, dst: SocketAddrV4, flags: u8, inbound: bool) -> Vec<
         ethernet(PEER_MAC, NODE_MAC, ETH_P_IP, &packet)
     }
 }
+
+/// The rows both programs are timed on (like for like): a flow to a remote backend.
+const REMOTE_MISS: &str = "remote miss (new flow to a remote backend: lookup, choice, conntrack insert, DNAT+SNAT, \
+     next hop, redirect)";
+const REMOTE_HIT: &str = "remote hit (tracked flow to a remote backend: conntrack lookup, DNAT+SNAT, next hop, \
+     redirect)";
 
 /// Runs of one path, each followed by a run of the empty program on the same frame: pair
 /// `i` of `path` and `empty` ran back to back.
@@ -400,6 +416,8 @@ fn measure(samples: usize) -> Result<Results> {
     };
     let mut t = ProgTest::load(object(), programs)?;
     program_maps(&mut t)?;
+    // The route to the pods (the remote rows' next hop, TC's and XDP's).
+    xdp_next_hop(&mut t)?;
     let empty = empty_program(PROG_TYPE_SCHED_CLS, -1)?;
     let empty_fd = empty.as_raw_fd();
     let vip = SocketAddrV4::new(LB_VIP, 80);
@@ -414,6 +432,10 @@ fn measure(samples: usize) -> Result<Results> {
         TCP_ACK,
         true,
     );
+    let remote_vip = SocketAddrV4::new(LB_VIP, REMOTE_PORT);
+    let remote_syn = frame(client, remote_vip, TCP_SYN, true);
+    let remote_ack = frame(client, remote_vip, TCP_ACK, true);
+    let remote_key = forward_key(client, remote_vip);
 
     let fd = |name: &str| -> Result<i32> {
         let p = t.ebpf.program(name).context("program")?;
@@ -494,6 +516,20 @@ fn measure(samples: usize) -> Result<Results> {
         pass,
         verdict,
     ));
+    // The same work as XDP's forwarded paths: a flow to a remote backend.
+    let (ds, v) = timed(samples, fd_in, empty_fd, &remote_syn, none, || {
+        forget(&remote_key)
+    })?;
+    if v != TC_REDIRECT {
+        bail!("the SYN to the remote backend was not sent to the next hop (verdict {v})");
+    }
+    runs.push((REMOTE_MISS, TC_IN, ds, v));
+    run_once(fd_in, &remote_syn)?;
+    let (ds, v) = timed(samples, fd_in, empty_fd, &remote_ack, none, none)?;
+    if v != TC_REDIRECT {
+        bail!("the remote flow's segment was not sent to the next hop (verdict {v})");
+    }
+    runs.push((REMOTE_HIT, TC_IN, ds, v));
     // The per-packet ClusterIP path.
     let pod_client = SocketAddrV4::new(POD_CLIENT, 40000);
     let cip = SocketAddrV4::new(CLUSTER_IP, 80);
@@ -549,7 +585,6 @@ fn measure(samples: usize) -> Result<Results> {
 
     let mut xdp_base = f64::NAN;
     if has_xdp {
-        xdp_next_hop(&mut t.borrow_mut())?;
         let empty = empty_program(PROG_TYPE_XDP, XDP_PASS)?;
         let empty_fd = empty.as_raw_fd();
         clear_ct(&mut t.borrow_mut())?;
@@ -568,6 +603,9 @@ fn measure(samples: usize) -> Result<Results> {
         run_once(fd_xdp, &syn)?;
         let hit = run_path(&ack, None, XDP_REDIRECT)?;
         let pass = run_path(&other, None, XDP_PASS)?;
+        let remote_miss = run_path(&remote_syn, Some(&remote_key), XDP_REDIRECT)?;
+        run_once(fd_xdp, &remote_syn)?;
+        let remote_hit = run_path(&remote_ack, None, XDP_REDIRECT)?;
         let xdp = [
             (
                 "miss (new flow: lookup, choice, conntrack insert, DNAT, FIB, redirect)",
@@ -580,6 +618,8 @@ fn measure(samples: usize) -> Result<Results> {
                 XDP_REDIRECT,
             ),
             ("pass (no frontend: parse and lookups)", pass, XDP_PASS),
+            (REMOTE_MISS, remote_miss, XDP_REDIRECT),
+            (REMOTE_HIT, remote_hit, XDP_REDIRECT),
         ];
         let normal = normal_empty(&xdp.iter().map(|r| &r.1).collect::<Vec<_>>());
         let costs: Vec<PathCost> = xdp
@@ -606,9 +646,10 @@ fn measure(samples: usize) -> Result<Results> {
     })
 }
 
-/// The measuring namespace's route to the pod for `ferry_xdp`: a veth `d0` (its peer up) with
-/// a resolved gateway 100.64.0.2 towards 10.244.0.0/24, forwarding on, and `d0` made one of
-/// the node's north-south devices (an address in the node address map), which XDP sends to.
+/// The measuring namespace's route to the pods (XDP's forwarded rows, and both programs'
+/// remote rows): a veth `d0` (its peer up) with a resolved gateway 100.64.0.2 towards
+/// 10.244.0.0/24, forwarding on, and `d0` made one of the node's north-south devices (an
+/// address in the node address map), which XDP sends to.
 fn xdp_next_hop(t: &mut ProgTest) -> Result<()> {
     let ip = |args: &[&str]| -> Result<()> {
         let st = std::process::Command::new("ip").args(args).status()?;
@@ -667,20 +708,29 @@ fn program_maps(t: &mut ProgTest) -> Result<()> {
         flags: backend_flags::LOCAL,
         _pad: [0; 3],
     };
+    let remote = Backend4 {
+        addr: raw(REMOTE_POD),
+        flags: 0,
+        ..backend
+    };
     hash::<u32, Backend4>(t, m::BACKENDS_V4)?.insert(&1, &backend, 0)?;
+    hash::<u32, Backend4>(t, m::BACKENDS_V4)?.insert(&2, &remote, 0)?;
     // The backend array the agent writes with it (the hit path's check; an object of
     // before it has none: FERRY_BENCH_EBPF).
     if let Some(map) = t.ebpf.map_mut(m::BACKEND_LIVE_V4) {
-        aya::maps::Array::<&mut MapData, Backend4>::try_from(map)?.set(1, &backend, 0)?;
+        let mut live = aya::maps::Array::<&mut MapData, Backend4>::try_from(map)?;
+        live.set(1, &backend, 0)?;
+        live.set(2, &remote, 0)?;
     }
-    let key = |slot: u16| Svc4Key {
+    let lb_key = |port: u16, slot: u16| Svc4Key {
         addr: raw(LB_VIP),
-        port: port_to_raw(80),
+        port: port_to_raw(port),
         slot,
         proto: IPPROTO_TCP,
         scope: scope::EXTERNAL,
         _pad: [0; 2],
     };
+    let key = |slot: u16| lb_key(80, slot);
     let mut svc = hash::<Svc4Key, SvcValue>(t, m::SERVICES_V4)?;
     svc.insert(
         &key(0),
@@ -698,6 +748,27 @@ fn program_maps(t: &mut ProgTest) -> Result<()> {
         &key(1),
         &SvcValue {
             backend_id: 1,
+            ..SvcValue::default()
+        },
+        0,
+    )?;
+    // 192.0.2.10:81, eTP Cluster, with the remote backend (SNAT to the node's address).
+    svc.insert(
+        &lb_key(REMOTE_PORT, 0),
+        &SvcValue {
+            backend_id: 0,
+            count: 1,
+            rev_nat_id: REV_REMOTE,
+            flags: svc_flags::LOAD_BALANCER,
+            _pad: 0,
+            affinity_timeout: 0,
+        },
+        0,
+    )?;
+    svc.insert(
+        &lb_key(REMOTE_PORT, 1),
+        &SvcValue {
+            backend_id: 2,
             ..SvcValue::default()
         },
         0,
@@ -734,6 +805,15 @@ fn program_maps(t: &mut ProgTest) -> Result<()> {
         &RevNat4 {
             addr: raw(LB_VIP),
             port: port_to_raw(80),
+            _pad: 0,
+        },
+        0,
+    )?;
+    hash::<u16, RevNat4>(t, m::REV_NAT_V4)?.insert(
+        &REV_REMOTE,
+        &RevNat4 {
+            addr: raw(LB_VIP),
+            port: port_to_raw(REMOTE_PORT),
             _pad: 0,
         },
         0,

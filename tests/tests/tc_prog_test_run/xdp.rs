@@ -350,6 +350,180 @@ pub static TABLE: &[Scenario] = &[
             })]
         },
     },
+    Scenario {
+        desc: "XDP: a cached next hop still holds the route's MTU: a packet too big for it is TC's",
+        families: V4,
+        targets: XDP_TC,
+        netns: |n| next_hop(n, Some("1000"), &["10.244.0.0/16", "198.51.100.0/24"]),
+        fixture: next_hop_is_a_node_device,
+        steps: |n| {
+            let np = sa(n.node, 30080);
+            let pod = sa(n.remote_pod, 8080);
+            let client = sa(n.client, 40007);
+            let big = vec![b'x'; 1100];
+            vec![
+                row(move |c| {
+                    Row::new(
+                        "SYN: new flow, its next hop resolved (and cached)",
+                        Xdp,
+                        inbound(tcp_packet(client, np, TCP_SYN, b"")),
+                        Redirect,
+                    )
+                    .learn(Learn::SnatAnyPort)
+                    .out(routed(tcp_packet(c.snat(), pod, TCP_SYN, b"")))
+                    .counter(Counter::NsXdpForwarded, 1)
+                }),
+                row(move |_| {
+                    Row::new(
+                        "a segment larger than the route's MTU (1000): passed untouched",
+                        Xdp,
+                        inbound(tcp_packet(client, np, TCP_ACK, &big)),
+                        Pass,
+                    )
+                    .unchanged()
+                    .counter(Counter::NsXdpForwarded, 0)
+                }),
+                row(move |c| {
+                    Row::new(
+                        "the next segment that fits: sent with the cached next hop",
+                        Xdp,
+                        inbound(tcp_packet(client, np, TCP_ACK, b"x")),
+                        Redirect,
+                    )
+                    .out(routed(tcp_packet(c.snat(), pod, TCP_ACK, b"x")))
+                    .counter(Counter::NsXdpForwarded, 1)
+                }),
+            ]
+        },
+    },
 ];
 
 table_tests!(TABLE, xdp_v4: V4);
+
+/// XDP's action for a packet sent to the next hop.
+const XDP_REDIRECT: i32 = 4;
+
+/// Binds the calling thread to the CPU it runs on: the next-hop cache is per CPU, and a run
+/// on another CPU would resolve afresh (as a packet on another CPU does).
+fn stay_on_this_cpu() {
+    // SAFETY: plain syscalls on this thread's own affinity, with a zeroed set.
+    unsafe {
+        let cpu = libc::sched_getcpu();
+        assert!(
+            cpu >= 0,
+            "sched_getcpu: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// `frame` with the Ethernet destination `mac`.
+fn to_mac(mut frame: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
+    frame[..6].copy_from_slice(&mac);
+    frame
+}
+
+/// The next-hop cache (nexthop.rs): a tracked flow's packets go to the MAC the FIB gave when
+/// the destination was resolved, and a neighbour's new MAC reaches them within
+/// `NEXT_HOP_MAX_AGE_NS` (1 s). Right after the neighbour changes, the FIB already answers
+/// the new MAC, so a packet still sent to the old one proves the cached answer was used; then
+/// the runs are repeated until the new MAC comes, which must be within the bound, every frame
+/// byte for byte one of the two.
+#[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
+fn xdp_next_hop_cache_takes_a_new_neighbour_mac_within_its_age() {
+    ferry_tests::require_root!();
+    isolated(|| {
+        stay_on_this_cpu();
+        let n = Family::V4.net();
+        next_hop(n, None, &["10.244.0.0/16", "198.51.100.0/24"]);
+        let mut f = Fixture::new(Family::V4);
+        next_hop_is_a_node_device(&mut f, n);
+        let age = std::time::Duration::from_nanos(agent_common::NEXT_HOP_MAX_AGE_NS);
+        let np = sa(n.node, 30080);
+        let pod = sa(n.remote_pod, 8080);
+        let macs = [
+            "02:00:00:00:aa:03",
+            "02:00:00:00:aa:04",
+            "02:00:00:00:aa:05",
+        ];
+        let mut cached_seen = false;
+        // A slow VM may take longer than the age between the resolution and the run after the
+        // change (then the new MAC is right, but proves nothing of the cache): a few tries.
+        for (i, mac) in macs.iter().enumerate() {
+            let client = sa(n.client, 41000 + i as u16);
+            let syn = f.run(
+                Hook::Xdp,
+                &inbound(tcp_packet(client, np, TCP_SYN, b"")),
+                Csum::None,
+            );
+            let resolved = std::time::Instant::now();
+            assert_eq!(syn.verdict(), XDP_REDIRECT, "the SYN was not sent");
+            let snat = sa(n.node, sport(&syn.data));
+            let old = syn.data[..6].to_vec();
+            assert_eq!(
+                syn.data,
+                to_mac(
+                    routed(tcp_packet(snat, pod, TCP_SYN, b"")),
+                    old[..6].try_into().unwrap()
+                )
+            );
+            ip_cmds(&[&[
+                "neigh",
+                "replace",
+                "100.64.0.2",
+                "lladdr",
+                mac,
+                "dev",
+                "d0",
+                "nud",
+                "permanent",
+            ]]);
+            let changed = std::time::Instant::now();
+            let new: [u8; 6] =
+                std::array::from_fn(|k| u8::from_str_radix(&mac[k * 3..k * 3 + 2], 16).unwrap());
+            assert_ne!(old, new);
+            let ack = inbound(tcp_packet(client, np, TCP_ACK, b"x"));
+            let sent = routed(tcp_packet(snat, pod, TCP_ACK, b"x"));
+            let (want_old, want_new) = (
+                to_mac(sent.clone(), old[..6].try_into().unwrap()),
+                to_mac(sent, new),
+            );
+            let first = f.run(Hook::Xdp, &ack, Csum::None);
+            assert_eq!(first.verdict(), XDP_REDIRECT);
+            if resolved.elapsed() < age {
+                // Within the age of the slot: the cached MAC, although the FIB has the new one.
+                assert_eq!(first.data, want_old, "not the cached next hop");
+                cached_seen = true;
+            }
+            // Until the new MAC, never any other frame; no later than the age after the change
+            // (plus the coarse clock's tick and this poll's own delays).
+            let deadline = changed + age + std::time::Duration::from_millis(300);
+            let mut last = first;
+            while last.data != want_new {
+                assert_eq!(last.verdict(), XDP_REDIRECT);
+                assert_eq!(last.data, want_old, "neither the old nor the new next hop");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the neighbour's new MAC not used {:?} after it changed",
+                    changed.elapsed()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                last = f.run(Hook::Xdp, &ack, Csum::None);
+            }
+            if cached_seen {
+                return;
+            }
+        }
+        panic!("every try took longer than the cache's age: the cache's use was not observed");
+    });
+}
