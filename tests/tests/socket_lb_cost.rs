@@ -241,9 +241,11 @@ fn getpeername_skips_the_lookup_on_ports_no_backend_uses() {
     let pin = lab.pin_dir().join(agent_common::maps::SOCK_PORTS);
     std::fs::remove_file(&pin).unwrap_or_else(|e| panic!("removing {}: {e}", pin.display()));
     start_agent(&lab);
+    // Only 9090's: the sockets translated to 8080 above are closed, and the release hook
+    // deleted their entries.
     assert!(
-        port_marked(&lab, 9090) && port_marked(&lab, 8080),
-        "the new bitmap holds the ports of the reverse entries it found"
+        port_marked(&lab, 9090),
+        "the new bitmap holds the port of the reverse entry it found"
     );
     p.send_line("go").expect("waking the client");
     let peer = p
