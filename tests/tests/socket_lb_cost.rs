@@ -450,6 +450,27 @@ fn a_closed_socket_leaves_no_reverse_entry(family: Family) {
         );
     }
 
+    // A dual-stack socket to the IPv4-mapped ClusterIP: its entry is an IPv4 one, deleted too.
+    if family == Family::V4 {
+        let mapped = format!("::ffff:{vip}");
+        let s = Closing::start(&lab, &client, Family::V6, "tcp", &mapped, 80);
+        assert_eq!(
+            rev_entries(&lab, Family::V4, s.cookie),
+            vec![http.clone()],
+            "v4-mapped"
+        );
+        assert_eq!(
+            s.peer(&lab),
+            format!("{mapped} 80"),
+            "v4-mapped: getpeername"
+        );
+        s.close(&lab);
+        assert!(
+            rev_entries(&lab, Family::V4, s.cookie).is_empty(),
+            "v4-mapped: deleted at close"
+        );
+    }
+
     // Unconnected UDP: the socket's peer is unset, so its entry (one per Service it sent to)
     // stays until the LRU takes it.
     let unconnected = Closing::start(&lab, &client, family, "sendto", vip, 53);
