@@ -20,6 +20,8 @@ pub const BACKEND_LIVE_V4: &str = "ferry_bel4_v1";
 pub const REV_NAT_V4: &str = "ferry_rnat4_v1";
 /// Socket reverse translation: (socket cookie, backend) -> service, for
 /// recvmsg and getpeername.
+/// A connected socket's entry is deleted when it closes (the release hook,
+/// `ferry_release`); an unconnected UDP socket's are left to the LRU.
 pub const SOCK_REV_V4: &str = "ferry_sk4_v1";
 /// UDP backends just removed from a service, whose connected sockets the
 /// `ferry_udp_gc` iterator destroys (filled and emptied around each run).

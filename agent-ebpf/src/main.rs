@@ -59,6 +59,8 @@ mod sock_destroy;
 #[cfg(target_arch = "bpf")]
 mod sock_lb;
 #[cfg(target_arch = "bpf")]
+mod sock_release;
+#[cfg(target_arch = "bpf")]
 mod tc;
 #[cfg(target_arch = "bpf")]
 mod verdict;

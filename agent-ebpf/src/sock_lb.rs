@@ -419,7 +419,7 @@ fn mark_port(port: u16) {
 /// False when no socket was ever translated to a backend on `port`: no
 /// reverse entry can name it.
 #[inline(always)]
-fn port_marked(port: u16) -> bool {
+pub(crate) fn port_marked(port: u16) -> bool {
     let (word, bit) = port_bit(port);
     // SAFETY: an 8-byte value of the array.
     SOCK_PORTS

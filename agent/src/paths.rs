@@ -33,10 +33,17 @@ pub const SOCK_PROGRAMS: &[(&str, &str)] = &[
 /// link pin name).
 pub const GUARD_PROGRAM: (&str, &str) = ("ferry_guard4", "ferry_link_guard4");
 
+/// The socket release hook (cgroup/sock_release, both families): deletes a
+/// closing socket's reverse entry. (ELF function name, link pin name.)
+pub const RELEASE_PROGRAM: (&str, &str) = ("ferry_release", "ferry_link_release");
+
 /// Every program ferry attaches to the cgroup, with its link pin name: the
-/// guard first, so that no socket a hook marks is ever without it.
+/// guard first, so that no socket a hook marks is ever without it; the
+/// release hook before the hooks that write the entries it deletes.
 pub fn cgroup_programs() -> impl Iterator<Item = (&'static str, &'static str)> {
-    std::iter::once(GUARD_PROGRAM).chain(SOCK_PROGRAMS.iter().copied())
+    [GUARD_PROGRAM, RELEASE_PROGRAM]
+        .into_iter()
+        .chain(SOCK_PROGRAMS.iter().copied())
 }
 
 /// The north-south TC programs (ELF function names).

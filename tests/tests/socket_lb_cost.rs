@@ -9,9 +9,10 @@ mod common;
 use common::*;
 use ferry::model::Protocol;
 use ferry_tests::{
-    Lab,
+    Lab, Service,
     bench::bpfstats::{self, ProgCost, RunStats},
-    require_root,
+    over_both_families, require_root,
+    services::Family,
 };
 
 const VIP: &str = "10.96.0.10";
@@ -240,9 +241,11 @@ fn getpeername_skips_the_lookup_on_ports_no_backend_uses() {
     let pin = lab.pin_dir().join(agent_common::maps::SOCK_PORTS);
     std::fs::remove_file(&pin).unwrap_or_else(|e| panic!("removing {}: {e}", pin.display()));
     start_agent(&lab);
+    // Only 9090's: the sockets translated to 8080 above are closed, and the release hook
+    // deleted their entries.
     assert!(
-        port_marked(&lab, 9090) && port_marked(&lab, 8080),
-        "the new bitmap holds the ports of the reverse entries it found"
+        port_marked(&lab, 9090),
+        "the new bitmap holds the port of the reverse entry it found"
     );
     p.send_line("go").expect("waking the client");
     let peer = p
@@ -256,5 +259,248 @@ fn getpeername_skips_the_lookup_on_ports_no_backend_uses() {
         lab.agent_log()
             .contains("backend ports of the sockets translated before this version"),
         "the agent says it set them"
+    );
+}
+
+const VIPS: [&str; 2] = ["10.96.0.20", "fd00:96::14"];
+
+/// A socket of family `FAMILY` (4 or 6) and kind `KIND` (tcp, udp: connected, or sendto: an
+/// unconnected UDP socket that sends one datagram) to `HOST` `PORT`. It prints its cookie
+/// (SO_COOKIE), then answers each line on stdin: `peer` with its peer (`addr port`, `-` when
+/// unconnected), `close` with `closed` once close() returned.
+const CLOSING_CLIENT: &str = r#"
+import socket, sys
+family, kind, host, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+af = socket.AF_INET if family == "4" else socket.AF_INET6
+s = socket.socket(af, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+s.settimeout(5)
+if kind == "sendto":
+    s.sendto(b"x", (host, port))
+else:
+    s.connect((host, port))
+print(int.from_bytes(s.getsockopt(socket.SOL_SOCKET, 57, 8), "little"), flush=True)
+for line in sys.stdin:
+    if line.strip() == "peer":
+        print("-" if kind == "sendto" else "%s %d" % s.getpeername()[:2], flush=True)
+    else:
+        s.close()
+        print("closed", flush=True)
+"#;
+
+/// One [`CLOSING_CLIENT`], stepped by the test.
+struct Closing {
+    proc: ferry_tests::proc::Proc,
+    cookie: u64,
+}
+
+impl Closing {
+    fn start(
+        lab: &Lab,
+        pod: &ferry_tests::Pod,
+        family: Family,
+        kind: &str,
+        vip: &str,
+        port: u16,
+    ) -> Closing {
+        let fam = family.pick(["4", "6"]);
+        let port_s = port.to_string();
+        let proc = lab.spawn_interactive(
+            pod,
+            "python3",
+            &["-c", CLOSING_CLIENT, fam, kind, vip, &port_s],
+        );
+        let cookie = proc
+            .next_line(std::time::Duration::from_secs(10))
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{family} {kind}: the client's cookie: {}",
+                    lab.logs_of(&pod.name)
+                )
+            });
+        Closing { proc, cookie }
+    }
+
+    fn step(&self, lab: &Lab, what: &str) -> String {
+        self.proc.send_line(what).expect("waking the client");
+        self.proc
+            .next_line(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("the client's {what}: {}", lab.logs_of("client")))
+    }
+
+    /// getpeername(), as `addr port`.
+    fn peer(&self, lab: &Lab) -> String {
+        self.step(lab, "peer")
+    }
+
+    /// Returns once close() has returned (the release hook runs inside it).
+    fn close(&self, lab: &Lab) {
+        assert_eq!(self.step(lab, "close"), "closed");
+    }
+}
+
+/// The services (`addr port`) the socket reverse map of `family` holds for `cookie`'s socket,
+/// read from its pin.
+fn rev_entries(lab: &Lab, family: Family, cookie: u64) -> Vec<String> {
+    use agent_common::{SockRev4, SockRev4Key, SockRev6, SockRev6Key, maps as names};
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    let name = family.pick([names::SOCK_REV_V4, names::SOCK_REV_V6]);
+    let data = aya::maps::MapData::from_pin(lab.pin_dir().join(name)).expect("the pinned map");
+    let map = aya::maps::Map::from_map_data(data).unwrap();
+    let v6 = |a: [u32; 4]| {
+        let mut b = [0u8; 16];
+        for (i, w) in a.iter().enumerate() {
+            b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        Ipv6Addr::from(b).to_string()
+    };
+    match family {
+        Family::V4 => aya::maps::HashMap::<_, SockRev4Key, SockRev4>::try_from(map)
+            .unwrap()
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, _)| k.cookie == cookie)
+            .map(|(_, v)| {
+                format!(
+                    "{} {}",
+                    Ipv4Addr::from(v.addr.to_ne_bytes()),
+                    u16::from_be(v.port)
+                )
+            })
+            .collect(),
+        Family::V6 => aya::maps::HashMap::<_, SockRev6Key, SockRev6>::try_from(map)
+            .unwrap()
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, _)| k.cookie == cookie)
+            .map(|(_, v)| format!("{} {}", v6(v.addr), u16::from_be(v.port)))
+            .collect(),
+    }
+}
+
+over_both_families!(a_closed_socket_leaves_no_reverse_entry);
+
+/// The release hook (`ferry_release`): a translated TCP or connected UDP socket's reverse
+/// entry goes when the socket closes, while a live socket's stays and its getpeername() still
+/// shows the ClusterIP; an unconnected UDP socket's entry (its peer unset) is left to the LRU,
+/// as documented. An agent upgraded from a version without the hook attaches it.
+fn a_closed_socket_leaves_no_reverse_entry(family: Family) {
+    require_root!();
+    let lab = Lab::new(&format!(
+        "a_closed_socket_leaves_no_reverse_entry_{}",
+        family.tag()
+    ));
+    let vip = family.pick(VIPS);
+    let b1 = lab.add_pod("b1");
+    let _echo = lab.start_echo(&b1, &[8080], &[5353]);
+    let svc = Service::dual_stack("web", "PreferDualStack", &VIPS)
+        .port_to("http", 80, "TCP", 8080u16)
+        .port_to("dns", 53, "UDP", 5353u16);
+    lab.manifests().apply(&svc);
+    for f in Family::BOTH {
+        lab.manifests().apply(
+            &f.slice("web-1", "web")
+                .port("http", 8080, "TCP")
+                .port("dns", 5353, "UDP")
+                .endpoints([f.ready(&b1)]),
+        );
+    }
+    start_agent(&lab);
+    wait_active(&lab, "tcp", vip, 80, Protocol::Tcp, &[family.ep(&b1, 8080)]);
+    wait_active(&lab, "udp", vip, 53, Protocol::Udp, &[family.ep(&b1, 5353)]);
+    assert!(
+        lab.pin_dir().join(ferry::paths::RELEASE_PROGRAM.1).exists(),
+        "the release hook's link is pinned"
+    );
+    let client = lab.add_pod("client");
+    let http = format!("{vip} 80");
+    let dns = format!("{vip} 53");
+
+    for (kind, port, svc) in [("tcp", 80, &http), ("udp", 53, &dns)] {
+        let closing = Closing::start(&lab, &client, family, kind, vip, port);
+        let live = Closing::start(&lab, &client, family, kind, vip, port);
+        for s in [&closing, &live] {
+            assert_eq!(
+                rev_entries(&lab, family, s.cookie),
+                vec![svc.clone()],
+                "{family} {kind}: connected"
+            );
+            assert_eq!(&s.peer(&lab), svc, "{family} {kind}: getpeername");
+        }
+        closing.close(&lab);
+        assert_eq!(
+            rev_entries(&lab, family, closing.cookie),
+            Vec::<String>::new(),
+            "{family} {kind}: a closed socket's entry is deleted"
+        );
+        assert_eq!(
+            rev_entries(&lab, family, live.cookie),
+            vec![svc.clone()],
+            "{family} {kind}: a live socket's entry stays"
+        );
+        assert_eq!(
+            &live.peer(&lab),
+            svc,
+            "{family} {kind}: a live socket still sees the ClusterIP"
+        );
+        live.close(&lab);
+        assert!(
+            rev_entries(&lab, family, live.cookie).is_empty(),
+            "{family} {kind}: deleted at close"
+        );
+    }
+
+    // A dual-stack socket to the IPv4-mapped ClusterIP: its entry is an IPv4 one, deleted too.
+    if family == Family::V4 {
+        let mapped = format!("::ffff:{vip}");
+        let s = Closing::start(&lab, &client, Family::V6, "tcp", &mapped, 80);
+        assert_eq!(
+            rev_entries(&lab, Family::V4, s.cookie),
+            vec![http.clone()],
+            "v4-mapped"
+        );
+        assert_eq!(
+            s.peer(&lab),
+            format!("{mapped} 80"),
+            "v4-mapped: getpeername"
+        );
+        s.close(&lab);
+        assert!(
+            rev_entries(&lab, Family::V4, s.cookie).is_empty(),
+            "v4-mapped: deleted at close"
+        );
+    }
+
+    // Unconnected UDP: the socket's peer is unset, so its entry (one per Service it sent to)
+    // stays until the LRU takes it.
+    let unconnected = Closing::start(&lab, &client, family, "sendto", vip, 53);
+    assert_eq!(
+        rev_entries(&lab, family, unconnected.cookie),
+        vec![dns.clone()],
+        "{family}: sendto"
+    );
+    assert_eq!(unconnected.peer(&lab), "-");
+    unconnected.close(&lab);
+    assert_eq!(
+        rev_entries(&lab, family, unconnected.cookie),
+        vec![dns.clone()],
+        "{family}: an unconnected UDP socket's entry is left to the LRU"
+    );
+
+    // An upgrade from a version without the hook: no pin, so the new agent attaches it.
+    lab.stop_agent();
+    let pin = lab.pin_dir().join(ferry::paths::RELEASE_PROGRAM.1);
+    std::fs::remove_file(&pin).unwrap_or_else(|e| panic!("removing {}: {e}", pin.display()));
+    let before = Closing::start(&lab, &client, family, "tcp", vip, 80);
+    start_agent(&lab);
+    assert!(
+        pin.exists(),
+        "the upgraded agent pinned the release hook's link"
+    );
+    assert_eq!(rev_entries(&lab, family, before.cookie), vec![http.clone()]);
+    before.close(&lab);
+    assert!(
+        rev_entries(&lab, family, before.cookie).is_empty(),
+        "{family}: a socket translated before the upgrade loses its entry when it closes"
     );
 }

@@ -18,8 +18,8 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Program, ProgramError,
-        links::FdLink,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, Program,
+        ProgramError, links::FdLink,
     },
 };
 use tracing::{info, warn};
@@ -138,7 +138,9 @@ impl Loaded {
         // must never find it absent. A predecessor's guard link is kept, the
         // new guard swapped in, until the first full sync says whether any
         // Service still needs it ([`Loaded::set_guard`]); without one, the
-        // guard waits for a Service that needs it.
+        // guard waits for a Service that needs it. The release hook is new
+        // in this version: an agent upgraded from one without it finds no
+        // pin and attaches it.
         let mut guard_attached = false;
         for (name, link_pin) in paths::cgroup_programs() {
             let pin = pins.link(link_pin);
@@ -277,18 +279,24 @@ fn is_guard(name: &str) -> bool {
     name == paths::GUARD_PROGRAM.0
 }
 
+fn is_release(name: &str) -> bool {
+    name == paths::RELEASE_PROGRAM.0
+}
+
 fn load_cgroup_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
     let loaded = if is_guard(name) {
         program_mut::<CgroupSkb>(ebpf, name)?.load()
+    } else if is_release(name) {
+        program_mut::<CgroupSock>(ebpf, name)?.load()
     } else {
         program_mut::<CgroupSockAddr>(ebpf, name)?.load()
     };
     loaded.map_err(|e| Error::program(name, e))
 }
 
-/// Attaches a loaded cgroup program (a socket hook or the guard) to
-/// `cgroup` through the link pinned at `link_pin`, swapping it into an
-/// existing one.
+/// Attaches a loaded cgroup program (a socket hook, the release hook or the
+/// guard) to `cgroup` through the link pinned at `link_pin`, swapping it
+/// into an existing one.
 pub(super) fn attach_cgroup_program(
     ebpf: &mut Ebpf,
     name: &str,
@@ -312,6 +320,12 @@ pub(super) fn attach_cgroup_program(
         let prog = program_mut::<CgroupSkb>(ebpf, name)?;
         let id = prog
             .attach(cgroup, CgroupSkbAttachType::Egress, mode)
+            .map_err(|e| Error::program(name, e))?;
+        FdLink::try_from(prog.take_link(id).map_err(|e| Error::program(name, e))?)
+    } else if is_release(name) {
+        let prog = program_mut::<CgroupSock>(ebpf, name)?;
+        let id = prog
+            .attach(cgroup, mode)
             .map_err(|e| Error::program(name, e))?;
         FdLink::try_from(prog.take_link(id).map_err(|e| Error::program(name, e))?)
     } else {
