@@ -581,8 +581,10 @@ fn markdown(r: &Report, plots: &Plots) -> String {
                 let _ = writeln!(
                     md,
                     "\n`ferry_xdp` rows: XDP test runs of the same frames, minus an empty XDP \
-                     program's median ({} ns); its miss and hit include the FIB lookup and the \
-                     redirect to the next hop, which TC's (this flow handed to the stack) do not.",
+                     program's median ({} ns). Its miss and hit send the frame to the next hop (next-hop \
+                     cache, or the FIB lookup on a miss of it, and the redirect), which TC's miss and \
+                     hit (this flow handed to the stack) do not; the remote rows time both programs \
+                     on the same work, a flow to a remote backend (DNAT, SNAT, next hop).",
                     num(pc.xdp_baseline_ns)
                 );
             }
