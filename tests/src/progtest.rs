@@ -164,23 +164,101 @@ impl TestRun {
 /// `union bpf_attr` for BPF_PROG_TEST_RUN (the `test` member).
 #[repr(C)]
 #[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
+pub struct TestRunAttr {
+    pub prog_fd: u32,
+    pub retval: u32,
+    pub data_size_in: u32,
+    pub data_size_out: u32,
+    pub data_in: u64,
+    pub data_out: u64,
+    pub repeat: u32,
+    pub duration: u32,
+    pub ctx_size_in: u32,
+    pub ctx_size_out: u32,
+    pub ctx_in: u64,
+    pub ctx_out: u64,
+    pub flags: u32,
+    pub cpu: u32,
+    pub batch_size: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<TestRunAttr>() == 80);
+
+/// `union bpf_attr` for BPF_PROG_LOAD, as far as it is used here.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// bpf(2) with the `bpf_attr` layout `T` of command `cmd`.
+pub fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<i64> {
+    // SAFETY: every caller passes the bpf_attr layout of its command, whose pointers (if any)
+    // point at buffers that outlive the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// The descriptor bpf(2) returned, owned.
+pub fn owned(fd: i64) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: bpf(2) returned a new descriptor that nothing else owns.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }
+}
+
+/// Loads a program of `prog_type` from raw instructions (`code`, encoded), named `name`
+/// (its first 15 bytes); the verifier's last lines in the error if it refuses.
+pub fn load_raw(
+    prog_type: u32,
+    expected_attach_type: u32,
+    name: &str,
+    code: &[u64],
+) -> Result<std::os::fd::OwnedFd> {
+    let license = c"GPL";
+    let mut log = vec![0u8; 64 * 1024];
+    let mut prog_name = [0u8; 16];
+    let n = name.len().min(15);
+    prog_name[..n].copy_from_slice(&name.as_bytes()[..n]);
+    let mut attr = ProgLoadAttr {
+        prog_type,
+        insn_cnt: code.len() as u32,
+        insns: code.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 1,
+        log_size: log.len() as u32,
+        log_buf: log.as_mut_ptr() as u64,
+        prog_name,
+        expected_attach_type,
+        ..ProgLoadAttr::default()
+    };
+    match bpf(5, &mut attr) {
+        Ok(fd) => Ok(owned(fd)),
+        Err(e) => {
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            let text = String::from_utf8_lossy(&log[..end]);
+            let tail: Vec<&str> = text.lines().rev().take(12).collect();
+            bail!(
+                "loading the program {name}: {e}; verifier: {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            )
+        }
+    }
 }
 
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
@@ -207,19 +285,8 @@ pub fn test_run_repeat(prog_fd: i32, frame: &[u8], flags: u32, repeat: u32) -> R
         flags,
         ..TestRunAttr::default()
     };
-    // SAFETY: a valid bpf_attr for this command; the buffers outlive the call and their sizes
-    // are the ones given.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            std::mem::size_of::<TestRunAttr>(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("bpf(BPF_PROG_TEST_RUN)");
-    }
+    // The buffers outlive the call and their sizes are the ones given.
+    bpf(BPF_PROG_TEST_RUN, &mut attr).context("bpf(BPF_PROG_TEST_RUN)")?;
     out.truncate(attr.data_size_out as usize);
     Ok(TestRun {
         retval: attr.retval,

@@ -43,7 +43,7 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
-    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
 };
 
 use agent_common::{
@@ -883,24 +883,6 @@ fn run_repeat(prog_fd: i32, frame: &[u8], repeat: u32) -> Result<(i32, f64)> {
     Ok((r.verdict(), f64::from(r.duration_ns)))
 }
 
-/// `union bpf_attr` for BPF_PROG_LOAD, as far as it is used here.
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-}
-
 const PROG_TYPE_SCHED_CLS: u32 = 3;
 const PROG_TYPE_XDP: u32 = 6;
 
@@ -913,31 +895,8 @@ fn empty_program(prog_type: u32, ret: i32) -> Result<OwnedFd> {
         u64::from_le_bytes([0xb7, 0x00, 0, 0, a, b, c, d]),
         u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
     ];
-    let license = c"GPL";
-    let mut name = [0u8; 16];
-    name[..11].copy_from_slice(b"bench_empty");
-    let attr = ProgLoadAttr {
-        prog_type,
-        insn_cnt: 2,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        prog_name: name,
-        ..ProgLoadAttr::default()
-    };
-    // SAFETY: a valid bpf_attr for BPF_PROG_LOAD (5); the instructions and license outlive it.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            5 as libc::c_long,
-            &attr as *const ProgLoadAttr,
-            std::mem::size_of::<ProgLoadAttr>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("loading the empty program");
-    }
-    // SAFETY: bpf(2) returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    crate::progtest::load_raw(prog_type, 0, "bench_empty", &insns)
+        .context("loading the empty program")
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@
 use std::{
     fs::File,
     net::{Ipv4Addr, SocketAddrV4},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, OwnedFd},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -49,7 +49,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use super::env::is_lab_ns;
-use crate::{netns, progtest};
+use crate::{
+    netns,
+    progtest::{self, TestRunAttr, bpf, owned},
+};
 
 /// Source addresses 198.18.0.1 ..= 198.18.0.SOURCES (RFC 2544's benchmarking range).
 pub const SOURCES: u32 = 15;
@@ -414,7 +417,6 @@ fn sink_program(port: u16, dst: (Ipv4Addr, u8)) -> Vec<Insn> {
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const MAP_TYPE_ARRAY: u32 = 2;
@@ -423,22 +425,6 @@ const PROG_TYPE_XDP: u32 = 6;
 const ATTACH_XDP: u32 = 37;
 const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<i64> {
-    // SAFETY: every caller passes the bpf_attr layout of its command, whose pointers (if any)
-    // point at buffers that outlive the call.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
-    if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
-fn owned(fd: i64) -> OwnedFd {
-    // SAFETY: bpf(2) returned a new descriptor that nothing else owns.
-    unsafe { OwnedFd::from_raw_fd(fd as i32) }
-}
 
 #[repr(C)]
 #[derive(Default)]
@@ -462,44 +448,6 @@ struct MapElemAttr {
 
 #[repr(C)]
 #[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
-#[repr(C)]
-#[derive(Default)]
 struct LinkCreateAttr {
     prog_fd: u32,
     target_ifindex: u32,
@@ -509,40 +457,12 @@ struct LinkCreateAttr {
 }
 
 const _: () = assert!(size_of::<MapElemAttr>() == 32);
-const _: () = assert!(size_of::<TestRunAttr>() == 80);
 const _: () = assert!(size_of::<LinkCreateAttr>() == 48);
 
 /// Loads an XDP program (the verifier's log in the error if it refuses).
 fn load(name: &str, insns: &[Insn]) -> Result<OwnedFd> {
     let code: Vec<u64> = insns.iter().map(|i| i.encode()).collect();
-    let license = c"GPL";
-    let mut log = vec![0u8; 64 * 1024];
-    let mut prog_name = [0u8; 16];
-    prog_name[..name.len().min(15)].copy_from_slice(&name.as_bytes()[..name.len().min(15)]);
-    let mut attr = ProgLoadAttr {
-        prog_type: PROG_TYPE_XDP,
-        insn_cnt: code.len() as u32,
-        insns: code.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        log_level: 1,
-        log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
-        prog_name,
-        expected_attach_type: ATTACH_XDP,
-        ..ProgLoadAttr::default()
-    };
-    match bpf(BPF_PROG_LOAD, &mut attr) {
-        Ok(fd) => Ok(owned(fd)),
-        Err(e) => {
-            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-            let text = String::from_utf8_lossy(&log[..end]);
-            let tail: Vec<&str> = text.lines().rev().take(12).collect();
-            bail!(
-                "loading the XDP program {name}: {e}; verifier: {}",
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            )
-        }
-    }
+    progtest::load_raw(PROG_TYPE_XDP, ATTACH_XDP, name, &code)
 }
 
 /// The generator's program and its counter, loaded (attached nowhere: it runs by
