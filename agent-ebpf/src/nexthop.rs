@@ -104,6 +104,8 @@ pub fn remember(daddr: u32, iif: u32, p: &bpf_fib_lookup, now: u64, hop: &mut Ho
     e.oif = hop.oif;
     e.mtu = mtu;
     e.macs = hop.macs;
-    // A stamp of 0 is an empty slot: a clock that reads 0 stores 1.
-    e.stamp = now | 1;
+    // A stamp of 0 is an empty slot: a clock that reads 0 stores 1. Not
+    // `now | 1`: a packet in the same tick (4 ms at HZ=250) as an even
+    // stamp would read an age of 2^64 - 1 and miss its own fresh slot.
+    e.stamp = now.max(1);
 }
