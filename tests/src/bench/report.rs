@@ -515,6 +515,15 @@ fn markdown(r: &Report, plots: &Plots) -> String {
                  classifier on the same frame; each figure is the median (and p99) of the kernel's \
                  per-run `duration` minus the empty program's median over the same runs ({} ns: the \
                  test-run timer itself).\n\n\
+                 **The conntrack map's state.** A new flow is timed with its two entries removed by \
+                 key after each run, on a map that has been used: the first row takes {} new flows \
+                 back to back into the map (a fresh 5-tuple per run, so every flow's entries land \
+                 in memory not touched lately: what a burst of new connections costs), then the map \
+                 is emptied. On the map as loaded, whose LRU lists have never moved an element, the \
+                 same program on the same frame costs about 1.6 x more (its row says how much): \
+                 measured for TC and XDP alike, each program's miss timed in the other's place took \
+                 the other's figure, so the state, not the program, made the difference between \
+                 earlier reports' TC miss (~357 ns) and XDP miss (~224 ns).\n\n\
                  **At the VM's normal speed.** This VM (a Firecracker guest) runs slowed for \
                  stretches of seconds: everything at once, the empty program too (48 -> 75 ns, the \
                  paths 1.6-1.7 x), between one chunk of runs and the next within one load of the \
@@ -528,6 +537,7 @@ fn markdown(r: &Report, plots: &Plots) -> String {
                  | path | program | ns per packet (median, normal speed) | p99 | raw median | slowed |\n|---|---|---:|---:|---:|---|",
                 count(pc.samples),
                 num(pc.baseline_ns),
+                count(pc.samples),
                 super::progcost::CHUNK,
                 super::progcost::SLOWED,
                 if pc.rounds > 1 {
