@@ -7,7 +7,7 @@ use aya_ebpf::{bindings::BPF_F_RECOMPUTE_CSUM, helpers::generated as h, programs
 use crate::{
     csum,
     ct::{self, CtKey, CtValue},
-    drop::{DropReason, Outcome},
+    drop::{DropReason, Outcome, Raw},
     event,
     family::Addr,
     maps::{ICMP_SOURCES, count},
@@ -55,11 +55,34 @@ pub const ICMP_HLEN: usize = core::mem::size_of::<IcmpHdr>();
 /// router's address is left as it is, so traceroute-like errors still name
 /// the hop).
 ///
-/// On a pod device ([`Side::Pod`]) only errors about masqueraded flows are
-/// translated (a local backend's error to the node address it was given);
-/// the device's egress program translates the others as they leave.
+/// On a pod device, only errors about its pods' flows, sent to the host
+/// that sent the quoted packet (an error to another pod is left alone):
+/// arriving from a pod ([`Side::Pod`]), a local backend's error to the node
+/// address a masqueraded flow gave it, and a client pod's error about a
+/// reply of its per-packet ClusterIP flow (pod_lb.rs: its FORWARD entry,
+/// flagged POD; the error then goes to the backend); leaving towards a pod
+/// ([`Side::PodOut`]), a backend's error about a per-packet flow's packet
+/// (its REPLY entry, flagged POD, not masqueraded: those come back in
+/// through `ferry_tc_pod`), the quote given its ClusterIP back.
+///
+/// Arriving from a pod, a function of its own (a BPF-to-BPF call): its
+/// frame is not added to the per-packet ClusterIP path's (pod_lb.rs).
 #[inline(always)]
 pub fn translate_error(ctx: &TcContext, ip: &Ipv4, side: Side) -> Outcome {
+    if side == Side::Pod {
+        translate_error_call(ctx, ip, side).get()
+    } else {
+        translate_error_body(ctx, ip, side)
+    }
+}
+
+#[inline(never)]
+fn translate_error_call(ctx: &TcContext, ip: &Ipv4, side: Side) -> Raw {
+    Raw::of(translate_error_body(ctx, ip, side))
+}
+
+#[inline(always)]
+fn translate_error_body(ctx: &TcContext, ip: &Ipv4, side: Side) -> Outcome {
     let icmp_off = ip.l4_off as usize;
     let Ok(icmp) = ctx.load::<IcmpHdr>(icmp_off) else {
         return Ok(verdict::PASS);
@@ -94,7 +117,7 @@ pub fn translate_error(ctx: &TcContext, ip: &Ipv4, side: Side) -> Outcome {
         dport: ports[1],
         proto: inner.proto,
     };
-    let Some(v) = error_flow::<Ct4Key>(&flow, side) else {
+    let Some(v) = error_flow::<Ct4Key>(&flow, ip.hdr.daddr, side) else {
         return Ok(verdict::PASS);
     };
     event::icmp_translated(ctx, &flow, &v, side);
@@ -117,10 +140,16 @@ pub fn translate_error(ctx: &TcContext, ip: &Ipv4, side: Side) -> Outcome {
 
 /// The conntrack entry that translates an ICMP error (of either family)
 /// met on `side` about the packet `quoted` (its addresses, ports and
-/// protocol as the error quotes them): see [`translate_error`]. None when
-/// no flow of ours sent that packet.
+/// protocol as the error quotes them), the error going to `to`: see
+/// [`translate_error`]. None when no flow of ours sent that packet, or
+/// none that `side` translates.
 #[inline(always)]
-pub fn error_flow<K: CtKey>(quoted: &Tuple<K::Addr>, side: Side) -> Option<K::Value> {
+pub fn error_flow<K: CtKey>(quoted: &Tuple<K::Addr>, to: K::Addr, side: Side) -> Option<K::Value> {
+    // An error goes to the host that sent what it quotes: on a pod device,
+    // one to anyone else (another pod) is none of the flow's.
+    if side.pod_device() && to != quoted.saddr {
+        return None;
+    }
     let mut key = K::new(
         quoted.daddr,
         quoted.saddr,
@@ -129,20 +158,30 @@ pub fn error_flow<K: CtKey>(quoted: &Tuple<K::Addr>, side: Side) -> Option<K::Va
         quoted.proto,
         ct_dir::REPLY,
     );
-    let entry = match ct::lookup(&key) {
-        Some(v) => v,
-        None if side == Side::Ingress => {
+    let (entry, reply) = match ct::lookup(&key) {
+        Some(v) => (v, true),
+        // A client's error about a reply: keyed like its packets.
+        None if side == Side::Ingress || side == Side::Pod => {
             key.set_dir(ct_dir::FORWARD);
-            ct::lookup(&key)?
+            (ct::lookup(&key)?, false)
         }
         None => return None,
     };
     // SAFETY: a live map value, copied out.
     let v = unsafe { *entry };
-    if side == Side::Pod && v.flags() & ct_flags::SNAT == 0 {
-        return None;
-    }
-    Some(v)
+    let (pod, snat) = (
+        v.flags() & ct_flags::POD != 0,
+        v.flags() & ct_flags::SNAT != 0,
+    );
+    let ours = match side {
+        Side::Ingress | Side::Egress => true,
+        // A local backend's error to a node address of ours, or a client
+        // pod's about its per-packet flow's reply.
+        Side::Pod => (reply && snat) || (!reply && pod),
+        // A backend's error to its per-packet flow's client pod.
+        Side::PodOut => pod && !snat,
+    };
+    ours.then_some(v)
 }
 
 /// An ICMP error (parsed as `ip`, now from `saddr` to `daddr`) of a flow

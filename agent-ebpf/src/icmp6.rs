@@ -96,7 +96,7 @@ fn translate_error_body(ctx: &TcContext, ip: &Ipv6, side: Side) -> Outcome {
         dport: ports[1],
         proto: inner_proto,
     };
-    let Some(v) = icmp::error_flow::<Ct6Key>(&quoted, side) else {
+    let Some(v) = icmp::error_flow::<Ct6Key>(&quoted, ip.hdr.daddr, side) else {
         return Ok(verdict::PASS);
     };
     event::icmp_translated(ctx, &quoted, &v, side);

@@ -33,6 +33,19 @@
 //! cgroup_skb programs cannot rewrite packets, and they see only the
 //! packets of sockets in the cgroup (a VM on a tap has no socket there).
 //!
+//! ICMP errors about a per-packet flow (icmp.rs, icmp6.rs: `Side::PodOut`
+//! and `Side::Pod`), as kube-proxy's conntrack translates its RELATED
+//! packets: a backend's error about the client's packet (port unreachable
+//! of a UDP backend without a listener, fragmentation needed / Packet Too
+//! Big, time exceeded), on its way to the client pod through
+//! `ferry_tc_pod_out`, quotes the ClusterIP:port again and comes from the
+//! ClusterIP when the backend sent it (a router's address stays), so the
+//! client's socket recognises it (a connected UDP socket gets ECONNREFUSED,
+//! TCP its path MTU). The client pod's error about a reply (quoting the
+//! ClusterIP as the source) goes in through `ferry_tc_pod` to the backend,
+//! quoting the backend. A remote backend's errors are already translated
+//! on the node device they arrive on (`ferry_tc_in`).
+//!
 //! Which devices: those `ferry_tc_pod` is on (pod_devices.rs: the devices
 //! the node reaches its local endpoints through); a client pod behind a
 //! device with no local endpoint gets no per-packet path yet.
@@ -74,6 +87,7 @@ use crate::{
     event,
     family::{Addr, V4, V6},
     fib::{self, AF_INET, AF_INET6},
+    icmp, icmp6,
     maps::{POD_FLOWS, count},
     nodeport,
     ns::{self, CtVal, Ns, Room},
@@ -462,7 +476,8 @@ fn rewrite<F: Pod>(
 }
 
 /// Egress of the pods' host-end devices: a backend's reply to a client pod
-/// of a per-packet flow gets the ClusterIP:port back as its source.
+/// of a per-packet flow gets the ClusterIP:port back as its source; an ICMP
+/// error about the flow, the ClusterIP:port back in its quote.
 #[classifier]
 pub fn ferry_tc_pod_out(ctx: TcContext) -> i32 {
     // Most nodes never make a per-packet flow (every pod's connect is
@@ -472,10 +487,18 @@ pub fn ferry_tc_pod_out(ctx: TcContext) -> i32 {
     }
     match tc::ethertype(&ctx) {
         ETH_P_IP => reply4(tc::skb(&ctx)),
-        ETH_P_IPV6 => reply6(tc::skb(&ctx)),
+        ETH_P_IPV6 => match reply6(tc::skb(&ctx)) {
+            ERROR6 => error6(tc::skb(&ctx)),
+            v => v,
+        },
         _ => verdict::PASS,
     }
 }
+
+/// What [`reply6`] returns for an ICMPv6 packet (parsed, in the per-CPU
+/// scratch): not a verdict. The program then calls [`error6`], so that
+/// icmp6.rs's frame is not added to the replies'.
+const ERROR6: i32 = i32::MIN + 8;
 
 /// Whether this node ever made a per-packet flow (maps.rs's `POD_FLOWS`,
 /// pinned: a restarted agent's programs still reverse its predecessor's).
@@ -505,7 +528,7 @@ fn reply4(skb: *mut __sk_buff) -> i32 {
     match NonNull::new(skb) {
         Some(p) => {
             let ctx = TcContext::new(p);
-            drop::verdict(reply4_body(&ctx), &ctx, Side::Pod)
+            drop::verdict(reply4_body(&ctx), &ctx, Side::PodOut)
         }
         None => verdict::PASS,
     }
@@ -518,6 +541,9 @@ fn reply4_body(ctx: &TcContext) -> Outcome {
     if !parse::ipv4(ctx, ip) || ip.hdr.is_later_fragment() {
         return Ok(verdict::PASS);
     }
+    if ip.hdr.proto == parse::IPPROTO_ICMP {
+        return icmp::translate_error(ctx, ip, Side::PodOut);
+    }
     reply::<V4>(ctx, ip)
 }
 
@@ -526,7 +552,7 @@ fn reply6(skb: *mut __sk_buff) -> i32 {
     match NonNull::new(skb) {
         Some(p) => {
             let ctx = TcContext::new(p);
-            drop::verdict(reply6_body(&ctx), &ctx, Side::Pod)
+            drop::verdict(reply6_body(&ctx), &ctx, Side::PodOut)
         }
         None => verdict::PASS,
     }
@@ -539,7 +565,25 @@ fn reply6_body(ctx: &TcContext) -> Outcome {
     if !parse::ipv6(ctx, ip) {
         return Ok(verdict::PASS);
     }
+    if ip.proto == parse::IPPROTO_ICMPV6 {
+        return Ok(ERROR6);
+    }
     reply::<V6>(ctx, ip)
+}
+
+/// An ICMPv6 packet to a pod, as [`reply6`] left it parsed in the per-CPU
+/// scratch: an error about a per-packet flow is translated (icmp6.rs).
+#[inline(never)]
+fn error6(skb: *mut __sk_buff) -> i32 {
+    let (Some(p), Some(ip)) = (NonNull::new(skb), ns::packet6()) else {
+        return verdict::PASS;
+    };
+    let ctx = TcContext::new(p);
+    drop::verdict(
+        icmp6::translate_error(&ctx, ip, Side::PodOut).get(),
+        &ctx,
+        Side::PodOut,
+    )
 }
 
 /// A backend's packet to a client pod: the ClusterIP:port back as its

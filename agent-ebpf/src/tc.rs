@@ -129,6 +129,8 @@ fn ipv4(ctx: &TcContext, side: Side) -> Outcome {
                 Ok(verdict::PASS) => pod_lb::from_pod::<V4>(ctx, ip),
                 v => v,
             },
+            // pod_lb.rs's own program.
+            Side::PodOut => Ok(verdict::PASS),
         },
         parse::IPPROTO_ICMP => icmp::translate_error(ctx, ip, side),
         _ => Ok(verdict::PASS),
@@ -154,6 +156,8 @@ fn ipv6(ctx: &TcContext, side: Side) -> Outcome {
                 Ok(verdict::PASS) => pod_lb::from_pod::<V6>(ctx, ip),
                 v => v,
             },
+            // pod_lb.rs's own program.
+            Side::PodOut => Ok(verdict::PASS),
         },
         parse::IPPROTO_ICMPV6 => icmp6::translate_error(ctx, ip, side).get(),
         _ => Ok(verdict::PASS),

@@ -5,7 +5,11 @@
 //! (`ferry_tc_pod`), the backends' replies given the ClusterIP back on its egress
 //! (`ferry_tc_pod_out`): a backend on the client's node (host network), one on the other
 //! node, and the client pod itself (hairpin: masqueraded to its bridge's address, as
-//! kube-proxy does). Both families, each Service dual-stack.
+//! kube-proxy does). Both families, each Service dual-stack. A connected UDP socket to a
+//! ClusterIP port whose backend does not listen gets the backend's port unreachable, translated
+//! back to the ClusterIP (pod_lb.rs, icmp.rs: `ferry_tc_pod_out` for the host-network backend,
+//! `ferry_tc_in` for the remote pod, `ferry_tc_pod` for the hairpin flow), as ECONNREFUSED at
+//! once rather than a timeout.
 
 mod common;
 
@@ -56,12 +60,18 @@ fn vip(pair: [&str; 2], family: usize) -> IpAddr {
     pair[family].parse().expect("the test's VIP")
 }
 
+/// The ClusterIP port (UDP) of every test Service whose target port no backend listens on.
+const VOID_PORT: u16 = 54;
+const VOID_TARGET: u16 = 5399;
+
 /// A dual-stack ClusterIP Service `name` (`vips`): http 80 -> 8080/TCP, dns 53 -> 5353/UDP,
-/// its slices naming `ips` (IPv4, IPv6) on `node`.
+/// void [`VOID_PORT`] -> [`VOID_TARGET`]/UDP (no listener), its slices naming `ips` (IPv4,
+/// IPv6) on `node`.
 fn service(c: &Cluster, name: &str, vips: [&str; 2], ips: [IpAddr; 2], node: &str) {
     let svc = Service::dual_stack(name, "PreferDualStack", &vips)
         .port_to("http", 80, "TCP", 8080u16)
-        .port_to("dns", 53, "UDP", 5353u16);
+        .port_to("dns", 53, "UDP", 5353u16)
+        .port_to("void", VOID_PORT as i64, "UDP", VOID_TARGET);
     c.manifests().apply(&svc);
     for (slice, ip) in [
         (EndpointSlice::new(&format!("{name}-v4"), name), ips[V4]),
@@ -70,6 +80,7 @@ fn service(c: &Cluster, name: &str, vips: [&str; 2], ips: [IpAddr; 2], node: &st
         let slice = slice
             .port("http", 8080, "TCP")
             .port("dns", 5353, "UDP")
+            .port("void", VOID_TARGET, "UDP")
             .endpoints([Endpoint::ready(ip).node(node)]);
         c.manifests().apply(&slice);
     }
@@ -146,14 +157,24 @@ fn a_pod_process_outside_the_cgroup_reaches_cluster_ips_per_packet() {
     c.start_agents();
     c.wait_north_south(DEADLINE);
     for family in [V4, V6] {
-        for (vips, ep) in [
-            (LOCAL_VIP, at(gateway[family], 8080)),
-            (REMOTE_VIP, at(addr(&b2, family), 8080)),
-            (ANCHOR_VIP, at(addr(&client, family), 8080)),
+        for (vips, ip) in [
+            (LOCAL_VIP, gateway[family]),
+            (REMOTE_VIP, addr(&b2, family)),
+            (ANCHOR_VIP, addr(&client, family)),
         ] {
+            let (ep, void) = (at(ip, 8080), at(ip, VOID_TARGET));
             c.wait_services(
                 "node1",
-                |v| services::active_is(v, vip(vips, family), 80, Protocol::Tcp, &[ep.as_str()]),
+                |v| {
+                    services::active_is(v, vip(vips, family), 80, Protocol::Tcp, &[ep.as_str()])
+                        && services::active_is(
+                            v,
+                            vip(vips, family),
+                            VOID_PORT,
+                            Protocol::Udp,
+                            &[void.as_str()],
+                        )
+                },
                 DEADLINE,
             );
         }
@@ -215,6 +236,44 @@ fn a_pod_process_outside_the_cgroup_reaches_cluster_ips_per_packet() {
             "{empty}: refused after {} ms",
             a.elapsed_ms
         );
+
+        // A backend without a listener on the target port: its port unreachable must reach
+        // the connected socket quoting the ClusterIP it sent to, else the kernel matches no
+        // socket and recv() waits out its (long) timeout.
+        for (vips, backend) in [
+            (LOCAL_VIP, "the host-network backend"),
+            (REMOTE_VIP, "the remote pod"),
+            (ANCHOR_VIP, "the client itself (hairpin)"),
+        ] {
+            let target = at(vip(vips, family), VOID_PORT);
+            let translated = counter(&c, "node1", "ns_icmp_translated");
+            let udp = outside_client(
+                &client,
+                &["udp", &target, "--connected", "--timeout-ms", "10000"],
+            );
+            let a = &udp[0];
+            assert!(!a.ok, "{target} ({backend}): {}", a.raw);
+            assert_eq!(
+                (a.stage.as_deref(), a.error.as_deref()),
+                (Some("recv"), Some("ECONNREFUSED")),
+                "{target} ({backend}): want a refusal on recv, not a timeout: {}",
+                a.raw
+            );
+            assert!(
+                a.elapsed_ms < 2000,
+                "{target} ({backend}): refused after {} ms",
+                a.elapsed_ms
+            );
+            let translated = counter(&c, "node1", "ns_icmp_translated") - translated;
+            println!(
+                "{target} ({backend}): refused after {} ms, ns_icmp_translated +{translated}",
+                a.elapsed_ms
+            );
+            assert!(
+                translated >= 1,
+                "{target} ({backend}): ns_icmp_translated +{translated}"
+            );
+        }
     }
     // The backends' replies were translated on the client's device (the hairpin ones come
     // back through ferry_tc_pod instead).

@@ -125,7 +125,7 @@ pub enum IcmpErr {
     PortUnreachable,
     /// IPv4 fragmentation needed / IPv6 packet too big, with the MTU.
     TooBig(u32),
-    /// ICMPv6 time exceeded (hop limit).
+    /// Time exceeded in transit (TTL / hop limit).
     TimeExceeded,
     /// ICMPv6 parameter problem (erroneous header field) with its pointer.
     ParamProblem(u32),
@@ -141,6 +141,7 @@ impl IcmpErr {
             // The next-hop MTU in the low 16 bits.
             (IcmpErr::TooBig(mtu), false) => (3, 4, mtu),
             (IcmpErr::TooBig(mtu), true) => (2, 0, mtu),
+            (IcmpErr::TimeExceeded, false) => (11, 0, 0),
             (IcmpErr::TimeExceeded, true) => (3, 0, 0),
             (IcmpErr::ParamProblem(ptr), true) => (4, 0, ptr),
             (IcmpErr::NoRoute, true) => (1, 0, 0),

@@ -2,7 +2,9 @@
 //! on `ferry_tc_pod` (DNAT, the pod's address kept, POD conntrack entries), the backend's
 //! reply on `ferry_tc_pod_out` (the ClusterIP back as its source), what is no pod flow's, a
 //! ClusterIP port no Service defines (a port unreachable back to the pod), and hairpin (the
-//! pod is its own backend: masqueraded to the FIB's source towards it, routed). Both
+//! pod is its own backend: masqueraded to the FIB's source towards it, routed), and ICMP errors
+//! about pod flows (a backend's to the client pod on `ferry_tc_pod_out`, the client pod's about
+//! a reply on `ferry_tc_pod`, the quote translated back; hostile ones untouched). Both
 //! families, from the same rows.
 
 use super::*;
@@ -284,6 +286,256 @@ pub static TABLE: &[Scenario] = &[
             ]
         },
     },
+    Scenario {
+        desc: "ICMP errors about a pod's flows are translated on its device",
+        families: BOTH,
+        targets: TC,
+        netns: no_netns,
+        fixture: |f, n| {
+            // UDP 53 to a local backend that will not listen, TCP 80 to a remote one.
+            f.backend(1, sa(n.local_pod, 5353), IPPROTO_UDP, true);
+            f.frontend(
+                sa(n.cluster_ip, 53),
+                IPPROTO_UDP,
+                scope::EXTERNAL,
+                svc_flags::CLUSTER_IP,
+                REV_CIP,
+                &[1],
+            );
+            f.backend(2, sa(n.remote_pod, 8080), IPPROTO_TCP, false);
+            cluster_ip(f, n, &[2]);
+        },
+        steps: pod_icmp_rows,
+    },
 ];
+
+/// The rows of the ICMP scenario: a pod's UDP flow to a local backend and TCP flow to a remote
+/// one, then errors about them (and forged ones) on the pod's device, each with the
+/// NsIcmpTranslated it moves. Every ICMP row runs on a CHECKSUM_COMPLETE skb.
+fn pod_icmp_rows(n: &'static Net) -> Vec<Step> {
+    let pod = client_pod(n);
+    let cip_dns = sa(n.cluster_ip, 53);
+    let backend = sa(n.local_pod, 5353);
+    let cip = sa(n.cluster_ip, 80);
+    let rbackend = sa(n.remote_pod, 8080);
+    let csum = move |r: Row| if is_v6(n) { r.complete() } else { r };
+    let sent = udp_packet(pod, cip_dns, b"is anybody there?");
+    let delivered = udp_packet(pod, backend, b"is anybody there?");
+    let hlen = if is_v6(n) { IPV6_HLEN } else { 20 };
+    let pu = IcmpErr::PortUnreachable;
+    // An ICMP error row on `hook` that is translated to `out` (or untouched).
+    let icmp_row = move |desc: &str, hook: Hook, input: Vec<u8>, out: Option<Vec<u8>>| {
+        let (input, out) = match hook {
+            TcPod => (inbound(input), out.map(inbound)),
+            _ => (outbound(input), out.map(outbound)),
+        };
+        let r = match out {
+            Some(o) => Row::new(desc, hook, input, Ok)
+                .out(o)
+                .counter(Counter::NsIcmpTranslated, 1),
+            None => Row::new(desc, hook, input, Pass)
+                .unchanged()
+                .counter(Counter::NsIcmpTranslated, 0),
+        };
+        r.complete()
+    };
+    // The backend's port unreachable to the pod quoting the first `len` bytes of `quoted`.
+    let unreach = move |to: IpAddr, quoted: &[u8], len: usize, id: u16| {
+        icmp_error(n.local_pod, to, pu, &quoted[..len.min(quoted.len())], id)
+    };
+    let mut steps = vec![
+        row({
+            let (sent, delivered) = (sent.clone(), delivered.clone());
+            move |_| {
+                csum(Row::new(
+                    "a pod's datagram to the ClusterIP: DNAT to the backend",
+                    TcPod,
+                    inbound(sent.clone()),
+                    Ok,
+                ))
+                .out(inbound(delivered.clone()))
+                .counter(Counter::PodNewFlow, 1)
+            }
+        }),
+        // The backend has no socket on the port: Linux quotes the whole (small) datagram.
+        // The pod gets it from the ClusterIP, quoting exactly what it sent (UDP checksum
+        // included), so its connected socket takes the refusal.
+        row({
+            let (sent, delivered) = (sent.clone(), delivered.clone());
+            move |_| {
+                icmp_row(
+                    "the backend's port unreachable: from the ClusterIP, quoting it",
+                    TcPodOut,
+                    unreach(pod.ip(), &delivered, usize::MAX, 0x4242),
+                    Some(icmp_error(n.cluster_ip, pod.ip(), pu, &sent, 0x4242)),
+                )
+            }
+        }),
+        row({
+            let (sent, delivered) = (sent.clone(), delivered.clone());
+            move |_| {
+                // The shortest quote an error must carry: the IP header and 8 bytes.
+                icmp_row(
+                    "a quote of the header and 8 bytes",
+                    TcPodOut,
+                    unreach(pod.ip(), &delivered, hlen + 8, 1),
+                    Some(icmp_error(n.cluster_ip, pod.ip(), pu, &sent[..hlen + 8], 1)),
+                )
+            }
+        }),
+        row({
+            let (sent, delivered) = (sent.clone(), delivered.clone());
+            move |_| {
+                icmp_row(
+                    "a quote of the ports only: translated, no L4 checksum to mend",
+                    TcPodOut,
+                    unreach(pod.ip(), &delivered, hlen + 4, 2),
+                    Some(icmp_error(n.cluster_ip, pod.ip(), pu, &sent[..hlen + 4], 2)),
+                )
+            }
+        }),
+    ];
+    // Truncated quotes: too short for the ports, or for the quoted IP header itself.
+    for (what, len) in [
+        ("a quote cut inside the ports: untouched", hlen + 3),
+        ("a quote cut inside its IP header: untouched", hlen - 8),
+    ] {
+        let delivered = delivered.clone();
+        steps.push(row(move |_| {
+            icmp_row(what, TcPodOut, unreach(pod.ip(), &delivered, len, 3), None)
+        }));
+    }
+    steps.extend([
+        row({
+            let delivered = delivered.clone();
+            move |_| {
+                // The flow's packet, but the error goes to another pod.
+                icmp_row(
+                    "an error about the flow to a pod that is not its client: untouched",
+                    TcPodOut,
+                    unreach(n.remote_pod2, &delivered, usize::MAX, 4),
+                    None,
+                )
+            }
+        }),
+        row(move |_| {
+            let stranger = udp_packet(sa(pod.ip(), 40001), backend, b"x");
+            icmp_row(
+                "an error quoting no flow: untouched",
+                TcPodOut,
+                unreach(pod.ip(), &stranger, usize::MAX, 5),
+                None,
+            )
+        }),
+        // The same backend's REPLY entries of a north-south flow to (what looks like) the
+        // pod, and of a masqueraded pod flow: not the egress program's.
+        maps(move |c| {
+            for (port, flags) in [
+                (40002, ct_flags::LOCAL),
+                (40003, ct_flags::POD | ct_flags::SNAT),
+            ] {
+                let to = sa(pod.ip(), port);
+                c.f.ct_put(
+                    ct_key(backend, to, IPPROTO_UDP, ct_dir::REPLY),
+                    ct_val(cip_dns, to, 1, REV_CIP, flags, 0),
+                );
+            }
+        }),
+        row(move |_| {
+            let ns = udp_packet(sa(pod.ip(), 40002), backend, b"x");
+            icmp_row(
+                "an error quoting a north-south flow: untouched",
+                TcPodOut,
+                unreach(pod.ip(), &ns, usize::MAX, 6),
+                None,
+            )
+        }),
+        row(move |_| {
+            let masq = udp_packet(sa(pod.ip(), 40003), backend, b"x");
+            icmp_row(
+                "an error quoting a masqueraded pod flow: untouched here",
+                TcPodOut,
+                unreach(pod.ip(), &masq, usize::MAX, 7),
+                None,
+            )
+        }),
+        // The other way: the pod has closed its socket when the answer comes, and tells the
+        // ClusterIP; the backend must get it quoting its own datagram.
+        row(move |_| {
+            let reply = udp_packet(cip_dns, pod, b"late answer");
+            let from_backend = udp_packet(backend, pod, b"late answer");
+            icmp_row(
+                "the pod's port unreachable about a reply goes to the backend, quoting it",
+                TcPod,
+                icmp_error(pod.ip(), n.cluster_ip, pu, &reply, 8),
+                Some(icmp_error(pod.ip(), n.local_pod, pu, &from_backend, 8)),
+            )
+        }),
+        // A north-south flow's FORWARD entry: a pod's error quoting its replies is not a pod
+        // flow's.
+        maps(move |c| {
+            let client = sa(pod.ip(), 40004);
+            c.f.ct_put(
+                ct_key(client, sa(n.lb_vip, 53), IPPROTO_UDP, ct_dir::FORWARD),
+                ct_val(client, backend, 1, REV_CIP, ct_flags::LOCAL, 0),
+            );
+        }),
+        row(move |_| {
+            let reply = udp_packet(sa(n.lb_vip, 53), sa(pod.ip(), 40004), b"x");
+            icmp_row(
+                "a pod's error about a north-south flow's reply: untouched",
+                TcPod,
+                icmp_error(pod.ip(), n.lb_vip, pu, &reply, 9),
+                None,
+            )
+        }),
+    ]);
+    // TCP to the remote backend: a big segment, then the "too big" and "time exceeded" of
+    // routers on the way, quoting as much as an error may (IPv4: 576 bytes in all; IPv6: 1280),
+    // which includes the TCP checksum. The routers keep their addresses, the MTU its value.
+    let (mtu, payload, quote) = if is_v6(n) {
+        (1400, 1300, 1280 - IPV6_HLEN - 8)
+    } else {
+        (1400, 600, 576 - 20 - 8)
+    };
+    let payload = vec![0x61u8; payload];
+    let sent = tcp_packet(pod, cip, TCP_ACK, &payload);
+    let forwarded = tcp_packet(pod, rbackend, TCP_ACK, &payload);
+    steps.push(row({
+        let (sent, forwarded) = (sent.clone(), forwarded.clone());
+        move |_| {
+            csum(Row::new(
+                "the pod's big segment to the ClusterIP: DNAT to the remote backend",
+                TcPod,
+                inbound(sent.clone()),
+                Ok,
+            ))
+            .out(inbound(forwarded.clone()))
+        }
+    }));
+    for (what, from, err) in [
+        (
+            "the node's own too big (as the pod's router): the quote translated, MTU kept",
+            n.local_router,
+            IcmpErr::TooBig(mtu),
+        ),
+        (
+            "a router's time exceeded: the router's address kept",
+            n.router,
+            IcmpErr::TimeExceeded,
+        ),
+    ] {
+        let (sent, forwarded) = (sent.clone(), forwarded.clone());
+        steps.push(row(move |_| {
+            icmp_row(
+                what,
+                TcPodOut,
+                icmp_error(from, pod.ip(), err, &forwarded[..quote], 10),
+                Some(icmp_error(from, pod.ip(), err, &sent[..quote], 10)),
+            )
+        }));
+    }
+    steps
+}
 
 table_tests!(TABLE, pod_v4: V4, pod_v6: V6);
