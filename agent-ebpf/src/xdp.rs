@@ -20,8 +20,8 @@
 //! goes through `ndo_xdp_xmit`, which flushes whenever the peer has NAPI.
 //!
 //! Everything else is XDP_PASS, for `ferry_tc_in` (still attached) to
-//! handle as without XDP: IP options (DSR),
-//! fragments, ICMP, DSR flows and DSR mode's new flows to remote backends,
+//! handle as without XDP: IP options (DSR), fragments, ICMP, DSR flows
+//! and DSR mode's new flows to remote backends,
 //! frontends without endpoints (TC answers them), packets for no frontend,
 //! flows whose backend went away (TC forgets and chooses again), and
 //! anything the FIB cannot send straight away (no neighbour, TTL expiring,
@@ -115,8 +115,9 @@ fn nat_of(v: &CtVal<V4>) -> Nat {
 pub(crate) const TCP_READ: usize = 18;
 pub(crate) const UDP_READ: usize = 8;
 
-/// An IPv4 TCP/UDP packet (its EtherType checked by the entry point) without options or fragmentation, its L4 header
-/// in the frame, parsed into `ip`; false for anything else (passed).
+/// An IPv4 TCP/UDP packet (its EtherType checked by the entry point)
+/// without options or fragmentation, its L4 header in the frame, parsed
+/// into `ip`; false for anything else (passed).
 #[inline(always)]
 fn parse(ctx: &XdpContext, ip: &mut Ipv4) -> bool {
     let (data, end) = (ctx.data(), ctx.data_end());

@@ -25,8 +25,9 @@
 //! The stack: IPv6's packet, keys and values are kept as TC's IPv6 path
 //! keeps them (ns.rs: the parsed packet and a new flow's [`Room`] in the
 //! per-CPU scratch `ferry_ns6_scr`, the FIB's parameters in nexthop.rs's),
-//! and this path is a function of its own, called from the entry point: the
-//! IPv4 path's frame does not hold IPv6's.
+//! and its parts are functions of their own, each called from the entry
+//! point: the IPv4 path's frame does not hold IPv6's, and a new flow's
+//! frame (320 bytes) is not added to the tracked path's.
 
 use agent_common::{Ip6, NodeConfig, ct_dir, ct_flags, proto, scope, stats::Counter};
 use aya_ebpf::{
@@ -57,8 +58,9 @@ const NEW_FLOW: i32 = i32::MIN;
 /// The IPv6 packet of an XDP frame (its EtherType IPv6): translated and
 /// sent, passed, or dropped. Its tracked paths, a new flow and the new
 /// flow's event are functions of their own, each called from the entry
-/// point (none from another): the call chain's stack is the entry's frame
-/// and one of theirs, within the verifier's 512 bytes.
+/// point (the new flow not from the tracked path), so that the deepest
+/// call chain, the entry's frame and the new flow's, stays within the
+/// verifier's 512 bytes.
 #[inline(always)]
 pub fn ipv6(ctx: &XdpContext) -> Raw {
     let r = tracked(ctx);
