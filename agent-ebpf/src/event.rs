@@ -86,8 +86,9 @@ pub fn port_unreachable<P: Packet>(ctx: &TcContext, ip: &P) {
 
 /// A packet `ferry_xdp` dropped for `reason` (counted by drop.rs), while
 /// a monitor listens: its tuple read from the frame (an IPv4 packet
-/// without options, the only kind XDP keeps; as it arrived, unless the
-/// drop came half way through its rewrite).
+/// without options or an IPv6 one without extension headers, the only
+/// kinds XDP keeps; as it arrived, unless the drop came half way through
+/// its rewrite).
 #[inline(always)]
 pub fn xdp_drop(ctx: &XdpContext, reason: DropReason) {
     if on() {
@@ -101,7 +102,7 @@ pub fn xdp_drop(ctx: &XdpContext, reason: DropReason) {
 /// back from the map (only when on), since the frames that built it are
 /// too deep for this one's too.
 #[inline(always)]
-pub fn xdp_new_flow<K: CtKey>(ctx: &XdpContext, t: &Tuple, fwd_key: &K) {
+pub fn xdp_new_flow<A: Copy, K: CtKey>(ctx: &XdpContext, t: &Tuple<A>, fwd_key: &K) {
     if on() {
         emit_xdp_new_flow(ctx, t, fwd_key);
     }
@@ -339,6 +340,22 @@ fn emit_xdp_drop(ctx: &XdpContext, head: u64) {
                 ports[1],
                 h.proto,
             );
+        } else if ethertype == parse::ETH_P_IPV6 && data + IP_OFF + parse::IPV6_HLEN <= end {
+            // IPv6 (xdp6.rs): its next header TCP or UDP, the only kind
+            // XDP keeps.
+            let h = data + IP_OFF;
+            let p = h + parse::IPV6_HLEN;
+            let next = *((h + 6) as *const u8);
+            let ports = if p + 4 <= end
+                && (next == agent_common::proto::TCP || next == agent_common::proto::UDP)
+            {
+                core::ptr::read_unaligned(p as *const [u16; 2])
+            } else {
+                [0, 0]
+            };
+            let saddr = core::ptr::read_unaligned((h + 8) as *const agent_common::Ip6);
+            let daddr = core::ptr::read_unaligned((h + 24) as *const agent_common::Ip6);
+            set_tuple(entry.as_mut_ptr(), &saddr, &daddr, ports[0], ports[1], next);
         }
     }
     entry.submit(0);
@@ -346,7 +363,7 @@ fn emit_xdp_drop(ctx: &XdpContext, head: u64) {
 
 /// An XDP new flow's event (see [`xdp_new_flow`]).
 #[inline(never)]
-fn emit_xdp_new_flow<K: CtKey>(ctx: &XdpContext, t: &Tuple, fwd_key: &K) {
+fn emit_xdp_new_flow<A: Copy, K: CtKey>(ctx: &XdpContext, t: &Tuple<A>, fwd_key: &K) {
     let Some(fwd) = ct::lookup(fwd_key) else {
         return;
     };

@@ -42,7 +42,7 @@ pub const AF_INET: u8 = 2;
 pub const AF_INET6: u8 = 10;
 /// The traffic class and flow label of an IPv6 header's first word
 /// (network order): the lookup's `flowinfo`.
-const IPV6_FLOWINFO_MASK: u32 = 0x0fff_ffff_u32.to_be();
+pub const IPV6_FLOWINFO_MASK: u32 = 0x0fff_ffff_u32.to_be();
 
 /// A return code of [`lookup`] that is no FIB answer: the packet's TTL
 /// would expire here, it is for the stack.

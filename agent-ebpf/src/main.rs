@@ -66,6 +66,8 @@ mod tc;
 mod verdict;
 #[cfg(target_arch = "bpf")]
 mod xdp;
+#[cfg(target_arch = "bpf")]
+mod xdp6;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -1,5 +1,8 @@
-//! `ferry_xdp`: the IPv4 fast path of north-south load balancing, on the
-//! node's devices before any skb exists (`--acceleration native|generic`).
+//! `ferry_xdp`: the fast path of north-south load balancing, on the node's
+//! devices before any skb exists (`--acceleration native|generic`). The
+//! entry point dispatches by EtherType: IPv4 here, IPv6 in xdp6.rs (a
+//! function of its own, with the same semantics; what follows is said of
+//! IPv4, xdp6.rs says where IPv6 differs).
 //!
 //! It handles what most of the traffic is: packets of tracked flows (a
 //! client's, DNAT and SNAT as the flow has it; a remote backend's reply to
@@ -17,8 +20,8 @@
 //! goes through `ndo_xdp_xmit`, which flushes whenever the peer has NAPI.
 //!
 //! Everything else is XDP_PASS, for `ferry_tc_in` (still attached) to
-//! handle as without XDP: IPv6 (not done here yet), IP options (DSR),
-//! fragments, ICMP, DSR flows and DSR mode's new flows to remote backends,
+//! handle as without XDP: IP options (DSR), fragments, ICMP, DSR flows
+//! and DSR mode's new flows to remote backends,
 //! frontends without endpoints (TC answers them), packets for no frontend,
 //! flows whose backend went away (TC forgets and chooses again), and
 //! anything the FIB cannot send straight away (no neighbour, TTL expiring,
@@ -50,18 +53,36 @@ use crate::{
     nexthop::{self, Hop},
     nodeport::{self, Admission},
     ns::{CtVal, Ns, Room},
-    parse::{self, ETH_P_IP, IP_OFF, IPV4_MIN_HLEN, Ipv4, Ipv4Hdr, Tuple},
+    parse::{self, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IP_OFF, IPV4_MIN_HLEN, Ipv4, Ipv4Hdr, Tuple},
     select::{self, Frontend},
+    xdp6,
 };
 
-const PASS: u32 = xdp_action::XDP_PASS;
+pub(crate) const PASS: u32 = xdp_action::XDP_PASS;
 
 /// A result of the paths: an XDP action, or why the packet is dropped.
-type Action = Result<u32, DropReason>;
+pub(crate) type Action = Result<u32, DropReason>;
+
+/// The frame's EtherType (host order; 0 for a frame too short to have one).
+#[inline(always)]
+fn ethertype(ctx: &XdpContext) -> u16 {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + ETH_HLEN > end {
+        return 0;
+    }
+    // SAFETY: bounds checked above.
+    u16::from_be(unsafe { parse::packet_word::<u16>(data + 12) })
+}
 
 #[xdp]
 pub fn ferry_xdp(ctx: XdpContext) -> u32 {
-    match ipv4(&ctx).get() {
+    let r = match ethertype(&ctx) {
+        ETH_P_IP => ipv4(&ctx),
+        // A function of its own (xdp6.rs): IPv4's frame stays as it is.
+        ETH_P_IPV6 => xdp6::ipv6(&ctx),
+        _ => Raw::of(Ok(PASS as i32)),
+    };
+    match r.get() {
         Ok(a) => a as u32,
         Err(reason) => {
             event::xdp_drop(&ctx, reason);
@@ -91,11 +112,12 @@ fn nat_of(v: &CtVal<V4>) -> Nat {
 
 /// The bytes of a TCP header read (through the flags and the checksum
 /// field) and rewritten; a UDP header's 8.
-const TCP_READ: usize = 18;
-const UDP_READ: usize = 8;
+pub(crate) const TCP_READ: usize = 18;
+pub(crate) const UDP_READ: usize = 8;
 
-/// An IPv4 TCP/UDP packet without options or fragmentation, its L4 header
-/// in the frame, parsed into `ip`; false for anything else (passed).
+/// An IPv4 TCP/UDP packet (its EtherType checked by the entry point)
+/// without options or fragmentation, its L4 header in the frame, parsed
+/// into `ip`; false for anything else (passed).
 #[inline(always)]
 fn parse(ctx: &XdpContext, ip: &mut Ipv4) -> bool {
     let (data, end) = (ctx.data(), ctx.data_end());
@@ -103,11 +125,7 @@ fn parse(ctx: &XdpContext, ip: &mut Ipv4) -> bool {
     if p + UDP_READ > end {
         return false;
     }
-    // SAFETY: bounds checked above.
-    let ethertype = u16::from_be(unsafe { core::ptr::read_unaligned((data + 12) as *const u16) });
-    if ethertype != ETH_P_IP {
-        return false;
-    }
+    // The EtherType is IPv4's (the entry point's dispatch).
     ip.hdr = parse::read_hdr(data + IP_OFF);
     // Version 4 and no options (a DSR option, anything else: TC's).
     if ip.hdr.ver_ihl != 0x45 {
@@ -301,7 +319,7 @@ fn seconds(now: u64) -> u32 {
 }
 
 #[inline(always)]
-fn ingress_ifindex(ctx: &XdpContext) -> u32 {
+pub(crate) fn ingress_ifindex(ctx: &XdpContext) -> u32 {
     ctx.ingress_ifindex() as u32
 }
 
@@ -417,9 +435,27 @@ fn rewrite_and_send(ctx: &XdpContext, ip: &Ipv4, nat: Nat, hop: &Hop) -> Action 
             }
             core::ptr::write_unaligned(cp, new);
         }
-        // Six 2-byte stores (the frame starts 2-aligned), volatile so that
-        // they stay stores: as a 12-byte copy LLVM calls a byte-by-byte
-        // memmove, 10 % of a tracked packet's cost.
+        set_macs(data, hop);
+    }
+    count(Counter::NsXdpForwarded);
+    // Out of the ingress device too: a redirect, not XDP_TX (see the
+    // module's doc: on veth, XDP_TX wakes the peer only if it runs XDP).
+    // SAFETY: a plain helper call.
+    Ok(unsafe { h::bpf_redirect(hop.oif, 0) } as u32)
+}
+
+/// Writes the next hop's MACs (destination, source) into the Ethernet
+/// header at `data`.
+///
+/// # Safety
+/// `data` is the frame's start, its first 12 bytes checked to be in the frame.
+#[inline(always)]
+pub(crate) unsafe fn set_macs(data: usize, hop: &Hop) {
+    // Six 2-byte stores (the frame starts 2-aligned), volatile so that
+    // they stay stores: as a 12-byte copy LLVM calls a byte-by-byte
+    // memmove, 10 % of a tracked packet's cost.
+    // SAFETY: the caller's bounds check.
+    unsafe {
         let macs: [u16; 6] = core::mem::transmute(hop.macs);
         let eth = data as *mut u16;
         let mut i = 0;
@@ -428,11 +464,6 @@ fn rewrite_and_send(ctx: &XdpContext, ip: &Ipv4, nat: Nat, hop: &Hop) -> Action 
             i += 1;
         }
     }
-    count(Counter::NsXdpForwarded);
-    // Out of the ingress device too: a redirect, not XDP_TX (see the
-    // module's doc: on veth, XDP_TX wakes the peer only if it runs XDP).
-    // SAFETY: a plain helper call.
-    Ok(unsafe { h::bpf_redirect(hop.oif, 0) } as u32)
 }
 
 /// Whether XDP may send a packet out of device `ifindex` (the FIB's

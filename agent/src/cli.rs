@@ -128,10 +128,11 @@ pub struct AgentArgs {
     /// directly).
     #[arg(long, value_enum, default_value_t = LbMode::Snat)]
     pub lb_mode: LbMode,
-    /// The IPv4 north-south fast path in XDP on the same devices (Cilium's
-    /// `--bpf-lb-acceleration`): tracked flows and new flows to NodePorts,
-    /// externalIPs and LoadBalancer IPs are translated and forwarded before
-    /// the kernel builds an skb; the rest goes on to the TC programs.
+    /// The north-south fast path in XDP on the same devices, IPv4 and IPv6
+    /// (Cilium's `--bpf-lb-acceleration`): tracked flows and new flows to
+    /// NodePorts, externalIPs and LoadBalancer IPs are translated and
+    /// forwarded before the kernel builds an skb; the rest (IPv6 extension
+    /// headers among it) goes on to the TC programs.
     /// `native` needs driver support: a device without it keeps TC only
     /// (warned); on a veth the peer device must have GRO on or an XDP
     /// program, else what XDP forwards is dropped (warned). `generic` is

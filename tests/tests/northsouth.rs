@@ -2144,7 +2144,7 @@ fn agent_restart_keeps_north_south_flows(family: Family) {
 #[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn xdp_translates_lb_and_node_port() {
     require_root!();
-    xdp_case("generic");
+    xdp_case("generic", Family::V4);
 }
 
 /// `--acceleration native` (ferry_xdp in the veth driver, before the skb): see [`xdp_case`].
@@ -2152,14 +2152,26 @@ fn xdp_translates_lb_and_node_port() {
 #[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn xdp_native_translates_lb_and_node_port() {
     require_root!();
-    xdp_case("native");
+    xdp_case("native", Family::V4);
 }
 
-/// `--acceleration MODE` (IPv4: ferry_xdp's fast path): a client outside reaches a
+/// `--acceleration native` over IPv6 (xdp6.rs): see [`xdp_case`].
+#[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
+fn xdp_native_translates_lb_and_node_port_v6() {
+    require_root!();
+    xdp_case("native", Family::V6);
+}
+
+/// `--acceleration MODE` (ferry_xdp's fast path) over `family`: a client outside reaches a
 /// LoadBalancer IP and a NodePort on node1 whose only endpoint is on node2, over TCP and UDP,
 /// the backend sees node1's address (SNAT), and node1's `ns_xdp_forwarded` proves that XDP,
 /// not TC, translated and sent the packets (both ways: the client's to node2 and node2's
 /// replies to the client go back out of node1's eth0, redirected to the ingress device).
+/// An externalTrafficPolicy Local LoadBalancer IP whose endpoint is on node1 keeps the
+/// client's address with XDP attached: its pod is behind a device XDP does not send to (a
+/// pod's veth), so XDP passes its packets and TC serves it; the byte-exact rows of
+/// XDP's own eTP Local translation are tc_prog_test_run's (xdp.rs).
 ///
 /// The lab's part for native mode, what a node whose device is a veth needs: a frame XDP
 /// sends out of a veth goes to its peer's NAPI ring, which the peer has only with an XDP
@@ -2168,8 +2180,7 @@ fn xdp_native_translates_lb_and_node_port() {
 /// in `ethtool -S` `rx_queue_0_drops`, none reaches node2); the segment's side of each node's
 /// eth0 (`v-node1`, `v-node2`) gets it. The agent warns about it when it attaches natively
 /// to a veth.
-fn xdp_case(mode: &str) {
-    let family = Family::V4;
+fn xdp_case(mode: &str, family: Family) {
     let mode = mode.to_string();
     let c = cluster("xdp", family);
     for peer in ["v-node1", "v-node2"] {
@@ -2182,9 +2193,19 @@ fn xdp_case(mode: &str) {
     let ext1 = c.ext("ext1");
     let b2 = c.add_pod_on("node2", "b2");
     let _e2 = c.start_echo(&b2, &[8080], &[5353]);
+    let b1 = c.add_pod_on("node1", "b1");
+    let _e1 = c.start_echo(&b1, &[8080], &[5353]);
     c.manifests()
         .apply(&web_ports(load_balancer("web", CLUSTER_IP)).lb_ingress2(LB_IP));
     apply_slices(&c, slices("web", &[(&b2, "node2")]));
+    let lb_local = family.pick(LB_IP2);
+    c.manifests().apply(
+        &load_balancer("loc", CLUSTER_IP2)
+            .port_to("http", 80, "TCP", 8080u16)
+            .lb_ingress2(LB_IP2)
+            .external_traffic_policy("Local"),
+    );
+    apply_slices(&c, slices("loc", &[(&b1, "node1")]));
     c.start_agents_with(&ferry_tests::agent::AgentOpts {
         extra_args: vec!["--acceleration".into(), mode.clone()],
         ..Default::default()
@@ -2214,6 +2235,7 @@ fn xdp_case(mode: &str) {
         .join(format!("ferry_link_{infix}_eth0"));
     assert!(pin.exists(), "no pinned XDP link at {}", pin.display());
     wait_external(&c, family, "node1", lb, 80, Protocol::Tcp, &[&b2]);
+    wait_external(&c, family, "node1", lb_local, 80, Protocol::Tcp, &[&b1]);
     let node1 = node_ip(&c, family, "node1");
     let xdp_forwarded = |c: &Cluster| {
         let v = c.stats("node1");
@@ -2223,34 +2245,54 @@ fn xdp_case(mode: &str) {
     };
 
     c.route(&ext1, family.pick(LB_RANGES), "node1");
-    first_answer(&c, &ext1, &at(lb, 80), "XDP: ext1 -> LB via node1 -> b2");
+    first_answer(
+        &c,
+        &ext1,
+        &at(lb, 80),
+        &format!("XDP {family}: ext1 -> LB via node1 -> b2"),
+    );
     let before = xdp_forwarded(&c);
     for target in [at(lb, 80), at(node1, NODE_PORT as u16)] {
         let attempts = tcp(&c, &ext1, &target, 10);
-        assert_all_ok(&c, &attempts, &format!("XDP: TCP to {target}"));
+        assert_all_ok(&c, &attempts, &format!("XDP {family}: TCP to {target}"));
         assert_eq!(by_pod(&attempts).keys().collect::<Vec<_>>(), ["b2"]);
         assert_eq!(
             peers(&attempts),
             BTreeSet::from([node1.to_string()]),
-            "XDP: the backend sees node1's address (SNAT) through {target}"
+            "XDP {family}: the backend sees node1's address (SNAT) through {target}"
         );
     }
     let udp = c.client(
         &ext1,
         &["udp", &at(lb, 53), "--count", "5", "--timeout-ms", "2000"],
     );
-    assert_all_ok(&c, &udp, "XDP: UDP to the LB IP");
+    assert_all_ok(&c, &udp, &format!("XDP {family}: UDP to the LB IP"));
     for a in &udp {
         assert_eq!(a.from.as_deref(), Some(at(lb, 53).as_str()), "{}", a.raw);
         assert_eq!(echo(a).peer.ip(), node1);
     }
     // 20 connections of at least 3 packets each way through node1, and 5 datagrams each way.
     let forwarded = xdp_forwarded(&c) - before;
-    println!("node1: ns_xdp_forwarded +{forwarded}");
+    println!("node1 ({family}): ns_xdp_forwarded +{forwarded}");
     assert!(
         forwarded >= 20 * 6 + 5 * 2,
         "XDP forwarded only {forwarded} packets: TC did the work\n{}",
         c.dump()
+    );
+
+    // eTP Local, its endpoint on node1: the client's own address reaches the pod (served by
+    // TC: XDP does not send into a pod's device).
+    let attempts = tcp(&c, &ext1, &at(lb_local, 80), 5);
+    assert_all_ok(
+        &c,
+        &attempts,
+        &format!("XDP {family}: TCP to the eTP Local LB IP"),
+    );
+    assert_eq!(by_pod(&attempts).keys().collect::<Vec<_>>(), ["b1"]);
+    assert_eq!(
+        peers(&attempts),
+        BTreeSet::from([ext1_ip(family).to_string()]),
+        "XDP {family}: eTP Local keeps the client's address"
     );
 
     // A restarted agent swaps its program into the pinned link (same link, new program) and
@@ -2286,7 +2328,7 @@ fn xdp_case(mode: &str) {
     assert_all_ok(
         &c,
         &tcp(&c, &ext1, &at(lb, 80), 5),
-        "XDP: TCP after a restart",
+        &format!("XDP {family}: TCP after a restart"),
     );
     assert!(
         xdp_forwarded(&c) - before >= 5 * 6,

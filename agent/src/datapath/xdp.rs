@@ -1,5 +1,5 @@
 //! `ferry_xdp` on the node's devices (`--acceleration native|generic`):
-//! the IPv4 north-south fast path before the skb, beside the TC programs
+//! the north-south fast path (IPv4 and IPv6) before the skb, beside the TC programs
 //! (which handle what it passes). Attached through a pinned link, like the
 //! TC programs, so a restarted agent swaps its program in (BPF_LINK_UPDATE)
 //! and `ferry cleanup` detaches it by removing the pin.

@@ -1,8 +1,10 @@
-//! `ferry_xdp` (`--acceleration`): the IPv4 fast path before the skb. New flows to exposed
+//! `ferry_xdp` (`--acceleration`): the north-south fast path before the skb, IPv4 and IPv6. New flows to exposed
 //! frontends and packets of tracked flows are translated in place (checksums computed in the
 //! program), their TTL decremented, and redirected to the FIB's next hop (XDP_REDIRECT); what
 //! XDP does not handle is XDP_PASS, untouched, for `ferry_tc_in`, which continues a flow XDP
-//! started (and the other way round): the same conntrack entries.
+//! started (and the other way round): the same conntrack entries. IPv6: no extension header
+//! (a DSR destination options header, a fragment header, hop-by-hop options), no ICMPv6, no
+//! UDP checksum 0: all passed untouched.
 
 use super::*;
 
@@ -41,7 +43,44 @@ fn fixture(f: &mut Fixture, n: &'static Net) {
         11,
         &[1],
     );
-    f.allow_source(11, n.client2, 32);
+    f.allow_source(11, n.client2, if is_v6(n) { 128 } else { 32 });
+}
+
+/// The routes of the scenarios' next hop `d0` (see [`next_hop`]): the pods and the clients.
+fn routes(n: &Net) -> &'static [&'static str] {
+    if is_v6(n) {
+        &["fd00:244::/32", "2001:db8:100::/48"]
+    } else {
+        &["10.244.0.0/16", "198.51.100.0/24"]
+    }
+}
+
+fn via_d0(n: &Net) {
+    next_hop(n, None, routes(n));
+}
+
+/// `p` (an IP packet) with the TTL or hop limit `ttl` (an IPv4 header checksum left as it was:
+/// the row expects the packet passed untouched).
+fn with_ttl(mut p: Vec<u8>, ttl: u8) -> Vec<u8> {
+    if p[0] >> 4 == 6 {
+        p[7] = ttl;
+    } else {
+        p[8] = ttl;
+    }
+    p
+}
+
+/// An IPv6 TCP segment `src` -> `dst` behind the extension header `ext` (of type `next`).
+fn tcp6_behind(next: u8, ext: Vec<u8>, src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let mut payload = ext;
+    payload.extend_from_slice(&tcp_segment(src, dst, TCP_SYN, b""));
+    ipv6(
+        Ip6Opts::default(),
+        ip6(src.ip()),
+        ip6(dst.ip()),
+        next,
+        &payload,
+    )
 }
 
 /// The FIB's next hop ([`next_hop`]), made one of the node's north-south devices (an address
@@ -57,9 +96,9 @@ fn next_hop_is_a_node_device(f: &mut Fixture, n: &'static Net) {
 pub static TABLE: &[Scenario] = &[
     Scenario {
         desc: "XDP: a NodePort flow with SNAT, started by XDP, continued by XDP and by TC",
-        families: V4,
+        families: BOTH,
         targets: XDP_TC,
-        netns: |n| next_hop(n, None, &["10.244.0.0/16", "198.51.100.0/24"]),
+        netns: via_d0,
         fixture: next_hop_is_a_node_device,
         steps: |n| {
             let np = sa(n.node, 30080);
@@ -127,10 +166,9 @@ pub static TABLE: &[Scenario] = &[
                     .ct_len(2)
                 }),
                 row(move |_| {
-                    let mut last_hop = tcp_packet(client, np, TCP_ACK, get);
-                    last_hop[8] = 1;
+                    let last_hop = with_ttl(tcp_packet(client, np, TCP_ACK, get), 1);
                     Row::new(
-                        "a TTL that would expire here is the stack's: passed to TC",
+                        "a TTL / hop limit that would expire here is the stack's: passed to TC",
                         Xdp,
                         inbound(last_hop),
                         Pass,
@@ -143,9 +181,9 @@ pub static TABLE: &[Scenario] = &[
     },
     Scenario {
         desc: "XDP: a flow TC started continues under XDP; UDP without checksum keeps none",
-        families: V4,
+        families: BOTH,
         targets: XDP_TC,
-        netns: |n| next_hop(n, None, &["10.244.0.0/16", "198.51.100.0/24"]),
+        netns: via_d0,
         fixture: next_hop_is_a_node_device,
         steps: |n| {
             let np = sa(n.node, 30080);
@@ -198,33 +236,49 @@ pub static TABLE: &[Scenario] = &[
                         Redirect,
                     )
                     .out(routed(udp_packet(dns, client, b"answer")))
+                    .counter(Counter::NsXdpForwarded, 1)
                 }),
-                row(move |c| {
-                    let client = sa(n.client, 40003);
-                    Row::new(
-                        "UDP without checksum: translated, its checksum stays 0",
-                        Xdp,
-                        inbound(udp_packet_nocsum(client, dns, q)),
-                        Redirect,
-                    )
-                    .learn(Learn::SnatAnyPort)
-                    .out(routed(udp_packet_nocsum(c.snat(), pod53, q)))
-                }),
+                if is_v6(n) {
+                    row(move |_| {
+                        let client = sa(n.client, 40003);
+                        Row::new(
+                            "IPv6 UDP with checksum 0 (invalid, RFC 8200): passed, as TC's \
+                             parser leaves it",
+                            Xdp,
+                            inbound(udp_packet_nocsum(client, dns, q)),
+                            Pass,
+                        )
+                        .unchanged()
+                        .counter(Counter::NsNewFlow, 0)
+                        .counter(Counter::NsXdpForwarded, 0)
+                    })
+                } else {
+                    row(move |c| {
+                        let client = sa(n.client, 40003);
+                        Row::new(
+                            "UDP without checksum: translated, its checksum stays 0",
+                            Xdp,
+                            inbound(udp_packet_nocsum(client, dns, q)),
+                            Redirect,
+                        )
+                        .learn(Learn::SnatAnyPort)
+                        .out(routed(udp_packet_nocsum(c.snat(), pod53, q)))
+                    })
+                },
             ]
         },
     },
     Scenario {
         desc: "XDP: eTP Local keeps the client; source ranges drop; the rest passes to TC",
-        families: V4,
+        families: BOTH,
         targets: XDP_TC,
-        netns: |n| next_hop(n, None, &["10.244.0.0/16", "198.51.100.0/24"]),
+        netns: via_d0,
         fixture: next_hop_is_a_node_device,
         steps: |n| {
             let vip = sa(n.lb_vip, 80);
             let pod = sa(n.local_pod, 8080);
             let client = sa(n.client, 40004);
-            let v6 = Family::V6.net();
-            vec![
+            let mut rows = vec![
                 row(move |_| {
                     Row::new(
                         "eTP Local: DNAT only, the client's address kept",
@@ -275,44 +329,76 @@ pub static TABLE: &[Scenario] = &[
                     .unchanged()
                 }),
                 row(move |_| {
-                    let mut frag = tcp_packet(client, sa(n.node, 30080), TCP_SYN, b"");
-                    frag[6] = 0x20;
-                    Row::new("a first fragment: TC's", Xdp, inbound(frag), Pass).unchanged()
-                }),
-                row(move |_| {
                     Row::new(
-                        "IP options (a DSR option): TC's",
+                        "IP options (a DSR option) / a DSR destination options header: TC's",
                         Xdp,
                         inbound(dsr_tcp(client, sa(n.node, 30080), vip, TCP_SYN)),
                         Pass,
                     )
                     .unchanged()
                 }),
-                row(move |_| {
-                    Row::new(
-                        "IPv6: TC's for now",
-                        Xdp,
-                        inbound(tcp_packet(
-                            sa(v6.client, 40004),
-                            sa(v6.node, 30080),
-                            TCP_SYN,
-                            b"",
-                        )),
-                        Pass,
-                    )
-                    .unchanged()
-                    .counter(Counter::NsXdpForwarded, 0)
-                    .ct_len(2)
-                }),
-            ]
+            ];
+            let np = sa(n.node, 30080);
+            if is_v6(n) {
+                rows.extend([
+                    row(move |_| {
+                        Row::new(
+                            "IPv6: a first fragment (fragment header): TC's",
+                            Xdp,
+                            inbound(tcp6_behind(
+                                NEXTHDR_FRAGMENT,
+                                fragment_header(IPPROTO_TCP, 0, true, 7),
+                                client,
+                                np,
+                            )),
+                            Pass,
+                        )
+                        .unchanged()
+                    }),
+                    row(move |_| {
+                        Row::new(
+                            "IPv6: a hop-by-hop options header: TC's",
+                            Xdp,
+                            inbound(tcp6_behind(
+                                NEXTHDR_HOP,
+                                options_header(IPPROTO_TCP, &[]),
+                                client,
+                                np,
+                            )),
+                            Pass,
+                        )
+                        .unchanged()
+                    }),
+                    row(move |_| {
+                        let (src, dst) = (ip6(client.ip()), ip6(vip.ip()));
+                        let echo = icmp6(src, dst, 128, 0, 0x0001_0001, b"ping");
+                        Row::new(
+                            "ICMPv6 (an echo request to the LB IP): TC's",
+                            Xdp,
+                            inbound(ipv6(Ip6Opts::default(), src, dst, IPPROTO_ICMPV6, &echo)),
+                            Pass,
+                        )
+                        .unchanged()
+                        .counter(Counter::NsXdpForwarded, 0)
+                        .ct_len(2)
+                    }),
+                ]);
+            } else {
+                rows.push(row(move |_| {
+                    let mut frag = tcp_packet(client, np, TCP_SYN, b"");
+                    frag[6] = 0x20;
+                    Row::new("a first fragment: TC's", Xdp, inbound(frag), Pass).unchanged()
+                }));
+            }
+            rows
         },
     },
     Scenario {
         desc: "XDP: a flow whose next hop is no north-south device (local pods behind a bridge) \
                is left to TC whole",
-        families: V4,
+        families: BOTH,
         targets: XDP_TC,
-        netns: |n| next_hop(n, None, &["10.244.0.0/16", "198.51.100.0/24"]),
+        netns: via_d0,
         fixture,
         steps: |n| {
             let client = sa(n.client, 40006);
@@ -331,7 +417,7 @@ pub static TABLE: &[Scenario] = &[
     },
     Scenario {
         desc: "XDP: a new flow the FIB cannot route is left to TC whole (no state)",
-        families: V4,
+        families: BOTH,
         targets: XDP_TC,
         netns: no_netns,
         fixture,
@@ -351,16 +437,18 @@ pub static TABLE: &[Scenario] = &[
         },
     },
     Scenario {
-        desc: "XDP: a cached next hop still holds the route's MTU: a packet too big for it is TC's",
-        families: V4,
+        desc: "XDP: a packet too big for the route's MTU is TC's (IPv4: the cached next hop \
+               still holds the MTU)",
+        families: BOTH,
         targets: XDP_TC,
-        netns: |n| next_hop(n, Some("1000"), &["10.244.0.0/16", "198.51.100.0/24"]),
+        // 1280: IPv6's minimum.
+        netns: |n| next_hop(n, Some("1280"), routes(n)),
         fixture: next_hop_is_a_node_device,
         steps: |n| {
             let np = sa(n.node, 30080);
             let pod = sa(n.remote_pod, 8080);
             let client = sa(n.client, 40007);
-            let big = vec![b'x'; 1100];
+            let big = vec![b'x'; 1300];
             vec![
                 row(move |c| {
                     Row::new(
@@ -375,7 +463,7 @@ pub static TABLE: &[Scenario] = &[
                 }),
                 row(move |_| {
                     Row::new(
-                        "a segment larger than the route's MTU (1000): passed untouched",
+                        "a segment larger than the route's MTU (1280): passed untouched",
                         Xdp,
                         inbound(tcp_packet(client, np, TCP_ACK, &big)),
                         Pass,
@@ -385,7 +473,7 @@ pub static TABLE: &[Scenario] = &[
                 }),
                 row(move |c| {
                     Row::new(
-                        "the next segment that fits: sent with the cached next hop",
+                        "the next segment that fits: sent (IPv4: with the cached next hop)",
                         Xdp,
                         inbound(tcp_packet(client, np, TCP_ACK, b"x")),
                         Redirect,
@@ -398,7 +486,7 @@ pub static TABLE: &[Scenario] = &[
     },
 ];
 
-table_tests!(TABLE, xdp_v4: V4);
+table_tests!(TABLE, xdp_v4: V4, xdp_v6: V6);
 
 /// XDP's action for a packet sent to the next hop.
 const XDP_REDIRECT: i32 = 4;
@@ -445,7 +533,7 @@ fn xdp_next_hop_cache_takes_a_new_neighbour_mac_within_its_age() {
     isolated(|| {
         stay_on_this_cpu();
         let n = Family::V4.net();
-        next_hop(n, None, &["10.244.0.0/16", "198.51.100.0/24"]);
+        via_d0(n);
         let mut f = Fixture::new(Family::V4);
         next_hop_is_a_node_device(&mut f, n);
         let age = std::time::Duration::from_nanos(agent_common::NEXT_HOP_MAX_AGE_NS);
