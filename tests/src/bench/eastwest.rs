@@ -127,7 +127,7 @@ pub struct Config {
 
 impl Config {
     fn kept_round(&self, round: usize) -> bool {
-        round % self.kept_every.max(1) == 0
+        round.is_multiple_of(self.kept_every.max(1))
     }
 }
 
