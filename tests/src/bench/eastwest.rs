@@ -36,7 +36,7 @@ use super::{
     bpfstats::{self, ProgCost},
     env::{http_get_in, in_lab_ns_ok, metric},
     http_url, kubeproxy,
-    load::{self, ClientPlace, WrkResult},
+    load::{self, ClientPlace, CpuTicks, WrkResult},
     rotated,
     synth::{self, BACKEND_PORT, TARGET_PORT, TARGET_VIP, TARGET_VIP6},
 };
@@ -113,6 +113,22 @@ pub struct Config {
     /// Service's are; with one it dials one backend a round (older reports).
     #[serde(default)]
     pub threads: u32,
+    /// Each round is a pair: direct's and ferry's short connections run back to back, the
+    /// order alternating round by round (with the monitor, ferry's run with it sits right
+    /// beside ferry's without: direct, ferry, ferry + monitor, then reversed), so that the
+    /// ratio of the two runs of a round is free of what drifts over seconds; the kube-proxy
+    /// contenders' short runs follow. False in older reports (every contender in turn).
+    #[serde(default)]
+    pub paired: bool,
+    /// The kept-alive (latency) runs in every `kept_every`-th round only (0 or 1: every one).
+    #[serde(default)]
+    pub kept_every: usize,
+}
+
+impl Config {
+    fn kept_round(&self, round: usize) -> bool {
+        round.is_multiple_of(self.kept_every.max(1))
+    }
 }
 
 /// All rounds of one contender at one N over one family.
@@ -140,28 +156,49 @@ pub struct Point {
     pub programs_kept: Vec<ProgCost>,
     #[serde(default)]
     pub requests_kept: u64,
+    /// The pinned CPU's ticks during each short run, one per entry of `conns_per_sec`
+    /// (with `pin_cpu`): how much of it the hypervisor stole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpu: Vec<CpuTicks>,
+    /// CPU time per connection of each short run (µs: wrk's and both servers' time on CPU,
+    /// over the connections made), one per entry of `conns_per_sec`: the cost of a
+    /// connection, which does not depend on how much of the CPU other tenants left.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpu_us_per_conn: Vec<f64>,
 }
 
 impl Point {
-    /// One round's measurement (ferry's with the monitor listening apart).
-    fn push(&mut self, m: &Measured, with_monitor: bool) {
-        let kept = (&m.kept.p50_us, &m.kept.p99_us);
-        let errors = m.short.errors + m.kept.errors;
+    /// One round's short connections (ferry's with the monitor listening apart).
+    fn push_short(&mut self, m: &Run, with_monitor: bool) {
         if let Some(r) = self.monitor.as_mut().filter(|_| with_monitor) {
-            r.conns_per_sec.push(m.short.requests_per_sec);
-            r.p50_us.extend(kept.0);
-            r.p99_us.extend(kept.1);
-            r.errors += errors;
+            r.conns_per_sec.push(m.wrk.requests_per_sec);
+            r.cpu.push(m.cpu);
+            r.cpu_us_per_conn.push(m.cpu_us_per_conn());
+            r.errors += m.wrk.errors;
             return;
         }
-        self.conns_per_sec.push(m.short.requests_per_sec);
-        self.p50_us.extend(kept.0);
-        self.p99_us.extend(kept.1);
-        self.errors += errors;
+        self.conns_per_sec.push(m.wrk.requests_per_sec);
+        self.cpu.push(m.cpu);
+        self.cpu_us_per_conn.push(m.cpu_us_per_conn());
+        self.errors += m.wrk.errors;
         bpfstats::add(&mut self.programs, &m.programs);
-        bpfstats::add(&mut self.programs_kept, &m.programs_kept);
-        self.connections += m.short.requests;
-        self.requests_kept += m.kept.requests;
+        self.connections += m.wrk.requests;
+    }
+
+    /// One round's kept-alive connection.
+    fn push_kept(&mut self, m: &Run, with_monitor: bool) {
+        let (p50, p99) = (&m.wrk.p50_us, &m.wrk.p99_us);
+        if let Some(r) = self.monitor.as_mut().filter(|_| with_monitor) {
+            r.p50_us.extend(p50);
+            r.p99_us.extend(p99);
+            r.errors += m.wrk.errors;
+            return;
+        }
+        self.p50_us.extend(p50);
+        self.p99_us.extend(p99);
+        self.errors += m.wrk.errors;
+        bpfstats::add(&mut self.programs_kept, &m.programs);
+        self.requests_kept += m.wrk.requests;
     }
 }
 
@@ -172,9 +209,16 @@ pub struct Runs {
     pub p50_us: Vec<f64>,
     pub p99_us: Vec<f64>,
     pub errors: u64,
-    /// Runs left out because the monitor did not start.
+    /// Runs left out because the monitor did not start (NaN in `conns_per_sec`, which keeps
+    /// it aligned with ferry's runs without the monitor, round by round).
     #[serde(default)]
     pub failed_runs: u64,
+    /// As [`Point::cpu`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpu: Vec<CpuTicks>,
+    /// As [`Point::cpu_us_per_conn`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpu_us_per_conn: Vec<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -197,7 +241,7 @@ struct Client {
 struct Topo {
     clients: Vec<Client>,
     backends: Vec<Pod>,
-    _servers: Vec<Proc>,
+    servers: Vec<Proc>,
 }
 
 fn build(lab: &Lab, bench: &Path, pin_cpu: Option<usize>) -> Result<Topo> {
@@ -381,7 +425,7 @@ fn build(lab: &Lab, bench: &Path, pin_cpu: Option<usize>) -> Result<Topo> {
     Ok(Topo {
         clients,
         backends,
-        _servers: servers,
+        servers,
     })
 }
 
@@ -565,92 +609,214 @@ pub fn run(lab: &Lab, config: &Config) -> Result<Results> {
                     connections: 0,
                     programs_kept: Vec::new(),
                     requests_kept: 0,
+                    cpu: Vec::new(),
+                    cpu_us_per_conn: Vec::new(),
                 })
             })
             .collect();
+        let start = Instant::now();
         for round in 0..config.rounds {
-            // Families and contenders alike: A B C D, then B C D A, ...: none always runs
-            // first or last.
+            // Families as the contenders: A B, then B A, ...: neither always runs first.
             for family in rotated(families, round) {
-                for k in 0..topo.clients.len() {
-                    let c = &topo.clients[(k + round) % topo.clients.len()];
-                    let Some(p) = points
-                        .iter_mut()
-                        .find(|p| p.family == family && p.contender == c.contender)
-                    else {
-                        continue;
-                    };
-                    // Direct alternates between the two backends, as the service does.
-                    let backend = &topo.backends[round % topo.backends.len()];
-                    let target = url(c.contender, family, backend);
-                    let spread = c.contender == Contender::Direct && config.threads > 1;
-                    let script = spread.then(|| scripts[family as usize].clone());
-                    // With the monitor: ferry without it and with it, in turn first.
-                    let runs: &[bool] = match (&p.monitor, round % 2) {
-                        (None, _) => &[false],
-                        (Some(_), 0) => &[false, true],
-                        (Some(_), _) => &[true, false],
-                    };
-                    for &with_monitor in runs {
-                        let _monitor = if with_monitor {
-                            // A monitor that does not start costs this run only: the
-                            // section's other measurements stand (said in the report).
-                            match super::monitor::Monitor::start(
-                                &lab.node_netns_path(),
-                                &lab.pin_dir(),
-                            ) {
-                                Ok(m) => Some(m),
-                                Err(e) => {
-                                    eprintln!("bench: east-west: ferry monitor: {e:#}");
-                                    if let Some(r) = p.monitor.as_mut() {
-                                        r.failed_runs += 1;
-                                    }
-                                    continue;
-                                }
-                            }
-                        } else {
-                            None
-                        };
-                        let m = measure(lab, c, config, &target, script.clone())?;
-                        p.push(&m, with_monitor);
-                        let who = format!(
-                            "{}{}",
-                            c.contender.label(),
-                            if with_monitor { " +monitor" } else { "" }
-                        );
-                        eprintln!(
-                            "bench: east-west {} N={n} round {}/{} {who:<29} {:>9.0} conn/s  p50 {:>7.1} us  p99 {:>7.1} us",
-                            family.label(),
-                            round + 1,
-                            config.rounds,
-                            m.short.requests_per_sec,
-                            m.kept.p50_us.unwrap_or(f64::NAN),
-                            m.kept.p99_us.unwrap_or(f64::NAN),
-                        );
-                    }
-                }
+                measure_round(lab, &topo, config, &mut points, family, round, &scripts)?;
             }
         }
+        eprintln!(
+            "bench: east-west N={n}: {} rounds measured in {:.0} s",
+            config.rounds,
+            start.elapsed().as_secs_f64()
+        );
         out.points.extend(points);
     }
     Ok(out)
 }
 
-/// One run of a contender: its short connections, then its kept-alive one.
-struct Measured {
-    short: WrkResult,
-    kept: WrkResult,
-    programs: Vec<ProgCost>,
-    programs_kept: Vec<ProgCost>,
+/// A step of a round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// A contender's short connections.
+    Short(Contender),
+    /// ferry's short connections with the monitor listening (and its kept-alive run, if this
+    /// round has them, on the side away from ferry's run without).
+    Monitor,
 }
 
-fn measure(
+/// A round's short runs: the pair first (direct and ferry back to back, ferry + monitor beside
+/// ferry), then the kube-proxy contenders, every order reversed in odd rounds.
+fn steps(round: usize, monitor: bool) -> Vec<Step> {
+    let odd = round % 2 == 1;
+    let mut steps = vec![
+        Step::Short(Contender::Direct),
+        Step::Short(Contender::Ferry),
+    ];
+    if monitor {
+        steps.push(Step::Monitor);
+    }
+    if odd {
+        steps.reverse();
+    }
+    let mut kube = [Contender::Iptables, Contender::Nftables];
+    if odd {
+        kube.reverse();
+    }
+    steps.extend(kube.map(Step::Short));
+    steps
+}
+
+/// One round over one family: the pair (direct and ferry back to back, ferry + monitor
+/// beside ferry), the kube-proxy contenders' short runs, then the kept-alive runs.
+fn measure_round(
     lab: &Lab,
+    topo: &Topo,
+    config: &Config,
+    points: &mut [Point],
+    family: Family,
+    round: usize,
+    scripts: &[std::path::PathBuf],
+) -> Result<()> {
+    let odd = round % 2 == 1;
+    let servers: Vec<u32> = topo.servers.iter().map(Proc::pid).collect();
+    let n = points.first().map_or(0, |p| p.n);
+    let kept = config.kept_round(round);
+    let client = |c: Contender| topo.clients.iter().find(|x| x.contender == c);
+    // Direct alternates between the two backends, as the service does.
+    let backend = &topo.backends[round % topo.backends.len()];
+    let script = |c: Contender| {
+        (c == Contender::Direct && config.threads > 1).then(|| scripts[family as usize].clone())
+    };
+    let steps = steps(round, config.monitor);
+    let log = |what: &str, m: &Run| {
+        eprintln!(
+            "bench: east-west {} N={} round {}/{} {what:<36} {:>9.0} conn/s  p50 {:>7.1} us  steal {:>4.1} %",
+            family.label(),
+            n,
+            round + 1,
+            config.rounds,
+            m.wrk.requests_per_sec,
+            m.wrk.p50_us.unwrap_or(f64::NAN),
+            m.cpu.steal_share() * 100.0,
+        );
+    };
+    let point = |points: &mut [Point], c: Contender| -> Option<usize> {
+        points
+            .iter()
+            .position(|p| p.family == family && p.contender == c)
+    };
+    for step in steps {
+        match step {
+            Step::Short(c) => {
+                let (Some(cl), Some(i)) = (client(c), point(points, c)) else {
+                    continue;
+                };
+                let m = run_once(
+                    lab,
+                    &servers,
+                    cl,
+                    config,
+                    &url(c, family, backend),
+                    script(c),
+                    true,
+                )?;
+                log(&format!("{} short", c.label()), &m);
+                points[i].push_short(&m, false);
+            }
+            Step::Monitor => {
+                let (Some(cl), Some(i)) =
+                    (client(Contender::Ferry), point(points, Contender::Ferry))
+                else {
+                    continue;
+                };
+                // A monitor that does not start costs this run only: the section's other
+                // measurements stand (said in the report); NaN keeps the pairs aligned.
+                let _monitor =
+                    match super::monitor::Monitor::start(&lab.node_netns_path(), &lab.pin_dir()) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            eprintln!("bench: east-west: ferry monitor: {e:#}");
+                            if let Some(r) = points[i].monitor.as_mut() {
+                                r.failed_runs += 1;
+                                r.conns_per_sec.push(f64::NAN);
+                                r.cpu.push(CpuTicks::default());
+                                r.cpu_us_per_conn.push(f64::NAN);
+                            }
+                            continue;
+                        }
+                    };
+                let target = url(Contender::Ferry, family, backend);
+                // The kept-alive run away from the pair: after the short run when ferry's
+                // run without came before it, else before.
+                let kept_run = |points: &mut [Point]| -> Result<()> {
+                    if kept {
+                        let m = run_once(lab, &servers, cl, config, &target, None, false)?;
+                        log("ferry +monitor kept-alive", &m);
+                        points[i].push_kept(&m, true);
+                    }
+                    Ok(())
+                };
+                if odd {
+                    kept_run(points)?;
+                }
+                let m = run_once(lab, &servers, cl, config, &target, None, true)?;
+                log("ferry +monitor short", &m);
+                points[i].push_short(&m, true);
+                if !odd {
+                    kept_run(points)?;
+                }
+            }
+        }
+    }
+    if kept {
+        let n = Contender::ALL.len();
+        for k in 0..n {
+            let c = Contender::ALL[(k + round / config.kept_every.max(1)) % n];
+            let (Some(cl), Some(i)) = (client(c), point(points, c)) else {
+                continue;
+            };
+            let m = run_once(
+                lab,
+                &servers,
+                cl,
+                config,
+                &url(c, family, backend),
+                None,
+                false,
+            )?;
+            log(&format!("{} kept-alive", c.label()), &m);
+            points[i].push_kept(&m, false);
+        }
+    }
+    Ok(())
+}
+
+/// One wrk run of a contender, with what the lab's programs and the pinned CPU did meanwhile.
+struct Run {
+    wrk: WrkResult,
+    programs: Vec<ProgCost>,
+    cpu: CpuTicks,
+    /// wrk's and the servers' time on CPU during the run.
+    cpu_ns: u64,
+}
+
+impl Run {
+    fn cpu_us_per_conn(&self) -> f64 {
+        if self.cpu_ns == 0 || self.wrk.requests == 0 {
+            return f64::NAN;
+        }
+        self.cpu_ns as f64 / 1e3 / self.wrk.requests as f64
+    }
+}
+
+/// Short connections (`close`: `config.conns` of them, `script` for direct's threads) or one
+/// kept-alive connection (one thread, one backend).
+fn run_once(
+    lab: &Lab,
+    servers: &[u32],
     c: &Client,
     config: &Config,
     target: &str,
     script: Option<std::path::PathBuf>,
-) -> Result<Measured> {
+    close: bool,
+) -> Result<Run> {
     let pins = lab.pin_dir();
     let snap = || {
         if config.bpf_stats {
@@ -659,26 +825,40 @@ fn measure(
             bpfstats::Snapshot::default()
         }
     };
-    let opts = load::WrkOpts {
-        cpu: config.pin_cpu,
-        threads: config.threads,
-        script,
+    let cpu = || config.pin_cpu.map(CpuTicks::now).unwrap_or_default();
+    let (opts, conns) = if close {
+        let opts = load::WrkOpts {
+            cpu: config.pin_cpu,
+            threads: config.threads,
+            script,
+        };
+        (opts, config.conns)
+    } else {
+        let opts = load::WrkOpts {
+            cpu: config.pin_cpu,
+            ..Default::default()
+        };
+        (opts, 1)
+    };
+    let used = || -> u64 {
+        load::children_cpu_ns()
+            + servers
+                .iter()
+                .map(|&pid| load::process_cpu_ns(pid))
+                .sum::<u64>()
     };
     let s0 = snap();
-    let short = load::wrk_on(&c.place, &opts, target, config.secs, config.conns, true)?;
+    let c0 = cpu();
+    let u0 = used();
+    let wrk = load::wrk_on(&c.place, &opts, target, config.secs, conns, close)?;
+    let u1 = used();
+    let c1 = cpu();
     let s1 = snap();
-    // One connection: one thread, one backend.
-    let one = load::WrkOpts {
-        cpu: config.pin_cpu,
-        ..Default::default()
-    };
-    let kept = load::wrk_on(&c.place, &one, target, config.secs, 1, false)?;
-    let s2 = snap();
-    Ok(Measured {
-        short,
-        kept,
+    Ok(Run {
+        wrk,
         programs: bpfstats::delta(&s0, &s1),
-        programs_kept: bpfstats::delta(&s1, &s2),
+        cpu: c1.since(c0),
+        cpu_ns: u1.saturating_sub(u0),
     })
 }
 
@@ -709,4 +889,54 @@ pub fn scratch_ns(lab: &Lab, name: &str) -> Result<String> {
     netns::add(&ns)?;
     netns::ip(&ns, &["link", "set", "lo", "up"])?;
     Ok(ns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_pair_direct_and_ferry_back_to_back_in_alternating_order() {
+        use Contender::*;
+        use Step::*;
+        assert_eq!(
+            steps(0, false),
+            [
+                Short(Direct),
+                Short(Ferry),
+                Short(Iptables),
+                Short(Nftables)
+            ]
+        );
+        assert_eq!(
+            steps(1, false),
+            [
+                Short(Ferry),
+                Short(Direct),
+                Short(Nftables),
+                Short(Iptables)
+            ]
+        );
+        // With the monitor, ferry's run with it sits beside ferry's without.
+        assert_eq!(
+            steps(2, true),
+            [
+                Short(Direct),
+                Short(Ferry),
+                Monitor,
+                Short(Iptables),
+                Short(Nftables)
+            ]
+        );
+        assert_eq!(
+            steps(3, true),
+            [
+                Monitor,
+                Short(Ferry),
+                Short(Direct),
+                Short(Nftables),
+                Short(Iptables)
+            ]
+        );
+    }
 }

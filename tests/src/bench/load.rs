@@ -157,6 +157,90 @@ fn duration_us(s: &str) -> Option<f64> {
     Some(num.parse::<f64>().ok()? * mult)
 }
 
+/// What one CPU did over an interval, from `/proc/stat` (in USER_HZ ticks, 10 ms here): time
+/// busy (user, nice, system, irq, softirq), idle (idle, iowait), and stolen by the hypervisor
+/// (the VM's vCPU waiting for a host CPU, which the guest sees only as this counter).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuTicks {
+    pub busy: u64,
+    pub idle: u64,
+    pub steal: u64,
+}
+
+impl CpuTicks {
+    /// CPU `cpu`'s counters now; zeros when /proc/stat cannot be read (the figures are notes).
+    pub fn now(cpu: usize) -> CpuTicks {
+        std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|t| Self::parse(&t, cpu))
+            .unwrap_or_default()
+    }
+
+    /// The `cpuN` line of a /proc/stat text: user nice system idle iowait irq softirq steal ...
+    pub fn parse(stat: &str, cpu: usize) -> Option<CpuTicks> {
+        let name = format!("cpu{cpu}");
+        let line = stat
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|x| x.parse().ok())
+            .collect::<Option<_>>()?;
+        let at = |i: usize| v.get(i).copied().unwrap_or(0);
+        Some(CpuTicks {
+            busy: at(0) + at(1) + at(2) + at(5) + at(6),
+            idle: at(3) + at(4),
+            steal: at(7),
+        })
+    }
+
+    /// The counters from `before` to `self`.
+    pub fn since(self, before: CpuTicks) -> CpuTicks {
+        CpuTicks {
+            busy: self.busy.saturating_sub(before.busy),
+            idle: self.idle.saturating_sub(before.idle),
+            steal: self.steal.saturating_sub(before.steal),
+        }
+    }
+
+    /// The share of the interval stolen (0 when nothing was counted).
+    pub fn steal_share(self) -> f64 {
+        let total = self.busy + self.idle + self.steal;
+        if total == 0 {
+            0.0
+        } else {
+            self.steal as f64 / total as f64
+        }
+    }
+}
+
+/// CPU time (ns) of this process's children that have been waited for (`RUSAGE_CHILDREN`,
+/// user + system): its difference around a wrk run is wrk's own CPU time, softirq work
+/// done in its context included (the kernel has no IRQ time accounting here).
+pub fn children_cpu_ns() -> u64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
+        return 0;
+    }
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
+    ns(ru.ru_utime) + ns(ru.ru_stime)
+}
+
+/// Time on CPU (ns, the scheduler's `/proc/PID/task/*/schedstat`) of all of a process's threads:
+/// around a run, what a server spent on it, softirq work done in its context included.
+pub fn process_cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(std::result::Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,5 +255,37 @@ mod tests {
         assert_eq!(r.p99_us, Some(1200.0));
         assert_eq!(r.errors, 11);
         assert!(parse("garbage").is_none());
+    }
+
+    #[test]
+    fn reads_a_cpu_line_of_proc_stat() {
+        let stat = "cpu  6271952 287770 2844376 5172632 72419 0 857955 178889 0 0\ncpu0 100 10 50 300 20 5 15 25 0 0\ncpu1 1 2 3 4 5 6 7 8 0 0\n";
+        let t = CpuTicks::parse(stat, 0).unwrap();
+        assert_eq!(
+            t,
+            CpuTicks {
+                busy: 100 + 10 + 50 + 5 + 15,
+                idle: 320,
+                steal: 25
+            }
+        );
+        assert_eq!(CpuTicks::parse(stat, 1).unwrap().steal, 8);
+        assert!(CpuTicks::parse(stat, 2).is_none());
+        let later = CpuTicks {
+            busy: 270,
+            idle: 330,
+            steal: 45,
+        };
+        let d = later.since(t);
+        assert_eq!(
+            d,
+            CpuTicks {
+                busy: 90,
+                idle: 10,
+                steal: 20
+            }
+        );
+        assert!((d.steal_share() - 20.0 / 120.0).abs() < 1e-12);
+        assert_eq!(CpuTicks::default().steal_share(), 0.0);
     }
 }

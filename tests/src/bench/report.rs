@@ -15,7 +15,7 @@ use super::{
     Family, Outcome, Report,
     control::SizeResult,
     eastwest::{Contender, Point},
-    stats::{Summary, paired_ratio, percentile, ratio},
+    stats::{MedianCi, Summary, paired_ratio, paired_ratio_ci, percentile, ratio},
 };
 use crate::proc::{self, Placement};
 
@@ -118,23 +118,59 @@ fn ew_families(points: &[Point], n: usize) -> Vec<Family> {
         .collect()
 }
 
+/// The confidence of the paired ratios' intervals.
+const CONFIDENCE: f64 = 0.95;
+
+/// A paired ratio: its median and interval to three decimals (a percent must show).
+fn paired_cell(ci: Option<MedianCi>) -> String {
+    match ci {
+        Some(c) if c.n > 1 => format!("{:.3} {}", c.median, interval(&c)),
+        Some(c) => format!("{:.3}", c.median),
+        None => "–".into(),
+    }
+}
+
+/// `[lo, hi]`, with its coverage when too few pairs reach 95 % (the range of fewer than 6).
+fn interval(c: &MedianCi) -> String {
+    if c.coverage + 1e-9 >= CONFIDENCE {
+        format!("[{:.3}, {:.3}]", c.lo, c.hi)
+    } else {
+        format!("[{:.3}, {:.3}] ({:.0} %)", c.lo, c.hi, c.coverage * 100.0)
+    }
+}
+
+/// ferry / direct over the pairs (each round's two short runs, back to back): the median of
+/// the pairs' ratios with its interval; None unless the section ran paired.
+fn ew_paired(points: &[Point], n: usize, family: Family) -> Option<MedianCi> {
+    let f = point(points, n, family, Contender::Ferry)?;
+    let d = point(points, n, family, Contender::Direct)?;
+    paired_ratio_ci(&f.conns_per_sec, &d.conns_per_sec, CONFIDENCE)
+}
+
 /// One row per size and family, each family's rows beside the other's at the same size.
-/// Once IPv6 was measured, each row names its family.
+/// Once IPv6 was measured, each row names its family. `paired`: the ferry / direct column is
+/// the median of the pairs' ratios with its interval, else the ratio of the medians.
 fn ew_table(
     md: &mut String,
     points: &[Point],
     sizes: &[usize],
     title: &str,
     f: fn(&Point) -> &[f64],
+    paired: bool,
 ) {
+    let head = if paired {
+        "ferry / direct, paired [95 % CI]"
+    } else {
+        "ferry / direct"
+    };
     let _ = writeln!(
         md,
-        "\n**{title}**\n\n| services (N) | direct pod IP | ferry | kube-proxy iptables | kube-proxy nftables | ferry / direct | ferry / iptables | ferry / nftables |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "\n**{title}**\n\n| services (N) | direct pod IP | ferry | kube-proxy iptables | kube-proxy nftables | {head} | ferry / iptables | ferry / nftables |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let ipv6 = points.iter().any(|p| p.family == Family::V6);
     for &n in sizes {
         for family in ew_families(points, n) {
-            ew_row(md, points, n, family, ipv6, f);
+            ew_row(md, points, n, family, ipv6, f, paired);
         }
     }
 }
@@ -146,6 +182,7 @@ fn ew_row(
     family: Family,
     label_family: bool,
     f: fn(&Point) -> &[f64],
+    paired: bool,
 ) {
     let s = |c| ew_metric(points, n, family, c, f);
     let ferry = s(Contender::Ferry);
@@ -153,6 +190,11 @@ fn ew_row(
         format!("{}, {}", count(n), family.label())
     } else {
         count(n)
+    };
+    let vs_direct = if paired {
+        paired_cell(ew_paired(points, n, family))
+    } else {
+        ratio_cell(ratio(ferry, s(Contender::Direct)))
     };
     let _ = writeln!(
         md,
@@ -162,10 +204,132 @@ fn ew_row(
         cell(ferry),
         cell(s(Contender::Iptables)),
         cell(s(Contender::Nftables)),
-        ratio_cell(ratio(ferry, s(Contender::Direct))),
+        vs_direct,
         ratio_cell(ratio(ferry, s(Contender::Iptables))),
         ratio_cell(ratio(ferry, s(Contender::Nftables))),
     );
+}
+
+/// The CPU time per short connection of each contender (wrk's and the servers' time on CPU
+/// over the connections made) and direct / ferry of it, paired: what a connection costs,
+/// whatever share of the CPU other tenants left to the run.
+fn ew_cpu_cost(md: &mut String, points: &[Point], sizes: &[usize]) {
+    if !points.iter().any(|p| !p.cpu_us_per_conn.is_empty()) {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n**CPU time per short connection, µs (wrk's and both servers' time on CPU, lower is \
+         better)**: direct / ferry is what ferry's connections/s would be, as a share of \
+         direct's, with the CPU to themselves.\n\n\
+         | services (N) | direct pod IP | ferry | kube-proxy iptables | kube-proxy nftables | direct / ferry, paired [95 % CI] |\n\
+         |---:|---:|---:|---:|---:|---:|"
+    );
+    let ipv6 = points.iter().any(|p| p.family == Family::V6);
+    for &n in sizes {
+        for family in ew_families(points, n) {
+            let s = |c| ew_metric(points, n, family, c, cpu_cost);
+            let label = if ipv6 {
+                format!("{}, {}", count(n), family.label())
+            } else {
+                count(n)
+            };
+            let paired = match (
+                point(points, n, family, Contender::Direct),
+                point(points, n, family, Contender::Ferry),
+            ) {
+                (Some(d), Some(f)) => {
+                    paired_ratio_ci(&d.cpu_us_per_conn, &f.cpu_us_per_conn, CONFIDENCE)
+                }
+                _ => None,
+            };
+            let _ = writeln!(
+                md,
+                "| {label} | {} | {} | {} | {} | {} |",
+                cell(s(Contender::Direct)),
+                cell(s(Contender::Ferry)),
+                cell(s(Contender::Iptables)),
+                cell(s(Contender::Nftables)),
+                paired_cell(paired),
+            );
+        }
+    }
+}
+
+fn cpu_cost(p: &Point) -> &[f64] {
+    &p.cpu_us_per_conn
+}
+
+/// What the hypervisor took from the pinned CPU during the pairs' short runs, and how the
+/// pairs whose runs lost more than a little compare with the others: the VM's slowed
+/// stretches are only partly visible as steal, so this is said, not used to leave pairs out.
+fn ew_steal(md: &mut String, points: &[Point], sizes: &[usize], cpu: usize) {
+    const MUCH: f64 = 0.05;
+    let mut shares = Vec::new();
+    let mut rows = Vec::new();
+    for &n in sizes {
+        for family in ew_families(points, n) {
+            let (Some(f), Some(d)) = (
+                point(points, n, family, Contender::Ferry),
+                point(points, n, family, Contender::Direct),
+            ) else {
+                continue;
+            };
+            if f.cpu.len() != f.conns_per_sec.len() || d.cpu.len() != d.conns_per_sec.len() {
+                continue;
+            }
+            let pair_steal: Vec<f64> = f
+                .cpu
+                .iter()
+                .zip(&d.cpu)
+                .map(|(a, b)| a.steal_share().max(b.steal_share()))
+                .collect();
+            shares.extend(f.cpu.iter().chain(&d.cpu).map(|c| c.steal_share()));
+            let stolen = pair_steal.iter().filter(|&&x| x > MUCH).count();
+            let calm = |keep: bool| -> Vec<f64> {
+                f.conns_per_sec
+                    .iter()
+                    .zip(&d.conns_per_sec)
+                    .zip(&pair_steal)
+                    .filter(|(_, s)| (**s <= MUCH) == keep)
+                    .map(|((a, b), _)| a / b)
+                    .collect()
+            };
+            if stolen > 0 {
+                rows.push(format!(
+                    "{}, {}: {stolen} of {} pairs, their ratios' median {} (the others' {})",
+                    count(n),
+                    family.label(),
+                    pair_steal.len(),
+                    ratio3(Summary::of(&calm(false)).map(|s| s.median)),
+                    ratio3(Summary::of(&calm(true)).map(|s| s.median)),
+                ));
+            }
+        }
+    }
+    let Some(all) = Summary::of(&shares) else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "\nCPU {cpu}'s steal time (`/proc/stat`: the vCPU waiting for the host) during the pairs' \
+         short runs: median {:.1} %, at most {:.1} %. Pairs with a run that lost more than {:.0} % \
+         to steal: {}. They stay in the ratios: steal shows only part of the host's slow \
+         stretches (another tenant on CPU {cpu} inside the VM counts as busy, not stolen), and \
+         both runs of a pair share most of a stretch.",
+        all.median * 100.0,
+        all.max * 100.0,
+        MUCH * 100.0,
+        if rows.is_empty() {
+            "none".to_owned()
+        } else {
+            rows.join("; ")
+        }
+    );
+}
+
+fn ratio3(x: Option<f64>) -> String {
+    x.map_or("–".into(), |x| format!("{x:.3}"))
 }
 
 fn conns(p: &Point) -> &[f64] {
@@ -398,14 +562,52 @@ fn markdown(r: &Report, plots: &Plots) -> String {
                 ew.config.threads.max(1),
                 ew.config.conns
             );
-            let _ = writeln!(
-                md,
-                "\n{} rounds of {} s per contender and N, {} connections.{}",
-                ew.config.rounds,
-                ew.config.secs,
-                ew.config.conns,
-                monitor_note(ew.config.monitor)
-            );
+            if ew.config.paired {
+                let _ = writeln!(
+                    md,
+                    "\n{rounds} rounds of {secs} s runs per N and family, {conns} connections. \
+                     **Pairs.** Each round's direct and ferry short-connection runs go back to \
+                     back, the order alternating round by round (direct first in even rounds), \
+                     then the two kube-proxy contenders' (their order alternating too){kept}. The \
+                     headline ferry / direct is the median of the {rounds} pairs' ratios \
+                     ferry_i / direct_i, in brackets its distribution-free 95 % interval (the \
+                     order statistics x(k) and x(n+1-k) of the sorted ratios, k from \
+                     Binomial(n, 1/2); with 16 pairs the 4th and 13th, coverage 97.9 %). The \
+                     VM's speed drifts by ±20 % over seconds, which the medians of the \
+                     contenders' runs (the other columns, with their min–max) carry in full; \
+                     within a pair, 1 s apart, most of it cancels. The interval assumes the \
+                     pairs independent; what drifts within a pair's 2 s does not cancel, and \
+                     the alternating order keeps it from favouring either. The other ratios are \
+                     the medians' (the runs are not back to back). The interval's width is \
+                     the run's resolution: one that holds 0.99 does not decide the target (the \
+                     Targets table says so). When other tenants share CPU {cpu} the runs get \
+                     more or less of it from one second to the next, which pairs cancel only in \
+                     part; the CPU-time table below divides that out (the cost of a \
+                     connection, not the share of the CPU it got).{}",
+                    monitor_note(ew.config.monitor),
+                    rounds = ew.config.rounds,
+                    cpu = ew.config.pin_cpu.unwrap_or(0),
+                    secs = ew.config.secs,
+                    conns = ew.config.conns,
+                    kept = if ew.config.kept_every > 1 {
+                        format!(
+                            "; the kept-alive (latency) runs follow in every {}. round",
+                            ew.config.kept_every
+                        )
+                    } else {
+                        "; the kept-alive (latency) runs follow".to_owned()
+                    },
+                );
+            } else {
+                let _ = writeln!(
+                    md,
+                    "\n{} rounds of {} s per contender and N, {} connections.{}",
+                    ew.config.rounds,
+                    ew.config.secs,
+                    ew.config.conns,
+                    monitor_note(ew.config.monitor)
+                );
+            }
             if ew.config.threads > 1 {
                 let _ = writeln!(
                     md,
@@ -442,13 +644,19 @@ fn markdown(r: &Report, plots: &Plots) -> String {
                 &ew.config.sizes,
                 "Short connections per second (higher is better)",
                 conns,
+                ew.config.paired,
             );
+            ew_cpu_cost(&mut md, &ew.points, &ew.config.sizes);
+            if let (true, Some(cpu)) = (ew.config.paired, ew.config.pin_cpu) {
+                ew_steal(&mut md, &ew.points, &ew.config.sizes, cpu);
+            }
             ew_table(
                 &mut md,
                 &ew.points,
                 &ew.config.sizes,
                 "Request latency p50 on a kept-alive connection, µs (lower is better)",
                 p50,
+                false,
             );
             ew_table(
                 &mut md,
@@ -456,8 +664,9 @@ fn markdown(r: &Report, plots: &Plots) -> String {
                 &ew.config.sizes,
                 "Request latency p99 on a kept-alive connection, µs (lower is better)",
                 p99,
+                false,
             );
-            ew_monitor(&mut md, &ew.points, &ew.config.sizes);
+            ew_monitor(&mut md, &ew.points, &ew.config.sizes, ew.config.paired);
             ew_programs(&mut md, &ew.points, &ew.config.sizes);
             let errors: u64 = ew
                 .points
@@ -866,6 +1075,32 @@ fn targets(md: &mut String, r: &Report) {
         });
         for n in sizes {
             let row = match r.eastwest.done() {
+                Some(ew) if ew.config.paired => match ew_paired(&ew.points, n, family) {
+                    // The verdict on the median; the interval says how sure it is.
+                    Some(c) => format!(
+                        "{:.3} × direct (median of {} pairs{}) | {}",
+                        c.median,
+                        c.n,
+                        if c.n > 1 {
+                            format!(", CI {}", interval(&c))
+                        } else {
+                            String::new()
+                        },
+                        // An interval holding the goal does not decide it either way.
+                        if c.n > 1 && c.lo < EW_GOAL && EW_GOAL <= c.hi {
+                            format!(
+                                "{}, not resolved (the interval holds {EW_GOAL})",
+                                if c.median >= EW_GOAL { "met" } else { "missed" }
+                            )
+                        } else {
+                            verdict(
+                                c.median >= EW_GOAL,
+                                format!("{:.1} %", (EW_GOAL - c.median) * 100.0),
+                            )
+                        }
+                    ),
+                    None => "– | ".into(),
+                },
                 Some(ew) => {
                     let f = ew_metric(&ew.points, n, family, Contender::Ferry, conns);
                     let d = ew_metric(&ew.points, n, family, Contender::Direct, conns);
@@ -1197,14 +1432,21 @@ fn monitor_target(cells: &[f64], goal: f64) -> String {
     )
 }
 
-/// East-west: ferry without and with the monitor, the same rounds.
-fn ew_monitor(md: &mut String, points: &[Point], sizes: &[usize]) {
+/// East-west: ferry without and with the monitor, the same rounds. `paired`: the two short
+/// runs of a round went back to back, and the with / without of connections/s is the median of
+/// the pairs' ratios with its interval.
+fn ew_monitor(md: &mut String, points: &[Point], sizes: &[usize], paired: bool) {
     if !points.iter().any(|p| p.monitor.is_some()) {
         return;
     }
+    let head = if paired {
+        "with / without, paired [95 % CI]"
+    } else {
+        "with / without"
+    };
     let _ = writeln!(
         md,
-        "\n**ferry with `ferry monitor` listening, same rounds**\n\n| services (N) | connections/s without | with | with / without | p50 µs without | with | with / without |\n|---:|---:|---:|---:|---:|---:|---:|"
+        "\n**ferry with `ferry monitor` listening, same rounds**\n\n| services (N) | connections/s without | with | {head} | p50 µs without | with | with / without |\n|---:|---:|---:|---:|---:|---:|---:|"
     );
     for &n in sizes {
         for family in ew_families(points, n) {
@@ -1214,15 +1456,36 @@ fn ew_monitor(md: &mut String, points: &[Point], sizes: &[usize]) {
             let Some(m) = &p.monitor else {
                 continue;
             };
+            let conns = if paired {
+                format!(
+                    "{} | {} | {}",
+                    cell(Summary::of(&p.conns_per_sec)),
+                    cell(Summary::of(&m.conns_per_sec)),
+                    paired_cell(paired_ratio_ci(
+                        &m.conns_per_sec,
+                        &p.conns_per_sec,
+                        CONFIDENCE
+                    ))
+                )
+            } else {
+                monitor_cells(&p.conns_per_sec, &m.conns_per_sec)
+            };
             let _ = writeln!(
                 md,
-                "| {}, {} | {} | {} |",
+                "| {}, {} | {conns} | {} |",
                 count(n),
                 family.label(),
-                monitor_cells(&p.conns_per_sec, &m.conns_per_sec),
                 monitor_cells(&p.p50_us, &m.p50_us),
             );
         }
+    }
+    if paired {
+        let _ = writeln!(
+            md,
+            "\nEach round's ferry runs without and with the monitor went back to back (direct, \
+             ferry, ferry + monitor, then the reverse), so with / without is paired as ferry / \
+             direct is."
+        );
     }
     let failed: u64 = points
         .iter()
