@@ -28,6 +28,9 @@ pub enum Prog {
     Out,
     /// ferry_tc_pod: what a pod device receives from its pods.
     Pod,
+    /// ferry_tc_pod_out: what a pod device sends to its pods (the per-packet path's replies
+    /// and ICMP errors about its flows).
+    PodOut,
 }
 
 impl Prog {
@@ -36,6 +39,7 @@ impl Prog {
             Prog::In => "ferry_tc_in",
             Prog::Out => "ferry_tc_out",
             Prog::Pod => "ferry_tc_pod",
+            Prog::PodOut => "ferry_tc_pod_out",
         }
     }
 }
@@ -89,7 +93,7 @@ pub const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 pub fn ether(prog: Prog, ip_packet: &[u8]) -> Vec<u8> {
     match prog {
         Prog::In | Prog::Pod => ethernet(NODE_MAC, PEER_MAC, ETH_P_IP, ip_packet),
-        Prog::Out => ethernet(PEER_MAC, NODE_MAC, ETH_P_IP, ip_packet),
+        Prog::Out | Prog::PodOut => ethernet(PEER_MAC, NODE_MAC, ETH_P_IP, ip_packet),
     }
 }
 
@@ -244,6 +248,7 @@ impl fmt::Display for Case {
                 Prog::In => "in",
                 Prog::Out => "out",
                 Prog::Pod => "pod",
+                Prog::PodOut => "podout",
             };
             let csum = if s.csum_complete { "c" } else { "-" };
             write!(f, " | {prog} {csum} ")?;
@@ -303,6 +308,7 @@ fn parse_step(text: &str) -> Result<Step> {
         Some("in") => Prog::In,
         Some("out") => Prog::Out,
         Some("pod") => Prog::Pod,
+        Some("podout") => Prog::PodOut,
         other => bail!("step {text:?}: program in, out or pod, not {other:?}"),
     };
     let csum_complete = match words.next() {
@@ -391,13 +397,19 @@ mod tests {
                     source: Source::Reply,
                     mutations: vec![],
                 },
+                Step {
+                    prog: Prog::PodOut,
+                    csum_complete: true,
+                    source: Source::Reply,
+                    mutations: vec![],
+                },
             ],
         };
         let row = case.to_string();
         assert_eq!(
             row,
             "dsr=1 | in c lit:0001fe set:14:70 fixip | out - icmp:3:4:router:28 trunc:40 app:07 \
-             fixl4 | in - again | pod - reply"
+             fixl4 | in - again | pod - reply | podout c reply"
         );
         assert_eq!(row.parse::<Case>().unwrap(), case);
         assert!(

@@ -121,7 +121,12 @@ impl Fixture {
         // (a hash map's iteration visits every bucket). Nothing here comes near filling them.
         let t = ProgTest::load_sized(
             ferry::datapath::loader::ebpf_object(),
-            &[Prog::In.name(), Prog::Out.name(), Prog::Pod.name()],
+            &[
+                Prog::In.name(),
+                Prog::Out.name(),
+                Prog::Pod.name(),
+                Prog::PodOut.name(),
+            ],
             &[(m::CT_V4, 4096), (m::CT_V6, 4096), (m::AFFINITY, 4096)],
         )?;
         let mut f = Fixture {

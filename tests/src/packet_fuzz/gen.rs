@@ -101,10 +101,11 @@ impl Gen {
     }
 
     fn prog(&mut self) -> Prog {
-        match self.rng.below(9) {
+        match self.rng.below(10) {
             0..=5 => Prog::In,
             6..=7 => Prog::Out,
-            _ => Prog::Pod,
+            8 => Prog::Pod,
+            _ => Prog::PodOut,
         }
     }
 

@@ -1,6 +1,7 @@
 //! The packet fuzzer: random and mutated IPv4 and IPv6 frames, mixed in one run, through
-//! ferry's real TC programs (`ferry_tc_in`, `ferry_tc_out`, `ferry_tc_pod`) with BPF_PROG_TEST_RUN, the invariants of [`check`] checked
-//! after every run. Cases are seeded (the same seed makes the same cases) and every failing
+//! ferry's real TC programs (`ferry_tc_in`, `ferry_tc_out`, `ferry_tc_pod`,
+//! `ferry_tc_pod_out`) with BPF_PROG_TEST_RUN, the invariants of [`check`] checked after every
+//! run. Cases are seeded (the same seed makes the same cases) and every failing
 //! case is shrunk and written out as a regression row ([`case`]), which every later run
 //! replays first.
 //!

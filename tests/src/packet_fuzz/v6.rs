@@ -354,7 +354,9 @@ pub fn ether(prog: super::case::Prog, packet: &[u8]) -> Vec<u8> {
     use super::case::{NODE_MAC, PEER_MAC, Prog};
     match prog {
         Prog::In | Prog::Pod => crate::progtest::ethernet(NODE_MAC, PEER_MAC, ETH_P_IPV6, packet),
-        Prog::Out => crate::progtest::ethernet(PEER_MAC, NODE_MAC, ETH_P_IPV6, packet),
+        Prog::Out | Prog::PodOut => {
+            crate::progtest::ethernet(PEER_MAC, NODE_MAC, ETH_P_IPV6, packet)
+        }
     }
 }
 
