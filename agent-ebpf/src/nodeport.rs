@@ -495,23 +495,13 @@ fn new_flow<F: Ns>(
         flags,
         tcp_flags,
     );
-    let map = F::Ct::map();
 
-    if keep_client {
-        // No SNAT: the backend answers the client itself. FORWARD first,
-        // so that of two CPUs racing on the flow's first packets one wins
-        // and the other follows it.
-        if map.insert(fwd_key, fwd, BPF_NOEXIST as u64).is_err() {
-            return follow_winner::<F>(ctx, ip, l4, t, fwd_key, fwd);
-        }
-        let rkey = &*room.rkey.write(ct::reply_key(fwd, t.proto));
-        if let Err(e) = claim_reply(rkey, rev) {
-            let _ = map.remove(fwd_key);
-            return Err(e);
-        }
-    } else if dsr {
+    if dsr {
         // FORWARD only: the replies do not come back through this node.
-        if map.insert(fwd_key, fwd, BPF_NOEXIST as u64).is_err() {
+        if F::Ct::map()
+            .insert(fwd_key, fwd, BPF_NOEXIST as u64)
+            .is_err()
+        {
             return follow_winner::<F>(ctx, ip, l4, t, fwd_key, fwd);
         }
         count_new_flow();
@@ -520,18 +510,14 @@ fn new_flow<F: Ns>(
             return Ok(if fits { DSR_FIRST_FITS } else { DSR_FIRST });
         }
         return F::dsr_forward(ctx, fwd, fits);
+    }
+    let snat = if keep_client {
+        None
     } else {
-        let node_addr = F::node_addr(parse::ifindex(ctx)).ok_or(DropReason::NatFailed)?;
-        fwd.set_source(node_addr, t.sport);
-        // The REPLY entry claims the SNAT port, then FORWARD is written.
-        let rkey = room.rkey.write(ct::reply_key(fwd, t.proto));
-        let port = ct::claim_snat_port(rkey, rev, t.sport, ct::snat_ports(cfg))
-            .ok_or(DropReason::NatFailed)?;
-        fwd.set_source(node_addr, port);
-        if map.insert(fwd_key, fwd, BPF_NOEXIST as u64).is_err() {
-            let _ = map.remove(rkey);
-            return follow_winner::<F>(ctx, ip, l4, t, fwd_key, fwd);
-        }
+        Some(F::node_addr(parse::ifindex(ctx)).ok_or(DropReason::NatFailed)?)
+    };
+    if let Entries::Lost = insert_entries::<F>(fwd_key, fwd, rev, &mut room.rkey, t, snat, cfg)? {
+        return follow_winner::<F>(ctx, ip, l4, t, fwd_key, fwd);
     }
     count_new_flow();
     event::new_flow(ctx, ip, &*fwd);
@@ -673,6 +659,59 @@ pub(crate) fn flow_entries<'r, F: Ns>(
     let rev = &*rev.write(entry(t.daddr, t.saddr, t.dport, t.sport));
     let fwd_key = &*key.write(ct::key(t, ct_dir::FORWARD));
     (fwd, rev, fwd_key)
+}
+
+/// How [`insert_entries`] went.
+pub(crate) enum Entries {
+    /// Both entries are in.
+    Made,
+    /// Another CPU made the flow first: its FORWARD entry is in the map
+    /// (TC follows it; XDP leaves the packet to TC).
+    Lost,
+}
+
+/// Writes a new flow's conntrack entries (from [`flow_entries`]; the flow
+/// `t` as it arrived), TC's and XDP's alike. With the client's address kept
+/// (`snat` None) FORWARD goes in first, so that of two CPUs racing on the
+/// flow's first packets one wins and the other follows it, then REPLY
+/// ([`claim_reply`]). With SNAT to the node address `snat`, the REPLY entry
+/// claims the SNAT port first (its key built in `rkey`), then FORWARD is
+/// written with that port.
+#[inline(always)]
+pub(crate) fn insert_entries<F: Ns>(
+    fwd_key: &F::Ct,
+    fwd: &mut CtVal<F>,
+    rev: &CtVal<F>,
+    rkey: &mut MaybeUninit<F::Ct>,
+    t: &Tuple<Addr<F>>,
+    snat: Option<Addr<F>>,
+    cfg: &NodeConfig,
+) -> Result<Entries, DropReason> {
+    let map = F::Ct::map();
+    match snat {
+        None => {
+            if map.insert(fwd_key, fwd, BPF_NOEXIST as u64).is_err() {
+                return Ok(Entries::Lost);
+            }
+            let rkey = &*rkey.write(ct::reply_key(fwd, t.proto));
+            if let Err(e) = claim_reply(rkey, rev) {
+                let _ = map.remove(fwd_key);
+                return Err(e);
+            }
+        }
+        Some(node_addr) => {
+            fwd.set_source(node_addr, t.sport);
+            let rkey = rkey.write(ct::reply_key(fwd, t.proto));
+            let port = ct::claim_snat_port(rkey, rev, t.sport, ct::snat_ports(cfg))
+                .ok_or(DropReason::NatFailed)?;
+            fwd.set_source(node_addr, port);
+            if map.insert(fwd_key, fwd, BPF_NOEXIST as u64).is_err() {
+                let _ = map.remove(rkey);
+                return Ok(Entries::Lost);
+            }
+        }
+    }
+    Ok(Entries::Made)
 }
 
 #[inline(always)]

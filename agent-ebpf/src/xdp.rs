@@ -36,7 +36,7 @@
 
 use agent_common::{NodeConfig, ct_dir, ct_flags, proto, scope, stats::Counter};
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup, xdp_action},
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
     helpers::generated as h,
     macros::xdp,
     programs::XdpContext,
@@ -44,14 +44,14 @@ use aya_ebpf::{
 
 use crate::{
     csum,
-    ct::{self, CtKey, CtValue},
+    ct::{self, CtValue},
     drop::{self, DropReason, Raw},
     event,
     family::V4,
     fib::AF_INET,
     maps::{NODE_ADDR_V4, NODE_CONFIG, count},
     nexthop::{self, Hop},
-    nodeport::{self, Admission},
+    nodeport::{self, Admission, Entries},
     ns::{CtVal, Ns, Room},
     parse::{self, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IP_OFF, IPV4_MIN_HLEN, Ipv4, Ipv4Hdr, Tuple},
     select::{self, Frontend},
@@ -283,27 +283,12 @@ fn new_flow_body(ctx: &XdpContext, ip: &Ipv4, t: &Tuple, cfg: &NodeConfig) -> Ac
         flow.ct_flags(false),
         tcp_flags,
     );
-    let map = <V4 as Ns>::Ct::map();
-    if keep_client {
-        if map.insert(fwd_key, fwd, BPF_NOEXIST as u64).is_err() {
-            // Another CPU made the flow first: TC follows it.
-            return Ok(PASS);
-        }
-        let rkey = &*room.rkey.write(ct::reply_key(fwd, t.proto));
-        if let Err(e) = nodeport::claim_reply(rkey, rev) {
-            let _ = map.remove(fwd_key);
-            return Err(e);
-        }
-    } else {
-        fwd.set_source(node_addr, t.sport);
-        let rkey = room.rkey.write(ct::reply_key(fwd, t.proto));
-        let port = ct::claim_snat_port(rkey, rev, t.sport, ct::snat_ports(cfg))
-            .ok_or(DropReason::NatFailed)?;
-        fwd.set_source(node_addr, port);
-        if map.insert(fwd_key, fwd, BPF_NOEXIST as u64).is_err() {
-            let _ = map.remove(rkey);
-            return Ok(PASS);
-        }
+    let snat = (!keep_client).then_some(node_addr);
+    if let Entries::Lost =
+        nodeport::insert_entries::<V4>(fwd_key, fwd, rev, &mut room.rkey, t, snat, cfg)?
+    {
+        // Another CPU made the flow first: TC follows it.
+        return Ok(PASS);
     }
     nodeport::count_new_flow();
     let nat = nat_of(fwd);

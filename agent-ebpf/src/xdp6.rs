@@ -31,21 +31,21 @@
 
 use agent_common::{Ip6, NodeConfig, ct_dir, ct_flags, proto, scope, stats::Counter};
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup},
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
     helpers::generated as h,
     programs::XdpContext,
 };
 
 use crate::{
     csum,
-    ct::{self, CtKey, CtValue},
+    ct::{self, CtValue},
     drop::{DropReason, Raw},
     event,
     family::V6,
     fib::{AF_INET6, IPV6_FLOWINFO_MASK},
     maps::{NODE_ADDR_V4, NODE_ADDR_V6, NODE_CONFIG, count},
     nexthop::{self, Hop},
-    nodeport::{self, Admission},
+    nodeport::{self, Admission, Entries},
     ns::{self, CtVal, Ns, Room},
     parse::{self, IP_OFF, IPV6_HLEN, Ipv6, packet_word},
     select::{self, Frontend},
@@ -268,27 +268,12 @@ fn new_flow_body(
         flow.ct_flags(false),
         tcp_flags,
     );
-    let map = <V6 as Ns>::Ct::map();
-    if keep_client {
-        if map.insert(fwd_key, fwd, BPF_NOEXIST as u64).is_err() {
-            // Another CPU made the flow first: TC follows it.
-            return Ok(PASS as i32);
-        }
-        let rkey = &*room.rkey.write(ct::reply_key(fwd, t.proto));
-        if let Err(e) = nodeport::claim_reply(rkey, rev) {
-            let _ = map.remove(fwd_key);
-            return Err(e);
-        }
-    } else {
-        fwd.set_source(node_addr, t.sport);
-        let rkey = room.rkey.write(ct::reply_key(fwd, t.proto));
-        let port = ct::claim_snat_port(rkey, rev, t.sport, ct::snat_ports(cfg))
-            .ok_or(DropReason::NatFailed)?;
-        fwd.set_source(node_addr, port);
-        if map.insert(fwd_key, fwd, BPF_NOEXIST as u64).is_err() {
-            let _ = map.remove(rkey);
-            return Ok(PASS as i32);
-        }
+    let snat = (!keep_client).then_some(node_addr);
+    if let Entries::Lost =
+        nodeport::insert_entries::<V6>(fwd_key, fwd, rev, &mut room.rkey, &t, snat, cfg)?
+    {
+        // Another CPU made the flow first: TC follows it.
+        return Ok(PASS as i32);
     }
     nodeport::count_new_flow();
     rewrite_and_send(ctx, ip, fwd, hop).map(|a| a as i32)

@@ -345,36 +345,38 @@ fn timed(
     fd: i32,
     empty_fd: i32,
     frame: &[u8],
-    mut before: impl FnMut() -> Result<()>,
-    mut after: impl FnMut() -> Result<()>,
+    before: impl FnMut() -> Result<()>,
+    after: impl FnMut() -> Result<()>,
 ) -> Result<(Timed, i32)> {
-    let mut t = Timed {
-        path: Vec::with_capacity(n),
-        empty: Vec::with_capacity(n),
-    };
-    let mut verdict = 0;
-    for _ in 0..n {
-        before()?;
-        let (v, d) = run_once(fd, frame)?;
-        verdict = v;
-        after()?;
-        t.path.push(d);
-        t.empty.push(run_once(empty_fd, frame)?.1);
-    }
-    Ok((t, verdict))
+    timed_over(std::iter::repeat_n(frame, n), fd, empty_fd, before, after)
 }
 
 /// [`timed`] with a frame of its own per run, nothing undone between runs: `frames[i]` is a
 /// new flow whatever ran before.
 fn timed_frames(fd: i32, empty_fd: i32, frames: &[Vec<u8>]) -> Result<(Timed, i32)> {
+    let none = || Ok(());
+    timed_over(frames.iter().map(Vec::as_slice), fd, empty_fd, none, none)
+}
+
+/// The runs of [`timed`] over `frames`, one run (and one of the empty program) per frame.
+fn timed_over<'a>(
+    frames: impl ExactSizeIterator<Item = &'a [u8]>,
+    fd: i32,
+    empty_fd: i32,
+    mut before: impl FnMut() -> Result<()>,
+    mut after: impl FnMut() -> Result<()>,
+) -> Result<(Timed, i32)> {
+    let n = frames.len();
     let mut t = Timed {
-        path: Vec::with_capacity(frames.len()),
-        empty: Vec::with_capacity(frames.len()),
+        path: Vec::with_capacity(n),
+        empty: Vec::with_capacity(n),
     };
     let mut verdict = 0;
     for frame in frames {
+        before()?;
         let (v, d) = run_once(fd, frame)?;
         verdict = v;
+        after()?;
         t.path.push(d);
         t.empty.push(run_once(empty_fd, frame)?.1);
     }

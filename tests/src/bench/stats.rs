@@ -57,16 +57,19 @@ pub fn ratio(a: Option<Summary>, b: Option<Summary>) -> Option<f64> {
 /// the same rounds: what drifts between rounds (another tenant's load) cancels within a pair.
 /// None unless both have one sample per round (a failed run left out misaligns them).
 pub fn paired_ratio(a: &[f64], b: &[f64]) -> Option<Summary> {
-    if a.len() != b.len() {
-        return None;
-    }
-    let r: Vec<f64> = a
-        .iter()
-        .zip(b)
-        .filter(|(_, b)| **b != 0.0)
-        .map(|(a, b)| a / b)
-        .collect();
-    Summary::of(&r)
+    Summary::of(&pair_ratios(a, b)?)
+}
+
+/// The ratios `a[i] / b[i]` of two series measured in the same rounds, a zero divisor's pair
+/// left out; None when the series are not aligned.
+fn pair_ratios(a: &[f64], b: &[f64]) -> Option<Vec<f64>> {
+    (a.len() == b.len()).then(|| {
+        a.iter()
+            .zip(b)
+            .filter(|(_, b)| **b != 0.0)
+            .map(|(a, b)| a / b)
+            .collect()
+    })
 }
 
 /// The median of some samples with a distribution-free confidence interval: the order statistics
@@ -120,16 +123,7 @@ impl MedianCi {
 /// pair's two runs back to back): what drifts between pairs cancels within one. Pairs with a
 /// missing half (NaN, a zero divisor) are left out; None when the series are not aligned.
 pub fn paired_ratio_ci(a: &[f64], b: &[f64], confidence: f64) -> Option<MedianCi> {
-    if a.len() != b.len() {
-        return None;
-    }
-    let r: Vec<f64> = a
-        .iter()
-        .zip(b)
-        .filter(|(_, b)| **b != 0.0)
-        .map(|(a, b)| a / b)
-        .collect();
-    MedianCi::of(&r, confidence)
+    MedianCi::of(&pair_ratios(a, b)?, confidence)
 }
 
 #[cfg(test)]
