@@ -9,6 +9,7 @@
 //! agent converts with the helpers in [`net`].
 #![no_std]
 
+pub mod clock;
 pub mod drop;
 pub mod event;
 pub mod lb4;

@@ -14,7 +14,7 @@
 
 use agent_common::{
     AffinityKey, AffinityValue, Backend4, Backend6, Ip6, MAGLEV_TABLE_SIZE, Svc4Key, Svc6Key,
-    SvcValue, maglev_key, stats::Counter, svc_flags,
+    SvcValue, clock::ns_to_seconds, maglev_key, stats::Counter, svc_flags,
 };
 use core::mem::MaybeUninit;
 
@@ -33,10 +33,11 @@ pub const EXPOSED: u16 = svc_flags::NODE_PORT | svc_flags::EXTERNAL_IP | svc_fla
 /// Seconds of CLOCK_MONOTONIC: the clock of affinity and conntrack times
 /// (the agent reads it with clock_gettime). The coarse clock (the time of
 /// the last tick, Linux 5.11) costs no clocksource read on every packet;
-/// being at most a tick behind, it never gets ahead of the agent's.
+/// being at most a tick behind, it never gets ahead of the agent's. Without
+/// a division: [`ns_to_seconds`] (a 64-bit `div` per packet in the JIT).
 #[inline(always)]
 pub fn now_seconds() -> u32 {
-    (unsafe { h::bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
+    ns_to_seconds(unsafe { h::bpf_ktime_get_coarse_ns() }) as u32
 }
 
 /// A service map key of one address family, with that family's maps: the

@@ -300,7 +300,7 @@ fn new_flow_body(ctx: &XdpContext, ip: &Ipv4, t: &Tuple, cfg: &NodeConfig) -> Ac
 /// tracked paths read the clock once for the next hop and the entry.
 #[inline(always)]
 fn seconds(now: u64) -> u32 {
-    (now / 1_000_000_000) as u32
+    agent_common::clock::ns_to_seconds(now) as u32
 }
 
 #[inline(always)]
