@@ -38,7 +38,7 @@ use super::{
     http_url, kubeproxy,
     load::{self, ClientPlace, CpuTicks, WrkResult},
     rotated,
-    synth::{self, BACKEND_PORT, TARGET_PORT, TARGET_VIP, TARGET_VIP6},
+    synth::{self, BACKEND_PORT, ONE_VIP, ONE_VIP6, TARGET_PORT, TARGET_VIP, TARGET_VIP6},
 };
 use crate::{
     AgentOpts, Lab, cleanup,
@@ -123,6 +123,14 @@ pub struct Config {
     /// The kept-alive (latency) runs in every `kept_every`-th round only (0 or 1: every one).
     #[serde(default)]
     pub kept_every: usize,
+    /// Each round also pairs direct and ferry over one backend ([`Point::one`]): direct's
+    /// threads both dial the first backend, ferry a Service whose only endpoint it is
+    /// ([`synth::ONE_VIP`]). With two backends, ferry spreads each wrk thread's connections
+    /// over both servers while direct gives each thread its own; on one CPU that spreading
+    /// costs by itself (measured: ~3 % of a connection), and the one-backend pair leaves it
+    /// out: what remains is what ferry's hooks and translation cost. False in older reports.
+    #[serde(default)]
+    pub one_backend: bool,
 }
 
 impl Config {
@@ -165,9 +173,23 @@ pub struct Point {
     /// connection, which does not depend on how much of the CPU other tenants left.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cpu_us_per_conn: Vec<f64>,
+    /// Direct's and ferry's short runs over one backend, in the same rounds
+    /// ([`Config::one_backend`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one: Option<Runs>,
 }
 
 impl Point {
+    /// One round's short connections over one backend.
+    fn push_one(&mut self, m: &Run) {
+        if let Some(r) = self.one.as_mut() {
+            r.conns_per_sec.push(m.wrk.requests_per_sec);
+            r.cpu.push(m.cpu);
+            r.cpu_us_per_conn.push(m.cpu_us_per_conn());
+            r.errors += m.wrk.errors;
+        }
+    }
+
     /// One round's short connections (ferry's with the monitor listening apart).
     fn push_short(&mut self, m: &Run, with_monitor: bool) {
         if let Some(r) = self.monitor.as_mut().filter(|_| with_monitor) {
@@ -429,6 +451,16 @@ fn build(lab: &Lab, bench: &Path, pin_cpu: Option<usize>) -> Result<Topo> {
     })
 }
 
+/// The target URL of direct's or ferry's one-backend runs over `family`: the first backend,
+/// or the Service whose only endpoint it is.
+fn url_one(c: Contender, family: Family, backends: &[Pod]) -> String {
+    match (c, family) {
+        (Contender::Direct, _) => url(c, family, &backends[0]),
+        (_, Family::V4) => http_url(ONE_VIP.into(), TARGET_PORT),
+        (_, Family::V6) => http_url(ONE_VIP6.into(), TARGET_PORT),
+    }
+}
+
 /// The target URL of a contender over `family` (`backend`: the one direct dials).
 fn url(c: Contender, family: Family, backend: &Pod) -> String {
     let (direct, vip): (IpAddr, IpAddr) = match family {
@@ -443,7 +475,14 @@ fn url(c: Contender, family: Family, backend: &Pod) -> String {
 
 /// Programs the set into ferry (through the agent, then stopped: the datapath stays) and into
 /// the two kube-proxy routers (each family's rules, as kube-proxy's two proxiers write them).
-fn program(lab: &Lab, topo: &Topo, set: &[synth::Svc], out: &mut Results) -> Result<()> {
+/// `ferry_extra`: what ferry holds beside the set (the one-endpoint target).
+fn program(
+    lab: &Lab,
+    topo: &Topo,
+    set: &[synth::Svc],
+    ferry_extra: &[synth::Svc],
+    out: &mut Results,
+) -> Result<()> {
     let n = set.len();
     let restore = |router: &str, program: &str, file: &Path, text: String| -> Result<()> {
         std::fs::write(file, text)?;
@@ -462,12 +501,17 @@ fn program(lab: &Lab, topo: &Topo, set: &[synth::Svc], out: &mut Results) -> Res
         match c.contender {
             Contender::Direct => continue,
             Contender::Ferry => {
-                synth::write_manifests(lab.manifests().dir(), set)?;
+                let ferry_set: Vec<synth::Svc> = set.iter().chain(ferry_extra).cloned().collect();
+                synth::write_manifests(lab.manifests().dir(), &ferry_set)?;
                 lab.start_agent(&AgentOpts {
                     ready_timeout: Duration::from_secs(180),
                     ..AgentOpts::default()
                 });
-                wait_frontends(lab, synth::frontend_count(set), Duration::from_secs(180))?;
+                wait_frontends(
+                    lab,
+                    synth::frontend_count(&ferry_set),
+                    Duration::from_secs(180),
+                )?;
                 lab.stop_agent();
             }
             Contender::Iptables => {
@@ -534,10 +578,18 @@ pub(super) fn tail(text: &str, n: usize) -> String {
 
 /// Checks that every contender's path answers over each family (one request with curl)
 /// before anything is measured.
-fn check_paths(topo: &Topo, families: &[Family]) -> Result<()> {
+fn check_paths(topo: &Topo, families: &[Family], one_backend: bool) -> Result<()> {
     for &family in families {
-        for c in &topo.clients {
-            let target = url(c.contender, family, &topo.backends[0]);
+        let one = topo
+            .clients
+            .iter()
+            .filter(|c| one_backend && matches!(c.contender, Contender::Direct | Contender::Ferry))
+            .map(|c| (c, url_one(c.contender, family, &topo.backends)));
+        let paths = topo
+            .clients
+            .iter()
+            .map(|c| (c, url(c.contender, family, &topo.backends[0])));
+        for (c, target) in paths.chain(one) {
             let placement = Placement {
                 netns: Some(c.place.netns_path.clone()),
                 cgroup: c.place.cgroup.clone(),
@@ -571,14 +623,24 @@ pub fn run(lab: &Lab, config: &Config) -> Result<Results> {
         program_secs: Vec::new(),
     };
     let backend_ips: Vec<Ipv4Addr> = topo.backends.iter().map(|p| p.ip).collect();
-    let scripts: Vec<std::path::PathBuf> = Family::ALL
-        .iter()
-        .map(|&family| {
-            let file = lab.tmp_dir().join(format!("direct-{}.lua", family.label()));
-            std::fs::write(&file, direct_script(&topo.backends, family))?;
-            Ok(file)
-        })
-        .collect::<Result<_>>()?;
+    // Direct's scripts per family: its threads over both backends, then over the first only
+    // (the one-backend pair).
+    let script_files = |backends: &[Pod], tag: &str| -> Result<Vec<std::path::PathBuf>> {
+        Family::ALL
+            .iter()
+            .map(|&family| {
+                let file = lab
+                    .tmp_dir()
+                    .join(format!("direct{tag}-{}.lua", family.label()));
+                std::fs::write(&file, direct_script(backends, family))?;
+                Ok(file)
+            })
+            .collect()
+    };
+    let scripts = Scripts {
+        both: script_files(&topo.backends, "")?,
+        one: script_files(&topo.backends[..1], "-one")?,
+    };
     let _stats = config
         .bpf_stats
         .then(bpfstats::RunStats::enable)
@@ -586,13 +648,18 @@ pub fn run(lab: &Lab, config: &Config) -> Result<Results> {
     for &n in &config.sizes {
         eprintln!("bench: east-west: programming {n} dual-stack services into each contender…");
         let set = synth::eastwest_set_dual(n, &backend_ips);
-        program(lab, &topo, &set, &mut out)?;
+        let extra: Vec<synth::Svc> = config
+            .one_backend
+            .then(|| synth::eastwest_one_target(backend_ips[0]))
+            .into_iter()
+            .collect();
+        program(lab, &topo, &set, &extra, &mut out)?;
         let families: &[Family] = if config.ipv6_sizes.contains(&n) {
             &Family::ALL
         } else {
             &[Family::V4]
         };
-        check_paths(&topo, families)?;
+        check_paths(&topo, families, config.one_backend)?;
         let mut points: Vec<Point> = families
             .iter()
             .flat_map(|&family| {
@@ -611,6 +678,8 @@ pub fn run(lab: &Lab, config: &Config) -> Result<Results> {
                     requests_kept: 0,
                     cpu: Vec::new(),
                     cpu_us_per_conn: Vec::new(),
+                    one: (config.one_backend && matches!(c, Contender::Direct | Contender::Ferry))
+                        .then(Runs::default),
                 })
             })
             .collect();
@@ -631,19 +700,30 @@ pub fn run(lab: &Lab, config: &Config) -> Result<Results> {
     Ok(out)
 }
 
+/// Direct's wrk scripts, one per family (indexed by `Family as usize`).
+struct Scripts {
+    /// Each thread one of both backends.
+    both: Vec<std::path::PathBuf>,
+    /// Every thread the first backend.
+    one: Vec<std::path::PathBuf>,
+}
+
 /// A step of a round.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Step {
     /// A contender's short connections.
     Short(Contender),
+    /// Direct's or ferry's short connections over one backend.
+    One(Contender),
     /// ferry's short connections with the monitor listening (and its kept-alive run, if this
     /// round has them, on the side away from ferry's run without).
     Monitor,
 }
 
 /// A round's short runs: the pair first (direct and ferry back to back, ferry + monitor beside
-/// ferry), then the kube-proxy contenders, every order reversed in odd rounds.
-fn steps(round: usize, monitor: bool) -> Vec<Step> {
+/// ferry), the one-backend pair (`one`), then the kube-proxy contenders, every order reversed
+/// in odd rounds.
+fn steps(round: usize, monitor: bool, one: bool) -> Vec<Step> {
     let odd = round % 2 == 1;
     let mut steps = vec![
         Step::Short(Contender::Direct),
@@ -654,6 +734,13 @@ fn steps(round: usize, monitor: bool) -> Vec<Step> {
     }
     if odd {
         steps.reverse();
+    }
+    if one {
+        let mut pair = [Step::One(Contender::Direct), Step::One(Contender::Ferry)];
+        if odd {
+            pair.reverse();
+        }
+        steps.extend(pair);
     }
     let mut kube = [Contender::Iptables, Contender::Nftables];
     if odd {
@@ -672,7 +759,7 @@ fn measure_round(
     points: &mut [Point],
     family: Family,
     round: usize,
-    scripts: &[std::path::PathBuf],
+    scripts: &Scripts,
 ) -> Result<()> {
     let odd = round % 2 == 1;
     let servers: Vec<u32> = topo.servers.iter().map(Proc::pid).collect();
@@ -681,10 +768,10 @@ fn measure_round(
     let client = |c: Contender| topo.clients.iter().find(|x| x.contender == c);
     // Direct alternates between the two backends, as the service does.
     let backend = &topo.backends[round % topo.backends.len()];
-    let script = |c: Contender| {
-        (c == Contender::Direct && config.threads > 1).then(|| scripts[family as usize].clone())
+    let script = |c: Contender, set: &[std::path::PathBuf]| {
+        (c == Contender::Direct && config.threads > 1).then(|| set[family as usize].clone())
     };
-    let steps = steps(round, config.monitor);
+    let steps = steps(round, config.monitor, config.one_backend);
     let log = |what: &str, m: &Run| {
         eprintln!(
             "bench: east-west {} N={} round {}/{} {what:<36} {:>9.0} conn/s  p50 {:>7.1} us  steal {:>4.1} %",
@@ -714,11 +801,27 @@ fn measure_round(
                     cl,
                     config,
                     &url(c, family, backend),
-                    script(c),
+                    script(c, &scripts.both),
                     true,
                 )?;
                 log(&format!("{} short", c.label()), &m);
                 points[i].push_short(&m, false);
+            }
+            Step::One(c) => {
+                let (Some(cl), Some(i)) = (client(c), point(points, c)) else {
+                    continue;
+                };
+                let m = run_once(
+                    lab,
+                    &servers,
+                    cl,
+                    config,
+                    &url_one(c, family, &topo.backends),
+                    script(c, &scripts.one),
+                    true,
+                )?;
+                log(&format!("{} short, one backend", c.label()), &m);
+                points[i].push_one(&m);
             }
             Step::Monitor => {
                 let (Some(cl), Some(i)) =
@@ -900,7 +1003,7 @@ mod tests {
         use Contender::*;
         use Step::*;
         assert_eq!(
-            steps(0, false),
+            steps(0, false, false),
             [
                 Short(Direct),
                 Short(Ferry),
@@ -909,7 +1012,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            steps(1, false),
+            steps(1, false, false),
             [
                 Short(Ferry),
                 Short(Direct),
@@ -919,7 +1022,7 @@ mod tests {
         );
         // With the monitor, ferry's run with it sits beside ferry's without.
         assert_eq!(
-            steps(2, true),
+            steps(2, true, false),
             [
                 Short(Direct),
                 Short(Ferry),
@@ -929,11 +1032,35 @@ mod tests {
             ]
         );
         assert_eq!(
-            steps(3, true),
+            steps(3, true, false),
             [
                 Monitor,
                 Short(Ferry),
                 Short(Direct),
+                Short(Nftables),
+                Short(Iptables)
+            ]
+        );
+        // The one-backend pair follows the pair, its order alternating too.
+        assert_eq!(
+            steps(0, false, true),
+            [
+                Short(Direct),
+                Short(Ferry),
+                One(Direct),
+                One(Ferry),
+                Short(Iptables),
+                Short(Nftables)
+            ]
+        );
+        assert_eq!(
+            steps(1, true, true),
+            [
+                Monitor,
+                Short(Ferry),
+                Short(Direct),
+                One(Ferry),
+                One(Direct),
                 Short(Nftables),
                 Short(Iptables)
             ]

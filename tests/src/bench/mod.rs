@@ -297,6 +297,7 @@ fn run_eastwest(opts: &Options) -> Result<eastwest::Results> {
             threads: 2,
             paired: true,
             kept_every: 1,
+            one_backend: true,
         }
     } else {
         eastwest::Config {
@@ -315,6 +316,7 @@ fn run_eastwest(opts: &Options) -> Result<eastwest::Results> {
             threads: 2,
             paired: true,
             kept_every: 2,
+            one_backend: true,
         }
     };
     if let Some(sizes) = &opts.eastwest_sizes {

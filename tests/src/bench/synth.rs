@@ -147,6 +147,11 @@ pub const TARGET_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 /// Its IPv6 ClusterIP (`fd00:96::a`).
 pub const TARGET_VIP6: Ipv6Addr = cluster_ip6(TARGET_VIP);
 pub const TARGET_PORT: u16 = 80;
+/// The one-endpoint target (its only endpoint the first backend), which ferry holds beside
+/// the set: the east-west one-backend pair dials it.
+pub const ONE_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+/// Its IPv6 ClusterIP (`fd00:96::b`).
+pub const ONE_VIP6: Ipv6Addr = cluster_ip6(ONE_VIP);
 /// The backends' port.
 pub const BACKEND_PORT: u16 = 8080;
 
@@ -211,6 +216,23 @@ pub fn eastwest_set(n: usize, backends: &[Ipv4Addr]) -> Vec<Svc> {
     };
     out.insert((n - 1) / 2, target);
     out
+}
+
+/// The dual-stack one-endpoint target ([`ONE_VIP`], [`ONE_VIP6`]) with `backend` (and its
+/// IPv6 twin) as its only endpoint.
+pub fn eastwest_one_target(backend: Ipv4Addr) -> Svc {
+    Svc {
+        namespace: "bench".into(),
+        name: "target-one".into(),
+        ip: ONE_VIP,
+        ip6: None,
+        port: TARGET_PORT,
+        port_name: "http".into(),
+        target_port: BACKEND_PORT,
+        endpoints: vec![backend],
+        endpoints6: Vec::new(),
+    }
+    .dual_stack()
 }
 
 /// [`eastwest_set`], every service dual-stack ([`Svc::dual_stack`]): the IPv6 target is
@@ -312,6 +334,14 @@ mod tests {
     #[test]
     fn dual_stack_twins() {
         assert_eq!(TARGET_VIP6, "fd00:96::a".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(ONE_VIP6, "fd00:96::b".parse::<Ipv6Addr>().unwrap());
+        let one = eastwest_one_target(Ipv4Addr::new(10, 244, 0, 2));
+        assert_eq!(
+            one.endpoints6,
+            vec![ipv6_twin(Ipv4Addr::new(10, 244, 0, 2))]
+        );
+        // Outside the fillers' 10.96.1.0 onwards and apart from the target.
+        assert!(one.ip != TARGET_VIP && one.ip < filler_ip(0));
         assert_eq!(
             cluster_ip6(Ipv4Addr::new(10, 97, 2, 3)),
             "fd00:96::1:203".parse::<Ipv6Addr>().unwrap()
