@@ -43,17 +43,15 @@ const DEADLINE: Duration = Duration::from_secs(10);
 over_both_families!(
     monitor_reports_drops_and_new_flows,
     monitor_filters_keep_only_matching_events,
+    monitor_reports_xdp_drops_and_new_flows,
 );
 
 /// With `--acceleration generic`, what ferry_xdp decides is reported as TC's is, program
 /// `xdp`: a source-range drop, an eTP Local drop, and a new flow to the backend on node2
-/// (the local backend's flows are TC's: XDP leaves a bridge's pods to the stack). IPv4:
-/// ferry_xdp's family.
-#[test]
-#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
-fn monitor_reports_xdp_drops_and_new_flows() {
+/// (the local backend's flows are TC's: XDP leaves a bridge's pods to the stack). Both
+/// families: ferry_xdp handles IPv6 (xdp6.rs) with IPv4's decisions and events.
+fn monitor_reports_xdp_drops_and_new_flows(f: Family) {
     require_root!();
-    let f = Family::V4;
     let s = setup_with("monitor_xdp", f, &["--acceleration", "generic"]);
     let c = &s.c;
     let node_port = at(node1_ip(c, f), NODE_PORT);
