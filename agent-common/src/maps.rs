@@ -101,6 +101,8 @@ pub const ICMP6_SOURCES: &str = "ferry_icmps6_v1";
 /// crate::nexthop). Not pinned and not in [`ALL`]: a cache, each program
 /// load starts with an empty one and fills it from the FIB.
 pub const NEXT_HOP_V4: &str = "ferry_nhop4_v1";
+/// The same for IPv6 destinations ([`crate::NextHop6`]).
+pub const NEXT_HOP_V6: &str = "ferry_nhop6_v1";
 
 /// Every map name of the current ABI.
 pub const ALL: &[&str] = &[

@@ -1,4 +1,4 @@
-//! `ferry_xdp`'s next-hop cache (`maps::NEXT_HOP_V4`): what `bpf_fib_lookup`
+//! `ferry_xdp`'s next-hop caches (`maps::NEXT_HOP_V4`, `maps::NEXT_HOP_V6`): what `bpf_fib_lookup`
 //! answered for a destination, kept for [`NEXT_HOP_MAX_AGE_NS`] so that a
 //! tracked flow's packets (and new flows to a destination already resolved)
 //! skip the route and neighbour lookup, most of what XDP's forwarding cost.
@@ -52,6 +52,21 @@ pub struct NextHop4 {
 }
 const _: () = assert!(core::mem::size_of::<NextHop4>() == 40);
 
+/// One resolved IPv6 next hop ([`NextHop4`]'s fields, the destination's
+/// 16 bytes as the packet has them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop6 {
+    pub stamp: u64,
+    pub daddr: crate::Ip6,
+    pub iif: u32,
+    pub oif: u32,
+    pub mtu: u16,
+    pub _pad: u16,
+    pub macs: [u8; 12],
+}
+const _: () = assert!(core::mem::size_of::<NextHop6>() == 48);
+
 /// How long a resolved next hop is used without asking the FIB again: a
 /// neighbour's new MAC (or a new route) reaches a flow's packets within
 /// this. One second: the kernel itself keeps sending to a STALE
@@ -66,11 +81,23 @@ pub const NEXT_HOP_MAX_AGE_NS: u64 = 1_000_000_000;
 pub const NEXT_HOP_V4_SLOTS_LOG2: u32 = 12;
 pub const NEXT_HOP_V4_SLOTS: u32 = 1 << NEXT_HOP_V4_SLOTS_LOG2;
 
+/// Slots of the IPv6 cache on each CPU: 2,048 x 48 bytes = 96 KiB per CPU.
+pub const NEXT_HOP_V6_SLOTS_LOG2: u32 = 11;
+pub const NEXT_HOP_V6_SLOTS: u32 = 1 << NEXT_HOP_V6_SLOTS_LOG2;
+
 /// The slot of destination `daddr` (network order, as the packet has it):
 /// Fibonacci hashing, the top bits of a multiplication.
 #[inline(always)]
 pub fn next_hop_slot(daddr: u32) -> u32 {
     daddr.wrapping_mul(0x9e37_79b1) >> (32 - NEXT_HOP_V4_SLOTS_LOG2)
+}
+
+/// The slot of IPv6 destination `daddr`: its four words folded, then as
+/// [`next_hop_slot`] (a node's destinations differ in their low words).
+#[inline(always)]
+pub fn next_hop_slot6(daddr: &crate::Ip6) -> u32 {
+    let folded = daddr[0] ^ daddr[1] ^ daddr[2] ^ daddr[3];
+    folded.wrapping_mul(0x9e37_79b1) >> (32 - NEXT_HOP_V6_SLOTS_LOG2)
 }
 
 #[cfg(test)]
@@ -89,5 +116,15 @@ mod tests {
         }
         // 1,024 consecutive addresses land in many distinct slots.
         assert!(seen.iter().filter(|s| **s).count() > 600);
+        // IPv6: fd00:10:244::x, the last word varying.
+        let mut seen = [false; NEXT_HOP_V6_SLOTS as usize];
+        for i in 0..1024u32 {
+            let last = u32::from_ne_bytes([0, 0, (i >> 8) as u8, i as u8]);
+            let a = [0x0a00_00fd_u32, 0x0000_4402, 0, last];
+            let s = next_hop_slot6(&a);
+            assert!(s < NEXT_HOP_V6_SLOTS);
+            seen[s as usize] = true;
+        }
+        assert!(seen.iter().filter(|s| **s).count() > 500);
     }
 }

@@ -6,11 +6,75 @@
 //! tracked flow; a fresh slot costs an inlined array lookup, a coarse clock
 //! read and a few compares.
 
-use agent_common::{NEXT_HOP_MAX_AGE_NS, NEXT_HOP_V4_SLOTS, NextHop4, maps as m, next_hop_slot};
+use agent_common::{
+    Ip6, NEXT_HOP_MAX_AGE_NS, NEXT_HOP_V4_SLOTS, NEXT_HOP_V6_SLOTS, NextHop4, NextHop6, maps as m,
+    next_hop_slot, next_hop_slot6,
+};
 use aya_ebpf::{bindings::bpf_fib_lookup, helpers::generated as h, macros::map, maps::PerCpuArray};
 
 #[map(name = "ferry_nhop4_v1")]
 static NEXT_HOP_V4: PerCpuArray<NextHop4> = PerCpuArray::with_max_entries(NEXT_HOP_V4_SLOTS, 0);
+
+#[map(name = "ferry_nhop6_v1")]
+static NEXT_HOP_V6: PerCpuArray<NextHop6> = PerCpuArray::with_max_entries(NEXT_HOP_V6_SLOTS, 0);
+
+/// A family's slot: its destination's type, the family's cache and the
+/// slot a destination maps to.
+pub trait Slot: Sized + 'static {
+    type Addr: Copy + PartialEq;
+    fn cache() -> &'static PerCpuArray<Self>;
+    fn index(daddr: &Self::Addr) -> u32;
+    /// stamp, destination, iif, oif, mtu, MACs.
+    #[allow(clippy::type_complexity)]
+    fn fields(
+        &mut self,
+    ) -> (
+        &mut u64,
+        &mut Self::Addr,
+        &mut u32,
+        &mut u32,
+        &mut u16,
+        &mut [u8; 12],
+    );
+}
+
+macro_rules! slot {
+    ($slot:ty, $addr:ty, $cache:ident, $index:expr) => {
+        impl Slot for $slot {
+            type Addr = $addr;
+            #[inline(always)]
+            fn cache() -> &'static PerCpuArray<Self> {
+                &$cache
+            }
+            #[inline(always)]
+            fn index(daddr: &$addr) -> u32 {
+                $index(daddr)
+            }
+            #[inline(always)]
+            fn fields(
+                &mut self,
+            ) -> (
+                &mut u64,
+                &mut $addr,
+                &mut u32,
+                &mut u32,
+                &mut u16,
+                &mut [u8; 12],
+            ) {
+                (
+                    &mut self.stamp,
+                    &mut self.daddr,
+                    &mut self.iif,
+                    &mut self.oif,
+                    &mut self.mtu,
+                    &mut self.macs,
+                )
+            }
+        }
+    };
+}
+slot!(NextHop4, u32, NEXT_HOP_V4, |d: &u32| next_hop_slot(*d));
+slot!(NextHop6, Ip6, NEXT_HOP_V6, next_hop_slot6);
 
 /// The lookup's 64-byte parameters when the cache has no answer: per-CPU
 /// scratch, not the stack (a new flow's call chain, ferry_xdp -> new_flow
@@ -18,7 +82,7 @@ static NEXT_HOP_V4: PerCpuArray<NextHop4> = PerCpuArray::with_max_entries(NEXT_H
 #[map(name = "ferry_fib_scr")]
 static FIB_SCRATCH: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
 
-const _: () = assert!(m::NEXT_HOP_V4.len() <= 15);
+const _: () = assert!(m::NEXT_HOP_V4.len() <= 15 && m::NEXT_HOP_V6.len() <= 15);
 
 /// Where a packet goes: the egress device and the Ethernet header's MACs
 /// (destination, source) as written.
@@ -61,29 +125,29 @@ pub fn now() -> u64 {
 /// `iif`, into `hop`, when this CPU resolved it less than
 /// `NEXT_HOP_MAX_AGE_NS` ago and the packet fits the route's MTU.
 #[inline(always)]
-pub fn cached(daddr: u32, iif: u32, tot_len: u16, now: u64, hop: &mut Hop) -> bool {
-    let Some(e) = NEXT_HOP_V4.get_ptr(next_hop_slot(daddr)) else {
+pub fn cached<S: Slot>(daddr: &S::Addr, iif: u32, tot_len: u16, now: u64, hop: &mut Hop) -> bool {
+    let Some(e) = S::cache().get_ptr_mut(S::index(daddr)) else {
         return false;
     };
-    // SAFETY: this CPU's slot, written only by this CPU.
-    let e = unsafe { &*e };
-    if e.stamp == 0
-        || e.daddr != daddr
-        || e.iif != iif
-        || now.wrapping_sub(e.stamp) >= NEXT_HOP_MAX_AGE_NS
-        || tot_len > e.mtu
+    // SAFETY: this CPU's slot, written only by this CPU (and not here).
+    let (stamp, tag, tag_iif, oif, mtu, macs) = unsafe { &mut *e }.fields();
+    if *stamp == 0
+        || *tag != *daddr
+        || *tag_iif != iif
+        || now.wrapping_sub(*stamp) >= NEXT_HOP_MAX_AGE_NS
+        || tot_len > *mtu
     {
         return false;
     }
-    hop.oif = e.oif;
-    hop.macs = e.macs;
+    hop.oif = *oif;
+    hop.macs = *macs;
     true
 }
 
 /// Keeps what a successful lookup `p` (made for `daddr` arriving on `iif`)
 /// answered, and returns it as a [`Hop`].
 #[inline(always)]
-pub fn remember(daddr: u32, iif: u32, p: &bpf_fib_lookup, now: u64, hop: &mut Hop) {
+pub fn remember<S: Slot>(daddr: &S::Addr, iif: u32, p: &bpf_fib_lookup, now: u64, hop: &mut Hop) {
     // SAFETY: the union members the helper fills on success.
     let (macs, mtu) = unsafe {
         (
@@ -94,18 +158,18 @@ pub fn remember(daddr: u32, iif: u32, p: &bpf_fib_lookup, now: u64, hop: &mut Ho
     hop.oif = p.ifindex;
     hop.macs[..6].copy_from_slice(&macs.dmac);
     hop.macs[6..].copy_from_slice(&macs.smac);
-    let Some(e) = NEXT_HOP_V4.get_ptr_mut(next_hop_slot(daddr)) else {
+    let Some(e) = S::cache().get_ptr_mut(S::index(daddr)) else {
         return;
     };
     // SAFETY: this CPU's slot; no other CPU writes or reads it.
-    let e = unsafe { &mut *e };
-    e.daddr = daddr;
-    e.iif = iif;
-    e.oif = hop.oif;
-    e.mtu = mtu;
-    e.macs = hop.macs;
+    let (stamp, tag, tag_iif, oif, slot_mtu, macs) = unsafe { &mut *e }.fields();
+    *tag = *daddr;
+    *tag_iif = iif;
+    *oif = hop.oif;
+    *slot_mtu = mtu;
+    *macs = hop.macs;
     // A stamp of 0 is an empty slot: a clock that reads 0 stores 1. Not
     // `now | 1`: a packet in the same tick (4 ms at HZ=250) as an even
     // stamp would read an age of 2^64 - 1 and miss its own fresh slot.
-    e.stamp = now.max(1);
+    *stamp = now.max(1);
 }

@@ -34,7 +34,7 @@
 //! segment too short) count their `DropReason` as TC's do; drops and new
 //! flows send `ferry monitor` their events as TC's do (program `xdp`).
 
-use agent_common::{NodeConfig, ct_dir, ct_flags, proto, scope, stats::Counter};
+use agent_common::{NextHop4, NodeConfig, ct_dir, ct_flags, proto, scope, stats::Counter};
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
     helpers::generated as h,
@@ -318,7 +318,7 @@ fn route(ctx: &XdpContext, ip: &Ipv4, saddr: u32, daddr: u32, now: u64, hop: &mu
         return false;
     }
     let tot_len = u16::from_be(ip.hdr.tot_len);
-    nexthop::cached(daddr, ingress_ifindex(ctx), tot_len, now, hop)
+    nexthop::cached::<NextHop4>(&daddr, ingress_ifindex(ctx), tot_len, now, hop)
         || resolve(ctx, ip, saddr, daddr, hop)
 }
 
@@ -353,7 +353,7 @@ fn resolve(ctx: &XdpContext, ip: &Ipv4, saddr: u32, daddr: u32, hop: &mut Hop) -
     if rc as u32 != BPF_FIB_LKUP_RET_SUCCESS || !may_send_to(ctx, p.ifindex) {
         return false;
     }
-    nexthop::remember(daddr, iif, p, nexthop::now(), hop);
+    nexthop::remember::<NextHop4>(&daddr, iif, p, nexthop::now(), hop);
     true
 }
 

@@ -20,7 +20,9 @@
 //! went away, and whatever the FIB cannot send at once (no neighbour, a
 //! packet larger than the route's MTU: IPv6 routers do not fragment, the
 //! Packet Too Big is the stack's) or only to a device XDP may not send to.
-//! No next-hop cache: one `bpf_fib_lookup` (AF_INET6) per packet.
+//! The next hop comes from this CPU's IPv6 next-hop cache when fresh
+//! (nexthop.rs, `ferry_nhop6_v1`, as IPv4's), else from `bpf_fib_lookup`
+//! (AF_INET6).
 //!
 //! The stack: IPv6's packet, keys and values are kept as TC's IPv6 path
 //! keeps them (ns.rs: the parsed packet and a new flow's [`Room`] in the
@@ -29,7 +31,7 @@
 //! point: the IPv4 path's frame does not hold IPv6's, and a new flow's
 //! frame (320 bytes) is not added to the tracked path's.
 
-use agent_common::{Ip6, NodeConfig, ct_dir, ct_flags, proto, scope, stats::Counter};
+use agent_common::{Ip6, NextHop6, NodeConfig, ct_dir, ct_flags, proto, scope, stats::Counter};
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup},
     helpers::generated as h,
@@ -280,21 +282,36 @@ fn new_flow_body(
 }
 
 /// The next hop of the packet `ip` translated to `saddr` -> `daddr`, into
-/// `hop`: true when the FIB names it with its MACs, the packet fits the
-/// route's MTU (the lookup checks the length given), and XDP may send to
-/// its device. A hop limit that would expire here is the stack's.
+/// `hop`: true when XDP may send it there. This CPU's cached answer for
+/// `daddr` when fresh (nexthop.rs), else the FIB's ([`resolve`]). A hop
+/// limit that would expire here is the stack's.
 #[inline(always)]
 fn route(ctx: &XdpContext, ip: &Ipv6, saddr: &Ip6, daddr: &Ip6, hop: &mut Hop) -> bool {
     if ip.hdr.hop_limit <= 1 {
         return false;
     }
+    let tot_len = (IPV6_HLEN as u16).wrapping_add(u16::from_be(ip.hdr.payload_len));
+    let iif = xdp::ingress_ifindex(ctx);
+    nexthop::cached::<NextHop6>(daddr, iif, tot_len, nexthop::now(), hop)
+        || resolve(ctx, ip, saddr, daddr, hop)
+}
+
+/// Looks up the route of the packet `ip` translated to `saddr` -> `daddr`:
+/// true when the FIB names the next hop with its MACs, the packet fits the
+/// route's MTU (the lookup checks the length given) and XDP may send to its
+/// device; the answer is then kept in the next-hop cache and written to
+/// `hop`. Inlined, unlike IPv4's: a new IPv6 flow's frames (ferry_xdp, the
+/// new flow, this) would pass the verifier's 512 bytes of stack.
+#[inline(always)]
+fn resolve(ctx: &XdpContext, ip: &Ipv6, saddr: &Ip6, daddr: &Ip6, hop: &mut Hop) -> bool {
     let Some(p) = nexthop::params() else {
         return false;
     };
+    let iif = xdp::ingress_ifindex(ctx);
     p.family = AF_INET6;
     p.l4_protocol = ip.hdr.next_hdr;
     p.__bindgen_anon_1.tot_len = (IPV6_HLEN as u16).wrapping_add(u16::from_be(ip.hdr.payload_len));
-    p.ifindex = xdp::ingress_ifindex(ctx);
+    p.ifindex = iif;
     p.__bindgen_anon_2.flowinfo = u32::from_ne_bytes(ip.hdr.ver_tc_flow) & IPV6_FLOWINFO_MASK;
     p.__bindgen_anon_3.ipv6_src = *saddr;
     p.__bindgen_anon_4.ipv6_dst = *daddr;
@@ -310,11 +327,7 @@ fn route(ctx: &XdpContext, ip: &Ipv6, saddr: &Ip6, daddr: &Ip6, hop: &mut Hop) -
     if rc as u32 != BPF_FIB_LKUP_RET_SUCCESS || !may_send_to(ctx, p.ifindex) {
         return false;
     }
-    // SAFETY: the union member the helper fills on success.
-    let macs = unsafe { p.__bindgen_anon_6.__bindgen_anon_2 };
-    hop.oif = p.ifindex;
-    hop.macs[..6].copy_from_slice(&macs.dmac);
-    hop.macs[6..].copy_from_slice(&macs.smac);
+    nexthop::remember::<NextHop6>(daddr, iif, p, nexthop::now(), hop);
     true
 }
 

@@ -529,12 +529,23 @@ fn to_mac(mut frame: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
 #[test]
 #[ignore = "kernel test: needs root (cargo xtask test runs it)"]
 fn xdp_next_hop_cache_takes_a_new_neighbour_mac_within_its_age() {
+    next_hop_cache_takes_a_new_neighbour_mac(Family::V4);
+}
+
+/// The same over IPv6 (`ferry_nhop6_v1`).
+#[test]
+#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
+fn xdp6_next_hop_cache_takes_a_new_neighbour_mac_within_its_age() {
+    next_hop_cache_takes_a_new_neighbour_mac(Family::V6);
+}
+
+fn next_hop_cache_takes_a_new_neighbour_mac(family: Family) {
     ferry_tests::require_root!();
-    isolated(|| {
+    isolated(move || {
         stay_on_this_cpu();
-        let n = Family::V4.net();
+        let n = family.net();
         via_d0(n);
-        let mut f = Fixture::new(Family::V4);
+        let mut f = Fixture::new(family);
         next_hop_is_a_node_device(&mut f, n);
         let age = std::time::Duration::from_nanos(agent_common::NEXT_HOP_MAX_AGE_NS);
         let np = sa(n.node, 30080);
@@ -565,10 +576,16 @@ fn xdp_next_hop_cache_takes_a_new_neighbour_mac_within_its_age() {
                     old[..6].try_into().unwrap()
                 )
             );
+            // The gateway `next_hop` set up, given a new MAC.
+            let (version, gateway) = match family {
+                Family::V4 => ("-4", "100.64.0.2"),
+                Family::V6 => ("-6", "fd00:64::2"),
+            };
             ip_cmds(&[&[
+                version,
                 "neigh",
                 "replace",
-                "100.64.0.2",
+                gateway,
                 "lladdr",
                 mac,
                 "dev",
