@@ -1219,7 +1219,12 @@ fn generator_mode(r: &Results) -> String {
                  page with headroom, no skb). The relay veth's NAPI poll runs in CPU {g}'s \
                  softirq, so the generator's whole work stays on CPU {g}; it costs more per frame \
                  than live frames (a socket send, an skb copied into a page), so the generator \
-                 offers fewer frames per second than in live mode.{refusals}"
+                 offers fewer frames per second than in live mode. And it hands the frames over \
+                 one at a time rather than 64 to a flush: the faster a path drains the node's \
+                 ring, the more often the generator must wake the node's NAPI thread, so it \
+                 offers least to the fastest path (ferry (XDP)), whose packets/s are then a floor \
+                 and whose time per frame a ceiling (a NAPI thread that polls a near-empty ring \
+                 spends more per frame) of what it does under a full ring.{refusals}"
             )
         }
     }
