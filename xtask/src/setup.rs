@@ -58,7 +58,8 @@ const DEMO_PACKAGES: &[(&str, &str)] = &[
 
 /// Debian packages of `cargo xtask bench`: the load tool, kube-proxy's two rule layouts
 /// (loaded only inside lab namespaces, through `nsenter`), and the plots of
-/// docs/benchmarks.md. The flood section's generator is the kernel's (BPF_PROG_RUN).
+/// docs/benchmarks.md. The flood section's generator is the kernel's (BPF_PROG_RUN, or a veth
+/// relay set up with the lab's `ip`, `ethtool` and `nsenter` where live frames are refused).
 const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     ("iptables", "iptables-restore"),

@@ -8,10 +8,13 @@
 //! ```
 //! The generator is the kernel's own XDP traffic generator ([`super::xdpgen`]): BPF_PROG_RUN
 //! of an XDP program in live-frames mode, on a thread in the segment's namespace pinned to
-//! [`GENERATOR_CPU`]. The program `bpf_redirect`s each frame to the forwarding node's peer on
-//! the segment (`v-node1`, or `v-node2` for the iptables contender), whose `ndo_xdp_xmit` puts
-//! the frame in the node's eth0 receive ring as a NIC driver's receive would: a page with XDP
-//! headroom, no skb. With `--acceleration native` ferry's XDP program runs on that frame
+//! [`GENERATOR_CPU`]; where the kernel refuses live frames (probed once, the report says which
+//! mode ran and why), the same program runs as the native XDP of a veth pair of the
+//! generator's own in that namespace, fed by the same thread through an AF_PACKET socket (relay
+//! mode: its NAPI runs on the generator's CPU). Either way the program `bpf_redirect`s each
+//! frame to the forwarding node's peer on the segment (`v-node1`, or `v-node2` for the
+//! iptables contender), whose `ndo_xdp_xmit` puts the frame in the node's eth0 receive ring as
+//! a NIC driver's receive would: a page with XDP headroom, no skb. With `--acceleration native` ferry's XDP program runs on that frame
 //! itself; without, veth builds an skb around it (GRO on) and the stack and TC run, as after a
 //! NIC driver. The frames are UDP from [`SOURCES`] source addresses of the benchmarking range
 //! 198.18.0.0/15 (RFC 2544) times [`PORTS`] source ports ([`FLOWS`] distinct flows, each seen
@@ -41,7 +44,8 @@
 //! What is measured is the forwarding node's capacity, so the generator and the forwarding
 //! node get a CPU each ([`GENERATOR_CPU`], [`FORWARDING_CPU`]), the same for every contender:
 //! - the generator's thread runs on CPU 0 at nice [`NAPI_NICE`]; its whole work (the
-//!   program, the redirect, the hand-over into the ring) is there;
+//!   program, the redirect, the hand-over into the ring; in relay mode also the socket's sends
+//!   and the relay veth's NAPI, which runs in CPU 0's softirq) is there;
 //! - the forwarding nodes' eth0 (node1's, node2's) have NAPI (GRO on) and threaded NAPI: each
 //!   receives in a kernel thread `napi/eth0-ID` ([`super::napi`]), pinned to CPU 1 at the
 //!   generator's priority. A frame crosses CPUs through that device's ring (256 frames): when
@@ -173,6 +177,10 @@ pub struct Point {
     /// windows (`ethtool -S`), to check that XDP, not TC, forwarded them.
     #[serde(default)]
     pub xdp_redirect_pps: Vec<f64>,
+    /// Relay mode: frames per second the generator's own veth refused (its ring full) before
+    /// the program ran, over the same windows (not offered to the path); empty in live mode.
+    #[serde(default)]
+    pub relay_refused_pps: Vec<f64>,
     /// Runs that failed (the generator did not start or a counter could not be read).
     pub failed_runs: u64,
 }
@@ -195,6 +203,10 @@ pub struct Results {
     /// (generator and path on one CPU).
     #[serde(default)]
     pub cpus: Option<Cpus>,
+    /// How the generator's frames reached its program: live frames, or the relay where the
+    /// kernel refused them (and how). Reports from before the relay ran live frames.
+    #[serde(default)]
+    pub generator: xdpgen::Mode,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -401,6 +413,8 @@ struct Run {
     /// Share of the forwarding CPU used by the NAPI threads.
     napi_cpu: f64,
     xdp_redirects: Option<f64>,
+    /// Relay mode: frames per second the relay's veth refused.
+    relay_refused: Option<f64>,
 }
 
 struct Bench<'a> {
@@ -530,6 +544,7 @@ impl Bench<'_> {
         let (sink0, t0) = path.count()?;
         let gen0 = xmit(net, path.entry)?;
         let made0 = generator.frames()?;
+        let refused0 = generator.relay_refused();
         let napi0 = self.napi_secs()?;
         let xdp0 = if path.xdp {
             Some(xdp_redirects(self.cl)?)
@@ -541,6 +556,7 @@ impl Bench<'_> {
         let (sink1, t1) = path.count()?;
         let gen1 = xmit(net, path.entry)?;
         let made1 = generator.frames()?;
+        let refused1 = generator.relay_refused();
         let napi1 = self.napi_secs()?;
         let xdp1 = if path.xdp {
             Some(xdp_redirects(self.cl)?)
@@ -548,6 +564,7 @@ impl Bench<'_> {
             None
         };
         let running = generator.is_running();
+        let relay = matches!(generator.mode(), xdpgen::Mode::Relay { .. });
         let stopped = generator.stop();
         self.quiet(path)?;
         if !running {
@@ -578,6 +595,7 @@ impl Bench<'_> {
             entry_drops: per_sec(gen0.refused, gen1.refused, gen_dt),
             napi_cpu: (napi1 - napi0) / dt,
             xdp_redirects: xdp0.zip(xdp1).map(|(a, b)| per_sec(a, b, dt)),
+            relay_refused: relay.then(|| per_sec(refused0, refused1, gen_dt)),
         })
     }
 }
@@ -700,6 +718,8 @@ pub fn run(config: &Config) -> Result<Results> {
     cl.manifests().apply(&svc);
     cl.manifests().apply(&slice);
     let node2 = cl.node("node2").netns.clone();
+    let generator = xdpgen::mode_in(cl.net_netns()).context("probing the generator's mode")?;
+    eprintln!("bench: flood: generator: {}", generator.describe());
     let napi = split_cpus(&cl)?;
     // The sinks: each path's first device after its forwarding node.
     sinkdrop::install(&web1.netns, "eth0", PORT, None)?;
@@ -829,6 +849,7 @@ pub fn run(config: &Config) -> Result<Results> {
             entry_drops_pps: Vec::new(),
             napi_cpu: Vec::new(),
             xdp_redirect_pps: Vec::new(),
+            relay_refused_pps: Vec::new(),
             failed_runs: 0,
         })
         .collect();
@@ -848,7 +869,7 @@ pub fn run(config: &Config) -> Result<Results> {
                 }
                 xdp_on = want_xdp;
             }
-            // A generator that stopped (its BPF_PROG_RUN failed) is the generator's failure,
+            // A generator that stopped (its BPF_PROG_RUN or its relay failed) is the generator's failure,
             // not the path's: the run is retried.
             let mut result = lab.flood(path, config.secs);
             for _ in 0..RETRIES {
@@ -870,6 +891,15 @@ pub fn run(config: &Config) -> Result<Results> {
                     if let Some(x) = run.xdp_redirects {
                         p.xdp_redirect_pps.push(x);
                         eprintln!("bench: flood: node1's eth0 redirected {x:.0} pps in XDP");
+                    }
+                    if let Some(x) = run.relay_refused {
+                        p.relay_refused_pps.push(x);
+                        if x > 0.0 {
+                            eprintln!(
+                                "bench: flood: the generator's relay veth refused {x:.0} pps \
+                                 (its ring full)"
+                            );
+                        }
                     }
                     eprintln!(
                         "bench: flood round {}/{} {:<32} {:>9.0} pps forwarded of {:>9.0} offered \
@@ -901,6 +931,7 @@ pub fn run(config: &Config) -> Result<Results> {
             generator: GENERATOR_CPU,
             forwarding: FORWARDING_CPU,
         }),
+        generator,
     })
 }
 
@@ -984,11 +1015,12 @@ pub fn markdown(md: &mut String, r: &Results, png: Option<&str>) {
     };
     let point = |c: Contender| r.points.iter().find(|p| p.contender == c);
     let get = |c: Contender| point(c).and_then(|p| Summary::of(&p.pps));
+    let relay = matches!(r.generator, xdpgen::Mode::Relay { .. });
     let split = match &r.cpus {
         Some(cpus) => format!(
             "The generator and the forwarding node get a CPU each, the same for every contender. \
              CPU {g}: the generator's thread (high priority) and its whole work, the program, \
-             the redirect and the hand-over into the forwarding node's ring. CPU {f}: everything \
+             the redirect and the hand-over into the forwarding node's ring{relay_work}. CPU {f}: everything \
              from the forwarding node's eth0 on: node1's and node2's eth0 have threaded NAPI, \
              their `napi/eth0-*` kernel threads pinned to CPU {f} at the generator's priority, so \
              the node's receive, XDP or TC or netfilter, forwarding and the sink run there; a \
@@ -1005,17 +1037,30 @@ pub fn markdown(md: &mut String, r: &Results, png: Option<&str>) {
              before any skb is made. So the XDP path's sink costs CPU {f} less than the TC \
              path's, as a NIC's transmit of an XDP frame costs less than of an skb.",
             g = cpus.generator,
-            f = cpus.forwarding
+            f = cpus.forwarding,
+            relay_work = if relay {
+                " (in relay mode also the socket's sends and the relay veth's NAPI poll, which \
+                 runs in that CPU's softirq)"
+            } else {
+                ""
+            },
         ),
         None => "Measured before the CPU split: generator and path shared one CPU, so the \
                  ratios understate the paths' differences."
             .into(),
     };
+    let generator = if relay {
+        "an XDP program in the segment's namespace (run as the native XDP of a veth pair of the \
+         generator's own, fed through an AF_PACKET socket, since this kernel refused \
+         BPF_PROG_RUN's live frames: relay mode, below)"
+    } else {
+        "the kernel's XDP traffic generator (BPF_PROG_RUN of an XDP program in live-frames mode, \
+         as xdp-tools' xdp-trafficgen does) in the segment's namespace"
+    };
     let _ = writeln!(
         md,
-        "On the two-node lab of section 2: the kernel's XDP traffic generator (BPF_PROG_RUN of an \
-         XDP program in live-frames mode, as xdp-tools' xdp-trafficgen does) in the segment's \
-         namespace redirects UDP frames at full speed to the forwarding node's peer veth, which \
+        "On the two-node lab of section 2: {generator} \
+         redirects UDP frames at full speed to the forwarding node's peer veth, which \
          puts them in the node's eth0 receive ring as a NIC driver does (pages with XDP \
          headroom, no skb: ferry's XDP program runs on the frame itself, the stack gets an skb \
          built around it), to a LoadBalancer service \
@@ -1032,6 +1077,7 @@ pub fn markdown(md: &mut String, r: &Results, png: Option<&str>) {
          {} flows ({} source addresses of 198.18.0.0/15 times {} source ports, cycled), \
          {}-byte frames ({} on a wire), correct checksums, checksum offload off on every veth.\n\n\
          {split}\n\n\
+         {}\n\n\
          *Forwarded*: frames the sink dropped per second (its count over the window, exact); \
          *offered*: frames the generator handed to the entry veth in the same window (taken \
          into the forwarding node's ring or refused); *dropped at the entry*: frames refused \
@@ -1046,6 +1092,7 @@ pub fn markdown(md: &mut String, r: &Results, png: Option<&str>) {
         PORTS,
         r.frame_bytes,
         r.frame_bytes + 4,
+        generator_mode(r),
         r.cpus.as_ref().map_or(FORWARDING_CPU, |c| c.forwarding),
         r.config.rounds,
         r.config.secs
@@ -1122,6 +1169,64 @@ pub fn markdown(md: &mut String, r: &Results, png: Option<&str>) {
              retried up to {RETRIES} times): {}.",
             failed.join(", ")
         );
+    }
+}
+
+/// The report's paragraph on the generator's mode: which ran, and for the relay why and what
+/// its veth refused.
+fn generator_mode(r: &Results) -> String {
+    use super::{report::num, stats::Summary};
+    let g = r.cpus.as_ref().map_or(GENERATOR_CPU, |c| c.generator);
+    match &r.generator {
+        xdpgen::Mode::Live => "Generator: live frames (BPF_PROG_RUN with \
+                               `BPF_F_TEST_XDP_LIVE_FRAMES`)."
+            .into(),
+        xdpgen::Mode::Relay { refused } => {
+            let refusals: Vec<String> = r
+                .points
+                .iter()
+                .filter_map(|p| {
+                    let s = Summary::of(&p.relay_refused_pps)?;
+                    (s.max > 0.0).then(|| {
+                        format!(
+                            "{} {} packets/s (median; at most {})",
+                            p.contender.label(),
+                            num(s.median),
+                            num(s.max)
+                        )
+                    })
+                })
+                .collect();
+            let measured = r.points.iter().any(|p| !p.relay_refused_pps.is_empty());
+            let refusals = match (measured, refusals.is_empty()) {
+                (false, _) => String::new(),
+                (true, true) => {
+                    " Its veth refused no frame in any run (its ring never full).".into()
+                }
+                (true, false) => format!(
+                    " Its veth refused frames (its ring full) before the program ran, which \
+                     were not offered: {}.",
+                    refusals.join(", ")
+                ),
+            };
+            format!(
+                "Generator: relay mode, because this kernel refused live frames ({refused}). The \
+                 generator's thread sends the frame's template through an AF_PACKET socket \
+                 (PACKET_QDISC_BYPASS, sendmmsg) into a veth pair of its own in the segment's \
+                 namespace, whose native XDP runs the same program: it writes the whole frame, \
+                 counts it and redirects it to the forwarding node's peer veth, whose \
+                 `ndo_xdp_xmit` puts it in the node's eth0 ring as in live mode (an XDP frame in a \
+                 page with headroom, no skb). The relay veth's NAPI poll runs in CPU {g}'s \
+                 softirq, so the generator's whole work stays on CPU {g}; it costs more per frame \
+                 than live frames (a socket send, an skb copied into a page), so the generator \
+                 offers fewer frames per second than in live mode. And it hands the frames over \
+                 one at a time rather than 64 to a flush: the faster a path drains the node's \
+                 ring, the more often the generator must wake the node's NAPI thread, so it \
+                 offers least to the fastest path (ferry (XDP)), whose packets/s are then a floor \
+                 and whose time per frame a ceiling (a NAPI thread that polls a near-empty ring \
+                 spends more per frame) of what it does under a full ring.{refusals}"
+            )
+        }
     }
 }
 
@@ -1315,6 +1420,7 @@ mod tests {
             } else {
                 Vec::new()
             },
+            relay_refused_pps: Vec::new(),
             failed_runs: 0,
         };
         Results {
@@ -1334,7 +1440,76 @@ mod tests {
                 generator: GENERATOR_CPU,
                 forwarding: FORWARDING_CPU,
             }),
+            generator: xdpgen::Mode::Live,
         }
+    }
+
+    /// The report says which generator ran; for the relay, why (the kernel's refusal) and what
+    /// its veth refused; a report from before the relay (no `generator`) ran live frames.
+    #[test]
+    fn report_says_which_generator_ran() {
+        let r = results(300_000.0, 600_000.0);
+        let mut md = String::new();
+        markdown(&mut md, &r, None);
+        assert!(
+            md.contains("the kernel's XDP traffic generator (BPF_PROG_RUN"),
+            "{md}"
+        );
+        assert!(md.contains("Generator: live frames"), "{md}");
+        assert!(!md.contains("relay"), "{md}");
+
+        let mut r = results(300_000.0, 600_000.0);
+        r.generator = xdpgen::Mode::Relay {
+            refused: "BPF_PROG_RUN with BPF_F_TEST_XDP_LIVE_FRAMES: Operation not permitted \
+                      (os error 1)"
+                .into(),
+        };
+        for p in &mut r.points {
+            p.relay_refused_pps = vec![0.0; 3];
+        }
+        let mut md = String::new();
+        markdown(&mut md, &r, None);
+        assert!(
+            md.contains(
+                "Generator: relay mode, because this kernel refused live frames (BPF_PROG_RUN \
+                 with BPF_F_TEST_XDP_LIVE_FRAMES: Operation not permitted (os error 1))"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("since this kernel refused BPF_PROG_RUN's live frames"),
+            "{md}"
+        );
+        assert!(!md.contains("in live-frames mode, as xdp-tools"), "{md}");
+        assert!(md.contains("Its veth refused no frame in any run"), "{md}");
+        assert!(
+            md.contains("the relay veth's NAPI poll, which runs"),
+            "{md}"
+        );
+        r.points[2].relay_refused_pps = vec![0.0, 1_500.0, 2_000.0];
+        let mut md = String::new();
+        markdown(&mut md, &r, None);
+        assert!(
+            md.contains(
+                "before the program ran, which were not offered: ferry (XDP), backends on node2 \
+                 1,500 packets/s (median; at most 2,000)."
+            ),
+            "{md}"
+        );
+
+        // Older JSON: no `generator`, no `relay_refused_pps`.
+        let mut v = serde_json::to_value(results(1.0, 2.0)).unwrap();
+        v.as_object_mut().unwrap().remove("generator");
+        for p in v["points"].as_array_mut().unwrap() {
+            p.as_object_mut().unwrap().remove("relay_refused_pps");
+        }
+        let old: Results = serde_json::from_value(v).unwrap();
+        assert_eq!(old.generator, xdpgen::Mode::Live);
+        let relay = serde_json::to_value(xdpgen::Mode::Relay {
+            refused: "x".into(),
+        })
+        .unwrap();
+        assert_eq!(relay, serde_json::json!({"relay": {"refused": "x"}}));
     }
 
     #[test]

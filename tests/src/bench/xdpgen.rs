@@ -1,7 +1,8 @@
 //! The flood's generator: the kernel's own XDP traffic generator (BPF_PROG_RUN of an XDP
 //! program with `BPF_F_TEST_XDP_LIVE_FRAMES`, Linux ≥ 5.18, as xdp-tools' xdp-trafficgen
 //! does), which hands frames to a lab veth the way a NIC driver's receive does: in pages with
-//! XDP headroom, no skb.
+//! XDP headroom, no skb. Where the kernel refuses live frames, the same program runs as the
+//! native XDP of a veth pair of the generator's own and does the same (relay mode, below).
 //!
 //! In live mode the kernel (net/bpf/test_run.c, Documentation/bpf/bpf_prog_run.rst) runs the
 //! program on frames from a page pool of its own and acts on the verdict: here every frame is
@@ -23,6 +24,36 @@
 //!   frames (default 64, at most 256) between flushes to the device. The generator runs
 //!   [`CHUNK`] frames a call and checks between calls whether to stop.
 //!
+//! Relay mode ([`Mode::Relay`]): some kernels refuse live frames (one before 5.18 does not
+//! know the flag, EINVAL; a kernel built to forbid them answers EPERM or EOPNOTSUPP), which
+//! [`probe`] finds out once per process with a live run of one frame of a program that drops
+//! it (nothing is sent). There the generator's thread makes a veth pair of its own in the same
+//! namespace (`gi-TID` → `go-TID`, [`Relay`]; deleted when the generator stops, and gone with
+//! the namespace anyway), attaches the same program, with its counter map, to `go-TID` as
+//! native XDP (a bpf_link), and sends the template frame into `gi-TID` through an AF_PACKET
+//! socket (PACKET_QDISC_BYPASS, [`RELAY_BATCH`] frames a sendmmsg(2) call, a stop checked
+//! between calls). Native XDP gives `go-TID` its NAPI (no GRO needed) and makes veth turn TSO
+//! off on `gi-TID`, so that each skb goes to `go-TID`'s ring (256 frames) rather than to its
+//! stack; the transmit schedules `go-TID`'s NAPI on the sending CPU, and its poll runs in that
+//! CPU's softirq as the send returns: it copies the frame into a page of `go-TID`'s page pool
+//! with XDP headroom and runs the program, whose redirect hands the `xdp_frame` to the
+//! segment-side veth's `ndo_xdp_xmit` as in live mode. So the forwarding node receives the
+//! same XDP frames through the same veth (and its counters), the program's counter counts
+//! them alike, and all the generator's work stays on the generator's CPU. What differs is the
+//! generator's cost per frame (a socket send, an skb and its copy into a page, flushes to the
+//! device of the few frames each poll finds rather than of [`BATCH`]): it offers fewer frames
+//! per second than live mode would. A frame that finds `go-TID`'s ring full is dropped before
+//! the program runs and counted ([`Generator::relay_refused`]); with a poll after every send
+//! the ring does not fill in steady state (none refused at ~1.2 million frames/s on one CPU,
+//! the receiving end on the same CPU, nor in any flood run). Since each poll finds the one
+//! frame just sent, each flush hands one frame to the target veth, whose NAPI thread (on the
+//! forwarding CPU) is woken for it whenever it had drained its ring: the wake-ups cost the
+//! generator's CPU (~13% of it at 1 million frames/s with a fast consumer, in
+//! `__napi_schedule`), so the relay offers fewer frames to a faster path. Batching the polls by
+//! deferring the relay veth's NAPI (`napi_defer_hard_irqs` 1 and a `gro_flush_timeout`) made it
+//! slower on the VM where this was measured (1.02 million frames/s undeferred, 0.68 million at
+//! 20 µs, 35,000 at 5 µs: the timer's reprogramming costs more than the wake-ups saved).
+//!
 //! The program is loaded from raw instructions ([`generator_program`]): frame `n` (a counter
 //! in an array map, which the one generator thread alone advances) comes from source address
 //! `198.18.0.(1 + n % SOURCES)` and port `1024 + n % PORTS` (coprime periods: [`FLOWS`]
@@ -36,17 +67,18 @@
 use std::{
     fs::File,
     net::{Ipv4Addr, SocketAddrV4},
-    os::fd::{AsRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
+        Arc, OnceLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc,
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
 
 use super::env::is_lab_ns;
 use crate::{
@@ -531,19 +563,357 @@ impl Program {
 
     /// `repeat` live frames, `batch` at a time: the kernel sends what the program redirects.
     pub fn run_live(&self, repeat: u32, batch: u32) -> Result<()> {
-        let mut attr = TestRunAttr {
-            prog_fd: self.prog.as_raw_fd() as u32,
-            data_size_in: self.template.len() as u32,
-            data_in: self.template.as_ptr() as u64,
-            repeat,
-            flags: BPF_F_TEST_XDP_LIVE_FRAMES,
-            batch_size: batch,
-            ..TestRunAttr::default()
+        live_run(&self.prog, &self.template, repeat, batch)
+            .context("bpf(BPF_PROG_RUN, BPF_F_TEST_XDP_LIVE_FRAMES)")
+    }
+}
+
+/// BPF_PROG_RUN of `prog` in live-frames mode: `repeat` frames whose pages start from `data`,
+/// `batch` between flushes.
+fn live_run(prog: &OwnedFd, data: &[u8], repeat: u32, batch: u32) -> std::io::Result<()> {
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in: data.len() as u32,
+        data_in: data.as_ptr() as u64,
+        repeat,
+        flags: BPF_F_TEST_XDP_LIVE_FRAMES,
+        batch_size: batch,
+        ..TestRunAttr::default()
+    };
+    bpf(BPF_PROG_TEST_RUN, &mut attr).map(drop)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Modes
+
+/// How the generator's frames reach its program.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// BPF_PROG_RUN in live-frames mode: the kernel runs the program on pages of its own.
+    /// Reports from before the relay existed were all made this way (serde's default).
+    #[default]
+    Live,
+    /// The kernel refused live frames (`refused`: the probe's error): the generator's thread
+    /// sends frames into a veth pair of its own, whose native XDP runs the program ([`Relay`]).
+    Relay { refused: String },
+}
+
+impl Mode {
+    /// One line for logs and reports.
+    pub fn describe(&self) -> String {
+        match self {
+            Mode::Live => "live frames (BPF_PROG_RUN with BPF_F_TEST_XDP_LIVE_FRAMES)".into(),
+            Mode::Relay { refused } => format!(
+                "relay (a veth pair of the generator's own with the program as its native XDP; \
+                 the kernel refused live frames: {refused})"
+            ),
+        }
+    }
+}
+
+/// Whether an error of a live BPF_PROG_RUN is the kernel refusing the mode: EPERM (a kernel
+/// that forbids it), EOPNOTSUPP, EINVAL (a kernel before 5.18, which does not know the flag).
+fn refuses_live(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPERM | libc::EOPNOTSUPP | libc::EINVAL)
+    )
+}
+
+/// Asks the kernel whether it runs live frames: a live BPF_PROG_RUN of one frame of a program
+/// that drops it (nothing is sent, whatever the namespace). [`Mode::Relay`] if the kernel
+/// refuses the mode ([`refuses_live`]); any other error is an error.
+pub fn probe() -> Result<Mode> {
+    let drop = [
+        insn(MOV64_K, R0, 0, 0, XDP_DROP as i32),
+        insn(EXIT, 0, 0, 0, 0),
+    ];
+    let prog = load("flood_probe", &drop)?;
+    match live_run(&prog, &[0; FRAME_BYTES as usize], 1, 1) {
+        Ok(()) => Ok(Mode::Live),
+        Err(e) if refuses_live(&e) => Ok(Mode::Relay {
+            refused: format!("BPF_PROG_RUN with BPF_F_TEST_XDP_LIVE_FRAMES: {e}"),
+        }),
+        Err(e) => Err(e).context("probing BPF_PROG_RUN with BPF_F_TEST_XDP_LIVE_FRAMES"),
+    }
+}
+
+/// This kernel's mode: [`probe`]d once per process (the answer is the kernel's, the same in
+/// every namespace).
+pub fn mode() -> Result<Mode> {
+    static MODE: OnceLock<Mode> = OnceLock::new();
+    if let Some(m) = MODE.get() {
+        return Ok(m.clone());
+    }
+    let m = probe()?;
+    Ok(MODE.get_or_init(|| m).clone())
+}
+
+/// [`mode`], asked from a thread in the lab namespace `ns` (where the generator runs).
+pub fn mode_in(ns: &str) -> Result<Mode> {
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<Mode> {
+            enter(ns)?;
+            mode()
+        })
+        .join()
+        .unwrap_or_else(|_| bail!("the probe's thread panicked"))
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Relay
+
+/// Frames the relay hands to the kernel per sendmmsg(2) call (and between checks whether to
+/// stop).
+pub const RELAY_BATCH: usize = 64;
+
+/// The generator where the kernel refuses live frames: a veth pair of its own (`gi-TID` →
+/// `go-TID`, TID the creating thread's id, so unique in the namespace) in the namespace of the
+/// thread that makes it, the program attached to `go-TID` as native XDP (a bpf_link), and an
+/// AF_PACKET socket on `gi-TID` (PACKET_QDISC_BYPASS) that sends the template frame. veth's
+/// transmit puts each frame in `go-TID`'s ring and schedules its NAPI on the sending CPU; the
+/// NAPI poll (the sender's softirq) copies it into a page of its pool with XDP headroom and runs
+/// the program, whose redirect hands the `xdp_frame` to the target veth's `ndo_xdp_xmit`, as
+/// in live mode. The pair is deleted when the relay is dropped (and goes with its namespace).
+pub struct Relay {
+    sock: OwnedFd,
+    _link: OwnedFd,
+    pair: VethPair,
+    /// The frame sent (the program rewrites every byte of it).
+    frame: Vec<u8>,
+    /// Frames the socket handed to `gi-TID` so far.
+    accepted: u64,
+    /// Frames `gi-TID`'s transmit refused (`go-TID`'s ring full: ENOBUFS) so far.
+    refused: Arc<AtomicU64>,
+}
+
+impl Relay {
+    /// Sets up the relay for `program` in the calling thread's network namespace (refusing the
+    /// process's own), counting refused frames in `refused`.
+    pub fn new(program: &Program, refused: Arc<AtomicU64>) -> Result<Relay> {
+        not_in_root_netns()?;
+        let pair = VethPair::create()?;
+        for dev in [&pair.into, &pair.out] {
+            // No IPv6 on the pair: nothing of the stack's own (router solicitations, MLD)
+            // reaches the program, whose counter counts the generator's frames alone.
+            let knob = format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6");
+            if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+                std::fs::write(&knob, "1").with_context(|| format!("writing 1 to {knob}"))?;
+            }
+        }
+        // Native XDP gives go-TID its NAPI (no GRO needed) and makes veth turn TSO off on
+        // gi-TID ("off [fixed]"), so that every skb the socket sends goes to go-TID's ring and
+        // its NAPI rather than to its stack (veth_skb_is_eligible_for_gro).
+        let link = attach_xdp(&program.prog, &pair.out)
+            .with_context(|| format!("attaching the generator as native XDP on {}", pair.out))?;
+        for dev in [&pair.out, &pair.into] {
+            pair.run("ip", &["link", "set", dev, "up"])?;
+        }
+        let sock = packet_socket(ifindex(&pair.into)?)
+            .with_context(|| format!("an AF_PACKET socket on {}", pair.into))?;
+        Ok(Relay {
+            sock,
+            _link: link,
+            pair,
+            frame: program.template.clone(),
+            accepted: 0,
+            refused,
+        })
+    }
+
+    /// Sends `n` frames (every one the template: the program writes the flood's), in
+    /// [`RELAY_BATCH`]es. A frame `gi-TID` refuses is counted ([`Relay::refused`]), not retried.
+    pub fn send(&mut self, n: u64) -> Result<()> {
+        let mut iov = libc::iovec {
+            iov_base: self.frame.as_ptr() as *mut libc::c_void,
+            iov_len: self.frame.len(),
         };
-        bpf(BPF_PROG_TEST_RUN, &mut attr)
-            .context("bpf(BPF_PROG_RUN, BPF_F_TEST_XDP_LIVE_FRAMES)")?;
+        // SAFETY: mmsghdr is plain data; zeroed is no address, no control data, no flags.
+        let mut msgs: [libc::mmsghdr; RELAY_BATCH] = unsafe { std::mem::zeroed() };
+        for m in &mut msgs {
+            m.msg_hdr.msg_iov = &mut iov;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(RELAY_BATCH as u64) as usize;
+            // SAFETY: k messages, each one iovec over the frame, which outlives the call (the
+            // kernel only reads it); the socket is bound to gi-TID, so no address is needed.
+            let r =
+                unsafe { libc::sendmmsg(self.sock.as_raw_fd(), msgs.as_mut_ptr(), k as u32, 0) };
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::ENOBUFS) => {
+                        self.refused.fetch_add(1, Ordering::Relaxed);
+                        left -= 1;
+                    }
+                    Some(libc::EINTR) => {}
+                    _ => {
+                        return Err(e)
+                            .with_context(|| format!("sendmmsg(2) into {}", self.pair.into));
+                    }
+                }
+                continue;
+            }
+            let r = r as u64;
+            self.accepted += r;
+            left -= r;
+            if r < k as u64 {
+                // The next message failed, and sendmmsg(2) reports no error once some were
+                // sent: the only failure of a sound frame on an up veth is its peer's full
+                // ring (ENOBUFS), the frame dropped.
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                left -= 1;
+            }
+        }
         Ok(())
     }
+
+    /// Frames handed to `gi-TID` so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted
+    }
+
+    /// Frames refused so far (`go-TID`'s ring full).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// The pair's names: (where the socket sends, where the program runs).
+    pub fn devices(&self) -> (&str, &str) {
+        (&self.pair.into, &self.pair.out)
+    }
+
+    /// Waits until `program` has run on every frame handed over since its counter read
+    /// `start` (or `within` passed): whether it had.
+    pub fn drain(&self, program: &Program, start: u64, within: Duration) -> Result<bool> {
+        let end = Instant::now() + within;
+        loop {
+            if program.frames()? >= start + self.accepted {
+                return Ok(true);
+            }
+            if Instant::now() >= end {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// A veth pair in the namespace of the thread that made it; deleted when dropped.
+struct VethPair {
+    /// The namespace (held open, so that the pair can be deleted from any thread).
+    ns: File,
+    into: String,
+    out: String,
+}
+
+impl VethPair {
+    /// `gi-TID` and `go-TID` in the calling thread's namespace.
+    fn create() -> Result<VethPair> {
+        let ns = File::open("/proc/thread-self/ns/net").context("opening my netns")?;
+        // SAFETY: gettid(2) has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        let (into, out) = (format!("gi-{tid}"), format!("go-{tid}"));
+        run_in(
+            &ns,
+            "ip",
+            &["link", "add", &into, "type", "veth", "peer", "name", &out],
+        )?;
+        Ok(VethPair { ns, into, out })
+    }
+
+    /// `program args` in the pair's namespace, failing with its stderr unless it succeeds.
+    fn run(&self, program: &str, args: &[&str]) -> Result<()> {
+        run_in(&self.ns, program, args)
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        if let Err(e) = self.run("ip", &["link", "del", &self.out]) {
+            eprintln!("xdpgen: deleting the relay's veth pair {}: {e:#}", self.out);
+        }
+    }
+}
+
+/// `nsenter --net=NS program args`, NS an open namespace file of this process; fails with the
+/// program's stderr unless it succeeds.
+fn run_in(ns: &File, program: &str, args: &[&str]) -> Result<()> {
+    let net = format!("--net=/proc/{}/fd/{}", std::process::id(), ns.as_raw_fd());
+    let out = std::process::Command::new("nsenter")
+        .arg(&net)
+        .arg(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running nsenter {net} {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "`{program} {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// An AF_PACKET raw socket bound to `ifindex` for sending (protocol 0: it receives nothing),
+/// past the device's qdisc (PACKET_QDISC_BYPASS).
+fn packet_socket(ifindex: u32) -> Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments; the descriptor is owned below.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("socket(AF_PACKET, SOCK_RAW)");
+    }
+    // SAFETY: a new descriptor that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    // SAFETY: an int option, its size given.
+    if unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            &one as *const libc::c_int as *const libc::c_void,
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    } != 0
+    {
+        return Err(std::io::Error::last_os_error()).context("PACKET_QDISC_BYPASS");
+    }
+    // SAFETY: sockaddr_ll is plain data.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_ifindex = i32::try_from(ifindex).context("an ifindex")?;
+    // SAFETY: a sockaddr_ll, its size given.
+    if unsafe {
+        libc::bind(
+            fd,
+            &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    } != 0
+    {
+        return Err(std::io::Error::last_os_error()).context("binding to the device");
+    }
+    Ok(sock)
+}
+
+/// Attaches `prog` as native XDP to `dev` (in the calling thread's namespace) through a
+/// bpf_link: detached when the link is closed (or the device goes).
+fn attach_xdp(prog: &OwnedFd, dev: &str) -> Result<OwnedFd> {
+    let mut attr = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_ifindex: ifindex(dev)?,
+        attach_type: ATTACH_XDP,
+        flags: XDP_FLAGS_DRV_MODE,
+        ..LinkCreateAttr::default()
+    };
+    Ok(owned(bpf(BPF_LINK_CREATE, &mut attr)?))
 }
 
 /// Fails unless the calling thread is in a network namespace other than its process's (the
@@ -622,30 +992,45 @@ pub struct Generator {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<Result<()>>>,
     program: Arc<Program>,
+    mode: Mode,
+    /// Relay mode: frames the relay's veth refused (its ring full).
+    relay_refused: Arc<AtomicU64>,
 }
 
 impl Generator {
     /// Starts a thread that enters `at.ns`, pins itself, loads the program for `flow`
-    /// (redirecting to `at.dev`) and runs it [`CHUNK`] frames at a time until stopped;
-    /// returns once the program is loaded (or with why it could not be).
+    /// (redirecting to `at.dev`) and runs it until stopped: [`CHUNK`] live frames a call, or,
+    /// where the kernel refuses live frames ([`mode`]), through a [`Relay`] of its own,
+    /// [`RELAY_BATCH`] frames a call. Returns once the program is loaded (and the relay set
+    /// up), or with why it could not be.
     pub fn start(at: &Placement, flow: Flow) -> Result<Generator> {
         let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::channel::<Result<Arc<Program>>>();
+        let relay_refused = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = mpsc::channel::<Result<(Arc<Program>, Mode)>>();
         let at = at.clone();
         let stopped = stop.clone();
+        let refused = relay_refused.clone();
         let handle = std::thread::Builder::new()
             .name("flood-xdpgen".into())
             .spawn(move || -> Result<()> {
                 let setup = (|| {
                     enter(&at.ns)?;
                     pin_self(at.cpu, at.nice)?;
-                    let ifindex = ifindex(&at.dev)?;
-                    Ok(Arc::new(Program::load(&flow, ifindex)?))
+                    let mode = mode()?;
+                    let program = Arc::new(Program::load(&flow, ifindex(&at.dev)?)?);
+                    let relay = match &mode {
+                        Mode::Live => None,
+                        Mode::Relay { .. } => Some(
+                            Relay::new(&program, refused)
+                                .with_context(|| format!("the generator in {}", mode.describe()))?,
+                        ),
+                    };
+                    Ok((program, mode, relay))
                 })();
-                let program = match setup {
-                    Ok(p) => {
-                        let _ = tx.send(Ok(p.clone()));
-                        p
+                let (program, mode, relay) = match setup {
+                    Ok((p, m, r)) => {
+                        let _ = tx.send(Ok((p.clone(), m.clone())));
+                        (p, m, r)
                     }
                     Err(e) => {
                         let msg = format!("{e:#}");
@@ -653,13 +1038,24 @@ impl Generator {
                         bail!("{msg}");
                     }
                 };
-                while !stopped.load(Ordering::Relaxed) {
-                    program.run_live(CHUNK, BATCH)?;
+                match relay {
+                    None => {
+                        while !stopped.load(Ordering::Relaxed) {
+                            program.run_live(CHUNK, BATCH)?;
+                        }
+                    }
+                    Some(mut relay) => {
+                        while !stopped.load(Ordering::Relaxed) {
+                            relay
+                                .send(RELAY_BATCH as u64)
+                                .with_context(|| format!("the generator in {}", mode.describe()))?;
+                        }
+                    }
                 }
                 Ok(())
             })
             .context("starting the generator's thread")?;
-        let program = match rx.recv_timeout(Duration::from_secs(10)) {
+        let (program, mode) = match rx.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
                 let _ = handle.join();
@@ -671,6 +1067,8 @@ impl Generator {
             stop,
             handle: Some(handle),
             program,
+            mode,
+            relay_refused,
         })
     }
 
@@ -679,12 +1077,24 @@ impl Generator {
         self.handle.as_ref().is_some_and(|h| !h.is_finished())
     }
 
+    /// How the frames reach the program.
+    pub fn mode(&self) -> &Mode {
+        &self.mode
+    }
+
     /// Frames made so far.
     pub fn frames(&self) -> Result<u64> {
         self.program.frames()
     }
 
-    /// Stops the thread (within one chunk) and returns the frames made, or why it failed.
+    /// Relay mode: frames the relay's veth refused so far, before the program (its ring full);
+    /// 0 in live mode.
+    pub fn relay_refused(&self) -> u64 {
+        self.relay_refused.load(Ordering::Relaxed)
+    }
+
+    /// Stops the thread (within one call: a chunk of live frames or a relay batch) and returns
+    /// the frames made, or why it failed.
     pub fn stop(mut self) -> Result<u64> {
         self.stop.store(true, Ordering::Relaxed);
         match self.handle.take().map(JoinHandle::join) {
@@ -705,7 +1115,8 @@ impl Drop for Generator {
 }
 
 /// Sends `count` frames of `flow` slowly (`per_call` at a time, `pause` between), from a
-/// thread in `at.ns` as [`Generator::start`]'s: a probe of a path.
+/// thread in `at.ns` as [`Generator::start`]'s, in the kernel's [`mode`] (a relay waits, up to
+/// a second, until the program has run on every frame before it goes): a probe of a path.
 pub fn send_slowly(
     at: &Placement,
     flow: Flow,
@@ -718,13 +1129,27 @@ pub fn send_slowly(
         s.spawn(|| -> Result<()> {
             enter(&at.ns)?;
             pin_self(at.cpu, at.nice)?;
+            let mode = mode()?;
             let program = Program::load(&flow, ifindex(&at.dev)?)?;
+            let mut relay = match &mode {
+                Mode::Live => None,
+                Mode::Relay { .. } => Some(
+                    Relay::new(&program, Arc::default())
+                        .with_context(|| format!("the probe in {}", mode.describe()))?,
+                ),
+            };
             let mut left = count;
             while left > 0 {
                 let n = left.min(per_call);
-                program.run_live(n, n.min(BATCH))?;
+                match &mut relay {
+                    None => program.run_live(n, n.min(BATCH))?,
+                    Some(r) => r.send(u64::from(n))?,
+                }
                 left -= n;
                 std::thread::sleep(pause);
+            }
+            if let Some(r) = &relay {
+                r.drain(&program, 0, Duration::from_secs(1))?;
             }
             Ok(())
         })
@@ -748,17 +1173,10 @@ impl XdpSink {
             s.spawn(|| -> Result<XdpSink> {
                 enter(&ns)?;
                 let prog = load("flood_sink", &sink_program(port, dst))?;
-                let mut attr = LinkCreateAttr {
-                    prog_fd: prog.as_raw_fd() as u32,
-                    target_ifindex: ifindex(&dev)?,
-                    attach_type: ATTACH_XDP,
-                    flags: XDP_FLAGS_DRV_MODE,
-                    ..LinkCreateAttr::default()
-                };
-                let link = bpf(BPF_LINK_CREATE, &mut attr)
+                let link = attach_xdp(&prog, &dev)
                     .with_context(|| format!("attaching the XDP sink to {dev} in {ns}"))?;
                 Ok(XdpSink {
-                    _link: owned(link),
+                    _link: link,
                     _prog: prog,
                 })
             })
@@ -908,52 +1326,174 @@ mod tests {
         assert_eq!((verdict, out.as_slice()), (XDP_DROP, &t[..56]));
     }
 
-    /// Live frames in a namespace of the test's own: the program's redirect to a veth puts
-    /// every frame in its peer's ring (the veth's `xdp_xmit` counter), where the peer's NAPI
-    /// takes them; none is refused, since the peer drains its ring between batches on the same
-    /// CPU. Needs root (a network namespace).
-    #[test]
-    fn live_frames_reach_the_peer_of_the_veth() {
-        progtest::isolated(|| {
+    /// A namespace of the test's own (the calling thread's, [`progtest::isolated`]) with a
+    /// veth pair `va` → `vb`, `vb` with NAPI (GRO asked for: veth takes XDP frames for a peer
+    /// only then): runs `args` there, and reads `va`'s `ethtool -S` counters.
+    struct Segment {
+        net: String,
+    }
+
+    impl Segment {
+        fn new() -> Segment {
             not_in_root_netns().expect("an isolated namespace");
             // SAFETY: gettid(2) has no preconditions.
             let tid = unsafe { libc::gettid() };
-            let net = format!("--net=/proc/{}/task/{tid}/ns/net", std::process::id());
-            let sh = |args: &[&str]| {
-                let out = std::process::Command::new("nsenter")
-                    .arg(&net)
-                    .args(args)
-                    .output()
-                    .expect("nsenter");
-                assert!(out.status.success(), "{args:?}: {out:?}");
-                String::from_utf8_lossy(&out.stdout).into_owned()
+            let s = Segment {
+                net: format!("--net=/proc/{}/task/{tid}/ns/net", std::process::id()),
             };
-            sh(&[
+            // No IPv6 on the pair: the stack's own frames (router solicitations, MLD) would
+            // be counted with the generator's at vb.
+            if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+                std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1").unwrap();
+            }
+            s.sh(&[
                 "ip", "link", "add", "va", "type", "veth", "peer", "name", "vb",
             ]);
-            sh(&["ip", "link", "set", "va", "up"]);
-            sh(&["ip", "link", "set", "vb", "up"]);
-            // The peer needs NAPI (GRO asked for) for veth to take XDP frames for it.
-            sh(&["ethtool", "-K", "vb", "gro", "off"]);
-            sh(&["ethtool", "-K", "vb", "gro", "on"]);
+            s.sh(&["ip", "link", "set", "va", "up"]);
+            s.sh(&["ip", "link", "set", "vb", "up"]);
+            s.sh(&["ethtool", "-K", "vb", "gro", "off"]);
+            s.sh(&["ethtool", "-K", "vb", "gro", "on"]);
+            s
+        }
+
+        fn sh(&self, args: &[&str]) -> String {
+            let out = std::process::Command::new("nsenter")
+                .arg(&self.net)
+                .args(args)
+                .output()
+                .expect("nsenter");
+            assert!(out.status.success(), "{args:?}: {out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+
+        /// `va`'s counter `name` (`ethtool -S`).
+        fn stat(&self, name: &str) -> u64 {
+            self.sh(&["ethtool", "-S", "va"])
+                .lines()
+                .find_map(|l| {
+                    l.trim()
+                        .strip_prefix(&format!("{name}: "))
+                        .map(str::to_owned)
+                })
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} on va"))
+        }
+
+        /// The namespace's devices.
+        fn links(&self) -> Vec<String> {
+            self.sh(&["ip", "-o", "link", "show"])
+                .lines()
+                .filter_map(|l| l.split(": ").nth(1))
+                .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+                .collect()
+        }
+    }
+
+    /// Live frames in a namespace of the test's own, where the kernel allows them: the
+    /// program's redirect to a veth puts every frame in its peer's ring (the veth's `xdp_xmit`
+    /// counter), where the peer's NAPI takes them; none is refused, since the peer drains its
+    /// ring between batches on the same CPU. Where the kernel refuses them, the probe must say
+    /// so: its answer is checked against what a live run of the generator does. Needs root (a
+    /// network namespace).
+    #[test]
+    fn live_frames_reach_the_peer_of_the_veth_or_the_probe_picks_relay() {
+        progtest::isolated(|| {
+            let seg = Segment::new();
             let p = Program::load(&flow(), ifindex("va").unwrap()).expect("loading");
-            p.run_live(1000, BATCH).expect("a live run");
-            assert_eq!(p.frames().unwrap(), 1000);
-            let stat = |name: &str| -> u64 {
-                sh(&["ethtool", "-S", "va"])
-                    .lines()
-                    .find_map(|l| {
-                        l.trim()
-                            .strip_prefix(&format!("{name}: "))
-                            .map(str::to_owned)
-                    })
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or_else(|| panic!("no {name} on va"))
-            };
-            assert_eq!(stat("tx_queue_0_xdp_xmit"), 1000);
-            assert_eq!(stat("tx_queue_0_xdp_xmit_errors"), 0);
+            let live = p.run_live(1000, BATCH);
+            match probe().expect("probing live frames") {
+                Mode::Live => {
+                    live.expect("the probe said live, so a live run");
+                    assert_eq!(p.frames().unwrap(), 1000);
+                    assert_eq!(seg.stat("tx_queue_0_xdp_xmit"), 1000);
+                    assert_eq!(seg.stat("tx_queue_0_xdp_xmit_errors"), 0);
+                }
+                Mode::Relay { refused } => {
+                    let e = live.expect_err("the probe said relay, but a live run worked");
+                    let errno = e
+                        .chain()
+                        .find_map(|c| c.downcast_ref::<std::io::Error>())
+                        .and_then(std::io::Error::raw_os_error);
+                    assert!(
+                        matches!(errno, Some(libc::EPERM | libc::EOPNOTSUPP | libc::EINVAL)),
+                        "a live run failed otherwise than by the kernel's refusal: {e:#}"
+                    );
+                    let e = std::io::Error::from_raw_os_error(errno.unwrap());
+                    assert!(refused.ends_with(&e.to_string()), "{refused} vs {e}");
+                    assert_eq!(p.frames().unwrap(), 0, "a refused run ran nothing");
+                    assert_eq!(seg.stat("tx_queue_0_xdp_xmit"), 0);
+                }
+            }
             // The generator refuses namespaces other than a lab's.
             assert!(enter("not-a-lab").is_err());
+        });
+    }
+
+    /// The relay, whatever the kernel allows, in a namespace of the test's own: the frames the
+    /// socket sends into the relay's pair run the program in the pair's native XDP, whose
+    /// redirect hands each to `va`'s `ndo_xdp_xmit` (its `xdp_xmit` counter), as in live
+    /// mode; none refused at either ring (the NAPI polls run on the sending CPU between
+    /// frames); and the pair goes with the relay. Needs root.
+    #[test]
+    fn the_relay_delivers_every_frame_to_the_peer_of_the_veth() {
+        progtest::isolated(|| {
+            let seg = Segment::new();
+            let p = Program::load(&flow(), ifindex("va").unwrap()).expect("loading");
+            let mut relay = Relay::new(&p, Arc::default()).expect("setting up the relay");
+            let (into, out) = (relay.devices().0.to_owned(), relay.devices().1.to_owned());
+            assert!(
+                seg.links().contains(&into) && seg.links().contains(&out),
+                "{:?}",
+                seg.links()
+            );
+            const N: u64 = 10_000;
+            relay.send(N).expect("sending");
+            assert!(
+                relay.drain(&p, 0, Duration::from_secs(5)).unwrap(),
+                "the program ran on {} of {} frames",
+                p.frames().unwrap(),
+                relay.accepted()
+            );
+            assert_eq!((relay.accepted(), relay.refused()), (N, 0));
+            assert_eq!(p.frames().unwrap(), N);
+            assert_eq!(seg.stat("tx_queue_0_xdp_xmit"), N);
+            assert_eq!(seg.stat("tx_queue_0_xdp_xmit_errors"), 0);
+            // The frames are the flood's, byte for byte: vb received them (as an XDP frame
+            // then an skb, its stack dropping them) with their lengths.
+            let rx: serde_json::Value =
+                serde_json::from_str(&seg.sh(&["ip", "-j", "-s", "link", "show", "dev", "vb"]))
+                    .unwrap();
+            assert_eq!(rx[0]["stats64"]["rx"]["packets"].as_u64(), Some(N));
+            assert_eq!(
+                rx[0]["stats64"]["rx"]["bytes"].as_u64(),
+                Some(N * u64::from(FRAME_BYTES))
+            );
+            drop(relay);
+            let links = seg.links();
+            assert!(
+                !links.contains(&into) && !links.contains(&out),
+                "the pair outlived the relay: {links:?}"
+            );
+            // The relay refuses the process's own namespace.
+            let refused = std::thread::scope(|s| {
+                s.spawn(|| {
+                    // SAFETY: setns(2) back into the process's namespace, this thread only.
+                    let root = File::open("/proc/self/ns/net").unwrap();
+                    assert_eq!(
+                        unsafe { libc::setns(root.as_raw_fd(), libc::CLONE_NEWNET) },
+                        0
+                    );
+                    Relay::new(&p, Arc::default())
+                        .err()
+                        .map(|e| format!("{e:#}"))
+                })
+                .join()
+                .unwrap()
+            });
+            assert!(
+                refused.is_some_and(|e| e.contains("bench's own network namespace")),
+                "the relay must refuse the root namespace"
+            );
         });
     }
 
