@@ -1381,6 +1381,35 @@ pub fn xdp_over_tc(r: &Results) -> Option<f64> {
     ratio(get(Contender::FerryXdp), get(Contender::FerryTcRemote))
 }
 
+/// What decides the XDP-over-TC target when XDP's packets/s do not measure its capacity: the
+/// share of what was offered that ferry (XDP) forwarded (median of the rounds), and the
+/// forwarding CPU's time per frame, ferry (TC) over ferry (XDP) (the capacity ratio, which
+/// does not depend on how much the generator offered).
+pub struct XdpLimit {
+    pub delivered: f64,
+    pub tc_over_xdp_ns: Option<f64>,
+}
+
+/// Some when ferry (XDP) forwarded at least [`SATURATED_BELOW`] of what it was offered: the
+/// generator, not the forwarding, set its packets/s.
+pub fn xdp_generator_limited(r: &Results) -> Option<XdpLimit> {
+    let point = |c: Contender| r.points.iter().find(|p| p.contender == c);
+    let xdp = point(Contender::FerryXdp)?;
+    let delivered = delivered(xdp)?.median;
+    if delivered < SATURATED_BELOW {
+        return None;
+    }
+    let ns = |c| point(c).and_then(ns_per_frame).map(|s| s.median);
+    let tc_over_xdp_ns = match (ns(Contender::FerryTcRemote), ns(Contender::FerryXdp)) {
+        (Some(tc), Some(x)) if x > 0.0 => Some(tc / x),
+        _ => None,
+    };
+    Some(XdpLimit {
+        delivered,
+        tc_over_xdp_ns,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1442,6 +1471,20 @@ mod tests {
             }),
             generator: xdpgen::Mode::Live,
         }
+    }
+
+    /// XDP's packets/s decide its target only when its path, not the generator, was the limit.
+    #[test]
+    fn xdp_is_generator_limited_when_it_forwards_what_it_is_offered() {
+        // results(): XDP forwards `forwarded` of `offered`, TC half as many, at the same NAPI
+        // CPU (0.9).
+        let r = results(600_000.0, 600_000.0);
+        let l = xdp_generator_limited(&r).expect("XDP forwarded all it was offered");
+        assert!((l.delivered - 1.0).abs() < 1e-9);
+        // TC: 0.9 s of CPU over 300,000 frames, XDP over 600,000: twice the time per frame.
+        assert!((l.tc_over_xdp_ns.unwrap() - 2.0).abs() < 1e-9);
+        let r = results(300_000.0, 600_000.0);
+        assert!(xdp_generator_limited(&r).is_none(), "XDP's ring was full");
     }
 
     /// The report says which generator ran; for the relay, why (the kernel's refusal) and what
