@@ -299,7 +299,7 @@ fn new_flow_body(ctx: &XdpContext, ip: &Ipv4, t: &Tuple, cfg: &NodeConfig) -> Ac
 /// entries are stamped with, as `select::now_seconds` reads them: the
 /// tracked paths read the clock once for the next hop and the entry.
 #[inline(always)]
-fn seconds(now: u64) -> u32 {
+pub(crate) fn seconds(now: u64) -> u32 {
     agent_common::clock::ns_to_seconds(now) as u32
 }
 

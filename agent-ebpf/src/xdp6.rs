@@ -104,9 +104,10 @@ fn tracked(ctx: &XdpContext) -> Raw {
         if v.flags() & ct_flags::DSR != 0 || !nodeport::backend_still_there::<V6>(v) {
             return pass;
         }
-        let r = send(ctx, ip, v);
+        let now = nexthop::now();
+        let r = send(ctx, ip, v, now);
         if sent(r) {
-            ct::touch(entry, select::now_seconds(), tcp_flags);
+            ct::touch(entry, xdp::seconds(now), tcp_flags);
             count(Counter::NsTracked);
         }
         return r;
@@ -121,9 +122,10 @@ fn tracked(ctx: &XdpContext) -> Raw {
     {
         // SAFETY: as above.
         let v = unsafe { &*entry };
-        let r = send(ctx, ip, v);
+        let now = nexthop::now();
+        let r = send(ctx, ip, v, now);
         if sent(r) {
-            ct::touch(entry, select::now_seconds(), tcp_flags);
+            ct::touch(entry, xdp::seconds(now), tcp_flags);
             count(Counter::NsTracked);
         }
         return r;
@@ -254,7 +256,7 @@ fn new_flow_body(
     // Routed first: a flow XDP cannot send is made by TC, whole.
     let mut hop_slot = core::mem::MaybeUninit::uninit();
     let hop = Hop::zeroed_in(&mut hop_slot);
-    if !route(ctx, ip, &node_addr, &flow.addr, hop) {
+    if !route(ctx, ip, &node_addr, &flow.addr, nexthop::now(), hop) {
         return Ok(PASS as i32);
     }
     let tcp_flags = parse::tcp_flags(ip);
@@ -286,13 +288,13 @@ fn new_flow_body(
 /// `daddr` when fresh (nexthop.rs), else the FIB's ([`resolve`]). A hop
 /// limit that would expire here is the stack's.
 #[inline(always)]
-fn route(ctx: &XdpContext, ip: &Ipv6, saddr: &Ip6, daddr: &Ip6, hop: &mut Hop) -> bool {
+fn route(ctx: &XdpContext, ip: &Ipv6, saddr: &Ip6, daddr: &Ip6, now: u64, hop: &mut Hop) -> bool {
     if ip.hdr.hop_limit <= 1 {
         return false;
     }
     let tot_len = (IPV6_HLEN as u16).wrapping_add(u16::from_be(ip.hdr.payload_len));
     let iif = xdp::ingress_ifindex(ctx);
-    nexthop::cached::<NextHop6>(daddr, iif, tot_len, nexthop::now(), hop)
+    nexthop::cached::<NextHop6>(daddr, iif, tot_len, now, hop)
         || resolve(ctx, ip, saddr, daddr, hop)
 }
 
@@ -375,15 +377,15 @@ fn may_send_to(ctx: &XdpContext, ifindex: u32) -> bool {
 /// A tracked packet: routed, then rewritten as the entry `v` says and
 /// sent; PASS (the packet untouched) when the FIB cannot send it.
 #[inline(never)]
-fn send(ctx: &XdpContext, ip: &Ipv6, v: &CtVal<V6>) -> Raw {
-    Raw::of(send_body(ctx, ip, v).map(|a| a as i32))
+fn send(ctx: &XdpContext, ip: &Ipv6, v: &CtVal<V6>, now: u64) -> Raw {
+    Raw::of(send_body(ctx, ip, v, now).map(|a| a as i32))
 }
 
 #[inline(always)]
-fn send_body(ctx: &XdpContext, ip: &Ipv6, v: &CtVal<V6>) -> Action {
+fn send_body(ctx: &XdpContext, ip: &Ipv6, v: &CtVal<V6>, now: u64) -> Action {
     let mut slot = core::mem::MaybeUninit::uninit();
     let hop = Hop::zeroed_in(&mut slot);
-    if !route(ctx, ip, &v.nat_saddr, &v.nat_daddr, hop) {
+    if !route(ctx, ip, &v.nat_saddr, &v.nat_daddr, now, hop) {
         return Ok(PASS);
     }
     rewrite_and_send(ctx, ip, v, hop)

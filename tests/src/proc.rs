@@ -118,9 +118,14 @@ fn read_all_thread<R: Read + Send + 'static>(mut r: R) -> thread::JoinHandle<Vec
 
 /// Runs a command in the current namespaces and fails with its stderr unless it succeeds.
 pub fn run(program: &str, args: &[&str]) -> Result<String> {
+    run_placed(program, args, &Placement::default())
+}
+
+/// [`run`], placed as asked.
+pub fn run_placed(program: &str, args: &[&str], placement: &Placement) -> Result<String> {
     let out = output_placed(
         Command::new(program).args(args),
-        &Placement::default(),
+        placement,
         Duration::from_secs(30),
     )
     .with_context(|| format!("running {program}"))?;

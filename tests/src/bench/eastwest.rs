@@ -791,37 +791,24 @@ fn measure_round(
     };
     for step in steps {
         match step {
-            Step::Short(c) => {
+            Step::Short(c) | Step::One(c) => {
                 let (Some(cl), Some(i)) = (client(c), point(points, c)) else {
                     continue;
                 };
-                let m = run_once(
-                    lab,
-                    &servers,
-                    cl,
-                    config,
-                    &url(c, family, backend),
-                    script(c, &scripts.both),
-                    true,
-                )?;
-                log(&format!("{} short", c.label()), &m);
-                points[i].push_short(&m, false);
-            }
-            Step::One(c) => {
-                let (Some(cl), Some(i)) = (client(c), point(points, c)) else {
-                    continue;
+                let one = matches!(step, Step::One(_));
+                let (target, set) = if one {
+                    (url_one(c, family, &topo.backends), &scripts.one)
+                } else {
+                    (url(c, family, backend), &scripts.both)
                 };
-                let m = run_once(
-                    lab,
-                    &servers,
-                    cl,
-                    config,
-                    &url_one(c, family, &topo.backends),
-                    script(c, &scripts.one),
-                    true,
-                )?;
-                log(&format!("{} short, one backend", c.label()), &m);
-                points[i].push_one(&m);
+                let m = run_once(lab, &servers, cl, config, &target, script(c, set), true)?;
+                if one {
+                    log(&format!("{} short, one backend", c.label()), &m);
+                    points[i].push_one(&m);
+                } else {
+                    log(&format!("{} short", c.label()), &m);
+                    points[i].push_short(&m, false);
+                }
             }
             Step::Monitor => {
                 let (Some(cl), Some(i)) =

@@ -840,25 +840,15 @@ impl Drop for VethPair {
     }
 }
 
-/// `nsenter --net=NS program args`, NS an open namespace file of this process; fails with the
-/// program's stderr unless it succeeds.
+/// `program args` in the namespace of `ns`, an open namespace file of this process; fails with
+/// the program's stderr unless it succeeds.
 fn run_in(ns: &File, program: &str, args: &[&str]) -> Result<()> {
-    let net = format!("--net=/proc/{}/fd/{}", std::process::id(), ns.as_raw_fd());
-    let out = std::process::Command::new("nsenter")
-        .arg(&net)
-        .arg(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running nsenter {net} {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "`{program} {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    let netns = format!("/proc/{}/fd/{}", std::process::id(), ns.as_raw_fd());
+    let placement = crate::proc::Placement {
+        netns: Some(netns.into()),
+        cgroup: None,
+    };
+    crate::proc::run_placed(program, args, &placement).map(drop)
 }
 
 /// An AF_PACKET raw socket bound to `ifindex` for sending (protocol 0: it receives nothing),
