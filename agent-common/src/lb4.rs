@@ -154,6 +154,23 @@ pub struct SockRev4 {
 }
 const _: () = assert!(core::mem::size_of::<SockRev4>() == 8);
 
+/// A connected socket's reverse translation in the socket slot array
+/// (`maps::SOCK_SLOTS_V4`), at [`crate::maps::sock_slot`] of its cookie:
+/// the backend it was sent to and the service that stands for. `cookie` 0
+/// is a free slot. Network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockSlot4 {
+    pub cookie: u64,
+    pub backend: u32,
+    pub backend_port: u16,
+    pub port: u16,
+    pub addr: u32,
+    pub rev_nat_id: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<SockSlot4>() == 24);
+
 /// Key of the membership map (`maps::MEMBERS_V4`): a backend of an exposed
 /// frontend (named by its rev-NAT id on this node). Network order.
 #[repr(C)]
@@ -267,6 +284,7 @@ mod pod {
     unsafe impl aya::Pod for RevNat4 {}
     unsafe impl aya::Pod for SockRev4Key {}
     unsafe impl aya::Pod for SockRev4 {}
+    unsafe impl aya::Pod for SockSlot4 {}
     unsafe impl aya::Pod for Dead4Key {}
     unsafe impl aya::Pod for Member4Key {}
     unsafe impl aya::Pod for SockGuard4 {}

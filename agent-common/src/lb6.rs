@@ -72,6 +72,20 @@ pub struct SockRev6 {
 }
 const _: () = assert!(core::mem::size_of::<SockRev6>() == 20);
 
+/// [`crate::SockSlot4`] of IPv6 (`maps::SOCK_SLOTS_V6`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockSlot6 {
+    pub cookie: u64,
+    pub backend: Ip6,
+    pub addr: Ip6,
+    pub backend_port: u16,
+    pub port: u16,
+    pub rev_nat_id: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<SockSlot6>() == 48);
+
 /// Key of the IPv6 membership map ([`crate::Member4Key`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -153,6 +167,7 @@ mod pod {
     unsafe impl aya::Pod for RevNat6 {}
     unsafe impl aya::Pod for SockRev6Key {}
     unsafe impl aya::Pod for SockRev6 {}
+    unsafe impl aya::Pod for SockSlot6 {}
     unsafe impl aya::Pod for Member6Key {}
     unsafe impl aya::Pod for Dead6Key {}
     unsafe impl aya::Pod for SockGuard6 {}

@@ -19,10 +19,24 @@ pub const BACKEND_LIVE_V4: &str = "ferry_bel4_v1";
 /// Reverse NAT: rev-NAT id -> the service address and port.
 pub const REV_NAT_V4: &str = "ferry_rnat4_v1";
 /// Socket reverse translation: (socket cookie, backend) -> service, for
-/// recvmsg and getpeername.
-/// A connected socket's entry is deleted when it closes (the release hook,
-/// `ferry_release`); an unconnected UDP socket's are left to the LRU.
+/// recvmsg and getpeername, where [`SOCK_SLOTS_V4`] has no slot for it: an
+/// unconnected sendmsg's (left to the LRU), a connect's whose slot another
+/// socket held (deleted when the socket closes: the release hook,
+/// `ferry_release`).
 pub const SOCK_REV_V4: &str = "ferry_sk4_v1";
+/// Socket slots: a connected socket's reverse translation
+/// ([`crate::SockSlot4`]), an array indexed by [`sock_slot`] of its cookie.
+///
+/// Socket cookies are handed out in sequence (each CPU takes a batch of
+/// 4,096), so a connect touches the slot beside the last one: a write to
+/// memory the CPU already has, where an insert into [`SOCK_REV_V4`] took a
+/// random bucket of its 262,144 (cache and TLB misses, ~300 ns of connect's
+/// ~500 on the east-west bench) and the release hook's delete another. A
+/// socket owns its slot from connect (compare-and-swap from cookie 0) to
+/// release (back to 0); a connect whose slot another live socket holds, and
+/// every unconnected sendmsg, uses [`SOCK_REV_V4`] as before. Cookies are
+/// never reused, so a slot only ever answers for its own socket.
+pub const SOCK_SLOTS_V4: &str = "ferry_skc4_v1";
 /// UDP backends just removed from a service, whose connected sockets the
 /// `ferry_udp_gc` iterator destroys (filled and emptied around each run).
 pub const DEAD_V4: &str = "ferry_dead4_v1";
@@ -84,6 +98,7 @@ pub const SERVICES_V6: &str = "ferry_svc6_v1";
 pub const BACKENDS_V6: &str = "ferry_be6_v1";
 pub const REV_NAT_V6: &str = "ferry_rnat6_v1";
 pub const SOCK_REV_V6: &str = "ferry_sk6_v1";
+pub const SOCK_SLOTS_V6: &str = "ferry_skc6_v1";
 pub const DEAD_V6: &str = "ferry_dead6_v1";
 pub const SRC_RANGE_V6: &str = "ferry_srcr6_v1";
 pub const MEMBERS_V6: &str = "ferry_memb6_v1";
@@ -111,6 +126,7 @@ pub const ALL: &[&str] = &[
     BACKEND_LIVE_V4,
     REV_NAT_V4,
     SOCK_REV_V4,
+    SOCK_SLOTS_V4,
     DEAD_V4,
     AFFINITY,
     STATS,
@@ -133,6 +149,7 @@ pub const ALL: &[&str] = &[
     BACKENDS_V6,
     REV_NAT_V6,
     SOCK_REV_V6,
+    SOCK_SLOTS_V6,
     DEAD_V6,
     SRC_RANGE_V6,
     MEMBERS_V6,
@@ -154,6 +171,18 @@ pub const BACKENDS_V4_MAX: u32 = 131_072;
 pub const BACKEND_LIVE_V4_MAX: u32 = BACKENDS_V4_MAX + 1;
 pub const REV_NAT_V4_MAX: u32 = 65_536;
 pub const SOCK_REV_V4_MAX: u32 = 262_144;
+/// Slots of [`SOCK_SLOTS_V4`] and [`SOCK_SLOTS_V6`] (a power of two: 1.5
+/// and 3 MiB): 65,536 sockets in sequence share no slot; an older socket
+/// still open when its slot comes round again sends the newer one to the
+/// reverse map.
+pub const SOCK_SLOTS: u32 = 65_536;
+const _: () = assert!(SOCK_SLOTS.is_power_of_two());
+
+/// The slot of the socket `cookie` in [`SOCK_SLOTS_V4`] / [`SOCK_SLOTS_V6`].
+#[inline(always)]
+pub const fn sock_slot(cookie: u64) -> u32 {
+    (cookie as u32) & (SOCK_SLOTS - 1)
+}
 /// [`SOCK_PORTS`]: one bit per port.
 pub const SOCK_PORTS_WORDS: u32 = 65_536 / 64;
 pub const AFFINITY_MAX: u32 = 65_536;

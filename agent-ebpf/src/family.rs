@@ -5,15 +5,16 @@
 
 use agent_common::{
     GuardDest4, GuardDest6, Ip6, SRC_RANGE_PREFIX_BITS, SockGuard4, SockGuard6, SockRev4,
-    SockRev4Key, SockRev6, SockRev6Key, SrcRange4, SrcRange6, Svc4Key, Svc6Key,
+    SockRev4Key, SockRev6, SockRev6Key, SrcRange4, SrcRange6, Svc4Key, Svc6Key, maps::sock_slot,
 };
 use aya_ebpf::{btf_maps::SkStorage, maps::lpm_trie::Key, programs::SockAddrContext};
 use aya_log_ebpf::debug;
 
 use crate::{
+    atomic::cmpxchg,
     maps::{
-        REV_NAT_V4, REV_NAT_V6, SOCK_GUARD, SOCK_GUARD6, SOCK_REV_V4, SOCK_REV_V6, SRC_RANGE_V4,
-        SRC_RANGE_V6,
+        REV_NAT_V4, REV_NAT_V6, SOCK_GUARD, SOCK_GUARD6, SOCK_REV_V4, SOCK_REV_V6, SOCK_SLOTS_V4,
+        SOCK_SLOTS_V6, SRC_RANGE_V4, SRC_RANGE_V6,
     },
     select::Frontend,
 };
@@ -57,6 +58,21 @@ pub trait Family {
     /// stands for.
     fn rev_lookup(key: &Self::RevKey) -> Option<(Addr<Self>, u16, u16)>;
     fn rev_remove(key: &Self::RevKey);
+    /// Takes the socket `cookie`'s slot (free, or already its own) and
+    /// writes its backend `addr`:`port` and the service `svc` in it. False:
+    /// another socket holds the slot.
+    fn slot_claim(
+        cookie: u64,
+        addr: Addr<Self>,
+        port: u16,
+        svc: (Addr<Self>, u16),
+        rev_nat_id: u16,
+    ) -> bool;
+    /// The service (address, port, rev-NAT id) the socket `cookie`'s slot
+    /// names for its backend `addr`:`port`.
+    fn slot_find(cookie: u64, addr: Addr<Self>, port: u16) -> Option<(Addr<Self>, u16, u16)>;
+    /// Frees the socket `cookie`'s slot; false when it did not hold it.
+    fn slot_free(cookie: u64) -> bool;
     /// The service address and port of rev-NAT id `id`, while it exists.
     fn rev_nat(id: u16) -> Option<(Addr<Self>, u16)>;
 
@@ -68,7 +84,8 @@ macro_rules! family {
     (
         $family:ident, key: $key:ty, addr: $addr:ty, bits: $bits:expr,
         guard: $guard:ty, guard_map: $guard_map:ident, dest: $dest:ident,
-        rev_key: $rev_key:ident, rev: $rev:ident, sock_rev: $sock_rev:ident, rev_nat: $rev_nat:ident,
+        rev_key: $rev_key:ident, rev: $rev:ident, sock_rev: $sock_rev:ident, slots: $slots:ident,
+        rev_nat: $rev_nat:ident,
         src_range: $src_range:ident, src_key: $src_key:ident, shown: $shown:expr $(,)?
     ) => {
         impl Family for $family {
@@ -152,6 +169,63 @@ macro_rules! family {
             }
 
             #[inline(always)]
+            fn slot_claim(
+                cookie: u64,
+                addr: $addr,
+                port: u16,
+                svc: ($addr, u16),
+                rev_nat_id: u16,
+            ) -> bool {
+                let Some(s) = $slots.get_ptr_mut(sock_slot(cookie)) else {
+                    return false;
+                };
+                // SAFETY: a value of the array. Only the socket that holds a
+                // slot writes more than its cookie word, and a socket's
+                // hooks do not run concurrently with its connect.
+                unsafe {
+                    let owner = core::ptr::read_volatile(&(*s).cookie);
+                    if owner != cookie && (owner != 0 || cmpxchg(&mut (*s).cookie, 0, cookie) != 0)
+                    {
+                        return false;
+                    }
+                    (*s).backend = addr;
+                    (*s).backend_port = port;
+                    (*s).addr = svc.0;
+                    (*s).port = svc.1;
+                    (*s).rev_nat_id = rev_nat_id;
+                }
+                true
+            }
+
+            #[inline(always)]
+            fn slot_find(cookie: u64, addr: $addr, port: u16) -> Option<($addr, u16, u16)> {
+                let s = $slots.get_ptr(sock_slot(cookie))?;
+                // SAFETY: a value of the array.
+                let s = unsafe { &*s };
+                (s.cookie == cookie && s.backend == addr && s.backend_port == port).then_some((
+                    s.addr,
+                    s.port,
+                    s.rev_nat_id,
+                ))
+            }
+
+            #[inline(always)]
+            fn slot_free(cookie: u64) -> bool {
+                let Some(s) = $slots.get_ptr_mut(sock_slot(cookie)) else {
+                    return false;
+                };
+                // SAFETY: a value of the array; while it names this socket no
+                // other socket writes it (they claim only a free slot).
+                unsafe {
+                    if core::ptr::read_volatile(&(*s).cookie) != cookie {
+                        return false;
+                    }
+                    core::ptr::write_volatile(&mut (*s).cookie, 0);
+                }
+                true
+            }
+
+            #[inline(always)]
             fn rev_nat(id: u16) -> Option<($addr, u16)> {
                 $rev_nat
                     .get_ptr(&id)
@@ -181,13 +255,15 @@ fn ip6_bytes(addr: Ip6) -> [u8; 16] {
 family!(
     V4, key: Svc4Key, addr: u32, bits: 32,
     guard: SockGuard4, guard_map: SOCK_GUARD, dest: GuardDest4,
-    rev_key: SockRev4Key, rev: SockRev4, sock_rev: SOCK_REV_V4, rev_nat: REV_NAT_V4,
+    rev_key: SockRev4Key, rev: SockRev4, sock_rev: SOCK_REV_V4, slots: SOCK_SLOTS_V4,
+    rev_nat: REV_NAT_V4,
     src_range: SRC_RANGE_V4, src_key: SrcRange4, shown: u32::from_be,
 );
 
 family!(
     V6, key: Svc6Key, addr: Ip6, bits: 128,
     guard: SockGuard6, guard_map: SOCK_GUARD6, dest: GuardDest6,
-    rev_key: SockRev6Key, rev: SockRev6, sock_rev: SOCK_REV_V6, rev_nat: REV_NAT_V6,
+    rev_key: SockRev6Key, rev: SockRev6, sock_rev: SOCK_REV_V6, slots: SOCK_SLOTS_V6,
+    rev_nat: REV_NAT_V6,
     src_range: SRC_RANGE_V6, src_key: SrcRange6, shown: ip6_bytes,
 );

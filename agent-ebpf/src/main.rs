@@ -15,6 +15,8 @@
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
+mod atomic;
+#[cfg(target_arch = "bpf")]
 mod csum;
 #[cfg(target_arch = "bpf")]
 mod ct;
@@ -60,6 +62,8 @@ mod sock_destroy;
 mod sock_lb;
 #[cfg(target_arch = "bpf")]
 mod sock_release;
+#[cfg(target_arch = "bpf")]
+mod sock_rev;
 #[cfg(target_arch = "bpf")]
 mod tc;
 #[cfg(target_arch = "bpf")]

@@ -4,7 +4,8 @@
 use agent_common::{
     AffinityKey, AffinityValue, Backend4, Backend6, Ct4Key, Ct4Value, Ct6Key, Ct6Value, Dead4Key,
     Dead6Key, Ip6, Member4Key, Member6Key, NodeConfig, RevNat4, RevNat6, SockGuard4, SockGuard6,
-    SockRev4, SockRev4Key, SockRev6, SockRev6Key, SrcRange4, SrcRange6, Svc4Key, Svc6Key, SvcValue,
+    SockRev4, SockRev4Key, SockRev6, SockRev6Key, SockSlot4, SockSlot6, SrcRange4, SrcRange6,
+    Svc4Key, Svc6Key, SvcValue,
     event::{MonitorControl, RING_BYTES},
     maps as m,
 };
@@ -34,6 +35,10 @@ pub static REV_NAT_V4: HashMap<u16, RevNat4> = HashMap::pinned(m::REV_NAT_V4_MAX
 #[map(name = "ferry_sk4_v1")]
 pub static SOCK_REV_V4: LruHashMap<SockRev4Key, SockRev4> =
     LruHashMap::pinned(m::SOCK_REV_V4_MAX, 0);
+
+/// Connected sockets' reverse translations by cookie (sock_rev.rs).
+#[map(name = "ferry_skc4_v1")]
+pub static SOCK_SLOTS_V4: Array<SockSlot4> = Array::pinned(m::SOCK_SLOTS, 0);
 
 /// Backend ports with reverse entries (sock_lb.rs), both families.
 #[map(name = "ferry_skport_v1")]
@@ -130,6 +135,9 @@ pub static REV_NAT_V6: HashMap<u16, RevNat6> =
 #[map(name = "ferry_sk6_v1")]
 pub static SOCK_REV_V6: LruHashMap<SockRev6Key, SockRev6> =
     LruHashMap::pinned(m::SOCK_REV_V6_MAX, 0);
+
+#[map(name = "ferry_skc6_v1")]
+pub static SOCK_SLOTS_V6: Array<SockSlot6> = Array::pinned(m::SOCK_SLOTS, 0);
 
 #[map(name = "ferry_dead6_v1")]
 pub static DEAD_V6: HashMap<Dead6Key, u8> = HashMap::pinned(m::DEAD_V6_MAX, 0);

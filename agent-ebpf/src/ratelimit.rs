@@ -21,7 +21,7 @@ use agent_common::{
 };
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated as h, maps::LruHashMap};
 
-use crate::maps::ICMP_GLOBAL;
+use crate::{atomic::cmpxchg, maps::ICMP_GLOBAL};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 const NS_PER_MS: u64 = 1_000_000;
@@ -88,25 +88,6 @@ pub fn allow<K>(sources: &LruHashMap<K, u64>, dst: &K, cfg: &NodeConfig) -> Resu
         }
     }
     Ok(())
-}
-
-/// Stores `new` at `p` if it holds `old` (BPF_ATOMIC | BPF_CMPXCHG, Linux
-/// 5.12; the BPF target offers no atomic compare-exchange to Rust); returns
-/// what `p` held.
-#[inline(always)]
-unsafe fn cmpxchg(p: *mut u64, old: u64, new: u64) -> u64 {
-    let seen: u64;
-    // SAFETY: the caller's pointer is valid for an 8-byte access; the
-    // instruction reads and writes only it and r0.
-    unsafe {
-        core::arch::asm!(
-            "r0 = cmpxchg_64({p} + 0, r0, {new})",
-            p = in(reg) p,
-            new = in(reg) new,
-            inlateout("r0") old => seen,
-        );
-    }
-    seen
 }
 
 /// GCRA: the state after a message at `now`, or None when it does not fit.

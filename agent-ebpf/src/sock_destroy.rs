@@ -4,8 +4,8 @@
 //! backend leaves the service the socket would keep sending to it forever.
 //! The agent lists the removed UDP backends in `ferry_dead4_v1` and runs
 //! this iterator (`iter/udp`, once per network namespace): every socket
-//! connected to a listed backend, and translated by ferry (its cookie has a
-//! `ferry_sk4_v1` entry for that backend), is destroyed with the kfunc
+//! connected to a listed backend, and translated by ferry (its slot or a
+//! reverse entry names that backend: sock_rev.rs), is destroyed with the kfunc
 //! `bpf_sock_destroy` (Linux 6.5 and later). The socket is disconnected with
 //! ECONNABORTED (a blocked recv() returns it, the next send() fails with
 //! EDESTADDRREQ); the application connects again and gets a live backend.
@@ -14,14 +14,16 @@
 //! address (a dual-stack socket dialling an IPv4 service) is checked
 //! against the IPv4 maps with the mapped address's low word, as connect6
 //! recorded it; one connected to a native IPv6 backend against
-//! `ferry_dead6_v1` and `ferry_sk6_v1`.
+//! `ferry_dead6_v1` and the IPv6 slots and reverse map.
 
-use agent_common::{
-    Dead4Key, Dead6Key, Ip6, SOCK_DESTROY_CALL_MAGIC, SockRev4Key, SockRev6Key, v4_mapped,
-};
+use agent_common::{Dead4Key, Dead6Key, Ip6, SOCK_DESTROY_CALL_MAGIC, v4_mapped};
 use aya_ebpf::helpers::generated as h;
 
-use crate::maps::{DEAD_V4, DEAD_V6, SOCK_REV_V4, SOCK_REV_V6};
+use crate::{
+    family::{V4, V6},
+    maps::{DEAD_V4, DEAD_V6},
+    sock_rev,
+};
 
 /// `struct sock_common` offsets (unchanged for many kernel releases).
 const SKC_DADDR: usize = 0;
@@ -96,15 +98,9 @@ fn dead_v4(sk: *mut u8, addr: u32, port: u16) -> bool {
     if unsafe { DEAD_V4.get(&dead) }.is_none() {
         return false;
     }
-    let rev = SockRev4Key {
-        // SAFETY: `sk` is the iterator's socket (a BTF pointer).
-        cookie: unsafe { h::bpf_get_socket_cookie(sk as *mut _) },
-        addr,
-        port,
-        _pad: 0,
-    };
-    // SAFETY: only tested for presence.
-    unsafe { SOCK_REV_V4.get(&rev) }.is_some()
+    // SAFETY: `sk` is the iterator's socket (a BTF pointer).
+    let cookie = unsafe { h::bpf_get_socket_cookie(sk as *mut _) };
+    sock_rev::find::<V4>(cookie, addr, port).is_some()
 }
 
 /// The socket's destination is a dead IPv6 backend ferry translated it to.
@@ -119,15 +115,9 @@ fn dead_v6(sk: *mut u8, addr: Ip6, port: u16) -> bool {
     if unsafe { DEAD_V6.get(&dead) }.is_none() {
         return false;
     }
-    let rev = SockRev6Key {
-        // SAFETY: `sk` is the iterator's socket (a BTF pointer).
-        cookie: unsafe { h::bpf_get_socket_cookie(sk as *mut _) },
-        addr,
-        port,
-        _pad: [0; 6],
-    };
-    // SAFETY: only tested for presence.
-    unsafe { SOCK_REV_V6.get(&rev) }.is_some()
+    // SAFETY: `sk` is the iterator's socket (a BTF pointer).
+    let cookie = unsafe { h::bpf_get_socket_cookie(sk as *mut _) };
+    sock_rev::find::<V6>(cookie, addr, port).is_some()
 }
 
 /// `bpf_sock_destroy(sk)`, as a placeholder call the agent patches (see

@@ -5,7 +5,7 @@
 //! REJECT rule does, or when it is a ClusterIP on a port no Service defines;
 //! otherwise pick a backend (select.rs, shared with the north-south path:
 //! affinity, else a random slot), rewrite the destination and remember, per
-//! socket, which service the backend stands for. What kube-proxy drops
+//! socket, which service the backend stands for (sock_rev.rs). What kube-proxy drops
 //! instead (a Local policy without a local endpoint, a client outside a
 //! LoadBalancer's source ranges) is recorded in the socket's storage for the
 //! egress guard (guard.rs), which sees each packet's source address.
@@ -16,8 +16,8 @@
 //! server reads: nearly all of these sockets were never translated. A
 //! bitmap of the backend ports the forward path has used
 //! (`ferry_skport_v1`, set before each reverse entry is written) lets them
-//! go after one array read, without the socket cookie and the lookup in the
-//! large reverse map (a cache and TLB miss on a busy node).
+//! go after one array read, without the socket cookie, the slot and the
+//! lookup in the large reverse map (a cache and TLB miss on a busy node).
 //!
 //! IPv6 (connect6, sendmsg6, recvmsg6, getpeername6) runs the same code
 //! over the IPv6 maps (family.rs). A dual-stack socket's IPv4-mapped
@@ -40,6 +40,7 @@ use crate::{
     family::{Addr, Family, V4, V6},
     maps::{SOCK_PORTS, count},
     select::{self, Client, Frontend},
+    sock_rev,
 };
 
 /// Hook verdicts of cgroup sock_addr programs.
@@ -245,12 +246,15 @@ fn xlate_fwd<F: Family>(
 
     // Before the entry: a reverse hook that finds the bit unset skips it.
     mark_port(backend_port);
-    let rev_key = F::rev_key(
-        unsafe { h::bpf_get_socket_cookie(ctx.as_ptr()) },
+    let cookie = unsafe { h::bpf_get_socket_cookie(ctx.as_ptr()) };
+    if !sock_rev::remember::<F>(
+        cookie,
+        hook.connect,
         backend_addr,
         backend_port,
-    );
-    if !F::rev_insert(&rev_key, (addr, port), svc.rev_nat_id) {
+        (addr, port),
+        svc.rev_nat_id,
+    ) {
         count(Counter::SockRevUpdateFailed);
     }
     write(backend_addr, backend_port);
@@ -404,14 +408,10 @@ fn mark_port(port: u16) {
     let Some(p) = SOCK_PORTS.get_ptr_mut(word) else {
         return;
     };
-    // SAFETY: an 8-byte value of the array; the instruction touches only it.
+    // SAFETY: an 8-byte value of the array.
     unsafe {
         if *p & bit == 0 {
-            core::arch::asm!(
-                "lock *(u64 *)({p} + 0) |= {bit}",
-                p = in(reg) p,
-                bit = in(reg) bit,
-            );
+            crate::atomic::or(p, bit);
         }
     }
 }
@@ -440,12 +440,9 @@ fn xlate_rev<F: Family>(
     if !port_marked(port) {
         return;
     }
-    let key = F::rev_key(
-        unsafe { h::bpf_get_socket_cookie(ctx.as_ptr()) },
-        addr,
-        port,
-    );
-    let Some((svc_addr, svc_port, rev_nat_id)) = F::rev_lookup(&key) else {
+    let cookie = unsafe { h::bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(((svc_addr, svc_port, rev_nat_id), held)) = sock_rev::find::<F>(cookie, addr, port)
+    else {
         return;
     };
     // Only while the service still exists: a stale entry must not rewrite
@@ -455,6 +452,6 @@ fn xlate_rev<F: Family>(
             write(svc_addr, svc_port);
             count(c);
         }
-        _ => F::rev_remove(&key),
+        _ => sock_rev::forget::<F>(cookie, addr, port, held),
     }
 }

@@ -1,25 +1,19 @@
 //! Socket release (cgroup/sock_release, both families): forgets a closing
-//! socket's reverse entry, so that the socket reverse maps
-//! (`ferry_sk4_v1`, `ferry_sk6_v1`) hold the live translated sockets only.
+//! socket's reverse translation (sock_rev.rs), so that the socket slots
+//! (`ferry_skc4_v1`, `ferry_skc6_v1`) and the reverse maps (`ferry_sk4_v1`,
+//! `ferry_sk6_v1`) hold live translated sockets only: a slot left taken
+//! would send every later socket that maps to it to the reverse map.
 //!
-//! Without it nothing ever deleted an entry: at thousands of short
-//! connections a second each connect's insert took a cold node of the
-//! 262,144 (and, once the map was full, evicted under the LRU's global
-//! lock). With it a connect's insert pops a node a closed socket just gave
-//! back, from the CPU's own free list: connect4/6 went from ~1,060 to ~670
-//! ns per connection (bpf_stats, east-west bench at 10,000 Services), and
-//! this hook costs ~390 ns per connection (the client's delete plus the
-//! server socket's precheck), so the CPU time is about even; what it buys is
-//! a reverse map of live sockets, whose entries churn no longer evicts.
-//!
-//! A connected socket's peer is the backend its connect or sendmsg hook
-//! wrote, so its key is rebuilt from the socket alone. Every socket in the
-//! cgroup comes through here when it closes: one that ferry never sent to a
-//! backend leaves after a read of the port bitmap (`ferry_skport_v1`, the
-//! backend ports the forward hooks have used). What this cannot find is left
-//! to the LRU: an unconnected UDP socket's entries (one per Service it sent
-//! to, its peer is unset), a socket connected again elsewhere since, and a
-//! TCP socket whose failed connect cleared its peer.
+//! A connected socket's slot is found by its cookie alone; its reverse map
+//! entry, when its slot was taken, by the peer its connect hook wrote.
+//! Every socket in the cgroup comes through here when it closes: one that
+//! ferry never sent to a backend leaves after a read of the port bitmap
+//! (`ferry_skport_v1`, the backend ports the forward hooks have used). A
+//! socket without a peer (a connect that failed before the handshake, a
+//! disconnected UDP socket, a listener) has its slots checked by cookie.
+//! What this cannot find is left to the LRU: an unconnected UDP socket's
+//! entries (one per Service it sent to), and the map entry of a socket
+//! connected again elsewhere since.
 
 use agent_common::{Ip6, proto, v4_mapped};
 use aya_ebpf::{
@@ -30,6 +24,7 @@ use aya_ebpf::{
 use crate::{
     family::{Family, V4, V6},
     sock_lb::port_marked,
+    sock_rev,
 };
 
 const AF_INET: u32 = 2;
@@ -48,7 +43,10 @@ fn release(ctx: &SockContext) {
     let sk = unsafe { &*ctx.sock };
     // Network order, as the forward hooks marked it.
     let port = unsafe { core::ptr::read_volatile(&sk.dst_port) };
-    if !port_marked(port) {
+    // No peer (a connect that failed early, a disconnected UDP socket, a
+    // listener): only a slot can be left, whichever its backend was.
+    let peerless = port == 0;
+    if !peerless && !port_marked(port) {
         return;
     }
     let l4 = sk.protocol as u8;
@@ -57,15 +55,21 @@ fn release(ctx: &SockContext) {
     }
     // SAFETY: the helper takes the program's context.
     let cookie = unsafe { h::bpf_get_socket_cookie(ctx.as_ptr()) };
+    if peerless {
+        if !V4::slot_free(cookie) && sk.family == AF_INET6 {
+            V6::slot_free(cookie);
+        }
+        return;
+    }
     match sk.family {
-        AF_INET => V4::rev_remove(&V4::rev_key(cookie, sk.dst_ip4, port)),
+        AF_INET => sock_rev::release::<V4>(cookie, sk.dst_ip4, port),
         AF_INET6 => {
             let addr = load_dst_ip6(sk);
             // A dual-stack socket connected to an IPv4 backend: its entry
             // is an IPv4 one (sock_lb.rs).
             match v4_mapped(&addr) {
-                Some(addr4) => V4::rev_remove(&V4::rev_key(cookie, addr4, port)),
-                None => V6::rev_remove(&V6::rev_key(cookie, addr, port)),
+                Some(addr4) => sock_rev::release::<V4>(cookie, addr4, port),
+                None => sock_rev::release::<V6>(cookie, addr, port),
             }
         }
         _ => {}

@@ -339,51 +339,121 @@ impl Closing {
     }
 }
 
-/// The services (`addr port`) the socket reverse map of `family` holds for `cookie`'s socket,
-/// read from its pin.
-fn rev_entries(lab: &Lab, family: Family, cookie: u64) -> Vec<String> {
-    use agent_common::{SockRev4, SockRev4Key, SockRev6, SockRev6Key, maps as names};
+/// Where a socket's reverse translation is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kept {
+    /// Its slot in the socket slot array (a connected socket's).
+    Slot,
+    /// The reverse map (an unconnected sendmsg's).
+    Map,
+}
+
+/// The services (`addr port`) that `family`'s socket slots and reverse map hold for `cookie`'s
+/// socket, and where, read from their pins.
+fn rev_entries(lab: &Lab, family: Family, cookie: u64) -> Vec<(Kept, String)> {
+    use agent_common::{
+        SockRev4, SockRev4Key, SockRev6, SockRev6Key, SockSlot4, SockSlot6,
+        maps::{self as names, sock_slot},
+    };
     use std::net::{Ipv4Addr, Ipv6Addr};
-    let name = family.pick([names::SOCK_REV_V4, names::SOCK_REV_V6]);
-    let data = aya::maps::MapData::from_pin(lab.pin_dir().join(name)).expect("the pinned map");
-    let map = aya::maps::Map::from_map_data(data).unwrap();
-    let v6 = |a: [u32; 4]| {
+    let open = |name: &str| {
+        let data = aya::maps::MapData::from_pin(lab.pin_dir().join(name)).expect("the pinned map");
+        aya::maps::Map::from_map_data(data).unwrap()
+    };
+    let v4 =
+        |a: u32, port: u16| format!("{} {}", Ipv4Addr::from(a.to_ne_bytes()), u16::from_be(port));
+    let v6 = |a: [u32; 4], port: u16| {
         let mut b = [0u8; 16];
         for (i, w) in a.iter().enumerate() {
             b[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
         }
-        Ipv6Addr::from(b).to_string()
+        format!("{} {}", Ipv6Addr::from(b), u16::from_be(port))
     };
+    let slot = sock_slot(cookie);
+    let mut found = Vec::new();
     match family {
-        Family::V4 => aya::maps::HashMap::<_, SockRev4Key, SockRev4>::try_from(map)
-            .unwrap()
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, _)| k.cookie == cookie)
-            .map(|(_, v)| {
-                format!(
-                    "{} {}",
-                    Ipv4Addr::from(v.addr.to_ne_bytes()),
-                    u16::from_be(v.port)
-                )
-            })
-            .collect(),
-        Family::V6 => aya::maps::HashMap::<_, SockRev6Key, SockRev6>::try_from(map)
-            .unwrap()
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, _)| k.cookie == cookie)
-            .map(|(_, v)| format!("{} {}", v6(v.addr), u16::from_be(v.port)))
-            .collect(),
+        Family::V4 => {
+            let slots =
+                aya::maps::Array::<_, SockSlot4>::try_from(open(names::SOCK_SLOTS_V4)).unwrap();
+            let s = slots.get(&slot, 0).unwrap();
+            if s.cookie == cookie {
+                found.push((Kept::Slot, v4(s.addr, s.port)));
+            }
+            let map =
+                aya::maps::HashMap::<_, SockRev4Key, SockRev4>::try_from(open(names::SOCK_REV_V4))
+                    .unwrap();
+            found.extend(
+                map.iter()
+                    .filter_map(Result::ok)
+                    .filter(|(k, _)| k.cookie == cookie)
+                    .map(|(_, v)| (Kept::Map, v4(v.addr, v.port))),
+            );
+        }
+        Family::V6 => {
+            let slots =
+                aya::maps::Array::<_, SockSlot6>::try_from(open(names::SOCK_SLOTS_V6)).unwrap();
+            let s = slots.get(&slot, 0).unwrap();
+            if s.cookie == cookie {
+                found.push((Kept::Slot, v6(s.addr, s.port)));
+            }
+            let map =
+                aya::maps::HashMap::<_, SockRev6Key, SockRev6>::try_from(open(names::SOCK_REV_V6))
+                    .unwrap();
+            found.extend(
+                map.iter()
+                    .filter_map(Result::ok)
+                    .filter(|(k, _)| k.cookie == cookie)
+                    .map(|(_, v)| (Kept::Map, v6(v.addr, v.port))),
+            );
+        }
+    }
+    found
+}
+
+/// A cookie no socket gets (the kernel's count would need centuries to reach it).
+const FOREIGN_COOKIE: u64 = u64::MAX;
+
+/// Sets every slot of `family`'s socket slot array to name the socket `cookie` (0: free).
+fn fill_slots(lab: &Lab, family: Family, cookie: u64) {
+    use agent_common::{SockSlot4, SockSlot6, maps as names};
+    let name = family.pick([names::SOCK_SLOTS_V4, names::SOCK_SLOTS_V6]);
+    let data = aya::maps::MapData::from_pin(lab.pin_dir().join(name)).expect("the pinned map");
+    let mut map = aya::maps::Map::from_map_data(data).unwrap();
+    for i in 0..names::SOCK_SLOTS {
+        match family {
+            Family::V4 => aya::maps::Array::<_, SockSlot4>::try_from(&mut map)
+                .unwrap()
+                .set(
+                    i,
+                    &SockSlot4 {
+                        cookie,
+                        ..Default::default()
+                    },
+                    0,
+                ),
+            Family::V6 => aya::maps::Array::<_, SockSlot6>::try_from(&mut map)
+                .unwrap()
+                .set(
+                    i,
+                    &SockSlot6 {
+                        cookie,
+                        ..Default::default()
+                    },
+                    0,
+                ),
+        }
+        .unwrap_or_else(|e| panic!("slot {i}: {e}"));
     }
 }
 
 over_both_families!(a_closed_socket_leaves_no_reverse_entry);
 
 /// The release hook (`ferry_release`): a translated TCP or connected UDP socket's reverse
-/// entry goes when the socket closes, while a live socket's stays and its getpeername() still
-/// shows the ClusterIP; an unconnected UDP socket's entry (its peer unset) is left to the LRU,
-/// as documented. An agent upgraded from a version without the hook attaches it.
+/// translation (in its slot) goes when the socket closes, while a live socket's stays and its
+/// getpeername() still shows the ClusterIP; an unconnected UDP socket's entry (in the reverse
+/// map, its peer unset) is left to the LRU, as documented. A connect whose slot another socket
+/// holds uses the reverse map, deleted at close too. An agent upgraded from a version without
+/// the hook attaches it.
 fn a_closed_socket_leaves_no_reverse_entry(family: Family) {
     require_root!();
     let lab = Lab::new(&format!(
@@ -422,7 +492,7 @@ fn a_closed_socket_leaves_no_reverse_entry(family: Family) {
         for s in [&closing, &live] {
             assert_eq!(
                 rev_entries(&lab, family, s.cookie),
-                vec![svc.clone()],
+                vec![(Kept::Slot, svc.clone())],
                 "{family} {kind}: connected"
             );
             assert_eq!(&s.peer(&lab), svc, "{family} {kind}: getpeername");
@@ -430,12 +500,12 @@ fn a_closed_socket_leaves_no_reverse_entry(family: Family) {
         closing.close(&lab);
         assert_eq!(
             rev_entries(&lab, family, closing.cookie),
-            Vec::<String>::new(),
+            vec![],
             "{family} {kind}: a closed socket's entry is deleted"
         );
         assert_eq!(
             rev_entries(&lab, family, live.cookie),
-            vec![svc.clone()],
+            vec![(Kept::Slot, svc.clone())],
             "{family} {kind}: a live socket's entry stays"
         );
         assert_eq!(
@@ -456,7 +526,7 @@ fn a_closed_socket_leaves_no_reverse_entry(family: Family) {
         let s = Closing::start(&lab, &client, Family::V6, "tcp", &mapped, 80);
         assert_eq!(
             rev_entries(&lab, Family::V4, s.cookie),
-            vec![http.clone()],
+            vec![(Kept::Slot, http.clone())],
             "v4-mapped"
         );
         assert_eq!(
@@ -476,16 +546,40 @@ fn a_closed_socket_leaves_no_reverse_entry(family: Family) {
     let unconnected = Closing::start(&lab, &client, family, "sendto", vip, 53);
     assert_eq!(
         rev_entries(&lab, family, unconnected.cookie),
-        vec![dns.clone()],
+        vec![(Kept::Map, dns.clone())],
         "{family}: sendto"
     );
     assert_eq!(unconnected.peer(&lab), "-");
     unconnected.close(&lab);
     assert_eq!(
         rev_entries(&lab, family, unconnected.cookie),
-        vec![dns.clone()],
+        vec![(Kept::Map, dns.clone())],
         "{family}: an unconnected UDP socket's entry is left to the LRU"
     );
+
+    // Every slot held by another socket (a cookie no socket has): a connect falls back to the
+    // reverse map, getpeername still finds it there, and the release hook deletes it.
+    fill_slots(&lab, family, FOREIGN_COOKIE);
+    for (kind, port, svc) in [("tcp", 80, &http), ("udp", 53, &dns)] {
+        let s = Closing::start(&lab, &client, family, kind, vip, port);
+        assert_eq!(
+            rev_entries(&lab, family, s.cookie),
+            vec![(Kept::Map, svc.clone())],
+            "{family} {kind}: its slot taken, the reverse map"
+        );
+        assert_eq!(
+            &s.peer(&lab),
+            svc,
+            "{family} {kind}: getpeername from the map"
+        );
+        s.close(&lab);
+        assert_eq!(
+            rev_entries(&lab, family, s.cookie),
+            vec![],
+            "{family} {kind}: the map entry deleted at close"
+        );
+    }
+    fill_slots(&lab, family, 0);
 
     // An upgrade from a version without the hook: no pin, so the new agent attaches it.
     lab.stop_agent();
@@ -497,7 +591,10 @@ fn a_closed_socket_leaves_no_reverse_entry(family: Family) {
         pin.exists(),
         "the upgraded agent pinned the release hook's link"
     );
-    assert_eq!(rev_entries(&lab, family, before.cookie), vec![http.clone()]);
+    assert_eq!(
+        rev_entries(&lab, family, before.cookie),
+        vec![(Kept::Slot, http.clone())]
+    );
     before.close(&lab);
     assert!(
         rev_entries(&lab, family, before.cookie).is_empty(),
