@@ -51,14 +51,22 @@
 //! on the same work, a flow to a remote backend (eTP Cluster: DNAT, SNAT to the node's address,
 //! TTL and MACs from the FIB, redirected to the next hop): the "remote miss" and "remote hit"
 //! rows of `ferry_tc_in` and `ferry_xdp` compare like with like.
+//!
+//! IPv6 (rows of family IPv6, named as their IPv4 twins): the same LoadBalancer flow on IPv6
+//! frames and the IPv6 maps, built by the table tests' builders (`progtest::frames`, the
+//! fixture, the IPv6 address plan `NET6`): `ferry_tc_in`'s new flows back to back (which also
+//! use the IPv6 conntrack map before its miss is timed, as above), miss and hit,
+//! `ferry_tc_out`'s reply, and `ferry_xdp`'s miss and hit (redirected to the next hop over
+//! IPv6). Each is checked once, outside the timed runs, to translate its frame byte for byte.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
     os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
 };
 
 use agent_common::{
-    Backend4, Ct4Key, Ct4Value, RevNat4, Svc4Key, SvcValue, backend_flags, ct_dir, maps as m,
+    Backend4, Ct4Key, Ct4Value, Ct6Key, Ct6Value, RevNat4, Svc4Key, SvcValue, backend_flags,
+    ct_dir, maps as m,
     net::{ip4_to_raw, port_to_raw},
     scope, svc_flags,
 };
@@ -66,9 +74,12 @@ use anyhow::{Context, Result, bail};
 use aya::maps::{HashMap, MapData};
 use serde::{Deserialize, Serialize};
 
-use super::stats::percentile;
+use super::{Family, stats::percentile};
 use crate::progtest::{
-    self, ETH_P_IP, IPPROTO_TCP, IpOpts, ProgTest, TCP_ACK, TCP_SYN, ethernet, ipv4, tcp,
+    self, IPPROTO_TCP, ProgTest, TCP_ACK, TCP_SYN,
+    fixture::{Fixture, ct_key, key4, key6},
+    frames,
+    net::{NET6, sa},
 };
 
 const TC_IN: &str = "ferry_tc_in";
@@ -84,6 +95,9 @@ const TC_POD_OUT: &str = "ferry_tc_pod_out";
 pub struct PathCost {
     pub path: String,
     pub program: String,
+    /// The frames' and maps' address family (IPv4 in reports from before IPv6 rows).
+    #[serde(default)]
+    pub family: Family,
     /// Median and p99 of the kernel's per-run duration, minus the empty program's median.
     pub median_ns: f64,
     pub p99_ns: f64,
@@ -166,6 +180,28 @@ pub struct Results {
     /// the object has no XDP program.
     #[serde(default)]
     pub xdp_baseline_ns: f64,
+}
+
+impl Results {
+    /// The first row of `program` over `family` whose path starts with `prefix`.
+    pub fn find(&self, prefix: &str, program: &str, family: Family) -> Option<&PathCost> {
+        self.paths
+            .iter()
+            .find(|c| c.family == family && c.program == program && c.path.starts_with(prefix))
+    }
+
+    /// Whether any row is over `family`.
+    pub fn has(&self, family: Family) -> bool {
+        self.paths.iter().any(|c| c.family == family)
+    }
+}
+
+/// The upper bound of "the same or lower" than `base`: its figure, or the highest of its
+/// rounds' figures when it ran several (what the same path varied by from one load to the
+/// next).
+pub fn same_bound(base: &PathCost) -> f64 {
+    base.round_range_ns
+        .map_or(base.median_ns, |(_, hi)| hi.max(base.median_ns))
 }
 
 /// The eBPF object measured: this build's, or the file `FERRY_BENCH_EBPF` names (another
@@ -278,8 +314,6 @@ const NODE: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 2);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const LB_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const POD: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 5);
-const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const REV: u16 = 7;
 const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const REV_CIP: u16 = 8;
@@ -297,26 +331,55 @@ fn raw(ip: Ipv4Addr) -> u32 {
     ip4_to_raw(ip.octets())
 }
 
-fn frame(src: SocketAddrV4, dst: SocketAddrV4, flags: u8, inbound: bool) -> Vec<u8> {
-    let ack = if flags & TCP_ACK != 0 { 2000 } else { 0 };
-    let payload: &[u8] = if flags == TCP_ACK {
+/// A client's (`inbound`) or a backend's TCP segment `src` -> `dst` of either family, built by
+/// the table tests' builders (seq 1000, ack 2000 with ACK; a pure ACK carries a request).
+fn frame(
+    src: impl Into<SocketAddr>,
+    dst: impl Into<SocketAddr>,
+    flags: u8,
+    inbound: bool,
+) -> Vec<u8> {
+    let packet = frames::tcp_packet(src.into(), dst.into(), flags, payload(flags));
+    if inbound {
+        frames::inbound(packet)
+    } else {
+        frames::outbound(packet)
+    }
+}
+
+/// What a segment of [`frame`] carries: a request in a pure ACK, nothing else.
+fn payload(flags: u8) -> &'static [u8] {
+    if flags == TCP_ACK {
         b"GET / HTTP/1.1\r\n\r\n"
     } else {
         b""
-    };
-    let packet = ipv4(
-        IpOpts::default(),
-        *src.ip(),
-        *dst.ip(),
-        IPPROTO_TCP,
-        &tcp(src, dst, 1000, ack, flags, payload),
-    );
-    if inbound {
-        ethernet(NODE_MAC, PEER_MAC, ETH_P_IP, &packet)
-    } else {
-        ethernet(PEER_MAC, NODE_MAC, ETH_P_IP, &packet)
     }
 }
+
+/// One run of `fd` on `input` (outside the timed runs): its verdict must be `want` and the
+/// frame it leaves `out`, byte for byte (a check that the IPv6 rows time the translation).
+fn check6(fd: i32, input: &[u8], want: i32, out: &[u8], what: &str) -> Result<()> {
+    let r = progtest::test_run(fd, input, 0)?;
+    if r.verdict() != want {
+        bail!("{what}: verdict {}, want {want}", r.verdict());
+    }
+    if r.data != out {
+        bail!(
+            "{what}: not translated as expected:\n{}",
+            frames::hex_diff(&r.data, out)
+        );
+    }
+    Ok(())
+}
+
+/// Rows timed over both families (the IPv6 row of each has the IPv4 row's name).
+const TC_MISS: &str = "miss (new flow: lookup, choice, conntrack insert, DNAT)";
+const TC_HIT: &str = "hit (tracked flow: conntrack lookup, DNAT)";
+const TC_REPLY: &str = "reply (conntrack lookup, reverse NAT)";
+const BACK_TO_BACK: &str =
+    "new flows back to back (a fresh 5-tuple per run, nothing undone: cold conntrack memory)";
+const XDP_MISS: &str = "miss (new flow: lookup, choice, conntrack insert, DNAT, FIB, redirect)";
+const XDP_HIT: &str = "hit (tracked flow: conntrack lookup, DNAT, FIB, redirect)";
 
 /// The rows both programs are timed on (like for like): a flow to a remote backend.
 const REMOTE_MISS: &str = "remote miss (new flow to a remote backend: lookup, choice, conntrack insert, DNAT+SNAT, \
@@ -383,16 +446,32 @@ fn timed_over<'a>(
     Ok((t, verdict))
 }
 
-/// `n` SYNs of distinct flows to `vip`: clients 198.51.101.1 and up, ports from 1024.
-fn new_flow_frames(n: usize, vip: SocketAddrV4) -> Vec<Vec<u8>> {
+/// The client of the `i`th of [`new_flow_frames`]' flows: 198.51.101.1 and up (IPv4) or
+/// 2001:db8:101::1 and up (IPv6), ports from 1024; distinct for every `i`.
+fn new_flow_client(i: usize, family: Family) -> SocketAddr {
+    let port = 1024 + (i % 60_000) as u16;
+    let ip: IpAddr = match family {
+        Family::V4 => Ipv4Addr::new(198, 51, (101 + i / 60_000) as u8, (i % 250) as u8 + 1).into(),
+        Family::V6 => Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            0x101,
+            0,
+            0,
+            0,
+            (i / 60_000) as u16,
+            (i % 250) as u16 + 1,
+        )
+        .into(),
+    };
+    sa(ip, port)
+}
+
+/// `n` SYNs of distinct flows to `vip` (its family's [`new_flow_client`]s).
+fn new_flow_frames(n: usize, vip: SocketAddr) -> Vec<Vec<u8>> {
+    let family = Family::of(vip.ip());
     (0..n)
-        .map(|i| {
-            let c = SocketAddrV4::new(
-                Ipv4Addr::new(198, 51, (101 + i / 60_000) as u8, (i % 250) as u8 + 1),
-                1024 + (i % 60_000) as u16,
-            );
-            frame(c, vip, TCP_SYN, true)
-        })
+        .map(|i| frame(new_flow_client(i, family), vip, TCP_SYN, true))
         .collect()
 }
 
@@ -409,7 +488,14 @@ fn normal_empty(all: &[&Timed]) -> f64 {
 /// of the empty program's runs in the same chunks; the slowed chunks' figure beside it. A path
 /// with no chunk at normal speed is figured over all its chunks (`slowed_chunks` == `chunks`
 /// says so).
-fn cost_of(path: &str, program: &str, t: &Timed, normal: f64, verdict: i32) -> PathCost {
+fn cost_of(
+    path: &str,
+    program: &str,
+    family: Family,
+    t: &Timed,
+    normal: f64,
+    verdict: i32,
+) -> PathCost {
     let mut fast = (Vec::new(), Vec::new());
     let mut slow = (Vec::new(), Vec::new());
     let (mut chunks, mut slowed_chunks) = (0, 0);
@@ -434,6 +520,7 @@ fn cost_of(path: &str, program: &str, t: &Timed, normal: f64, verdict: i32) -> P
     PathCost {
         path: path.to_owned(),
         program: program.to_owned(),
+        family,
         median_ns: (raw_median - base).max(0.0),
         p99_ns: (percentile(p, 99.0).unwrap_or(f64::NAN) - base).max(0.0),
         raw_median_ns: raw_median,
@@ -457,10 +544,15 @@ fn measure(samples: usize) -> Result<Results> {
     } else {
         &[TC_IN, TC_OUT, TC_POD, TC_POD_OUT]
     };
-    let mut t = ProgTest::load(object(), programs)?;
+    let t = ProgTest::load(object(), programs)?;
+    // IPv6 rows when the object has the IPv6 maps (an older one, FERRY_BENCH_EBPF, may not).
+    let has_v6 = [m::CT_V6, m::SERVICES_V6, m::BACKENDS_V6, m::NODE_ADDR_V6]
+        .iter()
+        .all(|name| t.ebpf.map(name).is_some());
+    let mut t = if has_v6 { program_maps6(t) } else { t };
     program_maps(&mut t)?;
     // The route to the pods (the remote rows' next hop, TC's and XDP's).
-    xdp_next_hop(&mut t)?;
+    xdp_next_hop(&mut t, has_v6)?;
     let empty = empty_program(PROG_TYPE_SCHED_CLS, -1)?;
     let empty_fd = empty.as_raw_fd();
     let vip = SocketAddrV4::new(LB_VIP, 80);
@@ -479,6 +571,14 @@ fn measure(samples: usize) -> Result<Results> {
     let remote_syn = frame(client, remote_vip, TCP_SYN, true);
     let remote_ack = frame(client, remote_vip, TCP_ACK, true);
     let remote_key = forward_key(client, remote_vip);
+    // The same LoadBalancer flow over IPv6 (the table tests' IPv6 address plan).
+    let vip6 = sa(NET6.lb_vip, 80);
+    let pod6 = sa(NET6.local_pod, 8080);
+    let client6 = sa(NET6.client, 40000);
+    let syn6 = frame(client6, vip6, TCP_SYN, true);
+    let ack6 = frame(client6, vip6, TCP_ACK, true);
+    let reply6 = frame(pod6, client6, TCP_ACK, false);
+    let syn6_key = forward_key6(client6, vip6);
 
     let fd = |name: &str| -> Result<i32> {
         let p = t.ebpf.program(name).context("program")?;
@@ -521,25 +621,15 @@ fn measure(samples: usize) -> Result<Results> {
         loaded,
         verdict,
     ));
-    let burst = new_flow_frames(samples, vip);
+    let burst = new_flow_frames(samples, vip.into());
     let (back_to_back, verdict) = timed_frames(fd_in, empty_fd, &burst)?;
     if verdict != 0 {
         bail!("a SYN of a new flow was not translated (verdict {verdict})");
     }
-    runs.push((
-        "new flows back to back (a fresh 5-tuple per run, nothing undone: cold conntrack memory)",
-        TC_IN,
-        back_to_back,
-        verdict,
-    ));
+    runs.push((BACK_TO_BACK, TC_IN, back_to_back, verdict));
     clear_ct(&mut t.borrow_mut())?;
     let (miss, verdict) = timed(samples, fd_in, empty_fd, &syn, none, || forget(&syn_key))?;
-    runs.push((
-        "miss (new flow: lookup, choice, conntrack insert, DNAT)",
-        TC_IN,
-        miss,
-        verdict,
-    ));
+    runs.push((TC_MISS, TC_IN, miss, verdict));
     // The bench's first method, for comparison: the map emptied by walking it before every
     // run (fewer samples: each walk reads 4 MiB).
     let (walked, verdict) = timed(
@@ -561,19 +651,9 @@ fn measure(samples: usize) -> Result<Results> {
     clear_ct(&mut t.borrow_mut())?;
     run_once(fd_in, &syn)?;
     let (hit, verdict) = timed(samples, fd_in, empty_fd, &ack, none, none)?;
-    runs.push((
-        "hit (tracked flow: conntrack lookup, DNAT)",
-        TC_IN,
-        hit,
-        verdict,
-    ));
+    runs.push((TC_HIT, TC_IN, hit, verdict));
     let (rep, verdict) = timed(samples, fd_out, empty_fd, &reply, none, none)?;
-    runs.push((
-        "reply (conntrack lookup, reverse NAT)",
-        TC_OUT,
-        rep,
-        verdict,
-    ));
+    runs.push((TC_REPLY, TC_OUT, rep, verdict));
     let (pass, verdict) = timed(samples, fd_in, empty_fd, &other, none, none)?;
     runs.push((
         "pass (no frontend: parse and one lookup)",
@@ -637,10 +717,54 @@ fn measure(samples: usize) -> Result<Results> {
         v,
     ));
 
-    let normal = normal_empty(&runs.iter().map(|r| &r.2).collect::<Vec<_>>());
+    // IPv6: the LoadBalancer flow's miss, hit and reply on IPv6 frames and the IPv6 maps. The
+    // IPv6 conntrack map is used first, as the IPv4 one was (new flows back to back, then
+    // emptied), so that the miss is timed on a used map.
+    let mut runs6: Vec<(&str, &str, Timed, i32)> = Vec::new();
+    if has_v6 {
+        let burst6 = new_flow_frames(samples, vip6);
+        let (ds, v) = timed_frames(fd_in, empty_fd, &burst6)?;
+        if v != 0 {
+            bail!("an IPv6 SYN of a new flow was not translated (verdict {v})");
+        }
+        runs6.push((BACK_TO_BACK, TC_IN, ds, v));
+        clear::<Ct6Key>(&mut t.borrow_mut())?;
+        let (ds, v) = timed(samples, fd_in, empty_fd, &syn6, none, || {
+            forget_flow(&mut t.borrow_mut(), &syn6_key)
+        })?;
+        if v != 0 {
+            bail!("the IPv6 SYN to the LoadBalancer IP was not translated (verdict {v})");
+        }
+        runs6.push((TC_MISS, TC_IN, ds, v));
+        // The flow stays tracked from here on.
+        clear::<Ct6Key>(&mut t.borrow_mut())?;
+        let dnat = |flags| frame(client6, pod6, flags, true);
+        check6(fd_in, &syn6, 0, &dnat(TCP_SYN), "the IPv6 SYN")?;
+        check6(
+            fd_in,
+            &ack6,
+            0,
+            &dnat(TCP_ACK),
+            "the IPv6 flow's next segment",
+        )?;
+        let (ds, v) = timed(samples, fd_in, empty_fd, &ack6, none, none)?;
+        runs6.push((TC_HIT, TC_IN, ds, v));
+        let rev = frame(vip6, client6, TCP_ACK, false);
+        check6(fd_out, &reply6, 0, &rev, "the IPv6 backend's reply")?;
+        let (ds, v) = timed(samples, fd_out, empty_fd, &reply6, none, none)?;
+        runs6.push((TC_REPLY, TC_OUT, ds, v));
+    }
+
+    let normal = normal_empty(&runs.iter().chain(&runs6).map(|r| &r.2).collect::<Vec<_>>());
+    let figure = |family: Family| {
+        move |(path, program, t, v): &(&str, &str, Timed, i32)| {
+            cost_of(path, program, family, t, normal, *v)
+        }
+    };
     let mut paths: Vec<PathCost> = runs
         .iter()
-        .map(|(path, program, t, v)| cost_of(path, program, t, normal, *v))
+        .map(figure(Family::V4))
+        .chain(runs6.iter().map(figure(Family::V6)))
         .collect();
     let base = {
         let mut e: Vec<f64> = paths.iter().map(|p| p.empty_ns).collect();
@@ -676,31 +800,54 @@ fn measure(samples: usize) -> Result<Results> {
         let remote_miss = run_path(&remote_syn, Some(&remote_key), XDP_REDIRECT)?;
         run_once(fd_xdp, &remote_syn)?;
         let remote_hit = run_path(&remote_ack, None, XDP_REDIRECT)?;
+        // IPv6: the LoadBalancer flow's miss and hit (its conntrack map used by TC's rows).
+        let mut xdp6 = Vec::new();
+        if has_v6 {
+            clear::<Ct6Key>(&mut t.borrow_mut())?;
+            let (ds, v) = timed(samples, fd_xdp, empty_fd, &syn6, none, || {
+                forget_flow(&mut t.borrow_mut(), &syn6_key)
+            })?;
+            if v != XDP_REDIRECT {
+                bail!("{XDP}: the IPv6 SYN got verdict {v}, want {XDP_REDIRECT}");
+            }
+            xdp6.push((XDP_MISS, ds, v));
+            clear::<Ct6Key>(&mut t.borrow_mut())?;
+            // The flow stays tracked from here on.
+            let routed =
+                |flags| frames::routed(frames::tcp_packet(client6, pod6, flags, payload(flags)));
+            check6(
+                fd_xdp,
+                &syn6,
+                XDP_REDIRECT,
+                &routed(TCP_SYN),
+                "XDP's IPv6 SYN",
+            )?;
+            check6(
+                fd_xdp,
+                &ack6,
+                XDP_REDIRECT,
+                &routed(TCP_ACK),
+                "XDP's IPv6 next segment",
+            )?;
+            let (ds, v) = timed(samples, fd_xdp, empty_fd, &ack6, none, none)?;
+            xdp6.push((XDP_HIT, ds, v));
+        }
         let xdp = [
-            (
-                "miss (new flow: lookup, choice, conntrack insert, DNAT, FIB, redirect)",
-                miss,
-                XDP_REDIRECT,
-            ),
-            (
-                "hit (tracked flow: conntrack lookup, DNAT, FIB, redirect)",
-                hit,
-                XDP_REDIRECT,
-            ),
+            (XDP_MISS, miss, XDP_REDIRECT),
+            (XDP_HIT, hit, XDP_REDIRECT),
             ("pass (no frontend: parse and lookups)", pass, XDP_PASS),
-            (
-                "new flows back to back (a fresh 5-tuple per run, nothing undone: cold conntrack \
-                 memory)",
-                back_to_back,
-                XDP_REDIRECT,
-            ),
+            (BACK_TO_BACK, back_to_back, XDP_REDIRECT),
             (REMOTE_MISS, remote_miss, XDP_REDIRECT),
             (REMOTE_HIT, remote_hit, XDP_REDIRECT),
         ];
-        let normal = normal_empty(&xdp.iter().map(|r| &r.1).collect::<Vec<_>>());
+        let normal = normal_empty(&xdp.iter().chain(&xdp6).map(|r| &r.1).collect::<Vec<_>>());
+        let figure = |family: Family| {
+            move |(path, t, v): &(&str, Timed, i32)| cost_of(path, XDP, family, t, normal, *v)
+        };
         let costs: Vec<PathCost> = xdp
             .iter()
-            .map(|(path, t, v)| cost_of(path, XDP, t, normal, *v))
+            .map(figure(Family::V4))
+            .chain(xdp6.iter().map(figure(Family::V6)))
             .collect();
         let mut e: Vec<f64> = costs.iter().map(|p| p.empty_ns).collect();
         e.sort_by(f64::total_cmp);
@@ -723,10 +870,11 @@ fn measure(samples: usize) -> Result<Results> {
 }
 
 /// The measuring namespace's route to the pods (XDP's forwarded rows, and both programs'
-/// remote rows): a veth `d0` (its peer up) with a resolved gateway 100.64.0.2 towards
-/// 10.244.0.0/24, forwarding on, and `d0` made one of the node's north-south devices (an
-/// address in the node address map), which XDP sends to.
-fn xdp_next_hop(t: &mut ProgTest) -> Result<()> {
+/// remote rows): a veth `d0` (its peer up; the table tests' MAC, [`frames::routed`]'s source)
+/// with a resolved gateway 100.64.0.2 towards 10.244.0.0/24, forwarding on, and `d0` made one
+/// of the node's north-south devices (an address in the node address map), which XDP sends
+/// to. With `v6`, the same over IPv6: gateway fd00:64::2 towards [`NET6`]'s local pod's /64.
+fn xdp_next_hop(t: &mut ProgTest, v6: bool) -> Result<()> {
     let ip = |args: &[&str]| -> Result<()> {
         let st = std::process::Command::new("ip").args(args).status()?;
         if !st.success() {
@@ -734,7 +882,18 @@ fn xdp_next_hop(t: &mut ProgTest) -> Result<()> {
         }
         Ok(())
     };
-    ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"])?;
+    ip(&[
+        "link",
+        "add",
+        "d0",
+        "address",
+        "02:00:00:00:aa:01",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "d1",
+    ])?;
     ip(&["link", "set", "d1", "up"])?;
     ip(&["link", "set", "d0", "up"])?;
     ip(&["addr", "add", "100.64.0.1/24", "dev", "d0"])?;
@@ -758,7 +917,55 @@ fn xdp_next_hop(t: &mut ProgTest) -> Result<()> {
         bail!("no device d0");
     }
     hash::<u32, u32>(t, m::NODE_ADDR_V4)?.insert(&d0, &raw(NODE), 0)?;
+    if v6 {
+        ip(&["-6", "addr", "add", "fd00:64::1/64", "dev", "d0", "nodad"])?;
+        ip(&[
+            "-6",
+            "neigh",
+            "add",
+            "fd00:64::2",
+            "lladdr",
+            "02:00:00:00:aa:02",
+            "dev",
+            "d0",
+            "nud",
+            "permanent",
+        ])?;
+        // NET6.local_pod's /64.
+        ip(&[
+            "-6",
+            "route",
+            "add",
+            "fd00:244::/64",
+            "via",
+            "fd00:64::2",
+            "dev",
+            "d0",
+        ])?;
+        std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")
+            .context("IPv6 forwarding on")?;
+        let node = progtest::net::raw6(NET6.node);
+        hash::<u32, agent_common::Ip6>(t, m::NODE_ADDR_V6)?.insert(&d0, &node, 0)?;
+    }
     Ok(())
+}
+
+/// The IPv6 twin of [`program_maps`]' LoadBalancer frontend, built by the table tests'
+/// fixture: [`NET6`]'s LoadBalancer IP port 80 (eTP Local) with one local backend, port 8080;
+/// this node's IPv6 address on the test device.
+fn program_maps6(t: ProgTest) -> ProgTest {
+    let mut f = Fixture { t };
+    f.node_addr(1, NET6.node);
+    f.backend(1, sa(NET6.local_pod, 8080), IPPROTO_TCP, true);
+    f.frontend(
+        sa(NET6.lb_vip, 80),
+        IPPROTO_TCP,
+        scope::EXTERNAL,
+        svc_flags::LOAD_BALANCER | svc_flags::ETP_LOCAL,
+        REV,
+        &[1],
+    );
+    f.t
 }
 
 fn hash<'a, K: aya::Pod, V: aya::Pod>(
@@ -897,51 +1104,89 @@ fn program_maps(t: &mut ProgTest) -> Result<()> {
     Ok(())
 }
 
+/// A conntrack key of one family: its map, its value, and the REPLY key a FORWARD entry's
+/// value names.
+trait CtKey: aya::Pod {
+    type Value: aya::Pod;
+    const MAP: &'static str;
+    fn reply(&self, v: &Self::Value) -> Self;
+}
+
+impl CtKey for Ct4Key {
+    type Value = Ct4Value;
+    const MAP: &'static str = m::CT_V4;
+    fn reply(&self, v: &Ct4Value) -> Ct4Key {
+        Ct4Key {
+            saddr: v.nat_daddr,
+            daddr: v.nat_saddr,
+            sport: v.nat_dport,
+            dport: v.nat_sport,
+            proto: self.proto,
+            dir: ct_dir::REPLY,
+            _pad: [0; 2],
+        }
+    }
+}
+
+impl CtKey for Ct6Key {
+    type Value = Ct6Value;
+    const MAP: &'static str = m::CT_V6;
+    fn reply(&self, v: &Ct6Value) -> Ct6Key {
+        Ct6Key {
+            saddr: v.nat_daddr,
+            daddr: v.nat_saddr,
+            sport: v.nat_dport,
+            dport: v.nat_sport,
+            proto: self.proto,
+            dir: ct_dir::REPLY,
+            _pad: [0; 2],
+        }
+    }
+}
+
 /// Empties the conntrack map by walking it, as the bench first did before every miss. The walk
 /// reads every bucket of the 262,144-entry map (4 MiB), which evicts the program, the stack and
 /// the service maps from the caches: a miss timed after it is mostly that eviction. Used once,
 /// before the paths, and for the labelled comparison row.
 fn clear_ct(t: &mut ProgTest) -> Result<()> {
-    let mut ct = hash::<Ct4Key, Ct4Value>(t, m::CT_V4)?;
-    let keys: Vec<Ct4Key> = ct.keys().collect::<Result<_, _>>()?;
+    clear::<Ct4Key>(t)
+}
+
+/// [`clear_ct`] of the conntrack map of `K`'s family.
+fn clear<K: CtKey>(t: &mut ProgTest) -> Result<()> {
+    let mut ct = hash::<K, K::Value>(t, K::MAP)?;
+    let keys: Vec<K> = ct.keys().collect::<Result<_, _>>()?;
     for k in keys {
         ct.remove(&k)?;
     }
     Ok(())
 }
 
+/// A client's TCP flow built by [`frame`] (`src` -> `dst`), as its FORWARD entry's key.
+fn forward_flow(src: SocketAddr, dst: SocketAddr) -> progtest::fixture::Ct {
+    ct_key(src, dst, IPPROTO_TCP, ct_dir::FORWARD)
+}
+
 /// The FORWARD conntrack key of a client's TCP frame built by [`frame`] (`src` -> `dst`).
 fn forward_key(src: SocketAddrV4, dst: SocketAddrV4) -> Ct4Key {
-    Ct4Key {
-        saddr: raw(*src.ip()),
-        daddr: raw(*dst.ip()),
-        sport: port_to_raw(src.port()),
-        dport: port_to_raw(dst.port()),
-        proto: IPPROTO_TCP,
-        dir: ct_dir::FORWARD,
-        _pad: [0; 2],
-    }
+    key4(&forward_flow(src.into(), dst.into()))
+}
+
+/// [`forward_key`] over IPv6.
+fn forward_key6(src: SocketAddr, dst: SocketAddr) -> Ct6Key {
+    key6(&forward_flow(src, dst))
 }
 
 /// Forgets the flow a miss just made, by key: its FORWARD entry `fwd` (which must be there:
 /// else the run was no new flow) and the REPLY entry it names, so that the next run of the
 /// same frame is a miss again. O(1), unlike [`clear_ct`]: the next run meets the caches a
 /// new flow among other traffic meets, not ones flushed by a walk of the whole map.
-fn forget_flow(t: &mut ProgTest, fwd: &Ct4Key) -> Result<()> {
-    let mut ct = hash::<Ct4Key, Ct4Value>(t, m::CT_V4)?;
+fn forget_flow<K: CtKey>(t: &mut ProgTest, fwd: &K) -> Result<()> {
+    let mut ct = hash::<K, K::Value>(t, K::MAP)?;
     let v = ct
         .get(fwd, 0)
         .context("the miss made no FORWARD conntrack entry (it was no new flow)")?;
-    let rkey = Ct4Key {
-        saddr: v.nat_daddr,
-        daddr: v.nat_saddr,
-        sport: v.nat_dport,
-        dport: v.nat_sport,
-        proto: fwd.proto,
-        dir: ct_dir::REPLY,
-        _pad: [0; 2],
-    };
-    ct.remove(&rkey)
+    ct.remove(&fwd.reply(&v))
         .context("the miss made no REPLY conntrack entry")?;
     ct.remove(fwd)?;
     Ok(())
@@ -987,6 +1232,7 @@ mod tests {
             paths: vec![PathCost {
                 path: "hit".into(),
                 program: TC_IN.into(),
+                family: Family::V4,
                 median_ns: hit,
                 p99_ns: hit,
                 raw_median_ns: hit + 48.0,
@@ -1026,6 +1272,123 @@ mod tests {
             round(120.0, 10, 10),
         ]);
         assert_eq!(c.paths[0].median_ns, 130.0);
+    }
+
+    #[test]
+    fn the_ipv4_frames_are_the_bytes_the_bench_built_before_ipv6() {
+        use crate::progtest::{ETH_P_IP, IpOpts, ethernet, ipv4, tcp};
+        let (peer, node) = ([0x02, 0, 0, 0, 0, 0x01], [0x02, 0, 0, 0, 0, 0x02]);
+        let client = SocketAddrV4::new(CLIENT, 40000);
+        let vip = SocketAddrV4::new(LB_VIP, 80);
+        let get = b"GET / HTTP/1.1\r\n\r\n";
+        let syn = ipv4(
+            IpOpts::default(),
+            CLIENT,
+            LB_VIP,
+            IPPROTO_TCP,
+            &tcp(client, vip, 1000, 0, TCP_SYN, b""),
+        );
+        assert_eq!(
+            frame(client, vip, TCP_SYN, true),
+            ethernet(node, peer, ETH_P_IP, &syn)
+        );
+        let reply = ipv4(
+            IpOpts::default(),
+            LB_VIP,
+            CLIENT,
+            IPPROTO_TCP,
+            &tcp(vip, client, 1000, 2000, TCP_ACK, get),
+        );
+        assert_eq!(
+            frame(vip, client, TCP_ACK, false),
+            ethernet(peer, node, ETH_P_IP, &reply)
+        );
+        // Its key: what the bench built by hand.
+        assert_eq!(
+            forward_key(client, vip),
+            Ct4Key {
+                saddr: raw(CLIENT),
+                daddr: raw(LB_VIP),
+                sport: port_to_raw(40000),
+                dport: port_to_raw(80),
+                proto: IPPROTO_TCP,
+                dir: ct_dir::FORWARD,
+                _pad: [0; 2],
+            }
+        );
+    }
+
+    #[test]
+    fn new_flow_clients_are_distinct_and_of_the_vips_family() {
+        for family in Family::ALL {
+            let mut seen = std::collections::HashSet::new();
+            for i in 0..130_000 {
+                let c = new_flow_client(i, family);
+                assert_eq!(Family::of(c.ip()), family);
+                assert!(seen.insert(c), "{c} twice");
+            }
+        }
+        // IPv4's first clients, as before the IPv6 rows.
+        assert_eq!(
+            new_flow_client(0, Family::V4),
+            "198.51.101.1:1024".parse().unwrap()
+        );
+        assert_eq!(
+            new_flow_client(60_001, Family::V4),
+            "198.51.102.2:1025".parse().unwrap()
+        );
+        assert_eq!(
+            new_flow_client(1, Family::V6),
+            "[2001:db8:101::2]:1025".parse().unwrap()
+        );
+        let frames = new_flow_frames(3, sa(NET6.lb_vip, 80));
+        assert_eq!(
+            frames[2],
+            frame(
+                new_flow_client(2, Family::V6),
+                sa(NET6.lb_vip, 80),
+                TCP_SYN,
+                true
+            )
+        );
+    }
+
+    #[test]
+    fn a_report_from_before_ipv6_reads_its_rows_as_ipv4() {
+        let old = r#"{"path": "hit (tracked flow: conntrack lookup, DNAT)", "program": "ferry_tc_in",
+            "median_ns": 52.0, "p99_ns": 60.0, "raw_median_ns": 100.0, "verdict": 0}"#;
+        let p: PathCost = serde_json::from_str(old).unwrap();
+        assert_eq!(p.family, Family::V4);
+        let mut v6 = p.clone();
+        v6.family = Family::V6;
+        let json = serde_json::to_string(&v6).unwrap();
+        assert_eq!(
+            serde_json::from_str::<PathCost>(&json).unwrap().family,
+            Family::V6
+        );
+    }
+
+    #[test]
+    fn rows_are_found_by_family_and_the_same_is_within_the_rounds() {
+        let mut r = round(52.0, 10, 0);
+        assert!(r.has(Family::V4) && !r.has(Family::V6));
+        let mut v6 = r.paths[0].clone();
+        v6.family = Family::V6;
+        v6.median_ns = 58.0;
+        r.paths.push(v6);
+        assert!(r.has(Family::V6));
+        assert_eq!(r.find("hit", TC_IN, Family::V4).unwrap().median_ns, 52.0);
+        assert_eq!(r.find("hit", TC_IN, Family::V6).unwrap().median_ns, 58.0);
+        assert!(r.find("hit", TC_OUT, Family::V6).is_none());
+        assert!(r.find("miss", TC_IN, Family::V4).is_none());
+        // One round: the figure itself is the bound; several: the highest round's figure.
+        let mut base = r.paths[0].clone();
+        assert_eq!(same_bound(&base), 52.0);
+        base.round_range_ns = Some((50.0, 55.0));
+        assert_eq!(same_bound(&base), 55.0);
+        // A median above every round's figure (impossible, but bounded by the median).
+        base.round_range_ns = Some((40.0, 45.0));
+        assert_eq!(same_bound(&base), 52.0);
     }
 
     #[test]

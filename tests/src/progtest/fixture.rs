@@ -87,7 +87,8 @@ fn sa6(raw: Ip6, port: u16) -> SocketAddr {
     )
 }
 
-fn key4(k: &Ct) -> Ct4Key {
+/// The IPv4 conntrack map's key of `k`.
+pub fn key4(k: &Ct) -> Ct4Key {
     Ct4Key {
         saddr: raw4(k.src.ip()),
         daddr: raw4(k.dst.ip()),
@@ -99,7 +100,8 @@ fn key4(k: &Ct) -> Ct4Key {
     }
 }
 
-fn key6(k: &Ct) -> Ct6Key {
+/// The IPv6 conntrack map's key of `k`.
+pub fn key6(k: &Ct) -> Ct6Key {
     Ct6Key {
         saddr: raw6(k.src.ip()),
         daddr: raw6(k.dst.ip()),
