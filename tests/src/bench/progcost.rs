@@ -196,14 +196,6 @@ impl Results {
     }
 }
 
-/// The upper bound of "the same or lower" than `base`: its figure, or the highest of its
-/// rounds' figures when it ran several (what the same path varied by from one load to the
-/// next).
-pub fn same_bound(base: &PathCost) -> f64 {
-    base.round_range_ns
-        .map_or(base.median_ns, |(_, hi)| hi.max(base.median_ns))
-}
-
 /// The eBPF object measured: this build's, or the file `FERRY_BENCH_EBPF` names (another
 /// build's object timed by this method: a before/after of a datapath change in one run).
 fn object() -> &'static [u8] {
@@ -1369,7 +1361,7 @@ mod tests {
     }
 
     #[test]
-    fn rows_are_found_by_family_and_the_same_is_within_the_rounds() {
+    fn rows_are_found_by_family() {
         let mut r = round(52.0, 10, 0);
         assert!(r.has(Family::V4) && !r.has(Family::V6));
         let mut v6 = r.paths[0].clone();
@@ -1381,14 +1373,6 @@ mod tests {
         assert_eq!(r.find("hit", TC_IN, Family::V6).unwrap().median_ns, 58.0);
         assert!(r.find("hit", TC_OUT, Family::V6).is_none());
         assert!(r.find("miss", TC_IN, Family::V4).is_none());
-        // One round: the figure itself is the bound; several: the highest round's figure.
-        let mut base = r.paths[0].clone();
-        assert_eq!(same_bound(&base), 52.0);
-        base.round_range_ns = Some((50.0, 55.0));
-        assert_eq!(same_bound(&base), 55.0);
-        // A median above every round's figure (impossible, but bounded by the median).
-        base.round_range_ns = Some((40.0, 45.0));
-        assert_eq!(same_bound(&base), 52.0);
     }
 
     #[test]
