@@ -242,3 +242,21 @@ pub const NODES_V6_MAX: u32 = NODES_V4_MAX;
 /// never has more backends than this (Kubernetes caps a slice at 1,000
 /// endpoints, a service can have many slices).
 pub const MAX_BACKENDS_PER_SERVICE: u16 = 65_535;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockets_in_sequence_take_neighbouring_slots_and_share_one_only_a_round_apart() {
+        let first = 0x1_0000_fff0_u64;
+        // Consecutive cookies: consecutive slots, wrapping at the end of the array.
+        for cookie in first..first + 32 {
+            assert!(sock_slot(cookie) < SOCK_SLOTS);
+            assert_eq!(sock_slot(cookie + 1), (sock_slot(cookie) + 1) % SOCK_SLOTS);
+        }
+        // A socket meets an older one's slot only SOCK_SLOTS cookies later.
+        assert_eq!(sock_slot(first), sock_slot(first + u64::from(SOCK_SLOTS)));
+        assert!((1..u64::from(SOCK_SLOTS)).all(|d| sock_slot(first + d) != sock_slot(first)));
+    }
+}
