@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use ferry::model::Protocol;
 use ferry_tests::{
-    Lab, Service,
+    Endpoint, Lab, Service,
     bench::bpfstats::{self, ProgCost, RunStats},
     over_both_families, require_root,
     services::Family,
@@ -263,25 +263,37 @@ fn getpeername_skips_the_lookup_on_ports_no_backend_uses() {
 }
 
 const VIPS: [&str; 2] = ["10.96.0.20", "fd00:96::14"];
+/// Backend addresses the client gets an unreachable route to.
+const UNROUTABLE: [&str; 2] = ["203.0.113.7", "2001:db8:9::7"];
 
-/// A socket of family `FAMILY` (4 or 6) and kind `KIND` (tcp, udp: connected, or sendto: an
-/// unconnected UDP socket that sends one datagram) to `HOST` `PORT`. It prints its cookie
-/// (SO_COOKIE), then answers each line on stdin: `peer` with its peer (`addr port`, `-` when
-/// unconnected), `close` with `closed` once close() returned.
+/// A socket of family `FAMILY` (4 or 6) and kind `KIND` (tcp, udp: connected; sendto: an
+/// unconnected UDP socket that sends one datagram; unroutable: a TCP connect that must fail
+/// before the handshake) to `HOST` `PORT`. It prints its cookie (SO_COOKIE), then answers each
+/// line on stdin: `peer` with its peer (`addr port`, `-` when it has none), `close` with
+/// `closed` once close() returned.
 const CLOSING_CLIENT: &str = r#"
 import socket, sys
 family, kind, host, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 af = socket.AF_INET if family == "4" else socket.AF_INET6
-s = socket.socket(af, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+s = socket.socket(af, socket.SOCK_DGRAM if kind in ("udp", "sendto") else socket.SOCK_STREAM)
 s.settimeout(5)
 if kind == "sendto":
     s.sendto(b"x", (host, port))
+elif kind == "unroutable":
+    try:
+        s.connect((host, port))
+        sys.exit("connected, but the backend has no route")
+    except OSError as e:
+        print("connect failed: %s" % e, file=sys.stderr)
 else:
     s.connect((host, port))
 print(int.from_bytes(s.getsockopt(socket.SOL_SOCKET, 57, 8), "little"), flush=True)
 for line in sys.stdin:
     if line.strip() == "peer":
-        print("-" if kind == "sendto" else "%s %d" % s.getpeername()[:2], flush=True)
+        try:
+            print("%s %d" % s.getpeername()[:2], flush=True)
+        except OSError:
+            print("-", flush=True)
     else:
         s.close()
         print("closed", flush=True)
@@ -465,7 +477,8 @@ fn a_closed_socket_leaves_no_reverse_entry(family: Family) {
     let _echo = lab.start_echo(&b1, &[8080], &[5353]);
     let svc = Service::dual_stack("web", "PreferDualStack", &VIPS)
         .port_to("http", 80, "TCP", 8080u16)
-        .port_to("dns", 53, "UDP", 5353u16);
+        .port_to("dns", 53, "UDP", 5353u16)
+        .port_to("gone", 81, "TCP", 9u16);
     lab.manifests().apply(&svc);
     for f in Family::BOTH {
         lab.manifests().apply(
@@ -474,10 +487,19 @@ fn a_closed_socket_leaves_no_reverse_entry(family: Family) {
                 .port("dns", 5353, "UDP")
                 .endpoints([f.ready(&b1)]),
         );
+        // An endpoint the client has no route to (an unreachable route below).
+        lab.manifests().apply(
+            &f.slice("web-gone", "web")
+                .port("gone", 9, "TCP")
+                .endpoints([Endpoint::ready(f.pick(UNROUTABLE))]),
+        );
     }
     start_agent(&lab);
     wait_active(&lab, "tcp", vip, 80, Protocol::Tcp, &[family.ep(&b1, 8080)]);
     wait_active(&lab, "udp", vip, 53, Protocol::Udp, &[family.ep(&b1, 5353)]);
+    let unroutable: std::net::IpAddr = family.pick(UNROUTABLE).parse().unwrap();
+    let gone_ep = ferry_tests::services::at(unroutable, 9);
+    wait_active(&lab, "tcp", vip, 81, Protocol::Tcp, &[gone_ep]);
     assert!(
         lab.pin_dir().join(ferry::paths::RELEASE_PROGRAM.1).exists(),
         "the release hook's link is pinned"
@@ -580,6 +602,33 @@ fn a_closed_socket_leaves_no_reverse_entry(family: Family) {
         );
     }
     fill_slots(&lab, family, 0);
+
+    // A connect that fails before the handshake (no route to the backend): the hook took the
+    // slot, the kernel left the socket without a peer; the release hook frees the slot by the
+    // socket's cookie alone.
+    let prefix = family.pick(["203.0.113.0/24", "2001:db8:9::/64"]);
+    let out = lab.output(&client, "ip", &["route", "add", "unreachable", prefix]);
+    assert!(
+        out.status.success(),
+        "ip route add unreachable {prefix}: {out:?}"
+    );
+    let failed = Closing::start(&lab, &client, family, "unroutable", vip, 81);
+    assert_eq!(
+        rev_entries(&lab, family, failed.cookie),
+        vec![(Kept::Slot, format!("{vip} 81"))],
+        "{family}: a failed connect's slot"
+    );
+    assert_eq!(
+        failed.peer(&lab),
+        "-",
+        "{family}: no peer after the failed connect"
+    );
+    failed.close(&lab);
+    assert_eq!(
+        rev_entries(&lab, family, failed.cookie),
+        vec![],
+        "{family}: a peerless socket's slot is freed at close"
+    );
 
     // An upgrade from a version without the hook: no pin, so the new agent attaches it.
     lab.stop_agent();
