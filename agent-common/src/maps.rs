@@ -96,6 +96,16 @@ pub const MONITOR: &str = "ferry_mon_v1";
 /// the `*6` types of [`crate::lb6`].
 pub const SERVICES_V6: &str = "ferry_svc6_v1";
 pub const BACKENDS_V6: &str = "ferry_be6_v1";
+/// The IPv6 backends again, as an array indexed by backend id, as
+/// [`BACKEND_LIVE_V4`] is for IPv4 (the same `Backend6` at an id in use, all
+/// zeroes at a free one): the IPv6 conntrack hit path's check that a flow's
+/// backend is still there, inlined by the verifier where [`BACKENDS_V6`] is
+/// a hash lookup (a call). Preallocated (an array cannot be allocated on
+/// use): 3 MiB on every node, IPv4-only ones too (a fraction of what
+/// [`CT_V6`], preallocated too, already takes). The agent writes it with
+/// [`BACKENDS_V6`] and fills it from that map when it starts (an agent of
+/// before it left none).
+pub const BACKEND_LIVE_V6: &str = "ferry_bel6_v1";
 pub const REV_NAT_V6: &str = "ferry_rnat6_v1";
 pub const SOCK_REV_V6: &str = "ferry_sk6_v1";
 pub const SOCK_SLOTS_V6: &str = "ferry_skc6_v1";
@@ -147,6 +157,7 @@ pub const ALL: &[&str] = &[
     MONITOR,
     SERVICES_V6,
     BACKENDS_V6,
+    BACKEND_LIVE_V6,
     REV_NAT_V6,
     SOCK_REV_V6,
     SOCK_SLOTS_V6,
@@ -229,6 +240,8 @@ pub const ICMP_SOURCES_MAX: u32 = 65_536;
 /// `ferry_map_fill_ratio` report each.
 pub const SERVICES_V6_MAX: u32 = SERVICES_V4_MAX;
 pub const BACKENDS_V6_MAX: u32 = BACKENDS_V4_MAX;
+/// Ids are shared by both families: the IPv6 array has a slot for each.
+pub const BACKEND_LIVE_V6_MAX: u32 = BACKEND_LIVE_V4_MAX;
 pub const REV_NAT_V6_MAX: u32 = REV_NAT_V4_MAX;
 pub const SOCK_REV_V6_MAX: u32 = SOCK_REV_V4_MAX;
 pub const DEAD_V6_MAX: u32 = DEAD_V4_MAX;

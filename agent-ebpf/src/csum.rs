@@ -20,9 +20,14 @@ use crate::{
     drop::DropReason,
     parse::{
         IP_CSUM_OFF, IP_DADDR_OFF, IP_OFF, IP_SADDR_OFF, IP6_DADDR_OFF, IP6_SADDR_OFF,
-        IPV4_MIN_HLEN, Ipv4, Ipv4Hdr, L4, Tuple,
+        IPV4_MIN_HLEN, IPV6_HLEN, Ipv4, Ipv4Hdr, Ipv6, L4, Tuple, store_ip6,
     },
 };
+
+/// The furthest L4 header [`rewrite6`] writes directly (a mask: extension
+/// headers of up to ~1 KiB); a packet whose L4 header is further goes
+/// through the helpers ([`rewrite`]).
+const L4_OFF_MAX: usize = 0x3ff;
 
 /// What a failed rewrite helper means: the packet may be half rewritten.
 const FAILED: DropReason = DropReason::RewriteFailed;
@@ -282,6 +287,85 @@ pub fn rewrite4(
             addr_diff,
             BPF_F_PSEUDO_HDR as u64 | l4.csum_flags,
         )?;
+    }
+    if ports {
+        if unchecked {
+            ctx.store(l4.off, &[sport, dport], BPF_F_RECOMPUTE_CSUM as u64)
+                .map_err(|_| FAILED)?;
+        } else {
+            l4_csum_diff(ctx, l4.csum_off, port_diff, l4.csum_flags)?;
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites an IPv6 TCP/UDP packet (parsed as `ip`, its L4 checksum where
+/// `l4` says; its flow `old`) to the given addresses and ports, as
+/// [`rewrite4`] does IPv4's: the fields written directly and the L4
+/// checksum with at most two `bpf_l4_csum_replace` calls (the addresses' change as one
+/// difference with BPF_F_PSEUDO_HDR, the ports' as one without). IPv6 has
+/// no header checksum to cancel the addresses' change in the bytes: for a
+/// CHECKSUM_COMPLETE `skb->csum`, which the first helper moved by the
+/// field's change alone (as for IPv4), `bpf_csum_update` adds the
+/// addresses' (a no-op for any other `ip_summed`). The same packet and the
+/// same `skb->csum` (as a checksum) as [`rewrite`]'s helpers give, for
+/// three helper calls at most instead of two to four per changed field.
+/// Headers not in the linear part (or past `L4_OFF_MAX`): [`rewrite`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn rewrite6(
+    ctx: &TcContext,
+    ip: &Ipv6,
+    l4: &L4,
+    old: &Tuple<Ip6>,
+    saddr: Ip6,
+    sport: u16,
+    daddr: Ip6,
+    dport: u16,
+) -> Result<(), DropReason> {
+    let (old_sport, old_dport) = (old.sport, old.dport);
+    let addrs = old.saddr != saddr || old.daddr != daddr;
+    let ports = old_sport != sport || old_dport != dport;
+    if !addrs && !ports {
+        return Ok(());
+    }
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let l4_off = ip.l4_off;
+    let iph = data + IP_OFF;
+    // Bounded for the verifier (extension headers: at most L4_OFF_MAX).
+    let l4p = data + (l4_off & L4_OFF_MAX);
+    if l4_off > L4_OFF_MAX || !ip.l4.csum_in_packet || iph + IPV6_HLEN > end || l4p + 4 > end {
+        return rewrite(ctx, l4, old, saddr, sport, daddr, dport);
+    }
+    let mut sum = 0u64;
+    let mut i = 0;
+    while i < 4 {
+        sum += (!old.saddr[i]) as u64 + saddr[i] as u64 + (!old.daddr[i]) as u64 + daddr[i] as u64;
+        i += 1;
+    }
+    let addr_diff = fold64(sum);
+    let port_diff = fold64((!old_sport) as u64 + sport as u64 + (!old_dport) as u64 + dport as u64);
+    let unchecked = ip.l4.udp_unchecked;
+    // SAFETY: both ranges checked above; the skb is writable (the
+    // verifier's prologue uncloned it for a program that writes directly).
+    unsafe {
+        if addrs {
+            store_ip6(iph + 8, &saddr);
+            store_ip6(iph + 24, &daddr);
+        }
+        if ports && !unchecked {
+            core::ptr::write(l4p as *mut [u16; 2], [sport, dport]);
+        }
+    }
+    if addrs {
+        l4_csum_diff(
+            ctx,
+            l4.csum_off,
+            addr_diff,
+            BPF_F_PSEUDO_HDR as u64 | l4.csum_flags,
+        )?;
+        // SAFETY: the program's own skb (an error: not CHECKSUM_COMPLETE).
+        unsafe { h::bpf_csum_update(ctx.as_ptr().cast(), addr_diff) };
     }
     if ports {
         if unchecked {

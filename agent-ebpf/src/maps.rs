@@ -128,6 +128,11 @@ pub static SERVICES_V6: HashMap<Svc6Key, SvcValue> =
 pub static BACKENDS_V6: HashMap<u32, Backend6> =
     HashMap::pinned(m::BACKENDS_V6_MAX, BPF_F_NO_PREALLOC);
 
+/// [`BACKENDS_V6`] as an array by id (agent_common::maps::BACKEND_LIVE_V6),
+/// as [`BACKEND_LIVE_V4`]: preallocated, unlike the IPv6 maps around it.
+#[map(name = "ferry_bel6_v1")]
+pub static BACKEND_LIVE_V6: Array<Backend6> = Array::pinned(m::BACKEND_LIVE_V6_MAX, 0);
+
 #[map(name = "ferry_rnat6_v1")]
 pub static REV_NAT_V6: HashMap<u16, RevNat6> =
     HashMap::pinned(m::REV_NAT_V6_MAX, BPF_F_NO_PREALLOC);

@@ -168,7 +168,14 @@ impl Ns for V6 {
 
     #[inline(always)]
     fn node_addr(ifindex: u32) -> Option<Ip6> {
-        NODE_ADDR_V6.get_ptr(&ifindex).map(|p| unsafe { *p })
+        // Word by word: a copy of the array became a call to `memmove` (a
+        // byte loop) on a new SNAT flow's path.
+        NODE_ADDR_V6.get_ptr(&ifindex).map(|p| {
+            let p = p.cast::<u32>();
+            // SAFETY: a live map value of four words.
+            let w = |i: usize| unsafe { core::ptr::read_volatile(p.add(i)) };
+            [w(0), w(1), w(2), w(3)]
+        })
     }
 
     #[inline(always)]
@@ -192,7 +199,7 @@ impl Ns for V6 {
     #[inline(always)]
     fn rewrite(
         ctx: &TcContext,
-        _ip: &Ipv6,
+        ip: &Ipv6,
         l4: &L4,
         t: &Tuple<Ip6>,
         saddr: Ip6,
@@ -200,9 +207,7 @@ impl Ns for V6 {
         daddr: Ip6,
         dport: u16,
     ) -> Result<(), DropReason> {
-        // The helpers store the addresses: with BPF_F_RECOMPUTE_CSUM they
-        // keep a CHECKSUM_COMPLETE `skb->csum` right (csum.rs).
-        csum::rewrite(ctx, l4, t, saddr, sport, daddr, dport)
+        csum::rewrite6(ctx, ip, l4, t, saddr, sport, daddr, dport)
     }
 
     /// IPv6's lookup reads the translated header's addresses into its

@@ -21,7 +21,8 @@ use core::mem::MaybeUninit;
 use aya_ebpf::helpers::generated as h;
 
 use crate::maps::{
-    AFFINITY, BACKEND_LIVE_V4, BACKENDS_V4, BACKENDS_V6, MAGLEV, SERVICES_V4, SERVICES_V6, count,
+    AFFINITY, BACKEND_LIVE_V4, BACKEND_LIVE_V6, BACKENDS_V4, BACKENDS_V6, MAGLEV, SERVICES_V4,
+    SERVICES_V6, count,
 };
 use crate::parse::zeroed_in;
 
@@ -57,9 +58,8 @@ pub trait Frontend: Copy {
     /// The backend `id` of the family's backend map.
     fn backend(id: u32) -> Option<Self::Backend>;
     /// Whether backend `id` still has the address and port `dest` (a
-    /// tracked flow's check, on every packet): IPv4 reads the array mirror
-    /// of its backend map, which the verifier inlines; IPv6 its hash map
-    /// (allocated on use: an array would cost every IPv4-only node 3 MiB).
+    /// tracked flow's check, on every packet): the array mirror of the
+    /// family's backend map, which the verifier inlines.
     fn backend_is(id: u32, dest: (Self::Addr, u16)) -> bool;
     /// A backend's address and port (network order).
     fn backend_dest(b: &Self::Backend) -> (Self::Addr, u16);
@@ -124,14 +124,10 @@ macro_rules! frontend {
 frontend!(Svc4Key, u32, Backend4, SERVICES_V4, backend4, |id: u32| {
     BACKEND_LIVE_V4.get(id).copied()
 });
-frontend!(
-    Svc6Key,
-    Ip6,
-    Backend6,
-    SERVICES_V6,
-    |id: u32| { BACKENDS_V6.get_ptr(&id).map(|p| unsafe { *p }) },
-    |id: u32| { BACKENDS_V6.get_ptr(&id).map(|p| unsafe { *p }) }
-);
+// IPv6's likewise (no flow's backend is [::]:0).
+frontend!(Svc6Key, Ip6, Backend6, SERVICES_V6, backend6, |id: u32| {
+    BACKEND_LIVE_V6.get(id).copied()
+});
 
 /// IPv4 backend `id`: from the backend array (an array lookup the verifier
 /// inlines, where the backend map is a hash lookup: ~20 ns of every new
@@ -144,6 +140,16 @@ fn backend4(id: u32) -> Option<Backend4> {
     match BACKEND_LIVE_V4.get(id) {
         Some(b) if b.addr != 0 || b.port != 0 => Some(*b),
         _ => BACKENDS_V4.get_ptr(&id).map(|p| unsafe { *p }),
+    }
+}
+
+/// IPv6 backend `id`, as [`backend4`]: the array first (`ferry_bel6_v1`),
+/// else the backend map.
+#[inline(always)]
+fn backend6(id: u32) -> Option<Backend6> {
+    match BACKEND_LIVE_V6.get(id) {
+        Some(b) if b.addr != [0; 4] || b.port != 0 => Some(*b),
+        _ => BACKENDS_V6.get_ptr(&id).map(|p| unsafe { *p }),
     }
 }
 

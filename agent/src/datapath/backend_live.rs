@@ -1,5 +1,6 @@
-//! The IPv4 backend array (`ferry_bel4_v1`, agent_common::maps::BACKEND_LIVE_V4):
-//! the backend map again, indexed by id, for the conntrack hit path's check
+//! The backend arrays (`ferry_bel4_v1`, `ferry_bel6_v1`:
+//! agent_common::maps::BACKEND_LIVE_V4 and BACKEND_LIVE_V6): each family's
+//! backend map again, indexed by id, for the conntrack hit path's check
 //! that a flow's backend is still there (an array lookup the verifier
 //! inlines). Written with the backend map ([`super::lbmaps`]) and filled
 //! from it when the agent starts.
@@ -9,8 +10,10 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _},
 };
 
-use agent_common::{Backend4, maps as names};
-use aya::maps::{Array, HashMap, IterableMap as _, MapData};
+use aya::{
+    Pod,
+    maps::{Array, HashMap, IterableMap as _, MapData},
+};
 use aya_obj::generated::{bpf_attr, bpf_cmd};
 
 use crate::error::{Error, Result};
@@ -20,25 +23,23 @@ use crate::error::{Error, Result};
 /// none (every tracked flow's next packet would otherwise find its backend
 /// gone and be chosen again), and an older agent run in between may have
 /// changed the backend map without it. One batch write of the whole array
-/// (2 MiB), key by key where the kernel has no batch update.
-pub fn fill(
-    live: &mut Array<MapData, Backend4>,
-    backends: &HashMap<MapData, u32, Backend4>,
+/// (IPv4: 2 MiB, IPv6: 3 MiB), key by key where the kernel has no batch
+/// update. `names`: the backend map's and the array's.
+pub fn fill<B: Pod + Default>(
+    live: &mut Array<MapData, B>,
+    backends: &HashMap<MapData, u32, B>,
+    (map_name, live_name): (&str, &str),
 ) -> Result<()> {
     let len = live.len();
-    let mut values = vec![Backend4::default(); len as usize];
-    let entries = super::sys::read_hash::<u32, Backend4>(backends.map(), 4096).or_else(|_| {
+    let mut values = vec![B::default(); len as usize];
+    let entries = super::sys::read_hash::<u32, B>(backends.map(), 4096).or_else(|_| {
         backends
             .iter()
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(io::Error::other)
     });
     let entries = entries.map_err(|source| Error::Io {
-        context: format!(
-            "reading {} to fill {}",
-            names::BACKENDS_V4,
-            names::BACKEND_LIVE_V4
-        ),
+        context: format!("reading {map_name} to fill {live_name}"),
         source,
     })?;
     for (id, b) in entries {
@@ -52,20 +53,19 @@ pub fn fill(
         // No batch update for this map (EINVAL; the kernel's ENOTSUPP, 524).
         Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | 524)) => {
             for (id, v) in keys.iter().zip(&values) {
-                live.set(*id, v, 0)
-                    .map_err(|e| Error::map(names::BACKEND_LIVE_V4, e))?;
+                live.set(*id, v, 0).map_err(|e| Error::map(live_name, e))?;
             }
             Ok(())
         }
         Err(source) => Err(Error::Io {
-            context: format!("filling {}", names::BACKEND_LIVE_V4),
+            context: format!("filling {live_name}"),
             source,
         }),
     }
 }
 
 /// BPF_MAP_UPDATE_BATCH (Linux 5.6) of `keys` to `values`.
-fn update_batch(map: &MapData, keys: &[u32], values: &[Backend4]) -> io::Result<()> {
+fn update_batch<B: Pod>(map: &MapData, keys: &[u32], values: &[B]) -> io::Result<()> {
     // SAFETY: bpf_attr is a union of integers: all zeroes is valid.
     let mut attr: bpf_attr = unsafe { mem::zeroed() };
     attr.batch.keys = keys.as_ptr() as u64;

@@ -3,7 +3,7 @@
 //! does for tests of the diff and the control loop (which writes happen, in
 //! which order, and what the maps end up holding).
 
-use agent_common::{AffinityKey, AffinityValue, Backend4, SvcValue, maps as names};
+use agent_common::{AffinityKey, AffinityValue, Backend4, Backend6, SvcValue, maps as names};
 use aya::maps::{Array, HashMap, IterableMap as _, MapData, MapError};
 
 use super::{
@@ -72,12 +72,15 @@ fn put<K: aya::Pod, V: aya::Pod>(
     map.insert(k, v, 0).map_err(|e| Error::map(name, e))
 }
 
-/// Writes backend `id` of the IPv4 backend array (all zeroes: none).
-fn set_live(live: &mut Option<Array<MapData, Backend4>>, id: u32, v: &Backend4) -> Result<()> {
+/// Writes backend `id` of a family's backend array (`name`; all zeroes: none).
+fn set_live<B: aya::Pod>(
+    name: &str,
+    live: &mut Option<Array<MapData, B>>,
+    id: u32,
+    v: &B,
+) -> Result<()> {
     match live {
-        Some(a) => a
-            .set(id, v, 0)
-            .map_err(|e| Error::map(names::BACKEND_LIVE_V4, e)),
+        Some(a) => a.set(id, v, 0).map_err(|e| Error::map(name, e)),
         None => Ok(()),
     }
 }
@@ -129,18 +132,32 @@ impl LbMaps for Maps {
         match v {
             BackendValue::V4(v) => {
                 put(names::BACKENDS_V4, &mut self.backends, &id, &v)?;
-                set_live(&mut self.backend_live, id, &v)
+                set_live(names::BACKEND_LIVE_V4, &mut self.backend_live, id, &v)
             }
-            BackendValue::V6(v) => put(names::BACKENDS_V6, &mut self.backends6, &id, &v),
+            BackendValue::V6(v) => {
+                put(names::BACKENDS_V6, &mut self.backends6, &id, &v)?;
+                set_live(names::BACKEND_LIVE_V6, &mut self.backend_live6, id, &v)
+            }
         }
     }
     fn del_backend(&mut self, id: u32, family: Family) -> Result<()> {
+        // The array first: a tracked flow stops going to the backend at
+        // once.
         if family == Family::V6 {
+            set_live(
+                names::BACKEND_LIVE_V6,
+                &mut self.backend_live6,
+                id,
+                &Backend6::default(),
+            )?;
             deleted(names::BACKENDS_V6, self.backends6.remove(&id))
         } else {
-            // The array first: a tracked flow stops going to the backend
-            // at once.
-            set_live(&mut self.backend_live, id, &Backend4::default())?;
+            set_live(
+                names::BACKEND_LIVE_V4,
+                &mut self.backend_live,
+                id,
+                &Backend4::default(),
+            )?;
             deleted(names::BACKENDS_V4, self.backends.remove(&id))
         }
     }

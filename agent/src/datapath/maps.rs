@@ -26,6 +26,9 @@ pub struct Maps {
     /// opened read-only (readers do not need it; an older agent's pins
     /// lack it).
     pub backend_live: Option<Array<MapData, Backend4>>,
+    /// `backends6` as an array by id (agent_common::maps::BACKEND_LIVE_V6),
+    /// as `backend_live`.
+    pub backend_live6: Option<Array<MapData, Backend6>>,
     pub rev_nat: HashMap<MapData, u16, RevNat4>,
     pub sock_rev: HashMap<MapData, SockRev4Key, SockRev4>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
@@ -66,6 +69,10 @@ impl Maps {
                 names::BACKEND_LIVE_V4,
                 take(names::BACKEND_LIVE_V4)?,
             )?),
+            backend_live6: Some(typed(
+                names::BACKEND_LIVE_V6,
+                take(names::BACKEND_LIVE_V6)?,
+            )?),
             rev_nat: typed(names::REV_NAT_V4, take(names::REV_NAT_V4)?)?,
             sock_rev: typed(names::SOCK_REV_V4, take(names::SOCK_REV_V4)?)?,
             affinity: typed(names::AFFINITY, take(names::AFFINITY)?)?,
@@ -88,12 +95,23 @@ impl Maps {
         })
     }
 
-    /// Fills the IPv4 backend array from the backend map ([`super::backend_live`]).
+    /// Fills the backend arrays from the backend maps ([`super::backend_live`]).
     pub fn fill_backend_live(&mut self) -> Result<()> {
-        match &mut self.backend_live {
-            Some(live) => super::backend_live::fill(live, &self.backends),
-            None => Ok(()),
+        if let Some(live) = &mut self.backend_live {
+            super::backend_live::fill(
+                live,
+                &self.backends,
+                (names::BACKENDS_V4, names::BACKEND_LIVE_V4),
+            )?;
         }
+        if let Some(live) = &mut self.backend_live6 {
+            super::backend_live::fill(
+                live,
+                &self.backends6,
+                (names::BACKENDS_V6, names::BACKEND_LIVE_V6),
+            )?;
+        }
+        Ok(())
     }
 
     /// Opens the pinned maps of a running (or stopped) agent, read-only: the
@@ -114,6 +132,7 @@ impl Maps {
             services: typed(names::SERVICES_V4, open(names::SERVICES_V4)?)?,
             backends: typed(names::BACKENDS_V4, open(names::BACKENDS_V4)?)?,
             backend_live: None,
+            backend_live6: None,
             rev_nat: typed(names::REV_NAT_V4, open(names::REV_NAT_V4)?)?,
             sock_rev: typed(names::SOCK_REV_V4, open(names::SOCK_REV_V4)?)?,
             affinity: typed(names::AFFINITY, open(names::AFFINITY)?)?,

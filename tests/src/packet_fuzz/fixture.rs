@@ -466,6 +466,9 @@ impl Fixture {
             };
             self.hash::<u32, Backend6>(m::BACKENDS_V6)?
                 .insert(&id, &b, 0)?;
+            // The backend array the agent writes with it (the hit path's check).
+            Array::<&mut MapData, Backend6>::try_from(self.map(m::BACKEND_LIVE_V6)?)?
+                .set(id, &b, 0)?;
             self.backends6.push(Endpoint6 { ip, port, proto });
         }
         use svc_flags as sf;

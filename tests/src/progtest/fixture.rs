@@ -247,6 +247,7 @@ impl Fixture {
                     flags,
                     _pad: [0; 3],
                 };
+                self.live6(id, &b);
                 self.hash::<u32, Backend6>(m::BACKENDS_V6)
                     .insert(&id, &b, 0)
             }
@@ -262,13 +263,25 @@ impl Fixture {
         a.set(id, b, 0).unwrap();
     }
 
+    /// The IPv6 backend array's slot `id`, as [`Self::live4`] (an object of before the array,
+    /// FERRY_BENCH_EBPF, has none: skipped).
+    fn live6(&mut self, id: u32, b: &Backend6) {
+        if let Some(map) = self.t.ebpf.map_mut(m::BACKEND_LIVE_V6) {
+            let mut a: Array<&mut MapData, Backend6> = Array::try_from(map).unwrap();
+            a.set(id, b, 0).unwrap();
+        }
+    }
+
     pub fn remove_backend(&mut self, family: Family, id: u32) {
         match family {
             Family::V4 => {
                 self.live4(id, &Backend4::default());
                 self.hash::<u32, Backend4>(m::BACKENDS_V4).remove(&id)
             }
-            Family::V6 => self.hash::<u32, Backend6>(m::BACKENDS_V6).remove(&id),
+            Family::V6 => {
+                self.live6(id, &Backend6::default());
+                self.hash::<u32, Backend6>(m::BACKENDS_V6).remove(&id)
+            }
         }
         .unwrap();
     }
