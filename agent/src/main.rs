@@ -56,16 +56,21 @@ fn main() -> anyhow::Result<()> {
 /// glibc gives each thread that allocates its own arena (up to 8 per CPU),
 /// and an arena keeps what was freed in it: the threads that parse
 /// manifests and load the programs left about 10 MiB of such pages behind
-/// at 10,000 Services. Two arenas keep the peak (VmHWM) near the live heap
-/// at no measurable cost to a loop that is single-threaded. MALLOC_ARENA_MAX
-/// in the environment still decides.
+/// at 10,000 Services. One arena (every thread in the main heap, so the
+/// parsers' freed pages are reused by the loop's objects) measured 12-14 MiB
+/// below two on the control bench's peak (VmHWM) at 10,000 Services, with
+/// either source. It is not free: the manifests' two parse threads then
+/// share one lock, and the manifests full sync took 0.15-0.3 s longer
+/// (1.36-1.48 s against 1.18-1.22 s, paired runs on a loaded 2-core VM);
+/// the API source's did not move. MALLOC_ARENA_MAX in the environment still
+/// decides.
 fn limit_malloc_arenas() {
     #[cfg(target_env = "gnu")]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         // SAFETY: mallopt only sets an allocator parameter; called before any
         // other thread exists.
         unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
+            libc::mallopt(libc::M_ARENA_MAX, 1);
         }
     }
 }

@@ -154,7 +154,7 @@ impl Tracker {
                     }
                     let list = self.slices_of.entry(svc.clone()).or_default();
                     if !list.contains(&s.key) {
-                        list.push(s.key.clone());
+                        crate::model::push_short(list, s.key.clone());
                     }
                     self.dirty.insert(svc);
                 }

@@ -77,13 +77,13 @@ pub struct Claims {
 impl Claims {
     /// Adds one claim (a full translation builds the index this way).
     pub fn claim(&mut self, addr: AddrKey, claim: Claim) {
-        self.of_service
-            .entry(claim.service.clone())
-            .or_default()
-            .push((addr, claim.kind));
+        super::push_short(
+            self.of_service.entry(claim.service.clone()).or_default(),
+            (addr, claim.kind),
+        );
         let list = self.by_addr.entry(addr).or_default();
         if let Err(at) = list.binary_search(&claim) {
-            list.insert(at, claim);
+            super::insert_short(list, at, claim);
         }
     }
 

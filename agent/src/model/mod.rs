@@ -21,6 +21,21 @@ use std::{
 
 pub use translate::{Config, Inputs, Objects, translate, translate_objects};
 
+/// Pushes onto a list that is short as a rule (a Service's slices, an
+/// address's claims): the first few pushes grow it by one, not to `Vec`'s
+/// minimum of four, which at 10,000 Services held megabytes of empty slots.
+pub(crate) fn push_short<T>(v: &mut Vec<T>, x: T) {
+    insert_short(v, v.len(), x);
+}
+
+/// [`push_short`] at a position.
+pub(crate) fn insert_short<T>(v: &mut Vec<T>, at: usize, x: T) {
+    if v.len() == v.capacity() && v.len() < 4 {
+        v.reserve_exact(1);
+    }
+    v.insert(at, x);
+}
+
 /// namespace/name of a Service.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct ServiceName {

@@ -144,7 +144,7 @@ pub fn translate_service<'a>(
         };
         for port in &spec.ports {
             let cands = candidates(&slices, &port.name, port.proto, family);
-            if cands.values().any(|e| !e.hints.zones.is_empty()) {
+            if cands.values().any(|e| !e.hints.zones().is_empty()) {
                 out.node_use.zone = true;
             }
             let addrs: &[IpAddr] = match port.node_port {
@@ -303,14 +303,14 @@ pub fn topology_mode<'a>(
 ) -> TopologyMode {
     let (mut all_node, mut for_node, mut all_zone, mut for_zone) = (true, false, true, false);
     for h in ready {
-        if !h.has_nodes {
+        if !h.has_nodes() {
             all_node = false;
-        } else if h.for_this_node {
+        } else if h.for_this_node() {
             for_node = true;
         }
-        if h.zones.is_empty() {
+        if h.zones().is_empty() {
             all_zone = false;
-        } else if zone.is_some_and(|z| h.zones.iter().any(|hz| &**hz == z)) {
+        } else if zone.is_some_and(|z| h.zones().iter().any(|hz| &**hz == z)) {
             for_zone = true;
         }
     }
@@ -327,8 +327,8 @@ pub fn topology_mode<'a>(
 fn available_for_topology(h: &Hints, mode: TopologyMode, zone: Option<&str>) -> bool {
     match mode {
         TopologyMode::None => true,
-        TopologyMode::PreferSameNode => h.for_this_node,
-        TopologyMode::PreferSameZone => zone.is_some_and(|z| h.zones.iter().any(|hz| &**hz == z)),
+        TopologyMode::PreferSameNode => h.for_this_node(),
+        TopologyMode::PreferSameZone => zone.is_some_and(|z| h.zones().iter().any(|hz| &**hz == z)),
     }
 }
 

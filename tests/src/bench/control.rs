@@ -118,6 +118,15 @@ pub fn run(config: &Config) -> Result<Vec<SizeResult>> {
     Ok(out)
 }
 
+/// `FERRY_BENCH_AGENT_WRAPPER`: a program (and its arguments, split on spaces) that execs the
+/// agent, for experiments (`env MALLOC_ARENA_MAX=2`). One that does not exec (heaptrack) makes
+/// the peak RSS its own and leaves the agent running at the end: stop it by its PID.
+fn wrapper() -> Vec<String> {
+    std::env::var("FERRY_BENCH_AGENT_WRAPPER")
+        .map(|w| w.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
 fn agent_pid(lab: &Lab) -> Option<u32> {
     cleanup::get(lab.id()).and_then(|r| r.agent_pid)
 }
@@ -168,6 +177,7 @@ fn ferry_manifests(set: &[Svc], changes: usize) -> Result<FerryRun> {
     let started = SystemTime::now();
     lab.start_agent(&AgentOpts {
         ready_timeout: Duration::from_secs(300),
+        wrapper: wrapper(),
         ..AgentOpts::default()
     });
     wait_frontends(&lab, set.len(), Duration::from_secs(300))?;
@@ -218,6 +228,7 @@ fn ferry_api(set: &[Svc], changes: usize) -> Result<FerryRun> {
     lab.start_agent(&AgentOpts {
         kubeconfig: Some(kubeconfig),
         ready_timeout: Duration::from_secs(300),
+        wrapper: wrapper(),
         ..AgentOpts::default()
     });
     wait_frontends(&lab, set.len(), Duration::from_secs(300))?;

@@ -196,7 +196,20 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
             services,
             endpoints_per_service,
         };
-        let config = if opts.quick {
+        let config = if let Ok(sizes) = std::env::var("FERRY_BENCH_CONTROL_SIZES") {
+            // "10000x10,1000x10": services x endpoints each, no kube-proxy timings (profiling).
+            control::Config {
+                sizes: sizes
+                    .split(',')
+                    .filter_map(|s| {
+                        let (n, e) = s.split_once('x')?;
+                        Some(size(n.trim().parse().ok()?, e.trim().parse().ok()?))
+                    })
+                    .collect(),
+                changes: 40,
+                kube_proxy_up_to: 0,
+            }
+        } else if opts.quick {
             control::Config {
                 sizes: vec![size(100, 10)],
                 changes: 3,

@@ -222,7 +222,7 @@ impl Registry {
             .collect();
         for d in defs {
             let r = shared_refs[&d.r].clone();
-            docs[d.doc].refs.push(r);
+            crate::model::push_short(&mut docs[d.doc].refs, r);
         }
         self.files.insert(n, docs);
         self.failed.remove(&n);
