@@ -251,7 +251,6 @@ pub fn rewrite4(
     // 0 only when every term is, else the one value in 1..=u32::MAX congruent to the sum mod
     // 2^32 - 1), without an end-around carry after every term.
     let addr_diff = fold64((!old.saddr) as u64 + saddr as u64 + (!old.daddr) as u64 + daddr as u64);
-    let port_diff = fold64((!old_sport) as u64 + sport as u64 + (!old_dport) as u64 + dport as u64);
     let unchecked = ip.l4.udp_unchecked;
 
     // A segment without its checksum field cannot be rewritten.
@@ -289,12 +288,7 @@ pub fn rewrite4(
         )?;
     }
     if ports {
-        if unchecked {
-            ctx.store(l4.off, &[sport, dport], BPF_F_RECOMPUTE_CSUM as u64)
-                .map_err(|_| FAILED)?;
-        } else {
-            l4_csum_diff(ctx, l4.csum_off, port_diff, l4.csum_flags)?;
-        }
+        ports_csum(ctx, l4, unchecked, (old_sport, old_dport), (sport, dport))?;
     }
     Ok(())
 }
@@ -344,7 +338,6 @@ pub fn rewrite6(
         i += 1;
     }
     let addr_diff = fold64(sum);
-    let port_diff = fold64((!old_sport) as u64 + sport as u64 + (!old_dport) as u64 + dport as u64);
     let unchecked = ip.l4.udp_unchecked;
     // SAFETY: both ranges checked above; the skb is writable (the
     // verifier's prologue uncloned it for a program that writes directly).
@@ -368,14 +361,30 @@ pub fn rewrite6(
         unsafe { h::bpf_csum_update(ctx.as_ptr().cast(), addr_diff) };
     }
     if ports {
-        if unchecked {
-            ctx.store(l4.off, &[sport, dport], BPF_F_RECOMPUTE_CSUM as u64)
-                .map_err(|_| FAILED)?;
-        } else {
-            l4_csum_diff(ctx, l4.csum_off, port_diff, l4.csum_flags)?;
-        }
+        ports_csum(ctx, l4, unchecked, (old_sport, old_dport), (sport, dport))?;
     }
     Ok(())
+}
+
+/// The ports' part of [`rewrite4`] and [`rewrite6`], after their direct
+/// stores: a UDP datagram without a checksum (`unchecked`, its ports not
+/// stored yet) gets them through the helper, any other packet its L4
+/// checksum moved by the ports' difference.
+#[inline(always)]
+fn ports_csum(
+    ctx: &TcContext,
+    l4: &L4,
+    unchecked: bool,
+    old: (u16, u16),
+    new: (u16, u16),
+) -> Result<(), DropReason> {
+    if unchecked {
+        return ctx
+            .store(l4.off, &[new.0, new.1], BPF_F_RECOMPUTE_CSUM as u64)
+            .map_err(|_| FAILED);
+    }
+    let diff = fold64((!old.0) as u64 + new.0 as u64 + (!old.1) as u64 + new.1 as u64);
+    l4_csum_diff(ctx, l4.csum_off, diff, l4.csum_flags)
 }
 
 /// `bpf_l4_csum_replace` of a precomputed difference (size 0).

@@ -21,6 +21,7 @@ use std::{
 pub mod fixture;
 pub mod frames;
 pub mod net;
+pub mod next_hop;
 pub mod table;
 
 use anyhow::{Context as _, Result, bail};

@@ -65,8 +65,7 @@ use std::{
 };
 
 use agent_common::{
-    Backend4, Ct4Key, Ct4Value, Ct6Key, Ct6Value, RevNat4, Svc4Key, SvcValue, backend_flags,
-    ct_dir, maps as m,
+    Backend4, Ct4Key, Ct6Key, RevNat4, Svc4Key, SvcValue, backend_flags, ct_dir, maps as m,
     net::{ip4_to_raw, port_to_raw},
     scope, svc_flags,
 };
@@ -74,12 +73,15 @@ use anyhow::{Context, Result, bail};
 use aya::maps::{HashMap, MapData};
 use serde::{Deserialize, Serialize};
 
+use ferry::datapath::codec::CtKey;
+
 use super::{Family, stats::percentile};
 use crate::progtest::{
     self, IPPROTO_TCP, ProgTest, TCP_ACK, TCP_SYN,
     fixture::{Fixture, ct_key, key4, key6},
     frames,
     net::{NET6, sa},
+    next_hop,
 };
 
 const TC_IN: &str = "ferry_tc_in";
@@ -867,42 +869,8 @@ fn measure(samples: usize) -> Result<Results> {
 /// of the node's north-south devices (an address in the node address map), which XDP sends
 /// to. With `v6`, the same over IPv6: gateway fd00:64::2 towards [`NET6`]'s local pod's /64.
 fn xdp_next_hop(t: &mut ProgTest, v6: bool) -> Result<()> {
-    let ip = |args: &[&str]| -> Result<()> {
-        let st = std::process::Command::new("ip").args(args).status()?;
-        if !st.success() {
-            bail!("ip {}: {st}", args.join(" "));
-        }
-        Ok(())
-    };
-    ip(&[
-        "link",
-        "add",
-        "d0",
-        "address",
-        "02:00:00:00:aa:01",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "d1",
-    ])?;
-    ip(&["link", "set", "d1", "up"])?;
-    ip(&["link", "set", "d0", "up"])?;
-    ip(&["addr", "add", "100.64.0.1/24", "dev", "d0"])?;
-    ip(&[
-        "neigh",
-        "add",
-        "100.64.0.2",
-        "lladdr",
-        "02:00:00:00:aa:02",
-        "dev",
-        "d0",
-        "nud",
-        "permanent",
-    ])?;
-    ip(&["route", "add", "10.244.0.0/24", "via", "100.64.0.2"])?;
-    // The measuring thread's namespace (/proc/sys/net follows the opener's).
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("forwarding on")?;
+    next_hop::device(None)?;
+    next_hop::routes(progtest::net::Family::V4, &["10.244.0.0/24"])?;
     // SAFETY: a NUL-terminated name.
     let d0 = unsafe { libc::if_nametoindex(c"d0".as_ptr()) };
     if d0 == 0 {
@@ -910,32 +878,8 @@ fn xdp_next_hop(t: &mut ProgTest, v6: bool) -> Result<()> {
     }
     hash::<u32, u32>(t, m::NODE_ADDR_V4)?.insert(&d0, &raw(NODE), 0)?;
     if v6 {
-        ip(&["-6", "addr", "add", "fd00:64::1/64", "dev", "d0", "nodad"])?;
-        ip(&[
-            "-6",
-            "neigh",
-            "add",
-            "fd00:64::2",
-            "lladdr",
-            "02:00:00:00:aa:02",
-            "dev",
-            "d0",
-            "nud",
-            "permanent",
-        ])?;
         // NET6.local_pod's /64.
-        ip(&[
-            "-6",
-            "route",
-            "add",
-            "fd00:244::/64",
-            "via",
-            "fd00:64::2",
-            "dev",
-            "d0",
-        ])?;
-        std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")
-            .context("IPv6 forwarding on")?;
+        next_hop::routes(progtest::net::Family::V6, &["fd00:244::/64"])?;
         let node = progtest::net::raw6(NET6.node);
         hash::<u32, agent_common::Ip6>(t, m::NODE_ADDR_V6)?.insert(&d0, &node, 0)?;
     }
@@ -1096,46 +1040,6 @@ fn program_maps(t: &mut ProgTest) -> Result<()> {
     Ok(())
 }
 
-/// A conntrack key of one family: its map, its value, and the REPLY key a FORWARD entry's
-/// value names.
-trait CtKey: aya::Pod {
-    type Value: aya::Pod;
-    const MAP: &'static str;
-    fn reply(&self, v: &Self::Value) -> Self;
-}
-
-impl CtKey for Ct4Key {
-    type Value = Ct4Value;
-    const MAP: &'static str = m::CT_V4;
-    fn reply(&self, v: &Ct4Value) -> Ct4Key {
-        Ct4Key {
-            saddr: v.nat_daddr,
-            daddr: v.nat_saddr,
-            sport: v.nat_dport,
-            dport: v.nat_sport,
-            proto: self.proto,
-            dir: ct_dir::REPLY,
-            _pad: [0; 2],
-        }
-    }
-}
-
-impl CtKey for Ct6Key {
-    type Value = Ct6Value;
-    const MAP: &'static str = m::CT_V6;
-    fn reply(&self, v: &Ct6Value) -> Ct6Key {
-        Ct6Key {
-            saddr: v.nat_daddr,
-            daddr: v.nat_saddr,
-            sport: v.nat_dport,
-            dport: v.nat_sport,
-            proto: self.proto,
-            dir: ct_dir::REPLY,
-            _pad: [0; 2],
-        }
-    }
-}
-
 /// Empties the conntrack map by walking it, as the bench first did before every miss. The walk
 /// reads every bucket of the 262,144-entry map (4 MiB), which evicts the program, the stack and
 /// the service maps from the caches: a miss timed after it is mostly that eviction. Used once,
@@ -1178,7 +1082,7 @@ fn forget_flow<K: CtKey>(t: &mut ProgTest, fwd: &K) -> Result<()> {
     let v = ct
         .get(fwd, 0)
         .context("the miss made no FORWARD conntrack entry (it was no new flow)")?;
-    ct.remove(&fwd.reply(&v))
+    ct.remove(&fwd.reply_key(&v))
         .context("the miss made no REPLY conntrack entry")?;
     ct.remove(fwd)?;
     Ok(())

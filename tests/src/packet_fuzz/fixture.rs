@@ -7,7 +7,6 @@
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
-    process::Command,
 };
 
 use agent_common::{
@@ -19,7 +18,7 @@ use agent_common::{
     stats::Counter,
     svc_flags,
 };
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
 
 use super::{
@@ -28,7 +27,7 @@ use super::{
 };
 use crate::progtest::{
     BPF_F_TEST_SKB_CHECKSUM_COMPLETE, IPPROTO_TCP, IPPROTO_UDP, Ip6Opts, IpOpts, ProgTest, TCP_SYN,
-    TestRun, ipv4, ipv4_with_options, ipv6, tcp, tcp6, udp, udp6,
+    TestRun, ipv4, ipv4_with_options, ipv6, net::Family, next_hop, tcp, tcp6, udp, udp6,
 };
 
 /// The skb's device in a test run (the namespace's loopback) and the node's address on it.
@@ -720,101 +719,14 @@ fn svc_key(ip: Ipv4Addr, port: u16, proto: u8, scope: u8, slot: u16) -> Svc4Key 
 /// The namespace's network: a next hop for remote pods and clients (resolved neighbour), a
 /// device holding this node's pods, forwarding on. Only this thread's namespace is touched.
 fn routes() -> Result<()> {
-    let cmds: &[&[&str]] = &[
-        &[
-            "link",
-            "add",
-            "d0",
-            "address",
-            "02:00:00:00:aa:01",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "d1",
-        ],
-        &["link", "set", "d1", "up"],
-        &["link", "set", "d0", "up"],
-        &["addr", "add", "100.64.0.1/24", "dev", "d0"],
-        &[
-            "neigh",
-            "add",
-            "100.64.0.2",
-            "lladdr",
-            "02:00:00:00:aa:02",
-            "dev",
-            "d0",
-            "nud",
-            "permanent",
-        ],
-        &[
-            "route",
-            "add",
-            "10.244.1.0/24",
-            "via",
-            "100.64.0.2",
-            "dev",
-            "d0",
-        ],
-        &[
-            "route",
-            "add",
-            "198.51.100.0/24",
-            "via",
-            "100.64.0.2",
-            "dev",
-            "d0",
-        ],
+    next_hop::device(None)?;
+    next_hop::routes(Family::V4, &["10.244.1.0/24", "198.51.100.0/24"])?;
+    next_hop::routes(Family::V6, &["fd00:244:1::/64", "2001:db8:100::/64"])?;
+    next_hop::ip_cmds(&[
         &["link", "add", "p0", "type", "veth", "peer", "name", "p1"],
         &["link", "set", "p1", "up"],
         &["link", "set", "p0", "up"],
         &["addr", "add", "10.244.0.1/24", "dev", "p0"],
-        &["-6", "addr", "add", "fd00:64::1/64", "dev", "d0", "nodad"],
-        &[
-            "-6",
-            "neigh",
-            "add",
-            "fd00:64::2",
-            "lladdr",
-            "02:00:00:00:aa:02",
-            "dev",
-            "d0",
-            "nud",
-            "permanent",
-        ],
-        &[
-            "-6",
-            "route",
-            "add",
-            "fd00:244:1::/64",
-            "via",
-            "fd00:64::2",
-            "dev",
-            "d0",
-        ],
-        &[
-            "-6",
-            "route",
-            "add",
-            "2001:db8:100::/64",
-            "via",
-            "fd00:64::2",
-            "dev",
-            "d0",
-        ],
         &["-6", "addr", "add", "fd00:244::1/64", "dev", "p0", "nodad"],
-    ];
-    for args in cmds {
-        let st = Command::new("ip")
-            .args(*args)
-            .status()
-            .context("running ip")?;
-        if !st.success() {
-            bail!("ip {}: {st}", args.join(" "));
-        }
-    }
-    // /proc/sys/net is the namespace of the thread that opens it: this one's.
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling forwarding")?;
-    std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")
-        .context("enabling IPv6 forwarding")
+    ])
 }

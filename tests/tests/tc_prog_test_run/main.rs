@@ -46,7 +46,8 @@ use ferry_tests::{
         frames::*,
         icmp, icmp6, ipv6, isolated,
         net::*,
-        options_header, parse_ipv4, parse_ipv6, pseudo_sum, pseudo_sum_v6, routing_header, sum,
+        next_hop, options_header, parse_ipv4, parse_ipv6, pseudo_sum, pseudo_sum_v6,
+        routing_header, sum,
         table::{Hook::*, Verdict::*, *},
     },
     require_root,
@@ -54,78 +55,19 @@ use ferry_tests::{
 
 /// Runs `ip` commands in the scenario's namespace.
 fn ip_cmds(cmds: &[&[&str]]) {
-    for args in cmds {
-        let st = std::process::Command::new("ip")
-            .args(*args)
-            .status()
-            .unwrap();
-        assert!(st.success(), "ip {args:?}");
-    }
+    next_hop::ip_cmds(cmds).unwrap();
 }
 
-/// Forwarding on in the scenario's namespace (/proc/sys/net is the namespace of the thread
-/// that opens it: the scenario's).
+/// Forwarding on in the scenario's namespace.
 fn forwarding(family: Family) {
-    match family {
-        Family::V4 => std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap(),
-        Family::V6 => std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1").unwrap(),
-    }
+    next_hop::forwarding(family).unwrap();
 }
 
-/// The FIB's next hop: a veth `d0` (MAC 02:00:00:00:aa:01, `mtu` if given) whose peer is up,
-/// the node's address on it, a resolved gateway (02:00:00:00:aa:02), `routes` via the gateway,
-/// and forwarding on.
+/// The FIB's next hop (ferry_tests::progtest::next_hop): `d0` (`mtu` if given), the node's
+/// address on it, a resolved gateway, `routes` via the gateway, and forwarding on.
 fn next_hop(n: &Net, mtu: Option<&str>, routes: &[&str]) {
-    let mut link = vec!["link", "add", "d0", "address", "02:00:00:00:aa:01"];
-    if let Some(mtu) = mtu {
-        link.extend(["mtu", mtu]);
-    }
-    link.extend(["type", "veth", "peer", "name", "d1"]);
-    ip_cmds(&[
-        &link,
-        &["link", "set", "d1", "up"],
-        &["link", "set", "d0", "up"],
-    ]);
-    let gw_mac = "02:00:00:00:aa:02";
-    if is_v6(n) {
-        ip_cmds(&[
-            &["-6", "addr", "add", "fd00:64::1/64", "dev", "d0", "nodad"],
-            &[
-                "-6",
-                "neigh",
-                "add",
-                "fd00:64::2",
-                "lladdr",
-                gw_mac,
-                "dev",
-                "d0",
-                "nud",
-                "permanent",
-            ],
-        ]);
-        for r in routes {
-            ip_cmds(&[&["-6", "route", "add", r, "via", "fd00:64::2", "dev", "d0"]]);
-        }
-    } else {
-        ip_cmds(&[
-            &["addr", "add", "100.64.0.1/24", "dev", "d0"],
-            &[
-                "neigh",
-                "add",
-                "100.64.0.2",
-                "lladdr",
-                gw_mac,
-                "dev",
-                "d0",
-                "nud",
-                "permanent",
-            ],
-        ]);
-        for r in routes {
-            ip_cmds(&[&["route", "add", r, "via", "100.64.0.2", "dev", "d0"]]);
-        }
-    }
-    forwarding(n.family);
+    next_hop::device(mtu).unwrap();
+    next_hop::routes(n.family, routes).unwrap();
 }
 
 /// Node B's pods: a device `p0` holding the first address of the remote pods' subnet, so
