@@ -54,6 +54,20 @@ fn no_local_metric(lab: &Lab, policy: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
+/// The gauge once it reads `want`, or its last reading at `DEADLINE`. The agent publishes it
+/// when a sync ends, after that sync's maps are written, so a test that saw the maps change
+/// may read the gauge before it follows.
+fn settled_no_local_metric(lab: &Lab, policy: &str, want: u64) -> Option<u64> {
+    let start = std::time::Instant::now();
+    loop {
+        let got = no_local_metric(lab, policy);
+        if got == Some(want) || start.elapsed() >= DEADLINE {
+            return got;
+        }
+        std::thread::sleep(ferry_tests::proc::POLL);
+    }
+}
+
 fn counter(lab: &Lab, name: &str) -> u64 {
     lab.stats()["counters"][name].as_u64().unwrap_or_default()
 }
@@ -204,8 +218,16 @@ fn local_policy_without_a_local_endpoint_drops_and_without_any_endpoint_rejects(
     );
 
     // Counted as kube-proxy counts it: the two ports of `local`; `empty` (rejected) is not.
-    assert_eq!(no_local_metric(&lab, "internal"), Some(2), "{family}");
-    assert_eq!(no_local_metric(&lab, "external"), Some(0), "{family}");
+    assert_eq!(
+        settled_no_local_metric(&lab, "internal", 2),
+        Some(2),
+        "{family}"
+    );
+    assert_eq!(
+        settled_no_local_metric(&lab, "external", 0),
+        Some(0),
+        "{family}"
+    );
 
     // Endpoints elsewhere only: dropped. TCP times out, UDP is sent and lost.
     let tcp = &lab.client(
@@ -299,7 +321,11 @@ fn local_policy_without_a_local_endpoint_drops_and_without_any_endpoint_rejects(
     );
     let udp = udp_once(&lab, &client, &at(local_vip, 53), 2000, false);
     assert!(udp.ok, "{family}: UDP with a local endpoint: {}", udp.raw);
-    assert_eq!(no_local_metric(&lab, "internal"), Some(0), "{family}");
+    assert_eq!(
+        settled_no_local_metric(&lab, "internal", 0),
+        Some(0),
+        "{family}"
+    );
 
     assert_eq!(
         nft.packets(),
