@@ -154,7 +154,9 @@ pub struct Point {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitor: Option<Runs>,
     /// The lab's programs while this contender's short connections ran (`--bpf-stats`), summed
-    /// over the rounds, and the connections made meanwhile.
+    /// over the rounds, and the connections made meanwhile: from a run of their own in every
+    /// round with kept-alive runs ([`Config::kept_round`]), the only short runs with the
+    /// statistics on (see [`run_once`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub programs: Vec<ProgCost>,
     #[serde(default)]
@@ -202,6 +204,11 @@ impl Point {
         self.conns_per_sec.push(m.wrk.requests_per_sec);
         self.cpu.push(m.cpu);
         self.cpu_us_per_conn.push(m.cpu_us_per_conn());
+        self.errors += m.wrk.errors;
+    }
+
+    /// A short run with the programs' statistics on: their cost per connection only.
+    fn push_stats(&mut self, m: &Run) {
         self.errors += m.wrk.errors;
         bpfstats::add(&mut self.programs, &m.programs);
         self.connections += m.wrk.requests;
@@ -641,10 +648,6 @@ pub fn run(lab: &Lab, config: &Config) -> Result<Results> {
         both: script_files(&topo.backends, "")?,
         one: script_files(&topo.backends[..1], "-one")?,
     };
-    let _stats = config
-        .bpf_stats
-        .then(bpfstats::RunStats::enable)
-        .transpose()?;
     for &n in &config.sizes {
         eprintln!("bench: east-west: programming {n} dual-stack services into each contender…");
         let set = synth::eastwest_set_dual(n, &backend_ips);
@@ -801,7 +804,16 @@ fn measure_round(
                 } else {
                     (url(c, family, backend), &scripts.both)
                 };
-                let m = run_once(lab, &servers, cl, config, &target, script(c, set), true)?;
+                let m = run_once(
+                    lab,
+                    &servers,
+                    cl,
+                    config,
+                    &target,
+                    script(c, set),
+                    true,
+                    false,
+                )?;
                 if one {
                     log(&format!("{} short, one backend", c.label()), &m);
                     points[i].push_one(&m);
@@ -837,7 +849,7 @@ fn measure_round(
                 // run without came before it, else before.
                 let kept_run = |points: &mut [Point]| -> Result<()> {
                     if kept {
-                        let m = run_once(lab, &servers, cl, config, &target, None, false)?;
+                        let m = run_once(lab, &servers, cl, config, &target, None, false, true)?;
                         log("ferry +monitor kept-alive", &m);
                         points[i].push_kept(&m, true);
                     }
@@ -846,7 +858,7 @@ fn measure_round(
                 if odd {
                     kept_run(points)?;
                 }
-                let m = run_once(lab, &servers, cl, config, &target, None, true)?;
+                let m = run_once(lab, &servers, cl, config, &target, None, true, false)?;
                 log("ferry +monitor short", &m);
                 points[i].push_short(&m, true);
                 if !odd {
@@ -862,15 +874,22 @@ fn measure_round(
             let (Some(cl), Some(i)) = (client(c), point(points, c)) else {
                 continue;
             };
-            let m = run_once(
-                lab,
-                &servers,
-                cl,
-                config,
-                &url(c, family, backend),
-                None,
-                false,
-            )?;
+            let target = url(c, family, backend);
+            if config.bpf_stats {
+                let m = run_once(
+                    lab,
+                    &servers,
+                    cl,
+                    config,
+                    &target,
+                    script(c, &scripts.both),
+                    true,
+                    true,
+                )?;
+                log(&format!("{} short, statistics on", c.label()), &m);
+                points[i].push_stats(&m);
+            }
+            let m = run_once(lab, &servers, cl, config, &target, None, false, true)?;
             log(&format!("{} kept-alive", c.label()), &m);
             points[i].push_kept(&m, false);
         }
@@ -897,7 +916,11 @@ impl Run {
 }
 
 /// Short connections (`close`: `config.conns` of them, `script` for direct's threads) or one
-/// kept-alive connection (one thread, one backend).
+/// kept-alive connection (one thread, one backend); with `--bpf-stats` and `stats`, the
+/// programs' statistics on meanwhile. They are off in the runs whose connections/s are
+/// compared: with them on, each program run pays two clock reads (~20-40 ns), four per
+/// connection for ferry's client against two for direct's.
+#[allow(clippy::too_many_arguments)]
 fn run_once(
     lab: &Lab,
     servers: &[u32],
@@ -906,10 +929,13 @@ fn run_once(
     target: &str,
     script: Option<std::path::PathBuf>,
     close: bool,
+    stats: bool,
 ) -> Result<Run> {
     let pins = lab.pin_dir();
+    let stats = config.bpf_stats && stats;
+    let _on = stats.then(bpfstats::RunStats::enable).transpose()?;
     let snap = || {
-        if config.bpf_stats {
+        if stats {
             bpfstats::snapshot(&pins)
         } else {
             bpfstats::Snapshot::default()

@@ -1625,7 +1625,11 @@ fn ew_programs(md: &mut String, points: &[Point], sizes: &[usize]) {
          programs ferry attached in the lab (its TC programs sit on the node's devices, which \
          every contender's packets cross; its socket hooks see ferry's client and the servers), \
          while each contender's short connections ran, then per request of its kept-alive \
-         connection. Run time includes the statistics' own clock reads (~20-40 ns per run).\n\n\
+         connection. Run time includes the statistics' own clock reads (~20-40 ns per run). \
+         The statistics are on only in runs of their own, one short run per contender in each \
+         round with kept-alive runs, and in those kept-alive runs: the short runs compared \
+         above ran with them off, as the clock reads would tax ferry's four program runs per \
+         connection against direct's two.\n\n\
          | services (N) | contender | program | runs / connection | ns / run | ns / connection | runs / kept request | ns / kept request |\n\
          |---:|---|---|---:|---:|---:|---:|---:|"
     );
