@@ -19,7 +19,10 @@ use agent_common::{
 };
 use aya::maps::{HashMap, Map, MapData};
 use ferry_tests::{
-    Attempt, Cluster, Endpoint, EndpointSlice, Service, cluster::poll, proc, require_root,
+    Attempt, Cluster, Endpoint, EndpointSlice, Service,
+    cluster::poll,
+    over_both_families, proc, require_root,
+    services::{Family, at},
 };
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -66,10 +69,40 @@ fn node_port_to_node1(c: &Cluster) -> proc::Proc {
     echo
 }
 
+/// Service `s` dual-stack (ClusterIPs 10.96.0.10 and fd00:96::a), NodePort 30080 to
+/// 8080/TCP, its one endpoint `b1` on node1 in a slice of each family (its echo server
+/// returned).
+fn dual_node_port_to_node1(c: &Cluster) -> proc::Proc {
+    let b1 = c.add_pod_on("node1", "b1");
+    let echo = c.start_echo(&b1, &[8080], &[5353]);
+    c.manifests().apply(
+        &Service::node_port_service("s", "10.96.0.10")
+            .cluster_ips(&["10.96.0.10", "fd00:96::a"])
+            .ip_family_policy("PreferDualStack")
+            .port_to("http", 80, "TCP", 8080u16)
+            .node_port(30080),
+    );
+    for f in Family::BOTH {
+        c.manifests().apply(
+            &f.slice("s", "s")
+                .port("http", 8080, "TCP")
+                .endpoint(f.ready(&b1).node("node1")),
+        );
+    }
+    echo
+}
+
 /// A TCP connection from `ext` to node1's NodePort 30080, held open: each line sent to it
 /// makes one more exchange on the same connection.
 fn hold(c: &Cluster, ext: &ferry_tests::Pod) -> proc::Proc {
-    let target = format!("{}:30080", c.node("node1").ip);
+    hold_over(c, ext, Family::V4)
+}
+
+/// [`hold`] to node1's address of `family`.
+fn hold_over(c: &Cluster, ext: &ferry_tests::Pod, family: Family) -> proc::Proc {
+    let node = c.node("node1");
+    let ip: std::net::IpAddr = family.pick([node.ip.into(), node.ip6.into()]);
+    let target = at(ip, 30080);
     c.spawn_interactive(
         ext,
         proc::lab_binary("lab-client"),
@@ -345,24 +378,37 @@ fn a_conntrack_map_of_other_flags_is_recreated_with_its_flows() {
     exchange("after a plain restart");
 }
 
-/// An agent of before the backend array (`ferry_bel4_v1`, the conntrack hit path's check
-/// that a flow's backend is still there) left none: the new agent fills it from the backend
-/// map before its programs attach, so a held connection's next packets find their backend
-/// (not "gone": no flow is lost and chosen again).
-#[test]
-#[ignore = "kernel test: needs root (cargo xtask test runs it)"]
-fn the_backend_array_is_filled_from_the_backend_map_at_start() {
+over_both_families!(the_backend_array_is_filled_from_the_backend_map_at_start);
+
+/// An agent of before the backend arrays (`ferry_bel4_v1`, `ferry_bel6_v1`: the conntrack
+/// hit path's check that a flow's backend is still there) left none: the new agent fills the
+/// family's array from its backend map before its programs attach, so a held connection's
+/// next packets find their backend (not "gone": no flow is lost and chosen again).
+fn the_backend_array_is_filled_from_the_backend_map_at_start(family: Family) {
     require_root!();
-    let c = Cluster::new("the_backend_array_is_filled_from_the_backend_map_at_start");
+    let c = Cluster::new(&format!(
+        "the_backend_array_is_filled_at_start_{}",
+        family.tag()
+    ));
     let ext1 = c.ext("ext1");
-    let _e1 = node_port_to_node1(&c);
+    let _e1 = dual_node_port_to_node1(&c);
     start_node1(&c, &[]);
-    let held = hold(&c, &ext1);
+    let held = hold_over(&c, &ext1, family);
     let exchange = |what: &str| exchange(&c, &held, what);
     exchange("the first exchange");
     c.stop_agent("node1");
     let pins = &c.node("node1").pin_dir;
-    let live = pins.join(agent_common::maps::BACKEND_LIVE_V4);
+    let (map_name, array_name) = family.pick([
+        (
+            agent_common::maps::BACKENDS_V4,
+            agent_common::maps::BACKEND_LIVE_V4,
+        ),
+        (
+            agent_common::maps::BACKENDS_V6,
+            agent_common::maps::BACKEND_LIVE_V6,
+        ),
+    ]);
+    let live = pins.join(array_name);
     std::fs::remove_file(&live).expect("removing the array's pin, as before it existed");
     let lost = |c: &Cluster| {
         c.stats("node1")["counters"]["ns_ct_lost_flow"]
@@ -371,15 +417,36 @@ fn the_backend_array_is_filled_from_the_backend_map_at_start() {
     };
 
     start_node1(&c, &[]);
-    let backends: BTreeMap<u32, agent_common::Backend4> = {
-        let map = MapData::from_pin(pins.join(agent_common::maps::BACKENDS_V4)).unwrap();
-        let h: HashMap<MapData, u32, agent_common::Backend4> =
+    match family {
+        Family::V4 => array_as_map::<agent_common::Backend4>(&pins.join(map_name), &live),
+        Family::V6 => array_as_map::<agent_common::Backend6>(&pins.join(map_name), &live),
+    }
+    let before = lost(&c);
+    held.send_line("after the upgrade")
+        .expect("stdin of the held client");
+    exchange("after the upgrade");
+    assert_eq!(
+        lost(&c),
+        before,
+        "{family}: no tracked packet found its backend gone"
+    );
+}
+
+/// The backend array pinned at `array` holds every entry of the backend map pinned at `map`,
+/// at its id.
+fn array_as_map<B>(map: &Path, array: &Path)
+where
+    B: aya::Pod + PartialEq + std::fmt::Debug,
+{
+    let backends: BTreeMap<u32, B> = {
+        let map = MapData::from_pin(map).unwrap();
+        let h: HashMap<MapData, u32, B> =
             Map::from_map_data(map).and_then(HashMap::try_from).unwrap();
         h.iter().map(Result::unwrap).collect()
     };
-    assert!(!backends.is_empty(), "the backend map holds b1");
-    let map = MapData::from_pin(&live).expect("the array, pinned again");
-    let array: aya::maps::Array<MapData, agent_common::Backend4> = Map::from_map_data(map)
+    assert!(!backends.is_empty(), "{}: holds b1", map.display());
+    let data = MapData::from_pin(array).expect("the array, pinned again");
+    let array: aya::maps::Array<MapData, B> = Map::from_map_data(data)
         .and_then(aya::maps::Array::try_from)
         .unwrap();
     for (id, b) in &backends {
@@ -389,9 +456,4 @@ fn the_backend_array_is_filled_from_the_backend_map_at_start() {
             "backend {id} in the array as in the backend map"
         );
     }
-    let before = lost(&c);
-    held.send_line("after the upgrade")
-        .expect("stdin of the held client");
-    exchange("after the upgrade");
-    assert_eq!(lost(&c), before, "no tracked packet found its backend gone");
 }
