@@ -62,10 +62,16 @@
 //! masqueraded-reply path (nodeport.rs's `from_pod`, which runs before
 //! this one) gives them the ClusterIP and the pod back.
 //!
-//! On a bridge, a backend on the same bridge
-//! answers its client over L2 without passing a host-end device of the
-//! bridge itself: only devices per pod (routed veths, the bridge's ports)
-//! see those replies.
+//! On a bridge, a backend on the same bridge would answer its client over
+//! L2, past the bridge's own device and so past every program here (only
+//! devices per pod, the bridge's ports, would see those replies; kube-proxy
+//! sees them through br_netfilter). So a flow whose backend the node
+//! reaches through the very device the packet came in on (a bridge; on a
+//! routed veth that is the client itself, hairpin) is masqueraded as
+//! hairpin is: the backend answers the node, whose `ferry_tc_pod` gives the
+//! replies the ClusterIP back. Such a backend sees the bridge's address, not
+//! the client's. The one FIB lookup that finds this is paid by new flows to
+//! local backends only.
 
 use core::ptr::NonNull;
 
@@ -120,6 +126,10 @@ pub trait Pod: Ns {
     /// None on an older kernel (the flag is refused): hairpin is then
     /// dropped (`NatFailed`).
     fn route_source(ctx: &TcContext, dst: &Addr<Self>) -> Option<Addr<Self>>;
+    /// [`Pod::route_source`] when the route to `dst` leaves through the
+    /// device the packet arrived on (a backend on the client's bridge),
+    /// else None.
+    fn same_device_source(ctx: &TcContext, dst: &Addr<Self>) -> Option<Addr<Self>>;
     /// Routes the packet as it now is (fib.rs), reading its addresses
     /// from it.
     fn forward_rewritten(ctx: &TcContext) -> Outcome;
@@ -133,7 +143,13 @@ impl Pod for V4 {
     #[inline(always)]
     fn route_source(ctx: &TcContext, dst: &u32) -> Option<u32> {
         let mut words = [*dst, 0, 0, 0];
-        route_source(tc::skb(ctx), AF_INET, &mut words).then_some(words[0])
+        (route_source(tc::skb(ctx), AF_INET, &mut words) != 0).then_some(words[0])
+    }
+
+    #[inline(always)]
+    fn same_device_source(ctx: &TcContext, dst: &u32) -> Option<u32> {
+        let mut words = [*dst, 0, 0, 0];
+        (route_source(tc::skb(ctx), AF_INET, &mut words) == parse::ifindex(ctx)).then_some(words[0])
     }
 
     #[inline(always)]
@@ -150,7 +166,13 @@ impl Pod for V6 {
     #[inline(always)]
     fn route_source(ctx: &TcContext, dst: &Ip6) -> Option<Ip6> {
         let mut words = *dst;
-        route_source(tc::skb(ctx), AF_INET6, &mut words).then_some(words)
+        (route_source(tc::skb(ctx), AF_INET6, &mut words) != 0).then_some(words)
+    }
+
+    #[inline(always)]
+    fn same_device_source(ctx: &TcContext, dst: &Ip6) -> Option<Ip6> {
+        let mut words = *dst;
+        (route_source(tc::skb(ctx), AF_INET6, &mut words) == parse::ifindex(ctx)).then_some(words)
     }
 
     #[inline(always)]
@@ -160,12 +182,13 @@ impl Pod for V6 {
 }
 
 /// The FIB's source towards `addr` (IPv4: its first word), written back
-/// into `addr`. A function of its own: the lookup's 64 bytes of parameters
-/// are in its frame only.
+/// into `addr`, and the route's device: its ifindex, 0 when there is no
+/// such route or source. A function of its own: the lookup's 64 bytes of
+/// parameters are in its frame only.
 #[inline(never)]
-fn route_source(skb: *mut __sk_buff, family: u8, addr: &mut Ip6) -> bool {
+fn route_source(skb: *mut __sk_buff, family: u8, addr: &mut Ip6) -> u32 {
     let Some(ctx) = NonNull::new(skb).map(TcContext::new) else {
-        return false;
+        return 0;
     };
     // SAFETY: a plain C struct of integers; all zeros is a valid value.
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
@@ -186,7 +209,7 @@ fn route_source(skb: *mut __sk_buff, family: u8, addr: &mut Ip6) -> bool {
         )
     } as u32;
     if rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH {
-        return false;
+        return 0;
     }
     // SAFETY: the union's field the family names.
     unsafe {
@@ -196,7 +219,10 @@ fn route_source(skb: *mut __sk_buff, family: u8, addr: &mut Ip6) -> bool {
             *addr = p.__bindgen_anon_3.ipv6_src;
         }
     }
-    addr.iter().any(|w| *w != 0)
+    if addr.iter().all(|w| *w == 0) {
+        return 0;
+    }
+    p.ifindex
 }
 
 /// What [`new_flow_call`] returns for a packet to a ClusterIP without
@@ -360,16 +386,23 @@ fn new_flow<F: Pod>(
     };
     let (backend_addr, backend_port) = F::Key::backend_dest(&chosen.backend);
     let local = F::Key::backend_flags(&chosen.backend) & backend_flags::LOCAL != 0;
-    // Hairpin: masqueraded (see the module comment).
+    // Hairpin, and a backend on the client's bridge: masqueraded (see the
+    // module comment).
     let hairpin = backend_addr == t.saddr;
     if hairpin && masq == F::NO_ADDR {
         return ok(HAIRPIN);
     }
+    let masq = if local && !hairpin {
+        F::same_device_source(ctx, &backend_addr).unwrap_or(masq)
+    } else {
+        masq
+    };
+    let masqueraded = masq != F::NO_ADDR;
     let mut flags = ct_flags::POD;
     if local {
         flags |= ct_flags::LOCAL;
     }
-    if hairpin {
+    if masqueraded {
         flags |= ct_flags::SNAT;
     }
     let (fwd, rev, fwd_key) = nodeport::flow_entries::<F>(
@@ -384,7 +417,7 @@ fn new_flow<F: Pod>(
     // Before the entries exist: the reply must find the egress program looking.
     mark_pod_flows();
     let map = F::Ct::map();
-    if hairpin {
+    if masqueraded {
         // A function of its own: its temporaries are not in this frame.
         let r = masquerade_call::<F>(room, t.proto, t.sport, masq);
         match r.get() {

@@ -4,8 +4,9 @@
 //! ClusterIPs over TCP and UDP, its packets DNATed on the ingress of its pod device
 //! (`ferry_tc_pod`), the backends' replies given the ClusterIP back on its egress
 //! (`ferry_tc_pod_out`): a backend on the client's node (host network), one on the other
-//! node, and the client pod itself (hairpin: masqueraded to its bridge's address, as
-//! kube-proxy does). Both families, each Service dual-stack. A connected UDP socket to a
+//! node, the client pod itself (hairpin: masqueraded to its bridge's address, as kube-proxy
+//! does), and a pod on the client's bridge (masqueraded likewise: its replies cross the bridge
+//! alone, past every program, unless they are sent to the node). Both families, each Service dual-stack. A connected UDP socket to a
 //! ClusterIP port whose backend does not listen gets the backend's port unreachable, translated
 //! back to the ClusterIP (pod_lb.rs, icmp.rs: `ferry_tc_pod_out` for the host-network backend,
 //! `ferry_tc_in` for the remote pod, `ferry_tc_pod` for the hairpin flow), as ECONNREFUSED at
@@ -35,6 +36,8 @@ const DEADLINE: Duration = Duration::from_secs(10);
 const LOCAL_VIP: [&str; 2] = ["10.96.0.20", "fd00:96::20"];
 const REMOTE_VIP: [&str; 2] = ["10.96.0.21", "fd00:96::21"];
 const ANCHOR_VIP: [&str; 2] = ["10.96.0.22", "fd00:96::22"];
+/// Served by another pod on the client's bridge.
+const NEIGHBOUR_VIP: [&str; 2] = ["10.96.0.24", "fd00:96::24"];
 /// A ClusterIP without endpoints.
 const EMPTY_VIP: [&str; 2] = ["10.96.0.23", "fd00:96::23"];
 
@@ -127,10 +130,12 @@ fn a_pod_process_outside_the_cgroup_reaches_cluster_ips_per_packet() {
     );
     let client = c.add_pod_on("node1", "client");
     let b2 = c.add_pod_on("node2", "b2");
+    let b1 = c.add_pod_on("node1", "b1");
     let host1 = node1.host();
     let _e1 = c.start_echo(&host1, &[8080], &[5353]);
     let _e2 = c.start_echo(&b2, &[8080], &[5353]);
     let _ea = c.start_echo(&client, &[8080], &[5353]);
+    let _e3 = c.start_echo(&b1, &[8080], &[5353]);
     // node1's bridge addresses: the host-network server's UDP replies (from a wildcard-bound
     // socket) leave with the source the route to the client gives, which must be the
     // address the flow was DNATed to; and the address a hairpin flow is masqueraded to.
@@ -150,6 +155,13 @@ fn a_pod_process_outside_the_cgroup_reaches_cluster_ips_per_packet() {
         [client.ip.into(), client.ip6.into()],
         "node1",
     );
+    service(
+        &c,
+        "neighbour",
+        NEIGHBOUR_VIP,
+        [b1.ip.into(), b1.ip6.into()],
+        "node1",
+    );
     c.manifests().apply(
         &Service::dual_stack("empty", "PreferDualStack", &EMPTY_VIP)
             .port_to("http", 80, "TCP", 8080u16),
@@ -161,6 +173,7 @@ fn a_pod_process_outside_the_cgroup_reaches_cluster_ips_per_packet() {
             (LOCAL_VIP, gateway[family]),
             (REMOTE_VIP, addr(&b2, family)),
             (ANCHOR_VIP, addr(&client, family)),
+            (NEIGHBOUR_VIP, addr(&b1, family)),
         ] {
             let (ep, void) = (at(ip, 8080), at(ip, VOID_TARGET));
             c.wait_services(
@@ -188,6 +201,8 @@ fn a_pod_process_outside_the_cgroup_reaches_cluster_ips_per_packet() {
             (REMOTE_VIP, "b2", me),
             // Hairpin: the pod reaches itself from its bridge's address.
             (ANCHOR_VIP, "client", gateway[family]),
+            // Same bridge: masqueraded as hairpin is, so that its replies come to the node.
+            (NEIGHBOUR_VIP, "b1", gateway[family]),
         ] {
             let vip = vip(vips, family);
             let target = at(vip, 80);
@@ -244,6 +259,7 @@ fn a_pod_process_outside_the_cgroup_reaches_cluster_ips_per_packet() {
             (LOCAL_VIP, "the host-network backend"),
             (REMOTE_VIP, "the remote pod"),
             (ANCHOR_VIP, "the client itself (hairpin)"),
+            (NEIGHBOUR_VIP, "a pod on the client's bridge"),
         ] {
             let target = at(vip(vips, family), VOID_PORT);
             let translated = counter(&c, "node1", "ns_icmp_translated");
