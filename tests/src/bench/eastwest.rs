@@ -21,7 +21,7 @@
 //! serves both, and the rounds interleave the families as they interleave the contenders.
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::Path,
     process::Command,
     thread,
@@ -37,7 +37,7 @@ use super::{
     env::{http_get_in, in_lab_ns_ok, metric},
     http_url, kubeproxy,
     load::{self, ClientPlace, CpuTicks, WrkResult},
-    rotated,
+    rotated, shortconn,
     synth::{self, BACKEND_PORT, ONE_VIP, ONE_VIP6, TARGET_PORT, TARGET_VIP, TARGET_VIP6},
 };
 use crate::{
@@ -131,6 +131,12 @@ pub struct Config {
     /// out: what remains is what ferry's hooks and translation cost. False in older reports.
     #[serde(default)]
     pub one_backend: bool,
+    /// Each round also pairs direct and ferry over both backends with a client that dials a
+    /// random backend per connection ([`shortconn`]): direct's pod IPs spread as ferry's
+    /// Service spreads, which wrk cannot do (its threads keep one address each). False in
+    /// older reports.
+    #[serde(default)]
+    pub spread: bool,
 }
 
 impl Config {
@@ -179,9 +185,23 @@ pub struct Point {
     /// ([`Config::one_backend`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub one: Option<Runs>,
+    /// Direct's and ferry's short runs spread per connection, in the same rounds
+    /// ([`Config::spread`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<Runs>,
 }
 
 impl Point {
+    /// One round's short connections spread per connection.
+    fn push_spread(&mut self, m: &Run) {
+        if let Some(r) = self.spread.as_mut() {
+            r.conns_per_sec.push(m.wrk.requests_per_sec);
+            r.cpu.push(m.cpu);
+            r.cpu_us_per_conn.push(m.cpu_us_per_conn());
+            r.errors += m.wrk.errors;
+        }
+    }
+
     /// One round's short connections over one backend.
     fn push_one(&mut self, m: &Run) {
         if let Some(r) = self.one.as_mut() {
@@ -468,6 +488,23 @@ fn url_one(c: Contender, family: Family, backends: &[Pod]) -> String {
     }
 }
 
+/// The addresses of direct's or ferry's spread runs over `family`: both backends' pod IPs, or
+/// the ClusterIP.
+fn spread_targets(c: Contender, family: Family, backends: &[Pod]) -> Vec<SocketAddr> {
+    match (c, family) {
+        (Contender::Direct, Family::V4) => backends
+            .iter()
+            .map(|b| SocketAddr::new(b.ip.into(), BACKEND_PORT))
+            .collect(),
+        (Contender::Direct, Family::V6) => backends
+            .iter()
+            .map(|b| SocketAddr::new(b.ip6.into(), BACKEND_PORT))
+            .collect(),
+        (_, Family::V4) => vec![SocketAddr::new(TARGET_VIP.into(), TARGET_PORT)],
+        (_, Family::V6) => vec![SocketAddr::new(TARGET_VIP6.into(), TARGET_PORT)],
+    }
+}
+
 /// The target URL of a contender over `family` (`backend`: the one direct dials).
 fn url(c: Contender, family: Family, backend: &Pod) -> String {
     let (direct, vip): (IpAddr, IpAddr) = match family {
@@ -683,6 +720,8 @@ pub fn run(lab: &Lab, config: &Config) -> Result<Results> {
                     cpu_us_per_conn: Vec::new(),
                     one: (config.one_backend && matches!(c, Contender::Direct | Contender::Ferry))
                         .then(Runs::default),
+                    spread: (config.spread && matches!(c, Contender::Direct | Contender::Ferry))
+                        .then(Runs::default),
                 })
             })
             .collect();
@@ -718,6 +757,9 @@ enum Step {
     Short(Contender),
     /// Direct's or ferry's short connections over one backend.
     One(Contender),
+    /// Direct's or ferry's short connections over both backends, each connection to a random
+    /// one ([`shortconn`]: direct dials the pod IPs, ferry the ClusterIP).
+    Spread(Contender),
     /// ferry's short connections with the monitor listening (and its kept-alive run, if this
     /// round has them, on the side away from ferry's run without).
     Monitor,
@@ -726,7 +768,7 @@ enum Step {
 /// A round's short runs: the pair first (direct and ferry back to back, ferry + monitor beside
 /// ferry), the one-backend pair (`one`), then the kube-proxy contenders, every order reversed
 /// in odd rounds.
-fn steps(round: usize, monitor: bool, one: bool) -> Vec<Step> {
+fn steps(round: usize, monitor: bool, one: bool, spread: bool) -> Vec<Step> {
     let odd = round % 2 == 1;
     let mut steps = vec![
         Step::Short(Contender::Direct),
@@ -740,6 +782,16 @@ fn steps(round: usize, monitor: bool, one: bool) -> Vec<Step> {
     }
     if one {
         let mut pair = [Step::One(Contender::Direct), Step::One(Contender::Ferry)];
+        if odd {
+            pair.reverse();
+        }
+        steps.extend(pair);
+    }
+    if spread {
+        let mut pair = [
+            Step::Spread(Contender::Direct),
+            Step::Spread(Contender::Ferry),
+        ];
         if odd {
             pair.reverse();
         }
@@ -774,7 +826,7 @@ fn measure_round(
     let script = |c: Contender, set: &[std::path::PathBuf]| {
         (c == Contender::Direct && config.threads > 1).then(|| set[family as usize].clone())
     };
-    let steps = steps(round, config.monitor, config.one_backend);
+    let steps = steps(round, config.monitor, config.one_backend, config.spread);
     let log = |what: &str, m: &Run| {
         eprintln!(
             "bench: east-west {} N={} round {}/{} {what:<36} {:>9.0} conn/s  p50 {:>7.1} us  steal {:>4.1} %",
@@ -804,16 +856,12 @@ fn measure_round(
                 } else {
                     (url(c, family, backend), &scripts.both)
                 };
-                let m = run_once(
-                    lab,
-                    &servers,
-                    cl,
-                    config,
-                    &target,
-                    script(c, set),
-                    true,
-                    false,
-                )?;
+                let load = Load::Wrk {
+                    target: &target,
+                    script: script(c, set),
+                    close: true,
+                };
+                let m = run_once(lab, &servers, cl, config, load, false)?;
                 if one {
                     log(&format!("{} short, one backend", c.label()), &m);
                     points[i].push_one(&m);
@@ -821,6 +869,15 @@ fn measure_round(
                     log(&format!("{} short", c.label()), &m);
                     points[i].push_short(&m, false);
                 }
+            }
+            Step::Spread(c) => {
+                let (Some(cl), Some(i)) = (client(c), point(points, c)) else {
+                    continue;
+                };
+                let targets = spread_targets(c, family, &topo.backends);
+                let m = run_once(lab, &servers, cl, config, Load::Spread(&targets), false)?;
+                log(&format!("{} short, spread", c.label()), &m);
+                points[i].push_spread(&m);
             }
             Step::Monitor => {
                 let (Some(cl), Some(i)) =
@@ -849,7 +906,12 @@ fn measure_round(
                 // run without came before it, else before.
                 let kept_run = |points: &mut [Point]| -> Result<()> {
                     if kept {
-                        let m = run_once(lab, &servers, cl, config, &target, None, false, true)?;
+                        let load = Load::Wrk {
+                            target: &target,
+                            script: None,
+                            close: false,
+                        };
+                        let m = run_once(lab, &servers, cl, config, load, true)?;
                         log("ferry +monitor kept-alive", &m);
                         points[i].push_kept(&m, true);
                     }
@@ -858,7 +920,12 @@ fn measure_round(
                 if odd {
                     kept_run(points)?;
                 }
-                let m = run_once(lab, &servers, cl, config, &target, None, true, false)?;
+                let load = Load::Wrk {
+                    target: &target,
+                    script: None,
+                    close: true,
+                };
+                let m = run_once(lab, &servers, cl, config, load, false)?;
                 log("ferry +monitor short", &m);
                 points[i].push_short(&m, true);
                 if !odd {
@@ -876,20 +943,21 @@ fn measure_round(
             };
             let target = url(c, family, backend);
             if config.bpf_stats {
-                let m = run_once(
-                    lab,
-                    &servers,
-                    cl,
-                    config,
-                    &target,
-                    script(c, &scripts.both),
-                    true,
-                    true,
-                )?;
+                let load = Load::Wrk {
+                    target: &target,
+                    script: script(c, &scripts.both),
+                    close: true,
+                };
+                let m = run_once(lab, &servers, cl, config, load, true)?;
                 log(&format!("{} short, statistics on", c.label()), &m);
                 points[i].push_stats(&m);
             }
-            let m = run_once(lab, &servers, cl, config, &target, None, false, true)?;
+            let load = Load::Wrk {
+                target: &target,
+                script: None,
+                close: false,
+            };
+            let m = run_once(lab, &servers, cl, config, load, true)?;
             log(&format!("{} kept-alive", c.label()), &m);
             points[i].push_kept(&m, false);
         }
@@ -915,20 +983,30 @@ impl Run {
     }
 }
 
-/// Short connections (`close`: `config.conns` of them, `script` for direct's threads) or one
-/// kept-alive connection (one thread, one backend); with `--bpf-stats` and `stats`, the
-/// programs' statistics on meanwhile. They are off in the runs whose connections/s are
-/// compared: with them on, each program run pays two clock reads (~20-40 ns), four per
-/// connection for ferry's client against two for direct's.
-#[allow(clippy::too_many_arguments)]
+/// What a run's client does.
+enum Load<'a> {
+    /// wrk: short connections (`close`: `config.conns` of them, `script` for direct's threads)
+    /// or one kept-alive connection (one thread, one backend).
+    Wrk {
+        target: &'a str,
+        script: Option<std::path::PathBuf>,
+        close: bool,
+    },
+    /// [`shortconn`]: `config.conns` short connections over `config.threads` threads, each
+    /// to a random one of these addresses.
+    Spread(&'a [SocketAddr]),
+}
+
+/// One run of a contender's client; with `--bpf-stats` and `stats`, the programs' statistics
+/// on meanwhile. They are off in the runs whose connections/s are compared: with them on,
+/// each program run pays two clock reads (~20-40 ns), four per connection for ferry's client
+/// against two for direct's.
 fn run_once(
     lab: &Lab,
     servers: &[u32],
     c: &Client,
     config: &Config,
-    target: &str,
-    script: Option<std::path::PathBuf>,
-    close: bool,
+    load: Load,
     stats: bool,
 ) -> Result<Run> {
     let pins = lab.pin_dir();
@@ -942,20 +1020,6 @@ fn run_once(
         }
     };
     let cpu = || config.pin_cpu.map(CpuTicks::now).unwrap_or_default();
-    let (opts, conns) = if close {
-        let opts = load::WrkOpts {
-            cpu: config.pin_cpu,
-            threads: config.threads,
-            script,
-        };
-        (opts, config.conns)
-    } else {
-        let opts = load::WrkOpts {
-            cpu: config.pin_cpu,
-            ..Default::default()
-        };
-        (opts, 1)
-    };
     let used = || -> u64 {
         load::children_cpu_ns()
             + servers
@@ -966,7 +1030,35 @@ fn run_once(
     let s0 = snap();
     let c0 = cpu();
     let u0 = used();
-    let wrk = load::wrk_on(&c.place, &opts, target, config.secs, conns, close)?;
+    let wrk = match load {
+        Load::Wrk {
+            target,
+            script,
+            close: true,
+        } => {
+            let opts = load::WrkOpts {
+                cpu: config.pin_cpu,
+                threads: config.threads,
+                script,
+            };
+            load::wrk_on(&c.place, &opts, target, config.secs, config.conns, true)?
+        }
+        Load::Wrk { target, .. } => {
+            let opts = load::WrkOpts {
+                cpu: config.pin_cpu,
+                ..Default::default()
+            };
+            load::wrk_on(&c.place, &opts, target, config.secs, 1, false)?
+        }
+        Load::Spread(targets) => shortconn::run_on(
+            &c.place,
+            config.pin_cpu,
+            targets,
+            config.conns,
+            config.threads.max(1),
+            config.secs,
+        )?,
+    };
     let u1 = used();
     let c1 = cpu();
     let s1 = snap();
@@ -1016,7 +1108,7 @@ mod tests {
         use Contender::*;
         use Step::*;
         assert_eq!(
-            steps(0, false, false),
+            steps(0, false, false, false),
             [
                 Short(Direct),
                 Short(Ferry),
@@ -1025,7 +1117,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            steps(1, false, false),
+            steps(1, false, false, false),
             [
                 Short(Ferry),
                 Short(Direct),
@@ -1035,7 +1127,7 @@ mod tests {
         );
         // With the monitor, ferry's run with it sits beside ferry's without.
         assert_eq!(
-            steps(2, true, false),
+            steps(2, true, false, false),
             [
                 Short(Direct),
                 Short(Ferry),
@@ -1045,7 +1137,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            steps(3, true, false),
+            steps(3, true, false, false),
             [
                 Monitor,
                 Short(Ferry),
@@ -1056,7 +1148,7 @@ mod tests {
         );
         // The one-backend pair follows the pair, its order alternating too.
         assert_eq!(
-            steps(0, false, true),
+            steps(0, false, true, false),
             [
                 Short(Direct),
                 Short(Ferry),
@@ -1067,13 +1159,27 @@ mod tests {
             ]
         );
         assert_eq!(
-            steps(1, true, true),
+            steps(1, true, true, false),
             [
                 Monitor,
                 Short(Ferry),
                 Short(Direct),
                 One(Ferry),
                 One(Direct),
+                Short(Nftables),
+                Short(Iptables)
+            ]
+        );
+        // The spread pair follows the one-backend pair.
+        assert_eq!(
+            steps(1, false, true, true),
+            [
+                Short(Ferry),
+                Short(Direct),
+                One(Ferry),
+                One(Direct),
+                Spread(Ferry),
+                Spread(Direct),
                 Short(Nftables),
                 Short(Iptables)
             ]

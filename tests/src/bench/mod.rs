@@ -18,6 +18,7 @@ pub mod northsouth;
 pub mod progcost;
 pub mod report;
 pub mod server;
+pub mod shortconn;
 pub mod sinkdrop;
 pub mod stats;
 pub mod synth;
@@ -311,6 +312,7 @@ fn run_eastwest(opts: &Options) -> Result<eastwest::Results> {
             paired: true,
             kept_every: 1,
             one_backend: true,
+            spread: true,
         }
     } else {
         eastwest::Config {
@@ -330,6 +332,7 @@ fn run_eastwest(opts: &Options) -> Result<eastwest::Results> {
             paired: true,
             kept_every: 2,
             one_backend: true,
+            spread: true,
         }
     };
     if let Some(sizes) = &opts.eastwest_sizes {

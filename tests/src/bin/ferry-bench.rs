@@ -11,22 +11,26 @@
 //!     --rounds: the east-west, north-south and flood sections' rounds (default 5)
 //!     --sizes: the east-west section's service counts (default 1,1000,10000), both families
 //! ferry-bench serve --port PORT [--lifetime SECS]     (the backends' HTTP server)
+//! ferry-bench shortconn --targets ADDR[,ADDR..] [--conns N] [--threads N] [--secs S]
+//!     (east-west's short-connection client: each connection to a random target; prints its
+//!     counts as one JSON line)
 //! ```
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use ferry_tests::{
-    bench::{self, Options, server},
+    bench::{self, Options, server, shortconn},
     is_root,
 };
 
-const USAGE: &str = "usage: ferry-bench run [--quick] [--out DIR] [--only eastwest,northsouth,progcost,control,flood] [--merge] [--monitor] [--bpf-stats] [--sizes N[,N..]] [--rounds N]\n       ferry-bench serve --port PORT [--lifetime SECS]";
+const USAGE: &str = "usage: ferry-bench run [--quick] [--out DIR] [--only eastwest,northsouth,progcost,control,flood] [--merge] [--monitor] [--bpf-stats] [--sizes N[,N..]] [--rounds N]\n       ferry-bench serve --port PORT [--lifetime SECS]\n       ferry-bench shortconn --targets ADDR[,ADDR..] [--conns N] [--threads N] [--secs S]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("serve") => serve(&args[1..]),
         Some("run") => run(&args[1..]),
+        Some("shortconn") => short_connections(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             ExitCode::from(2)
@@ -56,6 +60,26 @@ fn serve(args: &[String]) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferry-bench serve: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn short_connections(args: &[String]) -> ExitCode {
+    let opts = match shortconn::parse_args(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("ferry-bench shortconn: {e:#}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match shortconn::run(&opts) {
+        Ok(c) => {
+            println!("{}", serde_json::to_string(&c).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ferry-bench shortconn: {e:#}");
             ExitCode::FAILURE
         }
     }
