@@ -214,6 +214,7 @@ fn xlate_fwd<F: Family>(
         {
             return refuse::<F>(ctx, refused, addr, port);
         }
+        leave_slot(ctx, hook, l4);
         return ALLOW;
     };
     // The frontend's own entry: its source ranges are keyed by its id.
@@ -225,7 +226,11 @@ fn xlate_fwd<F: Family>(
     }
     if svc.count == 0 {
         if svc.flags & svc_flags::DROP_NO_LOCAL != 0 {
-            return let_through_to_drop::<F>(ctx, refused, addr, port);
+            let verdict = let_through_to_drop::<F>(ctx, refused, addr, port);
+            if verdict == ALLOW {
+                leave_slot(ctx, hook, l4);
+            }
+            return verdict;
         }
         return refuse::<F>(ctx, refused, addr, port);
     }
@@ -260,6 +265,23 @@ fn xlate_fwd<F: Family>(
     write(backend_addr, backend_port);
     count(hook.translated);
     ALLOW
+}
+
+/// A UDP socket connected again, now to a destination ferry does not
+/// translate: the slot its earlier connect may hold (either family's: a
+/// dual-stack socket's IPv4-mapped connect holds an IPv4 one) is freed
+/// here, as its close would not find it (the release hook stops at a peer
+/// on a port no backend uses). A TCP socket connects once.
+#[inline(always)]
+fn leave_slot(ctx: &SockAddrContext, hook: Fwd, l4: u8) {
+    if !hook.connect || l4 != proto::UDP {
+        return;
+    }
+    // SAFETY: the helper takes the program's context.
+    let cookie = unsafe { h::bpf_get_socket_cookie(ctx.as_ptr()) };
+    if !V4::slot_free(cookie) {
+        V6::slot_free(cookie);
+    }
 }
 
 /// The socket's guard record of family `F`, made empty if it has none

@@ -13,10 +13,12 @@
 //! disconnected UDP socket, a listener) has its slots checked by cookie.
 //! What this cannot find is left to the LRU: an unconnected UDP socket's
 //! entries (one per Service it sent to), and the map entry of a socket
-//! connected again elsewhere since. The slot of a UDP socket connected
-//! again to an address on a port no backend uses stays taken: it costs
-//! later sockets of that slot the reverse map, never a wrong answer (a slot
-//! answers only for its cookie, and cookies are not reused).
+//! connected again elsewhere since. A UDP socket connected again to what
+//! ferry does not translate has its slot freed by that connect (sock_lb.rs,
+//! `leave_slot`), as its close would stop at the port bitmap. A slot left
+//! taken all the same would cost later sockets of that slot the reverse
+//! map, never a wrong answer (a slot answers only for its cookie, and
+//! cookies are not reused).
 
 use agent_common::{Ip6, proto, v4_mapped};
 use aya_ebpf::{

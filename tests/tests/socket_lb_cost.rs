@@ -269,8 +269,9 @@ const UNROUTABLE: [&str; 2] = ["203.0.113.7", "2001:db8:9::7"];
 /// A socket of family `FAMILY` (4 or 6) and kind `KIND` (tcp, udp: connected; sendto: an
 /// unconnected UDP socket that sends one datagram; unroutable: a TCP connect that must fail
 /// before the handshake) to `HOST` `PORT`. It prints its cookie (SO_COOKIE), then answers each
-/// line on stdin: `peer` with its peer (`addr port`, `-` when it has none), `close` with
-/// `closed` once close() returned.
+/// line on stdin: `peer` with its peer (`addr port`, `-` when it has none), `connect ADDR PORT`
+/// (a UDP socket connected again) with `connected`, `close` with `closed` once close()
+/// returned.
 const CLOSING_CLIENT: &str = r#"
 import socket, sys
 family, kind, host, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -289,7 +290,11 @@ else:
     s.connect((host, port))
 print(int.from_bytes(s.getsockopt(socket.SOL_SOCKET, 57, 8), "little"), flush=True)
 for line in sys.stdin:
-    if line.strip() == "peer":
+    if line.startswith("connect "):
+        _, h, p = line.split()
+        s.connect((h, int(p)))
+        print("connected", flush=True)
+    elif line.strip() == "peer":
         try:
             print("%s %d" % s.getpeername()[:2], flush=True)
         except OSError:
@@ -541,6 +546,32 @@ fn a_closed_socket_leaves_no_reverse_entry(family: Family) {
             "{family} {kind}: deleted at close"
         );
     }
+
+    // A UDP socket connected to the Service, then to an address and port no Service or backend
+    // has: the second connect leaves the socket's slot, which its close (its peer on a port no
+    // backend uses, so the release hook stops at the port bitmap) would not find.
+    let again = Closing::start(&lab, &client, family, "udp", vip, 53);
+    assert_eq!(
+        rev_entries(&lab, family, again.cookie),
+        vec![(Kept::Slot, dns.clone())],
+        "{family}: connected to the Service"
+    );
+    let elsewhere = family.pick([b1.ip.to_string(), b1.ip6.to_string()]);
+    assert_eq!(
+        again.step(&lab, &format!("connect {elsewhere} 9")),
+        "connected"
+    );
+    assert_eq!(
+        again.peer(&lab),
+        format!("{elsewhere} 9"),
+        "{family}: connected elsewhere"
+    );
+    assert_eq!(
+        rev_entries(&lab, family, again.cookie),
+        vec![],
+        "{family}: connected elsewhere, the socket's slot is freed"
+    );
+    again.close(&lab);
 
     // A dual-stack socket to the IPv4-mapped ClusterIP: its entry is an IPv4 one, deleted too.
     if family == Family::V4 {
