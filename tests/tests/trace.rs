@@ -552,9 +552,9 @@ fn outside_curl(pod: &Pod, target: &str, sport: u16) -> Result<String, String> {
 /// `--from pod-packet`: what ferry_tc_pod does with a pod's packet the socket layer did not
 /// translate (a process outside the hooked cgroup), predicted per source port and then
 /// done by the real flow; the Service port's name comes from the agent's status. The
-/// backends are on node2: one on the client's own bridge would answer it over L2, past the
-/// node (pod_lb.rs's known limit). A second Service whose endpoint is the client itself
-/// makes node1's bridge a pod device.
+/// backends are on node2 (DNAT); a third Service's is a pod on the client's own bridge, which
+/// ferry masquerades (pod_lb.rs) and trace says so. A second Service whose endpoint is the
+/// client itself makes node1's bridge a pod device.
 fn per_packet_pod_path_is_predicted(family: Family) {
     require_root!();
     let c = cluster("per_packet_pod_path_is_predicted", family);
@@ -565,6 +565,15 @@ fn per_packet_pod_path_is_predicted(family: Family) {
     let pods = [&b1, &b2, &b3];
     let _echos: Vec<_> = pods.iter().map(|p| c.start_echo(p, &[8080], &[])).collect();
     let cl = c.add_pod_on("node1", "cl");
+    let nb = c.add_pod_on("node1", "nb");
+    let _nb_echo = c.start_echo(&nb, &[8080], &[]);
+    c.manifests().apply(
+        &Service::cluster_ip("neighbour", CLUSTER_IP3[0])
+            .cluster_ips(&CLUSTER_IP3)
+            .ip_family_policy("PreferDualStack")
+            .port_to("http", 80, "TCP", 8080u16),
+    );
+    apply_slices(&c, "neighbour", &[(&nb, "node1")]);
     c.manifests().apply(
         &Service::cluster_ip("anchor", CLUSTER_IP2[0])
             .cluster_ips(&CLUSTER_IP2)
@@ -629,6 +638,20 @@ fn per_packet_pod_path_is_predicted(family: Family) {
         "{family}: no flow was found tracked right after it ran"
     );
     println!("{family}: backends reached per packet: {seen:?}");
+    // A backend on the client's own bridge: masqueraded, and served.
+    let neighbour = at(family.pick(CLUSTER_IP3), 80);
+    wait_backends(&c, family, family.pick(CLUSTER_IP3), &[&nb]);
+    let src = at(family.ip(&cl), 40_300);
+    let t = trace(
+        &c,
+        &[&src, &format!("{neighbour}/tcp"), "--from", "pod-packet"],
+    );
+    assert_eq!(t.verdict.action, Action::Translate, "{t:?}");
+    assert_eq!(t.verdict.mode.as_deref(), Some("masquerade"), "{t:?}");
+    assert!(t.verdict.detail.contains("bridge"), "{t:?}");
+    let who = outside_curl(&cl, &neighbour, 40_300)
+        .unwrap_or_else(|e| panic!("{family}: {neighbour} from port 40300: {e}"));
+    assert_eq!(who, "nb", "{family}: the neighbour answered");
     // A port no Service defines: the pod gets a port unreachable.
     let t = trace(
         &c,

@@ -61,6 +61,9 @@ pub trait Tables {
     fn ns_devices(&self) -> Vec<u32>;
     /// Addresses of backends on this node.
     fn local_backend_ips(&self) -> Vec<IpAddr>;
+    /// The device this node routes `ip` through (None: its own address, no route, or the
+    /// lookup failed).
+    fn route_device(&self, ip: IpAddr) -> Option<u32>;
 }
 
 /// Where the flow comes from.

@@ -21,6 +21,8 @@ struct Mem {
     ct: Vec<(CtLookupKey, CtLookupValue)>,
     node_flags: u32,
     node_addrs: Vec<IpAddr>,
+    /// Addresses and the device the node routes them through.
+    routes: Vec<(IpAddr, u32)>,
 }
 
 impl Tables for Mem {
@@ -70,6 +72,9 @@ impl Tables for Mem {
     }
     fn ns_devices(&self) -> Vec<u32> {
         vec![2]
+    }
+    fn route_device(&self, ip: IpAddr) -> Option<u32> {
+        self.routes.iter().find(|(a, _)| *a == ip).map(|(_, d)| *d)
     }
     fn local_backend_ips(&self) -> Vec<IpAddr> {
         let c = self.maps.contents();
@@ -609,6 +614,33 @@ fn a_pod_that_is_its_own_backend_is_masqueraded() {
     assert!(t.verdict.detail.contains("hairpin"), "{}", t.verdict.detail);
     // Another pod: DNAT.
     let t = run(&m, flow(CLIENT, Some(40000), CIP, 80), Origin::PodPacket);
+    assert_eq!(t.verdict.mode.as_deref(), Some("dnat"));
+}
+
+#[test]
+fn a_local_backend_on_the_clients_bridge_is_masqueraded() {
+    let client = Ipv4Addr::new(10, 244, 1, 9);
+    let backend = be(Ipv4Addr::new(10, 244, 1, 1).into());
+    let mut f = fe(FrontendKind::ClusterIP, vec![backend]);
+    f.local_backends = [backend].into_iter().collect();
+    let mut m = programmed(&[(fkey(CIP, 80, Scope::External), f.clone())]);
+    // Both behind the bridge (device 3): masqueraded.
+    m.routes = vec![(client.into(), 3), (backend.ip, 3)];
+    let t = run(&m, flow(client, Some(40000), CIP, 80), Origin::PodPacket);
+    assert_eq!(t.verdict.action, Action::Translate, "{t:?}");
+    assert_eq!(t.verdict.mode.as_deref(), Some("masquerade"));
+    assert!(t.verdict.detail.contains("bridge"), "{}", t.verdict.detail);
+    // Each behind a device of its own (routed veths): DNAT.
+    m.routes = vec![(client.into(), 3), (backend.ip, 4)];
+    let t = run(&m, flow(client, Some(40000), CIP, 80), Origin::PodPacket);
+    assert_eq!(t.verdict.mode.as_deref(), Some("dnat"));
+    // A backend not flagged local: DNAT (the kernel looks the route up for local ones only).
+    let mut m = programmed(&[(
+        fkey(CIP, 80, Scope::External),
+        fe(FrontendKind::ClusterIP, vec![backend]),
+    )]);
+    m.routes = vec![(client.into(), 3), (backend.ip, 3)];
+    let t = run(&m, flow(client, Some(40000), CIP, 80), Origin::PodPacket);
     assert_eq!(t.verdict.mode.as_deref(), Some("dnat"));
 }
 

@@ -86,6 +86,17 @@ impl Tables for Maps {
         all
     }
 
+    fn route_device(&self, ip: IpAddr) -> Option<u32> {
+        match crate::datapath::routes::Resolver::new()
+            .ok()?
+            .get(ip)
+            .ok()?
+        {
+            crate::datapath::routes::Route::Device(index) => Some(index),
+            _ => None,
+        }
+    }
+
     fn local_backend_ips(&self) -> Vec<IpAddr> {
         let v4 = self.backends.iter().filter_map(Result::ok);
         let v6 = self.backends6.iter().filter_map(Result::ok);

@@ -5,17 +5,19 @@
 //! unreachable), Local without local endpoint dropped, session affinity
 //! keyed by the pod's address, the choice of select.rs with the flow hash,
 //! the pod's address kept (DNAT) unless the pod is its own backend
-//! (hairpin: masqueraded to the node's address towards it).
+//! (hairpin: masqueraded to the node's address towards it) or the backend
+//! is a pod the node reaches through the client's own device (a bridge:
+//! masqueraded likewise, else its replies would cross the bridge alone).
 
 use std::net::SocketAddr;
 
-use agent_common::{drop::DropReason, svc_flags};
+use agent_common::{backend_flags, drop::DropReason, svc_flags};
 
 use super::{Action, Placement, Tables, Tracer, Verdict, codec, dropped, verdict};
 use crate::model::{Family, FrontendKey, Scope};
 
 /// How a pod flow reaches its backend: the pod's address kept, or
-/// masqueraded (hairpin).
+/// masqueraded (hairpin, or a backend on the client's bridge).
 fn mode(hairpin: bool) -> &'static str {
     if hairpin { "masquerade" } else { "dnat" }
 }
@@ -121,18 +123,28 @@ impl<T: Tables> Tracer<'_, T> {
 
     /// The pod path's translation mode of the chosen backend.
     fn with_pod_mode(&self, mut v: Verdict, family: Family) -> Verdict {
-        let hairpin = v
-            .backend_id
-            .and_then(|id| self.t.backend(id, family))
-            .and_then(|b| codec::backend_addr(&b))
-            .is_some_and(|a| a.ip == self.flow.src);
+        let backend = v.backend_id.and_then(|id| self.t.backend(id, family));
+        let addr = backend.as_ref().and_then(codec::backend_addr);
+        let hairpin = addr.is_some_and(|a| a.ip == self.flow.src);
+        // pod_lb.rs: a local backend routed through the device the client's packet came in on.
+        let same_device = !hairpin
+            && backend.is_some_and(|b| b.flags() & backend_flags::LOCAL != 0)
+            && addr.is_some_and(|a| {
+                let dev = self.t.route_device(a.ip);
+                dev.is_some() && dev == self.t.route_device(self.flow.src)
+            });
         if hairpin {
             v.detail.push_str(
                 "; the pod is its own backend (hairpin): masqueraded to the node's address \
                  towards it, as kube-proxy does",
             );
+        } else if same_device {
+            v.detail.push_str(
+                "; the backend is reached through the client's own device (a bridge), where its \
+                 replies would pass no program: masqueraded to the node's address towards it",
+            );
         }
-        v.mode = Some(mode(hairpin).into());
+        v.mode = Some(mode(hairpin || same_device).into());
         v
     }
 }
