@@ -11,16 +11,23 @@
 //! [`GENERATOR_CPU`]; where the kernel refuses live frames (probed once, the report says which
 //! mode ran and why), the same program runs as the native XDP of a veth pair of the
 //! generator's own in that namespace, fed by the same thread through an AF_PACKET socket (relay
-//! mode: its NAPI runs on the generator's CPU). Either way the program `bpf_redirect`s each
-//! frame to the forwarding node's peer on the segment (`v-node1`, or `v-node2` for the
-//! iptables contender), whose `ndo_xdp_xmit` puts the frame in the node's eth0 receive ring as
-//! a NIC driver's receive would: a page with XDP headroom, no skb. With `--acceleration native` ferry's XDP program runs on that frame
-//! itself; without, veth builds an skb around it (GRO on) and the stack and TC run, as after a
-//! NIC driver. The frames are UDP from [`SOURCES`] source addresses of the benchmarking range
+//! mode: its NAPI runs on the generator's CPU). Either way the program sends each frame it
+//! writes [`xdpgen::FANOUT`] times (a broadcast redirect over a devmap whose entries all hold
+//! the same device: fan-out, in [`super::xdpgen`]) to the forwarding node's peer on the
+//! segment (`v-node1`, or `v-node2` for the iptables contender), whose `ndo_xdp_xmit` puts the
+//! frames in the node's eth0 receive ring as a NIC driver's receive would: pages with XDP
+//! headroom, no skb, in bursts (up to 16 an `ndo_xdp_xmit`, one wake-up of the node's NAPI a
+//! burst). With `--acceleration native` ferry's XDP program runs on that frame itself;
+//! without, veth builds an skb around it (GRO on) and the stack and TC run, as after a NIC
+//! driver. The frames are UDP from [`SOURCES`] source addresses of the benchmarking range
 //! 198.18.0.0/15 (RFC 2544) times [`PORTS`] source ports ([`FLOWS`] distinct flows, each seen
-//! once every [`FLOWS`] frames), so that every contender's flow state (ferry's conntrack map,
-//! netfilter's conntrack) holds thousands of live flows; each is 60 bytes (64 on a wire with
-//! its FCS) from ext1's MAC address to the node's, its checksums correct. The paths:
+//! as a run of [`xdpgen::FANOUT`] identical frames once every [`FLOWS`] × FANOUT frames), so
+//! that every contender's flow state (ferry's conntrack map, netfilter's conntrack) holds
+//! thousands of live flows and sees FANOUT back-to-back packets of a flow on each visit, the
+//! same for every contender (plain routing, ferry TC, ferry XDP, kube-proxy iptables); veth's
+//! GRO merges none of the identical frames (no UDP GRO forwarding), so each is forwarded and
+//! counted on its own. Each is 60 bytes (64 on a wire with its FCS) from ext1's MAC address to
+//! the node's, its checksums correct. The paths:
 //! - plain routing (the limit): to web1's pod IP through node1 (which pays ferry's TC "pass"
 //!   cost there, as any non-service packet on a ferry node does);
 //! - ferry (TC): to [`FERRY_VIP`], a LoadBalancer IP (externalTrafficPolicy Local) that
@@ -66,10 +73,26 @@
 //!   skb; the report says so.
 //!
 //! Offered: what the generator handed to the entry veth over the same window (frames put in
-//! the node's ring plus frames refused because it was full). The contender forwards less
+//! the node's ring plus frames refused because it was full: the veth's `xdp_xmit` and
+//! `xdp_xmit_errors`, which count every copy). The contender forwards less
 //! than offered when CPU 1 is the bottleneck; if one does not, the report says the generator
 //! was the limit. The frames never leave the lab's namespaces, none of which is linked to the
 //! root namespace: the generator refuses to run in any other.
+//!
+//! What the fan-out changed (relay mode, the 2-CPU VM shared with other work that left the NAPI
+//! threads ~40% of CPU 1, two runs of 5 rounds each way, interleaved, medians): with one frame
+//! sent per frame written the generator offered 0.28–0.52 million frames/s, ferry (XDP)
+//! forwarded 92–93% of its offer (0.26–0.30 million; generator-limited), XDP/TC by packets/s was
+//! 0.65–0.94 and CPU 1's time per frame was ferry (XDP) 1,330–1,395 ns, ferry (TC) 1,036–1,046
+//! ns (TC/XDP 0.74–0.79: woken per frame, XDP's NAPI thread spent more per frame than TC's).
+//! With 32 copies the generator offered 2.0–2.2 million frames/s to ferry (XDP) and 3.1–3.9
+//! million to the others, every contender forwarded under 53% of its offer (CPU 1 the limit),
+//! ferry (XDP) 1.08–1.15 million frames/s against ferry (TC)'s 0.52–0.55 million (XDP/TC 2.09
+//! and 2.10), at ferry (XDP) 364–366 ns a frame against ferry (TC)'s 795–804 ns (TC/XDP 2.18 and
+//! 2.19); in a round where its NAPI thread had 81% of CPU 1, ferry (XDP) forwarded 2.37 of 4.52
+//! million frames/s. Every contender forwarded what its node took into the ring one for one
+//! (forwarded / (offered - dropped at the entry): medians 99.6–100.4%, single rounds 97–102%,
+//! as with one copy, the counters being read at slightly different moments): no copy merged.
 
 use std::{
     collections::BTreeMap,
@@ -100,8 +123,10 @@ const REMOTE_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 61);
 pub const REMOTE_BACKENDS: usize = 8;
 const IPT_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 40);
 const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 60);
-/// Frames of one probe of a path before it is measured.
-const PROBE: u64 = 1000;
+/// Frames of one probe of a path before it is measured (sent: the generator writes
+/// `PROBE / FANOUT` of them, [`xdpgen::FANOUT`] copies each).
+const PROBE: u64 = 1024;
+const _: () = assert!(PROBE.is_multiple_of(xdpgen::FANOUT as u64));
 /// The CPU of the generator (its thread pins itself there).
 pub const GENERATOR_CPU: usize = 0;
 /// The CPU of the forwarding nodes' receive (their eth0's NAPI threads) and all that follows.
@@ -178,7 +203,8 @@ pub struct Point {
     #[serde(default)]
     pub xdp_redirect_pps: Vec<f64>,
     /// Relay mode: frames per second the generator's own veth refused (its ring full) before
-    /// the program ran, over the same windows (not offered to the path); empty in live mode.
+    /// the program ran, over the same windows, each counted [`Results::fanout`] times (the
+    /// copies it would have made: not offered to the path); empty in live mode.
     #[serde(default)]
     pub relay_refused_pps: Vec<f64>,
     /// Runs that failed (the generator did not start or a counter could not be read).
@@ -207,6 +233,14 @@ pub struct Results {
     /// kernel refused them (and how). Reports from before the relay ran live frames.
     #[serde(default)]
     pub generator: xdpgen::Mode,
+    /// Copies the generator sent of each frame it wrote ([`xdpgen::FANOUT`]); 1 in reports
+    /// from before the broadcast.
+    #[serde(default = "one")]
+    pub fanout: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -442,12 +476,14 @@ impl Bench<'_> {
         let mut last = String::new();
         while Instant::now() < end {
             let before = path.count().map_err(|e| format!("{e:#}"))?.0;
-            // 50 frames every 5 ms (10,000 frames/s): far below what any path forwards.
+            // 64 frames every 5 ms (12,800 frames/s): far below what any path forwards, and
+            // each burst a quarter of the node's ring.
+            let fanout = xdpgen::FANOUT;
             xdpgen::send_slowly(
                 &self.placement(path),
                 path.flow,
-                PROBE as u32,
-                50,
+                PROBE as u32 / fanout,
+                (64 / fanout).max(1),
                 Duration::from_millis(5),
             )
             .map_err(|e| format!("the generator failed: {e:#}"))?;
@@ -565,6 +601,7 @@ impl Bench<'_> {
         };
         let running = generator.is_running();
         let relay = matches!(generator.mode(), xdpgen::Mode::Relay { .. });
+        let fanout = generator.fanout();
         let stopped = generator.stop();
         self.quiet(path)?;
         if !running {
@@ -578,13 +615,14 @@ impl Bench<'_> {
         let dt = (t1 - t0).as_secs_f64();
         let per_sec = |a: u64, b: u64, dt: f64| b.saturating_sub(a) as f64 / dt;
         let handed = (gen1.sent + gen1.refused).saturating_sub(gen0.sent + gen0.refused);
-        let made = made1.saturating_sub(made0);
+        // Each frame the program wrote, sent `fanout` times.
+        let made = made1.saturating_sub(made0) * u64::from(fanout);
         // Frames the program redirected that never reached the veth (a redirect error) would
         // be offered by no one: the counts must roughly agree (the reads are not simultaneous,
         // and a loaded machine spreads them).
         if (handed as f64) < made as f64 * 0.5 {
             bail!(
-                "the generator made {made} frames in the window but {} took only {handed}",
+                "the generator sent {made} frames in the window but {} took only {handed}",
                 path.entry
             );
         }
@@ -595,7 +633,8 @@ impl Bench<'_> {
             entry_drops: per_sec(gen0.refused, gen1.refused, gen_dt),
             napi_cpu: (napi1 - napi0) / dt,
             xdp_redirects: xdp0.zip(xdp1).map(|(a, b)| per_sec(a, b, dt)),
-            relay_refused: relay.then(|| per_sec(refused0, refused1, gen_dt)),
+            // In frames that would have been sent: each refused frame, `fanout` copies.
+            relay_refused: relay.then(|| per_sec(refused0, refused1, gen_dt) * f64::from(fanout)),
         })
     }
 }
@@ -932,6 +971,7 @@ pub fn run(config: &Config) -> Result<Results> {
             forwarding: FORWARDING_CPU,
         }),
         generator,
+        fanout: xdpgen::FANOUT,
     })
 }
 
@@ -1057,13 +1097,34 @@ pub fn markdown(md: &mut String, r: &Results, png: Option<&str>) {
         "the kernel's XDP traffic generator (BPF_PROG_RUN of an XDP program in live-frames mode, \
          as xdp-tools' xdp-trafficgen does) in the segment's namespace"
     };
+    let sends = if r.fanout > 1 {
+        format!(
+            "sends each UDP frame it writes {k} times in a row (a broadcast redirect over a \
+             devmap whose {k} entries all hold the same device), at full speed, to the \
+             forwarding node's peer veth, which puts them in the node's eth0 receive ring as a \
+             NIC driver does, in bursts of up to 16 (pages with XDP headroom, no skb: ferry's \
+             XDP program runs on the frame itself, the stack gets an skb built around it)",
+            k = r.fanout
+        )
+    } else {
+        "redirects UDP frames at full speed to the forwarding node's peer veth, which puts them \
+         in the node's eth0 receive ring as a NIC driver does (pages with XDP headroom, no skb: \
+         ferry's XDP program runs on the frame itself, the stack gets an skb built around it)"
+            .into()
+    };
+    let runs = if r.fanout > 1 {
+        format!(
+            ", each flow's frames in runs of {k} identical frames (so every contender's \
+             conntrack sees {k} back-to-back packets of a flow on each visit; GRO merges none of \
+             them: each is forwarded and counted on its own)",
+            k = r.fanout
+        )
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         md,
-        "On the two-node lab of section 2: {generator} \
-         redirects UDP frames at full speed to the forwarding node's peer veth, which \
-         puts them in the node's eth0 receive ring as a NIC driver does (pages with XDP \
-         headroom, no skb: ferry's XDP program runs on the frame itself, the stack gets an skb \
-         built around it), to a LoadBalancer service \
+        "On the two-node lab of section 2: {generator} {sends}, to a LoadBalancer service \
          (externalTrafficPolicy Local, one backend pod on the node): through node1, where \
          ferry's TC programs translate them, or node2, where kube-proxy's iptables rules do \
          (its `KUBE-EXT-*` → `KUBE-SVL-*` → `KUBE-SEP-*` layout, UDP); the limit is plain \
@@ -1074,13 +1135,13 @@ pub fn markdown(md: &mut String, r: &Results, png: Option<&str>) {
          that path: plain routing to a node2 pod's IP through node1); XDP sends only out of the \
          node's own devices, not into pods behind node1's bridge. XDP is attached for its runs \
          alone (a short agent run with `--acceleration native`, another without to detach it). \
-         {} flows ({} source addresses of 198.18.0.0/15 times {} source ports, cycled), \
+         {} flows ({} source addresses of 198.18.0.0/15 times {} source ports, cycled){runs}, \
          {}-byte frames ({} on a wire), correct checksums, checksum offload off on every veth.\n\n\
          {split}\n\n\
          {}\n\n\
          *Forwarded*: frames the sink dropped per second (its count over the window, exact); \
          *offered*: frames the generator handed to the entry veth in the same window (taken \
-         into the forwarding node's ring or refused); *dropped at the entry*: frames refused \
+         into the forwarding node's ring or refused; copies included); *dropped at the entry*: frames refused \
          because that ring was full; *NAPI CPU*: the share of \
          CPU {} the forwarding nodes' NAPI threads used (the softirqs they ran included). {} \
          rounds of {} s, the contenders interleaved.\n\n\
@@ -1205,9 +1266,34 @@ fn generator_mode(r: &Results) -> String {
                 }
                 (true, false) => format!(
                     " Its veth refused frames (its ring full) before the program ran, which \
-                     were not offered: {}.",
+                     were not offered{}: {}.",
+                    if r.fanout > 1 {
+                        format!(" (counted as the {} copies each would have made)", r.fanout)
+                    } else {
+                        String::new()
+                    },
                     refusals.join(", ")
                 ),
+            };
+            let handover = if r.fanout > 1 {
+                format!(
+                    "Each frame the program writes is sent {k} times: its redirect is a \
+                     broadcast over a devmap whose {k} entries all hold the forwarding node's \
+                     peer, which copies the frame (a page and a copy each, on CPU {g}) and hands \
+                     the copies over 16 to an `ndo_xdp_xmit`, one wake-up of the node's NAPI \
+                     thread per poll of the relay veth. Without it the relay handed the frames \
+                     over one at a time, woke the node's NAPI thread for each, and offered so \
+                     few that ferry (XDP) forwarded all it was offered.",
+                    k = r.fanout
+                )
+            } else {
+                "And it hands the frames over one at a time rather than 64 to a flush: the \
+                 faster a path drains the node's ring, the more often the generator must wake \
+                 the node's NAPI thread, so it offers least to the fastest path (ferry (XDP)), \
+                 whose packets/s are then a floor and whose time per frame a ceiling (a NAPI \
+                 thread that polls a near-empty ring spends more per frame) of what it does \
+                 under a full ring."
+                    .into()
             };
             format!(
                 "Generator: relay mode, because this kernel refused live frames ({refused}). The \
@@ -1219,12 +1305,7 @@ fn generator_mode(r: &Results) -> String {
                  page with headroom, no skb). The relay veth's NAPI poll runs in CPU {g}'s \
                  softirq, so the generator's whole work stays on CPU {g}; it costs more per frame \
                  than live frames (a socket send, an skb copied into a page), so the generator \
-                 offers fewer frames per second than in live mode. And it hands the frames over \
-                 one at a time rather than 64 to a flush: the faster a path drains the node's \
-                 ring, the more often the generator must wake the node's NAPI thread, so it \
-                 offers least to the fastest path (ferry (XDP)), whose packets/s are then a floor \
-                 and whose time per frame a ceiling (a NAPI thread that polls a near-empty ring \
-                 spends more per frame) of what it does under a full ring.{refusals}"
+                 offers fewer frames per second than in live mode. {handover}{refusals}"
             )
         }
     }
@@ -1470,6 +1551,7 @@ mod tests {
                 forwarding: FORWARDING_CPU,
             }),
             generator: xdpgen::Mode::Live,
+            fanout: xdpgen::FANOUT,
         }
     }
 
@@ -1529,25 +1611,64 @@ mod tests {
             md.contains("the relay veth's NAPI poll, which runs"),
             "{md}"
         );
+        // The fan-out: each frame sent FANOUT times, in runs of identical frames.
+        let k = xdpgen::FANOUT;
+        assert!(
+            md.contains(&format!(
+                "sends each UDP frame it writes {k} times in a row"
+            )),
+            "{md}"
+        );
+        assert!(
+            md.contains(&format!(
+                "each flow's frames in runs of {k} identical frames (so every contender's \
+                 conntrack sees {k} back-to-back packets"
+            )),
+            "{md}"
+        );
+        assert!(
+            md.contains(&format!("Each frame the program writes is sent {k} times")),
+            "{md}"
+        );
+        assert!(
+            !md.contains("hands the frames over one at a time rather"),
+            "{md}"
+        );
         r.points[2].relay_refused_pps = vec![0.0, 1_500.0, 2_000.0];
         let mut md = String::new();
         markdown(&mut md, &r, None);
         assert!(
-            md.contains(
-                "before the program ran, which were not offered: ferry (XDP), backends on node2 \
-                 1,500 packets/s (median; at most 2,000)."
-            ),
+            md.contains(&format!(
+                "before the program ran, which were not offered (counted as the {k} copies each \
+                 would have made): ferry (XDP), backends on node2 1,500 packets/s (median; at \
+                 most 2,000)."
+            )),
             "{md}"
         );
+        // Before the fan-out: one frame sent per frame written, handed over one at a time.
+        r.fanout = 1;
+        let mut md = String::new();
+        markdown(&mut md, &r, None);
+        assert!(md.contains("redirects UDP frames at full speed"), "{md}");
+        assert!(
+            md.contains("hands the frames over one at a time rather"),
+            "{md}"
+        );
+        assert!(!md.contains("identical frames"), "{md}");
 
-        // Older JSON: no `generator`, no `relay_refused_pps`.
+        // Older JSON: no `generator`, no `relay_refused_pps`, no `fanout`.
         let mut v = serde_json::to_value(results(1.0, 2.0)).unwrap();
         v.as_object_mut().unwrap().remove("generator");
+        v.as_object_mut().unwrap().remove("fanout");
         for p in v["points"].as_array_mut().unwrap() {
             p.as_object_mut().unwrap().remove("relay_refused_pps");
         }
         let old: Results = serde_json::from_value(v).unwrap();
         assert_eq!(old.generator, xdpgen::Mode::Live);
+        assert_eq!(
+            old.fanout, 1,
+            "reports from before the fan-out sent each frame once"
+        );
         let relay = serde_json::to_value(xdpgen::Mode::Relay {
             refused: "x".into(),
         })

@@ -1555,13 +1555,26 @@ fn method(md: &mut String) {
            connection (the per-packet cost: nothing for ferry, conntrack for kube-proxy). The \
            backends run a small keep-alive HTTP server (`ferry-bench serve`) so the server is not \
            the bottleneck.\n\
+         - **Flood generator** (section 5) is an XDP program in the lab's segment namespace \
+           that writes each UDP frame whole and redirects it to the forwarding node's peer \
+           veth, whose `ndo_xdp_xmit` puts it in the node's receive ring as a NIC driver does; \
+           it runs from BPF_PROG_RUN's live frames, or, where the kernel refuses them, as the \
+           native XDP of a veth pair fed through an AF_PACKET socket (relay mode). Its redirect \
+           is a broadcast over a devmap whose entries all hold that veth, so each frame it \
+           writes is sent {fanout} times in a row, handed over in bursts of up to 16: the \
+           node's ring gets batches, as from a NIC under load, rather than one frame per \
+           wake-up of its NAPI thread, and one generator CPU offers more than a forwarding CPU \
+           takes. Every contender gets the same frames: {flows} flows, each in runs of \
+           {fanout} identical frames.\n\
          - **Program cost** uses BPF_PROG_TEST_RUN on the real object loaded into the kernel \
            (verifier included), in a namespace of its own, with maps filled as the agent fills them.\n\
          - **Control plane** runs each source in a fresh lab; kube-proxy's restores go into empty \
            lab namespaces.\n\
          - `cargo xtask bench --quick` is the smoke run `cargo xtask test` makes: N = 1 and 100 \
            (IPv6 at 100 only), one 1-second round, 100 services in the control-plane section; it writes to a \
-           temporary directory, never over this file."
+           temporary directory, never over this file.",
+        fanout = super::xdpgen::FANOUT,
+        flows = num(f64::from(super::xdpgen::FLOWS)),
     );
 }
 

@@ -6,9 +6,10 @@
 //!
 //! In live mode the kernel (net/bpf/test_run.c, Documentation/bpf/bpf_prog_run.rst) runs the
 //! program on frames from a page pool of its own and acts on the verdict: here every frame is
-//! `bpf_redirect`ed to a segment-side veth (`v-node1`), whose `ndo_xdp_xmit` puts the
-//! `xdp_frame` into its peer's receive ring, the forwarding node's eth0 (a full ring refuses
-//! it: veth's `xdp_xmit_errors`). The facts the program is built around:
+//! redirected, [`FANOUT`] times (fan-out, below), to a segment-side veth (`v-node1`), whose
+//! `ndo_xdp_xmit` puts each `xdp_frame` into its peer's receive ring, the forwarding node's
+//! eth0 (a full ring refuses it: veth's `xdp_xmit_errors`). The facts the program is built
+//! around:
 //! - a page is filled from `data_in` once, when the pool allocates it, and is recycled without
 //!   being rewritten: what the program wrote stays for the frame after next, and so does what
 //!   the path under test wrote into the frame in place before the page came back (a
@@ -36,8 +37,8 @@
 //! off on `gi-TID`, so that each skb goes to `go-TID`'s ring (256 frames) rather than to its
 //! stack; the transmit schedules `go-TID`'s NAPI on the sending CPU, and its poll runs in that
 //! CPU's softirq as the send returns: it copies the frame into a page of `go-TID`'s page pool
-//! with XDP headroom and runs the program, whose redirect hands the `xdp_frame` to the
-//! segment-side veth's `ndo_xdp_xmit` as in live mode. So the forwarding node receives the
+//! with XDP headroom and runs the program, whose redirect hands the `xdp_frame` (and its
+//! copies) to the segment-side veth's `ndo_xdp_xmit` as in live mode. So the forwarding node receives the
 //! same XDP frames through the same veth (and its counters), the program's counter counts
 //! them alike, and all the generator's work stays on the generator's CPU. What differs is the
 //! generator's cost per frame (a socket send, an skb and its copy into a page, flushes to the
@@ -45,20 +46,60 @@
 //! per second than live mode would. A frame that finds `go-TID`'s ring full is dropped before
 //! the program runs and counted ([`Generator::relay_refused`]); with a poll after every send
 //! the ring does not fill in steady state (none refused at ~1.2 million frames/s on one CPU,
-//! the receiving end on the same CPU, nor in any flood run). Since each poll finds the one
-//! frame just sent, each flush hands one frame to the target veth, whose NAPI thread (on the
-//! forwarding CPU) is woken for it whenever it had drained its ring: the wake-ups cost the
-//! generator's CPU (~13% of it at 1 million frames/s with a fast consumer, in
-//! `__napi_schedule`), so the relay offers fewer frames to a faster path. Batching the polls by
-//! deferring the relay veth's NAPI (`napi_defer_hard_irqs` 1 and a `gro_flush_timeout`) made it
-//! slower on the VM where this was measured (1.02 million frames/s undeferred, 0.68 million at
-//! 20 µs, 35,000 at 5 µs: the timer's reprogramming costs more than the wake-ups saved).
+//! the receiving end on the same CPU, nor in any flood run). Each poll finds the one frame
+//! just sent, so before the fan-out each flush handed one frame to the target veth, whose NAPI
+//! thread (on the forwarding CPU) was woken for it whenever it had drained its ring: the
+//! wake-ups cost the generator's CPU (~13% of it at 1 million frames/s with a fast consumer,
+//! in `__napi_schedule`), so the relay offered fewer frames to a faster path (~1.0–1.2 million
+//! frames/s in all, and ferry's XDP forwarded 97% of what it was offered: its packets/s were
+//! the generator's). Batching the polls by deferring the relay veth's NAPI
+//! (`napi_defer_hard_irqs` 1 and a `gro_flush_timeout`) made it slower on the VM where this
+//! was measured (1.02 million frames/s undeferred, 0.68 million at 20 µs, 35,000 at 5 µs: the
+//! timer's reprogramming costs more than the wake-ups saved), and so would threaded NAPI for
+//! the relay (a context switch per frame). The fan-out is what multiplies the relay's frames.
+//!
+//! Fan-out ([`FANOUT`]): the program does not `bpf_redirect` its frame once; it ends with
+//! `bpf_redirect_map(&devmap, 0, BPF_F_BROADCAST)` over a `BPF_MAP_TYPE_DEVMAP` of FANOUT
+//! entries that all hold the target's ifindex (a devmap may hold one device under several
+//! keys). The kernel (kernel/bpf/devmap.c, `dev_map_enqueue_multi`) walks the entries and
+//! enqueues a copy of the frame for each but the last (`xdpf_clone`: a fresh page, the frame
+//! and its headroom copied), the frame itself for the last, on the target's per-CPU bulk
+//! queue, which hands the target 16 frames an `ndo_xdp_xmit` (DEV_MAP_BULK_SIZE) and the rest
+//! at the poll's (or the live batch's) flush, the one hand-over that wakes the target's NAPI.
+//! So each frame the program writes reaches the forwarding node FANOUT times back to back, in
+//! bursts of up to 16, and the node's NAPI thread is woken once per burst rather than per
+//! frame: its ring fills and its polls take batches, as from a NIC under load, and the copies
+//! cost the generator a page and a copy each rather than a socket send, an skb, a page and a
+//! program run. The test `the_broadcast_sends_each_frame_fanout_times` checks it on this
+//! kernel (6.18): N frames written, FANOUT × N handed to the target (its `xdp_xmit`), none
+//! refused, and the target's stack receives each frame FANOUT times in a row. What it means
+//! for the flood, the same for every contender:
+//! - the flows are still [`FLOWS`] ([`SOURCES`] × [`PORTS`]), but each comes in runs of
+//!   FANOUT identical frames: a path's per-flow state (a conntrack entry) sees FANOUT
+//!   back-to-back packets of the flow on each visit, then the flow is not seen again for
+//!   FLOWS × FANOUT frames;
+//! - the identical UDP frames are not merged on their way: veth's GRO on the node's eth0
+//!   merges UDP only for a local socket that asked for it or with UDP GRO forwarding
+//!   (`rx-udp-gro-forwarding`, off by default), so every copy is forwarded and counted on its
+//!   own (the test above checks it after the target's GRO; the flood's counts, forwarded =
+//!   taken into the ring one for one, show it on the lab's paths);
+//! - what the target's counters count (`xdp_xmit`, `xdp_xmit_errors`: offered and refused at
+//!   the entry) are frames sent, copies included; the program's counter ([`Program::frames`])
+//!   counts frames written, each sent FANOUT times, and so does the relay's
+//!   ([`Relay::accepted`], [`Relay::refused`]);
+//! - a copy's page is an order-0 page of the page allocator (`MEM_TYPE_PAGE_ORDER0`) rather
+//!   than of the relay's page pool, freed by whichever path drops or transmits it;
+//! - in live mode the kernel runs [`LIVE_BATCH`] frames between flushes ([`BATCH`] sent); in
+//!   the relay, a poll that found more than one frame (only when the sending CPU's softirq ran
+//!   late: its budget is 64) would hand 16 per `ndo_xdp_xmit` up to FANOUT times as many
+//!   before its flush, which the target's ring (256) may refuse in part, counted as refused at
+//!   the entry like any other.
 //!
 //! The program is loaded from raw instructions ([`generator_program`]): frame `n` (a counter
 //! in an array map, which the one generator thread alone advances) comes from source address
 //! `198.18.0.(1 + n % SOURCES)` and port `1024 + n % PORTS` (coprime periods: [`FLOWS`]
-//! distinct flows). The checksums are the template's constant part ([`Consts`], computed here)
-//! plus the varying words, folded, as RFC 1624 allows.
+//! distinct flows), and is sent [`FANOUT`] times. The checksums are the template's constant
+//! part ([`Consts`], computed here) plus the varying words, folded, as RFC 1624 allows.
 //!
 //! [`sink_program`] is the other end for frames ferry's XDP program sends back out of node1:
 //! an XDP program on `v-node1` that drops the flood's frames (veth counts them,
@@ -105,11 +146,39 @@ const OFF_SADDR_LAST: i16 = 14 + 12 + 3;
 const OFF_SPORT: i16 = 14 + 20;
 const OFF_UDP_CSUM: i16 = 14 + 20 + 6;
 
-/// Frames per BPF_PROG_RUN call of the running generator: tens of milliseconds at the rates
-/// seen here, so a stop takes effect quickly.
-pub const CHUNK: u32 = 1 << 16;
-/// Frames the kernel runs between flushes to the device.
+/// Copies of each frame the program sends: it ends with a broadcast redirect
+/// (`bpf_redirect_map(&devmap, 0, BPF_F_BROADCAST)`) over a devmap of FANOUT entries that all
+/// hold the target veth, so each frame it writes reaches the forwarding node FANOUT times in a
+/// row, through devmap's bulk queue (16 frames an `ndo_xdp_xmit`): see the module's docs.
+///
+/// Why copies: with one, the relay offered ~1.1 million frames/s, handed them over one a
+/// flush and woke the forwarding CPU's NAPI thread for each, so ferry's XDP forwarded all it
+/// was offered and its packets/s were the generator's. A copy costs the generator a page and a
+/// short copy (`xdpf_clone`) instead of a socket send, an skb, a page and a program run.
+///
+/// Why 32 (measured on the 2-CPU VM, flood in relay mode, 3 rounds of each, the VM shared with
+/// other work): the forwarding CPU's time per frame is the same from 8 copies on (ferry XDP
+/// 340–560 ns, ferry TC 740–890 ns; with one copy 1,350–1,530 and 940–1,090 ns, the NAPI thread
+/// woken per frame), so the copies set only how much the generator offers, and it offers least
+/// to the fastest path, ferry (XDP): 0.9–2.9 million frames/s at 8, 1.7–2.9 million at 16,
+/// 2.1–4.7 million at 32. Only at 32 did ferry (XDP) stay far from its offer in the rounds
+/// where its NAPI thread had most of the CPU (2.33 of 4.72 million frames/s at 89% of it, 2.14
+/// of 4.42 at 84%: 55–58% of the offer scaled to the whole CPU); at 8 and 16 it forwarded
+/// 51–60% of the offer at 59–79% of the CPU, 71–100% of it scaled to the whole CPU, where the
+/// generator would be the limit again. 32 is two bulk queues per frame written and an eighth
+/// of the node's 256-frame ring.
+pub const FANOUT: u32 = 32;
+/// Frames the program writes per BPF_PROG_RUN call of the running generator (FANOUT times as
+/// many sent): tens of milliseconds at the rates seen here, so a stop takes effect quickly.
+pub const CHUNK: u32 = (1 << 16) / FANOUT;
+/// Frames sent to the device between flushes in live mode (a NIC's NAPI budget).
 pub const BATCH: u32 = 64;
+/// Frames the program writes between flushes in live mode: [`BATCH`] sent.
+pub const LIVE_BATCH: u32 = BATCH / FANOUT;
+const _: () = assert!(
+    LIVE_BATCH >= 1 && FANOUT <= 256,
+    "a flush fits the target's ring"
+);
 
 /// The addresses of the flood's frames: what stays the same in every frame.
 #[derive(Clone, Copy, Debug)]
@@ -281,7 +350,9 @@ const EXIT: u8 = 0x95;
 const PSEUDO_MAP_FD: u8 = 1;
 
 const FN_MAP_LOOKUP_ELEM: i32 = 1;
-const FN_REDIRECT: i32 = 23;
+const FN_REDIRECT_MAP: i32 = 51;
+/// bpf_redirect_map's flag: to every device of the map (the key is ignored).
+const BPF_F_BROADCAST: i32 = 1 << 3;
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -299,11 +370,11 @@ fn fold(dst: u8, tmp: u8) -> [Insn; 4] {
 
 /// The generator: advances the counter in `counter_fd` (an array of one u64), writes
 /// `template` (whole, as absolute values) and then frame `n`'s source address, source port
-/// and checksums into the frame, and redirects it to `ifindex`. A frame shorter than the
-/// template or a missing counter is dropped.
-fn generator_program(counter_fd: i32, ifindex: u32, template: &[u8]) -> Vec<Insn> {
+/// and checksums into the frame, and redirects it to every entry of the devmap `devmap_fd`
+/// (a broadcast: one copy per entry). A frame shorter than the template or a missing counter
+/// is dropped.
+fn generator_program(counter_fd: i32, devmap_fd: i32, template: &[u8]) -> Vec<Insn> {
     let c = Consts::of(template);
-    let ifindex = i32::try_from(ifindex).expect("an ifindex fits an i32");
     let (ip, udp) = (c.ip as i32, c.udp as i32);
     debug_assert!(c.ip < 1 << 30 && c.udp < 1 << 30, "sums of a 60-byte frame");
     let len = i32::try_from(template.len()).expect("a short frame");
@@ -381,10 +452,13 @@ fn generator_program(counter_fd: i32, ifindex: u32, template: &[u8]) -> Vec<Insn
         insn(MOV64_K, R4, 0, 0, 0xffff),
         insn(TO_BE, R4, 0, 0, 16),
         insn(STX_H, R2, R4, OFF_UDP_CSUM, 0),
-        // return bpf_redirect(ifindex, 0)
-        insn(MOV64_K, R1, 0, 0, ifindex),
+        // return bpf_redirect_map(&devmap, 0, BPF_F_BROADCAST): devmap clones the frame for
+        // every entry but the last, which gets the frame itself.
+        insn(LD_IMM64, R1, PSEUDO_MAP_FD, 0, devmap_fd),
+        insn(0, 0, 0, 0, 0),
         insn(MOV64_K, R2, 0, 0, 0),
-        insn(CALL, 0, 0, 0, FN_REDIRECT),
+        insn(MOV64_K, R3, 0, 0, BPF_F_BROADCAST),
+        insn(CALL, 0, 0, 0, FN_REDIRECT_MAP),
         insn(EXIT, 0, 0, 0, 0),
     ]);
     let drop = p.len();
@@ -452,6 +526,7 @@ const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const MAP_TYPE_ARRAY: u32 = 2;
+const MAP_TYPE_DEVMAP: u32 = 14;
 const PROG_TYPE_XDP: u32 = 6;
 /// The XDP attach type (of a bpf_link on a device).
 const ATTACH_XDP: u32 = 37;
@@ -497,19 +572,32 @@ fn load(name: &str, insns: &[Insn]) -> Result<OwnedFd> {
     progtest::load_raw(PROG_TYPE_XDP, ATTACH_XDP, name, &code)
 }
 
-/// The generator's program and its counter, loaded (attached nowhere: it runs by
-/// BPF_PROG_RUN).
+/// The generator's program, its counter and its devmap, loaded (attached nowhere: it runs by
+/// BPF_PROG_RUN, or as a relay's native XDP).
 pub struct Program {
     prog: OwnedFd,
     counter: OwnedFd,
+    /// Every entry the target's ifindex: the broadcast sends a copy to each.
+    _devmap: OwnedFd,
+    /// Copies of each frame (the devmap's entries).
+    fanout: u32,
     /// The frame the pages start from (frame 0).
     template: Vec<u8>,
 }
 
 impl Program {
-    /// Loads the generator for `flow`, redirecting to `ifindex` (of the namespace where it
-    /// will run).
+    /// Loads the generator for `flow`, sending [`FANOUT`] copies of each frame to `ifindex`
+    /// (of the namespace where it will run, which must be the calling thread's: the devmap
+    /// looks the device up there).
     pub fn load(flow: &Flow, ifindex: u32) -> Result<Program> {
+        Program::with_fanout(flow, ifindex, FANOUT)
+    }
+
+    /// [`Program::load`] with `fanout` copies of each frame (1: each frame once).
+    pub fn with_fanout(flow: &Flow, ifindex: u32, fanout: u32) -> Result<Program> {
+        if fanout == 0 {
+            bail!("a fanout of 0 sends nothing");
+        }
         let mut attr = MapCreateAttr {
             map_type: MAP_TYPE_ARRAY,
             key_size: 4,
@@ -518,17 +606,44 @@ impl Program {
             ..MapCreateAttr::default()
         };
         let counter = owned(bpf(BPF_MAP_CREATE, &mut attr).context("creating the counter map")?);
+        // Value: the ifindex alone (4 bytes: no program of the devmap's own on the target).
+        let mut attr = MapCreateAttr {
+            map_type: MAP_TYPE_DEVMAP,
+            key_size: 4,
+            value_size: 4,
+            max_entries: fanout,
+            ..MapCreateAttr::default()
+        };
+        let devmap = owned(bpf(BPF_MAP_CREATE, &mut attr).context("creating the devmap")?);
+        for key in 0..fanout {
+            let mut attr = MapElemAttr {
+                map_fd: devmap.as_raw_fd() as u32,
+                key: &key as *const u32 as u64,
+                value: &ifindex as *const u32 as u64,
+                ..MapElemAttr::default()
+            };
+            bpf(BPF_MAP_UPDATE_ELEM, &mut attr)
+                .with_context(|| format!("devmap entry {key}: ifindex {ifindex}"))?;
+        }
         let template = frame(flow, 0);
-        let insns = generator_program(counter.as_raw_fd(), ifindex, &template);
+        let insns = generator_program(counter.as_raw_fd(), devmap.as_raw_fd(), &template);
         let prog = load("flood_gen", &insns)?;
         Ok(Program {
             prog,
             counter,
+            _devmap: devmap,
+            fanout,
             template,
         })
     }
 
-    /// Frames the program has made so far (its counter).
+    /// Copies sent of each frame the program writes.
+    pub fn fanout(&self) -> u32 {
+        self.fanout
+    }
+
+    /// Frames the program has written so far (its counter; each sent [`Program::fanout`]
+    /// times).
     pub fn frames(&self) -> Result<u64> {
         let key = 0u32;
         let mut value = 0u64;
@@ -561,7 +676,8 @@ impl Program {
         Ok((r.retval, r.data))
     }
 
-    /// `repeat` live frames, `batch` at a time: the kernel sends what the program redirects.
+    /// `repeat` live frames, `batch` at a time (each sent [`Program::fanout`] times, so
+    /// `batch` times that between flushes): the kernel sends what the program redirects.
     pub fn run_live(&self, repeat: u32, batch: u32) -> Result<()> {
         live_run(&self.prog, &self.template, repeat, batch)
             .context("bpf(BPF_PROG_RUN, BPF_F_TEST_XDP_LIVE_FRAMES)")
@@ -675,8 +791,8 @@ pub const RELAY_BATCH: usize = 64;
 /// AF_PACKET socket on `gi-TID` (PACKET_QDISC_BYPASS) that sends the template frame. veth's
 /// transmit puts each frame in `go-TID`'s ring and schedules its NAPI on the sending CPU; the
 /// NAPI poll (the sender's softirq) copies it into a page of its pool with XDP headroom and runs
-/// the program, whose redirect hands the `xdp_frame` to the target veth's `ndo_xdp_xmit`, as
-/// in live mode. The pair is deleted when the relay is dropped (and goes with its namespace).
+/// the program, whose redirect hands the `xdp_frame` and its copies ([`FANOUT`] in all) to the
+/// target veth's `ndo_xdp_xmit`, as in live mode. The pair is deleted when the relay is dropped (and goes with its namespace).
 pub struct Relay {
     sock: OwnedFd,
     _link: OwnedFd,
@@ -1031,7 +1147,7 @@ impl Generator {
                 match relay {
                     None => {
                         while !stopped.load(Ordering::Relaxed) {
-                            program.run_live(CHUNK, BATCH)?;
+                            program.run_live(CHUNK, LIVE_BATCH)?;
                         }
                     }
                     Some(mut relay) => {
@@ -1072,7 +1188,12 @@ impl Generator {
         &self.mode
     }
 
-    /// Frames made so far.
+    /// Copies sent of each frame the program writes.
+    pub fn fanout(&self) -> u32 {
+        self.program.fanout()
+    }
+
+    /// Frames the program has written so far (each sent [`Generator::fanout`] times).
     pub fn frames(&self) -> Result<u64> {
         self.program.frames()
     }
@@ -1132,7 +1253,7 @@ pub fn send_slowly(
             while left > 0 {
                 let n = left.min(per_call);
                 match &mut relay {
-                    None => program.run_live(n, n.min(BATCH))?,
+                    None => program.run_live(n, n.min(LIVE_BATCH))?,
                     Some(r) => r.send(u64::from(n))?,
                 }
                 left -= n;
@@ -1264,7 +1385,7 @@ mod tests {
     #[test]
     fn programs_encode_and_jump_inside() {
         for p in [
-            generator_program(3, 7, &frame(&flow(), 0)),
+            generator_program(3, 4, &frame(&flow(), 0)),
             sink_program(9000, (Ipv4Addr::new(10, 244, 2, 0), 24)),
         ] {
             assert_eq!(p.last().unwrap().code, EXIT);
@@ -1390,12 +1511,16 @@ mod tests {
         progtest::isolated(|| {
             let seg = Segment::new();
             let p = Program::load(&flow(), ifindex("va").unwrap()).expect("loading");
-            let live = p.run_live(1000, BATCH);
+            let live = p.run_live(1000, LIVE_BATCH);
             match probe().expect("probing live frames") {
                 Mode::Live => {
                     live.expect("the probe said live, so a live run");
                     assert_eq!(p.frames().unwrap(), 1000);
-                    assert_eq!(seg.stat("tx_queue_0_xdp_xmit"), 1000);
+                    assert_eq!(
+                        seg.stat("tx_queue_0_xdp_xmit"),
+                        1000 * u64::from(FANOUT),
+                        "each frame {FANOUT} times"
+                    );
                     assert_eq!(seg.stat("tx_queue_0_xdp_xmit_errors"), 0);
                 }
                 Mode::Relay { refused } => {
@@ -1421,9 +1546,9 @@ mod tests {
 
     /// The relay, whatever the kernel allows, in a namespace of the test's own: the frames the
     /// socket sends into the relay's pair run the program in the pair's native XDP, whose
-    /// redirect hands each to `va`'s `ndo_xdp_xmit` (its `xdp_xmit` counter), as in live
-    /// mode; none refused at either ring (the NAPI polls run on the sending CPU between
-    /// frames); and the pair goes with the relay. Needs root.
+    /// broadcast hands [`FANOUT`] copies of each to `va`'s `ndo_xdp_xmit` (its `xdp_xmit`
+    /// counter), as in live mode; none refused at either ring (the NAPI polls run on the
+    /// sending CPU between frames); and the pair goes with the relay. Needs root.
     #[test]
     fn the_relay_delivers_every_frame_to_the_peer_of_the_veth() {
         progtest::isolated(|| {
@@ -1446,17 +1571,19 @@ mod tests {
             );
             assert_eq!((relay.accepted(), relay.refused()), (N, 0));
             assert_eq!(p.frames().unwrap(), N);
-            assert_eq!(seg.stat("tx_queue_0_xdp_xmit"), N);
+            // Each frame FANOUT times (the broadcast's copies), none refused.
+            let sent = N * u64::from(FANOUT);
+            assert_eq!(seg.stat("tx_queue_0_xdp_xmit"), sent);
             assert_eq!(seg.stat("tx_queue_0_xdp_xmit_errors"), 0);
             // The frames are the flood's, byte for byte: vb received them (as an XDP frame
             // then an skb, its stack dropping them) with their lengths.
             let rx: serde_json::Value =
                 serde_json::from_str(&seg.sh(&["ip", "-j", "-s", "link", "show", "dev", "vb"]))
                     .unwrap();
-            assert_eq!(rx[0]["stats64"]["rx"]["packets"].as_u64(), Some(N));
+            assert_eq!(rx[0]["stats64"]["rx"]["packets"].as_u64(), Some(sent));
             assert_eq!(
                 rx[0]["stats64"]["rx"]["bytes"].as_u64(),
-                Some(N * u64::from(FRAME_BYTES))
+                Some(sent * u64::from(FRAME_BYTES))
             );
             drop(relay);
             let links = seg.links();
@@ -1483,6 +1610,166 @@ mod tests {
             assert!(
                 refused.is_some_and(|e| e.contains("bench's own network namespace")),
                 "the relay must refuse the root namespace"
+            );
+        });
+    }
+
+    /// An AF_PACKET socket that receives what `dev` (in the calling thread's namespace)
+    /// receives, after its GRO: the frames as the stack sees them.
+    struct Tap(OwnedFd);
+
+    impl Tap {
+        fn on(dev: &str) -> Tap {
+            let all = i32::from((libc::ETH_P_ALL as u16).to_be());
+            // SAFETY: socket(2) with constant arguments; the descriptor is owned below.
+            let fd =
+                unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, all) };
+            assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+            // SAFETY: a new descriptor that nothing else owns.
+            let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+            // Room for every frame of a test (an skb of a 60-byte frame takes ~1 KiB).
+            let size: libc::c_int = 64 << 20;
+            // SAFETY: an int option, its size given.
+            let r = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUFFORCE,
+                    &size as *const libc::c_int as *const libc::c_void,
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+            // SAFETY: sockaddr_ll is plain data.
+            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = all as u16;
+            sll.sll_ifindex = ifindex(dev).unwrap() as i32;
+            // SAFETY: a sockaddr_ll, its size given.
+            let r = unsafe {
+                libc::bind(
+                    fd,
+                    &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+                    size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+            Tap(sock)
+        }
+
+        /// Frames the socket dropped (its buffer full) since the last call
+        /// (PACKET_STATISTICS, which the read resets).
+        fn drops(&self) -> u32 {
+            let mut st = libc::tpacket_stats {
+                tp_packets: 0,
+                tp_drops: 0,
+            };
+            let mut len = size_of::<libc::tpacket_stats>() as libc::socklen_t;
+            // SAFETY: a tpacket_stats, its size given.
+            let r = unsafe {
+                libc::getsockopt(
+                    self.0.as_raw_fd(),
+                    libc::SOL_PACKET,
+                    libc::PACKET_STATISTICS,
+                    &mut st as *mut libc::tpacket_stats as *mut libc::c_void,
+                    &mut len,
+                )
+            };
+            assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+            st.tp_drops
+        }
+
+        /// The frames received so far (not those the device sent) into `got`, until `n` in
+        /// all or none for `quiet`.
+        fn take(&self, got: &mut Vec<Vec<u8>>, n: usize, quiet: Duration) {
+            let mut quiet_since = Instant::now();
+            let mut buf = [0u8; 2048];
+            while got.len() < n && quiet_since.elapsed() < quiet {
+                // SAFETY: sockaddr_ll is plain data.
+                let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                let mut len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+                // SAFETY: a buffer and an address of the sizes given.
+                let r = unsafe {
+                    libc::recvfrom(
+                        self.0.as_raw_fd(),
+                        buf.as_mut_ptr() as *mut libc::c_void,
+                        buf.len(),
+                        libc::MSG_DONTWAIT,
+                        &mut from as *mut libc::sockaddr_ll as *mut libc::sockaddr,
+                        &mut len,
+                    )
+                };
+                if r < 0 {
+                    std::thread::sleep(Duration::from_micros(100));
+                    continue;
+                }
+                quiet_since = Instant::now();
+                if from.sll_pkttype != libc::PACKET_OUTGOING {
+                    got.push(buf[..r as usize].to_vec());
+                }
+            }
+        }
+    }
+
+    /// The broadcast multiplies: N frames written become `fanout` × N frames handed to `va`'s
+    /// `ndo_xdp_xmit` (its `xdp_xmit` counter; a devmap may hold one device under several
+    /// keys, and the broadcast sends a copy to each), none refused (`xdp_xmit_errors`), for a
+    /// fanout of 1, 3 and [`FANOUT`]. What `vb`'s stack receives, after its GRO: each frame
+    /// `fanout` times in a row, byte for byte, every copy a 60-byte frame of its own (GRO
+    /// merges none of the identical UDP frames: no UDP GRO for traffic to no local socket).
+    /// Needs root.
+    #[test]
+    fn the_broadcast_sends_each_frame_fanout_times() {
+        progtest::isolated(|| {
+            let seg = Segment::new();
+            let va = ifindex("va").unwrap();
+            let tap = Tap::on("vb");
+            const N: u64 = 1000;
+            for k in [1, 3, FANOUT] {
+                let p = Program::with_fanout(&flow(), va, k).expect("loading");
+                assert_eq!(p.fanout(), k);
+                let mut relay = Relay::new(&p, Arc::default()).expect("setting up the relay");
+                let xmit0 = seg.stat("tx_queue_0_xdp_xmit");
+                let errors0 = seg.stat("tx_queue_0_xdp_xmit_errors");
+                let sent = u64::from(k) * N;
+                // In steps of 25 frames written, the tap read between (it holds a few
+                // thousand of these skbs, each around a page).
+                let mut got = Vec::new();
+                for _ in 0..N / 25 {
+                    relay.send(25).expect("sending");
+                    tap.take(&mut got, sent as usize, Duration::from_millis(2));
+                }
+                assert!(relay.drain(&p, 0, Duration::from_secs(5)).unwrap());
+                assert_eq!((relay.accepted(), relay.refused()), (N, 0), "fanout {k}");
+                assert_eq!(p.frames().unwrap(), N, "fanout {k}");
+                assert_eq!(
+                    seg.stat("tx_queue_0_xdp_xmit") - xmit0,
+                    sent,
+                    "fanout {k}: {N} frames written"
+                );
+                assert_eq!(
+                    seg.stat("tx_queue_0_xdp_xmit_errors") - errors0,
+                    0,
+                    "fanout {k}"
+                );
+                tap.take(&mut got, sent as usize + 1, Duration::from_millis(200));
+                assert_eq!(tap.drops(), 0, "fanout {k}: the tap's buffer overflowed");
+                assert_eq!(
+                    got.len() as u64,
+                    sent,
+                    "fanout {k}: frames vb's stack received"
+                );
+                for (i, f) in got.iter().enumerate() {
+                    let n = i as u64 / u64::from(k);
+                    assert!(
+                        *f == frame(&flow(), n),
+                        "fanout {k}: frame {i} is not frame {n}'s copy"
+                    );
+                }
+            }
+            assert!(
+                Program::with_fanout(&flow(), va, 0).is_err(),
+                "a fanout of 0 would send nothing"
             );
         });
     }
