@@ -51,38 +51,21 @@ fn start_node1(c: &Cluster, args: &[&str]) {
     }
 }
 
-/// Service `s`: NodePort 30080 to 8080/TCP, its one endpoint `b1` on node1 (its echo server
-/// returned).
-fn node_port_to_node1(c: &Cluster) -> proc::Proc {
+/// Service `s`: NodePort 30080 to 8080/TCP, its one endpoint `b1` on node1 in a slice of each
+/// of `families` (its echo server returned); dual-stack (ClusterIPs 10.96.0.10 and fd00:96::a)
+/// when IPv6 is one of them.
+fn node_port_to_node1(c: &Cluster, families: &[Family]) -> proc::Proc {
     let b1 = c.add_pod_on("node1", "b1");
     let echo = c.start_echo(&b1, &[8080], &[5353]);
-    c.manifests().apply(
-        &Service::node_port_service("s", "10.96.0.10")
-            .port_to("http", 80, "TCP", 8080u16)
-            .node_port(30080),
-    );
-    c.manifests().apply(
-        &EndpointSlice::new("s-1", "s")
-            .port("http", 8080, "TCP")
-            .endpoint(Endpoint::ready(b1.ip).node("node1")),
-    );
-    echo
-}
-
-/// Service `s` dual-stack (ClusterIPs 10.96.0.10 and fd00:96::a), NodePort 30080 to
-/// 8080/TCP, its one endpoint `b1` on node1 in a slice of each family (its echo server
-/// returned).
-fn dual_node_port_to_node1(c: &Cluster) -> proc::Proc {
-    let b1 = c.add_pod_on("node1", "b1");
-    let echo = c.start_echo(&b1, &[8080], &[5353]);
-    c.manifests().apply(
-        &Service::node_port_service("s", "10.96.0.10")
+    let mut svc = Service::node_port_service("s", "10.96.0.10");
+    if families.contains(&Family::V6) {
+        svc = svc
             .cluster_ips(&["10.96.0.10", "fd00:96::a"])
-            .ip_family_policy("PreferDualStack")
-            .port_to("http", 80, "TCP", 8080u16)
-            .node_port(30080),
-    );
-    for f in Family::BOTH {
+            .ip_family_policy("PreferDualStack");
+    }
+    c.manifests()
+        .apply(&svc.port_to("http", 80, "TCP", 8080u16).node_port(30080));
+    for f in families {
         c.manifests().apply(
             &f.slice("s", "s")
                 .port("http", 8080, "TCP")
@@ -290,7 +273,7 @@ fn a_conntrack_map_of_other_flags_is_recreated_with_its_flows() {
     require_root!();
     let c = Cluster::new("a_conntrack_map_of_other_flags_is_recreated_with_its_flows");
     let ext1 = c.ext("ext1");
-    let _e1 = node_port_to_node1(&c);
+    let _e1 = node_port_to_node1(&c, &[Family::V4]);
     // An odd size: the kernel rounds a per-CPU LRU's up to a multiple of the possible CPUs.
     let size = ["--conntrack-max", "4097"];
     // The other kind of LRU lists than this version's.
@@ -391,7 +374,7 @@ fn the_backend_array_is_filled_from_the_backend_map_at_start(family: Family) {
         family.tag()
     ));
     let ext1 = c.ext("ext1");
-    let _e1 = dual_node_port_to_node1(&c);
+    let _e1 = node_port_to_node1(&c, &Family::BOTH);
     start_node1(&c, &[]);
     let held = hold_over(&c, &ext1, family);
     let exchange = |what: &str| exchange(&c, &held, what);

@@ -195,30 +195,21 @@ impl Point {
     /// One round's short connections spread per connection.
     fn push_spread(&mut self, m: &Run) {
         if let Some(r) = self.spread.as_mut() {
-            r.conns_per_sec.push(m.wrk.requests_per_sec);
-            r.cpu.push(m.cpu);
-            r.cpu_us_per_conn.push(m.cpu_us_per_conn());
-            r.errors += m.wrk.errors;
+            r.push_short(m);
         }
     }
 
     /// One round's short connections over one backend.
     fn push_one(&mut self, m: &Run) {
         if let Some(r) = self.one.as_mut() {
-            r.conns_per_sec.push(m.wrk.requests_per_sec);
-            r.cpu.push(m.cpu);
-            r.cpu_us_per_conn.push(m.cpu_us_per_conn());
-            r.errors += m.wrk.errors;
+            r.push_short(m);
         }
     }
 
     /// One round's short connections (ferry's with the monitor listening apart).
     fn push_short(&mut self, m: &Run, with_monitor: bool) {
         if let Some(r) = self.monitor.as_mut().filter(|_| with_monitor) {
-            r.conns_per_sec.push(m.wrk.requests_per_sec);
-            r.cpu.push(m.cpu);
-            r.cpu_us_per_conn.push(m.cpu_us_per_conn());
-            r.errors += m.wrk.errors;
+            r.push_short(m);
             return;
         }
         self.conns_per_sec.push(m.wrk.requests_per_sec);
@@ -268,6 +259,16 @@ pub struct Runs {
     /// As [`Point::cpu_us_per_conn`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cpu_us_per_conn: Vec<f64>,
+}
+
+impl Runs {
+    /// One round's short connections.
+    fn push_short(&mut self, m: &Run) {
+        self.conns_per_sec.push(m.wrk.requests_per_sec);
+        self.cpu.push(m.cpu);
+        self.cpu_us_per_conn.push(m.cpu_us_per_conn());
+        self.errors += m.wrk.errors;
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

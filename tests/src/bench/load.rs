@@ -62,14 +62,7 @@ pub fn wrk_on(
     close: bool,
 ) -> Result<WrkResult> {
     let duration = format!("{}s", secs.max(1.0).round() as u64);
-    let mut cmd = match opts.cpu {
-        Some(cpu) => {
-            let mut c = Command::new("taskset");
-            c.args(["-c", &cpu.to_string(), "wrk"]);
-            c
-        }
-        None => Command::new("wrk"),
-    };
+    let mut cmd = pinned(opts.cpu, "wrk");
     // wrk wants at least as many connections as threads.
     let threads = opts.threads.clamp(1, conns.max(1));
     cmd.args([
@@ -89,22 +82,40 @@ pub fn wrk_on(
         cmd.arg("-s").arg(script);
     }
     cmd.arg(url);
+    let text = stdout_at(place, &mut cmd, secs, &format!("wrk {url}"))?;
+    parse(&text).with_context(|| format!("unexpected wrk output:\n{text}"))
+}
+
+/// Runs a load `cmd` at `place` for a run of `secs` (killed if it overruns by 15 s) and returns
+/// what it printed; `what` names it in errors.
+pub fn stdout_at(place: &ClientPlace, cmd: &mut Command, secs: f64, what: &str) -> Result<String> {
     let placement = Placement {
         netns: Some(place.netns_path.clone()),
         cgroup: place.cgroup.clone(),
     };
-    let out = proc::output_placed(&mut cmd, &placement, Duration::from_secs_f64(secs + 15.0))
-        .context("running wrk")?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let out = proc::output_placed(cmd, &placement, Duration::from_secs_f64(secs + 15.0))
+        .with_context(|| format!("running {what}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         bail!(
-            "wrk {url} failed ({}): {}{}",
+            "{what} failed ({}): {text}{}",
             out.status,
-            text,
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    parse(&text).with_context(|| format!("unexpected wrk output:\n{text}"))
+    Ok(text)
+}
+
+/// `program`, pinned to `cpu` (`taskset -c`) when one is given.
+pub fn pinned(cpu: Option<usize>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string()]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
 }
 
 /// Parses wrk's report.

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use super::{
     Family, Outcome, Report,
     control::SizeResult,
-    eastwest::{Contender, Point},
+    eastwest::{Contender, Point, Runs},
     stats::{MedianCi, Summary, paired_ratio, paired_ratio_ci, percentile, ratio},
 };
 use crate::proc::{self, Placement};
@@ -260,15 +260,16 @@ fn cpu_cost(p: &Point) -> &[f64] {
     &p.cpu_us_per_conn
 }
 
-/// ferry / direct over the one-backend pairs (connections/s), and direct / ferry of their CPU
-/// time per connection.
-fn ew_one_paired(
+/// ferry / direct over the pairs `runs` picks from each contender's point (connections/s), and
+/// direct / ferry of their CPU time per connection.
+fn ew_extra_paired(
     points: &[Point],
     n: usize,
     family: Family,
+    runs: fn(&Point) -> Option<&Runs>,
 ) -> (Option<MedianCi>, Option<MedianCi>) {
-    let one = |c| point(points, n, family, c).and_then(|p| p.one.as_ref());
-    match (one(Contender::Ferry), one(Contender::Direct)) {
+    let pair = |c| point(points, n, family, c).and_then(runs);
+    match (pair(Contender::Ferry), pair(Contender::Direct)) {
         (Some(f), Some(d)) => (
             paired_ratio_ci(&f.conns_per_sec, &d.conns_per_sec, CONFIDENCE),
             paired_ratio_ci(&d.cpu_us_per_conn, &f.cpu_us_per_conn, CONFIDENCE),
@@ -302,7 +303,7 @@ fn ew_one(md: &mut String, points: &[Point], sizes: &[usize]) {
     let ipv6 = points.iter().any(|p| p.family == Family::V6);
     let one_conns = |n, family, c| {
         point(points, n, family, c)
-            .and_then(|p| p.one.as_ref())
+            .and_then(one_runs)
             .and_then(|r| Summary::of(&r.conns_per_sec))
     };
     for &n in sizes {
@@ -312,7 +313,7 @@ fn ew_one(md: &mut String, points: &[Point], sizes: &[usize]) {
             } else {
                 count(n)
             };
-            let (conns, cpu) = ew_one_paired(points, n, family);
+            let (conns, cpu) = ew_extra_paired(points, n, family, one_runs);
             let _ = writeln!(
                 md,
                 "| {label} | {} | {} | {} | {} | {} |",
@@ -326,21 +327,14 @@ fn ew_one(md: &mut String, points: &[Point], sizes: &[usize]) {
     }
 }
 
-/// ferry / direct over the spread pairs (connections/s), and direct / ferry of their CPU time
-/// per connection.
-fn ew_spread_paired(
-    points: &[Point],
-    n: usize,
-    family: Family,
-) -> (Option<MedianCi>, Option<MedianCi>) {
-    let spread = |c| point(points, n, family, c).and_then(|p| p.spread.as_ref());
-    match (spread(Contender::Ferry), spread(Contender::Direct)) {
-        (Some(f), Some(d)) => (
-            paired_ratio_ci(&f.conns_per_sec, &d.conns_per_sec, CONFIDENCE),
-            paired_ratio_ci(&d.cpu_us_per_conn, &f.cpu_us_per_conn, CONFIDENCE),
-        ),
-        _ => (None, None),
-    }
+/// The one-backend pair's runs of a point.
+fn one_runs(p: &Point) -> Option<&Runs> {
+    p.one.as_ref()
+}
+
+/// The spread pair's runs of a point.
+fn spread_runs(p: &Point) -> Option<&Runs> {
+    p.spread.as_ref()
 }
 
 /// The spread pair: both backends, each connection to a random one on both sides.
@@ -355,8 +349,9 @@ fn ew_spread(md: &mut String, points: &[Point], sizes: &[usize]) {
          connections over both. So each round also pairs direct and ferry, back to back, the \
          order alternating, with a client that picks a random server per connection \
          (`ferry-bench shortconn`, tests/src/bench/shortconn.rs: an epoll loop per thread, as \
-         lean as wrk; on loopback it made 35-41 thousand connections/s where wrk made 33-41 \
-         thousand): direct dials a random backend's pod IP, ferry the ClusterIP, whose hook \
+         lean as wrk: on loopback, pinned to one CPU, it made 38-40 thousand connections/s \
+         where wrk made 36-37 thousand, so it dilutes ferry's cost per connection no more \
+         than wrk would): direct dials a random backend's pod IP, ferry the ClusterIP, whose hook \
          picks a random backend. Same connections (8) and threads (2) as wrk's runs; both \
          servers answer either side.\n\n\
          | services (N) | direct, spread per connection | ferry | ferry / direct, spread alike, paired [95 % CI] | CPU time / connection, direct / ferry, paired [95 % CI] |\n\
@@ -365,7 +360,7 @@ fn ew_spread(md: &mut String, points: &[Point], sizes: &[usize]) {
     let ipv6 = points.iter().any(|p| p.family == Family::V6);
     let conns = |n, family, c| {
         point(points, n, family, c)
-            .and_then(|p| p.spread.as_ref())
+            .and_then(spread_runs)
             .and_then(|r| Summary::of(&r.conns_per_sec))
     };
     for &n in sizes {
@@ -375,7 +370,7 @@ fn ew_spread(md: &mut String, points: &[Point], sizes: &[usize]) {
             } else {
                 count(n)
             };
-            let (ratio, cpu) = ew_spread_paired(points, n, family);
+            let (ratio, cpu) = ew_extra_paired(points, n, family, spread_runs);
             let _ = writeln!(
                 md,
                 "| {label} | {} | {} | {} | {} |",
@@ -1265,7 +1260,7 @@ fn targets(md: &mut String, r: &Report) {
             );
             // The same goal over one backend: ferry's own cost, without the spreading.
             if let Some(ew) = r.eastwest.done().filter(|ew| ew.config.one_backend) {
-                let row = paired_goal(ew_one_paired(&ew.points, n, family).0);
+                let row = paired_goal(ew_extra_paired(&ew.points, n, family, one_runs).0);
                 let _ = writeln!(
                     md,
                     "| east-west connections/s at {services}{over}, one backend (ferry's own cost) | ≥ {EW_GOAL} × direct pod IP | {row} |",
@@ -1273,7 +1268,7 @@ fn targets(md: &mut String, r: &Report) {
             }
             // And over both backends with direct spreading as the Service does.
             if let Some(ew) = r.eastwest.done().filter(|ew| ew.config.spread) {
-                let row = paired_goal(ew_spread_paired(&ew.points, n, family).0);
+                let row = paired_goal(ew_extra_paired(&ew.points, n, family, spread_runs).0);
                 let _ = writeln!(
                     md,
                     "| east-west connections/s at {services}{over}, two backends spread alike (a random backend per connection on both sides) | ≥ {EW_GOAL} × direct pod IP | {row} |",

@@ -13,20 +13,19 @@
 //! connection is paid alike by both sides of a pair.
 
 use std::{
-    io,
+    io::{self, Read as _},
     mem::MaybeUninit,
     net::SocketAddr,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::PathBuf,
-    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
+use socket2::{Domain, Socket, Type};
 
-use super::load::{ClientPlace, WrkResult};
-use crate::proc::{self, Placement};
+use super::load::{self, ClientPlace, WrkResult};
 
 /// What a run counted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -112,7 +111,9 @@ enum Phase {
 }
 
 struct Conn {
-    fd: OwnedFd,
+    sock: Socket,
+    /// Its target's index.
+    target: usize,
     phase: Phase,
     /// The response's first bytes (its status line's start).
     head: [u8; 12],
@@ -121,37 +122,53 @@ struct Conn {
 
 const STATUS_200: &[u8; 12] = b"HTTP/1.1 200";
 
+/// What one readiness event did to a connection.
+enum Step {
+    More,
+    Ok,
+    Failed,
+}
+
+/// One thread's connections, each in slot `i` of `slots`, registered with `ep` as `i`.
+struct Worker<'a> {
+    ep: OwnedFd,
+    targets: &'a [SocketAddr],
+    /// Each target's request.
+    requests: Vec<Vec<u8>>,
+    rng: Rng,
+    slots: Vec<Option<Conn>>,
+    counts: Counts,
+}
+
 fn worker(targets: &[SocketAddr], conns: usize, deadline: Instant, seed: u64) -> Result<Counts> {
     // SAFETY: plain syscall; the descriptor is owned below.
     let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     if ep < 0 {
         return Err(io::Error::last_os_error()).context("epoll_create1");
     }
-    // SAFETY: a fresh descriptor of ours.
-    let ep = unsafe { OwnedFd::from_raw_fd(ep) };
-    let requests: Vec<Vec<u8>> = targets
-        .iter()
-        .map(|t| format!("GET / HTTP/1.1\r\nHost: {t}\r\nConnection: close\r\n\r\n").into_bytes())
-        .collect();
-    let mut rng = Rng(seed);
-    let mut counts = Counts::default();
-    let mut slots: Vec<Option<(Conn, usize)>> = (0..conns).map(|_| None).collect();
+    let mut w = Worker {
+        // SAFETY: a fresh descriptor of ours.
+        ep: unsafe { OwnedFd::from_raw_fd(ep) },
+        targets,
+        requests: targets
+            .iter()
+            .map(|t| {
+                format!("GET / HTTP/1.1\r\nHost: {t}\r\nConnection: close\r\n\r\n").into_bytes()
+            })
+            .collect(),
+        rng: Rng(seed),
+        slots: (0..conns).map(|_| None).collect(),
+        counts: Counts::default(),
+    };
     for i in 0..conns {
-        open(
-            ep.as_raw_fd(),
-            targets,
-            &mut rng,
-            &mut slots,
-            i,
-            &mut counts,
-        );
+        w.open(i);
     }
     // SAFETY: epoll_event is plain data.
     let mut events: [libc::epoll_event; 64] = unsafe { MaybeUninit::zeroed().assume_init() };
     let mut buf = [0u8; 4096];
     while Instant::now() < deadline {
         // SAFETY: a valid epoll descriptor and buffer.
-        let n = unsafe { libc::epoll_wait(ep.as_raw_fd(), events.as_mut_ptr(), 64, 50) };
+        let n = unsafe { libc::epoll_wait(w.ep.as_raw_fd(), events.as_mut_ptr(), 64, 50) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -161,223 +178,113 @@ fn worker(targets: &[SocketAddr], conns: usize, deadline: Instant, seed: u64) ->
         }
         for ev in &events[..n as usize] {
             let i = ev.u64 as usize;
-            let done = match slots[i].as_mut() {
-                Some((c, target)) => step(
-                    ep.as_raw_fd(),
-                    i,
-                    c,
-                    &requests[*target],
-                    ev.events,
-                    &mut buf,
-                ),
-                None => continue,
-            };
-            match done {
+            match w.step(i, ev.events, &mut buf) {
                 Step::More => continue,
-                Step::Ok => counts.requests += 1,
-                Step::Failed => counts.errors += 1,
+                Step::Ok => w.counts.requests += 1,
+                Step::Failed => w.counts.errors += 1,
             }
-            // Closed (its descriptor dropped) and replaced at once.
-            slots[i] = None;
-            open(
-                ep.as_raw_fd(),
-                targets,
-                &mut rng,
-                &mut slots,
-                i,
-                &mut counts,
-            );
+            // Closed (its socket dropped) and replaced at once.
+            w.slots[i] = None;
+            w.open(i);
         }
     }
-    Ok(counts)
+    Ok(w.counts)
 }
 
-enum Step {
-    More,
-    Ok,
-    Failed,
-}
-
-/// Opens connection `i` to a random target; a connect that fails at once counts as an error
-/// and is tried again (a few times: past them the slot stays empty).
-fn open(
-    ep: RawFd,
-    targets: &[SocketAddr],
-    rng: &mut Rng,
-    slots: &mut [Option<(Conn, usize)>],
-    i: usize,
-    counts: &mut Counts,
-) {
-    for _ in 0..8 {
-        let target = rng.below(targets.len());
-        match connect(ep, targets[target], i) {
-            Ok(c) => {
-                slots[i] = Some((c, target));
-                return;
-            }
-            Err(_) => counts.errors += 1,
-        }
-    }
-}
-
-/// A non-blocking connect to `to`, registered for writability (the connect's end) as `i`.
-fn connect(ep: RawFd, to: SocketAddr, i: usize) -> io::Result<Conn> {
-    let family = if to.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: plain syscall.
-    let fd = unsafe {
-        libc::socket(
-            family,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor of ours.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let (addr, len) = sockaddr(to);
-    // SAFETY: a socket address of the length given.
-    let rc = unsafe { libc::connect(fd.as_raw_fd(), addr.as_ptr().cast(), len) };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINPROGRESS) {
-            return Err(e);
-        }
-    }
-    ctl(
-        ep,
-        libc::EPOLL_CTL_ADD,
-        fd.as_raw_fd(),
-        libc::EPOLLOUT as u32,
-        i,
-    )?;
-    Ok(Conn {
-        fd,
-        phase: Phase::Connecting,
-        head: [0; 12],
-        got: 0,
-    })
-}
-
-fn ctl(ep: RawFd, op: i32, fd: RawFd, events: u32, i: usize) -> io::Result<()> {
-    let mut ev = libc::epoll_event {
-        events,
-        u64: i as u64,
-    };
-    // SAFETY: valid descriptors and event.
-    if unsafe { libc::epoll_ctl(ep, op, fd, &mut ev) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// One readiness event of connection `i`.
-fn step(ep: RawFd, i: usize, c: &mut Conn, request: &[u8], events: u32, buf: &mut [u8]) -> Step {
-    let fd = c.fd.as_raw_fd();
-    match c.phase {
-        Phase::Connecting => {
-            let mut err: libc::c_int = 0;
-            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            // SAFETY: an int-sized option into an int.
-            let rc = unsafe {
-                libc::getsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_ERROR,
-                    (&mut err as *mut libc::c_int).cast(),
-                    &mut len,
-                )
-            };
-            if rc < 0 || err != 0 {
-                return Step::Failed;
-            }
-            // A fresh socket's send buffer takes the whole request.
-            // SAFETY: the request's bytes.
-            let sent = unsafe {
-                libc::send(
-                    fd,
-                    request.as_ptr().cast(),
-                    request.len(),
-                    libc::MSG_NOSIGNAL,
-                )
-            };
-            if sent != request.len() as isize {
-                return Step::Failed;
-            }
-            c.phase = Phase::Reading;
-            match ctl(ep, libc::EPOLL_CTL_MOD, fd, libc::EPOLLIN as u32, i) {
-                Ok(()) => Step::More,
-                Err(_) => Step::Failed,
+impl Worker<'_> {
+    /// Opens connection `i` to a random target; a connect that fails at once counts as an
+    /// error and is tried again (a few times: past them the slot stays empty).
+    fn open(&mut self, i: usize) {
+        for _ in 0..8 {
+            let target = self.rng.below(self.targets.len());
+            match self.connect(target, i) {
+                Ok(c) => {
+                    self.slots[i] = Some(c);
+                    return;
+                }
+                Err(_) => self.counts.errors += 1,
             }
         }
-        Phase::Reading => loop {
-            // SAFETY: a buffer of its length.
-            let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-            if n > 0 {
-                let n = n as usize;
-                let take = (c.head.len() - c.got).min(n);
-                c.head[c.got..c.got + take].copy_from_slice(&buf[..take]);
-                c.got += take;
-                continue;
-            }
-            if n == 0 {
-                return if c.got == c.head.len() && &c.head == STATUS_200 {
-                    Step::Ok
-                } else {
-                    Step::Failed
-                };
-            }
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::EAGAIN) if events & (libc::EPOLLERR as u32) == 0 => Step::More,
-                Some(libc::EINTR) => continue,
-                _ => Step::Failed,
-            };
-        },
     }
-}
 
-/// `to` as a C socket address and its length.
-fn sockaddr(to: SocketAddr) -> ([u8; 28], libc::socklen_t) {
-    let mut out = [0u8; 28];
-    match to {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: a plain C struct copied into a buffer at least its size.
-            unsafe { std::ptr::write_unaligned(out.as_mut_ptr().cast(), sin) };
-            (
-                out,
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
+    /// A non-blocking connect to target `target`, registered for writability (the connect's
+    /// end) as `i`.
+    fn connect(&self, target: usize, i: usize) -> io::Result<Conn> {
+        let to = self.targets[target];
+        let sock = Socket::new(Domain::for_address(to), Type::STREAM.nonblocking(), None)?;
+        match sock.connect(&to.into()) {
+            Err(e) if e.raw_os_error() != Some(libc::EINPROGRESS) => return Err(e),
+            _ => {}
         }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: as above.
-            unsafe { std::ptr::write_unaligned(out.as_mut_ptr().cast(), sin6) };
-            (
-                out,
-                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-            )
+        self.ctl(libc::EPOLL_CTL_ADD, &sock, libc::EPOLLOUT as u32, i)?;
+        Ok(Conn {
+            sock,
+            target,
+            phase: Phase::Connecting,
+            head: [0; 12],
+            got: 0,
+        })
+    }
+
+    fn ctl(&self, op: i32, sock: &Socket, events: u32, i: usize) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events,
+            u64: i as u64,
+        };
+        // SAFETY: valid descriptors and event.
+        if unsafe { libc::epoll_ctl(self.ep.as_raw_fd(), op, sock.as_raw_fd(), &mut ev) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// One readiness event (`events`) of connection `i`.
+    fn step(&mut self, i: usize, events: u32, buf: &mut [u8]) -> Step {
+        let Some(c) = self.slots[i].as_mut() else {
+            return Step::More;
+        };
+        match c.phase {
+            Phase::Connecting => {
+                if !matches!(c.sock.take_error(), Ok(None)) {
+                    return Step::Failed;
+                }
+                // A fresh socket's send buffer takes the whole request.
+                let request = &self.requests[c.target];
+                if !matches!(c.sock.send_with_flags(request, libc::MSG_NOSIGNAL), Ok(n) if n == request.len())
+                {
+                    return Step::Failed;
+                }
+                c.phase = Phase::Reading;
+                let sock = &self.slots[i].as_ref().expect("the slot just read").sock;
+                match self.ctl(libc::EPOLL_CTL_MOD, sock, libc::EPOLLIN as u32, i) {
+                    Ok(()) => Step::More,
+                    Err(_) => Step::Failed,
+                }
+            }
+            Phase::Reading => loop {
+                match (&c.sock).read(buf) {
+                    Ok(0) => {
+                        return if c.got == c.head.len() && &c.head == STATUS_200 {
+                            Step::Ok
+                        } else {
+                            Step::Failed
+                        };
+                    }
+                    Ok(n) => {
+                        let take = (c.head.len() - c.got).min(n);
+                        c.head[c.got..c.got + take].copy_from_slice(&buf[..take]);
+                        c.got += take;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e)
+                        if e.kind() == io::ErrorKind::WouldBlock
+                            && events & (libc::EPOLLERR as u32) == 0 =>
+                    {
+                        return Step::More;
+                    }
+                    Err(_) => return Step::Failed,
+                }
+            },
         }
     }
 }
@@ -424,14 +331,7 @@ pub fn run_on(
 ) -> Result<WrkResult> {
     let bin: PathBuf = std::env::current_exe().context("this executable")?;
     let list: Vec<String> = targets.iter().map(ToString::to_string).collect();
-    let mut cmd = match cpu {
-        Some(cpu) => {
-            let mut c = Command::new("taskset");
-            c.args(["-c", &cpu.to_string()]).arg(&bin);
-            c
-        }
-        None => Command::new(&bin),
-    };
+    let mut cmd = load::pinned(cpu, &bin);
     cmd.args([
         "shortconn",
         "--targets",
@@ -443,20 +343,7 @@ pub fn run_on(
         "--secs",
         &secs.to_string(),
     ]);
-    let placement = Placement {
-        netns: Some(place.netns_path.clone()),
-        cgroup: place.cgroup.clone(),
-    };
-    let out = proc::output_placed(&mut cmd, &placement, Duration::from_secs_f64(secs + 15.0))
-        .context("running ferry-bench shortconn")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!(
-            "ferry-bench shortconn failed ({}): {text}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let text = load::stdout_at(place, &mut cmd, secs, "ferry-bench shortconn")?;
     let c: Counts = text
         .lines()
         .find_map(|l| serde_json::from_str(l).ok())
